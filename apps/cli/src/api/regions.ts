@@ -1,0 +1,114 @@
+import { memstore as pb, timestampToDate } from '@handoff/proto';
+import { unaryCall } from '@handoff/service';
+import type { Clients } from './clients.js';
+
+/** A region as vmctl shows it (converted from the wire at this edge). */
+export interface RegionView {
+  id: string;
+  name: string;
+  kind: 'volatile' | 'persistent' | 'unknown';
+  state: 'active' | 'sealed' | 'lost' | 'unknown';
+  size: bigint;
+  allocated: bigint;
+  path: string;
+  identity: string;
+  lease: { holder: string; epoch: bigint; grantedAt: string | undefined } | null;
+  mappedBy: string[];
+  clones: number;
+  parentId: string;
+  createdAt: string | undefined;
+}
+
+/** Region kinds a user may ask for. */
+export const REGION_KINDS = ['volatile', 'persistent'] as const;
+export type RegionKindName = (typeof REGION_KINDS)[number];
+
+const KIND: Record<number, RegionView['kind']> = {
+  [pb.RegionKind.REGION_KIND_VOLATILE]: 'volatile',
+  [pb.RegionKind.REGION_KIND_PERSISTENT]: 'persistent',
+};
+const KIND_TO_WIRE: Record<RegionKindName, pb.RegionKind> = {
+  volatile: pb.RegionKind.REGION_KIND_VOLATILE,
+  persistent: pb.RegionKind.REGION_KIND_PERSISTENT,
+};
+const STATE: Record<number, RegionView['state']> = {
+  [pb.RegionState.REGION_STATE_ACTIVE]: 'active',
+  [pb.RegionState.REGION_STATE_SEALED]: 'sealed',
+  [pb.RegionState.REGION_STATE_LOST]: 'lost',
+};
+
+function toView(r: pb.Region): RegionView {
+  return {
+    id: r.id,
+    name: r.name,
+    kind: KIND[r.kind] ?? 'unknown',
+    state: STATE[r.state] ?? 'unknown',
+    size: r.size,
+    allocated: r.allocatedBytes,
+    path: r.path,
+    identity: r.identity,
+    lease:
+      r.lease !== undefined && r.lease.holder !== ''
+        ? {
+            holder: r.lease.holder,
+            epoch: r.lease.epoch,
+            grantedAt: timestampToDate(r.lease.grantedAt)?.toISOString(),
+          }
+        : null,
+    mappedBy: r.mappedBy,
+    clones: r.cloneCount,
+    parentId: r.parentId,
+    createdAt: timestampToDate(r.createdAt)?.toISOString(),
+  };
+}
+
+/** A region selector: a UUID-looking string is an id, anything else a name. */
+function selector(ref: string): pb.RegionSelector {
+  const isId = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(ref);
+  return { selector: isId ? { $case: 'id', value: ref } : { $case: 'name', value: ref } };
+}
+
+/** memstore calls vmctl makes, in domain terms. */
+export const regions = {
+  async list(c: Clients): Promise<RegionView[]> {
+    const res = await unaryCall(
+      c.memstore,
+      'listRegions',
+      { kind: pb.RegionKind.REGION_KIND_UNSPECIFIED },
+      {
+        deadlineMs: c.endpoints.timeoutMs,
+      },
+    );
+    return res.regions.map(toView);
+  },
+  async get(c: Clients, ref: string): Promise<RegionView> {
+    const res = await unaryCall(
+      c.memstore,
+      'getRegion',
+      { region: selector(ref) },
+      {
+        deadlineMs: c.endpoints.timeoutMs,
+      },
+    );
+    return toView(res.region!);
+  },
+  async create(c: Clients, name: string, size: bigint, kind: RegionKindName): Promise<RegionView> {
+    const res = await unaryCall(
+      c.memstore,
+      'createRegion',
+      { name, size, kind: KIND_TO_WIRE[kind] },
+      {
+        deadlineMs: c.endpoints.timeoutMs,
+      },
+    );
+    return toView(res.region!);
+  },
+  async delete(c: Clients, ref: string): Promise<void> {
+    await unaryCall(
+      c.memstore,
+      'deleteRegion',
+      { region: selector(ref) },
+      { deadlineMs: c.endpoints.timeoutMs },
+    );
+  },
+};

@@ -1,0 +1,93 @@
+import { Command, CommanderError, Option } from 'commander';
+import { HANDOFF_VERSION } from '@handoff/service';
+import { registerRegion } from './commands/region.js';
+import { registerStatus } from './commands/status.js';
+import type { CommandRunner } from './commands/runner.js';
+import { globalDefaults, runCommand, type GlobalOptions } from './context.js';
+import { EXIT } from './errors.js';
+import { processIo, type Io } from './output/render.js';
+
+/** Builds the vmctl program; `exitCode.value` holds the last command's status. */
+export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: number }): Command {
+  const d = globalDefaults(env);
+  const program = new Command('vmctl')
+    .description(
+      'Control a Handoff cluster: memory regions, VMs and, as they land, migration, live update, ' +
+        'save/restore and clones. Service addresses come from flags, HANDOFF_* variables, or the ' +
+        'local defaults of `npm start`.',
+    )
+    .version(HANDOFF_VERSION, '-V, --version', 'print the vmctl version')
+    .addOption(
+      new Option('-o, --output <format>', 'table or json (one JSON document per command)')
+        .default(d.output)
+        .env('HANDOFF_OUTPUT'),
+    )
+    .addOption(
+      new Option('--memstore <addr>', 'memstore address host:port')
+        .default(d.memstore)
+        .env('HANDOFF_MEMSTORE_ADDR'),
+    )
+    .addOption(
+      new Option('--migrator <addr>', 'migrator address host:port')
+        .default(d.migrator)
+        .env('HANDOFF_MIGRATOR_ADDR'),
+    )
+    .addOption(
+      new Option('--timeout <ms>', 'deadline of each call in milliseconds')
+        .default(d.timeout)
+        .env('HANDOFF_TIMEOUT_MS'),
+    )
+    .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions(false)
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride();
+
+  const run: CommandRunner =
+    (body) =>
+    async (...args) => {
+      const command = args[args.length - 1] as Command;
+      const g = command.optsWithGlobals<GlobalOptions>();
+      const rest = args.slice(0, -1) as Parameters<typeof body> extends [unknown, ...infer R]
+        ? R
+        : never;
+      exitCode.value = await runCommand(io, g, (ctx) =>
+        (body as (c: typeof ctx, ...a: unknown[]) => Promise<number | void>)(ctx, ...rest),
+      );
+    };
+
+  registerStatus(program, run);
+  registerRegion(program, run);
+  program.commands.forEach(function inheritOutput(c: Command): void {
+    c.configureOutput({ writeOut: io.out, writeErr: io.err })
+      .exitOverride()
+      .showHelpAfterError('(run with --help for usage)');
+    c.commands.forEach(inheritOutput);
+  });
+  return program;
+}
+
+/** Runs vmctl with argv (without node and script); resolves to the exit code. */
+export async function main(
+  argv: string[],
+  io: Io = processIo,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  const exitCode = { value: EXIT.ok as number };
+  const program = buildProgram(io, env, exitCode);
+  if (argv.length === 0) {
+    program.outputHelp();
+    return EXIT.usage;
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      const ok = ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(
+        err.code,
+      );
+      return ok ? EXIT.ok : EXIT.usage;
+    }
+    throw err;
+  }
+  return exitCode.value;
+}

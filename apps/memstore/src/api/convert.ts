@@ -1,0 +1,112 @@
+import { dateToTimestamp, memstore as pb } from '@handoff/proto';
+import { MemstoreError } from '../errors.js';
+import type { Lease } from '../leases/lease.js';
+import type { MemstoreInfo } from '../memstore.js';
+import type { Region, RegionKind, RegionRef, RegionState } from '../regions/region.js';
+
+/**
+ * Conversions between wire types and domain types. Only the api/ folder
+ * imports generated code; everything below it speaks the domain types.
+ */
+
+/** Wire kind -> domain kind; UNSPECIFIED gives `fallback` (undefined = every kind). */
+export function kindFromPb<F extends RegionKind | undefined>(
+  kind: pb.RegionKind,
+  fallback: F,
+): RegionKind | F {
+  switch (kind) {
+    case pb.RegionKind.REGION_KIND_VOLATILE:
+      return 'volatile';
+    case pb.RegionKind.REGION_KIND_PERSISTENT:
+      return 'persistent';
+    case pb.RegionKind.REGION_KIND_UNSPECIFIED:
+      return fallback;
+    default:
+      throw new MemstoreError(
+        'REGION_INVALID_ARGUMENT',
+        `region kind ${String(kind)} is unknown; use REGION_KIND_VOLATILE or REGION_KIND_PERSISTENT`,
+      );
+  }
+}
+
+function kindToPb(kind: RegionKind): pb.RegionKind {
+  return kind === 'volatile'
+    ? pb.RegionKind.REGION_KIND_VOLATILE
+    : pb.RegionKind.REGION_KIND_PERSISTENT;
+}
+
+function stateToPb(state: RegionState): pb.RegionState {
+  switch (state) {
+    case 'active':
+      return pb.RegionState.REGION_STATE_ACTIVE;
+    case 'sealed':
+      return pb.RegionState.REGION_STATE_SEALED;
+    case 'lost':
+      return pb.RegionState.REGION_STATE_LOST;
+  }
+}
+
+/** A RegionSelector -> RegionRef; REGION_INVALID_ARGUMENT when empty. */
+export function refFromPb(selector: pb.RegionSelector | undefined, field = 'region'): RegionRef {
+  const s = selector?.selector;
+  if (s === undefined || s.value === '') {
+    throw new MemstoreError(
+      'REGION_INVALID_ARGUMENT',
+      `${field} is missing; select the region by id or by name`,
+    );
+  }
+  return s.$case === 'id' ? { id: s.value } : { name: s.value };
+}
+
+/** A uint64 epoch or page number -> number; REGION_INVALID_ARGUMENT beyond 2^53. */
+export function safeNumber(value: bigint, field: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new MemstoreError(
+      'REGION_INVALID_ARGUMENT',
+      `${field} ${value} is out of range (at most 2^53 - 1)`,
+    );
+  }
+  return Number(value);
+}
+
+/** Domain lease -> wire lease (undefined stays unset). */
+export function leaseToPb(lease: Lease | undefined): pb.Lease | undefined {
+  if (lease === undefined) return undefined;
+  return {
+    holder: lease.holder,
+    epoch: BigInt(lease.epoch),
+    grantedAt: dateToTimestamp(lease.grantedAt),
+  };
+}
+
+/** Domain region -> wire region. */
+export function regionToPb(r: Region): pb.Region {
+  return {
+    id: r.id,
+    name: r.name,
+    kind: kindToPb(r.kind),
+    state: stateToPb(r.state),
+    size: BigInt(r.size),
+    allocatedBytes: BigInt(r.allocatedBytes),
+    path: r.path,
+    lease: leaseToPb(r.lease),
+    mappedBy: [...r.mappedBy],
+    cloneCount: r.cloneCount,
+    createdAt: dateToTimestamp(r.createdAt),
+    parentId: r.parentId ?? '',
+    identity: r.identity,
+  };
+}
+
+/** Domain info -> GetInfoResponse. */
+export function infoToPb(info: MemstoreInfo): pb.GetInfoResponse {
+  return {
+    version: info.version,
+    regionCount: info.regionCount,
+    totalSize: BigInt(info.totalSize),
+    allocatedBytes: BigInt(info.allocatedBytes),
+    volatileDir: info.volatileDir,
+    persistentDir: info.persistentDir,
+    maxRegionSize: BigInt(info.maxRegionSize),
+  };
+}

@@ -1,0 +1,121 @@
+import { memstore as pb, serviceNames } from '@handoff/proto';
+import {
+  ServiceError,
+  serverStream,
+  unary,
+  type Logger,
+  type ServiceRegistration,
+} from '@handoff/service';
+import { MemstoreError } from '../errors.js';
+import type { Memstore } from '../memstore.js';
+import { infoToPb, kindFromPb, leaseToPb, refFromPb, regionToPb, safeNumber } from './convert.js';
+import { readPages } from './read-pages.js';
+
+/**
+ * Runs a handler body against an open memstore and normalises what it
+ * throws (SQLite and file-system errors become memstore codes).
+ */
+async function guarded<T>(memstore: Memstore, what: string, fn: () => T | Promise<T>): Promise<T> {
+  if (!memstore.isOpen) {
+    throw new ServiceError(
+      'SERVICE_SHUTTING_DOWN',
+      'memstore is shutting down; retry against a running memstore',
+    );
+  }
+  try {
+    return await fn();
+  } catch (err) {
+    throw MemstoreError.from(err, what);
+  }
+}
+
+/** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
+export function memstoreService(deps: { memstore: Memstore; logger: Logger }): ServiceRegistration {
+  const { memstore: m, logger } = deps;
+  const call = <Req, Res>(what: string, fn: (req: Req) => Res | Promise<Res>) =>
+    unary<Req, Res>(logger, (req) => guarded(m, what, () => fn(req)));
+
+  const implementation: pb.MemstoreServiceServer = {
+    getInfo: call('GetInfo', () => infoToPb(m.info())),
+
+    createRegion: call('CreateRegion', (req: pb.CreateRegionRequest) => ({
+      region: regionToPb(
+        m.regions.create({
+          name: req.name,
+          size: req.size,
+          kind: kindFromPb(req.kind, 'volatile'),
+        }),
+      ),
+    })),
+
+    getRegion: call('GetRegion', (req: pb.GetRegionRequest) => ({
+      region: regionToPb(m.regions.get(refFromPb(req.region))),
+    })),
+
+    listRegions: call('ListRegions', (req: pb.ListRegionsRequest) => ({
+      regions: m.regions.list(kindFromPb(req.kind, undefined)).map(regionToPb),
+    })),
+
+    deleteRegion: call('DeleteRegion', (req: pb.DeleteRegionRequest) => {
+      m.regions.delete(refFromPb(req.region));
+      return {};
+    }),
+
+    acquireLease: call('AcquireLease', (req: pb.AcquireLeaseRequest) => ({
+      lease: leaseToPb(m.leases.acquire(refFromPb(req.region), req.holder)),
+    })),
+
+    transferLease: call('TransferLease', (req: pb.TransferLeaseRequest) => ({
+      lease: leaseToPb(
+        m.leases.transfer(
+          refFromPb(req.region),
+          req.fromHolder,
+          safeNumber(req.expectedEpoch, 'expected_epoch'),
+          req.toHolder,
+        ),
+      ),
+    })),
+
+    releaseLease: call('ReleaseLease', (req: pb.ReleaseLeaseRequest) => {
+      m.leases.release(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
+      return {};
+    }),
+
+    validateLease: call('ValidateLease', (req: pb.ValidateLeaseRequest) => {
+      const v = m.leases.validate(
+        refFromPb(req.region),
+        req.holder,
+        safeNumber(req.epoch, 'epoch'),
+      );
+      return { valid: v.valid, current: leaseToPb(v.current) };
+    }),
+
+    sealTemplate: call('SealTemplate', async (req: pb.SealTemplateRequest) => {
+      const lease =
+        req.holder === ''
+          ? undefined
+          : { holder: req.holder, epoch: safeNumber(req.epoch, 'epoch') };
+      return { region: regionToPb(await m.templates.seal(refFromPb(req.region), lease)) };
+    }),
+
+    attachClone: call('AttachClone', (req: pb.AttachCloneRequest) => ({
+      template: regionToPb(
+        m.templates.attachClone(refFromPb(req.template, 'template'), req.holder),
+      ),
+    })),
+
+    detachClone: call('DetachClone', (req: pb.DetachCloneRequest) => {
+      m.templates.detachClone(refFromPb(req.template, 'template'), req.holder);
+      return {};
+    }),
+
+    readPages: serverStream(logger, (_req, c: Parameters<typeof readPages>[1]) =>
+      guarded(m, 'ReadPages', () => readPages(m, c)),
+    ),
+  };
+  return {
+    name: serviceNames.memstore,
+    definition: pb.MemstoreServiceService,
+    implementation: implementation as unknown as ServiceRegistration['implementation'],
+  };
+}

@@ -1,0 +1,54 @@
+/**
+ * The catalog's schema, as an ordered list of migrations. Migration `i`
+ * takes the database from `user_version = i` to `i + 1`; a new schema version
+ * is a new entry at the end (never edit a shipped one).
+ */
+
+/** One schema step: SQL run inside the migration transaction. */
+export interface Migration {
+  /** What the step adds, for the start-up log. */
+  readonly description: string;
+  readonly sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    description: 'regions, clones and catalog identity',
+    sql: `
+      -- Key/value facts about this catalog (catalog_id: names this catalog's region files).
+      CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+
+      CREATE TABLE regions (
+        id               TEXT PRIMARY KEY,            -- UUID, never reused
+        name             TEXT NOT NULL UNIQUE,        -- user-chosen, validated
+        kind             TEXT NOT NULL CHECK (kind IN ('volatile', 'persistent')),
+        -- creating: row committed, file maybe not yet (rolled back at start-up)
+        state            TEXT NOT NULL CHECK (state IN ('creating', 'active', 'sealed')),
+        size             INTEGER NOT NULL CHECK (size > 0 AND size % 4096 = 0),
+        path             TEXT NOT NULL UNIQUE,        -- absolute path of the backing file
+        identity         TEXT NOT NULL,               -- random per file creation
+        created_at       INTEGER NOT NULL,            -- ms since the Unix epoch
+        parent_id        TEXT,                        -- template this region derives from
+        lease_holder     TEXT,                        -- NULL: not leased
+        lease_epoch      INTEGER NOT NULL DEFAULT 0,  -- last granted epoch; kept on release
+        lease_granted_at INTEGER,
+        sealed_at        INTEGER,
+        lost_at          INTEGER,                     -- set when the file was found missing
+        CHECK (lease_holder IS NULL OR state = 'active')
+      ) STRICT;
+
+      CREATE TABLE clones (
+        template_id TEXT NOT NULL REFERENCES regions (id) ON DELETE RESTRICT,
+        holder      TEXT NOT NULL,
+        attached_at INTEGER NOT NULL,
+        PRIMARY KEY (template_id, holder)
+      ) STRICT;
+    `,
+  },
+];
+
+/** The schema version this build writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;

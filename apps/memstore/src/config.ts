@@ -1,0 +1,106 @@
+import {
+  commonOptions,
+  parseConfig,
+  ServiceError,
+  type ConfigOf,
+  type ConfigSpec,
+} from '@handoff/service';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseByteSize } from './regions/size.js';
+
+/** Default port of the memstore. */
+export const MEMSTORE_DEFAULT_PORT = 7100;
+
+/** Flags (`--name`) and variables (`HANDOFF_MEMSTORE_NAME`) of the memstore. */
+export const memstoreOptions = {
+  ...commonOptions(MEMSTORE_DEFAULT_PORT),
+  'state-dir': {
+    type: 'string',
+    description:
+      'directory of the catalog (catalog.db) (default: $XDG_DATA_HOME/handoff/memstore, else ~/.local/share/handoff/memstore)',
+  },
+  'volatile-dir': {
+    type: 'string',
+    description: 'tmpfs directory of VOLATILE region files (default: /dev/shm/handoff-<uid>)',
+  },
+  'persistent-dir': {
+    type: 'string',
+    description: 'directory of PERSISTENT region files (default: <state-dir>/regions)',
+  },
+  'max-region-size': {
+    type: 'string',
+    default: '64GiB',
+    description: 'largest region a client may create; bytes or K/M/G/T (binary) units, e.g. 512M',
+  },
+  'max-total-size': {
+    type: 'string',
+    default: '0',
+    description: 'largest sum of all region sizes, same units; 0 = no limit',
+  },
+} as const satisfies ConfigSpec;
+
+/** The memstore's parsed flags and variables. */
+export type MemstoreConfig = ConfigOf<typeof memstoreOptions>;
+
+/** The config with defaults resolved, paths absolute and sizes in bytes. */
+export interface MemstoreSettings {
+  readonly host: string;
+  readonly port: number;
+  readonly shutdownTimeoutMs: number;
+  readonly stateDir: string;
+  readonly volatileDir: string;
+  readonly persistentDir: string;
+  readonly maxRegionSize: number;
+  readonly maxTotalSize: number;
+}
+
+/**
+ * A full config from defaults plus overrides (for tests and embedding),
+ * ignoring the process's argv and environment.
+ */
+export function memstoreConfig(overrides: Partial<MemstoreConfig> = {}): MemstoreConfig {
+  return {
+    ...parseConfig(memstoreOptions, { prefix: 'MEMSTORE', argv: [], env: {} }),
+    ...overrides,
+  };
+}
+
+/** Resolves defaults that depend on the environment and checks sizes. Throws SERVICE_INVALID_CONFIG. */
+export function resolveSettings(
+  config: MemstoreConfig,
+  env: NodeJS.ProcessEnv = process.env,
+): MemstoreSettings {
+  const dataHome =
+    env['XDG_DATA_HOME'] !== undefined && env['XDG_DATA_HOME'] !== ''
+      ? env['XDG_DATA_HOME']
+      : join(homedir(), '.local', 'share');
+  const stateDir = resolve(config['state-dir'] ?? join(dataHome, 'handoff', 'memstore'));
+  const uid = process.getuid?.() ?? 0;
+  return {
+    host: config.host,
+    port: config.port,
+    shutdownTimeoutMs: config['shutdown-timeout-ms'],
+    stateDir,
+    volatileDir: resolve(config['volatile-dir'] ?? `/dev/shm/handoff-${uid}`),
+    persistentDir: resolve(config['persistent-dir'] ?? join(stateDir, 'regions')),
+    maxRegionSize: sizeOption(config, 'max-region-size', false),
+    maxTotalSize: sizeOption(config, 'max-total-size', true),
+  };
+}
+
+function sizeOption(
+  config: MemstoreConfig,
+  name: 'max-region-size' | 'max-total-size',
+  zeroOk: boolean,
+): number {
+  const text = config[name];
+  const n = parseByteSize(text);
+  if (n === undefined || (n === 0 && !zeroOk) || n % 4096 !== 0) {
+    throw new ServiceError(
+      'SERVICE_INVALID_CONFIG',
+      `--${name}=${text} is not a usable size; give bytes (a multiple of 4096) or a size such as 512M or 64GiB`,
+    );
+  }
+  return n;
+}

@@ -1,0 +1,32 @@
+/**
+ * Crash points for the crash-safety tests. With the environment variable
+ * `HANDOFF_MEMSTORE_FAILPOINT=<name>[:<n>]`, the process kills itself with
+ * SIGKILL the n-th time (default: the first) it passes the named point —
+ * exactly what a kill -9 or power cut at that instant does. Unset (always,
+ * outside tests), a failpoint is one comparison.
+ *
+ * Points, in the order of the operations they interrupt:
+ * - `create-after-row`: the 'creating' row is committed, the file not yet made;
+ * - `create-after-file`: the file exists, the row is still 'creating';
+ * - `delete-after-row`: the row is deleted, the file not yet removed;
+ * - `seal-after-chmod`: the file is read-only, the 'sealed' state not committed.
+ */
+export type FailpointName =
+  'create-after-row' | 'create-after-file' | 'delete-after-row' | 'seal-after-chmod';
+
+/** Name of the variable that arms a failpoint. */
+export const FAILPOINT_VARIABLE = 'HANDOFF_MEMSTORE_FAILPOINT';
+
+const armed = ((): { name: string; remaining: number } | undefined => {
+  const spec = process.env[FAILPOINT_VARIABLE];
+  if (spec === undefined || spec === '') return undefined;
+  const [name, count] = spec.split(':');
+  return { name: name!, remaining: Math.max(1, Number(count ?? '1') || 1) };
+})();
+
+/** Dies here (SIGKILL) if this failpoint is armed and its count is reached. */
+export function failpoint(name: FailpointName): void {
+  if (armed === undefined || armed.name !== name) return;
+  if (--armed.remaining > 0) return;
+  process.kill(process.pid, 'SIGKILL');
+}

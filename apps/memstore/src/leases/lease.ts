@@ -1,0 +1,27 @@
+import type { RegionRow } from '../catalog/rows.js';
+
+/** A writer lease: who may map the region writable, and the fencing epoch of that grant. */
+export interface Lease {
+  /** Opaque holder identity, e.g. "vmm-a/vm1". */
+  readonly holder: string;
+  /** Grows by one on every acquire or transfer; never goes back, not even after a release. */
+  readonly epoch: number;
+  readonly grantedAt: Date;
+}
+
+/** The current lease of a catalog row, if any. */
+export function leaseOf(row: RegionRow): Lease | undefined {
+  if (row.leaseHolder === null) return undefined;
+  return {
+    holder: row.leaseHolder,
+    epoch: row.leaseEpoch,
+    grantedAt: new Date(row.leaseGrantedAt ?? row.createdAt),
+  };
+}
+
+/** "held by vmm-a/vm1 at epoch 3" / "not leased (last epoch 3)" for messages. */
+export function describeLease(row: RegionRow): string {
+  return row.leaseHolder === null
+    ? `not leased (last epoch ${row.leaseEpoch})`
+    : `held by "${row.leaseHolder}" at epoch ${row.leaseEpoch}`;
+}

@@ -1,0 +1,138 @@
+import type { Logger } from '@handoff/service';
+import type { Catalog } from '../catalog/catalog.js';
+import type { RegionRow } from '../catalog/rows.js';
+import { MemstoreError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
+import { assertLeaseIs } from '../leases/lease-rules.js';
+import { REGION_FILE_MODE, SEALED_FILE_MODE, setFileMode, syncFileData } from '../regions/files.js';
+import { validateHolder } from '../regions/naming.js';
+import type { Region, RegionRef } from '../regions/region.js';
+import type { RegionStore } from '../regions/region-store.js';
+import { findRegion } from '../regions/resolve.js';
+
+/** The lease a sealing caller presents; undefined for an unleased region. */
+export interface SealLease {
+  readonly holder: string;
+  readonly epoch: number;
+}
+
+/**
+ * Templates: sealing a region into an immutable template, and the clones
+ * that map it copy-on-write. A MAP_PRIVATE mapping still sees later writes
+ * to pages it has not copied, so a sealed file must never change again: it
+ * is made read-only (0444), its lease released, and it never takes a writer
+ * lease again.
+ */
+export class Templates {
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly regions: RegionStore,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /**
+   * Seals a region. A leased region needs its current lease (holder, epoch);
+   * an unleased one needs no lease (`lease` undefined). The file's data is
+   * flushed first, then — in one catalog transaction that re-checks the lease —
+   * the file is made read-only and the row becomes 'sealed' with its lease
+   * released. If the commit fails, the file mode is restored.
+   */
+  async seal(ref: RegionRef, lease: SealLease | undefined): Promise<Region> {
+    if (lease !== undefined) validateHolder(lease.holder);
+    const first = findRegion(this.catalog, ref);
+    this.checkSealable(first, lease);
+    // Flushing can take long for a large persistent file: do it off the event
+    // loop, then re-check everything inside the transaction.
+    if (first.kind === 'persistent') {
+      try {
+        await syncFileData(first.path);
+      } catch (err) {
+        throw MemstoreError.from(err, `flushing region "${first.name}" before sealing`);
+      }
+    }
+    const sealed = this.catalog.transaction(() => {
+      const row = findRegion(this.catalog, { id: first.id });
+      this.checkSealable(row, lease);
+      try {
+        setFileMode(row.path, SEALED_FILE_MODE);
+      } catch (err) {
+        throw MemstoreError.from(err, `making the file of region "${row.name}" read-only`);
+      }
+      failpoint('seal-after-chmod');
+      try {
+        const updated = this.catalog.sealRegion(
+          row.id,
+          lease?.holder ?? null,
+          lease?.epoch ?? row.leaseEpoch,
+          this.now(),
+        );
+        if (updated === undefined) throw new Error(`internal: sealing ${row.id} matched no row`);
+        return updated;
+      } catch (err) {
+        setFileMode(row.path, REGION_FILE_MODE);
+        throw err;
+      }
+    });
+    this.logger.info({ region: sealed.id, name: sealed.name }, 'region sealed as a template');
+    return this.regions.get({ id: sealed.id });
+  }
+
+  /** Records that `holder` maps the sealed template (idempotent). REGION_NOT_SEALED, REGION_LOST. */
+  attachClone(ref: RegionRef, holder: string): Region {
+    validateHolder(holder);
+    const row = this.catalog.transaction(() => {
+      const r = findRegion(this.catalog, ref);
+      if (r.state !== 'sealed') {
+        throw new MemstoreError(
+          'REGION_NOT_SEALED',
+          `region "${r.name}" is not a template; seal it first (SealTemplate), clones only map sealed templates`,
+        );
+      }
+      if (r.lostAt !== null) {
+        throw new MemstoreError(
+          'REGION_LOST',
+          `template "${r.name}" has lost its file ${r.path}; delete it and create the template again`,
+        );
+      }
+      if (this.catalog.attachClone(r.id, holder, this.now())) {
+        this.logger.info({ region: r.id, name: r.name, holder }, 'clone attached');
+      }
+      return r;
+    });
+    return this.regions.get({ id: row.id });
+  }
+
+  /** Forgets that `holder` maps the template. Idempotent: false if it was not attached. */
+  detachClone(ref: RegionRef, holder: string): boolean {
+    validateHolder(holder);
+    const row = findRegion(this.catalog, ref);
+    const detached = this.catalog.detachClone(row.id, holder);
+    if (detached) this.logger.info({ region: row.id, name: row.name, holder }, 'clone detached');
+    return detached;
+  }
+
+  private checkSealable(row: RegionRow, lease: SealLease | undefined): void {
+    if (row.state === 'sealed') {
+      throw new MemstoreError(
+        'REGION_SEALED',
+        `region "${row.name}" is already a sealed template; nothing to do`,
+      );
+    }
+    if (row.lostAt !== null) {
+      throw new MemstoreError(
+        'REGION_LOST',
+        `region "${row.name}" has lost its file ${row.path}; it cannot become a template`,
+      );
+    }
+    if (lease !== undefined) {
+      assertLeaseIs(row, lease.holder, lease.epoch, 'seal');
+    } else if (row.leaseHolder !== null) {
+      throw new MemstoreError(
+        'LEASE_HELD',
+        `region "${row.name}" is leased by "${row.leaseHolder}" at epoch ${row.leaseEpoch}; ` +
+          'seal it presenting that lease (holder and epoch), or release the lease first',
+      );
+    }
+  }
+}

@@ -1,0 +1,94 @@
+import type { Logger } from '@handoff/service';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { memstoreConfig, resolveSettings, type MemstoreSettings } from '../config.js';
+import { openMemstore, type Memstore } from '../memstore.js';
+
+/**
+ * Shared fixtures of the memstore's unit tests (not part of the build):
+ * throw-away directories, a recording logger, a memstore on them.
+ */
+
+/** A state directory under os.tmpdir() and a volatile directory under /dev/shm. */
+export interface TempDirs {
+  readonly stateDir: string;
+  readonly volatileDir: string;
+  readonly persistentDir: string;
+  /** Removes every directory (and the files in them). */
+  cleanup(): void;
+}
+
+/** Fresh, empty directories for one test. */
+export function makeTempDirs(): TempDirs {
+  const tag = `memstore-unit-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const stateDir = join(tmpdir(), tag);
+  const volatileDir = join('/dev/shm', tag);
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  return {
+    stateDir,
+    volatileDir,
+    persistentDir: join(stateDir, 'regions'),
+    cleanup() {
+      rmSync(stateDir, { recursive: true, force: true });
+      rmSync(volatileDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One recorded log call. */
+export interface LogEntry {
+  readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+  readonly fields: Record<string, unknown>;
+  readonly msg: string;
+}
+
+/** A logger that records instead of printing. */
+export function recordingLogger(): { logger: Logger; entries: LogEntry[] } {
+  const entries: LogEntry[] = [];
+  const at =
+    (level: LogEntry['level']) =>
+    (fields: unknown, msg?: string): void => {
+      if (typeof fields === 'string') entries.push({ level, fields: {}, msg: fields });
+      else
+        entries.push({ level, fields: (fields ?? {}) as Record<string, unknown>, msg: msg ?? '' });
+    };
+  const logger = {
+    trace: at('trace'),
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    fatal: at('fatal'),
+    child: () => logger,
+  };
+  return { logger: logger as unknown as Logger, entries };
+}
+
+/** Settings pointing at `dirs` (port 0, loopback). */
+export function testSettings(
+  dirs: TempDirs,
+  overrides: Partial<MemstoreSettings> = {},
+): MemstoreSettings {
+  return {
+    ...resolveSettings(
+      memstoreConfig({
+        port: 0,
+        'state-dir': dirs.stateDir,
+        'volatile-dir': dirs.volatileDir,
+        'persistent-dir': dirs.persistentDir,
+      }),
+    ),
+    ...overrides,
+  };
+}
+
+/** Opens a memstore on `dirs` with a recording logger. */
+export function openTestMemstore(
+  dirs: TempDirs,
+  overrides: Partial<MemstoreSettings> = {},
+): { memstore: Memstore; log: LogEntry[] } {
+  const { logger, entries } = recordingLogger();
+  return { memstore: openMemstore(testSettings(dirs, overrides), logger), log: entries };
+}

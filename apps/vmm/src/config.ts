@@ -1,0 +1,32 @@
+import { commonOptions, type ConfigOf, type ConfigSpec } from '@handoff/service';
+
+/** Default port of the first vmm instance (vmm-a); the cluster launcher gives vmm-b the next one. */
+export const VMM_DEFAULT_PORT = 7201;
+
+/** Flags (`--name`) and variables (`HANDOFF_VMM_NAME`) of a vmm instance. */
+export const vmmOptions = {
+  ...commonOptions(VMM_DEFAULT_PORT),
+  id: {
+    type: 'string',
+    default: 'vmm-a',
+    description: 'instance id, unique in the cluster (lower-case letters, digits, dashes)',
+  },
+  migrator: {
+    type: 'string',
+    default: '127.0.0.1:7000',
+    env: 'HANDOFF_MIGRATOR_ADDR',
+    description: 'migrator address to register with (host:port)',
+  },
+  memstore: {
+    type: 'string',
+    default: '127.0.0.1:7100',
+    env: 'HANDOFF_MEMSTORE_ADDR',
+    description: 'memstore address (host:port)',
+  },
+  'advertise-address': {
+    type: 'string',
+    description: 'address other services use to reach this instance (default: the bound address)',
+  },
+} as const satisfies ConfigSpec;
+
+export type VmmConfig = ConfigOf<typeof vmmOptions>;

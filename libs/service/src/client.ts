@@ -1,0 +1,120 @@
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { RemoteError } from './errors.js';
+
+/** Default deadline of a unary call when the caller gives none. */
+export const DEFAULT_DEADLINE_MS = 5000;
+
+type UnaryCallback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+type UnaryFn<Req, Res> = (
+  req: Req,
+  metadata: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+  callback: UnaryCallback<Res>,
+) => grpc.ClientUnaryCall;
+
+/** Names of a generated client's unary methods. */
+export type UnaryMethod<C> = {
+  [K in keyof C]: C[K] extends UnaryFn<infer _Req, infer _Res> ? K : never;
+}[keyof C] &
+  string;
+type RequestOf<F> = F extends UnaryFn<infer Req, infer _Res> ? Req : never;
+type ResponseOf<F> = F extends UnaryFn<infer _Req, infer Res> ? Res : never;
+
+export interface CallOptions {
+  /** Deadline in milliseconds from now (default 5 s). Every call has one. */
+  deadlineMs?: number;
+  /** A server call whose deadline and cancellation propagate to this one. */
+  parent?: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
+  metadata?: grpc.Metadata;
+}
+
+/**
+ * Calls a unary method of a generated client as a promise, always with a
+ * deadline; failures become RemoteError carrying the server's stable code.
+ */
+export function unaryCall<C, K extends UnaryMethod<C>>(
+  client: C,
+  method: K,
+  request: RequestOf<C[K]>,
+  opts: CallOptions = {},
+): Promise<ResponseOf<C[K]>> {
+  const fn = client[method] as unknown as UnaryFn<RequestOf<C[K]>, ResponseOf<C[K]>>;
+  const options: Partial<grpc.CallOptions> = {
+    deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
+  };
+  if (opts.parent !== undefined) {
+    options.parent = opts.parent as unknown as grpc.ServerUnaryCall<unknown, unknown>;
+    options.propagate_flags = grpc.propagate.DEFAULTS;
+  }
+  return new Promise((resolve, reject) => {
+    fn.call(client, request, opts.metadata ?? new grpc.Metadata(), options, (err, res) => {
+      if (err) reject(RemoteError.fromGrpc(err, String(method)));
+      else resolve(res);
+    });
+  });
+}
+
+/** Channel options shared by every Handoff client. */
+export const CLIENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  'grpc.keepalive_time_ms': 30_000,
+  'grpc.keepalive_timeout_ms': 10_000,
+};
+
+type ClientCtor<C> = new (
+  address: string,
+  credentials: grpc.ChannelCredentials,
+  options?: grpc.ChannelOptions,
+) => C;
+
+/** Creates an insecure (loopback) client of a generated service. */
+export function createClient<C>(ctor: ClientCtor<C>, address: string): C {
+  return new ctor(address, grpc.credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+}
+
+/** grpc.health.v1 serving status as a string. */
+export type HealthStatus =
+  'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN' | 'UNREACHABLE';
+
+interface HealthClient extends grpc.Client {
+  check(
+    req: { service: string },
+    md: grpc.Metadata,
+    opts: Partial<grpc.CallOptions>,
+    cb: (err: grpc.ServiceError | null, res: { status: string }) => void,
+  ): grpc.ClientUnaryCall;
+}
+
+let healthCtor: (new (address: string, creds: grpc.ChannelCredentials) => HealthClient) | undefined;
+
+/**
+ * Asks a server's grpc.health.v1 for a service's status ('' = the whole server).
+ * Never throws: an unreachable server is reported as UNREACHABLE.
+ */
+export async function checkHealth(
+  address: string,
+  service = '',
+  deadlineMs = 2000,
+): Promise<{ status: HealthStatus; error?: string }> {
+  if (healthCtor === undefined) {
+    const pkg = grpc.loadPackageDefinition(
+      protoLoader.loadSync(healthProtoPath, { enums: String }),
+    ) as unknown as {
+      grpc: { health: { v1: { Health: typeof healthCtor } } };
+    };
+    healthCtor = pkg.grpc.health.v1.Health;
+  }
+  const client = new healthCtor!(address, grpc.credentials.createInsecure());
+  try {
+    const res = await unaryCall(client, 'check', { service }, { deadlineMs });
+    return { status: res.status as HealthStatus };
+  } catch (err) {
+    const e = err as RemoteError;
+    if (e.status === grpc.status.NOT_FOUND) return { status: 'SERVICE_UNKNOWN' };
+    return { status: 'UNREACHABLE', error: e.message };
+  } finally {
+    client.close();
+  }
+}

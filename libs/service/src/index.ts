@@ -1,0 +1,17 @@
+/**
+ * The service runtime shared by memstore, vmm and migrator: configuration,
+ * logging, the gRPC server with health and reflection, client helpers with
+ * deadlines, the error-to-status table, and graceful shutdown.
+ *
+ * @packageDocumentation
+ */
+export * from './errors.js';
+export * from './config.js';
+export * from './logger.js';
+export * from './server.js';
+export * from './client.js';
+export * from './lifecycle.js';
+export * from './version.js';
+export * from './ready.js';
+export * from './main.js';
+export * from './units.js';

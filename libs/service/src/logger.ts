@@ -1,0 +1,38 @@
+import { pino, type Logger, type LoggerOptions } from 'pino';
+import pretty from 'pino-pretty';
+
+export type { Logger } from 'pino';
+
+/** Log output format: JSON lines, or human-readable lines for a terminal. */
+export type LogFormat = 'json' | 'pretty' | 'auto';
+
+/**
+ * Creates the service's root logger. JSON lines by default; pretty when the
+ * format is `pretty`, or `auto` and stdout is a terminal. Pretty output is
+ * written synchronously (no transport worker), so nothing is lost on exit.
+ * Never log payloads (page data, console bytes): log sizes and ids.
+ */
+export function createLogger(opts: {
+  name: string;
+  level?: string;
+  format?: LogFormat;
+  base?: Record<string, unknown>;
+}): Logger {
+  const options: LoggerOptions = {
+    level: opts.level ?? 'info',
+    base: { service: opts.name, pid: process.pid, ...opts.base },
+  };
+  const format = opts.format ?? 'auto';
+  const usePretty = format === 'pretty' || (format === 'auto' && process.stdout.isTTY === true);
+  if (usePretty) {
+    return pino(
+      options,
+      pretty({
+        sync: true,
+        colorize: process.stdout.isTTY === true,
+        ignore: 'pid,hostname,service',
+      }),
+    );
+  }
+  return pino(options);
+}

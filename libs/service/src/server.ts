@@ -1,0 +1,240 @@
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { readFileSync } from 'node:fs';
+import { descriptorSetPath } from '@handoff/proto';
+import { ServiceError, toGrpcError } from './errors.js';
+import type { Logger } from './logger.js';
+
+/** Name under which grpc.health.v1 reports the server as a whole. */
+export const OVERALL_HEALTH = '';
+
+/** Reflection name of the health service (served beside every Handoff service). */
+export const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';
+
+/** A service to register: the generated definition, its fully-qualified name and handlers. */
+export interface ServiceRegistration {
+  name: string;
+  definition: grpc.ServiceDefinition;
+  implementation: grpc.UntypedServiceImplementation;
+}
+
+export interface ServerOptions {
+  /** Service name for logs (memstore, vmm, migrator). */
+  name: string;
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  logger: Logger;
+  services: ServiceRegistration[];
+  /** How long graceful shutdown waits for calls to finish before forcing. */
+  shutdownTimeoutMs?: number;
+  /** Largest message accepted (default 16 MiB: page frames are <= 1 MiB plus headers). */
+  maxReceiveMessageBytes?: number;
+}
+
+/** A started server. */
+export interface RunningServer {
+  readonly port: number;
+  /** host:port the server listens on. */
+  readonly address: string;
+  readonly health: HealthImplementation;
+  /**
+   * Graceful shutdown: health goes NOT_SERVING, new calls are refused, open
+   * calls get `shutdownTimeoutMs` to finish, then the server is forced down.
+   * Idempotent; resolves when the server is down.
+   */
+  shutdown(reason?: string): Promise<void>;
+}
+
+let cachedPackages: protoLoader.PackageDefinition | undefined;
+
+function reflectionPackages(): protoLoader.PackageDefinition {
+  if (cachedPackages === undefined) {
+    const handoff = protoLoader.loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
+    const health = protoLoader.loadSync(healthProtoPath);
+    cachedPackages = { ...health, ...handoff };
+  }
+  return cachedPackages;
+}
+
+/**
+ * Starts a gRPC server with the given services plus grpc.health.v1 and server
+ * reflection (v1 and v1alpha), so `grpcurl -plaintext HOST:PORT list` works.
+ */
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const maxReceive = opts.maxReceiveMessageBytes ?? 16 * 1024 * 1024;
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': maxReceive,
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  const names = opts.services.map((s) => s.name);
+  const health = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
+  for (const n of names) health.setStatus(n, 'NOT_SERVING');
+  health.addToServer(server);
+  new ReflectionService(reflectionPackages(), {
+    services: [...names, HEALTH_SERVICE_NAME],
+  }).addToServer(server);
+  for (const s of opts.services) server.addService(s.definition, s.implementation);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(
+      `${opts.host}:${opts.port}`,
+      grpc.ServerCredentials.createInsecure(),
+      (err, p) => (err ? reject(bindError(err, opts)) : resolve(p)),
+    );
+  });
+  const address = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`;
+  health.setStatus(OVERALL_HEALTH, 'SERVING');
+  for (const n of names) health.setStatus(n, 'SERVING');
+  opts.logger.info({ address, services: names }, `${opts.name} serving`);
+
+  let down: Promise<void> | undefined;
+  const shutdown = (reason = 'shutdown requested'): Promise<void> => {
+    down ??= new Promise<void>((resolve) => {
+      health.setStatus(OVERALL_HEALTH, 'NOT_SERVING');
+      for (const n of names) health.setStatus(n, 'NOT_SERVING');
+      opts.logger.info({ reason }, `${opts.name} shutting down`);
+      const timeout = opts.shutdownTimeoutMs ?? 5000;
+      const timer = setTimeout(() => {
+        opts.logger.warn(
+          { timeoutMs: timeout },
+          'calls still open after the timeout: forcing shutdown',
+        );
+        server.forceShutdown();
+        resolve();
+      }, timeout);
+      timer.unref();
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return down;
+  };
+  return { port, address, health, shutdown };
+}
+
+function bindError(err: Error, opts: ServerOptions): ServiceError {
+  return new ServiceError(
+    'SERVICE_UNAVAILABLE',
+    `${opts.name} cannot listen on ${opts.host}:${opts.port} (${err.message}); ` +
+      'pick another port with --port or stop the process using it',
+    { cause: err },
+  );
+}
+
+type UnaryFn<Req, Res> = (request: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res;
+
+/**
+ * Adapts an async handler to grpc-js: the resolved value is the response, a
+ * thrown error is normalised and mapped through the one status table.
+ */
+export function unary<Req, Res>(
+  logger: Logger,
+  fn: UnaryFn<Req, Res>,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => fn(call.request, call))
+      .then(
+        (res) => callback(null, res),
+        (err: unknown) => {
+          const grpcErr = toGrpcError(err);
+          logFailure(logger, call.getPath(), err, grpcErr);
+          callback(grpcErr as grpc.ServiceError);
+        },
+      );
+  };
+}
+
+/**
+ * Adapts an async server-streaming handler: the call ends when the function
+ * resolves; a thrown error ends it with the mapped status.
+ */
+export function serverStream<Req, Res>(
+  logger: Logger,
+  fn: (request: Req, call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    fn(call.request, call).then(
+      () => {
+        if (!call.writableEnded) call.end();
+      },
+      (err: unknown) => failStream(logger, call, err),
+    );
+  };
+}
+
+/** Adapts an async bidirectional handler (same contract as serverStream). */
+export function bidiStream<Req, Res>(
+  logger: Logger,
+  fn: (call: grpc.ServerDuplexStream<Req, Res>) => Promise<void>,
+): grpc.handleBidiStreamingCall<Req, Res> {
+  return (call) => {
+    fn(call).then(
+      () => {
+        if (!call.writableEnded) call.end();
+      },
+      (err: unknown) => failStream(logger, call, err),
+    );
+  };
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- a refusal fits every call shape */
+/** A handler usable for any call shape (it only refuses). */
+export type UnavailableHandler = grpc.handleUnaryCall<any, any> &
+  grpc.handleServerStreamingCall<any, any> &
+  grpc.handleClientStreamingCall<any, any> &
+  grpc.handleBidiStreamingCall<any, any>;
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+/**
+ * A handler for a call this version does not offer yet: answers UNIMPLEMENTED
+ * with a message naming the call and the release that brings it.
+ */
+export function unavailable(
+  service: string,
+  method: string,
+  code: string,
+  plannedFor: string,
+): UnavailableHandler {
+  const message = `${service}.${method} is not available in this version; it arrives with ${plannedFor}`;
+  return ((call: { getPath?: () => string }, callback?: (e: unknown) => void) => {
+    const err = toGrpcError(new ServiceError(code, message));
+    if (typeof callback === 'function') callback(err);
+    else (call as unknown as NodeJS.EventEmitter).emit('error', err);
+  }) as unknown as UnavailableHandler;
+}
+
+/**
+ * Ends a failed stream with its mapped status. grpc-js turns an emitted
+ * 'error' into the trailing status; `destroy(err)` would send none and leave
+ * the client waiting for its deadline.
+ */
+function failStream(
+  logger: Logger,
+  call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
+  err: unknown,
+): void {
+  const grpcErr = toGrpcError(err);
+  logFailure(logger, call.getPath(), err, grpcErr);
+  if (!call.writableEnded && !call.destroyed) call.emit('error', grpcErr);
+}
+
+function logFailure(
+  logger: Logger,
+  path: string,
+  err: unknown,
+  grpcErr: Partial<grpc.ServiceError>,
+): void {
+  const status = grpc.status[grpcErr.code ?? grpc.status.UNKNOWN];
+  if (grpcErr.code === grpc.status.INTERNAL || grpcErr.code === grpc.status.UNKNOWN) {
+    logger.error({ err, path, status }, 'call failed');
+  } else {
+    logger.info({ path, status, error: grpcErr.details }, 'call refused');
+  }
+}

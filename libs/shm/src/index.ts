@@ -1,0 +1,49 @@
+/**
+ * `@handoff/shm` — memory mappings for Handoff: file and memfd mappings (`MAP_SHARED` or
+ * copy-on-write `MAP_PRIVATE`) exposed as SharedArrayBuffers (or detachable ArrayBuffers),
+ * madvise/msync/mincore, memfd sealing, and RSS/PSS readers from `/proc`.
+ *
+ * Guest RAM is touched only through typed-array views of {@link Mapping.buffer}; nothing on the
+ * access path calls into native code. See README.md for ownership, `close()` and GC behaviour.
+ *
+ * @packageDocumentation
+ */
+export {
+  SHM_ERROR_CODES,
+  ShmError,
+  isShmError,
+  type ShmErrorCode,
+  type ShmErrorOptions,
+} from './errors.js';
+export { PAGE_SIZE } from './validate.js';
+export {
+  ADVICE,
+  Mapping,
+  mapFd,
+  mapFile,
+  mappingStats,
+  type Advice,
+  type BufferKind,
+  type MapFileOptions,
+  type MapOptions,
+  type MappingBuffer,
+  type Sharing,
+  type SyncOptions,
+} from './mapping.js';
+export {
+  MEMFD_NAME_MAX,
+  addSeals,
+  createMemfd,
+  fallocate,
+  getSeals,
+  type FallocateOptions,
+  type MemfdOptions,
+  type Seal,
+} from './memfd.js';
+export {
+  readSmapsRange,
+  readSmapsRollup,
+  readSmapsRollupAsync,
+  type MemoryUsage,
+  type ProcessRef,
+} from './smaps.js';

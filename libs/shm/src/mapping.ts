@@ -1,0 +1,829 @@
+/**
+ * File and memfd mappings exposed as (Shared)ArrayBuffers.
+ *
+ * Contracts (see README.md for the long form):
+ * - A {@link Mapping} owns one mmap'ed range. Its `buffer` is a view of the mapped memory itself:
+ *   every read and write is a plain typed-array access, with no native call per access.
+ * - {@link Mapping.close} releases the file at once and is idempotent. A `detachable` buffer is
+ *   detached (its views read as empty) and the range unmapped; a `shared` buffer (the default)
+ *   cannot be detached, so any views still alive keep a range of inert anonymous zero pages until
+ *   they are garbage-collected: they never crash the process and never reach the file again.
+ * - Dropping a mapping without `close()` is safe: the range is unmapped when the `Mapping` and
+ *   every buffer over it (in every thread) have been garbage-collected.
+ * - The file must not shrink below the mapped range while mapped: the kernel answers accesses
+ *   past the end of a file with SIGBUS, which kills the process.
+ *
+ * @packageDocumentation
+ */
+import {
+  closeSync,
+  constants as fsConstants,
+  fstatSync,
+  ftruncateSync,
+  openSync,
+  unlinkSync,
+} from 'node:fs';
+
+import { ShmError, describe } from './errors.js';
+import { native, toShmError, type Classifier, type NativeHandle } from './native.js';
+import { readSmapsRange, type MemoryUsage } from './smaps.js';
+import {
+  PAGE_SIZE,
+  checkChoice,
+  checkFd,
+  checkFlag,
+  checkInteger,
+  checkOptions,
+  checkPageAligned,
+  roundUpToPage,
+} from './validate.js';
+
+/**
+ * How writes relate to the file.
+ * - `'shared'` — `MAP_SHARED`: writes go to the file and are seen by every process mapping it.
+ *   The file is opened read-write.
+ * - `'private'` — `MAP_PRIVATE`: copy-on-write. The file is opened read-only and never changes;
+ *   the first write to a page copies it into this process. Pages not yet written still show later
+ *   changes others make to the file, so a template must never change once sealed.
+ */
+export type Sharing = 'shared' | 'private';
+
+/**
+ * Which kind of buffer exposes the mapping.
+ * - `'shared'` (default) — a `SharedArrayBuffer`: can be posted to worker threads (they see the
+ *   same memory, no remapping), supports `Atomics.wait/notify`, and is not counted as V8 external
+ *   memory, so mapping gigabytes never triggers a garbage collection. Cannot be detached:
+ *   `close()` revokes it instead (see {@link Mapping.close}).
+ * - `'detachable'` — an `ArrayBuffer`: `close()` detaches it, so later use of stale views fails
+ *   visibly (`byteLength` 0, methods throw). V8 counts it as external memory: mapping one starts
+ *   GC work, ms-scale from about 64 MiB and a full GC at 1 GiB+. Use it for small mappings only.
+ */
+export type BufferKind = 'shared' | 'detachable';
+
+/** Every kind of buffer a {@link Mapping} may expose. */
+export type MappingBuffer = ArrayBuffer | SharedArrayBuffer;
+
+/** Options of {@link mapFd} (and the mapping part of {@link mapFile}). */
+export interface MapOptions {
+  /** `'shared'` (default) or `'private'` (copy-on-write); see {@link Sharing}. */
+  sharing?: Sharing;
+  /** Where the mapping starts in the file, in bytes; a multiple of {@link PAGE_SIZE}. Default 0. */
+  offset?: number;
+  /**
+   * Bytes to map. Default: from `offset` to the end of the file (after `size` is applied).
+   * `offset + length` must not exceed the file size.
+   */
+  length?: number;
+  /** `'shared'` (default, a SharedArrayBuffer) or `'detachable'`; see {@link BufferKind}. */
+  bufferKind?: BufferKind;
+  /**
+   * Pre-fault the page tables (`MAP_POPULATE`) so first accesses do not fault. Shared mappings
+   * only: on a private mapping it would copy every page. For a private mapping use
+   * `advise('populate-read')`, which maps the file's pages without copying them.
+   */
+  populate?: boolean;
+  /**
+   * Shared mappings only: make the file this many bytes (`ftruncate`) before mapping. A shorter
+   * file grows (new bytes read as zero); a longer file is an error, since shrinking a file that
+   * others may map would crash them with SIGBUS.
+   */
+  size?: number;
+  /**
+   * Shared mappings only: reserve the mapped range now (`fallocate`), so running out of space
+   * fails here with `SHM_NO_SPACE` instead of killing the process with SIGBUS on a later write.
+   * On tmpfs this allocates (and zeroes) the pages up front, which costs time and memory.
+   */
+  allocate?: boolean;
+}
+
+/** Options of {@link mapFile}: {@link MapOptions} plus how to open (or create) the file. */
+export interface MapFileOptions extends MapOptions {
+  /** Shared mappings only: create the file if it does not exist (`O_CREAT`). Needs `size`. */
+  create?: boolean;
+  /** With `create`: fail with `SHM_ALREADY_EXISTS` if the file exists (`O_EXCL`). */
+  exclusive?: boolean;
+  /** Permission bits of a created file. Default `0o600`. */
+  mode?: number;
+}
+
+/**
+ * Names of `madvise(2)` advice, as supported by the running kernel's headers at build time
+ * ({@link ADVICE} lists those available).
+ * - `'dontneed'` drops this mapping's page-table entries: a private mapping loses its
+ *   copy-on-write copies and reads the file again; a shared mapping loses nothing.
+ * - `'remove'` frees the file's pages in the range (tmpfs/shmem, shared writable mappings only):
+ *   the contents are gone for every mapper and read back as zeros.
+ * - `'willneed'` starts read-ahead; `'populate-read'`/`'populate-write'` (Linux 5.14+) fault the
+ *   range in now (`populate-write` on a private mapping copies every page).
+ */
+export type Advice =
+  | 'normal'
+  | 'random'
+  | 'sequential'
+  | 'willneed'
+  | 'dontneed'
+  | 'free'
+  | 'remove'
+  | 'dontfork'
+  | 'dofork'
+  | 'hugepage'
+  | 'nohugepage'
+  | 'dontdump'
+  | 'dodump'
+  | 'cold'
+  | 'pageout'
+  | 'populate-read'
+  | 'populate-write';
+
+const ALL_ADVICE: readonly Advice[] = [
+  'normal',
+  'random',
+  'sequential',
+  'willneed',
+  'dontneed',
+  'free',
+  'remove',
+  'dontfork',
+  'dofork',
+  'hugepage',
+  'nohugepage',
+  'dontdump',
+  'dodump',
+  'cold',
+  'pageout',
+  'populate-read',
+  'populate-write',
+];
+
+/** The {@link Advice} names this build of the addon supports. */
+export const ADVICE: readonly Advice[] = Object.freeze(
+  ALL_ADVICE.filter((a) => native.constants.advice[a] !== undefined),
+);
+
+/** Options of {@link Mapping.sync}. */
+export interface SyncOptions {
+  /** Schedule the write-back and return at once (`MS_ASYNC`) instead of waiting (`MS_SYNC`). */
+  async?: boolean;
+  /** Also invalidate other mappings of the same file (`MS_INVALIDATE`). */
+  invalidate?: boolean;
+}
+
+/** @internal What {@link Mapping} is built from. */
+export interface MappingInit {
+  readonly handle: NativeHandle;
+  readonly buffer: MappingBuffer;
+  readonly address: bigint;
+  readonly length: number;
+  readonly fileOffset: number;
+  readonly sharing: Sharing;
+  readonly bufferKind: BufferKind;
+  readonly source: string;
+}
+
+const SHARINGS: readonly Sharing[] = ['shared', 'private'];
+const BUFFER_KINDS: readonly BufferKind[] = ['shared', 'detachable'];
+
+/**
+ * One memory mapping of a file or memfd, owned by this object.
+ *
+ * Create it with {@link mapFile} or {@link mapFd}; release it with {@link Mapping.close}. The
+ * object is used from the thread that created it; hand {@link Mapping.buffer} (a
+ * SharedArrayBuffer by default) to worker threads instead.
+ *
+ * @typeParam B - `SharedArrayBuffer` (bufferKind `'shared'`) or `ArrayBuffer` (`'detachable'`)
+ */
+export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
+  /** Bytes mapped; the length of {@link Mapping.buffer}. */
+  readonly length: number;
+  /** Where the mapping starts in the file, in bytes. */
+  readonly fileOffset: number;
+  /** `'shared'` or `'private'`; see {@link Sharing}. */
+  readonly sharing: Sharing;
+  /** `'shared'` or `'detachable'`; see {@link BufferKind}. */
+  readonly bufferKind: BufferKind;
+  /**
+   * Virtual address of the first byte in this process, for diagnostics and for matching
+   * `/proc/<pid>/smaps` (see {@link Mapping.usage}). Never dereference it.
+   */
+  readonly address: bigint;
+  /** What was mapped (`/dev/shm/x` or `fd 12`), for messages. */
+  readonly source: string;
+
+  #handle: NativeHandle | undefined;
+  #buffer: B | undefined;
+
+  /** @internal Use {@link mapFile} or {@link mapFd}. */
+  constructor(init: MappingInit) {
+    this.#handle = init.handle;
+    this.#buffer = init.buffer as B;
+    this.address = init.address;
+    this.length = init.length;
+    this.fileOffset = init.fileOffset;
+    this.sharing = init.sharing;
+    this.bufferKind = init.bufferKind;
+    this.source = init.source;
+  }
+
+  /** True once {@link Mapping.close} ran. */
+  get closed(): boolean {
+    return this.#handle === undefined;
+  }
+
+  /**
+   * The mapped memory. Keep typed-array views of it rather than calling this per access.
+   *
+   * @throws ShmError `SHM_CLOSED` after {@link Mapping.close}
+   */
+  get buffer(): B {
+    if (this.#buffer === undefined) this.#throwClosed('buffer');
+    return this.#buffer;
+  }
+
+  /**
+   * A `Uint8Array` view of [offset, offset + length) of the mapping.
+   *
+   * @throws ShmError `SHM_CLOSED`, `SHM_OUT_OF_RANGE`, `SHM_INVALID_ARGUMENT`
+   */
+  bytes(offset = 0, length?: number): Uint8Array<B> {
+    const [off, len] = this.#range('bytes', offset, length);
+    return new Uint8Array(this.buffer, off, len);
+  }
+
+  /**
+   * Give the kernel advice about [offset, offset + length) (`madvise(2)`).
+   *
+   * `offset` must be a multiple of {@link PAGE_SIZE}; `length` too unless the range reaches the
+   * end of the mapping (the kernel applies advice to whole pages, so a partial last page would
+   * silently extend the range).
+   *
+   * @param advice - see {@link Advice}
+   * @param offset - bytes from the start of the mapping; default 0
+   * @param length - bytes; default to the end of the mapping
+   * @throws ShmError `SHM_CLOSED`, `SHM_OUT_OF_RANGE`, `SHM_INVALID_ARGUMENT`, `SHM_UNSUPPORTED`
+   *   (e.g. `'remove'` on a private mapping or a file system without hole punching)
+   */
+  advise(advice: Advice, offset = 0, length?: number): void {
+    const op = `advise(${describe(advice)})`;
+    const value = typeof advice === 'string' ? native.constants.advice[advice] : undefined;
+    if (value === undefined || !(ALL_ADVICE as readonly string[]).includes(advice)) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: unknown or unsupported advice; this build supports ${ADVICE.join(', ')}.`,
+      );
+    }
+    const [off, len] = this.#range(op, offset, length);
+    checkPageAligned(op, 'offset', off);
+    if (len % PAGE_SIZE !== 0 && off + len !== this.length) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: length ${len} is not a multiple of the page size (${PAGE_SIZE}) and does not ` +
+          `reach the end of the mapping; the kernel would apply the advice to the whole last ` +
+          `page. Pass whole pages.`,
+      );
+    }
+    if (len === 0) return;
+    try {
+      native.madvise(this.#live(op), off, len, value);
+    } catch (err) {
+      throw toShmError(`${op} on ${this.source}`, err, classifyMadvise(advice, this.sharing), [
+        'SHM_SYSCALL_FAILED',
+        'check the kernel log; the mapping is unchanged.',
+      ]);
+    }
+  }
+
+  /**
+   * Write dirty pages of a shared mapping back to the file (`msync(2)`); for tmpfs files this is
+   * nearly free, for files on disk it is what makes a save durable.
+   *
+   * @param offset - bytes from the start of the mapping, a multiple of {@link PAGE_SIZE}; default 0
+   * @param length - bytes; default to the end of the mapping
+   * @param options - {@link SyncOptions}
+   */
+  sync(offset = 0, length?: number, options?: SyncOptions): void {
+    const op = 'sync';
+    const [off, len] = this.#range(op, offset, length);
+    checkPageAligned(op, 'offset', off);
+    const opts = checkOptions(op, options);
+    const flags = native.constants.flags;
+    let bits = checkFlag(op, 'async', opts.async) ? flags.MS_ASYNC : flags.MS_SYNC;
+    if (checkFlag(op, 'invalidate', opts.invalidate)) bits |= flags.MS_INVALIDATE;
+    if (len === 0) return;
+    try {
+      native.msync(this.#live(op), off, len, bits);
+    } catch (err) {
+      throw toShmError(`${op} of ${this.source}`, err, classifyIo, [
+        'SHM_SYSCALL_FAILED',
+        'the data may not be on disk; check the file system and retry.',
+      ]);
+    }
+  }
+
+  /**
+   * How many pages of [offset, offset + length) are resident (`mincore(2)`).
+   *
+   * For file pages this is residency in the page cache (a page another process faulted in
+   * counts), not whether this process touched it; use {@link Mapping.usage} for this process's
+   * RSS/PSS. For a private mapping, copied pages count as resident.
+   *
+   * @param offset - bytes from the start of the mapping, a multiple of {@link PAGE_SIZE}; default 0
+   * @param length - bytes; default to the end of the mapping
+   */
+  residentPages(offset = 0, length?: number): number {
+    const op = 'residentPages';
+    const [off, len] = this.#range(op, offset, length);
+    checkPageAligned(op, 'offset', off);
+    if (len === 0) return 0;
+    try {
+      return native.mincore(this.#live(op), off, len);
+    } catch (err) {
+      throw toShmError(`${op} of ${this.source}`, err, () => undefined, [
+        'SHM_SYSCALL_FAILED',
+        'the mapping is unchanged.',
+      ]);
+    }
+  }
+
+  /**
+   * Per-page residency of [offset, offset + length): one byte per page, 1 if resident, else 0
+   * (`mincore(2)`; see {@link Mapping.residentPages} for what "resident" means).
+   *
+   * @param offset - bytes from the start of the mapping, a multiple of {@link PAGE_SIZE}; default 0
+   * @param length - bytes; default to the end of the mapping
+   * @param out - optional array to fill (reuse it to avoid allocating); at least one byte per page
+   * @returns `out` (or a new array) trimmed to one byte per page
+   */
+  residency(offset = 0, length?: number, out?: Uint8Array): Uint8Array {
+    const op = 'residency';
+    const [off, len] = this.#range(op, offset, length);
+    checkPageAligned(op, 'offset', off);
+    const pages = Math.ceil(len / PAGE_SIZE);
+    let vec: Uint8Array;
+    if (out === undefined) {
+      vec = new Uint8Array(pages);
+    } else if (!(out instanceof Uint8Array) || out.length < pages) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: out must be a Uint8Array of at least ${pages} bytes (one per page), got ` +
+          `${out instanceof Uint8Array ? `${out.length} bytes` : describe(out)}.`,
+      );
+    } else {
+      vec = out.subarray(0, pages);
+    }
+    if (len === 0) return vec;
+    try {
+      native.mincore(this.#live(op), off, len, vec);
+    } catch (err) {
+      throw toShmError(`${op} of ${this.source}`, err, () => undefined, [
+        'SHM_SYSCALL_FAILED',
+        'the mapping is unchanged.',
+      ]);
+    }
+    return vec;
+  }
+
+  /**
+   * This process's memory for this mapping (RSS, PSS, private/shared clean/dirty, in bytes), from
+   * `/proc/self/smaps`. For a clone (private mapping of a template), `anonymous` is what it has
+   * copied on write and `pss` its fair share of the rest. (`privateDirty` is not the copies:
+   * tmpfs pages are always dirty, so template pages mapped by one process only count there too.)
+   */
+  usage(): MemoryUsage {
+    this.#live('usage');
+    return readSmapsRange(this.address, roundUpToPage(this.length));
+  }
+
+  /**
+   * Release the mapping. Idempotent: a second call does nothing.
+   *
+   * - `detachable` buffer: the buffer is detached (byteLength 0; views read as empty, their
+   *   methods throw) and the range is unmapped.
+   * - `shared` buffer, or a detachable one another thread still holds: the file pages are replaced
+   *   in one step by anonymous zero pages, so the file is released now and stale views neither
+   *   crash the process nor reach the file (they read zeros; their writes are discarded with the
+   *   range). The range is unmapped when the last buffer over it is garbage-collected, in any
+   *   thread.
+   *
+   * Afterwards {@link Mapping.buffer} and every method throw `SHM_CLOSED`.
+   */
+  close(): void {
+    const handle = this.#handle;
+    if (handle === undefined) return;
+    this.#handle = undefined;
+    this.#buffer = undefined;
+    try {
+      native.close(handle);
+    } catch (err) {
+      throw toShmError(`close of ${this.source}`, err, () => undefined, [
+        'SHM_SYSCALL_FAILED',
+        'the file stays mapped until every buffer over it is garbage-collected.',
+      ]);
+    }
+  }
+
+  #live(op: string): NativeHandle {
+    if (this.#handle === undefined) this.#throwClosed(op);
+    return this.#handle;
+  }
+
+  #throwClosed(op: string): never {
+    throw new ShmError(
+      'SHM_CLOSED',
+      `${op}: the mapping of ${this.source} is closed; map the file again to use it.`,
+    );
+  }
+
+  /** Check [offset, offset + length) lies in the mapping; default length: to the end. */
+  #range(op: string, offset: unknown, length: unknown): [number, number] {
+    this.#live(op);
+    if (typeof offset !== 'number' || !Number.isInteger(offset)) {
+      checkInteger(op, 'offset', offset, 0);
+    }
+    const off = offset as number;
+    if (off < 0 || off > this.length) {
+      throw new ShmError(
+        'SHM_OUT_OF_RANGE',
+        `${op}: offset ${off} is outside the ${this.length}-byte mapping of ${this.source}; ` +
+          `pass 0 <= offset <= ${this.length}.`,
+      );
+    }
+    if (length === undefined) return [off, this.length - off];
+    if (typeof length !== 'number' || !Number.isInteger(length)) {
+      checkInteger(op, 'length', length, 0);
+    }
+    const len = length as number;
+    if (len < 0 || off + len > this.length) {
+      throw new ShmError(
+        'SHM_OUT_OF_RANGE',
+        `${op}: range [${off}, ${off + len}) is outside the ${this.length}-byte mapping of ` +
+          `${this.source}; pass 0 <= offset <= offset + length <= ${this.length}.`,
+      );
+    }
+    return [off, len];
+  }
+}
+
+function classifyMadvise(advice: string, sharing: Sharing): Classifier {
+  return (errno) => {
+    if (advice === 'remove' && sharing === 'private') {
+      // The kernel says EACCES (or EINVAL on older kernels): REMOVE needs a shared writable vma.
+      return [
+        'SHM_UNSUPPORTED',
+        `'remove' frees file pages and needs a shared mapping; use 'dontneed' to drop a ` +
+          `private mapping's copies.`,
+      ];
+    }
+    if (errno === 'EINVAL' || errno === 'EOPNOTSUPP' || errno === 'ENOSYS') {
+      return [
+        'SHM_UNSUPPORTED',
+        `the kernel or file system does not support '${advice}' on this ${sharing} mapping.`,
+      ];
+    }
+    if (errno === 'EACCES' || errno === 'EPERM') {
+      return ['SHM_PERMISSION_DENIED', `'${advice}' needs write access to the file.`];
+    }
+    if (errno === 'ENOMEM') {
+      return ['SHM_SYSCALL_FAILED', 'out of memory, or the range is not fully mapped.'];
+    }
+    return undefined;
+  };
+}
+
+const classifyIo: Classifier = (errno) => {
+  if (errno === 'ENOSPC' || errno === 'EDQUOT' || errno === 'EFBIG') {
+    return ['SHM_NO_SPACE', 'free space on the file system holding the file, then retry.'];
+  }
+  return undefined;
+};
+
+const classifyOpen =
+  (create: boolean): Classifier =>
+  (errno) => {
+    switch (errno) {
+      case 'ENOENT':
+        return [
+          'SHM_NOT_FOUND',
+          create
+            ? 'its directory does not exist; create the directory first.'
+            : 'check the path, or pass create: true (with size) to create a shared region.',
+        ];
+      case 'EEXIST':
+        return [
+          'SHM_ALREADY_EXISTS',
+          'another region uses this path; pick a new name or map it without exclusive.',
+        ];
+      case 'EACCES':
+      case 'EPERM':
+      case 'EROFS':
+      case 'ETXTBSY':
+        return [
+          'SHM_PERMISSION_DENIED',
+          'a shared mapping needs read-write access; check the file mode, or map it with ' +
+            "sharing: 'private' (read-only open, copy-on-write).",
+        ];
+      default:
+        return undefined;
+    }
+  };
+
+const classifyResize: Classifier = (errno) => {
+  if (errno === 'ENOSPC' || errno === 'EDQUOT' || errno === 'EFBIG' || errno === 'ENOMEM') {
+    return [
+      'SHM_NO_SPACE',
+      'free space (for /dev/shm: memory or the tmpfs size limit) or use a smaller size.',
+    ];
+  }
+  if (errno === 'EPERM' || errno === 'EACCES' || errno === 'EINVAL' || errno === 'EBADF') {
+    return [
+      'SHM_PERMISSION_DENIED',
+      'the file must be open for writing and not sealed against growing (F_SEAL_GROW).',
+    ];
+  }
+  if (errno === 'EOPNOTSUPP' || errno === 'ENOSYS' || errno === 'ENODEV') {
+    return ['SHM_UNSUPPORTED', 'the file system does not support it; drop the option.'];
+  }
+  return undefined;
+};
+
+const classifyMmap: Classifier = (errno) => {
+  switch (errno) {
+    case 'EACCES':
+      return [
+        'SHM_PERMISSION_DENIED',
+        "a shared mapping needs an fd open for reading and writing; use sharing: 'private' for " +
+          'a read-only fd.',
+      ];
+    case 'EPERM':
+      return [
+        'SHM_PERMISSION_DENIED',
+        "the file is sealed against writing (F_SEAL_WRITE); map it with sharing: 'private'.",
+      ];
+    case 'ENODEV':
+      return ['SHM_UNSUPPORTED', 'this file system does not support mmap.'];
+    case 'ENOMEM':
+      return [
+        'SHM_MAP_FAILED',
+        'out of address space or over vm.max_map_count; close unused mappings.',
+      ];
+    default:
+      return undefined;
+  }
+};
+
+/** Options checked once, shared by mapFile and mapFd. */
+interface Checked {
+  readonly sharing: Sharing;
+  readonly bufferKind: BufferKind;
+  readonly offset: number;
+  readonly length: number | undefined;
+  readonly populate: boolean;
+  readonly size: number | undefined;
+  readonly allocate: boolean;
+}
+
+function checkMapOptions(op: string, options: MapOptions | undefined): Checked {
+  const o = checkOptions(op, options);
+  const sharing = checkChoice(op, 'sharing', o.sharing, SHARINGS, 'shared');
+  const bufferKind = checkChoice(op, 'bufferKind', o.bufferKind, BUFFER_KINDS, 'shared');
+  const offset = o.offset === undefined ? 0 : checkInteger(op, 'offset', o.offset, 0);
+  checkPageAligned(op, 'offset', offset);
+  const length = o.length === undefined ? undefined : checkInteger(op, 'length', o.length, 1);
+  const populate = checkFlag(op, 'populate', o.populate);
+  const size = o.size === undefined ? undefined : checkInteger(op, 'size', o.size, 1);
+  const allocate = checkFlag(op, 'allocate', o.allocate);
+  if (sharing === 'private') {
+    const bad = (['size', 'allocate', 'populate'] as const).filter((k) => o[k] !== undefined);
+    if (bad.length > 0) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: ${bad.join(', ')} cannot be used with sharing 'private': a private mapping never ` +
+          `changes its file, and populating it would copy every page. Size the file through a ` +
+          `shared mapping first; use advise('populate-read') to pre-fault a private mapping.`,
+      );
+    }
+  }
+  return { sharing, bufferKind, offset, length, populate, size, allocate };
+}
+
+/** Size, allocate and map an open fd; the fd stays open and owned by the caller. */
+function mapOpenFd(op: string, fd: number, source: string, c: Checked): Mapping<MappingBuffer> {
+  const what = `${op}(${source})`;
+  let fileSize: number;
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${what}: not a regular file; map a file on tmpfs (/dev/shm), a memfd, or a file on disk.`,
+      );
+    }
+    fileSize = stat.size;
+  } catch (err) {
+    throw toShmError(
+      what,
+      err,
+      (errno) =>
+        errno === 'EBADF'
+          ? ['SHM_INVALID_ARGUMENT', `fd ${fd} is not open; pass an open file descriptor.`]
+          : undefined,
+      ['SHM_OPEN_FAILED', 'check the file.'],
+    );
+  }
+
+  if (c.size !== undefined && c.size !== fileSize) {
+    if (c.size < fileSize) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${what}: the file is ${fileSize} bytes, larger than size ${c.size}; mapping never ` +
+          `shrinks a file (other mappers would crash with SIGBUS). Omit size or remove the file.`,
+      );
+    }
+    try {
+      ftruncateSync(fd, c.size);
+    } catch (err) {
+      throw toShmError(`${what}: growing to ${c.size} bytes`, err, classifyResize, [
+        'SHM_SYSCALL_FAILED',
+        'the file keeps its old size.',
+      ]);
+    }
+    fileSize = c.size;
+  }
+
+  if (c.offset >= fileSize) {
+    throw new ShmError(
+      'SHM_OUT_OF_RANGE',
+      fileSize === 0
+        ? `${what}: the file is empty; pass size to grow it (shared mappings) or map another file.`
+        : `${what}: offset ${c.offset} is at or past the end of the ${fileSize}-byte file.`,
+    );
+  }
+  const length = c.length ?? fileSize - c.offset;
+  if (c.offset + length > fileSize) {
+    throw new ShmError(
+      'SHM_OUT_OF_RANGE',
+      `${what}: [${c.offset}, ${c.offset + length}) reaches past the end of the ${fileSize}-byte ` +
+        `file; accesses there would kill the process with SIGBUS. Grow the file (size) or map less.`,
+    );
+  }
+
+  if (c.allocate) {
+    try {
+      native.fallocate(fd, 0, c.offset, length);
+    } catch (err) {
+      throw toShmError(`${what}: reserving ${length} bytes`, err, classifyResize, [
+        'SHM_SYSCALL_FAILED',
+        'drop allocate or check the file system.',
+      ]);
+    }
+  }
+
+  let handle: NativeHandle;
+  let buffer: MappingBuffer;
+  let address: bigint;
+  try {
+    [handle, buffer, address] = native.map(
+      fd,
+      c.offset,
+      length,
+      c.sharing === 'shared',
+      c.populate,
+      c.bufferKind === 'shared',
+    );
+  } catch (err) {
+    throw toShmError(what, err, classifyMmap, [
+      'SHM_MAP_FAILED',
+      'check the file and the process limits (ulimit -v, vm.max_map_count).',
+    ]);
+  }
+  return new Mapping<MappingBuffer>({
+    handle,
+    buffer,
+    address,
+    length,
+    fileOffset: c.offset,
+    sharing: c.sharing,
+    bufferKind: c.bufferKind,
+    source,
+  });
+}
+
+/**
+ * Map a file by path.
+ *
+ * Shared mappings open the file read-write (optionally creating and sizing it); private mappings
+ * open it read-only and map it copy-on-write, so the file never changes. The file descriptor is
+ * closed before returning; the mapping keeps the file alive (it may be unlinked meanwhile).
+ *
+ * @example
+ * ```ts
+ * // a memstore region
+ * const region = mapFile('/dev/shm/handoff-r1', { create: true, size: 64 << 20 });
+ * // a clone of a template
+ * const clone = mapFile('/dev/shm/handoff-t1', { sharing: 'private' });
+ * const ram = new Uint8Array(clone.buffer);
+ * ```
+ *
+ * @throws ShmError `SHM_INVALID_ARGUMENT`, `SHM_NOT_FOUND`, `SHM_ALREADY_EXISTS`,
+ *   `SHM_PERMISSION_DENIED`, `SHM_NO_SPACE`, `SHM_OUT_OF_RANGE`, `SHM_OPEN_FAILED`,
+ *   `SHM_MAP_FAILED`, `SHM_UNSUPPORTED`
+ */
+export function mapFile(
+  path: string,
+  options: MapFileOptions & { bufferKind: 'detachable' },
+): Mapping<ArrayBuffer>;
+export function mapFile(
+  path: string,
+  options?: MapFileOptions & { bufferKind?: 'shared' },
+): Mapping<SharedArrayBuffer>;
+export function mapFile(path: string, options?: MapFileOptions): Mapping<MappingBuffer>;
+export function mapFile(path: string, options?: MapFileOptions): Mapping<MappingBuffer> {
+  const op = 'mapFile';
+  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${op}: path ${describe(path)} is not a usable file path; pass a non-empty string.`,
+    );
+  }
+  const c = checkMapOptions(op, options);
+  const o = checkOptions(op, options);
+  const create = checkFlag(op, 'create', o.create);
+  const exclusive = checkFlag(op, 'exclusive', o.exclusive);
+  const mode = o.mode === undefined ? 0o600 : checkInteger(op, 'mode', o.mode, 0, 0o7777);
+  if (c.sharing === 'private' && (create || exclusive)) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${op}(${path}): create/exclusive cannot be used with sharing 'private'; a private ` +
+        'mapping opens an existing file read-only.',
+    );
+  }
+  if (exclusive && !create) {
+    throw new ShmError('SHM_INVALID_ARGUMENT', `${op}(${path}): exclusive needs create: true.`);
+  }
+  if (create && c.size === undefined) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${op}(${path}): create needs size, or a new file would be empty and unmappable.`,
+    );
+  }
+
+  let flags = c.sharing === 'shared' ? fsConstants.O_RDWR : fsConstants.O_RDONLY;
+  if (create) flags |= fsConstants.O_CREAT;
+  if (exclusive) flags |= fsConstants.O_EXCL;
+  let fd: number;
+  try {
+    fd = openSync(path, flags, mode);
+  } catch (err) {
+    throw toShmError(`${op}(${path})`, err, classifyOpen(create), [
+      'SHM_OPEN_FAILED',
+      'check the path and its permissions.',
+    ]);
+  }
+  try {
+    return mapOpenFd(op, fd, path, c);
+  } catch (err) {
+    // A file this call created exclusively is ours to remove again.
+    if (exclusive) {
+      try {
+        unlinkSync(path);
+      } catch {
+        // already gone; nothing to undo
+      }
+    }
+    throw err;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Map an open file descriptor (a memfd from {@link createMemfd}, or any regular file).
+ *
+ * The fd stays owned by the caller, who may close it right after mapping; the mapping keeps the
+ * file alive. A shared mapping needs an fd open for reading and writing.
+ *
+ * @throws ShmError see {@link mapFile}
+ */
+export function mapFd(
+  fd: number,
+  options: MapOptions & { bufferKind: 'detachable' },
+): Mapping<ArrayBuffer>;
+export function mapFd(
+  fd: number,
+  options?: MapOptions & { bufferKind?: 'shared' },
+): Mapping<SharedArrayBuffer>;
+export function mapFd(fd: number, options?: MapOptions): Mapping<MappingBuffer>;
+export function mapFd(fd: number, options?: MapOptions): Mapping<MappingBuffer> {
+  const op = 'mapFd';
+  checkFd(op, fd);
+  const c = checkMapOptions(op, options);
+  return mapOpenFd(op, fd, `fd ${fd}`, c);
+}
+
+/**
+ * Address ranges this process still has mapped through this package (all threads): closed
+ * mappings whose buffers are not yet garbage-collected still count. For leak checks in tests and
+ * for diagnostics.
+ */
+export function mappingStats(): { regions: number; bytes: number } {
+  return native.stats();
+}

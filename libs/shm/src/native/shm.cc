@@ -1,0 +1,379 @@
+// handoff_shm: memory mappings for Handoff.
+//
+// A thin layer over mmap(2) and friends. Argument validation, defaults and error wording live in
+// TypeScript (src/*.ts); this file trusts its (internal) caller for ranges and only reports errno.
+//
+// Ownership. Every mapping is a Region: one mmap'ed address range with a reference count. The JS
+// owner (an External held by the TS `Mapping`) holds one reference; each V8 backing store over the
+// range holds another and drops it from its deleter, which V8 calls when the last JS buffer using
+// that backing store is gone (in any isolate, possibly on a background thread). The last reference
+// unmaps. So:
+//   - close() never unmaps memory a live buffer still points at. If buffers remain, close() instead
+//     *revokes* the range: it atomically replaces the file pages with anonymous zero pages
+//     (mmap MAP_FIXED), so the file is released now and stale views can neither crash the process
+//     nor reach the file. The address range itself is unmapped by the last backing-store deleter.
+//   - dropping the owner without close() releases only the owner's reference.
+//
+// V8 bridge. Buffers are created with the V8 API rather than napi_create_external_arraybuffer:
+//   - SharedArrayBuffer (v8::SharedArrayBuffer::NewBackingStore with our deleter): shareable with
+//     worker threads (postMessage keeps the same memory), usable with Atomics, and not counted as
+//     per-isolate external memory, so mapping gigabytes never forces a GC.
+//   - ArrayBuffer (v8::ArrayBuffer::NewBackingStore): detachable on close(); V8 counts it as
+//     external memory, so large ones can trigger a full GC.
+// N-API has no SharedArrayBuffer constructor for external memory, so a v8::Local is converted to a
+// napi_value by value (Node's own JsValueFromV8LocalValue does the same). The addon is built from
+// source against the headers of the Node that runs it, which keeps this sound.
+
+#include <napi.h>
+#include <v8.h>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::atomic<int64_t> g_regions{0};  // regions whose address range is still mapped
+std::atomic<int64_t> g_bytes{0};    // their total span in bytes
+
+size_t PageSize() {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+size_t RoundUpToPage(size_t n) {
+  const size_t page = PageSize();
+  return (n + page - 1) / page * page;
+}
+
+// One mapped address range. All state changes happen under `mu`, so a revoke (close) never races
+// the final unmap (a backing-store deleter on another thread).
+struct Region {
+  std::mutex mu;
+  uint8_t* addr = nullptr;
+  size_t span = 0;  // bytes covered by mmap (the exposed length rounded up to pages)
+  int refs = 0;     // owner + live backing stores
+};
+
+void Unref(Region* region) {
+  bool last = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    last = --region->refs == 0;
+    if (last) munmap(region->addr, region->span);
+  }
+  if (last) {
+    g_regions.fetch_sub(1);
+    g_bytes.fetch_sub(static_cast<int64_t>(region->span));
+    delete region;
+  }
+}
+
+// V8 BackingStore deleter: may run on any thread; touches no JS.
+void ReleaseBackingStore(void* /*data*/, size_t /*length*/, void* deleter_data) {
+  Unref(static_cast<Region*>(deleter_data));
+}
+
+// What the JS owner holds (inside a Napi::External).
+struct Owner {
+  Region* region = nullptr;          // null once closed
+  Napi::Reference<Napi::Object> ab;  // weak reference to a detachable ArrayBuffer, else empty
+};
+
+void FinalizeOwner(Napi::Env /*env*/, Owner* owner) {
+  if (owner->region != nullptr) Unref(owner->region);
+  delete owner;
+}
+
+[[noreturn]] void ThrowErrno(Napi::Env env, const char* syscall, int err) {
+  Napi::Error error = Napi::Error::New(env, std::string(syscall) + ": " + std::strerror(err));
+  error.Set("errno", Napi::Number::New(env, err));
+  error.Set("syscall", Napi::String::New(env, syscall));
+  throw error;
+}
+
+[[noreturn]] void ThrowClosed(Napi::Env env) {
+  Napi::Error error = Napi::Error::New(env, "mapping is closed");
+  error.Set("closed", Napi::Boolean::New(env, true));
+  throw error;
+}
+
+napi_value ToNapi(v8::Local<v8::Value> value) {
+  static_assert(sizeof(napi_value) == sizeof(v8::Local<v8::Value>),
+                "napi_value and v8::Local must have the same representation");
+  napi_value result;
+  std::memcpy(static_cast<void*>(&result), static_cast<const void*>(&value), sizeof(result));
+  return result;
+}
+
+int64_t ArgInt(const Napi::CallbackInfo& info, size_t i) {
+  return info[i].As<Napi::Number>().Int64Value();
+}
+
+Region* OpenRegion(const Napi::CallbackInfo& info) {
+  Owner* owner = info[0].As<Napi::External<Owner>>().Data();
+  if (owner->region == nullptr) ThrowClosed(info.Env());
+  return owner->region;
+}
+
+// map(fd, offset, length, shared, populate, sharedBuffer) -> [owner, buffer, address]
+Napi::Value Map(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int64_t offset = ArgInt(info, 1);
+  const size_t length = static_cast<size_t>(ArgInt(info, 2));
+  const bool shared = info[3].ToBoolean();
+  const bool populate = info[4].ToBoolean();
+  const bool shared_buffer = info[5].ToBoolean();
+
+  const size_t span = RoundUpToPage(length);
+  int flags = shared ? MAP_SHARED : MAP_PRIVATE;
+  if (populate) flags |= MAP_POPULATE;
+  void* addr = mmap(nullptr, span, PROT_READ | PROT_WRITE, flags, fd, static_cast<off_t>(offset));
+  if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+
+  Region* region = new Region();
+  region->addr = static_cast<uint8_t*>(addr);
+  region->span = span;
+  region->refs = 2;  // the owner and the backing store created below
+  g_regions.fetch_add(1);
+  g_bytes.fetch_add(static_cast<int64_t>(span));
+
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  v8::Local<v8::Value> buffer;
+  if (shared_buffer) {
+    std::shared_ptr<v8::BackingStore> store =
+        v8::SharedArrayBuffer::NewBackingStore(addr, length, ReleaseBackingStore, region);
+    buffer = v8::SharedArrayBuffer::New(isolate, std::move(store));
+  } else {
+    std::shared_ptr<v8::BackingStore> store =
+        v8::ArrayBuffer::NewBackingStore(addr, length, ReleaseBackingStore, region);
+    buffer = v8::ArrayBuffer::New(isolate, std::move(store));
+  }
+  Napi::Object js_buffer = Napi::Value(env, ToNapi(buffer)).As<Napi::Object>();
+
+  Owner* owner = new Owner();
+  owner->region = region;
+  if (!shared_buffer) owner->ab = Napi::Weak(js_buffer);
+
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::External<Owner>::New(env, owner, FinalizeOwner));
+  result.Set(1u, js_buffer);
+  result.Set(2u, Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
+  return result;
+}
+
+// close(owner) -> 'unmapped' | 'revoked' | 'already-closed'
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Owner* owner = info[0].As<Napi::External<Owner>>().Data();
+  Region* region = owner->region;
+  if (region == nullptr) return Napi::String::New(env, "already-closed");
+  owner->region = nullptr;
+
+  // Detach our ArrayBuffer if this isolate still has it attached. That drops its backing store at
+  // once unless someone else (another thread it was transferred to, an in-flight native call)
+  // still holds it.
+  if (!owner->ab.IsEmpty()) {
+    Napi::Object value = owner->ab.Value();
+    if (!value.IsEmpty() && value.IsArrayBuffer()) {
+      Napi::ArrayBuffer ab = value.As<Napi::ArrayBuffer>();
+      if (!ab.IsDetached()) ab.Detach();
+    }
+    owner->ab.Reset();
+  }
+
+  int revoke_error = 0;
+  bool revoked = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    if (region->refs > 1) {
+      void* again = mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+      if (again == MAP_FAILED) {
+        revoke_error = errno;
+      } else {
+        revoked = true;
+      }
+    }
+  }
+  Unref(region);
+  if (revoke_error != 0) ThrowErrno(env, "mmap", revoke_error);
+  return Napi::String::New(env, revoked ? "revoked" : "unmapped");
+}
+
+// madvise(owner, offset, length, advice)
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Region* region = OpenRegion(info);
+  const size_t offset = static_cast<size_t>(ArgInt(info, 1));
+  const size_t length = static_cast<size_t>(ArgInt(info, 2));
+  const int advice = info[3].As<Napi::Number>().Int32Value();
+  if (madvise(region->addr + offset, length, advice) != 0) ThrowErrno(info.Env(), "madvise", errno);
+  return info.Env().Undefined();
+}
+
+// msync(owner, offset, length, flags)
+Napi::Value Msync(const Napi::CallbackInfo& info) {
+  Region* region = OpenRegion(info);
+  const size_t offset = static_cast<size_t>(ArgInt(info, 1));
+  const size_t length = static_cast<size_t>(ArgInt(info, 2));
+  const int flags = info[3].As<Napi::Number>().Int32Value();
+  if (msync(region->addr + offset, length, flags) != 0) ThrowErrno(info.Env(), "msync", errno);
+  return info.Env().Undefined();
+}
+
+// mincore(owner, offset, length, out?: Uint8Array) -> resident page count. `out` (one byte per page,
+// normalised to 0/1) must hold at least ceil(length / page) bytes; the caller checks.
+Napi::Value Mincore(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Region* region = OpenRegion(info);
+  const size_t offset = static_cast<size_t>(ArgInt(info, 1));
+  const size_t length = static_cast<size_t>(ArgInt(info, 2));
+  const size_t pages = RoundUpToPage(length) / PageSize();
+  std::vector<unsigned char> scratch;
+  unsigned char* vec = nullptr;
+  if (info.Length() > 3 && info[3].IsTypedArray()) {
+    vec = info[3].As<Napi::Uint8Array>().Data();
+  } else {
+    scratch.resize(pages);
+    vec = scratch.data();
+  }
+  if (mincore(region->addr + offset, length, vec) != 0) ThrowErrno(env, "mincore", errno);
+  double resident = 0;
+  for (size_t i = 0; i < pages; i++) {
+    vec[i] &= 1;
+    resident += vec[i];
+  }
+  return Napi::Number::New(env, resident);
+}
+
+// memfdCreate(name, flags) -> fd
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  const unsigned int flags = info[1].As<Napi::Number>().Uint32Value();
+  const int fd = memfd_create(name.c_str(), flags);
+  if (fd < 0) ThrowErrno(info.Env(), "memfd_create", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// fallocate(fd, mode, offset, length)
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int mode = info[1].As<Napi::Number>().Int32Value();
+  const off_t offset = static_cast<off_t>(ArgInt(info, 2));
+  const off_t length = static_cast<off_t>(ArgInt(info, 3));
+  int rc;
+  do {
+    rc = fallocate(fd, mode, offset, length);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) ThrowErrno(info.Env(), "fallocate", errno);
+  return info.Env().Undefined();
+}
+
+// addSeals(fd, seals)
+Napi::Value AddSeals(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int seals = info[1].As<Napi::Number>().Int32Value();
+  if (fcntl(fd, F_ADD_SEALS, seals) != 0) ThrowErrno(info.Env(), "fcntl(F_ADD_SEALS)", errno);
+  return info.Env().Undefined();
+}
+
+// getSeals(fd) -> seal bits
+Napi::Value GetSeals(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) ThrowErrno(info.Env(), "fcntl(F_GET_SEALS)", errno);
+  return Napi::Number::New(info.Env(), seals);
+}
+
+// stats() -> { regions, bytes }: address ranges this process still has mapped through the addon.
+Napi::Value Stats(const Napi::CallbackInfo& info) {
+  Napi::Object result = Napi::Object::New(info.Env());
+  result.Set("regions", Napi::Number::New(info.Env(), static_cast<double>(g_regions.load())));
+  result.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(g_bytes.load())));
+  return result;
+}
+
+Napi::Object Constants(Napi::Env env) {
+  Napi::Object advice = Napi::Object::New(env);
+  advice.Set("normal", MADV_NORMAL);
+  advice.Set("random", MADV_RANDOM);
+  advice.Set("sequential", MADV_SEQUENTIAL);
+  advice.Set("willneed", MADV_WILLNEED);
+  advice.Set("dontneed", MADV_DONTNEED);
+#ifdef MADV_FREE
+  advice.Set("free", MADV_FREE);
+#endif
+  advice.Set("remove", MADV_REMOVE);
+  advice.Set("dontfork", MADV_DONTFORK);
+  advice.Set("dofork", MADV_DOFORK);
+  advice.Set("hugepage", MADV_HUGEPAGE);
+  advice.Set("nohugepage", MADV_NOHUGEPAGE);
+  advice.Set("dontdump", MADV_DONTDUMP);
+  advice.Set("dodump", MADV_DODUMP);
+#ifdef MADV_COLD
+  advice.Set("cold", MADV_COLD);
+#endif
+#ifdef MADV_PAGEOUT
+  advice.Set("pageout", MADV_PAGEOUT);
+#endif
+#ifdef MADV_POPULATE_READ
+  advice.Set("populate-read", MADV_POPULATE_READ);
+#endif
+#ifdef MADV_POPULATE_WRITE
+  advice.Set("populate-write", MADV_POPULATE_WRITE);
+#endif
+
+  Napi::Object seals = Napi::Object::New(env);
+  seals.Set("seal", F_SEAL_SEAL);
+  seals.Set("shrink", F_SEAL_SHRINK);
+  seals.Set("grow", F_SEAL_GROW);
+  seals.Set("write", F_SEAL_WRITE);
+#ifdef F_SEAL_FUTURE_WRITE
+  seals.Set("future-write", F_SEAL_FUTURE_WRITE);
+#endif
+
+  Napi::Object flags = Napi::Object::New(env);
+  flags.Set("MS_SYNC", MS_SYNC);
+  flags.Set("MS_ASYNC", MS_ASYNC);
+  flags.Set("MS_INVALIDATE", MS_INVALIDATE);
+  flags.Set("MFD_CLOEXEC", MFD_CLOEXEC);
+  flags.Set("MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  flags.Set("FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
+  flags.Set("FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
+
+  Napi::Object constants = Napi::Object::New(env);
+  constants.Set("pageSize", Napi::Number::New(env, static_cast<double>(PageSize())));
+  constants.Set("advice", advice);
+  constants.Set("seals", seals);
+  constants.Set("flags", flags);
+  return constants;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("constants", Constants(env));
+  exports.Set("map", Napi::Function::New(env, Map, "map"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("msync", Napi::Function::New(env, Msync, "msync"));
+  exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
+  exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
+  exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(handoff_shm, Init)

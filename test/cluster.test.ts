@@ -1,0 +1,182 @@
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startCluster, type Cluster } from '@handoff/cli';
+import { listServicesByReflection } from './helpers/reflection.js';
+import { repoRoot } from './helpers/services.js';
+
+const execFileAsync = promisify(execFile);
+const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
+
+interface VmctlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('the local cluster and vmctl', () => {
+  let cluster: Cluster;
+  let stateDir: string;
+  let volatileDir: string;
+  let vmctl: (...args: string[]) => Promise<VmctlResult>;
+
+  beforeAll(async () => {
+    stateDir = mkdtempSync(join(tmpdir(), 'handoff-cluster-'));
+    volatileDir = mkdtempSync('/dev/shm/handoff-cluster-test-');
+    cluster = await startCluster({
+      stateDir,
+      volatileDir,
+      ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
+    });
+    const env = {
+      ...process.env,
+      HANDOFF_MEMSTORE_ADDR: cluster.memstore,
+      HANDOFF_MIGRATOR_ADDR: cluster.migrator,
+    };
+    vmctl = async (...args) => {
+      try {
+        const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
+        return { code: 0, stdout: r.stdout, stderr: r.stderr };
+      } catch (err) {
+        const e = err as { code: number; stdout: string; stderr: string };
+        return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+      }
+    };
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+    rmSync(stateDir, { recursive: true, force: true });
+    rmSync(volatileDir, { recursive: true, force: true });
+  });
+
+  it('vmctl status shows all four services SERVING once the vmm instances registered', async () => {
+    let status:
+      | { healthy: boolean; services: { name: string; health: string }[]; vmms: { id: string }[] }
+      | undefined;
+    for (let i = 0; i < 50; i++) {
+      const r = await vmctl('status', '--output', 'json');
+      status = JSON.parse(r.stdout);
+      if (r.code === 0 && status!.vmms.length === 2) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    expect(status!.healthy).toBe(true);
+    expect(status!.services.map((s) => [s.name, s.health])).toEqual([
+      ['memstore', 'SERVING'],
+      ['migrator', 'SERVING'],
+    ]);
+    expect(status!.vmms.map((v) => v.id)).toEqual(['vmm-a', 'vmm-b']);
+    const table = await vmctl('status');
+    expect(table.stdout).toMatch(/vmm-a\s+127\.0\.0\.1:\d+\s+SERVING/);
+    expect(table.stdout).toContain('cluster: healthy');
+  });
+
+  it('every service lists its services through reflection', async () => {
+    expect(await listServicesByReflection(cluster.memstore)).toContain(
+      'handoff.memstore.v1.MemstoreService',
+    );
+    expect(await listServicesByReflection(cluster.migrator)).toContain(
+      'handoff.migrator.v1.MigratorService',
+    );
+    for (const address of Object.values(cluster.vmms)) {
+      expect(await listServicesByReflection(address)).toContain('handoff.vmm.v1.VmmService');
+    }
+  });
+
+  it('vmctl region create, list, show and delete a region', async () => {
+    const created = await vmctl('region', 'create', 'walkthrough', '--size', '8M', '-o', 'json');
+    expect(created.code).toBe(0);
+    const region = JSON.parse(created.stdout).region;
+    expect(region).toMatchObject({
+      name: 'walkthrough',
+      size: 8 * 1024 * 1024,
+      kind: 'volatile',
+      state: 'active',
+    });
+    expect(region.path.startsWith(volatileDir)).toBe(true);
+
+    const list = await vmctl('region', 'list');
+    expect(list.stdout).toMatch(/walkthrough\s+volatile\s+active\s+8 MiB/);
+
+    const shown = JSON.parse(
+      (await vmctl('region', 'show', region.id, '-o', 'json')).stdout,
+    ).region;
+    expect(shown.name).toBe('walkthrough');
+
+    expect((await vmctl('region', 'delete', 'walkthrough')).code).toBe(0);
+    const missing = await vmctl('region', 'show', 'walkthrough', '-o', 'json');
+    expect(missing.code).toBe(1);
+    expect(JSON.parse(missing.stdout).error.code).toBe('REGION_NOT_FOUND');
+    expect(missing.stderr).toMatch(/^vmctl: /);
+  });
+
+  it('vmctl refuses bad input with exit status 2 before calling anything', async () => {
+    const bad = await vmctl('region', 'create', 'x', '--size', 'lots');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('is not a size');
+    expect((await vmctl('nonsense')).code).toBe(2);
+    expect((await vmctl('region', 'create', 'x')).stderr).toContain(
+      "required option '-s, --size <size>'",
+    );
+  });
+
+  it('vmctl reports an unreachable cluster with exit status 1 and what to do', async () => {
+    const r = await vmctl('region', 'list', '--memstore', '127.0.0.1:1', '--timeout', '500');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('npm start');
+  });
+});
+
+describe('npm start (the cluster launcher)', () => {
+  it('starts four services, prints their addresses, and Ctrl-C stops every one', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'handoff-start-'));
+    const volatileDir = mkdtempSync('/dev/shm/handoff-start-test-');
+    const base = 20000 + Math.floor(Math.random() * 20000);
+    const child = spawn(
+      process.execPath,
+      [
+        join(repoRoot, 'apps/cli/dist/cluster/main.js'),
+        '--base-port',
+        String(base),
+        '--state-dir',
+        stateDir,
+        '--volatile-dir',
+        volatileDir,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      for (let i = 0; i < 300 && !out.includes('cluster is up'); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(out).toContain('Handoff local cluster is up');
+      expect(out).toContain(`migrator  127.0.0.1:${base}`);
+      expect(out).toContain(`vmm-b     127.0.0.1:${base + 202}`);
+      const pids = [...out.matchAll(/"pid":(\d+)/g)].map((m) => Number(m[1]));
+      expect(new Set(pids).size).toBeGreaterThanOrEqual(4);
+      child.kill('SIGINT');
+      expect(await exited).toBe(0);
+      expect(out).toContain('cluster stopped.');
+      for (const pid of new Set(pids)) expect(isAlive(pid)).toBe(false);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      rmSync(stateDir, { recursive: true, force: true });
+      rmSync(volatileDir, { recursive: true, force: true });
+    }
+  });
+});
