@@ -15,6 +15,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const SUITES = [
   { name: 'bitmap', module: 'libs/bitmap/dist/bitmap.bench.js' },
   { name: 'shm', module: 'libs/shm/dist/shm.bench.js' },
+  { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
 ];
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -1,0 +1,140 @@
+import { describe, expect, it } from 'vitest';
+import { createMachine } from '../machine/machine.js';
+import { VirtMap } from '../machine/virt-map.js';
+import { DeterministicClock, RealtimeClock } from './clock.js';
+import { CONTROL_MAGIC, ControlReg } from './control.js';
+import { UartReg } from './uart16550.js';
+
+describe('NS16550A UART', () => {
+  it('transmits to the sink and always reports THR empty', () => {
+    const out: number[] = [];
+    const m = createMachine({ ramSize: 1 << 16, uartSink: (b) => out.push(b) });
+    m.uart.write(UartReg.DATA, 1, 0x41);
+    expect(out).toEqual([0x41]);
+    expect(m.uart.read(UartReg.LSR, 1)).toBe(0x60);
+  });
+
+  it('receives host bytes in order with LSR.DR', () => {
+    const m = createMachine({ ramSize: 1 << 16 });
+    m.uart.receive(new Uint8Array([1, 2]));
+    expect(m.uart.read(UartReg.LSR, 1) & 1).toBe(1);
+    expect(m.uart.read(UartReg.DATA, 1)).toBe(1);
+    expect(m.uart.read(UartReg.DATA, 1)).toBe(2);
+    expect(m.uart.read(UartReg.LSR, 1) & 1).toBe(0);
+  });
+
+  it('keeps the divisor behind DLAB and identifies interrupts in IIR', () => {
+    const m = createMachine({ ramSize: 1 << 16 });
+    const u = m.uart;
+    u.write(UartReg.LCR, 1, 0x83);
+    u.write(UartReg.DATA, 1, 0x0c);
+    u.write(UartReg.IER, 1, 0x00);
+    u.write(UartReg.LCR, 1, 0x03);
+    expect(u.save().divisor).toBe(0x0c);
+    expect(u.read(UartReg.IIR_FCR, 1)).toBe(0x01);
+    u.write(UartReg.IIR_FCR, 1, 0x07);
+    u.write(UartReg.IER, 1, 0x03); // RDI + THRI
+    expect(u.read(UartReg.IIR_FCR, 1)).toBe(0xc2); // THR empty
+    expect(u.read(UartReg.IIR_FCR, 1)).toBe(0xc1); // cleared by the read
+    u.receive([9]);
+    expect(u.read(UartReg.IIR_FCR, 1)).toBe(0xc4);
+    u.write(UartReg.MCR, 1, 0x10); // loopback
+    u.write(UartReg.DATA, 1, 0x77);
+    expect(u.save().rx).toEqual([9, 0x77]);
+    u.write(UartReg.SCR, 1, 0x5a);
+    expect(u.read(UartReg.SCR, 1)).toBe(0x5a);
+  });
+});
+
+describe('CLINT', () => {
+  it('compares mtimecmp against mtime and drives MSIP', () => {
+    const m = createMachine({ ramSize: 1 << 16, timeMode: 'deterministic' });
+    expect(m.clint.pending()).toBe(true); // mtimecmp resets to 0
+    m.clint.write(0x4004, 4, 0);
+    m.clint.write(0x4000, 4, 100);
+    expect(m.clint.pending()).toBe(false);
+    expect(m.clint.deadline()).toBe(1000); // 10 instructions per tick
+    m.clint.write(0x0, 4, 1);
+    expect(m.cpu.mip() & 8).toBe(8);
+    m.clint.write(0x0, 4, 0);
+    expect(m.cpu.mip() & 8).toBe(0);
+    m.clint.write(0xbff8, 4, 500);
+    expect(m.clint.read(0xbff8, 4)).toBe(500);
+    expect(m.clint.pending()).toBe(true);
+  });
+
+  it('deterministic clock: ticks with instructions, warps, survives save/restore', () => {
+    const counter = { retired: 0 };
+    const clock = new DeterministicClock(counter, 10);
+    counter.retired = 95;
+    expect(clock.now()).toBe(9);
+    clock.warpTo(1000);
+    expect(clock.now()).toBe(1000);
+    counter.retired = 117;
+    const state = clock.save();
+    expect(state).toMatchObject({ mtime: 1002, subTick: 2 });
+    const counter2 = { retired: 117 };
+    const clock2 = new DeterministicClock(counter2);
+    clock2.restore(state);
+    counter2.retired = 125;
+    counter.retired = 125;
+    expect(clock2.now()).toBe(clock.now());
+  });
+});
+
+describe('test finisher', () => {
+  it('reports pass, fail with code, reset; ignores other values', () => {
+    const seen: unknown[] = [];
+    const m = createMachine({ ramSize: 1 << 16, onExit: (s) => seen.push(s) });
+    m.finisher.write(0, 4, 0x1234);
+    expect(m.exit).toBeNull();
+    m.finisher.write(0, 4, (7 << 16) | 0x3333);
+    expect(m.exit).toEqual({ kind: 'fail', code: 7 });
+    expect(m.cpu.run(10)).toBe('halted');
+    m.finisher.write(0, 4, 0x5555);
+    m.finisher.write(0, 4, 0x7777);
+    expect(seen).toEqual([
+      { kind: 'fail', code: 7 },
+      { kind: 'pass', code: 0 },
+      { kind: 'reset', code: 0 },
+    ]);
+  });
+});
+
+describe('Handoff control device', () => {
+  it('exposes magic, identity, entropy and host args; READY calls the host and yields', () => {
+    const tags: number[] = [];
+    const m = createMachine({
+      ramSize: 1 << 16,
+      identity: { generationId: 0x1122334455667788n, entropy: [1, 2, 3, 4, 5, 6, 7, 0xffffffff] },
+      hostArgs: new TextEncoder().encode('key=v'),
+      onReady: (t) => tags.push(t),
+    });
+    const rd = (off: number, w: 1 | 2 | 4 = 4) => m.memory.load(VirtMap.CONTROL + off, w) >>> 0;
+    expect(rd(ControlReg.MAGIC)).toBe(CONTROL_MAGIC);
+    expect(rd(ControlReg.GENERATION_LO)).toBe(0x55667788);
+    expect(rd(ControlReg.GENERATION_HI)).toBe(0x11223344);
+    expect(rd(ControlReg.ENTROPY + 28)).toBe(0xffffffff);
+    expect(rd(ControlReg.HOST_ARGS_LEN)).toBe(5);
+    expect(rd(ControlReg.HOST_ARGS, 4)).toBe(0x3d79656b); // "key="
+    m.memory.store(VirtMap.CONTROL + ControlReg.READY, 4, 0xabc);
+    expect(tags).toEqual([0xabc]);
+    expect(rd(ControlReg.READY_COUNT)).toBe(1);
+    expect(m.cpu.run(10)).toBe('yield');
+    m.control.setIdentity({ generationId: 2n, entropy: new Uint32Array(8) });
+    expect(rd(ControlReg.GENERATION_LO)).toBe(2);
+  });
+});
+
+describe('real-time clock', () => {
+  it('stops while held and resumes from the held value', async () => {
+    const clock = new RealtimeClock(1000);
+    clock.hold();
+    const held = clock.now();
+    await new Promise((r) => setTimeout(r, 5));
+    expect(clock.now()).toBe(held);
+    clock.release();
+    expect(clock.now()).toBeGreaterThanOrEqual(held);
+    expect(clock.now() - held).toBeLessThan(10_000); // not the 5 ms (50 000 ticks) it was held
+  });
+});

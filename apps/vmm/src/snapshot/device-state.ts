@@ -1,0 +1,327 @@
+/**
+ * A machine's device state as bytes: {@link encodeDeviceState} on save, {@link decodeDeviceState}
+ * on restore, {@link inspectDeviceState} for tools. The bytes are a container (container.ts)
+ * whose sections (sections.ts) carry UTF-8 JSON of each component's plain-data state model,
+ * checked by a per-section schema before anything reaches a device.
+ *
+ * The same bytes travel in the migration stream (`DeviceState.container`) and in snapshot files;
+ * this module neither knows nor cares which.
+ *
+ * @packageDocumentation
+ */
+
+import type { MachineState } from '../machine/state.js';
+import {
+  CONTAINER_VERSION_MAJOR,
+  CONTAINER_VERSION_MINOR,
+  decodeContainer,
+  encodeContainer,
+  type ContainerEntry,
+  type ContainerHeader,
+  type ContainerSection,
+} from './container.js';
+import { SnapshotError, describe } from './errors.js';
+import { SchemaViolation } from './schemas/check.js';
+import {
+  MACHINE_SECTIONS,
+  findSection,
+  type MachineStateDraft,
+  type SectionSpec,
+} from './sections.js';
+
+/**
+ * An extra section written after the machine's own: always optional, so readers that do not
+ * know it skip it. Its data must survive `JSON.stringify`.
+ */
+export interface ExtraSection {
+  /** Section name (see FORMAT.md); must not be one of the machine's sections. */
+  readonly name: string;
+  /** The section's own version, ≥ 1. */
+  readonly version: number;
+  /** JSON-serialisable data. */
+  readonly data: unknown;
+}
+
+/** An optional section the reader did not know and skipped. */
+export interface SkippedSection {
+  readonly name: string;
+  readonly version: number;
+  readonly bodyLength: number;
+}
+
+/** Result of {@link decodeDeviceState}. */
+export interface DecodedDeviceState {
+  /** The validated machine state, ready for `Machine.restore`. */
+  readonly state: MachineState;
+  /** Optional sections this build does not know, in container order. */
+  readonly skipped: readonly SkippedSection[];
+  /** Format version the container was written with. */
+  readonly format: { readonly major: number; readonly minor: number };
+}
+
+/** One entry of the section table, as {@link inspectDeviceState} reports it. */
+export interface SectionInfo {
+  readonly name: string;
+  readonly version: number;
+  /** The writer marked the section optional. */
+  readonly optional: boolean;
+  /** Offset of the body in the container, and its length in bytes. */
+  readonly bodyOffset: number;
+  readonly bodyLength: number;
+  /** Versions of this section this build reads, or null when it does not know the section. */
+  readonly readable: { readonly min: number; readonly max: number } | null;
+}
+
+/** Result of {@link inspectDeviceState}. */
+export interface DeviceStateInfo {
+  readonly header: ContainerHeader;
+  readonly sections: readonly SectionInfo[];
+}
+
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * Encodes a machine's device state. Every section is checked by the same schema the reader
+ * uses, so a container that this function writes always loads.
+ *
+ * @param state - from `Machine.save()`
+ * @param extra - optional sections to carry along (e.g. data a newer reader understands)
+ * @throws SnapshotError `SNAPSHOT_INVALID_STATE` if the state breaks a section schema (a device's
+ *   model changed without its schema) or extra data is not JSON; `SNAPSHOT_MALFORMED` for a bad
+ *   or clashing extra section name; `SNAPSHOT_TOO_LARGE` when a section or the whole exceeds
+ *   its limit
+ */
+export function encodeDeviceState(
+  state: MachineState,
+  extra: readonly ExtraSection[] = [],
+): Uint8Array {
+  const sections: ContainerSection[] = [];
+  for (const spec of MACHINE_SECTIONS) {
+    if (spec.optional && spec.needed !== undefined && !spec.needed(state)) continue;
+    const model = checked(spec, spec.version, () => spec.save(state), 'encode');
+    const body = utf8Encoder.encode(JSON.stringify(model));
+    if (body.length > spec.maxBodyBytes) throw bodyTooLarge(spec, body.length, 'encode');
+    sections.push({ name: spec.name, version: spec.version, optional: spec.optional, body });
+  }
+  for (const e of extra) {
+    if (typeof e.name === 'string' && findSection(e.name) !== undefined) {
+      throw new SnapshotError(
+        'SNAPSHOT_MALFORMED',
+        `refusing to write extra section '${e.name}': the machine writes a section of that name. ` +
+          `Pick another name.`,
+        { section: e.name },
+      );
+    }
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(e.data);
+    } catch {
+      json = undefined;
+    }
+    if (json === undefined) {
+      throw new SnapshotError(
+        'SNAPSHOT_INVALID_STATE',
+        `refusing to write extra section '${String(e.name)}': its data (${describe(e.data)}) is not ` +
+          `JSON-serialisable. Pass plain data (no bigint, functions or cycles).`,
+        { section: String(e.name) },
+      );
+    }
+    sections.push({
+      name: e.name,
+      version: e.version,
+      optional: true,
+      body: utf8Encoder.encode(json),
+    });
+  }
+  return encodeContainer(sections);
+}
+
+/**
+ * Decodes and validates device state. Nothing reaches the result unchecked: the container is
+ * validated first (size, magic, version, lengths, CRC, section table), then the section table
+ * against the sections this build knows, and only then each body (UTF-8, JSON, schema).
+ *
+ * @param bytes - untrusted container bytes (e.g. `DeviceState.container` or a snapshot file's)
+ * @throws SnapshotError, and nothing else, for any input that is not loadable device state
+ *   (any of its codes; FORMAT.md maps each check to its code)
+ */
+export function decodeDeviceState(bytes: Uint8Array): DecodedDeviceState {
+  const { header, sections } = decodeContainer(bytes);
+  const plan = planLoad(header, sections);
+  const draft: MachineStateDraft = {};
+  for (const { spec, entry } of plan.load) {
+    const model = checked(spec, entry.version, () => parseBody(spec, entry), 'decode');
+    spec.load(draft, model);
+  }
+  return {
+    state: draft as MachineState,
+    skipped: plan.skipped,
+    format: { major: header.major, minor: header.minor },
+  };
+}
+
+/**
+ * Reads the header and section table without decoding any body, for tools (`vmctl`, tests).
+ * Unknown sections are reported, not rejected.
+ *
+ * @throws SnapshotError for a container that fails the framing checks (everything up to and
+ *   including the section table; see FORMAT.md)
+ */
+export function inspectDeviceState(bytes: Uint8Array): DeviceStateInfo {
+  const { header, sections } = decodeContainer(bytes);
+  return {
+    header,
+    sections: sections.map((s) => {
+      const spec = findSection(s.name);
+      return {
+        name: s.name,
+        version: s.version,
+        optional: s.optional,
+        bodyOffset: s.bodyOffset,
+        bodyLength: s.body.length,
+        readable: spec === undefined ? null : { min: spec.minVersion, max: spec.version },
+      };
+    }),
+  };
+}
+
+// ---- internals ---------------------------------------------------------------------------------
+
+interface LoadPlan {
+  readonly load: readonly { readonly spec: SectionSpec<unknown>; readonly entry: ContainerEntry }[];
+  readonly skipped: readonly SkippedSection[];
+}
+
+/** Table-level checks, before any body is parsed: unknown, unreadable, missing, oversized. */
+function planLoad(header: ContainerHeader, entries: readonly ContainerEntry[]): LoadPlan {
+  const byName = new Map<string, ContainerEntry>();
+  const skipped: SkippedSection[] = [];
+  const unknownRequired: string[] = [];
+  for (const entry of entries) {
+    if (findSection(entry.name) !== undefined) byName.set(entry.name, entry);
+    else if (entry.optional) {
+      skipped.push({ name: entry.name, version: entry.version, bodyLength: entry.body.length });
+    } else unknownRequired.push(entry.name);
+  }
+  if (unknownRequired.length > 0) {
+    const names = unknownRequired.map((n) => `'${n}'`).join(', ');
+    const newer =
+      header.minor > CONTAINER_VERSION_MINOR
+        ? ` It was written by format ${header.major}.${header.minor}, newer than this build's ` +
+          `${CONTAINER_VERSION_MAJOR}.${CONTAINER_VERSION_MINOR}.`
+        : '';
+    throw new SnapshotError(
+      'SNAPSHOT_UNKNOWN_SECTION',
+      `device state has required section${unknownRequired.length > 1 ? 's' : ''} ${names} that ` +
+        `this build does not know.${newer} Restore it with the vmm version that saved it or a ` +
+        `newer one.`,
+      { section: unknownRequired[0]! },
+    );
+  }
+  const load: { spec: SectionSpec<unknown>; entry: ContainerEntry }[] = [];
+  for (const spec of MACHINE_SECTIONS) {
+    const entry = byName.get(spec.name);
+    if (entry === undefined) {
+      if (spec.optional) continue;
+      throw new SnapshotError(
+        'SNAPSHOT_INVALID_STATE',
+        `device state lacks the required section '${spec.name}', so the machine cannot be ` +
+          `restored. The writer is broken; save the VM again.`,
+        { section: spec.name },
+      );
+    }
+    if (entry.version > spec.version || entry.version < spec.minVersion) {
+      const range =
+        spec.minVersion === spec.version
+          ? `version ${spec.version}`
+          : `versions ${spec.minVersion}–${spec.version}`;
+      const advice =
+        entry.version > spec.version
+          ? 'Restore it with a newer vmm.'
+          : 'Restore it with an older vmm, or save the VM again.';
+      throw new SnapshotError(
+        'SNAPSHOT_UNSUPPORTED_VERSION',
+        `device-state section '${spec.name}' has version ${entry.version}, but this build reads ` +
+          `${range} of it. ${advice}`,
+        { section: spec.name },
+      );
+    }
+    if (entry.body.length > spec.maxBodyBytes)
+      throw bodyTooLarge(spec, entry.body.length, 'decode');
+    load.push({ spec, entry });
+  }
+  return { load, skipped };
+}
+
+function parseBody(spec: SectionSpec<unknown>, entry: ContainerEntry): unknown {
+  let text: string;
+  try {
+    text = utf8Decoder.decode(entry.body);
+  } catch (cause) {
+    throw new SnapshotError(
+      'SNAPSHOT_INVALID_STATE',
+      `device-state section '${spec.name}' is not valid UTF-8. The writer is broken or the data ` +
+        `is hostile; save the VM again.`,
+      { section: spec.name, cause },
+    );
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (cause) {
+    throw new SnapshotError(
+      'SNAPSHOT_INVALID_STATE',
+      `device-state section '${spec.name}' is not valid JSON (${cause instanceof Error ? cause.message.slice(0, 120) : 'parse error'}). ` +
+        `The writer is broken or the data is hostile; save the VM again.`,
+      { section: spec.name, cause },
+    );
+  }
+}
+
+/** Runs `produce` then the section schema; any failure becomes `SNAPSHOT_INVALID_STATE`. */
+function checked(
+  spec: SectionSpec<unknown>,
+  version: number,
+  produce: () => unknown,
+  op: 'encode' | 'decode',
+): unknown {
+  let value: unknown;
+  try {
+    value = produce();
+    return spec.check(value, version);
+  } catch (err) {
+    if (err instanceof SnapshotError) throw err;
+    const what =
+      err instanceof SchemaViolation
+        ? `${err.path || 'the body'} must be ${err.expected}, got ${describe(err.got)}`
+        : `its schema failed (${err instanceof Error ? err.message : String(err)})`;
+    const advice =
+      op === 'encode'
+        ? `refusing to write it. The device's state model and snapshot/schemas/${spec.name}.ts ` +
+          `disagree: update the schema (and the section version or an optional section).`
+        : `the machine cannot be put in this state. The writer is broken or the data is hostile; ` +
+          `save the VM again.`;
+    throw new SnapshotError(
+      'SNAPSHOT_INVALID_STATE',
+      `device-state section '${spec.name}' (version ${version}) is invalid: ${what}; ${advice}`,
+      { section: spec.name, cause: err },
+    );
+  }
+}
+
+function bodyTooLarge(
+  spec: SectionSpec<unknown>,
+  length: number,
+  op: 'encode' | 'decode',
+): SnapshotError {
+  const advice =
+    op === 'encode'
+      ? 'The device saves too much state; shrink its model or raise the limit in sections.ts.'
+      : 'The data is corrupt or hostile; discard it.';
+  return new SnapshotError(
+    'SNAPSHOT_TOO_LARGE',
+    `device-state section '${spec.name}' has a ${length}-byte body, more than its limit of ` +
+      `${spec.maxBodyBytes} bytes. ${advice}`,
+    { section: spec.name },
+  );
+}

@@ -1,0 +1,43 @@
+/**
+ * Device state as bytes: a versioned, checksummed container of named sections, one per machine
+ * component, validated before anything reaches a device. Used by save/restore (snapshot files)
+ * and by migration (`DeviceState.container`). Layout and rules: FORMAT.md beside this file.
+ *
+ * @packageDocumentation
+ */
+export {
+  decodeDeviceState,
+  encodeDeviceState,
+  inspectDeviceState,
+  type DecodedDeviceState,
+  type DeviceStateInfo,
+  type ExtraSection,
+  type SectionInfo,
+  type SkippedSection,
+} from './device-state.js';
+export {
+  CONTAINER_HEADER_BYTES,
+  CONTAINER_MAGIC,
+  CONTAINER_VERSION_MAJOR,
+  CONTAINER_VERSION_MINOR,
+  MAX_CONTAINER_BYTES,
+  MAX_SECTIONS,
+  MAX_SECTION_NAME_BYTES,
+  SECTION_ENTRY_BYTES,
+  SECTION_FLAG_OPTIONAL,
+  decodeContainer,
+  encodeContainer,
+  isValidSectionName,
+  type ContainerEntry,
+  type ContainerHeader,
+  type ContainerSection,
+  type DecodedContainer,
+  type EncodeContainerOptions,
+} from './container.js';
+export {
+  SNAPSHOT_ERROR_CODES,
+  SnapshotError,
+  isSnapshotError,
+  type SnapshotErrorCode,
+} from './errors.js';
+export { MACHINE_SECTIONS, type SectionSpec } from './sections.js';
