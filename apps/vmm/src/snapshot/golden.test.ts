@@ -22,6 +22,12 @@ const goldenFiles = readdirSync(FIXTURES)
   .filter((f) => f.startsWith('device-state-v') && f.endsWith('.bin'))
   .sort();
 
+if (!WRITE) {
+  console.info(
+    'snapshot: golden file writer skipped (it runs only with HANDOFF_WRITE_GOLDEN=1, after a version bump)',
+  );
+}
+
 describe.runIf(WRITE)('golden file writer (HANDOFF_WRITE_GOLDEN=1)', () => {
   it(`writes ${CURRENT}.bin once`, () => {
     const bin = `${FIXTURES}${CURRENT}.bin`;
