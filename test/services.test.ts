@@ -68,13 +68,16 @@ describe('migrator and vmm instances', () => {
     const client = createClient(vmm.VmmServiceClient, vmmA.address);
     const mc = createClient(migrator.MigratorServiceClient, mg.address);
     try {
-      const err = await unaryCall(client, 'createVm', { spec: undefined, start: false }).catch(
-        (e: unknown) => e,
-      );
+      const err = await unaryCall(client, 'saveVm', {
+        name: 'x',
+        path: '/tmp/x',
+        full: false,
+        jobId: '',
+      }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(RemoteError);
       expect((err as RemoteError).status).toBe(grpc.status.UNIMPLEMENTED);
       expect((err as RemoteError).code).toBe('VMM_UNIMPLEMENTED');
-      expect((err as RemoteError).message).toMatch(/CreateVm is not available in this version/);
+      expect((err as RemoteError).message).toMatch(/SaveVm is not available in this version/);
       const err2 = await unaryCall(mc, 'migrate', {
         vm: 'x',
         targetVmm: 'vmm-b',

@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { HANDOFF_VERSION } from '@handoff/service';
 import { registerRegion } from './commands/region.js';
 import { registerStatus } from './commands/status.js';
+import { registerVm } from './commands/vm.js';
 import type { CommandRunner } from './commands/runner.js';
 import { globalDefaults, runCommand, type GlobalOptions } from './context.js';
 import { EXIT } from './errors.js';
@@ -57,6 +58,7 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
 
   registerStatus(program, run);
   registerRegion(program, run);
+  registerVm(program, run);
   program.commands.forEach(function inheritOutput(c: Command): void {
     c.configureOutput({ writeOut: io.out, writeErr: io.err })
       .exitOverride()

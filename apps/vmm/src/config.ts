@@ -23,6 +23,17 @@ export const vmmOptions = {
     env: 'HANDOFF_MEMSTORE_ADDR',
     description: 'memstore address (host:port)',
   },
+  'max-vm-memory': {
+    type: 'string',
+    default: '2G',
+    description:
+      'largest total RAM of one VM, with a binary unit (e.g. 512M, 2G); bigger specs are refused',
+  },
+  'guests-dir': {
+    type: 'string',
+    description:
+      'folder of the built-in guests (<name>/<name>.elf); default: guests/ of this repository',
+  },
   'advertise-address': {
     type: 'string',
     description: 'address other services use to reach this instance (default: the bound address)',

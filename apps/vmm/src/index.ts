@@ -3,6 +3,32 @@
  *
  * @packageDocumentation
  */
-export { startVmm, type Vmm } from './vmm.js';
+export { startVmm, maxVmMemoryOf, type Vmm } from './vmm.js';
 export { vmmOptions, VMM_DEFAULT_PORT, type VmmConfig } from './config.js';
 export { STREAM_VERSIONS } from './api/vmm-service.js';
+export {
+  VmHost,
+  Vm,
+  VmmError,
+  VMM_ERROR_CODES,
+  normalizeSpec,
+  validateSpec,
+  vcpuWorkerUrl,
+  type ConsoleSink,
+  type VmEvent,
+  type VmHostOptions,
+  type VmInfo,
+  type VmSpec,
+  type VmState,
+  type RamBlockSpec,
+} from './vm/index.js';
+export {
+  BUILT_IN_GUESTS,
+  DEFAULT_GUESTS_DIR,
+  guestPath,
+  loadGuest,
+  type GuestImage,
+} from './guests/catalog.js';
+export * from './machine/index.js';
+export * from './snapshot/index.js';
+export { parseElf, loadElf, LoaderError, type ElfImage } from './loader/index.js';

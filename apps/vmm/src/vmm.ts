@@ -1,41 +1,84 @@
-import { startServer, type Logger, type RunningServer } from '@handoff/service';
+import {
+  parseByteSize,
+  startServer,
+  ServiceError,
+  type Logger,
+  type RunningServer,
+} from '@handoff/service';
 import { vmmServices } from './api/vmm-service.js';
 import type { VmmConfig } from './config.js';
+import { DEFAULT_GUESTS_DIR } from './guests/catalog.js';
 import { startHeartbeat } from './registration/heartbeat.js';
+import { VmHost } from './vm/host.js';
+import { MAX_BLOCK_SIZE } from './vm/spec.js';
 
 /** A running vmm instance. */
 export interface Vmm {
   readonly id: string;
   readonly address: string;
   readonly server: RunningServer;
+  readonly host: VmHost;
   stop(reason?: string): Promise<void>;
 }
 
-/** Starts a vmm instance: its gRPC services, then registration with the migrator. */
+/** `--max-vm-memory` in bytes. @throws ServiceError SERVICE_INVALID_CONFIG */
+export function maxVmMemoryOf(config: Pick<VmmConfig, 'max-vm-memory'>): number {
+  const bytes = parseByteSize(config['max-vm-memory']);
+  if (bytes === undefined || bytes < 4096 || bytes > MAX_BLOCK_SIZE) {
+    throw new ServiceError(
+      'SERVICE_INVALID_CONFIG',
+      `--max-vm-memory ${config['max-vm-memory']} is not a size between 4K and 2G ` +
+        '(one RAM block holds at most 2 GiB); write e.g. 512M or 2G',
+    );
+  }
+  return bytes;
+}
+
+/**
+ * Starts a vmm instance: the VM host, its gRPC services, then registration with the migrator.
+ * Stopping it destroys its VMs (releasing leases and clone attachments) after the server is down.
+ */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
   const logger = parentLogger.child({ vmm: config.id });
-  let advertised = '';
-  const server = await startServer({
-    name: 'vmm',
-    host: config.host,
-    port: config.port,
+  const host = new VmHost({
+    vmmId: config.id,
     logger,
-    shutdownTimeoutMs: config['shutdown-timeout-ms'],
-    services: vmmServices({ logger, id: config.id, address: () => advertised }),
+    memstoreAddress: config.memstore,
+    maxVmMemory: maxVmMemoryOf(config),
+    guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
   });
+  let advertised = '';
+  let server: RunningServer;
+  try {
+    server = await startServer({
+      name: 'vmm',
+      host: config.host,
+      port: config.port,
+      logger,
+      shutdownTimeoutMs: config['shutdown-timeout-ms'],
+      services: vmmServices({ logger, id: config.id, address: () => advertised, host }),
+    });
+  } catch (err) {
+    await host.close();
+    throw err;
+  }
   advertised = config['advertise-address'] ?? server.address;
   const stopHeartbeat = startHeartbeat(
     config.migrator,
-    { id: config.id, address: advertised, vmCount: () => 0 },
+    { id: config.id, address: advertised, vmCount: () => host.counts().total },
     logger,
   );
   return {
     id: config.id,
     address: server.address,
     server,
+    host,
     stop: async (reason) => {
       stopHeartbeat();
-      await server.shutdown(reason);
+      // Open consoles and watches end when their VMs are destroyed, so the server can drain.
+      const down = server.shutdown(reason);
+      await host.close();
+      await down;
     },
   };
 }

@@ -13,17 +13,25 @@ export const processIo: Io = {
   err: (t) => process.stderr.write(t),
 };
 
-/** Serialises one JSON document (bigint as number when exact, else string). */
+const kebab = (key: string): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/**
+ * Serialises one JSON document in vmctl's convention: QAPI-style kebab-case
+ * keys (`exit-code`, `total-time`), bigint as a number when exact, else a string.
+ */
 export function toJson(value: unknown): string {
   return (
     JSON.stringify(
       value,
-      (_k, v: unknown) =>
-        typeof v === 'bigint'
-          ? v <= BigInt(Number.MAX_SAFE_INTEGER)
-            ? Number(v)
-            : v.toString()
-          : v,
+      function (this: unknown, _k, v: unknown) {
+        if (typeof v === 'bigint') {
+          return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
+        }
+        if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+          return Object.fromEntries(Object.entries(v).map(([k, x]) => [kebab(k), x]));
+        }
+        return v;
+      },
       2,
     ) + '\n'
   );

@@ -1,46 +1,73 @@
+import type * as grpc from '@grpc/grpc-js';
 import { serviceNames, vmm as pb, vmmStream } from '@handoff/proto';
 import {
+  bidiStream,
+  serverStream,
   unavailable,
   unary,
   HANDOFF_VERSION,
+  ServiceError,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
+import type { VmHost } from '../vm/host.js';
+import type { ConsoleSink, Vm } from '../vm/vm.js';
+import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = ['1.0'];
 
-const MACHINE = 'the machine milestone (RV32 VMs)';
 const MIGRATION = 'the migration milestone (bypass-shared-memory)';
 const SNAPSHOTS = 'the save/restore milestone';
+
+/** Console output queued for one slow console before bytes are dropped. */
+const CONSOLE_QUEUE_LIMIT = 4 * 1024 * 1024;
+/** Console input in flight to a guest before the console stream is paused. */
+const CONSOLE_INPUT_LIMIT = 1024 * 1024;
 
 /** The gRPC edge of a vmm instance. */
 export function vmmServices(deps: {
   logger: Logger;
   id: string;
   address: () => string;
+  host: VmHost;
 }): ServiceRegistration[] {
-  const { logger } = deps;
+  const { logger, host } = deps;
   const later = (method: string, milestone: string) =>
     unavailable('VmmService', method, 'VMM_UNIMPLEMENTED', milestone);
+  const vm = (name: string): Vm => host.get(requireName(name));
   const vmm: pb.VmmServiceServer = {
-    getInfo: unary(logger, () => ({
-      vmmId: deps.id,
-      version: HANDOFF_VERSION,
-      address: deps.address(),
-      vmCount: 0,
-      runningVmCount: 0,
-      streamVersions: STREAM_VERSIONS,
+    getInfo: unary(logger, () => {
+      const counts = host.counts();
+      return {
+        vmmId: deps.id,
+        version: HANDOFF_VERSION,
+        address: deps.address(),
+        vmCount: counts.total,
+        runningVmCount: counts.running,
+        streamVersions: STREAM_VERSIONS,
+      };
+    }),
+    createVm: unary(logger, async (req: pb.CreateVmRequest) => ({
+      vm: vmToPb(await host.create(specFromPb(req.spec), { start: req.start })),
     })),
-    createVm: later('CreateVm', MACHINE),
-    startVm: later('StartVm', MACHINE),
-    pauseVm: later('PauseVm', MACHINE),
-    resumeVm: later('ResumeVm', MACHINE),
-    destroyVm: later('DestroyVm', MACHINE),
-    getVm: later('GetVm', MACHINE),
-    listVms: unary(logger, () => ({ vms: [] })),
-    watchVm: later('WatchVm', MACHINE),
-    console: later('Console', MACHINE),
+    startVm: unary(logger, async (req: pb.StartVmRequest) => ({
+      vm: vmToPb(await vm(req.name).start()),
+    })),
+    pauseVm: unary(logger, async (req: pb.PauseVmRequest) => ({
+      vm: vmToPb(await vm(req.name).pause()),
+    })),
+    resumeVm: unary(logger, async (req: pb.ResumeVmRequest) => ({
+      vm: vmToPb(await vm(req.name).resume()),
+    })),
+    destroyVm: unary(logger, async (req: pb.DestroyVmRequest) => {
+      await host.destroy(requireName(req.name));
+      return {};
+    }),
+    getVm: unary(logger, (req: pb.GetVmRequest) => ({ vm: vmToPb(vm(req.name).info()) })),
+    listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
+    watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
+    console: bidiStream(logger, (call) => consoleSession(host, call)),
     prepareIncoming: later('PrepareIncoming', MIGRATION),
     migrateVm: later('MigrateVm', MIGRATION),
     getMigration: later('GetMigration', MIGRATION),
@@ -63,4 +90,165 @@ export function vmmServices(deps: {
       implementation: migration as unknown as ServiceRegistration['implementation'],
     },
   ];
+}
+
+function requireName(name: string): string {
+  if (name === '') {
+    throw new ServiceError('SERVICE_INVALID_ARGUMENT', 'the request names no VM; set "name"');
+  }
+  return name;
+}
+
+/** Resolves when the call can take more writes (or is gone). */
+function drained<Req, Res>(call: grpc.ServerWritableStream<Req, Res>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      call.off('drain', done);
+      call.off('cancelled', done);
+      call.off('close', done);
+      resolve();
+    };
+    call.on('drain', done);
+    call.on('cancelled', done);
+    call.on('close', done);
+  });
+}
+
+/**
+ * WatchVm: the current state first (kind UNSPECIFIED, detail "current state"), then every
+ * lifecycle event until the VM is destroyed or the client cancels. Honours backpressure.
+ */
+async function watch(
+  vm: Vm,
+  call: grpc.ServerWritableStream<pb.WatchVmRequest, pb.WatchVmResponse>,
+): Promise<void> {
+  const queue: pb.WatchVmResponse[] = [currentToPb(vm.info())];
+  let destroyed = false;
+  let cancelled = false;
+  let wake: (() => void) | undefined;
+  const unsubscribe = vm.watch((e) => {
+    queue.push(eventToPb(e));
+    if (e.kind === 'destroyed') destroyed = true;
+    wake?.();
+  });
+  const onCancel = (): void => {
+    cancelled = true;
+    wake?.();
+  };
+  call.on('cancelled', onCancel);
+  try {
+    for (;;) {
+      while (queue.length > 0 && !cancelled) {
+        if (!call.write(queue.shift()!)) await drained(call);
+      }
+      if (destroyed || cancelled || call.cancelled) return;
+      await new Promise<void>((resolve) => (wake = resolve));
+      wake = undefined;
+    }
+  } finally {
+    unsubscribe();
+    call.off('cancelled', onCancel);
+  }
+}
+
+/**
+ * Console: the first request names the VM (and may carry input). The console gets the VM's
+ * output backlog, then live output; input bytes go to the guest's UART. Several consoles may
+ * be attached at once. The stream ends when the VM powers off, crashes or is destroyed, or when
+ * the client cancels; a client that half-closes keeps receiving output. A console that cannot
+ * keep up loses output beyond {@link CONSOLE_QUEUE_LIMIT} (the guest never waits for it);
+ * input is flow-controlled (the stream is paused while the guest has not taken 1 MiB).
+ */
+function consoleSession(
+  host: VmHost,
+  call: grpc.ServerDuplexStream<pb.ConsoleRequest, pb.ConsoleResponse>,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let vm: Vm | undefined;
+    let detach: (() => void) | undefined;
+    let finished = false;
+    let ending = false;
+    let blocked = false;
+    const queued: Uint8Array[] = [];
+    let queuedBytes = 0;
+    let dropped = 0;
+
+    const finish = (err?: unknown): void => {
+      if (finished) return;
+      finished = true;
+      detach?.();
+      call.off('data', onData);
+      call.off('drain', onDrain);
+      call.off('end', onEnd);
+      call.off('cancelled', onCancel);
+      call.off('error', onCancel);
+      if (dropped > 0) vm?.log.warn({ dropped }, 'a slow console lost output');
+      if (err !== undefined) reject(err);
+      else resolve();
+    };
+    const send = (bytes: Uint8Array): void => {
+      if (!call.write({ output: bytes })) blocked = true;
+    };
+    const onDrain = (): void => {
+      blocked = false;
+      while (queued.length > 0 && !blocked) {
+        const bytes = queued.shift()!;
+        queuedBytes -= bytes.length;
+        send(bytes);
+      }
+      if (ending && !blocked && queued.length === 0) finish();
+    };
+    const sink: ConsoleSink = {
+      write: (bytes) => {
+        if (finished) return;
+        if (!blocked) {
+          send(bytes);
+        } else if (queuedBytes + bytes.length <= CONSOLE_QUEUE_LIMIT) {
+          queued.push(bytes);
+          queuedBytes += bytes.length;
+        } else {
+          dropped += bytes.length;
+        }
+      },
+      end: () => {
+        ending = true;
+        if (!blocked) finish();
+      },
+    };
+    const onData = (req: pb.ConsoleRequest): void => {
+      if (finished) return;
+      try {
+        if (vm === undefined) {
+          vm = host.get(requireName(req.name));
+          if (req.input.length > 0) vm.input(req.input);
+          detach = vm.attachConsole(sink);
+          return;
+        }
+        if (req.input.length === 0) return;
+        vm.input(req.input);
+        if (vm.inputPending() > CONSOLE_INPUT_LIMIT) {
+          call.pause();
+          void vm.inputDrained(CONSOLE_INPUT_LIMIT / 2).then(() => call.resume());
+        }
+      } catch (err) {
+        finish(err);
+      }
+    };
+    const onEnd = (): void => {
+      if (vm === undefined) {
+        finish(
+          new ServiceError(
+            'SERVICE_INVALID_ARGUMENT',
+            'the console stream ended before naming a VM; send {name} first',
+          ),
+        );
+      }
+    };
+    const onCancel = (): void => finish();
+    call.on('data', onData);
+    call.on('drain', onDrain);
+    call.on('end', onEnd);
+    call.on('cancelled', onCancel);
+    call.on('error', onCancel);
+  });
 }

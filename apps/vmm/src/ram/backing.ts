@@ -1,0 +1,79 @@
+import * as grpc from '@grpc/grpc-js';
+import type { memstore } from '@handoff/proto';
+import { RemoteError, ServiceError, type Logger } from '@handoff/service';
+import { VmmError } from '../vm/errors.js';
+import type { RamBlockSpec, RegionRef } from '../vm/types.js';
+
+/**
+ * A RAM block's memory, mapped in this process: a SharedArrayBuffer the vCPU worker adopts
+ * without a copy, plus what the block holds in memstore (a lease, a clone attachment, a region
+ * it created). `close()` revokes the mapping first (stale views read zeros and can never write
+ * the file again), then gives those back.
+ */
+export interface RamBacking {
+  /** The spec with the region resolved (a created region's name filled in). */
+  readonly spec: RamBlockSpec;
+  readonly buffer: SharedArrayBuffer;
+  /** The memstore region the block maps, or null for private memory. */
+  readonly regionRef: RegionRef | null;
+  /** True when the memory is known to start zero-filled (a new memfd or region). */
+  readonly zeroed: boolean;
+  /** Unmaps and releases; idempotent; never throws (failures are logged). */
+  close(): Promise<void>;
+}
+
+/** What opening a block needs from the instance. */
+export interface RamContext {
+  readonly vmmId: string;
+  readonly vmName: string;
+  /** The memstore client (created on first use). */
+  readonly memstore: () => memstore.MemstoreServiceClient;
+  readonly memstoreAddress: string;
+  readonly logger: Logger;
+  /** Deadline of each memstore call. */
+  readonly deadlineMs: number;
+}
+
+/** Lease holder / clone holder identity of a VM: `<vmm-id>/<vm-name>`. */
+export function holderOf(ctx: Pick<RamContext, 'vmmId' | 'vmName'>): string {
+  return `${ctx.vmmId}/${ctx.vmName}`;
+}
+
+/**
+ * Runs a memstore call and turns its failure into what a VM creator should read:
+ * NOT_FOUND → `VMM_REGION_NOT_FOUND`, unreachable → `VMM_MEMSTORE_UNAVAILABLE`, anything else
+ * keeps memstore's code (e.g. LEASE_HELD) with the block named in the message.
+ */
+export async function memstoreCall<T>(
+  ctx: RamContext,
+  what: string,
+  call: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    if (!(err instanceof RemoteError)) throw err;
+    if (err.status === grpc.status.NOT_FOUND) {
+      throw new VmmError('VMM_REGION_NOT_FOUND', `${what}: ${err.message}`, { cause: err });
+    }
+    if (err.status === grpc.status.UNAVAILABLE || err.status === grpc.status.DEADLINE_EXCEEDED) {
+      throw new VmmError(
+        'VMM_MEMSTORE_UNAVAILABLE',
+        `${what}: memstore at ${ctx.memstoreAddress} did not answer (${err.message}); start it ` +
+          'or point the vmm at it with --memstore / HANDOFF_MEMSTORE_ADDR',
+        { cause: err },
+      );
+    }
+    throw new ServiceError(err.code, `${what}: ${err.message}`, { cause: err });
+  }
+}
+
+/** A RegionSelector by name. */
+export function byName(name: string): memstore.RegionSelector {
+  return { selector: { $case: 'name', value: name } };
+}
+
+/** A RegionSelector by id. */
+export function byId(id: string): memstore.RegionSelector {
+  return { selector: { $case: 'id', value: id } };
+}

@@ -1,0 +1,182 @@
+import { memstore } from '@handoff/proto';
+import { createClient, type Logger } from '@handoff/service';
+import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
+import type { ElfImage } from '../loader/elf.js';
+import { closeRamBlocks, openRamBlocks } from '../ram/index.js';
+import { VmmError } from './errors.js';
+import { normalizeSpec, validateSpec } from './spec.js';
+import type { RamBlockSpec, VmInfo, VmSpec } from './types.js';
+import { Vm } from './vm.js';
+import { vcpuWorkerUrl } from './worker-url.js';
+
+/** How often running VMs' instret is sampled for MIPS. */
+const SAMPLE_INTERVAL_MS = 250;
+
+/** Options of a {@link VmHost}. */
+export interface VmHostOptions {
+  readonly vmmId: string;
+  readonly logger: Logger;
+  /** memstore address for shared and clone blocks. */
+  readonly memstoreAddress: string;
+  /** Largest total RAM of one VM, in bytes. */
+  readonly maxVmMemory: number;
+  /** Where built-in guests live (default: the repository's guests/). */
+  readonly guestsDir?: string;
+  /** Deadline of each memstore call (default 10 s). */
+  readonly memstoreDeadlineMs?: number;
+  /** The compiled vCPU worker (default: {@link vcpuWorkerUrl}). */
+  readonly workerUrl?: URL;
+}
+
+/**
+ * All VMs of one vmm instance: creation (spec checks, guest lookup, RAM backends, vCPU thread),
+ * lookup by name, destruction, and MIPS sampling. Names are unique per instance (the cluster
+ * keeps them unique across instances through vmctl).
+ */
+export class VmHost {
+  private readonly vms = new Map<string, Vm>();
+  /** Names whose creation is in progress. */
+  private readonly creating = new Set<string>();
+  private memstoreClient: memstore.MemstoreServiceClient | undefined;
+  private readonly sampler: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(private readonly opts: VmHostOptions) {
+    this.sampler = setInterval(() => {
+      const now = performance.now();
+      for (const vm of this.vms.values()) vm.sample(now);
+    }, SAMPLE_INTERVAL_MS);
+    this.sampler.unref();
+  }
+
+  /**
+   * Creates a VM from a spec as it came from the wire (defaults filled here), optionally
+   * starting it.
+   *
+   * @throws VmmError `VMM_INVALID_SPEC`, `VMM_LIMIT_EXCEEDED`, `VMM_GUEST_NOT_FOUND`,
+   *   `VMM_INVALID_GUEST`, `VMM_REGION_NOT_FOUND`, `VMM_MEMSTORE_UNAVAILABLE`, `VMM_VM_EXISTS`;
+   *   memstore's lease errors pass through with their codes.
+   */
+  async create(raw: VmSpec, opts: { start: boolean }): Promise<VmInfo> {
+    if (this.closed) throw new VmmError('VMM_INVALID_STATE', 'this vmm instance is shutting down');
+    const spec = normalizeSpec(raw);
+    validateSpec(spec, { maxVmMemory: this.opts.maxVmMemory });
+    if (this.vms.has(spec.name) || this.creating.has(spec.name)) {
+      throw new VmmError(
+        'VMM_VM_EXISTS',
+        `a VM named ${spec.name} already exists on ${this.opts.vmmId}; destroy it first or pick another name`,
+      );
+    }
+    this.creating.add(spec.name);
+    const log = this.opts.logger.child({ vm: spec.name });
+    try {
+      const guest = loadGuest(spec.guest, this.opts.guestsDir ?? DEFAULT_GUESTS_DIR);
+      checkImageFits(spec.guest, guest.image, spec.ram);
+      const ram = await openRamBlocks(spec.ram, {
+        vmmId: this.opts.vmmId,
+        vmName: spec.name,
+        memstore: () => this.memstore(),
+        memstoreAddress: this.opts.memstoreAddress,
+        logger: log,
+        deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
+      });
+      let vm: Vm;
+      try {
+        vm = await Vm.boot(spec, ram, guest, {
+          vmmId: this.opts.vmmId,
+          logger: log,
+          workerUrl: this.opts.workerUrl ?? vcpuWorkerUrl(),
+        });
+      } catch (err) {
+        await closeRamBlocks(ram);
+        throw err;
+      }
+      this.vms.set(spec.name, vm);
+      log.info(
+        {
+          guest: guest.path,
+          ram: spec.ram.map((b) => `${b.id}:${b.backend}:${b.size}`),
+          generationId: vm.generationId.toString(16),
+        },
+        'VM created',
+      );
+      if (opts.start) return await vm.start();
+      return vm.info();
+    } finally {
+      this.creating.delete(spec.name);
+    }
+  }
+
+  /** @throws VmmError `VMM_VM_NOT_FOUND` */
+  get(name: string): Vm {
+    const vm = this.vms.get(name);
+    if (vm === undefined || vm.destroyed) {
+      throw new VmmError(
+        'VMM_VM_NOT_FOUND',
+        `no VM named ${name} on ${this.opts.vmmId}; list them with \`vmctl vm list\``,
+      );
+    }
+    return vm;
+  }
+
+  /** Every VM, by name. */
+  list(): VmInfo[] {
+    const now = performance.now();
+    return [...this.vms.values()]
+      .filter((vm) => !vm.destroyed)
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((vm) => vm.info(now));
+  }
+
+  /** Destroys a VM (see {@link Vm.destroy}). @throws VmmError `VMM_VM_NOT_FOUND` */
+  async destroy(name: string): Promise<void> {
+    const vm = this.get(name);
+    try {
+      await vm.destroy();
+    } finally {
+      this.vms.delete(name);
+    }
+  }
+
+  /** VM counts for GetInfo and the migrator heartbeat. */
+  counts(): { total: number; running: number } {
+    let running = 0;
+    for (const vm of this.vms.values()) if (vm.currentState === 'running') running++;
+    return { total: this.vms.size, running };
+  }
+
+  /** Destroys every VM and releases the memstore client. VMs do not outlive their instance yet. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.sampler);
+    await Promise.all(
+      [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
+    );
+    this.memstoreClient?.close();
+  }
+
+  private memstore(): memstore.MemstoreServiceClient {
+    this.memstoreClient ??= createClient(memstore.MemstoreServiceClient, this.opts.memstoreAddress);
+    return this.memstoreClient;
+  }
+}
+
+/**
+ * Checks that every loadable segment of the guest lies inside one RAM block.
+ *
+ * @throws VmmError `VMM_INVALID_GUEST`
+ */
+export function checkImageFits(guest: string, image: ElfImage, ram: readonly RamBlockSpec[]): void {
+  for (const seg of image.segments) {
+    const inside = ram.some(
+      (b) => seg.paddr >= b.guestBase && seg.paddr + seg.memsz <= b.guestBase + b.size,
+    );
+    if (!inside) {
+      throw new VmmError(
+        'VMM_INVALID_GUEST',
+        `guest ${guest}: its segment at 0x${seg.paddr.toString(16)} (+${seg.memsz} bytes) is ` +
+          "not inside the VM's RAM; link it at 0x80000000 (QEMU virt) or give the VM more memory",
+      );
+    }
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The protocol between the VM host (main thread) and a vCPU worker thread.
+ *
+ * ```
+ *  main thread (gRPC, VmHost, Vm)                 vCPU worker (vcpu-worker.ts)
+ *  ─────────────────────────────                  ────────────────────────────
+ *  control SAB (Int32Array, see Ctl):
+ *    REQUEST ← run / pause / stop       ───────▶  read when DOORBELL moved (one Atomics.load
+ *    DOORBELL += 1; Atomics.notify                 per slice; Atomics.wait on it when idle)
+ *    HARVEST_REQ += 1                   ───────▶  swap the dirty buffers, HARVEST_ACK = req
+ *    INSTRET (BigInt64)                 ◀───────  stored after every slice
+ *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
+ *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
+ *  DOORBELL check): input bytes, save-state requests.
+ *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
+ *  exit, fatal, replies.
+ * ```
+ *
+ * The worker never returns to its event loop while it lives: it runs the guest in short slices
+ * and sleeps in `Atomics.wait` (WFI with the timer's delay as timeout, or indefinitely while
+ * paused / powered off), so host requests reach it through shared memory and the synchronous
+ * port read, never through 'message' events.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { ControlIdentity } from '../devices/control.js';
+import type { MachineState } from '../machine/state.js';
+
+/** Int32 indices of the control SharedArrayBuffer. */
+export const Ctl = {
+  /** Bumped by the host after every request; the worker waits on it when idle. */
+  DOORBELL: 0,
+  /** The run state the host wants: {@link Request}. */
+  REQUEST: 1,
+  /** Harvest sequence asked by the host. */
+  HARVEST_REQ: 2,
+  /** Last harvest sequence the worker completed (swapped buffers for). */
+  HARVEST_ACK: 3,
+  /** Which dirty buffer (0 or 1) the CPU marks now; the other is the last harvest's result. */
+  DIRTY_ACTIVE: 4,
+  /** Console bytes the worker has taken from the command port (host flow control). */
+  INPUT_TAKEN: 5,
+  /** Worker's {@link RunCode} (diagnostics; the host follows the ordered messages). */
+  RUN_CODE: 6,
+  // 7: padding, so the BigInt64 slots start at byte 32.
+  /** BigInt64 index: instructions retired (stored after every slice). */
+  INSTRET64: 4,
+  /** Float64 index: epoch milliseconds (timeOrigin + now) of the host's last pause request. */
+  PAUSE_REQUESTED_AT: 5,
+} as const;
+
+/** Bytes of the control buffer. */
+export const CONTROL_BYTES = 64;
+
+/** Values of {@link Ctl.REQUEST}. */
+export const Request = {
+  /** Stay as created (boot done, not started). */
+  HOLD: 0,
+  RUN: 1,
+  PAUSE: 2,
+  /** Leave the loop and end the thread. */
+  STOP: 3,
+} as const;
+
+/** Values of {@link Ctl.RUN_CODE}. */
+export const RunCode = {
+  BOOTING: 0,
+  CREATED: 1,
+  RUNNING: 2,
+  PAUSED: 3,
+  POWERED_OFF: 4,
+  CRASHED: 5,
+  STOPPED: 6,
+} as const;
+
+/** What the worker starts with (`workerData`). */
+export interface VcpuInit {
+  readonly name: string;
+  readonly control: SharedArrayBuffer;
+  /** Main RAM bytes (a libs/shm mapping's SharedArrayBuffer). */
+  readonly ram: SharedArrayBuffer;
+  readonly ramSize: number;
+  /** Dirty buffers 0 and 1 and the touched bitmap, as [byteOffset, words] in `bitmaps`. */
+  readonly bitmaps: SharedArrayBuffer;
+  readonly dirty: readonly [number, number];
+  readonly touched: number;
+  readonly bitmapWords: number;
+  /** RAM may hold old data (a reused region, a template): zero the image's pages before loading. */
+  readonly ramNotZero: boolean;
+  readonly elf: Uint8Array;
+  readonly identity: ControlIdentity;
+  readonly hostArgs: Uint8Array;
+  /** Host → worker commands (read synchronously by the worker). */
+  readonly commands: MessagePort;
+}
+
+/** Host → worker commands on the command port. */
+export type VcpuCommand =
+  | { readonly t: 'input'; readonly bytes: Uint8Array }
+  | { readonly t: 'save-state'; readonly id: number };
+
+/** Worker run states reported in order. */
+export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
+
+/** Worker → host messages. */
+export type VcpuMessage =
+  | { readonly t: 'booted'; readonly entry: number }
+  | { readonly t: 'boot-failed'; readonly message: string; readonly code: string }
+  | {
+      readonly t: 'state';
+      readonly state: VcpuRunState;
+      readonly instret: number;
+      /** paused: ms from the host's request to the stop at an instruction boundary. */
+      readonly latencyMs?: number;
+      /** powered-off: the finisher's code; crashed: the reason. */
+      readonly exitCode?: number;
+      readonly exitKind?: 'pass' | 'fail' | 'reset';
+      readonly error?: string;
+    }
+  | { readonly t: 'output'; readonly bytes: Uint8Array }
+  | { readonly t: 'ready'; readonly tag: number }
+  | {
+      readonly t: 'saved';
+      readonly id: number;
+      readonly state: MachineState | null;
+      readonly error?: string;
+    }
+  | { readonly t: 'stopped' };

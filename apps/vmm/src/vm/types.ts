@@ -1,0 +1,94 @@
+/**
+ * The VM host's domain types. The gRPC edge (`api/convert.ts`) converts to and from the wire;
+ * nothing below `api/` sees a generated type.
+ */
+
+/** How a RAM block is backed (see DESIGN.md, "Memory model"). */
+export type RamBackendKind = 'private' | 'shared' | 'clone';
+
+/** One entry of a VM's RAM block table, as asked for. */
+export interface RamBlockSpec {
+  /** Unique in the VM; main RAM is `ram0`. */
+  readonly id: string;
+  /** Guest-physical base address. */
+  readonly guestBase: number;
+  /** Bytes; a multiple of 4 KiB. */
+  readonly size: number;
+  readonly backend: RamBackendKind;
+  /**
+   * `shared`: the memstore region to map ('' = create one named `<vm>-<block>`, owned by the
+   * VM and deleted with it). `clone`: the sealed template. `private`: must be ''.
+   */
+  readonly region: string;
+}
+
+/** What CreateVm asks for. */
+export interface VmSpec {
+  readonly name: string;
+  /** A built-in guest name or a path to an RV32 ELF (see `guests/catalog.ts`). */
+  readonly guest: string;
+  readonly ram: readonly RamBlockSpec[];
+  /** Host arguments for the guest, readable through the control device as `key=value ...`. */
+  readonly args: Readonly<Record<string, string>>;
+}
+
+/** Lifecycle states of a VM on this instance. */
+export type VmState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
+
+/** A memstore region a block maps, as sent instead of its pages (bypass-shared-memory). */
+export interface RegionRef {
+  readonly regionId: string;
+  readonly regionName: string;
+  /** Lease epoch held (shared), 0 for a clone's template. */
+  readonly epoch: number;
+  readonly size: number;
+  readonly identity: string;
+  /** Address of the memstore that owns the region. */
+  readonly memstore: string;
+}
+
+/** A RAM block of a live VM. */
+export interface RamBlockInfo {
+  /** The spec with the region name resolved (a created region's name filled in). */
+  readonly spec: RamBlockSpec;
+  /** Pages dirtied since the last harvest (approximate while the vCPU runs). */
+  readonly dirtyPages: number;
+  /** Pages written since boot; the others are known to be zero (or the template's). */
+  readonly touchedPages: number;
+  readonly regionRef: RegionRef | null;
+}
+
+/** A VM as GetVm / ListVms report it. */
+export interface VmInfo {
+  readonly name: string;
+  readonly vmmId: string;
+  readonly state: VmState;
+  readonly spec: VmSpec;
+  readonly ram: readonly RamBlockInfo[];
+  /** Instructions retired since boot. */
+  readonly instret: number;
+  /** Million instructions per second over the last second (0 unless running). */
+  readonly mips: number;
+  /** The finisher's code once powered off (0 = pass). */
+  readonly exitCode: number;
+  /** Why the VM crashed, or ''. */
+  readonly error: string;
+  readonly createdAt: Date;
+  readonly generationId: bigint;
+  /** The guest rang the READY doorbell (its template point). */
+  readonly ready: boolean;
+  /** How long the last pause took from request to the vCPU's stop, in ms (null: never paused). */
+  readonly lastPauseLatencyMs: number | null;
+}
+
+/** Lifecycle events, as WatchVm streams them. */
+export type VmEventKind =
+  'started' | 'paused' | 'resumed' | 'ready' | 'powered-off' | 'guest-error' | 'destroyed';
+
+export interface VmEvent {
+  readonly kind: VmEventKind;
+  readonly at: Date;
+  readonly vm: VmInfo;
+  /** One line for people: exit code, error message, READY tag. */
+  readonly detail: string;
+}

@@ -1,0 +1,288 @@
+/**
+ * A vCPU thread: boots one machine over the RAM it was handed and runs it in short slices until
+ * told to stop. See `protocol.ts` for the contract with the host.
+ *
+ * The loop, in words: between slices it checks one shared word (the doorbell); when the host
+ * rang it, it reads the requested run state, drains the command port and answers a dirty-log
+ * harvest. A slice is sized so it lasts ~0.25–1 ms, so a pause stops the guest at an
+ * instruction boundary within about a millisecond. When the guest waits for an interrupt (WFI)
+ * the thread sleeps in `Atomics.wait` until the timer's deadline or the doorbell; while paused
+ * or powered off it sleeps on the doorbell alone. Output is batched: posted at most every
+ * couple of milliseconds, before every sleep, and whenever 64 KiB piled up.
+ */
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { createMachine, type Machine } from '../machine/machine.js';
+import type { ExitStatus } from '../devices/test-finisher.js';
+import { parseElf } from '../loader/elf.js';
+import { PAGE_SHIFT, setPageBits } from '../memory/pages.js';
+import {
+  Ctl,
+  Request,
+  RunCode,
+  type VcpuCommand,
+  type VcpuInit,
+  type VcpuMessage,
+  type VcpuRunState,
+} from './protocol.js';
+
+/** Slice bounds in instructions; the budget adapts to last ~0.25–1 ms per slice. */
+const MIN_SLICE = 10_000;
+const MAX_SLICE = 4_000_000;
+const SLICE_LOW_MS = 0.25;
+const SLICE_HIGH_MS = 1;
+/** Output is posted when this much piled up, or this long after the last post. */
+const OUT_CAPACITY = 64 * 1024;
+const OUT_INTERVAL_MS = 2;
+
+const init = workerData as VcpuInit;
+const port = parentPort!;
+const ctl = new Int32Array(init.control);
+const ctl64 = new BigInt64Array(init.control);
+const ctlF64 = new Float64Array(init.control);
+const post = (m: VcpuMessage, transfer?: ArrayBuffer[]): void =>
+  port.postMessage(m, transfer ?? []);
+
+// ---- output batching ---------------------------------------------------------------------
+const out = new Uint8Array(OUT_CAPACITY);
+let outLen = 0;
+let lastFlush = 0;
+function flushOutput(): void {
+  if (outLen === 0) return;
+  const bytes = out.slice(0, outLen);
+  post({ t: 'output', bytes }, [bytes.buffer]);
+  outLen = 0;
+  lastFlush = performance.now();
+}
+function sink(byte: number): void {
+  out[outLen++] = byte;
+  if (outLen === OUT_CAPACITY) flushOutput();
+}
+
+// ---- state --------------------------------------------------------------------------------
+let runState: VcpuRunState = 'created';
+let exitStatus: ExitStatus | null = null;
+let fatal = '';
+const pendingInput: Uint8Array[] = [];
+let pendingOffset = 0;
+
+function publishInstret(m: Machine): void {
+  Atomics.store(ctl64, Ctl.INSTRET64, BigInt(m.cpu.retired));
+}
+
+function setState(
+  m: Machine,
+  state: VcpuRunState,
+  extra: Partial<VcpuMessage & { t: 'state' }> = {},
+): void {
+  runState = state;
+  const code =
+    state === 'created'
+      ? RunCode.CREATED
+      : state === 'running'
+        ? RunCode.RUNNING
+        : state === 'paused'
+          ? RunCode.PAUSED
+          : state === 'powered-off'
+            ? RunCode.POWERED_OFF
+            : RunCode.CRASHED;
+  Atomics.store(ctl, Ctl.RUN_CODE, code);
+  publishInstret(m);
+  flushOutput();
+  post({ ...extra, t: 'state', state, instret: m.cpu.retired });
+}
+
+// ---- boot ---------------------------------------------------------------------------------
+function boot(): Machine | null {
+  try {
+    const bitmaps = init.bitmaps;
+    const words = init.bitmapWords;
+    const dirty = [
+      new Uint32Array(bitmaps, init.dirty[0], words),
+      new Uint32Array(bitmaps, init.dirty[1], words),
+    ] as const;
+    const active = Atomics.load(ctl, Ctl.DIRTY_ACTIVE) & 1;
+    const touched = new Uint32Array(bitmaps, init.touched, words);
+    const machine = createMachine({
+      ramSize: init.ramSize,
+      ram: { bytes: init.ram, dirty: dirty[active], touched },
+      uartSink: sink,
+      timeMode: 'realtime',
+      identity: init.identity,
+      hostArgs: init.hostArgs,
+      onReady: (tag) => post({ t: 'ready', tag }),
+      onExit: (status) => {
+        exitStatus = status;
+      },
+    });
+    if (init.ramNotZero) {
+      // Old contents (a reused region): make the loader zero the image's bss like fresh RAM.
+      const main = machine.memory.main;
+      for (const seg of parseElf(init.elf).segments) {
+        const off = seg.paddr - main.guestBase;
+        if (off < 0 || off + seg.memsz > main.size) continue; // the loader reports it
+        setPageBits(main.touched, off >>> PAGE_SHIFT, (off + seg.memsz - 1) >>> PAGE_SHIFT);
+      }
+    }
+    const image = machine.boot(init.elf);
+    machine.clock.hold();
+    publishInstret(machine);
+    Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
+    post({ t: 'booted', entry: image.entry });
+    return machine;
+  } catch (err) {
+    const e = err as Error & { code?: unknown };
+    post({
+      t: 'boot-failed',
+      message: e.message,
+      code: typeof e.code === 'string' ? e.code : 'error',
+    });
+    return null;
+  }
+}
+
+// ---- host requests ------------------------------------------------------------------------
+function swapDirty(m: Machine): void {
+  const req = Atomics.load(ctl, Ctl.HARVEST_REQ);
+  if (req === Atomics.load(ctl, Ctl.HARVEST_ACK)) return;
+  const next = (Atomics.load(ctl, Ctl.DIRTY_ACTIVE) & 1) ^ 1;
+  const words = new Uint32Array(init.bitmaps, init.dirty[next], init.bitmapWords);
+  // The host cleared `next` before asking. Everything this thread stored before the ACK
+  // store (guest pages and marks) happens-before the host's read after it loads the ACK.
+  m.memory.main.swapDirty(words);
+  Atomics.store(ctl, Ctl.DIRTY_ACTIVE, next);
+  Atomics.store(ctl, Ctl.HARVEST_ACK, req);
+  Atomics.notify(ctl, Ctl.HARVEST_ACK);
+}
+
+function drainCommands(m: Machine): void {
+  for (;;) {
+    const msg = receiveMessageOnPort(init.commands);
+    if (msg === undefined) return;
+    const cmd = msg.message as VcpuCommand;
+    if (cmd.t === 'input') {
+      pendingInput.push(cmd.bytes);
+    } else if (cmd.t === 'save-state') {
+      if (runState === 'running') {
+        post({ t: 'saved', id: cmd.id, state: null, error: 'the VM is running; pause it first' });
+      } else {
+        post({ t: 'saved', id: cmd.id, state: m.save() });
+      }
+    }
+  }
+}
+
+/** Hands queued console bytes to the UART as far as its FIFO takes them. */
+function feedInput(m: Machine): boolean {
+  let fed = 0;
+  while (pendingInput.length > 0) {
+    const head = pendingInput[0]!;
+    const chunk = pendingOffset === 0 ? head : head.subarray(pendingOffset);
+    const took = m.uart.receive(chunk);
+    fed += took;
+    if (took < chunk.length) {
+      pendingOffset += took;
+      break;
+    }
+    pendingInput.shift();
+    pendingOffset = 0;
+  }
+  if (fed > 0) {
+    m.cpu.wake();
+    Atomics.add(ctl, Ctl.INPUT_TAKEN, fed);
+    Atomics.notify(ctl, Ctl.INPUT_TAKEN);
+  }
+  return fed > 0;
+}
+
+/** Applies the requested run state; returns false when the thread must end. */
+function applyRequest(m: Machine): boolean {
+  const req = Atomics.load(ctl, Ctl.REQUEST);
+  if (req === Request.STOP) return false;
+  if (req === Request.RUN && (runState === 'created' || runState === 'paused')) {
+    m.clock.release();
+    setState(m, 'running');
+  } else if (req === Request.PAUSE && runState === 'running') {
+    m.clock.hold();
+    // Stored by the host before it rang the doorbell, which this thread has loaded since.
+    const asked = ctlF64[Ctl.PAUSE_REQUESTED_AT]!;
+    const latencyMs = asked > 0 ? performance.timeOrigin + performance.now() - asked : 0;
+    setState(m, 'paused', { latencyMs: Math.max(0, latencyMs) });
+  }
+  return true;
+}
+
+// ---- the loop -----------------------------------------------------------------------------
+function loop(m: Machine): void {
+  let seen = -1; // forces a first look at the requests
+  let budget = MIN_SLICE; // small while the interpreter is still cold; grows within a few slices
+  for (;;) {
+    const bell = Atomics.load(ctl, Ctl.DOORBELL);
+    if (bell !== seen) {
+      seen = bell;
+      drainCommands(m);
+      swapDirty(m);
+      if (!applyRequest(m)) return;
+    }
+    if (runState !== 'running') {
+      flushOutput();
+      Atomics.wait(ctl, Ctl.DOORBELL, seen);
+      continue;
+    }
+    if (pendingInput.length > 0) feedInput(m);
+    const t0 = performance.now();
+    const reason = m.run(budget);
+    const t1 = performance.now();
+    const took = t1 - t0;
+    if (reason === 'budget') {
+      if (took < SLICE_LOW_MS && budget < MAX_SLICE) budget *= 2;
+      else if (took > SLICE_HIGH_MS && budget > MIN_SLICE) budget = budget >>> 1;
+    }
+    publishInstret(m);
+    if (t1 - lastFlush >= OUT_INTERVAL_MS) flushOutput();
+    switch (reason) {
+      case 'budget':
+      case 'yield':
+        continue;
+      case 'halted': {
+        const exit = exitStatus ?? m.exit;
+        m.clock.hold();
+        setState(m, 'powered-off', {
+          exitCode: exit?.code ?? 0,
+          exitKind: exit?.kind ?? 'pass',
+        });
+        continue;
+      }
+      case 'fatal':
+        fatal = m.cpu.fatalMessage || 'the vCPU stopped';
+        m.clock.hold();
+        setState(m, 'crashed', { error: fatal });
+        continue;
+      case 'wfi': {
+        if (pendingInput.length > 0 && feedInput(m)) continue;
+        const ms = m.wakeDelayMs();
+        if (ms <= 0) continue;
+        flushOutput();
+        if (ms === Infinity) Atomics.wait(ctl, Ctl.DOORBELL, seen);
+        else Atomics.wait(ctl, Ctl.DOORBELL, seen, ms);
+        continue;
+      }
+    }
+  }
+}
+
+const machine = boot();
+if (machine !== null) {
+  try {
+    loop(machine);
+  } catch (err) {
+    // An interpreter bug, not a guest error: report it as a crash with the message.
+    setState(machine, 'crashed', { error: `vCPU failure: ${(err as Error).message}` });
+    while (Atomics.load(ctl, Ctl.REQUEST) !== Request.STOP) {
+      Atomics.wait(ctl, Ctl.DOORBELL, Atomics.load(ctl, Ctl.DOORBELL));
+    }
+  }
+  flushOutput();
+  Atomics.store(ctl, Ctl.RUN_CODE, RunCode.STOPPED);
+}
+post({ t: 'stopped' });
+init.commands.close();

@@ -1,0 +1,627 @@
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { PageBitmap } from '@handoff/bitmap';
+import type { Logger } from '@handoff/service';
+import { ControlDevice, type ControlIdentity } from '../devices/control.js';
+import type { GuestImage } from '../guests/catalog.js';
+import type { MachineState } from '../machine/state.js';
+import { PAGE_SHIFT } from '../memory/pages.js';
+import { closeRamBlocks, type RamBacking } from '../ram/index.js';
+import { VmmError } from './errors.js';
+import {
+  CONTROL_BYTES,
+  Ctl,
+  Request,
+  type VcpuCommand,
+  type VcpuInit,
+  type VcpuMessage,
+  type VcpuRunState,
+} from './protocol.js';
+import { hostArgsOf } from './spec.js';
+import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from './types.js';
+
+/** How long a state change (start, pause, resume) may take before the vCPU counts as failed. */
+const STATE_TIMEOUT_MS = 5000;
+/** How long the worker may take to boot the guest (load the ELF). */
+const BOOT_TIMEOUT_MS = 10_000;
+/** How long a stop request may take before the thread is terminated. */
+const STOP_TIMEOUT_MS = 2000;
+/** Console output kept for consoles that attach later. */
+export const CONSOLE_BACKLOG_BYTES = 64 * 1024;
+/** MIPS is averaged over about this window. */
+const MIPS_WINDOW_MS = 1000;
+
+/** `Atomics.waitAsync` (ES2024; in Node 16+, not in this project's `lib`). */
+type WaitAsync = (
+  cells: Int32Array,
+  index: number,
+  value: number,
+  timeoutMs?: number,
+) => { async: false; value: string } | { async: true; value: Promise<string> };
+const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+
+/** Where console output goes; `end()` when the VM stops producing (powered off, destroyed). */
+export interface ConsoleSink {
+  write(bytes: Uint8Array): void;
+  end(): void;
+}
+
+/** What a VM needs from its host. */
+export interface VmDeps {
+  readonly vmmId: string;
+  readonly logger: Logger;
+  readonly workerUrl: URL;
+  /** Generation id and entropy; fresh random when omitted. */
+  readonly identity?: ControlIdentity;
+}
+
+/**
+ * One VM: a vCPU worker thread running the machine over RAM mapped by this process, and the
+ * host-side state the API reports. Control requests go through the control SharedArrayBuffer
+ * (see `protocol.ts`); the worker reports state changes, output and READY in order on its
+ * message port, and this object turns them into {@link VmEvent}s.
+ *
+ * Dirty tracking: main RAM's dirty bitmap is double-buffered in a SharedArrayBuffer. The CPU
+ * marks the active buffer with plain stores; {@link Vm.harvestDirty} clears the other one, asks
+ * the worker to swap at its next slice boundary (or at once when idle) and waits for the
+ * acknowledgement, whose Atomics store/load pair orders every guest store and mark before the
+ * harvester's reads (the EpochDirtyLog contract, with the machine's own `swapDirty`).
+ */
+export class Vm {
+  readonly name: string;
+  readonly spec: VmSpec;
+  readonly createdAt = new Date();
+  readonly generationId: bigint;
+  readonly log: Logger;
+  private readonly vmmId: string;
+  private readonly ram: readonly RamBacking[];
+  private readonly worker: Worker;
+  private readonly commands: MessagePort;
+  private readonly ctl: Int32Array;
+  private readonly ctl64: BigInt64Array;
+  private readonly ctlF64: Float64Array;
+  private readonly dirty: readonly [PageBitmap, PageBitmap];
+  private readonly touched: PageBitmap;
+  private state: VmState = 'created';
+  private exitCode = 0;
+  private error = '';
+  private ready = false;
+  private lastPauseLatencyMs: number | null = null;
+  private destroying: Promise<void> | undefined;
+  private gone = false;
+  /** Serializes start/pause/resume/harvest so requests never interleave. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly stateWaiters = new Set<(s: VcpuRunState | 'gone') => void>();
+  private readonly listeners = new Set<(e: VmEvent) => void>();
+  private readonly consoles = new Set<ConsoleSink>();
+  private backlog: Uint8Array[] = [];
+  private backlogBytes = 0;
+  private inputSent = 0;
+  private samples: { t: number; instret: number }[] = [];
+  private saveId = 0;
+  private readonly saves = new Map<number, (m: VcpuMessage & { t: 'saved' }) => void>();
+  private workerExited: Promise<void>;
+
+  private constructor(spec: VmSpec, ram: readonly RamBacking[], guest: GuestImage, deps: VmDeps) {
+    this.name = spec.name;
+    this.spec = { ...spec, ram: ram.map((b) => b.spec) };
+    this.vmmId = deps.vmmId;
+    this.ram = ram;
+    this.log = deps.logger;
+    const identity = deps.identity ?? ControlDevice.randomIdentity();
+    this.generationId = identity.generationId;
+    const control = new SharedArrayBuffer(CONTROL_BYTES);
+    this.ctl = new Int32Array(control);
+    this.ctl64 = new BigInt64Array(control);
+    this.ctlF64 = new Float64Array(control);
+    const main = ram[0]!;
+    const pages = main.spec.size >>> PAGE_SHIFT;
+    const words = PageBitmap.wordCountFor(pages);
+    const bytes = PageBitmap.byteLengthFor(pages);
+    const bitmaps = new SharedArrayBuffer(3 * bytes);
+    this.dirty = [
+      new PageBitmap(pages, { buffer: bitmaps, byteOffset: 0 }),
+      new PageBitmap(pages, { buffer: bitmaps, byteOffset: bytes }),
+    ];
+    this.touched = new PageBitmap(pages, { buffer: bitmaps, byteOffset: 2 * bytes });
+    const channel = new MessageChannel();
+    this.commands = channel.port1;
+    const init: VcpuInit = {
+      name: spec.name,
+      control,
+      ram: main.buffer,
+      ramSize: main.spec.size,
+      bitmaps,
+      dirty: [0, bytes],
+      touched: 2 * bytes,
+      bitmapWords: words,
+      ramNotZero: !main.zeroed,
+      elf: guest.bytes,
+      identity,
+      hostArgs: hostArgsOf(spec.args),
+      commands: channel.port2,
+    };
+    this.worker = new Worker(deps.workerUrl, {
+      workerData: init,
+      transferList: [channel.port2],
+      stdout: false,
+      stderr: false,
+    });
+    this.workerExited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
+    this.worker.on('message', (m: VcpuMessage) => this.onMessage(m));
+    this.worker.on('error', (err) => this.onWorkerGone(`vCPU thread failed: ${err.message}`));
+    this.worker.on('exit', (code) => {
+      if (this.destroying === undefined) this.onWorkerGone(`vCPU thread exited (code ${code})`);
+    });
+  }
+
+  /**
+   * Starts the vCPU thread and boots the guest into `created` (loaded, not running). On failure
+   * the thread is stopped; the caller still owns (and closes) `ram`.
+   *
+   * @throws VmmError `VMM_INVALID_GUEST` when the image does not load, `VMM_VCPU_FAILED`
+   */
+  static async boot(
+    spec: VmSpec,
+    ram: readonly RamBacking[],
+    guest: GuestImage,
+    deps: VmDeps,
+  ): Promise<Vm> {
+    const vm = new Vm(spec, ram, guest, deps);
+    try {
+      await vm.waitBoot();
+      return vm;
+    } catch (err) {
+      vm.destroying = Promise.resolve(); // not a crash: the caller reports the boot failure
+      vm.ring(Request.STOP);
+      await vm.stopThread();
+      vm.commands.close();
+      throw err;
+    }
+  }
+
+  private waitBoot(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the guest did not boot in time`));
+      }, BOOT_TIMEOUT_MS);
+      const onMessage = (m: VcpuMessage): void => {
+        if (m.t === 'booted') {
+          cleanup();
+          resolve();
+        } else if (m.t === 'boot-failed') {
+          cleanup();
+          reject(
+            new VmmError(
+              m.code === 'out-of-ram' || m.code === 'bad-header' || m.code === 'not-elf'
+                ? 'VMM_INVALID_GUEST'
+                : 'VMM_VCPU_FAILED',
+              `VM ${this.name}: the guest ${this.spec.guest} does not boot: ${m.message}`,
+            ),
+          );
+        }
+      };
+      const onExit = (): void => {
+        cleanup();
+        reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the vCPU thread ended at boot`));
+      };
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.worker.off('message', onMessage);
+        this.worker.off('exit', onExit);
+      };
+      this.worker.on('message', onMessage);
+      this.worker.once('exit', onExit);
+    });
+  }
+
+  // ---- requests ---------------------------------------------------------------------------
+
+  /** Runs a created VM. Starting a running VM is a no-op. */
+  start(): Promise<VmInfo> {
+    return this.serial(async () => {
+      this.assertAlive();
+      if (this.state === 'running') return this.info();
+      if (this.state !== 'created') {
+        this.invalidState('start', this.state === 'paused' ? 'resume it instead' : undefined);
+      }
+      await this.requestState(Request.RUN, (s) => s !== 'created');
+      return this.info();
+    });
+  }
+
+  /** Stops the vCPU at an instruction boundary. Pausing a paused VM is a no-op. */
+  pause(): Promise<VmInfo> {
+    return this.serial(async () => {
+      this.assertAlive();
+      if (this.state === 'paused') return this.info();
+      if (this.state !== 'running') this.invalidState('pause');
+      this.ctlF64[Ctl.PAUSE_REQUESTED_AT] = performance.timeOrigin + performance.now();
+      await this.requestState(Request.PAUSE, (s) => s !== 'running');
+      return this.info();
+    });
+  }
+
+  /** Lets a paused VM run again. Resuming a running VM is a no-op. */
+  resume(): Promise<VmInfo> {
+    return this.serial(async () => {
+      this.assertAlive();
+      if (this.state === 'running') return this.info();
+      if (this.state !== 'paused') {
+        this.invalidState('resume', this.state === 'created' ? 'start it instead' : undefined);
+      }
+      await this.requestState(Request.RUN, (s) => s !== 'paused');
+      return this.info();
+    });
+  }
+
+  /**
+   * Stops the vCPU thread, unmaps RAM and gives back leases / clone attachments, then emits
+   * `destroyed` and ends every console and watcher. Idempotent.
+   */
+  destroy(): Promise<void> {
+    this.destroying ??= (async () => {
+      this.ring(Request.STOP);
+      await this.stopThread();
+      this.commands.close();
+      await closeRamBlocks(this.ram);
+      this.gone = true;
+      for (const w of [...this.stateWaiters]) w('gone');
+      this.emit('destroyed', 'the VM was destroyed');
+      for (const c of this.consoles) c.end();
+      this.consoles.clear();
+      this.listeners.clear();
+      this.log.info('VM destroyed');
+    })();
+    return this.destroying;
+  }
+
+  /** Hands bytes to the guest's UART (queued while the VM is not running). */
+  input(bytes: Uint8Array): void {
+    this.assertAlive();
+    if (bytes.length === 0) return;
+    const cmd: VcpuCommand = { t: 'input', bytes };
+    this.commands.postMessage(cmd);
+    this.inputSent = (this.inputSent + bytes.length) | 0;
+    this.ring();
+  }
+
+  /** Console bytes sent and not yet taken by the guest's UART. */
+  inputPending(): number {
+    return (this.inputSent - Atomics.load(this.ctl, Ctl.INPUT_TAKEN)) | 0;
+  }
+
+  /** Resolves once at most `limit` input bytes are pending (or the VM is gone). */
+  async inputDrained(limit: number): Promise<void> {
+    while (!this.gone && this.destroying === undefined && this.inputPending() > limit) {
+      const taken = Atomics.load(this.ctl, Ctl.INPUT_TAKEN);
+      if (this.inputPending() <= limit) return;
+      const r = waitAsync(this.ctl, Ctl.INPUT_TAKEN, taken, 200);
+      if (r.async) await r.value;
+    }
+  }
+
+  /**
+   * Harvests main RAM's dirty pages: the pages written since the previous harvest (or boot).
+   * The bitmap belongs to the VM and stays valid until the next harvest. Works in every state
+   * (a paused or idle vCPU answers at once).
+   */
+  harvestDirty(timeoutMs = 1000): Promise<PageBitmap> {
+    return this.serial(async () => {
+      this.assertAlive();
+      const active = Atomics.load(this.ctl, Ctl.DIRTY_ACTIVE) & 1;
+      const result = active === 0 ? this.dirty[0] : this.dirty[1];
+      (active === 0 ? this.dirty[1] : this.dirty[0]).clearAll(); // the previous result
+      const req = (Atomics.add(this.ctl, Ctl.HARVEST_REQ, 1) + 1) | 0;
+      this.ring();
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        const ack = Atomics.load(this.ctl, Ctl.HARVEST_ACK);
+        if (ack === req) return result;
+        const left = deadline - performance.now();
+        if (left <= 0 || this.gone) {
+          throw new VmmError(
+            'VMM_VCPU_FAILED',
+            `VM ${this.name}: the vCPU did not answer a dirty-page harvest within ${timeoutMs} ms`,
+          );
+        }
+        const r = waitAsync(this.ctl, Ctl.HARVEST_ACK, ack, left);
+        if (r.async) await r.value;
+      }
+    });
+  }
+
+  /** The machine's device state (not RAM) of a VM that is not running. */
+  saveState(): Promise<MachineState> {
+    return this.serial(async () => {
+      this.assertAlive();
+      const id = ++this.saveId;
+      const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
+        this.saves.set(id, resolve),
+      );
+      const cmd: VcpuCommand = { t: 'save-state', id };
+      this.commands.postMessage(cmd);
+      this.ring();
+      const m = await withTimeout(reply, STATE_TIMEOUT_MS, () => this.saves.delete(id));
+      if (m.state === null) {
+        throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
+      }
+      return m.state;
+    });
+  }
+
+  // ---- observation ------------------------------------------------------------------------
+
+  /** A snapshot of the VM for GetVm / ListVms / events. */
+  info(now = performance.now()): VmInfo {
+    const instret = this.instret();
+    const activeDirty =
+      (Atomics.load(this.ctl, Ctl.DIRTY_ACTIVE) & 1) === 0 ? this.dirty[0] : this.dirty[1];
+    return {
+      name: this.name,
+      vmmId: this.vmmId,
+      state: this.state,
+      spec: this.spec,
+      ram: this.ram.map((b, k) => ({
+        spec: b.spec,
+        dirtyPages: k === 0 ? activeDirty.popcount() : 0,
+        touchedPages: k === 0 ? this.touched.popcount() : 0,
+        regionRef: b.regionRef,
+      })),
+      instret,
+      mips: this.mips(now, instret),
+      exitCode: this.exitCode,
+      error: this.error,
+      createdAt: this.createdAt,
+      generationId: this.generationId,
+      ready: this.ready,
+      lastPauseLatencyMs: this.lastPauseLatencyMs,
+    };
+  }
+
+  get currentState(): VmState {
+    return this.state;
+  }
+
+  /** Whether {@link Vm.destroy} has begun. */
+  get destroyed(): boolean {
+    return this.destroying !== undefined;
+  }
+
+  /** Subscribes to lifecycle events; returns the unsubscribe function. */
+  watch(listener: (e: VmEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Attaches a console: it first gets the backlog (the last {@link CONSOLE_BACKLOG_BYTES} of
+   * output), then live output; it is ended when the VM powers off, crashes or is destroyed.
+   * Returns the detach function.
+   */
+  attachConsole(sink: ConsoleSink): () => void {
+    if (this.backlogBytes > 0) sink.write(concat(this.backlog, this.backlogBytes));
+    if (this.gone || this.state === 'powered-off' || this.state === 'crashed') {
+      sink.end();
+      return () => {};
+    }
+    this.consoles.add(sink);
+    return () => this.consoles.delete(sink);
+  }
+
+  /** Records an instret sample for MIPS (the host calls this a few times a second). */
+  sample(now = performance.now()): void {
+    if (this.state !== 'running') {
+      this.samples.length = 0;
+      return;
+    }
+    this.samples.push({ t: now, instret: this.instret() });
+    while (this.samples.length > 2 && now - this.samples[1]!.t >= MIPS_WINDOW_MS) {
+      this.samples.shift();
+    }
+  }
+
+  private instret(): number {
+    return Number(Atomics.load(this.ctl64, Ctl.INSTRET64));
+  }
+
+  private mips(now: number, instret: number): number {
+    if (this.state !== 'running') return 0;
+    const first = this.samples[0];
+    if (first === undefined || now - first.t < 10) return 0;
+    return (instret - first.instret) / (now - first.t) / 1000;
+  }
+
+  // ---- worker plumbing --------------------------------------------------------------------
+
+  private ring(request?: number): void {
+    if (request !== undefined) Atomics.store(this.ctl, Ctl.REQUEST, request);
+    Atomics.add(this.ctl, Ctl.DOORBELL, 1);
+    Atomics.notify(this.ctl, Ctl.DOORBELL);
+  }
+
+  private async requestState(request: number, done: (s: VcpuRunState) => boolean): Promise<void> {
+    const reached = new Promise<void>((resolve, reject) => {
+      const waiter = (s: VcpuRunState | 'gone'): void => {
+        if (s === 'gone') {
+          this.stateWaiters.delete(waiter);
+          reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the vCPU thread is gone`));
+        } else if (done(s)) {
+          this.stateWaiters.delete(waiter);
+          resolve();
+        }
+      };
+      this.stateWaiters.add(waiter);
+    });
+    this.ring(request);
+    await withTimeout(reached, STATE_TIMEOUT_MS, () => undefined).catch((err: unknown) => {
+      if (VmmError.is(err)) throw err;
+      throw new VmmError(
+        'VMM_VCPU_FAILED',
+        `VM ${this.name}: the vCPU did not answer within ${STATE_TIMEOUT_MS} ms`,
+      );
+    });
+  }
+
+  private onMessage(m: VcpuMessage): void {
+    switch (m.t) {
+      case 'output':
+        this.onOutput(m.bytes);
+        return;
+      case 'state':
+        this.onState(m);
+        return;
+      case 'ready':
+        this.ready = true;
+        this.log.info({ tag: m.tag }, 'guest rang READY');
+        this.emit('ready', `READY doorbell, tag ${m.tag}`);
+        return;
+      case 'saved':
+        this.saves.get(m.id)?.(m);
+        this.saves.delete(m.id);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onState(m: VcpuMessage & { t: 'state' }): void {
+    const before = this.state;
+    this.state = m.state;
+    switch (m.state) {
+      case 'running':
+        this.samples.length = 0;
+        this.sample();
+        if (before === 'created') {
+          this.log.info('VM started');
+          this.emit('started', 'the vCPU runs');
+        } else {
+          this.log.info('VM resumed');
+          this.emit('resumed', 'the vCPU runs again');
+        }
+        break;
+      case 'paused':
+        this.lastPauseLatencyMs = m.latencyMs ?? null;
+        this.log.info({ instret: m.instret, pauseLatencyMs: m.latencyMs }, 'VM paused');
+        this.emit('paused', `stopped at an instruction boundary after ${m.instret} instructions`);
+        break;
+      case 'powered-off': {
+        this.exitCode = m.exitCode ?? 0;
+        const detail =
+          m.exitKind === 'reset'
+            ? 'the guest asked for a reset; powered off'
+            : `exit code ${this.exitCode}`;
+        this.log.info({ exitCode: this.exitCode, instret: m.instret }, 'VM powered off');
+        this.emit('powered-off', detail);
+        this.endConsoles();
+        break;
+      }
+      case 'crashed':
+        this.error = m.error ?? 'the vCPU stopped';
+        this.log.warn({ error: this.error }, 'VM crashed');
+        this.emit('guest-error', this.error);
+        this.endConsoles();
+        break;
+      case 'created':
+        break;
+    }
+    for (const w of [...this.stateWaiters]) w(m.state);
+  }
+
+  private onOutput(bytes: Uint8Array): void {
+    this.backlog.push(bytes);
+    this.backlogBytes += bytes.length;
+    while (this.backlogBytes - this.backlog[0]!.length >= CONSOLE_BACKLOG_BYTES) {
+      this.backlogBytes -= this.backlog.shift()!.length;
+    }
+    if (this.backlog.length > 64) {
+      const all = concat(this.backlog, this.backlogBytes);
+      this.backlog = [all];
+    }
+    for (const c of this.consoles) c.write(bytes);
+  }
+
+  private onWorkerGone(reason: string): void {
+    if (this.destroying !== undefined || this.gone) return;
+    this.gone = true;
+    if (this.state !== 'powered-off') {
+      this.state = 'crashed';
+      this.error = reason;
+      this.log.error({ error: reason }, 'VM crashed');
+      this.emit('guest-error', reason);
+    }
+    for (const w of [...this.stateWaiters]) w('gone');
+    this.endConsoles();
+  }
+
+  private async stopThread(): Promise<void> {
+    const timer = setTimeout(() => {
+      this.log.warn('the vCPU thread did not stop in time; terminating it');
+      void this.worker.terminate();
+    }, STOP_TIMEOUT_MS);
+    await this.workerExited;
+    clearTimeout(timer);
+  }
+
+  private endConsoles(): void {
+    for (const c of this.consoles) c.end();
+    this.consoles.clear();
+  }
+
+  private emit(kind: VmEventKind, detail: string): void {
+    if (this.listeners.size === 0) return;
+    const event: VmEvent = { kind, at: new Date(), vm: this.info(), detail };
+    for (const l of [...this.listeners]) l(event);
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private assertAlive(): void {
+    if (this.destroying !== undefined) {
+      throw new VmmError('VMM_VM_NOT_FOUND', `VM ${this.name} is being destroyed`);
+    }
+  }
+
+  private invalidState(action: string, hint?: string): never {
+    const what =
+      this.state === 'powered-off'
+        ? `it is powered off (exit code ${this.exitCode}); destroy it and create it again`
+        : this.state === 'crashed'
+          ? `it crashed (${this.error}); destroy it`
+          : `it is ${this.state}`;
+    throw new VmmError(
+      'VMM_INVALID_STATE',
+      `cannot ${action} VM ${this.name}: ${what}${hint !== undefined ? `; ${hint}` : ''}`,
+    );
+  }
+}
+
+function concat(chunks: readonly Uint8Array[], total: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`timed out after ${ms} ms`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

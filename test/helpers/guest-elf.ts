@@ -1,0 +1,227 @@
+import { renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/**
+ * Tiny RV32 guests built in the test, so VM tests need no cross toolchain and no guest that is
+ * still being written. `echoGuestElf()` is an idle-friendly echo server: it prints
+ * "echo ready\n", then echoes every UART byte; between bytes it sleeps in WFI with the CLINT
+ * timer armed 100 ms ahead (so an idle VM costs no host CPU); the byte `q` powers it off
+ * through the test finisher with exit code 5.
+ */
+
+const RAM_BASE = 0x8000_0000;
+const CODE_OFFSET = 0x1000;
+
+type Ins = (pc: number, label: (name: string) => number) => number;
+
+const rType = (f7: number, rs2: number, rs1: number, f3: number, rd: number, op: number): number =>
+  ((f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
+const iType = (imm: number, rs1: number, f3: number, rd: number, op: number): number =>
+  (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
+const sType = (imm: number, rs2: number, rs1: number, f3: number): number =>
+  ((((imm >> 5) & 0x7f) << 25) |
+    (rs2 << 20) |
+    (rs1 << 15) |
+    (f3 << 12) |
+    ((imm & 31) << 7) |
+    0x23) >>>
+  0;
+const bType = (off: number, rs2: number, rs1: number, f3: number): number =>
+  ((((off >> 12) & 1) << 31) |
+    (((off >> 5) & 0x3f) << 25) |
+    (rs2 << 20) |
+    (rs1 << 15) |
+    (f3 << 12) |
+    (((off >> 1) & 15) << 8) |
+    (((off >> 11) & 1) << 7) |
+    0x63) >>>
+  0;
+const jType = (off: number, rd: number): number =>
+  ((((off >> 20) & 1) << 31) |
+    (((off >> 1) & 0x3ff) << 21) |
+    (((off >> 11) & 1) << 20) |
+    (((off >> 12) & 0xff) << 12) |
+    (rd << 7) |
+    0x6f) >>>
+  0;
+
+// Registers.
+const zero = 0,
+  t0 = 5,
+  t1 = 6,
+  t2 = 7,
+  s0 = 8,
+  s1 = 9,
+  a0 = 10,
+  a1 = 11,
+  a2 = 12,
+  s2 = 18,
+  t3 = 28,
+  t4 = 29,
+  t5 = 30,
+  t6 = 31;
+
+const lui =
+  (rd: number, imm20: number): Ins =>
+  () =>
+    (((imm20 & 0xfffff) << 12) | (rd << 7) | 0x37) >>> 0;
+const addi =
+  (rd: number, rs1: number, imm: number): Ins =>
+  () =>
+    iType(imm, rs1, 0, rd, 0x13);
+const andi =
+  (rd: number, rs1: number, imm: number): Ins =>
+  () =>
+    iType(imm, rs1, 7, rd, 0x13);
+const lbu =
+  (rd: number, rs1: number, imm: number): Ins =>
+  () =>
+    iType(imm, rs1, 4, rd, 0x03);
+const lw =
+  (rd: number, rs1: number, imm: number): Ins =>
+  () =>
+    iType(imm, rs1, 2, rd, 0x03);
+const sb =
+  (rs2: number, rs1: number, imm: number): Ins =>
+  () =>
+    sType(imm, rs2, rs1, 0);
+const sw =
+  (rs2: number, rs1: number, imm: number): Ins =>
+  () =>
+    sType(imm, rs2, rs1, 2);
+const add =
+  (rd: number, rs1: number, rs2: number): Ins =>
+  () =>
+    rType(0, rs2, rs1, 0, rd, 0x33);
+const sltu =
+  (rd: number, rs1: number, rs2: number): Ins =>
+  () =>
+    rType(0, rs2, rs1, 3, rd, 0x33);
+const csrrs =
+  (rd: number, csr: number, rs1: number): Ins =>
+  () =>
+    iType(csr, rs1, 2, rd, 0x73);
+const beq =
+  (rs1: number, rs2: number, to: string): Ins =>
+  (pc, l) =>
+    bType(l(to) - pc, rs2, rs1, 0);
+const bne =
+  (rs1: number, rs2: number, to: string): Ins =>
+  (pc, l) =>
+    bType(l(to) - pc, rs2, rs1, 1);
+const j =
+  (to: string): Ins =>
+  (pc, l) =>
+    jType(l(to) - pc, zero);
+const wfi: Ins = () => 0x10500073;
+
+/** Assembles `program` (instructions and `'label:'` strings) at RAM_BASE. */
+function assemble(program: (Ins | string)[]): Uint8Array {
+  const labels = new Map<string, number>();
+  let pc = RAM_BASE;
+  for (const item of program) {
+    if (typeof item === 'string') labels.set(item.replace(/:$/, ''), pc);
+    else pc += 4;
+  }
+  const words: number[] = [];
+  pc = RAM_BASE;
+  const label = (name: string): number => {
+    const at = labels.get(name);
+    if (at === undefined) throw new Error(`no label ${name}`);
+    return at;
+  };
+  for (const item of program) {
+    if (typeof item === 'string') continue;
+    words.push(item(pc, label));
+    pc += 4;
+  }
+  const out = new Uint8Array(words.length * 4);
+  const dv = new DataView(out.buffer);
+  words.forEach((w, k) => dv.setUint32(k * 4, w, true));
+  return out;
+}
+
+/** Wraps code into an ELF32 RISC-V executable with one R+X segment at 0x80000000. */
+export function elfOf(code: Uint8Array): Uint8Array {
+  const file = new Uint8Array(CODE_OFFSET + code.length);
+  const dv = new DataView(file.buffer);
+  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0); // magic, ELFCLASS32, little-endian, version
+  dv.setUint16(16, 2, true); // ET_EXEC
+  dv.setUint16(18, 243, true); // EM_RISCV
+  dv.setUint32(20, 1, true);
+  dv.setUint32(24, RAM_BASE, true); // entry
+  dv.setUint32(28, 52, true); // phoff
+  dv.setUint16(40, 52, true); // ehsize
+  dv.setUint16(42, 32, true); // phentsize
+  dv.setUint16(44, 1, true); // phnum
+  const ph = 52;
+  dv.setUint32(ph, 1, true); // PT_LOAD
+  dv.setUint32(ph + 4, CODE_OFFSET, true);
+  dv.setUint32(ph + 8, RAM_BASE, true);
+  dv.setUint32(ph + 12, RAM_BASE, true);
+  dv.setUint32(ph + 16, code.length, true);
+  dv.setUint32(ph + 20, code.length, true);
+  dv.setUint32(ph + 24, 5, true); // R + X
+  dv.setUint32(ph + 28, 0x1000, true);
+  file.set(code, CODE_OFFSET);
+  return file;
+}
+
+/** The echo guest (see the module doc). */
+export function echoGuestElf(): Uint8Array {
+  const banner = [...'echo ready\n'].flatMap((c) => [
+    addi(t0, zero, c.charCodeAt(0)),
+    sb(t0, s0, 0),
+  ]);
+  return elfOf(
+    assemble([
+      lui(s0, 0x10000), // UART 0x10000000
+      lui(s1, 0x2004), // mtimecmp 0x02004000
+      lui(s2, 0x200c),
+      addi(s2, s2, -8), // mtime 0x0200bff8
+      addi(t0, zero, 0x80),
+      csrrs(zero, 0x304, t0), // mie.MTIE: the timer ends WFI (mstatus.MIE stays 0)
+      ...banner,
+      'loop:',
+      lbu(t1, s0, 5), // LSR
+      andi(t1, t1, 1), // data ready?
+      beq(t1, zero, 'idle'),
+      lbu(t2, s0, 0), // RBR
+      sb(t2, s0, 0), // echo
+      addi(t3, zero, 0x71), // 'q'
+      bne(t2, t3, 'loop'),
+      lui(t4, 0x100), // finisher 0x00100000
+      lui(t5, 0x53),
+      addi(t5, t5, 0x333), // 0x3333 | 5 << 16: fail with code 5
+      sw(t5, t4, 0),
+      j('loop'),
+      'idle:',
+      lw(t3, s2, 0), // mtime lo
+      lw(t4, s2, 4), // mtime hi
+      lui(t5, 0xf4), // ~100 ms at 10 MHz
+      add(t6, t3, t5),
+      sltu(a0, t6, t3),
+      add(a1, t4, a0),
+      addi(a2, zero, -1),
+      sw(a2, s1, 4), // mtimecmp hi = max first: no spurious match
+      sw(t6, s1, 0),
+      sw(a1, s1, 4),
+      wfi,
+      j('loop'),
+    ]),
+  );
+}
+
+/**
+ * Writes the echo guest to one well-known file in the temporary directory (the same bytes every
+ * time; written atomically, so tests running at once never see a partial file) and returns its
+ * path.
+ */
+export function writeEchoGuest(): string {
+  const path = join(tmpdir(), 'handoff-test-echo-guest.elf');
+  const partial = `${path}.${process.pid}.tmp`;
+  writeFileSync(partial, echoGuestElf());
+  renameSync(partial, path);
+  return path;
+}
