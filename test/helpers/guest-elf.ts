@@ -1,6 +1,7 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { asm } from '@handoff/vmm';
 
 /**
  * Tiny RV32 guests built in the test, so VM tests need no cross toolchain and no guest that is
@@ -14,37 +15,6 @@ const RAM_BASE = 0x8000_0000;
 const CODE_OFFSET = 0x1000;
 
 type Ins = (pc: number, label: (name: string) => number) => number;
-
-const rType = (f7: number, rs2: number, rs1: number, f3: number, rd: number, op: number): number =>
-  ((f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const iType = (imm: number, rs1: number, f3: number, rd: number, op: number): number =>
-  (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const sType = (imm: number, rs2: number, rs1: number, f3: number): number =>
-  ((((imm >> 5) & 0x7f) << 25) |
-    (rs2 << 20) |
-    (rs1 << 15) |
-    (f3 << 12) |
-    ((imm & 31) << 7) |
-    0x23) >>>
-  0;
-const bType = (off: number, rs2: number, rs1: number, f3: number): number =>
-  ((((off >> 12) & 1) << 31) |
-    (((off >> 5) & 0x3f) << 25) |
-    (rs2 << 20) |
-    (rs1 << 15) |
-    (f3 << 12) |
-    (((off >> 1) & 15) << 8) |
-    (((off >> 11) & 1) << 7) |
-    0x63) >>>
-  0;
-const jType = (off: number, rd: number): number =>
-  ((((off >> 20) & 1) << 31) |
-    (((off >> 1) & 0x3ff) << 21) |
-    (((off >> 11) & 1) << 20) |
-    (((off >> 12) & 0xff) << 12) |
-    (rd << 7) |
-    0x6f) >>>
-  0;
 
 // Registers.
 const zero = 0,
@@ -62,59 +32,33 @@ const zero = 0,
   t5 = 30,
   t6 = 31;
 
-const lui =
-  (rd: number, imm20: number): Ins =>
+const word =
+  (w: number): Ins =>
   () =>
-    (((imm20 & 0xfffff) << 12) | (rd << 7) | 0x37) >>> 0;
-const addi =
-  (rd: number, rs1: number, imm: number): Ins =>
-  () =>
-    iType(imm, rs1, 0, rd, 0x13);
-const andi =
-  (rd: number, rs1: number, imm: number): Ins =>
-  () =>
-    iType(imm, rs1, 7, rd, 0x13);
-const lbu =
-  (rd: number, rs1: number, imm: number): Ins =>
-  () =>
-    iType(imm, rs1, 4, rd, 0x03);
-const lw =
-  (rd: number, rs1: number, imm: number): Ins =>
-  () =>
-    iType(imm, rs1, 2, rd, 0x03);
-const sb =
-  (rs2: number, rs1: number, imm: number): Ins =>
-  () =>
-    sType(imm, rs2, rs1, 0);
-const sw =
-  (rs2: number, rs1: number, imm: number): Ins =>
-  () =>
-    sType(imm, rs2, rs1, 2);
-const add =
-  (rd: number, rs1: number, rs2: number): Ins =>
-  () =>
-    rType(0, rs2, rs1, 0, rd, 0x33);
-const sltu =
-  (rd: number, rs1: number, rs2: number): Ins =>
-  () =>
-    rType(0, rs2, rs1, 3, rd, 0x33);
-const csrrs =
-  (rd: number, csr: number, rs1: number): Ins =>
-  () =>
-    iType(csr, rs1, 2, rd, 0x73);
+    w;
+const lui = (rd: number, imm20: number): Ins => word(asm.lui(rd, imm20));
+const addi = (rd: number, rs1: number, imm: number): Ins => word(asm.addi(rd, rs1, imm));
+const andi = (rd: number, rs1: number, imm: number): Ins => word(asm.andi(rd, rs1, imm));
+const lbu = (rd: number, rs1: number, imm: number): Ins => word(asm.lbu(rd, rs1, imm));
+const lw = (rd: number, rs1: number, imm: number): Ins => word(asm.lw(rd, rs1, imm));
+const sb = (rs2: number, rs1: number, imm: number): Ins => word(asm.sb(rs2, rs1, imm));
+const sw = (rs2: number, rs1: number, imm: number): Ins => word(asm.sw(rs2, rs1, imm));
+const add = (rd: number, rs1: number, rs2: number): Ins => word(asm.add(rd, rs1, rs2));
+const sltu = (rd: number, rs1: number, rs2: number): Ins => word(asm.sltu(rd, rs1, rs2));
+const csrrs = (rd: number, csr: number, rs1: number): Ins => word(asm.csrrs(rd, csr, rs1));
 const beq =
   (rs1: number, rs2: number, to: string): Ins =>
   (pc, l) =>
-    bType(l(to) - pc, rs2, rs1, 0);
+    asm.beq(rs1, rs2, l(to) - pc);
 const bne =
   (rs1: number, rs2: number, to: string): Ins =>
   (pc, l) =>
-    bType(l(to) - pc, rs2, rs1, 1);
+    asm.bne(rs1, rs2, l(to) - pc);
 const j =
   (to: string): Ins =>
   (pc, l) =>
-    jType(l(to) - pc, zero);
-const wfi: Ins = () => 0x10500073;
+    asm.jal(zero, l(to) - pc);
+const wfi: Ins = word(asm.wfi());
 
 /** Assembles `program` (instructions and `'label:'` strings) at RAM_BASE. */
 function assemble(program: (Ins | string)[]): Uint8Array {

@@ -32,3 +32,4 @@ export {
 export * from './machine/index.js';
 export * from './snapshot/index.js';
 export { parseElf, loadElf, LoaderError, type ElfImage } from './loader/index.js';
+export { asm, li as asmLi } from './cpu/test-asm.js';
