@@ -65,3 +65,16 @@ describe('error codes and gRPC status', () => {
     expect(plain.code).toBe('GRPC_UNAVAILABLE');
   });
 });
+
+describe('RemoteError messages', () => {
+  it('drop the empty resolution note grpc-js appends to connection failures', () => {
+    const r = RemoteError.fromGrpc({
+      code: grpc.status.UNAVAILABLE,
+      details:
+        'No connection established. Last error: connect ECONNREFUSED 127.0.0.1:7000. Resolution note: ',
+    });
+    expect(r.message).toBe(
+      'No connection established. Last error: connect ECONNREFUSED 127.0.0.1:7000',
+    );
+  });
+});

@@ -103,6 +103,20 @@ export const STATUS_BY_CODE: Readonly<Record<string, grpc.status>> = {
   VMM_VM_EXISTS: S.ALREADY_EXISTS,
   VMM_INVALID_STATE: S.FAILED_PRECONDITION,
   VMM_UNIMPLEMENTED: S.UNIMPLEMENTED,
+  VMM_LEASE_LOST: S.FAILED_PRECONDITION,
+  // vmm migration (apps/vmm/src/migration)
+  MIGRATION_BAD_TOKEN: S.PERMISSION_DENIED,
+  MIGRATION_BAD_STREAM: S.INVALID_ARGUMENT,
+  MIGRATION_VERSION_MISMATCH: S.FAILED_PRECONDITION,
+  MIGRATION_REGION_MISMATCH: S.FAILED_PRECONDITION,
+  MIGRATION_IN_PROGRESS: S.FAILED_PRECONDITION,
+  MIGRATION_NOT_FOUND: S.NOT_FOUND,
+  MIGRATION_TARGET_FAILED: S.ABORTED,
+  MIGRATION_NOT_CONVERGED: S.ABORTED,
+  MIGRATION_CANCELLED: S.CANCELLED,
+  MIGRATION_UNCERTAIN: S.DATA_LOSS,
+  MIGRATION_UNSUPPORTED: S.UNIMPLEMENTED,
+  MIGRATION_FAILED: S.INTERNAL,
   // device-state container (apps/vmm/src/snapshot)
   SNAPSHOT_BAD_MAGIC: S.INVALID_ARGUMENT,
   SNAPSHOT_BAD_CRC: S.DATA_LOSS,
@@ -117,6 +131,10 @@ export const STATUS_BY_CODE: Readonly<Record<string, grpc.status>> = {
   MIGRATOR_VMM_UNAVAILABLE: S.UNAVAILABLE,
   MIGRATOR_JOB_NOT_FOUND: S.NOT_FOUND,
   MIGRATOR_INVALID_ARGUMENT: S.INVALID_ARGUMENT,
+  MIGRATOR_VM_NOT_FOUND: S.NOT_FOUND,
+  MIGRATOR_VM_BUSY: S.FAILED_PRECONDITION,
+  MIGRATOR_JOB_FINISHED: S.FAILED_PRECONDITION,
+  MIGRATOR_JOURNAL_FAILED: S.INTERNAL,
   MIGRATOR_UNIMPLEMENTED: S.UNIMPLEMENTED,
 };
 
@@ -181,7 +199,9 @@ export class RemoteError extends Error implements CodedError {
     const status = typeof e.code === 'number' ? (e.code as grpc.status) : S.UNKNOWN;
     const sent = e.metadata?.get(ERROR_CODE_METADATA_KEY)[0];
     const code = typeof sent === 'string' && sent !== '' ? sent : `GRPC_${S[status] ?? 'UNKNOWN'}`;
-    const details = e.details ?? (err instanceof Error ? err.message : String(err));
+    const raw = e.details ?? (err instanceof Error ? err.message : String(err));
+    // grpc-js appends an empty "Resolution note:" to connection failures.
+    const details = raw.replace(/\.?\s*Resolution note:\s*$/, '');
     const prefix = what !== undefined ? `${what}: ` : '';
     return new RemoteError(code, status, `${prefix}${details}`, { cause: err });
   }
