@@ -78,11 +78,10 @@ describe('migrator and vmm instances', () => {
       expect((err as RemoteError).status).toBe(grpc.status.UNIMPLEMENTED);
       expect((err as RemoteError).code).toBe('VMM_UNIMPLEMENTED');
       expect((err as RemoteError).message).toMatch(/SaveVm is not available in this version/);
-      const err2 = await unaryCall(mc, 'migrate', {
+      const err2 = await unaryCall(mc, 'save', {
         vm: 'x',
-        targetVmm: 'vmm-b',
-        capabilities: [],
-        parameters: undefined,
+        path: '/tmp/x',
+        full: false,
       }).catch((e: unknown) => e);
       expect((err2 as RemoteError).code).toBe('MIGRATOR_UNIMPLEMENTED');
       const info = await unaryCall(client, 'getInfo', {});

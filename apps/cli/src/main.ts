@@ -1,5 +1,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import { HANDOFF_VERSION } from '@handoff/service';
+import { registerJobs } from './commands/jobs.js';
+import { registerLiveUpdate } from './commands/live-update.js';
+import { registerMigrate } from './commands/migrate.js';
 import { registerRegion } from './commands/region.js';
 import { registerStatus } from './commands/status.js';
 import { registerVm } from './commands/vm.js';
@@ -13,8 +16,8 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
   const d = globalDefaults(env);
   const program = new Command('vmctl')
     .description(
-      'Control a Handoff cluster: memory regions, VMs and, as they land, migration, live update, ' +
-        'save/restore and clones. Service addresses come from flags, HANDOFF_* variables, or the ' +
+      'Control a Handoff cluster: memory regions, VMs, migration, live update and jobs (save/restore ' +
+        'and clones as they land). Service addresses come from flags, HANDOFF_* variables, or the ' +
         'local defaults of `npm start`.',
     )
     .version(HANDOFF_VERSION, '-V, --version', 'print the vmctl version')
@@ -59,6 +62,9 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
   registerStatus(program, run);
   registerRegion(program, run);
   registerVm(program, run);
+  registerMigrate(program, run);
+  registerLiveUpdate(program, run);
+  registerJobs(program, run);
   program.commands.forEach(function inheritOutput(c: Command): void {
     c.configureOutput({ writeOut: io.out, writeErr: io.err })
       .exitOverride()

@@ -18,6 +18,29 @@ export const migratorOptions = {
     min: 200,
     description: 'a vmm instance not heard from for this long is reported not alive',
   },
+  'state-dir': {
+    type: 'string',
+    description:
+      'directory of the job journal (jobs.jsonl); without it jobs live in memory and a restart forgets them',
+  },
+  'poll-interval-ms': {
+    type: 'number',
+    default: 100,
+    min: 10,
+    description: 'how often a running migration is asked for progress (GetMigration)',
+  },
+  'migration-timeout-ms': {
+    type: 'number',
+    default: 600000,
+    min: 1000,
+    description: 'deadline of one migration (MigrateVm); a longer one fails and rolls back',
+  },
+  'live-update-concurrency': {
+    type: 'number',
+    default: 2,
+    min: 1,
+    description: 'VMs a live update migrates at once when the request does not say',
+  },
 } as const satisfies ConfigSpec;
 
 export type MigratorConfig = ConfigOf<typeof migratorOptions>;

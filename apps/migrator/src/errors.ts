@@ -4,6 +4,10 @@ export type MigratorErrorCode =
   | 'MIGRATOR_VMM_UNAVAILABLE'
   | 'MIGRATOR_JOB_NOT_FOUND'
   | 'MIGRATOR_INVALID_ARGUMENT'
+  | 'MIGRATOR_VM_NOT_FOUND'
+  | 'MIGRATOR_VM_BUSY'
+  | 'MIGRATOR_JOB_FINISHED'
+  | 'MIGRATOR_JOURNAL_FAILED'
   | 'MIGRATOR_UNIMPLEMENTED';
 
 /** The migrator's error class: a stable code and a message saying what to do. */

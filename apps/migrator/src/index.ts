@@ -1,6 +1,6 @@
 /**
- * The migrator service: the registry of vmm instances and (in later
- * milestones) the jobs that move VMs between them.
+ * The migrator service: the registry of vmm instances and the jobs that move
+ * VMs between them (migrate, live update).
  *
  * @packageDocumentation
  */
@@ -8,3 +8,6 @@ export { startMigrator, type Migrator } from './migrator.js';
 export { migratorOptions, MIGRATOR_DEFAULT_PORT, type MigratorConfig } from './config.js';
 export { VmmRegistry, type VmmRecord } from './registry/vmm-registry.js';
 export { MigratorError, type MigratorErrorCode } from './errors.js';
+export { JobManager, type JobManagerOptions, type JobListener } from './jobs/job-manager.js';
+export { JobJournal, JOURNAL_FILE, JOURNAL_VERSION } from './jobs/journal.js';
+export { isFinished, statusPath, type Job, type JobKind } from './jobs/job.js';

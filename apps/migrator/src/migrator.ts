@@ -1,6 +1,9 @@
 import { startServer, type Logger, type RunningServer } from '@handoff/service';
 import { migratorService } from './api/migrator-service.js';
 import type { MigratorConfig } from './config.js';
+import { JobManager } from './jobs/job-manager.js';
+import { JobJournal } from './jobs/journal.js';
+import type { Job } from './jobs/job.js';
 import { VmmRegistry } from './registry/vmm-registry.js';
 
 /** A running migrator. */
@@ -8,12 +11,36 @@ export interface Migrator {
   readonly address: string;
   readonly server: RunningServer;
   readonly registry: VmmRegistry;
+  readonly jobs: JobManager;
   stop(reason?: string): Promise<void>;
 }
 
-/** Starts the migrator's gRPC server (health, reflection, MigratorService). */
+/**
+ * Starts the migrator: opens the job journal (when `--state-dir` is set),
+ * fails the jobs a previous run left in flight (asking their source vmm to
+ * cancel), then serves health, reflection and MigratorService.
+ */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
   const registry = new VmmRegistry(config['vmm-expiry-ms']);
+  let journal: JobJournal | undefined;
+  let restored: Job[] = [];
+  const stateDir = config['state-dir'];
+  if (stateDir !== undefined && stateDir !== '') {
+    ({ journal, jobs: restored } = JobJournal.open(stateDir));
+    logger.info({ stateDir, jobs: restored.length }, 'job journal opened');
+  } else {
+    logger.warn('no --state-dir: jobs are kept in memory only and a restart forgets them');
+  }
+  const jobs = new JobManager({
+    logger,
+    registry,
+    journal,
+    restored,
+    pollIntervalMs: config['poll-interval-ms'],
+    migrationTimeoutMs: config['migration-timeout-ms'],
+    defaultConcurrency: config['live-update-concurrency'],
+  });
+  jobs.recover();
   const server = await startServer({
     name: 'migrator',
     host: config.host,
@@ -21,13 +48,22 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     logger,
     shutdownTimeoutMs: config['shutdown-timeout-ms'],
     services: [
-      migratorService({ logger, registry, heartbeatIntervalMs: config['heartbeat-interval-ms'] }),
+      migratorService({
+        logger,
+        registry,
+        jobs,
+        heartbeatIntervalMs: config['heartbeat-interval-ms'],
+      }),
     ],
   });
   return {
     address: server.address,
     server,
     registry,
-    stop: (reason) => server.shutdown(reason),
+    jobs,
+    stop: async (reason) => {
+      await server.shutdown(reason);
+      await jobs.close();
+    },
   };
 }

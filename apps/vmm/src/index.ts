@@ -6,6 +6,7 @@
 export { startVmm, maxVmMemoryOf, type Vmm } from './vmm.js';
 export { vmmOptions, VMM_DEFAULT_PORT, type VmmConfig } from './config.js';
 export { STREAM_VERSIONS } from './api/vmm-service.js';
+export { MIGRATION_ERROR_CODES, MigrationError, STREAM_FORMAT } from './migration/index.js';
 export {
   VmHost,
   Vm,

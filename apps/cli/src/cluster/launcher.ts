@@ -195,7 +195,14 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         },
         opts.ports.memstore,
       ),
-      launch({ name: 'migrator', app: 'migrator', args: [] }, opts.ports.migrator),
+      launch(
+        {
+          name: 'migrator',
+          app: 'migrator',
+          args: ['--state-dir', join(opts.stateDir, 'migrator')],
+        },
+        opts.ports.migrator,
+      ),
     ]);
     const vmms: Record<string, string> = {};
     await Promise.all(

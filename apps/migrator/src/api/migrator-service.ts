@@ -1,14 +1,32 @@
+import type * as grpc from '@grpc/grpc-js';
 import { dateToTimestamp, migrator as pb, serviceNames } from '@handoff/proto';
 import {
+  capabilitiesFromWire,
+  capabilitiesToWire,
+  migrationInfoToWire,
+  parametersFromWire,
+  parametersToWire,
+} from '@handoff/qapi/wire';
+import { QapiError } from '@handoff/qapi';
+import {
+  serverStream,
   unavailable,
   unary,
   HANDOFF_VERSION,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
+import { MigratorError } from '../errors.js';
+import type { JobManager } from '../jobs/job-manager.js';
+import { isFinished, type Job, type JobKind } from '../jobs/job.js';
 import type { VmmRegistry, VmmRecord } from '../registry/vmm-registry.js';
 
 const SERVICE = 'MigratorService';
+
+const KIND_TO_WIRE: Record<JobKind, pb.JobKind> = {
+  migrate: pb.JobKind.JOB_KIND_MIGRATE,
+  'live-update': pb.JobKind.JOB_KIND_LIVE_UPDATE,
+};
 
 function toVmmInstance(r: VmmRecord): pb.VmmInstance {
   return {
@@ -21,20 +39,95 @@ function toVmmInstance(r: VmmRecord): pb.VmmInstance {
   };
 }
 
+/** The wire form of a job (the one place jobs meet generated types). */
+export function jobToWire(job: Job): pb.Job {
+  return {
+    id: job.id,
+    kind: KIND_TO_WIRE[job.kind],
+    vm: job.vm,
+    sourceVmm: job.sourceVmm,
+    targetVmm: job.targetVmm,
+    info: migrationInfoToWire(job.info),
+    capabilities: capabilitiesToWire(job.capabilities),
+    parameters: parametersToWire(job.parameters),
+    createdAt: dateToTimestamp(job.createdAt),
+    finishedAt: job.finishedAt !== undefined ? dateToTimestamp(job.finishedAt) : undefined,
+    children: [...job.children],
+  };
+}
+
+/** Wire input converted to domain values; a bad value is the caller's INVALID_ARGUMENT. */
+function fromWire<T>(what: string, convert: () => T): T {
+  try {
+    return convert();
+  } catch (err) {
+    if (err instanceof QapiError) {
+      throw new MigratorError('MIGRATOR_INVALID_ARGUMENT', `${what}: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Streams snapshots of a job: one at once, then one per change (coalesced
+ * while the client is slow: only the newest pending snapshot is written),
+ * until the job ends or the client cancels.
+ */
+async function streamJob(
+  jobs: JobManager,
+  id: string,
+  call: grpc.ServerWritableStream<pb.WatchJobRequest, pb.WatchJobResponse>,
+): Promise<void> {
+  const first = jobs.get(id);
+  await new Promise<void>((resolve) => {
+    let pending: Job | undefined;
+    let blocked = false;
+    let ended = false;
+    const finish = () => {
+      if (ended) return;
+      ended = true;
+      unsubscribe();
+      resolve();
+    };
+    const send = (job: Job) => {
+      if (ended) return;
+      if (blocked) {
+        pending = job;
+        return;
+      }
+      blocked = !call.write({ job: jobToWire(job) });
+      if (isFinished(job) && !blocked) finish();
+      else if (isFinished(job)) pending = undefined;
+    };
+    call.on('drain', () => {
+      blocked = false;
+      const next = pending;
+      pending = undefined;
+      if (next !== undefined) send(next);
+      else if (isFinished(jobs.get(id))) finish();
+    });
+    call.on('cancelled', finish);
+    call.on('close', finish);
+    const unsubscribe = jobs.watch(id, send);
+    send(first);
+  });
+}
+
 /** The gRPC edge of the migrator: converts wire types and delegates to the registry and jobs. */
 export function migratorService(deps: {
   logger: Logger;
   registry: VmmRegistry;
+  jobs: JobManager;
   heartbeatIntervalMs: number;
 }): ServiceRegistration {
-  const { logger, registry } = deps;
+  const { logger, registry, jobs } = deps;
   const later = (method: string, milestone: string) =>
     unavailable(SERVICE, method, 'MIGRATOR_UNIMPLEMENTED', milestone);
   const implementation: pb.MigratorServiceServer = {
     getInfo: unary(logger, () => ({
       version: HANDOFF_VERSION,
       vmmCount: registry.list().length,
-      activeJobs: 0,
+      activeJobs: jobs.activeCount(),
     })),
     registerVmm: unary(logger, (req) => {
       const isNew = registry.register({
@@ -47,16 +140,39 @@ export function migratorService(deps: {
       return { heartbeatIntervalMs: deps.heartbeatIntervalMs };
     }),
     listVmms: unary(logger, () => ({ vmms: registry.list().map(toVmmInstance) })),
-    migrate: later('Migrate', 'the migration milestone (bypass-shared-memory)'),
-    liveUpdate: later('LiveUpdate', 'the migration milestone (bypass-shared-memory)'),
+    migrate: unary(logger, async (req) => {
+      const capabilities = fromWire('capabilities', () => capabilitiesFromWire(req.capabilities));
+      const parameters = fromWire('parameters', () =>
+        req.parameters !== undefined ? parametersFromWire(req.parameters) : {},
+      );
+      const job = await jobs.migrate({
+        vm: req.vm,
+        targetVmm: req.targetVmm,
+        capabilities,
+        parameters,
+      });
+      return { job: jobToWire(job) };
+    }),
+    liveUpdate: unary(logger, async (req) => {
+      const parameters = fromWire('parameters', () =>
+        req.parameters !== undefined ? parametersFromWire(req.parameters) : {},
+      );
+      const job = await jobs.liveUpdate({
+        fromVmm: req.fromVmm,
+        toVmm: req.toVmm,
+        concurrency: req.concurrency,
+        parameters,
+      });
+      return { job: jobToWire(job) };
+    }),
     save: later('Save', 'the save/restore milestone'),
     restore: later('Restore', 'the save/restore milestone'),
     createTemplate: later('CreateTemplate', 'the templates and clones milestone'),
     clone: later('Clone', 'the templates and clones milestone'),
-    getJob: later('GetJob', 'the migration milestone (jobs)'),
-    listJobs: later('ListJobs', 'the migration milestone (jobs)'),
-    watchJob: later('WatchJob', 'the migration milestone (jobs)'),
-    cancelJob: later('CancelJob', 'the migration milestone (jobs)'),
+    getJob: unary(logger, (req) => ({ job: jobToWire(jobs.get(req.id)) })),
+    listJobs: unary(logger, (req) => ({ jobs: jobs.list(req.all).map(jobToWire) })),
+    watchJob: serverStream(logger, (req, call) => streamJob(jobs, req.id, call)),
+    cancelJob: unary(logger, async (req) => ({ job: jobToWire(await jobs.cancel(req.id)) })),
   };
   return {
     name: serviceNames.migrator,

@@ -32,6 +32,7 @@ const STATE_TO_PB: Record<VmState, pb.VmState> = {
   paused: pb.VmState.VM_STATE_PAUSED,
   'powered-off': pb.VmState.VM_STATE_POWERED_OFF,
   crashed: pb.VmState.VM_STATE_CRASHED,
+  postmigrate: pb.VmState.VM_STATE_POSTMIGRATE,
 };
 
 const EVENT_TO_PB: Record<VmEventKind, pb.VmEventKind> = {
@@ -117,18 +118,23 @@ function blockInfoToPb(b: RamBlockInfo): pb.RamBlockInfo {
   };
 }
 
+/** A VM spec on the wire (the migration header carries it). */
+export function specToPb(spec: VmSpec): pb.VmSpec {
+  return {
+    name: spec.name,
+    guest: spec.guest,
+    ram: spec.ram.map(blockSpecToPb),
+    args: { ...spec.args },
+  };
+}
+
 /** A VM on the wire. */
 export function vmToPb(vm: VmInfo): pb.Vm {
   return {
     name: vm.name,
     vmmId: vm.vmmId,
     state: STATE_TO_PB[vm.state],
-    spec: {
-      name: vm.spec.name,
-      guest: vm.spec.guest,
-      ram: vm.spec.ram.map(blockSpecToPb),
-      args: { ...vm.spec.args },
-    },
+    spec: specToPb(vm.spec),
     ram: vm.ram.map(blockInfoToPb),
     instret: BigInt(vm.instret),
     mips: vm.mips,

@@ -10,6 +10,9 @@ import {
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
+import { assertValidMigrationConfig } from '@handoff/qapi';
+import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
+import { MigrationManager, receiveMigration } from '../migration/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
@@ -17,7 +20,6 @@ import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = ['1.0'];
 
-const MIGRATION = 'the migration milestone (bypass-shared-memory)';
 const SNAPSHOTS = 'the save/restore milestone';
 
 /** Console output queued for one slow console before bytes are dropped. */
@@ -36,6 +38,7 @@ export function vmmServices(deps: {
   const later = (method: string, milestone: string) =>
     unavailable('VmmService', method, 'VMM_UNIMPLEMENTED', milestone);
   const vm = (name: string): Vm => host.get(requireName(name));
+  const migrations = new MigrationManager(host, logger);
   const vmm: pb.VmmServiceServer = {
     getInfo: unary(logger, () => {
       const counts = host.counts();
@@ -58,7 +61,7 @@ export function vmmServices(deps: {
       vm: vmToPb(await vm(req.name).pause()),
     })),
     resumeVm: unary(logger, async (req: pb.ResumeVmRequest) => ({
-      vm: vmToPb(await vm(req.name).resume()),
+      vm: vmToPb(await host.resume(requireName(req.name))),
     })),
     destroyVm: unary(logger, async (req: pb.DestroyVmRequest) => {
       await host.destroy(requireName(req.name));
@@ -68,15 +71,40 @@ export function vmmServices(deps: {
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
-    prepareIncoming: later('PrepareIncoming', MIGRATION),
-    migrateVm: later('MigrateVm', MIGRATION),
-    getMigration: later('GetMigration', MIGRATION),
-    cancelMigration: later('CancelMigration', MIGRATION),
+    prepareIncoming: unary(logger, (req: pb.PrepareIncomingRequest) => ({
+      token: migrations.prepare(requireName(req.name), req.jobId),
+      address: deps.address(),
+      dataAddress: '',
+    })),
+    migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
+      const { capabilities, parameters } = assertValidMigrationConfig({
+        capabilities: capabilitiesFromWire(req.capabilities),
+        parameters: req.parameters === undefined ? {} : parametersFromWire(req.parameters),
+      });
+      const info = await migrations.migrate({
+        name: requireName(req.name),
+        jobId: req.jobId,
+        targetAddress: req.targetAddress,
+        token: req.token,
+        capabilities,
+        parameters,
+      });
+      return { info: migrationInfoToWire(info) };
+    }),
+    getMigration: unary(logger, (req: pb.GetMigrationRequest) => ({
+      info: migrationInfoToWire(migrations.info(requireName(req.name))),
+    })),
+    cancelMigration: unary(logger, (req: pb.CancelMigrationRequest) => {
+      migrations.cancel(requireName(req.name));
+      return {};
+    }),
     saveVm: later('SaveVm', SNAPSHOTS),
     restoreVm: later('RestoreVm', SNAPSHOTS),
   };
   const migration: vmmStream.MigrationServiceServer = {
-    incoming: unavailable('MigrationService', 'Incoming', 'VMM_UNIMPLEMENTED', MIGRATION),
+    incoming: bidiStream(logger, (call) =>
+      receiveMigration(call, { host, tokens: migrations.tokens, logger }),
+    ),
   };
   return [
     {

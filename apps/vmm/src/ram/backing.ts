@@ -20,6 +20,13 @@ export interface RamBacking {
   readonly zeroed: boolean;
   /** Unmaps and releases; idempotent; never throws (failures are logged). */
   close(): Promise<void>;
+  /**
+   * Unmaps only, giving nothing back (the lease and region moved to a migration target with
+   * the block); later `close()` calls do nothing.
+   */
+  abandon(): void;
+  /** Shared blocks: records the lease epoch after this VM re-took its own lease (fencing). */
+  setLeaseEpoch?(epoch: number): void;
 }
 
 /** What opening a block needs from the instance. */

@@ -70,6 +70,11 @@ export async function openClone(spec: RamBlockSpec, ctx: RamContext): Promise<Ra
       memstore: ctx.memstoreAddress,
     },
     zeroed: false,
+    abandon: () => {
+      if (closed) return;
+      closed = true;
+      mapping.close();
+    },
     close: async () => {
       if (closed) return;
       closed = true;

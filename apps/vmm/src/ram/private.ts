@@ -18,11 +18,12 @@ export function openPrivate(spec: RamBlockSpec, ctx: RamContext): RamBacking {
     throw err;
   }
   let closed = false;
-  return {
+  const backing: RamBacking = {
     spec,
     buffer: mapping.buffer,
     regionRef: null,
     zeroed: true,
+    abandon: () => void backing.close(),
     close: () => {
       if (!closed) {
         closed = true;
@@ -39,4 +40,5 @@ export function openPrivate(spec: RamBlockSpec, ctx: RamContext): RamBacking {
       return Promise.resolve();
     },
   };
+  return backing;
 }

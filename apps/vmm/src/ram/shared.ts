@@ -73,48 +73,83 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
         unaryCall(client, 'acquireLease', { region: byId(region.id), holder }, opts),
       )
     ).lease!;
-    let mapping: Mapping<SharedArrayBuffer>;
     try {
-      mapping = mapFile(region.path, { sharing: 'shared', length: spec.size });
+      return mapShared({ ...spec, region: name }, region, Number(lease.epoch), ctx, deleteOwned);
     } catch (err) {
-      await release(region.id, lease.epoch).catch(() => undefined);
+      await unaryCall(
+        client,
+        'releaseLease',
+        { region: byId(region.id), holder, epoch: lease.epoch },
+        opts,
+      ).catch(() => undefined);
       throw err;
     }
-    let closed = false;
-    return {
-      spec: { ...spec, region: name },
-      buffer: mapping.buffer,
-      regionRef: {
-        regionId: region.id,
-        regionName: name,
-        epoch: Number(lease.epoch),
-        size: spec.size,
-        identity: region.identity,
-        memstore: ctx.memstoreAddress,
-      },
-      zeroed: owned,
-      close: async () => {
-        if (closed) return;
-        closed = true;
-        // Revoke first: from here on nothing in this process can write the file.
-        mapping.close();
-        try {
-          await release(region.id, lease.epoch);
-        } catch (err) {
-          ctx.logger.warn(
-            { block: spec.id, region: name, error: (err as Error).message },
-            'could not release the lease; memstore keeps it until released by hand',
-          );
-        }
-        await deleteOwned();
-      },
-    };
   } catch (err) {
     await deleteOwned();
     throw err;
   }
+}
 
-  function release(regionId: string, epoch: bigint): Promise<unknown> {
-    return unaryCall(client, 'releaseLease', { region: byId(regionId), holder, epoch }, opts);
-  }
+/**
+ * Maps a region whose lease `<vmm-id>/<vm>` already holds at `epoch` (a fresh grant, or a
+ * lease an incoming migration took over with TransferLease). `close()` revokes the mapping,
+ * then releases the lease and runs `afterRelease`; `abandon()` only unmaps.
+ */
+export function mapShared(
+  spec: RamBlockSpec,
+  region: pb.Region,
+  epoch: number,
+  ctx: RamContext,
+  afterRelease: () => Promise<void> = () => Promise.resolve(),
+): RamBacking {
+  const client = ctx.memstore();
+  const holder = holderOf(ctx);
+  const opts = { deadlineMs: ctx.deadlineMs };
+  const mapping: Mapping<SharedArrayBuffer> = mapFile(region.path, {
+    sharing: 'shared',
+    length: spec.size,
+  });
+  const regionRef = {
+    regionId: region.id,
+    regionName: region.name,
+    epoch,
+    size: spec.size,
+    identity: region.identity,
+    memstore: ctx.memstoreAddress,
+  };
+  let closed = false;
+  return {
+    spec,
+    buffer: mapping.buffer,
+    regionRef,
+    zeroed: false,
+    setLeaseEpoch: (e) => {
+      regionRef.epoch = e;
+    },
+    abandon: () => {
+      if (closed) return;
+      closed = true;
+      mapping.close();
+    },
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      // Revoke first: from here on nothing in this process can write the file.
+      mapping.close();
+      try {
+        await unaryCall(
+          client,
+          'releaseLease',
+          { region: byId(region.id), holder, epoch: BigInt(regionRef.epoch) },
+          opts,
+        );
+      } catch (err) {
+        ctx.logger.warn(
+          { block: spec.id, region: region.name, error: (err as Error).message },
+          'could not release the lease; memstore keeps it until released by hand',
+        );
+      }
+      await afterRelease();
+    },
+  };
 }

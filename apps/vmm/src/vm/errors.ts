@@ -14,6 +14,7 @@ export const VMM_ERROR_CODES = [
   'VMM_INVALID_STATE', // the request does not fit the VM's state (pause a powered-off VM)
   'VMM_VCPU_FAILED', // the vCPU thread did not answer or died
   'VMM_UNIMPLEMENTED',
+  'VMM_LEASE_LOST', // the VM's shared-RAM lease moved (migrated away); it must never run here again
 ] as const;
 
 /** One of {@link VMM_ERROR_CODES}. */

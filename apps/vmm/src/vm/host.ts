@@ -2,7 +2,15 @@ import { memstore } from '@handoff/proto';
 import { createClient, type Logger } from '@handoff/service';
 import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
 import type { ElfImage } from '../loader/elf.js';
-import { closeRamBlocks, openRamBlocks } from '../ram/index.js';
+import { byId, memstoreCall } from '../ram/backing.js';
+import {
+  closeRamBlocks,
+  holderOf,
+  openRamBlocks,
+  type RamBacking,
+  type RamContext,
+} from '../ram/index.js';
+import { unaryCall } from '@handoff/service';
 import { VmmError } from './errors.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { RamBlockSpec, VmInfo, VmSpec } from './types.js';
@@ -105,6 +113,103 @@ export class VmHost {
     } finally {
       this.creating.delete(spec.name);
     }
+  }
+
+  /** This instance's id (lease holders are `<vmm-id>/<vm>`). */
+  get vmmId(): string {
+    return this.opts.vmmId;
+  }
+
+  /** What opening RAM blocks for VM `name` needs (incoming migrations open blocks themselves). */
+  ramContext(name: string): RamContext {
+    return {
+      vmmId: this.opts.vmmId,
+      vmName: name,
+      memstore: () => this.memstore(),
+      memstoreAddress: this.opts.memstoreAddress,
+      logger: this.opts.logger.child({ vm: name }),
+      deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
+    };
+  }
+
+  /** Checks an incoming VM's spec like CreateVm would. @throws VmmError `VMM_INVALID_SPEC`... */
+  checkIncomingSpec(raw: VmSpec): VmSpec {
+    const spec = normalizeSpec(raw);
+    validateSpec(spec, { maxVmMemory: this.opts.maxVmMemory });
+    return spec;
+  }
+
+  /**
+   * Reserves a name for an incoming VM (PrepareIncoming) so no CreateVm takes it meanwhile;
+   * returns the release function.
+   *
+   * @throws VmmError `VMM_VM_EXISTS`
+   */
+  reserve(name: string): () => void {
+    if (this.vms.has(name) || this.creating.has(name)) {
+      throw new VmmError(
+        'VMM_VM_EXISTS',
+        `a VM named ${name} already exists (or is arriving) on ${this.opts.vmmId}; destroy it first or pick another name`,
+      );
+    }
+    this.creating.add(name);
+    return () => this.creating.delete(name);
+  }
+
+  /** Starts the (waiting) vCPU thread of an incoming VM; see {@link Vm.spawnIncoming}. */
+  spawnIncoming(spec: VmSpec, ram: readonly RamBacking[], zeroKnown: boolean): Promise<Vm> {
+    return Vm.spawnIncoming(spec, ram, zeroKnown, {
+      vmmId: this.opts.vmmId,
+      logger: this.opts.logger.child({ vm: spec.name }),
+      workerUrl: this.opts.workerUrl ?? vcpuWorkerUrl(),
+    });
+  }
+
+  /** Registers an incoming VM whose state is loaded (its name reserved) and starts it. */
+  async adoptIncoming(vm: Vm): Promise<void> {
+    this.vms.set(vm.name, vm);
+    try {
+      await vm.start();
+    } catch (err) {
+      this.vms.delete(vm.name);
+      throw err;
+    }
+    vm.log.info('VM arrived by migration and runs');
+  }
+
+  /**
+   * ResumeVm: before a VM with shared RAM runs again, memstore must confirm that it still holds
+   * every lease at its epoch; a VM whose lease moved is fenced for good.
+   *
+   * @throws VmmError `VMM_LEASE_LOST`, `VMM_MEMSTORE_UNAVAILABLE`, `VMM_INVALID_STATE`
+   */
+  async resume(name: string): Promise<VmInfo> {
+    const vm = this.get(name);
+    if (vm.currentState === 'paused' && vm.fenced === null) {
+      const ctx = this.ramContext(name);
+      for (const b of vm.ramBlocks) {
+        if (b.spec.backend !== 'shared' || b.regionRef === null) continue;
+        const ref = b.regionRef;
+        const res = await memstoreCall(
+          ctx,
+          `VM ${name}: checking the lease of ${ref.regionName}`,
+          () =>
+            unaryCall(
+              this.memstore(),
+              'validateLease',
+              { region: byId(ref.regionId), holder: holderOf(ctx), epoch: BigInt(ref.epoch) },
+              { deadlineMs: ctx.deadlineMs },
+            ),
+        );
+        if (!res.valid) {
+          vm.fence(
+            `memstore says the lease of region ${ref.regionName} moved to ` +
+              `${res.current?.holder ?? 'nobody'} at epoch ${res.current?.epoch ?? 0} (ours: ${ref.epoch})`,
+          );
+        }
+      }
+    }
+    return vm.resume();
   }
 
   /** @throws VmmError `VMM_VM_NOT_FOUND` */

@@ -87,6 +87,12 @@ export interface VcpuInit {
   /** RAM may hold old data (a reused region, a template): zero the image's pages before loading. */
   readonly ramNotZero: boolean;
   readonly elf: Uint8Array;
+  /**
+   * Incoming migration: device state to restore instead of loading `elf` (RAM already holds
+   * the guest). The worker then reports `booted` with entry -1. `pending`: the state comes
+   * later as a `restore` command (the thread is started early, off the downtime path).
+   */
+  readonly restore: MachineState | 'pending' | null;
   readonly identity: ControlIdentity;
   readonly hostArgs: Uint8Array;
   /** Host → worker commands (read synchronously by the worker). */
@@ -96,7 +102,8 @@ export interface VcpuInit {
 /** Host → worker commands on the command port. */
 export type VcpuCommand =
   | { readonly t: 'input'; readonly bytes: Uint8Array }
-  | { readonly t: 'save-state'; readonly id: number };
+  | { readonly t: 'save-state'; readonly id: number }
+  | { readonly t: 'restore'; readonly state: MachineState };
 
 /** Worker run states reported in order. */
 export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
@@ -104,6 +111,8 @@ export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'c
 /** Worker → host messages. */
 export type VcpuMessage =
   | { readonly t: 'booted'; readonly entry: number }
+  /** Incoming migration: the thread and machine exist and wait for the device state. */
+  | { readonly t: 'spawned' }
   | { readonly t: 'boot-failed'; readonly message: string; readonly code: string }
   | {
       readonly t: 'state';

@@ -33,7 +33,14 @@ export interface VmSpec {
 }
 
 /** Lifecycle states of a VM on this instance. */
-export type VmState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
+export type VmState =
+  | 'created'
+  | 'running'
+  | 'paused'
+  | 'powered-off'
+  | 'crashed'
+  /** Source side after a completed outgoing migration: unmapped, never resumes. */
+  | 'postmigrate';
 
 /** A memstore region a block maps, as sent instead of its pages (bypass-shared-memory). */
 export interface RegionRef {

@@ -13,6 +13,7 @@
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { createMachine, type Machine } from '../machine/machine.js';
 import type { ExitStatus } from '../devices/test-finisher.js';
+import type { MachineState } from '../machine/state.js';
 import { parseElf } from '../loader/elf.js';
 import { PAGE_SHIFT, setPageBits } from '../memory/pages.js';
 import {
@@ -114,6 +115,15 @@ function boot(): Machine | null {
         exitStatus = status;
       },
     });
+    if (init.restore !== null) {
+      // Incoming migration: RAM already holds the guest; only the devices are loaded.
+      machine.restore(init.restore === 'pending' ? awaitRestore() : init.restore);
+      machine.clock.hold();
+      publishInstret(machine);
+      Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
+      post({ t: 'booted', entry: -1 });
+      return machine;
+    }
     if (init.ramNotZero) {
       // Old contents (a reused region): make the loader zero the image's bss like fresh RAM.
       const main = machine.memory.main;
@@ -137,6 +147,22 @@ function boot(): Machine | null {
       code: typeof e.code === 'string' ? e.code : 'error',
     });
     return null;
+  }
+}
+
+/** Sleeps on the doorbell until the host posts the device state of an incoming migration. */
+function awaitRestore(): MachineState {
+  post({ t: 'spawned' });
+  for (;;) {
+    const bell = Atomics.load(ctl, Ctl.DOORBELL);
+    if (Atomics.load(ctl, Ctl.REQUEST) === Request.STOP) throw new Error('stopped before restore');
+    for (;;) {
+      const msg = receiveMessageOnPort(init.commands);
+      if (msg === undefined) break;
+      const cmd = msg.message as VcpuCommand;
+      if (cmd.t === 'restore') return cmd.state;
+    }
+    Atomics.wait(ctl, Ctl.DOORBELL, bell);
   }
 }
 

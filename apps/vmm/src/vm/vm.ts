@@ -4,6 +4,7 @@ import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
 import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
+import type { RamBacking as RamBackingT } from '../ram/backing.js';
 import { PAGE_SHIFT } from '../memory/pages.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
 import { VmmError } from './errors.js';
@@ -100,8 +101,20 @@ export class Vm {
   private saveId = 0;
   private readonly saves = new Map<number, (m: VcpuMessage & { t: 'saved' }) => void>();
   private workerExited: Promise<void>;
+  /** Set once the VM was handed to a migration target (postmigrate): never runs here again. */
+  private handedOff = false;
+  /** Why the VM must not resume here (its lease moved), or null. */
+  private fencedReason: string | null = null;
+  /** Whether pages of main RAM outside {@link Vm.touchedPages} are known to be zero. */
+  readonly untouchedAreZero: boolean;
 
-  private constructor(spec: VmSpec, ram: readonly RamBacking[], guest: GuestImage, deps: VmDeps) {
+  private constructor(
+    spec: VmSpec,
+    ram: readonly RamBacking[],
+    guest: GuestImage | null,
+    deps: VmDeps,
+    incoming?: { state: MachineState | 'pending'; touched: PageBitmap | null },
+  ) {
     this.name = spec.name;
     this.spec = { ...spec, ram: ram.map((b) => b.spec) };
     this.vmmId = deps.vmmId;
@@ -123,6 +136,11 @@ export class Vm {
       new PageBitmap(pages, { buffer: bitmaps, byteOffset: bytes }),
     ];
     this.touched = new PageBitmap(pages, { buffer: bitmaps, byteOffset: 2 * bytes });
+    if (incoming !== undefined) {
+      if (incoming.touched !== null) this.touched.copyFrom(incoming.touched);
+      else this.touched.setAll();
+    }
+    this.untouchedAreZero = (incoming === undefined || incoming.touched !== null) && main.zeroed;
     const channel = new MessageChannel();
     this.commands = channel.port1;
     const init: VcpuInit = {
@@ -135,7 +153,8 @@ export class Vm {
       touched: 2 * bytes,
       bitmapWords: words,
       ramNotZero: !main.zeroed,
-      elf: guest.bytes,
+      elf: guest?.bytes ?? new Uint8Array(0),
+      restore: incoming?.state ?? null,
       identity,
       hostArgs: hostArgsOf(spec.args),
       commands: channel.port2,
@@ -150,7 +169,8 @@ export class Vm {
     this.worker.on('message', (m: VcpuMessage) => this.onMessage(m));
     this.worker.on('error', (err) => this.onWorkerGone(`vCPU thread failed: ${err.message}`));
     this.worker.on('exit', (code) => {
-      if (this.destroying === undefined) this.onWorkerGone(`vCPU thread exited (code ${code})`);
+      if (this.destroying === undefined && !this.handedOff)
+        this.onWorkerGone(`vCPU thread exited (code ${code})`);
     });
   }
 
@@ -179,14 +199,49 @@ export class Vm {
     }
   }
 
-  private waitBoot(): Promise<void> {
+  /**
+   * Starts the vCPU thread of an incoming migration early (off the downtime path): the machine
+   * exists and waits for its device state ({@link Vm.load}). `zeroKnown`: main RAM starts zero
+   * and the receiver marks {@link Vm.touchedPages} as pages arrive; otherwise every page counts
+   * as touched. On failure the caller still owns `ram`.
+   */
+  static async spawnIncoming(
+    spec: VmSpec,
+    ram: readonly RamBacking[],
+    zeroKnown: boolean,
+    deps: VmDeps,
+  ): Promise<Vm> {
+    const touched = zeroKnown ? new PageBitmap(ram[0]!.spec.size >>> PAGE_SHIFT) : null;
+    const vm = new Vm(spec, ram, null, deps, { state: 'pending', touched });
+    try {
+      await vm.waitBoot('spawned');
+      return vm;
+    } catch (err) {
+      vm.destroying = Promise.resolve();
+      vm.ring(Request.STOP);
+      await vm.stopThread();
+      vm.commands.close();
+      throw err;
+    }
+  }
+
+  /** Incoming migration: loads the device state into the waiting machine; the VM is `created`. */
+  async load(state: MachineState): Promise<void> {
+    const booted = this.waitBoot();
+    const cmd: VcpuCommand = { t: 'restore', state };
+    this.commands.postMessage(cmd);
+    this.ring();
+    await booted;
+  }
+
+  private waitBoot(kind: 'booted' | 'spawned' = 'booted'): Promise<void> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         cleanup();
         reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the guest did not boot in time`));
       }, BOOT_TIMEOUT_MS);
       const onMessage = (m: VcpuMessage): void => {
-        if (m.t === 'booted') {
+        if (m.t === kind) {
           cleanup();
           resolve();
         } else if (m.t === 'boot-failed') {
@@ -246,6 +301,13 @@ export class Vm {
   resume(): Promise<VmInfo> {
     return this.serial(async () => {
       this.assertAlive();
+      if (this.fencedReason !== null || this.handedOff) {
+        throw new VmmError(
+          'VMM_LEASE_LOST',
+          `VM ${this.name} must not resume here: ${this.fencedReason ?? 'it was migrated away'}; ` +
+            'it runs (or may run) on the migration target; destroy it here',
+        );
+      }
       if (this.state === 'running') return this.info();
       if (this.state !== 'paused') {
         this.invalidState('resume', this.state === 'created' ? 'start it instead' : undefined);
@@ -328,6 +390,50 @@ export class Vm {
         const r = waitAsync(this.ctl, Ctl.HARVEST_ACK, ack, left);
         if (r.async) await r.value;
       }
+    });
+  }
+
+  /** The VM's RAM blocks, in table order (block 0 is main RAM, the only dirty-tracked one). */
+  get ramBlocks(): readonly RamBackingT[] {
+    return this.ram;
+  }
+
+  /** Main-RAM pages written since boot (or since the incoming migration). Live view. */
+  get touchedPages(): PageBitmap {
+    return this.touched;
+  }
+
+  /** Why this VM must never resume here, or null. */
+  get fenced(): string | null {
+    return this.fencedReason;
+  }
+
+  /** Refuses every later resume (its shared-RAM lease moved or may have moved). */
+  fence(reason: string): void {
+    this.fencedReason ??= reason;
+    this.log.warn({ reason }, 'VM fenced: it will not resume here');
+  }
+
+  /**
+   * Outgoing migration completed: the target runs the guest. Stops the vCPU thread, unmaps
+   * every block without giving back what moved (`abandon` for blocks handed off by reference,
+   * `close` for the others) and enters `postmigrate`. The VM stays listed until destroyed.
+   */
+  handOff(keep: (block: RamBackingT) => boolean): Promise<void> {
+    return this.serial(async () => {
+      this.assertAlive();
+      this.handedOff = true;
+      this.fencedReason ??= 'it was migrated away';
+      this.ring(Request.STOP);
+      await this.stopThread();
+      for (let k = this.ram.length - 1; k >= 0; k--) {
+        const b = this.ram[k]!;
+        if (keep(b)) b.abandon();
+        else await b.close();
+      }
+      this.state = 'postmigrate';
+      this.log.info('VM handed off to the migration target (postmigrate)');
+      this.emit('paused', 'migrated away: postmigrate, never resumes here');
     });
   }
 

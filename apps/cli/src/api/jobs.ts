@@ -1,0 +1,183 @@
+import type * as grpc from '@grpc/grpc-js';
+import { migrator as pb, timestampToDate } from '@handoff/proto';
+import {
+  MIGRATION_CAPABILITIES,
+  migrationInfoToQapi,
+  type MigrationCapabilities,
+  type MigrationInfo,
+  type MigrationParameterOverrides,
+  type QapiMigrationInfo,
+} from '@handoff/qapi';
+import {
+  capabilitiesFromWire,
+  capabilitiesToWire,
+  migrationInfoFromWire,
+  parametersFromWire,
+  parametersToWire,
+} from '@handoff/qapi/wire';
+import { RemoteError, unaryCall } from '@handoff/service';
+import type { Clients } from './clients.js';
+
+/** Longest a watch follows one job (a live update of many VMs can take long). */
+export const WATCH_DEADLINE_MS = 24 * 3600_000;
+
+/** A job as vmctl shows it (converted from the wire at this edge). */
+export interface JobView {
+  id: string;
+  kind: 'migrate' | 'live-update' | 'save' | 'restore' | 'template' | 'clone' | 'unknown';
+  vm: string;
+  sourceVmm: string;
+  targetVmm: string;
+  info: MigrationInfo;
+  capabilities: MigrationCapabilities;
+  parameters: MigrationParameterOverrides;
+  createdAt: string | undefined;
+  finishedAt: string | undefined;
+  children: string[];
+}
+
+const KIND: Record<number, JobView['kind']> = {
+  [pb.JobKind.JOB_KIND_MIGRATE]: 'migrate',
+  [pb.JobKind.JOB_KIND_LIVE_UPDATE]: 'live-update',
+  [pb.JobKind.JOB_KIND_SAVE]: 'save',
+  [pb.JobKind.JOB_KIND_RESTORE]: 'restore',
+  [pb.JobKind.JOB_KIND_TEMPLATE]: 'template',
+  [pb.JobKind.JOB_KIND_CLONE]: 'clone',
+};
+
+function toView(j: pb.Job | undefined): JobView {
+  if (j === undefined) throw new Error('the migrator answered without a job');
+  return {
+    id: j.id,
+    kind: KIND[j.kind] ?? 'unknown',
+    vm: j.vm,
+    sourceVmm: j.sourceVmm,
+    targetVmm: j.targetVmm,
+    info:
+      j.info !== undefined ? migrationInfoFromWire(j.info) : ({ status: 'none' } as MigrationInfo),
+    capabilities: capabilitiesFromWire(j.capabilities),
+    parameters: j.parameters !== undefined ? parametersFromWire(j.parameters) : {},
+    createdAt: timestampToDate(j.createdAt)?.toISOString(),
+    finishedAt: timestampToDate(j.finishedAt)?.toISOString(),
+    children: [...j.children],
+  };
+}
+
+/** True once a job can no longer change. */
+export function jobEnded(job: JobView): boolean {
+  return ['completed', 'failed', 'cancelled'].includes(job.info.status);
+}
+
+/** The JSON document of a job: its fields plus QAPI MigrationInfo (kebab-case) as `info`. */
+export interface JobJson {
+  id: string;
+  kind: string;
+  vm?: string;
+  sourceVmm: string;
+  targetVmm: string;
+  status: string;
+  error?: string;
+  capabilities: string[];
+  parameters: MigrationParameterOverrides;
+  createdAt?: string;
+  finishedAt?: string;
+  children?: string[];
+  info: QapiMigrationInfo;
+}
+
+/** A job as `--output json` prints it. */
+export function jobJson(job: JobView): JobJson {
+  const out: JobJson = {
+    id: job.id,
+    kind: job.kind,
+    ...(job.vm !== '' ? { vm: job.vm } : {}),
+    sourceVmm: job.sourceVmm,
+    targetVmm: job.targetVmm,
+    status: job.info.status,
+    capabilities: MIGRATION_CAPABILITIES.filter((c) => job.capabilities[c]),
+    parameters: job.parameters,
+    info: migrationInfoToQapi(job.info),
+  };
+  if (job.info.errorDesc !== undefined) out.error = job.info.errorDesc;
+  if (job.createdAt !== undefined) out.createdAt = job.createdAt;
+  if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt;
+  if (job.children.length > 0) out.children = job.children;
+  return out;
+}
+
+/** Job calls of the migrator. */
+export function jobs(c: Clients) {
+  const opts = () => ({ deadlineMs: c.endpoints.timeoutMs });
+  return {
+    async migrate(req: {
+      vm: string;
+      targetVmm: string;
+      capabilities: MigrationCapabilities;
+      parameters: MigrationParameterOverrides;
+    }): Promise<JobView> {
+      const res = await unaryCall(
+        c.migrator,
+        'migrate',
+        {
+          vm: req.vm,
+          targetVmm: req.targetVmm,
+          capabilities: capabilitiesToWire(req.capabilities),
+          parameters: parametersToWire(req.parameters),
+        },
+        opts(),
+      );
+      return toView(res.job);
+    },
+    async liveUpdate(req: {
+      fromVmm: string;
+      toVmm: string;
+      concurrency: number;
+      parameters: MigrationParameterOverrides;
+    }): Promise<JobView> {
+      const res = await unaryCall(
+        c.migrator,
+        'liveUpdate',
+        { ...req, parameters: parametersToWire(req.parameters) },
+        opts(),
+      );
+      return toView(res.job);
+    },
+    async get(id: string): Promise<JobView> {
+      return toView((await unaryCall(c.migrator, 'getJob', { id }, opts())).job);
+    },
+    async list(all: boolean): Promise<JobView[]> {
+      return (await unaryCall(c.migrator, 'listJobs', { all }, opts())).jobs.map(toView);
+    },
+    async cancel(id: string): Promise<JobView> {
+      return toView((await unaryCall(c.migrator, 'cancelJob', { id }, opts())).job);
+    },
+    /**
+     * Follows a job: `onChange` gets every snapshot; resolves with the last
+     * one when the job ended. The stream's deadline is generous
+     * ({@link WATCH_DEADLINE_MS}): jobs take as long as they take; Ctrl-C
+     * stops watching and leaves the job running.
+     */
+    watch(id: string, onChange: (job: JobView) => void): Promise<JobView> {
+      return new Promise((resolve, reject) => {
+        let last: JobView | undefined;
+        const stream = c.migrator.watchJob({ id }, { deadline: Date.now() + WATCH_DEADLINE_MS });
+        stream.on('data', (res: pb.WatchJobResponse) => {
+          last = toView(res.job);
+          onChange(last);
+        });
+        stream.on('error', (err: grpc.ServiceError) =>
+          reject(RemoteError.fromGrpc(err, 'WatchJob')),
+        );
+        stream.on('end', () => {
+          if (last !== undefined && jobEnded(last)) resolve(last);
+          else
+            reject(
+              new Error(
+                `the watch of job ${id} ended before the job did; run \`vmctl jobs watch ${id}\``,
+              ),
+            );
+        });
+      });
+    },
+  };
+}

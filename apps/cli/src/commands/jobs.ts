@@ -1,0 +1,156 @@
+import type { Command } from 'commander';
+import { jobEnded, jobJson, jobs, type JobView } from '../api/jobs.js';
+import type { CommandContext } from '../context.js';
+import { CliError, EXIT } from '../errors.js';
+import { ProgressRenderer, formatDuration } from '../output/progress.js';
+import { renderFields, renderTable } from '../output/render.js';
+import { formatBytes } from '../output/units.js';
+import type { CommandRunner } from './runner.js';
+
+function route(j: JobView): string {
+  return `${j.sourceVmm || '?'} -> ${j.targetVmm || '?'}`;
+}
+
+function label(j: JobView): string {
+  return j.kind === 'live-update' ? `${j.id} live-update` : `${j.id} ${j.vm}`;
+}
+
+function note(j: JobView): string | undefined {
+  return j.kind === 'live-update' ? `${j.info.iteration}/${j.children.length} VMs` : undefined;
+}
+
+function ms(n: number): string {
+  return formatDuration(n / 1000);
+}
+
+/** The table text of one job: identity, status and its statistics. */
+export function renderJob(j: JobView): string {
+  const i = j.info;
+  const fields: [string, string][] = [
+    ['job', `${j.id} (${j.kind})`],
+    ...(j.vm !== '' ? ([['vm', j.vm]] as [string, string][]) : []),
+    ['route', route(j)],
+    ['status', i.status],
+  ];
+  if (i.errorDesc !== undefined) fields.push(['error', i.errorDesc]);
+  fields.push(
+    ['total time', ms(i.totalTimeMs)],
+    ['setup time', ms(i.setupTimeMs)],
+    ['downtime', i.status === 'completed' ? `${(i.downtimeUs / 1000).toFixed(3)} ms` : '-'],
+    ['transferred', formatBytes(i.ram.transferred)],
+    ['ram total', formatBytes(i.ram.total)],
+    ['bypassed', formatBytes(i.ram.bypassedBytes)],
+    ['pages', `${i.ram.normal} sent, ${i.ram.zeroPages} zero, ${i.ram.duplicate} duplicate`],
+    ['device state', formatBytes(i.deviceBytes)],
+  );
+  if (j.children.length > 0) fields.push(['children', j.children.join(' ')]);
+  return renderFields(fields);
+}
+
+function renderJobList(list: JobView[]): string {
+  return renderTable(
+    ['ID', 'KIND', 'VM', 'ROUTE', 'STATUS', 'TRANSFERRED', 'TOTAL', 'DOWNTIME'],
+    list.map((j) => [
+      j.id,
+      j.kind,
+      j.vm || (j.children.length > 0 ? `${j.children.length} VMs` : '-'),
+      route(j),
+      j.info.status,
+      formatBytes(j.info.ram.transferred),
+      ms(j.info.totalTimeMs),
+      j.info.status === 'completed' ? `${(j.info.downtimeUs / 1000).toFixed(1)}ms` : '-',
+    ]),
+  );
+}
+
+/**
+ * Follows a job to its end: a progress bar on a terminal (plain progress
+ * lines otherwise, none with --output json), then ONE document or table of
+ * the final job. Failed or cancelled jobs exit non-zero with the error on stderr.
+ */
+export async function followJob(ctx: CommandContext, job: JobView): Promise<number> {
+  const progress =
+    ctx.output === 'json'
+      ? undefined
+      : new ProgressRenderer((t) => ctx.io.err(t), process.stderr.isTTY === true);
+  const show = (j: JobView) =>
+    progress?.update({ id: j.id, label: label(j), info: j.info, note: note(j) });
+  const final = jobEnded(job) ? job : await jobs(ctx.clients).watch(job.id, show);
+  progress?.done();
+  return printEnded(ctx, final);
+}
+
+function printEnded(ctx: CommandContext, j: JobView): number {
+  ctx.print({ job: jobJson(j) }, () => renderJob(j));
+  if (j.info.status === 'completed') return EXIT.ok;
+  const why = j.info.errorDesc ?? `the job ended ${j.info.status}`;
+  ctx.io.err(`vmctl: job ${j.id} ${j.info.status}: ${why}\n`);
+  return EXIT.failed;
+}
+
+/** Prints a job that was just started (--detach) or changed. */
+export function printJob(ctx: CommandContext, j: JobView, what: string): void {
+  ctx.print(
+    { job: jobJson(j) },
+    () =>
+      `${what} job ${j.id} (${j.kind}, ${route(j)}): ${j.info.status}\n` +
+      `follow it with \`vmctl jobs watch ${j.id}\`\n`,
+  );
+}
+
+/** `vmctl jobs ...`: list, show, watch, cancel. */
+export function registerJobs(program: Command, run: CommandRunner): void {
+  const cmd = program
+    .command('jobs')
+    .description('jobs of the migrator: migrations and live updates, running and finished');
+
+  cmd
+    .command('list')
+    .alias('ls')
+    .option('-a, --all', 'include finished jobs')
+    .description('list running jobs (every job with --all)')
+    .action(
+      run(async (ctx, opts: { all?: boolean }) => {
+        const list = await jobs(ctx.clients).list(opts.all === true);
+        ctx.print({ jobs: list.map(jobJson) }, () => renderJobList(list));
+      }),
+    );
+
+  cmd
+    .command('show')
+    .argument('<id>', 'job id')
+    .description('show one job with its statistics')
+    .action(
+      run(async (ctx, id: string) => {
+        const j = await jobs(ctx.clients).get(id);
+        ctx.print({ job: jobJson(j) }, () => renderJob(j));
+      }),
+    );
+
+  cmd
+    .command('watch')
+    .argument('<id>', 'job id')
+    .description('follow a job to its end with a progress bar; exits non-zero if it fails')
+    .action(run(async (ctx, id: string) => followJob(ctx, await jobs(ctx.clients).get(id))));
+
+  cmd
+    .command('cancel')
+    .argument('<id>', 'job id')
+    .option('--wait', 'wait until the job ended (cancelled, or completed if too late)')
+    .description('cancel a job: the source vmm stops the migration and the VM keeps running there')
+    .action(
+      run(async (ctx, id: string, opts: { wait?: boolean }) => {
+        const j = await jobs(ctx.clients).cancel(id);
+        if (opts.wait !== true) {
+          printJob(ctx, j, 'cancelling');
+          return EXIT.ok;
+        }
+        const final = jobEnded(j) ? j : await jobs(ctx.clients).watch(id, () => undefined);
+        ctx.print({ job: jobJson(final) }, () => renderJob(final));
+        if (final.info.status !== 'cancelled') {
+          throw new CliError('CLI_FAILED', `job ${id} ended ${final.info.status}, not cancelled`);
+        }
+        return EXIT.ok;
+      }),
+    );
+}

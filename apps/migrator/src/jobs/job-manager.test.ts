@@ -1,0 +1,272 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { defaultCapabilities, resolveCapabilities } from '@handoff/qapi';
+import { createLogger } from '@handoff/service';
+import { MigratorError } from '../errors.js';
+import { VmmRegistry } from '../registry/vmm-registry.js';
+import { FakeVmm, type FakeWorld } from '../testing/fake-vmm.js';
+import { JobManager, type JobSink } from './job-manager.js';
+import { statusPath, type Job } from './job.js';
+import { JobJournal } from './journal.js';
+
+const logger = createLogger({ name: 'test', level: 'silent', format: 'json' });
+const bypass = resolveCapabilities({ 'bypass-shared-memory': true });
+
+describe('statusPath', () => {
+  it('walks the legal transitions of qapi', () => {
+    expect(statusPath('setup', 'device')).toEqual(['active', 'device']);
+    expect(statusPath('none', 'completed')).toEqual(['setup', 'active', 'device', 'completed']);
+    expect(statusPath('active', 'cancelled')).toEqual(['cancelling', 'cancelled']);
+    expect(statusPath('cancelling', 'active')).toBeUndefined();
+    expect(statusPath('completed', 'failed')).toBeUndefined();
+  });
+});
+
+describe('JobManager against fake vmm instances', () => {
+  let world: FakeWorld;
+  let a: FakeVmm;
+  let b: FakeVmm;
+  let registry: VmmRegistry;
+  let jobs: JobManager;
+  let dir: string;
+  /** Set to simulate a crash: the running manager writes nothing more. */
+  let crashed: boolean;
+
+  const manager = (journal?: JobSink, restored: Job[] = []) =>
+    new JobManager({
+      logger,
+      registry,
+      journal,
+      restored,
+      pollIntervalMs: 10,
+      recoveryRetryMs: 2000,
+    });
+
+  beforeEach(async () => {
+    world = new Map([
+      ['vm1', 'vmm-a'],
+      ['vm2', 'vmm-a'],
+      ['vm3', 'vmm-a'],
+      ['vm4', 'vmm-a'],
+    ]);
+    const peers = new Map<string, FakeVmm>();
+    a = await FakeVmm.start('vmm-a', world, peers);
+    b = await FakeVmm.start('vmm-b', world, peers);
+    registry = new VmmRegistry(60_000);
+    for (const f of [a, b]) {
+      registry.register({ id: f.id, address: f.address, version: 't', vmCount: 0 });
+    }
+    dir = mkdtempSync(join(tmpdir(), 'handoff-jobs-'));
+    crashed = false;
+    const journal = JobJournal.open(dir).journal;
+    jobs = manager({ append: (j) => (crashed ? undefined : journal.append(j)) });
+  });
+
+  afterEach(async () => {
+    await jobs.idle();
+    await jobs.close();
+    await Promise.all([a.stop(), b.stop()]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('migrates a VM: PrepareIncoming on the target, MigrateVm on the source, progress, statistics', async () => {
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: { 'downtime-limit': 50 },
+    });
+    expect(job).toMatchObject({
+      kind: 'migrate',
+      vm: 'vm1',
+      sourceVmm: 'vmm-a',
+      targetVmm: 'vmm-b',
+    });
+    const seen: string[] = [];
+    let sawProgress = false;
+    jobs.watch(job.id, (j) => {
+      if (seen.at(-1) !== j.info.status) seen.push(j.info.status);
+      if (j.info.ram.transferred > 0 && j.info.status === 'active') sawProgress = true;
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('completed');
+    expect(sawProgress).toBe(true);
+    expect(seen).toContain('active');
+    expect(seen.at(-1)).toBe('completed');
+    expect(done.info).toMatchObject({ downtimeUs: 1500, setupTimeMs: 2, deviceBytes: 8192 });
+    expect(done.info.ram).toMatchObject({ transferred: 4 << 20, zeroPages: 1024 });
+    expect(done.finishedAt).toBeInstanceOf(Date);
+    expect(b.calls).toContain('prepareIncoming:vm1');
+    expect(a.calls).toContain('migrateVm:vm1');
+    expect(a.calls).toContain('getMigration:vm1');
+    expect(world.get('vm1')).toBe('vmm-b');
+    // the postmigrate husk on the source is removed; nothing else is destroyed
+    expect(a.calls.filter((c) => c.startsWith('destroyVm'))).toEqual(['destroyVm:vm1']);
+    expect(b.calls.filter((c) => c.startsWith('destroyVm'))).toEqual([]);
+  });
+
+  it('fails the job with the vmm message when the migration fails', async () => {
+    a.scripts.set('vm1', {
+      steps: [{ status: 'active', transferred: 1, remaining: 1 }],
+      stepMs: 20,
+      failWith: 'target refused the RegionRef of block ram0: epoch 3 is stale',
+    });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('failed');
+    expect(done.info.errorDesc).toContain('epoch 3 is stale');
+    expect(world.get('vm1')).toBe('vmm-a');
+    expect(a.calls.filter((c) => c.startsWith('destroyVm') || c.startsWith('getVm'))).toEqual([]);
+  });
+
+  it('cancels a running migration through CancelMigration on the source', async () => {
+    a.scripts.set('vm1', {
+      steps: Array.from({ length: 50 }, (_, i) => ({
+        status: 'active' as const,
+        transferred: i,
+        remaining: 50 - i,
+      })),
+      stepMs: 20,
+    });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    while (jobs.get(job.id).info.status !== 'active') await new Promise((r) => setTimeout(r, 5));
+    const cancelling = await jobs.cancel(job.id);
+    expect(cancelling.info.status).toBe('cancelling');
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('cancelled');
+    expect(a.calls).toContain('cancelMigration:vm1');
+    expect(world.get('vm1')).toBe('vmm-a');
+    await expect(jobs.cancel(job.id)).rejects.toMatchObject({ code: 'MIGRATOR_JOB_FINISHED' });
+  });
+
+  it('rejects bad requests before a job exists', async () => {
+    const caps = defaultCapabilities();
+    const attempt = (vm: string, to: string, c = caps) =>
+      jobs.migrate({ vm, targetVmm: to, capabilities: c, parameters: {} }).catch((e) => e);
+    expect(await attempt('vm1', 'vmm-z')).toMatchObject({ code: 'MIGRATOR_VMM_NOT_FOUND' });
+    expect(await attempt('nope', 'vmm-b')).toMatchObject({ code: 'MIGRATOR_VM_NOT_FOUND' });
+    const same = (await attempt('vm1', 'vmm-a')) as MigratorError;
+    expect(same.code).toBe('MIGRATOR_INVALID_ARGUMENT');
+    expect(same.message).toMatch(/same vmm/);
+    const combo = (await attempt(
+      'vm1',
+      'vmm-b',
+      resolveCapabilities({ 'bypass-shared-memory': true, 'postcopy-ram': true }),
+    )) as MigratorError;
+    // whatever qapi says about the combination is passed on verbatim
+    if (combo instanceof MigratorError) expect(combo.code).toBe('MIGRATOR_INVALID_ARGUMENT');
+    expect(jobs.list(true)).toEqual(
+      combo instanceof MigratorError ? [] : [expect.objectContaining({ vm: 'vm1' })],
+    );
+  });
+
+  it('live-updates every VM of an instance with bounded concurrency; one failure fails the parent only', async () => {
+    a.scripts.set('vm3', {
+      steps: [{ status: 'active', transferred: 1, remaining: 1 }],
+      stepMs: 30,
+      failWith: 'vm3 device state did not load',
+    });
+    const parent = await jobs.liveUpdate({
+      fromVmm: 'vmm-a',
+      toVmm: 'vmm-b',
+      concurrency: 2,
+      parameters: {},
+    });
+    expect(parent.kind).toBe('live-update');
+    expect(parent.children).toHaveLength(4);
+    const done = await jobs.waitFor(parent.id);
+    expect(done.info.status).toBe('failed');
+    expect(done.info.errorDesc).toMatch(/1 of 4 VM\(s\).*vm3 device state did not load/);
+    expect(a.maxConcurrent).toBe(2);
+    const children = done.children.map((id) => jobs.get(id));
+    expect(children.map((c) => [c.vm, c.info.status]).sort()).toEqual([
+      ['vm1', 'completed'],
+      ['vm2', 'completed'],
+      ['vm3', 'failed'],
+      ['vm4', 'completed'],
+    ]);
+    expect(children.every((c) => c.capabilities['bypass-shared-memory'])).toBe(true);
+    expect(done.info.ram.transferred).toBeGreaterThanOrEqual(3 * (4 << 20));
+    expect([...world.values()].sort()).toEqual(['vmm-a', 'vmm-b', 'vmm-b', 'vmm-b']);
+  });
+
+  it('cancels a live update: running children are cancelled, queued ones never start', async () => {
+    for (const vm of ['vm1', 'vm2', 'vm3', 'vm4']) {
+      a.scripts.set(vm, {
+        steps: Array.from({ length: 50 }, () => ({
+          status: 'active' as const,
+          transferred: 4096,
+          remaining: 4096,
+        })),
+        stepMs: 20,
+      });
+    }
+    const parent = await jobs.liveUpdate({
+      fromVmm: 'vmm-a',
+      toVmm: 'vmm-b',
+      concurrency: 1,
+      parameters: {},
+    });
+    const first = parent.children[0]!;
+    while (jobs.get(first).info.status !== 'active') await new Promise((r) => setTimeout(r, 5));
+    expect((await jobs.cancel(parent.id)).info.status).toBe('cancelling');
+    const done = await jobs.waitFor(parent.id);
+    expect(done.info.status).toBe('cancelled');
+    expect(done.children.map((id) => jobs.get(id).info.status)).toEqual([
+      'cancelled',
+      'cancelled',
+      'cancelled',
+      'cancelled',
+    ]);
+    expect(a.calls.filter((c) => c.startsWith('migrateVm'))).toEqual(['migrateVm:vm1']);
+    expect([...world.values()].every((v) => v === 'vmm-a')).toBe(true);
+  });
+
+  it('after a restart fails in-flight jobs and asks the source to cancel', async () => {
+    a.scripts.set('vm1', {
+      steps: Array.from({ length: 100 }, () => ({
+        status: 'active' as const,
+        transferred: 1,
+        remaining: 1,
+      })),
+      stepMs: 20,
+    });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    while (jobs.get(job.id).info.status !== 'active') await new Promise((r) => setTimeout(r, 5));
+    // the migrator dies: nothing more is written; a new one opens the same journal
+    crashed = true;
+    const { journal, jobs: restored } = JobJournal.open(dir);
+    expect(restored.map((j) => [j.id, j.info.status])).toEqual([[job.id, 'active']]);
+    const next = manager(journal, restored);
+    expect(next.recover()).toEqual([job.id]);
+    const failed = next.get(job.id);
+    expect(failed.info.status).toBe('failed');
+    expect(failed.info.errorDesc).toMatch(/migrator restarted/);
+    await next.idle();
+    expect(a.calls).toContain('cancelMigration:vm1');
+    await next.close();
+    // the old migration saw the cancel: the VM stayed where it was, once
+    await jobs.idle();
+    expect(world.get('vm1')).toBe('vmm-a');
+    const lines = readFileSync(join(dir, 'jobs.jsonl'), 'utf8').trim().split('\n');
+    expect(JSON.parse(lines.at(-1)!)).toMatchObject({ v: 1, job: { id: job.id } });
+    expect(JobJournal.open(dir).jobs[0]?.info.status).toBe('failed');
+  }, 15_000);
+});

@@ -1,0 +1,723 @@
+import { randomBytes } from 'node:crypto';
+import { vmm as vpb } from '@handoff/proto';
+import {
+  MigrationStateMachine,
+  QapiError,
+  assertValidMigrationConfig,
+  emptyMigrationInfo,
+  emptyRamStats,
+  type MigrationCapabilities,
+  type MigrationInfo,
+  type MigrationParameterOverrides,
+  type MigrationStatus,
+  type RamStats,
+} from '@handoff/qapi';
+import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
+import { RemoteError, createClient, unaryCall, type Logger } from '@handoff/service';
+import { MigratorError } from '../errors.js';
+import type { VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
+import { isFinished, statusPath, type Job, type JobKind } from './job.js';
+
+/** Where job snapshots are persisted (a {@link JobJournal} in production). */
+export interface JobSink {
+  append(job: Job): void;
+}
+
+/** Tunables of the job runner. */
+export interface JobManagerOptions {
+  logger: Logger;
+  registry: VmmRegistry;
+  /** Where job snapshots go (a JobJournal); undefined keeps jobs in memory only. */
+  journal?: JobSink;
+  /** Jobs read back from the journal (in-flight ones are failed by {@link JobManager.recover}). */
+  restored?: Job[];
+  /** How often a running migration's progress is polled (GetMigration). */
+  pollIntervalMs?: number;
+  /** Deadline of MigrateVm: the longest a single migration may take. */
+  migrationTimeoutMs?: number;
+  /** Deadline of every other vmm call. */
+  callTimeoutMs?: number;
+  /** VMs a live update migrates at once when the request says 0. */
+  defaultConcurrency?: number;
+  /** How long recovery keeps trying to reach a source vmm to cancel. */
+  recoveryRetryMs?: number;
+}
+
+/** Called with a job snapshot after every change. */
+export type JobListener = (job: Job) => void;
+
+const VM_STATES_TO_MOVE = new Set([
+  vpb.VmState.VM_STATE_RUNNING,
+  vpb.VmState.VM_STATE_PAUSED,
+  vpb.VmState.VM_STATE_CREATED,
+]);
+const VM_STATES_NOT_OWNED = new Set([
+  vpb.VmState.VM_STATE_POSTMIGRATE,
+  vpb.VmState.VM_STATE_INMIGRATE,
+]);
+
+interface Live {
+  job: Job;
+  sm: MigrationStateMachine;
+  cancelRequested: boolean;
+  /** Set while MigrateVm is outstanding: the source's name of the VM. */
+  migrating: boolean;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
+
+/**
+ * Runs migrate and live-update jobs. The migrator only coordinates: the vmm
+ * instances move the VM and memstore's lease decides which of them runs it,
+ * so a job that fails or is abandoned never loses or duplicates a VM (see
+ * README "Restart semantics").
+ */
+export class JobManager {
+  private readonly jobs = new Map<string, Live>();
+  private readonly listeners = new Map<string, Set<JobListener>>();
+  private readonly clients = new Map<string, vpb.VmmServiceClient>();
+  private readonly running = new Set<Promise<unknown>>();
+  private readonly log: Logger;
+  private readonly pollMs: number;
+  private readonly migrationTimeoutMs: number;
+  private readonly callTimeoutMs: number;
+  private readonly defaultConcurrency: number;
+  private closed = false;
+
+  constructor(private readonly opts: JobManagerOptions) {
+    this.log = opts.logger;
+    this.pollMs = opts.pollIntervalMs ?? 100;
+    this.migrationTimeoutMs = opts.migrationTimeoutMs ?? 10 * 60_000;
+    this.callTimeoutMs = opts.callTimeoutMs ?? 5000;
+    this.defaultConcurrency = opts.defaultConcurrency ?? 2;
+    for (const job of opts.restored ?? []) {
+      this.jobs.set(job.id, {
+        job,
+        sm: new MigrationStateMachine({ initial: job.info.status }),
+        cancelRequested: false,
+        migrating: false,
+      });
+    }
+  }
+
+  /**
+   * Fails every job the journal shows in flight (the migrator restarted
+   * under it) and asks each source vmm to CancelMigration; the vmm then
+   * rolls back unless the lease already moved to the target. Returns the
+   * ids of the jobs it failed. Cancels run in the background with retries.
+   */
+  recover(): string[] {
+    const failed: string[] = [];
+    for (const live of this.jobs.values()) {
+      if (isFinished(live.job)) continue;
+      const was = live.job.info.status;
+      const desc =
+        `the migrator restarted while this job was ${was}; the source vmm was asked to cancel ` +
+        'and keeps or hands over the VM by its memory lease — check where it runs with `vmctl vm list`';
+      live.sm.fail(desc);
+      this.update(live, { info: { ...live.job.info, status: 'failed', errorDesc: desc } }, true);
+      failed.push(live.job.id);
+      if (live.job.kind === 'migrate' && live.job.sourceAddress !== '' && was !== 'none') {
+        this.track(this.cancelAfterRestart(live.job));
+      }
+    }
+    if (failed.length > 0) this.log.warn({ jobs: failed }, 'failed in-flight jobs after a restart');
+    return failed;
+  }
+
+  /** Creates and starts a migrate job; validation errors throw before a job exists. */
+  async migrate(req: {
+    vm: string;
+    targetVmm: string;
+    capabilities: MigrationCapabilities;
+    parameters: MigrationParameterOverrides;
+  }): Promise<Job> {
+    if (req.vm === '') throw invalid('a VM name is required (vmctl migrate NAME --to VMM)');
+    if (req.targetVmm === '') throw invalid('a target vmm is required (--to VMM)');
+    const config = validated(req.capabilities, req.parameters);
+    const target = this.opts.registry.get(req.targetVmm);
+    const source = await this.findVm(req.vm);
+    if (source.id === target.id) {
+      throw invalid(
+        `VM ${req.vm} already runs on ${target.id}: source and target are the same vmm; pick another --to`,
+      );
+    }
+    this.assertNotBusy(req.vm);
+    const live = this.create('migrate', {
+      vm: req.vm,
+      source,
+      target,
+      capabilities: config,
+      parameters: req.parameters,
+      parent: '',
+    });
+    this.track(this.runMigrate(live));
+    return live.job;
+  }
+
+  /** Creates and starts a live update: one child migrate job per VM of `from`, bypass on. */
+  async liveUpdate(req: {
+    fromVmm: string;
+    toVmm: string;
+    concurrency: number;
+    parameters: MigrationParameterOverrides;
+  }): Promise<Job> {
+    if (req.fromVmm === '' || req.toVmm === '') {
+      throw invalid('both vmm instances are required (vmctl live-update --from VMM --to VMM)');
+    }
+    const from = this.opts.registry.get(req.fromVmm);
+    const to = this.opts.registry.get(req.toVmm);
+    if (from.id === to.id) {
+      throw invalid(`--from and --to are both ${from.id}: a live update moves VMs to another vmm`);
+    }
+    const capabilities = validated({ 'bypass-shared-memory': true }, req.parameters);
+    const vms = (await this.listVms(from)).filter((v) => VM_STATES_TO_MOVE.has(v.state));
+    for (const v of vms) this.assertNotBusy(v.name);
+    const concurrency = req.concurrency > 0 ? req.concurrency : this.defaultConcurrency;
+    const parent = this.create('live-update', {
+      vm: '',
+      source: from,
+      target: to,
+      capabilities,
+      parameters: req.parameters,
+      parent: '',
+    });
+    const children = vms.map((v) =>
+      this.create('migrate', {
+        vm: v.name,
+        source: from,
+        target: to,
+        capabilities,
+        parameters: req.parameters,
+        parent: parent.job.id,
+      }),
+    );
+    this.update(parent, { children: children.map((c) => c.job.id) }, true);
+    this.track(this.runLiveUpdate(parent, children, concurrency));
+    return parent.job;
+  }
+
+  /** Asks a job to stop: CancelMigration on the source of each running migration. */
+  async cancel(id: string): Promise<Job> {
+    const live = this.live(id);
+    if (isFinished(live.job)) {
+      throw new MigratorError(
+        'MIGRATOR_JOB_FINISHED',
+        `job ${id} already ended (${live.job.info.status}); there is nothing to cancel`,
+      );
+    }
+    if (live.job.kind === 'live-update') {
+      live.cancelRequested = true;
+      this.toStatus(live, 'cancelling');
+      await Promise.all(
+        live.job.children.map((c) => this.cancel(c).catch(() => undefined) as Promise<unknown>),
+      );
+      return live.job;
+    }
+    live.cancelRequested = true;
+    if (live.migrating) {
+      try {
+        await unaryCall(
+          this.client(live.job.sourceAddress),
+          'cancelMigration',
+          { name: live.job.vm },
+          { deadlineMs: this.callTimeoutMs },
+        );
+      } catch (err) {
+        // the source refused (e.g. past the point of no return): the job runs on
+        live.cancelRequested = false;
+        throw err;
+      }
+    }
+    this.toStatus(live, 'cancelling');
+    return live.job;
+  }
+
+  /** One job; MIGRATOR_JOB_NOT_FOUND if unknown. */
+  get(id: string): Job {
+    return this.live(id).job;
+  }
+
+  /** Jobs in creation order; finished ones only with `all`. */
+  list(all: boolean): Job[] {
+    return [...this.jobs.values()]
+      .map((l) => l.job)
+      .filter((j) => all || !isFinished(j))
+      .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime());
+  }
+
+  /** Jobs still running. */
+  activeCount(): number {
+    return this.list(false).length;
+  }
+
+  /** Calls `fn` after every change of job `id`; returns the unsubscribe function. */
+  watch(id: string, fn: JobListener): () => void {
+    this.live(id);
+    let set = this.listeners.get(id);
+    if (set === undefined) this.listeners.set(id, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0) this.listeners.delete(id);
+    };
+  }
+
+  /** Waits for the job's end (tests and shutdown). */
+  async waitFor(id: string, timeoutMs = 30_000): Promise<Job> {
+    const deadline = Date.now() + timeoutMs;
+    while (!isFinished(this.get(id))) {
+      if (Date.now() > deadline) throw new Error(`job ${id} did not end in ${timeoutMs} ms`);
+      await sleep(10);
+    }
+    return this.get(id);
+  }
+
+  /** Stops background work and closes vmm clients (running jobs stay in the journal as in flight). */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+
+  /** Waits until every background task ended (tests). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running]);
+  }
+
+  // --- running a migrate job ---------------------------------------------------------------
+
+  private async runMigrate(live: Live): Promise<void> {
+    const { job } = live;
+    const log = this.log.child({ job: job.id, vm: job.vm });
+    const started = Date.now();
+    try {
+      if (live.cancelRequested) return this.finishCancelled(live);
+      this.toStatus(live, 'setup');
+      log.info({ from: job.sourceVmm, to: job.targetVmm }, 'migration started');
+      const prep = await unaryCall(
+        this.client(job.targetAddress),
+        'prepareIncoming',
+        { name: job.vm, jobId: job.id },
+        { deadlineMs: this.callTimeoutMs },
+      );
+      if (live.cancelRequested) return this.finishCancelled(live);
+      live.migrating = true;
+      let done = false;
+      const poller = this.poll(live, () => done);
+      let result: MigrationInfo | undefined;
+      try {
+        const res = await unaryCall(
+          this.client(job.sourceAddress),
+          'migrateVm',
+          {
+            name: job.vm,
+            jobId: job.id,
+            targetAddress: prep.address,
+            token: prep.token,
+            capabilities: capabilitiesToWire(job.capabilities),
+            parameters: parametersToWire(job.parameters),
+            targetDataAddress: prep.dataAddress,
+          },
+          { deadlineMs: this.migrationTimeoutMs },
+        );
+        result = res.info !== undefined ? migrationInfoFromWire(res.info) : undefined;
+      } finally {
+        done = true;
+        live.migrating = false;
+        await poller;
+      }
+      const final: MigrationInfo = result ?? {
+        ...live.job.info,
+        status: 'completed',
+        totalTimeMs: Date.now() - started,
+      };
+      if (final.status !== 'failed' && final.status !== 'cancelled') {
+        await this.retireSource(live.job, log);
+      }
+      if (final.status === 'failed') {
+        this.finishFailed(live, final.errorDesc ?? 'the source vmm reported the migration failed');
+      } else if (final.status === 'cancelled') {
+        this.finishCancelled(live, final);
+      } else {
+        this.finishCompleted(live, { ...final, status: 'completed' });
+      }
+      log.info({ status: live.job.info.status }, 'migration ended');
+    } catch (err) {
+      live.migrating = false;
+      if (live.cancelRequested) {
+        this.finishCancelled(live);
+      } else {
+        const message = err instanceof Error ? err.message : String(err);
+        this.finishFailed(
+          live,
+          `migration of ${job.vm} from ${job.sourceVmm} to ${job.targetVmm} failed: ${message}`,
+        );
+      }
+      log.warn({ status: live.job.info.status, err }, 'migration did not complete');
+    }
+  }
+
+  /**
+   * After a completed migration the source keeps the VM listed as
+   * `postmigrate` (it never runs there again; its handed-off memory is not
+   * given back). Like a management toolkit, the migrator destroys that husk so
+   * the name is free for a later migration back. Only a `postmigrate` VM is
+   * destroyed; anything else is left alone. Best-effort.
+   */
+  private async retireSource(job: Job, log: Logger): Promise<void> {
+    const client = this.client(job.sourceAddress);
+    try {
+      const res = await unaryCall(
+        client,
+        'getVm',
+        { name: job.vm },
+        { deadlineMs: this.callTimeoutMs },
+      );
+      if (res.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
+      await unaryCall(client, 'destroyVm', { name: job.vm }, { deadlineMs: this.callTimeoutMs });
+      log.info({ vmm: job.sourceVmm }, 'destroyed the postmigrate VM on the source');
+    } catch (err) {
+      log.warn({ err, vmm: job.sourceVmm }, 'could not remove the postmigrate VM from the source');
+    }
+  }
+
+  /** Polls GetMigration into the job while MigrateVm is outstanding. */
+  private async poll(live: Live, done: () => boolean): Promise<void> {
+    const client = this.client(live.job.sourceAddress);
+    while (!done() && !this.closed) {
+      await sleep(this.pollMs);
+      if (done()) return;
+      try {
+        const res = await unaryCall(
+          client,
+          'getMigration',
+          { name: live.job.vm },
+          { deadlineMs: Math.max(this.pollMs * 5, 1000) },
+        );
+        if (done() || res.info === undefined) continue;
+        const info = migrationInfoFromWire(res.info);
+        if (info.status === 'none' || info.status === 'completed' || info.status === 'failed') {
+          // the final word is MigrateVm's answer; a stale or early report is ignored
+          this.update(live, { info: { ...info, status: live.job.info.status } });
+          continue;
+        }
+        this.toStatus(live, info.status);
+        this.update(live, { info: { ...info, status: live.job.info.status } });
+      } catch {
+        // progress is best-effort; MigrateVm's outcome decides the job
+      }
+    }
+  }
+
+  private finishCompleted(live: Live, info: MigrationInfo): void {
+    if (!this.walk(live, 'completed')) {
+      // cancel arrived after the point of no return: the VM runs on the target
+      live.sm = new MigrationStateMachine({ initial: 'completed' });
+    }
+    this.update(live, { info: { ...info, status: 'completed' }, finishedAt: new Date() }, true);
+  }
+
+  private finishFailed(live: Live, errorDesc: string): void {
+    live.sm.fail(errorDesc);
+    this.update(
+      live,
+      { info: { ...live.job.info, status: live.sm.status, errorDesc }, finishedAt: new Date() },
+      true,
+    );
+  }
+
+  private finishCancelled(live: Live, info?: MigrationInfo): void {
+    this.walk(live, 'cancelled');
+    const base = info ?? live.job.info;
+    this.update(
+      live,
+      { info: { ...base, status: live.sm.status, errorDesc: undefined }, finishedAt: new Date() },
+      true,
+    );
+  }
+
+  // --- running a live update ------------------------------------------------------------
+
+  private async runLiveUpdate(parent: Live, children: Live[], concurrency: number): Promise<void> {
+    const log = this.log.child({ job: parent.job.id });
+    const started = Date.now();
+    this.toStatus(parent, 'setup');
+    this.toStatus(parent, 'active');
+    log.info(
+      { from: parent.job.sourceVmm, to: parent.job.targetVmm, vms: children.length, concurrency },
+      'live update started',
+    );
+    const aggregate = () => this.aggregate(parent, children, started);
+    const unsubscribe = children.map((c) => this.watch(c.job.id, aggregate));
+    let next = 0;
+    const worker = async () => {
+      while (next < children.length) {
+        const child = children[next++]!;
+        if (parent.cancelRequested) child.cancelRequested = true;
+        await this.runMigrate(child);
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, worker));
+    } finally {
+      for (const u of unsubscribe) u();
+    }
+    aggregate();
+    const bad = children.filter((c) => c.job.info.status !== 'completed');
+    if (parent.cancelRequested) {
+      this.finishCancelled(parent, parent.job.info);
+    } else if (bad.length > 0) {
+      const detail = bad
+        .map((c) => `${c.job.vm} (${c.job.id}): ${c.job.info.errorDesc ?? c.job.info.status}`)
+        .join('; ');
+      this.finishFailed(
+        parent,
+        `${bad.length} of ${children.length} VM(s) did not move from ${parent.job.sourceVmm} to ` +
+          `${parent.job.targetVmm}: ${detail}`,
+      );
+    } else {
+      this.finishCompleted(parent, { ...parent.job.info, status: 'completed' });
+    }
+    log.info({ status: parent.job.info.status }, 'live update ended');
+  }
+
+  /** The parent's info: RAM counters summed, the longest guest pause, wall-clock total. */
+  private aggregate(parent: Live, children: Live[], started: number): void {
+    const ram: Record<keyof RamStats, number> = { ...emptyRamStats() };
+    let downtimeUs = 0;
+    let deviceBytes = 0;
+    let setupTimeMs = 0;
+    for (const c of children) {
+      const i = c.job.info;
+      for (const k of Object.keys(ram) as (keyof RamStats)[]) ram[k] += i.ram[k];
+      downtimeUs = Math.max(downtimeUs, i.downtimeUs);
+      setupTimeMs = Math.max(setupTimeMs, i.setupTimeMs);
+      deviceBytes += i.deviceBytes;
+    }
+    this.update(parent, {
+      info: {
+        ...parent.job.info,
+        ram,
+        downtimeUs,
+        deviceBytes,
+        setupTimeMs,
+        totalTimeMs: Date.now() - started,
+        iteration: children.filter((c) => isFinished(c.job)).length,
+      },
+    });
+  }
+
+  // --- helpers ---------------------------------------------------------------------------
+
+  private create(
+    kind: JobKind,
+    p: {
+      vm: string;
+      source: VmmRecord;
+      target: VmmRecord;
+      capabilities: MigrationCapabilities;
+      parameters: MigrationParameterOverrides;
+      parent: string;
+    },
+  ): Live {
+    let id: string;
+    do id = `${kind === 'migrate' ? 'mig' : 'lu'}-${randomBytes(4).toString('hex')}`;
+    while (this.jobs.has(id));
+    const live: Live = {
+      job: {
+        id,
+        kind,
+        vm: p.vm,
+        sourceVmm: p.source.id,
+        targetVmm: p.target.id,
+        sourceAddress: p.source.address,
+        targetAddress: p.target.address,
+        capabilities: p.capabilities,
+        parameters: p.parameters,
+        info: emptyMigrationInfo('none'),
+        createdAt: new Date(),
+        finishedAt: undefined,
+        children: [],
+        parent: p.parent,
+      },
+      sm: new MigrationStateMachine(),
+      cancelRequested: false,
+      migrating: false,
+    };
+    this.jobs.set(id, live);
+    this.persist(live.job);
+    return live;
+  }
+
+  /** Moves the job along the legal path to `to` and tells watchers; false when unreachable. */
+  private toStatus(live: Live, to: MigrationStatus): boolean {
+    const before = live.sm.status;
+    if (!this.walk(live, to)) return false;
+    if (live.sm.status !== before) {
+      this.update(live, { info: { ...live.job.info, status: live.sm.status } }, true);
+    }
+    return true;
+  }
+
+  /** Moves the state machine only (the caller publishes the final snapshot once). */
+  private walk(live: Live, to: MigrationStatus): boolean {
+    const path = statusPath(live.sm.status, to);
+    if (path === undefined) return false;
+    for (const step of path) live.sm.transition(step);
+    return true;
+  }
+
+  private update(live: Live, patch: Partial<Job>, persist = false): void {
+    const info = patch.info;
+    if (info !== undefined && info.errorDesc === undefined && 'errorDesc' in info) {
+      const { errorDesc: _drop, ...rest } = info;
+      patch = { ...patch, info: rest };
+    }
+    live.job = { ...live.job, ...patch };
+    if (persist) this.persist(live.job);
+    for (const fn of [...(this.listeners.get(live.job.id) ?? [])]) {
+      try {
+        fn(live.job);
+      } catch (err) {
+        this.log.warn({ err, job: live.job.id }, 'job listener failed');
+      }
+    }
+  }
+
+  private persist(job: Job): void {
+    if (this.opts.journal === undefined) return;
+    try {
+      this.opts.journal.append(job);
+    } catch (err) {
+      this.log.error({ err, job: job.id }, 'cannot append to the job journal');
+    }
+  }
+
+  private live(id: string): Live {
+    const live = this.jobs.get(id);
+    if (live === undefined) {
+      throw new MigratorError(
+        'MIGRATOR_JOB_NOT_FOUND',
+        `no job "${id}"; list jobs with \`vmctl jobs list --all\``,
+      );
+    }
+    return live;
+  }
+
+  private assertNotBusy(vm: string): void {
+    for (const l of this.jobs.values()) {
+      if (l.job.kind === 'migrate' && l.job.vm === vm && !isFinished(l.job)) {
+        throw new MigratorError(
+          'MIGRATOR_VM_BUSY',
+          `VM ${vm} is already being migrated by job ${l.job.id}; wait for it or \`vmctl jobs cancel ${l.job.id}\``,
+        );
+      }
+    }
+  }
+
+  /** The instance that owns `vm` (not one holding it as inmigrate/postmigrate). */
+  private async findVm(vm: string): Promise<VmmRecord> {
+    const instances = this.opts.registry.list();
+    const answers = await Promise.all(
+      instances.map(async (r) => {
+        try {
+          return { r, vms: await this.listVms(r) };
+        } catch {
+          return { r, vms: [] as vpb.Vm[] };
+        }
+      }),
+    );
+    const owners = answers.filter((a) =>
+      a.vms.some((v) => v.name === vm && !VM_STATES_NOT_OWNED.has(v.state)),
+    );
+    if (owners.length === 0) {
+      const asked = instances.map((r) => r.id).join(', ') || 'none registered';
+      throw new MigratorError(
+        'MIGRATOR_VM_NOT_FOUND',
+        `no vmm instance runs a VM named ${vm} (asked: ${asked}); list VMs with \`vmctl vm list\``,
+      );
+    }
+    return owners[0]!.r;
+  }
+
+  private async listVms(r: VmmRecord): Promise<vpb.Vm[]> {
+    try {
+      const res = await unaryCall(
+        this.client(r.address),
+        'listVms',
+        {},
+        { deadlineMs: this.callTimeoutMs },
+      );
+      return res.vms;
+    } catch (err) {
+      throw new MigratorError(
+        'MIGRATOR_VMM_UNAVAILABLE',
+        `vmm ${r.id} at ${r.address} did not answer ListVms: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+  }
+
+  private async cancelAfterRestart(job: Job): Promise<void> {
+    const deadline = Date.now() + (this.opts.recoveryRetryMs ?? 30_000);
+    for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 2000)) {
+      try {
+        await unaryCall(
+          this.client(job.sourceAddress),
+          'cancelMigration',
+          { name: job.vm },
+          { deadlineMs: this.callTimeoutMs },
+        );
+        this.log.info({ job: job.id, vm: job.vm }, 'asked the source vmm to cancel after restart');
+        return;
+      } catch (err) {
+        const unreachable = err instanceof RemoteError && (err.status === 14 || err.status === 4); // UNAVAILABLE, DEADLINE
+        if (!unreachable) {
+          // the vmm answered (e.g. no migration running any more): its rules decided
+          this.log.info({ job: job.id, vm: job.vm, err }, 'source vmm answered the cancel');
+          return;
+        }
+        if (Date.now() > deadline) {
+          this.log.warn(
+            { job: job.id, vm: job.vm },
+            'source vmm unreachable; cancel not delivered',
+          );
+          return;
+        }
+        await sleep(delay);
+      }
+    }
+  }
+
+  private client(address: string): vpb.VmmServiceClient {
+    let c = this.clients.get(address);
+    if (c === undefined) {
+      c = createClient(vpb.VmmServiceClient, address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  private track(p: Promise<unknown>): void {
+    const t = p.catch((err: unknown) => this.log.error({ err }, 'job task failed'));
+    this.running.add(t);
+    void t.finally(() => this.running.delete(t));
+  }
+}
+
+function invalid(message: string): MigratorError {
+  return new MigratorError('MIGRATOR_INVALID_ARGUMENT', message);
+}
+
+function validated(
+  capabilities: Partial<MigrationCapabilities>,
+  parameters: MigrationParameterOverrides,
+): MigrationCapabilities {
+  try {
+    return assertValidMigrationConfig({ capabilities, parameters }).capabilities;
+  } catch (err) {
+    if (err instanceof QapiError) throw invalid(err.message);
+    throw err;
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * Stable codes of the migration module, named by phase like Cloud Hypervisor's
+ * `MigratableError`. Each is mapped to a gRPC status in `@handoff/service` (`STATUS_BY_CODE`).
+ */
+export const MIGRATION_ERROR_CODES = [
+  'MIGRATION_BAD_TOKEN', // Incoming presented no, an unknown, a used or an expired token
+  'MIGRATION_BAD_STREAM', // a frame broke the protocol: order, bounds, sizes, truncation
+  'MIGRATION_VERSION_MISMATCH', // stream format major differs or minor is newer than ours
+  'MIGRATION_REGION_MISMATCH', // a RegionRef does not resolve to the very region (id, epoch, identity, size)
+  'MIGRATION_IN_PROGRESS', // the VM already migrates (or the name is already prepared)
+  'MIGRATION_NOT_FOUND', // no migration known for this VM
+  'MIGRATION_TARGET_FAILED', // the target refused or failed; the source runs unchanged
+  'MIGRATION_NOT_CONVERGED', // pre-copy did not fit downtime-limit within max-iterations
+  'MIGRATION_CANCELLED',
+  'MIGRATION_UNCERTAIN', // the source cannot tell whether the lease moved; it stays paused
+  'MIGRATION_UNSUPPORTED', // a capability or block kind this vmm does not migrate yet
+  'MIGRATION_FAILED', // anything else; the message says what
+] as const;
+
+/** One of {@link MIGRATION_ERROR_CODES}. */
+export type MigrationErrorCode = (typeof MIGRATION_ERROR_CODES)[number];
+
+/** The migration module's one error class. */
+export class MigrationError extends Error {
+  override readonly name = 'MigrationError';
+  constructor(
+    readonly code: MigrationErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** Name guard that also works across module copies. */
+  static is(err: unknown, code?: MigrationErrorCode): err is MigrationError {
+    return (
+      err instanceof Error &&
+      err.name === 'MigrationError' &&
+      (code === undefined || (err as MigrationError).code === code)
+    );
+  }
+}

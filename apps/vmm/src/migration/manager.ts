@@ -1,0 +1,112 @@
+/**
+ * The migrations of one vmm instance: outgoing ones by VM name (MigrateVm, GetMigration,
+ * CancelMigration) and the one-time tokens of incoming ones (PrepareIncoming).
+ */
+import type { Logger } from '@handoff/service';
+import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
+import type { VmHost } from '../vm/host.js';
+import { MigrationError } from './errors.js';
+import { IncomingTokens } from './receiver.js';
+import { OutgoingMigration } from './sender.js';
+
+/** Finished migrations remembered for GetMigration, per VM name. */
+const KEEP_FINISHED = 256;
+
+export interface MigrateRequest {
+  readonly name: string;
+  readonly jobId: string;
+  readonly targetAddress: string;
+  readonly token: string;
+  readonly capabilities: MigrationCapabilities;
+  readonly parameters: MigrationParameters;
+}
+
+export class MigrationManager {
+  readonly tokens: IncomingTokens;
+  private readonly outgoing = new Map<string, OutgoingMigration>();
+
+  constructor(
+    private readonly host: VmHost,
+    private readonly logger: Logger,
+  ) {
+    this.tokens = new IncomingTokens(host);
+  }
+
+  /** PrepareIncoming: a one-time token for a VM that will arrive under `name`. */
+  prepare(name: string, jobId: string): string {
+    return this.tokens.prepare(name, jobId);
+  }
+
+  /**
+   * MigrateVm: runs one outgoing migration to its end.
+   *
+   * @throws MigrationError `MIGRATION_IN_PROGRESS`, `MIGRATION_UNSUPPORTED`, and what the
+   *   migration failed with (the VM's state is as the code says)
+   */
+  async migrate(req: MigrateRequest): Promise<MigrationInfo> {
+    const vm = this.host.get(req.name);
+    const current = this.outgoing.get(req.name);
+    if (current !== undefined && !current.terminal) {
+      throw new MigrationError(
+        'MIGRATION_IN_PROGRESS',
+        `VM ${req.name} is already migrating; wait for it or cancel it with CancelMigration`,
+      );
+    }
+    if (req.capabilities['postcopy-ram']) {
+      throw new MigrationError(
+        'MIGRATION_UNSUPPORTED',
+        'postcopy-ram is not implemented by this vmm yet; migrate without it',
+      );
+    }
+    if (req.targetAddress === '' || req.token === '') {
+      throw new MigrationError(
+        'MIGRATION_FAILED',
+        'MigrateVm needs target_address and token (from PrepareIncoming on the target)',
+      );
+    }
+    const m = new OutgoingMigration({
+      vm,
+      host: this.host,
+      jobId: req.jobId,
+      targetAddress: req.targetAddress,
+      token: req.token,
+      capabilities: req.capabilities,
+      parameters: req.parameters,
+      logger: vm.log.child({ job: req.jobId, side: 'source' }),
+    });
+    this.outgoing.delete(req.name);
+    this.outgoing.set(req.name, m);
+    while (this.outgoing.size > KEEP_FINISHED) {
+      const oldest = this.outgoing.keys().next().value as string;
+      this.outgoing.delete(oldest);
+    }
+    return m.run();
+  }
+
+  /** @throws MigrationError `MIGRATION_NOT_FOUND` */
+  info(name: string): MigrationInfo {
+    return this.find(name).info();
+  }
+
+  /** @throws MigrationError `MIGRATION_NOT_FOUND` */
+  cancel(name: string): void {
+    this.find(name).cancel();
+  }
+
+  close(): void {
+    for (const m of this.outgoing.values()) m.cancel();
+    this.tokens.close();
+    this.logger.debug('migrations closed');
+  }
+
+  private find(name: string): OutgoingMigration {
+    const m = this.outgoing.get(name);
+    if (m === undefined) {
+      throw new MigrationError(
+        'MIGRATION_NOT_FOUND',
+        `no migration of VM ${name} is known on this vmm; start one with MigrateVm`,
+      );
+    }
+    return m;
+  }
+}

@@ -1,0 +1,464 @@
+/**
+ * The target side of a migration: one {@link receiveMigration} per MigrationService.Incoming
+ * call. The stream is hostile until proven otherwise: the token is checked first, the header
+ * against our format version and the memstore's view of every RegionRef, and every page run
+ * against the block table before a byte is written. Any failure fails only this migration:
+ * what was opened is closed, a StreamError goes back, the instance keeps serving.
+ * States (PROTOCOL.md): await-header → receiving → completing → resumed | failed.
+ */
+import { randomBytes } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import type { PageBitmap } from '@handoff/bitmap';
+import type { memstore as msPb, vmmStream } from '@handoff/proto';
+import { capabilitiesFromWire } from '@handoff/qapi/wire';
+import { isCodedError, unaryCall, type Logger } from '@handoff/service';
+import { specFromPb } from '../api/convert.js';
+import type { MachineState } from '../machine/state.js';
+import { byId, memstoreCall } from '../ram/backing.js';
+import { openClone } from '../ram/clone.js';
+import { holderOf, type RamBacking } from '../ram/index.js';
+import { openPrivate } from '../ram/private.js';
+import { mapShared } from '../ram/shared.js';
+import { decodeDeviceState } from '../snapshot/index.js';
+import type { VmHost } from '../vm/host.js';
+import type { RamBlockSpec, VmSpec } from '../vm/types.js';
+import type { Vm } from '../vm/vm.js';
+import { MigrationError } from './errors.js';
+import {
+  checkFrame,
+  PAGE_SIZE,
+  STREAM_FORMAT,
+  type BlockMode,
+  type IncomingBlock,
+} from './stream.js';
+
+/** How long a PrepareIncoming token stays valid. */
+export const TOKEN_TTL_MS = 60_000;
+
+interface Prepared {
+  readonly name: string;
+  readonly jobId: string;
+  readonly release: () => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+/** One-time tokens from PrepareIncoming; each reserves the VM name until used or expired. */
+export class IncomingTokens {
+  private readonly tokens = new Map<string, Prepared>();
+
+  constructor(private readonly host: VmHost) {}
+
+  /** @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared */
+  prepare(name: string, jobId: string, ttlMs = TOKEN_TTL_MS): string {
+    const release = this.host.reserve(name);
+    const token = randomBytes(24).toString('base64url');
+    const timer = setTimeout(() => {
+      this.tokens.delete(token);
+      release();
+    }, ttlMs);
+    timer.unref();
+    this.tokens.set(token, { name, jobId, release, timer });
+    return token;
+  }
+
+  /** Consumes a token; the caller owns the name reservation from here. */
+  take(token: string): Prepared {
+    const p = this.tokens.get(token);
+    if (p === undefined) {
+      throw new MigrationError(
+        'MIGRATION_BAD_TOKEN',
+        'the stream presented no valid migration token (unknown, used or expired); ' +
+          'ask the target for a fresh one with PrepareIncoming',
+      );
+    }
+    this.tokens.delete(token);
+    clearTimeout(p.timer);
+    return p;
+  }
+
+  close(): void {
+    for (const p of this.tokens.values()) {
+      clearTimeout(p.timer);
+      p.release();
+    }
+    this.tokens.clear();
+  }
+}
+
+interface Block extends IncomingBlock {
+  readonly spec: RamBlockSpec;
+  readonly region: msPb.Region | null;
+  readonly epoch: number;
+  backing: RamBacking | null;
+}
+
+const wallUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
+/** Serves one Incoming stream to its end. Never rejects: failures go back as StreamError. */
+export async function receiveMigration(
+  call: grpc.ServerDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse>,
+  deps: { host: VmHost; tokens: IncomingTokens; logger: Logger },
+): Promise<void> {
+  const { host } = deps;
+  let log = deps.logger;
+  let prepared: Prepared | undefined;
+  let blocks: Block[] = [];
+  let spec: VmSpec | undefined;
+  let sourceHolder = '';
+  let touched: PageBitmap | null = null;
+  let vm: Vm | null = null;
+  let device: Uint8Array | null = null;
+  let finalSeen = false;
+  let done = false;
+  const moved: Block[] = []; // shared blocks whose lease we took
+  const bad = (what: string): never => {
+    throw new MigrationError('MIGRATION_BAD_STREAM', what);
+  };
+  try {
+    const reader = new FrameReader(call);
+    for (let raw = await reader.next(); raw !== null; raw = await reader.next()) {
+      const frame = raw.frame;
+      if (frame === undefined) return bad('a frame with no content arrived');
+      if (done) bad(`${frame.$case} arrived after completion`);
+      if (prepared === undefined) {
+        if (frame.$case !== 'header') {
+          throw new MigrationError(
+            'MIGRATION_BAD_TOKEN',
+            `the stream began with ${frame.$case}; it must begin with a header carrying the token`,
+          );
+        }
+        prepared = deps.tokens.take(frame.value.token);
+        log = log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
+        const h = await acceptHeader(frame.value, prepared.name);
+        blocks = h.blocks;
+        spec = h.spec;
+        sourceHolder = h.sourceHolder;
+        // The vCPU thread starts now, off the downtime path; it waits for the device state.
+        vm = await host.spawnIncoming(
+          spec,
+          blocks.map((b) => b.backing!),
+          blocks[0]!.mode !== 'ref',
+        );
+        touched = blocks[0]!.mode === 'ref' ? null : vm.touchedPages;
+        call.write({
+          reply: {
+            $case: 'headerAck',
+            value: { formatMajor: STREAM_FORMAT.major, formatMinor: STREAM_FORMAT.minor },
+          },
+        });
+        log.info(
+          { modes: blocks.map((b) => b.mode), source: sourceHolder },
+          'incoming migration: header accepted',
+        );
+        continue;
+      }
+      switch (frame.$case) {
+        case 'header':
+          bad('a second header arrived');
+          break;
+        case 'pages': {
+          const runs = checkFrame(frame.value, blocks); // every run checked before any write
+          const data = frame.value.data;
+          for (const r of runs) {
+            const b = blocks[r.block]!;
+            const at = r.first * PAGE_SIZE;
+            const len = r.count * PAGE_SIZE;
+            if (r.zero) b.bytes!.fill(0, at, at + len);
+            else b.bytes!.set(data.subarray(r.dataOffset, r.dataOffset + len), at);
+            if (r.block === 0 && touched !== null) {
+              if (r.zero && b.mode === 'copy') touched.clearRange(r.first, r.first + r.count);
+              else touched.setRange(r.first, r.first + r.count);
+            }
+          }
+          break;
+        }
+        case 'iteration':
+          if (finalSeen && frame.value.final) bad('a second final pass marker arrived');
+          finalSeen ||= frame.value.final;
+          break;
+        case 'device':
+          if (device !== null) bad('device state arrived twice');
+          device = frame.value.container;
+          break;
+        case 'complete': {
+          if (device === null) bad('completion arrived before the device state');
+          done = true;
+          let state: MachineState;
+          try {
+            state = decodeDeviceState(device!).state;
+          } catch (err) {
+            throw new MigrationError(
+              'MIGRATION_BAD_STREAM',
+              `the device state does not load: ${(err as Error).message}`,
+              { cause: err },
+            );
+          }
+          // Hand-off: take every shared region's lease (epoch + 1), then map it.
+          const ctx = host.ramContext(prepared.name);
+          const to = holderOf(ctx);
+          for (const b of blocks) {
+            if (b.mode !== 'ref') continue;
+            const region = b.region!;
+            const lease = (
+              await memstoreCall(ctx, `taking over the lease of region ${region.name}`, () =>
+                unaryCall(
+                  ctx.memstore(),
+                  'transferLease',
+                  {
+                    region: byId(region.id),
+                    fromHolder: sourceHolder,
+                    expectedEpoch: BigInt(b.epoch),
+                    toHolder: to,
+                  },
+                  { deadlineMs: ctx.deadlineMs },
+                ),
+              )
+            ).lease!;
+            moved.push(b);
+            b.backing!.setLeaseEpoch?.(Number(lease.epoch));
+          }
+          await vm!.load(state);
+          await host.adoptIncoming(vm!);
+          const resumedUs = wallUs();
+          prepared.release();
+          const epoch = moved[0]?.backing?.regionRef?.epoch ?? 0;
+          call.write({
+            reply: {
+              $case: 'resumed',
+              value: { resumeTimeUnixUs: BigInt(resumedUs), epoch: BigInt(epoch) },
+            },
+          });
+          log.info('incoming migration: the VM runs here');
+          call.end();
+          return;
+        }
+      }
+    }
+    bad(
+      prepared === undefined
+        ? 'the stream ended before the header'
+        : 'the stream ended before completion (truncated)',
+    );
+  } catch (err) {
+    const e = isCodedError(err)
+      ? err
+      : new MigrationError('MIGRATION_FAILED', (err as Error).message, { cause: err });
+    log.warn({ code: e.code, error: e.message }, 'incoming migration failed');
+    // Give back what moved, so the source can re-take its lease and resume.
+    for (const b of blocks) if (b.mode === 'ref') b.backing?.abandon(); // never release theirs
+    for (const b of moved) {
+      const ctx = host.ramContext(prepared!.name);
+      try {
+        const held = (
+          await unaryCall(
+            ctx.memstore(),
+            'getRegion',
+            { region: byId(b.region!.id) },
+            {
+              deadlineMs: ctx.deadlineMs,
+            },
+          )
+        ).region?.lease;
+        if (held !== undefined && held.holder === holderOf(ctx)) {
+          await unaryCall(
+            ctx.memstore(),
+            'transferLease',
+            {
+              region: byId(b.region!.id),
+              fromHolder: holderOf(ctx),
+              expectedEpoch: held.epoch,
+              toHolder: sourceHolder,
+            },
+            { deadlineMs: ctx.deadlineMs },
+          );
+        }
+      } catch (err2) {
+        log.warn({ error: (err2 as Error).message }, 'could not hand the lease back to the source');
+      }
+    }
+    if (vm !== null) await vm.destroy().catch(() => undefined);
+    for (const b of blocks) await b.backing?.close();
+    prepared?.release();
+    try {
+      if (!call.cancelled) {
+        call.write({ reply: { $case: 'error', value: { code: e.code, message: e.message } } });
+        call.end();
+      }
+    } catch {
+      /* the source is gone */
+    }
+  }
+
+  /** Validates the header against our version, the token's name and memstore; opens blocks. */
+  async function acceptHeader(
+    h: vmmStream.StreamHeader,
+    name: string,
+  ): Promise<{ blocks: Block[]; spec: VmSpec; sourceHolder: string }> {
+    if (h.formatMajor !== STREAM_FORMAT.major || h.formatMinor > STREAM_FORMAT.minor) {
+      throw new MigrationError(
+        'MIGRATION_VERSION_MISMATCH',
+        `stream format ${h.formatMajor}.${h.formatMinor} is not loadable here (this vmm speaks ` +
+          `${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}); migrate to a vmm of a matching version`,
+      );
+    }
+    capabilitiesFromWire(h.capabilities);
+    if (h.sourceVmmId === '') bad('the header names no source vmm');
+    let srcSpec: VmSpec;
+    try {
+      srcSpec = specFromPb(h.spec);
+    } catch (err) {
+      throw new MigrationError('MIGRATION_BAD_STREAM', `header spec: ${(err as Error).message}`);
+    }
+    const src = `${h.sourceVmmId}/${srcSpec.name}`;
+    if (h.blocks.length !== srcSpec.ram.length || h.blocks.length === 0) {
+      bad(`the header has ${h.blocks.length} blocks but its spec ${srcSpec.ram.length}`);
+    }
+    const ctx = host.ramContext(name);
+    const out: Block[] = [];
+    const targetRam: RamBlockSpec[] = [];
+    try {
+      for (const [k, b] of h.blocks.entries()) {
+        const s = srcSpec.ram[k]!;
+        const what = `header block ${k} (${b.id})`;
+        if (b.index !== k) bad(`${what}: index ${b.index}, expected ${k}`);
+        if (b.id !== s.id || b.size !== BigInt(s.size) || b.guestBase !== BigInt(s.guestBase)) {
+          bad(`${what}: id, size or base differ from the spec's block ${s.id}`);
+        }
+        if (s.size <= 0 || s.size % PAGE_SIZE !== 0)
+          bad(`${what}: size ${s.size} is not whole pages`);
+        const pages = s.size / PAGE_SIZE;
+        let mode: BlockMode = 'copy';
+        let region: msPb.Region | null = null;
+        let epoch = 0;
+        let bs: RamBlockSpec;
+        if (b.regionRef !== undefined) {
+          if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
+          const ref = b.regionRef;
+          region =
+            (
+              await memstoreCall(ctx, `${what}: region ${ref.regionId}`, () =>
+                unaryCall(
+                  ctx.memstore(),
+                  'getRegion',
+                  { region: byId(ref.regionId) },
+                  {
+                    deadlineMs: ctx.deadlineMs,
+                  },
+                ),
+              )
+            ).region ?? null;
+          const mismatch = (field: string, want: unknown, got: unknown): never => {
+            throw new MigrationError(
+              'MIGRATION_REGION_MISMATCH',
+              `${what}: the RegionRef does not resolve to the very region: ${field} is ${String(got)} ` +
+                `in memstore but ${String(want)} in the stream; refusing to run on other memory`,
+            );
+          };
+          if (region === null) mismatch('region', ref.regionId, 'missing');
+          if (region!.id !== ref.regionId) mismatch('id', ref.regionId, region!.id);
+          if (region!.identity !== ref.identity)
+            mismatch('identity', ref.identity, region!.identity);
+          if (region!.size !== ref.size || ref.size !== BigInt(s.size)) {
+            mismatch('size', ref.size, region!.size);
+          }
+          const lease = region!.lease;
+          if (lease === undefined || lease.holder !== src) {
+            mismatch('lease holder', src, lease?.holder ?? 'nobody');
+          }
+          if (lease!.epoch !== ref.epoch) mismatch('lease epoch', ref.epoch, lease!.epoch);
+          mode = 'ref';
+          epoch = Number(ref.epoch);
+          bs = { ...s, region: region!.name };
+        } else if (b.templateRef !== undefined) {
+          if (s.backend !== 'clone') bad(`${what}: a TemplateRef on a ${s.backend} block`);
+          mode = 'template';
+          bs = s;
+        } else {
+          bs = { ...s, backend: 'private', region: '' }; // copied blocks land in private memory here
+        }
+        const block: Block = { spec: bs, pages, mode, bytes: null, region, epoch, backing: null };
+        out.push(block);
+        targetRam.push(bs);
+        if (mode === 'copy') block.backing = openPrivate(bs, ctx);
+        // Mapped now, run only after TransferLease moved the lease here (epoch + 1).
+        if (mode === 'ref') block.backing = mapShared(bs, region!, epoch, ctx);
+        if (mode === 'template') {
+          block.backing = await openClone(bs, ctx);
+          if (block.backing.regionRef?.identity !== b.templateRef!.identity) {
+            throw new MigrationError(
+              'MIGRATION_REGION_MISMATCH',
+              `${what}: template ${s.region} has another identity than the stream's TemplateRef`,
+            );
+          }
+        }
+        if (block.backing !== null) {
+          (block as { bytes: Uint8Array | null }).bytes = new Uint8Array(block.backing.buffer);
+        }
+      }
+      const spec = host.checkIncomingSpec({ ...srcSpec, name, ram: targetRam });
+      return { blocks: out, spec, sourceHolder: src };
+    } catch (err) {
+      for (const b of out) {
+        if (b.mode === 'ref') b.backing?.abandon();
+        else await b.backing?.close();
+      }
+      throw err;
+    }
+  }
+}
+
+/**
+ * Reads requests one at a time with flow control (the call is paused while a few frames wait),
+ * without destroying the call when the reader stops early (the last ack must still go out).
+ */
+class FrameReader {
+  private readonly queue: vmmStream.IncomingRequest[] = [];
+  private ended = false;
+  private error: Error | null = null;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly call: grpc.ServerDuplexStream<
+      vmmStream.IncomingRequest,
+      vmmStream.IncomingResponse
+    >,
+  ) {
+    call.on('data', (m: vmmStream.IncomingRequest) => {
+      this.queue.push(m);
+      if (this.queue.length >= 4) call.pause();
+      this.wake?.();
+    });
+    call.on('end', () => {
+      this.ended = true;
+      this.wake?.();
+    });
+    call.on('error', (e: Error) => {
+      this.error = e;
+      this.wake?.();
+    });
+    call.on('cancelled', () => {
+      this.error ??= new Error('the source cancelled the stream');
+      this.wake?.();
+    });
+  }
+
+  /** The next request, or null at the end of the stream. @throws when the stream broke */
+  async next(): Promise<vmmStream.IncomingRequest | null> {
+    for (;;) {
+      const m = this.queue.shift();
+      if (m !== undefined) {
+        if (this.queue.length < 2) this.call.resume();
+        return m;
+      }
+      if (this.error !== null) {
+        throw new MigrationError(
+          'MIGRATION_BAD_STREAM',
+          `the stream broke before completion: ${this.error.message}`,
+        );
+      }
+      if (this.ended) return null;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = undefined;
+    }
+  }
+}

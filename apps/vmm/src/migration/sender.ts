@@ -1,0 +1,681 @@
+/**
+ * The source side of a migration: opens MigrationService.Incoming on the target, sends the
+ * header, pre-copies copied blocks, stops the vCPU, sends the final dirty pages and device
+ * state, and waits for the target's `resumed`. Failure rules (DESIGN.md, "Leases"): before the
+ * lease can have moved the VM resumes unchanged; once it moved the VM never resumes here; when
+ * it cannot tell, it stays paused and says so.
+ */
+import { status as grpcStatus, type ClientDuplexStream } from '@grpc/grpc-js';
+import { PageBitmap } from '@handoff/bitmap';
+import { vmmStream } from '@handoff/proto';
+import {
+  MigrationStateMachine,
+  emptyMigrationInfo,
+  type MigrationCapabilities,
+  type MigrationInfo,
+  type MigrationParameters,
+} from '@handoff/qapi';
+import { capabilitiesToWire } from '@handoff/qapi/wire';
+import { createClient, RemoteError, unaryCall, type Logger } from '@handoff/service';
+import { specToPb } from '../api/convert.js';
+import { byId } from '../ram/backing.js';
+import type { RamBacking } from '../ram/index.js';
+import { encodeDeviceState } from '../snapshot/index.js';
+import type { VmHost } from '../vm/host.js';
+import type { Vm } from '../vm/vm.js';
+import { MigrationError } from './errors.js';
+import { FrameBuilder, isZeroPage, PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
+
+/** How long the target may take to answer the header, and to resume after completion. */
+const HEADER_TIMEOUT_MS = 15_000;
+const RESUME_TIMEOUT_MS = 30_000;
+/** Bandwidth assumed before the first pass measured one (bytes/ms; 400 MB/s). */
+const INITIAL_BANDWIDTH = 400_000;
+
+export interface OutgoingOptions {
+  readonly vm: Vm;
+  readonly host: VmHost;
+  readonly jobId: string;
+  readonly targetAddress: string;
+  readonly token: string;
+  readonly capabilities: MigrationCapabilities;
+  readonly parameters: MigrationParameters;
+  readonly logger: Logger;
+}
+
+const now = (): number => performance.now();
+const wallUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
+/** One outgoing migration of one VM; {@link OutgoingMigration.run} resolves with the final info. */
+export class OutgoingMigration {
+  private readonly sm = new MigrationStateMachine();
+  private readonly started = now();
+  private setupMs = 0;
+  private totalMs = 0;
+  private downtimeUs = 0;
+  private expectedDowntimeMs = 0;
+  private iteration = 0;
+  private deviceBytes = 0;
+  private transferred = 0;
+  private remaining = 0;
+  private total = 0;
+  private duplicate = 0;
+  private zeroPages = 0;
+  private normal = 0;
+  private bypassed = 0;
+  private dirtyRate = 0;
+  private mbps = 0;
+  private syncs = 0;
+  private cancelled = false;
+  private call:
+    ClientDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse> | undefined;
+  private readonly replies: vmmStream.IncomingResponse[] = [];
+  private streamError: Error | null = null;
+  private wake: (() => void) | undefined;
+  private client: vmmStream.MigrationServiceClient | undefined;
+  private sentAt = 0;
+  private sentBytes = 0;
+
+  constructor(private readonly o: OutgoingOptions) {}
+
+  /** Progress now (the final info once terminal). */
+  info(): MigrationInfo {
+    const done = this.sm.isTerminal();
+    return {
+      ...emptyMigrationInfo(this.sm.status),
+      status: this.sm.status,
+      ram: {
+        transferred: this.transferred,
+        remaining: this.remaining,
+        total: this.total,
+        duplicate: this.duplicate,
+        zeroPages: this.zeroPages,
+        normal: this.normal,
+        normalBytes: this.normal * PAGE_SIZE,
+        dirtyPagesRate: Math.round(this.dirtyRate),
+        mbps: this.mbps,
+        dirtySyncCount: this.syncs,
+        bypassedBytes: this.bypassed,
+      },
+      // The wire carries whole milliseconds; the logs carry the fractions.
+      totalTimeMs: Math.round(done ? this.totalMs : now() - this.started),
+      setupTimeMs: Math.round(this.setupMs),
+      expectedDowntimeMs: Math.round(this.expectedDowntimeMs),
+      downtimeUs: this.downtimeUs,
+      iteration: this.iteration,
+      deviceBytes: this.deviceBytes,
+      ...(this.sm.errorDesc !== undefined ? { errorDesc: this.sm.errorDesc } : {}),
+    };
+  }
+
+  get terminal(): boolean {
+    return this.sm.isTerminal();
+  }
+
+  /** Asks the migration to stop; honoured until the device phase ends (then it completes). */
+  cancel(): void {
+    if (this.sm.isTerminal() || this.cancelled) return;
+    if (!this.sm.tryTransition('cancelling')) return;
+    this.cancelled = true;
+    this.call?.cancel();
+    this.wake?.();
+  }
+
+  /** Runs the migration. @throws MigrationError (the VM's state is as the code says) */
+  async run(): Promise<MigrationInfo> {
+    const { vm, logger: log } = this.o;
+    const wasRunning = vm.currentState === 'running';
+    if (!wasRunning && vm.currentState !== 'paused') {
+      throw new MigrationError(
+        'MIGRATION_FAILED',
+        `cannot migrate VM ${vm.name}: it is ${vm.currentState}; only running or paused VMs migrate`,
+      );
+    }
+    this.sm.transition('setup');
+    let paused = false;
+    let completeSent = false;
+    const blocks = vm.ramBlocks;
+    const modes = blocks.map((b) => this.modeOf(b));
+    try {
+      this.open();
+      await this.send({ frame: { $case: 'header', value: this.header(modes) } });
+      const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
+      if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
+      this.setupMs = now() - this.started;
+      this.sm.transition('active');
+      log.info({ modes, job: this.o.jobId }, 'migration: header accepted, pre-copy starts');
+
+      // Pre-copy: bulk pass, then dirty passes until the rest fits downtime-limit.
+      const pending = new PageBitmap(vm.touchedPages.size);
+      const framer = new FrameBuilder((f) => this.sendPages(f));
+      if (modes[0] !== 'ref') {
+        await vm.harvestDirty(); // from here on every write shows in the next harvest
+        await this.bulk(framer, blocks[0]!, modes[0]!);
+        let bw = INITIAL_BANDWIDTH;
+        for (;;) {
+          this.checkCancelled();
+          const t0 = now();
+          const dirty = await vm.harvestDirty();
+          this.syncs++;
+          const count = dirty.popcount();
+          this.remaining = count * PAGE_SIZE;
+          this.expectedDowntimeMs = this.remaining / bw;
+          if (this.expectedDowntimeMs <= this.o.parameters['downtime-limit']) {
+            pending.or(dirty);
+            break;
+          }
+          if (this.iteration >= this.o.parameters['max-iterations']) {
+            throw new MigrationError(
+              'MIGRATION_NOT_CONVERGED',
+              `VM ${vm.name}: ${count} pages still dirty after ${this.iteration} passes ` +
+                `(expected pause ${this.expectedDowntimeMs.toFixed(1)} ms > downtime-limit ` +
+                `${this.o.parameters['downtime-limit']} ms); raise downtime-limit or max-iterations`,
+            );
+          }
+          this.iteration++;
+          const before = framer.bytes;
+          await this.sendBitmap(framer, 0, blocks[0]!, dirty);
+          await framer.flush();
+          const ms = Math.max(0.1, now() - t0);
+          this.dirtyRate = Math.round((count * 1000) / ms);
+          if (framer.bytes - before > 256 * 1024) bw = (framer.bytes - before) / ms;
+          await this.send({
+            frame: {
+              $case: 'iteration',
+              value: {
+                iteration: this.iteration,
+                remainingDirtyBytes: BigInt(count * PAGE_SIZE),
+                final: false,
+              },
+            },
+          });
+        }
+      }
+      this.checkCancelled();
+
+      // Stop and copy.
+      if (!this.sm.transitionIf('active', 'device')) this.checkCancelled();
+      const stopUs = wallUs();
+      const tStop = now();
+      if (wasRunning) await vm.pause();
+      paused = true;
+      const tPaused = now();
+      await this.send({
+        frame: {
+          $case: 'iteration',
+          value: { iteration: this.iteration + 1, remainingDirtyBytes: 0n, final: true },
+        },
+      });
+      if (modes[0] !== 'ref') {
+        pending.or(await vm.harvestDirty());
+        this.syncs++;
+        await this.sendBitmap(framer, 0, blocks[0]!, pending);
+      }
+      for (let k = 1; k < blocks.length; k++) {
+        if (modes[k] === 'ref') continue;
+        await this.sendAll(framer, k, blocks[k]!, modes[k]!); // not dirty-tracked: sent while paused
+      }
+      await framer.flush();
+      const tPages = now();
+      this.remaining = 0;
+      const state = encodeDeviceState(await vm.saveState());
+      this.deviceBytes = state.length;
+      await this.send({ frame: { $case: 'device', value: { container: state } } });
+      this.checkCancelled();
+      completeSent = true;
+      await this.send({
+        frame: {
+          $case: 'complete',
+          value: {
+            stopTimeUnixUs: BigInt(stopUs),
+            pagesSent: BigInt(this.normal + this.zeroPages),
+          },
+        },
+      });
+      const tSent = now();
+      const resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
+      const tAck = now();
+      log.info(
+        {
+          pauseMs: tPaused - tStop,
+          finalPagesMs: tPages - tPaused,
+          deviceMs: tSent - tPages,
+          targetMs: tAck - tSent,
+        },
+        'migration: parts of the downtime (source clock)',
+      );
+      if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
+      this.downtimeUs = Math.max(0, Number(resumed.value.resumeTimeUnixUs) - stopUs);
+      // The target runs the guest: never run it here again.
+      await vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
+      this.totalMs = now() - this.started;
+      this.sm.transition('completed');
+      log.info(
+        {
+          totalMs: this.totalMs,
+          downtimeUs: this.downtimeUs,
+          bytes: this.transferred,
+          iterations: this.iteration,
+        },
+        'migration completed; the VM is postmigrate here',
+      );
+      this.close();
+      return this.info();
+    } catch (err) {
+      this.close();
+      const failure = await this.recover(err, { paused, completeSent, wasRunning, modes });
+      this.totalMs = now() - this.started;
+      const status =
+        this.cancelled && failure.code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed';
+      if (!this.sm.tryTransition(status, { errorDesc: failure.message })) {
+        this.sm.tryTransition('failed', { errorDesc: failure.message });
+      }
+      this.failureDesc = failure.message;
+      log.warn({ code: failure.code, error: failure.message }, 'migration failed');
+      throw failure;
+    }
+  }
+
+  private failureDesc: string | undefined;
+
+  /** The error description of a failed migration (also in {@link info}). */
+  get error(): string | undefined {
+    return this.sm.errorDesc ?? this.failureDesc;
+  }
+
+  // ---- failure handling ---------------------------------------------------------------------
+
+  /**
+   * Puts the source VM in the safe state after a failure and returns the error to report:
+   * resumed unchanged when the lease cannot have moved (or this VM re-took it by a
+   * compare-and-set on its own lease), paused + fenced when it moved, paused when memstore
+   * cannot tell.
+   */
+  private async recover(
+    err: unknown,
+    s: { paused: boolean; completeSent: boolean; wasRunning: boolean; modes: BlockMode[] },
+  ): Promise<MigrationError> {
+    const { vm } = this.o;
+    let failure =
+      err instanceof MigrationError
+        ? err
+        : this.cancelled
+          ? new MigrationError(
+              'MIGRATION_CANCELLED',
+              `the migration of VM ${vm.name} was cancelled`,
+            )
+          : new MigrationError(
+              'MIGRATION_TARGET_FAILED',
+              `migration of VM ${vm.name} to ${this.o.targetAddress} failed: ${(err as Error).message}`,
+              { cause: err },
+            );
+    if (this.cancelled && !MigrationError.is(failure, 'MIGRATION_NOT_CONVERGED')) {
+      failure = new MigrationError(
+        'MIGRATION_CANCELLED',
+        `the migration of VM ${vm.name} was cancelled`,
+      );
+    }
+    if (!s.paused) return this.suffix(failure, 'the VM kept running, unchanged');
+    const refs = vm.ramBlocks.filter((_, k) => s.modes[k] === 'ref');
+    if (refs.length > 0) {
+      // Fence any late TransferLease by the target: re-take our own lease (epoch + 1).
+      const ctx = this.o.host.ramContext(vm.name);
+      const holder = `${ctx.vmmId}/${vm.name}`;
+      for (const b of refs) {
+        const ref = b.regionRef!;
+        const outcome = await this.retakeLease(b, holder);
+        if (outcome === 'unknown') {
+          return new MigrationError(
+            'MIGRATION_UNCERTAIN',
+            `${failure.message}; memstore did not answer, so whether the target took the lease ` +
+              `of region ${ref.regionName} is unknown: VM ${vm.name} stays paused here; check the ` +
+              'holder with ValidateLease (`vmctl region show`) and resume the VM where memstore ' +
+              'says it belongs (ResumeVm checks the lease first)',
+            { cause: failure },
+          );
+        }
+        if (outcome === 'moved') {
+          vm.fence(`the lease of region ${ref.regionName} moved during the migration`);
+          return new MigrationError(
+            'MIGRATION_UNCERTAIN',
+            `${failure.message}; the lease of region ${ref.regionName} already moved to another ` +
+              `holder: VM ${vm.name} stays paused and fenced here and must run on the target; ` +
+              'destroy it here',
+            { cause: failure },
+          );
+        }
+      }
+    } else if (s.completeSent) {
+      return new MigrationError(
+        'MIGRATION_UNCERTAIN',
+        `${failure.message}; the target got everything but did not confirm it resumed: VM ` +
+          `${vm.name} stays paused here so it never runs twice; check the target and destroy ` +
+          'one of the two copies',
+        { cause: failure },
+      );
+    }
+    if (s.wasRunning) {
+      try {
+        await vm.resume();
+      } catch (e) {
+        return new MigrationError(
+          'MIGRATION_FAILED',
+          `${failure.message}; the VM could not resume: ${(e as Error).message}`,
+          { cause: failure },
+        );
+      }
+      return this.suffix(failure, 'the VM resumed here, unchanged');
+    }
+    return this.suffix(failure, 'the VM stays paused here, unchanged');
+  }
+
+  /**
+   * Compare-and-set of our own lease to ourselves (epoch + 1): afterwards no transfer that
+   * presents the old epoch can succeed. When the epoch moved but the lease is ours again (a
+   * failing target handed it back), the CAS is retried at the current epoch.
+   */
+  private async retakeLease(b: RamBacking, holder: string): Promise<'ours' | 'moved' | 'unknown'> {
+    const ctx = this.o.host.ramContext(this.o.vm.name);
+    const ref = b.regionRef!;
+    const opts = { deadlineMs: ctx.deadlineMs };
+    const unreachable = (e: unknown): boolean =>
+      !(e instanceof RemoteError) ||
+      e.status === grpcStatus.UNAVAILABLE ||
+      e.status === grpcStatus.DEADLINE_EXCEEDED;
+    const cas = async (epoch: bigint): Promise<void> => {
+      const res = await unaryCall(
+        ctx.memstore(),
+        'transferLease',
+        { region: byId(ref.regionId), fromHolder: holder, expectedEpoch: epoch, toHolder: holder },
+        opts,
+      );
+      b.setLeaseEpoch?.(Number(res.lease!.epoch));
+    };
+    try {
+      await cas(BigInt(ref.epoch));
+      return 'ours';
+    } catch (e) {
+      if (unreachable(e)) return 'unknown';
+    }
+    try {
+      const res = await unaryCall(
+        ctx.memstore(),
+        'validateLease',
+        { region: byId(ref.regionId), holder, epoch: BigInt(ref.epoch) },
+        opts,
+      );
+      if (res.current?.holder !== holder) return 'moved';
+      await cas(res.current.epoch);
+      return 'ours';
+    } catch (e) {
+      return unreachable(e) ? 'unknown' : 'moved';
+    }
+  }
+
+  private suffix(e: MigrationError, what: string): MigrationError {
+    return new MigrationError(e.code, `${e.message}; ${what}`, { cause: e.cause });
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+
+  private modeOf(b: RamBacking): BlockMode {
+    const bypass = this.o.capabilities['bypass-shared-memory'];
+    if (bypass && b.spec.backend === 'shared' && b.regionRef !== null) return 'ref';
+    if (bypass && b.spec.backend === 'clone' && b.regionRef !== null) return 'template';
+    return 'copy';
+  }
+
+  private header(modes: BlockMode[]): vmmStream.StreamHeader {
+    const { vm } = this.o;
+    const blocks = vm.ramBlocks;
+    const spec = specToPb(vm.spec);
+    return {
+      formatMajor: STREAM_FORMAT.major,
+      formatMinor: STREAM_FORMAT.minor,
+      token: this.o.token,
+      jobId: this.o.jobId,
+      capabilities: capabilitiesToWire(this.o.capabilities),
+      spec,
+      sourceVmmId: this.o.host.vmmId,
+      blocks: blocks.map((b, k) => {
+        const ref = b.regionRef;
+        this.total += b.spec.size;
+        if (modes[k] === 'ref') this.bypassed += b.spec.size;
+        return {
+          index: k,
+          id: b.spec.id,
+          guestBase: BigInt(b.spec.guestBase),
+          size: BigInt(b.spec.size),
+          backend: spec.ram[k]!.backend,
+          regionRef:
+            modes[k] === 'ref' && ref !== null
+              ? {
+                  regionId: ref.regionId,
+                  epoch: BigInt(ref.epoch),
+                  size: BigInt(ref.size),
+                  identity: ref.identity,
+                  memstore: ref.memstore,
+                }
+              : undefined,
+          templateRef:
+            modes[k] === 'template' && ref !== null
+              ? {
+                  templateId: ref.regionId,
+                  size: BigInt(ref.size),
+                  identity: ref.identity,
+                  memstore: ref.memstore,
+                }
+              : undefined,
+        };
+      }),
+    };
+  }
+
+  /** Bulk pass of main RAM: never-written pages as zero runs (not read), the rest read. */
+  private async bulk(framer: FrameBuilder, b: RamBacking, mode: BlockMode): Promise<void> {
+    const { vm } = this.o;
+    const touched = vm.touchedPages.clone();
+    if (mode === 'template') {
+      await this.sendBitmap(framer, 0, b, touched, false); // untouched pages are the template's
+    } else if (vm.untouchedAreZero && this.o.capabilities['zero-blocks']) {
+      const pages = touched.size;
+      let at = 0;
+      while (at < pages) {
+        const set = touched.findNextSet(at);
+        const end = set < 0 || set >= pages ? pages : set;
+        if (end > at) {
+          await framer.zero(0, at, end - at);
+          this.zeroPages += end - at;
+          at = end;
+          continue;
+        }
+        const clear = touched.findNextClear(at);
+        const stop = clear < 0 || clear >= pages ? pages : clear;
+        await this.sendRange(framer, 0, b, at, stop, true);
+        at = stop;
+      }
+    } else {
+      await this.sendRange(framer, 0, b, 0, b.spec.size / PAGE_SIZE, true);
+    }
+    await framer.flush();
+  }
+
+  private async sendAll(
+    framer: FrameBuilder,
+    k: number,
+    b: RamBacking,
+    mode: BlockMode,
+  ): Promise<void> {
+    if (mode === 'template') return; // only main RAM tracks a clone's writes; others: template's
+    await this.sendRange(framer, k, b, 0, b.spec.size / PAGE_SIZE, true);
+  }
+
+  private async sendBitmap(
+    framer: FrameBuilder,
+    k: number,
+    b: RamBacking,
+    bits: PageBitmap,
+    scanZero = true,
+  ): Promise<void> {
+    const runs: [number, number][] = [];
+    bits.forEachRun((start, length) => {
+      runs.push([start, start + length]);
+    });
+    for (const [s, e] of runs) await this.sendRange(framer, k, b, s, e, scanZero);
+  }
+
+  private async sendRange(
+    framer: FrameBuilder,
+    k: number,
+    b: RamBacking,
+    from: number,
+    to: number,
+    scanZero: boolean,
+  ): Promise<void> {
+    const bytes = new Uint8Array(b.buffer);
+    const words = new Uint32Array(b.buffer);
+    for (let p = from; p < to; p++) {
+      if (scanZero && isZeroPage(words, p * (PAGE_SIZE / 4))) {
+        await framer.zero(k, p, 1);
+        this.duplicate++;
+        continue;
+      }
+      await framer.page(k, p, bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
+      this.normal++;
+    }
+  }
+
+  private async sendPages(frame: vmmStream.PageFrame): Promise<void> {
+    this.checkCancelled();
+    const size = frame.data.length + 16 * frame.runs.length;
+    await this.send({ frame: { $case: 'pages', value: frame } });
+    this.transferred += size;
+    // max-bandwidth: sleep when ahead of the allowed rate.
+    const cap = this.o.parameters['max-bandwidth'];
+    const t = now();
+    if (this.sentAt === 0 || t - this.sentAt > 1000) {
+      this.sentAt = t;
+      this.sentBytes = 0;
+    }
+    this.sentBytes += size;
+    const elapsed = t - this.sentAt;
+    if (elapsed > 0) this.mbps = (this.sentBytes * 8) / (elapsed * 1000);
+    if (cap > 0) {
+      const due = (this.sentBytes / cap) * 1000;
+      if (due > elapsed) await new Promise((r) => setTimeout(r, due - elapsed));
+    }
+  }
+
+  // ---- the stream ---------------------------------------------------------------------------
+
+  private open(): void {
+    this.client = createClient(vmmStream.MigrationServiceClient, this.o.targetAddress);
+    const call = this.client.incoming();
+    this.call = call;
+    call.on('data', (r: vmmStream.IncomingResponse) => {
+      this.replies.push(r);
+      this.wake?.();
+    });
+    call.on('error', (e: Error) => {
+      this.streamError ??= e;
+      this.wake?.();
+    });
+    call.on('end', () => {
+      this.streamError ??= new Error('the target ended the stream');
+      this.wake?.();
+    });
+  }
+
+  private close(): void {
+    try {
+      this.call?.cancel();
+    } catch {
+      /* already closed */
+    }
+    this.client?.close();
+  }
+
+  private async send(req: vmmStream.IncomingRequest): Promise<void> {
+    const call = this.call!;
+    this.failIfBroken();
+    if (!call.write(req)) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          call.off('drain', done);
+          this.wake = undefined;
+          resolve();
+        };
+        call.on('drain', done);
+        this.wake = done;
+      });
+      this.failIfBroken();
+    }
+    // A StreamError may arrive at any time: stop sending at once.
+    const first = this.replies[0];
+    if (first?.reply?.$case === 'error') this.unexpected(first.reply, 'no error');
+  }
+
+  private failIfBroken(): void {
+    this.checkCancelled();
+    const first = this.replies[0];
+    if (first?.reply?.$case === 'error') this.unexpected(first.reply, 'no error');
+    if (this.streamError !== null) {
+      throw new MigrationError(
+        'MIGRATION_TARGET_FAILED',
+        `the stream to ${this.o.targetAddress} broke: ${this.streamError.message}`,
+      );
+    }
+  }
+
+  private async reply(
+    timeoutMs: number,
+    what: string,
+  ): Promise<NonNullable<vmmStream.IncomingResponse['reply']>> {
+    const deadline = now() + timeoutMs;
+    for (;;) {
+      const r = this.replies.shift();
+      if (r?.reply !== undefined) return r.reply;
+      this.failIfBroken();
+      const left = deadline - now();
+      if (left <= 0) {
+        throw new MigrationError(
+          'MIGRATION_TARGET_FAILED',
+          `the target at ${this.o.targetAddress} did not answer ${what} within ${timeoutMs} ms`,
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private unexpected(
+    reply: NonNullable<vmmStream.IncomingResponse['reply']>,
+    wanted: string,
+  ): never {
+    if (reply.$case === 'error') {
+      throw new MigrationError(
+        'MIGRATION_TARGET_FAILED',
+        `the target refused the migration: ${reply.value.code}: ${reply.value.message}`,
+      );
+    }
+    throw new MigrationError(
+      'MIGRATION_FAILED',
+      `the target sent ${reply.$case} where ${wanted} was due`,
+    );
+  }
+
+  private checkCancelled(): void {
+    if (this.cancelled) {
+      throw new MigrationError(
+        'MIGRATION_CANCELLED',
+        `the migration of VM ${this.o.vm.name} was cancelled`,
+      );
+    }
+  }
+}

@@ -1,0 +1,131 @@
+import { closeSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs';
+import type { vmm as pb } from '@handoff/proto';
+import { migration, vmmStream } from '@handoff/proto';
+import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff/qapi';
+import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
+import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
+import { createClient } from '@handoff/service';
+import { vmmCall, type VmmUnderTest } from './vmm.js';
+
+/** Helpers of the migration tests: one migration end to end, RAM of a target, a raw stream. */
+
+/** PrepareIncoming on `to`, then MigrateVm on `from`; resolves with the final info. */
+export async function migrateVm(
+  from: VmmUnderTest,
+  to: VmmUnderTest,
+  name: string,
+  opts: {
+    capabilities?: MigrationCapabilityOverrides;
+    parameters?: MigrationParameterOverrides;
+    jobId?: string;
+  } = {},
+): Promise<MigrationInfo> {
+  const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
+  const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId });
+  const res = await vmmCall(from.client, 'migrateVm', {
+    name,
+    jobId,
+    targetAddress: prep.address,
+    token: prep.token,
+    capabilities: capabilitiesToWire(resolveCapabilities(opts.capabilities ?? {})),
+    parameters: parametersToWire(opts.parameters ?? {}),
+    targetDataAddress: '',
+  });
+  return migrationInfoFromWire(res.info!);
+}
+
+/**
+ * Reads `length` bytes at `offset` of a VM's private RAM block straight from the vmm process's
+ * memfd (`/proc/<pid>/fd`, named `handoff:<vm>:<block>`): what the guest sees, with no RPC.
+ */
+export function readPrivateRam(
+  pid: number,
+  vm: string,
+  block: string,
+  offset: number,
+  length: number,
+): Uint8Array {
+  const want = `/memfd:handoff:${vm}:${block}`;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (!link.startsWith(want)) continue;
+    const f = openSync(`/proc/${pid}/fd/${fd}`, 'r');
+    try {
+      const out = new Uint8Array(length);
+      let got = 0;
+      while (got < length) {
+        const n = readSync(f, out, got, length - got, offset + got);
+        if (n <= 0) break;
+        got += n;
+      }
+      return out;
+    } finally {
+      closeSync(f);
+    }
+  }
+  throw new Error(`no memfd ${want} in process ${pid}`);
+}
+
+/** A raw Incoming stream to a vmm (a hostile or hand-made source). */
+export interface RawIncoming {
+  send(req: vmmStream.IncomingRequest): void;
+  end(): void;
+  /** The first reply that is an error or a resumed ack, or the stream's end. */
+  outcome(): Promise<{ error?: vmmStream.StreamError; resumed?: boolean; acked: boolean }>;
+  close(): void;
+}
+
+export function rawIncoming(address: string): RawIncoming {
+  const client = createClient(vmmStream.MigrationServiceClient, address);
+  const call = client.incoming();
+  let acked = false;
+  const outcome = new Promise<{ error?: vmmStream.StreamError; resumed?: boolean; acked: boolean }>(
+    (resolve) => {
+      call.on('data', (r: vmmStream.IncomingResponse) => {
+        if (r.reply?.$case === 'headerAck') acked = true;
+        if (r.reply?.$case === 'error') resolve({ error: r.reply.value, acked });
+        if (r.reply?.$case === 'resumed') resolve({ resumed: true, acked });
+      });
+      call.on('error', () => resolve({ acked }));
+      call.on('end', () => resolve({ acked }));
+    },
+  );
+  return {
+    send: (req) => void call.write(req),
+    end: () => call.end(),
+    outcome: () => outcome,
+    close: () => {
+      call.cancel();
+      client.close();
+    },
+  };
+}
+
+/** A stream header as a source would send it for `spec`. */
+export function headerFor(
+  token: string,
+  spec: pb.VmSpec,
+  blocks: vmmStream.StreamBlock[],
+  opts: { major?: number; minor?: number; source?: string } = {},
+): vmmStream.IncomingRequest {
+  return {
+    frame: {
+      $case: 'header',
+      value: {
+        formatMajor: opts.major ?? 1,
+        formatMinor: opts.minor ?? 0,
+        token,
+        jobId: 'hostile',
+        capabilities: [migration.MigrationCapability.MIGRATION_CAPABILITY_BYPASS_SHARED_MEMORY],
+        spec,
+        blocks,
+        sourceVmmId: opts.source ?? 'vmm-x',
+      },
+    },
+  };
+}

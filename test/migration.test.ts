@@ -1,0 +1,418 @@
+import * as grpc from '@grpc/grpc-js';
+import { migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
+import { RemoteError, unaryCall } from '@handoff/service';
+import { mapFile } from '@handoff/shm';
+import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { headerFor, migrateVm, rawIncoming, readPrivateRam } from './helpers/migration.js';
+import {
+  memstoreDirs,
+  regionNamed,
+  startMemstoreProcess,
+  type MemstoreDirs,
+  type MemstoreUnderTest,
+} from './helpers/memstore.js';
+import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
+
+const { RamBackend } = pb;
+const AB_BASE = 0x100000; // ab's range starts 1 MiB into RAM (host arg ab.start)
+const AB_PAGES = 64;
+const abArgs = { 'ab.start': '0x80100000', 'ab.pages': String(AB_PAGES), 'ab.every': '4' };
+const ROUNDS = 20;
+
+async function refused(p: Promise<unknown>): Promise<{ code: string; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RemoteError) return { code: e.code, message: e.message };
+    throw e;
+  }
+  throw new Error('the call succeeded but should have been refused');
+}
+
+describe('vmm-to-vmm migration, real processes on loopback', () => {
+  let dirs: MemstoreDirs;
+  let memstore: MemstoreUnderTest;
+  let a: VmmUnderTest;
+  let b: VmmUnderTest;
+
+  const startVmm = (id: string) =>
+    startVmmProcess(['--id', id, '--memstore', memstore.process.address, '--max-vm-memory', '1G']);
+
+  beforeAll(async () => {
+    dirs = memstoreDirs();
+    memstore = await startMemstoreProcess(dirs);
+    [a, b] = await Promise.all([startVmm('vmm-a'), startVmm('vmm-b')]);
+  });
+
+  afterAll(async () => {
+    await Promise.all([a?.stop(), b?.stop()]);
+    await memstore?.stop();
+    dirs?.cleanup();
+  });
+
+  async function startAb(
+    on: VmmUnderTest,
+    name: string,
+    backend: pb.RamBackend,
+    memory?: number,
+    args: Record<string, string> = abArgs,
+  ) {
+    await vmmCall(on.client, 'createVm', {
+      spec: vmSpec(name, 'ab', { backend, args, ...(memory ? { memory } : {}) }),
+      start: true,
+    });
+    const console = openConsole(on.client, name);
+    await console.waitFor('BB');
+    console.close();
+  }
+
+  /** Pauses `name` on `on`, checks ab's range with `read`, resumes it. */
+  async function checkPaused(on: VmmUnderTest, name: string, read: () => Uint8Array) {
+    await vmmCall(on.client, 'pauseVm', { name });
+    const r = checkAbConsistency(read());
+    expect(r.consistent, r.description).toBe(true);
+    await vmmCall(on.client, 'resumeVm', { name });
+    return r;
+  }
+
+  it(`hands shared RAM off by reference, back and forth ${ROUNDS} times, consistent each time`, async () => {
+    const name = 'ab-bypass';
+    await startAb(a, name, RamBackend.RAM_BACKEND_SHARED);
+    const { region } = await unaryCall(memstore.client, 'getRegion', {
+      region: regionNamed(`${name}-ram0`),
+    });
+    const mapping = mapFile(region!.path, { sharing: 'shared' });
+    const range = () => new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice();
+    let epoch = region!.lease!.epoch;
+    const seen: number[] = [];
+    try {
+      let [from, to] = [a, b];
+      for (let round = 0; round < ROUNDS; round++) {
+        const info = await migrateVm(from, to, name);
+        expect(info.status).toBe('completed');
+        expect(info.ram.transferred).toBe(0);
+        expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
+        expect(info.deviceBytes).toBeGreaterThan(0);
+        expect(info.downtimeUs).toBeGreaterThan(0);
+        seen.push(info.downtimeUs);
+        const src = (await vmmCall(from.client, 'getVm', { name })).vm!;
+        expect(src.state).toBe(pb.VmState.VM_STATE_POSTMIGRATE);
+        if (round === 0) {
+          // The stale holder never runs again.
+          const r = await refused(vmmCall(from.client, 'resumeVm', { name }));
+          expect(r.code).toBe('VMM_LEASE_LOST');
+        }
+        const lease = (
+          await unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) })
+        ).region!.lease!;
+        expect(lease.holder).toBe(`${to === a ? 'vmm-a' : 'vmm-b'}/${name}`);
+        expect(lease.epoch).toBe(epoch + 1n);
+        epoch = lease.epoch;
+        const dst = (await vmmCall(to.client, 'getVm', { name })).vm!;
+        expect(dst.state).toBe(pb.VmState.VM_STATE_RUNNING);
+        await checkPaused(to, name, range);
+        await vmmCall(from.client, 'destroyVm', { name });
+        [from, to] = [to, from];
+      }
+      const last = (await vmmCall(from.client, 'getMigration', { name }).catch(() => null))?.info;
+      expect(last === null || last === undefined || last.status !== undefined).toBe(true);
+      console.log(
+        `bypass 16 MiB: downtime µs median ${seen.sort((x, y) => x - y)[seen.length >> 1]}`,
+      );
+      await vmmCall(from.client, 'destroyVm', { name });
+    } finally {
+      mapping.close();
+    }
+  });
+
+  it(`copies private RAM with pre-copy, back and forth ${ROUNDS} times, consistent each time`, async () => {
+    const name = 'ab-copy';
+    await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
+    let [from, to] = [a, b];
+    for (let round = 0; round < ROUNDS; round++) {
+      const info = await migrateVm(from, to, name);
+      expect(info.status).toBe('completed');
+      expect(info.ram.normal).toBeGreaterThanOrEqual(AB_PAGES);
+      expect(info.ram.zeroPages + info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(
+        4096,
+      );
+      expect(info.ram.transferred).toBeGreaterThan(AB_PAGES * 4096);
+      expect(info.ram.transferred).toBeLessThan(16 * 1024 * 1024);
+      const src = (await vmmCall(from.client, 'getVm', { name })).vm!;
+      expect(src.state).toBe(pb.VmState.VM_STATE_POSTMIGRATE);
+      const pid = to.process.pid;
+      await checkPaused(to, name, () =>
+        readPrivateRam(pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
+      );
+      await vmmCall(from.client, 'destroyVm', { name });
+      [from, to] = [to, from];
+    }
+    await vmmCall(from.client, 'destroyVm', { name });
+  });
+
+  it('moves a 512 MiB shared-RAM VM with bypass sending < 1 MiB', async () => {
+    const name = 'big-shared';
+    await startAb(a, name, RamBackend.RAM_BACKEND_SHARED, 512 * 1024 * 1024);
+    const info = await migrateVm(a, b, name);
+    expect(info.status).toBe('completed');
+    expect(info.ram.transferred + info.deviceBytes).toBeLessThan(1024 * 1024);
+    expect(info.ram.bypassedBytes).toBe(512 * 1024 * 1024);
+    console.log(
+      `bypass 512 MiB: total ${info.totalTimeMs.toFixed(1)} ms, downtime ${info.downtimeUs} µs, ` +
+        `device ${info.deviceBytes} B, setup ${info.setupTimeMs.toFixed(1)} ms`,
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+    await vmmCall(b.client, 'destroyVm', { name });
+  });
+
+  describe('hostile streams fail only that migration', () => {
+    const spec = vmSpec('hostile', 'ab', { memory: 1024 * 1024 });
+    const block = (over: Partial<vmmStream.StreamBlock> = {}) => ({
+      index: 0,
+      id: 'ram0',
+      guestBase: 0x8000_0000n,
+      size: 1024n * 1024n,
+      backend: RamBackend.RAM_BACKEND_PRIVATE,
+      regionRef: undefined,
+      templateRef: undefined,
+      ...over,
+    });
+    const token = async () =>
+      (await vmmCall(b.client, 'prepareIncoming', { name: 'hostile', jobId: 'h' })).token;
+
+    it('refuses a bad token', async () => {
+      const s = rawIncoming(b.process.address);
+      s.send(headerFor('not-a-token', spec, [block()]));
+      const out = await s.outcome();
+      s.close();
+      expect(out.error?.code).toBe('MIGRATION_BAD_TOKEN');
+    });
+
+    it('refuses a token twice (one-time)', async () => {
+      const t = await token();
+      const s1 = rawIncoming(b.process.address);
+      s1.send(headerFor(t, spec, [block()]));
+      s1.end();
+      const o1 = await s1.outcome();
+      s1.close();
+      expect(o1.error?.code).toBe('MIGRATION_BAD_STREAM'); // truncated after the header
+      const s2 = rawIncoming(b.process.address);
+      s2.send(headerFor(t, spec, [block()]));
+      const o2 = await s2.outcome();
+      s2.close();
+      expect(o2.error?.code).toBe('MIGRATION_BAD_TOKEN');
+    });
+
+    it('refuses a newer format', async () => {
+      const s = rawIncoming(b.process.address);
+      s.send(headerFor(await token(), spec, [block()], { major: 2 }));
+      const out = await s.outcome();
+      s.close();
+      expect(out.error?.code).toBe('MIGRATION_VERSION_MISMATCH');
+    });
+
+    it('refuses a block whose size differs from the spec', async () => {
+      const s = rawIncoming(b.process.address);
+      s.send(headerFor(await token(), spec, [block({ size: 2048n * 1024n })]));
+      const out = await s.outcome();
+      s.close();
+      expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
+    });
+
+    it('refuses out-of-range pages and wrong data sizes before writing', async () => {
+      for (const frame of [
+        {
+          runs: [{ block: 0, firstPage: 255n, pageCount: 2, flags: 0 }],
+          data: new Uint8Array(8192),
+        },
+        { runs: [{ block: 1, firstPage: 0n, pageCount: 1, flags: 0 }], data: new Uint8Array(4096) },
+        { runs: [{ block: 0, firstPage: 0n, pageCount: 2, flags: 0 }], data: new Uint8Array(4096) },
+        { runs: [{ block: 0, firstPage: 0n, pageCount: 1, flags: 8 }], data: new Uint8Array(0) },
+      ]) {
+        const s = rawIncoming(b.process.address);
+        s.send(headerFor(await token(), spec, [block()]));
+        s.send({ frame: { $case: 'pages', value: frame } });
+        const out = await s.outcome();
+        s.close();
+        expect(out.acked).toBe(true);
+        expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
+      }
+    });
+
+    it('refuses a RegionRef with the wrong identity or epoch', async () => {
+      await startAb(a, 'shared-src', RamBackend.RAM_BACKEND_SHARED);
+      const vm = (await vmmCall(a.client, 'getVm', { name: 'shared-src' })).vm!;
+      const ref = vm.ram[0]!.regionRef!;
+      const sharedSpec = { ...vm.spec!, name: 'shared-src' };
+      for (const bad of [
+        { ...ref, identity: 'someone-else' },
+        { ...ref, epoch: ref.epoch + 7n },
+      ]) {
+        const s = rawIncoming(b.process.address);
+        s.send(
+          headerFor(
+            await token(),
+            sharedSpec,
+            [
+              block({
+                size: ref.size,
+                backend: RamBackend.RAM_BACKEND_SHARED,
+                regionRef: bad,
+              }),
+            ],
+            { source: 'vmm-a' },
+          ),
+        );
+        const out = await s.outcome();
+        s.close();
+        expect(out.error?.code).toBe('MIGRATION_REGION_MISMATCH');
+      }
+      // The source still holds its lease and runs; the target still serves.
+      expect((await vmmCall(a.client, 'getVm', { name: 'shared-src' })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+      expect((await vmmCall(b.client, 'getInfo', {})).vmmId).toBe('vmm-b');
+      const info = await migrateVm(a, b, 'shared-src');
+      expect(info.status).toBe('completed');
+      await vmmCall(a.client, 'destroyVm', { name: 'shared-src' });
+      await vmmCall(b.client, 'destroyVm', { name: 'shared-src' });
+    });
+  });
+
+  const busyArgs = { 'ab.start': '0x80100000', 'ab.pages': '4096' }; // 16 MiB rewritten all the time
+
+  it('fails a copy that cannot fit downtime-limit within max-iterations; the VM keeps running', async () => {
+    const name = 'ab-busy';
+    await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+    const err = await refused(
+      migrateVm(a, b, name, { parameters: { 'downtime-limit': 1, 'max-iterations': 2 } }),
+    );
+    expect(err.code).toBe('MIGRATION_NOT_CONVERGED');
+    expect(err.message).toMatch(/kept running/);
+    const info = (await vmmCall(a.client, 'getMigration', { name })).info!;
+    expect(info.iteration).toBe(2);
+    expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+      pb.VmState.VM_STATE_RUNNING,
+    );
+    // The target releases the name once it has cleaned up (asynchronously, after the source
+    // gave up); then the same VM can arrive there.
+    let ok: Awaited<ReturnType<typeof migrateVm>> | undefined;
+    for (let t = 0; ok === undefined; t++) {
+      try {
+        ok = await migrateVm(a, b, name, { parameters: { 'downtime-limit': 2000 } });
+      } catch (e) {
+        if (t > 50 || !(e instanceof RemoteError) || e.code !== 'VMM_VM_EXISTS') throw e;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    expect(ok.status).toBe('completed');
+    console.log(
+      `copy 64 MiB (16 MiB busy): total ${ok.totalTimeMs} ms, downtime ${ok.downtimeUs} µs, ` +
+        `${ok.ram.transferred} B, ${ok.ram.normal} pages, ${ok.ram.zeroPages} zero pages, ` +
+        `${ok.iteration} passes`,
+    );
+    console.log(
+      a.process
+        .output()
+        .split('\n')
+        .filter((l) => l.includes('parts of the downtime'))
+        .slice(-1)
+        .join(''),
+    );
+    await checkPaused(b, name, () =>
+      readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, 4096 * 4096),
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+    await vmmCall(b.client, 'destroyVm', { name });
+  });
+
+  it('cancels a running migration; the VM keeps running', async () => {
+    const name = 'ab-cancel';
+    await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+    const migration = refused(
+      migrateVm(a, b, name, { parameters: { 'max-bandwidth': 4 * 1024 * 1024 } }),
+    );
+    for (let t = 0; t < 100; t++) {
+      const info = await vmmCall(a.client, 'getMigration', { name }).catch(() => null);
+      if (info?.info?.status === mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect((await vmmCall(a.client, 'getMigration', { name })).info!.status).toBe(
+      mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE,
+    );
+    await vmmCall(a.client, 'cancelMigration', { name });
+    const err = await migration;
+    expect(err.code).toBe('MIGRATION_CANCELLED');
+    const info = (await vmmCall(a.client, 'getMigration', { name })).info!;
+    expect(info.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_CANCELLED);
+    expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+      pb.VmState.VM_STATE_RUNNING,
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+  });
+
+  it('keeps the source running, unchanged, when the target is killed mid-stream', async () => {
+    const c = await startVmm('vmm-c');
+    const name = 'ab-kill';
+    try {
+      // 16 MiB of pages the guest keeps writing, at 4 MiB/s: the stream lasts seconds.
+      await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+      const migration = migrateVm(a, c, name, {
+        parameters: { 'max-bandwidth': 4 * 1024 * 1024 },
+      }).then(
+        () => null,
+        (e: unknown) => e as RemoteError,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      await c.process.kill9();
+      const err = await migration;
+      expect(err).toBeInstanceOf(RemoteError);
+      expect(err!.code).toBe('MIGRATION_TARGET_FAILED');
+      expect(err!.status).toBe(grpc.status.ABORTED);
+      const vm = (await vmmCall(a.client, 'getVm', { name })).vm!;
+      expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
+      const info = (await vmmCall(a.client, 'getMigration', { name })).info!;
+      expect(info.errorDesc).toContain('kept running');
+      await checkPaused(a, name, () =>
+        readPrivateRam(a.process.pid, name, 'ram0', AB_BASE, 4096 * 4096),
+      );
+      await vmmCall(a.client, 'destroyVm', { name });
+    } finally {
+      await c.stop().catch(() => undefined);
+    }
+  });
+
+  it('keeps the target running when the source is killed right after the lease moved', async () => {
+    const d = await startVmm('vmm-d');
+    const name = 'ab-orphan';
+    try {
+      await startAb(d, name, RamBackend.RAM_BACKEND_SHARED);
+      const region = () =>
+        unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) });
+      const migration = migrateVm(d, b, name).catch(() => null);
+      // Kill -9 the source as soon as memstore shows the lease on the target.
+      for (let t = 0; t < 2000; t++) {
+        if ((await region()).region!.lease?.holder === `vmm-b/${name}`) break;
+      }
+      await d.process.kill9();
+      await migration;
+      expect((await region()).region!.lease!.holder).toBe(`vmm-b/${name}`);
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await vmmCall(b.client, 'getVm', { name })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+      const mapping = mapFile((await region()).region!.path, { sharing: 'shared' });
+      try {
+        await checkPaused(b, name, () =>
+          new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+        );
+      } finally {
+        mapping.close();
+      }
+      await vmmCall(b.client, 'destroyVm', { name });
+    } finally {
+      await d.stop().catch(() => undefined);
+    }
+  });
+});

@@ -1,0 +1,115 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrator } from '@handoff/proto';
+import { createClient, unaryCall } from '@handoff/service';
+import { repoRoot, startService, type ServiceProcess } from './helpers/services.js';
+
+const execFileAsync = promisify(execFile);
+const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Smoke test of the whole control path with real processes: the migrator
+ * coordinating two real vmm instances (private RAM, so no memstore), driven
+ * by vmctl. The migration stream itself is tested in apps/vmm.
+ */
+describe('vmctl migrate with real vmm instances', () => {
+  let mg: ServiceProcess;
+  let vmmA: ServiceProcess;
+  let vmmB: ServiceProcess;
+  let env: NodeJS.ProcessEnv;
+
+  const vmctl = async (...args: string[]): Promise<Result> => {
+    try {
+      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
+      return { code: 0, stdout: r.stdout, stderr: r.stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+  const json = async <T>(...args: string[]): Promise<T> => {
+    const r = await vmctl(...args, '--output', 'json');
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as T;
+  };
+  const where = async (name: string) =>
+    (await json<{ vms: { name: string; vmm: string; state: string }[] }>('vm', 'list')).vms
+      .filter((v) => v.name === name)
+      .map((v) => `${v.vmm}:${v.state}`);
+
+  beforeAll(async () => {
+    mg = await startService('migrator', [
+      '--heartbeat-interval-ms',
+      '200',
+      '--poll-interval-ms',
+      '20',
+    ]);
+    [vmmA, vmmB] = await Promise.all([
+      startService('vmm', ['--id', 'vmm-a', '--migrator', mg.address]),
+      startService('vmm', ['--id', 'vmm-b', '--migrator', mg.address]),
+    ]);
+    env = { ...process.env, HANDOFF_MIGRATOR_ADDR: mg.address, HANDOFF_OUTPUT: 'table' };
+    const client = createClient(migrator.MigratorServiceClient, mg.address);
+    try {
+      for (let i = 0; i < 50; i++) {
+        const { vmms } = await unaryCall(client, 'listVmms', {});
+        if (vmms.filter((v) => v.alive).length === 2) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  afterAll(async () => {
+    await Promise.all([vmmA?.stop(), vmmB?.stop()]);
+    await mg?.stop();
+  });
+
+  it('moves a running VM back and forth; only one copy runs, the source husk is removed', async () => {
+    const created = await vmctl(
+      'vm',
+      'create',
+      'mv1',
+      '--guest',
+      'ab',
+      '--memory',
+      '8M',
+      '--vmm',
+      'vmm-a',
+    );
+    expect(created.code, created.stderr).toBe(0);
+    for (const to of ['vmm-b', 'vmm-a', 'vmm-b']) {
+      const r = await vmctl('migrate', 'mv1', '--to', to, '--output', 'json');
+      expect(r.code, r.stderr).toBe(0);
+      const { job } = JSON.parse(r.stdout) as {
+        job: {
+          status: string;
+          info: { status: string; 'total-time': number; ram: { transferred: number } };
+        };
+      };
+      expect(job.status).toBe('completed');
+      expect(job.info.ram.transferred).toBeGreaterThan(0);
+      expect(await where('mv1')).toEqual([`${to}:running`]);
+    }
+  }, 120_000);
+
+  it('live-updates every VM of one instance to the other', async () => {
+    for (const n of ['lv1', 'lv2']) {
+      const r = await vmctl('vm', 'create', n, '--guest', 'ab', '--memory', '8M', '--vmm', 'vmm-b');
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const r = await vmctl('live-update', '--from', 'vmm-b', '--to', 'vmm-a');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/status: +completed/);
+    for (const n of ['lv1', 'lv2', 'mv1']) expect(await where(n)).toEqual(['vmm-a:running']);
+  }, 120_000);
+});
