@@ -1,21 +1,12 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cli';
 import { listServicesByReflection } from './helpers/reflection.js';
 import { repoRoot } from './helpers/services.js';
-
-const execFileAsync = promisify(execFile);
-const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
-
-interface VmctlResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
 function isAlive(pid: number): boolean {
   try {
@@ -45,15 +36,7 @@ describe('the local cluster and vmctl', () => {
       HANDOFF_MEMSTORE_ADDR: cluster.memstore,
       HANDOFF_MIGRATOR_ADDR: cluster.migrator,
     };
-    vmctl = async (...args) => {
-      try {
-        const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
-        return { code: 0, stdout: r.stdout, stderr: r.stderr };
-      } catch (err) {
-        const e = err as { code: number; stdout: string; stderr: string };
-        return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-      }
-    };
+    vmctl = vmctlRunner(() => env).run;
   });
 
   afterAll(async () => {

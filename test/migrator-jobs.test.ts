@@ -1,24 +1,16 @@
 import * as grpc from '@grpc/grpc-js';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
 import { createClient, unaryCall } from '@handoff/service';
 import { FakeVmm, type FakeWorld } from '../apps/migrator/src/testing/fake-vmm.js';
-import { repoRoot, startService, type ServiceProcess } from './helpers/services.js';
+import { startService, type ServiceProcess } from './helpers/services.js';
+import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
-const execFileAsync = promisify(execFile);
-const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+type Result = VmctlResult;
 
 interface JobJson {
   id: string;
@@ -52,15 +44,7 @@ describe('migrator jobs through vmctl', () => {
   let b: FakeVmm;
   let env: NodeJS.ProcessEnv;
 
-  const vmctl = async (...args: string[]): Promise<Result> => {
-    try {
-      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const { run: vmctl } = vmctlRunner(() => env);
   const jobOf = (r: Result): JobJson => (JSON.parse(r.stdout) as { job: JobJson }).job;
 
   const startMigrator = async () => {

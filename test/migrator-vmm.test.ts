@@ -1,19 +1,8 @@
-import { execFile } from 'node:child_process';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator } from '@handoff/proto';
 import { createClient, unaryCall } from '@handoff/service';
-import { repoRoot, startService, type ServiceProcess } from './helpers/services.js';
-
-const execFileAsync = promisify(execFile);
-const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import { startService, type ServiceProcess } from './helpers/services.js';
+import { vmctlRunner } from './helpers/vmctl.js';
 
 /**
  * Smoke test of the whole control path with real processes: the migrator
@@ -26,20 +15,7 @@ describe('vmctl migrate with real vmm instances', () => {
   let vmmB: ServiceProcess;
   let env: NodeJS.ProcessEnv;
 
-  const vmctl = async (...args: string[]): Promise<Result> => {
-    try {
-      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
-  const json = async <T>(...args: string[]): Promise<T> => {
-    const r = await vmctl(...args, '--output', 'json');
-    expect(r.code, r.stderr).toBe(0);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { run: vmctl, json } = vmctlRunner(() => env);
   const where = async (name: string) =>
     (await json<{ vms: { name: string; vmm: string; state: string }[] }>('vm', 'list')).vms
       .filter((v) => v.name === name)

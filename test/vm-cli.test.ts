@@ -1,22 +1,16 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cli';
 import { writeEchoGuest } from './helpers/guest-elf.js';
 import { repoRoot } from './helpers/services.js';
+import { vmctlBin, vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
-const execFileAsync = promisify(execFile);
-const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
 const hasKvserver = existsSync(join(repoRoot, 'guests/kvserver/kvserver.elf'));
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+type Result = VmctlResult;
 
 interface VmJson {
   name: string;
@@ -34,20 +28,7 @@ describe('vmctl vm', () => {
   let volatileDir: string;
   let env: NodeJS.ProcessEnv;
 
-  const vmctl = async (...args: string[]): Promise<Result> => {
-    try {
-      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
-  const json = async <T>(...args: string[]): Promise<T> => {
-    const r = await vmctl(...args, '--output', 'json');
-    expect(r.code, r.stderr).toBe(0);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { run: vmctl, json } = vmctlRunner(() => env);
   /** `vmctl vm console NAME` with `input` piped to its standard input. */
   const pipeConsole = (name: string, input: string): Promise<Result> =>
     new Promise((resolve, reject) => {

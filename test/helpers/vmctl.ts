@@ -1,0 +1,40 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { expect } from 'vitest';
+import { repoRoot } from './services.js';
+
+const execFileAsync = promisify(execFile);
+
+/** The vmctl executable users run (`npx vmctl`). */
+export const vmctlBin = join(repoRoot, 'apps/cli/bin/vmctl.js');
+
+/** What one vmctl invocation printed and returned. */
+export interface VmctlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs the real vmctl executable as a child process. `env` is read at each
+ * call (tests fill in cluster addresses in beforeAll). `json` adds
+ * `--output json`, expects exit 0 and parses the one document printed.
+ */
+export function vmctlRunner(env: () => NodeJS.ProcessEnv) {
+  const run = async (...args: string[]): Promise<VmctlResult> => {
+    try {
+      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env: env() });
+      return { code: 0, stdout: r.stdout, stderr: r.stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+  const json = async <T>(...args: string[]): Promise<T> => {
+    const r = await run(...args, '--output', 'json');
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as T;
+  };
+  return { run, json };
+}
