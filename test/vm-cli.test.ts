@@ -197,4 +197,41 @@ describe('vmctl vm', () => {
     const help = await vmctl('vm', 'console', '--help');
     expect(help.stdout).toContain('Ctrl-]');
   });
+
+  it('kvserver keeps its data and keeps answering across a live update of its vmm instance', async () => {
+    const created = await json<{ vm: VmJson }>(
+      'vm',
+      'create',
+      'kv-lu',
+      '--guest',
+      'kvserver',
+      '--shared',
+      '--memory',
+      '64M',
+      '--arg',
+      'kv.slots_log2=12',
+      '--arg',
+      'kv.work=4',
+    );
+    for (let i = 0; i < 200; i++) {
+      if ((await json<{ vm: VmJson & { ready: boolean } }>('vm', 'show', 'kv-lu')).vm.ready) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const before = await pipeConsole('kv-lu', 'PUT across update\n');
+    expect(before.stdout).toContain('OK\n');
+
+    const from = created.vm.vmm;
+    const to = from === 'vmm-a' ? 'vmm-b' : 'vmm-a';
+    const update = await json<{
+      job: { status: string; info: { ram: { transferred: number; total: number } } };
+    }>('live-update', '--from', from, '--to', to);
+    expect(update.job.status).toBe('completed');
+    expect(update.job.info.ram.transferred).toBe(0); // RAM stayed in the memstore region
+
+    const shown = await json<{ vm: VmJson }>('vm', 'show', 'kv-lu');
+    expect([shown.vm.vmm, shown.vm.state]).toEqual([to, 'running']);
+    const after = await pipeConsole('kv-lu', 'GET across\nPING\n');
+    expect(after.stdout).toContain('VALUE update\nPONG\n');
+    expect((await vmctl('vm', 'destroy', 'kv-lu')).code).toBe(0);
+  });
 });
