@@ -63,72 +63,40 @@ export const MACHINE_SECTIONS: readonly SectionSpec<unknown>[] = Object.freeze([
       d.version = m.version;
     },
   }),
-  spec({
-    name: 'cpu',
-    version: CPU_SECTION_VERSION,
-    maxBodyBytes: 16 * 1024,
-    save: (s) => s.cpu,
-    check: checkCpu,
-    load: (d, m) => {
-      d.cpu = m;
-    },
-  }),
-  spec({
-    name: 'clock',
-    version: CLOCK_SECTION_VERSION,
-    maxBodyBytes: 1024,
-    save: (s) => s.clock,
-    check: checkClock,
-    load: (d, m) => {
-      d.clock = m;
-    },
-  }),
-  spec({
-    name: 'clint',
-    version: CLINT_SECTION_VERSION,
-    maxBodyBytes: 1024,
-    save: (s) => s.clint,
-    check: checkClint,
-    load: (d, m) => {
-      d.clint = m;
-    },
-  }),
-  spec({
-    name: 'uart',
-    version: UART_SECTION_VERSION,
-    // 64 Ki received bytes of up to 4 characters each, plus the registers.
-    maxBodyBytes: 1024 * 1024,
-    save: (s) => s.uart,
-    check: checkUart,
-    load: (d, m) => {
-      d.uart = m;
-    },
-  }),
-  spec({
-    name: 'finisher',
-    version: FINISHER_SECTION_VERSION,
-    maxBodyBytes: 1024,
-    save: (s) => s.finisher,
-    check: checkFinisher,
-    load: (d, m) => {
-      d.finisher = m;
-    },
-  }),
-  spec({
-    name: 'control',
-    version: CONTROL_SECTION_VERSION,
-    maxBodyBytes: 16 * 1024,
-    save: (s) => s.control,
-    check: checkControl,
-    load: (d, m) => {
-      d.control = m;
-    },
-  }),
+  component('cpu', CPU_SECTION_VERSION, 16 * 1024, checkCpu),
+  component('clock', CLOCK_SECTION_VERSION, 1024, checkClock),
+  component('clint', CLINT_SECTION_VERSION, 1024, checkClint),
+  // 64 Ki received bytes of up to 4 characters each, plus the registers.
+  component('uart', UART_SECTION_VERSION, 1024 * 1024, checkUart),
+  component('finisher', FINISHER_SECTION_VERSION, 1024, checkFinisher),
+  component('control', CONTROL_SECTION_VERSION, 16 * 1024, checkControl),
 ]);
 
 /** The known section called `name`, if any. */
 export function findSection(name: string): SectionSpec<unknown> | undefined {
   return MACHINE_SECTIONS.find((s) => s.name === name);
+}
+
+/** Components of a {@link MachineState} that are one section each, named after their field. */
+type ComponentKey = Exclude<keyof MachineState, 'version'>;
+
+/** A required section holding one component of the machine state, named after its field. */
+function component<K extends ComponentKey>(
+  key: K,
+  version: number,
+  maxBodyBytes: number,
+  check: (body: unknown, version: number) => MachineState[K],
+): SectionSpec<unknown> {
+  return spec<MachineState[K]>({
+    name: key,
+    version,
+    maxBodyBytes,
+    save: (s) => s[key],
+    check,
+    load: (d, m) => {
+      d[key] = m;
+    },
+  });
 }
 
 /** Fills the defaults of a required, single-version section spec. */
