@@ -8,7 +8,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
-import { PageBitmap } from '@handoff/bitmap';
 import type { memstore as msPb, vmmStream } from '@handoff/proto';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
 import { isCodedError, unaryCall, type Logger } from '@handoff/service';
@@ -24,13 +23,8 @@ import type { VmHost } from '../vm/host.js';
 import type { RamBlockSpec, VmSpec } from '../vm/types.js';
 import type { Vm } from '../vm/vm.js';
 import { MigrationError } from './errors.js';
-import {
-  checkFrame,
-  PAGE_SIZE,
-  STREAM_FORMAT,
-  type BlockMode,
-  type IncomingBlock,
-} from './stream.js';
+import { PageReceiver } from './page-receiver.js';
+import { PAGE_SIZE, STREAM_FORMAT, type BlockMode, type IncomingBlock } from './stream.js';
 
 /** How long a PrepareIncoming token stays valid. */
 export const TOKEN_TTL_MS = 60_000;
@@ -105,8 +99,7 @@ export async function receiveMigration(
   let blocks: Block[] = [];
   let spec: VmSpec | undefined;
   let sourceHolder = '';
-  let touched: PageBitmap | null = null;
-  let written: (PageBitmap | null)[] = [];
+  let pages: PageReceiver | undefined;
   let vm: Vm | null = null;
   let device: Uint8Array | null = null;
   let finalSeen = false;
@@ -140,12 +133,7 @@ export async function receiveMigration(
           blocks.map((b) => b.backing!),
           blocks[0]!.mode !== 'ref',
         );
-        touched = blocks[0]!.mode === 'ref' ? null : vm.touchedPages;
-        // A copied block lands in fresh (zero) memory: zero runs only need writing over pages
-        // this stream already filled. Writing the rest would fault in every page of the block.
-        written = blocks.map((b) =>
-          b.mode === 'copy' ? new PageBitmap(Number(b.spec.size) / PAGE_SIZE) : null,
-        );
+        pages = new PageReceiver(blocks, blocks[0]!.mode === 'ref' ? null : vm.touchedPages);
         call.write({
           reply: {
             $case: 'headerAck',
@@ -162,35 +150,9 @@ export async function receiveMigration(
         case 'header':
           bad('a second header arrived');
           break;
-        case 'pages': {
-          const runs = checkFrame(frame.value, blocks); // every run checked before any write
-          const data = frame.value.data;
-          for (const r of runs) {
-            const b = blocks[r.block]!;
-            const at = r.first * PAGE_SIZE;
-            const len = r.count * PAGE_SIZE;
-            const filled = written[r.block] ?? null;
-            if (r.zero) {
-              if (filled === null) b.bytes!.fill(0, at, at + len);
-              else {
-                filled.forEachRun(
-                  (start, n) => void b.bytes!.fill(0, start * PAGE_SIZE, (start + n) * PAGE_SIZE),
-                  r.first,
-                  r.first + r.count,
-                );
-                filled.clearRange(r.first, r.first + r.count);
-              }
-            } else {
-              b.bytes!.set(data.subarray(r.dataOffset, r.dataOffset + len), at);
-              filled?.setRange(r.first, r.first + r.count);
-            }
-            if (r.block === 0 && touched !== null) {
-              if (r.zero && b.mode === 'copy') touched.clearRange(r.first, r.first + r.count);
-              else touched.setRange(r.first, r.first + r.count);
-            }
-          }
+        case 'pages':
+          pages!.apply(frame.value); // every run checked before any write
           break;
-        }
         case 'iteration':
           if (finalSeen && frame.value.final) bad('a second final pass marker arrived');
           finalSeen ||= frame.value.final;

@@ -24,7 +24,8 @@ import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { MigrationError } from './errors.js';
-import { FrameBuilder, isZeroPage, PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
+import { PageSender } from './page-sender.js';
+import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
 
 /** How long the target may take to answer the header, and to resume after completion. */
 const HEADER_TIMEOUT_MS = 15_000;
@@ -59,9 +60,7 @@ export class OutgoingMigration {
   private transferred = 0;
   private remaining = 0;
   private total = 0;
-  private duplicate = 0;
-  private zeroPages = 0;
-  private normal = 0;
+  private readonly pages = new PageSender((f) => this.sendPages(f));
   private bypassed = 0;
   private dirtyRate = 0;
   private mbps = 0;
@@ -88,10 +87,10 @@ export class OutgoingMigration {
         transferred: this.transferred,
         remaining: this.remaining,
         total: this.total,
-        duplicate: this.duplicate,
-        zeroPages: this.zeroPages,
-        normal: this.normal,
-        normalBytes: this.normal * PAGE_SIZE,
+        duplicate: this.pages.counts.duplicate,
+        zeroPages: this.pages.counts.zeroPages,
+        normal: this.pages.counts.normal,
+        normalBytes: this.pages.counts.normal * PAGE_SIZE,
         dirtyPagesRate: Math.round(this.dirtyRate),
         mbps: this.mbps,
         dirtySyncCount: this.syncs,
@@ -147,10 +146,16 @@ export class OutgoingMigration {
 
       // Pre-copy: bulk pass, then dirty passes until the rest fits downtime-limit.
       const pending = new PageBitmap(vm.touchedPages.size);
-      const framer = new FrameBuilder((f) => this.sendPages(f));
+      const framer = this.pages; // one buffer for every pass
       if (modes[0] !== 'ref') {
         await vm.harvestDirty(); // from here on every write shows in the next harvest
-        await this.bulk(framer, blocks[0]!, modes[0]!);
+        await framer.bulk(
+          0,
+          blocks[0]!,
+          modes[0]!,
+          vm.touchedPages.clone(),
+          vm.untouchedAreZero && this.o.capabilities['zero-blocks'],
+        );
         let bw = INITIAL_BANDWIDTH;
         for (;;) {
           this.checkCancelled();
@@ -174,7 +179,7 @@ export class OutgoingMigration {
           }
           this.iteration++;
           const before = framer.bytes;
-          await this.sendBitmap(framer, 0, blocks[0]!, dirty);
+          await framer.bitmap(0, blocks[0]!, dirty);
           await framer.flush();
           const ms = Math.max(0.1, now() - t0);
           this.dirtyRate = Math.round((count * 1000) / ms);
@@ -209,11 +214,11 @@ export class OutgoingMigration {
       if (modes[0] !== 'ref') {
         pending.or(await vm.harvestDirty());
         this.syncs++;
-        await this.sendBitmap(framer, 0, blocks[0]!, pending);
+        await framer.bitmap(0, blocks[0]!, pending);
       }
       for (let k = 1; k < blocks.length; k++) {
         if (modes[k] === 'ref') continue;
-        await this.sendAll(framer, k, blocks[k]!, modes[k]!); // not dirty-tracked: sent while paused
+        await framer.all(k, blocks[k]!, modes[k]!); // not dirty-tracked: sent while paused
       }
       await framer.flush();
       const tPages = now();
@@ -228,7 +233,9 @@ export class OutgoingMigration {
           $case: 'complete',
           value: {
             stopTimeUnixUs: BigInt(stopUs),
-            pagesSent: BigInt(this.normal + this.zeroPages),
+            pagesSent: BigInt(
+              this.pages.counts.normal + this.pages.counts.zeroPages + this.pages.counts.duplicate,
+            ),
           },
         },
       });
@@ -469,80 +476,6 @@ export class OutgoingMigration {
         };
       }),
     };
-  }
-
-  /** Bulk pass of main RAM: never-written pages as zero runs (not read), the rest read. */
-  private async bulk(framer: FrameBuilder, b: RamBacking, mode: BlockMode): Promise<void> {
-    const { vm } = this.o;
-    const touched = vm.touchedPages.clone();
-    if (mode === 'template') {
-      await this.sendBitmap(framer, 0, b, touched, false); // untouched pages are the template's
-    } else if (vm.untouchedAreZero && this.o.capabilities['zero-blocks']) {
-      const pages = touched.size;
-      let at = 0;
-      while (at < pages) {
-        const set = touched.findNextSet(at);
-        const end = set < 0 || set >= pages ? pages : set;
-        if (end > at) {
-          await framer.zero(0, at, end - at);
-          this.zeroPages += end - at;
-          at = end;
-          continue;
-        }
-        const clear = touched.findNextClear(at);
-        const stop = clear < 0 || clear >= pages ? pages : clear;
-        await this.sendRange(framer, 0, b, at, stop, true);
-        at = stop;
-      }
-    } else {
-      await this.sendRange(framer, 0, b, 0, b.spec.size / PAGE_SIZE, true);
-    }
-    await framer.flush();
-  }
-
-  private async sendAll(
-    framer: FrameBuilder,
-    k: number,
-    b: RamBacking,
-    mode: BlockMode,
-  ): Promise<void> {
-    if (mode === 'template') return; // only main RAM tracks a clone's writes; others: template's
-    await this.sendRange(framer, k, b, 0, b.spec.size / PAGE_SIZE, true);
-  }
-
-  private async sendBitmap(
-    framer: FrameBuilder,
-    k: number,
-    b: RamBacking,
-    bits: PageBitmap,
-    scanZero = true,
-  ): Promise<void> {
-    const runs: [number, number][] = [];
-    bits.forEachRun((start, length) => {
-      runs.push([start, start + length]);
-    });
-    for (const [s, e] of runs) await this.sendRange(framer, k, b, s, e, scanZero);
-  }
-
-  private async sendRange(
-    framer: FrameBuilder,
-    k: number,
-    b: RamBacking,
-    from: number,
-    to: number,
-    scanZero: boolean,
-  ): Promise<void> {
-    const bytes = new Uint8Array(b.buffer);
-    const words = new Uint32Array(b.buffer);
-    for (let p = from; p < to; p++) {
-      if (scanZero && isZeroPage(words, p * (PAGE_SIZE / 4))) {
-        await framer.zero(k, p, 1);
-        this.duplicate++;
-        continue;
-      }
-      await framer.page(k, p, bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
-      this.normal++;
-    }
   }
 
   private async sendPages(frame: vmmStream.PageFrame): Promise<void> {
