@@ -46,6 +46,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     memstoreAddress: config.memstore,
     maxVmMemory: maxVmMemoryOf(config),
     guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
+    spareThreads: config['spare-vcpu-threads'],
   });
   let advertised = '';
   let server: RunningServer;

@@ -2,7 +2,9 @@
  * The migrations of one vmm instance: outgoing ones by VM name (MigrateVm, GetMigration,
  * CancelMigration) and the one-time tokens of incoming ones (PrepareIncoming).
  */
-import type { Logger } from '@handoff/service';
+import { connectivityState } from '@grpc/grpc-js';
+import { vmmStream } from '@handoff/proto';
+import { createClient, type Logger } from '@handoff/service';
 import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
 import type { VmHost } from '../vm/host.js';
 import { MigrationError } from './errors.js';
@@ -24,6 +26,8 @@ export interface MigrateRequest {
 export class MigrationManager {
   readonly tokens: IncomingTokens;
   private readonly outgoing = new Map<string, OutgoingMigration>();
+  /** One channel per target address, kept connected between migrations. */
+  private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
 
   constructor(
     private readonly host: VmHost,
@@ -66,6 +70,7 @@ export class MigrationManager {
     }
     const m = new OutgoingMigration({
       vm,
+      client: this.clientFor(req.targetAddress),
       host: this.host,
       jobId: req.jobId,
       targetAddress: req.targetAddress,
@@ -95,8 +100,29 @@ export class MigrationManager {
 
   close(): void {
     for (const m of this.outgoing.values()) m.cancel();
+    for (const address of [...this.clients.keys()]) this.dropClient(address);
     this.tokens.close();
     this.logger.debug('migrations closed');
+  }
+
+  /** The cached client of a target, replaced when its channel failed or shut down. */
+  private clientFor(address: string): vmmStream.MigrationServiceClient {
+    const cached = this.clients.get(address);
+    if (cached !== undefined) {
+      const state = cached.getChannel().getConnectivityState(false);
+      if (state !== connectivityState.TRANSIENT_FAILURE && state !== connectivityState.SHUTDOWN) {
+        return cached;
+      }
+      this.dropClient(address);
+    }
+    const client = createClient(vmmStream.MigrationServiceClient, address);
+    this.clients.set(address, client);
+    return client;
+  }
+
+  private dropClient(address: string): void {
+    this.clients.get(address)?.close();
+    this.clients.delete(address);
   }
 
   private find(name: string): OutgoingMigration {

@@ -86,8 +86,6 @@ interface Block extends IncomingBlock {
   backing: RamBacking | null;
 }
 
-const wallUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
-
 /** Serves one Incoming stream to its end. Never rejects: failures go back as StreamError. */
 export async function receiveMigration(
   call: grpc.ServerDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse>,
@@ -105,6 +103,35 @@ export async function receiveMigration(
   let finalSeen = false;
   let done = false;
   const moved: Block[] = []; // shared blocks whose lease we took
+  let leases: Promise<void> | undefined; // the lease hand-off, once started
+  const marks = { final: 0, leased: 0, complete: 0 }; // performance.now() of the hand-off steps
+  /** Hand-off: takes every shared region's lease from the source (epoch + 1). */
+  const takeLeases = async (): Promise<void> => {
+    const ctx = host.ramContext(prepared!.name);
+    const to = holderOf(ctx);
+    for (const b of blocks) {
+      if (b.mode !== 'ref') continue;
+      const region = b.region!;
+      const lease = (
+        await memstoreCall(ctx, `taking over the lease of region ${region.name}`, () =>
+          unaryCall(
+            ctx.memstore(),
+            'transferLease',
+            {
+              region: byId(region.id),
+              fromHolder: sourceHolder,
+              expectedEpoch: BigInt(b.epoch),
+              toHolder: to,
+            },
+            { deadlineMs: ctx.deadlineMs },
+          ),
+        )
+      ).lease!;
+      moved.push(b);
+      b.backing!.setLeaseEpoch?.(Number(lease.epoch));
+    }
+    marks.leased = performance.now();
+  };
   const bad = (what: string): never => {
     throw new MigrationError('MIGRATION_BAD_STREAM', what);
   };
@@ -123,12 +150,14 @@ export async function receiveMigration(
         }
         prepared = deps.tokens.take(frame.value.token);
         log = log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
+        const t0 = performance.now();
         const h = await acceptHeader(frame.value, prepared.name);
+        const t1 = performance.now();
         blocks = h.blocks;
         spec = h.spec;
         sourceHolder = h.sourceHolder;
         // The vCPU thread starts now, off the downtime path; it waits for the device state.
-        vm = await host.spawnIncoming(
+        vm = host.spawnIncoming(
           spec,
           blocks.map((b) => b.backing!),
           blocks[0]!.mode !== 'ref',
@@ -141,7 +170,12 @@ export async function receiveMigration(
           },
         });
         log.info(
-          { modes: blocks.map((b) => b.mode), source: sourceHolder },
+          {
+            modes: blocks.map((b) => b.mode),
+            source: sourceHolder,
+            checkMs: t1 - t0,
+            spawnMs: performance.now() - t1,
+          },
           'incoming migration: header accepted',
         );
         continue;
@@ -156,6 +190,13 @@ export async function receiveMigration(
         case 'iteration':
           if (finalSeen && frame.value.final) bad('a second final pass marker arrived');
           finalSeen ||= frame.value.final;
+          // The source's vCPU stopped before it sent the final marker: the lease hand-off
+          // runs now, beside the last pages and the device state, not after them.
+          if (finalSeen && leases === undefined) {
+            marks.final = performance.now();
+            leases = takeLeases();
+            leases.catch(() => undefined); // awaited at completion (or on failure)
+          }
           break;
         case 'device':
           if (device !== null) bad('device state arrived twice');
@@ -164,6 +205,7 @@ export async function receiveMigration(
         case 'complete': {
           if (device === null) bad('completion arrived before the device state');
           done = true;
+          marks.complete = performance.now();
           let state: MachineState;
           try {
             state = decodeDeviceState(device!).state;
@@ -174,33 +216,10 @@ export async function receiveMigration(
               { cause: err },
             );
           }
-          // Hand-off: take every shared region's lease (epoch + 1), then map it.
-          const ctx = host.ramContext(prepared.name);
-          const to = holderOf(ctx);
-          for (const b of blocks) {
-            if (b.mode !== 'ref') continue;
-            const region = b.region!;
-            const lease = (
-              await memstoreCall(ctx, `taking over the lease of region ${region.name}`, () =>
-                unaryCall(
-                  ctx.memstore(),
-                  'transferLease',
-                  {
-                    region: byId(region.id),
-                    fromHolder: sourceHolder,
-                    expectedEpoch: BigInt(b.epoch),
-                    toHolder: to,
-                  },
-                  { deadlineMs: ctx.deadlineMs },
-                ),
-              )
-            ).lease!;
-            moved.push(b);
-            b.backing!.setLeaseEpoch?.(Number(lease.epoch));
-          }
-          await vm!.load(state);
-          await host.adoptIncoming(vm!);
-          const resumedUs = wallUs();
+          await (leases ??= takeLeases());
+          const leased = performance.now();
+          const resumedUs = Math.round((await host.adoptIncoming(vm!, state)) * 1000);
+          const running = performance.now();
           prepared.release();
           const epoch = moved[0]?.backing?.regionRef?.epoch ?? 0;
           call.write({
@@ -209,7 +228,14 @@ export async function receiveMigration(
               value: { resumeTimeUnixUs: BigInt(resumedUs), epoch: BigInt(epoch) },
             },
           });
-          log.info('incoming migration: the VM runs here');
+          log.info(
+            {
+              leaseMs: marks.leased - marks.final,
+              completeToLeasedMs: leased - marks.complete,
+              loadAndRunMs: running - leased,
+            },
+            'incoming migration: the VM runs here (parts of the downtime, target clock)',
+          );
           call.end();
           return;
         }
@@ -225,6 +251,7 @@ export async function receiveMigration(
       ? err
       : new MigrationError('MIGRATION_FAILED', (err as Error).message, { cause: err });
     log.warn({ code: e.code, error: e.message }, 'incoming migration failed');
+    await leases?.catch(() => undefined); // a transfer in flight may still move a lease here
     // Give back what moved, so the source can re-take its lease and resume.
     for (const b of blocks) if (b.mode === 'ref') b.backing?.abandon(); // never release theirs
     for (const b of moved) {

@@ -7,7 +7,7 @@
  */
 import { status as grpcStatus, type ClientDuplexStream } from '@grpc/grpc-js';
 import { PageBitmap } from '@handoff/bitmap';
-import { vmmStream } from '@handoff/proto';
+import type { vmmStream } from '@handoff/proto';
 import {
   MigrationStateMachine,
   emptyMigrationInfo,
@@ -16,7 +16,7 @@ import {
   type MigrationParameters,
 } from '@handoff/qapi';
 import { capabilitiesToWire } from '@handoff/qapi/wire';
-import { createClient, RemoteError, unaryCall, type Logger } from '@handoff/service';
+import { RemoteError, unaryCall, type Logger } from '@handoff/service';
 import { specToPb } from '../api/convert.js';
 import { byId } from '../ram/backing.js';
 import type { RamBacking } from '../ram/index.js';
@@ -35,6 +35,8 @@ const INITIAL_BANDWIDTH = 400_000;
 
 export interface OutgoingOptions {
   readonly vm: Vm;
+  /** A (possibly shared, already connected) client of the target's MigrationService. */
+  readonly client: vmmStream.MigrationServiceClient;
   readonly host: VmHost;
   readonly jobId: string;
   readonly targetAddress: string;
@@ -45,7 +47,6 @@ export interface OutgoingOptions {
 }
 
 const now = (): number => performance.now();
-const wallUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
 
 /** One outgoing migration of one VM; {@link OutgoingMigration.run} resolves with the final info. */
 export class OutgoingMigration {
@@ -71,7 +72,6 @@ export class OutgoingMigration {
   private readonly replies: vmmStream.IncomingResponse[] = [];
   private streamError: Error | null = null;
   private wake: (() => void) | undefined;
-  private client: vmmStream.MigrationServiceClient | undefined;
   private sentAt = 0;
   private sentBytes = 0;
 
@@ -200,17 +200,22 @@ export class OutgoingMigration {
 
       // Stop and copy.
       if (!this.sm.transitionIf('active', 'device')) this.checkCancelled();
-      const stopUs = wallUs();
       const tStop = now();
-      if (wasRunning) await vm.pause();
-      paused = true;
-      const tPaused = now();
-      await this.send({
-        frame: {
-          $case: 'iteration',
-          value: { iteration: this.iteration + 1, remainingDirtyBytes: 0n, final: true },
-        },
+      paused = true; // from here a failure checks where the lease is before resuming
+      let finalMarker: Promise<void> | undefined;
+      const stopped = await vm.pauseAndSave(() => {
+        // Sent the moment the vCPU stopped: the target starts the lease hand-off now.
+        finalMarker = this.send({
+          frame: {
+            $case: 'iteration',
+            value: { iteration: this.iteration + 1, remainingDirtyBytes: 0n, final: true },
+          },
+        });
+        finalMarker.catch(() => undefined); // awaited below
       });
+      const stopUs = Math.round(stopped.pausedAtMs * 1000);
+      const tPaused = now();
+      await finalMarker;
       if (modes[0] !== 'ref') {
         pending.or(await vm.harvestDirty());
         this.syncs++;
@@ -223,7 +228,7 @@ export class OutgoingMigration {
       await framer.flush();
       const tPages = now();
       this.remaining = 0;
-      const state = encodeDeviceState(await vm.saveState());
+      const state = encodeDeviceState(stopped.state);
       this.deviceBytes = state.length;
       await this.send({ frame: { $case: 'device', value: { container: state } } });
       this.checkCancelled();
@@ -253,10 +258,14 @@ export class OutgoingMigration {
       );
       if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
       this.downtimeUs = Math.max(0, Number(resumed.value.resumeTimeUnixUs) - stopUs);
-      // The target runs the guest: never run it here again.
-      await vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
+      // The target runs the guest: never run it here again (the VM is postmigrate at once; its
+      // thread and mappings go in the background, and a destroy waits for them).
+      const teardown = vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
       this.totalMs = now() - this.started;
       this.sm.transition('completed');
+      teardown.catch((e: unknown) =>
+        log.warn({ error: (e as Error).message }, 'postmigrate teardown failed'),
+      );
       log.info(
         {
           totalMs: this.totalMs,
@@ -502,8 +511,7 @@ export class OutgoingMigration {
   // ---- the stream ---------------------------------------------------------------------------
 
   private open(): void {
-    this.client = createClient(vmmStream.MigrationServiceClient, this.o.targetAddress);
-    const call = this.client.incoming();
+    const call = this.o.client.incoming();
     this.call = call;
     call.on('data', (r: vmmStream.IncomingResponse) => {
       this.replies.push(r);
@@ -525,7 +533,6 @@ export class OutgoingMigration {
     } catch {
       /* already closed */
     }
-    this.client?.close();
   }
 
   private async send(req: vmmStream.IncomingRequest): Promise<void> {

@@ -15,7 +15,9 @@ import { VmmError } from './errors.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { RamBlockSpec, VmInfo, VmSpec } from './types.js';
 import { Vm } from './vm.js';
+import { VcpuThreadPool } from './thread-pool.js';
 import { vcpuWorkerUrl } from './worker-url.js';
+import type { MachineState } from '../machine/state.js';
 
 /** How often running VMs' instret is sampled for MIPS. */
 const SAMPLE_INTERVAL_MS = 250;
@@ -34,6 +36,8 @@ export interface VmHostOptions {
   readonly memstoreDeadlineMs?: number;
   /** The compiled vCPU worker (default: {@link vcpuWorkerUrl}). */
   readonly workerUrl?: URL;
+  /** vCPU threads kept started ahead of need (default 1; 0: each VM starts its own). */
+  readonly spareThreads?: number;
 }
 
 /**
@@ -47,9 +51,16 @@ export class VmHost {
   private readonly creating = new Set<string>();
   private memstoreClient: memstore.MemstoreServiceClient | undefined;
   private readonly sampler: NodeJS.Timeout;
+  private readonly threads: VcpuThreadPool;
   private closed = false;
 
+  /** @throws VmmError `VMM_VCPU_FAILED` when the compiled vCPU worker is missing */
   constructor(private readonly opts: VmHostOptions) {
+    this.threads = new VcpuThreadPool(
+      opts.workerUrl ?? vcpuWorkerUrl(),
+      opts.spareThreads ?? 1,
+      opts.logger,
+    );
     this.sampler = setInterval(() => {
       const now = performance.now();
       for (const vm of this.vms.values()) vm.sample(now);
@@ -93,7 +104,7 @@ export class VmHost {
         vm = await Vm.boot(spec, ram, guest, {
           vmmId: this.opts.vmmId,
           logger: log,
-          workerUrl: this.opts.workerUrl ?? vcpuWorkerUrl(),
+          threads: this.threads,
         });
       } catch (err) {
         await closeRamBlocks(ram);
@@ -157,24 +168,28 @@ export class VmHost {
   }
 
   /** Starts the (waiting) vCPU thread of an incoming VM; see {@link Vm.spawnIncoming}. */
-  spawnIncoming(spec: VmSpec, ram: readonly RamBacking[], zeroKnown: boolean): Promise<Vm> {
+  spawnIncoming(spec: VmSpec, ram: readonly RamBacking[], zeroKnown: boolean): Vm {
     return Vm.spawnIncoming(spec, ram, zeroKnown, {
       vmmId: this.opts.vmmId,
       logger: this.opts.logger.child({ vm: spec.name }),
-      workerUrl: this.opts.workerUrl ?? vcpuWorkerUrl(),
+      threads: this.threads,
     });
   }
 
-  /** Registers an incoming VM whose state is loaded (its name reserved) and starts it. */
-  async adoptIncoming(vm: Vm): Promise<void> {
+  /**
+   * Registers an incoming VM (its name reserved), loads its device state and runs it.
+   * Resolves with the epoch milliseconds at which its vCPU started.
+   */
+  async adoptIncoming(vm: Vm, state: MachineState): Promise<number> {
     this.vms.set(vm.name, vm);
     try {
-      await vm.start();
+      const at = await vm.runIncoming(state);
+      vm.log.info('VM arrived by migration and runs');
+      return at;
     } catch (err) {
       this.vms.delete(vm.name);
       throw err;
     }
-    vm.log.info('VM arrived by migration and runs');
   }
 
   /**
@@ -254,6 +269,7 @@ export class VmHost {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sampler);
+    await this.threads.close();
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );

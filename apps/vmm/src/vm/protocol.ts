@@ -11,7 +11,9 @@
  *    INSTRET (BigInt64)                 ◀───────  stored after every slice
  *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
  *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
- *  DOORBELL check): input bytes, save-state requests.
+ *  DOORBELL check): input bytes, save-state requests (answered after the requested run state
+ *  was applied, so a save posted before a pause request sees the paused machine), the device
+ *  state of an incoming migration (restored, then REQUEST applies: RUN starts it at once).
  *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
  *  exit, fatal, replies.
  * ```
@@ -111,13 +113,13 @@ export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'c
 /** Worker → host messages. */
 export type VcpuMessage =
   | { readonly t: 'booted'; readonly entry: number }
-  /** Incoming migration: the thread and machine exist and wait for the device state. */
-  | { readonly t: 'spawned' }
   | { readonly t: 'boot-failed'; readonly message: string; readonly code: string }
   | {
       readonly t: 'state';
       readonly state: VcpuRunState;
       readonly instret: number;
+      /** Epoch milliseconds (timeOrigin + now) when the worker entered the state. */
+      readonly at: number;
       /** paused: ms from the host's request to the stop at an instruction boundary. */
       readonly latencyMs?: number;
       /** powered-off: the finisher's code; crashed: the reason. */

@@ -25,6 +25,7 @@ import {
   type VcpuMessage,
   type VcpuRunState,
 } from './protocol.js';
+import type { SpareInit } from './thread-pool.js';
 
 /** Slice bounds in instructions; the budget adapts to last ~0.25–1 ms per slice. */
 const MIN_SLICE = 10_000;
@@ -35,8 +36,13 @@ const SLICE_HIGH_MS = 1;
 const OUT_CAPACITY = 64 * 1024;
 const OUT_INTERVAL_MS = 2;
 
-const init = workerData as VcpuInit;
 const port = parentPort!;
+/** Started with its init, or a spare of the thread pool that waits for it (thread-pool.ts). */
+const init =
+  (workerData as VcpuInit | null) ??
+  (await new Promise<VcpuInit>((resolve) =>
+    port.once('message', (m: SpareInit) => resolve(m.init)),
+  ));
 const ctl = new Int32Array(init.control);
 const ctl64 = new BigInt64Array(init.control);
 const ctlF64 = new Float64Array(init.control);
@@ -89,7 +95,13 @@ function setState(
   Atomics.store(ctl, Ctl.RUN_CODE, code);
   publishInstret(m);
   flushOutput();
-  post({ ...extra, t: 'state', state, instret: m.cpu.retired });
+  post({
+    ...extra,
+    t: 'state',
+    state,
+    instret: m.cpu.retired,
+    at: performance.timeOrigin + performance.now(),
+  });
 }
 
 // ---- boot ---------------------------------------------------------------------------------
@@ -152,7 +164,6 @@ function boot(): Machine | null {
 
 /** Sleeps on the doorbell until the host posts the device state of an incoming migration. */
 function awaitRestore(): MachineState {
-  post({ t: 'spawned' });
   for (;;) {
     const bell = Atomics.load(ctl, Ctl.DOORBELL);
     if (Atomics.load(ctl, Ctl.REQUEST) === Request.STOP) throw new Error('stopped before restore');
@@ -180,21 +191,29 @@ function swapDirty(m: Machine): void {
   Atomics.notify(ctl, Ctl.HARVEST_ACK);
 }
 
-function drainCommands(m: Machine): void {
+/** Save requests read at this doorbell, answered after the run state was applied. */
+const pendingSaves: number[] = [];
+
+function drainCommands(): void {
   for (;;) {
     const msg = receiveMessageOnPort(init.commands);
     if (msg === undefined) return;
     const cmd = msg.message as VcpuCommand;
-    if (cmd.t === 'input') {
-      pendingInput.push(cmd.bytes);
-    } else if (cmd.t === 'save-state') {
-      if (runState === 'running') {
-        post({ t: 'saved', id: cmd.id, state: null, error: 'the VM is running; pause it first' });
-      } else {
-        post({ t: 'saved', id: cmd.id, state: m.save() });
-      }
+    if (cmd.t === 'input') pendingInput.push(cmd.bytes);
+    else if (cmd.t === 'save-state') pendingSaves.push(cmd.id);
+  }
+}
+
+/** A save rung together with a pause sees the paused machine (one round trip for both). */
+function answerSaves(m: Machine): void {
+  for (const id of pendingSaves) {
+    if (runState === 'running') {
+      post({ t: 'saved', id, state: null, error: 'the VM is running; pause it first' });
+    } else {
+      post({ t: 'saved', id, state: m.save() });
     }
   }
+  pendingSaves.length = 0;
 }
 
 /** Hands queued console bytes to the UART as far as its FIFO takes them. */
@@ -245,9 +264,10 @@ function loop(m: Machine): void {
     const bell = Atomics.load(ctl, Ctl.DOORBELL);
     if (bell !== seen) {
       seen = bell;
-      drainCommands(m);
+      drainCommands();
       swapDirty(m);
       if (!applyRequest(m)) return;
+      answerSaves(m);
     }
     if (runState !== 'running') {
       flushOutput();

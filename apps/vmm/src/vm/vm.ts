@@ -1,4 +1,4 @@
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import { PageBitmap } from '@handoff/bitmap';
 import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
@@ -18,6 +18,7 @@ import {
   type VcpuRunState,
 } from './protocol.js';
 import { hostArgsOf } from './spec.js';
+import type { VcpuThreadPool } from './thread-pool.js';
 import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from './types.js';
 
 /** How long a state change (start, pause, resume) may take before the vCPU counts as failed. */
@@ -50,7 +51,8 @@ export interface ConsoleSink {
 export interface VmDeps {
   readonly vmmId: string;
   readonly logger: Logger;
-  readonly workerUrl: URL;
+  /** Where the vCPU thread comes from (a spare when one waits). */
+  readonly threads: VcpuThreadPool;
   /** Generation id and entropy; fresh random when omitted. */
   readonly identity?: ControlIdentity;
 }
@@ -87,6 +89,11 @@ export class Vm {
   private error = '';
   private ready = false;
   private lastPauseLatencyMs: number | null = null;
+  /** Epoch ms at which the vCPU last entered `running` / `paused` (the worker's clock). */
+  private lastRunAt = 0;
+  private lastPauseAt = 0;
+  /** The teardown of {@link handOff}, which destroy() waits for. */
+  private handingOff: Promise<void> | undefined;
   private destroying: Promise<void> | undefined;
   private gone = false;
   /** Serializes start/pause/resume/harvest so requests never interleave. */
@@ -159,12 +166,7 @@ export class Vm {
       hostArgs: hostArgsOf(spec.args),
       commands: channel.port2,
     };
-    this.worker = new Worker(deps.workerUrl, {
-      workerData: init,
-      transferList: [channel.port2],
-      stdout: false,
-      stderr: false,
-    });
+    this.worker = deps.threads.take(init);
     this.workerExited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('message', (m: VcpuMessage) => this.onMessage(m));
     this.worker.on('error', (err) => this.onWorkerGone(`vCPU thread failed: ${err.message}`));
@@ -201,47 +203,49 @@ export class Vm {
 
   /**
    * Starts the vCPU thread of an incoming migration early (off the downtime path): the machine
-   * exists and waits for its device state ({@link Vm.load}). `zeroKnown`: main RAM starts zero
-   * and the receiver marks {@link Vm.touchedPages} as pages arrive; otherwise every page counts
-   * as touched. On failure the caller still owns `ram`.
+   * is built in the thread and waits for its device state ({@link Vm.runIncoming}, which may be
+   * called at once: the state waits in the command port). `zeroKnown`: main RAM starts zero and
+   * the receiver marks {@link Vm.touchedPages} as pages arrive; otherwise every page counts as
+   * touched. A thread that fails to build the machine fails `runIncoming`; the caller destroys
+   * the VM on any failure and still owns `ram` until then.
    */
-  static async spawnIncoming(
+  static spawnIncoming(
     spec: VmSpec,
     ram: readonly RamBacking[],
     zeroKnown: boolean,
     deps: VmDeps,
-  ): Promise<Vm> {
+  ): Vm {
     const touched = zeroKnown ? new PageBitmap(ram[0]!.spec.size >>> PAGE_SHIFT) : null;
-    const vm = new Vm(spec, ram, null, deps, { state: 'pending', touched });
-    try {
-      await vm.waitBoot('spawned');
-      return vm;
-    } catch (err) {
-      vm.destroying = Promise.resolve();
-      vm.ring(Request.STOP);
-      await vm.stopThread();
-      vm.commands.close();
-      throw err;
-    }
+    return new Vm(spec, ram, null, deps, { state: 'pending', touched });
   }
 
-  /** Incoming migration: loads the device state into the waiting machine; the VM is `created`. */
-  async load(state: MachineState): Promise<void> {
-    const booted = this.waitBoot();
-    const cmd: VcpuCommand = { t: 'restore', state };
-    this.commands.postMessage(cmd);
-    this.ring();
-    await booted;
+  /**
+   * Incoming migration: loads the device state into the waiting machine and runs it, in one
+   * round trip to the vCPU thread (the run request is set before the state is posted).
+   * Resolves with the epoch milliseconds at which the vCPU started.
+   *
+   * @throws VmmError `VMM_VCPU_FAILED` when the state does not load or the thread is gone
+   */
+  runIncoming(state: MachineState): Promise<number> {
+    return this.serial(async () => {
+      this.assertAlive();
+      const booted = this.waitBoot();
+      const cmd: VcpuCommand = { t: 'restore', state };
+      this.commands.postMessage(cmd);
+      await Promise.all([booted, this.requestState(Request.RUN, (s) => s !== 'created')]);
+      if (this.state !== 'running') this.invalidState('start after the migration');
+      return this.lastRunAt;
+    });
   }
 
-  private waitBoot(kind: 'booted' | 'spawned' = 'booted'): Promise<void> {
+  private waitBoot(): Promise<void> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         cleanup();
         reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the guest did not boot in time`));
       }, BOOT_TIMEOUT_MS);
       const onMessage = (m: VcpuMessage): void => {
-        if (m.t === kind) {
+        if (m.t === 'booted') {
           cleanup();
           resolve();
         } else if (m.t === 'boot-failed') {
@@ -323,6 +327,7 @@ export class Vm {
    */
   destroy(): Promise<void> {
     this.destroying ??= (async () => {
+      await this.handingOff?.catch(() => undefined); // its blocks are unmapped its own way
       this.ring(Request.STOP);
       await this.stopThread();
       this.commands.close();
@@ -415,15 +420,19 @@ export class Vm {
   }
 
   /**
-   * Outgoing migration completed: the target runs the guest. Stops the vCPU thread, unmaps
-   * every block without giving back what moved (`abandon` for blocks handed off by reference,
-   * `close` for the others) and enters `postmigrate`. The VM stays listed until destroyed.
+   * Outgoing migration completed: the target runs the guest. From this call on the VM is
+   * `postmigrate` and never resumes here; the returned promise is the teardown: stop the vCPU
+   * thread, unmap every block without giving back what moved (`abandon` for blocks handed off
+   * by reference, `close` for the others). The VM stays listed until destroyed.
    */
   handOff(keep: (block: RamBackingT) => boolean): Promise<void> {
-    return this.serial(async () => {
-      this.assertAlive();
-      this.handedOff = true;
-      this.fencedReason ??= 'it was migrated away';
+    this.assertAlive();
+    this.handedOff = true;
+    this.fencedReason ??= 'it was migrated away';
+    this.state = 'postmigrate';
+    this.log.info('VM handed off to the migration target (postmigrate)');
+    this.emit('paused', 'migrated away: postmigrate, never resumes here');
+    this.handingOff ??= this.serial(async () => {
       this.ring(Request.STOP);
       await this.stopThread();
       for (let k = this.ram.length - 1; k >= 0; k--) {
@@ -431,9 +440,46 @@ export class Vm {
         if (keep(b)) b.abandon();
         else await b.close();
       }
-      this.state = 'postmigrate';
-      this.log.info('VM handed off to the migration target (postmigrate)');
-      this.emit('paused', 'migrated away: postmigrate, never resumes here');
+    });
+    return this.handingOff;
+  }
+
+  /**
+   * Outgoing migration: pauses the vCPU and saves the device state in one round trip (the save
+   * is answered right after the pause, at the same instruction boundary). `onPaused` runs as
+   * soon as the vCPU stopped, before the state is copied out. A paused VM is only saved.
+   *
+   * @returns the state and the epoch milliseconds at which the vCPU stopped
+   * @throws VmmError `VMM_INVALID_STATE`, `VMM_VCPU_FAILED`
+   */
+  pauseAndSave(
+    onPaused?: (pausedAtMs: number) => void,
+  ): Promise<{ state: MachineState; pausedAtMs: number }> {
+    return this.serial(async () => {
+      this.assertAlive();
+      const wasRunning = this.state === 'running';
+      if (!wasRunning && this.state !== 'paused') this.invalidState('pause');
+      const id = ++this.saveId;
+      const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
+        this.saves.set(id, resolve),
+      );
+      const cmd: VcpuCommand = { t: 'save-state', id };
+      this.commands.postMessage(cmd);
+      let pausedAtMs = performance.timeOrigin + performance.now();
+      if (wasRunning) {
+        this.ctlF64[Ctl.PAUSE_REQUESTED_AT] = pausedAtMs;
+        await this.requestState(Request.PAUSE, (s) => s !== 'running');
+        if (this.state !== 'paused') this.invalidState('pause it for the migration');
+        pausedAtMs = this.lastPauseAt;
+      } else {
+        this.ring();
+      }
+      onPaused?.(pausedAtMs);
+      const m = await withTimeout(reply, STATE_TIMEOUT_MS, () => this.saves.delete(id));
+      if (m.state === null) {
+        throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
+      }
+      return { state: m.state, pausedAtMs };
     });
   }
 
@@ -593,9 +639,10 @@ export class Vm {
 
   private onState(m: VcpuMessage & { t: 'state' }): void {
     const before = this.state;
-    this.state = m.state;
+    this.state = this.handedOff ? 'postmigrate' : m.state;
     switch (m.state) {
       case 'running':
+        this.lastRunAt = m.at;
         this.samples.length = 0;
         this.sample();
         if (before === 'created') {
@@ -607,6 +654,7 @@ export class Vm {
         }
         break;
       case 'paused':
+        this.lastPauseAt = m.at;
         this.lastPauseLatencyMs = m.latencyMs ?? null;
         this.log.info({ instret: m.instret, pauseLatencyMs: m.latencyMs }, 'VM paused');
         this.emit('paused', `stopped at an instruction boundary after ${m.instret} instructions`);

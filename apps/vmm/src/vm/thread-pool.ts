@@ -1,0 +1,111 @@
+/**
+ * Spare vCPU threads started ahead of need. Starting a worker thread and loading the machine
+ * code costs ≈50–100 ms here, far more than a bypass migration may take; a VM that is created or
+ * arrives by migration takes a spare that already waits for its {@link VcpuInit}, and the pool
+ * starts the next spare a little later, off the path that took one.
+ *
+ * Contract with `vcpu-worker.ts`: a spare starts with `workerData` null and waits for exactly
+ * one `{ t: 'init', init }` message on its parent port (the command port travels in the
+ * transfer list); a thread started with `workerData` set runs at once.
+ */
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '@handoff/service';
+import type { VcpuInit } from './protocol.js';
+
+/** The one message a spare waits for. */
+export interface SpareInit {
+  readonly t: 'init';
+  readonly init: VcpuInit;
+}
+
+/** How long after a spare was taken the next one starts (lets the taker finish first). */
+const REFILL_DELAY_MS = 100;
+/** Spares that may end on their own before the pool stops starting new ones. */
+const MAX_SPARE_FAILURES = 3;
+
+export class VcpuThreadPool {
+  private readonly spares: Worker[] = [];
+  private refill: NodeJS.Timeout | undefined;
+  private closed = false;
+  private failures = 0;
+
+  /**
+   * @param url the compiled vCPU worker
+   * @param size spare threads to keep (0: every VM starts its own thread)
+   */
+  constructor(
+    private readonly url: URL,
+    private readonly size: number,
+    private readonly logger?: Logger,
+  ) {
+    this.fill();
+  }
+
+  /** Spare threads waiting now. */
+  get available(): number {
+    return this.spares.length;
+  }
+
+  /** A thread running the vCPU worker for `init`: a spare when one waits, else a new one. */
+  take(init: VcpuInit): Worker {
+    const spare = this.spares.shift();
+    this.scheduleRefill();
+    if (spare !== undefined) {
+      spare.removeAllListeners('exit');
+      spare.removeAllListeners('error');
+      spare.ref();
+      const msg: SpareInit = { t: 'init', init };
+      spare.postMessage(msg, [init.commands]);
+      return spare;
+    }
+    return new Worker(this.url, {
+      workerData: init,
+      transferList: [init.commands],
+      stdout: false,
+      stderr: false,
+    });
+  }
+
+  /** Ends the spares; later {@link take}s start threads of their own. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.refill);
+    const spares = this.spares.splice(0);
+    await Promise.all(spares.map((w) => w.terminate().catch(() => undefined)));
+  }
+
+  private scheduleRefill(): void {
+    if (this.closed || this.size === 0 || this.refill !== undefined) return;
+    this.refill = setTimeout(() => {
+      this.refill = undefined;
+      this.fill();
+    }, REFILL_DELAY_MS);
+    this.refill.unref();
+  }
+
+  private fill(): void {
+    while (!this.closed && this.spares.length < this.size) {
+      const w = new Worker(this.url, { workerData: null, stdout: false, stderr: false });
+      w.unref(); // a waiting spare never keeps the process alive
+      const drop = (why: string): void => {
+        const k = this.spares.indexOf(w);
+        if (k < 0) return; // taken by a VM (its listeners are the VM's now) or closed
+        this.spares.splice(k, 1);
+        if (this.closed) return;
+        if (++this.failures >= MAX_SPARE_FAILURES) {
+          this.closed = true;
+          this.logger?.error(
+            { why },
+            'spare vCPU threads keep ending; VMs start their own threads from now on',
+          );
+          return;
+        }
+        this.logger?.warn({ why }, 'a spare vCPU thread ended; starting it anew later');
+        this.scheduleRefill();
+      };
+      w.once('error', (err) => drop(err.message));
+      w.once('exit', (code) => drop(`exit code ${code}`));
+      this.spares.push(w);
+    }
+  }
+}
