@@ -37,12 +37,26 @@ const OUT_CAPACITY = 64 * 1024;
 const OUT_INTERVAL_MS = 2;
 
 const port = parentPort!;
+/**
+ * A spare runs the machine's set-up and state paths once on a throw-away machine while it
+ * waits, so a VM that takes it does not pay for compiling them (V8 compiles lazily, on the
+ * first call) inside a migration's downtime.
+ */
+function warmUp(): void {
+  const m = createMachine({ ramSize: 1 << 20, timeMode: 'realtime', uartSink: () => undefined });
+  m.clock.hold();
+  m.restore(m.save());
+  m.clock.release();
+  m.clock.hold();
+}
+
 /** Started with its init, or a spare of the thread pool that waits for it (thread-pool.ts). */
 const init =
   (workerData as VcpuInit | null) ??
-  (await new Promise<VcpuInit>((resolve) =>
-    port.once('message', (m: SpareInit) => resolve(m.init)),
-  ));
+  (await new Promise<VcpuInit>((resolve) => {
+    port.once('message', (m: SpareInit) => resolve(m.init));
+    setImmediate(warmUp); // the init may already wait: it is read when this returns
+  }));
 const ctl = new Int32Array(init.control);
 const ctl64 = new BigInt64Array(init.control);
 const ctlF64 = new Float64Array(init.control);
