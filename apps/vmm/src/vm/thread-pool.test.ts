@@ -40,11 +40,12 @@ describe('VcpuThreadPool', () => {
     expect(pool.available).toBe(1);
     const a = initFor('a');
     const w = pool.take(a.init);
+    const exited = new Promise((r) => w.once('exit', r));
     expect(pool.available).toBe(0);
     expect(await a.reply).toEqual({ name: 'a', spare: true });
     await until(() => pool.available === 1);
     expect(pool.available).toBe(1);
-    await new Promise((r) => w.once('exit', r));
+    await exited;
     await pool.close();
   });
 
