@@ -18,8 +18,11 @@ export interface VmmUnderTest {
 }
 
 /** Starts the built vmm (port 0, ready file); no migrator unless `args` names one. */
-export async function startVmmProcess(args: string[] = []): Promise<VmmUnderTest> {
-  const proc = await startService('vmm', ['--migrator', '127.0.0.1:9', ...args]);
+export async function startVmmProcess(
+  args: string[] = [],
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): Promise<VmmUnderTest> {
+  const proc = await startService('vmm', ['--migrator', '127.0.0.1:9', ...args], opts);
   const client = createClient(pb.VmmServiceClient, proc.address);
   return {
     process: proc,

@@ -22,6 +22,7 @@ import { decodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { RamBlockSpec, VmSpec } from '../vm/types.js';
 import type { Vm } from '../vm/vm.js';
+import { failpoint } from '../failpoints.js';
 import { MigrationError } from './errors.js';
 import { PageReceiver } from './page-receiver.js';
 import { PAGE_SIZE, STREAM_FORMAT, type BlockMode, type IncomingBlock } from './stream.js';
@@ -131,6 +132,7 @@ export async function receiveMigration(
       b.backing!.setLeaseEpoch?.(Number(lease.epoch));
     }
     marks.leased = performance.now();
+    failpoint('incoming-after-lease');
   };
   const bad = (what: string): never => {
     throw new MigrationError('MIGRATION_BAD_STREAM', what);

@@ -30,6 +30,8 @@ import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
 /** How long the target may take to answer the header, and to resume after completion. */
 const HEADER_TIMEOUT_MS = 15_000;
 const RESUME_TIMEOUT_MS = 30_000;
+/** How long a failed source waits for a failing target to hand a taken lease back. */
+const HANDBACK_WAIT_MS = 3000;
 /** Bandwidth assumed before the first pass measured one (bytes/ms; 400 MB/s). */
 const INITIAL_BANDWIDTH = 400_000;
 
@@ -388,7 +390,8 @@ export class OutgoingMigration {
   /**
    * Compare-and-set of our own lease to ourselves (epoch + 1): afterwards no transfer that
    * presents the old epoch can succeed. When the epoch moved but the lease is ours again (a
-   * failing target handed it back), the CAS is retried at the current epoch.
+   * failing target handed it back), the CAS is retried at the current epoch; a lease held
+   * elsewhere is watched for {@link HANDBACK_WAIT_MS} before it counts as moved.
    */
   private async retakeLease(b: RamBacking, holder: string): Promise<'ours' | 'moved' | 'unknown'> {
     const ctx = this.o.host.ramContext(this.o.vm.name);
@@ -413,18 +416,26 @@ export class OutgoingMigration {
     } catch (e) {
       if (unreachable(e)) return 'unknown';
     }
-    try {
-      const res = await unaryCall(
-        ctx.memstore(),
-        'validateLease',
-        { region: byId(ref.regionId), holder, epoch: BigInt(ref.epoch) },
-        opts,
-      );
-      if (res.current?.holder !== holder) return 'moved';
-      await cas(res.current.epoch);
-      return 'ours';
-    } catch (e) {
-      return unreachable(e) ? 'unknown' : 'moved';
+    // The target takes the lease when the final marker arrives; a target that fails after that
+    // hands it back. Wait a little for that before calling the lease moved for good.
+    const deadline = now() + HANDBACK_WAIT_MS;
+    for (;;) {
+      try {
+        const res = await unaryCall(
+          ctx.memstore(),
+          'validateLease',
+          { region: byId(ref.regionId), holder, epoch: BigInt(ref.epoch) },
+          opts,
+        );
+        if (res.current?.holder === holder) {
+          await cas(res.current.epoch);
+          return 'ours';
+        }
+      } catch (e) {
+        if (unreachable(e)) return 'unknown';
+      }
+      if (now() >= deadline) return 'moved';
+      await new Promise((r) => setTimeout(r, 50));
     }
   }
 

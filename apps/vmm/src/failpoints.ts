@@ -1,0 +1,34 @@
+/**
+ * Fault points for the migration fault tests. With the environment variable
+ * `HANDOFF_VMM_FAILPOINT=<name>[:kill]`, the vmm fails the operation in progress the first time
+ * it passes the named point (an Error thrown there), or with `:kill` kills itself with SIGKILL
+ * there, exactly as a kill -9 at that instant would. Unset (always, outside tests), a failpoint
+ * is one comparison.
+ *
+ * Points:
+ * - `incoming-after-lease`: a migration target took the leases of the shared blocks (at the
+ *   final marker) and has not run the VM yet.
+ */
+export type FailpointName = 'incoming-after-lease';
+
+/** Name of the variable that arms a failpoint. */
+export const FAILPOINT_VARIABLE = 'HANDOFF_VMM_FAILPOINT';
+
+const armed = ((): { name: string; kill: boolean } | undefined => {
+  const spec = process.env[FAILPOINT_VARIABLE];
+  if (spec === undefined || spec === '') return undefined;
+  const [name, action] = spec.split(':');
+  return { name: name!, kill: action === 'kill' };
+})();
+
+/**
+ * Fails (throws) or dies (SIGKILL) here if this failpoint is armed; it fires once.
+ *
+ * @throws Error naming the failpoint
+ */
+export function failpoint(name: FailpointName): void {
+  if (armed === undefined || armed.name !== name) return;
+  armed.name = '';
+  if (armed.kill) process.kill(process.pid, 'SIGKILL');
+  throw new Error(`failpoint ${name} (${FAILPOINT_VARIABLE}) fired`);
+}

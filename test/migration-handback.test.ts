@@ -1,0 +1,124 @@
+import { mapFile } from '@handoff/shm';
+import { vmm as pb } from '@handoff/proto';
+import { RemoteError, unaryCall } from '@handoff/service';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
+import { migrateVm } from './helpers/migration.js';
+import {
+  memstoreDirs,
+  regionNamed,
+  startMemstoreProcess,
+  type MemstoreDirs,
+  type MemstoreUnderTest,
+} from './helpers/memstore.js';
+import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
+
+const AB_BASE = 0x100000;
+const AB_PAGES = 64;
+const abArgs = { 'ab.start': '0x80100000', 'ab.pages': String(AB_PAGES), 'ab.every': '4' };
+
+async function refused(p: Promise<unknown>): Promise<RemoteError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RemoteError) return e;
+    throw e;
+  }
+  throw new Error('the call succeeded but should have been refused');
+}
+
+/**
+ * A bypass target takes the shared region's lease when the final marker arrives, beside the
+ * last frames. These targets fail right after that (vmm failpoint `incoming-after-lease`): one
+ * by an error, which hands the lease back so the source resumes unchanged; one by kill -9,
+ * which leaves the lease with a dead holder, so the source stays paused and fenced and says so.
+ */
+describe('a bypass target that fails after taking the lease', () => {
+  let dirs: MemstoreDirs;
+  let memstore: MemstoreUnderTest;
+  let source: VmmUnderTest;
+  let failing: VmmUnderTest;
+  let dying: VmmUnderTest;
+  const mappings: { close(): void }[] = [];
+
+  const startVmm = (id: string, failpoint?: string) =>
+    startVmmProcess(
+      ['--id', id, '--memstore', memstore.process.address, '--max-vm-memory', '64M'],
+      failpoint !== undefined ? { env: { HANDOFF_VMM_FAILPOINT: failpoint } } : {},
+    );
+
+  beforeAll(async () => {
+    dirs = memstoreDirs();
+    memstore = await startMemstoreProcess(dirs);
+    [source, failing, dying] = await Promise.all([
+      startVmm('vmm-a'),
+      startVmm('vmm-f', 'incoming-after-lease'),
+      startVmm('vmm-k', 'incoming-after-lease:kill'),
+    ]);
+  });
+
+  afterAll(async () => {
+    for (const m of mappings) m.close();
+    await Promise.all([source?.stop(), failing?.stop(), dying?.process.kill9()]);
+    await memstore?.stop();
+    dirs?.cleanup();
+  });
+
+  async function startAb(name: string): Promise<() => Uint8Array> {
+    await vmmCall(source.client, 'createVm', {
+      spec: vmSpec(name, 'ab', { backend: pb.RamBackend.RAM_BACKEND_SHARED, args: abArgs }),
+      start: true,
+    });
+    const console = openConsole(source.client, name);
+    await console.waitFor('BB');
+    console.close();
+    const { region } = await unaryCall(memstore.client, 'getRegion', {
+      region: regionNamed(`${name}-ram0`),
+    });
+    const mapping = mapFile(region!.path, { sharing: 'shared' });
+    mappings.push(mapping);
+    return () => new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice();
+  }
+
+  const lease = async (name: string) =>
+    (await unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) })).region!
+      .lease!;
+
+  it('gets the lease handed back when the target fails: the source resumes unchanged', async () => {
+    const name = 'ab-handback';
+    const range = await startAb(name);
+    const before = await lease(name);
+    const err = await refused(migrateVm(source, failing, name));
+    expect(err.code).toBe('MIGRATION_TARGET_FAILED');
+    expect(err.message).toMatch(/resumed here, unchanged/);
+    // Taken (+1), handed back (+1), re-taken by the source's compare-and-set (+1).
+    const after = await lease(name);
+    expect(after.holder).toBe(`vmm-a/${name}`);
+    expect(after.epoch).toBe(before.epoch + 3n);
+    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+    expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
+    // Not fenced: a pause and resume passes memstore's lease check; ab stays consistent.
+    await vmmCall(source.client, 'pauseVm', { name });
+    const r = checkAbConsistency(range());
+    expect(r.consistent, r.description).toBe(true);
+    await vmmCall(source.client, 'resumeVm', { name });
+    expect((await vmmCall(failing.client, 'listVms', {})).vms).toHaveLength(0);
+    await vmmCall(source.client, 'destroyVm', { name });
+  });
+
+  it('stays paused and fenced when the target died holding the lease', async () => {
+    const name = 'ab-dead-target';
+    const range = await startAb(name);
+    const err = await refused(migrateVm(source, dying, name));
+    expect(err.code).toBe('MIGRATION_UNCERTAIN');
+    expect((await lease(name)).holder).toBe(`vmm-k/${name}`);
+    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+    expect(vm.state).toBe(pb.VmState.VM_STATE_PAUSED);
+    expect((await refused(vmmCall(source.client, 'resumeVm', { name }))).code).toBe(
+      'VMM_LEASE_LOST',
+    );
+    const r = checkAbConsistency(range()); // nothing ran since the pause
+    expect(r.consistent, r.description).toBe(true);
+    await vmmCall(source.client, 'destroyVm', { name });
+  });
+});
