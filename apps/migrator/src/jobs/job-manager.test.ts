@@ -61,7 +61,10 @@ describe('JobManager against fake vmm instances', () => {
     dir = mkdtempSync(join(tmpdir(), 'handoff-jobs-'));
     crashed = false;
     const journal = JobJournal.open(dir).journal;
-    jobs = manager({ append: (j) => (crashed ? undefined : journal.append(j)) });
+    jobs = manager({
+      append: (j, d) => (crashed ? undefined : journal.append(j, d)),
+      sync: () => journal.sync(),
+    });
   });
 
   afterEach(async () => {
@@ -102,9 +105,45 @@ describe('JobManager against fake vmm instances', () => {
     expect(a.calls).toContain('migrateVm:vm1');
     expect(a.calls).toContain('getMigration:vm1');
     expect(world.get('vm1')).toBe('vmm-b');
-    // the postmigrate husk on the source is removed; nothing else is destroyed
+    // the postmigrate husk on the source is removed (right after the job completed); nothing
+    // else is destroyed
+    await jobs.idle();
     expect(a.calls.filter((c) => c.startsWith('destroyVm'))).toEqual(['destroyVm:vm1']);
     expect(b.calls.filter((c) => c.startsWith('destroyVm'))).toEqual([]);
+  });
+
+  it('moves a VM straight back: the next job waits for the husk; a husk left behind is removed', async () => {
+    const there = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    expect((await jobs.waitFor(there.id)).info.status).toBe('completed');
+    // at once, while the husk on vmm-a may still be being removed
+    const back = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-a',
+      capabilities: bypass,
+      parameters: {},
+    });
+    expect((await jobs.waitFor(back.id)).info.status).toBe('completed');
+    expect(world.get('vm1')).toBe('vmm-a');
+    await jobs.idle();
+    // a migrator killed before it removed a husk leaves one on vmm-b: the next job there
+    // removes it (only because it is postmigrate) and goes ahead
+    b.husks.add('vm1');
+    const again = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(again.id);
+    expect(done.info.status, done.info.errorDesc).toBe('completed');
+    expect(b.calls.filter((c) => c.startsWith('prepareIncoming'))).toHaveLength(3);
+    expect(b.calls).toContain('destroyVm:vm1');
+    expect(world.get('vm1')).toBe('vmm-b');
   });
 
   it('fails the job with the vmm message when the migration fails', async () => {

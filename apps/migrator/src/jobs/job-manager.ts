@@ -20,7 +20,15 @@ import { isFinished, statusPath, type Job, type JobKind } from './job.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
 export interface JobSink {
-  append(job: Job): void;
+  /**
+   * Appends a snapshot; it must be written (a killed migrator finds it) when this returns.
+   * `durable` snapshots (an ended job) must also be on disk; the others reach it by
+   * {@link JobSink.sync} (awaited before a job's MigrateVm) or a later durable append.
+   */
+  append(job: Job, durable: boolean): void;
+  /** Resolves once everything appended so far is on disk. */
+  sync?(): Promise<void>;
+  close?(): void;
 }
 
 /** Tunables of the job runner. */
@@ -77,6 +85,8 @@ export class JobManager {
   private readonly listeners = new Map<string, Set<JobListener>>();
   private readonly clients = new Map<string, vpb.VmmServiceClient>();
   private readonly running = new Set<Promise<unknown>>();
+  /** Removal of a source's postmigrate husk, by `address|vm`: a later job to there awaits it. */
+  private readonly retiring = new Map<string, Promise<void>>();
   private readonly log: Logger;
   private readonly pollMs: number;
   private readonly migrationTimeoutMs: number;
@@ -118,7 +128,7 @@ export class JobManager {
       this.update(live, { info: { ...live.job.info, status: 'failed', errorDesc: desc } }, true);
       failed.push(live.job.id);
       if (live.job.kind === 'migrate' && live.job.sourceAddress !== '' && was !== 'none') {
-        this.track(this.cancelAfterRestart(live.job));
+        this.track(this.cancelAfterRestart(live).then(() => this.settleAfterRestart(live)));
       }
     }
     if (failed.length > 0) this.log.warn({ jobs: failed }, 'failed in-flight jobs after a restart');
@@ -136,7 +146,9 @@ export class JobManager {
     if (req.targetVmm === '') throw invalid('a target vmm is required (--to VMM)');
     const config = validated(req.capabilities, req.parameters);
     const target = this.opts.registry.get(req.targetVmm);
+    const t0 = performance.now();
     const source = await this.findVm(req.vm);
+    const findVmMs = performance.now() - t0;
     if (source.id === target.id) {
       throw invalid(
         `VM ${req.vm} already runs on ${target.id}: source and target are the same vmm; pick another --to`,
@@ -151,6 +163,14 @@ export class JobManager {
       parameters: req.parameters,
       parent: '',
     });
+    this.log.debug(
+      {
+        job: live.job.id,
+        findVmMs: round(findVmMs),
+        createMs: round(performance.now() - t0 - findVmMs),
+      },
+      'migrate job created',
+    );
     this.track(this.runMigrate(live));
     return live.job;
   }
@@ -265,19 +285,29 @@ export class JobManager {
 
   /** Waits for the job's end (tests and shutdown). */
   async waitFor(id: string, timeoutMs = 30_000): Promise<Job> {
-    const deadline = Date.now() + timeoutMs;
-    while (!isFinished(this.get(id))) {
-      if (Date.now() > deadline) throw new Error(`job ${id} did not end in ${timeoutMs} ms`);
-      await sleep(10);
-    }
-    return this.get(id);
+    if (isFinished(this.get(id))) return this.get(id);
+    return new Promise<Job>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        unsubscribe();
+        reject(new Error(`job ${id} did not end in ${timeoutMs} ms`));
+      }, timeoutMs);
+      const unsubscribe = this.watch(id, (job) => {
+        if (!isFinished(job)) return;
+        clearTimeout(timer);
+        unsubscribe();
+        resolve(job);
+      });
+    });
   }
 
   /** Stops background work and closes vmm clients (running jobs stay in the journal as in flight). */
   async close(): Promise<void> {
     this.closed = true;
+    // a husk being removed right now is removed before the clients go
+    await Promise.allSettled([...this.retiring.values()]);
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
+    this.opts.journal?.close?.();
   }
 
   /** Waits until every background task ended (tests). */
@@ -291,20 +321,36 @@ export class JobManager {
     const { job } = live;
     const log = this.log.child({ job: job.id, vm: job.vm });
     const started = Date.now();
+    // where the job's wall time goes (logged when it ends)
+    const t0 = performance.now();
+    const phases = { queuedMs: started - job.createdAt.getTime(), waitHuskMs: 0, prepareMs: 0 };
+    const rounded = () => ({
+      ...phases,
+      waitHuskMs: round(phases.waitHuskMs),
+      prepareMs: round(phases.prepareMs),
+    });
+    let migrateStart = t0;
     try {
       if (live.cancelRequested) return this.finishCancelled(live);
       this.toStatus(live, 'setup');
       log.info({ from: job.sourceVmm, to: job.targetVmm }, 'migration started');
-      const prep = await unaryCall(
-        this.client(job.targetAddress),
-        'prepareIncoming',
-        { name: job.vm, jobId: job.id },
-        { deadlineMs: this.callTimeoutMs },
-      );
+      // the VM may have just left the target: its postmigrate husk there must be gone first
+      await this.retiring.get(`${job.targetAddress}|${job.vm}`);
       if (live.cancelRequested) return this.finishCancelled(live);
+      const prepStart = performance.now();
+      phases.waitHuskMs = prepStart - t0;
+      // the job's lines reach the disk while the target prepares, before the VM can move
+      const synced = this.syncJournal();
+      const prep = await this.prepareIncoming(job, log);
+      await synced;
+      if (live.cancelRequested) return this.finishCancelled(live);
+      migrateStart = performance.now();
+      phases.prepareMs = migrateStart - prepStart;
       live.migrating = true;
       let done = false;
-      const poller = this.poll(live, () => done);
+      let stopPolling = (): void => undefined;
+      const stopped = new Promise<void>((resolve) => (stopPolling = resolve));
+      this.track(this.poll(live, () => done, stopped));
       let result: MigrationInfo | undefined;
       try {
         const res = await unaryCall(
@@ -323,26 +369,36 @@ export class JobManager {
         );
         result = res.info !== undefined ? migrationInfoFromWire(res.info) : undefined;
       } finally {
+        // the poller stops at once (no waiting out its sleep); a report still in flight is dropped
         done = true;
         live.migrating = false;
-        await poller;
+        stopPolling();
       }
       const final: MigrationInfo = result ?? {
         ...live.job.info,
         status: 'completed',
         totalTimeMs: Date.now() - started,
       };
-      if (final.status !== 'failed' && final.status !== 'cancelled') {
-        await this.retireSource(live.job, log);
-      }
       if (final.status === 'failed') {
         this.finishFailed(live, final.errorDesc ?? 'the source vmm reported the migration failed');
       } else if (final.status === 'cancelled') {
         this.finishCancelled(live, final);
       } else {
+        // the VM runs on the target: the job is done; the husk on the source goes afterwards
         this.finishCompleted(live, { ...final, status: 'completed' });
+        this.retireInBackground(live.job, log);
       }
-      log.info({ status: live.job.info.status }, 'migration ended');
+      const end = performance.now();
+      log.info(
+        {
+          status: live.job.info.status,
+          ...rounded(),
+          migrateVmMs: round(end - migrateStart),
+          vmmTotalMs: final.totalTimeMs,
+          jobMs: round(end - t0),
+        },
+        'migration ended',
+      );
     } catch (err) {
       live.migrating = false;
       if (live.cancelRequested) {
@@ -356,6 +412,37 @@ export class JobManager {
       }
       log.warn({ status: live.job.info.status, err }, 'migration did not complete');
     }
+  }
+
+  /**
+   * PrepareIncoming on the target. If the target refuses because it still lists the VM as a
+   * `postmigrate` husk (a migrator stopped or killed right after an earlier job, before it
+   * removed it), the husk is destroyed and PrepareIncoming asked once more.
+   */
+  private async prepareIncoming(job: Job, log: Logger): Promise<vpb.PrepareIncomingResponse> {
+    const client = this.client(job.targetAddress);
+    const opts = { deadlineMs: this.callTimeoutMs };
+    const prepare = () =>
+      unaryCall(client, 'prepareIncoming', { name: job.vm, jobId: job.id }, opts);
+    try {
+      return await prepare();
+    } catch (err) {
+      if (!(err instanceof RemoteError) || err.code !== 'VMM_VM_EXISTS') throw err;
+      const there = await unaryCall(client, 'getVm', { name: job.vm }, opts).catch(() => null);
+      if (there?.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) throw err;
+      await unaryCall(client, 'destroyVm', { name: job.vm }, opts);
+      log.info({ vmm: job.targetVmm }, 'destroyed a postmigrate VM left on the target');
+      return prepare();
+    }
+  }
+
+  private retireInBackground(job: Job, log: Logger): void {
+    const key = `${job.sourceAddress}|${job.vm}`;
+    const p = this.retireSource(job, log).finally(() => {
+      if (this.retiring.get(key) === p) this.retiring.delete(key);
+    });
+    this.retiring.set(key, p);
+    this.track(p);
   }
 
   /**
@@ -383,10 +470,10 @@ export class JobManager {
   }
 
   /** Polls GetMigration into the job while MigrateVm is outstanding. */
-  private async poll(live: Live, done: () => boolean): Promise<void> {
+  private async poll(live: Live, done: () => boolean, stopped: Promise<void>): Promise<void> {
     const client = this.client(live.job.sourceAddress);
     while (!done() && !this.closed) {
-      await sleep(this.pollMs);
+      await Promise.race([sleep(this.pollMs), stopped]);
       if (done()) return;
       try {
         const res = await unaryCall(
@@ -546,7 +633,8 @@ export class JobManager {
       migrating: false,
     };
     this.jobs.set(id, live);
-    this.persist(live.job);
+    // written now; on disk before the job's first MigrateVm (runMigrate awaits the sync)
+    this.persist(live.job, false);
     return live;
   }
 
@@ -575,7 +663,7 @@ export class JobManager {
       patch = { ...patch, info: rest };
     }
     live.job = { ...live.job, ...patch };
-    if (persist) this.persist(live.job);
+    if (persist) this.persist(live.job, isFinished(live.job));
     for (const fn of [...(this.listeners.get(live.job.id) ?? [])]) {
       try {
         fn(live.job);
@@ -585,10 +673,19 @@ export class JobManager {
     }
   }
 
-  private persist(job: Job): void {
+  /** Everything journaled so far on disk; a failure is logged (as a failed append is). */
+  private async syncJournal(): Promise<void> {
+    try {
+      await this.opts.journal?.sync?.();
+    } catch (err) {
+      this.log.error({ err }, 'cannot sync the job journal');
+    }
+  }
+
+  private persist(job: Job, durable: boolean): void {
     if (this.opts.journal === undefined) return;
     try {
-      this.opts.journal.append(job);
+      this.opts.journal.append(job, durable);
     } catch (err) {
       this.log.error({ err, job: job.id }, 'cannot append to the job journal');
     }
@@ -659,7 +756,8 @@ export class JobManager {
     }
   }
 
-  private async cancelAfterRestart(job: Job): Promise<void> {
+  private async cancelAfterRestart(live: Live): Promise<void> {
+    const { job } = live;
     const deadline = Date.now() + (this.opts.recoveryRetryMs ?? 30_000);
     for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 2000)) {
       try {
@@ -690,6 +788,60 @@ export class JobManager {
     }
   }
 
+  /**
+   * After the restart's cancel: waits (up to the migration timeout) until the source's
+   * migration of the VM ended. If the VM then runs on the target and the source holds only its
+   * `postmigrate` husk, the husk is destroyed (as after a completed job, so the VM can migrate
+   * back) and the failed job says where the VM went. Anything else is left as it is: the job
+   * stays failed and the vmm instances' own rules decided where the VM runs.
+   */
+  private async settleAfterRestart(live: Live): Promise<void> {
+    const { job } = live;
+    const log = this.log.child({ job: job.id, vm: job.vm });
+    const source = this.client(job.sourceAddress);
+    const target = this.client(job.targetAddress);
+    const opts = { deadlineMs: this.callTimeoutMs };
+    const deadline = Date.now() + this.migrationTimeoutMs;
+    try {
+      for (;;) {
+        if (this.closed) return;
+        const res = await unaryCall(source, 'getMigration', { name: job.vm }, opts).catch(
+          (err: unknown) => {
+            // the source answered that it knows no migration of the VM: nothing to settle
+            if (err instanceof RemoteError && err.status !== 14 && err.status !== 4) return null;
+            throw err;
+          },
+        );
+        if (res === null) return;
+        const status = res.info !== undefined ? migrationInfoFromWire(res.info).status : 'none';
+        if (['none', 'completed', 'failed', 'cancelled'].includes(status)) break;
+        if (Date.now() > deadline) return;
+        await sleep(Math.max(this.pollMs, 50));
+      }
+      const [src, dst] = await Promise.all([
+        unaryCall(source, 'getVm', { name: job.vm }, opts).then(
+          (r) => r.vm?.state,
+          () => undefined,
+        ),
+        unaryCall(target, 'getVm', { name: job.vm }, opts).then(
+          (r) => r.vm?.state,
+          () => undefined,
+        ),
+      ]);
+      if (src !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
+      if (dst === undefined || !VM_STATES_TO_MOVE.has(dst)) return;
+      await this.retireSource(job, log);
+      const errorDesc =
+        `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; afterwards ` +
+        `${job.sourceVmm} reported the migration completed and ${job.targetVmm} runs the VM ` +
+        `(the postmigrate copy on ${job.sourceVmm} was removed)`;
+      this.update(live, { info: { ...live.job.info, errorDesc } }, true);
+      log.info({ vmm: job.targetVmm }, 'after the restart: the VM runs on the target');
+    } catch (err) {
+      log.warn({ err }, 'could not settle a job failed by the restart');
+    }
+  }
+
   private client(address: string): vpb.VmmServiceClient {
     let c = this.clients.get(address);
     if (c === undefined) {
@@ -705,6 +857,8 @@ export class JobManager {
     void t.finally(() => this.running.delete(t));
   }
 }
+
+const round = (ms: number) => Math.round(ms * 10) / 10;
 
 function invalid(message: string): MigratorError {
   return new MigratorError('MIGRATOR_INVALID_ARGUMENT', message);

@@ -1,6 +1,6 @@
 import {
-  appendFileSync,
   closeSync,
+  fdatasync,
   existsSync,
   fsyncSync,
   mkdirSync,
@@ -8,6 +8,7 @@ import {
   readFileSync,
   renameSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { MigratorError } from '../errors.js';
@@ -23,14 +24,19 @@ export const JOURNAL_FILE = 'jobs.jsonl';
 export const KEEP_FINISHED = 500;
 
 /**
- * The job journal: one JSON line per job snapshot, appended (and fsynced) on
- * every status change. The last line of a job wins. On open the file is
- * replayed and compacted (one line per job, at most {@link KEEP_FINISHED}
- * finished jobs) through a temporary file and a rename. A torn last line (a
- * crash mid-append) and lines of an unknown version are skipped.
+ * The job journal: one JSON line per job snapshot, appended on every status
+ * change through one open descriptor. Every line is written at once (a killed
+ * migrator finds it); `durable` ones (ended jobs) are also fsynced before
+ * `append` returns, and {@link JobJournal.sync} flushes the rest off the event
+ * loop (the job runner awaits it before the first MigrateVm of a job). The
+ * last line of a job wins. On open the file is replayed and compacted (one
+ * line per job, at most {@link KEEP_FINISHED} finished jobs) through a
+ * temporary file and a rename. A torn last line (a crash mid-append) and lines
+ * of an unknown version are skipped.
  */
 export class JobJournal {
   private readonly path: string;
+  private fd: number | undefined;
 
   private constructor(dir: string) {
     this.path = join(dir, JOURNAL_FILE);
@@ -53,11 +59,35 @@ export class JobJournal {
     }
   }
 
-  /** Appends one job snapshot. */
-  append(job: Job): void {
-    const fd = openSync(this.path, 'a');
+  /** Appends one job snapshot; `durable` ones are fsynced (with everything before them). */
+  append(job: Job, durable = true): void {
+    this.fd ??= openSync(this.path, 'a');
+    const data = Buffer.from(line(jobToJournal(job)));
     try {
-      appendFileSync(fd, line(jobToJournal(job)));
+      for (let off = 0; off < data.length;) off += writeSync(this.fd, data, off);
+      if (durable) fsyncSync(this.fd);
+    } catch (err) {
+      // a later append starts on a fresh descriptor
+      this.close();
+      throw err;
+    }
+  }
+
+  /** Flushes every line written so far to disk, off the event loop (fdatasync). */
+  sync(): Promise<void> {
+    const fd = this.fd;
+    if (fd === undefined) return Promise.resolve();
+    return new Promise((resolve, reject) =>
+      fdatasync(fd, (err) => (err === null ? resolve() : reject(err))),
+    );
+  }
+
+  /** Closes the descriptor (fsyncing what was written); a later append reopens the file. */
+  close(): void {
+    if (this.fd === undefined) return;
+    const fd = this.fd;
+    this.fd = undefined;
+    try {
       fsyncSync(fd);
     } finally {
       closeSync(fd);

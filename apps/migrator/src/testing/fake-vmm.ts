@@ -53,7 +53,8 @@ export class FakeVmm {
   maxConcurrent = 0;
   private active = 0;
   /** VMs handed to a target and still listed here as postmigrate. */
-  private readonly husks = new Set<string>();
+  /** VMs listed as `postmigrate` here (a test may add one to play a husk left behind). */
+  readonly husks = new Set<string>();
   private readonly migrations = new Map<string, { info: MigrationInfo; cancelled: boolean }>();
 
   private constructor(
@@ -128,6 +129,9 @@ export class FakeVmm {
       }),
       prepareIncoming: unary(logger, (req) => {
         this.calls.push(`prepareIncoming:${req.name}`);
+        if (this.husks.has(req.name) || this.world.get(req.name) === this.id) {
+          throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
+        }
         return { token: `token-${req.jobId}`, address: this.address, dataAddress: '' };
       }),
       getMigration: unary(logger, (req) => {
@@ -162,6 +166,7 @@ export class FakeVmm {
           for (const step of script.steps) {
             await new Promise((r) => setTimeout(r, script.stepMs));
             if (m.cancelled) {
+              m.info = { ...m.info, status: 'cancelled' };
               throw new ServiceError(
                 'VMM_INVALID_STATE',
                 `migration of ${req.name} was cancelled; the VM runs on ${this.id}`,
