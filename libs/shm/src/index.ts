@@ -40,6 +40,7 @@ export {
   type MemfdOptions,
   type Seal,
 } from './memfd.js';
+export { dataRanges, fileDataRanges, type ByteRange } from './data-ranges.js';
 export {
   readSmapsRange,
   readSmapsRollup,

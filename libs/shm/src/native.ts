@@ -55,6 +55,7 @@ export interface NativeBinding {
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   addSeals(fd: number, seals: number): void;
   getSeals(fd: number): number;
+  dataRanges(fd: number, offset: number, length: number): Float64Array;
   stats(): { regions: number; bytes: number };
 }
 

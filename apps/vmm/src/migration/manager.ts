@@ -3,13 +3,14 @@
  * CancelMigration) and the one-time tokens of incoming ones (PrepareIncoming).
  */
 import { connectivityState } from '@grpc/grpc-js';
-import { vmmStream } from '@handoff/proto';
+import type { vmmStream } from '@handoff/proto';
 import { createClient, type Logger } from '@handoff/service';
 import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
 import type { VmHost } from '../vm/host.js';
 import { MigrationError } from './errors.js';
 import { IncomingTokens } from './receiver.js';
 import { OutgoingMigration } from './sender.js';
+import { MigrationServiceClient } from './stream.js';
 
 /** Finished migrations remembered for GetMigration, per VM name. */
 const KEEP_FINISHED = 256;
@@ -115,7 +116,8 @@ export class MigrationManager {
       }
       this.dropClient(address);
     }
-    const client = createClient(vmmStream.MigrationServiceClient, address);
+    // Same wire bytes as the generated client; page frames are encoded with one copy.
+    const client = createClient(MigrationServiceClient, address);
     this.clients.set(address, client);
     return client;
   }

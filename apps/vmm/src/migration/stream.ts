@@ -3,7 +3,12 @@
  * frame builder (runs + concatenated data, at most {@link MAX_FRAME_DATA} bytes) and the
  * receiver's bounds checks. See PROTOCOL.md.
  */
-import type { vmmStream } from '@handoff/proto';
+import {
+  makeGenericClientConstructor,
+  type ChannelCredentials,
+  type ClientOptions,
+} from '@grpc/grpc-js';
+import { vmmStream } from '@handoff/proto';
 import { MigrationError } from './errors.js';
 
 /** Stream format version: major must match, the receiver loads minor <= its own. */
@@ -27,10 +32,26 @@ export type BlockMode =
   /** Every page is sent (zero runs for pages known zero). */
   | 'copy';
 
-/** Builds page frames; `flush` hands a finished frame to `emit`. */
+/**
+ * A frame whose data so far is one segment at least this long is sent before a segment that
+ * does not continue it is added, so long runs travel as views (no copy) and only short,
+ * scattered runs are gathered into a copy.
+ */
+const VIEW_MIN_BYTES = 256 * 1024;
+
+/**
+ * Builds page frames; `flush` hands a finished frame to `emit`.
+ *
+ * Page data is kept as views of the caller's memory (guest RAM) until the frame is emitted. A
+ * frame whose data is one contiguous segment carries that view itself (no copy: the stream
+ * serializes it, possibly later, when it is written out); a frame of several segments gets one
+ * fresh buffer with them concatenated. Sending guest RAM by view is sound for pre-copy: a page
+ * that changes after its pass harvested the dirty log is dirty again and sent again in the next
+ * pass, and in the final pass the vCPU is stopped.
+ */
 export class FrameBuilder {
   private runs: vmmStream.PageRun[] = [];
-  private data = new Uint8Array(MAX_FRAME_DATA);
+  private segs: Uint8Array[] = [];
   private len = 0;
   /** Wire bytes (data + ~16 bytes per run) of frames emitted so far. */
   bytes = 0;
@@ -54,33 +75,91 @@ export class FrameBuilder {
     this.runs.push({ block, firstPage: BigInt(first), pageCount: count, flags: RUN_ZERO });
   }
 
+  /**
+   * Adds the data of pages `first ..` of `block`: `bytes` is whole pages, contiguous in the
+   * block (kept as a view until the frame is emitted; split over frames at 1 MiB).
+   */
+  async data(block: number, first: number, bytes: Uint8Array): Promise<void> {
+    let view = bytes;
+    let page = first;
+    while (view.length > 0) {
+      if (this.len + PAGE_SIZE > MAX_FRAME_DATA) await this.flush();
+      const last = this.runs[this.runs.length - 1];
+      const continues =
+        last !== undefined &&
+        last.flags === 0 &&
+        last.block === block &&
+        Number(last.firstPage) + last.pageCount === page;
+      if (!continues) {
+        if (
+          this.runs.length >= MAX_FRAME_RUNS ||
+          (this.segs.length === 1 && this.len >= VIEW_MIN_BYTES)
+        ) {
+          await this.flush();
+        }
+      }
+      const take = Math.min(view.length, MAX_FRAME_DATA - this.len);
+      const part = view.subarray(0, take);
+      const n = take / PAGE_SIZE;
+      const tail = this.runs[this.runs.length - 1];
+      const seg = this.segs[this.segs.length - 1];
+      if (
+        tail !== undefined &&
+        tail.flags === 0 &&
+        tail.block === block &&
+        Number(tail.firstPage) + tail.pageCount === page &&
+        seg !== undefined &&
+        seg.buffer === part.buffer &&
+        seg.byteOffset + seg.length === part.byteOffset
+      ) {
+        tail.pageCount += n;
+        this.segs[this.segs.length - 1] = new Uint8Array(
+          seg.buffer,
+          seg.byteOffset,
+          seg.length + take,
+        );
+      } else {
+        if (
+          tail !== undefined &&
+          tail.flags === 0 &&
+          tail.block === block &&
+          Number(tail.firstPage) + tail.pageCount === page
+        ) {
+          tail.pageCount += n; // same pages, data from elsewhere (not adjacent in memory)
+        } else {
+          this.runs.push({ block, firstPage: BigInt(page), pageCount: n, flags: 0 });
+        }
+        this.segs.push(part);
+      }
+      this.len += take;
+      page += n;
+      view = view.subarray(take);
+    }
+  }
+
   /** Adds one page's data. */
-  async page(block: number, index: number, bytes: Uint8Array): Promise<void> {
-    if (this.len + PAGE_SIZE > MAX_FRAME_DATA || this.runs.length >= MAX_FRAME_RUNS) {
-      await this.flush();
-    }
-    const last = this.runs[this.runs.length - 1];
-    if (
-      last !== undefined &&
-      last.flags === 0 &&
-      last.block === block &&
-      Number(last.firstPage) + last.pageCount === index
-    ) {
-      last.pageCount++;
-    } else {
-      this.runs.push({ block, firstPage: BigInt(index), pageCount: 1, flags: 0 });
-    }
-    this.data.set(bytes, this.len);
-    this.len += PAGE_SIZE;
+  page(block: number, index: number, bytes: Uint8Array): Promise<void> {
+    return this.data(block, index, bytes.subarray(0, PAGE_SIZE));
   }
 
   async flush(): Promise<void> {
     if (this.runs.length === 0) return;
-    // The stream may queue the frame before serializing it: hand over this buffer, take a new one.
-    const frame: vmmStream.PageFrame = { runs: this.runs, data: this.data.subarray(0, this.len) };
+    let data: Uint8Array;
+    if (this.segs.length === 1) data = this.segs[0]!;
+    else if (this.segs.length === 0) data = new Uint8Array(0);
+    else {
+      // The stream may queue the frame before serializing it: gather into a buffer of its own.
+      data = new Uint8Array(this.len);
+      let at = 0;
+      for (const s of this.segs) {
+        data.set(s, at);
+        at += s.length;
+      }
+    }
+    const frame: vmmStream.PageFrame = { runs: this.runs, data };
     this.bytes += this.len + 16 * this.runs.length;
     this.runs = [];
-    this.data = new Uint8Array(MAX_FRAME_DATA);
+    this.segs = [];
     this.len = 0;
     await this.emit(frame);
   }
@@ -88,8 +167,21 @@ export class FrameBuilder {
 
 /** True when a 4 KiB page is all zero; `words` views the block as 32-bit words. */
 export function isZeroPage(words: Uint32Array, firstWord: number): boolean {
-  for (let k = firstWord, end = firstWord + PAGE_SIZE / 4; k < end; k++) {
-    if (words[k] !== 0) return false;
+  // Eight words per test: about twice as fast as one at a time.
+  for (let k = firstWord, end = firstWord + PAGE_SIZE / 4; k < end; k += 8) {
+    if (
+      (words[k]! |
+        words[k + 1]! |
+        words[k + 2]! |
+        words[k + 3]! |
+        words[k + 4]! |
+        words[k + 5]! |
+        words[k + 6]! |
+        words[k + 7]!) !==
+      0
+    ) {
+      return false;
+    }
   }
   return true;
 }
@@ -99,6 +191,12 @@ export interface IncomingBlock {
   readonly pages: number;
   readonly mode: BlockMode;
   readonly bytes: Uint8Array | null;
+  /** The block's memory, when it can write or zero through its file (see RamBacking). */
+  readonly backing?: {
+    write?(offset: number, data: Uint8Array): void;
+    zero?(offset: number, length: number): void;
+    prefault?(offset: number, length: number, access?: 'read' | 'write'): void;
+  } | null;
 }
 
 /** One validated run: where it writes, and where its data starts in the frame. */
@@ -161,3 +259,110 @@ export function checkFrame(
   }
   return out;
 }
+
+// ---- fast wire encoding of page frames -------------------------------------------------------
+
+/** Bytes of `v` (a whole number < 2^53) as a protobuf varint. */
+function varintSize(v: number): number {
+  let n = 1;
+  while (v >= 128) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+function putVarint(out: Uint8Array, at: number, v: number): number {
+  while (v >= 128) {
+    out[at++] = (v % 128) | 128;
+    v = Math.floor(v / 128);
+  }
+  out[at++] = v;
+  return at;
+}
+
+/**
+ * Serializes an IncomingRequest, byte for byte what `vmmStream.IncomingRequest.encode` writes.
+ * A `pages` frame is encoded into one buffer of its exact size with its data copied once (the
+ * generated encoder grows a buffer by doubling, shifts the nested message for its length prefix
+ * and copies the result twice more: ≈5 copies and as many fresh 1 MiB allocations per frame).
+ * Other frames go through the generated encoder.
+ */
+export function encodeIncomingRequest(req: vmmStream.IncomingRequest): Buffer {
+  if (req.frame?.$case !== 'pages') {
+    return Buffer.from(vmmStream.IncomingRequest.encode(req).finish());
+  }
+  const { runs, data } = req.frame.value;
+  const sizes = new Array<number>(runs.length);
+  let frameLen = 0;
+  for (let k = 0; k < runs.length; k++) {
+    const r = runs[k]!;
+    const first = Number(r.firstPage);
+    if (r.firstPage < 0n || !Number.isSafeInteger(first)) {
+      throw new RangeError(`page run ${k}: first page ${r.firstPage} is out of range`);
+    }
+    let n = 0;
+    if (r.block !== 0) n += 1 + varintSize(r.block >>> 0);
+    if (first !== 0) n += 1 + varintSize(first);
+    if (r.pageCount !== 0) n += 1 + varintSize(r.pageCount >>> 0);
+    if (r.flags !== 0) n += 1 + varintSize(r.flags >>> 0);
+    sizes[k] = n;
+    frameLen += 1 + varintSize(n) + n;
+  }
+  if (data.length !== 0) frameLen += 1 + varintSize(data.length) + data.length;
+  const out = Buffer.allocUnsafe(1 + varintSize(frameLen) + frameLen);
+  let at = 0;
+  out[at++] = 18; // IncomingRequest.pages, length-delimited
+  at = putVarint(out, at, frameLen);
+  for (let k = 0; k < runs.length; k++) {
+    const r = runs[k]!;
+    out[at++] = 10; // PageFrame.runs
+    at = putVarint(out, at, sizes[k]!);
+    if (r.block !== 0) {
+      out[at++] = 8;
+      at = putVarint(out, at, r.block >>> 0);
+    }
+    const first = Number(r.firstPage);
+    if (first !== 0) {
+      out[at++] = 16;
+      at = putVarint(out, at, first);
+    }
+    if (r.pageCount !== 0) {
+      out[at++] = 24;
+      at = putVarint(out, at, r.pageCount >>> 0);
+    }
+    if (r.flags !== 0) {
+      out[at++] = 32;
+      at = putVarint(out, at, r.flags >>> 0);
+    }
+  }
+  if (data.length !== 0) {
+    out[at++] = 18; // PageFrame.data
+    at = putVarint(out, at, data.length);
+    out.set(data, at);
+  }
+  return out;
+}
+
+/**
+ * `vmmStream.MigrationServiceClient` with {@link encodeIncomingRequest} as the request
+ * serializer (same wire bytes, one copy of the page data instead of ≈5). A drop-in for the
+ * source's `createClient(...)`.
+ */
+export const MigrationServiceClient = makeGenericClientConstructor(
+  {
+    incoming: {
+      ...vmmStream.MigrationServiceService.incoming,
+      requestSerialize: encodeIncomingRequest,
+    },
+  },
+  'handoff.vmm.v1.MigrationService',
+) as unknown as {
+  new (
+    address: string,
+    credentials: ChannelCredentials,
+    options?: Partial<ClientOptions>,
+  ): vmmStream.MigrationServiceClient;
+  service: typeof vmmStream.MigrationServiceService;
+  serviceName: string;
+};

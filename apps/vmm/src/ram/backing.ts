@@ -27,6 +27,33 @@ export interface RamBacking {
   abandon(): void;
   /** Shared blocks: records the lease epoch after this VM re-took its own lease (fencing). */
   setLeaseEpoch?(epoch: number): void;
+  /**
+   * Byte ranges `[start, end)` of the block that may hold data, ascending (the data extents of
+   * the backing file, `SEEK_DATA`/`SEEK_HOLE`); every byte outside them is zero for certain (a
+   * hole). Null, or absent, when unknown: then any page may hold data. A snapshot: pages
+   * written later are the dirty log's business.
+   */
+  dataRanges?(): readonly (readonly [start: number, end: number])[] | null;
+  /**
+   * Maps [offset, offset + length) into this process now (`MADV_POPULATE_WRITE`, or
+   * `MADV_POPULATE_READ` for `'read'`): one system call instead of a page fault per page, when
+   * the range is about to be filled (incoming migration) or read whole (outgoing). Only for
+   * ranges that may hold data: populating a tmpfs hole allocates it. Byte offsets, whole pages.
+   * Best effort: does nothing where unsupported.
+   */
+  prefault?(offset: number, length: number, access?: 'read' | 'write'): void;
+  /**
+   * Writes `data` at byte `offset` through the file (`pwrite`), not the mapping: the kernel
+   * fills the page cache without mapping a page into this process, several times faster than a
+   * copy through fresh mapped pages (each first touch faults). The mapping sees the bytes at
+   * once. Only for memory nothing runs on yet (an incoming migration's blocks).
+   */
+  write?(offset: number, data: Uint8Array): void;
+  /**
+   * Makes [offset, offset + length) zero by punching a hole in the file (frees the pages; no
+   * page is touched). Byte offsets, whole pages.
+   */
+  zero?(offset: number, length: number): void;
 }
 
 /** What opening a block needs from the instance. */

@@ -1,5 +1,5 @@
-import { closeSync } from 'node:fs';
-import { createMemfd, mapFd } from '@handoff/shm';
+import { closeSync, writeSync } from 'node:fs';
+import { createMemfd, dataRanges, fallocate, mapFd } from '@handoff/shm';
 import type { RamBlockSpec } from '../vm/types.js';
 import type { RamBacking, RamContext } from './backing.js';
 
@@ -18,11 +18,43 @@ export function openPrivate(spec: RamBlockSpec, ctx: RamContext): RamBacking {
     throw err;
   }
   let closed = false;
+  let populate = true; // MADV_POPULATE_* (Linux 5.14+) until it fails once
   const backing: RamBacking = {
     spec,
     buffer: mapping.buffer,
     regionRef: null,
     zeroed: true,
+    dataRanges: () => {
+      if (closed) return null;
+      try {
+        return dataRanges(fd, 0, spec.size);
+      } catch {
+        return null;
+      }
+    },
+    write: (offset, data) => {
+      if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+      let done = 0;
+      while (done < data.length) {
+        done += writeSync(fd, data, done, data.length - done, offset + done);
+      }
+    },
+    zero: (offset, length) => {
+      if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+      if (length > 0) fallocate(fd, offset, length, { punchHole: true });
+    },
+    prefault: (offset, length, access = 'write') => {
+      if (closed || !populate || length <= 0) return;
+      try {
+        mapping.advise(access === 'read' ? 'populate-read' : 'populate-write', offset, length);
+      } catch (err) {
+        populate = false;
+        ctx.logger.debug(
+          { block: spec.id, error: (err as Error).message },
+          'cannot pre-fault RAM (MADV_POPULATE_*); pages fault in one by one',
+        );
+      }
+    },
     abandon: () => void backing.close(),
     close: () => {
       if (!closed) {

@@ -1,6 +1,6 @@
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
-import { mapFile, type Mapping } from '@handoff/shm';
+import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../vm/errors.js';
 import type { RamBlockSpec } from '../vm/types.js';
 import {
@@ -118,6 +118,7 @@ export function mapShared(
     memstore: ctx.memstoreAddress,
   };
   let closed = false;
+  let populate = true;
   return {
     spec,
     buffer: mapping.buffer,
@@ -125,6 +126,29 @@ export function mapShared(
     zeroed: false,
     setLeaseEpoch: (e) => {
       regionRef.epoch = e;
+    },
+    // Outgoing migration reads data ranges whole: map them in one call, not a fault per page.
+    prefault: (offset, length, access = 'write') => {
+      if (closed || !populate || length <= 0) return;
+      try {
+        mapping.advise(access === 'read' ? 'populate-read' : 'populate-write', offset, length);
+      } catch {
+        populate = false; // before Linux 5.14: pages fault in one by one
+      }
+    },
+    // Holes of the region file were never written: zero without reading them (reading a tmpfs
+    // hole through this MAP_SHARED mapping would allocate the page).
+    dataRanges: () => {
+      if (closed) return null;
+      try {
+        return fileDataRanges(region.path, 0, spec.size);
+      } catch (err) {
+        ctx.logger.debug(
+          { block: spec.id, region: region.name, error: (err as Error).message },
+          'no hole map of the region file; every page is read',
+        );
+        return null;
+      }
     },
     abandon: () => {
       if (closed) return;

@@ -295,6 +295,36 @@ Napi::Value GetSeals(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), seals);
 }
 
+// dataRanges(fd, offset, length) -> Float64Array of [start, end) pairs: the parts of
+// [offset, offset + length) that may hold data, by lseek(SEEK_DATA / SEEK_HOLE). Everything
+// outside them is a hole and reads as zero. A file system without hole tracking reports the whole
+// file as data. The fd's file offset moves (use a dedicated fd, or none that reads sequentially).
+Napi::Value DataRanges(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const off_t offset = static_cast<off_t>(ArgInt(info, 1));
+  const off_t end = offset + static_cast<off_t>(ArgInt(info, 2));
+  std::vector<double> out;
+  off_t pos = offset;
+  while (pos < end) {
+    const off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data at or after pos
+      ThrowErrno(env, "lseek(SEEK_DATA)", errno);
+    }
+    if (data >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) ThrowErrno(env, "lseek(SEEK_HOLE)", errno);
+    if (hole > end) hole = end;
+    out.push_back(static_cast<double>(data));
+    out.push_back(static_cast<double>(hole));
+    pos = hole;
+  }
+  Napi::Float64Array result = Napi::Float64Array::New(env, out.size());
+  if (!out.empty()) std::memcpy(result.Data(), out.data(), out.size() * sizeof(double));
+  return result;
+}
+
 // stats() -> { regions, bytes }: address ranges this process still has mapped through the addon.
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
@@ -370,6 +400,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
+  exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
   exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
   return exports;
 }
