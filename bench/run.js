@@ -17,6 +17,7 @@ const SUITES = [
   { name: 'shm', module: 'libs/shm/dist/shm.bench.js' },
   { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
   { name: 'migration', module: 'apps/cli/dist/bench/migration.bench.js' },
+  { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
 ];
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -9,10 +9,16 @@
  * - `create-after-row`: the 'creating' row is committed, the file not yet made;
  * - `create-after-file`: the file exists, the row is still 'creating';
  * - `delete-after-row`: the row is deleted, the file not yet removed;
- * - `seal-after-chmod`: the file is read-only, the 'sealed' state not committed.
+ * - `seal-after-chmod`: the file is read-only, the 'sealed' state not committed;
+ * - `lease-after-commit`: an AcquireLease, TransferLease or ReleaseLease is
+ *   committed, its reply not yet sent (the caller sees the call fail).
  */
 export type FailpointName =
-  'create-after-row' | 'create-after-file' | 'delete-after-row' | 'seal-after-chmod';
+  | 'create-after-row'
+  | 'create-after-file'
+  | 'delete-after-row'
+  | 'seal-after-chmod'
+  | 'lease-after-commit';
 
 /** Name of the variable that arms a failpoint. */
 export const FAILPOINT_VARIABLE = 'HANDOFF_MEMSTORE_FAILPOINT';

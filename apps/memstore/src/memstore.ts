@@ -23,6 +23,11 @@ export interface MemstoreInfo {
 /** Linux statfs magic of tmpfs. */
 const TMPFS_MAGIC = 0x01021994;
 
+/** True when `dir` is on a tmpfs (its files do not survive the OS). */
+export function isTmpfs(dir: string): boolean {
+  return statfsSync(dir).type === TMPFS_MAGIC;
+}
+
 /**
  * The memstore's domain, without any gRPC: the catalog, regions, leases and
  * templates over one set of directories. `openMemstore` prepares the
@@ -39,6 +44,8 @@ export class Memstore {
     readonly catalog: Catalog,
     readonly report: ReconcileReport,
     logger: Logger,
+    /** True when the volatile directory is a tmpfs (decides how lease changes commit). */
+    readonly volatileOnTmpfs = isTmpfs(settings.volatileDir),
   ) {
     this.regions = new RegionStore(
       catalog,
@@ -46,7 +53,7 @@ export class Memstore {
       { maxRegionSize: settings.maxRegionSize, maxTotalSize: settings.maxTotalSize },
       logger,
     );
-    this.leases = new LeaseManager(catalog, logger);
+    this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs });
     this.templates = new Templates(catalog, this.regions, logger);
   }
 
@@ -83,10 +90,12 @@ export function openMemstore(settings: MemstoreSettings, logger: Logger): Memsto
   ensureDirectory(settings.persistentDir, 'persistent directory (--persistent-dir)', {
     shared: false,
   });
-  if (statfsSync(settings.volatileDir).type !== TMPFS_MAGIC) {
+  const volatileOnTmpfs = isTmpfs(settings.volatileDir);
+  if (!volatileOnTmpfs) {
     logger.warn(
       { volatileDir: settings.volatileDir },
-      'the volatile directory is not on tmpfs: volatile regions will be written to disk',
+      'the volatile directory is not on tmpfs: volatile regions will be written to disk ' +
+        '(and their lease changes fsynced like persistent ones)',
     );
   }
   const catalog = Catalog.open(join(settings.stateDir, CATALOG_FILE_NAME), logger);
@@ -102,7 +111,7 @@ export function openMemstore(settings: MemstoreSettings, logger: Logger): Memsto
       },
       'catalog open',
     );
-    return new Memstore(settings, catalog, report, logger);
+    return new Memstore(settings, catalog, report, logger, volatileOnTmpfs);
   } catch (err) {
     catalog.close();
     throw err;

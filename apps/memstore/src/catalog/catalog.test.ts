@@ -3,7 +3,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MemstoreError } from '../errors.js';
-import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
+import { catalogAfterKill9, makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { Catalog, CATALOG_FILE_NAME } from './catalog.js';
 import type { NewRegionRow } from './rows.js';
 import { SCHEMA_VERSION } from './schema.js';
@@ -161,5 +161,59 @@ describe('regions table', () => {
     expect(c.detachClone(r.id, 'c1')).toBe(true);
     expect(c.detachClone(r.id, 'c1')).toBe(false);
     expect(c.allClones()).toHaveLength(1);
+  });
+});
+
+describe('commit durability', () => {
+  beforeEach(() => {
+    catalog = Catalog.open(path);
+  });
+
+  function activeRow(c: Catalog, name: string): string {
+    const r = newRow(name);
+    c.insertCreating(r);
+    c.markActive(r.id);
+    return r.id;
+  }
+
+  it('runs at synchronous=FULL by default, also inside a power-loss transaction', () => {
+    const c = catalog!;
+    expect(c.synchronous).toBe(2);
+    expect(c.transaction(() => c.synchronous)).toBe(2);
+    expect(c.transaction(() => c.synchronous, 'power-loss')).toBe(2);
+    expect(c.synchronous).toBe(2);
+  });
+
+  it('commits a process-crash transaction at NORMAL and is back at FULL afterwards, also after a throw', () => {
+    const c = catalog!;
+    const id = activeRow(c, 'a');
+    const inside = c.transaction(() => {
+      c.acquireLease(id, 'h1', 1);
+      return c.synchronous;
+    }, 'process-crash');
+    expect(inside).toBe(1);
+    expect(c.synchronous).toBe(2);
+    expect(() =>
+      c.transaction(() => {
+        c.transferLease(id, 'h1', 1, 'h2', 2);
+        throw new Error('boom');
+      }, 'process-crash'),
+    ).toThrow('boom');
+    expect(c.synchronous).toBe(2);
+    // The throw rolled the transfer back.
+    expect(c.getById(id)).toMatchObject({ leaseHolder: 'h1', leaseEpoch: 1 });
+  });
+
+  it('a process-crash commit is in the files when the call returns: kill -9 cannot lose it', () => {
+    const c = catalog!;
+    const id = activeRow(c, 'a');
+    c.transaction(() => c.acquireLease(id, 'h1', 1), 'process-crash');
+    c.transaction(() => c.transferLease(id, 'h1', 1, 'h2', 2), 'process-crash');
+    const copy = catalogAfterKill9(dirs.stateDir, join(dirs.stateDir, 'after-kill'));
+    try {
+      expect(copy.getById(id)).toMatchObject({ leaseHolder: 'h2', leaseEpoch: 2 });
+    } finally {
+      copy.close();
+    }
   });
 });

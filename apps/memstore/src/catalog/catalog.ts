@@ -55,6 +55,12 @@ function toCloneRow(r: RawCloneRow): CloneRow {
   return { templateId: r.template_id, holder: r.holder, attachedAt: r.attached_at };
 }
 
+/**
+ * What a committed transaction must survive: a crash of the memstore process
+ * only (kill -9, an abort) or also an OS crash / power loss.
+ */
+export type CommitDurability = 'process-crash' | 'power-loss';
+
 /** What happened when the catalog was opened. */
 export interface CatalogOpenInfo {
   /** True when the database file was created by this open. */
@@ -67,9 +73,17 @@ export interface CatalogOpenInfo {
 /**
  * The memstore's durable state: regions, leases and clones in one SQLite file.
  *
- * Durability: WAL journal with `synchronous=FULL`, so every committed
- * transaction is on disk (fsync of the WAL) before the call returns — it
- * survives kill -9 and power loss. The connection holds an exclusive lock
+ * Durability: WAL journal. By default the connection runs with
+ * `synchronous=FULL`: a committed transaction is on disk (fsync of the WAL)
+ * before the call returns — it survives kill -9 and power loss. A caller may
+ * ask for a transaction that only has to survive a crash of this process
+ * (`transaction(fn, 'process-crash')`): it commits with `synchronous=NORMAL`,
+ * i.e. the WAL frames are written to the OS (page cache) but not fsynced, and
+ * the connection is back at FULL before the call returns. Because the WAL is
+ * append-only and replayed in order, what survives a power loss is always a
+ * prefix of the commit sequence: a later FULL commit's fsync also makes every
+ * earlier NORMAL commit durable, and a NORMAL commit can never be kept while
+ * an earlier one is lost. The connection holds an exclusive lock
  * for its lifetime (`locking_mode=EXCLUSIVE`), so a second memstore on the
  * same state directory fails fast instead of reconciling under the first
  * one's feet; the OS drops the lock when the process dies.
@@ -135,9 +149,31 @@ export class Catalog {
     }
   }
 
-  /** Runs `fn` in one transaction (BEGIN IMMEDIATE): all of its writes commit together or none do. */
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+  /**
+   * Runs `fn` in one transaction (BEGIN IMMEDIATE): all of its writes commit
+   * together or none do. `survives` says what the commit must outlive once
+   * this returns: `'power-loss'` (default: the WAL is fsynced) or
+   * `'process-crash'` (the WAL is written to the OS but not fsynced; kill -9
+   * of this process cannot lose it, an OS crash or power cut may). Writes
+   * outside `transaction()` always run at `'power-loss'`.
+   */
+  transaction<T>(fn: () => T, survives: CommitDurability = 'power-loss'): T {
+    if (survives === 'power-loss') return this.db.transaction(fn).immediate();
+    // synchronous may only change between transactions; restore FULL at once
+    // so that autocommit writes and the next transaction get the default.
+    // (Not a prepared statement: SQLite applies this pragma when it compiles
+    // it, so a statement prepared once would not switch the level per run.)
+    this.db.exec('PRAGMA synchronous = NORMAL');
+    try {
+      return this.db.transaction(fn).immediate();
+    } finally {
+      this.db.exec('PRAGMA synchronous = FULL');
+    }
+  }
+
+  /** The connection's current `PRAGMA synchronous` (2 = FULL, 1 = NORMAL); for tests. */
+  get synchronous(): number {
+    return this.db.pragma('synchronous', { simple: true }) as number;
   }
 
   /** Closes the database (idempotent). */

@@ -1,8 +1,14 @@
 import fc from 'fast-check';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MemstoreError } from '../errors.js';
 import type { Memstore } from '../memstore.js';
-import { makeTempDirs, openTestMemstore, type TempDirs } from '../testing/fixtures.js';
+import {
+  catalogAfterKill9,
+  makeTempDirs,
+  openTestMemstore,
+  type TempDirs,
+} from '../testing/fixtures.js';
 
 let dirs: TempDirs;
 let m: Memstore;
@@ -135,6 +141,69 @@ describe('durability', () => {
     m.close();
     m = openTestMemstore(dirs).memstore;
     expect(m.leases.acquire(region, 'vmm-c/vm1').epoch).toBe(3);
+  });
+});
+
+describe('commit durability follows the region', () => {
+  const persistent = { name: 'disk-ram' };
+
+  /** The durability each lease call of `fn` committed with. */
+  function durabilities(fn: () => void): unknown[] {
+    const spy = vi.spyOn(m.catalog, 'transaction');
+    try {
+      fn();
+      return spy.mock.calls.map((c) => c[1]);
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  function cycle(ref: { name: string }): void {
+    m.leases.acquire(ref, 'vmm-a/vm1');
+    m.leases.transfer(ref, 'vmm-a/vm1', 1, 'vmm-b/vm1');
+    m.leases.release(ref, 'vmm-b/vm1', 2);
+  }
+
+  it('volatile regions on tmpfs commit lease changes without fsync (process-crash)', () => {
+    expect(m.volatileOnTmpfs).toBe(true);
+    expect(durabilities(() => cycle(region))).toEqual([
+      'process-crash',
+      'process-crash',
+      'process-crash',
+    ]);
+    expect(m.catalog.synchronous).toBe(2);
+  });
+
+  it('persistent regions commit lease changes with fsync (power-loss)', () => {
+    m.regions.create({ name: persistent.name, size: 8192n, kind: 'persistent' });
+    expect(durabilities(() => cycle(persistent))).toEqual([
+      'power-loss',
+      'power-loss',
+      'power-loss',
+    ]);
+  });
+
+  it('volatile regions outside tmpfs commit lease changes with fsync (power-loss)', () => {
+    m.close();
+    m = openTestMemstore(dirs, { volatileDir: join(dirs.stateDir, 'not-tmpfs') }).memstore;
+    const onDisk = { name: 'volatile-on-disk' };
+    m.regions.create({ name: onDisk.name, size: 8192n, kind: 'volatile' });
+    expect(m.volatileOnTmpfs).toBe(false);
+    expect(durabilities(() => cycle(onDisk))).toEqual(['power-loss', 'power-loss', 'power-loss']);
+  });
+
+  it('a volatile lease transfer is in the catalog files once it returns: kill -9 right after keeps it', () => {
+    m.leases.acquire(region, 'vmm-a/vm1');
+    const moved = m.leases.transfer(region, 'vmm-a/vm1', 1, 'vmm-b/vm1');
+    const copy = catalogAfterKill9(dirs.stateDir, join(dirs.stateDir, 'after-kill'));
+    try {
+      expect(copy.getByName(region.name)).toMatchObject({
+        leaseHolder: 'vmm-b/vm1',
+        leaseEpoch: moved.epoch,
+      });
+    } finally {
+      copy.close();
+    }
   });
 });
 

@@ -1,6 +1,8 @@
 import type { Logger } from '@handoff/service';
-import type { Catalog } from '../catalog/catalog.js';
+import type { Catalog, CommitDurability } from '../catalog/catalog.js';
+import type { RegionRow } from '../catalog/rows.js';
 import { MemstoreError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { validateHolder } from '../regions/naming.js';
 import type { RegionRef } from '../regions/region.js';
 import { findRegion } from '../regions/resolve.js';
@@ -20,19 +22,38 @@ export interface LeaseValidation {
  * (holder, epoch) exactly one wins; the others get LEASE_STALE_EPOCH. Epochs
  * are stored with the region and only ever incremented, so they never go
  * back — not after a release, not across restarts.
+ *
+ * Durability of a lease change follows the region's own: a VOLATILE region
+ * on tmpfs cannot outlive the OS, so its lease changes commit as
+ * 'process-crash' (no fsync: they survive kill -9 of memstore, and after an
+ * OS crash the region comes back LOST, never leasable again); PERSISTENT
+ * regions, and volatile ones on a directory that is not tmpfs, commit as
+ * 'power-loss' (fsync). See the README's "Catalog" section.
  */
 export class LeaseManager {
   constructor(
     private readonly catalog: Catalog,
     private readonly logger: Logger,
+    private readonly opts: {
+      /** True when the volatile directory is a tmpfs (its files die with the OS). */
+      readonly volatileOnTmpfs: boolean;
+    },
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** What a lease change on this region must survive (see the class comment). */
+  durabilityOf(row: Pick<RegionRow, 'kind'>): CommitDurability {
+    return row.kind === 'volatile' && this.opts.volatileOnTmpfs ? 'process-crash' : 'power-loss';
+  }
 
   /** Grants the lease of an unleased, active region to `holder` at the next epoch. */
   acquire(ref: RegionRef, holder: string): Lease {
     validateHolder(holder);
-    return this.catalog.transaction(() => {
-      const row = findRegion(this.catalog, ref);
+    // Everything from this read to the commit is synchronous on the one
+    // connection that may write the catalog, so the row read here is the
+    // row the transaction sees; it also tells the durability (kind).
+    const row = findRegion(this.catalog, ref);
+    const lease = this.catalog.transaction(() => {
       assertLeasable(row, 'lease');
       const updated = this.catalog.acquireLease(row.id, holder, this.now());
       if (updated === undefined) {
@@ -42,13 +63,15 @@ export class LeaseManager {
             'Wait for it to be released, or move it with TransferLease presenting the current holder and epoch',
         );
       }
-      const lease = leaseOf(updated)!;
+      const granted = leaseOf(updated)!;
       this.logger.info(
-        { region: row.id, name: row.name, holder, epoch: lease.epoch },
+        { region: row.id, name: row.name, holder, epoch: granted.epoch },
         'lease granted',
       );
-      return lease;
-    });
+      return granted;
+    }, this.durabilityOf(row));
+    failpoint('lease-after-commit');
+    return lease;
   }
 
   /**
@@ -59,8 +82,8 @@ export class LeaseManager {
   transfer(ref: RegionRef, fromHolder: string, expectedEpoch: number, toHolder: string): Lease {
     validateHolder(fromHolder, 'from_holder');
     validateHolder(toHolder, 'to_holder');
-    return this.catalog.transaction(() => {
-      const row = findRegion(this.catalog, ref);
+    const row = findRegion(this.catalog, ref); // see acquire()
+    const lease = this.catalog.transaction(() => {
       assertLeasable(row, 'transfer the lease of');
       const updated = this.catalog.transferLease(
         row.id,
@@ -73,26 +96,29 @@ export class LeaseManager {
         assertLeaseIs(row, fromHolder, expectedEpoch, 'transfer the lease of');
         throw new Error(`internal: lease transfer of ${row.id} matched no row`);
       }
-      const lease = leaseOf(updated)!;
+      const moved = leaseOf(updated)!;
       this.logger.info(
-        { region: row.id, name: row.name, from: fromHolder, to: toHolder, epoch: lease.epoch },
+        { region: row.id, name: row.name, from: fromHolder, to: toHolder, epoch: moved.epoch },
         'lease transferred',
       );
-      return lease;
-    });
+      return moved;
+    }, this.durabilityOf(row));
+    failpoint('lease-after-commit');
+    return lease;
   }
 
   /** Gives the lease up; the epoch is kept so the next grant is epoch + 1. */
   release(ref: RegionRef, holder: string, epoch: number): void {
     validateHolder(holder);
+    const row = findRegion(this.catalog, ref); // see acquire()
     this.catalog.transaction(() => {
-      const row = findRegion(this.catalog, ref);
       if (!this.catalog.releaseLease(row.id, holder, epoch)) {
         assertLeaseIs(row, holder, epoch, 'release the lease of');
         throw new Error(`internal: lease release of ${row.id} matched no row`);
       }
       this.logger.info({ region: row.id, name: row.name, holder, epoch }, 'lease released');
-    });
+    }, this.durabilityOf(row));
+    failpoint('lease-after-commit');
   }
 
   /** True when `holder` holds the region's lease at exactly `epoch`. */

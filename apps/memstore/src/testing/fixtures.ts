@@ -1,8 +1,9 @@
 import type { Logger } from '@handoff/service';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Catalog, CATALOG_FILE_NAME } from '../catalog/catalog.js';
 import { memstoreConfig, resolveSettings, type MemstoreSettings } from '../config.js';
 import { openMemstore, type Memstore } from '../memstore.js';
 
@@ -91,4 +92,19 @@ export function openTestMemstore(
 ): { memstore: Memstore; log: LogEntry[] } {
   const { logger, entries } = recordingLogger();
   return { memstore: openMemstore(testSettings(dirs, overrides), logger), log: entries };
+}
+
+/**
+ * What kill -9 of the memstore leaves: the catalog files exactly as the OS
+ * has them, without a close or a checkpoint. Copying them while the
+ * connection is still open (nothing runs in between: it is all synchronous)
+ * and opening the copy replays the WAL the way a restart after kill -9 does.
+ */
+export function catalogAfterKill9(stateDir: string, into: string): Catalog {
+  mkdirSync(into, { recursive: true });
+  for (const suffix of ['', '-wal']) {
+    const from = join(stateDir, CATALOG_FILE_NAME + suffix);
+    if (existsSync(from)) copyFileSync(from, join(into, CATALOG_FILE_NAME + suffix));
+  }
+  return Catalog.open(join(into, CATALOG_FILE_NAME));
 }
