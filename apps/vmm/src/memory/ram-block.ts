@@ -146,13 +146,24 @@ export class RamBlock {
     }
   }
 
-  /** Drops every decoded instruction of this block (fence.i, restore). */
+  /**
+   * Drops every decoded instruction of this block (fence.i, restore). Walks only the pages that
+   * have a decode page (a translation exists only for those), so its cost follows the code the
+   * guest ran, not the RAM size: a restore into a fresh machine costs nothing here.
+   */
   flushCode(): void {
-    for (let p = 0; p < this.pages; p++) {
-      if ((this.codeBits[p >>> 5]! & (1 << (p & 31))) === 0) continue;
-      this.codePages[p]!.fill(0, 0, this.codePages[p]!.length - CODE_SLOT_INTS);
+    const bits = this.codeBits;
+    for (let w = 0; w < bits.length; w++) {
+      let word = bits[w]!;
+      while (word !== 0) {
+        const low = word & -word;
+        const p = (w << 5) | (31 - Math.clz32(low));
+        word ^= low;
+        const page = this.codePages[p]!;
+        page.fill(0, 0, page.length - CODE_SLOT_INTS);
+        this.translated[p] = undefined;
+      }
     }
-    this.translated.fill(undefined);
   }
 
   /**
