@@ -58,6 +58,8 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       logger,
       shutdownTimeoutMs: config['shutdown-timeout-ms'],
       services: vmmServices({ logger, id: config.id, address: () => advertised, host }),
+      // Migration targets take page frames of up to 1 MiB on one stream.
+      receiveWindowBytes: 8 * 1024 * 1024,
     });
   } catch (err) {
     await host.close();

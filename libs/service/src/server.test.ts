@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import * as http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator, serviceNames } from '@handoff/proto';
 import { checkHealth, createClient, unaryCall } from './client.js';
@@ -115,5 +116,41 @@ describe('startServer', () => {
     await other.shutdown();
     await other.shutdown();
     expect((await checkHealth(other.address, '', 500)).status).toBe('UNREACHABLE');
+  });
+
+  it('announces the receive window it was asked for (HTTP/2 SETTINGS), 64 KiB otherwise', async () => {
+    const windowOf = async (receiveWindowBytes?: number): Promise<number | undefined> => {
+      const srv = await startServer({
+        name: 't3',
+        host: '127.0.0.1',
+        port: 0,
+        logger,
+        services: [],
+        ...(receiveWindowBytes !== undefined ? { receiveWindowBytes } : {}),
+      });
+      const session = http2.connect(`http://${srv.address}`);
+      try {
+        const settings = await new Promise<http2.Settings>((resolve, reject) => {
+          session.once('error', reject);
+          // The window arrives in a SETTINGS frame after the session's first one.
+          const check = (): void => {
+            if (
+              session.remoteSettings.initialWindowSize !== 65535 ||
+              receiveWindowBytes === undefined
+            ) {
+              resolve(session.remoteSettings);
+            }
+          };
+          session.on('remoteSettings', check);
+          setTimeout(() => resolve(session.remoteSettings), 2000);
+        });
+        return settings.initialWindowSize;
+      } finally {
+        session.destroy();
+        await srv.shutdown();
+      }
+    };
+    expect(await windowOf(4 * 1024 * 1024)).toBe(4 * 1024 * 1024);
+    expect(await windowOf()).toBe(65535);
   });
 });

@@ -3,6 +3,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { readFileSync } from 'node:fs';
+import type * as http2 from 'node:http2';
 import { descriptorSetPath } from '@handoff/proto';
 import { ServiceError, toGrpcError } from './errors.js';
 import type { Logger } from './logger.js';
@@ -32,6 +33,12 @@ export interface ServerOptions {
   shutdownTimeoutMs?: number;
   /** Largest message accepted (default 16 MiB: page frames are <= 1 MiB plus headers). */
   maxReceiveMessageBytes?: number;
+  /**
+   * HTTP/2 receive window per stream and per connection, for servers that take bulk data on
+   * a stream (a migration target). HTTP/2's default 64 KiB makes a sender wait a round trip
+   * every 64 KiB; grpc-js has no server option for it, so it is set on each new session.
+   */
+  receiveWindowBytes?: number;
 }
 
 /** A started server. */
@@ -87,6 +94,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       (err, p) => (err ? reject(bindError(err, opts)) : resolve(p)),
     );
   });
+  if (opts.receiveWindowBytes !== undefined) widenReceiveWindow(server, opts);
   const address = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`;
   health.setStatus(OVERALL_HEALTH, 'SERVING');
   for (const n of names) health.setStatus(n, 'SERVING');
@@ -236,5 +244,30 @@ function logFailure(
     logger.error({ err, path, status }, 'call failed');
   } else {
     logger.info({ path, status, error: grpcErr.details }, 'call refused');
+  }
+}
+
+/**
+ * Sets the receive window of every HTTP/2 session the server accepts. grpc-js keeps its
+ * http2 servers in a private field; when that is not there (another grpc-js version) the
+ * default window stays and a warning says so.
+ */
+function widenReceiveWindow(server: grpc.Server, opts: ServerOptions): void {
+  const window = opts.receiveWindowBytes!;
+  const servers = (server as unknown as { http2Servers?: Map<http2.Http2Server, unknown> })
+    .http2Servers;
+  if (!(servers instanceof Map) || servers.size === 0) {
+    opts.logger.warn('cannot reach the http2 servers of grpc-js: the receive window stays 64 KiB');
+    return;
+  }
+  for (const h2 of servers.keys()) {
+    h2.on('session', (session: http2.ServerHttp2Session) => {
+      try {
+        session.settings({ initialWindowSize: window });
+        session.setLocalWindowSize(window);
+      } catch (err) {
+        opts.logger.warn({ error: (err as Error).message }, 'could not widen a receive window');
+      }
+    });
   }
 }

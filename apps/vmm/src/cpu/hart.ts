@@ -1366,6 +1366,7 @@ function codePage(block: RamBlock, page: number): Int32Array {
     code[CODE_SLOTS * CODE_SLOT_INTS] = Op.PAGE_END;
     block.codePages[page] = code;
     block.codeBits[page >>> 5]! |= 1 << (page & 31);
+    block.codePageCount++;
   }
   return code;
 }

@@ -9,6 +9,7 @@ function decode(block: RamBlock, p: number): Int32Array {
   page[CODE_PAGE_INTS - CODE_SLOT_INTS] = 99; // the end marker past the last slot stays
   block.codePages[p] = page;
   block.codeBits[p >>> 5]! |= 1 << (p & 31);
+  block.codePageCount++;
   block.translated[p] = () => 0;
   return page;
 }

@@ -49,6 +49,8 @@ export class RamBlock {
   readonly codePages: (Int32Array | undefined)[];
   /** One bit per page that has a decode-cache page. */
   readonly codeBits: Int32Array;
+  /** Pages with a decode-cache page (bits set in {@link RamBlock.codeBits}). */
+  codePageCount = 0;
   /**
    * Translated code per page (owned by the CPU's translator: a function, or null when the
    * page had nothing to translate). Dropped whenever a decoded instruction of the page changes.
@@ -152,6 +154,7 @@ export class RamBlock {
    * guest ran, not the RAM size: a restore into a fresh machine costs nothing here.
    */
   flushCode(): void {
+    if (this.codePageCount === 0) return;
     const bits = this.codeBits;
     for (let w = 0; w < bits.length; w++) {
       let word = bits[w]!;

@@ -164,6 +164,7 @@ export async function receiveMigration(
           blocks.map((b) => b.backing!),
           blocks[0]!.mode !== 'ref',
         );
+        await vm.spawned(); // the machine's set-up stays out of the downtime
         pages = new PageReceiver(blocks, blocks[0]!.mode === 'ref' ? null : vm.touchedPages);
         call.write({
           reply: {

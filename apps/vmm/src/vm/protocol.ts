@@ -113,6 +113,8 @@ export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'c
 /** Worker → host messages. */
 export type VcpuMessage =
   | { readonly t: 'booted'; readonly entry: number }
+  /** Incoming migration: the machine is built and waits for its device state. */
+  | { readonly t: 'spawned' }
   | { readonly t: 'boot-failed'; readonly message: string; readonly code: string }
   | {
       readonly t: 'state';

@@ -178,6 +178,7 @@ function boot(): Machine | null {
 
 /** Sleeps on the doorbell until the host posts the device state of an incoming migration. */
 function awaitRestore(): MachineState {
+  post({ t: 'spawned' });
   for (;;) {
     const bell = Atomics.load(ctl, Ctl.DOORBELL);
     if (Atomics.load(ctl, Ctl.REQUEST) === Request.STOP) throw new Error('stopped before restore');

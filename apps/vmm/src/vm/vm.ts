@@ -92,6 +92,8 @@ export class Vm {
   /** Epoch ms at which the vCPU last entered `running` / `paused` (the worker's clock). */
   private lastRunAt = 0;
   private lastPauseAt = 0;
+  /** Incoming migration: the machine is built ({@link Vm.spawned}). */
+  private built: Promise<void> = Promise.resolve();
   /** The teardown of {@link handOff}, which destroy() waits for. */
   private handingOff: Promise<void> | undefined;
   private destroying: Promise<void> | undefined;
@@ -203,8 +205,8 @@ export class Vm {
 
   /**
    * Starts the vCPU thread of an incoming migration early (off the downtime path): the machine
-   * is built in the thread and waits for its device state ({@link Vm.runIncoming}, which may be
-   * called at once: the state waits in the command port). `zeroKnown`: main RAM starts zero and
+   * is built in the thread ({@link Vm.spawned}) and waits for its device state
+   * ({@link Vm.runIncoming}, which may be called at once: the state waits in the command port). `zeroKnown`: main RAM starts zero and
    * the receiver marks {@link Vm.touchedPages} as pages arrive; otherwise every page counts as
    * touched. A thread that fails to build the machine fails `runIncoming`; the caller destroys
    * the VM on any failure and still owns `ram` until then.
@@ -216,7 +218,20 @@ export class Vm {
     deps: VmDeps,
   ): Vm {
     const touched = zeroKnown ? new PageBitmap(ram[0]!.spec.size >>> PAGE_SHIFT) : null;
-    return new Vm(spec, ram, null, deps, { state: 'pending', touched });
+    const vm = new Vm(spec, ram, null, deps, { state: 'pending', touched });
+    vm.built = vm.waitBoot('spawned');
+    vm.built.catch(() => undefined); // also fails runIncoming, which the caller awaits
+    return vm;
+  }
+
+  /**
+   * Incoming migration: resolves once the vCPU thread built the machine (its per-page tables
+   * grow with RAM size: ≈40 ms at 2 GiB), so that work stays out of the downtime.
+   *
+   * @throws VmmError `VMM_VCPU_FAILED` when the thread could not build it
+   */
+  spawned(): Promise<void> {
+    return this.built;
   }
 
   /**
@@ -238,14 +253,14 @@ export class Vm {
     });
   }
 
-  private waitBoot(): Promise<void> {
+  private waitBoot(kind: 'booted' | 'spawned' = 'booted'): Promise<void> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         cleanup();
         reject(new VmmError('VMM_VCPU_FAILED', `VM ${this.name}: the guest did not boot in time`));
       }, BOOT_TIMEOUT_MS);
       const onMessage = (m: VcpuMessage): void => {
-        if (m.t === 'booted') {
+        if (m.t === kind) {
           cleanup();
           resolve();
         } else if (m.t === 'boot-failed') {
