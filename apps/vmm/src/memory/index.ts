@@ -12,4 +12,4 @@ export {
   setPageBits,
   testPageBit,
 } from './pages.js';
-export { RamBlock, type RamBlockOptions } from './ram-block.js';
+export { makePageTables, RamBlock, type PageTables, type RamBlockOptions } from './ram-block.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CODE_PAGE_INTS, CODE_SLOT_INTS } from './code-pages.js';
-import { RamBlock } from './ram-block.js';
+import { makePageTables, RamBlock } from './ram-block.js';
 
 /** Gives `block` a decode page at `p` with one decoded slot and a translation, as the CPU does. */
 function decode(block: RamBlock, p: number): Int32Array {
@@ -25,5 +25,18 @@ describe('RamBlock.flushCode', () => {
       expect(block.translated[p], `page ${p} translation`).toBeUndefined();
       expect(block.codePages[p]).toBe(page); // the page itself is kept for reuse
     }
+  });
+});
+
+describe('RamBlock page tables', () => {
+  it('takes tables made ahead of time when they cover every page, else makes its own', () => {
+    const big = makePageTables(4096);
+    const a = new RamBlock({ id: 'a', guestBase: 0x8000_0000, size: 4096 * 2048, tables: big });
+    expect(a.codePages).toBe(big.codePages);
+    expect(a.translated).toBe(big.translated);
+    const small = makePageTables(16);
+    const b = new RamBlock({ id: 'b', guestBase: 0x8000_0000, size: 4096 * 2048, tables: small });
+    expect(b.codePages).not.toBe(small.codePages);
+    expect(b.codePages.length).toBe(2048);
   });
 });
