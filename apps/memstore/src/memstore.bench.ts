@@ -1,13 +1,11 @@
 import { memstore as pb } from '@handoff/proto';
-import { createClient, createLogger, SERVICE_MALLOC_ENV, unaryCall } from '@handoff/service';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createClient, createLogger, unaryCall } from '@handoff/service';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { memstoreConfig, resolveSettings } from './config.js';
 import { Memstore, openMemstore } from './memstore.js';
+import { makeTempDirs } from './testing/fixtures.js';
+import { MEMSTORE_MAIN, startMemstoreProcess } from './testing/process.js';
 import type { RegionKind } from './regions/region.js';
 
 /**
@@ -26,34 +24,8 @@ import type { RegionKind } from './regions/region.js';
  *   logger) — what memstore itself spends, catalog commit included.
  */
 
-const here = dirname(fileURLToPath(import.meta.url));
-const MAIN = join(here, 'main.js');
-
 const WARMUP = 300;
 const SAMPLES = 2000;
-
-interface Dirs {
-  stateDir: string;
-  volatileDir: string;
-  persistentDir: string;
-  cleanup(): void;
-}
-
-function makeDirs(tag: string): Dirs {
-  const name = `handoff-memstore-bench-${tag}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const stateDir = join(tmpdir(), name);
-  const volatileDir = join('/dev/shm', name);
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  return {
-    stateDir,
-    volatileDir,
-    persistentDir: join(stateDir, 'regions'),
-    cleanup() {
-      rmSync(stateDir, { recursive: true, force: true });
-      rmSync(volatileDir, { recursive: true, force: true });
-    },
-  };
-}
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))]!;
@@ -189,53 +161,6 @@ async function measure(
   return out;
 }
 
-/** Starts memstore from dist like the cluster does (ready file, JSON logs to a drained pipe). */
-async function startProcess(dirs: Dirs): Promise<{ address: string; stop(): Promise<void> }> {
-  const ready = join(dirs.stateDir, 'ready.json');
-  const child = spawn(
-    process.execPath,
-    [
-      MAIN,
-      '--port',
-      '0',
-      '--ready-file',
-      ready,
-      '--log-format',
-      'json',
-      '--log-level',
-      'info',
-      '--state-dir',
-      dirs.stateDir,
-      '--volatile-dir',
-      dirs.volatileDir,
-      '--persistent-dir',
-      dirs.persistentDir,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...SERVICE_MALLOC_ENV, ...process.env } },
-  );
-  let err = '';
-  child.stdout.resume();
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 20_000;
-  while (!existsSync(ready)) {
-    if (child.exitCode !== null) throw new Error(`memstore exited during start: ${err}`);
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`memstore not ready in time: ${err}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const { address } = JSON.parse(readFileSync(ready, 'utf8')) as { address: string };
-  return {
-    address,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
 const CALLS: readonly [keyof Measured, string][] = [
   ['transfer', 'TransferLease'],
   ['validate', 'ValidateLease'],
@@ -309,15 +234,17 @@ interface Table {
 }
 
 export async function run(): Promise<Table[]> {
-  if (!existsSync(MAIN)) throw new Error(`${MAIN} missing: run \`npm run build\` first`);
+  if (!existsSync(MEMSTORE_MAIN)) {
+    throw new Error(`${MEMSTORE_MAIN} missing: run \`npm run build\` first`);
+  }
   const kinds: RegionKind[] = ['volatile', 'persistent'];
 
   // gRPC against a memstore process.
-  const grpcDirs = makeDirs('grpc');
+  const grpcDirs = makeTempDirs('bench-grpc');
   let grpc: Partial<Record<RegionKind, Measured>>;
   let firstCall: { first: Stats; second: Stats };
   try {
-    const proc = await startProcess(grpcDirs);
+    const proc = await startMemstoreProcess(grpcDirs, { logLevel: 'info' });
     const client = createClient(pb.MemstoreServiceClient, proc.address);
     try {
       const ops: Partial<Record<RegionKind, Ops>> = {};
@@ -333,7 +260,7 @@ export async function run(): Promise<Table[]> {
   }
 
   // The domain in this process.
-  const domainDirs = makeDirs('domain');
+  const domainDirs = makeTempDirs('bench-domain');
   let domain: Partial<Record<RegionKind, Measured>>;
   let commit: ReturnType<typeof commitComparison>;
   try {

@@ -1,12 +1,11 @@
 import { memstore as pb } from '@handoff/proto';
-import { createClient, RemoteError, SERVICE_MALLOC_ENV, unaryCall } from '@handoff/service';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createClient, RemoteError, unaryCall } from '@handoff/service';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FAILPOINT_VARIABLE } from '../failpoints.js';
 import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
+import { MEMSTORE_MAIN, startMemstoreProcess } from '../testing/process.js';
 
 /**
  * Lease changes against a real memstore process killed with SIGKILL: a
@@ -16,8 +15,7 @@ import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
  * the cross-process tests under test/.
  */
 
-const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'main.js');
-const built = existsSync(MAIN);
+const built = existsSync(MEMSTORE_MAIN);
 
 interface Proc {
   child: ChildProcess;
@@ -47,57 +45,20 @@ afterAll(() => {
 });
 
 async function start(env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-  const ready = join(dirs.stateDir, 'ready.json');
-  rmSync(ready, { force: true });
-  const child = spawn(
-    process.execPath,
-    [
-      MAIN,
-      '--port',
-      '0',
-      '--ready-file',
-      ready,
-      '--log-format',
-      'json',
-      '--state-dir',
-      dirs.stateDir,
-      '--volatile-dir',
-      dirs.volatileDir,
-      '--persistent-dir',
-      dirs.persistentDir,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...SERVICE_MALLOC_ENV, ...process.env, ...env } },
-  );
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 20_000;
-  while (!existsSync(ready)) {
-    if (child.exitCode !== null) throw new Error(`memstore exited during start:\n${out}`);
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`memstore not ready in time:\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const { address } = JSON.parse(readFileSync(ready, 'utf8')) as { address: string };
-  const client = createClient(pb.MemstoreServiceClient, address);
-  const alive = () => child.exitCode === null && child.signalCode === null;
+  const p = await startMemstoreProcess(dirs, { env });
+  live.add(p.child);
+  p.child.once('exit', () => live.delete(p.child));
+  const client = createClient(pb.MemstoreServiceClient, p.address);
   return {
-    child,
+    child: p.child,
     client,
-    output: () => out,
+    output: p.output,
     kill9: async () => {
-      if (alive()) child.kill('SIGKILL');
-      await exited;
+      await p.kill9();
       client.close();
     },
     stop: async () => {
-      if (alive()) child.kill('SIGTERM');
-      await exited;
+      await p.stop();
       client.close();
     },
   };
@@ -115,7 +76,7 @@ function byName(name: string): pb.RegionSelector {
 }
 
 describe.skipIf(!built)(
-  `lease changes survive kill -9 of memstore (needs ${MAIN})`,
+  `lease changes survive kill -9 of memstore (needs ${MEMSTORE_MAIN})`,
   {
     timeout: 120_000,
   },

@@ -21,9 +21,9 @@ export interface TempDirs {
   cleanup(): void;
 }
 
-/** Fresh, empty directories for one test. */
-export function makeTempDirs(): TempDirs {
-  const tag = `memstore-unit-${process.pid}-${randomBytes(4).toString('hex')}`;
+/** Fresh, empty directories for one test (or one benchmark run: `kind` names it). */
+export function makeTempDirs(kind = 'unit'): TempDirs {
+  const tag = `memstore-${kind}-${process.pid}-${randomBytes(4).toString('hex')}`;
   const stateDir = join(tmpdir(), tag);
   const volatileDir = join('/dev/shm', tag);
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
