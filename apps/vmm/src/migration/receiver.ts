@@ -233,7 +233,7 @@ export async function receiveMigration(
           });
           log.info(
             {
-              leaseMs: marks.leased - marks.final,
+              leaseMs: marks.final > 0 ? marks.leased - marks.final : undefined,
               completeToLeasedMs: leased - marks.complete,
               loadAndRunMs: running - leased,
             },
