@@ -10,15 +10,19 @@ import {
   type MemstoreDirs,
   type MemstoreUnderTest,
 } from './helpers/memstore.js';
-import { headerFor, migrateVm, rawIncoming } from './helpers/migration.js';
+import {
+  AB_BASE,
+  AB_PAGES,
+  abArgs,
+  headerFor,
+  migrateVm,
+  rawIncoming,
+} from './helpers/migration.js';
 import { mappingsOf, readThroughMapping } from './helpers/proc-mem.js';
 import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-const AB_BASE = 0x100000; // ab's range: 64 pages 1 MiB into RAM
-const AB_PAGES = 64;
-const abArgs = { 'ab.start': '0x80100000', 'ab.pages': String(AB_PAGES), 'ab.every': '4' };
 /** Pages 1024..2047 (4..8 MiB) of the template hold a pattern the guest never writes. */
 const PATTERN_FIRST = 1024;
 const PATTERN_PAGES = 1024;

@@ -1,9 +1,9 @@
 import { mapFile } from '@handoff/shm';
 import { vmm as pb } from '@handoff/proto';
-import { RemoteError, unaryCall } from '@handoff/service';
+import { unaryCall } from '@handoff/service';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
-import { migrateVm } from './helpers/migration.js';
+import { AB_BASE, AB_PAGES, abArgs, migrateVm, refused } from './helpers/migration.js';
 import {
   memstoreDirs,
   regionNamed,
@@ -12,20 +12,6 @@ import {
   type MemstoreUnderTest,
 } from './helpers/memstore.js';
 import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
-
-const AB_BASE = 0x100000;
-const AB_PAGES = 64;
-const abArgs = { 'ab.start': '0x80100000', 'ab.pages': String(AB_PAGES), 'ab.every': '4' };
-
-async function refused(p: Promise<unknown>): Promise<RemoteError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RemoteError) return e;
-    throw e;
-  }
-  throw new Error('the call succeeded but should have been refused');
-}
 
 /**
  * A bypass target takes the shared region's lease when the final marker arrives, beside the

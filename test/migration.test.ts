@@ -4,7 +4,16 @@ import { RemoteError, unaryCall } from '@handoff/service';
 import { mapFile } from '@handoff/shm';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { headerFor, migrateVm, rawIncoming, readPrivateRam } from './helpers/migration.js';
+import {
+  AB_BASE,
+  AB_PAGES,
+  abArgs,
+  headerFor,
+  migrateVm,
+  rawIncoming,
+  readPrivateRam,
+  refused,
+} from './helpers/migration.js';
 import {
   memstoreDirs,
   regionNamed,
@@ -15,20 +24,7 @@ import {
 import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
 
 const { RamBackend } = pb;
-const AB_BASE = 0x100000; // ab's range starts 1 MiB into RAM (host arg ab.start)
-const AB_PAGES = 64;
-const abArgs = { 'ab.start': '0x80100000', 'ab.pages': String(AB_PAGES), 'ab.every': '4' };
 const ROUNDS = 20;
-
-async function refused(p: Promise<unknown>): Promise<{ code: string; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RemoteError) return { code: e.code, message: e.message };
-    throw e;
-  }
-  throw new Error('the call succeeded but should have been refused');
-}
 
 describe('vmm-to-vmm migration, real processes on loopback', () => {
   let dirs: MemstoreDirs;
@@ -393,9 +389,18 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       const region = () =>
         unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) });
       const migration = migrateVm(d, b, name).catch(() => null);
-      // Kill -9 the source as soon as memstore shows the lease on the target.
+      // Kill -9 the source as soon as memstore shows the lease on the target and the target runs
+      // the VM. (The target takes the lease at the final marker, before the device state has
+      // arrived; a source killed in between leaves nothing to run, and the lease goes back.)
+      const runsOnTarget = () =>
+        vmmCall(b.client, 'getVm', { name }).then(
+          (r) => r.vm?.state === pb.VmState.VM_STATE_RUNNING,
+          () => false,
+        );
       for (let t = 0; t < 2000; t++) {
-        if ((await region()).region!.lease?.holder === `vmm-b/${name}`) break;
+        if ((await region()).region!.lease?.holder === `vmm-b/${name}` && (await runsOnTarget())) {
+          break;
+        }
       }
       await d.process.kill9();
       await migration;

@@ -4,7 +4,7 @@ import { migration, vmmStream } from '@handoff/proto';
 import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
-import { createClient } from '@handoff/service';
+import { createClient, RemoteError } from '@handoff/service';
 import { vmmCall, type VmmUnderTest } from './vmm.js';
 
 /** Helpers of the migration tests: one migration end to end, RAM of a target, a raw stream. */
@@ -128,4 +128,24 @@ export function headerFor(
       },
     },
   };
+}
+
+/** The `ab` layout the migration tests use: 64 pages 1 MiB into RAM, a 'B' every 4 passes. */
+export const AB_BASE = 0x100000;
+export const AB_PAGES = 64;
+export const abArgs = {
+  'ab.start': '0x80100000',
+  'ab.pages': String(AB_PAGES),
+  'ab.every': '4',
+} as const;
+
+/** The RemoteError a call was refused with. @throws when it succeeded or failed otherwise */
+export async function refused(p: Promise<unknown>): Promise<RemoteError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RemoteError) return e;
+    throw e;
+  }
+  throw new Error('the call succeeded but should have been refused');
 }
