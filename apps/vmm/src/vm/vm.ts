@@ -498,25 +498,6 @@ export class Vm {
     });
   }
 
-  /** The machine's device state (not RAM) of a VM that is not running. */
-  saveState(): Promise<MachineState> {
-    return this.serial(async () => {
-      this.assertAlive();
-      const id = ++this.saveId;
-      const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
-        this.saves.set(id, resolve),
-      );
-      const cmd: VcpuCommand = { t: 'save-state', id };
-      this.commands.postMessage(cmd);
-      this.ring();
-      const m = await withTimeout(reply, STATE_TIMEOUT_MS, () => this.saves.delete(id));
-      if (m.state === null) {
-        throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
-      }
-      return m.state;
-    });
-  }
-
   // ---- observation ------------------------------------------------------------------------
 
   /** A snapshot of the VM for GetVm / ListVms / events. */
