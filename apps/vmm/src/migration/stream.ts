@@ -9,6 +9,7 @@ import {
   type ClientOptions,
 } from '@grpc/grpc-js';
 import { vmmStream } from '@handoff/proto';
+import type { RamBacking } from '../ram/backing.js';
 import { MigrationError } from './errors.js';
 
 /** Stream format version: major must match, the receiver loads minor <= its own. */
@@ -192,11 +193,7 @@ export interface IncomingBlock {
   readonly mode: BlockMode;
   readonly bytes: Uint8Array | null;
   /** The block's memory, when it can write or zero through its file (see RamBacking). */
-  readonly backing?: {
-    write?(offset: number, data: Uint8Array): void;
-    zero?(offset: number, length: number): void;
-    prefault?(offset: number, length: number, access?: 'read' | 'write'): void;
-  } | null;
+  readonly backing?: Pick<RamBacking, 'write' | 'zero' | 'prefault'> | null;
 }
 
 /** One validated run: where it writes, and where its data starts in the frame. */
