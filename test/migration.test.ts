@@ -13,6 +13,7 @@ import {
   rawIncoming,
   readPrivateRam,
   refused,
+  streamOf,
 } from './helpers/migration.js';
 import {
   memstoreDirs,
@@ -85,8 +86,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     try {
       let [from, to] = [a, b];
       for (let round = 0; round < ROUNDS; round++) {
-        const info = await migrateVm(from, to, name);
+        // Both transports carry the stream: the data channel (default) and gRPC, alternately.
+        const via = round % 2 === 0 ? 'data' : 'grpc';
+        const jobId = `bypass-${round}`;
+        const info = await migrateVm(from, to, name, { via, jobId });
         expect(info.status).toBe('completed');
+        expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -129,8 +134,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
     let [from, to] = [a, b];
     for (let round = 0; round < ROUNDS; round++) {
-      const info = await migrateVm(from, to, name);
+      const via = round % 2 === 0 ? 'data' : 'grpc';
+      const jobId = `copy-${round}`;
+      const info = await migrateVm(from, to, name, { via, jobId });
       expect(info.status).toBe('completed');
+      expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
       expect(info.ram.normal).toBeGreaterThanOrEqual(AB_PAGES);
       expect(info.ram.zeroPages + info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(
         4096,
@@ -164,119 +172,165 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(b.client, 'destroyVm', { name });
   });
 
-  describe('hostile streams fail only that migration', () => {
-    const spec = vmSpec('hostile', 'ab', { memory: 1024 * 1024 });
-    const block = (over: Partial<vmmStream.StreamBlock> = {}) => ({
-      index: 0,
-      id: 'ram0',
-      guestBase: 0x8000_0000n,
-      size: 1024n * 1024n,
-      backend: RamBackend.RAM_BACKEND_PRIVATE,
-      regionRef: undefined,
-      templateRef: undefined,
-      ...over,
+  it('falls back to the gRPC stream when the data channel cannot be reached', async () => {
+    const name = 'fallback';
+    await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
+    const prep = await vmmCall(b.client, 'prepareIncoming', { name, jobId: 'fallback' });
+    const res = await vmmCall(a.client, 'migrateVm', {
+      name,
+      jobId: 'fallback',
+      targetAddress: prep.address,
+      token: prep.token,
+      capabilities: [],
+      parameters: undefined,
+      targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
     });
-    const token = async () =>
-      (await vmmCall(b.client, 'prepareIncoming', { name: 'hostile', jobId: 'h' })).token;
-
-    it('refuses a bad token', async () => {
-      const s = rawIncoming(b.process.address);
-      s.send(headerFor('not-a-token', spec, [block()]));
-      const out = await s.outcome();
-      s.close();
-      expect(out.error?.code).toBe('MIGRATION_BAD_TOKEN');
-    });
-
-    it('refuses a token twice (one-time)', async () => {
-      const t = await token();
-      const s1 = rawIncoming(b.process.address);
-      s1.send(headerFor(t, spec, [block()]));
-      s1.end();
-      const o1 = await s1.outcome();
-      s1.close();
-      expect(o1.error?.code).toBe('MIGRATION_BAD_STREAM'); // truncated after the header
-      const s2 = rawIncoming(b.process.address);
-      s2.send(headerFor(t, spec, [block()]));
-      const o2 = await s2.outcome();
-      s2.close();
-      expect(o2.error?.code).toBe('MIGRATION_BAD_TOKEN');
-    });
-
-    it('refuses a newer format', async () => {
-      const s = rawIncoming(b.process.address);
-      s.send(headerFor(await token(), spec, [block()], { major: 2 }));
-      const out = await s.outcome();
-      s.close();
-      expect(out.error?.code).toBe('MIGRATION_VERSION_MISMATCH');
-    });
-
-    it('refuses a block whose size differs from the spec', async () => {
-      const s = rawIncoming(b.process.address);
-      s.send(headerFor(await token(), spec, [block({ size: 2048n * 1024n })]));
-      const out = await s.outcome();
-      s.close();
-      expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
-    });
-
-    it('refuses out-of-range pages and wrong data sizes before writing', async () => {
-      for (const frame of [
-        {
-          runs: [{ block: 0, firstPage: 255n, pageCount: 2, flags: 0 }],
-          data: new Uint8Array(8192),
-        },
-        { runs: [{ block: 1, firstPage: 0n, pageCount: 1, flags: 0 }], data: new Uint8Array(4096) },
-        { runs: [{ block: 0, firstPage: 0n, pageCount: 2, flags: 0 }], data: new Uint8Array(4096) },
-        { runs: [{ block: 0, firstPage: 0n, pageCount: 1, flags: 8 }], data: new Uint8Array(0) },
-      ]) {
-        const s = rawIncoming(b.process.address);
-        s.send(headerFor(await token(), spec, [block()]));
-        s.send({ frame: { $case: 'pages', value: frame } });
-        const out = await s.outcome();
-        s.close();
-        expect(out.acked).toBe(true);
-        expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
-      }
-    });
-
-    it('refuses a RegionRef with the wrong identity or epoch', async () => {
-      await startAb(a, 'shared-src', RamBackend.RAM_BACKEND_SHARED);
-      const vm = (await vmmCall(a.client, 'getVm', { name: 'shared-src' })).vm!;
-      const ref = vm.ram[0]!.regionRef!;
-      const sharedSpec = { ...vm.spec!, name: 'shared-src' };
-      for (const bad of [
-        { ...ref, identity: 'someone-else' },
-        { ...ref, epoch: ref.epoch + 7n },
-      ]) {
-        const s = rawIncoming(b.process.address);
-        s.send(
-          headerFor(
-            await token(),
-            sharedSpec,
-            [
-              block({
-                size: ref.size,
-                backend: RamBackend.RAM_BACKEND_SHARED,
-                regionRef: bad,
-              }),
-            ],
-            { source: 'vmm-a' },
-          ),
-        );
-        const out = await s.outcome();
-        s.close();
-        expect(out.error?.code).toBe('MIGRATION_REGION_MISMATCH');
-      }
-      // The source still holds its lease and runs; the target still serves.
-      expect((await vmmCall(a.client, 'getVm', { name: 'shared-src' })).vm!.state).toBe(
-        pb.VmState.VM_STATE_RUNNING,
-      );
-      expect((await vmmCall(b.client, 'getInfo', {})).vmmId).toBe('vmm-b');
-      const info = await migrateVm(a, b, 'shared-src');
-      expect(info.status).toBe('completed');
-      await vmmCall(a.client, 'destroyVm', { name: 'shared-src' });
-      await vmmCall(b.client, 'destroyVm', { name: 'shared-src' });
-    });
+    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+    expect(streamOf(a, 'fallback')).toBe('grpc');
+    expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
+    await checkPaused(b, name, () =>
+      readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+    await vmmCall(b.client, 'destroyVm', { name });
   });
+
+  describe.each(['grpc', 'data channel'] as const)(
+    'hostile streams over %s fail only that migration',
+    (via) => {
+      const spec = vmSpec('hostile', 'ab', { memory: 1024 * 1024 });
+      const block = (over: Partial<vmmStream.StreamBlock> = {}) => ({
+        index: 0,
+        id: 'ram0',
+        guestBase: 0x8000_0000n,
+        size: 1024n * 1024n,
+        backend: RamBackend.RAM_BACKEND_PRIVATE,
+        regionRef: undefined,
+        templateRef: undefined,
+        ...over,
+      });
+      let dataAddress = '';
+      const token = async () => {
+        const prep = await vmmCall(b.client, 'prepareIncoming', { name: 'hostile', jobId: 'h' });
+        dataAddress = prep.dataAddress;
+        return prep.token;
+      };
+      /** A raw stream to vmm-b over this describe's transport. */
+      const raw = async () => {
+        if (via === 'grpc') return rawIncoming(b.process.address);
+        if (dataAddress === '')
+          await vmmCall(b.client, 'prepareIncoming', { name: 'hostile-probe', jobId: 'p' }).then(
+            (p) => (dataAddress = p.dataAddress),
+          );
+        return rawIncoming(b.process.address, dataAddress);
+      };
+
+      it('refuses a bad token', async () => {
+        const s = await raw();
+        s.send(headerFor('not-a-token', spec, [block()]));
+        const out = await s.outcome();
+        s.close();
+        expect(out.error?.code).toBe('MIGRATION_BAD_TOKEN');
+      });
+
+      it('refuses a token twice (one-time)', async () => {
+        const t = await token();
+        const s1 = await raw();
+        s1.send(headerFor(t, spec, [block()]));
+        s1.end();
+        const o1 = await s1.outcome();
+        s1.close();
+        expect(o1.error?.code).toBe('MIGRATION_BAD_STREAM'); // truncated after the header
+        const s2 = await raw();
+        s2.send(headerFor(t, spec, [block()]));
+        const o2 = await s2.outcome();
+        s2.close();
+        expect(o2.error?.code).toBe('MIGRATION_BAD_TOKEN');
+      });
+
+      it('refuses a newer format', async () => {
+        const s = await raw();
+        s.send(headerFor(await token(), spec, [block()], { major: 2 }));
+        const out = await s.outcome();
+        s.close();
+        expect(out.error?.code).toBe('MIGRATION_VERSION_MISMATCH');
+      });
+
+      it('refuses a block whose size differs from the spec', async () => {
+        const s = await raw();
+        s.send(headerFor(await token(), spec, [block({ size: 2048n * 1024n })]));
+        const out = await s.outcome();
+        s.close();
+        expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
+      });
+
+      it('refuses out-of-range pages and wrong data sizes before writing', async () => {
+        for (const frame of [
+          {
+            runs: [{ block: 0, firstPage: 255n, pageCount: 2, flags: 0 }],
+            data: new Uint8Array(8192),
+          },
+          {
+            runs: [{ block: 1, firstPage: 0n, pageCount: 1, flags: 0 }],
+            data: new Uint8Array(4096),
+          },
+          {
+            runs: [{ block: 0, firstPage: 0n, pageCount: 2, flags: 0 }],
+            data: new Uint8Array(4096),
+          },
+          { runs: [{ block: 0, firstPage: 0n, pageCount: 1, flags: 8 }], data: new Uint8Array(0) },
+        ]) {
+          const s = await raw();
+          s.send(headerFor(await token(), spec, [block()]));
+          s.send({ frame: { $case: 'pages', value: frame } });
+          const out = await s.outcome();
+          s.close();
+          expect(out.acked).toBe(true);
+          expect(out.error?.code).toBe('MIGRATION_BAD_STREAM');
+        }
+      });
+
+      it('refuses a RegionRef with the wrong identity or epoch', async () => {
+        const src = via === 'grpc' ? 'shared-src' : 'shared-src-dc';
+        await startAb(a, src, RamBackend.RAM_BACKEND_SHARED);
+        const vm = (await vmmCall(a.client, 'getVm', { name: src })).vm!;
+        const ref = vm.ram[0]!.regionRef!;
+        const sharedSpec = { ...vm.spec!, name: src };
+        for (const bad of [
+          { ...ref, identity: 'someone-else' },
+          { ...ref, epoch: ref.epoch + 7n },
+        ]) {
+          const s = await raw();
+          s.send(
+            headerFor(
+              await token(),
+              sharedSpec,
+              [
+                block({
+                  size: ref.size,
+                  backend: RamBackend.RAM_BACKEND_SHARED,
+                  regionRef: bad,
+                }),
+              ],
+              { source: 'vmm-a' },
+            ),
+          );
+          const out = await s.outcome();
+          s.close();
+          expect(out.error?.code).toBe('MIGRATION_REGION_MISMATCH');
+        }
+        // The source still holds its lease and runs; the target still serves.
+        expect((await vmmCall(a.client, 'getVm', { name: src })).vm!.state).toBe(
+          pb.VmState.VM_STATE_RUNNING,
+        );
+        expect((await vmmCall(b.client, 'getInfo', {})).vmmId).toBe('vmm-b');
+        const info = await migrateVm(a, b, src);
+        expect(info.status).toBe('completed');
+        await vmmCall(a.client, 'destroyVm', { name: src });
+        await vmmCall(b.client, 'destroyVm', { name: src });
+      });
+    },
+  );
 
   const busyArgs = { 'ab.start': '0x80100000', 'ab.pages': '4096' }; // 16 MiB rewritten all the time
 

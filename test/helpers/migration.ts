@@ -1,10 +1,11 @@
 import { closeSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs';
+import { connect } from 'node:net';
 import type { vmm as pb } from '@handoff/proto';
 import { migration, vmmStream } from '@handoff/proto';
 import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
-import { createClient, RemoteError } from '@handoff/service';
+import { createClient, FramedSocket, RemoteError } from '@handoff/service';
 import { vmmCall, type VmmUnderTest } from './vmm.js';
 
 /** Helpers of the migration tests: one migration end to end, RAM of a target, a raw stream. */
@@ -18,10 +19,15 @@ export async function migrateVm(
     capabilities?: MigrationCapabilityOverrides;
     parameters?: MigrationParameterOverrides;
     jobId?: string;
+    /** What carries the stream: the target's data channel (default, as the migrator does) or gRPC. */
+    via?: 'data' | 'grpc';
   } = {},
 ): Promise<MigrationInfo> {
   const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
   const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId });
+  if (opts.via !== 'grpc' && prep.dataAddress === '') {
+    throw new Error(`vmm at ${prep.address} offers no data channel`);
+  }
   const res = await vmmCall(from.client, 'migrateVm', {
     name,
     jobId,
@@ -29,7 +35,7 @@ export async function migrateVm(
     token: prep.token,
     capabilities: capabilitiesToWire(resolveCapabilities(opts.capabilities ?? {})),
     parameters: parametersToWire(opts.parameters ?? {}),
-    targetDataAddress: '',
+    targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
   });
   return migrationInfoFromWire(res.info!);
 }
@@ -71,6 +77,18 @@ export function readPrivateRam(
   throw new Error(`no memfd ${want} in process ${pid}`);
 }
 
+/**
+ * What carried job `jobId`'s stream, from the source vmm's log: `data-channel` or `grpc`
+ * (undefined when the log has no such migration).
+ */
+export function streamOf(source: VmmUnderTest, jobId: string): string | undefined {
+  for (const line of source.process.output().split('\n')) {
+    if (!line.includes(`"job":"${jobId}"`) || !line.includes('pre-copy starts')) continue;
+    return (JSON.parse(line) as { stream?: string }).stream;
+  }
+  return undefined;
+}
+
 /** A raw Incoming stream to a vmm (a hostile or hand-made source). */
 export interface RawIncoming {
   send(req: vmmStream.IncomingRequest): void;
@@ -80,7 +98,12 @@ export interface RawIncoming {
   close(): void;
 }
 
-export function rawIncoming(address: string): RawIncoming {
+/**
+ * A raw stream to `address`: the gRPC Incoming call, or with `data` the data channel at that
+ * address (`unix:/path`, from PrepareIncoming's data_address).
+ */
+export function rawIncoming(address: string, data?: string): RawIncoming {
+  if (data !== undefined) return rawDataChannel(data);
   const client = createClient(vmmStream.MigrationServiceClient, address);
   const call = client.incoming();
   let acked = false;
@@ -103,6 +126,30 @@ export function rawIncoming(address: string): RawIncoming {
       call.cancel();
       client.close();
     },
+  };
+}
+
+function rawDataChannel(address: string): RawIncoming {
+  const socket = connect(address.slice('unix:'.length));
+  let acked = false;
+  let settle: (o: { error?: vmmStream.StreamError; resumed?: boolean; acked: boolean }) => void;
+  const outcome = new Promise<{ error?: vmmStream.StreamError; resumed?: boolean; acked: boolean }>(
+    (resolve) => (settle = resolve),
+  );
+  const framed = new FramedSocket(socket, 1 << 20, {
+    frame: (payload) => {
+      const r = vmmStream.IncomingResponse.decode(payload);
+      if (r.reply?.$case === 'headerAck') acked = true;
+      if (r.reply?.$case === 'error') settle({ error: r.reply.value, acked });
+      if (r.reply?.$case === 'resumed') settle({ resumed: true, acked });
+    },
+    closed: () => settle({ acked }),
+  });
+  return {
+    send: (req) => void framed.send(vmmStream.IncomingRequest.encode(req).finish()),
+    end: () => framed.end(),
+    outcome: () => outcome,
+    close: () => framed.destroy(),
   };
 }
 

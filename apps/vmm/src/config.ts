@@ -43,6 +43,14 @@ export const vmmOptions = {
       'vCPU threads started ahead of need, so a VM that is created or arrives by migration ' +
       'does not wait ≈50–100 ms for a thread (0: start one per VM)',
   },
+  'data-channel': {
+    type: 'string',
+    default: 'auto',
+    description:
+      'where incoming migrations may also arrive as a raw socket stream, beside gRPC (faster ' +
+      'pages, shorter hand-off): auto (a unix socket in the temp folder), unix:/path, ' +
+      'host:port, or off',
+  },
   'advertise-address': {
     type: 'string',
     description: 'address other services use to reach this instance (default: the bound address)',

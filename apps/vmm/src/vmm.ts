@@ -1,3 +1,5 @@
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   parseByteSize,
   startServer,
@@ -8,6 +10,7 @@ import {
 import { vmmServices } from './api/vmm-service.js';
 import type { VmmConfig } from './config.js';
 import { DEFAULT_GUESTS_DIR } from './guests/catalog.js';
+import { MigrationManager } from './migration/index.js';
 import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './vm/spec.js';
@@ -35,6 +38,21 @@ export function maxVmMemoryOf(config: Pick<VmmConfig, 'max-vm-memory'>): number 
 }
 
 /**
+ * `--data-channel` as a listen address, or '' for none. `auto` is a unix socket in the temp
+ * folder, named by instance id and process id.
+ */
+export function dataChannelOf(config: Pick<VmmConfig, 'data-channel' | 'id'>): string {
+  const v = config['data-channel'];
+  if (v === 'off') return '';
+  if (v === 'auto') return `unix:${join(tmpdir(), `handoff-${config.id}-${process.pid}.sock`)}`;
+  if (v.startsWith('unix:/') || /^[^/]+:\d+$/.test(v)) return v;
+  throw new ServiceError(
+    'SERVICE_INVALID_CONFIG',
+    `--data-channel ${v} is not auto, off, unix:/absolute/path or host:port`,
+  );
+}
+
+/**
  * Starts a vmm instance: the VM host, its gRPC services, then registration with the migrator.
  * Stopping it destroys its VMs (releasing leases and clone attachments) after the server is down.
  */
@@ -48,20 +66,30 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
     spareThreads: config['spare-vcpu-threads'],
   });
+  const migrations = new MigrationManager(host, logger);
   let advertised = '';
   let server: RunningServer;
   try {
+    const data = dataChannelOf(config);
+    if (data !== '') await migrations.listenData(data);
     server = await startServer({
       name: 'vmm',
       host: config.host,
       port: config.port,
       logger,
       shutdownTimeoutMs: config['shutdown-timeout-ms'],
-      services: vmmServices({ logger, id: config.id, address: () => advertised, host }),
+      services: vmmServices({
+        logger,
+        id: config.id,
+        address: () => advertised,
+        host,
+        migrations,
+      }),
       // Migration targets take page frames of up to 1 MiB on one stream.
       receiveWindowBytes: 8 * 1024 * 1024,
     });
   } catch (err) {
+    await migrations.close();
     await host.close();
     throw err;
   }
@@ -80,6 +108,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       stopHeartbeat();
       // Open consoles and watches end when their VMs are destroyed, so the server can drain.
       const down = server.shutdown(reason);
+      await migrations.close();
       await host.close();
       await down;
     },

@@ -15,3 +15,4 @@ export * from './version.js';
 export * from './ready.js';
 export * from './main.js';
 export * from './units.js';
+export * from './frames.js';

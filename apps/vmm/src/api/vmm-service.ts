@@ -12,7 +12,7 @@ import {
 } from '@handoff/service';
 import { assertValidMigrationConfig } from '@handoff/qapi';
 import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
-import { MigrationManager, receiveMigration } from '../migration/index.js';
+import { grpcIncoming, receiveMigration, type MigrationManager } from '../migration/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
@@ -33,12 +33,13 @@ export function vmmServices(deps: {
   id: string;
   address: () => string;
   host: VmHost;
+  migrations: MigrationManager;
 }): ServiceRegistration[] {
   const { logger, host } = deps;
   const later = (method: string, milestone: string) =>
     unavailable('VmmService', method, 'VMM_UNIMPLEMENTED', milestone);
   const vm = (name: string): Vm => host.get(requireName(name));
-  const migrations = new MigrationManager(host, logger);
+  const { migrations } = deps;
   const vmm: pb.VmmServiceServer = {
     getInfo: unary(logger, () => {
       const counts = host.counts();
@@ -74,7 +75,7 @@ export function vmmServices(deps: {
     prepareIncoming: unary(logger, (req: pb.PrepareIncomingRequest) => ({
       token: migrations.prepare(requireName(req.name), req.jobId),
       address: deps.address(),
-      dataAddress: '',
+      dataAddress: migrations.dataAddress,
     })),
     migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
       const { capabilities, parameters } = assertValidMigrationConfig({
@@ -85,6 +86,7 @@ export function vmmServices(deps: {
         name: requireName(req.name),
         jobId: req.jobId,
         targetAddress: req.targetAddress,
+        targetDataAddress: req.targetDataAddress,
         token: req.token,
         capabilities,
         parameters,
@@ -103,7 +105,7 @@ export function vmmServices(deps: {
   };
   const migration: vmmStream.MigrationServiceServer = {
     incoming: bidiStream(logger, (call) =>
-      receiveMigration(call, { host, tokens: migrations.tokens, logger }),
+      receiveMigration(grpcIncoming(call), { host, tokens: migrations.tokens, logger }),
     ),
   };
   return [

@@ -1,14 +1,16 @@
 /**
  * The migrations of one vmm instance: outgoing ones by VM name (MigrateVm, GetMigration,
- * CancelMigration) and the one-time tokens of incoming ones (PrepareIncoming).
+ * CancelMigration), the one-time tokens of incoming ones (PrepareIncoming), and the data
+ * channel incoming streams may arrive on.
  */
 import { connectivityState } from '@grpc/grpc-js';
 import type { vmmStream } from '@handoff/proto';
 import { createClient, type Logger } from '@handoff/service';
 import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
 import type { VmHost } from '../vm/host.js';
+import { startDataChannel, type DataChannelServer } from './data-channel.js';
 import { MigrationError } from './errors.js';
-import { IncomingTokens } from './receiver.js';
+import { IncomingTokens, receiveMigration } from './receiver.js';
 import { OutgoingMigration } from './sender.js';
 import { MigrationServiceClient } from './stream.js';
 
@@ -19,6 +21,8 @@ export interface MigrateRequest {
   readonly name: string;
   readonly jobId: string;
   readonly targetAddress: string;
+  /** The target's data channel (from PrepareIncoming), or '' to use the gRPC stream. */
+  readonly targetDataAddress?: string;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -29,12 +33,31 @@ export class MigrationManager {
   private readonly outgoing = new Map<string, OutgoingMigration>();
   /** One channel per target address, kept connected between migrations. */
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
+  private data: DataChannelServer | undefined;
 
   constructor(
     private readonly host: VmHost,
     private readonly logger: Logger,
   ) {
     this.tokens = new IncomingTokens(host);
+  }
+
+  /**
+   * Opens the data channel on `listen` (`unix:/path` or `host:port`); incoming streams on it
+   * are served like MigrationService.Incoming calls.
+   */
+  async listenData(listen: string): Promise<void> {
+    this.data = await startDataChannel(
+      listen,
+      (channel) =>
+        receiveMigration(channel, { host: this.host, tokens: this.tokens, logger: this.logger }),
+      this.logger,
+    );
+  }
+
+  /** Address of the data channel for PrepareIncoming, or '' when there is none. */
+  get dataAddress(): string {
+    return this.data?.address ?? '';
   }
 
   /** PrepareIncoming: a one-time token for a VM that will arrive under `name`. */
@@ -75,6 +98,7 @@ export class MigrationManager {
       host: this.host,
       jobId: req.jobId,
       targetAddress: req.targetAddress,
+      targetDataAddress: req.targetDataAddress ?? '',
       token: req.token,
       capabilities: req.capabilities,
       parameters: req.parameters,
@@ -99,10 +123,11 @@ export class MigrationManager {
     this.find(name).cancel();
   }
 
-  close(): void {
+  async close(): Promise<void> {
     for (const m of this.outgoing.values()) m.cancel();
     for (const address of [...this.clients.keys()]) this.dropClient(address);
     this.tokens.close();
+    await this.data?.close();
     this.logger.debug('migrations closed');
   }
 

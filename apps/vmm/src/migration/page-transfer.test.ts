@@ -122,13 +122,13 @@ describe('PageSender maps long ranges in before reading them', () => {
 });
 
 describe('PageReceiver pre-faults the pages a data run fills', () => {
-  it('asks the backing to fault in each data run before writing it, never a zero run', () => {
+  it('asks the backing to fault in each data run before writing it, never a zero run', async () => {
     const bytes = new Uint8Array(PAGES * PAGE_SIZE);
     const prefault = vi.fn();
     const blocks: IncomingBlock[] = [{ pages: PAGES, mode: 'copy', bytes, backing: { prefault } }];
     const rx = new PageReceiver(blocks, new PageBitmap(PAGES));
     const data = new Uint8Array(3 * PAGE_SIZE).fill(9);
-    rx.apply({
+    await rx.apply({
       runs: [
         { block: 0, firstPage: 4n, pageCount: 2, flags: 0 },
         { block: 0, firstPage: 6n, pageCount: 10, flags: RUN_ZERO },
@@ -146,9 +146,9 @@ describe('PageReceiver pre-faults the pages a data run fills', () => {
 });
 
 describe('PageReceiver writes through the block file where it can', () => {
-  it('pwrites data runs and punches zero runs over filled pages; the mapping is not touched', () => {
+  it('pwrites data runs and punches zero runs over filled pages; the mapping is not touched', async () => {
     const bytes = new Uint8Array(PAGES * PAGE_SIZE);
-    const write = vi.fn();
+    const write = vi.fn(() => Promise.resolve());
     const zero = vi.fn();
     const prefault = vi.fn();
     const blocks: IncomingBlock[] = [
@@ -156,24 +156,81 @@ describe('PageReceiver writes through the block file where it can', () => {
     ];
     const rx = new PageReceiver(blocks, new PageBitmap(PAGES));
     const data = new Uint8Array(4 * PAGE_SIZE).map((_, i) => (i >> 12) + 1);
-    rx.apply({
+    await rx.apply({
       runs: [
         { block: 0, firstPage: 8n, pageCount: 4, flags: 0 },
         { block: 0, firstPage: 20n, pageCount: 4, flags: RUN_ZERO }, // never filled: nothing
       ],
       data,
     });
+    await rx.drain();
     expect(write.mock.calls).toHaveLength(1);
-    expect(write.mock.calls[0]![0]).toBe(8 * PAGE_SIZE);
-    expect(write.mock.calls[0]![1]).toEqual(data);
+    expect((write.mock.calls[0] as unknown[])[0]).toBe(8 * PAGE_SIZE);
+    expect((write.mock.calls[0] as unknown[])[1]).toEqual(data);
     expect(zero).not.toHaveBeenCalled();
-    rx.apply({
+    await rx.apply({
       runs: [{ block: 0, firstPage: 6n, pageCount: 4, flags: RUN_ZERO }],
       data: new Uint8Array(0),
     });
+    await rx.drain();
     expect(zero.mock.calls).toEqual([[8 * PAGE_SIZE, 2 * PAGE_SIZE]]); // only pages 8, 9 were filled
     expect(prefault).not.toHaveBeenCalled();
     expect(bytes.every((x) => x === 0)).toBe(true);
+  });
+});
+
+describe('PageReceiver queues file writes in stream order', () => {
+  it('lands a page sent twice with its later contents, and waits before running out of room', async () => {
+    const landed: [number, number][] = []; // [offset, first byte] in the order writes finished
+    let release: (() => void) | undefined;
+    const write = vi.fn(async (offset: number, data: Uint8Array) => {
+      const first = data[0]!;
+      if (first === 1) await new Promise<void>((r) => (release = r)); // the first write is slow
+      landed.push([offset, first]);
+    });
+    const zero = vi.fn((offset: number) => void landed.push([offset, 0]));
+    const blocks: IncomingBlock[] = [
+      {
+        pages: PAGES,
+        mode: 'copy',
+        bytes: new Uint8Array(PAGES * PAGE_SIZE),
+        backing: { write, zero },
+      },
+    ];
+    const rx = new PageReceiver(blocks, null);
+    const frame = (v: number, flags = 0): Parameters<PageReceiver['apply']>[0] => ({
+      runs: [{ block: 0, firstPage: 3n, pageCount: 1, flags }],
+      data: flags === 0 ? new Uint8Array(PAGE_SIZE).fill(v) : new Uint8Array(0),
+    });
+    await rx.apply(frame(1));
+    await rx.apply(frame(2));
+    await rx.apply(frame(0, RUN_ZERO));
+    await rx.apply(frame(4));
+    expect(landed).toEqual([]); // all behind the slow first write
+    const drained = rx.drain();
+    release!();
+    await drained;
+    expect(landed).toEqual([
+      [3 * PAGE_SIZE, 1],
+      [3 * PAGE_SIZE, 2],
+      [3 * PAGE_SIZE, 0],
+      [3 * PAGE_SIZE, 4],
+    ]);
+  });
+
+  it('fails the next apply and drain with the error of a failed write', async () => {
+    const write = vi.fn(() => Promise.reject(new Error('EIO')));
+    const blocks: IncomingBlock[] = [
+      { pages: PAGES, mode: 'copy', bytes: new Uint8Array(PAGES * PAGE_SIZE), backing: { write } },
+    ];
+    const rx = new PageReceiver(blocks, null);
+    const f = {
+      runs: [{ block: 0, firstPage: 0n, pageCount: 1, flags: 0 }],
+      data: new Uint8Array(PAGE_SIZE),
+    };
+    await rx.apply(f);
+    await expect(rx.drain()).rejects.toThrow('EIO');
+    await expect(rx.apply(f)).rejects.toThrow('EIO');
   });
 });
 
@@ -205,7 +262,7 @@ describe('private RAM: hole map, pre-fault, write and zero through the memfd', (
       ]).toContainEqual(after);
       expect(u.subarray(10 * PAGE_SIZE, 14 * PAGE_SIZE).every((x) => x === 0)).toBe(true);
       // write() lands in the file and shows through the mapping; zero() punches it out again.
-      b.write!(20 * PAGE_SIZE, new Uint8Array(2 * PAGE_SIZE).fill(5));
+      await b.write!(20 * PAGE_SIZE, new Uint8Array(2 * PAGE_SIZE).fill(5));
       expect(u[20 * PAGE_SIZE]).toBe(5);
       expect(u[22 * PAGE_SIZE - 1]).toBe(5);
       b.zero!(20 * PAGE_SIZE, PAGE_SIZE);

@@ -1,13 +1,12 @@
 /**
- * The target side of a migration: one {@link receiveMigration} per MigrationService.Incoming
- * call. The stream is hostile until proven otherwise: the token is checked first, the header
+ * The target side of a migration: one {@link receiveMigration} per incoming stream (a
+ * MigrationService.Incoming call or a data-channel connection, see channel.ts). The stream is hostile until proven otherwise: the token is checked first, the header
  * against our format version and the memstore's view of every RegionRef, and every page run
  * against the block table before a byte is written. Any failure fails only this migration:
  * what was opened is closed, a StreamError goes back, the instance keeps serving.
  * States (PROTOCOL.md): await-header → receiving → completing → resumed | failed.
  */
 import { randomBytes } from 'node:crypto';
-import type * as grpc from '@grpc/grpc-js';
 import type { memstore as msPb, vmmStream } from '@handoff/proto';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
 import { isCodedError, unaryCall, type Logger } from '@handoff/service';
@@ -23,6 +22,7 @@ import type { VmHost } from '../vm/host.js';
 import type { RamBlockSpec, VmSpec } from '../vm/types.js';
 import type { Vm } from '../vm/vm.js';
 import { failpoint } from '../failpoints.js';
+import type { IncomingChannel } from './channel.js';
 import { MigrationError } from './errors.js';
 import { PageReceiver } from './page-receiver.js';
 import { PAGE_SIZE, STREAM_FORMAT, type BlockMode, type IncomingBlock } from './stream.js';
@@ -89,7 +89,7 @@ interface Block extends IncomingBlock {
 
 /** Serves one Incoming stream to its end. Never rejects: failures go back as StreamError. */
 export async function receiveMigration(
-  call: grpc.ServerDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse>,
+  call: IncomingChannel,
   deps: { host: VmHost; tokens: IncomingTokens; logger: Logger },
 ): Promise<void> {
   const { host } = deps;
@@ -138,8 +138,7 @@ export async function receiveMigration(
     throw new MigrationError('MIGRATION_BAD_STREAM', what);
   };
   try {
-    const reader = new FrameReader(call);
-    for (let raw = await reader.next(); raw !== null; raw = await reader.next()) {
+    for (let raw = await call.next(); raw !== null; raw = await call.next()) {
       const frame = raw.frame;
       if (frame === undefined) return bad('a frame with no content arrived');
       if (done) bad(`${frame.$case} arrived after completion`);
@@ -188,7 +187,7 @@ export async function receiveMigration(
           bad('a second header arrived');
           break;
         case 'pages':
-          pages!.apply(frame.value); // every run checked before any write
+          await pages!.apply(frame.value); // every run checked before any write
           break;
         case 'iteration':
           if (finalSeen && frame.value.final) bad('a second final pass marker arrived');
@@ -219,6 +218,7 @@ export async function receiveMigration(
               { cause: err },
             );
           }
+          await pages!.drain(); // every page landed before the memory runs
           await (leases ??= takeLeases());
           const leased = performance.now();
           const resumedUs = Math.round((await host.adoptIncoming(vm!, state)) * 1000);
@@ -255,6 +255,7 @@ export async function receiveMigration(
       : new MigrationError('MIGRATION_FAILED', (err as Error).message, { cause: err });
     log.warn({ code: e.code, error: e.message }, 'incoming migration failed');
     await leases?.catch(() => undefined); // a transfer in flight may still move a lease here
+    await pages?.drain().catch(() => undefined); // no write may outlive the blocks
     // Give back what moved, so the source can re-take its lease and resume.
     for (const b of blocks) if (b.mode === 'ref') b.backing?.abandon(); // never release theirs
     for (const b of moved) {
@@ -291,7 +292,7 @@ export async function receiveMigration(
     for (const b of blocks) await b.backing?.close();
     prepared?.release();
     try {
-      if (!call.cancelled) {
+      if (!call.gone) {
         call.write({ reply: { $case: 'error', value: { code: e.code, message: e.message } } });
         call.end();
       }
@@ -414,62 +415,6 @@ export async function receiveMigration(
         else await b.backing?.close();
       }
       throw err;
-    }
-  }
-}
-
-/**
- * Reads requests one at a time with flow control (the call is paused while a few frames wait),
- * without destroying the call when the reader stops early (the last ack must still go out).
- */
-class FrameReader {
-  private readonly queue: vmmStream.IncomingRequest[] = [];
-  private ended = false;
-  private error: Error | null = null;
-  private wake: (() => void) | undefined;
-
-  constructor(
-    private readonly call: grpc.ServerDuplexStream<
-      vmmStream.IncomingRequest,
-      vmmStream.IncomingResponse
-    >,
-  ) {
-    call.on('data', (m: vmmStream.IncomingRequest) => {
-      this.queue.push(m);
-      if (this.queue.length >= 4) call.pause();
-      this.wake?.();
-    });
-    call.on('end', () => {
-      this.ended = true;
-      this.wake?.();
-    });
-    call.on('error', (e: Error) => {
-      this.error = e;
-      this.wake?.();
-    });
-    call.on('cancelled', () => {
-      this.error ??= new Error('the source cancelled the stream');
-      this.wake?.();
-    });
-  }
-
-  /** The next request, or null at the end of the stream. @throws when the stream broke */
-  async next(): Promise<vmmStream.IncomingRequest | null> {
-    for (;;) {
-      const m = this.queue.shift();
-      if (m !== undefined) {
-        if (this.queue.length < 2) this.call.resume();
-        return m;
-      }
-      if (this.error !== null) {
-        throw new MigrationError(
-          'MIGRATION_BAD_STREAM',
-          `the stream broke before completion: ${this.error.message}`,
-        );
-      }
-      if (this.ended) return null;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-      this.wake = undefined;
     }
   }
 }

@@ -5,7 +5,7 @@
  * lease can have moved the VM resumes unchanged; once it moved the VM never resumes here; when
  * it cannot tell, it stays paused and says so.
  */
-import { status as grpcStatus, type ClientDuplexStream } from '@grpc/grpc-js';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { PageBitmap } from '@handoff/bitmap';
 import type { vmmStream } from '@handoff/proto';
 import {
@@ -23,6 +23,8 @@ import type { RamBacking } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
+import { grpcOutgoing, type OutgoingChannel } from './channel.js';
+import { connectDataChannel } from './data-channel.js';
 import { MigrationError } from './errors.js';
 import { PageSender } from './page-sender.js';
 import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
@@ -42,6 +44,8 @@ export interface OutgoingOptions {
   readonly host: VmHost;
   readonly jobId: string;
   readonly targetAddress: string;
+  /** The target's data channel; '' (or unreachable) → the gRPC stream. */
+  readonly targetDataAddress?: string;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -69,8 +73,7 @@ export class OutgoingMigration {
   private mbps = 0;
   private syncs = 0;
   private cancelled = false;
-  private call:
-    ClientDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse> | undefined;
+  private call: OutgoingChannel | undefined;
   private readonly replies: vmmStream.IncomingResponse[] = [];
   private streamError: Error | null = null;
   private wake: (() => void) | undefined;
@@ -118,7 +121,7 @@ export class OutgoingMigration {
     if (this.sm.isTerminal() || this.cancelled) return;
     if (!this.sm.tryTransition('cancelling')) return;
     this.cancelled = true;
-    this.call?.cancel();
+    this.call?.close();
     this.wake?.();
   }
 
@@ -138,13 +141,16 @@ export class OutgoingMigration {
     const blocks = vm.ramBlocks;
     const modes = blocks.map((b) => this.modeOf(b));
     try {
-      this.open();
+      await this.open();
       await this.send({ frame: { $case: 'header', value: this.header(modes) } });
       const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
       if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
       this.setupMs = now() - this.started;
       this.sm.transition('active');
-      log.info({ modes, job: this.o.jobId }, 'migration: header accepted, pre-copy starts');
+      log.info(
+        { modes, job: this.o.jobId, stream: this.call!.kind },
+        'migration: header accepted, pre-copy starts',
+      );
 
       // Pre-copy: bulk pass, then dirty passes until the rest fits downtime-limit.
       const pending = new PageBitmap(vm.touchedPages.size);
@@ -521,44 +527,43 @@ export class OutgoingMigration {
 
   // ---- the stream ---------------------------------------------------------------------------
 
-  private open(): void {
-    const call = this.o.client.incoming();
-    this.call = call;
-    call.on('data', (r: vmmStream.IncomingResponse) => {
-      this.replies.push(r);
-      this.wake?.();
-    });
-    call.on('error', (e: Error) => {
-      this.streamError ??= e;
-      this.wake?.();
-    });
-    call.on('end', () => {
-      this.streamError ??= new Error('the target ended the stream');
-      this.wake?.();
-    });
+  /** Opens the stream: the target's data channel when it has one we reach, else gRPC. */
+  private async open(): Promise<void> {
+    const events = {
+      reply: (r: vmmStream.IncomingResponse): void => {
+        this.replies.push(r);
+        this.wake?.();
+      },
+      broken: (e: Error): void => {
+        this.streamError ??= e;
+        this.wake?.();
+      },
+    };
+    const data = this.o.targetDataAddress ?? '';
+    if (data !== '') {
+      try {
+        this.call = await connectDataChannel(data, events);
+        return;
+      } catch (err) {
+        this.o.logger.warn(
+          { error: (err as Error).message },
+          'migration: the data channel is unreachable; using the gRPC stream',
+        );
+      }
+    }
+    this.checkCancelled();
+    this.call = grpcOutgoing(this.o.client, events);
   }
 
   private close(): void {
-    try {
-      this.call?.cancel();
-    } catch {
-      /* already closed */
-    }
+    this.call?.close();
   }
 
   private async send(req: vmmStream.IncomingRequest): Promise<void> {
     const call = this.call!;
     this.failIfBroken();
     if (!call.write(req)) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          call.off('drain', done);
-          this.wake = undefined;
-          resolve();
-        };
-        call.on('drain', done);
-        this.wake = done;
-      });
+      await call.drained();
       this.failIfBroken();
     }
     // A StreamError may arrive at any time: stop sending at once.

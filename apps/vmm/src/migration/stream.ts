@@ -279,15 +279,16 @@ function putVarint(out: Uint8Array, at: number, v: number): number {
 }
 
 /**
- * Serializes an IncomingRequest, byte for byte what `vmmStream.IncomingRequest.encode` writes.
- * A `pages` frame is encoded into one buffer of its exact size with its data copied once (the
- * generated encoder grows a buffer by doubling, shifts the nested message for its length prefix
- * and copies the result twice more: ≈5 copies and as many fresh 1 MiB allocations per frame).
- * Other frames go through the generated encoder.
+ * Serializes an IncomingRequest, byte for byte what `vmmStream.IncomingRequest.encode` writes,
+ * as parts to be written back to back. A `pages` frame becomes two parts: everything up to its
+ * data, then the data itself (a view of guest RAM, not copied here). The generated encoder
+ * would grow a buffer by doubling, shift the nested message for its length prefix and copy the
+ * result twice more: ≈5 copies and as many fresh 1 MiB allocations per frame. Other frames go
+ * through the generated encoder.
  */
-export function encodeIncomingRequest(req: vmmStream.IncomingRequest): Buffer {
+export function encodeIncomingRequestParts(req: vmmStream.IncomingRequest): Uint8Array[] {
   if (req.frame?.$case !== 'pages') {
-    return Buffer.from(vmmStream.IncomingRequest.encode(req).finish());
+    return [vmmStream.IncomingRequest.encode(req).finish()];
   }
   const { runs, data } = req.frame.value;
   const sizes = new Array<number>(runs.length);
@@ -307,38 +308,44 @@ export function encodeIncomingRequest(req: vmmStream.IncomingRequest): Buffer {
     frameLen += 1 + varintSize(n) + n;
   }
   if (data.length !== 0) frameLen += 1 + varintSize(data.length) + data.length;
-  const out = Buffer.allocUnsafe(1 + varintSize(frameLen) + frameLen);
+  const head = Buffer.allocUnsafe(1 + varintSize(frameLen) + frameLen - data.length);
   let at = 0;
-  out[at++] = 18; // IncomingRequest.pages, length-delimited
-  at = putVarint(out, at, frameLen);
+  head[at++] = 18; // IncomingRequest.pages, length-delimited
+  at = putVarint(head, at, frameLen);
   for (let k = 0; k < runs.length; k++) {
     const r = runs[k]!;
-    out[at++] = 10; // PageFrame.runs
-    at = putVarint(out, at, sizes[k]!);
+    head[at++] = 10; // PageFrame.runs
+    at = putVarint(head, at, sizes[k]!);
     if (r.block !== 0) {
-      out[at++] = 8;
-      at = putVarint(out, at, r.block >>> 0);
+      head[at++] = 8;
+      at = putVarint(head, at, r.block >>> 0);
     }
     const first = Number(r.firstPage);
     if (first !== 0) {
-      out[at++] = 16;
-      at = putVarint(out, at, first);
+      head[at++] = 16;
+      at = putVarint(head, at, first);
     }
     if (r.pageCount !== 0) {
-      out[at++] = 24;
-      at = putVarint(out, at, r.pageCount >>> 0);
+      head[at++] = 24;
+      at = putVarint(head, at, r.pageCount >>> 0);
     }
     if (r.flags !== 0) {
-      out[at++] = 32;
-      at = putVarint(out, at, r.flags >>> 0);
+      head[at++] = 32;
+      at = putVarint(head, at, r.flags >>> 0);
     }
   }
-  if (data.length !== 0) {
-    out[at++] = 18; // PageFrame.data
-    at = putVarint(out, at, data.length);
-    out.set(data, at);
-  }
-  return out;
+  if (data.length === 0) return [head];
+  head[at++] = 18; // PageFrame.data
+  at = putVarint(head, at, data.length);
+  return [head, data];
+}
+
+/** {@link encodeIncomingRequestParts} as one buffer (the data copied once). */
+export function encodeIncomingRequest(req: vmmStream.IncomingRequest): Buffer {
+  const parts = encodeIncomingRequestParts(req);
+  if (parts.length === 1)
+    return Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.length);
+  return Buffer.concat(parts);
 }
 
 /**

@@ -43,12 +43,14 @@ export interface RamBacking {
    */
   prefault?(offset: number, length: number, access?: 'read' | 'write'): void;
   /**
-   * Writes `data` at byte `offset` through the file (`pwrite`), not the mapping: the kernel
-   * fills the page cache without mapping a page into this process, several times faster than a
-   * copy through fresh mapped pages (each first touch faults). The mapping sees the bytes at
-   * once. Only for memory nothing runs on yet (an incoming migration's blocks).
+   * Writes `data` at byte `offset` through the file (`pwrite` on a libuv worker thread), not
+   * the mapping: the kernel fills the page cache without mapping a page into this process,
+   * several times faster than a copy through fresh mapped pages (each first touch faults), and
+   * the caller keeps receiving meanwhile. The mapping sees the bytes once it resolves; `data`
+   * must not change until then. Writes that may overlap must be awaited in order. Only for
+   * memory nothing runs on yet (an incoming migration's blocks).
    */
-  write?(offset: number, data: Uint8Array): void;
+  write?(offset: number, data: Uint8Array): Promise<void>;
   /**
    * Makes [offset, offset + length) zero by punching a hole in the file (frees the pages; no
    * page is touched). Byte offsets, whole pages.

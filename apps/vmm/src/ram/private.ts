@@ -1,4 +1,4 @@
-import { closeSync, writeSync } from 'node:fs';
+import { closeSync, write as writeFd } from 'node:fs';
 import { createMemfd, dataRanges, fallocate, mapFd } from '@handoff/shm';
 import type { RamBlockSpec } from '../vm/types.js';
 import type { RamBacking, RamContext } from './backing.js';
@@ -32,11 +32,15 @@ export function openPrivate(spec: RamBlockSpec, ctx: RamContext): RamBacking {
         return null;
       }
     },
-    write: (offset, data) => {
-      if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+    write: async (offset, data) => {
       let done = 0;
       while (done < data.length) {
-        done += writeSync(fd, data, done, data.length - done, offset + done);
+        if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+        done += await new Promise<number>((resolve, reject) =>
+          writeFd(fd, data, done, data.length - done, offset + done, (err, n) =>
+            err === null ? resolve(n) : reject(err),
+          ),
+        );
       }
     },
     zero: (offset, length) => {
