@@ -224,7 +224,12 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
       templateRef: { templateId: ref.regionId, size: BigInt(SIZE), identity, memstore: '' },
     });
     for (const identity of ['someone-else', '']) {
-      const { token } = await vmmCall(b.client, 'prepareIncoming', { name, jobId: 'hostile' });
+      const { token } = await vmmCall(b.client, 'prepareIncoming', {
+        name,
+        jobId: 'hostile',
+        spec: undefined,
+        capabilities: [],
+      });
       const s = rawIncoming(b.process.address);
       s.send(headerFor(token, vm.spec!, [block(identity)], { source: 'vmm-a' }));
       const out = await s.outcome();

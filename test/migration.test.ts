@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
 import { RemoteError, unaryCall } from '@handoff/service';
+import { resolveCapabilities } from '@handoff/qapi';
+import { capabilitiesToWire } from '@handoff/qapi/wire';
 import { mapFile } from '@handoff/shm';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +14,7 @@ import {
   migrateVm,
   rawIncoming,
   readPrivateRam,
+  prebuiltOf,
   refused,
   streamOf,
 } from './helpers/migration.js';
@@ -86,12 +89,15 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     try {
       let [from, to] = [a, b];
       for (let round = 0; round < ROUNDS; round++) {
-        // Both transports carry the stream: the data channel (default) and gRPC, alternately.
+        // Both transports carry the stream (the data channel, the default, and gRPC), with the
+        // machine built ahead by PrepareIncoming (the default) and by the header.
         const via = round % 2 === 0 ? 'data' : 'grpc';
+        const prebuild = round % 4 < 2;
         const jobId = `bypass-${round}`;
-        const info = await migrateVm(from, to, name, { via, jobId });
+        const info = await migrateVm(from, to, name, { via, jobId, prebuild });
         expect(info.status).toBe('completed');
         expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
+        expect(prebuiltOf(to, jobId)).toBe(prebuild);
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -135,10 +141,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     let [from, to] = [a, b];
     for (let round = 0; round < ROUNDS; round++) {
       const via = round % 2 === 0 ? 'data' : 'grpc';
+      const prebuild = round % 4 < 2;
       const jobId = `copy-${round}`;
-      const info = await migrateVm(from, to, name, { via, jobId });
+      const info = await migrateVm(from, to, name, { via, jobId, prebuild });
       expect(info.status).toBe('completed');
       expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
+      expect(prebuiltOf(to, jobId)).toBe(prebuild);
       expect(info.ram.normal).toBeGreaterThanOrEqual(AB_PAGES);
       expect(info.ram.zeroPages + info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(
         4096,
@@ -172,10 +180,55 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(b.client, 'destroyVm', { name });
   });
 
+  it('serves a stream that differs from what PrepareIncoming built, and ignores a bad hint', async () => {
+    const name = 'misfit';
+    await startAb(a, name, RamBackend.RAM_BACKEND_SHARED);
+    const spec = (await vmmCall(a.client, 'getVm', { name })).vm!.spec!;
+    let [from, to] = [a, b];
+    // Built for bypass, then sent without it: the region was mapped for nothing.
+    const bypass = capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true }));
+    const copy = capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': false }));
+    for (const [k, hint] of [
+      { spec, capabilities: bypass },
+      { spec: { ...spec, ram: [{ ...spec.ram[0]!, size: 1n << 40n }] }, capabilities: copy },
+    ].entries()) {
+      const jobId = `misfit-${k}`;
+      const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, ...hint });
+      const res = await vmmCall(from.client, 'migrateVm', {
+        name,
+        jobId,
+        targetAddress: prep.address,
+        token: prep.token,
+        capabilities: copy,
+        parameters: undefined,
+        targetDataAddress: prep.dataAddress,
+      });
+      expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+      expect(prebuiltOf(to, jobId)).toBe(false);
+      const pid = to.process.pid;
+      await checkPaused(to, name, () =>
+        readPrivateRam(pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
+      );
+      await vmmCall(from.client, 'destroyVm', { name });
+      [from, to] = [to, from];
+    }
+    // Nothing of the discarded machines is left: only the VM itself runs, on the original source.
+    expect((await vmmCall(a.client, 'listVms', {})).vms.map((v) => v.spec!.name)).toContain(name);
+    expect((await vmmCall(b.client, 'listVms', {})).vms.map((v) => v.spec!.name)).not.toContain(
+      name,
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+  });
+
   it('falls back to the gRPC stream when the data channel cannot be reached', async () => {
     const name = 'fallback';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
-    const prep = await vmmCall(b.client, 'prepareIncoming', { name, jobId: 'fallback' });
+    const prep = await vmmCall(b.client, 'prepareIncoming', {
+      name,
+      jobId: 'fallback',
+      spec: undefined,
+      capabilities: [],
+    });
     const res = await vmmCall(a.client, 'migrateVm', {
       name,
       jobId: 'fallback',
@@ -211,7 +264,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       });
       let dataAddress = '';
       const token = async () => {
-        const prep = await vmmCall(b.client, 'prepareIncoming', { name: 'hostile', jobId: 'h' });
+        const prep = await vmmCall(b.client, 'prepareIncoming', {
+          name: 'hostile',
+          jobId: 'h',
+          spec: undefined,
+          capabilities: [],
+        });
         dataAddress = prep.dataAddress;
         return prep.token;
       };
@@ -219,9 +277,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       const raw = async () => {
         if (via === 'grpc') return rawIncoming(b.process.address);
         if (dataAddress === '')
-          await vmmCall(b.client, 'prepareIncoming', { name: 'hostile-probe', jobId: 'p' }).then(
-            (p) => (dataAddress = p.dataAddress),
-          );
+          await vmmCall(b.client, 'prepareIncoming', {
+            name: 'hostile-probe',
+            jobId: 'p',
+            spec: undefined,
+            capabilities: [],
+          }).then((p) => (dataAddress = p.dataAddress));
         return rawIncoming(b.process.address, dataAddress);
       };
 

@@ -21,10 +21,18 @@ export async function migrateVm(
     jobId?: string;
     /** What carries the stream: the target's data channel (default, as the migrator does) or gRPC. */
     via?: 'data' | 'grpc';
+    /**
+     * Pass the VM's spec and the capabilities to PrepareIncoming so the target builds the
+     * machine ahead (default, as the migrator does); false: the stream's header builds it.
+     */
+    prebuild?: boolean;
   } = {},
 ): Promise<MigrationInfo> {
   const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
-  const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId });
+  const capabilities = capabilitiesToWire(resolveCapabilities(opts.capabilities ?? {}));
+  const spec =
+    opts.prebuild === false ? undefined : (await vmmCall(from.client, 'getVm', { name })).vm?.spec;
+  const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, spec, capabilities });
   if (opts.via !== 'grpc' && prep.dataAddress === '') {
     throw new Error(`vmm at ${prep.address} offers no data channel`);
   }
@@ -33,7 +41,7 @@ export async function migrateVm(
     jobId,
     targetAddress: prep.address,
     token: prep.token,
-    capabilities: capabilitiesToWire(resolveCapabilities(opts.capabilities ?? {})),
+    capabilities,
     parameters: parametersToWire(opts.parameters ?? {}),
     targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
   });
@@ -85,6 +93,18 @@ export function streamOf(source: VmmUnderTest, jobId: string): string | undefine
   for (const line of source.process.output().split('\n')) {
     if (!line.includes(`"job":"${jobId}"`) || !line.includes('pre-copy starts')) continue;
     return (JSON.parse(line) as { stream?: string }).stream;
+  }
+  return undefined;
+}
+
+/**
+ * Whether the target served job `jobId` with the machine PrepareIncoming built ahead, from
+ * its log (undefined when the log has no such migration).
+ */
+export function prebuiltOf(target: VmmUnderTest, jobId: string): boolean | undefined {
+  for (const line of target.process.output().split('\n')) {
+    if (!line.includes(`"job":"${jobId}"`) || !line.includes('header accepted')) continue;
+    return (JSON.parse(line) as { prebuilt?: boolean }).prebuilt;
   }
   return undefined;
 }

@@ -23,6 +23,27 @@ describe('memstore config', () => {
     expect(s.persistentDir).toBe('/data/handoff/memstore/regions');
     expect(s.maxRegionSize).toBe(64 * 2 ** 30);
     expect(s.maxTotalSize).toBe(0);
+    expect(s.leaseSocket).toBe(`/dev/shm/handoff-${process.getuid?.() ?? 0}/memstore-lease.sock`);
+  });
+
+  it('--lease-socket: a path, off, or the default inside the volatile dir', () => {
+    const at = (o: Partial<Parameters<typeof memstoreConfig>[0]>): string | null =>
+      resolveSettings(memstoreConfig(o)).leaseSocket;
+    expect(at({ 'volatile-dir': '/dev/shm/x' })).toBe('/dev/shm/x/memstore-lease.sock');
+    expect(at({ 'lease-socket': '/run/handoff/lease.sock' })).toBe('/run/handoff/lease.sock');
+    expect(at({ 'lease-socket': 'off' })).toBeNull();
+    const env = parseConfig(memstoreOptions, {
+      prefix: 'MEMSTORE',
+      argv: [],
+      env: { HANDOFF_MEMSTORE_LEASE_SOCKET: 'off' },
+    });
+    expect(resolveSettings(env).leaseSocket).toBeNull();
+    expect(() => at({ 'lease-socket': `/tmp/${'x'.repeat(120)}` })).toThrow(
+      expect.objectContaining({
+        code: 'SERVICE_INVALID_CONFIG',
+        message: expect.stringContaining('--lease-socket'),
+      }),
+    );
   });
 
   it('refuses sizes it cannot use, naming the flag', () => {

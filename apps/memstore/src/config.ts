@@ -9,6 +9,9 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseByteSize } from './regions/size.js';
 
+/** File name of the lease channel's socket inside the volatile directory (the default). */
+export const LEASE_SOCKET_FILE_NAME = 'memstore-lease.sock';
+
 /** Default port of the memstore. */
 export const MEMSTORE_DEFAULT_PORT = 7100;
 
@@ -38,6 +41,12 @@ export const memstoreOptions = {
     default: '0',
     description: 'largest sum of all region sizes, same units; 0 = no limit',
   },
+  'lease-socket': {
+    type: 'string',
+    description:
+      `unix socket of the lease channel (TransferLease/GetRegion/ValidateLease without gRPC, for vmms on this host); ` +
+      `off = disabled (default: <volatile-dir>/${LEASE_SOCKET_FILE_NAME})`,
+  },
 } as const satisfies ConfigSpec;
 
 /** The memstore's parsed flags and variables. */
@@ -53,6 +62,8 @@ export interface MemstoreSettings {
   readonly persistentDir: string;
   readonly maxRegionSize: number;
   readonly maxTotalSize: number;
+  /** Unix socket path of the lease channel; null when disabled (`--lease-socket off`). */
+  readonly leaseSocket: string | null;
 }
 
 /**
@@ -77,16 +88,35 @@ export function resolveSettings(
       : join(homedir(), '.local', 'share');
   const stateDir = resolve(config['state-dir'] ?? join(dataHome, 'handoff', 'memstore'));
   const uid = process.getuid?.() ?? 0;
+  const volatileDir = resolve(config['volatile-dir'] ?? `/dev/shm/handoff-${uid}`);
   return {
     host: config.host,
     port: config.port,
     shutdownTimeoutMs: config['shutdown-timeout-ms'],
     stateDir,
-    volatileDir: resolve(config['volatile-dir'] ?? `/dev/shm/handoff-${uid}`),
+    volatileDir,
     persistentDir: resolve(config['persistent-dir'] ?? join(stateDir, 'regions')),
     maxRegionSize: sizeOption(config, 'max-region-size', false),
     maxTotalSize: sizeOption(config, 'max-total-size', true),
+    leaseSocket: leaseSocketOption(config['lease-socket'], volatileDir),
   };
+}
+
+/** Longest unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+function leaseSocketOption(text: string | undefined, volatileDir: string): string | null {
+  if (text === 'off') return null;
+  const path =
+    text === undefined || text === '' ? join(volatileDir, LEASE_SOCKET_FILE_NAME) : resolve(text);
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    throw new ServiceError(
+      'SERVICE_INVALID_CONFIG',
+      `--lease-socket ${path} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes a unix socket ` +
+        'path may have; give a shorter path (or a shorter --volatile-dir), or --lease-socket off',
+    );
+  }
+  return path;
 }
 
 function sizeOption(

@@ -8,6 +8,13 @@
 export { startMemstore, type MemstoreHandle } from './start.js';
 export { openMemstore, Memstore, type MemstoreInfo } from './memstore.js';
 export {
+  startLeaseChannel,
+  LeaseSocketBusyError,
+  LEASE_CHANNEL_MAX_FRAME_BYTES,
+} from './api/lease-channel.js';
+export type { LeaseChannelServer } from './api/lease-channel.js';
+export {
+  LEASE_SOCKET_FILE_NAME,
   memstoreOptions,
   memstoreConfig,
   resolveSettings,

@@ -1,6 +1,17 @@
 import { createLogger, startServer, type Logger, type RunningServer } from '@handoff/service';
+import {
+  LeaseSocketBusyError,
+  startLeaseChannel,
+  type LeaseChannelServer,
+} from './api/lease-channel.js';
 import { memstoreService } from './api/memstore-service.js';
-import { resolveSettings, type MemstoreConfig } from './config.js';
+import { join } from 'node:path';
+import {
+  LEASE_SOCKET_FILE_NAME,
+  resolveSettings,
+  type MemstoreConfig,
+  type MemstoreSettings,
+} from './config.js';
 import { openMemstore, type Memstore } from './memstore.js';
 
 /** A running memstore service. */
@@ -11,13 +22,19 @@ export interface MemstoreHandle {
   readonly server: RunningServer;
   /** The domain behind the server (tests and embedding). */
   readonly memstore: Memstore;
-  /** Graceful stop: NOT_SERVING, drain calls (forced after the timeout), close the catalog. Idempotent. */
+  /** The lease channel (unix socket), or null when disabled (`--lease-socket off`). */
+  readonly leaseChannel: LeaseChannelServer | null;
+  /**
+   * Graceful stop: NOT_SERVING, close the lease channel (removing its socket), drain calls
+   * (forced after the timeout), close the catalog. Idempotent.
+   */
   stop(reason?: string): Promise<void>;
 }
 
 /**
- * Starts the memstore: directories, catalog, reconciliation, then the gRPC
- * server (MemstoreService + health + reflection). Nothing is served before
+ * Starts the memstore: directories, catalog, reconciliation, then the lease
+ * channel (unless disabled) and the gRPC server (MemstoreService + health +
+ * reflection; GetInfo reports the channel's path). Nothing is served before
  * reconciliation finished. Without a logger, logs are discarded.
  */
 export async function startMemstore(
@@ -27,17 +44,24 @@ export async function startMemstore(
   const log = logger ?? createLogger({ name: 'memstore', level: 'silent', format: 'json' });
   const settings = resolveSettings(config);
   const memstore = openMemstore(settings, log);
+  let leaseChannel: LeaseChannelServer | null = null;
   let server: RunningServer;
   try {
+    if (settings.leaseSocket !== null) {
+      leaseChannel = await startLeaseChannelOrNot(memstore, settings, log);
+    }
     server = await startServer({
       name: 'memstore',
       host: settings.host,
       port: settings.port,
       logger: log,
       shutdownTimeoutMs: settings.shutdownTimeoutMs,
-      services: [memstoreService({ memstore, logger: log })],
+      services: [
+        memstoreService({ memstore, logger: log, leaseChannel: leaseChannel?.path ?? '' }),
+      ],
     });
   } catch (err) {
+    await leaseChannel?.close();
     memstore.close();
     throw err;
   }
@@ -47,12 +71,42 @@ export async function startMemstore(
     port: server.port,
     server,
     memstore,
+    leaseChannel,
     stop: (reason = 'stop requested') => {
-      stopped ??= server.shutdown(reason).then(() => {
+      stopped ??= Promise.all([server.shutdown(reason), leaseChannel?.close()]).then(() => {
         memstore.close();
         log.info('catalog closed');
       });
       return stopped;
     },
   };
+}
+
+/**
+ * Starts the lease channel. Several memstores may share one volatile directory (their region
+ * files never clash), but not its default socket: the second one then runs without a channel
+ * (its vmms use gRPC) and says so. A socket path given explicitly must be free.
+ */
+async function startLeaseChannelOrNot(
+  memstore: Memstore,
+  settings: MemstoreSettings,
+  log: Logger,
+): Promise<LeaseChannelServer | null> {
+  const path = settings.leaseSocket!;
+  try {
+    return await startLeaseChannel({ memstore, logger: log, path });
+  } catch (err) {
+    if (
+      !(err instanceof LeaseSocketBusyError) ||
+      path !== join(settings.volatileDir, LEASE_SOCKET_FILE_NAME)
+    ) {
+      throw err;
+    }
+    log.warn(
+      { path },
+      'another memstore serves the lease channel in this volatile directory: running without ' +
+        'one (vmms use gRPC for lease calls); give this memstore its own --lease-socket',
+    );
+    return null;
+  }
 }

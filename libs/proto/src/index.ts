@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export * as memstore from './gen/handoff/memstore/v1/memstore.js';
+export * as memstore from './memstore.js';
 export * as vmm from './gen/handoff/vmm/v1/vmm.js';
 export * as vmmStream from './gen/handoff/vmm/v1/stream.js';
 export * as migrator from './gen/handoff/migrator/v1/migrator.js';

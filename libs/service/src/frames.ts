@@ -192,7 +192,7 @@ export class FramedSocket {
 
   /** Resolves when the socket can take more, or at once when it already can. */
   drained(): Promise<void> {
-    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    if (this.socket.destroyed || !this.socket.writableNeedDrain) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
         this.socket.off('drain', done);

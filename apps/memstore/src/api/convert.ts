@@ -98,8 +98,8 @@ export function regionToPb(r: Region): pb.Region {
   };
 }
 
-/** Domain info -> GetInfoResponse. */
-export function infoToPb(info: MemstoreInfo): pb.GetInfoResponse {
+/** Domain info -> GetInfoResponse; `leaseChannel` is the served lease socket ('' = none). */
+export function infoToPb(info: MemstoreInfo, leaseChannel = ''): pb.GetInfoResponse {
   return {
     version: info.version,
     regionCount: info.regionCount,
@@ -108,5 +108,6 @@ export function infoToPb(info: MemstoreInfo): pb.GetInfoResponse {
     volatileDir: info.volatileDir,
     persistentDir: info.persistentDir,
     maxRegionSize: BigInt(info.maxRegionSize),
+    leaseChannel,
   };
 }

@@ -15,7 +15,11 @@ import { readPages } from './read-pages.js';
  * Runs a handler body against an open memstore and normalises what it
  * throws (SQLite and file-system errors become memstore codes).
  */
-async function guarded<T>(memstore: Memstore, what: string, fn: () => T | Promise<T>): Promise<T> {
+export async function guarded<T>(
+  memstore: Memstore,
+  what: string,
+  fn: () => T | Promise<T>,
+): Promise<T> {
   if (!memstore.isOpen) {
     throw new ServiceError(
       'SERVICE_SHUTTING_DOWN',
@@ -29,14 +33,46 @@ async function guarded<T>(memstore: Memstore, what: string, fn: () => T | Promis
   }
 }
 
+/**
+ * The lease calls, one function per method, wire types in and out: what the gRPC handlers and
+ * the lease channel (lease-channel.ts) both run, so the two paths cannot drift apart (same
+ * checks, same errors). Run them through {@link guarded}.
+ */
+export const leaseCalls = {
+  getRegion: (m: Memstore, req: pb.GetRegionRequest): pb.GetRegionResponse => ({
+    region: regionToPb(m.regions.get(refFromPb(req.region))),
+  }),
+
+  transferLease: (m: Memstore, req: pb.TransferLeaseRequest): pb.TransferLeaseResponse => ({
+    lease: leaseToPb(
+      m.leases.transfer(
+        refFromPb(req.region),
+        req.fromHolder,
+        safeNumber(req.expectedEpoch, 'expected_epoch'),
+        req.toHolder,
+      ),
+    ),
+  }),
+
+  validateLease: (m: Memstore, req: pb.ValidateLeaseRequest): pb.ValidateLeaseResponse => {
+    const v = m.leases.validate(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
+    return { valid: v.valid, current: leaseToPb(v.current) };
+  },
+} as const;
+
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
-export function memstoreService(deps: { memstore: Memstore; logger: Logger }): ServiceRegistration {
+export function memstoreService(deps: {
+  memstore: Memstore;
+  logger: Logger;
+  /** The lease channel's socket path GetInfo reports ('' or absent: not served). */
+  leaseChannel?: string;
+}): ServiceRegistration {
   const { memstore: m, logger } = deps;
   const call = <Req, Res>(what: string, fn: (req: Req) => Res | Promise<Res>) =>
     unary<Req, Res>(logger, (req) => guarded(m, what, () => fn(req)));
 
   const implementation: pb.MemstoreServiceServer = {
-    getInfo: call('GetInfo', () => infoToPb(m.info())),
+    getInfo: call('GetInfo', () => infoToPb(m.info(), deps.leaseChannel ?? '')),
 
     createRegion: call('CreateRegion', (req: pb.CreateRegionRequest) => ({
       region: regionToPb(
@@ -48,9 +84,7 @@ export function memstoreService(deps: { memstore: Memstore; logger: Logger }): S
       ),
     })),
 
-    getRegion: call('GetRegion', (req: pb.GetRegionRequest) => ({
-      region: regionToPb(m.regions.get(refFromPb(req.region))),
-    })),
+    getRegion: call('GetRegion', (req: pb.GetRegionRequest) => leaseCalls.getRegion(m, req)),
 
     listRegions: call('ListRegions', (req: pb.ListRegionsRequest) => ({
       regions: m.regions.list(kindFromPb(req.kind, undefined)).map(regionToPb),
@@ -65,30 +99,18 @@ export function memstoreService(deps: { memstore: Memstore; logger: Logger }): S
       lease: leaseToPb(m.leases.acquire(refFromPb(req.region), req.holder)),
     })),
 
-    transferLease: call('TransferLease', (req: pb.TransferLeaseRequest) => ({
-      lease: leaseToPb(
-        m.leases.transfer(
-          refFromPb(req.region),
-          req.fromHolder,
-          safeNumber(req.expectedEpoch, 'expected_epoch'),
-          req.toHolder,
-        ),
-      ),
-    })),
+    transferLease: call('TransferLease', (req: pb.TransferLeaseRequest) =>
+      leaseCalls.transferLease(m, req),
+    ),
 
     releaseLease: call('ReleaseLease', (req: pb.ReleaseLeaseRequest) => {
       m.leases.release(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
       return {};
     }),
 
-    validateLease: call('ValidateLease', (req: pb.ValidateLeaseRequest) => {
-      const v = m.leases.validate(
-        refFromPb(req.region),
-        req.holder,
-        safeNumber(req.epoch, 'epoch'),
-      );
-      return { valid: v.valid, current: leaseToPb(v.current) };
-    }),
+    validateLease: call('ValidateLease', (req: pb.ValidateLeaseRequest) =>
+      leaseCalls.validateLease(m, req),
+    ),
 
     sealTemplate: call('SealTemplate', async (req: pb.SealTemplateRequest) => {
       const lease =

@@ -1,3 +1,4 @@
+import { capabilitiesToWire } from '@handoff/qapi/wire';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -102,6 +103,10 @@ describe('JobManager against fake vmm instances', () => {
     expect(done.info.ram).toMatchObject({ transferred: 4 << 20, zeroPages: 1024 });
     expect(done.finishedAt).toBeInstanceOf(Date);
     expect(b.calls).toContain('prepareIncoming:vm1');
+    // The target got the source's spec and the capabilities, to build the machine ahead.
+    expect(b.prepared).toEqual([
+      { name: 'vm1', specName: 'vm1', capabilities: capabilitiesToWire(bypass) },
+    ]);
     expect(a.calls).toContain('migrateVm:vm1');
     expect(a.calls).toContain('getMigration:vm1');
     expect(world.get('vm1')).toBe('vmm-b');
@@ -162,7 +167,10 @@ describe('JobManager against fake vmm instances', () => {
     expect(done.info.status).toBe('failed');
     expect(done.info.errorDesc).toContain('epoch 3 is stale');
     expect(world.get('vm1')).toBe('vmm-a');
-    expect(a.calls.filter((c) => c.startsWith('destroyVm') || c.startsWith('getVm'))).toEqual([]);
+    // The source is only asked for the VM's spec (for PrepareIncoming), never retired.
+    expect(a.calls.filter((c) => c.startsWith('destroyVm') || c.startsWith('getVm'))).toEqual([
+      'getVm:vm1',
+    ]);
   });
 
   it('cancels a running migration through CancelMigration on the source', async () => {

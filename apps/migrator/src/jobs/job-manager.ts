@@ -422,8 +422,27 @@ export class JobManager {
   private async prepareIncoming(job: Job, log: Logger): Promise<vpb.PrepareIncomingResponse> {
     const client = this.client(job.targetAddress);
     const opts = { deadlineMs: this.callTimeoutMs };
+    // With the VM's spec the target maps its RAM and builds the machine before the stream
+    // starts (outside the migration's setup and total time, as a QEMU started with -incoming
+    // is ready before `migrate`). Without it (the source does not answer) it builds them then.
+    const source = await unaryCall(
+      this.client(job.sourceAddress),
+      'getVm',
+      { name: job.vm },
+      opts,
+    ).catch(() => undefined);
     const prepare = () =>
-      unaryCall(client, 'prepareIncoming', { name: job.vm, jobId: job.id }, opts);
+      unaryCall(
+        client,
+        'prepareIncoming',
+        {
+          name: job.vm,
+          jobId: job.id,
+          spec: source?.vm?.spec,
+          capabilities: capabilitiesToWire(job.capabilities),
+        },
+        opts,
+      );
     try {
       return await prepare();
     } catch (err) {

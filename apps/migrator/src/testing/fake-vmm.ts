@@ -47,6 +47,8 @@ const DEFAULT_SCRIPT: FakeScript = {
 export class FakeVmm {
   /** Every call received, as `method:vm`. */
   readonly calls: string[] = [];
+  /** What each PrepareIncoming carried besides the name: the spec's name and the capabilities. */
+  readonly prepared: { name: string; specName: string | undefined; capabilities: number[] }[] = [];
   /** Scripts by VM name (default: four steps, then completed). */
   readonly scripts = new Map<string, FakeScript>();
   /** Most migrations that ran at the same time. */
@@ -96,7 +98,12 @@ export class FakeVmm {
 
   private implementation(logger: ReturnType<typeof createLogger>): Partial<pb.VmmServiceServer> {
     const vmOf = (name: string): pb.Vm =>
-      pb.Vm.fromPartial({ name, vmmId: this.id, state: pb.VmState.VM_STATE_RUNNING });
+      pb.Vm.fromPartial({
+        name,
+        vmmId: this.id,
+        state: pb.VmState.VM_STATE_RUNNING,
+        spec: { name, guest: 'ab' },
+      });
     return {
       listVms: unary(logger, () => {
         this.calls.push('listVms:');
@@ -129,6 +136,11 @@ export class FakeVmm {
       }),
       prepareIncoming: unary(logger, (req) => {
         this.calls.push(`prepareIncoming:${req.name}`);
+        this.prepared.push({
+          name: req.name,
+          specName: req.spec?.name,
+          capabilities: [...req.capabilities],
+        });
         if (this.husks.has(req.name) || this.world.get(req.name) === this.id) {
           throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
         }

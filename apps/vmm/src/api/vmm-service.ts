@@ -12,7 +12,12 @@ import {
 } from '@handoff/service';
 import { assertValidMigrationConfig } from '@handoff/qapi';
 import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
-import { grpcIncoming, receiveMigration, type MigrationManager } from '../migration/index.js';
+import {
+  grpcIncoming,
+  receiveMigration,
+  type IncomingHint,
+  type MigrationManager,
+} from '../migration/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
@@ -73,7 +78,7 @@ export function vmmServices(deps: {
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
     prepareIncoming: unary(logger, (req: pb.PrepareIncomingRequest) => ({
-      token: migrations.prepare(requireName(req.name), req.jobId),
+      token: migrations.prepare(requireName(req.name), req.jobId, hintOf(req)),
       address: deps.address(),
       dataAddress: migrations.dataAddress,
     })),
@@ -120,6 +125,19 @@ export function vmmServices(deps: {
       implementation: migration as unknown as ServiceRegistration['implementation'],
     },
   ];
+}
+
+/**
+ * PrepareIncoming's optional spec and capabilities, when usable: a spec that does not parse or
+ * capabilities that do not resolve only mean no machine is built ahead.
+ */
+function hintOf(req: pb.PrepareIncomingRequest): IncomingHint | undefined {
+  if (req.spec === undefined) return undefined;
+  try {
+    return { spec: specFromPb(req.spec), capabilities: capabilitiesFromWire(req.capabilities) };
+  } catch {
+    return undefined;
+  }
 }
 
 function requireName(name: string): string {

@@ -108,7 +108,8 @@ export async function startDataChannel(
 function socketIncoming(socket: Socket): IncomingChannel {
   let gone = false; // the socket closed: nothing reaches the source any more
   socket.on('close', () => (gone = true));
-  let q: RequestQueue;
+  // (flow control reaches `framed` only once frames arrive, after it exists)
+  const q = new RequestQueue({ pause: () => framed.pause(), resume: () => framed.resume() });
   const framed: FramedSocket = new FramedSocket(socket, MAX_REQUEST_FRAME, {
     frame: (payload) => {
       let req: vmmStream.IncomingRequest;
@@ -127,7 +128,6 @@ function socketIncoming(socket: Socket): IncomingChannel {
       else q.fail(error);
     },
   });
-  q = new RequestQueue(framed);
   return {
     next: () => q.next(),
     write: (reply) => {

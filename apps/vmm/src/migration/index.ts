@@ -1,7 +1,7 @@
 /** vmm-to-vmm migration: stream framing, sender, receiver, the instance's registry. */
 export { MIGRATION_ERROR_CODES, MigrationError, type MigrationErrorCode } from './errors.js';
 export { MigrationManager, type MigrateRequest } from './manager.js';
-export { IncomingTokens, receiveMigration, TOKEN_TTL_MS } from './receiver.js';
+export { IncomingTokens, receiveMigration, TOKEN_TTL_MS, type IncomingHint } from './receiver.js';
 export { OutgoingMigration, type OutgoingOptions } from './sender.js';
 export { STREAM_FORMAT, MAX_FRAME_DATA, checkFrame, FrameBuilder } from './stream.js';
 export {

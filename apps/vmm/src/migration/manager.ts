@@ -10,7 +10,7 @@ import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '
 import type { VmHost } from '../vm/host.js';
 import { startDataChannel, type DataChannelServer } from './data-channel.js';
 import { MigrationError } from './errors.js';
-import { IncomingTokens, receiveMigration } from './receiver.js';
+import { IncomingTokens, receiveMigration, type IncomingHint } from './receiver.js';
 import { OutgoingMigration } from './sender.js';
 import { MigrationServiceClient } from './stream.js';
 
@@ -39,7 +39,7 @@ export class MigrationManager {
     private readonly host: VmHost,
     private readonly logger: Logger,
   ) {
-    this.tokens = new IncomingTokens(host);
+    this.tokens = new IncomingTokens(host, logger);
   }
 
   /**
@@ -60,9 +60,12 @@ export class MigrationManager {
     return this.data?.address ?? '';
   }
 
-  /** PrepareIncoming: a one-time token for a VM that will arrive under `name`. */
-  prepare(name: string, jobId: string): string {
-    return this.tokens.prepare(name, jobId);
+  /**
+   * PrepareIncoming: a one-time token for a VM that will arrive under `name`; with a hint (the
+   * source's spec and the capabilities) its machine is built now.
+   */
+  prepare(name: string, jobId: string, hint?: IncomingHint): string {
+    return this.tokens.prepare(name, jobId, hint);
   }
 
   /**
@@ -126,8 +129,8 @@ export class MigrationManager {
   async close(): Promise<void> {
     for (const m of this.outgoing.values()) m.cancel();
     for (const address of [...this.clients.keys()]) this.dropClient(address);
-    this.tokens.close();
     await this.data?.close();
+    await this.tokens.close();
     this.logger.debug('migrations closed');
   }
 

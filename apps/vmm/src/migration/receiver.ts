@@ -7,25 +7,33 @@
  * States (PROTOCOL.md): await-header → receiving → completing → resumed | failed.
  */
 import { randomBytes } from 'node:crypto';
-import type { memstore as msPb, vmmStream } from '@handoff/proto';
+import type { vmmStream } from '@handoff/proto';
+import type { MigrationCapabilities } from '@handoff/qapi';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
-import { isCodedError, unaryCall, type Logger } from '@handoff/service';
+import { isCodedError, type Logger } from '@handoff/service';
 import { specFromPb } from '../api/convert.js';
 import type { MachineState } from '../machine/state.js';
 import { byId, memstoreCall } from '../ram/backing.js';
-import { openClone } from '../ram/clone.js';
-import { holderOf, type RamBacking } from '../ram/index.js';
-import { openPrivate } from '../ram/private.js';
-import { mapShared } from '../ram/shared.js';
+import { holderOf } from '../ram/index.js';
 import { decodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
-import type { RamBlockSpec, VmSpec } from '../vm/types.js';
+import type { VmSpec } from '../vm/types.js';
 import type { Vm } from '../vm/vm.js';
 import { failpoint } from '../failpoints.js';
 import type { IncomingChannel } from './channel.js';
 import { MigrationError } from './errors.js';
+import {
+  copiedSpec,
+  discardPrebuilt,
+  openBlock,
+  prebuild,
+  prebuiltFits,
+  type Block,
+  type BlockPlan,
+  type Prebuilt,
+} from './incoming-blocks.js';
 import { PageReceiver } from './page-receiver.js';
-import { PAGE_SIZE, STREAM_FORMAT, type BlockMode, type IncomingBlock } from './stream.js';
+import { PAGE_SIZE, STREAM_FORMAT } from './stream.js';
 
 /** How long a PrepareIncoming token stays valid. */
 export const TOKEN_TTL_MS = 60_000;
@@ -35,28 +43,58 @@ interface Prepared {
   readonly jobId: string;
   readonly release: () => void;
   readonly timer: NodeJS.Timeout;
+  /** The machine PrepareIncoming built ahead (null: none, or it failed). */
+  readonly prebuilt: Promise<Prebuilt | null>;
+}
+
+/** What PrepareIncoming may know of the VM that will arrive. */
+export interface IncomingHint {
+  /** The VM's spec on the source. */
+  readonly spec: VmSpec;
+  readonly capabilities: MigrationCapabilities;
 }
 
 /** One-time tokens from PrepareIncoming; each reserves the VM name until used or expired. */
 export class IncomingTokens {
   private readonly tokens = new Map<string, Prepared>();
 
-  constructor(private readonly host: VmHost) {}
+  constructor(
+    private readonly host: VmHost,
+    private readonly logger?: Logger,
+  ) {}
 
-  /** @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared */
-  prepare(name: string, jobId: string, ttlMs = TOKEN_TTL_MS): string {
+  /**
+   * A token for a VM that will arrive under `name`. With a `hint` the machine is built now
+   * (see {@link prebuild}); a stream whose header differs from it is served from scratch.
+   *
+   * @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared
+   */
+  prepare(name: string, jobId: string, hint?: IncomingHint, ttlMs = TOKEN_TTL_MS): string {
     const release = this.host.reserve(name);
     const token = randomBytes(24).toString('base64url');
+    const built =
+      hint !== undefined && this.logger !== undefined
+        ? prebuild(
+            this.host,
+            name,
+            hint.spec,
+            hint.capabilities,
+            this.logger.child({ vm: name, job: jobId }),
+          )
+        : Promise.resolve(null);
     const timer = setTimeout(() => {
       this.tokens.delete(token);
-      release();
+      void built.then(async (p) => {
+        if (p !== null) await discardPrebuilt(p);
+        release();
+      });
     }, ttlMs);
     timer.unref();
-    this.tokens.set(token, { name, jobId, release, timer });
+    this.tokens.set(token, { name, jobId, release, timer, prebuilt: built });
     return token;
   }
 
-  /** Consumes a token; the caller owns the name reservation from here. */
+  /** Consumes a token; the caller owns the name reservation (and any prebuild) from here. */
   take(token: string): Prepared {
     const p = this.tokens.get(token);
     if (p === undefined) {
@@ -71,20 +109,16 @@ export class IncomingTokens {
     return p;
   }
 
-  close(): void {
-    for (const p of this.tokens.values()) {
+  async close(): Promise<void> {
+    const all = [...this.tokens.values()];
+    this.tokens.clear();
+    for (const p of all) {
       clearTimeout(p.timer);
+      const built = await p.prebuilt;
+      if (built !== null) await discardPrebuilt(built);
       p.release();
     }
-    this.tokens.clear();
   }
-}
-
-interface Block extends IncomingBlock {
-  readonly spec: RamBlockSpec;
-  readonly region: msPb.Region | null;
-  readonly epoch: number;
-  backing: RamBacking | null;
 }
 
 /** Serves one Incoming stream to its end. Never rejects: failures go back as StreamError. */
@@ -102,6 +136,8 @@ export async function receiveMigration(
   let vm: Vm | null = null;
   let device: Uint8Array | null = null;
   let finalSeen = false;
+  let prebuiltUsed = false;
+  let prebuiltSettled = false; // used, or discarded because the header differs
   let done = false;
   const moved: Block[] = []; // shared blocks whose lease we took
   let leases: Promise<void> | undefined; // the lease hand-off, once started
@@ -115,9 +151,7 @@ export async function receiveMigration(
       const region = b.region!;
       const lease = (
         await memstoreCall(ctx, `taking over the lease of region ${region.name}`, () =>
-          unaryCall(
-            ctx.memstore(),
-            'transferLease',
+          ctx.leases().transferLease(
             {
               region: byId(region.id),
               fromHolder: sourceHolder,
@@ -154,16 +188,30 @@ export async function receiveMigration(
         const t0 = performance.now();
         const h = await acceptHeader(frame.value, prepared.name);
         const t1 = performance.now();
-        blocks = h.blocks;
         spec = h.spec;
         sourceHolder = h.sourceHolder;
-        // The vCPU thread starts now, off the downtime path; it waits for the device state.
-        vm = host.spawnIncoming(
-          spec,
-          blocks.map((b) => b.backing!),
-          blocks[0]!.mode !== 'ref',
-        );
-        await vm.spawned(); // the machine's set-up stays out of the downtime
+        const ready = await prepared.prebuilt;
+        if (ready !== null && prebuiltFits(ready, h.spec, h.plans, h.templates)) {
+          // PrepareIncoming built exactly this: the blocks are mapped, the machine waits.
+          blocks = [...ready.blocks];
+          vm = ready.vm;
+          prebuiltUsed = true;
+          prebuiltSettled = true;
+        } else {
+          prebuiltSettled = true;
+          if (ready !== null) await discardPrebuilt(ready);
+          const ctx = host.ramContext(prepared.name);
+          for (const [k, plan] of h.plans.entries()) {
+            blocks.push(await openBlock(plan, ctx, `header block ${k}`, h.templates[k]));
+          }
+          // The vCPU thread starts now, off the downtime path; it waits for the device state.
+          vm = host.spawnIncoming(
+            spec,
+            blocks.map((b) => b.backing!),
+            blocks[0]!.mode !== 'ref',
+          );
+          await vm.spawned(); // the machine's set-up stays out of the downtime
+        }
         pages = new PageReceiver(blocks, blocks[0]!.mode === 'ref' ? null : vm.touchedPages);
         call.write({
           reply: {
@@ -177,6 +225,7 @@ export async function receiveMigration(
             source: sourceHolder,
             checkMs: t1 - t0,
             spawnMs: performance.now() - t1,
+            prebuilt: prebuiltUsed,
           },
           'incoming migration: header accepted',
         );
@@ -262,9 +311,7 @@ export async function receiveMigration(
       const ctx = host.ramContext(prepared!.name);
       try {
         const held = (
-          await unaryCall(
-            ctx.memstore(),
-            'getRegion',
+          await ctx.leases().getRegion(
             { region: byId(b.region!.id) },
             {
               deadlineMs: ctx.deadlineMs,
@@ -272,9 +319,7 @@ export async function receiveMigration(
           )
         ).region?.lease;
         if (held !== undefined && held.holder === holderOf(ctx)) {
-          await unaryCall(
-            ctx.memstore(),
-            'transferLease',
+          await ctx.leases().transferLease(
             {
               region: byId(b.region!.id),
               fromHolder: holderOf(ctx),
@@ -290,6 +335,8 @@ export async function receiveMigration(
     }
     if (vm !== null) await vm.destroy().catch(() => undefined);
     for (const b of blocks) await b.backing?.close();
+    const unused = prebuiltSettled ? null : await prepared?.prebuilt;
+    if (unused != null) await discardPrebuilt(unused);
     prepared?.release();
     try {
       if (!call.gone) {
@@ -301,11 +348,20 @@ export async function receiveMigration(
     }
   }
 
-  /** Validates the header against our version, the token's name and memstore; opens blocks. */
+  /**
+   * Validates the header against our version, the token's name and memstore; plans each
+   * block (nothing is opened yet).
+   */
   async function acceptHeader(
     h: vmmStream.StreamHeader,
     name: string,
-  ): Promise<{ blocks: Block[]; spec: VmSpec; sourceHolder: string }> {
+  ): Promise<{
+    plans: BlockPlan[];
+    /** Per block: the identity a `template` block's TemplateRef demands. */
+    templates: (string | undefined)[];
+    spec: VmSpec;
+    sourceHolder: string;
+  }> {
     if (h.formatMajor !== STREAM_FORMAT.major || h.formatMinor > STREAM_FORMAT.minor) {
       throw new MigrationError(
         'MIGRATION_VERSION_MISMATCH',
@@ -326,95 +382,66 @@ export async function receiveMigration(
       bad(`the header has ${h.blocks.length} blocks but its spec ${srcSpec.ram.length}`);
     }
     const ctx = host.ramContext(name);
-    const out: Block[] = [];
-    const targetRam: RamBlockSpec[] = [];
-    try {
-      for (const [k, b] of h.blocks.entries()) {
-        const s = srcSpec.ram[k]!;
-        const what = `header block ${k} (${b.id})`;
-        if (b.index !== k) bad(`${what}: index ${b.index}, expected ${k}`);
-        if (b.id !== s.id || b.size !== BigInt(s.size) || b.guestBase !== BigInt(s.guestBase)) {
-          bad(`${what}: id, size or base differ from the spec's block ${s.id}`);
-        }
-        if (s.size <= 0 || s.size % PAGE_SIZE !== 0)
-          bad(`${what}: size ${s.size} is not whole pages`);
-        const pages = s.size / PAGE_SIZE;
-        let mode: BlockMode = 'copy';
-        let region: msPb.Region | null = null;
-        let epoch = 0;
-        let bs: RamBlockSpec;
-        if (b.regionRef !== undefined) {
-          if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
-          const ref = b.regionRef;
-          region =
-            (
-              await memstoreCall(ctx, `${what}: region ${ref.regionId}`, () =>
-                unaryCall(
-                  ctx.memstore(),
-                  'getRegion',
-                  { region: byId(ref.regionId) },
-                  {
-                    deadlineMs: ctx.deadlineMs,
-                  },
-                ),
-              )
-            ).region ?? null;
-          const mismatch = (field: string, want: unknown, got: unknown): never => {
-            throw new MigrationError(
-              'MIGRATION_REGION_MISMATCH',
-              `${what}: the RegionRef does not resolve to the very region: ${field} is ${String(got)} ` +
-                `in memstore but ${String(want)} in the stream; refusing to run on other memory`,
-            );
-          };
-          if (region === null) mismatch('region', ref.regionId, 'missing');
-          if (region!.id !== ref.regionId) mismatch('id', ref.regionId, region!.id);
-          if (region!.identity !== ref.identity)
-            mismatch('identity', ref.identity, region!.identity);
-          if (region!.size !== ref.size || ref.size !== BigInt(s.size)) {
-            mismatch('size', ref.size, region!.size);
-          }
-          const lease = region!.lease;
-          if (lease === undefined || lease.holder !== src) {
-            mismatch('lease holder', src, lease?.holder ?? 'nobody');
-          }
-          if (lease!.epoch !== ref.epoch) mismatch('lease epoch', ref.epoch, lease!.epoch);
-          mode = 'ref';
-          epoch = Number(ref.epoch);
-          bs = { ...s, region: region!.name };
-        } else if (b.templateRef !== undefined) {
-          if (s.backend !== 'clone') bad(`${what}: a TemplateRef on a ${s.backend} block`);
-          mode = 'template';
-          bs = s;
-        } else {
-          bs = { ...s, backend: 'private', region: '' }; // copied blocks land in private memory here
-        }
-        const block: Block = { spec: bs, pages, mode, bytes: null, region, epoch, backing: null };
-        out.push(block);
-        targetRam.push(bs);
-        if (mode === 'copy') block.backing = openPrivate(bs, ctx);
-        // Mapped now, run only after TransferLease moved the lease here (epoch + 1).
-        if (mode === 'ref') block.backing = mapShared(bs, region!, epoch, ctx);
-        if (mode === 'template') {
-          block.backing = await openClone(bs, ctx);
-          if (block.backing.regionRef?.identity !== b.templateRef!.identity) {
-            throw new MigrationError(
-              'MIGRATION_REGION_MISMATCH',
-              `${what}: template ${s.region} has another identity than the stream's TemplateRef`,
-            );
-          }
-        }
-        if (block.backing !== null) {
-          (block as { bytes: Uint8Array | null }).bytes = new Uint8Array(block.backing.buffer);
-        }
+    const plans: BlockPlan[] = [];
+    const templates: (string | undefined)[] = [];
+    for (const [k, b] of h.blocks.entries()) {
+      const s = srcSpec.ram[k]!;
+      const what = `header block ${k} (${b.id})`;
+      if (b.index !== k) bad(`${what}: index ${b.index}, expected ${k}`);
+      if (b.id !== s.id || b.size !== BigInt(s.size) || b.guestBase !== BigInt(s.guestBase)) {
+        bad(`${what}: id, size or base differ from the spec's block ${s.id}`);
       }
-      const spec = host.checkIncomingSpec({ ...srcSpec, name, ram: targetRam });
-      return { blocks: out, spec, sourceHolder: src };
-    } catch (err) {
-      for (const b of out) {
-        if (b.mode === 'ref') b.backing?.abandon();
-        else await b.backing?.close();
+      if (s.size <= 0 || s.size % PAGE_SIZE !== 0)
+        bad(`${what}: size ${s.size} is not whole pages`);
+      const pages = s.size / PAGE_SIZE;
+      templates.push(undefined);
+      if (b.regionRef !== undefined) {
+        if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
+        const ref = b.regionRef;
+        const region =
+          (
+            await memstoreCall(ctx, `${what}: region ${ref.regionId}`, () =>
+              ctx
+                .leases()
+                .getRegion({ region: byId(ref.regionId) }, { deadlineMs: ctx.deadlineMs }),
+            )
+          ).region ?? null;
+        const mismatch = (field: string, want: unknown, got: unknown): never => {
+          throw new MigrationError(
+            'MIGRATION_REGION_MISMATCH',
+            `${what}: the RegionRef does not resolve to the very region: ${field} is ${String(got)} ` +
+              `in memstore but ${String(want)} in the stream; refusing to run on other memory`,
+          );
+        };
+        if (region === null) mismatch('region', ref.regionId, 'missing');
+        if (region!.id !== ref.regionId) mismatch('id', ref.regionId, region!.id);
+        if (region!.identity !== ref.identity) mismatch('identity', ref.identity, region!.identity);
+        if (region!.size !== ref.size || ref.size !== BigInt(s.size)) {
+          mismatch('size', ref.size, region!.size);
+        }
+        const lease = region!.lease;
+        if (lease === undefined || lease.holder !== src) {
+          mismatch('lease holder', src, lease?.holder ?? 'nobody');
+        }
+        if (lease!.epoch !== ref.epoch) mismatch('lease epoch', ref.epoch, lease!.epoch);
+        // Mapped when opened, run only after TransferLease moved the lease here (epoch + 1).
+        plans.push({
+          spec: { ...s, region: region!.name },
+          pages,
+          mode: 'ref',
+          region,
+          epoch: Number(ref.epoch),
+        });
+      } else if (b.templateRef !== undefined) {
+        if (s.backend !== 'clone') bad(`${what}: a TemplateRef on a ${s.backend} block`);
+        templates[k] = b.templateRef.identity;
+        plans.push({ spec: s, pages, mode: 'template', region: null, epoch: 0 });
+      } else {
+        // Copied blocks land in private memory here.
+        plans.push({ spec: copiedSpec(s), pages, mode: 'copy', region: null, epoch: 0 });
       }
-      throw err;
     }
+    const spec = host.checkIncomingSpec({ ...srcSpec, name, ram: plans.map((p) => p.spec) });
+    return { plans, templates, spec, sourceHolder: src };
   }
 }

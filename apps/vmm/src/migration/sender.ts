@@ -16,7 +16,7 @@ import {
   type MigrationParameters,
 } from '@handoff/qapi';
 import { capabilitiesToWire } from '@handoff/qapi/wire';
-import { RemoteError, unaryCall, type Logger } from '@handoff/service';
+import { RemoteError, type Logger } from '@handoff/service';
 import { specToPb } from '../api/convert.js';
 import { byId } from '../ram/backing.js';
 import type { RamBacking } from '../ram/index.js';
@@ -408,10 +408,13 @@ export class OutgoingMigration {
       e.status === grpcStatus.UNAVAILABLE ||
       e.status === grpcStatus.DEADLINE_EXCEEDED;
     const cas = async (epoch: bigint): Promise<void> => {
-      const res = await unaryCall(
-        ctx.memstore(),
-        'transferLease',
-        { region: byId(ref.regionId), fromHolder: holder, expectedEpoch: epoch, toHolder: holder },
+      const res = await ctx.leases().transferLease(
+        {
+          region: byId(ref.regionId),
+          fromHolder: holder,
+          expectedEpoch: epoch,
+          toHolder: holder,
+        },
         opts,
       );
       b.setLeaseEpoch?.(Number(res.lease!.epoch));
@@ -427,12 +430,9 @@ export class OutgoingMigration {
     const deadline = now() + HANDBACK_WAIT_MS;
     for (;;) {
       try {
-        const res = await unaryCall(
-          ctx.memstore(),
-          'validateLease',
-          { region: byId(ref.regionId), holder, epoch: BigInt(ref.epoch) },
-          opts,
-        );
+        const res = await ctx
+          .leases()
+          .validateLease({ region: byId(ref.regionId), holder, epoch: BigInt(ref.epoch) }, opts);
         if (res.current?.holder === holder) {
           await cas(res.current.epoch);
           return 'ours';

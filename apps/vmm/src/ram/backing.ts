@@ -3,6 +3,7 @@ import type { memstore } from '@handoff/proto';
 import { RemoteError, ServiceError, type Logger } from '@handoff/service';
 import { VmmError } from '../vm/errors.js';
 import type { RamBlockSpec, RegionRef } from '../vm/types.js';
+import type { LeaseCalls } from './lease-channel.js';
 
 /**
  * A RAM block's memory, mapped in this process: a SharedArrayBuffer the vCPU worker adopts
@@ -64,6 +65,11 @@ export interface RamContext {
   readonly vmName: string;
   /** The memstore client (created on first use). */
   readonly memstore: () => memstore.MemstoreServiceClient;
+  /**
+   * TransferLease / GetRegion / ValidateLease: over memstore's lease channel when it serves
+   * one, else gRPC; same results and errors either way (one client per vmm instance).
+   */
+  readonly leases: () => LeaseCalls;
   readonly memstoreAddress: string;
   readonly logger: Logger;
   /** Deadline of each memstore call. */

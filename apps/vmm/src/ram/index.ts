@@ -6,6 +6,12 @@ import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
 export { holderOf, type RamBacking, type RamContext } from './backing.js';
+export {
+  LeaseChannelClient,
+  type LeaseCallOptions,
+  type LeaseCalls,
+  type LeaseChannelClientOptions,
+} from './lease-channel.js';
 
 /** Maps one block with its backend. */
 export function openRamBlock(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {

@@ -39,7 +39,7 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
     region = res.region!;
   } else {
     const res = await memstoreCall(ctx, `${block}: region ${name}`, () =>
-      unaryCall(client, 'getRegion', { region: byName(name) }, opts),
+      ctx.leases().getRegion({ region: byName(name) }, opts),
     );
     region = res.region!;
   }

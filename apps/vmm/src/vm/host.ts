@@ -6,11 +6,12 @@ import { byId, memstoreCall } from '../ram/backing.js';
 import {
   closeRamBlocks,
   holderOf,
+  LeaseChannelClient,
   openRamBlocks,
+  type LeaseCalls,
   type RamBacking,
   type RamContext,
 } from '../ram/index.js';
-import { unaryCall } from '@handoff/service';
 import { VmmError } from './errors.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { RamBlockSpec, VmInfo, VmSpec } from './types.js';
@@ -50,6 +51,7 @@ export class VmHost {
   /** Names whose creation is in progress. */
   private readonly creating = new Set<string>();
   private memstoreClient: memstore.MemstoreServiceClient | undefined;
+  private leaseClient: LeaseChannelClient | undefined;
   private readonly sampler: NodeJS.Timeout;
   private readonly threads: VcpuThreadPool;
   private closed = false;
@@ -95,6 +97,7 @@ export class VmHost {
         vmmId: this.opts.vmmId,
         vmName: spec.name,
         memstore: () => this.memstore(),
+        leases: () => this.leases(),
         memstoreAddress: this.opts.memstoreAddress,
         logger: log,
         deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
@@ -137,6 +140,7 @@ export class VmHost {
       vmmId: this.opts.vmmId,
       vmName: name,
       memstore: () => this.memstore(),
+      leases: () => this.leases(),
       memstoreAddress: this.opts.memstoreAddress,
       logger: this.opts.logger.child({ vm: name }),
       deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
@@ -209,12 +213,12 @@ export class VmHost {
           ctx,
           `VM ${name}: checking the lease of ${ref.regionName}`,
           () =>
-            unaryCall(
-              this.memstore(),
-              'validateLease',
-              { region: byId(ref.regionId), holder: holderOf(ctx), epoch: BigInt(ref.epoch) },
-              { deadlineMs: ctx.deadlineMs },
-            ),
+            ctx
+              .leases()
+              .validateLease(
+                { region: byId(ref.regionId), holder: holderOf(ctx), epoch: BigInt(ref.epoch) },
+                { deadlineMs: ctx.deadlineMs },
+              ),
         );
         if (!res.valid) {
           vm.fence(
@@ -265,7 +269,10 @@ export class VmHost {
     return { total: this.vms.size, running };
   }
 
-  /** Destroys every VM and releases the memstore client. VMs do not outlive their instance yet. */
+  /**
+   * Destroys every VM and releases the memstore client and lease channel. VMs do not outlive
+   * their instance yet.
+   */
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sampler);
@@ -273,12 +280,23 @@ export class VmHost {
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );
+    this.leaseClient?.close();
     this.memstoreClient?.close();
   }
 
   private memstore(): memstore.MemstoreServiceClient {
     this.memstoreClient ??= createClient(memstore.MemstoreServiceClient, this.opts.memstoreAddress);
     return this.memstoreClient;
+  }
+
+  /** The lease calls of this instance: one lease-channel connection shared by all its VMs. */
+  private leases(): LeaseCalls {
+    this.leaseClient ??= new LeaseChannelClient({
+      memstore: () => this.memstore(),
+      logger: this.opts.logger.child({ component: 'lease-channel' }),
+      deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
+    });
+    return this.leaseClient;
   }
 }
 

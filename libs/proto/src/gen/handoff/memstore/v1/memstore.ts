@@ -164,6 +164,11 @@ export interface GetInfoResponse {
   volatileDir: string;
   persistentDir: string;
   maxRegionSize: bigint;
+  /**
+   * Unix socket path of the lease channel (see lease_channel.proto): a raw framed side channel
+   * for TransferLease / GetRegion / ValidateLease on the same host. Empty when disabled.
+   */
+  leaseChannel: string;
 }
 
 export interface CreateRegionRequest {
@@ -770,6 +775,7 @@ function createBaseGetInfoResponse(): GetInfoResponse {
     volatileDir: "",
     persistentDir: "",
     maxRegionSize: 0n,
+    leaseChannel: "",
   };
 }
 
@@ -804,6 +810,9 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
         throw new globalThis.Error("value provided for field message.maxRegionSize of type uint64 too large");
       }
       writer.uint32(56).uint64(message.maxRegionSize);
+    }
+    if (message.leaseChannel !== "") {
+      writer.uint32(66).string(message.leaseChannel);
     }
     return writer;
   },
@@ -877,6 +886,14 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
             message.maxRegionSize = reader.uint64() as bigint;
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.leaseChannel = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -922,6 +939,11 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
         : isSet(object.max_region_size)
         ? BigInt(object.max_region_size)
         : 0n,
+      leaseChannel: isSet(object.leaseChannel)
+        ? globalThis.String(object.leaseChannel)
+        : isSet(object.lease_channel)
+        ? globalThis.String(object.lease_channel)
+        : "",
     };
   },
 
@@ -948,6 +970,9 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
     if (message.maxRegionSize !== 0n) {
       obj.maxRegionSize = message.maxRegionSize.toString();
     }
+    if (message.leaseChannel !== "") {
+      obj.leaseChannel = message.leaseChannel;
+    }
     return obj;
   },
 
@@ -967,6 +992,7 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
     message.maxRegionSize = (object.maxRegionSize !== undefined && object.maxRegionSize !== null)
       ? BigInt(object.maxRegionSize)
       : 0n;
+    message.leaseChannel = object.leaseChannel ?? "";
     return message;
   },
 };

@@ -395,6 +395,15 @@ export interface PrepareIncomingRequest {
   name: string;
   /** Job that owns the migration (for logs and cancellation). */
   jobId: string;
+  /**
+   * Optional: the VM's spec as the source runs it, and the capabilities the
+   * migration will use. With them the target maps the RAM and builds the
+   * machine now, ready for the stream (like a QEMU started with -incoming), so
+   * the migration's setup only checks the header against what is ready. A
+   * header that differs is served the slow way; nothing is trusted from here.
+   */
+  spec: VmSpec | undefined;
+  capabilities: MigrationCapability[];
 }
 
 export interface PrepareIncomingResponse {
@@ -2884,7 +2893,7 @@ export const ConsoleResponse: MessageFns<ConsoleResponse> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { name: "", jobId: "" };
+  return { name: "", jobId: "", spec: undefined, capabilities: [] };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -2894,6 +2903,16 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.jobId !== "") {
       writer.uint32(18).string(message.jobId);
+    }
+    if (message.spec !== undefined) {
+      VmSpec.encode(message.spec, writer.uint32(26).fork()).join();
+    }
+    if (message.capabilities.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.capabilities) {
+        writer.int32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2927,6 +2946,32 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.jobId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.spec = VmSpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag === 32) {
+              message.capabilities.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.capabilities.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2947,6 +2992,10 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         : isSet(object.job_id)
         ? globalThis.String(object.job_id)
         : "",
+      spec: isSet(object.spec) ? VmSpec.fromJSON(object.spec) : undefined,
+      capabilities: globalThis.Array.isArray(object?.capabilities)
+        ? object.capabilities.map((e: any) => migrationCapabilityFromJSON(e))
+        : [],
     };
   },
 
@@ -2958,6 +3007,12 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.jobId !== "") {
       obj.jobId = message.jobId;
     }
+    if (message.spec !== undefined) {
+      obj.spec = VmSpec.toJSON(message.spec);
+    }
+    if (message.capabilities?.length) {
+      obj.capabilities = message.capabilities.map((e) => migrationCapabilityToJSON(e));
+    }
     return obj;
   },
 
@@ -2968,6 +3023,8 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     const message = createBasePrepareIncomingRequest();
     message.name = object.name ?? "";
     message.jobId = object.jobId ?? "";
+    message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
+    message.capabilities = object.capabilities?.map((e) => e) || [];
     return message;
   },
 };

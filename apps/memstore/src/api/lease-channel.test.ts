@@ -1,0 +1,417 @@
+import { memstore as pb } from '@handoff/proto';
+import type { RemoteError } from '@handoff/service';
+import { createClient, FramedSocket, frameHeader, unaryCall, type Logger } from '@handoff/service';
+import {
+  existsSync,
+  linkSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+} from 'node:fs';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LEASE_SOCKET_FILE_NAME, memstoreConfig, type MemstoreConfig } from '../config.js';
+import { startMemstore, type MemstoreHandle } from '../start.js';
+import {
+  makeTempDirs,
+  recordingLogger,
+  type LogEntry,
+  type TempDirs,
+} from '../testing/fixtures.js';
+import { LEASE_CHANNEL_MAX_FRAME_BYTES } from './lease-channel.js';
+
+let dirs: TempDirs;
+let handle: MemstoreHandle;
+let client: pb.MemstoreServiceClient;
+let log: LogEntry[];
+const opened: { handle: MemstoreHandle; client: pb.MemstoreServiceClient }[] = [];
+
+function config(overrides: Partial<MemstoreConfig> = {}): MemstoreConfig {
+  return memstoreConfig({
+    port: 0,
+    'state-dir': dirs.stateDir,
+    'volatile-dir': dirs.volatileDir,
+    'max-region-size': '256M',
+    'shutdown-timeout-ms': 1000,
+    ...overrides,
+  });
+}
+
+async function start(
+  overrides: Partial<MemstoreConfig> = {},
+  logger?: Logger,
+): Promise<{ handle: MemstoreHandle; client: pb.MemstoreServiceClient }> {
+  const h = await startMemstore(config(overrides), logger);
+  const c = createClient(pb.MemstoreServiceClient, h.address);
+  opened.push({ handle: h, client: c });
+  return { handle: h, client: c };
+}
+
+beforeEach(async () => {
+  dirs = makeTempDirs();
+  const rec = recordingLogger();
+  log = rec.entries;
+  ({ handle, client } = await start({}, rec.logger));
+});
+
+afterEach(async () => {
+  for (const o of opened.splice(0)) {
+    o.client.close();
+    await o.handle.stop('test done');
+  }
+  dirs.cleanup();
+});
+
+/** A raw channel connection: sends requests, collects responses by id. */
+class RawChannel {
+  readonly framed: FramedSocket;
+  readonly responses = new Map<bigint, pb.LeaseChannelResponse>();
+  private waiters = new Map<bigint, (r: pb.LeaseChannelResponse) => void>();
+  readonly closed: Promise<Error | null>;
+  private nextId = 1n;
+
+  constructor(readonly socket: Socket) {
+    let onClosed!: (e: Error | null) => void;
+    this.closed = new Promise((r) => (onClosed = r));
+    this.framed = new FramedSocket(socket, LEASE_CHANNEL_MAX_FRAME_BYTES, {
+      frame: (payload) => {
+        const res = pb.LeaseChannelResponse.decode(payload);
+        this.responses.set(res.id, res);
+        this.waiters.get(res.id)?.(res);
+      },
+      closed: (e) => onClosed(e),
+    });
+  }
+
+  static async connect(path: string): Promise<RawChannel> {
+    const socket = createConnection(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    return new RawChannel(socket);
+  }
+
+  call(callBody: pb.LeaseChannelRequest['call']): Promise<pb.LeaseChannelResponse> {
+    const id = this.nextId++;
+    const p = new Promise<pb.LeaseChannelResponse>((r) => this.waiters.set(id, r));
+    this.framed.send(pb.LeaseChannelRequest.encode({ id, call: callBody }).finish());
+    return p;
+  }
+
+  close(): void {
+    this.framed.destroy();
+  }
+}
+
+const byName = (name: string): pb.RegionSelector => ({ selector: { $case: 'name', value: name } });
+
+async function failure(p: Promise<unknown>): Promise<RemoteError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as RemoteError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+/** A region leased by `holder` at epoch 1. */
+async function leasedRegion(name: string, holder: string): Promise<pb.Region> {
+  const { region } = await unaryCall(client, 'createRegion', {
+    name,
+    size: 1n << 20n,
+    kind: pb.RegionKind.REGION_KIND_VOLATILE,
+  });
+  await unaryCall(client, 'acquireLease', { region: byName(name), holder });
+  return region!;
+}
+
+describe('memstore lease channel', () => {
+  it('listens on <volatile-dir>/memstore-lease.sock (0600) and GetInfo reports it', async () => {
+    const path = join(dirs.volatileDir, LEASE_SOCKET_FILE_NAME);
+    const info = await unaryCall(client, 'getInfo', {});
+    expect(info.leaseChannel).toBe(path);
+    expect(handle.leaseChannel?.path).toBe(path);
+    const st = lstatSync(path);
+    expect(st.isSocket()).toBe(true);
+    expect(st.mode & 0o777).toBe(0o600);
+    expect(readdirSync(dirs.volatileDir)).toEqual([LEASE_SOCKET_FILE_NAME]);
+  });
+
+  it('on stop leaves alone a file that replaced its socket', async () => {
+    const path = handle.leaseChannel!.path;
+    renameSync(path, join(dirs.volatileDir, 'moved.sock'));
+    writeFileSync(path, 'someone else');
+    for (const o of opened.splice(0)) {
+      o.client.close();
+      await o.handle.stop();
+    }
+    expect(readFileSync(path, 'utf8')).toBe('someone else');
+  });
+
+  it('answers GetRegion, ValidateLease and TransferLease exactly like gRPC', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    try {
+      const getReq = { region: byName('ram') };
+      const viaChannel = await ch.call({ $case: 'getRegion', value: getReq });
+      const viaGrpc = await unaryCall(client, 'getRegion', getReq);
+      expect(viaChannel.result).toEqual({ $case: 'getRegion', value: viaGrpc });
+
+      const validReq = { region: byName('ram'), holder: 'vmm-a/vm1', epoch: 1n };
+      const valid = await ch.call({ $case: 'validateLease', value: validReq });
+      expect(valid.result).toEqual({
+        $case: 'validateLease',
+        value: await unaryCall(client, 'validateLease', validReq),
+      });
+      expect(valid.result?.$case === 'validateLease' && valid.result.value.valid).toBe(true);
+
+      const moved = await ch.call({
+        $case: 'transferLease',
+        value: {
+          region: byName('ram'),
+          fromHolder: 'vmm-a/vm1',
+          expectedEpoch: 1n,
+          toHolder: 'vmm-b/vm1',
+        },
+      });
+      expect(moved.result?.$case).toBe('transferLease');
+      const lease = moved.result?.$case === 'transferLease' ? moved.result.value.lease : undefined;
+      expect(lease).toMatchObject({ holder: 'vmm-b/vm1', epoch: 2n });
+      // The same transfer back over gRPC has the same shape, one epoch on.
+      const back = await unaryCall(client, 'transferLease', {
+        region: byName('ram'),
+        fromHolder: 'vmm-b/vm1',
+        expectedEpoch: 2n,
+        toHolder: 'vmm-a/vm1',
+      });
+      expect(Object.keys(back.lease!).sort()).toEqual(Object.keys(lease!).sort());
+      expect(back.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 3n });
+      const { region } = await unaryCall(client, 'getRegion', { region: byName('ram') });
+      expect(region?.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 3n });
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('fails with the stable code and the message the gRPC call fails with', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    try {
+      const stale = {
+        region: byName('ram'),
+        fromHolder: 'vmm-a/vm1',
+        expectedEpoch: 7n,
+        toHolder: 'vmm-b/vm1',
+      };
+      const viaChannel = await ch.call({ $case: 'transferLease', value: stale });
+      const viaGrpc = await failure(unaryCall(client, 'transferLease', stale));
+      expect(viaGrpc.code).toBe('LEASE_STALE_EPOCH');
+      expect(viaChannel.result).toEqual({
+        $case: 'error',
+        value: { code: 'LEASE_STALE_EPOCH', message: expect.any(String) as string },
+      });
+      const err = viaChannel.result?.$case === 'error' ? viaChannel.result.value : undefined;
+      expect(`transferLease: ${err!.message}`).toBe(viaGrpc.message);
+
+      const missing = await ch.call({ $case: 'getRegion', value: { region: byName('nope') } });
+      expect(missing.result).toMatchObject({ $case: 'error', value: { code: 'REGION_NOT_FOUND' } });
+      const empty = await ch.call({
+        $case: 'validateLease',
+        value: { region: undefined, holder: 'vmm-a/vm1', epoch: 1n },
+      });
+      expect(empty.result).toMatchObject({
+        $case: 'error',
+        value: { code: 'REGION_INVALID_ARGUMENT' },
+      });
+      const none = await ch.call(undefined);
+      expect(none.result).toMatchObject({
+        $case: 'error',
+        value: { code: 'SERVICE_UNIMPLEMENTED' },
+      });
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('answers pipelined requests, each by its id', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    try {
+      const all = await Promise.all(
+        Array.from({ length: 20 }, (_, k) =>
+          ch.call({
+            $case: 'validateLease',
+            value: { region: byName('ram'), holder: 'vmm-a/vm1', epoch: BigInt(k % 2) },
+          }),
+        ),
+      );
+      all.forEach((r, k) => {
+        expect(r.id).toBe(BigInt(k + 1));
+        expect(r.result?.$case === 'validateLease' && r.result.value.valid).toBe(k % 2 === 1);
+      });
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('closes only the connection that sends garbage, and keeps serving', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    const good = await RawChannel.connect(handle.leaseChannel!.path);
+    try {
+      // A frame that does not decode (field 1 with the invalid wire type 7).
+      const bad = await RawChannel.connect(handle.leaseChannel!.path);
+      bad.framed.send(new Uint8Array([0x0f, 0x00, 0x01]));
+      await bad.closed;
+      expect(bad.responses.size).toBe(0);
+      // A length prefix beyond the 1 MiB limit.
+      const huge = await RawChannel.connect(handle.leaseChannel!.path);
+      huge.socket.write(frameHeader(LEASE_CHANNEL_MAX_FRAME_BYTES + 1));
+      await huge.closed;
+      expect(log.filter((e) => e.level === 'warn').map((e) => e.msg)).toEqual([
+        expect.stringContaining('undecodable request'),
+        expect.stringContaining('broken framing'),
+      ]);
+      const res = await good.call({ $case: 'getRegion', value: { region: byName('ram') } });
+      expect(res.result?.$case).toBe('getRegion');
+      const fresh = await RawChannel.connect(handle.leaseChannel!.path);
+      const again = await fresh.call({ $case: 'getRegion', value: { region: byName('ram') } });
+      expect(again.result?.$case).toBe('getRegion');
+      fresh.close();
+    } finally {
+      good.close();
+    }
+  });
+
+  it('is disabled with --lease-socket off', async () => {
+    const other = makeTempDirs();
+    try {
+      const off = await startMemstore(
+        memstoreConfig({
+          port: 0,
+          'state-dir': other.stateDir,
+          'volatile-dir': other.volatileDir,
+          'lease-socket': 'off',
+        }),
+      );
+      const c = createClient(pb.MemstoreServiceClient, off.address);
+      opened.push({ handle: off, client: c });
+      expect(off.leaseChannel).toBeNull();
+      expect((await unaryCall(c, 'getInfo', {})).leaseChannel).toBe('');
+      expect(readdirSync(other.volatileDir)).toEqual([]);
+    } finally {
+      for (const o of opened.splice(1)) {
+        o.client.close();
+        await o.handle.stop();
+      }
+      other.cleanup();
+    }
+  });
+
+  it('removes its socket on stop, replaces a stale one on start, and is no orphan region', async () => {
+    const path = handle.leaseChannel!.path;
+    // A stale socket: a second name for the live socket's inode, left once its server is gone.
+    const stale = join(dirs.volatileDir, 'stale.sock');
+    linkSync(path, stale);
+    for (const o of opened.splice(0)) {
+      o.client.close();
+      await o.handle.stop();
+    }
+    expect(existsSync(path)).toBe(false);
+    linkSync(stale, path);
+    const rec = recordingLogger();
+    ({ handle, client } = await start({}, rec.logger));
+    expect(lstatSync(path).isSocket()).toBe(true);
+    expect(lstatSync(path).ino).not.toBe(lstatSync(stale).ino);
+    const report = rec.entries.find((e) => e.msg === 'reconciliation done');
+    expect(report?.fields).toMatchObject({ orphansRemoved: 0 });
+    const ch = await RawChannel.connect(path);
+    const res = await ch.call({ $case: 'getRegion', value: { region: byName('nope') } });
+    expect(res.result?.$case).toBe('error');
+    ch.close();
+  });
+
+  it('a second memstore on the same volatile dir runs without a channel; explicit paths must be free', async () => {
+    const second = makeTempDirs();
+    try {
+      // Another catalog sharing the volatile directory: same default socket path.
+      const rec = recordingLogger();
+      const { handle: h2, client: c2 } = await start({ 'state-dir': second.stateDir }, rec.logger);
+      expect(h2.leaseChannel).toBeNull();
+      expect((await unaryCall(c2, 'getInfo', {})).leaseChannel).toBe('');
+      expect(rec.entries.some((e) => e.level === 'warn' && /another memstore/.test(e.msg))).toBe(
+        true,
+      );
+      // The first one still serves on its socket.
+      const ch = await RawChannel.connect(handle.leaseChannel!.path);
+      const res = await ch.call({ $case: 'getRegion', value: { region: byName('nope') } });
+      expect(res.result?.$case).toBe('error');
+      ch.close();
+      const o2 = opened.pop()!;
+      o2.client.close();
+      await o2.handle.stop();
+      expect(lstatSync(handle.leaseChannel!.path).isSocket()).toBe(true);
+
+      // Given explicitly, a busy path or a path that is not a socket fails the start.
+      const third = makeTempDirs();
+      try {
+        await expect(
+          startMemstore(
+            memstoreConfig({
+              port: 0,
+              'state-dir': third.stateDir,
+              'volatile-dir': third.volatileDir,
+              'lease-socket': handle.leaseChannel!.path,
+            }),
+          ),
+        ).rejects.toMatchObject({
+          code: 'SERVICE_INVALID_CONFIG',
+          message: expect.stringContaining('another process') as string,
+        });
+        const plain = join(dirs.volatileDir, 'plain-file');
+        writeFileSync(plain, 'x');
+        await expect(
+          startMemstore(
+            memstoreConfig({
+              port: 0,
+              'state-dir': third.stateDir,
+              'volatile-dir': third.volatileDir,
+              'lease-socket': plain,
+            }),
+          ),
+        ).rejects.toMatchObject({ code: 'SERVICE_INVALID_CONFIG' });
+        expect(existsSync(plain)).toBe(true);
+      } finally {
+        third.cleanup();
+      }
+    } finally {
+      second.cleanup();
+    }
+  });
+
+  it('drops its connections on stop', async () => {
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(handle.leaseChannel!.connections).toBe(1);
+    for (const o of opened.splice(0)) {
+      o.client.close();
+      await o.handle.stop();
+    }
+    await ch.closed;
+  });
+});
+
+describe('lease channel test helpers', () => {
+  it('a stale socket file accepts no connection', async () => {
+    const path = join(dirs.volatileDir, 'probe.sock');
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(path, r));
+    const copy = join(dirs.volatileDir, 'probe-copy.sock');
+    linkSync(path, copy);
+    await new Promise<void>((r) => srv.close(() => r()));
+    await expect(RawChannel.connect(copy)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+});
