@@ -77,8 +77,8 @@ export function vmmServices(deps: {
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
-    prepareIncoming: unary(logger, (req: pb.PrepareIncomingRequest) => ({
-      token: migrations.prepare(requireName(req.name), req.jobId, hintOf(req)),
+    prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest) => ({
+      token: await migrations.prepare(requireName(req.name), req.jobId, hintOf(req)),
       address: deps.address(),
       dataAddress: migrations.dataAddress,
     })),

@@ -64,7 +64,7 @@ export class MigrationManager {
    * PrepareIncoming: a one-time token for a VM that will arrive under `name`; with a hint (the
    * source's spec and the capabilities) its machine is built now.
    */
-  prepare(name: string, jobId: string, hint?: IncomingHint): string {
+  prepare(name: string, jobId: string, hint?: IncomingHint): Promise<string> {
     return this.tokens.prepare(name, jobId, hint);
   }
 

@@ -64,12 +64,18 @@ export class IncomingTokens {
   ) {}
 
   /**
-   * A token for a VM that will arrive under `name`. With a `hint` the machine is built now
-   * (see {@link prebuild}); a stream whose header differs from it is served from scratch.
+   * A token for a VM that will arrive under `name`. With a `hint` the machine is built first
+   * (see {@link prebuild}), so the token comes back when the target is ready for the stream;
+   * a stream whose header differs from it is served from scratch.
    *
    * @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared
    */
-  prepare(name: string, jobId: string, hint?: IncomingHint, ttlMs = TOKEN_TTL_MS): string {
+  async prepare(
+    name: string,
+    jobId: string,
+    hint?: IncomingHint,
+    ttlMs = TOKEN_TTL_MS,
+  ): Promise<string> {
     const release = this.host.reserve(name);
     const token = randomBytes(24).toString('base64url');
     const built =
@@ -91,6 +97,7 @@ export class IncomingTokens {
     }, ttlMs);
     timer.unref();
     this.tokens.set(token, { name, jobId, release, timer, prebuilt: built });
+    await built;
     return token;
   }
 
