@@ -6,10 +6,16 @@ import { CLOCK_STATE_VERSION } from '../devices/clock.js';
 import { CONTROL_STATE_VERSION } from '../devices/control.js';
 import { FINISHER_STATE_VERSION } from '../devices/test-finisher.js';
 import { UART_STATE_VERSION } from '../devices/uart16550.js';
+import { createMachine } from '../machine/machine.js';
 import { runUntilStopped } from '../machine/run-sync.js';
 import { MACHINE_STATE_VERSION } from '../machine/state.js';
 import { CONTAINER_VERSION_MINOR, encodeContainer } from './container.js';
-import { decodeDeviceState, encodeDeviceState, inspectDeviceState } from './device-state.js';
+import {
+  decodeDeviceState,
+  encodeDeviceState,
+  inspectDeviceState,
+  warmUpDeviceStateCodec,
+} from './device-state.js';
 import { isSnapshotError, type SnapshotError } from './errors.js';
 import { MACHINE_SECTIONS } from './sections.js';
 import {
@@ -268,5 +274,26 @@ describe('writer', () => {
 
   it('encodes the same state to the same bytes', () => {
     expect(encodeDeviceState(sampleState())).toEqual(encodeDeviceState(sampleState()));
+  });
+});
+
+describe('warmUpDeviceStateCodec', () => {
+  it('runs in slices on timers and ends when told to stop', async () => {
+    const sample = createMachine({ ramSize: 1 << 20, timeMode: 'deterministic' }).save();
+    let all = 0;
+    warmUpDeviceStateCodec(sample, 60, () => {
+      all++;
+      return false;
+    });
+    let stopped = 0;
+    warmUpDeviceStateCodec(sample, 1000, () => ++stopped > 1);
+    expect(all + stopped).toBe(0); // nothing runs synchronously
+    const end = Date.now() + 10_000;
+    while ((all < 3 || stopped < 2) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await new Promise((r) => setTimeout(r, 50)); // no slice comes after these
+    expect(all).toBe(3); // 60 rounds: three slices of 25, then no more timers
+    expect(stopped).toBe(2); // one slice, then the stop
   });
 });

@@ -9,6 +9,7 @@ export {
   decodeDeviceState,
   encodeDeviceState,
   inspectDeviceState,
+  warmUpDeviceStateCodec,
   type DecodedDeviceState,
   type DeviceStateInfo,
   type ExtraSection,

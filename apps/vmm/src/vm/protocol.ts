@@ -8,12 +8,14 @@
  *    REQUEST ← run / pause / stop       ───────▶  read when DOORBELL moved (one Atomics.load
  *    DOORBELL += 1; Atomics.notify                 per slice; Atomics.wait on it when idle)
  *    HARVEST_REQ += 1                   ───────▶  swap the dirty buffers, HARVEST_ACK = req
+ *    SAVE_REQ ← save id (after REQUEST) ───────▶  read before REQUEST, answered (`saved`) after the
+ *                                                  run state applied: a save rung with a pause sees
+ *                                                  the paused machine (one round trip for both)
  *    INSTRET (BigInt64)                 ◀───────  stored after every slice
  *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
  *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
- *  DOORBELL check): input bytes, save-state requests (answered after the requested run state
- *  was applied, so a save posted before a pause request sees the paused machine), the device
- *  state of an incoming migration (restored, then REQUEST applies: RUN starts it at once).
+ *  DOORBELL check): input bytes, the device state of an incoming migration (restored, then
+ *  REQUEST applies at once: RUN starts the guest before the boot is reported).
  *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
  *  exit, fatal, replies.
  * ```
@@ -43,7 +45,8 @@ export const Ctl = {
   INPUT_TAKEN: 5,
   /** Worker's {@link RunCode} (diagnostics; the host follows the ordered messages). */
   RUN_CODE: 6,
-  // 7: padding, so the BigInt64 slots start at byte 32.
+  /** Id of the last save the host asked for; the worker answers each new id once. */
+  SAVE_REQ: 7,
   /** BigInt64 index: instructions retired (stored after every slice). */
   INSTRET64: 4,
   /** Float64 index: epoch milliseconds (timeOrigin + now) of the host's last pause request. */
@@ -104,7 +107,6 @@ export interface VcpuInit {
 /** Host → worker commands on the command port. */
 export type VcpuCommand =
   | { readonly t: 'input'; readonly bytes: Uint8Array }
-  | { readonly t: 'save-state'; readonly id: number }
   | { readonly t: 'restore'; readonly state: MachineState };
 
 /** Worker run states reported in order. */

@@ -37,18 +37,24 @@ const SLICE_HIGH_MS = 1;
 /** Output is posted when this much piled up, or this long after the last post. */
 const OUT_CAPACITY = 64 * 1024;
 const OUT_INTERVAL_MS = 2;
+/** Save/restore rounds a spare runs on a throw-away machine (see warmUp). */
+const WARM_UP_ROUNDS = 500;
 
 const port = parentPort!;
 /**
- * A spare runs the machine's set-up and state paths once on a throw-away machine while it
- * waits, so a VM that takes it does not pay for compiling them (V8 compiles lazily, on the
- * first call) inside a migration's downtime.
+ * A spare runs the machine's set-up once and its state paths (save, clone, restore) many times
+ * on a throw-away machine while it waits, so a VM that takes it does not pay for compiling them
+ * (V8 compiles lazily, on the first call, and optimizes hot code later) inside a migration's
+ * downtime: the source saves at the pause, the target restores before it runs.
  */
 function warmUp(): void {
   const m = createMachine({ ramSize: 1 << 20, timeMode: 'realtime', uartSink: () => undefined });
-  m.clock.hold();
-  m.restore(m.save());
-  m.clock.release();
+  // Often enough for V8 to compile these past its interpreter; ≈30 ms while idle.
+  for (let k = 0; k < WARM_UP_ROUNDS; k++) {
+    m.clock.hold();
+    m.restore(structuredClone(m.save()));
+    m.clock.release();
+  }
   m.clock.hold();
   spareTables = makePageTables(MAX_BLOCK_SIZE >>> PAGE_SHIFT);
 }
@@ -160,8 +166,15 @@ function boot(): Machine | null {
       // Incoming migration: RAM already holds the guest; only the devices are loaded.
       machine.restore(init.restore === 'pending' ? awaitRestore() : init.restore);
       machine.clock.hold();
-      publishInstret(machine);
-      Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
+      // The host sets RUN before it posts the state: start the guest first (the run stamp is
+      // the real resume), then report the boot; the loop runs the guest right after.
+      if (Atomics.load(ctl, Ctl.REQUEST) === Request.RUN) {
+        machine.clock.release();
+        setState(machine, 'running');
+      } else {
+        publishInstret(machine);
+        Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
+      }
       post({ t: 'booted', entry: -1 });
       return machine;
     }
@@ -221,29 +234,34 @@ function swapDirty(m: Machine): void {
   Atomics.notify(ctl, Ctl.HARVEST_ACK);
 }
 
-/** Save requests read at this doorbell, answered after the run state was applied. */
-const pendingSaves: number[] = [];
-
 function drainCommands(): void {
   for (;;) {
     const msg = receiveMessageOnPort(init.commands);
     if (msg === undefined) return;
     const cmd = msg.message as VcpuCommand;
     if (cmd.t === 'input') pendingInput.push(cmd.bytes);
-    else if (cmd.t === 'save-state') pendingSaves.push(cmd.id);
   }
 }
 
+/** The last save id answered ({@link Ctl.SAVE_REQ}; the host's ids start at 1). */
+let saveSeen = 0;
+
+/** `id` (Ctl.SAVE_REQ as read at this doorbell) when it is a new request, taken; else null. */
+function takeSave(id: number): number | null {
+  if (id === saveSeen) return null;
+  saveSeen = id;
+  return id;
+}
+
 /** A save rung together with a pause sees the paused machine (one round trip for both). */
-function answerSaves(m: Machine): void {
-  for (const id of pendingSaves) {
-    if (runState === 'running') {
-      post({ t: 'saved', id, state: null, error: 'the VM is running; pause it first' });
-    } else {
-      post({ t: 'saved', id, state: m.save() });
-    }
+function answerSave(m: Machine, req: number): void {
+  const id = takeSave(req);
+  if (id === null) return;
+  if (runState === 'running') {
+    post({ t: 'saved', id, state: null, error: 'the VM is running; pause it first' });
+  } else {
+    post({ t: 'saved', id, state: m.save() });
   }
-  pendingSaves.length = 0;
 }
 
 /** Hands queued console bytes to the UART as far as its FIFO takes them. */
@@ -281,6 +299,8 @@ function applyRequest(m: Machine): boolean {
     // Stored by the host before it rang the doorbell, which this thread has loaded since.
     const asked = ctlF64[Ctl.PAUSE_REQUESTED_AT]!;
     const latencyMs = asked > 0 ? performance.timeOrigin + performance.now() - asked : 0;
+    // Reported before anything else (the host acts on it at once); a save rung with this
+    // pause is answered right after (answerSave), while the host handles the pause.
     setState(m, 'paused', { latencyMs: Math.max(0, latencyMs) });
   }
   return true;
@@ -294,10 +314,13 @@ function loop(m: Machine): void {
     const bell = Atomics.load(ctl, Ctl.DOORBELL);
     if (bell !== seen) {
       seen = bell;
+      // Read before the request: the host stores REQUEST, then SAVE_REQ, then rings, so a save
+      // seen here is answered in the run state it was asked with.
+      const saveReq = Atomics.load(ctl, Ctl.SAVE_REQ);
       drainCommands();
       swapDirty(m);
       if (!applyRequest(m)) return;
-      answerSaves(m);
+      answerSave(m, saveReq);
     }
     if (runState !== 'running') {
       flushOutput();

@@ -244,10 +244,12 @@ export class Vm {
   runIncoming(state: MachineState): Promise<number> {
     return this.serial(async () => {
       this.assertAlive();
-      const booted = this.waitBoot();
       const cmd: VcpuCommand = { t: 'restore', state };
       this.commands.postMessage(cmd);
-      await Promise.all([booted, this.requestState(Request.RUN, (s) => s !== 'created')]);
+      // Rings at once; the replies are read on later turns of the event loop, after the boot
+      // listeners are in place. The worker reports the start first, then the boot.
+      const running = this.requestState(Request.RUN, (s) => s !== 'created');
+      await Promise.all([this.waitBoot(), running]);
       if (this.state !== 'running') this.invalidState('start after the migration');
       return this.lastRunAt;
     });
@@ -478,8 +480,10 @@ export class Vm {
       const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
         this.saves.set(id, resolve),
       );
-      const cmd: VcpuCommand = { t: 'save-state', id };
-      this.commands.postMessage(cmd);
+      // Rung with the pause (one round trip, no command message), stored after the request it
+      // goes with: the worker reads SAVE_REQ before REQUEST at a doorbell.
+      if (wasRunning) Atomics.store(this.ctl, Ctl.REQUEST, Request.PAUSE);
+      Atomics.store(this.ctl, Ctl.SAVE_REQ, id);
       let pausedAtMs = performance.timeOrigin + performance.now();
       if (wasRunning) {
         this.ctlF64[Ctl.PAUSE_REQUESTED_AT] = pausedAtMs;
