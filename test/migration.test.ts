@@ -263,12 +263,13 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         ...over,
       });
       let dataAddress = '';
-      const token = async () => {
+      /** A token for 'hostile' on vmm-b; with `spec` the target builds that machine ahead. */
+      const token = async (spec?: pb.VmSpec) => {
         const prep = await vmmCall(b.client, 'prepareIncoming', {
           name: 'hostile',
           jobId: 'h',
-          spec: undefined,
-          capabilities: [],
+          spec: spec === undefined ? undefined : { ...spec, name: 'hostile' },
+          capabilities: capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true })),
         });
         dataAddress = prep.dataAddress;
         return prep.token;
@@ -357,14 +358,18 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         const vm = (await vmmCall(a.client, 'getVm', { name: src })).vm!;
         const ref = vm.ram[0]!.regionRef!;
         const sharedSpec = { ...vm.spec!, name: src };
-        for (const bad of [
+        const unbuilt = () => b.process.output().split('could not build the machine ahead').length;
+        const unbuiltBefore = unbuilt();
+        // Each bad ref goes to a target that asks memstore at the header, and to one that
+        // built the machine ahead (it checks the ref against what it read from memstore then).
+        for (const [bad, ahead] of [
           { ...ref, identity: 'someone-else' },
           { ...ref, epoch: ref.epoch + 7n },
-        ]) {
+        ].flatMap((r) => [[r, false] as const, [r, true] as const])) {
           const s = await raw();
           s.send(
             headerFor(
-              await token(),
+              await token(ahead ? sharedSpec : undefined),
               sharedSpec,
               [
                 block({
@@ -380,6 +385,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
           s.close();
           expect(out.error?.code).toBe('MIGRATION_REGION_MISMATCH');
         }
+        // The targets that built ahead did build (the refs were checked against what they read).
+        expect(unbuilt()).toBe(unbuiltBefore);
         // The source still holds its lease and runs; the target still serves.
         expect((await vmmCall(a.client, 'getVm', { name: src })).vm!.state).toBe(
           pb.VmState.VM_STATE_RUNNING,

@@ -193,11 +193,11 @@ export async function receiveMigration(
         prepared = deps.tokens.take(frame.value.token);
         log = log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
         const t0 = performance.now();
-        const h = await acceptHeader(frame.value, prepared.name);
+        const ready = await prepared.prebuilt;
+        const h = await acceptHeader(frame.value, prepared.name, ready);
         const t1 = performance.now();
         spec = h.spec;
         sourceHolder = h.sourceHolder;
-        const ready = await prepared.prebuilt;
         if (ready !== null && prebuiltFits(ready, h.spec, h.plans, h.templates)) {
           // PrepareIncoming built exactly this: the blocks are mapped, the machine waits.
           blocks = [...ready.blocks];
@@ -362,6 +362,7 @@ export async function receiveMigration(
   async function acceptHeader(
     h: vmmStream.StreamHeader,
     name: string,
+    prebuilt: Prebuilt | null,
   ): Promise<{
     plans: BlockPlan[];
     /** Per block: the identity a `template` block's TemplateRef demands. */
@@ -405,14 +406,20 @@ export async function receiveMigration(
       if (b.regionRef !== undefined) {
         if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
         const ref = b.regionRef;
+        // What PrepareIncoming read from memstore for this block moments ago, when it built
+        // the machine; else memstore now. A lease that moved since then fails the hand-off's
+        // compare-and-set instead, with the source still holding it.
+        const seen = prebuilt?.blocks[k]?.region;
         const region =
-          (
-            await memstoreCall(ctx, `${what}: region ${ref.regionId}`, () =>
-              ctx
-                .leases()
-                .getRegion({ region: byId(ref.regionId) }, { deadlineMs: ctx.deadlineMs }),
-            )
-          ).region ?? null;
+          seen?.id === ref.regionId
+            ? seen
+            : ((
+                await memstoreCall(ctx, `${what}: region ${ref.regionId}`, () =>
+                  ctx
+                    .leases()
+                    .getRegion({ region: byId(ref.regionId) }, { deadlineMs: ctx.deadlineMs }),
+                )
+              ).region ?? null);
         const mismatch = (field: string, want: unknown, got: unknown): never => {
           throw new MigrationError(
             'MIGRATION_REGION_MISMATCH',
