@@ -17,9 +17,57 @@ export class FrameError extends Error {
 }
 
 /**
+ * Reusable buffers for assembling big frames: a stream of 1 MiB frames would otherwise allocate
+ * a fresh 1 MiB buffer per frame, and V8 answers that much new external memory with frequent
+ * full garbage collections. {@link BufferPool.take} hands out a view of a pooled buffer (or a
+ * fresh one when none is free); whoever is done with a frame's bytes gives them back with
+ * {@link BufferPool.give}, and only then may the buffer carry another frame.
+ */
+export class BufferPool {
+  private readonly free: ArrayBuffer[] = [];
+  private readonly owned = new WeakSet<ArrayBuffer>();
+
+  /**
+   * @param bufferBytes capacity of each pooled buffer; bigger requests get a fresh buffer
+   * @param maxFree buffers kept for reuse at most
+   */
+  constructor(
+    readonly bufferBytes: number,
+    private readonly maxFree: number,
+  ) {}
+
+  /** A buffer of exactly `length` bytes (contents undefined). */
+  take(length: number): Uint8Array {
+    if (length > this.bufferBytes) return new Uint8Array(length);
+    let buf = this.free.pop();
+    if (buf === undefined) {
+      buf = new ArrayBuffer(this.bufferBytes);
+      this.owned.add(buf);
+    }
+    return new Uint8Array(buf, 0, length);
+  }
+
+  /**
+   * Gives back the buffer under `view` (any view of a buffer from {@link BufferPool.take});
+   * anything else is ignored. The caller must hold no other view of it any more.
+   */
+  give(view: Uint8Array): void {
+    const buf = view.buffer as ArrayBuffer;
+    if (!this.owned.has(buf) || this.free.length >= this.maxFree) return;
+    if (this.free.includes(buf)) return; // given twice: keep one entry
+    this.free.push(buf);
+  }
+
+  /** Buffers waiting for reuse (tests). */
+  get freeCount(): number {
+    return this.free.length;
+  }
+}
+
+/**
  * Cuts a byte stream into frames. Push chunks in arrival order; each call returns the frames
  * completed by that chunk. A frame that lies inside one chunk is returned as a view of it (no
- * copy); a frame spread over chunks is assembled once.
+ * copy); a frame spread over chunks is assembled once, in a buffer from `pool` when given.
  */
 export class FrameDecoder {
   private pending: Uint8Array[] = [];
@@ -29,8 +77,14 @@ export class FrameDecoder {
   private assembly: Uint8Array | null = null;
   private filled = 0;
 
-  /** @param maxFrameBytes largest payload accepted; a larger length fails the stream */
-  constructor(private readonly maxFrameBytes: number) {}
+  /**
+   * @param maxFrameBytes largest payload accepted; a larger length fails the stream
+   * @param pool where assembly buffers come from (else each is allocated)
+   */
+  constructor(
+    private readonly maxFrameBytes: number,
+    private readonly pool?: BufferPool,
+  ) {}
 
   /** @throws FrameError when a length prefix exceeds the limit */
   push(chunk: Uint8Array): Uint8Array[] {
@@ -76,7 +130,7 @@ export class FrameDecoder {
         out.push(chunk.subarray(at, at + this.want));
         at += this.want;
       } else {
-        this.assembly = new Uint8Array(this.want);
+        this.assembly = this.pool?.take(this.want) ?? new Uint8Array(this.want);
         this.assembly.set(chunk.subarray(at), 0);
         this.filled = left;
         at = chunk.length;
@@ -127,21 +181,38 @@ export interface FramedSocketHandlers {
   closed(error: Error | null): void;
 }
 
+/** Options of a {@link FramedSocket}. */
+export interface FramedSocketOptions {
+  /** Buffers for frames that span socket reads (see {@link BufferPool}). */
+  readonly pool?: BufferPool;
+  /**
+   * Bytes handed to the socket and not yet written to the kernel before
+   * {@link FramedSocket.send} says to wait (default 1 MiB). Waiting ends when half of it went
+   * out, so the next frames are prepared while earlier ones still flow.
+   */
+  readonly queueBytes?: number;
+}
+
 /**
  * A socket speaking frames. Writes go out in order; {@link FramedSocket.send} returns false
- * when the kernel buffer is full (await {@link FramedSocket.drained} before sending more).
+ * when `queueBytes` wait to be written (await {@link FramedSocket.drained} before sending more).
  * Reading pauses while the owner says it is busy ({@link FramedSocket.pause}).
  */
 export class FramedSocket {
   private readonly decoder: FrameDecoder;
+  private readonly queueBytes: number;
+  private queued = 0;
+  private waiters: (() => void)[] = [];
   private done = false;
 
   constructor(
     readonly socket: Socket,
     maxFrameBytes: number,
     private readonly on: FramedSocketHandlers,
+    opts: FramedSocketOptions = {},
   ) {
-    this.decoder = new FrameDecoder(maxFrameBytes);
+    this.decoder = new FrameDecoder(maxFrameBytes, opts.pool);
+    this.queueBytes = opts.queueBytes ?? 1024 * 1024;
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.done) return;
@@ -164,44 +235,47 @@ export class FramedSocket {
       );
     });
     socket.on('error', (err) => this.finish(err));
-    socket.on('close', () => this.finish(new Error('the connection closed')));
+    socket.on('close', () => {
+      this.finish(new Error('the connection closed'));
+      this.wakeWriters();
+    });
   }
 
   /** Sends one frame made of `parts` (concatenated on the wire). */
   send(...parts: Uint8Array[]): boolean {
     let length = 0;
     for (const p of parts) length += p.length;
+    const size = FRAME_HEADER_BYTES + length;
+    this.queued += size;
+    const written = (): void => {
+      this.queued -= size;
+      if (this.queued <= this.queueBytes / 2) this.wakeWriters();
+    };
     if (length <= 64 * 1024) {
       // Small frames go out as one write (one syscall, one segment).
-      const one = new Uint8Array(FRAME_HEADER_BYTES + length);
+      const one = new Uint8Array(size);
       one.set(frameHeader(length), 0);
       let at = FRAME_HEADER_BYTES;
       for (const p of parts) {
         one.set(p, at);
         at += p.length;
       }
-      return this.socket.write(one);
+      this.socket.write(one, written);
+    } else {
+      this.socket.cork();
+      this.socket.write(frameHeader(length));
+      for (let k = 0; k < parts.length; k++) {
+        this.socket.write(parts[k]!, k === parts.length - 1 ? written : undefined);
+      }
+      this.socket.uncork();
     }
-    this.socket.cork();
-    this.socket.write(frameHeader(length));
-    let ok = true;
-    for (const p of parts) ok = this.socket.write(p);
-    this.socket.uncork();
-    return ok && this.socket.writableLength < this.socket.writableHighWaterMark;
+    return this.queued < this.queueBytes;
   }
 
-  /** Resolves when the socket can take more, or at once when it already can. */
+  /** Resolves when half the send queue went out (at once when it is short), or on close. */
   drained(): Promise<void> {
-    if (this.socket.destroyed || !this.socket.writableNeedDrain) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        this.socket.off('drain', done);
-        this.socket.off('close', done);
-        resolve();
-      };
-      this.socket.on('drain', done);
-      this.socket.on('close', done);
-    });
+    if (this.socket.destroyed || this.queued <= this.queueBytes / 2) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   /** Stops delivering frames until {@link FramedSocket.resume}. */
@@ -225,6 +299,12 @@ export class FramedSocket {
 
   get closed(): boolean {
     return this.done;
+  }
+
+  private wakeWriters(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const resolve of w) resolve();
   }
 
   private finish(error: Error | null): void {

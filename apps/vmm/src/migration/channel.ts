@@ -20,6 +20,11 @@ export interface IncomingChannel {
   end(): void;
   /** True once the source is gone (nothing written reaches it). */
   readonly gone: boolean;
+  /**
+   * The page frame's bytes are no longer needed (written, or never to be): the channel may
+   * reuse their memory for a later frame. Optional; a channel may ignore it.
+   */
+  release?(frame: vmmStream.PageFrame): void;
 }
 
 /** What the source's end reports as it happens. */

@@ -13,10 +13,10 @@
  * same way. PrepareIncoming returns the channel's address as `data_address`; a source that
  * cannot connect to it uses the gRPC stream instead.
  */
-import { connect, createServer, type NetConnectOpts, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { vmmStream } from '@handoff/proto';
-import { FramedSocket, type Logger } from '@handoff/service';
+import { BufferPool, FramedSocket, type Logger } from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from './errors.js';
@@ -27,6 +27,13 @@ import { encodeIncomingRequestParts } from './stream.js';
  * (≈100 KiB); headers and device state are far smaller. Anything bigger is hostile.
  */
 export const MAX_REQUEST_FRAME = 4 * 1024 * 1024;
+/** Pooled assembly buffers: a page frame (1 MiB of data and its runs) fits one. */
+const POOLED_FRAME_BYTES = 1280 * 1024;
+/**
+ * Pooled buffers kept per connection: enough for the frames in flight (read ahead, and the
+ * receiver's queue of writes, 32 MiB).
+ */
+const POOLED_FRAMES = 40;
 /** Largest reply frame a source accepts (replies are acks and errors). */
 export const MAX_REPLY_FRAME = 64 * 1024;
 /** Bytes a source queues on the socket before it waits for them to drain. */
@@ -110,24 +117,31 @@ function socketIncoming(socket: Socket): IncomingChannel {
   socket.on('close', () => (gone = true));
   // (flow control reaches `framed` only once frames arrive, after it exists)
   const q = new RequestQueue({ pause: () => framed.pause(), resume: () => framed.resume() });
-  const framed: FramedSocket = new FramedSocket(socket, MAX_REQUEST_FRAME, {
-    frame: (payload) => {
-      let req: vmmStream.IncomingRequest;
-      try {
-        req = vmmStream.IncomingRequest.decode(payload);
-      } catch (err) {
-        q.fail(new Error(`an undecodable frame arrived (${(err as Error).message})`));
-        socket.destroy();
-        return;
-      }
-      q.push(req);
+  // Page frames span socket reads: assemble them in reused buffers, given back once written.
+  const pool = new BufferPool(POOLED_FRAME_BYTES, POOLED_FRAMES);
+  const framed: FramedSocket = new FramedSocket(
+    socket,
+    MAX_REQUEST_FRAME,
+    {
+      frame: (payload) => {
+        let req: vmmStream.IncomingRequest;
+        try {
+          req = vmmStream.IncomingRequest.decode(payload);
+        } catch (err) {
+          q.fail(new Error(`an undecodable frame arrived (${(err as Error).message})`));
+          socket.destroy();
+          return;
+        }
+        q.push(req);
+      },
+      closed: (error) => {
+        if (error === null)
+          q.end(); // the source ended its side; replies still go out
+        else q.fail(error);
+      },
     },
-    closed: (error) => {
-      if (error === null)
-        q.end(); // the source ended its side; replies still go out
-      else q.fail(error);
-    },
-  });
+    { pool },
+  );
   return {
     next: () => q.next(),
     write: (reply) => {
@@ -137,6 +151,7 @@ function socketIncoming(socket: Socket): IncomingChannel {
     get gone() {
       return gone;
     },
+    release: (frame) => pool.give(frame.data),
   };
 }
 
@@ -151,15 +166,7 @@ export async function connectDataChannel(
   events: OutgoingEvents,
 ): Promise<OutgoingChannel> {
   const where = parseAddress(address);
-  // Several frames may wait in user space, so the next frame is read from RAM while earlier
-  // ones are still going out (the default 16 KiB would let one frame through at a time).
-  // (Node takes the stream option here; its typings do not list it.)
-  const opts = { writableHighWaterMark: WRITE_QUEUE_BYTES };
-  const socket = connect(
-    'path' in where
-      ? ({ path: where.path, ...opts } as NetConnectOpts)
-      : ({ port: where.port, host: where.host, ...opts } as NetConnectOpts),
-  );
+  const socket = 'path' in where ? connect(where.path) : connect(where.port, where.host);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();
@@ -181,20 +188,27 @@ export async function connectDataChannel(
     );
   });
   let broken = false;
-  const framed = new FramedSocket(socket, MAX_REPLY_FRAME, {
-    frame: (payload) => {
-      let reply: vmmStream.IncomingResponse;
-      try {
-        reply = vmmStream.IncomingResponse.decode(payload);
-      } catch (err) {
-        fail(new Error(`an undecodable reply arrived (${(err as Error).message})`));
-        socket.destroy();
-        return;
-      }
-      events.reply(reply);
+  // Several frames may wait to go out, so the next frame is read from RAM while earlier ones
+  // are still being written.
+  const framed = new FramedSocket(
+    socket,
+    MAX_REPLY_FRAME,
+    {
+      frame: (payload) => {
+        let reply: vmmStream.IncomingResponse;
+        try {
+          reply = vmmStream.IncomingResponse.decode(payload);
+        } catch (err) {
+          fail(new Error(`an undecodable reply arrived (${(err as Error).message})`));
+          socket.destroy();
+          return;
+        }
+        events.reply(reply);
+      },
+      closed: (error) => fail(error ?? new Error('the target ended the stream')),
     },
-    closed: (error) => fail(error ?? new Error('the target ended the stream')),
-  });
+    { queueBytes: WRITE_QUEUE_BYTES },
+  );
   function fail(e: Error): void {
     if (broken) return;
     broken = true;

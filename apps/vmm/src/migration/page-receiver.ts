@@ -102,6 +102,15 @@ export class PageReceiver {
     }
   }
 
+  /**
+   * Runs `fn` once every write queued so far landed (at once when none waits); skipped when
+   * one of them failed.
+   */
+  afterWrites(fn: () => void): void {
+    if (this.queued === 0 && this.failure === null) fn();
+    else this.queue(0, fn);
+  }
+
   /** Resolves when every queued write and punch landed. @throws the first one that failed */
   async drain(): Promise<void> {
     await this.io;

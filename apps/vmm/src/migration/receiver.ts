@@ -244,6 +244,10 @@ export async function receiveMigration(
           break;
         case 'pages':
           await pages!.apply(frame.value); // every run checked before any write
+          {
+            const done = frame.value;
+            pages!.afterWrites(() => call.release?.(done)); // its memory may carry another frame
+          }
           break;
         case 'iteration':
           if (finalSeen && frame.value.final) bad('a second final pass marker arrived');
