@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BufferPool, FrameDecoder, FrameError, FramedSocket, frameHeader } from './frames.js';
+import { RecycledBuffers, FrameDecoder, FrameError, FramedSocket, frameHeader } from './frames.js';
 
 function framed(...payloads: Uint8Array[]): Uint8Array {
   const parts = payloads.flatMap((p) => [frameHeader(p.length), p]);
@@ -133,9 +133,9 @@ describe('FramedSocket', () => {
   });
 });
 
-describe('BufferPool', () => {
+describe('RecycledBuffers', () => {
   it('reuses a given-back buffer, never one still out, and ignores foreign views', () => {
-    const pool = new BufferPool(1024, 2);
+    const pool = new RecycledBuffers(1024, 2);
     const a = pool.take(1000);
     const b = pool.take(10);
     expect(a.buffer).not.toBe(b.buffer);
@@ -151,7 +151,7 @@ describe('BufferPool', () => {
   });
 
   it('assembles frames that span chunks in pooled buffers', () => {
-    const pool = new BufferPool(64 * 1024, 4);
+    const pool = new RecycledBuffers(64 * 1024, 4);
     const d = new FrameDecoder(1 << 20, pool);
     const wire = framed(bytes(40_000, 1), bytes(40_000, 2));
     const got = [...d.push(wire.subarray(0, 30_000)), ...d.push(wire.subarray(30_000))];

@@ -17,13 +17,15 @@ export class FrameError extends Error {
 }
 
 /**
- * Reusable buffers for assembling big frames: a stream of 1 MiB frames would otherwise allocate
+ * Recycled buffers for assembling big frames: a stream of 1 MiB frames would otherwise allocate
  * a fresh 1 MiB buffer per frame, and V8 answers that much new external memory with frequent
- * full garbage collections. {@link BufferPool.take} hands out a view of a pooled buffer (or a
+ * full garbage collections. {@link RecycledBuffers.take} hands out a view of a pooled buffer (or a
  * fresh one when none is free); whoever is done with a frame's bytes gives them back with
- * {@link BufferPool.give}, and only then may the buffer carry another frame.
+ * {@link RecycledBuffers.give}, and only then may the buffer carry another frame. Taking never
+ * waits (a decoder cannot); flow control is the reader's business. (memstore's ReadPages pool is
+ * the other kind: a fixed set whose acquire waits, bounding a stream's bytes in flight.)
  */
-export class BufferPool {
+export class RecycledBuffers {
   private readonly free: ArrayBuffer[] = [];
   private readonly owned = new WeakSet<ArrayBuffer>();
 
@@ -48,7 +50,7 @@ export class BufferPool {
   }
 
   /**
-   * Gives back the buffer under `view` (any view of a buffer from {@link BufferPool.take});
+   * Gives back the buffer under `view` (any view of a buffer from {@link RecycledBuffers.take});
    * anything else is ignored. The caller must hold no other view of it any more.
    */
   give(view: Uint8Array): void {
@@ -83,7 +85,7 @@ export class FrameDecoder {
    */
   constructor(
     private readonly maxFrameBytes: number,
-    private readonly pool?: BufferPool,
+    private readonly pool?: RecycledBuffers,
   ) {}
 
   /** @throws FrameError when a length prefix exceeds the limit */
@@ -183,8 +185,8 @@ export interface FramedSocketHandlers {
 
 /** Options of a {@link FramedSocket}. */
 export interface FramedSocketOptions {
-  /** Buffers for frames that span socket reads (see {@link BufferPool}). */
-  readonly pool?: BufferPool;
+  /** Buffers for frames that span socket reads (see {@link RecycledBuffers}). */
+  readonly pool?: RecycledBuffers;
   /**
    * Bytes handed to the socket and not yet written to the kernel before
    * {@link FramedSocket.send} says to wait (default 1 MiB). Waiting ends when half of it went

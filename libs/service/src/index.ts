@@ -16,3 +16,4 @@ export * from './ready.js';
 export * from './main.js';
 export * from './units.js';
 export * from './frames.js';
+export * from './events.js';

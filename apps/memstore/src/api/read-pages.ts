@@ -1,5 +1,6 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import type { memstore as pb } from '@handoff/proto';
+import { anyEvent } from '@handoff/service';
 import type { Memstore } from '../memstore.js';
 import { checkPageRange, PageReader } from '../regions/page-reader.js';
 import { findRegion } from '../regions/resolve.js';
@@ -17,14 +18,7 @@ type Call = ServerWritableStream<pb.ReadPagesRequest, pb.ReadPagesResponse>;
 
 /** Resolves on 'drain' or when the call ends in any way. */
 function writable(call: Call): Promise<void> {
-  return new Promise((resolve) => {
-    const events = ['drain', 'cancelled', 'close', 'error'] as const;
-    const done = (): void => {
-      for (const e of events) call.off(e, done);
-      resolve();
-    };
-    for (const e of events) call.on(e, done);
-  });
+  return anyEvent(call, ['drain', 'cancelled', 'close', 'error']);
 }
 
 /**

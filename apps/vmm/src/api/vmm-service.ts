@@ -1,6 +1,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { serviceNames, vmm as pb, vmmStream } from '@handoff/proto';
 import {
+  anyEvent,
   bidiStream,
   serverStream,
   unavailable,
@@ -149,17 +150,7 @@ function requireName(name: string): string {
 
 /** Resolves when the call can take more writes (or is gone). */
 function drained<Req, Res>(call: grpc.ServerWritableStream<Req, Res>): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      call.off('drain', done);
-      call.off('cancelled', done);
-      call.off('close', done);
-      resolve();
-    };
-    call.on('drain', done);
-    call.on('cancelled', done);
-    call.on('close', done);
-  });
+  return anyEvent(call, ['drain', 'cancelled', 'close']);
 }
 
 /**

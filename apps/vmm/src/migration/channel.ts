@@ -5,6 +5,7 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import type { vmmStream } from '@handoff/proto';
+import { anyEvent } from '@handoff/service';
 import { MigrationError } from './errors.js';
 
 /** Frames a reader keeps before it stops reading from the peer (flow control). */
@@ -136,20 +137,7 @@ export function grpcOutgoing(
   return {
     kind: 'grpc',
     write: (req) => call.write(req),
-    drained: () =>
-      broken
-        ? Promise.resolve()
-        : new Promise<void>((resolve) => {
-            const done = (): void => {
-              call.off('drain', done);
-              call.off('error', done);
-              call.off('end', done);
-              resolve();
-            };
-            call.on('drain', done);
-            call.on('error', done);
-            call.on('end', done);
-          }),
+    drained: () => (broken ? Promise.resolve() : anyEvent(call, ['drain', 'error', 'end'])),
     close: () => {
       try {
         call.cancel();

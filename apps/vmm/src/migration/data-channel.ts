@@ -16,7 +16,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { vmmStream } from '@handoff/proto';
-import { BufferPool, FramedSocket, type Logger } from '@handoff/service';
+import { RecycledBuffers, FramedSocket, type Logger } from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from './errors.js';
@@ -118,7 +118,7 @@ function socketIncoming(socket: Socket): IncomingChannel {
   // (flow control reaches `framed` only once frames arrive, after it exists)
   const q = new RequestQueue({ pause: () => framed.pause(), resume: () => framed.resume() });
   // Page frames span socket reads: assemble them in reused buffers, given back once written.
-  const pool = new BufferPool(POOLED_FRAME_BYTES, POOLED_FRAMES);
+  const pool = new RecycledBuffers(POOLED_FRAME_BYTES, POOLED_FRAMES);
   const framed: FramedSocket = new FramedSocket(
     socket,
     MAX_REQUEST_FRAME,
