@@ -211,7 +211,9 @@ export class OutgoingMigration {
       const tStop = now();
       paused = true; // from here a failure checks where the lease is before resuming
       let finalMarker: Promise<void> | undefined;
+      let markerAt = 0; // epoch ms
       const stopped = await vm.pauseAndSave(() => {
+        markerAt = performance.timeOrigin + performance.now();
         // Sent the moment the vCPU stopped: the target starts the lease hand-off now.
         finalMarker = this.send({
           frame: {
@@ -258,6 +260,9 @@ export class OutgoingMigration {
       log.info(
         {
           pauseMs: tPaused - tStop,
+          // from the vCPU's own stop stamp: when this thread heard it and sent the final marker
+          stopToMarkerMs: markerAt - stopped.pausedAtMs,
+          stopToStateMs: performance.timeOrigin + tPaused - stopped.pausedAtMs,
           finalPagesMs: tPages - tPaused,
           deviceMs: tSent - tPages,
           targetMs: tAck - tSent,
