@@ -1,0 +1,171 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * QEMU's own migration on this machine, for the side-by-side rows of `npm run bench --
+ * migration`: two `qemu-system-riscv32 -M virt` processes running the same kvserver ELF with
+ * RAM in a /dev/shm file (share=on), the target started with `-incoming`, driven over QMP.
+ * Reports QEMU's numbers as QEMU states them (its `downtime` is the source's view, not the
+ * guest's real pause).
+ */
+
+const MiB = 1024 * 1024;
+const QEMU = 'qemu-system-riscv32';
+const KVSERVER = join(
+  dirname(fileURLToPath(import.meta.url)),
+  '../../../../guests/kvserver/kvserver.elf',
+);
+
+/** One QEMU migration's result, from `query-migrate`. */
+export interface QemuMigration {
+  status: string;
+  totalMs: number;
+  setupMs: number;
+  downtimeMs: number;
+  bytes: number;
+}
+
+/** True when QEMU and the guest ELF are here (else the bench says why it skipped QEMU). */
+export function qemuAvailable(): string | null {
+  if (spawnSync(QEMU, ['--version']).status !== 0) return `${QEMU} is not installed`;
+  if (!existsSync(KVSERVER)) return `${KVSERVER} is not built (make -C guests)`;
+  return null;
+}
+
+/** A QMP session: one command at a time, events ignored. */
+class Qmp {
+  private buf = '';
+  private waiting: ((m: Record<string, unknown>) => void)[] = [];
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.buf += d;
+      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
+        const m = JSON.parse(this.buf.slice(0, i)) as Record<string, unknown>;
+        this.buf = this.buf.slice(i + 1);
+        if ('return' in m || 'error' in m) this.waiting.shift()?.(m);
+      }
+    });
+  }
+
+  static async open(path: string): Promise<Qmp> {
+    for (let t = 0; !existsSync(path); t++) {
+      if (t > 500) throw new Error(`QEMU did not open its QMP socket ${path}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const socket = connect(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('data', () => resolve()); // the greeting
+      socket.once('error', reject);
+    });
+    const q = new Qmp(socket);
+    await q.cmd('qmp_capabilities');
+    return q;
+  }
+
+  async cmd(execute: string, args?: object): Promise<Record<string, unknown>> {
+    const reply = new Promise<Record<string, unknown>>((r) => this.waiting.push(r));
+    this.socket.write(`${JSON.stringify({ execute, ...(args ? { arguments: args } : {}) })}\n`);
+    const m = await reply;
+    if ('error' in m) throw new Error(`QMP ${execute}: ${JSON.stringify(m.error)}`);
+    return (m.return ?? {}) as Record<string, unknown>;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/**
+ * Migrates a kvserver guest of `sizeMiB` from one fresh QEMU to another over loopback TCP.
+ *
+ * @param opts.bypass x-ignore-shared (RAM is not sent)
+ * @param opts.fill fill RAM with non-zero bytes first (through its file)
+ * @param opts.maxBandwidth bytes/s, or undefined for QEMU's default (128 MiB/s)
+ */
+export async function qemuMigrate(
+  sizeMiB: number,
+  opts: { bypass: boolean; fill: boolean; maxBandwidth?: number },
+): Promise<QemuMigration> {
+  const dir = mkdtempSync('/dev/shm/handoff-qemu-bench-');
+  const mem = join(dir, 'ram');
+  const procs: ChildProcess[] = [];
+  const sessions: Qmp[] = [];
+  try {
+    const fd = openSync(mem, 'w+');
+    try {
+      ftruncateSync(fd, sizeMiB * MiB);
+      if (opts.fill) {
+        const chunk = new Uint8Array(MiB).fill(0x5a);
+        for (let at = 0; at < sizeMiB * MiB; at += MiB) {
+          chunk[0] = ((at / MiB) % 251) | 1;
+          writeSync(fd, chunk, 0, MiB, at);
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    // With x-ignore-shared both map the one file; a copy lands in the target's own, fresh
+    // memory (as Handoff's copy lands in a fresh memfd).
+    const start = (name: string, extra: string[], path: string): string => {
+      const qmp = join(dir, `${name}.qmp`);
+      const args = [
+        ...['-M', 'virt', '-bios', 'none', '-kernel', KVSERVER],
+        ...['-cpu', 'rv32,f=off,d=off,c=off,h=off', '-m', `${sizeMiB}M`],
+        ...['-object', `memory-backend-file,id=m0,size=${sizeMiB}M,mem-path=${path},share=on`],
+        ...['-machine', 'memory-backend=m0', '-nographic', '-monitor', 'none', '-serial', 'null'],
+        ...['-qmp', `unix:${qmp},server=on,wait=off`, ...extra],
+      ];
+      procs.push(spawn(QEMU, args, { stdio: 'ignore' }));
+      return qmp;
+    };
+    const a = await Qmp.open(start('a', [], mem));
+    sessions.push(a);
+    const b = await Qmp.open(
+      start('b', ['-incoming', `tcp:127.0.0.1:${port}`], opts.bypass ? mem : join(dir, 'ram-b')),
+    );
+    sessions.push(b);
+    if (opts.bypass) {
+      const caps = { capabilities: [{ capability: 'x-ignore-shared', state: true }] };
+      await a.cmd('migrate-set-capabilities', caps);
+      await b.cmd('migrate-set-capabilities', caps);
+    }
+    if (opts.maxBandwidth !== undefined) {
+      await a.cmd('migrate-set-parameters', { 'max-bandwidth': opts.maxBandwidth });
+    }
+    await new Promise((r) => setTimeout(r, 1000)); // the guest boots and idles, as in ours
+    await a.cmd('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    for (;;) {
+      const info = await a.cmd('query-migrate');
+      const status = String(info.status);
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') {
+        const ram = (info.ram ?? {}) as Record<string, number>;
+        return {
+          status,
+          totalMs: Number(info['total-time'] ?? 0),
+          setupMs: Number(info['setup-time'] ?? 0),
+          downtimeMs: Number(info.downtime ?? 0),
+          bytes: ram.transferred ?? 0,
+        };
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  } finally {
+    for (const s of sessions) s.close();
+    for (const p of procs) p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
