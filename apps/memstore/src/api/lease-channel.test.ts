@@ -16,6 +16,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LEASE_SOCKET_FILE_NAME, memstoreConfig, type MemstoreConfig } from '../config.js';
 import { startMemstore, type MemstoreHandle } from '../start.js';
 import {
+  byName,
+  failure,
   makeTempDirs,
   recordingLogger,
   type LogEntry,
@@ -105,17 +107,6 @@ class RawChannel {
   close(): void {
     this.framed.destroy();
   }
-}
-
-const byName = (name: string): pb.RegionSelector => ({ selector: { $case: 'name', value: name } });
-
-async function failure(p: Promise<unknown>): Promise<RemoteError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RemoteError;
-  }
-  throw new Error('expected the call to fail');
 }
 
 /** A region leased by `holder` at epoch 1. */
@@ -208,7 +199,7 @@ describe('memstore lease channel', () => {
         toHolder: 'vmm-b/vm1',
       };
       const viaChannel = await ch.call({ $case: 'transferLease', value: stale });
-      const viaGrpc = await failure(unaryCall(client, 'transferLease', stale));
+      const viaGrpc = await failure<RemoteError>(unaryCall(client, 'transferLease', stale));
       expect(viaGrpc.code).toBe('LEASE_STALE_EPOCH');
       expect(viaChannel.result).toEqual({
         $case: 'error',

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PageReader } from '../regions/page-reader.js';
 import { memstoreConfig } from '../config.js';
 import { startMemstore, type MemstoreHandle } from '../start.js';
-import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
+import { byName, failure, makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { MAX_CHUNK_BYTES } from './read-pages.js';
 
 let dirs: TempDirs;
@@ -32,17 +32,6 @@ afterEach(async () => {
   await handle.stop('test done');
   dirs.cleanup();
 });
-
-const byName = (name: string): pb.RegionSelector => ({ selector: { $case: 'name', value: name } });
-
-async function failure(p: Promise<unknown>): Promise<RemoteError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RemoteError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 function readAll(req: pb.ReadPagesRequest): Promise<pb.ReadPagesResponse[]> {
   return new Promise((resolve, reject) => {
@@ -93,14 +82,16 @@ describe('MemstoreService over gRPC', () => {
   });
 
   it('maps domain errors to their stable code and gRPC status', async () => {
-    const notFound = await failure(unaryCall(client, 'getRegion', { region: byName('nope') }));
+    const notFound = await failure<RemoteError>(
+      unaryCall(client, 'getRegion', { region: byName('nope') }),
+    );
     expect(notFound).toMatchObject({ code: 'REGION_NOT_FOUND', status: grpc.status.NOT_FOUND });
-    const empty = await failure(unaryCall(client, 'getRegion', { region: undefined }));
+    const empty = await failure<RemoteError>(unaryCall(client, 'getRegion', { region: undefined }));
     expect(empty).toMatchObject({
       code: 'REGION_INVALID_ARGUMENT',
       status: grpc.status.INVALID_ARGUMENT,
     });
-    const badSize = await failure(
+    const badSize = await failure<RemoteError>(
       unaryCall(client, 'createRegion', { name: 'x', size: 10n, kind: 1 }),
     );
     expect(badSize).toMatchObject({
@@ -116,7 +107,7 @@ describe('MemstoreService over gRPC', () => {
       holder: 'vmm-a/vm1',
     });
     expect(lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 1n });
-    const stale = await failure(
+    const stale = await failure<RemoteError>(
       unaryCall(client, 'transferLease', {
         region: byName('r'),
         fromHolder: 'vmm-a/vm1',
@@ -160,7 +151,9 @@ describe('MemstoreService over gRPC', () => {
       holder: 'vmm-a/c1',
     });
     expect(attached.template).toMatchObject({ cloneCount: 1, mappedBy: ['vmm-a/c1'] });
-    const refused = await failure(unaryCall(client, 'deleteRegion', { region: byName('t') }));
+    const refused = await failure<RemoteError>(
+      unaryCall(client, 'deleteRegion', { region: byName('t') }),
+    );
     expect(refused).toMatchObject({
       code: 'REGION_IN_USE',
       status: grpc.status.FAILED_PRECONDITION,
@@ -209,7 +202,9 @@ describe('MemstoreService over gRPC', () => {
 
   it('refuses page ranges outside the region with OUT_OF_RANGE', async () => {
     await unaryCall(client, 'createRegion', { name: 'p', size: 8192n, kind: 1 });
-    const err = await failure(readAll({ region: byName('p'), firstPage: 1n, pageCount: 2n }));
+    const err = await failure<RemoteError>(
+      readAll({ region: byName('p'), firstPage: 1n, pageCount: 2n }),
+    );
     expect(err).toMatchObject({ code: 'REGION_OUT_OF_RANGE', status: grpc.status.OUT_OF_RANGE });
   });
 

@@ -1,3 +1,4 @@
+import type { memstore as pb } from '@handoff/proto';
 import type { Logger } from '@handoff/service';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -36,6 +37,21 @@ export function makeTempDirs(kind = 'unit'): TempDirs {
       rmSync(volatileDir, { recursive: true, force: true });
     },
   };
+}
+
+/** A RegionSelector by name. */
+export const byName = (name: string): pb.RegionSelector => ({
+  selector: { $case: 'name', value: name },
+});
+
+/** The error `p` rejects with. @throws when it resolves */
+export async function failure<E extends Error = Error>(p: Promise<unknown>): Promise<E> {
+  try {
+    await p;
+  } catch (err) {
+    return err as E;
+  }
+  throw new Error('expected the call to fail');
 }
 
 /** One recorded log call. */

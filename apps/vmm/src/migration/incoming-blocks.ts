@@ -7,7 +7,7 @@
 import type { memstore as msPb } from '@handoff/proto';
 import type { MigrationCapabilities } from '@handoff/qapi';
 import type { Logger } from '@handoff/service';
-import { memstoreCall } from '../ram/backing.js';
+import { byName, memstoreCall } from '../ram/backing.js';
 import { openClone } from '../ram/clone.js';
 import type { RamBacking, RamContext } from '../ram/index.js';
 import { openPrivate } from '../ram/private.js';
@@ -118,12 +118,7 @@ export async function prebuild(
         region =
           (
             await memstoreCall(ctx, `prebuilding block ${s.id}: region ${s.region}`, () =>
-              ctx
-                .leases()
-                .getRegion(
-                  { region: { selector: { $case: 'name', value: s.region } } },
-                  { deadlineMs: ctx.deadlineMs },
-                ),
+              ctx.leases().getRegion({ region: byName(s.region) }, { deadlineMs: ctx.deadlineMs }),
             )
           ).region ?? null;
         if (region?.lease === undefined) return null; // nothing to hand off: the stream will say

@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { startMemstore, memstoreConfig, type MemstoreHandle } from '@handoff/memstore';
+import { failure, makeTempDirs, type TempDirs } from '@handoff/memstore/testing';
 import { memstore as pb } from '@handoff/proto';
 import {
   createClient,
@@ -9,50 +10,16 @@ import {
   unaryCall,
   type Logger,
 } from '@handoff/service';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { memstoreCall, type RamContext } from './backing.js';
+import { byName, memstoreCall, type RamContext } from './backing.js';
 import { LEASE_CHANNEL_MAX_FRAME_BYTES, LeaseChannelClient } from './lease-channel.js';
 
 const logger: Logger = createLogger({ name: 'test', level: 'silent', format: 'json' });
 
-interface Dirs {
-  stateDir: string;
-  volatileDir: string;
-  cleanup(): void;
-}
-
-function tempDirs(): Dirs {
-  const tag = `vmm-lease-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const stateDir = join(tmpdir(), tag);
-  const volatileDir = join('/dev/shm', tag);
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  return {
-    stateDir,
-    volatileDir,
-    cleanup() {
-      rmSync(stateDir, { recursive: true, force: true });
-      rmSync(volatileDir, { recursive: true, force: true });
-    },
-  };
-}
-
-const byName = (name: string): pb.RegionSelector => ({ selector: { $case: 'name', value: name } });
-
-async function failure(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected the call to fail');
-}
-
-let dirs: Dirs;
+let dirs: TempDirs;
 let memstore: MemstoreHandle | undefined;
 let client: pb.MemstoreServiceClient | undefined;
 let leases: LeaseChannelClient | undefined;
@@ -82,7 +49,7 @@ async function leased(name: string, holder: string): Promise<void> {
 }
 
 beforeEach(() => {
-  dirs = tempDirs();
+  dirs = makeTempDirs('vmm-lease');
 });
 
 afterEach(async () => {
