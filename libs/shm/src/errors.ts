@@ -26,6 +26,8 @@
  * | `SHM_UNSUPPORTED` | the kernel, file system or mapping kind does not support the operation |
  * | `SHM_SYSCALL_FAILED` | another system call failed (see `errno` and `syscall`) |
  * | `SHM_NATIVE_UNAVAILABLE` | the native addon is not built or cannot be loaded |
+ * | `SHM_TIMED_OUT` | a blocking socket read, write or connect hit its timeout (`EAGAIN`) |
+ * | `SHM_PEER_CLOSED` | the other end of a socket closed it (end of stream, `EPIPE`, `ECONNRESET`) |
  */
 export type ShmErrorCode =
   | 'SHM_INVALID_ARGUMENT'
@@ -39,7 +41,9 @@ export type ShmErrorCode =
   | 'SHM_CLOSED'
   | 'SHM_UNSUPPORTED'
   | 'SHM_SYSCALL_FAILED'
-  | 'SHM_NATIVE_UNAVAILABLE';
+  | 'SHM_NATIVE_UNAVAILABLE'
+  | 'SHM_TIMED_OUT'
+  | 'SHM_PEER_CLOSED';
 
 /** Every {@link ShmErrorCode}, for exhaustive tables (e.g. the gRPC status mapping). */
 export const SHM_ERROR_CODES: readonly ShmErrorCode[] = Object.freeze([
@@ -55,6 +59,8 @@ export const SHM_ERROR_CODES: readonly ShmErrorCode[] = Object.freeze([
   'SHM_UNSUPPORTED',
   'SHM_SYSCALL_FAILED',
   'SHM_NATIVE_UNAVAILABLE',
+  'SHM_TIMED_OUT',
+  'SHM_PEER_CLOSED',
 ]);
 
 /** Extra fields of a {@link ShmError}. */

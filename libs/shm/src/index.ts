@@ -1,7 +1,8 @@
 /**
  * `@handoff/shm` — memory mappings for Handoff: file and memfd mappings (`MAP_SHARED` or
  * copy-on-write `MAP_PRIVATE`) exposed as SharedArrayBuffers (or detachable ArrayBuffers),
- * madvise/msync/mincore, memfd sealing, and RSS/PSS readers from `/proc`.
+ * madvise/msync/mincore, memfd sealing, RSS/PSS readers from `/proc`, cross-process futexes and
+ * atomics on mapped words, and blocking unix sockets for worker threads.
  *
  * Guest RAM is touched only through typed-array views of {@link Mapping.buffer}; nothing on the
  * access path calls into native code. See README.md for ownership, `close()` and GC behaviour.
@@ -48,3 +49,20 @@ export {
   type MemoryUsage,
   type ProcessRef,
 } from './smaps.js';
+export {
+  FUTEX_MAX_TIMEOUT_MS,
+  atomicCompareExchange32,
+  atomicLoad32,
+  atomicStore32,
+  futexWait,
+  futexWake,
+  type FutexWaitResult,
+} from './futex.js';
+export {
+  SOCKET_MAX_TIMEOUT_MS,
+  UNIX_PATH_MAX,
+  connectUnixBlocking,
+  readExactSync,
+  setSocketTimeout,
+  writeAllSync,
+} from './blocking-socket.js';

@@ -27,6 +27,7 @@ export type NativeCloseResult = 'unmapped' | 'revoked' | 'already-closed';
 export interface NativeBinding {
   readonly constants: {
     readonly pageSize: number;
+    readonly unixPathMax: number;
     readonly advice: Readonly<Record<string, number>>;
     readonly seals: Readonly<Record<string, number>>;
     readonly flags: {
@@ -57,6 +58,23 @@ export interface NativeBinding {
   getSeals(fd: number): number;
   dataRanges(fd: number, offset: number, length: number): Float64Array;
   stats(): { regions: number; bytes: number };
+  futexWait(
+    buffer: ArrayBuffer | SharedArrayBuffer,
+    offset: number,
+    expected: number,
+    timeoutMs: number,
+  ): 'woken' | 'not-equal' | 'timed-out';
+  futexWake(buffer: ArrayBuffer | SharedArrayBuffer, offset: number, count: number): number;
+  atomicLoad32(buffer: ArrayBuffer | SharedArrayBuffer, offset: number): number;
+  atomicStore32(buffer: ArrayBuffer | SharedArrayBuffer, offset: number, value: number): void;
+  atomicCompareExchange32(
+    buffer: ArrayBuffer | SharedArrayBuffer,
+    offset: number,
+    expected: number,
+    desired: number,
+  ): number;
+  connectUnix(path: string, timeoutMs: number): number;
+  setSocketTimeout(fd: number, timeoutMs: number): void;
 }
 
 /** @internal Path of the addon relative to this module (the same from `src/` and `dist/`). */

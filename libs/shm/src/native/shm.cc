@@ -23,17 +23,36 @@
 // N-API has no SharedArrayBuffer constructor for external memory, so a v8::Local is converted to a
 // napi_value by value (Node's own JsValueFromV8LocalValue does the same). The addon is built from
 // source against the headers of the Node that runs it, which keeps this sound.
+//
+// Cross-process words. futexWait/futexWake and the atomic32 functions work on one int32 of any
+// ArrayBuffer or SharedArrayBuffer (in practice a MAP_SHARED mapping made here). They use the
+// shared (not _PRIVATE) futex operations and __atomic builtins, because JS Atomics on a non-shared
+// ArrayBuffer promise nothing across processes, and Atomics.wait only wakes threads of one process.
+// The buffer argument is read through the V8 API (N-API has no SharedArrayBuffer accessors) via
+// the reverse of ToNapi.
+//
+// Blocking sockets. connectUnix returns a *blocking* AF_UNIX stream fd with send and receive
+// timeouts, for worker threads that read and write it with fs.readSync/fs.writeSync (a timed-out
+// call fails with EAGAIN) without involving the event loop.
 
 #include <napi.h>
 #include <v8.h>
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -325,6 +344,188 @@ Napi::Value DataRanges(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// ---- cross-process words -------------------------------------------------------------------------
+
+v8::Local<v8::Value> ToV8(napi_value value) {
+  v8::Local<v8::Value> result;
+  std::memcpy(static_cast<void*>(&result), static_cast<const void*>(&value), sizeof(result));
+  return result;
+}
+
+// The int32 at byte `info[1]` of the ArrayBuffer or SharedArrayBuffer `info[0]`. `keep` receives
+// the backing store, which keeps the memory alive for as long as the caller holds it (a blocking
+// wait holds it across the syscall). The caller (futex.ts) has checked the type, alignment and
+// bounds; they are checked again here because a bad pointer would not be an exception but a crash.
+int32_t* WordAt(const Napi::CallbackInfo& info, std::shared_ptr<v8::BackingStore>* keep) {
+  v8::Local<v8::Value> value = ToV8(info[0]);
+  if (value->IsSharedArrayBuffer()) {
+    *keep = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  } else if (value->IsArrayBuffer()) {
+    *keep = value.As<v8::ArrayBuffer>()->GetBackingStore();
+  } else {
+    throw Napi::TypeError::New(info.Env(), "expected an ArrayBuffer or SharedArrayBuffer");
+  }
+  const int64_t offset = ArgInt(info, 1);
+  const size_t length = (*keep)->ByteLength();
+  uint8_t* data = static_cast<uint8_t*>((*keep)->Data());
+  if (offset < 0 || offset % 4 != 0 || static_cast<uint64_t>(offset) + 4 > length ||
+      data == nullptr || reinterpret_cast<uintptr_t>(data) % 4 != 0) {
+    throw Napi::RangeError::New(info.Env(), "word offset outside the buffer or unaligned");
+  }
+  return reinterpret_cast<int32_t*>(data + offset);
+}
+
+timespec Now() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now;
+}
+
+// a - b, or {0, 0} if b is not before a.
+timespec Remaining(const timespec& a, const timespec& b) {
+  timespec r{a.tv_sec - b.tv_sec, a.tv_nsec - b.tv_nsec};
+  if (r.tv_nsec < 0) {
+    r.tv_sec -= 1;
+    r.tv_nsec += 1000000000L;
+  }
+  if (r.tv_sec < 0) return timespec{0, 0};
+  return r;
+}
+
+// futexWait(buffer, offset, expected, timeoutMs) -> 'woken' | 'not-equal' | 'timed-out'.
+// Blocks the calling thread in FUTEX_WAIT (shared, so a FUTEX_WAKE from any process that maps the
+// same file page wakes it) while the word equals `expected`, for at most timeoutMs (finite, >= 0,
+// checked by the caller; measured on CLOCK_MONOTONIC). EINTR is retried with the time left.
+// 'woken' also covers spurious wake-ups: callers re-check the word. Other errnos are thrown.
+Napi::Value FutexWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<v8::BackingStore> keep;
+  int32_t* word = WordAt(info, &keep);
+  const int32_t expected = info[2].As<Napi::Number>().Int32Value();
+  const double timeout_ms = info[3].As<Napi::Number>().DoubleValue();
+  const double whole_s = std::floor(timeout_ms / 1000);
+  timespec left{static_cast<time_t>(whole_s),
+                static_cast<long>(std::llround((timeout_ms - whole_s * 1000) * 1e6))};
+  if (left.tv_nsec >= 1000000000L) {
+    left.tv_sec += 1;
+    left.tv_nsec -= 1000000000L;
+  }
+  const timespec start = Now();
+  timespec deadline{start.tv_sec + left.tv_sec, start.tv_nsec + left.tv_nsec};
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec += 1;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  for (;;) {
+    const long rc = syscall(SYS_futex, word, FUTEX_WAIT, expected, &left, nullptr, 0);
+    if (rc == 0) return Napi::String::New(env, "woken");
+    const int err = errno;
+    if (err == EAGAIN) return Napi::String::New(env, "not-equal");
+    if (err == ETIMEDOUT) return Napi::String::New(env, "timed-out");
+    if (err != EINTR) ThrowErrno(env, "futex(FUTEX_WAIT)", err);
+    left = Remaining(deadline, Now());
+    if (left.tv_sec == 0 && left.tv_nsec == 0) return Napi::String::New(env, "timed-out");
+  }
+}
+
+// futexWake(buffer, offset, count) -> number of waiters woken (0..count), in any process.
+// `count` is in [1, INT_MAX] (checked by the caller).
+Napi::Value FutexWake(const Napi::CallbackInfo& info) {
+  std::shared_ptr<v8::BackingStore> keep;
+  int32_t* word = WordAt(info, &keep);
+  const int count = info[2].As<Napi::Number>().Int32Value();
+  const long rc = syscall(SYS_futex, word, FUTEX_WAKE, count, nullptr, nullptr, 0);
+  if (rc < 0) ThrowErrno(info.Env(), "futex(FUTEX_WAKE)", errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(rc));
+}
+
+// atomicLoad32(buffer, offset) -> int32, sequentially consistent.
+Napi::Value AtomicLoad32(const Napi::CallbackInfo& info) {
+  std::shared_ptr<v8::BackingStore> keep;
+  int32_t* word = WordAt(info, &keep);
+  return Napi::Number::New(info.Env(), __atomic_load_n(word, __ATOMIC_SEQ_CST));
+}
+
+// atomicStore32(buffer, offset, value), sequentially consistent. `value` is taken modulo 2^32.
+Napi::Value AtomicStore32(const Napi::CallbackInfo& info) {
+  std::shared_ptr<v8::BackingStore> keep;
+  int32_t* word = WordAt(info, &keep);
+  __atomic_store_n(word, info[2].As<Napi::Number>().Int32Value(), __ATOMIC_SEQ_CST);
+  return info.Env().Undefined();
+}
+
+// atomicCompareExchange32(buffer, offset, expected, desired) -> the old value (int32). Stores
+// `desired` only if the word equals `expected`; sequentially consistent either way.
+Napi::Value AtomicCompareExchange32(const Napi::CallbackInfo& info) {
+  std::shared_ptr<v8::BackingStore> keep;
+  int32_t* word = WordAt(info, &keep);
+  int32_t old = info[2].As<Napi::Number>().Int32Value();
+  const int32_t desired = info[3].As<Napi::Number>().Int32Value();
+  __atomic_compare_exchange_n(word, &old, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return Napi::Number::New(info.Env(), old);  // on failure, old holds the value found
+}
+
+// ---- blocking unix sockets -----------------------------------------------------------------------
+
+// Sets SO_RCVTIMEO and SO_SNDTIMEO to timeoutMs (> 0, checked by the caller), rounded up to whole
+// microseconds so that it never becomes 0 (which would mean "no timeout"). Returns 0 or the errno;
+// `*failed` names the option that failed.
+int SetTimeouts(int fd, double timeout_ms, const char** failed) {
+  const double us = std::ceil(timeout_ms * 1000);
+  timeval tv{static_cast<time_t>(us / 1e6), static_cast<suseconds_t>(std::fmod(us, 1e6))};
+  if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
+    *failed = "setsockopt(SO_RCVTIMEO)";
+    return errno;
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+    *failed = "setsockopt(SO_SNDTIMEO)";
+    return errno;
+  }
+  return 0;
+}
+
+// connectUnix(path, timeoutMs) -> fd. A blocking AF_UNIX SOCK_STREAM socket (close-on-exec) with
+// both timeouts set, connected to `path` (shorter than sun_path, no NUL: checked by the caller).
+// The send timeout also bounds connect() itself (a full listen backlog fails with EAGAIN). EINTR
+// is retried (an interrupted AF_UNIX connect leaves the socket unconnected). On failure the socket
+// is closed and the errno thrown; on success the caller owns the fd.
+Napi::Value ConnectUnix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  const double timeout_ms = info[1].As<Napi::Number>().DoubleValue();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) ThrowErrno(env, "connect", ENAMETOOLONG);
+  std::memcpy(addr.sun_path, path.data(), path.size());
+
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, "socket", errno);
+  const char* failed = "connect";
+  int err = SetTimeouts(fd, timeout_ms, &failed);
+  if (err == 0) {
+    int rc;
+    do {
+      rc = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) err = errno;
+  }
+  if (err != 0) {
+    close(fd);
+    ThrowErrno(env, failed, err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// setSocketTimeout(fd, timeoutMs): SO_RCVTIMEO and SO_SNDTIMEO, as in connectUnix.
+Napi::Value SetSocketTimeout(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const char* failed = nullptr;
+  const int err = SetTimeouts(fd, info[1].As<Napi::Number>().DoubleValue(), &failed);
+  if (err != 0) ThrowErrno(info.Env(), failed, err);
+  return info.Env().Undefined();
+}
+
 // stats() -> { regions, bytes }: address ranges this process still has mapped through the addon.
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
@@ -383,6 +584,9 @@ Napi::Object Constants(Napi::Env env) {
 
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("pageSize", Napi::Number::New(env, static_cast<double>(PageSize())));
+  // Longest socket path connectUnix accepts, in bytes (sun_path minus its terminating NUL).
+  constants.Set("unixPathMax",
+                Napi::Number::New(env, static_cast<double>(sizeof(sockaddr_un::sun_path) - 1)));
   constants.Set("advice", advice);
   constants.Set("seals", seals);
   constants.Set("flags", flags);
@@ -402,6 +606,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
   exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
   exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
+  exports.Set("futexWait", Napi::Function::New(env, FutexWait, "futexWait"));
+  exports.Set("futexWake", Napi::Function::New(env, FutexWake, "futexWake"));
+  exports.Set("atomicLoad32", Napi::Function::New(env, AtomicLoad32, "atomicLoad32"));
+  exports.Set("atomicStore32", Napi::Function::New(env, AtomicStore32, "atomicStore32"));
+  exports.Set("atomicCompareExchange32",
+              Napi::Function::New(env, AtomicCompareExchange32, "atomicCompareExchange32"));
+  exports.Set("connectUnix", Napi::Function::New(env, ConnectUnix, "connectUnix"));
+  exports.Set("setSocketTimeout", Napi::Function::New(env, SetSocketTimeout, "setSocketTimeout"));
   return exports;
 }
 

@@ -5,7 +5,7 @@
  * @internal
  * @packageDocumentation
  */
-import { spawn, type StdioOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeSync, openSync, closeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
@@ -90,15 +90,25 @@ export interface ChildResult {
   readonly stderr: string;
 }
 
+/** A child started by {@link spawnChild}. */
+export interface SpawnedChild {
+  /** The child process (for its pid, stdin, and to kill it). */
+  readonly process: ChildProcess;
+  /** Resolves with the first line the child prints on stdout. */
+  readonly firstLine: Promise<string>;
+  /** Resolves when the child exits. */
+  readonly result: Promise<ChildResult>;
+}
+
 /**
- * Run `body` as an ES module in a new `node` process. `native` (the addon) and `args` (the
- * JSON-serialisable `args`) are in scope. Resolves when the child exits.
+ * Start `body` as an ES module in a new `node` process. `native` (the addon) and `args` (the
+ * JSON-serialisable `args`) are in scope. The child is killed after `timeoutMs` (default 30 s).
  */
-export function runChild(
+export function spawnChild(
   body: string,
   args: unknown,
   options: { stdio?: StdioOptions; timeoutMs?: number } = {},
-): Promise<ChildResult> {
+): SpawnedChild {
   const prelude =
     `import { createRequire } from 'node:module';\n` +
     `const native = createRequire(${JSON.stringify(ADDON)})(${JSON.stringify(ADDON)});\n` +
@@ -110,16 +120,48 @@ export function runChild(
   );
   let stdout = '';
   let stderr = '';
-  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  let lineSeen: (line: string) => void = () => undefined;
+  const firstLine = new Promise<string>((resolve) => (lineSeen = resolve));
+  child.stdout?.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    const newline = stdout.indexOf('\n');
+    if (newline >= 0) lineSeen(stdout.slice(0, newline));
+  });
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000);
-  return new Promise((resolve, reject) => {
+  const result = new Promise<ChildResult>((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
+      lineSeen(stdout);
       resolve({ code, stdout, stderr });
     });
   });
+  return { process: child, firstLine, result };
+}
+
+/**
+ * Run `body` as an ES module in a new `node` process. `native` (the addon) and `args` (the
+ * JSON-serialisable `args`) are in scope. Resolves when the child exits.
+ */
+export function runChild(
+  body: string,
+  args: unknown,
+  options: { stdio?: StdioOptions; timeoutMs?: number } = {},
+): Promise<ChildResult> {
+  return spawnChild(body, args, options).result;
+}
+
+/**
+ * True if thread `tid` of process `pid` (default: its main thread) is asleep in a futex wait,
+ * per `/proc/<pid>/task/<tid>/wchan` (e.g. `futex_do_wait`, `futex_wait_queue`).
+ */
+export function sleepsOnFutex(pid: number, tid: number = pid): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').includes('futex');
+  } catch {
+    return false;
+  }
 }
 
 /** Poll `ready()` every millisecond until it holds, or reject after `timeoutMs`. */
