@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 export { startMemstore, type MemstoreHandle } from './start.js';
-export { openMemstore, Memstore, type MemstoreInfo } from './memstore.js';
+export { openMemstore, Memstore, leaseArmsFileName, type MemstoreInfo } from './memstore.js';
 export {
   startLeaseChannel,
   LeaseSocketBusyError,
@@ -22,7 +22,7 @@ export {
   type MemstoreConfig,
   type MemstoreSettings,
 } from './config.js';
-export { MemstoreError, type MemstoreErrorCode } from './errors.js';
+export { MemstoreError, MEMSTORE_ERROR_CODES, type MemstoreErrorCode } from './errors.js';
 export { Catalog, CATALOG_FILE_NAME, type CatalogOpenInfo } from './catalog/catalog.js';
 export { SCHEMA_VERSION } from './catalog/schema.js';
 export type { RegionRow, RegionKind } from './catalog/rows.js';
@@ -36,7 +36,34 @@ export {
   parseRegionFileName,
 } from './regions/naming.js';
 export { PAGE_SIZE, parseByteSize, validateRegionSize } from './regions/size.js';
-export { LeaseManager, type LeaseValidation } from './leases/lease-manager.js';
+export {
+  LeaseManager,
+  DEFAULT_ARM_TTL_MS,
+  type ArmedTransfer,
+  type LeaseArmResolver,
+  type LeaseValidation,
+} from './leases/lease-manager.js';
+export {
+  LeaseArmsFile,
+  ARMS_MAGIC,
+  ARMS_LAYOUT_VERSION,
+  ARMS_HEADER_BYTES,
+  ARMS_SLOT_BYTES,
+  ARMS_SLOT_COUNT,
+  ARMS_FILE_BYTES,
+  ARMS_RECORD_MAX_BYTES,
+  ARM_FREE,
+  ARM_ARMED,
+  ARM_FLIPPED,
+  ARM_CANCELLED,
+  armWord,
+  armState,
+  armGeneration,
+  slotOffset as armSlotOffset,
+  type ArmRecord,
+  type ArmedSlot,
+  type LeftoverArm,
+} from './leases/arms.js';
 export type { Lease } from './leases/lease.js';
 export { Templates, type SealLease } from './templates/templates.js';
 export { MAX_CHUNK_BYTES } from './api/read-pages.js';

@@ -3,6 +3,7 @@ import { statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Catalog, CATALOG_FILE_NAME } from './catalog/catalog.js';
 import type { MemstoreSettings } from './config.js';
+import { LeaseArmsFile, type LeftoverArm } from './leases/arms.js';
 import { LeaseManager } from './leases/lease-manager.js';
 import { ensureDirectory } from './regions/directories.js';
 import { reconcile, type ReconcileReport } from './regions/reconcile.js';
@@ -46,15 +47,22 @@ export class Memstore {
     logger: Logger,
     /** True when the volatile directory is a tmpfs (decides how lease changes commit). */
     readonly volatileOnTmpfs = isTmpfs(settings.volatileDir),
+    /** The lease arms file (opened and reconciled by openMemstore); null: no arms. */
+    arms: LeaseArmsFile | null = null,
+    /** How long an arm may wait for its flip (tests shorten it). */
+    armTtlMs?: number,
+    now: () => number = Date.now,
   ) {
+    this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs, arms, armTtlMs }, now);
     this.regions = new RegionStore(
       catalog,
       settings,
       { maxRegionSize: settings.maxRegionSize, maxTotalSize: settings.maxTotalSize },
       logger,
+      now,
+      this.leases,
     );
-    this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs });
-    this.templates = new Templates(catalog, this.regions, logger);
+    this.templates = new Templates(catalog, this.regions, logger, now, this.leases);
   }
 
   /** GetInfo's answer. */
@@ -74,8 +82,12 @@ export class Memstore {
     return this.catalog.isOpen;
   }
 
-  /** Closes the catalog (releasing its lock). Idempotent. */
+  /**
+   * Closes the catalog (releasing its lock) and unmaps the arms file; outstanding arms stay in
+   * the file and are reconciled at the next start. Idempotent.
+   */
   close(): void {
+    this.leases.close();
     this.catalog.close();
   }
 }
@@ -84,7 +96,12 @@ export class Memstore {
  * Prepares the directories, opens the catalog and reconciles it.
  * Throws REGION_UNSAFE_DIRECTORY, CATALOG_LOCKED, CATALOG_INCOMPATIBLE, CATALOG_CORRUPT.
  */
-export function openMemstore(settings: MemstoreSettings, logger: Logger): Memstore {
+export function openMemstore(
+  settings: MemstoreSettings,
+  logger: Logger,
+  /** Test hooks: the arms' TTL and the clock. */
+  testing: { armTtlMs?: number; now?: () => number } = {},
+): Memstore {
   ensureDirectory(settings.stateDir, 'state directory (--state-dir)', { shared: false });
   ensureDirectory(settings.volatileDir, 'volatile directory (--volatile-dir)', { shared: true });
   ensureDirectory(settings.persistentDir, 'persistent directory (--persistent-dir)', {
@@ -111,9 +128,47 @@ export function openMemstore(settings: MemstoreSettings, logger: Logger): Memsto
       },
       'catalog open',
     );
-    return new Memstore(settings, catalog, report, logger, volatileOnTmpfs);
+    const { arms, leftovers } = openArms(
+      join(settings.volatileDir, leaseArmsFileName(catalog.catalogId)),
+      logger,
+    );
+    const memstore = new Memstore(
+      settings,
+      catalog,
+      report,
+      logger,
+      volatileOnTmpfs,
+      arms,
+      testing.armTtlMs,
+      testing.now,
+    );
+    memstore.leases.recoverArms(leftovers);
+    return memstore;
   } catch (err) {
     catalog.close();
     throw err;
+  }
+}
+
+/** Name of the lease arms file in the volatile directory (one per catalog, like region files). */
+export function leaseArmsFileName(catalogId: string): string {
+  return `lease-arms-${catalogId}`;
+}
+
+/** Opens (or creates) the arms file; on failure warns and serves without arms. */
+function openArms(
+  path: string,
+  logger: Logger,
+): { arms: LeaseArmsFile | null; leftovers: LeftoverArm[] } {
+  try {
+    const { file, leftovers } = LeaseArmsFile.open(path, logger);
+    return { arms: file, leftovers };
+  } catch (err) {
+    logger.warn(
+      { path, err },
+      'cannot create the lease arms file: ArmTransfer answers LEASE_ARM_UNSUPPORTED ' +
+        '(migrations use TransferLease)',
+    );
+    return { arms: null, leftovers: [] };
   }
 }

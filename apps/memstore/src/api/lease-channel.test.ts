@@ -10,10 +10,13 @@ import {
   renameSync,
   writeFileSync,
 } from 'node:fs';
+import { mapFile, type Mapping } from '@handoff/shm';
+import * as grpc from '@grpc/grpc-js';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LEASE_SOCKET_FILE_NAME, memstoreConfig, type MemstoreConfig } from '../config.js';
+import { leaseArmsFileName } from '../memstore.js';
 import { startMemstore, type MemstoreHandle } from '../start.js';
 import {
   byName,
@@ -129,7 +132,9 @@ describe('memstore lease channel', () => {
     const st = lstatSync(path);
     expect(st.isSocket()).toBe(true);
     expect(st.mode & 0o777).toBe(0o600);
-    expect(readdirSync(dirs.volatileDir)).toEqual([LEASE_SOCKET_FILE_NAME]);
+    expect(readdirSync(dirs.volatileDir).sort()).toEqual(
+      [leaseArmsFileName(handle.memstore.catalog.catalogId), LEASE_SOCKET_FILE_NAME].sort(),
+    );
   });
 
   it('on stop leaves alone a file that replaced its socket', async () => {
@@ -183,6 +188,111 @@ describe('memstore lease channel', () => {
       expect(back.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 3n });
       const { region } = await unaryCall(client, 'getRegion', { region: byName('ram') });
       expect(region?.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 3n });
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('answers ArmTransfer and ResolveTransfer exactly like gRPC; a flip by CAS moves the lease', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    await leasedRegion('disk', 'vmm-a/vm1');
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    const maps: Mapping<SharedArrayBuffer>[] = [];
+    try {
+      const armReq = {
+        region: byName('ram'),
+        fromHolder: 'vmm-a/vm1',
+        expectedEpoch: 1n,
+        toHolder: 'vmm-b/vm1',
+      };
+      const armedGrpc = await unaryCall(client, 'armTransfer', armReq);
+      expect(armedGrpc).toMatchObject({
+        armsPath: handle.memstore.leases.armsFile!.path,
+        epoch: 2n,
+      });
+      // Arming again (over the channel) voids the first arm; same slot, next generation.
+      const armed = await ch.call({ $case: 'armTransfer', value: armReq });
+      expect(armed.result?.$case).toBe('armTransfer');
+      const a = armed.result?.$case === 'armTransfer' ? armed.result.value : undefined;
+      expect(a).toEqual({
+        ...armedGrpc,
+        armedWord: armedGrpc.armedWord + 256,
+        flippedWord: armedGrpc.flippedWord + 256,
+      });
+
+      // The target's vCPU: one CAS on its own mapping.
+      const map = mapFile(a!.armsPath);
+      maps.push(map);
+      const words = new Int32Array(map.buffer);
+      const at = a!.slotOffset / 4;
+      expect(
+        Atomics.compareExchange(words, at, armedGrpc.armedWord, armedGrpc.flippedWord),
+      ).not.toBe(armedGrpc.armedWord);
+      expect(Atomics.compareExchange(words, at, a!.armedWord, a!.flippedWord)).toBe(a!.armedWord);
+
+      const resolveReq = { region: byName('ram') };
+      const resolved = await ch.call({ $case: 'resolveTransfer', value: resolveReq });
+      const resolvedGrpc = await unaryCall(client, 'resolveTransfer', resolveReq);
+      expect(resolved.result).toEqual({ $case: 'resolveTransfer', value: resolvedGrpc });
+      expect(resolvedGrpc.lease).toMatchObject({ holder: 'vmm-b/vm1', epoch: 2n });
+      expect(
+        (
+          await unaryCall(client, 'validateLease', {
+            region: byName('ram'),
+            holder: 'vmm-b/vm1',
+            epoch: 2n,
+          })
+        ).valid,
+      ).toBe(true);
+
+      // Errors: the same code and message on both paths.
+      for (const [req, code] of [
+        [armReq, 'LEASE_STALE_EPOCH'], // the lease moved on
+        [{ ...armReq, region: byName('disk'), fromHolder: 'vmm-x/vm1' }, 'LEASE_WRONG_HOLDER'],
+      ] as const) {
+        const viaChannel = await ch.call({ $case: 'armTransfer', value: req });
+        const viaGrpc = await failure<RemoteError>(unaryCall(client, 'armTransfer', req));
+        expect(viaGrpc.code).toBe(code);
+        const err = viaChannel.result?.$case === 'error' ? viaChannel.result.value : undefined;
+        expect(err?.code).toBe(code);
+        expect(`armTransfer: ${err!.message}`).toBe(viaGrpc.message);
+      }
+      const missing = await ch.call({
+        $case: 'resolveTransfer',
+        value: { region: byName('nope') },
+      });
+      expect(missing.result).toMatchObject({ $case: 'error', value: { code: 'REGION_NOT_FOUND' } });
+    } finally {
+      for (const x of maps) x.close();
+      ch.close();
+    }
+  });
+
+  it('ArmTransfer of a persistent region: LEASE_ARM_UNSUPPORTED (FAILED_PRECONDITION) on both paths', async () => {
+    await unaryCall(client, 'createRegion', {
+      name: 'disk',
+      size: 1n << 20n,
+      kind: pb.RegionKind.REGION_KIND_PERSISTENT,
+    });
+    await unaryCall(client, 'acquireLease', { region: byName('disk'), holder: 'vmm-a/vm1' });
+    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    try {
+      const req = {
+        region: byName('disk'),
+        fromHolder: 'vmm-a/vm1',
+        expectedEpoch: 1n,
+        toHolder: 'vmm-b/vm1',
+      };
+      const viaGrpc = await failure<RemoteError>(unaryCall(client, 'armTransfer', req));
+      expect(viaGrpc).toMatchObject({
+        code: 'LEASE_ARM_UNSUPPORTED',
+        status: grpc.status.FAILED_PRECONDITION,
+      });
+      const viaChannel = await ch.call({ $case: 'armTransfer', value: req });
+      expect(viaChannel.result).toMatchObject({
+        $case: 'error',
+        value: { code: 'LEASE_ARM_UNSUPPORTED' },
+      });
     } finally {
       ch.close();
     }
@@ -292,7 +402,9 @@ describe('memstore lease channel', () => {
       opened.push({ handle: off, client: c });
       expect(off.leaseChannel).toBeNull();
       expect((await unaryCall(c, 'getInfo', {})).leaseChannel).toBe('');
-      expect(readdirSync(other.volatileDir)).toEqual([]);
+      expect(readdirSync(other.volatileDir)).toEqual([
+        leaseArmsFileName(off.memstore.catalog.catalogId),
+      ]);
     } finally {
       for (const o of opened.splice(1)) {
         o.client.close();

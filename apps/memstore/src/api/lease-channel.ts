@@ -15,8 +15,8 @@ import type { Memstore } from '../memstore.js';
 import { guarded, leaseCalls } from './memstore-service.js';
 
 /**
- * The lease channel: a unix-socket side channel serving TransferLease, GetRegion and
- * ValidateLease without gRPC, for the vmms on this host (a migration's hand-off runs during the
+ * The lease channel: a unix-socket side channel serving TransferLease, GetRegion,
+ * ValidateLease, ArmTransfer and ResolveTransfer without gRPC, for the vmms on this host (a migration's hand-off runs during the
  * guest's downtime, where a gRPC round trip costs more than the whole budget). Frames are
  * {@link FramedSocket}'s (4-byte big-endian length + payload, at most
  * {@link LEASE_CHANNEL_MAX_FRAME_BYTES}); each request frame is one `LeaseChannelRequest`,
@@ -61,6 +61,8 @@ const METHOD_NAME: Record<Method, string> = {
   transferLease: 'TransferLease',
   getRegion: 'GetRegion',
   validateLease: 'ValidateLease',
+  armTransfer: 'ArmTransfer',
+  resolveTransfer: 'ResolveTransfer',
 };
 
 /**
@@ -188,12 +190,22 @@ async function dispatch(
         const value = await run(m, 'validateLease', () => leaseCalls.validateLease(m, call.value));
         return { id: req.id, result: { $case: 'validateLease', value } };
       }
+      case 'armTransfer': {
+        const value = await run(m, 'armTransfer', () => leaseCalls.armTransfer(m, call.value));
+        return { id: req.id, result: { $case: 'armTransfer', value } };
+      }
+      case 'resolveTransfer': {
+        const value = await run(m, 'resolveTransfer', () =>
+          leaseCalls.resolveTransfer(m, call.value),
+        );
+        return { id: req.id, result: { $case: 'resolveTransfer', value } };
+      }
       default:
         // A call this memstore does not know (a newer client) decodes as no call at all.
         throw new ServiceError(
           'SERVICE_UNIMPLEMENTED',
-          'this memstore serves only TransferLease, GetRegion and ValidateLease on its lease ' +
-            'channel; make other calls over gRPC',
+          'this memstore serves only TransferLease, GetRegion, ValidateLease, ArmTransfer and ' +
+            'ResolveTransfer on its lease channel; make other calls over gRPC',
         );
     }
   } catch (err) {

@@ -58,6 +58,26 @@ export const leaseCalls = {
     const v = m.leases.validate(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
     return { valid: v.valid, current: leaseToPb(v.current) };
   },
+
+  armTransfer: (m: Memstore, req: pb.ArmTransferRequest): pb.ArmTransferResponse => {
+    const a = m.leases.arm(
+      refFromPb(req.region),
+      req.fromHolder,
+      safeNumber(req.expectedEpoch, 'expected_epoch'),
+      req.toHolder,
+    );
+    return {
+      armsPath: a.armsPath,
+      slotOffset: a.slotOffset,
+      armedWord: a.armedWord,
+      flippedWord: a.flippedWord,
+      epoch: BigInt(a.epoch),
+    };
+  },
+
+  resolveTransfer: (m: Memstore, req: pb.ResolveTransferRequest): pb.ResolveTransferResponse => ({
+    lease: leaseToPb(m.leases.resolve(refFromPb(req.region))),
+  }),
 } as const;
 
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
@@ -110,6 +130,14 @@ export function memstoreService(deps: {
 
     validateLease: call('ValidateLease', (req: pb.ValidateLeaseRequest) =>
       leaseCalls.validateLease(m, req),
+    ),
+
+    armTransfer: call('ArmTransfer', (req: pb.ArmTransferRequest) =>
+      leaseCalls.armTransfer(m, req),
+    ),
+
+    resolveTransfer: call('ResolveTransfer', (req: pb.ResolveTransferRequest) =>
+      leaseCalls.resolveTransfer(m, req),
     ),
 
     sealTemplate: call('SealTemplate', async (req: pb.SealTemplateRequest) => {

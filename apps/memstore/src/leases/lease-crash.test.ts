@@ -1,6 +1,7 @@
 import { memstore as pb } from '@handoff/proto';
 import { createClient, RemoteError, unaryCall } from '@handoff/service';
 import type { ChildProcess } from 'node:child_process';
+import { mapFile } from '@handoff/shm';
 import { existsSync } from 'node:fs';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FAILPOINT_VARIABLE } from '../failpoints.js';
@@ -161,5 +162,40 @@ describe.skipIf(!built)(
         }
       },
     );
+
+    it('a transfer armed over gRPC and flipped in the arms file survives kill -9 before any resolve', async () => {
+      proc = await start();
+      const region = byName('ram');
+      await unaryCall(proc.client, 'createRegion', {
+        name: 'ram',
+        size: 1n << 20n,
+        kind: pb.RegionKind.REGION_KIND_VOLATILE,
+      });
+      await unaryCall(proc.client, 'acquireLease', { region, holder: HOLDERS[0] });
+      const armed = await unaryCall(proc.client, 'armTransfer', {
+        region,
+        fromHolder: HOLDERS[0],
+        expectedEpoch: 1n,
+        toHolder: HOLDERS[1],
+      });
+      // The target's CAS, from this (another) process.
+      const map = mapFile(armed.armsPath);
+      try {
+        const words = new Int32Array(map.buffer);
+        const at = armed.slotOffset / 4;
+        expect(Atomics.compareExchange(words, at, armed.armedWord, armed.flippedWord)).toBe(
+          armed.armedWord,
+        );
+      } finally {
+        map.close();
+      }
+      await proc.kill9();
+      expect(proc.child.signalCode).toBe('SIGKILL');
+
+      proc = await start();
+      const { region: after } = await unaryCall(proc.client, 'getRegion', { region });
+      expect(after?.lease).toMatchObject({ holder: HOLDERS[1], epoch: 2n });
+      expect(proc.output()).toContain('lease transferred');
+    });
   },
 );

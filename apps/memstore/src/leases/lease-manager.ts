@@ -6,8 +6,51 @@ import { failpoint } from '../failpoints.js';
 import { validateHolder } from '../regions/naming.js';
 import type { RegionRef } from '../regions/region.js';
 import { findRegion } from '../regions/resolve.js';
+import {
+  ARM_FLIPPED,
+  LeaseArmsFile,
+  type ArmedSlot,
+  type ArmRecord,
+  type LeftoverArm,
+} from './arms.js';
 import { describeLease, leaseOf, type Lease } from './lease.js';
 import { assertLeasable, assertLeaseIs } from './lease-rules.js';
+
+/** How long an arm may wait for its flip before a timer resolves (cancels) it. */
+export const DEFAULT_ARM_TTL_MS = 60_000;
+
+/** Where an armed transfer's slot is: what ArmTransfer answers. */
+export interface ArmedTransfer {
+  /** Absolute path of the arms file. */
+  readonly armsPath: string;
+  /** Byte offset of the slot's int32 word. */
+  readonly slotOffset: number;
+  /** The word to compare-and-set from (ARMED) and to (FLIPPED). */
+  readonly armedWord: number;
+  readonly flippedWord: number;
+  /** The lease epoch after a flip (expected + 1). */
+  readonly epoch: number;
+}
+
+/**
+ * What the other owners of a region's lease state (RegionStore: get, delete, list; Templates:
+ * seal) call first, so they never act on a lease an arm may have moved.
+ */
+export interface LeaseArmResolver {
+  /** Resolves the arm of the region `ref` names, if any (commits a flip, cancels an arm). */
+  resolveArmOf(ref: RegionRef): void;
+  /** Commits the region's arm if it flipped; one still armed stays armed (a read decides nothing). */
+  commitFlippedArmOf(ref: RegionRef): void;
+  /** Commits every flipped arm (leaves arms still armed alone): for reads of many regions. */
+  commitFlippedArms(): void;
+}
+
+/** A resolver for when there are no arms. */
+export const NO_ARMS: LeaseArmResolver = {
+  resolveArmOf: () => undefined,
+  commitFlippedArmOf: () => undefined,
+  commitFlippedArms: () => undefined,
+};
 
 /** Result of ValidateLease: never throws for a mismatch, reports the current lease instead. */
 export interface LeaseValidation {
@@ -30,16 +73,44 @@ export interface LeaseValidation {
  * regions, and volatile ones on a directory that is not tmpfs, commit as
  * 'power-loss' (fsync). See the README's "Catalog" section.
  */
-export class LeaseManager {
+export class LeaseManager implements LeaseArmResolver {
+  /** Armed transfers by region id (at most one per region). */
+  private readonly armed = new Map<string, ArmedSlot>();
+  private readonly armTtlMs: number;
+  private readonly timer: NodeJS.Timeout | undefined;
+
   constructor(
     private readonly catalog: Catalog,
     private readonly logger: Logger,
     private readonly opts: {
       /** True when the volatile directory is a tmpfs (its files die with the OS). */
       readonly volatileOnTmpfs: boolean;
+      /** The lease arms file; null/absent: ArmTransfer is LEASE_ARM_UNSUPPORTED. */
+      readonly arms?: LeaseArmsFile | null;
+      /** Arms older than this are resolved by a timer (default {@link DEFAULT_ARM_TTL_MS}). */
+      readonly armTtlMs?: number;
     },
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.armTtlMs = opts.armTtlMs ?? DEFAULT_ARM_TTL_MS;
+    if (opts.arms) {
+      this.timer = setInterval(
+        () => this.resolveExpiredArms(),
+        Math.max(10, Math.min(5_000, this.armTtlMs / 2)),
+      );
+      this.timer.unref();
+    }
+  }
+
+  /** The arms file, when arms are served. */
+  get armsFile(): LeaseArmsFile | undefined {
+    return this.opts.arms ?? undefined;
+  }
+
+  /** Arms currently outstanding (tests, logs). */
+  get armedCount(): number {
+    return this.armed.size;
+  }
 
   /** What a lease change on this region must survive (see the class comment). */
   durabilityOf(row: Pick<RegionRow, 'kind'>): CommitDurability {
@@ -52,7 +123,7 @@ export class LeaseManager {
     // Everything from this read to the commit is synchronous on the one
     // connection that may write the catalog, so the row read here is the
     // row the transaction sees; it also tells the durability (kind).
-    const row = findRegion(this.catalog, ref);
+    const row = this.current(ref);
     const lease = this.catalog.transaction(() => {
       assertLeasable(row, 'lease');
       const updated = this.catalog.acquireLease(row.id, holder, this.now());
@@ -82,7 +153,7 @@ export class LeaseManager {
   transfer(ref: RegionRef, fromHolder: string, expectedEpoch: number, toHolder: string): Lease {
     validateHolder(fromHolder, 'from_holder');
     validateHolder(toHolder, 'to_holder');
-    const row = findRegion(this.catalog, ref); // see acquire()
+    const row = this.current(ref); // see acquire()
     const lease = this.catalog.transaction(() => {
       assertLeasable(row, 'transfer the lease of');
       const updated = this.catalog.transferLease(
@@ -97,10 +168,16 @@ export class LeaseManager {
         throw new Error(`internal: lease transfer of ${row.id} matched no row`);
       }
       const moved = leaseOf(updated)!;
-      this.logger.info(
-        { region: row.id, name: row.name, from: fromHolder, to: toHolder, epoch: moved.epoch },
-        'lease transferred',
-      );
+      // Written after the answer went out: a log line costs ~0.2 ms, and a migration's guest
+      // waits for this answer (the line is lost only if the process dies within that turn).
+      const fields = {
+        region: row.id,
+        name: row.name,
+        from: fromHolder,
+        to: toHolder,
+        epoch: moved.epoch,
+      };
+      setImmediate(() => this.logger.info(fields, 'lease transferred'));
       return moved;
     }, this.durabilityOf(row));
     failpoint('lease-after-commit');
@@ -110,7 +187,7 @@ export class LeaseManager {
   /** Gives the lease up; the epoch is kept so the next grant is epoch + 1. */
   release(ref: RegionRef, holder: string, epoch: number): void {
     validateHolder(holder);
-    const row = findRegion(this.catalog, ref); // see acquire()
+    const row = this.current(ref); // see acquire()
     this.catalog.transaction(() => {
       if (!this.catalog.releaseLease(row.id, holder, epoch)) {
         assertLeaseIs(row, holder, epoch, 'release the lease of');
@@ -123,7 +200,11 @@ export class LeaseManager {
 
   /** True when `holder` holds the region's lease at exactly `epoch`. */
   validate(ref: RegionRef, holder: string, epoch: number): LeaseValidation {
-    const row = findRegion(this.catalog, ref);
+    // Only a "yes" to the arm's source decides anything (it may run on): that question voids
+    // the arm; anyone else's is answered from what is committed (a flip first).
+    const arm = this.armed.get(findRegion(this.catalog, ref).id);
+    const decides = arm !== undefined && arm.record.fromHolder === holder;
+    const row = decides ? this.current(ref) : this.observed(ref);
     const current = leaseOf(row);
     const valid =
       current !== undefined &&
@@ -131,5 +212,230 @@ export class LeaseManager {
       current.holder === holder &&
       current.epoch === epoch;
     return { valid, current };
+  }
+
+  /**
+   * Arms a transfer from (fromHolder, expectedEpoch) to `toHolder`: the same checks as
+   * {@link transfer} (LEASE_STALE_EPOCH / LEASE_NOT_HELD / LEASE_WRONG_HOLDER, REGION_SEALED,
+   * REGION_LOST), then a slot of the arms file records it, ARMED. Whoever then CASes the slot's
+   * word ARMED → FLIPPED has moved the lease to (toHolder, expectedEpoch + 1) at that instant;
+   * memstore resolves the arm before any later lease operation on the region. A region already
+   * armed is resolved first. LEASE_ARM_UNSUPPORTED unless the region's lease changes commit at
+   * 'process-crash' durability (volatile on tmpfs) and the arms file exists; LEASE_ARMS_FULL
+   * when every slot is in use.
+   */
+  arm(ref: RegionRef, fromHolder: string, expectedEpoch: number, toHolder: string): ArmedTransfer {
+    validateHolder(fromHolder, 'from_holder');
+    validateHolder(toHolder, 'to_holder');
+    const row = this.current(ref);
+    assertLeasable(row, 'transfer the lease of');
+    assertLeaseIs(row, fromHolder, expectedEpoch, 'transfer the lease of');
+    const arms = this.opts.arms;
+    if (!arms) {
+      throw new MemstoreError(
+        'LEASE_ARM_UNSUPPORTED',
+        `cannot arm a transfer of region "${row.name}": this memstore has no lease arms file ` +
+          '(it could not be created at start); use TransferLease',
+      );
+    }
+    if (this.durabilityOf(row) !== 'process-crash') {
+      throw new MemstoreError(
+        'LEASE_ARM_UNSUPPORTED',
+        `cannot arm a transfer of region "${row.name}": only volatile regions on tmpfs move their ` +
+          'lease through the arms file (this one must be fsynced); use TransferLease',
+      );
+    }
+    const record: ArmRecord = { regionId: row.id, fromHolder, toHolder, epoch: expectedEpoch };
+    const encoded = LeaseArmsFile.encode(record);
+    if (encoded === undefined) {
+      throw new MemstoreError(
+        'LEASE_ARM_UNSUPPORTED',
+        `cannot arm a transfer of region "${row.name}": the holder names are too long for an ` +
+          'arm slot; use TransferLease',
+      );
+    }
+    const slot = arms.arm(record, encoded, this.now());
+    this.armed.set(row.id, slot);
+    this.logger.info(
+      {
+        region: row.id,
+        name: row.name,
+        from: fromHolder,
+        to: toHolder,
+        epoch: expectedEpoch + 1,
+        slot: slot.slot,
+      },
+      'lease transfer armed',
+    );
+    return {
+      armsPath: arms.path,
+      slotOffset: slot.offset,
+      armedWord: slot.armedWord,
+      flippedWord: slot.flippedWord,
+      epoch: expectedEpoch + 1,
+    };
+  }
+
+  /**
+   * Resolves the region's arm, if any (a flip is committed, an arm still armed is cancelled)
+   * and returns its lease (undefined when unleased).
+   */
+  resolve(ref: RegionRef): Lease | undefined {
+    return leaseOf(this.current(ref));
+  }
+
+  /** {@link LeaseArmResolver.resolveArmOf}. */
+  resolveArmOf(ref: RegionRef): void {
+    if (this.armed.size === 0) return;
+    this.current(ref);
+  }
+
+  /** {@link LeaseArmResolver.commitFlippedArmOf}. */
+  commitFlippedArmOf(ref: RegionRef): void {
+    if (this.armed.size === 0) return;
+    this.observed(ref);
+  }
+
+  /** {@link LeaseArmResolver.commitFlippedArms}. */
+  commitFlippedArms(): void {
+    const arms = this.opts.arms;
+    if (!arms) return;
+    for (const [id, slot] of this.armed) {
+      if ((arms.peek(slot) & 0xff) === ARM_FLIPPED) this.settle(id);
+    }
+  }
+
+  /** Resolves the arms older than the TTL (the timer runs it; tests call it). */
+  resolveExpiredArms(): void {
+    if (!this.catalog.isOpen) return;
+    const now = this.now();
+    for (const [id, slot] of [...this.armed]) {
+      if (now - slot.armedAt < this.armTtlMs) continue;
+      try {
+        const outcome = this.settle(id);
+        this.logger.info({ region: id, outcome }, 'lease arm expired and resolved');
+      } catch (err) {
+        this.logger.warn(
+          { region: id, err },
+          'resolving an expired lease arm failed; retried later',
+        );
+      }
+    }
+  }
+
+  /**
+   * Start-up: commits the transfers of slots found FLIPPED (if the catalog still shows the
+   * lease at (fromHolder, epoch)), drops the others, then frees every slot. Never throws for a
+   * bad record.
+   */
+  recoverArms(leftovers: readonly LeftoverArm[]): void {
+    const arms = this.opts.arms;
+    if (!arms) return;
+    for (const l of leftovers) {
+      if (l.outcome === 'cancelled') {
+        if (l.record !== undefined) {
+          this.logger.info(
+            { region: l.record.regionId, slot: l.slot },
+            'lease arm left armed at start: cancelled',
+          );
+        }
+        continue;
+      }
+      if (l.record === undefined) continue; // warned by the file
+      try {
+        this.commitFlip(l.record, 'start-up');
+      } catch (err) {
+        this.logger.warn(
+          { slot: l.slot, record: l.record, err },
+          'lease arms file: could not commit a flipped arm; dropped',
+        );
+      }
+    }
+    arms.freeLeftovers(leftovers);
+  }
+
+  /** Stops the TTL timer and unmaps the arms file (outstanding arms stay in it). Idempotent. */
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.opts.arms?.close();
+  }
+
+  /** The region's row after resolving its arm, if it has one. */
+  /** The region's row with a flipped arm committed; an arm still armed is left as it is. */
+  private observed(ref: RegionRef): RegionRow {
+    const row = findRegion(this.catalog, ref);
+    const slot = this.armed.get(row.id);
+    if (slot === undefined || (this.opts.arms!.peek(slot) & 0xff) !== ARM_FLIPPED) return row;
+    this.settle(row.id);
+    return findRegion(this.catalog, { id: row.id });
+  }
+
+  private current(ref: RegionRef): RegionRow {
+    const row = findRegion(this.catalog, ref);
+    if (!this.armed.has(row.id)) return row;
+    this.settle(row.id);
+    return findRegion(this.catalog, { id: row.id });
+  }
+
+  /**
+   * Decides region `id`'s arm by CAS and frees its slot: a flip is committed first (if that
+   * commit fails the slot stays FLIPPED and in use, so the next call retries it).
+   */
+  private settle(id: string): 'flipped' | 'cancelled' | 'garbled' {
+    const slot = this.armed.get(id)!;
+    const arms = this.opts.arms!;
+    const outcome = arms.decide(slot);
+    if (outcome === 'flipped') {
+      this.commitFlip(slot.record, 'flip');
+    } else {
+      this.logger.info(
+        { region: id, from: slot.record.fromHolder, to: slot.record.toHolder, outcome },
+        'lease arm cancelled',
+      );
+    }
+    this.armed.delete(id);
+    arms.release(slot.slot);
+    return outcome;
+  }
+
+  /** Commits a flipped arm's transfer to the catalog, as TransferLease would have. */
+  private commitFlip(record: ArmRecord, via: 'flip' | 'start-up'): void {
+    const { regionId, fromHolder, toHolder, epoch } = record;
+    const row = this.catalog.getById(regionId);
+    if (row === undefined) {
+      this.logger.warn({ region: regionId, via }, 'flipped lease arm names no region; dropped');
+      return;
+    }
+    if (row.leaseHolder === toHolder && row.leaseEpoch === epoch + 1) return; // committed already
+    const moved = this.catalog.transaction(
+      () => this.catalog.transferLease(row.id, fromHolder, epoch, toHolder, this.now()),
+      this.durabilityOf(row),
+    );
+    if (moved === undefined) {
+      this.logger.warn(
+        {
+          region: row.id,
+          name: row.name,
+          from: fromHolder,
+          to: toHolder,
+          epoch,
+          lease: describeLease(row),
+          via,
+        },
+        'flipped lease arm does not match the catalog lease; dropped',
+      );
+      return;
+    }
+    this.logger.info(
+      {
+        region: row.id,
+        name: row.name,
+        from: fromHolder,
+        to: toHolder,
+        epoch: moved.leaseEpoch,
+        via,
+      },
+      'lease transferred',
+    );
   }
 }

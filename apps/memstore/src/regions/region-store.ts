@@ -10,6 +10,7 @@ import type { RegionDirectories } from './directories.js';
 import { availableBytes, createRegionFile, removeRegionFile, statRegionFile } from './files.js';
 import { regionFileName, validateRegionName } from './naming.js';
 import { regionView, type Region, type RegionRef } from './region.js';
+import { NO_ARMS, type LeaseArmResolver } from '../leases/lease-manager.js';
 import { findRegion } from './resolve.js';
 import { formatBytes, validateRegionSize } from './size.js';
 
@@ -47,6 +48,8 @@ export class RegionStore {
     private readonly limits: RegionLimits,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    /** Resolves lease arms before the lease is read or the region deleted. */
+    private readonly arms: LeaseArmResolver = NO_ARMS,
   ) {}
 
   /** Creates a zero-filled region. REGION_INVALID_NAME/SIZE, REGION_ALREADY_EXISTS, REGION_LIMIT_EXCEEDED, REGION_NO_SPACE. */
@@ -104,6 +107,8 @@ export class RegionStore {
 
   /** The region a reference names. REGION_NOT_FOUND. */
   get(ref: RegionRef): Region {
+    // A flip is committed; an arm still armed is left alone (looking decides nothing).
+    this.arms.commitFlippedArmOf(ref);
     const row = findRegion(this.catalog, ref);
     return this.view(
       row,
@@ -113,6 +118,8 @@ export class RegionStore {
 
   /** Every region (optionally of one kind), oldest first. */
   list(kind?: RegionKind): Region[] {
+    // Flipped arms are committed; an arm still armed is left alone (a listing decides nothing).
+    this.arms.commitFlippedArms();
     const holders = new Map<string, string[]>();
     for (const c of this.catalog.allClones()) {
       const list = holders.get(c.templateId);
@@ -127,6 +134,7 @@ export class RegionStore {
    * clones are attached (REGION_IN_USE).
    */
   delete(ref: RegionRef): void {
+    this.arms.resolveArmOf(ref);
     const row = this.catalog.transaction(() => {
       const r = findRegion(this.catalog, ref);
       if (r.leaseHolder !== null) {

@@ -8,6 +8,7 @@ import { REGION_FILE_MODE, SEALED_FILE_MODE, setFileMode, syncFileData } from '.
 import { validateHolder } from '../regions/naming.js';
 import type { Region, RegionRef } from '../regions/region.js';
 import type { RegionStore } from '../regions/region-store.js';
+import { NO_ARMS, type LeaseArmResolver } from '../leases/lease-manager.js';
 import { findRegion } from '../regions/resolve.js';
 
 /** The lease a sealing caller presents; undefined for an unleased region. */
@@ -29,6 +30,8 @@ export class Templates {
     private readonly regions: RegionStore,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    /** Resolves lease arms before a seal reads (and releases) the lease. */
+    private readonly arms: LeaseArmResolver = NO_ARMS,
   ) {}
 
   /**
@@ -40,6 +43,7 @@ export class Templates {
    */
   async seal(ref: RegionRef, lease: SealLease | undefined): Promise<Region> {
     if (lease !== undefined) validateHolder(lease.holder);
+    this.arms.resolveArmOf(ref);
     const first = findRegion(this.catalog, ref);
     this.checkSealable(first, lease);
     // Flushing can take long for a large persistent file: do it off the event

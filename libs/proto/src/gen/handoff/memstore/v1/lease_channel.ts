@@ -7,8 +7,12 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
+  ArmTransferRequest,
+  ArmTransferResponse,
   GetRegionRequest,
   GetRegionResponse,
+  ResolveTransferRequest,
+  ResolveTransferResponse,
   TransferLeaseRequest,
   TransferLeaseResponse,
   ValidateLeaseRequest,
@@ -25,10 +29,13 @@ export const protobufFileName = "handoff/memstore/v1/lease_channel.proto";
  */
 export interface LeaseChannelRequest {
   id: bigint;
-  call: { $case: "transferLease"; value: TransferLeaseRequest } | { $case: "getRegion"; value: GetRegionRequest } | {
-    $case: "validateLease";
-    value: ValidateLeaseRequest;
-  } | undefined;
+  call:
+    | { $case: "transferLease"; value: TransferLeaseRequest }
+    | { $case: "getRegion"; value: GetRegionRequest }
+    | { $case: "validateLease"; value: ValidateLeaseRequest }
+    | { $case: "armTransfer"; value: ArmTransferRequest }
+    | { $case: "resolveTransfer"; value: ResolveTransferRequest }
+    | undefined;
 }
 
 /** The answer to the request with the same `id`: the method's response, or an error. */
@@ -39,6 +46,8 @@ export interface LeaseChannelResponse {
     | { $case: "getRegion"; value: GetRegionResponse }
     | { $case: "validateLease"; value: ValidateLeaseResponse }
     | { $case: "error"; value: LeaseChannelError }
+    | { $case: "armTransfer"; value: ArmTransferResponse }
+    | { $case: "resolveTransfer"; value: ResolveTransferResponse }
     | undefined;
 }
 
@@ -74,6 +83,12 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         break;
       case "validateLease":
         ValidateLeaseRequest.encode(message.call.value, writer.uint32(34).fork()).join();
+        break;
+      case "armTransfer":
+        ArmTransferRequest.encode(message.call.value, writer.uint32(42).fork()).join();
+        break;
+      case "resolveTransfer":
+        ResolveTransferRequest.encode(message.call.value, writer.uint32(50).fork()).join();
         break;
     }
     return writer;
@@ -124,6 +139,22 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
             message.call = { $case: "validateLease", value: ValidateLeaseRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.call = { $case: "armTransfer", value: ArmTransferRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.call = { $case: "resolveTransfer", value: ResolveTransferRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -151,6 +182,14 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         ? { $case: "validateLease", value: ValidateLeaseRequest.fromJSON(object.validateLease) }
         : isSet(object.validate_lease)
         ? { $case: "validateLease", value: ValidateLeaseRequest.fromJSON(object.validate_lease) }
+        : isSet(object.armTransfer)
+        ? { $case: "armTransfer", value: ArmTransferRequest.fromJSON(object.armTransfer) }
+        : isSet(object.arm_transfer)
+        ? { $case: "armTransfer", value: ArmTransferRequest.fromJSON(object.arm_transfer) }
+        : isSet(object.resolveTransfer)
+        ? { $case: "resolveTransfer", value: ResolveTransferRequest.fromJSON(object.resolveTransfer) }
+        : isSet(object.resolve_transfer)
+        ? { $case: "resolveTransfer", value: ResolveTransferRequest.fromJSON(object.resolve_transfer) }
         : undefined,
     };
   },
@@ -166,6 +205,10 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
       obj.getRegion = GetRegionRequest.toJSON(message.call.value);
     } else if (message.call?.$case === "validateLease") {
       obj.validateLease = ValidateLeaseRequest.toJSON(message.call.value);
+    } else if (message.call?.$case === "armTransfer") {
+      obj.armTransfer = ArmTransferRequest.toJSON(message.call.value);
+    } else if (message.call?.$case === "resolveTransfer") {
+      obj.resolveTransfer = ResolveTransferRequest.toJSON(message.call.value);
     }
     return obj;
   },
@@ -192,6 +235,18 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
       case "validateLease": {
         if (object.call?.value !== undefined && object.call?.value !== null) {
           message.call = { $case: "validateLease", value: ValidateLeaseRequest.fromPartial(object.call.value) };
+        }
+        break;
+      }
+      case "armTransfer": {
+        if (object.call?.value !== undefined && object.call?.value !== null) {
+          message.call = { $case: "armTransfer", value: ArmTransferRequest.fromPartial(object.call.value) };
+        }
+        break;
+      }
+      case "resolveTransfer": {
+        if (object.call?.value !== undefined && object.call?.value !== null) {
+          message.call = { $case: "resolveTransfer", value: ResolveTransferRequest.fromPartial(object.call.value) };
         }
         break;
       }
@@ -224,6 +279,12 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         break;
       case "error":
         LeaseChannelError.encode(message.result.value, writer.uint32(42).fork()).join();
+        break;
+      case "armTransfer":
+        ArmTransferResponse.encode(message.result.value, writer.uint32(50).fork()).join();
+        break;
+      case "resolveTransfer":
+        ResolveTransferResponse.encode(message.result.value, writer.uint32(58).fork()).join();
         break;
     }
     return writer;
@@ -282,6 +343,25 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
             message.result = { $case: "error", value: LeaseChannelError.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.result = { $case: "armTransfer", value: ArmTransferResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.result = {
+              $case: "resolveTransfer",
+              value: ResolveTransferResponse.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -311,6 +391,14 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         ? { $case: "validateLease", value: ValidateLeaseResponse.fromJSON(object.validate_lease) }
         : isSet(object.error)
         ? { $case: "error", value: LeaseChannelError.fromJSON(object.error) }
+        : isSet(object.armTransfer)
+        ? { $case: "armTransfer", value: ArmTransferResponse.fromJSON(object.armTransfer) }
+        : isSet(object.arm_transfer)
+        ? { $case: "armTransfer", value: ArmTransferResponse.fromJSON(object.arm_transfer) }
+        : isSet(object.resolveTransfer)
+        ? { $case: "resolveTransfer", value: ResolveTransferResponse.fromJSON(object.resolveTransfer) }
+        : isSet(object.resolve_transfer)
+        ? { $case: "resolveTransfer", value: ResolveTransferResponse.fromJSON(object.resolve_transfer) }
         : undefined,
     };
   },
@@ -328,6 +416,10 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
       obj.validateLease = ValidateLeaseResponse.toJSON(message.result.value);
     } else if (message.result?.$case === "error") {
       obj.error = LeaseChannelError.toJSON(message.result.value);
+    } else if (message.result?.$case === "armTransfer") {
+      obj.armTransfer = ArmTransferResponse.toJSON(message.result.value);
+    } else if (message.result?.$case === "resolveTransfer") {
+      obj.resolveTransfer = ResolveTransferResponse.toJSON(message.result.value);
     }
     return obj;
   },
@@ -360,6 +452,21 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
       case "error": {
         if (object.result?.value !== undefined && object.result?.value !== null) {
           message.result = { $case: "error", value: LeaseChannelError.fromPartial(object.result.value) };
+        }
+        break;
+      }
+      case "armTransfer": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "armTransfer", value: ArmTransferResponse.fromPartial(object.result.value) };
+        }
+        break;
+      }
+      case "resolveTransfer": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = {
+            $case: "resolveTransfer",
+            value: ResolveTransferResponse.fromPartial(object.result.value),
+          };
         }
         break;
       }

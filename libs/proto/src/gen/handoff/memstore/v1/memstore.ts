@@ -254,6 +254,40 @@ export interface ValidateLeaseResponse {
   current: Lease | undefined;
 }
 
+export interface ArmTransferRequest {
+  region:
+    | RegionSelector
+    | undefined;
+  /** The holder and epoch the caller believes current, as in TransferLease. */
+  fromHolder: string;
+  expectedEpoch: bigint;
+  toHolder: string;
+}
+
+export interface ArmTransferResponse {
+  /** Absolute path of the arms file (tmpfs, same host only); map it shared. */
+  armsPath: string;
+  /** Byte offset of the slot's int32 word in the arms file (a multiple of 4). */
+  slotOffset: number;
+  /**
+   * The exact int32 values to compare-and-set the word from and to: succeeding moves the lease
+   * to (to_holder, epoch); failing means memstore resolved the arm first (it is void).
+   */
+  armedWord: number;
+  flippedWord: number;
+  /** The lease epoch after a flip (expected_epoch + 1). */
+  epoch: bigint;
+}
+
+export interface ResolveTransferRequest {
+  region: RegionSelector | undefined;
+}
+
+export interface ResolveTransferResponse {
+  /** The region's lease after resolving; unset when nobody holds it. */
+  lease: Lease | undefined;
+}
+
 export interface SealTemplateRequest {
   region:
     | RegionSelector
@@ -2374,6 +2408,430 @@ export const ValidateLeaseResponse: MessageFns<ValidateLeaseResponse> = {
   },
 };
 
+function createBaseArmTransferRequest(): ArmTransferRequest {
+  return { region: undefined, fromHolder: "", expectedEpoch: 0n, toHolder: "" };
+}
+
+export const ArmTransferRequest: MessageFns<ArmTransferRequest> = {
+  encode(message: ArmTransferRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    if (message.fromHolder !== "") {
+      writer.uint32(18).string(message.fromHolder);
+    }
+    if (message.expectedEpoch !== 0n) {
+      if (BigInt.asUintN(64, message.expectedEpoch) !== message.expectedEpoch) {
+        throw new globalThis.Error("value provided for field message.expectedEpoch of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.expectedEpoch);
+    }
+    if (message.toHolder !== "") {
+      writer.uint32(34).string(message.toHolder);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ArmTransferRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseArmTransferRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromHolder = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expectedEpoch = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toHolder = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ArmTransferRequest {
+    return {
+      region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined,
+      fromHolder: isSet(object.fromHolder)
+        ? globalThis.String(object.fromHolder)
+        : isSet(object.from_holder)
+        ? globalThis.String(object.from_holder)
+        : "",
+      expectedEpoch: isSet(object.expectedEpoch)
+        ? BigInt(object.expectedEpoch)
+        : isSet(object.expected_epoch)
+        ? BigInt(object.expected_epoch)
+        : 0n,
+      toHolder: isSet(object.toHolder)
+        ? globalThis.String(object.toHolder)
+        : isSet(object.to_holder)
+        ? globalThis.String(object.to_holder)
+        : "",
+    };
+  },
+
+  toJSON(message: ArmTransferRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    if (message.fromHolder !== "") {
+      obj.fromHolder = message.fromHolder;
+    }
+    if (message.expectedEpoch !== 0n) {
+      obj.expectedEpoch = message.expectedEpoch.toString();
+    }
+    if (message.toHolder !== "") {
+      obj.toHolder = message.toHolder;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ArmTransferRequest>, I>>(base?: I): ArmTransferRequest {
+    return ArmTransferRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ArmTransferRequest>, I>>(object: I): ArmTransferRequest {
+    const message = createBaseArmTransferRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    message.fromHolder = object.fromHolder ?? "";
+    message.expectedEpoch = (object.expectedEpoch !== undefined && object.expectedEpoch !== null)
+      ? BigInt(object.expectedEpoch)
+      : 0n;
+    message.toHolder = object.toHolder ?? "";
+    return message;
+  },
+};
+
+function createBaseArmTransferResponse(): ArmTransferResponse {
+  return { armsPath: "", slotOffset: 0, armedWord: 0, flippedWord: 0, epoch: 0n };
+}
+
+export const ArmTransferResponse: MessageFns<ArmTransferResponse> = {
+  encode(message: ArmTransferResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.armsPath !== "") {
+      writer.uint32(10).string(message.armsPath);
+    }
+    if (message.slotOffset !== 0) {
+      writer.uint32(16).uint32(message.slotOffset);
+    }
+    if (message.armedWord !== 0) {
+      writer.uint32(24).int32(message.armedWord);
+    }
+    if (message.flippedWord !== 0) {
+      writer.uint32(32).int32(message.flippedWord);
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ArmTransferResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseArmTransferResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.armsPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.slotOffset = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.armedWord = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.flippedWord = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ArmTransferResponse {
+    return {
+      armsPath: isSet(object.armsPath)
+        ? globalThis.String(object.armsPath)
+        : isSet(object.arms_path)
+        ? globalThis.String(object.arms_path)
+        : "",
+      slotOffset: isSet(object.slotOffset)
+        ? globalThis.Number(object.slotOffset)
+        : isSet(object.slot_offset)
+        ? globalThis.Number(object.slot_offset)
+        : 0,
+      armedWord: isSet(object.armedWord)
+        ? globalThis.Number(object.armedWord)
+        : isSet(object.armed_word)
+        ? globalThis.Number(object.armed_word)
+        : 0,
+      flippedWord: isSet(object.flippedWord)
+        ? globalThis.Number(object.flippedWord)
+        : isSet(object.flipped_word)
+        ? globalThis.Number(object.flipped_word)
+        : 0,
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+    };
+  },
+
+  toJSON(message: ArmTransferResponse): unknown {
+    const obj: any = {};
+    if (message.armsPath !== "") {
+      obj.armsPath = message.armsPath;
+    }
+    if (message.slotOffset !== 0) {
+      obj.slotOffset = Math.round(message.slotOffset);
+    }
+    if (message.armedWord !== 0) {
+      obj.armedWord = Math.round(message.armedWord);
+    }
+    if (message.flippedWord !== 0) {
+      obj.flippedWord = Math.round(message.flippedWord);
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ArmTransferResponse>, I>>(base?: I): ArmTransferResponse {
+    return ArmTransferResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ArmTransferResponse>, I>>(object: I): ArmTransferResponse {
+    const message = createBaseArmTransferResponse();
+    message.armsPath = object.armsPath ?? "";
+    message.slotOffset = object.slotOffset ?? 0;
+    message.armedWord = object.armedWord ?? 0;
+    message.flippedWord = object.flippedWord ?? 0;
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    return message;
+  },
+};
+
+function createBaseResolveTransferRequest(): ResolveTransferRequest {
+  return { region: undefined };
+}
+
+export const ResolveTransferRequest: MessageFns<ResolveTransferRequest> = {
+  encode(message: ResolveTransferRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveTransferRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveTransferRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveTransferRequest {
+    return { region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: ResolveTransferRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResolveTransferRequest>, I>>(base?: I): ResolveTransferRequest {
+    return ResolveTransferRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResolveTransferRequest>, I>>(object: I): ResolveTransferRequest {
+    const message = createBaseResolveTransferRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseResolveTransferResponse(): ResolveTransferResponse {
+  return { lease: undefined };
+}
+
+export const ResolveTransferResponse: MessageFns<ResolveTransferResponse> = {
+  encode(message: ResolveTransferResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lease !== undefined) {
+      Lease.encode(message.lease, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveTransferResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveTransferResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lease = Lease.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveTransferResponse {
+    return { lease: isSet(object.lease) ? Lease.fromJSON(object.lease) : undefined };
+  },
+
+  toJSON(message: ResolveTransferResponse): unknown {
+    const obj: any = {};
+    if (message.lease !== undefined) {
+      obj.lease = Lease.toJSON(message.lease);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResolveTransferResponse>, I>>(base?: I): ResolveTransferResponse {
+    return ResolveTransferResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResolveTransferResponse>, I>>(object: I): ResolveTransferResponse {
+    const message = createBaseResolveTransferResponse();
+    message.lease = (object.lease !== undefined && object.lease !== null) ? Lease.fromPartial(object.lease) : undefined;
+    return message;
+  },
+};
+
 function createBaseSealTemplateRequest(): SealTemplateRequest {
   return { region: undefined, holder: "", epoch: 0n };
 }
@@ -3149,6 +3607,38 @@ export const MemstoreServiceService = {
       Buffer.from(ValidateLeaseResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ValidateLeaseResponse => ValidateLeaseResponse.decode(value),
   },
+  /**
+   * Arms a lease transfer ahead of a migration's hand-off: validated like TransferLease (same
+   * checks and error codes), recorded in a slot of the shared arms file. The target then moves
+   * the lease with one compare-and-set of the slot's word (armed_word -> flipped_word), without
+   * a call; memstore resolves the arm before any later call on that region's lease (a flip is
+   * committed, an arm still armed is cancelled). Volatile regions on tmpfs only; otherwise
+   * LEASE_ARM_UNSUPPORTED (use TransferLease).
+   */
+  armTransfer: {
+    path: "/handoff.memstore.v1.MemstoreService/ArmTransfer" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ArmTransferRequest): Buffer => Buffer.from(ArmTransferRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ArmTransferRequest => ArmTransferRequest.decode(value),
+    responseSerialize: (value: ArmTransferResponse): Buffer => Buffer.from(ArmTransferResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ArmTransferResponse => ArmTransferResponse.decode(value),
+  },
+  /**
+   * Resolves the region's arm, if any (commits a flipped one, cancels one still armed) and
+   * reports the lease; a target calls it right after its guest runs so the catalog catches up.
+   */
+  resolveTransfer: {
+    path: "/handoff.memstore.v1.MemstoreService/ResolveTransfer" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResolveTransferRequest): Buffer =>
+      Buffer.from(ResolveTransferRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResolveTransferRequest => ResolveTransferRequest.decode(value),
+    responseSerialize: (value: ResolveTransferResponse): Buffer =>
+      Buffer.from(ResolveTransferResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResolveTransferResponse => ResolveTransferResponse.decode(value),
+  },
   /** Makes a region an immutable template: file made read-only, never written again. */
   sealTemplate: {
     path: "/handoff.memstore.v1.MemstoreService/SealTemplate" as const,
@@ -3208,6 +3698,20 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
   releaseLease: handleUnaryCall<ReleaseLeaseRequest, ReleaseLeaseResponse>;
   /** Checks that a holder still owns the lease at an epoch (a source asks before it resumes). */
   validateLease: handleUnaryCall<ValidateLeaseRequest, ValidateLeaseResponse>;
+  /**
+   * Arms a lease transfer ahead of a migration's hand-off: validated like TransferLease (same
+   * checks and error codes), recorded in a slot of the shared arms file. The target then moves
+   * the lease with one compare-and-set of the slot's word (armed_word -> flipped_word), without
+   * a call; memstore resolves the arm before any later call on that region's lease (a flip is
+   * committed, an arm still armed is cancelled). Volatile regions on tmpfs only; otherwise
+   * LEASE_ARM_UNSUPPORTED (use TransferLease).
+   */
+  armTransfer: handleUnaryCall<ArmTransferRequest, ArmTransferResponse>;
+  /**
+   * Resolves the region's arm, if any (commits a flipped one, cancels one still armed) and
+   * reports the lease; a target calls it right after its guest runs so the catalog catches up.
+   */
+  resolveTransfer: handleUnaryCall<ResolveTransferRequest, ResolveTransferResponse>;
   /** Makes a region an immutable template: file made read-only, never written again. */
   sealTemplate: handleUnaryCall<SealTemplateRequest, SealTemplateResponse>;
   /** Records that a clone maps a template (pins the template against deletion). */
@@ -3359,6 +3863,48 @@ export interface MemstoreServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ValidateLeaseResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Arms a lease transfer ahead of a migration's hand-off: validated like TransferLease (same
+   * checks and error codes), recorded in a slot of the shared arms file. The target then moves
+   * the lease with one compare-and-set of the slot's word (armed_word -> flipped_word), without
+   * a call; memstore resolves the arm before any later call on that region's lease (a flip is
+   * committed, an arm still armed is cancelled). Volatile regions on tmpfs only; otherwise
+   * LEASE_ARM_UNSUPPORTED (use TransferLease).
+   */
+  armTransfer(
+    request: ArmTransferRequest,
+    callback: (error: ServiceError | null, response: ArmTransferResponse) => void,
+  ): ClientUnaryCall;
+  armTransfer(
+    request: ArmTransferRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ArmTransferResponse) => void,
+  ): ClientUnaryCall;
+  armTransfer(
+    request: ArmTransferRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ArmTransferResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Resolves the region's arm, if any (commits a flipped one, cancels one still armed) and
+   * reports the lease; a target calls it right after its guest runs so the catalog catches up.
+   */
+  resolveTransfer(
+    request: ResolveTransferRequest,
+    callback: (error: ServiceError | null, response: ResolveTransferResponse) => void,
+  ): ClientUnaryCall;
+  resolveTransfer(
+    request: ResolveTransferRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResolveTransferResponse) => void,
+  ): ClientUnaryCall;
+  resolveTransfer(
+    request: ResolveTransferRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResolveTransferResponse) => void,
   ): ClientUnaryCall;
   /** Makes a region an immutable template: file made read-only, never written again. */
   sealTemplate(
