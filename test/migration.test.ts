@@ -14,6 +14,7 @@ import {
   migrateVm,
   rawIncoming,
   readPrivateRam,
+  handoffOf,
   prebuiltOf,
   refused,
   streamOf,
@@ -36,13 +37,23 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   let a: VmmUnderTest;
   let b: VmmUnderTest;
 
-  const startVmm = (id: string) =>
-    startVmmProcess(['--id', id, '--memstore', memstore.process.address, '--max-vm-memory', '1G']);
+  const startVmm = (id: string, ...more: string[]) =>
+    startVmmProcess([
+      '--id',
+      id,
+      '--memstore',
+      memstore.process.address,
+      '--max-vm-memory',
+      '1G',
+      ...more,
+    ]);
 
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
-    [a, b] = await Promise.all([startVmm('vmm-a'), startVmm('vmm-b')]);
+    // vmm-b offers no hand-off slot: migrations to it carry the device state on the stream
+    // and take the lease with TransferLease; those to vmm-a hand over vCPU to vCPU.
+    [a, b] = await Promise.all([startVmm('vmm-a'), startVmm('vmm-b', '--handoff-dir', 'off')]);
   });
 
   afterAll(async () => {
@@ -90,7 +101,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       let [from, to] = [a, b];
       for (let round = 0; round < ROUNDS; round++) {
         // Both transports carry the stream (the data channel, the default, and gRPC), with the
-        // machine built ahead by PrepareIncoming (the default) and by the header.
+        // machine built ahead by PrepareIncoming (the default) and by the header, and the
+        // state handed over directly (to vmm-a) and on the stream (to vmm-b).
         const via = round % 2 === 0 ? 'data' : 'grpc';
         const prebuild = round % 4 < 2;
         const jobId = `bypass-${round}`;
@@ -98,6 +110,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         expect(info.status).toBe('completed');
         expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
         expect(prebuiltOf(to, jobId)).toBe(prebuild);
+        expect(handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -503,45 +516,58 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     }
   });
 
-  it('keeps the target running when the source is killed right after the lease moved', async () => {
-    const d = await startVmm('vmm-d');
-    const name = 'ab-orphan';
-    try {
-      await startAb(d, name, RamBackend.RAM_BACKEND_SHARED);
-      const region = () =>
-        unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) });
-      const migration = migrateVm(d, b, name).catch(() => null);
-      // Kill -9 the source as soon as memstore shows the lease on the target and the target runs
-      // the VM. (The target takes the lease at the final marker, before the device state has
-      // arrived; a source killed in between leaves nothing to run, and the lease goes back.)
-      const runsOnTarget = () =>
-        vmmCall(b.client, 'getVm', { name }).then(
-          (r) => r.vm?.state === pb.VmState.VM_STATE_RUNNING,
-          () => false,
-        );
-      for (let t = 0; t < 2000; t++) {
-        if ((await region()).region!.lease?.holder === `vmm-b/${name}` && (await runsOnTarget())) {
-          break;
-        }
-      }
-      await d.process.kill9();
-      await migration;
-      expect((await region()).region!.lease!.holder).toBe(`vmm-b/${name}`);
-      await new Promise((r) => setTimeout(r, 100));
-      expect((await vmmCall(b.client, 'getVm', { name })).vm!.state).toBe(
-        pb.VmState.VM_STATE_RUNNING,
-      );
-      const mapping = mapFile((await region()).region!.path, { sharing: 'shared' });
+  it.each([
+    ['on the stream', 'b', 'vmm-d'],
+    ['by direct hand-off', 'a', 'vmm-e'],
+  ])(
+    'keeps the target running when the source is killed right after the lease moved (state %s)',
+    async (_, target, sourceId) => {
+      const d = await startVmm(sourceId);
+      const to = target === 'a' ? a : b;
+      const toId = target === 'a' ? 'vmm-a' : 'vmm-b';
+      const name = `ab-orphan-${target}`;
       try {
-        await checkPaused(b, name, () =>
-          new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+        await startAb(d, name, RamBackend.RAM_BACKEND_SHARED);
+        const region = () =>
+          unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) });
+        const migration = migrateVm(d, to, name).catch(() => null);
+        // Kill -9 the source as soon as memstore shows the lease on the target and the target runs
+        // the VM. (On the stream the target takes the lease at the final marker, before the
+        // device state has arrived; a source killed in between leaves nothing to run, and the
+        // lease goes back. By direct hand-off the target's vCPU thread takes it once it has the
+        // state.)
+        const runsOnTarget = () =>
+          vmmCall(to.client, 'getVm', { name }).then(
+            (r) => r.vm?.state === pb.VmState.VM_STATE_RUNNING,
+            () => false,
+          );
+        for (let t = 0; t < 2000; t++) {
+          if (
+            (await region()).region!.lease?.holder === `${toId}/${name}` &&
+            (await runsOnTarget())
+          ) {
+            break;
+          }
+        }
+        await d.process.kill9();
+        await migration;
+        expect((await region()).region!.lease!.holder).toBe(`${toId}/${name}`);
+        await new Promise((r) => setTimeout(r, 100));
+        expect((await vmmCall(to.client, 'getVm', { name })).vm!.state).toBe(
+          pb.VmState.VM_STATE_RUNNING,
         );
+        const mapping = mapFile((await region()).region!.path, { sharing: 'shared' });
+        try {
+          await checkPaused(to, name, () =>
+            new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+          );
+        } finally {
+          mapping.close();
+        }
+        await vmmCall(to.client, 'destroyVm', { name });
       } finally {
-        mapping.close();
+        await d.stop().catch(() => undefined);
       }
-      await vmmCall(b.client, 'destroyVm', { name });
-    } finally {
-      await d.stop().catch(() => undefined);
-    }
-  });
+    },
+  );
 });

@@ -109,6 +109,19 @@ export function prebuiltOf(target: VmmUnderTest, jobId: string): boolean | undef
   return undefined;
 }
 
+/**
+ * How the target moved job `jobId`'s device state and lease, from its log: `armed` (hand-off
+ * slot, memstore's armed transfers), `channel` (hand-off slot, TransferLease on the lease
+ * channel) or `stream` (undefined when the log has no such migration).
+ */
+export function handoffOf(target: VmmUnderTest, jobId: string): string | undefined {
+  for (const line of target.process.output().split('\n')) {
+    if (!line.includes(`"job":"${jobId}"`) || !line.includes('header accepted')) continue;
+    return (JSON.parse(line) as { handoff?: string }).handoff;
+  }
+  return undefined;
+}
+
 /** A raw Incoming stream to a vmm (a hostile or hand-made source). */
 export interface RawIncoming {
   send(req: vmmStream.IncomingRequest): void;

@@ -51,6 +51,16 @@ export const vmmOptions = {
       'pages, shorter hand-off): auto (a unix socket in the temp folder), unix:/path, ' +
       'host:port, or off',
   },
+  'handoff-dir': {
+    type: 'string',
+    default: 'auto',
+    description:
+      'folder where an incoming migration creates its hand-off slot: when all RAM travels by ' +
+      "reference, the source's vCPU thread hands the device state to this VM's vCPU thread " +
+      'through it, which takes the lease and runs the guest at once. Both vmms of a migration ' +
+      'must see the folder. auto (/dev/shm, else the temp folder), an absolute path, or off ' +
+      '(the state travels on the migration stream)',
+  },
   'advertise-address': {
     type: 'string',
     description: 'address other services use to reach this instance (default: the bound address)',

@@ -1,5 +1,6 @@
+import { statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import {
   parseByteSize,
   startServer,
@@ -53,11 +54,39 @@ export function dataChannelOf(config: Pick<VmmConfig, 'data-channel' | 'id'>): s
 }
 
 /**
+ * `--handoff-dir` as a folder, or null for none. `auto` is /dev/shm when present (tmpfs), else
+ * the temp folder.
+ *
+ * @throws ServiceError `SERVICE_INVALID_CONFIG` for a relative path or a path that is not a folder
+ */
+export function handoffDirOf(config: Pick<VmmConfig, 'handoff-dir'>): string | null {
+  const v = config['handoff-dir'];
+  if (v === 'off') return null;
+  if (v === 'auto') return isDirectory('/dev/shm') ? '/dev/shm' : tmpdir();
+  if (!isAbsolute(v) || !isDirectory(v)) {
+    throw new ServiceError(
+      'SERVICE_INVALID_CONFIG',
+      `--handoff-dir ${v} is not auto, off or an absolute path of an existing folder`,
+    );
+  }
+  return v;
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Starts a vmm instance: the VM host, its gRPC services, then registration with the migrator.
  * Stopping it destroys its VMs (releasing leases and clone attachments) after the server is down.
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
   const logger = parentLogger.child({ vmm: config.id });
+  const handoffDir = handoffDirOf(config);
   const host = new VmHost({
     vmmId: config.id,
     logger,
@@ -66,7 +95,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
     spareThreads: config['spare-vcpu-threads'],
   });
-  const migrations = new MigrationManager(host, logger);
+  const migrations = new MigrationManager(host, logger, handoffDir);
   let advertised = '';
   let server: RunningServer;
   try {

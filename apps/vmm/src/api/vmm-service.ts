@@ -16,6 +16,7 @@ import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@
 import {
   grpcIncoming,
   receiveMigration,
+  STREAM_FORMAT,
   type IncomingHint,
   type MigrationManager,
 } from '../migration/index.js';
@@ -24,7 +25,7 @@ import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
-export const STREAM_VERSIONS = ['1.0'];
+export const STREAM_VERSIONS = [`${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}`];
 
 const SNAPSHOTS = 'the save/restore milestone';
 

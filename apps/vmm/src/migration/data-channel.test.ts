@@ -45,7 +45,10 @@ describe('data channel', () => {
             s.requests.push(r);
             if (r.frame?.$case === 'header') {
               ch.write({
-                reply: { $case: 'headerAck', value: { formatMajor: 1, formatMinor: 0 } },
+                reply: {
+                  $case: 'headerAck',
+                  value: { formatMajor: 1, formatMinor: 0, handoffSlot: '' },
+                },
               });
             }
           }

@@ -35,11 +35,16 @@ export class MigrationManager {
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
   private data: DataChannelServer | undefined;
 
+  /**
+   * @param handoffDir - where incoming migrations create their hand-off slots (null: none; the
+   *   device state always travels on the stream)
+   */
   constructor(
     private readonly host: VmHost,
     private readonly logger: Logger,
+    handoffDir: string | null = null,
   ) {
-    this.tokens = new IncomingTokens(host, logger);
+    this.tokens = new IncomingTokens(host, logger, handoffDir);
   }
 
   /**

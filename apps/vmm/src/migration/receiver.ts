@@ -10,14 +10,16 @@ import { randomBytes } from 'node:crypto';
 import type { vmmStream } from '@handoff/proto';
 import type { MigrationCapabilities } from '@handoff/qapi';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
+import { memstore as pb } from '@handoff/proto';
 import { isCodedError, type Logger } from '@handoff/service';
 import { specFromPb } from '../api/convert.js';
 import type { MachineState } from '../machine/state.js';
-import { byId, memstoreCall } from '../ram/backing.js';
+import { byId, memstoreCall, type RamContext } from '../ram/backing.js';
 import { holderOf } from '../ram/index.js';
 import { decodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { VmSpec } from '../vm/types.js';
+import type { HandoffOutcome } from '../vm/protocol.js';
 import type { Vm } from '../vm/vm.js';
 import { failpoint } from '../failpoints.js';
 import type { IncomingChannel } from './channel.js';
@@ -32,6 +34,8 @@ import {
   type BlockPlan,
   type Prebuilt,
 } from './incoming-blocks.js';
+import { HandoffSlot } from './handoff-slot.js';
+import type { ArmedTransfer, HandoffLeasePlan } from './handoff-lease.js';
 import { PageReceiver } from './page-receiver.js';
 import { PAGE_SIZE, STREAM_FORMAT } from './stream.js';
 
@@ -45,6 +49,8 @@ interface Prepared {
   readonly timer: NodeJS.Timeout;
   /** The machine PrepareIncoming built ahead (null: none, or it failed). */
   readonly prebuilt: Promise<Prebuilt | null>;
+  /** The direct hand-off offered with it (all blocks by reference; undefined: none). */
+  readonly direct: Promise<Direct | undefined>;
 }
 
 /** What PrepareIncoming may know of the VM that will arrive. */
@@ -58,9 +64,14 @@ export interface IncomingHint {
 export class IncomingTokens {
   private readonly tokens = new Map<string, Prepared>();
 
+  /**
+   * @param handoffDir - where a target creates the hand-off slot of a direct hand-off (a folder
+   *   the source vmm sees too); null: the device state always travels on the stream
+   */
   constructor(
     private readonly host: VmHost,
     private readonly logger?: Logger,
+    readonly handoffDir: string | null = null,
   ) {}
 
   /**
@@ -88,16 +99,27 @@ export class IncomingTokens {
             this.logger.child({ vm: name, job: jobId }),
           )
         : Promise.resolve(null);
+    // With the machine, the slot and the armed lease transfers: the header then only checks.
+    const direct = built.then((p) =>
+      p !== null && p.blocks.every((b) => b.mode === 'ref')
+        ? offerDirect(
+            this.handoffDir,
+            p.vm,
+            p.blocks,
+            sourceHolderOf(p.blocks),
+            this.host,
+            name,
+            this.logger!.child({ vm: name, job: jobId }),
+          )
+        : undefined,
+    );
     const timer = setTimeout(() => {
       this.tokens.delete(token);
-      void built.then(async (p) => {
-        if (p !== null) await discardPrebuilt(p);
-        release();
-      });
+      void discardPrepared({ prebuilt: built, direct }, this.host).then(release);
     }, ttlMs);
     timer.unref();
-    this.tokens.set(token, { name, jobId, release, timer, prebuilt: built });
-    await built;
+    this.tokens.set(token, { name, jobId, release, timer, prebuilt: built, direct });
+    await direct;
     return token;
   }
 
@@ -121,8 +143,7 @@ export class IncomingTokens {
     this.tokens.clear();
     for (const p of all) {
       clearTimeout(p.timer);
-      const built = await p.prebuilt;
-      if (built !== null) await discardPrebuilt(built);
+      await discardPrepared(p, this.host);
       p.release();
     }
   }
@@ -149,6 +170,31 @@ export async function receiveMigration(
   const moved: Block[] = []; // shared blocks whose lease we took
   let leases: Promise<void> | undefined; // the lease hand-off, once started
   const marks = { final: 0, leased: 0, complete: 0 }; // performance.now() of the hand-off steps
+  /** The direct hand-off, when offered: the slot and how the vCPU thread ended it. */
+  let direct: Direct | undefined;
+  /** The VM runs here (direct hand-off): whatever the stream does now, it stays. */
+  let runningHere = false;
+  let armsSettled = false;
+  /** Direct hand-off ended: records what moved; true when the VM runs here. */
+  const settleDirect = (o: HandoffOutcome): boolean => {
+    for (const [k, b] of blocks.filter((x) => x.mode === 'ref').entries()) {
+      const epoch = o.epochs[k];
+      if (epoch === null || epoch === undefined || moved.includes(b)) continue;
+      moved.push(b);
+      b.backing!.setLeaseEpoch?.(epoch);
+    }
+    if (o.ok && !runningHere) {
+      runningHere = true;
+      host.adoptHandedOff(vm!);
+      prepared!.release();
+    }
+    // Flipped or not, memstore settles the armed transfers now (off the downtime).
+    if (direct !== undefined && !armsSettled) {
+      armsSettled = true;
+      settleArms(host.ramContext(prepared!.name), direct.armed, log);
+    }
+    return o.ok;
+  };
   /** Hand-off: takes every shared region's lease from the source (epoch + 1). */
   const takeLeases = async (): Promise<void> => {
     const ctx = host.ramContext(prepared!.name);
@@ -175,11 +221,81 @@ export async function receiveMigration(
     marks.leased = performance.now();
     failpoint('incoming-after-lease');
   };
+  /** The VM runs here after a direct hand-off: tell the source, close the slot. */
+  let finished = false;
+  const finishDirect = (o: HandoffOutcome): void => {
+    if (finished) return;
+    finished = true;
+    direct?.slot.close();
+    const epoch = moved[0]?.backing?.regionRef?.epoch ?? 0;
+    try {
+      if (!call.gone) {
+        call.write({
+          reply: {
+            $case: 'resumed',
+            value: { resumeTimeUnixUs: BigInt(Math.round(o.runAtMs * 1000)), epoch: BigInt(epoch) },
+          },
+        });
+        call.end();
+      }
+    } catch {
+      // the source already left: it saw the guest run here in the slot
+    }
+    log.info(
+      {
+        direct: true,
+        stopToRunMs: o.runAtMs - o.stopAtMs,
+        stopSeenMs: (o.stopSeenAtMs ?? 0) - o.stopAtMs,
+        publishedMs: (o.publishedAtMs ?? 0) - o.stopAtMs,
+        restoredMs: (o.tookAtMs ?? 0) - o.stopAtMs,
+        leasedMs: (o.leasedAtMs ?? 0) - o.stopAtMs,
+      },
+      'incoming migration: the VM runs here (direct hand-off; source stop to run, wall clocks)',
+    );
+  };
   const bad = (what: string): never => {
     throw new MigrationError('MIGRATION_BAD_STREAM', what);
   };
   try {
-    for (let raw = await call.next(); raw !== null; raw = await call.next()) {
+    /** The frame being waited for; kept across a direct hand-off's outcome (one next() at a time). */
+    let nextFrame: Promise<vmmStream.IncomingRequest | null> | undefined;
+    const directEnded = Symbol('direct hand-off ended');
+    for (;;) {
+      nextFrame ??= call.next();
+      const ending = direct?.outcome.then((): typeof directEnded => directEnded);
+      const raw = ending !== undefined ? await Promise.race([nextFrame, ending]) : await nextFrame;
+      if (raw === directEnded) {
+        // The target's vCPU thread ended the direct hand-off: it runs the guest, or it failed
+        // after the source's stop (the leases it moved go back in the catch below), or the slot
+        // was given up before the stop (the state comes on this stream).
+        const o = await direct!.outcome;
+        if (settleDirect(o)) {
+          finishDirect(o);
+          return;
+        }
+        if (o.stage !== 'aborted' || direct!.slot.announced) {
+          throw new MigrationError(
+            o.code === 'MIGRATION_BAD_STREAM' ? 'MIGRATION_BAD_STREAM' : 'MIGRATION_FAILED',
+            `the direct hand-off failed (${o.stage}${o.code !== undefined ? `, ${o.code}` : ''}): ` +
+              `${o.message ?? 'no reason given'}`,
+          );
+        }
+        direct!.slot.close();
+        direct = undefined;
+        continue;
+      }
+      nextFrame = undefined;
+      if (raw === null) {
+        // A source that saw the guest run here (the slot says so) may close first.
+        if (direct?.slot.announced === true) {
+          const o = await direct.outcome;
+          if (settleDirect(o)) {
+            finishDirect(o);
+            return;
+          }
+        }
+        break;
+      }
       const frame = raw.frame;
       if (frame === undefined) return bad('a frame with no content arrived');
       if (done) bad(`${frame.$case} arrived after completion`);
@@ -194,6 +310,7 @@ export async function receiveMigration(
         log = log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
         const t0 = performance.now();
         const ready = await prepared.prebuilt;
+        const offered = await prepared.direct;
         const h = await acceptHeader(frame.value, prepared.name, ready);
         const t1 = performance.now();
         spec = h.spec;
@@ -204,8 +321,19 @@ export async function receiveMigration(
           vm = ready.vm;
           prebuiltUsed = true;
           prebuiltSettled = true;
+          // Armed for exactly this source at exactly these epochs (prebuiltFits checked them).
+          if (
+            offered !== undefined &&
+            frame.value.formatMinor >= 1 &&
+            offered.from === sourceHolder
+          ) {
+            direct = offered;
+          } else if (offered !== undefined) {
+            await dropDirect(offered, host, prepared.name);
+          }
         } else {
           prebuiltSettled = true;
+          if (offered !== undefined) await dropDirect(offered, host, prepared.name);
           if (ready !== null) await discardPrebuilt(ready);
           const ctx = host.ramContext(prepared.name);
           for (const [k, plan] of h.plans.entries()) {
@@ -220,10 +348,34 @@ export async function receiveMigration(
           await vm.spawned(); // the machine's set-up stays out of the downtime
         }
         pages = new PageReceiver(blocks, blocks[0]!.mode === 'ref' ? null : vm.touchedPages);
+        if (
+          !prebuiltUsed &&
+          frame.value.formatMinor >= 1 &&
+          blocks.every((b) => b.mode === 'ref')
+        ) {
+          direct = await offerDirect(
+            deps.tokens.handoffDir,
+            vm,
+            blocks,
+            sourceHolder,
+            host,
+            prepared.name,
+            log,
+          );
+        }
+        // Taken over: the VM is this instance's from that instant, whatever the stream does.
+        direct?.outcome.then(
+          (o) => o.ok && settleDirect(o),
+          () => undefined,
+        );
         call.write({
           reply: {
             $case: 'headerAck',
-            value: { formatMajor: STREAM_FORMAT.major, formatMinor: STREAM_FORMAT.minor },
+            value: {
+              formatMajor: STREAM_FORMAT.major,
+              formatMinor: STREAM_FORMAT.minor,
+              handoffSlot: direct?.slot.path ?? '',
+            },
           },
         });
         log.info(
@@ -233,6 +385,10 @@ export async function receiveMigration(
             checkMs: t1 - t0,
             spawnMs: performance.now() - t1,
             prebuilt: prebuiltUsed,
+            // How the device state and the lease will move: through the hand-off slot with
+            // memstore's armed transfers or its lease channel, or on the stream.
+            handoff:
+              direct === undefined ? 'stream' : direct.armed.length > 0 ? 'armed' : 'channel',
           },
           'incoming migration: header accepted',
         );
@@ -254,6 +410,15 @@ export async function receiveMigration(
           finalSeen ||= frame.value.final;
           // The source's vCPU stopped before it sent the final marker: the lease hand-off
           // runs now, beside the last pages and the device state, not after them.
+          if (direct !== undefined && finalSeen) {
+            // A source that did not take the slot: it sends everything on the stream. Give the
+            // slot up first; if the source's stop was announced there, its thread decides.
+            if (!direct.slot.abort())
+              bad('the final marker came although the stop went to the slot');
+            settleDirect(await direct.outcome);
+            direct.slot.close();
+            direct = undefined;
+          }
           if (finalSeen && leases === undefined) {
             marks.final = performance.now();
             leases = takeLeases();
@@ -265,6 +430,9 @@ export async function receiveMigration(
           device = frame.value.container;
           break;
         case 'complete': {
+          if (direct !== undefined) {
+            bad('completion arrived during a direct hand-off; the slot carries the state');
+          }
           if (device === null) bad('completion arrived before the device state');
           done = true;
           marks.complete = performance.now();
@@ -313,6 +481,20 @@ export async function receiveMigration(
     const e = isCodedError(err)
       ? err
       : new MigrationError('MIGRATION_FAILED', (err as Error).message, { cause: err });
+    if (direct !== undefined) {
+      // Published before the failure: the vCPU thread decides where the VM runs.
+      const published = !direct.slot.abort();
+      const ran = settleDirect(await direct.outcome);
+      if (published && ran) {
+        log.warn(
+          { code: e.code, error: e.message },
+          'the migration stream failed after the VM took over here; it runs here',
+        );
+        finishDirect(await direct.outcome);
+        return;
+      }
+      direct.slot.close();
+    }
     log.warn({ code: e.code, error: e.message }, 'incoming migration failed');
     await leases?.catch(() => undefined); // a transfer in flight may still move a lease here
     await pages?.drain().catch(() => undefined); // no write may outlive the blocks
@@ -346,8 +528,7 @@ export async function receiveMigration(
     }
     if (vm !== null) await vm.destroy().catch(() => undefined);
     for (const b of blocks) await b.backing?.close();
-    const unused = prebuiltSettled ? null : await prepared?.prebuilt;
-    if (unused != null) await discardPrebuilt(unused);
+    if (!prebuiltSettled && prepared !== undefined) await discardPrepared(prepared, host);
     prepared?.release();
     try {
       if (!call.gone) {
@@ -461,5 +642,178 @@ export async function receiveMigration(
     }
     const spec = host.checkIncomingSpec({ ...srcSpec, name, ram: plans.map((p) => p.spec) });
     return { plans, templates, spec, sourceHolder: src };
+  }
+}
+
+/** An offered direct hand-off: the slot, how the vCPU thread ended it, and what was armed. */
+interface Direct {
+  readonly slot: HandoffSlot;
+  readonly outcome: Promise<HandoffOutcome>;
+  /** Regions whose transfer memstore armed (settled by ResolveTransfer afterwards). */
+  readonly armed: readonly string[];
+  /** The lease holder the transfers come from (the source's VM). */
+  readonly from: string;
+}
+
+/** The holder of the blocks' leases (the source's VM), as the prebuild read them. */
+function sourceHolderOf(blocks: readonly Block[]): string {
+  const holders = new Set(blocks.map((b) => b.region?.lease?.holder ?? ''));
+  return holders.size === 1 ? [...holders][0]! : '';
+}
+
+/**
+ * Gives up an offered direct hand-off no stream will use: the slot aborted (before any stop),
+ * the vCPU thread back to waiting, the armed transfers settled (cancelled), the slot deleted.
+ */
+async function dropDirect(d: Direct, host: VmHost, name: string): Promise<void> {
+  d.slot.abort();
+  await d.outcome;
+  const ctx = host.ramContext(name);
+  settleArms(ctx, d.armed, ctx.logger);
+  d.slot.close();
+}
+
+/** Undoes what PrepareIncoming prepared and no stream used. */
+async function discardPrepared(
+  p: Pick<Prepared, 'prebuilt' | 'direct'>,
+  host: VmHost,
+): Promise<void> {
+  const built = await p.prebuilt;
+  const direct = await p.direct;
+  if (built !== null && direct !== undefined) await dropDirect(direct, host, built.spec.name);
+  if (built !== null) await discardPrebuilt(built);
+}
+
+/**
+ * Offers a direct hand-off for a stream whose every block travels by reference: creates the
+ * slot and arms the VM's waiting vCPU thread with the lease step it will take — memstore's armed
+ * transfers when it can arm them all, else TransferLease over the lease channel. Undefined (the
+ * state comes on the stream) when hand-offs are off here, memstore serves no lease channel, or
+ * the slot cannot be created.
+ */
+async function offerDirect(
+  dir: string | null,
+  vm: Vm,
+  blocks: readonly Block[],
+  sourceHolder: string,
+  host: VmHost,
+  name: string,
+  log: Logger,
+): Promise<Direct | undefined> {
+  if (dir === null) return undefined;
+  const ctx = host.ramContext(name);
+  const socketPath = await ctx.leaseChannel();
+  if (socketPath === null) {
+    log.info('memstore serves no lease channel: the device state comes on the stream');
+    return undefined;
+  }
+  let slot: HandoffSlot;
+  try {
+    slot = HandoffSlot.create(dir, `${ctx.vmmId}-${name}`);
+  } catch (err) {
+    log.warn(
+      { error: (err as Error).message, dir },
+      'cannot create a hand-off slot: the device state comes on the stream',
+    );
+    return undefined;
+  }
+  const to = holderOf(ctx);
+  const timeoutMs = ctx.deadlineMs;
+  const armed = await armTransfers(ctx, blocks, sourceHolder, to, log);
+  let plan: HandoffLeasePlan;
+  if (armed !== null) {
+    plan = { kind: 'armed', armsPath: armed.armsPath, transfers: armed.transfers, timeoutMs };
+  } else {
+    const transfers = blocks.map((b, k) => {
+      const id = BigInt(k + 1);
+      const value: pb.TransferLeaseRequest = {
+        region: byId(b.region!.id),
+        fromHolder: sourceHolder,
+        expectedEpoch: BigInt(b.epoch),
+        toHolder: to,
+      };
+      const request = pb.LeaseChannelRequest.encode({
+        id,
+        call: { $case: 'transferLease', value },
+      }).finish();
+      return { id, request, toHolder: to, fromEpoch: BigInt(b.epoch) };
+    });
+    plan = { kind: 'channel', socketPath, transfers, timeoutMs };
+  }
+  return {
+    slot,
+    outcome: vm.handOffIncoming(slot.buffer, plan),
+    armed: armed === null ? [] : blocks.map((b) => b.region!.id),
+    from: sourceHolder,
+  };
+}
+
+/**
+ * Asks memstore to arm the transfer of every block's lease to `to`. Null when it cannot arm
+ * them all (those armed are settled again, i.e. cancelled): the caller uses TransferLease.
+ */
+async function armTransfers(
+  ctx: RamContext,
+  blocks: readonly Block[],
+  from: string,
+  to: string,
+  log: Logger,
+): Promise<{ armsPath: string; transfers: ArmedTransfer[] } | null> {
+  const transfers: ArmedTransfer[] = [];
+  let armsPath = '';
+  try {
+    for (const b of blocks) {
+      const res = await ctx.leases().armTransfer(
+        {
+          region: byId(b.region!.id),
+          fromHolder: from,
+          expectedEpoch: BigInt(b.epoch),
+          toHolder: to,
+        },
+        { deadlineMs: ctx.deadlineMs },
+      );
+      if (armsPath !== '' && res.armsPath !== armsPath) {
+        throw new Error(`memstore armed in two files (${armsPath}, ${res.armsPath})`);
+      }
+      armsPath = res.armsPath;
+      transfers.push({
+        regionName: b.region!.name,
+        offset: res.slotOffset,
+        armedWord: res.armedWord,
+        flippedWord: res.flippedWord,
+        epoch: Number(res.epoch),
+      });
+    }
+    return { armsPath, transfers };
+  } catch (err) {
+    const code = isCodedError(err) ? err.code : undefined;
+    (code === 'LEASE_ARM_UNSUPPORTED' ? log.info.bind(log) : log.warn.bind(log))(
+      { code, error: (err as Error).message },
+      'memstore did not arm the lease transfers: the hand-off uses TransferLease',
+    );
+    settleArms(
+      ctx,
+      blocks.slice(0, transfers.length).map((b) => b.region!.id),
+      log,
+    );
+    return null;
+  }
+}
+
+/**
+ * Settles armed transfers in the background (memstore commits a flipped one, cancels the rest),
+ * so the catalog catches up at once and no slot waits for memstore's timeout.
+ */
+function settleArms(ctx: RamContext, regions: readonly string[], log: Logger): void {
+  for (const id of regions) {
+    ctx
+      .leases()
+      .resolveTransfer({ region: byId(id) }, { deadlineMs: ctx.deadlineMs })
+      .catch((err: unknown) =>
+        log.warn(
+          { region: id, error: (err as Error).message },
+          'could not settle an armed lease transfer (memstore settles it on its own later)',
+        ),
+      );
   }
 }

@@ -26,6 +26,7 @@ import type { Vm } from '../vm/vm.js';
 import { grpcOutgoing, type OutgoingChannel } from './channel.js';
 import { connectDataChannel } from './data-channel.js';
 import { MigrationError } from './errors.js';
+import { HandoffSlot, SlotState } from './handoff-slot.js';
 import { PageSender } from './page-sender.js';
 import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
 
@@ -138,6 +139,7 @@ export class OutgoingMigration {
     this.sm.transition('setup');
     let paused = false;
     let completeSent = false;
+    let slot: HandoffSlot | null = null;
     const blocks = vm.ramBlocks;
     const modes = blocks.map((b) => this.modeOf(b));
     try {
@@ -145,6 +147,9 @@ export class OutgoingMigration {
       await this.send({ frame: { $case: 'header', value: this.header(modes) } });
       const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
       if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
+      if (ack.value.handoffSlot !== '' && modes.every((m) => m === 'ref')) {
+        slot = this.openSlot(ack.value.handoffSlot);
+      }
       this.setupMs = now() - this.started;
       this.sm.transition('active');
       log.info(
@@ -212,9 +217,8 @@ export class OutgoingMigration {
       paused = true; // from here a failure checks where the lease is before resuming
       let finalMarker: Promise<void> | undefined;
       let markerAt = 0; // epoch ms
-      const stopped = await vm.pauseAndSave(() => {
+      const sendFinalMarker = (): void => {
         markerAt = performance.timeOrigin + performance.now();
-        // Sent the moment the vCPU stopped: the target starts the lease hand-off now.
         finalMarker = this.send({
           frame: {
             $case: 'iteration',
@@ -222,7 +226,25 @@ export class OutgoingMigration {
           },
         });
         finalMarker.catch(() => undefined); // awaited below
-      });
+      };
+      // Sent the moment the vCPU stopped: the target starts the lease hand-off now. With a
+      // hand-off slot the target's vCPU thread heard the stop first, and already took over.
+      const stopped = await vm.pauseAndSave(() => {
+        if (slot === null) sendFinalMarker();
+      }, slot?.buffer);
+      if (slot !== null) {
+        if (stopped.handedOff) {
+          this.deviceBytes = slot.stateLength;
+          return await this.finishDirect(slot, stopped.pausedAtMs, modes, tStop);
+        }
+        // Not published (the slot was given up, or the state could not be written): the
+        // stream carries it, as if no slot had been offered.
+        if (slot.announced) completeSent = true; // the target's thread may have moved the lease
+        slot.abort();
+        slot.close();
+        slot = null;
+        sendFinalMarker();
+      }
       const stopUs = Math.round(stopped.pausedAtMs * 1000);
       const tPaused = now();
       await finalMarker;
@@ -270,28 +292,12 @@ export class OutgoingMigration {
         'migration: parts of the downtime (source clock)',
       );
       if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
-      this.downtimeUs = Math.max(0, Number(resumed.value.resumeTimeUnixUs) - stopUs);
-      // The target runs the guest: never run it here again (the VM is postmigrate at once; its
-      // thread and mappings go in the background, and a destroy waits for them).
-      const teardown = vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
-      this.totalMs = now() - this.started;
-      this.sm.transition('completed');
-      teardown.catch((e: unknown) =>
-        log.warn({ error: (e as Error).message }, 'postmigrate teardown failed'),
-      );
-      log.info(
-        {
-          totalMs: this.totalMs,
-          downtimeUs: this.downtimeUs,
-          bytes: this.transferred,
-          iterations: this.iteration,
-        },
-        'migration completed; the VM is postmigrate here',
-      );
-      this.close();
-      return this.info();
+      return this.completed(resumed.value, stopUs, modes);
     } catch (err) {
       this.close();
+      // Once the stop was announced, the target may take the lease: recover() checks it.
+      if (slot?.announced === true) completeSent = true;
+      slot?.close();
       const failure = await this.recover(err, { paused, completeSent, wasRunning, modes });
       this.totalMs = now() - this.started;
       const status =
@@ -303,6 +309,66 @@ export class OutgoingMigration {
       log.warn({ code: failure.code, error: failure.message }, 'migration failed');
       throw failure;
     }
+  }
+
+  /**
+   * Direct hand-off: the source's vCPU thread published the state and the target's took over
+   * (or failed); the target's answer decides. No frame is sent after the header.
+   */
+  private async finishDirect(
+    slot: HandoffSlot,
+    pausedAtMs: number,
+    modes: BlockMode[],
+    tStop: number,
+  ): Promise<MigrationInfo> {
+    const tPaused = now();
+    // The target's vCPU thread marks the slot RUNNING once the lease moved and the guest runs:
+    // the same word as the resumed ack, which then need not be waited for.
+    let ack: vmmStream.ResumedAck;
+    if (slot.state() === SlotState.RUNNING) {
+      ack = { resumeTimeUnixUs: BigInt(Math.round(slot.runAtMs * 1000)), epoch: 0n };
+    } else {
+      const resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
+      if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
+      ack = resumed.value;
+    }
+    this.o.logger.info(
+      {
+        direct: true,
+        pauseMs: tPaused - tStop,
+        stopToStateMs: performance.timeOrigin + tPaused - pausedAtMs,
+        targetMs: now() - tPaused,
+      },
+      'migration: parts of the downtime (source clock)',
+    );
+    slot.close();
+    return this.completed(ack, Math.round(pausedAtMs * 1000), modes);
+  }
+
+  /** The target runs the guest: the VM is postmigrate here from now on. */
+  private completed(ack: vmmStream.ResumedAck, stopUs: number, modes: BlockMode[]): MigrationInfo {
+    const { vm, logger: log } = this.o;
+    const blocks = vm.ramBlocks;
+    this.downtimeUs = Math.max(0, Number(ack.resumeTimeUnixUs) - stopUs);
+    // Never run it here again (the VM is postmigrate at once; its thread and mappings go in the
+    // background, and a destroy waits for them).
+    const teardown = vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
+    this.totalMs = now() - this.started;
+    this.sm.transition('completed');
+    teardown.catch((e: unknown) =>
+      log.warn({ error: (e as Error).message }, 'postmigrate teardown failed'),
+    );
+    log.info(
+      {
+        totalMs: this.totalMs,
+        downtimeUs: this.downtimeUs,
+        bytes: this.transferred,
+        iterations: this.iteration,
+      },
+      'migration completed; the VM is postmigrate here',
+    );
+    this.close();
+    return this.info();
   }
 
   private failureDesc: string | undefined;
@@ -558,6 +624,19 @@ export class OutgoingMigration {
     }
     this.checkCancelled();
     this.call = grpcOutgoing(this.o.client, events);
+  }
+
+  /** Maps the hand-off slot the target offered; null (the stream carries the state) if unusable. */
+  private openSlot(path: string): HandoffSlot | null {
+    try {
+      return HandoffSlot.open(path);
+    } catch (err) {
+      this.o.logger.warn(
+        { error: (err as Error).message },
+        "cannot use the target's hand-off slot: the device state goes on the stream",
+      );
+      return null;
+    }
   }
 
   private close(): void {

@@ -13,7 +13,7 @@ import type { RamBacking } from '../ram/backing.js';
 import { MigrationError } from './errors.js';
 
 /** Stream format version: major must match, the receiver loads minor <= its own. */
-export const STREAM_FORMAT = { major: 1, minor: 0 } as const;
+export const STREAM_FORMAT = { major: 1, minor: 1 } as const;
 export const PAGE_SIZE = 4096;
 /** Page data per frame (1 MiB: 256 pages). */
 export const MAX_FRAME_DATA = 1024 * 1024;

@@ -70,6 +70,8 @@ export interface RamContext {
    * one, else gRPC; same results and errors either way (one client per vmm instance).
    */
   readonly leases: () => LeaseCalls;
+  /** The lease channel's socket path, or null when memstore serves none (see LeaseChannelClient.channelPath). */
+  readonly leaseChannel: () => Promise<string | null>;
   readonly memstoreAddress: string;
   readonly logger: Logger;
   /** Deadline of each memstore call. */

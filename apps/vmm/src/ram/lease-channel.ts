@@ -11,7 +11,8 @@ import {
 import { createConnection, type Socket } from 'node:net';
 
 /**
- * The memstore calls on a migration's hand-off path (TransferLease, GetRegion, ValidateLease)
+ * The memstore calls on a migration's hand-off path (TransferLease, GetRegion, ValidateLease,
+ * ArmTransfer, ResolveTransfer)
  * over memstore's lease channel: one persistent unix socket of length-prefixed protobuf frames
  * (proto/handoff/memstore/v1/lease_channel.proto) instead of a gRPC round trip, which costs
  * more than the guest's downtime budget. Results and failures are exactly what the gRPC call
@@ -36,6 +37,13 @@ export interface LeaseCalls {
     req: pb.ValidateLeaseRequest,
     opts?: LeaseCallOptions,
   ): Promise<pb.ValidateLeaseResponse>;
+  /** Arms a transfer that a compare-and-set in memstore's arms file completes (direct hand-off). */
+  armTransfer(req: pb.ArmTransferRequest, opts?: LeaseCallOptions): Promise<pb.ArmTransferResponse>;
+  /** Settles a region's armed transfer (committed if flipped, else cancelled); the lease now. */
+  resolveTransfer(
+    req: pb.ResolveTransferRequest,
+    opts?: LeaseCallOptions,
+  ): Promise<pb.ResolveTransferResponse>;
 }
 
 type Method = keyof LeaseCalls;
@@ -116,6 +124,20 @@ export class LeaseChannelClient implements LeaseCalls {
     return this.call('validateLease', req, opts);
   }
 
+  armTransfer(
+    req: pb.ArmTransferRequest,
+    opts?: LeaseCallOptions,
+  ): Promise<pb.ArmTransferResponse> {
+    return this.call('armTransfer', req, opts);
+  }
+
+  resolveTransfer(
+    req: pb.ResolveTransferRequest,
+    opts?: LeaseCallOptions,
+  ): Promise<pb.ResolveTransferResponse> {
+    return this.call('resolveTransfer', req, opts);
+  }
+
   /**
    * Asks for the path and connects now, so that the next call goes straight out. Resolves true
    * when the channel is connected, false when calls will go over gRPC. Never rejects.
@@ -123,6 +145,15 @@ export class LeaseChannelClient implements LeaseCalls {
   async prepare(opts?: LeaseCallOptions): Promise<boolean> {
     const deadline = Date.now() + this.deadlineOf(opts);
     return (await this.connection(deadline)) !== null;
+  }
+
+  /**
+   * The channel's socket path once connected (as {@link LeaseChannelClient.prepare}), or null
+   * when calls go over gRPC. For callers that speak the channel themselves (a direct hand-off's
+   * vCPU thread). Never rejects.
+   */
+  async channelPath(opts?: LeaseCallOptions): Promise<string | null> {
+    return (await this.prepare(opts)) ? (this.conn?.path ?? null) : null;
   }
 
   /** True while a channel connection is open (tests, diagnostics). */

@@ -106,6 +106,7 @@ export class VmHost {
         vmName: spec.name,
         memstore: () => this.memstore(),
         leases: () => this.leases(),
+        leaseChannel: () => this.leaseClientOf().channelPath(),
         memstoreAddress: this.opts.memstoreAddress,
         logger: log,
         deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
@@ -149,6 +150,7 @@ export class VmHost {
       vmName: name,
       memstore: () => this.memstore(),
       leases: () => this.leases(),
+      leaseChannel: () => this.leaseClientOf().channelPath(),
       memstoreAddress: this.opts.memstoreAddress,
       logger: this.opts.logger.child({ vm: name }),
       deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
@@ -202,6 +204,12 @@ export class VmHost {
       this.vms.delete(vm.name);
       throw err;
     }
+  }
+
+  /** Registers an incoming VM (its name reserved) whose vCPU thread took it over and runs it. */
+  adoptHandedOff(vm: Vm): void {
+    this.vms.set(vm.name, vm);
+    vm.log.info('VM arrived by migration (direct hand-off) and runs');
   }
 
   /**
@@ -299,6 +307,10 @@ export class VmHost {
 
   /** The lease calls of this instance: one lease-channel connection shared by all its VMs. */
   private leases(): LeaseCalls {
+    return this.leaseClientOf();
+  }
+
+  private leaseClientOf(): LeaseChannelClient {
     this.leaseClient ??= new LeaseChannelClient({
       memstore: () => this.memstore(),
       logger: this.opts.logger.child({ component: 'lease-channel' }),

@@ -15,7 +15,9 @@
  *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
  *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
  *  DOORBELL check): input bytes, the device state of an incoming migration (restored, then
- *  REQUEST applies at once: RUN starts the guest before the boot is reported).
+ *  REQUEST applies at once: RUN starts the guest before the boot is reported), and the
+ *  hand-off slots of a direct hand-off (the source's thread publishes its saved state there;
+ *  the target's thread sleeps on the slot's futex, takes the leases itself and runs).
  *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
  *  exit, fatal, replies.
  * ```
@@ -28,6 +30,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { ControlIdentity } from '../devices/control.js';
 import type { MachineState } from '../machine/state.js';
+import type { HandoffLeasePlan } from '../migration/handoff-lease.js';
 
 /** Int32 indices of the control SharedArrayBuffer. */
 export const Ctl = {
@@ -107,7 +110,43 @@ export interface VcpuInit {
 /** Host → worker commands on the command port. */
 export type VcpuCommand =
   | { readonly t: 'input'; readonly bytes: Uint8Array }
-  | { readonly t: 'restore'; readonly state: MachineState };
+  | { readonly t: 'restore'; readonly state: MachineState }
+  /**
+   * Incoming migration, direct hand-off (migration/handoff-slot.ts): wait for the device state in
+   * `slot`, take the leases with `lease`, restore, and run if REQUEST is RUN; report `handoff`.
+   */
+  | { readonly t: 'handoff-in'; readonly slot: SharedArrayBuffer; readonly lease: HandoffLeasePlan }
+  /** Outgoing migration: the save with this id also publishes the state into `slot`. */
+  | { readonly t: 'handoff-out'; readonly slot: SharedArrayBuffer; readonly saveId: number };
+
+/** How a direct hand-off ended in the target's vCPU thread (`handoff` message). */
+export interface HandoffOutcome {
+  /** True: the leases moved here and the guest runs (REQUEST was RUN). */
+  readonly ok: boolean;
+  /**
+   * Where it ended: `run`; `aborted` (the slot was given up before the state came: the state
+   * travels on the stream, nothing moved); `connect` (no lease channel; the slot was aborted);
+   * `state` (the state does not load); `lease` (a transfer failed or its answer is unknown).
+   */
+  readonly stage: 'run' | 'aborted' | 'connect' | 'state' | 'lease';
+  /** Per lease transfer: the epoch now held here, or null where it did not move. */
+  readonly epochs: readonly (number | null)[];
+  /** Epoch ms: the guest's start here (ok), and the source vCPU's stop. */
+  readonly runAtMs: number;
+  readonly stopAtMs: number;
+  /**
+   * Epoch ms (diagnostics): this thread saw the stop, the source published the state, this
+   * thread had it restored, and had the leases.
+   */
+  readonly stopSeenAtMs?: number;
+  readonly publishedAtMs?: number;
+  readonly tookAtMs?: number;
+  readonly leasedAtMs?: number;
+  readonly code?: string;
+  readonly message?: string;
+  /** A transfer may have been applied without its answer (the lease may be here). */
+  readonly uncertain?: boolean;
+}
 
 /** Worker run states reported in order. */
 export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
@@ -138,5 +177,8 @@ export type VcpuMessage =
       readonly id: number;
       readonly state: MachineState | null;
       readonly error?: string;
+      /** The state was also published into the hand-off slot of a `handoff-out` command. */
+      readonly handedOff?: boolean;
     }
+  | ({ readonly t: 'handoff' } & HandoffOutcome)
   | { readonly t: 'stopped' };

@@ -18,6 +18,16 @@ export interface SpareInit {
   readonly init: VcpuInit;
 }
 
+/**
+ * The options vCPU threads start with: the host's, without custom export conditions. The thread
+ * runs compiled code and must load the built packages, also when the host resolves sources (a
+ * test runner passes `--conditions @handoff/source`).
+ */
+const WORKER_EXEC_ARGV = process.execArgv.filter(
+  (arg, k, all) =>
+    !/^(--conditions|-C)(=|$)/.test(arg) && !/^(--conditions|-C)$/.test(all[k - 1] ?? ''),
+);
+
 /** How long after a spare was taken the next one starts (lets the taker finish first). */
 const REFILL_DELAY_MS = 100;
 /** Spares that may end on their own before the pool stops starting new ones. */
@@ -61,6 +71,7 @@ export class VcpuThreadPool {
     return new Worker(this.url, {
       workerData: init,
       transferList: [init.commands],
+      execArgv: WORKER_EXEC_ARGV,
       stdout: false,
       stderr: false,
     });
@@ -85,7 +96,12 @@ export class VcpuThreadPool {
 
   private fill(): void {
     while (!this.closed && this.spares.length < this.size) {
-      const w = new Worker(this.url, { workerData: null, stdout: false, stderr: false });
+      const w = new Worker(this.url, {
+        workerData: null,
+        execArgv: WORKER_EXEC_ARGV,
+        stdout: false,
+        stderr: false,
+      });
       w.unref(); // a waiting spare never keeps the process alive
       const drop = (why: string): void => {
         const k = this.spares.indexOf(w);

@@ -18,10 +18,23 @@ import { parseElf } from '../loader/elf.js';
 import { PAGE_SHIFT, setPageBits } from '../memory/pages.js';
 import { makePageTables, type PageTables } from '../memory/ram-block.js';
 import { MAX_BLOCK_SIZE } from './spec.js';
+import { failpoint } from '../failpoints.js';
+import { openLeaseStep, type LeaseStep } from '../migration/handoff-lease.js';
+import {
+  abortSlot,
+  announceStop,
+  awaitStop,
+  awaitTakeover,
+  finishSlot,
+  publishState,
+  takeState,
+} from '../migration/handoff-slot.js';
+import { decodeDeviceState, encodeDeviceState } from '../snapshot/device-state.js';
 import {
   Ctl,
   Request,
   RunCode,
+  type HandoffOutcome,
   type VcpuCommand,
   type VcpuInit,
   type VcpuMessage,
@@ -39,6 +52,8 @@ const OUT_CAPACITY = 64 * 1024;
 const OUT_INTERVAL_MS = 2;
 /** Save/restore rounds a spare runs on a throw-away machine (see warmUp). */
 const WARM_UP_ROUNDS = 500;
+/** While a direct hand-off waits, how often the thread looks for a stop request. */
+const HANDOFF_POLL_MS = 20;
 
 const port = parentPort!;
 /**
@@ -52,7 +67,12 @@ function warmUp(): void {
   // Often enough for V8 to compile these past its interpreter; ≈30 ms while idle.
   for (let k = 0; k < WARM_UP_ROUNDS; k++) {
     m.clock.hold();
-    m.restore(structuredClone(m.save()));
+    // The direct hand-off encodes (source) and decodes (target) the state in this thread.
+    m.restore(
+      k % 2 === 0
+        ? structuredClone(m.save())
+        : decodeDeviceState(encodeDeviceState(m.save())).state,
+    );
     m.clock.release();
   }
   m.clock.hold();
@@ -111,12 +131,17 @@ function publishInstret(m: Machine): void {
   Atomics.store(ctl64, Ctl.INSTRET64, BigInt(m.cpu.retired));
 }
 
+/** Epoch ms of the last state change (the stamp `state` messages carry). */
+let lastStateAt = 0;
+
 function setState(
   m: Machine,
   state: VcpuRunState,
   extra: Partial<VcpuMessage & { t: 'state' }> = {},
+  at = performance.timeOrigin + performance.now(),
 ): void {
   runState = state;
+  lastStateAt = at;
   const code =
     state === 'created'
       ? RunCode.CREATED
@@ -135,7 +160,7 @@ function setState(
     t: 'state',
     state,
     instret: m.cpu.retired,
-    at: performance.timeOrigin + performance.now(),
+    at: lastStateAt,
   });
 }
 
@@ -164,7 +189,9 @@ function boot(): Machine | null {
     });
     if (init.restore !== null) {
       // Incoming migration: RAM already holds the guest; only the devices are loaded.
-      machine.restore(init.restore === 'pending' ? awaitRestore() : init.restore);
+      let handoff: Handoff | null = null;
+      if (init.restore === 'pending') handoff = awaitIncoming(machine);
+      else machine.restore(init.restore);
       machine.clock.hold();
       // The host sets RUN before it posts the state: start the guest first (the run stamp is
       // the real resume), then report the boot; the loop runs the guest right after.
@@ -174,6 +201,22 @@ function boot(): Machine | null {
       } else {
         publishInstret(machine);
         Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
+      }
+      if (handoff !== null) {
+        const runAtMs = runState === 'running' ? lastStateAt : 0;
+        finishSlot(handoff.slot, runAtMs > 0, runAtMs);
+        post({
+          t: 'handoff',
+          ok: true,
+          stage: 'run',
+          epochs: handoff.epochs,
+          runAtMs,
+          stopAtMs: handoff.stopAtMs,
+          stopSeenAtMs: handoff.stopSeenAtMs,
+          publishedAtMs: handoff.publishedAtMs,
+          tookAtMs: handoff.tookAtMs,
+          leasedAtMs: handoff.leasedAtMs,
+        });
       }
       post({ t: 'booted', entry: -1 });
       return machine;
@@ -204,19 +247,147 @@ function boot(): Machine | null {
   }
 }
 
-/** Sleeps on the doorbell until the host posts the device state of an incoming migration. */
-function awaitRestore(): MachineState {
+/** A direct hand-off that moved the leases here; the machine holds its state. */
+interface Handoff {
+  readonly slot: SharedArrayBuffer;
+  readonly epochs: readonly (number | null)[];
+  readonly stopAtMs: number;
+  readonly stopSeenAtMs: number;
+  readonly publishedAtMs: number;
+  readonly tookAtMs: number;
+  readonly leasedAtMs: number;
+}
+
+/**
+ * Sleeps until the device state of an incoming migration is loaded into `m`: posted by the host
+ * (`restore`; returns null), or taken from a hand-off slot with the leases moved here by this
+ * thread (`handoff-in`; returns the hand-off). A hand-off that ends otherwise is reported and the
+ * thread waits again (the host then posts the state, or stops the thread).
+ *
+ * @throws Error when the host stops the thread first
+ */
+function awaitIncoming(m: Machine): Handoff | null {
   post({ t: 'spawned' });
   for (;;) {
     const bell = Atomics.load(ctl, Ctl.DOORBELL);
     if (Atomics.load(ctl, Ctl.REQUEST) === Request.STOP) throw new Error('stopped before restore');
+    let arm: (VcpuCommand & { t: 'handoff-in' }) | null = null;
     for (;;) {
       const msg = receiveMessageOnPort(init.commands);
       if (msg === undefined) break;
       const cmd = msg.message as VcpuCommand;
-      if (cmd.t === 'restore') return cmd.state;
+      if (cmd.t === 'restore') {
+        m.restore(cmd.state);
+        return null;
+      }
+      if (cmd.t === 'handoff-in') arm = cmd;
+      else if (cmd.t === 'input') pendingInput.push(cmd.bytes);
+    }
+    if (arm !== null) {
+      const done = handOffIn(m, arm);
+      if (done !== null) return done;
+      continue;
     }
     Atomics.wait(ctl, Ctl.DOORBELL, bell);
+  }
+}
+
+/** One direct hand-off, target side (PROTOCOL.md, "Direct hand-off"). */
+function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff | null {
+  const { slot, lease } = arm;
+  const none = lease.transfers.map(() => null);
+  const fail = (
+    o: Pick<HandoffOutcome, 'stage' | 'code' | 'message' | 'uncertain'> & {
+      epochs?: readonly (number | null)[];
+      stopAtMs?: number;
+    },
+  ): null => {
+    post({ t: 'handoff', ok: false, runAtMs: 0, stopAtMs: 0, epochs: none, ...o });
+    return null;
+  };
+  let link: LeaseStep;
+  try {
+    link = openLeaseStep(lease); // connected or mapped now, off the downtime path
+  } catch (err) {
+    abortSlot(slot);
+    return fail({
+      stage: 'connect',
+      code: 'VMM_MEMSTORE_UNAVAILABLE',
+      message: `memstore's lease step cannot be prepared: ${(err as Error).message}`,
+    });
+  }
+  try {
+    const stopped = awaitStop(
+      slot,
+      HANDOFF_POLL_MS,
+      () => Atomics.load(ctl, Ctl.REQUEST) === Request.STOP,
+    );
+    if (stopped !== 'stopped') return fail({ stage: 'aborted' });
+    const stopSeenAtMs = performance.timeOrigin + performance.now();
+    // The source's vCPU stopped. Over the lease channel the requests go out now, while its
+    // state is saved, encoded and published there, and decoded and restored here.
+    if (link.early) link.send();
+    const took = takeState(slot, lease.timeoutMs);
+    let failure: Parameters<typeof fail>[0] | null = null;
+    if (took.kind === 'state') {
+      try {
+        m.restore(decodeDeviceState(took.bytes).state);
+      } catch (err) {
+        failure = {
+          stage: 'state',
+          code: 'MIGRATION_BAD_STREAM',
+          message: `the device state in the hand-off slot does not load: ${(err as Error).message}`,
+        };
+      }
+    } else {
+      failure = {
+        stage: 'state',
+        code: took.kind === 'invalid' ? 'MIGRATION_BAD_STREAM' : 'MIGRATION_FAILED',
+        message:
+          took.kind === 'invalid'
+            ? took.reason
+            : took.kind === 'aborted'
+              ? "the source's vCPU thread could not publish the device state"
+              : `the device state did not arrive within ${lease.timeoutMs} ms of the stop`,
+      };
+    }
+    const tookAtMs = performance.timeOrigin + performance.now();
+    // Armed transfers flip only once the state is in: nothing moves for a state that fails.
+    if (!link.early && failure === null) link.send();
+    // Always read the answers: which leases moved here decides what must be given back.
+    const leased = link.receive();
+    const leasedAtMs = performance.timeOrigin + performance.now();
+    const stopAtMs = took.kind === 'state' ? took.stopAtMs : 0;
+    if (failure === null && !leased.ok) {
+      failure = {
+        stage: 'lease',
+        code: leased.code!,
+        message: leased.message!,
+        uncertain: leased.uncertain === true,
+      };
+    }
+    if (failure === null) {
+      try {
+        failpoint('incoming-after-lease');
+      } catch (err) {
+        failure = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
+      }
+    }
+    if (failure !== null) {
+      finishSlot(slot, false);
+      return fail({ ...failure, epochs: leased.epochs, stopAtMs });
+    }
+    return {
+      slot,
+      epochs: leased.epochs,
+      stopAtMs,
+      stopSeenAtMs,
+      publishedAtMs: took.kind === 'state' ? took.publishedAtMs : 0,
+      tookAtMs,
+      leasedAtMs,
+    };
+  } finally {
+    link.close();
   }
 }
 
@@ -240,8 +411,12 @@ function drainCommands(): void {
     if (msg === undefined) return;
     const cmd = msg.message as VcpuCommand;
     if (cmd.t === 'input') pendingInput.push(cmd.bytes);
+    else if (cmd.t === 'handoff-out') outgoing = cmd;
   }
 }
+
+/** The hand-off slot the next save (of its id) also publishes into. */
+let outgoing: (VcpuCommand & { t: 'handoff-out' }) | null = null;
 
 /** The last save id answered ({@link Ctl.SAVE_REQ}; the host's ids start at 1). */
 let saveSeen = 0;
@@ -259,9 +434,29 @@ function answerSave(m: Machine, req: number): void {
   if (id === null) return;
   if (runState === 'running') {
     post({ t: 'saved', id, state: null, error: 'the VM is running; pause it first' });
-  } else {
-    post({ t: 'saved', id, state: m.save() });
+    return;
   }
+  if (published !== null && published.id === id) {
+    post({ t: 'saved', id, state: published.state, handedOff: published.ok });
+    published = null;
+    return;
+  }
+  const state = m.save();
+  let handedOff = false;
+  if (outgoing !== null && outgoing.saveId === id) {
+    // Direct hand-off of a VM that was already paused: the target's vCPU thread takes over.
+    if (announceStop(outgoing.slot, lastStateAt)) {
+      let bytes: Uint8Array | null = null;
+      try {
+        bytes = encodeDeviceState(state);
+      } catch {
+        bytes = null;
+      }
+      handedOff = publishState(outgoing.slot, bytes);
+    }
+    outgoing = null;
+  }
+  post({ t: 'saved', id, state, handedOff });
 }
 
 /** Hands queued console bytes to the UART as far as its FIFO takes them. */
@@ -288,7 +483,7 @@ function feedInput(m: Machine): boolean {
 }
 
 /** Applies the requested run state; returns false when the thread must end. */
-function applyRequest(m: Machine): boolean {
+function applyRequest(m: Machine, saveReq: number): boolean {
   const req = Atomics.load(ctl, Ctl.REQUEST);
   if (req === Request.STOP) return false;
   if (req === Request.RUN && (runState === 'created' || runState === 'paused')) {
@@ -296,14 +491,48 @@ function applyRequest(m: Machine): boolean {
     setState(m, 'running');
   } else if (req === Request.PAUSE && runState === 'running') {
     m.clock.hold();
+    const stopAt = performance.timeOrigin + performance.now();
     // Stored by the host before it rang the doorbell, which this thread has loaded since.
     const asked = ctlF64[Ctl.PAUSE_REQUESTED_AT]!;
-    const latencyMs = asked > 0 ? performance.timeOrigin + performance.now() - asked : 0;
+    const latencyMs = asked > 0 ? stopAt - asked : 0;
+    if (outgoing !== null && outgoing.saveId === saveReq) handOffOut(m, stopAt);
     // Reported before anything else (the host acts on it at once); a save rung with this
     // pause is answered right after (answerSave), while the host handles the pause.
-    setState(m, 'paused', { latencyMs: Math.max(0, latencyMs) });
+    setState(m, 'paused', { latencyMs: Math.max(0, latencyMs) }, stopAt);
   }
   return true;
+}
+
+/** How long the source's thread waits for the target's to take over before reporting the stop. */
+const TAKEOVER_WAIT_MS = 100;
+
+/** A save published at the stop by {@link handOffOut}, answered by {@link answerSave}. */
+let published: { readonly id: number; readonly state: MachineState; readonly ok: boolean } | null =
+  null;
+
+/**
+ * Direct hand-off, source side, at the stop and before anything is posted: saves, publishes the
+ * state into the slot (waking the target's vCPU thread) and sleeps until that thread runs the
+ * guest or fails (at most {@link TAKEOVER_WAIT_MS}), so that this process's main thread does
+ * not compete for the CPU with the target and memstore inside the downtime.
+ */
+function handOffOut(m: Machine, stopAt: number): void {
+  const out = outgoing!;
+  outgoing = null;
+  const announced = announceStop(out.slot, stopAt); // the target asks for the lease now
+  const state = m.save();
+  let ok = false;
+  if (announced) {
+    let bytes: Uint8Array | null = null;
+    try {
+      bytes = encodeDeviceState(state);
+    } catch {
+      bytes = null; // aborts the slot: the state goes on the stream, the lease comes back
+    }
+    ok = publishState(out.slot, bytes);
+    if (ok) awaitTakeover(out.slot, TAKEOVER_WAIT_MS);
+  }
+  published = { id: out.saveId, state, ok };
 }
 
 // ---- the loop -----------------------------------------------------------------------------
@@ -319,7 +548,7 @@ function loop(m: Machine): void {
       const saveReq = Atomics.load(ctl, Ctl.SAVE_REQ);
       drainCommands();
       swapDirty(m);
-      if (!applyRequest(m)) return;
+      if (!applyRequest(m, saveReq)) return;
       answerSave(m, saveReq);
     }
     if (runState !== 'running') {

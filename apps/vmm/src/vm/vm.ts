@@ -4,6 +4,7 @@ import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
 import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
+import type { HandoffLeasePlan } from '../migration/handoff-lease.js';
 import type { RamBacking as RamBackingT } from '../ram/backing.js';
 import { PAGE_SHIFT } from '../memory/pages.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
@@ -12,6 +13,7 @@ import {
   CONTROL_BYTES,
   Ctl,
   Request,
+  type HandoffOutcome,
   type VcpuCommand,
   type VcpuInit,
   type VcpuMessage,
@@ -255,6 +257,26 @@ export class Vm {
     });
   }
 
+  /**
+   * Incoming migration by direct hand-off (PROTOCOL.md): arms the waiting vCPU thread on the
+   * hand-off `slot`. When the source's thread publishes the state there, this VM's thread takes
+   * the leases with `lease`, restores and runs the guest without a word from this thread.
+   * Resolves with how it ended; an outcome that is not `ok` leaves the VM waiting (for a
+   * {@link Vm.runIncoming}, or a destroy). Abort the slot to end a wait.
+   */
+  handOffIncoming(slot: SharedArrayBuffer, lease: HandoffLeasePlan): Promise<HandoffOutcome> {
+    this.assertAlive();
+    const outcome = new Promise<HandoffOutcome>((resolve) => {
+      this.handoffWaiter = resolve;
+    });
+    const cmd: VcpuCommand = { t: 'handoff-in', slot, lease };
+    this.commands.postMessage(cmd);
+    this.ring(Request.RUN); // the thread runs the guest the moment the leases are here
+    return outcome;
+  }
+
+  private handoffWaiter: ((o: HandoffOutcome) => void) | undefined;
+
   private waitBoot(kind: 'booted' | 'spawned' = 'booted'): Promise<void> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -471,7 +493,8 @@ export class Vm {
    */
   pauseAndSave(
     onPaused?: (pausedAtMs: number) => void,
-  ): Promise<{ state: MachineState; pausedAtMs: number }> {
+    handoffSlot?: SharedArrayBuffer,
+  ): Promise<{ state: MachineState; pausedAtMs: number; handedOff: boolean }> {
     return this.serial(async () => {
       this.assertAlive();
       const wasRunning = this.state === 'running';
@@ -480,6 +503,11 @@ export class Vm {
       const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
         this.saves.set(id, resolve),
       );
+      if (handoffSlot !== undefined) {
+        // Read at the same doorbell as the pause: the thread publishes the state it saves.
+        const cmd: VcpuCommand = { t: 'handoff-out', slot: handoffSlot, saveId: id };
+        this.commands.postMessage(cmd);
+      }
       // Rung with the pause (one round trip, no command message), stored after the request it
       // goes with: the worker reads SAVE_REQ before REQUEST at a doorbell.
       if (wasRunning) Atomics.store(this.ctl, Ctl.REQUEST, Request.PAUSE);
@@ -498,7 +526,7 @@ export class Vm {
       if (m.state === null) {
         throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
       }
-      return { state: m.state, pausedAtMs };
+      return { state: m.state, pausedAtMs, handedOff: m.handedOff === true };
     });
   }
 
@@ -632,6 +660,12 @@ export class Vm {
         this.saves.get(m.id)?.(m);
         this.saves.delete(m.id);
         return;
+      case 'handoff': {
+        const waiter = this.handoffWaiter;
+        this.handoffWaiter = undefined;
+        waiter?.(m);
+        return;
+      }
       default:
         return;
     }
@@ -705,6 +739,16 @@ export class Vm {
       this.emit('guest-error', reason);
     }
     for (const w of [...this.stateWaiters]) w('gone');
+    this.handoffWaiter?.({
+      ok: false,
+      stage: 'aborted',
+      epochs: [],
+      runAtMs: 0,
+      stopAtMs: 0,
+      code: 'VMM_VCPU_FAILED',
+      message: reason,
+    });
+    this.handoffWaiter = undefined;
     this.endConsoles();
   }
 

@@ -142,6 +142,13 @@ export interface IncomingRequest {
 export interface HeaderAck {
   formatMajor: number;
   formatMinor: number;
+  /**
+   * Absolute path of the target's hand-off slot (a shared file, see PROTOCOL.md "Direct
+   * hand-off"), offered when every block travels by reference; empty: the device state comes
+   * on this stream. A source that uses it sends no further frame: the vCPU threads hand over,
+   * and the target answers ResumedAck or StreamError. Format minor >= 1.
+   */
+  handoffSlot: string;
 }
 
 export interface ResumedAck {
@@ -1359,7 +1366,7 @@ export const IncomingRequest: MessageFns<IncomingRequest> = {
 };
 
 function createBaseHeaderAck(): HeaderAck {
-  return { formatMajor: 0, formatMinor: 0 };
+  return { formatMajor: 0, formatMinor: 0, handoffSlot: "" };
 }
 
 export const HeaderAck: MessageFns<HeaderAck> = {
@@ -1369,6 +1376,9 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     }
     if (message.formatMinor !== 0) {
       writer.uint32(16).uint32(message.formatMinor);
+    }
+    if (message.handoffSlot !== "") {
+      writer.uint32(26).string(message.handoffSlot);
     }
     return writer;
   },
@@ -1402,6 +1412,14 @@ export const HeaderAck: MessageFns<HeaderAck> = {
             message.formatMinor = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.handoffSlot = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1426,6 +1444,11 @@ export const HeaderAck: MessageFns<HeaderAck> = {
         : isSet(object.format_minor)
         ? globalThis.Number(object.format_minor)
         : 0,
+      handoffSlot: isSet(object.handoffSlot)
+        ? globalThis.String(object.handoffSlot)
+        : isSet(object.handoff_slot)
+        ? globalThis.String(object.handoff_slot)
+        : "",
     };
   },
 
@@ -1437,6 +1460,9 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     if (message.formatMinor !== 0) {
       obj.formatMinor = Math.round(message.formatMinor);
     }
+    if (message.handoffSlot !== "") {
+      obj.handoffSlot = message.handoffSlot;
+    }
     return obj;
   },
 
@@ -1447,6 +1473,7 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     const message = createBaseHeaderAck();
     message.formatMajor = object.formatMajor ?? 0;
     message.formatMinor = object.formatMinor ?? 0;
+    message.handoffSlot = object.handoffSlot ?? "";
     return message;
   },
 };

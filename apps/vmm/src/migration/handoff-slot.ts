@@ -1,0 +1,358 @@
+/**
+ * The hand-off slot: one small shared file through which the source's vCPU thread hands a
+ * migrating VM's device state straight to the target's vCPU thread, without waking either main
+ * thread (PROTOCOL.md, "Direct hand-off"). Used when every RAM block travels by reference, so
+ * the device state is all that is left to move at the stop.
+ *
+ * Layout (little-endian; the target creates and owns the file, the source only writes the
+ * state and flips the state word):
+ *
+ * | offset | size | field |
+ * |---|---|---|
+ * | 0 | 4 | magic `HOFS` |
+ * | 4 | 4 | layout version (1) |
+ * | 8 | 4 | state word (futex): {@link SlotState} |
+ * | 12 | 4 | length of the device state in bytes |
+ * | 16 | 8 | float64: the source vCPU's stop, epoch ms |
+ * | 24 | 8 | float64: the target vCPU's start, epoch ms |
+ * | 32 | 4 | capacity of the data area in bytes |
+ * | 40 | 8 | float64: when the source published the state, epoch ms |
+ * | 64 | capacity | the device state (snapshot container bytes) |
+ *
+ * State word transitions — each a compare-and-set, so exactly one side wins every race:
+ * `ARMED → STOPPED` (source: its vCPU stopped; the target's thread sends TransferLease at once,
+ * overlapping the save) or `ARMED → ABORTED` (either side gives up before that: the state
+ * travels on the stream and no lease moves through the slot); `STOPPED → READY` (source: the
+ * state is written) or `STOPPED → ABORTED` (source: it could not publish; the target's thread
+ * gives back any lease it took, like a target that fails after the final marker);
+ * `READY → TAKEN` (target thread read it); `TAKEN → RUNNING | FAILED` (target thread: the lease
+ * moved and the guest runs, or not). From STOPPED on, only the target thread's outcome decides
+ * where the VM runs.
+ *
+ * The file is hostile input for both sides: the source checks the path's form, that it is a
+ * regular file of exactly {@link SLOT_BYTES} with this header, and never reads what it did not
+ * write; the target checks the length against the capacity and decodes the state with the
+ * validating snapshot codec before anything reaches a device.
+ */
+import { closeSync, constants as fsConstants, fstatSync, openSync, unlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { basename, isAbsolute, join } from 'node:path';
+import { futexWait, futexWake, mapFd, mapFile, type Mapping } from '@handoff/shm';
+import { MigrationError } from './errors.js';
+
+/** Values of the state word. */
+export const SlotState = {
+  /** Created by the target; its vCPU thread waits for the source's stop. */
+  ARMED: 1,
+  /** The source's vCPU stopped; its state follows. The target's thread asks for the lease now. */
+  STOPPED: 2,
+  /** The source's vCPU thread wrote the state. */
+  READY: 3,
+  /** Not used (before STOPPED) or given up (after it): the device state travels on the stream. */
+  ABORTED: 4,
+  /** The target's vCPU thread read the state. */
+  TAKEN: 5,
+  /** The lease moved to the target and its vCPU runs the guest. */
+  RUNNING: 6,
+  /** The target's vCPU thread could not take over (bad state, lease refused). */
+  FAILED: 7,
+} as const;
+export type SlotStateValue = (typeof SlotState)[keyof typeof SlotState];
+
+const MAGIC = 0x53464f48; // "HOFS" read as a little-endian u32
+const LAYOUT_VERSION = 1;
+/** Byte offsets of the header fields. */
+const OFF = {
+  magic: 0,
+  version: 4,
+  state: 8,
+  length: 12,
+  stopAt: 16,
+  runAt: 24,
+  capacity: 32,
+  publishedAt: 40,
+};
+/** Int32 index of the state word. */
+const STATE = OFF.state >>> 2;
+/** Where the device state starts. */
+export const SLOT_HEADER_BYTES = 64;
+/** Size of every slot file: 1 MiB (tmpfs allocates only the pages written). */
+export const SLOT_BYTES = 1024 * 1024;
+const CAPACITY = SLOT_BYTES - SLOT_HEADER_BYTES;
+const NAME = /^handoff-slot-[a-z0-9-]{1,64}\.bin$/;
+
+/** The main thread's handle of a slot file (either side). */
+export class HandoffSlot {
+  private closed = false;
+
+  private constructor(
+    /** Absolute path of the file. */
+    readonly path: string,
+    private readonly mapping: Mapping<SharedArrayBuffer>,
+    private readonly owner: boolean,
+  ) {}
+
+  /** The mapped file: what the vCPU thread gets. */
+  get buffer(): SharedArrayBuffer {
+    return this.mapping.buffer;
+  }
+
+  /**
+   * Target: creates an armed slot in `dir` (a folder both vmms of the migration see, tmpfs
+   * preferably), owner-only permissions.
+   *
+   * @throws ShmError when the file cannot be created or mapped
+   */
+  static create(dir: string, owner: string): HandoffSlot {
+    const tag = owner
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+      .slice(0, 40);
+    const path = join(dir, `handoff-slot-${tag}-${randomBytes(6).toString('hex')}.bin`);
+    const mapping = mapFile(path, { create: true, exclusive: true, size: SLOT_BYTES, mode: 0o600 });
+    const view = new DataView(mapping.buffer);
+    view.setUint32(OFF.magic, MAGIC, true);
+    view.setUint32(OFF.version, LAYOUT_VERSION, true);
+    view.setUint32(OFF.capacity, CAPACITY, true);
+    Atomics.store(new Int32Array(mapping.buffer, 0, 16), STATE, SlotState.ARMED);
+    return new HandoffSlot(path, mapping, true);
+  }
+
+  /**
+   * Source: maps the slot a target offered, after checking that it is one.
+   *
+   * @throws MigrationError `MIGRATION_BAD_STREAM` when the path or the file is not an armed
+   *   slot of this layout
+   */
+  static open(path: string): HandoffSlot {
+    const bad = (why: string): never => {
+      throw new MigrationError(
+        'MIGRATION_BAD_STREAM',
+        `the target's hand-off slot ${JSON.stringify(path).slice(0, 200)} ${why}`,
+      );
+    };
+    if (!isAbsolute(path) || !NAME.test(basename(path)) || path.includes('\0')) {
+      bad('is not a slot path (absolute, named handoff-slot-*.bin)');
+    }
+    let fd: number;
+    try {
+      fd = openSync(path, fsConstants.O_RDWR | fsConstants.O_NOFOLLOW);
+    } catch (err) {
+      return bad(`cannot be opened: ${(err as Error).message}`);
+    }
+    let mapping: Mapping<SharedArrayBuffer>;
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile() || st.size !== SLOT_BYTES)
+        bad(`is not a regular file of ${SLOT_BYTES} bytes`);
+      mapping = mapFd(fd, { length: SLOT_BYTES });
+    } finally {
+      closeSync(fd);
+    }
+    const view = new DataView(mapping.buffer);
+    if (
+      view.getUint32(OFF.magic, true) !== MAGIC ||
+      view.getUint32(OFF.version, true) !== LAYOUT_VERSION ||
+      view.getUint32(OFF.capacity, true) !== CAPACITY
+    ) {
+      mapping.close();
+      bad(`has an unknown header (layout version ${view.getUint32(OFF.version, true)})`);
+    }
+    return new HandoffSlot(path, mapping, false);
+  }
+
+  /** The state word now. */
+  state(): number {
+    return slotState(this.buffer);
+  }
+
+  /** Bytes of device state the source published (0 before). */
+  get stateLength(): number {
+    return new DataView(this.buffer).getUint32(OFF.length, true);
+  }
+
+  /** Whether the source's thread announced its stop (the target may take the lease from then on). */
+  get announced(): boolean {
+    return announcedStop(this.buffer);
+  }
+
+  /** The target vCPU's start stamp (epoch ms) once RUNNING, else 0. */
+  get runAtMs(): number {
+    return new DataView(this.buffer).getFloat64(OFF.runAt, true);
+  }
+
+  /**
+   * Gives up the direct hand-off (`ARMED → ABORTED`) and wakes the waiting thread. True when the
+   * slot is aborted before the source's stop (now or before); false when the source's thread
+   * announced its stop: the target's thread decides.
+   */
+  abort(): boolean {
+    return abortSlot(this.buffer);
+  }
+
+  /** Unmaps the slot; the target (its owner) also deletes the file. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.mapping.close(); // the vCPU thread's reference keeps its view valid until collected
+    if (this.owner) {
+      try {
+        unlinkSync(this.path);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+// ---- used by the vCPU threads (and the main thread's abort) ----------------------------------
+
+function words(buf: SharedArrayBuffer): Int32Array {
+  return new Int32Array(buf, 0, SLOT_HEADER_BYTES >>> 2);
+}
+
+/** The state word of a mapped slot. */
+export function slotState(buf: SharedArrayBuffer): number {
+  return Atomics.load(words(buf), STATE);
+}
+
+/**
+ * `ARMED → ABORTED`, waking the waiter. True when the slot is aborted before the source's stop
+ * (now or before); false once the source's thread announced its stop (the target's thread
+ * decides from then on).
+ */
+export function abortSlot(buf: SharedArrayBuffer): boolean {
+  const was = Atomics.compareExchange(words(buf), STATE, SlotState.ARMED, SlotState.ABORTED);
+  if (was === SlotState.ARMED) futexWake(buf, OFF.state, 1);
+  return !announcedStop(buf);
+}
+
+/** Whether the source's thread flipped the slot out of ARMED (its stop stamp is set). */
+function announcedStop(buf: SharedArrayBuffer): boolean {
+  const s = Atomics.load(words(buf), STATE);
+  if (s === SlotState.ARMED) return false;
+  return s !== SlotState.ABORTED || new DataView(buf).getFloat64(OFF.stopAt, true) !== 0;
+}
+
+/**
+ * Source vCPU thread, the instant it stopped: `ARMED → STOPPED`, waking the target's thread so
+ * that it asks for the lease while this one saves and encodes the state. False when the slot was
+ * aborted (the state goes on the stream; the target never moves the lease for this slot).
+ */
+export function announceStop(buf: SharedArrayBuffer, stopAtMs: number): boolean {
+  const was = Atomics.compareExchange(words(buf), STATE, SlotState.ARMED, SlotState.STOPPED);
+  if (was !== SlotState.ARMED) return false;
+  // Written after the flip: a stop stamp marks a slot whose stop was announced (abortSlot).
+  new DataView(buf).setFloat64(OFF.stopAt, stopAtMs, true);
+  futexWake(buf, OFF.state, 1);
+  return true;
+}
+
+/**
+ * Source vCPU thread, after {@link announceStop}: writes the encoded device state and flips the
+ * slot to READY, waking the target's thread; with `null` (the state could not be encoded) or a
+ * state larger than the slot it flips to ABORTED instead and returns false: the target's thread
+ * then reports the failure and gives back any lease it took; the state goes on the stream.
+ */
+export function publishState(buf: SharedArrayBuffer, state: Uint8Array | null): boolean {
+  const w = words(buf);
+  if (Atomics.load(w, STATE) !== SlotState.STOPPED) return false;
+  let next: number = SlotState.ABORTED;
+  if (state !== null && state.length <= CAPACITY) {
+    new Uint8Array(buf, SLOT_HEADER_BYTES, state.length).set(state);
+    const view = new DataView(buf);
+    view.setUint32(OFF.length, state.length, true);
+    view.setFloat64(OFF.publishedAt, performance.timeOrigin + performance.now(), true);
+    next = SlotState.READY;
+  }
+  // The compare-and-set orders the writes above before the flip for the reader.
+  const was = Atomics.compareExchange(w, STATE, SlotState.STOPPED, next);
+  futexWake(buf, OFF.state, 1);
+  return was === SlotState.STOPPED && next === SlotState.READY;
+}
+
+/**
+ * Target vCPU thread, armed: sleeps until the source's thread stopped (`'stopped'`), the slot
+ * was aborted (`'aborted'`), or `stop()` says to give up (`'cancelled'`, the slot aborted by
+ * this call unless the source stopped meanwhile). `stop` is asked every `pollMs`.
+ */
+export function awaitStop(
+  buf: SharedArrayBuffer,
+  pollMs: number,
+  stop: () => boolean,
+): 'stopped' | 'aborted' | 'cancelled' {
+  const w = words(buf);
+  for (;;) {
+    const s = Atomics.load(w, STATE);
+    if (s !== SlotState.ARMED) return s === SlotState.ABORTED ? 'aborted' : 'stopped';
+    if (stop() && abortSlot(buf)) return 'cancelled';
+    futexWait(buf, OFF.state, SlotState.ARMED, pollMs);
+  }
+}
+
+/** What the target's thread found in the slot after the stop. */
+export type SlotTake =
+  | {
+      readonly kind: 'state';
+      readonly bytes: Uint8Array;
+      readonly stopAtMs: number;
+      readonly publishedAtMs: number;
+    }
+  | { readonly kind: 'aborted' }
+  | { readonly kind: 'timed-out' }
+  | { readonly kind: 'invalid'; readonly reason: string };
+
+/**
+ * Target vCPU thread, after {@link awaitStop}: sleeps until the state is published
+ * (`READY → TAKEN`, the bytes copied out), the source gave up (ABORTED), or `timeoutMs` passed
+ * (the source's thread is gone or stuck).
+ */
+export function takeState(buf: SharedArrayBuffer, timeoutMs: number): SlotTake {
+  const w = words(buf);
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const s = Atomics.load(w, STATE);
+    if (s === SlotState.READY) {
+      if (Atomics.compareExchange(w, STATE, SlotState.READY, SlotState.TAKEN) !== SlotState.READY) {
+        continue;
+      }
+      const view = new DataView(buf);
+      const length = view.getUint32(OFF.length, true);
+      if (length === 0 || length > CAPACITY) {
+        return { kind: 'invalid', reason: `the slot claims ${length} bytes of device state` };
+      }
+      return {
+        kind: 'state',
+        bytes: new Uint8Array(buf, SLOT_HEADER_BYTES, length).slice(),
+        stopAtMs: view.getFloat64(OFF.stopAt, true),
+        publishedAtMs: view.getFloat64(OFF.publishedAt, true),
+      };
+    }
+    if (s !== SlotState.STOPPED) return { kind: 'aborted' };
+    const left = deadline - performance.now();
+    if (left <= 0) return { kind: 'timed-out' };
+    futexWait(buf, OFF.state, SlotState.STOPPED, left);
+  }
+}
+
+/** Target vCPU thread: records the outcome (`TAKEN → RUNNING | FAILED`), waking the source's. */
+export function finishSlot(buf: SharedArrayBuffer, running: boolean, runAtMs = 0): void {
+  if (running) new DataView(buf).setFloat64(OFF.runAt, runAtMs, true);
+  Atomics.store(words(buf), STATE, running ? SlotState.RUNNING : SlotState.FAILED);
+  futexWake(buf, OFF.state, 1);
+}
+
+/**
+ * Source vCPU thread, after publishing: sleeps while the target's thread has the state in hand
+ * (READY or TAKEN), at most `timeoutMs`. Returns the state word it ended on.
+ */
+export function awaitTakeover(buf: SharedArrayBuffer, timeoutMs: number): number {
+  const w = words(buf);
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const s = Atomics.load(w, STATE);
+    const left = deadline - performance.now();
+    if ((s !== SlotState.READY && s !== SlotState.TAKEN) || left <= 0) return s;
+    futexWait(buf, OFF.state, s, left);
+  }
+}
