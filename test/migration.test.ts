@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
+import { memstore as msPb, migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
 import { RemoteError, unaryCall } from '@handoff/service';
 import { resolveCapabilities } from '@handoff/qapi';
 import { capabilitiesToWire } from '@handoff/qapi/wire';
@@ -176,6 +176,50 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       [from, to] = [to, from];
     }
     await vmmCall(from.client, 'destroyVm', { name });
+  });
+
+  it('hands over directly with TransferLease from the vCPU thread when memstore cannot arm (persistent region)', async () => {
+    const name = 'ab-persistent';
+    const regionName = 'ab-persistent-ram';
+    await unaryCall(memstore.client, 'createRegion', {
+      name: regionName,
+      size: 16n * 1024n * 1024n,
+      kind: msPb.RegionKind.REGION_KIND_PERSISTENT,
+    });
+    await vmmCall(b.client, 'createVm', {
+      spec: vmSpec(name, 'ab', {
+        backend: RamBackend.RAM_BACKEND_SHARED,
+        region: regionName,
+        args: abArgs,
+      }),
+      start: true,
+    });
+    const console = openConsole(b.client, name);
+    await console.waitFor('BB');
+    console.close();
+    const region = async () =>
+      (await unaryCall(memstore.client, 'getRegion', { region: regionNamed(regionName) })).region!;
+    const before = (await region()).lease!;
+    const mapping = mapFile((await region()).path, { sharing: 'shared' });
+    try {
+      const info = await migrateVm(b, a, name, { jobId: 'persistent-0' });
+      expect(info.status).toBe('completed');
+      expect(handoffOf(a, 'persistent-0')).toBe('channel');
+      expect(info.ram.transferred).toBe(0);
+      const lease = (await region()).lease!;
+      expect(lease.holder).toBe(`vmm-a/${name}`);
+      expect(lease.epoch).toBe(before.epoch + 1n);
+      expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+      await checkPaused(a, name, () =>
+        new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+      );
+    } finally {
+      mapping.close();
+    }
+    await vmmCall(b.client, 'destroyVm', { name });
+    await vmmCall(a.client, 'destroyVm', { name });
   });
 
   it('moves a 512 MiB shared-RAM VM with bypass sending < 1 MiB', async () => {

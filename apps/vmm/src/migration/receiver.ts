@@ -247,7 +247,7 @@ export async function receiveMigration(
         stopToRunMs: o.runAtMs - o.stopAtMs,
         stopSeenMs: (o.stopSeenAtMs ?? 0) - o.stopAtMs,
         publishedMs: (o.publishedAtMs ?? 0) - o.stopAtMs,
-        restoredMs: (o.tookAtMs ?? 0) - o.stopAtMs,
+        restoredMs: (o.restoredAtMs ?? 0) - o.stopAtMs,
         leasedMs: (o.leasedAtMs ?? 0) - o.stopAtMs,
       },
       'incoming migration: the VM runs here (direct hand-off; source stop to run, wall clocks)',

@@ -140,7 +140,7 @@ export interface HandoffOutcome {
    */
   readonly stopSeenAtMs?: number;
   readonly publishedAtMs?: number;
-  readonly tookAtMs?: number;
+  readonly restoredAtMs?: number;
   readonly leasedAtMs?: number;
   readonly code?: string;
   readonly message?: string;

@@ -214,7 +214,7 @@ function boot(): Machine | null {
           stopAtMs: handoff.stopAtMs,
           stopSeenAtMs: handoff.stopSeenAtMs,
           publishedAtMs: handoff.publishedAtMs,
-          tookAtMs: handoff.tookAtMs,
+          restoredAtMs: handoff.restoredAtMs,
           leasedAtMs: handoff.leasedAtMs,
         });
       }
@@ -254,7 +254,7 @@ interface Handoff {
   readonly stopAtMs: number;
   readonly stopSeenAtMs: number;
   readonly publishedAtMs: number;
-  readonly tookAtMs: number;
+  readonly restoredAtMs: number;
   readonly leasedAtMs: number;
 }
 
@@ -351,7 +351,7 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
               : `the device state did not arrive within ${lease.timeoutMs} ms of the stop`,
       };
     }
-    const tookAtMs = performance.timeOrigin + performance.now();
+    const restoredAtMs = performance.timeOrigin + performance.now();
     // Armed transfers flip only once the state is in: nothing moves for a state that fails.
     if (!link.early && failure === null) link.send();
     // Always read the answers: which leases moved here decides what must be given back.
@@ -383,7 +383,7 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
       stopAtMs,
       stopSeenAtMs,
       publishedAtMs: took.kind === 'state' ? took.publishedAtMs : 0,
-      tookAtMs,
+      restoredAtMs,
       leasedAtMs,
     };
   } finally {
