@@ -99,6 +99,28 @@ describe('HandoffSlot', () => {
     }
   });
 
+  it('a taker with nothing to do at the stop sleeps on until the state is there', () => {
+    const s = HandoffSlot.create(dir, 'through');
+    expect(announceStop(s.buffer, 1)).toBe(true);
+    let asked = 0;
+    const stopAsked = (): boolean => {
+      asked++; // asked only while the slot is armed
+      return false;
+    };
+    expect(publishState(s.buffer, Uint8Array.of(1))).toBe(true);
+    expect(awaitStop(s.buffer, 1, stopAsked, true)).toBe('stopped');
+    expect(s.state()).toBe(SlotState.READY);
+    expect(asked).toBe(0);
+    s.close();
+    // Given up after the stop: still "stopped" (the taker then finds it aborted).
+    const t = HandoffSlot.create(dir, 'through2');
+    expect(announceStop(t.buffer, 1)).toBe(true);
+    expect(publishState(t.buffer, null)).toBe(false);
+    expect(awaitStop(t.buffer, 1, () => false, true)).toBe('stopped');
+    expect(takeState(t.buffer, 1000)).toEqual({ kind: 'aborted' });
+    t.close();
+  });
+
   it('a taker gives up after its timeout when the state never comes', () => {
     const s = HandoffSlot.create(dir, 'late');
     expect(announceStop(s.buffer, 1)).toBe(true);

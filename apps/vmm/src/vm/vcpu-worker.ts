@@ -317,10 +317,12 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     });
   }
   try {
+    // An armed lease has nothing to do at the stop: sleep on until the state is there.
     const stopped = awaitStop(
       slot,
       HANDOFF_POLL_MS,
       () => Atomics.load(ctl, Ctl.REQUEST) === Request.STOP,
+      !link.early,
     );
     if (stopped !== 'stopped') return fail({ stage: 'aborted' });
     const stopSeenAtMs = performance.timeOrigin + performance.now();
