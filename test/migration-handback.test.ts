@@ -29,7 +29,17 @@ describe('a bypass target that fails after taking the lease', () => {
 
   const startVmm = (id: string, failpoint?: string) =>
     startVmmProcess(
-      ['--id', id, '--memstore', memstore.process.address, '--max-vm-memory', '64M'],
+      // Hand-off slots in the test's folder: a killed target leaves its slot behind.
+      [
+        '--id',
+        id,
+        '--memstore',
+        memstore.process.address,
+        '--max-vm-memory',
+        '64M',
+        '--handoff-dir',
+        dirs.volatileDir,
+      ],
       failpoint !== undefined ? { env: { HANDOFF_VMM_FAILPOINT: failpoint } } : {},
     );
 

@@ -53,7 +53,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     memstore = await startMemstoreProcess(dirs);
     // vmm-b offers no hand-off slot: migrations to it carry the device state on the stream
     // and take the lease with TransferLease; those to vmm-a hand over vCPU to vCPU.
-    [a, b] = await Promise.all([startVmm('vmm-a'), startVmm('vmm-b', '--handoff-dir', 'off')]);
+    // (Slots in the test's folder: a killed target leaves its slot behind.)
+    [a, b] = await Promise.all([
+      startVmm('vmm-a', '--handoff-dir', dirs.volatileDir),
+      startVmm('vmm-b', '--handoff-dir', 'off'),
+    ]);
   });
 
   afterAll(async () => {
@@ -530,7 +534,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   });
 
   it('keeps the source running, unchanged, when the target is killed mid-stream', async () => {
-    const c = await startVmm('vmm-c');
+    const c = await startVmm('vmm-c', '--handoff-dir', dirs.volatileDir);
     const name = 'ab-kill';
     try {
       // 16 MiB of pages the guest keeps writing, at 4 MiB/s: the stream lasts seconds.
