@@ -87,7 +87,13 @@ export class IncomingTokens {
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
   ): Promise<string> {
-    const release = this.host.reserve(name);
+    const reserved = this.host.reserve(name);
+    // No spare thread starts (and warms up) while this migration may be timed.
+    const unhold = this.host.holdSpares();
+    const release = (): void => {
+      reserved();
+      unhold();
+    };
     const token = randomBytes(24).toString('base64url');
     const built =
       hint !== undefined && this.logger !== undefined

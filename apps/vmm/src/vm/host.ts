@@ -206,6 +206,14 @@ export class VmHost {
     }
   }
 
+  /**
+   * Keeps spare vCPU threads from starting until the returned release is called: for an
+   * incoming migration, from PrepareIncoming to its end (see VcpuThreadPool.hold).
+   */
+  holdSpares(): () => void {
+    return this.threads.hold();
+  }
+
   /** Registers an incoming VM (its name reserved) whose vCPU thread took it over and runs it. */
   adoptHandedOff(vm: Vm): void {
     this.vms.set(vm.name, vm);

@@ -49,6 +49,25 @@ describe('VcpuThreadPool', () => {
     await pool.close();
   });
 
+  it('starts no spare while a hold is in place, and the next one once it is released', async () => {
+    const pool = new VcpuThreadPool(echoWorker(), 1);
+    const release = pool.hold();
+    const a = initFor('a');
+    pool.take(a.init);
+    expect(await a.reply).toEqual({ name: 'a', spare: true });
+    await new Promise((r) => setTimeout(r, 400)); // well past the refill delay
+    expect(pool.available).toBe(0);
+    const second = pool.hold();
+    release();
+    release(); // once only: the second hold still counts
+    await new Promise((r) => setTimeout(r, 400));
+    expect(pool.available).toBe(0);
+    second();
+    await until(() => pool.available === 1);
+    expect(pool.available).toBe(1);
+    await pool.close();
+  });
+
   it('starts a thread of its own when no spare waits (size 0)', async () => {
     const pool = new VcpuThreadPool(echoWorker(), 0);
     const b = initFor('b');

@@ -38,6 +38,8 @@ export class VcpuThreadPool {
   private refill: NodeJS.Timeout | undefined;
   private closed = false;
   private failures = 0;
+  /** Latency-critical work in flight (incoming migrations): refills wait until it is done. */
+  private holds = 0;
 
   /**
    * @param url the compiled vCPU worker
@@ -77,6 +79,25 @@ export class VcpuThreadPool {
     });
   }
 
+  /**
+   * Defers refills until the returned release is called (each hold once): a spare's start-up
+   * and warm-up cost a CPU for ≈0.1 s, which on a small machine lands inside whatever the
+   * holder is timing (an incoming migration's hand-off).
+   */
+  hold(): () => void {
+    this.holds++;
+    clearTimeout(this.refill);
+    this.refill = undefined;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      // The holder's timed work is over: start the next spare at once, so that it is warm
+      // before the next one (migrations come in quick succession in a live update).
+      if (--this.holds === 0 && this.spares.length < this.size) this.scheduleRefill(0);
+    };
+  }
+
   /** Ends the spares; later {@link take}s start threads of their own. */
   async close(): Promise<void> {
     this.closed = true;
@@ -85,12 +106,12 @@ export class VcpuThreadPool {
     await Promise.all(spares.map((w) => w.terminate().catch(() => undefined)));
   }
 
-  private scheduleRefill(): void {
-    if (this.closed || this.size === 0 || this.refill !== undefined) return;
+  private scheduleRefill(delayMs = REFILL_DELAY_MS): void {
+    if (this.closed || this.size === 0 || this.refill !== undefined || this.holds > 0) return;
     this.refill = setTimeout(() => {
       this.refill = undefined;
       this.fill();
-    }, REFILL_DELAY_MS);
+    }, delayMs);
     this.refill.unref();
   }
 
