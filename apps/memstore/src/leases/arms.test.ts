@@ -2,9 +2,9 @@ import { mapFile, type Mapping } from '@handoff/shm';
 import { lstatSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MemstoreError } from '../errors.js';
 import { leaseArmsFileName, openMemstore, type Memstore } from '../memstore.js';
 import {
+  codeOf,
   makeTempDirs,
   recordingLogger,
   testSettings,
@@ -75,15 +75,6 @@ function wordAt(a: ArmedTransfer): number {
   const map = mapFile(a.armsPath);
   mappings.push(map);
   return Atomics.load(new Int32Array(map.buffer), a.slotOffset / 4);
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-    return undefined;
-  } catch (err) {
-    return MemstoreError.is(err) ? err.code : `not a MemstoreError: ${String(err)}`;
-  }
 }
 
 describe('the arms file', () => {

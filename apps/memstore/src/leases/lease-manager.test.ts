@@ -5,6 +5,7 @@ import { MemstoreError } from '../errors.js';
 import type { Memstore } from '../memstore.js';
 import {
   catalogAfterKill9,
+  codeOf,
   makeTempDirs,
   openTestMemstore,
   type TempDirs,
@@ -24,15 +25,6 @@ afterEach(() => {
   m.close();
   dirs.cleanup();
 });
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-    return undefined;
-  } catch (err) {
-    return MemstoreError.is(err) ? err.code : `not a MemstoreError: ${String(err)}`;
-  }
-}
 
 describe('acquire', () => {
   it('grants epoch 1 to the first holder and refuses while held', () => {

@@ -5,6 +5,7 @@ import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Catalog, CATALOG_FILE_NAME } from '../catalog/catalog.js';
+import { MemstoreError } from '../errors.js';
 import { memstoreConfig, resolveSettings, type MemstoreSettings } from '../config.js';
 import { openMemstore, type Memstore } from '../memstore.js';
 
@@ -52,6 +53,16 @@ export async function failure<E extends Error = Error>(p: Promise<unknown>): Pro
     return err as E;
   }
   throw new Error('expected the call to fail');
+}
+
+/** The memstore error code `fn` throws (undefined when it returns; a note for other errors). */
+export function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+    return undefined;
+  } catch (err) {
+    return MemstoreError.is(err) ? err.code : `not a MemstoreError: ${String(err)}`;
+  }
 }
 
 /** One recorded log call. */
