@@ -106,19 +106,28 @@ export class IncomingTokens {
           )
         : Promise.resolve(null);
     // With the machine, the slot and the armed lease transfers: the header then only checks.
-    const direct = built.then((p) =>
-      p !== null && p.blocks.every((b) => b.mode === 'ref')
-        ? offerDirect(
-            this.handoffDir,
-            p.vm,
-            p.blocks,
-            sourceHolderOf(p.blocks),
-            this.host,
-            name,
-            this.logger!.child({ vm: name, job: jobId }),
-          )
-        : undefined,
-    );
+    // An offer that cannot be made is no failure: the state then travels on the stream.
+    const direct = built
+      .then((p) =>
+        p !== null && p.blocks.every((b) => b.mode === 'ref')
+          ? offerDirect(
+              this.handoffDir,
+              p.vm,
+              p.blocks,
+              sourceHolderOf(p.blocks),
+              this.host,
+              name,
+              this.logger!.child({ vm: name, job: jobId }),
+            )
+          : undefined,
+      )
+      .catch((err: unknown) => {
+        this.logger?.warn(
+          { vm: name, job: jobId, error: (err as Error).message },
+          'incoming migration: no direct hand-off offered',
+        );
+        return undefined;
+      });
     const timer = setTimeout(() => {
       this.tokens.delete(token);
       void discardPrepared({ prebuilt: built, direct }, this.host).then(release);
