@@ -3,7 +3,7 @@ import { vmm as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
-import { AB_BASE, AB_PAGES, abArgs, migrateVm, refused } from './helpers/migration.js';
+import { AB_BASE, AB_PAGES, abArgs, handoffOf, migrateVm, refused } from './helpers/migration.js';
 import {
   memstoreDirs,
   regionNamed,
@@ -14,17 +14,20 @@ import {
 import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
- * A bypass target takes the shared region's lease when the final marker arrives, beside the
- * last frames. These targets fail right after that (vmm failpoint `incoming-after-lease`): one
- * by an error, which hands the lease back so the source resumes unchanged; one by kill -9,
- * which leaves the lease with a dead holder, so the source stays paused and fenced and says so.
+ * A bypass target takes the shared region's lease at the hand-off (here a direct one: its vCPU
+ * thread flips the transfer memstore armed). These targets fail right after that (vmm failpoint
+ * `incoming-after-lease`): one by an error, which hands the lease back so the source resumes
+ * unchanged; one by kill -9, which leaves the lease with a dead holder, so the source stays
+ * paused and fenced and says so. A third dies just before the flip (`handoff-before-lease`):
+ * the source's re-take cancels the arm and it resumes unchanged.
  */
-describe('a bypass target that fails after taking the lease', () => {
+describe('a bypass target that fails around taking the lease', () => {
   let dirs: MemstoreDirs;
   let memstore: MemstoreUnderTest;
   let source: VmmUnderTest;
   let failing: VmmUnderTest;
   let dying: VmmUnderTest;
+  let dyingBeforeFlip: VmmUnderTest;
   const mappings: { close(): void }[] = [];
 
   const startVmm = (id: string, failpoint?: string) =>
@@ -46,16 +49,22 @@ describe('a bypass target that fails after taking the lease', () => {
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
-    [source, failing, dying] = await Promise.all([
+    [source, failing, dying, dyingBeforeFlip] = await Promise.all([
       startVmm('vmm-a'),
       startVmm('vmm-f', 'incoming-after-lease'),
       startVmm('vmm-k', 'incoming-after-lease:kill'),
+      startVmm('vmm-j', 'handoff-before-lease:kill'),
     ]);
   });
 
   afterAll(async () => {
     for (const m of mappings) m.close();
-    await Promise.all([source?.stop(), failing?.stop(), dying?.process.kill9()]);
+    await Promise.all([
+      source?.stop(),
+      failing?.stop(),
+      dying?.process.kill9(),
+      dyingBeforeFlip?.process.kill9(),
+    ]);
     await memstore?.stop();
     dirs?.cleanup();
   });
@@ -115,6 +124,28 @@ describe('a bypass target that fails after taking the lease', () => {
     );
     const r = checkAbConsistency(range()); // nothing ran since the pause
     expect(r.consistent, r.description).toBe(true);
+    await vmmCall(source.client, 'destroyVm', { name });
+  });
+  it('resumes unchanged when a direct hand-off target dies before it flipped the armed lease', async () => {
+    // The source's vCPU stopped and published its state; the target's thread restored it and
+    // died just before the compare-and-set. The source re-takes its own lease through memstore,
+    // which cancels the arm first: the target can never win it afterwards.
+    const name = 'ab-dead-before-flip';
+    const range = await startAb(name);
+    const before = await lease(name);
+    const err = await refused(migrateVm(source, dyingBeforeFlip, name, { jobId: 'before-flip' }));
+    expect(err.code).toBe('MIGRATION_TARGET_FAILED');
+    expect(err.message).toMatch(/resumed here, unchanged/);
+    expect(handoffOf(dyingBeforeFlip, 'before-flip')).toBe('armed');
+    const after = await lease(name);
+    expect(after.holder).toBe(`vmm-a/${name}`);
+    expect(after.epoch).toBe(before.epoch + 1n); // only the source's own re-take
+    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+    expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
+    await vmmCall(source.client, 'pauseVm', { name });
+    const r = checkAbConsistency(range());
+    expect(r.consistent, r.description).toBe(true);
+    await vmmCall(source.client, 'resumeVm', { name });
     await vmmCall(source.client, 'destroyVm', { name });
   });
 });

@@ -355,7 +355,14 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     }
     const restoredAtMs = performance.timeOrigin + performance.now();
     // Armed transfers flip only once the state is in: nothing moves for a state that fails.
-    if (!link.early && failure === null) link.send();
+    if (!link.early && failure === null) {
+      try {
+        failpoint('handoff-before-lease');
+        link.send();
+      } catch (err) {
+        failure = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
+      }
+    }
     // Always read the answers: which leases moved here decides what must be given back.
     const leased = link.receive();
     const leasedAtMs = performance.timeOrigin + performance.now();
