@@ -96,6 +96,12 @@ export interface StreamHeader {
   spec: VmSpec | undefined;
   blocks: StreamBlock[];
   sourceVmmId: string;
+  /**
+   * The source got the target's hand-off slot from PrepareIncoming and stops its vCPU without
+   * waiting for HeaderAck; the target must use the slot it prepared, or fail the stream.
+   * Format minor >= 1.
+   */
+  pipelined: boolean;
 }
 
 export interface PageRun {
@@ -146,7 +152,8 @@ export interface HeaderAck {
    * Absolute path of the target's hand-off slot (a shared file, see PROTOCOL.md "Direct
    * hand-off"), offered when every block travels by reference; empty: the device state comes
    * on this stream. A source that uses it sends no further frame: the vCPU threads hand over,
-   * and the target answers ResumedAck or StreamError. Format minor >= 1.
+   * and the target answers ResumedAck or StreamError. Format minor >= 1. (A pipelined source
+   * already has the path from PrepareIncoming and reads this answer only after its stop.)
    */
   handoffSlot: string;
 }
@@ -498,6 +505,7 @@ function createBaseStreamHeader(): StreamHeader {
     spec: undefined,
     blocks: [],
     sourceVmmId: "",
+    pipelined: false,
   };
 }
 
@@ -530,6 +538,9 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     }
     if (message.sourceVmmId !== "") {
       writer.uint32(66).string(message.sourceVmmId);
+    }
+    if (message.pipelined !== false) {
+      writer.uint32(72).bool(message.pipelined);
     }
     return writer;
   },
@@ -621,6 +632,14 @@ export const StreamHeader: MessageFns<StreamHeader> = {
             message.sourceVmmId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.pipelined = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -661,6 +680,7 @@ export const StreamHeader: MessageFns<StreamHeader> = {
         : isSet(object.source_vmm_id)
         ? globalThis.String(object.source_vmm_id)
         : "",
+      pipelined: isSet(object.pipelined) ? globalThis.Boolean(object.pipelined) : false,
     };
   },
 
@@ -690,6 +710,9 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     if (message.sourceVmmId !== "") {
       obj.sourceVmmId = message.sourceVmmId;
     }
+    if (message.pipelined !== false) {
+      obj.pipelined = message.pipelined;
+    }
     return obj;
   },
 
@@ -706,6 +729,7 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.blocks = object.blocks?.map((e) => StreamBlock.fromPartial(e)) || [];
     message.sourceVmmId = object.sourceVmmId ?? "";
+    message.pipelined = object.pipelined ?? false;
     return message;
   },
 };
