@@ -15,7 +15,6 @@ import {
   rawIncoming,
   readPrivateRam,
   handoffOf,
-  pipelinedOf,
   prebuiltOf,
   refused,
   streamOf,
@@ -110,15 +109,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         // state handed over directly (to vmm-a) and on the stream (to vmm-b).
         const via = round % 2 === 0 ? 'data' : 'grpc';
         const prebuild = round % 4 < 2;
-        // With the slot from PrepareIncoming the source need not wait for the header's answer.
-        const pipelined = round % 8 < 4;
         const jobId = `bypass-${round}`;
-        const info = await migrateVm(from, to, name, { via, jobId, prebuild, pipelined });
+        const info = await migrateVm(from, to, name, { via, jobId, prebuild });
         expect(info.status).toBe('completed');
         expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
         expect(prebuiltOf(to, jobId)).toBe(prebuild);
         expect(handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
-        expect(pipelinedOf(from, jobId)).toBe(to === a && prebuild && pipelined);
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -267,7 +263,6 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         capabilities: copy,
         parameters: undefined,
         targetDataAddress: prep.dataAddress,
-        targetHandoffSlot: '',
       });
       expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
       expect(prebuiltOf(to, jobId)).toBe(false);
@@ -303,7 +298,6 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       capabilities: [],
       parameters: undefined,
       targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
-      targetHandoffSlot: '',
     });
     expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
     expect(streamOf(a, 'fallback')).toBe('grpc');

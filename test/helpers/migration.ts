@@ -26,13 +26,6 @@ export async function migrateVm(
      * machine ahead (default, as the migrator does); false: the stream's header builds it.
      */
     prebuild?: boolean;
-    /**
-     * Pass the target's hand-off slot from PrepareIncoming to MigrateVm (default, as the migrator
-     * does): the source then stops without waiting for the header's answer.
-     */
-    pipelined?: boolean;
-    /** Runs between PrepareIncoming and MigrateVm (to change the world in between). */
-    between?: () => Promise<void>;
   } = {},
 ): Promise<MigrationInfo> {
   const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
@@ -43,7 +36,6 @@ export async function migrateVm(
   if (opts.via !== 'grpc' && prep.dataAddress === '') {
     throw new Error(`vmm at ${prep.address} offers no data channel`);
   }
-  await opts.between?.();
   const res = await vmmCall(from.client, 'migrateVm', {
     name,
     jobId,
@@ -52,7 +44,6 @@ export async function migrateVm(
     capabilities,
     parameters: parametersToWire(opts.parameters ?? {}),
     targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
-    targetHandoffSlot: opts.pipelined === false ? '' : prep.handoffSlot,
   });
   return migrationInfoFromWire(res.info!);
 }
@@ -102,18 +93,6 @@ export function streamOf(source: VmmUnderTest, jobId: string): string | undefine
   for (const line of source.process.output().split('\n')) {
     if (!line.includes(`"job":"${jobId}"`) || !line.includes('pre-copy starts')) continue;
     return (JSON.parse(line) as { stream?: string }).stream;
-  }
-  return undefined;
-}
-
-/**
- * Whether the source stopped its vCPU without waiting for the header's answer (it had the
- * target's hand-off slot from PrepareIncoming), from its log.
- */
-export function pipelinedOf(source: VmmUnderTest, jobId: string): boolean | undefined {
-  for (const line of source.process.output().split('\n')) {
-    if (!line.includes(`"job":"${jobId}"`) || !line.includes('pre-copy starts')) continue;
-    return (JSON.parse(line) as { pipelined?: boolean }).pipelined;
   }
   return undefined;
 }
@@ -220,7 +199,6 @@ export function headerFor(
       value: {
         formatMajor: opts.major ?? 1,
         formatMinor: opts.minor ?? 0,
-        pipelined: false,
         token,
         jobId: 'hostile',
         capabilities: [migration.MigrationCapability.MIGRATION_CAPABILITY_BYPASS_SHARED_MEMORY],

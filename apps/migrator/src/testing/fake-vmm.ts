@@ -144,12 +144,7 @@ export class FakeVmm {
         if (this.husks.has(req.name) || this.world.get(req.name) === this.id) {
           throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
         }
-        return {
-          token: `token-${req.jobId}`,
-          address: this.address,
-          dataAddress: '',
-          handoffSlot: '',
-        };
+        return { token: `token-${req.jobId}`, address: this.address, dataAddress: '' };
       }),
       getMigration: unary(logger, (req) => {
         this.calls.push(`getMigration:${req.name}`);

@@ -9,7 +9,6 @@ import {
   SlotState,
   abortSlot,
   announceStop,
-  awaitHeaderAccepted,
   awaitStop,
   awaitTakeover,
   finishSlot,
@@ -119,20 +118,6 @@ describe('HandoffSlot', () => {
     expect(publishState(t.buffer, null)).toBe(false);
     expect(awaitStop(t.buffer, 1, () => false, true)).toBe('stopped');
     expect(takeState(t.buffer, 1000)).toEqual({ kind: 'aborted' });
-    t.close();
-  });
-
-  it("carries the main thread's one verdict on the header to the vCPU thread", () => {
-    const s = HandoffSlot.create(dir, 'verdict');
-    expect(awaitHeaderAccepted(s.buffer, 5)).toBe(false); // not judged in time
-    s.accept();
-    s.refuse(); // one verdict: the first stands
-    expect(awaitHeaderAccepted(s.buffer, 5)).toBe(true);
-    s.close();
-    const t = HandoffSlot.create(dir, 'verdict2');
-    t.refuse();
-    t.accept();
-    expect(awaitHeaderAccepted(t.buffer, 1000)).toBe(false);
     t.close();
   });
 

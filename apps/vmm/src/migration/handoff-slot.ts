@@ -17,7 +17,6 @@
  * | 24 | 8 | float64: the target vCPU's start, epoch ms |
  * | 32 | 4 | capacity of the data area in bytes |
  * | 40 | 8 | float64: when the source published the state, epoch ms |
- * | 48 | 4 | header word (futex): 0 pending, 1 accepted, 2 refused — the target's main thread's verdict on the stream's header |
  * | 64 | capacity | the device state (snapshot container bytes) |
  *
  * State word transitions — each a compare-and-set, so exactly one side wins every race:
@@ -29,10 +28,6 @@
  * `READY → TAKEN` (target thread read it); `TAKEN → RUNNING | FAILED` (target thread: the lease
  * moved and the guest runs, or not). From STOPPED on, only the target thread's outcome decides
  * where the VM runs.
- *
- * The header word is the target's main thread's verdict on the stream's header, which a source
- * with the slot from PrepareIncoming does not wait for: the target's thread moves no lease until
- * it says ACCEPTED, and gives up when it says REFUSED (one compare-and-set from PENDING).
  *
  * The file is hostile input for both sides: the source checks the path's form, that it is a
  * regular file of exactly {@link SLOT_BYTES} with this header, and never reads what it did not
@@ -76,10 +71,7 @@ const OFF = {
   runAt: 24,
   capacity: 32,
   publishedAt: 40,
-  header: 48,
 };
-/** Values of the header word. */
-const HEADER = { PENDING: 0, ACCEPTED: 1, REFUSED: 2 } as const;
 /** Int32 index of the state word. */
 const STATE = OFF.state >>> 2;
 /** Where the device state starts. */
@@ -196,16 +188,6 @@ export class HandoffSlot {
    */
   abort(): boolean {
     return abortSlot(this.buffer);
-  }
-
-  /** Target: the stream's header checked out; the vCPU thread may move the lease. */
-  accept(): void {
-    judgeHeader(this.buffer, true);
-  }
-
-  /** Target: this slot will not be used by the stream's source; a waiting thread gives up. */
-  refuse(): void {
-    judgeHeader(this.buffer, false);
   }
 
   /** Unmaps the slot; the target (its owner) also deletes the file. Idempotent. */
@@ -356,31 +338,6 @@ export function takeState(buf: SharedArrayBuffer, timeoutMs: number): SlotTake {
     const left = deadline - performance.now();
     if (left <= 0) return { kind: 'timed-out' };
     futexWait(buf, OFF.state, SlotState.STOPPED, left);
-  }
-}
-
-/** Sets the header word once (PENDING → ACCEPTED | REFUSED) and wakes the waiting thread. */
-function judgeHeader(buf: SharedArrayBuffer, accepted: boolean): void {
-  const w = words(buf);
-  const verdict = accepted ? HEADER.ACCEPTED : HEADER.REFUSED;
-  if (Atomics.compareExchange(w, OFF.header >>> 2, HEADER.PENDING, verdict) === HEADER.PENDING) {
-    futexWake(buf, OFF.header, 1);
-  }
-}
-
-/**
- * Target vCPU thread, before it moves a lease: sleeps until the main thread judged the stream's
- * header, at most `timeoutMs`. True only when it was accepted.
- */
-export function awaitHeaderAccepted(buf: SharedArrayBuffer, timeoutMs: number): boolean {
-  const w = words(buf);
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const v = Atomics.load(w, OFF.header >>> 2);
-    if (v !== HEADER.PENDING) return v === HEADER.ACCEPTED;
-    const left = deadline - performance.now();
-    if (left <= 0) return false;
-    futexWait(buf, OFF.header, HEADER.PENDING, left);
   }
 }
 

@@ -53,13 +53,6 @@ interface Prepared {
   readonly direct: Promise<Direct | undefined>;
 }
 
-/** What PrepareIncoming answers. */
-export interface PreparedIncoming {
-  readonly token: string;
-  /** The hand-off slot prepared with the machine, or '' (see PROTOCOL.md, "Direct hand-off"). */
-  readonly handoffSlot: string;
-}
-
 /** What PrepareIncoming may know of the VM that will arrive. */
 export interface IncomingHint {
   /** The VM's spec on the source. */
@@ -93,7 +86,7 @@ export class IncomingTokens {
     jobId: string,
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
-  ): Promise<PreparedIncoming> {
+  ): Promise<string> {
     const reserved = this.host.reserve(name);
     // No spare thread starts (and warms up) while this migration may be timed.
     const unhold = this.host.holdSpares();
@@ -141,7 +134,8 @@ export class IncomingTokens {
     }, ttlMs);
     timer.unref();
     this.tokens.set(token, { name, jobId, release, timer, prebuilt: built, direct });
-    return { token, handoffSlot: (await direct)?.slot.path ?? '' };
+    await direct;
+    return token;
   }
 
   /** Consumes a token; the caller owns the name reservation (and any prebuild) from here. */
@@ -356,14 +350,6 @@ export async function receiveMigration(
           prebuiltSettled = true;
           if (offered !== undefined) await dropDirect(offered, host, prepared.name);
           if (ready !== null) await discardPrebuilt(ready);
-          if (frame.value.pipelined) {
-            // Its vCPU is stopping into the slot prepared for another header: fail it fast.
-            throw new MigrationError(
-              'MIGRATION_FAILED',
-              'the stream does not fit the machine and hand-off slot PrepareIncoming prepared ' +
-                '(the VM changed in between?); nothing moved: retry the migration',
-            );
-          }
           const ctx = host.ramContext(prepared.name);
           for (const [k, plan] of h.plans.entries()) {
             blocks.push(await openBlock(plan, ctx, `header block ${k}`, h.templates[k]));
@@ -377,13 +363,6 @@ export async function receiveMigration(
           await vm.spawned(); // the machine's set-up stays out of the downtime
         }
         pages = new PageReceiver(blocks, blocks[0]!.mode === 'ref' ? null : vm.touchedPages);
-        if (frame.value.pipelined && direct === undefined) {
-          throw new MigrationError(
-            'MIGRATION_FAILED',
-            'the source stops into a hand-off slot this target cannot use for its stream ' +
-              '(prepared for another source or epoch); nothing moved: retry the migration',
-          );
-        }
         if (
           !prebuiltUsed &&
           frame.value.formatMinor >= 1 &&
@@ -399,8 +378,6 @@ export async function receiveMigration(
             log,
           );
         }
-        // The header checked out: the vCPU thread may move the leases when the source stops.
-        direct?.slot.accept();
         // Taken over: the VM is this instance's from that instant, whatever the stream does.
         direct?.outcome.then(
           (o) => o.ok && settleDirect(o),
@@ -520,9 +497,7 @@ export async function receiveMigration(
       ? err
       : new MigrationError('MIGRATION_FAILED', (err as Error).message, { cause: err });
     if (direct !== undefined) {
-      // Published before the failure: the vCPU thread decides where the VM runs (a header it
-      // did not hear accepted yet is refused now: then nothing moves).
-      direct.slot.refuse();
+      // Published before the failure: the vCPU thread decides where the VM runs.
       const published = !direct.slot.abort();
       const ran = settleDirect(await direct.outcome);
       if (published && ran) {
@@ -706,7 +681,6 @@ function sourceHolderOf(blocks: readonly Block[]): string {
  * the vCPU thread back to waiting, the armed transfers settled (cancelled), the slot deleted.
  */
 async function dropDirect(d: Direct, host: VmHost, name: string): Promise<void> {
-  d.slot.refuse(); // a thread past the source's stop moves nothing and gives up
   d.slot.abort();
   await d.outcome;
   const ctx = host.ramContext(name);

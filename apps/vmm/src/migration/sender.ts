@@ -47,8 +47,6 @@ export interface OutgoingOptions {
   readonly targetAddress: string;
   /** The target's data channel; '' (or unreachable) → the gRPC stream. */
   readonly targetDataAddress?: string;
-  /** The target's hand-off slot from PrepareIncoming ('' or absent: none). */
-  readonly targetHandoffSlot?: string;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -142,27 +140,20 @@ export class OutgoingMigration {
     let paused = false;
     let completeSent = false;
     let slot: HandoffSlot | null = null;
-    /** The header's answer is still to come (the vCPU stops without waiting for it). */
-    let ackPending = false;
     const blocks = vm.ramBlocks;
     const modes = blocks.map((b) => this.modeOf(b));
     try {
-      // With the slot PrepareIncoming offered, the vCPU stops without waiting for the header's
-      // answer: the target's thread moves no lease before its main thread accepted the header.
-      const offered = this.o.targetHandoffSlot ?? '';
-      if (offered !== '' && modes.every((m) => m === 'ref')) slot = this.openSlot(offered);
-      ackPending = slot !== null;
       await this.open();
-      await this.send({ frame: { $case: 'header', value: this.header(modes, ackPending) } });
-      if (!ackPending) {
-        await this.headerAck();
-        const answered = this.answeredSlot;
-        if (answered !== '' && modes.every((m) => m === 'ref')) slot = this.openSlot(answered);
+      await this.send({ frame: { $case: 'header', value: this.header(modes) } });
+      const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
+      if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
+      if (ack.value.handoffSlot !== '' && modes.every((m) => m === 'ref')) {
+        slot = this.openSlot(ack.value.handoffSlot);
       }
       this.setupMs = now() - this.started;
       this.sm.transition('active');
       log.info(
-        { modes, job: this.o.jobId, stream: this.call!.kind, pipelined: ackPending },
+        { modes, job: this.o.jobId, stream: this.call!.kind },
         'migration: header accepted, pre-copy starts',
       );
 
@@ -244,7 +235,7 @@ export class OutgoingMigration {
       if (slot !== null) {
         if (stopped.handedOff) {
           this.deviceBytes = slot.stateLength;
-          return await this.finishDirect(slot, stopped.pausedAtMs, modes, tStop, ackPending);
+          return await this.finishDirect(slot, stopped.pausedAtMs, modes, tStop);
         }
         // Not published (the slot was given up, or the state could not be written): the
         // stream carries it, as if no slot had been offered.
@@ -252,8 +243,6 @@ export class OutgoingMigration {
         slot.abort();
         slot.close();
         slot = null;
-        if (ackPending) await this.headerAck(); // a refused header fails here
-        ackPending = false;
         sendFinalMarker();
       }
       const stopUs = Math.round(stopped.pausedAtMs * 1000);
@@ -331,7 +320,6 @@ export class OutgoingMigration {
     pausedAtMs: number,
     modes: BlockMode[],
     tStop: number,
-    ackPending: boolean,
   ): Promise<MigrationInfo> {
     const tPaused = now();
     // The target's vCPU thread marks the slot RUNNING once the lease moved and the guest runs:
@@ -340,10 +328,7 @@ export class OutgoingMigration {
     if (slot.state() === SlotState.RUNNING) {
       ack = { resumeTimeUnixUs: BigInt(Math.round(slot.runAtMs * 1000)), epoch: 0n };
     } else {
-      let resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
-      if (ackPending && resumed.$case === 'headerAck') {
-        resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
-      }
+      const resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
       if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
       ack = resumed.value;
     }
@@ -544,7 +529,7 @@ export class OutgoingMigration {
     return 'copy';
   }
 
-  private header(modes: BlockMode[], pipelined: boolean): vmmStream.StreamHeader {
+  private header(modes: BlockMode[]): vmmStream.StreamHeader {
     const { vm } = this.o;
     const blocks = vm.ramBlocks;
     const spec = specToPb(vm.spec);
@@ -556,7 +541,6 @@ export class OutgoingMigration {
       capabilities: capabilitiesToWire(this.o.capabilities),
       spec,
       sourceVmmId: this.o.host.vmmId,
-      pipelined,
       blocks: blocks.map((b, k) => {
         const ref = b.regionRef;
         this.total += b.spec.size;
@@ -640,16 +624,6 @@ export class OutgoingMigration {
     }
     this.checkCancelled();
     this.call = grpcOutgoing(this.o.client, events);
-  }
-
-  /** The hand-off slot the header's answer offered ('' for none), once it came. */
-  private answeredSlot = '';
-
-  /** Waits for the header's answer. @throws MigrationError when the target refused the header */
-  private async headerAck(): Promise<void> {
-    const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
-    if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
-    this.answeredSlot = ack.value.handoffSlot;
   }
 
   /** Maps the hand-off slot the target offered; null (the stream carries the state) if unusable. */

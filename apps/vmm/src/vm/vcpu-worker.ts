@@ -24,7 +24,6 @@ import {
   abortSlot,
   announceStop,
   awaitStop,
-  awaitHeaderAccepted,
   awaitTakeover,
   finishSlot,
   publishState,
@@ -328,10 +327,8 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     if (stopped !== 'stopped') return fail({ stage: 'aborted' });
     const stopSeenAtMs = performance.timeOrigin + performance.now();
     // The source's vCPU stopped. Over the lease channel the requests go out now, while its
-    // state is saved, encoded and published there, and decoded and restored here — once the
-    // stream's header was accepted (a source may stop before it hears so).
-    const accepted = (): boolean => awaitHeaderAccepted(slot, lease.timeoutMs);
-    if (link.early && accepted()) link.send();
+    // state is saved, encoded and published there, and decoded and restored here.
+    if (link.early) link.send();
     const took = takeState(slot, lease.timeoutMs);
     let failure: Parameters<typeof fail>[0] | null = null;
     if (took.kind === 'state') {
@@ -358,13 +355,6 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     }
     const restoredAtMs = performance.timeOrigin + performance.now();
     // Armed transfers flip only once the state is in: nothing moves for a state that fails.
-    if (failure === null && !accepted()) {
-      failure = {
-        stage: 'state',
-        code: 'MIGRATION_FAILED',
-        message: "the stream's header was refused (or not judged in time): no lease moved",
-      };
-    }
     if (!link.early && failure === null) {
       try {
         failpoint('handoff-before-lease');

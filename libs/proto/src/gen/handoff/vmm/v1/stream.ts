@@ -96,12 +96,6 @@ export interface StreamHeader {
   spec: VmSpec | undefined;
   blocks: StreamBlock[];
   sourceVmmId: string;
-  /**
-   * The source got the target's hand-off slot from PrepareIncoming and stops its vCPU without
-   * waiting for HeaderAck; the target must use the slot it prepared, or fail the stream.
-   * Format minor >= 1.
-   */
-  pipelined: boolean;
 }
 
 export interface PageRun {
@@ -152,8 +146,7 @@ export interface HeaderAck {
    * Absolute path of the target's hand-off slot (a shared file, see PROTOCOL.md "Direct
    * hand-off"), offered when every block travels by reference; empty: the device state comes
    * on this stream. A source that uses it sends no further frame: the vCPU threads hand over,
-   * and the target answers ResumedAck or StreamError. Format minor >= 1. (A pipelined source
-   * already has the path from PrepareIncoming and reads this answer only after its stop.)
+   * and the target answers ResumedAck or StreamError. Format minor >= 1.
    */
   handoffSlot: string;
 }
@@ -505,7 +498,6 @@ function createBaseStreamHeader(): StreamHeader {
     spec: undefined,
     blocks: [],
     sourceVmmId: "",
-    pipelined: false,
   };
 }
 
@@ -538,9 +530,6 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     }
     if (message.sourceVmmId !== "") {
       writer.uint32(66).string(message.sourceVmmId);
-    }
-    if (message.pipelined !== false) {
-      writer.uint32(72).bool(message.pipelined);
     }
     return writer;
   },
@@ -632,14 +621,6 @@ export const StreamHeader: MessageFns<StreamHeader> = {
             message.sourceVmmId = reader.string();
             continue;
           }
-          case 9: {
-            if (tag !== 72) {
-              break;
-            }
-
-            message.pipelined = reader.bool();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -680,7 +661,6 @@ export const StreamHeader: MessageFns<StreamHeader> = {
         : isSet(object.source_vmm_id)
         ? globalThis.String(object.source_vmm_id)
         : "",
-      pipelined: isSet(object.pipelined) ? globalThis.Boolean(object.pipelined) : false,
     };
   },
 
@@ -710,9 +690,6 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     if (message.sourceVmmId !== "") {
       obj.sourceVmmId = message.sourceVmmId;
     }
-    if (message.pipelined !== false) {
-      obj.pipelined = message.pipelined;
-    }
     return obj;
   },
 
@@ -729,7 +706,6 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.blocks = object.blocks?.map((e) => StreamBlock.fromPartial(e)) || [];
     message.sourceVmmId = object.sourceVmmId ?? "";
-    message.pipelined = object.pipelined ?? false;
     return message;
   },
 };

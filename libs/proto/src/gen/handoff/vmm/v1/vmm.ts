@@ -413,12 +413,6 @@ export interface PrepareIncomingResponse {
   address: string;
   /** Optional raw data-channel address for bulk pages. */
   dataAddress: string;
-  /**
-   * The hand-off slot prepared with the machine (all RAM by reference), or empty. Passed on as
-   * MigrateVmRequest.target_handoff_slot, it lets the source stop its vCPU without waiting for
-   * the header's answer (apps/vmm/src/migration/PROTOCOL.md, "Direct hand-off").
-   */
-  handoffSlot: string;
 }
 
 export interface MigrateVmRequest {
@@ -429,8 +423,6 @@ export interface MigrateVmRequest {
   capabilities: MigrationCapability[];
   parameters: MigrationParameters | undefined;
   targetDataAddress: string;
-  /** PrepareIncomingResponse.handoff_slot of the target, or empty. */
-  targetHandoffSlot: string;
 }
 
 export interface MigrateVmResponse {
@@ -3038,7 +3030,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
 };
 
 function createBasePrepareIncomingResponse(): PrepareIncomingResponse {
-  return { token: "", address: "", dataAddress: "", handoffSlot: "" };
+  return { token: "", address: "", dataAddress: "" };
 }
 
 export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
@@ -3051,9 +3043,6 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     }
     if (message.dataAddress !== "") {
       writer.uint32(26).string(message.dataAddress);
-    }
-    if (message.handoffSlot !== "") {
-      writer.uint32(34).string(message.handoffSlot);
     }
     return writer;
   },
@@ -3095,14 +3084,6 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
             message.dataAddress = reader.string();
             continue;
           }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.handoffSlot = reader.string();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3124,11 +3105,6 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
         : isSet(object.data_address)
         ? globalThis.String(object.data_address)
         : "",
-      handoffSlot: isSet(object.handoffSlot)
-        ? globalThis.String(object.handoffSlot)
-        : isSet(object.handoff_slot)
-        ? globalThis.String(object.handoff_slot)
-        : "",
     };
   },
 
@@ -3143,9 +3119,6 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     if (message.dataAddress !== "") {
       obj.dataAddress = message.dataAddress;
     }
-    if (message.handoffSlot !== "") {
-      obj.handoffSlot = message.handoffSlot;
-    }
     return obj;
   },
 
@@ -3157,7 +3130,6 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     message.token = object.token ?? "";
     message.address = object.address ?? "";
     message.dataAddress = object.dataAddress ?? "";
-    message.handoffSlot = object.handoffSlot ?? "";
     return message;
   },
 };
@@ -3171,7 +3143,6 @@ function createBaseMigrateVmRequest(): MigrateVmRequest {
     capabilities: [],
     parameters: undefined,
     targetDataAddress: "",
-    targetHandoffSlot: "",
   };
 }
 
@@ -3201,9 +3172,6 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     }
     if (message.targetDataAddress !== "") {
       writer.uint32(58).string(message.targetDataAddress);
-    }
-    if (message.targetHandoffSlot !== "") {
-      writer.uint32(66).string(message.targetHandoffSlot);
     }
     return writer;
   },
@@ -3287,14 +3255,6 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
             message.targetDataAddress = reader.string();
             continue;
           }
-          case 8: {
-            if (tag !== 66) {
-              break;
-            }
-
-            message.targetHandoffSlot = reader.string();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3330,11 +3290,6 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
         : isSet(object.target_data_address)
         ? globalThis.String(object.target_data_address)
         : "",
-      targetHandoffSlot: isSet(object.targetHandoffSlot)
-        ? globalThis.String(object.targetHandoffSlot)
-        : isSet(object.target_handoff_slot)
-        ? globalThis.String(object.target_handoff_slot)
-        : "",
     };
   },
 
@@ -3361,9 +3316,6 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     if (message.targetDataAddress !== "") {
       obj.targetDataAddress = message.targetDataAddress;
     }
-    if (message.targetHandoffSlot !== "") {
-      obj.targetHandoffSlot = message.targetHandoffSlot;
-    }
     return obj;
   },
 
@@ -3381,7 +3333,6 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
       ? MigrationParameters.fromPartial(object.parameters)
       : undefined;
     message.targetDataAddress = object.targetDataAddress ?? "";
-    message.targetHandoffSlot = object.targetHandoffSlot ?? "";
     return message;
   },
 };
