@@ -226,6 +226,34 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(a.client, 'destroyVm', { name });
   });
 
+  it('hands over a VM that was paused before the migration directly too', async () => {
+    const name = 'ab-paused';
+    await startAb(b, name, RamBackend.RAM_BACKEND_SHARED);
+    await vmmCall(b.client, 'pauseVm', { name });
+    const info = await migrateVm(b, a, name, { jobId: 'paused-0' });
+    expect(info.status).toBe('completed');
+    expect(handoffOf(a, 'paused-0')).toBe('armed');
+    expect(info.deviceBytes).toBeGreaterThan(0);
+    const { region } = await unaryCall(memstore.client, 'getRegion', {
+      region: regionNamed(`${name}-ram0`),
+    });
+    expect(region!.lease!.holder).toBe(`vmm-a/${name}`);
+    const mapping = mapFile(region!.path, { sharing: 'shared' });
+    try {
+      // Like a migration on the stream, the target runs the guest it took over.
+      expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+      await checkPaused(a, name, () =>
+        new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+      );
+    } finally {
+      mapping.close();
+    }
+    await vmmCall(b.client, 'destroyVm', { name });
+    await vmmCall(a.client, 'destroyVm', { name });
+  });
+
   it('moves a 512 MiB shared-RAM VM with bypass sending < 1 MiB', async () => {
     const name = 'big-shared';
     await startAb(a, name, RamBackend.RAM_BACKEND_SHARED, 512 * 1024 * 1024);

@@ -445,27 +445,14 @@ function answerSave(m: Machine, req: number): void {
     post({ t: 'saved', id, state: null, error: 'the VM is running; pause it first' });
     return;
   }
+  // Direct hand-off of a VM that was already paused (a running one published at its stop).
+  if (outgoing !== null && outgoing.saveId === id) handOffOut(m, lastStateAt);
   if (published !== null && published.id === id) {
     post({ t: 'saved', id, state: published.state, handedOff: published.ok });
     published = null;
     return;
   }
-  const state = m.save();
-  let handedOff = false;
-  if (outgoing !== null && outgoing.saveId === id) {
-    // Direct hand-off of a VM that was already paused: the target's vCPU thread takes over.
-    if (announceStop(outgoing.slot, lastStateAt)) {
-      let bytes: Uint8Array | null = null;
-      try {
-        bytes = encodeDeviceState(state);
-      } catch {
-        bytes = null;
-      }
-      handedOff = publishState(outgoing.slot, bytes);
-    }
-    outgoing = null;
-  }
-  post({ t: 'saved', id, state, handedOff });
+  post({ t: 'saved', id, state: m.save() });
 }
 
 /** Hands queued console bytes to the UART as far as its FIFO takes them. */
