@@ -27,8 +27,9 @@ describe('a bypass target that fails around taking the lease', () => {
   let memstore: MemstoreUnderTest;
   let source: VmmUnderTest;
   let failing: VmmUnderTest;
-  let dying: VmmUnderTest;
-  let dyingBeforeFlip: VmmUnderTest;
+  /** Per way in (each dies at its first migration): killed after the flip, and before it. */
+  const dying: Record<string, VmmUnderTest> = {};
+  const dyingBeforeFlip: Record<string, VmmUnderTest> = {};
   const mappings: { close(): void }[] = [];
 
   const startVmm = (id: string, failpoint?: string) =>
@@ -50,12 +51,15 @@ describe('a bypass target that fails around taking the lease', () => {
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
-    [source, failing, dying, dyingBeforeFlip] = await Promise.all([
-      startVmm('vmm-a'),
-      startVmm('vmm-f', 'incoming-after-lease'),
-      startVmm('vmm-k', 'incoming-after-lease:kill'),
-      startVmm('vmm-j', 'handoff-before-lease:kill'),
-    ]);
+    [source, failing, dying.data, dying.slot, dyingBeforeFlip.data, dyingBeforeFlip.slot] =
+      await Promise.all([
+        startVmm('vmm-a'),
+        startVmm('vmm-f', 'incoming-after-lease'),
+        startVmm('vmm-k-data', 'incoming-after-lease:kill'),
+        startVmm('vmm-k-slot', 'incoming-after-lease:kill'),
+        startVmm('vmm-j-data', 'handoff-before-lease:kill'),
+        startVmm('vmm-j-slot', 'handoff-before-lease:kill'),
+      ]);
   });
 
   afterAll(async () => {
@@ -63,8 +67,8 @@ describe('a bypass target that fails around taking the lease', () => {
     await Promise.all([
       source?.stop(),
       failing?.stop(),
-      dying?.process.kill9(),
-      dyingBeforeFlip?.process.kill9(),
+      ...Object.values(dying).map((v) => v.process.kill9()),
+      ...Object.values(dyingBeforeFlip).map((v) => v.process.kill9()),
     ]);
     await memstore?.stop();
     dirs?.cleanup();
@@ -90,67 +94,75 @@ describe('a bypass target that fails around taking the lease', () => {
     (await unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) })).region!
       .lease!;
 
-  it('gets the lease handed back when the target fails: the source resumes unchanged', async () => {
-    const name = 'ab-handback';
-    const range = await startAb(name);
-    const before = await lease(name);
-    const err = await refused(migrateVm(source, failing, name));
-    expect(err.code).toBe('MIGRATION_TARGET_FAILED');
-    expect(err.message).toMatch(/resumed here, unchanged/);
-    // Taken (+1), handed back (+1), re-taken by the source's compare-and-set (+1).
-    const after = await lease(name);
-    expect(after.holder).toBe(`vmm-a/${name}`);
-    expect(after.epoch).toBe(before.epoch + 3n);
-    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
-    expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
-    // Not fenced: a pause and resume passes memstore's lease check; ab stays consistent.
-    await vmmCall(source.client, 'pauseVm', { name });
-    const r = checkAbConsistency(range());
-    expect(r.consistent, r.description).toBe(true);
-    await vmmCall(source.client, 'resumeVm', { name });
-    expect((await vmmCall(failing.client, 'listVms', {})).vms).toHaveLength(0);
-    await vmmCall(source.client, 'destroyVm', { name });
-  });
+  // `data`: the source opens the stream and gets the slot in the header's answer; `slot`: it has
+  // the slot from PrepareIncoming and opens no stream (a dead target breaks no stream then).
+  for (const via of ['data', 'slot'] as const) {
+    it(`gets the lease handed back when the target fails: the source resumes unchanged (${via})`, async () => {
+      const name = `ab-handback-${via}`;
+      const range = await startAb(name);
+      const before = await lease(name);
+      const err = await refused(migrateVm(source, failing, name, { via }));
+      expect(err.code).toBe('MIGRATION_TARGET_FAILED');
+      expect(err.message).toMatch(/resumed here, unchanged/);
+      // Taken (+1), handed back (+1), re-taken by the source's compare-and-set (+1).
+      const after = await lease(name);
+      expect(after.holder).toBe(`vmm-a/${name}`);
+      expect(after.epoch).toBe(before.epoch + 3n);
+      const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+      expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
+      // Not fenced: a pause and resume passes memstore's lease check; ab stays consistent.
+      await vmmCall(source.client, 'pauseVm', { name });
+      const r = checkAbConsistency(range());
+      expect(r.consistent, r.description).toBe(true);
+      await vmmCall(source.client, 'resumeVm', { name });
+      expect((await vmmCall(failing.client, 'listVms', {})).vms).toHaveLength(0);
+      await vmmCall(source.client, 'destroyVm', { name });
+    });
 
-  it('stays paused and fenced when the target died holding the lease', async () => {
-    const name = 'ab-dead-target';
-    const range = await startAb(name);
-    const err = await refused(migrateVm(source, dying, name));
-    expect(err.code).toBe('MIGRATION_UNCERTAIN');
-    expect((await lease(name)).holder).toBe(`vmm-k/${name}`);
-    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
-    expect(vm.state).toBe(pb.VmState.VM_STATE_PAUSED);
-    expect((await refused(vmmCall(source.client, 'resumeVm', { name }))).code).toBe(
-      'VMM_LEASE_LOST',
-    );
-    const r = checkAbConsistency(range()); // nothing ran since the pause
-    expect(r.consistent, r.description).toBe(true);
-    await vmmCall(source.client, 'destroyVm', { name });
-  });
-  it('resumes unchanged when a direct hand-off target dies before it flipped the armed lease', async () => {
-    // The source's vCPU stopped and published its state; the target's thread restored it and
-    // died just before the compare-and-set. The source re-takes its own lease through memstore,
-    // which cancels the arm first: the target can never win it afterwards.
-    const name = 'ab-dead-before-flip';
-    const range = await startAb(name);
-    const before = await lease(name);
-    const err = await refused(migrateVm(source, dyingBeforeFlip, name, { jobId: 'before-flip' }));
-    expect(err.code).toBe('MIGRATION_TARGET_FAILED');
-    expect(err.message).toMatch(/resumed here, unchanged/);
-    // The direct hand-off was offered (a killed target leaves its slot behind; its log lines
-    // may die with it).
-    expect(
-      readdirSync(dirs.volatileDir).some((f) => f.startsWith(`handoff-slot-vmm-j-${name}-`)),
-    ).toBe(true);
-    const after = await lease(name);
-    expect(after.holder).toBe(`vmm-a/${name}`);
-    expect(after.epoch).toBe(before.epoch + 1n); // only the source's own re-take
-    const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
-    expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
-    await vmmCall(source.client, 'pauseVm', { name });
-    const r = checkAbConsistency(range());
-    expect(r.consistent, r.description).toBe(true);
-    await vmmCall(source.client, 'resumeVm', { name });
-    await vmmCall(source.client, 'destroyVm', { name });
-  });
+    it(`stays paused and fenced when the target died holding the lease (${via})`, async () => {
+      const name = `ab-dead-target-${via}`;
+      const range = await startAb(name);
+      const err = await refused(migrateVm(source, dying[via]!, name, { via }));
+      expect(err.code).toBe('MIGRATION_UNCERTAIN');
+      expect((await lease(name)).holder).toBe(`vmm-k-${via}/${name}`);
+      const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+      expect(vm.state).toBe(pb.VmState.VM_STATE_PAUSED);
+      expect((await refused(vmmCall(source.client, 'resumeVm', { name }))).code).toBe(
+        'VMM_LEASE_LOST',
+      );
+      const r = checkAbConsistency(range()); // nothing ran since the pause
+      expect(r.consistent, r.description).toBe(true);
+      await vmmCall(source.client, 'destroyVm', { name });
+    });
+    it(`resumes unchanged when a direct hand-off target dies before it flipped the armed lease (${via})`, async () => {
+      // The source's vCPU stopped and published its state; the target's thread restored it and
+      // died just before the compare-and-set. The source re-takes its own lease through memstore,
+      // which cancels the arm first: the target can never win it afterwards.
+      const name = `ab-dead-before-flip-${via}`;
+      const range = await startAb(name);
+      const before = await lease(name);
+      const err = await refused(
+        migrateVm(source, dyingBeforeFlip[via]!, name, { jobId: `before-flip-${via}`, via }),
+      );
+      expect(err.code).toBe('MIGRATION_TARGET_FAILED');
+      expect(err.message).toMatch(/resumed here, unchanged/);
+      // The direct hand-off was offered (a killed target leaves its slot behind; its log lines
+      // may die with it).
+      expect(
+        readdirSync(dirs.volatileDir).some((f) =>
+          f.startsWith(`handoff-slot-vmm-j-${via}-${name}-`),
+        ),
+      ).toBe(true);
+      const after = await lease(name);
+      expect(after.holder).toBe(`vmm-a/${name}`);
+      expect(after.epoch).toBe(before.epoch + 1n); // only the source's own re-take
+      const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
+      expect(vm.state).toBe(pb.VmState.VM_STATE_RUNNING);
+      await vmmCall(source.client, 'pauseVm', { name });
+      const r = checkAbConsistency(range());
+      expect(r.consistent, r.description).toBe(true);
+      await vmmCall(source.client, 'resumeVm', { name });
+      await vmmCall(source.client, 'destroyVm', { name });
+    });
+  }
 });

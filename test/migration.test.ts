@@ -104,17 +104,21 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     try {
       let [from, to] = [a, b];
       for (let round = 0; round < ROUNDS; round++) {
-        // Both transports carry the stream (the data channel, the default, and gRPC), with the
-        // machine built ahead by PrepareIncoming (the default) and by the header, and the
-        // state handed over directly (to vmm-a) and on the stream (to vmm-b).
-        const via = round % 2 === 0 ? 'data' : 'grpc';
-        const prebuild = round % 4 < 2;
+        // Every way in: the hand-off slot alone (as the migrator does; only vmm-a offers one,
+        // vmm-b's source falls back to the data channel), the data channel and gRPC, with the
+        // machine built ahead by PrepareIncoming and by the header, and the state handed over
+        // directly (to vmm-a) and on the stream (to vmm-b).
+        const via = (['slot', 'data', 'grpc'] as const)[Math.floor(round / 2) % 3]!;
+        const prebuild = via === 'slot' || round % 4 < 2;
         const jobId = `bypass-${round}`;
         const info = await migrateVm(from, to, name, { via, jobId, prebuild });
         expect(info.status).toBe('completed');
-        expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
-        expect(prebuiltOf(to, jobId)).toBe(prebuild);
-        expect(handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
+        const slotted = via === 'slot' && to === a;
+        expect(await streamOf(from, jobId)).toBe(
+          slotted ? 'handoff-slot' : via === 'grpc' ? 'grpc' : 'data-channel',
+        );
+        expect(await prebuiltOf(to, jobId)).toBe(prebuild);
+        expect(await handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -162,8 +166,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       const jobId = `copy-${round}`;
       const info = await migrateVm(from, to, name, { via, jobId, prebuild });
       expect(info.status).toBe('completed');
-      expect(streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
-      expect(prebuiltOf(to, jobId)).toBe(prebuild);
+      expect(await streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
+      expect(await prebuiltOf(to, jobId)).toBe(prebuild);
       expect(info.ram.normal).toBeGreaterThanOrEqual(AB_PAGES);
       expect(info.ram.zeroPages + info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(
         4096,
@@ -182,7 +186,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(from.client, 'destroyVm', { name });
   });
 
-  it('hands over directly with TransferLease from the vCPU thread when memstore cannot arm (persistent region)', async () => {
+  it('hands over through the slot alone with TransferLease from the vCPU thread when memstore cannot arm (persistent region)', async () => {
     const name = 'ab-persistent';
     const regionName = 'ab-persistent-ram';
     await unaryCall(memstore.client, 'createRegion', {
@@ -206,9 +210,10 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     const before = (await region()).lease!;
     const mapping = mapFile((await region()).path, { sharing: 'shared' });
     try {
-      const info = await migrateVm(b, a, name, { jobId: 'persistent-0' });
+      const info = await migrateVm(b, a, name, { jobId: 'persistent-0', via: 'slot' });
       expect(info.status).toBe('completed');
-      expect(handoffOf(a, 'persistent-0')).toBe('channel');
+      expect(await streamOf(b, 'persistent-0')).toBe('handoff-slot');
+      expect(await handoffOf(a, 'persistent-0')).toBe('channel');
       expect(info.ram.transferred).toBe(0);
       const lease = (await region()).lease!;
       expect(lease.holder).toBe(`vmm-a/${name}`);
@@ -226,13 +231,14 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(a.client, 'destroyVm', { name });
   });
 
-  it('hands over a VM that was paused before the migration directly too', async () => {
+  it('hands over a VM that was paused before the migration through the slot alone too', async () => {
     const name = 'ab-paused';
     await startAb(b, name, RamBackend.RAM_BACKEND_SHARED);
     await vmmCall(b.client, 'pauseVm', { name });
-    const info = await migrateVm(b, a, name, { jobId: 'paused-0' });
+    const info = await migrateVm(b, a, name, { jobId: 'paused-0', via: 'slot' });
     expect(info.status).toBe('completed');
-    expect(handoffOf(a, 'paused-0')).toBe('armed');
+    expect(await streamOf(b, 'paused-0')).toBe('handoff-slot');
+    expect(await handoffOf(a, 'paused-0')).toBe('armed');
     expect(info.deviceBytes).toBeGreaterThan(0);
     const { region } = await unaryCall(memstore.client, 'getRegion', {
       region: regionNamed(`${name}-ram0`),
@@ -291,9 +297,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         capabilities: copy,
         parameters: undefined,
         targetDataAddress: prep.dataAddress,
+        // Offered for a bypass, ignored by a copy: the stream carries it.
+        targetHandoffSlot: prep.handoffSlot,
       });
       expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-      expect(prebuiltOf(to, jobId)).toBe(false);
+      expect(await prebuiltOf(to, jobId)).toBe(false);
       const pid = to.process.pid;
       await checkPaused(to, name, () =>
         readPrivateRam(pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -326,9 +334,10 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       capabilities: [],
       parameters: undefined,
       targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
+      targetHandoffSlot: '',
     });
     expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-    expect(streamOf(a, 'fallback')).toBe('grpc');
+    expect(await streamOf(a, 'fallback')).toBe('grpc');
     expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
     await checkPaused(b, name, () =>
       readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -525,7 +534,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       a.process
         .output()
         .split('\n')
-        .filter((l) => l.includes('parts of the downtime'))
+        .filter((l) => l.includes('migration completed'))
         .slice(-1)
         .join(''),
     );
@@ -593,20 +602,21 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   });
 
   it.each([
-    ['on the stream', 'b', 'vmm-d'],
-    ['by direct hand-off', 'a', 'vmm-e'],
-  ])(
+    ['on the stream', 'b', 'vmm-d', 'data'],
+    ['by direct hand-off', 'a', 'vmm-e', 'data'],
+    ['through the slot alone', 'a', 'vmm-g', 'slot'],
+  ] as const)(
     'keeps the target running when the source is killed right after the lease moved (state %s)',
-    async (_, target, sourceId) => {
+    async (_, target, sourceId, via) => {
       const d = await startVmm(sourceId);
       const to = target === 'a' ? a : b;
       const toId = target === 'a' ? 'vmm-a' : 'vmm-b';
-      const name = `ab-orphan-${target}`;
+      const name = `ab-orphan-${target}-${via}`;
       try {
         await startAb(d, name, RamBackend.RAM_BACKEND_SHARED);
         const region = () =>
           unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) });
-        const migration = migrateVm(d, to, name).catch(() => null);
+        const migration = migrateVm(d, to, name, { via }).catch(() => null);
         // Kill -9 the source as soon as memstore shows the lease on the target and the target runs
         // the VM. (On the stream the target takes the lease at the final marker, before the
         // device state has arrived; a source killed in between leaves nothing to run, and the

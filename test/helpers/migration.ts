@@ -19,8 +19,12 @@ export async function migrateVm(
     capabilities?: MigrationCapabilityOverrides;
     parameters?: MigrationParameterOverrides;
     jobId?: string;
-    /** What carries the stream: the target's data channel (default, as the migrator does) or gRPC. */
-    via?: 'data' | 'grpc';
+    /**
+     * What carries the migration: the target's data channel (default), gRPC, or the hand-off
+     * slot PrepareIncoming prepared, with the data channel where the target offers no slot (as
+     * the migrator does).
+     */
+    via?: 'data' | 'grpc' | 'slot';
     /**
      * Pass the VM's spec and the capabilities to PrepareIncoming so the target builds the
      * machine ahead (default, as the migrator does); false: the stream's header builds it.
@@ -44,6 +48,7 @@ export async function migrateVm(
     capabilities,
     parameters: parametersToWire(opts.parameters ?? {}),
     targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
+    targetHandoffSlot: opts.via === 'slot' ? prep.handoffSlot : '',
   });
   return migrationInfoFromWire(res.info!);
 }
@@ -86,40 +91,54 @@ export function readPrivateRam(
 }
 
 /**
- * What carried job `jobId`'s stream, from the source vmm's log: `data-channel` or `grpc`
- * (undefined when the log has no such migration).
+ * The first line of `vmm`'s log about job `jobId` that contains one of `marks`, parsed. Log
+ * lines travel on a pipe apart from the gRPC answers, so a line written just before an answer
+ * may arrive after it: this waits for it (up to 5 s; undefined when none came).
  */
-export function streamOf(source: VmmUnderTest, jobId: string): string | undefined {
-  for (const line of source.process.output().split('\n')) {
-    if (!line.includes(`"job":"${jobId}"`) || !line.includes('pre-copy starts')) continue;
-    return (JSON.parse(line) as { stream?: string }).stream;
+async function logLineOf(
+  vmm: VmmUnderTest,
+  jobId: string,
+  marks: readonly string[],
+): Promise<Record<string, unknown> | undefined> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    for (const line of vmm.process.output().split('\n')) {
+      if (!line.includes(`"job":"${jobId}"`) || !marks.some((m) => line.includes(m))) continue;
+      return JSON.parse(line) as Record<string, unknown>;
+    }
+    if (Date.now() > deadline) return undefined;
+    await new Promise((r) => setTimeout(r, 20));
   }
-  return undefined;
+}
+
+/**
+ * What carried job `jobId`, from the source vmm's log line of its end: `data-channel`, `grpc`,
+ * or `handoff-slot` (the slot alone, no stream).
+ */
+export async function streamOf(source: VmmUnderTest, jobId: string): Promise<unknown> {
+  return (await logLineOf(source, jobId, ['migration completed', 'migration failed']))?.stream;
+}
+
+/** The target's log line that tells how it received job `jobId`. */
+function receivedLine(target: VmmUnderTest, jobId: string) {
+  return logLineOf(target, jobId, ['header accepted', 'by hand-off slot, no stream']);
 }
 
 /**
  * Whether the target served job `jobId` with the machine PrepareIncoming built ahead, from
- * its log (undefined when the log has no such migration).
+ * its log.
  */
-export function prebuiltOf(target: VmmUnderTest, jobId: string): boolean | undefined {
-  for (const line of target.process.output().split('\n')) {
-    if (!line.includes(`"job":"${jobId}"`) || !line.includes('header accepted')) continue;
-    return (JSON.parse(line) as { prebuilt?: boolean }).prebuilt;
-  }
-  return undefined;
+export async function prebuiltOf(target: VmmUnderTest, jobId: string): Promise<unknown> {
+  return (await receivedLine(target, jobId))?.prebuilt;
 }
 
 /**
  * How the target moved job `jobId`'s device state and lease, from its log: `armed` (hand-off
  * slot, memstore's armed transfers), `channel` (hand-off slot, TransferLease on the lease
- * channel) or `stream` (undefined when the log has no such migration).
+ * channel) or `stream`.
  */
-export function handoffOf(target: VmmUnderTest, jobId: string): string | undefined {
-  for (const line of target.process.output().split('\n')) {
-    if (!line.includes(`"job":"${jobId}"`) || !line.includes('header accepted')) continue;
-    return (JSON.parse(line) as { handoff?: string }).handoff;
-  }
-  return undefined;
+export async function handoffOf(target: VmmUnderTest, jobId: string): Promise<unknown> {
+  return (await receivedLine(target, jobId))?.handoff;
 }
 
 /** A raw Incoming stream to a vmm (a hostile or hand-made source). */

@@ -364,6 +364,7 @@ export class JobManager {
             capabilities: capabilitiesToWire(job.capabilities),
             parameters: parametersToWire(job.parameters),
             targetDataAddress: prep.dataAddress,
+            targetHandoffSlot: prep.handoffSlot,
           },
           { deadlineMs: this.migrationTimeoutMs },
         );

@@ -144,7 +144,12 @@ export class FakeVmm {
         if (this.husks.has(req.name) || this.world.get(req.name) === this.id) {
           throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
         }
-        return { token: `token-${req.jobId}`, address: this.address, dataAddress: '' };
+        return {
+          token: `token-${req.jobId}`,
+          address: this.address,
+          dataAddress: '',
+          handoffSlot: '',
+        };
       }),
       getMigration: unary(logger, (req) => {
         this.calls.push(`getMigration:${req.name}`);

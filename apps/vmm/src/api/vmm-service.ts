@@ -79,11 +79,15 @@ export function vmmServices(deps: {
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
-    prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest) => ({
-      token: await migrations.prepare(requireName(req.name), req.jobId, hintOf(req)),
-      address: deps.address(),
-      dataAddress: migrations.dataAddress,
-    })),
+    prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest) => {
+      const prepared = await migrations.prepare(requireName(req.name), req.jobId, hintOf(req));
+      return {
+        token: prepared.token,
+        address: deps.address(),
+        dataAddress: migrations.dataAddress,
+        handoffSlot: prepared.handoffSlot,
+      };
+    }),
     migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
       const { capabilities, parameters } = assertValidMigrationConfig({
         capabilities: capabilitiesFromWire(req.capabilities),
@@ -94,6 +98,7 @@ export function vmmServices(deps: {
         jobId: req.jobId,
         targetAddress: req.targetAddress,
         targetDataAddress: req.targetDataAddress,
+        targetHandoffSlot: req.targetHandoffSlot,
         token: req.token,
         capabilities,
         parameters,

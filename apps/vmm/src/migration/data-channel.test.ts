@@ -1,18 +1,27 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { mkdtempSync, renameSync, rmSync } from 'node:fs';
+import type * as net from 'node:net';
+import { Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { vmmStream } from '@handoff/proto';
 import { frameHeader, type Logger } from '@handoff/service';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { IncomingChannel } from './channel.js';
 import {
   MAX_REQUEST_FRAME,
   connectDataChannel,
+  dataChannelAlive,
   startDataChannel,
   type DataChannelServer,
 } from './data-channel.js';
 import { MigrationError } from './errors.js';
+
+// The real `connect`, replaceable per call: a probe that gets no answer needs a socket that never
+// connects, which a real address cannot promise.
+vi.mock('node:net', async (importOriginal) => {
+  const real = await importOriginal<typeof net>();
+  return { ...real, connect: vi.fn(real.connect) };
+});
 
 const quiet = { debug: () => undefined, warn: () => undefined } as unknown as Logger;
 
@@ -68,15 +77,19 @@ describe('data channel', () => {
     const seen = await serve();
     const replies: vmmStream.IncomingResponse[] = [];
     let broke: Error | undefined;
-    const ch = await connectDataChannel(server!.address, {
-      reply: (r) => replies.push(r),
-      broken: (e) => (broke = e),
-    });
+    // The first request goes out with the connection, the rest after it.
+    const ch = await connectDataChannel(
+      server!.address,
+      { reply: (r) => replies.push(r), broken: (e) => (broke = e) },
+      {
+        frame: {
+          $case: 'iteration',
+          value: { iteration: 1, remainingDirtyBytes: 0n, final: false },
+        },
+      },
+    );
     expect(ch.kind).toBe('data-channel');
     const data = new Uint8Array(1 << 20).map((_, i) => i % 251);
-    ch.write({
-      frame: { $case: 'iteration', value: { iteration: 1, remainingDirtyBytes: 0n, final: false } },
-    });
     ch.write({
       frame: {
         $case: 'pages',
@@ -85,6 +98,7 @@ describe('data channel', () => {
     });
     await ch.drained();
     await expect.poll(() => seen[0]?.requests.length ?? 0, { timeout: 5000 }).toBe(2);
+    expect(seen[0]!.requests[0]!.frame?.$case).toBe('iteration');
     const pages = seen[0]!.requests[1]!.frame;
     expect(pages?.$case).toBe('pages');
     if (pages?.$case === 'pages') {
@@ -123,22 +137,31 @@ describe('data channel', () => {
     big.destroy();
     junk.destroy();
     // The server still serves.
-    const ok = await connectDataChannel(server!.address, {
-      reply: () => undefined,
-      broken: () => undefined,
-    });
-    ok.write({
-      frame: { $case: 'iteration', value: { iteration: 2, remainingDirtyBytes: 0n, final: true } },
-    });
+    const ok = await connectDataChannel(
+      server!.address,
+      { reply: () => undefined, broken: () => undefined },
+      {
+        frame: {
+          $case: 'iteration',
+          value: { iteration: 2, remainingDirtyBytes: 0n, final: true },
+        },
+      },
+    );
     await expect.poll(() => seen[2]?.requests.length ?? 0, { timeout: 5000 }).toBe(1);
     ok.close();
   });
 
   it('refuses to connect where nothing listens, saying so', async () => {
-    const err = await connectDataChannel('unix:/nonexistent/x.sock', {
-      reply: () => undefined,
-      broken: () => undefined,
-    }).catch((e: unknown) => e);
+    const err = await connectDataChannel(
+      'unix:/nonexistent/x.sock',
+      { reply: () => undefined, broken: () => undefined },
+      {
+        frame: {
+          $case: 'iteration',
+          value: { iteration: 1, remainingDirtyBytes: 0n, final: true },
+        },
+      },
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(MigrationError);
     expect((err as MigrationError).code).toBe('MIGRATION_TARGET_FAILED');
     expect((err as Error).message).toMatch(
@@ -153,5 +176,81 @@ describe('data channel', () => {
     } finally {
       await s.close();
     }
+  });
+
+  describe('dataChannelAlive (is the target still there?)', () => {
+    const header: vmmStream.IncomingRequest = {
+      frame: { $case: 'iteration', value: { iteration: 1, remainingDirtyBytes: 0n, final: true } },
+    };
+
+    it('says alive where a data channel listens, and the probe is a stream that ends unheard', async () => {
+      const seen = await serve();
+      expect(await dataChannelAlive(server!.address)).toBe(true);
+      // The target sees a connection that ends before its first frame: nothing to serve.
+      await expect.poll(() => seen[0]?.end, { timeout: 5000 }).toBe('clean');
+      expect(seen[0]!.requests).toEqual([]);
+      // And serves the next stream as usual.
+      const ch = await connectDataChannel(
+        server!.address,
+        { reply: () => undefined, broken: () => undefined },
+        header,
+      );
+      await expect.poll(() => seen[1]?.requests.length ?? 0, { timeout: 5000 }).toBe(1);
+      expect(seen).toHaveLength(2);
+      ch.close();
+    });
+
+    it('says gone where nothing listens: a missing path, a closed channel, a stale socket', async () => {
+      await serve();
+      expect(await dataChannelAlive(`unix:${join(dir, 'missing', 'data.sock')}`)).toBe(false);
+      const address = server!.address;
+      await server!.close();
+      server = undefined;
+      expect(await dataChannelAlive(address)).toBe(false); // its socket file went with it
+      // A killed vmm leaves its socket file behind: moved aside, it outlives its server.
+      const listening = join(dir, 'listening.sock');
+      const stale = join(dir, 'stale.sock');
+      const s = createServer();
+      await new Promise<void>((resolve) => s.listen(listening, resolve));
+      renameSync(listening, stale);
+      expect(await dataChannelAlive(`unix:${stale}`)).toBe(true); // still the server's
+      await new Promise((resolve) => s.close(resolve));
+      expect(await dataChannelAlive(`unix:${stale}`)).toBe(false);
+    });
+
+    it('probes TCP channels too', async () => {
+      const s = await startDataChannel('127.0.0.1:0', async () => undefined, quiet);
+      const address = s.address;
+      try {
+        expect(await dataChannelAlive(address)).toBe(true);
+      } finally {
+        await s.close();
+      }
+      expect(await dataChannelAlive(address)).toBe(false);
+    });
+
+    it('says alive when it cannot tell: no answer within a second, or another error', async () => {
+      const hanging = new Socket(); // never connects, never fails
+      vi.mocked(connect).mockImplementationOnce(() => hanging);
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+      try {
+        let alive: boolean | undefined;
+        const probe = dataChannelAlive('unix:/run/handoff/data.sock').then((a) => (alive = a));
+        await vi.advanceTimersByTimeAsync(999);
+        expect(alive).toBeUndefined(); // still waiting
+        await vi.advanceTimersByTimeAsync(1);
+        await probe;
+        expect(alive).toBe(true);
+        expect(hanging.destroyed).toBe(true); // the probe does not linger
+      } finally {
+        vi.useRealTimers();
+      }
+      const refused = new Socket();
+      vi.mocked(connect).mockImplementationOnce(() => refused);
+      const probe = dataChannelAlive('unix:/run/handoff/data.sock');
+      refused.emit('error', Object.assign(new Error('permission denied'), { code: 'EACCES' }));
+      expect(await probe).toBe(true);
+      expect(refused.destroyed).toBe(true);
+    });
   });
 });

@@ -16,7 +16,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { vmmStream } from '@handoff/proto';
-import { RecycledBuffers, FramedSocket, type Logger } from '@handoff/service';
+import { RecycledBuffers, FramedSocket, frameHeader, type Logger } from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from './errors.js';
@@ -156,17 +156,49 @@ function socketIncoming(socket: Socket): IncomingChannel {
 }
 
 /**
- * Connects to a target's data channel.
+ * Whether a target's data channel still accepts connections: false when nothing listens there
+ * any more (the target process is gone), true otherwise (also when it cannot tell within a
+ * second). The probe sends nothing; the target ignores such a connection.
+ */
+export async function dataChannelAlive(address: string): Promise<boolean> {
+  let where: ReturnType<typeof parseAddress>;
+  try {
+    where = parseAddress(address);
+  } catch {
+    return true; // not an address it can look at
+  }
+  const socket = 'path' in where ? connect(where.path) : connect(where.port, where.host);
+  return new Promise<boolean>((resolve) => {
+    const done = (alive: boolean): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(alive);
+    };
+    const timer = setTimeout(() => done(true), 1000);
+    socket.once('connect', () => done(true));
+    socket.once('error', (err: NodeJS.ErrnoException) =>
+      done(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'),
+    );
+  });
+}
+
+/**
+ * Connects to a target's data channel. `first` (the header) is queued on the socket at once, so
+ * it leaves with the connection instead of a turn of the event loop later.
  *
  * @throws MigrationError `MIGRATION_TARGET_FAILED` when it cannot connect within
- *   {@link CONNECT_TIMEOUT_MS} (nothing was sent: the caller may use the gRPC stream)
+ *   {@link CONNECT_TIMEOUT_MS} (nothing reached the target: the caller may use the gRPC stream)
  */
 export async function connectDataChannel(
   address: string,
   events: OutgoingEvents,
+  first: vmmStream.IncomingRequest,
 ): Promise<OutgoingChannel> {
   const where = parseAddress(address);
   const socket = 'path' in where ? connect(where.path) : connect(where.port, where.host);
+  const parts = encodeIncomingRequestParts(first);
+  socket.write(frameHeader(parts.reduce((n, p) => n + p.length, 0)));
+  for (const p of parts) socket.write(p);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();

@@ -15,6 +15,7 @@ import {
   publishState,
   slotState,
   takeState,
+  type SlotExpectation,
 } from './handoff-slot.js';
 
 const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'handoff-slot-test-'));
@@ -28,6 +29,128 @@ const codeOf = (fn: () => unknown): string | undefined => {
   }
   return undefined;
 };
+
+/** Where the header says the expectation's length and bytes are (the file's layout table). */
+const EXPECT_LENGTH_AT = 48;
+const EXPECT_AT = 64;
+const EXPECT_MAX = 4096 - EXPECT_AT;
+
+const prepared: SlotExpectation = {
+  from: 'vmm-a/vm-1',
+  blocks: [
+    {
+      id: 'ram',
+      regionId: 'region-1',
+      identity: 'id-1',
+      epoch: 3,
+      size: 256 * 1024 * 1024,
+      guestBase: 0x8000_0000,
+    },
+    {
+      id: 'ram-hi',
+      regionId: 'region-2',
+      identity: 'id-2',
+      epoch: 0,
+      size: 4096,
+      guestBase: 2 ** 40,
+    },
+  ],
+};
+
+/** Writes an expectation as a hostile target would: raw bytes and whatever length it likes. */
+function writeExpectation(slot: HandoffSlot, bytes: Uint8Array, length = bytes.length): void {
+  new Uint8Array(slot.buffer, EXPECT_AT, bytes.length).set(bytes);
+  new DataView(slot.buffer).setUint32(EXPECT_LENGTH_AT, length, true);
+}
+
+/** A slot the target created, the source's handle on it, and their clean-up. */
+function pair(owner: string): { target: HandoffSlot; source: HandoffSlot; close: () => void } {
+  const target = HandoffSlot.create(dir, owner);
+  const source = HandoffSlot.open(target.path);
+  return {
+    target,
+    source,
+    close: () => {
+      source.close();
+      target.close();
+    },
+  };
+}
+
+/** Drives a slot to TAKEN: the source stopped and published, the target's thread took it. */
+function taken(owner: string): ReturnType<typeof pair> {
+  return toTaken(pair(owner));
+}
+
+/** Drives a fresh pair through the stop and the publish to TAKEN. */
+function toTaken(p: ReturnType<typeof pair>): ReturnType<typeof pair> {
+  expect(announceStop(p.source.buffer, 100)).toBe(true);
+  expect(publishState(p.source.buffer, Uint8Array.of(1, 2, 3))).toBe(true);
+  expect(takeState(p.target.buffer, 1000).kind).toBe('state');
+  expect(p.target.state()).toBe(SlotState.TAKEN);
+  return p;
+}
+
+/** The target's thread ends a taken hand-off with `outcome`. */
+function finish(
+  p: ReturnType<typeof pair>,
+  outcome: typeof SlotState.RUNNING | typeof SlotState.HELD | typeof SlotState.FAILED,
+  atMs = 0,
+): void {
+  toTaken(p);
+  finishSlot(p.target.buffer, outcome, atMs);
+}
+
+/**
+ * A thread on `buffer` running `body` with the compiled module's exports in scope (like the vCPU
+ * thread's; `npm test` builds first); what it posts arrives through `next()`, in order.
+ */
+function slotThread(
+  buffer: SharedArrayBuffer,
+  body: string,
+): { next: () => Promise<unknown>; terminate: () => Promise<number> } {
+  const worker = new Worker(
+    `const { workerData, parentPort } = require('node:worker_threads');
+     import(workerData.module).then((slot) => {
+       const buffer = workerData.buffer;
+       ${body}
+     });`,
+    {
+      eval: true,
+      workerData: {
+        buffer,
+        module: new URL('../../dist/migration/handoff-slot.js', import.meta.url).href,
+      },
+      execArgv: [], // not the test runner's source conditions: the built packages
+    },
+  );
+  const posted: unknown[] = [];
+  const waiting: ((m: unknown) => void)[] = [];
+  let failed: Error | undefined;
+  const failing: ((e: Error) => void)[] = [];
+  worker.on('message', (m) => {
+    const w = waiting.shift();
+    failing.shift();
+    if (w !== undefined) w(m);
+    else posted.push(m);
+  });
+  worker.once('error', (e) => {
+    failed = e;
+    for (const f of failing.splice(0)) f(e);
+  });
+  return {
+    next: () =>
+      posted.length > 0
+        ? Promise.resolve(posted.shift())
+        : failed !== undefined
+          ? Promise.reject(failed)
+          : new Promise((resolve, reject) => {
+              waiting.push(resolve);
+              failing.push(reject);
+            }),
+    terminate: () => worker.terminate(),
+  };
+}
 
 describe('HandoffSlot', () => {
   it('is created armed, opened by the other side, and deleted by its owner on close', () => {
@@ -63,7 +186,7 @@ describe('HandoffSlot', () => {
     expect(took.stopAtMs).toBe(1234.5);
     expect(took.bytes).toEqual(state);
     expect(slotState(again.buffer)).toBe(SlotState.TAKEN);
-    finishSlot(again.buffer, true, 1240.25);
+    finishSlot(again.buffer, SlotState.RUNNING, 1240.25);
     expect(awaitTakeover(src.buffer, 1000)).toBe(SlotState.RUNNING);
     expect(again.runAtMs).toBe(1240.25);
     for (const x of [source, target, src, again]) x.close();
@@ -224,5 +347,223 @@ describe('HandoffSlot.open (the target is hostile too)', () => {
     ['a missing file', () => join(dir, 'handoff-slot-missing.bin')],
   ])('refuses %s with MIGRATION_BAD_STREAM', (_, make) => {
     expect(codeOf(() => HandoffSlot.open(make()))).toBe('MIGRATION_BAD_STREAM');
+  });
+});
+
+describe('HandoffSlot expectation (which VM the target prepared the slot for)', () => {
+  it('reaches the source as the target wrote it', () => {
+    const { target, source, close } = pair('expect');
+    target.expect(prepared);
+    expect(source.expectation()).toEqual(prepared);
+    expect(target.expectation()).toEqual(prepared); // the same bytes from either side
+    close();
+  });
+
+  it('is null until the target writes one', () => {
+    const { target, source, close } = pair('none');
+    expect(source.expectation()).toBeNull();
+    target.expect(prepared);
+    expect(source.expectation()).not.toBeNull();
+    close();
+  });
+
+  it('is read up to its recorded length only: a shorter one replaces a longer one', () => {
+    const { target, source, close } = pair('shorter');
+    target.expect(prepared);
+    const shorter: SlotExpectation = { from: 'vmm-a/vm-2', blocks: [] };
+    target.expect(shorter); // the tail of the first is still in the file
+    expect(source.expectation()).toEqual(shorter);
+    close();
+  });
+
+  it(`holds up to ${EXPECT_MAX} bytes and refuses a bigger one with MIGRATION_FAILED`, () => {
+    const { target, source, close } = pair('big');
+    const sized = (bytes: number): SlotExpectation => {
+      const from = 'x'.repeat(bytes - JSON.stringify({ from: '', blocks: [] }).length);
+      return { from, blocks: [] };
+    };
+    expect(codeOf(() => target.expect(sized(EXPECT_MAX + 1)))).toBe('MIGRATION_FAILED');
+    expect(source.expectation()).toBeNull(); // nothing of it was written
+    expect(target.state()).toBe(SlotState.ARMED);
+    const many: SlotExpectation = {
+      from: 'vmm-a/vm-1',
+      blocks: Array(60).fill(prepared.blocks[0]),
+    };
+    expect(codeOf(() => target.expect(many))).toBe('MIGRATION_FAILED'); // ≈ 6 KiB
+    expect(source.expectation()).toBeNull();
+    target.expect(sized(EXPECT_MAX)); // exactly full
+    expect(source.expectation()).toEqual(sized(EXPECT_MAX));
+    expect(codeOf(() => target.expect(sized(EXPECT_MAX + 1)))).toBe('MIGRATION_FAILED');
+    expect(source.expectation()).toEqual(sized(EXPECT_MAX)); // the one written stays
+    close();
+  });
+});
+
+describe('HandoffSlot.expectation (what the target wrote is hostile input)', () => {
+  const block = prepared.blocks[0]!;
+  const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+  const withBlock = (patch: Record<string, unknown>): Uint8Array =>
+    json({ from: 'vmm-a/vm-1', blocks: [{ ...block, ...patch }] });
+  // `{"from":"<0xff>","blocks":[]}`: read leniently, 0xff would become U+FFFD and pass.
+  const badUtf8 = Uint8Array.from([
+    ...new TextEncoder().encode('{"from":"'),
+    0xff,
+    ...new TextEncoder().encode('","blocks":[]}'),
+  ]);
+
+  it.each<[string, () => { bytes: Uint8Array; length?: number }]>([
+    ['bytes that are not JSON', () => ({ bytes: new TextEncoder().encode('{"from":"vmm-a/') })],
+    ['bytes that are not UTF-8', () => ({ bytes: badUtf8 })],
+    ['a length of 5000 bytes', () => ({ bytes: json(prepared), length: 5000 })],
+    [
+      `a length of ${EXPECT_MAX + 1} bytes (one past the area)`,
+      () => ({ bytes: new TextEncoder().encode(JSON.stringify(prepared).padEnd(EXPECT_MAX + 1)) }),
+    ],
+    ['a length of 2^32 - 1', () => ({ bytes: json(prepared), length: 0xffff_ffff })],
+    ['JSON null', () => ({ bytes: json(null) })],
+    ['a JSON array', () => ({ bytes: json([prepared]) })],
+    ['a JSON string', () => ({ bytes: json('vmm-a/vm-1') })],
+    ['no holder', () => ({ bytes: json({ blocks: prepared.blocks }) })],
+    ['a holder that is not a string', () => ({ bytes: json({ ...prepared, from: 7 }) })],
+    ['no block list', () => ({ bytes: json({ from: 'vmm-a/vm-1' }) })],
+    [
+      'a block list that is an object',
+      () => ({ bytes: json({ from: 'v', blocks: { 0: block } }) }),
+    ],
+    ['a null block', () => ({ bytes: json({ from: 'vmm-a/vm-1', blocks: [null] }) })],
+    ['a block that is a string', () => ({ bytes: json({ from: 'vmm-a/vm-1', blocks: ['ram'] }) })],
+    ['a block without an id', () => ({ bytes: withBlock({ id: undefined }) })],
+    ['a block without an identity', () => ({ bytes: withBlock({ identity: undefined }) })],
+    ['a region id that is a number', () => ({ bytes: withBlock({ regionId: 1 }) })],
+    ['a negative epoch', () => ({ bytes: withBlock({ epoch: -1 }) })],
+    ['an epoch that is a string', () => ({ bytes: withBlock({ epoch: '3' }) })],
+    ['an epoch that is null (NaN written as JSON)', () => ({ bytes: withBlock({ epoch: NaN }) })],
+    ['a fractional size', () => ({ bytes: withBlock({ size: 1.5 }) })],
+    ['a negative size', () => ({ bytes: withBlock({ size: -4096 }) })],
+    ['a guest base past 2^53', () => ({ bytes: withBlock({ guestBase: 2 ** 53 }) })],
+    ['a missing guest base', () => ({ bytes: withBlock({ guestBase: undefined }) })],
+  ])('refuses %s with MIGRATION_BAD_STREAM', (_, make) => {
+    const { target, source, close } = pair('hostile');
+    const { bytes, length } = make();
+    writeExpectation(target, bytes, length);
+    expect(codeOf(() => source.expectation())).toBe('MIGRATION_BAD_STREAM');
+    close();
+  });
+
+  it('takes a well-formed one padded to the full area (the bound is inclusive)', () => {
+    const { target, source, close } = pair('padded');
+    writeExpectation(
+      target,
+      new TextEncoder().encode(JSON.stringify(prepared).padEnd(EXPECT_MAX)), // JSON allows the blanks
+    );
+    expect(source.expectation()).toEqual(prepared);
+    close();
+  });
+});
+
+describe('the take-over outcome', () => {
+  it('HELD: the target took the VM over paused; the source learns it with the stamp', () => {
+    const { target, source, close } = taken('held');
+    finishSlot(target.buffer, SlotState.HELD, 4321.5);
+    expect(awaitTakeover(source.buffer, 1000)).toBe(SlotState.HELD);
+    expect(source.runAtMs).toBe(4321.5);
+    expect(target.runAtMs).toBe(4321.5);
+    close();
+  });
+
+  it('FAILED carries no stamp', () => {
+    const { target, source, close } = taken('failed');
+    finishSlot(target.buffer, SlotState.FAILED, 4321.5);
+    expect(awaitTakeover(source.buffer, 1000)).toBe(SlotState.FAILED);
+    expect(source.runAtMs).toBe(0);
+    close();
+  });
+
+  it('fail() turns a taken slot FAILED for the source', () => {
+    const { target, source, close } = taken('fail');
+    target.fail();
+    expect(target.state()).toBe(SlotState.FAILED);
+    expect(awaitTakeover(source.buffer, 1000)).toBe(SlotState.FAILED);
+    expect(source.runAtMs).toBe(0);
+    target.fail(); // again: no change
+    expect(target.state()).toBe(SlotState.FAILED);
+    close();
+  });
+
+  it('fail() turns a published slot FAILED: the target never takes it', () => {
+    const { target, source, close } = pair('fail-ready');
+    expect(announceStop(source.buffer, 1)).toBe(true);
+    expect(publishState(source.buffer, Uint8Array.of(1))).toBe(true);
+    target.fail();
+    expect(target.state()).toBe(SlotState.FAILED);
+    expect(awaitTakeover(source.buffer, 1000)).toBe(SlotState.FAILED);
+    expect(takeState(target.buffer, 1000)).toEqual({ kind: 'aborted' });
+    close();
+  });
+
+  it('fail() turns a stopped slot FAILED: the source cannot publish into it any more', () => {
+    const { target, source, close } = pair('fail-stopped');
+    expect(announceStop(source.buffer, 1)).toBe(true);
+    target.fail();
+    expect(target.state()).toBe(SlotState.FAILED);
+    expect(publishState(source.buffer, Uint8Array.of(1))).toBe(false);
+    expect(target.state()).toBe(SlotState.FAILED);
+    close();
+  });
+
+  it.each<[string, (p: ReturnType<typeof pair>) => void, number, number]>([
+    ['ARMED', () => undefined, SlotState.ARMED, 0],
+    ['ABORTED (before the stop)', (p) => p.target.abort(), SlotState.ABORTED, 0],
+    [
+      'ABORTED (after the stop)',
+      (p) => {
+        announceStop(p.source.buffer, 1);
+        publishState(p.source.buffer, null);
+      },
+      SlotState.ABORTED,
+      0,
+    ],
+    ['RUNNING', (p) => finish(p, SlotState.RUNNING, 77), SlotState.RUNNING, 77],
+    ['HELD', (p) => finish(p, SlotState.HELD, 88), SlotState.HELD, 88],
+    ['FAILED', (p) => finish(p, SlotState.FAILED), SlotState.FAILED, 0],
+  ])('fail() leaves a slot in %s as it is', (_, reach, state, runAtMs) => {
+    const p = pair('keep');
+    reach(p);
+    expect(p.target.state()).toBe(state);
+    p.target.fail();
+    expect(p.target.state()).toBe(state);
+    expect(p.source.runAtMs).toBe(runAtMs);
+    if (state === SlotState.ARMED) expect(announceStop(p.source.buffer, 1)).toBe(true); // still usable
+    p.close();
+  });
+
+  it('a thread ending a hand-off its main thread already failed leaves it failed', () => {
+    const p = taken('late');
+    p.target.fail();
+    finishSlot(p.target.buffer, SlotState.RUNNING, 5);
+    expect(p.source.state()).toBe(SlotState.FAILED);
+    p.close();
+  });
+
+  it.each<[string, (slot: HandoffSlot) => void, number]>([
+    ['fail()', (slot) => slot.fail(), SlotState.FAILED],
+    ['a HELD outcome', (slot) => finishSlot(slot.buffer, SlotState.HELD, 5), SlotState.HELD],
+  ])('%s wakes a source thread waiting for the take-over', async (_, settle, outcome) => {
+    const { target, source, close } = taken('wake-source');
+    const thread = slotThread(
+      source.buffer,
+      `parentPort.postMessage('waiting');
+       const t0 = performance.now();
+       const s = slot.awaitTakeover(buffer, 3000);
+       parentPort.postMessage([s, performance.now() - t0]);`,
+    );
+    expect(await thread.next()).toBe('waiting');
+    await new Promise((r) => setTimeout(r, 50)); // asleep on the futex by now (or soon)
+    settle(target);
+    const [state, waitedMs] = (await thread.next()) as [number, number];
+    expect(state).toBe(outcome);
+    expect(waitedMs).toBeLessThan(2000); // woken, not timed out after 3 s
+    await thread.terminate();
+    close();
   });
 });

@@ -10,14 +10,20 @@
  * | offset | size | field |
  * |---|---|---|
  * | 0 | 4 | magic `HOFS` |
- * | 4 | 4 | layout version (1) |
+ * | 4 | 4 | layout version (2) |
  * | 8 | 4 | state word (futex): {@link SlotState} |
  * | 12 | 4 | length of the device state in bytes |
  * | 16 | 8 | float64: the source vCPU's stop, epoch ms |
  * | 24 | 8 | float64: the target vCPU's start, epoch ms |
  * | 32 | 4 | capacity of the data area in bytes |
  * | 40 | 8 | float64: when the source published the state, epoch ms |
- * | 64 | capacity | the device state (snapshot container bytes) |
+ * | 48 | 4 | length of the expectation in bytes |
+ * | 64 | ≤ 4032 | the expectation: JSON {@link SlotExpectation}, written by the target |
+ * | 4096 | capacity | the device state (snapshot container bytes) |
+ *
+ * The expectation says which VM the target prepared for: the lease holder it armed the
+ * transfers from and every block's region, identity and epoch. A source that got the slot from
+ * PrepareIncoming (no stream at all) checks it against its own VM before it stops.
  *
  * State word transitions — each a compare-and-set, so exactly one side wins every race:
  * `ARMED → STOPPED` (source: its vCPU stopped; the target's thread sends TransferLease at once,
@@ -25,8 +31,8 @@
  * travels on the stream and no lease moves through the slot); `STOPPED → READY` (source: the
  * state is written) or `STOPPED → ABORTED` (source: it could not publish; the target's thread
  * gives back any lease it took, like a target that fails after the final marker);
- * `READY → TAKEN` (target thread read it); `TAKEN → RUNNING | FAILED` (target thread: the lease
- * moved and the guest runs, or not). From STOPPED on, only the target thread's outcome decides
+ * `READY → TAKEN` (target thread read it); `TAKEN → RUNNING | HELD | FAILED` (target thread: the
+ * lease moved and the guest runs, or stays paused as it was on the source, or nothing moved). From STOPPED on, only the target thread's outcome decides
  * where the VM runs.
  *
  * The file is hostile input for both sides: the source checks the path's form, that it is a
@@ -56,11 +62,13 @@ export const SlotState = {
   RUNNING: 6,
   /** The target's vCPU thread could not take over (bad state, lease refused). */
   FAILED: 7,
+  /** The lease moved to the target, which holds the VM paused (it was paused on the source). */
+  HELD: 8,
 } as const;
 export type SlotStateValue = (typeof SlotState)[keyof typeof SlotState];
 
 const MAGIC = 0x53464f48; // "HOFS" read as a little-endian u32
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 /** Byte offsets of the header fields. */
 const OFF = {
   magic: 0,
@@ -71,15 +79,38 @@ const OFF = {
   runAt: 24,
   capacity: 32,
   publishedAt: 40,
+  expectLength: 48,
 };
+/** Where the expectation starts, and its largest size. */
+const EXPECT_AT = 64;
+const EXPECT_MAX = 4096 - EXPECT_AT;
 /** Int32 index of the state word. */
 const STATE = OFF.state >>> 2;
 /** Where the device state starts. */
-export const SLOT_HEADER_BYTES = 64;
+export const SLOT_HEADER_BYTES = 4096;
 /** Size of every slot file: 1 MiB (tmpfs allocates only the pages written). */
 export const SLOT_BYTES = 1024 * 1024;
 const CAPACITY = SLOT_BYTES - SLOT_HEADER_BYTES;
 const NAME = /^handoff-slot-[a-z0-9-]{1,64}\.bin$/;
+
+/**
+ * Which VM a slot was prepared for (target → source). Everything that ties a hand-off to one
+ * lease tenure of one VM: the holder and, per block, the region and its epoch.
+ */
+export interface SlotExpectation {
+  /** The lease holder the transfers were armed from: the source VM (`vmm-id/vm-name`). */
+  readonly from: string;
+  readonly blocks: readonly {
+    /** The block's id in the VM spec. */
+    readonly id: string;
+    readonly regionId: string;
+    readonly identity: string;
+    /** The lease epoch the source holds it at. */
+    readonly epoch: number;
+    readonly size: number;
+    readonly guestBase: number;
+  }[];
+}
 
 /** The main thread's handle of a slot file (either side). */
 export class HandoffSlot {
@@ -171,12 +202,76 @@ export class HandoffSlot {
     return new DataView(this.buffer).getUint32(OFF.length, true);
   }
 
+  /** Target, before the path is given out: records which VM the slot is prepared for. */
+  expect(e: SlotExpectation): void {
+    const bytes = new TextEncoder().encode(JSON.stringify(e));
+    if (bytes.length > EXPECT_MAX) {
+      throw new MigrationError(
+        'MIGRATION_FAILED',
+        `the hand-off slot's expectation needs ${bytes.length} bytes; it holds ${EXPECT_MAX}`,
+      );
+    }
+    new Uint8Array(this.buffer, EXPECT_AT, bytes.length).set(bytes);
+    new DataView(this.buffer).setUint32(OFF.expectLength, bytes.length, true);
+  }
+
+  /**
+   * Source: which VM the target prepared the slot for; null when it recorded none. The bytes are
+   * the target's: checked for form, bounds and types.
+   *
+   * @throws MigrationError `MIGRATION_BAD_STREAM` when the expectation is malformed
+   */
+  expectation(): SlotExpectation | null {
+    const length = new DataView(this.buffer).getUint32(OFF.expectLength, true);
+    if (length === 0) return null;
+    const bad = (why: string): never => {
+      throw new MigrationError(
+        'MIGRATION_BAD_STREAM',
+        `the hand-off slot ${basename(this.path)} has a malformed expectation: ${why}`,
+      );
+    };
+    if (length > EXPECT_MAX) bad(`${length} bytes, at most ${EXPECT_MAX}`);
+    let v: unknown;
+    try {
+      v = JSON.parse(
+        new TextDecoder('utf-8', { fatal: true }).decode(
+          new Uint8Array(this.buffer, EXPECT_AT, length).slice(),
+        ),
+      );
+    } catch (err) {
+      return bad((err as Error).message);
+    }
+    const o = v as Partial<Record<keyof SlotExpectation, unknown>>;
+    if (typeof v !== 'object' || v === null || typeof o.from !== 'string') bad('no holder');
+    if (!Array.isArray(o.blocks)) bad('no block list');
+    const blocks = (o.blocks as unknown[]).map((b, k) => {
+      const x = b as Record<string, unknown>;
+      const ok =
+        typeof b === 'object' &&
+        b !== null &&
+        typeof x.id === 'string' &&
+        typeof x.regionId === 'string' &&
+        typeof x.identity === 'string' &&
+        [x.epoch, x.size, x.guestBase].every((n) => Number.isSafeInteger(n) && (n as number) >= 0);
+      if (!ok) bad(`block ${k} is not {id, regionId, identity, epoch, size, guestBase}`);
+      return {
+        id: x.id as string,
+        regionId: x.regionId as string,
+        identity: x.identity as string,
+        epoch: x.epoch as number,
+        size: x.size as number,
+        guestBase: x.guestBase as number,
+      };
+    });
+    return { from: o.from as string, blocks };
+  }
+
   /** Whether the source's thread announced its stop (the target may take the lease from then on). */
   get announced(): boolean {
     return announcedStop(this.buffer);
   }
 
-  /** The target vCPU's start stamp (epoch ms) once RUNNING, else 0. */
+  /** The target vCPU's start stamp (epoch ms) once RUNNING (HELD: when it took the VM), else 0. */
   get runAtMs(): number {
     return new DataView(this.buffer).getFloat64(OFF.runAt, true);
   }
@@ -188,6 +283,14 @@ export class HandoffSlot {
    */
   abort(): boolean {
     return abortSlot(this.buffer);
+  }
+
+  /**
+   * Target's main thread, after its vCPU thread ended the hand-off without the VM: makes sure the
+   * slot says FAILED (a thread that died wrote nothing), waking the source's thread.
+   */
+  fail(): void {
+    failSlot(this.buffer);
   }
 
   /** Unmaps the slot; the target (its owner) also deletes the file. Idempotent. */
@@ -208,7 +311,7 @@ export class HandoffSlot {
 // ---- used by the vCPU threads (and the main thread's abort) ----------------------------------
 
 function words(buf: SharedArrayBuffer): Int32Array {
-  return new Int32Array(buf, 0, SLOT_HEADER_BYTES >>> 2);
+  return new Int32Array(buf, 0, EXPECT_AT >>> 2);
 }
 
 /** The state word of a mapped slot. */
@@ -341,10 +444,36 @@ export function takeState(buf: SharedArrayBuffer, timeoutMs: number): SlotTake {
   }
 }
 
-/** Target vCPU thread: records the outcome (`TAKEN → RUNNING | FAILED`), waking the source's. */
-export function finishSlot(buf: SharedArrayBuffer, running: boolean, runAtMs = 0): void {
-  if (running) new DataView(buf).setFloat64(OFF.runAt, runAtMs, true);
-  Atomics.store(words(buf), STATE, running ? SlotState.RUNNING : SlotState.FAILED);
+/**
+ * Target vCPU thread: records the outcome (`TAKEN → RUNNING | HELD | FAILED`) with its stamp
+ * (epoch ms; the guest's start, or when a paused VM was taken over), waking the source's.
+ */
+export function finishSlot(
+  buf: SharedArrayBuffer,
+  outcome: typeof SlotState.RUNNING | typeof SlotState.HELD | typeof SlotState.FAILED,
+  atMs = 0,
+): void {
+  if (outcome === SlotState.FAILED) {
+    failSlot(buf);
+    return;
+  }
+  new DataView(buf).setFloat64(OFF.runAt, atMs, true);
+  // From TAKEN only: a slot the target's main thread already failed stays failed.
+  Atomics.compareExchange(words(buf), STATE, SlotState.TAKEN, outcome);
+  futexWake(buf, OFF.state, 1);
+}
+
+/**
+ * `STOPPED | READY | TAKEN → FAILED` (the target ends a hand-off after the stop without the
+ * VM), waking the source's thread; a slot with no stop, or already ended, stays as it is.
+ */
+function failSlot(buf: SharedArrayBuffer): void {
+  const w = words(buf);
+  for (;;) {
+    const s = Atomics.load(w, STATE);
+    if (s !== SlotState.STOPPED && s !== SlotState.READY && s !== SlotState.TAKEN) return;
+    if (Atomics.compareExchange(w, STATE, s, SlotState.FAILED) === s) break;
+  }
   futexWake(buf, OFF.state, 1);
 }
 

@@ -10,7 +10,12 @@ import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '
 import type { VmHost } from '../vm/host.js';
 import { startDataChannel, type DataChannelServer } from './data-channel.js';
 import { MigrationError } from './errors.js';
-import { IncomingTokens, receiveMigration, type IncomingHint } from './receiver.js';
+import {
+  IncomingTokens,
+  receiveMigration,
+  type IncomingHint,
+  type PreparedIncoming,
+} from './receiver.js';
 import { OutgoingMigration } from './sender.js';
 import { MigrationServiceClient } from './stream.js';
 
@@ -23,6 +28,11 @@ export interface MigrateRequest {
   readonly targetAddress: string;
   /** The target's data channel (from PrepareIncoming), or '' to use the gRPC stream. */
   readonly targetDataAddress?: string;
+  /**
+   * The target's hand-off slot from PrepareIncoming, or '': with it a VM whose RAM all travels
+   * by reference is handed over through the slot alone, with no stream.
+   */
+  readonly targetHandoffSlot?: string;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -69,7 +79,7 @@ export class MigrationManager {
    * PrepareIncoming: a one-time token for a VM that will arrive under `name`; with a hint (the
    * source's spec and the capabilities) its machine is built now.
    */
-  prepare(name: string, jobId: string, hint?: IncomingHint): Promise<string> {
+  prepare(name: string, jobId: string, hint?: IncomingHint): Promise<PreparedIncoming> {
     return this.tokens.prepare(name, jobId, hint);
   }
 
@@ -107,6 +117,7 @@ export class MigrationManager {
       jobId: req.jobId,
       targetAddress: req.targetAddress,
       targetDataAddress: req.targetDataAddress ?? '',
+      targetHandoffSlot: req.targetHandoffSlot ?? '',
       token: req.token,
       capabilities: req.capabilities,
       parameters: req.parameters,

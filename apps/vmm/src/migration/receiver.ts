@@ -53,6 +53,16 @@ interface Prepared {
   readonly direct: Promise<Direct | undefined>;
 }
 
+/** What PrepareIncoming answers. */
+export interface PreparedIncoming {
+  readonly token: string;
+  /**
+   * The hand-off slot prepared with the machine, or '' (PROTOCOL.md, "Direct hand-off"). A
+   * source on this host that gets it hands the VM over through it, with no stream.
+   */
+  readonly handoffSlot: string;
+}
+
 /** What PrepareIncoming may know of the VM that will arrive. */
 export interface IncomingHint {
   /** The VM's spec on the source. */
@@ -77,7 +87,9 @@ export class IncomingTokens {
   /**
    * A token for a VM that will arrive under `name`. With a `hint` the machine is built first
    * (see {@link prebuild}), so the token comes back when the target is ready for the stream;
-   * a stream whose header differs from it is served from scratch.
+   * a stream whose header differs from it is served from scratch. When every block travels by
+   * reference, a hand-off slot comes with it: a source that uses it needs no stream (see
+   * {@link IncomingTokens.settleWithoutStream}).
    *
    * @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared
    */
@@ -86,7 +98,7 @@ export class IncomingTokens {
     jobId: string,
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
-  ): Promise<string> {
+  ): Promise<PreparedIncoming> {
     const reserved = this.host.reserve(name);
     // No spare thread starts (and warms up) while this migration may be timed.
     const unhold = this.host.holdSpares();
@@ -133,9 +145,58 @@ export class IncomingTokens {
       void discardPrepared({ prebuilt: built, direct }, this.host).then(release);
     }, ttlMs);
     timer.unref();
-    this.tokens.set(token, { name, jobId, release, timer, prebuilt: built, direct });
-    await direct;
-    return token;
+    const prepared: Prepared = { name, jobId, release, timer, prebuilt: built, direct };
+    this.tokens.set(token, prepared);
+    const offered = await direct;
+    offered?.outcome.then(
+      (o) => this.settleWithoutStream(token, offered, o),
+      () => undefined,
+    );
+    return { token, handoffSlot: offered?.slot.path ?? '' };
+  }
+
+  /**
+   * Ends a direct hand-off that ran through the slot alone (its source got the slot from
+   * PrepareIncoming and opened no stream), once the target's vCPU thread ended it: the VM is
+   * adopted here, or what moved goes back to the source. A token some stream took is that
+   * stream's to settle; a slot given up before any stop leaves the token to a stream.
+   */
+  private async settleWithoutStream(token: string, d: Direct, o: HandoffOutcome): Promise<void> {
+    const p = this.tokens.get(token);
+    if (p === undefined || (!o.ok && o.stage === 'aborted' && !d.slot.announced)) return;
+    this.tokens.delete(token);
+    clearTimeout(p.timer);
+    const built = (await p.prebuilt)!; // a slot is only offered with a prebuilt machine
+    const ctx = this.host.ramContext(p.name);
+    const log = (this.logger ?? ctx.logger).child({ vm: p.name, job: p.jobId, side: 'target' });
+    const moved: string[] = [];
+    built.blocks.forEach((b, k) => {
+      const epoch = o.epochs[k];
+      if (epoch === null || epoch === undefined) return;
+      moved.push(b.region!.id);
+      b.backing!.setLeaseEpoch?.(epoch);
+    });
+    settleArms(ctx, d.armed, log);
+    if (!o.ok) d.slot.fail(); // the source may still wait (a thread that died wrote nothing)
+    d.slot.close();
+    if (o.ok) {
+      this.host.adoptHandedOff(built.vm);
+      p.release();
+      log.info(
+        { handoff: d.armed.length > 0 ? 'armed' : 'channel', prebuilt: true, ...partsOf(o) },
+        'incoming migration by hand-off slot, no stream: the VM runs here (source stop to run, ' +
+          'wall clocks)',
+      );
+      return;
+    }
+    log.warn(
+      { stage: o.stage, code: o.code, error: o.message },
+      'incoming migration by hand-off slot failed; what moved goes back to the source',
+    );
+    await handBack(ctx, moved, d.from, log);
+    for (const b of built.blocks) b.backing?.abandon(); // never release the source's region
+    await discardPrebuilt(built);
+    p.release();
   }
 
   /** Consumes a token; the caller owns the name reservation (and any prebuild) from here. */
@@ -257,14 +318,7 @@ export async function receiveMigration(
       // the source already left: it saw the guest run here in the slot
     }
     log.info(
-      {
-        direct: true,
-        stopToRunMs: o.runAtMs - o.stopAtMs,
-        stopSeenMs: (o.stopSeenAtMs ?? 0) - o.stopAtMs,
-        publishedMs: (o.publishedAtMs ?? 0) - o.stopAtMs,
-        restoredMs: (o.restoredAtMs ?? 0) - o.stopAtMs,
-        leasedMs: (o.leasedAtMs ?? 0) - o.stopAtMs,
-      },
+      { direct: true, ...partsOf(o) },
       'incoming migration: the VM runs here (direct hand-off; source stop to run, wall clocks)',
     );
   };
@@ -300,6 +354,11 @@ export async function receiveMigration(
         continue;
       }
       nextFrame = undefined;
+      if (raw === null && prepared === undefined) {
+        // Nothing was sent: no migration, only a look whether this instance is still there.
+        log.debug('an incoming stream ended before its first frame (a liveness probe)');
+        return;
+      }
       if (raw === null) {
         // A source that saw the guest run here (the slot says so) may close first.
         if (direct?.slot.announced === true) {
@@ -515,31 +574,14 @@ export async function receiveMigration(
     await pages?.drain().catch(() => undefined); // no write may outlive the blocks
     // Give back what moved, so the source can re-take its lease and resume.
     for (const b of blocks) if (b.mode === 'ref') b.backing?.abandon(); // never release theirs
-    for (const b of moved) {
+    if (moved.length > 0) {
       const ctx = host.ramContext(prepared!.name);
-      try {
-        const held = (
-          await ctx.leases().getRegion(
-            { region: byId(b.region!.id) },
-            {
-              deadlineMs: ctx.deadlineMs,
-            },
-          )
-        ).region?.lease;
-        if (held !== undefined && held.holder === holderOf(ctx)) {
-          await ctx.leases().transferLease(
-            {
-              region: byId(b.region!.id),
-              fromHolder: holderOf(ctx),
-              expectedEpoch: held.epoch,
-              toHolder: sourceHolder,
-            },
-            { deadlineMs: ctx.deadlineMs },
-          );
-        }
-      } catch (err2) {
-        log.warn({ error: (err2 as Error).message }, 'could not hand the lease back to the source');
-      }
+      await handBack(
+        ctx,
+        moved.map((b) => b.region!.id),
+        sourceHolder,
+        log,
+      );
     }
     if (vm !== null) await vm.destroy().catch(() => undefined);
     for (const b of blocks) await b.backing?.close();
@@ -670,6 +712,50 @@ interface Direct {
   readonly from: string;
 }
 
+/** Where the downtime of a direct hand-off went (ms after the source's stop, wall clocks). */
+function partsOf(o: HandoffOutcome): Record<string, number> {
+  return {
+    stopToRunMs: o.runAtMs - o.stopAtMs,
+    stopSeenMs: (o.stopSeenAtMs ?? 0) - o.stopAtMs,
+    publishedMs: (o.publishedAtMs ?? 0) - o.stopAtMs,
+    restoredMs: (o.restoredAtMs ?? 0) - o.stopAtMs,
+    leasedMs: (o.leasedAtMs ?? 0) - o.stopAtMs,
+  };
+}
+
+/**
+ * After a failed incoming migration: gives each region's lease that this instance holds back
+ * to `to` (the source), so that it can re-take its lease and resume. Failures are logged; the
+ * source then finds the lease moved and stays paused.
+ */
+async function handBack(
+  ctx: RamContext,
+  regionIds: readonly string[],
+  to: string,
+  log: Logger,
+): Promise<void> {
+  for (const id of regionIds) {
+    try {
+      const held = (
+        await ctx.leases().getRegion({ region: byId(id) }, { deadlineMs: ctx.deadlineMs })
+      ).region?.lease;
+      if (held !== undefined && held.holder === holderOf(ctx)) {
+        await ctx.leases().transferLease(
+          {
+            region: byId(id),
+            fromHolder: holderOf(ctx),
+            expectedEpoch: held.epoch,
+            toHolder: to,
+          },
+          { deadlineMs: ctx.deadlineMs },
+        );
+      }
+    } catch (err) {
+      log.warn({ error: (err as Error).message }, 'could not hand the lease back to the source');
+    }
+  }
+}
+
 /** The holder of the blocks' leases (the source's VM), as the prebuild read them. */
 function sourceHolderOf(blocks: readonly Block[]): string {
   const holders = new Set(blocks.map((b) => b.region?.lease?.holder ?? ''));
@@ -722,10 +808,22 @@ async function offerDirect(
     log.info('memstore serves no lease channel: the device state comes on the stream');
     return undefined;
   }
-  let slot: HandoffSlot;
+  let slot: HandoffSlot | undefined;
   try {
     slot = HandoffSlot.create(dir, `${ctx.vmmId}-${name}`);
+    slot.expect({
+      from: sourceHolder,
+      blocks: blocks.map((b) => ({
+        id: b.spec.id,
+        regionId: b.region!.id,
+        identity: b.region!.identity,
+        epoch: b.epoch,
+        size: b.spec.size,
+        guestBase: b.spec.guestBase,
+      })),
+    });
   } catch (err) {
+    slot?.close();
     log.warn(
       { error: (err as Error).message, dir },
       'cannot create a hand-off slot: the device state comes on the stream',

@@ -24,15 +24,17 @@ import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { grpcOutgoing, type OutgoingChannel } from './channel.js';
-import { connectDataChannel } from './data-channel.js';
+import { connectDataChannel, dataChannelAlive } from './data-channel.js';
 import { MigrationError } from './errors.js';
-import { HandoffSlot, SlotState } from './handoff-slot.js';
+import { HandoffSlot, SlotState, type SlotExpectation } from './handoff-slot.js';
 import { PageSender } from './page-sender.js';
 import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
 
 /** How long the target may take to answer the header, and to resume after completion. */
 const HEADER_TIMEOUT_MS = 15_000;
 const RESUME_TIMEOUT_MS = 30_000;
+/** How often a source waiting on a hand-off slot looks whether the target still lives. */
+const SLOT_PROBE_MS = 100;
 /** How long a failed source waits for a failing target to hand a taken lease back. */
 const HANDBACK_WAIT_MS = 3000;
 /** Bandwidth assumed before the first pass measured one (bytes/ms; 400 MB/s). */
@@ -47,6 +49,8 @@ export interface OutgoingOptions {
   readonly targetAddress: string;
   /** The target's data channel; '' (or unreachable) → the gRPC stream. */
   readonly targetDataAddress?: string;
+  /** The target's hand-off slot from PrepareIncoming; '' → none (see {@link OutgoingMigration.run}). */
+  readonly targetHandoffSlot?: string;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -80,6 +84,9 @@ export class OutgoingMigration {
   private wake: (() => void) | undefined;
   private sentAt = 0;
   private sentBytes = 0;
+  /** Milestones (ms after the start) and the parts of the pause, logged once at the end. */
+  private readonly timeline: Record<string, number> = {};
+  private parts: Record<string, number> = {};
 
   constructor(private readonly o: OutgoingOptions) {}
 
@@ -142,20 +149,36 @@ export class OutgoingMigration {
     let slot: HandoffSlot | null = null;
     const blocks = vm.ramBlocks;
     const modes = blocks.map((b) => this.modeOf(b));
+    for (const [k, b] of blocks.entries()) {
+      this.total += b.spec.size;
+      if (modes[k] === 'ref') this.bypassed += b.spec.size;
+    }
+    const byReference = modes.every((m) => m === 'ref');
     try {
-      await this.open();
-      await this.send({ frame: { $case: 'header', value: this.header(modes) } });
-      const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
-      if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
-      if (ack.value.handoffSlot !== '' && modes.every((m) => m === 'ref')) {
-        slot = this.openSlot(ack.value.handoffSlot);
+      // With the slot PrepareIncoming prepared for this very VM, the vCPU threads hand it over
+      // through the slot alone: no stream, no header, no round trip to the target's main thread.
+      const prepared = this.o.targetHandoffSlot ?? '';
+      if (byReference && prepared !== '') slot = this.preparedSlot(prepared);
+      if (slot !== null) {
+        this.setupMs = this.mark('slotChecked');
+      } else {
+        await this.open({ frame: { $case: 'header', value: this.header(modes) } });
+        this.mark('headerSent');
+        const ack = await this.reply(HEADER_TIMEOUT_MS, 'the header');
+        if (ack.$case !== 'headerAck') this.unexpected(ack, 'a header ack');
+        if (ack.value.handoffSlot !== '' && byReference) {
+          slot = this.openSlot(ack.value.handoffSlot);
+        }
+        this.setupMs = this.mark('headerAcked');
       }
-      this.setupMs = now() - this.started;
       this.sm.transition('active');
-      log.info(
-        { modes, job: this.o.jobId, stream: this.call!.kind },
-        'migration: header accepted, pre-copy starts',
-      );
+      // Nothing to pre-copy: this line would only delay the stop (the end logs the same).
+      if (!byReference) {
+        log.info(
+          { modes, job: this.o.jobId, stream: this.call!.kind },
+          'migration: header accepted, pre-copy starts',
+        );
+      }
 
       // Pre-copy: bulk pass, then dirty passes until the rest fits downtime-limit.
       const pending = new PageBitmap(vm.touchedPages.size);
@@ -214,6 +237,7 @@ export class OutgoingMigration {
       // Stop and copy.
       if (!this.sm.transitionIf('active', 'device')) this.checkCancelled();
       const tStop = now();
+      this.mark('pauseAsked', tStop);
       paused = true; // from here a failure checks where the lease is before resuming
       let finalMarker: Promise<void> | undefined;
       let markerAt = 0; // epoch ms
@@ -232,17 +256,27 @@ export class OutgoingMigration {
       const stopped = await vm.pauseAndSave(() => {
         if (slot === null) sendFinalMarker();
       }, slot?.buffer);
+      this.mark('stateHere');
+      if (stopped.handedOff) {
+        // Published into the slot (only ever offered one): the target's thread took over.
+        this.deviceBytes = slot!.stateLength;
+        return await this.finishDirect(slot!, stopped.pausedAtMs, modes, tStop);
+      }
       if (slot !== null) {
-        if (stopped.handedOff) {
-          this.deviceBytes = slot.stateLength;
-          return await this.finishDirect(slot, stopped.pausedAtMs, modes, tStop);
-        }
         // Not published (the slot was given up, or the state could not be written): the
         // stream carries it, as if no slot had been offered.
         if (slot.announced) completeSent = true; // the target's thread may have moved the lease
         slot.abort();
         slot.close();
         slot = null;
+        if (this.call === undefined) {
+          throw new MigrationError(
+            'MIGRATION_TARGET_FAILED',
+            `the target's hand-off slot for VM ${vm.name} was given up at the stop (the target ` +
+              'gave up the migration, or the device state could not be written into it); retry ' +
+              'the migration',
+          );
+        }
         sendFinalMarker();
       }
       const stopUs = Math.round(stopped.pausedAtMs * 1000);
@@ -278,19 +312,15 @@ export class OutgoingMigration {
       });
       const tSent = now();
       const resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
-      const tAck = now();
-      log.info(
-        {
-          pauseMs: tPaused - tStop,
-          // from the vCPU's own stop stamp: when this thread heard it and sent the final marker
-          stopToMarkerMs: markerAt - stopped.pausedAtMs,
-          stopToStateMs: performance.timeOrigin + tPaused - stopped.pausedAtMs,
-          finalPagesMs: tPages - tPaused,
-          deviceMs: tSent - tPages,
-          targetMs: tAck - tSent,
-        },
-        'migration: parts of the downtime (source clock)',
-      );
+      this.parts = {
+        pauseMs: tPaused - tStop,
+        // from the vCPU's own stop stamp: when this thread heard it and sent the final marker
+        stopToMarkerMs: markerAt - stopped.pausedAtMs,
+        stopToStateMs: performance.timeOrigin + tPaused - stopped.pausedAtMs,
+        finalPagesMs: tPages - tPaused,
+        deviceMs: tSent - tPages,
+        targetMs: now() - tSent,
+      };
       if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
       return this.completed(resumed.value, stopUs, modes);
     } catch (err) {
@@ -306,7 +336,15 @@ export class OutgoingMigration {
         this.sm.tryTransition('failed', { errorDesc: failure.message });
       }
       this.failureDesc = failure.message;
-      log.warn({ code: failure.code, error: failure.message }, 'migration failed');
+      log.warn(
+        {
+          code: failure.code,
+          error: failure.message,
+          stream: this.transport,
+          timeline: this.timeline,
+        },
+        'migration failed',
+      );
       throw failure;
     }
   }
@@ -325,24 +363,56 @@ export class OutgoingMigration {
     // The target's vCPU thread marks the slot RUNNING once the lease moved and the guest runs:
     // the same word as the resumed ack, which then need not be waited for.
     let ack: vmmStream.ResumedAck;
-    if (slot.state() === SlotState.RUNNING) {
+    const settled = this.call === undefined ? await this.slotOutcome(slot) : slot.state();
+    if (settled === SlotState.RUNNING || settled === SlotState.HELD) {
       ack = { resumeTimeUnixUs: BigInt(Math.round(slot.runAtMs * 1000)), epoch: 0n };
     } else {
       const resumed = await this.reply(RESUME_TIMEOUT_MS, 'the resume');
       if (resumed.$case !== 'resumed') this.unexpected(resumed, 'the resumed ack');
       ack = resumed.value;
     }
-    this.o.logger.info(
-      {
-        direct: true,
-        pauseMs: tPaused - tStop,
-        stopToStateMs: performance.timeOrigin + tPaused - pausedAtMs,
-        targetMs: now() - tPaused,
-      },
-      'migration: parts of the downtime (source clock)',
-    );
+    this.parts = {
+      direct: 1,
+      pauseMs: tPaused - tStop,
+      stopToStateMs: performance.timeOrigin + tPaused - pausedAtMs,
+      targetMs: now() - tPaused,
+    };
     slot.close();
     return this.completed(ack, Math.round(pausedAtMs * 1000), modes);
+  }
+
+  /**
+   * The slot's outcome when no stream carries the target's answer: RUNNING or HELD (the lease
+   * moved, the VM is the target's). Usually already there (the vCPU thread waited for it).
+   *
+   * @throws MigrationError `MIGRATION_TARGET_FAILED` when the target's thread failed, or did not
+   *   end the hand-off within {@link RESUME_TIMEOUT_MS}
+   */
+  private async slotOutcome(slot: HandoffSlot): Promise<number> {
+    const deadline = now() + RESUME_TIMEOUT_MS;
+    const probe = this.o.targetDataAddress ?? '';
+    let probedAt = now();
+    const failed = (why: string): never => {
+      throw new MigrationError(
+        'MIGRATION_TARGET_FAILED',
+        `the target at ${this.o.targetAddress} ${why} VM ${this.o.vm.name} through the hand-off slot`,
+      );
+    };
+    for (;;) {
+      const s = slot.state();
+      if (s === SlotState.RUNNING || s === SlotState.HELD) return s;
+      if (s === SlotState.FAILED) failed('could not take over (its log says why)');
+      if (now() >= deadline) failed(`did not end within ${RESUME_TIMEOUT_MS} ms its take-over of`);
+      // No stream breaks when the target dies: look whether it still listens, now and then.
+      if (probe !== '' && now() - probedAt >= SLOT_PROBE_MS) {
+        const alive = await dataChannelAlive(probe);
+        probedAt = now();
+        const after = slot.state();
+        if (after === SlotState.RUNNING || after === SlotState.HELD) return after;
+        if (!alive) failed('is gone (its data channel refuses connections) amid its take-over of');
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   /** The target runs the guest: the VM is postmigrate here from now on. */
@@ -358,12 +428,20 @@ export class OutgoingMigration {
     teardown.catch((e: unknown) =>
       log.warn({ error: (e as Error).message }, 'postmigrate teardown failed'),
     );
+    // The stop and the target's start on the source's clock (wall stamps of both vCPUs).
+    this.timeline.stopped = stopUs / 1000 - performance.timeOrigin - this.started;
+    this.timeline.targetRuns = this.timeline.stopped + this.downtimeUs / 1000;
     log.info(
       {
         totalMs: this.totalMs,
         downtimeUs: this.downtimeUs,
         bytes: this.transferred,
         iterations: this.iteration,
+        modes,
+        stream: this.transport,
+        // ms after MigrateVm began; and where the pause went (source clock)
+        timeline: this.timeline,
+        downtimeParts: this.parts,
       },
       'migration completed; the VM is postmigrate here',
     );
@@ -372,6 +450,18 @@ export class OutgoingMigration {
   }
 
   private failureDesc: string | undefined;
+
+  /** What carried the migration, for logs: `data-channel`, `grpc`, or `handoff-slot` alone. */
+  private get transport(): string {
+    return this.call?.kind ?? 'handoff-slot';
+  }
+
+  /** Records milestone `what` (at `at`, default now) in the timeline; returns its time after the start. */
+  private mark(what: string, at = now()): number {
+    const ms = at - this.started;
+    this.timeline[what] = ms;
+    return ms;
+  }
 
   /** The error description of a failed migration (also in {@link info}). */
   get error(): string | undefined {
@@ -543,8 +633,6 @@ export class OutgoingMigration {
       sourceVmmId: this.o.host.vmmId,
       blocks: blocks.map((b, k) => {
         const ref = b.regionRef;
-        this.total += b.spec.size;
-        if (modes[k] === 'ref') this.bypassed += b.spec.size;
         return {
           index: k,
           id: b.spec.id,
@@ -598,8 +686,11 @@ export class OutgoingMigration {
 
   // ---- the stream ---------------------------------------------------------------------------
 
-  /** Opens the stream: the target's data channel when it has one we reach, else gRPC. */
-  private async open(): Promise<void> {
+  /**
+   * Opens the stream with its first request: on the target's data channel when it has one we
+   * reach, else on gRPC.
+   */
+  private async open(first: vmmStream.IncomingRequest): Promise<void> {
     const events = {
       reply: (r: vmmStream.IncomingResponse): void => {
         this.replies.push(r);
@@ -613,7 +704,7 @@ export class OutgoingMigration {
     const data = this.o.targetDataAddress ?? '';
     if (data !== '') {
       try {
-        this.call = await connectDataChannel(data, events);
+        this.call = await connectDataChannel(data, events, first);
         return;
       } catch (err) {
         this.o.logger.warn(
@@ -624,6 +715,54 @@ export class OutgoingMigration {
     }
     this.checkCancelled();
     this.call = grpcOutgoing(this.o.client, events);
+    await this.send(first);
+  }
+
+  /**
+   * Maps the slot PrepareIncoming prepared, if it is armed and was prepared for this very VM:
+   * the same lease holder and, block by block, the same region, identity, epoch and size. Null
+   * (the migration uses the stream) otherwise, saying why.
+   */
+  private preparedSlot(path: string): HandoffSlot | null {
+    const slot = this.openSlot(path);
+    if (slot === null) return null;
+    let why: string | null;
+    try {
+      why = slot.state() === SlotState.ARMED ? this.unlike(slot.expectation()) : 'not armed';
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    if (why === null) return slot;
+    slot.close();
+    this.o.logger.warn(
+      { why },
+      "the target's hand-off slot does not fit this VM: the migration uses the stream",
+    );
+    return null;
+  }
+
+  /** How a slot's expectation differs from this VM, or null when it is this VM. */
+  private unlike(e: SlotExpectation | null): string | null {
+    const { vm } = this.o;
+    if (e === null) return 'it names no VM';
+    const holder = `${this.o.host.ramContext(vm.name).vmmId}/${vm.name}`;
+    if (e.from !== holder) return `it was prepared for ${e.from}, not ${holder}`;
+    const blocks = vm.ramBlocks;
+    if (e.blocks.length !== blocks.length) return `it lists ${e.blocks.length} blocks`;
+    for (const [k, b] of blocks.entries()) {
+      const x = e.blocks[k]!;
+      const ref = b.regionRef;
+      const same =
+        ref !== null &&
+        x.id === b.spec.id &&
+        x.regionId === ref.regionId &&
+        x.identity === ref.identity &&
+        x.epoch === ref.epoch &&
+        x.size === b.spec.size &&
+        x.guestBase === b.spec.guestBase;
+      if (!same) return `block ${b.spec.id}: another region, identity, epoch or size`;
+    }
+    return null;
   }
 
   /** Maps the hand-off slot the target offered; null (the stream carries the state) if unusable. */

@@ -175,9 +175,10 @@ export type VcpuMessage =
   | {
       readonly t: 'saved';
       readonly id: number;
+      /** null: not saved (`error` says why), or handed off (the slot holds it). */
       readonly state: MachineState | null;
       readonly error?: string;
-      /** The state was also published into the hand-off slot of a `handoff-out` command. */
+      /** The state was published into the hand-off slot of a `handoff-out` command instead. */
       readonly handedOff?: boolean;
     }
   | ({ readonly t: 'handoff' } & HandoffOutcome)

@@ -27,6 +27,7 @@ import {
   awaitTakeover,
   finishSlot,
   publishState,
+  SlotState,
   takeState,
 } from '../migration/handoff-slot.js';
 import { decodeDeviceState, encodeDeviceState } from '../snapshot/device-state.js';
@@ -195,16 +196,21 @@ function boot(): Machine | null {
       machine.clock.hold();
       // The host sets RUN before it posts the state: start the guest first (the run stamp is
       // the real resume), then report the boot; the loop runs the guest right after.
-      if (Atomics.load(ctl, Ctl.REQUEST) === Request.RUN) {
-        machine.clock.release();
-        setState(machine, 'running');
+      const runNow = Atomics.load(ctl, Ctl.REQUEST) === Request.RUN;
+      const takenAtMs = performance.timeOrigin + performance.now();
+      const runAtMs = runNow ? takenAtMs : 0;
+      if (runNow) machine.clock.release();
+      // The source's thread sleeps on this word: wake it before anything is posted here.
+      if (handoff !== null) {
+        finishSlot(handoff.slot, runNow ? SlotState.RUNNING : SlotState.HELD, takenAtMs);
+      }
+      if (runNow) {
+        setState(machine, 'running', {}, runAtMs);
       } else {
         publishInstret(machine);
         Atomics.store(ctl, Ctl.RUN_CODE, RunCode.CREATED);
       }
       if (handoff !== null) {
-        const runAtMs = runState === 'running' ? lastStateAt : 0;
-        finishSlot(handoff.slot, runAtMs > 0, runAtMs);
         post({
           t: 'handoff',
           ok: true,
@@ -383,7 +389,7 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
       }
     }
     if (failure !== null) {
-      finishSlot(slot, false);
+      finishSlot(slot, SlotState.FAILED);
       return fail({ ...failure, epochs: leased.epochs, stopAtMs });
     }
     return {
@@ -446,10 +452,10 @@ function answerSave(m: Machine, req: number): void {
     return;
   }
   // Direct hand-off of a VM that was already paused (a running one published at its stop).
-  if (outgoing !== null && outgoing.saveId === id) handOffOut(m, lastStateAt);
-  if (published !== null && published.id === id) {
-    post({ t: 'saved', id, state: published.state, handedOff: published.ok });
-    published = null;
+  if (outgoing !== null && outgoing.saveId === id && handOffOut(m, lastStateAt)) return;
+  if (unpublished !== null && unpublished.id === id) {
+    post({ t: 'saved', id, state: unpublished.state });
+    unpublished = null;
     return;
   }
   post({ t: 'saved', id, state: m.save() });
@@ -502,17 +508,19 @@ function applyRequest(m: Machine, saveReq: number): boolean {
 /** How long the source's thread waits for the target's to take over before reporting the stop. */
 const TAKEOVER_WAIT_MS = 100;
 
-/** A save published at the stop by {@link handOffOut}, answered by {@link answerSave}. */
-let published: { readonly id: number; readonly state: MachineState; readonly ok: boolean } | null =
-  null;
+/** A save {@link handOffOut} could not publish: answered by {@link answerSave}, for the stream. */
+let unpublished: { readonly id: number; readonly state: MachineState } | null = null;
 
 /**
  * Direct hand-off, source side, at the stop and before anything is posted: saves, publishes the
  * state into the slot (waking the target's vCPU thread) and sleeps until that thread runs the
  * guest or fails (at most {@link TAKEOVER_WAIT_MS}), so that this process's main thread does
  * not compete for the CPU with the target and memstore inside the downtime.
+ *
+ * A published save is answered here, before the pause is reported, so that the host has both
+ * in one wake-up; it carries no state (the slot has it). Returns whether it was published.
  */
-function handOffOut(m: Machine, stopAt: number): void {
+function handOffOut(m: Machine, stopAt: number): boolean {
   const out = outgoing!;
   outgoing = null;
   const announced = announceStop(out.slot, stopAt); // the target asks for the lease now
@@ -528,7 +536,13 @@ function handOffOut(m: Machine, stopAt: number): void {
     ok = publishState(out.slot, bytes);
     if (ok) awaitTakeover(out.slot, TAKEOVER_WAIT_MS);
   }
-  published = { id: out.saveId, state, ok };
+  if (!ok) {
+    unpublished = { id: out.saveId, state };
+    return false;
+  }
+  saveSeen = out.saveId; // answered: the answerSave that follows the pause has nothing to do
+  post({ t: 'saved', id: out.saveId, state: null, handedOff: true });
+  return true;
 }
 
 // ---- the loop -----------------------------------------------------------------------------

@@ -469,7 +469,7 @@ export class Vm {
     this.handedOff = true;
     this.fencedReason ??= 'it was migrated away';
     this.state = 'postmigrate';
-    this.log.info('VM handed off to the migration target (postmigrate)');
+    this.logAfterTurn('VM handed off to the migration target (postmigrate)');
     this.emit('paused', 'migrated away: postmigrate, never resumes here');
     this.handingOff ??= this.serial(async () => {
       this.ring(Request.STOP);
@@ -494,7 +494,10 @@ export class Vm {
   pauseAndSave(
     onPaused?: (pausedAtMs: number) => void,
     handoffSlot?: SharedArrayBuffer,
-  ): Promise<{ state: MachineState; pausedAtMs: number; handedOff: boolean }> {
+  ): Promise<
+    | { handedOff: false; state: MachineState; pausedAtMs: number }
+    | { handedOff: true; pausedAtMs: number }
+  > {
     return this.serial(async () => {
       this.assertAlive();
       const wasRunning = this.state === 'running';
@@ -523,10 +526,11 @@ export class Vm {
       }
       onPaused?.(pausedAtMs);
       const m = await withTimeout(reply, STATE_TIMEOUT_MS, () => this.saves.delete(id));
+      if (m.handedOff === true) return { handedOff: true, pausedAtMs };
       if (m.state === null) {
         throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
       }
-      return { state: m.state, pausedAtMs, handedOff: m.handedOff === true };
+      return { handedOff: false, state: m.state, pausedAtMs };
     });
   }
 
@@ -680,17 +684,17 @@ export class Vm {
         this.samples.length = 0;
         this.sample();
         if (before === 'created') {
-          this.log.info('VM started');
+          this.logAfterTurn('VM started');
           this.emit('started', 'the vCPU runs');
         } else {
-          this.log.info('VM resumed');
+          this.logAfterTurn('VM resumed');
           this.emit('resumed', 'the vCPU runs again');
         }
         break;
       case 'paused':
         this.lastPauseAt = m.at;
         this.lastPauseLatencyMs = m.latencyMs ?? null;
-        this.log.info({ instret: m.instret, pauseLatencyMs: m.latencyMs }, 'VM paused');
+        this.logAfterTurn('VM paused', { instret: m.instret, pauseLatencyMs: m.latencyMs });
         this.emit('paused', `stopped at an instruction boundary after ${m.instret} instructions`);
         break;
       case 'powered-off': {
@@ -764,6 +768,15 @@ export class Vm {
   private endConsoles(): void {
     for (const c of this.consoles) c.end();
     this.consoles.clear();
+  }
+
+  /**
+   * An info line about a run-state change, written once the current turn is over: whatever
+   * waits for the change (a migration's next step, a resume's answer) goes first. Lines keep
+   * their order.
+   */
+  private logAfterTurn(msg: string, fields?: Record<string, unknown>): void {
+    setImmediate(() => this.log.info(fields ?? {}, msg));
   }
 
   private emit(kind: VmEventKind, detail: string): void {

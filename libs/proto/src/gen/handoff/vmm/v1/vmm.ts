@@ -413,6 +413,14 @@ export interface PrepareIncomingResponse {
   address: string;
   /** Optional raw data-channel address for bulk pages. */
   dataAddress: string;
+  /**
+   * The hand-off slot prepared with the machine (all RAM by reference, memstore's lease
+   * transfers armed), or empty. Passed on as MigrateVmRequest.target_handoff_slot, it lets a
+   * source on the same host hand the VM over through the slot alone, with no stream
+   * (apps/vmm/src/migration/PROTOCOL.md, "Direct hand-off"). Like the token, it is a capability:
+   * give it only to the source.
+   */
+  handoffSlot: string;
 }
 
 export interface MigrateVmRequest {
@@ -423,6 +431,8 @@ export interface MigrateVmRequest {
   capabilities: MigrationCapability[];
   parameters: MigrationParameters | undefined;
   targetDataAddress: string;
+  /** PrepareIncomingResponse.handoff_slot of the target, or empty (the stream is used). */
+  targetHandoffSlot: string;
 }
 
 export interface MigrateVmResponse {
@@ -3030,7 +3040,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
 };
 
 function createBasePrepareIncomingResponse(): PrepareIncomingResponse {
-  return { token: "", address: "", dataAddress: "" };
+  return { token: "", address: "", dataAddress: "", handoffSlot: "" };
 }
 
 export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
@@ -3043,6 +3053,9 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     }
     if (message.dataAddress !== "") {
       writer.uint32(26).string(message.dataAddress);
+    }
+    if (message.handoffSlot !== "") {
+      writer.uint32(34).string(message.handoffSlot);
     }
     return writer;
   },
@@ -3084,6 +3097,14 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
             message.dataAddress = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.handoffSlot = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3105,6 +3126,11 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
         : isSet(object.data_address)
         ? globalThis.String(object.data_address)
         : "",
+      handoffSlot: isSet(object.handoffSlot)
+        ? globalThis.String(object.handoffSlot)
+        : isSet(object.handoff_slot)
+        ? globalThis.String(object.handoff_slot)
+        : "",
     };
   },
 
@@ -3119,6 +3145,9 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     if (message.dataAddress !== "") {
       obj.dataAddress = message.dataAddress;
     }
+    if (message.handoffSlot !== "") {
+      obj.handoffSlot = message.handoffSlot;
+    }
     return obj;
   },
 
@@ -3130,6 +3159,7 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     message.token = object.token ?? "";
     message.address = object.address ?? "";
     message.dataAddress = object.dataAddress ?? "";
+    message.handoffSlot = object.handoffSlot ?? "";
     return message;
   },
 };
@@ -3143,6 +3173,7 @@ function createBaseMigrateVmRequest(): MigrateVmRequest {
     capabilities: [],
     parameters: undefined,
     targetDataAddress: "",
+    targetHandoffSlot: "",
   };
 }
 
@@ -3172,6 +3203,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     }
     if (message.targetDataAddress !== "") {
       writer.uint32(58).string(message.targetDataAddress);
+    }
+    if (message.targetHandoffSlot !== "") {
+      writer.uint32(66).string(message.targetHandoffSlot);
     }
     return writer;
   },
@@ -3255,6 +3289,14 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
             message.targetDataAddress = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.targetHandoffSlot = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3290,6 +3332,11 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
         : isSet(object.target_data_address)
         ? globalThis.String(object.target_data_address)
         : "",
+      targetHandoffSlot: isSet(object.targetHandoffSlot)
+        ? globalThis.String(object.targetHandoffSlot)
+        : isSet(object.target_handoff_slot)
+        ? globalThis.String(object.target_handoff_slot)
+        : "",
     };
   },
 
@@ -3316,6 +3363,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     if (message.targetDataAddress !== "") {
       obj.targetDataAddress = message.targetDataAddress;
     }
+    if (message.targetHandoffSlot !== "") {
+      obj.targetHandoffSlot = message.targetHandoffSlot;
+    }
     return obj;
   },
 
@@ -3333,6 +3383,7 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
       ? MigrationParameters.fromPartial(object.parameters)
       : undefined;
     message.targetDataAddress = object.targetDataAddress ?? "";
+    message.targetHandoffSlot = object.targetHandoffSlot ?? "";
     return message;
   },
 };
