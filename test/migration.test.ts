@@ -317,6 +317,56 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(a.client, 'destroyVm', { name });
   });
 
+  it("does not use a hand-off slot prepared for another VM, nor that VM's token", async () => {
+    // vmm-a prepares a slot (and a token) for ab-x; ab-y's source is handed both. It must see
+    // that the slot was prepared for another lease holder and regions, fall back to the stream,
+    // and be refused there: the token names another VM. Nothing moves; both keep running.
+    const [x, y] = ['ab-slot-x', 'ab-slot-y'];
+    await startAb(b, x, RamBackend.RAM_BACKEND_SHARED);
+    await startAb(b, y, RamBackend.RAM_BACKEND_SHARED);
+    const lease = async (n: string) =>
+      (await unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${n}-ram0`) })).region!
+        .lease!;
+    const before = await lease(x);
+    const spec = (await vmmCall(b.client, 'getVm', { name: x })).vm!.spec!;
+    const capabilities = capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true }));
+    const prep = await vmmCall(a.client, 'prepareIncoming', {
+      name: x,
+      jobId: 'slot-x',
+      spec,
+      capabilities,
+    });
+    expect(prep.handoffSlot).not.toBe('');
+    const err = await refused(
+      vmmCall(b.client, 'migrateVm', {
+        name: y,
+        jobId: 'slot-y',
+        targetAddress: prep.address,
+        token: prep.token,
+        capabilities,
+        parameters: undefined,
+        targetDataAddress: prep.dataAddress,
+        targetHandoffSlot: prep.handoffSlot,
+      }),
+    );
+    expect(err.message).toMatch(/token was issued for VM ab-slot-x/);
+    expect(err.message).toMatch(/kept running, unchanged/);
+    expect(b.process.output()).toMatch(/hand-off slot does not fit this VM/);
+    expect(await streamOf(b, 'slot-y')).toBe('data-channel');
+    for (const n of [x, y]) {
+      expect((await vmmCall(b.client, 'getVm', { name: n })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+    }
+    expect(await lease(x)).toEqual(before);
+    expect((await lease(y)).holder).toBe(`vmm-b/${y}`);
+    const onA = (await vmmCall(a.client, 'listVms', {})).vms.map((v) => v.spec!.name);
+    expect(onA).not.toContain(x);
+    expect(onA).not.toContain(y);
+    await vmmCall(b.client, 'destroyVm', { name: x });
+    await vmmCall(b.client, 'destroyVm', { name: y });
+  });
+
   it('falls back to the gRPC stream when the data channel cannot be reached', async () => {
     const name = 'fallback';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
@@ -361,12 +411,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         ...over,
       });
       let dataAddress = '';
-      /** A token for 'hostile' on vmm-b; with `spec` the target builds that machine ahead. */
-      const token = async (spec?: pb.VmSpec) => {
+      /** A token for `name` on vmm-b; with `spec` the target builds that machine ahead. */
+      const token = async (spec?: pb.VmSpec, name = 'hostile') => {
         const prep = await vmmCall(b.client, 'prepareIncoming', {
-          name: 'hostile',
+          name,
           jobId: 'h',
-          spec: spec === undefined ? undefined : { ...spec, name: 'hostile' },
+          spec: spec === undefined ? undefined : { ...spec, name },
           capabilities: capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true })),
         });
         dataAddress = prep.dataAddress;
@@ -467,7 +517,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
           const s = await raw();
           s.send(
             headerFor(
-              await token(ahead ? sharedSpec : undefined),
+              await token(ahead ? sharedSpec : undefined, src),
               sharedSpec,
               [
                 block({

@@ -627,6 +627,13 @@ export async function receiveMigration(
     } catch (err) {
       throw new MigrationError('MIGRATION_BAD_STREAM', `header spec: ${(err as Error).message}`);
     }
+    if (srcSpec.name !== name) {
+      throw new MigrationError(
+        'MIGRATION_BAD_TOKEN',
+        `the stream carries VM ${srcSpec.name} but its token was issued for VM ${name}; ` +
+          'ask the target for a token for this VM with PrepareIncoming',
+      );
+    }
     const src = `${h.sourceVmmId}/${srcSpec.name}`;
     if (h.blocks.length !== srcSpec.ram.length || h.blocks.length === 0) {
       bad(`the header has ${h.blocks.length} blocks but its spec ${srcSpec.ram.length}`);

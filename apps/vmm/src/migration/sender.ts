@@ -18,7 +18,7 @@ import {
 import { capabilitiesToWire } from '@handoff/qapi/wire';
 import { RemoteError, type Logger } from '@handoff/service';
 import { specToPb } from '../api/convert.js';
-import { byId } from '../ram/backing.js';
+import { byId, holderOf } from '../ram/backing.js';
 import type { RamBacking } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
@@ -505,7 +505,7 @@ export class OutgoingMigration {
     if (refs.length > 0) {
       // Fence any late TransferLease by the target: re-take our own lease (epoch + 1).
       const ctx = this.o.host.ramContext(vm.name);
-      const holder = `${ctx.vmmId}/${vm.name}`;
+      const holder = holderOf(ctx);
       for (const b of refs) {
         const ref = b.regionRef!;
         const outcome = await this.retakeLease(b, holder);
@@ -745,7 +745,7 @@ export class OutgoingMigration {
   private unlike(e: SlotExpectation | null): string | null {
     const { vm } = this.o;
     if (e === null) return 'it names no VM';
-    const holder = `${this.o.host.ramContext(vm.name).vmmId}/${vm.name}`;
+    const holder = holderOf(this.o.host.ramContext(vm.name));
     if (e.from !== holder) return `it was prepared for ${e.from}, not ${holder}`;
     const blocks = vm.ramBlocks;
     if (e.blocks.length !== blocks.length) return `it lists ${e.blocks.length} blocks`;
