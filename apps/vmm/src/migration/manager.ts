@@ -129,7 +129,13 @@ export class MigrationManager {
       const oldest = this.outgoing.keys().next().value as string;
       this.outgoing.delete(oldest);
     }
-    return m.run();
+    // A spare thread warming up now would take a CPU from this migration's pause.
+    const unhold = this.host.holdSpares();
+    try {
+      return await m.run();
+    } finally {
+      unhold();
+    }
   }
 
   /** @throws MigrationError `MIGRATION_NOT_FOUND` */

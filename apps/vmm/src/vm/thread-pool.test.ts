@@ -10,14 +10,19 @@ import { VcpuThreadPool } from './thread-pool.js';
 const dir = mkdtempSync(join(tmpdir(), 'handoff-pool-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A stand-in worker: answers on the command port with how it got its init. */
+/**
+ * A stand-in worker: answers on the command port with how it got its init and, as a spare,
+ * the hush word when it was taken.
+ */
 function echoWorker(): URL {
   const file = join(dir, 'echo.mjs');
   writeFileSync(
     file,
     `import { parentPort, workerData } from 'node:worker_threads';
-     const init = workerData ?? (await new Promise((r) => parentPort.once('message', (m) => r(m.init))));
-     init.commands.postMessage({ name: init.name, spare: workerData === null });
+     const spare = workerData.t === 'spare';
+     const init = spare ? await new Promise((r) => parentPort.once('message', (m) => r(m.init))) : workerData;
+     const hushed = spare ? Atomics.load(new Int32Array(workerData.hush), 0) : undefined;
+     init.commands.postMessage({ name: init.name, spare, hushed });
      init.commands.close();`,
   );
   return pathToFileURL(file);
@@ -42,7 +47,7 @@ describe('VcpuThreadPool', () => {
     const w = pool.take(a.init);
     const exited = new Promise((r) => w.once('exit', r));
     expect(pool.available).toBe(0);
-    expect(await a.reply).toEqual({ name: 'a', spare: true });
+    expect(await a.reply).toEqual({ name: 'a', spare: true, hushed: 0 });
     await until(() => pool.available === 1);
     expect(pool.available).toBe(1);
     await exited;
@@ -54,7 +59,8 @@ describe('VcpuThreadPool', () => {
     const release = pool.hold();
     const a = initFor('a');
     pool.take(a.init);
-    expect(await a.reply).toEqual({ name: 'a', spare: true });
+    // The spare saw the hold: it would have paused its warm-up.
+    expect(await a.reply).toEqual({ name: 'a', spare: true, hushed: 1 });
     await new Promise((r) => setTimeout(r, 400)); // well past the refill delay
     expect(pool.available).toBe(0);
     const second = pool.hold();

@@ -4,13 +4,25 @@
  * arrives by migration takes a spare that already waits for its {@link VcpuInit}, and the pool
  * starts the next spare a little later, off the path that took one.
  *
- * Contract with `vcpu-worker.ts`: a spare starts with `workerData` null and waits for exactly
- * one `{ t: 'init', init }` message on its parent port (the command port travels in the
- * transfer list); a thread started with `workerData` set runs at once.
+ * Contract with `vcpu-worker.ts`: a spare starts with a {@link SpareData} as `workerData` and
+ * waits for exactly one `{ t: 'init', init }` message on its parent port (the command port
+ * travels in the transfer list); a thread started with a `VcpuInit` runs at once. While it
+ * waits, a spare warms up in short steps and pauses them while the pool's hush word is not 0.
  */
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '@handoff/service';
 import type { VcpuInit } from './protocol.js';
+
+/** What a spare starts with (`workerData`). */
+export interface SpareData {
+  readonly t: 'spare';
+  /**
+   * Int32 word 0: not 0 while latency-critical work runs in this process (a migration in or
+   * out). The spare's warm-up pauses then (it looks again every few milliseconds) so that it
+   * does not take a CPU from that work; once taken, it finishes its warm-up anyway.
+   */
+  readonly hush: SharedArrayBuffer;
+}
 
 /** The one message a spare waits for. */
 export interface SpareInit {
@@ -38,8 +50,10 @@ export class VcpuThreadPool {
   private refill: NodeJS.Timeout | undefined;
   private closed = false;
   private failures = 0;
-  /** Latency-critical work in flight (incoming migrations): refills wait until it is done. */
+  /** Latency-critical work in flight (migrations): refills wait until it is done. */
   private holds = 0;
+  /** Shared with the spares: the number of holds (see {@link SpareData.hush}). */
+  private readonly hush = new Int32Array(new SharedArrayBuffer(4));
 
   /**
    * @param url the compiled vCPU worker
@@ -80,18 +94,21 @@ export class VcpuThreadPool {
   }
 
   /**
-   * Defers refills until the returned release is called (each hold once): a spare's start-up
-   * and warm-up cost a CPU for ≈0.1 s, which on a small machine lands inside whatever the
-   * holder is timing (an incoming migration's hand-off).
+   * Defers refills, and pauses the warm-up of spares that are starting, until the returned
+   * release is called (each hold once): a spare's start-up and warm-up cost a CPU for 0.1–0.4 s,
+   * which on a small machine lands inside whatever the holder is timing (a migration's
+   * hand-off, in or out).
    */
   hold(): () => void {
     this.holds++;
+    Atomics.store(this.hush, 0, this.holds);
     clearTimeout(this.refill);
     this.refill = undefined;
     let released = false;
     return () => {
       if (released) return;
       released = true;
+      Atomics.store(this.hush, 0, this.holds - 1);
       // The holder's timed work is over: start the next spare at once, so that it is warm
       // before the next one (migrations come in quick succession in a live update).
       if (--this.holds === 0 && this.spares.length < this.size) this.scheduleRefill(0);
@@ -102,6 +119,7 @@ export class VcpuThreadPool {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.refill);
+    Atomics.store(this.hush, 0, 0);
     const spares = this.spares.splice(0);
     await Promise.all(spares.map((w) => w.terminate().catch(() => undefined)));
   }
@@ -117,8 +135,9 @@ export class VcpuThreadPool {
 
   private fill(): void {
     while (!this.closed && this.spares.length < this.size) {
+      const spare: SpareData = { t: 'spare', hush: this.hush.buffer as SharedArrayBuffer };
       const w = new Worker(this.url, {
-        workerData: null,
+        workerData: spare,
         execArgv: WORKER_EXEC_ARGV,
         stdout: false,
         stderr: false,

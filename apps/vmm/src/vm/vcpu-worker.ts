@@ -41,7 +41,7 @@ import {
   type VcpuMessage,
   type VcpuRunState,
 } from './protocol.js';
-import type { SpareInit } from './thread-pool.js';
+import type { SpareData, SpareInit } from './thread-pool.js';
 
 /** Slice bounds in instructions; the budget adapts to last ~0.25–1 ms per slice. */
 const MIN_SLICE = 10_000;
@@ -57,27 +57,67 @@ const WARM_UP_ROUNDS = 500;
 const HANDOFF_POLL_MS = 20;
 
 const port = parentPort!;
+/** Warm-up rounds a spare runs per step, between looks at its messages and the hush word. */
+const WARM_UP_STEP = 25;
+/** How often a hushed spare looks whether it may go on warming up. */
+const HUSH_POLL_MS = 5;
+
+/** The throw-away machine of a warm-up in progress, and the rounds it ran. */
+let warming: { readonly m: Machine; rounds: number } | undefined;
+let warmedUp = false;
+
 /**
  * A spare runs the machine's set-up once and its state paths (save, clone, restore) many times
  * on a throw-away machine while it waits, so a VM that takes it does not pay for compiling them
  * (V8 compiles lazily, on the first call, and optimizes hot code later) inside a migration's
- * downtime: the source saves at the pause, the target restores before it runs.
+ * downtime: the source saves at the pause, the target restores before it runs. Runs up to
+ * `rounds` more rounds; true once the warm-up is complete.
  */
-function warmUp(): void {
-  const m = createMachine({ ramSize: 1 << 20, timeMode: 'realtime', uartSink: () => undefined });
+function warmUp(rounds: number): boolean {
+  if (warmedUp) return true;
+  const w = (warming ??= {
+    m: createMachine({ ramSize: 1 << 20, timeMode: 'realtime', uartSink: () => undefined }),
+    rounds: 0,
+  });
   // Often enough for V8 to compile these past its interpreter; ≈30 ms while idle.
-  for (let k = 0; k < WARM_UP_ROUNDS; k++) {
-    m.clock.hold();
+  for (const end = Math.min(WARM_UP_ROUNDS, w.rounds + rounds); w.rounds < end; w.rounds++) {
+    w.m.clock.hold();
     // The direct hand-off encodes (source) and decodes (target) the state in this thread.
-    m.restore(
-      k % 2 === 0
-        ? structuredClone(m.save())
-        : decodeDeviceState(encodeDeviceState(m.save())).state,
+    w.m.restore(
+      w.rounds % 2 === 0
+        ? structuredClone(w.m.save())
+        : decodeDeviceState(encodeDeviceState(w.m.save())).state,
     );
-    m.clock.release();
+    w.m.clock.release();
   }
-  m.clock.hold();
+  if (w.rounds < WARM_UP_ROUNDS) return false;
+  warming = undefined;
+  warmedUp = true;
   spareTables = makePageTables(MAX_BLOCK_SIZE >>> PAGE_SHIFT);
+  return true;
+}
+
+/**
+ * A spare's wait for its init: it warms up in steps meanwhile, pausing while the pool's hush
+ * word says this process times a migration. The thread that takes it finishes its warm-up
+ * first (outside any downtime: the taker waits for the thread to start).
+ */
+function awaitInit(spare: SpareData): Promise<VcpuInit> {
+  const hush = new Int32Array(spare.hush);
+  let taken = false;
+  const next = (): void => {
+    if (taken || warmUp(WARM_UP_STEP)) return;
+    if (Atomics.load(hush, 0) !== 0) setTimeout(next, HUSH_POLL_MS);
+    else setImmediate(next);
+  };
+  setImmediate(next);
+  return new Promise<VcpuInit>((resolve) => {
+    port.once('message', (m: SpareInit) => {
+      taken = true;
+      warmUp(WARM_UP_ROUNDS);
+      resolve(m.init);
+    });
+  });
 }
 
 /**
@@ -93,12 +133,12 @@ function tablesFor(ramSize: number): PageTables | undefined {
 }
 
 /** Started with its init, or a spare of the thread pool that waits for it (thread-pool.ts). */
-const init =
-  (workerData as VcpuInit | null) ??
-  (await new Promise<VcpuInit>((resolve) => {
-    port.once('message', (m: SpareInit) => resolve(m.init));
-    setImmediate(warmUp); // the init may already wait: it is read when this returns
-  }));
+const started = workerData as VcpuInit | SpareData;
+const init: VcpuInit = isSpare(started) ? await awaitInit(started) : started;
+
+function isSpare(d: VcpuInit | SpareData): d is SpareData {
+  return (d as Partial<SpareData>).t === 'spare';
+}
 const ctl = new Int32Array(init.control);
 const ctl64 = new BigInt64Array(init.control);
 const ctlF64 = new Float64Array(init.control);
