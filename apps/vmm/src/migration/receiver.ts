@@ -41,6 +41,13 @@ import { PAGE_SIZE, STREAM_FORMAT } from './stream.js';
 
 /** How long a PrepareIncoming token stays valid. */
 export const TOKEN_TTL_MS = 60_000;
+/**
+ * How long after a direct hand-off ran the guest here its bookkeeping waits (settling the armed
+ * transfers with memstore, the log lines, freeing the name, the spare thread that replaces the
+ * one taken): the source finishes in these milliseconds, and on a small machine this process and
+ * memstore would take the CPUs its threads need to learn that the guest runs here.
+ */
+const AFTER_RUN_MS = 20;
 
 interface Prepared {
   readonly name: string;
@@ -176,19 +183,23 @@ export class IncomingTokens {
       moved.push(b.region!.id);
       b.backing!.setLeaseEpoch?.(epoch);
     });
-    settleArms(ctx, d.armed, log);
-    if (!o.ok) d.slot.fail(); // the source may still wait (a thread that died wrote nothing)
-    d.slot.close();
     if (o.ok) {
       this.host.adoptHandedOff(built.vm);
-      p.release();
-      log.info(
-        { handoff: d.armed.length > 0 ? 'armed' : 'channel', prebuilt: true, ...partsOf(o) },
-        'incoming migration by hand-off slot, no stream: the VM runs here (source stop to run, ' +
-          'wall clocks)',
-      );
+      setTimeout(() => {
+        settleArms(ctx, d.armed, log);
+        d.slot.close();
+        p.release();
+        log.info(
+          { handoff: d.armed.length > 0 ? 'armed' : 'channel', prebuilt: true, ...partsOf(o) },
+          'incoming migration by hand-off slot, no stream: the VM runs here (source stop to ' +
+            'run, wall clocks)',
+        );
+      }, AFTER_RUN_MS);
       return;
     }
+    settleArms(ctx, d.armed, log);
+    d.slot.fail(); // the source may still wait (a thread that died wrote nothing)
+    d.slot.close();
     log.warn(
       { stage: o.stage, code: o.code, error: o.message },
       'incoming migration by hand-off slot failed; what moved goes back to the source',
@@ -262,12 +273,16 @@ export async function receiveMigration(
     if (o.ok && !runningHere) {
       runningHere = true;
       host.adoptHandedOff(vm!);
-      prepared!.release();
+      const release = prepared!.release;
+      setTimeout(release, AFTER_RUN_MS);
     }
-    // Flipped or not, memstore settles the armed transfers now (off the downtime).
+    // Flipped or not, memstore settles the armed transfers (off the downtime; once the source
+    // finished when the guest runs here).
     if (direct !== undefined && !armsSettled) {
       armsSettled = true;
-      settleArms(host.ramContext(prepared!.name), direct.armed, log);
+      const { armed } = direct;
+      const ctx = host.ramContext(prepared!.name);
+      setTimeout(() => settleArms(ctx, armed, log), o.ok ? AFTER_RUN_MS : 0);
     }
     return o.ok;
   };

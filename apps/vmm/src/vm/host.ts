@@ -214,10 +214,12 @@ export class VmHost {
     return this.threads.hold();
   }
 
-  /** Registers an incoming VM (its name reserved) whose vCPU thread took it over and runs it. */
+  /**
+   * Registers an incoming VM (its name reserved) whose vCPU thread took it over and runs it.
+   * Logs nothing: the caller logs the arrival once its source had the CPU to finish.
+   */
   adoptHandedOff(vm: Vm): void {
     this.vms.set(vm.name, vm);
-    vm.log.info('VM arrived by migration (direct hand-off) and runs');
   }
 
   /**
