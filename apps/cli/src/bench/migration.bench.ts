@@ -232,8 +232,9 @@ export async function run(): Promise<Table[]> {
     rows,
     notes:
       `Bypass rows: median (min–max) of ${BYPASS_ROUNDS} migrations back and forth, the ` +
-      "first one included. Total and setup are the source vmm's (MigrateVm to the target's " +
-      "resumed ack), like QEMU's total-time; the target built the machine beforehand at " +
+      "first one included. Total and setup are the source vmm's (MigrateVm until it knows " +
+      "the target runs the guest), like QEMU's total-time; bypass rows go through the target's " +
+      'hand-off slot alone, as the migrator does; the target built the machine beforehand at ' +
       'PrepareIncoming, as a QEMU target started with -incoming is ready before migrate. Job ' +
       "is the migrator's whole job (GetVm, PrepareIncoming with its prebuild, MigrateVm, " +
       'bookkeeping; whole milliseconds of wall time). ' +
