@@ -367,6 +367,36 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(b.client, 'destroyVm', { name: y });
   });
 
+  it('uses a prepared slot alone only with the data channel to watch the target by', async () => {
+    const name = 'ab-slot-no-probe';
+    await startAb(b, name, RamBackend.RAM_BACKEND_SHARED);
+    const spec = (await vmmCall(b.client, 'getVm', { name })).vm!.spec!;
+    const capabilities = capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true }));
+    const prep = await vmmCall(a.client, 'prepareIncoming', {
+      name,
+      jobId: 'no-probe',
+      spec,
+      capabilities,
+    });
+    expect(prep.handoffSlot).not.toBe('');
+    const res = await vmmCall(b.client, 'migrateVm', {
+      name,
+      jobId: 'no-probe',
+      targetAddress: prep.address,
+      token: prep.token,
+      capabilities,
+      parameters: undefined,
+      targetDataAddress: '',
+      targetHandoffSlot: prep.handoffSlot,
+    });
+    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+    // On the gRPC stream, with the same slot named in the header's answer.
+    expect(await streamOf(b, 'no-probe')).toBe('grpc');
+    expect(await handoffOf(a, 'no-probe')).toBe('armed');
+    await vmmCall(b.client, 'destroyVm', { name });
+    await vmmCall(a.client, 'destroyVm', { name });
+  });
+
   it('falls back to the gRPC stream when the data channel cannot be reached', async () => {
     const name = 'fallback';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);

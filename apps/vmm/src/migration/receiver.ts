@@ -332,9 +332,14 @@ export async function receiveMigration(
     } catch {
       // the source already left: it saw the guest run here in the slot
     }
-    log.info(
-      { direct: true, ...partsOf(o) },
-      'incoming migration: the VM runs here (direct hand-off; source stop to run, wall clocks)',
+    const parts = partsOf(o);
+    setTimeout(
+      () =>
+        log.info(
+          { direct: true, ...parts },
+          'incoming migration: the VM runs here (direct hand-off; source stop to run, wall clocks)',
+        ),
+      AFTER_RUN_MS,
     );
   };
   const bad = (what: string): never => {

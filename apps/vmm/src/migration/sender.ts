@@ -157,8 +157,10 @@ export class OutgoingMigration {
     try {
       // With the slot PrepareIncoming prepared for this very VM, the vCPU threads hand it over
       // through the slot alone: no stream, no header, no round trip to the target's main thread.
+      // Only with the target's data channel to look at: no stream tells when the target dies.
       const prepared = this.o.targetHandoffSlot ?? '';
-      if (byReference && prepared !== '') slot = this.preparedSlot(prepared);
+      const probe = this.o.targetDataAddress ?? '';
+      if (byReference && prepared !== '' && probe !== '') slot = this.preparedSlot(prepared);
       if (slot !== null) {
         this.setupMs = this.mark('slotChecked');
       } else {
@@ -390,7 +392,7 @@ export class OutgoingMigration {
    */
   private async slotOutcome(slot: HandoffSlot): Promise<number> {
     const deadline = now() + RESUME_TIMEOUT_MS;
-    const probe = this.o.targetDataAddress ?? '';
+    const probe = this.o.targetDataAddress ?? ''; // set whenever a slot is used alone
     let probedAt = now();
     const failed = (why: string): never => {
       throw new MigrationError(
@@ -404,7 +406,7 @@ export class OutgoingMigration {
       if (s === SlotState.FAILED) failed('could not take over (its log says why)');
       if (now() >= deadline) failed(`did not end within ${RESUME_TIMEOUT_MS} ms its take-over of`);
       // No stream breaks when the target dies: look whether it still listens, now and then.
-      if (probe !== '' && now() - probedAt >= SLOT_PROBE_MS) {
+      if (now() - probedAt >= SLOT_PROBE_MS) {
         const alive = await dataChannelAlive(probe);
         probedAt = now();
         const after = slot.state();
