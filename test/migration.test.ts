@@ -186,6 +186,26 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(from.client, 'destroyVm', { name });
   });
 
+  /**
+   * `name`, migrated from vmm-b, runs on vmm-a and ab's memory (the region file at `path`) is
+   * consistent; then it is destroyed on both.
+   */
+  async function expectArrivedOnA(name: string, path: string) {
+    const mapping = mapFile(path, { sharing: 'shared' });
+    try {
+      expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+        pb.VmState.VM_STATE_RUNNING,
+      );
+      await checkPaused(a, name, () =>
+        new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
+      );
+    } finally {
+      mapping.close();
+    }
+    await vmmCall(b.client, 'destroyVm', { name });
+    await vmmCall(a.client, 'destroyVm', { name });
+  }
+
   it('hands over through the slot alone with TransferLease from the vCPU thread when memstore cannot arm (persistent region)', async () => {
     const name = 'ab-persistent';
     const regionName = 'ab-persistent-ram';
@@ -208,27 +228,15 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     const region = async () =>
       (await unaryCall(memstore.client, 'getRegion', { region: regionNamed(regionName) })).region!;
     const before = (await region()).lease!;
-    const mapping = mapFile((await region()).path, { sharing: 'shared' });
-    try {
-      const info = await migrateVm(b, a, name, { jobId: 'persistent-0', via: 'slot' });
-      expect(info.status).toBe('completed');
-      expect(await streamOf(b, 'persistent-0')).toBe('handoff-slot');
-      expect(await handoffOf(a, 'persistent-0')).toBe('channel');
-      expect(info.ram.transferred).toBe(0);
-      const lease = (await region()).lease!;
-      expect(lease.holder).toBe(`vmm-a/${name}`);
-      expect(lease.epoch).toBe(before.epoch + 1n);
-      expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
-        pb.VmState.VM_STATE_RUNNING,
-      );
-      await checkPaused(a, name, () =>
-        new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
-      );
-    } finally {
-      mapping.close();
-    }
-    await vmmCall(b.client, 'destroyVm', { name });
-    await vmmCall(a.client, 'destroyVm', { name });
+    const info = await migrateVm(b, a, name, { jobId: 'persistent-0', via: 'slot' });
+    expect(info.status).toBe('completed');
+    expect(await streamOf(b, 'persistent-0')).toBe('handoff-slot');
+    expect(await handoffOf(a, 'persistent-0')).toBe('channel');
+    expect(info.ram.transferred).toBe(0);
+    const lease = (await region()).lease!;
+    expect(lease.holder).toBe(`vmm-a/${name}`);
+    expect(lease.epoch).toBe(before.epoch + 1n);
+    await expectArrivedOnA(name, (await region()).path);
   });
 
   it('hands over a VM that was paused before the migration through the slot alone too', async () => {
@@ -244,20 +252,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       region: regionNamed(`${name}-ram0`),
     });
     expect(region!.lease!.holder).toBe(`vmm-a/${name}`);
-    const mapping = mapFile(region!.path, { sharing: 'shared' });
-    try {
-      // Like a migration on the stream, the target runs the guest it took over.
-      expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
-        pb.VmState.VM_STATE_RUNNING,
-      );
-      await checkPaused(a, name, () =>
-        new Uint8Array(mapping.buffer, AB_BASE, AB_PAGES * 4096).slice(),
-      );
-    } finally {
-      mapping.close();
-    }
-    await vmmCall(b.client, 'destroyVm', { name });
-    await vmmCall(a.client, 'destroyVm', { name });
+    // Like a migration on the stream, the target runs the guest it took over.
+    await expectArrivedOnA(name, region!.path);
   });
 
   it('moves a 512 MiB shared-RAM VM with bypass sending < 1 MiB', async () => {

@@ -55,6 +55,12 @@ function parseAddress(address: string): { path: string } | { host: string; port:
   return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
 }
 
+/** Starts connecting to `address`. @throws MigrationError when it is malformed */
+function dial(address: string): Socket {
+  const where = parseAddress(address);
+  return 'path' in where ? connect(where.path) : connect(where.port, where.host);
+}
+
 /** A listening data channel. */
 export interface DataChannelServer {
   /** The address sources connect to (`unix:/path` or `host:port`). */
@@ -161,13 +167,12 @@ function socketIncoming(socket: Socket): IncomingChannel {
  * second). The probe sends nothing; the target ignores such a connection.
  */
 export async function dataChannelAlive(address: string): Promise<boolean> {
-  let where: ReturnType<typeof parseAddress>;
+  let socket: Socket;
   try {
-    where = parseAddress(address);
+    socket = dial(address);
   } catch {
     return true; // not an address it can look at
   }
-  const socket = 'path' in where ? connect(where.path) : connect(where.port, where.host);
   return new Promise<boolean>((resolve) => {
     const done = (alive: boolean): void => {
       clearTimeout(timer);
@@ -194,8 +199,7 @@ export async function connectDataChannel(
   events: OutgoingEvents,
   first: vmmStream.IncomingRequest,
 ): Promise<OutgoingChannel> {
-  const where = parseAddress(address);
-  const socket = 'path' in where ? connect(where.path) : connect(where.port, where.host);
+  const socket = dial(address);
   const parts = encodeIncomingRequestParts(first);
   socket.write(frameHeader(parts.reduce((n, p) => n + p.length, 0)));
   for (const p of parts) socket.write(p);

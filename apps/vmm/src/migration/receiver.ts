@@ -176,13 +176,7 @@ export class IncomingTokens {
     const built = (await p.prebuilt)!; // a slot is only offered with a prebuilt machine
     const ctx = this.host.ramContext(p.name);
     const log = (this.logger ?? ctx.logger).child({ vm: p.name, job: p.jobId, side: 'target' });
-    const moved: string[] = [];
-    built.blocks.forEach((b, k) => {
-      const epoch = o.epochs[k];
-      if (epoch === null || epoch === undefined) return;
-      moved.push(b.region!.id);
-      b.backing!.setLeaseEpoch?.(epoch);
-    });
+    const moved = recordMoved(built.blocks, o, []).map((b) => b.region!.id);
     if (o.ok) {
       this.host.adoptHandedOff(built.vm);
       setTimeout(() => {
@@ -264,12 +258,11 @@ export async function receiveMigration(
   let armsSettled = false;
   /** Direct hand-off ended: records what moved; true when the VM runs here. */
   const settleDirect = (o: HandoffOutcome): boolean => {
-    for (const [k, b] of blocks.filter((x) => x.mode === 'ref').entries()) {
-      const epoch = o.epochs[k];
-      if (epoch === null || epoch === undefined || moved.includes(b)) continue;
-      moved.push(b);
-      b.backing!.setLeaseEpoch?.(epoch);
-    }
+    recordMoved(
+      blocks.filter((x) => x.mode === 'ref'),
+      o,
+      moved,
+    );
     if (o.ok && !runningHere) {
       runningHere = true;
       host.adoptHandedOff(vm!);
@@ -737,6 +730,20 @@ interface Direct {
   readonly armed: readonly string[];
   /** The lease holder the transfers come from (the source's VM). */
   readonly from: string;
+}
+
+/**
+ * The blocks (by reference, in order) whose lease a direct hand-off moved here, with their new
+ * epoch recorded; appended to `moved` unless already there. Returns `moved`.
+ */
+function recordMoved(refs: readonly Block[], o: HandoffOutcome, moved: Block[]): Block[] {
+  for (const [k, b] of refs.entries()) {
+    const epoch = o.epochs[k];
+    if (epoch === null || epoch === undefined || moved.includes(b)) continue;
+    moved.push(b);
+    b.backing!.setLeaseEpoch?.(epoch);
+  }
+  return moved;
 }
 
 /** Where the downtime of a direct hand-off went (ms after the source's stop, wall clocks). */
