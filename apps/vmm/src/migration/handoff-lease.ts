@@ -115,6 +115,10 @@ export class ArmedLeases implements LeaseStep {
         throw new Error(`the armed word at ${t.offset} is not inside ${plan.armsPath}`);
       }
     }
+    // Maps each word's page in now (an atomic add of 0 changes nothing): a first touch is a
+    // page fault, which would otherwise fall in the downtime at the flip.
+    const words = new Int32Array(this.mapping.buffer);
+    for (const t of plan.transfers) Atomics.add(words, t.offset >>> 2, 0);
   }
 
   send(): boolean {

@@ -264,6 +264,7 @@ function boot(): Machine | null {
           leasedAtMs: handoff.leasedAtMs,
         });
       }
+      handoff?.link.close();
       post({ t: 'booted', entry: -1 });
       return machine;
     }
@@ -302,6 +303,8 @@ interface Handoff {
   readonly publishedAtMs: number;
   readonly restoredAtMs: number;
   readonly leasedAtMs: number;
+  /** Closed once the guest runs: unmapping the arms file costs cross-CPU work in the downtime. */
+  readonly link: LeaseStep;
 }
 
 /**
@@ -370,7 +373,10 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
       () => Atomics.load(ctl, Ctl.REQUEST) === Request.STOP,
       !link.early,
     );
-    if (stopped !== 'stopped') return fail({ stage: 'aborted' });
+    if (stopped !== 'stopped') {
+      link.close();
+      return fail({ stage: 'aborted' });
+    }
     const stopSeenAtMs = performance.timeOrigin + performance.now();
     // The source's vCPU stopped. Over the lease channel the requests go out now, while its
     // state is saved, encoded and published there, and decoded and restored here.
@@ -430,6 +436,7 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     }
     if (failure !== null) {
       finishSlot(slot, SlotState.FAILED);
+      link.close();
       return fail({ ...failure, epochs: leased.epochs, stopAtMs });
     }
     return {
@@ -440,9 +447,11 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
       publishedAtMs: took.kind === 'state' ? took.publishedAtMs : 0,
       restoredAtMs,
       leasedAtMs,
+      link,
     };
-  } finally {
+  } catch (err) {
     link.close();
+    throw err;
   }
 }
 
