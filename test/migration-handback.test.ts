@@ -4,6 +4,7 @@ import { vmm as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
+import { slotPrefixOf } from '../apps/vmm/src/migration/handoff-slot.js';
 import { AB_BASE, AB_PAGES, abArgs, migrateVm, refused } from './helpers/migration.js';
 import {
   memstoreDirs,
@@ -156,15 +157,23 @@ describe('a bypass target that fails around taking the lease', () => {
       // The direct hand-off was offered (a killed target leaves its slot behind; its log lines
       // may die with it).
       expect(
-        readdirSync(dirs.volatileDir).some((f) =>
-          f.startsWith(`handoff-slot-vmm-j-${via}-${name}-`),
-        ),
+        readdirSync(dirs.volatileDir).some((f) => f.startsWith(slotPrefixOf(`vmm-j-${via}`))),
       ).toBe(true);
       const after = await lease(name);
       expect(after.holder).toBe(`vmm-a/${name}`);
       expect(after.epoch).toBe(before.epoch + 1n); // only the source's own re-take
       await expectRunsUnfenced(name, range);
       await vmmCall(source.client, 'destroyVm', { name });
+      // The same instance started again removes what its killed predecessor left.
+      const again = await startVmm(`vmm-j-${via}`);
+      try {
+        expect(
+          readdirSync(dirs.volatileDir).filter((f) => f.startsWith(slotPrefixOf(`vmm-j-${via}`))),
+        ).toEqual([]);
+        expect(again.process.output()).toMatch(/removed hand-off slots and data-channel sockets/);
+      } finally {
+        await again.stop();
+      }
     });
   }
 });

@@ -1,3 +1,4 @@
+import { closeSync, openSync, writeSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { memstore as msPb, migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
 import { RemoteError, unaryCall } from '@handoff/service';
@@ -17,6 +18,7 @@ import {
   handoffOf,
   prebuiltOf,
   refused,
+  stateEncodingOf,
   streamOf,
 } from './helpers/migration.js';
 import {
@@ -30,6 +32,8 @@ import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from
 
 const { RamBackend } = pb;
 const ROUNDS = 20;
+/** Where a hand-off slot's header lists the compact state layouts its target reads. */
+const COMPACT_LAYOUTS_AT = 52;
 
 describe('vmm-to-vmm migration, real processes on loopback', () => {
   let dirs: MemstoreDirs;
@@ -119,6 +123,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         );
         expect(await prebuiltOf(to, jobId)).toBe(prebuild);
         expect(await handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
+        // Through the slot (vmm-a's), in the compact layout both builds read.
+        expect(await stateEncodingOf(from, jobId)).toBe(to === a ? 'compact' : 'container');
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -247,12 +253,39 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     expect(info.status).toBe('completed');
     expect(await streamOf(b, 'paused-0')).toBe('handoff-slot');
     expect(await handoffOf(a, 'paused-0')).toBe('armed');
+    expect(await stateEncodingOf(b, 'paused-0')).toBe('compact');
     expect(info.deviceBytes).toBeGreaterThan(0);
     const { region } = await unaryCall(memstore.client, 'getRegion', {
       region: regionNamed(`${name}-ram0`),
     });
     expect(region!.lease!.holder).toBe(`vmm-a/${name}`);
     // Like a migration on the stream, the target runs the guest it took over.
+    await expectArrivedOnA(name, region!.path);
+  });
+
+  it('writes a snapshot container into the slot of a target that reads no compact layout', async () => {
+    const name = 'ab-container';
+    await startAb(b, name, RamBackend.RAM_BACKEND_SHARED);
+    const info = await migrateVm(b, a, name, {
+      jobId: 'container-0',
+      via: 'slot',
+      onPrepared: (prep) => {
+        // As a target of a build before the compact layout: its slot's header lists none.
+        const f = openSync(prep.handoffSlot, 'r+');
+        try {
+          writeSync(f, new Uint8Array(4), 0, 4, COMPACT_LAYOUTS_AT);
+        } finally {
+          closeSync(f);
+        }
+      },
+    });
+    expect(info.status).toBe('completed');
+    expect(await streamOf(b, 'container-0')).toBe('handoff-slot');
+    expect(await stateEncodingOf(b, 'container-0')).toBe('container');
+    const { region } = await unaryCall(memstore.client, 'getRegion', {
+      region: regionNamed(`${name}-ram0`),
+    });
+    expect(region!.lease!.holder).toBe(`vmm-a/${name}`);
     await expectArrivedOnA(name, region!.path);
   });
 

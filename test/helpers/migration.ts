@@ -30,6 +30,8 @@ export async function migrateVm(
      * machine ahead (default, as the migrator does); false: the stream's header builds it.
      */
     prebuild?: boolean;
+    /** Runs between PrepareIncoming and MigrateVm (e.g. to alter the target's slot). */
+    onPrepared?: (prep: pb.PrepareIncomingResponse) => void;
   } = {},
 ): Promise<MigrationInfo> {
   const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
@@ -40,6 +42,7 @@ export async function migrateVm(
   if (opts.via !== 'grpc' && prep.dataAddress === '') {
     throw new Error(`vmm at ${prep.address} offers no data channel`);
   }
+  opts.onPrepared?.(prep);
   const res = await vmmCall(from.client, 'migrateVm', {
     name,
     jobId,
@@ -117,6 +120,14 @@ async function logLineOf(
  */
 export async function streamOf(source: VmmUnderTest, jobId: string): Promise<unknown> {
   return (await logLineOf(source, jobId, ['migration completed', 'migration failed']))?.stream;
+}
+
+/**
+ * How the device state of job `jobId` travelled, from the source vmm's log line of its end:
+ * `compact` (the hand-off layout, through the slot) or `container`.
+ */
+export async function stateEncodingOf(source: VmmUnderTest, jobId: string): Promise<unknown> {
+  return (await logLineOf(source, jobId, ['migration completed']))?.stateEncoding;
 }
 
 /** The target's log line that tells how it received job `jobId`. */

@@ -17,6 +17,7 @@ import {
   takeState,
   type SlotExpectation,
 } from './handoff-slot.js';
+import { COMPACT_STATE_VERSION } from '../snapshot/compact-state.js';
 
 const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'handoff-slot-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -65,7 +66,7 @@ function writeExpectation(slot: HandoffSlot, bytes: Uint8Array, length = bytes.l
 
 /** A slot the target created, the source's handle on it, and their clean-up. */
 function pair(owner: string): { target: HandoffSlot; source: HandoffSlot; close: () => void } {
-  const target = HandoffSlot.create(dir, owner);
+  const target = HandoffSlot.create(dir, 'vmm-t', owner);
   const source = HandoffSlot.open(target.path);
   return {
     target,
@@ -154,8 +155,8 @@ function slotThread(
 
 describe('HandoffSlot', () => {
   it('is created armed, opened by the other side, and deleted by its owner on close', () => {
-    const target = HandoffSlot.create(dir, 'vmm-b-VM_1');
-    expect(target.path).toMatch(/handoff-slot-vmm-b-vm-1-[0-9a-f]{12}\.bin$/);
+    const target = HandoffSlot.create(dir, 'vmm-b', 'VM_1');
+    expect(target.path).toMatch(/handoff-slot-vmm-b--vm-1-[0-9a-f]{12}\.bin$/);
     expect(target.state()).toBe(SlotState.ARMED);
     const source = HandoffSlot.open(target.path);
     expect(source.state()).toBe(SlotState.ARMED);
@@ -168,10 +169,10 @@ describe('HandoffSlot', () => {
   });
 
   it('hands the state over: stop → publish → take → run, stamps visible to both sides', () => {
-    const target = HandoffSlot.create(dir, 't');
+    const target = HandoffSlot.create(dir, 'vmm-t', 't');
     const source = HandoffSlot.open(target.path);
     expect(awaitStop(target.buffer, 1, () => true)).toBe('cancelled'); // nothing yet: gives up
-    const again = HandoffSlot.create(dir, 't2');
+    const again = HandoffSlot.create(dir, 'vmm-t', 't2');
     const src = HandoffSlot.open(again.path);
     expect(announceStop(src.buffer, 1234.5)).toBe(true);
     expect(src.announced).toBe(true);
@@ -193,14 +194,14 @@ describe('HandoffSlot', () => {
   });
 
   it('an aborted slot is never announced, and an announced one is never aborted', () => {
-    const a = HandoffSlot.create(dir, 'a');
+    const a = HandoffSlot.create(dir, 'vmm-t', 'a');
     expect(a.abort()).toBe(true);
     expect(a.abort()).toBe(true); // already aborted
     expect(announceStop(a.buffer, 1)).toBe(false);
     expect(a.announced).toBe(false);
     expect(awaitStop(a.buffer, 10, () => false)).toBe('aborted');
     a.close();
-    const b = HandoffSlot.create(dir, 'b');
+    const b = HandoffSlot.create(dir, 'vmm-t', 'b');
     expect(announceStop(b.buffer, 1)).toBe(true);
     expect(abortSlot(b.buffer)).toBe(false);
     expect(announceStop(b.buffer, 1)).toBe(false); // only once
@@ -211,7 +212,7 @@ describe('HandoffSlot', () => {
 
   it('a state that cannot be published aborts the announced slot; the taker learns it', () => {
     for (const state of [new Uint8Array(SLOT_BYTES), null]) {
-      const s = HandoffSlot.create(dir, 'big');
+      const s = HandoffSlot.create(dir, 'vmm-t', 'big');
       expect(announceStop(s.buffer, 1)).toBe(true);
       expect(publishState(s.buffer, state)).toBe(false);
       expect(s.state()).toBe(SlotState.ABORTED);
@@ -223,7 +224,7 @@ describe('HandoffSlot', () => {
   });
 
   it('a taker with nothing to do at the stop sleeps on until the state is there', () => {
-    const s = HandoffSlot.create(dir, 'through');
+    const s = HandoffSlot.create(dir, 'vmm-t', 'through');
     expect(announceStop(s.buffer, 1)).toBe(true);
     let asked = 0;
     const stopAsked = (): boolean => {
@@ -236,7 +237,7 @@ describe('HandoffSlot', () => {
     expect(asked).toBe(0);
     s.close();
     // Given up after the stop: still "stopped" (the taker then finds it aborted).
-    const t = HandoffSlot.create(dir, 'through2');
+    const t = HandoffSlot.create(dir, 'vmm-t', 'through2');
     expect(announceStop(t.buffer, 1)).toBe(true);
     expect(publishState(t.buffer, null)).toBe(false);
     expect(awaitStop(t.buffer, 1, () => false, true)).toBe('stopped');
@@ -245,14 +246,14 @@ describe('HandoffSlot', () => {
   });
 
   it('a taker gives up after its timeout when the state never comes', () => {
-    const s = HandoffSlot.create(dir, 'late');
+    const s = HandoffSlot.create(dir, 'vmm-t', 'late');
     expect(announceStop(s.buffer, 1)).toBe(true);
     expect(takeState(s.buffer, 5)).toEqual({ kind: 'timed-out' });
     s.close();
   });
 
   it('an armed taker gives up when told to stop, aborting the slot', () => {
-    const s = HandoffSlot.create(dir, 'stop');
+    const s = HandoffSlot.create(dir, 'vmm-t', 'stop');
     let asked = 0;
     expect(awaitStop(s.buffer, 1, () => ++asked >= 3)).toBe('cancelled');
     expect(asked).toBe(3);
@@ -261,7 +262,7 @@ describe('HandoffSlot', () => {
   });
 
   it('refuses a hostile length written into the slot', () => {
-    const s = HandoffSlot.create(dir, 'len');
+    const s = HandoffSlot.create(dir, 'vmm-t', 'len');
     expect(announceStop(s.buffer, 1)).toBe(true);
     expect(publishState(s.buffer, new Uint8Array(16))).toBe(true);
     new DataView(s.buffer).setUint32(12, SLOT_BYTES, true); // past the capacity
@@ -270,7 +271,7 @@ describe('HandoffSlot', () => {
   });
 
   it('wakes a taker sleeping in another thread, at the stop and at the state', async () => {
-    const s = HandoffSlot.create(dir, 'wake');
+    const s = HandoffSlot.create(dir, 'vmm-t', 'wake');
     const worker = new Worker(
       `const { workerData, parentPort } = require('node:worker_threads');
        import(workerData.module).then(({ awaitStop, takeState }) => {
@@ -338,7 +339,7 @@ describe('HandoffSlot.open (the target is hostile too)', () => {
     [
       'a symbolic link',
       () => {
-        const real = HandoffSlot.create(dir, 'real');
+        const real = HandoffSlot.create(dir, 'vmm-t', 'real');
         const p = join(dir, 'handoff-slot-link.bin');
         symlinkSync(real.path, p);
         return p;
@@ -347,6 +348,36 @@ describe('HandoffSlot.open (the target is hostile too)', () => {
     ['a missing file', () => join(dir, 'handoff-slot-missing.bin')],
   ])('refuses %s with MIGRATION_BAD_STREAM', (_, make) => {
     expect(codeOf(() => HandoffSlot.open(make()))).toBe('MIGRATION_BAD_STREAM');
+  });
+});
+
+describe('which state encoding the source writes into the slot', () => {
+  /** Where the header keeps the compact layouts the target reads (the file's layout table). */
+  const COMPACT_LAYOUTS_AT = 52;
+  const layoutsWord = (slot: HandoffSlot, value: number): void =>
+    new DataView(slot.buffer).setUint32(COMPACT_LAYOUTS_AT, value, true);
+
+  it("the compact layout, when the target lists this build's layout version", () => {
+    const target = HandoffSlot.create(dir, 'vmm-t', 'compact');
+    expect(new DataView(target.buffer).getUint32(COMPACT_LAYOUTS_AT, true)).toBe(
+      2 ** COMPACT_STATE_VERSION,
+    );
+    const source = HandoffSlot.open(target.path);
+    expect(source.handoff).toEqual({ slot: source.buffer, compact: true });
+    source.close();
+    target.close();
+  });
+
+  it.each([
+    ['lists no layout (a build before the compact layout)', 0],
+    ['lists only other layout versions', ~(2 ** COMPACT_STATE_VERSION) >>> 0],
+  ])('a snapshot container, when the target %s', (_, word) => {
+    const target = HandoffSlot.create(dir, 'vmm-t', 'container');
+    layoutsWord(target, word);
+    const source = HandoffSlot.open(target.path);
+    expect(source.handoff.compact).toBe(false);
+    source.close();
+    target.close();
   });
 });
 

@@ -18,12 +18,17 @@
  * | 32 | 4 | capacity of the data area in bytes |
  * | 40 | 8 | float64: when the source published the state, epoch ms |
  * | 48 | 4 | length of the expectation in bytes |
+ * | 52 | 4 | compact state layouts the target reads: bit n = layout n (0: the snapshot container only) |
  * | 64 | ≤ 4032 | the expectation: JSON {@link SlotExpectation}, written by the target |
- * | 4096 | capacity | the device state (snapshot container bytes) |
+ * | 4096 | capacity | the device state: a compact hand-off state or a snapshot container |
  *
  * The expectation says which VM the target prepared for: the lease holder it armed the
  * transfers from and every block's region, identity and epoch. A source that got the slot from
  * PrepareIncoming (no stream at all) checks it against its own VM before it stops.
+ *
+ * The state goes in the compact hand-off layout (snapshot/FORMAT.md) when the target lists this
+ * build's layout version in its header word, else as a snapshot container (a target of another
+ * build); the target tells them apart by their magic.
  *
  * State word transitions — each a compare-and-set, so exactly one side wins every race:
  * `ARMED → STOPPED` (source: its vCPU stopped; the target's thread sends TransferLease at once,
@@ -44,6 +49,7 @@ import { closeSync, constants as fsConstants, fstatSync, openSync, unlinkSync } 
 import { randomBytes } from 'node:crypto';
 import { basename, isAbsolute, join } from 'node:path';
 import { futexWait, futexWake, mapFd, mapFile, type Mapping } from '@handoff/shm';
+import { COMPACT_STATE_VERSION, compactStateCurrent } from '../snapshot/compact-state.js';
 import { MigrationError } from './errors.js';
 
 /** Values of the state word. */
@@ -80,7 +86,10 @@ const OFF = {
   capacity: 32,
   publishedAt: 40,
   expectLength: 48,
+  compactLayouts: 52,
 };
+/** The compact state layouts this build reads and writes, as the header's bit mask. */
+const COMPACT_LAYOUTS_HERE = compactStateCurrent() ? 2 ** COMPACT_STATE_VERSION : 0;
 /** Where the expectation starts, and its largest size. */
 const EXPECT_AT = 64;
 const EXPECT_MAX = 4096 - EXPECT_AT;
@@ -97,6 +106,30 @@ const CAPACITY = SLOT_BYTES - SLOT_HEADER_BYTES;
  */
 const STATE_PREFAULT_BYTES = 8192;
 const NAME = /^handoff-slot-[a-z0-9-]{1,64}\.bin$/;
+
+/** A name as a slot file's tag: lower-case words joined by single `-`, at most 24 characters. */
+function nameTag(name: string): string {
+  const tag = name
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .slice(0, 24)
+    .replace(/^-+|-+$/g, '');
+  return tag === '' ? 'x' : tag;
+}
+
+/**
+ * How the names of the slot files a vmm instance creates begin: `handoff-slot-<vmm tag>--`.
+ * Tags never hold `--`, so no other instance's names begin the same way unless both ids give
+ * one tag (ids that differ only in case or punctuation).
+ */
+export function slotPrefixOf(vmmId: string): string {
+  return `handoff-slot-${nameTag(vmmId)}--`;
+}
+
+/** Whether `name` has the form of a slot file's name. */
+export function isSlotName(name: string): boolean {
+  return NAME.test(name);
+}
 
 /**
  * Which VM a slot was prepared for (target → source). Everything that ties a hand-off to one
@@ -135,21 +168,20 @@ export class HandoffSlot {
 
   /**
    * Target: creates an armed slot in `dir` (a folder both vmms of the migration see, tmpfs
-   * preferably), owner-only permissions.
+   * preferably), owner-only permissions, named after the vmm instance and the VM (see
+   * {@link slotPrefixOf}).
    *
    * @throws ShmError when the file cannot be created or mapped
    */
-  static create(dir: string, owner: string): HandoffSlot {
-    const tag = owner
-      .toLowerCase()
-      .replace(/[^a-z0-9-]/g, '-')
-      .slice(0, 40);
-    const path = join(dir, `handoff-slot-${tag}-${randomBytes(6).toString('hex')}.bin`);
+  static create(dir: string, vmmId: string, vmName: string): HandoffSlot {
+    const name = `${slotPrefixOf(vmmId)}${nameTag(vmName)}-${randomBytes(6).toString('hex')}.bin`;
+    const path = join(dir, name);
     const mapping = mapFile(path, { create: true, exclusive: true, size: SLOT_BYTES, mode: 0o600 });
     const view = new DataView(mapping.buffer);
     view.setUint32(OFF.magic, MAGIC, true);
     view.setUint32(OFF.version, LAYOUT_VERSION, true);
     view.setUint32(OFF.capacity, CAPACITY, true);
+    view.setUint32(OFF.compactLayouts, COMPACT_LAYOUTS_HERE, true);
     Atomics.store(new Int32Array(mapping.buffer, 0, 16), STATE, SlotState.ARMED);
     touchStatePages(mapping.buffer);
     return new HandoffSlot(path, mapping, true);
@@ -197,6 +229,15 @@ export class HandoffSlot {
     }
     touchStatePages(mapping.buffer);
     return new HandoffSlot(path, mapping, false);
+  }
+
+  /**
+   * Source: what its vCPU thread needs for the hand-off: the mapped file, and whether the
+   * target reads this build's compact state layout (else the state goes as a container).
+   */
+  get handoff(): { readonly slot: SharedArrayBuffer; readonly compact: boolean } {
+    const reads = new DataView(this.buffer).getUint32(OFF.compactLayouts, true);
+    return { slot: this.buffer, compact: (reads & COMPACT_LAYOUTS_HERE) !== 0 };
   }
 
   /** The state word now. */

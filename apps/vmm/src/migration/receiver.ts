@@ -844,7 +844,7 @@ async function offerDirect(
   }
   let slot: HandoffSlot | undefined;
   try {
-    slot = HandoffSlot.create(dir, `${ctx.vmmId}-${name}`);
+    slot = HandoffSlot.create(dir, ctx.vmmId, name);
     slot.expect({
       from: sourceHolder,
       blocks: blocks.map((b) => ({

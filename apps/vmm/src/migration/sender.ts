@@ -69,6 +69,8 @@ export class OutgoingMigration {
   private expectedDowntimeMs = 0;
   private iteration = 0;
   private deviceBytes = 0;
+  /** How the device state travelled: the compact hand-off layout, or a snapshot container. */
+  private stateEncoding: 'compact' | 'container' = 'container';
   private transferred = 0;
   private remaining = 0;
   private total = 0;
@@ -255,13 +257,15 @@ export class OutgoingMigration {
       };
       // Sent the moment the vCPU stopped: the target starts the lease hand-off now. With a
       // hand-off slot the target's vCPU thread heard the stop first, and already took over.
+      const handoff = slot?.handoff;
       const stopped = await vm.pauseAndSave(() => {
         if (slot === null) sendFinalMarker();
-      }, slot?.buffer);
+      }, handoff);
       this.mark('stateHere');
       if (stopped.handedOff) {
         // Published into the slot (only ever offered one): the target's thread took over.
         this.deviceBytes = slot!.stateLength;
+        this.stateEncoding = handoff!.compact ? 'compact' : 'container';
         return await this.finishDirect(slot!, stopped.pausedAtMs, modes, tStop);
       }
       if (slot !== null) {
@@ -441,6 +445,8 @@ export class OutgoingMigration {
         iterations: this.iteration,
         modes,
         stream: this.transport,
+        stateEncoding: this.stateEncoding,
+        deviceBytes: this.deviceBytes,
         // ms after MigrateVm began; and where the pause went (source clock)
         timeline: this.timeline,
         downtimeParts: this.parts,

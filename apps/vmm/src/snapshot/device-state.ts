@@ -99,7 +99,7 @@ export function encodeDeviceState(
   const sections: ContainerSection[] = [];
   for (const spec of MACHINE_SECTIONS) {
     if (spec.optional && spec.needed !== undefined && !spec.needed(state)) continue;
-    const model = checked(spec, spec.version, () => spec.save(state), 'encode');
+    const model = checked(spec, spec.version, (s: MachineState) => spec.save(s), state, 'encode');
     const body = utf8Encoder.encode(JSON.stringify(model));
     if (body.length > spec.maxBodyBytes) throw bodyTooLarge(spec, body.length, 'encode');
     sections.push({ name: spec.name, version: spec.version, optional: spec.optional, body });
@@ -149,16 +149,47 @@ export function encodeDeviceState(
 export function decodeDeviceState(bytes: Uint8Array): DecodedDeviceState {
   const { header, sections } = decodeContainer(bytes);
   const plan = planLoad(header, sections);
-  const draft: MachineStateDraft = {};
-  for (const { spec, entry } of plan.load) {
-    const model = checked(spec, entry.version, () => parseBody(spec, entry), 'decode');
-    spec.load(draft, model);
-  }
+  const state = stateFromBodies(plan.load, (k) =>
+    parseBody(plan.load[k]!.spec, plan.load[k]!.entry),
+  );
   return {
-    state: draft as MachineState,
+    state,
     skipped: plan.skipped,
     format: { major: header.major, minor: header.minor },
   };
+}
+
+/** One section to load with {@link stateFromBodies}: its spec and the version its body has. */
+export interface SectionToLoad {
+  readonly spec: SectionSpec<unknown>;
+  /** Section version the body was written in (within the spec's `minVersion`–`version`). */
+  readonly version: number;
+}
+
+/**
+ * @internal Assembles a machine state from untrusted section bodies, shared by every encoding
+ * so that validity rules live in the section schemas alone. For each section in `load`, in
+ * order: takes its body from `bodyOf`, runs the section's schema (`check(body, version)`) and
+ * loads the checked model; a body that breaks its schema is `SNAPSHOT_INVALID_STATE` naming
+ * the section. The caller has already decided which sections to load (every required one, in
+ * {@link MACHINE_SECTIONS} order) and that their versions are readable.
+ *
+ * @param load - the sections to load, in load order
+ * @param bodyOf - the untrusted body of `load[index]` (plain data shaped like the section's JSON
+ *   body); called once per section, in order, just before its check; may throw a SnapshotError
+ * @throws SnapshotError `SNAPSHOT_INVALID_STATE` for a body its schema rejects, or whatever
+ *   SnapshotError `bodyOf` throws
+ */
+export function stateFromBodies(
+  load: readonly SectionToLoad[],
+  bodyOf: (index: number) => unknown,
+): MachineState {
+  const draft: MachineStateDraft = {};
+  for (let k = 0; k < load.length; k++) {
+    const { spec, version } = load[k]!;
+    spec.load(draft, checked(spec, version, bodyOf, k, 'decode'));
+  }
+  return draft as MachineState;
 }
 
 /**
@@ -214,7 +245,7 @@ export function inspectDeviceState(bytes: Uint8Array): DeviceStateInfo {
 // ---- internals ---------------------------------------------------------------------------------
 
 interface LoadPlan {
-  readonly load: readonly { readonly spec: SectionSpec<unknown>; readonly entry: ContainerEntry }[];
+  readonly load: readonly (SectionToLoad & { readonly entry: ContainerEntry })[];
   readonly skipped: readonly SkippedSection[];
 }
 
@@ -244,7 +275,7 @@ function planLoad(header: ContainerHeader, entries: readonly ContainerEntry[]): 
       { section: unknownRequired[0]! },
     );
   }
-  const load: { spec: SectionSpec<unknown>; entry: ContainerEntry }[] = [];
+  const load: (SectionToLoad & { readonly entry: ContainerEntry })[] = [];
   for (const spec of MACHINE_SECTIONS) {
     const entry = byName.get(spec.name);
     if (entry === undefined) {
@@ -274,7 +305,7 @@ function planLoad(header: ContainerHeader, entries: readonly ContainerEntry[]): 
     }
     if (entry.body.length > spec.maxBodyBytes)
       throw bodyTooLarge(spec, entry.body.length, 'decode');
-    load.push({ spec, entry });
+    load.push({ spec, version: entry.version, entry });
   }
   return { load, skipped };
 }
@@ -303,17 +334,20 @@ function parseBody(spec: SectionSpec<unknown>, entry: ContainerEntry): unknown {
   }
 }
 
-/** Runs `produce` then the section schema; any failure becomes `SNAPSHOT_INVALID_STATE`. */
-function checked(
+/**
+ * Runs `produce(arg)` then the section schema on its result; any failure but a SnapshotError
+ * becomes `SNAPSHOT_INVALID_STATE`. (`produce` takes `arg` so that a loop over the sections
+ * needs no closure per section.)
+ */
+function checked<A>(
   spec: SectionSpec<unknown>,
   version: number,
-  produce: () => unknown,
+  produce: (arg: A) => unknown,
+  arg: A,
   op: 'encode' | 'decode',
 ): unknown {
-  let value: unknown;
   try {
-    value = produce();
-    return spec.check(value, version);
+    return spec.check(produce(arg), version);
   } catch (err) {
     if (err instanceof SnapshotError) throw err;
     const what =

@@ -1,7 +1,10 @@
 /**
  * Device state as bytes: a versioned, checksummed container of named sections, one per machine
  * component, validated before anything reaches a device. Used by save/restore (snapshot files)
- * and by migration (`DeviceState.container`). Layout and rules: FORMAT.md beside this file.
+ * and by migration (`DeviceState.container`). A second encoding, the compact hand-off state,
+ * carries the same state between two vmm processes that agreed on its layout (never stored,
+ * never on the stream) and is validated by the same section schemas. Layouts and rules:
+ * FORMAT.md beside this file.
  *
  * @packageDocumentation
  */
@@ -16,6 +19,21 @@ export {
   type SectionInfo,
   type SkippedSection,
 } from './device-state.js';
+export {
+  COMPACT_ENTROPY_WORDS,
+  COMPACT_GENERATION_ID_LIMIT,
+  COMPACT_HOST_ARGS_LIMIT,
+  COMPACT_RX_LIMIT,
+  COMPACT_STATE_HEADER_BYTES,
+  COMPACT_STATE_MAGIC,
+  COMPACT_STATE_MAX_BYTES,
+  COMPACT_STATE_SECTIONS,
+  COMPACT_STATE_VERSION,
+  compactStateCurrent,
+  decodeCompactState,
+  encodeCompactState,
+  isCompactState,
+} from './compact-state.js';
 export {
   CONTAINER_HEADER_BYTES,
   CONTAINER_MAGIC,

@@ -1,6 +1,7 @@
 /**
  * Shared helpers of the snapshot tests: machines booted from the prebuilt conformance guests,
- * valid containers to attack, and re-sealing (CRC fix-up) so attacks reach the deeper checks.
+ * valid containers to attack, re-sealing (CRC fix-up) so attacks reach the deeper checks, and a
+ * generator of random states within the section schemas.
  *
  * @packageDocumentation
  */
@@ -9,7 +10,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 
-import { Csr, MIP_MTIP, MSTATUS_MPIE, MSTATUS_MPP } from '../cpu/arch.js';
+import fc from 'fast-check';
+
+import { Csr, MIE_MASK, MIP_MTIP, MSTATUS_MASK, MSTATUS_MPIE, MSTATUS_MPP } from '../cpu/arch.js';
 import { R, asm, bytesOf, li } from '../cpu/test-asm.js';
 import { createMachine, type Machine } from '../machine/machine.js';
 import type { MachineState } from '../machine/state.js';
@@ -170,4 +173,99 @@ export function bootMixer(out: number[], steps = 3000, hostArgs?: Uint8Array): M
   m.memory.writeBytes(VirtMap.DRAM, mixerProgram(steps));
   m.cpu.reset(VirtMap.DRAM);
   return m;
+}
+
+const u32 = (): fc.Arbitrary<number> => fc.integer({ min: 0, max: 0xffffffff });
+const u8 = (): fc.Arbitrary<number> => fc.integer({ min: 0, max: 255 });
+const aligned = (): fc.Arbitrary<number> => u32().map((v) => v - (v % 4));
+const counter = (): fc.Arbitrary<number> => fc.bigInt(0n, 1n << 63n).map(Number);
+const subset = (mask: number): fc.Arbitrary<number> => u32().map((v) => (v & mask) >>> 0);
+
+/**
+ * Machine states that satisfy every section schema (not necessarily reachable by a guest): any
+ * value in each field's range, either time mode, with and without a reservation, every exit.
+ *
+ * @param maxRxBytes - most unread UART bytes a state holds (the schema allows 64 KiB; small
+ *   keeps runs fast)
+ */
+export function validMachineState(maxRxBytes = 64): fc.Arbitrary<MachineState> {
+  const cpu = fc.record({
+    version: fc.constant(1),
+    pc: aligned(),
+    x: fc.array(u32(), { minLength: 31, maxLength: 31 }).map((x) => [0, ...x]),
+    priv: fc.constantFrom('M' as const, 'U' as const),
+    waiting: fc.boolean(),
+    csr: fc.record({
+      mstatus: fc
+        .tuple(subset(MSTATUS_MASK & ~MSTATUS_MPP), fc.constantFrom(0, MSTATUS_MPP))
+        .map(([s, mpp]) => (s | mpp) >>> 0),
+      mie: subset(MIE_MASK),
+      mtvec: u32().map((v) => (v & ~2) >>> 0),
+      mepc: aligned(),
+      mcause: u32(),
+      mtval: u32(),
+      mscratch: u32(),
+      mcounteren: u32(),
+      pmpcfg: fc.array(u32(), { minLength: 4, maxLength: 4 }),
+      pmpaddr: fc.array(u32(), { minLength: 16, maxLength: 16 }),
+    }),
+    retired: fc.maxSafeNat(),
+    minstret: counter(),
+    mcycle: counter(),
+    reservation: fc.option(aligned(), { nil: null }),
+  });
+  const clock = fc.oneof(
+    fc.record({
+      version: fc.constant(1),
+      mode: fc.constant('realtime' as const),
+      mtime: counter(),
+    }),
+    fc
+      .record({ mtime: counter(), instructionsPerTick: fc.integer({ min: 1, max: 0xffffffff }) })
+      .chain(({ mtime, instructionsPerTick }) =>
+        fc.integer({ min: 0, max: instructionsPerTick - 1 }).map((subTick) => ({
+          version: 1,
+          mode: 'deterministic' as const,
+          mtime,
+          instructionsPerTick,
+          subTick,
+        })),
+      ),
+  );
+  const exit = fc.oneof(
+    fc.constant(null),
+    fc.constant({ kind: 'pass' as const, code: 0 as const }),
+    fc.constant({ kind: 'reset' as const, code: 0 as const }),
+    fc.integer({ min: 0, max: 0xffff }).map((code) => ({ kind: 'fail' as const, code })),
+  );
+  return fc.record({
+    version: fc.constant(1),
+    cpu,
+    clock,
+    clint: fc.record({
+      version: fc.constant(1),
+      msip: fc.constantFrom(0, 1),
+      mtimecmpLo: u32(),
+      mtimecmpHi: u32(),
+    }),
+    uart: fc.record({
+      version: fc.constant(1),
+      ier: subset(0x0f),
+      lcr: u8(),
+      mcr: subset(0x1f),
+      fcr: subset(0xc9),
+      scr: u8(),
+      divisor: fc.integer({ min: 0, max: 0xffff }),
+      thrInterrupt: fc.boolean(),
+      rx: fc.array(u8(), { maxLength: maxRxBytes }),
+    }),
+    finisher: fc.record({ version: fc.constant(1), exit }),
+    control: fc.record({
+      version: fc.constant(1),
+      generationId: fc.bigInt(0n, (1n << 64n) - 1n).map((g) => g.toString(16).padStart(16, '0')),
+      entropy: fc.array(u32(), { minLength: 8, maxLength: 8 }),
+      readyCount: fc.maxSafeNat(),
+      hostArgs: fc.array(u8(), { maxLength: 256 }),
+    }),
+  });
 }

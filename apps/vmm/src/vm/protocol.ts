@@ -116,8 +116,16 @@ export type VcpuCommand =
    * `slot`, take the leases with `lease`, restore, and run if REQUEST is RUN; report `handoff`.
    */
   | { readonly t: 'handoff-in'; readonly slot: SharedArrayBuffer; readonly lease: HandoffLeasePlan }
-  /** Outgoing migration: the save with this id also publishes the state into `slot`. */
-  | { readonly t: 'handoff-out'; readonly slot: SharedArrayBuffer; readonly saveId: number };
+  /**
+   * Outgoing migration: the save with this id also publishes the state into `slot`, in the
+   * compact hand-off layout when `compact` (the target reads it), else as a snapshot container.
+   */
+  | {
+      readonly t: 'handoff-out';
+      readonly slot: SharedArrayBuffer;
+      readonly saveId: number;
+      readonly compact: boolean;
+    };
 
 /** How a direct hand-off ended in the target's vCPU thread (`handoff` message). */
 export interface HandoffOutcome {

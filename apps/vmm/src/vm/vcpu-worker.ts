@@ -30,6 +30,11 @@ import {
   SlotState,
   takeState,
 } from '../migration/handoff-slot.js';
+import {
+  decodeCompactState,
+  encodeCompactState,
+  isCompactState,
+} from '../snapshot/compact-state.js';
 import { decodeDeviceState, encodeDeviceState } from '../snapshot/device-state.js';
 import {
   Ctl,
@@ -82,11 +87,15 @@ function warmUp(rounds: number): boolean {
   // Often enough for V8 to compile these past its interpreter; ≈30 ms while idle.
   for (const end = Math.min(WARM_UP_ROUNDS, w.rounds + rounds); w.rounds < end; w.rounds++) {
     w.m.clock.hold();
-    // The direct hand-off encodes (source) and decodes (target) the state in this thread.
+    // The direct hand-off encodes (source) and decodes (target) the state in this thread, in
+    // the compact layout or, with a target of another build, as a container.
+    const k = w.rounds % 3;
     w.m.restore(
-      w.rounds % 2 === 0
+      k === 0
         ? structuredClone(w.m.save())
-        : decodeDeviceState(encodeDeviceState(w.m.save())).state,
+        : k === 1
+          ? decodeCompactState(encodeCompactState(w.m.save()))
+          : decodeDeviceState(encodeDeviceState(w.m.save())).state,
     );
     w.m.clock.release();
   }
@@ -385,7 +394,7 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     let failure: Parameters<typeof fail>[0] | null = null;
     if (took.kind === 'state') {
       try {
-        m.restore(decodeDeviceState(took.bytes).state);
+        m.restore(decodeHandoffState(took.bytes));
       } catch (err) {
         failure = {
           stage: 'state',
@@ -453,6 +462,11 @@ function handOffIn(m: Machine, arm: VcpuCommand & { t: 'handoff-in' }): Handoff 
     link.close();
     throw err;
   }
+}
+
+/** The state a source published: compact (same layout as this build) or a container. */
+function decodeHandoffState(bytes: Uint8Array): MachineState {
+  return isCompactState(bytes) ? decodeCompactState(bytes) : decodeDeviceState(bytes).state;
 }
 
 // ---- host requests ------------------------------------------------------------------------
@@ -578,7 +592,7 @@ function handOffOut(m: Machine, stopAt: number): boolean {
   if (announced) {
     let bytes: Uint8Array | null = null;
     try {
-      bytes = encodeDeviceState(state);
+      bytes = out.compact ? encodeCompactState(state) : encodeDeviceState(state);
     } catch {
       bytes = null; // aborts the slot: the state goes on the stream, the lease comes back
     }

@@ -493,7 +493,7 @@ export class Vm {
    */
   pauseAndSave(
     onPaused?: (pausedAtMs: number) => void,
-    handoffSlot?: SharedArrayBuffer,
+    handoff?: { readonly slot: SharedArrayBuffer; readonly compact: boolean },
   ): Promise<
     | { handedOff: false; state: MachineState; pausedAtMs: number }
     | { handedOff: true; pausedAtMs: number }
@@ -506,9 +506,9 @@ export class Vm {
       const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
         this.saves.set(id, resolve),
       );
-      if (handoffSlot !== undefined) {
+      if (handoff !== undefined) {
         // Read at the same doorbell as the pause: the thread publishes the state it saves.
-        const cmd: VcpuCommand = { t: 'handoff-out', slot: handoffSlot, saveId: id };
+        const cmd: VcpuCommand = { t: 'handoff-out', ...handoff, saveId: id };
         this.commands.postMessage(cmd);
       }
       // Rung with the pause (one round trip, no command message), stored after the request it
