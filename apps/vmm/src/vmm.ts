@@ -12,6 +12,7 @@ import { vmmServices } from './api/vmm-service.js';
 import type { VmmConfig } from './config.js';
 import { DEFAULT_GUESTS_DIR } from './guests/catalog.js';
 import { MigrationManager } from './migration/index.js';
+import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './vm/spec.js';
@@ -95,6 +96,15 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
     spareThreads: config['spare-vcpu-threads'],
   });
+  // What a killed predecessor of this instance left: before this process adds its own.
+  await sweepLeftovers(
+    {
+      vmmId: config.id,
+      handoffDir,
+      socketDir: config['data-channel'] === 'auto' ? tmpdir() : null,
+    },
+    logger,
+  );
   const migrations = new MigrationManager(host, logger, handoffDir);
   let advertised = '';
   let server: RunningServer;
