@@ -59,7 +59,14 @@ function fillFile(path: string, size: number): void {
 }
 
 /** Migrations per bypass case (back and forth); the table shows their median and range. */
-const BYPASS_ROUNDS = 9;
+const BYPASS_ROUNDS = 15;
+/**
+ * Pause between two bypass migrations of a case. A vmm that just received a VM starts a spare
+ * vCPU thread to replace the one the VM took (≈0.12 s of CPU to start, then its warm-up); 500 ms
+ * lets that settle, so a row measures one migration on a settled machine (QEMU's rows use fresh
+ * process pairs). Back to back, 200 ms apart, the medians measured ≈1–2 ms higher in total.
+ */
+const BYPASS_GAP_MS = 500;
 
 function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -141,7 +148,7 @@ export async function run(): Promise<Table[]> {
       // reports the median (min–max); copy cases run once.
       const views: JobView[] = [];
       for (let round = 0; round < (k.bypass ? BYPASS_ROUNDS : 1); round++) {
-        if (round > 0) await new Promise((r) => setTimeout(r, 200));
+        if (round > 0) await new Promise((r) => setTimeout(r, BYPASS_GAP_MS));
         const job = await jobs(c).migrate({
           vm: name,
           targetVmm: round % 2 === 0 ? 'vmm-b' : 'vmm-a',
@@ -231,8 +238,11 @@ export async function run(): Promise<Table[]> {
     ],
     rows,
     notes:
-      `Bypass rows: median (min–max) of ${BYPASS_ROUNDS} migrations back and forth, the ` +
-      "first one included. Total and setup are the source vmm's (MigrateVm until it knows " +
+      `Bypass rows: median (min–max) of ${BYPASS_ROUNDS} migrations back and forth, ` +
+      `${BYPASS_GAP_MS} ms apart, the first one included (back to back, 200 ms apart, the ` +
+      'target of one migration is still starting its replacement spare vCPU thread at the next ' +
+      'and the medians measured ≈1–2 ms higher in total). ' +
+      "Total and setup are the source vmm's (MigrateVm until it knows " +
       "the target runs the guest), like QEMU's total-time; bypass rows go through the target's " +
       'hand-off slot alone, as the migrator does; the target built the machine beforehand at ' +
       'PrepareIncoming, as a QEMU target started with -incoming is ready before migrate. Job ' +
