@@ -14,15 +14,18 @@ import {
   COMPACT_GENERATION_ID_LIMIT,
   COMPACT_HOST_ARGS_LIMIT,
   COMPACT_RX_LIMIT,
+  COMPACT_STATE_CODES,
   COMPACT_STATE_HEADER_BYTES,
   COMPACT_STATE_MAGIC,
   COMPACT_STATE_MAX_BYTES,
   COMPACT_STATE_SECTIONS,
   COMPACT_STATE_VERSION,
+  checkCompactLayout,
   compactStateCurrent,
   decodeCompactState,
   encodeCompactState,
   isCompactState,
+  openCompactState,
 } from './compact-state.js';
 import {
   decodeDeviceState,
@@ -30,7 +33,7 @@ import {
   stateFromBodies,
   type SectionToLoad,
 } from './device-state.js';
-import { SnapshotError, hex32, isSnapshotError } from './errors.js';
+import { isSnapshotError, type SnapshotError, type SnapshotErrorCode } from './errors.js';
 import { SchemaViolation, U32_MAX } from './schemas/check.js';
 import { UART_RX_LIMIT } from './schemas/uart.js';
 import type * as sectionsModule from './sections.js';
@@ -38,23 +41,13 @@ import { MACHINE_SECTIONS } from './sections.js';
 import {
   bootGuest,
   bootMixer,
+  errorOf,
   hasGuest,
   machineWithRamOf,
   sampleContainer,
   sampleState,
   validMachineState,
 } from './test-support.js';
-
-/** The SnapshotError `fn` throws (fails the test on any other outcome). */
-function errorOf(fn: () => unknown): SnapshotError {
-  try {
-    fn();
-  } catch (err) {
-    if (!isSnapshotError(err)) throw new Error(`expected a SnapshotError, got ${String(err)}`);
-    return err;
-  }
-  throw new Error('expected a SnapshotError, but nothing was thrown');
-}
 
 /** Layout 1 offsets (from the start of the bytes), as FORMAT.md lists them. */
 const B = COMPACT_STATE_HEADER_BYTES;
@@ -112,6 +105,23 @@ function edited(bytes: Uint8Array, edit: (v: DataView, b: Uint8Array) => void): 
   return reseal(copy);
 }
 
+/**
+ * Requires {@link decodeCompactState} to reject `bytes` with `code`, in `section` (undefined:
+ * none), with a message matching `message`. `what` names the case.
+ */
+function rejected(
+  bytes: Uint8Array,
+  code: SnapshotErrorCode,
+  section: string | undefined,
+  message: RegExp,
+  what?: string,
+): void {
+  const err = errorOf(() => decodeCompactState(bytes));
+  expect(err.code, what).toBe(code);
+  expect(err.section, what).toBe(section);
+  expect(err.message, what).toMatch(message);
+}
+
 /** Offsets of the variable part of `bytes`. */
 function variableOffsets(bytes: Uint8Array): { hostArgsCount: number; rxCount: number } {
   const hostArgsCount = AT.generationIdLength + 1 + bytes[AT.generationIdLength]!;
@@ -125,6 +135,22 @@ const viaContainer = (s: MachineState): MachineState =>
 
 const sample = sampleState();
 const valid = encodeCompactState(sample);
+
+/** Edits of one to four bytes of {@link valid}'s body, to any values (see {@link bodyEdited}). */
+const BODY_EDITS = fc.array(
+  fc.record({
+    at: fc.nat({ max: valid.length - 1 - B }),
+    value: fc.integer({ min: 0, max: 255 }),
+  }),
+  { minLength: 1, maxLength: 4 },
+);
+
+/** A copy of {@link valid} with `edits` from {@link BODY_EDITS} made to its body, resealed. */
+function bodyEdited(edits: readonly { readonly at: number; readonly value: number }[]): Uint8Array {
+  const bytes = valid.slice();
+  for (const e of edits) bytes[B + e.at] = e.value;
+  return reseal(bytes);
+}
 
 describe('layout 1', () => {
   it('is current in this build: the sections and versions are exactly those of MACHINE_SECTIONS', () => {
@@ -298,9 +324,7 @@ describe('round trip', () => {
 
 describe('hostile bytes', () => {
   it('rejects another magic, naming both encodings', () => {
-    const err = errorOf(() => decodeCompactState(sampleContainer()));
-    expect(err.code).toBe('SNAPSHOT_BAD_MAGIC');
-    expect(err.message).toMatch(/HNDFCST.*decodeDeviceState/);
+    rejected(sampleContainer(), 'SNAPSHOT_BAD_MAGIC', undefined, /HNDFCST.*decodeDeviceState/);
     const bytes = valid.slice();
     bytes[6] = 0x58;
     expect(errorOf(() => decodeCompactState(bytes)).code).toBe('SNAPSHOT_BAD_MAGIC');
@@ -332,9 +356,7 @@ describe('hostile bytes', () => {
   it('rejects bytes after the state', () => {
     const bytes = new Uint8Array(valid.length + 1);
     bytes.set(valid);
-    const err = errorOf(() => decodeCompactState(bytes));
-    expect(err.code).toBe('SNAPSHOT_MALFORMED');
-    expect(err.message).toMatch(/1 bytes follow the \d+-byte body/);
+    rejected(bytes, 'SNAPSHOT_MALFORMED', undefined, /1 bytes follow the \d+-byte body/);
   });
 
   it('rejects every single-bit flip of the body or its CRC as corrupted', () => {
@@ -362,26 +384,20 @@ describe('hostile bytes', () => {
   it('rejects nonzero header flags', () => {
     const bytes = valid.slice();
     viewOf(bytes).setUint16(AT.flags, 1, true);
-    const err = errorOf(() => decodeCompactState(bytes));
-    expect(err.code).toBe('SNAPSHOT_MALFORMED');
-    expect(err.message).toMatch(/flags 0x00000001/);
+    rejected(bytes, 'SNAPSHOT_MALFORMED', undefined, /flags 0x00000001/);
   });
 
   it('rejects a declared body longer than layout 1 can have, before reading it', () => {
     const bytes = valid.slice();
     viewOf(bytes).setUint32(AT.bodyLength, COMPACT_STATE_MAX_BYTES, true);
-    const err = errorOf(() => decodeCompactState(bytes));
-    expect(err.code).toBe('SNAPSHOT_MALFORMED');
-    expect(err.message).toMatch(/at most/);
+    rejected(bytes, 'SNAPSHOT_MALFORMED', undefined, /at most/);
   });
 
   it('rejects a CRC-correct body shorter than the fixed part', () => {
     const bytes = new Uint8Array(B + 100);
     bytes.set(valid.subarray(0, B));
     viewOf(bytes).setUint32(AT.bodyLength, 100, true);
-    const err = errorOf(() => decodeCompactState(reseal(bytes)));
-    expect(err.code).toBe('SNAPSHOT_MALFORMED');
-    expect(err.message).toMatch(/shorter than layout 1's smallest/);
+    rejected(reseal(bytes), 'SNAPSHOT_MALFORMED', undefined, /shorter than layout 1's smallest/);
   });
 
   it('rejects CRC-correct counts beyond their limits or the bytes left', () => {
@@ -437,10 +453,7 @@ describe('hostile bytes', () => {
       ],
     ];
     for (const [what, edit, message, section] of cases) {
-      const err = errorOf(() => decodeCompactState(edited(valid, edit)));
-      expect(err.code, what).toBe('SNAPSHOT_MALFORMED');
-      expect(err.message, what).toMatch(message);
-      expect(err.section, what).toBe(section);
+      rejected(edited(valid, edit), 'SNAPSHOT_MALFORMED', section, message, what);
     }
   });
 
@@ -448,39 +461,38 @@ describe('hostile bytes', () => {
     const longer = new Uint8Array(valid.length + 1);
     longer.set(valid);
     viewOf(longer).setUint32(AT.bodyLength, valid.length + 1 - B, true);
-    const err = errorOf(() => decodeCompactState(reseal(longer)));
-    expect(err.code).toBe('SNAPSHOT_MALFORMED');
-    expect(err.message).toMatch(/1 bytes follow the last field/);
+    rejected(reseal(longer), 'SNAPSHOT_MALFORMED', undefined, /1 bytes follow the last field/);
 
     const shorter = valid.slice(0, valid.length - 1);
     viewOf(shorter).setUint32(AT.bodyLength, shorter.length - B, true);
-    const short = errorOf(() => decodeCompactState(reseal(shorter)));
-    expect(short.code).toBe('SNAPSHOT_MALFORMED');
-    expect(short.message).toMatch(/uart\.rx has \d+ bytes, but only/);
+    rejected(reseal(shorter), 'SNAPSHOT_MALFORMED', 'uart', /uart\.rx has \d+ bytes, but only/);
   });
 
   it('requires the unused slots to be zero, so each state has one encoding', () => {
     const none = encodeCompactState({ ...sample, cpu: { ...sample.cpu, reservation: null } });
     expect(decodeCompactState(none).cpu.reservation).toBeNull();
-    const resv = errorOf(() =>
-      decodeCompactState(edited(none, (v) => v.setFloat64(AT.reservation, 8, true))),
+    rejected(
+      edited(none, (v) => v.setFloat64(AT.reservation, 8, true)),
+      'SNAPSHOT_MALFORMED',
+      'cpu',
+      /cpu\.reservation when absent must be zero/,
     );
-    expect(resv.code).toBe('SNAPSHOT_MALFORMED');
-    expect(resv.message).toMatch(/cpu\.reservation when absent must be zero/);
 
     const realtime = createMachine({ ramSize: 1 << 20, timeMode: 'realtime' }).save();
     const rt = encodeCompactState(realtime);
-    const tick = errorOf(() =>
-      decodeCompactState(edited(rt, (v) => v.setFloat64(AT.subTick, 1, true))),
+    rejected(
+      edited(rt, (v) => v.setFloat64(AT.subTick, 1, true)),
+      'SNAPSHOT_MALFORMED',
+      'clock',
+      /the tick fields of a real-time clock must be zero/,
     );
-    expect(tick.code).toBe('SNAPSHOT_MALFORMED');
-    expect(tick.section).toBe('clock');
 
-    const code = errorOf(() =>
-      decodeCompactState(edited(valid, (v) => v.setFloat64(AT.exitCode, 1, true))),
+    rejected(
+      edited(valid, (v) => v.setFloat64(AT.exitCode, 1, true)),
+      'SNAPSHOT_MALFORMED',
+      'finisher',
+      /the exit code of a finisher with no exit must be zero/,
     );
-    expect(code.code).toBe('SNAPSHOT_MALFORMED');
-    expect(code.section).toBe('finisher');
   });
 
   it('rejects values the layout carries but a schema forbids, as the schemas do', () => {
@@ -565,17 +577,15 @@ describe('hostile bytes', () => {
     short.set(valid.subarray(id + 17), id + 16);
     short[id] = 15;
     viewOf(short).setUint32(AT.bodyLength, short.length - B, true);
-    const shortId = errorOf(() => decodeCompactState(reseal(short)));
-    expect(shortId.code).toBe('SNAPSHOT_INVALID_STATE');
-    expect(shortId.message).toMatch(
+    rejected(
+      reseal(short),
+      'SNAPSHOT_INVALID_STATE',
+      'control',
       /generationId must be 16 lower-case hex digits, got "[0-9a-f]{15}"/,
     );
 
     for (const [what, edit, section, message] of cases) {
-      const err = errorOf(() => decodeCompactState(edited(valid, edit)));
-      expect(err.code, what).toBe('SNAPSHOT_INVALID_STATE');
-      expect(err.section, what).toBe(section);
-      expect(err.message, what).toMatch(message);
+      rejected(edited(valid, edit), 'SNAPSHOT_INVALID_STATE', section, message, what);
     }
   });
 
@@ -585,17 +595,11 @@ describe('hostile bytes', () => {
   });
 
   it('returns a state its container writer accepts, or throws a SnapshotError, for any edit', () => {
-    const edit = fc.record({
-      at: fc.nat({ max: valid.length - 1 - B }),
-      value: fc.integer({ min: 0, max: 255 }),
-    });
     fc.assert(
-      fc.property(fc.array(edit, { minLength: 1, maxLength: 4 }), (edits) => {
-        const bytes = valid.slice();
-        for (const e of edits) bytes[B + e.at] = e.value;
+      fc.property(BODY_EDITS, (edits) => {
         let state: MachineState;
         try {
-          state = decodeCompactState(reseal(bytes));
+          state = decodeCompactState(bodyEdited(edits));
         } catch (err) {
           if (isSnapshotError(err)) return;
           throw err;
@@ -724,9 +728,7 @@ describe('encoder', () => {
 
   it('does not run the schemas: a state that fits but breaks one encodes, and decode rejects it', () => {
     const bad = { ...s, cpu: { ...s.cpu, x: [5, ...s.cpu.x.slice(1)] } };
-    const err = errorOf(() => decodeCompactState(encodeCompactState(bad)));
-    expect(err.code).toBe('SNAPSHOT_INVALID_STATE');
-    expect(err.message).toMatch(/x\[0\] must be 0/);
+    rejected(encodeCompactState(bad), 'SNAPSHOT_INVALID_STATE', 'cpu', /x\[0\] must be 0/);
     // A value a float64 carries exactly, e.g. NaN, is judged by the schema rules too.
     const nan = { ...s, clock: { ...s.clock, mtime: NaN } };
     expect(errorOf(() => decodeCompactState(encodeCompactState(nan))).message).toMatch(
@@ -1281,290 +1283,104 @@ describe('validation while reading', () => {
 
   it('agrees with the schemas on any byte edits of the body', () => {
     const tally = new Tally();
-    const edit = fc.record({
-      at: fc.nat({ max: valid.length - 1 - B }),
-      value: fc.integer({ min: 0, max: 255 }),
-    });
     fc.assert(
-      fc.property(fc.array(edit, { minLength: 1, maxLength: 4 }), (edits) => {
-        const bytes = valid.slice();
-        for (const e of edits) bytes[B + e.at] = e.value;
-        tally.check(reseal(bytes), JSON.stringify(edits));
+      fc.property(BODY_EDITS, (edits) => {
+        tally.check(bodyEdited(edits), JSON.stringify(edits));
       }),
       { numRuns: 3000 },
     );
   });
 });
 
-// ---- the reference: the two-pass decoder this one replaced -------------------------------------
+// ---- the reference: the schemas on the raw values ----------------------------------------------
 //
-// Reads the fields into plain per-section bodies shaped like the container's JSON bodies and runs
-// them through `stateFromBodies`, i.e. through the section schemas themselves (schemas/*.ts). Kept
-// verbatim so that the tests above compare decodeCompactState with the schemas, not with a copy
-// of its own rules: a schema change the fused validator misses fails them.
+// The schemas' side of the equivalence tests above. It shares the header and layout checks with
+// decodeCompactState (openCompactState and checkCompactLayout, which judge no value); then, as the
+// second pass of the two-pass decoder the fused one replaced did, it reads every field raw into
+// plain per-section bodies shaped like the container's JSON bodies and runs them through
+// `stateFromBodies`, i.e. through the section schemas themselves (schemas/*.ts). It takes the
+// offsets from this file's tables (F64_FIELDS, U32_ARRAYS, AT: FORMAT.md's, which "sweeps the
+// fields where FORMAT.md puts them" checks against the encoder), not from the decoder, and has no
+// rule of its own, so the tests compare decodeCompactState with the schemas, not with a copy of
+// its own rules: a schema change the fused validator misses fails them.
+
+/** A body under construction: the raw values, nested by their state paths. */
+interface Body {
+  [key: string]: unknown;
+}
 
 const REF_LOAD: readonly SectionToLoad[] = MACHINE_SECTIONS.map((spec) => ({
   spec,
   version: spec.version,
 }));
-const OFF_VERSION = AT.version;
-const OFF_FLAGS = AT.flags;
-const OFF_BODY_LENGTH = AT.bodyLength;
-const OFF_CRC = AT.crc;
-const MIN_BODY_BYTES = AT.generationIdLength - B + 1 + 4 + 4;
-const MAX_BODY_BYTES = COMPACT_STATE_MAX_BYTES - B;
-const PRIVS = ['M', 'U'] as const;
-const CLOCK_MODES = ['deterministic', 'realtime'] as const;
-const EXIT_KINDS = ['pass', 'fail', 'reset'] as const;
+const { priv: PRIVS, clockMode: CLOCK_MODES, exitKind: EXIT_KINDS } = COMPACT_STATE_CODES;
+/** {@link F64_FIELDS} and {@link U32_ARRAYS} with their paths split, once. */
+const REF_F64 = F64_FIELDS.map(([path, at]) => [path.split('.'), B + at] as const);
+const REF_U32 = U32_ARRAYS.map(([path, at, n]) => [path.split('.'), B + at, n] as const);
 
 /**
- * The previous `decodeCompactState`, verbatim but for its name and the `compactStateCurrent`
- * check (the tests above run in a current build): the same header, CRC and layout checks, then
- * plain bodies with the raw values (unknown enum codes and flag bytes as numbers) through
- * `stateFromBodies`.
+ * The schemas' verdict on compact bytes: the shared header and layout checks, then plain bodies
+ * with the raw values (unknown enum codes and flag bytes as numbers) through `stateFromBodies`.
+ * Skips the `compactStateCurrent` check (the tests above run in a current build).
  */
 function referenceDecode(bytes: Uint8Array): MachineState {
-  if (!(bytes instanceof Uint8Array)) {
-    malformed(`the input is ${typeof bytes}, not bytes; pass the Uint8Array received`);
-  }
-  const length = bytes.length;
-  const magicBytes = Math.min(length, COMPACT_STATE_MAGIC.length);
-  for (let k = 0; k < magicBytes; k++) {
-    if (bytes[k] !== COMPACT_STATE_MAGIC[k]) {
-      throw new SnapshotError(
-        'SNAPSHOT_BAD_MAGIC',
-        `not a compact hand-off state: the first bytes are not "HNDFCST\\0". A device-state ` +
-          `container ("HNDFDEV\\0") goes to decodeDeviceState; tell them apart with isCompactState.`,
-      );
-    }
-  }
-  if (length < OFF_FLAGS) truncated(length, OFF_FLAGS, 'the layout version');
-  const v = new DataView(bytes.buffer, bytes.byteOffset, length);
-  const version = v.getUint16(OFF_VERSION, true);
-  if (version !== COMPACT_STATE_VERSION) {
-    throw new SnapshotError(
-      'SNAPSHOT_UNSUPPORTED_VERSION',
-      `compact hand-off state has layout version ${version}, but this build reads only layout ` +
-        `${COMPACT_STATE_VERSION}. The sender must use the compact layout only when the receiver ` +
-        `advertises its version, and send a device-state container otherwise.`,
+  const v = openCompactState(bytes);
+  checkCompactLayout(bytes, v);
+
+  // Every read in bounds, every presence byte 0 or 1 and every count checked: the layout passed.
+  const cpu: Body = { csr: {} };
+  const clock: Body = {};
+  const uart: Body = {};
+  const exit: Body = {};
+  const finisher: Body = { exit };
+  const control: Body = {};
+  const state: Body = { cpu, clock, clint: {}, uart, finisher, control };
+  for (const [path, at] of REF_F64) put(state, path, v.getFloat64(at, true));
+  for (const [path, at, n] of REF_U32) {
+    put(
+      state,
+      path,
+      Array.from({ length: n }, (_, k) => v.getUint32(at + 4 * k, true)),
     );
   }
-  if (length < COMPACT_STATE_HEADER_BYTES) {
-    truncated(length, COMPACT_STATE_HEADER_BYTES, 'the header');
+  cpu.priv = enumValue(bytes[AT.priv]!, PRIVS, 0);
+  cpu.waiting = boolValue(bytes[AT.waiting]!);
+  if (bytes[AT.reservationPresent] === 0) cpu.reservation = null;
+  // Real time carries no tick fields; an unknown mode reaches the schema as its raw code.
+  clock.mode = enumValue(bytes[AT.clockMode]!, CLOCK_MODES, 0);
+  if (clock.mode !== CLOCK_MODES[0]) {
+    delete clock.instructionsPerTick;
+    delete clock.subTick;
   }
-  const flags = v.getUint16(OFF_FLAGS, true);
-  if (flags !== 0) malformed(`the header sets flags ${hex32(flags)}, which layout 1 reserves`);
-  const bodyLength = v.getUint32(OFF_BODY_LENGTH, true);
-  if (bodyLength > MAX_BODY_BYTES) {
-    malformed(
-      `the header declares a ${bodyLength}-byte body; layout 1 has at most ${MAX_BODY_BYTES}`,
-    );
-  }
-  const end = COMPACT_STATE_HEADER_BYTES + bodyLength;
-  if (length < end) truncated(length, end, `the ${bodyLength}-byte body`);
-  if (length > end) malformed(`${length - end} bytes follow the ${bodyLength}-byte body`);
-  const stored = v.getUint32(OFF_CRC, true);
-  const computed = crc32(bytes.subarray(COMPACT_STATE_HEADER_BYTES, end)) >>> 0;
-  if (computed !== stored) {
-    throw new SnapshotError(
-      'SNAPSHOT_BAD_CRC',
-      `compact hand-off state checksum mismatch (stored ${hex32(stored)}, computed ` +
-        `${hex32(computed)}): the bytes were corrupted on the way. Fail the hand-off.`,
-    );
-  }
-  if (bodyLength < MIN_BODY_BYTES) {
-    malformed(`the ${bodyLength}-byte body is shorter than layout 1's smallest, ${MIN_BODY_BYTES}`);
-  }
+  uart.thrInterrupt = boolValue(bytes[AT.thrInterrupt]!);
+  if (bytes[AT.exitKind] === 0) finisher.exit = null;
+  else exit.kind = enumValue(bytes[AT.exitKind]!, EXIT_KINDS, 1);
 
-  // The fixed part: in bounds, as the body has at least MIN_BODY_BYTES.
-  let p = COMPACT_STATE_HEADER_BYTES;
-  const machine = { version: v.getFloat64(p, true) };
-  p += 8;
+  // The variable part: the generation id (after its length byte), then the host arguments and
+  // rx (each after its u32 count).
+  const idAt = AT.generationIdLength + 1;
+  const hostArgsCount = idAt + bytes[AT.generationIdLength]!;
+  const hostArgs = countedBytes(bytes, v, hostArgsCount);
+  control.generationId = String.fromCharCode(...bytes.subarray(idAt, hostArgsCount));
+  control.hostArgs = hostArgs;
+  uart.rx = countedBytes(bytes, v, hostArgsCount + 4 + hostArgs.length);
 
-  const cpuVersion = v.getFloat64(p, true);
-  const pc = v.getFloat64(p + 8, true);
-  p += 16;
-  const x = readU32s(v, p, 32);
-  p += 32 * 4;
-  const priv = enumValue(bytes[p]!, PRIVS, 0);
-  const waiting = boolValue(bytes[p + 1]!);
-  p += 2;
-  const mstatus = v.getFloat64(p, true);
-  const mie = v.getFloat64(p + 8, true);
-  const mtvec = v.getFloat64(p + 16, true);
-  const mepc = v.getFloat64(p + 24, true);
-  const mcause = v.getFloat64(p + 32, true);
-  const mtval = v.getFloat64(p + 40, true);
-  const mscratch = v.getFloat64(p + 48, true);
-  const mcounteren = v.getFloat64(p + 56, true);
-  p += 64;
-  const pmpcfg = readU32s(v, p, 4);
-  p += 4 * 4;
-  const pmpaddr = readU32s(v, p, 16);
-  p += 16 * 4;
-  const retired = v.getFloat64(p, true);
-  const minstret = v.getFloat64(p + 8, true);
-  const mcycle = v.getFloat64(p + 16, true);
-  p += 24;
-  const reservation = presentOrZero(v, bytes, p, 'cpu', 'cpu.reservation');
-  p += 9;
-  const cpu = {
-    version: cpuVersion,
-    pc,
-    x,
-    priv,
-    waiting,
-    csr: { mstatus, mie, mtvec, mepc, mcause, mtval, mscratch, mcounteren, pmpcfg, pmpaddr },
-    retired,
-    minstret,
-    mcycle,
-    reservation,
-  };
-
-  const clockVersion = v.getFloat64(p, true);
-  const modeCode = bytes[p + 8]!;
-  const mtime = v.getFloat64(p + 9, true);
-  let clock: unknown;
-  if (modeCode === 0) {
-    clock = {
-      version: clockVersion,
-      mode: CLOCK_MODES[0],
-      mtime,
-      instructionsPerTick: v.getFloat64(p + 17, true),
-      subTick: v.getFloat64(p + 25, true),
-    };
-  } else {
-    // Real time carries no tick fields; an unknown mode reaches the schema as its raw code.
-    if (modeCode === 1) zeroSlots(v, p + 17, 16, 'clock', 'the tick fields of a real-time clock');
-    clock = { version: clockVersion, mode: enumValue(modeCode, CLOCK_MODES, 0), mtime };
-  }
-  p += 33;
-
-  const clint = {
-    version: v.getFloat64(p, true),
-    msip: v.getFloat64(p + 8, true),
-    mtimecmpLo: v.getFloat64(p + 16, true),
-    mtimecmpHi: v.getFloat64(p + 24, true),
-  };
-  p += 32;
-
-  const uartVersion = v.getFloat64(p, true);
-  const ier = v.getFloat64(p + 8, true);
-  const lcr = v.getFloat64(p + 16, true);
-  const mcr = v.getFloat64(p + 24, true);
-  const fcr = v.getFloat64(p + 32, true);
-  const scr = v.getFloat64(p + 40, true);
-  const divisor = v.getFloat64(p + 48, true);
-  const thrInterrupt = boolValue(bytes[p + 56]!);
-  p += 57;
-
-  const finisherVersion = v.getFloat64(p, true);
-  const exitCode = bytes[p + 8]!;
-  let exit: unknown = null;
-  if (exitCode === 0)
-    zeroSlots(v, p + 9, 8, 'finisher', 'the exit code of a finisher with no exit');
-  else exit = { kind: enumValue(exitCode, EXIT_KINDS, 1), code: v.getFloat64(p + 9, true) };
-  p += 17;
-  const finisher = { version: finisherVersion, exit };
-
-  const controlVersion = v.getFloat64(p, true);
-  p += 8;
-  const entropy = readU32s(v, p, COMPACT_ENTROPY_WORDS);
-  p += COMPACT_ENTROPY_WORDS * 4;
-  const readyCount = v.getFloat64(p, true);
-  p += 8;
-
-  // The variable part: each count bounded by its limit and by the bytes left.
-  const idLength = bytes[p++]!;
-  if (idLength > COMPACT_GENERATION_ID_LIMIT) {
-    malformed(
-      `control.generationId has ${idLength} characters; layout 1 carries at most ` +
-        `${COMPACT_GENERATION_ID_LIMIT}`,
-      'control',
-    );
-  }
-  if (idLength > end - p)
-    malformed('control.generationId runs past the end of the body', 'control');
-  let generationId = '';
-  for (let k = 0; k < idLength; k++) {
-    const c = bytes[p + k]!;
-    if (c > 0x7f) malformed(`control.generationId has a non-ASCII byte ${c}`, 'control');
-    generationId += String.fromCharCode(c);
-  }
-  p += idLength;
-  const hostArgs = readBytes(
-    bytes,
-    v,
-    p,
-    end,
-    COMPACT_HOST_ARGS_LIMIT,
-    'control',
-    'control.hostArgs',
+  const bodies = REF_LOAD.map(({ spec }) =>
+    spec.name === 'machine' ? { version: state.version } : state[spec.name],
   );
-  p += 4 + hostArgs.length;
-  const rx = readBytes(bytes, v, p, end, COMPACT_RX_LIMIT, 'uart', 'uart.rx');
-  p += 4 + rx.length;
-  if (p !== end) malformed(`${end - p} bytes follow the last field of the body`);
-
-  const uart = {
-    version: uartVersion,
-    ier,
-    lcr,
-    mcr,
-    fcr,
-    scr,
-    divisor,
-    thrInterrupt,
-    rx,
-  };
-  const control = { version: controlVersion, generationId, entropy, readyCount, hostArgs };
-  const bodies: unknown[] = [machine, cpu, clock, clint, uart, finisher, control];
   return stateFromBodies(REF_LOAD, (k) => bodies[k]);
 }
 
-function malformed(message: string, section?: string): never {
-  throw new SnapshotError(
-    'SNAPSHOT_MALFORMED',
-    `compact hand-off state is malformed: ${message}. The sender is broken or the bytes are ` +
-      `hostile; fail the hand-off.`,
-    section === undefined ? {} : { section },
-  );
+/** Sets the value at `path` in `body`, whose objects along the path exist. */
+function put(body: Body, path: readonly string[], value: unknown): void {
+  let o = body;
+  for (let k = 0; k < path.length - 1; k++) o = o[path[k]!] as Body;
+  o[path[path.length - 1]!] = value;
 }
 
-function truncated(length: number, needed: number, what: string): never {
-  throw new SnapshotError(
-    'SNAPSHOT_TRUNCATED',
-    `compact hand-off state is truncated: ${length} bytes, but ${what} needs ${needed}. Pass ` +
-      `all the bytes the sender published.`,
-  );
-}
-
-function readU32s(v: DataView, p: number, count: number): number[] {
-  const out = new Array<number>(count);
-  for (let k = 0; k < count; k++) out[k] = v.getUint32(p + 4 * k, true);
-  return out;
-}
-
-/** Reads a u32 count (≤ `limit`, ≤ the bytes left before `end`) and that many bytes. */
-function readBytes(
-  bytes: Uint8Array,
-  v: DataView,
-  p: number,
-  end: number,
-  limit: number,
-  section: string,
-  path: string,
-): number[] {
-  if (end - p < 4) malformed(`the count of ${path} runs past the end of the body`, section);
-  const n = v.getUint32(p, true);
-  if (n > limit) malformed(`${path} has ${n} bytes; layout 1 carries at most ${limit}`, section);
-  p += 4;
-  if (n > end - p) {
-    malformed(`${path} has ${n} bytes, but only ${end - p} are left in the body`, section);
-  }
-  const out = new Array<number>(n);
-  for (let k = 0; k < n; k++) out[k] = bytes[p + k]!;
-  return out;
+/** The bytes after the u32 count at `p`, as numbers. */
+function countedBytes(bytes: Uint8Array, v: DataView, p: number): number[] {
+  return [...bytes.subarray(p + 4, p + 4 + v.getUint32(p, true))];
 }
 
 /** The option of a code (`base` for the first); an unknown code stays a number for the schema. */
@@ -1580,26 +1396,4 @@ function enumValue<T extends string>(
 /** 0/1 as false/true; any other byte stays a number, which the schema rejects. */
 function boolValue(code: number): boolean | number {
   return code === 0 ? false : code === 1 ? true : code;
-}
-
-/** A presence byte then a float64: null when absent (the float64 must then be zero bits). */
-function presentOrZero(
-  v: DataView,
-  bytes: Uint8Array,
-  p: number,
-  section: string,
-  path: string,
-): number | null {
-  const present = bytes[p]!;
-  if (present === 1) return v.getFloat64(p + 1, true);
-  if (present !== 0) malformed(`the presence byte of ${path} is ${present}, not 0 or 1`, section);
-  zeroSlots(v, p + 1, 8, section, `${path} when absent`);
-  return null;
-}
-
-/** Requires `n` (a multiple of 4) zero bytes at `p`: unused slots, so one state has one encoding. */
-function zeroSlots(v: DataView, p: number, n: number, section: string, what: string): void {
-  for (let k = 0; k < n; k += 4) {
-    if (v.getUint32(p + k, true) !== 0) malformed(`${what} must be zero bytes`, section);
-  }
 }

@@ -109,10 +109,18 @@ const OFF_FLAGS = 10;
 const OFF_BODY_LENGTH = 12;
 const OFF_CRC = 16;
 
-/** Enum codes (index in these lists; `EXIT_KINDS` codes start at 1, 0 meaning no exit). */
-const PRIVS = ['M', 'U'] as const;
-const CLOCK_MODES = ['deterministic', 'realtime'] as const;
-const EXIT_KINDS = ['pass', 'fail', 'reset'] as const;
+/**
+ * The enum codes of layout 1: a value's code is its index in its list, plus 1 for `exitKind`
+ * (0 meaning no exit). Exported for the reference decoder of compact-state.test.ts.
+ */
+export const COMPACT_STATE_CODES = Object.freeze({
+  priv: Object.freeze(['M', 'U'] as const),
+  clockMode: Object.freeze(['deterministic', 'realtime'] as const),
+  exitKind: Object.freeze(['pass', 'fail', 'reset'] as const),
+});
+const PRIVS = COMPACT_STATE_CODES.priv;
+const CLOCK_MODES = COMPACT_STATE_CODES.clockMode;
+const EXIT_KINDS = COMPACT_STATE_CODES.exitKind;
 
 /** Body offsets of the fields the layout checks read before the values (see FORMAT.md). */
 const AT_RESERVATION = 322; // presence byte, then the f64
@@ -328,14 +336,15 @@ export function encodeCompactState(state: MachineState): Uint8Array {
 /**
  * Decodes and validates a compact hand-off state from untrusted bytes (another process wrote
  * them), accepting exactly the states the device-state container accepts. Checks, in order:
- * magic, layout version, declared body length against the bytes, CRC; then the layout of the
- * body (presence bytes, unused slots, the variable part's lengths, every count bounded before
- * use); then, in one straight-line pass that builds the result, every rule of the section
- * schemas (schemas/*.ts) in the order `stateFromBodies` would apply them to the same values, so
- * that a violation is reported with the same code, section, path and message as the container
- * path gives (the message of device-state.ts `checked`). compact-state.test.ts proves the
- * equivalence against the schemas themselves, field by field and rule by rule. Never reads
- * outside `bytes`; allocates in proportion to the bytes at most.
+ * magic, layout version, declared body length against the bytes, CRC ({@link openCompactState});
+ * then the layout of the body (presence bytes, unused slots, the variable part's lengths, every
+ * count bounded before use: {@link checkCompactLayout}); then, in one straight-line pass that
+ * builds the result, every rule of the section schemas (schemas/*.ts) in the order
+ * `stateFromBodies` would apply them to the same values, so that a violation is reported with
+ * the same code, section, path and message as the container path gives (the message of
+ * device-state.ts `checked`). compact-state.test.ts proves the equivalence against the schemas
+ * themselves, field by field and rule by rule. Never reads outside `bytes`; allocates in
+ * proportion to the bytes at most.
  *
  * @param bytes - the whole compact state, nothing before or after it
  * @returns a fresh state that every section schema accepts, ready for `Machine.restore`
@@ -346,108 +355,19 @@ export function encodeCompactState(state: MachineState): Uint8Array {
  */
 export function decodeCompactState(bytes: Uint8Array): MachineState {
   if (!CURRENT) throw notCurrent('decode');
-  if (!(bytes instanceof Uint8Array)) {
-    malformed(`the input is ${typeof bytes}, not bytes; pass the Uint8Array received`);
-  }
-  const length = bytes.length;
-  const magicBytes = Math.min(length, COMPACT_STATE_MAGIC.length);
-  for (let k = 0; k < magicBytes; k++) {
-    if (bytes[k] !== COMPACT_STATE_MAGIC[k]) {
-      throw new SnapshotError(
-        'SNAPSHOT_BAD_MAGIC',
-        `not a compact hand-off state: the first bytes are not "HNDFCST\\0". A device-state ` +
-          `container ("HNDFDEV\\0") goes to decodeDeviceState; tell them apart with isCompactState.`,
-      );
-    }
-  }
-  if (length < OFF_FLAGS) truncated(length, OFF_FLAGS, 'the layout version');
-  const v = new DataView(bytes.buffer, bytes.byteOffset, length);
-  const version = v.getUint16(OFF_VERSION, true);
-  if (version !== COMPACT_STATE_VERSION) {
-    throw new SnapshotError(
-      'SNAPSHOT_UNSUPPORTED_VERSION',
-      `compact hand-off state has layout version ${version}, but this build reads only layout ` +
-        `${COMPACT_STATE_VERSION}. The sender must use the compact layout only when the receiver ` +
-        `advertises its version, and send a device-state container otherwise.`,
-    );
-  }
-  if (length < COMPACT_STATE_HEADER_BYTES) {
-    truncated(length, COMPACT_STATE_HEADER_BYTES, 'the header');
-  }
-  const flags = v.getUint16(OFF_FLAGS, true);
-  if (flags !== 0) malformed(`the header sets flags ${hex32(flags)}, which layout 1 reserves`);
-  const bodyLength = v.getUint32(OFF_BODY_LENGTH, true);
-  if (bodyLength > MAX_BODY_BYTES) {
-    malformed(
-      `the header declares a ${bodyLength}-byte body; layout 1 has at most ${MAX_BODY_BYTES}`,
-    );
-  }
-  const end = COMPACT_STATE_HEADER_BYTES + bodyLength;
-  if (length < end) truncated(length, end, `the ${bodyLength}-byte body`);
-  if (length > end) malformed(`${length - end} bytes follow the ${bodyLength}-byte body`);
-  const stored = v.getUint32(OFF_CRC, true);
-  const computed = crc32(bytes.subarray(COMPACT_STATE_HEADER_BYTES, end)) >>> 0;
-  if (computed !== stored) {
-    throw new SnapshotError(
-      'SNAPSHOT_BAD_CRC',
-      `compact hand-off state checksum mismatch (stored ${hex32(stored)}, computed ` +
-        `${hex32(computed)}): the bytes were corrupted on the way. Fail the hand-off.`,
-    );
-  }
-  if (bodyLength < MIN_BODY_BYTES) {
-    malformed(`the ${bodyLength}-byte body is shorter than layout 1's smallest, ${MIN_BODY_BYTES}`);
-  }
-
-  // ---- The layout (SNAPSHOT_MALFORMED), in field order, before any value is judged: bytes
-  // that are both malformed and invalid are malformed. In bounds: the body has MIN_BODY_BYTES.
+  // ---- The header and the layout (once each): after these, every offset below is in bounds
+  // and every byte the layout constrains holds a value it allows.
+  const v = openCompactState(bytes);
+  const hostArgsCountAt = checkCompactLayout(bytes, v);
   const b = COMPACT_STATE_HEADER_BYTES;
-  const present = bytes[b + AT_RESERVATION]!;
-  if (present > 1) {
-    malformed(`the presence byte of cpu.reservation is ${present}, not 0 or 1`, 'cpu');
-  }
-  if (present === 0) zeroSlots(v, b + AT_RESERVATION + 1, 8, 'cpu', 'cpu.reservation when absent');
-  // Real time carries no tick fields; an unknown mode is the schema rule's to reject.
+  const idAt = b + FIXED_BODY_BYTES + 1;
+  const idLength = hostArgsCountAt - idAt;
+  const hostArgsLength = v.getUint32(hostArgsCountAt, true);
+  const hostArgsAt = hostArgsCountAt + 4;
+  const rxAt = hostArgsAt + hostArgsLength + 4;
+  const rxLength = v.byteLength - rxAt;
   const modeCode = bytes[b + AT_CLOCK_MODE]!;
-  if (modeCode === 1) {
-    zeroSlots(v, b + AT_CLOCK_MODE + 9, 16, 'clock', 'the tick fields of a real-time clock');
-  }
   const exitKind = bytes[b + AT_EXIT]!;
-  if (exitKind === 0) {
-    zeroSlots(v, b + AT_EXIT + 1, 8, 'finisher', 'the exit code of a finisher with no exit');
-  }
-  // The variable part: each count bounded by its limit and by the bytes left.
-  let p = b + FIXED_BODY_BYTES;
-  const idLength = bytes[p++]!;
-  if (idLength > COMPACT_GENERATION_ID_LIMIT) {
-    malformed(
-      `control.generationId has ${idLength} characters; layout 1 carries at most ` +
-        `${COMPACT_GENERATION_ID_LIMIT}`,
-      'control',
-    );
-  }
-  if (idLength > end - p) {
-    malformed('control.generationId runs past the end of the body', 'control');
-  }
-  const idAt = p;
-  for (let k = 0; k < idLength; k++) {
-    const c = bytes[p + k]!;
-    if (c > 0x7f) malformed(`control.generationId has a non-ASCII byte ${c}`, 'control');
-  }
-  p += idLength;
-  const hostArgsLength = byteCount(
-    v,
-    p,
-    end,
-    COMPACT_HOST_ARGS_LIMIT,
-    'control',
-    'control.hostArgs',
-  );
-  const hostArgsAt = p + 4;
-  p = hostArgsAt + hostArgsLength;
-  const rxLength = byteCount(v, p, end, COMPACT_RX_LIMIT, 'uart', 'uart.rx');
-  const rxAt = p + 4;
-  p = rxAt + rxLength;
-  if (p !== end) malformed(`${end - p} bytes follow the last field of the body`);
 
   // ---- The values (SNAPSHOT_INVALID_STATE), section by section in MACHINE_SECTIONS order, each
   // section's rules in the order its schema applies them, so the first violation is the one the
@@ -478,7 +398,8 @@ export function decodeCompactState(bytes: Uint8Array): MachineState {
   const retired = v.getFloat64(b + 298, true);
   const minstret = v.getFloat64(b + 306, true);
   const mcycle = v.getFloat64(b + 314, true);
-  const reservation = present === 1 ? v.getFloat64(b + AT_RESERVATION + 1, true) : null;
+  const reservation =
+    bytes[b + AT_RESERVATION] === 1 ? v.getFloat64(b + AT_RESERVATION + 1, true) : null;
   if (x[0] !== 0) invalid('cpu', CPU_V, 'x[0]', '0 (x0 is hardwired to zero)', x[0]);
   // bits(mstatus, MSTATUS_MASK), then MPP ∈ {M, U}
   if (mstatus >>> 0 !== mstatus) invalid('cpu', CPU_V, 'csr.mstatus', range(0, U32_MAX), mstatus);
@@ -708,6 +629,143 @@ export function decodeCompactState(bytes: Uint8Array): MachineState {
       hostArgs: readByteArray(bytes, hostArgsAt, hostArgsLength),
     },
   };
+}
+
+/**
+ * The first half of decoding, the header: checks that `bytes` are one whole compact state of
+ * layout {@link COMPACT_STATE_VERSION} (magic, layout version, flags, the declared body length
+ * against the bytes and layout 1's largest, the CRC) with a body at least layout 1's smallest.
+ * Judges no field of the body. {@link decodeCompactState} calls it first; exported so that the
+ * reference decoder of compact-state.test.ts shares these checks instead of copying them.
+ *
+ * @param bytes - the whole compact state, nothing before or after it
+ * @returns a view of exactly `bytes`; the body is `[COMPACT_STATE_HEADER_BYTES, byteLength)`
+ * @throws SnapshotError `SNAPSHOT_MALFORMED` (not bytes, flags, body length),
+ *   `SNAPSHOT_BAD_MAGIC`, `SNAPSHOT_UNSUPPORTED_VERSION`, `SNAPSHOT_TRUNCATED`,
+ *   `SNAPSHOT_BAD_CRC`
+ */
+export function openCompactState(bytes: Uint8Array): DataView {
+  if (!(bytes instanceof Uint8Array)) {
+    malformed(`the input is ${typeof bytes}, not bytes; pass the Uint8Array received`);
+  }
+  const length = bytes.length;
+  const magicBytes = Math.min(length, COMPACT_STATE_MAGIC.length);
+  for (let k = 0; k < magicBytes; k++) {
+    if (bytes[k] !== COMPACT_STATE_MAGIC[k]) {
+      throw new SnapshotError(
+        'SNAPSHOT_BAD_MAGIC',
+        `not a compact hand-off state: the first bytes are not "HNDFCST\\0". A device-state ` +
+          `container ("HNDFDEV\\0") goes to decodeDeviceState; tell them apart with isCompactState.`,
+      );
+    }
+  }
+  if (length < OFF_FLAGS) truncated(length, OFF_FLAGS, 'the layout version');
+  const v = new DataView(bytes.buffer, bytes.byteOffset, length);
+  const version = v.getUint16(OFF_VERSION, true);
+  if (version !== COMPACT_STATE_VERSION) {
+    throw new SnapshotError(
+      'SNAPSHOT_UNSUPPORTED_VERSION',
+      `compact hand-off state has layout version ${version}, but this build reads only layout ` +
+        `${COMPACT_STATE_VERSION}. The sender must use the compact layout only when the receiver ` +
+        `advertises its version, and send a device-state container otherwise.`,
+    );
+  }
+  if (length < COMPACT_STATE_HEADER_BYTES) {
+    truncated(length, COMPACT_STATE_HEADER_BYTES, 'the header');
+  }
+  const flags = v.getUint16(OFF_FLAGS, true);
+  if (flags !== 0) malformed(`the header sets flags ${hex32(flags)}, which layout 1 reserves`);
+  const bodyLength = v.getUint32(OFF_BODY_LENGTH, true);
+  if (bodyLength > MAX_BODY_BYTES) {
+    malformed(
+      `the header declares a ${bodyLength}-byte body; layout 1 has at most ${MAX_BODY_BYTES}`,
+    );
+  }
+  const end = COMPACT_STATE_HEADER_BYTES + bodyLength;
+  if (length < end) truncated(length, end, `the ${bodyLength}-byte body`);
+  if (length > end) malformed(`${length - end} bytes follow the ${bodyLength}-byte body`);
+  const stored = v.getUint32(OFF_CRC, true);
+  const computed = crc32(bytes.subarray(COMPACT_STATE_HEADER_BYTES, end)) >>> 0;
+  if (computed !== stored) {
+    throw new SnapshotError(
+      'SNAPSHOT_BAD_CRC',
+      `compact hand-off state checksum mismatch (stored ${hex32(stored)}, computed ` +
+        `${hex32(computed)}): the bytes were corrupted on the way. Fail the hand-off.`,
+    );
+  }
+  if (bodyLength < MIN_BODY_BYTES) {
+    malformed(`the ${bodyLength}-byte body is shorter than layout 1's smallest, ${MIN_BODY_BYTES}`);
+  }
+  return v;
+}
+
+/**
+ * The second half of decoding, the layout of the body (`SNAPSHOT_MALFORMED`), in field order
+ * and before any value is judged, so that bytes both malformed and invalid are malformed: the
+ * reservation's presence byte is 0 or 1, the unused slots are zero (an absent reservation, a
+ * real-time clock's tick fields, the code of no exit: one state has one encoding), the
+ * generation id is at most {@link COMPACT_GENERATION_ID_LIMIT} ASCII bytes, the host argument
+ * and rx counts are within their limits and the bytes left, and no byte follows the rx bytes.
+ * Judges no value a section schema rules on (an unknown enum code, say, is the schema's to
+ * reject). {@link decodeCompactState} calls it second; exported for the reference decoder of
+ * compact-state.test.ts, as {@link openCompactState} is.
+ *
+ * @param bytes - bytes {@link openCompactState} accepted
+ * @param v - the view it returned
+ * @returns where the variable part's pieces are, as one offset in `bytes`: that of the host
+ *   arguments' u32 count. The generation id runs from the byte after its length byte (the
+ *   first byte after the fixed part) up to it, the host argument bytes follow the count, and
+ *   the rx bytes follow their own count up to the end of `bytes`.
+ * @throws SnapshotError `SNAPSHOT_MALFORMED`, with the section of the field at fault
+ */
+export function checkCompactLayout(bytes: Uint8Array, v: DataView): number {
+  // In bounds: the body has at least MIN_BODY_BYTES.
+  const b = COMPACT_STATE_HEADER_BYTES;
+  const end = v.byteLength;
+  const present = bytes[b + AT_RESERVATION]!;
+  if (present > 1) {
+    malformed(`the presence byte of cpu.reservation is ${present}, not 0 or 1`, 'cpu');
+  }
+  if (present === 0) zeroSlots(v, b + AT_RESERVATION + 1, 8, 'cpu', 'cpu.reservation when absent');
+  // Real time carries no tick fields; an unknown mode is the schema rule's to reject.
+  if (bytes[b + AT_CLOCK_MODE] === 1) {
+    zeroSlots(v, b + AT_CLOCK_MODE + 9, 16, 'clock', 'the tick fields of a real-time clock');
+  }
+  if (bytes[b + AT_EXIT] === 0) {
+    zeroSlots(v, b + AT_EXIT + 1, 8, 'finisher', 'the exit code of a finisher with no exit');
+  }
+  // The variable part: each count bounded by its limit and by the bytes left.
+  let p = b + FIXED_BODY_BYTES;
+  const idLength = bytes[p++]!;
+  if (idLength > COMPACT_GENERATION_ID_LIMIT) {
+    malformed(
+      `control.generationId has ${idLength} characters; layout 1 carries at most ` +
+        `${COMPACT_GENERATION_ID_LIMIT}`,
+      'control',
+    );
+  }
+  if (idLength > end - p) {
+    malformed('control.generationId runs past the end of the body', 'control');
+  }
+  for (let k = 0; k < idLength; k++) {
+    const c = bytes[p + k]!;
+    if (c > 0x7f) malformed(`control.generationId has a non-ASCII byte ${c}`, 'control');
+  }
+  p += idLength;
+  const hostArgsCountAt = p;
+  const hostArgsLength = byteCount(
+    v,
+    p,
+    end,
+    COMPACT_HOST_ARGS_LIMIT,
+    'control',
+    'control.hostArgs',
+  );
+  p += 4 + hostArgsLength;
+  const rxLength = byteCount(v, p, end, COMPACT_RX_LIMIT, 'uart', 'uart.rx');
+  p += 4 + rxLength;
+  if (p !== end) malformed(`${end - p} bytes follow the last field of the body`);
+  return hostArgsCountAt;
 }
 
 // ---- internals ---------------------------------------------------------------------------------

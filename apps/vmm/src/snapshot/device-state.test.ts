@@ -16,10 +16,10 @@ import {
   inspectDeviceState,
   warmUpDeviceStateCodec,
 } from './device-state.js';
-import { isSnapshotError, type SnapshotError } from './errors.js';
 import { MACHINE_SECTIONS } from './sections.js';
 import {
   bootGuest,
+  errorOf,
   hasGuest,
   machineWithRamOf,
   sampleContainer,
@@ -27,17 +27,6 @@ import {
   bootMixer,
   sectionsOf,
 } from './test-support.js';
-
-/** The SnapshotError `fn` throws (fails the test on any other outcome). */
-function errorOf(fn: () => unknown): SnapshotError {
-  try {
-    fn();
-  } catch (err) {
-    if (!isSnapshotError(err)) throw new Error(`expected a SnapshotError, got ${String(err)}`);
-    return err;
-  }
-  throw new Error('expected a SnapshotError, but nothing was thrown');
-}
 
 const json = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value));
 const GUESTS = ['interrupts.elf', 'umode.elf', 'rv32a.elf'];

@@ -25,6 +25,7 @@ import {
   type EncodeContainerOptions,
 } from './container.js';
 import { encodeDeviceState } from './device-state.js';
+import { isSnapshotError, type SnapshotError } from './errors.js';
 
 /** Directory of the prebuilt conformance ELFs. */
 export const PREBUILT = fileURLToPath(
@@ -34,6 +35,17 @@ export const PREBUILT = fileURLToPath(
 export const TEST_RAM = 16 << 20;
 /** A fixed identity, so states are reproducible. */
 export const TEST_IDENTITY = { generationId: 42n, entropy: [1, 2, 3, 4, 5, 6, 7, 8] } as const;
+
+/** The SnapshotError `fn` throws (fails the test on any other outcome). */
+export function errorOf(fn: () => unknown): SnapshotError {
+  try {
+    fn();
+  } catch (err) {
+    if (!isSnapshotError(err)) throw new Error(`expected a SnapshotError, got ${String(err)}`);
+    return err;
+  }
+  throw new Error('expected a SnapshotError, but nothing was thrown');
+}
 
 /** True when the prebuilt guest `name` exists (they are committed; tests skip without them). */
 export function hasGuest(name: string): boolean {
