@@ -64,7 +64,8 @@ const BYPASS_ROUNDS = 15;
  * Pause between two bypass migrations of a case. A vmm that just received a VM starts a spare
  * vCPU thread to replace the one the VM took (≈0.12 s of CPU to start, then its warm-up); 500 ms
  * lets that settle, so a row measures one migration on a settled machine (QEMU's rows use fresh
- * process pairs). Back to back, 200 ms apart, the medians measured ≈1–2 ms higher in total.
+ * process pairs). Back to back, 200 ms apart, the medians of some runs measured ≈1–2 ms higher in
+ * total, and the slowest quarter did in every run.
  */
 const BYPASS_GAP_MS = 500;
 
@@ -241,7 +242,7 @@ export async function run(): Promise<Table[]> {
       `Bypass rows: median (min–max) of ${BYPASS_ROUNDS} migrations back and forth, ` +
       `${BYPASS_GAP_MS} ms apart, the first one included (back to back, 200 ms apart, the ` +
       'target of one migration is still starting its replacement spare vCPU thread at the next ' +
-      'and the medians measured ≈1–2 ms higher in total). ' +
+      'and the medians of some runs measured ≈1–2 ms higher in total, the slowest quarter of all). ' +
       "Total and setup are the source vmm's (MigrateVm until it knows " +
       "the target runs the guest), like QEMU's total-time; bypass rows go through the target's " +
       'hand-off slot alone, as the migrator does; the target built the machine beforehand at ' +
