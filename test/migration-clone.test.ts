@@ -14,6 +14,7 @@ import {
   AB_BASE,
   AB_PAGES,
   abArgs,
+  expectRetired,
   headerFor,
   migrateVm,
   rawIncoming,
@@ -186,12 +187,10 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
       expect(dst.ram[0]!.regionRef!.identity).toBe(template.identity);
       expect(dst.ram[0]!.regionRef!.regionId).toBe(template.id);
       expect(mappingsOf(to.process.pid, template.path).length).toBeGreaterThan(0);
-      const src = (await vmmCall(from.client, 'getVm', { name })).vm!;
-      expect(src.state).toBe(pb.VmState.VM_STATE_POSTMIGRATE);
       // (a) the guest's memory is intact on the target, template pages included.
       await checkClone(to, name);
-      // The husk unmapped the template and only the target is attached to it.
-      await vmmCall(from.client, 'destroyVm', { name });
+      // The source retired its husk: it unmapped the template and only the target is attached.
+      await expectRetired(from, name);
       expect(mappingsOf(from.process.pid, template.path)).toEqual([]);
       const t = await getTemplate();
       expect(t.cloneCount).toBe(1);
@@ -205,7 +204,7 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
     });
     expect(copied.status).toBe('completed');
     expect(copied.ram.transferred).toBeGreaterThan(PATTERN_PAGES * 4096);
-    await vmmCall(from.client, 'destroyVm', { name });
+    await expectRetired(from, name);
     await vmmCall(to.client, 'destroyVm', { name });
     expect((await getTemplate()).cloneCount).toBe(0);
   });

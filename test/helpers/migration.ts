@@ -1,7 +1,7 @@
 import { closeSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { vmm as pb } from '@handoff/proto';
-import { migration, vmmStream } from '@handoff/proto';
+import { migration, vmm as vmmPb, vmmStream } from '@handoff/proto';
 import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
@@ -258,4 +258,33 @@ export async function refused(p: Promise<unknown>): Promise<RemoteError> {
     throw e;
   }
   throw new Error('the call succeeded but should have been refused');
+}
+
+/**
+ * After a completed migration the source retires the VM on its own: it is listed as
+ * `postmigrate` (never running) until its thread and mappings are gone, then not at all.
+ * Asserts that, waiting up to `timeoutMs` for it to go.
+ */
+export async function expectRetired(
+  source: VmmUnderTest,
+  name: string,
+  timeoutMs = 5000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let state: pb.VmState;
+    try {
+      state = (await vmmCall(source.client, 'getVm', { name })).vm!.state;
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'VMM_VM_NOT_FOUND') return;
+      throw err;
+    }
+    if (state !== vmmPb.VmState.VM_STATE_POSTMIGRATE) {
+      throw new Error(`VM ${name} is ${vmmPb.VmState[state]} on its migration source`);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`VM ${name} is still listed on its migration source after ${timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

@@ -106,7 +106,7 @@ export class IncomingTokens {
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
   ): Promise<PreparedIncoming> {
-    const reserved = this.host.reserve(name);
+    const reserved = await this.host.reserve(name);
     // No spare thread starts (and warms up) while this migration may be timed.
     const unhold = this.host.holdSpares();
     const release = (): void => {

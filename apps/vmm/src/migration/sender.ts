@@ -428,12 +428,9 @@ export class OutgoingMigration {
     this.downtimeUs = Math.max(0, Number(ack.resumeTimeUnixUs) - stopUs);
     // Never run it here again (the VM is postmigrate at once; its thread and mappings go in the
     // background, and a destroy waits for them).
-    const teardown = vm.handOff((b) => modes[blocks.indexOf(b)] === 'ref');
+    void this.o.host.retire(vm, (b) => modes[blocks.indexOf(b)] === 'ref');
     this.totalMs = now() - this.started;
     this.sm.transition('completed');
-    teardown.catch((e: unknown) =>
-      log.warn({ error: (e as Error).message }, 'postmigrate teardown failed'),
-    );
     // The stop and the target's start on the source's clock (wall stamps of both vCPUs).
     this.timeline.stopped = stopUs / 1000 - performance.timeOrigin - this.started;
     this.timeline.targetRuns = this.timeline.stopped + this.downtimeUs / 1000;

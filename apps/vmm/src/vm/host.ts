@@ -58,6 +58,9 @@ export class VmHost {
   private leaseClient: LeaseChannelClient | undefined;
   private readonly sampler: NodeJS.Timeout;
   private readonly threads: VcpuThreadPool;
+  /** Migrated-away VMs still being torn down, by name: a VM arriving under the name waits. */
+  private readonly retiring = new Map<string, Promise<void>>();
+  private readonly changeListeners = new Set<() => void>();
   private closed = false;
 
   /** @throws VmmError `VMM_VCPU_FAILED` when the compiled vCPU worker is missing */
@@ -123,6 +126,7 @@ export class VmHost {
         throw err;
       }
       this.vms.set(spec.name, vm);
+      this.changed();
       log.info(
         {
           guest: guest.path,
@@ -170,7 +174,8 @@ export class VmHost {
    *
    * @throws VmmError `VMM_VM_EXISTS`
    */
-  reserve(name: string): () => void {
+  async reserve(name: string): Promise<() => void> {
+    await this.retiring.get(name); // a VM that just left under this name is gone first
     if (this.vms.has(name) || this.creating.has(name)) {
       throw new VmmError(
         'VMM_VM_EXISTS',
@@ -203,6 +208,8 @@ export class VmHost {
     } catch (err) {
       this.vms.delete(vm.name);
       throw err;
+    } finally {
+      this.changed();
     }
   }
 
@@ -220,6 +227,49 @@ export class VmHost {
    */
   adoptHandedOff(vm: Vm): void {
     this.vms.set(vm.name, vm);
+    this.changed();
+  }
+
+  /**
+   * An outgoing migration completed: the target runs the guest. The VM is `postmigrate` here at
+   * once (it never resumes here) and leaves this instance once its vCPU thread stopped and its
+   * blocks are unmapped — `keep` blocks (handed off by reference) without giving back their
+   * lease or region. Resolves when it is gone; never rejects (a failed teardown is logged).
+   */
+  retire(vm: Vm, keep: (block: RamBacking) => boolean): Promise<void> {
+    const gone = vm
+      .handOff(keep)
+      .catch((err: unknown) =>
+        vm.log.warn({ error: (err as Error).message }, 'postmigrate teardown failed'),
+      )
+      .then(() => vm.destroy('migrated away: the VM runs on the migration target'))
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.vms.get(vm.name) === vm) this.vms.delete(vm.name);
+        if (this.retiring.get(vm.name) === gone) this.retiring.delete(vm.name);
+        this.changed();
+      });
+    this.retiring.set(vm.name, gone);
+    return gone;
+  }
+
+  /**
+   * Calls `listener` after every change of this instance's set of VMs (created, arrived,
+   * destroyed, migrated away); returns the unsubscribe function.
+   */
+  onVmsChanged(listener: () => void): () => void {
+    this.changeListeners.add(listener);
+    return () => this.changeListeners.delete(listener);
+  }
+
+  private changed(): void {
+    for (const l of [...this.changeListeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.opts.logger.warn({ error: (err as Error).message }, 'a VM-set listener failed');
+      }
+    }
   }
 
   /**
@@ -284,7 +334,8 @@ export class VmHost {
     try {
       await vm.destroy();
     } finally {
-      this.vms.delete(name);
+      if (this.vms.get(name) === vm) this.vms.delete(name);
+      this.changed();
     }
   }
 
@@ -306,6 +357,7 @@ export class VmHost {
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );
+    await Promise.all(this.retiring.values());
     this.leaseClient?.close();
     this.memstoreClient?.close();
   }

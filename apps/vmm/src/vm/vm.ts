@@ -364,7 +364,7 @@ export class Vm {
    * Stops the vCPU thread, unmaps RAM and gives back leases / clone attachments, then emits
    * `destroyed` and ends every console and watcher. Idempotent.
    */
-  destroy(): Promise<void> {
+  destroy(detail = 'the VM was destroyed'): Promise<void> {
     this.destroying ??= (async () => {
       await this.handingOff?.catch(() => undefined); // its blocks are unmapped its own way
       this.ring(Request.STOP);
@@ -373,7 +373,7 @@ export class Vm {
       await closeRamBlocks(this.ram);
       this.gone = true;
       for (const w of [...this.stateWaiters]) w('gone');
-      this.emit('destroyed', 'the VM was destroyed');
+      this.emit('destroyed', detail);
       for (const c of this.consoles) c.end();
       this.consoles.clear();
       this.listeners.clear();
