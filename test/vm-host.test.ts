@@ -27,7 +27,7 @@ describe('the VM host and its vCPU threads', () => {
   });
 
   it('runs the compiled worker when the host runs from sources', () => {
-    expect(fileURLToPath(vcpuWorkerUrl())).toMatch(/apps\/vmm\/dist\/vm\/vcpu-worker\.js$/);
+    expect(fileURLToPath(vcpuWorkerUrl())).toMatch(/apps\/vmm\/dist\/vcpu\/thread\.js$/);
   });
 
   it('pauses within about a millisecond of the request, at an instruction boundary', async () => {

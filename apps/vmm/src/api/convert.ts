@@ -1,5 +1,5 @@
 import { dateToTimestamp, vmm as pb } from '@handoff/proto';
-import { VmmError } from '../vm/errors.js';
+import { VmmError } from '../model/vmm-error.js';
 import type {
   RamBackendKind,
   RamBlockInfo,
@@ -9,7 +9,7 @@ import type {
   VmInfo,
   VmSpec,
   VmState,
-} from '../vm/types.js';
+} from '../model/types.js';
 
 /** Wire ↔ domain conversions of the VmmService edge; nothing else touches generated types. */
 

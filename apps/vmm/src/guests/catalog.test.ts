@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { VmmError } from '../vm/errors.js';
+import { VmmError } from '../model/vmm-error.js';
 import { DEFAULT_GUESTS_DIR, guestPath, loadGuest } from './catalog.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'handoff-catalog-'));

@@ -2,7 +2,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LoaderError, parseElf, type ElfImage } from '../loader/elf.js';
-import { VmmError } from '../vm/errors.js';
+import { VmmError } from '../model/vmm-error.js';
 
 /**
  * Guest lookup: a built-in name (`hello`, `ab`, `kvserver`, `bench`, or `conformance/<test>`)

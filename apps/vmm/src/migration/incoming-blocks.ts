@@ -13,10 +13,10 @@ import type { RamBacking, RamContext } from '../ram/index.js';
 import { openPrivate } from '../ram/private.js';
 import { mapShared } from '../ram/shared.js';
 import type { VmHost } from '../vm/host.js';
-import type { RamBlockSpec, VmSpec } from '../vm/types.js';
+import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { Vm } from '../vm/vm.js';
-import { MigrationError } from './errors.js';
-import { PAGE_SIZE, type BlockMode, type IncomingBlock } from './stream.js';
+import { MigrationError } from '../model/migration-error.js';
+import { PAGE_SIZE, type BlockMode, type IncomingBlock } from './pages/frames.js';
 
 /** One block of an incoming table: how it travels and, once opened, its memory here. */
 export interface Block extends IncomingBlock {

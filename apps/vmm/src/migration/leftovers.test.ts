@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '@handoff/service';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HandoffSlot } from './handoff-slot.js';
+import { HandoffSlot } from '../switchover/slot.js';
 import { sweepLeftovers } from './leftovers.js';
 
 const root = mkdtempSync(join(tmpdir(), 'handoff-leftovers-'));

@@ -8,8 +8,8 @@
 import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '@handoff/service';
-import { dataChannelAlive } from './data-channel.js';
-import { isSlotName, slotPrefixOf } from './handoff-slot.js';
+import { dataChannelAlive } from './transport/data-channel.js';
+import { isSlotName, slotPrefixOf } from '../switchover/slot.js';
 
 /** Where a vmm instance looks for what its predecessors left. */
 export interface LeftoverPlaces {

@@ -8,16 +8,16 @@ import type { vmmStream } from '@handoff/proto';
 import { createClient, type Logger } from '@handoff/service';
 import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
 import type { VmHost } from '../vm/host.js';
-import { startDataChannel, type DataChannelServer } from './data-channel.js';
-import { MigrationError } from './errors.js';
+import { startDataChannel, type DataChannelServer } from './transport/data-channel.js';
+import { MigrationError } from '../model/migration-error.js';
 import {
   IncomingTokens,
   receiveMigration,
   type IncomingHint,
   type PreparedIncoming,
-} from './receiver.js';
-import { OutgoingMigration } from './sender.js';
-import { MigrationServiceClient } from './stream.js';
+} from './incoming.js';
+import { OutgoingMigration } from './outgoing.js';
+import { MigrationServiceClient } from './pages/frames.js';
 
 /** Finished migrations remembered for GetMigration, per VM name. */
 const KEEP_FINISHED = 256;

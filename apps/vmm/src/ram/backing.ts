@@ -1,9 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import type { memstore } from '@handoff/proto';
 import { RemoteError, ServiceError, type Logger } from '@handoff/service';
-import { VmmError } from '../vm/errors.js';
-import type { RamBlockSpec, RegionRef } from '../vm/types.js';
-import type { LeaseCalls } from './lease-channel.js';
+import { VmmError } from '../model/vmm-error.js';
+import type { RamBlockSpec, RegionRef } from '../model/types.js';
+import type { LeaseCalls } from '../leases/lease-channel.js';
 
 /**
  * A RAM block's memory, mapped in this process: a SharedArrayBuffer the vCPU worker adopts

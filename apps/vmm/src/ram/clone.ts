@@ -1,8 +1,8 @@
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
-import { VmmError } from '../vm/errors.js';
-import type { RamBlockSpec } from '../vm/types.js';
+import { VmmError } from '../model/vmm-error.js';
+import type { RamBlockSpec } from '../model/types.js';
 import {
   byId,
   byName,

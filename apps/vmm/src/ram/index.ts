@@ -1,5 +1,5 @@
 /** RAM backends of a VM's blocks: private memfd, shared memstore region, copy-on-write clone. */
-import type { RamBlockSpec } from '../vm/types.js';
+import type { RamBlockSpec } from '../model/types.js';
 import type { RamBacking, RamContext } from './backing.js';
 import { openClone } from './clone.js';
 import { openPrivate } from './private.js';
@@ -11,7 +11,7 @@ export {
   type LeaseCallOptions,
   type LeaseCalls,
   type LeaseChannelClientOptions,
-} from './lease-channel.js';
+} from '../leases/lease-channel.js';
 
 /** Maps one block with its backend. */
 export function openRamBlock(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {

@@ -1,6 +1,6 @@
 import { closeSync, write as writeFd } from 'node:fs';
 import { createMemfd, dataRanges, fallocate, mapFd } from '@handoff/shm';
-import type { RamBlockSpec } from '../vm/types.js';
+import type { RamBlockSpec } from '../model/types.js';
 import type { RamBacking, RamContext } from './backing.js';
 
 /**

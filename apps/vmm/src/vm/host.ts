@@ -12,12 +12,12 @@ import {
   type RamBacking,
   type RamContext,
 } from '../ram/index.js';
-import { VmmError } from './errors.js';
+import { VmmError } from '../model/vmm-error.js';
 import { normalizeSpec, validateSpec } from './spec.js';
-import type { RamBlockSpec, VmInfo, VmSpec } from './types.js';
+import type { RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
 import { Vm } from './vm.js';
-import { VcpuThreadPool } from './thread-pool.js';
-import { vcpuWorkerUrl } from './worker-url.js';
+import { VcpuThreadPool } from '../vcpu/pool.js';
+import { vcpuWorkerUrl } from '../vcpu/worker-url.js';
 import type { MachineState } from '../machine/state.js';
 import { createMachine } from '../machine/machine.js';
 import { warmUpDeviceStateCodec } from '../snapshot/device-state.js';

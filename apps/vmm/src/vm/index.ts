@@ -1,5 +1,5 @@
 /** The VM host: VMs with worker-thread vCPUs, their lifecycle, consoles and dirty logs. */
-export { VMM_ERROR_CODES, VmmError, type VmmErrorCode } from './errors.js';
+export { VMM_ERROR_CODES, VmmError, type VmmErrorCode } from '../model/vmm-error.js';
 export { VmHost, checkImageFits, type VmHostOptions } from './host.js';
 export {
   BLOCK_ID_PATTERN,
@@ -24,6 +24,6 @@ export type {
   VmInfo,
   VmSpec,
   VmState,
-} from './types.js';
+} from '../model/types.js';
 export { CONSOLE_BACKLOG_BYTES, Vm, type ConsoleSink } from './vm.js';
-export { vcpuWorkerUrl } from './worker-url.js';
+export { vcpuWorkerUrl } from '../vcpu/worker-url.js';

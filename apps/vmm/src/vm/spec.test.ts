@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { VirtMap } from '../machine/virt-map.js';
-import { VmmError } from './errors.js';
+import { VmmError } from '../model/vmm-error.js';
 import { deviceWindows, hostArgsOf, normalizeSpec, validateBlocks, validateSpec } from './spec.js';
-import type { RamBlockSpec, VmSpec } from './types.js';
+import type { RamBlockSpec, VmSpec } from '../model/types.js';
 
 const MiB = 1024 * 1024;
 const limits = { maxVmMemory: 256 * MiB };

@@ -2,8 +2,8 @@ import { HOST_ARGS_SIZE } from '../devices/control.js';
 import { createMachine } from '../machine/machine.js';
 import { DEFAULT_RAM_SIZE, VirtMap } from '../machine/virt-map.js';
 import { PAGE_SIZE } from '../memory/pages.js';
-import { VmmError } from './errors.js';
-import type { RamBlockSpec, VmSpec } from './types.js';
+import { VmmError } from '../model/vmm-error.js';
+import type { RamBlockSpec, VmSpec } from '../model/types.js';
 
 /** VM names: unique in the cluster, usable in region names and lease holders. */
 export const VM_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,47}$/;

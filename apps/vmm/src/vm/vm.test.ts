@@ -7,10 +7,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
 import type { RamBacking } from '../ram/index.js';
-import { Ctl, Request } from './protocol.js';
+import { Ctl, Request } from '../vcpu/protocol.js';
 import { normalizeSpec } from './spec.js';
-import { VcpuThreadPool } from './thread-pool.js';
-import type { VmSpec } from './types.js';
+import { VcpuThreadPool } from '../vcpu/pool.js';
+import type { VmSpec } from '../model/types.js';
 import { Vm } from './vm.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'handoff-vm-'));

@@ -4,11 +4,11 @@ import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
 import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
-import type { HandoffLeasePlan } from '../migration/handoff-lease.js';
+import type { HandoffLeasePlan } from '../leases/thread-step.js';
 import type { RamBacking as RamBackingT } from '../ram/backing.js';
 import { PAGE_SHIFT } from '../memory/pages.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
-import { VmmError } from './errors.js';
+import { VmmError } from '../model/vmm-error.js';
 import {
   CONTROL_BYTES,
   Ctl,
@@ -18,10 +18,10 @@ import {
   type VcpuInit,
   type VcpuMessage,
   type VcpuRunState,
-} from './protocol.js';
+} from '../vcpu/protocol.js';
 import { hostArgsOf } from './spec.js';
-import type { VcpuThreadPool } from './thread-pool.js';
-import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from './types.js';
+import type { VcpuThreadPool } from '../vcpu/pool.js';
+import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from '../model/types.js';
 
 /** How long a state change (start, pause, resume) may take before the vCPU counts as failed. */
 const STATE_TIMEOUT_MS = 5000;

@@ -1,12 +1,12 @@
 import { PageBitmap } from '@handoff/bitmap';
 import type { vmmStream } from '@handoff/proto';
 import { describe, expect, it, vi } from 'vitest';
-import type { RamBacking } from '../ram/index.js';
-import { openPrivate } from '../ram/private.js';
-import type { RamContext } from '../ram/backing.js';
+import type { RamBacking } from '../../ram/index.js';
+import { openPrivate } from '../../ram/private.js';
+import type { RamContext } from '../../ram/backing.js';
 import { PageReceiver } from './page-receiver.js';
 import { PageSender } from './page-sender.js';
-import { PAGE_SIZE, RUN_ZERO, type IncomingBlock } from './stream.js';
+import { PAGE_SIZE, RUN_ZERO, type IncomingBlock } from './frames.js';
 
 const PAGES = 64;
 

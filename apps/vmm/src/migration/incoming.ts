@@ -18,12 +18,12 @@ import { byId, memstoreCall, type RamContext } from '../ram/backing.js';
 import { holderOf } from '../ram/index.js';
 import { decodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
-import type { VmSpec } from '../vm/types.js';
-import type { HandoffOutcome } from '../vm/protocol.js';
+import type { VmSpec } from '../model/types.js';
+import type { HandoffOutcome } from '../vcpu/protocol.js';
 import type { Vm } from '../vm/vm.js';
 import { failpoint } from '../failpoints.js';
-import type { IncomingChannel } from './channel.js';
-import { MigrationError } from './errors.js';
+import type { IncomingChannel } from './transport/channel.js';
+import { MigrationError } from '../model/migration-error.js';
 import {
   copiedSpec,
   discardPrebuilt,
@@ -34,10 +34,10 @@ import {
   type BlockPlan,
   type Prebuilt,
 } from './incoming-blocks.js';
-import { HandoffSlot } from './handoff-slot.js';
-import type { ArmedTransfer, HandoffLeasePlan } from './handoff-lease.js';
-import { PageReceiver } from './page-receiver.js';
-import { PAGE_SIZE, STREAM_FORMAT } from './stream.js';
+import { HandoffSlot } from '../switchover/slot.js';
+import type { ArmedTransfer, HandoffLeasePlan } from '../leases/thread-step.js';
+import { PageReceiver } from './pages/page-receiver.js';
+import { PAGE_SIZE, STREAM_FORMAT } from './pages/frames.js';
 
 /** How long a PrepareIncoming token stays valid. */
 export const TOKEN_TTL_MS = 60_000;

@@ -17,9 +17,9 @@ import type { MachineState } from '../machine/state.js';
 import { parseElf } from '../loader/elf.js';
 import { PAGE_SHIFT, setPageBits } from '../memory/pages.js';
 import { makePageTables, type PageTables } from '../memory/ram-block.js';
-import { MAX_BLOCK_SIZE } from './spec.js';
+import { MAX_BLOCK_SIZE } from '../vm/spec.js';
 import { failpoint } from '../failpoints.js';
-import { openLeaseStep, type LeaseStep } from '../migration/handoff-lease.js';
+import { openLeaseStep, type LeaseStep } from '../leases/thread-step.js';
 import {
   abortSlot,
   announceStop,
@@ -29,7 +29,7 @@ import {
   publishState,
   SlotState,
   takeState,
-} from '../migration/handoff-slot.js';
+} from '../switchover/slot.js';
 import {
   decodeCompactState,
   encodeCompactState,
@@ -46,7 +46,7 @@ import {
   type VcpuMessage,
   type VcpuRunState,
 } from './protocol.js';
-import type { SpareData, SpareInit } from './thread-pool.js';
+import type { SpareData, SpareInit } from './pool.js';
 
 /** Slice bounds in instructions; the budget adapts to last ~0.25–1 ms per slice. */
 const MIN_SLICE = 10_000;
@@ -141,7 +141,7 @@ function tablesFor(ramSize: number): PageTables | undefined {
   return t !== undefined && ramSize >>> PAGE_SHIFT >= t.codePages.length >>> 2 ? t : undefined;
 }
 
-/** Started with its init, or a spare of the thread pool that waits for it (thread-pool.ts). */
+/** Started with its init, or a spare of the thread pool that waits for it (pool.ts). */
 const started = workerData as VcpuInit | SpareData;
 const init: VcpuInit = isSpare(started) ? await awaitInit(started) : started;
 

@@ -23,12 +23,12 @@ import type { RamBacking } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
-import { grpcOutgoing, type OutgoingChannel } from './channel.js';
-import { connectDataChannel, dataChannelAlive } from './data-channel.js';
-import { MigrationError } from './errors.js';
-import { HandoffSlot, SlotState, type SlotExpectation } from './handoff-slot.js';
-import { PageSender } from './page-sender.js';
-import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './stream.js';
+import { grpcOutgoing, type OutgoingChannel } from './transport/channel.js';
+import { connectDataChannel, dataChannelAlive } from './transport/data-channel.js';
+import { MigrationError } from '../model/migration-error.js';
+import { HandoffSlot, SlotState, type SlotExpectation } from '../switchover/slot.js';
+import { PageSender } from './pages/page-sender.js';
+import { PAGE_SIZE, STREAM_FORMAT, type BlockMode } from './pages/frames.js';
 
 /** How long the target may take to answer the header, and to resume after completion. */
 const HEADER_TIMEOUT_MS = 15_000;

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { vmmStream } from '@handoff/proto';
 import { createClient } from '@handoff/service';
 import { describe, expect, it } from 'vitest';
-import { MigrationError } from './errors.js';
+import { MigrationError } from '../../model/migration-error.js';
 import {
   checkFrame,
   encodeIncomingRequest,
@@ -13,7 +13,7 @@ import {
   PAGE_SIZE,
   RUN_ZERO,
   type IncomingBlock,
-} from './stream.js';
+} from './frames.js';
 
 const table: IncomingBlock[] = [
   { pages: 16, mode: 'copy', bytes: null },

@@ -19,8 +19,8 @@ import { vmmStream } from '@handoff/proto';
 import { RecycledBuffers, FramedSocket, frameHeader, type Logger } from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
-import { MigrationError } from './errors.js';
-import { encodeIncomingRequestParts } from './stream.js';
+import { MigrationError } from '../../model/migration-error.js';
+import { encodeIncomingRequestParts } from '../pages/frames.js';
 
 /**
  * Largest request frame a target accepts: a page frame is at most 1 MiB of data plus 4096 runs

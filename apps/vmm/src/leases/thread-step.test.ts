@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { memstore as pb } from '@handoff/proto';
 import { mapFile } from '@handoff/shm';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ArmedLeases, LeaseLink, openLeaseStep, readAnswer } from './handoff-lease.js';
+import { ArmedLeases, LeaseLink, openLeaseStep, readAnswer } from './thread-step.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'handoff-lease-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

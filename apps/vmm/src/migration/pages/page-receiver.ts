@@ -16,7 +16,7 @@
  */
 import { PageBitmap } from '@handoff/bitmap';
 import type { vmmStream } from '@handoff/proto';
-import { checkFrame, PAGE_SIZE, type IncomingBlock } from './stream.js';
+import { checkFrame, PAGE_SIZE, type IncomingBlock } from './frames.js';
 
 /** Bytes of page data queued for writing before `apply` waits for the writes to catch up. */
 export const MAX_QUEUED_BYTES = 32 * 1024 * 1024;

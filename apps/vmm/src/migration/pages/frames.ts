@@ -9,8 +9,8 @@ import {
   type ClientOptions,
 } from '@grpc/grpc-js';
 import { vmmStream } from '@handoff/proto';
-import type { RamBacking } from '../ram/backing.js';
-import { MigrationError } from './errors.js';
+import type { RamBacking } from '../../ram/backing.js';
+import { MigrationError } from '../../model/migration-error.js';
 
 /** Stream format version: major must match, the receiver loads minor <= its own. */
 export const STREAM_FORMAT = { major: 1, minor: 1 } as const;

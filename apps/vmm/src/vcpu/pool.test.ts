@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { VcpuInit } from './protocol.js';
-import { VcpuThreadPool } from './thread-pool.js';
+import { VcpuThreadPool } from './pool.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'handoff-pool-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -16,7 +16,7 @@ import {
   slotState,
   takeState,
   type SlotExpectation,
-} from './handoff-slot.js';
+} from './slot.js';
 import { COMPACT_STATE_VERSION } from '../snapshot/compact-state.js';
 
 const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'handoff-slot-test-'));
@@ -120,7 +120,7 @@ function slotThread(
       eval: true,
       workerData: {
         buffer,
-        module: new URL('../../dist/migration/handoff-slot.js', import.meta.url).href,
+        module: new URL('../../dist/switchover/slot.js', import.meta.url).href,
       },
       execArgv: [], // not the test runner's source conditions: the built packages
     },
@@ -285,7 +285,7 @@ describe('HandoffSlot', () => {
         // The compiled module, like the vCPU thread's (`npm test` builds first).
         workerData: {
           buffer: s.buffer,
-          module: new URL('../../dist/migration/handoff-slot.js', import.meta.url).href,
+          module: new URL('../../dist/switchover/slot.js', import.meta.url).href,
         },
         execArgv: [], // not the test runner's source conditions: the built packages
       },

@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { vmmStream } from '@handoff/proto';
 import { anyEvent } from '@handoff/service';
-import { MigrationError } from './errors.js';
+import { MigrationError } from '../../model/migration-error.js';
 
 /** Frames a reader keeps before it stops reading from the peer (flow control). */
 const READ_AHEAD = 4;

@@ -50,7 +50,7 @@ import { randomBytes } from 'node:crypto';
 import { basename, isAbsolute, join } from 'node:path';
 import { futexWait, futexWake, mapFd, mapFile, type Mapping } from '@handoff/shm';
 import { COMPACT_STATE_VERSION, compactStateCurrent } from '../snapshot/compact-state.js';
-import { MigrationError } from './errors.js';
+import { MigrationError } from '../model/migration-error.js';
 
 /** Values of the state word. */
 export const SlotState = {

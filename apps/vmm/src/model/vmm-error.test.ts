@@ -1,6 +1,6 @@
 import { STATUS_BY_CODE } from '@handoff/service';
 import { describe, expect, it } from 'vitest';
-import { VMM_ERROR_CODES, VmmError } from './errors.js';
+import { VMM_ERROR_CODES, VmmError } from './vmm-error.js';
 
 describe('VmmError', () => {
   it('has every code in the one status table', () => {

@@ -2,7 +2,7 @@
  * The protocol between the VM host (main thread) and a vCPU worker thread.
  *
  * ```
- *  main thread (gRPC, VmHost, Vm)                 vCPU worker (vcpu-worker.ts)
+ *  main thread (gRPC, VmHost, Vm)                 vCPU worker (thread.ts)  
  *  ─────────────────────────────                  ────────────────────────────
  *  control SAB (Int32Array, see Ctl):
  *    REQUEST ← run / pause / stop       ───────▶  read when DOORBELL moved (one Atomics.load
@@ -30,7 +30,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { ControlIdentity } from '../devices/control.js';
 import type { MachineState } from '../machine/state.js';
-import type { HandoffLeasePlan } from '../migration/handoff-lease.js';
+import type { HandoffLeasePlan } from '../leases/thread-step.js';
 
 /** Int32 indices of the control SharedArrayBuffer. */
 export const Ctl = {

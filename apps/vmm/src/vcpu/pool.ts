@@ -4,7 +4,7 @@
  * arrives by migration takes a spare that already waits for its {@link VcpuInit}, and the pool
  * starts the next spare a little later, off the path that took one.
  *
- * Contract with `vcpu-worker.ts`: a spare starts with a {@link SpareData} as `workerData` and
+ * Contract with `thread.ts`: a spare starts with a {@link SpareData} as `workerData` and
  * waits for exactly one `{ t: 'init', init }` message on its parent port (the command port
  * travels in the transfer list); a thread started with a `VcpuInit` runs at once. While it
  * waits, a spare warms up in short steps and pauses them while the pool's hush word is not 0.

@@ -8,8 +8,8 @@
  */
 import type { PageBitmap } from '@handoff/bitmap';
 import type { vmmStream } from '@handoff/proto';
-import type { RamBacking } from '../ram/index.js';
-import { FrameBuilder, isZeroPage, MAX_FRAME_DATA, PAGE_SIZE, type BlockMode } from './stream.js';
+import type { RamBacking } from '../../ram/index.js';
+import { FrameBuilder, isZeroPage, MAX_FRAME_DATA, PAGE_SIZE, type BlockMode } from './frames.js';
 
 /** Pages of one frame's data. */
 const RUN_PAGES = MAX_FRAME_DATA / PAGE_SIZE;

@@ -14,7 +14,7 @@ import {
   startDataChannel,
   type DataChannelServer,
 } from './data-channel.js';
-import { MigrationError } from './errors.js';
+import { MigrationError } from '../../model/migration-error.js';
 
 // The real `connect`, replaceable per call: a probe that gets no answer needs a socket that never
 // connects, which a real address cannot promise.
