@@ -250,7 +250,7 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
     const info = await migrateVm(a, b, name, { capabilities: { 'bypass-shared-memory': true } });
     expect(info.status).toBe('completed');
     await checkClone(b, name);
-    await vmmCall(a.client, 'destroyVm', { name });
+    await expectRetired(a, name);
     await vmmCall(b.client, 'destroyVm', { name });
   });
 });

@@ -16,11 +16,11 @@ import {
 import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
- * A bypass target takes the shared region's lease at the hand-off (here a direct one: its vCPU
+ * A bypass target takes the shared region's lease at the switchover (here through the slot: its vCPU
  * thread flips the transfer memstore armed). These targets fail right after that (vmm failpoint
  * `incoming-after-lease`): one by an error, which hands the lease back so the source resumes
  * unchanged; one by kill -9, which leaves the lease with a dead holder, so the source stays
- * paused and fenced and says so. A third dies just before the flip (`handoff-before-lease`):
+ * paused and fenced and says so. A third dies just before the flip (`switchover-before-lease`):
  * the source's re-take cancels the arm and it resumes unchanged.
  */
 describe('a bypass target that fails around taking the lease', () => {
@@ -43,7 +43,7 @@ describe('a bypass target that fails around taking the lease', () => {
         memstore.process.address,
         '--max-vm-memory',
         '64M',
-        '--handoff-dir',
+        '--switchover-dir',
         dirs.volatileDir,
       ],
       failpoint !== undefined ? { env: { HANDOFF_VMM_FAILPOINT: failpoint } } : {},
@@ -58,8 +58,8 @@ describe('a bypass target that fails around taking the lease', () => {
         startVmm('vmm-f', 'incoming-after-lease'),
         startVmm('vmm-k-data', 'incoming-after-lease:kill'),
         startVmm('vmm-k-slot', 'incoming-after-lease:kill'),
-        startVmm('vmm-j-data', 'handoff-before-lease:kill'),
-        startVmm('vmm-j-slot', 'handoff-before-lease:kill'),
+        startVmm('vmm-j-data', 'switchover-before-lease:kill'),
+        startVmm('vmm-j-slot', 'switchover-before-lease:kill'),
       ]);
   });
 
@@ -142,7 +142,7 @@ describe('a bypass target that fails around taking the lease', () => {
       expect(r.consistent, r.description).toBe(true);
       await vmmCall(source.client, 'destroyVm', { name });
     });
-    it(`resumes unchanged when a direct hand-off target dies before it flipped the armed lease (${via})`, async () => {
+    it(`resumes unchanged when a switchover target dies before it flipped the armed lease (${via})`, async () => {
       // The source's vCPU stopped and published its state; the target's thread restored it and
       // died just before the compare-and-set. The source re-takes its own lease through memstore,
       // which cancels the arm first: the target can never win it afterwards.
@@ -154,7 +154,7 @@ describe('a bypass target that fails around taking the lease', () => {
       );
       expect(err.code).toBe('MIGRATION_TARGET_FAILED');
       expect(err.message).toMatch(/resumed here, unchanged/);
-      // The direct hand-off was offered (a killed target leaves its slot behind; its log lines
+      // The switchover was offered (a killed target leaves its slot behind; its log lines
       // may die with it).
       expect(
         readdirSync(dirs.volatileDir).some((f) => f.startsWith(slotPrefixOf(`vmm-j-${via}`))),
@@ -170,7 +170,7 @@ describe('a bypass target that fails around taking the lease', () => {
         expect(
           readdirSync(dirs.volatileDir).filter((f) => f.startsWith(slotPrefixOf(`vmm-j-${via}`))),
         ).toEqual([]);
-        expect(again.process.output()).toMatch(/removed hand-off slots and data-channel sockets/);
+        expect(again.process.output()).toMatch(/removed switchover slots and data-channel sockets/);
       } finally {
         await again.stop();
       }

@@ -3,7 +3,8 @@ import * as grpc from '@grpc/grpc-js';
 import { memstore as msPb, migration as mpb, vmm as pb, type vmmStream } from '@handoff/proto';
 import { RemoteError, unaryCall } from '@handoff/service';
 import { resolveCapabilities } from '@handoff/qapi';
-import { capabilitiesToWire } from '@handoff/qapi/wire';
+import type { MigrationInfo } from '@handoff/qapi';
+import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import { mapFile } from '@handoff/shm';
 import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,11 +17,7 @@ import {
   migrateVm,
   rawIncoming,
   readPrivateRam,
-  handoffOf,
-  prebuiltOf,
   refused,
-  stateEncodingOf,
-  streamOf,
 } from './helpers/migration.js';
 import {
   memstoreDirs,
@@ -33,8 +30,21 @@ import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from
 
 const { RamBackend } = pb;
 const ROUNDS = 20;
-/** Where a hand-off slot's header lists the compact state layouts its target reads. */
+/** Where a switchover slot's header lists the compact state layouts its target reads. */
 const COMPACT_LAYOUTS_AT = 52;
+
+/**
+ * A completed migration's milestones are in order: the source stopped, its state left, the
+ * target ran the guest; and the pause between the first and the last is the reported downtime.
+ */
+function expectTimeline(info: MigrationInfo): void {
+  const t = info.timeline!;
+  expect(t.stoppedMs).toBeGreaterThan(0);
+  expect(t.statePublishedMs).toBeGreaterThanOrEqual(t.stoppedMs);
+  expect(t.targetRunningMs).toBeGreaterThanOrEqual(t.statePublishedMs);
+  expect(t.targetRunningMs).toBeLessThanOrEqual(info.totalTimeMs + 1);
+  expect(Math.abs((t.targetRunningMs - t.stoppedMs) * 1000 - info.downtimeUs)).toBeLessThan(2);
+}
 
 describe('vmm-to-vmm migration, real processes on loopback', () => {
   let dirs: MemstoreDirs;
@@ -56,12 +66,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
-    // vmm-b offers no hand-off slot: migrations to it carry the device state on the stream
+    // vmm-b offers no switchover slot: migrations to it carry the device state on the stream
     // and take the lease with TransferLease; those to vmm-a hand over vCPU to vCPU.
     // (Slots in the test's folder: a killed target leaves its slot behind.)
     [a, b] = await Promise.all([
-      startVmm('vmm-a', '--handoff-dir', dirs.volatileDir),
-      startVmm('vmm-b', '--handoff-dir', 'off'),
+      startVmm('vmm-a', '--switchover-dir', dirs.volatileDir),
+      startVmm('vmm-b', '--switchover-dir', 'off'),
     ]);
   });
 
@@ -109,7 +119,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     try {
       let [from, to] = [a, b];
       for (let round = 0; round < ROUNDS; round++) {
-        // Every way in: the hand-off slot alone (as the migrator does; only vmm-a offers one,
+        // Every way in: the switchover slot alone (as the migrator does; only vmm-a offers one,
         // vmm-b's source falls back to the data channel), the data channel and gRPC, with the
         // machine built ahead by PrepareIncoming and by the header, and the state handed over
         // directly (to vmm-a) and on the stream (to vmm-b).
@@ -119,13 +129,14 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         const info = await migrateVm(from, to, name, { via, jobId, prebuild });
         expect(info.status).toBe('completed');
         const slotted = via === 'slot' && to === a;
-        expect(await streamOf(from, jobId)).toBe(
-          slotted ? 'handoff-slot' : via === 'grpc' ? 'grpc' : 'data-channel',
+        expect(info.route?.transport).toBe(
+          slotted ? 'switchover-slot' : via === 'grpc' ? 'grpc' : 'data-channel',
         );
-        expect(await prebuiltOf(to, jobId)).toBe(prebuild);
-        expect(await handoffOf(to, jobId)).toBe(to === a ? 'armed' : 'stream');
+        expect(info.route?.targetPrebuilt).toBe(prebuild);
+        expect(info.route?.leaseMove).toBe(to === a ? 'armed' : 'stream');
         // Through the slot (vmm-a's), in the compact layout both builds read.
-        expect(await stateEncodingOf(from, jobId)).toBe(to === a ? 'compact' : 'container');
+        expect(info.route?.stateEncoding).toBe(to === a ? 'compact' : 'container');
+        expectTimeline(info);
         expect(info.ram.transferred).toBe(0);
         expect(info.ram.bypassedBytes).toBe(16 * 1024 * 1024);
         expect(info.deviceBytes).toBeGreaterThan(0);
@@ -171,8 +182,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       const jobId = `copy-${round}`;
       const info = await migrateVm(from, to, name, { via, jobId, prebuild });
       expect(info.status).toBe('completed');
-      expect(await streamOf(from, jobId)).toBe(via === 'data' ? 'data-channel' : 'grpc');
-      expect(await prebuiltOf(to, jobId)).toBe(prebuild);
+      expect(info.route?.transport).toBe(via === 'data' ? 'data-channel' : 'grpc');
+      expect(info.route?.targetPrebuilt).toBe(prebuild);
+      expect(info.route?.leaseMove).toBe('none');
+      expect(info.route?.stateEncoding).toBe('container');
+      expectTimeline(info);
       expect(info.ram.normal).toBeGreaterThanOrEqual(AB_PAGES);
       expect(info.ram.zeroPages + info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(
         4096,
@@ -233,8 +247,9 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     const before = (await region()).lease!;
     const info = await migrateVm(b, a, name, { jobId: 'persistent-0', via: 'slot' });
     expect(info.status).toBe('completed');
-    expect(await streamOf(b, 'persistent-0')).toBe('handoff-slot');
-    expect(await handoffOf(a, 'persistent-0')).toBe('channel');
+    expect(info.route?.transport).toBe('switchover-slot');
+    expect(info.route?.leaseMove).toBe('lease-channel');
+    expectTimeline(info);
     expect(info.ram.transferred).toBe(0);
     const lease = (await region()).lease!;
     expect(lease.holder).toBe(`vmm-a/${name}`);
@@ -248,9 +263,9 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(b.client, 'pauseVm', { name });
     const info = await migrateVm(b, a, name, { jobId: 'paused-0', via: 'slot' });
     expect(info.status).toBe('completed');
-    expect(await streamOf(b, 'paused-0')).toBe('handoff-slot');
-    expect(await handoffOf(a, 'paused-0')).toBe('armed');
-    expect(await stateEncodingOf(b, 'paused-0')).toBe('compact');
+    expect(info.route?.transport).toBe('switchover-slot');
+    expect(info.route?.leaseMove).toBe('armed');
+    expect(info.route?.stateEncoding).toBe('compact');
     expect(info.deviceBytes).toBeGreaterThan(0);
     const { region } = await unaryCall(memstore.client, 'getRegion', {
       region: regionNamed(`${name}-ram0`),
@@ -277,8 +292,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       },
     });
     expect(info.status).toBe('completed');
-    expect(await streamOf(b, 'container-0')).toBe('handoff-slot');
-    expect(await stateEncodingOf(b, 'container-0')).toBe('container');
+    expect(info.route?.transport).toBe('switchover-slot');
+    expect(info.route?.stateEncoding).toBe('container');
     const { region } = await unaryCall(memstore.client, 'getRegion', {
       region: regionNamed(`${name}-ram0`),
     });
@@ -327,7 +342,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         targetHandoffSlot: prep.handoffSlot,
       });
       expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-      expect(await prebuiltOf(to, jobId)).toBe(false);
+      expect(migrationInfoFromWire(res.info!).route?.targetPrebuilt).toBe(false);
       const pid = to.process.pid;
       await checkPaused(to, name, () =>
         readPrivateRam(pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -343,7 +358,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(a.client, 'destroyVm', { name });
   });
 
-  it("does not use a hand-off slot prepared for another VM, nor that VM's token", async () => {
+  it("does not use a switchover slot prepared for another VM, nor that VM's token", async () => {
     // vmm-a prepares a slot (and a token) for ab-x; ab-y's source is handed both. It must see
     // that the slot was prepared for another lease holder and regions, fall back to the stream,
     // and be refused there: the token names another VM. Nothing moves; both keep running.
@@ -377,8 +392,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     );
     expect(err.message).toMatch(/token was issued for VM ab-slot-x/);
     expect(err.message).toMatch(/kept running, unchanged/);
-    expect(b.process.output()).toMatch(/hand-off slot does not fit this VM/);
-    expect(await streamOf(b, 'slot-y')).toBe('data-channel');
+    expect(b.process.output()).toMatch(/switchover slot does not fit this VM/);
+    const failed = migrationInfoFromWire(
+      (await vmmCall(b.client, 'getMigration', { name: y })).info!,
+    );
+    expect(failed.status).toBe('failed');
+    expect(failed.route?.transport).toBe('data-channel');
     for (const n of [x, y]) {
       expect((await vmmCall(b.client, 'getVm', { name: n })).vm!.state).toBe(
         pb.VmState.VM_STATE_RUNNING,
@@ -417,8 +436,10 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     });
     expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
     // On the gRPC stream, with the same slot named in the header's answer.
-    expect(await streamOf(b, 'no-probe')).toBe('grpc');
-    expect(await handoffOf(a, 'no-probe')).toBe('armed');
+    const noProbe = migrationInfoFromWire(res.info!);
+    expect(noProbe.route?.transport).toBe('grpc');
+    expect(noProbe.route?.leaseMove).toBe('armed');
+    expect(noProbe.route?.stateEncoding).toBe('compact');
     await expectRetired(b, name);
     await vmmCall(a.client, 'destroyVm', { name });
   });
@@ -426,24 +447,25 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   it('falls back to the gRPC stream when the data channel cannot be reached', async () => {
     const name = 'fallback';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE);
+    const defaults = capabilitiesToWire(resolveCapabilities({}));
     const prep = await vmmCall(b.client, 'prepareIncoming', {
       name,
       jobId: 'fallback',
       spec: undefined,
-      capabilities: [],
+      capabilities: defaults,
     });
     const res = await vmmCall(a.client, 'migrateVm', {
       name,
       jobId: 'fallback',
       targetAddress: prep.address,
       token: prep.token,
-      capabilities: [],
+      capabilities: defaults,
       parameters: undefined,
       targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
       targetHandoffSlot: '',
     });
     expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-    expect(await streamOf(a, 'fallback')).toBe('grpc');
+    expect(migrationInfoFromWire(res.info!).route?.transport).toBe('grpc');
     expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
     await checkPaused(b, name, () =>
       readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -606,6 +628,44 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
 
   const busyArgs = { 'ab.start': '0x80100000', 'ab.pages': '4096' }; // 16 MiB rewritten all the time
 
+  it('refuses auto-converge and events, which it does not implement; the busy VM keeps running', async () => {
+    const name = 'ab-auto-converge';
+    await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+    // The target refuses at PrepareIncoming, before it reserves the name or builds anything.
+    const early = await refused(migrateVm(a, b, name, { capabilities: { 'auto-converge': true } }));
+    expect(early.code).toBe('MIGRATION_UNSUPPORTED');
+    expect(early.message).toMatch(/auto-converge: .*not implemented/);
+    expect((await vmmCall(b.client, 'listVms', {})).vms.map((v) => v.name)).not.toContain(name);
+    // The source refuses at MigrateVm too (a coordinator that skipped the target's check), with
+    // every problem named; a throttle parameter without auto-converge would be ignored as well.
+    const prep = await vmmCall(b.client, 'prepareIncoming', {
+      name,
+      jobId: 'unsupported',
+      spec: undefined,
+      capabilities: [],
+    });
+    const late = await refused(
+      vmmCall(a.client, 'migrateVm', {
+        name,
+        jobId: 'unsupported',
+        targetAddress: prep.address,
+        token: prep.token,
+        capabilities: capabilitiesToWire(resolveCapabilities({ events: true })),
+        parameters: parametersToWire({ 'cpu-throttle-initial': 30 }),
+        targetDataAddress: prep.dataAddress,
+        targetHandoffSlot: '',
+      }),
+    );
+    expect(late.code).toBe('MIGRATION_UNSUPPORTED');
+    expect(late.message).toMatch(
+      /events: .*cpu-throttle-initial: it only takes effect with auto-converge/,
+    );
+    expect((await vmmCall(a.client, 'getVm', { name })).vm!.state).toBe(
+      pb.VmState.VM_STATE_RUNNING,
+    );
+    await vmmCall(a.client, 'destroyVm', { name });
+  });
+
   it('fails a copy that cannot fit downtime-limit within max-iterations; the VM keeps running', async () => {
     const name = 'ab-busy';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
@@ -677,7 +737,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   });
 
   it('keeps the source running, unchanged, when the target is killed mid-stream', async () => {
-    const c = await startVmm('vmm-c', '--handoff-dir', dirs.volatileDir);
+    const c = await startVmm('vmm-c', '--switchover-dir', dirs.volatileDir);
     const name = 'ab-kill';
     try {
       // 16 MiB of pages the guest keeps writing, at 4 MiB/s: the stream lasts seconds.
@@ -709,7 +769,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
 
   it.each([
     ['on the stream', 'b', 'vmm-d', 'data'],
-    ['by direct hand-off', 'a', 'vmm-e', 'data'],
+    ['by switchover', 'a', 'vmm-e', 'data'],
     ['through the slot alone', 'a', 'vmm-g', 'slot'],
   ] as const)(
     'keeps the target running when the source is killed right after the lease moved (state %s)',
@@ -726,7 +786,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         // Kill -9 the source as soon as memstore shows the lease on the target and the target runs
         // the VM. (On the stream the target takes the lease at the final marker, before the
         // device state has arrived; a source killed in between leaves nothing to run, and the
-        // lease goes back. By direct hand-off the target's vCPU thread takes it once it has the
+        // lease goes back. By switchover the target's vCPU thread takes it once it has the
         // state.)
         const runsOnTarget = () =>
           vmmCall(to.client, 'getVm', { name }).then(

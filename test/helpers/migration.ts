@@ -20,7 +20,7 @@ export async function migrateVm(
     parameters?: MigrationParameterOverrides;
     jobId?: string;
     /**
-     * What carries the migration: the target's data channel (default), gRPC, or the hand-off
+     * What carries the migration: the target's data channel (default), gRPC, or the switchover
      * slot PrepareIncoming prepared, with the data channel where the target offers no slot (as
      * the migrator does).
      */
@@ -91,65 +91,6 @@ export function readPrivateRam(
     }
   }
   throw new Error(`no memfd ${want} in process ${pid}`);
-}
-
-/**
- * The first line of `vmm`'s log about job `jobId` that contains one of `marks`, parsed. Log
- * lines travel on a pipe apart from the gRPC answers, so a line written just before an answer
- * may arrive after it: this waits for it (up to 5 s; undefined when none came).
- */
-async function logLineOf(
-  vmm: VmmUnderTest,
-  jobId: string,
-  marks: readonly string[],
-): Promise<Record<string, unknown> | undefined> {
-  const deadline = Date.now() + 5000;
-  for (;;) {
-    for (const line of vmm.process.output().split('\n')) {
-      if (!line.includes(`"job":"${jobId}"`) || !marks.some((m) => line.includes(m))) continue;
-      return JSON.parse(line) as Record<string, unknown>;
-    }
-    if (Date.now() > deadline) return undefined;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/**
- * What carried job `jobId`, from the source vmm's log line of its end: `data-channel`, `grpc`,
- * or `handoff-slot` (the slot alone, no stream).
- */
-export async function streamOf(source: VmmUnderTest, jobId: string): Promise<unknown> {
-  return (await logLineOf(source, jobId, ['migration completed', 'migration failed']))?.stream;
-}
-
-/**
- * How the device state of job `jobId` travelled, from the source vmm's log line of its end:
- * `compact` (the hand-off layout, through the slot) or `container`.
- */
-export async function stateEncodingOf(source: VmmUnderTest, jobId: string): Promise<unknown> {
-  return (await logLineOf(source, jobId, ['migration completed']))?.stateEncoding;
-}
-
-/** The target's log line that tells how it received job `jobId`. */
-function receivedLine(target: VmmUnderTest, jobId: string) {
-  return logLineOf(target, jobId, ['header accepted', 'by hand-off slot, no stream']);
-}
-
-/**
- * Whether the target served job `jobId` with the machine PrepareIncoming built ahead, from
- * its log.
- */
-export async function prebuiltOf(target: VmmUnderTest, jobId: string): Promise<unknown> {
-  return (await receivedLine(target, jobId))?.prebuilt;
-}
-
-/**
- * How the target moved job `jobId`'s device state and lease, from its log: `armed` (hand-off
- * slot, memstore's armed transfers), `channel` (hand-off slot, TransferLease on the lease
- * channel) or `stream`.
- */
-export async function handoffOf(target: VmmUnderTest, jobId: string): Promise<unknown> {
-  return (await receivedLine(target, jobId))?.handoff;
 }
 
 /** A raw Incoming stream to a vmm (a hostile or hand-made source). */

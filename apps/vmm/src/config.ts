@@ -48,14 +48,14 @@ export const vmmOptions = {
     default: 'auto',
     description:
       'where incoming migrations may also arrive as a raw socket stream, beside gRPC (faster ' +
-      'pages, shorter hand-off): auto (a unix socket in the temp folder), unix:/path, ' +
+      'pages, shorter pause): auto (a unix socket in the temp folder), unix:/path, ' +
       'host:port, or off',
   },
-  'handoff-dir': {
+  'switchover-dir': {
     type: 'string',
     default: 'auto',
     description:
-      'folder where an incoming migration creates its hand-off slot: when all RAM travels by ' +
+      'folder where an incoming migration creates its switchover slot: when all RAM travels by ' +
       "reference, the source's vCPU thread hands the device state to this VM's vCPU thread " +
       'through it, which takes the lease and runs the guest at once. Both vmms of a migration ' +
       'must see the folder. auto (/dev/shm, else the temp folder), an absolute path, or off ' +

@@ -7,12 +7,11 @@
  *
  * Points:
  * - `incoming-after-lease`: a migration target took the leases of the shared blocks (at the
- *   final marker, or its vCPU thread flipped them in a direct hand-off) and has not run the VM
- *   yet.
- * - `handoff-before-lease`: in a direct hand-off with armed transfers, the target's vCPU thread
+ *   final marker, or its vCPU thread flipped them in a switchover) and has not run the VM yet.
+ * - `switchover-before-lease`: in a switchover with armed transfers, the target's vCPU thread
  *   restored the source's state (the source is stopped, waiting) and has not flipped the lease.
  */
-export type FailpointName = 'incoming-after-lease' | 'handoff-before-lease';
+export type FailpointName = 'incoming-after-lease' | 'switchover-before-lease';
 
 /** Name of the variable that arms a failpoint. */
 export const FAILPOINT_VARIABLE = 'HANDOFF_VMM_FAILPOINT';

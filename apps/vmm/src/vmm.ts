@@ -15,7 +15,7 @@ import { MigrationManager } from './migration/index.js';
 import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
-import { MAX_BLOCK_SIZE } from './vm/spec.js';
+import { MAX_BLOCK_SIZE } from './model/limits.js';
 
 /** A running vmm instance. */
 export interface Vmm {
@@ -55,19 +55,19 @@ export function dataChannelOf(config: Pick<VmmConfig, 'data-channel' | 'id'>): s
 }
 
 /**
- * `--handoff-dir` as a folder, or null for none. `auto` is /dev/shm when present (tmpfs), else
- * the temp folder.
+ * `--switchover-dir` as a folder, or null for none. `auto` is /dev/shm when present (tmpfs),
+ * else the temp folder.
  *
  * @throws ServiceError `SERVICE_INVALID_CONFIG` for a relative path or a path that is not a folder
  */
-export function handoffDirOf(config: Pick<VmmConfig, 'handoff-dir'>): string | null {
-  const v = config['handoff-dir'];
+export function switchoverDirOf(config: Pick<VmmConfig, 'switchover-dir'>): string | null {
+  const v = config['switchover-dir'];
   if (v === 'off') return null;
   if (v === 'auto') return isDirectory('/dev/shm') ? '/dev/shm' : tmpdir();
   if (!isAbsolute(v) || !isDirectory(v)) {
     throw new ServiceError(
       'SERVICE_INVALID_CONFIG',
-      `--handoff-dir ${v} is not auto, off or an absolute path of an existing folder`,
+      `--switchover-dir ${v} is not auto, off or an absolute path of an existing folder`,
     );
   }
   return v;
@@ -87,7 +87,7 @@ function isDirectory(path: string): boolean {
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
   const logger = parentLogger.child({ vmm: config.id });
-  const handoffDir = handoffDirOf(config);
+  const switchoverDir = switchoverDirOf(config);
   const host = new VmHost({
     vmmId: config.id,
     logger,
@@ -100,12 +100,12 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   await sweepLeftovers(
     {
       vmmId: config.id,
-      handoffDir,
+      switchoverDir,
       socketDir: config['data-channel'] === 'auto' ? tmpdir() : null,
     },
     logger,
   );
-  const migrations = new MigrationManager(host, logger, handoffDir);
+  const migrations = new MigrationManager(host, logger, switchoverDir);
   let advertised = '';
   let server: RunningServer;
   try {

@@ -75,8 +75,13 @@ export {
   emptyRamStats,
   migrationInfoToQapi,
   ramStatsToQapi,
+  type LeaseMove,
   type MigrationInfo,
+  type MigrationRoute,
+  type MigrationTimeline,
+  type MigrationTransport,
   type QapiMigrationInfo,
+  type StateEncoding,
   type QapiRamStats,
   type RamStats,
 } from './info.js';

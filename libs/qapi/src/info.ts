@@ -36,6 +36,43 @@ export interface RamStats {
   readonly bypassedBytes: number;
 }
 
+/** What carried a migration. */
+export type MigrationTransport = 'switchover-slot' | 'data-channel' | 'grpc';
+
+/**
+ * How the leases of shared regions moved to the target: `armed` (memstore armed them; the
+ * target's vCPU thread flipped them), `lease-channel` (that thread sent TransferLease over
+ * memstore's lease channel), `stream` (the target's main thread sent TransferLease at the
+ * stream's final marker), or `none` (no block travelled by reference).
+ */
+export type LeaseMove = 'armed' | 'lease-channel' | 'stream' | 'none';
+
+/** How the device state was encoded: the compact layout (switchover only) or the container. */
+export type StateEncoding = 'compact' | 'container';
+
+/** How a migration travelled (Handoff's own; QEMU reports nothing like it). */
+export interface MigrationRoute {
+  readonly transport: MigrationTransport;
+  readonly leaseMove: LeaseMove;
+  /** Absent until the device state moved. */
+  readonly stateEncoding?: StateEncoding;
+  /** The target built the machine at PrepareIncoming, before the migration began. */
+  readonly targetPrebuilt: boolean;
+}
+
+/**
+ * Milestones in milliseconds after the migration began, on the source's clock (the target's
+ * stamps through the wall clock both hosts share); 0 = not reached.
+ */
+export interface MigrationTimeline {
+  /** The source's vCPU stopped. */
+  readonly stoppedMs: number;
+  /** The device state left the source (published into the slot, or its frame was sent). */
+  readonly statePublishedMs: number;
+  /** The target's vCPU ran the guest. */
+  readonly targetRunningMs: number;
+}
+
 /** Progress and result of one migration (QAPI `MigrationInfo`). */
 export interface MigrationInfo {
   /** Current status. */
@@ -56,6 +93,10 @@ export interface MigrationInfo {
   readonly deviceBytes: number;
   /** What went wrong and what to do; set for `failed` (absent otherwise). */
   readonly errorDesc?: string;
+  /** How it travelled; absent until setup decided it. */
+  readonly route?: MigrationRoute;
+  /** Its milestones; absent until the source's vCPU stopped. */
+  readonly timeline?: MigrationTimeline;
 }
 
 /** RAM statistics with every counter at zero. */
@@ -139,6 +180,19 @@ export interface QapiMigrationInfo {
   readonly ram?: QapiRamStats;
   /** What went wrong and what to do. */
   readonly 'error-desc'?: string;
+  /** How it travelled (see {@link MigrationRoute}). */
+  readonly route?: {
+    readonly transport: MigrationTransport;
+    readonly 'lease-move': LeaseMove;
+    readonly 'state-encoding'?: StateEncoding;
+    readonly 'target-prebuilt': boolean;
+  };
+  /** Milestones in milliseconds after the start (see {@link MigrationTimeline}). */
+  readonly timeline?: {
+    readonly stopped: number;
+    readonly 'state-published': number;
+    readonly 'target-running': number;
+  };
 }
 
 /** The QAPI JSON form of RAM statistics. */
@@ -178,8 +232,11 @@ const IN_PROGRESS: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
  * | completed | `total-time`, `setup-time`, `downtime`, `iteration`, `device-bytes`, `ram` |
  *
  * `error-desc` appears whenever the info has a non-empty `errorDesc`
- * (normally with `failed`). `downtime` is in milliseconds with microsecond
- * resolution (our downtime is the real guest pause; see DESIGN.md).
+ * (normally with `failed`), `route` and `timeline` whenever they are known
+ * (Handoff's own members: how the migration travelled and when it reached its
+ * milestones). `downtime` is in milliseconds with microsecond resolution: it is
+ * the guest's real pause, from the source vCPU's stop to the target vCPU's
+ * start, not the source's share of it that QEMU reports.
  */
 export function migrationInfoToQapi(info: MigrationInfo): QapiMigrationInfo {
   const progress = IN_PROGRESS.has(info.status);
@@ -197,5 +254,22 @@ export function migrationInfoToQapi(info: MigrationInfo): QapiMigrationInfo {
     out.ram = ramStatsToQapi(info.ram);
   }
   if (info.errorDesc !== undefined && info.errorDesc !== '') out['error-desc'] = info.errorDesc;
+  if (info.route !== undefined) {
+    const r = info.route;
+    out.route = {
+      transport: r.transport,
+      'lease-move': r.leaseMove,
+      ...(r.stateEncoding !== undefined ? { 'state-encoding': r.stateEncoding } : {}),
+      'target-prebuilt': r.targetPrebuilt,
+    };
+  }
+  if (info.timeline !== undefined) {
+    const t = info.timeline;
+    out.timeline = {
+      stopped: t.stoppedMs,
+      'state-published': t.statePublishedMs,
+      'target-running': t.targetRunningMs,
+    };
+  }
   return out;
 }

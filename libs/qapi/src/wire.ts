@@ -26,7 +26,15 @@ import {
   type MigrationCapability,
 } from './capabilities.js';
 import { QapiError } from './errors.js';
-import type { MigrationInfo, RamStats } from './info.js';
+import type {
+  LeaseMove,
+  MigrationInfo,
+  MigrationRoute,
+  MigrationTimeline,
+  MigrationTransport,
+  RamStats,
+  StateEncoding,
+} from './info.js';
 import {
   MIGRATION_PARAMETERS,
   checkParameterValue,
@@ -48,6 +56,88 @@ export type WireRamStats = migration.RamStats;
 
 const Cap = migration.MigrationCapability;
 const Status = migration.MigrationStatus;
+const Transport = migration.MigrationTransport;
+const Lease = migration.LeaseMove;
+const Encoding = migration.StateEncoding;
+
+/** Route names → wire enum values, one table per enum (and back). */
+const TRANSPORT_TO_WIRE: { readonly [K in MigrationTransport]: migration.MigrationTransport } = {
+  'switchover-slot': Transport.MIGRATION_TRANSPORT_SWITCHOVER_SLOT,
+  'data-channel': Transport.MIGRATION_TRANSPORT_DATA_CHANNEL,
+  grpc: Transport.MIGRATION_TRANSPORT_GRPC,
+};
+const LEASE_MOVE_TO_WIRE: { readonly [K in LeaseMove]: migration.LeaseMove } = {
+  none: Lease.LEASE_MOVE_NONE,
+  armed: Lease.LEASE_MOVE_ARMED,
+  'lease-channel': Lease.LEASE_MOVE_LEASE_CHANNEL,
+  stream: Lease.LEASE_MOVE_STREAM,
+};
+const ENCODING_TO_WIRE: { readonly [K in StateEncoding]: migration.StateEncoding } = {
+  compact: Encoding.STATE_ENCODING_COMPACT,
+  container: Encoding.STATE_ENCODING_CONTAINER,
+};
+const inverse = <K extends string>(m: { readonly [key in K]: number }): ReadonlyMap<number, K> =>
+  new Map(Object.entries(m).map(([k, v]) => [v as number, k as K]));
+const TRANSPORT_FROM_WIRE = inverse(TRANSPORT_TO_WIRE);
+const LEASE_MOVE_FROM_WIRE = inverse(LEASE_MOVE_TO_WIRE);
+const ENCODING_FROM_WIRE = inverse(ENCODING_TO_WIRE);
+
+/** The wire form of a lease move (the stream's header answer carries one). */
+export function leaseMoveToWire(move: LeaseMove): migration.LeaseMove {
+  return LEASE_MOVE_TO_WIRE[move];
+}
+
+/** A lease move from the wire; null for UNSPECIFIED (an older peer said nothing). @throws QapiError */
+export function leaseMoveFromWire(value: migration.LeaseMove | number): LeaseMove | null {
+  if (value === Lease.LEASE_MOVE_UNSPECIFIED) return null;
+  const move = LEASE_MOVE_FROM_WIRE.get(value);
+  if (move === undefined) throw wireError(`unknown lease move ${String(value)} on the wire`);
+  return move;
+}
+
+function routeToWire(r: MigrationRoute): migration.MigrationRoute {
+  return {
+    transport: TRANSPORT_TO_WIRE[r.transport],
+    leaseMove: LEASE_MOVE_TO_WIRE[r.leaseMove],
+    stateEncoding:
+      r.stateEncoding === undefined
+        ? Encoding.STATE_ENCODING_UNSPECIFIED
+        : ENCODING_TO_WIRE[r.stateEncoding],
+    targetPrebuilt: r.targetPrebuilt,
+  };
+}
+
+function routeFromWire(r: migration.MigrationRoute): MigrationRoute {
+  const transport = TRANSPORT_FROM_WIRE.get(r.transport);
+  const leaseMove = LEASE_MOVE_FROM_WIRE.get(r.leaseMove);
+  if (transport === undefined || leaseMove === undefined) {
+    throw wireError(
+      `MigrationInfo.route: transport ${r.transport} or lease move ${r.leaseMove} is unknown`,
+    );
+  }
+  const stateEncoding = ENCODING_FROM_WIRE.get(r.stateEncoding);
+  if (stateEncoding === undefined && r.stateEncoding !== Encoding.STATE_ENCODING_UNSPECIFIED) {
+    throw wireError(`MigrationInfo.route: state encoding ${r.stateEncoding} is unknown`);
+  }
+  return {
+    transport,
+    leaseMove,
+    ...(stateEncoding !== undefined ? { stateEncoding } : {}),
+    targetPrebuilt: r.targetPrebuilt,
+  };
+}
+
+function timelineFromWire(t: migration.MigrationTimeline): MigrationTimeline {
+  const ms = (v: number, field: string): number => {
+    if (!Number.isFinite(v) || v < 0) throw wireError(`MigrationInfo.timeline.${field} is ${v}`);
+    return v;
+  };
+  return {
+    stoppedMs: ms(t.stoppedMs, 'stoppedMs'),
+    statePublishedMs: ms(t.statePublishedMs, 'statePublishedMs'),
+    targetRunningMs: ms(t.targetRunningMs, 'targetRunningMs'),
+  };
+}
 
 /** QAPI capability name → wire enum value (every name has one). */
 export const CAPABILITY_TO_WIRE: { readonly [K in MigrationCapability]: WireMigrationCapability } =
@@ -352,6 +442,8 @@ export function migrationInfoToWire(info: MigrationInfo): WireMigrationInfo {
     iteration: toUint32(info.iteration, 'MigrationInfo.iteration'),
     errorDesc: info.errorDesc ?? '',
     deviceBytes: toUint64(info.deviceBytes, 'MigrationInfo.deviceBytes'),
+    route: info.route === undefined ? undefined : routeToWire(info.route),
+    timeline: info.timeline === undefined ? undefined : { ...info.timeline },
   };
 }
 
@@ -372,5 +464,10 @@ export function migrationInfoFromWire(msg: WireMigrationInfo): MigrationInfo {
     iteration: fromUint32(msg.iteration, 'MigrationInfo.iteration'),
     deviceBytes: fromUint64(msg.deviceBytes, 'MigrationInfo.deviceBytes'),
   };
-  return msg.errorDesc === '' ? info : { ...info, errorDesc: msg.errorDesc };
+  return {
+    ...info,
+    ...(msg.errorDesc !== '' ? { errorDesc: msg.errorDesc } : {}),
+    ...(msg.route !== undefined ? { route: routeFromWire(msg.route) } : {}),
+    ...(msg.timeline !== undefined ? { timeline: timelineFromWire(msg.timeline) } : {}),
+  };
 }

@@ -11,11 +11,10 @@ import {
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
-import { assertValidMigrationConfig } from '@handoff/qapi';
+import { assertValidMigrationConfig, type MigrationParameterName } from '@handoff/qapi';
 import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
 import {
   grpcIncoming,
-  receiveMigration,
   STREAM_FORMAT,
   type IncomingHint,
   type MigrationManager,
@@ -80,28 +79,36 @@ export function vmmServices(deps: {
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
     prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest) => {
-      const prepared = await migrations.prepare(requireName(req.name), req.jobId, hintOf(req));
+      const capabilities = fromWireOrUndefined(() => capabilitiesFromWire(req.capabilities));
+      const prepared = await migrations.prepare(requireName(req.name), req.jobId, {
+        hint: hintOf(req),
+        capabilities,
+      });
       return {
         token: prepared.token,
         address: deps.address(),
-        dataAddress: migrations.dataAddress,
-        handoffSlot: prepared.handoffSlot,
+        dataAddress: migrations.dataAddress ?? '',
+        handoffSlot: prepared.switchoverSlot ?? '',
       };
     }),
     migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
+      const set = req.parameters === undefined ? {} : parametersFromWire(req.parameters);
       const { capabilities, parameters } = assertValidMigrationConfig({
         capabilities: capabilitiesFromWire(req.capabilities),
-        parameters: req.parameters === undefined ? {} : parametersFromWire(req.parameters),
+        parameters: set,
       });
       const info = await migrations.migrate({
         name: requireName(req.name),
         jobId: req.jobId,
-        targetAddress: req.targetAddress,
-        targetDataAddress: req.targetDataAddress,
-        targetHandoffSlot: req.targetHandoffSlot,
+        target: {
+          address: req.targetAddress,
+          dataChannel: req.targetDataAddress !== '' ? req.targetDataAddress : null,
+          switchoverSlot: req.targetHandoffSlot !== '' ? req.targetHandoffSlot : null,
+        },
         token: req.token,
         capabilities,
         parameters,
+        parametersSet: Object.keys(set) as MigrationParameterName[],
       });
       return { info: migrationInfoToWire(info) };
     }),
@@ -116,9 +123,7 @@ export function vmmServices(deps: {
     restoreVm: later('RestoreVm', SNAPSHOTS),
   };
   const migration: vmmStream.MigrationServiceServer = {
-    incoming: bidiStream(logger, (call) =>
-      receiveMigration(grpcIncoming(call), { host, tokens: migrations.tokens, logger }),
-    ),
+    incoming: bidiStream(logger, (call) => migrations.serveIncoming(grpcIncoming(call))),
   };
   return [
     {
@@ -142,6 +147,15 @@ function hintOf(req: pb.PrepareIncomingRequest): IncomingHint | undefined {
   if (req.spec === undefined) return undefined;
   try {
     return { spec: specFromPb(req.spec), capabilities: capabilitiesFromWire(req.capabilities) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** A value read from the wire, or undefined when it does not parse. */
+function fromWireOrUndefined<T>(read: () => T): T | undefined {
+  try {
+    return read();
   } catch {
     return undefined;
   }

@@ -14,7 +14,8 @@ import { mkdirSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { byName, memstoreCall, type RamContext } from '../ram/backing.js';
+import type { RamContext } from '../ram/backing.js';
+import { byName, memstoreCall } from './calls.js';
 import { LEASE_CHANNEL_MAX_FRAME_BYTES, LeaseChannelClient } from './lease-channel.js';
 
 const logger: Logger = createLogger({ name: 'test', level: 'silent', format: 'json' });

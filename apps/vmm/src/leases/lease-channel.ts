@@ -11,7 +11,7 @@ import {
 import { createConnection, type Socket } from 'node:net';
 
 /**
- * The memstore calls on a migration's hand-off path (TransferLease, GetRegion, ValidateLease,
+ * The memstore calls on a migration's switchover path (TransferLease, GetRegion, ValidateLease,
  * ArmTransfer, ResolveTransfer)
  * over memstore's lease channel: one persistent unix socket of length-prefixed protobuf frames
  * (proto/handoff/memstore/v1/lease_channel.proto) instead of a gRPC round trip, which costs
@@ -37,7 +37,7 @@ export interface LeaseCalls {
     req: pb.ValidateLeaseRequest,
     opts?: LeaseCallOptions,
   ): Promise<pb.ValidateLeaseResponse>;
-  /** Arms a transfer that a compare-and-set in memstore's arms file completes (direct hand-off). */
+  /** Arms a transfer that a compare-and-set in memstore's arms file completes (switchover). */
   armTransfer(req: pb.ArmTransferRequest, opts?: LeaseCallOptions): Promise<pb.ArmTransferResponse>;
   /** Settles a region's armed transfer (committed if flipped, else cancelled); the lease now. */
   resolveTransfer(
@@ -93,7 +93,7 @@ export interface LeaseChannelClientOptions {
  * - Deadline passed: status DEADLINE_EXCEEDED (code `GRPC_DEADLINE_EXCEEDED`), as over gRPC.
  *
  * Call {@link LeaseChannelClient.prepare} ahead of a latency-critical call (a migration's
- * hand-off) so that the first call does not pay for GetInfo and the connect.
+ * switchover) so that the first call does not pay for GetInfo and the connect.
  */
 export class LeaseChannelClient implements LeaseCalls {
   /** The socket path: undefined = not asked yet, '' = memstore serves no channel. */
@@ -149,7 +149,7 @@ export class LeaseChannelClient implements LeaseCalls {
 
   /**
    * The channel's socket path once connected (as {@link LeaseChannelClient.prepare}), or null
-   * when calls go over gRPC. For callers that speak the channel themselves (a direct hand-off's
+   * when calls go over gRPC. For callers that speak the channel themselves (a switchover's
    * vCPU thread). Never rejects.
    */
   async channelPath(opts?: LeaseCallOptions): Promise<string | null> {

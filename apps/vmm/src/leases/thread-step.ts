@@ -1,6 +1,6 @@
 /**
- * The lease step of a direct hand-off, run by the target's vCPU thread (PROTOCOL.md, "Direct
- * hand-off"), in one of two ways:
+ * The lease step of a switchover, run by the target's vCPU thread (switchover/README.md), in one
+ * of two ways; protocol.ts prepares either on the main thread:
  *
  * - **armed** ({@link ArmsPlan}): memstore armed each transfer ahead of time (ArmTransfer) in a
  *   slot of its arms file; the thread flips every slot's word with one compare-and-set, and
@@ -10,7 +10,7 @@
  *   TransferLease over memstore's lease channel with blocking socket calls, sent the moment the
  *   source stopped and answered while the state is restored.
  *
- * The channel's requests are encoded by the main thread (it has the generated codec); this side
+ * The channel's requests are encoded by the main thread (protocol.ts `channelTransfers`); this side
  * reads only the fields it must check from the answers — the request id, and the lease's holder
  * and epoch or memstore's error — with the protobuf wire reader, because the generated module
  * of memstore's messages also loads the gRPC library (≈0.1 s per thread).
@@ -31,7 +31,7 @@ import {
 /** Largest answer accepted (memstore's frame limit). */
 const MAX_ANSWER_BYTES = 1024 * 1024;
 
-/** One TransferLease of the hand-off, as the main thread prepared it. */
+/** One TransferLease of the switchover, as the main thread prepared it. */
 export interface LeaseTransfer {
   /** The LeaseChannelRequest (a transferLease call), encoded. */
   readonly request: Uint8Array;
@@ -75,7 +75,7 @@ export interface ArmsPlan {
 }
 
 /** What the lease step needs in the vCPU thread. */
-export type HandoffLeasePlan = ChannelPlan | ArmsPlan;
+export type LeasePlan = ChannelPlan | ArmsPlan;
 
 /**
  * The lease step in the vCPU thread: {@link LeaseStep.send} (at the source's stop when
@@ -87,7 +87,7 @@ export interface LeaseStep {
   /** Never throws; false when not everything went out. */
   send(): boolean;
   /** Never throws: failures come back in the result (a step never sent reports nothing moved). */
-  receive(): HandoffLeaseResult;
+  receive(): LeaseResult;
   close(): void;
 }
 
@@ -96,7 +96,7 @@ export interface LeaseStep {
  *
  * @throws Error when it cannot be prepared (nothing moved: the caller gives the slot up)
  */
-export function openLeaseStep(plan: HandoffLeasePlan): LeaseStep {
+export function openLeaseStep(plan: LeasePlan): LeaseStep {
   return plan.kind === 'armed' ? new ArmedLeases(plan) : new LeaseLink(plan);
 }
 
@@ -104,7 +104,7 @@ export function openLeaseStep(plan: HandoffLeasePlan): LeaseStep {
 export class ArmedLeases implements LeaseStep {
   readonly early = false;
   private readonly mapping: Mapping<SharedArrayBuffer>;
-  private result: HandoffLeaseResult | null = null;
+  private result: LeaseResult | null = null;
 
   /** Maps the arms file and checks every word's place. @throws Error */
   constructor(private readonly plan: ArmsPlan) {
@@ -133,7 +133,7 @@ export class ArmedLeases implements LeaseStep {
           code: 'VMM_LEASE_LOST',
           message:
             `memstore settled the armed lease transfer of region ${t.regionName} before the ` +
-            'hand-off (the source kept or re-took the lease)',
+            'switchover (the source kept or re-took the lease)',
         };
         return false;
       }
@@ -143,7 +143,7 @@ export class ArmedLeases implements LeaseStep {
     return true;
   }
 
-  receive(): HandoffLeaseResult {
+  receive(): LeaseResult {
     return this.result ?? { ok: false, epochs: this.plan.transfers.map(() => null) };
   }
 
@@ -153,7 +153,7 @@ export class ArmedLeases implements LeaseStep {
 }
 
 /** The outcome: the epochs now held (in `transfers` order; null where the lease did not move). */
-export interface HandoffLeaseResult {
+export interface LeaseResult {
   readonly ok: boolean;
   readonly epochs: readonly (number | null)[];
   /** Why not (a stable code: memstore's, or `VMM_MEMSTORE_UNAVAILABLE`). */
@@ -196,10 +196,10 @@ export class LeaseLink implements LeaseStep {
   }
 
   /** Reads the answers to {@link LeaseLink.send}. Never throws: failures come back in the result. */
-  receive(): HandoffLeaseResult {
+  receive(): LeaseResult {
     const { transfers } = this.plan;
     const epochs: (number | null)[] = transfers.map(() => null);
-    const unavailable = (err: Error): HandoffLeaseResult => ({
+    const unavailable = (err: Error): LeaseResult => ({
       ok: false,
       epochs,
       code: 'VMM_MEMSTORE_UNAVAILABLE',

@@ -7,7 +7,7 @@
 import type { memstore as msPb } from '@handoff/proto';
 import type { MigrationCapabilities } from '@handoff/qapi';
 import type { Logger } from '@handoff/service';
-import { byName, memstoreCall } from '../ram/backing.js';
+import { byName, memstoreCall } from '../leases/calls.js';
 import { openClone } from '../ram/clone.js';
 import type { RamBacking, RamContext } from '../ram/index.js';
 import { openPrivate } from '../ram/private.js';

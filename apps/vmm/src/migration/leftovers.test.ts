@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '@handoff/service';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HandoffSlot } from '../switchover/slot.js';
+import { SwitchoverSlot } from '../switchover/slot.js';
 import { sweepLeftovers } from './leftovers.js';
 
 const root = mkdtempSync(join(tmpdir(), 'handoff-leftovers-'));
@@ -22,22 +22,29 @@ describe('sweepLeftovers', () => {
   it("removes only this instance id's slot files, whatever the VM", async () => {
     const dir = mkdtempSync(join(root, 'slots-'));
     const mine = [
-      HandoffSlot.create(dir, 'vmm-a', 'web-1'),
-      HandoffSlot.create(dir, 'vmm-a', 'db'),
+      SwitchoverSlot.create(dir, 'vmm-a', 'web-1'),
+      SwitchoverSlot.create(dir, 'vmm-a', 'db'),
     ];
     // Ids one is a prefix of, a near miss, and files that are no slots.
     const others = [
-      HandoffSlot.create(dir, 'vmm-a-2', 'web-1'),
-      HandoffSlot.create(dir, 'vmm-ab', 'x'),
-      HandoffSlot.create(dir, 'vmm', 'a--web'),
+      SwitchoverSlot.create(dir, 'vmm-a-2', 'web-1'),
+      SwitchoverSlot.create(dir, 'vmm-ab', 'x'),
+      SwitchoverSlot.create(dir, 'vmm', 'a--web'),
     ];
     writeFileSync(join(dir, 'handoff-slot-vmm-a--notes.txt'), 'not a slot');
+    // A slot an earlier build of this instance left under the old name.
+    writeFileSync(join(dir, 'handoff-slot-vmm-a--web-1-0123456789ab.bin'), '');
     writeFileSync(join(dir, 'region-vmm-a.bin'), '');
-    const names = (slots: HandoffSlot[]) => slots.map((s) => s.path.slice(dir.length + 1));
+    const names = (slots: SwitchoverSlot[]) => slots.map((s) => s.path.slice(dir.length + 1));
 
-    const swept = await sweepLeftovers({ vmmId: 'vmm-a', handoffDir: dir, socketDir: null }, log);
+    const swept = await sweepLeftovers(
+      { vmmId: 'vmm-a', switchoverDir: dir, socketDir: null },
+      log,
+    );
 
-    expect([...swept.slots].sort()).toEqual(names(mine).sort());
+    expect([...swept.slots].sort()).toEqual(
+      [...names(mine), 'handoff-slot-vmm-a--web-1-0123456789ab.bin'].sort(),
+    );
     expect(swept.sockets).toEqual([]);
     expect(readdirSync(dir).sort()).toEqual(
       [...names(others), 'handoff-slot-vmm-a--notes.txt', 'region-vmm-a.bin'].sort(),
@@ -57,7 +64,10 @@ describe('sweepLeftovers', () => {
     writeFileSync(join(dir, 'handoff-vmm-a-2-999998.sock'), '');
     writeFileSync(join(dir, 'handoff-vmm-a-x.sock'), '');
     try {
-      const swept = await sweepLeftovers({ vmmId: 'vmm-a', handoffDir: null, socketDir: dir }, log);
+      const swept = await sweepLeftovers(
+        { vmmId: 'vmm-a', switchoverDir: null, socketDir: dir },
+        log,
+      );
       expect(swept).toEqual({ slots: [], sockets: [dead] });
       expect(existsSync(join(dir, dead))).toBe(false);
       expect(readdirSync(dir).sort()).toEqual(
@@ -76,7 +86,7 @@ describe('sweepLeftovers', () => {
   it('starts anyway when a folder cannot be read', async () => {
     const missing = join(root, 'gone');
     await expect(
-      sweepLeftovers({ vmmId: 'vmm-a', handoffDir: missing, socketDir: missing }, log),
+      sweepLeftovers({ vmmId: 'vmm-a', switchoverDir: missing, socketDir: missing }, log),
     ).resolves.toEqual({ slots: [], sockets: [] });
   });
 });

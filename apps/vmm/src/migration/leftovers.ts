@@ -1,5 +1,5 @@
 /**
- * Files a killed vmm process leaves behind: the hand-off slots it created as a migration target
+ * Files a killed vmm process leaves behind: the switchover slots it created as a migration target
  * (a live vmm deletes each one when its migration ends) and the unix socket of its data channel.
  * A vmm started with the same instance id removes its predecessors' ones before it serves.
  *
@@ -14,8 +14,8 @@ import { isSlotName, slotPrefixOf } from '../switchover/slot.js';
 /** Where a vmm instance looks for what its predecessors left. */
 export interface LeftoverPlaces {
   readonly vmmId: string;
-  /** The `--handoff-dir` folder, or null for none. */
-  readonly handoffDir: string | null;
+  /** The `--switchover-dir` folder, or null for none. */
+  readonly switchoverDir: string | null;
   /**
    * The folder of `--data-channel auto` sockets (`handoff-<id>-<pid>.sock`), or null when the
    * data channel has another address.
@@ -38,12 +38,12 @@ export interface SweptLeftovers {
 export async function sweepLeftovers(at: LeftoverPlaces, log: Logger): Promise<SweptLeftovers> {
   const slots: string[] = [];
   const sockets: string[] = [];
-  if (at.handoffDir !== null) {
-    const prefix = slotPrefixOf(at.vmmId);
-    for (const name of list(at.handoffDir)) {
-      if (isSlotName(name) && name.startsWith(prefix) && remove(join(at.handoffDir, name))) {
-        slots.push(name);
-      }
+  if (at.switchoverDir !== null) {
+    // Slots of this build, and of builds that named them hand-off slots.
+    const prefixes = [slotPrefixOf(at.vmmId), slotPrefixOf(at.vmmId, true)];
+    for (const name of list(at.switchoverDir)) {
+      const ours = isSlotName(name) && prefixes.some((p) => name.startsWith(p));
+      if (ours && remove(join(at.switchoverDir, name))) slots.push(name);
     }
   }
   if (at.socketDir !== null) {
@@ -57,7 +57,7 @@ export async function sweepLeftovers(at: LeftoverPlaces, log: Logger): Promise<S
   if (slots.length + sockets.length > 0) {
     log.info(
       { slots, sockets },
-      'removed hand-off slots and data-channel sockets that earlier processes of this vmm left',
+      'removed switchover slots and data-channel sockets that earlier processes of this vmm left',
     );
   }
   return { slots, sockets };

@@ -1,60 +1,60 @@
 /**
  * The migrations of one vmm instance: outgoing ones by VM name (MigrateVm, GetMigration,
- * CancelMigration), the one-time tokens of incoming ones (PrepareIncoming), and the data
- * channel incoming streams may arrive on.
+ * CancelMigration), the preparations of incoming ones (PrepareIncoming), and the data channel
+ * incoming streams may arrive on.
  */
 import { connectivityState } from '@grpc/grpc-js';
 import type { vmmStream } from '@handoff/proto';
+import type {
+  MigrationCapabilities,
+  MigrationInfo,
+  MigrationParameterName,
+  MigrationParameters,
+} from '@handoff/qapi';
 import { createClient, type Logger } from '@handoff/service';
-import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
-import type { VmHost } from '../vm/host.js';
-import { startDataChannel, type DataChannelServer } from './transport/data-channel.js';
 import { MigrationError } from '../model/migration-error.js';
-import {
-  IncomingTokens,
-  receiveMigration,
-  type IncomingHint,
-  type PreparedIncoming,
-} from './incoming.js';
+import type { VmHost } from '../vm/host.js';
+import { IncomingMigration } from './incoming.js';
 import { OutgoingMigration } from './outgoing.js';
-import { MigrationServiceClient } from './pages/frames.js';
+import { IncomingPreparations, type IncomingHint, type PreparedIncoming } from './prepare.js';
+import { refuseUnsupported, refuseUnsupportedCapabilities } from './support.js';
+import { startDataChannel, type DataChannelServer } from './transport/data-channel.js';
+import { MigrationServiceClient } from './transport/encode.js';
+import type { TargetEndpoints } from './transport/to-target.js';
 
 /** Finished migrations remembered for GetMigration, per VM name. */
 const KEEP_FINISHED = 256;
 
+/** A MigrateVm request, as the gRPC edge hands it over. */
 export interface MigrateRequest {
   readonly name: string;
   readonly jobId: string;
-  readonly targetAddress: string;
-  /** The target's data channel (from PrepareIncoming), or '' to use the gRPC stream. */
-  readonly targetDataAddress?: string;
-  /**
-   * The target's hand-off slot from PrepareIncoming, or '': with it a VM whose RAM all travels
-   * by reference is handed over through the slot alone, with no stream.
-   */
-  readonly targetHandoffSlot?: string;
+  /** Where the target listens (PrepareIncoming's answer). */
+  readonly target: TargetEndpoints;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
+  /** The parameters the client set (the others are defaults). */
+  readonly parametersSet: readonly MigrationParameterName[];
 }
 
 export class MigrationManager {
-  readonly tokens: IncomingTokens;
+  readonly preparations: IncomingPreparations;
   private readonly outgoing = new Map<string, OutgoingMigration>();
   /** One channel per target address, kept connected between migrations. */
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
   private data: DataChannelServer | undefined;
 
   /**
-   * @param handoffDir - where incoming migrations create their hand-off slots (null: none; the
-   *   device state always travels on the stream)
+   * @param switchoverDir - where incoming migrations create their switchover slots (null:
+   *   none; the device state always travels on the stream)
    */
   constructor(
     private readonly host: VmHost,
     private readonly logger: Logger,
-    handoffDir: string | null = null,
+    switchoverDir: string | null = null,
   ) {
-    this.tokens = new IncomingTokens(host, logger, handoffDir);
+    this.preparations = new IncomingPreparations(host, logger, switchoverDir);
   }
 
   /**
@@ -64,23 +64,39 @@ export class MigrationManager {
   async listenData(listen: string): Promise<void> {
     this.data = await startDataChannel(
       listen,
-      (channel) =>
-        receiveMigration(channel, { host: this.host, tokens: this.tokens, logger: this.logger }),
+      (channel) => this.serveIncoming(channel),
       this.logger,
     );
   }
 
-  /** Address of the data channel for PrepareIncoming, or '' when there is none. */
-  get dataAddress(): string {
-    return this.data?.address ?? '';
+  /** Serves one incoming stream (a data-channel connection or a gRPC Incoming call). */
+  serveIncoming(channel: Parameters<typeof IncomingMigration.serve>[0]): Promise<void> {
+    return IncomingMigration.serve(channel, {
+      host: this.host,
+      preparations: this.preparations,
+      logger: this.logger,
+    });
+  }
+
+  /** Address of the data channel for PrepareIncoming, or null when there is none. */
+  get dataAddress(): string | null {
+    return this.data?.address ?? null;
   }
 
   /**
    * PrepareIncoming: a one-time token for a VM that will arrive under `name`; with a hint (the
    * source's spec and the capabilities) its machine is built now.
+   *
+   * @throws MigrationError `MIGRATION_UNSUPPORTED` for `capabilities` this vmm does not
+   *   implement; VmmError `VMM_VM_EXISTS`
    */
-  prepare(name: string, jobId: string, hint?: IncomingHint): Promise<PreparedIncoming> {
-    return this.tokens.prepare(name, jobId, hint);
+  async prepare(
+    name: string,
+    jobId: string,
+    opts: { hint?: IncomingHint; capabilities?: MigrationCapabilities } = {},
+  ): Promise<PreparedIncoming> {
+    if (opts.capabilities !== undefined) refuseUnsupportedCapabilities(opts.capabilities);
+    return this.preparations.prepare(name, jobId, opts.hint);
   }
 
   /**
@@ -98,13 +114,8 @@ export class MigrationManager {
         `VM ${req.name} is already migrating; wait for it or cancel it with CancelMigration`,
       );
     }
-    if (req.capabilities['postcopy-ram']) {
-      throw new MigrationError(
-        'MIGRATION_UNSUPPORTED',
-        'postcopy-ram is not implemented by this vmm yet; migrate without it',
-      );
-    }
-    if (req.targetAddress === '' || req.token === '') {
+    refuseUnsupported(req.capabilities, req.parametersSet);
+    if (req.target.address === '' || req.token === '') {
       throw new MigrationError(
         'MIGRATION_FAILED',
         'MigrateVm needs target_address and token (from PrepareIncoming on the target)',
@@ -112,12 +123,10 @@ export class MigrationManager {
     }
     const m = new OutgoingMigration({
       vm,
-      client: this.clientFor(req.targetAddress),
       host: this.host,
       jobId: req.jobId,
-      targetAddress: req.targetAddress,
-      targetDataAddress: req.targetDataAddress ?? '',
-      targetHandoffSlot: req.targetHandoffSlot ?? '',
+      target: req.target,
+      grpcClient: () => this.clientFor(req.target.address),
       token: req.token,
       capabilities: req.capabilities,
       parameters: req.parameters,
@@ -152,7 +161,7 @@ export class MigrationManager {
     for (const m of this.outgoing.values()) m.cancel();
     for (const address of [...this.clients.keys()]) this.dropClient(address);
     await this.data?.close();
-    await this.tokens.close();
+    await this.preparations.close();
     this.logger.debug('migrations closed');
   }
 

@@ -20,15 +20,28 @@ export const MIGRATION_ERROR_CODES = [
 /** One of {@link MIGRATION_ERROR_CODES}. */
 export type MigrationErrorCode = (typeof MIGRATION_ERROR_CODES)[number];
 
+/**
+ * The phases of an outgoing migration, in order: `setup` (the target is reached and the route
+ * chosen), `pre-copy` (copied RAM while the guest runs), `stop-and-copy` (the vCPU stops; the
+ * last pages and the device state move), `await-resumed` (the target runs the guest).
+ */
+export const OUTGOING_PHASES = ['setup', 'pre-copy', 'stop-and-copy', 'await-resumed'] as const;
+
+/** One of {@link OUTGOING_PHASES}. */
+export type OutgoingPhase = (typeof OUTGOING_PHASES)[number];
+
 /** The migration module's one error class. */
 export class MigrationError extends Error {
   override readonly name = 'MigrationError';
+  /** The outgoing phase it failed in, when it came from one. */
+  readonly phase: OutgoingPhase | undefined;
   constructor(
     readonly code: MigrationErrorCode,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; phase?: OutgoingPhase },
   ) {
     super(message, options);
+    this.phase = options?.phase;
   }
 
   /** Name guard that also works across module copies. */

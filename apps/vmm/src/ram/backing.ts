@@ -1,9 +1,6 @@
-import * as grpc from '@grpc/grpc-js';
 import type { memstore } from '@handoff/proto';
-import { RemoteError, ServiceError, type Logger } from '@handoff/service';
-import { VmmError } from '../model/vmm-error.js';
+import type { LeaseContext } from '../leases/calls.js';
 import type { RamBlockSpec, RegionRef } from '../model/types.js';
-import type { LeaseCalls } from '../leases/lease-channel.js';
 
 /**
  * A RAM block's memory, mapped in this process: a SharedArrayBuffer the vCPU worker adopts
@@ -59,65 +56,8 @@ export interface RamBacking {
   zero?(offset: number, length: number): void;
 }
 
-/** What opening a block needs from the instance. */
-export interface RamContext {
-  readonly vmmId: string;
-  readonly vmName: string;
+/** What opening a block needs from the instance: memstore's lease calls, and its gRPC client. */
+export interface RamContext extends LeaseContext {
   /** The memstore client (created on first use). */
   readonly memstore: () => memstore.MemstoreServiceClient;
-  /**
-   * TransferLease / GetRegion / ValidateLease: over memstore's lease channel when it serves
-   * one, else gRPC; same results and errors either way (one client per vmm instance).
-   */
-  readonly leases: () => LeaseCalls;
-  /** The lease channel's socket path, or null when memstore serves none (see LeaseChannelClient.channelPath). */
-  readonly leaseChannel: () => Promise<string | null>;
-  readonly memstoreAddress: string;
-  readonly logger: Logger;
-  /** Deadline of each memstore call. */
-  readonly deadlineMs: number;
-}
-
-/** Lease holder / clone holder identity of a VM: `<vmm-id>/<vm-name>`. */
-export function holderOf(ctx: Pick<RamContext, 'vmmId' | 'vmName'>): string {
-  return `${ctx.vmmId}/${ctx.vmName}`;
-}
-
-/**
- * Runs a memstore call and turns its failure into what a VM creator should read:
- * NOT_FOUND → `VMM_REGION_NOT_FOUND`, unreachable → `VMM_MEMSTORE_UNAVAILABLE`, anything else
- * keeps memstore's code (e.g. LEASE_HELD) with the block named in the message.
- */
-export async function memstoreCall<T>(
-  ctx: RamContext,
-  what: string,
-  call: () => Promise<T>,
-): Promise<T> {
-  try {
-    return await call();
-  } catch (err) {
-    if (!(err instanceof RemoteError)) throw err;
-    if (err.status === grpc.status.NOT_FOUND) {
-      throw new VmmError('VMM_REGION_NOT_FOUND', `${what}: ${err.message}`, { cause: err });
-    }
-    if (err.status === grpc.status.UNAVAILABLE || err.status === grpc.status.DEADLINE_EXCEEDED) {
-      throw new VmmError(
-        'VMM_MEMSTORE_UNAVAILABLE',
-        `${what}: memstore at ${ctx.memstoreAddress} did not answer (${err.message}); start it ` +
-          'or point the vmm at it with --memstore / HANDOFF_MEMSTORE_ADDR',
-        { cause: err },
-      );
-    }
-    throw new ServiceError(err.code, `${what}: ${err.message}`, { cause: err });
-  }
-}
-
-/** A RegionSelector by name. */
-export function byName(name: string): memstore.RegionSelector {
-  return { selector: { $case: 'name', value: name } };
-}
-
-/** A RegionSelector by id. */
-export function byId(id: string): memstore.RegionSelector {
-  return { selector: { $case: 'id', value: id } };
 }

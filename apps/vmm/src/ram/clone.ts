@@ -3,14 +3,8 @@ import { unaryCall } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
-import {
-  byId,
-  byName,
-  holderOf,
-  memstoreCall,
-  type RamBacking,
-  type RamContext,
-} from './backing.js';
+import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
+import type { RamBacking, RamContext } from './backing.js';
 
 /**
  * `clone` RAM: a sealed memstore template mapped MAP_PRIVATE (copy-on-write): the clone shares

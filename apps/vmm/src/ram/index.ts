@@ -5,13 +5,7 @@ import { openClone } from './clone.js';
 import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
-export { holderOf, type RamBacking, type RamContext } from './backing.js';
-export {
-  LeaseChannelClient,
-  type LeaseCallOptions,
-  type LeaseCalls,
-  type LeaseChannelClientOptions,
-} from '../leases/lease-channel.js';
+export type { RamBacking, RamContext } from './backing.js';
 
 /** Maps one block with its backend. */
 export function openRamBlock(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {

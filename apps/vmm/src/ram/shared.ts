@@ -3,14 +3,8 @@ import { unaryCall } from '@handoff/service';
 import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
-import {
-  byId,
-  byName,
-  holderOf,
-  memstoreCall,
-  type RamBacking,
-  type RamContext,
-} from './backing.js';
+import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
+import type { RamBacking, RamContext } from './backing.js';
 
 /**
  * `shared` RAM: a memstore region mapped MAP_SHARED. The VM holds the region's writer lease

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  HandoffSlot,
+  SwitchoverSlot,
   SLOT_BYTES,
   SlotState,
   abortSlot,
@@ -19,7 +19,9 @@ import {
 } from './slot.js';
 import { COMPACT_STATE_VERSION } from '../snapshot/compact-state.js';
 
-const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'handoff-slot-test-'));
+const dir = mkdtempSync(
+  join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'switchover-slot-test-'),
+);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const codeOf = (fn: () => unknown): string | undefined => {
@@ -59,15 +61,19 @@ const prepared: SlotExpectation = {
 };
 
 /** Writes an expectation as a hostile target would: raw bytes and whatever length it likes. */
-function writeExpectation(slot: HandoffSlot, bytes: Uint8Array, length = bytes.length): void {
+function writeExpectation(slot: SwitchoverSlot, bytes: Uint8Array, length = bytes.length): void {
   new Uint8Array(slot.buffer, EXPECT_AT, bytes.length).set(bytes);
   new DataView(slot.buffer).setUint32(EXPECT_LENGTH_AT, length, true);
 }
 
 /** A slot the target created, the source's handle on it, and their clean-up. */
-function pair(owner: string): { target: HandoffSlot; source: HandoffSlot; close: () => void } {
-  const target = HandoffSlot.create(dir, 'vmm-t', owner);
-  const source = HandoffSlot.open(target.path);
+function pair(owner: string): {
+  target: SwitchoverSlot;
+  source: SwitchoverSlot;
+  close: () => void;
+} {
+  const target = SwitchoverSlot.create(dir, 'vmm-t', owner);
+  const source = SwitchoverSlot.open(target.path);
   return {
     target,
     source,
@@ -153,12 +159,12 @@ function slotThread(
   };
 }
 
-describe('HandoffSlot', () => {
+describe('SwitchoverSlot', () => {
   it('is created armed, opened by the other side, and deleted by its owner on close', () => {
-    const target = HandoffSlot.create(dir, 'vmm-b', 'VM_1');
-    expect(target.path).toMatch(/handoff-slot-vmm-b--vm-1-[0-9a-f]{12}\.bin$/);
+    const target = SwitchoverSlot.create(dir, 'vmm-b', 'VM_1');
+    expect(target.path).toMatch(/switchover-slot-vmm-b--vm-1-[0-9a-f]{12}\.bin$/);
     expect(target.state()).toBe(SlotState.ARMED);
-    const source = HandoffSlot.open(target.path);
+    const source = SwitchoverSlot.open(target.path);
     expect(source.state()).toBe(SlotState.ARMED);
     expect(source.announced).toBe(false);
     source.close();
@@ -169,11 +175,11 @@ describe('HandoffSlot', () => {
   });
 
   it('hands the state over: stop → publish → take → run, stamps visible to both sides', () => {
-    const target = HandoffSlot.create(dir, 'vmm-t', 't');
-    const source = HandoffSlot.open(target.path);
+    const target = SwitchoverSlot.create(dir, 'vmm-t', 't');
+    const source = SwitchoverSlot.open(target.path);
     expect(awaitStop(target.buffer, 1, () => true)).toBe('cancelled'); // nothing yet: gives up
-    const again = HandoffSlot.create(dir, 'vmm-t', 't2');
-    const src = HandoffSlot.open(again.path);
+    const again = SwitchoverSlot.create(dir, 'vmm-t', 't2');
+    const src = SwitchoverSlot.open(again.path);
     expect(announceStop(src.buffer, 1234.5)).toBe(true);
     expect(src.announced).toBe(true);
     expect(again.abort()).toBe(false); // announced: the target's thread decides now
@@ -194,14 +200,14 @@ describe('HandoffSlot', () => {
   });
 
   it('an aborted slot is never announced, and an announced one is never aborted', () => {
-    const a = HandoffSlot.create(dir, 'vmm-t', 'a');
+    const a = SwitchoverSlot.create(dir, 'vmm-t', 'a');
     expect(a.abort()).toBe(true);
     expect(a.abort()).toBe(true); // already aborted
     expect(announceStop(a.buffer, 1)).toBe(false);
     expect(a.announced).toBe(false);
     expect(awaitStop(a.buffer, 10, () => false)).toBe('aborted');
     a.close();
-    const b = HandoffSlot.create(dir, 'vmm-t', 'b');
+    const b = SwitchoverSlot.create(dir, 'vmm-t', 'b');
     expect(announceStop(b.buffer, 1)).toBe(true);
     expect(abortSlot(b.buffer)).toBe(false);
     expect(announceStop(b.buffer, 1)).toBe(false); // only once
@@ -212,7 +218,7 @@ describe('HandoffSlot', () => {
 
   it('a state that cannot be published aborts the announced slot; the taker learns it', () => {
     for (const state of [new Uint8Array(SLOT_BYTES), null]) {
-      const s = HandoffSlot.create(dir, 'vmm-t', 'big');
+      const s = SwitchoverSlot.create(dir, 'vmm-t', 'big');
       expect(announceStop(s.buffer, 1)).toBe(true);
       expect(publishState(s.buffer, state)).toBe(false);
       expect(s.state()).toBe(SlotState.ABORTED);
@@ -224,7 +230,7 @@ describe('HandoffSlot', () => {
   });
 
   it('a taker with nothing to do at the stop sleeps on until the state is there', () => {
-    const s = HandoffSlot.create(dir, 'vmm-t', 'through');
+    const s = SwitchoverSlot.create(dir, 'vmm-t', 'through');
     expect(announceStop(s.buffer, 1)).toBe(true);
     let asked = 0;
     const stopAsked = (): boolean => {
@@ -237,7 +243,7 @@ describe('HandoffSlot', () => {
     expect(asked).toBe(0);
     s.close();
     // Given up after the stop: still "stopped" (the taker then finds it aborted).
-    const t = HandoffSlot.create(dir, 'vmm-t', 'through2');
+    const t = SwitchoverSlot.create(dir, 'vmm-t', 'through2');
     expect(announceStop(t.buffer, 1)).toBe(true);
     expect(publishState(t.buffer, null)).toBe(false);
     expect(awaitStop(t.buffer, 1, () => false, true)).toBe('stopped');
@@ -246,14 +252,14 @@ describe('HandoffSlot', () => {
   });
 
   it('a taker gives up after its timeout when the state never comes', () => {
-    const s = HandoffSlot.create(dir, 'vmm-t', 'late');
+    const s = SwitchoverSlot.create(dir, 'vmm-t', 'late');
     expect(announceStop(s.buffer, 1)).toBe(true);
     expect(takeState(s.buffer, 5)).toEqual({ kind: 'timed-out' });
     s.close();
   });
 
   it('an armed taker gives up when told to stop, aborting the slot', () => {
-    const s = HandoffSlot.create(dir, 'vmm-t', 'stop');
+    const s = SwitchoverSlot.create(dir, 'vmm-t', 'stop');
     let asked = 0;
     expect(awaitStop(s.buffer, 1, () => ++asked >= 3)).toBe('cancelled');
     expect(asked).toBe(3);
@@ -262,7 +268,7 @@ describe('HandoffSlot', () => {
   });
 
   it('refuses a hostile length written into the slot', () => {
-    const s = HandoffSlot.create(dir, 'vmm-t', 'len');
+    const s = SwitchoverSlot.create(dir, 'vmm-t', 'len');
     expect(announceStop(s.buffer, 1)).toBe(true);
     expect(publishState(s.buffer, new Uint8Array(16))).toBe(true);
     new DataView(s.buffer).setUint32(12, SLOT_BYTES, true); // past the capacity
@@ -271,7 +277,7 @@ describe('HandoffSlot', () => {
   });
 
   it('wakes a taker sleeping in another thread, at the stop and at the state', async () => {
-    const s = HandoffSlot.create(dir, 'vmm-t', 'wake');
+    const s = SwitchoverSlot.create(dir, 'vmm-t', 'wake');
     const worker = new Worker(
       `const { workerData, parentPort } = require('node:worker_threads');
        import(workerData.module).then(({ awaitStop, takeState }) => {
@@ -316,14 +322,14 @@ describe('HandoffSlot', () => {
   });
 });
 
-describe('HandoffSlot.open (the target is hostile too)', () => {
+describe('SwitchoverSlot.open (the target is hostile too)', () => {
   it.each([
-    ['a relative path', () => 'handoff-slot-x.bin'],
+    ['a relative path', () => 'switchover-slot-x.bin'],
     ['another file name', () => join(dir, 'passwd')],
     [
       'a file of another size',
       () => {
-        const p = join(dir, 'handoff-slot-short.bin');
+        const p = join(dir, 'switchover-slot-short.bin');
         writeFileSync(p, new Uint8Array(4096));
         return p;
       },
@@ -331,7 +337,7 @@ describe('HandoffSlot.open (the target is hostile too)', () => {
     [
       'a slot-sized file without the header',
       () => {
-        const p = join(dir, 'handoff-slot-zero.bin');
+        const p = join(dir, 'switchover-slot-zero.bin');
         writeFileSync(p, new Uint8Array(SLOT_BYTES));
         return p;
       },
@@ -339,31 +345,31 @@ describe('HandoffSlot.open (the target is hostile too)', () => {
     [
       'a symbolic link',
       () => {
-        const real = HandoffSlot.create(dir, 'vmm-t', 'real');
-        const p = join(dir, 'handoff-slot-link.bin');
+        const real = SwitchoverSlot.create(dir, 'vmm-t', 'real');
+        const p = join(dir, 'switchover-slot-link.bin');
         symlinkSync(real.path, p);
         return p;
       },
     ],
-    ['a missing file', () => join(dir, 'handoff-slot-missing.bin')],
+    ['a missing file', () => join(dir, 'switchover-slot-missing.bin')],
   ])('refuses %s with MIGRATION_BAD_STREAM', (_, make) => {
-    expect(codeOf(() => HandoffSlot.open(make()))).toBe('MIGRATION_BAD_STREAM');
+    expect(codeOf(() => SwitchoverSlot.open(make()))).toBe('MIGRATION_BAD_STREAM');
   });
 });
 
 describe('which state encoding the source writes into the slot', () => {
   /** Where the header keeps the compact layouts the target reads (the file's layout table). */
   const COMPACT_LAYOUTS_AT = 52;
-  const layoutsWord = (slot: HandoffSlot, value: number): void =>
+  const layoutsWord = (slot: SwitchoverSlot, value: number): void =>
     new DataView(slot.buffer).setUint32(COMPACT_LAYOUTS_AT, value, true);
 
   it("the compact layout, when the target lists this build's layout version", () => {
-    const target = HandoffSlot.create(dir, 'vmm-t', 'compact');
+    const target = SwitchoverSlot.create(dir, 'vmm-t', 'compact');
     expect(new DataView(target.buffer).getUint32(COMPACT_LAYOUTS_AT, true)).toBe(
       2 ** COMPACT_STATE_VERSION,
     );
-    const source = HandoffSlot.open(target.path);
-    expect(source.handoff).toEqual({ slot: source.buffer, compact: true });
+    const source = SwitchoverSlot.open(target.path);
+    expect(source.publishing).toEqual({ slot: source.buffer, compact: true });
     source.close();
     target.close();
   });
@@ -372,16 +378,16 @@ describe('which state encoding the source writes into the slot', () => {
     ['lists no layout (a build before the compact layout)', 0],
     ['lists only other layout versions', ~(2 ** COMPACT_STATE_VERSION) >>> 0],
   ])('a snapshot container, when the target %s', (_, word) => {
-    const target = HandoffSlot.create(dir, 'vmm-t', 'container');
+    const target = SwitchoverSlot.create(dir, 'vmm-t', 'container');
     layoutsWord(target, word);
-    const source = HandoffSlot.open(target.path);
-    expect(source.handoff.compact).toBe(false);
+    const source = SwitchoverSlot.open(target.path);
+    expect(source.publishing.compact).toBe(false);
     source.close();
     target.close();
   });
 });
 
-describe('HandoffSlot expectation (which VM the target prepared the slot for)', () => {
+describe('SwitchoverSlot expectation (which VM the target prepared the slot for)', () => {
   it('reaches the source as the target wrote it', () => {
     const { target, source, close } = pair('expect');
     target.expect(prepared);
@@ -430,7 +436,7 @@ describe('HandoffSlot expectation (which VM the target prepared the slot for)', 
   });
 });
 
-describe('HandoffSlot.expectation (what the target wrote is hostile input)', () => {
+describe('SwitchoverSlot.expectation (what the target wrote is hostile input)', () => {
   const block = prepared.blocks[0]!;
   const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
   const withBlock = (patch: Record<string, unknown>): Uint8Array =>
@@ -576,7 +582,7 @@ describe('the take-over outcome', () => {
     p.close();
   });
 
-  it.each<[string, (slot: HandoffSlot) => void, number]>([
+  it.each<[string, (slot: SwitchoverSlot) => void, number]>([
     ['fail()', (slot) => slot.fail(), SlotState.FAILED],
     ['a HELD outcome', (slot) => finishSlot(slot.buffer, SlotState.HELD, 5), SlotState.HELD],
   ])('%s wakes a source thread waiting for the take-over', async (_, settle, outcome) => {

@@ -1,8 +1,8 @@
 /**
- * The hand-off slot: one small shared file through which the source's vCPU thread hands a
+ * The switchover slot: one small shared file through which the source's vCPU thread hands a
  * migrating VM's device state straight to the target's vCPU thread, without waking either main
- * thread (PROTOCOL.md, "Direct hand-off"). Used when every RAM block travels by reference, so
- * the device state is all that is left to move at the stop.
+ * thread (README.md beside this file). Used when every RAM block travels by reference, so the
+ * device state is all that is left to move at the stop.
  *
  * Layout (little-endian; the target creates and owns the file, the source only writes the
  * state and flips the state word):
@@ -20,13 +20,14 @@
  * | 48 | 4 | length of the expectation in bytes |
  * | 52 | 4 | compact state layouts the target reads: bit n = layout n (0: the snapshot container only) |
  * | 64 | ≤ 4032 | the expectation: JSON {@link SlotExpectation}, written by the target |
- * | 4096 | capacity | the device state: a compact hand-off state or a snapshot container |
+ * | 4096 | capacity | the device state: a compact state or a snapshot container |
  *
  * The expectation says which VM the target prepared for: the lease holder it armed the
- * transfers from and every block's region, identity and epoch. A source that got the slot from
+ * transfers from, how its vCPU thread will move the leases, and every block's region, identity
+ * and epoch. A source that got the slot from
  * PrepareIncoming (no stream at all) checks it against its own VM before it stops.
  *
- * The state goes in the compact hand-off layout (snapshot/FORMAT.md) when the target lists this
+ * The state goes in the compact state layout (snapshot/FORMAT.md) when the target lists this
  * build's layout version in its header word, else as a snapshot container (a target of another
  * build); the target tells them apart by their magic.
  *
@@ -105,7 +106,9 @@ const CAPACITY = SLOT_BYTES - SLOT_HEADER_BYTES;
  * the first touch of a page of the file is a page fault, kept out of the downtime.
  */
 const STATE_PREFAULT_BYTES = 8192;
-const NAME = /^handoff-slot-[a-z0-9-]{1,64}\.bin$/;
+const NAME = /^switchover-slot-[a-z0-9-]{1,64}\.bin$/;
+/** The name form of slot files of builds before the switchover was named so (swept at start). */
+const OLD_NAME = /^handoff-slot-[a-z0-9-]{1,64}\.bin$/;
 
 /** A name as a slot file's tag: lower-case words joined by single `-`, at most 24 characters. */
 function nameTag(name: string): string {
@@ -118,26 +121,32 @@ function nameTag(name: string): string {
 }
 
 /**
- * How the names of the slot files a vmm instance creates begin: `handoff-slot-<vmm tag>--`.
- * Tags never hold `--`, so no other instance's names begin the same way unless both ids give
- * one tag (ids that differ only in case or punctuation).
+ * How the names of the slot files a vmm instance creates begin: `switchover-slot-<vmm tag>--`
+ * (`handoff-slot-<vmm tag>--` with `legacy`, as builds before the rename named them). Tags
+ * never hold `--`, so no other instance's names begin the same way unless both ids give one tag
+ * (ids that differ only in case or punctuation).
  */
-export function slotPrefixOf(vmmId: string): string {
-  return `handoff-slot-${nameTag(vmmId)}--`;
+export function slotPrefixOf(vmmId: string, legacy = false): string {
+  return `${legacy ? 'handoff' : 'switchover'}-slot-${nameTag(vmmId)}--`;
 }
 
-/** Whether `name` has the form of a slot file's name. */
+/** Whether `name` has the form of a slot file's name (of this build or an earlier one). */
 export function isSlotName(name: string): boolean {
-  return NAME.test(name);
+  return NAME.test(name) || OLD_NAME.test(name);
 }
 
 /**
- * Which VM a slot was prepared for (target → source). Everything that ties a hand-off to one
+ * Which VM a slot was prepared for (target → source). Everything that ties a switchover to one
  * lease tenure of one VM: the holder and, per block, the region and its epoch.
  */
 export interface SlotExpectation {
   /** The lease holder the transfers were armed from: the source VM (`vmm-id/vm-name`). */
   readonly from: string;
+  /**
+   * How the target's vCPU thread moves the leases: memstore armed them (`armed`) or it sends
+   * TransferLease over the lease channel (`channel`). Absent in slots of earlier builds.
+   */
+  readonly lease?: 'armed' | 'channel';
   readonly blocks: readonly {
     /** The block's id in the VM spec. */
     readonly id: string;
@@ -151,7 +160,7 @@ export interface SlotExpectation {
 }
 
 /** The main thread's handle of a slot file (either side). */
-export class HandoffSlot {
+export class SwitchoverSlot {
   private closed = false;
 
   private constructor(
@@ -173,7 +182,7 @@ export class HandoffSlot {
    *
    * @throws ShmError when the file cannot be created or mapped
    */
-  static create(dir: string, vmmId: string, vmName: string): HandoffSlot {
+  static create(dir: string, vmmId: string, vmName: string): SwitchoverSlot {
     const name = `${slotPrefixOf(vmmId)}${nameTag(vmName)}-${randomBytes(6).toString('hex')}.bin`;
     const path = join(dir, name);
     const mapping = mapFile(path, { create: true, exclusive: true, size: SLOT_BYTES, mode: 0o600 });
@@ -184,7 +193,7 @@ export class HandoffSlot {
     view.setUint32(OFF.compactLayouts, COMPACT_LAYOUTS_HERE, true);
     Atomics.store(new Int32Array(mapping.buffer, 0, 16), STATE, SlotState.ARMED);
     touchStatePages(mapping.buffer);
-    return new HandoffSlot(path, mapping, true);
+    return new SwitchoverSlot(path, mapping, true);
   }
 
   /**
@@ -193,15 +202,15 @@ export class HandoffSlot {
    * @throws MigrationError `MIGRATION_BAD_STREAM` when the path or the file is not an armed
    *   slot of this layout
    */
-  static open(path: string): HandoffSlot {
+  static open(path: string): SwitchoverSlot {
     const bad = (why: string): never => {
       throw new MigrationError(
         'MIGRATION_BAD_STREAM',
-        `the target's hand-off slot ${JSON.stringify(path).slice(0, 200)} ${why}`,
+        `the target's switchover slot ${JSON.stringify(path).slice(0, 200)} ${why}`,
       );
     };
     if (!isAbsolute(path) || !NAME.test(basename(path)) || path.includes('\0')) {
-      bad('is not a slot path (absolute, named handoff-slot-*.bin)');
+      bad('is not a slot path (absolute, named switchover-slot-*.bin)');
     }
     let fd: number;
     try {
@@ -228,14 +237,14 @@ export class HandoffSlot {
       bad(`has an unknown header (layout version ${view.getUint32(OFF.version, true)})`);
     }
     touchStatePages(mapping.buffer);
-    return new HandoffSlot(path, mapping, false);
+    return new SwitchoverSlot(path, mapping, false);
   }
 
   /**
-   * Source: what its vCPU thread needs for the hand-off: the mapped file, and whether the
+   * Source: what its vCPU thread needs to publish the state: the mapped file, and whether the
    * target reads this build's compact state layout (else the state goes as a container).
    */
-  get handoff(): { readonly slot: SharedArrayBuffer; readonly compact: boolean } {
+  get publishing(): { readonly slot: SharedArrayBuffer; readonly compact: boolean } {
     const reads = new DataView(this.buffer).getUint32(OFF.compactLayouts, true);
     return { slot: this.buffer, compact: (reads & COMPACT_LAYOUTS_HERE) !== 0 };
   }
@@ -256,7 +265,7 @@ export class HandoffSlot {
     if (bytes.length > EXPECT_MAX) {
       throw new MigrationError(
         'MIGRATION_FAILED',
-        `the hand-off slot's expectation needs ${bytes.length} bytes; it holds ${EXPECT_MAX}`,
+        `the switchover slot's expectation needs ${bytes.length} bytes; it holds ${EXPECT_MAX}`,
       );
     }
     new Uint8Array(this.buffer, EXPECT_AT, bytes.length).set(bytes);
@@ -275,7 +284,7 @@ export class HandoffSlot {
     const bad = (why: string): never => {
       throw new MigrationError(
         'MIGRATION_BAD_STREAM',
-        `the hand-off slot ${basename(this.path)} has a malformed expectation: ${why}`,
+        `the switchover slot ${basename(this.path)} has a malformed expectation: ${why}`,
       );
     };
     if (length > EXPECT_MAX) bad(`${length} bytes, at most ${EXPECT_MAX}`);
@@ -292,6 +301,9 @@ export class HandoffSlot {
     const o = v as Partial<Record<keyof SlotExpectation, unknown>>;
     if (typeof v !== 'object' || v === null || typeof o.from !== 'string') bad('no holder');
     if (!Array.isArray(o.blocks)) bad('no block list');
+    if (o.lease !== undefined && o.lease !== 'armed' && o.lease !== 'channel') {
+      bad('a lease step that is neither armed nor channel');
+    }
     const blocks = (o.blocks as unknown[]).map((b, k) => {
       const x = b as Record<string, unknown>;
       const ok =
@@ -311,12 +323,18 @@ export class HandoffSlot {
         guestBase: x.guestBase as number,
       };
     });
-    return { from: o.from as string, blocks };
+    const lease = o.lease as SlotExpectation['lease'];
+    return { from: o.from as string, ...(lease !== undefined ? { lease } : {}), blocks };
   }
 
   /** Whether the source's thread announced its stop (the target may take the lease from then on). */
   get announced(): boolean {
     return announcedStop(this.buffer);
+  }
+
+  /** When the source's thread published the state (epoch ms), else 0. */
+  get publishedAtMs(): number {
+    return new DataView(this.buffer).getFloat64(OFF.publishedAt, true);
   }
 
   /** The target vCPU's start stamp (epoch ms) once RUNNING (HELD: when it took the VM), else 0. */
@@ -325,7 +343,7 @@ export class HandoffSlot {
   }
 
   /**
-   * Gives up the direct hand-off (`ARMED → ABORTED`) and wakes the waiting thread. True when the
+   * Gives up the switchover (`ARMED → ABORTED`) and wakes the waiting thread. True when the
    * slot is aborted before the source's stop (now or before); false when the source's thread
    * announced its stop: the target's thread decides.
    */
@@ -334,7 +352,7 @@ export class HandoffSlot {
   }
 
   /**
-   * Target's main thread, after its vCPU thread ended the hand-off without the VM: makes sure the
+   * Target's main thread, after its vCPU thread ended the switchover without the VM: makes sure the
    * slot says FAILED (a thread that died wrote nothing), waking the source's thread.
    */
   fail(): void {
@@ -521,7 +539,7 @@ export function finishSlot(
 }
 
 /**
- * `STOPPED | READY | TAKEN → FAILED` (the target ends a hand-off after the stop without the
+ * `STOPPED | READY | TAKEN → FAILED` (the target ends a switchover after the stop without the
  * VM), waking the source's thread; a slot with no stop, or already ended, stays as it is.
  */
 function failSlot(buf: SharedArrayBuffer): void {

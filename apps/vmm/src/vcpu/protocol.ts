@@ -16,8 +16,8 @@
  *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
  *  DOORBELL check): input bytes, the device state of an incoming migration (restored, then
  *  REQUEST applies at once: RUN starts the guest before the boot is reported), and the
- *  hand-off slots of a direct hand-off (the source's thread publishes its saved state there;
- *  the target's thread sleeps on the slot's futex, takes the leases itself and runs).
+ *  switchover slots (../switchover: the source's thread publishes its saved state there; the
+ *  target's thread sleeps on the slot's futex, takes the leases itself and runs).
  *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
  *  exit, fatal, replies.
  * ```
@@ -29,8 +29,9 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { ControlIdentity } from '../devices/control.js';
+import type { LeasePlan } from '../leases/thread-step.js';
 import type { MachineState } from '../machine/state.js';
-import type { HandoffLeasePlan } from '../leases/thread-step.js';
+import type { SwitchoverOutcome } from '../switchover/outcome.js';
 
 /** Int32 indices of the control SharedArrayBuffer. */
 export const Ctl = {
@@ -96,11 +97,11 @@ export interface VcpuInit {
   readonly ramNotZero: boolean;
   readonly elf: Uint8Array;
   /**
-   * Incoming migration: device state to restore instead of loading `elf` (RAM already holds
-   * the guest). The worker then reports `booted` with entry -1. `pending`: the state comes
-   * later as a `restore` command (the thread is started early, off the downtime path).
+   * Incoming migration: the machine is built without loading `elf` (RAM already holds the
+   * guest) and waits for its device state — a `restore` command, or a switchover — then reports
+   * `booted` with entry -1. The thread is started early, off the migration's pause.
    */
-  readonly restore: MachineState | 'pending' | null;
+  readonly incoming: boolean;
   readonly identity: ControlIdentity;
   readonly hostArgs: Uint8Array;
   /** Host → worker commands (read synchronously by the worker). */
@@ -112,49 +113,20 @@ export type VcpuCommand =
   | { readonly t: 'input'; readonly bytes: Uint8Array }
   | { readonly t: 'restore'; readonly state: MachineState }
   /**
-   * Incoming migration, direct hand-off (migration/handoff-slot.ts): wait for the device state in
-   * `slot`, take the leases with `lease`, restore, and run if REQUEST is RUN; report `handoff`.
+   * Incoming migration by switchover (switchover/slot.ts): wait for the device state in `slot`,
+   * take the leases with `lease`, restore, and run if REQUEST is RUN; report `switchover`.
    */
-  | { readonly t: 'handoff-in'; readonly slot: SharedArrayBuffer; readonly lease: HandoffLeasePlan }
+  | { readonly t: 'switchover-in'; readonly slot: SharedArrayBuffer; readonly lease: LeasePlan }
   /**
    * Outgoing migration: the save with this id also publishes the state into `slot`, in the
-   * compact hand-off layout when `compact` (the target reads it), else as a snapshot container.
+   * compact state layout when `compact` (the target reads it), else as a snapshot container.
    */
   | {
-      readonly t: 'handoff-out';
+      readonly t: 'switchover-out';
       readonly slot: SharedArrayBuffer;
       readonly saveId: number;
       readonly compact: boolean;
     };
-
-/** How a direct hand-off ended in the target's vCPU thread (`handoff` message). */
-export interface HandoffOutcome {
-  /** True: the leases moved here and the guest runs (REQUEST was RUN). */
-  readonly ok: boolean;
-  /**
-   * Where it ended: `run`; `aborted` (the slot was given up before the state came: the state
-   * travels on the stream, nothing moved); `connect` (no lease channel; the slot was aborted);
-   * `state` (the state does not load); `lease` (a transfer failed or its answer is unknown).
-   */
-  readonly stage: 'run' | 'aborted' | 'connect' | 'state' | 'lease';
-  /** Per lease transfer: the epoch now held here, or null where it did not move. */
-  readonly epochs: readonly (number | null)[];
-  /** Epoch ms: the guest's start here (ok), and the source vCPU's stop. */
-  readonly runAtMs: number;
-  readonly stopAtMs: number;
-  /**
-   * Epoch ms (diagnostics): this thread saw the stop, the source published the state, this
-   * thread had it restored, and had the leases.
-   */
-  readonly stopSeenAtMs?: number;
-  readonly publishedAtMs?: number;
-  readonly restoredAtMs?: number;
-  readonly leasedAtMs?: number;
-  readonly code?: string;
-  readonly message?: string;
-  /** A transfer may have been applied without its answer (the lease may be here). */
-  readonly uncertain?: boolean;
-}
 
 /** Worker run states reported in order. */
 export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
@@ -183,11 +155,11 @@ export type VcpuMessage =
   | {
       readonly t: 'saved';
       readonly id: number;
-      /** null: not saved (`error` says why), or handed off (the slot holds it). */
+      /** null: not saved (`error` says why), or published into a switchover slot. */
       readonly state: MachineState | null;
       readonly error?: string;
-      /** The state was published into the hand-off slot of a `handoff-out` command instead. */
-      readonly handedOff?: boolean;
+      /** The state was published into the slot of a `switchover-out` command instead. */
+      readonly published?: boolean;
     }
-  | ({ readonly t: 'handoff' } & HandoffOutcome)
+  | ({ readonly t: 'switchover' } & SwitchoverOutcome)
   | { readonly t: 'stopped' };

@@ -2,16 +2,9 @@ import { memstore } from '@handoff/proto';
 import { createClient, type Logger } from '@handoff/service';
 import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
 import type { ElfImage } from '../loader/elf.js';
-import { byId, memstoreCall } from '../ram/backing.js';
-import {
-  closeRamBlocks,
-  holderOf,
-  LeaseChannelClient,
-  openRamBlocks,
-  type LeaseCalls,
-  type RamBacking,
-  type RamContext,
-} from '../ram/index.js';
+import { LeaseChannelClient, type LeaseCalls } from '../leases/lease-channel.js';
+import { checkLease } from '../leases/protocol.js';
+import { closeRamBlocks, openRamBlocks, type RamBacking, type RamContext } from '../ram/index.js';
 import { VmmError } from '../model/vmm-error.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
@@ -199,7 +192,7 @@ export class VmHost {
    * Registers an incoming VM (its name reserved), loads its device state and runs it.
    * Resolves with the epoch milliseconds at which its vCPU started.
    */
-  async adoptIncoming(vm: Vm, state: MachineState): Promise<number> {
+  async adoptAndRun(vm: Vm, state: MachineState): Promise<number> {
     this.vms.set(vm.name, vm);
     try {
       const at = await vm.runIncoming(state);
@@ -222,10 +215,10 @@ export class VmHost {
   }
 
   /**
-   * Registers an incoming VM (its name reserved) whose vCPU thread took it over and runs it.
-   * Logs nothing: the caller logs the arrival once its source had the CPU to finish.
+   * Registers an incoming VM (its name reserved) whose vCPU thread took it over by switchover
+   * and runs it. Logs nothing: the caller logs the arrival once its source had the CPU to finish.
    */
-  adoptHandedOff(vm: Vm): void {
+  adoptRunning(vm: Vm): void {
     this.vms.set(vm.name, vm);
     this.changed();
   }
@@ -238,7 +231,7 @@ export class VmHost {
    */
   retire(vm: Vm, keep: (block: RamBacking) => boolean): Promise<void> {
     const gone = vm
-      .handOff(keep)
+      .becomePostmigrate(keep)
       .catch((err: unknown) =>
         vm.log.warn({ error: (err as Error).message }, 'postmigrate teardown failed'),
       )
@@ -285,21 +278,11 @@ export class VmHost {
       for (const b of vm.ramBlocks) {
         if (b.spec.backend !== 'shared' || b.regionRef === null) continue;
         const ref = b.regionRef;
-        const res = await memstoreCall(
-          ctx,
-          `VM ${name}: checking the lease of ${ref.regionName}`,
-          () =>
-            ctx
-              .leases()
-              .validateLease(
-                { region: byId(ref.regionId), holder: holderOf(ctx), epoch: BigInt(ref.epoch) },
-                { deadlineMs: ctx.deadlineMs },
-              ),
-        );
-        if (!res.valid) {
+        const lease = await checkLease(ctx, ref);
+        if (!lease.valid) {
           vm.fence(
             `memstore says the lease of region ${ref.regionName} moved to ` +
-              `${res.current?.holder ?? 'nobody'} at epoch ${res.current?.epoch ?? 0} (ours: ${ref.epoch})`,
+              `${lease.holder} at epoch ${lease.epoch} (ours: ${ref.epoch})`,
           );
         }
       }

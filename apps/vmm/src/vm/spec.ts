@@ -2,6 +2,7 @@ import { HOST_ARGS_SIZE } from '../devices/control.js';
 import { createMachine } from '../machine/machine.js';
 import { DEFAULT_RAM_SIZE, VirtMap } from '../machine/virt-map.js';
 import { PAGE_SIZE } from '../memory/pages.js';
+import { MAX_BLOCK_SIZE } from '../model/limits.js';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 
@@ -11,8 +12,7 @@ export const VM_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,47}$/;
 export const BLOCK_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 /** Host-argument keys (values are one token: no whitespace). */
 const ARG_KEY_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
-/** Largest RAM block the machine maps (typed-array views index it with int32 offsets). */
-export const MAX_BLOCK_SIZE = 2 ** 31;
+export { MAX_BLOCK_SIZE } from '../model/limits.js';
 /** Id of main RAM, the one block the machine inlines. */
 export const MAIN_BLOCK_ID = 'ram0';
 

@@ -36,7 +36,7 @@ function standInWorker(): URL {
      const post = (m) => parentPort.postMessage(m);
      let seen = Atomics.load(ctl, ${Ctl.DOORBELL});
      let run = 'created';
-     if (init.restore === 'pending') {
+     if (init.incoming) {
        post({ t: 'spawned' });
        while (receiveMessageOnPort(init.commands) === undefined) {
          Atomics.wait(ctl, ${Ctl.DOORBELL}, seen);
@@ -106,12 +106,12 @@ describe('Vm.pauseAndSave', () => {
     const calls: number[] = [];
     const saved = await vm.pauseAndSave((at) => calls.push(at));
     expect(calls).toEqual([PAUSED_AT]);
-    expect(saved).toEqual({ handedOff: false, pausedAtMs: PAUSED_AT, state: FAKE_STATE });
+    expect(saved).toEqual({ published: false, pausedAtMs: PAUSED_AT, state: FAKE_STATE });
     expect(vm.currentState).toBe('paused');
 
     // Already paused: saved only.
     const again = await vm.pauseAndSave((at) => calls.push(at));
-    expect(again).toMatchObject({ handedOff: false, state: FAKE_STATE });
+    expect(again).toMatchObject({ published: false, state: FAKE_STATE });
     expect(calls).toHaveLength(2);
     expect(vm.currentState).toBe('paused');
     await vm.destroy();

@@ -3,25 +3,25 @@ import { PageBitmap } from '@handoff/bitmap';
 import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
 import type { GuestImage } from '../guests/catalog.js';
+import type { LeasePlan } from '../leases/thread-step.js';
 import type { MachineState } from '../machine/state.js';
-import type { HandoffLeasePlan } from '../leases/thread-step.js';
-import type { RamBacking as RamBackingT } from '../ram/backing.js';
 import { PAGE_SHIFT } from '../memory/pages.js';
-import { closeRamBlocks, type RamBacking } from '../ram/index.js';
+import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
+import { closeRamBlocks, type RamBacking } from '../ram/index.js';
+import type { SwitchoverOutcome } from '../switchover/outcome.js';
+import type { SwitchoverPublish } from '../switchover/thread.js';
+import type { VcpuThreadPool } from '../vcpu/pool.js';
 import {
   CONTROL_BYTES,
   Ctl,
   Request,
-  type HandoffOutcome,
   type VcpuCommand,
   type VcpuInit,
   type VcpuMessage,
   type VcpuRunState,
 } from '../vcpu/protocol.js';
 import { hostArgsOf } from './spec.js';
-import type { VcpuThreadPool } from '../vcpu/pool.js';
-import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from '../model/types.js';
 
 /** How long a state change (start, pause, resume) may take before the vCPU counts as failed. */
 const STATE_TIMEOUT_MS = 5000;
@@ -96,8 +96,8 @@ export class Vm {
   private lastPauseAt = 0;
   /** Incoming migration: the machine is built ({@link Vm.spawned}). */
   private built: Promise<void> = Promise.resolve();
-  /** The teardown of {@link handOff}, which destroy() waits for. */
-  private handingOff: Promise<void> | undefined;
+  /** The teardown of {@link Vm.becomePostmigrate}, which destroy() waits for. */
+  private leaving: Promise<void> | undefined;
   private destroying: Promise<void> | undefined;
   private gone = false;
   /** Serializes start/pause/resume/harvest so requests never interleave. */
@@ -112,8 +112,8 @@ export class Vm {
   private saveId = 0;
   private readonly saves = new Map<number, (m: VcpuMessage & { t: 'saved' }) => void>();
   private workerExited: Promise<void>;
-  /** Set once the VM was handed to a migration target (postmigrate): never runs here again. */
-  private handedOff = false;
+  /** Set once the VM migrated away (postmigrate): it never runs here again. */
+  private migratedAway = false;
   /** Why the VM must not resume here (its lease moved), or null. */
   private fencedReason: string | null = null;
   /** Whether pages of main RAM outside {@link Vm.touchedPages} are known to be zero. */
@@ -124,7 +124,7 @@ export class Vm {
     ram: readonly RamBacking[],
     guest: GuestImage | null,
     deps: VmDeps,
-    incoming?: { state: MachineState | 'pending'; touched: PageBitmap | null },
+    incoming?: { touched: PageBitmap | null },
   ) {
     this.name = spec.name;
     this.spec = { ...spec, ram: ram.map((b) => b.spec) };
@@ -165,7 +165,7 @@ export class Vm {
       bitmapWords: words,
       ramNotZero: !main.zeroed,
       elf: guest?.bytes ?? new Uint8Array(0),
-      restore: incoming?.state ?? null,
+      incoming: incoming !== undefined,
       identity,
       hostArgs: hostArgsOf(spec.args),
       commands: channel.port2,
@@ -175,7 +175,7 @@ export class Vm {
     this.worker.on('message', (m: VcpuMessage) => this.onMessage(m));
     this.worker.on('error', (err) => this.onWorkerGone(`vCPU thread failed: ${err.message}`));
     this.worker.on('exit', (code) => {
-      if (this.destroying === undefined && !this.handedOff)
+      if (this.destroying === undefined && !this.migratedAway)
         this.onWorkerGone(`vCPU thread exited (code ${code})`);
     });
   }
@@ -220,7 +220,7 @@ export class Vm {
     deps: VmDeps,
   ): Vm {
     const touched = zeroKnown ? new PageBitmap(ram[0]!.spec.size >>> PAGE_SHIFT) : null;
-    const vm = new Vm(spec, ram, null, deps, { state: 'pending', touched });
+    const vm = new Vm(spec, ram, null, deps, { touched });
     vm.built = vm.waitBoot('spawned');
     vm.built.catch(() => undefined); // also fails runIncoming, which the caller awaits
     return vm;
@@ -258,24 +258,24 @@ export class Vm {
   }
 
   /**
-   * Incoming migration by direct hand-off (PROTOCOL.md): arms the waiting vCPU thread on the
-   * hand-off `slot`. When the source's thread publishes the state there, this VM's thread takes
-   * the leases with `lease`, restores and runs the guest without a word from this thread.
+   * Incoming migration by switchover (switchover/README.md): arms the waiting vCPU thread on the
+   * switchover `slot`. When the source's thread publishes the state there, this VM's thread
+   * takes the leases with `lease`, restores and runs the guest without a word from this thread.
    * Resolves with how it ended; an outcome that is not `ok` leaves the VM waiting (for a
    * {@link Vm.runIncoming}, or a destroy). Abort the slot to end a wait.
    */
-  handOffIncoming(slot: SharedArrayBuffer, lease: HandoffLeasePlan): Promise<HandoffOutcome> {
+  armSwitchover(slot: SharedArrayBuffer, lease: LeasePlan): Promise<SwitchoverOutcome> {
     this.assertAlive();
-    const outcome = new Promise<HandoffOutcome>((resolve) => {
-      this.handoffWaiter = resolve;
+    const outcome = new Promise<SwitchoverOutcome>((resolve) => {
+      this.switchoverWaiter = resolve;
     });
-    const cmd: VcpuCommand = { t: 'handoff-in', slot, lease };
+    const cmd: VcpuCommand = { t: 'switchover-in', slot, lease };
     this.commands.postMessage(cmd);
     this.ring(Request.RUN); // the thread runs the guest the moment the leases are here
     return outcome;
   }
 
-  private handoffWaiter: ((o: HandoffOutcome) => void) | undefined;
+  private switchoverWaiter: ((o: SwitchoverOutcome) => void) | undefined;
 
   private waitBoot(kind: 'booted' | 'spawned' = 'booted'): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -344,7 +344,7 @@ export class Vm {
   resume(): Promise<VmInfo> {
     return this.serial(async () => {
       this.assertAlive();
-      if (this.fencedReason !== null || this.handedOff) {
+      if (this.fencedReason !== null || this.migratedAway) {
         throw new VmmError(
           'VMM_LEASE_LOST',
           `VM ${this.name} must not resume here: ${this.fencedReason ?? 'it was migrated away'}; ` +
@@ -366,7 +366,7 @@ export class Vm {
    */
   destroy(detail = 'the VM was destroyed'): Promise<void> {
     this.destroying ??= (async () => {
-      await this.handingOff?.catch(() => undefined); // its blocks are unmapped its own way
+      await this.leaving?.catch(() => undefined); // its blocks are unmapped their own way
       this.ring(Request.STOP);
       await this.stopThread();
       this.commands.close();
@@ -438,7 +438,7 @@ export class Vm {
   }
 
   /** The VM's RAM blocks, in table order (block 0 is main RAM, the only dirty-tracked one). */
-  get ramBlocks(): readonly RamBackingT[] {
+  get ramBlocks(): readonly RamBacking[] {
     return this.ram;
   }
 
@@ -462,16 +462,16 @@ export class Vm {
    * Outgoing migration completed: the target runs the guest. From this call on the VM is
    * `postmigrate` and never resumes here; the returned promise is the teardown: stop the vCPU
    * thread, unmap every block without giving back what moved (`abandon` for blocks handed off
-   * by reference, `close` for the others). The VM stays listed until destroyed.
+   * by reference, `close` for the others). VmHost.retire then removes the VM.
    */
-  handOff(keep: (block: RamBackingT) => boolean): Promise<void> {
+  becomePostmigrate(keep: (block: RamBacking) => boolean): Promise<void> {
     this.assertAlive();
-    this.handedOff = true;
+    this.migratedAway = true;
     this.fencedReason ??= 'it was migrated away';
     this.state = 'postmigrate';
-    this.logAfterTurn('VM handed off to the migration target (postmigrate)');
+    this.logAfterTurn('VM migrated away (postmigrate)');
     this.emit('paused', 'migrated away: postmigrate, never resumes here');
-    this.handingOff ??= this.serial(async () => {
+    this.leaving ??= this.serial(async () => {
       this.ring(Request.STOP);
       await this.stopThread();
       for (let k = this.ram.length - 1; k >= 0; k--) {
@@ -480,23 +480,25 @@ export class Vm {
         else await b.close();
       }
     });
-    return this.handingOff;
+    return this.leaving;
   }
 
   /**
    * Outgoing migration: pauses the vCPU and saves the device state in one round trip (the save
    * is answered right after the pause, at the same instruction boundary). `onPaused` runs as
-   * soon as the vCPU stopped, before the state is copied out. A paused VM is only saved.
+   * soon as the vCPU stopped, before the state is copied out. A paused VM is only saved. With
+   * `publish`, the vCPU thread publishes the state into that switchover slot at its stop
+   * instead (`published`), or, when it cannot, answers with the state as usual.
    *
-   * @returns the state and the epoch milliseconds at which the vCPU stopped
+   * @returns the state (unless published) and the epoch milliseconds at which the vCPU stopped
    * @throws VmmError `VMM_INVALID_STATE`, `VMM_VCPU_FAILED`
    */
   pauseAndSave(
     onPaused?: (pausedAtMs: number) => void,
-    handoff?: { readonly slot: SharedArrayBuffer; readonly compact: boolean },
+    publish?: SwitchoverPublish,
   ): Promise<
-    | { handedOff: false; state: MachineState; pausedAtMs: number }
-    | { handedOff: true; pausedAtMs: number }
+    | { published: false; state: MachineState; pausedAtMs: number }
+    | { published: true; pausedAtMs: number }
   > {
     return this.serial(async () => {
       this.assertAlive();
@@ -506,9 +508,9 @@ export class Vm {
       const reply = new Promise<VcpuMessage & { t: 'saved' }>((resolve) =>
         this.saves.set(id, resolve),
       );
-      if (handoff !== undefined) {
+      if (publish !== undefined) {
         // Read at the same doorbell as the pause: the thread publishes the state it saves.
-        const cmd: VcpuCommand = { t: 'handoff-out', ...handoff, saveId: id };
+        const cmd: VcpuCommand = { t: 'switchover-out', ...publish, saveId: id };
         this.commands.postMessage(cmd);
       }
       // Rung with the pause (one round trip, no command message), stored after the request it
@@ -526,11 +528,11 @@ export class Vm {
       }
       onPaused?.(pausedAtMs);
       const m = await withTimeout(reply, STATE_TIMEOUT_MS, () => this.saves.delete(id));
-      if (m.handedOff === true) return { handedOff: true, pausedAtMs };
+      if (m.published === true) return { published: true, pausedAtMs };
       if (m.state === null) {
         throw new VmmError('VMM_INVALID_STATE', `VM ${this.name}: ${m.error ?? 'cannot save'}`);
       }
-      return { handedOff: false, state: m.state, pausedAtMs };
+      return { published: false, state: m.state, pausedAtMs };
     });
   }
 
@@ -664,9 +666,9 @@ export class Vm {
         this.saves.get(m.id)?.(m);
         this.saves.delete(m.id);
         return;
-      case 'handoff': {
-        const waiter = this.handoffWaiter;
-        this.handoffWaiter = undefined;
+      case 'switchover': {
+        const waiter = this.switchoverWaiter;
+        this.switchoverWaiter = undefined;
         waiter?.(m);
         return;
       }
@@ -677,7 +679,7 @@ export class Vm {
 
   private onState(m: VcpuMessage & { t: 'state' }): void {
     const before = this.state;
-    this.state = this.handedOff ? 'postmigrate' : m.state;
+    this.state = this.migratedAway ? 'postmigrate' : m.state;
     switch (m.state) {
       case 'running':
         this.lastRunAt = m.at;
@@ -743,7 +745,7 @@ export class Vm {
       this.emit('guest-error', reason);
     }
     for (const w of [...this.stateWaiters]) w('gone');
-    this.handoffWaiter?.({
+    this.switchoverWaiter?.({
       ok: false,
       stage: 'aborted',
       epochs: [],
@@ -752,7 +754,7 @@ export class Vm {
       code: 'VMM_VCPU_FAILED',
       message: reason,
     });
-    this.handoffWaiter = undefined;
+    this.switchoverWaiter = undefined;
     this.endConsoles();
   }
 

@@ -56,7 +56,13 @@ describe('data channel', () => {
               ch.write({
                 reply: {
                   $case: 'headerAck',
-                  value: { formatMajor: 1, formatMinor: 0, handoffSlot: '' },
+                  value: {
+                    formatMajor: 1,
+                    formatMinor: 0,
+                    handoffSlot: '',
+                    prebuilt: false,
+                    leaseMove: 0,
+                  },
                 },
               });
             }

@@ -20,7 +20,7 @@ import { RecycledBuffers, FramedSocket, frameHeader, type Logger } from '@handof
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
-import { encodeIncomingRequestParts } from '../pages/frames.js';
+import { encodeIncomingRequestParts } from './encode.js';
 
 /**
  * Largest request frame a target accepts: a page frame is at most 1 MiB of data plus 4096 runs

@@ -176,6 +176,153 @@ export function migrationStatusToJSON(object: MigrationStatus): string {
   }
 }
 
+/** What carried a migration. */
+export enum MigrationTransport {
+  MIGRATION_TRANSPORT_UNSPECIFIED = 0,
+  /** MIGRATION_TRANSPORT_SWITCHOVER_SLOT - The vCPU threads switched over through the target's shared slot; no stream was opened. */
+  MIGRATION_TRANSPORT_SWITCHOVER_SLOT = 1,
+  /** MIGRATION_TRANSPORT_DATA_CHANNEL - The target's data channel (a raw socket carrying the stream's messages). */
+  MIGRATION_TRANSPORT_DATA_CHANNEL = 2,
+  /** MIGRATION_TRANSPORT_GRPC - The gRPC MigrationService.Incoming stream. */
+  MIGRATION_TRANSPORT_GRPC = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function migrationTransportFromJSON(object: any): MigrationTransport {
+  switch (object) {
+    case 0:
+    case "MIGRATION_TRANSPORT_UNSPECIFIED":
+      return MigrationTransport.MIGRATION_TRANSPORT_UNSPECIFIED;
+    case 1:
+    case "MIGRATION_TRANSPORT_SWITCHOVER_SLOT":
+      return MigrationTransport.MIGRATION_TRANSPORT_SWITCHOVER_SLOT;
+    case 2:
+    case "MIGRATION_TRANSPORT_DATA_CHANNEL":
+      return MigrationTransport.MIGRATION_TRANSPORT_DATA_CHANNEL;
+    case 3:
+    case "MIGRATION_TRANSPORT_GRPC":
+      return MigrationTransport.MIGRATION_TRANSPORT_GRPC;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MigrationTransport.UNRECOGNIZED;
+  }
+}
+
+export function migrationTransportToJSON(object: MigrationTransport): string {
+  switch (object) {
+    case MigrationTransport.MIGRATION_TRANSPORT_UNSPECIFIED:
+      return "MIGRATION_TRANSPORT_UNSPECIFIED";
+    case MigrationTransport.MIGRATION_TRANSPORT_SWITCHOVER_SLOT:
+      return "MIGRATION_TRANSPORT_SWITCHOVER_SLOT";
+    case MigrationTransport.MIGRATION_TRANSPORT_DATA_CHANNEL:
+      return "MIGRATION_TRANSPORT_DATA_CHANNEL";
+    case MigrationTransport.MIGRATION_TRANSPORT_GRPC:
+      return "MIGRATION_TRANSPORT_GRPC";
+    case MigrationTransport.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How the leases of shared regions moved to the target. */
+export enum LeaseMove {
+  LEASE_MOVE_UNSPECIFIED = 0,
+  /** LEASE_MOVE_NONE - No block travelled by reference. */
+  LEASE_MOVE_NONE = 1,
+  /** LEASE_MOVE_ARMED - memstore armed the transfers; the target's vCPU thread flipped them. */
+  LEASE_MOVE_ARMED = 2,
+  /** LEASE_MOVE_LEASE_CHANNEL - The target's vCPU thread sent TransferLease over memstore's lease channel. */
+  LEASE_MOVE_LEASE_CHANNEL = 3,
+  /** LEASE_MOVE_STREAM - The target's main thread sent TransferLease at the stream's final marker. */
+  LEASE_MOVE_STREAM = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function leaseMoveFromJSON(object: any): LeaseMove {
+  switch (object) {
+    case 0:
+    case "LEASE_MOVE_UNSPECIFIED":
+      return LeaseMove.LEASE_MOVE_UNSPECIFIED;
+    case 1:
+    case "LEASE_MOVE_NONE":
+      return LeaseMove.LEASE_MOVE_NONE;
+    case 2:
+    case "LEASE_MOVE_ARMED":
+      return LeaseMove.LEASE_MOVE_ARMED;
+    case 3:
+    case "LEASE_MOVE_LEASE_CHANNEL":
+      return LeaseMove.LEASE_MOVE_LEASE_CHANNEL;
+    case 4:
+    case "LEASE_MOVE_STREAM":
+      return LeaseMove.LEASE_MOVE_STREAM;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return LeaseMove.UNRECOGNIZED;
+  }
+}
+
+export function leaseMoveToJSON(object: LeaseMove): string {
+  switch (object) {
+    case LeaseMove.LEASE_MOVE_UNSPECIFIED:
+      return "LEASE_MOVE_UNSPECIFIED";
+    case LeaseMove.LEASE_MOVE_NONE:
+      return "LEASE_MOVE_NONE";
+    case LeaseMove.LEASE_MOVE_ARMED:
+      return "LEASE_MOVE_ARMED";
+    case LeaseMove.LEASE_MOVE_LEASE_CHANNEL:
+      return "LEASE_MOVE_LEASE_CHANNEL";
+    case LeaseMove.LEASE_MOVE_STREAM:
+      return "LEASE_MOVE_STREAM";
+    case LeaseMove.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How the device state was encoded. */
+export enum StateEncoding {
+  STATE_ENCODING_UNSPECIFIED = 0,
+  /** STATE_ENCODING_COMPACT - The compact layout both builds read (a switchover only). */
+  STATE_ENCODING_COMPACT = 1,
+  /** STATE_ENCODING_CONTAINER - The versioned snapshot container. */
+  STATE_ENCODING_CONTAINER = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function stateEncodingFromJSON(object: any): StateEncoding {
+  switch (object) {
+    case 0:
+    case "STATE_ENCODING_UNSPECIFIED":
+      return StateEncoding.STATE_ENCODING_UNSPECIFIED;
+    case 1:
+    case "STATE_ENCODING_COMPACT":
+      return StateEncoding.STATE_ENCODING_COMPACT;
+    case 2:
+    case "STATE_ENCODING_CONTAINER":
+      return StateEncoding.STATE_ENCODING_CONTAINER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return StateEncoding.UNRECOGNIZED;
+  }
+}
+
+export function stateEncodingToJSON(object: StateEncoding): string {
+  switch (object) {
+    case StateEncoding.STATE_ENCODING_UNSPECIFIED:
+      return "STATE_ENCODING_UNSPECIFIED";
+    case StateEncoding.STATE_ENCODING_COMPACT:
+      return "STATE_ENCODING_COMPACT";
+    case StateEncoding.STATE_ENCODING_CONTAINER:
+      return "STATE_ENCODING_CONTAINER";
+    case StateEncoding.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Tunables of one migration (QAPI MigrationParameters). Zero means "default". */
 export interface MigrationParameters {
   /** Largest acceptable guest pause, in milliseconds. */
@@ -220,6 +367,35 @@ export interface MigrationInfo {
   errorDesc: string;
   /** Device-state bytes sent. */
   deviceBytes: bigint;
+  /** How the migration travelled; absent until setup decided it. */
+  route:
+    | MigrationRoute
+    | undefined;
+  /** When its milestones were reached; absent until the source's vCPU stopped. */
+  timeline: MigrationTimeline | undefined;
+}
+
+/** How a migration travelled (Handoff's own; QEMU reports nothing like it). */
+export interface MigrationRoute {
+  transport: MigrationTransport;
+  leaseMove: LeaseMove;
+  /** UNSPECIFIED until the state moved. */
+  stateEncoding: StateEncoding;
+  /** The target built the machine at PrepareIncoming, before the migration began. */
+  targetPrebuilt: boolean;
+}
+
+/**
+ * Milestones of a migration in milliseconds after it began, on the source's clock (the
+ * target's stamps through the wall clock both hosts share); 0 = not reached.
+ */
+export interface MigrationTimeline {
+  /** The source's vCPU stopped. */
+  stoppedMs: number;
+  /** The device state left the source (published into the slot, or its frame was sent). */
+  statePublishedMs: number;
+  /** The target's vCPU ran the guest. */
+  targetRunningMs: number;
 }
 
 function createBaseMigrationParameters(): MigrationParameters {
@@ -736,6 +912,8 @@ function createBaseMigrationInfo(): MigrationInfo {
     iteration: 0,
     errorDesc: "",
     deviceBytes: 0n,
+    route: undefined,
+    timeline: undefined,
   };
 }
 
@@ -782,6 +960,12 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
         throw new globalThis.Error("value provided for field message.deviceBytes of type uint64 too large");
       }
       writer.uint32(72).uint64(message.deviceBytes);
+    }
+    if (message.route !== undefined) {
+      MigrationRoute.encode(message.route, writer.uint32(82).fork()).join();
+    }
+    if (message.timeline !== undefined) {
+      MigrationTimeline.encode(message.timeline, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -871,6 +1055,22 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
             message.deviceBytes = reader.uint64() as bigint;
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.route = MigrationRoute.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.timeline = MigrationTimeline.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -918,6 +1118,8 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
         : isSet(object.device_bytes)
         ? BigInt(object.device_bytes)
         : 0n,
+      route: isSet(object.route) ? MigrationRoute.fromJSON(object.route) : undefined,
+      timeline: isSet(object.timeline) ? MigrationTimeline.fromJSON(object.timeline) : undefined,
     };
   },
 
@@ -950,6 +1152,12 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     if (message.deviceBytes !== 0n) {
       obj.deviceBytes = message.deviceBytes.toString();
     }
+    if (message.route !== undefined) {
+      obj.route = MigrationRoute.toJSON(message.route);
+    }
+    if (message.timeline !== undefined) {
+      obj.timeline = MigrationTimeline.toJSON(message.timeline);
+    }
     return obj;
   },
 
@@ -977,9 +1185,261 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     message.deviceBytes = (object.deviceBytes !== undefined && object.deviceBytes !== null)
       ? BigInt(object.deviceBytes)
       : 0n;
+    message.route = (object.route !== undefined && object.route !== null)
+      ? MigrationRoute.fromPartial(object.route)
+      : undefined;
+    message.timeline = (object.timeline !== undefined && object.timeline !== null)
+      ? MigrationTimeline.fromPartial(object.timeline)
+      : undefined;
     return message;
   },
 };
+
+function createBaseMigrationRoute(): MigrationRoute {
+  return { transport: 0, leaseMove: 0, stateEncoding: 0, targetPrebuilt: false };
+}
+
+export const MigrationRoute: MessageFns<MigrationRoute> = {
+  encode(message: MigrationRoute, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transport !== 0) {
+      writer.uint32(8).int32(message.transport);
+    }
+    if (message.leaseMove !== 0) {
+      writer.uint32(16).int32(message.leaseMove);
+    }
+    if (message.stateEncoding !== 0) {
+      writer.uint32(24).int32(message.stateEncoding);
+    }
+    if (message.targetPrebuilt !== false) {
+      writer.uint32(32).bool(message.targetPrebuilt);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrationRoute {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrationRoute();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.transport = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaseMove = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.stateEncoding = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.targetPrebuilt = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrationRoute {
+    return {
+      transport: isSet(object.transport) ? migrationTransportFromJSON(object.transport) : 0,
+      leaseMove: isSet(object.leaseMove)
+        ? leaseMoveFromJSON(object.leaseMove)
+        : isSet(object.lease_move)
+        ? leaseMoveFromJSON(object.lease_move)
+        : 0,
+      stateEncoding: isSet(object.stateEncoding)
+        ? stateEncodingFromJSON(object.stateEncoding)
+        : isSet(object.state_encoding)
+        ? stateEncodingFromJSON(object.state_encoding)
+        : 0,
+      targetPrebuilt: isSet(object.targetPrebuilt)
+        ? globalThis.Boolean(object.targetPrebuilt)
+        : isSet(object.target_prebuilt)
+        ? globalThis.Boolean(object.target_prebuilt)
+        : false,
+    };
+  },
+
+  toJSON(message: MigrationRoute): unknown {
+    const obj: any = {};
+    if (message.transport !== 0) {
+      obj.transport = migrationTransportToJSON(message.transport);
+    }
+    if (message.leaseMove !== 0) {
+      obj.leaseMove = leaseMoveToJSON(message.leaseMove);
+    }
+    if (message.stateEncoding !== 0) {
+      obj.stateEncoding = stateEncodingToJSON(message.stateEncoding);
+    }
+    if (message.targetPrebuilt !== false) {
+      obj.targetPrebuilt = message.targetPrebuilt;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrationRoute>, I>>(base?: I): MigrationRoute {
+    return MigrationRoute.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrationRoute>, I>>(object: I): MigrationRoute {
+    const message = createBaseMigrationRoute();
+    message.transport = object.transport ?? 0;
+    message.leaseMove = object.leaseMove ?? 0;
+    message.stateEncoding = object.stateEncoding ?? 0;
+    message.targetPrebuilt = object.targetPrebuilt ?? false;
+    return message;
+  },
+};
+
+function createBaseMigrationTimeline(): MigrationTimeline {
+  return { stoppedMs: 0, statePublishedMs: 0, targetRunningMs: 0 };
+}
+
+export const MigrationTimeline: MessageFns<MigrationTimeline> = {
+  encode(message: MigrationTimeline, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stoppedMs !== 0) {
+      writer.uint32(9).double(message.stoppedMs);
+    }
+    if (message.statePublishedMs !== 0) {
+      writer.uint32(17).double(message.statePublishedMs);
+    }
+    if (message.targetRunningMs !== 0) {
+      writer.uint32(25).double(message.targetRunningMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrationTimeline {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrationTimeline();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.stoppedMs = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.statePublishedMs = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.targetRunningMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrationTimeline {
+    return {
+      stoppedMs: isSet(object.stoppedMs)
+        ? globalThis.Number(object.stoppedMs)
+        : isSet(object.stopped_ms)
+        ? globalThis.Number(object.stopped_ms)
+        : 0,
+      statePublishedMs: isSet(object.statePublishedMs)
+        ? globalThis.Number(object.statePublishedMs)
+        : isSet(object.state_published_ms)
+        ? globalThis.Number(object.state_published_ms)
+        : 0,
+      targetRunningMs: isSet(object.targetRunningMs)
+        ? globalThis.Number(object.targetRunningMs)
+        : isSet(object.target_running_ms)
+        ? globalThis.Number(object.target_running_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: MigrationTimeline): unknown {
+    const obj: any = {};
+    if (message.stoppedMs !== 0) {
+      obj.stoppedMs = floatToJson(message.stoppedMs);
+    }
+    if (message.statePublishedMs !== 0) {
+      obj.statePublishedMs = floatToJson(message.statePublishedMs);
+    }
+    if (message.targetRunningMs !== 0) {
+      obj.targetRunningMs = floatToJson(message.targetRunningMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrationTimeline>, I>>(base?: I): MigrationTimeline {
+    return MigrationTimeline.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrationTimeline>, I>>(object: I): MigrationTimeline {
+    const message = createBaseMigrationTimeline();
+    message.stoppedMs = object.stoppedMs ?? 0;
+    message.statePublishedMs = object.statePublishedMs ?? 0;
+    message.targetRunningMs = object.targetRunningMs ?? 0;
+    return message;
+  },
+};
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

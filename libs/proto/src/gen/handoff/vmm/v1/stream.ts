@@ -18,6 +18,9 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import {
+  LeaseMove,
+  leaseMoveFromJSON,
+  leaseMoveToJSON,
   MigrationCapability,
   migrationCapabilityFromJSON,
   migrationCapabilityToJSON,
@@ -149,6 +152,10 @@ export interface HeaderAck {
    * and the target answers ResumedAck or StreamError. Format minor >= 1.
    */
   handoffSlot: string;
+  /** The target built the machine at PrepareIncoming (format minor >= 1; false from older). */
+  prebuilt: boolean;
+  /** How the target will move the leases (UNSPECIFIED from older targets). */
+  leaseMove: LeaseMove;
 }
 
 export interface ResumedAck {
@@ -1366,7 +1373,7 @@ export const IncomingRequest: MessageFns<IncomingRequest> = {
 };
 
 function createBaseHeaderAck(): HeaderAck {
-  return { formatMajor: 0, formatMinor: 0, handoffSlot: "" };
+  return { formatMajor: 0, formatMinor: 0, handoffSlot: "", prebuilt: false, leaseMove: 0 };
 }
 
 export const HeaderAck: MessageFns<HeaderAck> = {
@@ -1379,6 +1386,12 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     }
     if (message.handoffSlot !== "") {
       writer.uint32(26).string(message.handoffSlot);
+    }
+    if (message.prebuilt !== false) {
+      writer.uint32(32).bool(message.prebuilt);
+    }
+    if (message.leaseMove !== 0) {
+      writer.uint32(40).int32(message.leaseMove);
     }
     return writer;
   },
@@ -1420,6 +1433,22 @@ export const HeaderAck: MessageFns<HeaderAck> = {
             message.handoffSlot = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.prebuilt = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.leaseMove = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1449,6 +1478,12 @@ export const HeaderAck: MessageFns<HeaderAck> = {
         : isSet(object.handoff_slot)
         ? globalThis.String(object.handoff_slot)
         : "",
+      prebuilt: isSet(object.prebuilt) ? globalThis.Boolean(object.prebuilt) : false,
+      leaseMove: isSet(object.leaseMove)
+        ? leaseMoveFromJSON(object.leaseMove)
+        : isSet(object.lease_move)
+        ? leaseMoveFromJSON(object.lease_move)
+        : 0,
     };
   },
 
@@ -1463,6 +1498,12 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     if (message.handoffSlot !== "") {
       obj.handoffSlot = message.handoffSlot;
     }
+    if (message.prebuilt !== false) {
+      obj.prebuilt = message.prebuilt;
+    }
+    if (message.leaseMove !== 0) {
+      obj.leaseMove = leaseMoveToJSON(message.leaseMove);
+    }
     return obj;
   },
 
@@ -1474,6 +1515,8 @@ export const HeaderAck: MessageFns<HeaderAck> = {
     message.formatMajor = object.formatMajor ?? 0;
     message.formatMinor = object.formatMinor ?? 0;
     message.handoffSlot = object.handoffSlot ?? "";
+    message.prebuilt = object.prebuilt ?? false;
+    message.leaseMove = object.leaseMove ?? 0;
     return message;
   },
 };

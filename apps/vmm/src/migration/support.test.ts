@@ -1,0 +1,60 @@
+import { resolveCapabilities } from '@handoff/qapi';
+import { describe, expect, it } from 'vitest';
+import { MigrationError } from '../model/migration-error.js';
+import { refuseUnsupported } from './support.js';
+
+/** The error `refuseUnsupported` throws, or null when it accepts. */
+function refusal(...args: Parameters<typeof refuseUnsupported>): MigrationError | null {
+  try {
+    refuseUnsupported(...args);
+    return null;
+  } catch (err) {
+    if (MigrationError.is(err)) return err;
+    throw err;
+  }
+}
+
+describe('refuseUnsupported', () => {
+  it('accepts the defaults, bypass off, zero-blocks off and the parameters it honours', () => {
+    expect(refusal(resolveCapabilities({}), [])).toBeNull();
+    expect(
+      refusal(resolveCapabilities({ 'bypass-shared-memory': false, 'zero-blocks': false }), [
+        'downtime-limit',
+        'max-bandwidth',
+        'max-iterations',
+      ]),
+    ).toBeNull();
+  });
+
+  it.each(['auto-converge', 'events', 'pause-before-switchover', 'postcopy-ram'] as const)(
+    'refuses %s on with MIGRATION_UNSUPPORTED, naming it',
+    (cap) => {
+      const e = refusal(resolveCapabilities({ [cap]: true }), []);
+      expect(e?.code).toBe('MIGRATION_UNSUPPORTED');
+      expect(e?.message).toContain(`${cap}:`);
+    },
+  );
+
+  it('refuses return-path off: every stream carries the target’s answers', () => {
+    const e = refusal(resolveCapabilities({ 'return-path': false }), []);
+    expect(e?.code).toBe('MIGRATION_UNSUPPORTED');
+    expect(e?.message).toMatch(/return-path: .*leave it on/);
+  });
+
+  it.each([
+    ['cpu-throttle-initial', 'auto-converge'],
+    ['cpu-throttle-increment', 'auto-converge'],
+    ['max-postcopy-bandwidth', 'postcopy-ram'],
+  ] as const)('refuses %s set by the user: only %s reads it', (param, cap) => {
+    const e = refusal(resolveCapabilities({}), [param]);
+    expect(e?.code).toBe('MIGRATION_UNSUPPORTED');
+    expect(e?.message).toContain(`${param}: it only takes effect with ${cap}`);
+  });
+
+  it('names every problem in one message', () => {
+    const e = refusal(resolveCapabilities({ 'auto-converge': true, events: true }), [
+      'cpu-throttle-initial',
+    ]);
+    expect(e?.message.match(/auto-converge:|events:|cpu-throttle-initial:/g)).toHaveLength(3);
+  });
+});
