@@ -5,7 +5,7 @@ import { RemoteError, unaryCall } from '@handoff/service';
 import { resolveCapabilities } from '@handoff/qapi';
 import { capabilitiesToWire } from '@handoff/qapi/wire';
 import { mapFile } from '@handoff/shm';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
+import { checkAbConsistency } from '@handoff/vmm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AB_BASE,
