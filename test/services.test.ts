@@ -1,12 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator, vmm } from '@handoff/proto';
 import { checkHealth, createClient, RemoteError, unaryCall } from '@handoff/service';
 import { listServicesByReflection } from './helpers/reflection.js';
-import { repoRoot, startService, type ServiceProcess } from './helpers/services.js';
+import { serviceMain, startService, type ServiceProcess } from './helpers/services.js';
 
 const run = promisify(execFile);
 
@@ -114,7 +113,7 @@ describe('migrator and vmm instances', () => {
 describe('service executables', () => {
   it('explain their options with --help, including the HANDOFF_* variables', async () => {
     const { stdout } = await run(process.execPath, [
-      join(repoRoot, 'apps/vmm/dist/main.js'),
+      serviceMain('vmm'),
       '--help',
     ]);
     expect(stdout).toContain('--migrator <string>');
@@ -124,7 +123,7 @@ describe('service executables', () => {
 
   it('exit with status 2 and a clear message on bad configuration', async () => {
     const err = (await run(process.execPath, [
-      join(repoRoot, 'apps/migrator/dist/main.js'),
+      serviceMain('migrator'),
       '--port',
       'abc',
     ]).catch((e: unknown) => e)) as { code: number; stderr: string };

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AtomicDirtyLog } from './atomic-dirty-log.js';
 import { EpochDirtyLog } from './epoch-dirty-log.js';
 import type { PageBitmap } from './page-bitmap.js';
-import { transpileSourcesForWorkers } from './test-support.js';
+import { transpileSourcesForWorkers } from './testing/support.js';
 
 /** The writer thread: `stores` random stores into its own pages (slot, slot + writers, ...). */
 const WORKER = `
