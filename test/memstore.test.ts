@@ -210,10 +210,7 @@ describe('memstore process', () => {
   });
 
   it('prints its options with --help', async () => {
-    const { stdout } = await run(process.execPath, [
-      serviceMain('memstore'),
-      '--help',
-    ]);
+    const { stdout } = await run(process.execPath, [serviceMain('memstore'), '--help']);
     for (const flag of [
       '--host',
       '--port',

@@ -112,21 +112,16 @@ describe('migrator and vmm instances', () => {
 
 describe('service executables', () => {
   it('explain their options with --help, including the HANDOFF_* variables', async () => {
-    const { stdout } = await run(process.execPath, [
-      serviceMain('vmm'),
-      '--help',
-    ]);
+    const { stdout } = await run(process.execPath, [serviceMain('vmm'), '--help']);
     expect(stdout).toContain('--migrator <string>');
     expect(stdout).toContain('HANDOFF_MIGRATOR_ADDR');
     expect(stdout).toContain('HANDOFF_VMM_PORT');
   });
 
   it('exit with status 2 and a clear message on bad configuration', async () => {
-    const err = (await run(process.execPath, [
-      serviceMain('migrator'),
-      '--port',
-      'abc',
-    ]).catch((e: unknown) => e)) as { code: number; stderr: string };
+    const err = (await run(process.execPath, [serviceMain('migrator'), '--port', 'abc']).catch(
+      (e: unknown) => e,
+    )) as { code: number; stderr: string };
     expect(err.code).toBe(2);
     expect(err.stderr).toContain('--port=abc is not a number');
   });
