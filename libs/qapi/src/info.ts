@@ -179,7 +179,8 @@ const IN_PROGRESS: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
  *
  * `error-desc` appears whenever the info has a non-empty `errorDesc`
  * (normally with `failed`). `downtime` is in milliseconds with microsecond
- * resolution (our downtime is the real guest pause; see DESIGN.md).
+ * resolution, and means the guest's real pause: from the source's vCPU stop
+ * to the target's vCPU resume (QEMU reports only the source's side).
  */
 export function migrationInfoToQapi(info: MigrationInfo): QapiMigrationInfo {
   const progress = IN_PROGRESS.has(info.status);
