@@ -16,7 +16,14 @@ export default defineConfig({
     projects: [
       {
         extends: true,
-        test: { name: 'unit', include: ['libs/*/src/**/*.test.ts', 'apps/*/src/**/*.test.ts'] },
+        test: {
+          name: 'unit',
+          include: [
+            'libs/*/src/**/*.test.ts',
+            'apps/*/src/**/*.test.ts',
+            'tools/*/src/**/*.test.ts',
+          ],
+        },
       },
       {
         extends: true,

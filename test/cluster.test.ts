@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCluster, type Cluster } from '@handoff/cli';
+import { startCluster, type Cluster } from '@handoff/cluster';
 import { listServicesByReflection } from './helpers/reflection.js';
 import { repoRoot } from './helpers/services.js';
 import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
@@ -130,7 +130,7 @@ describe('npm start (the cluster launcher)', () => {
     const child = spawn(
       process.execPath,
       [
-        join(repoRoot, 'apps/cli/dist/cluster/main.js'),
+        join(repoRoot, 'tools/cluster/dist/main.js'),
         '--base-port',
         String(base),
         '--state-dir',

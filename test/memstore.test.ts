@@ -4,7 +4,6 @@ import type { RemoteError } from '@handoff/service';
 import { checkHealth, createClient, unaryCall } from '@handoff/service';
 import { execFile } from 'node:child_process';
 import { openSync, writeSync, closeSync } from 'node:fs';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
@@ -13,10 +12,9 @@ import {
   startMemstoreProcess,
   type MemstoreDirs,
   type MemstoreUnderTest,
-  waitForOutput,
 } from './helpers/memstore.js';
 import { listServicesByReflection } from './helpers/reflection.js';
-import { repoRoot } from './helpers/services.js';
+import { serviceMain, waitForOutput } from './helpers/services.js';
 
 const run = promisify(execFile);
 
@@ -197,7 +195,7 @@ describe('memstore process', () => {
   it('refuses to run twice on one state directory', async () => {
     ms = await startMemstoreProcess(dirs);
     const second = (await run(process.execPath, [
-      join(repoRoot, 'apps/memstore/dist/main.js'),
+      serviceMain('memstore'),
       ...dirs.args,
       '--port',
       '0',
@@ -212,10 +210,7 @@ describe('memstore process', () => {
   });
 
   it('prints its options with --help', async () => {
-    const { stdout } = await run(process.execPath, [
-      join(repoRoot, 'apps/memstore/dist/main.js'),
-      '--help',
-    ]);
+    const { stdout } = await run(process.execPath, [serviceMain('memstore'), '--help']);
     for (const flag of [
       '--host',
       '--port',

@@ -1,8 +1,8 @@
 import { memstore as mspb, vmm as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { mapFile } from '@handoff/shm';
+import { checkAbConsistency } from '@handoff/vmm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import {
   memstoreDirs,
   regionNamed,

@@ -1,10 +1,9 @@
 import { readdirSync } from 'node:fs';
 import { mapFile } from '@handoff/shm';
+import { checkAbConsistency, slotPrefixOf } from '@handoff/vmm';
 import { vmm as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
-import { slotPrefixOf } from '../apps/vmm/src/switchover/slot.js';
 import { AB_BASE, AB_PAGES, abArgs, migrateVm, refused } from './helpers/migration.js';
 import {
   memstoreDirs,

@@ -6,7 +6,7 @@ import { resolveCapabilities } from '@handoff/qapi';
 import type { MigrationInfo } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import { mapFile } from '@handoff/shm';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
+import { checkAbConsistency } from '@handoff/vmm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AB_BASE,

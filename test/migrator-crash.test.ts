@@ -8,8 +8,8 @@ import {
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import { RemoteError, unaryCall } from '@handoff/service';
 import { mapFile } from '@handoff/shm';
+import { checkAbConsistency } from '@handoff/vmm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import { regionNamed } from './helpers/memstore.js';
 import { readPrivateRam } from './helpers/migration.js';
 import { startMigratorCluster, type MigratorCluster } from './helpers/migrator-cluster.js';

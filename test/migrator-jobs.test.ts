@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
 import { createClient, unaryCall } from '@handoff/service';
-import { FakeVmm, type FakeWorld } from '../apps/migrator/src/testing/fake-vmm.js';
+import { FakeVmm, type FakeWorld } from '@handoff/migrator/testing';
 import { startService, type ServiceProcess } from './helpers/services.js';
 import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 

@@ -1,12 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator, vmm } from '@handoff/proto';
 import { checkHealth, createClient, RemoteError, unaryCall } from '@handoff/service';
 import { listServicesByReflection } from './helpers/reflection.js';
-import { repoRoot, startService, type ServiceProcess } from './helpers/services.js';
+import { serviceMain, startService, type ServiceProcess } from './helpers/services.js';
 
 const run = promisify(execFile);
 
@@ -113,21 +112,16 @@ describe('migrator and vmm instances', () => {
 
 describe('service executables', () => {
   it('explain their options with --help, including the HANDOFF_* variables', async () => {
-    const { stdout } = await run(process.execPath, [
-      join(repoRoot, 'apps/vmm/dist/main.js'),
-      '--help',
-    ]);
+    const { stdout } = await run(process.execPath, [serviceMain('vmm'), '--help']);
     expect(stdout).toContain('--migrator <string>');
     expect(stdout).toContain('HANDOFF_MIGRATOR_ADDR');
     expect(stdout).toContain('HANDOFF_VMM_PORT');
   });
 
   it('exit with status 2 and a clear message on bad configuration', async () => {
-    const err = (await run(process.execPath, [
-      join(repoRoot, 'apps/migrator/dist/main.js'),
-      '--port',
-      'abc',
-    ]).catch((e: unknown) => e)) as { code: number; stderr: string };
+    const err = (await run(process.execPath, [serviceMain('migrator'), '--port', 'abc']).catch(
+      (e: unknown) => e,
+    )) as { code: number; stderr: string };
     expect(err.code).toBe(2);
     expect(err.stderr).toContain('--port=abc is not a number');
   });

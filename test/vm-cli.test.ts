@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCluster, type Cluster } from '@handoff/cli';
+import { startCluster, type Cluster } from '@handoff/cluster';
 import { writeEchoGuest } from './helpers/guest-elf.js';
 import { repoRoot } from './helpers/services.js';
 import { vmctlBin, vmctlRunner, type VmctlResult } from './helpers/vmctl.js';

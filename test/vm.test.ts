@@ -2,11 +2,11 @@ import * as grpc from '@grpc/grpc-js';
 import { vmm as pb } from '@handoff/proto';
 import { unaryCall, type RemoteError } from '@handoff/service';
 import { mapFile } from '@handoff/shm';
+import { checkAbConsistency } from '@handoff/vmm';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkAbConsistency } from '../apps/vmm/src/guests/ab-check.js';
 import { writeEchoGuest } from './helpers/guest-elf.js';
 import {
   memstoreDirs,

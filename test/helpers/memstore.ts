@@ -131,24 +131,6 @@ export async function reconcileReport(
   }
 }
 
-/**
- * Waits until a process's output contains `text` (output arrives through a
- * pipe and may trail the process's exit or its ready file).
- */
-export async function waitForOutput(
-  proc: ServiceProcess,
-  text: string,
-  timeoutMs = 5000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!proc.output().includes(text)) {
-    if (Date.now() > deadline) {
-      throw new Error(`"${text}" never appeared in the output:\n${proc.output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /** The selector of a region by name. */
 export function regionNamed(name: string): pb.RegionSelector {
   return { selector: { $case: 'name', value: name } };

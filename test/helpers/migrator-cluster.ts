@@ -1,5 +1,4 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { migrator as mpb } from '@handoff/proto';
@@ -10,7 +9,7 @@ import {
   type MemstoreDirs,
   type MemstoreUnderTest,
 } from './memstore.js';
-import { startService, type ServiceProcess } from './services.js';
+import { freePort, startService, type ServiceProcess } from './services.js';
 import { startVmmProcess, type VmmUnderTest } from './vmm.js';
 
 /**
@@ -32,15 +31,6 @@ export interface MigratorCluster {
   /** Waits until every vmm is registered and alive. */
   waitForVmms(): Promise<void>;
   stop(): Promise<void>;
-}
-
-/** A TCP port that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
 }
 
 export async function startMigratorCluster(opts: {

@@ -1,10 +1,10 @@
 /**
- * vmctl, the command-line entry point to a Handoff cluster, and the local
- * cluster launcher behind `npm start`.
+ * vmctl, the command-line entry point to a Handoff cluster. Its client library is
+ * `@handoff/cli/client`; the local cluster behind `npm start` is `@handoff/cluster`
+ * (tools/cluster).
  *
  * @packageDocumentation
  */
 export { main, buildProgram } from './main.js';
 export { parseSize, formatBytes } from './output/units.js';
 export { EXIT, CliError } from './errors.js';
-export { startCluster, stopChild, type Cluster, type ClusterOptions } from './cluster/launcher.js';

@@ -6,7 +6,24 @@
 export { startVmm, maxVmMemoryOf, type Vmm } from './vmm.js';
 export { vmmOptions, VMM_DEFAULT_PORT, type VmmConfig } from './config.js';
 export { STREAM_VERSIONS } from './api/vmm-service.js';
-export { MIGRATION_ERROR_CODES, MigrationError, STREAM_FORMAT } from './migration/index.js';
+export {
+  MIGRATION_ERROR_CODES,
+  MigrationError,
+  OUTGOING_PHASES,
+  STREAM_FORMAT,
+  type OutgoingPhase,
+} from './migration/index.js';
+/** The prefix of the switchover slot files an instance creates (tests look for leftovers). */
+export { slotPrefixOf } from './switchover/slot.js';
+/** The vmm's client of memstore's lease channel, and how it words a failed memstore call. */
+export {
+  LeaseChannelClient,
+  type LeaseCallOptions,
+  type LeaseCalls,
+  type LeaseChannelClientOptions,
+} from './leases/lease-channel.js';
+export { memstoreCall } from './leases/calls.js';
+export type { RamContext } from './ram/index.js';
 export {
   VmHost,
   Vm,
@@ -30,6 +47,7 @@ export {
   loadGuest,
   type GuestImage,
 } from './guests/catalog.js';
+export { checkAbConsistency, type AbCheckOptions, type AbCheckResult } from './guests/ab-check.js';
 export * from './machine/index.js';
 export * from './snapshot/index.js';
 export { parseElf, loadElf, LoaderError, type ElfImage } from './loader/index.js';

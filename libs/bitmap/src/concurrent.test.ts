@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AtomicDirtyLog } from './atomic-dirty-log.js';
 import { EpochDirtyLog } from './epoch-dirty-log.js';
 import type { PageBitmap } from './page-bitmap.js';
-import { transpileSourcesForWorkers } from './test-support.js';
+import { transpileSourcesForWorkers } from './testing/support.js';
 
 /** The writer thread: `stores` random stores into its own pages (slot, slot + writers, ...). */
 const WORKER = `
@@ -151,7 +151,8 @@ describe('concurrent writers and a harvester', () => {
   it('EpochDirtyLog: harvestSync (blocking wait) from this thread', async () => {
     const pages = 1024;
     const log = EpochDirtyLog.create(pages, { writers: 1 });
-    await migrate({
+    // migrate() checks that no update was lost; here also that the harvests carried pages.
+    const r = await migrate({
       kind: 'epoch',
       writers: 1,
       pages,
@@ -162,5 +163,6 @@ describe('concurrent writers and a harvester', () => {
         return log.harvestSync(10_000);
       },
     });
+    expect(r.sentPages).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -4,7 +4,7 @@ import { AtomicDirtyLog } from './atomic-dirty-log.js';
 import { DirtyLog, NO_DIRTY_TRACKING } from './dirty-log.js';
 import { EpochDirtyLog, EpochDirtyWriter, MAX_EPOCH_WRITERS } from './epoch-dirty-log.js';
 import { PageBitmap } from './page-bitmap.js';
-import { expectBitmapError } from './test-support.js';
+import { expectBitmapError } from './testing/support.js';
 
 describe('DirtyLog (single thread, double buffered)', () => {
   it('harvest returns the marks since the previous harvest and alternates two buffers', () => {

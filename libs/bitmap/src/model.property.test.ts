@@ -9,8 +9,8 @@ import { AtomicDirtyLog } from './atomic-dirty-log.js';
 import { DirtyLog } from './dirty-log.js';
 import { EpochDirtyLog } from './epoch-dirty-log.js';
 import { PageBitmap } from './page-bitmap.js';
-import { Model, bitmapArb, expectMatchesModel, scenarioArb } from './test-support.js';
-import type { Op } from './test-support.js';
+import { Model, bitmapArb, expectMatchesModel, scenarioArb } from './testing/support.js';
+import type { Op } from './testing/support.js';
 import { decode, decodeInto, encode, encodedByteLength } from './wire.js';
 
 const RUNS = { numRuns: 300 };

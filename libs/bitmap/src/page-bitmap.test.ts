@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { BitmapError, isBitmapError } from './errors.js';
 import { MAX_BITS, PageBitmap, RunCursor } from './page-bitmap.js';
-import { collectRuns, expectBitmapError } from './test-support.js';
+import { collectRuns, expectBitmapError } from './testing/support.js';
 
 const SIZES = [0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 127, 128, 129, 1000];
 

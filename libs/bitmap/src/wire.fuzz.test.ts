@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 import { isBitmapError } from './errors.js';
 import { PageBitmap } from './page-bitmap.js';
-import { bitmapArb, withFixedChecksum } from './test-support.js';
+import { bitmapArb, withFixedChecksum } from './testing/support.js';
 import { decode, encode } from './wire.js';
 
 /** Decode; a result must round-trip to the same bytes, a failure must be a BitmapError. */

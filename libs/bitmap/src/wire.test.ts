@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
 import { MAX_BITS, PageBitmap } from './page-bitmap.js';
-import { expectBitmapError, withFixedChecksum } from './test-support.js';
+import { expectBitmapError, withFixedChecksum } from './testing/support.js';
 import {
   WIRE_HEADER_BYTES,
   decode,

@@ -28,6 +28,24 @@ export function isCodedError(err: unknown): err is CodedError {
 const S = grpc.status;
 
 /**
+ * Stable codes of the service runtime's own errors ({@link ServiceError}, and `FrameError` of
+ * the framed side channels).
+ */
+export const SERVICE_ERROR_CODES = [
+  'SERVICE_INVALID_CONFIG',
+  'SERVICE_UNIMPLEMENTED',
+  'SERVICE_UNAVAILABLE',
+  'SERVICE_SHUTTING_DOWN',
+  'SERVICE_INTERNAL',
+  'SERVICE_INVALID_ARGUMENT',
+  'SERVICE_DEADLINE_EXCEEDED',
+  'SERVICE_BAD_FRAME',
+] as const;
+
+/** A code of {@link SERVICE_ERROR_CODES}. */
+export type ServiceErrorCode = (typeof SERVICE_ERROR_CODES)[number];
+
+/**
  * The one table from stable error codes to gRPC status. Codes not listed
  * fall back to INTERNAL (and are logged as such), so add new codes here.
  */
@@ -40,6 +58,7 @@ export const STATUS_BY_CODE: Readonly<Record<string, grpc.status>> = {
   SERVICE_INTERNAL: S.INTERNAL,
   SERVICE_INVALID_ARGUMENT: S.INVALID_ARGUMENT,
   SERVICE_DEADLINE_EXCEEDED: S.DEADLINE_EXCEEDED,
+  SERVICE_BAD_FRAME: S.INVALID_ARGUMENT,
   // memstore
   REGION_INVALID_NAME: S.INVALID_ARGUMENT,
   REGION_INVALID_SIZE: S.INVALID_ARGUMENT,

@@ -17,3 +17,4 @@ export * from './main.js';
 export * from './units.js';
 export * from './frames.js';
 export * from './events.js';
+export * from './process.js';

@@ -70,7 +70,10 @@ describe('shared mappings', () => {
     const m = mapFile(path);
     expect(m.length).toBe(PAGE_SIZE + 100);
     expect(m.bytes(PAGE_SIZE, 100)[99]).toBe(readFileBytes(path, PAGE_SIZE + 99, 1)[0]);
+    const tail = readFileBytes(path, PAGE_SIZE, 100);
     m.advise('dontneed', PAGE_SIZE, 100); // reaches the end: a partial last page is fine
+    // On a shared mapping the pages live in the file: dropping them keeps every byte.
+    expectSameBytes(m.bytes(PAGE_SIZE, 100), tail);
     m.close();
   });
 
@@ -85,13 +88,21 @@ describe('shared mappings', () => {
     m.close();
   });
 
-  it('accept willneed, sequential, random and normal advice', () => {
+  it('accept willneed, sequential, random and normal advice, which change no byte and drop no page', () => {
     const path = scratchFile('advice', SIZE);
     const m = mapFile(path);
+    const before = readFileBytes(path, 0, SIZE);
+    expect(m.residentPages()).toBe(PAGES);
     for (const advice of ['willneed', 'sequential', 'random', 'normal'] as const) {
       m.advise(advice);
+      expect(m.residentPages(), advice).toBe(PAGES);
+      expectSameBytes(m.bytes(), before);
     }
+    m.bytes()[0] = before[0]! ^ 0xff;
     m.sync(0, PAGE_SIZE, { async: true, invalidate: true });
+    // Invalidating asks other mappings of the file to see new values; it never discards ours.
+    expect(m.bytes(0, 1)[0]).toBe(before[0]! ^ 0xff);
+    expect(readFileBytes(path, 0, 1)[0]).toBe(before[0]! ^ 0xff);
     m.close();
   });
 });
@@ -111,7 +122,7 @@ describe('private (copy-on-write) mappings', () => {
     expectSameBytes(new Uint8Array(shared.buffer), original);
     expect(clone.usage().anonymous).toBe(2 * PAGE_SIZE); // the copies
 
-    // The kernel fact DESIGN.md warns about: pages the clone has not written still follow the
+    // A kernel fact the memory model rests on: pages the clone has not written still follow the
     // file, pages it wrote do not. Templates must therefore never change once sealed.
     const sharedRam = new Uint8Array(shared.buffer);
     sharedRam[5 * PAGE_SIZE] = 0x11;

@@ -8,7 +8,7 @@ import { PAGE_SIZE } from '../regions/size.js';
 import { BufferPool } from './buffer-pool.js';
 import { refFromPb } from './convert.js';
 
-/** Largest payload of one ReadPagesResponse (DESIGN: page payloads in chunks of at most 1 MiB). */
+/** Largest payload of one ReadPagesResponse: page payloads travel in chunks of at most 1 MiB. */
 export const MAX_CHUNK_BYTES = 1024 * 1024;
 const CHUNK_PAGES = MAX_CHUNK_BYTES / PAGE_SIZE;
 /** Messages that may be queued or in serialisation at once per stream. */

@@ -1,4 +1,4 @@
-import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
@@ -18,7 +18,12 @@ describe('ensureDirectory', () => {
   it('creates a missing directory, owner-only', () => {
     const path = join(dirs.volatileDir, 'a', 'b');
     ensureDirectory(path, 'volatile directory', { shared: true });
-    ensureDirectory(path, 'volatile directory', { shared: true });
+    expect(statSync(path).isDirectory()).toBe(true);
+    expect(statSync(path).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dirs.volatileDir, 'a')).mode & 0o777).toBe(0o700);
+    // Again on the existing directory: accepted as it is, mode unchanged.
+    expect(() => ensureDirectory(path, 'volatile directory', { shared: true })).not.toThrow();
+    expect(statSync(path).mode & 0o777).toBe(0o700);
   });
 
   it('refuses a symlink in a shared place, and a group-writable directory', () => {

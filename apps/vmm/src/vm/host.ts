@@ -1,10 +1,9 @@
-import { memstore } from '@handoff/proto';
-import { createClient, type Logger } from '@handoff/service';
+import type { Logger } from '@handoff/service';
 import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
 import type { ElfImage } from '../loader/elf.js';
-import { LeaseChannelClient, type LeaseCalls } from '../leases/lease-channel.js';
 import { checkLease } from '../leases/protocol.js';
 import { closeRamBlocks, openRamBlocks, type RamBacking, type RamContext } from '../ram/index.js';
+import { MemstoreAccess } from '../ram/memstore-access.js';
 import { VmmError } from '../model/vmm-error.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
@@ -47,8 +46,7 @@ export class VmHost {
   private readonly vms = new Map<string, Vm>();
   /** Names whose creation is in progress. */
   private readonly creating = new Set<string>();
-  private memstoreClient: memstore.MemstoreServiceClient | undefined;
-  private leaseClient: LeaseChannelClient | undefined;
+  private readonly memstore: MemstoreAccess;
   private readonly sampler: NodeJS.Timeout;
   private readonly threads: VcpuThreadPool;
   /** Migrated-away VMs still being torn down, by name: a VM arriving under the name waits. */
@@ -58,6 +56,12 @@ export class VmHost {
 
   /** @throws VmmError `VMM_VCPU_FAILED` when the compiled vCPU worker is missing */
   constructor(private readonly opts: VmHostOptions) {
+    this.memstore = new MemstoreAccess({
+      vmmId: opts.vmmId,
+      address: opts.memstoreAddress,
+      logger: opts.logger,
+      deadlineMs: opts.memstoreDeadlineMs ?? 10_000,
+    });
     this.threads = new VcpuThreadPool(
       opts.workerUrl ?? vcpuWorkerUrl(),
       opts.spareThreads ?? 1,
@@ -97,16 +101,7 @@ export class VmHost {
     try {
       const guest = loadGuest(spec.guest, this.opts.guestsDir ?? DEFAULT_GUESTS_DIR);
       checkImageFits(spec.guest, guest.image, spec.ram);
-      const ram = await openRamBlocks(spec.ram, {
-        vmmId: this.opts.vmmId,
-        vmName: spec.name,
-        memstore: () => this.memstore(),
-        leases: () => this.leases(),
-        leaseChannel: () => this.leaseClientOf().channelPath(),
-        memstoreAddress: this.opts.memstoreAddress,
-        logger: log,
-        deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
-      });
+      const ram = await openRamBlocks(spec.ram, this.memstore.context(spec.name, log));
       let vm: Vm;
       try {
         vm = await Vm.boot(spec, ram, guest, {
@@ -142,16 +137,7 @@ export class VmHost {
 
   /** What opening RAM blocks for VM `name` needs (incoming migrations open blocks themselves). */
   ramContext(name: string): RamContext {
-    return {
-      vmmId: this.opts.vmmId,
-      vmName: name,
-      memstore: () => this.memstore(),
-      leases: () => this.leases(),
-      leaseChannel: () => this.leaseClientOf().channelPath(),
-      memstoreAddress: this.opts.memstoreAddress,
-      logger: this.opts.logger.child({ vm: name }),
-      deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
-    };
+    return this.memstore.context(name, this.opts.logger.child({ vm: name }));
   }
 
   /** Checks an incoming VM's spec like CreateVm would. @throws VmmError `VMM_INVALID_SPEC`... */
@@ -341,27 +327,7 @@ export class VmHost {
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );
     await Promise.all(this.retiring.values());
-    this.leaseClient?.close();
-    this.memstoreClient?.close();
-  }
-
-  private memstore(): memstore.MemstoreServiceClient {
-    this.memstoreClient ??= createClient(memstore.MemstoreServiceClient, this.opts.memstoreAddress);
-    return this.memstoreClient;
-  }
-
-  /** The lease calls of this instance: one lease-channel connection shared by all its VMs. */
-  private leases(): LeaseCalls {
-    return this.leaseClientOf();
-  }
-
-  private leaseClientOf(): LeaseChannelClient {
-    this.leaseClient ??= new LeaseChannelClient({
-      memstore: () => this.memstore(),
-      logger: this.opts.logger.child({ component: 'lease-channel' }),
-      deadlineMs: this.opts.memstoreDeadlineMs ?? 10_000,
-    });
-    return this.leaseClient;
+    this.memstore.close();
   }
 }
 

@@ -2,11 +2,8 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { resolveCapabilities } from '@handoff/qapi';
-import { Clients } from '../api/clients.js';
-import { jobs, type JobView } from '../api/jobs.js';
-import { regions } from '../api/regions.js';
-import { vms } from '../api/vms.js';
-import { startCluster } from '../cluster/launcher.js';
+import { Clients, jobs, regions, vms, type JobView } from '@handoff/cli/client';
+import { startCluster } from '../launcher.js';
 import { qemuAvailable, qemuMigrate, type QemuMigration } from './qemu-migration.js';
 
 const MiB = 1024 * 1024;

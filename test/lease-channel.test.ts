@@ -1,6 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
-import { startMemstore, memstoreConfig, type MemstoreHandle } from '@handoff/memstore';
-import { failure, makeTempDirs, type TempDirs } from '@handoff/memstore/testing';
+import {
+  LEASE_CHANNEL_MAX_FRAME_BYTES,
+  memstoreConfig,
+  startMemstore,
+  type MemstoreHandle,
+} from '@handoff/memstore';
+import { byName, failure, makeTempDirs, type TempDirs } from '@handoff/memstore/testing';
 import { memstore as pb } from '@handoff/proto';
 import {
   createClient,
@@ -10,13 +15,17 @@ import {
   unaryCall,
   type Logger,
 } from '@handoff/service';
+import { LeaseChannelClient, memstoreCall, type RamContext } from '@handoff/vmm';
 import { mkdirSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { RamContext } from '../ram/backing.js';
-import { byName, memstoreCall } from './calls.js';
-import { LEASE_CHANNEL_MAX_FRAME_BYTES, LeaseChannelClient } from './lease-channel.js';
+
+/**
+ * The vmm's lease-channel client against memstore's lease channel, both in this process and
+ * each through its package: the same results and errors as gRPC, fallback and reconnection;
+ * and against a stand-in channel, the failures mid-call.
+ */
 
 const logger: Logger = createLogger({ name: 'test', level: 'silent', format: 'json' });
 

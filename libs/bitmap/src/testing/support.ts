@@ -14,10 +14,10 @@ import fc from 'fast-check';
 import ts from 'typescript';
 import { expect } from 'vitest';
 
-import type { BitmapErrorCode } from './errors.js';
-import { BitmapError, isBitmapError } from './errors.js';
-import type { PageBitmap } from './page-bitmap.js';
-import { WIRE_HEADER_BYTES } from './wire.js';
+import type { BitmapErrorCode } from '../errors.js';
+import { BitmapError, isBitmapError } from '../errors.js';
+import type { PageBitmap } from '../page-bitmap.js';
+import { WIRE_HEADER_BYTES } from '../wire.js';
 
 /** Assert that `fn` throws a {@link BitmapError} with `code`. */
 export function expectBitmapError(fn: () => unknown, code: BitmapErrorCode): BitmapError {
@@ -225,11 +225,11 @@ function range(a: number, b: number): number[] {
  * import them. Returns the directory; modules keep their names with a `.js` suffix.
  */
 export function transpileSourcesForWorkers(): string {
-  const srcDir = dirname(fileURLToPath(import.meta.url));
+  const srcDir = join(dirname(fileURLToPath(import.meta.url)), '..');
   const outDir = mkdtempSync(join(tmpdir(), 'handoff-bitmap-'));
   writeFileSync(join(outDir, 'package.json'), '{"type":"module"}\n');
   for (const name of readdirSync(srcDir)) {
-    if (!name.endsWith('.ts') || name.endsWith('.test.ts') || name === 'test-support.ts') continue;
+    if (!name.endsWith('.ts') || name.endsWith('.test.ts')) continue;
     const source = readFileSync(join(srcDir, name), 'utf8');
     const { outputText } = ts.transpileModule(source, {
       compilerOptions: {

@@ -1,0 +1,28 @@
+/**
+ * vmctl's client library (`@handoff/cli/client`): clients of a cluster's services and the calls
+ * vmctl makes, with the wire converted to plain views at this edge. Tools (the local-cluster
+ * bench) use it instead of generated types; it starts no service and imports none.
+ *
+ * @packageDocumentation
+ */
+export { Clients, DEFAULT_ENDPOINTS, type Endpoints } from './clients.js';
+export { jobs, jobEnded, jobJson, WATCH_DEADLINE_MS, type JobJson, type JobView } from './jobs.js';
+export { regions, REGION_KINDS, type RegionKindName, type RegionView } from './regions.js';
+export {
+  clusterStatus,
+  type ClusterStatus,
+  type MemstoreUsage,
+  type ServiceStatus,
+  type VmmStatus,
+} from './status.js';
+export {
+  vms,
+  vmJson,
+  ConsoleSession,
+  type RamBackendName,
+  type RamBlockView,
+  type VmCreateSpec,
+  type VmmRef,
+  type VmStateName,
+  type VmView,
+} from './vms.js';

@@ -1,0 +1,64 @@
+/**
+ * One vmm instance's access to memstore: its gRPC client and its lease-channel client, both
+ * created on first use and shared by every VM, and the {@link RamContext} each VM's blocks
+ * are opened with.
+ *
+ * @packageDocumentation
+ */
+import { memstore } from '@handoff/proto';
+import { createClient, type Logger } from '@handoff/service';
+import { LeaseChannelClient } from '../leases/lease-channel.js';
+import type { RamContext } from './backing.js';
+
+/** Options of a {@link MemstoreAccess}. */
+export interface MemstoreAccessOptions {
+  readonly vmmId: string;
+  /** memstore's gRPC address. */
+  readonly address: string;
+  readonly logger: Logger;
+  /** Deadline of each memstore call. */
+  readonly deadlineMs: number;
+}
+
+/** memstore's clients for one vmm instance. */
+export class MemstoreAccess {
+  private client: memstore.MemstoreServiceClient | undefined;
+  private leaseClient: LeaseChannelClient | undefined;
+
+  constructor(private readonly opts: MemstoreAccessOptions) {}
+
+  /** What opening (and migrating) VM `vmName`'s blocks needs; `logger` is the VM's. */
+  context(vmName: string, logger: Logger): RamContext {
+    return {
+      vmmId: this.opts.vmmId,
+      vmName,
+      memstore: () => this.memstore(),
+      leases: () => this.leases(),
+      leaseChannel: () => this.leases().channelPath(),
+      memstoreAddress: this.opts.address,
+      logger,
+      deadlineMs: this.opts.deadlineMs,
+    };
+  }
+
+  /** Closes both clients. */
+  close(): void {
+    this.leaseClient?.close();
+    this.client?.close();
+  }
+
+  private memstore(): memstore.MemstoreServiceClient {
+    this.client ??= createClient(memstore.MemstoreServiceClient, this.opts.address);
+    return this.client;
+  }
+
+  /** The lease calls: one lease-channel connection shared by all VMs of the instance. */
+  private leases(): LeaseChannelClient {
+    this.leaseClient ??= new LeaseChannelClient({
+      memstore: () => this.memstore(),
+      logger: this.opts.logger.child({ component: 'lease-channel' }),
+      deadlineMs: this.opts.deadlineMs,
+    });
+    return this.leaseClient;
+  }
+}

@@ -1,0 +1,16 @@
+/**
+ * The local cluster behind `npm start`: memstore, migrator and vmm instances started as child
+ * processes on loopback, plus the migration bench that runs on it. A tool, not a service: it
+ * starts services by their executables and talks to them through vmctl's client library.
+ *
+ * @packageDocumentation
+ */
+export {
+  startCluster,
+  serviceEntry,
+  ClusterError,
+  type Cluster,
+  type ClusterOptions,
+  type ServiceSpec,
+} from './launcher.js';
+export { colourFor, formatLogLine } from './log-lines.js';

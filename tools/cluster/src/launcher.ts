@@ -1,0 +1,173 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServiceProcess, type ServiceProcess } from '@handoff/service';
+
+/** One service of the local cluster. */
+export interface ServiceSpec {
+  /** Label in logs and the summary (memstore, migrator, vmm-a, ...). */
+  name: string;
+  /** Workspace package whose dist/main.js is the executable. */
+  app: 'memstore' | 'migrator' | 'vmm';
+  args: string[];
+}
+
+/** What {@link startCluster} starts and how. */
+export interface ClusterOptions {
+  /** Directory for the memstore catalog, persistent regions and ready files. */
+  stateDir: string;
+  /** tmpfs directory for volatile regions (default: memstore's own default). */
+  volatileDir?: string;
+  /** Fixed ports, or 0 everywhere to pick free ones (tests). */
+  ports: { memstore: number; migrator: number; vmms: Record<string, number> };
+  host?: string;
+  logFormat?: 'json' | 'pretty';
+  logLevel?: string;
+  /** Receives every output line of every service, already prefixed. */
+  onLine?: (service: string, line: string, stream: 'stdout' | 'stderr') => void;
+  /** Called if a service exits while the cluster is up (not during stop()). */
+  onExit?: (service: string, code: number | null, signal: NodeJS.Signals | null) => void;
+  /** How long to wait for each service to become ready. */
+  readyTimeoutMs?: number;
+}
+
+/** A started local cluster: the services' addresses and a way to stop them all. */
+export interface Cluster {
+  memstore: string;
+  migrator: string;
+  vmms: Record<string, string>;
+  services: ServiceProcess[];
+  /** Stops vmm instances first, then migrator and memstore; SIGKILL after timeoutMs. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+/** Thrown when the cluster cannot start; the message names the service and what it printed. */
+export class ClusterError extends Error {
+  override readonly name = 'ClusterError';
+}
+
+/** The repository root (this file is tools/cluster/{src,dist}/launcher.*). */
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+/**
+ * Path of a service's compiled executable. The launcher starts services as processes and never
+ * imports them: a tool holds no service code (eslint.config.js, module boundaries).
+ */
+export function serviceEntry(app: ServiceSpec['app']): string {
+  return join(repoRoot, 'apps', app, 'dist', 'main.js');
+}
+
+/**
+ * Starts memstore, migrator and the vmm instances as child processes on
+ * loopback and resolves once every one has written its ready file. Children
+ * run in their own process group (a terminal's Ctrl-C reaches only the
+ * launcher, which stops them in order) and stop by themselves if the
+ * launcher's pipe to their stdin closes.
+ *
+ * @throws ClusterError when a service exits during start-up or is not ready in time (the ones
+ *   already started are stopped first)
+ */
+export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
+  const host = opts.host ?? '127.0.0.1';
+  const runDir = join(opts.stateDir, 'run');
+  mkdirSync(runDir, { recursive: true });
+  const services: ServiceProcess[] = [];
+  let stopping = false;
+
+  const launch = async (spec: ServiceSpec, port: number): Promise<ServiceProcess> => {
+    const svc = await startServiceProcess({
+      name: spec.name,
+      entry: serviceEntry(spec.app),
+      readyFile: join(runDir, `${spec.name}.ready.json`),
+      args: [
+        '--host',
+        host,
+        '--port',
+        String(port),
+        '--log-format',
+        opts.logFormat ?? 'json',
+        '--log-level',
+        opts.logLevel ?? 'info',
+        '--stop-on-stdin-close',
+        ...spec.args,
+      ],
+      env: { FORCE_COLOR: opts.logFormat === 'pretty' ? '1' : '0' },
+      readyTimeoutMs: opts.readyTimeoutMs ?? 30_000,
+      stdin: 'pipe',
+      detached: true,
+      collectOutput: false,
+      onLine: (line, stream) => opts.onLine?.(spec.name, line, stream),
+    }).catch((err: unknown) => {
+      throw new ClusterError(`${(err as Error).message}; see its log above`, { cause: err });
+    });
+    svc.child.on('exit', (code, signal) => {
+      if (!stopping) opts.onExit?.(spec.name, code, signal);
+    });
+    services.push(svc);
+    return svc;
+  };
+
+  const stop = async (timeoutMs = 10_000): Promise<void> => {
+    stopping = true;
+    const order = [
+      services.filter((s) => s.name.startsWith('vmm')),
+      services.filter((s) => !s.name.startsWith('vmm')),
+    ];
+    for (const group of order) await Promise.all(group.map((s) => s.stop(timeoutMs)));
+  };
+
+  try {
+    const [memstore, migrator] = await allStarted([
+      launch(
+        {
+          name: 'memstore',
+          app: 'memstore',
+          args: [
+            '--state-dir',
+            join(opts.stateDir, 'memstore'),
+            '--persistent-dir',
+            join(opts.stateDir, 'memstore', 'regions'),
+            ...(opts.volatileDir !== undefined ? ['--volatile-dir', opts.volatileDir] : []),
+          ],
+        },
+        opts.ports.memstore,
+      ),
+      launch(
+        {
+          name: 'migrator',
+          app: 'migrator',
+          args: ['--state-dir', join(opts.stateDir, 'migrator')],
+        },
+        opts.ports.migrator,
+      ),
+    ]);
+    const vmmList = await allStarted(
+      Object.entries(opts.ports.vmms).map(([id, port]) =>
+        launch(
+          {
+            name: id,
+            app: 'vmm',
+            args: ['--id', id, '--migrator', migrator!.address, '--memstore', memstore!.address],
+          },
+          port,
+        ),
+      ),
+    );
+    const vmms = Object.fromEntries(vmmList.map((v) => [v.name, v.address]));
+    return { memstore: memstore!.address, migrator: migrator!.address, vmms, services, stop };
+  } catch (err) {
+    await stop(3000);
+    throw err;
+  }
+}
+
+/**
+ * Waits for every start to settle (so none is still starting when the caller cleans up), then
+ * rejects with the first failure or resolves with all of them.
+ */
+async function allStarted(starts: Promise<ServiceProcess>[]): Promise<ServiceProcess[]> {
+  const settled = await Promise.allSettled(starts);
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<ServiceProcess>).value);
+}
