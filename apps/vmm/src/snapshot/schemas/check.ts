@@ -29,7 +29,7 @@ export const U32_MAX = 0xffffffff;
 export const TWO_POW_64 = 18446744073709551616;
 
 /** Joins a path and a field name or an array index. */
-export function at(path: string, key: string | number): string {
+function at(path: string, key: string | number): string {
   if (typeof key === 'number') return `${path}[${key}]`;
   return path === '' ? key : `${path}.${key}`;
 }

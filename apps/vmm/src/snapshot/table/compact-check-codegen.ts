@@ -10,12 +10,7 @@
  */
 
 import { join } from './check-plan.js';
-import {
-  statePathOf,
-  type CompactLayout,
-  type LayoutSection,
-  type Slot,
-} from './compact-layout.js';
+import { statePathOf, type CompactLayout, type LayoutSection } from './compact-layout.js';
 import type { FieldTable } from './fields.js';
 import { Constants, Locals, compile, literal } from './source.js';
 
@@ -62,7 +57,7 @@ export function compileLayoutCheck(
         continue;
       }
       const what = statePathOf(section, path);
-      const slot = layout.slot(section.name, path);
+      const slot = layout.slotAt(section.name, path);
       if (slot.enc === 'presence') {
         const p = locals.next('p');
         lines.push(
@@ -76,10 +71,10 @@ export function compileLayoutCheck(
           `if (bytes[${at(slot.offset)}] === 0) ${zeroSlots}(bytes, ${at(slot.offset + 1)}, ${slot.end - slot.offset - 1}, ${sec}, ${literal(unused)});`,
         );
       } else if (f.kind === 'variant' && f.otherwise.kind === 'absent' && slot.enc === 'f64') {
-        const tag = layout.slot(section.name, join(prefix, f.tag));
-        const codes = otherwiseCodes(fields, f.tag, Object.keys(f.cases), tag);
+        const tag = layout.slot(section.name, join(prefix, f.tag), 'code');
+        const codes = otherwiseCodes(fields, f.tag, Object.keys(f.cases), tag.base);
         if (codes.length > 0) {
-          const when = codes.map((c) => `bytes[${at(offsetOf(tag))}] === ${c}`).join(' || ');
+          const when = codes.map((c) => `bytes[${at(tag.offset)}] === ${c}`).join(' || ');
           lines.push(
             `if (${when}) ${zeroSlots}(bytes, ${at(slot.offset)}, 8, ${sec}, ${literal(f.otherwise.unusedSlots)});`,
           );
@@ -120,19 +115,14 @@ export function compileLayoutCheck(
   return compile('compact-layout-check', k, body);
 }
 
-/** Codes of the values of enum `tag` (a field of `fields`) that are not among `cases`. */
+/** Codes of the values of enum `tag` (a field of `fields`, codes from `base`) not among `cases`. */
 function otherwiseCodes(
   fields: FieldTable,
   tag: string,
   cases: readonly string[],
-  slot: Slot,
+  base: number,
 ): number[] {
   const field = fields[tag];
-  if (field?.kind !== 'enum' || slot.enc !== 'code') throw new Error(`${tag} is no enum`);
-  return field.values.flatMap((v, i) => (cases.includes(v) ? [] : [i + slot.base]));
-}
-
-function offsetOf(slot: Slot): number {
-  if (slot.enc === 'tail') throw new Error('a tail piece has no fixed offset');
-  return slot.offset;
+  if (field?.kind !== 'enum') throw new Error(`${tag} is no enum`);
+  return field.values.flatMap((v, i) => (cases.includes(v) ? [] : [i + base]));
 }

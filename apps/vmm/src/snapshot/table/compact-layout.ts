@@ -33,7 +33,8 @@ export interface LayoutSection {
 
 /** Where and how the compact layout carries one field (offsets from the start of the body). */
 export type Slot =
-  | { readonly enc: 'f64' | 'flag'; readonly offset: number }
+  | { readonly enc: 'f64'; readonly offset: number }
+  | { readonly enc: 'flag'; readonly offset: number }
   | { readonly enc: 'code'; readonly offset: number; readonly base: number }
   | { readonly enc: 'u32s'; readonly offset: number; readonly length: number }
   /** A nullable number: presence byte at `offset`, the f64 after it. */
@@ -41,6 +42,9 @@ export type Slot =
   /** A nullable record: its tag's code at `offset` (0: null), its other slots up to `end`. */
   | { readonly enc: 'folded'; readonly offset: number; readonly end: number }
   | { readonly enc: 'tail'; readonly piece: TailPiece };
+
+/** The slot of encoding `E`. */
+export type SlotOf<E extends Slot['enc']> = Extract<Slot, { readonly enc: E }>;
 
 /** A variable-length field, carried in the tail. */
 export interface TailPiece {
@@ -71,7 +75,9 @@ export interface CompactLayout {
   /** One line per slot, in body order: what {@link compactLayoutFingerprint} covers. */
   readonly description: string;
   /** The slot of field `path` of section `section`. */
-  slot(section: string, path: string): Slot;
+  slotAt(section: string, path: string): Slot;
+  /** {@link slotAt}, which must be encoded as `enc` (the generators' consistency check). */
+  slot<E extends Slot['enc']>(section: string, path: string, enc: E): SlotOf<E>;
 }
 
 /** Places the fields of `sections`, in order. */
@@ -178,10 +184,16 @@ export function planCompactLayout(sections: readonly LayoutSection[]): CompactLa
     minBodyBytes,
     maxBodyBytes,
     description: lines.join('\n'),
-    slot(section, path) {
+    slotAt(section, path) {
       const slot = slots.get(`${section}/${path}`);
       if (slot === undefined) throw new Error(`no compact slot for ${section}.${path}`);
       return slot;
+    },
+    slot<E extends Slot['enc']>(section: string, path: string, enc: E): SlotOf<E> {
+      const slot = this.slotAt(section, path);
+      if (slot.enc !== enc)
+        throw new Error(`${section}.${path} has a ${slot.enc} slot, not ${enc}`);
+      return slot as SlotOf<E>;
     },
   };
 }

@@ -12,7 +12,7 @@
 
 import { checkPlan, join, presenceOf, type CheckStep } from './check-plan.js';
 import type { CompactPass } from './compact-check-codegen.js';
-import type { CompactLayout, LayoutSection, Slot } from './compact-layout.js';
+import type { CompactLayout, LayoutSection, Slot, SlotOf } from './compact-layout.js';
 import type { Field, FieldTable, NumberField } from './fields.js';
 import { Constants, Locals, compile, literal } from './source.js';
 import {
@@ -104,8 +104,8 @@ class SectionReader {
     if (s.kind === 'value') this.value(s.field, s.path, s.parent);
   }
 
-  private slot(path: string): Slot {
-    return this.layout.slot(this.section.name, path);
+  private slot<E extends Slot['enc']>(path: string, enc: E): SlotOf<E> {
+    return this.layout.slot(this.section.name, path, enc);
   }
 
   private at(offset: number): number {
@@ -114,7 +114,6 @@ class SectionReader {
 
   private value(f: Field, path: string, parent: string): void {
     const p = literal(path);
-    const slot = this.slot(path);
     const sibling = (name: string): string => this.values.get(join(parent, name))!;
     const local = (prefix: string, init: string): string => {
       const name = this.locals.next(prefix);
@@ -123,7 +122,7 @@ class SectionReader {
     };
     switch (f.kind) {
       case 'version': {
-        const n = local('f', this.f64(slot));
+        const n = local('f', this.f64(path));
         const version = this.section.version;
         this.lines.push(
           `if (${n} !== ${version}) ${this.fail(p, versionExpected(String(version)), n)}`,
@@ -134,19 +133,19 @@ class SectionReader {
       case 'integer':
       case 'u64':
       case 'bits': {
-        const n = local('f', this.f64(slot));
+        const n = local('f', this.f64(path));
         this.number(f, n, path, sibling);
         this.values.set(path, n);
         return;
       }
       case 'boolean': {
-        const c = local('b', `bytes[${this.at(this.byteOffset(slot))}]`);
+        const c = local('b', `bytes[${this.at(this.slot(path, 'flag').offset)}]`);
         this.lines.push(`if (${c} > 1) ${this.fail(p, literal('true or false'), c)}`);
         this.values.set(path, local('v', `${c} === 1`));
         return;
       }
       case 'enum': {
-        if (slot.enc !== 'code') throw new Error(`${path}: an enum needs a code slot`);
+        const slot = this.slot(path, 'code');
         const c = local('c', `bytes[${this.at(slot.offset)}]`);
         const last = f.values.length - 1 + slot.base;
         this.lines.push(`if (${c} > ${last}) ${this.fail(p, literal(oneOfText(f.values)), c)}`);
@@ -176,7 +175,7 @@ class SectionReader {
         return;
       }
       case 'u32-array': {
-        if (slot.enc !== 'u32s') throw new Error(`${path}: a u32 array needs a u32s slot`);
+        const slot = this.slot(path, 'u32s');
         const a = local('a', `new Array(${f.length})`);
         this.lines.push(
           `for (let k = 0; k < ${f.length}; k++) ${a}[k] = v.getUint32(${this.at(slot.offset)} + 4 * k, true);`,
@@ -196,14 +195,12 @@ class SectionReader {
         const out = this.locals.next('n');
         this.lines.push(`let ${out} = null;`);
         if (f.of.kind === 'record') {
-          if (slot.enc !== 'folded')
-            throw new Error(`${path}: a nullable record needs a folded slot`);
+          const slot = this.slot(path, 'folded');
           this.lines.push(`if (bytes[${this.at(slot.offset)}] !== 0) {`);
           for (const step of checkPlan(f.of.fields, path)) this.step(step);
           this.lines.push(`${out} = ${this.literal(f.of.fields, path)};`);
         } else {
-          if (slot.enc !== 'presence')
-            throw new Error(`${path}: a nullable number needs a presence slot`);
+          const slot = this.slot(path, 'presence');
           this.lines.push(`if (bytes[${this.at(slot.offset)}] === 1) {`);
           const n = local('f', `v.getFloat64(${this.at(slot.offset + 1)}, true)`);
           this.number(f.of, n, path, sibling);
@@ -223,14 +220,14 @@ class SectionReader {
         Object.entries(f.cases).forEach(([value, kind], n) => {
           const code = tagField.values.indexOf(value) + tag.base;
           this.lines.push(`${n === 0 ? '' : '} else '}if (${tag.code} === ${code}) {`);
-          const read = local('f', this.f64(slot));
+          const read = local('f', this.f64(path));
           this.number(kind, read, path, sibling);
           this.lines.push(`${out} = ${read};`);
         });
         // Absent otherwise: the layout check found its slot zero; nothing to read.
         if (f.otherwise.kind === 'zero') {
           this.lines.push('} else {');
-          const read = local('f', this.f64(slot));
+          const read = local('f', this.f64(path));
           const expected = `${this.k.ref(f.otherwise.expected)}(${sibling(f.tag)})`;
           this.lines.push(`if (${read} !== 0) ${this.fail(p, expected, read)}`, `${out} = 0;`);
         }
@@ -252,14 +249,9 @@ class SectionReader {
     this.lines.push(...ruleLines(f.rules, n, path, sibling, this.k, this.fail));
   }
 
-  private f64(slot: Slot): string {
-    if (slot.enc !== 'f64') throw new Error(`expected an f64 slot, got ${slot.enc}`);
-    return `v.getFloat64(${this.at(slot.offset)}, true)`;
-  }
-
-  private byteOffset(slot: Slot): number {
-    if (slot.enc !== 'flag') throw new Error(`expected a flag slot, got ${slot.enc}`);
-    return slot.offset;
+  /** Source reading the f64 of field `path`. */
+  private f64(path: string): string {
+    return `v.getFloat64(${this.at(this.slot(path, 'f64').offset)}, true)`;
   }
 
   private tailOf(path: string): { readonly at: string; readonly n: string } {

@@ -9,7 +9,7 @@
  */
 
 import { join } from './check-plan.js';
-import type { CompactLayout, LayoutSection } from './compact-layout.js';
+import type { CompactLayout, LayoutSection, Slot, SlotOf } from './compact-layout.js';
 import { statePathOf } from './compact-layout.js';
 import type { Field, FieldTable, VariantField } from './fields.js';
 import { Constants, Locals, compile, literal } from './source.js';
@@ -163,26 +163,26 @@ class WriterSource {
         continue;
       }
       const read = `${scope.object}.${name}`;
-      const slot = this.layout.slot(section.name, path);
+      const slot = <E extends Slot['enc']>(enc: E): SlotOf<E> =>
+        this.layout.slot(section.name, path, enc);
       const at = (offset: number): number => this.header + offset;
       switch (f.kind) {
         case 'version':
         case 'integer':
         case 'u64':
         case 'bits':
-          if (slot.enc === 'f64') this.f64(section, read, what, at(slot.offset));
+          this.f64(section, read, what, at(slot('f64').offset));
           break;
         case 'boolean': {
-          if (slot.enc !== 'flag') break;
           const b = this.local('b', read);
           this.lines.push(
-            `if (${b} === true) out[${at(slot.offset)}] = 1;`,
+            `if (${b} === true) out[${at(slot('flag').offset)}] = 1;`,
             `else if (${b} !== false) ${this.throwUnfit(section, what, literal('true or false'), b)}`,
           );
           break;
         }
         case 'enum': {
-          if (slot.enc !== 'code') break;
+          const code = slot('code');
           const e = this.local('e', read);
           const index = f.values.reduceRight(
             (rest, value, n) => `${e} === ${literal(value)} ? ${n} : ${rest}`,
@@ -191,35 +191,37 @@ class WriterSource {
           const c = this.local('c', index);
           this.lines.push(
             `if (${c} < 0) ${this.throwUnfit(section, what, literal(oneOfText(f.values)), e)}`,
-            `out[${at(slot.offset)}] = ${c}${slot.base === 0 ? '' : ` + ${slot.base}`};`,
+            `out[${at(code.offset)}] = ${c}${code.base === 0 ? '' : ` + ${code.base}`};`,
           );
           this.codes.set(`${section.name}/${path}`, c);
           break;
         }
         case 'u32-array': {
-          if (slot.enc !== 'u32s') break;
+          const items = slot('u32s');
           const a = this.sizedLocal(section, path);
           const item = this.locals.next('i');
           this.lines.push(
             `for (let k = 0; k < ${f.length}; k++) {`,
             `const ${item} = ${a}[k];`,
             `if (typeof ${item} !== 'number' || ${item} >>> 0 !== ${item}) ${this.throwUnfit(section, `${what} + '[' + k + ']'`, literal('an integer in [0, 2^32)'), item)}`,
-            `v.setUint32(${at(slot.offset)} + 4 * k, ${item}, true);`,
+            `v.setUint32(${at(items.offset)} + 4 * k, ${item}, true);`,
             '}',
           );
           break;
         }
         case 'nullable': {
           const n = this.local('n', read);
-          if (slot.enc === 'presence') {
+          if (f.of.kind !== 'record') {
+            const presence = slot('presence');
             this.lines.push(
               `if (${n} !== null) {`,
               `if (typeof ${n} !== 'number') ${this.throwUnfit(section, what, literal('null or a number'), n)}`,
-              `out[${at(slot.offset)}] = 1;`,
-              `v.setFloat64(${at(slot.offset + 1)}, ${n}, true);`,
+              `out[${at(presence.offset)}] = 1;`,
+              `v.setFloat64(${at(presence.offset + 1)}, ${n}, true);`,
               '}',
             );
-          } else if (slot.enc === 'folded' && f.of.kind === 'record') {
+          } else {
+            slot('folded');
             this.lines.push(
               `if (${n} !== null) {`,
               `if (typeof ${n} !== 'object') ${this.throwUnfit(section, what, literal('null or an object'), n)}`,
@@ -230,9 +232,8 @@ class WriterSource {
           break;
         }
         case 'variant': {
-          if (slot.enc !== 'f64') break;
           if (f.otherwise.kind === 'zero') {
-            this.f64(section, read, what, at(slot.offset));
+            this.f64(section, read, what, at(slot('f64').offset));
             break;
           }
           // A run of optional fields under one tag: written when the tag carries them, else
@@ -269,8 +270,8 @@ class WriterSource {
     const paths = run.map(([name]) => literal(statePathOf(section, join(scope.path, name))));
     this.lines.push(`if (${carried}) {`);
     run.forEach(([name], n) => {
-      const slot = this.layout.slot(section.name, join(scope.path, name));
-      if (slot.enc === 'f64') this.f64(section, values[n]!, paths[n]!, this.header + slot.offset);
+      const slot = this.layout.slot(section.name, join(scope.path, name), 'f64');
+      this.f64(section, values[n]!, paths[n]!, this.header + slot.offset);
     });
     const defined = values.map((x) => `${x} !== undefined`);
     const path = values

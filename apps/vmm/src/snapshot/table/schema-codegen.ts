@@ -37,7 +37,7 @@ export function compileSectionCheck(table: SectionTable): SectionCheck {
   const writer = new SchemaWriter(k);
   const result = writer.record(table.fields, '', 'body');
   const body = [
-    `return function check_${table.name}(body, version) {`,
+    `return function check_${table.name.replace(/[^a-z0-9]/g, '_')}(body, version) {`,
     ...writer.lines,
     `return ${result};`,
     '}',
