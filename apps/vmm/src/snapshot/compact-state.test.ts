@@ -14,7 +14,6 @@ import {
   COMPACT_GENERATION_ID_LIMIT,
   COMPACT_HOST_ARGS_LIMIT,
   COMPACT_RX_LIMIT,
-  COMPACT_STATE_CODES,
   COMPACT_STATE_HEADER_BYTES,
   COMPACT_STATE_MAGIC,
   COMPACT_STATE_MAX_BYTES,
@@ -38,6 +37,8 @@ import { SchemaViolation, U32_MAX } from './schemas/check.js';
 import { UART_RX_LIMIT } from './schemas/uart.js';
 import type * as sectionsModule from './sections.js';
 import { MACHINE_SECTIONS } from './sections.js';
+import { byteArray } from './table/fields.js';
+import { REFERENCE_SCHEMAS } from './testing/reference-schemas.js';
 import {
   bootGuest,
   bootMixer,
@@ -788,6 +789,27 @@ describe('a build whose sections differ from the layout', () => {
       }
     });
   }
+
+  it('neither encodes nor decodes when a table places a field differently, with the same versions', async () => {
+    vi.resetModules();
+    vi.doMock('./sections.js', async (importOriginal) => {
+      const original = await importOriginal<typeof sectionsModule>();
+      const grown = original.MACHINE_SECTIONS.map((s) =>
+        s.name === 'uart' ? { ...s, fields: { ...s.fields, rx: byteArray(1 << 17) } } : s,
+      );
+      return { ...original, MACHINE_SECTIONS: grown };
+    });
+    try {
+      const other = await import('./compact-state.js');
+      expect(other.compactStateCurrent()).toBe(false);
+      const err = errorOf(() => other.decodeCompactState(valid));
+      expect(err.code).toBe('SNAPSHOT_UNSUPPORTED_VERSION');
+      expect(err.message).toMatch(/section tables place the fields .* unlike compact layout 1/);
+    } finally {
+      vi.doUnmock('./sections.js');
+      vi.resetModules();
+    }
+  });
 });
 
 // ---- validation while reading, proven equal to the section schemas ------------------------------
@@ -1292,28 +1314,33 @@ describe('validation while reading', () => {
   });
 });
 
-// ---- the reference: the schemas on the raw values ----------------------------------------------
+// ---- the reference: the hand-written schemas on the raw values ---------------------------------
 //
 // The schemas' side of the equivalence tests above. It shares the header and layout checks with
-// decodeCompactState (openCompactState and checkCompactLayout, which judge no value); then, as the
-// second pass of the two-pass decoder the fused one replaced did, it reads every field raw into
-// plain per-section bodies shaped like the container's JSON bodies and runs them through
-// `stateFromBodies`, i.e. through the section schemas themselves (schemas/*.ts). It takes the
-// offsets from this file's tables (F64_FIELDS, U32_ARRAYS, AT: FORMAT.md's, which "sweeps the
-// fields where FORMAT.md puts them" checks against the encoder), not from the decoder, and has no
-// rule of its own, so the tests compare decodeCompactState with the schemas, not with a copy of
-// its own rules: a schema change the fused validator misses fails them.
+// decodeCompactState (openCompactState and checkCompactLayout, which judge no value); then it
+// reads every field raw into plain per-section bodies shaped like the container's JSON bodies
+// and runs them through `stateFromBodies` with the reference schemas (testing/
+// reference-schemas.ts: the schemas as written by hand before the field tables, independent of
+// them). It takes the offsets and enum codes from this file's tables (F64_FIELDS, U32_ARRAYS,
+// AT, the codes below: FORMAT.md's, which "sweeps the fields where FORMAT.md puts them" checks
+// against the encoder), not from the layout, and has no rule of its own, so the tests compare
+// decodeCompactState — generated from the tables — with code that never saw them: a table,
+// generator or decoder change that alters a verdict, a message or the order of checks fails them.
 
 /** A body under construction: the raw values, nested by their state paths. */
 interface Body {
   [key: string]: unknown;
 }
 
+/** The sections in load order, each checked by its reference schema instead of its table's. */
 const REF_LOAD: readonly SectionToLoad[] = MACHINE_SECTIONS.map((spec) => ({
-  spec,
+  spec: { ...spec, check: REFERENCE_SCHEMAS[spec.name]! },
   version: spec.version,
 }));
-const { priv: PRIVS, clockMode: CLOCK_MODES, exitKind: EXIT_KINDS } = COMPACT_STATE_CODES;
+/** The enum codes of layout 1 (FORMAT.md): an option's code is its index (+1 for the exit). */
+const PRIVS = ['M', 'U'] as const;
+const CLOCK_MODES = ['deterministic', 'realtime'] as const;
+const EXIT_KINDS = ['pass', 'fail', 'reset'] as const;
 /** {@link F64_FIELDS} and {@link U32_ARRAYS} with their paths split, once. */
 const REF_F64 = F64_FIELDS.map(([path, at]) => [path.split('.'), B + at] as const);
 const REF_U32 = U32_ARRAYS.map(([path, at, n]) => [path.split('.'), B + at, n] as const);

@@ -350,22 +350,36 @@ function checked<A>(
     return spec.check(produce(arg), version);
   } catch (err) {
     if (err instanceof SnapshotError) throw err;
-    const what =
-      err instanceof SchemaViolation
-        ? `${err.path || 'the body'} must be ${err.expected}, got ${describe(err.got)}`
-        : `its schema failed (${err instanceof Error ? err.message : String(err)})`;
-    const advice =
-      op === 'encode'
-        ? `refusing to write it. The device's state model and snapshot/schemas/${spec.name}.ts ` +
-          `disagree: update the schema (and the section version or an optional section).`
-        : `the machine cannot be put in this state. The writer is broken or the data is hostile; ` +
-          `save the VM again.`;
-    throw new SnapshotError(
-      'SNAPSHOT_INVALID_STATE',
-      `device-state section '${spec.name}' (version ${version}) is invalid: ${what}; ${advice}`,
-      { section: spec.name, cause: err },
-    );
+    throw invalidSectionError(spec.name, version, err, op);
   }
+}
+
+/**
+ * @internal The `SNAPSHOT_INVALID_STATE` for section `name` (of section version `version`)
+ * whose schema threw `err` (a `SchemaViolation`, or anything else) while `op` ran. The compact
+ * decoder words its violations with it too, so both encodings report a value alike.
+ */
+export function invalidSectionError(
+  name: string,
+  version: number,
+  err: unknown,
+  op: 'encode' | 'decode',
+): SnapshotError {
+  const what =
+    err instanceof SchemaViolation
+      ? `${err.path || 'the body'} must be ${err.expected}, got ${describe(err.got)}`
+      : `its schema failed (${err instanceof Error ? err.message : String(err)})`;
+  const advice =
+    op === 'encode'
+      ? `refusing to write it. The device's state model and snapshot/schemas/${name}.ts ` +
+        `disagree: update the schema (and the section version or an optional section).`
+      : `the machine cannot be put in this state. The writer is broken or the data is hostile; ` +
+        `save the VM again.`;
+  return new SnapshotError(
+    'SNAPSHOT_INVALID_STATE',
+    `device-state section '${name}' (version ${version}) is invalid: ${what}; ${advice}`,
+    { section: name, cause: err },
+  );
 }
 
 function bodyTooLarge(

@@ -3,7 +3,8 @@
  * component, validated before anything reaches a device. Used by save/restore (snapshot files)
  * and by migration (`DeviceState.container`). A second encoding, the compact hand-off state,
  * carries the same state between two vmm processes that agreed on its layout (never stored,
- * never on the stream) and is validated by the same section schemas. Layouts and rules:
+ * never on the stream) and is validated by the same rules: every section is declared once, as a
+ * field table (schemas/), and both codecs are generated from the tables. Layouts and rules:
  * FORMAT.md beside this file.
  *
  * @packageDocumentation
@@ -23,6 +24,7 @@ export {
   COMPACT_ENTROPY_WORDS,
   COMPACT_GENERATION_ID_LIMIT,
   COMPACT_HOST_ARGS_LIMIT,
+  COMPACT_LAYOUT_FINGERPRINT,
   COMPACT_RX_LIMIT,
   COMPACT_STATE_HEADER_BYTES,
   COMPACT_STATE_MAGIC,

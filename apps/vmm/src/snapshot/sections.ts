@@ -1,27 +1,33 @@
 /**
  * The sections of a machine's device state: which named, versioned sections a container holds,
- * how each is taken from a {@link MachineState}, checked, and put back. This table is the one
- * place that ties the container to the machine model (FORMAT.md lists it as "Sections").
+ * how each is taken from a {@link MachineState}, checked, and put back. Each comes from its one
+ * declaration, a field table in `schemas/` (FORMAT.md, "Field tables"); this list is the one
+ * place that ties them to the machine model and fixes their order.
  *
- * Adding data to a device later (QEMU's rule): do not grow an existing section's model; add an
- * optional section (`optional: true`) named `<parent>.<what>`, with `needed` returning true only
- * when the data differs from what an older reader assumes. Old readers skip it; new readers load
- * it. Changing an existing model incompatibly bumps that section's `version`.
+ * Adding data to a device: add the field to its section's table and bump that table's
+ * `version` (FORMAT.md, "Versioning"). Data an older reader may skip goes in an optional
+ * section (`optional: true`) named `<parent>.<what>`, with `needed` returning true only when the
+ * data differs from what an older reader assumes.
  *
  * @packageDocumentation
  */
 
 import type { MachineState } from '../machine/state.js';
-import { CLINT_SECTION_VERSION, checkClint } from './schemas/clint.js';
-import { CLOCK_SECTION_VERSION, checkClock } from './schemas/clock.js';
-import { CONTROL_SECTION_VERSION, checkControl } from './schemas/control.js';
-import { CPU_SECTION_VERSION, checkCpu } from './schemas/cpu.js';
-import { FINISHER_SECTION_VERSION, checkFinisher } from './schemas/finisher.js';
-import { MACHINE_SECTION_VERSION, checkMachine } from './schemas/machine.js';
-import { UART_SECTION_VERSION, checkUart } from './schemas/uart.js';
+import { CLINT_SECTION } from './schemas/clint.js';
+import { CLOCK_SECTION } from './schemas/clock.js';
+import { CONTROL_SECTION } from './schemas/control.js';
+import { CPU_SECTION } from './schemas/cpu.js';
+import { FINISHER_SECTION } from './schemas/finisher.js';
+import { MACHINE_SECTION, type MachineSectionState } from './schemas/machine.js';
+import { UART_SECTION } from './schemas/uart.js';
+import type { FieldTable, SectionTable } from './table/fields.js';
+import { compileSectionCheck } from './table/schema-codegen.js';
 
 /** A {@link MachineState} under construction while sections are loaded. */
 export type MachineStateDraft = { -readonly [K in keyof MachineState]?: MachineState[K] };
+
+/** Components of a {@link MachineState} that are one section each, named after their field. */
+export type ComponentKey = Exclude<keyof MachineState, 'version'>;
 
 /** How one section is written and read. `T` is the section's plain-data model. */
 export interface SectionSpec<T> {
@@ -35,13 +41,17 @@ export interface SectionSpec<T> {
   readonly optional: boolean;
   /** Largest body accepted or written, in bytes; checked before the body is parsed. */
   readonly maxBodyBytes: number;
+  /** The section's fields, from its table; the compact layout is generated from them. */
+  readonly fields: FieldTable;
+  /** The {@link MachineState} key of the model, or null when its fields are the state's own. */
+  readonly component: ComponentKey | null;
   /** Optional sections only: true when this state needs the section written (QEMU's `needed()`). */
   needed?(state: MachineState): boolean;
   /** The section's model, taken from a machine state. */
   save(state: MachineState): T;
   /**
-   * The schema: validates an untrusted body (parsed JSON) of section version `version` and
-   * returns a fresh, well-typed model. Throws `SchemaViolation`.
+   * The schema, generated from the table: validates an untrusted body (parsed JSON) of section
+   * version `version` and returns a fresh, well-typed model. Throws `SchemaViolation`.
    */
   check(body: unknown, version: number): T;
   /** Puts a checked model into the state being assembled. */
@@ -53,23 +63,19 @@ export interface SectionSpec<T> {
  * their optional subsections).
  */
 export const MACHINE_SECTIONS: readonly SectionSpec<unknown>[] = Object.freeze([
-  spec({
-    name: 'machine',
-    version: MACHINE_SECTION_VERSION,
-    maxBodyBytes: 1024,
+  spec<MachineSectionState>(MACHINE_SECTION, {
+    component: null,
     save: (s) => ({ version: s.version }),
-    check: checkMachine,
     load: (d, m) => {
       d.version = m.version;
     },
   }),
-  component('cpu', CPU_SECTION_VERSION, 16 * 1024, checkCpu),
-  component('clock', CLOCK_SECTION_VERSION, 1024, checkClock),
-  component('clint', CLINT_SECTION_VERSION, 1024, checkClint),
-  // 64 Ki received bytes of up to 4 characters each, plus the registers.
-  component('uart', UART_SECTION_VERSION, 1024 * 1024, checkUart),
-  component('finisher', FINISHER_SECTION_VERSION, 1024, checkFinisher),
-  component('control', CONTROL_SECTION_VERSION, 16 * 1024, checkControl),
+  component('cpu', CPU_SECTION),
+  component('clock', CLOCK_SECTION),
+  component('clint', CLINT_SECTION),
+  component('uart', UART_SECTION),
+  component('finisher', FINISHER_SECTION),
+  component('control', CONTROL_SECTION),
 ]);
 
 /** The known section called `name`, if any. */
@@ -77,32 +83,31 @@ export function findSection(name: string): SectionSpec<unknown> | undefined {
   return MACHINE_SECTIONS.find((s) => s.name === name);
 }
 
-/** Components of a {@link MachineState} that are one section each, named after their field. */
-type ComponentKey = Exclude<keyof MachineState, 'version'>;
-
 /** A required section holding one component of the machine state, named after its field. */
-function component<K extends ComponentKey>(
-  key: K,
-  version: number,
-  maxBodyBytes: number,
-  check: (body: unknown, version: number) => MachineState[K],
-): SectionSpec<unknown> {
-  return spec<MachineState[K]>({
-    name: key,
-    version,
-    maxBodyBytes,
+function component<K extends ComponentKey>(key: K, table: SectionTable): SectionSpec<unknown> {
+  if (table.name !== key) throw new Error(`section table ${table.name} declared for ${key}`);
+  return spec<MachineState[K]>(table, {
+    component: key,
     save: (s) => s[key],
-    check,
     load: (d, m) => {
       d[key] = m;
     },
   });
 }
 
-/** Fills the defaults of a required, single-version section spec. */
+/** A required, single-version section spec of `table`, with its generated schema. */
 function spec<T>(
-  s: Omit<SectionSpec<T>, 'optional' | 'minVersion'> &
-    Partial<Pick<SectionSpec<T>, 'optional' | 'minVersion'>>,
+  table: SectionTable,
+  wiring: Pick<SectionSpec<T>, 'component' | 'save' | 'load'>,
 ): SectionSpec<unknown> {
-  return Object.freeze({ optional: false, minVersion: s.version, ...s }) as SectionSpec<unknown>;
+  return Object.freeze({
+    name: table.name,
+    version: table.version,
+    minVersion: table.version,
+    optional: false,
+    maxBodyBytes: table.maxBodyBytes,
+    fields: table.fields,
+    check: compileSectionCheck(table) as SectionSpec<T>['check'],
+    ...wiring,
+  }) as SectionSpec<unknown>;
 }

@@ -1,8 +1,6 @@
 /**
- * Schema primitives for section bodies. Each takes an untrusted value (parsed JSON, or a state
- * about to be written) and a path for the message, and either returns a fresh, well-typed value
- * or throws {@link SchemaViolation}. They never recurse beyond the shape asked for, so hostile
- * nesting costs nothing.
+ * What the code generated from the section tables (table/schema-codegen.ts) needs at run time:
+ * the violation it throws, the bounds it compares with, and the record shape check.
  *
  * @packageDocumentation
  */
@@ -30,33 +28,32 @@ export const U32_MAX = 0xffffffff;
 /** 2^64: exclusive bound of 64-bit counters carried as numbers. */
 export const TWO_POW_64 = 18446744073709551616;
 
-/** Joins a path and a field name. */
-export function at(path: string, key: string | number): string {
+/** Joins a path and a field name or an array index. */
+function at(path: string, key: string | number): string {
   if (typeof key === 'number') return `${path}[${key}]`;
   return path === '' ? key : `${path}.${key}`;
 }
 
 /**
- * A plain object with exactly the `required` keys plus any of the `optional` ones (an optional
- * key holding `undefined` counts as absent). Returns a null-prototype copy of the known fields.
+ * Requires a plain object with every `required` key as its own property and no keys but those
+ * and the `optional` ones (an optional key holding `undefined` counts as absent). Reports the
+ * first unknown key in the object's key order, then the first missing key in `required` order.
+ * Reads no value: nesting below the record costs nothing.
+ *
+ * @throws SchemaViolation naming the record (`an object`) or the key (`absent …`, `present`)
  */
-export function record(
+export function checkRecordShape(
   value: unknown,
   path: string,
   required: readonly string[],
-  optional: readonly string[] = [],
-): Readonly<Record<string, unknown>> {
+  optional: readonly string[],
+): void {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new SchemaViolation(path, 'an object', value);
   }
   const src = value as Record<string, unknown>;
-  const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const key of Object.keys(src)) {
-    if (required.includes(key)) continue;
-    if (optional.includes(key)) {
-      if (src[key] !== undefined) out[key] = src[key];
-      continue;
-    }
+    if (required.includes(key) || optional.includes(key)) continue;
     throw new SchemaViolation(
       at(path, key),
       'absent (not a field of this section version)',
@@ -65,102 +62,5 @@ export function record(
   }
   for (const key of required) {
     if (!Object.hasOwn(src, key)) throw new SchemaViolation(at(path, key), 'present', undefined);
-    out[key] = src[key];
   }
-  return out;
-}
-
-/** An integer in `[min, max]` (inclusive). */
-export function integer(value: unknown, path: string, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new SchemaViolation(path, `an integer in [${min}, ${max}]`, value);
-  }
-  return value;
-}
-
-/** An unsigned 32-bit integer. */
-export function u32(value: unknown, path: string): number {
-  return integer(value, path, 0, U32_MAX);
-}
-
-/** An unsigned 8-bit integer. */
-export function u8(value: unknown, path: string): number {
-  return integer(value, path, 0, 0xff);
-}
-
-/** A non-negative integer that a double holds exactly (< 2^53). */
-export function count(value: unknown, path: string): number {
-  return integer(value, path, 0, Number.MAX_SAFE_INTEGER);
-}
-
-/** A 64-bit counter carried as a number: an integer in `[0, 2^64)`. */
-export function u64(value: unknown, path: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value >= TWO_POW_64) {
-    throw new SchemaViolation(path, 'an integer in [0, 2^64)', value);
-  }
-  return value;
-}
-
-/** An integer with no bits outside `mask`. */
-export function bits(value: unknown, path: string, mask: number): number {
-  const v = u32(value, path);
-  if ((v & ~mask) !== 0) {
-    throw new SchemaViolation(path, `a value with no bits outside 0x${mask.toString(16)}`, value);
-  }
-  return v;
-}
-
-/** A u32 that is a multiple of 4. */
-export function aligned4(value: unknown, path: string): number {
-  const v = u32(value, path);
-  if (v % 4 !== 0) throw new SchemaViolation(path, 'a multiple of 4', value);
-  return v;
-}
-
-/** A boolean. */
-export function boolean(value: unknown, path: string): boolean {
-  if (typeof value !== 'boolean') throw new SchemaViolation(path, 'true or false', value);
-  return value;
-}
-
-/** One of the given strings. */
-export function oneOf<T extends string>(value: unknown, path: string, options: readonly T[]): T {
-  if (typeof value !== 'string' || !(options as readonly string[]).includes(value)) {
-    throw new SchemaViolation(path, `one of ${options.map((o) => `'${o}'`).join(', ')}`, value);
-  }
-  return value as T;
-}
-
-/** A string matching `pattern` (described as `what`). */
-export function matching(value: unknown, path: string, pattern: RegExp, what: string): string {
-  if (typeof value !== 'string' || !pattern.test(value)) {
-    throw new SchemaViolation(path, what, value);
-  }
-  return value;
-}
-
-/** An array of `min`..`max` items, each checked by `item`. The length is checked first. */
-export function array<T>(
-  value: unknown,
-  path: string,
-  min: number,
-  max: number,
-  item: (v: unknown, path: string) => T,
-): T[] {
-  if (!Array.isArray(value)) throw new SchemaViolation(path, 'an array', value);
-  if (value.length < min || value.length > max) {
-    const want = min === max ? `exactly ${min}` : `${min}–${max}`;
-    throw new SchemaViolation(path, `an array of ${want} items`, value);
-  }
-  const out = new Array<T>(value.length);
-  for (let k = 0; k < value.length; k++) out[k] = item(value[k], at(path, k));
-  return out;
-}
-
-/** The body's `version` field: must equal the section version in the container entry. */
-export function sectionVersion(value: unknown, version: number): number {
-  if (value !== version) {
-    throw new SchemaViolation('version', `${version}, the version in the section entry`, value);
-  }
-  return version;
 }

@@ -1,38 +1,48 @@
-import type { ClockState, TimeMode } from '../../devices/clock.js';
-import { SchemaViolation, integer, oneOf, record, sectionVersion, u32, u64 } from './check.js';
+import type { ClockState } from '../../devices/clock.js';
+import {
+  absent,
+  defineSection,
+  integer,
+  oneOf,
+  rule,
+  sectionVersion,
+  u32,
+  u64,
+  variant,
+} from '../table/fields.js';
+import { U32_MAX } from './check.js';
 
-/** Version of the `clock` section this schema reads and writes ({@link ClockState} version 1). */
-export const CLOCK_SECTION_VERSION = 1;
+/** What a real-time clock has instead of the tick fields. */
+const NOT_TICKING = absent('absent for a real-time clock', 'the tick fields of a real-time clock');
 
 /**
- * Schema of the `clock` section (a {@link ClockState}): mtime is a 64-bit tick count; a
- * deterministic clock also carries its instructions per tick (≥ 1) and the instructions already
- * retired into the current tick (fewer than a tick); a real-time clock carries neither.
+ * The `clock` section (a {@link ClockState}): mtime is a 64-bit tick count; a deterministic
+ * clock also carries its instructions per tick (≥ 1) and the instructions already retired into
+ * the current tick (fewer than a tick); a real-time clock carries neither.
  */
-export function checkClock(body: unknown, version: number): ClockState {
-  const o = record(body, '', ['version', 'mode', 'mtime'], ['instructionsPerTick', 'subTick']);
-  const mode: TimeMode = oneOf(o.mode, 'mode', ['deterministic', 'realtime'] as const);
-  const common = {
-    version: sectionVersion(o.version, version),
-    mode,
-    mtime: u64(o.mtime, 'mtime'),
-  };
-  if (mode === 'realtime') {
-    for (const key of ['instructionsPerTick', 'subTick'] as const) {
-      if (o[key] !== undefined) {
-        throw new SchemaViolation(key, 'absent for a real-time clock', o[key]);
-      }
-    }
-    return common;
-  }
-  const instructionsPerTick = integer(o.instructionsPerTick, 'instructionsPerTick', 1, 0xffffffff);
-  const subTick = u32(o.subTick, 'subTick');
-  if (subTick >= instructionsPerTick) {
-    throw new SchemaViolation(
-      'subTick',
-      `less than instructionsPerTick (${instructionsPerTick})`,
-      subTick,
-    );
-  }
-  return { ...common, instructionsPerTick, subTick };
-}
+export const CLOCK_SECTION = defineSection<ClockState>({
+  name: 'clock',
+  version: 1,
+  maxBodyBytes: 1024,
+  fields: {
+    version: sectionVersion(),
+    mode: oneOf(['deterministic', 'realtime'], { checkFirst: true }),
+    mtime: u64(),
+    instructionsPerTick: variant('mode', { deterministic: integer(1, U32_MAX) }, NOT_TICKING),
+    subTick: variant(
+      'mode',
+      {
+        deterministic: u32({
+          rules: [
+            rule<number>({
+              sibling: 'instructionsPerTick',
+              holds: (subTick, perTick) => subTick < perTick,
+              expected: (perTick) => `less than instructionsPerTick (${perTick})`,
+            }),
+          ],
+        }),
+      },
+      NOT_TICKING,
+    ),
+  },
+});

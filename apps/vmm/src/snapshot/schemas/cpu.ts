@@ -8,90 +8,81 @@ import {
 } from '../../cpu/arch.js';
 import type { HartState } from '../../cpu/state.js';
 import {
-  SchemaViolation,
   aligned4,
-  array,
   bits,
   boolean,
   count,
+  defineSection,
+  nullable,
   oneOf,
   record,
+  rule,
   sectionVersion,
   u32,
+  u32Array,
   u64,
-} from './check.js';
-
-/** Version of the `cpu` section this schema reads and writes ({@link HartState} version 1). */
-export const CPU_SECTION_VERSION = 1;
-
-const u32Item = (v: unknown, path: string): number => u32(v, path);
+} from '../table/fields.js';
 
 /**
- * Schema of the `cpu` section (a {@link HartState}): 32 u32 registers with x0 = 0, an aligned
- * pc, privilege M or U, and CSR values the hart's WARL rules can produce (mstatus and mie only
- * with implemented bits, MPP holding M or U, mtvec mode direct or vectored, aligned mepc).
+ * The `cpu` section (a {@link HartState}): 32 u32 registers with x0 = 0, an aligned pc,
+ * privilege M or U, and CSR values the hart's WARL rules can produce (mstatus and mie only with
+ * implemented bits, MPP holding M or U, mtvec mode direct or vectored, aligned mepc). The
+ * registers, mstatus and mtvec are checked before the other fields.
  */
-export function checkCpu(body: unknown, version: number): HartState {
-  const o = record(body, '', [
-    'version',
-    'pc',
-    'x',
-    'priv',
-    'waiting',
-    'csr',
-    'retired',
-    'minstret',
-    'mcycle',
-    'reservation',
-  ]);
-  const x = array(o.x, 'x', 32, 32, u32Item);
-  if (x[0] !== 0) throw new SchemaViolation('x[0]', '0 (x0 is hardwired to zero)', x[0]);
-  const c = record(o.csr, 'csr', [
-    'mstatus',
-    'mie',
-    'mtvec',
-    'mepc',
-    'mcause',
-    'mtval',
-    'mscratch',
-    'mcounteren',
-    'pmpcfg',
-    'pmpaddr',
-  ]);
-  const mstatus = bits(c.mstatus, 'csr.mstatus', MSTATUS_MASK);
-  const mpp = (mstatus & MSTATUS_MPP) >>> MSTATUS_MPP_SHIFT;
-  if (mpp !== PRIV_M && mpp !== PRIV_U) {
-    throw new SchemaViolation(
-      'csr.mstatus',
-      'a value whose MPP field holds M (3) or U (0)',
-      mstatus,
-    );
-  }
-  const mtvec = u32(c.mtvec, 'csr.mtvec');
-  if ((mtvec & 3) >= 2) {
-    throw new SchemaViolation('csr.mtvec', 'a value with mode 0 (direct) or 1 (vectored)', mtvec);
-  }
-  return {
-    version: sectionVersion(o.version, version),
-    pc: aligned4(o.pc, 'pc'),
-    x,
-    priv: oneOf(o.priv, 'priv', ['M', 'U'] as const),
-    waiting: boolean(o.waiting, 'waiting'),
-    csr: {
-      mstatus,
-      mie: bits(c.mie, 'csr.mie', MIE_MASK),
-      mtvec,
-      mepc: aligned4(c.mepc, 'csr.mepc'),
-      mcause: u32(c.mcause, 'csr.mcause'),
-      mtval: u32(c.mtval, 'csr.mtval'),
-      mscratch: u32(c.mscratch, 'csr.mscratch'),
-      mcounteren: u32(c.mcounteren, 'csr.mcounteren'),
-      pmpcfg: array(c.pmpcfg, 'csr.pmpcfg', 4, 4, u32Item),
-      pmpaddr: array(c.pmpaddr, 'csr.pmpaddr', 16, 16, u32Item),
-    },
-    retired: count(o.retired, 'retired'),
-    minstret: u64(o.minstret, 'minstret'),
-    mcycle: u64(o.mcycle, 'mcycle'),
-    reservation: o.reservation === null ? null : aligned4(o.reservation, 'reservation'),
-  };
-}
+export const CPU_SECTION = defineSection<HartState>({
+  name: 'cpu',
+  version: 1,
+  maxBodyBytes: 16 * 1024,
+  fields: {
+    version: sectionVersion(),
+    pc: aligned4(),
+    x: u32Array(32, {
+      checkFirst: true,
+      rules: [
+        rule<readonly number[]>({
+          at: '[0]',
+          holds: (x) => x[0] === 0,
+          expected: '0 (x0 is hardwired to zero)',
+          got: (x) => x[0],
+        }),
+      ],
+    }),
+    priv: oneOf(['M', 'U']),
+    waiting: boolean(),
+    csr: record<HartState['csr']>({
+      mstatus: bits(MSTATUS_MASK, {
+        checkFirst: true,
+        rules: [
+          rule<number>({
+            holds: (v) => {
+              const mpp = (v & MSTATUS_MPP) >>> MSTATUS_MPP_SHIFT;
+              return mpp === PRIV_M || mpp === PRIV_U;
+            },
+            expected: 'a value whose MPP field holds M (3) or U (0)',
+          }),
+        ],
+      }),
+      mie: bits(MIE_MASK),
+      mtvec: u32({
+        checkFirst: true,
+        rules: [
+          rule<number>({
+            holds: (v) => (v & 3) < 2,
+            expected: 'a value with mode 0 (direct) or 1 (vectored)',
+          }),
+        ],
+      }),
+      mepc: aligned4(),
+      mcause: u32(),
+      mtval: u32(),
+      mscratch: u32(),
+      mcounteren: u32(),
+      pmpcfg: u32Array(4),
+      pmpaddr: u32Array(16),
+    }),
+    retired: count(),
+    minstret: u64(),
+    mcycle: u64(),
+    reservation: nullable(aligned4()),
+  },
+});
