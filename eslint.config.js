@@ -3,6 +3,7 @@ import js from '@eslint/js';
 import { createProjectGraphAsync } from '@nx/devkit';
 import nx from '@nx/eslint-plugin';
 import tseslint from 'typescript-eslint';
+import layers from './tools/lint/folder-layers.js';
 
 /**
  * Where generated protobuf types (`@handoff/proto`) may be imported: a service's edges, where
@@ -21,6 +22,8 @@ const PROTO_EDGES = [
   'apps/vmm/src/ram/**',
   // the vmm's migrator client edge (registration and heartbeats)
   'apps/vmm/src/registration/**',
+  // a VM spec to and from the wire, for both of the vmm's protobuf edges (api/, migration/)
+  'apps/vmm/src/wire/**',
   // the migrator's client of the vmm instances
   'apps/migrator/src/clients/**',
   // TODO: the job manager still calls the vmm with generated types; that use moves to
@@ -63,6 +66,56 @@ const DEP_CONSTRAINTS = [
     onlyDependOnLibsWithTags: ['type:lib', 'type:service', 'type:cli', 'type:tool'],
   },
 ];
+
+/**
+ * The vmm's folders, bottom to top, and what each may import (tests exempt): no folder imports
+ * one above it, so following a call never returns to a folder it left. Entry points (vmm.ts,
+ * main.ts, index.ts) are unrestricted. docs/architecture.md draws the same layers.
+ */
+const VMM_LAYERS = {
+  model: [],
+  'config.ts': [],
+  'failpoints.ts': [],
+  memory: [],
+  registration: [],
+  cpu: ['memory'],
+  loader: ['memory'],
+  devices: ['cpu', 'memory'],
+  guests: ['loader', 'model'],
+  machine: ['cpu', 'devices', 'loader', 'memory'],
+  snapshot: ['machine', 'cpu', 'devices', 'memory'],
+  leases: ['model'],
+  ram: ['leases', 'model'],
+  wire: ['model'],
+  switchover: ['leases', 'snapshot', 'machine', 'model', 'failpoints.ts'],
+  vcpu: ['switchover', 'leases', 'snapshot', 'machine', 'devices', 'loader', 'memory', 'model'],
+  vm: [
+    'vcpu',
+    'switchover',
+    'leases',
+    'ram',
+    'snapshot',
+    'machine',
+    'guests',
+    'devices',
+    'loader',
+    'memory',
+    'model',
+    'failpoints.ts',
+  ],
+  migration: [
+    'vm',
+    'switchover',
+    'leases',
+    'ram',
+    'snapshot',
+    'machine',
+    'wire',
+    'model',
+    'failpoints.ts',
+  ],
+  api: ['migration', 'vm', 'wire', 'model'],
+};
 
 // The boundary rule reads Nx's cached project graph and silently skips itself when there is none
 // (a fresh clone) or checks against a stale one: compute it now, in this process.
@@ -113,6 +166,12 @@ export default tseslint.config(
         },
       ],
     },
+  },
+  {
+    files: ['apps/vmm/src/**/*.ts'],
+    ignores: PROTO_EXEMPT,
+    plugins: { layers },
+    rules: { 'layers/folder-layers': ['error', { root: 'apps/vmm/src', layers: VMM_LAYERS }] },
   },
   {
     files: ['**/*.js'],

@@ -106,3 +106,39 @@ describe('generated wire types stay at the edges (PROTO_EDGES in eslint.config.j
     }
   });
 });
+
+describe("the vmm's folders import only the layers below them (VMM_LAYERS in eslint.config.js)", () => {
+  const importFrom = (from: string) => `import { x } from '${from}';\nexport const y = x;\n`;
+
+  it.each([
+    ['RAM backends reach up into the VM host', 'apps/vmm/src/ram/zz.ts', '../vm/host.js'],
+    ['the VM host reaches up into migration', 'apps/vmm/src/vm/zz.ts', '../migration/index.js'],
+    [
+      'migration reaches up into the gRPC edge',
+      'apps/vmm/src/migration/zz.ts',
+      '../api/convert.js',
+    ],
+    ['a subfolder reaches up two levels', 'apps/vmm/src/migration/pages/zz.ts', '../../api/x.js'],
+    [
+      'the switchover reaches up into the vCPU thread',
+      'apps/vmm/src/switchover/zz.ts',
+      '../vcpu/protocol.js',
+    ],
+  ])('refuses: %s', async (_what, path, from) => {
+    const messages = await lint(path, importFrom(from));
+    expect(
+      messages.some((m) => m.startsWith('layers/folder-layers') && /may not import/.test(m)),
+      messages.join('\n'),
+    ).toBe(true);
+  });
+
+  it.each([
+    ['migration uses the VM host', 'apps/vmm/src/migration/zz.ts', '../vm/host.js'],
+    ['the vCPU thread uses the switchover', 'apps/vmm/src/vcpu/zz.ts', '../switchover/thread.js'],
+    ['a folder imports itself', 'apps/vmm/src/migration/pages/zz.ts', '../outgoing.js'],
+    ['a test may reach anywhere', 'apps/vmm/src/ram/zz.test.ts', '../vm/host.js'],
+  ])('allows: %s', async (_what, path, from) => {
+    const messages = await lint(path, importFrom(from));
+    expect(messages.filter((m) => m.startsWith('layers/'))).toEqual([]);
+  });
+});

@@ -7,7 +7,7 @@
  */
 import type { memstore as msPb, vmmStream } from '@handoff/proto';
 import { capabilitiesFromWire } from '@handoff/qapi/wire';
-import { specFromPb } from '../api/convert.js';
+import { specFromPb } from '../wire/spec.js';
 import { byId, memstoreCall } from '../leases/calls.js';
 import { MigrationError } from '../model/migration-error.js';
 import type { VmSpec } from '../model/types.js';

@@ -23,7 +23,7 @@ import {
 } from '@handoff/qapi';
 import { capabilitiesToWire, leaseMoveFromWire } from '@handoff/qapi/wire';
 import type { Logger } from '@handoff/service';
-import { specToPb } from '../api/convert.js';
+import { specToPb } from '../wire/spec.js';
 import { holderOf } from '../leases/calls.js';
 import { retakeLease } from '../leases/protocol.js';
 import { MigrationError, type OutgoingPhase } from '../model/migration-error.js';

@@ -1,9 +1,13 @@
 /**
- * The VM host's domain types. The gRPC edge (`api/convert.ts`) converts to and from the wire;
- * nothing below `api/` sees a generated type.
+ * The vmm's domain types. They hold no generated type: the protobuf edges (`api/convert.ts`
+ * for the gRPC service, `wire/spec.ts` for a spec on either edge) convert to and from the wire.
  */
 
-/** How a RAM block is backed (see DESIGN.md, "Memory model"). */
+/**
+ * How a RAM block is backed: `private` (memory of this vmm), `shared` (a memstore region mapped
+ * shared; a migration with bypass-shared-memory hands it over by reference) or `clone` (a sealed
+ * template mapped copy-on-write).
+ */
 export type RamBackendKind = 'private' | 'shared' | 'clone';
 
 /** One entry of a VM's RAM block table, as asked for. */
