@@ -14,6 +14,7 @@ import {
   expectRetired,
   headerFor,
   migrateVm,
+  migrateVmCall,
   rawIncoming,
   readPrivateRam,
   handoffOf,
@@ -315,7 +316,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     ].entries()) {
       const jobId = `misfit-${k}`;
       const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, ...hint });
-      const res = await vmmCall(from.client, 'migrateVm', {
+      const info = await migrateVmCall(from.client, {
         name,
         jobId,
         targetAddress: prep.address,
@@ -326,7 +327,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         // Offered for a bypass, ignored by a copy: the stream carries it.
         targetHandoffSlot: prep.handoffSlot,
       });
-      expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+      expect(info.status).toBe('completed');
       expect(await prebuiltOf(to, jobId)).toBe(false);
       const pid = to.process.pid;
       await checkPaused(to, name, () =>
@@ -364,7 +365,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     });
     expect(prep.handoffSlot).not.toBe('');
     const err = await refused(
-      vmmCall(b.client, 'migrateVm', {
+      migrateVmCall(b.client, {
         name: y,
         jobId: 'slot-y',
         targetAddress: prep.address,
@@ -405,7 +406,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       capabilities,
     });
     expect(prep.handoffSlot).not.toBe('');
-    const res = await vmmCall(b.client, 'migrateVm', {
+    const info = await migrateVmCall(b.client, {
       name,
       jobId: 'no-probe',
       targetAddress: prep.address,
@@ -415,7 +416,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       targetDataAddress: '',
       targetHandoffSlot: prep.handoffSlot,
     });
-    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+    expect(info.status).toBe('completed');
     // On the gRPC stream, with the same slot named in the header's answer.
     expect(await streamOf(b, 'no-probe')).toBe('grpc');
     expect(await handoffOf(a, 'no-probe')).toBe('armed');
@@ -432,7 +433,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       spec: undefined,
       capabilities: [],
     });
-    const res = await vmmCall(a.client, 'migrateVm', {
+    const info = await migrateVmCall(a.client, {
       name,
       jobId: 'fallback',
       targetAddress: prep.address,
@@ -442,7 +443,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
       targetHandoffSlot: '',
     });
-    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+    expect(info.status).toBe('completed');
     expect(await streamOf(a, 'fallback')).toBe('grpc');
     expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
     await checkPaused(b, name, () =>
@@ -654,14 +655,18 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   it('cancels a running migration; the VM keeps running', async () => {
     const name = 'ab-cancel';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+    // The progress arrives on the MigrateVm stream while the migration runs.
+    let sawProgress!: () => void;
+    const progressed = new Promise<void>((resolve) => (sawProgress = resolve));
     const migration = refused(
-      migrateVm(a, b, name, { parameters: { 'max-bandwidth': 4 * 1024 * 1024 } }),
+      migrateVm(a, b, name, {
+        parameters: { 'max-bandwidth': 4 * 1024 * 1024 },
+        onInfo: (info) => {
+          if (info.status === 'active' && info.ram.transferred > 0) sawProgress();
+        },
+      }),
     );
-    for (let t = 0; t < 100; t++) {
-      const info = await vmmCall(a.client, 'getMigration', { name }).catch(() => null);
-      if (info?.info?.status === mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await progressed;
     expect((await vmmCall(a.client, 'getMigration', { name })).info!.status).toBe(
       mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE,
     );

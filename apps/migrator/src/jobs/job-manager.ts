@@ -13,7 +13,7 @@ import {
   type RamStats,
 } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
-import { RemoteError, createClient, unaryCall, type Logger } from '@handoff/service';
+import { RemoteError, createClient, streamCall, unaryCall, type Logger } from '@handoff/service';
 import { MigratorError } from '../errors.js';
 import type { VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import { isFinished, statusPath, type Job, type JobKind } from './job.js';
@@ -39,9 +39,12 @@ export interface JobManagerOptions {
   journal?: JobSink;
   /** Jobs read back from the journal (in-flight ones are failed by {@link JobManager.recover}). */
   restored?: Job[];
-  /** How often a running migration's progress is polled (GetMigration). */
+  /**
+   * How often, after a restart, the source of a job failed by it is asked (GetMigration)
+   * whether its migration ended. A running job's progress comes on MigrateVm's stream.
+   */
   pollIntervalMs?: number;
-  /** Deadline of MigrateVm: the longest a single migration may take. */
+  /** Deadline of MigrateVm: the longest a single migration may take (the source cancels it then). */
   migrationTimeoutMs?: number;
   /** Deadline of every other vmm call. */
   callTimeoutMs?: number;
@@ -347,13 +350,11 @@ export class JobManager {
       migrateStart = performance.now();
       phases.prepareMs = migrateStart - prepStart;
       live.migrating = true;
-      let done = false;
-      let stopPolling = (): void => undefined;
-      const stopped = new Promise<void>((resolve) => (stopPolling = resolve));
-      this.track(this.poll(live, () => done, stopped));
       let result: MigrationInfo | undefined;
       try {
-        const res = await unaryCall(
+        // One stream carries the progress (a report on each status change and about every
+        // 250 ms) and, as its last message, the final info.
+        const res = await streamCall(
           this.client(job.sourceAddress),
           'migrateVm',
           {
@@ -366,14 +367,16 @@ export class JobManager {
             targetDataAddress: prep.dataAddress,
             targetHandoffSlot: prep.handoffSlot,
           },
-          { deadlineMs: this.migrationTimeoutMs },
+          {
+            deadlineMs: this.migrationTimeoutMs,
+            onMessage: (m) => {
+              if (m.info !== undefined) this.progress(live, migrationInfoFromWire(m.info));
+            },
+          },
         );
         result = res.info !== undefined ? migrationInfoFromWire(res.info) : undefined;
       } finally {
-        // the poller stops at once (no waiting out its sleep); a report still in flight is dropped
-        done = true;
         live.migrating = false;
-        stopPolling();
       }
       const final: MigrationInfo = result ?? {
         ...live.job.info,
@@ -489,32 +492,15 @@ export class JobManager {
     }
   }
 
-  /** Polls GetMigration into the job while MigrateVm is outstanding. */
-  private async poll(live: Live, done: () => boolean, stopped: Promise<void>): Promise<void> {
-    const client = this.client(live.job.sourceAddress);
-    while (!done() && !this.closed) {
-      await Promise.race([sleep(this.pollMs), stopped]);
-      if (done()) return;
-      try {
-        const res = await unaryCall(
-          client,
-          'getMigration',
-          { name: live.job.vm },
-          { deadlineMs: Math.max(this.pollMs * 5, 1000) },
-        );
-        if (done() || res.info === undefined) continue;
-        const info = migrationInfoFromWire(res.info);
-        if (info.status === 'none' || info.status === 'completed' || info.status === 'failed') {
-          // the final word is MigrateVm's answer; a stale or early report is ignored
-          this.update(live, { info: { ...info, status: live.job.info.status } });
-          continue;
-        }
-        this.toStatus(live, info.status);
-        this.update(live, { info: { ...info, status: live.job.info.status } });
-      } catch {
-        // progress is best-effort; MigrateVm's outcome decides the job
-      }
+  /** A progress report of MigrateVm's stream into the job (its status only while it runs). */
+  private progress(live: Live, info: MigrationInfo): void {
+    if (info.status === 'none' || info.status === 'completed' || info.status === 'failed') {
+      // the final word is the stream's end; the last message is handled there
+      this.update(live, { info: { ...info, status: live.job.info.status } });
+      return;
     }
+    this.toStatus(live, info.status);
+    this.update(live, { info: { ...info, status: live.job.info.status } });
   }
 
   private finishCompleted(live: Live, info: MigrationInfo): void {

@@ -4,6 +4,7 @@ import { migrationInfoToWire } from '@handoff/qapi/wire';
 import {
   ServiceError,
   createLogger,
+  serverStream,
   startServer,
   unary,
   type RunningServer,
@@ -165,7 +166,7 @@ export class FakeVmm {
         m.cancelled = true;
         return {};
       }),
-      migrateVm: unary(logger, async (req) => {
+      migrateVm: serverStream(logger, async (req, call) => {
         this.calls.push(`migrateVm:${req.name}`);
         if (this.world.get(req.name) !== this.id) {
           throw new ServiceError('VMM_VM_NOT_FOUND', `no VM ${req.name} on ${this.id}`);
@@ -206,6 +207,9 @@ export class FakeVmm {
                 bypassedBytes: 60 << 20,
               },
             };
+            // one progress report per step (the real vmm sends one per status change and
+            // about every 250 ms)
+            call.write({ info: migrationInfoToWire(m.info) });
           }
           if (script.failWith !== undefined) {
             m.info = { ...m.info, status: 'failed', errorDesc: script.failWith };
@@ -214,7 +218,7 @@ export class FakeVmm {
           m.info = { ...m.info, status: 'completed', downtimeUs: 1500, deviceBytes: 8192 };
           this.world.set(req.name, target.id);
           this.husks.add(req.name);
-          return { info: migrationInfoToWire(m.info) };
+          call.write({ info: migrationInfoToWire(m.info) });
         } finally {
           this.active--;
         }

@@ -23,6 +23,7 @@ import {
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
+import { streamMigration } from './migrate-stream.js';
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = [`${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}`];
@@ -88,12 +89,12 @@ export function vmmServices(deps: {
         handoffSlot: prepared.handoffSlot,
       };
     }),
-    migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
+    migrateVm: serverStream(logger, async (req: pb.MigrateVmRequest, call) => {
       const { capabilities, parameters } = assertValidMigrationConfig({
         capabilities: capabilitiesFromWire(req.capabilities),
         parameters: req.parameters === undefined ? {} : parametersFromWire(req.parameters),
       });
-      const info = await migrations.migrate({
+      const request = {
         name: requireName(req.name),
         jobId: req.jobId,
         targetAddress: req.targetAddress,
@@ -102,8 +103,8 @@ export function vmmServices(deps: {
         token: req.token,
         capabilities,
         parameters,
-      });
-      return { info: migrationInfoToWire(info) };
+      };
+      await streamMigration(migrations, request, call);
     }),
     getMigration: unary(logger, (req: pb.GetMigrationRequest) => ({
       info: migrationInfoToWire(migrations.info(requireName(req.name))),
