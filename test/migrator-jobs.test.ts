@@ -58,6 +58,8 @@ describe('migrator jobs through vmctl', () => {
           address: f.address,
           version: 'fake',
           vmCount: 0,
+          vmsVersion: 0n,
+          vms: undefined,
         });
       }
     } finally {

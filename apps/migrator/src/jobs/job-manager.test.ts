@@ -57,7 +57,7 @@ describe('JobManager against fake vmm instances', () => {
     b = await FakeVmm.start('vmm-b', world, peers);
     registry = new VmmRegistry(60_000);
     for (const f of [a, b]) {
-      registry.register({ id: f.id, address: f.address, version: 't', vmCount: 0 });
+      registry.register({ id: f.id, address: f.address, version: 't', vmCount: 0, vmsVersion: 0 });
     }
     dir = mkdtempSync(join(tmpdir(), 'handoff-jobs-'));
     crashed = false;

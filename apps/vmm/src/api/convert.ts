@@ -1,4 +1,4 @@
-import { dateToTimestamp, vmm as pb } from '@handoff/proto';
+import { dateToTimestamp, vmm as pb, type migrator as mpb } from '@handoff/proto';
 import { VmmError } from '../vm/errors.js';
 import type {
   RamBackendKind,
@@ -144,6 +144,11 @@ export function vmToPb(vm: VmInfo): pb.Vm {
     generationId: vm.generationId,
     ready: vm.ready,
   };
+}
+
+/** A VM as the migrator's RegisterVmm/ReportVms carry it: name, spec, state. */
+export function hostedVmToPb(vm: VmInfo): mpb.HostedVm {
+  return { name: vm.name, spec: specToPb(vm.spec), state: STATE_TO_PB[vm.state] };
 }
 
 /** A WatchVm event on the wire. */
