@@ -15,7 +15,9 @@ import {
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import { RemoteError, createClient, streamCall, unaryCall, type Logger } from '@handoff/service';
 import { MigratorError } from '../errors.js';
-import type { VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
+import { hostedVmFromWire, vmSpecToWire, vmStateFromWire } from '../clients/vm-wire.js';
+import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
+import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import { isFinished, statusPath, type Job, type JobKind } from './job.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
@@ -57,18 +59,10 @@ export interface JobManagerOptions {
 /** Called with a job snapshot after every change. */
 export type JobListener = (job: Job) => void;
 
-const VM_STATES_TO_MOVE = new Set([
-  vpb.VmState.VM_STATE_RUNNING,
-  vpb.VmState.VM_STATE_PAUSED,
-  vpb.VmState.VM_STATE_CREATED,
-]);
-const VM_STATES_NOT_OWNED = new Set([
-  vpb.VmState.VM_STATE_POSTMIGRATE,
-  vpb.VmState.VM_STATE_INMIGRATE,
-]);
-
 interface Live {
   job: Job;
+  /** The VM's spec as its source reported it (for PrepareIncoming); not journaled. */
+  spec: VmSpec | undefined;
   sm: MigrationStateMachine;
   cancelRequested: boolean;
   /** Set while MigrateVm is outstanding: the source's name of the VM. */
@@ -88,8 +82,6 @@ export class JobManager {
   private readonly listeners = new Map<string, Set<JobListener>>();
   private readonly clients = new Map<string, vpb.VmmServiceClient>();
   private readonly running = new Set<Promise<unknown>>();
-  /** Removal of a source's postmigrate husk, by `address|vm`: a later job to there awaits it. */
-  private readonly retiring = new Map<string, Promise<void>>();
   private readonly log: Logger;
   private readonly pollMs: number;
   private readonly migrationTimeoutMs: number;
@@ -107,6 +99,7 @@ export class JobManager {
       this.jobs.set(job.id, {
         job,
         sm: new MigrationStateMachine({ initial: job.info.status }),
+        spec: undefined,
         cancelRequested: false,
         migrating: false,
       });
@@ -150,7 +143,8 @@ export class JobManager {
     const config = validated(req.capabilities, req.parameters);
     const target = this.opts.registry.get(req.targetVmm);
     const t0 = performance.now();
-    const source = await this.findVm(req.vm);
+    const at = await this.locate(req.vm);
+    const source = at.vmm;
     const findVmMs = performance.now() - t0;
     if (source.id === target.id) {
       throw invalid(
@@ -160,6 +154,7 @@ export class JobManager {
     this.assertNotBusy(req.vm);
     const live = this.create('migrate', {
       vm: req.vm,
+      spec: at.vm.spec,
       source,
       target,
       capabilities: config,
@@ -194,11 +189,20 @@ export class JobManager {
       throw invalid(`--from and --to are both ${from.id}: a live update moves VMs to another vmm`);
     }
     const capabilities = validated({ 'bypass-shared-memory': true }, req.parameters);
-    const vms = (await this.listVms(from)).filter((v) => VM_STATES_TO_MOVE.has(v.state));
+    const reported = this.opts.registry.vmsOn(from.id);
+    if (reported === undefined) {
+      throw new MigratorError(
+        'MIGRATOR_VMM_UNAVAILABLE',
+        `vmm ${from.id} has not reported its VMs to this migrator yet (it does with its next ` +
+          'heartbeat, within seconds); try the live update again in a moment',
+      );
+    }
+    const vms = reported.filter((v) => isMovable(v.state));
     for (const v of vms) this.assertNotBusy(v.name);
     const concurrency = req.concurrency > 0 ? req.concurrency : this.defaultConcurrency;
     const parent = this.create('live-update', {
       vm: '',
+      spec: undefined,
       source: from,
       target: to,
       capabilities,
@@ -208,6 +212,7 @@ export class JobManager {
     const children = vms.map((v) =>
       this.create('migrate', {
         vm: v.name,
+        spec: v.spec,
         source: from,
         target: to,
         capabilities,
@@ -306,8 +311,6 @@ export class JobManager {
   /** Stops background work and closes vmm clients (running jobs stay in the journal as in flight). */
   async close(): Promise<void> {
     this.closed = true;
-    // a husk being removed right now is removed before the clients go
-    await Promise.allSettled([...this.retiring.values()]);
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
     this.opts.journal?.close?.();
@@ -326,25 +329,17 @@ export class JobManager {
     const started = Date.now();
     // where the job's wall time goes (logged when it ends)
     const t0 = performance.now();
-    const phases = { queuedMs: started - job.createdAt.getTime(), waitHuskMs: 0, prepareMs: 0 };
-    const rounded = () => ({
-      ...phases,
-      waitHuskMs: round(phases.waitHuskMs),
-      prepareMs: round(phases.prepareMs),
-    });
+    const phases = { queuedMs: started - job.createdAt.getTime(), prepareMs: 0 };
+    const rounded = () => ({ ...phases, prepareMs: round(phases.prepareMs) });
     let migrateStart = t0;
     try {
       if (live.cancelRequested) return this.finishCancelled(live);
       this.toStatus(live, 'setup');
       log.info({ from: job.sourceVmm, to: job.targetVmm }, 'migration started');
-      // the VM may have just left the target: its postmigrate husk there must be gone first
-      await this.retiring.get(`${job.targetAddress}|${job.vm}`);
-      if (live.cancelRequested) return this.finishCancelled(live);
       const prepStart = performance.now();
-      phases.waitHuskMs = prepStart - t0;
       // the job's lines reach the disk while the target prepares, before the VM can move
       const synced = this.syncJournal();
-      const prep = await this.prepareIncoming(job, log);
+      const prep = await this.prepareIncoming(live);
       await synced;
       if (live.cancelRequested) return this.finishCancelled(live);
       migrateStart = performance.now();
@@ -388,9 +383,10 @@ export class JobManager {
       } else if (final.status === 'cancelled') {
         this.finishCancelled(live, final);
       } else {
-        // the VM runs on the target: the job is done; the husk on the source goes afterwards
+        // the VM runs on the target: the job is done (the source retires its postmigrate copy
+        // on its own; a PrepareIncoming of that name there waits for it)
+        this.opts.registry.moved(job.vm, job.sourceVmm, job.targetVmm);
         this.finishCompleted(live, { ...final, status: 'completed' });
-        this.retireInBackground(live.job, log);
       }
       const end = performance.now();
       log.info(
@@ -418,78 +414,23 @@ export class JobManager {
     }
   }
 
-  /**
-   * PrepareIncoming on the target. If the target refuses because it still lists the VM as a
-   * `postmigrate` husk (a migrator stopped or killed right after an earlier job, before it
-   * removed it), the husk is destroyed and PrepareIncoming asked once more.
-   */
-  private async prepareIncoming(job: Job, log: Logger): Promise<vpb.PrepareIncomingResponse> {
-    const client = this.client(job.targetAddress);
-    const opts = { deadlineMs: this.callTimeoutMs };
+  /** PrepareIncoming on the target, with the spec the source reported. */
+  private async prepareIncoming(live: Live): Promise<vpb.PrepareIncomingResponse> {
+    const { job } = live;
     // With the VM's spec the target maps its RAM and builds the machine before the stream
     // starts (outside the migration's setup and total time, as a QEMU started with -incoming
-    // is ready before `migrate`). Without it (the source does not answer) it builds them then.
-    const source = await unaryCall(
-      this.client(job.sourceAddress),
-      'getVm',
-      { name: job.vm },
-      opts,
-    ).catch(() => undefined);
-    const prepare = () =>
-      unaryCall(
-        client,
-        'prepareIncoming',
-        {
-          name: job.vm,
-          jobId: job.id,
-          spec: source?.vm?.spec,
-          capabilities: capabilitiesToWire(job.capabilities),
-        },
-        opts,
-      );
-    try {
-      return await prepare();
-    } catch (err) {
-      if (!(err instanceof RemoteError) || err.code !== 'VMM_VM_EXISTS') throw err;
-      const there = await unaryCall(client, 'getVm', { name: job.vm }, opts).catch(() => null);
-      if (there?.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) throw err;
-      await unaryCall(client, 'destroyVm', { name: job.vm }, opts);
-      log.info({ vmm: job.targetVmm }, 'destroyed a postmigrate VM left on the target');
-      return prepare();
-    }
-  }
-
-  private retireInBackground(job: Job, log: Logger): void {
-    const key = `${job.sourceAddress}|${job.vm}`;
-    const p = this.retireSource(job, log).finally(() => {
-      if (this.retiring.get(key) === p) this.retiring.delete(key);
-    });
-    this.retiring.set(key, p);
-    this.track(p);
-  }
-
-  /**
-   * After a completed migration the source keeps the VM listed as
-   * `postmigrate` (it never runs there again; its handed-off memory is not
-   * given back). Like a management toolkit, the migrator destroys that husk so
-   * the name is free for a later migration back. Only a `postmigrate` VM is
-   * destroyed; anything else is left alone. Best-effort.
-   */
-  private async retireSource(job: Job, log: Logger): Promise<void> {
-    const client = this.client(job.sourceAddress);
-    try {
-      const res = await unaryCall(
-        client,
-        'getVm',
-        { name: job.vm },
-        { deadlineMs: this.callTimeoutMs },
-      );
-      if (res.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
-      await unaryCall(client, 'destroyVm', { name: job.vm }, { deadlineMs: this.callTimeoutMs });
-      log.info({ vmm: job.sourceVmm }, 'destroyed the postmigrate VM on the source');
-    } catch (err) {
-      log.warn({ err, vmm: job.sourceVmm }, 'could not remove the postmigrate VM from the source');
-    }
+    // is ready before `migrate`). Without it, it builds them when the stream's header comes.
+    return unaryCall(
+      this.client(job.targetAddress),
+      'prepareIncoming',
+      {
+        name: job.vm,
+        jobId: job.id,
+        spec: live.spec === undefined ? undefined : vmSpecToWire(live.spec),
+        capabilities: capabilitiesToWire(job.capabilities),
+      },
+      { deadlineMs: this.callTimeoutMs },
+    );
   }
 
   /** A progress report of MigrateVm's stream into the job (its status only while it runs). */
@@ -607,6 +548,7 @@ export class JobManager {
     kind: JobKind,
     p: {
       vm: string;
+      spec: VmSpec | undefined;
       source: VmmRecord;
       target: VmmRecord;
       capabilities: MigrationCapabilities;
@@ -635,6 +577,7 @@ export class JobManager {
         parent: p.parent,
       },
       sm: new MigrationStateMachine(),
+      spec: p.spec,
       cancelRequested: false,
       migrating: false,
     };
@@ -719,47 +662,37 @@ export class JobManager {
     }
   }
 
-  /** The instance that owns `vm` (not one holding it as inmigrate/postmigrate). */
-  private async findVm(vm: string): Promise<VmmRecord> {
-    const instances = this.opts.registry.list();
-    const answers = await Promise.all(
-      instances.map(async (r) => {
-        try {
-          return { r, vms: await this.listVms(r) };
-        } catch {
-          return { r, vms: [] as vpb.Vm[] };
-        }
+  /**
+   * Where `vm` runs, by the instances' reports. A VM the reports do not place yet (created a
+   * moment ago, its report still on the way; or a migrator that just restarted) is asked for
+   * once: GetVm of that one VM on every alive instance; an owner's answer is recorded.
+   *
+   * @throws MigratorError `MIGRATOR_VM_NOT_FOUND` when no alive instance has it either
+   */
+  private async locate(vm: string): Promise<VmLocation> {
+    const known = this.opts.registry.locate(vm);
+    if (known !== undefined) return known;
+    const alive = this.opts.registry.list().filter((r) => r.alive);
+    await Promise.all(
+      alive.map(async (r) => {
+        const res = await unaryCall(
+          this.client(r.address),
+          'getVm',
+          { name: vm },
+          { deadlineMs: this.callTimeoutMs },
+        ).catch(() => undefined);
+        if (res?.vm === undefined) return;
+        const found = hostedVmFromWire(res.vm);
+        if (ownsVm(found.state)) this.opts.registry.learned(r.id, found);
       }),
     );
-    const owners = answers.filter((a) =>
-      a.vms.some((v) => v.name === vm && !VM_STATES_NOT_OWNED.has(v.state)),
+    const found = this.opts.registry.locate(vm);
+    if (found !== undefined) return found;
+    const asked = alive.map((r) => r.id).join(', ') || 'none alive';
+    throw new MigratorError(
+      'MIGRATOR_VM_NOT_FOUND',
+      `no vmm instance runs a VM named ${vm} (asked: ${asked}); list VMs with \`vmctl vm list\``,
     );
-    if (owners.length === 0) {
-      const asked = instances.map((r) => r.id).join(', ') || 'none registered';
-      throw new MigratorError(
-        'MIGRATOR_VM_NOT_FOUND',
-        `no vmm instance runs a VM named ${vm} (asked: ${asked}); list VMs with \`vmctl vm list\``,
-      );
-    }
-    return owners[0]!.r;
-  }
-
-  private async listVms(r: VmmRecord): Promise<vpb.Vm[]> {
-    try {
-      const res = await unaryCall(
-        this.client(r.address),
-        'listVms',
-        {},
-        { deadlineMs: this.callTimeoutMs },
-      );
-      return res.vms;
-    } catch (err) {
-      throw new MigratorError(
-        'MIGRATOR_VMM_UNAVAILABLE',
-        `vmm ${r.id} at ${r.address} did not answer ListVms: ${(err as Error).message}`,
-        { cause: err },
-      );
-    }
   }
 
   private async cancelAfterRestart(live: Live): Promise<void> {
@@ -795,11 +728,10 @@ export class JobManager {
   }
 
   /**
-   * After the restart's cancel: waits (up to the migration timeout) until the source's
-   * migration of the VM ended. If the VM then runs on the target and the source holds only its
-   * `postmigrate` husk, the husk is destroyed (as after a completed job, so the VM can migrate
-   * back) and the failed job says where the VM went. Anything else is left as it is: the job
-   * stays failed and the vmm instances' own rules decided where the VM runs.
+   * After the restart's cancel: waits (up to the migration timeout) until the source's migration
+   * of the VM ended, then asks both ends where the VM runs and adds that to the failed job's
+   * error. It changes nothing: the vmm instances' own rules decided, and a source that handed the
+   * VM over retires its `postmigrate` copy on its own. The job stays failed.
    */
   private async settleAfterRestart(live: Live): Promise<void> {
     const { job } = live;
@@ -809,6 +741,7 @@ export class JobManager {
     const opts = { deadlineMs: this.callTimeoutMs };
     const deadline = Date.now() + this.migrationTimeoutMs;
     try {
+      let status: MigrationStatus;
       for (;;) {
         if (this.closed) return;
         const res = await unaryCall(source, 'getMigration', { name: job.vm }, opts).catch(
@@ -819,30 +752,32 @@ export class JobManager {
           },
         );
         if (res === null) return;
-        const status = res.info !== undefined ? migrationInfoFromWire(res.info).status : 'none';
+        status = res.info !== undefined ? migrationInfoFromWire(res.info).status : 'none';
         if (['none', 'completed', 'failed', 'cancelled'].includes(status)) break;
         if (Date.now() > deadline) return;
         await sleep(Math.max(this.pollMs, 50));
       }
-      const [src, dst] = await Promise.all([
-        unaryCall(source, 'getVm', { name: job.vm }, opts).then(
-          (r) => r.vm?.state,
+      const stateOn = (client: vpb.VmmServiceClient) =>
+        unaryCall(client, 'getVm', { name: job.vm }, opts).then(
+          (r) => (r.vm === undefined ? undefined : vmStateFromWire(r.vm.state)),
           () => undefined,
-        ),
-        unaryCall(target, 'getVm', { name: job.vm }, opts).then(
-          (r) => r.vm?.state,
-          () => undefined,
-        ),
-      ]);
-      if (src !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
-      if (dst === undefined || !VM_STATES_TO_MOVE.has(dst)) return;
-      await this.retireSource(job, log);
+        );
+      const [src, dst] = await Promise.all([stateOn(source), stateOn(target)]);
+      let where: string;
+      if (dst !== undefined && isMovable(dst)) {
+        where =
+          `${job.targetVmm} runs the VM (${job.sourceVmm} retires its postmigrate copy on its ` +
+          'own)';
+      } else if (src !== undefined && isMovable(src)) {
+        where = `${job.sourceVmm} kept the VM`;
+      } else {
+        return;
+      }
       const errorDesc =
         `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; afterwards ` +
-        `${job.sourceVmm} reported the migration completed and ${job.targetVmm} runs the VM ` +
-        `(the postmigrate copy on ${job.sourceVmm} was removed)`;
+        `${job.sourceVmm} reported the migration ${status} and ${where}`;
       this.update(live, { info: { ...live.job.info, errorDesc } }, true);
-      log.info({ vmm: job.targetVmm }, 'after the restart: the VM runs on the target');
+      log.info({ status, runsOn: where }, 'after the restart: where the VM runs');
     } catch (err) {
       log.warn({ err }, 'could not settle a job failed by the restart');
     }
