@@ -1,24 +1,24 @@
 import { randomBytes } from 'node:crypto';
-import { vmm as vpb } from '@handoff/proto';
 import {
   MigrationStateMachine,
   QapiError,
   assertValidMigrationConfig,
   emptyMigrationInfo,
   emptyRamStats,
+  isActive,
   type MigrationCapabilities,
   type MigrationInfo,
   type MigrationParameterOverrides,
   type MigrationStatus,
   type RamStats,
 } from '@handoff/qapi';
-import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
-import { RemoteError, createClient, streamCall, unaryCall, type Logger } from '@handoff/service';
+import type { Logger } from '@handoff/service';
+import { VmmClients, type PreparedTarget, type VmmCalls } from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
-import { hostedVmFromWire, vmSpecToWire, vmStateFromWire } from '../clients/vm-wire.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import { isFinished, statusPath, type Job, type JobKind } from './job.js';
+import { cancelAfterRestart, whereAfterRestart, type RecoveryTiming } from './recovery.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
 export interface JobSink {
@@ -48,8 +48,10 @@ export interface JobManagerOptions {
   pollIntervalMs?: number;
   /** Deadline of MigrateVm: the longest a single migration may take (the source cancels it then). */
   migrationTimeoutMs?: number;
-  /** Deadline of every other vmm call. */
+  /** Deadline of every other vmm call (of the default {@link JobManagerOptions.vmms}). */
   callTimeoutMs?: number;
+  /** How the jobs reach vmm instances (default: gRPC clients, {@link VmmClients}). */
+  vmms?: VmmCalls;
   /** VMs a live update migrates at once when the request says 0. */
   defaultConcurrency?: number;
   /** How long recovery keeps trying to reach a source vmm to cancel. */
@@ -65,11 +67,9 @@ interface Live {
   spec: VmSpec | undefined;
   sm: MigrationStateMachine;
   cancelRequested: boolean;
-  /** Set while MigrateVm is outstanding: the source's name of the VM. */
+  /** Set while MigrateVm is outstanding (a cancel then goes to the source). */
   migrating: boolean;
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
 /**
  * Runs migrate and live-update jobs. The migrator only coordinates: the vmm
@@ -80,12 +80,11 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.
 export class JobManager {
   private readonly jobs = new Map<string, Live>();
   private readonly listeners = new Map<string, Set<JobListener>>();
-  private readonly clients = new Map<string, vpb.VmmServiceClient>();
+  private readonly vmms: VmmCalls;
   private readonly running = new Set<Promise<unknown>>();
   private readonly log: Logger;
   private readonly pollMs: number;
   private readonly migrationTimeoutMs: number;
-  private readonly callTimeoutMs: number;
   private readonly defaultConcurrency: number;
   private closed = false;
 
@@ -93,7 +92,7 @@ export class JobManager {
     this.log = opts.logger;
     this.pollMs = opts.pollIntervalMs ?? 100;
     this.migrationTimeoutMs = opts.migrationTimeoutMs ?? 10 * 60_000;
-    this.callTimeoutMs = opts.callTimeoutMs ?? 5000;
+    this.vmms = opts.vmms ?? new VmmClients(opts.callTimeoutMs ?? 5000);
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
@@ -124,7 +123,7 @@ export class JobManager {
       this.update(live, { info: { ...live.job.info, status: 'failed', errorDesc: desc } }, true);
       failed.push(live.job.id);
       if (live.job.kind === 'migrate' && live.job.sourceAddress !== '' && was !== 'none') {
-        this.track(this.cancelAfterRestart(live).then(() => this.settleAfterRestart(live)));
+        this.track(this.settleAfterRestart(live));
       }
     }
     if (failed.length > 0) this.log.warn({ jobs: failed }, 'failed in-flight jobs after a restart');
@@ -245,12 +244,7 @@ export class JobManager {
     live.cancelRequested = true;
     if (live.migrating) {
       try {
-        await unaryCall(
-          this.client(live.job.sourceAddress),
-          'cancelMigration',
-          { name: live.job.vm },
-          { deadlineMs: this.callTimeoutMs },
-        );
+        await this.vmms.cancelMigration(live.job.sourceAddress, live.job.vm);
       } catch (err) {
         // the source refused (e.g. past the point of no return): the job runs on
         live.cancelRequested = false;
@@ -311,8 +305,7 @@ export class JobManager {
   /** Stops background work and closes vmm clients (running jobs stay in the journal as in flight). */
   async close(): Promise<void> {
     this.closed = true;
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
+    this.vmms.close();
     this.opts.journal?.close?.();
   }
 
@@ -345,39 +338,24 @@ export class JobManager {
       migrateStart = performance.now();
       phases.prepareMs = migrateStart - prepStart;
       live.migrating = true;
-      let result: MigrationInfo | undefined;
+      let final: MigrationInfo;
       try {
         // One stream carries the progress (a report on each status change and about every
-        // 250 ms) and, as its last message, the final info.
-        const res = await streamCall(
-          this.client(job.sourceAddress),
-          'migrateVm',
+        // 250 ms) and, last, the final info.
+        final = await this.vmms.migrate(
+          job.sourceAddress,
           {
-            name: job.vm,
+            vm: job.vm,
             jobId: job.id,
-            targetAddress: prep.address,
-            token: prep.token,
-            capabilities: capabilitiesToWire(job.capabilities),
-            parameters: parametersToWire(job.parameters),
-            targetDataAddress: prep.dataAddress,
-            targetHandoffSlot: prep.handoffSlot,
+            target: prep,
+            capabilities: job.capabilities,
+            parameters: job.parameters,
           },
-          {
-            deadlineMs: this.migrationTimeoutMs,
-            onMessage: (m) => {
-              if (m.info !== undefined) this.progress(live, migrationInfoFromWire(m.info));
-            },
-          },
+          { deadlineMs: this.migrationTimeoutMs, onProgress: (info) => this.progress(live, info) },
         );
-        result = res.info !== undefined ? migrationInfoFromWire(res.info) : undefined;
       } finally {
         live.migrating = false;
       }
-      const final: MigrationInfo = result ?? {
-        ...live.job.info,
-        status: 'completed',
-        totalTimeMs: Date.now() - started,
-      };
       if (final.status === 'failed') {
         this.finishFailed(live, final.errorDesc ?? 'the source vmm reported the migration failed');
       } else if (final.status === 'cancelled') {
@@ -415,31 +393,23 @@ export class JobManager {
   }
 
   /** PrepareIncoming on the target, with the spec the source reported. */
-  private async prepareIncoming(live: Live): Promise<vpb.PrepareIncomingResponse> {
+  private prepareIncoming(live: Live): Promise<PreparedTarget> {
     const { job } = live;
     // With the VM's spec the target maps its RAM and builds the machine before the stream
     // starts (outside the migration's setup and total time, as a QEMU started with -incoming
     // is ready before `migrate`). Without it, it builds them when the stream's header comes.
-    return unaryCall(
-      this.client(job.targetAddress),
-      'prepareIncoming',
-      {
-        name: job.vm,
-        jobId: job.id,
-        spec: live.spec === undefined ? undefined : vmSpecToWire(live.spec),
-        capabilities: capabilitiesToWire(job.capabilities),
-      },
-      { deadlineMs: this.callTimeoutMs },
-    );
+    return this.vmms.prepareIncoming(job.targetAddress, {
+      vm: job.vm,
+      jobId: job.id,
+      spec: live.spec,
+      capabilities: job.capabilities,
+    });
   }
 
-  /** A progress report of MigrateVm's stream into the job (its status only while it runs). */
+  /** A progress report of MigrateVm's stream into the job. */
   private progress(live: Live, info: MigrationInfo): void {
-    if (info.status === 'none' || info.status === 'completed' || info.status === 'failed') {
-      // the final word is the stream's end; the last message is handled there
-      this.update(live, { info: { ...info, status: live.job.info.status } });
-      return;
-    }
+    // The last message (the final info) is handled when the call ended OK.
+    if (!isActive(info.status)) return;
     this.toStatus(live, info.status);
     this.update(live, { info: { ...info, status: live.job.info.status } });
   }
@@ -675,15 +645,8 @@ export class JobManager {
     const alive = this.opts.registry.list().filter((r) => r.alive);
     await Promise.all(
       alive.map(async (r) => {
-        const res = await unaryCall(
-          this.client(r.address),
-          'getVm',
-          { name: vm },
-          { deadlineMs: this.callTimeoutMs },
-        ).catch(() => undefined);
-        if (res?.vm === undefined) return;
-        const found = hostedVmFromWire(res.vm);
-        if (ownsVm(found.state)) this.opts.registry.learned(r.id, found);
+        const found = await this.vmms.vm(r.address, vm).catch(() => null);
+        if (found !== null && ownsVm(found.state)) this.opts.registry.learned(r.id, found);
       }),
     );
     const found = this.opts.registry.locate(vm);
@@ -695,101 +658,29 @@ export class JobManager {
     );
   }
 
-  private async cancelAfterRestart(live: Live): Promise<void> {
-    const { job } = live;
-    const deadline = Date.now() + (this.opts.recoveryRetryMs ?? 30_000);
-    for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 2000)) {
-      try {
-        await unaryCall(
-          this.client(job.sourceAddress),
-          'cancelMigration',
-          { name: job.vm },
-          { deadlineMs: this.callTimeoutMs },
-        );
-        this.log.info({ job: job.id, vm: job.vm }, 'asked the source vmm to cancel after restart');
-        return;
-      } catch (err) {
-        const unreachable = err instanceof RemoteError && (err.status === 14 || err.status === 4); // UNAVAILABLE, DEADLINE
-        if (!unreachable) {
-          // the vmm answered (e.g. no migration running any more): its rules decided
-          this.log.info({ job: job.id, vm: job.vm, err }, 'source vmm answered the cancel');
-          return;
-        }
-        if (Date.now() > deadline) {
-          this.log.warn(
-            { job: job.id, vm: job.vm },
-            'source vmm unreachable; cancel not delivered',
-          );
-          return;
-        }
-        await sleep(delay);
-      }
-    }
-  }
-
   /**
-   * After the restart's cancel: waits (up to the migration timeout) until the source's migration
-   * of the VM ended, then asks both ends where the VM runs and adds that to the failed job's
-   * error. It changes nothing: the vmm instances' own rules decided, and a source that handed the
-   * VM over retires its `postmigrate` copy on its own. The job stays failed.
+   * For a job the restart failed: the source is asked to cancel, then where the VM runs is
+   * added to the job's error (see recovery.ts). Nothing is destroyed or retried.
    */
   private async settleAfterRestart(live: Live): Promise<void> {
     const { job } = live;
     const log = this.log.child({ job: job.id, vm: job.vm });
-    const source = this.client(job.sourceAddress);
-    const target = this.client(job.targetAddress);
-    const opts = { deadlineMs: this.callTimeoutMs };
-    const deadline = Date.now() + this.migrationTimeoutMs;
+    const timing: RecoveryTiming = {
+      retryMs: this.opts.recoveryRetryMs ?? 30_000,
+      timeoutMs: this.migrationTimeoutMs,
+      pollMs: this.pollMs,
+      closed: () => this.closed,
+    };
     try {
-      let status: MigrationStatus;
-      for (;;) {
-        if (this.closed) return;
-        const res = await unaryCall(source, 'getMigration', { name: job.vm }, opts).catch(
-          (err: unknown) => {
-            // the source answered that it knows no migration of the VM: nothing to settle
-            if (err instanceof RemoteError && err.status !== 14 && err.status !== 4) return null;
-            throw err;
-          },
-        );
-        if (res === null) return;
-        status = res.info !== undefined ? migrationInfoFromWire(res.info).status : 'none';
-        if (['none', 'completed', 'failed', 'cancelled'].includes(status)) break;
-        if (Date.now() > deadline) return;
-        await sleep(Math.max(this.pollMs, 50));
-      }
-      const stateOn = (client: vpb.VmmServiceClient) =>
-        unaryCall(client, 'getVm', { name: job.vm }, opts).then(
-          (r) => (r.vm === undefined ? undefined : vmStateFromWire(r.vm.state)),
-          () => undefined,
-        );
-      const [src, dst] = await Promise.all([stateOn(source), stateOn(target)]);
-      let where: string;
-      if (dst !== undefined && isMovable(dst)) {
-        where =
-          `${job.targetVmm} runs the VM (${job.sourceVmm} retires its postmigrate copy on its ` +
-          'own)';
-      } else if (src !== undefined && isMovable(src)) {
-        where = `${job.sourceVmm} kept the VM`;
-      } else {
-        return;
-      }
-      const errorDesc =
-        `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; afterwards ` +
-        `${job.sourceVmm} reported the migration ${status} and ${where}`;
+      await cancelAfterRestart(this.vmms, job, timing, log);
+      const where = await whereAfterRestart(this.vmms, job, timing);
+      if (where === undefined) return;
+      const errorDesc = `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; ${where}`;
       this.update(live, { info: { ...live.job.info, errorDesc } }, true);
-      log.info({ status, runsOn: where }, 'after the restart: where the VM runs');
+      log.info({ where }, 'after the restart: where the VM runs');
     } catch (err) {
       log.warn({ err }, 'could not settle a job failed by the restart');
     }
-  }
-
-  private client(address: string): vpb.VmmServiceClient {
-    let c = this.clients.get(address);
-    if (c === undefined) {
-      c = createClient(vpb.VmmServiceClient, address);
-      this.clients.set(address, c);
-    }
-    return c;
   }
 
   private track(p: Promise<unknown>): void {
