@@ -144,7 +144,7 @@ export class JobManager {
     const t0 = performance.now();
     const at = await this.locate(req.vm);
     const source = at.vmm;
-    const findVmMs = performance.now() - t0;
+    const locateMs = performance.now() - t0;
     if (source.id === target.id) {
       throw invalid(
         `VM ${req.vm} already runs on ${target.id}: source and target are the same vmm; pick another --to`,
@@ -163,8 +163,8 @@ export class JobManager {
     this.log.debug(
       {
         job: live.job.id,
-        findVmMs: round(findVmMs),
-        createMs: round(performance.now() - t0 - findVmMs),
+        locateMs: round(locateMs),
+        createMs: round(performance.now() - t0 - locateMs),
       },
       'migrate job created',
     );
