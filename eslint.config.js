@@ -77,7 +77,7 @@ const VMM_LAYERS = {
   'config.ts': [],
   'failpoints.ts': [],
   memory: [],
-  registration: [],
+  registration: ['wire', 'model'],
   cpu: ['memory'],
   loader: ['memory'],
   devices: ['cpu', 'memory'],

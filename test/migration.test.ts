@@ -15,6 +15,7 @@ import {
   expectRetired,
   headerFor,
   migrateVm,
+  migrateVmCall,
   rawIncoming,
   readPrivateRam,
   refused,
@@ -330,7 +331,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     ].entries()) {
       const jobId = `misfit-${k}`;
       const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, ...hint });
-      const res = await vmmCall(from.client, 'migrateVm', {
+      const info = await migrateVmCall(from.client, {
         name,
         jobId,
         targetAddress: prep.address,
@@ -341,8 +342,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         // Offered for a bypass, ignored by a copy: the stream carries it.
         targetHandoffSlot: prep.handoffSlot,
       });
-      expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-      expect(migrationInfoFromWire(res.info!).route?.targetPrebuilt).toBe(false);
+      expect(info.status).toBe('completed');
+      expect(info.route?.targetPrebuilt).toBe(false);
       const pid = to.process.pid;
       await checkPaused(to, name, () =>
         readPrivateRam(pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -379,7 +380,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     });
     expect(prep.handoffSlot).not.toBe('');
     const err = await refused(
-      vmmCall(b.client, 'migrateVm', {
+      migrateVmCall(b.client, {
         name: y,
         jobId: 'slot-y',
         targetAddress: prep.address,
@@ -424,7 +425,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       capabilities,
     });
     expect(prep.handoffSlot).not.toBe('');
-    const res = await vmmCall(b.client, 'migrateVm', {
+    const info = await migrateVmCall(b.client, {
       name,
       jobId: 'no-probe',
       targetAddress: prep.address,
@@ -434,12 +435,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       targetDataAddress: '',
       targetHandoffSlot: prep.handoffSlot,
     });
-    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
+    expect(info.status).toBe('completed');
     // On the gRPC stream, with the same slot named in the header's answer.
-    const noProbe = migrationInfoFromWire(res.info!);
-    expect(noProbe.route?.transport).toBe('grpc');
-    expect(noProbe.route?.leaseMove).toBe('armed');
-    expect(noProbe.route?.stateEncoding).toBe('compact');
+    expect(info.route?.transport).toBe('grpc');
+    expect(info.route?.leaseMove).toBe('armed');
+    expect(info.route?.stateEncoding).toBe('compact');
     await expectRetired(b, name);
     await vmmCall(a.client, 'destroyVm', { name });
   });
@@ -454,7 +454,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       spec: undefined,
       capabilities: defaults,
     });
-    const res = await vmmCall(a.client, 'migrateVm', {
+    const info = await migrateVmCall(a.client, {
       name,
       jobId: 'fallback',
       targetAddress: prep.address,
@@ -464,8 +464,8 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       targetDataAddress: 'unix:/nonexistent/handoff-data.sock',
       targetHandoffSlot: '',
     });
-    expect(res.info!.status).toBe(mpb.MigrationStatus.MIGRATION_STATUS_COMPLETED);
-    expect(migrationInfoFromWire(res.info!).route?.transport).toBe('grpc');
+    expect(info.status).toBe('completed');
+    expect(info.route?.transport).toBe('grpc');
     expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
     await checkPaused(b, name, () =>
       readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
@@ -645,7 +645,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       capabilities: [],
     });
     const late = await refused(
-      vmmCall(a.client, 'migrateVm', {
+      migrateVmCall(a.client, {
         name,
         jobId: 'unsupported',
         targetAddress: prep.address,
@@ -714,14 +714,18 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
   it('cancels a running migration; the VM keeps running', async () => {
     const name = 'ab-cancel';
     await startAb(a, name, RamBackend.RAM_BACKEND_PRIVATE, 64 * 1024 * 1024, busyArgs);
+    // The progress arrives on the MigrateVm stream while the migration runs.
+    let sawProgress!: () => void;
+    const progressed = new Promise<void>((resolve) => (sawProgress = resolve));
     const migration = refused(
-      migrateVm(a, b, name, { parameters: { 'max-bandwidth': 4 * 1024 * 1024 } }),
+      migrateVm(a, b, name, {
+        parameters: { 'max-bandwidth': 4 * 1024 * 1024 },
+        onInfo: (info) => {
+          if (info.status === 'active' && info.ram.transferred > 0) sawProgress();
+        },
+      }),
     );
-    for (let t = 0; t < 100; t++) {
-      const info = await vmmCall(a.client, 'getMigration', { name }).catch(() => null);
-      if (info?.info?.status === mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await progressed;
     expect((await vmmCall(a.client, 'getMigration', { name })).info!.status).toBe(
       mpb.MigrationStatus.MIGRATION_STATUS_ACTIVE,
     );

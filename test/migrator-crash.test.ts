@@ -172,9 +172,9 @@ describe('migrator kill -9 mid-job, real vmm instances', () => {
     const rpcs: number[] = [];
     let to = 'vmm-b';
     for (let i = 0; i < 16; i++) {
-      // The first 4 jobs go back and forth without a pause: each waits for the previous job's
-      // postmigrate husk (removed right after that job completed) to leave its target. Then
-      // one job at a time, as a user runs them, measured.
+      // The first 4 jobs go back and forth without a pause: each target's PrepareIncoming waits
+      // for the postmigrate copy the previous job left there (its vmm retires it on its own).
+      // Then one job at a time, as a user runs them, measured.
       const measured = i >= 4;
       if (measured) await new Promise((r) => setTimeout(r, 200));
       const t0 = performance.now();
@@ -217,8 +217,7 @@ describe('migrator kill -9 mid-job, real vmm instances', () => {
         `MigrateVm ${phase('migrateVmMs')} ms (vmm total ${phase('vmmTotalMs')} ms), ` +
         `job ${phase('jobMs')} ms; walls ${walls.map((w) => w.toFixed(0)).join(' ')}`,
     );
-    // What the migrator does around PrepareIncoming and MigrateVm (journal, status updates,
-    // stopping the progress poller, the source's husk).
+    // What the migrator does around PrepareIncoming and MigrateVm (journal, status updates).
     const bookkeeping = median(
       ends.map((e) => e.jobMs! - e.prepareMs! - e.migrateVmMs! - (e.waitHuskMs ?? 0)),
     );
@@ -303,7 +302,7 @@ describe('migrator kill -9 mid-job, real vmm instances', () => {
     await checkAb(b, name, () =>
       readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, pages * 4096),
     );
-    // The restarted migrator removed the husk, so the VM can come back; it is never re-run.
+    // vmm-a retired its postmigrate copy on its own, so the VM can come back; never re-run.
     await expectWhere(name, ['vmm-b:VM_STATE_RUNNING']);
     expect((await jobsOf(name)).map((j) => j.id)).toEqual([id]);
     const back = await migrate(name, 'vmm-a', { 'bypass-shared-memory': true });

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
 import { createClient, unaryCall } from '@handoff/service';
-import { FakeVmm, type FakeWorld } from '@handoff/migrator/testing';
+import { FakeVmm, FakeWorld } from '@handoff/migrator/testing';
 import { startService, type ServiceProcess } from './helpers/services.js';
 import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
@@ -50,24 +50,13 @@ describe('migrator jobs through vmctl', () => {
   const startMigrator = async () => {
     mg = await startService('migrator', ['--state-dir', stateDir, '--poll-interval-ms', '20']);
     env = { ...process.env, HANDOFF_MIGRATOR_ADDR: mg.address, HANDOFF_OUTPUT: 'table' };
-    const client = createClient(migrator.MigratorServiceClient, mg.address);
-    try {
-      for (const f of [a, b]) {
-        await unaryCall(client, 'registerVmm', {
-          id: f.id,
-          address: f.address,
-          version: 'fake',
-          vmCount: 0,
-        });
-      }
-    } finally {
-      client.close();
-    }
+    // each fake registers with its VMs and reports every change, as a vmm does
+    for (const f of [a, b]) await f.registerWith(mg.address);
   };
 
   beforeAll(async () => {
     stateDir = mkdtempSync(join(tmpdir(), 'handoff-migrator-state-'));
-    world = new Map(
+    world = new FakeWorld(
       ['vm1', 'vm2', 'vm3', 'vm4', 'vm5', 'lu1', 'lu2', 'lu3'].map((n) => [n, 'vmm-a']),
     );
     const peers = new Map<string, FakeVmm>();
@@ -110,6 +99,10 @@ describe('migrator jobs through vmctl', () => {
     expect(job.info.ram).toMatchObject({ transferred: 4 << 20, remaining: 0, total: 64 << 20 });
     expect(r.stdout.trim().startsWith('{')).toBe(true);
     expect(world.get('vm1')).toBe('vmm-b');
+    // the migrator found vm1 and its spec in vmm-a's report: it looked nothing up
+    const lookups = [...a.calls, ...b.calls].filter((c) => /^(listVms|getVm|destroyVm):/.test(c));
+    expect(lookups).toEqual([]);
+    expect(b.prepared.at(-1)).toMatchObject({ name: 'vm1', specName: 'vm1' });
   });
 
   it('shows plain progress lines off a terminal and a statistics table at the end', async () => {

@@ -1,8 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrator } from '@handoff/proto';
+import { migrator, vmm } from '@handoff/proto';
+import { resolveCapabilities } from '@handoff/qapi';
+import { capabilitiesToWire, migrationInfoFromWire } from '@handoff/qapi/wire';
 import { createClient, unaryCall } from '@handoff/service';
 import { startService, type ServiceProcess } from './helpers/services.js';
 import { vmctlRunner } from './helpers/vmctl.js';
+import { vmSpec } from './helpers/vmm.js';
 
 /**
  * Smoke test of the whole control path with real processes: the migrator
@@ -88,4 +91,39 @@ describe('vmctl migrate with real vmm instances', () => {
     expect(r.stdout).toMatch(/status: +completed/);
     for (const n of ['lv1', 'lv2', 'mv1']) expect(await where(n)).toEqual(['vmm-a:running']);
   }, 120_000);
+
+  it('migrates a VM the moment CreateVm returned: the vmm reported it with the change', async () => {
+    const mc = createClient(migrator.MigratorServiceClient, mg.address);
+    const vc = createClient(vmm.VmmServiceClient, vmmA.address);
+    try {
+      await unaryCall(vc, 'createVm', {
+        spec: vmSpec('fresh', 'ab', { memory: 8 * 1024 * 1024 }),
+        start: true,
+      });
+      const { job } = await unaryCall(mc, 'migrate', {
+        vm: 'fresh',
+        targetVmm: 'vmm-b',
+        // the defaults, as vmctl sends them (an empty list turns every capability off)
+        capabilities: capabilitiesToWire(resolveCapabilities({})),
+        parameters: undefined,
+      });
+      expect(job!.sourceVmm).toBe('vmm-a');
+      let status = '';
+      for (let i = 0; i < 500 && !['completed', 'failed', 'cancelled'].includes(status); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        status = migrationInfoFromWire(
+          (await unaryCall(mc, 'getJob', { id: job!.id })).job!.info!,
+        ).status;
+      }
+      expect(status).toBe('completed');
+      expect(await where('fresh')).toEqual(['vmm-b:running']);
+      // and straight back, while vmm-a may still be retiring its postmigrate copy
+      const back = await vmctl('migrate', 'fresh', '--to', 'vmm-a');
+      expect(back.code, back.stderr).toBe(0);
+      expect(await where('fresh')).toEqual(['vmm-a:running']);
+    } finally {
+      mc.close();
+      vc.close();
+    }
+  }, 60_000);
 });

@@ -5,7 +5,7 @@ import { migration, vmm as vmmPb, vmmStream } from '@handoff/proto';
 import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
-import { createClient, FramedSocket, RemoteError } from '@handoff/service';
+import { createClient, FramedSocket, RemoteError, streamCall } from '@handoff/service';
 import { vmmCall, type VmmUnderTest } from './vmm.js';
 
 /** Helpers of the migration tests: one migration end to end, RAM of a target, a raw stream. */
@@ -32,6 +32,8 @@ export async function migrateVm(
     prebuild?: boolean;
     /** Runs between PrepareIncoming and MigrateVm (e.g. to alter the target's slot). */
     onPrepared?: (prep: pb.PrepareIncomingResponse) => void;
+    /** Sees every MigrationInfo MigrateVm streams, the final one last. */
+    onInfo?: (info: MigrationInfo) => void;
   } = {},
 ): Promise<MigrationInfo> {
   const jobId = opts.jobId ?? `job-${name}-${Date.now()}`;
@@ -43,17 +45,37 @@ export async function migrateVm(
     throw new Error(`vmm at ${prep.address} offers no data channel`);
   }
   opts.onPrepared?.(prep);
-  const res = await vmmCall(from.client, 'migrateVm', {
-    name,
-    jobId,
-    targetAddress: prep.address,
-    token: prep.token,
-    capabilities,
-    parameters: parametersToWire(opts.parameters ?? {}),
-    targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
-    targetHandoffSlot: opts.via === 'slot' ? prep.handoffSlot : '',
+  return migrateVmCall(
+    from.client,
+    {
+      name,
+      jobId,
+      targetAddress: prep.address,
+      token: prep.token,
+      capabilities,
+      parameters: parametersToWire(opts.parameters ?? {}),
+      targetDataAddress: opts.via === 'grpc' ? '' : prep.dataAddress,
+      targetHandoffSlot: opts.via === 'slot' ? prep.handoffSlot : '',
+    },
+    opts.onInfo,
+  );
+}
+
+/**
+ * MigrateVm on `client` (a server stream, 15 s deadline) read to its end: resolves with the
+ * final MigrationInfo, the stream's last message; `onInfo` sees every message as it arrives. A
+ * failed migration rejects with the call's RemoteError.
+ */
+export async function migrateVmCall(
+  client: pb.VmmServiceClient,
+  request: pb.MigrateVmRequest,
+  onInfo?: (info: MigrationInfo) => void,
+): Promise<MigrationInfo> {
+  const last = await streamCall(client, 'migrateVm', request, {
+    deadlineMs: 15_000,
+    onMessage: (res) => onInfo?.(migrationInfoFromWire(res.info!)),
   });
-  return migrationInfoFromWire(res.info!);
+  return migrationInfoFromWire(last.info!);
 }
 
 /**

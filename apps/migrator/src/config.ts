@@ -27,13 +27,15 @@ export const migratorOptions = {
     type: 'number',
     default: 100,
     min: 10,
-    description: 'how often a running migration is asked for progress (GetMigration)',
+    description:
+      'after a restart: how often the source of a job failed by it is asked whether its migration ended (GetMigration)',
   },
   'migration-timeout-ms': {
     type: 'number',
     default: 600000,
     min: 1000,
-    description: 'deadline of one migration (MigrateVm); a longer one fails and rolls back',
+    description:
+      'deadline of one migration (MigrateVm); when it passes the job fails and the source cancels the migration',
   },
   'live-update-concurrency': {
     type: 'number',

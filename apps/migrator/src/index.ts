@@ -6,7 +6,20 @@
  */
 export { startMigrator, type Migrator } from './migrator.js';
 export { migratorOptions, MIGRATOR_DEFAULT_PORT, type MigratorConfig } from './config.js';
-export { VmmRegistry, type VmmRecord } from './registry/vmm-registry.js';
+export {
+  VmmRegistry,
+  type Registration,
+  type VmLocation,
+  type VmmRecord,
+} from './registry/vmm-registry.js';
+export type { HostedVm, HostedVms, VmSpec, VmState } from './registry/hosted-vm.js';
+export {
+  VmmClients,
+  isUnreachable,
+  type MigrateCall,
+  type PreparedTarget,
+  type VmmCalls,
+} from './clients/vmm-client.js';
 export { MigratorError, type MigratorErrorCode } from './errors.js';
 export { JobManager, type JobManagerOptions, type JobListener } from './jobs/job-manager.js';
 export { JobJournal, JOURNAL_FILE, JOURNAL_VERSION } from './jobs/journal.js';

@@ -135,7 +135,13 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   advertised = config['advertise-address'] ?? server.address;
   const stopHeartbeat = startHeartbeat(
     config.migrator,
-    { id: config.id, address: advertised, vmCount: () => host.counts().total },
+    {
+      id: config.id,
+      address: advertised,
+      vmCount: () => host.counts().total,
+      vms: () => host.list(),
+      onVmsChanged: (listener) => host.onVmsChanged(listener),
+    },
     logger,
   );
   return {

@@ -56,6 +56,79 @@ export function unaryCall<C, K extends UnaryMethod<C>>(
   });
 }
 
+type StreamFn<Req, Res> = (
+  req: Req,
+  metadata: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+) => grpc.ClientReadableStream<Res>;
+
+/** Names of a generated client's server-streaming methods. */
+export type StreamMethod<C> = {
+  [K in keyof C]: C[K] extends StreamFn<infer _Req, infer _Res> ? K : never;
+}[keyof C] &
+  string;
+type StreamRequestOf<F> = F extends StreamFn<infer Req, infer _Res> ? Req : never;
+type StreamResponseOf<F> = F extends StreamFn<infer _Req, infer Res> ? Res : never;
+
+/**
+ * Calls a server-streaming method of a generated client, always with a deadline, and reads it
+ * to its end: `onMessage` gets every message as it arrives; the promise resolves with the last
+ * one when the server ends the call OK, and rejects with a RemoteError (the server's stable
+ * code) when it ends it with an error, when the deadline passes, or when it ends OK without a
+ * single message.
+ */
+export function streamCall<C, K extends StreamMethod<C>>(
+  client: C,
+  method: K,
+  request: StreamRequestOf<C[K]>,
+  opts: CallOptions & { onMessage?: (message: StreamResponseOf<C[K]>) => void } = {},
+): Promise<StreamResponseOf<C[K]>> {
+  const fn = client[method] as unknown as StreamFn<StreamRequestOf<C[K]>, StreamResponseOf<C[K]>>;
+  const options: Partial<grpc.CallOptions> = {
+    deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
+  };
+  if (opts.parent !== undefined) {
+    options.parent = opts.parent as unknown as grpc.ServerUnaryCall<unknown, unknown>;
+    options.propagate_flags = grpc.propagate.DEFAULTS;
+  }
+  return new Promise((resolve, reject) => {
+    const call = fn.call(client, request, opts.metadata ?? new grpc.Metadata(), options);
+    let last: { message: StreamResponseOf<C[K]> } | undefined;
+    let settled = false;
+    call.on('data', (message: StreamResponseOf<C[K]>) => {
+      if (settled) return;
+      last = { message };
+      try {
+        opts.onMessage?.(message);
+      } catch (err) {
+        settled = true;
+        call.cancel();
+        reject(err as Error);
+      }
+    });
+    call.on('error', (err: grpc.ServiceError) => {
+      if (settled) return;
+      settled = true;
+      reject(RemoteError.fromGrpc(err, String(method)));
+    });
+    // 'end' comes after every message was delivered ('status' may come before them).
+    call.on('end', () => {
+      if (settled) return;
+      settled = true;
+      if (last !== undefined) resolve(last.message);
+      else {
+        reject(
+          new RemoteError(
+            'GRPC_INTERNAL',
+            grpc.status.INTERNAL,
+            `${String(method)}: the server ended the stream without a message`,
+          ),
+        );
+      }
+    });
+  });
+}
+
 /** Channel options shared by every Handoff client. */
 export const CLIENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 16 * 1024 * 1024,

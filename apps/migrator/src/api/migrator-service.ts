@@ -16,6 +16,7 @@ import {
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
+import { hostedVmsFromWire } from '../clients/vm-wire.js';
 import { MigratorError } from '../errors.js';
 import type { JobManager } from '../jobs/job-manager.js';
 import { isFinished, type Job, type JobKind } from '../jobs/job.js';
@@ -130,14 +131,28 @@ export function migratorService(deps: {
       activeJobs: jobs.activeCount(),
     })),
     registerVmm: unary(logger, (req) => {
-      const isNew = registry.register({
+      const { isNew, vmsWanted } = registry.register({
         id: req.id,
         address: req.address,
         version: req.version,
         vmCount: req.vmCount,
+        vmsVersion: Number(req.vmsVersion),
+        vms: req.vms === undefined ? undefined : hostedVmsFromWire(req.vms),
       });
       if (isNew) logger.info({ vmm: req.id, address: req.address }, 'vmm instance registered');
-      return { heartbeatIntervalMs: deps.heartbeatIntervalMs };
+      return { heartbeatIntervalMs: deps.heartbeatIntervalMs, vmsWanted };
+    }),
+    reportVms: unary(logger, (req) => {
+      if (req.vms === undefined) {
+        throw new MigratorError(
+          'MIGRATOR_INVALID_ARGUMENT',
+          `vmm ${req.vmmId} sent ReportVms without its VMs; set "vms" (an empty set is valid)`,
+        );
+      }
+      const vms = hostedVmsFromWire(req.vms);
+      registry.reportVms(req.vmmId, vms);
+      logger.debug({ vmm: req.vmmId, version: vms.version, vms: vms.vms.length }, 'VMs reported');
+      return {};
     }),
     listVmms: unary(logger, () => ({ vmms: registry.list().map(toVmmInstance) })),
     migrate: unary(logger, async (req) => {

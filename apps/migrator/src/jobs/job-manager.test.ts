@@ -7,7 +7,8 @@ import { defaultCapabilities, resolveCapabilities } from '@handoff/qapi';
 import { createLogger } from '@handoff/service';
 import { MigratorError } from '../errors.js';
 import { VmmRegistry } from '../registry/vmm-registry.js';
-import { FakeVmm, type FakeWorld } from '../testing/fake-vmm.js';
+import { hostedVmsFromWire } from '../clients/vm-wire.js';
+import { FakeVmm, FakeWorld } from '../testing/fake-vmm.js';
 import { JobManager, type JobSink } from './job-manager.js';
 import { statusPath, type Job } from './job.js';
 import { JobJournal } from './journal.js';
@@ -30,6 +31,8 @@ describe('JobManager against fake vmm instances', () => {
   let a: FakeVmm;
   let b: FakeVmm;
   let registry: VmmRegistry;
+  /** Added to the registry's clock (to let instances expire). */
+  let clock: number;
   let jobs: JobManager;
   let dir: string;
   /** Set to simulate a crash: the running manager writes nothing more. */
@@ -46,7 +49,7 @@ describe('JobManager against fake vmm instances', () => {
     });
 
   beforeEach(async () => {
-    world = new Map([
+    world = new FakeWorld([
       ['vm1', 'vmm-a'],
       ['vm2', 'vmm-a'],
       ['vm3', 'vmm-a'],
@@ -55,9 +58,12 @@ describe('JobManager against fake vmm instances', () => {
     const peers = new Map<string, FakeVmm>();
     a = await FakeVmm.start('vmm-a', world, peers);
     b = await FakeVmm.start('vmm-b', world, peers);
-    registry = new VmmRegistry(60_000);
+    clock = 0;
+    registry = new VmmRegistry(60_000, () => Date.now() + clock);
     for (const f of [a, b]) {
-      registry.register({ id: f.id, address: f.address, version: 't', vmCount: 0 });
+      registry.register({ id: f.id, address: f.address, version: 't', vmCount: 0, vmsVersion: 0 });
+      // the fakes report their VMs straight into the registry, as RegisterVmm/ReportVms would
+      f.reportTo((vms) => registry.reportVms(f.id, hostedVmsFromWire(vms)));
     }
     dir = mkdtempSync(join(tmpdir(), 'handoff-jobs-'));
     crashed = false;
@@ -74,6 +80,9 @@ describe('JobManager against fake vmm instances', () => {
     await Promise.all([a.stop(), b.stop()]);
     rmSync(dir, { recursive: true, force: true });
   });
+
+  /** The VmmService calls a fake got that look a VM up (ListVms, GetVm) or destroy one. */
+  const lookups = (f: FakeVmm) => f.calls.filter((c) => /^(listVms|getVm|destroyVm):/.test(c));
 
   it('migrates a VM: PrepareIncoming on the target, MigrateVm on the source, progress, statistics', async () => {
     const job = await jobs.migrate({
@@ -96,28 +105,32 @@ describe('JobManager against fake vmm instances', () => {
     });
     const done = await jobs.waitFor(job.id);
     expect(done.info.status).toBe('completed');
+    // the progress came on MigrateVm's stream: no GetMigration polling
     expect(sawProgress).toBe(true);
     expect(seen).toContain('active');
     expect(seen.at(-1)).toBe('completed');
+    expect(a.calls.filter((c) => c.startsWith('getMigration'))).toEqual([]);
     expect(done.info).toMatchObject({ downtimeUs: 1500, setupTimeMs: 2, deviceBytes: 8192 });
     expect(done.info.ram).toMatchObject({ transferred: 4 << 20, zeroPages: 1024 });
     expect(done.finishedAt).toBeInstanceOf(Date);
-    expect(b.calls).toContain('prepareIncoming:vm1');
-    // The target got the source's spec and the capabilities, to build the machine ahead.
+    // The target got the spec vmm-a reported and the capabilities, to build the machine ahead.
     expect(b.prepared).toEqual([
       { name: 'vm1', specName: 'vm1', capabilities: capabilitiesToWire(bypass) },
     ]);
-    expect(a.calls).toContain('migrateVm:vm1');
-    expect(a.calls).toContain('getMigration:vm1');
+    expect(a.calls).toEqual(['migrateVm:vm1']);
+    expect(b.calls).toEqual(['prepareIncoming:vm1']);
     expect(world.get('vm1')).toBe('vmm-b');
-    // the postmigrate husk on the source is removed (right after the job completed); nothing
-    // else is destroyed
+    // the registry places the VM on the target as soon as the job ended
+    expect(registry.locate('vm1')?.vmm.id).toBe('vmm-b');
+    // no lookups, and nothing destroyed: the source retires its postmigrate copy on its own
     await jobs.idle();
-    expect(a.calls.filter((c) => c.startsWith('destroyVm'))).toEqual(['destroyVm:vm1']);
-    expect(b.calls.filter((c) => c.startsWith('destroyVm'))).toEqual([]);
+    await new Promise((r) => setTimeout(r, a.retireMs * 2));
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+    expect(registry.vmsOn('vmm-a')?.map((v) => v.name)).toEqual(['vm2', 'vm3', 'vm4']);
   });
 
-  it('moves a VM straight back: the next job waits for the husk; a husk left behind is removed', async () => {
+  it('moves a VM straight back: the old source waits for its own husk, the migrator asks nothing', async () => {
+    a.retireMs = 150;
     const there = await jobs.migrate({
       vm: 'vm1',
       targetVmm: 'vmm-b',
@@ -125,30 +138,72 @@ describe('JobManager against fake vmm instances', () => {
       parameters: {},
     });
     expect((await jobs.waitFor(there.id)).info.status).toBe('completed');
-    // at once, while the husk on vmm-a may still be being removed
+    // at once, while vmm-a still lists vm1 as postmigrate: vmm-a's PrepareIncoming waits for it
     const back = await jobs.migrate({
       vm: 'vm1',
       targetVmm: 'vmm-a',
       capabilities: bypass,
       parameters: {},
     });
+    expect(back.sourceVmm).toBe('vmm-b');
     expect((await jobs.waitFor(back.id)).info.status).toBe('completed');
     expect(world.get('vm1')).toBe('vmm-a');
-    await jobs.idle();
-    // a migrator killed before it removed a husk leaves one on vmm-b: the next job there
-    // removes it (only because it is postmigrate) and goes ahead
-    b.husks.add('vm1');
-    const again = await jobs.migrate({
-      vm: 'vm1',
+    expect(registry.locate('vm1')?.vmm.id).toBe('vmm-a');
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+  });
+
+  it('finds a VM created a moment ago whose report is still on the way, with one GetVm round', async () => {
+    // reported at once (as a vmm does right after CreateVm): found without asking
+    world.set('vm8', 'vmm-b');
+    const reported = await jobs.migrate({
+      vm: 'vm8',
+      targetVmm: 'vmm-a',
+      capabilities: bypass,
+      parameters: {},
+    });
+    expect(reported.sourceVmm).toBe('vmm-b');
+    expect((await jobs.waitFor(reported.id)).info.status).toBe('completed');
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+    // vmm-a's report of vm9 has not arrived: each alive instance is asked for vm9 once
+    a.setReporting(false);
+    world.set('vm9', 'vmm-a');
+    const late = await jobs.migrate({
+      vm: 'vm9',
       targetVmm: 'vmm-b',
       capabilities: bypass,
       parameters: {},
     });
-    const done = await jobs.waitFor(again.id);
-    expect(done.info.status, done.info.errorDesc).toBe('completed');
-    expect(b.calls.filter((c) => c.startsWith('prepareIncoming'))).toHaveLength(3);
-    expect(b.calls).toContain('destroyVm:vm1');
-    expect(world.get('vm1')).toBe('vmm-b');
+    expect(late.sourceVmm).toBe('vmm-a');
+    const done = await jobs.waitFor(late.id);
+    expect(done.info.status).toBe('completed');
+    // the spec came with the answer: the target still builds ahead
+    expect(b.prepared.at(-1)).toMatchObject({ name: 'vm9', specName: 'vm9' });
+    expect(lookups(a)).toEqual(['getVm:vm9']);
+    expect(lookups(b)).toEqual(['getVm:vm9']);
+    // a VM no instance has: the same one round, then a clear error
+    await expect(
+      jobs.migrate({ vm: 'nope', targetVmm: 'vmm-b', capabilities: bypass, parameters: {} }),
+    ).rejects.toMatchObject({
+      code: 'MIGRATOR_VM_NOT_FOUND',
+      message: expect.stringMatching(
+        /no vmm instance runs a VM named nope \(asked: vmm-a, vmm-b\)/,
+      ),
+    });
+    expect(lookups(a)).toEqual(['getVm:vm9', 'getVm:nope']);
+  });
+
+  it('places no VM on an instance that stopped heartbeating', async () => {
+    clock = 120_000; // both instances silent for longer than the expiry
+    await expect(
+      jobs.migrate({ vm: 'vm1', targetVmm: 'vmm-b', capabilities: bypass, parameters: {} }),
+    ).rejects.toMatchObject({
+      code: 'MIGRATOR_VM_NOT_FOUND',
+      message: expect.stringMatching(/asked: none alive/),
+    });
+    await expect(
+      jobs.liveUpdate({ fromVmm: 'vmm-a', toVmm: 'vmm-b', concurrency: 1, parameters: {} }),
+    ).rejects.toMatchObject({ code: 'MIGRATOR_VMM_UNAVAILABLE' });
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
   });
 
   it('fails the job with the vmm message when the migration fails', async () => {
@@ -167,10 +222,8 @@ describe('JobManager against fake vmm instances', () => {
     expect(done.info.status).toBe('failed');
     expect(done.info.errorDesc).toContain('epoch 3 is stale');
     expect(world.get('vm1')).toBe('vmm-a');
-    // The source is only asked for the VM's spec (for PrepareIncoming), never retired.
-    expect(a.calls.filter((c) => c.startsWith('destroyVm') || c.startsWith('getVm'))).toEqual([
-      'getVm:vm1',
-    ]);
+    expect(registry.locate('vm1')?.vmm.id).toBe('vmm-a');
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
   });
 
   it('cancels a running migration through CancelMigration on the source', async () => {
@@ -247,6 +300,19 @@ describe('JobManager against fake vmm instances', () => {
     expect(children.every((c) => c.capabilities['bypass-shared-memory'])).toBe(true);
     expect(done.info.ram.transferred).toBeGreaterThanOrEqual(3 * (4 << 20));
     expect([...world.values()].sort()).toEqual(['vmm-a', 'vmm-b', 'vmm-b', 'vmm-b']);
+    // the VMs of vmm-a came from its report, their specs too
+    expect(b.prepared.map((p) => p.specName).sort()).toEqual(['vm1', 'vm2', 'vm3', 'vm4']);
+    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+  });
+
+  it('refuses to live-update an instance whose VMs the migrator has not heard of yet', async () => {
+    registry.register({ id: 'vmm-c', address: 'c:1', version: 't', vmCount: 3, vmsVersion: 7 });
+    await expect(
+      jobs.liveUpdate({ fromVmm: 'vmm-c', toVmm: 'vmm-b', concurrency: 1, parameters: {} }),
+    ).rejects.toMatchObject({
+      code: 'MIGRATOR_VMM_UNAVAILABLE',
+      message: expect.stringMatching(/vmm-c has not reported its VMs/),
+    });
   });
 
   it('cancels a live update: running children are cancelled, queued ones never start', async () => {
@@ -281,7 +347,7 @@ describe('JobManager against fake vmm instances', () => {
     expect([...world.values()].every((v) => v === 'vmm-a')).toBe(true);
   });
 
-  it('after a restart fails in-flight jobs and asks the source to cancel', async () => {
+  it('after a restart fails in-flight jobs, asks the source to cancel and says where the VM is', async () => {
     a.scripts.set('vm1', {
       steps: Array.from({ length: 100 }, () => ({
         status: 'active' as const,
@@ -308,6 +374,11 @@ describe('JobManager against fake vmm instances', () => {
     expect(failed.info.errorDesc).toMatch(/migrator restarted/);
     await next.idle();
     expect(a.calls).toContain('cancelMigration:vm1');
+    // it asked both ends where the VM runs afterwards, and destroyed nothing
+    expect(next.get(job.id).info.errorDesc).toMatch(
+      /afterwards vmm-a reported the migration cancelled and vmm-a kept the VM/,
+    );
+    expect(a.calls.filter((c) => c.startsWith('destroyVm'))).toEqual([]);
     await next.close();
     // the old migration saw the cancel: the VM stayed where it was, once
     await jobs.idle();

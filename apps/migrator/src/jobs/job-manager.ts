@@ -1,22 +1,24 @@
 import { randomBytes } from 'node:crypto';
-import { vmm as vpb } from '@handoff/proto';
 import {
   MigrationStateMachine,
   QapiError,
   assertValidMigrationConfig,
   emptyMigrationInfo,
   emptyRamStats,
+  isActive,
   type MigrationCapabilities,
   type MigrationInfo,
   type MigrationParameterOverrides,
   type MigrationStatus,
   type RamStats,
 } from '@handoff/qapi';
-import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
-import { RemoteError, createClient, unaryCall, type Logger } from '@handoff/service';
+import type { Logger } from '@handoff/service';
+import { VmmClients, type PreparedTarget, type VmmCalls } from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
-import type { VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
+import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
+import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import { isFinished, statusPath, type Job, type JobKind } from './job.js';
+import { cancelAfterRestart, whereAfterRestart, type RecoveryTiming } from './recovery.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
 export interface JobSink {
@@ -39,12 +41,17 @@ export interface JobManagerOptions {
   journal?: JobSink;
   /** Jobs read back from the journal (in-flight ones are failed by {@link JobManager.recover}). */
   restored?: Job[];
-  /** How often a running migration's progress is polled (GetMigration). */
+  /**
+   * How often, after a restart, the source of a job failed by it is asked (GetMigration)
+   * whether its migration ended. A running job's progress comes on MigrateVm's stream.
+   */
   pollIntervalMs?: number;
-  /** Deadline of MigrateVm: the longest a single migration may take. */
+  /** Deadline of MigrateVm: the longest a single migration may take (the source cancels it then). */
   migrationTimeoutMs?: number;
-  /** Deadline of every other vmm call. */
+  /** Deadline of every other vmm call (of the default {@link JobManagerOptions.vmms}). */
   callTimeoutMs?: number;
+  /** How the jobs reach vmm instances (default: gRPC clients, {@link VmmClients}). */
+  vmms?: VmmCalls;
   /** VMs a live update migrates at once when the request says 0. */
   defaultConcurrency?: number;
   /** How long recovery keeps trying to reach a source vmm to cancel. */
@@ -54,25 +61,15 @@ export interface JobManagerOptions {
 /** Called with a job snapshot after every change. */
 export type JobListener = (job: Job) => void;
 
-const VM_STATES_TO_MOVE = new Set([
-  vpb.VmState.VM_STATE_RUNNING,
-  vpb.VmState.VM_STATE_PAUSED,
-  vpb.VmState.VM_STATE_CREATED,
-]);
-const VM_STATES_NOT_OWNED = new Set([
-  vpb.VmState.VM_STATE_POSTMIGRATE,
-  vpb.VmState.VM_STATE_INMIGRATE,
-]);
-
 interface Live {
   job: Job;
+  /** The VM's spec as its source reported it (for PrepareIncoming); not journaled. */
+  spec: VmSpec | undefined;
   sm: MigrationStateMachine;
   cancelRequested: boolean;
-  /** Set while MigrateVm is outstanding: the source's name of the VM. */
+  /** Set while MigrateVm is outstanding (a cancel then goes to the source). */
   migrating: boolean;
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
 /**
  * Runs migrate and live-update jobs. The migrator only coordinates: the vmm
@@ -83,14 +80,11 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.
 export class JobManager {
   private readonly jobs = new Map<string, Live>();
   private readonly listeners = new Map<string, Set<JobListener>>();
-  private readonly clients = new Map<string, vpb.VmmServiceClient>();
+  private readonly vmms: VmmCalls;
   private readonly running = new Set<Promise<unknown>>();
-  /** Removal of a source's postmigrate husk, by `address|vm`: a later job to there awaits it. */
-  private readonly retiring = new Map<string, Promise<void>>();
   private readonly log: Logger;
   private readonly pollMs: number;
   private readonly migrationTimeoutMs: number;
-  private readonly callTimeoutMs: number;
   private readonly defaultConcurrency: number;
   private closed = false;
 
@@ -98,12 +92,13 @@ export class JobManager {
     this.log = opts.logger;
     this.pollMs = opts.pollIntervalMs ?? 100;
     this.migrationTimeoutMs = opts.migrationTimeoutMs ?? 10 * 60_000;
-    this.callTimeoutMs = opts.callTimeoutMs ?? 5000;
+    this.vmms = opts.vmms ?? new VmmClients(opts.callTimeoutMs ?? 5000);
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
         job,
         sm: new MigrationStateMachine({ initial: job.info.status }),
+        spec: undefined,
         cancelRequested: false,
         migrating: false,
       });
@@ -128,7 +123,7 @@ export class JobManager {
       this.update(live, { info: { ...live.job.info, status: 'failed', errorDesc: desc } }, true);
       failed.push(live.job.id);
       if (live.job.kind === 'migrate' && live.job.sourceAddress !== '' && was !== 'none') {
-        this.track(this.cancelAfterRestart(live).then(() => this.settleAfterRestart(live)));
+        this.track(this.settleAfterRestart(live));
       }
     }
     if (failed.length > 0) this.log.warn({ jobs: failed }, 'failed in-flight jobs after a restart');
@@ -147,8 +142,9 @@ export class JobManager {
     const config = validated(req.capabilities, req.parameters);
     const target = this.opts.registry.get(req.targetVmm);
     const t0 = performance.now();
-    const source = await this.findVm(req.vm);
-    const findVmMs = performance.now() - t0;
+    const at = await this.locate(req.vm);
+    const source = at.vmm;
+    const locateMs = performance.now() - t0;
     if (source.id === target.id) {
       throw invalid(
         `VM ${req.vm} already runs on ${target.id}: source and target are the same vmm; pick another --to`,
@@ -157,6 +153,7 @@ export class JobManager {
     this.assertNotBusy(req.vm);
     const live = this.create('migrate', {
       vm: req.vm,
+      spec: at.vm.spec,
       source,
       target,
       capabilities: config,
@@ -166,8 +163,8 @@ export class JobManager {
     this.log.debug(
       {
         job: live.job.id,
-        findVmMs: round(findVmMs),
-        createMs: round(performance.now() - t0 - findVmMs),
+        locateMs: round(locateMs),
+        createMs: round(performance.now() - t0 - locateMs),
       },
       'migrate job created',
     );
@@ -191,11 +188,20 @@ export class JobManager {
       throw invalid(`--from and --to are both ${from.id}: a live update moves VMs to another vmm`);
     }
     const capabilities = validated({ 'bypass-shared-memory': true }, req.parameters);
-    const vms = (await this.listVms(from)).filter((v) => VM_STATES_TO_MOVE.has(v.state));
+    const reported = this.opts.registry.vmsOn(from.id);
+    if (reported === undefined) {
+      throw new MigratorError(
+        'MIGRATOR_VMM_UNAVAILABLE',
+        `vmm ${from.id} has not reported its VMs to this migrator yet (it does with its next ` +
+          'heartbeat, within seconds); try the live update again in a moment',
+      );
+    }
+    const vms = reported.filter((v) => isMovable(v.state));
     for (const v of vms) this.assertNotBusy(v.name);
     const concurrency = req.concurrency > 0 ? req.concurrency : this.defaultConcurrency;
     const parent = this.create('live-update', {
       vm: '',
+      spec: undefined,
       source: from,
       target: to,
       capabilities,
@@ -205,6 +211,7 @@ export class JobManager {
     const children = vms.map((v) =>
       this.create('migrate', {
         vm: v.name,
+        spec: v.spec,
         source: from,
         target: to,
         capabilities,
@@ -237,12 +244,7 @@ export class JobManager {
     live.cancelRequested = true;
     if (live.migrating) {
       try {
-        await unaryCall(
-          this.client(live.job.sourceAddress),
-          'cancelMigration',
-          { name: live.job.vm },
-          { deadlineMs: this.callTimeoutMs },
-        );
+        await this.vmms.cancelMigration(live.job.sourceAddress, live.job.vm);
       } catch (err) {
         // the source refused (e.g. past the point of no return): the job runs on
         live.cancelRequested = false;
@@ -303,10 +305,7 @@ export class JobManager {
   /** Stops background work and closes vmm clients (running jobs stay in the journal as in flight). */
   async close(): Promise<void> {
     this.closed = true;
-    // a husk being removed right now is removed before the clients go
-    await Promise.allSettled([...this.retiring.values()]);
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
+    this.vmms.close();
     this.opts.journal?.close?.();
   }
 
@@ -323,71 +322,49 @@ export class JobManager {
     const started = Date.now();
     // where the job's wall time goes (logged when it ends)
     const t0 = performance.now();
-    const phases = { queuedMs: started - job.createdAt.getTime(), waitHuskMs: 0, prepareMs: 0 };
-    const rounded = () => ({
-      ...phases,
-      waitHuskMs: round(phases.waitHuskMs),
-      prepareMs: round(phases.prepareMs),
-    });
+    const phases = { queuedMs: started - job.createdAt.getTime(), prepareMs: 0 };
+    const rounded = () => ({ ...phases, prepareMs: round(phases.prepareMs) });
     let migrateStart = t0;
     try {
       if (live.cancelRequested) return this.finishCancelled(live);
       this.toStatus(live, 'setup');
       log.info({ from: job.sourceVmm, to: job.targetVmm }, 'migration started');
-      // the VM may have just left the target: its postmigrate husk there must be gone first
-      await this.retiring.get(`${job.targetAddress}|${job.vm}`);
-      if (live.cancelRequested) return this.finishCancelled(live);
       const prepStart = performance.now();
-      phases.waitHuskMs = prepStart - t0;
       // the job's lines reach the disk while the target prepares, before the VM can move
       const synced = this.syncJournal();
-      const prep = await this.prepareIncoming(job, log);
+      const prep = await this.prepareIncoming(live);
       await synced;
       if (live.cancelRequested) return this.finishCancelled(live);
       migrateStart = performance.now();
       phases.prepareMs = migrateStart - prepStart;
       live.migrating = true;
-      let done = false;
-      let stopPolling = (): void => undefined;
-      const stopped = new Promise<void>((resolve) => (stopPolling = resolve));
-      this.track(this.poll(live, () => done, stopped));
-      let result: MigrationInfo | undefined;
+      let final: MigrationInfo;
       try {
-        const res = await unaryCall(
-          this.client(job.sourceAddress),
-          'migrateVm',
+        // One stream carries the progress (a report on each status change and about every
+        // 250 ms) and, last, the final info.
+        final = await this.vmms.migrate(
+          job.sourceAddress,
           {
-            name: job.vm,
+            vm: job.vm,
             jobId: job.id,
-            targetAddress: prep.address,
-            token: prep.token,
-            capabilities: capabilitiesToWire(job.capabilities),
-            parameters: parametersToWire(job.parameters),
-            targetDataAddress: prep.dataAddress,
-            targetHandoffSlot: prep.handoffSlot,
+            target: prep,
+            capabilities: job.capabilities,
+            parameters: job.parameters,
           },
-          { deadlineMs: this.migrationTimeoutMs },
+          { deadlineMs: this.migrationTimeoutMs, onProgress: (info) => this.progress(live, info) },
         );
-        result = res.info !== undefined ? migrationInfoFromWire(res.info) : undefined;
       } finally {
-        // the poller stops at once (no waiting out its sleep); a report still in flight is dropped
-        done = true;
         live.migrating = false;
-        stopPolling();
       }
-      const final: MigrationInfo = result ?? {
-        ...live.job.info,
-        status: 'completed',
-        totalTimeMs: Date.now() - started,
-      };
       if (final.status === 'failed') {
         this.finishFailed(live, final.errorDesc ?? 'the source vmm reported the migration failed');
       } else if (final.status === 'cancelled') {
         this.finishCancelled(live, final);
       } else {
-        // the VM runs on the target: the job is done; the husk on the source goes afterwards
+        // the VM runs on the target: the job is done (the source retires its postmigrate copy
+        // on its own; a PrepareIncoming of that name there waits for it)
+        this.opts.registry.moved(job.vm, job.sourceVmm, job.targetVmm);
         this.finishCompleted(live, { ...final, status: 'completed' });
-        this.retireInBackground(live.job, log);
       }
       const end = performance.now();
       log.info(
@@ -415,106 +392,26 @@ export class JobManager {
     }
   }
 
-  /**
-   * PrepareIncoming on the target. If the target refuses because it still lists the VM as a
-   * `postmigrate` husk (a migrator stopped or killed right after an earlier job, before it
-   * removed it), the husk is destroyed and PrepareIncoming asked once more.
-   */
-  private async prepareIncoming(job: Job, log: Logger): Promise<vpb.PrepareIncomingResponse> {
-    const client = this.client(job.targetAddress);
-    const opts = { deadlineMs: this.callTimeoutMs };
+  /** PrepareIncoming on the target, with the spec the source reported. */
+  private prepareIncoming(live: Live): Promise<PreparedTarget> {
+    const { job } = live;
     // With the VM's spec the target maps its RAM and builds the machine before the stream
     // starts (outside the migration's setup and total time, as a QEMU started with -incoming
-    // is ready before `migrate`). Without it (the source does not answer) it builds them then.
-    const source = await unaryCall(
-      this.client(job.sourceAddress),
-      'getVm',
-      { name: job.vm },
-      opts,
-    ).catch(() => undefined);
-    const prepare = () =>
-      unaryCall(
-        client,
-        'prepareIncoming',
-        {
-          name: job.vm,
-          jobId: job.id,
-          spec: source?.vm?.spec,
-          capabilities: capabilitiesToWire(job.capabilities),
-        },
-        opts,
-      );
-    try {
-      return await prepare();
-    } catch (err) {
-      if (!(err instanceof RemoteError) || err.code !== 'VMM_VM_EXISTS') throw err;
-      const there = await unaryCall(client, 'getVm', { name: job.vm }, opts).catch(() => null);
-      if (there?.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) throw err;
-      await unaryCall(client, 'destroyVm', { name: job.vm }, opts);
-      log.info({ vmm: job.targetVmm }, 'destroyed a postmigrate VM left on the target');
-      return prepare();
-    }
-  }
-
-  private retireInBackground(job: Job, log: Logger): void {
-    const key = `${job.sourceAddress}|${job.vm}`;
-    const p = this.retireSource(job, log).finally(() => {
-      if (this.retiring.get(key) === p) this.retiring.delete(key);
+    // is ready before `migrate`). Without it, it builds them when the stream's header comes.
+    return this.vmms.prepareIncoming(job.targetAddress, {
+      vm: job.vm,
+      jobId: job.id,
+      spec: live.spec,
+      capabilities: job.capabilities,
     });
-    this.retiring.set(key, p);
-    this.track(p);
   }
 
-  /**
-   * After a completed migration the source keeps the VM listed as
-   * `postmigrate` (it never runs there again; its handed-off memory is not
-   * given back). Like a management toolkit, the migrator destroys that husk so
-   * the name is free for a later migration back. Only a `postmigrate` VM is
-   * destroyed; anything else is left alone. Best-effort.
-   */
-  private async retireSource(job: Job, log: Logger): Promise<void> {
-    const client = this.client(job.sourceAddress);
-    try {
-      const res = await unaryCall(
-        client,
-        'getVm',
-        { name: job.vm },
-        { deadlineMs: this.callTimeoutMs },
-      );
-      if (res.vm?.state !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
-      await unaryCall(client, 'destroyVm', { name: job.vm }, { deadlineMs: this.callTimeoutMs });
-      log.info({ vmm: job.sourceVmm }, 'destroyed the postmigrate VM on the source');
-    } catch (err) {
-      log.warn({ err, vmm: job.sourceVmm }, 'could not remove the postmigrate VM from the source');
-    }
-  }
-
-  /** Polls GetMigration into the job while MigrateVm is outstanding. */
-  private async poll(live: Live, done: () => boolean, stopped: Promise<void>): Promise<void> {
-    const client = this.client(live.job.sourceAddress);
-    while (!done() && !this.closed) {
-      await Promise.race([sleep(this.pollMs), stopped]);
-      if (done()) return;
-      try {
-        const res = await unaryCall(
-          client,
-          'getMigration',
-          { name: live.job.vm },
-          { deadlineMs: Math.max(this.pollMs * 5, 1000) },
-        );
-        if (done() || res.info === undefined) continue;
-        const info = migrationInfoFromWire(res.info);
-        if (info.status === 'none' || info.status === 'completed' || info.status === 'failed') {
-          // the final word is MigrateVm's answer; a stale or early report is ignored
-          this.update(live, { info: { ...info, status: live.job.info.status } });
-          continue;
-        }
-        this.toStatus(live, info.status);
-        this.update(live, { info: { ...info, status: live.job.info.status } });
-      } catch {
-        // progress is best-effort; MigrateVm's outcome decides the job
-      }
-    }
+  /** A progress report of MigrateVm's stream into the job. */
+  private progress(live: Live, info: MigrationInfo): void {
+    // The last message (the final info) is handled when the call ended OK.
+    if (!isActive(info.status)) return;
+    this.toStatus(live, info.status);
+    this.update(live, { info: { ...info, status: live.job.info.status } });
   }
 
   private finishCompleted(live: Live, info: MigrationInfo): void {
@@ -621,6 +518,7 @@ export class JobManager {
     kind: JobKind,
     p: {
       vm: string;
+      spec: VmSpec | undefined;
       source: VmmRecord;
       target: VmmRecord;
       capabilities: MigrationCapabilities;
@@ -649,6 +547,7 @@ export class JobManager {
         parent: p.parent,
       },
       sm: new MigrationStateMachine(),
+      spec: p.spec,
       cancelRequested: false,
       migrating: false,
     };
@@ -733,142 +632,55 @@ export class JobManager {
     }
   }
 
-  /** The instance that owns `vm` (not one holding it as inmigrate/postmigrate). */
-  private async findVm(vm: string): Promise<VmmRecord> {
-    const instances = this.opts.registry.list();
-    const answers = await Promise.all(
-      instances.map(async (r) => {
-        try {
-          return { r, vms: await this.listVms(r) };
-        } catch {
-          return { r, vms: [] as vpb.Vm[] };
-        }
+  /**
+   * Where `vm` runs, by the instances' reports. A VM the reports do not place yet (created a
+   * moment ago, its report still on the way; or a migrator that just restarted) is asked for
+   * once: GetVm of that one VM on every alive instance; an owner's answer is recorded.
+   *
+   * @throws MigratorError `MIGRATOR_VM_NOT_FOUND` when no alive instance has it either
+   */
+  private async locate(vm: string): Promise<VmLocation> {
+    const known = this.opts.registry.locate(vm);
+    if (known !== undefined) return known;
+    const alive = this.opts.registry.list().filter((r) => r.alive);
+    await Promise.all(
+      alive.map(async (r) => {
+        const found = await this.vmms.vm(r.address, vm).catch(() => null);
+        if (found !== null && ownsVm(found.state)) this.opts.registry.learned(r.id, found);
       }),
     );
-    const owners = answers.filter((a) =>
-      a.vms.some((v) => v.name === vm && !VM_STATES_NOT_OWNED.has(v.state)),
+    const found = this.opts.registry.locate(vm);
+    if (found !== undefined) return found;
+    const asked = alive.map((r) => r.id).join(', ') || 'none alive';
+    throw new MigratorError(
+      'MIGRATOR_VM_NOT_FOUND',
+      `no vmm instance runs a VM named ${vm} (asked: ${asked}); list VMs with \`vmctl vm list\``,
     );
-    if (owners.length === 0) {
-      const asked = instances.map((r) => r.id).join(', ') || 'none registered';
-      throw new MigratorError(
-        'MIGRATOR_VM_NOT_FOUND',
-        `no vmm instance runs a VM named ${vm} (asked: ${asked}); list VMs with \`vmctl vm list\``,
-      );
-    }
-    return owners[0]!.r;
-  }
-
-  private async listVms(r: VmmRecord): Promise<vpb.Vm[]> {
-    try {
-      const res = await unaryCall(
-        this.client(r.address),
-        'listVms',
-        {},
-        { deadlineMs: this.callTimeoutMs },
-      );
-      return res.vms;
-    } catch (err) {
-      throw new MigratorError(
-        'MIGRATOR_VMM_UNAVAILABLE',
-        `vmm ${r.id} at ${r.address} did not answer ListVms: ${(err as Error).message}`,
-        { cause: err },
-      );
-    }
-  }
-
-  private async cancelAfterRestart(live: Live): Promise<void> {
-    const { job } = live;
-    const deadline = Date.now() + (this.opts.recoveryRetryMs ?? 30_000);
-    for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 2000)) {
-      try {
-        await unaryCall(
-          this.client(job.sourceAddress),
-          'cancelMigration',
-          { name: job.vm },
-          { deadlineMs: this.callTimeoutMs },
-        );
-        this.log.info({ job: job.id, vm: job.vm }, 'asked the source vmm to cancel after restart');
-        return;
-      } catch (err) {
-        const unreachable = err instanceof RemoteError && (err.status === 14 || err.status === 4); // UNAVAILABLE, DEADLINE
-        if (!unreachable) {
-          // the vmm answered (e.g. no migration running any more): its rules decided
-          this.log.info({ job: job.id, vm: job.vm, err }, 'source vmm answered the cancel');
-          return;
-        }
-        if (Date.now() > deadline) {
-          this.log.warn(
-            { job: job.id, vm: job.vm },
-            'source vmm unreachable; cancel not delivered',
-          );
-          return;
-        }
-        await sleep(delay);
-      }
-    }
   }
 
   /**
-   * After the restart's cancel: waits (up to the migration timeout) until the source's
-   * migration of the VM ended. If the VM then runs on the target and the source holds only its
-   * `postmigrate` husk, the husk is destroyed (as after a completed job, so the VM can migrate
-   * back) and the failed job says where the VM went. Anything else is left as it is: the job
-   * stays failed and the vmm instances' own rules decided where the VM runs.
+   * For a job the restart failed: the source is asked to cancel, then where the VM runs is
+   * added to the job's error (see recovery.ts). Nothing is destroyed or retried.
    */
   private async settleAfterRestart(live: Live): Promise<void> {
     const { job } = live;
     const log = this.log.child({ job: job.id, vm: job.vm });
-    const source = this.client(job.sourceAddress);
-    const target = this.client(job.targetAddress);
-    const opts = { deadlineMs: this.callTimeoutMs };
-    const deadline = Date.now() + this.migrationTimeoutMs;
+    const timing: RecoveryTiming = {
+      retryMs: this.opts.recoveryRetryMs ?? 30_000,
+      timeoutMs: this.migrationTimeoutMs,
+      pollMs: this.pollMs,
+      closed: () => this.closed,
+    };
     try {
-      for (;;) {
-        if (this.closed) return;
-        const res = await unaryCall(source, 'getMigration', { name: job.vm }, opts).catch(
-          (err: unknown) => {
-            // the source answered that it knows no migration of the VM: nothing to settle
-            if (err instanceof RemoteError && err.status !== 14 && err.status !== 4) return null;
-            throw err;
-          },
-        );
-        if (res === null) return;
-        const status = res.info !== undefined ? migrationInfoFromWire(res.info).status : 'none';
-        if (['none', 'completed', 'failed', 'cancelled'].includes(status)) break;
-        if (Date.now() > deadline) return;
-        await sleep(Math.max(this.pollMs, 50));
-      }
-      const [src, dst] = await Promise.all([
-        unaryCall(source, 'getVm', { name: job.vm }, opts).then(
-          (r) => r.vm?.state,
-          () => undefined,
-        ),
-        unaryCall(target, 'getVm', { name: job.vm }, opts).then(
-          (r) => r.vm?.state,
-          () => undefined,
-        ),
-      ]);
-      if (src !== vpb.VmState.VM_STATE_POSTMIGRATE) return;
-      if (dst === undefined || !VM_STATES_TO_MOVE.has(dst)) return;
-      await this.retireSource(job, log);
-      const errorDesc =
-        `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; afterwards ` +
-        `${job.sourceVmm} reported the migration completed and ${job.targetVmm} runs the VM ` +
-        `(the postmigrate copy on ${job.sourceVmm} was removed)`;
+      await cancelAfterRestart(this.vmms, job, timing, log);
+      const where = await whereAfterRestart(this.vmms, job, timing);
+      if (where === undefined) return;
+      const errorDesc = `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; ${where}`;
       this.update(live, { info: { ...live.job.info, errorDesc } }, true);
-      log.info({ vmm: job.targetVmm }, 'after the restart: the VM runs on the target');
+      log.info({ where }, 'after the restart: where the VM runs');
     } catch (err) {
       log.warn({ err }, 'could not settle a job failed by the restart');
     }
-  }
-
-  private client(address: string): vpb.VmmServiceClient {
-    let c = this.clients.get(address);
-    if (c === undefined) {
-      c = createClient(vpb.VmmServiceClient, address);
-      this.clients.set(address, c);
-    }
-    return c;
   }
 
   private track(p: Promise<unknown>): void {

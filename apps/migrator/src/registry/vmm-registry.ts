@@ -1,4 +1,6 @@
 import { MigratorError } from '../errors.js';
+import type { HostedVm, HostedVms } from './hosted-vm.js';
+import { Placement } from './placement.js';
 
 /** A vmm instance as the migrator knows it. */
 export interface VmmRecord {
@@ -10,24 +12,51 @@ export interface VmmRecord {
   alive: boolean;
 }
 
+/** A registration or heartbeat of a vmm instance. */
+export interface Registration {
+  id: string;
+  address: string;
+  version: string;
+  vmCount: number;
+  /** The version of the instance's VM set now. */
+  vmsVersion: number;
+  /** The set itself, when the instance sends it along (else a plain heartbeat). */
+  vms?: HostedVms;
+}
+
+/** Where a VM runs: its instance and the VM as that instance reported it. */
+export interface VmLocation {
+  vmm: VmmRecord;
+  vm: HostedVm;
+}
+
 const ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
 /**
- * The registry of vmm instances. Instances register on start and repeat the
- * call as a heartbeat; one not heard from within `expiryMs` is reported not
- * alive (kept, so its VMs can still be found). State is in memory: after a
- * migrator restart every instance re-registers within one heartbeat.
+ * The registry of vmm instances and of the VMs they host. Instances register on start and
+ * repeat the call as a heartbeat; one not heard from within `expiryMs` is reported not alive
+ * (kept in the list) and its VMs are no longer placed until it reports them again. Instances
+ * report their VM set with the registration and after every change; a heartbeat carries the
+ * set's version only, and a version the registry does not hold is answered "send it". State is
+ * in memory: after a migrator restart every instance re-registers within one heartbeat and
+ * reports its VMs right after.
  */
 export class VmmRegistry {
   private readonly records = new Map<string, Omit<VmmRecord, 'alive'>>();
+  private readonly placement = new Placement();
 
   constructor(
     private readonly expiryMs: number,
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Records a registration or heartbeat; returns true when the instance is new. */
-  register(entry: { id: string; address: string; version: string; vmCount: number }): boolean {
+  /**
+   * Records a registration or heartbeat (and the VM set it carries). `isNew`: the instance was
+   * unknown; `vmsWanted`: the registry does not hold its VM set at `vmsVersion`.
+   *
+   * @throws MigratorError `MIGRATOR_INVALID_ARGUMENT` for a bad id or no address
+   */
+  register(entry: Registration): { isNew: boolean; vmsWanted: boolean } {
     if (!ID_PATTERN.test(entry.id)) {
       throw new MigratorError(
         'MIGRATOR_INVALID_ARGUMENT',
@@ -40,9 +69,35 @@ export class VmmRegistry {
         `vmm ${entry.id} registered without an address`,
       );
     }
-    const isNew = !this.records.has(entry.id);
-    this.records.set(entry.id, { ...entry, lastSeen: new Date(this.now()) });
-    return isNew;
+    const before = this.records.get(entry.id);
+    // An instance back from expiry reports its VMs anew: what it said before may be stale.
+    if (before !== undefined && !this.isAlive(before)) this.placement.forget(entry.id);
+    const { vms, vmsVersion: _version, ...record } = entry;
+    this.records.set(entry.id, { ...record, lastSeen: new Date(this.now()) });
+    if (vms !== undefined) this.placement.replace(entry.id, vms);
+    return {
+      isNew: before === undefined,
+      vmsWanted: this.placement.versionOf(entry.id) !== entry.vmsVersion,
+    };
+  }
+
+  /**
+   * Replaces the VM set of a registered instance with its report.
+   *
+   * @throws MigratorError `MIGRATOR_VMM_NOT_FOUND` when the instance is not registered
+   */
+  reportVms(id: string, vms: HostedVms): void {
+    const r = this.records.get(id);
+    if (r === undefined) {
+      throw new MigratorError(
+        'MIGRATOR_VMM_NOT_FOUND',
+        `vmm ${id} reported its VMs before it registered; call RegisterVmm first`,
+      );
+    }
+    // Reports count as signs of life between heartbeats.
+    if (!this.isAlive(r)) this.placement.forget(id);
+    r.lastSeen = new Date(this.now());
+    this.placement.replace(id, vms);
   }
 
   /** Every known instance, sorted by id. */
@@ -65,7 +120,41 @@ export class VmmRegistry {
     return this.withLiveness(r);
   }
 
+  /** The alive instance that owns VM `name` by the reports, or undefined. */
+  locate(name: string): VmLocation | undefined {
+    const found = this.placement.locate(name, (id) => this.aliveId(id));
+    return found === undefined ? undefined : { vmm: this.get(found.vmmId), vm: found.vm };
+  }
+
+  /**
+   * The VMs alive instance `id` owns by its reports; undefined when it sent none yet (or it is
+   * not alive).
+   */
+  vmsOn(id: string): HostedVm[] | undefined {
+    if (!this.aliveId(id)) return undefined;
+    return this.placement.vmsOf(id, (other) => this.aliveId(other));
+  }
+
+  /** Instance `id` answered that it holds `vm` (a lookup outside its reports). */
+  learned(id: string, vm: HostedVm): void {
+    if (this.records.has(id)) this.placement.learn(id, vm);
+  }
+
+  /** A job moved VM `name` from instance `from` to `to` (the migrator saw it complete). */
+  moved(name: string, from: string, to: string): void {
+    this.placement.moved(name, from, to);
+  }
+
+  private aliveId(id: string): boolean {
+    const r = this.records.get(id);
+    return r !== undefined && this.isAlive(r);
+  }
+
+  private isAlive(r: Omit<VmmRecord, 'alive'>): boolean {
+    return this.now() - r.lastSeen.getTime() <= this.expiryMs;
+  }
+
   private withLiveness(r: Omit<VmmRecord, 'alive'>): VmmRecord {
-    return { ...r, alive: this.now() - r.lastSeen.getTime() <= this.expiryMs };
+    return { ...r, alive: this.isAlive(r) };
   }
 }

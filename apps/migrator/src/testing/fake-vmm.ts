@@ -1,11 +1,14 @@
-import { serviceNames, vmm as pb } from '@handoff/proto';
+import { migrator as mpb, serviceNames, vmm as pb } from '@handoff/proto';
 import { emptyMigrationInfo, type MigrationInfo, type MigrationStatus } from '@handoff/qapi';
 import { migrationInfoToWire } from '@handoff/qapi/wire';
 import {
   ServiceError,
+  createClient,
   createLogger,
+  serverStream,
   startServer,
   unary,
+  unaryCall,
   type RunningServer,
 } from '@handoff/service';
 
@@ -25,8 +28,38 @@ export interface FakeScript {
   failWith?: string;
 }
 
-/** Where the fake VMs live: VM name -> vmm id (shared by the fakes of one test). */
-export type FakeWorld = Map<string, string>;
+/**
+ * Where the fake VMs live: VM name -> vmm id, shared by the fakes of one test. Every change
+ * (a test placing a VM, a fake migration moving one) makes the fakes report their VMs.
+ */
+export class FakeWorld extends Map<string, string> {
+  private listeners: Set<() => void> | undefined;
+
+  override set(name: string, vmmId: string): this {
+    super.set(name, vmmId);
+    this.changed();
+    return this;
+  }
+
+  override delete(name: string): boolean {
+    const had = super.delete(name);
+    if (had) this.changed();
+    return had;
+  }
+
+  /** Calls `listener` after every change; returns the unsubscribe function. */
+  onChange(listener: () => void): () => void {
+    (this.listeners ??= new Set()).add(listener);
+    return () => this.listeners?.delete(listener);
+  }
+
+  private changed(): void {
+    for (const l of [...(this.listeners ?? [])]) l();
+  }
+}
+
+/** Receives a fake's VM set (the wire form a vmm sends) after every change. */
+export type FakeReportSink = (vms: mpb.HostedVms) => unknown;
 
 const DEFAULT_SCRIPT: FakeScript = {
   steps: [
@@ -38,14 +71,19 @@ const DEFAULT_SCRIPT: FakeScript = {
   stepMs: 40,
 };
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 /**
- * An in-process stand-in for a vmm instance's migration RPCs (ListVms,
- * PrepareIncoming, MigrateVm, GetMigration, CancelMigration), served over
- * real gRPC on loopback, with scripted progress and failures. It tests the
- * migrator's coordination only; the real vmm has its own tests.
+ * An in-process stand-in for a vmm instance, served over real gRPC on loopback: the migration
+ * RPCs (PrepareIncoming, MigrateVm streaming scripted progress, GetMigration, CancelMigration),
+ * GetVm and ListVms (counted, so tests see the migrator does not use them per job), and the
+ * VM reports a vmm sends the migrator. Like the real vmm, a completed migration's source lists
+ * the VM as `postmigrate` for {@link FakeVmm.retireMs}, then drops it on its own, and
+ * PrepareIncoming waits for a VM of that name to be gone. It tests the migrator's coordination
+ * only; the real vmm has its own tests.
  */
 export class FakeVmm {
-  /** Every call received, as `method:vm`. */
+  /** Every VmmService call received, as `method:vm`. */
   readonly calls: string[] = [];
   /** What each PrepareIncoming carried besides the name: the spec's name and the capabilities. */
   readonly prepared: { name: string; specName: string | undefined; capabilities: number[] }[] = [];
@@ -53,18 +91,28 @@ export class FakeVmm {
   readonly scripts = new Map<string, FakeScript>();
   /** Most migrations that ran at the same time. */
   maxConcurrent = 0;
+  /** How long a migrated-away VM stays `postmigrate` here before this fake retires it (ms). */
+  retireMs = 20;
+  /** While false, changes are not reported (a report late or lost); true reports at once. */
+  private reportsOn = true;
   private active = 0;
-  /** VMs handed to a target and still listed here as postmigrate. */
-  /** VMs listed as `postmigrate` here (a test may add one to play a husk left behind). */
-  readonly husks = new Set<string>();
+  /** VMs that moved away, `postmigrate` here until retired (resolves then). */
+  private readonly retiring = new Map<string, Promise<void>>();
   private readonly migrations = new Map<string, { info: MigrationInfo; cancelled: boolean }>();
+  private version = 1;
+  private sink: FakeReportSink | undefined;
+  private migrator: mpb.MigratorServiceClient | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly unsubscribe: () => void;
 
   private constructor(
     readonly id: string,
     private readonly world: FakeWorld,
     private readonly peers: Map<string, FakeVmm>,
     private server: RunningServer | undefined,
-  ) {}
+  ) {
+    this.unsubscribe = world.onChange(() => this.changed());
+  }
 
   /** Starts a fake on a free loopback port. */
   static async start(id: string, world: FakeWorld, peers = new Map<string, FakeVmm>()) {
@@ -92,56 +140,124 @@ export class FakeVmm {
     return this.server!.address;
   }
 
-  stop(): Promise<void> {
-    return this.server!.shutdown('test over');
+  /** The VMs this fake hosts, as a vmm reports them (running, or postmigrate while retiring). */
+  hostedVms(): mpb.HostedVms {
+    const running = [...this.world].filter(([, v]) => v === this.id).map(([name]) => name);
+    return {
+      version: BigInt(this.version),
+      vms: [
+        ...running.map((name) => this.vmOf(name, pb.VmState.VM_STATE_RUNNING)),
+        ...[...this.retiring.keys()]
+          .filter((name) => !running.includes(name))
+          .map((name) => this.vmOf(name, pb.VmState.VM_STATE_POSTMIGRATE)),
+      ].map(({ name, spec, state }) => ({ name, spec, state })),
+    };
+  }
+
+  /** Sends the VM set to `sink` now and after every change. */
+  reportTo(sink: FakeReportSink): void {
+    this.sink = sink;
+    sink(this.hostedVms());
+  }
+
+  /**
+   * Registers with the migrator at `address` (RegisterVmm with the VM set, as a vmm's first
+   * registration), heartbeats at the interval it answers (sending the set when it asks), and
+   * reports every change with ReportVms, one call at a time.
+   */
+  async registerWith(address: string): Promise<void> {
+    this.migrator?.close();
+    clearInterval(this.heartbeat);
+    const client = createClient(mpb.MigratorServiceClient, address);
+    this.migrator = client;
+    let chain: Promise<unknown> = Promise.resolve();
+    const serial = (call: () => Promise<unknown>) =>
+      (chain = chain.then(call).catch(() => undefined));
+    const register = async (withVms: boolean) => {
+      const set = this.hostedVms();
+      const res = await unaryCall(client, 'registerVmm', {
+        id: this.id,
+        address: this.address,
+        version: 'fake',
+        vmCount: set.vms.length,
+        vmsVersion: set.version,
+        vms: withVms ? set : undefined,
+      });
+      if (res.vmsWanted) this.sink?.(this.hostedVms());
+      return res.heartbeatIntervalMs;
+    };
+    const interval = await register(true);
+    this.sink = (vms) => serial(() => unaryCall(client, 'reportVms', { vmmId: this.id, vms }));
+    this.heartbeat = setInterval(() => void serial(() => register(false)), interval || 2000);
+    this.heartbeat.unref();
+  }
+
+  /**
+   * Holds the reports back (`false`: the migrator does not hear of changes, as when a report is
+   * still in flight) or sends the current set and reports again (`true`).
+   */
+  setReporting(on: boolean): void {
+    this.reportsOn = on;
+    if (on) this.sink?.(this.hostedVms());
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe();
+    clearInterval(this.heartbeat);
+    this.migrator?.close();
+    await this.server!.shutdown('test over');
+  }
+
+  private changed(): void {
+    this.version++;
+    if (this.reportsOn) this.sink?.(this.hostedVms());
+  }
+
+  private vmOf(name: string, state: pb.VmState): pb.Vm {
+    return pb.Vm.fromPartial({ name, vmmId: this.id, state, spec: { name, guest: 'ab' } });
+  }
+
+  /** The migrated-away VM leaves this fake after {@link retireMs}, as a vmm retires its husk. */
+  private retire(name: string): void {
+    const gone = sleep(this.retireMs).then(() => {
+      if (this.retiring.get(name) === gone) this.retiring.delete(name);
+      this.changed();
+    });
+    this.retiring.set(name, gone);
   }
 
   private implementation(logger: ReturnType<typeof createLogger>): Partial<pb.VmmServiceServer> {
-    const vmOf = (name: string): pb.Vm =>
-      pb.Vm.fromPartial({
-        name,
-        vmmId: this.id,
-        state: pb.VmState.VM_STATE_RUNNING,
-        spec: { name, guest: 'ab' },
-      });
+    const find = (name: string): pb.Vm | undefined => {
+      if (this.world.get(name) === this.id) return this.vmOf(name, pb.VmState.VM_STATE_RUNNING);
+      if (this.retiring.has(name)) return this.vmOf(name, pb.VmState.VM_STATE_POSTMIGRATE);
+      return undefined;
+    };
     return {
       listVms: unary(logger, () => {
         this.calls.push('listVms:');
-        return {
-          vms: [...this.world].filter(([, v]) => v === this.id).map(([name]) => vmOf(name)),
-        };
+        return { vms: this.hostedVms().vms.map((v) => find(v.name)!) };
       }),
       getVm: unary(logger, (req) => {
         this.calls.push(`getVm:${req.name}`);
-        if (this.husks.has(req.name)) {
-          return {
-            vm: pb.Vm.fromPartial({
-              name: req.name,
-              vmmId: this.id,
-              state: pb.VmState.VM_STATE_POSTMIGRATE,
-            }),
-          };
-        }
-        if (this.world.get(req.name) !== this.id) {
+        const vm = find(req.name);
+        if (vm === undefined) {
           throw new ServiceError('VMM_VM_NOT_FOUND', `no VM ${req.name} on ${this.id}`);
         }
-        return { vm: vmOf(req.name) };
+        return { vm };
       }),
       destroyVm: unary(logger, (req) => {
         this.calls.push(`destroyVm:${req.name}`);
-        if (!this.husks.delete(req.name)) {
-          throw new ServiceError('VMM_INVALID_STATE', `test fake destroys only postmigrate VMs`);
-        }
-        return {};
+        throw new ServiceError('VMM_INVALID_STATE', 'the test fake destroys nothing');
       }),
-      prepareIncoming: unary(logger, (req) => {
+      prepareIncoming: unary(logger, async (req) => {
         this.calls.push(`prepareIncoming:${req.name}`);
         this.prepared.push({
           name: req.name,
           specName: req.spec?.name,
           capabilities: [...req.capabilities],
         });
-        if (this.husks.has(req.name) || this.world.get(req.name) === this.id) {
+        await this.retiring.get(req.name); // a VM that just left under this name goes first
+        if (this.world.get(req.name) === this.id) {
           throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
         }
         return {
@@ -165,7 +281,7 @@ export class FakeVmm {
         m.cancelled = true;
         return {};
       }),
-      migrateVm: unary(logger, async (req) => {
+      migrateVm: serverStream(logger, async (req, call) => {
         this.calls.push(`migrateVm:${req.name}`);
         if (this.world.get(req.name) !== this.id) {
           throw new ServiceError('VMM_VM_NOT_FOUND', `no VM ${req.name} on ${this.id}`);
@@ -181,7 +297,7 @@ export class FakeVmm {
         const started = Date.now();
         try {
           for (const step of script.steps) {
-            await new Promise((r) => setTimeout(r, script.stepMs));
+            await sleep(script.stepMs);
             if (m.cancelled) {
               m.info = { ...m.info, status: 'cancelled' };
               throw new ServiceError(
@@ -206,15 +322,19 @@ export class FakeVmm {
                 bypassedBytes: 60 << 20,
               },
             };
+            // one progress report per step (the real vmm sends one per status change and
+            // about every 250 ms)
+            call.write({ info: migrationInfoToWire(m.info) });
           }
           if (script.failWith !== undefined) {
             m.info = { ...m.info, status: 'failed', errorDesc: script.failWith };
             throw new ServiceError('VMM_INVALID_STATE', script.failWith);
           }
           m.info = { ...m.info, status: 'completed', downtimeUs: 1500, deviceBytes: 8192 };
+          // postmigrate here at once, then gone; the target runs it
+          this.retire(req.name);
           this.world.set(req.name, target.id);
-          this.husks.add(req.name);
-          return { info: migrationInfoToWire(m.info) };
+          call.write({ info: migrationInfoToWire(m.info) });
         } finally {
           this.active--;
         }

@@ -1,19 +1,12 @@
 import { dateToTimestamp, vmm as pb } from '@handoff/proto';
-import type { RamBlockInfo, VmEvent, VmEventKind, VmInfo, VmState } from '../model/types.js';
+import type { RamBlockInfo, VmEvent, VmEventKind, VmInfo } from '../model/types.js';
 import { blockSpecToPb, specToPb } from '../wire/spec.js';
+import { STATE_TO_PB } from '../wire/vm.js';
 
 export { specFromPb, specToPb } from '../wire/spec.js';
+export { hostedVmToPb } from '../wire/vm.js';
 
 /** Wire ↔ domain conversions of the VmmService edge (a VM spec's are in ../wire/spec.ts). */
-
-const STATE_TO_PB: Record<VmState, pb.VmState> = {
-  created: pb.VmState.VM_STATE_CREATED,
-  running: pb.VmState.VM_STATE_RUNNING,
-  paused: pb.VmState.VM_STATE_PAUSED,
-  'powered-off': pb.VmState.VM_STATE_POWERED_OFF,
-  crashed: pb.VmState.VM_STATE_CRASHED,
-  postmigrate: pb.VmState.VM_STATE_POSTMIGRATE,
-};
 
 const EVENT_TO_PB: Record<VmEventKind, pb.VmEventKind> = {
   started: pb.VmEventKind.VM_EVENT_KIND_STARTED,

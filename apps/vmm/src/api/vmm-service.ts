@@ -22,6 +22,7 @@ import {
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
+import { streamMigration } from './migrate-stream.js';
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = [`${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}`];
@@ -91,13 +92,13 @@ export function vmmServices(deps: {
         handoffSlot: prepared.switchoverSlot ?? '',
       };
     }),
-    migrateVm: unary(logger, async (req: pb.MigrateVmRequest) => {
+    migrateVm: serverStream(logger, async (req: pb.MigrateVmRequest, call) => {
       const set = req.parameters === undefined ? {} : parametersFromWire(req.parameters);
       const { capabilities, parameters } = assertValidMigrationConfig({
         capabilities: capabilitiesFromWire(req.capabilities),
         parameters: set,
       });
-      const info = await migrations.migrate({
+      const request = {
         name: requireName(req.name),
         jobId: req.jobId,
         target: {
@@ -109,8 +110,8 @@ export function vmmServices(deps: {
         capabilities,
         parameters,
         parametersSet: Object.keys(set) as MigrationParameterName[],
-      });
-      return { info: migrationInfoToWire(info) };
+      };
+      await streamMigration(migrations, request, call);
     }),
     getMigration: unary(logger, (req: pb.GetMigrationRequest) => ({
       info: migrationInfoToWire(migrations.info(requireName(req.name))),

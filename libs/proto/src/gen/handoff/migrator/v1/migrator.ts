@@ -28,6 +28,7 @@ import {
   MigrationInfo,
   MigrationParameters,
 } from "../../migration/v1/migration.js";
+import { VmSpec, VmState, vmStateFromJSON, vmStateToJSON } from "../../vmm/v1/vmm.js";
 
 export const protobufPackage = "handoff.migrator.v1";
 
@@ -103,7 +104,7 @@ export interface VmmInstance {
   lastSeen:
     | Timestamp
     | undefined;
-  /** False when no heartbeat arrived within the expiry window. */
+  /** False when no heartbeat arrived within the expiry window (its VMs are then not placed). */
   alive: boolean;
   vmCount: number;
 }
@@ -134,16 +135,64 @@ export interface GetInfoResponse {
   activeJobs: number;
 }
 
+/** A VM as the vmm instance hosting it reports it: what the migrator needs to find and move it. */
+export interface HostedVm {
+  name: string;
+  /** The spec the VM runs with (the migrator hands it to the target's PrepareIncoming). */
+  spec:
+    | VmSpec
+    | undefined;
+  /**
+   * The state when the set was reported. A state change alone (pause, power-off) sends no
+   * report, so this may be stale; POSTMIGRATE marks a VM that moved away and is being retired.
+   */
+  state: VmState;
+}
+
+/** Every VM one vmm instance hosts, at one version of that set. */
+export interface HostedVms {
+  /**
+   * Grows with every change of the set (a VM created, arrived, destroyed or retired after it
+   * migrated away); starts over when the instance's process restarts.
+   */
+  version: bigint;
+  vms: HostedVm[];
+}
+
 export interface RegisterVmmRequest {
   id: string;
   address: string;
   version: string;
   vmCount: number;
+  /** The version of the instance's VM set now (HostedVms.version), in every heartbeat. */
+  vmsVersion: bigint;
+  /**
+   * The VM set itself, only while the migrator has not accepted this version of it (the first
+   * registration, after the migrator was unreachable or a report failed); unset in a plain
+   * heartbeat. An instance sends one registration or report at a time, so they arrive in
+   * order and the migrator keeps the last set it received.
+   */
+  vms: HostedVms | undefined;
 }
 
 export interface RegisterVmmResponse {
   /** Heartbeat again within this many milliseconds. */
   heartbeatIntervalMs: number;
+  /**
+   * The migrator holds no VM set of this instance at vms_version (it restarted, a report was
+   * lost, or the instance had expired): send it now with ReportVms.
+   */
+  vmsWanted: boolean;
+}
+
+export interface ReportVmsRequest {
+  /** The reporting instance, registered before (else NOT_FOUND: register first). */
+  vmmId: string;
+  /** The whole set (required); it replaces the one the migrator held. */
+  vms: HostedVms | undefined;
+}
+
+export interface ReportVmsResponse {
 }
 
 export interface ListVmmsRequest {
@@ -856,8 +905,197 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
   },
 };
 
+function createBaseHostedVm(): HostedVm {
+  return { name: "", spec: undefined, state: 0 };
+}
+
+export const HostedVm: MessageFns<HostedVm> = {
+  encode(message: HostedVm, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.spec !== undefined) {
+      VmSpec.encode(message.spec, writer.uint32(18).fork()).join();
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostedVm {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostedVm();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.spec = VmSpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostedVm {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      spec: isSet(object.spec) ? VmSpec.fromJSON(object.spec) : undefined,
+      state: isSet(object.state) ? vmStateFromJSON(object.state) : 0,
+    };
+  },
+
+  toJSON(message: HostedVm): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.spec !== undefined) {
+      obj.spec = VmSpec.toJSON(message.spec);
+    }
+    if (message.state !== 0) {
+      obj.state = vmStateToJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostedVm>, I>>(base?: I): HostedVm {
+    return HostedVm.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostedVm>, I>>(object: I): HostedVm {
+    const message = createBaseHostedVm();
+    message.name = object.name ?? "";
+    message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
+    message.state = object.state ?? 0;
+    return message;
+  },
+};
+
+function createBaseHostedVms(): HostedVms {
+  return { version: 0n, vms: [] };
+}
+
+export const HostedVms: MessageFns<HostedVms> = {
+  encode(message: HostedVms, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== 0n) {
+      if (BigInt.asUintN(64, message.version) !== message.version) {
+        throw new globalThis.Error("value provided for field message.version of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.version);
+    }
+    for (const v of message.vms) {
+      HostedVm.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostedVms {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostedVms();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.version = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vms.push(HostedVm.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostedVms {
+    return {
+      version: isSet(object.version) ? BigInt(object.version) : 0n,
+      vms: globalThis.Array.isArray(object?.vms) ? object.vms.map((e: any) => HostedVm.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: HostedVms): unknown {
+    const obj: any = {};
+    if (message.version !== 0n) {
+      obj.version = message.version.toString();
+    }
+    if (message.vms?.length) {
+      obj.vms = message.vms.map((e) => HostedVm.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostedVms>, I>>(base?: I): HostedVms {
+    return HostedVms.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostedVms>, I>>(object: I): HostedVms {
+    const message = createBaseHostedVms();
+    message.version = (object.version !== undefined && object.version !== null) ? BigInt(object.version) : 0n;
+    message.vms = object.vms?.map((e) => HostedVm.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseRegisterVmmRequest(): RegisterVmmRequest {
-  return { id: "", address: "", version: "", vmCount: 0 };
+  return { id: "", address: "", version: "", vmCount: 0, vmsVersion: 0n, vms: undefined };
 }
 
 export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
@@ -873,6 +1111,15 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
     }
     if (message.vmCount !== 0) {
       writer.uint32(32).uint32(message.vmCount);
+    }
+    if (message.vmsVersion !== 0n) {
+      if (BigInt.asUintN(64, message.vmsVersion) !== message.vmsVersion) {
+        throw new globalThis.Error("value provided for field message.vmsVersion of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.vmsVersion);
+    }
+    if (message.vms !== undefined) {
+      HostedVms.encode(message.vms, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -922,6 +1169,22 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
             message.vmCount = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.vmsVersion = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.vms = HostedVms.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -944,6 +1207,12 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
         : isSet(object.vm_count)
         ? globalThis.Number(object.vm_count)
         : 0,
+      vmsVersion: isSet(object.vmsVersion)
+        ? BigInt(object.vmsVersion)
+        : isSet(object.vms_version)
+        ? BigInt(object.vms_version)
+        : 0n,
+      vms: isSet(object.vms) ? HostedVms.fromJSON(object.vms) : undefined,
     };
   },
 
@@ -961,6 +1230,12 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
     if (message.vmCount !== 0) {
       obj.vmCount = Math.round(message.vmCount);
     }
+    if (message.vmsVersion !== 0n) {
+      obj.vmsVersion = message.vmsVersion.toString();
+    }
+    if (message.vms !== undefined) {
+      obj.vms = HostedVms.toJSON(message.vms);
+    }
     return obj;
   },
 
@@ -973,18 +1248,25 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
     message.address = object.address ?? "";
     message.version = object.version ?? "";
     message.vmCount = object.vmCount ?? 0;
+    message.vmsVersion = (object.vmsVersion !== undefined && object.vmsVersion !== null)
+      ? BigInt(object.vmsVersion)
+      : 0n;
+    message.vms = (object.vms !== undefined && object.vms !== null) ? HostedVms.fromPartial(object.vms) : undefined;
     return message;
   },
 };
 
 function createBaseRegisterVmmResponse(): RegisterVmmResponse {
-  return { heartbeatIntervalMs: 0 };
+  return { heartbeatIntervalMs: 0, vmsWanted: false };
 }
 
 export const RegisterVmmResponse: MessageFns<RegisterVmmResponse> = {
   encode(message: RegisterVmmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.heartbeatIntervalMs !== 0) {
       writer.uint32(8).uint32(message.heartbeatIntervalMs);
+    }
+    if (message.vmsWanted !== false) {
+      writer.uint32(16).bool(message.vmsWanted);
     }
     return writer;
   },
@@ -1010,6 +1292,14 @@ export const RegisterVmmResponse: MessageFns<RegisterVmmResponse> = {
             message.heartbeatIntervalMs = reader.uint32();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.vmsWanted = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1029,6 +1319,11 @@ export const RegisterVmmResponse: MessageFns<RegisterVmmResponse> = {
         : isSet(object.heartbeat_interval_ms)
         ? globalThis.Number(object.heartbeat_interval_ms)
         : 0,
+      vmsWanted: isSet(object.vmsWanted)
+        ? globalThis.Boolean(object.vmsWanted)
+        : isSet(object.vms_wanted)
+        ? globalThis.Boolean(object.vms_wanted)
+        : false,
     };
   },
 
@@ -1036,6 +1331,9 @@ export const RegisterVmmResponse: MessageFns<RegisterVmmResponse> = {
     const obj: any = {};
     if (message.heartbeatIntervalMs !== 0) {
       obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
+    }
+    if (message.vmsWanted !== false) {
+      obj.vmsWanted = message.vmsWanted;
     }
     return obj;
   },
@@ -1046,6 +1344,148 @@ export const RegisterVmmResponse: MessageFns<RegisterVmmResponse> = {
   fromPartial<I extends Exact<DeepPartial<RegisterVmmResponse>, I>>(object: I): RegisterVmmResponse {
     const message = createBaseRegisterVmmResponse();
     message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.vmsWanted = object.vmsWanted ?? false;
+    return message;
+  },
+};
+
+function createBaseReportVmsRequest(): ReportVmsRequest {
+  return { vmmId: "", vms: undefined };
+}
+
+export const ReportVmsRequest: MessageFns<ReportVmsRequest> = {
+  encode(message: ReportVmsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmmId !== "") {
+      writer.uint32(10).string(message.vmmId);
+    }
+    if (message.vms !== undefined) {
+      HostedVms.encode(message.vms, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportVmsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportVmsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vms = HostedVms.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportVmsRequest {
+    return {
+      vmmId: isSet(object.vmmId)
+        ? globalThis.String(object.vmmId)
+        : isSet(object.vmm_id)
+        ? globalThis.String(object.vmm_id)
+        : "",
+      vms: isSet(object.vms) ? HostedVms.fromJSON(object.vms) : undefined,
+    };
+  },
+
+  toJSON(message: ReportVmsRequest): unknown {
+    const obj: any = {};
+    if (message.vmmId !== "") {
+      obj.vmmId = message.vmmId;
+    }
+    if (message.vms !== undefined) {
+      obj.vms = HostedVms.toJSON(message.vms);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportVmsRequest>, I>>(base?: I): ReportVmsRequest {
+    return ReportVmsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportVmsRequest>, I>>(object: I): ReportVmsRequest {
+    const message = createBaseReportVmsRequest();
+    message.vmmId = object.vmmId ?? "";
+    message.vms = (object.vms !== undefined && object.vms !== null) ? HostedVms.fromPartial(object.vms) : undefined;
+    return message;
+  },
+};
+
+function createBaseReportVmsResponse(): ReportVmsResponse {
+  return {};
+}
+
+export const ReportVmsResponse: MessageFns<ReportVmsResponse> = {
+  encode(_: ReportVmsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportVmsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportVmsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportVmsResponse {
+    return {};
+  },
+
+  toJSON(_: ReportVmsResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportVmsResponse>, I>>(base?: I): ReportVmsResponse {
+    return ReportVmsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportVmsResponse>, I>>(_: I): ReportVmsResponse {
+    const message = createBaseReportVmsResponse();
     return message;
   },
 };
@@ -2861,7 +3301,10 @@ export const MigratorServiceService = {
     responseSerialize: (value: GetInfoResponse): Buffer => Buffer.from(GetInfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetInfoResponse => GetInfoResponse.decode(value),
   },
-  /** A vmm instance announces itself; repeated as a heartbeat. */
+  /**
+   * A vmm instance announces itself, with the VMs it hosts; repeated as a heartbeat, which
+   * carries only the version of that VM set.
+   */
   registerVmm: {
     path: "/handoff.migrator.v1.MigratorService/RegisterVmm" as const,
     requestStream: false as const,
@@ -2870,6 +3313,20 @@ export const MigratorServiceService = {
     requestDeserialize: (value: Buffer): RegisterVmmRequest => RegisterVmmRequest.decode(value),
     responseSerialize: (value: RegisterVmmResponse): Buffer => Buffer.from(RegisterVmmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RegisterVmmResponse => RegisterVmmResponse.decode(value),
+  },
+  /**
+   * A registered vmm instance reports the VMs it hosts: after every change of that set, and
+   * when a heartbeat's answer asks for it. The migrator finds a VM's instance (and the spec it
+   * passes to PrepareIncoming) from these reports, without asking the instances per job.
+   */
+  reportVms: {
+    path: "/handoff.migrator.v1.MigratorService/ReportVms" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportVmsRequest): Buffer => Buffer.from(ReportVmsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportVmsRequest => ReportVmsRequest.decode(value),
+    responseSerialize: (value: ReportVmsResponse): Buffer => Buffer.from(ReportVmsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportVmsResponse => ReportVmsResponse.decode(value),
   },
   listVmms: {
     path: "/handoff.migrator.v1.MigratorService/ListVmms" as const,
@@ -2980,8 +3437,17 @@ export const MigratorServiceService = {
 
 export interface MigratorServiceServer extends UntypedServiceImplementation {
   getInfo: handleUnaryCall<GetInfoRequest, GetInfoResponse>;
-  /** A vmm instance announces itself; repeated as a heartbeat. */
+  /**
+   * A vmm instance announces itself, with the VMs it hosts; repeated as a heartbeat, which
+   * carries only the version of that VM set.
+   */
   registerVmm: handleUnaryCall<RegisterVmmRequest, RegisterVmmResponse>;
+  /**
+   * A registered vmm instance reports the VMs it hosts: after every change of that set, and
+   * when a heartbeat's answer asks for it. The migrator finds a VM's instance (and the spec it
+   * passes to PrepareIncoming) from these reports, without asking the instances per job.
+   */
+  reportVms: handleUnaryCall<ReportVmsRequest, ReportVmsResponse>;
   listVmms: handleUnaryCall<ListVmmsRequest, ListVmmsResponse>;
   /** Migrates one VM to another vmm instance. */
   migrate: handleUnaryCall<MigrateRequest, MigrateResponse>;
@@ -3015,7 +3481,10 @@ export interface MigratorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetInfoResponse) => void,
   ): ClientUnaryCall;
-  /** A vmm instance announces itself; repeated as a heartbeat. */
+  /**
+   * A vmm instance announces itself, with the VMs it hosts; repeated as a heartbeat, which
+   * carries only the version of that VM set.
+   */
   registerVmm(
     request: RegisterVmmRequest,
     callback: (error: ServiceError | null, response: RegisterVmmResponse) => void,
@@ -3030,6 +3499,26 @@ export interface MigratorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RegisterVmmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A registered vmm instance reports the VMs it hosts: after every change of that set, and
+   * when a heartbeat's answer asks for it. The migrator finds a VM's instance (and the spec it
+   * passes to PrepareIncoming) from these reports, without asking the instances per job.
+   */
+  reportVms(
+    request: ReportVmsRequest,
+    callback: (error: ServiceError | null, response: ReportVmsResponse) => void,
+  ): ClientUnaryCall;
+  reportVms(
+    request: ReportVmsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportVmsResponse) => void,
+  ): ClientUnaryCall;
+  reportVms(
+    request: ReportVmsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportVmsResponse) => void,
   ): ClientUnaryCall;
   listVmms(
     request: ListVmmsRequest,

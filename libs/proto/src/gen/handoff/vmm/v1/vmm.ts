@@ -435,6 +435,7 @@ export interface MigrateVmRequest {
   targetHandoffSlot: string;
 }
 
+/** One progress report of MigrateVm's stream; the last one of a call that ends OK is final. */
 export interface MigrateVmResponse {
   info: MigrationInfo | undefined;
 }
@@ -4206,17 +4207,29 @@ export const VmmServiceService = {
       Buffer.from(PrepareIncomingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareIncomingResponse => PrepareIncomingResponse.decode(value),
   },
-  /** Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there). */
+  /**
+   * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
+   * or hands it over through the target's slot). The progress comes on this call: a
+   * MigrationInfo when the status changes and about every 250 ms while the migration runs, and
+   * the final MigrationInfo as the last message before the call ends OK. A migration that fails
+   * or is cancelled ends the call with its error status instead. The migration does not hang on
+   * the call: a caller that goes away (its process died, it cancelled the call) leaves it
+   * running to its end (CancelMigration stops it); the call's deadline, once passed, cancels it
+   * as CancelMigration would. A slow reader gets the newest MigrationInfo, not a backlog.
+   */
   migrateVm: {
     path: "/handoff.vmm.v1.VmmService/MigrateVm" as const,
     requestStream: false as const,
-    responseStream: false as const,
+    responseStream: true as const,
     requestSerialize: (value: MigrateVmRequest): Buffer => Buffer.from(MigrateVmRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): MigrateVmRequest => MigrateVmRequest.decode(value),
     responseSerialize: (value: MigrateVmResponse): Buffer => Buffer.from(MigrateVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MigrateVmResponse => MigrateVmResponse.decode(value),
   },
-  /** Progress of a VM's outgoing migration. */
+  /**
+   * Progress (or the outcome) of a VM's outgoing migration, for anyone but MigrateVm's caller:
+   * e.g. a migrator that restarted while the migration ran.
+   */
   getMigration: {
     path: "/handoff.vmm.v1.VmmService/GetMigration" as const,
     requestStream: false as const,
@@ -4277,9 +4290,21 @@ export interface VmmServiceServer extends UntypedServiceImplementation {
   console: handleBidiStreamingCall<ConsoleRequest, ConsoleResponse>;
   /** Target side: reserves an incoming migration and returns a one-time token. */
   prepareIncoming: handleUnaryCall<PrepareIncomingRequest, PrepareIncomingResponse>;
-  /** Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there). */
-  migrateVm: handleUnaryCall<MigrateVmRequest, MigrateVmResponse>;
-  /** Progress of a VM's outgoing migration. */
+  /**
+   * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
+   * or hands it over through the target's slot). The progress comes on this call: a
+   * MigrationInfo when the status changes and about every 250 ms while the migration runs, and
+   * the final MigrationInfo as the last message before the call ends OK. A migration that fails
+   * or is cancelled ends the call with its error status instead. The migration does not hang on
+   * the call: a caller that goes away (its process died, it cancelled the call) leaves it
+   * running to its end (CancelMigration stops it); the call's deadline, once passed, cancels it
+   * as CancelMigration would. A slow reader gets the newest MigrationInfo, not a backlog.
+   */
+  migrateVm: handleServerStreamingCall<MigrateVmRequest, MigrateVmResponse>;
+  /**
+   * Progress (or the outcome) of a VM's outgoing migration, for anyone but MigrateVm's caller:
+   * e.g. a migrator that restarted while the migration ran.
+   */
   getMigration: handleUnaryCall<GetMigrationRequest, GetMigrationResponse>;
   cancelMigration: handleUnaryCall<CancelMigrationRequest, CancelMigrationResponse>;
   /** Pauses a VM and writes its device state (and private RAM) to a snapshot file. */
@@ -4438,23 +4463,26 @@ export interface VmmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareIncomingResponse) => void,
   ): ClientUnaryCall;
-  /** Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there). */
+  /**
+   * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
+   * or hands it over through the target's slot). The progress comes on this call: a
+   * MigrationInfo when the status changes and about every 250 ms while the migration runs, and
+   * the final MigrationInfo as the last message before the call ends OK. A migration that fails
+   * or is cancelled ends the call with its error status instead. The migration does not hang on
+   * the call: a caller that goes away (its process died, it cancelled the call) leaves it
+   * running to its end (CancelMigration stops it); the call's deadline, once passed, cancels it
+   * as CancelMigration would. A slow reader gets the newest MigrationInfo, not a backlog.
+   */
+  migrateVm(request: MigrateVmRequest, options?: Partial<CallOptions>): ClientReadableStream<MigrateVmResponse>;
   migrateVm(
     request: MigrateVmRequest,
-    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
-  ): ClientUnaryCall;
-  migrateVm(
-    request: MigrateVmRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
-  ): ClientUnaryCall;
-  migrateVm(
-    request: MigrateVmRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
-  ): ClientUnaryCall;
-  /** Progress of a VM's outgoing migration. */
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<MigrateVmResponse>;
+  /**
+   * Progress (or the outcome) of a VM's outgoing migration, for anyone but MigrateVm's caller:
+   * e.g. a migrator that restarted while the migration ran.
+   */
   getMigration(
     request: GetMigrationRequest,
     callback: (error: ServiceError | null, response: GetMigrationResponse) => void,

@@ -1,0 +1,192 @@
+import * as grpc from '@grpc/grpc-js';
+import { vmm as vpb } from '@handoff/proto';
+import type {
+  MigrationCapabilities,
+  MigrationInfo,
+  MigrationParameterOverrides,
+} from '@handoff/qapi';
+import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
+import { RemoteError, createClient, streamCall, unaryCall } from '@handoff/service';
+import type { HostedVm, VmSpec } from '../registry/hosted-vm.js';
+import { hostedVmFromWire, vmSpecToWire } from './vm-wire.js';
+
+/** What a target's PrepareIncoming handed out, for the source's MigrateVm. */
+export interface PreparedTarget {
+  /** One-time token the source presents. */
+  readonly token: string;
+  /** The target's gRPC address for MigrationService.Incoming. */
+  readonly address: string;
+  /** The target's data channel, or ''. */
+  readonly dataAddress: string;
+  /** The hand-off slot the target prepared, or '' (a capability: only for the source). */
+  readonly handoffSlot: string;
+}
+
+/** One migration as the migrator asks a source for it. */
+export interface MigrateCall {
+  readonly vm: string;
+  readonly jobId: string;
+  readonly target: PreparedTarget;
+  readonly capabilities: MigrationCapabilities;
+  readonly parameters: MigrationParameterOverrides;
+}
+
+/**
+ * What the migrator's jobs ask of vmm instances, in domain terms; `address` is the instance's
+ * registered address. Calls reject with a RemoteError carrying the vmm's stable code (see
+ * {@link isUnreachable}).
+ */
+export interface VmmCalls {
+  /** PrepareIncoming on a target; with the spec the target builds the machine ahead. */
+  prepareIncoming(
+    address: string,
+    req: {
+      vm: string;
+      jobId: string;
+      spec: VmSpec | undefined;
+      capabilities: MigrationCapabilities;
+    },
+  ): Promise<PreparedTarget>;
+  /**
+   * MigrateVm on a source, read to its end: `onProgress` gets every report of its stream; the
+   * promise resolves with the final info, or rejects with the migration's error. The source
+   * cancels the migration when `deadlineMs` passes.
+   */
+  migrate(
+    address: string,
+    req: MigrateCall,
+    opts: { deadlineMs: number; onProgress: (info: MigrationInfo) => void },
+  ): Promise<MigrationInfo>;
+  /** GetMigration: the source's view of its last migration of `vm`; null when it knows none. */
+  migration(address: string, vm: string): Promise<MigrationInfo | null>;
+  /** CancelMigration on a source (it refuses past the point of no return). */
+  cancelMigration(address: string, vm: string): Promise<void>;
+  /** GetVm: the VM as that instance holds it, or null when it holds none of that name. */
+  vm(address: string, vm: string): Promise<HostedVm | null>;
+  /** Closes every connection. */
+  close(): void;
+}
+
+/** Whether a call failed because the vmm could not be reached in time (not a vmm's answer). */
+export function isUnreachable(err: unknown): boolean {
+  return (
+    err instanceof RemoteError &&
+    (err.status === grpc.status.UNAVAILABLE || err.status === grpc.status.DEADLINE_EXCEEDED)
+  );
+}
+
+/**
+ * The migrator's client edge to vmm instances: one channel per address, every call with a
+ * deadline, wire types converted here and nowhere else in the migrator.
+ */
+export class VmmClients implements VmmCalls {
+  private readonly clients = new Map<string, vpb.VmmServiceClient>();
+
+  /** @param callTimeoutMs - deadline of every call but MigrateVm */
+  constructor(private readonly callTimeoutMs = 5000) {}
+
+  async prepareIncoming(
+    address: string,
+    req: {
+      vm: string;
+      jobId: string;
+      spec: VmSpec | undefined;
+      capabilities: MigrationCapabilities;
+    },
+  ): Promise<PreparedTarget> {
+    const res = await unaryCall(
+      this.client(address),
+      'prepareIncoming',
+      {
+        name: req.vm,
+        jobId: req.jobId,
+        spec: req.spec === undefined ? undefined : vmSpecToWire(req.spec),
+        capabilities: capabilitiesToWire(req.capabilities),
+      },
+      this.opts(),
+    );
+    return {
+      token: res.token,
+      address: res.address,
+      dataAddress: res.dataAddress,
+      handoffSlot: res.handoffSlot,
+    };
+  }
+
+  async migrate(
+    address: string,
+    req: MigrateCall,
+    opts: { deadlineMs: number; onProgress: (info: MigrationInfo) => void },
+  ): Promise<MigrationInfo> {
+    const last = await streamCall(
+      this.client(address),
+      'migrateVm',
+      {
+        name: req.vm,
+        jobId: req.jobId,
+        targetAddress: req.target.address,
+        token: req.target.token,
+        capabilities: capabilitiesToWire(req.capabilities),
+        parameters: parametersToWire(req.parameters),
+        targetDataAddress: req.target.dataAddress,
+        targetHandoffSlot: req.target.handoffSlot,
+      },
+      {
+        deadlineMs: opts.deadlineMs,
+        onMessage: (m) => {
+          if (m.info !== undefined) opts.onProgress(migrationInfoFromWire(m.info));
+        },
+      },
+    );
+    if (last.info === undefined) {
+      throw new RemoteError(
+        'GRPC_INTERNAL',
+        grpc.status.INTERNAL,
+        `migrateVm: vmm at ${address} ended the migration of ${req.vm} without its final info`,
+      );
+    }
+    return migrationInfoFromWire(last.info);
+  }
+
+  async migration(address: string, vm: string): Promise<MigrationInfo | null> {
+    try {
+      const res = await unaryCall(this.client(address), 'getMigration', { name: vm }, this.opts());
+      return res.info === undefined ? null : migrationInfoFromWire(res.info);
+    } catch (err) {
+      if (isUnreachable(err)) throw err;
+      return null; // the vmm answered: it knows no migration of the VM
+    }
+  }
+
+  async cancelMigration(address: string, vm: string): Promise<void> {
+    await unaryCall(this.client(address), 'cancelMigration', { name: vm }, this.opts());
+  }
+
+  async vm(address: string, vm: string): Promise<HostedVm | null> {
+    try {
+      const res = await unaryCall(this.client(address), 'getVm', { name: vm }, this.opts());
+      return res.vm === undefined ? null : hostedVmFromWire(res.vm);
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'VMM_VM_NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+
+  private opts() {
+    return { deadlineMs: this.callTimeoutMs };
+  }
+
+  private client(address: string): vpb.VmmServiceClient {
+    let c = this.clients.get(address);
+    if (c === undefined) {
+      c = createClient(vpb.VmmServiceClient, address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+}
