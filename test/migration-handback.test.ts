@@ -169,7 +169,6 @@ describe('a bypass target that fails around taking the lease', () => {
         expect(
           readdirSync(dirs.volatileDir).filter((f) => f.startsWith(slotPrefixOf(`vmm-j-${via}`))),
         ).toEqual([]);
-        expect(again.process.output()).toMatch(/removed switchover slots and data-channel sockets/);
       } finally {
         await again.stop();
       }

@@ -393,7 +393,6 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     );
     expect(err.message).toMatch(/token was issued for VM ab-slot-x/);
     expect(err.message).toMatch(/kept running, unchanged/);
-    expect(b.process.output()).toMatch(/switchover slot does not fit this VM/);
     const failed = migrationInfoFromWire(
       (await vmmCall(b.client, 'getMigration', { name: y })).info!,
     );
@@ -466,7 +465,6 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     });
     expect(info.status).toBe('completed');
     expect(info.route?.transport).toBe('grpc');
-    expect(a.process.output()).toMatch(/data channel is unreachable; using the gRPC stream/);
     await checkPaused(b, name, () =>
       readPrivateRam(b.process.pid, name, 'ram0', AB_BASE, AB_PAGES * 4096),
     );

@@ -72,13 +72,41 @@ describe('vmctl migrate with real vmm instances', () => {
       const { job } = JSON.parse(r.stdout) as {
         job: {
           status: string;
-          info: { status: string; 'total-time': number; ram: { transferred: number } };
+          info: {
+            status: string;
+            'total-time': number;
+            downtime: number;
+            ram: { transferred: number };
+            route: Record<string, unknown>;
+            timeline: { stopped: number; 'state-published': number; 'target-running': number };
+          };
         };
       };
       expect(job.status).toBe('completed');
       expect(job.info.ram.transferred).toBeGreaterThan(0);
+      // How it travelled: private RAM copied on the target's data channel, no lease to move.
+      expect(job.info.route).toEqual({
+        transport: 'data-channel',
+        'lease-move': 'none',
+        'state-encoding': 'container',
+        'target-prebuilt': true,
+      });
+      const t = job.info.timeline;
+      expect(t.stopped).toBeGreaterThan(0);
+      expect(t['state-published']).toBeGreaterThanOrEqual(t.stopped);
+      expect(t['target-running'] - t.stopped).toBeCloseTo(job.info.downtime, 1);
       expect(await where('mv1')).toEqual([`${to}:running`]);
     }
+    // The table says the same in words.
+    const table = await vmctl('migrate', 'mv1', '--to', 'vmm-a');
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(
+      /carried by: +data-channel, lease moved not at all, container state/,
+    );
+    expect(table.stdout).toMatch(
+      /timeline: +stopped [\d.]+ ms, state out [\d.]+ ms, target running/,
+    );
+    expect(await where('mv1')).toEqual(['vmm-a:running']);
   }, 120_000);
 
   it('live-updates every VM of one instance to the other', async () => {

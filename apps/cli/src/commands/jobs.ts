@@ -43,6 +43,23 @@ export function renderJob(j: JobView): string {
     ['pages', `${i.ram.normal} sent, ${i.ram.zeroPages} zero, ${i.ram.duplicate} duplicate`],
     ['device state', formatBytes(i.deviceBytes)],
   );
+  if (i.route !== undefined) {
+    const r = i.route;
+    fields.push([
+      'carried by',
+      `${r.transport}, lease moved ${r.leaseMove === 'none' ? 'not at all' : `by ${r.leaseMove}`}` +
+        `${r.stateEncoding !== undefined ? `, ${r.stateEncoding} state` : ''}` +
+        `, target ${r.targetPrebuilt ? 'prebuilt' : 'built from the header'}`,
+    ]);
+  }
+  if (i.timeline !== undefined) {
+    const t = i.timeline;
+    fields.push([
+      'timeline',
+      `stopped ${t.stoppedMs.toFixed(2)} ms, state out ${t.statePublishedMs.toFixed(2)} ms, ` +
+        `target running ${t.targetRunningMs.toFixed(2)} ms`,
+    ]);
+  }
   if (j.children.length > 0) fields.push(['children', j.children.join(' ')]);
   return renderFields(fields);
 }

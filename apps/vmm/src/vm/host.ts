@@ -14,6 +14,8 @@ import type { MachineState } from '../machine/state.js';
 import { createMachine } from '../machine/machine.js';
 import { warmUpDeviceStateCodec } from '../snapshot/device-state.js';
 
+/** How long after a change of the VM set its listeners hear of it (see VmHost.changed). */
+const CHANGE_NOTICE_DELAY_MS = 20;
 /** How often running VMs' instret is sampled for MIPS. */
 const SAMPLE_INTERVAL_MS = 250;
 /** Encode + decode rounds run at start-up (≈45 ms of CPU, in slices of ≈1–3 ms). */
@@ -233,7 +235,7 @@ export class VmHost {
   }
 
   /**
-   * Calls `listener` after every change of this instance's set of VMs (created, arrived,
+   * Calls `listener` shortly after the set of this instance's VMs changed (created, arrived,
    * destroyed, migrated away); returns the unsubscribe function.
    */
   onVmsChanged(listener: () => void): () => void {
@@ -241,15 +243,27 @@ export class VmHost {
     return () => this.changeListeners.delete(listener);
   }
 
+  /**
+   * Tells the listeners once, {@link CHANGE_NOTICE_DELAY_MS} after the first change of a burst:
+   * never inside the turn that made the change (a migration's answer goes out first), and a
+   * burst (a live update) costs one notice.
+   */
   private changed(): void {
-    for (const l of [...this.changeListeners]) {
-      try {
-        l();
-      } catch (err) {
-        this.opts.logger.warn({ error: (err as Error).message }, 'a VM-set listener failed');
+    if (this.changeNotice !== undefined || this.changeListeners.size === 0) return;
+    this.changeNotice = setTimeout(() => {
+      this.changeNotice = undefined;
+      for (const l of [...this.changeListeners]) {
+        try {
+          l();
+        } catch (err) {
+          this.opts.logger.warn({ error: (err as Error).message }, 'a VM-set listener failed');
+        }
       }
-    }
+    }, CHANGE_NOTICE_DELAY_MS);
+    this.changeNotice.unref();
   }
+
+  private changeNotice: NodeJS.Timeout | undefined;
 
   /**
    * ResumeVm: before a VM with shared RAM runs again, memstore must confirm that it still holds
@@ -322,6 +336,7 @@ export class VmHost {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sampler);
+    clearTimeout(this.changeNotice);
     await this.threads.close();
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
