@@ -41,6 +41,17 @@ export function unaryCall<C, K extends UnaryMethod<C>>(
   opts: CallOptions = {},
 ): Promise<ResponseOf<C[K]>> {
   const fn = client[method] as unknown as UnaryFn<RequestOf<C[K]>, ResponseOf<C[K]>>;
+  const options = callOptionsOf(opts);
+  return new Promise((resolve, reject) => {
+    fn.call(client, request, opts.metadata ?? new grpc.Metadata(), options, (err, res) => {
+      if (err) reject(RemoteError.fromGrpc(err, String(method)));
+      else resolve(res);
+    });
+  });
+}
+
+/** grpc-js call options for `opts`: the deadline from now, and the parent call's propagation. */
+function callOptionsOf(opts: CallOptions): Partial<grpc.CallOptions> {
   const options: Partial<grpc.CallOptions> = {
     deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
   };
@@ -48,12 +59,7 @@ export function unaryCall<C, K extends UnaryMethod<C>>(
     options.parent = opts.parent as unknown as grpc.ServerUnaryCall<unknown, unknown>;
     options.propagate_flags = grpc.propagate.DEFAULTS;
   }
-  return new Promise((resolve, reject) => {
-    fn.call(client, request, opts.metadata ?? new grpc.Metadata(), options, (err, res) => {
-      if (err) reject(RemoteError.fromGrpc(err, String(method)));
-      else resolve(res);
-    });
-  });
+  return options;
 }
 
 type StreamFn<Req, Res> = (
@@ -84,13 +90,7 @@ export function streamCall<C, K extends StreamMethod<C>>(
   opts: CallOptions & { onMessage?: (message: StreamResponseOf<C[K]>) => void } = {},
 ): Promise<StreamResponseOf<C[K]>> {
   const fn = client[method] as unknown as StreamFn<StreamRequestOf<C[K]>, StreamResponseOf<C[K]>>;
-  const options: Partial<grpc.CallOptions> = {
-    deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
-  };
-  if (opts.parent !== undefined) {
-    options.parent = opts.parent as unknown as grpc.ServerUnaryCall<unknown, unknown>;
-    options.propagate_flags = grpc.propagate.DEFAULTS;
-  }
+  const options = callOptionsOf(opts);
   return new Promise((resolve, reject) => {
     const call = fn.call(client, request, opts.metadata ?? new grpc.Metadata(), options);
     let last: { message: StreamResponseOf<C[K]> } | undefined;

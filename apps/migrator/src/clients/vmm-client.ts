@@ -36,17 +36,17 @@ export interface MigrateCall {
  * registered address. Calls reject with a RemoteError carrying the vmm's stable code (see
  * {@link isUnreachable}).
  */
+/** What PrepareIncoming carries: with the spec, the target builds the machine ahead. */
+export interface PrepareCall {
+  readonly vm: string;
+  readonly jobId: string;
+  readonly spec: VmSpec | undefined;
+  readonly capabilities: MigrationCapabilities;
+}
+
 export interface VmmCalls {
   /** PrepareIncoming on a target; with the spec the target builds the machine ahead. */
-  prepareIncoming(
-    address: string,
-    req: {
-      vm: string;
-      jobId: string;
-      spec: VmSpec | undefined;
-      capabilities: MigrationCapabilities;
-    },
-  ): Promise<PreparedTarget>;
+  prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget>;
   /**
    * MigrateVm on a source, read to its end: `onProgress` gets every report of its stream; the
    * promise resolves with the final info, or rejects with the migration's error. The source
@@ -85,15 +85,7 @@ export class VmmClients implements VmmCalls {
   /** @param callTimeoutMs - deadline of every call but MigrateVm */
   constructor(private readonly callTimeoutMs = 5000) {}
 
-  async prepareIncoming(
-    address: string,
-    req: {
-      vm: string;
-      jobId: string;
-      spec: VmSpec | undefined;
-      capabilities: MigrationCapabilities;
-    },
-  ): Promise<PreparedTarget> {
+  async prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget> {
     const res = await unaryCall(
       this.client(address),
       'prepareIncoming',
