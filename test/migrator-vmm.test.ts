@@ -100,9 +100,7 @@ describe('vmctl migrate with real vmm instances', () => {
     // The table says the same in words.
     const table = await vmctl('migrate', 'mv1', '--to', 'vmm-a');
     expect(table.code, table.stderr).toBe(0);
-    expect(table.stdout).toMatch(
-      /carried by: +data-channel, lease moved not at all, container state/,
-    );
+    expect(table.stdout).toMatch(/carried by: +data-channel, no lease to move, container state/);
     expect(table.stdout).toMatch(
       /timeline: +stopped [\d.]+ ms, state out [\d.]+ ms, target running/,
     );

@@ -19,9 +19,18 @@ function note(j: JobView): string | undefined {
   return j.kind === 'live-update' ? `${j.info.iteration}/${j.children.length} VMs` : undefined;
 }
 
+/** A job's time: whole milliseconds under a second (a bypass migration takes a few), else as a duration. */
 function ms(n: number): string {
-  return formatDuration(n / 1000);
+  return n < 1000 ? `${Math.round(n)} ms` : formatDuration(n / 1000);
 }
+
+/** How the leases moved, in words. */
+const LEASE_MOVE_WORDS = {
+  armed: 'lease flipped where memstore armed it',
+  'lease-channel': 'lease moved over the lease channel',
+  stream: 'lease taken at the final marker',
+  none: 'no lease to move',
+} as const;
 
 /** The table text of one job: identity, status and its statistics. */
 export function renderJob(j: JobView): string {
@@ -47,7 +56,7 @@ export function renderJob(j: JobView): string {
     const r = i.route;
     fields.push([
       'carried by',
-      `${r.transport}, lease moved ${r.leaseMove === 'none' ? 'not at all' : `by ${r.leaseMove}`}` +
+      `${r.transport}, ${LEASE_MOVE_WORDS[r.leaseMove]}` +
         `${r.stateEncoding !== undefined ? `, ${r.stateEncoding} state` : ''}` +
         `, target ${r.targetPrebuilt ? 'prebuilt' : 'built from the header'}`,
     ]);

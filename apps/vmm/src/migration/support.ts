@@ -9,15 +9,14 @@ import { MigrationError } from '../model/migration-error.js';
 
 /** Capabilities this vmm cannot honour when on, and what to do instead. */
 const UNSUPPORTED_ON: Readonly<Partial<Record<keyof MigrationCapabilities, string>>> = {
-  'postcopy-ram': 'post-copy is not implemented by this vmm yet; migrate without it',
+  'postcopy-ram': 'this vmm does not implement post-copy yet; migrate without it',
   'auto-converge':
-    'auto-converge (vCPU throttling) is not implemented by this vmm yet; migrate without it, ' +
-    'or raise downtime-limit / max-iterations for a guest that dirties memory fast',
+    'this vmm does not throttle vCPUs yet; migrate without it, or raise downtime-limit / ' +
+    'max-iterations for a guest that dirties memory fast',
   events:
-    'migration events are not emitted by this vmm; follow the job with `vmctl jobs watch` ' +
-    '(the migrator streams its progress) instead',
-  'pause-before-switchover':
-    'pause-before-switchover is not implemented by this vmm yet; migrate without it',
+    'this vmm emits no migration events; follow the job with `vmctl jobs watch` (the ' +
+    'migrator streams its progress) instead',
+  'pause-before-switchover': 'this vmm does not implement it yet; migrate without it',
 };
 
 /** Parameters that only matter with a capability this vmm does not implement. */
