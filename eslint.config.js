@@ -26,9 +26,6 @@ const PROTO_EDGES = [
   'apps/vmm/src/wire/**',
   // the migrator's client of the vmm instances
   'apps/migrator/src/clients/**',
-  // TODO: the job manager still calls the vmm with generated types; that use moves to
-  // apps/migrator/src/clients/ (the migrator's vmm client edge), then this entry goes.
-  'apps/migrator/src/jobs/job-manager.ts',
   // QAPI names <-> proto enums, in one place
   'libs/qapi/src/wire.ts',
   // the service runtime: gRPC server, health, reflection, clients
