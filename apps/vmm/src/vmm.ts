@@ -139,7 +139,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       id: config.id,
       address: advertised,
       vmCount: () => host.counts().total,
-      vms: () => host.list(),
+      vms: () => host.hosted(),
       onVmsChanged: (listener) => host.onVmsChanged(listener),
     },
     logger,

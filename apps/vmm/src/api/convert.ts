@@ -3,9 +3,6 @@ import type { RamBlockInfo, VmEvent, VmEventKind, VmInfo } from '../model/types.
 import { blockSpecToPb, specToPb } from '../wire/spec.js';
 import { STATE_TO_PB } from '../wire/vm.js';
 
-export { specFromPb, specToPb } from '../wire/spec.js';
-export { hostedVmToPb } from '../wire/vm.js';
-
 /** Wire ↔ domain conversions of the VmmService edge (a VM spec's are in ../wire/spec.ts). */
 
 const EVENT_TO_PB: Record<VmEventKind, pb.VmEventKind> = {

@@ -21,7 +21,8 @@ import {
 } from '../migration/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
-import { currentToPb, eventToPb, specFromPb, vmToPb } from './convert.js';
+import { specFromPb } from '../wire/spec.js';
+import { currentToPb, eventToPb, vmToPb } from './convert.js';
 import { streamMigration } from './migrate-stream.js';
 
 /** Migration stream format versions this instance speaks ("major.minor"). */

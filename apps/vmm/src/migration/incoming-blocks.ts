@@ -16,7 +16,7 @@ import type { VmHost } from '../vm/host.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { Vm } from '../vm/vm.js';
 import { MigrationError } from '../model/migration-error.js';
-import { PAGE_SIZE, type BlockMode, type IncomingBlock } from './pages/frames.js';
+import { modeFor, PAGE_SIZE, type IncomingBlock } from './pages/frames.js';
 
 /** One block of an incoming table: how it travels and, once opened, its memory here. */
 export interface Block extends IncomingBlock {
@@ -31,13 +31,6 @@ export interface Block extends IncomingBlock {
 
 /** What a block needs before it is opened. */
 export type BlockPlan = Omit<Block, 'bytes' | 'backing'>;
-
-/** How a block of `spec` travels under `caps`, as the source decides it (sender.ts modeOf). */
-export function modeFor(s: RamBlockSpec, caps: MigrationCapabilities): BlockMode {
-  if (caps['bypass-shared-memory'] && s.backend === 'shared') return 'ref';
-  if (caps['bypass-shared-memory'] && s.backend === 'clone') return 'template';
-  return 'copy';
-}
 
 /** The spec a copied block gets here: private memory of the same size and place. */
 export function copiedSpec(s: RamBlockSpec): RamBlockSpec {

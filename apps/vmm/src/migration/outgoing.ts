@@ -27,7 +27,6 @@ import { specToPb } from '../wire/spec.js';
 import { holderOf } from '../leases/calls.js';
 import { retakeLease } from '../leases/protocol.js';
 import { MigrationError, type OutgoingPhase } from '../model/migration-error.js';
-import type { RamBacking } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { SwitchoverBlock } from '../switchover/offer.js';
 import { SlotState, type SwitchoverSlot } from '../switchover/slot.js';
@@ -35,7 +34,7 @@ import { awaitTakeOver, openOfferedSlot, openPreparedSlot } from '../switchover/
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { STREAM_FORMAT } from './format.js';
-import { PAGE_SIZE, type BlockMode } from './pages/frames.js';
+import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
 import { MigrationStats } from './stats.js';
 import { dataChannelAlive } from './transport/data-channel.js';
@@ -109,6 +108,8 @@ export class OutgoingMigration {
   private readonly stats: MigrationStats;
   private cancelled = false;
   private stream: StreamToTarget | null = null;
+  /** The last pre-copy harvest: those pages go at the stop, with the ones dirtied since. */
+  private lastPass: PageBitmap | null = null;
 
   constructor(private readonly o: OutgoingOptions) {
     this.pages = new PageSender((f) => this.sendPages(f));
@@ -144,7 +145,8 @@ export class OutgoingMigration {
       );
     }
     this.sm.transition('setup');
-    const modes = vm.ramBlocks.map((b) => this.modeOf(b));
+    // A shared or clone block always maps a region here (ram/), so its spec decides.
+    const modes = vm.ramBlocks.map((b) => modeFor(b.spec, this.o.capabilities));
     const progress: Progress = { wasRunning, paused: false, completeSent: false, modes };
     let route: Route | null = null;
     try {
@@ -218,11 +220,12 @@ export class OutgoingMigration {
     const byReference = modes.every((m) => m === 'ref');
     const transport: Transport = chooseTransport(this.o.target, byReference);
     if (transport.kind === 'switchover-slot') {
-      const slot = openPreparedSlot(transport.slot, this.ownVm(), log);
-      if (slot !== null) {
+      const prepared = openPreparedSlot(transport.slot, this.ownVm(), log);
+      if (prepared !== null) {
+        const { slot, expectation } = prepared;
         s.setupMs = s.mark('slotChecked');
         s.transport = 'switchover-slot';
-        s.leaseMove = slot.expectation()?.lease === 'channel' ? 'lease-channel' : 'armed';
+        s.leaseMove = expectation.lease === 'channel' ? 'lease-channel' : 'armed';
         s.targetPrebuilt = true; // a slot is only prepared with the machine
         this.sm.transition('active');
         return { modes, byReference, stream: null, slot };
@@ -314,9 +317,6 @@ export class OutgoingMigration {
       });
     }
   }
-
-  /** The last pre-copy harvest: those pages go at the stop, with the ones dirtied since. */
-  private lastPass: PageBitmap | null = null;
 
   // ---- stop-and-copy ------------------------------------------------------------------------
 
@@ -610,13 +610,6 @@ export class OutgoingMigration {
   }
 
   // ---- the stream's content -----------------------------------------------------------------
-
-  private modeOf(b: RamBacking): BlockMode {
-    const bypass = this.o.capabilities['bypass-shared-memory'];
-    if (bypass && b.spec.backend === 'shared' && b.regionRef !== null) return 'ref';
-    if (bypass && b.spec.backend === 'clone' && b.regionRef !== null) return 'template';
-    return 'copy';
-  }
 
   /** This VM as a slot's expectation describes it. */
   private ownVm(): { holder: string; blocks: (SwitchoverBlock | null)[] } {

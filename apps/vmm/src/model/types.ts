@@ -10,6 +10,9 @@
  */
 export type RamBackendKind = 'private' | 'shared' | 'clone';
 
+/** What the migrator's registry keeps of a hosted VM: where it runs is who reports it. */
+export type HostedVm = Pick<VmInfo, 'name' | 'spec' | 'state'>;
+
 /** One entry of a VM's RAM block table, as asked for. */
 export interface RamBlockSpec {
   /** Unique in the VM; main RAM is `ram0`. */

@@ -1,15 +1,15 @@
 import { migrator as pb } from '@handoff/proto';
 import { createClient, unaryCall, HANDOFF_VERSION, type Logger } from '@handoff/service';
 import { hostedVmToPb } from '../wire/vm.js';
-import type { VmInfo } from '../model/types.js';
+import type { HostedVm } from '../model/types.js';
 
 /** How the instance announces itself. */
 export interface Announcement {
   id: string;
   address: string;
   vmCount: () => number;
-  /** The VMs this instance hosts now (VmHost.list). */
-  vms: () => readonly VmInfo[];
+  /** The VMs this instance hosts now (VmHost.hosted). */
+  vms: () => readonly HostedVm[];
   /** Calls the listener after every change of the VM set (VmHost.onVmsChanged); returns the unsubscribe. */
   onVmsChanged: (listener: () => void) => () => void;
 }

@@ -42,16 +42,22 @@ export function openOfferedSlot(path: string, log: Logger): SwitchoverSlot | nul
  * the same lease holder and, block by block, the same region, identity, epoch, size and base.
  * Null otherwise, with a warning saying why (the migration then uses the stream).
  */
-export function openPreparedSlot(path: string, own: OwnVm, log: Logger): SwitchoverSlot | null {
+export function openPreparedSlot(
+  path: string,
+  own: OwnVm,
+  log: Logger,
+): { readonly slot: SwitchoverSlot; readonly expectation: SlotExpectation } | null {
   const slot = openOfferedSlot(path, log);
   if (slot === null) return null;
   let why: string | null;
+  let expectation: SlotExpectation | null = null;
   try {
-    why = slot.state() === SlotState.ARMED ? unlike(slot.expectation(), own) : 'not armed';
+    if (slot.state() !== SlotState.ARMED) why = 'not armed';
+    else why = unlike((expectation = slot.expectation()), own);
   } catch (err) {
     why = (err as Error).message;
   }
-  if (why === null) return slot;
+  if (why === null) return { slot, expectation: expectation! };
   slot.close();
   log.warn(
     { why },

@@ -6,7 +6,7 @@ import { closeRamBlocks, openRamBlocks, type RamBacking, type RamContext } from 
 import { MemstoreAccess } from '../ram/memstore-access.js';
 import { VmmError } from '../model/vmm-error.js';
 import { normalizeSpec, validateSpec } from './spec.js';
-import type { RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
+import type { HostedVm, RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
 import { Vm } from './vm.js';
 import { VcpuThreadPool } from '../vcpu/pool.js';
 import { vcpuWorkerUrl } from '../vcpu/worker-url.js';
@@ -300,6 +300,16 @@ export class VmHost {
       );
     }
     return vm;
+  }
+
+  /**
+   * Every VM's name, spec and state, for the migrator's registry: unlike {@link VmHost.list},
+   * no counters are read (a list counts every VM's dirty and touched pages).
+   */
+  hosted(): HostedVm[] {
+    return [...this.vms.values()]
+      .filter((vm) => !vm.destroyed)
+      .map((vm) => ({ name: vm.name, spec: vm.spec, state: vm.currentState }));
   }
 
   /** Every VM, by name. */

@@ -5,7 +5,7 @@
  * @packageDocumentation
  */
 import { vmm as pb, type migrator as mpb } from '@handoff/proto';
-import type { VmInfo, VmState } from '../model/types.js';
+import type { HostedVm, VmState } from '../model/types.js';
 import { specToPb } from './spec.js';
 
 /** A VM state on the wire. */
@@ -19,6 +19,6 @@ export const STATE_TO_PB: Record<VmState, pb.VmState> = {
 };
 
 /** A VM as the migrator's RegisterVmm/ReportVms carry it: name, spec, state. */
-export function hostedVmToPb(vm: VmInfo): mpb.HostedVm {
+export function hostedVmToPb(vm: HostedVm): mpb.HostedVm {
   return { name: vm.name, spec: specToPb(vm.spec), state: STATE_TO_PB[vm.state] };
 }

@@ -4,6 +4,8 @@
  * receiver's bounds checks. See PROTOCOL.md.
  */
 import type { vmmStream } from '@handoff/proto';
+import type { MigrationCapabilities } from '@handoff/qapi';
+import type { RamBlockSpec } from '../../model/types.js';
 import type { RamBacking } from '../../ram/backing.js';
 import { MigrationError } from '../../model/migration-error.js';
 
@@ -25,6 +27,13 @@ export type BlockMode =
   | 'template'
   /** Every page is sent (zero runs for pages known zero). */
   | 'copy';
+
+/** How a block of `spec` travels under `caps` (the source decides; a prepared target plans by it). */
+export function modeFor(s: RamBlockSpec, caps: MigrationCapabilities): BlockMode {
+  if (caps['bypass-shared-memory'] && s.backend === 'shared') return 'ref';
+  if (caps['bypass-shared-memory'] && s.backend === 'clone') return 'template';
+  return 'copy';
+}
 
 /**
  * A frame whose data so far is one segment at least this long is sent before a segment that
