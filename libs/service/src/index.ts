@@ -18,3 +18,4 @@ export * from './units.js';
 export * from './frames.js';
 export * from './events.js';
 export * from './process.js';
+export * from './trust/identity.js';
