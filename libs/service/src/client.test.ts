@@ -1,10 +1,11 @@
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator, serviceNames } from '@handoff/proto';
 import { createClient, streamCall } from './client.js';
 import { RemoteError, ServiceError } from './errors.js';
 import { createLogger } from './logger.js';
 import { serverStream, startServer, type RunningServer } from './server.js';
+import { openAccess } from './testing/tls.js';
 
 const logger = createLogger({ name: 'test', level: 'silent', format: 'json' });
 
@@ -32,16 +33,22 @@ describe('streamCall', () => {
       host: '127.0.0.1',
       port: 0,
       logger,
+      tls: null,
       shutdownTimeoutMs: 500,
       services: [
         {
           name: serviceNames.migrator,
           definition: migrator.MigratorServiceService,
           implementation: { watchJob: serverStream(logger, scripted) } as never,
+          access: openAccess(migrator.MigratorServiceService),
         },
       ],
     });
-    client = createClient(migrator.MigratorServiceClient, server.address);
+    client = createClient(
+      migrator.MigratorServiceClient,
+      server.address,
+      grpc.credentials.createInsecure(),
+    );
   });
 
   afterAll(async () => {

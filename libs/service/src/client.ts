@@ -142,9 +142,17 @@ type ClientCtor<C> = new (
   options?: grpc.ChannelOptions,
 ) => C;
 
-/** Creates an insecure (loopback) client of a generated service. */
-export function createClient<C>(ctor: ClientCtor<C>, address: string): C {
-  return new ctor(address, grpc.credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+/**
+ * Creates a client of a generated service. `credentials` are explicit so no client talks
+ * plaintext by accident: build them from the caller's own certificate with
+ * `channelCredentials(tls)` (trust/credentials.ts), which gives plaintext only for `--insecure`.
+ */
+export function createClient<C>(
+  ctor: ClientCtor<C>,
+  address: string,
+  credentials: grpc.ChannelCredentials,
+): C {
+  return new ctor(address, credentials, CLIENT_CHANNEL_OPTIONS);
 }
 
 /** grpc.health.v1 serving status as a string. */
@@ -163,11 +171,14 @@ interface HealthClient extends grpc.Client {
 let healthCtor: (new (address: string, creds: grpc.ChannelCredentials) => HealthClient) | undefined;
 
 /**
- * Asks a server's grpc.health.v1 for a service's status ('' = the whole server).
- * Never throws: an unreachable server is reported as UNREACHABLE.
+ * Asks a server's grpc.health.v1 for a service's status ('' = the whole server), over
+ * `credentials` (health answers callers without a client certificate too, but a TLS server
+ * still needs TLS credentials that trust its CA). Never throws: an unreachable server, or one
+ * whose TLS does not match, is reported as UNREACHABLE.
  */
 export async function checkHealth(
   address: string,
+  credentials: grpc.ChannelCredentials,
   service = '',
   deadlineMs = 2000,
 ): Promise<{ status: HealthStatus; error?: string }> {
@@ -179,7 +190,7 @@ export async function checkHealth(
     };
     healthCtor = pkg.grpc.health.v1.Health;
   }
-  const client = new healthCtor!(address, grpc.credentials.createInsecure());
+  const client = new healthCtor!(address, credentials);
   try {
     const res = await unaryCall(client, 'check', { service }, { deadlineMs });
     return { status: res.status as HealthStatus };

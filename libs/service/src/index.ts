@@ -19,3 +19,6 @@ export * from './frames.js';
 export * from './events.js';
 export * from './process.js';
 export * from './trust/identity.js';
+export * from './trust/access.js';
+export * from './trust/credentials.js';
+export * from './trust/material.js';

@@ -4,6 +4,7 @@ import { createLogger, type LogFormat, type Logger } from './logger.js';
 import { stopOnSignals } from './lifecycle.js';
 import { writeReadyFile } from './ready.js';
 import { HANDOFF_VERSION } from './version.js';
+import { tlsOptions } from './trust/material.js';
 
 /** Options every Handoff service accepts. */
 export function commonOptions(defaultPort: number) {
@@ -47,6 +48,7 @@ export function commonOptions(defaultPort: number) {
       description:
         'on SIGTERM/SIGINT, how long open calls may finish before the server is forced down',
     },
+    ...tlsOptions(),
   } as const satisfies ConfigSpec;
 }
 

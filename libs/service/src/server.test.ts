@@ -6,7 +6,9 @@ import { checkHealth, createClient, unaryCall } from './client.js';
 import { RemoteError, ServiceError } from './errors.js';
 import { createLogger } from './logger.js';
 import { startServer, unary, unavailable, type RunningServer } from './server.js';
+import { openAccess } from './testing/tls.js';
 
+const plaintext = grpc.credentials.createInsecure();
 const logger = createLogger({ name: 'test', level: 'silent', format: 'json' });
 
 describe('startServer', () => {
@@ -37,12 +39,14 @@ describe('startServer', () => {
       host: '127.0.0.1',
       port: 0,
       logger,
+      tls: null,
       shutdownTimeoutMs: 500,
       services: [
         {
           name: serviceNames.migrator,
           definition: migrator.MigratorServiceService,
           implementation: impl as grpc.UntypedServiceImplementation,
+          access: openAccess(migrator.MigratorServiceService),
         },
       ],
     });
@@ -51,19 +55,23 @@ describe('startServer', () => {
   afterAll(() => server.shutdown());
 
   it('serves async handlers and reports SERVING for itself and each service', async () => {
-    const c = createClient(migrator.MigratorServiceClient, server.address);
+    const c = createClient(migrator.MigratorServiceClient, server.address, plaintext);
     try {
       expect((await unaryCall(c, 'getInfo', {})).vmmCount).toBe(1);
-      expect((await checkHealth(server.address)).status).toBe('SERVING');
-      expect((await checkHealth(server.address, serviceNames.migrator)).status).toBe('SERVING');
-      expect((await checkHealth(server.address, 'no.such.Service')).status).toBe('SERVICE_UNKNOWN');
+      expect((await checkHealth(server.address, plaintext)).status).toBe('SERVING');
+      expect((await checkHealth(server.address, plaintext, serviceNames.migrator)).status).toBe(
+        'SERVING',
+      );
+      expect((await checkHealth(server.address, plaintext, 'no.such.Service')).status).toBe(
+        'SERVICE_UNKNOWN',
+      );
     } finally {
       c.close();
     }
   });
 
   it('maps thrown errors to status codes with their stable code', async () => {
-    const c = createClient(migrator.MigratorServiceClient, server.address);
+    const c = createClient(migrator.MigratorServiceClient, server.address, plaintext);
     try {
       const bad = (await unaryCall(c, 'listVmms', {}).catch((e: unknown) => e)) as RemoteError;
       expect([bad.status, bad.code, bad.message]).toEqual([
@@ -91,7 +99,7 @@ describe('startServer', () => {
   });
 
   it('applies a deadline to every call', async () => {
-    const c = createClient(migrator.MigratorServiceClient, '127.0.0.1:1');
+    const c = createClient(migrator.MigratorServiceClient, '127.0.0.1:1', plaintext);
     try {
       const started = Date.now();
       const err = (await unaryCall(c, 'getInfo', {}, { deadlineMs: 300 }).catch(
@@ -110,12 +118,13 @@ describe('startServer', () => {
       host: '127.0.0.1',
       port: 0,
       logger,
+      tls: null,
       services: [],
     });
-    expect((await checkHealth(other.address)).status).toBe('SERVING');
+    expect((await checkHealth(other.address, plaintext)).status).toBe('SERVING');
     await other.shutdown();
     await other.shutdown();
-    expect((await checkHealth(other.address, '', 500)).status).toBe('UNREACHABLE');
+    expect((await checkHealth(other.address, plaintext, '', 500)).status).toBe('UNREACHABLE');
   });
 
   it('announces the receive window it was asked for (HTTP/2 SETTINGS), 64 KiB otherwise', async () => {
@@ -125,6 +134,7 @@ describe('startServer', () => {
         host: '127.0.0.1',
         port: 0,
         logger,
+        tls: null,
         services: [],
         ...(receiveWindowBytes !== undefined ? { receiveWindowBytes } : {}),
       });

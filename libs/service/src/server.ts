@@ -7,6 +7,9 @@ import type * as http2 from 'node:http2';
 import { descriptorSetPath } from '@handoff/proto';
 import { ServiceError, toGrpcError } from './errors.js';
 import type { Logger } from './logger.js';
+import { ANY_ROLE, guardImplementation, type AccessTable } from './trust/access.js';
+import { serverCredentials } from './trust/credentials.js';
+import type { TlsMaterial } from './trust/material.js';
 
 /** Name under which grpc.health.v1 reports the server as a whole. */
 export const OVERALL_HEALTH = '';
@@ -14,11 +17,16 @@ export const OVERALL_HEALTH = '';
 /** Reflection name of the health service (served beside every Handoff service). */
 export const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';
 
-/** A service to register: the generated definition, its fully-qualified name and handlers. */
+/**
+ * A service to register: the generated definition, its fully-qualified name, handlers, and who
+ * may call each method.
+ */
 export interface ServiceRegistration {
   name: string;
   definition: grpc.ServiceDefinition;
   implementation: grpc.UntypedServiceImplementation;
+  /** Roles per method (trust/access.ts); a method without an entry keeps the server from starting. */
+  access: AccessTable;
 }
 
 export interface ServerOptions {
@@ -29,6 +37,12 @@ export interface ServerOptions {
   port: number;
   logger: Logger;
   services: ServiceRegistration[];
+  /**
+   * The server's TLS material (mutual TLS: every call but health needs a client certificate the
+   * CA issued, of a role the service's access table allows), or null to serve plaintext
+   * (`--insecure`: nobody is authenticated and every call passes).
+   */
+  tls: TlsMaterial | null;
   /** How long graceful shutdown waits for calls to finish before forcing. */
   shutdownTimeoutMs?: number;
   /** Largest message accepted (default 16 MiB: page frames are <= 1 MiB plus headers). */
@@ -68,7 +82,13 @@ function reflectionPackages(): protoLoader.PackageDefinition {
 
 /**
  * Starts a gRPC server with the given services plus grpc.health.v1 and server
- * reflection (v1 and v1alpha), so `grpcurl -plaintext HOST:PORT list` works.
+ * reflection (v1 and v1alpha), so `grpcurl HOST:PORT list` works (with the cluster's
+ * certificates, or `-plaintext` against an `--insecure` server). Every handler is wrapped with
+ * its service's access check; health stays open to callers without a certificate (liveness
+ * probes), reflection is open to every role.
+ *
+ * @throws ServiceError `SERVICE_INVALID_CONFIG` when an access table misses a method,
+ *   `SERVICE_UNAVAILABLE` when the port cannot be bound
  */
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const maxReceive = opts.maxReceiveMessageBytes ?? 16 * 1024 * 1024;
@@ -82,15 +102,31 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const health = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
   for (const n of names) health.setStatus(n, 'NOT_SERVING');
   health.addToServer(server);
+  const secure = opts.tls !== null;
+  const guarded = (
+    name: string,
+    definition: grpc.ServiceDefinition,
+    implementation: grpc.UntypedServiceImplementation,
+    access: AccessTable,
+  ): void =>
+    server.addService(
+      definition,
+      guardImplementation(name, definition, implementation, access, secure, opts.logger),
+    );
+  // Reflection registers its own services; every role may list what a server offers.
+  const reflectionHost = {
+    addService: (definition: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) =>
+      guarded('ServerReflection', definition, impl, { ServerReflectionInfo: ANY_ROLE }),
+  } as unknown as grpc.Server;
   new ReflectionService(reflectionPackages(), {
     services: [...names, HEALTH_SERVICE_NAME],
-  }).addToServer(server);
-  for (const s of opts.services) server.addService(s.definition, s.implementation);
+  }).addToServer(reflectionHost);
+  for (const s of opts.services) guarded(s.name, s.definition, s.implementation, s.access);
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(
       `${opts.host}:${opts.port}`,
-      grpc.ServerCredentials.createInsecure(),
+      serverCredentials(opts.tls),
       (err, p) => (err ? reject(bindError(err, opts)) : resolve(p)),
     );
   });
@@ -98,7 +134,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const address = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`;
   health.setStatus(OVERALL_HEALTH, 'SERVING');
   for (const n of names) health.setStatus(n, 'SERVING');
-  opts.logger.info({ address, services: names }, `${opts.name} serving`);
+  opts.logger.info(
+    {
+      address,
+      services: names,
+      tls: opts.tls === null ? 'off (--insecure)' : opts.tls.identity,
+    },
+    `${opts.name} serving`,
+  );
 
   let down: Promise<void> | undefined;
   const shutdown = (reason = 'shutdown requested'): Promise<void> => {
