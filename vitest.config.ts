@@ -13,6 +13,8 @@ export default defineConfig({
   ssr: { resolve: { conditions: sourceCondition, externalConditions: sourceCondition } },
   test: {
     reporters: ['default', './test/support/summary-reporter.ts'],
+    // One test PKI per run: services under test serve mutual TLS with it.
+    globalSetup: ['./test/support/tls-setup.ts'],
     projects: [
       {
         extends: true,

@@ -1,9 +1,11 @@
+import type * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cluster';
+import { channelCredentials, loadTls } from '@handoff/service';
 import { listServicesByReflection } from './helpers/reflection.js';
 import { repoRoot } from './helpers/services.js';
 import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
@@ -22,6 +24,9 @@ describe('the local cluster and vmctl', () => {
   let stateDir: string;
   let volatileDir: string;
   let vmctl: (...args: string[]) => Promise<VmctlResult>;
+  let env: NodeJS.ProcessEnv;
+  /** An operator's credentials from the cluster's own PKI. */
+  let operator: grpc.ChannelCredentials;
 
   beforeAll(async () => {
     stateDir = mkdtempSync(join(tmpdir(), 'handoff-cluster-'));
@@ -31,12 +36,26 @@ describe('the local cluster and vmctl', () => {
       volatileDir,
       ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
     });
-    const env = {
+    // vmctl uses the operator certificate the launcher created with the cluster.
+    env = {
       ...process.env,
       HANDOFF_MEMSTORE_ADDR: cluster.memstore,
       HANDOFF_MIGRATOR_ADDR: cluster.migrator,
+      HANDOFF_TLS_DIR: cluster.tlsDir!,
     };
     vmctl = vmctlRunner(() => env).run;
+    operator = channelCredentials(
+      loadTls({ 'tls-dir': cluster.tlsDir! }, 'operator', { role: 'operator' }),
+    );
+  });
+
+  it('creates its PKI in <state-dir>/tls: a CA and a certificate per service, keys private', () => {
+    expect(cluster.tlsDir).toBe(join(stateDir, 'tls'));
+    expect(statSync(cluster.tlsDir!).mode & 0o777).toBe(0o700);
+    for (const id of ['ca', 'memstore', 'migrator', 'vmm-a', 'vmm-b', 'operator']) {
+      expect(existsSync(join(cluster.tlsDir!, `${id}.pem`))).toBe(true);
+      expect(statSync(join(cluster.tlsDir!, `${id}.key`)).mode & 0o777).toBe(0o600);
+    }
   });
 
   afterAll(async () => {
@@ -67,14 +86,16 @@ describe('the local cluster and vmctl', () => {
   });
 
   it('every service lists its services through reflection', async () => {
-    expect(await listServicesByReflection(cluster.memstore)).toContain(
+    expect(await listServicesByReflection(cluster.memstore, operator)).toContain(
       'handoff.memstore.v1.MemstoreService',
     );
-    expect(await listServicesByReflection(cluster.migrator)).toContain(
+    expect(await listServicesByReflection(cluster.migrator, operator)).toContain(
       'handoff.migrator.v1.MigratorService',
     );
     for (const address of Object.values(cluster.vmms)) {
-      expect(await listServicesByReflection(address)).toContain('handoff.vmm.v1.VmmService');
+      expect(await listServicesByReflection(address, operator)).toContain(
+        'handoff.vmm.v1.VmmService',
+      );
     }
   });
 
@@ -120,6 +141,22 @@ describe('the local cluster and vmctl', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('npm start');
   });
+
+  it('vmctl without a certificate refuses to run and says how to get one; --insecure gets nowhere', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'handoff-no-tls-'));
+    const bare = vmctlRunner(() => ({ ...env, HANDOFF_TLS_DIR: '', HANDOFF_STATE_DIR: empty }));
+    try {
+      const r = await bare.run('region', 'list');
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/no operator certificate: none in .*handoff-no-tls-.*\/tls/);
+      expect(r.stderr).toContain('HANDOFF_TLS_DIR');
+      const plain = await bare.run('region', 'list', '--insecure', '--timeout', '1000');
+      expect(plain.code).toBe(1);
+      expect(plain.stderr).toContain('--insecure only for a cluster started with --insecure');
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('npm start (the cluster launcher)', () => {
@@ -150,6 +187,7 @@ describe('npm start (the cluster launcher)', () => {
       expect(out).toContain('Handoff local cluster is up');
       expect(out).toContain(`migrator  127.0.0.1:${base}`);
       expect(out).toContain(`vmm-b     127.0.0.1:${base + 202}`);
+      expect(out).toContain(`Mutual TLS: the CA and certificates are in ${join(stateDir, 'tls')}`);
       const pids = [...out.matchAll(/"pid":(\d+)/g)].map((m) => Number(m[1]));
       expect(new Set(pids).size).toBeGreaterThanOrEqual(4);
       child.kill('SIGINT');

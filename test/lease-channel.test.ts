@@ -8,6 +8,7 @@ import {
 import { byName, failure, makeTempDirs, type TempDirs } from '@handoff/memstore/testing';
 import { memstore as pb } from '@handoff/proto';
 import {
+  channelCredentials,
   createClient,
   createLogger,
   FramedSocket,
@@ -44,7 +45,7 @@ async function startReal(overrides: Parameters<typeof memstoreConfig>[0] = {}): 
       ...overrides,
     }),
   );
-  client = createClient(pb.MemstoreServiceClient, memstore.address);
+  client = createClient(pb.MemstoreServiceClient, memstore.address, channelCredentials(null));
   leases = new LeaseChannelClient({ memstore: () => client!, logger, deadlineMs: 5000 });
 }
 

@@ -42,9 +42,11 @@ async function outcome<T>(p: Promise<T>): Promise<{ ok: T } | { err: RemoteError
 describe('memstore process', () => {
   it('serves grpc.health.v1 and reflection listing MemstoreService', async () => {
     ms = await startMemstoreProcess(dirs);
-    expect((await checkHealth(ms.process.address)).status).toBe('SERVING');
-    expect((await checkHealth(ms.process.address, serviceNames.memstore)).status).toBe('SERVING');
-    expect(await listServicesByReflection(ms.process.address)).toEqual([
+    expect((await checkHealth(ms.process.address, ms.process.credentials)).status).toBe('SERVING');
+    expect(
+      (await checkHealth(ms.process.address, ms.process.credentials, serviceNames.memstore)).status,
+    ).toBe('SERVING');
+    expect(await listServicesByReflection(ms.process.address, ms.process.credentials)).toEqual([
       'grpc.health.v1.Health',
       'handoff.memstore.v1.MemstoreService',
     ]);
@@ -70,7 +72,7 @@ describe('memstore process', () => {
     expect(epoch).toBe(1n);
     // One channel per racer, so the calls really race over separate connections.
     const clients = Array.from({ length: 12 }, () =>
-      createClient(pb.MemstoreServiceClient, ms!.process.address),
+      createClient(pb.MemstoreServiceClient, ms!.process.address, ms!.process.credentials),
     );
     try {
       for (let round = 0; round < 5; round++) {
@@ -201,6 +203,7 @@ describe('memstore process', () => {
       '0',
       '--log-format',
       'json',
+      '--insecure',
     ]).catch((e: unknown) => e)) as { code: number; stdout: string };
     expect(second.code).toBe(1);
     expect(second.stdout).toContain('CATALOG_LOCKED');

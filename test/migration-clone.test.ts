@@ -228,6 +228,7 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
         jobId: 'hostile',
         spec: undefined,
         capabilities: [],
+        sourceVmm: 'vmm-x', // rawIncoming's certificate
       });
       const s = rawIncoming(b.process.address);
       s.send(headerFor(token, vm.spec!, [block(identity)], { source: 'vmm-a' }));

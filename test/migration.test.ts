@@ -330,7 +330,12 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       { spec: { ...spec, ram: [{ ...spec.ram[0]!, size: 1n << 40n }] }, capabilities: copy },
     ].entries()) {
       const jobId = `misfit-${k}`;
-      const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, ...hint });
+      const prep = await vmmCall(to.client, 'prepareIncoming', {
+        name,
+        jobId,
+        ...hint,
+        sourceVmm: from.id,
+      });
       const info = await migrateVmCall(from.client, {
         name,
         jobId,
@@ -377,6 +382,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       jobId: 'slot-x',
       spec,
       capabilities,
+      sourceVmm: b.id,
     });
     expect(prep.handoffSlot).not.toBe('');
     const err = await refused(
@@ -422,6 +428,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       jobId: 'no-probe',
       spec,
       capabilities,
+      sourceVmm: b.id,
     });
     expect(prep.handoffSlot).not.toBe('');
     const info = await migrateVmCall(b.client, {
@@ -452,6 +459,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       jobId: 'fallback',
       spec: undefined,
       capabilities: defaults,
+      sourceVmm: a.id,
     });
     const info = await migrateVmCall(a.client, {
       name,
@@ -494,6 +502,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
           jobId: 'h',
           spec: spec === undefined ? undefined : { ...spec, name },
           capabilities: capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': true })),
+          sourceVmm: 'vmm-x', // the raw streams' certificate
         });
         dataAddress = prep.dataAddress;
         return prep.token;
@@ -507,6 +516,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
             jobId: 'p',
             spec: undefined,
             capabilities: [],
+            sourceVmm: 'vmm-x',
           }).then((p) => (dataAddress = p.dataAddress));
         return rawIncoming(b.process.address, dataAddress);
       };
@@ -641,6 +651,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       jobId: 'unsupported',
       spec: undefined,
       capabilities: [],
+      sourceVmm: a.id,
     });
     const late = await refused(
       migrateVmCall(a.client, {

@@ -7,7 +7,8 @@ import { migrator } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
 import { createClient, unaryCall } from '@handoff/service';
 import { FakeVmm, FakeWorld } from '@handoff/migrator/testing';
-import { startService, type ServiceProcess } from './helpers/services.js';
+import { testMaterial } from '@handoff/service/testing';
+import { startService, type TestService } from './helpers/services.js';
 import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
 type Result = VmctlResult;
@@ -38,7 +39,7 @@ interface JobJson {
  */
 describe('migrator jobs through vmctl', () => {
   let stateDir: string;
-  let mg: ServiceProcess;
+  let mg: TestService;
   let world: FakeWorld;
   let a: FakeVmm;
   let b: FakeVmm;
@@ -60,8 +61,19 @@ describe('migrator jobs through vmctl', () => {
       ['vm1', 'vm2', 'vm3', 'vm4', 'vm5', 'lu1', 'lu2', 'lu3'].map((n) => [n, 'vmm-a']),
     );
     const peers = new Map<string, FakeVmm>();
-    a = await FakeVmm.start('vmm-a', world, peers);
-    b = await FakeVmm.start('vmm-b', world, peers);
+    // The fakes serve and register with the certificates of vmm-a and vmm-b.
+    a = await FakeVmm.start(
+      'vmm-a',
+      world,
+      peers,
+      await testMaterial({ id: 'vmm-a', role: 'vmm' }),
+    );
+    b = await FakeVmm.start(
+      'vmm-b',
+      world,
+      peers,
+      await testMaterial({ id: 'vmm-b', role: 'vmm' }),
+    );
     await startMigrator();
   });
 
@@ -139,7 +151,7 @@ describe('migrator jobs through vmctl', () => {
     expect(badValue.code).toBe(2);
     const badCap = await vmctl('migrate', 'vm4', '--to', 'vmm-b', '--capability', 'warp=on');
     expect(badCap.code).toBe(2);
-    const client = createClient(migrator.MigratorServiceClient, mg.address);
+    const client = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
       const call = (vm: string, targetVmm: string) =>
         unaryCall(client, 'migrate', {

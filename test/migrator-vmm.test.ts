@@ -3,19 +3,21 @@ import { migrator, vmm } from '@handoff/proto';
 import { resolveCapabilities } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire } from '@handoff/qapi/wire';
 import { createClient, unaryCall } from '@handoff/service';
-import { startService, type ServiceProcess } from './helpers/services.js';
+import { startService, type TestService } from './helpers/services.js';
 import { vmctlRunner } from './helpers/vmctl.js';
 import { vmSpec } from './helpers/vmm.js';
 
 /**
  * Smoke test of the whole control path with real processes: the migrator
  * coordinating two real vmm instances (private RAM, so no memstore), driven
- * by vmctl. The migration stream itself is tested in apps/vmm.
+ * by vmctl. The migration stream itself is tested in apps/vmm. Everything here runs
+ * `--insecure` (vmctl with HANDOFF_INSECURE=1), so the plaintext path stays tested; the other
+ * cross-process tests run mutual TLS.
  */
 describe('vmctl migrate with real vmm instances', () => {
-  let mg: ServiceProcess;
-  let vmmA: ServiceProcess;
-  let vmmB: ServiceProcess;
+  let mg: TestService;
+  let vmmA: TestService;
+  let vmmB: TestService;
   let env: NodeJS.ProcessEnv;
 
   const { run: vmctl, json } = vmctlRunner(() => env);
@@ -26,17 +28,23 @@ describe('vmctl migrate with real vmm instances', () => {
 
   beforeAll(async () => {
     mg = await startService('migrator', [
+      '--insecure',
       '--heartbeat-interval-ms',
       '200',
       '--poll-interval-ms',
       '20',
     ]);
     [vmmA, vmmB] = await Promise.all([
-      startService('vmm', ['--id', 'vmm-a', '--migrator', mg.address]),
-      startService('vmm', ['--id', 'vmm-b', '--migrator', mg.address]),
+      startService('vmm', ['--insecure', '--id', 'vmm-a', '--migrator', mg.address]),
+      startService('vmm', ['--insecure', '--id', 'vmm-b', '--migrator', mg.address]),
     ]);
-    env = { ...process.env, HANDOFF_MIGRATOR_ADDR: mg.address, HANDOFF_OUTPUT: 'table' };
-    const client = createClient(migrator.MigratorServiceClient, mg.address);
+    env = {
+      ...process.env,
+      HANDOFF_MIGRATOR_ADDR: mg.address,
+      HANDOFF_OUTPUT: 'table',
+      HANDOFF_INSECURE: '1',
+    };
+    const client = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
       for (let i = 0; i < 50; i++) {
         const { vmms } = await unaryCall(client, 'listVmms', {});
@@ -119,8 +127,8 @@ describe('vmctl migrate with real vmm instances', () => {
   }, 120_000);
 
   it('migrates a VM the moment CreateVm returned: the vmm reported it with the change', async () => {
-    const mc = createClient(migrator.MigratorServiceClient, mg.address);
-    const vc = createClient(vmm.VmmServiceClient, vmmA.address);
+    const mc = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
+    const vc = createClient(vmm.VmmServiceClient, vmmA.address, vmmA.credentials);
     try {
       await unaryCall(vc, 'createVm', {
         spec: vmSpec('fresh', 'ab', { memory: 8 * 1024 * 1024 }),

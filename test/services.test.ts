@@ -5,14 +5,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrator, vmm } from '@handoff/proto';
 import { checkHealth, createClient, RemoteError, unaryCall } from '@handoff/service';
 import { listServicesByReflection } from './helpers/reflection.js';
-import { serviceMain, startService, type ServiceProcess } from './helpers/services.js';
+import { serviceMain, startService, type TestService } from './helpers/services.js';
 
 const run = promisify(execFile);
 
 describe('migrator and vmm instances', () => {
-  let mg: ServiceProcess;
-  let vmmA: ServiceProcess;
-  let vmmB: ServiceProcess;
+  let mg: TestService;
+  let vmmA: TestService;
+  let vmmB: TestService;
 
   beforeAll(async () => {
     mg = await startService('migrator', [
@@ -33,7 +33,7 @@ describe('migrator and vmm instances', () => {
   });
 
   it('registers every vmm instance with the migrator, which lists them alive', async () => {
-    const client = createClient(migrator.MigratorServiceClient, mg.address);
+    const client = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
       let ids: string[] = [];
       for (let i = 0; i < 50 && ids.length < 2; i++) {
@@ -50,13 +50,15 @@ describe('migrator and vmm instances', () => {
   });
 
   it('serves health and reflection on every service', async () => {
-    expect((await checkHealth(mg.address)).status).toBe('SERVING');
-    expect((await checkHealth(vmmA.address, 'handoff.vmm.v1.VmmService')).status).toBe('SERVING');
-    expect(await listServicesByReflection(mg.address)).toEqual([
+    expect((await checkHealth(mg.address, mg.credentials)).status).toBe('SERVING');
+    expect(
+      (await checkHealth(vmmA.address, vmmA.credentials, 'handoff.vmm.v1.VmmService')).status,
+    ).toBe('SERVING');
+    expect(await listServicesByReflection(mg.address, mg.credentials)).toEqual([
       'grpc.health.v1.Health',
       'handoff.migrator.v1.MigratorService',
     ]);
-    expect(await listServicesByReflection(vmmA.address)).toEqual([
+    expect(await listServicesByReflection(vmmA.address, vmmA.credentials)).toEqual([
       'grpc.health.v1.Health',
       'handoff.vmm.v1.MigrationService',
       'handoff.vmm.v1.VmmService',
@@ -64,8 +66,8 @@ describe('migrator and vmm instances', () => {
   });
 
   it('answers calls of later milestones with UNIMPLEMENTED and a message, never fake success', async () => {
-    const client = createClient(vmm.VmmServiceClient, vmmA.address);
-    const mc = createClient(migrator.MigratorServiceClient, mg.address);
+    const client = createClient(vmm.VmmServiceClient, vmmA.address, vmmA.credentials);
+    const mc = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
       const err = await unaryCall(client, 'saveVm', {
         name: 'x',
@@ -93,7 +95,7 @@ describe('migrator and vmm instances', () => {
 
   it('reports a vmm instance that stopped heartbeating as not alive', async () => {
     const late = await startService('vmm', ['--id', 'vmm-late', '--migrator', mg.address]);
-    const client = createClient(migrator.MigratorServiceClient, mg.address);
+    const client = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
       const alive = async () =>
         (await unaryCall(client, 'listVmms', {})).vmms.find((v) => v.id === 'vmm-late')?.alive;

@@ -1,4 +1,4 @@
-import { createLogger } from '@handoff/service';
+import { channelCredentials, createLogger } from '@handoff/service';
 import { VmHost, vcpuWorkerUrl, type Vm } from '@handoff/vmm';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +18,7 @@ describe('the VM host and its vCPU threads', () => {
       vmmId: 'vmm-in-process',
       logger: createLogger({ name: 'vm-host-test', level: 'warn', format: 'json' }),
       memstoreAddress: '127.0.0.1:9',
+      memstoreCredentials: channelCredentials(null), // no memstore: private RAM only
       maxVmMemory: 256 * 1024 * 1024,
     });
   });

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startService, type ServiceProcess } from './services.js';
+import { startService, type TestService } from './services.js';
 
 /**
  * Helpers of the memstore cross-process tests: throw-away directories
@@ -51,7 +51,7 @@ export function memstoreDirs(): MemstoreDirs {
 
 /** A memstore process and a client of it. */
 export interface MemstoreUnderTest {
-  readonly process: ServiceProcess;
+  readonly process: TestService;
   readonly client: pb.MemstoreServiceClient;
   /** Closes the client and stops the process gracefully; returns the exit code. */
   stop(): Promise<number | null>;
@@ -66,7 +66,7 @@ export async function startMemstoreProcess(
   env: NodeJS.ProcessEnv = {},
 ): Promise<MemstoreUnderTest> {
   const proc = await startService('memstore', [...dirs.args, ...extraArgs], { env });
-  const client = createClient(pb.MemstoreServiceClient, proc.address);
+  const client = createClient(pb.MemstoreServiceClient, proc.address, proc.credentials);
   return {
     process: proc,
     client,
@@ -113,7 +113,7 @@ export interface ReconcileCounts {
  * (up to `timeoutMs`) for the line.
  */
 export async function reconcileReport(
-  proc: ServiceProcess,
+  proc: TestService,
   timeoutMs = 5000,
 ): Promise<ReconcileCounts> {
   const deadline = Date.now() + timeoutMs;

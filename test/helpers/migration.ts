@@ -1,3 +1,4 @@
+import type * as grpc from '@grpc/grpc-js';
 import { closeSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { vmm as pb } from '@handoff/proto';
@@ -6,6 +7,7 @@ import { resolveCapabilities, type MigrationCapabilityOverrides } from '@handoff
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import type { MigrationInfo, MigrationParameterOverrides } from '@handoff/qapi';
 import { createClient, FramedSocket, RemoteError, streamCall } from '@handoff/service';
+import { testCredentialsSync } from '@handoff/service/testing';
 import { vmmCall, type VmmUnderTest } from './vmm.js';
 
 /** Helpers of the migration tests: one migration end to end, RAM of a target, a raw stream. */
@@ -40,7 +42,13 @@ export async function migrateVm(
   const capabilities = capabilitiesToWire(resolveCapabilities(opts.capabilities ?? {}));
   const spec =
     opts.prebuild === false ? undefined : (await vmmCall(from.client, 'getVm', { name })).vm?.spec;
-  const prep = await vmmCall(to.client, 'prepareIncoming', { name, jobId, spec, capabilities });
+  const prep = await vmmCall(to.client, 'prepareIncoming', {
+    name,
+    jobId,
+    spec,
+    capabilities,
+    sourceVmm: from.id,
+  });
   if (opts.via !== 'grpc' && prep.dataAddress === '') {
     throw new Error(`vmm at ${prep.address} offers no data channel`);
   }
@@ -125,12 +133,20 @@ export interface RawIncoming {
 }
 
 /**
- * A raw stream to `address`: the gRPC Incoming call, or with `data` the data channel at that
+ * A raw stream to `address`: the gRPC Incoming call (with `credentials`; default: the
+ * certificate of vmm `vmm-x` from the run's test PKI), or with `data` the data channel at that
  * address (`unix:/path`, from PrepareIncoming's data_address).
  */
-export function rawIncoming(address: string, data?: string): RawIncoming {
+export function rawIncoming(
+  address: string,
+  data?: string,
+  credentials: grpc.ChannelCredentials = testCredentialsSync(
+    { id: 'vmm-x', role: 'vmm' },
+    { serverRole: 'vmm' },
+  ),
+): RawIncoming {
   if (data !== undefined) return rawDataChannel(data);
-  const client = createClient(vmmStream.MigrationServiceClient, address);
+  const client = createClient(vmmStream.MigrationServiceClient, address, credentials);
   const call = client.incoming();
   let acked = false;
   const outcome = new Promise<{ error?: vmmStream.StreamError; resumed?: boolean; acked: boolean }>(

@@ -9,7 +9,7 @@ import {
   type MemstoreDirs,
   type MemstoreUnderTest,
 } from './memstore.js';
-import { freePort, startService, type ServiceProcess } from './services.js';
+import { freePort, startService, type TestService } from './services.js';
 import { startVmmProcess, type VmmUnderTest } from './vmm.js';
 
 /**
@@ -22,7 +22,7 @@ export interface MigratorCluster {
   readonly memstore: MemstoreUnderTest;
   readonly vmms: Map<string, VmmUnderTest>;
   readonly stateDir: string;
-  migrator: ServiceProcess;
+  migrator: TestService;
   client: mpb.MigratorServiceClient;
   /** SIGKILLs the migrator (its journal stays). */
   killMigrator(): Promise<void>;
@@ -72,14 +72,18 @@ export async function startMigratorCluster(opts: {
     vmms: new Map(opts.vmms.map((id, i) => [id, vmmList[i]!])),
     stateDir,
     migrator,
-    client: createClient(mpb.MigratorServiceClient, migrator.address),
+    client: createClient(mpb.MigratorServiceClient, migrator.address, migrator.credentials),
     async killMigrator() {
       cluster.client.close();
       await cluster.migrator.kill9();
     },
     async restartMigrator() {
       cluster.migrator = await startMigrator();
-      cluster.client = createClient(mpb.MigratorServiceClient, cluster.migrator.address);
+      cluster.client = createClient(
+        mpb.MigratorServiceClient,
+        cluster.migrator.address,
+        cluster.migrator.credentials,
+      );
       await cluster.waitForVmms();
     },
     async waitForVmms() {

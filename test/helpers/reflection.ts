@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
  */
 export async function listServicesByReflection(
   address: string,
+  credentials: grpc.ChannelCredentials,
   deadlineMs = 5000,
 ): Promise<string[]> {
   const require = createRequire(import.meta.url);
@@ -25,7 +26,7 @@ export async function listServicesByReflection(
   };
   const client = new pkg.grpc.reflection.v1.ServerReflection(
     address,
-    grpc.credentials.createInsecure(),
+    credentials,
   ) as grpc.Client & {
     ServerReflectionInfo(opts: { deadline: number }): grpc.ClientDuplexStream<unknown, unknown>;
   };

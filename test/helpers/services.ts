@@ -1,9 +1,52 @@
+import type * as grpc from '@grpc/grpc-js';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServiceProcess, type ServiceProcess } from '@handoff/service';
+import {
+  channelCredentials,
+  startServiceProcess,
+  type PeerIdentity,
+  type ServiceProcess,
+} from '@handoff/service';
+import { testCredentials, testTlsArgs } from '@handoff/service/testing';
 
 export type { ServiceProcess } from '@handoff/service';
+
+/** A service process started for a test, with the credentials of a typical client of it. */
+export type TestService = ServiceProcess & {
+  /** False when it runs `--insecure` (plaintext). */
+  readonly tls: boolean;
+  /**
+   * Credentials of a client that plays the role tests usually play against this service
+   * ({@link TEST_CLIENTS}), from the run's test PKI; plaintext for an `--insecure` service.
+   */
+  readonly credentials: grpc.ChannelCredentials;
+};
+
+type App = 'memstore' | 'migrator' | 'vmm';
+
+/**
+ * Who a test's client is, per service: a vmm for memstore (it takes leases, and may create and
+ * read regions), the migrator for a vmm (it runs VMs and drives migrations), the operator for
+ * the migrator (jobs, the vmm list).
+ */
+export const TEST_CLIENTS: Record<App, PeerIdentity> = {
+  memstore: { id: 'test-vmm', role: 'vmm' },
+  vmm: { id: 'test-migrator', role: 'migrator' },
+  migrator: { id: 'operator', role: 'operator' },
+};
+
+/** The identity a service started with `args` proves: its name, or a vmm's `--id`. */
+export function serviceIdentity(app: App, args: readonly string[]): PeerIdentity {
+  if (app !== 'vmm') return { id: app, role: app };
+  const at = args.lastIndexOf('--id');
+  return { id: at >= 0 && at + 1 < args.length ? args[at + 1]! : 'vmm-a', role: 'vmm' };
+}
+
+/** Client credentials for a service of `app` (plaintext when `tls` is false). */
+export async function credentialsFor(app: App, tls: boolean): Promise<grpc.ChannelCredentials> {
+  return tls ? testCredentials(TEST_CLIENTS[app], { serverRole: app }) : channelCredentials(null);
+}
 
 /** Repository root (test/helpers/../..). */
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -16,20 +59,26 @@ export function serviceMain(app: 'memstore' | 'migrator' | 'vmm'): string {
 /**
  * Starts the built service `app` on a free port with JSON logs (`--port 0 --log-format json
  * ...args`) through `startServiceProcess`, the one way every test, bench and the local cluster
- * start a service, and resolves once its ready file says it serves.
+ * start a service, and resolves once its ready file says it serves. It serves mutual TLS with
+ * the certificate the run's test PKI has for it (its name, or a vmm's `--id`), unless `args`
+ * hold `--insecure` or TLS flags of their own.
  */
-export function startService(
-  app: 'memstore' | 'migrator' | 'vmm',
+export async function startService(
+  app: App,
   args: string[] = [],
   opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
-): Promise<ServiceProcess> {
-  return startServiceProcess({
+): Promise<TestService> {
+  const own = args.some((a) => a === '--insecure' || a.startsWith('--tls-'));
+  const tls = !args.includes('--insecure');
+  const tlsArgs = own ? [] : await testTlsArgs(serviceIdentity(app, args));
+  const proc = await startServiceProcess({
     name: app,
     entry: serviceMain(app),
-    args: ['--port', '0', '--log-format', 'json', ...args],
+    args: ['--port', '0', '--log-format', 'json', ...tlsArgs, ...args],
     ...(opts.env !== undefined ? { env: opts.env } : {}),
     ...(opts.timeoutMs !== undefined ? { readyTimeoutMs: opts.timeoutMs } : {}),
   });
+  return Object.assign(proc, { tls, credentials: await credentialsFor(app, tls) });
 }
 
 /**

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { testPkiDir } from '@handoff/service/testing';
 import { expect } from 'vitest';
 import { repoRoot } from './services.js';
 
@@ -18,13 +19,16 @@ export interface VmctlResult {
 
 /**
  * Runs the real vmctl executable as a child process. `env` is read at each
- * call (tests fill in cluster addresses in beforeAll). `json` adds
+ * call (tests fill in cluster addresses in beforeAll); vmctl's operator certificate comes from
+ * the run's test PKI (`HANDOFF_TLS_DIR`) unless `env` says otherwise. `json` adds
  * `--output json`, expects exit 0 and parses the one document printed.
  */
 export function vmctlRunner(env: () => NodeJS.ProcessEnv) {
   const run = async (...args: string[]): Promise<VmctlResult> => {
     try {
-      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], { env: env() });
+      const r = await execFileAsync(process.execPath, [vmctlBin, ...args], {
+        env: { HANDOFF_TLS_DIR: await testPkiDir(), ...env() },
+      });
       return { code: 0, stdout: r.stdout, stderr: r.stderr };
     } catch (err) {
       const e = err as { code: number; stdout: string; stderr: string };

@@ -2,7 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { vmm as pb } from '@handoff/proto';
 import { createClient, unaryCall, type UnaryMethod } from '@handoff/service';
 import { readFileSync } from 'node:fs';
-import { startService, type ServiceProcess } from './services.js';
+import { serviceIdentity, startService, type TestService } from './services.js';
 
 /**
  * Helpers of the VM tests: a vmm process with a client, spec builders, console and watch
@@ -11,7 +11,9 @@ import { startService, type ServiceProcess } from './services.js';
 
 /** A vmm process and a client of it. */
 export interface VmmUnderTest {
-  readonly process: ServiceProcess;
+  /** Its instance id (`--id`, the CN of its certificate). */
+  readonly id: string;
+  readonly process: TestService;
   readonly client: pb.VmmServiceClient;
   /** Closes the client and stops the process gracefully; returns the exit code. */
   stop(): Promise<number | null>;
@@ -23,8 +25,9 @@ export async function startVmmProcess(
   opts: { env?: NodeJS.ProcessEnv } = {},
 ): Promise<VmmUnderTest> {
   const proc = await startService('vmm', ['--migrator', '127.0.0.1:9', ...args], opts);
-  const client = createClient(pb.VmmServiceClient, proc.address);
+  const client = createClient(pb.VmmServiceClient, proc.address, proc.credentials);
   return {
+    id: serviceIdentity('vmm', args).id,
     process: proc,
     client,
     stop: async () => {

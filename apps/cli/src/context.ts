@@ -1,6 +1,7 @@
 import { isCodedError, RemoteError } from '@handoff/service';
 import * as grpc from '@grpc/grpc-js';
 import { Clients, DEFAULT_ENDPOINTS, type Endpoints } from './api/clients.js';
+import { operatorTls } from './api/credentials.js';
 import { CliError, EXIT } from './errors.js';
 import type { Io, OutputFormat } from './output/render.js';
 import { toJson } from './output/render.js';
@@ -11,6 +12,8 @@ export interface GlobalOptions {
   memstore: string;
   migrator: string;
   timeout: string;
+  /** Plaintext, for a cluster started with `--insecure` (also `HANDOFF_INSECURE=1`). */
+  insecure?: boolean;
 }
 
 /** Resolves global options from flags, then HANDOFF_* variables, then local defaults. */
@@ -25,7 +28,7 @@ export function globalDefaults(
   };
 }
 
-function endpointsOf(g: GlobalOptions): Endpoints {
+function endpointsOf(g: GlobalOptions, env: NodeJS.ProcessEnv): Endpoints {
   const timeoutMs = Number(g.timeout);
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
     throw new CliError(
@@ -33,7 +36,12 @@ function endpointsOf(g: GlobalOptions): Endpoints {
       `--timeout ${g.timeout} is not a positive number of milliseconds`,
     );
   }
-  return { memstore: g.memstore, migrator: g.migrator, timeoutMs };
+  return {
+    memstore: g.memstore,
+    migrator: g.migrator,
+    timeoutMs,
+    tls: operatorTls(env, { insecure: g.insecure === true }),
+  };
 }
 
 /** What a command body gets. */
@@ -53,6 +61,7 @@ export async function runCommand(
   io: Io,
   g: GlobalOptions,
   body: (ctx: CommandContext) => Promise<number | void>,
+  env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
   let clients: Clients | undefined;
   try {
@@ -62,7 +71,7 @@ export async function runCommand(
         `--output ${String(g.output)} is not a format; use table or json`,
       );
     }
-    clients = new Clients(endpointsOf(g));
+    clients = new Clients(endpointsOf(g, env));
     const ctx: CommandContext = {
       clients,
       output: g.output,
@@ -88,7 +97,8 @@ function reportFailure(io: Io, output: string, err: unknown): number {
     code = err.code;
     if (err.status === grpc.status.UNAVAILABLE || err.status === grpc.status.DEADLINE_EXCEEDED) {
       message +=
-        ' — is the cluster running? Start it with `npm start`, or point vmctl at it with --memstore/--migrator or HANDOFF_MEMSTORE_ADDR/HANDOFF_MIGRATOR_ADDR';
+        ' — is the cluster running? Start it with `npm start`, or point vmctl at it with --memstore/--migrator or HANDOFF_MEMSTORE_ADDR/HANDOFF_MIGRATOR_ADDR' +
+        ' (and use --insecure only for a cluster started with --insecure)';
     }
   } else if (isCodedError(err)) {
     code = err.code;

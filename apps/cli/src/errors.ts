@@ -1,5 +1,6 @@
 /** Stable codes of vmctl's own errors. */
-export type CliErrorCode = 'CLI_USAGE' | 'CLI_UNREACHABLE' | 'CLI_UNHEALTHY' | 'CLI_FAILED';
+export type CliErrorCode =
+  'CLI_USAGE' | 'CLI_UNREACHABLE' | 'CLI_UNHEALTHY' | 'CLI_FAILED' | 'CLI_NO_CREDENTIALS';
 
 /** Process exit codes of vmctl. */
 export const EXIT = {

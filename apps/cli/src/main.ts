@@ -41,6 +41,14 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
         .default(d.timeout)
         .env('HANDOFF_TIMEOUT_MS'),
     )
+    .addOption(
+      new Option(
+        '--insecure',
+        'talk plaintext, to a cluster started with --insecure (default: mutual TLS with the ' +
+          'operator certificate from HANDOFF_TLS_DIR, HANDOFF_TLS_CERT/_KEY/_CA, or ' +
+          './.handoff/tls)',
+      ),
+    )
     .showHelpAfterError('(run with --help for usage)')
     .enablePositionalOptions(false)
     .configureOutput({ writeOut: io.out, writeErr: io.err })
@@ -54,8 +62,11 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
       const rest = args.slice(0, -1) as Parameters<typeof body> extends [unknown, ...infer R]
         ? R
         : never;
-      exitCode.value = await runCommand(io, g, (ctx) =>
-        (body as (c: typeof ctx, ...a: unknown[]) => Promise<number | void>)(ctx, ...rest),
+      exitCode.value = await runCommand(
+        io,
+        g,
+        (ctx) => (body as (c: typeof ctx, ...a: unknown[]) => Promise<number | void>)(ctx, ...rest),
+        env,
       );
     };
 

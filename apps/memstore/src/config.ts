@@ -67,12 +67,17 @@ export interface MemstoreSettings {
 }
 
 /**
- * A full config from defaults plus overrides (for tests and embedding),
- * ignoring the process's argv and environment.
+ * A full config from defaults plus overrides (for tests and embedding), ignoring the process's
+ * argv and environment. It serves plaintext (`insecure`) unless the overrides name TLS files:
+ * an embedding process talks to it in-process; the executable never defaults to plaintext.
  */
 export function memstoreConfig(overrides: Partial<MemstoreConfig> = {}): MemstoreConfig {
+  const tlsGiven = (['tls-dir', 'tls-ca', 'tls-cert', 'tls-key'] as const).some(
+    (k) => overrides[k] !== undefined,
+  );
   return {
     ...parseConfig(memstoreOptions, { prefix: 'MEMSTORE', argv: [], env: {} }),
+    insecure: !tlsGiven,
     ...overrides,
   };
 }

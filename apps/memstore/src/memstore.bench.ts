@@ -1,4 +1,5 @@
 import { memstore as pb } from '@handoff/proto';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { createClient, createLogger, unaryCall } from '@handoff/service';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -178,12 +179,15 @@ const FRESH_CLIENTS = 50;
  * HTTP/2 set-up) and as its second call — what a vmm pays when its first
  * memstore call falls inside a migration's downtime.
  */
-async function firstCalls(address: string): Promise<{ first: Stats; second: Stats }> {
+async function firstCalls(
+  address: string,
+  credentials: ChannelCredentials,
+): Promise<{ first: Stats; second: Stats }> {
   const region: pb.RegionSelector = { selector: { $case: 'name', value: 'bench-volatile' } };
   const first: number[] = [];
   const second: number[] = [];
   for (let i = 0; i < FRESH_CLIENTS; i++) {
-    const c = createClient(pb.MemstoreServiceClient, address);
+    const c = createClient(pb.MemstoreServiceClient, address, credentials);
     try {
       let t0 = performance.now();
       await unaryCall(c, 'getRegion', { region });
@@ -245,12 +249,12 @@ export async function run(): Promise<Table[]> {
   let firstCall: { first: Stats; second: Stats };
   try {
     const proc = await startMemstoreProcess(grpcDirs, { logLevel: 'info' });
-    const client = createClient(pb.MemstoreServiceClient, proc.address);
+    const client = createClient(pb.MemstoreServiceClient, proc.address, proc.credentials);
     try {
       const ops: Partial<Record<RegionKind, Ops>> = {};
       for (const kind of kinds) ops[kind] = await grpcOps(client, kind);
       grpc = await measure(ops);
-      firstCall = await firstCalls(proc.address);
+      firstCall = await firstCalls(proc.address, proc.credentials);
     } finally {
       client.close();
       await proc.stop();

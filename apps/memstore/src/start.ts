@@ -1,4 +1,10 @@
-import { createLogger, startServer, type Logger, type RunningServer } from '@handoff/service';
+import {
+  createLogger,
+  loadTls,
+  startServer,
+  type Logger,
+  type RunningServer,
+} from '@handoff/service';
 import {
   LeaseSocketBusyError,
   startLeaseChannel,
@@ -32,10 +38,10 @@ export interface MemstoreHandle {
 }
 
 /**
- * Starts the memstore: directories, catalog, reconciliation, then the lease
- * channel (unless disabled) and the gRPC server (MemstoreService + health +
- * reflection; GetInfo reports the channel's path). Nothing is served before
- * reconciliation finished. Without a logger, logs are discarded.
+ * Starts the memstore: its TLS material (or `--insecure`), directories, catalog,
+ * reconciliation, then the lease channel (unless disabled) and the gRPC server
+ * (MemstoreService + health + reflection; GetInfo reports the channel's path). Nothing is
+ * served before reconciliation finished. Without a logger, logs are discarded.
  */
 export async function startMemstore(
   config: MemstoreConfig,
@@ -43,6 +49,7 @@ export async function startMemstore(
 ): Promise<MemstoreHandle> {
   const log = logger ?? createLogger({ name: 'memstore', level: 'silent', format: 'json' });
   const settings = resolveSettings(config);
+  const tls = loadTls(config, 'memstore', { role: 'memstore' });
   const memstore = openMemstore(settings, log);
   let leaseChannel: LeaseChannelServer | null = null;
   let server: RunningServer;
@@ -55,6 +62,7 @@ export async function startMemstore(
       host: settings.host,
       port: settings.port,
       logger: log,
+      tls,
       shutdownTimeoutMs: settings.shutdownTimeoutMs,
       services: [
         memstoreService({ memstore, logger: log, leaseChannel: leaseChannel?.path ?? '' }),

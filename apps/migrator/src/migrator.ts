@@ -1,4 +1,10 @@
-import { startServer, type Logger, type RunningServer } from '@handoff/service';
+import {
+  channelCredentials,
+  loadTls,
+  startServer,
+  type Logger,
+  type RunningServer,
+} from '@handoff/service';
 import { migratorService } from './api/migrator-service.js';
 import type { MigratorConfig } from './config.js';
 import { JobManager } from './jobs/job-manager.js';
@@ -16,11 +22,12 @@ export interface Migrator {
 }
 
 /**
- * Starts the migrator: opens the job journal (when `--state-dir` is set),
+ * Starts the migrator: reads its TLS material (or `--insecure`), opens the job journal (when `--state-dir` is set),
  * fails the jobs a previous run left in flight (asking their source vmm to
  * cancel), then serves health, reflection and MigratorService.
  */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
+  const tls = loadTls(config, 'migrator', { role: 'migrator' });
   const registry = new VmmRegistry(config['vmm-expiry-ms']);
   let journal: JobJournal | undefined;
   let restored: Job[] = [];
@@ -39,6 +46,7 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     pollIntervalMs: config['poll-interval-ms'],
     migrationTimeoutMs: config['migration-timeout-ms'],
     defaultConcurrency: config['live-update-concurrency'],
+    vmmCredentials: channelCredentials(tls, { serverRole: 'vmm' }),
   });
   jobs.recover();
   const server = await startServer({
@@ -46,6 +54,7 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     host: config.host,
     port: config.port,
     logger,
+    tls,
     shutdownTimeoutMs: config['shutdown-timeout-ms'],
     services: [
       migratorService({

@@ -2,6 +2,10 @@ import { statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import {
+  channelCredentials,
+  checkPrivateDirectory,
+  ensurePrivateDirectory,
+  loadTls,
   parseByteSize,
   startServer,
   ServiceError,
@@ -40,13 +44,23 @@ export function maxVmMemoryOf(config: Pick<VmmConfig, 'max-vm-memory'>): number 
 }
 
 /**
- * `--data-channel` as a listen address, or '' for none. `auto` is a unix socket in the temp
- * folder, named by instance id and process id.
+ * This user's folder for a vmm's side-channel files under `base` (`handoff-vmm-<uid>`, mode
+ * 0700): every vmm instance of the user shares it, nobody else can enter it.
+ */
+export function privateVmmDir(base: string): string {
+  return join(base, `handoff-vmm-${process.getuid?.() ?? 0}`);
+}
+
+/**
+ * `--data-channel` as a listen address, or '' for none. `auto` is a unix socket in this user's
+ * private folder of the temp folder ({@link privateVmmDir}), named by instance id and process id.
  */
 export function dataChannelOf(config: Pick<VmmConfig, 'data-channel' | 'id'>): string {
   const v = config['data-channel'];
   if (v === 'off') return '';
-  if (v === 'auto') return `unix:${join(tmpdir(), `handoff-${config.id}-${process.pid}.sock`)}`;
+  if (v === 'auto') {
+    return `unix:${join(privateVmmDir(tmpdir()), `handoff-${config.id}-${process.pid}.sock`)}`;
+  }
   if (v.startsWith('unix:/') || /^[^/]+:\d+$/.test(v)) return v;
   throw new ServiceError(
     'SERVICE_INVALID_CONFIG',
@@ -55,21 +69,29 @@ export function dataChannelOf(config: Pick<VmmConfig, 'data-channel' | 'id'>): s
 }
 
 /**
- * `--switchover-dir` as a folder, or null for none. `auto` is /dev/shm when present (tmpfs),
- * else the temp folder.
+ * `--switchover-dir` as a folder, or null for none. `auto` is this user's private folder
+ * ({@link privateVmmDir}) in /dev/shm when present (tmpfs), else in the temp folder, created
+ * when missing. A folder given must be this user's and closed to everyone else (the slots in
+ * it are 0600; the folder keeps others from planting or swapping them).
  *
- * @throws ServiceError `SERVICE_INVALID_CONFIG` for a relative path or a path that is not a folder
+ * @throws ServiceError `SERVICE_INVALID_CONFIG` for a relative path, a path that is not a
+ *   folder, or a folder others can enter
  */
 export function switchoverDirOf(config: Pick<VmmConfig, 'switchover-dir'>): string | null {
   const v = config['switchover-dir'];
   if (v === 'off') return null;
-  if (v === 'auto') return isDirectory('/dev/shm') ? '/dev/shm' : tmpdir();
+  if (v === 'auto') {
+    const dir = privateVmmDir(isDirectory('/dev/shm') ? '/dev/shm' : tmpdir());
+    ensurePrivateDirectory(dir, 'switchover folder');
+    return dir;
+  }
   if (!isAbsolute(v) || !isDirectory(v)) {
     throw new ServiceError(
       'SERVICE_INVALID_CONFIG',
       `--switchover-dir ${v} is not auto, off or an absolute path of an existing folder`,
     );
   }
+  checkPrivateDirectory(v, 'switchover folder (--switchover-dir)');
   return v;
 }
 
@@ -87,11 +109,17 @@ function isDirectory(path: string): boolean {
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
   const logger = parentLogger.child({ vmm: config.id });
+  // Its certificate must name this instance: --id is the CN.
+  const tls = loadTls(config, config.id, { role: 'vmm', id: config.id });
   const switchoverDir = switchoverDirOf(config);
+  if (config['data-channel'] === 'auto') {
+    ensurePrivateDirectory(privateVmmDir(tmpdir()), 'data-channel folder');
+  }
   const host = new VmHost({
     vmmId: config.id,
     logger,
     memstoreAddress: config.memstore,
+    memstoreCredentials: channelCredentials(tls, { serverRole: 'memstore' }),
     maxVmMemory: maxVmMemoryOf(config),
     guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
     spareThreads: config['spare-vcpu-threads'],
@@ -101,11 +129,11 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     {
       vmmId: config.id,
       switchoverDir,
-      socketDir: config['data-channel'] === 'auto' ? tmpdir() : null,
+      socketDir: config['data-channel'] === 'auto' ? privateVmmDir(tmpdir()) : null,
     },
     logger,
   );
-  const migrations = new MigrationManager(host, logger, switchoverDir);
+  const migrations = new MigrationManager(host, logger, switchoverDir, tls);
   let advertised = '';
   let server: RunningServer;
   try {
@@ -116,6 +144,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       host: config.host,
       port: config.port,
       logger,
+      tls,
       shutdownTimeoutMs: config['shutdown-timeout-ms'],
       services: vmmServices({
         logger,
@@ -134,7 +163,10 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   }
   advertised = config['advertise-address'] ?? server.address;
   const stopHeartbeat = startHeartbeat(
-    config.migrator,
+    {
+      address: config.migrator,
+      credentials: channelCredentials(tls, { serverRole: 'migrator' }),
+    },
     {
       id: config.id,
       address: advertised,

@@ -22,3 +22,4 @@ export * from './trust/identity.js';
 export * from './trust/access.js';
 export * from './trust/credentials.js';
 export * from './trust/material.js';
+export * from './trust/private-dir.js';

@@ -124,10 +124,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   for (const s of opts.services) guarded(s.name, s.definition, s.implementation, s.access);
 
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(
-      `${opts.host}:${opts.port}`,
-      serverCredentials(opts.tls),
-      (err, p) => (err ? reject(bindError(err, opts)) : resolve(p)),
+    server.bindAsync(`${opts.host}:${opts.port}`, serverCredentials(opts.tls), (err, p) =>
+      err ? reject(bindError(err, opts)) : resolve(p),
     );
   });
   if (opts.receiveWindowBytes !== undefined) widenReceiveWindow(server, opts);

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServiceProcess, type ServiceProcess } from '@handoff/service';
+import { ensurePki } from '@handoff/service/pki';
 
 /** One service of the local cluster. */
 export interface ServiceSpec {
@@ -29,6 +30,12 @@ export interface ClusterOptions {
   onExit?: (service: string, code: number | null, signal: NodeJS.Signals | null) => void;
   /** How long to wait for each service to become ready. */
   readyTimeoutMs?: number;
+  /**
+   * Run every service plaintext (`--insecure`). Default: mutual TLS with the PKI in
+   * `<stateDir>/tls`, created on the first start (a CA and a certificate per service and for
+   * the operator).
+   */
+  insecure?: boolean;
 }
 
 /** A started local cluster: the services' addresses and a way to stop them all. */
@@ -36,6 +43,8 @@ export interface Cluster {
   memstore: string;
   migrator: string;
   vmms: Record<string, string>;
+  /** The PKI folder (`ca.pem`, `operator.pem`, ...), or null for an `insecure` cluster. */
+  tlsDir: string | null;
   services: ServiceProcess[];
   /** Stops vmm instances first, then migrator and memstore; SIGKILL after timeoutMs. */
   stop(timeoutMs?: number): Promise<void>;
@@ -71,6 +80,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const host = opts.host ?? '127.0.0.1';
   const runDir = join(opts.stateDir, 'run');
   mkdirSync(runDir, { recursive: true });
+  const tlsDir = opts.insecure === true ? null : join(opts.stateDir, 'tls');
+  if (tlsDir !== null) await ensurePki(tlsDir);
+  const tlsArgs = tlsDir === null ? ['--insecure'] : ['--tls-dir', tlsDir];
   const services: ServiceProcess[] = [];
   let stopping = false;
 
@@ -89,6 +101,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         '--log-level',
         opts.logLevel ?? 'info',
         '--stop-on-stdin-close',
+        ...tlsArgs,
         ...spec.args,
       ],
       env: { FORCE_COLOR: opts.logFormat === 'pretty' ? '1' : '0' },
@@ -154,7 +167,14 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       ),
     );
     const vmms = Object.fromEntries(vmmList.map((v) => [v.name, v.address]));
-    return { memstore: memstore!.address, migrator: migrator!.address, vmms, services, stop };
+    return {
+      memstore: memstore!.address,
+      migrator: migrator!.address,
+      vmms,
+      tlsDir,
+      services,
+      stop,
+    };
   } catch (err) {
     await stop(3000);
     throw err;

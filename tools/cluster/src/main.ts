@@ -19,6 +19,9 @@ Options:
   --base-port <port>    migrator port; memstore +100, vmm-a +201, vmm-b +202 (default: 7000)
   --log-format <f>      pretty or json (default: pretty on a terminal)
   --log-level <level>   info, debug, ... (default: info)
+  --insecure            serve plaintext, without certificates (any local process may then call
+                        every RPC); default: mutual TLS with the CA and certificates that the
+                        first start creates in <state-dir>/tls (vmctl finds its certificate there)
   --help                this text
 `;
 
@@ -29,6 +32,7 @@ const { values } = parseArgs({
     'base-port': { type: 'string' },
     'log-format': { type: 'string' },
     'log-level': { type: 'string' },
+    insecure: { type: 'boolean' },
     help: { type: 'boolean' },
   },
   strict: true,
@@ -58,6 +62,7 @@ const cluster = await startCluster({
   },
   logFormat,
   ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
+  insecure: values.insecure === true,
   onLine: (service, line, stream) => {
     const out = formatLogLine(service, line, tty ? colourFor(service) : undefined);
     (stream === 'stderr' ? process.stderr : process.stdout).write(out + '\n');
@@ -82,6 +87,9 @@ process.stdout.write(
     `  ${pad('migrator')}${cluster.migrator}`,
     ...Object.entries(cluster.vmms).map(([id, a]) => `  ${pad(id)}${a}`),
     '',
+    cluster.tlsDir === null
+      ? 'Plaintext (--insecure): run vmctl with --insecure or HANDOFF_INSECURE=1.'
+      : `Mutual TLS: the CA and certificates are in ${cluster.tlsDir} (vmctl finds operator.pem there).`,
     'Try `npx vmctl status` in another terminal. Ctrl-C stops the cluster.',
     '',
   ].join('\n') + '\n',

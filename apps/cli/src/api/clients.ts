@@ -1,16 +1,22 @@
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { memstore, migrator, vmm } from '@handoff/proto';
-import { createClient } from '@handoff/service';
+import { channelCredentials, createClient, type Role, type TlsMaterial } from '@handoff/service';
 
-/** Where the cluster's services are. */
+/** Where the cluster's services are, and how vmctl proves who it is. */
 export interface Endpoints {
   memstore: string;
   migrator: string;
   /** Deadline of each call, in milliseconds. */
   timeoutMs: number;
+  /**
+   * The operator's TLS material (credentials.ts finds it), or null for a cluster that runs
+   * `--insecure`.
+   */
+  tls: TlsMaterial | null;
 }
 
 /** Default addresses of a local cluster started by `npm start`. */
-export const DEFAULT_ENDPOINTS: Endpoints = {
+export const DEFAULT_ENDPOINTS: Omit<Endpoints, 'tls'> = {
   memstore: '127.0.0.1:7100',
   migrator: '127.0.0.1:7000',
   timeoutMs: 5000,
@@ -24,18 +30,31 @@ export class Clients {
 
   constructor(readonly endpoints: Endpoints) {}
 
+  /** Credentials for a server of `role` (health checks use them too). */
+  credentials(role: Role): ChannelCredentials {
+    return channelCredentials(this.endpoints.tls, { serverRole: role });
+  }
+
   get memstore(): memstore.MemstoreServiceClient {
-    return (this.ms ??= createClient(memstore.MemstoreServiceClient, this.endpoints.memstore));
+    return (this.ms ??= createClient(
+      memstore.MemstoreServiceClient,
+      this.endpoints.memstore,
+      this.credentials('memstore'),
+    ));
   }
 
   get migrator(): migrator.MigratorServiceClient {
-    return (this.mg ??= createClient(migrator.MigratorServiceClient, this.endpoints.migrator));
+    return (this.mg ??= createClient(
+      migrator.MigratorServiceClient,
+      this.endpoints.migrator,
+      this.credentials('migrator'),
+    ));
   }
 
   vmm(address: string): vmm.VmmServiceClient {
     let c = this.vmms.get(address);
     if (c === undefined) {
-      c = createClient(vmm.VmmServiceClient, address);
+      c = createClient(vmm.VmmServiceClient, address, this.credentials('vmm'));
       this.vmms.set(address, c);
     }
     return c;

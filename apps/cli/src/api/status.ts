@@ -1,4 +1,5 @@
 import { timestampToDate } from '@handoff/proto';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { checkHealth, unaryCall, type HealthStatus } from '@handoff/service';
 import type { Clients } from './clients.js';
 
@@ -38,10 +39,11 @@ export interface ClusterStatus {
 async function probe(
   name: string,
   address: string,
+  credentials: ChannelCredentials,
   version: () => Promise<string>,
   deadlineMs: number,
 ): Promise<ServiceStatus> {
-  const h = await checkHealth(address, '', deadlineMs);
+  const h = await checkHealth(address, credentials, '', deadlineMs);
   if (h.status === 'UNREACHABLE') {
     return { name, address, health: h.status, version: '', error: h.error ?? 'unreachable' };
   }
@@ -60,6 +62,7 @@ export async function clusterStatus(c: Clients): Promise<ClusterStatus> {
     probe(
       'memstore',
       c.endpoints.memstore,
+      c.credentials('memstore'),
       async () => {
         const info = await unaryCall(c.memstore, 'getInfo', {}, { deadlineMs });
         usage = {
@@ -76,6 +79,7 @@ export async function clusterStatus(c: Clients): Promise<ClusterStatus> {
     probe(
       'migrator',
       c.endpoints.migrator,
+      c.credentials('migrator'),
       async () => (await unaryCall(c.migrator, 'getInfo', {}, { deadlineMs })).version,
       deadlineMs,
     ),
@@ -88,6 +92,7 @@ export async function clusterStatus(c: Clients): Promise<ClusterStatus> {
         const s = await probe(
           v.id,
           v.address,
+          c.credentials('vmm'),
           async () => (await unaryCall(c.vmm(v.address), 'getInfo', {}, { deadlineMs })).version,
           deadlineMs,
         );

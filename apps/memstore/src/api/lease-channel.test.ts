@@ -1,6 +1,13 @@
 import { memstore as pb } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
-import { createClient, FramedSocket, frameHeader, unaryCall, type Logger } from '@handoff/service';
+import {
+  channelCredentials,
+  createClient,
+  FramedSocket,
+  frameHeader,
+  unaryCall,
+  type Logger,
+} from '@handoff/service';
 import {
   existsSync,
   linkSync,
@@ -50,7 +57,7 @@ async function start(
   logger?: Logger,
 ): Promise<{ handle: MemstoreHandle; client: pb.MemstoreServiceClient }> {
   const h = await startMemstore(config(overrides), logger);
-  const c = createClient(pb.MemstoreServiceClient, h.address);
+  const c = createClient(pb.MemstoreServiceClient, h.address, channelCredentials(null));
   opened.push({ handle: h, client: c });
   return { handle: h, client: c };
 }
@@ -398,7 +405,7 @@ describe('memstore lease channel', () => {
           'lease-socket': 'off',
         }),
       );
-      const c = createClient(pb.MemstoreServiceClient, off.address);
+      const c = createClient(pb.MemstoreServiceClient, off.address, channelCredentials(null));
       opened.push({ handle: off, client: c });
       expect(off.leaseChannel).toBeNull();
       expect((await unaryCall(c, 'getInfo', {})).leaseChannel).toBe('');

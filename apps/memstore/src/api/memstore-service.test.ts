@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { memstore as pb } from '@handoff/proto';
-import { createClient, RemoteError, unaryCall } from '@handoff/service';
+import { channelCredentials, createClient, RemoteError, unaryCall } from '@handoff/service';
 import { openSync, writeSync, closeSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PageReader } from '../regions/page-reader.js';
@@ -24,7 +24,7 @@ beforeEach(async () => {
       'shutdown-timeout-ms': 1000,
     }),
   );
-  client = createClient(pb.MemstoreServiceClient, handle.address);
+  client = createClient(pb.MemstoreServiceClient, handle.address, channelCredentials(null));
 });
 
 afterEach(async () => {

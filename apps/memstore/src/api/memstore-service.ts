@@ -1,8 +1,10 @@
 import { memstore as pb, serviceNames } from '@handoff/proto';
 import {
+  ANY_ROLE,
   ServiceError,
   serverStream,
   unary,
+  type AccessTable,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
@@ -79,6 +81,31 @@ export const leaseCalls = {
     lease: leaseToPb(m.leases.resolve(refFromPb(req.region))),
   }),
 } as const;
+
+/**
+ * Who may call what (roles of the caller's certificate; startServer enforces it). Regions are
+ * managed by operators, vmms and the migrator; leases move only between vmms (a migration's
+ * target takes them from its source), so no operator or migrator can take a running VM's
+ * memory; templates and clones are the vmm's and the migrator's; pages are read by vmms and,
+ * for post-copy, other memstores.
+ */
+export const MEMSTORE_ACCESS: AccessTable = {
+  GetInfo: ANY_ROLE,
+  CreateRegion: ['operator', 'vmm', 'migrator'],
+  GetRegion: ['operator', 'vmm', 'migrator'],
+  ListRegions: ['operator', 'vmm', 'migrator'],
+  DeleteRegion: ['operator', 'vmm', 'migrator'],
+  AcquireLease: ['vmm'],
+  TransferLease: ['vmm'],
+  ReleaseLease: ['vmm'],
+  ValidateLease: ['vmm'],
+  ArmTransfer: ['vmm'],
+  ResolveTransfer: ['vmm'],
+  SealTemplate: ['vmm', 'migrator'],
+  AttachClone: ['vmm', 'migrator'],
+  DetachClone: ['vmm', 'migrator'],
+  ReadPages: ['vmm', 'memstore'],
+};
 
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
 export function memstoreService(deps: {
@@ -167,5 +194,6 @@ export function memstoreService(deps: {
     name: serviceNames.memstore,
     definition: pb.MemstoreServiceService,
     implementation: implementation as unknown as ServiceRegistration['implementation'],
+    access: MEMSTORE_ACCESS,
   };
 }

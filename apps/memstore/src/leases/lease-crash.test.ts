@@ -49,7 +49,7 @@ async function start(env: NodeJS.ProcessEnv = {}): Promise<Proc> {
   const p = await startMemstoreProcess(dirs, { env });
   live.add(p.child);
   p.child.once('exit', () => live.delete(p.child));
-  const client = createClient(pb.MemstoreServiceClient, p.address);
+  const client = createClient(pb.MemstoreServiceClient, p.address, p.credentials);
   return {
     child: p.child,
     client,

@@ -38,13 +38,16 @@ describe('ensureDirectory', () => {
         message: expect.stringContaining('symlink'),
       }),
     );
-    chmodSync(target, 0o777);
-    expect(() => ensureDirectory(target, 'volatile directory', { shared: true })).toThrow(
-      expect.objectContaining({
-        code: 'REGION_UNSAFE_DIRECTORY',
-        message: expect.stringContaining('chmod 700'),
-      }),
-    );
+    for (const mode of [0o777, 0o755, 0o701]) {
+      // Writable lets others plant files; readable or searchable lets them open the arms file.
+      chmodSync(target, mode);
+      expect(() => ensureDirectory(target, 'volatile directory', { shared: true })).toThrow(
+        expect.objectContaining({
+          code: 'REGION_UNSAFE_DIRECTORY',
+          message: expect.stringContaining('chmod 700'),
+        }),
+      );
+    }
   });
 
   it('refuses a path that is a file', () => {

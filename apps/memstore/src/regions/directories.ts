@@ -12,8 +12,9 @@ export interface RegionDirectories {
 /**
  * Creates `path` (mode 0700) if needed and checks it is a directory we own
  * and can write. `shared` is for directories inside a world-writable parent
- * such as /dev/shm: there the path must not be a symlink and must not be
- * writable by group or others, so nobody else can plant or swap files.
+ * such as /dev/shm: there the path must not be a symlink and must be closed to
+ * group and others (no read, write or search), so nobody else can plant, swap
+ * or open files in it (the lease arms file, region files, the lease socket).
  * Throws REGION_UNSAFE_DIRECTORY with what to fix.
  */
 export function ensureDirectory(path: string, what: string, opts: { shared: boolean }): void {
@@ -40,10 +41,10 @@ export function ensureDirectory(path: string, what: string, opts: { shared: bool
       `the ${what} ${path} belongs to uid ${st.uid}, not to this process (uid ${uid}); pick a directory you own`,
     );
   }
-  if (opts.shared && (st.mode & 0o022) !== 0) {
+  if (opts.shared && (st.mode & 0o077) !== 0) {
     throw new MemstoreError(
       'REGION_UNSAFE_DIRECTORY',
-      `the ${what} ${path} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 700 on it`,
+      `the ${what} ${path} is open to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 700 on it`,
     );
   }
   try {

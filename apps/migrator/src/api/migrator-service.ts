@@ -9,10 +9,14 @@ import {
 } from '@handoff/qapi/wire';
 import { QapiError } from '@handoff/qapi';
 import {
+  ANY_ROLE,
+  callerId,
   serverStream,
+  ServiceError,
   unavailable,
   unary,
   HANDOFF_VERSION,
+  type AccessTable,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
@@ -114,6 +118,48 @@ async function streamJob(
   });
 }
 
+/** What the operator (vmctl) does with the migrator. */
+const OPERATOR = ['operator'] as const;
+
+/**
+ * Who may call what on the migrator (roles of the caller's certificate; startServer enforces
+ * it). Only vmms register and report their VMs, each under its own id (checked in the handlers
+ * against the certificate); jobs and the vmm list are the operator's.
+ */
+export const MIGRATOR_ACCESS: AccessTable = {
+  GetInfo: ANY_ROLE,
+  RegisterVmm: ['vmm'],
+  ReportVms: ['vmm'],
+  ListVmms: OPERATOR,
+  Migrate: OPERATOR,
+  LiveUpdate: OPERATOR,
+  Save: OPERATOR,
+  Restore: OPERATOR,
+  CreateTemplate: OPERATOR,
+  Clone: OPERATOR,
+  GetJob: OPERATOR,
+  ListJobs: OPERATOR,
+  WatchJob: OPERATOR,
+  CancelJob: OPERATOR,
+};
+
+/**
+ * A vmm may speak only for itself: on a secure server the id it registers or reports under must
+ * be the CN of its certificate, so no vmm can re-point another's address or report its VMs.
+ *
+ * @throws ServiceError `SERVICE_PERMISSION_DENIED`
+ */
+function requireOwnId(call: object, id: string, what: string): void {
+  const caller = callerId(call);
+  if (caller !== null && caller !== id) {
+    throw new ServiceError(
+      'SERVICE_PERMISSION_DENIED',
+      `${what} for ${id} refused: the caller's certificate names ${caller}, and a vmm ` +
+        'registers and reports only under its own id (its --id is the CN of its certificate)',
+    );
+  }
+}
+
 /** The gRPC edge of the migrator: converts wire types and delegates to the registry and jobs. */
 export function migratorService(deps: {
   logger: Logger;
@@ -130,7 +176,8 @@ export function migratorService(deps: {
       vmmCount: registry.list().length,
       activeJobs: jobs.activeCount(),
     })),
-    registerVmm: unary(logger, (req) => {
+    registerVmm: unary(logger, (req, call) => {
+      requireOwnId(call, req.id, 'RegisterVmm');
       const { isNew, vmsWanted } = registry.register({
         id: req.id,
         address: req.address,
@@ -142,7 +189,8 @@ export function migratorService(deps: {
       if (isNew) logger.info({ vmm: req.id, address: req.address }, 'vmm instance registered');
       return { heartbeatIntervalMs: deps.heartbeatIntervalMs, vmsWanted };
     }),
-    reportVms: unary(logger, (req) => {
+    reportVms: unary(logger, (req, call) => {
+      requireOwnId(call, req.vmmId, 'ReportVms');
       if (req.vms === undefined) {
         throw new MigratorError(
           'MIGRATOR_INVALID_ARGUMENT',
@@ -193,5 +241,6 @@ export function migratorService(deps: {
     name: serviceNames.migrator,
     definition: pb.MigratorServiceService,
     implementation: implementation as unknown as ServiceRegistration['implementation'],
+    access: MIGRATOR_ACCESS,
   };
 }

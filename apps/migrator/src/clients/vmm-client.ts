@@ -40,6 +40,8 @@ export interface MigrateCall {
 export interface PrepareCall {
   readonly vm: string;
   readonly jobId: string;
+  /** The id of the vmm the VM comes from: the token is valid only for its stream. */
+  readonly sourceVmm: string;
   readonly spec: VmSpec | undefined;
   readonly capabilities: MigrationCapabilities;
 }
@@ -82,8 +84,14 @@ export function isUnreachable(err: unknown): boolean {
 export class VmmClients implements VmmCalls {
   private readonly clients = new Map<string, vpb.VmmServiceClient>();
 
-  /** @param callTimeoutMs - deadline of every call but MigrateVm */
-  constructor(private readonly callTimeoutMs = 5000) {}
+  /**
+   * @param callTimeoutMs - deadline of every call but MigrateVm
+   * @param credentials - the migrator's client credentials (its certificate, role migrator)
+   */
+  constructor(
+    private readonly callTimeoutMs: number,
+    private readonly credentials: grpc.ChannelCredentials,
+  ) {}
 
   async prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget> {
     const res = await unaryCall(
@@ -92,6 +100,7 @@ export class VmmClients implements VmmCalls {
       {
         name: req.vm,
         jobId: req.jobId,
+        sourceVmm: req.sourceVmm,
         spec: req.spec === undefined ? undefined : vmSpecToWire(req.spec),
         capabilities: capabilitiesToWire(req.capabilities),
       },
@@ -176,7 +185,7 @@ export class VmmClients implements VmmCalls {
   private client(address: string): vpb.VmmServiceClient {
     let c = this.clients.get(address);
     if (c === undefined) {
-      c = createClient(vpb.VmmServiceClient, address);
+      c = createClient(vpb.VmmServiceClient, address, this.credentials);
       this.clients.set(address, c);
     }
     return c;

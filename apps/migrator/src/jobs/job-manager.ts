@@ -12,7 +12,8 @@ import {
   type MigrationStatus,
   type RamStats,
 } from '@handoff/qapi';
-import type { Logger } from '@handoff/service';
+import type { ChannelCredentials } from '@grpc/grpc-js';
+import { channelCredentials, type Logger } from '@handoff/service';
 import { VmmClients, type PreparedTarget, type VmmCalls } from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
@@ -52,6 +53,11 @@ export interface JobManagerOptions {
   callTimeoutMs?: number;
   /** How the jobs reach vmm instances (default: gRPC clients, {@link VmmClients}). */
   vmms?: VmmCalls;
+  /**
+   * Credentials of the default {@link VmmClients}: the migrator's certificate (default:
+   * plaintext, which a vmm serving TLS refuses).
+   */
+  vmmCredentials?: ChannelCredentials;
   /** VMs a live update migrates at once when the request says 0. */
   defaultConcurrency?: number;
   /** How long recovery keeps trying to reach a source vmm to cancel. */
@@ -92,7 +98,9 @@ export class JobManager {
     this.log = opts.logger;
     this.pollMs = opts.pollIntervalMs ?? 100;
     this.migrationTimeoutMs = opts.migrationTimeoutMs ?? 10 * 60_000;
-    this.vmms = opts.vmms ?? new VmmClients(opts.callTimeoutMs ?? 5000);
+    this.vmms =
+      opts.vmms ??
+      new VmmClients(opts.callTimeoutMs ?? 5000, opts.vmmCredentials ?? channelCredentials(null));
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
@@ -401,6 +409,7 @@ export class JobManager {
     return this.vmms.prepareIncoming(job.targetAddress, {
       vm: job.vm,
       jobId: job.id,
+      sourceVmm: job.sourceVmm,
       spec: live.spec,
       capabilities: job.capabilities,
     });

@@ -3,6 +3,7 @@ import { emptyMigrationInfo, type MigrationInfo, type MigrationStatus } from '@h
 import { migrationInfoToWire } from '@handoff/qapi/wire';
 import {
   ServiceError,
+  channelCredentials,
   createClient,
   createLogger,
   serverStream,
@@ -10,7 +11,9 @@ import {
   unary,
   unaryCall,
   type RunningServer,
+  type TlsMaterial,
 } from '@handoff/service';
+import { openAccess } from '@handoff/service/testing';
 
 /** One scripted progress report of a fake migration. */
 export interface FakeStep {
@@ -110,25 +113,36 @@ export class FakeVmm {
     private readonly world: FakeWorld,
     private readonly peers: Map<string, FakeVmm>,
     private server: RunningServer | undefined,
+    private readonly tls: TlsMaterial | null,
   ) {
     this.unsubscribe = world.onChange(() => this.changed());
   }
 
-  /** Starts a fake on a free loopback port. */
-  static async start(id: string, world: FakeWorld, peers = new Map<string, FakeVmm>()) {
-    const fake = new FakeVmm(id, world, peers, undefined);
+  /**
+   * Starts a fake on a free loopback port: plaintext, or with `tls` (a vmm certificate naming
+   * `id`) mutual TLS, serving and registering as that vmm.
+   */
+  static async start(
+    id: string,
+    world: FakeWorld,
+    peers = new Map<string, FakeVmm>(),
+    tls: TlsMaterial | null = null,
+  ) {
+    const fake = new FakeVmm(id, world, peers, undefined, tls);
     const logger = createLogger({ name: `fake-${id}`, level: 'silent', format: 'json' });
     fake.server = await startServer({
       name: 'vmm',
       host: '127.0.0.1',
       port: 0,
       logger,
+      tls,
       shutdownTimeoutMs: 100,
       services: [
         {
           name: serviceNames.vmm,
           definition: pb.VmmServiceService,
           implementation: fake.implementation(logger) as never,
+          access: openAccess(pb.VmmServiceService, ['migrator', 'operator']),
         },
       ],
     });
@@ -168,7 +182,11 @@ export class FakeVmm {
   async registerWith(address: string): Promise<void> {
     this.migrator?.close();
     clearInterval(this.heartbeat);
-    const client = createClient(mpb.MigratorServiceClient, address);
+    const client = createClient(
+      mpb.MigratorServiceClient,
+      address,
+      channelCredentials(this.tls, { serverRole: 'migrator' }),
+    );
     this.migrator = client;
     let chain: Promise<unknown> = Promise.resolve();
     const serial = (call: () => Promise<unknown>) =>

@@ -1,13 +1,17 @@
 import type * as grpc from '@grpc/grpc-js';
 import { serviceNames, vmm as pb, vmmStream } from '@handoff/proto';
 import {
+  ANY_ROLE,
   anyEvent,
   bidiStream,
+  callerId,
+  callerOf,
   serverStream,
   unavailable,
   unary,
   HANDOFF_VERSION,
   ServiceError,
+  type AccessTable,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
@@ -34,6 +38,40 @@ const SNAPSHOTS = 'the save/restore milestone';
 const CONSOLE_QUEUE_LIMIT = 4 * 1024 * 1024;
 /** Console input in flight to a guest before the console stream is paused. */
 const CONSOLE_INPUT_LIMIT = 1024 * 1024;
+
+/** VM lifecycle: the operator (vmctl) and the migrator. */
+const LIFECYCLE = ['operator', 'migrator'] as const;
+
+/**
+ * Who may call what on a vmm (roles of the caller's certificate; startServer enforces it). VMs
+ * are run by the operator and the migrator; only the migrator prepares and starts migrations
+ * (so nobody else can send a VM away or reserve a name for a stream), the operator may follow
+ * and cancel them; snapshots are the operator's and the migrator's.
+ */
+export const VMM_ACCESS: AccessTable = {
+  GetInfo: ANY_ROLE,
+  CreateVm: LIFECYCLE,
+  StartVm: LIFECYCLE,
+  PauseVm: LIFECYCLE,
+  ResumeVm: LIFECYCLE,
+  DestroyVm: LIFECYCLE,
+  GetVm: LIFECYCLE,
+  ListVms: LIFECYCLE,
+  WatchVm: LIFECYCLE,
+  Console: LIFECYCLE,
+  PrepareIncoming: ['migrator'],
+  MigrateVm: ['migrator'],
+  GetMigration: ['migrator', 'operator'],
+  CancelMigration: ['migrator', 'operator'],
+  SaveVm: LIFECYCLE,
+  RestoreVm: LIFECYCLE,
+};
+
+/**
+ * The migration stream comes only from another vmm, and only from the one PrepareIncoming
+ * named (its token is bound to that id; the stream's caller is checked against it).
+ */
+export const MIGRATION_ACCESS: AccessTable = { Incoming: ['vmm'] };
 
 /** The gRPC edge of a vmm instance. */
 export function vmmServices(deps: {
@@ -80,11 +118,19 @@ export function vmmServices(deps: {
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
-    prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest) => {
+    prepareIncoming: unary(logger, async (req: pb.PrepareIncomingRequest, call) => {
+      if (callerOf(call).secure && req.sourceVmm === '') {
+        throw new ServiceError(
+          'SERVICE_INVALID_ARGUMENT',
+          'PrepareIncoming names no source vmm; set "source_vmm" to the id of the instance the ' +
+            'VM comes from (the token is valid only for it)',
+        );
+      }
       const capabilities = fromWireOrUndefined(() => capabilitiesFromWire(req.capabilities));
       const prepared = await migrations.prepare(requireName(req.name), req.jobId, {
         hint: hintOf(req),
         capabilities,
+        source: req.sourceVmm,
       });
       return {
         token: prepared.token,
@@ -125,18 +171,22 @@ export function vmmServices(deps: {
     restoreVm: later('RestoreVm', SNAPSHOTS),
   };
   const migration: vmmStream.MigrationServiceServer = {
-    incoming: bidiStream(logger, (call) => migrations.serveIncoming(grpcIncoming(call))),
+    incoming: bidiStream(logger, (call) =>
+      migrations.serveIncoming(grpcIncoming(call, callerId(call))),
+    ),
   };
   return [
     {
       name: serviceNames.vmm,
       definition: pb.VmmServiceService,
       implementation: vmm as unknown as ServiceRegistration['implementation'],
+      access: VMM_ACCESS,
     },
     {
       name: serviceNames.migration,
       definition: vmmStream.MigrationServiceService,
       implementation: migration as unknown as ServiceRegistration['implementation'],
+      access: MIGRATION_ACCESS,
     },
   ];
 }

@@ -198,7 +198,7 @@ export class IncomingMigration {
    */
   private async onHeader(h: FrameOf<'header'>): Promise<void> {
     const { host } = this.deps;
-    const prepared = this.deps.preparations.take(h.token);
+    const prepared = this.deps.preparations.take(h.token, this.call.peer);
     this.prepared = prepared;
     this.log = this.log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
     const t0 = performance.now();

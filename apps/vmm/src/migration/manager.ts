@@ -11,7 +11,7 @@ import type {
   MigrationParameterName,
   MigrationParameters,
 } from '@handoff/qapi';
-import { createClient, type Logger } from '@handoff/service';
+import { channelCredentials, createClient, type Logger, type TlsMaterial } from '@handoff/service';
 import { MigrationError } from '../model/migration-error.js';
 import type { VmHost } from '../vm/host.js';
 import { IncomingMigration } from './incoming.js';
@@ -48,11 +48,14 @@ export class MigrationManager {
   /**
    * @param switchoverDir - where incoming migrations create their switchover slots (null:
    *   none; the device state always travels on the stream)
+   * @param tls - this vmm's TLS material: streams to targets and TCP data channels use it (as
+   *   role vmm); null for `--insecure`
    */
   constructor(
     private readonly host: VmHost,
     private readonly logger: Logger,
     switchoverDir: string | null = null,
+    private readonly tls: TlsMaterial | null = null,
   ) {
     this.preparations = new IncomingPreparations(host, logger, switchoverDir);
   }
@@ -66,6 +69,7 @@ export class MigrationManager {
       listen,
       (channel) => this.serveIncoming(channel),
       this.logger,
+      this.tls,
     );
   }
 
@@ -93,10 +97,10 @@ export class MigrationManager {
   async prepare(
     name: string,
     jobId: string,
-    opts: { hint?: IncomingHint; capabilities?: MigrationCapabilities } = {},
+    opts: { hint?: IncomingHint; capabilities?: MigrationCapabilities; source?: string } = {},
   ): Promise<PreparedIncoming> {
     if (opts.capabilities !== undefined) refuseUnsupportedCapabilities(opts.capabilities);
-    return this.preparations.prepare(name, jobId, opts.hint);
+    return this.preparations.prepare(name, jobId, opts.hint, undefined, opts.source ?? '');
   }
 
   /**
@@ -127,6 +131,7 @@ export class MigrationManager {
       jobId: req.jobId,
       target: req.target,
       grpcClient: () => this.clientFor(req.target.address),
+      dataTls: this.tls,
       token: req.token,
       capabilities: req.capabilities,
       parameters: req.parameters,
@@ -176,7 +181,11 @@ export class MigrationManager {
       this.dropClient(address);
     }
     // Same wire bytes as the generated client; page frames are encoded with one copy.
-    const client = createClient(MigrationServiceClient, address);
+    const client = createClient(
+      MigrationServiceClient,
+      address,
+      channelCredentials(this.tls, { serverRole: 'vmm' }),
+    );
     this.clients.set(address, client);
     return client;
   }

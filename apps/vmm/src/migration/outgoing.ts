@@ -22,7 +22,7 @@ import {
   type MigrationParameters,
 } from '@handoff/qapi';
 import { capabilitiesToWire, leaseMoveFromWire } from '@handoff/qapi/wire';
-import type { Logger } from '@handoff/service';
+import type { Logger, TlsMaterial } from '@handoff/service';
 import { specToPb } from '../wire/spec.js';
 import { holderOf } from '../leases/calls.js';
 import { retakeLease } from '../leases/protocol.js';
@@ -58,6 +58,8 @@ export interface OutgoingOptions {
   readonly target: TargetEndpoints;
   /** A (possibly shared, already connected) client of the target's MigrationService. */
   readonly grpcClient: () => vmmStream.MigrationServiceClient;
+  /** This vmm's TLS material for a TCP data channel (null: plaintext). */
+  readonly dataTls?: TlsMaterial | null;
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
@@ -235,6 +237,7 @@ export class OutgoingMigration {
       target: this.o.target.address,
       dataChannel: this.o.target.dataChannel,
       grpcClient: this.o.grpcClient,
+      dataTls: this.o.dataTls ?? null,
       first: { frame: { $case: 'header', value: this.header(modes) } },
       checkCancelled: () => this.checkCancelled(),
       logger: log,

@@ -52,6 +52,8 @@ export interface ArmedSwitchover extends OfferedSwitchover {
 export interface Prepared {
   readonly name: string;
   readonly jobId: string;
+  /** The source vmm's id the token is bound to ('' : none named, on a plaintext vmm). */
+  readonly source: string;
   /** Frees the name (and lets spare vCPU threads start again). */
   readonly release: () => void;
   readonly timer: NodeJS.Timeout;
@@ -76,9 +78,11 @@ export class IncomingPreparations {
   ) {}
 
   /**
-   * A token for a VM that will arrive under `name`. With a `hint` the machine is built first,
-   * so the token comes back when the target is ready (a stream whose header differs from it is
-   * served from scratch). When every block travels by reference, a switchover comes with it.
+   * A token for a VM that will arrive under `name` from the vmm `source` (the only instance
+   * whose authenticated stream may present it; '' binds it to none). With a `hint` the machine
+   * is built first, so the token comes back when the target is ready (a stream whose header
+   * differs from it is served from scratch). When every block travels by reference, a
+   * switchover comes with it.
    *
    * @throws VmmError `VMM_VM_EXISTS` when the name is taken or already prepared
    */
@@ -87,6 +91,7 @@ export class IncomingPreparations {
     jobId: string,
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
+    source = '',
   ): Promise<PreparedIncoming> {
     const reserved = await this.host.reserve(name);
     // No spare thread starts (and warms up) while this migration may be timed.
@@ -117,7 +122,7 @@ export class IncomingPreparations {
       void discardPrepared({ prebuilt: built, switchover }, this.host).then(release);
     }, ttlMs);
     timer.unref();
-    this.tokens.set(token, { name, jobId, release, timer, prebuilt: built, switchover });
+    this.tokens.set(token, { name, jobId, source, release, timer, prebuilt: built, switchover });
     const offered = await switchover;
     offered?.outcome.then(
       (o) => this.settleWithoutStream(token, offered, o),
@@ -127,17 +132,27 @@ export class IncomingPreparations {
   }
 
   /**
-   * Consumes a token; the caller owns the name reservation (and any prebuild) from here.
+   * Consumes a token presented by a stream from `peer` (the source's authenticated id, or null
+   * where the transport names nobody); the caller owns the name reservation (and any prebuild)
+   * from here. A token bound to a source is valid only from that source: another peer gets
+   * `MIGRATION_BAD_TOKEN` and the token stays for its rightful source.
    *
    * @throws MigrationError `MIGRATION_BAD_TOKEN`
    */
-  take(token: string): Prepared {
+  take(token: string, peer: string | null = null): Prepared {
     const p = this.tokens.get(token);
     if (p === undefined) {
       throw new MigrationError(
         'MIGRATION_BAD_TOKEN',
         'the stream presented no valid migration token (unknown, used or expired); ' +
           'ask the target for a fresh one with PrepareIncoming',
+      );
+    }
+    if (peer !== null && p.source !== '' && peer !== p.source) {
+      throw new MigrationError(
+        'MIGRATION_BAD_TOKEN',
+        `the migration token of VM ${p.name} was issued for a stream from ${p.source}, not ` +
+          `from ${peer}; the migrator names the source in PrepareIncoming`,
       );
     }
     this.tokens.delete(token);

@@ -6,6 +6,7 @@
  * @packageDocumentation
  */
 import { memstore } from '@handoff/proto';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { createClient, type Logger } from '@handoff/service';
 import { LeaseChannelClient } from '../leases/lease-channel.js';
 import type { RamContext } from './backing.js';
@@ -15,6 +16,8 @@ export interface MemstoreAccessOptions {
   readonly vmmId: string;
   /** memstore's gRPC address. */
   readonly address: string;
+  /** How to reach it: this vmm's certificate (role vmm), or plaintext for `--insecure`. */
+  readonly credentials: ChannelCredentials;
   readonly logger: Logger;
   /** Deadline of each memstore call. */
   readonly deadlineMs: number;
@@ -48,7 +51,11 @@ export class MemstoreAccess {
   }
 
   private memstore(): memstore.MemstoreServiceClient {
-    this.client ??= createClient(memstore.MemstoreServiceClient, this.opts.address);
+    this.client ??= createClient(
+      memstore.MemstoreServiceClient,
+      this.opts.address,
+      this.opts.credentials,
+    );
     return this.client;
   }
 

@@ -1,6 +1,8 @@
 import { migrator as pb, serviceNames } from '@handoff/proto';
+import { openAccess } from '@handoff/service/testing';
 import {
   ServiceError,
+  channelCredentials,
   createLogger,
   startServer,
   unary,
@@ -27,6 +29,7 @@ async function fakeMigrator() {
     host: '127.0.0.1',
     port: 0,
     logger,
+    tls: null,
     shutdownTimeoutMs: 100,
     services: [
       {
@@ -53,6 +56,7 @@ async function fakeMigrator() {
             return {};
           }),
         } as never,
+        access: openAccess(pb.MigratorServiceService),
       },
     ],
   });
@@ -106,7 +110,11 @@ describe('heartbeat and VM reports', () => {
     server = m.server;
     const host = fakeHost();
     host.add('vm1');
-    stop = startHeartbeat(m.server.address, host.announcement('vmm-a:1'), logger);
+    stop = startHeartbeat(
+      { address: m.server.address, credentials: channelCredentials(null) },
+      host.announcement('vmm-a:1'),
+      logger,
+    );
     await until(() => m.received.length >= 3);
     expect(m.received.slice(0, 3)).toEqual([
       { kind: 'register', vmsVersion: 1, vms: ['vm1:ab'] },
@@ -134,7 +142,11 @@ describe('heartbeat and VM reports', () => {
     const m = await fakeMigrator();
     server = m.server;
     const host = fakeHost();
-    stop = startHeartbeat(m.server.address, host.announcement('vmm-a:1'), logger);
+    stop = startHeartbeat(
+      { address: m.server.address, credentials: channelCredentials(null) },
+      host.announcement('vmm-a:1'),
+      logger,
+    );
     await until(() => m.received.length >= 2);
     m.state.wanted = true; // e.g. the migrator restarted
     await until(() => m.received.some((r) => r.kind === 'report'));
@@ -149,7 +161,11 @@ describe('heartbeat and VM reports', () => {
     const m = await fakeMigrator();
     server = m.server;
     const host = fakeHost();
-    stop = startHeartbeat(m.server.address, host.announcement('vmm-a:1'), logger);
+    stop = startHeartbeat(
+      { address: m.server.address, credentials: channelCredentials(null) },
+      host.announcement('vmm-a:1'),
+      logger,
+    );
     await until(() => m.received.length >= 1);
     m.state.refuseReports = true;
     host.add('vm1');

@@ -1,4 +1,5 @@
 import { migrator as pb } from '@handoff/proto';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { createClient, unaryCall, HANDOFF_VERSION, type Logger } from '@handoff/service';
 import { hostedVmToPb } from '../wire/vm.js';
 import type { HostedVm } from '../model/types.js';
@@ -31,12 +32,13 @@ const CALL_DEADLINE_MS = 2000;
  * Returns a stop function.
  */
 export function startHeartbeat(
-  migratorAddress: string,
+  migrator: { readonly address: string; readonly credentials: ChannelCredentials },
   me: Announcement,
   logger: Logger,
   fallbackIntervalMs = 2000,
 ): () => void {
-  const client = createClient(pb.MigratorServiceClient, migratorAddress);
+  const migratorAddress = migrator.address;
+  const client = createClient(pb.MigratorServiceClient, migratorAddress, migrator.credentials);
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   let connected: boolean | undefined;

@@ -1,3 +1,4 @@
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import type { Logger } from '@handoff/service';
 import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
 import type { ElfImage } from '../loader/elf.js';
@@ -27,6 +28,8 @@ export interface VmHostOptions {
   readonly logger: Logger;
   /** memstore address for shared and clone blocks. */
   readonly memstoreAddress: string;
+  /** Credentials of the memstore client (this vmm's certificate, or plaintext). */
+  readonly memstoreCredentials: ChannelCredentials;
   /** Largest total RAM of one VM, in bytes. */
   readonly maxVmMemory: number;
   /** Where built-in guests live (default: the repository's guests/). */
@@ -61,6 +64,7 @@ export class VmHost {
     this.memstore = new MemstoreAccess({
       vmmId: opts.vmmId,
       address: opts.memstoreAddress,
+      credentials: opts.memstoreCredentials,
       logger: opts.logger,
       deadlineMs: opts.memstoreDeadlineMs ?? 10_000,
     });

@@ -29,13 +29,14 @@ export const TEST_PKI_ENV = 'HANDOFF_TEST_PKI';
 /**
  * Identities the test PKI holds from the start: the local cluster's, and the ids tests use for
  * clients that play a role (`test-vmm` for a memstore client that takes leases, `test-migrator`
- * for a vmm client that drives migrations).
+ * for a vmm client that drives migrations, `vmm-x` for a hand-made migration stream).
  */
 export const TEST_IDENTITIES: readonly PeerIdentity[] = [
   ...CLUSTER_IDENTITIES,
   { id: 'test-vmm', role: 'vmm' },
   { id: 'test-migrator', role: 'migrator' },
   { id: 'test-memstore', role: 'memstore' },
+  { id: 'vmm-x', role: 'vmm' },
 ];
 
 /** Creates a PKI with {@link TEST_IDENTITIES} in a new temporary directory; returns it. */
@@ -98,6 +99,27 @@ export async function testTlsArgs(identity: PeerIdentity): Promise<string[]> {
 export async function testMaterial(identity: PeerIdentity): Promise<TlsMaterial> {
   const dir = await testTlsDir(identity);
   return loadTls({ 'tls-dir': dir }, identity.id, identity)!;
+}
+
+/**
+ * Client credentials presenting the certificate of `identity`, one of {@link TEST_IDENTITIES},
+ * from the PKI the run's globalSetup created, without waiting.
+ *
+ * @throws Error outside such a run, or for an identity the PKI does not hold from the start
+ */
+export function testCredentialsSync(
+  identity: PeerIdentity,
+  opts: ChannelOptions = {},
+): grpc.ChannelCredentials {
+  const dir = process.env[TEST_PKI_ENV];
+  const known = TEST_IDENTITIES.some((i) => i.id === identity.id && i.role === identity.role);
+  if (dir === undefined || dir === '' || !known) {
+    throw new Error(
+      `no test certificate of ${identity.role} ${identity.id} is ready; use testCredentials ` +
+        `(async), or run under vitest, whose globalSetup creates the PKI (${TEST_PKI_ENV})`,
+    );
+  }
+  return channelCredentials(loadTls({ 'tls-dir': dir }, identity.id, identity), opts);
 }
 
 /** Client credentials presenting `identity`'s certificate. */

@@ -18,20 +18,13 @@
 import 'reflect-metadata'; // @peculiar/x509's dependency injection needs the Reflect polyfill
 import * as x509 from '@peculiar/x509';
 import { randomBytes, webcrypto, X509Certificate } from 'node:crypto';
-import {
-  chmodSync,
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { ServiceError } from '../errors.js';
 import { ROLES, type PeerIdentity } from './identity.js';
 import { certificateIdentity } from './material.js';
+import { ensurePrivateDirectory } from './private-dir.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 
@@ -188,25 +181,6 @@ export async function issueCertificate(
     ],
   });
   return { cert: cert.toString('pem'), key: await exportKey(keys.privateKey) };
-}
-
-/**
- * Creates `dir` (0700) or checks that an existing one is a directory of this user that nobody
- * else can enter; a looser mode on a directory of ours is tightened.
- *
- * @throws ServiceError `SERVICE_INVALID_CONFIG` for a symlink, a file, or another user's directory
- */
-export function ensurePrivateDirectory(dir: string, what: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = lstatSync(dir);
-  const uid = process.getuid?.();
-  if (!st.isDirectory() || (uid !== undefined && st.uid !== uid)) {
-    throw new ServiceError(
-      'SERVICE_INVALID_CONFIG',
-      `the ${what} ${dir} is not a directory of this user (uid ${uid}); remove it or pick another path`,
-    );
-  }
-  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
 }
 
 /** Writes a file atomically (temporary name, then rename) with `mode`. */

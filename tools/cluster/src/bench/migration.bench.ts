@@ -2,7 +2,7 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { resolveCapabilities } from '@handoff/qapi';
-import { Clients, jobs, regions, vms, type JobView } from '@handoff/cli/client';
+import { Clients, jobs, operatorTls, regions, vms, type JobView } from '@handoff/cli/client';
 import { startCluster } from '../launcher.js';
 import { qemuAvailable, qemuMigrate, type QemuMigration } from './qemu-migration.js';
 
@@ -111,6 +111,7 @@ export async function run(): Promise<Table[]> {
     memstore: cluster.memstore,
     migrator: cluster.migrator,
     timeoutMs: 60_000,
+    tls: cluster.tlsDir === null ? null : operatorTls({ HANDOFF_TLS_DIR: cluster.tlsDir }),
   });
   const rows: (string | number)[][] = [];
   /** Copy-target results: [what, measured, target met]. */

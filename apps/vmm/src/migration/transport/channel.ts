@@ -22,6 +22,13 @@ export interface IncomingChannel {
   /** True once the source is gone (nothing written reaches it). */
   readonly gone: boolean;
   /**
+   * The id of the source vmm as the transport authenticated it (the CN of its verified client
+   * certificate), or null where the transport names nobody: a plaintext (`--insecure`) server,
+   * or the data channel's unix socket, which only this user's processes can open. A stream with
+   * an id presents a token only PrepareIncoming issued for that id (prepare.ts).
+   */
+  readonly peer: string | null;
+  /**
    * The page frame's bytes are no longer needed (written, or never to be): the channel may
    * reuse their memory for a later frame. Optional; a channel may ignore it.
    */
@@ -103,6 +110,8 @@ export class RequestQueue {
  */
 export function grpcIncoming(
   call: grpc.ServerDuplexStream<vmmStream.IncomingRequest, vmmStream.IncomingResponse>,
+  /** The caller's verified id (null on a plaintext server). */
+  peer: string | null,
 ): IncomingChannel {
   const q = new RequestQueue(call);
   call.on('data', (m: vmmStream.IncomingRequest) => q.push(m));
@@ -116,6 +125,7 @@ export function grpcIncoming(
     get gone() {
       return call.cancelled;
     },
+    peer,
   };
 }
 

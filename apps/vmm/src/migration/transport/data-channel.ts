@@ -12,11 +12,26 @@
  * header carrying the one-time token from PrepareIncoming, so the channel is authorised the
  * same way. PrepareIncoming returns the channel's address as `data_address`; a source that
  * cannot connect to it uses the gRPC stream instead.
+ *
+ * Who may connect: a unix socket is mode 0600 (in a folder only this user can enter, for
+ * `--data-channel auto`), so only processes of this user reach it; they could read the vmm's
+ * key as well, so the token is its only check. Over TCP with TLS material both ends use mutual
+ * TLS with the cluster's certificates: only a vmm-role certificate the CA issued connects, and
+ * its id is the stream's peer, which the token must have been issued for.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import * as tls from 'node:tls';
 import { vmmStream } from '@handoff/proto';
-import { RecycledBuffers, FramedSocket, frameHeader, type Logger } from '@handoff/service';
+import {
+  certificateIdentity,
+  RecycledBuffers,
+  FramedSocket,
+  frameHeader,
+  type Logger,
+  type TlsMaterial,
+} from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
@@ -55,10 +70,30 @@ function parseAddress(address: string): { path: string } | { host: string; port:
   return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
 }
 
-/** Starts connecting to `address`. @throws MigrationError when it is malformed */
-function dial(address: string): Socket {
+/**
+ * Starts connecting to `address`; over TCP with `material`, as mutual TLS that trusts only the
+ * cluster CA and a server certificate of a vmm naming the host.
+ *
+ * @throws MigrationError when it is malformed
+ */
+function dial(address: string, material: TlsMaterial | null = null): Socket {
   const where = parseAddress(address);
-  return 'path' in where ? connect(where.path) : connect(where.port, where.host);
+  if ('path' in where) return connect(where.path);
+  if (material === null) return connect(where.port, where.host);
+  return tls.connect({
+    host: where.host,
+    port: where.port,
+    ca: material.ca,
+    cert: material.cert,
+    key: material.key,
+    minVersion: 'TLSv1.3',
+    checkServerIdentity: (host, cert) => {
+      const err = tls.checkServerIdentity(host, cert);
+      if (err !== undefined) return err;
+      const ou = Array.isArray(cert.subject?.OU) ? cert.subject.OU[0] : cert.subject?.OU;
+      return ou === 'vmm' ? undefined : new Error(`the data channel at ${host} is not a vmm's`);
+    },
+  });
 }
 
 /** A listening data channel. */
@@ -69,27 +104,66 @@ export interface DataChannelServer {
   close(): Promise<void>;
 }
 
+/** The vmm id a verified TLS socket's peer certificate names, or null when it is no vmm's. */
+function vmmPeerOf(socket: tls.TLSSocket): string | null {
+  if (!socket.authorized) return null;
+  const raw = socket.getPeerCertificate().raw as Buffer | undefined;
+  if (raw === undefined) return null;
+  const identity = certificateIdentity(new X509Certificate(raw));
+  return identity?.role === 'vmm' ? identity.id : null;
+}
+
 /**
  * Listens on `listen` (`unix:/path` or `host:port`, port 0 for any) and hands every connection
- * to `serve` as an {@link IncomingChannel}.
+ * to `serve` as an {@link IncomingChannel}. With `material`, TCP connections are mutual TLS:
+ * only a vmm whose certificate the CA issued gets through (a unix socket stays plain: see the
+ * header of this file).
  */
 export async function startDataChannel(
   listen: string,
   serve: (channel: IncomingChannel) => Promise<void>,
   logger: Logger,
+  material: TlsMaterial | null = null,
 ): Promise<DataChannelServer> {
   const where = parseAddress(listen);
   const open = new Set<Socket>();
-  // Half-open: a source that ended its side still gets the outcome (e.g. an error for a
-  // truncated stream); the receiver ends ours.
-  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
+  const accept = (socket: Socket, peer: string | null): void => {
     open.add(socket);
     socket.on('close', () => open.delete(socket));
-    const channel = socketIncoming(socket);
+    const channel = socketIncoming(socket, peer);
     serve(channel).catch((err: unknown) =>
       logger.warn({ error: (err as Error).message }, 'data channel: a migration failed'),
     );
-  });
+  };
+  // Half-open: a source that ended its side still gets the outcome (e.g. an error for a
+  // truncated stream); the receiver ends ours.
+  const server: Server =
+    material !== null && !('path' in where)
+      ? tls
+          .createServer(
+            {
+              allowHalfOpen: true,
+              ca: material.ca,
+              cert: material.cert,
+              key: material.key,
+              requestCert: true,
+              rejectUnauthorized: true,
+              minVersion: 'TLSv1.3',
+            },
+            (socket) => {
+              const peer = vmmPeerOf(socket);
+              if (peer === null) {
+                logger.warn('data channel: refused a connection without a vmm certificate');
+                socket.destroy();
+                return;
+              }
+              accept(socket, peer);
+            },
+          )
+          .on('tlsClientError', (err) =>
+            logger.info({ error: err.message }, 'data channel: a TLS handshake failed'),
+          )
+      : createServer({ allowHalfOpen: true }, (socket) => accept(socket, null));
   if ('path' in where) rmSync(where.path, { force: true }); // a socket left by a killed vmm
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -117,8 +191,8 @@ export async function startDataChannel(
   };
 }
 
-/** The target's end over one accepted socket. */
-function socketIncoming(socket: Socket): IncomingChannel {
+/** The target's end over one accepted socket whose source the transport names `peer`. */
+function socketIncoming(socket: Socket, peer: string | null): IncomingChannel {
   let gone = false; // the socket closed: nothing reaches the source any more
   socket.on('close', () => (gone = true));
   // (flow control reaches `framed` only once frames arrive, after it exists)
@@ -157,6 +231,7 @@ function socketIncoming(socket: Socket): IncomingChannel {
     get gone() {
       return gone;
     },
+    peer,
     release: (frame) => pool.give(frame.data),
   };
 }
@@ -188,8 +263,9 @@ export async function dataChannelAlive(address: string): Promise<boolean> {
 }
 
 /**
- * Connects to a target's data channel. `first` (the header) is queued on the socket at once, so
- * it leaves with the connection instead of a turn of the event loop later.
+ * Connects to a target's data channel (over TCP with `material`, as mutual TLS). `first` (the
+ * header) is queued on the socket at once, so it leaves with the connection instead of a turn
+ * of the event loop later.
  *
  * @throws MigrationError `MIGRATION_TARGET_FAILED` when it cannot connect within
  *   {@link CONNECT_TIMEOUT_MS} (nothing reached the target: the caller may use the gRPC stream)
@@ -198,8 +274,10 @@ export async function connectDataChannel(
   address: string,
   events: OutgoingEvents,
   first: vmmStream.IncomingRequest,
+  material: TlsMaterial | null = null,
 ): Promise<OutgoingChannel> {
-  const socket = dial(address);
+  const socket = dial(address, material);
+  const connected = socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect';
   const parts = encodeIncomingRequestParts(first);
   socket.write(frameHeader(parts.reduce((n, p) => n + p.length, 0)));
   for (const p of parts) socket.write(p);
@@ -208,7 +286,7 @@ export async function connectDataChannel(
       socket.destroy();
       reject(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`));
     }, CONNECT_TIMEOUT_MS);
-    socket.once('connect', () => {
+    socket.once(connected, () => {
       clearTimeout(timer);
       socket.off('error', reject);
       resolve();

@@ -81,7 +81,11 @@ describe('MigrationServiceClient (fast page-frame serializer) over a real gRPC s
         err ? reject(err) : resolve(p),
       ),
     );
-    const client = createClient(MigrationServiceClient, `127.0.0.1:${port}`);
+    const client = createClient(
+      MigrationServiceClient,
+      `127.0.0.1:${port}`,
+      grpc.credentials.createInsecure(),
+    );
     try {
       const ram = new Uint8Array(new SharedArrayBuffer(300 * PAGE_SIZE)).map((_, i) => i % 253);
       const frames: vmmStream.PageFrame[] = [];

@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 import type { vmmStream } from '@handoff/proto';
-import type { Logger } from '@handoff/service';
+import type { Logger, TlsMaterial } from '@handoff/service';
 import { MigrationError } from '../../model/migration-error.js';
 import { grpcOutgoing, type OutgoingChannel, type OutgoingEvents } from './channel.js';
 import { connectDataChannel } from './data-channel.js';
@@ -69,6 +69,8 @@ export class StreamToTarget {
     target: string;
     dataChannel: string | null;
     grpcClient: () => vmmStream.MigrationServiceClient;
+    /** This vmm's TLS material for a TCP data channel (null: plaintext). */
+    dataTls?: TlsMaterial | null;
     first: vmmStream.IncomingRequest;
     checkCancelled: () => void;
     logger: Logger;
@@ -86,7 +88,12 @@ export class StreamToTarget {
     };
     if (opts.dataChannel !== null) {
       try {
-        s.channel = await connectDataChannel(opts.dataChannel, events, opts.first);
+        s.channel = await connectDataChannel(
+          opts.dataChannel,
+          events,
+          opts.first,
+          opts.dataTls ?? null,
+        );
         return s;
       } catch (err) {
         opts.logger.warn(

@@ -404,6 +404,12 @@ export interface PrepareIncomingRequest {
    */
   spec: VmSpec | undefined;
   capabilities: MigrationCapability[];
+  /**
+   * The vmm instance the VM comes from (its id). The token is valid only for that instance: a
+   * target serving mutual TLS accepts the stream only from a caller whose certificate names it,
+   * and refuses a PrepareIncoming that names none.
+   */
+  sourceVmm: string;
 }
 
 export interface PrepareIncomingResponse {
@@ -2904,7 +2910,7 @@ export const ConsoleResponse: MessageFns<ConsoleResponse> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { name: "", jobId: "", spec: undefined, capabilities: [] };
+  return { name: "", jobId: "", spec: undefined, capabilities: [], sourceVmm: "" };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -2924,6 +2930,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.sourceVmm !== "") {
+      writer.uint32(42).string(message.sourceVmm);
     }
     return writer;
   },
@@ -2983,6 +2992,14 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
 
             break;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sourceVmm = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3007,6 +3024,11 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
       capabilities: globalThis.Array.isArray(object?.capabilities)
         ? object.capabilities.map((e: any) => migrationCapabilityFromJSON(e))
         : [],
+      sourceVmm: isSet(object.sourceVmm)
+        ? globalThis.String(object.sourceVmm)
+        : isSet(object.source_vmm)
+        ? globalThis.String(object.source_vmm)
+        : "",
     };
   },
 
@@ -3024,6 +3046,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.capabilities?.length) {
       obj.capabilities = message.capabilities.map((e) => migrationCapabilityToJSON(e));
     }
+    if (message.sourceVmm !== "") {
+      obj.sourceVmm = message.sourceVmm;
+    }
     return obj;
   },
 
@@ -3036,6 +3061,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     message.jobId = object.jobId ?? "";
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.capabilities = object.capabilities?.map((e) => e) || [];
+    message.sourceVmm = object.sourceVmm ?? "";
     return message;
   },
 };
