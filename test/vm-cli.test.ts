@@ -61,6 +61,7 @@ describe('vmctl vm', () => {
       ...process.env,
       HANDOFF_MEMSTORE_ADDR: cluster.memstore,
       HANDOFF_MIGRATOR_ADDR: cluster.migrator,
+      HANDOFF_TLS_DIR: cluster.tlsDir!, // the operator certificate of the cluster's own PKI
     };
     // Wait until both instances registered with the migrator.
     for (let i = 0; i < 100; i++) {
