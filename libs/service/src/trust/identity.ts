@@ -70,7 +70,8 @@ export function requireRole(caller: Caller | null, roles: readonly Role[], what:
     throw new ServiceError(
       'SERVICE_UNAUTHENTICATED',
       `${what} needs a client certificate signed by the cluster's CA; give vmctl one with ` +
-        'HANDOFF_TLS_DIR (or HANDOFF_TLS_CERT, HANDOFF_TLS_KEY, HANDOFF_TLS_CA)',
+        'HANDOFF_TLS_DIR (or HANDOFF_TLS_CERT, HANDOFF_TLS_KEY, HANDOFF_TLS_CA), a service ' +
+        'with --tls-dir',
     );
   }
   if (!caller.secure) return;
