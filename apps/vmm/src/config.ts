@@ -29,10 +29,18 @@ export const vmmOptions = {
     description:
       'largest total RAM of one VM, with a binary unit (e.g. 512M, 2G); bigger specs are refused',
   },
-  'guests-dir': {
+  'guest-dir': {
     type: 'string',
     description:
-      'folder of the built-in guests (<name>/<name>.elf); default: guests/ of this repository',
+      'the one folder guest images other than the built-ins are read from: a guest named ' +
+      '"x.elf" or "sub/x.elf" (or an absolute path inside it) is that file, whose real path must ' +
+      'stay inside the folder; default: none (built-in guests only)',
+  },
+  'built-in-guest-dir': {
+    type: 'string',
+    description:
+      'folder of the built-in guests (<name>/<name>.elf, conformance/prebuilt/<test>.elf); ' +
+      'default: guests/ of this installation',
   },
   'spare-vcpu-threads': {
     type: 'number',

@@ -42,9 +42,11 @@ export {
 } from './vm/index.js';
 export {
   BUILT_IN_GUESTS,
-  DEFAULT_GUESTS_DIR,
-  guestPath,
-  loadGuest,
+  BUILT_IN_GUESTS_DIR,
+  GuestCatalog,
+  builtInGuestPath,
+  guestFromBytes,
+  type GuestCatalogOptions,
   type GuestImage,
 } from './guests/catalog.js';
 export { checkAbConsistency, type AbCheckOptions, type AbCheckResult } from './guests/ab-check.js';
