@@ -59,6 +59,15 @@ export const vmmOptions = {
       'pages, shorter pause): auto (a unix socket in the temp folder), unix:/path, ' +
       'host:port, or off',
   },
+  'data-channel-frame-timeout-ms': {
+    type: 'number',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    description:
+      'how long a frame of an incoming migration on the data channel may take to arrive once ' +
+      'begun: a source that stalls mid-frame fails that migration and its connection is closed',
+  },
   'switchover-dir': {
     type: 'string',
     default: 'auto',

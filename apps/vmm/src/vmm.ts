@@ -130,7 +130,11 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   let server: RunningServer;
   try {
     const data = dataChannelOf(config);
-    if (data !== '') await migrations.listenData(data);
+    if (data !== '') {
+      await migrations.listenData(data, {
+        frameTimeoutMs: config['data-channel-frame-timeout-ms'],
+      });
+    }
     server = await startServer({
       name: 'vmm',
       host: config.host,

@@ -16,7 +16,14 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { vmmStream } from '@handoff/proto';
-import { RecycledBuffers, FramedSocket, frameHeader, type Logger } from '@handoff/service';
+import {
+  DEFAULT_FRAME_TIMEOUT_MS,
+  FrameError,
+  FramedSocket,
+  RecycledBuffers,
+  frameHeader,
+  type Logger,
+} from '@handoff/service';
 import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel.js';
 import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
@@ -61,6 +68,16 @@ function dial(address: string): Socket {
   return 'path' in where ? connect(where.path) : connect(where.port, where.host);
 }
 
+/** How a target's data channel treats its connections. */
+export interface DataChannelOptions {
+  /**
+   * How long a begun frame from a source may take to arrive in full (default
+   * {@link DEFAULT_FRAME_TIMEOUT_MS}): a source that stalls mid-frame fails its migration and
+   * its connection is closed, instead of holding the connection and the frame's buffer.
+   */
+  readonly frameTimeoutMs?: number;
+}
+
 /** A listening data channel. */
 export interface DataChannelServer {
   /** The address sources connect to (`unix:/path` or `host:port`). */
@@ -77,7 +94,9 @@ export async function startDataChannel(
   listen: string,
   serve: (channel: IncomingChannel) => Promise<void>,
   logger: Logger,
+  opts: DataChannelOptions = {},
 ): Promise<DataChannelServer> {
+  const frameTimeoutMs = opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS;
   const where = parseAddress(listen);
   const open = new Set<Socket>();
   // Half-open: a source that ended its side still gets the outcome (e.g. an error for a
@@ -85,7 +104,7 @@ export async function startDataChannel(
   const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
     open.add(socket);
     socket.on('close', () => open.delete(socket));
-    const channel = socketIncoming(socket);
+    const channel = socketIncoming(socket, frameTimeoutMs, logger);
     serve(channel).catch((err: unknown) =>
       logger.warn({ error: (err as Error).message }, 'data channel: a migration failed'),
     );
@@ -118,7 +137,7 @@ export async function startDataChannel(
 }
 
 /** The target's end over one accepted socket. */
-function socketIncoming(socket: Socket): IncomingChannel {
+function socketIncoming(socket: Socket, frameTimeoutMs: number, logger: Logger): IncomingChannel {
   let gone = false; // the socket closed: nothing reaches the source any more
   socket.on('close', () => (gone = true));
   // (flow control reaches `framed` only once frames arrive, after it exists)
@@ -141,12 +160,15 @@ function socketIncoming(socket: Socket): IncomingChannel {
         q.push(req);
       },
       closed: (error) => {
+        if (error instanceof FrameError && error.timedOut) {
+          logger.warn({ error: error.message }, 'data channel: a source stalled mid-frame');
+        }
         if (error === null)
           q.end(); // the source ended its side; replies still go out
         else q.fail(error);
       },
     },
-    { pool },
+    { pool, frameTimeoutMs },
   );
   return {
     next: () => q.next(),
