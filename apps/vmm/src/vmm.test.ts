@@ -1,6 +1,8 @@
+import { mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { dataChannelOf, maxVmMemoryOf } from './vmm.js';
+import { dataChannelOf, guestDirOf, maxVmMemoryOf } from './vmm.js';
 
 describe('vmm flags', () => {
   it('--data-channel: auto is a unix socket in the temp folder named by id and pid; off is none', () => {
@@ -25,5 +27,24 @@ describe('vmm flags', () => {
   it('--max-vm-memory takes binary sizes up to one 2 GiB block', () => {
     expect(maxVmMemoryOf({ 'max-vm-memory': '512M' })).toBe(512 * 1024 * 1024);
     expect(() => maxVmMemoryOf({ 'max-vm-memory': '3G' })).toThrow(/between 4K and 2G/);
+  });
+
+  it('--guest-dir: none by default, else the real path of an existing folder', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'handoff-guest-dir-'));
+    try {
+      symlinkSync(dir, `${dir}.link`);
+      writeFileSync(join(dir, 'file'), '');
+      expect(guestDirOf({ 'guest-dir': undefined })).toBeNull();
+      expect(guestDirOf({ 'guest-dir': '' })).toBeNull();
+      expect(guestDirOf({ 'guest-dir': `${dir}.link` })).toBe(realpathSync(dir));
+      for (const bad of ['relative/dir', join(dir, 'missing'), join(dir, 'file')]) {
+        expect(() => guestDirOf({ 'guest-dir': bad })).toThrow(
+          `--guest-dir ${bad} is not the absolute path of an existing folder`,
+        );
+      }
+    } finally {
+      rmSync(`${dir}.link`, { force: true });
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
