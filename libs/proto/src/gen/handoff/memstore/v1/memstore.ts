@@ -466,8 +466,8 @@ export interface ReadPagesResponse {
 
 export interface OpenLeaseSessionRequest {
   /**
-   * The calling vmm's id (lease holders `<vmm-id>/<vm-name>`): 1 to 63 characters from a-z,
-   * 0-9, "-", "_" and ".".
+   * The calling vmm's id (lease holders `<vmm-id>/<vm-name>`): 1 to 63 letters, digits, "-",
+   * "_" and ".", starting with a letter or digit.
    */
   vmmId: string;
 }
