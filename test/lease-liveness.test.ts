@@ -187,6 +187,7 @@ describe('lease liveness: a vmm killed with -9', () => {
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('region hi-ram0 already exists');
     expect(again.stderr).toContain('vmctl region delete hi-ram0');
+    expect(again.stderr).toContain('--region hi-ram0');
     expect(again.stderr).toContain('another name');
     // Reuse it: map the kept region (the lease is free at epoch + 2) ...
     const reused = await vmctl(

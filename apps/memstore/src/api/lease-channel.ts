@@ -29,6 +29,11 @@ import { guarded, leaseCalls } from './memstore-service.js';
  * handler runs ({@link leaseCalls} through {@link guarded}), so checks, results and error codes
  * and messages are identical. A peer that breaks the framing or sends an undecodable frame is
  * hostile: its connection (only) is closed.
+ *
+ * Every connection starts with a hello: a one-time token from OpenLeaseSession, which binds the
+ * connection to a vmm id and to the process the kernel says connected (SO_PEERCRED) — the
+ * vmm's lease-holder session ({@link Memstore.sessions}). Until then every call is refused
+ * (SERVICE_UNAUTHENTICATED); afterwards a call may move leases only for that vmm's holders.
  */
 
 /** Largest frame either side sends or accepts. */

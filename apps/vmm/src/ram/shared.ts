@@ -126,14 +126,19 @@ async function regionTaken(
       `\`vmctl region release ${name} --force\`, then delete it with \`vmctl region delete ` +
       `${name}\` (its memory is lost), or give this VM another name`;
   } else {
+    const f = region?.fenced;
     const fenced =
-      region?.fenced !== undefined
-        ? ` (its lease was taken from ${region.fenced.holder} when that vmm process was gone; ` +
-          'the memory is kept for a restore)'
-        : '';
+      f === undefined
+        ? ''
+        : ` (its lease was taken from ${f.holder} ` +
+          (f.reason === pb.FenceReason.FENCE_REASON_OPERATOR
+            ? 'by an operator'
+            : 'when that vmm process was gone') +
+          '; the memory is kept for a restore)';
     why =
       `it is kept from an earlier VM of this name${fenced}: delete it with \`vmctl region ` +
-      `delete ${name}\` (its memory is lost), or give this VM another name`;
+      `delete ${name}\` (its memory is lost), map it with \`--region ${name}\` instead of ` +
+      '--shared (the guest boots afresh on it), or give this VM another name';
   }
   return new ServiceError(
     'REGION_ALREADY_EXISTS',
