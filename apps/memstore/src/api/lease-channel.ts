@@ -155,11 +155,23 @@ function fdOf(socket: Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** The kernel's record of who connected `socket` (SO_PEERCRED). @throws when it has none */
+/**
+ * The kernel's record of who connected `socket` (SO_PEERCRED).
+ *
+ * @throws ServiceError SERVICE_UNAUTHENTICATED when it cannot be read (nobody is bound then)
+ */
 export function socketPeer(socket: Socket): PeerCredentials {
-  const fd = fdOf(socket);
-  if (fd === undefined) throw new Error('the connection has no file descriptor');
-  return peerCredentials(fd);
+  try {
+    const fd = fdOf(socket);
+    if (fd === undefined) throw new Error('the connection has no file descriptor');
+    return peerCredentials(fd);
+  } catch (err) {
+    throw new ServiceError(
+      'SERVICE_UNAUTHENTICATED',
+      `memstore cannot tell which process connected (${(err as Error).message}); connect again`,
+      { cause: err },
+    );
+  }
 }
 
 /**

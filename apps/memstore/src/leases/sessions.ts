@@ -362,7 +362,7 @@ export class HolderSessions implements HolderJudge {
    * could not all be fenced is not marked gone, so the next check fences again.
    */
   private check(session: Session, why: string): void {
-    if (session.record.goneAt !== null) return;
+    if (session.record.goneAt !== null || this.stopped || !this.catalog.isOpen) return;
     const judged = this.judge(session);
     session.liveness = judged.liveness;
     if (judged.liveness === 'gone') this.gone(session, `${why}: ${judged.reason}`);
