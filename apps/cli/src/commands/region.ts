@@ -97,7 +97,9 @@ export function registerRegion(program: Command, run: CommandRunner): void {
   region
     .command('list')
     .alias('ls')
-    .description('list regions with size, allocation, lease and clones')
+    .description(
+      "list regions with size, allocation, lease, whether the lease holder's vmm is alive, and clones",
+    )
     .action(
       run(async (ctx) => {
         const list = await regions.list(ctx.clients);
