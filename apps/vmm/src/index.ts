@@ -18,6 +18,7 @@ export { slotPrefixOf } from './switchover/slot.js';
 /** The vmm's client of memstore's lease channel, and how it words a failed memstore call. */
 export {
   LeaseChannelClient,
+  PROCESS_INSTANCE,
   type LeaseCallOptions,
   type LeaseCalls,
   type LeaseChannelClientOptions,
