@@ -16,8 +16,8 @@ import {
   unaryCall,
   type Logger,
 } from '@handoff/service';
-import { LeaseChannelClient, memstoreCall, type RamContext } from '@handoff/vmm';
-import { mkdirSync } from 'node:fs';
+import { LeaseChannelClient, memstoreCall, PROCESS_INSTANCE, type RamContext } from '@handoff/vmm';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -46,7 +46,12 @@ async function startReal(overrides: Parameters<typeof memstoreConfig>[0] = {}): 
     }),
   );
   client = createClient(pb.MemstoreServiceClient, memstore.address, channelCredentials(null));
-  leases = new LeaseChannelClient({ memstore: () => client!, logger, deadlineMs: 5000 });
+  leases = new LeaseChannelClient({
+    memstore: () => client!,
+    vmmId: 'vmm-b',
+    logger,
+    deadlineMs: 5000,
+  });
 }
 
 /** A region `name` leased by `holder` at epoch 1 (over gRPC). */
@@ -83,6 +88,12 @@ describe('LeaseChannelClient against a real memstore', () => {
     const grpcValidate = vi.spyOn(client!, 'validateLease');
     expect(await leases!.prepare()).toBe(true);
     expect(leases!.connected).toBe(true);
+    // Its session: memstore bound the connection to this process as vmm-b.
+    expect(memstore!.memstore.catalog.getHolderProcess('vmm-b')).toMatchObject({
+      pid: process.pid,
+      instance: PROCESS_INSTANCE,
+      goneAt: null,
+    });
 
     const got = await leases!.getRegion({ region: byName('ram') });
     expect(got).toEqual(await unaryCall(client!, 'getRegion', { region: byName('ram') }));
@@ -204,15 +215,57 @@ describe('LeaseChannelClient against a real memstore', () => {
     await startReal();
     await leased('ram', 'vmm-a/vm1');
     expect(await leases!.prepare()).toBe(true);
+    const port = memstore!.port;
     await memstore!.stop();
     await vi.waitFor(() => expect(leases!.connected).toBe(false));
     memstore = await startMemstore(
-      memstoreConfig({ port: 0, 'state-dir': dirs.stateDir, 'volatile-dir': dirs.volatileDir }),
+      memstoreConfig({ port, 'state-dir': dirs.stateDir, 'volatile-dir': dirs.volatileDir }),
     );
-    // The old gRPC client points at the old port: only the channel can answer.
-    const got = await leases!.getRegion({ region: byName('ram') }, { deadlineMs: 2000 });
+    const grpcGet = vi.spyOn(client!, 'getRegion');
+    const got = await leases!.getRegion({ region: byName('ram') }, { deadlineMs: 5000 });
     expect(got.region?.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 1n });
     expect(leases!.connected).toBe(true);
+    expect(grpcGet).not.toHaveBeenCalled();
+  });
+
+  it('a kept session opens at once and re-opens by itself after memstore restarts', async () => {
+    await startReal();
+    leases!.keepSession();
+    await vi.waitFor(() => expect(leases!.connected).toBe(true));
+    expect(memstore!.leaseChannel!.connections).toBe(1);
+    const port = memstore!.port;
+    await memstore!.stop();
+    await vi.waitFor(() => expect(leases!.connected).toBe(false));
+    memstore = await startMemstore(
+      memstoreConfig({ port, 'state-dir': dirs.stateDir, 'volatile-dir': dirs.volatileDir }),
+    );
+    // No call made: the client came back on its own (the restarted memstore knows this process).
+    await vi.waitFor(() => expect(leases!.connected).toBe(true), { timeout: 10_000 });
+    expect(memstore.leaseChannel!.connections).toBe(1);
+    expect(memstore.memstore.catalog.getHolderProcess('vmm-b')?.pid).toBe(process.pid);
+  });
+
+  it('a hello memstore refuses leaves the calls on gRPC', async () => {
+    await startReal();
+    await leased('ram', 'vmm-a/vm1');
+    // Another live process holds vmm-b's session (as two vmms given the same --id would).
+    memstore!.memstore.catalog.putHolderProcess({
+      vmmId: 'vmm-b',
+      pid: 1, // init: alive for as long as this test runs
+      startTime: procStartTime(1),
+      bootId: readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+      instance: 'another-process',
+      openedAt: Date.now(),
+      goneAt: null,
+    });
+    await memstore!.stop();
+    memstore = undefined;
+    client!.close();
+    await startReal();
+    expect(await leases!.prepare()).toBe(false);
+    const grpcGet = vi.spyOn(client!, 'getRegion');
+    expect((await leases!.getRegion({ region: byName('ram') })).region?.name).toBe('ram');
+    expect(grpcGet).toHaveBeenCalledTimes(1);
   });
 });
 
@@ -226,7 +279,7 @@ describe('LeaseChannelClient when the channel fails mid-call', () => {
       framed.destroy(); // memstore "crashed" after reading the request
     });
     const stub = stubClient(path);
-    leases = new LeaseChannelClient({ memstore: () => stub.client, logger });
+    leases = new LeaseChannelClient({ memstore: () => stub.client, vmmId: 'vmm-b', logger });
     try {
       const req = {
         region: byName('ram'),
@@ -260,7 +313,7 @@ describe('LeaseChannelClient when the channel fails mid-call', () => {
     const held: { req: pb.LeaseChannelRequest; framed: FramedSocket }[] = [];
     const fake = await fakeChannel(path, (req, framed) => held.push({ req, framed }));
     const stub = stubClient(path);
-    leases = new LeaseChannelClient({ memstore: () => stub.client, logger });
+    leases = new LeaseChannelClient({ memstore: () => stub.client, vmmId: 'vmm-b', logger });
     try {
       const t0 = Date.now();
       const err = await failure(
@@ -303,7 +356,7 @@ describe('LeaseChannelClient when the channel fails mid-call', () => {
   });
 });
 
-/** A stand-in memstore gRPC client: GetInfo names `path`; the lease methods are spies. */
+/** A stand-in memstore gRPC client: OpenLeaseSession names `path`; the lease methods are spies. */
 function stubClient(path: string): {
   client: pb.MemstoreServiceClient;
   transferLease: ReturnType<typeof vi.fn>;
@@ -322,15 +375,18 @@ function stubClient(path: string): {
   const transferLease = vi.fn(unreachable);
   const validateLease = vi.fn(unreachable);
   const client = {
-    getInfo: (_req: unknown, _md: unknown, _opts: unknown, cb: Cb) =>
-      cb(null, { leaseChannel: path }),
+    openLeaseSession: (_req: unknown, _md: unknown, _opts: unknown, cb: Cb) =>
+      cb(null, { token: 'token', expiresAt: undefined, leaseChannel: path }),
     transferLease,
     validateLease,
   } as unknown as pb.MemstoreServiceClient;
   return { client, transferLease, validateLease };
 }
 
-/** A unix-socket server speaking the channel's framing, answering as `onRequest` decides. */
+/**
+ * A unix-socket server speaking the channel's framing: welcomes every hello, answers the other
+ * requests as `onRequest` decides.
+ */
 async function fakeChannel(
   path: string,
   onRequest: (req: pb.LeaseChannelRequest, framed: FramedSocket) => void,
@@ -339,7 +395,19 @@ async function fakeChannel(
   const server = createServer((socket) => {
     sockets.add(socket);
     const framed: FramedSocket = new FramedSocket(socket, LEASE_CHANNEL_MAX_FRAME_BYTES, {
-      frame: (payload) => onRequest(pb.LeaseChannelRequest.decode(payload), framed),
+      frame: (payload) => {
+        const req = pb.LeaseChannelRequest.decode(payload);
+        if (req.call?.$case !== 'hello') {
+          onRequest(req, framed);
+          return;
+        }
+        framed.send(
+          pb.LeaseChannelResponse.encode({
+            id: req.id,
+            result: { $case: 'hello', value: { vmmId: 'vmm-b', pid: process.pid } },
+          }).finish(),
+        );
+      },
       closed: () => {
         sockets.delete(socket);
         socket.destroy();
@@ -355,4 +423,10 @@ async function fakeChannel(
         server.close(() => resolve());
       }),
   };
+}
+
+/** Field 22 of /proc/<pid>/stat: when the process started. */
+function procStartTime(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
 }

@@ -18,8 +18,8 @@ import { openConsole, startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from
  * A bypass target takes the shared region's lease at the switchover (here through the slot: its vCPU
  * thread flips the transfer memstore armed). These targets fail right after that (vmm failpoint
  * `incoming-after-lease`): one by an error, which hands the lease back so the source resumes
- * unchanged; one by kill -9, which leaves the lease with a dead holder, so the source stays
- * paused and fenced and says so. A third dies just before the flip (`switchover-before-lease`):
+ * unchanged; one by kill -9, after which memstore fences the dead holder's lease (nobody holds
+ * it), so the source stays paused and fenced and says so. A third dies just before the flip (`switchover-before-lease`):
  * the source's re-take cancels the arm and it resumes unchanged.
  */
 describe('a bypass target that fails around taking the lease', () => {
@@ -131,7 +131,12 @@ describe('a bypass target that fails around taking the lease', () => {
       const range = await startAb(name);
       const err = await refused(migrateVm(source, dying[via]!, name, { via }));
       expect(err.code).toBe('MIGRATION_UNCERTAIN');
-      expect((await lease(name)).holder).toBe(`vmm-k-${via}/${name}`);
+      // The target took the lease and died: memstore fenced it (nobody holds it, epoch + 1).
+      const region = (
+        await unaryCall(memstore.client, 'getRegion', { region: regionNamed(`${name}-ram0`) })
+      ).region!;
+      expect(region.lease).toBeUndefined();
+      expect(region.fenced?.holder).toBe(`vmm-k-${via}/${name}`);
       const vm = (await vmmCall(source.client, 'getVm', { name })).vm!;
       expect(vm.state).toBe(pb.VmState.VM_STATE_PAUSED);
       expect((await refused(vmmCall(source.client, 'resumeVm', { name }))).code).toBe(

@@ -317,7 +317,7 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     await vmmCall(b.client, 'destroyVm', { name });
   });
 
-  it('serves a stream that differs from what PrepareIncoming built, and ignores a bad hint', async () => {
+  it('serves a stream that differs from what PrepareIncoming built, and refuses a hint that cannot fit', async () => {
     const name = 'misfit';
     await startAb(a, name, RamBackend.RAM_BACKEND_SHARED);
     const spec = (await vmmCall(a.client, 'getVm', { name })).vm!.spec!;
@@ -327,7 +327,11 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
     const copy = capabilitiesToWire(resolveCapabilities({ 'bypass-shared-memory': false }));
     for (const [k, hint] of [
       { spec, capabilities: bypass },
-      { spec: { ...spec, ram: [{ ...spec.ram[0]!, size: 1n << 40n }] }, capabilities: copy },
+      // Fits the board but differs from the stream: built for nothing.
+      {
+        spec: { ...spec, ram: [{ ...spec.ram[0]!, size: spec.ram[0]!.size / 2n }] },
+        capabilities: copy,
+      },
     ].entries()) {
       const jobId = `misfit-${k}`;
       const prep = await vmmCall(to.client, 'prepareIncoming', {
@@ -355,6 +359,25 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
       );
       await expectRetired(from, name);
       [from, to] = [to, from];
+    }
+    // A hint that fits no machine here is refused before anything is reserved or built.
+    for (const [block, text] of [
+      [{ size: 1n << 40n }, 'is over the 2 GiB'],
+      [{ guestBase: 0n }, "overlaps the board's test-finisher device window"],
+    ] as const) {
+      const unfit = { ...spec, ram: [{ ...spec.ram[0]!, ...block }] };
+      await expect(
+        vmmCall(to.client, 'prepareIncoming', {
+          name,
+          jobId: 'unfit',
+          spec: unfit,
+          capabilities: copy,
+          sourceVmm: from.id,
+        }),
+      ).rejects.toMatchObject({
+        status: grpc.status.INVALID_ARGUMENT,
+        message: expect.stringContaining(text),
+      });
     }
     // Nothing of the discarded machines is left: only the VM itself runs, on the original source.
     expect((await vmmCall(a.client, 'listVms', {})).vms.map((v) => v.spec!.name)).toContain(name);

@@ -142,7 +142,7 @@ describe('mutual TLS and roles between the services', () => {
       kind: mspb.RegionKind.REGION_KIND_VOLATILE,
     });
     const region = regionNamed('guarded');
-    const held = (await unaryCall(vmmClient, 'acquireLease', { region, holder: 'vmm-a/vm1' }))
+    const held = (await unaryCall(vmmClient, 'acquireLease', { region, holder: 'test-vmm/vm1' }))
       .lease!;
     for (const who of [
       { id: 'operator', role: 'operator' },
@@ -176,13 +176,30 @@ describe('mutual TLS and roles between the services', () => {
         expect(err.message).toMatch(/needs the role vmm/);
       }
       // What they may do: look at regions.
-      expect((await unaryCall(c, 'getRegion', { region })).region!.lease!.holder).toBe('vmm-a/vm1');
+      expect((await unaryCall(c, 'getRegion', { region })).region!.lease!.holder).toBe(
+        'test-vmm/vm1',
+      );
     }
     const after = (await unaryCall(vmmClient, 'getRegion', { region })).region!.lease!;
     expect({ holder: after.holder, epoch: after.epoch }).toEqual({
-      holder: 'vmm-a/vm1',
+      holder: 'test-vmm/vm1',
       epoch: held.epoch,
     });
+  });
+
+  it("keeps ForceReleaseLease the operator's and OpenLeaseSession a vmm's", async () => {
+    const region = regionNamed('guarded');
+    const asVmm = memstore.client; // test-vmm
+    const asOperator = createClient(
+      mspb.MemstoreServiceClient,
+      memstore.process.address,
+      await as({ id: 'operator', role: 'operator' }, 'memstore'),
+    );
+    clients.push(asOperator);
+    const force = await refused(unaryCall(asVmm, 'forceReleaseLease', { region }));
+    expect(force.status).toBe(grpc.status.PERMISSION_DENIED);
+    const session = await refused(unaryCall(asOperator, 'openLeaseSession', { vmmId: 'vmm-a' }));
+    expect(session.status).toBe(grpc.status.PERMISSION_DENIED);
   });
 
   it('lets a vmm register and report only under its own id, so no one re-points another vmm', async () => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cluster';
-import { writeEchoGuest } from './helpers/guest-elf.js';
+import { TEST_GUEST_DIR, writeEchoGuest } from './helpers/guest-elf.js';
 import { repoRoot } from './helpers/services.js';
 import { vmctlBin, vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
 
@@ -56,6 +56,7 @@ describe('vmctl vm', () => {
       stateDir,
       volatileDir,
       ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
+      guestDir: TEST_GUEST_DIR,
     });
     env = {
       ...process.env,
@@ -190,7 +191,9 @@ describe('vmctl vm', () => {
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stdout).error).toMatchObject({
       code: 'VMM_GUEST_NOT_FOUND',
-      message: expect.stringContaining('not a built-in guest'),
+      message: expect.stringMatching(
+        /guest no-such-guest is not available on vmm-[ab]: name a built-in guest .* or put the ELF in /,
+      ),
     });
     const usage = await vmctl('vm', 'create', 'x', '--guest', 'hello', '--memory', 'lots');
     expect(usage.code).toBe(2);

@@ -1,8 +1,17 @@
 import { channelCredentials, createLogger } from '@handoff/service';
-import { VmHost, vcpuWorkerUrl, type Vm } from '@handoff/vmm';
+import { VmHost, vcpuWorkerUrl, type RamBlockSpec, type Vm } from '@handoff/vmm';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeEchoGuest } from './helpers/guest-elf.js';
+import { TEST_GUEST_DIR, writeEchoGuest } from './helpers/guest-elf.js';
+
+/** Main RAM of the VMs here: 128 MiB at the board's RAM window. */
+const ram0: RamBlockSpec = {
+  id: 'ram0',
+  guestBase: 0x8000_0000,
+  size: 128 * 1024 * 1024,
+  backend: 'private',
+  region: '',
+};
 
 /**
  * The VM host in this process (its vCPU threads run the compiled worker from apps/vmm/dist,
@@ -20,6 +29,7 @@ describe('the VM host and its vCPU threads', () => {
       memstoreAddress: '127.0.0.1:9',
       memstoreCredentials: channelCredentials(null), // no memstore: private RAM only
       maxVmMemory: 256 * 1024 * 1024,
+      guestDir: TEST_GUEST_DIR,
     });
   });
 
@@ -33,7 +43,7 @@ describe('the VM host and its vCPU threads', () => {
 
   it('pauses within about a millisecond of the request, at an instruction boundary', async () => {
     await host.create(
-      { name: 'ab', guest: 'ab', ram: [], args: { 'ab.pages': '64' } },
+      { name: 'ab', guest: 'ab', ram: [ram0], args: { 'ab.pages': '64' } },
       { start: true },
     );
     const vm = host.get('ab');
@@ -77,7 +87,7 @@ describe('the VM host and its vCPU threads', () => {
 
   it('wakes a guest sleeping in WFI as soon as console input arrives', async () => {
     await host.create(
-      { name: 'echo', guest: writeEchoGuest(), ram: [], args: {} },
+      { name: 'echo', guest: writeEchoGuest(), ram: [ram0], args: {} },
       { start: true },
     );
     const vm = host.get('echo');

@@ -53,6 +53,9 @@ describe('VMs on a vmm instance, over gRPC', () => {
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
+    // The vmm's guest folder: the echo guest and the other files the tests name.
+    scratch = mkdtempSync(join(tmpdir(), 'handoff-vm-test-'));
+    echo = writeEchoGuest(scratch);
     vmm = await startVmmProcess([
       '--id',
       'vmm-t',
@@ -60,10 +63,10 @@ describe('VMs on a vmm instance, over gRPC', () => {
       memstore.process.address,
       '--max-vm-memory',
       '256M',
+      '--guest-dir',
+      scratch,
     ]);
     client = vmm.client;
-    echo = writeEchoGuest();
-    scratch = mkdtempSync(join(tmpdir(), 'handoff-vm-test-'));
   });
 
   afterAll(async () => {
@@ -317,7 +320,7 @@ describe('VMs on a vmm instance, over gRPC', () => {
           blocks: [ram0, { ...ram0, id: 'low', guestBase: 0x0fff_0000n, size: 0x20000n }],
         }),
         'INVALID_ARGUMENT',
-        'overlaps the uart0 window',
+        "overlaps the board's uart0 device window",
       ],
       [
         'overlapping blocks',
@@ -343,8 +346,43 @@ describe('VMs on a vmm instance, over gRPC', () => {
         'INVALID_ARGUMENT',
         'private block takes no region',
       ],
-      ['unknown guest', vmSpec('x', 'no-such-guest'), 'NOT_FOUND', 'not a built-in guest'],
-      ['not an ELF', vmSpec('x', notElf), 'INVALID_ARGUMENT', 'not a loadable RV32 executable'],
+      [
+        'no RAM',
+        { ...vmSpec('x', 'hello'), ram: [] },
+        'INVALID_ARGUMENT',
+        'the spec names no RAM; give one block "ram0" at 0x80000000',
+      ],
+      [
+        'main RAM at base 0',
+        vmSpec('x', 'hello', { blocks: [{ ...ram0, guestBase: 0n }] }),
+        'INVALID_ARGUMENT',
+        "overlaps the board's test-finisher device window",
+      ],
+      [
+        'a 2^63-byte block',
+        vmSpec('x', 'hello', { blocks: [{ ...ram0, size: 1n << 63n }] }),
+        'INVALID_ARGUMENT',
+        'is over the 2 GiB',
+      ],
+      [
+        'unknown guest',
+        vmSpec('x', 'no-such-guest'),
+        'NOT_FOUND',
+        `guest no-such-guest is not available on vmm-t: name a built-in guest (hello, ab, ` +
+          `kvserver, bench, conformance/<test>) or put the ELF in ${scratch}`,
+      ],
+      [
+        'a file outside the guest folder',
+        vmSpec('x', kvserverElf),
+        'NOT_FOUND',
+        `guest ${kvserverElf} is not available on vmm-t`,
+      ],
+      [
+        'not an ELF',
+        vmSpec('x', 'not-an-elf.txt'),
+        'INVALID_ARGUMENT',
+        'not a loadable RV32 executable',
+      ],
       [
         'unknown region',
         vmSpec('x', 'hello', { backend: RamBackend.RAM_BACKEND_SHARED, region: 'nosuch' }),

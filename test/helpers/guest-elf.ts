@@ -1,4 +1,4 @@
-import { renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { asm } from '@handoff/vmm';
@@ -158,12 +158,19 @@ export function echoGuestElf(): Uint8Array {
 }
 
 /**
- * Writes the echo guest to one well-known file in the temporary directory (the same bytes every
- * time; written atomically, so tests running at once never see a partial file) and returns its
- * path.
+ * The guest folder of the cross-process tests: vmm instances started with `--guest-dir` set to
+ * it load the guests written here (a vmm reads no other guest files).
  */
-export function writeEchoGuest(): string {
-  const path = join(tmpdir(), 'handoff-test-echo-guest.elf');
+export const TEST_GUEST_DIR = join(tmpdir(), 'handoff-test-guests');
+
+/**
+ * Writes the echo guest as `echo.elf` into `dir` (default {@link TEST_GUEST_DIR}; the same bytes
+ * every time, written atomically, so tests running at once never see a partial file) and returns
+ * its path.
+ */
+export function writeEchoGuest(dir = TEST_GUEST_DIR): string {
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, 'echo.elf');
   const partial = `${path}.${process.pid}.tmp`;
   writeFileSync(partial, echoGuestElf());
   renameSync(partial, path);

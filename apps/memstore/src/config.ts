@@ -47,6 +47,20 @@ export const memstoreOptions = {
       `unix socket of the lease channel (TransferLease/GetRegion/ValidateLease without gRPC, for vmms on this host); ` +
       `off = disabled (default: <volatile-dir>/${LEASE_SOCKET_FILE_NAME})`,
   },
+  'holder-grace-ms': {
+    type: 'number',
+    default: 10_000,
+    min: 0,
+    description:
+      'how long a lease holder whose process memstore cannot see (another pid namespace) may stay ' +
+      'disconnected from the lease channel before its leases are fenced',
+  },
+  'holder-sweep-ms': {
+    type: 'number',
+    default: 1_000,
+    min: 10,
+    description: 'how often every lease holder process is checked (a /proc read each)',
+  },
 } as const satisfies ConfigSpec;
 
 /** The memstore's parsed flags and variables. */
@@ -64,6 +78,10 @@ export interface MemstoreSettings {
   readonly maxTotalSize: number;
   /** Unix socket path of the lease channel; null when disabled (`--lease-socket off`). */
   readonly leaseSocket: string | null;
+  /** How long a holder judged by its connection may stay disconnected before it is gone. */
+  readonly holderGraceMs: number;
+  /** How often holder processes are checked. */
+  readonly holderSweepMs: number;
 }
 
 /**
@@ -104,6 +122,8 @@ export function resolveSettings(
     maxRegionSize: sizeOption(config, 'max-region-size', false),
     maxTotalSize: sizeOption(config, 'max-total-size', true),
     leaseSocket: leaseSocketOption(config['lease-socket'], volatileDir),
+    holderGraceMs: config['holder-grace-ms'],
+    holderSweepMs: config['holder-sweep-ms'],
   };
 }
 

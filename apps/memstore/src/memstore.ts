@@ -4,7 +4,10 @@ import { join } from 'node:path';
 import { Catalog, CATALOG_FILE_NAME } from './catalog/catalog.js';
 import type { MemstoreSettings } from './config.js';
 import { LeaseArmsFile, type LeftoverArm } from './leases/arms.js';
-import { LeaseManager } from './leases/lease-manager.js';
+import { LeaseManager, type ForcedRelease } from './leases/lease-manager.js';
+import { procTable, type ProcessTable } from './leases/processes.js';
+import { HolderSessions } from './leases/sessions.js';
+import type { RegionRef } from './regions/region.js';
 import { ensureDirectory } from './regions/directories.js';
 import { reconcile, type ReconcileReport } from './regions/reconcile.js';
 import { RegionStore } from './regions/region-store.js';
@@ -19,6 +22,14 @@ export interface MemstoreInfo {
   readonly volatileDir: string;
   readonly persistentDir: string;
   readonly maxRegionSize: number;
+}
+
+/** What tests may replace in a memstore. */
+export interface MemstoreHooks {
+  /** The process table holder processes are judged by (default: /proc). */
+  readonly processes?: ProcessTable;
+  /** The user lease-channel peers must run as, besides root (default: this process's). */
+  readonly ownUid?: number;
 }
 
 /** Linux statfs magic of tmpfs. */
@@ -39,6 +50,8 @@ export class Memstore {
   readonly regions: RegionStore;
   readonly leases: LeaseManager;
   readonly templates: Templates;
+  /** Lease-holder sessions: who stands behind each vmm's holders, and fencing once gone. */
+  readonly sessions: HolderSessions;
 
   constructor(
     readonly settings: MemstoreSettings,
@@ -52,8 +65,22 @@ export class Memstore {
     /** How long an arm may wait for its flip (tests shorten it). */
     armTtlMs?: number,
     now: () => number = Date.now,
+    /** Test hooks: the process table and the uid hellos must come from. */
+    hooks: MemstoreHooks = {},
   ) {
     this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs, arms, armTtlMs }, now);
+    this.sessions = new HolderSessions(
+      catalog,
+      this.leases,
+      logger.child({ component: 'holder-sessions' }),
+      {
+        graceMs: settings.holderGraceMs,
+        sweepMs: settings.holderSweepMs,
+        processes: hooks.processes ?? procTable,
+        ownUid: hooks.ownUid ?? process.getuid?.() ?? 0,
+      },
+      now,
+    );
     this.regions = new RegionStore(
       catalog,
       settings,
@@ -61,8 +88,19 @@ export class Memstore {
       logger,
       now,
       this.leases,
+      this.sessions,
     );
     this.templates = new Templates(catalog, this.regions, logger, now, this.leases);
+  }
+
+  /**
+   * ForceReleaseLease: fences the region's lease unless its holder's process is alive (judged
+   * now). LEASE_HOLDER_ALIVE, REGION_NOT_FOUND.
+   */
+  forceRelease(ref: RegionRef): ForcedRelease {
+    return this.leases.forceRelease(ref, (holder, grantedAt) =>
+      this.sessions.refresh(holder, grantedAt),
+    );
   }
 
   /** GetInfo's answer. */
@@ -87,6 +125,7 @@ export class Memstore {
    * the file and are reconciled at the next start. Idempotent.
    */
   close(): void {
+    this.sessions.close();
     this.leases.close();
     this.catalog.close();
   }
@@ -99,8 +138,8 @@ export class Memstore {
 export function openMemstore(
   settings: MemstoreSettings,
   logger: Logger,
-  /** Test hooks: the arms' TTL and the clock. */
-  testing: { armTtlMs?: number; now?: () => number } = {},
+  /** Test hooks: the arms' TTL, the clock, the process table, the uid of lease-channel peers. */
+  testing: { armTtlMs?: number; now?: () => number } & MemstoreHooks = {},
 ): Memstore {
   ensureDirectory(settings.stateDir, 'state directory (--state-dir)', { shared: false });
   ensureDirectory(settings.volatileDir, 'volatile directory (--volatile-dir)', { shared: true });
@@ -141,8 +180,16 @@ export function openMemstore(
       arms,
       testing.armTtlMs,
       testing.now,
+      testing,
     );
-    memstore.leases.recoverArms(leftovers);
+    try {
+      memstore.leases.recoverArms(leftovers);
+      // After the arms: a flip already moved a lease its holder's death must not fence.
+      memstore.sessions.recover();
+    } catch (err) {
+      memstore.close();
+      throw err;
+    }
     return memstore;
   } catch (err) {
     catalog.close();

@@ -29,10 +29,18 @@ export const vmmOptions = {
     description:
       'largest total RAM of one VM, with a binary unit (e.g. 512M, 2G); bigger specs are refused',
   },
-  'guests-dir': {
+  'guest-dir': {
     type: 'string',
     description:
-      'folder of the built-in guests (<name>/<name>.elf); default: guests/ of this repository',
+      'the one folder guest images other than the built-ins are read from: a guest named ' +
+      '"x.elf" or "sub/x.elf" (or an absolute path inside it) is that file, whose real path must ' +
+      'stay inside the folder; default: none (built-in guests only)',
+  },
+  'built-in-guest-dir': {
+    type: 'string',
+    description:
+      'folder of the built-in guests (<name>/<name>.elf, conformance/prebuilt/<test>.elf); ' +
+      'default: guests/ of this installation',
   },
   'spare-vcpu-threads': {
     type: 'number',
@@ -50,6 +58,15 @@ export const vmmOptions = {
       'where incoming migrations may also arrive as a raw socket stream, beside gRPC (faster ' +
       'pages, shorter pause): auto (a unix socket in the temp folder), unix:/path, ' +
       'host:port, or off',
+  },
+  'data-channel-frame-timeout-ms': {
+    type: 'number',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    description:
+      'how long a frame of an incoming migration on the data channel may take to arrive once ' +
+      'begun: a source that stalls mid-frame fails that migration and its connection is closed',
   },
   'switchover-dir': {
     type: 'string',

@@ -18,6 +18,7 @@ export { slotPrefixOf } from './switchover/slot.js';
 /** The vmm's client of memstore's lease channel, and how it words a failed memstore call. */
 export {
   LeaseChannelClient,
+  PROCESS_INSTANCE,
   type LeaseCallOptions,
   type LeaseCalls,
   type LeaseChannelClientOptions,
@@ -42,9 +43,11 @@ export {
 } from './vm/index.js';
 export {
   BUILT_IN_GUESTS,
-  DEFAULT_GUESTS_DIR,
-  guestPath,
-  loadGuest,
+  BUILT_IN_GUESTS_DIR,
+  GuestCatalog,
+  builtInGuestPath,
+  guestFromBytes,
+  type GuestCatalogOptions,
   type GuestImage,
 } from './guests/catalog.js';
 export { checkAbConsistency, type AbCheckOptions, type AbCheckResult } from './guests/ab-check.js';

@@ -1,8 +1,16 @@
-import { chmodSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdtempSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { dataChannelOf, maxVmMemoryOf, privateVmmDir, switchoverDirOf } from './vmm.js';
+import { dataChannelOf, guestDirOf, maxVmMemoryOf, privateVmmDir, switchoverDirOf } from './vmm.js';
 
 describe('vmm flags', () => {
   it("--data-channel: auto is a unix socket in this user's private temp folder, named by id and pid; off is none", () => {
@@ -44,6 +52,25 @@ describe('vmm flags', () => {
       expect(() => switchoverDirOf({ 'switchover-dir': '/dev/shm' })).toThrow(/switchover folder/);
     } finally {
       rmSync(given, { recursive: true, force: true });
+    }
+  });
+
+  it('--guest-dir: none by default, else the real path of an existing folder', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'handoff-guest-dir-'));
+    try {
+      symlinkSync(dir, `${dir}.link`);
+      writeFileSync(join(dir, 'file'), '');
+      expect(guestDirOf({ 'guest-dir': undefined })).toBeNull();
+      expect(guestDirOf({ 'guest-dir': '' })).toBeNull();
+      expect(guestDirOf({ 'guest-dir': `${dir}.link` })).toBe(realpathSync(dir));
+      for (const bad of ['relative/dir', join(dir, 'missing'), join(dir, 'file')]) {
+        expect(() => guestDirOf({ 'guest-dir': bad })).toThrow(
+          `--guest-dir ${bad} is not the absolute path of an existing folder`,
+        );
+      }
+    } finally {
+      rmSync(`${dir}.link`, { force: true });
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,4 +1,4 @@
-import { statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import {
@@ -14,7 +14,6 @@ import {
 } from '@handoff/service';
 import { vmmServices } from './api/vmm-service.js';
 import type { VmmConfig } from './config.js';
-import { DEFAULT_GUESTS_DIR } from './guests/catalog.js';
 import { MigrationManager } from './migration/index.js';
 import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
@@ -95,6 +94,24 @@ export function switchoverDirOf(config: Pick<VmmConfig, 'switchover-dir'>): stri
   return v;
 }
 
+/**
+ * `--guest-dir` as the real path of a folder, or null for none.
+ *
+ * @throws ServiceError `SERVICE_INVALID_CONFIG` for a relative path or a path that is not a folder
+ */
+export function guestDirOf(config: Pick<VmmConfig, 'guest-dir'>): string | null {
+  const v = config['guest-dir'];
+  if (v === undefined || v === '') return null;
+  if (!isAbsolute(v) || !isDirectory(v)) {
+    throw new ServiceError(
+      'SERVICE_INVALID_CONFIG',
+      `--guest-dir ${v} is not the absolute path of an existing folder; give the folder guest ` +
+        'images are read from, or leave it out for built-in guests only',
+    );
+  }
+  return realpathSync(v);
+}
+
 function isDirectory(path: string): boolean {
   try {
     return statSync(path).isDirectory();
@@ -121,7 +138,10 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     memstoreAddress: config.memstore,
     memstoreCredentials: channelCredentials(tls, { serverRole: 'memstore' }),
     maxVmMemory: maxVmMemoryOf(config),
-    guestsDir: config['guests-dir'] ?? DEFAULT_GUESTS_DIR,
+    ...(config['built-in-guest-dir'] !== undefined
+      ? { builtInGuestDir: config['built-in-guest-dir'] }
+      : {}),
+    guestDir: guestDirOf(config),
     spareThreads: config['spare-vcpu-threads'],
   });
   // What a killed predecessor of this instance left: before this process adds its own.
@@ -138,7 +158,11 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   let server: RunningServer;
   try {
     const data = dataChannelOf(config);
-    if (data !== '') await migrations.listenData(data);
+    if (data !== '') {
+      await migrations.listenData(data, {
+        frameTimeoutMs: config['data-channel-frame-timeout-ms'],
+      });
+    }
     server = await startServer({
       name: 'vmm',
       host: config.host,

@@ -6,6 +6,8 @@
 export * from './gen/handoff/memstore/v1/memstore.js';
 export {
   LeaseChannelError,
+  LeaseChannelHello,
   LeaseChannelRequest,
   LeaseChannelResponse,
+  LeaseChannelWelcome,
 } from './gen/handoff/memstore/v1/lease_channel.js';

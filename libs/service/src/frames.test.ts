@@ -133,6 +133,124 @@ describe('FramedSocket', () => {
   });
 });
 
+describe('FramedSocket frame bound', () => {
+  let dir = '';
+  let server: Server | undefined;
+  afterEach(() => {
+    server?.close();
+    if (dir !== '') rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A server whose one connection is a FramedSocket with `frameTimeoutMs`; what it saw. */
+  async function listen(frameTimeoutMs: number, onSocket?: (f: FramedSocket) => void) {
+    dir = mkdtempSync(join(tmpdir(), 'frames-'));
+    const path = join(dir, 's.sock');
+    const seen = {
+      frames: [] as Uint8Array[],
+      closed: undefined as Error | null | undefined,
+      closedAt: 0,
+      socketClosed: false,
+    };
+    server = createServer((s) => {
+      s.on('close', () => (seen.socketClosed = true));
+      const f = new FramedSocket(
+        s,
+        4 << 20,
+        {
+          frame: (p) => seen.frames.push(p),
+          closed: (e) => {
+            seen.closed = e;
+            seen.closedAt = performance.now();
+          },
+        },
+        { frameTimeoutMs },
+      );
+      onSocket?.(f);
+    });
+    await new Promise<void>((r) => server!.listen(path, r));
+    return { path, seen };
+  }
+
+  it('closes a connection whose frame announced 3 MiB and sent 10 bytes, after the bound', async () => {
+    const { path, seen } = await listen(400);
+    const raw = connect(path);
+    let peerClosed = false;
+    raw.on('close', () => (peerClosed = true));
+    raw.on('error', () => undefined);
+    const t0 = performance.now();
+    raw.write(frameHeader(3 << 20));
+    raw.write(bytes(10, 1));
+    await expect.poll(() => seen.closed !== undefined, { timeout: 5000 }).toBe(true);
+    const after = seen.closedAt - t0;
+    expect(after).toBeGreaterThanOrEqual(390);
+    expect(after).toBeLessThan(400 * 1.5 + 300); // the bound and a half, plus scheduling slack
+    expect(seen.closed).toBeInstanceOf(FrameError);
+    expect((seen.closed as FrameError).timedOut).toBe(true);
+    expect(seen.closed!.message).toBe(
+      'a frame of 3145728 bytes (10 received) was still incomplete 400 ms after it began; the ' +
+        'peer stalled mid-frame, so the connection is closed',
+    );
+    await expect.poll(() => seen.socketClosed && peerClosed, { timeout: 5000 }).toBe(true);
+    expect(seen.frames).toEqual([]);
+  });
+
+  it('also bounds a frame whose length prefix stops halfway', async () => {
+    const { path, seen } = await listen(200);
+    const raw = connect(path);
+    raw.on('error', () => undefined);
+    raw.write(Uint8Array.of(0, 0));
+    await expect.poll(() => seen.closed !== undefined, { timeout: 5000 }).toBe(true);
+    expect(seen.closed!.message).toMatch(/^a frame header \(2 of 4 bytes\) was still incomplete/);
+    raw.destroy();
+  });
+
+  it('leaves alone a slow stream whose frames keep completing, and an idle connection', async () => {
+    const { path, seen } = await listen(300);
+    const raw = connect(path);
+    // Eight frames, each sent in two halves 100 ms apart: 800 ms in all, always mid-frame.
+    for (let k = 0; k < 8; k++) {
+      const wire = framed(bytes(1000, k));
+      raw.write(wire.subarray(0, 500));
+      await new Promise((r) => setTimeout(r, 50));
+      raw.write(wire.subarray(500));
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await new Promise((r) => setTimeout(r, 700)); // idle between frames: no bound
+    expect(seen.frames.length).toBe(8);
+    expect(seen.closed).toBeUndefined();
+    raw.end();
+    await expect.poll(() => seen.closed !== undefined, { timeout: 5000 }).toBe(true);
+    expect(seen.closed).toBeNull();
+  });
+
+  it('does not count the time the owner paused reading', async () => {
+    let framedSocket: FramedSocket | undefined;
+    const { path, seen } = await listen(200, (f) => (framedSocket = f));
+    const raw = connect(path);
+    const wire = framed(bytes(1 << 20, 3));
+    raw.write(wire.subarray(0, 100));
+    await expect.poll(() => framedSocket !== undefined).toBe(true);
+    framedSocket!.pause(); // the owner is busy: the rest waits in the kernel, not the peer's fault
+    raw.write(wire.subarray(100));
+    await new Promise((r) => setTimeout(r, 600));
+    expect(seen.closed).toBeUndefined();
+    framedSocket!.resume();
+    await expect.poll(() => seen.frames.length, { timeout: 5000 }).toBe(1);
+    expect(seen.closed).toBeUndefined();
+    raw.destroy();
+  });
+
+  it('has no bound with frameTimeoutMs 0', async () => {
+    const { path, seen } = await listen(0);
+    const raw = connect(path);
+    raw.write(frameHeader(100));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen.closed).toBeUndefined();
+    raw.destroy();
+    await expect.poll(() => seen.closed !== undefined).toBe(true);
+  });
+});
+
 describe('RecycledBuffers', () => {
   it('reuses a given-back buffer, never one still out, and ignores foreign views', () => {
     const pool = new RecycledBuffers(1024, 2);

@@ -4,16 +4,31 @@ import type { Socket } from 'node:net';
  * Length-prefixed frames over a byte stream (a unix or TCP socket): the raw side channels that
  * carry protobuf messages where a gRPC call costs too much (the vmm data channel, memstore's
  * lease channel). A frame is a 4-byte big-endian payload length, then the payload. The payload
- * format (which protobuf message) is the channel's business; this module only cuts frames and
- * refuses oversize ones, because every incoming stream is hostile.
+ * format (which protobuf message) is the channel's business; this module only cuts frames,
+ * refuses oversize ones and bounds how long a begun frame may take to arrive (a peer that
+ * announces 3 MiB and sends 10 bytes would otherwise hold the connection and its buffer open
+ * for ever), because every incoming stream is hostile.
  */
 
 /** Bytes of the length prefix. */
 export const FRAME_HEADER_BYTES = 4;
 
-/** Thrown (and emitted by {@link FramedSocket}) when the peer breaks the framing. */
+/** How long a begun frame may take to arrive in full, by default (see {@link FramedSocket}). */
+export const DEFAULT_FRAME_TIMEOUT_MS = 10_000;
+
+/**
+ * Thrown (and emitted by {@link FramedSocket}) when the peer breaks the framing: an oversize
+ * length, a stream that ends mid-frame, or (`timedOut`) a frame that did not arrive in time.
+ */
 export class FrameError extends Error {
   readonly code = 'SERVICE_BAD_FRAME';
+  /** The peer stalled inside a frame past the bound (see {@link FramedSocket}). */
+  readonly timedOut: boolean;
+
+  constructor(message: string, opts: { timedOut?: boolean } = {}) {
+    super(message);
+    this.timedOut = opts.timedOut ?? false;
+  }
 }
 
 /**
@@ -78,6 +93,7 @@ export class FrameDecoder {
   private want = -1;
   private assembly: Uint8Array | null = null;
   private filled = 0;
+  private done = 0;
 
   /**
    * @param maxFrameBytes largest payload accepted; a larger length fails the stream
@@ -139,12 +155,25 @@ export class FrameDecoder {
       }
       this.want = -1;
     }
+    this.done += out.length;
     return out;
   }
 
   /** True when no partial frame is buffered (a clean place for the stream to end). */
   get idle(): boolean {
     return this.assembly === null && this.want < 0 && this.pendingBytes === 0;
+  }
+
+  /** Frames completed so far (a partial frame is a new one when this moved since it was seen). */
+  get completed(): number {
+    return this.done;
+  }
+
+  /** The partial frame, for messages: its announced length (-1: header incomplete) and bytes in. */
+  get partial(): { readonly length: number; readonly received: number } | null {
+    if (this.idle) return null;
+    if (this.assembly !== null) return { length: this.assembly.length, received: this.filled };
+    return { length: -1, received: this.pendingBytes };
   }
 }
 
@@ -193,12 +222,25 @@ export interface FramedSocketOptions {
    * out, so the next frames are prepared while earlier ones still flow.
    */
   readonly queueBytes?: number;
+  /**
+   * How long a begun frame may take to arrive in full (default {@link DEFAULT_FRAME_TIMEOUT_MS};
+   * 0: no bound). Time while the owner paused reading does not count. See {@link FramedSocket}.
+   */
+  readonly frameTimeoutMs?: number;
 }
 
 /**
  * A socket speaking frames. Writes go out in order; {@link FramedSocket.send} returns false
  * when `queueBytes` wait to be written (await {@link FramedSocket.drained} before sending more).
  * Reading pauses while the owner says it is busy ({@link FramedSocket.pause}).
+ *
+ * A frame that began arriving must be complete within `frameTimeoutMs` of reading time (paused
+ * time does not count), else the stream fails with a {@link FrameError} (`timedOut`) and the
+ * socket is destroyed: a peer that stalls mid-frame cannot hold the connection open. One timer
+ * per socket watches it, re-armed without allocation and only while a partial frame is
+ * buffered: it looks every half bound and fails the frame the third time it sees the same one,
+ * so a frame gets at least the bound and at most one and a half. Reading a chunk costs two
+ * field reads more; an idle connection costs nothing.
  */
 export class FramedSocket {
   private readonly decoder: FrameDecoder;
@@ -206,6 +248,15 @@ export class FramedSocket {
   private queued = 0;
   private waiters: (() => void)[] = [];
   private done = false;
+  /** Half the frame bound, the watch's period (0: no bound). */
+  private readonly watchMs: number;
+  private watch: NodeJS.Timeout | undefined;
+  /** The watch runs (a partial frame was buffered when it last looked, or since). */
+  private watching = false;
+  /** Looks at the same partial frame in a row, and the decoder's count of frames then. */
+  private strikes = 0;
+  private seenCompleted = -1;
+  private paused = false;
 
   constructor(
     readonly socket: Socket,
@@ -215,6 +266,7 @@ export class FramedSocket {
   ) {
     this.decoder = new FrameDecoder(maxFrameBytes, opts.pool);
     this.queueBytes = opts.queueBytes ?? 1024 * 1024;
+    this.watchMs = Math.max(0, (opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS) / 2);
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.done) return;
@@ -226,6 +278,7 @@ export class FramedSocket {
         socket.destroy();
         return;
       }
+      if (!this.watching && this.watchMs > 0 && !this.decoder.idle) this.startWatch();
       for (const f of frames) {
         if (this.done) return;
         this.on.frame(f);
@@ -282,10 +335,12 @@ export class FramedSocket {
 
   /** Stops delivering frames until {@link FramedSocket.resume}. */
   pause(): void {
+    this.paused = true;
     this.socket.pause();
   }
 
   resume(): void {
+    this.paused = false;
     this.socket.resume();
   }
 
@@ -312,6 +367,51 @@ export class FramedSocket {
   private finish(error: Error | null): void {
     if (this.done) return;
     this.done = true;
+    clearTimeout(this.watch);
     this.on.closed(error);
+  }
+
+  /** A partial frame is buffered and nothing watches it: look again in half the bound. */
+  private startWatch(): void {
+    this.watching = true;
+    this.strikes = 0;
+    this.seenCompleted = this.decoder.completed;
+    if (this.watch === undefined) {
+      this.watch = setTimeout(() => this.look(), this.watchMs);
+      this.watch.unref();
+    } else {
+      this.watch.refresh();
+    }
+  }
+
+  /** The watch: fails a frame seen incomplete three looks in a row, while reading. */
+  private look(): void {
+    if (this.done) return;
+    if (this.decoder.idle) {
+      this.watching = false;
+      return;
+    }
+    const completed = this.decoder.completed;
+    if (this.paused || completed !== this.seenCompleted) {
+      // Paused: the owner holds the frame back, not the peer. Moved: another frame since.
+      this.strikes = 0;
+      this.seenCompleted = completed;
+    } else if (++this.strikes >= 2) {
+      const p = this.decoder.partial!;
+      const what =
+        p.length < 0
+          ? `a frame header (${p.received} of ${FRAME_HEADER_BYTES} bytes)`
+          : `a frame of ${p.length} bytes (${p.received} received)`;
+      this.finish(
+        new FrameError(
+          `${what} was still incomplete ${this.watchMs * 2} ms after it began; the peer stalled ` +
+            'mid-frame, so the connection is closed',
+          { timedOut: true },
+        ),
+      );
+      this.socket.destroy();
+      return;
+    }
+    this.watch!.refresh();
   }
 }

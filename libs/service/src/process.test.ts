@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -79,6 +79,25 @@ describe('startServiceProcess', () => {
     expect((err as Error).message).toMatch(/^fake was not ready after 1000 ms/);
     const pid = Number(readFileSync(`${readyFile}.pid`, 'utf8'));
     expect(() => process.kill(pid, 0)).toThrow(/ESRCH/); // killed and reaped before the rejection
+  });
+
+  it('kills the process when its start is aborted', async () => {
+    const readyFile = join(dir, 'ready.json');
+    const abort = new AbortController();
+    const started = startServiceProcess({
+      name: 'fake',
+      entry,
+      args: ['--mode', 'hang'],
+      readyFile,
+      signal: abort.signal,
+    }).catch((e: unknown) => e);
+    await expect.poll(() => existsSync(`${readyFile}.pid`)).toBe(true);
+    abort.abort();
+    const err = await started;
+    expect(err).toBeInstanceOf(ServiceStartError);
+    expect((err as Error).message).toBe('the start of fake was aborted');
+    const pid = Number(readFileSync(`${readyFile}.pid`, 'utf8'));
+    expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
   });
 
   it('SIGKILLs a process that ignores SIGTERM after the grace period', async () => {

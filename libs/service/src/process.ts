@@ -38,6 +38,11 @@ export interface ServiceProcessOptions {
   readonly collectOutput?: boolean;
   /** Receives every complete output line, as it arrives (the last one also when unterminated). */
   readonly onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /**
+   * Aborting it during start-up kills the child (SIGKILL) and rejects with ServiceStartError:
+   * whoever gave up on the start (a launcher told to stop) leaves no process behind.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** A started service process. */
@@ -70,7 +75,8 @@ export class ServiceStartError extends Error {
  * {@link ReadyInfo}.
  *
  * @throws ServiceStartError when the entry is missing (build first), the process exits during
- *   start-up, or the ready file does not appear within `readyTimeoutMs` (the process is killed)
+ *   start-up, the ready file does not appear within `readyTimeoutMs`, or `signal` aborts the
+ *   start (the process is killed in the last two cases)
  */
 export async function startServiceProcess(opts: ServiceProcessOptions): Promise<ServiceProcess> {
   if (!existsSync(opts.entry)) {
@@ -146,7 +152,10 @@ export async function startServiceProcess(opts: ServiceProcessOptions): Promise<
   }
 }
 
-/** Polls for the ready file every 20 ms until it parses, the process exits, or time runs out. */
+/**
+ * Polls for the ready file every 20 ms until it parses, the process exits, time runs out, or the
+ * start is aborted.
+ */
 async function waitForReadyFile(
   file: string,
   opts: ServiceProcessOptions,
@@ -167,6 +176,9 @@ async function waitForReadyFile(
     }
     if (gone()) {
       throw new ServiceStartError(`${opts.name} exited during start-up${printed()}`);
+    }
+    if (opts.signal?.aborted === true) {
+      throw new ServiceStartError(`the start of ${opts.name} was aborted`);
     }
     if (Date.now() > deadline) {
       throw new ServiceStartError(`${opts.name} was not ready after ${timeoutMs} ms${printed()}`);

@@ -2,7 +2,8 @@
  * `@handoff/shm` — memory mappings for Handoff: file and memfd mappings (`MAP_SHARED` or
  * copy-on-write `MAP_PRIVATE`) exposed as SharedArrayBuffers (or detachable ArrayBuffers),
  * madvise/msync/mincore, memfd sealing, RSS/PSS readers from `/proc`, cross-process futexes and
- * atomics on mapped words, and blocking unix sockets for worker threads.
+ * atomics on mapped words, blocking unix sockets for worker threads, and the credentials of a unix
+ * socket's peer.
  *
  * Guest RAM is touched only through typed-array views of {@link Mapping.buffer}; nothing on the
  * access path calls into native code. See README.md for ownership, `close()` and GC behaviour.
@@ -66,3 +67,4 @@ export {
   setSocketTimeout,
   writeAllSync,
 } from './blocking-socket.js';
+export { peerCredentials, type PeerCredentials } from './peer-credentials.js';

@@ -75,6 +75,7 @@ export interface NativeBinding {
   ): number;
   connectUnix(path: string, timeoutMs: number): number;
   setSocketTimeout(fd: number, timeoutMs: number): void;
+  peerCredentials(fd: number): [pid: number, uid: number, gid: number];
 }
 
 /** @internal Path of the addon relative to this module (the same from `src/` and `dist/`). */

@@ -14,3 +14,11 @@ export {
   type ServiceSpec,
 } from './launcher.js';
 export { colourFor, formatLogLine } from './log-lines.js';
+export {
+  DEFAULT_RESTART_POLICY,
+  RestartBackoff,
+  type RestartDecision,
+  type RestartPolicy,
+} from './restart-policy.js';
+export { SupervisedService, type StartService, type SupervisionEvent } from './supervisor.js';
+export { describeEvent } from './supervision-lines.js';

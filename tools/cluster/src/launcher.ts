@@ -3,6 +3,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServiceProcess, type ServiceProcess } from '@handoff/service';
 import { ensurePki } from '@handoff/service/pki';
+import { DEFAULT_RESTART_POLICY, type RestartPolicy } from './restart-policy.js';
+import { SupervisedService, type SupervisionEvent } from './supervisor.js';
 
 /** One service of the local cluster. */
 export interface ServiceSpec {
@@ -24,10 +26,17 @@ export interface ClusterOptions {
   host?: string;
   logFormat?: 'json' | 'pretty';
   logLevel?: string;
+  /** The vmm instances' guest folder (`--guest-dir`); default: none, built-in guests only. */
+  guestDir?: string;
   /** Receives every output line of every service, already prefixed. */
   onLine?: (service: string, line: string, stream: 'stdout' | 'stderr') => void;
-  /** Called if a service exits while the cluster is up (not during stop()). */
-  onExit?: (service: string, code: number | null, signal: NodeJS.Signals | null) => void;
+  /**
+   * How a service that dies while the cluster is up is restarted (same port and flags); null:
+   * it stays down. Default {@link DEFAULT_RESTART_POLICY}.
+   */
+  restart?: RestartPolicy | null;
+  /** Called for every death, restart and give-up of a service while the cluster is up. */
+  onEvent?: (event: SupervisionEvent) => void;
   /** How long to wait for each service to become ready. */
   readyTimeoutMs?: number;
   /**
@@ -45,8 +54,12 @@ export interface Cluster {
   vmms: Record<string, string>;
   /** The PKI folder (`ca.pem`, `operator.pem`, ...), or null for an `insecure` cluster. */
   tlsDir: string | null;
-  services: ServiceProcess[];
-  /** Stops vmm instances first, then migrator and memstore; SIGKILL after timeoutMs. */
+  /** The processes serving now (a service being restarted is missing until it serves again). */
+  readonly services: ServiceProcess[];
+  /**
+   * Stops vmm instances first, then migrator and memstore, with their pending restarts;
+   * SIGKILL after timeoutMs.
+   */
   stop(timeoutMs?: number): Promise<void>;
 }
 
@@ -66,12 +79,18 @@ export function serviceEntry(app: ServiceSpec['app']): string {
   return join(repoRoot, 'apps', app, 'dist', 'main.js');
 }
 
+/** The port of a `host:port` address (an IPv6 host in brackets). */
+function portOf(address: string): number {
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
 /**
  * Starts memstore, migrator and the vmm instances as child processes on
  * loopback and resolves once every one has written its ready file. Children
  * run in their own process group (a terminal's Ctrl-C reaches only the
  * launcher, which stops them in order) and stop by themselves if the
- * launcher's pipe to their stdin closes.
+ * launcher's pipe to their stdin closes. A service that dies while the cluster
+ * is up is started again on the same port (see {@link ClusterOptions.restart}).
  *
  * @throws ClusterError when a service exits during start-up or is not ready in time (the ones
  *   already started are stopped first)
@@ -83,11 +102,16 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const tlsDir = opts.insecure === true ? null : join(opts.stateDir, 'tls');
   if (tlsDir !== null) await ensurePki(tlsDir);
   const tlsArgs = tlsDir === null ? ['--insecure'] : ['--tls-dir', tlsDir];
-  const services: ServiceProcess[] = [];
-  let stopping = false;
+  const supervised: SupervisedService[] = [];
+  const policy = opts.restart === undefined ? DEFAULT_RESTART_POLICY : opts.restart;
 
-  const launch = async (spec: ServiceSpec, port: number): Promise<ServiceProcess> => {
-    const svc = await startServiceProcess({
+  /** One start of a service's process; a restart passes the address it had. */
+  const launch = async (
+    spec: ServiceSpec,
+    port: number,
+    signal: AbortSignal,
+  ): Promise<ServiceProcess> =>
+    startServiceProcess({
       name: spec.name,
       entry: serviceEntry(spec.app),
       readyFile: join(runDir, `${spec.name}.ready.json`),
@@ -110,28 +134,34 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       detached: true,
       collectOutput: false,
       onLine: (line, stream) => opts.onLine?.(spec.name, line, stream),
+      signal,
     }).catch((err: unknown) => {
       throw new ClusterError(`${(err as Error).message}; see its log above`, { cause: err });
     });
-    svc.child.on('exit', (code, signal) => {
-      if (!stopping) opts.onExit?.(spec.name, code, signal);
-    });
-    services.push(svc);
-    return svc;
+
+  /** Starts a service under supervision: restarts bind the port its first start got. */
+  const start = (spec: ServiceSpec, port: number): Promise<ServiceProcess> => {
+    const svc = new SupervisedService(
+      spec.name,
+      (signal, address) => launch(spec, address === null ? port : portOf(address), signal),
+      policy,
+      opts.onEvent,
+    );
+    supervised.push(svc);
+    return svc.begin();
   };
 
   const stop = async (timeoutMs = 10_000): Promise<void> => {
-    stopping = true;
     const order = [
-      services.filter((s) => s.name.startsWith('vmm')),
-      services.filter((s) => !s.name.startsWith('vmm')),
+      supervised.filter((s) => s.name.startsWith('vmm')),
+      supervised.filter((s) => !s.name.startsWith('vmm')),
     ];
     for (const group of order) await Promise.all(group.map((s) => s.stop(timeoutMs)));
   };
 
   try {
     const [memstore, migrator] = await allStarted([
-      launch(
+      start(
         {
           name: 'memstore',
           app: 'memstore',
@@ -145,7 +175,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         },
         opts.ports.memstore,
       ),
-      launch(
+      start(
         {
           name: 'migrator',
           app: 'migrator',
@@ -156,11 +186,19 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     ]);
     const vmmList = await allStarted(
       Object.entries(opts.ports.vmms).map(([id, port]) =>
-        launch(
+        start(
           {
             name: id,
             app: 'vmm',
-            args: ['--id', id, '--migrator', migrator!.address, '--memstore', memstore!.address],
+            args: [
+              '--id',
+              id,
+              '--migrator',
+              migrator!.address,
+              '--memstore',
+              memstore!.address,
+              ...(opts.guestDir !== undefined ? ['--guest-dir', opts.guestDir] : []),
+            ],
           },
           port,
         ),
@@ -172,7 +210,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       migrator: migrator!.address,
       vmms,
       tlsDir,
-      services,
+      get services() {
+        return supervised.flatMap((s) => (s.current === null ? [] : [s.current]));
+      },
       stop,
     };
   } catch (err) {

@@ -3,20 +3,28 @@
  * `npm start`: runs the local cluster (memstore, migrator, vmm-a, vmm-b) on
  * loopback with readable logs, until Ctrl-C.
  */
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startCluster } from './launcher.js';
 import { formatLogLine, colourFor } from './log-lines.js';
+import { describeEvent } from './supervision-lines.js';
 
 const usage = `Usage: npm start [-- options]
 
 Runs the Handoff local cluster as child processes on loopback: memstore, migrator,
-vmm-a and vmm-b. Ctrl-C stops all of them.
+vmm-a and vmm-b. A service that dies is started again on its port after 0.5 s, then
+1, 2, 4 ... up to 10 s if it keeps dying (back to 0.5 s once it stayed up 30 s); after
+6 deaths within a minute it stays down and the rest keeps running. Ctrl-C stops all of
+them; none outlives this command.
 
 Options:
   --state-dir <dir>     catalog, persistent regions, ready files (default: ./.handoff, HANDOFF_STATE_DIR)
   --volatile-dir <dir>  tmpfs directory for volatile regions (default: memstore's /dev/shm/handoff-<uid>)
-  --base-port <port>    migrator port; memstore +100, vmm-a +201, vmm-b +202 (default: 7000)
+  --base-port <port>    migrator port; memstore +100, vmm-a +201, vmm-b +202 (default: 7000);
+                        0: free ports, printed once the cluster is up
+  --guest-dir <dir>     folder the vmm instances read guest ELFs from besides the built-ins
+                        (vmctl vm create --guest NAME-IN-DIR); default: built-in guests only
+  --no-restart          leave a service that dies down instead of restarting it
   --log-format <f>      pretty or json (default: pretty on a terminal)
   --log-level <level>   info, debug, ... (default: info)
   --insecure            serve plaintext, without certificates (any local process may then call
@@ -30,6 +38,8 @@ const { values } = parseArgs({
     'state-dir': { type: 'string' },
     'volatile-dir': { type: 'string' },
     'base-port': { type: 'string' },
+    'guest-dir': { type: 'string' },
+    'no-restart': { type: 'boolean' },
     'log-format': { type: 'string' },
     'log-level': { type: 'string' },
     insecure: { type: 'boolean' },
@@ -42,10 +52,14 @@ if (values.help) {
   process.exit(0);
 }
 const base = Number(values['base-port'] ?? 7000);
-if (!Number.isInteger(base) || base < 1 || base > 65000) {
-  process.stderr.write(`--base-port ${values['base-port']} is not a port number\n`);
+if (!Number.isInteger(base) || base < 0 || base > 65000) {
+  process.stderr.write(
+    `--base-port ${values['base-port']} is not a port number (up to 65000), or 0 for free ports\n`,
+  );
   process.exit(2);
 }
+const port = (offset: number): number => (base === 0 ? 0 : base + offset);
+const guestDir = values['guest-dir'] === undefined ? undefined : resolve(values['guest-dir']);
 const tty = process.stdout.isTTY === true;
 const logFormat = (values['log-format'] ?? (tty ? 'pretty' : 'json')) as 'pretty' | 'json';
 const stateDir =
@@ -56,10 +70,12 @@ const cluster = await startCluster({
   stateDir,
   ...(values['volatile-dir'] !== undefined ? { volatileDir: values['volatile-dir'] } : {}),
   ports: {
-    migrator: base,
-    memstore: base + 100,
-    vmms: { 'vmm-a': base + 201, 'vmm-b': base + 202 },
+    migrator: port(0),
+    memstore: port(100),
+    vmms: { 'vmm-a': port(201), 'vmm-b': port(202) },
   },
+  ...(guestDir !== undefined ? { guestDir } : {}),
+  ...(values['no-restart'] === true ? { restart: null } : {}),
   logFormat,
   ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
   insecure: values.insecure === true,
@@ -67,11 +83,8 @@ const cluster = await startCluster({
     const out = formatLogLine(service, line, tty ? colourFor(service) : undefined);
     (stream === 'stderr' ? process.stderr : process.stdout).write(out + '\n');
   },
-  onExit: (service, code, signal) => {
-    process.stderr.write(
-      `\n${service} exited unexpectedly (code ${code}, signal ${signal}); stopping the cluster\n`,
-    );
-    void shutdown(1);
+  onEvent: (event) => {
+    if (!stopping) process.stderr.write(`${describeEvent(event)}\n`);
   },
 }).catch((err: unknown) => {
   process.stderr.write(`cannot start the cluster: ${(err as Error).message}\n`);
@@ -90,7 +103,10 @@ process.stdout.write(
     cluster.tlsDir === null
       ? 'Plaintext (--insecure): run vmctl with --insecure or HANDOFF_INSECURE=1.'
       : `Mutual TLS: the CA and certificates are in ${cluster.tlsDir} (vmctl finds operator.pem there).`,
-    'Try `npx vmctl status` in another terminal. Ctrl-C stops the cluster.',
+    base === 7000
+      ? 'Try `npx vmctl status` in another terminal. Ctrl-C stops the cluster.'
+      : `Try \`HANDOFF_MEMSTORE_ADDR=${cluster.memstore} HANDOFF_MIGRATOR_ADDR=${cluster.migrator} ` +
+        'npx vmctl status` in another terminal. Ctrl-C stops the cluster.',
     '',
   ].join('\n') + '\n',
 );

@@ -8,7 +8,14 @@
 export { Clients, DEFAULT_ENDPOINTS, type Endpoints } from './clients.js';
 export { operatorTls, OPERATOR } from './credentials.js';
 export { jobs, jobEnded, jobJson, WATCH_DEADLINE_MS, type JobJson, type JobView } from './jobs.js';
-export { regions, REGION_KINDS, type RegionKindName, type RegionView } from './regions.js';
+export {
+  regions,
+  REGION_KINDS,
+  type FencedView,
+  type HolderView,
+  type RegionKindName,
+  type RegionView,
+} from './regions.js';
 export {
   clusterStatus,
   type ClusterStatus,

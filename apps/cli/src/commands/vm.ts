@@ -1,5 +1,3 @@
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { vms, vmJson, type ConsoleSession, type VmView } from '../api/vms.js';
 import type { CommandContext } from '../context.js';
@@ -8,8 +6,6 @@ import { renderFields, renderTable } from '../output/render.js';
 import { formatBytes, parseSize } from '../output/units.js';
 import type { CommandRunner } from './runner.js';
 
-/** Built-in guest names the vmm resolves itself (anything else is a path). */
-const BUILT_IN = ['hello', 'ab', 'kvserver', 'bench'];
 /** The byte that detaches an interactive console: Ctrl-] (telnet, virsh). */
 const DETACH = 0x1d;
 
@@ -81,12 +77,6 @@ function renderOne(v: VmView): string {
   return renderFields(fields);
 }
 
-/** A local file given as --guest is sent as an absolute path (the vmm runs elsewhere). */
-function guestArg(value: string): string {
-  if (BUILT_IN.includes(value) || value.startsWith('conformance/')) return value;
-  return existsSync(value) ? resolve(value) : value;
-}
-
 function parseArgs(list: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const item of list) {
@@ -122,7 +112,8 @@ export function registerVm(program: Command, run: CommandRunner): void {
     .argument('<name>', 'VM name: lower-case letters, digits, ".", "_", "-"')
     .requiredOption(
       '-g, --guest <guest>',
-      'a built-in guest (hello, ab, kvserver, bench, conformance/<test>) or the path of an RV32 ELF',
+      'a built-in guest (hello, ab, kvserver, bench, conformance/<test>), or an RV32 ELF in the ' +
+        "vmm's --guest-dir: its name there (x.elf, sub/x.elf) or its absolute path on the vmm host",
     )
     .option('-m, --memory <size>', 'RAM size with a binary unit (ram0 at 0x80000000)', '128M')
     .option('--shared', 'keep RAM in a memstore region (created for the VM, deleted with it)')
@@ -137,6 +128,13 @@ export function registerVm(program: Command, run: CommandRunner): void {
       [] as string[],
     )
     .description('create a VM on a vmm instance (the least loaded one unless --vmm) and start it')
+    .addHelpText(
+      'after',
+      '\nGuests: a built-in name, or an ELF the vmm finds in its guest folder (the vmm flag\n' +
+        '--guest-dir; for the local cluster, `npm start -- --guest-dir DIR`). The vmm reads no\n' +
+        'other file, and answers "not available" alike whether or not a file exists elsewhere.\n' +
+        'Sending an ELF from this machine is not supported yet: copy it into the guest folder.',
+    )
     .action(
       run(
         async (
@@ -166,7 +164,7 @@ export function registerVm(program: Command, run: CommandRunner): void {
             ctx.clients,
             {
               name,
-              guest: guestArg(opts.guest),
+              guest: opts.guest,
               memory: parseSize(opts.memory, '--memory'),
               backend,
               region: opts.template ?? opts.region ?? '',

@@ -1,6 +1,7 @@
 import { dateToTimestamp, memstore as pb } from '@handoff/proto';
 import { MemstoreError } from '../errors.js';
-import type { Lease } from '../leases/lease.js';
+import type { FencedLease, Lease } from '../leases/lease.js';
+import type { HolderStatus, Liveness } from '../leases/liveness.js';
 import type { MemstoreInfo } from '../memstore.js';
 import type { Region, RegionKind, RegionRef, RegionState } from '../regions/region.js';
 
@@ -79,6 +80,38 @@ export function leaseToPb(lease: Lease | undefined): pb.Lease | undefined {
   };
 }
 
+const LIVENESS: Record<Liveness, pb.HolderLiveness> = {
+  alive: pb.HolderLiveness.HOLDER_LIVENESS_ALIVE,
+  gone: pb.HolderLiveness.HOLDER_LIVENESS_GONE,
+  unknown: pb.HolderLiveness.HOLDER_LIVENESS_UNKNOWN,
+};
+
+/** Domain holder status -> wire (undefined stays unset). */
+export function holderStatusToPb(h: HolderStatus | undefined): pb.HolderStatus | undefined {
+  if (h === undefined) return undefined;
+  return {
+    liveness: LIVENESS[h.liveness],
+    vmmId: h.vmmId ?? '',
+    pid: h.pid,
+    since: h.since === undefined ? undefined : dateToTimestamp(h.since),
+    connected: h.connected,
+  };
+}
+
+/** Domain fenced lease -> wire (undefined stays unset). */
+export function fencedToPb(f: FencedLease | undefined): pb.FencedLease | undefined {
+  if (f === undefined) return undefined;
+  return {
+    holder: f.holder,
+    epoch: BigInt(f.epoch),
+    fencedAt: dateToTimestamp(f.at),
+    reason:
+      f.reason === 'operator'
+        ? pb.FenceReason.FENCE_REASON_OPERATOR
+        : pb.FenceReason.FENCE_REASON_HOLDER_GONE,
+  };
+}
+
 /** Domain region -> wire region. */
 export function regionToPb(r: Region): pb.Region {
   return {
@@ -95,6 +128,8 @@ export function regionToPb(r: Region): pb.Region {
     createdAt: dateToTimestamp(r.createdAt),
     parentId: r.parentId ?? '',
     identity: r.identity,
+    holder: holderStatusToPb(r.holder),
+    fenced: fencedToPb(r.fenced),
   };
 }
 

@@ -8,9 +8,13 @@ import {
   unaryCall,
   type Logger,
 } from '@handoff/service';
+import { spawn } from 'node:child_process';
 import {
+  chmodSync,
   existsSync,
   linkSync,
+  mkdtempSync,
+  rmSync,
   lstatSync,
   readdirSync,
   readFileSync,
@@ -33,12 +37,14 @@ import {
   type LogEntry,
   type TempDirs,
 } from '../testing/fixtures.js';
-import { LEASE_CHANNEL_MAX_FRAME_BYTES } from './lease-channel.js';
+import { LEASE_CHANNEL_MAX_FRAME_BYTES, startLeaseChannel } from './lease-channel.js';
 
 let dirs: TempDirs;
 let handle: MemstoreHandle;
 let client: pb.MemstoreServiceClient;
 let log: LogEntry[];
+/** The recording logger behind `log`. */
+let log_: Logger;
 const opened: { handle: MemstoreHandle; client: pb.MemstoreServiceClient }[] = [];
 
 function config(overrides: Partial<MemstoreConfig> = {}): MemstoreConfig {
@@ -66,6 +72,7 @@ beforeEach(async () => {
   dirs = makeTempDirs();
   const rec = recordingLogger();
   log = rec.entries;
+  log_ = rec.logger;
   ({ handle, client } = await start({}, rec.logger));
 });
 
@@ -76,6 +83,14 @@ afterEach(async () => {
   }
   dirs.cleanup();
 });
+
+/** The instance this test process says hello with (random per process in a real vmm). */
+const TEST_INSTANCE = 'lease-channel-test';
+
+/** A one-time session token for vmm `vmmId` (OpenLeaseSession over gRPC). */
+async function sessionToken(vmmId: string): Promise<string> {
+  return (await unaryCall(client, 'openLeaseSession', { vmmId })).token;
+}
 
 /** A raw channel connection: sends requests, collects responses by id. */
 class RawChannel {
@@ -98,13 +113,29 @@ class RawChannel {
     });
   }
 
-  static async connect(path: string): Promise<RawChannel> {
+  /** Connects without a hello. */
+  static async connectBare(path: string): Promise<RawChannel> {
     const socket = createConnection(path);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
     });
     return new RawChannel(socket);
+  }
+
+  /** Connects and says hello as vmm `vmmId` (a token from OpenLeaseSession). */
+  static async connect(path: string, vmmId = 'vmm-b'): Promise<RawChannel> {
+    const ch = await RawChannel.connectBare(path);
+    const res = await ch.hello(await sessionToken(vmmId));
+    expect(res.result).toEqual({
+      $case: 'hello',
+      value: { vmmId, pid: process.pid },
+    });
+    return ch;
+  }
+
+  hello(token: string, instance = TEST_INSTANCE): Promise<pb.LeaseChannelResponse> {
+    return this.call({ $case: 'hello', value: { token, instance } });
   }
 
   call(callBody: pb.LeaseChannelRequest['call']): Promise<pb.LeaseChannelResponse> {
@@ -358,7 +389,7 @@ describe('memstore lease channel', () => {
         ),
       );
       all.forEach((r, k) => {
-        expect(r.id).toBe(BigInt(k + 1));
+        expect(r.id).toBe(BigInt(k + 2)); // id 1 was the hello
         expect(r.result?.$case === 'validateLease' && r.result.value.valid).toBe(k % 2 === 1);
       });
     } finally {
@@ -371,12 +402,12 @@ describe('memstore lease channel', () => {
     const good = await RawChannel.connect(handle.leaseChannel!.path);
     try {
       // A frame that does not decode (field 1 with the invalid wire type 7).
-      const bad = await RawChannel.connect(handle.leaseChannel!.path);
+      const bad = await RawChannel.connectBare(handle.leaseChannel!.path);
       bad.framed.send(new Uint8Array([0x0f, 0x00, 0x01]));
       await bad.closed;
       expect(bad.responses.size).toBe(0);
       // A length prefix beyond the 1 MiB limit.
-      const huge = await RawChannel.connect(handle.leaseChannel!.path);
+      const huge = await RawChannel.connectBare(handle.leaseChannel!.path);
       huge.socket.write(frameHeader(LEASE_CHANNEL_MAX_FRAME_BYTES + 1));
       await huge.closed;
       expect(log.filter((e) => e.level === 'warn').map((e) => e.msg)).toEqual([
@@ -503,7 +534,7 @@ describe('memstore lease channel', () => {
   });
 
   it('drops its connections on stop', async () => {
-    const ch = await RawChannel.connect(handle.leaseChannel!.path);
+    const ch = await RawChannel.connectBare(handle.leaseChannel!.path);
     await new Promise((r) => setTimeout(r, 10));
     expect(handle.leaseChannel!.connections).toBe(1);
     for (const o of opened.splice(0)) {
@@ -514,6 +545,221 @@ describe('memstore lease channel', () => {
   });
 });
 
+describe('lease channel sessions', () => {
+  const errorOf = (r: pb.LeaseChannelResponse) =>
+    r.result?.$case === 'error' ? r.result.value : undefined;
+
+  it('refuses every call before a hello (SERVICE_UNAUTHENTICATED) and ends the connection', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    const ch = await RawChannel.connectBare(handle.leaseChannel!.path);
+    const res = await ch.call({ $case: 'getRegion', value: { region: byName('ram') } });
+    expect(errorOf(res)).toMatchObject({
+      code: 'SERVICE_UNAUTHENTICATED',
+      message: expect.stringContaining('OpenLeaseSession') as string,
+    });
+    expect(await ch.closed).toBeNull(); // a clean end after the answer
+    // Nothing moved: a transfer sent before a hello is refused the same way.
+    const again = await RawChannel.connectBare(handle.leaseChannel!.path);
+    const moved = await again.call({
+      $case: 'transferLease',
+      value: {
+        region: byName('ram'),
+        fromHolder: 'vmm-a/vm1',
+        expectedEpoch: 1n,
+        toHolder: 'vmm-b/vm1',
+      },
+    });
+    expect(errorOf(moved)?.code).toBe('SERVICE_UNAUTHENTICATED');
+    const { region } = await unaryCall(client, 'getRegion', { region: byName('ram') });
+    expect(region?.lease).toMatchObject({ holder: 'vmm-a/vm1', epoch: 1n });
+  });
+
+  it('takes a token once, before it expires; a connection says hello once', async () => {
+    const token = await sessionToken('vmm-b');
+    const first = await RawChannel.connectBare(handle.leaseChannel!.path);
+    expect((await first.hello(token)).result?.$case).toBe('hello');
+    // The same connection again: refused, connection ended.
+    const twice = await first.hello(await sessionToken('vmm-b'));
+    expect(errorOf(twice)?.code).toBe('SERVICE_INVALID_ARGUMENT');
+    await first.closed;
+    // The same token on another connection: refused.
+    const reuse = await RawChannel.connectBare(handle.leaseChannel!.path);
+    expect(errorOf(await reuse.hello(token))?.code).toBe('SERVICE_UNAUTHENTICATED');
+    await reuse.closed;
+    const forged = await RawChannel.connectBare(handle.leaseChannel!.path);
+    expect(errorOf(await forged.hello('not-a-token'))?.code).toBe('SERVICE_UNAUTHENTICATED');
+    await forged.closed;
+    const badInstance = await RawChannel.connectBare(handle.leaseChannel!.path);
+    expect(errorOf(await badInstance.hello(await sessionToken('vmm-b'), 'x'))?.code).toBe(
+      'SERVICE_INVALID_ARGUMENT',
+    );
+    await badInstance.closed;
+    // A vmm id that cannot prefix a holder gets no token.
+    await expect(unaryCall(client, 'openLeaseSession', { vmmId: 'a/b' })).rejects.toMatchObject({
+      code: 'REGION_INVALID_ARGUMENT',
+    });
+    const res = await unaryCall(client, 'openLeaseSession', { vmmId: 'vmm-b' });
+    expect(res.leaseChannel).toBe(handle.leaseChannel!.path);
+    expect(Number(res.expiresAt!.seconds) * 1000).toBeGreaterThan(Date.now() - 1000);
+  });
+
+  it('binds the connection to the process that connected: GetRegion reports the holder alive', async () => {
+    const { region } = await unaryCall(client, 'createRegion', {
+      name: 'ram',
+      size: 1n << 20n,
+      kind: pb.RegionKind.REGION_KIND_VOLATILE,
+    });
+    const ch = await RawChannel.connect(handle.leaseChannel!.path, 'vmm-t');
+    try {
+      await unaryCall(client, 'acquireLease', { region: byName('ram'), holder: 'vmm-t/vm1' });
+      const got = await unaryCall(client, 'getRegion', { region: byName('ram') });
+      expect(got.region?.holder).toMatchObject({
+        liveness: pb.HolderLiveness.HOLDER_LIVENESS_ALIVE,
+        vmmId: 'vmm-t',
+        pid: process.pid,
+        connected: true,
+      });
+      expect(handle.memstore.catalog.getHolderProcess('vmm-t')).toMatchObject({
+        pid: process.pid,
+        instance: TEST_INSTANCE,
+        goneAt: null,
+      });
+      // The holder is alive: an operator may not take its lease.
+      await expect(
+        unaryCall(client, 'forceReleaseLease', { region: byName('ram') }),
+      ).rejects.toMatchObject({
+        code: 'LEASE_HOLDER_ALIVE',
+        status: grpc.status.FAILED_PRECONDITION,
+      });
+      expect(region?.holder).toBeUndefined(); // not leased when created
+    } finally {
+      ch.close();
+    }
+    // Closing the connection is not dying: this process still runs.
+    await new Promise((r) => setTimeout(r, 150));
+    const after = await unaryCall(client, 'getRegion', { region: byName('ram') });
+    expect(after.region?.lease?.holder).toBe('vmm-t/vm1');
+    expect(after.region?.holder).toMatchObject({
+      liveness: pb.HolderLiveness.HOLDER_LIVENESS_ALIVE,
+      connected: false,
+    });
+  });
+
+  it('a vmm acts on the channel only for its own holders (it may hand its own lease back)', async () => {
+    await leasedRegion('ram', 'vmm-a/vm1');
+    await leasedRegion('mine', 'vmm-b/vm1');
+    const ch = await RawChannel.connect(handle.leaseChannel!.path, 'vmm-b');
+    try {
+      const steal = {
+        region: byName('ram'),
+        fromHolder: 'vmm-a/vm1',
+        expectedEpoch: 1n,
+        toHolder: 'vmm-c/vm1',
+      };
+      for (const $case of ['transferLease', 'armTransfer'] as const) {
+        const res = await ch.call({ $case, value: steal } as pb.LeaseChannelRequest['call']);
+        expect(errorOf(res)).toMatchObject({
+          code: 'LEASE_FOREIGN_HOLDER',
+          message: expect.stringContaining('vmm-b/<vm>') as string,
+        });
+      }
+      // Handing back its own lease to another vmm (a failed migration target) is allowed.
+      const back = await ch.call({
+        $case: 'transferLease',
+        value: {
+          region: byName('mine'),
+          fromHolder: 'vmm-b/vm1',
+          expectedEpoch: 1n,
+          toHolder: 'vmm-a/vm2',
+        },
+      });
+      expect(back.result?.$case).toBe('transferLease');
+      // Taking a lease to itself (a migration target) is allowed.
+      const take = await ch.call({
+        $case: 'transferLease',
+        value: { ...steal, toHolder: 'vmm-b/vm1' },
+      });
+      expect(take.result?.$case).toBe('transferLease');
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('refuses a peer of another user (not root) at its hello', async () => {
+    const path = join(dirs.volatileDir, 'other-user.sock');
+    const rec = recordingLogger();
+    const server = await startLeaseChannel({
+      memstore: handle.memstore,
+      logger: rec.logger,
+      path,
+      peerOf: () => ({ pid: process.pid, uid: 4242, gid: 4242 }),
+    });
+    try {
+      const ch = await RawChannel.connectBare(path);
+      const res = await ch.hello(await sessionToken('vmm-b'));
+      expect(errorOf(res)).toMatchObject({
+        code: 'SERVICE_PERMISSION_DENIED',
+        message: expect.stringContaining('user 4242') as string,
+      });
+      await ch.closed;
+    } finally {
+      await server.close();
+    }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'a process of another uid cannot say hello (a setuid child; needs root)',
+    async () => {
+      // The socket must be reachable by the other user for the hello to arrive at all.
+      const dir = mkdtempSync('/tmp/handoff-lease-uid-');
+      chmodSync(dir, 0o755);
+      const path = join(dir, 'lease.sock');
+      const server = await startLeaseChannel({ memstore: handle.memstore, logger: log_, path });
+      chmodSync(path, 0o666);
+      try {
+        const hello = pb.LeaseChannelRequest.encode({
+          id: 1n,
+          call: {
+            $case: 'hello',
+            value: { token: await sessionToken('vmm-b'), instance: TEST_INSTANCE },
+          },
+        }).finish();
+        const child = spawn(
+          process.execPath,
+          [
+            '-e',
+            `const s = require('node:net').createConnection(process.argv[1]);
+             const frame = Buffer.from(process.argv[2], 'hex');
+             const head = Buffer.alloc(4); head.writeUInt32BE(frame.length);
+             s.on('connect', () => s.write(Buffer.concat([head, frame])));
+             let got = Buffer.alloc(0);
+             s.on('data', (d) => (got = Buffer.concat([got, d])));
+             s.on('close', () => { process.stdout.write(got.subarray(4).toString('hex')); });`,
+            path,
+            Buffer.from(hello).toString('hex'),
+          ],
+          { uid: 65534, gid: 65534, stdio: ['ignore', 'pipe', 'pipe'] },
+        );
+        let stdout = '';
+        let stderr = '';
+        child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+        child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+        expect(status, stderr).toBe(0);
+        const res = pb.LeaseChannelResponse.decode(Buffer.from(stdout, 'hex'));
+        expect(errorOf(res)).toMatchObject({
+          code: 'SERVICE_PERMISSION_DENIED',
+          message: expect.stringContaining('user 65534') as string,
+        });
+        expect(handle.memstore.catalog.getHolderProcess('vmm-b')).toBeUndefined();
+      } finally {
+        await server.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+});
+
 describe('lease channel test helpers', () => {
   it('a stale socket file accepts no connection', async () => {
     const path = join(dirs.volatileDir, 'probe.sock');
@@ -522,6 +768,6 @@ describe('lease channel test helpers', () => {
     const copy = join(dirs.volatileDir, 'probe-copy.sock');
     linkSync(path, copy);
     await new Promise<void>((r) => srv.close(() => r()));
-    await expect(RawChannel.connect(copy)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await expect(RawChannel.connectBare(copy)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
   });
 });

@@ -11,6 +11,10 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, lstatSync, renameSync, unlinkSync, type Stats } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
+import { peerCredentials } from '@handoff/shm';
+import { MemstoreError } from '../errors.js';
+import type { LeaseCaller } from '../leases/ownership.js';
+import type { PeerCredentials, SessionBinding } from '../leases/sessions.js';
 import type { Memstore } from '../memstore.js';
 import { guarded, leaseCalls } from './memstore-service.js';
 
@@ -25,6 +29,11 @@ import { guarded, leaseCalls } from './memstore-service.js';
  * handler runs ({@link leaseCalls} through {@link guarded}), so checks, results and error codes
  * and messages are identical. A peer that breaks the framing or sends an undecodable frame is
  * hostile: its connection (only) is closed.
+ *
+ * Every connection starts with a hello: a one-time token from OpenLeaseSession, which binds the
+ * connection to a vmm id and to the process the kernel says connected (SO_PEERCRED) — the
+ * vmm's lease-holder session ({@link Memstore.sessions}). Until then every call is refused
+ * (SERVICE_UNAUTHENTICATED); afterwards a call may move leases only for that vmm's holders.
  */
 
 /** Largest frame either side sends or accepts. */
@@ -57,7 +66,8 @@ export class LeaseSocketBusyError extends ServiceError {
 type Method = keyof typeof leaseCalls;
 
 /** gRPC method names, for logs and `guarded` (the same wording as the gRPC path). */
-const METHOD_NAME: Record<Method, string> = {
+const METHOD_NAME: Record<Method | 'hello', string> = {
+  hello: 'Hello',
   transferLease: 'TransferLease',
   getRegion: 'GetRegion',
   validateLease: 'ValidateLease',
@@ -74,6 +84,8 @@ export async function startLeaseChannel(deps: {
   memstore: Memstore;
   logger: Logger;
   path: string;
+  /** Who connected a socket (default: the kernel's SO_PEERCRED record); tests replace it. */
+  peerOf?: (socket: Socket) => PeerCredentials;
 }): Promise<LeaseChannelServer> {
   const { memstore: m, path } = deps;
   const logger = deps.logger.child({ component: 'lease-channel' });
@@ -83,7 +95,7 @@ export async function startLeaseChannel(deps: {
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    serveConnection(socket, m, logger);
+    serveConnection(socket, m, logger, deps.peerOf ?? socketPeer);
   });
   // Bound under a temporary name, then renamed into place: a stale socket is replaced
   // atomically, and the file libuv unlinks when the server closes is the temporary name, so
@@ -134,10 +146,69 @@ export async function startLeaseChannel(deps: {
   };
 }
 
-/** Serves one connection until it closes. */
-function serveConnection(socket: Socket, m: Memstore, logger: Logger): void {
+/** How long a connection refused at its hello may take to read the refusal before it is cut. */
+const REFUSED_LINGER_MS = 1000;
+
+/** The fd libuv keeps for an accepted unix socket (Linux), or undefined. */
+function fdOf(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * The kernel's record of who connected `socket` (SO_PEERCRED).
+ *
+ * @throws ServiceError SERVICE_UNAUTHENTICATED when it cannot be read (nobody is bound then)
+ */
+export function socketPeer(socket: Socket): PeerCredentials {
+  try {
+    const fd = fdOf(socket);
+    if (fd === undefined) throw new Error('the connection has no file descriptor');
+    return peerCredentials(fd);
+  } catch (err) {
+    throw new ServiceError(
+      'SERVICE_UNAUTHENTICATED',
+      `memstore cannot tell which process connected (${(err as Error).message}); connect again`,
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Serves one connection until it closes. Its first request must be a hello (a session token);
+ * until one succeeded every call is refused with SERVICE_UNAUTHENTICATED, and a refused hello
+ * is answered and the connection ended.
+ */
+function serveConnection(
+  socket: Socket,
+  m: Memstore,
+  logger: Logger,
+  peerOf: (socket: Socket) => PeerCredentials,
+): void {
+  let binding: SessionBinding | null = null;
+  /** A hello was answered (one per connection). */
+  let greeted = false;
+  /** Refused: nothing more is read. */
+  let refused = false;
+
+  const answer = (res: pb.LeaseChannelResponse): void => {
+    if (framed.closed) return;
+    if (!framed.send(pb.LeaseChannelResponse.encode(res).finish())) {
+      // The peer does not read its answers: stop reading its requests until it does.
+      framed.pause();
+      void framed.drained().then(() => framed.resume());
+    }
+  };
+  const refuse = (id: bigint, err: unknown, method: string): void => {
+    answer(errorResponse(id, err, method, logger));
+    refused = true;
+    framed.end();
+    setTimeout(() => framed.destroy(), REFUSED_LINGER_MS).unref();
+  };
+
   const framed: FramedSocket = new FramedSocket(socket, LEASE_CHANNEL_MAX_FRAME_BYTES, {
     frame: (payload) => {
+      if (refused) return;
       let req: pb.LeaseChannelRequest;
       try {
         req = pb.LeaseChannelRequest.decode(payload);
@@ -149,16 +220,55 @@ function serveConnection(socket: Socket, m: Memstore, logger: Logger): void {
         framed.destroy();
         return;
       }
-      void dispatch(m, req, logger).then((res) => {
-        if (framed.closed) return;
-        if (!framed.send(pb.LeaseChannelResponse.encode(res).finish())) {
-          // The peer does not read its answers: stop reading its requests until it does.
-          framed.pause();
-          void framed.drained().then(() => framed.resume());
+      const call = req.call;
+      if (call?.$case === 'hello') {
+        // Synchronous: the requests after it in the same read already see the session.
+        if (greeted) {
+          refuse(
+            req.id,
+            new ServiceError(
+              'SERVICE_INVALID_ARGUMENT',
+              'this connection already said hello; a connection says it once, first',
+            ),
+            'Hello',
+          );
+          return;
         }
-      });
+        greeted = true;
+        try {
+          if (!m.isOpen) {
+            throw new ServiceError(
+              'SERVICE_SHUTTING_DOWN',
+              'memstore is shutting down; retry against a running memstore',
+            );
+          }
+          binding = m.sessions.hello(call.value.token, call.value.instance, peerOf(socket));
+        } catch (err) {
+          refuse(req.id, MemstoreError.from(err, 'Hello'), 'Hello');
+          return;
+        }
+        answer({
+          id: req.id,
+          result: { $case: 'hello', value: { vmmId: binding.vmmId, pid: binding.pid } },
+        });
+        return;
+      }
+      if (binding === null) {
+        refuse(
+          req.id,
+          new ServiceError(
+            'SERVICE_UNAUTHENTICATED',
+            'the first request on a lease-channel connection must be a hello with a token from ' +
+              'OpenLeaseSession; lease calls are served only after it',
+          ),
+          call !== undefined ? METHOD_NAME[call.$case] : 'unknown',
+        );
+        return;
+      }
+      void dispatch(m, req, { vmmId: binding.vmmId }, logger).then(answer);
     },
     closed: (error) => {
+      if (binding !== null) m.sessions.closed(binding);
       if (error instanceof FrameError) {
         logger.warn({ error: error.message }, 'lease channel: broken framing; connection closed');
       } else if (error !== null) {
@@ -173,13 +283,16 @@ function serveConnection(socket: Socket, m: Memstore, logger: Logger): void {
 async function dispatch(
   m: Memstore,
   req: pb.LeaseChannelRequest,
+  caller: LeaseCaller,
   logger: Logger,
 ): Promise<pb.LeaseChannelResponse> {
   const call = req.call;
   try {
     switch (call?.$case) {
       case 'transferLease': {
-        const value = await run(m, 'transferLease', () => leaseCalls.transferLease(m, call.value));
+        const value = await run(m, 'transferLease', () =>
+          leaseCalls.transferLease(m, call.value, caller),
+        );
         return { id: req.id, result: { $case: 'transferLease', value } };
       }
       case 'getRegion': {
@@ -191,7 +304,9 @@ async function dispatch(
         return { id: req.id, result: { $case: 'validateLease', value } };
       }
       case 'armTransfer': {
-        const value = await run(m, 'armTransfer', () => leaseCalls.armTransfer(m, call.value));
+        const value = await run(m, 'armTransfer', () =>
+          leaseCalls.armTransfer(m, call.value, caller),
+        );
         return { id: req.id, result: { $case: 'armTransfer', value } };
       }
       case 'resolveTransfer': {
@@ -209,20 +324,30 @@ async function dispatch(
         );
     }
   } catch (err) {
-    // Exactly what the gRPC edge sends (toGrpcError): the coded error's code and message.
-    const coded = ServiceError.from(err);
-    const status = statusForCode(coded.code);
-    const method = call !== undefined ? METHOD_NAME[call.$case] : 'unknown';
-    if (status === grpc.status.INTERNAL || status === grpc.status.UNKNOWN) {
-      logger.error({ err, method }, 'lease channel call failed');
-    } else {
-      logger.info({ method, code: coded.code, error: coded.message }, 'lease channel call refused');
-    }
-    return {
-      id: req.id,
-      result: { $case: 'error', value: { code: coded.code, message: coded.message } },
-    };
+    return errorResponse(
+      req.id,
+      err,
+      call !== undefined ? METHOD_NAME[call.$case] : 'unknown',
+      logger,
+    );
   }
+}
+
+/** A failed call's answer: exactly what the gRPC edge sends (the coded error's code and message). */
+function errorResponse(
+  id: bigint,
+  err: unknown,
+  method: string,
+  logger: Logger,
+): pb.LeaseChannelResponse {
+  const coded = ServiceError.from(err);
+  const status = statusForCode(coded.code);
+  if (status === grpc.status.INTERNAL || status === grpc.status.UNKNOWN) {
+    logger.error({ err, method }, 'lease channel call failed');
+  } else {
+    logger.info({ method, code: coded.code, error: coded.message }, 'lease channel call refused');
+  }
+  return { id, result: { $case: 'error', value: { code: coded.code, message: coded.message } } };
 }
 
 function run<T>(m: Memstore, method: Method, fn: () => T): Promise<T> {

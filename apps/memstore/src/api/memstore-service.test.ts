@@ -138,6 +138,50 @@ describe('MemstoreService over gRPC', () => {
     expect(inUse.region?.lease).toBeUndefined();
   });
 
+  it('ForceReleaseLease fences a lease whose holder is not known alive; the region reports the fence', async () => {
+    await unaryCall(client, 'createRegion', {
+      name: 'kept',
+      size: 8192n,
+      kind: pb.RegionKind.REGION_KIND_VOLATILE,
+    });
+    await unaryCall(client, 'acquireLease', { region: byName('kept'), holder: 'ghost/vm1' });
+    const before = await unaryCall(client, 'getRegion', { region: byName('kept') });
+    expect(before.region?.holder).toEqual({
+      liveness: pb.HolderLiveness.HOLDER_LIVENESS_UNKNOWN,
+      vmmId: 'ghost',
+      pid: 0,
+      since: undefined,
+      connected: false,
+    });
+    const res = await unaryCall(client, 'forceReleaseLease', { region: byName('kept') });
+    expect(res.fenced).toMatchObject({
+      holder: 'ghost/vm1',
+      epoch: 2n,
+      reason: pb.FenceReason.FENCE_REASON_OPERATOR,
+    });
+    expect(res.region).toMatchObject({
+      name: 'kept',
+      state: pb.RegionState.REGION_STATE_ACTIVE,
+      lease: undefined,
+      holder: undefined,
+      fenced: res.fenced,
+    });
+    const listed = await unaryCall(client, 'listRegions', {
+      kind: pb.RegionKind.REGION_KIND_UNSPECIFIED,
+    });
+    expect(listed.regions[0]?.fenced?.holder).toBe('ghost/vm1');
+    // Nothing leased any more: answered as it is.
+    const again = await unaryCall(client, 'forceReleaseLease', { region: byName('kept') });
+    expect(again.fenced).toBeUndefined();
+    // The fenced holder cannot release or move its old epoch.
+    await expect(
+      unaryCall(client, 'releaseLease', { region: byName('kept'), holder: 'ghost/vm1', epoch: 1n }),
+    ).rejects.toMatchObject({ code: 'LEASE_STALE_EPOCH' });
+    await expect(
+      unaryCall(client, 'forceReleaseLease', { region: byName('nope') }),
+    ).rejects.toMatchObject({ code: 'REGION_NOT_FOUND', status: grpc.status.NOT_FOUND });
+  });
+
   it('seals a template and tracks clones', async () => {
     await unaryCall(client, 'createRegion', { name: 't', size: 8192n, kind: 1 });
     const sealed = await unaryCall(client, 'sealTemplate', {

@@ -1,16 +1,30 @@
 import { memstore as pb, serviceNames } from '@handoff/proto';
 import {
   ANY_ROLE,
+  callerOf,
+  requireRole,
   ServiceError,
   serverStream,
   unary,
   type AccessTable,
+  type HasAuthContext,
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
+import { dateToTimestamp } from '@handoff/proto';
 import { MemstoreError } from '../errors.js';
+import { assertMayMove, assertOwnHolder, type LeaseCaller } from '../leases/ownership.js';
 import type { Memstore } from '../memstore.js';
-import { infoToPb, kindFromPb, leaseToPb, refFromPb, regionToPb, safeNumber } from './convert.js';
+import { leaseCallerOf } from './caller.js';
+import {
+  fencedToPb,
+  infoToPb,
+  kindFromPb,
+  leaseToPb,
+  refFromPb,
+  regionToPb,
+  safeNumber,
+} from './convert.js';
 import { readPages } from './read-pages.js';
 
 /**
@@ -38,30 +52,44 @@ export async function guarded<T>(
 /**
  * The lease calls, one function per method, wire types in and out: what the gRPC handlers and
  * the lease channel (lease-channel.ts) both run, so the two paths cannot drift apart (same
- * checks, same errors). Run them through {@link guarded}.
+ * checks, same errors). `caller` is the vmm the caller is known to be (a channel connection's
+ * session, a gRPC certificate), which may move leases only for its own holders. Run them
+ * through {@link guarded}.
  */
 export const leaseCalls = {
   getRegion: (m: Memstore, req: pb.GetRegionRequest): pb.GetRegionResponse => ({
     region: regionToPb(m.regions.get(refFromPb(req.region))),
   }),
 
-  transferLease: (m: Memstore, req: pb.TransferLeaseRequest): pb.TransferLeaseResponse => ({
-    lease: leaseToPb(
-      m.leases.transfer(
-        refFromPb(req.region),
-        req.fromHolder,
-        safeNumber(req.expectedEpoch, 'expected_epoch'),
-        req.toHolder,
+  transferLease: (
+    m: Memstore,
+    req: pb.TransferLeaseRequest,
+    caller: LeaseCaller,
+  ): pb.TransferLeaseResponse => {
+    assertMayMove(caller, req.fromHolder, req.toHolder, 'TransferLease');
+    return {
+      lease: leaseToPb(
+        m.leases.transfer(
+          refFromPb(req.region),
+          req.fromHolder,
+          safeNumber(req.expectedEpoch, 'expected_epoch'),
+          req.toHolder,
+        ),
       ),
-    ),
-  }),
+    };
+  },
 
   validateLease: (m: Memstore, req: pb.ValidateLeaseRequest): pb.ValidateLeaseResponse => {
     const v = m.leases.validate(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
     return { valid: v.valid, current: leaseToPb(v.current) };
   },
 
-  armTransfer: (m: Memstore, req: pb.ArmTransferRequest): pb.ArmTransferResponse => {
+  armTransfer: (
+    m: Memstore,
+    req: pb.ArmTransferRequest,
+    caller: LeaseCaller,
+  ): pb.ArmTransferResponse => {
+    assertMayMove(caller, req.fromHolder, req.toHolder, 'ArmTransfer');
     const a = m.leases.arm(
       refFromPb(req.region),
       req.fromHolder,
@@ -105,6 +133,9 @@ export const MEMSTORE_ACCESS: AccessTable = {
   AttachClone: ['vmm', 'migrator'],
   DetachClone: ['vmm', 'migrator'],
   ReadPages: ['vmm', 'memstore'],
+  // A vmm opens the lease-holder session of its own process; an operator fences a dead holder.
+  OpenLeaseSession: ['vmm'],
+  ForceReleaseLease: ['operator'],
 };
 
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
@@ -115,8 +146,10 @@ export function memstoreService(deps: {
   leaseChannel?: string;
 }): ServiceRegistration {
   const { memstore: m, logger } = deps;
-  const call = <Req, Res>(what: string, fn: (req: Req) => Res | Promise<Res>) =>
-    unary<Req, Res>(logger, (req) => guarded(m, what, () => fn(req)));
+  const call = <Req, Res>(what: string, fn: (req: Req, c: HasAuthContext) => Res | Promise<Res>) =>
+    unary<Req, Res>(logger, (req, c) => guarded(m, what, () => fn(req, c)));
+  /** The vmm a call's certificate names (role vmm), whose own holders it may act for. */
+  const leaseCaller = (c: HasAuthContext): LeaseCaller => leaseCallerOf(callerOf(c));
 
   const implementation: pb.MemstoreServiceServer = {
     getInfo: call('GetInfo', () => infoToPb(m.info(), deps.leaseChannel ?? '')),
@@ -142,15 +175,17 @@ export function memstoreService(deps: {
       return {};
     }),
 
-    acquireLease: call('AcquireLease', (req: pb.AcquireLeaseRequest) => ({
-      lease: leaseToPb(m.leases.acquire(refFromPb(req.region), req.holder)),
-    })),
+    acquireLease: call('AcquireLease', (req: pb.AcquireLeaseRequest, c) => {
+      assertOwnHolder(leaseCaller(c), req.holder, 'AcquireLease');
+      return { lease: leaseToPb(m.leases.acquire(refFromPb(req.region), req.holder)) };
+    }),
 
-    transferLease: call('TransferLease', (req: pb.TransferLeaseRequest) =>
-      leaseCalls.transferLease(m, req),
+    transferLease: call('TransferLease', (req: pb.TransferLeaseRequest, c) =>
+      leaseCalls.transferLease(m, req, leaseCaller(c)),
     ),
 
-    releaseLease: call('ReleaseLease', (req: pb.ReleaseLeaseRequest) => {
+    releaseLease: call('ReleaseLease', (req: pb.ReleaseLeaseRequest, c) => {
+      assertOwnHolder(leaseCaller(c), req.holder, 'ReleaseLease');
       m.leases.release(refFromPb(req.region), req.holder, safeNumber(req.epoch, 'epoch'));
       return {};
     }),
@@ -159,8 +194,8 @@ export function memstoreService(deps: {
       leaseCalls.validateLease(m, req),
     ),
 
-    armTransfer: call('ArmTransfer', (req: pb.ArmTransferRequest) =>
-      leaseCalls.armTransfer(m, req),
+    armTransfer: call('ArmTransfer', (req: pb.ArmTransferRequest, c) =>
+      leaseCalls.armTransfer(m, req, leaseCaller(c)),
     ),
 
     resolveTransfer: call('ResolveTransfer', (req: pb.ResolveTransferRequest) =>
@@ -184,6 +219,36 @@ export function memstoreService(deps: {
     detachClone: call('DetachClone', (req: pb.DetachCloneRequest) => {
       m.templates.detachClone(refFromPb(req.template, 'template'), req.holder);
       return {};
+    }),
+
+    openLeaseSession: call('OpenLeaseSession', (req: pb.OpenLeaseSessionRequest, c) => {
+      const caller = callerOf(c);
+      requireRole(caller, ['vmm'], 'OpenLeaseSession');
+      let vmmId = req.vmmId;
+      if (caller?.secure === true) {
+        // Over TLS the certificate says who the vmm is; the request may only repeat it.
+        if (vmmId !== '' && vmmId !== caller.identity.id) {
+          throw new ServiceError(
+            'SERVICE_PERMISSION_DENIED',
+            `OpenLeaseSession: vmm ${caller.identity.id} may open a session only for its own ` +
+              `id, not ${JSON.stringify(vmmId.slice(0, 80))}`,
+          );
+        }
+        vmmId = caller.identity.id;
+      }
+      const t = m.sessions.openSession(vmmId);
+      return {
+        token: t.token,
+        expiresAt: dateToTimestamp(t.expiresAt),
+        leaseChannel: deps.leaseChannel ?? '',
+      };
+    }),
+
+    forceReleaseLease: call('ForceReleaseLease', (req: pb.ForceReleaseLeaseRequest, c) => {
+      requireRole(callerOf(c), ['operator'], 'ForceReleaseLease');
+      const ref = refFromPb(req.region);
+      const { fenced } = m.forceRelease(ref);
+      return { region: regionToPb(m.regions.get(ref)), fenced: fencedToPb(fenced) };
     }),
 
     readPages: serverStream(logger, (_req, c: Parameters<typeof readPages>[1]) =>

@@ -6,7 +6,7 @@ import { MemstoreError } from '../errors.js';
 import { catalogAfterKill9, makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { Catalog, CATALOG_FILE_NAME } from './catalog.js';
 import type { NewRegionRow } from './rows.js';
-import { SCHEMA_VERSION } from './schema.js';
+import { MIGRATIONS, SCHEMA_VERSION } from './schema.js';
 
 let dirs: TempDirs;
 let path: string;
@@ -90,6 +90,28 @@ describe('Catalog.open', () => {
     expect(MemstoreError.is(err, 'CATALOG_INCOMPATIBLE')).toBe(true);
   });
 
+  it('migrates a version-1 catalog: leases kept, no fences, an empty holder-process table', () => {
+    const db = new Database(path);
+    db.exec(MIGRATIONS[0]!.sql);
+    db.pragma('user_version = 1');
+    db.prepare(
+      `INSERT INTO regions (id, name, kind, state, size, path, identity, created_at,
+                            lease_holder, lease_epoch, lease_granted_at)
+       VALUES ('r1', 'a', 'volatile', 'active', 4096, '/x/r1', 'i', 1, 'vmm-a/vm1', 7, 2)`,
+    ).run();
+    db.close();
+    catalog = Catalog.open(path);
+    expect(catalog.openInfo).toMatchObject({ fromVersion: 1, schemaVersion: SCHEMA_VERSION });
+    expect(catalog.getById('r1')).toMatchObject({
+      leaseHolder: 'vmm-a/vm1',
+      leaseEpoch: 7,
+      leaseGrantedAt: 2,
+      fenced: null,
+    });
+    expect(catalog.listHolderProcesses()).toEqual([]);
+    expect(catalog.leasesOfVmm('vmm-a').map((r) => r.id)).toEqual(['r1']);
+  });
+
   it('reports a file that is not a database as CATALOG_CORRUPT', async () => {
     const { writeFileSync } = await import('node:fs');
     writeFileSync(path, 'this is not sqlite'.repeat(300));
@@ -146,6 +168,72 @@ describe('regions table', () => {
     expect(c.releaseLease(r.id, 'h1', 2)).toBe(false);
     expect(c.releaseLease(r.id, 'h2', 2)).toBe(true);
     expect(c.getById(r.id)).toMatchObject({ leaseHolder: null, leaseEpoch: 2 });
+  });
+
+  it('fences a lease only at its exact (holder, epoch): holder cleared, epoch + 1, recorded until the next grant', () => {
+    const c = catalog!;
+    const r = newRow('a');
+    c.insertCreating(r);
+    c.markActive(r.id);
+    c.acquireLease(r.id, 'vmm-a/vm1', 1);
+    expect(c.fenceLease(r.id, 'vmm-a/vm1', 0, 5, 'holder-gone')).toBeUndefined(); // stale epoch
+    expect(c.fenceLease(r.id, 'vmm-b/vm1', 1, 5, 'holder-gone')).toBeUndefined(); // other holder
+    const fenced = c.fenceLease(r.id, 'vmm-a/vm1', 1, 5, 'holder-gone');
+    expect(fenced).toMatchObject({
+      leaseHolder: null,
+      leaseEpoch: 2,
+      leaseGrantedAt: null,
+      state: 'active',
+      path: r.path,
+      fenced: { holder: 'vmm-a/vm1', epoch: 2, at: 5, reason: 'holder-gone' },
+    });
+    // The fenced holder's epoch is stale for every compare-and-set.
+    expect(c.releaseLease(r.id, 'vmm-a/vm1', 1)).toBe(false);
+    expect(c.transferLease(r.id, 'vmm-a/vm1', 1, 'vmm-b/vm1', 6)).toBeUndefined();
+    // The next grant is epoch + 1 and clears the record.
+    expect(c.acquireLease(r.id, 'vmm-a/vm1', 7)).toMatchObject({ leaseEpoch: 3, fenced: null });
+  });
+
+  it("finds a vmm's leases by the holder prefix, taking '_' and '%' literally", () => {
+    const c = catalog!;
+    const grant = (name: string, holder: string): string => {
+      const r = newRow(name);
+      c.insertCreating(r);
+      c.markActive(r.id);
+      c.acquireLease(r.id, holder, 1);
+      return r.id;
+    };
+    const mine = [grant('a', 'vmm_a/vm1'), grant('b', 'vmm_a/vm2')];
+    grant('c', 'vmmXa/vm1'); // would match LIKE 'vmm_a/%'
+    grant('d', 'vmm_a'); // no "/": names no vmm
+    grant('e', 'vmm_ab/vm1');
+    const free = newRow('f');
+    c.insertCreating(free);
+    c.markActive(free.id);
+    expect(c.leasesOfVmm('vmm_a').map((r) => r.id)).toEqual(mine);
+    expect(c.leasesOfVmm('%')).toEqual([]);
+  });
+
+  it('records one process per vmm id, replaced by a new session, marked gone once', () => {
+    const c = catalog!;
+    const p = {
+      vmmId: 'vmm-a',
+      pid: 42,
+      startTime: 1234,
+      bootId: 'boot',
+      instance: 'i1',
+      openedAt: 10,
+      goneAt: null,
+    };
+    c.putHolderProcess(p);
+    expect(c.getHolderProcess('vmm-a')).toEqual(p);
+    expect(c.markHolderProcessGone('vmm-a', 'other-instance', 20)).toBe(false);
+    expect(c.markHolderProcessGone('vmm-a', 'i1', 20)).toBe(true);
+    expect(c.markHolderProcessGone('vmm-a', 'i1', 30)).toBe(false);
+    expect(c.getHolderProcess('vmm-a')?.goneAt).toBe(20);
+    c.putHolderProcess({ ...p, pid: 43, instance: 'i2', openedAt: 40 });
+    expect(c.listHolderProcesses()).toEqual([{ ...p, pid: 43, instance: 'i2', openedAt: 40 }]);
+    expect(() => c.putHolderProcess({ ...p, pid: -1 })).toThrow(/CHECK/);
   });
 
   it('records clones per template, once per holder', () => {

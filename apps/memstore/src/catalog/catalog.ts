@@ -3,7 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync } from 'node:fs';
 import type { Logger } from '@handoff/service';
 import { MemstoreError } from '../errors.js';
-import type { CloneRow, NewRegionRow, RegionKind, RegionRow, RowState } from './rows.js';
+import type {
+  CloneRow,
+  FenceReason,
+  HolderProcessRow,
+  NewRegionRow,
+  RegionKind,
+  RegionRow,
+  RowState,
+} from './rows.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './schema.js';
 
 /** File name of the catalog inside the state directory. */
@@ -24,6 +32,20 @@ interface RawRegionRow {
   lease_granted_at: number | null;
   sealed_at: number | null;
   lost_at: number | null;
+  fenced_holder: string | null;
+  fenced_epoch: number | null;
+  fenced_at: number | null;
+  fenced_reason: FenceReason | null;
+}
+
+interface RawHolderProcessRow {
+  vmm_id: string;
+  pid: number;
+  start_time: number;
+  boot_id: string;
+  instance: string;
+  opened_at: number;
+  gone_at: number | null;
 }
 
 interface RawCloneRow {
@@ -48,6 +70,27 @@ function toRegionRow(r: RawRegionRow): RegionRow {
     leaseGrantedAt: r.lease_granted_at,
     sealedAt: r.sealed_at,
     lostAt: r.lost_at,
+    fenced:
+      r.fenced_holder === null
+        ? null
+        : {
+            holder: r.fenced_holder,
+            epoch: r.fenced_epoch ?? r.lease_epoch,
+            at: r.fenced_at ?? 0,
+            reason: r.fenced_reason ?? 'holder-gone',
+          },
+  };
+}
+
+function toHolderProcessRow(r: RawHolderProcessRow): HolderProcessRow {
+  return {
+    vmmId: r.vmm_id,
+    pid: r.pid,
+    startTime: r.start_time,
+    bootId: r.boot_id,
+    instance: r.instance,
+    openedAt: r.opened_at,
+    goneAt: r.gone_at,
   };
 }
 
@@ -279,6 +322,27 @@ export class Catalog {
   }
 
   /**
+   * Fences the lease if (holder, epoch) is current: the holder is cleared and the epoch grows by
+   * one (so the fenced holder's epoch is stale everywhere), and the fence is recorded on the
+   * row until the region is leased again. The region and its file are untouched.
+   */
+  fenceLease(
+    id: string,
+    holder: string,
+    epoch: number,
+    at: number,
+    reason: FenceReason,
+  ): RegionRow | undefined {
+    const r = this.s.fenceLease.get({ id, holder, epoch, at, reason }) as RawRegionRow | undefined;
+    return r === undefined ? undefined : toRegionRow(r);
+  }
+
+  /** Leased regions whose holder names vmm `vmmId` (`<vmmId>/...`), oldest first. */
+  leasesOfVmm(vmmId: string): RegionRow[] {
+    return (this.s.leasesOfVmm.all({ prefix: `${vmmId}/` }) as RawRegionRow[]).map(toRegionRow);
+  }
+
+  /**
    * Seals an active region if its lease is exactly (holder, epoch) — holder
    * null meaning unleased — and releases the lease.
    */
@@ -307,6 +371,37 @@ export class Catalog {
   /** Every clone, oldest first (one query for a whole listing). */
   allClones(): CloneRow[] {
     return (this.s.allClones.all() as RawCloneRow[]).map(toCloneRow);
+  }
+
+  // --- lease-holder processes -----------------------------------------------------
+
+  /** The process recorded for vmm `vmmId`, if any. */
+  getHolderProcess(vmmId: string): HolderProcessRow | undefined {
+    const r = this.s.getHolderProcess.get(vmmId) as RawHolderProcessRow | undefined;
+    return r === undefined ? undefined : toHolderProcessRow(r);
+  }
+
+  /** Every recorded holder process, by vmm id. */
+  listHolderProcesses(): HolderProcessRow[] {
+    return (this.s.listHolderProcesses.all() as RawHolderProcessRow[]).map(toHolderProcessRow);
+  }
+
+  /** Records (or replaces) the process of vmm `row.vmmId`. */
+  putHolderProcess(row: HolderProcessRow): void {
+    this.s.putHolderProcess.run({
+      vmm_id: row.vmmId,
+      pid: row.pid,
+      start_time: row.startTime,
+      boot_id: row.bootId,
+      instance: row.instance,
+      opened_at: row.openedAt,
+      gone_at: row.goneAt,
+    });
+  }
+
+  /** Marks the recorded process of `vmmId` gone at `at`, if it is that `instance` and not yet. */
+  markHolderProcessGone(vmmId: string, instance: string, at: number): boolean {
+    return this.s.markHolderProcessGone.run(at, vmmId, instance).changes === 1;
   }
 
   // --- meta ----------------------------------------------------------------------
@@ -342,7 +437,8 @@ function prepareStatements(db: Database.Database) {
     clearLost: db.prepare('UPDATE regions SET lost_at = NULL WHERE id = ?'),
     acquireLease: db.prepare(
       `UPDATE regions
-          SET lease_holder = @holder, lease_epoch = lease_epoch + 1, lease_granted_at = @at
+          SET lease_holder = @holder, lease_epoch = lease_epoch + 1, lease_granted_at = @at,
+              fenced_holder = NULL, fenced_epoch = NULL, fenced_at = NULL, fenced_reason = NULL
         WHERE id = @id AND state = 'active' AND lost_at IS NULL AND lease_holder IS NULL
        RETURNING *`,
     ),
@@ -355,6 +451,32 @@ function prepareStatements(db: Database.Database) {
     releaseLease: db.prepare(
       `UPDATE regions SET lease_holder = NULL, lease_granted_at = NULL
         WHERE id = @id AND lease_holder = @holder AND lease_epoch = @epoch`,
+    ),
+    fenceLease: db.prepare(
+      `UPDATE regions
+          SET lease_holder = NULL, lease_granted_at = NULL, lease_epoch = lease_epoch + 1,
+              fenced_holder = @holder, fenced_epoch = lease_epoch + 1, fenced_at = @at,
+              fenced_reason = @reason
+        WHERE id = @id AND lease_holder = @holder AND lease_epoch = @epoch
+       RETURNING *`,
+    ),
+    // A prefix compare, not LIKE: '_' and '%' are ordinary characters of a vmm id.
+    leasesOfVmm: db.prepare(
+      `SELECT * FROM regions
+        WHERE lease_holder IS NOT NULL
+          AND substr(lease_holder, 1, length(@prefix)) = @prefix
+        ORDER BY created_at, name`,
+    ),
+    getHolderProcess: db.prepare('SELECT * FROM holder_processes WHERE vmm_id = ?'),
+    listHolderProcesses: db.prepare('SELECT * FROM holder_processes ORDER BY vmm_id'),
+    putHolderProcess: db.prepare(
+      `INSERT OR REPLACE INTO holder_processes
+         (vmm_id, pid, start_time, boot_id, instance, opened_at, gone_at)
+       VALUES (@vmm_id, @pid, @start_time, @boot_id, @instance, @opened_at, @gone_at)`,
+    ),
+    markHolderProcessGone: db.prepare(
+      `UPDATE holder_processes SET gone_at = ?
+        WHERE vmm_id = ? AND instance = ? AND gone_at IS NULL`,
     ),
     seal: db.prepare(
       `UPDATE regions

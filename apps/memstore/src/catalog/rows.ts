@@ -22,6 +22,39 @@ export interface RegionRow {
   readonly leaseGrantedAt: number | null;
   readonly sealedAt: number | null;
   readonly lostAt: number | null;
+  /** The last lease memstore fenced, until the region is leased again; null otherwise. */
+  readonly fenced: FencedLeaseRow | null;
+}
+
+/** Why memstore fenced a lease: its holder's process is gone, or an operator forced it. */
+export type FenceReason = 'holder-gone' | 'operator';
+
+/** A lease memstore took from its holder (holder cleared, epoch + 1). */
+export interface FencedLeaseRow {
+  readonly holder: string;
+  /** The region's epoch after the fence. */
+  readonly epoch: number;
+  readonly at: number;
+  readonly reason: FenceReason;
+}
+
+/**
+ * The process behind a vmm id's lease holders, as its last session recorded it (one row of
+ * `holder_processes`).
+ */
+export interface HolderProcessRow {
+  readonly vmmId: string;
+  /** 0: in a pid namespace memstore cannot see (judged by its connection instead). */
+  readonly pid: number;
+  /** Field 22 of /proc/<pid>/stat (clock ticks after boot); 0 when pid is 0. */
+  readonly startTime: number;
+  /** The host's boot id when the session opened: another boot means the process is gone. */
+  readonly bootId: string;
+  /** Random per vmm process (from its hello). */
+  readonly instance: string;
+  readonly openedAt: number;
+  /** When memstore found the process gone (and fenced its leases); null while not. */
+  readonly goneAt: number | null;
 }
 
 /** What a caller supplies to insert a region in state 'creating'. */

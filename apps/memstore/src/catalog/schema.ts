@@ -48,6 +48,31 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    description: 'lease-holder processes and fenced leases',
+    sql: `
+      -- The process behind each vmm id's lease holders ("<vmm-id>/<vm>"), recorded when the vmm
+      -- opened its session on the lease channel, so memstore can judge holders after its own
+      -- restart too. One row per vmm id: a new session of another process replaces it.
+      CREATE TABLE holder_processes (
+        vmm_id     TEXT PRIMARY KEY,
+        pid        INTEGER NOT NULL CHECK (pid >= 0),  -- 0: in a pid namespace memstore cannot see
+        start_time INTEGER NOT NULL CHECK (start_time >= 0), -- /proc/<pid>/stat field 22; 0 when pid is 0
+        boot_id    TEXT NOT NULL,                      -- /proc/sys/kernel/random/boot_id then
+        instance   TEXT NOT NULL,                      -- random per vmm process (its hello)
+        opened_at  INTEGER NOT NULL,                   -- ms since the Unix epoch
+        gone_at    INTEGER                             -- when found gone (its leases fenced)
+      ) STRICT;
+
+      -- The last lease memstore fenced on the region (holder gone, or an operator), cleared when
+      -- the region is leased again.
+      ALTER TABLE regions ADD COLUMN fenced_holder TEXT;
+      ALTER TABLE regions ADD COLUMN fenced_epoch INTEGER;
+      ALTER TABLE regions ADD COLUMN fenced_at INTEGER;
+      ALTER TABLE regions ADD COLUMN fenced_reason TEXT
+        CHECK (fenced_reason IS NULL OR fenced_reason IN ('holder-gone', 'operator'));
+    `,
+  },
 ];
 
 /** The schema version this build writes. */

@@ -1,6 +1,6 @@
 import type { Logger } from '@handoff/service';
 import type { Catalog, CommitDurability } from '../catalog/catalog.js';
-import type { RegionRow } from '../catalog/rows.js';
+import type { FenceReason, RegionRow } from '../catalog/rows.js';
 import { MemstoreError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import { validateHolder } from '../regions/naming.js';
@@ -13,7 +13,8 @@ import {
   type ArmRecord,
   type LeftoverArm,
 } from './arms.js';
-import { describeLease, leaseOf, type Lease } from './lease.js';
+import { describeLease, fencedOf, leaseOf, type FencedLease, type Lease } from './lease.js';
+import type { HolderStatus } from './liveness.js';
 import { assertLeasable, assertLeaseIs } from './lease-rules.js';
 
 /** How long an arm may wait for its flip before a timer resolves (cancels) it. */
@@ -51,6 +52,18 @@ export const NO_ARMS: LeaseArmResolver = {
   commitFlippedArmOf: () => undefined,
   commitFlippedArms: () => undefined,
 };
+
+/** A lease memstore fenced, and where. */
+export interface FencedRegionLease extends FencedLease {
+  readonly regionId: string;
+  readonly regionName: string;
+}
+
+/** Result of ForceReleaseLease. */
+export interface ForcedRelease {
+  /** The lease fenced; undefined when the region was not leased (nothing changed). */
+  readonly fenced: FencedRegionLease | undefined;
+}
 
 /** Result of ValidateLease: never throws for a mismatch, reports the current lease instead. */
 export interface LeaseValidation {
@@ -196,6 +209,79 @@ export class LeaseManager implements LeaseArmResolver {
       this.logger.info({ region: row.id, name: row.name, holder, epoch }, 'lease released');
     }, this.durabilityOf(row));
     failpoint('lease-after-commit');
+  }
+
+  /**
+   * Takes every lease of vmm `vmmId`'s holders (`<vmmId>/...`), whose process is gone: first
+   * each arm whose source or target is one of them is settled (a flip committed: that lease
+   * already moved; an arm not flipped cancelled), then each lease they still hold is fenced
+   * (holder cleared, epoch + 1, region and file kept) in a transaction at the region's
+   * durability. Returns the leases fenced. A region that fails is retried by the next call;
+   * the first failure is thrown after the others were tried.
+   */
+  fenceVmm(vmmId: string, reason: FenceReason): FencedRegionLease[] {
+    const prefix = `${vmmId}/`;
+    let failure: unknown;
+    for (const [id, slot] of [...this.armed]) {
+      const { fromHolder, toHolder } = slot.record;
+      if (!fromHolder.startsWith(prefix) && !toHolder.startsWith(prefix)) continue;
+      try {
+        this.settle(id);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    const fenced: FencedRegionLease[] = [];
+    for (const row of this.catalog.leasesOfVmm(vmmId)) {
+      if (this.armed.has(row.id)) continue; // its arm could not be settled: next time
+      try {
+        const f = this.fenceRow(row, row.leaseHolder!, row.leaseEpoch, reason);
+        if (f !== undefined) fenced.push(f);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    if (failure !== undefined) throw failure;
+    return fenced;
+  }
+
+  /**
+   * ForceReleaseLease: fences the region's lease (holder cleared, epoch + 1, region kept) unless
+   * `statusOf` finds its holder alive (LEASE_HOLDER_ALIVE). The region's arm is settled first,
+   * so the lease judged is the one in force. An unleased region is left as it is. Returns the
+   * fence, also one that judging made (a holder found gone is fenced as such).
+   */
+  forceRelease(
+    ref: RegionRef,
+    statusOf: (holder: string, grantedAt: Date) => HolderStatus,
+  ): ForcedRelease {
+    const row = this.current(ref);
+    const lease = leaseOf(row);
+    if (lease === undefined) return { fenced: undefined };
+    const status = statusOf(lease.holder, lease.grantedAt);
+    if (status.liveness === 'alive') {
+      const pid = status.pid > 0 ? ` (pid ${status.pid})` : '';
+      throw new MemstoreError(
+        'LEASE_HOLDER_ALIVE',
+        `region "${row.name}" is ${describeLease(row)}, and that holder's vmm process` +
+          `${pid} is alive: it may still write the region. Stop or migrate that VM (destroying ` +
+          'it releases the lease); memstore fences the lease by itself once the process is gone',
+      );
+    }
+    // Judging may have found the holder gone and fenced it already (reason holder-gone).
+    const now = findRegion(this.catalog, { id: row.id });
+    if (now.leaseHolder !== lease.holder || now.leaseEpoch !== lease.epoch) {
+      const f = fencedOf(now);
+      return {
+        fenced:
+          f?.holder === lease.holder ? { ...f, regionId: row.id, regionName: row.name } : undefined,
+      };
+    }
+    const fenced = this.fenceRow(now, lease.holder, lease.epoch, 'operator', status.liveness);
+    if (fenced === undefined) {
+      throw new Error(`internal: the lease of ${row.id} changed while it was being fenced`);
+    }
+    return { fenced };
   }
 
   /** True when `holder` holds the region's lease at exactly `epoch`. */
@@ -352,6 +438,34 @@ export class LeaseManager implements LeaseArmResolver {
       }
     }
     arms.freeLeftovers(leftovers);
+  }
+
+  /** Fences one lease at exactly (holder, epoch); undefined when it is no longer that lease. */
+  private fenceRow(
+    row: RegionRow,
+    holder: string,
+    epoch: number,
+    reason: FenceReason,
+    liveness?: string,
+  ): FencedRegionLease | undefined {
+    const updated = this.catalog.transaction(
+      () => this.catalog.fenceLease(row.id, holder, epoch, this.now(), reason),
+      this.durabilityOf(row),
+    );
+    if (updated === undefined) return undefined;
+    const fenced = fencedOf(updated)!;
+    this.logger.warn(
+      {
+        region: row.id,
+        name: row.name,
+        holder,
+        epoch: fenced.epoch,
+        reason,
+        ...(liveness !== undefined ? { liveness } : {}),
+      },
+      'lease fenced: holder cleared, epoch + 1, region and memory kept',
+    );
+    return { ...fenced, regionId: row.id, regionName: row.name };
   }
 
   /** Stops the TTL timer and unmaps the arms file (outstanding arms stay in it). Idempotent. */

@@ -1,4 +1,6 @@
-import type { RegionRow } from '../catalog/rows.js';
+import type { FenceReason, RegionRow } from '../catalog/rows.js';
+
+export type { FenceReason } from '../catalog/rows.js';
 
 /** A writer lease: who may map the region writable, and the fencing epoch of that grant. */
 export interface Lease {
@@ -24,4 +26,21 @@ export function describeLease(row: RegionRow): string {
   return row.leaseHolder === null
     ? `not leased (last epoch ${row.leaseEpoch})`
     : `held by "${row.leaseHolder}" at epoch ${row.leaseEpoch}`;
+}
+
+/** A lease memstore took from its holder: holder cleared, epoch + 1, region and memory kept. */
+export interface FencedLease {
+  /** The holder that lost it. */
+  readonly holder: string;
+  /** The region's epoch after the fence (the holder's + 1). */
+  readonly epoch: number;
+  readonly at: Date;
+  readonly reason: FenceReason;
+}
+
+/** The last fence recorded on a catalog row (until the region is leased again), if any. */
+export function fencedOf(row: RegionRow): FencedLease | undefined {
+  const f = row.fenced;
+  if (f === null) return undefined;
+  return { holder: f.holder, epoch: f.epoch, at: new Date(f.at), reason: f.reason };
 }

@@ -11,6 +11,7 @@ import { availableBytes, createRegionFile, removeRegionFile, statRegionFile } fr
 import { regionFileName, validateRegionName } from './naming.js';
 import { regionView, type Region, type RegionRef } from './region.js';
 import { NO_ARMS, type LeaseArmResolver } from '../leases/lease-manager.js';
+import { NO_SESSIONS, type HolderJudge } from '../leases/liveness.js';
 import { findRegion } from './resolve.js';
 import { formatBytes, validateRegionSize } from './size.js';
 
@@ -50,6 +51,8 @@ export class RegionStore {
     private readonly now: () => number = Date.now,
     /** Resolves lease arms before the lease is read or the region deleted. */
     private readonly arms: LeaseArmResolver = NO_ARMS,
+    /** Reports how each lease holder's process is doing. */
+    private readonly holders: HolderJudge = NO_SESSIONS,
   ) {}
 
   /** Creates a zero-filled region. REGION_INVALID_NAME/SIZE, REGION_ALREADY_EXISTS, REGION_LIMIT_EXCEEDED, REGION_NO_SPACE. */
@@ -141,7 +144,7 @@ export class RegionStore {
         throw new MemstoreError(
           'LEASE_HELD',
           `region "${r.name}" is in use: its lease is ${describeLease(r)}. ` +
-            'Stop or migrate that VM and release the lease (ReleaseLease) before deleting',
+            this.howToFree(r.leaseHolder, r.leaseGrantedAt ?? r.createdAt, r.name),
         );
       }
       const clones = this.catalog.clonesOf(r.id);
@@ -182,12 +185,28 @@ export class RegionStore {
     return { regionCount: rows.length, totalSize, allocatedBytes };
   }
 
+  /** What to do about a region's lease before deleting it, by how its holder is doing. */
+  private howToFree(holder: string, grantedAt: number, name: string): string {
+    const status = this.holders.statusOf(holder, new Date(grantedAt));
+    if (status.liveness === 'alive') {
+      return (
+        `Its holder's vmm process${status.pid > 0 ? ` (pid ${status.pid})` : ''} is alive: stop or ` +
+        'migrate that VM first (destroying the VM releases the lease), then delete'
+      );
+    }
+    return (
+      `Its holder's vmm process is ${status.liveness === 'gone' ? 'gone' : 'not known to be alive'}: ` +
+      `take the lease with \`vmctl region release ${name} --force\` (ForceReleaseLease), then delete`
+    );
+  }
+
   /** The reported view of a row (stats its file). */
   private view(row: RegionRow, cloneHolders: readonly string[]): Region {
     return regionView(
       row,
       cloneHolders,
       row.lostAt === null ? statRegionFile(row.path) : undefined,
+      this.holders,
     );
   }
 

@@ -1,5 +1,6 @@
 import type { RegionKind, RegionRow } from '../catalog/rows.js';
-import { leaseOf, type Lease } from '../leases/lease.js';
+import { fencedOf, leaseOf, type FencedLease, type Lease } from '../leases/lease.js';
+import type { HolderJudge, HolderStatus } from '../leases/liveness.js';
 import type { RegionFileStat } from './files.js';
 
 export type { RegionKind } from '../catalog/rows.js';
@@ -29,6 +30,10 @@ export interface Region {
   readonly parentId: string | undefined;
   /** Random per file creation: a reference to the region can check it still names the same file. */
   readonly identity: string;
+  /** How the lease holder's process is doing; undefined when not leased. */
+  readonly holder: HolderStatus | undefined;
+  /** The last lease memstore fenced, until the region is leased again. */
+  readonly fenced: FencedLease | undefined;
 }
 
 /** `name "x"` / `id 1234…` for messages. */
@@ -41,6 +46,7 @@ export function regionView(
   row: RegionRow,
   cloneHolders: readonly string[],
   stat: RegionFileStat | undefined,
+  judge: HolderJudge,
 ): Region {
   const lease = leaseOf(row);
   return {
@@ -57,5 +63,7 @@ export function regionView(
     createdAt: new Date(row.createdAt),
     parentId: row.parentId ?? undefined,
     identity: row.identity,
+    holder: lease === undefined ? undefined : judge.statusOf(lease.holder, lease.grantedAt),
+    fenced: fencedOf(row),
   };
 }

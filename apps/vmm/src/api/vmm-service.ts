@@ -128,7 +128,7 @@ export function vmmServices(deps: {
       }
       const capabilities = fromWireOrUndefined(() => capabilitiesFromWire(req.capabilities));
       const prepared = await migrations.prepare(requireName(req.name), req.jobId, {
-        hint: hintOf(req),
+        hint: hintOf(req, host),
         capabilities,
         source: req.sourceVmm,
       });
@@ -192,16 +192,18 @@ export function vmmServices(deps: {
 }
 
 /**
- * PrepareIncoming's optional spec and capabilities, when usable: a spec that does not parse or
- * capabilities that do not resolve only mean no machine is built ahead.
+ * PrepareIncoming's optional spec and capabilities. A spec that does not fit this board or
+ * instance is refused like CreateVm's (the migration could not land here anyway); capabilities
+ * that do not resolve only mean no machine is built ahead.
+ *
+ * @throws VmmError `VMM_INVALID_SPEC`, `VMM_LIMIT_EXCEEDED`
  */
-function hintOf(req: pb.PrepareIncomingRequest): IncomingHint | undefined {
+function hintOf(req: pb.PrepareIncomingRequest, host: VmHost): IncomingHint | undefined {
   if (req.spec === undefined) return undefined;
-  try {
-    return { spec: specFromPb(req.spec), capabilities: capabilitiesFromWire(req.capabilities) };
-  } catch {
-    return undefined;
-  }
+  const spec = specFromPb(req.spec);
+  host.checkIncomingSpec({ ...spec, name: req.name });
+  const capabilities = fromWireOrUndefined(() => capabilitiesFromWire(req.capabilities));
+  return capabilities === undefined ? undefined : { spec, capabilities };
 }
 
 /** A value read from the wire, or undefined when it does not parse. */

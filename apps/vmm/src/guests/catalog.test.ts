@@ -1,77 +1,170 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { VmmError } from '../model/vmm-error.js';
-import { DEFAULT_GUESTS_DIR, guestPath, loadGuest } from './catalog.js';
+import {
+  BUILT_IN_GUESTS_DIR,
+  GuestCatalog,
+  builtInGuestPath,
+  guestFromBytes,
+  type GuestCatalogOptions,
+} from './catalog.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'handoff-catalog-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-function refusal(guest: string, dir?: string): VmmError {
+const helloElf = join(BUILT_IN_GUESTS_DIR, 'hello', 'hello.elf');
+/** The guest folder of these tests, and files beside and outside it. */
+const guestDir = join(scratch, 'guests');
+const outside = join(scratch, 'outside');
+mkdirSync(join(guestDir, 'sub'), { recursive: true });
+mkdirSync(outside);
+copyFileSync(helloElf, join(guestDir, 'mine.elf'));
+copyFileSync(helloElf, join(guestDir, 'sub', 'deep.elf'));
+copyFileSync(helloElf, join(outside, 'secret.elf'));
+writeFileSync(join(outside, 'notes.txt'), 'not for guests\n');
+symlinkSync(join(outside, 'secret.elf'), join(guestDir, 'escape.elf'));
+symlinkSync(outside, join(guestDir, 'escape-dir'));
+symlinkSync(join(guestDir, 'mine.elf'), join(guestDir, 'alias.elf'));
+
+const catalog = (opts: Partial<GuestCatalogOptions> = {}) =>
+  new GuestCatalog({ vmmId: 'vmm-a', guestDir, ...opts });
+
+function refusal(load: () => unknown): VmmError {
   try {
-    loadGuest(guest, dir);
+    load();
   } catch (err) {
     if (VmmError.is(err)) return err;
     throw err;
   }
-  throw new Error(`${guest} loaded`);
+  throw new Error('the guest loaded');
 }
 
 describe('the guest catalog', () => {
-  it('maps built-in names into guests/<name>/<name>.elf of the repository', () => {
-    expect(guestPath('hello')).toEqual({
-      path: join(DEFAULT_GUESTS_DIR, 'hello', 'hello.elf'),
-      builtIn: true,
-    });
-    expect(guestPath('kvserver', '/g')).toEqual({
-      path: '/g/kvserver/kvserver.elf',
-      builtIn: true,
-    });
-    expect(guestPath('conformance/rv32m', '/g')).toEqual({
-      path: '/g/conformance/prebuilt/rv32m.elf',
-      builtIn: true,
-    });
-    expect(guestPath('/abs/x.elf')).toEqual({ path: '/abs/x.elf', builtIn: false });
-    expect(guestPath('conformance/../../etc/passwd').builtIn).toBe(false);
+  it('maps built-in names into guests/<name>/<name>.elf of the built-in folder', () => {
+    expect(builtInGuestPath('hello')).toBe(helloElf);
+    expect(builtInGuestPath('kvserver', '/g')).toBe('/g/kvserver/kvserver.elf');
+    expect(builtInGuestPath('conformance/rv32m', '/g')).toBe('/g/conformance/prebuilt/rv32m.elf');
+    expect(builtInGuestPath('/abs/x.elf')).toBeNull();
+    expect(builtInGuestPath('conformance/../../etc/passwd')).toBeNull();
   });
 
-  it('loads hello and a conformance program and parses them', () => {
-    const hello = loadGuest('hello');
-    expect(hello.builtIn).toBe(true);
-    expect(hello.image.entry).toBe(0x8000_0000);
-    expect(loadGuest('conformance/rv32m').image.segments.length).toBeGreaterThan(0);
+  it('loads hello and a conformance program, with or without a guest folder', () => {
+    for (const c of [catalog(), catalog({ guestDir: null })]) {
+      const hello = c.load('hello');
+      expect(hello.builtIn).toBe(true);
+      expect(hello.image.entry).toBe(0x8000_0000);
+      expect(c.load('conformance/rv32m').image.segments.length).toBeGreaterThan(0);
+    }
   });
 
-  it('takes any other value as a path to an RV32 ELF', () => {
-    const path = join(DEFAULT_GUESTS_DIR, 'hello', 'hello.elf');
-    expect(loadGuest(path)).toMatchObject({ path, builtIn: false });
+  it('loads files of the guest folder by relative name, absolute path inside, or symlink inside', () => {
+    const c = catalog();
+    expect(c.load('mine.elf')).toMatchObject({
+      path: join(guestDir, 'mine.elf'),
+      builtIn: false,
+    });
+    expect(c.load('sub/deep.elf').path).toBe(join(guestDir, 'sub', 'deep.elf'));
+    expect(c.load('./sub/../mine.elf').path).toBe(join(guestDir, 'mine.elf'));
+    expect(c.load(join(guestDir, 'sub', 'deep.elf')).builtIn).toBe(false);
+    expect(c.load('alias.elf').path).toBe(join(guestDir, 'mine.elf')); // its real path
   });
 
   it('says when a built-in guest is not built', () => {
-    const err = refusal('bench', scratch);
+    const err = refusal(() => catalog({ builtInDir: scratch }).load('bench'));
     expect(err.code).toBe('VMM_GUEST_NOT_FOUND');
     expect(err.message).toContain('is not built');
   });
 
-  it('says when a path does not exist', () => {
-    const err = refusal(join(scratch, 'missing.elf'));
-    expect(err.code).toBe('VMM_GUEST_NOT_FOUND');
-    expect(err.message).toMatch(/not a built-in guest .* no such file/);
+  it('gives one answer for every name that leads to no file inside the folder', () => {
+    const c = catalog();
+    const names = [
+      'missing.elf', // inside, no such file
+      join(outside, 'secret.elf'), // absolute, exists, outside
+      join(outside, 'missing.elf'), // absolute, missing, outside
+      '../outside/secret.elf', // .. out of the folder, exists
+      '../outside/missing.elf', // .. out of the folder, missing
+      'sub/../../outside/notes.txt',
+      'escape.elf', // a symlink inside whose target is outside
+      'escape-dir/secret.elf', // through a symlinked folder
+      'escape-dir/missing.elf',
+      '/etc/passwd',
+      '/no/such/file',
+      'conformance/../../etc/passwd', // not a built-in name: a path like any other
+      'nul\0byte',
+    ];
+    for (const name of names) {
+      const err = refusal(() => c.load(name));
+      expect({ name, code: err.code, message: err.message }).toEqual({
+        name,
+        code: 'VMM_GUEST_NOT_FOUND',
+        message:
+          `guest ${name} is not available on vmm-a: name a built-in guest (hello, ab, ` +
+          `kvserver, bench, conformance/<test>) or put the ELF in ${guestDir}`,
+      });
+    }
   });
 
-  it('refuses files that are not RV32 executables', () => {
-    const text = join(scratch, 'text');
-    writeFileSync(text, 'not an elf at all, just some text bytes for the header check\n');
-    expect(refusal(text)).toMatchObject({
+  it('without a guest folder, refuses every other name alike and says how to add one', () => {
+    const c = catalog({ guestDir: null });
+    const messages = new Set(
+      [helloElf, join(outside, 'missing.elf'), 'mine.elf'].map((name) =>
+        refusal(() => c.load(name)).message.replace(name, 'NAME'),
+      ),
+    );
+    expect([...messages]).toEqual([
+      'guest NAME is not available on vmm-a: name a built-in guest (hello, ab, kvserver, bench, ' +
+        'conformance/<test>); this vmm reads no other guest images (start it with --guest-dir ' +
+        '<folder> and put the ELF there)',
+    ]);
+  });
+
+  it('refuses files inside the folder that are not RV32 executables', () => {
+    writeFileSync(join(guestDir, 'text'), 'not an elf at all, just some text bytes\n');
+    const elf64 = new Uint8Array(64);
+    elf64.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+    writeFileSync(join(guestDir, 'elf64'), elf64);
+    const c = catalog();
+    expect(refusal(() => c.load('text'))).toMatchObject({
       code: 'VMM_INVALID_GUEST',
       message: expect.stringContaining('not an ELF file'),
     });
-    const elf64 = new Uint8Array(64);
-    elf64.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
-    const path64 = join(scratch, 'elf64');
-    writeFileSync(path64, elf64);
-    expect(refusal(path64).message).toContain('not a 32-bit ELF');
-    expect(refusal(scratch).code).toBe('VMM_INVALID_GUEST'); // a directory
+    expect(refusal(() => c.load('elf64')).message).toContain('not a 32-bit ELF');
+    expect(refusal(() => c.load('sub'))).toMatchObject({
+      code: 'VMM_INVALID_GUEST',
+      message: expect.stringContaining('not a regular file'),
+    });
+  });
+
+  it('does not hang on a FIFO in the folder', () => {
+    const fifo = join(guestDir, 'pipe');
+    try {
+      execFileSync('mkfifo', [fifo]);
+    } catch {
+      console.log('mkfifo is not available here: the FIFO case is not checked');
+      return;
+    }
+    expect(refusal(() => catalog().load('pipe')).message).toContain('not a regular file');
+  });
+
+  it('checks bytes from elsewhere (a client) like a file', () => {
+    const bytes = new Uint8Array(readFileSync(helloElf));
+    expect(guestFromBytes('sent', bytes, 'sent by vmctl').image.entry).toBe(0x8000_0000);
+    expect(
+      refusal(() => guestFromBytes('sent', new Uint8Array(10), 'sent by vmctl')),
+    ).toMatchObject({
+      code: 'VMM_INVALID_GUEST',
+      message: expect.stringContaining('guest sent (sent by vmctl)'),
+    });
   });
 });

@@ -21,6 +21,11 @@ export interface LeaseContext {
   readonly leases: () => LeaseCalls;
   /** The lease channel's socket path, or null when memstore serves none. */
   readonly leaseChannel: () => Promise<string | null>;
+  /**
+   * A hello (an encoded LeaseChannelRequest with a fresh session token) for another connection
+   * of this process to the lease channel: a switchover's vCPU thread sends it first.
+   */
+  readonly channelHello: () => Promise<Uint8Array>;
   readonly memstoreAddress: string;
   readonly logger: Logger;
   /** Deadline of each memstore call. */

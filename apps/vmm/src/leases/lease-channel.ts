@@ -8,6 +8,7 @@ import {
   unaryCall,
   type Logger,
 } from '@handoff/service';
+import { randomBytes } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
 
 /**
@@ -47,17 +48,34 @@ export interface LeaseCalls {
 }
 
 type Method = keyof LeaseCalls;
-type RequestOf<M extends Method> = Parameters<LeaseCalls[M]>[0];
-type ResponseOf<M extends Method> = Awaited<ReturnType<LeaseCalls[M]>>;
+/** What travels on the channel: the lease calls, and the hello that opens a connection. */
+type Call = Method | 'hello';
+type RequestOf<M extends Call> = M extends Method
+  ? Parameters<LeaseCalls[M]>[0]
+  : pb.LeaseChannelHello;
+type ResponseOf<M extends Call> = M extends Method
+  ? Awaited<ReturnType<LeaseCalls[M]>>
+  : pb.LeaseChannelWelcome;
 
 /** Largest frame sent or accepted (memstore's limit). */
 export const LEASE_CHANNEL_MAX_FRAME_BYTES = 1024 * 1024;
 
+/**
+ * Random per vmm process, the same in every hello it sends (all its connections, its vCPU
+ * threads' too): memstore tells a reconnecting process from a restarted one by it where it
+ * cannot see the process's pid.
+ */
+export const PROCESS_INSTANCE = randomBytes(12).toString('base64url');
+
 /** While memstore reports no channel, how long before asking it again. */
 const DISABLED_RECHECK_MS = 30_000;
 
+/** A kept session that dropped is re-opened after this, doubling up to the maximum. */
+const RECONNECT_FIRST_MS = 100;
+const RECONNECT_MAX_MS = 5_000;
+
 interface Pending {
-  readonly method: Method;
+  readonly method: Call;
   resolve(res: unknown): void;
   reject(err: Error): void;
   readonly timer: NodeJS.Timeout;
@@ -71,29 +89,40 @@ interface Connection {
 
 /** Options of a {@link LeaseChannelClient}. */
 export interface LeaseChannelClientOptions {
-  /** The gRPC client of memstore: asks for the channel's path, and carries the fallback. */
+  /**
+   * The gRPC client of memstore: opens the session (OpenLeaseSession: a token and the channel's
+   * path), and carries the fallback.
+   */
   readonly memstore: () => pb.MemstoreServiceClient;
+  /** This vmm's id: its session's, and the prefix of its lease holders (`<vmm-id>/<vm>`). */
+  readonly vmmId: string;
   readonly logger: Logger;
   /** Deadline of a call that gives none (default 5 s). */
   readonly deadlineMs?: number;
 }
 
 /**
- * {@link LeaseCalls} over memstore's lease channel, falling back to gRPC.
+ * {@link LeaseCalls} over memstore's lease channel, falling back to gRPC; and this vmm's
+ * lease-holder session.
  *
- * On first use it asks memstore (GetInfo) for the channel's socket path and connects one
- * persistent socket; concurrent calls share it, matched by request id, each with its own
- * deadline. After the connection breaks it reconnects on the next call.
+ * On first use (or at once, with {@link LeaseChannelClient.keepSession}) it opens a session:
+ * OpenLeaseSession over gRPC answers a one-time token and the channel's socket path; it
+ * connects one persistent socket and says hello with the token, so memstore binds the
+ * connection to this vmm and this process (and fences this vmm's leases once the process is
+ * gone). Concurrent calls share the connection, matched by request id, each with its own
+ * deadline. After the connection breaks it reconnects on the next call, or at once (with
+ * backoff) when the session is kept.
  *
- * - Channel disabled (GetInfo reports no path), GetInfo failing, or the connection cannot be
- *   made: the call goes over gRPC. Nothing was sent on the channel, so that is safe.
+ * - Channel disabled (no path), OpenLeaseSession failing, the connection cannot be made, or
+ *   the hello refused: the call goes over gRPC. Nothing was sent on the channel, so that is
+ *   safe.
  * - The connection breaks after the request was written: the call fails with status
  *   UNAVAILABLE (code `GRPC_UNAVAILABLE`, like an unreachable gRPC server) and is NOT retried:
  *   TransferLease is a compare-and-set, and whether memstore applied it is unknown.
  * - Deadline passed: status DEADLINE_EXCEEDED (code `GRPC_DEADLINE_EXCEEDED`), as over gRPC.
  *
  * Call {@link LeaseChannelClient.prepare} ahead of a latency-critical call (a migration's
- * switchover) so that the first call does not pay for GetInfo and the connect.
+ * switchover) so that the first call does not pay for opening the session.
  */
 export class LeaseChannelClient implements LeaseCalls {
   /** The socket path: undefined = not asked yet, '' = memstore serves no channel. */
@@ -103,8 +132,44 @@ export class LeaseChannelClient implements LeaseCalls {
   private connecting: Promise<Connection | null> | null = null;
   private nextId = 1n;
   private closed = false;
+  /** Re-open the session after a drop ({@link LeaseChannelClient.keepSession}). */
+  private keep = false;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private reconnectMs = RECONNECT_FIRST_MS;
+  /** A failure to open the session was logged at warn since the last success. */
+  private warned = false;
 
   constructor(private readonly opts: LeaseChannelClientOptions) {}
+
+  /**
+   * Opens the session now and keeps it open: after a drop (memstore restarted) it reconnects
+   * at once and then with backoff (0.1 s doubling to 5 s; every 30 s while memstore serves no
+   * channel), so memstore knows this process before its first lease. Until {@link close}.
+   */
+  keepSession(): void {
+    if (this.keep || this.closed) return;
+    this.keep = true;
+    this.reconnect();
+  }
+
+  /**
+   * A hello for another connection of this process (a switchover's vCPU thread speaks the
+   * channel itself): an encoded LeaseChannelRequest (id 0) carrying a fresh one-time token.
+   *
+   * @throws RemoteError when memstore does not answer OpenLeaseSession
+   */
+  async helloRequest(opts?: LeaseCallOptions): Promise<Uint8Array> {
+    const session = await unaryCall(
+      this.opts.memstore(),
+      'openLeaseSession',
+      { vmmId: this.opts.vmmId },
+      { deadlineMs: this.deadlineOf(opts) },
+    );
+    return pb.LeaseChannelRequest.encode({
+      id: 0n,
+      call: { $case: 'hello', value: { token: session.token, instance: PROCESS_INSTANCE } },
+    }).finish();
+  }
 
   transferLease(
     req: pb.TransferLeaseRequest,
@@ -162,12 +227,33 @@ export class LeaseChannelClient implements LeaseCalls {
   }
 
   /**
-   * Drops the connection; calls still waiting fail with UNAVAILABLE. Later calls go over gRPC
-   * (through the memstore client, which its owner closes).
+   * Drops the connection (ending the session); calls still waiting fail with UNAVAILABLE. Later
+   * calls go over gRPC (through the memstore client, which its owner closes).
    */
   close(): void {
     this.closed = true;
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
     this.conn?.framed.destroy();
+  }
+
+  /** Kept session: connects now; on failure tries again after the backoff. */
+  private reconnect(): void {
+    if (!this.keep || this.closed || this.reconnectTimer !== null) return;
+    void this.connection(Date.now() + this.deadlineOf(undefined)).then((conn) => {
+      if (conn !== null) {
+        this.reconnectMs = RECONNECT_FIRST_MS;
+        return;
+      }
+      if (!this.keep || this.closed || this.reconnectTimer !== null) return;
+      const delay = this.path === '' ? DISABLED_RECHECK_MS : this.reconnectMs;
+      this.reconnectMs = Math.min(this.reconnectMs * 2, RECONNECT_MAX_MS);
+      this.reconnectTimer = setTimeout(() => {
+        this.reconnectTimer = null;
+        this.reconnect();
+      }, delay);
+      this.reconnectTimer.unref();
+    });
   }
 
   private deadlineOf(opts: LeaseCallOptions | undefined): number {
@@ -200,7 +286,7 @@ export class LeaseChannelClient implements LeaseCalls {
     >;
   }
 
-  private send<M extends Method>(
+  private send<M extends Call>(
     conn: Connection,
     method: M,
     req: RequestOf<M>,
@@ -245,51 +331,76 @@ export class LeaseChannelClient implements LeaseCalls {
   }
 
   private async open(deadline: number): Promise<Connection | null> {
-    if (this.path === '' && Date.now() - this.disabledAt >= DISABLED_RECHECK_MS) {
-      this.path = undefined;
+    if (this.path === '' && Date.now() - this.disabledAt < DISABLED_RECHECK_MS) return null;
+    let session: pb.OpenLeaseSessionResponse;
+    try {
+      session = await unaryCall(
+        this.opts.memstore(),
+        'openLeaseSession',
+        { vmmId: this.opts.vmmId },
+        { deadlineMs: Math.max(1, deadline - Date.now()) },
+      );
+    } catch (err) {
+      this.failed('memstore did not open a lease-holder session', err);
+      return null;
     }
-    if (this.path === undefined) {
-      try {
-        const info = await unaryCall(
-          this.opts.memstore(),
-          'getInfo',
-          {},
-          { deadlineMs: Math.max(1, deadline - Date.now()) },
-        );
-        this.path = info.leaseChannel;
-        if (this.path === '') {
-          this.disabledAt = Date.now();
-          this.opts.logger.debug('memstore serves no lease channel: lease calls go over gRPC');
-        }
-      } catch (err) {
-        this.opts.logger.debug(
-          { error: (err as Error).message },
-          'memstore GetInfo failed: lease calls go over gRPC for now',
-        );
-        return null;
-      }
+    this.path = session.leaseChannel;
+    if (this.path === '') {
+      this.disabledAt = Date.now();
+      this.opts.logger.debug('memstore serves no lease channel: lease calls go over gRPC');
+      return null;
     }
-    if (this.path === '' || this.closed) return null;
+    if (this.closed) return null;
     const path = this.path;
+    let conn: Connection;
     try {
       const socket = await connectUnix(path, deadline);
       if (this.closed) {
         socket.destroy();
         return null;
       }
-      const conn = this.adopt(path, socket);
-      this.conn = conn;
-      this.opts.logger.debug({ path }, 'connected to the memstore lease channel');
-      return conn;
+      conn = this.adopt(path, socket);
     } catch (err) {
       // Maybe memstore restarted elsewhere: ask for the path again next time.
       this.path = undefined;
-      this.opts.logger.warn(
-        { path, error: (err as Error).message },
-        'cannot connect to the memstore lease channel: this call goes over gRPC',
-      );
+      this.failed(`cannot connect to the memstore lease channel ${path}`, err);
       return null;
     }
+    try {
+      // The first request on the connection: memstore binds it to this vmm and process.
+      const welcome = await this.send(
+        conn,
+        'hello',
+        { token: session.token, instance: PROCESS_INSTANCE },
+        deadline,
+        Math.max(1, deadline - Date.now()),
+      );
+      if (this.closed) {
+        conn.framed.destroy();
+        return null;
+      }
+      this.conn = conn;
+      this.warned = false;
+      this.opts.logger.info(
+        { path, vmm: welcome.vmmId, pid: welcome.pid },
+        'lease-holder session open on the memstore lease channel',
+      );
+      return conn;
+    } catch (err) {
+      conn.framed.destroy();
+      this.failed(`memstore refused this vmm's hello on ${path}`, err);
+      return null;
+    }
+  }
+
+  /** Logs a failure to open the session: at warn once until the next success, then debug. */
+  private failed(what: string, err: unknown): void {
+    const level = this.warned ? 'debug' : 'warn';
+    this.warned = true;
+    this.opts.logger[level](
+      { error: (err as Error).message, code: (err as { code?: unknown }).code },
+      `${what}: lease calls go over gRPC for now`,
+    );
   }
 
   private adopt(path: string, socket: Socket): Connection {
@@ -329,9 +440,11 @@ export class LeaseChannelClient implements LeaseCalls {
         settle(p, res);
       },
       closed: (error) => {
-        if (this.conn?.framed === framed) this.conn = null;
+        const wasSession = this.conn?.framed === framed;
+        if (wasSession) this.conn = null;
         socket.destroy();
         fail(error ?? new Error('memstore closed the connection'));
+        if (wasSession) this.reconnect();
       },
     });
     socket.unref();

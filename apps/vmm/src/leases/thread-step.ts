@@ -16,7 +16,8 @@
  * of memstore's messages also loads the gRPC library (≈0.1 s per thread).
  *
  * Wire: the lease channel's framing (4-byte big-endian length, then a LeaseChannelRequest /
- * LeaseChannelResponse; proto/handoff/memstore/v1/lease_channel.proto).
+ * LeaseChannelResponse; proto/handoff/memstore/v1/lease_channel.proto). The connection's first
+ * request is a hello the main thread encoded (a one-time session token of this vmm).
  */
 import { closeSync } from 'node:fs';
 import { BinaryReader } from '@bufbuild/protobuf/wire';
@@ -48,6 +49,11 @@ export interface ChannelPlan {
   readonly kind: 'channel';
   /** memstore's lease channel socket. */
   readonly socketPath: string;
+  /**
+   * The connection's first request, an encoded LeaseChannelRequest hello with a one-time
+   * session token (memstore serves lease calls only after it); sent and answered at connect.
+   */
+  readonly hello: Uint8Array;
   readonly transfers: readonly LeaseTransfer[];
   /** Bound on the connect and on each blocking read or write; also how long the state may take. */
   readonly timeoutMs: number;
@@ -173,9 +179,31 @@ export class LeaseLink implements LeaseStep {
   private sent = false;
   private sendError: Error | null = null;
 
-  /** Connects now (off the downtime path). @throws Error from the connect */
+  /**
+   * Connects and says hello now (off the downtime path).
+   *
+   * @throws Error from the connect, or when memstore refuses the hello
+   */
   constructor(private readonly plan: ChannelPlan) {
     this.fd = connectUnixBlocking(plan.socketPath, plan.timeoutMs);
+    try {
+      writeAllSync(this.fd, frame(plan.hello));
+      const header = new Uint8Array(4);
+      readExactSync(this.fd, header, 4);
+      const length = new DataView(header.buffer).getUint32(0, false);
+      if (length === 0 || length > MAX_ANSWER_BYTES) {
+        throw new Error(`memstore's answer to the hello claims ${length} bytes`);
+      }
+      const body = new Uint8Array(length);
+      readExactSync(this.fd, body, length);
+      const refused = readHelloAnswer(body);
+      if (refused !== null) {
+        throw new Error(`memstore refused the hello: ${refused.code}: ${refused.message}`);
+      }
+    } catch (err) {
+      this.close();
+      throw err;
+    }
   }
 
   /**
@@ -313,6 +341,37 @@ export function readAnswer(bytes: Uint8Array): Answer {
   }
   if (!result) throw new Error('an answer with no result');
   return a;
+}
+
+/**
+ * Reads the answer to a hello (a LeaseChannelResponse): null for a welcome (`hello`, field 8),
+ * memstore's refusal for an `error` (field 5).
+ *
+ * @throws Error when the bytes are neither
+ */
+export function readHelloAnswer(bytes: Uint8Array): { code: string; message: string } | null {
+  const r = new BinaryReader(bytes);
+  let welcomed = false;
+  let refusal: { code: string; message: string } | null = null;
+  while (r.pos < r.len) {
+    const [field, type] = r.tag();
+    if (field === 8 && type === 2) {
+      r.bytes();
+      welcomed = true;
+    } else if (field === 5 && type === 2) {
+      const e = new BinaryReader(r.bytes());
+      refusal = { code: '', message: '' };
+      while (e.pos < e.len) {
+        const [f, t] = e.tag();
+        if (f === 1 && t === 2) refusal.code = e.string();
+        else if (f === 2 && t === 2) refusal.message = e.string();
+        else e.skip(t);
+      }
+    } else r.skip(type);
+  }
+  if (refusal !== null) return refusal;
+  if (!welcomed) throw new Error('an answer to the hello that is neither a welcome nor an error');
+  return null;
 }
 
 /** The bytes of length-delimited field `want` of a message, or null. */

@@ -67,6 +67,8 @@ export async function acceptHeader(
         'ask the target for a token for this VM with PrepareIncoming',
     );
   }
+  // The spec against this board and instance before anything is looked up or opened.
+  host.checkIncomingSpec(srcSpec);
   const src = `${h.sourceVmmId}/${srcSpec.name}`;
   if (h.blocks.length !== srcSpec.ram.length || h.blocks.length === 0) {
     bad(`the header has ${h.blocks.length} blocks but its spec ${srcSpec.ram.length}`);

@@ -18,7 +18,11 @@ import { IncomingMigration } from './incoming.js';
 import { OutgoingMigration } from './outgoing.js';
 import { IncomingPreparations, type IncomingHint, type PreparedIncoming } from './prepare.js';
 import { refuseUnsupported, refuseUnsupportedCapabilities } from './support.js';
-import { startDataChannel, type DataChannelServer } from './transport/data-channel.js';
+import {
+  startDataChannel,
+  type DataChannelOptions,
+  type DataChannelServer,
+} from './transport/data-channel.js';
 import { MigrationServiceClient } from './transport/encode.js';
 import type { TargetEndpoints } from './transport/to-target.js';
 
@@ -64,12 +68,12 @@ export class MigrationManager {
    * Opens the data channel on `listen` (`unix:/path` or `host:port`); incoming streams on it
    * are served like MigrationService.Incoming calls.
    */
-  async listenData(listen: string): Promise<void> {
+  async listenData(listen: string, opts: DataChannelOptions = {}): Promise<void> {
     this.data = await startDataChannel(
       listen,
       (channel) => this.serveIncoming(channel),
       this.logger,
-      this.tls,
+      { ...opts, tls: this.tls },
     );
   }
 

@@ -23,12 +23,18 @@ export interface MemstoreAccessOptions {
   readonly deadlineMs: number;
 }
 
-/** memstore's clients for one vmm instance. */
+/**
+ * memstore's clients for one vmm instance. The lease-holder session opens at once and is kept
+ * (re-opened after a drop), so memstore knows this process before its first lease and fences
+ * this vmm's leases if the process dies.
+ */
 export class MemstoreAccess {
   private client: memstore.MemstoreServiceClient | undefined;
   private leaseClient: LeaseChannelClient | undefined;
 
-  constructor(private readonly opts: MemstoreAccessOptions) {}
+  constructor(private readonly opts: MemstoreAccessOptions) {
+    this.leases().keepSession();
+  }
 
   /** What opening (and migrating) VM `vmName`'s blocks needs; `logger` is the VM's. */
   context(vmName: string, logger: Logger): RamContext {
@@ -38,6 +44,7 @@ export class MemstoreAccess {
       memstore: () => this.memstore(),
       leases: () => this.leases(),
       leaseChannel: () => this.leases().channelPath(),
+      channelHello: () => this.leases().helloRequest({ deadlineMs: this.opts.deadlineMs }),
       memstoreAddress: this.opts.address,
       logger,
       deadlineMs: this.opts.deadlineMs,
@@ -63,6 +70,7 @@ export class MemstoreAccess {
   private leases(): LeaseChannelClient {
     this.leaseClient ??= new LeaseChannelClient({
       memstore: () => this.memstore(),
+      vmmId: this.opts.vmmId,
       logger: this.opts.logger.child({ component: 'lease-channel' }),
       deadlineMs: this.opts.deadlineMs,
     });

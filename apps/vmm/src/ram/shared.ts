@@ -1,5 +1,5 @@
 import { memstore as pb } from '@handoff/proto';
-import { unaryCall } from '@handoff/service';
+import { isCodedError, ServiceError, unaryCall } from '@handoff/service';
 import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
@@ -29,7 +29,12 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
         { name, size: BigInt(spec.size), kind: pb.RegionKind.REGION_KIND_VOLATILE },
         opts,
       ),
-    );
+    ).catch(async (err: unknown) => {
+      if (isCodedError(err) && err.code === 'REGION_ALREADY_EXISTS') {
+        throw await regionTaken(ctx, block, name, err);
+      }
+      throw err;
+    });
     region = res.region!;
   } else {
     const res = await memstoreCall(ctx, `${block}: region ${name}`, () =>
@@ -82,6 +87,64 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
     await deleteOwned();
     throw err;
   }
+}
+
+/**
+ * The error for a VM whose own region `<vm>-<block>` exists already, saying how to get out by
+ * what holds it: a live VM elsewhere (pick another name), a VM whose vmm is gone or unknown
+ * (force-release, then delete), or nobody — a region kept from a VM whose vmm died, its lease
+ * fenced and its memory kept for a restore (delete it, or pick another name).
+ */
+async function regionTaken(
+  ctx: RamContext,
+  block: string,
+  name: string,
+  cause: Error,
+): Promise<ServiceError> {
+  let region: pb.Region | undefined;
+  try {
+    region = (
+      await ctx.leases().getRegion({ region: byName(name) }, { deadlineMs: ctx.deadlineMs })
+    ).region;
+  } catch {
+    // Described without what holds it.
+  }
+  const lease = region?.lease;
+  const alive = region?.holder?.liveness === pb.HolderLiveness.HOLDER_LIVENESS_ALIVE;
+  let why: string;
+  if (lease !== undefined && alive) {
+    why =
+      `VM ${lease.holder} holds it and its vmm process is alive: give this VM another name ` +
+      '(a VM with --shared and no region keeps its RAM in the region <vm>-<block>)';
+  } else if (lease !== undefined) {
+    const state =
+      region?.holder?.liveness === pb.HolderLiveness.HOLDER_LIVENESS_GONE
+        ? 'is gone'
+        : 'is not known to be alive';
+    why =
+      `it is kept from VM ${lease.holder}, whose vmm process ${state}: take its lease with ` +
+      `\`vmctl region release ${name} --force\`, then delete it with \`vmctl region delete ` +
+      `${name}\` (its memory is lost), or give this VM another name`;
+  } else {
+    const f = region?.fenced;
+    const fenced =
+      f === undefined
+        ? ''
+        : ` (its lease was taken from ${f.holder} ` +
+          (f.reason === pb.FenceReason.FENCE_REASON_OPERATOR
+            ? 'by an operator'
+            : 'when that vmm process was gone') +
+          '; the memory is kept for a restore)';
+    why =
+      `it is kept from an earlier VM of this name${fenced}: delete it with \`vmctl region ` +
+      `delete ${name}\` (its memory is lost), map it with \`--region ${name}\` instead of ` +
+      '--shared (the guest boots afresh on it), or give this VM another name';
+  }
+  return new ServiceError(
+    'REGION_ALREADY_EXISTS',
+    `${block}: region ${name} already exists; ${why}`,
+    { cause },
+  );
 }
 
 /**

@@ -88,10 +88,24 @@ export async function offerSwitchover(
     return undefined;
   }
   const timeoutMs = ctx.deadlineMs;
-  const plan: LeasePlan =
-    armed !== null
-      ? { kind: 'armed', armsPath: armed.armsPath, transfers: armed.transfers, timeoutMs }
-      : { kind: 'channel', socketPath, transfers: channelTransfers(ctx, blocks, from), timeoutMs };
+  let plan: LeasePlan;
+  if (armed !== null) {
+    plan = { kind: 'armed', armsPath: armed.armsPath, transfers: armed.transfers, timeoutMs };
+  } else {
+    let hello: Uint8Array;
+    try {
+      hello = await ctx.channelHello(); // the thread's connection is a session of its own
+    } catch (err) {
+      slot.close();
+      log.warn(
+        { error: (err as Error).message },
+        'memstore opened no session for the switchover: the device state comes on the stream',
+      );
+      return undefined;
+    }
+    const transfers = channelTransfers(ctx, blocks, from);
+    plan = { kind: 'channel', socketPath, hello, transfers, timeoutMs };
+  }
   return {
     slot,
     plan,

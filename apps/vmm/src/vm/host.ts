@@ -1,6 +1,6 @@
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import type { Logger } from '@handoff/service';
-import { DEFAULT_GUESTS_DIR, loadGuest } from '../guests/catalog.js';
+import { GuestCatalog } from '../guests/catalog.js';
 import type { ElfImage } from '../loader/elf.js';
 import { checkLease } from '../leases/protocol.js';
 import { closeRamBlocks, openRamBlocks, type RamBacking, type RamContext } from '../ram/index.js';
@@ -33,7 +33,9 @@ export interface VmHostOptions {
   /** Largest total RAM of one VM, in bytes. */
   readonly maxVmMemory: number;
   /** Where built-in guests live (default: the repository's guests/). */
-  readonly guestsDir?: string;
+  readonly builtInGuestDir?: string;
+  /** The one folder other guest images are read from (`--guest-dir`); absent: built-ins only. */
+  readonly guestDir?: string | null;
   /** Deadline of each memstore call (default 10 s). */
   readonly memstoreDeadlineMs?: number;
   /** The compiled vCPU worker (default: {@link vcpuWorkerUrl}). */
@@ -54,6 +56,7 @@ export class VmHost {
   private readonly memstore: MemstoreAccess;
   private readonly sampler: NodeJS.Timeout;
   private readonly threads: VcpuThreadPool;
+  private readonly guests: GuestCatalog;
   /** Migrated-away VMs still being torn down, by name: a VM arriving under the name waits. */
   private readonly retiring = new Map<string, Promise<void>>();
   private readonly changeListeners = new Set<() => void>();
@@ -67,6 +70,11 @@ export class VmHost {
       credentials: opts.memstoreCredentials,
       logger: opts.logger,
       deadlineMs: opts.memstoreDeadlineMs ?? 10_000,
+    });
+    this.guests = new GuestCatalog({
+      vmmId: opts.vmmId,
+      ...(opts.builtInGuestDir !== undefined ? { builtInDir: opts.builtInGuestDir } : {}),
+      guestDir: opts.guestDir ?? null,
     });
     this.threads = new VcpuThreadPool(
       opts.workerUrl ?? vcpuWorkerUrl(),
@@ -105,7 +113,7 @@ export class VmHost {
     this.creating.add(spec.name);
     const log = this.opts.logger.child({ vm: spec.name });
     try {
-      const guest = loadGuest(spec.guest, this.opts.guestsDir ?? DEFAULT_GUESTS_DIR);
+      const guest = this.guests.load(spec.guest);
       checkImageFits(spec.guest, guest.image, spec.ram);
       const ram = await openRamBlocks(spec.ram, this.memstore.context(spec.name, log));
       let vm: Vm;

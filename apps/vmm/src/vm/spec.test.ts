@@ -1,7 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { VirtMap } from '../machine/virt-map.js';
 import { VmmError } from '../model/vmm-error.js';
-import { deviceWindows, hostArgsOf, normalizeSpec, validateBlocks, validateSpec } from './spec.js';
+import {
+  RAM_WINDOW,
+  deviceWindows,
+  hostArgsOf,
+  normalizeSpec,
+  validateBlocks,
+  validateSpec,
+} from './spec.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 
 const MiB = 1024 * 1024;
@@ -39,14 +46,39 @@ describe('the RAM block table', () => {
   });
 
   it.each([
-    ['no block', [], 'no RAM block'],
+    ['no block', [], 'the spec names no RAM; give one block "ram0" at 0x80000000'],
     ['a bad id', [{ ...ram0, id: 'RAM 0' }], 'block id "RAM 0" is not valid'],
-    ['a size of 0', [{ ...ram0, size: 0 }], 'not a positive multiple of 4 KiB'],
-    ['a size off 4 KiB', [{ ...ram0, size: 4097 }], 'not a positive multiple of 4 KiB'],
-    ['a fractional size', [{ ...ram0, size: 4096.5 }], 'not a positive multiple of 4 KiB'],
+    ['a size of 0 (none given)', [{ ...ram0, size: 0 }], 'RAM block "ram0" has no size; give'],
+    ['a size off 4 KiB', [{ ...ram0, size: 4097 }], 'not a multiple of 4 KiB'],
+    ['a fractional size', [{ ...ram0, size: 4096.5 }], 'not a whole, positive number'],
+    ['a negative size', [{ ...ram0, size: -4096 }], 'not a whole, positive number'],
     ['a block over 2 GiB', [{ ...ram0, size: 2 ** 31 + 4096 }], 'over the 2 GiB'],
+    ['a 2^63-byte block', [{ ...ram0, size: 2 ** 63 }], 'over the 2 GiB'],
+    ['an infinite block', [{ ...ram0, size: Infinity }], 'not a whole, positive number'],
     ['an unaligned base', [{ ...ram0, guestBase: VirtMap.DRAM + 12 }], 'not 4 KiB-aligned'],
-    ['a block past 4 GiB', [{ ...ram0, guestBase: 0xffff_f000, size: 8192 }], 'past the 32-bit'],
+    ['a negative base', [{ ...ram0, guestBase: -4096 }], 'is not an address'],
+    [
+      'main RAM at base 0 (over the test finisher)',
+      [{ ...ram0, guestBase: 0 }],
+      "overlaps the board's test-finisher device window",
+    ],
+    [
+      'a small block at base 0 (below the devices)',
+      [{ ...ram0, guestBase: 0, size: 4096 }],
+      "at 0x0 is outside the board's RAM window (0x80000000-0xffffffff); put ram0 at 0x80000000",
+    ],
+    [
+      'a block between the devices and RAM',
+      [{ ...ram0, guestBase: 0x4000_0000 }],
+      "outside the board's RAM window",
+    ],
+    ['a base past 4 GiB', [{ ...ram0, guestBase: 2 ** 32 }], "outside the board's RAM window"],
+    ['a 2^63 base', [{ ...ram0, guestBase: 2 ** 63 }], "outside the board's RAM window"],
+    [
+      'a block past 4 GiB',
+      [{ ...ram0, guestBase: 0xffff_f000, size: 8192 }],
+      "ends past the board's RAM window (0x80000000-0xffffffff); from 0xfffff000 at most 4 KiB fits",
+    ],
     ['a private block with a region', [{ ...ram0, region: 'r' }], 'takes no region'],
     ['a clone without template', [{ ...ram0, backend: 'clone' as const }], 'sealed template'],
     [
@@ -57,17 +89,22 @@ describe('the RAM block table', () => {
     [
       'overlapping blocks',
       [ram0, { ...ram0, id: 'ram1', guestBase: VirtMap.DRAM + 32 * MiB }],
-      'overlap',
+      'RAM blocks "ram0" (0x80000000+64 MiB) and "ram1" (0x82000000+64 MiB) overlap',
     ],
     [
       'a block over the UART',
       [ram0, { ...ram0, id: 'io', guestBase: VirtMap.UART0 & ~0xfff, size: 4096 }],
-      'overlaps the uart0 window',
+      "overlaps the board's uart0 device window",
     ],
     [
       'a block over the CLINT',
-      [ram0, { ...ram0, id: 'low', guestBase: 0, size: 0x0300_0000 }],
-      'window',
+      [ram0, { ...ram0, id: 'low', guestBase: 0x0200_0000, size: 0x0100_0000 }],
+      "overlaps the board's clint device window",
+    ],
+    [
+      'a block over the control device',
+      [ram0, { ...ram0, id: 'ctl', guestBase: VirtMap.CONTROL, size: 4096 }],
+      "overlaps the board's handoff-control device window",
     ],
     ['no main RAM', [{ ...ram0, guestBase: 0x9000_0000 }], 'no RAM block starts at 0x80000000'],
     ['main RAM not called ram0', [{ ...ram0, id: 'main' }], 'must be called "ram0"'],
@@ -88,7 +125,9 @@ describe('the RAM block table', () => {
     expect(err.message).toContain('--max-vm-memory');
   });
 
-  it('knows the board windows from the machine itself', () => {
+  it('knows the board windows from the machine itself, all below the RAM window', () => {
+    expect(RAM_WINDOW.base).toBe(VirtMap.DRAM);
+    for (const d of deviceWindows()) expect(d.base + d.size).toBeLessThanOrEqual(RAM_WINDOW.base);
     expect(
       deviceWindows()
         .map((d) => d.name)
@@ -100,12 +139,27 @@ describe('the RAM block table', () => {
 describe('a VM spec', () => {
   const spec: VmSpec = { name: 'vm1', guest: 'hello', ram: [], args: {} };
 
-  it('defaults to one private 128 MiB ram0 at 0x80000000', () => {
-    expect(normalizeSpec(spec).ram).toEqual([
-      { id: 'ram0', guestBase: VirtMap.DRAM, size: 128 * MiB, backend: 'private', region: '' },
-    ]);
+  it('fills in no RAM: a spec without blocks is refused, saying what fits', () => {
+    expect(normalizeSpec(spec).ram).toEqual([]);
+    const err = (() => {
+      try {
+        validateSpec(normalizeSpec(spec), limits);
+      } catch (e) {
+        return e as VmmError;
+      }
+      throw new Error('a spec without RAM was accepted');
+    })();
+    expect(err.code).toBe('VMM_INVALID_SPEC');
+    expect(err.message).toContain(
+      'the spec names no RAM; give one block "ram0" at 0x80000000, its size a multiple of ' +
+        '4 KiB up to 256 MiB',
+    );
+  });
+
+  it('names the first block ram0 when it has no id, and keeps its base as given', () => {
     const filled = normalizeSpec({ ...spec, ram: [{ ...ram0, id: '', guestBase: 0 }] });
-    expect(filled.ram[0]).toMatchObject({ id: 'ram0', guestBase: VirtMap.DRAM });
+    expect(filled.ram[0]).toMatchObject({ id: 'ram0', guestBase: 0 });
+    expect(() => validateSpec(filled, limits)).toThrow('device window');
   });
 
   it.each([

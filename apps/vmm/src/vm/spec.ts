@@ -1,8 +1,8 @@
 import { HOST_ARGS_SIZE } from '../devices/control.js';
 import { createMachine } from '../machine/machine.js';
-import { DEFAULT_RAM_SIZE, VirtMap } from '../machine/virt-map.js';
+import { VirtMap } from '../machine/virt-map.js';
 import { PAGE_SIZE } from '../memory/pages.js';
-import { MAX_BLOCK_SIZE } from '../model/limits.js';
+import { MAX_BLOCK_SIZE, RAM_WINDOW } from '../model/limits.js';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 
@@ -10,9 +10,11 @@ import type { RamBlockSpec, VmSpec } from '../model/types.js';
 export const VM_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,47}$/;
 /** RAM block ids. */
 export const BLOCK_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+/** Longest guest name (a built-in name or a path in the guest folder). */
+const MAX_GUEST_NAME = 1024;
 /** Host-argument keys (values are one token: no whitespace). */
 const ARG_KEY_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
-export { MAX_BLOCK_SIZE } from '../model/limits.js';
+export { MAX_BLOCK_SIZE, RAM_WINDOW } from '../model/limits.js';
 /** Id of main RAM, the one block the machine inlines. */
 export const MAIN_BLOCK_ID = 'ram0';
 
@@ -42,40 +44,44 @@ export function deviceWindows(): readonly DeviceWindow[] {
 }
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+/** `n` bytes as people read it: "128 MiB", "4 KiB", else the plain count. */
+function bytes(n: number): string {
+  for (const [unit, div] of [
+    ['GiB', GiB],
+    ['MiB', MiB],
+    ['KiB', KiB],
+  ] as const) {
+    if (n >= div && n % div === 0) return `${n / div} ${unit}`;
+  }
+  return `${n} bytes`;
+}
 
 function invalid(message: string): never {
   throw new VmmError('VMM_INVALID_SPEC', message);
 }
 
 /**
- * Fills the defaults of a spec as it arrives from the wire: no blocks means one private
- * 128 MiB `ram0`; the first block's base 0 means main RAM (0x80000000); `private` blocks have
- * no region. Pure; does not validate.
+ * Fills the one default of a spec as it arrives from the wire: the first block's empty id means
+ * `ram0`. Nothing else is filled in — no RAM size, no base: a spec that names no RAM, or a block
+ * with no size or base 0, is refused by {@link validateSpec} with what fits instead. Pure.
  */
 export function normalizeSpec(spec: VmSpec): VmSpec {
-  const ram: RamBlockSpec[] =
-    spec.ram.length === 0
-      ? [
-          {
-            id: MAIN_BLOCK_ID,
-            guestBase: VirtMap.DRAM,
-            size: DEFAULT_RAM_SIZE,
-            backend: 'private',
-            region: '',
-          },
-        ]
-      : spec.ram.map((b, k) => ({
-          ...b,
-          id: b.id === '' && k === 0 ? MAIN_BLOCK_ID : b.id,
-          guestBase: b.guestBase === 0 && k === 0 ? VirtMap.DRAM : b.guestBase,
-        }));
+  const ram: RamBlockSpec[] = spec.ram.map((b, k) => ({
+    ...b,
+    id: b.id === '' && k === 0 ? MAIN_BLOCK_ID : b.id,
+  }));
   return { ...spec, ram };
 }
 
 /**
- * Checks a normalized spec against the board, the machine and the instance's limits.
+ * Checks a normalized spec against the board, the machine and the instance's limits. Runs
+ * before anything is allocated for the VM: every size and address is checked as a number first.
  *
- * @throws VmmError `VMM_INVALID_SPEC` (what is wrong and how to fix it) or
+ * @throws VmmError `VMM_INVALID_SPEC` (what is wrong and what fits instead) or
  *   `VMM_LIMIT_EXCEEDED` (more RAM than `--max-vm-memory`).
  */
 export function validateSpec(spec: VmSpec, limits: SpecLimits): void {
@@ -87,16 +93,42 @@ export function validateSpec(spec: VmSpec, limits: SpecLimits): void {
   }
   if (spec.guest.trim() === '') {
     invalid(
-      'the spec names no guest: give a built-in guest (hello, ab, kvserver, bench) or an ELF path',
+      'the spec names no guest: give a built-in guest (hello, ab, kvserver, bench, ' +
+        "conformance/<test>) or the name of an ELF in the vmm's --guest-dir",
+    );
+  }
+  if (spec.guest.length > MAX_GUEST_NAME) {
+    invalid(
+      `the guest name is ${spec.guest.length} characters long; a guest is named in at most ` +
+        `${MAX_GUEST_NAME}`,
     );
   }
   validateBlocks(spec.ram, limits);
   hostArgsOf(spec.args);
 }
 
-/** The block-table rules (see {@link validateSpec}). */
+/** What one VM's RAM may be on this board and instance, for messages. */
+function whatFits(limits: SpecLimits): string {
+  return (
+    `one block "${MAIN_BLOCK_ID}" at ${hex(VirtMap.DRAM)}, its size a multiple of 4 KiB ` +
+    `up to ${bytes(Math.min(MAX_BLOCK_SIZE, limits.maxVmMemory))} (e.g. 128 MiB = 134217728)`
+  );
+}
+
+/**
+ * The block-table rules (see {@link validateSpec}): at least one block; ids valid and unique;
+ * sizes positive, whole 4 KiB pages, at most {@link MAX_BLOCK_SIZE} each and `maxVmMemory` in
+ * total; bases 4 KiB-aligned, clear of the board's device windows and inside its RAM window
+ * ({@link RAM_WINDOW}); no two blocks overlapping; the backend's region rules; and what the
+ * machine maps today: one block, `ram0`, at the window's base.
+ */
 export function validateBlocks(blocks: readonly RamBlockSpec[], limits: SpecLimits): void {
-  if (blocks.length === 0) invalid('the VM has no RAM block; give at least ram0');
+  if (blocks.length === 0) {
+    invalid(
+      `the spec names no RAM; give ${whatFits(limits)}. The vmm fills in no RAM size: ` +
+        'vmctl sends --memory (128M unless told otherwise)',
+    );
+  }
   const ids = new Set<string>();
   let total = 0;
   for (const b of blocks) {
@@ -108,17 +140,57 @@ export function validateBlocks(blocks: readonly RamBlockSpec[], limits: SpecLimi
     }
     if (ids.has(b.id)) invalid(`RAM block id "${b.id}" is used twice; block ids must be unique`);
     ids.add(b.id);
-    if (!Number.isSafeInteger(b.size) || b.size <= 0 || b.size % PAGE_SIZE !== 0) {
-      invalid(`${what}: size ${b.size} is not a positive multiple of 4 KiB`);
+    if (b.size === 0) {
+      invalid(`${what} has no size; give ${whatFits(limits)}`);
+    }
+    if (!Number.isInteger(b.size) || b.size < 0) {
+      invalid(`${what}: size ${b.size} is not a whole, positive number of bytes`);
     }
     if (b.size > MAX_BLOCK_SIZE) {
-      invalid(`${what}: size ${b.size} is over the 2 GiB a block can have; split it`);
+      invalid(
+        `${what}: size ${b.size} bytes is over the 2 GiB (${MAX_BLOCK_SIZE} bytes) a block can ` +
+          'have; give at most 2 GiB',
+      );
     }
-    if (!Number.isSafeInteger(b.guestBase) || b.guestBase < 0 || b.guestBase % PAGE_SIZE !== 0) {
-      invalid(`${what}: base ${hex(b.guestBase)} is not 4 KiB-aligned`);
+    if (b.size % PAGE_SIZE !== 0) {
+      invalid(
+        `${what}: size ${b.size} is not a multiple of 4 KiB; round it to whole pages ` +
+          '(4096 bytes each)',
+      );
     }
-    if (b.guestBase + b.size > 2 ** 32) {
-      invalid(`${what}: ${hex(b.guestBase)}+${b.size} ends past the 32-bit address space`);
+    if (!Number.isInteger(b.guestBase) || b.guestBase < 0) {
+      invalid(
+        `${what}: base ${b.guestBase} is not an address; main RAM starts at ${hex(VirtMap.DRAM)}`,
+      );
+    }
+    if (b.guestBase % PAGE_SIZE !== 0) {
+      invalid(
+        `${what}: base ${hex(b.guestBase)} is not 4 KiB-aligned; main RAM starts at ` +
+          hex(VirtMap.DRAM),
+      );
+    }
+    for (const d of deviceWindows()) {
+      if (b.guestBase < d.base + d.size && d.base < b.guestBase + b.size) {
+        invalid(
+          `${what} (${hex(b.guestBase)}+${bytes(b.size)}) overlaps the board's ${d.name} ` +
+            `device window at ${hex(d.base)}+${hex(d.size)}; RAM goes in the RAM window from ` +
+            `${hex(RAM_WINDOW.base)}: put ${MAIN_BLOCK_ID} at ${hex(VirtMap.DRAM)}`,
+        );
+      }
+    }
+    if (b.guestBase < RAM_WINDOW.base || b.guestBase >= RAM_WINDOW.end) {
+      invalid(
+        `${what} at ${hex(b.guestBase)} is outside the board's RAM window ` +
+          `(${hex(RAM_WINDOW.base)}-${hex(RAM_WINDOW.end - 1)}); put ${MAIN_BLOCK_ID} at ` +
+          hex(VirtMap.DRAM),
+      );
+    }
+    if (b.guestBase + b.size > RAM_WINDOW.end) {
+      invalid(
+        `${what} (${hex(b.guestBase)}+${bytes(b.size)}) ends past the board's RAM window ` +
+          `(${hex(RAM_WINDOW.base)}-${hex(RAM_WINDOW.end - 1)}); from ${hex(b.guestBase)} at ` +
+          `most ${bytes(RAM_WINDOW.end - b.guestBase)} fits`,
+      );
     }
     if (b.backend === 'private' && b.region !== '') {
       invalid(`${what}: a private block takes no region (got "${b.region}"); use backend shared`);
@@ -132,7 +204,7 @@ export function validateBlocks(blocks: readonly RamBlockSpec[], limits: SpecLimi
     throw new VmmError(
       'VMM_LIMIT_EXCEEDED',
       `the VM asks for ${total} bytes of RAM, over this instance's limit of ${limits.maxVmMemory} ` +
-        'bytes; ask for less or raise --max-vm-memory',
+        `bytes (${bytes(limits.maxVmMemory)}); ask for less or raise --max-vm-memory`,
     );
   }
   const sorted = [...blocks].sort((a, b) => a.guestBase - b.guestBase);
@@ -141,25 +213,17 @@ export function validateBlocks(blocks: readonly RamBlockSpec[], limits: SpecLimi
     const cur = sorted[k]!;
     if (cur.guestBase < prev.guestBase + prev.size) {
       invalid(
-        `RAM blocks "${prev.id}" (${hex(prev.guestBase)}+${prev.size}) and "${cur.id}" ` +
-          `(${hex(cur.guestBase)}+${cur.size}) overlap`,
+        `RAM blocks "${prev.id}" (${hex(prev.guestBase)}+${bytes(prev.size)}) and "${cur.id}" ` +
+          `(${hex(cur.guestBase)}+${bytes(cur.size)}) overlap; give each its own addresses`,
       );
-    }
-  }
-  for (const b of blocks) {
-    for (const d of deviceWindows()) {
-      if (b.guestBase < d.base + d.size && d.base < b.guestBase + b.size) {
-        invalid(
-          `RAM block "${b.id}" (${hex(b.guestBase)}+${b.size}) overlaps the ${d.name} window ` +
-            `at ${hex(d.base)}+${hex(d.size)}; main RAM starts at ${hex(VirtMap.DRAM)}`,
-        );
-      }
     }
   }
   // What the machine can map today: main RAM only.
   const main = blocks.find((b) => b.guestBase === VirtMap.DRAM);
   if (main === undefined) {
-    invalid(`no RAM block starts at ${hex(VirtMap.DRAM)}; main RAM (ram0) must be there`);
+    invalid(
+      `no RAM block starts at ${hex(VirtMap.DRAM)}; main RAM (${MAIN_BLOCK_ID}) must be there`,
+    );
   }
   if (main.id !== MAIN_BLOCK_ID) {
     invalid(

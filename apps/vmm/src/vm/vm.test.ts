@@ -8,9 +8,9 @@ import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
 import type { RamBacking } from '../ram/index.js';
 import { Ctl, Request } from '../vcpu/protocol.js';
-import { normalizeSpec } from './spec.js';
+import { MAIN_BLOCK_ID, RAM_WINDOW } from './spec.js';
 import { VcpuThreadPool } from '../vcpu/pool.js';
-import type { VmSpec } from '../model/types.js';
+import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import { Vm } from './vm.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'handoff-vm-'));
@@ -79,8 +79,14 @@ const threads = new VcpuThreadPool(standInWorker(), 0);
 const logger = createLogger({ name: 'vm-test', level: 'silent', format: 'json' });
 
 function standInRam(name: string): { spec: VmSpec; ram: RamBacking } {
-  const spec = normalizeSpec({ name, guest: 'stand-in', ram: [], args: {} });
-  const main = { ...spec.ram[0]!, size: 1 << 20 };
+  const main: RamBlockSpec = {
+    id: MAIN_BLOCK_ID,
+    guestBase: RAM_WINDOW.base,
+    size: 1 << 20,
+    backend: 'private',
+    region: '',
+  };
+  const spec: VmSpec = { name, guest: 'stand-in', ram: [main], args: {} };
   const ram: RamBacking = {
     spec: main,
     buffer: new SharedArrayBuffer(main.size),
@@ -89,7 +95,7 @@ function standInRam(name: string): { spec: VmSpec; ram: RamBacking } {
     close: () => Promise.resolve(),
     abandon: () => undefined,
   };
-  return { spec: { ...spec, ram: [main] }, ram };
+  return { spec, ram };
 }
 
 async function bootStandIn(name: string): Promise<Vm> {

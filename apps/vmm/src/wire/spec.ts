@@ -6,6 +6,7 @@
  */
 import { vmm as pb } from '@handoff/proto';
 import type { RamBackendKind, RamBlockSpec, VmSpec } from '../model/types.js';
+import { MAX_BLOCK_SIZE, RAM_WINDOW } from '../model/limits.js';
 import { VmmError } from '../model/vmm-error.js';
 
 const BACKEND_FROM_PB: Partial<Record<pb.RamBackend, RamBackendKind>> = {
@@ -21,9 +22,30 @@ const BACKEND_TO_PB: Record<RamBackendKind, pb.RamBackend> = {
   clone: pb.RamBackend.RAM_BACKEND_CLONE,
 };
 
-function safe(value: bigint, what: string): number {
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new VmmError('VMM_INVALID_SPEC', `${what} ${value} is out of range`);
+/**
+ * A block's size from the wire, refused as a bigint when it could not be a block's (so a
+ * 2^63-byte size never becomes an imprecise number, let alone an allocation).
+ */
+function sizeOf(value: bigint, what: string): number {
+  if (value > BigInt(MAX_BLOCK_SIZE)) {
+    throw new VmmError(
+      'VMM_INVALID_SPEC',
+      `${what}: size ${value} bytes is over the 2 GiB (${MAX_BLOCK_SIZE} bytes) a block can ` +
+        'have; give at most 2 GiB',
+    );
+  }
+  return Number(value);
+}
+
+/** A block's guest base from the wire, refused as a bigint when it is past the 32-bit board. */
+function baseOf(value: bigint, what: string): number {
+  if (value >= BigInt(RAM_WINDOW.end)) {
+    throw new VmmError(
+      'VMM_INVALID_SPEC',
+      `${what} at 0x${value.toString(16)} is outside the board's RAM window ` +
+        `(0x${RAM_WINDOW.base.toString(16)}-0x${(RAM_WINDOW.end - 1).toString(16)}); put ram0 at ` +
+        `0x${RAM_WINDOW.base.toString(16)}`,
+    );
   }
   return Number(value);
 }
@@ -43,14 +65,17 @@ function blockFromPb(b: pb.RamBlockSpec, k: number): RamBlockSpec {
   }
   return {
     id: b.id,
-    guestBase: safe(b.guestBase, `${what}: guest base`),
-    size: safe(b.size, `${what}: size`),
+    guestBase: baseOf(b.guestBase, what),
+    size: sizeOf(b.size, what),
     backend,
     region: b.region,
   };
 }
 
-/** CreateVm's spec as a domain spec (defaults are filled later by the host). */
+/**
+ * A spec from the wire (CreateVm, PrepareIncoming, a migration header) as a domain spec. Refuses
+ * numbers no block can have; the board's other rules are checked by the host (vm/spec.ts).
+ */
 export function specFromPb(spec: pb.VmSpec | undefined): VmSpec {
   if (spec === undefined) {
     throw new VmmError(

@@ -526,6 +526,24 @@ Napi::Value SetSocketTimeout(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// peerCredentials(fd) -> [pid, uid, gid]: the credentials the kernel recorded for the process at
+// the other end of a connected AF_UNIX socket when it connected (getsockopt SO_PEERCRED). pid is
+// 0 when that process lives in a pid namespace this process cannot see.
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    ThrowErrno(env, "getsockopt(SO_PEERCRED)", errno);
+  }
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::Number::New(env, static_cast<double>(cred.pid)));
+  result.Set(1u, Napi::Number::New(env, static_cast<double>(cred.uid)));
+  result.Set(2u, Napi::Number::New(env, static_cast<double>(cred.gid)));
+  return result;
+}
+
 // stats() -> { regions, bytes }: address ranges this process still has mapped through the addon.
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
@@ -614,6 +632,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, AtomicCompareExchange32, "atomicCompareExchange32"));
   exports.Set("connectUnix", Napi::Function::New(env, ConnectUnix, "connectUnix"));
   exports.Set("setSocketTimeout", Napi::Function::New(env, SetSocketTimeout, "setSocketTimeout"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   return exports;
 }
 

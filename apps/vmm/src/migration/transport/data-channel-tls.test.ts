@@ -45,7 +45,7 @@ describe('data channel over TCP with mutual TLS', () => {
         ch.end();
       },
       quiet,
-      await testMaterial({ id: 'vmm-b', role: 'vmm' }),
+      { tls: await testMaterial({ id: 'vmm-b', role: 'vmm' }) },
     );
     return seen;
   }

@@ -41,7 +41,7 @@ describe('data channel', () => {
   });
 
   /** A server whose connections record what they read and ack each header. */
-  async function serve(): Promise<Served[]> {
+  async function serve(opts: { frameTimeoutMs?: number; logger?: Logger } = {}): Promise<Served[]> {
     dir = mkdtempSync(join(tmpdir(), 'dc-'));
     const seen: Served[] = [];
     server = await startDataChannel(
@@ -74,7 +74,8 @@ describe('data channel', () => {
           s.end = (err as MigrationError).message;
         }
       },
-      quiet,
+      opts.logger ?? quiet,
+      opts.frameTimeoutMs === undefined ? {} : { frameTimeoutMs: opts.frameTimeoutMs },
     );
     return seen;
   }
@@ -154,6 +155,42 @@ describe('data channel', () => {
       },
     );
     await expect.poll(() => seen[2]?.requests.length ?? 0, { timeout: 5000 }).toBe(1);
+    ok.close();
+  });
+
+  it('fails and closes a connection whose source stalls mid-frame, logged; others go on', async () => {
+    const warnings: string[] = [];
+    const logger = {
+      debug: () => undefined,
+      warn: (_o: unknown, msg: string) => warnings.push(msg),
+    } as unknown as Logger;
+    const seen = await serve({ frameTimeoutMs: 300, logger });
+    const stalled = connect(server!.address.slice('unix:'.length));
+    let closedByTarget = false;
+    stalled.on('close', () => (closedByTarget = true));
+    stalled.on('error', () => undefined);
+    stalled.write(frameHeader(3 << 20)); // announces 3 MiB ...
+    stalled.write(new Uint8Array(10)); // ... and sends 10 bytes
+    // A healthy stream alongside it keeps flowing.
+    const ok = await connectDataChannel(
+      server!.address,
+      { reply: () => undefined, broken: () => undefined },
+      {
+        frame: {
+          $case: 'iteration',
+          value: { iteration: 1, remainingDirtyBytes: 0n, final: false },
+        },
+      },
+    );
+    await expect.poll(() => seen[0]?.end, { timeout: 5000 }).toMatch(/still incomplete/);
+    expect(seen[0]!.end).toBe(
+      'the stream broke before completion: a frame of 3145728 bytes (10 received) was still incomplete 300 ms after it began; the ' +
+        'peer stalled mid-frame, so the connection is closed',
+    );
+    await expect.poll(() => closedByTarget, { timeout: 5000 }).toBe(true);
+    expect(warnings).toEqual(['data channel: a source stalled mid-frame']);
+    expect(seen[1]!.requests.length).toBe(1);
+    expect(seen[1]!.end).toBeUndefined();
     ok.close();
   });
 

@@ -26,8 +26,10 @@ import * as tls from 'node:tls';
 import { vmmStream } from '@handoff/proto';
 import {
   certificateIdentity,
-  RecycledBuffers,
+  DEFAULT_FRAME_TIMEOUT_MS,
+  FrameError,
   FramedSocket,
+  RecycledBuffers,
   frameHeader,
   type Logger,
   type TlsMaterial,
@@ -96,6 +98,22 @@ function dial(address: string, material: TlsMaterial | null = null): Socket {
   });
 }
 
+/** How a target's data channel treats its connections. */
+export interface DataChannelOptions {
+  /**
+   * How long a begun frame from a source may take to arrive in full (default
+   * {@link DEFAULT_FRAME_TIMEOUT_MS}): a source that stalls mid-frame fails its migration and
+   * its connection is closed, instead of holding the connection and the frame's buffer.
+   */
+  readonly frameTimeoutMs?: number;
+  /**
+   * This vmm's TLS material: with it, TCP connections are mutual TLS and only a vmm whose
+   * certificate the CA issued gets through (a unix socket stays plain: see the top of this
+   * file). Null or absent: plaintext.
+   */
+  readonly tls?: TlsMaterial | null;
+}
+
 /** A listening data channel. */
 export interface DataChannelServer {
   /** The address sources connect to (`unix:/path` or `host:port`). */
@@ -123,14 +141,16 @@ export async function startDataChannel(
   listen: string,
   serve: (channel: IncomingChannel) => Promise<void>,
   logger: Logger,
-  material: TlsMaterial | null = null,
+  opts: DataChannelOptions = {},
 ): Promise<DataChannelServer> {
+  const frameTimeoutMs = opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS;
   const where = parseAddress(listen);
   const open = new Set<Socket>();
+  const material = opts.tls ?? null;
   const accept = (socket: Socket, peer: string | null): void => {
     open.add(socket);
     socket.on('close', () => open.delete(socket));
-    const channel = socketIncoming(socket, peer);
+    const channel = socketIncoming(socket, peer, frameTimeoutMs, logger);
     serve(channel).catch((err: unknown) =>
       logger.warn({ error: (err as Error).message }, 'data channel: a migration failed'),
     );
@@ -192,7 +212,12 @@ export async function startDataChannel(
 }
 
 /** The target's end over one accepted socket whose source the transport names `peer`. */
-function socketIncoming(socket: Socket, peer: string | null): IncomingChannel {
+function socketIncoming(
+  socket: Socket,
+  peer: string | null,
+  frameTimeoutMs: number,
+  logger: Logger,
+): IncomingChannel {
   let gone = false; // the socket closed: nothing reaches the source any more
   socket.on('close', () => (gone = true));
   // (flow control reaches `framed` only once frames arrive, after it exists)
@@ -215,12 +240,15 @@ function socketIncoming(socket: Socket, peer: string | null): IncomingChannel {
         q.push(req);
       },
       closed: (error) => {
+        if (error instanceof FrameError && error.timedOut) {
+          logger.warn({ error: error.message }, 'data channel: a source stalled mid-frame');
+        }
         if (error === null)
           q.end(); // the source ended its side; replies still go out
         else q.fail(error);
       },
     },
-    { pool },
+    { pool, frameTimeoutMs },
   );
   return {
     next: () => q.next(),

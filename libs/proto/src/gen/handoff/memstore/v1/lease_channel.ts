@@ -35,6 +35,7 @@ export interface LeaseChannelRequest {
     | { $case: "validateLease"; value: ValidateLeaseRequest }
     | { $case: "armTransfer"; value: ArmTransferRequest }
     | { $case: "resolveTransfer"; value: ResolveTransferRequest }
+    | { $case: "hello"; value: LeaseChannelHello }
     | undefined;
 }
 
@@ -48,7 +49,26 @@ export interface LeaseChannelResponse {
     | { $case: "error"; value: LeaseChannelError }
     | { $case: "armTransfer"; value: ArmTransferResponse }
     | { $case: "resolveTransfer"; value: ResolveTransferResponse }
+    | { $case: "hello"; value: LeaseChannelWelcome }
     | undefined;
+}
+
+/** The first request of a connection: who is calling. */
+export interface LeaseChannelHello {
+  /** From OpenLeaseSession; valid once, until it expires. */
+  token: string;
+  /**
+   * Random per vmm process, the same on each of its connections: tells a process that
+   * reconnects from a restarted one where memstore cannot see its pid (another pid namespace).
+   */
+  instance: string;
+}
+
+/** The answer to a hello: the session this connection now belongs to. */
+export interface LeaseChannelWelcome {
+  vmmId: string;
+  /** The caller's process id as memstore sees it (0: another pid namespace). */
+  pid: number;
 }
 
 /** A failed call: what the gRPC method would have failed with. */
@@ -89,6 +109,9 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         break;
       case "resolveTransfer":
         ResolveTransferRequest.encode(message.call.value, writer.uint32(50).fork()).join();
+        break;
+      case "hello":
+        LeaseChannelHello.encode(message.call.value, writer.uint32(58).fork()).join();
         break;
     }
     return writer;
@@ -155,6 +178,14 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
             message.call = { $case: "resolveTransfer", value: ResolveTransferRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.call = { $case: "hello", value: LeaseChannelHello.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -190,6 +221,8 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         ? { $case: "resolveTransfer", value: ResolveTransferRequest.fromJSON(object.resolveTransfer) }
         : isSet(object.resolve_transfer)
         ? { $case: "resolveTransfer", value: ResolveTransferRequest.fromJSON(object.resolve_transfer) }
+        : isSet(object.hello)
+        ? { $case: "hello", value: LeaseChannelHello.fromJSON(object.hello) }
         : undefined,
     };
   },
@@ -209,6 +242,8 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
       obj.armTransfer = ArmTransferRequest.toJSON(message.call.value);
     } else if (message.call?.$case === "resolveTransfer") {
       obj.resolveTransfer = ResolveTransferRequest.toJSON(message.call.value);
+    } else if (message.call?.$case === "hello") {
+      obj.hello = LeaseChannelHello.toJSON(message.call.value);
     }
     return obj;
   },
@@ -250,6 +285,12 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         }
         break;
       }
+      case "hello": {
+        if (object.call?.value !== undefined && object.call?.value !== null) {
+          message.call = { $case: "hello", value: LeaseChannelHello.fromPartial(object.call.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -285,6 +326,9 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         break;
       case "resolveTransfer":
         ResolveTransferResponse.encode(message.result.value, writer.uint32(58).fork()).join();
+        break;
+      case "hello":
+        LeaseChannelWelcome.encode(message.result.value, writer.uint32(66).fork()).join();
         break;
     }
     return writer;
@@ -362,6 +406,14 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
             };
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.result = { $case: "hello", value: LeaseChannelWelcome.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -399,6 +451,8 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         ? { $case: "resolveTransfer", value: ResolveTransferResponse.fromJSON(object.resolveTransfer) }
         : isSet(object.resolve_transfer)
         ? { $case: "resolveTransfer", value: ResolveTransferResponse.fromJSON(object.resolve_transfer) }
+        : isSet(object.hello)
+        ? { $case: "hello", value: LeaseChannelWelcome.fromJSON(object.hello) }
         : undefined,
     };
   },
@@ -420,6 +474,8 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
       obj.armTransfer = ArmTransferResponse.toJSON(message.result.value);
     } else if (message.result?.$case === "resolveTransfer") {
       obj.resolveTransfer = ResolveTransferResponse.toJSON(message.result.value);
+    } else if (message.result?.$case === "hello") {
+      obj.hello = LeaseChannelWelcome.toJSON(message.result.value);
     }
     return obj;
   },
@@ -470,7 +526,187 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         }
         break;
       }
+      case "hello": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "hello", value: LeaseChannelWelcome.fromPartial(object.result.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseLeaseChannelHello(): LeaseChannelHello {
+  return { token: "", instance: "" };
+}
+
+export const LeaseChannelHello: MessageFns<LeaseChannelHello> = {
+  encode(message: LeaseChannelHello, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.instance !== "") {
+      writer.uint32(18).string(message.instance);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseChannelHello {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseChannelHello();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.instance = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseChannelHello {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+    };
+  },
+
+  toJSON(message: LeaseChannelHello): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.instance !== "") {
+      obj.instance = message.instance;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaseChannelHello>, I>>(base?: I): LeaseChannelHello {
+    return LeaseChannelHello.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaseChannelHello>, I>>(object: I): LeaseChannelHello {
+    const message = createBaseLeaseChannelHello();
+    message.token = object.token ?? "";
+    message.instance = object.instance ?? "";
+    return message;
+  },
+};
+
+function createBaseLeaseChannelWelcome(): LeaseChannelWelcome {
+  return { vmmId: "", pid: 0 };
+}
+
+export const LeaseChannelWelcome: MessageFns<LeaseChannelWelcome> = {
+  encode(message: LeaseChannelWelcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmmId !== "") {
+      writer.uint32(10).string(message.vmmId);
+    }
+    if (message.pid !== 0) {
+      writer.uint32(16).uint32(message.pid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseChannelWelcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseChannelWelcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pid = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseChannelWelcome {
+    return {
+      vmmId: isSet(object.vmmId)
+        ? globalThis.String(object.vmmId)
+        : isSet(object.vmm_id)
+        ? globalThis.String(object.vmm_id)
+        : "",
+      pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+    };
+  },
+
+  toJSON(message: LeaseChannelWelcome): unknown {
+    const obj: any = {};
+    if (message.vmmId !== "") {
+      obj.vmmId = message.vmmId;
+    }
+    if (message.pid !== 0) {
+      obj.pid = Math.round(message.pid);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaseChannelWelcome>, I>>(base?: I): LeaseChannelWelcome {
+    return LeaseChannelWelcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaseChannelWelcome>, I>>(object: I): LeaseChannelWelcome {
+    const message = createBaseLeaseChannelWelcome();
+    message.vmmId = object.vmmId ?? "";
+    message.pid = object.pid ?? 0;
     return message;
   },
 };

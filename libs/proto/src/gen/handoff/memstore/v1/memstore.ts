@@ -116,6 +116,131 @@ export function regionStateToJSON(object: RegionState): string {
   }
 }
 
+/** Whether the process behind a lease holder still runs, as memstore judges it. */
+export enum HolderLiveness {
+  HOLDER_LIVENESS_UNSPECIFIED = 0,
+  /**
+   * HOLDER_LIVENESS_ALIVE - Its vmm process exists (same pid and start time, not a zombie), or, for a process in
+   * another pid namespace, its lease-channel connection is open.
+   */
+  HOLDER_LIVENESS_ALIVE = 1,
+  /** HOLDER_LIVENESS_GONE - Its vmm process is gone (memstore fences its leases). */
+  HOLDER_LIVENESS_GONE = 2,
+  /**
+   * HOLDER_LIVENESS_UNKNOWN - memstore cannot tell: the vmm never opened a session, or (another pid namespace) its
+   * connection dropped and the grace period has not passed yet.
+   */
+  HOLDER_LIVENESS_UNKNOWN = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function holderLivenessFromJSON(object: any): HolderLiveness {
+  switch (object) {
+    case 0:
+    case "HOLDER_LIVENESS_UNSPECIFIED":
+      return HolderLiveness.HOLDER_LIVENESS_UNSPECIFIED;
+    case 1:
+    case "HOLDER_LIVENESS_ALIVE":
+      return HolderLiveness.HOLDER_LIVENESS_ALIVE;
+    case 2:
+    case "HOLDER_LIVENESS_GONE":
+      return HolderLiveness.HOLDER_LIVENESS_GONE;
+    case 3:
+    case "HOLDER_LIVENESS_UNKNOWN":
+      return HolderLiveness.HOLDER_LIVENESS_UNKNOWN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return HolderLiveness.UNRECOGNIZED;
+  }
+}
+
+export function holderLivenessToJSON(object: HolderLiveness): string {
+  switch (object) {
+    case HolderLiveness.HOLDER_LIVENESS_UNSPECIFIED:
+      return "HOLDER_LIVENESS_UNSPECIFIED";
+    case HolderLiveness.HOLDER_LIVENESS_ALIVE:
+      return "HOLDER_LIVENESS_ALIVE";
+    case HolderLiveness.HOLDER_LIVENESS_GONE:
+      return "HOLDER_LIVENESS_GONE";
+    case HolderLiveness.HOLDER_LIVENESS_UNKNOWN:
+      return "HOLDER_LIVENESS_UNKNOWN";
+    case HolderLiveness.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why memstore fenced a lease. */
+export enum FenceReason {
+  FENCE_REASON_UNSPECIFIED = 0,
+  /** FENCE_REASON_HOLDER_GONE - The holder's vmm process is gone. */
+  FENCE_REASON_HOLDER_GONE = 1,
+  /** FENCE_REASON_OPERATOR - An operator forced it (ForceReleaseLease). */
+  FENCE_REASON_OPERATOR = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function fenceReasonFromJSON(object: any): FenceReason {
+  switch (object) {
+    case 0:
+    case "FENCE_REASON_UNSPECIFIED":
+      return FenceReason.FENCE_REASON_UNSPECIFIED;
+    case 1:
+    case "FENCE_REASON_HOLDER_GONE":
+      return FenceReason.FENCE_REASON_HOLDER_GONE;
+    case 2:
+    case "FENCE_REASON_OPERATOR":
+      return FenceReason.FENCE_REASON_OPERATOR;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FenceReason.UNRECOGNIZED;
+  }
+}
+
+export function fenceReasonToJSON(object: FenceReason): string {
+  switch (object) {
+    case FenceReason.FENCE_REASON_UNSPECIFIED:
+      return "FENCE_REASON_UNSPECIFIED";
+    case FenceReason.FENCE_REASON_HOLDER_GONE:
+      return "FENCE_REASON_HOLDER_GONE";
+    case FenceReason.FENCE_REASON_OPERATOR:
+      return "FENCE_REASON_OPERATOR";
+    case FenceReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The process behind a lease holder `<vmm-id>/<vm-name>`. */
+export interface HolderStatus {
+  liveness: HolderLiveness;
+  /** The vmm id the holder names (before its first "/"); empty when it names none. */
+  vmmId: string;
+  /** The vmm's process id as memstore sees it; 0 when unknown or in another pid namespace. */
+  pid: number;
+  /**
+   * ALIVE: when the session opened; GONE: when memstore found the process gone; UNKNOWN: when
+   * the connection dropped (unset when there never was a session).
+   */
+  since:
+    | Timestamp
+    | undefined;
+  /** True while the process has a lease-channel connection open. */
+  connected: boolean;
+}
+
+/** A lease memstore took away from its holder: holder cleared, epoch + 1. */
+export interface FencedLease {
+  /** The holder that lost it. */
+  holder: string;
+  /** The region's epoch after the fence (the holder's epoch + 1); the next grant is epoch + 1. */
+  epoch: bigint;
+  fencedAt: Timestamp | undefined;
+  reason: FenceReason;
+}
+
 export interface Lease {
   /** Opaque holder identity, e.g. "vmm-a/vm1". */
   holder: string;
@@ -151,6 +276,12 @@ export interface Region {
   parentId: string;
   /** Identity check for references: changes whenever the file is recreated. */
   identity: string;
+  /** Whether the lease holder's process is alive; set when the region is leased. */
+  holder:
+    | HolderStatus
+    | undefined;
+  /** The last lease memstore fenced, until the region is leased again; unset otherwise. */
+  fenced: FencedLease | undefined;
 }
 
 export interface GetInfoRequest {
@@ -333,6 +464,302 @@ export interface ReadPagesResponse {
   data: Uint8Array;
 }
 
+export interface OpenLeaseSessionRequest {
+  /**
+   * The calling vmm's id (lease holders `<vmm-id>/<vm-name>`): 1 to 63 letters, digits, "-",
+   * "_" and ".", starting with a letter or digit.
+   */
+  vmmId: string;
+}
+
+export interface OpenLeaseSessionResponse {
+  /** Present it once, in the Hello frame of a lease-channel connection, before expires_at. */
+  token: string;
+  expiresAt:
+    | Timestamp
+    | undefined;
+  /** The lease channel's unix socket path (as GetInfo reports it; empty when disabled). */
+  leaseChannel: string;
+}
+
+export interface ForceReleaseLeaseRequest {
+  region: RegionSelector | undefined;
+}
+
+export interface ForceReleaseLeaseResponse {
+  /** The region afterwards. */
+  region:
+    | Region
+    | undefined;
+  /** The lease that was fenced; unset when the region was not leased. */
+  fenced: FencedLease | undefined;
+}
+
+function createBaseHolderStatus(): HolderStatus {
+  return { liveness: 0, vmmId: "", pid: 0, since: undefined, connected: false };
+}
+
+export const HolderStatus: MessageFns<HolderStatus> = {
+  encode(message: HolderStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.liveness !== 0) {
+      writer.uint32(8).int32(message.liveness);
+    }
+    if (message.vmmId !== "") {
+      writer.uint32(18).string(message.vmmId);
+    }
+    if (message.pid !== 0) {
+      writer.uint32(24).uint32(message.pid);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(message.since, writer.uint32(34).fork()).join();
+    }
+    if (message.connected !== false) {
+      writer.uint32(40).bool(message.connected);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HolderStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHolderStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.liveness = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vmmId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pid = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.since = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.connected = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HolderStatus {
+    return {
+      liveness: isSet(object.liveness) ? holderLivenessFromJSON(object.liveness) : 0,
+      vmmId: isSet(object.vmmId)
+        ? globalThis.String(object.vmmId)
+        : isSet(object.vmm_id)
+        ? globalThis.String(object.vmm_id)
+        : "",
+      pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      connected: isSet(object.connected) ? globalThis.Boolean(object.connected) : false,
+    };
+  },
+
+  toJSON(message: HolderStatus): unknown {
+    const obj: any = {};
+    if (message.liveness !== 0) {
+      obj.liveness = holderLivenessToJSON(message.liveness);
+    }
+    if (message.vmmId !== "") {
+      obj.vmmId = message.vmmId;
+    }
+    if (message.pid !== 0) {
+      obj.pid = Math.round(message.pid);
+    }
+    if (message.since !== undefined) {
+      obj.since = fromTimestamp(message.since).toISOString();
+    }
+    if (message.connected !== false) {
+      obj.connected = message.connected;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HolderStatus>, I>>(base?: I): HolderStatus {
+    return HolderStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HolderStatus>, I>>(object: I): HolderStatus {
+    const message = createBaseHolderStatus();
+    message.liveness = object.liveness ?? 0;
+    message.vmmId = object.vmmId ?? "";
+    message.pid = object.pid ?? 0;
+    message.since = (object.since !== undefined && object.since !== null)
+      ? Timestamp.fromPartial(object.since)
+      : undefined;
+    message.connected = object.connected ?? false;
+    return message;
+  },
+};
+
+function createBaseFencedLease(): FencedLease {
+  return { holder: "", epoch: 0n, fencedAt: undefined, reason: 0 };
+}
+
+export const FencedLease: MessageFns<FencedLease> = {
+  encode(message: FencedLease, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.holder !== "") {
+      writer.uint32(10).string(message.holder);
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.epoch);
+    }
+    if (message.fencedAt !== undefined) {
+      Timestamp.encode(message.fencedAt, writer.uint32(26).fork()).join();
+    }
+    if (message.reason !== 0) {
+      writer.uint32(32).int32(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FencedLease {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFencedLease();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.holder = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fencedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reason = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FencedLease {
+    return {
+      holder: isSet(object.holder) ? globalThis.String(object.holder) : "",
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+      fencedAt: isSet(object.fencedAt)
+        ? fromJsonTimestamp(object.fencedAt)
+        : isSet(object.fenced_at)
+        ? fromJsonTimestamp(object.fenced_at)
+        : undefined,
+      reason: isSet(object.reason) ? fenceReasonFromJSON(object.reason) : 0,
+    };
+  },
+
+  toJSON(message: FencedLease): unknown {
+    const obj: any = {};
+    if (message.holder !== "") {
+      obj.holder = message.holder;
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    if (message.fencedAt !== undefined) {
+      obj.fencedAt = fromTimestamp(message.fencedAt).toISOString();
+    }
+    if (message.reason !== 0) {
+      obj.reason = fenceReasonToJSON(message.reason);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FencedLease>, I>>(base?: I): FencedLease {
+    return FencedLease.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FencedLease>, I>>(object: I): FencedLease {
+    const message = createBaseFencedLease();
+    message.holder = object.holder ?? "";
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    message.fencedAt = (object.fencedAt !== undefined && object.fencedAt !== null)
+      ? Timestamp.fromPartial(object.fencedAt)
+      : undefined;
+    message.reason = object.reason ?? 0;
+    return message;
+  },
+};
+
 function createBaseLease(): Lease {
   return { holder: "", epoch: 0n, grantedAt: undefined };
 }
@@ -458,6 +885,8 @@ function createBaseRegion(): Region {
     createdAt: undefined,
     parentId: "",
     identity: "",
+    holder: undefined,
+    fenced: undefined,
   };
 }
 
@@ -507,6 +936,12 @@ export const Region: MessageFns<Region> = {
     }
     if (message.identity !== "") {
       writer.uint32(106).string(message.identity);
+    }
+    if (message.holder !== undefined) {
+      HolderStatus.encode(message.holder, writer.uint32(114).fork()).join();
+    }
+    if (message.fenced !== undefined) {
+      FencedLease.encode(message.fenced, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -628,6 +1063,22 @@ export const Region: MessageFns<Region> = {
             message.identity = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.holder = HolderStatus.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.fenced = FencedLease.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -675,6 +1126,8 @@ export const Region: MessageFns<Region> = {
         ? globalThis.String(object.parent_id)
         : "",
       identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      holder: isSet(object.holder) ? HolderStatus.fromJSON(object.holder) : undefined,
+      fenced: isSet(object.fenced) ? FencedLease.fromJSON(object.fenced) : undefined,
     };
   },
 
@@ -719,6 +1172,12 @@ export const Region: MessageFns<Region> = {
     if (message.identity !== "") {
       obj.identity = message.identity;
     }
+    if (message.holder !== undefined) {
+      obj.holder = HolderStatus.toJSON(message.holder);
+    }
+    if (message.fenced !== undefined) {
+      obj.fenced = FencedLease.toJSON(message.fenced);
+    }
     return obj;
   },
 
@@ -744,6 +1203,12 @@ export const Region: MessageFns<Region> = {
       : undefined;
     message.parentId = object.parentId ?? "";
     message.identity = object.identity ?? "";
+    message.holder = (object.holder !== undefined && object.holder !== null)
+      ? HolderStatus.fromPartial(object.holder)
+      : undefined;
+    message.fenced = (object.fenced !== undefined && object.fenced !== null)
+      ? FencedLease.fromPartial(object.fenced)
+      : undefined;
     return message;
   },
 };
@@ -3511,6 +3976,348 @@ export const ReadPagesResponse: MessageFns<ReadPagesResponse> = {
   },
 };
 
+function createBaseOpenLeaseSessionRequest(): OpenLeaseSessionRequest {
+  return { vmmId: "" };
+}
+
+export const OpenLeaseSessionRequest: MessageFns<OpenLeaseSessionRequest> = {
+  encode(message: OpenLeaseSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmmId !== "") {
+      writer.uint32(10).string(message.vmmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenLeaseSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenLeaseSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenLeaseSessionRequest {
+    return {
+      vmmId: isSet(object.vmmId)
+        ? globalThis.String(object.vmmId)
+        : isSet(object.vmm_id)
+        ? globalThis.String(object.vmm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: OpenLeaseSessionRequest): unknown {
+    const obj: any = {};
+    if (message.vmmId !== "") {
+      obj.vmmId = message.vmmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenLeaseSessionRequest>, I>>(base?: I): OpenLeaseSessionRequest {
+    return OpenLeaseSessionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenLeaseSessionRequest>, I>>(object: I): OpenLeaseSessionRequest {
+    const message = createBaseOpenLeaseSessionRequest();
+    message.vmmId = object.vmmId ?? "";
+    return message;
+  },
+};
+
+function createBaseOpenLeaseSessionResponse(): OpenLeaseSessionResponse {
+  return { token: "", expiresAt: undefined, leaseChannel: "" };
+}
+
+export const OpenLeaseSessionResponse: MessageFns<OpenLeaseSessionResponse> = {
+  encode(message: OpenLeaseSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(message.expiresAt, writer.uint32(18).fork()).join();
+    }
+    if (message.leaseChannel !== "") {
+      writer.uint32(26).string(message.leaseChannel);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenLeaseSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenLeaseSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.leaseChannel = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenLeaseSessionResponse {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      leaseChannel: isSet(object.leaseChannel)
+        ? globalThis.String(object.leaseChannel)
+        : isSet(object.lease_channel)
+        ? globalThis.String(object.lease_channel)
+        : "",
+    };
+  },
+
+  toJSON(message: OpenLeaseSessionResponse): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = fromTimestamp(message.expiresAt).toISOString();
+    }
+    if (message.leaseChannel !== "") {
+      obj.leaseChannel = message.leaseChannel;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenLeaseSessionResponse>, I>>(base?: I): OpenLeaseSessionResponse {
+    return OpenLeaseSessionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenLeaseSessionResponse>, I>>(object: I): OpenLeaseSessionResponse {
+    const message = createBaseOpenLeaseSessionResponse();
+    message.token = object.token ?? "";
+    message.expiresAt = (object.expiresAt !== undefined && object.expiresAt !== null)
+      ? Timestamp.fromPartial(object.expiresAt)
+      : undefined;
+    message.leaseChannel = object.leaseChannel ?? "";
+    return message;
+  },
+};
+
+function createBaseForceReleaseLeaseRequest(): ForceReleaseLeaseRequest {
+  return { region: undefined };
+}
+
+export const ForceReleaseLeaseRequest: MessageFns<ForceReleaseLeaseRequest> = {
+  encode(message: ForceReleaseLeaseRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ForceReleaseLeaseRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseForceReleaseLeaseRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ForceReleaseLeaseRequest {
+    return { region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: ForceReleaseLeaseRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ForceReleaseLeaseRequest>, I>>(base?: I): ForceReleaseLeaseRequest {
+    return ForceReleaseLeaseRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ForceReleaseLeaseRequest>, I>>(object: I): ForceReleaseLeaseRequest {
+    const message = createBaseForceReleaseLeaseRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseForceReleaseLeaseResponse(): ForceReleaseLeaseResponse {
+  return { region: undefined, fenced: undefined };
+}
+
+export const ForceReleaseLeaseResponse: MessageFns<ForceReleaseLeaseResponse> = {
+  encode(message: ForceReleaseLeaseResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      Region.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    if (message.fenced !== undefined) {
+      FencedLease.encode(message.fenced, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ForceReleaseLeaseResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseForceReleaseLeaseResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = Region.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fenced = FencedLease.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ForceReleaseLeaseResponse {
+    return {
+      region: isSet(object.region) ? Region.fromJSON(object.region) : undefined,
+      fenced: isSet(object.fenced) ? FencedLease.fromJSON(object.fenced) : undefined,
+    };
+  },
+
+  toJSON(message: ForceReleaseLeaseResponse): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = Region.toJSON(message.region);
+    }
+    if (message.fenced !== undefined) {
+      obj.fenced = FencedLease.toJSON(message.fenced);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ForceReleaseLeaseResponse>, I>>(base?: I): ForceReleaseLeaseResponse {
+    return ForceReleaseLeaseResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ForceReleaseLeaseResponse>, I>>(object: I): ForceReleaseLeaseResponse {
+    const message = createBaseForceReleaseLeaseResponse();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? Region.fromPartial(object.region)
+      : undefined;
+    message.fenced = (object.fenced !== undefined && object.fenced !== null)
+      ? FencedLease.fromPartial(object.fenced)
+      : undefined;
+    return message;
+  },
+};
+
 export type MemstoreServiceService = typeof MemstoreServiceService;
 export const MemstoreServiceService = {
   /** Service identity, version and usage totals. */
@@ -3679,6 +4486,42 @@ export const MemstoreServiceService = {
     responseSerialize: (value: ReadPagesResponse): Buffer => Buffer.from(ReadPagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReadPagesResponse => ReadPagesResponse.decode(value),
   },
+  /**
+   * A vmm (role vmm) opens its lease-holder session: memstore answers a short-lived one-time
+   * token bound to the vmm id, which the vmm presents in the Hello frame of a lease-channel
+   * connection (lease_channel.proto). memstore then binds that connection to the vmm id and to
+   * the connecting process (its peer credentials), watches the process, and fences the leases
+   * of `<vmm-id>/...` holders once it is gone. Over TLS the vmm id must be the caller's
+   * certificate id; over plaintext it is taken from the request.
+   */
+  openLeaseSession: {
+    path: "/handoff.memstore.v1.MemstoreService/OpenLeaseSession" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenLeaseSessionRequest): Buffer =>
+      Buffer.from(OpenLeaseSessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenLeaseSessionRequest => OpenLeaseSessionRequest.decode(value),
+    responseSerialize: (value: OpenLeaseSessionResponse): Buffer =>
+      Buffer.from(OpenLeaseSessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenLeaseSessionResponse => OpenLeaseSessionResponse.decode(value),
+  },
+  /**
+   * An operator (role operator) takes a region's lease from a holder that is not alive: the
+   * lease is fenced (holder cleared, epoch + 1), the region and its memory are kept. Refused
+   * with LEASE_HOLDER_ALIVE while the holder is ALIVE; a region that is not leased is answered
+   * as it is (nothing fenced).
+   */
+  forceReleaseLease: {
+    path: "/handoff.memstore.v1.MemstoreService/ForceReleaseLease" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ForceReleaseLeaseRequest): Buffer =>
+      Buffer.from(ForceReleaseLeaseRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ForceReleaseLeaseRequest => ForceReleaseLeaseRequest.decode(value),
+    responseSerialize: (value: ForceReleaseLeaseResponse): Buffer =>
+      Buffer.from(ForceReleaseLeaseResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ForceReleaseLeaseResponse => ForceReleaseLeaseResponse.decode(value),
+  },
 } as const;
 
 export interface MemstoreServiceServer extends UntypedServiceImplementation {
@@ -3719,6 +4562,22 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
   detachClone: handleUnaryCall<DetachCloneRequest, DetachCloneResponse>;
   /** Streams pages of a region to a remote reader (post-copy, restore across hosts). */
   readPages: handleServerStreamingCall<ReadPagesRequest, ReadPagesResponse>;
+  /**
+   * A vmm (role vmm) opens its lease-holder session: memstore answers a short-lived one-time
+   * token bound to the vmm id, which the vmm presents in the Hello frame of a lease-channel
+   * connection (lease_channel.proto). memstore then binds that connection to the vmm id and to
+   * the connecting process (its peer credentials), watches the process, and fences the leases
+   * of `<vmm-id>/...` holders once it is gone. Over TLS the vmm id must be the caller's
+   * certificate id; over plaintext it is taken from the request.
+   */
+  openLeaseSession: handleUnaryCall<OpenLeaseSessionRequest, OpenLeaseSessionResponse>;
+  /**
+   * An operator (role operator) takes a region's lease from a holder that is not alive: the
+   * lease is fenced (holder cleared, epoch + 1), the region and its memory are kept. Refused
+   * with LEASE_HOLDER_ALIVE while the holder is ALIVE; a region that is not leased is answered
+   * as it is (nothing fenced).
+   */
+  forceReleaseLease: handleUnaryCall<ForceReleaseLeaseRequest, ForceReleaseLeaseResponse>;
 }
 
 export interface MemstoreServiceClient extends Client {
@@ -3960,6 +4819,50 @@ export interface MemstoreServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ReadPagesResponse>;
+  /**
+   * A vmm (role vmm) opens its lease-holder session: memstore answers a short-lived one-time
+   * token bound to the vmm id, which the vmm presents in the Hello frame of a lease-channel
+   * connection (lease_channel.proto). memstore then binds that connection to the vmm id and to
+   * the connecting process (its peer credentials), watches the process, and fences the leases
+   * of `<vmm-id>/...` holders once it is gone. Over TLS the vmm id must be the caller's
+   * certificate id; over plaintext it is taken from the request.
+   */
+  openLeaseSession(
+    request: OpenLeaseSessionRequest,
+    callback: (error: ServiceError | null, response: OpenLeaseSessionResponse) => void,
+  ): ClientUnaryCall;
+  openLeaseSession(
+    request: OpenLeaseSessionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenLeaseSessionResponse) => void,
+  ): ClientUnaryCall;
+  openLeaseSession(
+    request: OpenLeaseSessionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenLeaseSessionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * An operator (role operator) takes a region's lease from a holder that is not alive: the
+   * lease is fenced (holder cleared, epoch + 1), the region and its memory are kept. Refused
+   * with LEASE_HOLDER_ALIVE while the holder is ALIVE; a region that is not leased is answered
+   * as it is (nothing fenced).
+   */
+  forceReleaseLease(
+    request: ForceReleaseLeaseRequest,
+    callback: (error: ServiceError | null, response: ForceReleaseLeaseResponse) => void,
+  ): ClientUnaryCall;
+  forceReleaseLease(
+    request: ForceReleaseLeaseRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ForceReleaseLeaseResponse) => void,
+  ): ClientUnaryCall;
+  forceReleaseLease(
+    request: ForceReleaseLeaseRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ForceReleaseLeaseResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const MemstoreServiceClient = makeGenericClientConstructor(

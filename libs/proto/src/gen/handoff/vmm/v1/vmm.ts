@@ -250,8 +250,12 @@ export interface RegionRef {
 export interface RamBlockSpec {
   /** Block id, unique in the VM (e.g. "ram0"). */
   id: string;
-  /** Guest physical base address (0x80000000 for main RAM). */
+  /**
+   * Guest physical base address, inside the board's RAM window (0x80000000 for main RAM;
+   * 0 is refused, not defaulted).
+   */
   guestBase: bigint;
+  /** Bytes, a multiple of 4 KiB, at most 2 GiB; required (the vmm fills in no size). */
   size: bigint;
   backend: RamBackend;
   /** For shared: the region (created when empty); for clone: the template. */
@@ -268,8 +272,12 @@ export interface RamBlockInfo {
 
 export interface VmSpec {
   name: string;
-  /** A built-in guest name (hello, ab, kvserver, bench) or a path to an RV32 ELF. */
+  /**
+   * A built-in guest name (hello, ab, kvserver, bench, conformance/<test>) or an RV32 ELF in
+   * the vmm's guest folder (--guest-dir): a path relative to it, or absolute inside it.
+   */
   guest: string;
+  /** At least one block: today exactly one, "ram0" at 0x80000000. */
   ram: RamBlockSpec[];
   /** Extra words for the guest (visible through the control device). */
   args: { [key: string]: string };
