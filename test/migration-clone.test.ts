@@ -72,7 +72,7 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
     });
     const { lease } = await unaryCall(memstore.client, 'acquireLease', {
       region: regionNamed(TEMPLATE),
-      holder: 'test',
+      holder: 'test-vmm/template', // the test client's own holder (it is vmm test-vmm)
     });
     const m = mapFile((await getTemplate()).path, { sharing: 'shared' });
     try {
@@ -82,7 +82,7 @@ describe('clone RAM migrates by TemplateRef with bypass', () => {
     }
     await unaryCall(memstore.client, 'sealTemplate', {
       region: regionNamed(TEMPLATE),
-      holder: 'test',
+      holder: 'test-vmm/template',
       epoch: lease!.epoch,
     });
     template = await getTemplate();

@@ -263,11 +263,11 @@ describe('VMs on a vmm instance, over gRPC', () => {
     await unaryCall(memstore.client, 'createRegion', { name: 'tpl', size, kind: 1 });
     const { lease } = await unaryCall(memstore.client, 'acquireLease', {
       region: regionNamed('tpl'),
-      holder: 'test',
+      holder: 'test-vmm/template', // the test client's own holder (it is vmm test-vmm)
     });
     await unaryCall(memstore.client, 'sealTemplate', {
       region: regionNamed('tpl'),
-      holder: 'test',
+      holder: 'test-vmm/template',
       epoch: lease!.epoch,
     });
     const { vm } = await create(
