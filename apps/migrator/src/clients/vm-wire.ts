@@ -56,6 +56,7 @@ export function vmSpecFromWire(spec: vpb.VmSpec): VmSpec {
       // an unknown backend reaches the target as private: the stream's header then decides
       backend: BACKEND_FROM_WIRE[b.backend] ?? 'private',
       region: b.region,
+      regionOwned: b.regionOwned === true,
     })),
     args: { ...spec.args },
   };
@@ -72,6 +73,7 @@ export function vmSpecToWire(spec: VmSpec): vpb.VmSpec {
       size: BigInt(b.size),
       backend: BACKEND_TO_WIRE[b.backend],
       region: b.region,
+      regionOwned: b.regionOwned ? true : undefined,
     })),
     args: { ...spec.args },
   };

@@ -13,6 +13,8 @@ export interface RamBlockSpec {
   readonly size: number;
   readonly backend: RamBackend;
   readonly region: string;
+  /** The VM owns (and deletes) `region`: passed on to the target, which checks the claim. */
+  readonly regionOwned: boolean;
 }
 
 /** The spec a VM runs with, as its vmm reported it. */

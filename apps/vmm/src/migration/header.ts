@@ -12,7 +12,13 @@ import { byId, memstoreCall } from '../leases/calls.js';
 import { MigrationError } from '../model/migration-error.js';
 import type { VmSpec } from '../model/types.js';
 import type { VmHost } from '../vm/host.js';
-import { copiedSpec, type BlockPlan, type Prebuilt } from './incoming-blocks.js';
+import {
+  copiedSpec,
+  referencedSpec,
+  refuseClaim,
+  type BlockPlan,
+  type Prebuilt,
+} from './incoming-blocks.js';
 import { STREAM_FORMAT } from './format.js';
 import { PAGE_SIZE } from './pages/frames.js';
 
@@ -120,7 +126,7 @@ export async function acceptHeader(
       if (lease!.epoch !== ref.epoch) mismatch('lease epoch', ref.epoch, lease!.epoch);
       // Mapped when opened, run only after the lease moved here (epoch + 1).
       plans.push({
-        spec: { ...s, region: region.name },
+        spec: referencedSpec(s, name, region.name),
         pages,
         mode: 'ref',
         region,
@@ -128,6 +134,7 @@ export async function acceptHeader(
       });
     } else if (b.templateRef !== undefined) {
       if (s.backend !== 'clone') bad(`${what}: a TemplateRef on a ${s.backend} block`);
+      refuseClaim(s, what);
       templates[k] = b.templateRef.identity;
       plans.push({ spec: s, pages, mode: 'template', region: null, epoch: 0 });
     } else {

@@ -11,7 +11,7 @@ import { byName, memstoreCall } from '../leases/calls.js';
 import { openClone } from '../ram/clone.js';
 import type { RamBacking, RamContext } from '../ram/index.js';
 import { openPrivate } from '../ram/private.js';
-import { mapShared } from '../ram/shared.js';
+import { mapShared, ownedRegionDeleter, ownedRegionName } from '../ram/shared.js';
 import type { VmHost } from '../vm/host.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { Vm } from '../vm/vm.js';
@@ -32,9 +32,48 @@ export interface Block extends IncomingBlock {
 /** What a block needs before it is opened. */
 export type BlockPlan = Omit<Block, 'bytes' | 'backing'>;
 
-/** The spec a copied block gets here: private memory of the same size and place. */
+/**
+ * The spec a copied block gets here: private memory of the same size and place. It owns no
+ * region (the source deletes a region it owned when it retires the VM).
+ */
 export function copiedSpec(s: RamBlockSpec): RamBlockSpec {
-  return { ...s, backend: 'private', region: '' };
+  const { regionOwned: _region, ...rest } = s;
+  return { ...rest, backend: 'private', region: '' };
+}
+
+/**
+ * The spec a block travelling by reference gets here: the region named as memstore has it,
+ * and the source's claim that the VM owns that region checked. Only a `shared` block may
+ * claim its region, and only one named as a vmm names the regions it creates for a VM
+ * (`<vm>-<block id>`): a stream (or a PrepareIncoming hint) can never make this instance
+ * delete a region someone made by hand.
+ *
+ * @throws MigrationError `MIGRATION_REGION_MISMATCH` for a claim on any other region
+ */
+export function referencedSpec(s: RamBlockSpec, vm: string, regionName: string): RamBlockSpec {
+  if (s.regionOwned === true && regionName !== ownedRegionName(vm, s.id)) {
+    throw new MigrationError(
+      'MIGRATION_REGION_MISMATCH',
+      `block ${s.id} claims that VM ${vm} owns region ${regionName}, but a VM only owns the ` +
+        `region created for it (${ownedRegionName(vm, s.id)}); refusing the claim`,
+    );
+  }
+  return { ...s, region: regionName };
+}
+
+/**
+ * Refuses a claim of region ownership on a block that does not travel by reference (a clone's
+ * template is never the VM's).
+ *
+ * @throws MigrationError `MIGRATION_REGION_MISMATCH`
+ */
+export function refuseClaim(s: RamBlockSpec, what: string): void {
+  if (s.regionOwned === true && s.backend !== 'shared') {
+    throw new MigrationError(
+      'MIGRATION_REGION_MISMATCH',
+      `${what}: a ${s.backend} block cannot own its region; only a shared block's region can be the VM's`,
+    );
+  }
 }
 
 /**
@@ -53,7 +92,13 @@ export async function openBlock(
 ): Promise<Block> {
   const block: Block = { ...plan, bytes: null, backing: null };
   if (plan.mode === 'copy') block.backing = openPrivate(plan.spec, ctx);
-  if (plan.mode === 'ref') block.backing = mapShared(plan.spec, plan.region!, plan.epoch, ctx);
+  if (plan.mode === 'ref') {
+    // A region the VM owns goes with it: destroyed here, the VM deletes it after its lease.
+    const region = plan.region!;
+    const afterRelease =
+      plan.spec.regionOwned === true ? ownedRegionDeleter(ctx, region, plan.spec.id) : undefined;
+    block.backing = mapShared(plan.spec, region, plan.epoch, ctx, afterRelease);
+  }
   if (plan.mode === 'template') {
     block.backing = await openClone(plan.spec, ctx);
     const identity = block.backing.regionRef?.identity;
@@ -115,7 +160,9 @@ export async function prebuild(
             )
           ).region ?? null;
         if (region?.lease === undefined) return null; // nothing to hand off: the stream will say
-        spec = { ...s, region: region.name };
+        spec = referencedSpec(s, name, region.name);
+      } else {
+        refuseClaim(s, `prebuilding block ${s.id}`);
       }
       plans.push({
         spec,

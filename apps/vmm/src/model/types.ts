@@ -27,6 +27,12 @@ export interface RamBlockSpec {
    * VM and deleted with it). `clone`: the sealed template. `private`: must be ''.
    */
   readonly region: string;
+  /**
+   * `shared` only, set by the vmm: the VM created `region` (its CreateVm spec named none) and
+   * deletes it when it is destroyed, on whichever instance runs it by then (the flag travels
+   * with the VM through a migration). Absent (or false): the region is kept.
+   */
+  readonly regionOwned?: boolean;
 }
 
 /** What CreateVm asks for. */

@@ -7,11 +7,47 @@ import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
 import type { RamBacking, RamContext } from './backing.js';
 
 /**
+ * The name of the region a `shared` block gets when its spec names none: `<vm>-<block id>`.
+ * The VM owns that region (`RamBlockSpec.regionOwned`); a migration target accepts a claim of
+ * ownership only on a region of this name.
+ */
+export function ownedRegionName(vm: string, blockId: string): string {
+  return `${vm}-${blockId}`;
+}
+
+/**
+ * What deletes a region the VM owns once its lease is released (a `close()`'s last step).
+ * Never throws: a failure is logged with what to do.
+ */
+export function ownedRegionDeleter(
+  ctx: RamContext,
+  region: Pick<pb.Region, 'id' | 'name'>,
+  blockId: string,
+): () => Promise<void> {
+  return async () => {
+    try {
+      await unaryCall(
+        ctx.memstore(),
+        'deleteRegion',
+        { region: byId(region.id) },
+        { deadlineMs: ctx.deadlineMs },
+      );
+    } catch (err) {
+      ctx.logger.warn(
+        { block: blockId, region: region.name, error: (err as Error).message },
+        'could not delete the region this VM owns; delete it with `vmctl region delete`',
+      );
+    }
+  };
+}
+
+/**
  * `shared` RAM: a memstore region mapped MAP_SHARED. The VM holds the region's writer lease
  * (holder `<vmm-id>/<vm-name>`) while it maps it; on migration with bypass-shared-memory only a
- * reference is sent. With no region named, one called `<vm>-<block>` is created (volatile)
- * and deleted again when the VM is destroyed; a named region must exist, be unsealed and have
- * exactly the block's size, and is kept.
+ * reference is sent. With no region named, one called `<vm>-<block>` is created (volatile),
+ * owned by the VM (its spec here says `regionOwned`) and deleted again when the VM is
+ * destroyed; a named region must exist, be unsealed and have exactly the block's size, and is
+ * kept.
  */
 export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {
   const client = ctx.memstore();
@@ -19,7 +55,7 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
   const opts = { deadlineMs: ctx.deadlineMs };
   const block = `RAM block ${spec.id}`;
   const owned = spec.region === '';
-  const name = owned ? `${ctx.vmName}-${spec.id}` : spec.region;
+  const name = owned ? ownedRegionName(ctx.vmName, spec.id) : spec.region;
   let region: pb.Region;
   if (owned) {
     const res = await memstoreCall(ctx, `${block}: creating region ${name}`, () =>
@@ -42,17 +78,7 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
     );
     region = res.region!;
   }
-  const deleteOwned = async (): Promise<void> => {
-    if (!owned) return;
-    try {
-      await unaryCall(client, 'deleteRegion', { region: byId(region.id) }, opts);
-    } catch (err) {
-      ctx.logger.warn(
-        { block: spec.id, region: name, error: (err as Error).message },
-        'could not delete the region this VM created; delete it with `vmctl region delete`',
-      );
-    }
-  };
+  const deleteOwned = owned ? ownedRegionDeleter(ctx, region, spec.id) : () => Promise.resolve();
   try {
     if (region.state === pb.RegionState.REGION_STATE_SEALED) {
       throw new VmmError(
@@ -73,7 +99,10 @@ export async function openShared(spec: RamBlockSpec, ctx: RamContext): Promise<R
       )
     ).lease!;
     try {
-      return mapShared({ ...spec, region: name }, region, Number(lease.epoch), ctx, deleteOwned);
+      const here: RamBlockSpec = owned
+        ? { ...spec, region: name, regionOwned: true }
+        : { ...spec, region: name };
+      return mapShared(here, region, Number(lease.epoch), ctx, deleteOwned);
     } catch (err) {
       await unaryCall(
         client,

@@ -102,6 +102,14 @@ export class VmHost {
    */
   async create(raw: VmSpec, opts: { start: boolean }): Promise<VmInfo> {
     if (this.closed) throw new VmmError('VMM_INVALID_STATE', 'this vmm instance is shutting down');
+    const claimed = raw.ram.find((b) => b.regionOwned === true);
+    if (claimed !== undefined) {
+      throw new VmmError(
+        'VMM_INVALID_SPEC',
+        `RAM block ${claimed.id}: region_owned is set by the vmm, not by CreateVm; leave the ` +
+          "block's region empty to have a region created that the VM owns (and deletes)",
+      );
+    }
     const spec = normalizeSpec(raw);
     validateSpec(spec, { maxVmMemory: this.opts.maxVmMemory });
     if (this.vms.has(spec.name) || this.creating.has(spec.name)) {

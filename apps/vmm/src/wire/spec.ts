@@ -69,6 +69,7 @@ function blockFromPb(b: pb.RamBlockSpec, k: number): RamBlockSpec {
     size: sizeOf(b.size, what),
     backend,
     region: b.region,
+    ...(b.regionOwned ? { regionOwned: true } : {}),
   };
 }
 
@@ -98,6 +99,7 @@ export function blockSpecToPb(b: RamBlockSpec): pb.RamBlockSpec {
     size: BigInt(b.size),
     backend: BACKEND_TO_PB[b.backend],
     region: b.region,
+    regionOwned: b.regionOwned === true ? true : undefined,
   };
 }
 

@@ -260,6 +260,15 @@ export interface RamBlockSpec {
   backend: RamBackend;
   /** For shared: the region (created when empty); for clone: the template. */
   region: string;
+  /**
+   * Set by the vmm, never by a client: this shared block's region was created for the VM (its
+   * CreateVm spec named no region; the region is `<vm>-<block id>`) and is deleted when the VM
+   * is destroyed. It travels with the VM: in GetVm, the VM reports, PrepareIncoming's spec and
+   * the migration header (stream format 1.2), so the target that runs the VM deletes the region
+   * when it is destroyed there. CreateVm refuses it (leave region empty instead); a target
+   * refuses a claim on a region of another name.
+   */
+  regionOwned?: boolean | undefined;
 }
 
 export interface RamBlockInfo {
@@ -637,7 +646,7 @@ export const RegionRef: MessageFns<RegionRef> = {
 };
 
 function createBaseRamBlockSpec(): RamBlockSpec {
-  return { id: "", guestBase: 0n, size: 0n, backend: 0, region: "" };
+  return { id: "", guestBase: 0n, size: 0n, backend: 0, region: "", regionOwned: undefined };
 }
 
 export const RamBlockSpec: MessageFns<RamBlockSpec> = {
@@ -662,6 +671,9 @@ export const RamBlockSpec: MessageFns<RamBlockSpec> = {
     }
     if (message.region !== "") {
       writer.uint32(42).string(message.region);
+    }
+    if (message.regionOwned !== undefined) {
+      writer.uint32(48).bool(message.regionOwned);
     }
     return writer;
   },
@@ -719,6 +731,14 @@ export const RamBlockSpec: MessageFns<RamBlockSpec> = {
             message.region = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.regionOwned = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -742,6 +762,11 @@ export const RamBlockSpec: MessageFns<RamBlockSpec> = {
       size: isSet(object.size) ? BigInt(object.size) : 0n,
       backend: isSet(object.backend) ? ramBackendFromJSON(object.backend) : 0,
       region: isSet(object.region) ? globalThis.String(object.region) : "",
+      regionOwned: isSet(object.regionOwned)
+        ? globalThis.Boolean(object.regionOwned)
+        : isSet(object.region_owned)
+        ? globalThis.Boolean(object.region_owned)
+        : undefined,
     };
   },
 
@@ -762,6 +787,9 @@ export const RamBlockSpec: MessageFns<RamBlockSpec> = {
     if (message.region !== "") {
       obj.region = message.region;
     }
+    if (message.regionOwned !== undefined) {
+      obj.regionOwned = message.regionOwned;
+    }
     return obj;
   },
 
@@ -775,6 +803,7 @@ export const RamBlockSpec: MessageFns<RamBlockSpec> = {
     message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
     message.backend = object.backend ?? 0;
     message.region = object.region ?? "";
+    message.regionOwned = object.regionOwned ?? undefined;
     return message;
   },
 };
