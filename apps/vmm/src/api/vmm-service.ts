@@ -20,6 +20,7 @@ import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@
 import {
   grpcIncoming,
   STREAM_FORMAT,
+  type CancelIncomingOutcome,
   type IncomingHint,
   type MigrationManager,
 } from '../migration/index.js';
@@ -28,6 +29,14 @@ import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { specFromPb } from '../wire/spec.js';
 import { currentToPb, eventToPb, vmToPb } from './convert.js';
 import { streamMigration } from './migrate-stream.js';
+
+/** How an arrival ended, on the wire (CancelIncoming). */
+const INCOMING_OUTCOME_TO_PB: Record<CancelIncomingOutcome, pb.IncomingOutcome> = {
+  none: pb.IncomingOutcome.INCOMING_OUTCOME_NONE,
+  dropped: pb.IncomingOutcome.INCOMING_OUTCOME_DROPPED,
+  arrived: pb.IncomingOutcome.INCOMING_OUTCOME_ARRIVED,
+  failed: pb.IncomingOutcome.INCOMING_OUTCOME_FAILED,
+};
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = [`${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}`];
@@ -60,6 +69,8 @@ export const VMM_ACCESS: AccessTable = {
   WatchVm: LIFECYCLE,
   Console: LIFECYCLE,
   PrepareIncoming: ['migrator'],
+  // gives an arrival up before its point of no return: as CancelMigration, the operator too
+  CancelIncoming: ['migrator', 'operator'],
   MigrateVm: ['migrator'],
   GetMigration: ['migrator', 'operator'],
   CancelMigration: ['migrator', 'operator'],
@@ -139,6 +150,9 @@ export function vmmServices(deps: {
         handoffSlot: prepared.switchoverSlot ?? '',
       };
     }),
+    cancelIncoming: unary(logger, async (req: pb.CancelIncomingRequest) => ({
+      outcome: INCOMING_OUTCOME_TO_PB[await migrations.cancelIncoming(req.name, req.jobId)],
+    })),
     migrateVm: serverStream(logger, async (req: pb.MigrateVmRequest, call) => {
       const set = req.parameters === undefined ? {} : parametersFromWire(req.parameters);
       const { capabilities, parameters } = assertValidMigrationConfig({

@@ -42,6 +42,9 @@ import {
 } from './prepare.js';
 import type { IncomingChannel } from './transport/channel.js';
 
+/** What the frame loop sees when CancelIncoming stopped the stream. */
+const STOPPED = Symbol('stopped by CancelIncoming');
+
 /** The receiver's states. */
 export type IncomingState = 'await-header' | 'receiving' | 'completing' | 'resumed' | 'failed';
 
@@ -87,12 +90,33 @@ export class IncomingMigration {
   private switchover: ArmedSwitchover | undefined;
   private armsSettled = false;
   private switchoverFinished = false;
+  /** Why CancelIncoming stopped this stream (set once), and the wake-up of the frame loop. */
+  private stopReason: string | undefined;
+  private readonly stopped: Promise<typeof STOPPED>;
+  private wakeStopped: (() => void) | undefined;
 
   private constructor(
     private readonly call: IncomingChannel,
     private readonly deps: IncomingDeps,
   ) {
     this.log = deps.logger;
+    this.stopped = new Promise((resolve) => (this.wakeStopped = () => resolve(STOPPED)));
+  }
+
+  /**
+   * CancelIncoming: stops this stream unless it is past its point of no return — the source's
+   * stop (the final marker, or the stop announced in the switchover slot), after which the
+   * lease may move and the arrival ends by itself. Stopped, it fails like any failure: nothing
+   * moved, the name is free, the source is told.
+   */
+  private stop(why: string): void {
+    const pastStop =
+      this.finalSeen ||
+      (this.current !== 'await-header' && this.current !== 'receiving') ||
+      this.switchover?.slot.announced === true;
+    if (pastStop || this.stopReason !== undefined) return;
+    this.stopReason = why;
+    this.wakeStopped?.();
   }
 
   /** Serves one stream to its end. Never rejects: failures go back as StreamError. */
@@ -129,8 +153,15 @@ export class IncomingMigration {
       for (;;) {
         nextFrame ??= this.call.next();
         const ending = this.switchover?.outcome.then((): typeof switchoverEnded => switchoverEnded);
-        const raw =
-          ending !== undefined ? await Promise.race([nextFrame, ending]) : await nextFrame;
+        const raw = await Promise.race(
+          ending !== undefined ? [nextFrame, ending, this.stopped] : [nextFrame, this.stopped],
+        );
+        if (raw === STOPPED) {
+          if (this.stopReason !== undefined) {
+            throw new MigrationError('MIGRATION_CANCELLED', `${this.stopReason}; nothing moved`);
+          }
+          continue;
+        }
         if (raw === switchoverEnded) {
           if (await this.onSwitchoverEnded()) return;
           continue;
@@ -198,7 +229,9 @@ export class IncomingMigration {
    */
   private async onHeader(h: FrameOf<'header'>): Promise<void> {
     const { host } = this.deps;
-    const prepared = this.deps.preparations.take(h.token, this.call.peer);
+    const prepared = this.deps.preparations.take(h.token, this.call.peer, {
+      stop: (why) => this.stop(why),
+    });
     this.prepared = prepared;
     this.log = this.log.child({ vm: prepared.name, job: prepared.jobId, side: 'target' });
     const t0 = performance.now();
@@ -349,6 +382,7 @@ export class IncomingMigration {
     const resumedUs = Math.round((await this.deps.host.adoptAndRun(this.vm!, state)) * 1000);
     const running = performance.now();
     this.prepared!.release();
+    this.prepared!.settle('arrived');
     this.transition('completing', 'resumed');
     this.call.write({
       reply: {
@@ -422,7 +456,11 @@ export class IncomingMigration {
       // The vCPU thread took over: nothing the stream says changes it any more.
       this.transition('receiving', 'resumed');
       this.deps.host.adoptRunning(this.vm!);
-      setTimeout(this.prepared!.release, AFTER_RUN_MS);
+      const p = this.prepared!;
+      setTimeout(() => {
+        p.release();
+        p.settle('arrived');
+      }, AFTER_RUN_MS);
     }
     // Flipped or not, memstore settles the armed transfers (off the pause; after the source
     // finished when the guest runs here).
@@ -514,6 +552,7 @@ export class IncomingMigration {
       await discardPrepared(this.prepared, host);
     }
     this.prepared?.release();
+    this.prepared?.settle(this.stopReason !== undefined ? 'dropped' : 'failed');
     try {
       if (!this.call.gone) {
         this.call.write({ reply: { $case: 'error', value: { code: e.code, message: e.message } } });

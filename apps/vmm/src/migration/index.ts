@@ -15,6 +15,11 @@ export { IncomingMigration, type IncomingState } from './incoming.js';
 export { MigrationManager, type MigrateRequest } from './manager.js';
 export { OutgoingMigration, type OutgoingOptions } from './outgoing.js';
 export { MAX_FRAME_DATA, checkFrame, FrameBuilder } from './pages/frames.js';
-export { TOKEN_TTL_MS, type IncomingHint, type PreparedIncoming } from './prepare.js';
+export {
+  TOKEN_TTL_MS,
+  type CancelIncomingOutcome,
+  type IncomingHint,
+  type PreparedIncoming,
+} from './prepare.js';
 export { grpcIncoming, type IncomingChannel, type OutgoingChannel } from './transport/channel.js';
 export type { TargetEndpoints } from './transport/to-target.js';

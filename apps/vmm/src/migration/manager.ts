@@ -16,7 +16,12 @@ import { MigrationError } from '../model/migration-error.js';
 import type { VmHost } from '../vm/host.js';
 import { IncomingMigration } from './incoming.js';
 import { OutgoingMigration } from './outgoing.js';
-import { IncomingPreparations, type IncomingHint, type PreparedIncoming } from './prepare.js';
+import {
+  IncomingPreparations,
+  type CancelIncomingOutcome,
+  type IncomingHint,
+  type PreparedIncoming,
+} from './prepare.js';
 import { refuseUnsupported, refuseUnsupportedCapabilities } from './support.js';
 import {
   startDataChannel,
@@ -105,6 +110,20 @@ export class MigrationManager {
   ): Promise<PreparedIncoming> {
     if (opts.capabilities !== undefined) refuseUnsupportedCapabilities(opts.capabilities);
     return this.preparations.prepare(name, jobId, opts.hint, undefined, opts.source ?? '');
+  }
+
+  /**
+   * CancelIncoming: gives up the arrival of job `jobId` here unless it is past its point of no
+   * return, and says how it ended (see IncomingPreparations.cancel).
+   */
+  cancelIncoming(name: string, jobId: string): Promise<CancelIncomingOutcome> {
+    if (jobId === '') {
+      throw new MigrationError(
+        'MIGRATION_NOT_FOUND',
+        'CancelIncoming needs the job_id its PrepareIncoming was given',
+      );
+    }
+    return this.preparations.cancel(name, jobId);
   }
 
   /**

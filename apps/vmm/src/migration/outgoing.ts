@@ -159,9 +159,14 @@ export class OutgoingMigration {
       return await this.phase('await-resumed', () => this.awaitResumed(r, stopped));
     } catch (err) {
       this.stream?.close();
-      // Once the stop was announced, the target may take the lease: recover() checks it.
-      if (route?.slot?.announced === true) progress.completeSent = true;
-      route?.slot?.close();
+      const slot = route?.slot;
+      if (slot != null) {
+        // Once the stop was announced, the target may take the lease: recover() checks it.
+        // Before it, the slot is given up, so the target frees the VM's name at once.
+        if (slot.announced) progress.completeSent = true;
+        else slot.abort();
+        slot.close();
+      }
       const failure = await this.recover(err, progress);
       this.stats.totalMs = now() - this.stats.started;
       const status =

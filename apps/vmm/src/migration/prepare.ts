@@ -5,6 +5,10 @@
  * that uses the switchover alone opens no stream: {@link IncomingPreparations} then settles the
  * outcome itself.
  *
+ * Every arrival frees its name the moment it ends, whichever way (see {@link Prepared.phase}):
+ * the VM runs here, its stream failed, its source gave the slot up before its stop, the token
+ * expired, or CancelIncoming dropped it. A PrepareIncoming that fails keeps nothing.
+ *
  * @packageDocumentation
  */
 import { randomBytes } from 'node:crypto';
@@ -48,24 +52,67 @@ export interface ArmedSwitchover extends OfferedSwitchover {
   readonly outcome: Promise<SwitchoverOutcome>;
 }
 
+/** How an arrival ended here. */
+export type ArrivalEnd =
+  /** The VM runs here. */
+  | 'arrived'
+  /** Its migration failed here (what moved went back to the source). */
+  | 'failed'
+  /** It was given up before anything moved: cancelled, expired, or its source gave it up. */
+  | 'dropped';
+
+/** What CancelIncoming found: how that job's arrival ended, or `none` if this vmm knows none. */
+export type CancelIncomingOutcome = ArrivalEnd | 'none';
+
+/** What a stream serving an arrival offers CancelIncoming. */
+export interface ArrivalStream {
+  /** Stops the stream unless it is past its point of no return; it then ends by itself. */
+  stop(why: string): void;
+}
+
 /** One prepared arrival: what its token reserves and holds. */
 export interface Prepared {
   readonly name: string;
   readonly jobId: string;
   /** The source vmm's id the token is bound to ('' : none named, on a plaintext vmm). */
   readonly source: string;
-  /** Frees the name (and lets spare vCPU threads start again). */
+  readonly token: string;
+  /**
+   * `waiting`: no stream took the token yet; `taken`: a stream serves it (and settles it);
+   * `dropping`: being given up (cancel, expiry, a source that gave the slot up); `settling`: the
+   * switchover ran through the slot alone and its outcome is being settled; `ended`.
+   */
+  phase: 'waiting' | 'taken' | 'dropping' | 'settling' | 'ended';
+  /** Frees the name (and lets spare vCPU threads start again). Idempotent. */
   readonly release: () => void;
   readonly timer: NodeJS.Timeout;
   /** The machine built ahead (null: none, or it failed). */
   readonly prebuilt: Promise<Prebuilt | null>;
   /** The switchover offered with it (undefined: none). */
   readonly switchover: Promise<ArmedSwitchover | undefined>;
+  /** The stream serving it, once one took the token. */
+  stream: ArrivalStream | undefined;
+  /** Records how the arrival ended (the first call wins); the name must be released by then. */
+  readonly settle: (how: ArrivalEnd) => void;
+  /** How it ended, once it did. */
+  readonly ended: Promise<ArrivalEnd>;
 }
 
-/** The one-time tokens of PrepareIncoming; each reserves the VM name until used or expired. */
+/** Arrivals whose end is remembered for CancelIncoming, per job. */
+const KEEP_ENDED = 256;
+
+/**
+ * The one-time tokens of PrepareIncoming; each reserves the VM name until its arrival ends
+ * (used, failed, dropped or expired). Arrivals are also known by job id, for CancelIncoming.
+ */
 export class IncomingPreparations {
   private readonly tokens = new Map<string, Prepared>();
+  /** By job id: arrivals in progress and the last {@link KEEP_ENDED} ended ones. */
+  private readonly jobs = new Map<string, Prepared>();
+  /** Jobs whose PrepareIncoming is reserving the name (not registered yet). */
+  private readonly preparingJobs = new Set<string>();
+  /** Jobs CancelIncoming named while their PrepareIncoming had not registered them yet. */
+  private readonly cancelledEarly = new Set<string>();
 
   /**
    * @param switchoverDir - where a target creates switchover slots (a folder the source vmm sees
@@ -93,13 +140,57 @@ export class IncomingPreparations {
     ttlMs = TOKEN_TTL_MS,
     source = '',
   ): Promise<PreparedIncoming> {
-    const reserved = await this.host.reserve(name);
+    if (jobId !== '') this.preparingJobs.add(jobId);
+    let reserved: () => void;
+    try {
+      reserved = await this.host.reserve(name, jobId);
+    } catch (err) {
+      this.preparingJobs.delete(jobId);
+      this.cancelledEarly.delete(jobId);
+      throw err;
+    }
+    this.preparingJobs.delete(jobId);
     // No spare thread starts (and warms up) while this migration may be timed.
     const unhold = this.host.holdSpares();
+    let released = false;
     const release = (): void => {
+      if (released) return;
+      released = true;
       reserved();
       unhold();
     };
+    if (this.cancelledEarly.delete(jobId)) {
+      release();
+      throw cancelledError(name, jobId);
+    }
+    let p: Prepared;
+    try {
+      p = this.register(name, jobId, source, hint, ttlMs, release);
+    } catch (err) {
+      release(); // a PrepareIncoming that fails keeps nothing
+      throw err;
+    }
+    const offered = await p.switchover;
+    offered?.outcome.then(
+      (o) => this.settleWithoutStream(p, offered, o),
+      () => undefined,
+    );
+    if (p.phase !== 'waiting') {
+      // CancelIncoming (or the expiry) dropped it meanwhile: no token to hand out
+      throw cancelledError(name, jobId);
+    }
+    return { token: p.token, switchoverSlot: offered?.slot.path ?? null };
+  }
+
+  /** Starts the prebuild and the switchover offer, and registers the token (and the job). */
+  private register(
+    name: string,
+    jobId: string,
+    source: string,
+    hint: IncomingHint | undefined,
+    ttlMs: number,
+    release: () => void,
+  ): Prepared {
     const log = this.logger.child({ vm: name, job: jobId, side: 'target' });
     const token = randomBytes(24).toString('base64url');
     const built =
@@ -108,40 +199,55 @@ export class IncomingPreparations {
         : Promise.resolve(null);
     // An offer that cannot be made is no failure: the state then travels on the stream.
     const switchover = built
-      .then((p) =>
-        p !== null && p.blocks.every((b) => b.mode === 'ref')
-          ? armSwitchover(this.switchoverDir, this.host, p, log)
+      .then((b) =>
+        b !== null && b.blocks.every((x) => x.mode === 'ref')
+          ? armSwitchover(this.switchoverDir, this.host, b, log)
           : undefined,
       )
       .catch((err: unknown) => {
         log.warn({ error: (err as Error).message }, 'incoming migration: no switchover offered');
         return undefined;
       });
-    const timer = setTimeout(() => {
-      this.tokens.delete(token);
-      void discardPrepared({ prebuilt: built, switchover }, this.host).then(release);
-    }, ttlMs);
+    let settle!: (how: ArrivalEnd) => void;
+    const ended = new Promise<ArrivalEnd>((resolve) => (settle = resolve));
+    const timer = setTimeout(() => void this.drop(p, 'its token expired unused'), ttlMs);
     timer.unref();
-    this.tokens.set(token, { name, jobId, source, release, timer, prebuilt: built, switchover });
-    const offered = await switchover;
-    offered?.outcome.then(
-      (o) => this.settleWithoutStream(token, offered, o),
-      () => undefined,
-    );
-    return { token, switchoverSlot: offered?.slot.path ?? null };
+    const p: Prepared = {
+      name,
+      jobId,
+      source,
+      token,
+      phase: 'waiting',
+      release,
+      timer,
+      prebuilt: built,
+      switchover,
+      stream: undefined,
+      settle: (how) => {
+        if (p.phase === 'ended') return;
+        p.phase = 'ended';
+        clearTimeout(p.timer);
+        settle(how);
+      },
+      ended,
+    };
+    this.tokens.set(token, p);
+    if (jobId !== '') this.remember(p);
+    return p;
   }
 
   /**
    * Consumes a token presented by a stream from `peer` (the source's authenticated id, or null
    * where the transport names nobody); the caller owns the name reservation (and any prebuild)
-   * from here. A token bound to a source is valid only from that source: another peer gets
+   * from here, `stream` is what CancelIncoming stops, and the caller settles the arrival when it
+   * ends. A token bound to a source is valid only from that source: another peer gets
    * `MIGRATION_BAD_TOKEN` and the token stays for its rightful source.
    *
    * @throws MigrationError `MIGRATION_BAD_TOKEN`
    */
-  take(token: string, peer: string | null = null): Prepared {
+  take(token: string, peer: string | null = null, stream?: ArrivalStream): Prepared {
     const p = this.tokens.get(token);
-    if (p === undefined) {
+    if (p === undefined || p.phase !== 'waiting') {
       throw new MigrationError(
         'MIGRATION_BAD_TOKEN',
         'the stream presented no valid migration token (unknown, used or expired); ' +
@@ -157,33 +263,88 @@ export class IncomingPreparations {
     }
     this.tokens.delete(token);
     clearTimeout(p.timer);
+    p.phase = 'taken';
+    p.stream = stream;
     return p;
   }
 
-  async close(): Promise<void> {
-    const all = [...this.tokens.values()];
-    this.tokens.clear();
-    for (const p of all) {
-      clearTimeout(p.timer);
-      await discardPrepared(p, this.host);
-      p.release();
+  /**
+   * CancelIncoming: gives up the arrival of job `jobId` (named `name`, when given) unless it is
+   * past its point of no return, and resolves with how it ended. A preparation no stream took
+   * is dropped at once (prebuild, switchover, arms and name); a stream is stopped before its
+   * source's stop; past it (the source stopped and handed the state over), the arrival ends by
+   * itself and the answer says how. Idempotent: asked again, it answers the same.
+   */
+  async cancel(name: string, jobId: string): Promise<CancelIncomingOutcome> {
+    if (this.preparingJobs.has(jobId)) {
+      // Its PrepareIncoming still waits for the name: it is refused once it has it.
+      this.cancelledEarly.add(jobId);
+      return 'dropped';
     }
+    const p = this.jobs.get(jobId);
+    if (p === undefined || (name !== '' && p.name !== name)) return 'none';
+    const why = `migration job ${jobId} was cancelled (CancelIncoming)`;
+    if (p.phase === 'waiting') await this.drop(p, why);
+    else if (p.phase === 'taken') p.stream?.stop(why);
+    return p.ended;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.tokens.values()].map((p) => this.drop(p, 'this vmm stops')));
+  }
+
+  /** Keeps `p` findable by job, forgetting the oldest ended arrivals beyond {@link KEEP_ENDED}. */
+  private remember(p: Prepared): void {
+    this.jobs.delete(p.jobId);
+    this.jobs.set(p.jobId, p);
+    if (this.jobs.size <= KEEP_ENDED) return;
+    for (const [id, q] of this.jobs) {
+      if (this.jobs.size <= KEEP_ENDED) break;
+      if (q.phase === 'ended') this.jobs.delete(id);
+    }
+  }
+
+  /**
+   * Gives up an arrival no stream took: the slot aborted, the prebuild discarded, the arms
+   * settled, the name freed. When the source announced its stop into the slot before the abort,
+   * its state is already handed over: the target's vCPU thread decides, and
+   * {@link settleWithoutStream} ends the arrival instead.
+   */
+  private async drop(p: Prepared, why: string): Promise<void> {
+    if (p.phase !== 'waiting') return;
+    p.phase = 'dropping';
+    this.tokens.delete(p.token);
+    clearTimeout(p.timer);
+    const d = await p.switchover;
+    if (d !== undefined && !d.slot.abort()) return; // the source stopped: its outcome settles it
+    await discardPrepared(p, this.host);
+    p.release();
+    p.settle('dropped');
+    this.logger.info(
+      { vm: p.name, job: p.jobId, side: 'target', why },
+      'incoming migration given up before anything moved; the name is free',
+    );
   }
 
   /**
    * Ends a switchover that ran through the slot alone (its source opened no stream), once the
    * target's vCPU thread ended it: the VM is adopted here, or what moved goes back to the
-   * source. A token some stream took is that stream's to settle; a slot given up before any
-   * stop leaves the token to a stream.
+   * source. An arrival some stream took is that stream's to settle. A slot aborted before any
+   * stop was given up by the source (a source that used the prepared slot never falls back to
+   * a stream: it failed or was cancelled) or by {@link drop}: the arrival is dropped.
    */
   private async settleWithoutStream(
-    token: string,
+    p: Prepared,
     d: ArmedSwitchover,
     o: SwitchoverOutcome,
   ): Promise<void> {
-    const p = this.tokens.get(token);
-    if (p === undefined || (!o.ok && o.stage === 'aborted' && !d.slot.announced)) return;
-    this.tokens.delete(token);
+    if (p.phase !== 'waiting' && p.phase !== 'dropping') return;
+    if (!o.ok && o.stage === 'aborted' && !d.slot.announced) {
+      await this.drop(p, 'its source gave the switchover up before its stop');
+      return;
+    }
+    p.phase = 'settling';
+    this.tokens.delete(p.token);
     clearTimeout(p.timer);
     const built = (await p.prebuilt)!; // a switchover is only offered with a prebuilt machine
     const ctx = this.host.ramContext(p.name);
@@ -195,6 +356,7 @@ export class IncomingPreparations {
         settleArms(ctx, d.armed, log);
         d.slot.close();
         p.release();
+        p.settle('arrived');
         log.info(
           { lease: d.lease, prebuilt: true, ...downtimeParts(o) },
           'incoming migration by switchover slot, no stream: the VM runs here (source stop to ' +
@@ -214,7 +376,16 @@ export class IncomingPreparations {
     for (const b of built.blocks) b.backing?.abandon(); // never release the source's region
     await discardPrebuilt(built);
     p.release();
+    p.settle('failed');
   }
+}
+
+function cancelledError(name: string, jobId: string): MigrationError {
+  return new MigrationError(
+    'MIGRATION_CANCELLED',
+    `the incoming migration of VM ${name} (job ${jobId}) was cancelled while it was being ` +
+      'prepared; nothing of it is kept here',
+  );
 }
 
 /**

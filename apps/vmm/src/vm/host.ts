@@ -53,6 +53,8 @@ export class VmHost {
   private readonly vms = new Map<string, Vm>();
   /** Names whose creation is in progress. */
   private readonly creating = new Set<string>();
+  /** Names reserved for VMs arriving by migration: the job, and since when (epoch ms). */
+  private readonly arriving = new Map<string, { readonly jobId: string; readonly since: number }>();
   private readonly memstore: MemstoreAccess;
   private readonly sampler: NodeJS.Timeout;
   private readonly threads: VcpuThreadPool;
@@ -112,12 +114,7 @@ export class VmHost {
     }
     const spec = normalizeSpec(raw);
     validateSpec(spec, { maxVmMemory: this.opts.maxVmMemory });
-    if (this.vms.has(spec.name) || this.creating.has(spec.name)) {
-      throw new VmmError(
-        'VMM_VM_EXISTS',
-        `a VM named ${spec.name} already exists on ${this.opts.vmmId}; destroy it first or pick another name`,
-      );
-    }
+    this.assertNameFree(spec.name);
     this.creating.add(spec.name);
     const log = this.opts.logger.child({ vm: spec.name });
     try {
@@ -170,21 +167,43 @@ export class VmHost {
   }
 
   /**
-   * Reserves a name for an incoming VM (PrepareIncoming) so no CreateVm takes it meanwhile;
-   * returns the release function.
+   * Reserves a name for a VM arriving by migration job `jobId` (PrepareIncoming) so no CreateVm
+   * or other arrival takes it meanwhile; returns the release function (idempotent). The caller
+   * releases it the moment that arrival ends, whichever way: the VM runs here (registered under
+   * the name by then), the migration failed or was cancelled, or it was never used. Nothing
+   * else frees it.
    *
    * @throws VmmError `VMM_VM_EXISTS`
    */
-  async reserve(name: string): Promise<() => void> {
+  async reserve(name: string, jobId = ''): Promise<() => void> {
     await this.retiring.get(name); // a VM that just left under this name is gone first
+    this.assertNameFree(name);
+    const mine = { jobId, since: Date.now() };
+    this.arriving.set(name, mine);
+    return () => {
+      if (this.arriving.get(name) === mine) this.arriving.delete(name);
+    };
+  }
+
+  /** @throws VmmError `VMM_VM_EXISTS`, saying what holds the name and what to do */
+  private assertNameFree(name: string): void {
+    const at = this.opts.vmmId;
+    const arriving = this.arriving.get(name);
+    if (arriving !== undefined) {
+      const job = arriving.jobId !== '' ? `migration job ${arriving.jobId}` : 'a migration';
+      const secs = Math.round((Date.now() - arriving.since) / 1000);
+      throw new VmmError(
+        'VMM_VM_EXISTS',
+        `a VM named ${name} is arriving on ${at} by ${job} (prepared ${secs} s ago); wait ` +
+          'for that job to end, or cancel it (`vmctl jobs cancel`), and the name is free at once',
+      );
+    }
     if (this.vms.has(name) || this.creating.has(name)) {
       throw new VmmError(
         'VMM_VM_EXISTS',
-        `a VM named ${name} already exists (or is arriving) on ${this.opts.vmmId}; destroy it first or pick another name`,
+        `a VM named ${name} already exists on ${at}; destroy it first or pick another name`,
       );
     }
-    this.creating.add(name);
-    return () => this.creating.delete(name);
   }
 
   /** Starts the (waiting) vCPU thread of an incoming VM; see {@link Vm.spawnIncoming}. */

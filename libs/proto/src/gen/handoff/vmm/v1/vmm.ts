@@ -237,6 +237,65 @@ export function vmEventKindToJSON(object: VmEventKind): string {
   }
 }
 
+/** How a job's arrival on a target ended, as CancelIncoming reports it. */
+export enum IncomingOutcome {
+  INCOMING_OUTCOME_UNSPECIFIED = 0,
+  /** INCOMING_OUTCOME_NONE - This vmm knows no arrival of that job (never prepared here, or forgotten long ago). */
+  INCOMING_OUTCOME_NONE = 1,
+  /**
+   * INCOMING_OUTCOME_DROPPED - Given up before anything moved (by this cancel, or earlier: its token expired, its source
+   * gave it up): nothing of it is left here and the name is free.
+   */
+  INCOMING_OUTCOME_DROPPED = 2,
+  /** INCOMING_OUTCOME_ARRIVED - The VM of that job runs here: it arrived before the cancel could stop it. */
+  INCOMING_OUTCOME_ARRIVED = 3,
+  /** INCOMING_OUTCOME_FAILED - Its migration failed here: what moved went back to the source, and the name is free. */
+  INCOMING_OUTCOME_FAILED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function incomingOutcomeFromJSON(object: any): IncomingOutcome {
+  switch (object) {
+    case 0:
+    case "INCOMING_OUTCOME_UNSPECIFIED":
+      return IncomingOutcome.INCOMING_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "INCOMING_OUTCOME_NONE":
+      return IncomingOutcome.INCOMING_OUTCOME_NONE;
+    case 2:
+    case "INCOMING_OUTCOME_DROPPED":
+      return IncomingOutcome.INCOMING_OUTCOME_DROPPED;
+    case 3:
+    case "INCOMING_OUTCOME_ARRIVED":
+      return IncomingOutcome.INCOMING_OUTCOME_ARRIVED;
+    case 4:
+    case "INCOMING_OUTCOME_FAILED":
+      return IncomingOutcome.INCOMING_OUTCOME_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return IncomingOutcome.UNRECOGNIZED;
+  }
+}
+
+export function incomingOutcomeToJSON(object: IncomingOutcome): string {
+  switch (object) {
+    case IncomingOutcome.INCOMING_OUTCOME_UNSPECIFIED:
+      return "INCOMING_OUTCOME_UNSPECIFIED";
+    case IncomingOutcome.INCOMING_OUTCOME_NONE:
+      return "INCOMING_OUTCOME_NONE";
+    case IncomingOutcome.INCOMING_OUTCOME_DROPPED:
+      return "INCOMING_OUTCOME_DROPPED";
+    case IncomingOutcome.INCOMING_OUTCOME_ARRIVED:
+      return "INCOMING_OUTCOME_ARRIVED";
+    case IncomingOutcome.INCOMING_OUTCOME_FAILED:
+      return "INCOMING_OUTCOME_FAILED";
+    case IncomingOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A reference to a memstore region, sent instead of its pages. */
 export interface RegionRef {
   regionId: string;
@@ -444,6 +503,17 @@ export interface PrepareIncomingResponse {
    * give it only to the source.
    */
   handoffSlot: string;
+}
+
+export interface CancelIncomingRequest {
+  /** The job whose PrepareIncoming reserved the arrival (required). */
+  jobId: string;
+  /** The VM's name; when set, an arrival of another name is not touched. */
+  name: string;
+}
+
+export interface CancelIncomingResponse {
+  outcome: IncomingOutcome;
 }
 
 export interface MigrateVmRequest {
@@ -3228,6 +3298,162 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
   },
 };
 
+function createBaseCancelIncomingRequest(): CancelIncomingRequest {
+  return { jobId: "", name: "" };
+}
+
+export const CancelIncomingRequest: MessageFns<CancelIncomingRequest> = {
+  encode(message: CancelIncomingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelIncomingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelIncomingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelIncomingRequest {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: CancelIncomingRequest): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelIncomingRequest>, I>>(base?: I): CancelIncomingRequest {
+    return CancelIncomingRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelIncomingRequest>, I>>(object: I): CancelIncomingRequest {
+    const message = createBaseCancelIncomingRequest();
+    message.jobId = object.jobId ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelIncomingResponse(): CancelIncomingResponse {
+  return { outcome: 0 };
+}
+
+export const CancelIncomingResponse: MessageFns<CancelIncomingResponse> = {
+  encode(message: CancelIncomingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.outcome !== 0) {
+      writer.uint32(8).int32(message.outcome);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelIncomingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelIncomingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelIncomingResponse {
+    return { outcome: isSet(object.outcome) ? incomingOutcomeFromJSON(object.outcome) : 0 };
+  },
+
+  toJSON(message: CancelIncomingResponse): unknown {
+    const obj: any = {};
+    if (message.outcome !== 0) {
+      obj.outcome = incomingOutcomeToJSON(message.outcome);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelIncomingResponse>, I>>(base?: I): CancelIncomingResponse {
+    return CancelIncomingResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelIncomingResponse>, I>>(object: I): CancelIncomingResponse {
+    const message = createBaseCancelIncomingResponse();
+    message.outcome = object.outcome ?? 0;
+    return message;
+  },
+};
+
 function createBaseMigrateVmRequest(): MigrateVmRequest {
   return {
     name: "",
@@ -4258,7 +4484,10 @@ export const VmmServiceService = {
     responseSerialize: (value: ConsoleResponse): Buffer => Buffer.from(ConsoleResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ConsoleResponse => ConsoleResponse.decode(value),
   },
-  /** Target side: reserves an incoming migration and returns a one-time token. */
+  /**
+   * Target side: reserves an incoming migration and returns a one-time token. A PrepareIncoming
+   * that fails reserves nothing.
+   */
   prepareIncoming: {
     path: "/handoff.vmm.v1.VmmService/PrepareIncoming" as const,
     requestStream: false as const,
@@ -4269,6 +4498,25 @@ export const VmmServiceService = {
     responseSerialize: (value: PrepareIncomingResponse): Buffer =>
       Buffer.from(PrepareIncomingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareIncomingResponse => PrepareIncomingResponse.decode(value),
+  },
+  /**
+   * Target side: gives up the incoming migration of a job — its PrepareIncoming reservation, the
+   * machine built ahead, the switchover slot and the armed lease transfers, or a stream that is
+   * still before its source's stop — and frees the VM's name at once. Past that point the
+   * arrival ends by itself: the answer waits for that and says how it ended. Idempotent. The
+   * migrator calls it when a migration did not complete and when it resolves the jobs it found
+   * in flight after a restart.
+   */
+  cancelIncoming: {
+    path: "/handoff.vmm.v1.VmmService/CancelIncoming" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelIncomingRequest): Buffer =>
+      Buffer.from(CancelIncomingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelIncomingRequest => CancelIncomingRequest.decode(value),
+    responseSerialize: (value: CancelIncomingResponse): Buffer =>
+      Buffer.from(CancelIncomingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CancelIncomingResponse => CancelIncomingResponse.decode(value),
   },
   /**
    * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
@@ -4351,8 +4599,20 @@ export interface VmmServiceServer extends UntypedServiceImplementation {
   watchVm: handleServerStreamingCall<WatchVmRequest, WatchVmResponse>;
   /** UART bytes in both directions. The first request names the VM. */
   console: handleBidiStreamingCall<ConsoleRequest, ConsoleResponse>;
-  /** Target side: reserves an incoming migration and returns a one-time token. */
+  /**
+   * Target side: reserves an incoming migration and returns a one-time token. A PrepareIncoming
+   * that fails reserves nothing.
+   */
   prepareIncoming: handleUnaryCall<PrepareIncomingRequest, PrepareIncomingResponse>;
+  /**
+   * Target side: gives up the incoming migration of a job — its PrepareIncoming reservation, the
+   * machine built ahead, the switchover slot and the armed lease transfers, or a stream that is
+   * still before its source's stop — and frees the VM's name at once. Past that point the
+   * arrival ends by itself: the answer waits for that and says how it ended. Idempotent. The
+   * migrator calls it when a migration did not complete and when it resolves the jobs it found
+   * in flight after a restart.
+   */
+  cancelIncoming: handleUnaryCall<CancelIncomingRequest, CancelIncomingResponse>;
   /**
    * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
    * or hands it over through the target's slot). The progress comes on this call: a
@@ -4510,7 +4770,10 @@ export interface VmmServiceClient extends Client {
   console(): ClientDuplexStream<ConsoleRequest, ConsoleResponse>;
   console(options: Partial<CallOptions>): ClientDuplexStream<ConsoleRequest, ConsoleResponse>;
   console(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ConsoleRequest, ConsoleResponse>;
-  /** Target side: reserves an incoming migration and returns a one-time token. */
+  /**
+   * Target side: reserves an incoming migration and returns a one-time token. A PrepareIncoming
+   * that fails reserves nothing.
+   */
   prepareIncoming(
     request: PrepareIncomingRequest,
     callback: (error: ServiceError | null, response: PrepareIncomingResponse) => void,
@@ -4525,6 +4788,29 @@ export interface VmmServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareIncomingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Target side: gives up the incoming migration of a job — its PrepareIncoming reservation, the
+   * machine built ahead, the switchover slot and the armed lease transfers, or a stream that is
+   * still before its source's stop — and frees the VM's name at once. Past that point the
+   * arrival ends by itself: the answer waits for that and says how it ended. Idempotent. The
+   * migrator calls it when a migration did not complete and when it resolves the jobs it found
+   * in flight after a restart.
+   */
+  cancelIncoming(
+    request: CancelIncomingRequest,
+    callback: (error: ServiceError | null, response: CancelIncomingResponse) => void,
+  ): ClientUnaryCall;
+  cancelIncoming(
+    request: CancelIncomingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CancelIncomingResponse) => void,
+  ): ClientUnaryCall;
+  cancelIncoming(
+    request: CancelIncomingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CancelIncomingResponse) => void,
   ): ClientUnaryCall;
   /**
    * Source side: migrates a VM to another vmm instance (opens MigrationService.Incoming there,
