@@ -10,8 +10,19 @@
  *   final marker, or its vCPU thread flipped them in a switchover) and has not run the VM yet.
  * - `switchover-before-lease`: in a switchover with armed transfers, the target's vCPU thread
  *   restored the source's state (the source is stopped, waiting) and has not flipped the lease.
+ * - `outgoing-before-stop`: a source reached stop-and-copy and has not asked its vCPU to stop
+ *   (nothing can have moved yet).
+ * - `migrate-vm-before-final`: a source's migration ended and MigrateVm has not sent its last
+ *   message (with `:kill`: the stream to the migrator drops after the hand-off).
+ * - `source-retake-unknown`: a source that failed after its stop gets no answer from memstore
+ *   at its first re-take of its lease (as if memstore were down); {@link failpointHit}.
  */
-export type FailpointName = 'incoming-after-lease' | 'switchover-before-lease';
+export type FailpointName =
+  | 'incoming-after-lease'
+  | 'switchover-before-lease'
+  | 'outgoing-before-stop'
+  | 'migrate-vm-before-final'
+  | 'source-retake-unknown';
 
 /** Name of the variable that arms a failpoint. */
 export const FAILPOINT_VARIABLE = 'HANDOFF_VMM_FAILPOINT';
@@ -33,4 +44,15 @@ export function failpoint(name: FailpointName): void {
   armed.name = '';
   if (armed.kill) process.kill(process.pid, 'SIGKILL');
   throw new Error(`failpoint ${name} (${FAILPOINT_VARIABLE}) fired`);
+}
+
+/**
+ * True the first time this armed failpoint is passed (it then fires no more): the caller acts
+ * as if the failure happened. With `:kill` it dies instead, as {@link failpoint} does.
+ */
+export function failpointHit(name: FailpointName): boolean {
+  if (armed === undefined || armed.name !== name) return false;
+  armed.name = '';
+  if (armed.kill) process.kill(process.pid, 'SIGKILL');
+  return true;
 }

@@ -12,6 +12,7 @@ import type {
   MigrationParameters,
 } from '@handoff/qapi';
 import { channelCredentials, createClient, type Logger, type TlsMaterial } from '@handoff/service';
+import { failpoint } from '../failpoints.js';
 import { MigrationError } from '../model/migration-error.js';
 import type { VmHost } from '../vm/host.js';
 import { IncomingMigration } from './incoming.js';
@@ -148,6 +149,8 @@ export class MigrationManager {
         'MigrateVm needs target_address and token (from PrepareIncoming on the target)',
       );
     }
+    // A VM an earlier migration left paused and uncertain is this one's now: no re-check.
+    current?.stopBackground();
     const m = new OutgoingMigration({
       vm,
       host: this.host,
@@ -169,7 +172,9 @@ export class MigrationManager {
     // A spare thread warming up now would take a CPU from this migration's pause.
     const unhold = this.host.holdSpares();
     try {
-      return await m.run();
+      const final = await m.run();
+      failpoint('migrate-vm-before-final');
+      return final;
     } finally {
       unhold();
     }
@@ -186,7 +191,10 @@ export class MigrationManager {
   }
 
   async close(): Promise<void> {
-    for (const m of this.outgoing.values()) m.cancel();
+    for (const m of this.outgoing.values()) {
+      m.cancel();
+      m.stopBackground();
+    }
     for (const address of [...this.clients.keys()]) this.dropClient(address);
     await this.data?.close();
     await this.preparations.close();

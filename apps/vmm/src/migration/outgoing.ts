@@ -25,7 +25,10 @@ import { capabilitiesToWire, leaseMoveFromWire } from '@handoff/qapi/wire';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import { specToPb } from '../wire/spec.js';
 import { holderOf } from '../leases/calls.js';
-import { retakeLease } from '../leases/protocol.js';
+import { retakeLease, type RetakeOutcome } from '../leases/protocol.js';
+import { failpoint, failpointHit } from '../failpoints.js';
+import type { LeaseContext } from '../leases/calls.js';
+import type { RamBacking } from '../ram/index.js';
 import { MigrationError, type OutgoingPhase } from '../model/migration-error.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { SwitchoverBlock } from '../switchover/offer.js';
@@ -37,6 +40,7 @@ import { STREAM_FORMAT } from './format.js';
 import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
 import { MigrationStats } from './stats.js';
+import { recheckLeases, type LeaseRecheck } from './uncertain.js';
 import { dataChannelAlive } from './transport/data-channel.js';
 import {
   chooseTransport,
@@ -112,6 +116,10 @@ export class OutgoingMigration {
   private stream: StreamToTarget | null = null;
   /** The last pre-copy harvest: those pages go at the stop, with the ones dirtied since. */
   private lastPass: PageBitmap | null = null;
+  /** The background lease re-check of a VM left paused with MIGRATION_UNCERTAIN. */
+  private recheck: LeaseRecheck | undefined;
+  /** What happened to the VM after the failure (appended to the error description). */
+  private aftermath: string | undefined;
 
   constructor(private readonly o: OutgoingOptions) {
     this.pages = new PageSender((f) => this.sendPages(f));
@@ -120,7 +128,18 @@ export class OutgoingMigration {
 
   /** Progress now (the final info once terminal). */
   info(): MigrationInfo {
-    return this.stats.info(this.sm.status, this.sm.isTerminal(), this.sm.errorDesc);
+    const desc = this.sm.errorDesc;
+    const errorDesc =
+      desc !== undefined && this.aftermath !== undefined ? `${desc}; ${this.aftermath}` : desc;
+    return this.stats.info(this.sm.status, this.sm.isTerminal(), errorDesc);
+  }
+
+  /**
+   * Stops what this migration left running in the background (the lease re-check of a VM it
+   * left paused with MIGRATION_UNCERTAIN): a new migration of the VM, or the instance's stop.
+   */
+  stopBackground(): void {
+    this.recheck?.stop();
   }
 
   get terminal(): boolean {
@@ -337,6 +356,7 @@ export class OutgoingMigration {
     const { vm } = this.o;
     const s = this.stats;
     if (!this.sm.transitionIf('active', 'device')) this.checkCancelled();
+    failpoint('outgoing-before-stop');
     const tStop = now();
     s.mark('pauseAsked', tStop);
     p.paused = true;
@@ -539,19 +559,23 @@ export class OutgoingMigration {
     for (const b of refs) {
       // Fence any late transfer by the target: re-take our own lease (epoch + 1).
       const ref = b.regionRef!;
-      const outcome = await retakeLease(ctx, ref);
+      const outcome: RetakeOutcome = failpointHit('source-retake-unknown')
+        ? { kind: 'unknown' }
+        : await retakeLease(ctx, ref);
       if (outcome.kind === 'ours') {
         b.setLeaseEpoch?.(outcome.epoch);
         continue;
       }
       if (outcome.kind === 'unknown') {
+        this.recheckLater(refs.slice(refs.indexOf(b)), p.wasRunning, ctx);
         return this.then(
           failure,
           'MIGRATION_UNCERTAIN',
           `memstore did not answer, so whether the target took the lease of region ` +
-            `${ref.regionName} is unknown: VM ${vm.name} stays paused here; check the holder with ` +
-            'ValidateLease (`vmctl region show`) and resume the VM where memstore says it belongs ' +
-            '(ResumeVm checks the lease first)',
+            `${ref.regionName} is unknown: VM ${vm.name} stays paused here and asks memstore ` +
+            'again in the background; it resumes by itself once memstore confirms the lease is ' +
+            'still its own, and never if the lease moved (then it runs on the target). ' +
+            '`vmctl region show` shows the holder',
         );
       }
       vm.fence(`the lease of region ${ref.regionName} moved during the migration`);
@@ -583,6 +607,30 @@ export class OutgoingMigration {
       return this.suffix(failure, 'the VM resumed here, unchanged');
     }
     return this.suffix(failure, 'the VM stays paused here, unchanged');
+  }
+
+  /**
+   * Re-asks memstore in the background about the leases of `blocks` (from the first one whose
+   * re-take got no answer on), see uncertain.ts.
+   */
+  private recheckLater(blocks: readonly RamBacking[], wasRunning: boolean, ctx: LeaseContext) {
+    const { vm, logger: log } = this.o;
+    this.recheck = recheckLeases({
+      vm,
+      leases: blocks.map((b) => {
+        const ref = b.regionRef!;
+        return {
+          regionId: ref.regionId,
+          regionName: ref.regionName,
+          epoch: ref.epoch,
+          setEpoch: (e: number) => b.setLeaseEpoch?.(e),
+        };
+      }),
+      retake: (lease) => retakeLease(ctx, lease),
+      resume: wasRunning,
+      log,
+      onEnd: (sentence) => (this.aftermath = sentence),
+    });
   }
 
   /** `failure`, with what happened to the VM appended. */
