@@ -533,6 +533,8 @@ export class IncomingMigration {
       d.slot.close();
     }
     this.current = 'failed'; // from any state but resumed, which returned above
+    // A PrepareIncoming of this name waits for what follows (the name is released at the end).
+    if (this.prepared !== undefined) this.prepared.phase = 'failing';
     this.log.warn({ code: e.code, error: e.message }, 'incoming migration failed');
     await this.leases?.catch(() => undefined); // a transfer in flight may still move a lease here
     await this.pages?.drain().catch(() => undefined); // no write may outlive the blocks

@@ -19,6 +19,7 @@ import { MigrationError } from '../model/migration-error.js';
 import type { VmSpec } from '../model/types.js';
 import { downtimeParts, type SwitchoverOutcome } from '../switchover/outcome.js';
 import { offerSwitchover, type OfferedSwitchover } from '../switchover/offer.js';
+import { SlotState } from '../switchover/slot.js';
 import type { VmHost } from '../vm/host.js';
 import { discardPrebuilt, prebuild, type Block, type Prebuilt } from './incoming-blocks.js';
 
@@ -80,9 +81,12 @@ export interface Prepared {
   /**
    * `waiting`: no stream took the token yet; `taken`: a stream serves it (and settles it);
    * `dropping`: being given up (cancel, expiry, a source that gave the slot up); `settling`: the
-   * switchover ran through the slot alone and its outcome is being settled; `ended`.
+   * switchover ran through the slot alone and its outcome is being settled; `failing`: the
+   * stream that took it failed and is undoing what it did; `ended`.
    */
-  phase: 'waiting' | 'taken' | 'dropping' | 'settling' | 'ended';
+  phase: 'waiting' | 'taken' | 'dropping' | 'settling' | 'failing' | 'ended';
+  /** The switchover offered with it, once the offer was made (undefined: none or not yet). */
+  offer: ArmedSwitchover | undefined;
   /** Frees the name (and lets spare vCPU threads start again). Idempotent. */
   readonly release: () => void;
   readonly timer: NodeJS.Timeout;
@@ -143,6 +147,9 @@ export class IncomingPreparations {
     if (jobId !== '') this.preparingJobs.add(jobId);
     let reserved: () => void;
     try {
+      // An arrival of this name on its way out (failed, given up) is gone first, as a VM that
+      // just migrated away is: a retry right after a failure gets the name, not a refusal.
+      await this.leaving(name);
       reserved = await this.host.reserve(name, jobId);
     } catch (err) {
       this.preparingJobs.delete(jobId);
@@ -171,6 +178,7 @@ export class IncomingPreparations {
       throw err;
     }
     const offered = await p.switchover;
+    p.offer = offered;
     offered?.outcome.then(
       (o) => this.settleWithoutStream(p, offered, o),
       () => undefined,
@@ -222,6 +230,7 @@ export class IncomingPreparations {
       timer,
       prebuilt: built,
       switchover,
+      offer: undefined,
       stream: undefined,
       settle: (how) => {
         if (p.phase === 'ended') return;
@@ -291,6 +300,26 @@ export class IncomingPreparations {
 
   async close(): Promise<void> {
     await Promise.all([...this.tokens.values()].map((p) => this.drop(p, 'this vmm stops')));
+  }
+
+  /**
+   * Resolves once no arrival of `name` is on its way out: being dropped or settled, a failing
+   * stream undoing its work, or a slot its source gave up (whose drop starts now rather than
+   * when the target's thread reports it).
+   */
+  private async leaving(name: string): Promise<void> {
+    const out: Promise<unknown>[] = [];
+    for (const p of new Set([...this.tokens.values(), ...this.jobs.values()])) {
+      if (p.name !== name || p.phase === 'ended') continue;
+      const d = p.offer;
+      if (p.phase === 'waiting' && d !== undefined && sourceGaveUp(d)) {
+        void this.drop(p, 'its source gave the switchover up before its stop');
+      }
+      if (p.phase === 'dropping' || p.phase === 'settling' || p.phase === 'failing') {
+        out.push(p.ended);
+      }
+    }
+    await Promise.all(out);
   }
 
   /** Keeps `p` findable by job, forgetting the oldest ended arrivals beyond {@link KEEP_ENDED}. */
@@ -378,6 +407,11 @@ export class IncomingPreparations {
     p.release();
     p.settle('failed');
   }
+}
+
+/** Whether the source aborted the slot before announcing any stop (it gave the migration up). */
+function sourceGaveUp(d: ArmedSwitchover): boolean {
+  return d.slot.state() === SlotState.ABORTED && !d.slot.announced;
 }
 
 function cancelledError(name: string, jobId: string): MigrationError {
