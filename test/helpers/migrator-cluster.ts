@@ -37,6 +37,8 @@ export async function startMigratorCluster(opts: {
   vmms: string[];
   migratorArgs?: string[];
   vmmArgs?: string[];
+  /** Environment of particular vmm instances, by id (e.g. a failpoint). */
+  vmmEnv?: Record<string, NodeJS.ProcessEnv>;
 }): Promise<MigratorCluster> {
   const dirs = memstoreDirs();
   const stateDir = mkdtempSync(join(tmpdir(), 'handoff-migrator-xp-'));
@@ -50,20 +52,25 @@ export async function startMigratorCluster(opts: {
       stateDir,
       '--heartbeat-interval-ms',
       '200',
+      '--memstore',
+      memstore.process.address,
       ...(opts.migratorArgs ?? []),
     ]);
   const migrator = await startMigrator();
   const vmmList = await Promise.all(
     opts.vmms.map((id) =>
-      startVmmProcess([
-        '--id',
-        id,
-        '--memstore',
-        memstore.process.address,
-        '--migrator',
-        migrator.address,
-        ...(opts.vmmArgs ?? []),
-      ]),
+      startVmmProcess(
+        [
+          '--id',
+          id,
+          '--memstore',
+          memstore.process.address,
+          '--migrator',
+          migrator.address,
+          ...(opts.vmmArgs ?? []),
+        ],
+        { env: opts.vmmEnv?.[id] },
+      ),
     ),
   );
   const cluster: MigratorCluster = {

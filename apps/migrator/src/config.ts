@@ -37,6 +37,14 @@ export const migratorOptions = {
     description:
       'deadline of one migration (MigrateVm); when it passes the job fails and the source cancels the migration',
   },
+  memstore: {
+    type: 'string',
+    default: '127.0.0.1:7100',
+    env: 'HANDOFF_MEMSTORE_ADDR',
+    description:
+      'memstore address (host:port): after a migration ended uncertainly (a dropped connection, ' +
+      "a restart), who holds the VM's lease there says where it runs; empty: not asked",
+  },
   'live-update-concurrency': {
     type: 'number',
     default: 2,

@@ -15,7 +15,10 @@ export {
 export type { HostedVm, HostedVms, VmSpec, VmState } from './registry/hosted-vm.js';
 export {
   VmmClients,
+  isDefinitive,
   isUnreachable,
+  unreachableHow,
+  type ArrivalEnd,
   type MigrateCall,
   type PreparedTarget,
   type VmmCalls,
@@ -23,4 +26,19 @@ export {
 export { MigratorError, type MigratorErrorCode } from './errors.js';
 export { JobManager, type JobManagerOptions, type JobListener } from './jobs/job-manager.js';
 export { JobJournal, JOURNAL_FILE, JOURNAL_VERSION } from './jobs/journal.js';
-export { isFinished, statusPath, type Job, type JobKind } from './jobs/job.js';
+export {
+  isFinished,
+  statusPath,
+  type Job,
+  type JobKind,
+  type JobOutcome,
+  type VmWhereabouts,
+} from './jobs/job.js';
+export {
+  MemstoreClient,
+  holderLivenessOf,
+  type HolderLiveness,
+  type RegionLease,
+  type RegionLeases,
+} from './clients/memstore-client.js';
+export { gatherEvidence, judge, type Evidence, type Verdict } from './jobs/outcome.js';

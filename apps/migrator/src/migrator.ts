@@ -22,9 +22,10 @@ export interface Migrator {
 }
 
 /**
- * Starts the migrator: reads its TLS material (or `--insecure`), opens the job journal (when `--state-dir` is set),
- * fails the jobs a previous run left in flight (asking their source vmm to
- * cancel), then serves health, reflection and MigratorService.
+ * Starts the migrator: reads its TLS material (or `--insecure`), opens the job journal (when
+ * `--state-dir` is set), starts resolving the jobs a previous run left in flight (cancelled at
+ * both ends, then ended with where the VM really is), then serves health, reflection and
+ * MigratorService.
  */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
   const tls = loadTls(config, 'migrator', { role: 'migrator' });
@@ -47,6 +48,8 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     migrationTimeoutMs: config['migration-timeout-ms'],
     defaultConcurrency: config['live-update-concurrency'],
     vmmCredentials: channelCredentials(tls, { serverRole: 'vmm' }),
+    memstoreAddress: config.memstore,
+    memstoreCredentials: channelCredentials(tls, { serverRole: 'memstore' }),
   });
   jobs.recover();
   const server = await startServer({

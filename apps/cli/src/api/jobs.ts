@@ -34,7 +34,24 @@ export interface JobView {
   createdAt: string | undefined;
   finishedAt: string | undefined;
   children: string[];
+  /** Where a migrate job left its VM, once it ended. */
+  outcome: JobOutcomeView | undefined;
 }
+
+/** Where a job left its VM: on the target, the source, lost with a vmm, or unknown. */
+export interface JobOutcomeView {
+  where: 'target' | 'source' | 'lost' | 'unknown';
+  /** The vmm that holds the VM, or the one it was lost with ('' when unknown). */
+  vmm: string;
+  detail: string;
+}
+
+const WHERE: Record<number, JobOutcomeView['where']> = {
+  [pb.VmWhereabouts.VM_WHEREABOUTS_TARGET]: 'target',
+  [pb.VmWhereabouts.VM_WHEREABOUTS_SOURCE]: 'source',
+  [pb.VmWhereabouts.VM_WHEREABOUTS_LOST]: 'lost',
+  [pb.VmWhereabouts.VM_WHEREABOUTS_UNKNOWN]: 'unknown',
+};
 
 const KIND: Record<number, JobView['kind']> = {
   [pb.JobKind.JOB_KIND_MIGRATE]: 'migrate',
@@ -60,6 +77,14 @@ function toView(j: pb.Job | undefined): JobView {
     createdAt: timestampToDate(j.createdAt)?.toISOString(),
     finishedAt: timestampToDate(j.finishedAt)?.toISOString(),
     children: [...j.children],
+    outcome:
+      j.outcome !== undefined
+        ? {
+            where: WHERE[j.outcome.where] ?? 'unknown',
+            vmm: j.outcome.vmm,
+            detail: j.outcome.detail,
+          }
+        : undefined,
   };
 }
 
@@ -82,6 +107,8 @@ export interface JobJson {
   createdAt?: string;
   finishedAt?: string;
   children?: string[];
+  /** Where a migrate job left its VM, once it ended. */
+  outcome?: JobOutcomeView;
   info: QapiMigrationInfo;
 }
 
@@ -102,6 +129,7 @@ export function jobJson(job: JobView): JobJson {
   if (job.createdAt !== undefined) out.createdAt = job.createdAt;
   if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt;
   if (job.children.length > 0) out.children = job.children;
+  if (job.outcome !== undefined) out.outcome = job.outcome;
   return out;
 }
 

@@ -32,6 +32,14 @@ const LEASE_MOVE_WORDS = {
   none: 'no lease to move',
 } as const;
 
+/** Where a job left its VM, in words. */
+const WHERE_WORDS = {
+  target: 'on the target',
+  source: 'on the source',
+  lost: 'lost',
+  unknown: 'unknown',
+} as const;
+
 /** The table text of one job: identity, status and its statistics. */
 export function renderJob(j: JobView): string {
   const i = j.info;
@@ -42,6 +50,8 @@ export function renderJob(j: JobView): string {
     ['status', i.status],
   ];
   if (i.errorDesc !== undefined) fields.push(['error', i.errorDesc]);
+  if (j.outcome !== undefined)
+    fields.push(['vm is', `${WHERE_WORDS[j.outcome.where]}: ${j.outcome.detail}`]);
   fields.push(
     ['total time', ms(i.totalTimeMs)],
     ['setup time', ms(i.setupTimeMs)],
@@ -109,7 +119,7 @@ export async function followJob(ctx: CommandContext, job: JobView): Promise<numb
 function printEnded(ctx: CommandContext, j: JobView): number {
   ctx.print({ job: jobJson(j) }, () => renderJob(j));
   if (j.info.status === 'completed') return EXIT.ok;
-  const why = j.info.errorDesc ?? `the job ended ${j.info.status}`;
+  const why = j.info.errorDesc ?? j.outcome?.detail ?? `the job ended ${j.info.status}`;
   ctx.io.err(`vmctl: job ${j.id} ${j.info.status}: ${why}\n`);
   return EXIT.failed;
 }

@@ -23,7 +23,7 @@ import {
 import { hostedVmsFromWire } from '../clients/vm-wire.js';
 import { MigratorError } from '../errors.js';
 import type { JobManager } from '../jobs/job-manager.js';
-import { isFinished, type Job, type JobKind } from '../jobs/job.js';
+import { isFinished, type Job, type JobKind, type VmWhereabouts } from '../jobs/job.js';
 import type { VmmRegistry, VmmRecord } from '../registry/vmm-registry.js';
 
 const SERVICE = 'MigratorService';
@@ -58,8 +58,23 @@ export function jobToWire(job: Job): pb.Job {
     createdAt: dateToTimestamp(job.createdAt),
     finishedAt: job.finishedAt !== undefined ? dateToTimestamp(job.finishedAt) : undefined,
     children: [...job.children],
+    outcome:
+      job.outcome === undefined
+        ? undefined
+        : {
+            where: WHERE_TO_WIRE[job.outcome.where],
+            vmm: job.outcome.vmm,
+            detail: job.outcome.detail,
+          },
   };
 }
+
+const WHERE_TO_WIRE: Record<VmWhereabouts, pb.VmWhereabouts> = {
+  target: pb.VmWhereabouts.VM_WHEREABOUTS_TARGET,
+  source: pb.VmWhereabouts.VM_WHEREABOUTS_SOURCE,
+  lost: pb.VmWhereabouts.VM_WHEREABOUTS_LOST,
+  unknown: pb.VmWhereabouts.VM_WHEREABOUTS_UNKNOWN,
+};
 
 /** Wire input converted to domain values; a bad value is the caller's INVALID_ARGUMENT. */
 function fromWire<T>(what: string, convert: () => T): T {

@@ -46,6 +46,13 @@ export interface PrepareCall {
   readonly capabilities: MigrationCapabilities;
 }
 
+/**
+ * How a job's arrival ended on its target (CancelIncoming's answer): `none` when that vmm
+ * knows no arrival of the job, `dropped` when it was given up before anything moved (the name
+ * is free), `arrived` when the VM runs there, `failed` when its migration failed there.
+ */
+export type ArrivalEnd = 'none' | 'dropped' | 'arrived' | 'failed';
+
 export interface VmmCalls {
   /** PrepareIncoming on a target; with the spec the target builds the machine ahead. */
   prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget>;
@@ -59,10 +66,18 @@ export interface VmmCalls {
     req: MigrateCall,
     opts: { deadlineMs: number; onProgress: (info: MigrationInfo) => void },
   ): Promise<MigrationInfo>;
-  /** GetMigration: the source's view of its last migration of `vm`; null when it knows none. */
-  migration(address: string, vm: string): Promise<MigrationInfo | null>;
+  /**
+   * GetMigration: the source's view of its last migration of `vm`; null when it knows none, or
+   * (with `jobId`) when its last migration of the VM belongs to another job.
+   */
+  migration(address: string, vm: string, jobId?: string): Promise<MigrationInfo | null>;
   /** CancelMigration on a source (it refuses past the point of no return). */
   cancelMigration(address: string, vm: string): Promise<void>;
+  /**
+   * CancelIncoming on a target: it gives up the job's arrival unless past its point of no
+   * return (then waits for its end) and says how the arrival ended.
+   */
+  cancelIncoming(address: string, vm: string, jobId: string): Promise<ArrivalEnd>;
   /** GetVm: the VM as that instance holds it, or null when it holds none of that name. */
   vm(address: string, vm: string): Promise<HostedVm | null>;
   /** Closes every connection. */
@@ -76,6 +91,34 @@ export function isUnreachable(err: unknown): boolean {
     (err.status === grpc.status.UNAVAILABLE || err.status === grpc.status.DEADLINE_EXCEEDED)
   );
 }
+
+/**
+ * Why a vmm could not be reached, from a call's error: `refused` when nothing listens at its
+ * address any more (its process is gone, on this host), `silent` when it did not answer in
+ * time or the connection broke; undefined when the error is the vmm's own answer.
+ */
+export function unreachableHow(err: unknown): 'refused' | 'silent' | undefined {
+  if (!isUnreachable(err)) return undefined;
+  return /ECONNREFUSED|ENOENT/.test((err as RemoteError).message) ? 'refused' : 'silent';
+}
+
+/**
+ * Whether a migration's error is the source vmm's own verdict on it (a coded migration or VM
+ * error that says where the VM is) rather than an uncertain end: a transport error, a call that
+ * ended without its final info, an internal error, or the source's own MIGRATION_UNCERTAIN.
+ */
+export function isDefinitive(err: unknown): boolean {
+  if (!(err instanceof RemoteError)) return false;
+  if (err.code === 'MIGRATION_UNCERTAIN') return false;
+  return err.code.startsWith('MIGRATION_') || err.code.startsWith('VMM_');
+}
+
+const ARRIVAL_FROM_WIRE: Partial<Record<vpb.IncomingOutcome, ArrivalEnd>> = {
+  [vpb.IncomingOutcome.INCOMING_OUTCOME_NONE]: 'none',
+  [vpb.IncomingOutcome.INCOMING_OUTCOME_DROPPED]: 'dropped',
+  [vpb.IncomingOutcome.INCOMING_OUTCOME_ARRIVED]: 'arrived',
+  [vpb.IncomingOutcome.INCOMING_OUTCOME_FAILED]: 'failed',
+};
 
 /**
  * The migrator's client edge to vmm instances: one channel per address, every call with a
@@ -149,9 +192,11 @@ export class VmmClients implements VmmCalls {
     return migrationInfoFromWire(last.info);
   }
 
-  async migration(address: string, vm: string): Promise<MigrationInfo | null> {
+  async migration(address: string, vm: string, jobId?: string): Promise<MigrationInfo | null> {
     try {
       const res = await unaryCall(this.client(address), 'getMigration', { name: vm }, this.opts());
+      // a vmm of a build before job ids answers '': its last migration is taken as the job's
+      if (jobId !== undefined && res.jobId !== '' && res.jobId !== jobId) return null;
       return res.info === undefined ? null : migrationInfoFromWire(res.info);
     } catch (err) {
       if (isUnreachable(err)) throw err;
@@ -161,6 +206,16 @@ export class VmmClients implements VmmCalls {
 
   async cancelMigration(address: string, vm: string): Promise<void> {
     await unaryCall(this.client(address), 'cancelMigration', { name: vm }, this.opts());
+  }
+
+  async cancelIncoming(address: string, vm: string, jobId: string): Promise<ArrivalEnd> {
+    const res = await unaryCall(
+      this.client(address),
+      'cancelIncoming',
+      { name: vm, jobId },
+      this.opts(),
+    );
+    return ARRIVAL_FROM_WIRE[res.outcome] ?? 'none';
   }
 
   async vm(address: string, vm: string): Promise<HostedVm | null> {

@@ -8,7 +8,7 @@ import { createLogger } from '@handoff/service';
 import { MigratorError } from '../errors.js';
 import { VmmRegistry } from '../registry/vmm-registry.js';
 import { hostedVmsFromWire } from '../clients/vm-wire.js';
-import { FakeVmm, FakeWorld } from '../testing/fake-vmm.js';
+import { FakeLeases, FakeVmm, FakeWorld } from '../testing/fake-vmm.js';
 import { JobManager, type JobSink } from './job-manager.js';
 import { statusPath, type Job } from './job.js';
 import { JobJournal } from './journal.js';
@@ -26,6 +26,12 @@ describe('statusPath', () => {
   });
 });
 
+/** A migration of a few quick steps (then the script's end). */
+const shortScript = {
+  steps: [{ status: 'active' as const, transferred: 1, remaining: 1 }],
+  stepMs: 10,
+};
+
 describe('JobManager against fake vmm instances', () => {
   let world: FakeWorld;
   let a: FakeVmm;
@@ -37,6 +43,8 @@ describe('JobManager against fake vmm instances', () => {
   let dir: string;
   /** Set to simulate a crash: the running manager writes nothing more. */
   let crashed: boolean;
+  /** memstore's leases, as the world has them. */
+  let leases: FakeLeases;
 
   const manager = (journal?: JobSink, restored: Job[] = []) =>
     new JobManager({
@@ -46,6 +54,7 @@ describe('JobManager against fake vmm instances', () => {
       restored,
       pollIntervalMs: 10,
       recoveryRetryMs: 2000,
+      leases,
     });
 
   beforeEach(async () => {
@@ -67,6 +76,7 @@ describe('JobManager against fake vmm instances', () => {
     }
     dir = mkdtempSync(join(tmpdir(), 'handoff-jobs-'));
     crashed = false;
+    leases = new FakeLeases(world);
     const journal = JobJournal.open(dir).journal;
     jobs = manager({
       append: (j, d) => (crashed ? undefined : journal.append(j, d)),
@@ -83,6 +93,13 @@ describe('JobManager against fake vmm instances', () => {
 
   /** The VmmService calls a fake got that look a VM up (ListVms, GetVm) or destroy one. */
   const lookups = (f: FakeVmm) => f.calls.filter((c) => /^(listVms|getVm|destroyVm):/.test(c));
+  /** What a job that did not complete asks to find its VM: each end once, nothing destroyed. */
+  const resolution = (vm: string) => ({
+    source: [`getMigration:${vm}`, `getVm:${vm}`],
+    target: [`cancelIncoming:${vm}`, `getVm:${vm}`],
+  });
+  const asked = (f: FakeVmm) =>
+    f.calls.filter((c) => /^(listVms|getVm|destroyVm|getMigration|cancelIncoming):/.test(c));
 
   it('migrates a VM: PrepareIncoming on the target, MigrateVm on the source, progress, statistics', async () => {
     const job = await jobs.migrate({
@@ -221,9 +238,119 @@ describe('JobManager against fake vmm instances', () => {
     const done = await jobs.waitFor(job.id);
     expect(done.info.status).toBe('failed');
     expect(done.info.errorDesc).toContain('epoch 3 is stale');
+    expect(done.outcome).toEqual({
+      where: 'source',
+      vmm: 'vmm-a',
+      detail: 'VM vm1 runs on vmm-a',
+    });
     expect(world.get('vm1')).toBe('vmm-a');
     expect(registry.locate('vm1')?.vmm.id).toBe('vmm-a');
-    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+    // it asked each end once where the VM is (and freed the name on the target), destroyed nothing
+    expect(asked(a)).toEqual(resolution('vm1').source);
+    expect(asked(b)).toEqual(resolution('vm1').target);
+    expect(b.reservedNames()).toEqual([]);
+  });
+
+  it('a failed migration leaves the name free on the target: an immediate retry moves the VM', async () => {
+    a.scripts.set('vm1', {
+      steps: [{ status: 'active', transferred: 1, remaining: 1 }],
+      stepMs: 10,
+      failWith: 'the target refused the header',
+    });
+    const first = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    expect((await jobs.waitFor(first.id)).info.status).toBe('failed');
+    // the fake target, like an older vmm, kept its reservation: the job's CancelIncoming freed it
+    expect(b.reservedNames()).toEqual([]);
+    a.scripts.delete('vm1');
+    const retry = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(retry.id);
+    expect(done.info.status, done.info.errorDesc).toBe('completed');
+    expect(done.outcome).toMatchObject({ where: 'target', vmm: 'vmm-b' });
+    expect(world.get('vm1')).toBe('vmm-b');
+  });
+
+  it('a connection that drops after the hand-off reports completed: the VM runs on the target', async () => {
+    a.scripts.set('vm1', { ...shortScript, end: 'drop-after-handoff' });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status, done.info.errorDesc).toBe('completed');
+    expect(done.info.errorDesc).toBeUndefined();
+    // the source's own final info, read back with GetMigration
+    expect(done.info).toMatchObject({ downtimeUs: 1500, deviceBytes: 8192 });
+    expect(done.outcome).toEqual({
+      where: 'target',
+      vmm: 'vmm-b',
+      detail: 'VM vm1 runs on vmm-b with the lease of region vm1-ram0',
+    });
+    expect(leases.asked).toEqual(['vm1-ram0']);
+    expect(registry.locate('vm1')?.vmm.id).toBe('vmm-b');
+  });
+
+  it('a source that dies after the hand-off: completed, and it says the source is gone', async () => {
+    a.scripts.set('vm1', { ...shortScript, end: 'source-dies-after-handoff' });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status, done.info.errorDesc).toBe('completed');
+    expect(done.outcome?.detail).toBe(
+      'VM vm1 runs on vmm-b with the lease of region vm1-ram0; vmm-a did not answer (its ' +
+        'process is gone)',
+    );
+  });
+
+  it('a VM lost with its source is reported as that, and the target keeps nothing', async () => {
+    a.scripts.set('vm1', { ...shortScript, end: 'source-dies-before-stop' });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('failed');
+    expect(done.outcome).toEqual({
+      where: 'lost',
+      vmm: 'vmm-a',
+      detail:
+        'VM vm1 was lost with vmm-a (its process is gone); its memory is in region vm1-ram0 (kept)',
+    });
+    expect(done.info.errorDesc).toMatch(
+      /^VM vm1 was lost with vmm-a \(its process is gone\); its memory is in region vm1-ram0 \(kept\) \(migration of vm1 from vmm-a to vmm-b: /,
+    );
+    expect(b.reservedNames()).toEqual([]);
+  });
+
+  it('with memstore unreachable, the two ends still tell: the target runs it', async () => {
+    leases.down = true;
+    a.scripts.set('vm1', { ...shortScript, end: 'drop-after-handoff' });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('completed');
+    expect(done.outcome).toEqual({ where: 'target', vmm: 'vmm-b', detail: 'VM vm1 runs on vmm-b' });
   });
 
   it('cancels a running migration through CancelMigration on the source', async () => {
@@ -302,7 +429,9 @@ describe('JobManager against fake vmm instances', () => {
     expect([...world.values()].sort()).toEqual(['vmm-a', 'vmm-b', 'vmm-b', 'vmm-b']);
     // the VMs of vmm-a came from its report, their specs too
     expect(b.prepared.map((p) => p.specName).sort()).toEqual(['vm1', 'vm2', 'vm3', 'vm4']);
-    expect([...lookups(a), ...lookups(b)]).toEqual([]);
+    // only the failed one was looked for afterwards
+    expect(asked(a)).toEqual(resolution('vm3').source);
+    expect(asked(b)).toEqual(resolution('vm3').target);
   });
 
   it('refuses to live-update an instance whose VMs the migrator has not heard of yet', async () => {
@@ -347,7 +476,7 @@ describe('JobManager against fake vmm instances', () => {
     expect([...world.values()].every((v) => v === 'vmm-a')).toBe(true);
   });
 
-  it('after a restart fails in-flight jobs, asks the source to cancel and says where the VM is', async () => {
+  it('after a restart cancels in-flight jobs at both ends and records where the VM is', async () => {
     a.scripts.set('vm1', {
       steps: Array.from({ length: 100 }, () => ({
         status: 'active' as const,
@@ -367,24 +496,79 @@ describe('JobManager against fake vmm instances', () => {
     crashed = true;
     const { journal, jobs: restored } = JobJournal.open(dir);
     expect(restored.map((j) => [j.id, j.info.status])).toEqual([[job.id, 'active']]);
+    expect(restored[0]?.regions).toEqual(['vm1-ram0']);
     const next = manager(journal, restored);
     expect(next.recover()).toEqual([job.id]);
-    const failed = next.get(job.id);
-    expect(failed.info.status).toBe('failed');
-    expect(failed.info.errorDesc).toMatch(/migrator restarted/);
+    // resolving: no longer active, not yet ended
+    expect(next.get(job.id).info.status).toBe('cancelling');
+    const done = await next.waitFor(job.id);
+    expect(done.info.status).toBe('cancelled');
+    expect(done.outcome).toEqual({
+      where: 'source',
+      vmm: 'vmm-a',
+      detail:
+        'the migrator restarted while this job was active: it cancelled the migration at both ' +
+        'ends; VM vm1 runs on vmm-a',
+    });
     await next.idle();
     expect(a.calls).toContain('cancelMigration:vm1');
-    // it asked both ends where the VM runs afterwards, and destroyed nothing
-    expect(next.get(job.id).info.errorDesc).toMatch(
-      /afterwards vmm-a reported the migration cancelled and vmm-a kept the VM/,
-    );
+    expect(b.calls).toContain('cancelIncoming:vm1');
     expect(a.calls.filter((c) => c.startsWith('destroyVm'))).toEqual([]);
-    await next.close();
-    // the old migration saw the cancel: the VM stayed where it was, once
+    // both ends clean: the old migration saw the cancel, the target holds no reservation
     await jobs.idle();
     expect(world.get('vm1')).toBe('vmm-a');
+    expect(b.reservedNames()).toEqual([]);
     const lines = readFileSync(join(dir, 'jobs.jsonl'), 'utf8').trim().split('\n');
     expect(JSON.parse(lines.at(-1)!)).toMatchObject({ v: 1, job: { id: job.id } });
-    expect(JobJournal.open(dir).jobs[0]?.info.status).toBe('failed');
+    expect(JobJournal.open(dir).jobs[0]).toMatchObject({
+      info: { status: 'cancelled' },
+      outcome: { where: 'source' },
+    });
+    // the VM is free to move at once, with the same name on the target
+    a.scripts.delete('vm1');
+    const again = await next.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    expect((await next.waitFor(again.id)).info.status).toBe('completed');
+    await next.close();
+  }, 15_000);
+
+  it('after a restart, a migration that completed meanwhile is recorded completed', async () => {
+    a.scripts.set('vm1', {
+      steps: Array.from({ length: 10 }, () => ({
+        status: 'active' as const,
+        transferred: 1,
+        remaining: 1,
+      })),
+      stepMs: 20,
+    });
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    while (jobs.get(job.id).info.status !== 'active') await new Promise((r) => setTimeout(r, 5));
+    crashed = true;
+    // the migration runs to its end with nobody watching
+    while (world.get('vm1') !== 'vmm-b') await new Promise((r) => setTimeout(r, 10));
+    const { journal, jobs: restored } = JobJournal.open(dir);
+    const next = manager(journal, restored);
+    next.recover();
+    const done = await next.waitFor(job.id);
+    expect(done.info.status, done.info.errorDesc).toBe('completed');
+    expect(done.info).toMatchObject({ downtimeUs: 1500 });
+    expect(done.outcome).toMatchObject({
+      where: 'target',
+      vmm: 'vmm-b',
+      detail: expect.stringMatching(
+        /^VM vm1 runs on vmm-b with the lease of region vm1-ram0 \(it completed while the migrator restarted while this job was active\)$/,
+      ),
+    });
+    await next.idle();
+    await next.close();
   }, 15_000);
 });

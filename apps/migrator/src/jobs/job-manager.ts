@@ -14,12 +14,19 @@ import {
 } from '@handoff/qapi';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { channelCredentials, type Logger } from '@handoff/service';
-import { VmmClients, type PreparedTarget, type VmmCalls } from '../clients/vmm-client.js';
+import { MemstoreClient, type RegionLeases } from '../clients/memstore-client.js';
+import {
+  VmmClients,
+  isDefinitive,
+  type PreparedTarget,
+  type VmmCalls,
+} from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
-import { isFinished, statusPath, type Job, type JobKind } from './job.js';
-import { cancelAfterRestart, whereAfterRestart, type RecoveryTiming } from './recovery.js';
+import { isFinished, statusPath, type Job, type JobKind, type JobOutcome } from './job.js';
+import { gatherEvidence, judge, type Verdict } from './outcome.js';
+import { resolveAfterRestart, type RecoveryTiming } from './recovery.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
 export interface JobSink {
@@ -60,8 +67,17 @@ export interface JobManagerOptions {
   vmmCredentials?: ChannelCredentials;
   /** VMs a live update migrates at once when the request says 0. */
   defaultConcurrency?: number;
-  /** How long recovery keeps trying to reach a source vmm to cancel. */
+  /** How long recovery keeps trying to reach a vmm that does not answer. */
   recoveryRetryMs?: number;
+  /**
+   * memstore, asked who holds the lease of a VM's shared regions after a migration ended
+   * uncertainly (default: a gRPC client of `memstoreAddress`; none without it).
+   */
+  leases?: RegionLeases;
+  /** memstore's address, for the default {@link JobManagerOptions.leases}. */
+  memstoreAddress?: string;
+  /** Credentials of the default {@link JobManagerOptions.leases} (default: plaintext). */
+  memstoreCredentials?: ChannelCredentials;
 }
 
 /** Called with a job snapshot after every change. */
@@ -92,6 +108,7 @@ export class JobManager {
   private readonly pollMs: number;
   private readonly migrationTimeoutMs: number;
   private readonly defaultConcurrency: number;
+  private readonly leases: RegionLeases | undefined;
   private closed = false;
 
   constructor(private readonly opts: JobManagerOptions) {
@@ -101,6 +118,15 @@ export class JobManager {
     this.vmms =
       opts.vmms ??
       new VmmClients(opts.callTimeoutMs ?? 5000, opts.vmmCredentials ?? channelCredentials(null));
+    this.leases =
+      opts.leases ??
+      (opts.memstoreAddress !== undefined && opts.memstoreAddress !== ''
+        ? new MemstoreClient(
+            opts.memstoreAddress,
+            opts.callTimeoutMs ?? 5000,
+            opts.memstoreCredentials ?? channelCredentials(null),
+          )
+        : undefined);
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
@@ -114,28 +140,36 @@ export class JobManager {
   }
 
   /**
-   * Fails every job the journal shows in flight (the migrator restarted
-   * under it) and asks each source vmm to CancelMigration; the vmm then
-   * rolls back unless the lease already moved to the target. Returns the
-   * ids of the jobs it failed. Cancels run in the background with retries.
+   * Resolves every job the journal shows in flight (the migrator restarted under it): each
+   * migrate job goes to `cancelling` at once, is cancelled at both ends (CancelMigration on the
+   * source, CancelIncoming on the target) and ends with what really happened (recovery.ts):
+   * `completed` when the VM runs on the target, `cancelled` when it stayed on the source,
+   * `failed` when it was lost or nothing could tell. A job that never started is cancelled. A
+   * live update ends once its children did. Nothing is retried or re-run. Returns the ids of
+   * the jobs it resolves; the work runs in the background.
    */
   recover(): string[] {
-    const failed: string[] = [];
+    const resolving: string[] = [];
     for (const live of this.jobs.values()) {
       if (isFinished(live.job)) continue;
       const was = live.job.info.status;
-      const desc =
-        `the migrator restarted while this job was ${was}; the source vmm was asked to cancel ` +
-        'and keeps or hands over the VM by its memory lease — check where it runs with `vmctl vm list`';
-      live.sm.fail(desc);
-      this.update(live, { info: { ...live.job.info, status: 'failed', errorDesc: desc } }, true);
-      failed.push(live.job.id);
-      if (live.job.kind === 'migrate' && live.job.sourceAddress !== '' && was !== 'none') {
-        this.track(this.settleAfterRestart(live));
+      resolving.push(live.job.id);
+      live.cancelRequested = true;
+      if (live.job.kind === 'live-update') {
+        this.toStatus(live, 'cancelling');
+        this.track(this.finishParentAfterRestart(live));
+      } else if (was === 'none' || live.job.sourceAddress === '') {
+        // never started: no PrepareIncoming went out (its `setup` line precedes it)
+        this.finishCancelled(live, undefined, untouched(live.job, 'it never started'));
+      } else {
+        this.toStatus(live, 'cancelling');
+        this.track(this.resolveAfterRestart(live, was));
       }
     }
-    if (failed.length > 0) this.log.warn({ jobs: failed }, 'failed in-flight jobs after a restart');
-    return failed;
+    if (resolving.length > 0) {
+      this.log.warn({ jobs: resolving }, 'resolving the jobs left in flight by a restart');
+    }
+    return resolving;
   }
 
   /** Creates and starts a migrate job; validation errors throw before a job exists. */
@@ -314,6 +348,7 @@ export class JobManager {
   async close(): Promise<void> {
     this.closed = true;
     this.vmms.close();
+    this.leases?.close();
     this.opts.journal?.close?.();
   }
 
@@ -333,8 +368,12 @@ export class JobManager {
     const phases = { queuedMs: started - job.createdAt.getTime(), prepareMs: 0 };
     const rounded = () => ({ ...phases, prepareMs: round(phases.prepareMs) });
     let migrateStart = t0;
+    /** MigrateVm went out: from here on the VM may have moved. */
+    let sent = false;
     try {
-      if (live.cancelRequested) return this.finishCancelled(live);
+      if (live.cancelRequested) {
+        return this.finishCancelled(live, undefined, untouched(job, 'it was cancelled first'));
+      }
       this.toStatus(live, 'setup');
       log.info({ from: job.sourceVmm, to: job.targetVmm }, 'migration started');
       const prepStart = performance.now();
@@ -342,10 +381,14 @@ export class JobManager {
       const synced = this.syncJournal();
       const prep = await this.prepareIncoming(live);
       await synced;
-      if (live.cancelRequested) return this.finishCancelled(live);
+      if (live.cancelRequested) {
+        await this.dropArrival(live);
+        return this.finishCancelled(live, undefined, untouched(job, 'it was cancelled first'));
+      }
       migrateStart = performance.now();
       phases.prepareMs = migrateStart - prepStart;
       live.migrating = true;
+      sent = true;
       let final: MigrationInfo;
       try {
         // One stream carries the progress (a report on each status change and about every
@@ -364,15 +407,17 @@ export class JobManager {
       } finally {
         live.migrating = false;
       }
-      if (final.status === 'failed') {
-        this.finishFailed(live, final.errorDesc ?? 'the source vmm reported the migration failed');
-      } else if (final.status === 'cancelled') {
-        this.finishCancelled(live, final);
+      if (final.status === 'failed' || final.status === 'cancelled') {
+        // a vmm ends a failed migration with an error status, not a final info: not its word
+        await this.settle(
+          live,
+          new Error(final.errorDesc ?? `the source vmm reported the migration ${final.status}`),
+        );
       } else {
         // the VM runs on the target: the job is done (the source retires its postmigrate copy
         // on its own; a PrepareIncoming of that name there waits for it)
         this.opts.registry.moved(job.vm, job.sourceVmm, job.targetVmm);
-        this.finishCompleted(live, { ...final, status: 'completed' });
+        this.finishCompleted(live, { ...final, status: 'completed' }, arrived(job));
       }
       const end = performance.now();
       log.info(
@@ -387,16 +432,82 @@ export class JobManager {
       );
     } catch (err) {
       live.migrating = false;
-      if (live.cancelRequested) {
-        this.finishCancelled(live);
+      const message = err instanceof Error ? err.message : String(err);
+      if (!sent) {
+        // Nothing moved: PrepareIncoming failed. What the target prepared (its answer may have
+        // been lost) is given up, so the name is free there.
+        await this.dropArrival(live);
+        if (live.cancelRequested) {
+          this.finishCancelled(live, undefined, untouched(job, 'it was cancelled first'));
+        } else {
+          this.finishFailed(
+            live,
+            `migration of ${job.vm} from ${job.sourceVmm} to ${job.targetVmm} failed: ${message}`,
+            untouched(job, 'the target was not prepared'),
+          );
+        }
       } else {
-        const message = err instanceof Error ? err.message : String(err);
-        this.finishFailed(
-          live,
-          `migration of ${job.vm} from ${job.sourceVmm} to ${job.targetVmm} failed: ${message}`,
-        );
+        await this.settle(live, err);
       }
-      log.warn({ status: live.job.info.status, err }, 'migration did not complete');
+      log.warn(
+        { status: live.job.info.status, where: live.job.outcome?.where, err },
+        'migration did not complete',
+      );
+    }
+  }
+
+  /**
+   * Ends a job whose MigrateVm did not end with the final info: asks both ends and memstore
+   * where the VM is (outcome.ts) and records that. The source's own error (a coded migration
+   * error) says how it failed; anything else (a dropped connection, MIGRATION_UNCERTAIN) is
+   * only what the migrator saw, so the source's migration is awaited first.
+   */
+  private async settle(live: Live, err: unknown): Promise<void> {
+    const { job } = live;
+    const message = err instanceof Error ? err.message : String(err);
+    const definitive = isDefinitive(err);
+    const evidence = await gatherEvidence({ vmms: this.vmms, leases: this.leases }, job, {
+      settleMs: definitive ? 0 : this.migrationTimeoutMs,
+      pollMs: this.pollMs,
+      retryMs: 2000,
+      closed: () => this.closed,
+    });
+    const v = judge(job, evidence, { cancelled: live.cancelRequested });
+    const what = `migration of ${job.vm} from ${job.sourceVmm} to ${job.targetVmm}`;
+    let errorDesc: string;
+    if (v.outcome.where === 'source') {
+      errorDesc = definitive
+        ? `${what} failed: ${message}`
+        : `${what} did not complete (${message}); ${v.outcome.detail}`;
+    } else {
+      errorDesc = `${v.outcome.detail} (${what}: ${message})`;
+    }
+    this.apply(live, v, errorDesc);
+  }
+
+  /** Records a verdict as the job's end. */
+  private apply(live: Live, v: Verdict, errorDesc: string): void {
+    const { job } = live;
+    if (v.status === 'completed') {
+      this.opts.registry.moved(job.vm, job.sourceVmm, job.targetVmm);
+      this.finishCompleted(live, { ...(v.info ?? live.job.info), status: 'completed' }, v.outcome);
+    } else if (v.status === 'cancelled') {
+      this.finishCancelled(live, undefined, v.outcome);
+    } else {
+      this.finishFailed(live, errorDesc, v.outcome);
+    }
+  }
+
+  /**
+   * CancelIncoming on the target, best effort: a job that never reached MigrateVm leaves no
+   * reservation there. A target that cannot be reached keeps it until its token expires.
+   */
+  private async dropArrival(live: Live): Promise<void> {
+    const { job } = live;
+    try {
+      await this.vmms.cancelIncoming(job.targetAddress, job.vm, job.id);
+    } catch (err) {
+      this.log.info({ job: job.id, err }, 'could not give up the arrival on the target');
     }
   }
 
@@ -423,29 +534,45 @@ export class JobManager {
     this.update(live, { info: { ...info, status: live.job.info.status } });
   }
 
-  private finishCompleted(live: Live, info: MigrationInfo): void {
+  private finishCompleted(live: Live, info: MigrationInfo, outcome?: JobOutcome): void {
     if (!this.walk(live, 'completed')) {
       // cancel arrived after the point of no return: the VM runs on the target
       live.sm = new MigrationStateMachine({ initial: 'completed' });
     }
-    this.update(live, { info: { ...info, status: 'completed' }, finishedAt: new Date() }, true);
-  }
-
-  private finishFailed(live: Live, errorDesc: string): void {
-    live.sm.fail(errorDesc);
     this.update(
       live,
-      { info: { ...live.job.info, status: live.sm.status, errorDesc }, finishedAt: new Date() },
+      {
+        info: { ...info, status: 'completed', errorDesc: undefined },
+        outcome,
+        finishedAt: new Date(),
+      },
       true,
     );
   }
 
-  private finishCancelled(live: Live, info?: MigrationInfo): void {
+  private finishFailed(live: Live, errorDesc: string, outcome?: JobOutcome): void {
+    live.sm.fail(errorDesc);
+    this.update(
+      live,
+      {
+        info: { ...live.job.info, status: live.sm.status, errorDesc },
+        outcome,
+        finishedAt: new Date(),
+      },
+      true,
+    );
+  }
+
+  private finishCancelled(live: Live, info?: MigrationInfo, outcome?: JobOutcome): void {
     this.walk(live, 'cancelled');
     const base = info ?? live.job.info;
     this.update(
       live,
-      { info: { ...base, status: live.sm.status, errorDesc: undefined }, finishedAt: new Date() },
+      {
+        info: { ...base, status: live.sm.status, errorDesc: undefined },
+        outcome,
+        finishedAt: new Date(),
+      },
       true,
     );
   }
@@ -554,6 +681,8 @@ export class JobManager {
         finishedAt: undefined,
         children: [],
         parent: p.parent,
+        regions: sharedRegionsOf(p.spec),
+        outcome: undefined,
       },
       sm: new MigrationStateMachine(),
       spec: p.spec,
@@ -668,10 +797,10 @@ export class JobManager {
   }
 
   /**
-   * For a job the restart failed: the source is asked to cancel, then where the VM runs is
-   * added to the job's error (see recovery.ts). Nothing is destroyed or retried.
+   * A migrate job the restart found in flight: cancelled at both ends, then ended with what
+   * really happened (see {@link JobManager.recover}).
    */
-  private async settleAfterRestart(live: Live): Promise<void> {
+  private async resolveAfterRestart(live: Live, was: MigrationStatus): Promise<void> {
     const { job } = live;
     const log = this.log.child({ job: job.id, vm: job.vm });
     const timing: RecoveryTiming = {
@@ -680,16 +809,48 @@ export class JobManager {
       pollMs: this.pollMs,
       closed: () => this.closed,
     };
-    try {
-      await cancelAfterRestart(this.vmms, job, timing, log);
-      const where = await whereAfterRestart(this.vmms, job, timing);
-      if (where === undefined) return;
-      const errorDesc = `${live.job.info.errorDesc ?? 'the migrator restarted during this job'}; ${where}`;
-      this.update(live, { info: { ...live.job.info, errorDesc } }, true);
-      log.info({ where }, 'after the restart: where the VM runs');
-    } catch (err) {
-      log.warn({ err }, 'could not settle a job failed by the restart');
+    const v = await resolveAfterRestart({ vmms: this.vmms, leases: this.leases }, job, timing, log);
+    if (this.closed) return; // a stopping migrator leaves it for the next start
+    const restarted = `the migrator restarted while this job was ${was}`;
+    const outcome: JobOutcome =
+      v.status === 'completed'
+        ? { ...v.outcome, detail: `${v.outcome.detail} (it completed while ${restarted})` }
+        : v.status === 'cancelled'
+          ? {
+              ...v.outcome,
+              detail: `${restarted}: it cancelled the migration at both ends; ${v.outcome.detail}`,
+            }
+          : v.outcome;
+    const said = v.sourceError !== undefined ? `; ${job.sourceVmm} said: ${v.sourceError}` : '';
+    this.apply(live, { ...v, outcome }, `${restarted}; ${v.outcome.detail}${said}`);
+    log.info({ status: live.job.info.status, outcome }, 'resolved after the restart');
+  }
+
+  /**
+   * A live update the restart found in flight: its children are resolved one by one (their
+   * own jobs); it ends once they all did, as a live update does.
+   */
+  private async finishParentAfterRestart(parent: Live): Promise<void> {
+    const children = parent.job.children
+      .map((id) => this.jobs.get(id))
+      .filter((c): c is Live => c !== undefined);
+    await Promise.all(
+      children.map((c) => this.waitFor(c.job.id, 24 * 3600_000).catch(() => undefined)),
+    );
+    if (this.closed) return;
+    const bad = children.filter((c) => c.job.info.status !== 'completed');
+    if (bad.length === 0) {
+      this.finishCompleted(parent, { ...parent.job.info, status: 'completed' });
+      return;
     }
+    const detail = bad
+      .map((c) => `${c.job.vm} (${c.job.id}): ${c.job.outcome?.detail ?? c.job.info.status}`)
+      .join('; ');
+    this.finishFailed(
+      parent,
+      `the migrator restarted during this live update; ${bad.length} of ${children.length} ` +
+        `VM(s) did not move from ${parent.job.sourceVmm} to ${parent.job.targetVmm}: ${detail}`,
+    );
   }
 
   private track(p: Promise<unknown>): void {
@@ -700,6 +861,27 @@ export class JobManager {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/** The memstore regions of a spec's shared blocks (whose leases say where the VM may run). */
+function sharedRegionsOf(spec: VmSpec | undefined): string[] {
+  return (spec?.ram ?? [])
+    .filter((b) => b.backend === 'shared' && b.region !== '')
+    .map((b) => b.region);
+}
+
+/** The outcome of a job that moved nothing: the VM stays on its source. */
+function untouched(job: Job, why: string): JobOutcome {
+  return {
+    where: 'source',
+    vmm: job.sourceVmm,
+    detail: `VM ${job.vm} stays on ${job.sourceVmm}: nothing moved (${why})`,
+  };
+}
+
+/** The outcome of a job that completed. */
+function arrived(job: Job): JobOutcome {
+  return { where: 'target', vmm: job.targetVmm, detail: `VM ${job.vm} runs on ${job.targetVmm}` };
+}
 
 function invalid(message: string): MigratorError {
   return new MigratorError('MIGRATOR_INVALID_ARGUMENT', message);

@@ -15,6 +15,21 @@ import {
 export type JobKind = 'migrate' | 'live-update';
 
 /**
+ * Where a migrate job left its VM: on the `target` (it arrived), on the `source` (it stayed),
+ * `lost` with a vmm whose process is gone (or restarted), or `unknown` (nothing could tell).
+ */
+export type VmWhereabouts = 'target' | 'source' | 'lost' | 'unknown';
+
+/** Where a job left its VM, as the migrator established it when the job ended. */
+export interface JobOutcome {
+  readonly where: VmWhereabouts;
+  /** The instance that holds the VM, or the one it was lost with ('' when unknown). */
+  readonly vmm: string;
+  /** One sentence for people: what happened to the VM and what to do. */
+  readonly detail: string;
+}
+
+/**
  * One job as the migrator keeps it (domain type; the gRPC edge converts).
  * `info.status` is the job's status: it mirrors QAPI MigrationStatus and only
  * moves along qapi's legal transitions.
@@ -38,6 +53,13 @@ export interface Job {
   readonly children: readonly string[];
   /** The live update this migrate job belongs to, or ''. */
   readonly parent: string;
+  /**
+   * The memstore regions of the VM's shared blocks when the job was created: whose lease they
+   * are in says which vmm may run the VM after an uncertain end.
+   */
+  readonly regions: readonly string[];
+  /** Where the job left the VM (migrate jobs, once ended); undefined before. */
+  readonly outcome: JobOutcome | undefined;
 }
 
 /** True once the job can no longer change. */
@@ -100,6 +122,9 @@ export interface JournalJob {
   finishedAt?: string;
   children: string[];
   parent: string;
+  /** Since the outcome work; absent in older lines (read as none). */
+  regions?: string[];
+  outcome?: JobOutcome;
 }
 
 /** A job as one journal line stores it. */
@@ -119,6 +144,8 @@ export function jobToJournal(job: Job): JournalJob {
     children: [...job.children],
     parent: job.parent,
   };
+  if (job.regions.length > 0) out.regions = [...job.regions];
+  if (job.outcome !== undefined) out.outcome = { ...job.outcome };
   if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt.toISOString();
   return out;
 }
@@ -151,5 +178,20 @@ export function jobFromJournal(j: JournalJob): Job {
     finishedAt: j.finishedAt !== undefined ? new Date(j.finishedAt) : undefined,
     children: j.children ?? [],
     parent: j.parent ?? '',
+    regions: Array.isArray(j.regions) ? j.regions.filter((r) => typeof r === 'string') : [],
+    outcome: outcomeFromJournal(j.outcome),
+  };
+}
+
+const WHEREABOUTS: readonly VmWhereabouts[] = ['target', 'source', 'lost', 'unknown'];
+
+function outcomeFromJournal(o: unknown): JobOutcome | undefined {
+  if (typeof o !== 'object' || o === null) return undefined;
+  const { where, vmm, detail } = o as Record<string, unknown>;
+  if (!WHEREABOUTS.includes(where as VmWhereabouts)) return undefined;
+  return {
+    where: where as VmWhereabouts,
+    vmm: typeof vmm === 'string' ? vmm : '',
+    detail: typeof detail === 'string' ? detail : '',
   };
 }

@@ -1,21 +1,21 @@
-import type { MigrationStatus } from '@handoff/qapi';
 import type { Logger } from '@handoff/service';
-import { isUnreachable, type VmmCalls } from '../clients/vmm-client.js';
-import { isMovable } from '../registry/hosted-vm.js';
+import type { RegionLeases } from '../clients/memstore-client.js';
+import { unreachableHow, type VmmCalls } from '../clients/vmm-client.js';
 import type { Job } from './job.js';
+import { gatherEvidence, judge, type Verdict } from './outcome.js';
 
 /**
- * What a restarted migrator does for a migrate job its predecessor left in flight (the job is
- * already failed): ask the source to cancel, then find out where the VM runs. Neither step
- * changes anything the vmm instances decided; a source that handed the VM over retires its
- * `postmigrate` copy on its own.
+ * What a restarted migrator does for a migrate job its predecessor left in flight: it cancels
+ * the migration at both ends and records where the VM is. Neither step changes anything the
+ * vmm instances decided past their point of no return; a source that handed the VM over
+ * retires its `postmigrate` copy on its own.
  */
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
 /** How long and how often recovery tries; `closed` stops it (the migrator is stopping). */
 export interface RecoveryTiming {
-  /** How long to keep trying to reach an unreachable source with the cancel. */
+  /** How long to keep trying to reach a vmm that does not answer. */
   retryMs: number;
   /** How long to wait for the source's migration to end. */
   timeoutMs: number;
@@ -24,75 +24,62 @@ export interface RecoveryTiming {
   closed: () => boolean;
 }
 
+/** How long a vmm whose address refuses connections (its process is gone) is tried. */
+const REFUSED_GRACE_MS = 2000;
+
 /**
- * Asks the job's source to CancelMigration, retrying (with backoff) while it is unreachable.
- * Any answer of the source ends it: the vmm's rules decided (e.g. it refused past the point of
- * no return, or it ran no migration any more). Never rejects.
+ * Calls `call` until the vmm answers (any answer, error included), retrying with backoff while
+ * it cannot be reached: up to `timing.retryMs` while it does not answer, up to
+ * {@link REFUSED_GRACE_MS} while nothing listens at its address. Resolves with whether it
+ * answered. Never rejects.
  */
-export async function cancelAfterRestart(
-  vmms: VmmCalls,
-  job: Job,
+async function untilAnswered(
+  call: () => Promise<unknown>,
   timing: RecoveryTiming,
-  log: Logger,
-): Promise<void> {
-  const deadline = Date.now() + timing.retryMs;
+): Promise<boolean> {
+  const started = Date.now();
   for (let delay = 100; !timing.closed(); delay = Math.min(delay * 2, 2000)) {
     try {
-      await vmms.cancelMigration(job.sourceAddress, job.vm);
-      log.info('asked the source vmm to cancel after restart');
-      return;
+      await call();
+      return true;
     } catch (err) {
-      if (!isUnreachable(err)) {
-        log.info({ err }, 'source vmm answered the cancel');
-        return;
-      }
-      if (Date.now() > deadline) {
-        log.warn('source vmm unreachable; cancel not delivered');
-        return;
-      }
+      const how = unreachableHow(err);
+      if (how === undefined) return true;
+      const limit = how === 'refused' ? Math.min(REFUSED_GRACE_MS, timing.retryMs) : timing.retryMs;
+      if (Date.now() - started > limit) return false;
       await sleep(delay);
     }
   }
+  return false;
 }
 
 /**
- * Waits (up to `timing.timeoutMs`) until the source's migration of the job's VM ended, then asks
- * both ends where the VM runs. Resolves with a sentence for the job's error ("vmm-a reported the
- * migration completed and vmm-b runs the VM …"), or undefined when it cannot tell.
- *
- * @throws RemoteError when the source stays unreachable
+ * Resolves a migrate job a killed migrator left in flight. At once and at both ends: the
+ * source is asked to CancelMigration and the target to CancelIncoming (each stops only what is
+ * before its point of no return, so together they cancel it, and the target frees the VM's name
+ * now rather than when its token expires). Then the source's migration is waited for and the
+ * verdict comes from both ends and memstore (outcome.ts). Never rejects.
  */
-export async function whereAfterRestart(
-  vmms: VmmCalls,
+export async function resolveAfterRestart(
+  deps: { vmms: VmmCalls; leases: RegionLeases | undefined },
   job: Job,
   timing: RecoveryTiming,
-): Promise<string | undefined> {
-  const deadline = Date.now() + timing.timeoutMs;
-  let status: MigrationStatus;
-  for (;;) {
-    if (timing.closed()) return undefined;
-    const info = await vmms.migration(job.sourceAddress, job.vm);
-    if (info === null) return undefined; // the source knows no migration of the VM
-    status = info.status;
-    if (['none', 'completed', 'failed', 'cancelled'].includes(status)) break;
-    if (Date.now() > deadline) return undefined;
-    await sleep(Math.max(timing.pollMs, 50));
-  }
-  const stateOn = (address: string) =>
-    vmms.vm(address, job.vm).then(
-      (vm) => vm?.state,
-      () => undefined,
-    );
-  const [src, dst] = await Promise.all([stateOn(job.sourceAddress), stateOn(job.targetAddress)]);
-  let where: string;
-  if (dst !== undefined && isMovable(dst)) {
-    where =
-      `${job.targetVmm} runs the VM (${job.sourceVmm} retires its postmigrate copy on its ` +
-      'own)';
-  } else if (src !== undefined && isMovable(src)) {
-    where = `${job.sourceVmm} kept the VM`;
-  } else {
-    return undefined;
-  }
-  return `afterwards ${job.sourceVmm} reported the migration ${status} and ${where}`;
+  log: Logger,
+): Promise<Verdict> {
+  const { vmms } = deps;
+  const [source, target] = await Promise.all([
+    untilAnswered(() => vmms.cancelMigration(job.sourceAddress, job.vm), timing),
+    untilAnswered(() => vmms.cancelIncoming(job.targetAddress, job.vm, job.id), timing),
+  ]);
+  log.info(
+    { sourceAnswered: source, targetAnswered: target },
+    'cancelled at both ends after the restart',
+  );
+  const evidence = await gatherEvidence(deps, job, {
+    settleMs: timing.timeoutMs,
+    pollMs: timing.pollMs,
+    retryMs: target ? timing.retryMs : 0,
+    closed: timing.closed,
+  });
+  return judge(job, evidence, { cancelled: true });
 }

@@ -1,7 +1,11 @@
 import { migrator as mpb, serviceNames, vmm as pb } from '@handoff/proto';
 import { emptyMigrationInfo, type MigrationInfo, type MigrationStatus } from '@handoff/qapi';
 import { migrationInfoToWire } from '@handoff/qapi/wire';
+import { Metadata, status as grpcStatus } from '@grpc/grpc-js';
+import type { RegionLease, RegionLeases } from '../clients/memstore-client.js';
+import type { ArrivalEnd } from '../clients/vmm-client.js';
 import {
+  RemoteError,
   ServiceError,
   channelCredentials,
   createClient,
@@ -22,6 +26,18 @@ export interface FakeStep {
   remaining: number;
 }
 
+/**
+ * How a fake migration ends when it neither completes nor fails with `failWith`:
+ * - `drop-after-handoff`: the VM moves to the target, then the MigrateVm call breaks (an
+ *   uncoded UNAVAILABLE, as a dropped connection) while the source lives on and knows the
+ *   migration completed;
+ * - `source-dies-before-stop`: the source process dies before anything moved (the VM dies
+ *   with it; its lease stays with the source);
+ * - `source-dies-after-handoff`: the VM moves to the target, then the source process dies.
+ */
+export type FakeEnd =
+  'drop-after-handoff' | 'source-dies-before-stop' | 'source-dies-after-handoff';
+
 /** How a fake migration of one VM behaves. */
 export interface FakeScript {
   steps: FakeStep[];
@@ -29,6 +45,8 @@ export interface FakeScript {
   stepMs: number;
   /** Fail after the steps with this message (a coded gRPC error), instead of completing. */
   failWith?: string;
+  /** End this way after the steps instead (see {@link FakeEnd}). */
+  end?: FakeEnd;
 }
 
 /**
@@ -37,9 +55,15 @@ export interface FakeScript {
  */
 export class FakeWorld extends Map<string, string> {
   private listeners: Set<() => void> | undefined;
+  /**
+   * Lease holders of the VMs' regions (`<vm>-ram0` -> `<vmm-id>/<vm>`), as memstore would have
+   * them: a VM placed or moved takes its lease along; a VM that dies leaves it where it was.
+   */
+  readonly holders = new Map<string, string>();
 
   override set(name: string, vmmId: string): this {
     super.set(name, vmmId);
+    this.holders?.set(`${name}-ram0`, `${vmmId}/${name}`);
     this.changed();
     return this;
   }
@@ -61,6 +85,36 @@ export class FakeWorld extends Map<string, string> {
   }
 }
 
+/**
+ * memstore as the migrator's jobs ask it (who holds a region's lease), read from a
+ * {@link FakeWorld}. `down` makes every question fail as an unreachable memstore would.
+ */
+export class FakeLeases implements RegionLeases {
+  down = false;
+  /** Regions asked about, in order. */
+  readonly asked: string[] = [];
+
+  constructor(private readonly world: FakeWorld) {}
+
+  leaseOf(name: string): Promise<RegionLease | null> {
+    this.asked.push(name);
+    if (this.down) {
+      return Promise.reject(
+        new RemoteError(
+          'GRPC_UNAVAILABLE',
+          grpcStatus.UNAVAILABLE,
+          'memstore: connect ECONNREFUSED',
+        ),
+      );
+    }
+    const holder = this.world.holders.get(name);
+    if (holder === undefined) return Promise.resolve(null);
+    return Promise.resolve({ region: name, holder, epoch: 1, holderLiveness: 'unknown' });
+  }
+
+  close(): void {}
+}
+
 /** Receives a fake's VM set (the wire form a vmm sends) after every change. */
 export type FakeReportSink = (vms: mpb.HostedVms) => unknown;
 
@@ -75,6 +129,13 @@ const DEFAULT_SCRIPT: FakeScript = {
 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const ARRIVAL_TO_WIRE: Record<ArrivalEnd, pb.IncomingOutcome> = {
+  none: pb.IncomingOutcome.INCOMING_OUTCOME_NONE,
+  dropped: pb.IncomingOutcome.INCOMING_OUTCOME_DROPPED,
+  arrived: pb.IncomingOutcome.INCOMING_OUTCOME_ARRIVED,
+  failed: pb.IncomingOutcome.INCOMING_OUTCOME_FAILED,
+};
 
 /**
  * An in-process stand-in for a vmm instance, served over real gRPC on loopback: the migration
@@ -101,7 +162,16 @@ export class FakeVmm {
   private active = 0;
   /** VMs that moved away, `postmigrate` here until retired (resolves then). */
   private readonly retiring = new Map<string, Promise<void>>();
-  private readonly migrations = new Map<string, { info: MigrationInfo; cancelled: boolean }>();
+  private readonly migrations = new Map<
+    string,
+    { info: MigrationInfo; cancelled: boolean; jobId: string }
+  >();
+  /** Arrivals PrepareIncoming reserved, by job; `end` once they ended. */
+  private readonly arrivals = new Map<string, { name: string; end?: ArrivalEnd }>();
+  /** Names reserved by arrivals that have not ended (a failed one stays until cancelled). */
+  private readonly reserved = new Map<string, string>();
+  /** True once {@link FakeVmm.die} ran: its process is gone. */
+  private dead = false;
   private version = 1;
   private sink: FakeReportSink | undefined;
   private migrator: mpb.MigratorServiceClient | undefined;
@@ -219,6 +289,25 @@ export class FakeVmm {
     if (on) this.sink?.(this.hostedVms());
   }
 
+  /** Names reserved here for arrivals that have not ended (tests look for leftovers). */
+  reservedNames(): string[] {
+    return [...this.reserved.keys()];
+  }
+
+  /**
+   * The process dies: its VMs die with it (their leases stay with it), and nothing listens at
+   * its address any more.
+   */
+  async die(): Promise<void> {
+    if (this.dead) return;
+    this.dead = true;
+    for (const [name, at] of [...this.world]) if (at === this.id) this.world.delete(name);
+    this.unsubscribe();
+    clearInterval(this.heartbeat);
+    this.migrator?.close();
+    await this.server!.shutdown('the process died');
+  }
+
   async stop(): Promise<void> {
     this.unsubscribe();
     clearInterval(this.heartbeat);
@@ -226,13 +315,40 @@ export class FakeVmm {
     await this.server!.shutdown('test over');
   }
 
+  /** An arrival of job `jobId` ran the VM here. */
+  private arrived(jobId: string): void {
+    const a = this.arrivals.get(jobId);
+    if (a === undefined) return;
+    a.end = 'arrived';
+    if (this.reserved.get(a.name) === jobId) this.reserved.delete(a.name);
+  }
+
   private changed(): void {
     this.version++;
     if (this.reportsOn) this.sink?.(this.hostedVms());
   }
 
+  /** A VM as this fake reports it: shared RAM in the region created for it, `<vm>-ram0`. */
   private vmOf(name: string, state: pb.VmState): pb.Vm {
-    return pb.Vm.fromPartial({ name, vmmId: this.id, state, spec: { name, guest: 'ab' } });
+    return pb.Vm.fromPartial({
+      name,
+      vmmId: this.id,
+      state,
+      spec: {
+        name,
+        guest: 'ab',
+        ram: [
+          {
+            id: 'ram0',
+            guestBase: 0x8000_0000n,
+            size: 16n << 20n,
+            backend: pb.RamBackend.RAM_BACKEND_SHARED,
+            region: `${name}-ram0`,
+            regionOwned: true,
+          },
+        ],
+      },
+    });
   }
 
   /** The migrated-away VM leaves this fake after {@link retireMs}, as a vmm retires its husk. */
@@ -278,6 +394,15 @@ export class FakeVmm {
         if (this.world.get(req.name) === this.id) {
           throw new ServiceError('VMM_VM_EXISTS', `a VM named ${req.name} already exists`);
         }
+        const holding = this.reserved.get(req.name);
+        if (holding !== undefined) {
+          throw new ServiceError(
+            'VMM_VM_EXISTS',
+            `a VM named ${req.name} is arriving on ${this.id} by migration job ${holding}`,
+          );
+        }
+        this.reserved.set(req.name, req.jobId);
+        this.arrivals.set(req.jobId, { name: req.name });
         return {
           token: `token-${req.jobId}`,
           address: this.address,
@@ -288,7 +413,22 @@ export class FakeVmm {
       getMigration: unary(logger, (req) => {
         this.calls.push(`getMigration:${req.name}`);
         const m = this.migrations.get(req.name);
-        return { info: migrationInfoToWire(m?.info ?? emptyMigrationInfo('none')) };
+        return {
+          info: migrationInfoToWire(m?.info ?? emptyMigrationInfo('none')),
+          jobId: m?.jobId ?? '',
+        };
+      }),
+      cancelIncoming: unary(logger, (req) => {
+        this.calls.push(`cancelIncoming:${req.name}`);
+        const a = this.arrivals.get(req.jobId);
+        if (a === undefined || (req.name !== '' && a.name !== req.name)) {
+          return { outcome: pb.IncomingOutcome.INCOMING_OUTCOME_NONE };
+        }
+        if (a.end === undefined) {
+          a.end = 'dropped';
+          if (this.reserved.get(a.name) === req.jobId) this.reserved.delete(a.name);
+        }
+        return { outcome: ARRIVAL_TO_WIRE[a.end] };
       }),
       cancelMigration: unary(logger, (req) => {
         this.calls.push(`cancelMigration:${req.name}`);
@@ -309,7 +449,7 @@ export class FakeVmm {
           throw new ServiceError('VMM_INVALID_STATE', 'target unknown or token wrong');
         }
         const script = this.scripts.get(req.name) ?? DEFAULT_SCRIPT;
-        const m = { info: emptyMigrationInfo('setup'), cancelled: false };
+        const m = { info: emptyMigrationInfo('setup'), cancelled: false, jobId: req.jobId };
         this.migrations.set(req.name, m);
         this.maxConcurrent = Math.max(this.maxConcurrent, ++this.active);
         const started = Date.now();
@@ -348,10 +488,28 @@ export class FakeVmm {
             m.info = { ...m.info, status: 'failed', errorDesc: script.failWith };
             throw new ServiceError('VMM_INVALID_STATE', script.failWith);
           }
+          if (script.end === 'source-dies-before-stop') {
+            await this.die();
+            return new Promise<void>(() => undefined); // the call dies with the process
+          }
           m.info = { ...m.info, status: 'completed', downtimeUs: 1500, deviceBytes: 8192 };
           // postmigrate here at once, then gone; the target runs it
           this.retire(req.name);
           this.world.set(req.name, target.id);
+          target.arrived(req.jobId);
+          if (script.end === 'source-dies-after-handoff') {
+            await this.die();
+            return new Promise<void>(() => undefined);
+          }
+          if (script.end === 'drop-after-handoff') {
+            // no Handoff code: what a broken connection looks like to the migrator
+            call.emit('error', {
+              code: grpcStatus.UNAVAILABLE,
+              details: 'Connection dropped',
+              metadata: new Metadata(),
+            });
+            return new Promise<void>(() => undefined);
+          }
           call.write({ info: migrationInfoToWire(m.info) });
         } finally {
           this.active--;

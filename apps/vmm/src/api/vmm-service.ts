@@ -176,6 +176,7 @@ export function vmmServices(deps: {
     }),
     getMigration: unary(logger, (req: pb.GetMigrationRequest) => ({
       info: migrationInfoToWire(migrations.info(requireName(req.name))),
+      jobId: migrations.jobOf(req.name),
     })),
     cancelMigration: unary(logger, (req: pb.CancelMigrationRequest) => {
       migrations.cancel(requireName(req.name));

@@ -185,6 +185,11 @@ export class MigrationManager {
     return this.find(name).info();
   }
 
+  /** The job of the VM's last outgoing migration. @throws MigrationError `MIGRATION_NOT_FOUND` */
+  jobOf(name: string): string {
+    return this.find(name).jobId;
+  }
+
   /** @throws MigrationError `MIGRATION_NOT_FOUND` */
   cancel(name: string): void {
     this.find(name).cancel();

@@ -146,6 +146,11 @@ export class OutgoingMigration {
     return this.sm.isTerminal();
   }
 
+  /** The job this migration belongs to (MigrateVm's job id). */
+  get jobId(): string {
+    return this.o.jobId;
+  }
+
   /** Asks the migration to stop; honoured until the device phase ends (then it completes). */
   cancel(): void {
     if (this.sm.isTerminal() || this.cancelled) return;

@@ -97,6 +97,61 @@ export function jobKindToJSON(object: JobKind): string {
   }
 }
 
+export enum VmWhereabouts {
+  VM_WHEREABOUTS_UNSPECIFIED = 0,
+  /** VM_WHEREABOUTS_TARGET - It runs on the target (the job completed). */
+  VM_WHEREABOUTS_TARGET = 1,
+  /** VM_WHEREABOUTS_SOURCE - It stayed on the source. */
+  VM_WHEREABOUTS_SOURCE = 2,
+  /** VM_WHEREABOUTS_LOST - It was lost with a vmm whose process is gone (or restarted); its shared memory is kept. */
+  VM_WHEREABOUTS_LOST = 3,
+  /** VM_WHEREABOUTS_UNKNOWN - Neither end nor memstore could tell. */
+  VM_WHEREABOUTS_UNKNOWN = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function vmWhereaboutsFromJSON(object: any): VmWhereabouts {
+  switch (object) {
+    case 0:
+    case "VM_WHEREABOUTS_UNSPECIFIED":
+      return VmWhereabouts.VM_WHEREABOUTS_UNSPECIFIED;
+    case 1:
+    case "VM_WHEREABOUTS_TARGET":
+      return VmWhereabouts.VM_WHEREABOUTS_TARGET;
+    case 2:
+    case "VM_WHEREABOUTS_SOURCE":
+      return VmWhereabouts.VM_WHEREABOUTS_SOURCE;
+    case 3:
+    case "VM_WHEREABOUTS_LOST":
+      return VmWhereabouts.VM_WHEREABOUTS_LOST;
+    case 4:
+    case "VM_WHEREABOUTS_UNKNOWN":
+      return VmWhereabouts.VM_WHEREABOUTS_UNKNOWN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return VmWhereabouts.UNRECOGNIZED;
+  }
+}
+
+export function vmWhereaboutsToJSON(object: VmWhereabouts): string {
+  switch (object) {
+    case VmWhereabouts.VM_WHEREABOUTS_UNSPECIFIED:
+      return "VM_WHEREABOUTS_UNSPECIFIED";
+    case VmWhereabouts.VM_WHEREABOUTS_TARGET:
+      return "VM_WHEREABOUTS_TARGET";
+    case VmWhereabouts.VM_WHEREABOUTS_SOURCE:
+      return "VM_WHEREABOUTS_SOURCE";
+    case VmWhereabouts.VM_WHEREABOUTS_LOST:
+      return "VM_WHEREABOUTS_LOST";
+    case VmWhereabouts.VM_WHEREABOUTS_UNKNOWN:
+      return "VM_WHEREABOUTS_UNKNOWN";
+    case VmWhereabouts.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface VmmInstance {
   id: string;
   address: string;
@@ -124,6 +179,21 @@ export interface Job {
     | undefined;
   /** Child jobs (a live update has one per VM). */
   children: string[];
+  /** Where a migrate job left its VM, once it ended (unset before, and for a live update). */
+  outcome: JobOutcome | undefined;
+}
+
+/**
+ * Where a migrate job's VM is, as the migrator established it when the job ended: from the
+ * source's final report, or — after an uncertain end (a dropped connection, a restart of the
+ * migrator) — by asking both vmm instances and memstore (who holds the VM's lease).
+ */
+export interface JobOutcome {
+  where: VmWhereabouts;
+  /** The vmm instance that holds the VM, or the one it was lost with; empty when unknown. */
+  vmm: string;
+  /** One sentence for people: what happened to the VM and what to do. */
+  detail: string;
 }
 
 export interface GetInfoRequest {
@@ -474,6 +544,7 @@ function createBaseJob(): Job {
     createdAt: undefined,
     finishedAt: undefined,
     children: [],
+    outcome: undefined,
   };
 }
 
@@ -515,6 +586,9 @@ export const Job: MessageFns<Job> = {
     }
     for (const v of message.children) {
       writer.uint32(90).string(v!);
+    }
+    if (message.outcome !== undefined) {
+      JobOutcome.encode(message.outcome, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -630,6 +704,14 @@ export const Job: MessageFns<Job> = {
             message.children.push(reader.string());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.outcome = JobOutcome.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -675,6 +757,7 @@ export const Job: MessageFns<Job> = {
       children: globalThis.Array.isArray(object?.children)
         ? object.children.map((e: any) => globalThis.String(e))
         : [],
+      outcome: isSet(object.outcome) ? JobOutcome.fromJSON(object.outcome) : undefined,
     };
   },
 
@@ -713,6 +796,9 @@ export const Job: MessageFns<Job> = {
     if (message.children?.length) {
       obj.children = message.children;
     }
+    if (message.outcome !== undefined) {
+      obj.outcome = JobOutcome.toJSON(message.outcome);
+    }
     return obj;
   },
 
@@ -740,6 +826,110 @@ export const Job: MessageFns<Job> = {
       ? Timestamp.fromPartial(object.finishedAt)
       : undefined;
     message.children = object.children?.map((e) => e) || [];
+    message.outcome = (object.outcome !== undefined && object.outcome !== null)
+      ? JobOutcome.fromPartial(object.outcome)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseJobOutcome(): JobOutcome {
+  return { where: 0, vmm: "", detail: "" };
+}
+
+export const JobOutcome: MessageFns<JobOutcome> = {
+  encode(message: JobOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.where !== 0) {
+      writer.uint32(8).int32(message.where);
+    }
+    if (message.vmm !== "") {
+      writer.uint32(18).string(message.vmm);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JobOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJobOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.where = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vmm = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): JobOutcome {
+    return {
+      where: isSet(object.where) ? vmWhereaboutsFromJSON(object.where) : 0,
+      vmm: isSet(object.vmm) ? globalThis.String(object.vmm) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: JobOutcome): unknown {
+    const obj: any = {};
+    if (message.where !== 0) {
+      obj.where = vmWhereaboutsToJSON(message.where);
+    }
+    if (message.vmm !== "") {
+      obj.vmm = message.vmm;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<JobOutcome>, I>>(base?: I): JobOutcome {
+    return JobOutcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<JobOutcome>, I>>(object: I): JobOutcome {
+    const message = createBaseJobOutcome();
+    message.where = object.where ?? 0;
+    message.vmm = object.vmm ?? "";
+    message.detail = object.detail ?? "";
     return message;
   },
 };

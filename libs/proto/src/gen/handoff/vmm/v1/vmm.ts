@@ -538,7 +538,14 @@ export interface GetMigrationRequest {
 }
 
 export interface GetMigrationResponse {
-  info: MigrationInfo | undefined;
+  info:
+    | MigrationInfo
+    | undefined;
+  /**
+   * The job that migration belongs to (MigrateVmRequest.job_id): the last migration of a VM
+   * may be another job's.
+   */
+  jobId: string;
 }
 
 export interface CancelMigrationRequest {
@@ -3815,13 +3822,16 @@ export const GetMigrationRequest: MessageFns<GetMigrationRequest> = {
 };
 
 function createBaseGetMigrationResponse(): GetMigrationResponse {
-  return { info: undefined };
+  return { info: undefined, jobId: "" };
 }
 
 export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
   encode(message: GetMigrationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.info !== undefined) {
       MigrationInfo.encode(message.info, writer.uint32(10).fork()).join();
+    }
+    if (message.jobId !== "") {
+      writer.uint32(18).string(message.jobId);
     }
     return writer;
   },
@@ -3847,6 +3857,14 @@ export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
             message.info = MigrationInfo.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3860,13 +3878,23 @@ export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
   },
 
   fromJSON(object: any): GetMigrationResponse {
-    return { info: isSet(object.info) ? MigrationInfo.fromJSON(object.info) : undefined };
+    return {
+      info: isSet(object.info) ? MigrationInfo.fromJSON(object.info) : undefined,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+    };
   },
 
   toJSON(message: GetMigrationResponse): unknown {
     const obj: any = {};
     if (message.info !== undefined) {
       obj.info = MigrationInfo.toJSON(message.info);
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
     }
     return obj;
   },
@@ -3879,6 +3907,7 @@ export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
     message.info = (object.info !== undefined && object.info !== null)
       ? MigrationInfo.fromPartial(object.info)
       : undefined;
+    message.jobId = object.jobId ?? "";
     return message;
   },
 };
