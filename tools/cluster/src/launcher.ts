@@ -179,7 +179,12 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         {
           name: 'migrator',
           app: 'migrator',
-          args: ['--state-dir', join(opts.stateDir, 'migrator')],
+          // memstore starts beside it: its address is known ahead when its port is
+          args: [
+            '--state-dir',
+            join(opts.stateDir, 'migrator'),
+            ...(opts.ports.memstore !== 0 ? ['--memstore', `${host}:${opts.ports.memstore}`] : []),
+          ],
         },
         opts.ports.migrator,
       ),
