@@ -65,6 +65,9 @@ export interface GatherTiming {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
+/** How long a source whose connection just broke is asked again before it counts as silent. */
+const PROBE_MS = 2000;
+
 /**
  * Asks both ends and memstore where the job's VM is (see the module comment). Waits for the
  * source's migration to end first; then gives up the job's arrival on the target (unless the
@@ -81,12 +84,20 @@ export async function gatherEvidence(
   let sourceReach: Sighting['reach'] = 'answers';
   let migration: MigrationInfo | null | undefined;
   const deadline = Date.now() + timing.settleMs;
-  for (;;) {
+  // A connection that just broke fails the first calls as broken ('silent'); a process that is
+  // gone refuses the reconnection moments later: ask again for a little while to tell the two.
+  const probeUntil = Date.now() + Math.min(timing.retryMs, PROBE_MS);
+  for (let delay = 50; ;) {
     try {
       migration = await vmms.migration(job.sourceAddress, job.vm, job.id);
     } catch (err) {
       sourceReach = unreachableHow(err) ?? 'silent';
       migration = undefined;
+      if (sourceReach === 'silent' && Date.now() < probeUntil && !timing.closed()) {
+        await sleep(delay);
+        delay = Math.min(delay * 2, 500);
+        continue;
+      }
       break;
     }
     if (migration === null || isTerminal(migration.status) || migration.status === 'none') break;
