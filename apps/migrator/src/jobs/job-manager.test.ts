@@ -339,6 +339,24 @@ describe('JobManager against fake vmm instances', () => {
     expect(b.reservedNames()).toEqual([]);
   });
 
+  it('a VM gone from its source before MigrateVm came is not called lost: not there, nothing moved', async () => {
+    a.setReporting(false); // the registry still places vm1 on vmm-a
+    world.delete('vm1');
+    const job = await jobs.migrate({
+      vm: 'vm1',
+      targetVmm: 'vmm-b',
+      capabilities: bypass,
+      parameters: {},
+    });
+    const done = await jobs.waitFor(job.id);
+    expect(done.info.status).toBe('failed');
+    expect(done.outcome).toMatchObject({
+      where: 'unknown',
+      detail: expect.stringMatching(/^VM vm1 was not on vmm-a when the migration began/),
+    });
+    expect(b.reservedNames()).toEqual([]);
+  });
+
   it('with memstore unreachable, the two ends still tell: the target runs it', async () => {
     leases.down = true;
     a.scripts.set('vm1', { ...shortScript, end: 'drop-after-handoff' });

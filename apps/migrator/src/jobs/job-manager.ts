@@ -13,7 +13,7 @@ import {
   type RamStats,
 } from '@handoff/qapi';
 import type { ChannelCredentials } from '@grpc/grpc-js';
-import { channelCredentials, type Logger } from '@handoff/service';
+import { RemoteError, channelCredentials, type Logger } from '@handoff/service';
 import { MemstoreClient, type RegionLeases } from '../clients/memstore-client.js';
 import {
   VmmClients,
@@ -466,6 +466,18 @@ export class JobManager {
     const { job } = live;
     const message = err instanceof Error ? err.message : String(err);
     const definitive = isDefinitive(err);
+    if (err instanceof RemoteError && err.code === 'VMM_VM_NOT_FOUND') {
+      // The source had no such VM when MigrateVm came: nothing moved, and it is not there.
+      await this.dropArrival(live);
+      this.finishFailed(live, `migration of ${job.vm} from ${job.sourceVmm} failed: ${message}`, {
+        where: 'unknown',
+        vmm: '',
+        detail:
+          `VM ${job.vm} was not on ${job.sourceVmm} when the migration began (destroyed or ` +
+          'moved meanwhile); find it with `vmctl vm list`',
+      });
+      return;
+    }
     const evidence = await gatherEvidence({ vmms: this.vmms, leases: this.leases }, job, {
       settleMs: definitive ? 0 : this.migrationTimeoutMs,
       pollMs: this.pollMs,
@@ -863,10 +875,9 @@ export class JobManager {
 const round = (ms: number) => Math.round(ms * 10) / 10;
 
 /** The memstore regions of a spec's shared blocks (whose leases say where the VM may run). */
-function sharedRegionsOf(spec: VmSpec | undefined): string[] {
-  return (spec?.ram ?? [])
-    .filter((b) => b.backend === 'shared' && b.region !== '')
-    .map((b) => b.region);
+function sharedRegionsOf(spec: VmSpec | undefined): string[] | undefined {
+  if (spec === undefined) return undefined;
+  return spec.ram.filter((b) => b.backend === 'shared' && b.region !== '').map((b) => b.region);
 }
 
 /** The outcome of a job that moved nothing: the VM stays on its source. */

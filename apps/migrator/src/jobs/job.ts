@@ -55,9 +55,10 @@ export interface Job {
   readonly parent: string;
   /**
    * The memstore regions of the VM's shared blocks when the job was created: whose lease they
-   * are in says which vmm may run the VM after an uncertain end.
+   * are in says which vmm may run the VM after an uncertain end. Undefined when the migrator
+   * had no spec of the VM (and older journal lines).
    */
-  readonly regions: readonly string[];
+  readonly regions: readonly string[] | undefined;
   /** Where the job left the VM (migrate jobs, once ended); undefined before. */
   readonly outcome: JobOutcome | undefined;
 }
@@ -144,7 +145,7 @@ export function jobToJournal(job: Job): JournalJob {
     children: [...job.children],
     parent: job.parent,
   };
-  if (job.regions.length > 0) out.regions = [...job.regions];
+  if (job.regions !== undefined) out.regions = [...job.regions];
   if (job.outcome !== undefined) out.outcome = { ...job.outcome };
   if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt.toISOString();
   return out;
@@ -178,7 +179,7 @@ export function jobFromJournal(j: JournalJob): Job {
     finishedAt: j.finishedAt !== undefined ? new Date(j.finishedAt) : undefined,
     children: j.children ?? [],
     parent: j.parent ?? '',
-    regions: Array.isArray(j.regions) ? j.regions.filter((r) => typeof r === 'string') : [],
+    regions: Array.isArray(j.regions) ? j.regions.filter((r) => typeof r === 'string') : undefined,
     outcome: outcomeFromJournal(j.outcome),
   };
 }

@@ -124,6 +124,13 @@ describe('judge: where the VM is after a migration ended without the source fina
     expect(lost(answers(null)).detail).toMatch(
       /lost with vmm-a \(its process restarted without it\)/,
     );
+    // one that remembers the job but not the VM had it destroyed: no claim of a loss
+    const destroyed = verdictOf(
+      evidence({ source: answers(null), target: answers(null), leases: [], migration: 'failed' }),
+      false,
+      job([]),
+    );
+    expect(destroyed.where).toBe('unknown');
     // private RAM goes with the process
     expect(
       verdictOf(evidence({ source: gone, target: answers(null), leases: [] }), false, job([]))

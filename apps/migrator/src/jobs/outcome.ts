@@ -136,10 +136,11 @@ export async function gatherEvidence(
     }
   };
   const leasesNow = async (): Promise<RegionLease[] | undefined> => {
-    if (job.regions.length === 0) return [];
-    if (deps.leases === undefined) return undefined;
+    const names = job.regions;
+    if (names?.length === 0) return [];
+    if (names === undefined || deps.leases === undefined) return undefined;
     try {
-      const found = await Promise.all(job.regions.map((r) => deps.leases!.leaseOf(r)));
+      const found = await Promise.all(names.map((r) => deps.leases!.leaseOf(r)));
       return found.filter((l): l is RegionLease => l !== null);
     } catch {
       return undefined;
@@ -164,7 +165,7 @@ type LeaseSays = 'target' | 'source' | 'nobody' | 'mixed' | 'none' | 'unknown' |
 
 function leaseSays(job: Job, leases: readonly RegionLease[] | undefined): LeaseSays {
   if (leases === undefined) return 'unknown';
-  if (job.regions.length === 0 || leases.length === 0) return 'none';
+  if (job.regions?.length === 0 || leases.length === 0) return 'none';
   const holders = new Set(leases.map((l) => l.holder));
   if (holders.size > 1) return 'mixed';
   const holder = [...holders][0]!;
@@ -189,11 +190,13 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
   const onTarget =
     holds(e.target.state) || (e.target.state === undefined && e.target.arrival === 'arrived');
   const onSource = holds(e.source.state);
-  const regions = job.regions.join(', ');
+  const regions = (job.regions ?? []).join(', ');
   const memory =
-    job.regions.length > 0
-      ? `its memory is in region ${regions} (kept)`
-      : 'its RAM was private to that process and is gone';
+    job.regions === undefined
+      ? 'the migrator had no spec of it, so whether its memory outlives it is unknown'
+      : job.regions.length > 0
+        ? `its memory is in region ${regions} (kept)`
+        : 'its RAM was private to that process and is gone';
   const verdict = (
     status: Verdict['status'],
     where: JobOutcome['where'],
@@ -230,9 +233,11 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
     return verdict('completed', 'target', dst, `VM ${vm} runs on ${dst}${holdsLease}${aside}`);
   }
   const holder = liveness(e.leases);
+  const sourceKnowsJob = e.source.migration !== null && e.source.migration !== undefined;
+  const targetKnowsJob = e.target.arrival !== undefined && e.target.arrival !== 'none';
   if (onSource) {
     if (lease === 'target') {
-      if (!lostWith(e.target, holder)) {
+      if (!lostWith(e.target, holder, targetKnowsJob)) {
         return unknown(`${dst} holds the lease but did not answer whether it runs the VM`);
       }
       return verdict(
@@ -259,7 +264,7 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
     e.source.state === 'postmigrate' ||
     e.source.migration?.status === 'completed';
   if (handedOver) {
-    if (!lostWith(e.target, lease === 'target' ? holder : 'unknown')) {
+    if (!lostWith(e.target, lease === 'target' ? holder : 'unknown', targetKnowsJob)) {
       return unknown(`${dst} got the VM but did not answer whether it runs it`);
     }
     return verdict(
@@ -274,7 +279,7 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
   if (
     (lease === 'source' || lease === 'none' || lease === 'unknown') &&
     targetHasNot &&
-    lostWith(e.source, lease === 'source' ? holder : 'unknown')
+    lostWith(e.source, lease === 'source' ? holder : 'unknown', sourceKnowsJob)
   ) {
     return verdict(
       'failed',
@@ -291,11 +296,14 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
 
 /**
  * Whether a vmm that does not hold the VM lost it: its process is gone (nothing listens at its
- * address, or memstore says the lease holder is gone) or it answers without it (it restarted).
- * One that does not answer may still run it.
+ * address, or memstore says the lease holder is gone) or it answers without the VM and without
+ * any memory of the job (it restarted). One that does not answer may still run it; one that
+ * remembers the job but not the VM had it destroyed, which is no loss the job can tell.
  */
-function lostWith(s: Sighting, holder: RegionLease['holderLiveness']): boolean {
-  return s.reach === 'refused' || holder === 'gone' || (s.reach === 'answers' && s.state === null);
+function lostWith(s: Sighting, holder: RegionLease['holderLiveness'], knowsJob: boolean): boolean {
+  if (s.reach === 'refused' || holder === 'gone') return true;
+  // answering without the VM is a restart only if it knows nothing of this job either
+  return s.reach === 'answers' && s.state === null && !knowsJob;
 }
 
 /** The liveness memstore reports of the leases' one holder ('unknown' until it reports it). */
