@@ -139,12 +139,15 @@ const ARRIVAL_TO_WIRE: Record<ArrivalEnd, pb.IncomingOutcome> = {
 
 /**
  * An in-process stand-in for a vmm instance, served over real gRPC on loopback: the migration
- * RPCs (PrepareIncoming, MigrateVm streaming scripted progress, GetMigration, CancelMigration),
- * GetVm and ListVms (counted, so tests see the migrator does not use them per job), and the
- * VM reports a vmm sends the migrator. Like the real vmm, a completed migration's source lists
- * the VM as `postmigrate` for {@link FakeVmm.retireMs}, then drops it on its own, and
- * PrepareIncoming waits for a VM of that name to be gone. It tests the migrator's coordination
- * only; the real vmm has its own tests.
+ * RPCs (PrepareIncoming, CancelIncoming, MigrateVm streaming scripted progress, GetMigration,
+ * CancelMigration), GetVm and ListVms (counted, so tests see the migrator does not use them per
+ * job), and the VM reports a vmm sends the migrator. Like the real vmm, a completed migration's
+ * source lists the VM as `postmigrate` for {@link FakeVmm.retireMs}, then drops it on its own,
+ * and PrepareIncoming waits for a VM of that name to be gone. Unlike it, an arrival that did not
+ * arrive keeps its name reserved until CancelIncoming (as vmm builds before CancelIncoming did),
+ * so tests see that the migrator frees it. A script can end a migration badly ({@link FakeEnd});
+ * {@link FakeVmm.die} is a kill of the process. It tests the migrator's coordination only; the
+ * real vmm has its own tests.
  */
 export class FakeVmm {
   /** Every VmmService call received, as `method:vm`. */
