@@ -185,6 +185,7 @@ export async function prebuild(
     try {
       await vm.spawned();
     } catch (err) {
+      for (const b of blocks) if (b.mode === 'ref') b.backing?.abandon(); // the source's
       await vm.destroy().catch(() => undefined);
       throw err;
     }
@@ -199,8 +200,13 @@ export async function prebuild(
   }
 }
 
-/** Undoes a prebuild that no stream used. */
+/**
+ * Undoes a prebuild that no stream used. Blocks sent by reference are unmapped first: their
+ * lease and region are the source's (or nobody's, if memstore fenced a dead source), and the
+ * VM's destroy must not give back or delete either.
+ */
 export async function discardPrebuilt(p: Prebuilt): Promise<void> {
+  for (const b of p.blocks) if (b.mode === 'ref') b.backing?.abandon();
   await p.vm.destroy().catch(() => undefined);
   await closeBlocks(p.blocks);
 }

@@ -179,7 +179,8 @@ async function regionTaken(
 /**
  * Maps a region whose lease `<vmm-id>/<vm>` already holds at `epoch` (a fresh grant, or a
  * lease an incoming migration took over with TransferLease). `close()` revokes the mapping,
- * then releases the lease and runs `afterRelease`; `abandon()` only unmaps.
+ * then releases the lease and, only once memstore accepted the release, runs `afterRelease`
+ * (which deletes a region the VM owns); `abandon()` only unmaps.
  */
 export function mapShared(
   spec: RamBlockSpec,
@@ -254,10 +255,13 @@ export function mapShared(
           opts,
         );
       } catch (err) {
+        // Not ours to give back (or memstore did not answer): the region is left as it is,
+        // never deleted by a VM that did not hold its lease.
         ctx.logger.warn(
           { block: spec.id, region: region.name, error: (err as Error).message },
           'could not release the lease; memstore keeps it until released by hand',
         );
+        return;
       }
       await afterRelease();
     },
