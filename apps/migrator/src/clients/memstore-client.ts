@@ -5,14 +5,10 @@ import { RemoteError, createClient, unaryCall } from '@handoff/service';
 /**
  * The migrator's one use of memstore: after a migration ended uncertainly (a dropped
  * connection, a restart), who holds the lease of the VM's shared regions says which vmm may run
- * it. Holders are `<vmm-id>/<vm>`.
+ * it, and whether that holder's process lives. Holders are `<vmm-id>/<vm>`.
  */
 
-/**
- * Whether a lease holder's process still lives, as memstore knows it. Memstore's GetRegion
- * does not say yet (every holder is `unknown` here); {@link holderLivenessOf} is the one place
- * that will read it.
- */
+/** Whether a lease holder's process still lives, as memstore judges it ({@link holderLivenessOf}). */
 export type HolderLiveness = 'alive' | 'gone' | 'unknown';
 
 /** A region's lease as the migrator needs it. */
@@ -21,7 +17,13 @@ export interface RegionLease {
   /** `<vmm-id>/<vm>`, or null when nobody holds the lease. */
   readonly holder: string | null;
   readonly epoch: number;
+  /** Of the holder; of the one it was fenced from when nobody holds it. */
   readonly holderLiveness: HolderLiveness;
+  /**
+   * When nobody holds the lease because memstore fenced it: the holder it took it from, and
+   * why (`holder-gone`: that holder's vmm process is gone; `operator`: ForceReleaseLease).
+   */
+  readonly fenced: { readonly from: string; readonly because: 'holder-gone' | 'operator' } | null;
 }
 
 /** What a job's resolution asks memstore. */
@@ -36,13 +38,33 @@ export interface RegionLeases {
 }
 
 /**
- * The hook for the holder's liveness: memstore's GetRegion reports no liveness of the lease
- * holder yet, so it is `unknown`. When it does, map its field here and nothing else changes:
- * the job's verdict (jobs/outcome.ts) already prefers a `gone` holder's word over a mere
- * unreachable vmm.
+ * Whether the process behind the region's lease holder lives, as memstore's GetRegion says
+ * (`Region.holder.liveness`); for a lease memstore fenced because its holder's process was gone,
+ * `gone`. The job's verdict (jobs/outcome.ts) takes a `gone` holder's word over a vmm that merely
+ * does not answer.
  */
-export function holderLivenessOf(_region: pb.Region): HolderLiveness {
-  return 'unknown';
+export function holderLivenessOf(region: pb.Region): HolderLiveness {
+  if (region.lease === undefined) {
+    return region.fenced?.reason === pb.FenceReason.FENCE_REASON_HOLDER_GONE ? 'gone' : 'unknown';
+  }
+  switch (region.holder?.liveness) {
+    case pb.HolderLiveness.HOLDER_LIVENESS_ALIVE:
+      return 'alive';
+    case pb.HolderLiveness.HOLDER_LIVENESS_GONE:
+      return 'gone';
+    default:
+      return 'unknown';
+  }
+}
+
+/** The fence that left the region unleased, if any. */
+function fenceOf(region: pb.Region): RegionLease['fenced'] {
+  const f = region.fenced;
+  if (region.lease !== undefined || f === undefined || f.holder === '') return null;
+  return {
+    from: f.holder,
+    because: f.reason === pb.FenceReason.FENCE_REASON_HOLDER_GONE ? 'holder-gone' : 'operator',
+  };
 }
 
 /** memstore over gRPC, every call with a deadline. */
@@ -71,6 +93,7 @@ export class MemstoreClient implements RegionLeases {
         holder: region.lease?.holder ?? null,
         epoch: Number(region.lease?.epoch ?? 0n),
         holderLiveness: holderLivenessOf(region),
+        fenced: fenceOf(region),
       };
     } catch (err) {
       if (err instanceof RemoteError && err.code === 'REGION_NOT_FOUND') return null;

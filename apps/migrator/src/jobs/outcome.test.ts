@@ -23,8 +23,25 @@ const job = (regions: string[] = ['kv-ram0']): Job => ({
   outcome: undefined,
 });
 
-const held = (holder: string | null, liveness: RegionLease['holderLiveness'] = 'unknown') => [
-  { region: 'kv-ram0', holder, epoch: 4, holderLiveness: liveness },
+const held = (
+  holder: string | null,
+  liveness: RegionLease['holderLiveness'] = 'unknown',
+): RegionLease[] => [
+  { region: 'kv-ram0', holder, epoch: 4, holderLiveness: liveness, fenced: null },
+];
+
+/** A lease memstore fenced from `from` (its process gone, or by an operator). */
+const fenced = (
+  from: string,
+  because: 'holder-gone' | 'operator' = 'holder-gone',
+): RegionLease[] => [
+  {
+    region: 'kv-ram0',
+    holder: null,
+    epoch: 5,
+    holderLiveness: because === 'holder-gone' ? 'gone' : 'unknown',
+    fenced: { from, because },
+  },
 ];
 
 const answers = (state: Sighting['state']): Sighting => ({ reach: 'answers', state });
@@ -119,8 +136,22 @@ describe('judge: where the VM is after a migration ended without the source fina
     // one that does not answer may still run it: no claim
     expect(lost(silent)).toMatchObject({ status: 'failed', where: 'unknown' });
     expect(lost(silent).detail).toMatch(/vmm-a does not answer: the VM may still run there/);
-    // the hook: memstore saying the lease holder is gone settles it
+    // memstore saying the lease holder is gone settles it
     expect(lost(silent, 'gone').detail).toMatch(/lost with vmm-a \(its process is gone\)/);
+    // ... and so does a lease memstore fenced because its holder died
+    const fencedAway = verdictOf(
+      evidence({ source: silent, target: answers(null), leases: fenced('vmm-a/kv') }),
+    );
+    expect(fencedAway).toMatchObject({ where: 'lost', vmm: 'vmm-a' });
+    expect(fencedAway.detail).toMatch(
+      /lost with vmm-a \(its process is gone\); its memory is in region kv-ram0 \(kept\)/,
+    );
+    // an operator's fence names no one who may run it: no claim
+    expect(
+      verdictOf(
+        evidence({ source: silent, target: answers(null), leases: fenced('vmm-a/kv', 'operator') }),
+      ).where,
+    ).toBe('unknown');
     expect(lost(answers(null)).detail).toMatch(
       /lost with vmm-a \(its process restarted without it\)/,
     );

@@ -163,10 +163,19 @@ export async function gatherEvidence(
 /** Who the leases name: one end, nobody, several, or none to ask about / not known. */
 type LeaseSays = 'target' | 'source' | 'nobody' | 'mixed' | 'none' | 'unknown' | 'elsewhere';
 
+/**
+ * Who a lease names: its holder; for a lease memstore fenced because its holder's process was
+ * gone, that holder (the VM was theirs when they died; nobody may run it since).
+ */
+function holderOf(l: RegionLease): string | null {
+  if (l.holder !== null) return l.holder;
+  return l.fenced?.because === 'holder-gone' ? l.fenced.from : null;
+}
+
 function leaseSays(job: Job, leases: readonly RegionLease[] | undefined): LeaseSays {
   if (leases === undefined) return 'unknown';
   if (job.regions?.length === 0 || leases.length === 0) return 'none';
-  const holders = new Set(leases.map((l) => l.holder));
+  const holders = new Set(leases.map(holderOf));
   if (holders.size > 1) return 'mixed';
   const holder = [...holders][0]!;
   if (holder === null) return 'nobody';
@@ -331,5 +340,10 @@ function describe(s: Sighting): string {
 function describeLeases(leases: readonly RegionLease[] | undefined): string {
   if (leases === undefined) return 'could not be asked';
   if (leases.length === 0) return 'knows no lease of it';
-  return leases.map((l) => `${l.region}: ${l.holder ?? 'nobody'}`).join(', ');
+  return leases
+    .map(
+      (l) =>
+        `${l.region}: ${l.holder ?? (l.fenced !== null ? `nobody (fenced from ${l.fenced.from})` : 'nobody')}`,
+    )
+    .join(', ');
 }

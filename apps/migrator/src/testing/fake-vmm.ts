@@ -109,7 +109,13 @@ export class FakeLeases implements RegionLeases {
     }
     const holder = this.world.holders.get(name);
     if (holder === undefined) return Promise.resolve(null);
-    return Promise.resolve({ region: name, holder, epoch: 1, holderLiveness: 'unknown' });
+    return Promise.resolve({
+      region: name,
+      holder,
+      epoch: 1,
+      holderLiveness: 'unknown',
+      fenced: null,
+    });
   }
 
   close(): void {}
