@@ -160,7 +160,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   };
 
   try {
-    const [memstore, migrator] = await allStarted([
+    // memstore first: the migrator asks it about leases, so it needs memstore's bound address
+    // (a free port is known only once memstore serves; restarts keep the port).
+    const [memstore] = await allStarted([
       start(
         {
           name: 'memstore',
@@ -175,16 +177,13 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         },
         opts.ports.memstore,
       ),
+    ]);
+    const [migrator] = await allStarted([
       start(
         {
           name: 'migrator',
           app: 'migrator',
-          // memstore starts beside it: its address is known ahead when its port is
-          args: [
-            '--state-dir',
-            join(opts.stateDir, 'migrator'),
-            ...(opts.ports.memstore !== 0 ? ['--memstore', `${host}:${opts.ports.memstore}`] : []),
-          ],
+          args: ['--state-dir', join(opts.stateDir, 'migrator'), '--memstore', memstore!.address],
         },
         opts.ports.migrator,
       ),
