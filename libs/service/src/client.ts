@@ -134,7 +134,23 @@ export const CLIENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 16 * 1024 * 1024,
   'grpc.keepalive_time_ms': 30_000,
   'grpc.keepalive_timeout_ms': 10_000,
+  // A restarted service (the local cluster restarts one that dies) is reached again within a
+  // second: grpc-js's defaults back off up to two minutes between reconnection attempts.
+  'grpc.initial_reconnect_backoff_ms': 100,
+  'grpc.max_reconnect_backoff_ms': 1000,
 };
+
+/**
+ * Makes every call of a client wait, within its deadline, for a connection instead of failing
+ * at once while the channel is reconnecting (a service restarting under supervision).
+ */
+const waitForReadyInterceptor: grpc.Interceptor = (options, nextCall) =>
+  new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.setOptions({ ...metadata.getOptions(), waitForReady: true });
+      next(metadata, listener);
+    },
+  });
 
 type ClientCtor<C> = new (
   address: string,
@@ -151,8 +167,18 @@ export function createClient<C>(
   ctor: ClientCtor<C>,
   address: string,
   credentials: grpc.ChannelCredentials,
+  opts: {
+    /**
+     * Calls wait (within their deadline) while the channel reconnects, instead of failing at
+     * once: for a service's clients of another service that may be restarting. vmctl keeps
+     * the default, so a stopped cluster is reported at once.
+     */
+    waitForReady?: boolean;
+  } = {},
 ): C {
-  return new ctor(address, credentials, CLIENT_CHANNEL_OPTIONS);
+  const options: grpc.ClientOptions = { ...CLIENT_CHANNEL_OPTIONS };
+  if (opts.waitForReady === true) options.interceptors = [waitForReadyInterceptor];
+  return new ctor(address, credentials, options);
 }
 
 /** grpc.health.v1 serving status as a string. */

@@ -79,7 +79,9 @@ export class MemstoreClient implements RegionLeases {
   ) {}
 
   async leaseOf(name: string): Promise<RegionLease | null> {
-    this.client ??= createClient(pb.MemstoreServiceClient, this.address, this.credentials);
+    this.client ??= createClient(pb.MemstoreServiceClient, this.address, this.credentials, {
+      waitForReady: true,
+    });
     try {
       const { region } = await unaryCall(
         this.client,

@@ -120,6 +120,9 @@ const ARRIVAL_FROM_WIRE: Partial<Record<vpb.IncomingOutcome, ArrivalEnd>> = {
   [vpb.IncomingOutcome.INCOMING_OUTCOME_FAILED]: 'failed',
 };
 
+/** How long a job's first call to an instance waits for its channel to connect. */
+const CONNECT_WAIT_MS = 2000;
+
 /**
  * The migrator's client edge to vmm instances: one channel per address, every call with a
  * deadline, wire types converted here and nowhere else in the migrator.
@@ -138,7 +141,7 @@ export class VmmClients implements VmmCalls {
 
   async prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget> {
     const res = await unaryCall(
-      this.client(address),
+      await this.connected(address),
       'prepareIncoming',
       {
         name: req.vm,
@@ -163,7 +166,7 @@ export class VmmClients implements VmmCalls {
     opts: { deadlineMs: number; onProgress: (info: MigrationInfo) => void },
   ): Promise<MigrationInfo> {
     const last = await streamCall(
-      this.client(address),
+      await this.connected(address),
       'migrateVm',
       {
         name: req.vm,
@@ -235,6 +238,20 @@ export class VmmClients implements VmmCalls {
 
   private opts() {
     return { deadlineMs: this.callTimeoutMs };
+  }
+
+  /**
+   * The client of `address`, once its channel is connected or {@link CONNECT_WAIT_MS} passed: a
+   * job's first call to an instance the registry says is alive waits for a vmm that just
+   * restarted (its channel may still be backing off from the old process) instead of failing
+   * the job at once. Other calls fail fast, so a dead instance is told quickly.
+   */
+  private async connected(address: string): Promise<vpb.VmmServiceClient> {
+    const c = this.client(address);
+    await new Promise<void>((resolve) =>
+      c.waitForReady(Date.now() + CONNECT_WAIT_MS, () => resolve()),
+    );
+    return c;
   }
 
   private client(address: string): vpb.VmmServiceClient {

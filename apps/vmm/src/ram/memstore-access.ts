@@ -62,6 +62,7 @@ export class MemstoreAccess {
       memstore.MemstoreServiceClient,
       this.opts.address,
       this.opts.credentials,
+      { waitForReady: true },
     );
     return this.client;
   }
