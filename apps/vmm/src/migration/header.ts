@@ -19,6 +19,7 @@ import {
   type BlockPlan,
   type Prebuilt,
 } from './incoming-blocks.js';
+import { ownedRegionName } from '../ram/shared.js';
 import { STREAM_FORMAT } from './format.js';
 import { PAGE_SIZE } from './pages/frames.js';
 
@@ -31,6 +32,11 @@ export interface AcceptedHeader {
   readonly spec: VmSpec;
   /** The lease holder of the shared blocks on the source (`vmm-id/vm-name`). */
   readonly sourceHolder: string;
+  /**
+   * Regions the VM owned on the source whose blocks are copied here into private memory: the
+   * source deletes them when it retires the VM, this instance if the source dies first.
+   */
+  readonly copiedOwned: readonly string[];
 }
 
 /**
@@ -82,6 +88,7 @@ export async function acceptHeader(
   const ctx = host.ramContext(name);
   const plans: BlockPlan[] = [];
   const templates: (string | undefined)[] = [];
+  const copiedOwned: string[] = [];
   for (const [k, b] of h.blocks.entries()) {
     const s = srcSpec.ram[k]!;
     const what = `header block ${k} (${b.id})`;
@@ -140,8 +147,15 @@ export async function acceptHeader(
     } else {
       // Copied blocks land in private memory here.
       plans.push({ spec: copiedSpec(s), pages, mode: 'copy', region: null, epoch: 0 });
+      if (
+        s.regionOwned === true &&
+        s.backend === 'shared' &&
+        s.region === ownedRegionName(name, s.id)
+      ) {
+        copiedOwned.push(s.region);
+      }
     }
   }
   const spec = host.checkIncomingSpec({ ...srcSpec, name, ram: plans.map((p) => p.spec) });
-  return { plans, templates, spec, sourceHolder: src };
+  return { plans, templates, spec, sourceHolder: src, copiedOwned };
 }

@@ -27,6 +27,7 @@ import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { failpoint } from '../failpoints.js';
 import { acceptHeader } from './header.js';
+import { reapCopiedRegion } from './copied-regions.js';
 import { discardPrebuilt, openBlock, prebuiltFits, type Block } from './incoming-blocks.js';
 import { STREAM_FORMAT } from './format.js';
 import { PageReceiver } from './pages/page-receiver.js';
@@ -74,6 +75,8 @@ export class IncomingMigration {
   private prepared: Prepared | undefined;
   private blocks: Block[] = [];
   private sourceHolder = '';
+  /** Regions the VM owned on the source whose blocks were copied here (see copied-regions.ts). */
+  private copiedOwned: readonly string[] = [];
   private pages: PageReceiver | undefined;
   private vm: Vm | null = null;
   private device: Uint8Array | null = null;
@@ -240,6 +243,7 @@ export class IncomingMigration {
     const accepted = await acceptHeader(h, prepared.name, ready, host);
     const t1 = performance.now();
     this.sourceHolder = accepted.sourceHolder;
+    this.copiedOwned = accepted.copiedOwned;
     let prebuiltUsed = false;
     if (ready !== null && prebuiltFits(ready, accepted.spec, accepted.plans, accepted.templates)) {
       // PrepareIncoming built exactly this: the blocks are mapped, the machine waits.
@@ -384,6 +388,7 @@ export class IncomingMigration {
     this.prepared!.release();
     this.prepared!.settle('arrived');
     this.transition('completing', 'resumed');
+    this.reapCopiedRegions();
     this.call.write({
       reply: {
         $case: 'resumed',
@@ -445,6 +450,18 @@ export class IncomingMigration {
     failpoint('incoming-after-lease');
   }
 
+  /**
+   * The VM runs here: the regions it owned on the source and left there (its blocks were copied)
+   * are this instance's to delete should the source die before it does (in the background).
+   */
+  private reapCopiedRegions(): void {
+    if (this.copiedOwned.length === 0) return;
+    const ctx = this.deps.host.ramContext(this.prepared!.name);
+    for (const name of this.copiedOwned) {
+      void reapCopiedRegion(ctx, name, this.sourceHolder, this.log);
+    }
+  }
+
   /** Records what a switchover moved; true when the VM runs here (adopted once). */
   private settleSwitchover(o: SwitchoverOutcome): boolean {
     recordMoved(
@@ -456,6 +473,7 @@ export class IncomingMigration {
       // The vCPU thread took over: nothing the stream says changes it any more.
       this.transition('receiving', 'resumed');
       this.deps.host.adoptRunning(this.vm!);
+      this.reapCopiedRegions();
       const p = this.prepared!;
       setTimeout(() => {
         p.release();
