@@ -22,3 +22,10 @@ export {
 } from './restart-policy.js';
 export { SupervisedService, type StartService, type SupervisionEvent } from './supervisor.js';
 export { describeEvent } from './supervision-lines.js';
+export {
+  runKillLoop,
+  VICTIMS,
+  type Victim,
+  type RoundReport,
+  type KillLoopOptions,
+} from './chaos/kill-loop.js';

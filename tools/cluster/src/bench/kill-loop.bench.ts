@@ -1,0 +1,60 @@
+import { runKillLoop, VICTIMS, type RoundReport } from '../chaos/kill-loop.js';
+
+/**
+ * The long kill -9 loop (`npm run bench -- kill-loop`): many rounds on one local cluster, one
+ * table row per victim. `HANDOFF_KILL_ROUNDS` sets the number of rounds (default 52),
+ * `HANDOFF_KILL_SEED` the plan's seed.
+ */
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? 0 : s[Math.floor(s.length / 2)]!;
+}
+
+/** Runs the loop and tabulates outcomes per victim; the notes list every violation. */
+export async function run() {
+  const rounds = Number(process.env.HANDOFF_KILL_ROUNDS ?? 52);
+  const seed = Number(process.env.HANDOFF_KILL_SEED ?? Date.now() % 100_000);
+  const reports: RoundReport[] = await runKillLoop({
+    rounds,
+    seed,
+    log: (line) => process.stdout.write(`${line}\n`),
+  });
+  const rows = VICTIMS.map((victim) => {
+    const mine = reports.filter((r) => r.victim === victim);
+    const count = (vm: RoundReport['vm']) => mine.filter((r) => r.vm === vm).length;
+    const recoveries = mine.map((r) => r.recoveryMs);
+    return [
+      victim,
+      String(mine.length),
+      String(count('moved')),
+      String(count('stayed')),
+      String(count('lost')),
+      String(mine.filter((r) => r.violations.length > 0).length),
+      `${median(recoveries)} ms`,
+      `${Math.max(0, ...recoveries)} ms`,
+    ];
+  });
+  const violations = reports.filter((r) => r.violations.length > 0);
+  const jobs = [...new Set(reports.map((r) => r.job.replace(/\d+/g, 'N')))];
+  return {
+    title: `kill -9 loop: ${reports.length} rounds, seed ${seed}`,
+    columns: [
+      'killed',
+      'rounds',
+      'VM moved',
+      'VM stayed',
+      'VM lost with its vmm',
+      'rounds with a violation',
+      'recovery (median)',
+      'recovery (worst)',
+    ],
+    rows,
+    notes:
+      'Each round starts a migration of a kvserver VM on a shared region (bypass or copy, at random), kills one process with SIGKILL at a random moment, lets the launcher restart it, and checks: the VM runs at most once and only a dead vmm takes it, its keys answer the same, exactly its region exists and is leased by its vmm (or kept unleased after the VM was lost), the next migration goes through, the job status matches where the VM is. Recovery: from the kill until every check held.\n\n' +
+      `Job outcomes seen: ${jobs.map((j) => `\`${j}\``).join(', ')}.\n\n` +
+      (violations.length === 0
+        ? 'No violation.'
+        : `Violations:\n${violations.map((r) => `- round ${r.round} (${r.victim}, ${r.mode}, ${r.killAfterMs} ms): ${r.violations.join('; ')}`).join('\n')}`),
+  };
+}
