@@ -71,6 +71,8 @@ export interface VmmCalls {
    * (with `jobId`) when its last migration of the VM belongs to another job.
    */
   migration(address: string, vm: string, jobId?: string): Promise<MigrationInfo | null>;
+  /** ResumeVm: runs a paused VM again. */
+  resume(address: string, vm: string): Promise<void>;
   /** CancelMigration on a source (it refuses past the point of no return). */
   cancelMigration(address: string, vm: string): Promise<void>;
   /**
@@ -205,6 +207,10 @@ export class VmmClients implements VmmCalls {
       if (isUnreachable(err)) throw err;
       return null; // the vmm answered: it knows no migration of the VM
     }
+  }
+
+  async resume(address: string, vm: string): Promise<void> {
+    await unaryCall(this.client(address), 'resumeVm', { name: vm }, this.opts());
   }
 
   async cancelMigration(address: string, vm: string): Promise<void> {

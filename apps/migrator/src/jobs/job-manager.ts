@@ -25,7 +25,7 @@ import { MigratorError } from '../errors.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import { isFinished, statusPath, type Job, type JobKind, type JobOutcome } from './job.js';
-import { gatherEvidence, judge, type Verdict } from './outcome.js';
+import { gatherEvidence, judge, leftPausedOnSource, type Verdict } from './outcome.js';
 import { resolveAfterRestart, type RecoveryTiming } from './recovery.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
@@ -87,6 +87,12 @@ interface Live {
   job: Job;
   /** The VM's spec as its source reported it (for PrepareIncoming); not journaled. */
   spec: VmSpec | undefined;
+  /**
+   * The VM ran on its source when the job began (not journaled: unknown, so false, after a
+   * restart). A VM this job's migration left paused there is resumed once the target is known
+   * not to run it.
+   */
+  wasRunning: boolean;
   sm: MigrationStateMachine;
   cancelRequested: boolean;
   /** Set while MigrateVm is outstanding (a cancel then goes to the source). */
@@ -133,6 +139,7 @@ export class JobManager {
         job,
         sm: new MigrationStateMachine({ initial: job.info.status }),
         spec: undefined,
+        wasRunning: false,
         cancelRequested: false,
         migrating: false,
       });
@@ -196,6 +203,7 @@ export class JobManager {
     const live = this.create('migrate', {
       vm: req.vm,
       spec: at.vm.spec,
+      wasRunning: at.vm.state === 'running',
       source,
       target,
       capabilities: config,
@@ -244,6 +252,7 @@ export class JobManager {
     const parent = this.create('live-update', {
       vm: '',
       spec: undefined,
+      wasRunning: false,
       source: from,
       target: to,
       capabilities,
@@ -254,6 +263,7 @@ export class JobManager {
       this.create('migrate', {
         vm: v.name,
         spec: v.spec,
+        wasRunning: v.state === 'running',
         source: from,
         target: to,
         capabilities,
@@ -473,8 +483,9 @@ export class JobManager {
         where: 'unknown',
         vmm: '',
         detail:
-          `VM ${job.vm} was not on ${job.sourceVmm} when the migration began (destroyed or ` +
-          'moved meanwhile); find it with `vmctl vm list`',
+          `VM ${job.vm} was not on ${job.sourceVmm} when the migration began (destroyed, ` +
+          `moved, or lost with a restart of ${job.sourceVmm} meanwhile); find it with ` +
+          '`vmctl vm list`',
       });
       return;
     }
@@ -484,7 +495,9 @@ export class JobManager {
       retryMs: 2000,
       closed: () => this.closed,
     });
-    const v = judge(job, evidence, { cancelled: live.cancelRequested });
+    let v = judge(job, evidence, { cancelled: live.cancelRequested });
+    if (live.wasRunning && leftPausedOnSource(job, v, evidence))
+      v = await this.resumeOnSource(live, v);
     const what = `migration of ${job.vm} from ${job.sourceVmm} to ${job.targetVmm}`;
     let errorDesc: string;
     if (v.outcome.where === 'source') {
@@ -495,6 +508,31 @@ export class JobManager {
       errorDesc = `${v.outcome.detail} (${what}: ${message})`;
     }
     this.apply(live, v, errorDesc);
+  }
+
+  /**
+   * Resumes a VM the job's migration left paused on its source (the target took everything but
+   * never confirmed it ran the VM, and has since been found without it). Best effort: a failed
+   * resume leaves the verdict as it was, saying the VM is paused.
+   */
+  private async resumeOnSource(live: Live, v: Verdict): Promise<Verdict> {
+    const { job } = live;
+    try {
+      await this.vmms.resume(job.sourceAddress, job.vm);
+    } catch (err) {
+      this.log.warn({ job: job.id, vm: job.vm, err }, 'could not resume the VM on its source');
+      return v;
+    }
+    this.log.info({ job: job.id, vm: job.vm }, 'resumed the VM on its source: the target has none');
+    return {
+      ...v,
+      outcome: {
+        ...v.outcome,
+        detail:
+          `VM ${job.vm} runs on ${job.sourceVmm} again: resumed there once ${job.targetVmm} ` +
+          'was found without it',
+      },
+    };
   }
 
   /** Records a verdict as the job's end. */
@@ -667,6 +705,7 @@ export class JobManager {
     p: {
       vm: string;
       spec: VmSpec | undefined;
+      wasRunning: boolean;
       source: VmmRecord;
       target: VmmRecord;
       capabilities: MigrationCapabilities;
@@ -698,6 +737,7 @@ export class JobManager {
       },
       sm: new MigrationStateMachine(),
       spec: p.spec,
+      wasRunning: p.wasRunning,
       cancelRequested: false,
       migrating: false,
     };

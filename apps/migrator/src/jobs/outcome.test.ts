@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { emptyMigrationInfo, resolveCapabilities, type MigrationStatus } from '@handoff/qapi';
 import type { RegionLease } from '../clients/memstore-client.js';
 import type { Job } from './job.js';
-import { judge, type Evidence, type Sighting } from './outcome.js';
+import { judge, leftPausedOnSource, type Evidence, type Sighting } from './outcome.js';
 
 const job = (regions: string[] = ['kv-ram0']): Job => ({
   id: 'mig-1',
@@ -210,5 +210,39 @@ describe('judge: where the VM is after a migration ended without the source fina
     );
     expect(elsewhere.where).toBe('unknown');
     expect(elsewhere.detail).toMatch(/memstore kv-ram0: vmm-c\/kv/);
+  });
+});
+
+describe('leftPausedOnSource: a VM the migration left paused that only its source can run', () => {
+  const paused = (target: Sighting, leases: readonly RegionLease[] | undefined) => {
+    const e = evidence({ source: answers('paused'), target, leases, migration: 'failed' });
+    return leftPausedOnSource(job(), judge(job(), e, { cancelled: false }), e);
+  };
+
+  it('yes when the target is gone or answers without the VM and the source still leases its memory', () => {
+    expect(paused(gone, held('vmm-a/kv', 'alive'))).toBe(true);
+    expect(paused(answers(null), held('vmm-a/kv', 'alive'))).toBe(true);
+    const e = evidence({
+      source: answers('paused'),
+      target: gone,
+      leases: [],
+      migration: 'failed',
+    });
+    expect(leftPausedOnSource(job([]), judge(job([]), e, { cancelled: false }), e)).toBe(true);
+  });
+
+  it('no while the target may still run it, the lease moved or is not known, or the VM is not paused', () => {
+    expect(paused(silent, held('vmm-a/kv', 'alive'))).toBe(false);
+    expect(paused(answers('paused'), held('vmm-a/kv', 'alive'))).toBe(false);
+    expect(paused(gone, held('vmm-b/kv', 'gone'))).toBe(false);
+    expect(paused(gone, fenced('vmm-a/kv'))).toBe(false);
+    expect(paused(gone, undefined)).toBe(false);
+    const e = evidence({
+      source: answers('running'),
+      target: gone,
+      leases: held('vmm-a/kv'),
+      migration: 'failed',
+    });
+    expect(leftPausedOnSource(job(), judge(job(), e, { cancelled: false }), e)).toBe(false);
   });
 });

@@ -304,6 +304,21 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
 }
 
 /**
+ * Whether verdict `v` leaves the VM paused on its source although the target is known not to run
+ * it: the target's process is gone (nothing listens; a restarted vmm has no VMs) or it answered
+ * without the VM after the arrival was given up, and the VM's shared memory (if any) is still
+ * leased by the source. Then only the source can run it, and nothing else will resume it.
+ */
+export function leftPausedOnSource(job: Job, v: Verdict, e: Evidence): boolean {
+  if (v.outcome.where !== 'source' || e.source.state !== 'paused') return false;
+  const targetHasNone =
+    e.target.reach === 'refused' || (e.target.reach === 'answers' && e.target.state === null);
+  const leasesOk =
+    e.leases !== undefined && e.leases.every((l) => l.holder === `${job.sourceVmm}/${job.vm}`);
+  return targetHasNone && leasesOk;
+}
+
+/**
  * Whether a vmm that does not hold the VM lost it: its process is gone (nothing listens at its
  * address, or memstore says the lease holder is gone) or it answers without the VM and without
  * any memory of the job (it restarted). One that does not answer may still run it; one that
