@@ -3,7 +3,7 @@ import { isCodedError, ServiceError, unaryCall } from '@handoff/service';
 import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
-import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
+import { byId, byName, holderOf, memstoreCall, unreachable } from '../leases/calls.js';
 import type { RamBacking, RamContext } from './backing.js';
 
 /**
@@ -247,16 +247,25 @@ export function mapShared(
       closed = true;
       // Revoke first: from here on nothing in this process can write the file.
       mapping.close();
-      try {
-        await unaryCall(
+      const release = () =>
+        unaryCall(
           client,
           'releaseLease',
           { region: byId(region.id), holder, epoch: BigInt(regionRef.epoch) },
           opts,
         );
+      try {
+        await release();
       } catch (err) {
-        // Not ours to give back (or memstore did not answer): the region is left as it is,
-        // never deleted by a VM that did not hold its lease.
+        if (unreachable(err)) {
+          // memstore is down or restarting: the lease is still ours to give back. Keep trying
+          // in the background, or the region stays leased to a VM that no longer maps it (and
+          // `region release --force` refuses while this process lives).
+          void releaseLater(release, afterRelease, spec.id, region.name, ctx);
+          return;
+        }
+        // Not ours to give back: the region is left as it is, never deleted by a VM that did
+        // not hold its lease.
         ctx.logger.warn(
           { block: spec.id, region: region.name, error: (err as Error).message },
           'could not release the lease; memstore keeps it until released by hand',
@@ -266,4 +275,43 @@ export function mapShared(
       await afterRelease();
     },
   };
+}
+
+/** Backoff of {@link releaseLater}: from 0.2 s, doubling, at most 5 s between tries. */
+const RELEASE_RETRY = { firstMs: 200, maxMs: 5000 } as const;
+
+/**
+ * Gives a lease back once memstore answers again, then runs `afterRelease`. Stops when memstore
+ * answers anything but success (the lease is then not ours: fenced meanwhile) or after about ten
+ * minutes; logs either way. Never throws.
+ */
+async function releaseLater(
+  release: () => Promise<unknown>,
+  afterRelease: () => Promise<void>,
+  block: string,
+  regionName: string,
+  ctx: RamContext,
+): Promise<void> {
+  const deadline = Date.now() + 10 * 60_000;
+  for (let delay: number = RELEASE_RETRY.firstMs; Date.now() < deadline;) {
+    await new Promise((r) => setTimeout(r, delay).unref());
+    delay = Math.min(delay * 2, RELEASE_RETRY.maxMs);
+    try {
+      await release();
+    } catch (err) {
+      if (unreachable(err)) continue;
+      ctx.logger.warn(
+        { block, region: regionName, error: (err as Error).message },
+        'the lease was not ours any more when memstore answered again; the region is left as it is',
+      );
+      return;
+    }
+    ctx.logger.info({ block, region: regionName }, 'lease given back once memstore answered again');
+    await afterRelease();
+    return;
+  }
+  ctx.logger.warn(
+    { block, region: regionName },
+    'memstore did not answer for ten minutes: the lease is kept until released by hand',
+  );
 }

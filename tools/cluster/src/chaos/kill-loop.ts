@@ -13,6 +13,7 @@ import {
   type VmView,
 } from '@handoff/cli/client';
 import { startCluster, type Cluster } from '../launcher.js';
+import { describeEvent } from '../supervision-lines.js';
 import { putKeys, wrongKeys } from './kv-probe.js';
 
 /**
@@ -123,6 +124,7 @@ export async function runKillLoop(opts: KillLoopOptions): Promise<RoundReport[]>
       recent.push(`${service}: ${line}`);
       if (recent.length > 200) recent.shift();
     },
+    onEvent: (event) => recent.push(`launcher: ${describeEvent(event)}`),
   });
   const c = new Clients({
     memstore: cluster.memstore,
