@@ -246,3 +246,22 @@ describe('leftPausedOnSource: a VM the migration left paused that only its sourc
     expect(leftPausedOnSource(job(), judge(job(), e, { cancelled: false }), e)).toBe(false);
   });
 });
+
+describe('judge: a copy migration', () => {
+  const copyJob = (): Job => ({
+    ...job(),
+    capabilities: resolveCapabilities({ 'bypass-shared-memory': false }),
+  });
+
+  it('the target runs the VM in its own memory: completed, whoever holds the source region', () => {
+    for (const leases of [fenced('vmm-a/kv'), held('vmm-a/kv', 'alive'), held(null)]) {
+      const e = evidence({ source: gone, target: answers('running'), leases });
+      expect(judge(copyJob(), e, { cancelled: false }).status).toBe('completed');
+    }
+  });
+
+  it('with bypass, a target running the VM without its lease is still a contradiction', () => {
+    const e = evidence({ source: gone, target: answers('running'), leases: fenced('vmm-a/kv') });
+    expect(judge(job(), e, { cancelled: false }).outcome.where).toBe('unknown');
+  });
+});

@@ -226,8 +226,11 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
         `${describe(e.target)}, memstore ${describeLeases(e.leases)}; look with \`vmctl vm list\``,
     );
 
+  // A copy migration lands the VM in the target's private memory: the source's regions (and
+  // their leases) say nothing about the target then.
+  const copied = job.capabilities['bypass-shared-memory'] !== true;
   if (onTarget) {
-    if (lease !== 'target' && lease !== 'none' && lease !== 'unknown') {
+    if (!copied && lease !== 'target' && lease !== 'none' && lease !== 'unknown') {
       return unknown(`${dst} has the VM but the lease is not its own`);
     }
     const holdsLease = lease === 'target' ? ` with the lease of region ${regions}` : '';

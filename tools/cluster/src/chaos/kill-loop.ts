@@ -13,6 +13,7 @@ import {
   type VmView,
 } from '@handoff/cli/client';
 import { startCluster, type Cluster } from '../launcher.js';
+import type { RestartPolicy } from '../restart-policy.js';
 import { describeEvent } from '../supervision-lines.js';
 import { putKeys, wrongKeys } from './kv-probe.js';
 
@@ -73,6 +74,19 @@ export interface KillLoopOptions {
 }
 
 const MiB = 1024n * 1024n;
+
+/**
+ * The loop's kills are deliberate, not a crash loop: its cluster restarts every killed service
+ * after 0.2 s and never gives up (the launcher's default backs off and stops restarting a service
+ * that dies 6 times a minute; its own tests cover that).
+ */
+const LOOP_RESTARTS: RestartPolicy = {
+  initialDelayMs: 200,
+  maxDelayMs: 200,
+  stableAfterMs: 0,
+  maxCrashes: Number.MAX_SAFE_INTEGER,
+  windowMs: 60_000,
+};
 const VM = 'kv';
 
 /** A small seeded PRNG (mulberry32): the loop's plan is reproducible from its seed. */
@@ -125,6 +139,7 @@ export async function runKillLoop(opts: KillLoopOptions): Promise<RoundReport[]>
       if (recent.length > 200) recent.shift();
     },
     onEvent: (event) => recent.push(`launcher: ${describeEvent(event)}`),
+    restart: LOOP_RESTARTS,
   });
   const c = new Clients({
     memstore: cluster.memstore,
