@@ -56,7 +56,7 @@ export async function run() {
     ],
     rows,
     notes:
-      'Each round starts a migration of a kvserver VM on a shared region (bypass or copy, at random), kills one process with SIGKILL at a random moment, lets the launcher restart it, and checks: the VM runs at most once and only a dead vmm takes it, its keys answer the same, exactly its region exists and is leased by its vmm (or kept unleased after the VM was lost), the next migration goes through, the job status matches where the VM is. Recovery: from the kill until every check held.\n\n' +
+      'Each round starts a migration of a kvserver VM (bypass or copy, at random; the VM starts on a shared region, a copy moves it to private memory, and a VM lost with its vmm is created again on a shared region), kills one process with SIGKILL at a random moment, lets the launcher restart it, and checks: the VM runs at most once and only a dead vmm takes it, its keys answer the same, exactly its region exists and is leased by its vmm (or kept unleased after the VM was lost), the next migration goes through, the job status matches where the VM is. Recovery: from the kill until every check held.\n\n' +
       `Job outcomes seen:\n${[...outcomes].map(([j, n]) => `- ${n} × ${j}`).join('\n')}\n\n` +
       (violations.length === 0
         ? 'No violation.'
