@@ -1,7 +1,7 @@
 import { migrator as mpb, serviceNames, vmm as pb } from '@handoff/proto';
 import { emptyMigrationInfo, type MigrationInfo, type MigrationStatus } from '@handoff/qapi';
 import { migrationInfoToWire } from '@handoff/qapi/wire';
-import { Metadata, status as grpcStatus } from '@grpc/grpc-js';
+import { Metadata, status as grpcStatus, type ServerWritableStream } from '@grpc/grpc-js';
 import type { RegionLease, RegionLeases } from '../clients/memstore-client.js';
 import type { ArrivalEnd } from '../clients/vmm-client.js';
 import {
@@ -448,82 +448,88 @@ export class FakeVmm {
         m.cancelled = true;
         return {};
       }),
-      migrateVm: serverStream(logger, async (req, call) => {
-        this.calls.push(`migrateVm:${req.name}`);
-        if (this.world.get(req.name) !== this.id) {
-          throw new ServiceError('VMM_VM_NOT_FOUND', `no VM ${req.name} on ${this.id}`);
-        }
-        const target = this.peers.get(req.targetAddress);
-        if (target === undefined || req.token !== `token-${req.jobId}`) {
-          throw new ServiceError('VMM_INVALID_STATE', 'target unknown or token wrong');
-        }
-        const script = this.scripts.get(req.name) ?? DEFAULT_SCRIPT;
-        const m = { info: emptyMigrationInfo('setup'), cancelled: false, jobId: req.jobId };
-        this.migrations.set(req.name, m);
-        this.maxConcurrent = Math.max(this.maxConcurrent, ++this.active);
-        const started = Date.now();
-        try {
-          for (const step of script.steps) {
-            await sleep(script.stepMs);
-            if (m.cancelled) {
-              m.info = { ...m.info, status: 'cancelled' };
-              throw new ServiceError(
-                'VMM_INVALID_STATE',
-                `migration of ${req.name} was cancelled; the VM runs on ${this.id}`,
-              );
-            }
-            m.info = {
-              ...m.info,
-              status: step.status,
-              totalTimeMs: Date.now() - started,
-              setupTimeMs: 2,
-              iteration: m.info.iteration + 1,
-              ram: {
-                ...m.info.ram,
-                transferred: step.transferred,
-                remaining: step.remaining,
-                total: 64 << 20,
-                normal: Math.floor(step.transferred / 4096),
-                normalBytes: step.transferred,
-                zeroPages: 1024,
-                bypassedBytes: 60 << 20,
-              },
-            };
-            // one progress report per step (the real vmm sends one per status change and
-            // about every 250 ms)
-            call.write({ info: migrationInfoToWire(m.info) });
-          }
-          if (script.failWith !== undefined) {
-            m.info = { ...m.info, status: 'failed', errorDesc: script.failWith };
-            throw new ServiceError('VMM_INVALID_STATE', script.failWith);
-          }
-          if (script.end === 'source-dies-before-stop') {
-            await this.die();
-            return new Promise<void>(() => undefined); // the call dies with the process
-          }
-          m.info = { ...m.info, status: 'completed', downtimeUs: 1500, deviceBytes: 8192 };
-          // postmigrate here at once, then gone; the target runs it
-          this.retire(req.name);
-          this.world.set(req.name, target.id);
-          target.arrived(req.jobId);
-          if (script.end === 'source-dies-after-handoff') {
-            await this.die();
-            return new Promise<void>(() => undefined);
-          }
-          if (script.end === 'drop-after-handoff') {
-            // no Handoff code: what a broken connection looks like to the migrator
-            call.emit('error', {
-              code: grpcStatus.UNAVAILABLE,
-              details: 'Connection dropped',
-              metadata: new Metadata(),
-            });
-            return new Promise<void>(() => undefined);
-          }
-          call.write({ info: migrationInfoToWire(m.info) });
-        } finally {
-          this.active--;
-        }
-      }),
+      migrateVm: serverStream(logger, (req, call) => this.migrate(req, call)),
     };
+  }
+
+  /** MigrateVm: plays the VM's script, reporting each step, then moves it to the target. */
+  private async migrate(
+    req: pb.MigrateVmRequest,
+    call: ServerWritableStream<pb.MigrateVmRequest, pb.MigrateVmResponse>,
+  ): Promise<void> {
+    this.calls.push(`migrateVm:${req.name}`);
+    if (this.world.get(req.name) !== this.id) {
+      throw new ServiceError('VMM_VM_NOT_FOUND', `no VM ${req.name} on ${this.id}`);
+    }
+    const target = this.peers.get(req.targetAddress);
+    if (target === undefined || req.token !== `token-${req.jobId}`) {
+      throw new ServiceError('VMM_INVALID_STATE', 'target unknown or token wrong');
+    }
+    const script = this.scripts.get(req.name) ?? DEFAULT_SCRIPT;
+    const m = { info: emptyMigrationInfo('setup'), cancelled: false, jobId: req.jobId };
+    this.migrations.set(req.name, m);
+    this.maxConcurrent = Math.max(this.maxConcurrent, ++this.active);
+    const started = Date.now();
+    try {
+      for (const step of script.steps) {
+        await sleep(script.stepMs);
+        if (m.cancelled) {
+          m.info = { ...m.info, status: 'cancelled' };
+          throw new ServiceError(
+            'VMM_INVALID_STATE',
+            `migration of ${req.name} was cancelled; the VM runs on ${this.id}`,
+          );
+        }
+        m.info = {
+          ...m.info,
+          status: step.status,
+          totalTimeMs: Date.now() - started,
+          setupTimeMs: 2,
+          iteration: m.info.iteration + 1,
+          ram: {
+            ...m.info.ram,
+            transferred: step.transferred,
+            remaining: step.remaining,
+            total: 64 << 20,
+            normal: Math.floor(step.transferred / 4096),
+            normalBytes: step.transferred,
+            zeroPages: 1024,
+            bypassedBytes: 60 << 20,
+          },
+        };
+        // one progress report per step (the real vmm sends one per status change and
+        // about every 250 ms)
+        call.write({ info: migrationInfoToWire(m.info) });
+      }
+      if (script.failWith !== undefined) {
+        m.info = { ...m.info, status: 'failed', errorDesc: script.failWith };
+        throw new ServiceError('VMM_INVALID_STATE', script.failWith);
+      }
+      if (script.end === 'source-dies-before-stop') {
+        await this.die();
+        return new Promise<void>(() => undefined); // the call dies with the process
+      }
+      m.info = { ...m.info, status: 'completed', downtimeUs: 1500, deviceBytes: 8192 };
+      // postmigrate here at once, then gone; the target runs it
+      this.retire(req.name);
+      this.world.set(req.name, target.id);
+      target.arrived(req.jobId);
+      if (script.end === 'source-dies-after-handoff') {
+        await this.die();
+        return new Promise<void>(() => undefined);
+      }
+      if (script.end === 'drop-after-handoff') {
+        // no Handoff code: what a broken connection looks like to the migrator
+        call.emit('error', {
+          code: grpcStatus.UNAVAILABLE,
+          details: 'Connection dropped',
+          metadata: new Metadata(),
+        });
+        return new Promise<void>(() => undefined);
+      }
+      call.write({ info: migrationInfoToWire(m.info) });
+    } finally {
+      this.active--;
+    }
   }
 }
