@@ -71,8 +71,10 @@ describe('migrator and vmm instances', () => {
     try {
       const err = await unaryCall(client, 'saveVm', {
         name: 'x',
-        path: '/tmp/x',
+        snapshot: 's',
         full: false,
+        stop: false,
+        template: false,
         jobId: '',
       }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(RemoteError);
@@ -81,8 +83,9 @@ describe('migrator and vmm instances', () => {
       expect((err as RemoteError).message).toMatch(/SaveVm is not available in this version/);
       const err2 = await unaryCall(mc, 'save', {
         vm: 'x',
-        path: '/tmp/x',
+        snapshot: 's',
         full: false,
+        stop: false,
       }).catch((e: unknown) => e);
       expect((err2 as RemoteError).code).toBe('MIGRATOR_UNIMPLEMENTED');
       const info = await unaryCall(client, 'getInfo', {});

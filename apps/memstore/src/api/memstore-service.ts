@@ -6,6 +6,7 @@ import {
   ServiceError,
   serverStream,
   unary,
+  unavailable,
   type AccessTable,
   type HasAuthContext,
   type Logger,
@@ -136,6 +137,13 @@ export const MEMSTORE_ACCESS: AccessTable = {
   // A vmm opens the lease-holder session of its own process; an operator fences a dead holder.
   OpenLeaseSession: ['vmm'],
   ForceReleaseLease: ['operator'],
+  // A vmm makes snapshots of its VMs; everyone who manages VMs reads and deletes them.
+  CreateSnapshot: ['vmm'],
+  GetSnapshot: ['operator', 'vmm', 'migrator'],
+  ListSnapshots: ['operator', 'vmm', 'migrator'],
+  DeleteSnapshot: ['operator', 'migrator'],
+  ExportSnapshot: ['operator'],
+  ImportSnapshot: ['operator'],
 };
 
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
@@ -150,6 +158,8 @@ export function memstoreService(deps: {
     unary<Req, Res>(logger, (req, c) => guarded(m, what, () => fn(req, c)));
   /** The vmm a call's certificate names (role vmm), whose own holders it may act for. */
   const leaseCaller = (c: HasAuthContext): LeaseCaller => leaseCallerOf(callerOf(c));
+  const later = (method: string) =>
+    unavailable('MemstoreService', method, 'SERVICE_UNIMPLEMENTED', 'snapshots');
 
   const implementation: pb.MemstoreServiceServer = {
     getInfo: call('GetInfo', () => infoToPb(m.info(), deps.leaseChannel ?? '')),
@@ -254,6 +264,13 @@ export function memstoreService(deps: {
     readPages: serverStream(logger, (_req, c: Parameters<typeof readPages>[1]) =>
       guarded(m, 'ReadPages', () => readPages(m, c)),
     ),
+
+    createSnapshot: later('CreateSnapshot'),
+    getSnapshot: later('GetSnapshot'),
+    listSnapshots: later('ListSnapshots'),
+    deleteSnapshot: later('DeleteSnapshot'),
+    exportSnapshot: later('ExportSnapshot'),
+    importSnapshot: later('ImportSnapshot'),
   };
   return {
     name: serviceNames.memstore,

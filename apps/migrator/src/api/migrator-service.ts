@@ -66,6 +66,7 @@ export function jobToWire(job: Job): pb.Job {
             vmm: job.outcome.vmm,
             detail: job.outcome.detail,
           },
+    snapshotResult: undefined,
   };
 }
 

@@ -48,6 +48,8 @@ export function vmToPb(vm: VmInfo): pb.Vm {
     createdAt: dateToTimestamp(vm.createdAt),
     generationId: vm.generationId,
     ready: vm.ready,
+    memory: undefined,
+    snapshot: '',
   };
 }
 

@@ -76,6 +76,7 @@ export const VMM_ACCESS: AccessTable = {
   CancelMigration: ['migrator', 'operator'],
   SaveVm: LIFECYCLE,
   RestoreVm: LIFECYCLE,
+  CloneVms: LIFECYCLE,
 };
 
 /**
@@ -184,6 +185,7 @@ export function vmmServices(deps: {
     }),
     saveVm: later('SaveVm', SNAPSHOTS),
     restoreVm: later('RestoreVm', SNAPSHOTS),
+    cloneVms: later('CloneVms', SNAPSHOTS),
   };
   const migration: vmmStream.MigrationServiceServer = {
     incoming: bidiStream(logger, (call) =>

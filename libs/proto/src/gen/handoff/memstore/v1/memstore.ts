@@ -13,6 +13,8 @@ import {
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -208,6 +210,55 @@ export function fenceReasonToJSON(object: FenceReason): string {
     case FenceReason.FENCE_REASON_OPERATOR:
       return "FENCE_REASON_OPERATOR";
     case FenceReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How a snapshot holds its RAM. */
+export enum SnapshotKind {
+  SNAPSHOT_KIND_UNSPECIFIED = 0,
+  /** SNAPSHOT_KIND_BYPASS - Each block's region is the VM's own region, sealed in place at the save (O(1) in RAM size). */
+  SNAPSHOT_KIND_BYPASS = 1,
+  /** SNAPSHOT_KIND_FULL - Each block's region is a copy the saving vmm wrote (pages never written are holes). */
+  SNAPSHOT_KIND_FULL = 2,
+  /** SNAPSHOT_KIND_IMPORTED - Made by ImportSnapshot: regions of its own, filled from the file. */
+  SNAPSHOT_KIND_IMPORTED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function snapshotKindFromJSON(object: any): SnapshotKind {
+  switch (object) {
+    case 0:
+    case "SNAPSHOT_KIND_UNSPECIFIED":
+      return SnapshotKind.SNAPSHOT_KIND_UNSPECIFIED;
+    case 1:
+    case "SNAPSHOT_KIND_BYPASS":
+      return SnapshotKind.SNAPSHOT_KIND_BYPASS;
+    case 2:
+    case "SNAPSHOT_KIND_FULL":
+      return SnapshotKind.SNAPSHOT_KIND_FULL;
+    case 3:
+    case "SNAPSHOT_KIND_IMPORTED":
+      return SnapshotKind.SNAPSHOT_KIND_IMPORTED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SnapshotKind.UNRECOGNIZED;
+  }
+}
+
+export function snapshotKindToJSON(object: SnapshotKind): string {
+  switch (object) {
+    case SnapshotKind.SNAPSHOT_KIND_UNSPECIFIED:
+      return "SNAPSHOT_KIND_UNSPECIFIED";
+    case SnapshotKind.SNAPSHOT_KIND_BYPASS:
+      return "SNAPSHOT_KIND_BYPASS";
+    case SnapshotKind.SNAPSHOT_KIND_FULL:
+      return "SNAPSHOT_KIND_FULL";
+    case SnapshotKind.SNAPSHOT_KIND_IMPORTED:
+      return "SNAPSHOT_KIND_IMPORTED";
+    case SnapshotKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -493,6 +544,164 @@ export interface ForceReleaseLeaseResponse {
     | undefined;
   /** The lease that was fenced; unset when the region was not leased. */
   fenced: FencedLease | undefined;
+}
+
+/** One RAM block of a snapshot. */
+export interface SnapshotBlock {
+  /** Block id in the VM ("ram0"). */
+  id: string;
+  guestBase: bigint;
+  size: bigint;
+  /** The sealed region holding the block's memory at the save point. */
+  regionId: string;
+  regionName: string;
+  /** The region's identity when the snapshot was made (a restore checks it). */
+  identity: string;
+  /**
+   * True when the snapshot owns the region (deleted with it); false for a region the user
+   * made, which the snapshot only pins.
+   */
+  owned: boolean;
+  /** Bytes of the region backed by memory or disk (pages never written are holes). */
+  storedBytes: bigint;
+}
+
+export interface Snapshot {
+  /** Stable identity, never reused (a UUID). */
+  id: string;
+  /**
+   * Unique among snapshots: 1 to 63 letters, digits, "-", "_" and ".", starting with a letter
+   * or digit.
+   */
+  name: string;
+  kind: SnapshotKind;
+  /** Made to be cloned (vmctl template create); listed as a template. */
+  template: boolean;
+  createdAt:
+    | Timestamp
+    | undefined;
+  /** The VM it was saved from and the vmm instance that ran it. */
+  vmName: string;
+  vmmId: string;
+  /** handoff.vmm.v1.VmSpec of the saved VM, encoded (opaque to memstore). */
+  vmSpec: Uint8Array;
+  blocks: SnapshotBlock[];
+  deviceStateBytes: bigint;
+  /** CRC-32C of the device state. */
+  deviceStateCrc32c: number;
+  /** Holders of the VMs that run from it (clones attached to its regions). */
+  clones: string[];
+  /** The snapshot this one layers on (a chained template); empty for a standalone one. */
+  parent: string;
+  /** Bytes it holds: its device state plus the stored bytes of the regions it owns. */
+  storedBytes: bigint;
+}
+
+/** Where one block of a new snapshot comes from. */
+export interface SnapshotBlockSource {
+  id: string;
+  guestBase: bigint;
+  size: bigint;
+  /**
+   * The region that holds the block's memory at the save point: the VM's leased region (sealed
+   * by CreateSnapshot, its lease released), a region the vmm filled for a full save (unleased
+   * or leased by `holder`; sealed the same way), or a region that is sealed already.
+   */
+  region:
+    | RegionSelector
+    | undefined;
+  /** The lease epoch `holder` holds on the region; 0 when it is not leased. */
+  epoch: bigint;
+  /** The snapshot takes ownership of the region (deletes it with itself). */
+  owned: boolean;
+}
+
+export interface CreateSnapshotRequest {
+  name: string;
+  template: boolean;
+  kind: SnapshotKind;
+  vmName: string;
+  /** handoff.vmm.v1.VmSpec, encoded. */
+  vmSpec: Uint8Array;
+  /** The vmm's device-state container (at most 4 MiB). */
+  deviceState: Uint8Array;
+  blocks: SnapshotBlockSource[];
+  /** The lease holder of the saving VM ("<vmm-id>/<vm>"); its vmm id is recorded as vmm_id. */
+  holder: string;
+  /** The snapshot this one layers on (chained templates); empty for none. */
+  parent: string;
+}
+
+export interface CreateSnapshotResponse {
+  snapshot: Snapshot | undefined;
+}
+
+export interface SnapshotSelector {
+  selector: { $case: "id"; value: string } | { $case: "name"; value: string } | undefined;
+}
+
+export interface GetSnapshotRequest {
+  snapshot:
+    | SnapshotSelector
+    | undefined;
+  /** Also answer the device state (checked against its CRC). */
+  withDeviceState: boolean;
+}
+
+export interface GetSnapshotResponse {
+  snapshot:
+    | Snapshot
+    | undefined;
+  /** Set when asked. */
+  deviceState: Uint8Array;
+}
+
+export interface ListSnapshotsRequest {
+  /** Only templates. */
+  templatesOnly: boolean;
+}
+
+export interface ListSnapshotsResponse {
+  snapshots: Snapshot[];
+}
+
+export interface DeleteSnapshotRequest {
+  snapshot: SnapshotSelector | undefined;
+}
+
+export interface DeleteSnapshotResponse {
+}
+
+export interface ExportSnapshotRequest {
+  snapshot: SnapshotSelector | undefined;
+}
+
+export interface ExportSnapshotResponse {
+  /** The next bytes of the file, at most 1 MiB. */
+  data: Uint8Array;
+  /** In the first message only: the file's total length in bytes. */
+  totalBytes: bigint;
+}
+
+export interface ImportSnapshotRequest {
+  part:
+    | //
+    /** First message: the name for the snapshot (empty: the name in the file). */
+    { $case: "start"; value: ImportSnapshotStart }
+    | //
+    /** Then the file's bytes in order, at most 1 MiB per message. */
+    { $case: "data"; value: Uint8Array }
+    | undefined;
+}
+
+export interface ImportSnapshotStart {
+  name: string;
+  /** Also mark it a template. */
+  template: boolean;
+}
+
+export interface ImportSnapshotResponse {
+  snapshot: Snapshot | undefined;
 }
 
 function createBaseHolderStatus(): HolderStatus {
@@ -4318,6 +4527,1970 @@ export const ForceReleaseLeaseResponse: MessageFns<ForceReleaseLeaseResponse> = 
   },
 };
 
+function createBaseSnapshotBlock(): SnapshotBlock {
+  return { id: "", guestBase: 0n, size: 0n, regionId: "", regionName: "", identity: "", owned: false, storedBytes: 0n };
+}
+
+export const SnapshotBlock: MessageFns<SnapshotBlock> = {
+  encode(message: SnapshotBlock, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.guestBase !== 0n) {
+      if (BigInt.asUintN(64, message.guestBase) !== message.guestBase) {
+        throw new globalThis.Error("value provided for field message.guestBase of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.guestBase);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.size);
+    }
+    if (message.regionId !== "") {
+      writer.uint32(34).string(message.regionId);
+    }
+    if (message.regionName !== "") {
+      writer.uint32(42).string(message.regionName);
+    }
+    if (message.identity !== "") {
+      writer.uint32(50).string(message.identity);
+    }
+    if (message.owned !== false) {
+      writer.uint32(56).bool(message.owned);
+    }
+    if (message.storedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.storedBytes) !== message.storedBytes) {
+        throw new globalThis.Error("value provided for field message.storedBytes of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.storedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotBlock {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotBlock();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.guestBase = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.regionId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.regionName = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.owned = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.storedBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotBlock {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      guestBase: isSet(object.guestBase)
+        ? BigInt(object.guestBase)
+        : isSet(object.guest_base)
+        ? BigInt(object.guest_base)
+        : 0n,
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+      regionId: isSet(object.regionId)
+        ? globalThis.String(object.regionId)
+        : isSet(object.region_id)
+        ? globalThis.String(object.region_id)
+        : "",
+      regionName: isSet(object.regionName)
+        ? globalThis.String(object.regionName)
+        : isSet(object.region_name)
+        ? globalThis.String(object.region_name)
+        : "",
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      owned: isSet(object.owned) ? globalThis.Boolean(object.owned) : false,
+      storedBytes: isSet(object.storedBytes)
+        ? BigInt(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? BigInt(object.stored_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SnapshotBlock): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.guestBase !== 0n) {
+      obj.guestBase = message.guestBase.toString();
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    if (message.regionId !== "") {
+      obj.regionId = message.regionId;
+    }
+    if (message.regionName !== "") {
+      obj.regionName = message.regionName;
+    }
+    if (message.identity !== "") {
+      obj.identity = message.identity;
+    }
+    if (message.owned !== false) {
+      obj.owned = message.owned;
+    }
+    if (message.storedBytes !== 0n) {
+      obj.storedBytes = message.storedBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotBlock>, I>>(base?: I): SnapshotBlock {
+    return SnapshotBlock.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotBlock>, I>>(object: I): SnapshotBlock {
+    const message = createBaseSnapshotBlock();
+    message.id = object.id ?? "";
+    message.guestBase = (object.guestBase !== undefined && object.guestBase !== null) ? BigInt(object.guestBase) : 0n;
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    message.regionId = object.regionId ?? "";
+    message.regionName = object.regionName ?? "";
+    message.identity = object.identity ?? "";
+    message.owned = object.owned ?? false;
+    message.storedBytes = (object.storedBytes !== undefined && object.storedBytes !== null)
+      ? BigInt(object.storedBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSnapshot(): Snapshot {
+  return {
+    id: "",
+    name: "",
+    kind: 0,
+    template: false,
+    createdAt: undefined,
+    vmName: "",
+    vmmId: "",
+    vmSpec: new Uint8Array(0),
+    blocks: [],
+    deviceStateBytes: 0n,
+    deviceStateCrc32c: 0,
+    clones: [],
+    parent: "",
+    storedBytes: 0n,
+  };
+}
+
+export const Snapshot: MessageFns<Snapshot> = {
+  encode(message: Snapshot, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    if (message.template !== false) {
+      writer.uint32(32).bool(message.template);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(message.createdAt, writer.uint32(42).fork()).join();
+    }
+    if (message.vmName !== "") {
+      writer.uint32(50).string(message.vmName);
+    }
+    if (message.vmmId !== "") {
+      writer.uint32(58).string(message.vmmId);
+    }
+    if (message.vmSpec.length !== 0) {
+      writer.uint32(66).bytes(message.vmSpec);
+    }
+    for (const v of message.blocks) {
+      SnapshotBlock.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.deviceStateBytes !== 0n) {
+      if (BigInt.asUintN(64, message.deviceStateBytes) !== message.deviceStateBytes) {
+        throw new globalThis.Error("value provided for field message.deviceStateBytes of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.deviceStateBytes);
+    }
+    if (message.deviceStateCrc32c !== 0) {
+      writer.uint32(88).uint32(message.deviceStateCrc32c);
+    }
+    for (const v of message.clones) {
+      writer.uint32(98).string(v!);
+    }
+    if (message.parent !== "") {
+      writer.uint32(106).string(message.parent);
+    }
+    if (message.storedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.storedBytes) !== message.storedBytes) {
+        throw new globalThis.Error("value provided for field message.storedBytes of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.storedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Snapshot {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshot();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.template = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.createdAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.vmmId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.vmSpec = reader.bytes();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.blocks.push(SnapshotBlock.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.deviceStateBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.deviceStateCrc32c = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.clones.push(reader.string());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.parent = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.storedBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Snapshot {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      kind: isSet(object.kind) ? snapshotKindFromJSON(object.kind) : 0,
+      template: isSet(object.template) ? globalThis.Boolean(object.template) : false,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+      vmmId: isSet(object.vmmId)
+        ? globalThis.String(object.vmmId)
+        : isSet(object.vmm_id)
+        ? globalThis.String(object.vmm_id)
+        : "",
+      vmSpec: isSet(object.vmSpec)
+        ? bytesFromBase64(object.vmSpec)
+        : isSet(object.vm_spec)
+        ? bytesFromBase64(object.vm_spec)
+        : new Uint8Array(0),
+      blocks: globalThis.Array.isArray(object?.blocks)
+        ? object.blocks.map((e: any) => SnapshotBlock.fromJSON(e))
+        : [],
+      deviceStateBytes: isSet(object.deviceStateBytes)
+        ? BigInt(object.deviceStateBytes)
+        : isSet(object.device_state_bytes)
+        ? BigInt(object.device_state_bytes)
+        : 0n,
+      deviceStateCrc32c: isSet(object.deviceStateCrc32c)
+        ? globalThis.Number(object.deviceStateCrc32c)
+        : isSet(object.device_state_crc32c)
+        ? globalThis.Number(object.device_state_crc32c)
+        : 0,
+      clones: globalThis.Array.isArray(object?.clones)
+        ? object.clones.map((e: any) => globalThis.String(e))
+        : [],
+      parent: isSet(object.parent) ? globalThis.String(object.parent) : "",
+      storedBytes: isSet(object.storedBytes)
+        ? BigInt(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? BigInt(object.stored_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: Snapshot): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.kind !== 0) {
+      obj.kind = snapshotKindToJSON(message.kind);
+    }
+    if (message.template !== false) {
+      obj.template = message.template;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = fromTimestamp(message.createdAt).toISOString();
+    }
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    if (message.vmmId !== "") {
+      obj.vmmId = message.vmmId;
+    }
+    if (message.vmSpec.length !== 0) {
+      obj.vmSpec = base64FromBytes(message.vmSpec);
+    }
+    if (message.blocks?.length) {
+      obj.blocks = message.blocks.map((e) => SnapshotBlock.toJSON(e));
+    }
+    if (message.deviceStateBytes !== 0n) {
+      obj.deviceStateBytes = message.deviceStateBytes.toString();
+    }
+    if (message.deviceStateCrc32c !== 0) {
+      obj.deviceStateCrc32c = Math.round(message.deviceStateCrc32c);
+    }
+    if (message.clones?.length) {
+      obj.clones = message.clones;
+    }
+    if (message.parent !== "") {
+      obj.parent = message.parent;
+    }
+    if (message.storedBytes !== 0n) {
+      obj.storedBytes = message.storedBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Snapshot>, I>>(base?: I): Snapshot {
+    return Snapshot.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Snapshot>, I>>(object: I): Snapshot {
+    const message = createBaseSnapshot();
+    message.id = object.id ?? "";
+    message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
+    message.template = object.template ?? false;
+    message.createdAt = (object.createdAt !== undefined && object.createdAt !== null)
+      ? Timestamp.fromPartial(object.createdAt)
+      : undefined;
+    message.vmName = object.vmName ?? "";
+    message.vmmId = object.vmmId ?? "";
+    message.vmSpec = object.vmSpec ?? new Uint8Array(0);
+    message.blocks = object.blocks?.map((e) => SnapshotBlock.fromPartial(e)) || [];
+    message.deviceStateBytes = (object.deviceStateBytes !== undefined && object.deviceStateBytes !== null)
+      ? BigInt(object.deviceStateBytes)
+      : 0n;
+    message.deviceStateCrc32c = object.deviceStateCrc32c ?? 0;
+    message.clones = object.clones?.map((e) => e) || [];
+    message.parent = object.parent ?? "";
+    message.storedBytes = (object.storedBytes !== undefined && object.storedBytes !== null)
+      ? BigInt(object.storedBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSnapshotBlockSource(): SnapshotBlockSource {
+  return { id: "", guestBase: 0n, size: 0n, region: undefined, epoch: 0n, owned: false };
+}
+
+export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
+  encode(message: SnapshotBlockSource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.guestBase !== 0n) {
+      if (BigInt.asUintN(64, message.guestBase) !== message.guestBase) {
+        throw new globalThis.Error("value provided for field message.guestBase of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.guestBase);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.size);
+    }
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(34).fork()).join();
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.epoch);
+    }
+    if (message.owned !== false) {
+      writer.uint32(48).bool(message.owned);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotBlockSource {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotBlockSource();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.guestBase = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.owned = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotBlockSource {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      guestBase: isSet(object.guestBase)
+        ? BigInt(object.guestBase)
+        : isSet(object.guest_base)
+        ? BigInt(object.guest_base)
+        : 0n,
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+      region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined,
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+      owned: isSet(object.owned) ? globalThis.Boolean(object.owned) : false,
+    };
+  },
+
+  toJSON(message: SnapshotBlockSource): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.guestBase !== 0n) {
+      obj.guestBase = message.guestBase.toString();
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    if (message.owned !== false) {
+      obj.owned = message.owned;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotBlockSource>, I>>(base?: I): SnapshotBlockSource {
+    return SnapshotBlockSource.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotBlockSource>, I>>(object: I): SnapshotBlockSource {
+    const message = createBaseSnapshotBlockSource();
+    message.id = object.id ?? "";
+    message.guestBase = (object.guestBase !== undefined && object.guestBase !== null) ? BigInt(object.guestBase) : 0n;
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    message.owned = object.owned ?? false;
+    return message;
+  },
+};
+
+function createBaseCreateSnapshotRequest(): CreateSnapshotRequest {
+  return {
+    name: "",
+    template: false,
+    kind: 0,
+    vmName: "",
+    vmSpec: new Uint8Array(0),
+    deviceState: new Uint8Array(0),
+    blocks: [],
+    holder: "",
+    parent: "",
+  };
+}
+
+export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
+  encode(message: CreateSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.template !== false) {
+      writer.uint32(16).bool(message.template);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    if (message.vmName !== "") {
+      writer.uint32(34).string(message.vmName);
+    }
+    if (message.vmSpec.length !== 0) {
+      writer.uint32(42).bytes(message.vmSpec);
+    }
+    if (message.deviceState.length !== 0) {
+      writer.uint32(50).bytes(message.deviceState);
+    }
+    for (const v of message.blocks) {
+      SnapshotBlockSource.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.holder !== "") {
+      writer.uint32(66).string(message.holder);
+    }
+    if (message.parent !== "") {
+      writer.uint32(74).string(message.parent);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.template = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.vmSpec = reader.bytes();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.deviceState = reader.bytes();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.blocks.push(SnapshotBlockSource.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.holder = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.parent = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateSnapshotRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      template: isSet(object.template) ? globalThis.Boolean(object.template) : false,
+      kind: isSet(object.kind) ? snapshotKindFromJSON(object.kind) : 0,
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+      vmSpec: isSet(object.vmSpec)
+        ? bytesFromBase64(object.vmSpec)
+        : isSet(object.vm_spec)
+        ? bytesFromBase64(object.vm_spec)
+        : new Uint8Array(0),
+      deviceState: isSet(object.deviceState)
+        ? bytesFromBase64(object.deviceState)
+        : isSet(object.device_state)
+        ? bytesFromBase64(object.device_state)
+        : new Uint8Array(0),
+      blocks: globalThis.Array.isArray(object?.blocks)
+        ? object.blocks.map((e: any) => SnapshotBlockSource.fromJSON(e))
+        : [],
+      holder: isSet(object.holder) ? globalThis.String(object.holder) : "",
+      parent: isSet(object.parent) ? globalThis.String(object.parent) : "",
+    };
+  },
+
+  toJSON(message: CreateSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.template !== false) {
+      obj.template = message.template;
+    }
+    if (message.kind !== 0) {
+      obj.kind = snapshotKindToJSON(message.kind);
+    }
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    if (message.vmSpec.length !== 0) {
+      obj.vmSpec = base64FromBytes(message.vmSpec);
+    }
+    if (message.deviceState.length !== 0) {
+      obj.deviceState = base64FromBytes(message.deviceState);
+    }
+    if (message.blocks?.length) {
+      obj.blocks = message.blocks.map((e) => SnapshotBlockSource.toJSON(e));
+    }
+    if (message.holder !== "") {
+      obj.holder = message.holder;
+    }
+    if (message.parent !== "") {
+      obj.parent = message.parent;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateSnapshotRequest>, I>>(base?: I): CreateSnapshotRequest {
+    return CreateSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateSnapshotRequest>, I>>(object: I): CreateSnapshotRequest {
+    const message = createBaseCreateSnapshotRequest();
+    message.name = object.name ?? "";
+    message.template = object.template ?? false;
+    message.kind = object.kind ?? 0;
+    message.vmName = object.vmName ?? "";
+    message.vmSpec = object.vmSpec ?? new Uint8Array(0);
+    message.deviceState = object.deviceState ?? new Uint8Array(0);
+    message.blocks = object.blocks?.map((e) => SnapshotBlockSource.fromPartial(e)) || [];
+    message.holder = object.holder ?? "";
+    message.parent = object.parent ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateSnapshotResponse(): CreateSnapshotResponse {
+  return { snapshot: undefined };
+}
+
+export const CreateSnapshotResponse: MessageFns<CreateSnapshotResponse> = {
+  encode(message: CreateSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateSnapshotResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: CreateSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateSnapshotResponse>, I>>(base?: I): CreateSnapshotResponse {
+    return CreateSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateSnapshotResponse>, I>>(object: I): CreateSnapshotResponse {
+    const message = createBaseCreateSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSnapshotSelector(): SnapshotSelector {
+  return { selector: undefined };
+}
+
+export const SnapshotSelector: MessageFns<SnapshotSelector> = {
+  encode(message: SnapshotSelector, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.selector?.$case) {
+      case "id":
+        writer.uint32(10).string(message.selector.value);
+        break;
+      case "name":
+        writer.uint32(18).string(message.selector.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotSelector {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotSelector();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.selector = { $case: "id", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = { $case: "name", value: reader.string() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotSelector {
+    return {
+      selector: isSet(object.id)
+        ? { $case: "id", value: globalThis.String(object.id) }
+        : isSet(object.name)
+        ? { $case: "name", value: globalThis.String(object.name) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: SnapshotSelector): unknown {
+    const obj: any = {};
+    if (message.selector?.$case === "id") {
+      obj.id = message.selector.value;
+    } else if (message.selector?.$case === "name") {
+      obj.name = message.selector.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotSelector>, I>>(base?: I): SnapshotSelector {
+    return SnapshotSelector.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotSelector>, I>>(object: I): SnapshotSelector {
+    const message = createBaseSnapshotSelector();
+    switch (object.selector?.$case) {
+      case "id": {
+        if (object.selector?.value !== undefined && object.selector?.value !== null) {
+          message.selector = { $case: "id", value: object.selector.value };
+        }
+        break;
+      }
+      case "name": {
+        if (object.selector?.value !== undefined && object.selector?.value !== null) {
+          message.selector = { $case: "name", value: object.selector.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseGetSnapshotRequest(): GetSnapshotRequest {
+  return { snapshot: undefined, withDeviceState: false };
+}
+
+export const GetSnapshotRequest: MessageFns<GetSnapshotRequest> = {
+  encode(message: GetSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      SnapshotSelector.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    if (message.withDeviceState !== false) {
+      writer.uint32(16).bool(message.withDeviceState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = SnapshotSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.withDeviceState = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotRequest {
+    return {
+      snapshot: isSet(object.snapshot) ? SnapshotSelector.fromJSON(object.snapshot) : undefined,
+      withDeviceState: isSet(object.withDeviceState)
+        ? globalThis.Boolean(object.withDeviceState)
+        : isSet(object.with_device_state)
+        ? globalThis.Boolean(object.with_device_state)
+        : false,
+    };
+  },
+
+  toJSON(message: GetSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = SnapshotSelector.toJSON(message.snapshot);
+    }
+    if (message.withDeviceState !== false) {
+      obj.withDeviceState = message.withDeviceState;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotRequest>, I>>(base?: I): GetSnapshotRequest {
+    return GetSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotRequest>, I>>(object: I): GetSnapshotRequest {
+    const message = createBaseGetSnapshotRequest();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? SnapshotSelector.fromPartial(object.snapshot)
+      : undefined;
+    message.withDeviceState = object.withDeviceState ?? false;
+    return message;
+  },
+};
+
+function createBaseGetSnapshotResponse(): GetSnapshotResponse {
+  return { snapshot: undefined, deviceState: new Uint8Array(0) };
+}
+
+export const GetSnapshotResponse: MessageFns<GetSnapshotResponse> = {
+  encode(message: GetSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    if (message.deviceState.length !== 0) {
+      writer.uint32(18).bytes(message.deviceState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deviceState = reader.bytes();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotResponse {
+    return {
+      snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined,
+      deviceState: isSet(object.deviceState)
+        ? bytesFromBase64(object.deviceState)
+        : isSet(object.device_state)
+        ? bytesFromBase64(object.device_state)
+        : new Uint8Array(0),
+    };
+  },
+
+  toJSON(message: GetSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    if (message.deviceState.length !== 0) {
+      obj.deviceState = base64FromBytes(message.deviceState);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotResponse>, I>>(base?: I): GetSnapshotResponse {
+    return GetSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotResponse>, I>>(object: I): GetSnapshotResponse {
+    const message = createBaseGetSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    message.deviceState = object.deviceState ?? new Uint8Array(0);
+    return message;
+  },
+};
+
+function createBaseListSnapshotsRequest(): ListSnapshotsRequest {
+  return { templatesOnly: false };
+}
+
+export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
+  encode(message: ListSnapshotsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.templatesOnly !== false) {
+      writer.uint32(8).bool(message.templatesOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.templatesOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotsRequest {
+    return {
+      templatesOnly: isSet(object.templatesOnly)
+        ? globalThis.Boolean(object.templatesOnly)
+        : isSet(object.templates_only)
+        ? globalThis.Boolean(object.templates_only)
+        : false,
+    };
+  },
+
+  toJSON(message: ListSnapshotsRequest): unknown {
+    const obj: any = {};
+    if (message.templatesOnly !== false) {
+      obj.templatesOnly = message.templatesOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotsRequest>, I>>(base?: I): ListSnapshotsRequest {
+    return ListSnapshotsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotsRequest>, I>>(object: I): ListSnapshotsRequest {
+    const message = createBaseListSnapshotsRequest();
+    message.templatesOnly = object.templatesOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseListSnapshotsResponse(): ListSnapshotsResponse {
+  return { snapshots: [] };
+}
+
+export const ListSnapshotsResponse: MessageFns<ListSnapshotsResponse> = {
+  encode(message: ListSnapshotsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.snapshots) {
+      Snapshot.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshots.push(Snapshot.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotsResponse {
+    return {
+      snapshots: globalThis.Array.isArray(object?.snapshots)
+        ? object.snapshots.map((e: any) => Snapshot.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListSnapshotsResponse): unknown {
+    const obj: any = {};
+    if (message.snapshots?.length) {
+      obj.snapshots = message.snapshots.map((e) => Snapshot.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotsResponse>, I>>(base?: I): ListSnapshotsResponse {
+    return ListSnapshotsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotsResponse>, I>>(object: I): ListSnapshotsResponse {
+    const message = createBaseListSnapshotsResponse();
+    message.snapshots = object.snapshots?.map((e) => Snapshot.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteSnapshotRequest(): DeleteSnapshotRequest {
+  return { snapshot: undefined };
+}
+
+export const DeleteSnapshotRequest: MessageFns<DeleteSnapshotRequest> = {
+  encode(message: DeleteSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      SnapshotSelector.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = SnapshotSelector.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSnapshotRequest {
+    return { snapshot: isSet(object.snapshot) ? SnapshotSelector.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: DeleteSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = SnapshotSelector.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSnapshotRequest>, I>>(base?: I): DeleteSnapshotRequest {
+    return DeleteSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSnapshotRequest>, I>>(object: I): DeleteSnapshotRequest {
+    const message = createBaseDeleteSnapshotRequest();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? SnapshotSelector.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteSnapshotResponse(): DeleteSnapshotResponse {
+  return {};
+}
+
+export const DeleteSnapshotResponse: MessageFns<DeleteSnapshotResponse> = {
+  encode(_: DeleteSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteSnapshotResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteSnapshotResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSnapshotResponse>, I>>(base?: I): DeleteSnapshotResponse {
+    return DeleteSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSnapshotResponse>, I>>(_: I): DeleteSnapshotResponse {
+    const message = createBaseDeleteSnapshotResponse();
+    return message;
+  },
+};
+
+function createBaseExportSnapshotRequest(): ExportSnapshotRequest {
+  return { snapshot: undefined };
+}
+
+export const ExportSnapshotRequest: MessageFns<ExportSnapshotRequest> = {
+  encode(message: ExportSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      SnapshotSelector.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = SnapshotSelector.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportSnapshotRequest {
+    return { snapshot: isSet(object.snapshot) ? SnapshotSelector.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: ExportSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = SnapshotSelector.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportSnapshotRequest>, I>>(base?: I): ExportSnapshotRequest {
+    return ExportSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportSnapshotRequest>, I>>(object: I): ExportSnapshotRequest {
+    const message = createBaseExportSnapshotRequest();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? SnapshotSelector.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExportSnapshotResponse(): ExportSnapshotResponse {
+  return { data: new Uint8Array(0), totalBytes: 0n };
+}
+
+export const ExportSnapshotResponse: MessageFns<ExportSnapshotResponse> = {
+  encode(message: ExportSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    if (message.totalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.totalBytes) !== message.totalBytes) {
+        throw new globalThis.Error("value provided for field message.totalBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.totalBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = reader.bytes();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.totalBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportSnapshotResponse {
+    return {
+      data: isSet(object.data) ? bytesFromBase64(object.data) : new Uint8Array(0),
+      totalBytes: isSet(object.totalBytes)
+        ? BigInt(object.totalBytes)
+        : isSet(object.total_bytes)
+        ? BigInt(object.total_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: ExportSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    if (message.totalBytes !== 0n) {
+      obj.totalBytes = message.totalBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportSnapshotResponse>, I>>(base?: I): ExportSnapshotResponse {
+    return ExportSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportSnapshotResponse>, I>>(object: I): ExportSnapshotResponse {
+    const message = createBaseExportSnapshotResponse();
+    message.data = object.data ?? new Uint8Array(0);
+    message.totalBytes = (object.totalBytes !== undefined && object.totalBytes !== null)
+      ? BigInt(object.totalBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseImportSnapshotRequest(): ImportSnapshotRequest {
+  return { part: undefined };
+}
+
+export const ImportSnapshotRequest: MessageFns<ImportSnapshotRequest> = {
+  encode(message: ImportSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.part?.$case) {
+      case "start":
+        ImportSnapshotStart.encode(message.part.value, writer.uint32(10).fork()).join();
+        break;
+      case "data":
+        writer.uint32(18).bytes(message.part.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.part = { $case: "start", value: ImportSnapshotStart.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.part = { $case: "data", value: reader.bytes() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportSnapshotRequest {
+    return {
+      part: isSet(object.start)
+        ? { $case: "start", value: ImportSnapshotStart.fromJSON(object.start) }
+        : isSet(object.data)
+        ? { $case: "data", value: bytesFromBase64(object.data) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ImportSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.part?.$case === "start") {
+      obj.start = ImportSnapshotStart.toJSON(message.part.value);
+    } else if (message.part?.$case === "data") {
+      obj.data = base64FromBytes(message.part.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportSnapshotRequest>, I>>(base?: I): ImportSnapshotRequest {
+    return ImportSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportSnapshotRequest>, I>>(object: I): ImportSnapshotRequest {
+    const message = createBaseImportSnapshotRequest();
+    switch (object.part?.$case) {
+      case "start": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "start", value: ImportSnapshotStart.fromPartial(object.part.value) };
+        }
+        break;
+      }
+      case "data": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "data", value: object.part.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseImportSnapshotStart(): ImportSnapshotStart {
+  return { name: "", template: false };
+}
+
+export const ImportSnapshotStart: MessageFns<ImportSnapshotStart> = {
+  encode(message: ImportSnapshotStart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.template !== false) {
+      writer.uint32(16).bool(message.template);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportSnapshotStart {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportSnapshotStart();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.template = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportSnapshotStart {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      template: isSet(object.template) ? globalThis.Boolean(object.template) : false,
+    };
+  },
+
+  toJSON(message: ImportSnapshotStart): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.template !== false) {
+      obj.template = message.template;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportSnapshotStart>, I>>(base?: I): ImportSnapshotStart {
+    return ImportSnapshotStart.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportSnapshotStart>, I>>(object: I): ImportSnapshotStart {
+    const message = createBaseImportSnapshotStart();
+    message.name = object.name ?? "";
+    message.template = object.template ?? false;
+    return message;
+  },
+};
+
+function createBaseImportSnapshotResponse(): ImportSnapshotResponse {
+  return { snapshot: undefined };
+}
+
+export const ImportSnapshotResponse: MessageFns<ImportSnapshotResponse> = {
+  encode(message: ImportSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportSnapshotResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: ImportSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportSnapshotResponse>, I>>(base?: I): ImportSnapshotResponse {
+    return ImportSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportSnapshotResponse>, I>>(object: I): ImportSnapshotResponse {
+    const message = createBaseImportSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
 export type MemstoreServiceService = typeof MemstoreServiceService;
 export const MemstoreServiceService = {
   /** Service identity, version and usage totals. */
@@ -4522,6 +6695,100 @@ export const MemstoreServiceService = {
       Buffer.from(ForceReleaseLeaseResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ForceReleaseLeaseResponse => ForceReleaseLeaseResponse.decode(value),
   },
+  /**
+   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * plus, for each RAM block, a sealed region holding the block's memory at the save point:
+   * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
+   * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
+   * cloned. A VM restored or cloned from a snapshot maps its regions copy-on-write and is
+   * attached to them as a clone, which pins the snapshot.
+   *
+   * Creates a snapshot (role vmm): writes the device state to the persistent directory
+   * (CRC-checked), then in one catalog transaction seals each block's region (or checks that it
+   * is sealed already) and records the snapshot. Nothing is left behind when it fails.
+   * SNAPSHOT_EXISTS, SNAPSHOT_INVALID, and the lease errors of SealTemplate.
+   */
+  createSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/CreateSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateSnapshotRequest): Buffer =>
+      Buffer.from(CreateSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateSnapshotRequest => CreateSnapshotRequest.decode(value),
+    responseSerialize: (value: CreateSnapshotResponse): Buffer =>
+      Buffer.from(CreateSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateSnapshotResponse => CreateSnapshotResponse.decode(value),
+  },
+  /**
+   * A snapshot, with its device state when asked (a restoring vmm asks; the state is re-checked
+   * against its CRC on every read). SNAPSHOT_NOT_FOUND, SNAPSHOT_CORRUPT.
+   */
+  getSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/GetSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSnapshotRequest): Buffer => Buffer.from(GetSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSnapshotRequest => GetSnapshotRequest.decode(value),
+    responseSerialize: (value: GetSnapshotResponse): Buffer => Buffer.from(GetSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSnapshotResponse => GetSnapshotResponse.decode(value),
+  },
+  listSnapshots: {
+    path: "/handoff.memstore.v1.MemstoreService/ListSnapshots" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSnapshotsRequest): Buffer => Buffer.from(ListSnapshotsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSnapshotsRequest => ListSnapshotsRequest.decode(value),
+    responseSerialize: (value: ListSnapshotsResponse): Buffer =>
+      Buffer.from(ListSnapshotsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSnapshotsResponse => ListSnapshotsResponse.decode(value),
+  },
+  /**
+   * Deletes a snapshot and the regions it owns; refused with SNAPSHOT_IN_USE while a VM runs
+   * from it (a clone or a restored VM) or a snapshot layers on it.
+   */
+  deleteSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/DeleteSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteSnapshotRequest): Buffer =>
+      Buffer.from(DeleteSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteSnapshotRequest => DeleteSnapshotRequest.decode(value),
+    responseSerialize: (value: DeleteSnapshotResponse): Buffer =>
+      Buffer.from(DeleteSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteSnapshotResponse => DeleteSnapshotResponse.decode(value),
+  },
+  /**
+   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
+   */
+  exportSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/ExportSnapshot" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportSnapshotRequest): Buffer =>
+      Buffer.from(ExportSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportSnapshotRequest => ExportSnapshotRequest.decode(value),
+    responseSerialize: (value: ExportSnapshotResponse): Buffer =>
+      Buffer.from(ExportSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportSnapshotResponse => ExportSnapshotResponse.decode(value),
+  },
+  /**
+   * Reads an exported file (first message: the name to give it; then the file's bytes in
+   * order) and creates the snapshot with regions of its own. The file is hostile: every length,
+   * offset and CRC is checked before it is used, and a refused file leaves nothing behind.
+   * SNAPSHOT_FORMAT (bad magic, truncated, corrupted, or a newer major version), SNAPSHOT_EXISTS.
+   */
+  importSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/ImportSnapshot" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportSnapshotRequest): Buffer =>
+      Buffer.from(ImportSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportSnapshotRequest => ImportSnapshotRequest.decode(value),
+    responseSerialize: (value: ImportSnapshotResponse): Buffer =>
+      Buffer.from(ImportSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportSnapshotResponse => ImportSnapshotResponse.decode(value),
+  },
 } as const;
 
 export interface MemstoreServiceServer extends UntypedServiceImplementation {
@@ -4578,6 +6845,43 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
    * as it is (nothing fenced).
    */
   forceReleaseLease: handleUnaryCall<ForceReleaseLeaseRequest, ForceReleaseLeaseResponse>;
+  /**
+   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * plus, for each RAM block, a sealed region holding the block's memory at the save point:
+   * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
+   * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
+   * cloned. A VM restored or cloned from a snapshot maps its regions copy-on-write and is
+   * attached to them as a clone, which pins the snapshot.
+   *
+   * Creates a snapshot (role vmm): writes the device state to the persistent directory
+   * (CRC-checked), then in one catalog transaction seals each block's region (or checks that it
+   * is sealed already) and records the snapshot. Nothing is left behind when it fails.
+   * SNAPSHOT_EXISTS, SNAPSHOT_INVALID, and the lease errors of SealTemplate.
+   */
+  createSnapshot: handleUnaryCall<CreateSnapshotRequest, CreateSnapshotResponse>;
+  /**
+   * A snapshot, with its device state when asked (a restoring vmm asks; the state is re-checked
+   * against its CRC on every read). SNAPSHOT_NOT_FOUND, SNAPSHOT_CORRUPT.
+   */
+  getSnapshot: handleUnaryCall<GetSnapshotRequest, GetSnapshotResponse>;
+  listSnapshots: handleUnaryCall<ListSnapshotsRequest, ListSnapshotsResponse>;
+  /**
+   * Deletes a snapshot and the regions it owns; refused with SNAPSHOT_IN_USE while a VM runs
+   * from it (a clone or a restored VM) or a snapshot layers on it.
+   */
+  deleteSnapshot: handleUnaryCall<DeleteSnapshotRequest, DeleteSnapshotResponse>;
+  /**
+   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
+   */
+  exportSnapshot: handleServerStreamingCall<ExportSnapshotRequest, ExportSnapshotResponse>;
+  /**
+   * Reads an exported file (first message: the name to give it; then the file's bytes in
+   * order) and creates the snapshot with regions of its own. The file is hostile: every length,
+   * offset and CRC is checked before it is used, and a refused file leaves nothing behind.
+   * SNAPSHOT_FORMAT (bad magic, truncated, corrupted, or a newer major version), SNAPSHOT_EXISTS.
+   */
+  importSnapshot: handleClientStreamingCall<ImportSnapshotRequest, ImportSnapshotResponse>;
 }
 
 export interface MemstoreServiceClient extends Client {
@@ -4863,6 +7167,122 @@ export interface MemstoreServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ForceReleaseLeaseResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * plus, for each RAM block, a sealed region holding the block's memory at the save point:
+   * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
+   * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
+   * cloned. A VM restored or cloned from a snapshot maps its regions copy-on-write and is
+   * attached to them as a clone, which pins the snapshot.
+   *
+   * Creates a snapshot (role vmm): writes the device state to the persistent directory
+   * (CRC-checked), then in one catalog transaction seals each block's region (or checks that it
+   * is sealed already) and records the snapshot. Nothing is left behind when it fails.
+   * SNAPSHOT_EXISTS, SNAPSHOT_INVALID, and the lease errors of SealTemplate.
+   */
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A snapshot, with its device state when asked (a restoring vmm asks; the state is re-checked
+   * against its CRC on every read). SNAPSHOT_NOT_FOUND, SNAPSHOT_CORRUPT.
+   */
+  getSnapshot(
+    request: GetSnapshotRequest,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshot(
+    request: GetSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshot(
+    request: GetSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes a snapshot and the regions it owns; refused with SNAPSHOT_IN_USE while a VM runs
+   * from it (a clone or a restored VM) or a snapshot layers on it.
+   */
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
+   */
+  exportSnapshot(
+    request: ExportSnapshotRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportSnapshotResponse>;
+  exportSnapshot(
+    request: ExportSnapshotRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportSnapshotResponse>;
+  /**
+   * Reads an exported file (first message: the name to give it; then the file's bytes in
+   * order) and creates the snapshot with regions of its own. The file is hostile: every length,
+   * offset and CRC is checked before it is used, and a refused file leaves nothing behind.
+   * SNAPSHOT_FORMAT (bad magic, truncated, corrupted, or a newer major version), SNAPSHOT_EXISTS.
+   */
+  importSnapshot(
+    callback: (error: ServiceError | null, response: ImportSnapshotResponse) => void,
+  ): ClientWritableStream<ImportSnapshotRequest>;
+  importSnapshot(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportSnapshotResponse) => void,
+  ): ClientWritableStream<ImportSnapshotRequest>;
+  importSnapshot(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportSnapshotResponse) => void,
+  ): ClientWritableStream<ImportSnapshotRequest>;
+  importSnapshot(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportSnapshotResponse) => void,
+  ): ClientWritableStream<ImportSnapshotRequest>;
 }
 
 export const MemstoreServiceClient = makeGenericClientConstructor(

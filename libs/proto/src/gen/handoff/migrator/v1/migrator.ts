@@ -180,7 +180,27 @@ export interface Job {
   /** Child jobs (a live update has one per VM). */
   children: string[];
   /** Where a migrate job left its VM, once it ended (unset before, and for a live update). */
-  outcome: JobOutcome | undefined;
+  outcome:
+    | JobOutcome
+    | undefined;
+  /** What a save, restore, template or clone job made, once it completed. */
+  snapshotResult: SnapshotJobResult | undefined;
+}
+
+/** What a save, restore, template or clone job made. */
+export interface SnapshotJobResult {
+  /** The snapshot or template saved, restored from or cloned. */
+  snapshot: string;
+  /** The VMs it started (restore, clone), in order. */
+  vms: string[];
+  /** Save: the guest's pause, vCPU stop to resume (0 when it stayed stopped). */
+  pauseUs: bigint;
+  /** The vmm's time for the work, request to answer. */
+  durationUs: bigint;
+  /** Save: bytes written (device state plus copied pages). */
+  bytes: bigint;
+  /** Clone, restore: request to each VM's guest running, in the order of `vms`. */
+  runningAfterUs: bigint[];
 }
 
 /**
@@ -297,8 +317,12 @@ export interface LiveUpdateResponse {
 
 export interface SaveRequest {
   vm: string;
-  path: string;
+  /** Copy the RAM instead of sealing the VM's regions in place (see VmmService.SaveVm). */
   full: boolean;
+  /** The snapshot's name (default: `<vm>-<UTC time>`). */
+  snapshot: string;
+  /** Destroy the VM after the save. */
+  stop: boolean;
 }
 
 export interface SaveResponse {
@@ -306,9 +330,12 @@ export interface SaveResponse {
 }
 
 export interface RestoreRequest {
-  path: string;
+  /** The VM's name (default: the name it was saved with). */
   name: string;
+  /** The vmm instance to run it on (default: the one with the fewest VMs). */
   vmm: string;
+  snapshot: string;
+  paused: boolean;
 }
 
 export interface RestoreResponse {
@@ -318,9 +345,23 @@ export interface RestoreResponse {
 export interface CreateTemplateRequest {
   name: string;
   /** Either a guest to boot to its ready point, or an existing VM. */
-  source: { $case: "guest"; value: string } | { $case: "fromVm"; value: string } | undefined;
+  source:
+    | { $case: "guest"; value: string }
+    | { $case: "fromVm"; value: string }
+    | undefined;
+  /** RAM of the booted guest in bytes (required with `guest`). */
   memory: bigint;
+  /** The vmm instance that boots it (default: the one with the fewest VMs). */
   vmm: string;
+  /** Arguments for the booted guest (its control device's host args). */
+  args: { [key: string]: string };
+  /** How long to wait for the guest's ready doorbell (default 30 s). */
+  readyTimeoutMs: number;
+}
+
+export interface CreateTemplateRequest_ArgsEntry {
+  key: string;
+  value: string;
 }
 
 export interface CreateTemplateResponse {
@@ -329,10 +370,15 @@ export interface CreateTemplateResponse {
 
 export interface CloneRequest {
   template: string;
+  /** 1 to 1000 (default 1). */
   count: number;
   vmm: string;
-  /** Clone names are prefix-1, prefix-2, ... (default: template name). */
+  /**
+   * Clone names are prefix-1, prefix-2, ... (default: the template's name), skipping numbers
+   * already in use on the cluster.
+   */
   namePrefix: string;
+  paused: boolean;
 }
 
 export interface CloneResponse {
@@ -545,6 +591,7 @@ function createBaseJob(): Job {
     finishedAt: undefined,
     children: [],
     outcome: undefined,
+    snapshotResult: undefined,
   };
 }
 
@@ -589,6 +636,9 @@ export const Job: MessageFns<Job> = {
     }
     if (message.outcome !== undefined) {
       JobOutcome.encode(message.outcome, writer.uint32(98).fork()).join();
+    }
+    if (message.snapshotResult !== undefined) {
+      SnapshotJobResult.encode(message.snapshotResult, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -712,6 +762,14 @@ export const Job: MessageFns<Job> = {
             message.outcome = JobOutcome.decode(reader, reader.uint32());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.snapshotResult = SnapshotJobResult.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -758,6 +816,11 @@ export const Job: MessageFns<Job> = {
         ? object.children.map((e: any) => globalThis.String(e))
         : [],
       outcome: isSet(object.outcome) ? JobOutcome.fromJSON(object.outcome) : undefined,
+      snapshotResult: isSet(object.snapshotResult)
+        ? SnapshotJobResult.fromJSON(object.snapshotResult)
+        : isSet(object.snapshot_result)
+        ? SnapshotJobResult.fromJSON(object.snapshot_result)
+        : undefined,
     };
   },
 
@@ -799,6 +862,9 @@ export const Job: MessageFns<Job> = {
     if (message.outcome !== undefined) {
       obj.outcome = JobOutcome.toJSON(message.outcome);
     }
+    if (message.snapshotResult !== undefined) {
+      obj.snapshotResult = SnapshotJobResult.toJSON(message.snapshotResult);
+    }
     return obj;
   },
 
@@ -829,6 +895,194 @@ export const Job: MessageFns<Job> = {
     message.outcome = (object.outcome !== undefined && object.outcome !== null)
       ? JobOutcome.fromPartial(object.outcome)
       : undefined;
+    message.snapshotResult = (object.snapshotResult !== undefined && object.snapshotResult !== null)
+      ? SnapshotJobResult.fromPartial(object.snapshotResult)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSnapshotJobResult(): SnapshotJobResult {
+  return { snapshot: "", vms: [], pauseUs: 0n, durationUs: 0n, bytes: 0n, runningAfterUs: [] };
+}
+
+export const SnapshotJobResult: MessageFns<SnapshotJobResult> = {
+  encode(message: SnapshotJobResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== "") {
+      writer.uint32(10).string(message.snapshot);
+    }
+    for (const v of message.vms) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.pauseUs !== 0n) {
+      if (BigInt.asUintN(64, message.pauseUs) !== message.pauseUs) {
+        throw new globalThis.Error("value provided for field message.pauseUs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.pauseUs);
+    }
+    if (message.durationUs !== 0n) {
+      if (BigInt.asUintN(64, message.durationUs) !== message.durationUs) {
+        throw new globalThis.Error("value provided for field message.durationUs of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.durationUs);
+    }
+    if (message.bytes !== 0n) {
+      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
+        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bytes);
+    }
+    if (message.runningAfterUs.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.runningAfterUs) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field runningAfterUs of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotJobResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotJobResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vms.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pauseUs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.durationUs = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag === 48) {
+              message.runningAfterUs.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.runningAfterUs.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotJobResult {
+    return {
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      vms: globalThis.Array.isArray(object?.vms) ? object.vms.map((e: any) => globalThis.String(e)) : [],
+      pauseUs: isSet(object.pauseUs) ? BigInt(object.pauseUs) : isSet(object.pause_us) ? BigInt(object.pause_us) : 0n,
+      durationUs: isSet(object.durationUs)
+        ? BigInt(object.durationUs)
+        : isSet(object.duration_us)
+        ? BigInt(object.duration_us)
+        : 0n,
+      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
+      runningAfterUs: globalThis.Array.isArray(object?.runningAfterUs)
+        ? object.runningAfterUs.map((e: any) => BigInt(e))
+        : globalThis.Array.isArray(object?.running_after_us)
+        ? object.running_after_us.map((e: any) => BigInt(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SnapshotJobResult): unknown {
+    const obj: any = {};
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.vms?.length) {
+      obj.vms = message.vms;
+    }
+    if (message.pauseUs !== 0n) {
+      obj.pauseUs = message.pauseUs.toString();
+    }
+    if (message.durationUs !== 0n) {
+      obj.durationUs = message.durationUs.toString();
+    }
+    if (message.bytes !== 0n) {
+      obj.bytes = message.bytes.toString();
+    }
+    if (message.runningAfterUs?.length) {
+      obj.runningAfterUs = message.runningAfterUs.map((e) => e.toString());
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotJobResult>, I>>(base?: I): SnapshotJobResult {
+    return SnapshotJobResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotJobResult>, I>>(object: I): SnapshotJobResult {
+    const message = createBaseSnapshotJobResult();
+    message.snapshot = object.snapshot ?? "";
+    message.vms = object.vms?.map((e) => e) || [];
+    message.pauseUs = (object.pauseUs !== undefined && object.pauseUs !== null) ? BigInt(object.pauseUs) : 0n;
+    message.durationUs = (object.durationUs !== undefined && object.durationUs !== null)
+      ? BigInt(object.durationUs)
+      : 0n;
+    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
+    message.runningAfterUs = object.runningAfterUs?.map((e) => BigInt(e)) || [];
     return message;
   },
 };
@@ -2200,7 +2454,7 @@ export const LiveUpdateResponse: MessageFns<LiveUpdateResponse> = {
 };
 
 function createBaseSaveRequest(): SaveRequest {
-  return { vm: "", path: "", full: false };
+  return { vm: "", full: false, snapshot: "", stop: false };
 }
 
 export const SaveRequest: MessageFns<SaveRequest> = {
@@ -2208,11 +2462,14 @@ export const SaveRequest: MessageFns<SaveRequest> = {
     if (message.vm !== "") {
       writer.uint32(10).string(message.vm);
     }
-    if (message.path !== "") {
-      writer.uint32(18).string(message.path);
-    }
     if (message.full !== false) {
       writer.uint32(24).bool(message.full);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(34).string(message.snapshot);
+    }
+    if (message.stop !== false) {
+      writer.uint32(40).bool(message.stop);
     }
     return writer;
   },
@@ -2238,20 +2495,28 @@ export const SaveRequest: MessageFns<SaveRequest> = {
             message.vm = reader.string();
             continue;
           }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.path = reader.string();
-            continue;
-          }
           case 3: {
             if (tag !== 24) {
               break;
             }
 
             message.full = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.stop = reader.bool();
             continue;
           }
         }
@@ -2269,8 +2534,9 @@ export const SaveRequest: MessageFns<SaveRequest> = {
   fromJSON(object: any): SaveRequest {
     return {
       vm: isSet(object.vm) ? globalThis.String(object.vm) : "",
-      path: isSet(object.path) ? globalThis.String(object.path) : "",
       full: isSet(object.full) ? globalThis.Boolean(object.full) : false,
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      stop: isSet(object.stop) ? globalThis.Boolean(object.stop) : false,
     };
   },
 
@@ -2279,11 +2545,14 @@ export const SaveRequest: MessageFns<SaveRequest> = {
     if (message.vm !== "") {
       obj.vm = message.vm;
     }
-    if (message.path !== "") {
-      obj.path = message.path;
-    }
     if (message.full !== false) {
       obj.full = message.full;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.stop !== false) {
+      obj.stop = message.stop;
     }
     return obj;
   },
@@ -2294,8 +2563,9 @@ export const SaveRequest: MessageFns<SaveRequest> = {
   fromPartial<I extends Exact<DeepPartial<SaveRequest>, I>>(object: I): SaveRequest {
     const message = createBaseSaveRequest();
     message.vm = object.vm ?? "";
-    message.path = object.path ?? "";
     message.full = object.full ?? false;
+    message.snapshot = object.snapshot ?? "";
+    message.stop = object.stop ?? false;
     return message;
   },
 };
@@ -2368,19 +2638,22 @@ export const SaveResponse: MessageFns<SaveResponse> = {
 };
 
 function createBaseRestoreRequest(): RestoreRequest {
-  return { path: "", name: "", vmm: "" };
+  return { name: "", vmm: "", snapshot: "", paused: false };
 }
 
 export const RestoreRequest: MessageFns<RestoreRequest> = {
   encode(message: RestoreRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.path !== "") {
-      writer.uint32(10).string(message.path);
-    }
     if (message.name !== "") {
       writer.uint32(18).string(message.name);
     }
     if (message.vmm !== "") {
       writer.uint32(26).string(message.vmm);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(34).string(message.snapshot);
+    }
+    if (message.paused !== false) {
+      writer.uint32(40).bool(message.paused);
     }
     return writer;
   },
@@ -2398,14 +2671,6 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.path = reader.string();
-            continue;
-          }
           case 2: {
             if (tag !== 18) {
               break;
@@ -2422,6 +2687,22 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
             message.vmm = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2436,22 +2717,26 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
 
   fromJSON(object: any): RestoreRequest {
     return {
-      path: isSet(object.path) ? globalThis.String(object.path) : "",
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       vmm: isSet(object.vmm) ? globalThis.String(object.vmm) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
     };
   },
 
   toJSON(message: RestoreRequest): unknown {
     const obj: any = {};
-    if (message.path !== "") {
-      obj.path = message.path;
-    }
     if (message.name !== "") {
       obj.name = message.name;
     }
     if (message.vmm !== "") {
       obj.vmm = message.vmm;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
     }
     return obj;
   },
@@ -2461,9 +2746,10 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
   },
   fromPartial<I extends Exact<DeepPartial<RestoreRequest>, I>>(object: I): RestoreRequest {
     const message = createBaseRestoreRequest();
-    message.path = object.path ?? "";
     message.name = object.name ?? "";
     message.vmm = object.vmm ?? "";
+    message.snapshot = object.snapshot ?? "";
+    message.paused = object.paused ?? false;
     return message;
   },
 };
@@ -2536,7 +2822,7 @@ export const RestoreResponse: MessageFns<RestoreResponse> = {
 };
 
 function createBaseCreateTemplateRequest(): CreateTemplateRequest {
-  return { name: "", source: undefined, memory: 0n, vmm: "" };
+  return { name: "", source: undefined, memory: 0n, vmm: "", args: {}, readyTimeoutMs: 0 };
 }
 
 export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
@@ -2560,6 +2846,12 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
     }
     if (message.vmm !== "") {
       writer.uint32(42).string(message.vmm);
+    }
+    globalThis.Object.entries(message.args).forEach(([key, value]: [string, string]) => {
+      CreateTemplateRequest_ArgsEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
+    });
+    if (message.readyTimeoutMs !== 0) {
+      writer.uint32(56).uint32(message.readyTimeoutMs);
     }
     return writer;
   },
@@ -2617,6 +2909,25 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
             message.vmm = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            const entry6 = CreateTemplateRequest_ArgsEntry.decode(reader, reader.uint32());
+            if (entry6.value !== undefined) {
+              message.args[entry6.key] = entry6.value;
+            }
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.readyTimeoutMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2641,6 +2952,25 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
         : undefined,
       memory: isSet(object.memory) ? BigInt(object.memory) : 0n,
       vmm: isSet(object.vmm) ? globalThis.String(object.vmm) : "",
+      args: isObject(object.args)
+        ? (globalThis.Object.entries(object.args) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      readyTimeoutMs: isSet(object.readyTimeoutMs)
+        ? globalThis.Number(object.readyTimeoutMs)
+        : isSet(object.ready_timeout_ms)
+        ? globalThis.Number(object.ready_timeout_ms)
+        : 0,
     };
   },
 
@@ -2659,6 +2989,18 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
     }
     if (message.vmm !== "") {
       obj.vmm = message.vmm;
+    }
+    if (message.args) {
+      const entries = globalThis.Object.entries(message.args) as [string, string][];
+      if (entries.length > 0) {
+        obj.args = {};
+        entries.forEach(([k, v]) => {
+          obj.args[k] = v;
+        });
+      }
+    }
+    if (message.readyTimeoutMs !== 0) {
+      obj.readyTimeoutMs = Math.round(message.readyTimeoutMs);
     }
     return obj;
   },
@@ -2685,6 +3027,103 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
     }
     message.memory = (object.memory !== undefined && object.memory !== null) ? BigInt(object.memory) : 0n;
     message.vmm = object.vmm ?? "";
+    message.args = (globalThis.Object.entries(object.args ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.readyTimeoutMs = object.readyTimeoutMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateTemplateRequest_ArgsEntry(): CreateTemplateRequest_ArgsEntry {
+  return { key: "", value: "" };
+}
+
+export const CreateTemplateRequest_ArgsEntry: MessageFns<CreateTemplateRequest_ArgsEntry> = {
+  encode(message: CreateTemplateRequest_ArgsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateTemplateRequest_ArgsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateTemplateRequest_ArgsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateTemplateRequest_ArgsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: CreateTemplateRequest_ArgsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateTemplateRequest_ArgsEntry>, I>>(base?: I): CreateTemplateRequest_ArgsEntry {
+    return CreateTemplateRequest_ArgsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateTemplateRequest_ArgsEntry>, I>>(
+    object: I,
+  ): CreateTemplateRequest_ArgsEntry {
+    const message = createBaseCreateTemplateRequest_ArgsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -2757,7 +3196,7 @@ export const CreateTemplateResponse: MessageFns<CreateTemplateResponse> = {
 };
 
 function createBaseCloneRequest(): CloneRequest {
-  return { template: "", count: 0, vmm: "", namePrefix: "" };
+  return { template: "", count: 0, vmm: "", namePrefix: "", paused: false };
 }
 
 export const CloneRequest: MessageFns<CloneRequest> = {
@@ -2773,6 +3212,9 @@ export const CloneRequest: MessageFns<CloneRequest> = {
     }
     if (message.namePrefix !== "") {
       writer.uint32(34).string(message.namePrefix);
+    }
+    if (message.paused !== false) {
+      writer.uint32(40).bool(message.paused);
     }
     return writer;
   },
@@ -2822,6 +3264,14 @@ export const CloneRequest: MessageFns<CloneRequest> = {
             message.namePrefix = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2844,6 +3294,7 @@ export const CloneRequest: MessageFns<CloneRequest> = {
         : isSet(object.name_prefix)
         ? globalThis.String(object.name_prefix)
         : "",
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
     };
   },
 
@@ -2861,6 +3312,9 @@ export const CloneRequest: MessageFns<CloneRequest> = {
     if (message.namePrefix !== "") {
       obj.namePrefix = message.namePrefix;
     }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
     return obj;
   },
 
@@ -2873,6 +3327,7 @@ export const CloneRequest: MessageFns<CloneRequest> = {
     message.count = object.count ?? 0;
     message.vmm = object.vmm ?? "";
     message.namePrefix = object.namePrefix ?? "";
+    message.paused = object.paused ?? false;
     return message;
   },
 };
@@ -3547,6 +4002,7 @@ export const MigratorServiceService = {
     responseSerialize: (value: LiveUpdateResponse): Buffer => Buffer.from(LiveUpdateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LiveUpdateResponse => LiveUpdateResponse.decode(value),
   },
+  /** Saves a VM as a snapshot in memstore (VmmService.SaveVm on the vmm that runs it). */
   save: {
     path: "/handoff.migrator.v1.MigratorService/Save" as const,
     requestStream: false as const,
@@ -3556,6 +4012,7 @@ export const MigratorServiceService = {
     responseSerialize: (value: SaveResponse): Buffer => Buffer.from(SaveResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SaveResponse => SaveResponse.decode(value),
   },
+  /** Starts a VM from a snapshot on a vmm instance (VmmService.RestoreVm). */
   restore: {
     path: "/handoff.migrator.v1.MigratorService/Restore" as const,
     requestStream: false as const,
@@ -3565,7 +4022,11 @@ export const MigratorServiceService = {
     responseSerialize: (value: RestoreResponse): Buffer => Buffer.from(RestoreResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RestoreResponse => RestoreResponse.decode(value),
   },
-  /** Runs a guest to its ready point, pauses it and seals its RAM as a template. */
+  /**
+   * Makes a template: boots a guest on a shared region, waits for its ready doorbell, and saves
+   * it as a template snapshot with `stop` (its region is sealed in place and the VM freed), or
+   * saves a running VM as a template (`from_vm`; paused for the save only).
+   */
   createTemplate: {
     path: "/handoff.migrator.v1.MigratorService/CreateTemplate" as const,
     requestStream: false as const,
@@ -3577,6 +4038,7 @@ export const MigratorServiceService = {
       Buffer.from(CreateTemplateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateTemplateResponse => CreateTemplateResponse.decode(value),
   },
+  /** Starts clones of a template (VmmService.CloneVms). */
   clone: {
     path: "/handoff.migrator.v1.MigratorService/Clone" as const,
     requestStream: false as const,
@@ -3643,10 +4105,17 @@ export interface MigratorServiceServer extends UntypedServiceImplementation {
   migrate: handleUnaryCall<MigrateRequest, MigrateResponse>;
   /** Moves every VM of one vmm instance to another. */
   liveUpdate: handleUnaryCall<LiveUpdateRequest, LiveUpdateResponse>;
+  /** Saves a VM as a snapshot in memstore (VmmService.SaveVm on the vmm that runs it). */
   save: handleUnaryCall<SaveRequest, SaveResponse>;
+  /** Starts a VM from a snapshot on a vmm instance (VmmService.RestoreVm). */
   restore: handleUnaryCall<RestoreRequest, RestoreResponse>;
-  /** Runs a guest to its ready point, pauses it and seals its RAM as a template. */
+  /**
+   * Makes a template: boots a guest on a shared region, waits for its ready doorbell, and saves
+   * it as a template snapshot with `stop` (its region is sealed in place and the VM freed), or
+   * saves a running VM as a template (`from_vm`; paused for the save only).
+   */
   createTemplate: handleUnaryCall<CreateTemplateRequest, CreateTemplateResponse>;
+  /** Starts clones of a template (VmmService.CloneVms). */
   clone: handleUnaryCall<CloneRequest, CloneResponse>;
   getJob: handleUnaryCall<GetJobRequest, GetJobResponse>;
   listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
@@ -3757,6 +4226,7 @@ export interface MigratorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LiveUpdateResponse) => void,
   ): ClientUnaryCall;
+  /** Saves a VM as a snapshot in memstore (VmmService.SaveVm on the vmm that runs it). */
   save(request: SaveRequest, callback: (error: ServiceError | null, response: SaveResponse) => void): ClientUnaryCall;
   save(
     request: SaveRequest,
@@ -3769,6 +4239,7 @@ export interface MigratorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SaveResponse) => void,
   ): ClientUnaryCall;
+  /** Starts a VM from a snapshot on a vmm instance (VmmService.RestoreVm). */
   restore(
     request: RestoreRequest,
     callback: (error: ServiceError | null, response: RestoreResponse) => void,
@@ -3784,7 +4255,11 @@ export interface MigratorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RestoreResponse) => void,
   ): ClientUnaryCall;
-  /** Runs a guest to its ready point, pauses it and seals its RAM as a template. */
+  /**
+   * Makes a template: boots a guest on a shared region, waits for its ready doorbell, and saves
+   * it as a template snapshot with `stop` (its region is sealed in place and the VM freed), or
+   * saves a running VM as a template (`from_vm`; paused for the save only).
+   */
   createTemplate(
     request: CreateTemplateRequest,
     callback: (error: ServiceError | null, response: CreateTemplateResponse) => void,
@@ -3800,6 +4275,7 @@ export interface MigratorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateTemplateResponse) => void,
   ): ClientUnaryCall;
+  /** Starts clones of a template (VmmService.CloneVms). */
   clone(
     request: CloneRequest,
     callback: (error: ServiceError | null, response: CloneResponse) => void,
@@ -3922,6 +4398,10 @@ function fromJsonTimestamp(o: any): Timestamp {
   } else {
     return Timestamp.fromJSON(o);
   }
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

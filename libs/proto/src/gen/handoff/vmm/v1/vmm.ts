@@ -23,6 +23,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
+import { Snapshot } from "../../memstore/v1/memstore.js";
 import {
   MigrationCapability,
   migrationCapabilityFromJSON,
@@ -372,6 +373,25 @@ export interface Vm {
   /** Changes on every clone or restore; the guest reads it from the control device. */
   generationId: bigint;
   ready: boolean;
+  /** What the VM's RAM costs, measured by the kernel; set by GetVm (ListVms leaves it unset). */
+  memory:
+    | MemoryUsage
+    | undefined;
+  /** The snapshot (or template) the VM was restored or cloned from; empty for a booted VM. */
+  snapshot: string;
+}
+
+/** The memory a VM's RAM mappings cost (from /proc/self/smaps of the vmm). */
+export interface MemoryUsage {
+  /**
+   * Proportional set size: each resident page divided by the number of mappings that share it
+   * (a clone's share of its template's pages plus its own pages).
+   */
+  pssBytes: bigint;
+  /** Pages only this VM maps that it wrote (copied-on-write or written private pages). */
+  privateDirtyBytes: bigint;
+  /** Resident pages, counted whole even when shared (for comparison; not what the VM costs). */
+  rssBytes: bigint;
 }
 
 export interface GetInfoRequest {
@@ -557,26 +577,72 @@ export interface CancelMigrationResponse {
 
 export interface SaveVmRequest {
   name: string;
-  path: string;
-  /** Copy all RAM into the file instead of referencing shared regions. */
+  /**
+   * Copy every block's written pages into regions of the snapshot instead of sealing the VM's
+   * regions in place.
+   */
   full: boolean;
   jobId: string;
+  /** The snapshot's name (required; unique among snapshots). */
+  snapshot: string;
+  /** Destroy the VM after the save instead of resuming it. */
+  stop: boolean;
+  /** Mark the snapshot a template. */
+  template: boolean;
 }
 
 export interface SaveVmResponse {
-  bytes: bigint;
+  snapshot:
+    | Snapshot
+    | undefined;
+  /** The guest's pause: vCPU stop to vCPU resume (0 when it stays stopped or was paused). */
+  pauseUs: bigint;
+  /** The whole save, request to answer. */
   durationUs: bigint;
+  /** Bytes written: device state plus copied pages. */
+  bytes: bigint;
+  /** The VM afterwards; unset when `stop` destroyed it. */
+  vm: Vm | undefined;
 }
 
 export interface RestoreVmRequest {
-  path: string;
-  /** New name; defaults to the saved name. */
+  /** The VM's name (default: the name it was saved with). */
   name: string;
-  start: boolean;
+  /** The snapshot, by name or id. */
+  snapshot: string;
+  /** Leave the VM paused at the snapshot point (default: it runs). */
+  paused: boolean;
+  jobId: string;
 }
 
 export interface RestoreVmResponse {
-  vm: Vm | undefined;
+  vm:
+    | Vm
+    | undefined;
+  /** Request to the guest running (or loaded, when paused), in microseconds. */
+  durationUs: bigint;
+}
+
+export interface CloneVmsRequest {
+  /** The snapshot (usually a template), by name or id. */
+  snapshot: string;
+  /** How many VMs (1 to 1000). */
+  count: number;
+  /**
+   * Names are `<name_prefix>-<k>` for k = first_index, first_index + 1, ... (default prefix:
+   * the snapshot's name; default first index: 1).
+   */
+  namePrefix: string;
+  firstIndex: number;
+  paused: boolean;
+  jobId: string;
+}
+
+export interface CloneVmsResponse {
+  vms: Vm[];
+  /** Per clone, in the order of `vms`: request to its guest running, in microseconds. */
+  runningAfterUs: bigint[];
+  durationUs: bigint;
 }
 
 function createBaseRegionRef(): RegionRef {
@@ -1274,6 +1340,8 @@ function createBaseVm(): Vm {
     createdAt: undefined,
     generationId: 0n,
     ready: false,
+    memory: undefined,
+    snapshot: "",
   };
 }
 
@@ -1320,6 +1388,12 @@ export const Vm: MessageFns<Vm> = {
     }
     if (message.ready !== false) {
       writer.uint32(96).bool(message.ready);
+    }
+    if (message.memory !== undefined) {
+      MemoryUsage.encode(message.memory, writer.uint32(106).fork()).join();
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(114).string(message.snapshot);
     }
     return writer;
   },
@@ -1433,6 +1507,22 @@ export const Vm: MessageFns<Vm> = {
             message.ready = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.memory = MemoryUsage.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1475,6 +1565,8 @@ export const Vm: MessageFns<Vm> = {
         ? BigInt(object.generation_id)
         : 0n,
       ready: isSet(object.ready) ? globalThis.Boolean(object.ready) : false,
+      memory: isSet(object.memory) ? MemoryUsage.fromJSON(object.memory) : undefined,
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
     };
   },
 
@@ -1516,6 +1608,12 @@ export const Vm: MessageFns<Vm> = {
     if (message.ready !== false) {
       obj.ready = message.ready;
     }
+    if (message.memory !== undefined) {
+      obj.memory = MemoryUsage.toJSON(message.memory);
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
     return obj;
   },
 
@@ -1540,6 +1638,134 @@ export const Vm: MessageFns<Vm> = {
       ? BigInt(object.generationId)
       : 0n;
     message.ready = object.ready ?? false;
+    message.memory = (object.memory !== undefined && object.memory !== null)
+      ? MemoryUsage.fromPartial(object.memory)
+      : undefined;
+    message.snapshot = object.snapshot ?? "";
+    return message;
+  },
+};
+
+function createBaseMemoryUsage(): MemoryUsage {
+  return { pssBytes: 0n, privateDirtyBytes: 0n, rssBytes: 0n };
+}
+
+export const MemoryUsage: MessageFns<MemoryUsage> = {
+  encode(message: MemoryUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pssBytes !== 0n) {
+      if (BigInt.asUintN(64, message.pssBytes) !== message.pssBytes) {
+        throw new globalThis.Error("value provided for field message.pssBytes of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.pssBytes);
+    }
+    if (message.privateDirtyBytes !== 0n) {
+      if (BigInt.asUintN(64, message.privateDirtyBytes) !== message.privateDirtyBytes) {
+        throw new globalThis.Error("value provided for field message.privateDirtyBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.privateDirtyBytes);
+    }
+    if (message.rssBytes !== 0n) {
+      if (BigInt.asUintN(64, message.rssBytes) !== message.rssBytes) {
+        throw new globalThis.Error("value provided for field message.rssBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.rssBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pssBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.privateDirtyBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.rssBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryUsage {
+    return {
+      pssBytes: isSet(object.pssBytes)
+        ? BigInt(object.pssBytes)
+        : isSet(object.pss_bytes)
+        ? BigInt(object.pss_bytes)
+        : 0n,
+      privateDirtyBytes: isSet(object.privateDirtyBytes)
+        ? BigInt(object.privateDirtyBytes)
+        : isSet(object.private_dirty_bytes)
+        ? BigInt(object.private_dirty_bytes)
+        : 0n,
+      rssBytes: isSet(object.rssBytes)
+        ? BigInt(object.rssBytes)
+        : isSet(object.rss_bytes)
+        ? BigInt(object.rss_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: MemoryUsage): unknown {
+    const obj: any = {};
+    if (message.pssBytes !== 0n) {
+      obj.pssBytes = message.pssBytes.toString();
+    }
+    if (message.privateDirtyBytes !== 0n) {
+      obj.privateDirtyBytes = message.privateDirtyBytes.toString();
+    }
+    if (message.rssBytes !== 0n) {
+      obj.rssBytes = message.rssBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryUsage>, I>>(base?: I): MemoryUsage {
+    return MemoryUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryUsage>, I>>(object: I): MemoryUsage {
+    const message = createBaseMemoryUsage();
+    message.pssBytes = (object.pssBytes !== undefined && object.pssBytes !== null) ? BigInt(object.pssBytes) : 0n;
+    message.privateDirtyBytes = (object.privateDirtyBytes !== undefined && object.privateDirtyBytes !== null)
+      ? BigInt(object.privateDirtyBytes)
+      : 0n;
+    message.rssBytes = (object.rssBytes !== undefined && object.rssBytes !== null) ? BigInt(object.rssBytes) : 0n;
     return message;
   },
 };
@@ -4032,7 +4258,7 @@ export const CancelMigrationResponse: MessageFns<CancelMigrationResponse> = {
 };
 
 function createBaseSaveVmRequest(): SaveVmRequest {
-  return { name: "", path: "", full: false, jobId: "" };
+  return { name: "", full: false, jobId: "", snapshot: "", stop: false, template: false };
 }
 
 export const SaveVmRequest: MessageFns<SaveVmRequest> = {
@@ -4040,14 +4266,20 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
     }
-    if (message.path !== "") {
-      writer.uint32(18).string(message.path);
-    }
     if (message.full !== false) {
       writer.uint32(24).bool(message.full);
     }
     if (message.jobId !== "") {
       writer.uint32(34).string(message.jobId);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(42).string(message.snapshot);
+    }
+    if (message.stop !== false) {
+      writer.uint32(48).bool(message.stop);
+    }
+    if (message.template !== false) {
+      writer.uint32(56).bool(message.template);
     }
     return writer;
   },
@@ -4073,14 +4305,6 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
             message.name = reader.string();
             continue;
           }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.path = reader.string();
-            continue;
-          }
           case 3: {
             if (tag !== 24) {
               break;
@@ -4095,6 +4319,30 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
             }
 
             message.jobId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.stop = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.template = reader.bool();
             continue;
           }
         }
@@ -4112,13 +4360,15 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
   fromJSON(object: any): SaveVmRequest {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
-      path: isSet(object.path) ? globalThis.String(object.path) : "",
       full: isSet(object.full) ? globalThis.Boolean(object.full) : false,
       jobId: isSet(object.jobId)
         ? globalThis.String(object.jobId)
         : isSet(object.job_id)
         ? globalThis.String(object.job_id)
         : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      stop: isSet(object.stop) ? globalThis.Boolean(object.stop) : false,
+      template: isSet(object.template) ? globalThis.Boolean(object.template) : false,
     };
   },
 
@@ -4127,14 +4377,20 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
     if (message.name !== "") {
       obj.name = message.name;
     }
-    if (message.path !== "") {
-      obj.path = message.path;
-    }
     if (message.full !== false) {
       obj.full = message.full;
     }
     if (message.jobId !== "") {
       obj.jobId = message.jobId;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.stop !== false) {
+      obj.stop = message.stop;
+    }
+    if (message.template !== false) {
+      obj.template = message.template;
     }
     return obj;
   },
@@ -4145,30 +4401,44 @@ export const SaveVmRequest: MessageFns<SaveVmRequest> = {
   fromPartial<I extends Exact<DeepPartial<SaveVmRequest>, I>>(object: I): SaveVmRequest {
     const message = createBaseSaveVmRequest();
     message.name = object.name ?? "";
-    message.path = object.path ?? "";
     message.full = object.full ?? false;
     message.jobId = object.jobId ?? "";
+    message.snapshot = object.snapshot ?? "";
+    message.stop = object.stop ?? false;
+    message.template = object.template ?? false;
     return message;
   },
 };
 
 function createBaseSaveVmResponse(): SaveVmResponse {
-  return { bytes: 0n, durationUs: 0n };
+  return { snapshot: undefined, pauseUs: 0n, durationUs: 0n, bytes: 0n, vm: undefined };
 }
 
 export const SaveVmResponse: MessageFns<SaveVmResponse> = {
   encode(message: SaveVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.bytes !== 0n) {
-      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
-        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    if (message.pauseUs !== 0n) {
+      if (BigInt.asUintN(64, message.pauseUs) !== message.pauseUs) {
+        throw new globalThis.Error("value provided for field message.pauseUs of type uint64 too large");
       }
-      writer.uint32(8).uint64(message.bytes);
+      writer.uint32(16).uint64(message.pauseUs);
     }
     if (message.durationUs !== 0n) {
       if (BigInt.asUintN(64, message.durationUs) !== message.durationUs) {
         throw new globalThis.Error("value provided for field message.durationUs of type uint64 too large");
       }
-      writer.uint32(16).uint64(message.durationUs);
+      writer.uint32(24).uint64(message.durationUs);
+    }
+    if (message.bytes !== 0n) {
+      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
+        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bytes);
+    }
+    if (message.vm !== undefined) {
+      Vm.encode(message.vm, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -4187,11 +4457,11 @@ export const SaveVmResponse: MessageFns<SaveVmResponse> = {
         const tag = reader.uint32();
         switch (tag >>> 3) {
           case 1: {
-            if (tag !== 8) {
+            if (tag !== 10) {
               break;
             }
 
-            message.bytes = reader.uint64() as bigint;
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
             continue;
           }
           case 2: {
@@ -4199,7 +4469,31 @@ export const SaveVmResponse: MessageFns<SaveVmResponse> = {
               break;
             }
 
+            message.pauseUs = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
             message.durationUs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.vm = Vm.decode(reader, reader.uint32());
             continue;
           }
         }
@@ -4216,22 +4510,34 @@ export const SaveVmResponse: MessageFns<SaveVmResponse> = {
 
   fromJSON(object: any): SaveVmResponse {
     return {
-      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
+      snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined,
+      pauseUs: isSet(object.pauseUs) ? BigInt(object.pauseUs) : isSet(object.pause_us) ? BigInt(object.pause_us) : 0n,
       durationUs: isSet(object.durationUs)
         ? BigInt(object.durationUs)
         : isSet(object.duration_us)
         ? BigInt(object.duration_us)
         : 0n,
+      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
+      vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined,
     };
   },
 
   toJSON(message: SaveVmResponse): unknown {
     const obj: any = {};
-    if (message.bytes !== 0n) {
-      obj.bytes = message.bytes.toString();
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    if (message.pauseUs !== 0n) {
+      obj.pauseUs = message.pauseUs.toString();
     }
     if (message.durationUs !== 0n) {
       obj.durationUs = message.durationUs.toString();
+    }
+    if (message.bytes !== 0n) {
+      obj.bytes = message.bytes.toString();
+    }
+    if (message.vm !== undefined) {
+      obj.vm = Vm.toJSON(message.vm);
     }
     return obj;
   },
@@ -4241,28 +4547,36 @@ export const SaveVmResponse: MessageFns<SaveVmResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<SaveVmResponse>, I>>(object: I): SaveVmResponse {
     const message = createBaseSaveVmResponse();
-    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    message.pauseUs = (object.pauseUs !== undefined && object.pauseUs !== null) ? BigInt(object.pauseUs) : 0n;
     message.durationUs = (object.durationUs !== undefined && object.durationUs !== null)
       ? BigInt(object.durationUs)
       : 0n;
+    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
+    message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
     return message;
   },
 };
 
 function createBaseRestoreVmRequest(): RestoreVmRequest {
-  return { path: "", name: "", start: false };
+  return { name: "", snapshot: "", paused: false, jobId: "" };
 }
 
 export const RestoreVmRequest: MessageFns<RestoreVmRequest> = {
   encode(message: RestoreVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.path !== "") {
-      writer.uint32(10).string(message.path);
-    }
     if (message.name !== "") {
       writer.uint32(18).string(message.name);
     }
-    if (message.start !== false) {
-      writer.uint32(24).bool(message.start);
+    if (message.snapshot !== "") {
+      writer.uint32(34).string(message.snapshot);
+    }
+    if (message.paused !== false) {
+      writer.uint32(40).bool(message.paused);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(50).string(message.jobId);
     }
     return writer;
   },
@@ -4280,14 +4594,6 @@ export const RestoreVmRequest: MessageFns<RestoreVmRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.path = reader.string();
-            continue;
-          }
           case 2: {
             if (tag !== 18) {
               break;
@@ -4296,12 +4602,28 @@ export const RestoreVmRequest: MessageFns<RestoreVmRequest> = {
             message.name = reader.string();
             continue;
           }
-          case 3: {
-            if (tag !== 24) {
+          case 4: {
+            if (tag !== 34) {
               break;
             }
 
-            message.start = reader.bool();
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.jobId = reader.string();
             continue;
           }
         }
@@ -4318,22 +4640,30 @@ export const RestoreVmRequest: MessageFns<RestoreVmRequest> = {
 
   fromJSON(object: any): RestoreVmRequest {
     return {
-      path: isSet(object.path) ? globalThis.String(object.path) : "",
       name: isSet(object.name) ? globalThis.String(object.name) : "",
-      start: isSet(object.start) ? globalThis.Boolean(object.start) : false,
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
     };
   },
 
   toJSON(message: RestoreVmRequest): unknown {
     const obj: any = {};
-    if (message.path !== "") {
-      obj.path = message.path;
-    }
     if (message.name !== "") {
       obj.name = message.name;
     }
-    if (message.start !== false) {
-      obj.start = message.start;
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
     }
     return obj;
   },
@@ -4343,21 +4673,28 @@ export const RestoreVmRequest: MessageFns<RestoreVmRequest> = {
   },
   fromPartial<I extends Exact<DeepPartial<RestoreVmRequest>, I>>(object: I): RestoreVmRequest {
     const message = createBaseRestoreVmRequest();
-    message.path = object.path ?? "";
     message.name = object.name ?? "";
-    message.start = object.start ?? false;
+    message.snapshot = object.snapshot ?? "";
+    message.paused = object.paused ?? false;
+    message.jobId = object.jobId ?? "";
     return message;
   },
 };
 
 function createBaseRestoreVmResponse(): RestoreVmResponse {
-  return { vm: undefined };
+  return { vm: undefined, durationUs: 0n };
 }
 
 export const RestoreVmResponse: MessageFns<RestoreVmResponse> = {
   encode(message: RestoreVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.vm !== undefined) {
       Vm.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.durationUs !== 0n) {
+      if (BigInt.asUintN(64, message.durationUs) !== message.durationUs) {
+        throw new globalThis.Error("value provided for field message.durationUs of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.durationUs);
     }
     return writer;
   },
@@ -4383,6 +4720,14 @@ export const RestoreVmResponse: MessageFns<RestoreVmResponse> = {
             message.vm = Vm.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.durationUs = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4396,13 +4741,23 @@ export const RestoreVmResponse: MessageFns<RestoreVmResponse> = {
   },
 
   fromJSON(object: any): RestoreVmResponse {
-    return { vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined };
+    return {
+      vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined,
+      durationUs: isSet(object.durationUs)
+        ? BigInt(object.durationUs)
+        : isSet(object.duration_us)
+        ? BigInt(object.duration_us)
+        : 0n,
+    };
   },
 
   toJSON(message: RestoreVmResponse): unknown {
     const obj: any = {};
     if (message.vm !== undefined) {
       obj.vm = Vm.toJSON(message.vm);
+    }
+    if (message.durationUs !== 0n) {
+      obj.durationUs = message.durationUs.toString();
     }
     return obj;
   },
@@ -4413,6 +4768,301 @@ export const RestoreVmResponse: MessageFns<RestoreVmResponse> = {
   fromPartial<I extends Exact<DeepPartial<RestoreVmResponse>, I>>(object: I): RestoreVmResponse {
     const message = createBaseRestoreVmResponse();
     message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
+    message.durationUs = (object.durationUs !== undefined && object.durationUs !== null)
+      ? BigInt(object.durationUs)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseCloneVmsRequest(): CloneVmsRequest {
+  return { snapshot: "", count: 0, namePrefix: "", firstIndex: 0, paused: false, jobId: "" };
+}
+
+export const CloneVmsRequest: MessageFns<CloneVmsRequest> = {
+  encode(message: CloneVmsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== "") {
+      writer.uint32(10).string(message.snapshot);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).uint32(message.count);
+    }
+    if (message.namePrefix !== "") {
+      writer.uint32(26).string(message.namePrefix);
+    }
+    if (message.firstIndex !== 0) {
+      writer.uint32(32).uint32(message.firstIndex);
+    }
+    if (message.paused !== false) {
+      writer.uint32(40).bool(message.paused);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(50).string(message.jobId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloneVmsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloneVmsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.namePrefix = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.firstIndex = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloneVmsRequest {
+    return {
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      namePrefix: isSet(object.namePrefix)
+        ? globalThis.String(object.namePrefix)
+        : isSet(object.name_prefix)
+        ? globalThis.String(object.name_prefix)
+        : "",
+      firstIndex: isSet(object.firstIndex)
+        ? globalThis.Number(object.firstIndex)
+        : isSet(object.first_index)
+        ? globalThis.Number(object.first_index)
+        : 0,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CloneVmsRequest): unknown {
+    const obj: any = {};
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.namePrefix !== "") {
+      obj.namePrefix = message.namePrefix;
+    }
+    if (message.firstIndex !== 0) {
+      obj.firstIndex = Math.round(message.firstIndex);
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloneVmsRequest>, I>>(base?: I): CloneVmsRequest {
+    return CloneVmsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloneVmsRequest>, I>>(object: I): CloneVmsRequest {
+    const message = createBaseCloneVmsRequest();
+    message.snapshot = object.snapshot ?? "";
+    message.count = object.count ?? 0;
+    message.namePrefix = object.namePrefix ?? "";
+    message.firstIndex = object.firstIndex ?? 0;
+    message.paused = object.paused ?? false;
+    message.jobId = object.jobId ?? "";
+    return message;
+  },
+};
+
+function createBaseCloneVmsResponse(): CloneVmsResponse {
+  return { vms: [], runningAfterUs: [], durationUs: 0n };
+}
+
+export const CloneVmsResponse: MessageFns<CloneVmsResponse> = {
+  encode(message: CloneVmsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.vms) {
+      Vm.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.runningAfterUs.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.runningAfterUs) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field runningAfterUs of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.durationUs !== 0n) {
+      if (BigInt.asUintN(64, message.durationUs) !== message.durationUs) {
+        throw new globalThis.Error("value provided for field message.durationUs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.durationUs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloneVmsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloneVmsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vms.push(Vm.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.runningAfterUs.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.runningAfterUs.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.durationUs = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloneVmsResponse {
+    return {
+      vms: globalThis.Array.isArray(object?.vms) ? object.vms.map((e: any) => Vm.fromJSON(e)) : [],
+      runningAfterUs: globalThis.Array.isArray(object?.runningAfterUs)
+        ? object.runningAfterUs.map((e: any) => BigInt(e))
+        : globalThis.Array.isArray(object?.running_after_us)
+        ? object.running_after_us.map((e: any) => BigInt(e))
+        : [],
+      durationUs: isSet(object.durationUs)
+        ? BigInt(object.durationUs)
+        : isSet(object.duration_us)
+        ? BigInt(object.duration_us)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CloneVmsResponse): unknown {
+    const obj: any = {};
+    if (message.vms?.length) {
+      obj.vms = message.vms.map((e) => Vm.toJSON(e));
+    }
+    if (message.runningAfterUs?.length) {
+      obj.runningAfterUs = message.runningAfterUs.map((e) => e.toString());
+    }
+    if (message.durationUs !== 0n) {
+      obj.durationUs = message.durationUs.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloneVmsResponse>, I>>(base?: I): CloneVmsResponse {
+    return CloneVmsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloneVmsResponse>, I>>(object: I): CloneVmsResponse {
+    const message = createBaseCloneVmsResponse();
+    message.vms = object.vms?.map((e) => Vm.fromPartial(e)) || [];
+    message.runningAfterUs = object.runningAfterUs?.map((e) => BigInt(e)) || [];
+    message.durationUs = (object.durationUs !== undefined && object.durationUs !== null)
+      ? BigInt(object.durationUs)
+      : 0n;
     return message;
   },
 };
@@ -4591,7 +5241,16 @@ export const VmmServiceService = {
       Buffer.from(CancelMigrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelMigrationResponse => CancelMigrationResponse.decode(value),
   },
-  /** Pauses a VM and writes its device state (and private RAM) to a snapshot file. */
+  /**
+   * Saves a VM as a snapshot in memstore. Bypass (the default when every RAM block is shared or
+   * clone RAM): pauses the guest, encodes its device state and has memstore seal the VM's
+   * regions in place as the snapshot's memory; the VM then carries on copy-on-write over them
+   * (its blocks become clone RAM of the snapshot), so nothing is copied and the snapshot never
+   * changes. Full (`full`, and the only way for private RAM): copies each block's written pages
+   * into new regions (never-written pages stay holes). The guest resumes unless `stop` (the VM
+   * is destroyed after the save) or it was paused before. VMM_INVALID_ARGUMENT for a bypass
+   * save of private RAM.
+   */
   saveVm: {
     path: "/handoff.vmm.v1.VmmService/SaveVm" as const,
     requestStream: false as const,
@@ -4601,7 +5260,11 @@ export const VmmServiceService = {
     responseSerialize: (value: SaveVmResponse): Buffer => Buffer.from(SaveVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SaveVmResponse => SaveVmResponse.decode(value),
   },
-  /** Creates a VM from a snapshot file. */
+  /**
+   * Creates a VM from a snapshot: maps the snapshot's regions copy-on-write (the VM attaches to
+   * them as a clone), loads its device state with a new generation id and fresh entropy, and
+   * runs it unless `paused`. A snapshot that fails its checks starts nothing.
+   */
   restoreVm: {
     path: "/handoff.vmm.v1.VmmService/RestoreVm" as const,
     requestStream: false as const,
@@ -4610,6 +5273,20 @@ export const VmmServiceService = {
     requestDeserialize: (value: Buffer): RestoreVmRequest => RestoreVmRequest.decode(value),
     responseSerialize: (value: RestoreVmResponse): Buffer => Buffer.from(RestoreVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RestoreVmResponse => RestoreVmResponse.decode(value),
+  },
+  /**
+   * Starts `count` VMs from a snapshot (a template) at once: RestoreVm many times, with the
+   * snapshot read, checked and decoded once. Either every name is free and every clone starts,
+   * or none is left behind.
+   */
+  cloneVms: {
+    path: "/handoff.vmm.v1.VmmService/CloneVms" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CloneVmsRequest): Buffer => Buffer.from(CloneVmsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CloneVmsRequest => CloneVmsRequest.decode(value),
+    responseSerialize: (value: CloneVmsResponse): Buffer => Buffer.from(CloneVmsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CloneVmsResponse => CloneVmsResponse.decode(value),
   },
 } as const;
 
@@ -4659,10 +5336,29 @@ export interface VmmServiceServer extends UntypedServiceImplementation {
    */
   getMigration: handleUnaryCall<GetMigrationRequest, GetMigrationResponse>;
   cancelMigration: handleUnaryCall<CancelMigrationRequest, CancelMigrationResponse>;
-  /** Pauses a VM and writes its device state (and private RAM) to a snapshot file. */
+  /**
+   * Saves a VM as a snapshot in memstore. Bypass (the default when every RAM block is shared or
+   * clone RAM): pauses the guest, encodes its device state and has memstore seal the VM's
+   * regions in place as the snapshot's memory; the VM then carries on copy-on-write over them
+   * (its blocks become clone RAM of the snapshot), so nothing is copied and the snapshot never
+   * changes. Full (`full`, and the only way for private RAM): copies each block's written pages
+   * into new regions (never-written pages stay holes). The guest resumes unless `stop` (the VM
+   * is destroyed after the save) or it was paused before. VMM_INVALID_ARGUMENT for a bypass
+   * save of private RAM.
+   */
   saveVm: handleUnaryCall<SaveVmRequest, SaveVmResponse>;
-  /** Creates a VM from a snapshot file. */
+  /**
+   * Creates a VM from a snapshot: maps the snapshot's regions copy-on-write (the VM attaches to
+   * them as a clone), loads its device state with a new generation id and fresh entropy, and
+   * runs it unless `paused`. A snapshot that fails its checks starts nothing.
+   */
   restoreVm: handleUnaryCall<RestoreVmRequest, RestoreVmResponse>;
+  /**
+   * Starts `count` VMs from a snapshot (a template) at once: RestoreVm many times, with the
+   * snapshot read, checked and decoded once. Either every name is free and every clone starts,
+   * or none is left behind.
+   */
+  cloneVms: handleUnaryCall<CloneVmsRequest, CloneVmsResponse>;
 }
 
 export interface VmmServiceClient extends Client {
@@ -4891,7 +5587,16 @@ export interface VmmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelMigrationResponse) => void,
   ): ClientUnaryCall;
-  /** Pauses a VM and writes its device state (and private RAM) to a snapshot file. */
+  /**
+   * Saves a VM as a snapshot in memstore. Bypass (the default when every RAM block is shared or
+   * clone RAM): pauses the guest, encodes its device state and has memstore seal the VM's
+   * regions in place as the snapshot's memory; the VM then carries on copy-on-write over them
+   * (its blocks become clone RAM of the snapshot), so nothing is copied and the snapshot never
+   * changes. Full (`full`, and the only way for private RAM): copies each block's written pages
+   * into new regions (never-written pages stay holes). The guest resumes unless `stop` (the VM
+   * is destroyed after the save) or it was paused before. VMM_INVALID_ARGUMENT for a bypass
+   * save of private RAM.
+   */
   saveVm(
     request: SaveVmRequest,
     callback: (error: ServiceError | null, response: SaveVmResponse) => void,
@@ -4907,7 +5612,11 @@ export interface VmmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SaveVmResponse) => void,
   ): ClientUnaryCall;
-  /** Creates a VM from a snapshot file. */
+  /**
+   * Creates a VM from a snapshot: maps the snapshot's regions copy-on-write (the VM attaches to
+   * them as a clone), loads its device state with a new generation id and fresh entropy, and
+   * runs it unless `paused`. A snapshot that fails its checks starts nothing.
+   */
   restoreVm(
     request: RestoreVmRequest,
     callback: (error: ServiceError | null, response: RestoreVmResponse) => void,
@@ -4922,6 +5631,26 @@ export interface VmmServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RestoreVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts `count` VMs from a snapshot (a template) at once: RestoreVm many times, with the
+   * snapshot read, checked and decoded once. Either every name is free and every clone starts,
+   * or none is left behind.
+   */
+  cloneVms(
+    request: CloneVmsRequest,
+    callback: (error: ServiceError | null, response: CloneVmsResponse) => void,
+  ): ClientUnaryCall;
+  cloneVms(
+    request: CloneVmsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CloneVmsResponse) => void,
+  ): ClientUnaryCall;
+  cloneVms(
+    request: CloneVmsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CloneVmsResponse) => void,
   ): ClientUnaryCall;
 }
 
