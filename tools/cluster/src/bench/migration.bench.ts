@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { resolveCapabilities } from '@handoff/qapi';
 import { Clients, jobs, operatorTls, regions, vms, type JobView } from '@handoff/cli/client';
 import { startCluster } from '../launcher.js';
-import { qemuAvailable, qemuMigrate, type QemuMigration } from './qemu-migration.js';
+import { qemuMigrate, type QemuMigration } from './qemu-migration.js';
+import { qemuAvailable } from './qemu-qmp.js';
 
 const MiB = 1024 * 1024;
 

@@ -1,16 +1,7 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import {
-  closeSync,
-  existsSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  rmSync,
-  writeSync,
-} from 'node:fs';
-import { connect, type Socket } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { KVSERVER, MiB, QEMU, Qmp } from './qemu-qmp.js';
 
 /**
  * QEMU's own migration on this machine, for the side-by-side rows of `npm run bench --
@@ -20,13 +11,6 @@ import { fileURLToPath } from 'node:url';
  * guest's real pause).
  */
 
-const MiB = 1024 * 1024;
-const QEMU = 'qemu-system-riscv32';
-const KVSERVER = join(
-  dirname(fileURLToPath(import.meta.url)),
-  '../../../../guests/kvserver/kvserver.elf',
-);
-
 /** One QEMU migration's result, from `query-migrate`. */
 export interface QemuMigration {
   status: string;
@@ -34,58 +18,6 @@ export interface QemuMigration {
   setupMs: number;
   downtimeMs: number;
   bytes: number;
-}
-
-/** True when QEMU and the guest ELF are here (else the bench says why it skipped QEMU). */
-export function qemuAvailable(): string | null {
-  if (spawnSync(QEMU, ['--version']).status !== 0) return `${QEMU} is not installed`;
-  if (!existsSync(KVSERVER)) return `${KVSERVER} is not built (make -C guests)`;
-  return null;
-}
-
-/** A QMP session: one command at a time, events ignored. */
-class Qmp {
-  private buf = '';
-  private waiting: ((m: Record<string, unknown>) => void)[] = [];
-
-  private constructor(private readonly socket: Socket) {
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      this.buf += d;
-      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
-        const m = JSON.parse(this.buf.slice(0, i)) as Record<string, unknown>;
-        this.buf = this.buf.slice(i + 1);
-        if ('return' in m || 'error' in m) this.waiting.shift()?.(m);
-      }
-    });
-  }
-
-  static async open(path: string): Promise<Qmp> {
-    for (let t = 0; !existsSync(path); t++) {
-      if (t > 500) throw new Error(`QEMU did not open its QMP socket ${path}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('data', () => resolve()); // the greeting
-      socket.once('error', reject);
-    });
-    const q = new Qmp(socket);
-    await q.cmd('qmp_capabilities');
-    return q;
-  }
-
-  async cmd(execute: string, args?: object): Promise<Record<string, unknown>> {
-    const reply = new Promise<Record<string, unknown>>((r) => this.waiting.push(r));
-    this.socket.write(`${JSON.stringify({ execute, ...(args ? { arguments: args } : {}) })}\n`);
-    const m = await reply;
-    if ('error' in m) throw new Error(`QMP ${execute}: ${JSON.stringify(m.error)}`);
-    return (m.return ?? {}) as Record<string, unknown>;
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
 }
 
 /**
