@@ -15,6 +15,10 @@ import { Templates } from './templates/templates.js';
 import { SNAPSHOT_DIR_NAME } from './snapshots/naming.js';
 import { reconcileSnapshots, type SnapshotReconcileReport } from './snapshots/reconcile.js';
 import { SnapshotStore } from './snapshots/snapshot-store.js';
+import type { ExportPlan } from './snapshots/export-writer.js';
+import { planExport } from './snapshots/exporter.js';
+import { SnapshotImport, type ImportStart } from './snapshots/importer.js';
+import type { SnapshotRef } from './snapshots/snapshot.js';
 
 /** Identity, totals and limits of a memstore (GetInfo). */
 export interface MemstoreInfo {
@@ -62,7 +66,7 @@ export class Memstore {
     readonly settings: MemstoreSettings,
     readonly catalog: Catalog,
     readonly report: ReconcileReport,
-    logger: Logger,
+    private readonly logger: Logger,
     /** True when the volatile directory is a tmpfs (decides how lease changes commit). */
     readonly volatileOnTmpfs = isTmpfs(settings.volatileDir),
     /** The lease arms file (opened and reconciled by openMemstore); null: no arms. */
@@ -116,6 +120,26 @@ export class Memstore {
   forceRelease(ref: RegionRef): ForcedRelease {
     return this.leases.forceRelease(ref, (holder, grantedAt) =>
       this.sessions.refresh(holder, grantedAt),
+    );
+  }
+
+  /** What ExportSnapshot of `ref` writes (see snapshots/exporter.ts). */
+  planExport(ref: SnapshotRef): ExportPlan {
+    return planExport(this.catalog, this.snapshots, ref);
+  }
+
+  /** Starts an ImportSnapshot (see snapshots/importer.ts); SNAPSHOT_INVALID for a bad name. */
+  beginImport(start: ImportStart): SnapshotImport {
+    return new SnapshotImport(
+      {
+        catalog: this.catalog,
+        regions: this.regions,
+        templates: this.templates,
+        snapshots: this.snapshots,
+        maxRegionSize: this.settings.maxRegionSize,
+        logger: this.logger,
+      },
+      start,
     );
   }
 

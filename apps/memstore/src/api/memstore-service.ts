@@ -6,7 +6,6 @@ import {
   ServiceError,
   serverStream,
   unary,
-  unavailable,
   type AccessTable,
   type HasAuthContext,
   type Logger,
@@ -28,6 +27,7 @@ import {
 } from './convert.js';
 import { readPages } from './read-pages.js';
 import { newSnapshotFromPb, snapshotRefFromPb, snapshotToPb } from './snapshot-convert.js';
+import { clientStream, exportSnapshot, importSnapshot } from './snapshot-transfer.js';
 
 /**
  * Runs a handler body against an open memstore and normalises what it
@@ -159,8 +159,6 @@ export function memstoreService(deps: {
     unary<Req, Res>(logger, (req, c) => guarded(m, what, () => fn(req, c)));
   /** The vmm a call's certificate names (role vmm), whose own holders it may act for. */
   const leaseCaller = (c: HasAuthContext): LeaseCaller => leaseCallerOf(callerOf(c));
-  const later = (method: string) =>
-    unavailable('MemstoreService', method, 'SERVICE_UNIMPLEMENTED', 'snapshots');
 
   const implementation: pb.MemstoreServiceServer = {
     getInfo: call('GetInfo', () => infoToPb(m.info(), deps.leaseChannel ?? '')),
@@ -289,8 +287,13 @@ export function memstoreService(deps: {
       return {};
     }),
 
-    exportSnapshot: later('ExportSnapshot'),
-    importSnapshot: later('ImportSnapshot'),
+    exportSnapshot: serverStream(logger, (_req, c: Parameters<typeof exportSnapshot>[1]) =>
+      guarded(m, 'ExportSnapshot', () => exportSnapshot(m, c, logger)),
+    ),
+
+    importSnapshot: clientStream(logger, (c: Parameters<typeof importSnapshot>[1]) =>
+      guarded(m, 'ImportSnapshot', () => importSnapshot(m, c)),
+    ),
   };
   return {
     name: serviceNames.memstore,
