@@ -1,13 +1,19 @@
 import { memstore as pb } from '@handoff/proto';
 import { createClient, unaryCall } from '@handoff/service';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FAILPOINT_VARIABLE } from '../failpoints.js';
 import { byName, makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { MEMSTORE_MAIN, startMemstoreProcess, type MemstoreProcess } from '../testing/process.js';
 import { SNAPSHOT_DIR_NAME } from './naming.js';
+import { fixtureFileName } from './testing/make-fixture.js';
+
+const FIXTURE = readFileSync(
+  fileURLToPath(new URL(`./fixtures/${fixtureFileName(1, 0)}`, import.meta.url)),
+);
 
 /**
  * CreateSnapshot and DeleteSnapshot killed (SIGKILL, at a failpoint) in the middle, then a
@@ -134,6 +140,30 @@ describe.skipIf(!built)(
         },
       );
     }
+
+    it('killed after an import wrote its regions and state, before recording it: start-up removes them', async () => {
+      const c = await start('import-after-regions');
+      const err = await new Promise<unknown>((resolve) => {
+        const call = c.importSnapshot((e: unknown) => resolve(e));
+        call.write({ part: { $case: 'start', value: { name: '', template: false } } });
+        call.write({ part: { $case: 'data', value: FIXTURE } });
+        call.end();
+      });
+      expect(err, 'the import should fail: memstore died before recording it').toBeTruthy();
+      await proc!.kill9();
+      const regionFiles = (): string[] =>
+        readdirSync(dirs.persistentDir).filter((f) => f.startsWith('region-'));
+      expect(regionFiles()).toHaveLength(1);
+      expect(stateFiles()).toHaveLength(1);
+
+      const after = await start();
+      expect(regionFiles()).toEqual([]);
+      expect(stateFiles()).toEqual([]);
+      expect((await unaryCall(after, 'listRegions', { kind: 0 })).regions).toEqual([]);
+      expect((await unaryCall(after, 'listSnapshots', { templatesOnly: false })).snapshots).toEqual(
+        [],
+      );
+    });
 
     it('killed after DeleteSnapshot committed: start-up removes its state file and owned region files', async () => {
       const c = await start('snapshot-delete-after-row');
