@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { MIP_MEIP } from '../cpu/arch.js';
 import { createMachine } from '../machine/machine.js';
 import { VirtMap } from '../machine/virt-map.js';
 import { DeterministicClock, RealtimeClock } from './clock.js';
 import { CONTROL_MAGIC, ControlReg } from './control.js';
+import { PlicReg, PlicSource } from './plic.js';
 import { Uart16550, UartReg } from './uart16550.js';
 
 describe('NS16550A UART', () => {
@@ -131,6 +133,29 @@ describe('NS16550A UART interrupts (as QEMU 7.2 reports them)', () => {
     u.restore(saved);
     expect(announced).toHaveLength(5);
     expect(u.irqLevel).toBe(true);
+  });
+
+  it('raises the PLIC source 10, which claims, completes and re-pends as on QEMU', () => {
+    const m = createMachine({ ramSize: 1 << 16 });
+    const plic = (off: number): number => m.plic.read(off, 4);
+    const setPlic = (off: number, v: number): void => m.plic.write(off, 4, v);
+    setPlic(PlicReg.PRIORITY + 4 * PlicSource.UART0, 1);
+    setPlic(PlicReg.ENABLE, 1 << PlicSource.UART0);
+    setPlic(PlicReg.CONTEXT + PlicReg.THRESHOLD, 0);
+    m.uart.write(UartReg.IER, 1, 0x01);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
+    m.uart.receive([1, 2]);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(MIP_MEIP);
+    const claim = PlicReg.CONTEXT + PlicReg.CLAIM;
+    expect(plic(claim)).toBe(PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
+    m.uart.read(UartReg.DATA, 1); // a byte left: the UART re-announces, the source pends again
+    setPlic(claim, PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(MIP_MEIP);
+    expect(plic(claim)).toBe(PlicSource.UART0);
+    m.uart.read(UartReg.DATA, 1); // drained: nothing more
+    setPlic(claim, PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
   });
 });
 
