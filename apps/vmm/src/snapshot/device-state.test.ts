@@ -30,7 +30,7 @@ import {
 } from './test-support.js';
 
 const json = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value));
-const GUESTS = ['interrupts.elf', 'umode.elf', 'rv32a.elf'];
+const GUESTS = ['interrupts.elf', 'umode.elf', 'rv32a.elf', 'plic.elf'];
 const haveGuests = GUESTS.every(hasGuest);
 
 describe('pause → encode → decode → restore → resume (hand-assembled guest)', () => {
@@ -85,6 +85,27 @@ describe.skipIf(!haveGuests)('pause → encode → decode → restore → resume
       }
     });
   }
+
+  it('plic.elf: output equals an uninterrupted run when split where the PLIC state changes', () => {
+    const whole: number[] = [];
+    const m = bootGuest('plic.elf', whole);
+    // Where the PLIC's state moves (a source pends, is claimed, completed; MEIP changes).
+    const changes: number[] = [];
+    let last = JSON.stringify(m.save().plic);
+    while (m.exit === null) {
+      m.cpu.run(7);
+      const now = JSON.stringify(m.save().plic);
+      if (now !== last) changes.push(m.cpu.retired);
+      last = now;
+    }
+    expect(changes.length).toBeGreaterThan(10);
+    const step = Math.ceil(changes.length / 12);
+    for (let k = 0; k < changes.length; k += step) {
+      for (const split of [changes[k]!, changes[k]! + 3]) {
+        expect(splitRun('plic.elf', split), `split at ${split}`).toEqual(whole);
+      }
+    }
+  }, 30_000);
 
   it('decodes exactly the state that was saved, at many points of a run', () => {
     const m = bootGuest('interrupts.elf', []);
