@@ -1,7 +1,8 @@
 /*
  * The guests' common runtime: boot (crt0.S), traps, RAM discovery, console, timer, exit.
  * Control-device helpers live in handoff.h. Everything here runs in M-mode, single hart,
- * without interrupts (mstatus.MIE stays 0; the timer only wakes WFI).
+ * without interrupts (mstatus.MIE stays 0; the timer only wakes WFI) unless the guest starts
+ * the interrupt runtime of irq.h.
  */
 #ifndef GUEST_RT_H
 #define GUEST_RT_H

@@ -8,10 +8,14 @@
  * Host args (Handoff VMM): kv.slots_log2=N kv.fill=PERCENT kv.work=ROUNDS.
  * When free RAM is smaller than the table, the table shrinks to the largest power of two
  * that fits.
+ *
+ * Input: once ready it reads the UART by its receive interrupt (irq.h) and sleeps in WFI with
+ * no timer armed between requests, so an idle kvserver executes nothing at all.
  */
 #include <string.h>
 
 #include "handoff.h"
+#include "irq.h"
 #include "rt.h"
 
 #ifndef KV_SLOTS_LOG2
@@ -241,12 +245,14 @@ int main(void) {
   /* The template point: on the Handoff VMM the vCPU stops here; a clone resumes right after. */
   hf_ready(HF_READY_TAG_KVSERVER);
   kprintf("kvserver: ready\n");
+  irq_init();
+  con_rx_irq_start(); /* input that came during the build raises the interrupt at once */
 
   char line[LINE_MAX];
   unsigned len = 0;
   int overflow = 0, prev = 0;
   for (;;) {
-    int c = con_getc();
+    int c = con_getc_irq();
     if (echo && !(c == '\n' && prev == '\r')) con_putc(c == '\r' ? '\n' : c); /* CR LF: one newline */
     prev = c;
     if (c == '\n' || c == '\r') {

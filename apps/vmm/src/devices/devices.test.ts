@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import { MIP_MEIP } from '../cpu/arch.js';
 import { createMachine } from '../machine/machine.js';
 import { VirtMap } from '../machine/virt-map.js';
 import { DeterministicClock, RealtimeClock } from './clock.js';
 import { CONTROL_MAGIC, ControlReg } from './control.js';
-import { UartReg } from './uart16550.js';
+import { PlicReg, PlicSource } from './plic.js';
+import { Uart16550, UartReg } from './uart16550.js';
 
 describe('NS16550A UART', () => {
   it('transmits to the sink and always reports THR empty', () => {
@@ -43,6 +45,117 @@ describe('NS16550A UART', () => {
     expect(u.save().rx).toEqual([9, 0x77]);
     u.write(UartReg.SCR, 1, 0x5a);
     expect(u.read(UartReg.SCR, 1)).toBe(0x5a);
+  });
+});
+
+describe('NS16550A UART interrupts (as QEMU 7.2 reports them)', () => {
+  /** A bare UART whose every interrupt announcement is recorded. */
+  function uartWithIrq(): { u: Uart16550; announced: boolean[] } {
+    const announced: boolean[] = [];
+    const u = new Uart16550(VirtMap.UART0, { onIrq: (level) => announced.push(level) });
+    return { u, announced };
+  }
+  const iir = (u: Uart16550): number => u.read(UartReg.IIR_FCR, 1);
+
+  it('reports received data over THR empty, and THR empty once per IIR read', () => {
+    const { u } = uartWithIrq();
+    expect(iir(u)).toBe(0x01);
+    u.write(UartReg.IER, 1, 0x02);
+    expect(iir(u)).toBe(0x02); // turning THRI on with THR empty raises it
+    expect(iir(u)).toBe(0x01); // reading IIR while it reports THRE clears it
+    u.write(UartReg.IER, 1, 0x03); // THRI did not change: not re-armed
+    expect(iir(u)).toBe(0x01);
+    u.write(UartReg.DATA, 1, 0x41); // a byte sent: THR empty again
+    u.receive([1]);
+    expect(iir(u)).toBe(0x04); // received data first; THRE still pending behind it
+    expect(u.read(UartReg.DATA, 1)).toBe(1);
+    expect(iir(u)).toBe(0x02);
+    expect(iir(u)).toBe(0x01);
+  });
+
+  it('with FIFOs: sets IIR bits 7:6 and reports data at the trigger level, a timeout below it', () => {
+    const { u } = uartWithIrq();
+    u.write(UartReg.IER, 1, 0x01);
+    u.write(UartReg.IIR_FCR, 1, 0x01); // FIFOs on, trigger 1
+    expect(iir(u)).toBe(0xc1);
+    u.receive([1]);
+    expect(iir(u)).toBe(0xc4);
+    u.write(UartReg.IIR_FCR, 1, 0x81); // trigger 8
+    expect(iir(u)).toBe(0xcc); // character timeout: fewer bytes than the trigger level
+    u.receive([2, 3, 4, 5, 6, 7, 8]);
+    expect(iir(u)).toBe(0xc4);
+    u.read(UartReg.DATA, 1);
+    expect(iir(u)).toBe(0xcc);
+    u.write(UartReg.IIR_FCR, 1, 0xc1); // trigger 14
+    u.receive(new Array<number>(7).fill(9));
+    expect(iir(u)).toBe(0xc4);
+  });
+
+  it('clears both FIFOs when the FIFOs are turned on or off, and on FCR bits 1 and 2', () => {
+    const { u } = uartWithIrq();
+    u.write(UartReg.IER, 1, 0x03);
+    expect(iir(u)).toBe(0x02);
+    expect(iir(u)).toBe(0x01);
+    u.receive([1, 2]);
+    u.write(UartReg.IIR_FCR, 1, 0x01); // FIFOs on: RX cleared, THR empty again
+    expect(u.rxLength()).toBe(0);
+    expect(iir(u)).toBe(0xc2);
+    u.receive([3]);
+    u.write(UartReg.IIR_FCR, 1, 0x01); // unchanged: nothing cleared
+    expect(u.rxLength()).toBe(1);
+    u.write(UartReg.IIR_FCR, 1, 0x03); // RX reset
+    expect(u.rxLength()).toBe(0);
+    u.receive([4]);
+    u.write(UartReg.IIR_FCR, 1, 0x00); // FIFOs off: cleared again
+    expect(u.rxLength()).toBe(0);
+    expect(iir(u)).toBe(0x02);
+  });
+
+  it('announces its level at every event that can change it, not on restore', () => {
+    const { u, announced } = uartWithIrq();
+    u.write(UartReg.IER, 1, 0x01);
+    expect(announced).toEqual([false]);
+    u.write(UartReg.IER, 1, 0x01); // no change: no announcement (QEMU neither)
+    u.write(UartReg.LCR, 1, 0x03);
+    u.write(UartReg.SCR, 1, 0x03);
+    u.read(UartReg.LSR, 1);
+    expect(announced).toEqual([false]);
+    u.receive([1, 2]);
+    expect(announced).toEqual([false, true]);
+    u.receive([]);
+    expect(announced).toHaveLength(2);
+    u.read(UartReg.DATA, 1); // one left: still high, announced again
+    u.read(UartReg.DATA, 1);
+    u.read(UartReg.DATA, 1); // empty: low, announced anyway
+    expect(announced).toEqual([false, true, true, false, false]);
+    expect(u.irqLevel).toBe(false);
+    const saved = { ...u.save(), rx: [7] };
+    u.restore(saved);
+    expect(announced).toHaveLength(5);
+    expect(u.irqLevel).toBe(true);
+  });
+
+  it('raises the PLIC source 10, which claims, completes and re-pends as on QEMU', () => {
+    const m = createMachine({ ramSize: 1 << 16 });
+    const plic = (off: number): number => m.plic.read(off, 4);
+    const setPlic = (off: number, v: number): void => m.plic.write(off, 4, v);
+    setPlic(PlicReg.PRIORITY + 4 * PlicSource.UART0, 1);
+    setPlic(PlicReg.ENABLE, 1 << PlicSource.UART0);
+    setPlic(PlicReg.CONTEXT + PlicReg.THRESHOLD, 0);
+    m.uart.write(UartReg.IER, 1, 0x01);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
+    m.uart.receive([1, 2]);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(MIP_MEIP);
+    const claim = PlicReg.CONTEXT + PlicReg.CLAIM;
+    expect(plic(claim)).toBe(PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
+    m.uart.read(UartReg.DATA, 1); // a byte left: the UART re-announces, the source pends again
+    setPlic(claim, PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(MIP_MEIP);
+    expect(plic(claim)).toBe(PlicSource.UART0);
+    m.uart.read(UartReg.DATA, 1); // drained: nothing more
+    setPlic(claim, PlicSource.UART0);
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
   });
 });
 

@@ -24,6 +24,21 @@ export {
   type ControlState,
 } from './control.js';
 export {
+  PLIC_CONTEXTS,
+  PLIC_PRIORITY_MASK,
+  PLIC_SIZE,
+  PLIC_SOURCES,
+  PLIC_STATE_VERSION,
+  PLIC_WORDS,
+  Plic,
+  PlicContext,
+  PlicReg,
+  PlicSource,
+  plicResetState,
+  type PlicOutput,
+  type PlicState,
+} from './plic.js';
+export {
   FINISHER_FAIL,
   FINISHER_PASS,
   FINISHER_RESET,

@@ -20,9 +20,13 @@ const IER_THRI = 0x02; // transmitter holding register empty
 const IIR_NO_INT = 0x01;
 const IIR_THRI = 0x02;
 const IIR_RDI = 0x04;
+const IIR_CTI = 0x0c;
 const IIR_FIFO = 0xc0;
 const FCR_ENABLE = 0x01;
 const FCR_CLEAR_RX = 0x02;
+const FCR_CLEAR_TX = 0x04;
+/** RX FIFO trigger levels selected by FCR bits 7:6. */
+const RX_TRIGGER = [1, 4, 8, 14] as const;
 const LCR_DLAB = 0x80;
 const MCR_LOOP = 0x10;
 const MCR_OUT2 = 0x08;
@@ -59,7 +63,11 @@ export interface UartState {
 export interface UartOptions {
   /** Receives every transmitted byte. */
   readonly sink?: (byte: number) => void;
-  /** Interrupt output level (no interrupt controller is wired yet). */
+  /**
+   * The interrupt output (to the PLIC). Called with the current level at every event that can
+   * change it — register accesses and host input, as QEMU's serial device announces it — not
+   * only when it changes: the PLIC marks a source pending whenever it hears a high level.
+   */
   readonly onIrq?: (level: boolean) => void;
 }
 
@@ -68,6 +76,14 @@ export interface UartOptions {
  * always set), so the guest's polling path costs one LSR read and one THR write per byte.
  * Received bytes queue in a deep FIFO fed by the host ({@link Uart16550.receive}): the host
  * side is flow-controlled, nothing is lost while the guest is slow.
+ *
+ * Interrupts follow QEMU's serial device: IIR reports, highest first, received data (RDA: data
+ * present without FIFOs, at least the trigger level with them) or a character timeout (CTI:
+ * FIFOs on, fewer bytes than the trigger level — the 4-character delay is zero here), then THR
+ * empty (pending after every transmitted byte, after FCR clears the TX FIFO and when IER.THRI
+ * is turned on; cleared by reading IIR while it is reported); with FIFOs on IIR's bits 7:6 are
+ * set. Line-status and modem-status interrupts never fire (no line errors or modem changes).
+ * Turning the FIFOs on or off clears both FIFOs, as on QEMU.
  */
 export class Uart16550 implements MmioDevice {
   readonly name = 'uart0';
@@ -81,7 +97,7 @@ export class Uart16550 implements MmioDevice {
   private thrInterrupt = false;
   private rx: number[] = [];
   private rxHead = 0;
-  private irqLevel = false;
+  private level = false;
   private readonly sink: (byte: number) => void;
   private readonly onIrq: ((level: boolean) => void) | undefined;
 
@@ -101,13 +117,18 @@ export class Uart16550 implements MmioDevice {
       this.rx.push(b & 0xff);
       accepted++;
     }
-    this.updateIrq();
+    if (accepted > 0) this.updateIrq();
     return accepted;
   }
 
   /** Bytes waiting for the guest. */
   rxLength(): number {
     return this.rx.length - this.rxHead;
+  }
+
+  /** The interrupt output: IIR reports an interrupt. */
+  get irqLevel(): boolean {
+    return this.level;
   }
 
   read(offset: number, _width: AccessWidth): number {
@@ -154,9 +175,10 @@ export class Uart16550 implements MmioDevice {
           this.divisor = (this.divisor & 0xff00) | v;
           return;
         }
-        if ((this.mcr & MCR_LOOP) !== 0) this.rx.push(v);
-        else this.sink(v);
-        this.thrInterrupt = (this.ier & IER_THRI) !== 0;
+        if ((this.mcr & MCR_LOOP) !== 0) {
+          if (this.rxLength() < RX_LIMIT) this.rx.push(v);
+        } else this.sink(v);
+        this.thrInterrupt = true; // sent at once: THR is empty again
         this.updateIrq();
         return;
       case UartReg.IER:
@@ -164,15 +186,10 @@ export class Uart16550 implements MmioDevice {
           this.divisor = (this.divisor & 0xff) | (v << 8);
           return;
         }
-        // Enabling THRI with an empty THR raises the interrupt at once.
-        if ((v & IER_THRI) !== 0 && (this.ier & IER_THRI) === 0) this.thrInterrupt = true;
-        this.ier = v & 0x0f;
-        this.updateIrq();
+        this.writeIer(v);
         return;
       case UartReg.IIR_FCR:
-        if ((v & FCR_CLEAR_RX) !== 0) this.clearRx();
-        this.fcr = v & 0xc9;
-        this.updateIrq();
+        this.writeFcr(v);
         return;
       case UartReg.LCR:
         this.lcr = v;
@@ -202,6 +219,7 @@ export class Uart16550 implements MmioDevice {
     };
   }
 
+  /** Restores a saved model; the interrupt output is not announced (see {@link UartOptions.onIrq}). */
   restore(state: UartState): void {
     if (state.version !== UART_STATE_VERSION) {
       throw new Error(
@@ -217,23 +235,50 @@ export class Uart16550 implements MmioDevice {
     this.thrInterrupt = state.thrInterrupt;
     this.rx = state.rx.slice(0, RX_LIMIT).map((b) => b & 0xff);
     this.rxHead = 0;
+    // Not an event: the output level is recomputed, not announced (the PLIC restores its own).
+    this.level = (this.iir() & IIR_NO_INT) === 0;
+  }
+
+  /** IER: a change of THRI re-arms (or drops) the THR-empty interrupt; no change, no update. */
+  private writeIer(v: number): void {
+    const changed = (this.ier ^ v) & 0x0f;
+    this.ier = v & 0x0f;
+    if ((changed & IER_THRI) !== 0) this.thrInterrupt = (this.ier & IER_THRI) !== 0;
+    if (changed !== 0) this.updateIrq();
+  }
+
+  /** FCR: turning the FIFOs on or off clears both; bit 1 clears RX, bit 2 TX (THR empty). */
+  private writeFcr(v: number): void {
+    let f = v;
+    if (((f ^ this.fcr) & FCR_ENABLE) !== 0) f |= FCR_CLEAR_RX | FCR_CLEAR_TX;
+    if ((f & FCR_CLEAR_RX) !== 0) this.clearRx();
+    if ((f & FCR_CLEAR_TX) !== 0) this.thrInterrupt = true;
+    this.fcr = f & 0xc9;
     this.updateIrq();
   }
 
   private iir(): number {
-    const fifo = (this.fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0;
-    if ((this.ier & IER_RDI) !== 0 && this.rxLength() > 0) return fifo | IIR_RDI;
-    if ((this.ier & IER_THRI) !== 0 && this.thrInterrupt) return fifo | IIR_THRI;
+    const fifo = (this.fcr & FCR_ENABLE) !== 0;
+    const bits = fifo ? IIR_FIFO : 0;
+    const n = this.rxLength();
+    if ((this.ier & IER_RDI) !== 0 && n > 0) {
+      if (!fifo || n >= RX_TRIGGER[this.fcr >>> 6]!) return bits | IIR_RDI;
+      return bits | IIR_CTI;
+    }
+    if ((this.ier & IER_THRI) !== 0 && this.thrInterrupt) return bits | IIR_THRI;
     // Line-status and modem-status interrupts never fire: no errors or modem changes are modelled.
-    return fifo | IIR_NO_INT;
+    return bits | IIR_NO_INT;
   }
 
+  /** RBR: the oldest received byte (0 when none); announces the interrupt level either way. */
   private popRx(): number {
-    if (this.rxHead >= this.rx.length) return 0;
-    const b = this.rx[this.rxHead++]!;
-    if (this.rxHead > 4096 && this.rxHead * 2 > this.rx.length) {
-      this.rx = this.rx.slice(this.rxHead);
-      this.rxHead = 0;
+    let b = 0;
+    if (this.rxHead < this.rx.length) {
+      b = this.rx[this.rxHead++]!;
+      if (this.rxHead > 4096 && this.rxHead * 2 > this.rx.length) {
+        this.rx = this.rx.slice(this.rxHead);
+        this.rxHead = 0;
+      }
     }
     this.updateIrq();
     return b;
@@ -244,11 +289,9 @@ export class Uart16550 implements MmioDevice {
     this.rxHead = 0;
   }
 
+  /** Recomputes the interrupt output and announces it (QEMU's `serial_update_irq`). */
   private updateIrq(): void {
-    const level = (this.iir() & IIR_NO_INT) === 0;
-    if (level !== this.irqLevel) {
-      this.irqLevel = level;
-      this.onIrq?.(level);
-    }
+    this.level = (this.iir() & IIR_NO_INT) === 0;
+    this.onIrq?.(this.level);
   }
 }

@@ -1,8 +1,9 @@
-import { MIP_MTIP } from '../cpu/arch.js';
+import { MIP_MEIP, MIP_MTIP } from '../cpu/arch.js';
 import { Hart, type StopReason } from '../cpu/hart.js';
 import { Clint } from '../devices/clint.js';
 import { createClock, type Clock, type TimeMode } from '../devices/clock.js';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
+import { Plic, PlicContext, PlicSource } from '../devices/plic.js';
 import { TestFinisher, type ExitStatus } from '../devices/test-finisher.js';
 import { Uart16550 } from '../devices/uart16550.js';
 import { loadElf, type ElfImage } from '../loader/elf.js';
@@ -45,12 +46,16 @@ export interface MachineOptions {
   readonly translate?: boolean;
 }
 
-/** A QEMU-virt-compatible RV32 machine: one hart, RAM, UART, CLINT, test finisher, control device. */
+/**
+ * A QEMU-virt-compatible RV32 machine: one hart, RAM, UART, CLINT, PLIC, test finisher, control
+ * device. The UART's interrupt is PLIC source 10; the PLIC's context 0 drives mip.MEIP.
+ */
 export interface Machine {
   readonly cpu: Hart;
   readonly memory: AddressSpace;
   readonly uart: Uart16550;
   readonly clint: Clint;
+  readonly plic: Plic;
   readonly clock: Clock;
   readonly finisher: TestFinisher;
   readonly control: ControlDevice;
@@ -64,9 +69,13 @@ export interface Machine {
    * but the host (real time: sleep {@link Machine.wakeDelayMs} or until input, then run again).
    */
   run(budget: number): StopReason;
-  /** Real time: milliseconds until the timer can wake a hart in WFI (Infinity: only the host can). */
+  /**
+   * Real time: milliseconds until the timer can wake a hart in WFI: 0 when an enabled interrupt
+   * is pending already, Infinity when only the host can (no timer interrupt enabled — a guest
+   * waiting for UART input with its interrupt enabled sleeps until `uart.receive` raises it).
+   */
   wakeDelayMs(): number;
-  /** Hands input bytes to the UART and ends a WFI wait. */
+  /** Hands input bytes to the UART (raising its interrupt if enabled) and ends a WFI wait. */
   input(bytes: Uint8Array | readonly number[]): void;
   /** Loads an ELF and resets the hart to its entry. */
   boot(elf: Uint8Array): ElfImage;
@@ -92,10 +101,13 @@ export function createMachine(opts: MachineOptions = {}): Machine {
   const clock = createClock(opts.timeMode ?? 'realtime', cpu, opts.instructionsPerTick);
   const clint = new Clint(VirtMap.CLINT, clock, cpu);
   cpu.timer = clint;
-  const uart = new Uart16550(
-    VirtMap.UART0,
-    opts.uartSink !== undefined ? { sink: opts.uartSink } : {},
-  );
+  const plic = new Plic(VirtMap.PLIC, (context, level) => {
+    if (context === PlicContext.MACHINE) cpu.setIrqLine(MIP_MEIP, level);
+  });
+  const uart = new Uart16550(VirtMap.UART0, {
+    ...(opts.uartSink !== undefined ? { sink: opts.uartSink } : {}),
+    onIrq: (level) => plic.setSource(PlicSource.UART0, level),
+  });
   const finisher = new TestFinisher(VirtMap.TEST, (status) => {
     cpu.requestHalt();
     opts.onExit?.(status);
@@ -108,6 +120,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
   if (opts.hostArgs !== undefined) control.setHostArgs(opts.hostArgs);
   memory.addDevice(finisher);
   memory.addDevice(clint);
+  memory.addDevice(plic);
   memory.addDevice(uart);
   memory.addDevice(control);
 
@@ -117,6 +130,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
     memory,
     uart,
     clint,
+    plic,
     clock,
     finisher,
     control,
@@ -140,6 +154,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
       }
     },
     wakeDelayMs(): number {
+      if ((cpu.mip() & cpu.mie) !== 0) return 0;
       if ((cpu.mie & MIP_MTIP) === 0) return Infinity;
       return clock.msUntil(clint.mtimecmp);
     },
@@ -161,6 +176,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
         uart: uart.save(),
         finisher: finisher.save(),
         control: control.save(),
+        plic: plic.save(),
       };
     },
     restore(state: MachineState): void {
@@ -175,6 +191,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
       uart.restore(state.uart);
       finisher.restore(state.finisher);
       control.restore(state.control);
+      plic.restore(state.plic); // drives MEIP to its saved level
       if (state.finisher.exit !== null) cpu.requestHalt();
     },
   };

@@ -2,6 +2,7 @@ import type { HartState } from '../cpu/state.js';
 import type { ClintState } from '../devices/clint.js';
 import type { ClockState } from '../devices/clock.js';
 import type { ControlState } from '../devices/control.js';
+import type { PlicState } from '../devices/plic.js';
 import type { FinisherState } from '../devices/test-finisher.js';
 import type { UartState } from '../devices/uart16550.js';
 
@@ -21,4 +22,6 @@ export interface MachineState {
   readonly uart: UartState;
   readonly finisher: FinisherState;
   readonly control: ControlState;
+  /** Since device-state format 1.1; a 1.0 container loads with the PLIC's reset state. */
+  readonly plic: PlicState;
 }

@@ -4,6 +4,8 @@ export const VirtMap = {
   TEST: 0x0010_0000,
   /** Core-local interruptor (msip, mtimecmp, mtime). */
   CLINT: 0x0200_0000,
+  /** Platform-level interrupt controller (external interrupts: the UART is source 10). */
+  PLIC: 0x0c00_0000,
   /** NS16550A UART 0. */
   UART0: 0x1000_0000,
   /** Handoff control device (free on QEMU virt). */

@@ -89,7 +89,11 @@ export class AddressSpace {
       return b.u8[off]!;
     }
     const d = this.findDevice(addr);
-    if (d !== undefined && addr - d.base + width <= d.size) {
+    if (
+      d !== undefined &&
+      addr - d.base + width <= d.size &&
+      (width === 4 || d.wordOnly !== true)
+    ) {
       const v = d.read(addr - d.base, width);
       return width === 4 ? v | 0 : v & (width === 2 ? 0xffff : 0xff);
     }
@@ -114,7 +118,11 @@ export class AddressSpace {
       return;
     }
     const d = this.findDevice(addr);
-    if (d !== undefined && addr - d.base + width <= d.size) {
+    if (
+      d !== undefined &&
+      addr - d.base + width <= d.size &&
+      (width === 4 || d.wordOnly !== true)
+    ) {
       d.write(
         addr - d.base,
         width,

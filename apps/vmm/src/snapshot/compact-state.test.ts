@@ -50,7 +50,7 @@ import {
   validMachineState,
 } from './test-support.js';
 
-/** Layout 1 offsets (from the start of the bytes), as FORMAT.md lists them. */
+/** Layout 2 offsets (from the start of the bytes), as FORMAT.md lists them. */
 const B = COMPACT_STATE_HEADER_BYTES;
 const AT = {
   version: 8,
@@ -87,7 +87,14 @@ const AT = {
   controlVersion: B + 470,
   entropy: B + 478,
   readyCount: B + 510,
-  generationIdLength: B + 518,
+  plicVersion: B + 518,
+  priority: B + 526,
+  pending: B + 910,
+  claimed: B + 922,
+  enable: B + 934,
+  threshold: B + 958,
+  outputs: B + 966,
+  generationIdLength: B + 974,
 } as const;
 
 const viewOf = (bytes: Uint8Array): DataView =>
@@ -153,16 +160,16 @@ function bodyEdited(edits: readonly { readonly at: number; readonly value: numbe
   return reseal(bytes);
 }
 
-describe('layout 1', () => {
+describe('layout 2', () => {
   it('is current in this build: the sections and versions are exactly those of MACHINE_SECTIONS', () => {
     // Fails when a section is added, removed, reordered, made optional or bumped without a new
-    // compact layout: write layout 2 (and keep COMPACT_STATE_SECTIONS its literal record).
+    // compact layout: write layout 3 (and keep COMPACT_STATE_SECTIONS its literal record).
     expect(compactStateCurrent()).toBe(true);
     expect(Object.entries(COMPACT_STATE_SECTIONS)).toEqual(
       MACHINE_SECTIONS.map((s) => [s.name, s.version]),
     );
     expect(MACHINE_SECTIONS.some((s) => s.optional)).toBe(false);
-    expect(COMPACT_STATE_VERSION).toBe(1);
+    expect(COMPACT_STATE_VERSION).toBe(2);
   });
 
   it('carries the limits the schemas have today', () => {
@@ -175,7 +182,7 @@ describe('layout 1', () => {
     expect(String.fromCharCode(...COMPACT_STATE_MAGIC)).toBe('HNDFCST\0');
     const v = viewOf(valid);
     expect([...valid.subarray(0, 8)]).toEqual([...COMPACT_STATE_MAGIC]);
-    expect(v.getUint16(AT.version, true)).toBe(1);
+    expect(v.getUint16(AT.version, true)).toBe(2);
     expect(v.getUint16(AT.flags, true)).toBe(0);
     expect(v.getUint32(AT.bodyLength, true)).toBe(valid.length - B);
     expect(v.getUint32(AT.crc, true)).toBe(crc32(valid.subarray(B)) >>> 0);
@@ -212,6 +219,16 @@ describe('layout 1', () => {
     expect(v.getFloat64(AT.controlVersion, true)).toBe(s.control.version);
     expect(v.getUint32(AT.entropy + 28, true)).toBe(s.control.entropy[7]);
     expect(v.getFloat64(AT.readyCount, true)).toBe(s.control.readyCount);
+    expect(v.getFloat64(AT.plicVersion, true)).toBe(s.plic.version);
+    const words = (at: number, n: number): number[] =>
+      Array.from({ length: n }, (_, k) => v.getUint32(at + 4 * k, true));
+    expect(words(AT.priority, 96)).toEqual(s.plic.priority);
+    expect(words(AT.pending, 3)).toEqual(s.plic.pending);
+    expect(words(AT.claimed, 3)).toEqual(s.plic.claimed);
+    expect(words(AT.enable, 6)).toEqual(s.plic.enable);
+    expect(words(AT.threshold, 2)).toEqual(s.plic.threshold);
+    expect(v.getFloat64(AT.outputs, true)).toBe(s.plic.outputs);
+    expect(s.plic.outputs).toBe(1);
 
     const id = s.control.generationId;
     expect(valid[AT.generationIdLength]).toBe(id.length);
@@ -295,6 +312,19 @@ describe('round trip', () => {
     }
   });
 
+  it.skipIf(!hasGuest('plic.elf'))('is exact along a run that drives the PLIC', () => {
+    const m = bootGuest('plic.elf', []);
+    const seen = new Set<string>();
+    while (m.exit === null) {
+      m.cpu.run(37);
+      const state = m.save();
+      expect(roundTrip(state)).toEqual(state);
+      seen.add(JSON.stringify([state.plic.pending, state.plic.claimed, state.plic.outputs]));
+    }
+    // Idle, pending with MEIP up, pending with MEIP not re-evaluated, and claimed were all seen.
+    expect(seen.size).toBeGreaterThanOrEqual(4);
+  });
+
   it('moves a running guest: pause → encode → decode → restore → resume equals an uninterrupted run', () => {
     const whole: number[] = [];
     const ref = bootMixer(whole);
@@ -335,13 +365,13 @@ describe('hostile bytes', () => {
   });
 
   it('rejects another layout version', () => {
-    for (const version of [0, 2, 0xffff]) {
+    for (const version of [0, 1, 3, 0xffff]) {
       const bytes = valid.slice();
       viewOf(bytes).setUint16(AT.version, version, true);
       const err = errorOf(() => decodeCompactState(bytes));
       expect(err.code).toBe('SNAPSHOT_UNSUPPORTED_VERSION');
       expect(err.message).toContain(
-        `layout version ${version}, but this build reads only layout 1`,
+        `layout version ${version}, but this build reads only layout 2`,
       );
     }
   });
@@ -388,7 +418,7 @@ describe('hostile bytes', () => {
     rejected(bytes, 'SNAPSHOT_MALFORMED', undefined, /flags 0x00000001/);
   });
 
-  it('rejects a declared body longer than layout 1 can have, before reading it', () => {
+  it('rejects a declared body longer than layout 2 can have, before reading it', () => {
     const bytes = valid.slice();
     viewOf(bytes).setUint32(AT.bodyLength, COMPACT_STATE_MAX_BYTES, true);
     rejected(bytes, 'SNAPSHOT_MALFORMED', undefined, /at most/);
@@ -398,7 +428,7 @@ describe('hostile bytes', () => {
     const bytes = new Uint8Array(B + 100);
     bytes.set(valid.subarray(0, B));
     viewOf(bytes).setUint32(AT.bodyLength, 100, true);
-    rejected(reseal(bytes), 'SNAPSHOT_MALFORMED', undefined, /shorter than layout 1's smallest/);
+    rejected(reseal(bytes), 'SNAPSHOT_MALFORMED', undefined, /shorter than layout 2's smallest/);
   });
 
   it('rejects CRC-correct counts beyond their limits or the bytes left', () => {
@@ -407,7 +437,7 @@ describe('hostile bytes', () => {
       [
         'oversized rx count',
         (v) => v.setUint32(rxCount, COMPACT_RX_LIMIT + 1, true),
-        /uart\.rx has 65537 bytes; layout 1 carries at most 65536/,
+        /uart\.rx has 65537 bytes; layout 2 carries at most 65536/,
         'uart',
       ],
       [
@@ -419,13 +449,13 @@ describe('hostile bytes', () => {
       [
         'rx count of 2^32 - 1',
         (v) => v.setUint32(rxCount, 0xffffffff, true),
-        /uart\.rx has 4294967295 bytes; layout 1 carries at most/,
+        /uart\.rx has 4294967295 bytes; layout 2 carries at most/,
         'uart',
       ],
       [
         'oversized hostArgs count',
         (v) => v.setUint32(hostArgsCount, 257, true),
-        /control\.hostArgs has 257 bytes; layout 1 carries at most 256/,
+        /control\.hostArgs has 257 bytes; layout 2 carries at most 256/,
         'control',
       ],
       [
@@ -437,7 +467,7 @@ describe('hostile bytes', () => {
       [
         'oversized generation id length',
         (_v, b) => (b[AT.generationIdLength] = 65),
-        /generationId has 65 characters; layout 1 carries at most 64/,
+        /generationId has 65 characters; layout 2 carries at most 64/,
         'control',
       ],
       [
@@ -781,7 +811,7 @@ describe('a build whose sections differ from the layout', () => {
         ]) {
           const err = errorOf(fn);
           expect(err.code).toBe('SNAPSHOT_UNSUPPORTED_VERSION');
-          expect(err.message).toMatch(/are not those compact layout 1 encodes/);
+          expect(err.message).toMatch(/are not those compact layout 2 encodes/);
         }
       } finally {
         vi.doUnmock('./sections.js');
@@ -804,7 +834,7 @@ describe('a build whose sections differ from the layout', () => {
       expect(other.compactStateCurrent()).toBe(false);
       const err = errorOf(() => other.decodeCompactState(valid));
       expect(err.code).toBe('SNAPSHOT_UNSUPPORTED_VERSION');
-      expect(err.message).toMatch(/section tables place the fields .* unlike compact layout 1/);
+      expect(err.message).toMatch(/section tables place the fields .* unlike compact layout 2/);
     } finally {
       vi.doUnmock('./sections.js');
       vi.resetModules();
@@ -894,7 +924,7 @@ class Tally {
   }
 }
 
-/** Body offsets of the f64 fields of layout 1 (FORMAT.md), with their state paths. */
+/** Body offsets of the f64 fields of layout 2 (FORMAT.md), with their state paths. */
 const F64_FIELDS: readonly (readonly [string, number])[] = [
   ['version', 0],
   ['cpu.version', 8],
@@ -930,6 +960,8 @@ const F64_FIELDS: readonly (readonly [string, number])[] = [
   ['finisher.exit.code', 462],
   ['control.version', 470],
   ['control.readyCount', 510],
+  ['plic.version', 518],
+  ['plic.outputs', 966],
 ];
 
 /** Body offsets of the one-byte codes: enums, flags and the reservation's presence. */
@@ -948,6 +980,11 @@ const U32_ARRAYS: readonly (readonly [string, number, number])[] = [
   ['cpu.csr.pmpcfg', 218, 4],
   ['cpu.csr.pmpaddr', 234, 16],
   ['control.entropy', 478, COMPACT_ENTROPY_WORDS],
+  ['plic.priority', 526, 96],
+  ['plic.pending', 910, 3],
+  ['plic.claimed', 922, 3],
+  ['plic.enable', 934, 6],
+  ['plic.threshold', 958, 2],
 ];
 
 /**
@@ -1089,6 +1126,14 @@ const SWEPT_RULES: readonly string[] = [
   'control version: 1, the version in the section entry',
   'control generationId: 16 lower-case hex digits',
   `control readyCount: an integer in [0, ${Number.MAX_SAFE_INTEGER}]`,
+  'plic version: 1, the version in the section entry',
+  'plic priority[0]: 0 (source 0 does not exist)',
+  'plic priority: priorities in [0, 7]',
+  'plic pending[0]: a word with bit 0 clear (source 0 does not exist)',
+  'plic claimed[0]: a word with bit 0 clear (source 0 does not exist)',
+  'plic threshold: priorities in [0, 7]',
+  `plic outputs: an integer in [0, ${U32_MAX}]`,
+  'plic outputs: a value with no bits outside 0x3',
 ];
 
 describe('validation while reading', () => {
@@ -1337,7 +1382,7 @@ const REF_LOAD: readonly SectionToLoad[] = MACHINE_SECTIONS.map((spec) => ({
   spec: { ...spec, check: REFERENCE_SCHEMAS[spec.name]! },
   version: spec.version,
 }));
-/** The enum codes of layout 1 (FORMAT.md): an option's code is its index (+1 for the exit). */
+/** The enum codes of layout 2 (FORMAT.md): an option's code is its index (+1 for the exit). */
 const PRIVS = ['M', 'U'] as const;
 const CLOCK_MODES = ['deterministic', 'realtime'] as const;
 const EXIT_KINDS = ['pass', 'fail', 'reset'] as const;
@@ -1361,7 +1406,7 @@ function referenceDecode(bytes: Uint8Array): MachineState {
   const exit: Body = {};
   const finisher: Body = { exit };
   const control: Body = {};
-  const state: Body = { cpu, clock, clint: {}, uart, finisher, control };
+  const state: Body = { cpu, clock, clint: {}, uart, finisher, control, plic: {} };
   for (const [path, at] of REF_F64) put(state, path, v.getFloat64(at, true));
   for (const [path, at, n] of REF_U32) {
     put(

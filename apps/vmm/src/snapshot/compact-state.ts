@@ -34,7 +34,7 @@ import { compileBodyWriter } from './table/compact-writer-codegen.js';
 import { fieldLimit } from './table/fields.js';
 
 /** Version of the compact layout this build writes and the only one it reads. */
-export const COMPACT_STATE_VERSION = 1;
+export const COMPACT_STATE_VERSION = 2;
 
 /** The eight magic bytes of a compact hand-off state, ASCII `HNDFCST` and a NUL. */
 export const COMPACT_STATE_MAGIC: readonly number[] = Object.freeze([
@@ -55,6 +55,7 @@ export const COMPACT_STATE_SECTIONS: Readonly<Record<string, number>> = Object.f
   uart: 1,
   finisher: 1,
   control: 1,
+  plic: 1,
 });
 
 /**
@@ -63,7 +64,7 @@ export const COMPACT_STATE_SECTIONS: Readonly<Record<string, number>> = Object.f
  * changes the placement, and with it {@link compactStateCurrent}, until a new layout version is
  * declared with its new fingerprint (FORMAT.md, "Versioning").
  */
-export const COMPACT_LAYOUT_FINGERPRINT = 0xbea812dd;
+export const COMPACT_LAYOUT_FINGERPRINT = 0xf1fe8d48;
 
 /** Header bytes: magic, layout version, flags, body length, CRC. */
 export const COMPACT_STATE_HEADER_BYTES = 20;
@@ -206,12 +207,16 @@ export function openCompactState(bytes: Uint8Array): DataView {
     truncated(length, COMPACT_STATE_HEADER_BYTES, 'the header');
   }
   const flags = v.getUint16(OFF_FLAGS, true);
-  if (flags !== 0) malformed(`the header sets flags ${hex32(flags)}, which layout 1 reserves`);
+  if (flags !== 0)
+    malformed(
+      `the header sets flags ${hex32(flags)}, which layout ${COMPACT_STATE_VERSION} reserves`,
+    );
   const bodyLength = v.getUint32(OFF_BODY_LENGTH, true);
   const { minBodyBytes, maxBodyBytes } = LAYOUT;
   if (bodyLength > maxBodyBytes) {
     malformed(
-      `the header declares a ${bodyLength}-byte body; layout 1 has at most ${maxBodyBytes}`,
+      `the header declares a ${bodyLength}-byte body; layout ${COMPACT_STATE_VERSION} has at most ` +
+        `${maxBodyBytes}`,
     );
   }
   const end = COMPACT_STATE_HEADER_BYTES + bodyLength;
@@ -227,7 +232,10 @@ export function openCompactState(bytes: Uint8Array): DataView {
     );
   }
   if (bodyLength < minBodyBytes) {
-    malformed(`the ${bodyLength}-byte body is shorter than layout 1's smallest, ${minBodyBytes}`);
+    malformed(
+      `the ${bodyLength}-byte body is shorter than layout ${COMPACT_STATE_VERSION}'s smallest, ` +
+        `${minBodyBytes}`,
+    );
   }
   return v;
 }

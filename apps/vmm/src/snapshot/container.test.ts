@@ -4,6 +4,7 @@ import {
   CONTAINER_HEADER_BYTES,
   CONTAINER_MAGIC,
   CONTAINER_VERSION_MAJOR,
+  CONTAINER_VERSION_MINOR,
   MAX_CONTAINER_BYTES,
   MAX_SECTIONS,
   MAX_SECTION_NAME_BYTES,
@@ -45,7 +46,7 @@ describe('container framing', () => {
     const { header, sections } = decodeContainer(bytes);
     expect(header).toMatchObject({
       major: 1,
-      minor: 0,
+      minor: CONTAINER_VERSION_MINOR,
       headerLength: CONTAINER_HEADER_BYTES,
       flags: 0,
       sectionCount: 3,
@@ -125,7 +126,7 @@ describe('container attacks', () => {
         'SNAPSHOT_UNSUPPORTED_VERSION',
       );
       expect(() => decodeContainer(bytes)).toThrow(
-        new RegExp(`format ${major}\\.0 is not supported`),
+        new RegExp(`format ${major}\\.${CONTAINER_VERSION_MINOR} is not supported`),
       );
     }
   });
@@ -142,7 +143,7 @@ describe('container attacks', () => {
   });
 
   it('rejects a newer minor that sets a must-understand flag', () => {
-    const bytes = encodeContainer(SECTIONS, { minor: 1, flags: 0x0001 });
+    const bytes = encodeContainer(SECTIONS, { minor: CONTAINER_VERSION_MINOR + 1, flags: 0x0001 });
     expect(codeOf(() => decodeContainer(bytes))).toBe('SNAPSHOT_UNSUPPORTED_VERSION');
   });
 
@@ -163,7 +164,7 @@ describe('container attacks', () => {
     const count = valid.slice();
     view(count).setUint32(20, MAX_SECTIONS + 1, true);
     expect(codeOf(() => decodeContainer(count))).toBe('SNAPSHOT_TOO_LARGE');
-    const header = encodeContainer(SECTIONS, { minor: 1 });
+    const header = encodeContainer(SECTIONS, { minor: CONTAINER_VERSION_MINOR + 1 });
     view(header).setUint32(12, 0x10000, true);
     expect(codeOf(() => decodeContainer(reseal(header)))).toBe('SNAPSHOT_MALFORMED');
     expect(codeOf(() => decodeContainer(new Uint8Array(MAX_CONTAINER_BYTES + 1)))).toBe(

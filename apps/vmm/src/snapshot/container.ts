@@ -20,8 +20,11 @@ export const CONTAINER_MAGIC: readonly number[] = Object.freeze([
 ]);
 /** Major format version written and the only one read. Bump it for layout changes. */
 export const CONTAINER_VERSION_MAJOR = 1;
-/** Minor format version written. Containers of any minor load if they need nothing unknown. */
-export const CONTAINER_VERSION_MINOR = 0;
+/**
+ * Minor format version written (1.1 added the `plic` section). Containers of any minor load if
+ * they need nothing unknown.
+ */
+export const CONTAINER_VERSION_MINOR = 1;
 /** Header size of format 1.0 (newer minors may declare a longer header; readers skip the rest). */
 export const CONTAINER_HEADER_BYTES = 32;
 /** Fixed part of a section entry, before its name and body. */

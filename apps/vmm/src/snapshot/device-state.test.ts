@@ -4,6 +4,7 @@ import { HART_STATE_VERSION } from '../cpu/state.js';
 import { CLINT_STATE_VERSION } from '../devices/clint.js';
 import { CLOCK_STATE_VERSION } from '../devices/clock.js';
 import { CONTROL_STATE_VERSION } from '../devices/control.js';
+import { PLIC_STATE_VERSION, plicResetState } from '../devices/plic.js';
 import { FINISHER_STATE_VERSION } from '../devices/test-finisher.js';
 import { UART_STATE_VERSION } from '../devices/uart16550.js';
 import { createMachine } from '../machine/machine.js';
@@ -29,7 +30,7 @@ import {
 } from './test-support.js';
 
 const json = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value));
-const GUESTS = ['interrupts.elf', 'umode.elf', 'rv32a.elf'];
+const GUESTS = ['interrupts.elf', 'umode.elf', 'rv32a.elf', 'plic.elf'];
 const haveGuests = GUESTS.every(hasGuest);
 
 describe('pause → encode → decode → restore → resume (hand-assembled guest)', () => {
@@ -85,6 +86,27 @@ describe.skipIf(!haveGuests)('pause → encode → decode → restore → resume
     });
   }
 
+  it('plic.elf: output equals an uninterrupted run when split where the PLIC state changes', () => {
+    const whole: number[] = [];
+    const m = bootGuest('plic.elf', whole);
+    // Where the PLIC's state moves (a source pends, is claimed, completed; MEIP changes).
+    const changes: number[] = [];
+    let last = JSON.stringify(m.save().plic);
+    while (m.exit === null) {
+      m.cpu.run(7);
+      const now = JSON.stringify(m.save().plic);
+      if (now !== last) changes.push(m.cpu.retired);
+      last = now;
+    }
+    expect(changes.length).toBeGreaterThan(10);
+    const step = Math.ceil(changes.length / 12);
+    for (let k = 0; k < changes.length; k += step) {
+      for (const split of [changes[k]!, changes[k]! + 3]) {
+        expect(splitRun('plic.elf', split), `split at ${split}`).toEqual(whole);
+      }
+    }
+  }, 30_000);
+
   it('decodes exactly the state that was saved, at many points of a run', () => {
     const m = bootGuest('interrupts.elf', []);
     m.uart.receive([1, 2, 3, 250]);
@@ -120,6 +142,7 @@ describe('section table rules', () => {
       ['uart', 1, false],
       ['finisher', 1, false],
       ['control', 1, false],
+      ['plic', 1, false],
     ]);
     expect(info.sections.every((s) => s.readable !== null)).toBe(true);
   });
@@ -133,6 +156,7 @@ describe('section table rules', () => {
       uart: UART_STATE_VERSION,
       finisher: FINISHER_STATE_VERSION,
       control: CONTROL_STATE_VERSION,
+      plic: PLIC_STATE_VERSION,
     };
     // A model version bump must come with a schema update, a new golden file and this table.
     expect(Object.fromEntries(MACHINE_SECTIONS.map((s) => [s.name, s.version]))).toEqual(model);
@@ -161,15 +185,15 @@ describe('section table rules', () => {
   it('rejects an unknown required section, naming it', () => {
     const bytes = encodeContainer([
       ...sectionsOf(valid),
-      { name: 'plic', version: 1, optional: false, body: json({}) },
+      { name: 'virtio', version: 1, optional: false, body: json({}) },
     ]);
     const err = errorOf(() => decodeDeviceState(bytes));
     expect(err.code).toBe('SNAPSHOT_UNKNOWN_SECTION');
-    expect(err.section).toBe('plic');
-    expect(err.message).toMatch(/'plic'/);
+    expect(err.section).toBe('virtio');
+    expect(err.message).toMatch(/'virtio'/);
     // inspect reports it instead.
     expect(inspectDeviceState(bytes).sections.at(-1)).toMatchObject({
-      name: 'plic',
+      name: 'virtio',
       readable: null,
     });
   });
@@ -196,12 +220,34 @@ describe('section table rules', () => {
 
   it('says a newer minor is to blame when it added a required section', () => {
     const bytes = encodeContainer(
-      [...sectionsOf(valid), { name: 'plic', version: 1, optional: false, body: json({}) }],
+      [...sectionsOf(valid), { name: 'virtio', version: 1, optional: false, body: json({}) }],
       { minor: CONTAINER_VERSION_MINOR + 1 },
     );
     const err = errorOf(() => decodeDeviceState(bytes));
     expect(err.code).toBe('SNAPSHOT_UNKNOWN_SECTION');
-    expect(err.message).toMatch(/format 1\.1, newer than this build's 1\.0/);
+    expect(err.message).toMatch(
+      new RegExp(
+        `format 1\\.${CONTAINER_VERSION_MINOR + 1}, newer than this build's 1\\.${CONTAINER_VERSION_MINOR}`,
+      ),
+    );
+  });
+
+  it('loads a 1.0 container, which has no plic section, with the PLIC in its reset state', () => {
+    const old = encodeContainer(
+      sectionsOf(valid).filter((s) => s.name !== 'plic'),
+      { minor: 0 },
+    );
+    const decoded = decodeDeviceState(old);
+    expect(decoded.format).toEqual({ major: 1, minor: 0 });
+    expect(decoded.state).toEqual({ ...sampleState(), plic: plicResetState() });
+  });
+
+  it('requires the plic section from format 1.1 on', () => {
+    const sections = sectionsOf(valid).filter((s) => s.name !== 'plic');
+    const err = errorOf(() => decodeDeviceState(encodeContainer(sections, { minor: 1 })));
+    expect(err.code).toBe('SNAPSHOT_INVALID_STATE');
+    expect(err.section).toBe('plic');
+    expect(err.message).toMatch(/format 1\.1\) lacks the required section 'plic'/);
   });
 
   it('rejects a section version newer than ours with the name and both versions', () => {

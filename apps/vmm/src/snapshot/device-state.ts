@@ -149,9 +149,11 @@ export function encodeDeviceState(
 export function decodeDeviceState(bytes: Uint8Array): DecodedDeviceState {
   const { header, sections } = decodeContainer(bytes);
   const plan = planLoad(header, sections);
-  const state = stateFromBodies(plan.load, (k) =>
-    parseBody(plan.load[k]!.spec, plan.load[k]!.entry),
-  );
+  const state = stateFromBodies(plan.load, (k) => {
+    const { spec, entry } = plan.load[k]!;
+    // A section newer than the container: the model the older format implies.
+    return entry === null ? spec.absentModel!() : parseBody(spec, entry);
+  });
   return {
     state,
     skipped: plan.skipped,
@@ -245,7 +247,8 @@ export function inspectDeviceState(bytes: Uint8Array): DeviceStateInfo {
 // ---- internals ---------------------------------------------------------------------------------
 
 interface LoadPlan {
-  readonly load: readonly (SectionToLoad & { readonly entry: ContainerEntry })[];
+  /** `entry` null: a section added after the container's minor, loaded from its absent model. */
+  readonly load: readonly (SectionToLoad & { readonly entry: ContainerEntry | null })[];
   readonly skipped: readonly SkippedSection[];
 }
 
@@ -275,15 +278,20 @@ function planLoad(header: ContainerHeader, entries: readonly ContainerEntry[]): 
       { section: unknownRequired[0]! },
     );
   }
-  const load: (SectionToLoad & { readonly entry: ContainerEntry })[] = [];
+  const load: (SectionToLoad & { readonly entry: ContainerEntry | null })[] = [];
   for (const spec of MACHINE_SECTIONS) {
     const entry = byName.get(spec.name);
     if (entry === undefined) {
       if (spec.optional) continue;
+      if (header.minor < spec.sinceMinor && spec.absentModel !== undefined) {
+        load.push({ spec, version: spec.version, entry: null });
+        continue;
+      }
       throw new SnapshotError(
         'SNAPSHOT_INVALID_STATE',
-        `device state lacks the required section '${spec.name}', so the machine cannot be ` +
-          `restored. The writer is broken; save the VM again.`,
+        `device state (format ${header.major}.${header.minor}) lacks the required section ` +
+          `'${spec.name}', so the machine cannot be restored. The writer is broken; save the VM ` +
+          `again.`,
         { section: spec.name },
       );
     }

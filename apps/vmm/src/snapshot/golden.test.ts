@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
+import { MIP_MEIP } from '../cpu/arch.js';
+import { plicResetState } from '../devices/plic.js';
 import { createMachine } from '../machine/machine.js';
 import type { MachineState } from '../machine/state.js';
 import { CONTAINER_VERSION_MAJOR, CONTAINER_VERSION_MINOR } from './container.js';
@@ -37,6 +39,25 @@ describe('golden files', () => {
     expect(decoded.state).toEqual(expected);
     // A change of the writer's output without a version bump fails here.
     expect(encodeDeviceState(expected)).toEqual(bytes);
+  });
+
+  it('device-state-v1.0, written before the PLIC existed, loads with the PLIC in its reset state', () => {
+    const bytes = new Uint8Array(readFileSync(`${FIXTURES}device-state-v1.0.bin`));
+    const recorded = JSON.parse(
+      readFileSync(`${FIXTURES}device-state-v1.0.json`, 'utf8'),
+    ) as MachineState;
+    const { state, format } = decodeDeviceState(bytes);
+    expect(format).toEqual({ major: 1, minor: 0 });
+    expect(state).toEqual({ ...recorded, plic: plicResetState() });
+    const m = createMachine({ ramSize: TEST_RAM, timeMode: state.clock.mode });
+    m.cpu.setIrqLine(MIP_MEIP, true); // whatever the line was, the reset PLIC lowers it
+    m.restore(state);
+    expect(m.save().plic).toEqual(plicResetState());
+    expect(m.cpu.mip() & MIP_MEIP).toBe(0);
+    // Saved again, it is a current container.
+    expect(decodeDeviceState(encodeDeviceState(m.save())).format.minor).toBe(
+      CONTAINER_VERSION_MINOR,
+    );
   });
 
   it.each(goldenFiles)('%s still decodes and restores into a machine', (file) => {

@@ -8,6 +8,8 @@
 
 import { Csr, MIP_MTIP, MSTATUS_MPIE, MSTATUS_MPP } from '../cpu/arch.js';
 import { R, asm, bytesOf, li } from '../cpu/test-asm.js';
+import { PlicReg, PlicSource } from '../devices/plic.js';
+import { UartReg } from '../devices/uart16550.js';
 import { createMachine, type Machine } from '../machine/machine.js';
 import type { MachineState } from '../machine/state.js';
 import { VirtMap } from '../machine/virt-map.js';
@@ -19,7 +21,9 @@ export const TEST_IDENTITY = { generationId: 42n, entropy: [1, 2, 3, 4, 5, 6, 7,
 
 /**
  * A realistic machine state that needs no prebuilt guest: the hand-assembled mixer stopped
- * mid-run (holding an LR reservation), with CSRs set, host arguments and unread UART input.
+ * mid-run (holding an LR reservation), with CSRs set, host arguments, unread UART input that
+ * raised the UART's interrupt, and a PLIC with a source claimed by context 1 and the UART
+ * pending for context 0 (MEIP asserted).
  */
 export function sampleState(): MachineState {
   const m = bootMixer([], 3000, new Uint8Array([0x6b, 0x76, 0x3d, 0x31]));
@@ -28,6 +32,15 @@ export function sampleState(): MachineState {
   m.cpu.writeCsr(Csr.MSTATUS, MSTATUS_MPIE | MSTATUS_MPP);
   m.cpu.writeCsr(Csr.MSCRATCH, 0xdeadbeef);
   m.cpu.run(5003);
+  const plic = (offset: number, value: number): void => m.plic.write(offset, 4, value);
+  plic(PlicReg.PRIORITY + 4 * 3, 2);
+  plic(PlicReg.PRIORITY + 4 * PlicSource.UART0, 5);
+  plic(PlicReg.ENABLE, (1 << 3) | (1 << PlicSource.UART0));
+  plic(PlicReg.ENABLE + PlicReg.ENABLE_STRIDE, 1 << 3);
+  plic(PlicReg.CONTEXT + PlicReg.THRESHOLD, 1);
+  m.plic.setSource(3, true);
+  m.plic.read(PlicReg.CONTEXT + PlicReg.CONTEXT_STRIDE + PlicReg.CLAIM, 4); // context 1 takes 3
+  m.uart.write(UartReg.IER, 1, 0x01);
   m.uart.receive([0x68, 0x69, 0x0a]);
   return m.save();
 }

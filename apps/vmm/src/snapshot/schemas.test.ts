@@ -117,6 +117,33 @@ const HOSTILE: [string, string, Edit, string][] = [
     'hostArgs',
   ],
   ['control', 'a negative READY count', set('readyCount', -1), 'readyCount'],
+  // plic
+  [
+    'plic',
+    '95 priorities',
+    (m) => ({ ...m, priority: (m.priority as number[]).slice(1) }),
+    'priority',
+  ],
+  [
+    'plic',
+    'a priority of 8',
+    (m) => ({ ...m, priority: (m.priority as number[]).with(10, 8) }),
+    'priority',
+  ],
+  [
+    'plic',
+    "source 0's priority",
+    (m) => ({ ...m, priority: (m.priority as number[]).with(0, 1) }),
+    'priority[0]',
+  ],
+  ['plic', 'source 0 pending', set('pending', [1, 0, 0]), 'pending[0]'],
+  ['plic', 'source 0 claimed', set('claimed', [0x401, 0, 0]), 'claimed[0]'],
+  ['plic', 'a fourth pending word', set('pending', [0, 0, 0, 0]), 'pending'],
+  ['plic', '3 enable words', set('enable', [0, 0, 0]), 'enable'],
+  ['plic', 'a 33-bit enable word', set('enable', [0, 0, 0, 0, 0, 2 ** 32]), 'enable[5]'],
+  ['plic', 'a threshold of 9', set('threshold', [9, 0]), 'threshold'],
+  ['plic', 'a third context output', set('outputs', 4), 'outputs'],
+  ['plic', 'no outputs', without('outputs'), 'outputs'],
 ];
 
 function decodeError(bytes: Uint8Array): {

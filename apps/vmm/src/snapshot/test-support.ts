@@ -209,5 +209,23 @@ export function validMachineState(maxRxBytes = 64): fc.Arbitrary<MachineState> {
       readyCount: fc.maxSafeNat(),
       hostArgs: fc.array(u8(), { maxLength: 256 }),
     }),
+    plic: fc.record({
+      version: fc.constant(1),
+      priority: fc
+        .array(fc.integer({ min: 0, max: 7 }), { minLength: 95, maxLength: 95 })
+        .map((p) => [0, ...p]),
+      pending: sourceBits(),
+      claimed: sourceBits(),
+      enable: fc.array(u32(), { minLength: 6, maxLength: 6 }),
+      threshold: fc.array(fc.integer({ min: 0, max: 7 }), { minLength: 2, maxLength: 2 }),
+      outputs: fc.integer({ min: 0, max: 3 }),
+    }),
   });
+}
+
+/** A PLIC bit set of sources 0–95 without source 0. */
+function sourceBits(): fc.Arbitrary<number[]> {
+  return fc
+    .array(u32(), { minLength: 3, maxLength: 3 })
+    .map(([w0, ...rest]) => [(w0! & ~1) >>> 0, ...rest]);
 }

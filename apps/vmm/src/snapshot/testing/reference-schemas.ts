@@ -20,6 +20,7 @@ import type { HartState } from '../../cpu/state.js';
 import type { ClintState } from '../../devices/clint.js';
 import type { ClockState, TimeMode } from '../../devices/clock.js';
 import { ENTROPY_WORDS, HOST_ARGS_SIZE, type ControlState } from '../../devices/control.js';
+import type { PlicState } from '../../devices/plic.js';
 import type { ExitStatus, FinisherState } from '../../devices/test-finisher.js';
 import type { UartState } from '../../devices/uart16550.js';
 import { SchemaViolation, U32_MAX, TWO_POW_64 } from '../schemas/check.js';
@@ -36,6 +37,7 @@ export const REFERENCE_SCHEMAS: Readonly<Record<string, ReferenceSchema>> = Obje
   uart: checkUart,
   finisher: checkFinisher,
   control: checkControl,
+  plic: checkPlic,
 });
 
 // ---- the schemas -------------------------------------------------------------------------------
@@ -242,6 +244,60 @@ function checkControl(body: unknown, version: number): ControlState {
     readyCount: count(o.readyCount, 'readyCount'),
     hostArgs: array(o.hostArgs, 'hostArgs', 0, HOST_ARGS_SIZE, byteItem),
   };
+}
+
+/**
+ * Schema of the `plic` section (a {@link PlicState}): 96 priorities of 3 bits with source 0's
+ * at 0, 3-word pending and claimed bit sets without source 0, 6 enable words (2 contexts), 2
+ * thresholds of 3 bits, and the 2 context outputs as bits 0–1.
+ */
+function checkPlic(body: unknown, version: number): PlicState {
+  const o = record(body, '', [
+    'version',
+    'priority',
+    'pending',
+    'claimed',
+    'enable',
+    'threshold',
+    'outputs',
+  ]);
+  const v = sectionVersion(o.version, version);
+  const priority = array(o.priority, 'priority', 96, 96, u32Item);
+  if (priority[0] !== 0) {
+    throw new SchemaViolation('priority[0]', '0 (source 0 does not exist)', priority[0]);
+  }
+  priorities(priority, 'priority');
+  const sourceBits = (value: unknown, path: string): number[] => {
+    const words = array(value, path, 3, 3, u32Item);
+    if ((words[0]! & 1) !== 0) {
+      throw new SchemaViolation(
+        `${path}[0]`,
+        'a word with bit 0 clear (source 0 does not exist)',
+        words[0],
+      );
+    }
+    return words;
+  };
+  const pending = sourceBits(o.pending, 'pending');
+  const claimed = sourceBits(o.claimed, 'claimed');
+  const enable = array(o.enable, 'enable', 6, 6, u32Item);
+  const threshold = priorities(array(o.threshold, 'threshold', 2, 2, u32Item), 'threshold');
+  return {
+    version: v,
+    priority,
+    pending,
+    claimed,
+    enable,
+    threshold,
+    outputs: bits(o.outputs, 'outputs', 0x3),
+  };
+}
+
+/** Requires every item of `a` to be a PLIC priority (0–7); reports the first that is not. */
+function priorities(a: number[], path: string): number[] {
+  const over = a.find((p) => p > 7);
+  if (over !== undefined) throw new SchemaViolation(path, 'priorities in [0, 7]', over);
+  return a;
 }
 
 // ---- their primitives --------------------------------------------------------------------------
