@@ -132,7 +132,7 @@ describe('the RAM block table', () => {
       deviceWindows()
         .map((d) => d.name)
         .sort(),
-    ).toEqual(['clint', 'handoff-control', 'test-finisher', 'uart0'].sort());
+    ).toEqual(['clint', 'handoff-control', 'plic', 'test-finisher', 'uart0'].sort());
   });
 });
 
