@@ -796,7 +796,7 @@ export class JobManager {
 
   /** Records a snapshot job's end; the VMs it started are placed in the registry at once. */
   private endSnapshot(live: Live, end: SnapshotEnd, ms: number): void {
-    const info = { ...live.job.info, totalTimeMs: round(ms) };
+    const info = { ...live.job.info, totalTimeMs: Math.max(1, Math.round(ms)) };
     if (end.status === 'completed') {
       const vmm = workerOf(live.job).id;
       for (const vm of end.started) this.opts.registry.learned(vmm, vm);

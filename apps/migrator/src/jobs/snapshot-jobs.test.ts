@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { resolveCapabilities } from '@handoff/qapi';
 import { createLogger } from '@handoff/service';
+import { jobToWire } from '../api/migrator-service.js';
 import { hostedVmsFromWire } from '../clients/vm-wire.js';
 import { VmmRegistry } from '../registry/vmm-registry.js';
 import { FakeLeases, FakeSnapshotCatalog, FakeVmm, FakeWorld } from '../testing/fake-vmm.js';
@@ -103,6 +104,8 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
       const done = await jobs.waitFor(job.id);
       expect(done.info.status, done.info.errorDesc).toBe('completed');
       expect(done.info.totalTimeMs).toBeGreaterThan(0);
+      // what WatchJob sends
+      expect(jobToWire(done).snapshotResult).toMatchObject({ pauseUs: 900n, bytes: 8192n });
       expect(done.snapshotResult).toEqual({
         snapshot: name,
         vms: [],

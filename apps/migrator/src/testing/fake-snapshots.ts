@@ -4,14 +4,20 @@ import {
   type ServerWritableStream,
   type ServiceError as GrpcServiceError,
 } from '@grpc/grpc-js';
-import { memstore as mspb, vmm as pb } from '@handoff/proto';
+import { dateToTimestamp, memstore as mspb, serviceNames, vmm as pb } from '@handoff/proto';
 import {
   RemoteError,
   ServiceError,
+  createLogger,
   serverStream,
+  startServer,
   toGrpcError,
+  unary,
   type Logger,
+  type RunningServer,
+  type TlsMaterial,
 } from '@handoff/service';
+import { openAccess } from '@handoff/service/testing';
 import type { SnapshotCatalog, SnapshotFacts } from '../clients/memstore-client.js';
 
 /**
@@ -325,4 +331,121 @@ export class FakeSnapshotCatalog implements SnapshotCatalog {
   }
 
   close(): void {}
+}
+
+/** A snapshot of the world on the wire; its clones are the VMs restored or cloned from it. */
+function snapshotToWire(world: SnapshotWorld & Iterable<[string, string]>, s: FakeSnapshot) {
+  const clones = [...world]
+    .filter(([name]) => world.facts.get(name)?.snapshot === s.name)
+    .map(([name, vmm]) => `${vmm}/${name}`);
+  return mspb.Snapshot.fromPartial({
+    id: `id-${s.name}`,
+    name: s.name,
+    kind:
+      s.kind === 'full'
+        ? mspb.SnapshotKind.SNAPSHOT_KIND_FULL
+        : mspb.SnapshotKind.SNAPSHOT_KIND_BYPASS,
+    template: s.template,
+    createdAt: dateToTimestamp(s.createdAt),
+    vmName: s.vmName,
+    vmmId: s.vmmId,
+    blocks: [
+      {
+        id: 'ram0',
+        guestBase: 0x8000_0000n,
+        size: 16n << 20n,
+        regionId: `region-${s.name}`,
+        regionName: `${s.vmName}-ram0`,
+        owned: true,
+        storedBytes: 4n << 20n,
+      },
+    ],
+    deviceStateBytes: 8192n,
+    clones,
+    storedBytes: (4n << 20n) + 8192n,
+  });
+}
+
+/**
+ * memstore's snapshot calls (GetSnapshot, ListSnapshots, DeleteSnapshot) over the fakes' world,
+ * served over gRPC on loopback (plaintext, or mutual TLS with `tls`): for tests of the migrator
+ * executable and vmctl with fake vmm instances. Every other memstore call is unimplemented.
+ */
+export class FakeMemstore {
+  /** Every call received, as `method:name`. */
+  readonly calls: string[] = [];
+
+  private constructor(private server: RunningServer | undefined) {}
+
+  static async start(
+    world: SnapshotWorld & Iterable<[string, string]>,
+    tls: TlsMaterial | null = null,
+  ): Promise<FakeMemstore> {
+    const fake = new FakeMemstore(undefined);
+    const logger = createLogger({ name: 'fake-memstore', level: 'silent', format: 'json' });
+    const find = (sel: mspb.SnapshotSelector | undefined) => {
+      const name = sel?.selector?.value ?? '';
+      const s =
+        world.snapshots.get(name) ??
+        [...world.snapshots.values()].find((x) => `id-${x.name}` === name);
+      if (s === undefined)
+        throw new ServiceError('SNAPSHOT_NOT_FOUND', `no snapshot named ${name}`);
+      return s;
+    };
+    const implementation: Partial<mspb.MemstoreServiceServer> = {
+      getSnapshot: unary(logger, (req: mspb.GetSnapshotRequest) => {
+        fake.calls.push(`getSnapshot:${req.snapshot?.selector?.value ?? ''}`);
+        return {
+          snapshot: snapshotToWire(world, find(req.snapshot)),
+          deviceState: new Uint8Array(),
+        };
+      }),
+      listSnapshots: unary(logger, (req: mspb.ListSnapshotsRequest) => {
+        fake.calls.push('listSnapshots:');
+        return {
+          snapshots: [...world.snapshots.values()]
+            .filter((s) => !req.templatesOnly || s.template)
+            .map((s) => snapshotToWire(world, s)),
+        };
+      }),
+      deleteSnapshot: unary(logger, (req: mspb.DeleteSnapshotRequest) => {
+        fake.calls.push(`deleteSnapshot:${req.snapshot?.selector?.value ?? ''}`);
+        const s = find(req.snapshot);
+        const clones = snapshotToWire(world, s).clones;
+        if (clones.length > 0) {
+          throw new ServiceError(
+            'SNAPSHOT_IN_USE',
+            `snapshot ${s.name} is in use by ${clones.join(', ')}`,
+          );
+        }
+        world.snapshots.delete(s.name);
+        return {};
+      }),
+    };
+    fake.server = await startServer({
+      name: 'memstore',
+      host: '127.0.0.1',
+      port: 0,
+      logger,
+      tls,
+      shutdownTimeoutMs: 100,
+      services: [
+        {
+          name: serviceNames.memstore,
+          definition: mspb.MemstoreServiceService,
+          implementation: implementation as never,
+          access: openAccess(mspb.MemstoreServiceService, ['operator', 'migrator']),
+        },
+      ],
+    });
+    return fake;
+  }
+
+  get address(): string {
+    return this.server!.address;
+  }
+
+  async stop(): Promise<void> {
+    await this.server!.shutdown('test over');
+  }
 }

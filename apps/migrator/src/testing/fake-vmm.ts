@@ -28,6 +28,7 @@ import {
 } from './fake-snapshots.js';
 
 export {
+  FakeMemstore,
   FakeSnapshotCatalog,
   type FakeGuest,
   type FakeSnapshot,
@@ -390,6 +391,11 @@ export class FakeVmm {
       ready: f.ready,
       snapshot: f.snapshot,
       exitCode: 0,
+      // a clone shares its template's pages: a small PSS, its own pages private
+      memory:
+        f.snapshot !== ''
+          ? { pssBytes: 3n << 20n, privateDirtyBytes: 1n << 20n, rssBytes: 12n << 20n }
+          : { pssBytes: 16n << 20n, privateDirtyBytes: 16n << 20n, rssBytes: 16n << 20n },
       spec: {
         name,
         guest: f.guest,
