@@ -800,6 +800,9 @@ export class JobManager {
     if (end.status === 'completed') {
       const vmm = workerOf(live.job).id;
       for (const vm of end.started) this.opts.registry.learned(vmm, vm);
+      const r = live.job.snapshot;
+      // a save with stop (a template's guest too) freed the VM: its name is free at once
+      if (r !== undefined && (r.stop || r.guest !== '')) this.opts.registry.gone(vmm, live.job.vm);
       const snapshotResult: SnapshotResult = end.result;
       this.finishCompleted(live, info, undefined, { snapshotResult });
     } else if (end.status === 'cancelled') {

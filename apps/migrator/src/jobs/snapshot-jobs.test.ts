@@ -121,12 +121,17 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
     });
 
     it('with stop and full: the VM is gone afterwards and the bytes are the copy', async () => {
+      a.setReporting(false); // vmm-a's report of the destroy is late
       const job = await jobs.save({ vm: 'vm2', snapshot: 'keep', full: true, stop: true });
       const done = await jobs.waitFor(job.id);
       expect(done.info.status, done.info.errorDesc).toBe('completed');
       expect(done.snapshotResult).toMatchObject({ snapshot: 'keep', pauseUs: 0 });
       expect(done.snapshotResult!.bytes).toBeGreaterThan(16 << 20);
       expect(world.has('vm2')).toBe(false);
+      // the name is free for a restore at once, before vmm-a's report says so
+      expect(registry.locate('vm2')).toBeUndefined();
+      const back = await jobs.restore({ snapshot: 'keep', name: '', vmm: 'vmm-a', paused: false });
+      expect((await jobs.waitFor(back.id)).snapshotResult?.vms).toEqual(['vm2']);
       expect(world.snapshots.get('keep')?.kind).toBe('full');
     });
 

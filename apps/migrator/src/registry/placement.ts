@@ -54,6 +54,11 @@ export class Placement {
     this.setOf(vmmId).vms.set(vm.name, { vm, seq: ++this.seq });
   }
 
+  /** Instance `vmmId` no longer holds `vm` (a job saw it destroyed, before its report came). */
+  drop(vmmId: string, name: string): void {
+    this.sets.get(vmmId)?.vms.delete(name);
+  }
+
   /**
    * A job moved VM `name` from `from` to `to`: the target holds it now (as the newest place,
    * whether or not its report arrived yet) and the source's copy is `postmigrate` until the

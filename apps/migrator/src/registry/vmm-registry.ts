@@ -181,6 +181,11 @@ export class VmmRegistry {
     if (this.records.has(id)) this.placement.learn(id, vm);
   }
 
+  /** A job saw instance `id` destroy VM `name` (a save with stop): it is not placed there now. */
+  gone(id: string, name: string): void {
+    this.placement.drop(id, name);
+  }
+
   /** A job moved VM `name` from instance `from` to `to` (the migrator saw it complete). */
   moved(name: string, from: string, to: string): void {
     this.placement.moved(name, from, to);
