@@ -12,6 +12,13 @@ import { ensureDirectory } from './regions/directories.js';
 import { reconcile, type ReconcileReport } from './regions/reconcile.js';
 import { RegionStore } from './regions/region-store.js';
 import { Templates } from './templates/templates.js';
+import { SNAPSHOT_DIR_NAME } from './snapshots/naming.js';
+import { reconcileSnapshots, type SnapshotReconcileReport } from './snapshots/reconcile.js';
+import { SnapshotStore } from './snapshots/snapshot-store.js';
+import type { ExportPlan } from './snapshots/export-writer.js';
+import { planExport } from './snapshots/exporter.js';
+import { SnapshotImport, type ImportStart } from './snapshots/importer.js';
+import type { SnapshotRef } from './snapshots/snapshot.js';
 
 /** Identity, totals and limits of a memstore (GetInfo). */
 export interface MemstoreInfo {
@@ -52,12 +59,14 @@ export class Memstore {
   readonly templates: Templates;
   /** Lease-holder sessions: who stands behind each vmm's holders, and fencing once gone. */
   readonly sessions: HolderSessions;
+  /** Snapshots: device-state files and sealed regions, recorded in the catalog. */
+  readonly snapshots: SnapshotStore;
 
   constructor(
     readonly settings: MemstoreSettings,
     readonly catalog: Catalog,
     readonly report: ReconcileReport,
-    logger: Logger,
+    private readonly logger: Logger,
     /** True when the volatile directory is a tmpfs (decides how lease changes commit). */
     readonly volatileOnTmpfs = isTmpfs(settings.volatileDir),
     /** The lease arms file (opened and reconciled by openMemstore); null: no arms. */
@@ -67,6 +76,8 @@ export class Memstore {
     now: () => number = Date.now,
     /** Test hooks: the process table and the uid hellos must come from. */
     hooks: MemstoreHooks = {},
+    /** What start-up found about snapshots (openMemstore reconciles them). */
+    readonly snapshotReport?: SnapshotReconcileReport,
   ) {
     this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs, arms, armTtlMs }, now);
     this.sessions = new HolderSessions(
@@ -91,6 +102,15 @@ export class Memstore {
       this.sessions,
     );
     this.templates = new Templates(catalog, this.regions, logger, now, this.leases);
+    this.snapshots = new SnapshotStore(
+      catalog,
+      this.templates,
+      snapshotDirOf(settings),
+      { maxRegionSize: settings.maxRegionSize },
+      logger,
+      now,
+      this.leases,
+    );
   }
 
   /**
@@ -100,6 +120,26 @@ export class Memstore {
   forceRelease(ref: RegionRef): ForcedRelease {
     return this.leases.forceRelease(ref, (holder, grantedAt) =>
       this.sessions.refresh(holder, grantedAt),
+    );
+  }
+
+  /** What ExportSnapshot of `ref` writes (see snapshots/exporter.ts). */
+  planExport(ref: SnapshotRef): ExportPlan {
+    return planExport(this.catalog, this.snapshots, ref);
+  }
+
+  /** Starts an ImportSnapshot (see snapshots/importer.ts); SNAPSHOT_INVALID for a bad name. */
+  beginImport(start: ImportStart): SnapshotImport {
+    return new SnapshotImport(
+      {
+        catalog: this.catalog,
+        regions: this.regions,
+        templates: this.templates,
+        snapshots: this.snapshots,
+        maxRegionSize: this.settings.maxRegionSize,
+        logger: this.logger,
+      },
+      start,
     );
   }
 
@@ -146,6 +186,9 @@ export function openMemstore(
   ensureDirectory(settings.persistentDir, 'persistent directory (--persistent-dir)', {
     shared: false,
   });
+  ensureDirectory(snapshotDirOf(settings), 'snapshot directory (<persistent-dir>/snapshots)', {
+    shared: false,
+  });
   const volatileOnTmpfs = isTmpfs(settings.volatileDir);
   if (!volatileOnTmpfs) {
     logger.warn(
@@ -157,6 +200,7 @@ export function openMemstore(
   const catalog = Catalog.open(join(settings.stateDir, CATALOG_FILE_NAME), logger);
   try {
     const report = reconcile(catalog, settings, logger);
+    const snapshotReport = reconcileSnapshots(catalog, snapshotDirOf(settings), logger);
     logger.info(
       {
         catalog: catalog.path,
@@ -181,6 +225,7 @@ export function openMemstore(
       testing.armTtlMs,
       testing.now,
       testing,
+      snapshotReport,
     );
     try {
       memstore.leases.recoverArms(leftovers);
@@ -195,6 +240,11 @@ export function openMemstore(
     catalog.close();
     throw err;
   }
+}
+
+/** The folder of snapshot device-state files: `<persistent-dir>/snapshots`. */
+export function snapshotDirOf(settings: { readonly persistentDir: string }): string {
+  return join(settings.persistentDir, SNAPSHOT_DIR_NAME);
 }
 
 /** Name of the lease arms file in the volatile directory (one per catalog, like region files). */

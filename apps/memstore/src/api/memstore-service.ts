@@ -6,7 +6,6 @@ import {
   ServiceError,
   serverStream,
   unary,
-  unavailable,
   type AccessTable,
   type HasAuthContext,
   type Logger,
@@ -27,6 +26,8 @@ import {
   safeNumber,
 } from './convert.js';
 import { readPages } from './read-pages.js';
+import { newSnapshotFromPb, snapshotRefFromPb, snapshotToPb } from './snapshot-convert.js';
+import { clientStream, exportSnapshot, importSnapshot } from './snapshot-transfer.js';
 
 /**
  * Runs a handler body against an open memstore and normalises what it
@@ -158,8 +159,6 @@ export function memstoreService(deps: {
     unary<Req, Res>(logger, (req, c) => guarded(m, what, () => fn(req, c)));
   /** The vmm a call's certificate names (role vmm), whose own holders it may act for. */
   const leaseCaller = (c: HasAuthContext): LeaseCaller => leaseCallerOf(callerOf(c));
-  const later = (method: string) =>
-    unavailable('MemstoreService', method, 'SERVICE_UNIMPLEMENTED', 'snapshots');
 
   const implementation: pb.MemstoreServiceServer = {
     getInfo: call('GetInfo', () => infoToPb(m.info(), deps.leaseChannel ?? '')),
@@ -265,12 +264,36 @@ export function memstoreService(deps: {
       guarded(m, 'ReadPages', () => readPages(m, c)),
     ),
 
-    createSnapshot: later('CreateSnapshot'),
-    getSnapshot: later('GetSnapshot'),
-    listSnapshots: later('ListSnapshots'),
-    deleteSnapshot: later('DeleteSnapshot'),
-    exportSnapshot: later('ExportSnapshot'),
-    importSnapshot: later('ImportSnapshot'),
+    createSnapshot: call('CreateSnapshot', async (req: pb.CreateSnapshotRequest, c) => {
+      // Like the lease calls: a vmm seals only its own VMs' regions.
+      assertOwnHolder(leaseCaller(c), req.holder, 'CreateSnapshot');
+      return { snapshot: snapshotToPb(await m.snapshots.create(newSnapshotFromPb(req))) };
+    }),
+
+    getSnapshot: call('GetSnapshot', (req: pb.GetSnapshotRequest) => {
+      const got = m.snapshots.get(snapshotRefFromPb(req.snapshot), req.withDeviceState);
+      return {
+        snapshot: snapshotToPb(got.snapshot),
+        deviceState: got.deviceState ?? new Uint8Array(0),
+      };
+    }),
+
+    listSnapshots: call('ListSnapshots', (req: pb.ListSnapshotsRequest) => ({
+      snapshots: m.snapshots.list(req.templatesOnly).map(snapshotToPb),
+    })),
+
+    deleteSnapshot: call('DeleteSnapshot', (req: pb.DeleteSnapshotRequest) => {
+      m.snapshots.delete(snapshotRefFromPb(req.snapshot));
+      return {};
+    }),
+
+    exportSnapshot: serverStream(logger, (_req, c: Parameters<typeof exportSnapshot>[1]) =>
+      guarded(m, 'ExportSnapshot', () => exportSnapshot(m, c, logger)),
+    ),
+
+    importSnapshot: clientStream(logger, (c: Parameters<typeof importSnapshot>[1]) =>
+      guarded(m, 'ImportSnapshot', () => importSnapshot(m, c)),
+    ),
   };
   return {
     name: serviceNames.memstore,

@@ -57,6 +57,29 @@ export class RegionStore {
 
   /** Creates a zero-filled region. REGION_INVALID_NAME/SIZE, REGION_ALREADY_EXISTS, REGION_LIMIT_EXCEEDED, REGION_NO_SPACE. */
   create(req: { name: string; size: bigint | number; kind: RegionKind }): Region {
+    const row = this.createPending(req);
+    failpoint('create-after-file');
+    try {
+      this.catalog.markActive(row.id);
+    } catch (err) {
+      // Leave nothing half-made behind; if this fails too, start-up rolls the 'creating' row back.
+      this.discardPending(row);
+      throw MemstoreError.from(err, `committing region "${req.name}"`);
+    }
+    this.logger.info(
+      { region: row.id, name: req.name, kind: req.kind, size: row.size },
+      'region created',
+    );
+    return this.get({ id: row.id });
+  }
+
+  /**
+   * Steps (1) and (2) of a create: the 'creating' row and the file, without the commit. The
+   * region is invisible to clients and rolled back at start-up unless the caller commits it
+   * (`catalog.markActive`, e.g. inside its own transaction) or discards it
+   * ({@link discardPending}). Same checks and errors as {@link create}.
+   */
+  createPending(req: { name: string; size: bigint | number; kind: RegionKind }): RegionRow {
     validateRegionName(req.name);
     const size = validateRegionSize(req.size, this.limits.maxRegionSize);
     const existing = this.catalog.getByName(req.name);
@@ -74,7 +97,7 @@ export class RegionStore {
 
     const id = randomUUID();
     const path = join(dir, regionFileName(this.catalog.catalogId, id));
-    this.catalog.insertCreating({
+    const row = {
       id,
       name: req.name,
       kind: req.kind,
@@ -83,7 +106,8 @@ export class RegionStore {
       identity: randomUUID(),
       createdAt: this.now(),
       parentId: null,
-    });
+    };
+    this.catalog.insertCreating(row);
     failpoint('create-after-row');
     try {
       createRegionFile(path, size, req.kind === 'persistent');
@@ -91,21 +115,17 @@ export class RegionStore {
       this.catalog.deleteRegion(id);
       throw MemstoreError.from(err, `creating the file of region "${req.name}" at ${path}`);
     }
-    failpoint('create-after-file');
+    return this.catalog.getById(id)!;
+  }
+
+  /** Removes a region made by {@link createPending} that was not committed (file, then row). */
+  discardPending(row: RegionRow): void {
     try {
-      this.catalog.markActive(id);
-    } catch (err) {
-      // Leave nothing half-made behind; if this fails too, start-up rolls the 'creating' row back.
-      try {
-        removeRegionFile(path);
-        this.catalog.deleteRegion(id);
-      } catch {
-        /* reconciled at the next start */
-      }
-      throw MemstoreError.from(err, `committing region "${req.name}"`);
+      removeRegionFile(row.path);
+      this.catalog.deleteRegion(row.id);
+    } catch {
+      /* reconciled at the next start: a 'creating' row is rolled back */
     }
-    this.logger.info({ region: id, name: req.name, kind: req.kind, size }, 'region created');
-    return this.get({ id });
   }
 
   /** The region a reference names. REGION_NOT_FOUND. */
@@ -133,8 +153,8 @@ export class RegionStore {
   }
 
   /**
-   * Deletes a region and its file. Refused while leased (LEASE_HELD) or while
-   * clones are attached (REGION_IN_USE).
+   * Deletes a region and its file. Refused while leased (LEASE_HELD), while
+   * clones are attached or while a snapshot names it (REGION_IN_USE).
    */
   delete(ref: RegionRef): void {
     this.arms.resolveArmOf(ref);
@@ -157,6 +177,14 @@ export class RegionStore {
             'destroy those clones (DetachClone) before deleting it',
         );
       }
+      const snapshots = this.snapshotsUsing(r.id);
+      if (snapshots.length > 0) {
+        throw new MemstoreError(
+          'REGION_IN_USE',
+          `region "${r.name}" holds the memory of snapshot(s) ${snapshots.map((n) => `"${n}"`).join(', ')}; ` +
+            'delete the snapshot (DeleteSnapshot) instead: it deletes the regions it owns',
+        );
+      }
       this.catalog.deleteRegion(r.id);
       return r;
     });
@@ -171,6 +199,12 @@ export class RegionStore {
       );
     }
     this.logger.info({ region: row.id, name: row.name }, 'region deleted');
+  }
+
+  /** Names of the snapshots whose blocks name the region. */
+  private snapshotsUsing(regionId: string): string[] {
+    const ids = new Set(this.catalog.snapshots.blocksOfRegion(regionId).map((b) => b.snapshotId));
+    return [...ids].map((id) => this.catalog.snapshots.getById(id)?.name ?? id);
   }
 
   /** Region count, summed sizes and allocated bytes (stats every file). */
