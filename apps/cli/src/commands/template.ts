@@ -30,9 +30,14 @@ export interface CloneUsage {
 /** GetVm of every clone on its vmm: PSS, private dirty and RSS; a failure is noted per clone. */
 async function cloneUsage(ctx: CommandContext, t: SnapshotView): Promise<CloneUsage[]> {
   if (t.clones.length === 0) return [];
-  const instances = new Map<string, VmmRef>(
-    (await vms.instances(ctx.clients)).map((v) => [v.id, v]),
-  );
+  let instances: Map<string, VmmRef>;
+  let unlisted = '';
+  try {
+    instances = new Map((await vms.instances(ctx.clients)).map((v) => [v.id, v]));
+  } catch (err) {
+    instances = new Map();
+    unlisted = `the migrator did not list the vmm instances (${(err as Error).message})`;
+  }
   return Promise.all(
     t.clones.map(async (holder): Promise<CloneUsage> => {
       const slash = holder.indexOf('/');
@@ -48,7 +53,9 @@ async function cloneUsage(ctx: CommandContext, t: SnapshotView): Promise<CloneUs
         rssBytes: null,
       };
       const ref = instances.get(vmm);
-      if (ref === undefined) return { ...none, error: `vmm ${vmm || '?'} is not registered` };
+      if (ref === undefined) {
+        return { ...none, error: unlisted || `vmm ${vmm || '?'} is not registered` };
+      }
       try {
         const v = await vms.on(ctx.clients, ref, vm);
         if (v === null) return { ...none, error: `${vmm} has no VM ${vm}` };
