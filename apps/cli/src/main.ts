@@ -7,7 +7,7 @@ import { registerRegion } from './commands/region.js';
 import { registerSave } from './commands/save.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerStatus } from './commands/status.js';
-import { registerTemplate } from './commands/template.js';
+import { registerClone, registerTemplate } from './commands/template.js';
 import { registerVm } from './commands/vm.js';
 import type { CommandRunner } from './commands/runner.js';
 import { globalDefaults, runCommand, type GlobalOptions } from './context.js';
@@ -81,6 +81,7 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
   registerSave(program, run);
   registerSnapshot(program, run);
   registerTemplate(program, run);
+  registerClone(program, run);
   registerJobs(program, run);
   program.commands.forEach(function inheritOutput(c: Command): void {
     c.configureOutput({ writeOut: io.out, writeErr: io.err })

@@ -120,7 +120,7 @@ async function template(ctx: CommandContext, ref: string): Promise<SnapshotView>
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-/** `vmctl template create|list|show|delete` and `vmctl clone`. */
+/** `vmctl template create|list|show|delete`. */
 export function registerTemplate(program: Command, run: CommandRunner): void {
   const cmd = program
     .command('template')
@@ -129,6 +129,63 @@ export function registerTemplate(program: Command, run: CommandRunner): void {
         'create, list, show (with what each clone costs), delete',
     );
 
+  registerTemplateCreate(cmd, run);
+
+  cmd
+    .command('list')
+    .alias('ls')
+    .description('list templates with their memory, stored bytes and clones')
+    .action(
+      run(async (ctx) => {
+        const list = await snapshots.list(ctx.clients, true);
+        ctx.print({ templates: list.map(snapshotJson) }, () => renderSnapshotList(list));
+      }),
+    );
+
+  cmd
+    .command('show')
+    .argument('<template>', 'template name or id')
+    .description(
+      'show a template and its clones: the bytes it stores once for all of them, and for each ' +
+        'clone its PSS and private dirty bytes (what it costs on its host)',
+    )
+    .addHelpText('after', '\nExample:\n  vmctl template show kv')
+    .action(
+      run(async (ctx, ref: string) => {
+        const t = await template(ctx, ref);
+        const clones = await cloneUsage(ctx, t);
+        ctx.print({ template: snapshotJson(t), clones }, () => renderTemplate(t, clones));
+      }),
+    );
+
+  cmd
+    .command('delete')
+    .alias('rm')
+    .argument('<template>', 'template name or id')
+    .description('delete a template and its memory (refused while clones run from it)')
+    .action(
+      run(async (ctx, ref: string) => {
+        await template(ctx, ref);
+        await snapshots.delete(ctx.clients, ref);
+        ctx.print({ deleted: ref }, () => `deleted template ${ref}\n`);
+      }),
+    );
+}
+
+/** What `clone` prints: the VMs made and the clone latency, p50 and p99. */
+export function renderCloned(j: JobView): string {
+  const r = j.snapshotResult!;
+  return renderFields([
+    ['template', r.snapshot],
+    ['vms', `${r.vms.length} on ${j.targetVmm}: ${r.vms.join(' ')}`],
+    ['running after', latencyText(r.runningAfterUs)],
+    ['vmm time', formatMicros(r.durationUs)],
+    ['job', j.id],
+  ]);
+}
+
+/** `vmctl template create`: from a guest booted to its ready doorbell, or from a running VM. */
+function registerTemplateCreate(cmd: Command, run: CommandRunner): void {
   cmd
     .command('create')
     .argument('<name>', 'the template name (a guest boots as a VM of this name, then is saved)')
@@ -212,47 +269,10 @@ export function registerTemplate(program: Command, run: CommandRunner): void {
         },
       ),
     );
+}
 
-  cmd
-    .command('list')
-    .alias('ls')
-    .description('list templates with their memory, stored bytes and clones')
-    .action(
-      run(async (ctx) => {
-        const list = await snapshots.list(ctx.clients, true);
-        ctx.print({ templates: list.map(snapshotJson) }, () => renderSnapshotList(list));
-      }),
-    );
-
-  cmd
-    .command('show')
-    .argument('<template>', 'template name or id')
-    .description(
-      'show a template and its clones: the bytes it stores once for all of them, and for each ' +
-        'clone its PSS and private dirty bytes (what it costs on its host)',
-    )
-    .addHelpText('after', '\nExample:\n  vmctl template show kv')
-    .action(
-      run(async (ctx, ref: string) => {
-        const t = await template(ctx, ref);
-        const clones = await cloneUsage(ctx, t);
-        ctx.print({ template: snapshotJson(t), clones }, () => renderTemplate(t, clones));
-      }),
-    );
-
-  cmd
-    .command('delete')
-    .alias('rm')
-    .argument('<template>', 'template name or id')
-    .description('delete a template and its memory (refused while clones run from it)')
-    .action(
-      run(async (ctx, ref: string) => {
-        await template(ctx, ref);
-        await snapshots.delete(ctx.clients, ref);
-        ctx.print({ deleted: ref }, () => `deleted template ${ref}\n`);
-      }),
-    );
-
+/** `vmctl clone TEMPLATE`: VMs started from a template. */
+export function registerClone(program: Command, run: CommandRunner): void {
   program
     .command('clone')
     .argument('<template>', 'the template (or any snapshot) to clone')
@@ -307,16 +327,4 @@ export function registerTemplate(program: Command, run: CommandRunner): void {
         },
       ),
     );
-}
-
-/** What `clone` prints: the VMs made and the clone latency, p50 and p99. */
-export function renderCloned(j: JobView): string {
-  const r = j.snapshotResult!;
-  return renderFields([
-    ['template', r.snapshot],
-    ['vms', `${r.vms.length} on ${j.targetVmm}: ${r.vms.join(' ')}`],
-    ['running after', latencyText(r.runningAfterUs)],
-    ['vmm time', formatMicros(r.durationUs)],
-    ['job', j.id],
-  ]);
 }
