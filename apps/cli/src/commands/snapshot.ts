@@ -15,7 +15,7 @@ export function renderSnapshotList(list: SnapshotView[]): string {
       s.name,
       s.kind,
       s.template ? 'yes' : 'no',
-      s.vm !== '' ? `${s.vm}@${s.vmm}` : '-',
+      s.vm === '' ? '-' : s.vmm === '' ? s.vm : `${s.vm}@${s.vmm}`,
       formatBytes(snapshotMemory(s)),
       formatBytes(s.storedBytes),
       String(s.clones.length),

@@ -439,6 +439,25 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
       expect(done.snapshotResult?.pauseUs).toBe(900);
     });
 
+    it('copies the RAM of a VM that is no longer all shared: the vmm says what it is now', async () => {
+      a.setReporting(false); // the registry still holds vm2's first report: shared RAM
+      const first = await jobs.save({ vm: 'vm2', snapshot: 'first', full: false, stop: false });
+      expect((await jobs.waitFor(first.id)).info.status).toBe('completed');
+      // vm2 runs on as a clone of `first` now: a template of it must be a copy
+      const t = await jobs.createTemplate({
+        name: 'golden',
+        source: { fromVm: 'vm2' },
+        memory: 0,
+        vmm: '',
+        args: {},
+        readyTimeoutMs: 0,
+      });
+      expect(t.snapshot?.full).toBe(false); // what the report said
+      expect((await jobs.waitFor(t.id)).info.status).toBe('completed');
+      expect(world.snapshots.get('golden')).toMatchObject({ kind: 'full', template: true });
+      expect(a.calls.slice(-2)).toEqual(['getVm:vm2', 'saveVm:vm2']);
+    });
+
     it('can be cancelled while the guest boots: its VM is destroyed', async () => {
       const job = await jobs.createTemplate({
         name: 'slow',

@@ -198,8 +198,9 @@ export async function planTemplate(
       vm: req.source.fromVm,
       vmm: at.vmm,
       side: 'source',
-      // private RAM cannot be sealed in place: it is copied
-      request: snapshotRequest({ snapshot: req.name, full: hasPrivateRam(at.vm.spec) }),
+      // RAM that is not shared cannot be sealed in place: it is copied (the run asks the vmm
+      // again, as the VM's blocks may have changed since its report)
+      request: snapshotRequest({ snapshot: req.name, full: needsCopy(at.vm.spec) }),
     };
   }
   const guest = req.source.guest;
@@ -235,8 +236,8 @@ function checkMemory(memory: number): void {
   }
 }
 
-function hasPrivateRam(spec: VmSpec | undefined): boolean {
-  return spec?.ram.some((b) => b.backend === 'private') ?? false;
+function needsCopy(spec: VmSpec | undefined): boolean {
+  return spec?.ram.some((b) => b.backend !== 'shared') ?? false;
 }
 
 /** Clone(template, count, vmm, name_prefix, paused). */

@@ -96,13 +96,17 @@ async function save(
 ): Promise<SnapshotEnd> {
   const at = workerOf(job);
   try {
+    // A template of a running VM is whatever that VM holds now: its RAM is sealed in place only
+    // when every block is shared (private RAM cannot be, clone RAM would need a layer over its
+    // snapshot), else copied. The VM's vmm says what its blocks are now.
+    const full = template ? await needsCopy(deps, at.address, job.vm, r.full) : r.full;
     const saved = await deps.vmms.saveVm(
       at.address,
       {
         vm: job.vm,
         jobId: job.id,
         snapshot: r.snapshot,
-        full: r.full,
+        full,
         stop: r.stop,
         template,
       },
@@ -123,6 +127,18 @@ async function save(
   } catch (err) {
     return ended(err, `save of VM ${job.vm} on ${at.id} as ${r.snapshot} failed`);
   }
+}
+
+/** Whether VM `name` has a block that is not shared RAM (asked of its vmm; else `guess`). */
+async function needsCopy(
+  deps: SnapshotRunDeps,
+  address: string,
+  name: string,
+  guess: boolean,
+): Promise<boolean> {
+  const vm = await deps.vmms.vm(address, name).catch(() => null);
+  if (vm?.spec === undefined) return guess;
+  return vm.spec.ram.some((b) => b.backend !== 'shared');
 }
 
 async function restore(deps: SnapshotRunDeps, job: Job, r: SnapshotRequest): Promise<SnapshotEnd> {

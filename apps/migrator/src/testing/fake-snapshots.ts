@@ -188,8 +188,17 @@ export function snapshotHandlers(host: FakeHost, logger: Logger): Partial<pb.Vmm
         createdAt: new Date(),
       };
       world.snapshots.set(req.snapshot, snap);
-      const vm = host.vmOf(req.name);
-      if (req.stop) world.delete(req.name);
+      if (req.stop) {
+        world.delete(req.name);
+      } else if (!req.full) {
+        // a bypass save seals the VM's region: it runs on as a clone of the snapshot
+        world.facts.set(req.name, {
+          ...(world.facts.get(req.name) ?? defaultFacts()),
+          snapshot: snap.name,
+        });
+        world.touch();
+      }
+      const vm = req.stop ? undefined : host.vmOf(req.name);
       return {
         res: {
           snapshot: mspb.Snapshot.fromPartial({
@@ -204,7 +213,7 @@ export function snapshotHandlers(host: FakeHost, logger: Logger): Partial<pb.Vmm
           pauseUs: req.stop ? 0n : 900n,
           durationUs: 2100n,
           bytes: req.full ? (16n << 20n) + 8192n : 8192n,
-          vm: req.stop ? undefined : vm,
+          vm,
         },
         drop,
       };
