@@ -4,7 +4,10 @@ import { registerJobs } from './commands/jobs.js';
 import { registerLiveUpdate } from './commands/live-update.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerRegion } from './commands/region.js';
+import { registerSave } from './commands/save.js';
+import { registerSnapshot } from './commands/snapshot.js';
 import { registerStatus } from './commands/status.js';
+import { registerClone, registerTemplate } from './commands/template.js';
 import { registerVm } from './commands/vm.js';
 import type { CommandRunner } from './commands/runner.js';
 import { globalDefaults, runCommand, type GlobalOptions } from './context.js';
@@ -16,9 +19,9 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
   const d = globalDefaults(env);
   const program = new Command('vmctl')
     .description(
-      'Control a Handoff cluster: memory regions, VMs, migration, live update and jobs (save/restore ' +
-        'and clones as they land). Service addresses come from flags, HANDOFF_* variables, or the ' +
-        'local defaults of `npm start`.',
+      'Control a Handoff cluster: memory regions, VMs, migration, live update, snapshots ' +
+        '(save, restore, export, import), templates and clones, and jobs. Service addresses come ' +
+        'from flags, HANDOFF_* variables, or the local defaults of `npm start`.',
     )
     .version(HANDOFF_VERSION, '-V, --version', 'print the vmctl version')
     .addOption(
@@ -75,6 +78,10 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
   registerVm(program, run);
   registerMigrate(program, run);
   registerLiveUpdate(program, run);
+  registerSave(program, run);
+  registerSnapshot(program, run);
+  registerTemplate(program, run);
+  registerClone(program, run);
   registerJobs(program, run);
   program.commands.forEach(function inheritOutput(c: Command): void {
     c.configureOutput({ writeOut: io.out, writeErr: io.err })

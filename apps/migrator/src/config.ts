@@ -43,7 +43,8 @@ export const migratorOptions = {
     env: 'HANDOFF_MEMSTORE_ADDR',
     description:
       'memstore address (host:port): after a migration ended uncertainly (a dropped connection, ' +
-      "a restart), who holds the VM's lease there says where it runs; empty: not asked",
+      "a restart), who holds the VM's lease there says where it runs; snapshot jobs ask it what " +
+      'a snapshot is and whether a save made it; empty: not asked',
   },
   'live-update-concurrency': {
     type: 'number',

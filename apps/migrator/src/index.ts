@@ -1,6 +1,6 @@
 /**
- * The migrator service: the registry of vmm instances and the jobs that move
- * VMs between them (migrate, live update).
+ * The migrator service: the registry of vmm instances and the jobs that move VMs between them
+ * (migrate, live update) and save, restore, template and clone them.
  *
  * @packageDocumentation
  */
@@ -12,7 +12,7 @@ export {
   type VmLocation,
   type VmmRecord,
 } from './registry/vmm-registry.js';
-export type { HostedVm, HostedVms, VmSpec, VmState } from './registry/hosted-vm.js';
+export type { HostedVm, HostedVms, VmSpec, VmState, VmStatus } from './registry/hosted-vm.js';
 export {
   VmmClients,
   isDefinitive,
@@ -32,6 +32,9 @@ export {
   type Job,
   type JobKind,
   type JobOutcome,
+  type SnapshotJobKind,
+  type SnapshotRequest,
+  type SnapshotResult,
   type VmWhereabouts,
 } from './jobs/job.js';
 export {
@@ -40,5 +43,8 @@ export {
   type HolderLiveness,
   type RegionLease,
   type RegionLeases,
+  type SnapshotCatalog,
+  type SnapshotFacts,
+  type SnapshotKind,
 } from './clients/memstore-client.js';
 export { gatherEvidence, judge, type Evidence, type Verdict } from './jobs/outcome.js';

@@ -7,7 +7,27 @@
  */
 export { Clients, DEFAULT_ENDPOINTS, type Endpoints } from './clients.js';
 export { operatorTls, OPERATOR } from './credentials.js';
-export { jobs, jobEnded, jobJson, WATCH_DEADLINE_MS, type JobJson, type JobView } from './jobs.js';
+export {
+  jobs,
+  jobEnded,
+  jobJson,
+  isSnapshotJob,
+  WATCH_DEADLINE_MS,
+  type JobJson,
+  type JobView,
+  type SnapshotResultView,
+} from './jobs.js';
+export {
+  snapshots,
+  snapshotJson,
+  snapshotMemory,
+  IMPORT_CHUNK,
+  TRANSFER_DEADLINE_MS,
+  type SnapshotBlockView,
+  type SnapshotKindName,
+  type SnapshotView,
+  type TransferListener,
+} from './snapshots.js';
 export {
   regions,
   REGION_KINDS,
@@ -27,6 +47,7 @@ export {
   vms,
   vmJson,
   ConsoleSession,
+  type MemoryUsageView,
   type RamBackendName,
   type RamBlockView,
   type VmCreateSpec,

@@ -36,6 +36,29 @@ export interface JobView {
   children: string[];
   /** Where a migrate job left its VM, once it ended. */
   outcome: JobOutcomeView | undefined;
+  /** What a save, restore, template or clone job made, once it completed. */
+  snapshotResult: SnapshotResultView | undefined;
+}
+
+/** What a save, restore, template or clone job made. */
+export interface SnapshotResultView {
+  /** The snapshot or template saved, restored from or cloned. */
+  snapshot: string;
+  /** The VMs it started (restore, clone), in order. */
+  vms: string[];
+  /** save: the guest's pause, in µs (0 when it stayed stopped, or not known). */
+  pauseUs: number;
+  /** The vmm's time for the work, in µs (0 when not known). */
+  durationUs: number;
+  /** save: bytes written (device state plus copied pages). */
+  bytes: number;
+  /** restore, clone: request to each VM's guest running, in µs, in the order of `vms`. */
+  runningAfterUs: number[];
+}
+
+/** Whether a job saves, restores, makes a template or clones (no RAM progress to show). */
+export function isSnapshotJob(job: JobView): boolean {
+  return ['save', 'restore', 'template', 'clone'].includes(job.kind);
 }
 
 /** Where a job left its VM: on the target, the source, lost with a vmm, or unknown. */
@@ -85,6 +108,17 @@ function toView(j: pb.Job | undefined): JobView {
             detail: j.outcome.detail,
           }
         : undefined,
+    snapshotResult:
+      j.snapshotResult !== undefined
+        ? {
+            snapshot: j.snapshotResult.snapshot,
+            vms: [...j.snapshotResult.vms],
+            pauseUs: Number(j.snapshotResult.pauseUs),
+            durationUs: Number(j.snapshotResult.durationUs),
+            bytes: Number(j.snapshotResult.bytes),
+            runningAfterUs: j.snapshotResult.runningAfterUs.map(Number),
+          }
+        : undefined,
   };
 }
 
@@ -109,6 +143,8 @@ export interface JobJson {
   children?: string[];
   /** Where a migrate job left its VM, once it ended. */
   outcome?: JobOutcomeView;
+  /** What a snapshot job made, once it completed. */
+  snapshotResult?: SnapshotResultView;
   info: QapiMigrationInfo;
 }
 
@@ -130,6 +166,7 @@ export function jobJson(job: JobView): JobJson {
   if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt;
   if (job.children.length > 0) out.children = job.children;
   if (job.outcome !== undefined) out.outcome = job.outcome;
+  if (job.snapshotResult !== undefined) out.snapshotResult = job.snapshotResult;
   return out;
 }
 
@@ -169,6 +206,58 @@ export function jobs(c: Clients) {
         opts(),
       );
       return toView(res.job);
+    },
+    /** Save: a snapshot of a VM (default name: `<vm>-<UTC time>`). */
+    async save(req: {
+      vm: string;
+      snapshot: string;
+      full: boolean;
+      stop: boolean;
+    }): Promise<JobView> {
+      return toView((await unaryCall(c.migrator, 'save', req, opts())).job);
+    },
+    /** Restore: a VM from a snapshot (name and vmm '' = defaults). */
+    async restore(req: {
+      snapshot: string;
+      name: string;
+      vmm: string;
+      paused: boolean;
+    }): Promise<JobView> {
+      return toView((await unaryCall(c.migrator, 'restore', req, opts())).job);
+    },
+    /** CreateTemplate: from a guest booted to its ready doorbell, or from a running VM. */
+    async createTemplate(req: {
+      name: string;
+      source: { guest: string } | { fromVm: string };
+      memory: bigint;
+      vmm: string;
+      args: Record<string, string>;
+      readyTimeoutMs: number;
+    }): Promise<JobView> {
+      const { source, ...rest } = req;
+      const res = await unaryCall(
+        c.migrator,
+        'createTemplate',
+        {
+          ...rest,
+          source:
+            'guest' in source
+              ? { $case: 'guest', value: source.guest }
+              : { $case: 'fromVm', value: source.fromVm },
+        },
+        opts(),
+      );
+      return toView(res.job);
+    },
+    /** Clone: `count` VMs from a template. */
+    async clone(req: {
+      template: string;
+      count: number;
+      vmm: string;
+      namePrefix: string;
+      paused: boolean;
+    }): Promise<JobView> {
+      return toView((await unaryCall(c.migrator, 'clone', req, opts())).job);
     },
     async get(id: string): Promise<JobView> {
       return toView((await unaryCall(c.migrator, 'getJob', { id }, opts())).job);

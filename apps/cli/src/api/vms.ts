@@ -54,6 +54,20 @@ export interface VmView {
   generationId: bigint;
   createdAt: string | undefined;
   ram: RamBlockView[];
+  /** What its RAM costs, as the kernel counts it (GetVm sets it; ListVms does not). */
+  memory: MemoryUsageView | null;
+  /** The snapshot or template it was restored or cloned from; '' for a booted VM. */
+  snapshot: string;
+}
+
+/** What a VM's RAM mappings cost on its vmm's host. */
+export interface MemoryUsageView {
+  /** Proportional set size: shared pages divided among the mappings that share them. */
+  pssBytes: bigint;
+  /** Pages only this VM maps that it wrote. */
+  privateDirtyBytes: bigint;
+  /** Resident pages, counted whole even when shared. */
+  rssBytes: bigint;
 }
 
 /** What `vm create` asks for. */
@@ -109,6 +123,15 @@ function toView(v: pb.Vm, vmm: VmmRef): VmView {
     ready: v.ready,
     generationId: v.generationId,
     createdAt: timestampToDate(v.createdAt)?.toISOString(),
+    memory:
+      v.memory !== undefined
+        ? {
+            pssBytes: v.memory.pssBytes,
+            privateDirtyBytes: v.memory.privateDirtyBytes,
+            rssBytes: v.memory.rssBytes,
+          }
+        : null,
+    snapshot: v.snapshot,
     ram: v.ram.map((b) => ({
       id: b.spec?.id ?? '',
       guestBase: Number(b.spec?.guestBase ?? 0n),
@@ -145,6 +168,16 @@ export function vmJson(v: VmView): Record<string, unknown> {
     'generation-id': v.generationId.toString(16).padStart(16, '0'),
     created: v.createdAt ?? null,
     memory: v.ram.reduce((sum, b) => sum + b.size, 0n),
+    ...(v.snapshot !== '' ? { snapshot: v.snapshot } : {}),
+    ...(v.memory !== null
+      ? {
+          usage: {
+            pss: v.memory.pssBytes,
+            'private-dirty': v.memory.privateDirtyBytes,
+            rss: v.memory.rssBytes,
+          },
+        }
+      : {}),
     ram: v.ram.map((b) => ({
       id: b.id,
       base: `0x${b.guestBase.toString(16)}`,
@@ -220,6 +253,22 @@ export const vms = {
     }
     list.sort((a, b) => a.name.localeCompare(b.name) || a.vmm.localeCompare(b.vmm));
     return { vms: list, unreachable };
+  },
+
+  /** GetVm of `name` on one instance; null when it holds no VM of that name. */
+  async on(c: Clients, vmm: VmmRef, name: string): Promise<VmView | null> {
+    try {
+      const res = await unaryCall(
+        c.vmm(vmm.address),
+        'getVm',
+        { name },
+        { deadlineMs: c.endpoints.timeoutMs },
+      );
+      return toView(res.vm!, vmm);
+    } catch (err) {
+      if (err instanceof RemoteError && err.status === grpc.status.NOT_FOUND) return null;
+      throw err;
+    }
   },
 
   /**

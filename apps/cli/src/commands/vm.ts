@@ -62,6 +62,14 @@ function renderOne(v: VmView): string {
     ['created', v.createdAt ?? '-'],
     ['memory', formatBytes(memoryOf(v))],
   );
+  if (v.memory !== null) {
+    fields.push([
+      'memory use',
+      `PSS ${formatBytes(v.memory.pssBytes)}, private dirty ` +
+        `${formatBytes(v.memory.privateDirtyBytes)}, RSS ${formatBytes(v.memory.rssBytes)}`,
+    ]);
+  }
+  if (v.snapshot !== '') fields.push(['snapshot', `${v.snapshot} (restored or cloned from it)`]);
   const args = Object.entries(v.args);
   if (args.length > 0) fields.push(['args', args.map(([k, x]) => `${k}=${x}`).join(' ')]);
   for (const b of v.ram) {
@@ -77,7 +85,8 @@ function renderOne(v: VmView): string {
   return renderFields(fields);
 }
 
-function parseArgs(list: string[]): Record<string, string> {
+/** `--arg key=value` flags as a map; a usage error for one without `=`. */
+export function parseArgs(list: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const item of list) {
     const eq = item.indexOf('=');
@@ -196,7 +205,10 @@ export function registerVm(program: Command, run: CommandRunner): void {
   vm.command('show')
     .argument('<name>', 'VM name')
     .addOption(vmmOption())
-    .description('show one VM: state, exit code, instructions, MIPS, RAM blocks')
+    .description(
+      'show one VM: state, exit code, instructions, MIPS, RAM blocks, what its RAM costs (PSS, ' +
+        'private dirty, RSS) and the snapshot it came from',
+    )
     .action(
       run(async (ctx, name: string, opts: { vmm?: string }) => {
         const v = await vms.find(ctx.clients, name, opts.vmm);

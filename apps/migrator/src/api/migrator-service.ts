@@ -13,7 +13,6 @@ import {
   callerId,
   serverStream,
   ServiceError,
-  unavailable,
   unary,
   HANDOFF_VERSION,
   type AccessTable,
@@ -26,11 +25,13 @@ import type { JobManager } from '../jobs/job-manager.js';
 import { isFinished, type Job, type JobKind, type VmWhereabouts } from '../jobs/job.js';
 import type { VmmRegistry, VmmRecord } from '../registry/vmm-registry.js';
 
-const SERVICE = 'MigratorService';
-
 const KIND_TO_WIRE: Record<JobKind, pb.JobKind> = {
   migrate: pb.JobKind.JOB_KIND_MIGRATE,
   'live-update': pb.JobKind.JOB_KIND_LIVE_UPDATE,
+  save: pb.JobKind.JOB_KIND_SAVE,
+  restore: pb.JobKind.JOB_KIND_RESTORE,
+  template: pb.JobKind.JOB_KIND_TEMPLATE,
+  clone: pb.JobKind.JOB_KIND_CLONE,
 };
 
 function toVmmInstance(r: VmmRecord): pb.VmmInstance {
@@ -66,7 +67,17 @@ export function jobToWire(job: Job): pb.Job {
             vmm: job.outcome.vmm,
             detail: job.outcome.detail,
           },
-    snapshotResult: undefined,
+    snapshotResult:
+      job.snapshotResult === undefined
+        ? undefined
+        : {
+            snapshot: job.snapshotResult.snapshot,
+            vms: [...job.snapshotResult.vms],
+            pauseUs: BigInt(Math.round(job.snapshotResult.pauseUs)),
+            durationUs: BigInt(Math.round(job.snapshotResult.durationUs)),
+            bytes: BigInt(Math.round(job.snapshotResult.bytes)),
+            runningAfterUs: job.snapshotResult.runningAfterUs.map((us) => BigInt(Math.round(us))),
+          },
   };
 }
 
@@ -76,6 +87,14 @@ const WHERE_TO_WIRE: Record<VmWhereabouts, pb.VmWhereabouts> = {
   lost: pb.VmWhereabouts.VM_WHEREABOUTS_LOST,
   unknown: pb.VmWhereabouts.VM_WHEREABOUTS_UNKNOWN,
 };
+
+/** A uint64 of a request as a number; beyond 2^53 it is the caller's INVALID_ARGUMENT. */
+function wireCount(what: string, value: bigint): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new MigratorError('MIGRATOR_INVALID_ARGUMENT', `${what} ${value} is too large`);
+  }
+  return Number(value);
+}
 
 /** Wire input converted to domain values; a bad value is the caller's INVALID_ARGUMENT. */
 function fromWire<T>(what: string, convert: () => T): T {
@@ -184,8 +203,6 @@ export function migratorService(deps: {
   heartbeatIntervalMs: number;
 }): ServiceRegistration {
   const { logger, registry, jobs } = deps;
-  const later = (method: string, milestone: string) =>
-    unavailable(SERVICE, method, 'MIGRATOR_UNIMPLEMENTED', milestone);
   const implementation: pb.MigratorServiceServer = {
     getInfo: unary(logger, () => ({
       version: HANDOFF_VERSION,
@@ -244,10 +261,49 @@ export function migratorService(deps: {
       });
       return { job: jobToWire(job) };
     }),
-    save: later('Save', 'the save/restore milestone'),
-    restore: later('Restore', 'the save/restore milestone'),
-    createTemplate: later('CreateTemplate', 'the templates and clones milestone'),
-    clone: later('Clone', 'the templates and clones milestone'),
+    save: unary(logger, async (req) => ({
+      job: jobToWire(
+        await jobs.save({ vm: req.vm, snapshot: req.snapshot, full: req.full, stop: req.stop }),
+      ),
+    })),
+    restore: unary(logger, async (req) => ({
+      job: jobToWire(
+        await jobs.restore({
+          snapshot: req.snapshot,
+          name: req.name,
+          vmm: req.vmm,
+          paused: req.paused,
+        }),
+      ),
+    })),
+    createTemplate: unary(logger, async (req) => ({
+      job: jobToWire(
+        await jobs.createTemplate({
+          name: req.name,
+          source:
+            req.source === undefined
+              ? undefined
+              : req.source.$case === 'guest'
+                ? { guest: req.source.value }
+                : { fromVm: req.source.value },
+          memory: wireCount('memory', req.memory),
+          vmm: req.vmm,
+          args: { ...req.args },
+          readyTimeoutMs: req.readyTimeoutMs,
+        }),
+      ),
+    })),
+    clone: unary(logger, async (req) => ({
+      job: jobToWire(
+        await jobs.clone({
+          template: req.template,
+          count: req.count,
+          vmm: req.vmm,
+          namePrefix: req.namePrefix,
+          paused: req.paused,
+        }),
+      ),
+    })),
     getJob: unary(logger, (req) => ({ job: jobToWire(jobs.get(req.id)) })),
     listJobs: unary(logger, (req) => ({ jobs: jobs.list(req.all).map(jobToWire) })),
     watchJob: serverStream(logger, (req, call) => streamJob(jobs, req.id, call)),

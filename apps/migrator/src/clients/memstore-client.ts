@@ -1,11 +1,13 @@
 import type { ChannelCredentials } from '@grpc/grpc-js';
-import { memstore as pb } from '@handoff/proto';
+import { memstore as pb, timestampToDate } from '@handoff/proto';
 import { RemoteError, createClient, unaryCall } from '@handoff/service';
 
 /**
- * The migrator's one use of memstore: after a migration ended uncertainly (a dropped
- * connection, a restart), who holds the lease of the VM's shared regions says which vmm may run
- * it, and whether that holder's process lives. Holders are `<vmm-id>/<vm>`.
+ * What the migrator asks memstore. After a migration ended uncertainly (a dropped connection, a
+ * restart), who holds the lease of the VM's shared regions says which vmm may run it, and
+ * whether that holder's process lives (holders are `<vmm-id>/<vm>`). For snapshot jobs: what a
+ * snapshot is (a restore takes the VM name it was saved with), and whether a save whose end the
+ * migrator did not see made its snapshot.
  */
 
 /** Whether a lease holder's process still lives, as memstore judges it ({@link holderLivenessOf}). */
@@ -36,6 +38,40 @@ export interface RegionLeases {
   leaseOf(name: string): Promise<RegionLease | null>;
   close(): void;
 }
+
+/** How a snapshot holds its RAM (memstore's SnapshotKind). */
+export type SnapshotKind = 'bypass' | 'full' | 'imported' | 'unknown';
+
+/** A snapshot as the migrator's jobs need it (GetSnapshot, without its device state). */
+export interface SnapshotFacts {
+  readonly id: string;
+  readonly name: string;
+  readonly kind: SnapshotKind;
+  readonly template: boolean;
+  /** The VM it was saved from and the vmm instance that ran it. */
+  readonly vmName: string;
+  readonly vmmId: string;
+  readonly createdAt: Date | undefined;
+  /** Its device state plus the stored bytes of the regions it owns. */
+  readonly storedBytes: number;
+}
+
+/** What snapshot jobs ask memstore. */
+export interface SnapshotCatalog {
+  /**
+   * Snapshot `name`; null when memstore has none of that name.
+   *
+   * @throws RemoteError when memstore cannot be reached (or answers another error)
+   */
+  snapshotOf(name: string): Promise<SnapshotFacts | null>;
+  close(): void;
+}
+
+const SNAPSHOT_KIND: Partial<Record<pb.SnapshotKind, SnapshotKind>> = {
+  [pb.SnapshotKind.SNAPSHOT_KIND_BYPASS]: 'bypass',
+  [pb.SnapshotKind.SNAPSHOT_KIND_FULL]: 'full',
+  [pb.SnapshotKind.SNAPSHOT_KIND_IMPORTED]: 'imported',
+};
 
 /**
  * Whether the process behind the region's lease holder lives, as memstore's GetRegion says
@@ -68,7 +104,7 @@ function fenceOf(region: pb.Region): RegionLease['fenced'] {
 }
 
 /** memstore over gRPC, every call with a deadline. */
-export class MemstoreClient implements RegionLeases {
+export class MemstoreClient implements RegionLeases, SnapshotCatalog {
   private client: pb.MemstoreServiceClient | undefined;
 
   /** @param credentials - the migrator's client credentials (its certificate, role migrator) */
@@ -79,12 +115,9 @@ export class MemstoreClient implements RegionLeases {
   ) {}
 
   async leaseOf(name: string): Promise<RegionLease | null> {
-    this.client ??= createClient(pb.MemstoreServiceClient, this.address, this.credentials, {
-      waitForReady: true,
-    });
     try {
       const { region } = await unaryCall(
-        this.client,
+        this.connection(),
         'getRegion',
         { region: { selector: { $case: 'name', value: name } } },
         { deadlineMs: this.callTimeoutMs },
@@ -101,6 +134,37 @@ export class MemstoreClient implements RegionLeases {
       if (err instanceof RemoteError && err.code === 'REGION_NOT_FOUND') return null;
       throw err;
     }
+  }
+
+  async snapshotOf(name: string): Promise<SnapshotFacts | null> {
+    try {
+      const { snapshot: s } = await unaryCall(
+        this.connection(),
+        'getSnapshot',
+        { snapshot: { selector: { $case: 'name', value: name } }, withDeviceState: false },
+        { deadlineMs: this.callTimeoutMs },
+      );
+      if (s === undefined) return null;
+      return {
+        id: s.id,
+        name: s.name,
+        kind: SNAPSHOT_KIND[s.kind] ?? 'unknown',
+        template: s.template,
+        vmName: s.vmName,
+        vmmId: s.vmmId,
+        createdAt: timestampToDate(s.createdAt),
+        storedBytes: Number(s.storedBytes),
+      };
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'SNAPSHOT_NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
+  private connection(): pb.MemstoreServiceClient {
+    return (this.client ??= createClient(pb.MemstoreServiceClient, this.address, this.credentials, {
+      waitForReady: true,
+    }));
   }
 
   close(): void {

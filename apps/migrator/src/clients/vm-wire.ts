@@ -6,6 +6,7 @@ import type {
   RamBlockSpec,
   VmSpec,
   VmState,
+  VmStatus,
 } from '../registry/hosted-vm.js';
 
 /**
@@ -86,6 +87,11 @@ export function hostedVmFromWire(vm: Pick<mpb.HostedVm, 'name' | 'spec' | 'state
     spec: vm.spec === undefined ? undefined : vmSpecFromWire(vm.spec),
     state: vmStateFromWire(vm.state),
   };
+}
+
+/** A VM as a vmm answers it (GetVm, ListVms, CreateVm, RestoreVm, CloneVms). */
+export function vmStatusFromWire(vm: vpb.Vm): VmStatus {
+  return { ...hostedVmFromWire(vm), snapshot: vm.snapshot, ready: vm.ready };
 }
 
 /** A report's VM set from the wire. */

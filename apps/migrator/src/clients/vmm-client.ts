@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { vmm as vpb } from '@handoff/proto';
+import { memstore as mspb, vmm as vpb } from '@handoff/proto';
 import type {
   MigrationCapabilities,
   MigrationInfo,
@@ -7,8 +7,9 @@ import type {
 } from '@handoff/qapi';
 import { capabilitiesToWire, migrationInfoFromWire, parametersToWire } from '@handoff/qapi/wire';
 import { RemoteError, createClient, streamCall, unaryCall } from '@handoff/service';
-import type { HostedVm, VmSpec } from '../registry/hosted-vm.js';
-import { hostedVmFromWire, vmSpecToWire } from './vm-wire.js';
+import type { VmSpec, VmStatus } from '../registry/hosted-vm.js';
+import type { SnapshotKind } from './memstore-client.js';
+import { vmSpecToWire, vmStatusFromWire } from './vm-wire.js';
 
 /** What a target's PrepareIncoming handed out, for the source's MigrateVm. */
 export interface PreparedTarget {
@@ -53,6 +54,61 @@ export interface PrepareCall {
  */
 export type ArrivalEnd = 'none' | 'dropped' | 'arrived' | 'failed';
 
+/** SaveVm, in domain terms. */
+export interface SaveCall {
+  readonly vm: string;
+  readonly jobId: string;
+  /** The snapshot's name (required). */
+  readonly snapshot: string;
+  readonly full: boolean;
+  readonly stop: boolean;
+  readonly template: boolean;
+}
+
+/** What SaveVm answered. */
+export interface Saved {
+  readonly snapshot: string;
+  readonly kind: SnapshotKind;
+  readonly pauseUs: number;
+  readonly durationUs: number;
+  readonly bytes: number;
+}
+
+/** RestoreVm, in domain terms. */
+export interface RestoreCall {
+  /** The VM's name ('' = the name it was saved with). */
+  readonly name: string;
+  readonly snapshot: string;
+  readonly paused: boolean;
+  readonly jobId: string;
+}
+
+/** CloneVms, in domain terms: VMs `<namePrefix>-<k>`, k from firstIndex. */
+export interface CloneCall {
+  readonly snapshot: string;
+  readonly count: number;
+  readonly namePrefix: string;
+  readonly firstIndex: number;
+  readonly paused: boolean;
+  readonly jobId: string;
+}
+
+/** What CloneVms answered. */
+export interface Cloned {
+  readonly vms: readonly VmStatus[];
+  /** Per clone, request to its guest running (µs). */
+  readonly runningAfterUs: readonly number[];
+  readonly durationUs: number;
+}
+
+/**
+ * How waiting for a guest's ready doorbell ended: it rang, or not — `timeout`, `ended` (the
+ * guest powered off or crashed, or the VM was destroyed; `detail` says which) or `cancelled`.
+ */
+export type ReadyWait =
+  | { readonly ready: true }
+  | { readonly ready: false; readonly why: 'timeout' | 'ended' | 'cancelled'; detail: string };
+
 export interface VmmCalls {
   /** PrepareIncoming on a target; with the spec the target builds the machine ahead. */
   prepareIncoming(address: string, req: PrepareCall): Promise<PreparedTarget>;
@@ -81,7 +137,34 @@ export interface VmmCalls {
    */
   cancelIncoming(address: string, vm: string, jobId: string): Promise<ArrivalEnd>;
   /** GetVm: the VM as that instance holds it, or null when it holds none of that name. */
-  vm(address: string, vm: string): Promise<HostedVm | null>;
+  vm(address: string, vm: string): Promise<VmStatus | null>;
+  /** ListVms: every VM the instance holds. */
+  vms(address: string): Promise<VmStatus[]>;
+  /** CreateVm, started at once. */
+  createVm(address: string, spec: VmSpec): Promise<VmStatus>;
+  /** DestroyVm; a VM the instance does not hold (any more) counts as destroyed. */
+  destroyVm(address: string, vm: string): Promise<void>;
+  /**
+   * Follows the VM (WatchVm) until its guest rings the ready doorbell (or had rung it), it ends
+   * (powers off, crashes, is destroyed), `timeoutMs` passes, or `signal` aborts.
+   *
+   * @throws RemoteError when the watch cannot be opened or breaks (the vmm's word is unknown)
+   */
+  awaitReady(
+    address: string,
+    vm: string,
+    opts: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<ReadyWait>;
+  /** SaveVm, with a deadline of `deadlineMs`. */
+  saveVm(address: string, req: SaveCall, deadlineMs: number): Promise<Saved>;
+  /** RestoreVm: the VM started, and the time to its guest running (µs). */
+  restoreVm(
+    address: string,
+    req: RestoreCall,
+    deadlineMs: number,
+  ): Promise<{ vm: VmStatus; durationUs: number }>;
+  /** CloneVms: every clone started, or none. */
+  cloneVms(address: string, req: CloneCall, deadlineMs: number): Promise<Cloned>;
   /** Closes every connection. */
   close(): void;
 }
@@ -115,12 +198,57 @@ export function isDefinitive(err: unknown): boolean {
   return err.code.startsWith('MIGRATION_') || err.code.startsWith('VMM_');
 }
 
+const SNAPSHOT_KIND_FROM_WIRE: Partial<Record<mspb.SnapshotKind, SnapshotKind>> = {
+  [mspb.SnapshotKind.SNAPSHOT_KIND_BYPASS]: 'bypass',
+  [mspb.SnapshotKind.SNAPSHOT_KIND_FULL]: 'full',
+  [mspb.SnapshotKind.SNAPSHOT_KIND_IMPORTED]: 'imported',
+};
+
+const VM_ENDS: Partial<Record<vpb.VmEventKind, string>> = {
+  [vpb.VmEventKind.VM_EVENT_KIND_POWERED_OFF]: 'the guest powered off',
+  [vpb.VmEventKind.VM_EVENT_KIND_GUEST_ERROR]: 'the guest crashed',
+  [vpb.VmEventKind.VM_EVENT_KIND_DESTROYED]: 'the VM was destroyed',
+};
+
+/** Why a watched VM will never ring ready, from one WatchVm message; undefined while it may. */
+function endOf(m: vpb.WatchVmResponse): string | undefined {
+  const said = VM_ENDS[m.kind];
+  const state = m.vm?.state;
+  const why =
+    said ??
+    (state === vpb.VmState.VM_STATE_POWERED_OFF
+      ? 'the guest powered off'
+      : state === vpb.VmState.VM_STATE_CRASHED
+        ? 'the guest crashed'
+        : undefined);
+  if (why === undefined) return undefined;
+  const extra =
+    m.vm?.state === vpb.VmState.VM_STATE_POWERED_OFF
+      ? ` (exit code ${m.vm.exitCode})`
+      : m.vm?.error
+        ? `: ${m.vm.error}`
+        : m.detail !== ''
+          ? `: ${m.detail}`
+          : '';
+  return `${why}${extra}`;
+}
+
 const ARRIVAL_FROM_WIRE: Partial<Record<vpb.IncomingOutcome, ArrivalEnd>> = {
   [vpb.IncomingOutcome.INCOMING_OUTCOME_NONE]: 'none',
   [vpb.IncomingOutcome.INCOMING_OUTCOME_DROPPED]: 'dropped',
   [vpb.IncomingOutcome.INCOMING_OUTCOME_ARRIVED]: 'arrived',
   [vpb.IncomingOutcome.INCOMING_OUTCOME_FAILED]: 'failed',
 };
+
+/** A message field the vmm must have set; its absence is the vmm's internal error. */
+function required<T>(value: T | undefined, method: string, address: string): T {
+  if (value !== undefined) return value;
+  throw new RemoteError(
+    'GRPC_INTERNAL',
+    grpc.status.INTERNAL,
+    `${method}: vmm at ${address} answered without its VM`,
+  );
+}
 
 /** How long a job's first call to an instance waits for its channel to connect. */
 const CONNECT_WAIT_MS = 2000;
@@ -227,14 +355,149 @@ export class VmmClients implements VmmCalls {
     return ARRIVAL_FROM_WIRE[res.outcome] ?? 'none';
   }
 
-  async vm(address: string, vm: string): Promise<HostedVm | null> {
+  async vm(address: string, vm: string): Promise<VmStatus | null> {
     try {
       const res = await unaryCall(this.client(address), 'getVm', { name: vm }, this.opts());
-      return res.vm === undefined ? null : hostedVmFromWire(res.vm);
+      return res.vm === undefined ? null : vmStatusFromWire(res.vm);
     } catch (err) {
       if (err instanceof RemoteError && err.code === 'VMM_VM_NOT_FOUND') return null;
       throw err;
     }
+  }
+
+  async vms(address: string): Promise<VmStatus[]> {
+    const res = await unaryCall(this.client(address), 'listVms', {}, this.opts());
+    return res.vms.map(vmStatusFromWire);
+  }
+
+  async createVm(address: string, spec: VmSpec): Promise<VmStatus> {
+    const res = await unaryCall(
+      await this.connected(address),
+      'createVm',
+      { spec: vmSpecToWire(spec), start: true },
+      // building the machine (a guest's translation table) can take seconds
+      { deadlineMs: Math.max(this.callTimeoutMs, 30_000) },
+    );
+    return vmStatusFromWire(required(res.vm, 'createVm', address));
+  }
+
+  async destroyVm(address: string, vm: string): Promise<void> {
+    try {
+      await unaryCall(
+        this.client(address),
+        'destroyVm',
+        { name: vm },
+        { deadlineMs: Math.max(this.callTimeoutMs, 15_000) },
+      );
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'VMM_VM_NOT_FOUND') return;
+      throw err;
+    }
+  }
+
+  async awaitReady(
+    address: string,
+    vm: string,
+    opts: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<ReadyWait> {
+    const client = await this.connected(address);
+    return new Promise<ReadyWait>((resolve, reject) => {
+      const call = client.watchVm({ name: vm }, { deadline: Date.now() + opts.timeoutMs });
+      let done = false;
+      const finish = (end: ReadyWait | Error) => {
+        if (done) return;
+        done = true;
+        opts.signal?.removeEventListener('abort', onAbort);
+        call.cancel();
+        if (end instanceof Error) reject(end);
+        else resolve(end);
+      };
+      const onAbort = () => finish({ ready: false, why: 'cancelled', detail: 'cancelled' });
+      if (opts.signal?.aborted === true) return onAbort();
+      opts.signal?.addEventListener('abort', onAbort);
+      call.on('data', (m: vpb.WatchVmResponse) => {
+        if (m.kind === vpb.VmEventKind.VM_EVENT_KIND_READY || m.vm?.ready === true) {
+          return finish({ ready: true });
+        }
+        const end = endOf(m);
+        if (end !== undefined) finish({ ready: false, why: 'ended', detail: end });
+      });
+      call.on('error', (err: grpc.ServiceError) => {
+        if (err.code === grpc.status.DEADLINE_EXCEEDED) {
+          finish({
+            ready: false,
+            why: 'timeout',
+            detail: `no ready doorbell in ${opts.timeoutMs} ms`,
+          });
+        } else {
+          finish(RemoteError.fromGrpc(err, 'watchVm'));
+        }
+      });
+      call.on('end', () =>
+        finish({ ready: false, why: 'ended', detail: 'the vmm ended the watch (the VM is gone)' }),
+      );
+    });
+  }
+
+  async saveVm(address: string, req: SaveCall, deadlineMs: number): Promise<Saved> {
+    const res = await unaryCall(
+      await this.connected(address),
+      'saveVm',
+      {
+        name: req.vm,
+        jobId: req.jobId,
+        snapshot: req.snapshot,
+        full: req.full,
+        stop: req.stop,
+        template: req.template,
+      },
+      { deadlineMs },
+    );
+    return {
+      snapshot: res.snapshot?.name ?? req.snapshot,
+      kind: (res.snapshot && SNAPSHOT_KIND_FROM_WIRE[res.snapshot.kind]) ?? 'unknown',
+      pauseUs: Number(res.pauseUs),
+      durationUs: Number(res.durationUs),
+      bytes: Number(res.bytes),
+    };
+  }
+
+  async restoreVm(
+    address: string,
+    req: RestoreCall,
+    deadlineMs: number,
+  ): Promise<{ vm: VmStatus; durationUs: number }> {
+    const res = await unaryCall(
+      await this.connected(address),
+      'restoreVm',
+      { name: req.name, snapshot: req.snapshot, paused: req.paused, jobId: req.jobId },
+      { deadlineMs },
+    );
+    return {
+      vm: vmStatusFromWire(required(res.vm, 'restoreVm', address)),
+      durationUs: Number(res.durationUs),
+    };
+  }
+
+  async cloneVms(address: string, req: CloneCall, deadlineMs: number): Promise<Cloned> {
+    const res = await unaryCall(
+      await this.connected(address),
+      'cloneVms',
+      {
+        snapshot: req.snapshot,
+        count: req.count,
+        namePrefix: req.namePrefix,
+        firstIndex: req.firstIndex,
+        paused: req.paused,
+        jobId: req.jobId,
+      },
+      { deadlineMs },
+    );
+    return {
+      vms: res.vms.map(vmStatusFromWire),
+      runningAfterUs: res.runningAfterUs.map(Number),
+      durationUs: Number(res.durationUs),
+    };
   }
 
   close(): void {

@@ -14,7 +14,11 @@ import {
 } from '@handoff/qapi';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { RemoteError, channelCredentials, type Logger } from '@handoff/service';
-import { MemstoreClient, type RegionLeases } from '../clients/memstore-client.js';
+import {
+  MemstoreClient,
+  type RegionLeases,
+  type SnapshotCatalog,
+} from '../clients/memstore-client.js';
 import {
   VmmClients,
   isDefinitive,
@@ -24,9 +28,28 @@ import {
 import { MigratorError } from '../errors.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
-import { isFinished, statusPath, type Job, type JobKind, type JobOutcome } from './job.js';
+import {
+  isFinished,
+  isSnapshotKind,
+  statusPath,
+  type Job,
+  type JobKind,
+  type JobOutcome,
+  type SnapshotRequest,
+  type SnapshotResult,
+} from './job.js';
 import { gatherEvidence, judge, leftPausedOnSource, type Verdict } from './outcome.js';
 import { resolveAfterRestart, type RecoveryTiming } from './recovery.js';
+import {
+  planClone,
+  planRestore,
+  planSave,
+  planTemplate,
+  type PlanContext,
+  type SnapshotPlan,
+} from './snapshot-plans.js';
+import { resolveSnapshotJob } from './snapshot-resolve.js';
+import { runSnapshotJob, workerOf, type SnapshotEnd } from './snapshot-run.js';
 
 /** Where job snapshots are persisted (a {@link JobJournal} in production). */
 export interface JobSink {
@@ -74,6 +97,11 @@ export interface JobManagerOptions {
    * uncertainly (default: a gRPC client of `memstoreAddress`; none without it).
    */
   leases?: RegionLeases;
+  /**
+   * memstore's snapshots, asked by snapshot jobs (default: the gRPC client of
+   * `memstoreAddress`; none without it).
+   */
+  snapshots?: SnapshotCatalog;
   /** memstore's address, for the default {@link JobManagerOptions.leases}. */
   memstoreAddress?: string;
   /** Credentials of the default {@link JobManagerOptions.leases} (default: plaintext). */
@@ -97,13 +125,15 @@ interface Live {
   cancelRequested: boolean;
   /** Set while MigrateVm is outstanding (a cancel then goes to the source). */
   migrating: boolean;
+  /** Stops a snapshot job's wait for its guest (a template's); undefined when nothing waits. */
+  abort?: () => void;
 }
 
 /**
- * Runs migrate and live-update jobs. The migrator only coordinates: the vmm
- * instances move the VM and memstore's lease decides which of them runs it,
- * so a job that fails or is abandoned never loses or duplicates a VM (see
- * README "Restart semantics").
+ * Runs migrate, live-update, save, restore, template and clone jobs. The migrator only
+ * coordinates: the vmm instances move, save and start VMs, memstore keeps snapshots and its
+ * lease decides which vmm runs a VM, so a job that fails or is abandoned never loses or
+ * duplicates a VM (see README "Restart semantics").
  */
 export class JobManager {
   private readonly jobs = new Map<string, Live>();
@@ -115,6 +145,7 @@ export class JobManager {
   private readonly migrationTimeoutMs: number;
   private readonly defaultConcurrency: number;
   private readonly leases: RegionLeases | undefined;
+  private readonly snapshots: SnapshotCatalog | undefined;
   private closed = false;
 
   constructor(private readonly opts: JobManagerOptions) {
@@ -124,15 +155,16 @@ export class JobManager {
     this.vmms =
       opts.vmms ??
       new VmmClients(opts.callTimeoutMs ?? 5000, opts.vmmCredentials ?? channelCredentials(null));
-    this.leases =
-      opts.leases ??
-      (opts.memstoreAddress !== undefined && opts.memstoreAddress !== ''
+    const memstore =
+      opts.memstoreAddress !== undefined && opts.memstoreAddress !== ''
         ? new MemstoreClient(
             opts.memstoreAddress,
             opts.callTimeoutMs ?? 5000,
             opts.memstoreCredentials ?? channelCredentials(null),
           )
-        : undefined);
+        : undefined;
+    this.leases = opts.leases ?? memstore;
+    this.snapshots = opts.snapshots ?? memstore;
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
@@ -165,6 +197,8 @@ export class JobManager {
       if (live.job.kind === 'live-update') {
         this.toStatus(live, 'cancelling');
         this.track(this.finishParentAfterRestart(live));
+      } else if (isSnapshotKind(live.job.kind)) {
+        this.recoverSnapshotJob(live, was);
       } else if (was === 'none' || live.job.sourceAddress === '') {
         // never started: no PrepareIncoming went out (its `setup` line precedes it)
         this.finishCancelled(live, undefined, untouched(live.job, 'it never started'));
@@ -276,6 +310,45 @@ export class JobManager {
     return parent.job;
   }
 
+  /**
+   * Creates and starts a save job: SaveVm on the vmm that runs the VM.
+   *
+   * @throws MigratorError before any job exists: MIGRATOR_INVALID_ARGUMENT, MIGRATOR_VM_NOT_FOUND,
+   *   MIGRATOR_VM_BUSY
+   */
+  async save(req: { vm: string; snapshot: string; full: boolean; stop: boolean }): Promise<Job> {
+    return this.startSnapshotJob(await planSave(req, this.planContext()));
+  }
+
+  /** Creates and starts a restore job: RestoreVm on the chosen vmm (see {@link planRestore}). */
+  async restore(req: {
+    snapshot: string;
+    name: string;
+    vmm: string;
+    paused: boolean;
+  }): Promise<Job> {
+    return this.startSnapshotJob(await planRestore(req, this.planContext()));
+  }
+
+  /**
+   * Creates and starts a template job: a guest booted to its ready doorbell and saved with
+   * stop, or a running VM saved as a template (see {@link planTemplate}).
+   */
+  async createTemplate(req: Parameters<typeof planTemplate>[0]): Promise<Job> {
+    return this.startSnapshotJob(await planTemplate(req, this.planContext()));
+  }
+
+  /** Creates and starts a clone job: CloneVms on the chosen vmm (see {@link planClone}). */
+  async clone(req: {
+    template: string;
+    count: number;
+    vmm: string;
+    namePrefix: string;
+    paused: boolean;
+  }): Promise<Job> {
+    return this.startSnapshotJob(await planClone(req, this.planContext()));
+  }
+
   /** Asks a job to stop: CancelMigration on the source of each running migration. */
   async cancel(id: string): Promise<Job> {
     const live = this.live(id);
@@ -285,6 +358,7 @@ export class JobManager {
         `job ${id} already ended (${live.job.info.status}); there is nothing to cancel`,
       );
     }
+    if (isSnapshotKind(live.job.kind)) return this.cancelSnapshotJob(live);
     if (live.job.kind === 'live-update') {
       live.cancelRequested = true;
       this.toStatus(live, 'cancelling');
@@ -359,6 +433,7 @@ export class JobManager {
     this.closed = true;
     this.vmms.close();
     this.leases?.close();
+    if (this.snapshots !== this.leases) this.snapshots?.close();
     this.opts.journal?.close?.();
   }
 
@@ -584,7 +659,12 @@ export class JobManager {
     this.update(live, { info: { ...info, status: live.job.info.status } });
   }
 
-  private finishCompleted(live: Live, info: MigrationInfo, outcome?: JobOutcome): void {
+  private finishCompleted(
+    live: Live,
+    info: MigrationInfo,
+    outcome?: JobOutcome,
+    extra: Partial<Job> = {},
+  ): void {
     if (!this.walk(live, 'completed')) {
       // cancel arrived after the point of no return: the VM runs on the target
       live.sm = new MigrationStateMachine({ initial: 'completed' });
@@ -592,6 +672,7 @@ export class JobManager {
     this.update(
       live,
       {
+        ...extra,
         info: { ...info, status: 'completed', errorDesc: undefined },
         outcome,
         finishedAt: new Date(),
@@ -600,12 +681,18 @@ export class JobManager {
     );
   }
 
-  private finishFailed(live: Live, errorDesc: string, outcome?: JobOutcome): void {
+  private finishFailed(
+    live: Live,
+    errorDesc: string,
+    outcome?: JobOutcome,
+    extra: Partial<Job> = {},
+  ): void {
     live.sm.fail(errorDesc);
     this.update(
       live,
       {
-        info: { ...live.job.info, status: live.sm.status, errorDesc },
+        ...extra,
+        info: { ...live.job.info, ...extra.info, status: live.sm.status, errorDesc },
         outcome,
         finishedAt: new Date(),
       },
@@ -625,6 +712,159 @@ export class JobManager {
       },
       true,
     );
+  }
+
+  // --- running a save, restore, template or clone job ----------------------------------------
+
+  private planContext(): PlanContext {
+    return {
+      registry: this.opts.registry,
+      snapshots: this.snapshots,
+      locate: (vm) => this.locate(vm),
+      reservedNumbers: (prefix) =>
+        [...this.jobs.values()]
+          .map((l) => l.job)
+          .filter((j) => j.kind === 'clone' && !isFinished(j) && j.snapshot?.namePrefix === prefix)
+          .map((j) => j.snapshot!.firstIndex + j.snapshot!.count - 1),
+      now: () => new Date(),
+    };
+  }
+
+  private startSnapshotJob(plan: SnapshotPlan): Job {
+    if (plan.vm !== '') this.assertNotBusy(plan.vm);
+    const live = this.create(plan.kind, {
+      vm: plan.vm,
+      spec: undefined,
+      wasRunning: false,
+      source: plan.side === 'source' ? plan.vmm : undefined,
+      target: plan.side === 'target' ? plan.vmm : undefined,
+      capabilities: validated({}, {}),
+      parameters: {},
+      parent: '',
+      snapshot: plan.request,
+    });
+    this.track(this.runSnapshot(live));
+    return live.job;
+  }
+
+  /**
+   * Runs a snapshot job: `setup`, then `active` (on disk before the vmm is asked, so a restart
+   * knows the vmm may have done the work), the vmm call(s), and the end. An end the vmm did not
+   * decide is resolved by looking at what exists (snapshot-resolve.ts).
+   */
+  private async runSnapshot(live: Live): Promise<void> {
+    const { job } = live;
+    const log = this.log.child({ job: job.id, kind: job.kind, vm: job.vm });
+    const t0 = performance.now();
+    this.toStatus(live, 'setup');
+    this.toStatus(live, 'active');
+    await this.syncJournal();
+    const abort = new AbortController();
+    live.abort = () => abort.abort();
+    let end: SnapshotEnd;
+    try {
+      end = await runSnapshotJob(
+        { vmms: this.vmms, deadlineMs: this.migrationTimeoutMs, signal: abort.signal, log },
+        live.job,
+      );
+    } finally {
+      live.abort = undefined;
+    }
+    if (end.status === 'uncertain') {
+      log.warn({ error: end.error }, 'the vmm did not say how the job ended; looking');
+      const seen = await this.resolveSnapshot(live.job);
+      if (this.closed) return;
+      end =
+        seen.status === 'failed'
+          ? { status: 'failed', error: `${end.error}; ${seen.error}` }
+          : seen;
+    }
+    this.endSnapshot(live, end, performance.now() - t0);
+    log.info(
+      { status: live.job.info.status, ms: round(performance.now() - t0) },
+      `${job.kind} job ended`,
+    );
+  }
+
+  private resolveSnapshot(job: Job): Promise<SnapshotEnd> {
+    return resolveSnapshotJob({ vmms: this.vmms, snapshots: this.snapshots, log: this.log }, job, {
+      settleMs: this.opts.recoveryRetryMs ?? 30_000,
+      pollMs: this.pollMs,
+      closed: () => this.closed,
+    });
+  }
+
+  /** Records a snapshot job's end; the VMs it started are placed in the registry at once. */
+  private endSnapshot(live: Live, end: SnapshotEnd, ms: number): void {
+    const info = { ...live.job.info, totalTimeMs: Math.max(1, Math.round(ms)) };
+    if (end.status === 'completed') {
+      const vmm = workerOf(live.job).id;
+      for (const vm of end.started) this.opts.registry.learned(vmm, vm);
+      const r = live.job.snapshot;
+      // a save with stop (a template's guest too) freed the VM: its name is free at once
+      if (r !== undefined && (r.stop || r.guest !== '')) this.opts.registry.gone(vmm, live.job.vm);
+      const snapshotResult: SnapshotResult = end.result;
+      this.finishCompleted(live, info, undefined, { snapshotResult });
+    } else if (end.status === 'cancelled') {
+      this.update(live, { info });
+      this.finishCancelled(live);
+    } else {
+      this.finishFailed(live, end.error, undefined, { info });
+    }
+  }
+
+  /**
+   * A snapshot job the restart found in flight. One that never reached its vmm (`none`,
+   * `setup`: `active` is on disk before the vmm is asked) did nothing; the others are resolved
+   * by looking at what exists.
+   */
+  private recoverSnapshotJob(live: Live, was: MigrationStatus): void {
+    const restarted = `the migrator restarted while this job was ${was}`;
+    if (was === 'none' || was === 'setup') {
+      this.finishFailed(
+        live,
+        `${restarted}, before it asked ${workerOf(live.job).id}: nothing was done; run it again`,
+      );
+      return;
+    }
+    this.track(
+      (async () => {
+        const end = await this.resolveSnapshot(live.job);
+        if (this.closed) return; // a stopping migrator leaves it for the next start
+        this.endSnapshot(
+          live,
+          end.status === 'failed' ? { status: 'failed', error: `${restarted}; ${end.error}` } : end,
+          Date.now() - live.job.createdAt.getTime(),
+        );
+        this.log.info(
+          { job: live.job.id, status: live.job.info.status },
+          'resolved after the restart',
+        );
+      })(),
+    );
+  }
+
+  /**
+   * Cancels a snapshot job: only a template's wait for its guest's ready doorbell stops (its
+   * VM is destroyed); a save, restore or clone the vmm was asked for ends by itself.
+   */
+  private cancelSnapshotJob(live: Live): Job {
+    if (
+      live.abort === undefined ||
+      live.job.kind !== 'template' ||
+      live.job.snapshot?.guest === ''
+    ) {
+      throw new MigratorError(
+        'MIGRATOR_INVALID_ARGUMENT',
+        `job ${live.job.id} (${live.job.kind}) cannot be cancelled: the vmm finishes it by ` +
+          `itself, in moments; follow it with \`vmctl jobs watch ${live.job.id}\` (only a ` +
+          'template whose guest has not rung ready yet can be cancelled)',
+      );
+    }
+    live.cancelRequested = true;
+    this.toStatus(live, 'cancelling');
+    live.abort();
+    return live.job;
   }
 
   // --- running a live update ------------------------------------------------------------
@@ -706,25 +946,26 @@ export class JobManager {
       vm: string;
       spec: VmSpec | undefined;
       wasRunning: boolean;
-      source: VmmRecord;
-      target: VmmRecord;
+      source: VmmRecord | undefined;
+      target: VmmRecord | undefined;
       capabilities: MigrationCapabilities;
       parameters: MigrationParameterOverrides;
       parent: string;
+      snapshot?: SnapshotRequest;
     },
   ): Live {
     let id: string;
-    do id = `${kind === 'migrate' ? 'mig' : 'lu'}-${randomBytes(4).toString('hex')}`;
+    do id = `${ID_PREFIX[kind]}-${randomBytes(4).toString('hex')}`;
     while (this.jobs.has(id));
     const live: Live = {
       job: {
         id,
         kind,
         vm: p.vm,
-        sourceVmm: p.source.id,
-        targetVmm: p.target.id,
-        sourceAddress: p.source.address,
-        targetAddress: p.target.address,
+        sourceVmm: p.source?.id ?? '',
+        targetVmm: p.target?.id ?? '',
+        sourceAddress: p.source?.address ?? '',
+        targetAddress: p.target?.address ?? '',
         capabilities: p.capabilities,
         parameters: p.parameters,
         info: emptyMigrationInfo('none'),
@@ -734,6 +975,8 @@ export class JobManager {
         parent: p.parent,
         regions: sharedRegionsOf(p.spec),
         outcome: undefined,
+        snapshot: p.snapshot,
+        snapshotResult: undefined,
       },
       sm: new MigrationStateMachine(),
       spec: p.spec,
@@ -813,10 +1056,12 @@ export class JobManager {
 
   private assertNotBusy(vm: string): void {
     for (const l of this.jobs.values()) {
-      if (l.job.kind === 'migrate' && l.job.vm === vm && !isFinished(l.job)) {
+      if (l.job.kind !== 'live-update' && l.job.vm === vm && !isFinished(l.job)) {
+        const doing = BUSY_WORDS[l.job.kind];
         throw new MigratorError(
           'MIGRATOR_VM_BUSY',
-          `VM ${vm} is already being migrated by job ${l.job.id}; wait for it or \`vmctl jobs cancel ${l.job.id}\``,
+          `VM ${vm} is already being ${doing} by job ${l.job.id}; wait for it (\`vmctl jobs ` +
+            `watch ${l.job.id}\`)${l.job.kind === 'migrate' ? ` or \`vmctl jobs cancel ${l.job.id}\`` : ''}`,
         );
       }
     }
@@ -913,6 +1158,26 @@ export class JobManager {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/** The first part of a job id, by kind. */
+const ID_PREFIX: Record<JobKind, string> = {
+  migrate: 'mig',
+  'live-update': 'lu',
+  save: 'sav',
+  restore: 'rst',
+  template: 'tpl',
+  clone: 'cln',
+};
+
+/** What a snapshot job does to its VM, for "VM x is already being ...". */
+const BUSY_WORDS: Record<JobKind, string> = {
+  migrate: 'migrated',
+  'live-update': 'live-updated',
+  save: 'saved',
+  restore: 'restored',
+  template: 'made into a template',
+  clone: 'cloned',
+};
 
 /** The memstore regions of a spec's shared blocks (whose leases say where the VM may run). */
 function sharedRegionsOf(spec: VmSpec | undefined): string[] | undefined {

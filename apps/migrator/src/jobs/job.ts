@@ -11,8 +11,92 @@ import {
   type MigrationStatus,
 } from '@handoff/qapi';
 
-/** What a job does. Save/restore/template/clone arrive with later milestones. */
-export type JobKind = 'migrate' | 'live-update';
+/** The jobs that save, restore, make templates of or clone VMs (snapshots in memstore). */
+export type SnapshotJobKind = 'save' | 'restore' | 'template' | 'clone';
+
+/** What a job does. */
+export type JobKind = 'migrate' | 'live-update' | SnapshotJobKind;
+
+const JOB_KINDS: readonly JobKind[] = [
+  'migrate',
+  'live-update',
+  'save',
+  'restore',
+  'template',
+  'clone',
+];
+
+/** Whether a job of `kind` is a save, restore, template or clone job. */
+export function isSnapshotKind(kind: JobKind): kind is SnapshotJobKind {
+  return kind !== 'migrate' && kind !== 'live-update';
+}
+
+/**
+ * What a save, restore, template or clone job was asked to do, as validated (defaults filled
+ * in). Journaled: after a restart the migrator resolves the job from it. Fields a kind does not
+ * use keep their zero value.
+ */
+export interface SnapshotRequest {
+  /** The snapshot saved (save, template), restored from (restore) or cloned (clone). */
+  readonly snapshot: string;
+  /** save: copy the RAM instead of sealing the VM's regions in place (template from a VM too). */
+  readonly full: boolean;
+  /** save: destroy the VM after the save. */
+  readonly stop: boolean;
+  /** restore, clone: leave the new VMs paused. */
+  readonly paused: boolean;
+  /** template: the guest booted for it; '' when it is saved from a running VM (`Job.vm`). */
+  readonly guest: string;
+  /** template from a guest: its RAM in bytes. */
+  readonly memory: number;
+  /** template from a guest: its host args. */
+  readonly args: Readonly<Record<string, string>>;
+  /** template from a guest: how long to wait for its ready doorbell. */
+  readonly readyTimeoutMs: number;
+  /** clone: how many VMs, named `<namePrefix>-<k>` for k = firstIndex, firstIndex + 1, .... */
+  readonly count: number;
+  readonly namePrefix: string;
+  readonly firstIndex: number;
+}
+
+/** A snapshot request with every field at its zero value (kinds fill in what they use). */
+export function snapshotRequest(fields: Partial<SnapshotRequest>): SnapshotRequest {
+  return {
+    snapshot: '',
+    full: false,
+    stop: false,
+    paused: false,
+    guest: '',
+    memory: 0,
+    args: {},
+    readyTimeoutMs: 0,
+    count: 0,
+    namePrefix: '',
+    firstIndex: 0,
+    ...fields,
+  };
+}
+
+/** The names a clone job gives its VMs, in order. */
+export function cloneNames(r: SnapshotRequest): string[] {
+  return Array.from({ length: r.count }, (_, i) => `${r.namePrefix}-${r.firstIndex + i}`);
+}
+
+/** What a save, restore, template or clone job made (Job.snapshot_result on the wire). */
+export interface SnapshotResult {
+  /** The snapshot or template saved, restored from or cloned. */
+  readonly snapshot: string;
+  /** The VMs it started (restore, clone), in order. */
+  readonly vms: readonly string[];
+  /** save: the guest's pause, vCPU stop to resume (0 when it stayed stopped, or not known). */
+  readonly pauseUs: number;
+  /** The vmm's time for the work, request to answer (0 when not known). */
+  readonly durationUs: number;
+  /** save: bytes written, device state plus copied pages (0 when not known). */
+  readonly bytes: number;
+  /** restore, clone: request to each VM's guest running, in the order of `vms`. */
+  readonly runningAfterUs: readonly number[];
+}
 
 /**
  * Where a migrate job left its VM: on the `target` (it arrived), on the `source` (it stayed),
@@ -61,6 +145,10 @@ export interface Job {
   readonly regions: readonly string[] | undefined;
   /** Where the job left the VM (migrate jobs, once ended); undefined before. */
   readonly outcome: JobOutcome | undefined;
+  /** What a save, restore, template or clone job was asked to do; undefined for the others. */
+  readonly snapshot: SnapshotRequest | undefined;
+  /** What such a job made, once it completed; undefined before and for the others. */
+  readonly snapshotResult: SnapshotResult | undefined;
 }
 
 /** True once the job can no longer change. */
@@ -126,6 +214,9 @@ export interface JournalJob {
   /** Since the outcome work; absent in older lines (read as none). */
   regions?: string[];
   outcome?: JobOutcome;
+  /** Since the snapshot jobs; absent for the other kinds. */
+  snapshot?: SnapshotRequest;
+  snapshotResult?: SnapshotResult;
 }
 
 /** A job as one journal line stores it. */
@@ -147,6 +238,15 @@ export function jobToJournal(job: Job): JournalJob {
   };
   if (job.regions !== undefined) out.regions = [...job.regions];
   if (job.outcome !== undefined) out.outcome = { ...job.outcome };
+  if (job.snapshot !== undefined)
+    out.snapshot = { ...job.snapshot, args: { ...job.snapshot.args } };
+  if (job.snapshotResult !== undefined) {
+    out.snapshotResult = {
+      ...job.snapshotResult,
+      vms: [...job.snapshotResult.vms],
+      runningAfterUs: [...job.snapshotResult.runningAfterUs],
+    };
+  }
   if (job.finishedAt !== undefined) out.finishedAt = job.finishedAt.toISOString();
   return out;
 }
@@ -155,7 +255,7 @@ export function jobToJournal(job: Job): JournalJob {
 export function jobFromJournal(j: JournalJob): Job {
   if (
     typeof j.id !== 'string' ||
-    (j.kind !== 'migrate' && j.kind !== 'live-update') ||
+    !JOB_KINDS.includes(j.kind) ||
     typeof j.info !== 'object' ||
     !isMigrationStatus(j.info.status)
   ) {
@@ -181,6 +281,48 @@ export function jobFromJournal(j: JournalJob): Job {
     parent: j.parent ?? '',
     regions: Array.isArray(j.regions) ? j.regions.filter((r) => typeof r === 'string') : undefined,
     outcome: outcomeFromJournal(j.outcome),
+    snapshot: isSnapshotKind(j.kind) ? snapshotRequestFromJournal(j.snapshot) : undefined,
+    snapshotResult: snapshotResultFromJournal(j.snapshotResult),
+  };
+}
+
+/** A journaled snapshot request; a field of the wrong type reads as its zero value. */
+function snapshotRequestFromJournal(o: unknown): SnapshotRequest {
+  const r = (typeof o === 'object' && o !== null ? o : {}) as Record<string, unknown>;
+  const str = (k: string) => (typeof r[k] === 'string' ? (r[k] as string) : '');
+  const num = (k: string) => (typeof r[k] === 'number' ? (r[k] as number) : 0);
+  const bool = (k: string) => r[k] === true;
+  const args: Record<string, string> = {};
+  if (typeof r.args === 'object' && r.args !== null) {
+    for (const [k, v] of Object.entries(r.args)) if (typeof v === 'string') args[k] = v;
+  }
+  return snapshotRequest({
+    snapshot: str('snapshot'),
+    full: bool('full'),
+    stop: bool('stop'),
+    paused: bool('paused'),
+    guest: str('guest'),
+    memory: num('memory'),
+    args,
+    readyTimeoutMs: num('readyTimeoutMs'),
+    count: num('count'),
+    namePrefix: str('namePrefix'),
+    firstIndex: num('firstIndex'),
+  });
+}
+
+function snapshotResultFromJournal(o: unknown): SnapshotResult | undefined {
+  if (typeof o !== 'object' || o === null) return undefined;
+  const r = o as Record<string, unknown>;
+  const num = (v: unknown) => (typeof v === 'number' ? v : 0);
+  const list = (v: unknown) => (Array.isArray(v) ? v : []);
+  return {
+    snapshot: typeof r.snapshot === 'string' ? r.snapshot : '',
+    vms: list(r.vms).filter((v): v is string => typeof v === 'string'),
+    pauseUs: num(r.pauseUs),
+    durationUs: num(r.durationUs),
+    bytes: num(r.bytes),
+    runningAfterUs: list(r.runningAfterUs).map(num),
   };
 }
 

@@ -21,6 +21,8 @@ const job = (regions: string[] = ['kv-ram0']): Job => ({
   parent: '',
   regions,
   outcome: undefined,
+  snapshot: undefined,
+  snapshotResult: undefined,
 });
 
 const held = (

@@ -44,6 +44,17 @@ export interface HostedVm {
   readonly state: VmState;
 }
 
+/**
+ * A VM as its vmm answers GetVm, ListVms, CreateVm or RestoreVm: what a report says of it, plus
+ * what snapshot jobs look at.
+ */
+export interface VmStatus extends HostedVm {
+  /** The snapshot (or template) it was restored or cloned from; '' for a booted VM. */
+  readonly snapshot: string;
+  /** Its guest rang the ready doorbell. */
+  readonly ready: boolean;
+}
+
 /** Every VM of one instance, at one version of that set (it grows with every change). */
 export interface HostedVms {
   readonly version: number;

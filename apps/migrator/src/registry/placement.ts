@@ -54,6 +54,11 @@ export class Placement {
     this.setOf(vmmId).vms.set(vm.name, { vm, seq: ++this.seq });
   }
 
+  /** Instance `vmmId` no longer holds `vm` (a job saw it destroyed, before its report came). */
+  drop(vmmId: string, name: string): void {
+    this.sets.get(vmmId)?.vms.delete(name);
+  }
+
   /**
    * A job moved VM `name` from `from` to `to`: the target holds it now (as the newest place,
    * whether or not its report arrived yet) and the source's copy is `postmigrate` until the
@@ -92,9 +97,44 @@ export class Placement {
       .sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /**
+   * How many VMs instance `vmmId` holds by what the migrator knows (a `postmigrate` copy being
+   * retired does not count); undefined when it knows nothing of the instance's VMs.
+   */
+  countOf(vmmId: string): number | undefined {
+    const set = this.sets.get(vmmId);
+    if (set === undefined) return undefined;
+    return [...set.vms.values()].filter((e) => ownsVm(e.vm.state)).length;
+  }
+
+  /** The name of every VM any instance holds or retires, as far as the migrator knows. */
+  names(): Set<string> {
+    const out = new Set<string>();
+    for (const set of this.sets.values()) for (const name of set.vms.keys()) out.add(name);
+    return out;
+  }
+
   private setOf(vmmId: string): InstanceVms {
     let set = this.sets.get(vmmId);
     if (set === undefined) this.sets.set(vmmId, (set = { version: undefined, vms: new Map() }));
     return set;
   }
+}
+
+/** An instance a new VM could go to, with how many VMs it holds. */
+export interface Candidate {
+  readonly id: string;
+  readonly vms: number;
+}
+
+/**
+ * Where a new VM goes when the request names no instance: the candidate with the fewest VMs,
+ * the first id in order among equals; undefined when there is none.
+ */
+export function fewestVms(candidates: readonly Candidate[]): string | undefined {
+  let best: Candidate | undefined;
+  for (const c of candidates) {
+    if (best === undefined || c.vms < best.vms || (c.vms === best.vms && c.id < best.id)) best = c;
+  }
+  return best?.id;
 }

@@ -121,4 +121,27 @@ describe('VmmRegistry', () => {
     expect(r.register(beat('vmm-b', 1)).vmsWanted).toBe(true);
     expect(r.vmsOn('vmm-b')).toBeUndefined();
   });
+  it('places a new VM on the named instance, else on the alive one with the fewest VMs', () => {
+    let now = 1000;
+    const r = new VmmRegistry(500, () => now);
+    r.register(beat('vmm-a', 1, set(1, vm('x'), vm('y'))));
+    r.register(beat('vmm-b', 1, set(1, vm('z'), vm('gone', 'postmigrate'))));
+    // no report yet: its heartbeat's count stands in
+    r.register({ ...beat('vmm-c', 3), vmCount: 3 });
+    expect(r.place().id).toBe('vmm-b'); // its postmigrate copy does not count
+    expect(r.place('vmm-a').id).toBe('vmm-a');
+    r.register(beat('vmm-a', 2, set(2)));
+    expect(r.place().id).toBe('vmm-a');
+    expect(() => r.place('vmm-z')).toThrow(/no vmm instance "vmm-z" is registered/);
+    now = 1400;
+    r.register(beat('vmm-b', 1));
+    now = 1700; // vmm-a and vmm-c expired
+    expect(r.place().id).toBe('vmm-b');
+    expect(() => r.place('vmm-a')).toThrow(
+      expect.objectContaining({ code: 'MIGRATOR_VMM_UNAVAILABLE' }) as Error,
+    );
+    now = 5000;
+    expect(() => r.place()).toThrow(/no vmm instance is alive to run the VM/);
+    expect([...r.vmNames()].sort()).toEqual(['gone', 'z']);
+  });
 });

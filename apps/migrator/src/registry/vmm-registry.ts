@@ -1,6 +1,6 @@
 import { MigratorError } from '../errors.js';
 import type { HostedVm, HostedVms } from './hosted-vm.js';
-import { Placement } from './placement.js';
+import { Placement, fewestVms } from './placement.js';
 
 /** A vmm instance as the migrator knows it. */
 export interface VmmRecord {
@@ -135,9 +135,55 @@ export class VmmRegistry {
     return this.placement.vmsOf(id, (other) => this.aliveId(other));
   }
 
+  /**
+   * The instance a new VM (a restore, a clone, a template's guest) goes to: `id` when given,
+   * else the alive instance with the fewest VMs (by its report, else its heartbeat's count).
+   *
+   * @throws MigratorError `MIGRATOR_VMM_NOT_FOUND` for an unknown `id`;
+   *   `MIGRATOR_VMM_UNAVAILABLE` when that instance, or every instance, is not alive
+   */
+  place(id?: string): VmmRecord {
+    if (id !== undefined && id !== '') {
+      const r = this.get(id);
+      if (!r.alive) {
+        throw new MigratorError(
+          'MIGRATOR_VMM_UNAVAILABLE',
+          `vmm ${id} has not been heard from for over ${this.expiryMs} ms (not alive); ` +
+            'check it with `vmctl status`, or leave --vmm out to pick an alive one',
+        );
+      }
+      return r;
+    }
+    const alive = this.list().filter((r) => r.alive);
+    const pick = fewestVms(
+      alive.map((r) => ({ id: r.id, vms: this.placement.countOf(r.id) ?? r.vmCount })),
+    );
+    if (pick === undefined) {
+      throw new MigratorError(
+        'MIGRATOR_VMM_UNAVAILABLE',
+        'no vmm instance is alive to run the VM; start one (`npm start` runs vmm-a and vmm-b) ' +
+          'and check with `vmctl status`',
+      );
+    }
+    return this.get(pick);
+  }
+
+  /**
+   * Names of every VM the instances reported (alive or not, retiring ones too): names a new VM
+   * must not take.
+   */
+  vmNames(): Set<string> {
+    return this.placement.names();
+  }
+
   /** Instance `id` answered that it holds `vm` (a lookup outside its reports). */
   learned(id: string, vm: HostedVm): void {
     if (this.records.has(id)) this.placement.learn(id, vm);
+  }
+
+  /** A job saw instance `id` destroy VM `name` (a save with stop): it is not placed there now. */
+  gone(id: string, name: string): void {
+    this.placement.drop(id, name);
   }
 
   /** A job moved VM `name` from instance `from` to `to` (the migrator saw it complete). */

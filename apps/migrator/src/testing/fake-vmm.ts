@@ -18,6 +18,23 @@ import {
   type TlsMaterial,
 } from '@handoff/service';
 import { openAccess } from '@handoff/service/testing';
+import {
+  defaultFacts,
+  snapshotHandlers,
+  type FakeGuest,
+  type FakeSnapshot,
+  type FakeSnapshotScript,
+  type FakeVmFacts,
+} from './fake-snapshots.js';
+
+export {
+  FakeMemstore,
+  FakeSnapshotCatalog,
+  type FakeGuest,
+  type FakeSnapshot,
+  type FakeSnapshotScript,
+  type FakeVmFacts,
+} from './fake-snapshots.js';
 
 /** One scripted progress report of a fake migration. */
 export interface FakeStep {
@@ -56,6 +73,13 @@ export interface FakeScript {
 export class FakeWorld extends Map<string, string> {
   private listeners: Set<() => void> | undefined;
   /**
+   * What the fakes know of each VM besides where it is: its guest, the snapshot it came from,
+   * its doorbell and state (a VM placed by a test has {@link defaultFacts}).
+   */
+  readonly facts = new Map<string, FakeVmFacts>();
+  /** The snapshots memstore holds (the fakes' SaveVm makes them; tests may add some). */
+  readonly snapshots = new Map<string, FakeSnapshot>();
+  /**
    * Lease holders of the VMs' regions (`<vm>-ram0` -> `<vmm-id>/<vm>`), as memstore would have
    * them: a VM placed or moved takes its lease along; a VM that dies leaves it where it was.
    */
@@ -70,8 +94,14 @@ export class FakeWorld extends Map<string, string> {
 
   override delete(name: string): boolean {
     const had = super.delete(name);
+    this.facts?.delete(name);
     if (had) this.changed();
     return had;
+  }
+
+  /** Something about a VM changed (its doorbell, its state): the fakes and watchers look. */
+  touch(): void {
+    this.changed();
   }
 
   /** Calls `listener` after every change; returns the unsubscribe function. */
@@ -162,6 +192,10 @@ export class FakeVmm {
   readonly prepared: { name: string; specName: string | undefined; capabilities: number[] }[] = [];
   /** Scripts by VM name (default: four steps, then completed). */
   readonly scripts = new Map<string, FakeScript>();
+  /** How guests behave once created here, by guest name (default: never ready). */
+  readonly guests = new Map<string, FakeGuest>();
+  /** Scripts of SaveVm, RestoreVm and CloneVms (see {@link FakeSnapshotScript}). */
+  readonly snapshotScripts = new Map<string, FakeSnapshotScript>();
   /** Most migrations that ran at the same time. */
   maxConcurrent = 0;
   /** How long a migrated-away VM stays `postmigrate` here before this fake retires it (ms). */
@@ -239,7 +273,7 @@ export class FakeVmm {
     return {
       version: BigInt(this.version),
       vms: [
-        ...running.map((name) => this.vmOf(name, pb.VmState.VM_STATE_RUNNING)),
+        ...running.map((name) => this.vmOf(name, this.stateOf(name))),
         ...[...this.retiring.keys()]
           .filter((name) => !running.includes(name))
           .map((name) => this.vmOf(name, pb.VmState.VM_STATE_POSTMIGRATE)),
@@ -337,23 +371,45 @@ export class FakeVmm {
     if (this.reportsOn) this.sink?.(this.hostedVms());
   }
 
-  /** A VM as this fake reports it: shared RAM in the region created for it, `<vm>-ram0`. */
+  /** The state of a VM this fake runs, from its facts. */
+  private stateOf(name: string): pb.VmState {
+    const f = this.world.facts.get(name) ?? defaultFacts();
+    if (f.poweredOff) return pb.VmState.VM_STATE_POWERED_OFF;
+    return f.paused ? pb.VmState.VM_STATE_PAUSED : pb.VmState.VM_STATE_RUNNING;
+  }
+
+  /**
+   * A VM as this fake reports it: shared RAM in the region created for it, `<vm>-ram0` (a VM
+   * restored or cloned here: clone RAM of its snapshot).
+   */
   private vmOf(name: string, state: pb.VmState): pb.Vm {
+    const f = this.world.facts.get(name) ?? defaultFacts();
     return pb.Vm.fromPartial({
       name,
       vmmId: this.id,
       state,
+      ready: f.ready,
+      snapshot: f.snapshot,
+      exitCode: 0,
+      // a clone shares its template's pages: a small PSS, its own pages private
+      memory:
+        f.snapshot !== ''
+          ? { pssBytes: 3n << 20n, privateDirtyBytes: 1n << 20n, rssBytes: 12n << 20n }
+          : { pssBytes: 16n << 20n, privateDirtyBytes: 16n << 20n, rssBytes: 16n << 20n },
       spec: {
         name,
-        guest: 'ab',
+        guest: f.guest,
         ram: [
           {
             id: 'ram0',
             guestBase: 0x8000_0000n,
             size: 16n << 20n,
-            backend: pb.RamBackend.RAM_BACKEND_SHARED,
-            region: `${name}-ram0`,
-            regionOwned: true,
+            backend:
+              f.snapshot !== ''
+                ? pb.RamBackend.RAM_BACKEND_CLONE
+                : pb.RamBackend.RAM_BACKEND_SHARED,
+            region: f.snapshot !== '' ? `${f.snapshot}-ram0` : `${name}-ram0`,
+            regionOwned: f.snapshot === '',
           },
         ],
       },
@@ -371,7 +427,7 @@ export class FakeVmm {
 
   private implementation(logger: ReturnType<typeof createLogger>): Partial<pb.VmmServiceServer> {
     const find = (name: string): pb.Vm | undefined => {
-      if (this.world.get(name) === this.id) return this.vmOf(name, pb.VmState.VM_STATE_RUNNING);
+      if (this.world.get(name) === this.id) return this.vmOf(name, this.stateOf(name));
       if (this.retiring.has(name)) return this.vmOf(name, pb.VmState.VM_STATE_POSTMIGRATE);
       return undefined;
     };
@@ -388,10 +444,17 @@ export class FakeVmm {
         }
         return { vm };
       }),
-      destroyVm: unary(logger, (req) => {
-        this.calls.push(`destroyVm:${req.name}`);
-        throw new ServiceError('VMM_INVALID_STATE', 'the test fake destroys nothing');
-      }),
+      ...snapshotHandlers(
+        {
+          id: this.id,
+          world: this.world,
+          calls: this.calls,
+          guests: this.guests,
+          snapshotScripts: this.snapshotScripts,
+          vmOf: (name) => find(name)!,
+        },
+        logger,
+      ),
       prepareIncoming: unary(logger, async (req) => {
         this.calls.push(`prepareIncoming:${req.name}`);
         this.prepared.push({
