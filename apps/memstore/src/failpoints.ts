@@ -11,14 +11,25 @@
  * - `delete-after-row`: the row is deleted, the file not yet removed;
  * - `seal-after-chmod`: the file is read-only, the 'sealed' state not committed;
  * - `lease-after-commit`: an AcquireLease, TransferLease or ReleaseLease is
- *   committed, its reply not yet sent (the caller sees the call fail).
+ *   committed, its reply not yet sent (the caller sees the call fail);
+ * - `snapshot-after-state-file`: a CreateSnapshot's device-state file is written, nothing in
+ *   the catalog yet;
+ * - `snapshot-before-commit`: inside CreateSnapshot's transaction, its regions' files made
+ *   read-only, the rows not committed;
+ * - `snapshot-delete-after-row`: a DeleteSnapshot's rows are deleted, its files not yet;
+ * - `import-after-regions`: an ImportSnapshot's regions are created and filled, the snapshot
+ *   not recorded.
  */
 export type FailpointName =
   | 'create-after-row'
   | 'create-after-file'
   | 'delete-after-row'
   | 'seal-after-chmod'
-  | 'lease-after-commit';
+  | 'lease-after-commit'
+  | 'snapshot-after-state-file'
+  | 'snapshot-before-commit'
+  | 'snapshot-delete-after-row'
+  | 'import-after-regions';
 
 /** Name of the variable that arms a failpoint. */
 export const FAILPOINT_VARIABLE = 'HANDOFF_MEMSTORE_FAILPOINT';

@@ -12,6 +12,9 @@ import { ensureDirectory } from './regions/directories.js';
 import { reconcile, type ReconcileReport } from './regions/reconcile.js';
 import { RegionStore } from './regions/region-store.js';
 import { Templates } from './templates/templates.js';
+import { SNAPSHOT_DIR_NAME } from './snapshots/naming.js';
+import { reconcileSnapshots, type SnapshotReconcileReport } from './snapshots/reconcile.js';
+import { SnapshotStore } from './snapshots/snapshot-store.js';
 
 /** Identity, totals and limits of a memstore (GetInfo). */
 export interface MemstoreInfo {
@@ -52,6 +55,8 @@ export class Memstore {
   readonly templates: Templates;
   /** Lease-holder sessions: who stands behind each vmm's holders, and fencing once gone. */
   readonly sessions: HolderSessions;
+  /** Snapshots: device-state files and sealed regions, recorded in the catalog. */
+  readonly snapshots: SnapshotStore;
 
   constructor(
     readonly settings: MemstoreSettings,
@@ -67,6 +72,8 @@ export class Memstore {
     now: () => number = Date.now,
     /** Test hooks: the process table and the uid hellos must come from. */
     hooks: MemstoreHooks = {},
+    /** What start-up found about snapshots (openMemstore reconciles them). */
+    readonly snapshotReport?: SnapshotReconcileReport,
   ) {
     this.leases = new LeaseManager(catalog, logger, { volatileOnTmpfs, arms, armTtlMs }, now);
     this.sessions = new HolderSessions(
@@ -91,6 +98,15 @@ export class Memstore {
       this.sessions,
     );
     this.templates = new Templates(catalog, this.regions, logger, now, this.leases);
+    this.snapshots = new SnapshotStore(
+      catalog,
+      this.templates,
+      snapshotDirOf(settings),
+      { maxRegionSize: settings.maxRegionSize },
+      logger,
+      now,
+      this.leases,
+    );
   }
 
   /**
@@ -146,6 +162,9 @@ export function openMemstore(
   ensureDirectory(settings.persistentDir, 'persistent directory (--persistent-dir)', {
     shared: false,
   });
+  ensureDirectory(snapshotDirOf(settings), 'snapshot directory (<persistent-dir>/snapshots)', {
+    shared: false,
+  });
   const volatileOnTmpfs = isTmpfs(settings.volatileDir);
   if (!volatileOnTmpfs) {
     logger.warn(
@@ -157,6 +176,7 @@ export function openMemstore(
   const catalog = Catalog.open(join(settings.stateDir, CATALOG_FILE_NAME), logger);
   try {
     const report = reconcile(catalog, settings, logger);
+    const snapshotReport = reconcileSnapshots(catalog, snapshotDirOf(settings), logger);
     logger.info(
       {
         catalog: catalog.path,
@@ -181,6 +201,7 @@ export function openMemstore(
       testing.armTtlMs,
       testing.now,
       testing,
+      snapshotReport,
     );
     try {
       memstore.leases.recoverArms(leftovers);
@@ -195,6 +216,11 @@ export function openMemstore(
     catalog.close();
     throw err;
   }
+}
+
+/** The folder of snapshot device-state files: `<persistent-dir>/snapshots`. */
+export function snapshotDirOf(settings: { readonly persistentDir: string }): string {
+  return join(settings.persistentDir, SNAPSHOT_DIR_NAME);
 }
 
 /** Name of the lease arms file in the volatile directory (one per catalog, like region files). */

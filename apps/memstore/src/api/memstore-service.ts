@@ -27,6 +27,7 @@ import {
   safeNumber,
 } from './convert.js';
 import { readPages } from './read-pages.js';
+import { newSnapshotFromPb, snapshotRefFromPb, snapshotToPb } from './snapshot-convert.js';
 
 /**
  * Runs a handler body against an open memstore and normalises what it
@@ -265,10 +266,29 @@ export function memstoreService(deps: {
       guarded(m, 'ReadPages', () => readPages(m, c)),
     ),
 
-    createSnapshot: later('CreateSnapshot'),
-    getSnapshot: later('GetSnapshot'),
-    listSnapshots: later('ListSnapshots'),
-    deleteSnapshot: later('DeleteSnapshot'),
+    createSnapshot: call('CreateSnapshot', async (req: pb.CreateSnapshotRequest, c) => {
+      // Like the lease calls: a vmm seals only its own VMs' regions.
+      assertOwnHolder(leaseCaller(c), req.holder, 'CreateSnapshot');
+      return { snapshot: snapshotToPb(await m.snapshots.create(newSnapshotFromPb(req))) };
+    }),
+
+    getSnapshot: call('GetSnapshot', (req: pb.GetSnapshotRequest) => {
+      const got = m.snapshots.get(snapshotRefFromPb(req.snapshot), req.withDeviceState);
+      return {
+        snapshot: snapshotToPb(got.snapshot),
+        deviceState: got.deviceState ?? new Uint8Array(0),
+      };
+    }),
+
+    listSnapshots: call('ListSnapshots', (req: pb.ListSnapshotsRequest) => ({
+      snapshots: m.snapshots.list(req.templatesOnly).map(snapshotToPb),
+    })),
+
+    deleteSnapshot: call('DeleteSnapshot', (req: pb.DeleteSnapshotRequest) => {
+      m.snapshots.delete(snapshotRefFromPb(req.snapshot));
+      return {};
+    }),
+
     exportSnapshot: later('ExportSnapshot'),
     importSnapshot: later('ImportSnapshot'),
   };

@@ -112,6 +112,70 @@ describe('Catalog.open', () => {
     expect(catalog.leasesOfVmm('vmm-a').map((r) => r.id)).toEqual(['r1']);
   });
 
+  it('migrates a version-2 catalog in place: regions and clones kept, empty snapshot tables', () => {
+    const db = new Database(path);
+    db.exec(MIGRATIONS[0]!.sql);
+    db.exec(MIGRATIONS[1]!.sql);
+    db.pragma('user_version = 2');
+    db.prepare(
+      `INSERT INTO regions (id, name, kind, state, size, path, identity, created_at, sealed_at)
+       VALUES ('r1', 'tpl', 'volatile', 'sealed', 4096, '/x/r1', 'i', 1, 2)`,
+    ).run();
+    db.prepare(
+      `INSERT INTO clones (template_id, holder, attached_at) VALUES ('r1', 'vmm-a/c', 3)`,
+    ).run();
+    db.close();
+    catalog = Catalog.open(path);
+    expect(catalog.openInfo).toMatchObject({ fromVersion: 2, schemaVersion: 3 });
+    expect(catalog.getById('r1')).toMatchObject({ state: 'sealed', sealedAt: 2 });
+    expect(catalog.clonesOf('r1').map((c) => c.holder)).toEqual(['vmm-a/c']);
+    expect(catalog.snapshots.list()).toEqual([]);
+    // The new tables work, and a snapshot pins its region.
+    catalog.transaction(() =>
+      catalog!.snapshots.insert(
+        {
+          id: 's1',
+          name: 'snap',
+          kind: 'bypass',
+          template: true,
+          createdAt: 5,
+          vmName: 'vm1',
+          vmmId: 'vmm-a',
+          vmSpec: new Uint8Array([1, 2]),
+          statePath: '/x/s1.state',
+          stateBytes: 10,
+          stateCrc32c: 0xffffffff,
+          parentId: null,
+        },
+        [
+          {
+            snapshotId: 's1',
+            position: 0,
+            blockId: 'ram0',
+            guestBase: 0x80000000,
+            size: 4096,
+            regionId: 'r1',
+            identity: 'i',
+            owned: true,
+          },
+        ],
+      ),
+    );
+    expect(catalog.snapshots.getByName('snap')).toMatchObject({
+      template: true,
+      stateCrc32c: 0xffffffff,
+      vmSpec: new Uint8Array([1, 2]),
+    });
+    expect(catalog.snapshots.blocksOfRegion('r1')).toMatchObject([
+      { owned: true, guestBase: 0x80000000 },
+    ]);
+    catalog.detachClone('r1', 'vmm-a/c');
+    expect(() => catalog!.deleteRegion('r1')).toThrow(/FOREIGN KEY/);
+    expect(catalog.snapshots.delete('s1')).toBe(true);
+    expect(catalog.snapshots.allBlocks()).toEqual([]);
+    expect(catalog.deleteRegion('r1')).toBe(true);
+  });
+
   it('reports a file that is not a database as CATALOG_CORRUPT', async () => {
     const { writeFileSync } = await import('node:fs');
     writeFileSync(path, 'this is not sqlite'.repeat(300));

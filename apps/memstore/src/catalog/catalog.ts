@@ -13,6 +13,7 @@ import type {
   RowState,
 } from './rows.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './schema.js';
+import { SnapshotTable } from './snapshot-table.js';
 
 /** File name of the catalog inside the state directory. */
 export const CATALOG_FILE_NAME = 'catalog.db';
@@ -131,7 +132,7 @@ export interface CatalogOpenInfo {
  * same state directory fails fast instead of reconciling under the first
  * one's feet; the OS drops the lock when the process dies.
  *
- * This class stores and retrieves; the rules (who may lease, when a region
+ * This class stores and retrieves (snapshots in {@link SnapshotTable}); the rules (who may lease, when a region
  * may be deleted) live in `leases/` and `regions/`. Conditional updates
  * return whether they matched, so callers can implement compare-and-set.
  */
@@ -139,6 +140,8 @@ export class Catalog {
   /** Random id of this catalog, part of every region file name it owns. */
   readonly catalogId: string;
   readonly openInfo: CatalogOpenInfo;
+  /** The snapshots and their blocks (schema version 3). */
+  readonly snapshots: SnapshotTable;
   private readonly db: Database.Database;
   private readonly s: ReturnType<typeof prepareStatements>;
 
@@ -150,6 +153,7 @@ export class Catalog {
     this.db = db;
     this.openInfo = openInfo;
     this.s = prepareStatements(db);
+    this.snapshots = new SnapshotTable(db);
     this.catalogId = this.ensureCatalogId();
   }
 

@@ -75,3 +75,43 @@ export interface CloneRow {
   readonly holder: string;
   readonly attachedAt: number;
 }
+
+/** How a snapshot holds its RAM (see the contract's SnapshotKind). */
+export type SnapshotKind = 'bypass' | 'full' | 'imported';
+
+/** One row of `snapshots`. */
+export interface SnapshotRow {
+  readonly id: string;
+  readonly name: string;
+  readonly kind: SnapshotKind;
+  readonly template: boolean;
+  readonly createdAt: number;
+  readonly vmName: string;
+  /** '' when unknown (an imported snapshot). */
+  readonly vmmId: string;
+  /** The VM's spec, encoded (opaque to memstore). */
+  readonly vmSpec: Uint8Array;
+  /** Absolute path of the device-state file. */
+  readonly statePath: string;
+  /** Bytes of device state (the file's payload). */
+  readonly stateBytes: number;
+  /** CRC-32C of the device state. */
+  readonly stateCrc32c: number;
+  /** The snapshot this one layers on; null for a standalone one. */
+  readonly parentId: string | null;
+}
+
+/** One row of `snapshot_blocks`. */
+export interface SnapshotBlockRow {
+  readonly snapshotId: string;
+  /** Index of the block in the VM's block order. */
+  readonly position: number;
+  readonly blockId: string;
+  readonly guestBase: number;
+  readonly size: number;
+  readonly regionId: string;
+  /** The region's identity when the snapshot was made. */
+  readonly identity: string;
+  /** The snapshot deletes the region with itself. */
+  readonly owned: boolean;
+}

@@ -73,6 +73,43 @@ export const MIGRATIONS: readonly Migration[] = [
         CHECK (fenced_reason IS NULL OR fenced_reason IN ('holder-gone', 'operator'));
     `,
   },
+  {
+    description: 'snapshots and their blocks',
+    sql: `
+      -- A snapshot: a VM's spec and device state (a file in the persistent directory, checked by
+      -- its length and CRC-32C) plus one sealed region per RAM block (snapshot_blocks).
+      CREATE TABLE snapshots (
+        id            TEXT PRIMARY KEY,             -- UUID, never reused
+        name          TEXT NOT NULL UNIQUE,         -- region naming rules
+        kind          TEXT NOT NULL CHECK (kind IN ('bypass', 'full', 'imported')),
+        template      INTEGER NOT NULL CHECK (template IN (0, 1)),
+        created_at    INTEGER NOT NULL,             -- ms since the Unix epoch
+        vm_name       TEXT NOT NULL,
+        vmm_id        TEXT NOT NULL,                -- '' for an imported snapshot
+        vm_spec       BLOB NOT NULL,                -- handoff.vmm.v1.VmSpec, opaque here
+        state_path    TEXT NOT NULL UNIQUE,         -- the device-state file
+        state_bytes   INTEGER NOT NULL CHECK (state_bytes >= 0),
+        state_crc32c  INTEGER NOT NULL CHECK (state_crc32c BETWEEN 0 AND 4294967295),
+        parent_id     TEXT REFERENCES snapshots (id) ON DELETE RESTRICT -- chained templates
+      ) STRICT;
+
+      -- One row per RAM block, in the VM's block order. A region is pinned by every snapshot
+      -- that names it and deleted with the one that owns it.
+      CREATE TABLE snapshot_blocks (
+        snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+        position    INTEGER NOT NULL CHECK (position >= 0),
+        block_id    TEXT NOT NULL,
+        guest_base  INTEGER NOT NULL CHECK (guest_base >= 0 AND guest_base % 4096 = 0),
+        size        INTEGER NOT NULL CHECK (size > 0 AND size % 4096 = 0),
+        region_id   TEXT NOT NULL REFERENCES regions (id) ON DELETE RESTRICT,
+        identity    TEXT NOT NULL,                  -- the region's identity at the save
+        owned       INTEGER NOT NULL CHECK (owned IN (0, 1)),
+        PRIMARY KEY (snapshot_id, position),
+        UNIQUE (snapshot_id, block_id)
+      ) STRICT;
+      CREATE INDEX snapshot_blocks_by_region ON snapshot_blocks (region_id);
+    `,
+  },
 ];
 
 /** The schema version this build writes. */

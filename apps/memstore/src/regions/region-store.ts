@@ -133,8 +133,8 @@ export class RegionStore {
   }
 
   /**
-   * Deletes a region and its file. Refused while leased (LEASE_HELD) or while
-   * clones are attached (REGION_IN_USE).
+   * Deletes a region and its file. Refused while leased (LEASE_HELD), while
+   * clones are attached or while a snapshot names it (REGION_IN_USE).
    */
   delete(ref: RegionRef): void {
     this.arms.resolveArmOf(ref);
@@ -157,6 +157,14 @@ export class RegionStore {
             'destroy those clones (DetachClone) before deleting it',
         );
       }
+      const snapshots = this.snapshotsUsing(r.id);
+      if (snapshots.length > 0) {
+        throw new MemstoreError(
+          'REGION_IN_USE',
+          `region "${r.name}" holds the memory of snapshot(s) ${snapshots.map((n) => `"${n}"`).join(', ')}; ` +
+            'delete the snapshot (DeleteSnapshot) instead: it deletes the regions it owns',
+        );
+      }
       this.catalog.deleteRegion(r.id);
       return r;
     });
@@ -171,6 +179,12 @@ export class RegionStore {
       );
     }
     this.logger.info({ region: row.id, name: row.name }, 'region deleted');
+  }
+
+  /** Names of the snapshots whose blocks name the region. */
+  private snapshotsUsing(regionId: string): string[] {
+    const ids = new Set(this.catalog.snapshots.blocksOfRegion(regionId).map((b) => b.snapshotId));
+    return [...ids].map((id) => this.catalog.snapshots.getById(id)?.name ?? id);
   }
 
   /** Region count, summed sizes and allocated bytes (stats every file). */

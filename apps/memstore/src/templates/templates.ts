@@ -45,7 +45,7 @@ export class Templates {
     if (lease !== undefined) validateHolder(lease.holder);
     this.arms.resolveArmOf(ref);
     const first = findRegion(this.catalog, ref);
-    this.checkSealable(first, lease);
+    this.assertSealable(first, lease);
     // Flushing can take long for a large persistent file: do it off the event
     // loop, then re-check everything inside the transaction.
     if (first.kind === 'persistent') {
@@ -55,31 +55,41 @@ export class Templates {
         throw MemstoreError.from(err, `flushing region "${first.name}" before sealing`);
       }
     }
-    const sealed = this.catalog.transaction(() => {
-      const row = findRegion(this.catalog, { id: first.id });
-      this.checkSealable(row, lease);
-      try {
-        setFileMode(row.path, SEALED_FILE_MODE);
-      } catch (err) {
-        throw MemstoreError.from(err, `making the file of region "${row.name}" read-only`);
-      }
-      failpoint('seal-after-chmod');
-      try {
-        const updated = this.catalog.sealRegion(
-          row.id,
-          lease?.holder ?? null,
-          lease?.epoch ?? row.leaseEpoch,
-          this.now(),
-        );
-        if (updated === undefined) throw new Error(`internal: sealing ${row.id} matched no row`);
-        return updated;
-      } catch (err) {
-        setFileMode(row.path, REGION_FILE_MODE);
-        throw err;
-      }
-    });
+    const sealed = this.catalog.transaction(() => this.sealWithin(first.id, lease));
     this.logger.info({ region: sealed.id, name: sealed.name }, 'region sealed as a template');
     return this.regions.get({ id: sealed.id });
+  }
+
+  /**
+   * The inside of {@link seal}, for a caller that seals as part of its own catalog transaction
+   * (CreateSnapshot): re-checks the region (state, lost, lease), makes its file read-only and
+   * marks the row sealed with its lease released. Call it inside `catalog.transaction`, after
+   * resolving the region's lease arm and flushing a persistent file. If this throws, the file
+   * mode is already restored; if the caller's transaction fails after this returned, the caller
+   * must restore it ({@link unsealFileMode}), as the rollback leaves the row active.
+   */
+  sealWithin(id: string, lease: SealLease | undefined): RegionRow {
+    const row = findRegion(this.catalog, { id });
+    this.assertSealable(row, lease);
+    try {
+      setFileMode(row.path, SEALED_FILE_MODE);
+    } catch (err) {
+      throw MemstoreError.from(err, `making the file of region "${row.name}" read-only`);
+    }
+    failpoint('seal-after-chmod');
+    try {
+      const updated = this.catalog.sealRegion(
+        row.id,
+        lease?.holder ?? null,
+        lease?.epoch ?? row.leaseEpoch,
+        this.now(),
+      );
+      if (updated === undefined) throw new Error(`internal: sealing ${row.id} matched no row`);
+      return updated;
+    } catch (err) {
+      unsealFileMode(row.path);
+      throw err;
+    }
   }
 
   /** Records that `holder` maps the sealed template (idempotent). REGION_NOT_SEALED, REGION_LOST. */
@@ -116,7 +126,11 @@ export class Templates {
     return detached;
   }
 
-  private checkSealable(row: RegionRow, lease: SealLease | undefined): void {
+  /**
+   * Throws unless the region may be sealed with `lease`: REGION_SEALED, REGION_LOST, the lease
+   * errors (LEASE_STALE_EPOCH, LEASE_NOT_HELD, LEASE_WRONG_HOLDER), LEASE_HELD.
+   */
+  assertSealable(row: RegionRow, lease: SealLease | undefined): void {
     if (row.state === 'sealed') {
       throw new MemstoreError(
         'REGION_SEALED',
@@ -138,5 +152,14 @@ export class Templates {
           'seal it presenting that lease (holder and epoch), or release the lease first',
       );
     }
+  }
+}
+
+/** Gives a file whose seal was rolled back its writable mode again (best effort: start-up fixes it too). */
+export function unsealFileMode(path: string): void {
+  try {
+    setFileMode(path, REGION_FILE_MODE);
+  } catch {
+    /* start-up reconciliation forces the mode to the row's state */
   }
 }
