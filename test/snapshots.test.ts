@@ -3,7 +3,15 @@ import { memstore as msPb, vmm as pb } from '@handoff/proto';
 import { createClient, unaryCall, type RemoteError } from '@handoff/service';
 import { testCredentials } from '@handoff/service/testing';
 import { checkAbConsistency } from '@handoff/vmm';
-import { closeSync, existsSync, openSync, readSync, readdirSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readSync,
+  readdirSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -114,13 +122,17 @@ describe('snapshots: save, restore and clone', () => {
   const create = (spec: pb.VmSpec) => vmmCall(client, 'createVm', { spec, start: true });
   const destroy = (name: string) => vmmCall(client, 'destroyVm', { name });
   const getVm = async (name: string) => (await vmmCall(client, 'getVm', { name })).vm!;
-  const save = (name: string, snapshot: string, opts: { full?: boolean; stop?: boolean } = {}) =>
+  const save = (
+    name: string,
+    snapshot: string,
+    opts: { full?: boolean; stop?: boolean; template?: boolean } = {},
+  ) =>
     vmmCall(client, 'saveVm', {
       name,
       snapshot,
       full: opts.full ?? false,
       stop: opts.stop ?? false,
-      template: false,
+      template: opts.template ?? false,
       jobId: '',
     });
   const region = async (name: string) =>
@@ -282,5 +294,260 @@ describe('snapshots: save, restore and clone', () => {
     await deleteSnapshot('ab2-again');
     await deleteSnapshot('ab2-full');
     expect(await refusal(region(block.regionName))).toMatchObject({ status: 'NOT_FOUND' });
+  });
+
+  /** Sends kvserver commands on a fresh console and returns the answer lines, in order. */
+  const kv = async (name: string, commands: string[]): Promise<string[]> => {
+    // Framed by two unique values: the console replays its backlog first.
+    const open = `o${Math.random().toString(16).slice(2, 10)}`;
+    const close = `c${Math.random().toString(16).slice(2, 10)}`;
+    const console = openConsole(client, name);
+    try {
+      console.send(
+        [`PUT sync ${open}`, 'GET sync', ...commands, `PUT sync ${close}`, 'GET sync', ''].join(
+          '\n',
+        ),
+      );
+      await console.waitFor(`VALUE ${close}\n`);
+      const lines = console.output().split('\n');
+      const from = lines.lastIndexOf(`VALUE ${open}`) + 1;
+      return lines.slice(from, lines.lastIndexOf(`VALUE ${close}`) - 1); // less the PUT's OK
+    } finally {
+      console.close();
+    }
+  };
+  const kvSpec = (name: string) =>
+    vmSpec(name, 'kvserver', {
+      memory: 32 * MiB,
+      backend: RamBackend.RAM_BACKEND_SHARED,
+      args: { 'kv.slots_log2': '10', 'kv.work': '2' },
+    });
+  const kvReady = async (name: string) => {
+    const console = openConsole(client, name);
+    await console.waitFor('kvserver: ready\n', 30_000);
+    console.close();
+  };
+
+  it.skipIf(!existsSync(kvserverElf))(
+    'kvserver keeps its keys through a save --stop and a restore',
+    async () => {
+      await create(kvSpec('kv1'));
+      await kvReady('kv1');
+      expect(await kv('kv1', ['PUT color blue', 'PUT size 42', 'GET color'])).toEqual([
+        'OK',
+        'OK',
+        'VALUE blue',
+      ]);
+      const saved = await save('kv1', 'kv1-snap', { stop: true });
+      expect(saved.vm).toBeUndefined();
+      expect(saved.pauseUs).toBe(0n); // it stays stopped
+      expect(await refusal(getVm('kv1'))).toMatchObject({ status: 'NOT_FOUND' });
+      // Sealed, not deleted: the snapshot owns the region the VM had.
+      expect((await region('kv1-ram0')).state).toBe(msPb.RegionState.REGION_STATE_SEALED);
+
+      await vmmCall(client, 'restoreVm', {
+        snapshot: 'kv1-snap',
+        name: '',
+        paused: false,
+        jobId: '',
+      });
+      expect(await kv('kv1', ['GET color', 'GET size', 'PUT color red', 'GET color'])).toEqual([
+        'VALUE blue',
+        'VALUE 42',
+        'OK',
+        'VALUE red',
+      ]);
+      await destroy('kv1');
+      // The restored VM's write stayed in its own pages: a second restore sees the save point.
+      await vmmCall(client, 'restoreVm', {
+        snapshot: 'kv1-snap',
+        name: 'kv1b',
+        paused: false,
+        jobId: '',
+      });
+      expect(await kv('kv1b', ['GET color'])).toEqual(['VALUE blue']);
+      await destroy('kv1b');
+      await deleteSnapshot('kv1-snap');
+    },
+  );
+
+  it.skipIf(!existsSync(kvserverElf))(
+    'clones: identities of their own, writes never shared, the template file untouched, PSS below RSS',
+    async () => {
+      await create(kvSpec('kvt'));
+      await kvReady('kvt');
+      expect(await kv('kvt', ['PUT shared yes'])).toEqual(['OK']);
+      const original = await getVm('kvt');
+      const saved = await save('kvt', 'kvt-tpl', { stop: true, template: true });
+      expect(saved.snapshot!.template).toBe(true);
+      const template = await region(saved.snapshot!.blocks[0]!.regionName);
+      const before = fileBytes(template.path, 0, 32 * MiB);
+
+      // Every name must be free before any clone starts.
+      await create(vmSpec('c-2', 'hello'));
+      expect(
+        await refusal(
+          vmmCall(client, 'cloneVms', {
+            snapshot: 'kvt-tpl',
+            count: 3,
+            namePrefix: 'c',
+            firstIndex: 0,
+            paused: false,
+            jobId: '',
+          }),
+        ),
+      ).toMatchObject({ code: 'VMM_VM_EXISTS', message: expect.stringContaining('c-2') });
+      expect((await vmmCall(client, 'listVms', {})).vms.map((v) => v.name)).toEqual(['c-2']);
+      expect((await snapshotNamed('kvt-tpl')).clones).toEqual([]);
+      await destroy('c-2');
+      expect(
+        await refusal(
+          vmmCall(client, 'cloneVms', {
+            snapshot: 'kvt-tpl',
+            count: 1001,
+            namePrefix: '',
+            firstIndex: 0,
+            paused: false,
+            jobId: '',
+          }),
+        ),
+      ).toMatchObject({ code: 'VMM_INVALID_ARGUMENT' });
+
+      const cloned = await vmmCall(client, 'cloneVms', {
+        snapshot: 'kvt-tpl',
+        count: 2,
+        namePrefix: '',
+        firstIndex: 0,
+        paused: false,
+        jobId: '',
+      });
+      expect(cloned.vms.map((v) => v.name)).toEqual(['kvt-tpl-1', 'kvt-tpl-2']);
+      expect(cloned.runningAfterUs).toHaveLength(2);
+      for (const us of cloned.runningAfterUs) {
+        expect(us).toBeGreaterThan(0n);
+        expect(us).toBeLessThanOrEqual(cloned.durationUs);
+      }
+      expect(cloned.vms.every((v) => v.state === VmState.VM_STATE_RUNNING)).toBe(true);
+      expect((await snapshotNamed('kvt-tpl')).clones.sort()).toEqual([
+        'vmm-s/kvt-tpl-1',
+        'vmm-s/kvt-tpl-2',
+      ]);
+
+      // Each guest reads its own generation id and reseeds its RNG from its own entropy.
+      const [a, b] = cloned.vms.map((v) => v.name) as [string, string];
+      const stats = async (name: string) => {
+        const [line] = await kv(name, ['STATS']);
+        return /generation=0x([0-9a-f]{16})/.exec(line!)![1]!;
+      };
+      const genA = await stats(a);
+      const genB = await stats(b);
+      expect(BigInt(`0x${genA}`)).toBe((await getVm(a)).generationId);
+      expect(BigInt(`0x${genB}`)).toBe((await getVm(b)).generationId);
+      expect(new Set([genA, genB, original.generationId.toString(16).padStart(16, '0')]).size).toBe(
+        3,
+      );
+      const [randA] = await kv(a, ['RAND']);
+      const [randB] = await kv(b, ['RAND']);
+      expect(randA).toMatch(/^RAND [0-9a-f]{16}$/);
+      expect(randA).not.toBe(randB);
+
+      // A write in one clone shows neither in the other nor in the template.
+      expect(await kv(a, ['GET shared', 'PUT mine a', 'GET mine'])).toEqual([
+        'VALUE yes',
+        'OK',
+        'VALUE a',
+      ]);
+      expect(await kv(b, ['GET shared', 'GET mine'])).toEqual(['VALUE yes', 'NOT_FOUND']);
+      expect(firstDifference(fileBytes(template.path, 0, 32 * MiB), before)).toBe(-1);
+
+      // What a clone costs: its share of the template's pages plus its own.
+      const got = await getVm(a);
+      expect(got.memory).toBeDefined();
+      expect(got.memory!.rssBytes).toBeGreaterThan(0n);
+      expect(got.memory!.pssBytes).toBeLessThan(got.memory!.rssBytes);
+      expect(got.memory!.privateDirtyBytes).toBeGreaterThan(0n);
+      expect(got.memory!.privateDirtyBytes).toBeLessThan(got.memory!.rssBytes);
+      const listed = (await vmmCall(client, 'listVms', {})).vms;
+      expect(listed.every((v) => v.memory === undefined)).toBe(true);
+
+      await destroy(a);
+      await destroy(b);
+      await deleteSnapshot('kvt-tpl');
+    },
+  );
+
+  it('a snapshot that fails a check starts nothing and leaves no mapping or clone behind', async () => {
+    const count = async () => (await vmmCall(client, 'listVms', {})).vms.length;
+    const vms = await count();
+    await create(vmSpec('bad', 'ab', { backend: RamBackend.RAM_BACKEND_SHARED, args: AB_ARGS }));
+    const saved = await save('bad', 'bad-snap', { stop: true });
+    const sealed = await region(saved.snapshot!.blocks[0]!.regionName);
+
+    // Its device state file damaged on disk: memstore's CRC refuses it.
+    const stateDir = join(dirs.persistentDir, 'snapshots');
+    const stateFile = readdirSync(stateDir).find((f) => f.includes(saved.snapshot!.id));
+    const path = join(stateDir, stateFile!);
+    const fd = openSync(path, 'r+');
+    const byte = new Uint8Array(1);
+    const at = statSync(path).size - 1; // the last byte of the state
+    readSync(fd, byte, 0, 1, at);
+    byte[0] = byte[0]! ^ 0xff;
+    writeSync(fd, byte, 0, 1, at);
+    closeSync(fd);
+    expect(
+      await refusal(
+        vmmCall(client, 'restoreVm', {
+          snapshot: 'bad-snap',
+          name: 'bad1',
+          paused: false,
+          jobId: '',
+        }),
+      ),
+    ).toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+
+    // A device state memstore keeps intact but that is no machine's: the vmm refuses it.
+    const crafted = await unaryCall(memstore.client, 'createSnapshot', {
+      name: 'crafted',
+      template: false,
+      kind: msPb.SnapshotKind.SNAPSHOT_KIND_BYPASS,
+      vmName: 'bad',
+      vmSpec: saved.snapshot!.vmSpec,
+      deviceState: new TextEncoder().encode('HNDFDEV\0 but nothing a machine could load'),
+      blocks: [
+        {
+          id: 'ram0',
+          guestBase: 0x8000_0000n,
+          size: sealed.size,
+          region: regionNamed(sealed.name),
+          epoch: 0n,
+          owned: false,
+        },
+      ],
+      holder: 'test-vmm/bad',
+      parent: '',
+    });
+    expect(crafted.snapshot!.blocks[0]!.regionId).toBe(sealed.id);
+    for (const req of [
+      vmmCall(client, 'restoreVm', { snapshot: 'crafted', name: 'bad2', paused: false, jobId: '' }),
+      vmmCall(client, 'cloneVms', {
+        snapshot: 'crafted',
+        count: 3,
+        namePrefix: 'bad',
+        firstIndex: 0,
+        paused: false,
+        jobId: '',
+      }),
+    ]) {
+      expect(await refusal(req)).toMatchObject({
+        status: 'DATA_LOSS',
+        code: 'VMM_SNAPSHOT_INVALID',
+        message: expect.stringContaining('device state'),
+      });
+    }
+    expect(await count()).toBe(vms);
+    expect(mappingsOf(vmm.process.pid, sealed.path)).toEqual([]);
+    expect((await region(sealed.name)).mappedBy).toEqual([]);
+    await deleteSnapshot('crafted');
+    await deleteSnapshot('bad-snap');
   });
 });
