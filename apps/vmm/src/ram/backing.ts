@@ -79,12 +79,16 @@ export interface RamBacking {
   /**
    * Shared blocks, once a bypass save sealed the region as a snapshot's memory (which released
    * the lease) while it was mapped private: the block carries on as `clone` RAM of that sealed
-   * region over the same mapping, and the VM is attached to it as a clone (which pins the
-   * snapshot). This backing is spent: its `close()` and `abandon()` do nothing (the lease is
-   * gone, the region is the snapshot's). An AttachClone that fails is logged, not thrown: the
-   * mapping needs nothing from memstore to stay valid.
+   * region over the same mapping (`backing`, at once), and the VM is attached to it as a clone,
+   * which pins the snapshot (`attached`: the AttachClone call, which need not hold the guest
+   * up; it never rejects — a failure is logged, as the mapping needs nothing from memstore to
+   * stay valid). This backing is spent: its `close()` and `abandon()` do nothing (the lease is
+   * gone, the region is the snapshot's).
    */
-  becomeClone?(sealed: SealedRegion): Promise<RamBacking>;
+  becomeClone?(sealed: SealedRegion): {
+    readonly backing: RamBacking;
+    readonly attached: Promise<void>;
+  };
   /**
    * What the block's mapping costs now (`/proc/self/smaps` over its address range); null once
    * closed. `privateDirty` counts the pages only this VM wrote: for clone RAM its copy-on-write

@@ -247,7 +247,7 @@ export function mapShared(
       if (closed) throw new Error(`RAM block ${spec.id} is closed`);
       mapping.remap(sharing);
     },
-    becomeClone: async (sealed) => {
+    becomeClone: (sealed) => {
       if (closed) throw new Error(`RAM block ${spec.id} is closed`);
       if (mapping.sharing !== 'private') {
         throw new Error(`RAM block ${spec.id} is still mapped shared; remap it private first`);
@@ -300,13 +300,13 @@ export function mapShared(
  * mapping, attached to the sealed region as a clone. A failed attach is logged: the mapping
  * stays valid without it (a deleted file lives on while mapped), only the pin is missing.
  */
-async function becomeCloneOf(
+function becomeCloneOf(
   spec: RamBlockSpec,
   mapping: Mapping<SharedArrayBuffer>,
   path: string,
   sealed: SealedRegion,
   ctx: RamContext,
-): Promise<RamBacking> {
+): { backing: RamBacking; attached: Promise<void> } {
   const here: RamBlockSpec = {
     id: spec.id,
     guestBase: spec.guestBase,
@@ -314,16 +314,21 @@ async function becomeCloneOf(
     backend: 'clone',
     region: sealed.regionName,
   };
-  try {
-    await attachClone(ctx, byId(sealed.regionId), `RAM block ${spec.id}: snapshot region`);
-  } catch (err) {
-    ctx.logger.warn(
-      { block: spec.id, region: sealed.regionName, error: (err as Error).message },
-      'could not attach the VM as a clone of the region its save sealed; it runs on, but the ' +
-        'snapshot is not pinned by it',
-    );
-  }
-  return cloneBacking(here, mapping, { id: sealed.regionId, identity: sealed.identity, path }, ctx);
+  const attached = attachClone(
+    ctx,
+    byId(sealed.regionId),
+    `RAM block ${spec.id}: snapshot region`,
+  ).then(
+    () => undefined,
+    (err: unknown) =>
+      ctx.logger.warn(
+        { block: spec.id, region: sealed.regionName, error: (err as Error).message },
+        'could not attach the VM as a clone of the region its save sealed; it runs on, but ' +
+          'the snapshot is not pinned by it',
+      ),
+  );
+  const template = { id: sealed.regionId, identity: sealed.identity, path };
+  return { backing: cloneBacking(here, mapping, template, ctx), attached };
 }
 
 /** Backoff of {@link releaseLater}: from 0.2 s, doubling, at most 5 s between tries. */

@@ -43,7 +43,14 @@ describe('a bypass save', () => {
   it('pauses, remaps private, has memstore seal the region, runs on as its clone and resumes', async () => {
     const s = setup({ createSnapshot: [made] });
     const result = await bypassSave(s.host, s.asVm, request);
-    expect(s.log).toEqual(['pause', 'remap:private', 'clone:kv-ram0', 'rebacked', 'resume']);
+    expect(s.log).toEqual([
+      'pause',
+      'remap:private',
+      'clone:kv-ram0',
+      'rebacked',
+      'resume',
+      'attached',
+    ]);
     const req = s.memstore.asked[0]!.request as msPb.CreateSnapshotRequest;
     expect(req).toMatchObject({
       name: 'snap',
@@ -117,7 +124,14 @@ describe('a bypass save', () => {
     });
     const result = await bypassSave(s.host, s.asVm, request);
     expect(result.snapshot.name).toBe('snap');
-    expect(s.log).toEqual(['pause', 'remap:private', 'clone:kv-ram0', 'rebacked', 'resume']);
+    expect(s.log).toEqual([
+      'pause',
+      'remap:private',
+      'clone:kv-ram0',
+      'rebacked',
+      'resume',
+      'attached',
+    ]);
   });
 
   it('with no answer, the lease gone and no snapshot of its region, fences the VM', async () => {

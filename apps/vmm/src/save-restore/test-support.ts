@@ -132,7 +132,7 @@ export function fakeBlock(backend: RamBackendKind, log: string[]): RamBacking {
     remap: (sharing) => log.push(`remap:${sharing}`),
     becomeClone: (sealed) => {
       log.push(`clone:${sealed.regionName}`);
-      return Promise.resolve({
+      const backing: RamBacking = {
         ...block,
         spec: {
           id: 'ram0',
@@ -141,7 +141,8 @@ export function fakeBlock(backend: RamBackendKind, log: string[]): RamBacking {
           backend: 'clone',
           region: sealed.regionName,
         },
-      });
+      };
+      return { backing, attached: Promise.resolve().then(() => void log.push('attached')) };
     },
   };
   return block;
