@@ -6,6 +6,7 @@
  */
 import { VmmError } from '../model/vmm-error.js';
 import type { VmHost } from '../vm/host.js';
+import { VM_NAME_PATTERN } from '../vm/spec.js';
 import type { Vm } from '../vm/vm.js';
 import { bypassSave } from './bypass-save.js';
 import { fullSave } from './full-save.js';
@@ -99,8 +100,19 @@ export class SaveRestore {
       );
     }
     const first = req.firstIndex === 0 ? 1 : req.firstIndex;
-    const namesOf = (prefix: string): string[] =>
-      Array.from({ length: req.count }, (_, k) => `${prefix}-${first + k}`);
+    const namesOf = (prefix: string): string[] => {
+      const names = Array.from({ length: req.count }, (_, k) => `${prefix}-${first + k}`);
+      const bad = names.find((n) => !VM_NAME_PATTERN.test(n));
+      if (bad !== undefined) {
+        throw new VmmError(
+          'VMM_INVALID_ARGUMENT',
+          `CloneVms would name a clone "${bad}", which is not a VM name (1-48 lower-case ` +
+            'letters, digits, ".", "_" or "-", starting with a letter or digit); pick a shorter ' +
+            'or plainer name prefix',
+        );
+      }
+      return names;
+    };
     // With a prefix, the names are checked before memstore is asked anything.
     let release = req.namePrefix !== '' ? this.host.reserveNames(namesOf(req.namePrefix)) : null;
     const started: StartedVm[] = [];
@@ -109,16 +121,22 @@ export class SaveRestore {
       const names = namesOf(req.namePrefix !== '' ? req.namePrefix : prepared.snapshot.name);
       release ??= this.host.reserveNames(names);
       let next = 0;
+      let failed = false;
       const worker = async (): Promise<void> => {
-        while (next < names.length) {
+        while (next < names.length && !failed) {
           const k = next++;
-          started[k] = await startFromSnapshot(this.host, prepared, names[k]!, req.paused);
+          try {
+            started[k] = await startFromSnapshot(this.host, prepared, names[k]!, req.paused);
+          } catch (err) {
+            failed = true; // the other workers start no more
+            throw err;
+          }
         }
       };
       const workers = Array.from({ length: Math.min(CLONE_CONCURRENCY, names.length) }, worker);
       const ends = await Promise.allSettled(workers);
-      const failed = ends.find((e): e is PromiseRejectedResult => e.status === 'rejected');
-      if (failed !== undefined) throw failed.reason;
+      const refused = ends.find((e): e is PromiseRejectedResult => e.status === 'rejected');
+      if (refused !== undefined) throw refused.reason;
       return started;
     } catch (err) {
       await Promise.all(
