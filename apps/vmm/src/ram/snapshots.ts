@@ -125,7 +125,8 @@ export interface FetchedSnapshot {
 }
 
 /**
- * GetSnapshot by name, or by id when `ref` looks like one (memstore's ids are UUIDs).
+ * GetSnapshot by name, or by id when `ref` looks like one (memstore's ids are UUIDs; a snapshot
+ * whose name looks like one is found by name when no id matches).
  *
  * @throws `SNAPSHOT_NOT_FOUND`, `SNAPSHOT_CORRUPT` (memstore's CRC of the device state failed),
  *   VmmError `VMM_MEMSTORE_UNAVAILABLE`
@@ -135,17 +136,22 @@ export async function getSnapshot(
   ref: string,
   withDeviceState: boolean,
 ): Promise<FetchedSnapshot> {
-  const selector: pb.SnapshotSelector = UUID.test(ref)
-    ? { selector: { $case: 'id', value: ref } }
-    : { selector: { $case: 'name', value: ref } };
-  const res = await snapshotCall(ctx, `snapshot ${ref}`, () =>
-    unaryCall(
-      ctx.memstore(),
-      'getSnapshot',
-      { snapshot: selector, withDeviceState },
-      { deadlineMs: ctx.deadlineMs },
-    ),
-  );
+  const get = (selector: pb.SnapshotSelector) =>
+    snapshotCall(ctx, `snapshot ${ref}`, () =>
+      unaryCall(
+        ctx.memstore(),
+        'getSnapshot',
+        { snapshot: selector, withDeviceState },
+        { deadlineMs: ctx.deadlineMs },
+      ),
+    );
+  const byName = { selector: { $case: 'name' as const, value: ref } };
+  const res = UUID.test(ref)
+    ? await get({ selector: { $case: 'id', value: ref } }).catch((err: unknown) => {
+        if ((err as { code?: unknown }).code === 'SNAPSHOT_NOT_FOUND') return get(byName);
+        throw err;
+      })
+    : await get(byName);
   if (res.snapshot === undefined) {
     throw new VmmError('VMM_SNAPSHOT_INVALID', `memstore answered no snapshot for ${ref}`);
   }

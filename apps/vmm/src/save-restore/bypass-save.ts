@@ -78,6 +78,14 @@ export async function bypassSave(host: VmHost, vm: Vm, req: SaveRequest): Promis
   const tCreated = performance.now();
   const bytes = deviceState.length;
   if (req.stop) {
+    vm.log.info(
+      {
+        snapshot: snapshot.name,
+        job: req.jobId,
+        regions: snapshot.blocks.map((b) => b.regionName),
+      },
+      'VM saved: its regions are the snapshot now (bypass); destroying it (stop)',
+    );
     for (const b of blocks) b.abandon(); // the lease went with the seal; the regions are the snapshot's
     await host.destroy(vm.name);
     return { snapshot, pauseUs: 0, bytes, vm: null };

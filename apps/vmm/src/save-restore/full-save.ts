@@ -59,17 +59,20 @@ export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<
     if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
     throw err;
   }
-  vm.log.info(
-    { snapshot: snapshot.name, job: req.jobId, bytes },
-    'VM saved: its written pages copied into the snapshot (full)',
-  );
   if (req.stop) {
+    vm.log.info(
+      { snapshot: snapshot.name, job: req.jobId, bytes },
+      'VM saved: its written pages copied into the snapshot (full); destroying it (stop)',
+    );
     await host.destroy(vm.name); // its own RAM goes as at any destroy; the copies are the snapshot's
     return { snapshot, pauseUs: 0, bytes, vm: null };
   }
-  if (!wasRunning) return { snapshot, pauseUs: 0, bytes, vm: vm.info() };
-  const info = await vm.resume();
-  const pauseUs = Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000));
+  const info = wasRunning ? await vm.resume() : vm.info();
+  const pauseUs = wasRunning ? Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000)) : 0;
+  vm.log.info(
+    { snapshot: snapshot.name, job: req.jobId, bytes, pauseUs },
+    'VM saved: its written pages copied into the snapshot (full)',
+  );
   return { snapshot, pauseUs, bytes, vm: info };
 }
 
