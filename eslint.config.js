@@ -100,6 +100,17 @@ const VMM_LAYERS = {
     'model',
     'failpoints.ts',
   ],
+  'save-restore': [
+    'vm',
+    'ram',
+    'leases',
+    'snapshot',
+    'machine',
+    'devices',
+    'memory',
+    'wire',
+    'model',
+  ],
   migration: [
     'vm',
     'switchover',
@@ -111,7 +122,7 @@ const VMM_LAYERS = {
     'model',
     'failpoints.ts',
   ],
-  api: ['migration', 'vm', 'wire', 'model'],
+  api: ['migration', 'save-restore', 'vm', 'wire', 'model'],
 };
 
 // The boundary rule reads Nx's cached project graph and silently skips itself when there is none

@@ -65,7 +65,7 @@ describe('migrator and vmm instances', () => {
     ]);
   });
 
-  it('answers calls of later milestones with UNIMPLEMENTED and a message, never fake success', async () => {
+  it('answers a save of a VM nobody runs with NOT_FOUND and a message, never fake success', async () => {
     const client = createClient(vmm.VmmServiceClient, vmmA.address, vmmA.credentials);
     const mc = createClient(migrator.MigratorServiceClient, mg.address, mg.credentials);
     try {
@@ -78,10 +78,9 @@ describe('migrator and vmm instances', () => {
         jobId: '',
       }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(RemoteError);
-      expect((err as RemoteError).status).toBe(grpc.status.UNIMPLEMENTED);
-      expect((err as RemoteError).code).toBe('VMM_UNIMPLEMENTED');
-      expect((err as RemoteError).message).toMatch(/SaveVm is not available in this version/);
-      // the migrator's Save is a job: a VM no instance runs is its NOT_FOUND, not UNIMPLEMENTED
+      expect((err as RemoteError).status).toBe(grpc.status.NOT_FOUND);
+      expect((err as RemoteError).code).toBe('VMM_VM_NOT_FOUND');
+      // the migrator's Save is a job: a VM no instance runs is its NOT_FOUND
       const err2 = await unaryCall(mc, 'save', {
         vm: 'x',
         snapshot: 's',

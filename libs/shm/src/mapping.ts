@@ -168,6 +168,23 @@ export interface SyncOptions {
   invalidate?: boolean;
 }
 
+/** Options of {@link Mapping.remap}. */
+export interface RemapOptions {
+  /**
+   * An open fd of the mapped file: required for a mapping made with {@link mapFd}, optional for
+   * one made with {@link mapFile} (whose path is opened again otherwise). It must be open
+   * read-write to remap `'shared'`. It stays the caller's.
+   */
+  fd?: number;
+}
+
+/** @internal Which file a mapping maps (device and inode), and its path when mapped by path. */
+export interface MappedFile {
+  readonly dev: number;
+  readonly ino: number;
+  readonly path: string | null;
+}
+
 /** @internal What {@link Mapping} is built from. */
 export interface MappingInit {
   readonly handle: NativeHandle;
@@ -178,6 +195,7 @@ export interface MappingInit {
   readonly sharing: Sharing;
   readonly bufferKind: BufferKind;
   readonly source: string;
+  readonly file: MappedFile;
 }
 
 const SHARINGS: readonly Sharing[] = ['shared', 'private'];
@@ -197,8 +215,6 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
   readonly length: number;
   /** Where the mapping starts in the file, in bytes. */
   readonly fileOffset: number;
-  /** `'shared'` or `'private'`; see {@link Sharing}. */
-  readonly sharing: Sharing;
   /** `'shared'` or `'detachable'`; see {@link BufferKind}. */
   readonly bufferKind: BufferKind;
   /**
@@ -211,6 +227,8 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
 
   #handle: NativeHandle | undefined;
   #buffer: B | undefined;
+  #sharing: Sharing;
+  readonly #file: MappedFile;
 
   /** @internal Use {@link mapFile} or {@link mapFd}. */
   constructor(init: MappingInit) {
@@ -219,9 +237,15 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
     this.address = init.address;
     this.length = init.length;
     this.fileOffset = init.fileOffset;
-    this.sharing = init.sharing;
+    this.#sharing = init.sharing;
     this.bufferKind = init.bufferKind;
     this.source = init.source;
+    this.#file = init.file;
+  }
+
+  /** `'shared'` or `'private'` (see {@link Sharing}); changes with {@link Mapping.remap}. */
+  get sharing(): Sharing {
+    return this.#sharing;
   }
 
   /** True once {@link Mapping.close} ran. */
@@ -391,6 +415,104 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
   usage(): MemoryUsage {
     this.#live('usage');
     return readSmapsRange(this.address, roundUpToPage(this.length));
+  }
+
+  /**
+   * Map the same file range again with other sharing, at the same address: one
+   * `mmap(MAP_FIXED)` replaces the pages, so {@link Mapping.buffer} and every view of it (in any
+   * thread) stay valid and keep pointing at this memory. Nothing is copied.
+   *
+   * - `'shared'` → `'private'`: the content is the file's, identical to what the shared mapping
+   *   showed (its writes are in the file); later writes are copy-on-write and never reach the
+   *   file. A page not yet written still shows later changes others make to the file.
+   * - `'private'` → `'shared'`: writes reach the file again; copy-on-write copies made since
+   *   the private remap are dropped (those pages show the file again).
+   *
+   * Remapping to the current sharing does nothing. Nothing may access the range while it is
+   * remapped (a vCPU is paused meanwhile): an access at that instant may see either mapping.
+   * The file is found again by the path it was mapped by (or `options.fd`), and must be the
+   * same file (device and inode) and still cover the range.
+   *
+   * @throws ShmError `SHM_CLOSED`; `SHM_INVALID_ARGUMENT` (another file is at the path now, or a
+   *   mapping made with {@link mapFd} was given no fd); `SHM_NOT_FOUND`, `SHM_PERMISSION_DENIED`
+   *   (a `'shared'` remap needs the file writable), `SHM_OUT_OF_RANGE` (the file shrank); on
+   *   any of these the mapping is unchanged. `SHM_MAP_FAILED` when the kernel failed midway:
+   *   the mapping is then closed (its views read zeros, as after {@link Mapping.close}).
+   */
+  remap(sharing: Sharing, options?: RemapOptions): void {
+    const op = `remap(${describe(sharing)})`;
+    const handle = this.#live(op);
+    if (sharing === undefined) checkChoice(op, 'sharing', null, SHARINGS, 'shared');
+    checkChoice(op, 'sharing', sharing, SHARINGS, 'shared');
+    const o = checkOptions(op, options);
+    const given = o.fd === undefined ? undefined : checkFd(op, o.fd);
+    if (sharing === this.#sharing) return;
+    const what = `${op} of ${this.source}`;
+    let fd = given;
+    if (fd === undefined) {
+      const path = this.#file.path;
+      if (path === null) {
+        throw new ShmError(
+          'SHM_INVALID_ARGUMENT',
+          `${what}: a mapping made with mapFd needs the file again; pass options.fd.`,
+        );
+      }
+      try {
+        fd = openSync(path, sharing === 'shared' ? fsConstants.O_RDWR : fsConstants.O_RDONLY);
+      } catch (err) {
+        throw toShmError(what, err, classifyOpen(false), [
+          'SHM_OPEN_FAILED',
+          'check the path and its permissions; the mapping is unchanged.',
+        ]);
+      }
+    }
+    try {
+      this.#checkSameFile(what, fd);
+      let result: 'remapped' | 'lost';
+      try {
+        result = native.remap(handle, fd, this.fileOffset, sharing === 'shared');
+      } catch (err) {
+        throw toShmError(what, err, classifyMmap, [
+          'SHM_MAP_FAILED',
+          'the mapping is unchanged; check the file and the process limits.',
+        ]);
+      }
+      if (result === 'lost') {
+        this.close();
+        throw new ShmError(
+          'SHM_MAP_FAILED',
+          `${what}: the kernel failed after it had unmapped the range; the mapping is closed ` +
+            '(its views read zeros). Map the file again.',
+        );
+      }
+      this.#sharing = sharing;
+    } finally {
+      if (given === undefined) closeSync(fd);
+    }
+  }
+
+  /** Throws unless `fd` is the file this maps and still covers the mapped range. */
+  #checkSameFile(what: string, fd: number): void {
+    let stat;
+    try {
+      stat = fstatSync(fd);
+    } catch (err) {
+      throw toShmError(what, err, () => undefined, ['SHM_INVALID_ARGUMENT', 'pass an open fd.']);
+    }
+    if (stat.dev !== this.#file.dev || stat.ino !== this.#file.ino) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${what}: that is not the file this mapping maps (it was replaced or removed since); ` +
+          'the mapping is unchanged.',
+      );
+    }
+    if (stat.size < this.fileOffset + this.length) {
+      throw new ShmError(
+        'SHM_OUT_OF_RANGE',
+        `${what}: the file is ${stat.size} bytes now, shorter than the mapped range ` +
+          `[${this.fileOffset}, ${this.fileOffset + this.length}); the mapping is unchanged.`,
+      );
+    }
   }
 
   /**
@@ -605,10 +727,20 @@ function checkMapOptions(op: string, options: MapOptions | undefined): Checked {
   return { sharing, bufferKind, offset, length, populate, size, allocate };
 }
 
-/** Size, allocate and map an open fd; the fd stays open and owned by the caller. */
-function mapOpenFd(op: string, fd: number, source: string, c: Checked): Mapping<MappingBuffer> {
+/**
+ * Size, allocate and map an open fd; the fd stays open and owned by the caller. `path`: the
+ * file's path when it was opened by path (a remap opens it again), else null.
+ */
+function mapOpenFd(
+  op: string,
+  fd: number,
+  source: string,
+  path: string | null,
+  c: Checked,
+): Mapping<MappingBuffer> {
   const what = `${op}(${source})`;
   let fileSize: number;
+  let identity: { dev: number; ino: number };
   try {
     const stat = fstatSync(fd);
     if (!stat.isFile()) {
@@ -618,6 +750,7 @@ function mapOpenFd(op: string, fd: number, source: string, c: Checked): Mapping<
       );
     }
     fileSize = stat.size;
+    identity = { dev: stat.dev, ino: stat.ino };
   } catch (err) {
     throw toShmError(
       what,
@@ -704,6 +837,7 @@ function mapOpenFd(op: string, fd: number, source: string, c: Checked): Mapping<
     sharing: c.sharing,
     bufferKind: c.bufferKind,
     source,
+    file: { ...identity, path },
   });
 }
 
@@ -779,7 +913,7 @@ export function mapFile(path: string, options?: MapFileOptions): Mapping<Mapping
     ]);
   }
   try {
-    return mapOpenFd(op, fd, path, c);
+    return mapOpenFd(op, fd, path, path, c);
   } catch (err) {
     // A file this call created exclusively is ours to remove again.
     if (exclusive) {
@@ -816,7 +950,7 @@ export function mapFd(fd: number, options?: MapOptions): Mapping<MappingBuffer> 
   const op = 'mapFd';
   checkFd(op, fd);
   const c = checkMapOptions(op, options);
-  return mapOpenFd(op, fd, `fd ${fd}`, c);
+  return mapOpenFd(op, fd, `fd ${fd}`, null, c);
 }
 
 /**

@@ -49,6 +49,7 @@ export interface NativeBinding {
     sharedBuffer: boolean,
   ): [NativeHandle, ArrayBuffer | SharedArrayBuffer, bigint];
   close(handle: NativeHandle): NativeCloseResult;
+  remap(handle: NativeHandle, fd: number, offset: number, shared: boolean): 'remapped' | 'lost';
   madvise(handle: NativeHandle, offset: number, length: number, advice: number): void;
   msync(handle: NativeHandle, offset: number, length: number, flags: number): void;
   mincore(handle: NativeHandle, offset: number, length: number, out?: Uint8Array): number;

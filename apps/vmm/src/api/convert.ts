@@ -1,4 +1,5 @@
-import { dateToTimestamp, vmm as pb } from '@handoff/proto';
+import { dateToTimestamp, memstore as msPb, vmm as pb } from '@handoff/proto';
+import type { Snapshot, SnapshotKind } from '../model/snapshot.js';
 import type { RamBlockInfo, VmEvent, VmEventKind, VmInfo } from '../model/types.js';
 import { blockSpecToPb, specToPb } from '../wire/spec.js';
 import { STATE_TO_PB } from '../wire/vm.js';
@@ -48,8 +49,50 @@ export function vmToPb(vm: VmInfo): pb.Vm {
     createdAt: dateToTimestamp(vm.createdAt),
     generationId: vm.generationId,
     ready: vm.ready,
-    memory: undefined,
-    snapshot: '',
+    memory:
+      vm.memory === undefined
+        ? undefined
+        : {
+            pssBytes: BigInt(vm.memory.pss),
+            privateDirtyBytes: BigInt(vm.memory.privateDirty),
+            rssBytes: BigInt(vm.memory.rss),
+          },
+    snapshot: vm.snapshot,
+  };
+}
+
+const SNAPSHOT_KIND_TO_PB: Record<SnapshotKind, msPb.SnapshotKind> = {
+  bypass: msPb.SnapshotKind.SNAPSHOT_KIND_BYPASS,
+  full: msPb.SnapshotKind.SNAPSHOT_KIND_FULL,
+  imported: msPb.SnapshotKind.SNAPSHOT_KIND_IMPORTED,
+};
+
+/** A snapshot on the wire, as SaveVm answers it (memstore's message). */
+export function snapshotToPb(s: Snapshot): msPb.Snapshot {
+  return {
+    id: s.id,
+    name: s.name,
+    kind: SNAPSHOT_KIND_TO_PB[s.kind],
+    template: s.template,
+    createdAt: s.createdAt === null ? undefined : dateToTimestamp(s.createdAt),
+    vmName: s.vmName,
+    vmmId: s.vmmId,
+    vmSpec: s.vmSpec,
+    blocks: s.blocks.map((b) => ({
+      id: b.id,
+      guestBase: BigInt(b.guestBase),
+      size: BigInt(b.size),
+      regionId: b.regionId,
+      regionName: b.regionName,
+      identity: b.identity,
+      owned: b.owned,
+      storedBytes: BigInt(b.storedBytes),
+    })),
+    deviceStateBytes: BigInt(s.deviceStateBytes),
+    deviceStateCrc32c: s.deviceStateCrc32c,
+    clones: [...s.clones],
+    parent: s.parent,
+    storedBytes: BigInt(s.storedBytes),
   };
 }
 

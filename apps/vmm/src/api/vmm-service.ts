@@ -7,7 +7,6 @@ import {
   callerId,
   callerOf,
   serverStream,
-  unavailable,
   unary,
   HANDOFF_VERSION,
   ServiceError,
@@ -15,7 +14,7 @@ import {
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
-import { assertValidMigrationConfig, type MigrationParameterName } from '@handoff/qapi';
+import { assertValidMigrationConfig, isActive, type MigrationParameterName } from '@handoff/qapi';
 import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
 import {
   grpcIncoming,
@@ -24,10 +23,12 @@ import {
   type IncomingHint,
   type MigrationManager,
 } from '../migration/index.js';
+import { VmmError } from '../model/vmm-error.js';
+import { SaveRestore, type StartedVm } from '../save-restore/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { ConsoleSink, Vm } from '../vm/vm.js';
 import { specFromPb } from '../wire/spec.js';
-import { currentToPb, eventToPb, vmToPb } from './convert.js';
+import { currentToPb, eventToPb, snapshotToPb, vmToPb } from './convert.js';
 import { streamMigration } from './migrate-stream.js';
 
 /** How an arrival ended, on the wire (CancelIncoming). */
@@ -40,8 +41,6 @@ const INCOMING_OUTCOME_TO_PB: Record<CancelIncomingOutcome, pb.IncomingOutcome> 
 
 /** Migration stream format versions this instance speaks ("major.minor"). */
 export const STREAM_VERSIONS = [`${STREAM_FORMAT.major}.${STREAM_FORMAT.minor}`];
-
-const SNAPSHOTS = 'the save/restore milestone';
 
 /** Console output queued for one slow console before bytes are dropped. */
 const CONSOLE_QUEUE_LIMIT = 4 * 1024 * 1024;
@@ -94,10 +93,12 @@ export function vmmServices(deps: {
   migrations: MigrationManager;
 }): ServiceRegistration[] {
   const { logger, host } = deps;
-  const later = (method: string, milestone: string) =>
-    unavailable('VmmService', method, 'VMM_UNIMPLEMENTED', milestone);
   const vm = (name: string): Vm => host.get(requireName(name));
   const { migrations } = deps;
+  const saves = new SaveRestore(host);
+  /** Microseconds from `t0` (a performance.now() reading) to epoch milliseconds `atMs`. */
+  const usSince = (t0: number, atMs = performance.timeOrigin + performance.now()): bigint =>
+    BigInt(Math.max(0, Math.round((atMs - (performance.timeOrigin + t0)) * 1000)));
   const vmm: pb.VmmServiceServer = {
     getInfo: unary(logger, () => {
       const counts = host.counts();
@@ -126,7 +127,10 @@ export function vmmServices(deps: {
       await host.destroy(requireName(req.name));
       return {};
     }),
-    getVm: unary(logger, (req: pb.GetVmRequest) => ({ vm: vmToPb(vm(req.name).info()) })),
+    getVm: unary(logger, (req: pb.GetVmRequest) => {
+      const v = vm(req.name);
+      return { vm: vmToPb({ ...v.info(), memory: v.memoryUsage() }) };
+    }),
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),
     console: bidiStream(logger, (call) => consoleSession(host, call)),
@@ -160,6 +164,12 @@ export function vmmServices(deps: {
         capabilities: capabilitiesFromWire(req.capabilities),
         parameters: set,
       });
+      if (saves.isSaving(req.name)) {
+        throw new VmmError(
+          'VMM_INVALID_STATE',
+          `VM ${req.name} is being saved; migrate it once the save has ended`,
+        );
+      }
       const request = {
         name: requireName(req.name),
         jobId: req.jobId,
@@ -183,9 +193,52 @@ export function vmmServices(deps: {
       migrations.cancel(requireName(req.name));
       return {};
     }),
-    saveVm: later('SaveVm', SNAPSHOTS),
-    restoreVm: later('RestoreVm', SNAPSHOTS),
-    cloneVms: later('CloneVms', SNAPSHOTS),
+    saveVm: unary(logger, async (req: pb.SaveVmRequest) => {
+      const t0 = performance.now();
+      const name = requireName(req.name);
+      refuseWhileMigrating(migrations, name);
+      const r = await saves.save({
+        name,
+        snapshot: req.snapshot,
+        full: req.full,
+        stop: req.stop,
+        template: req.template,
+        jobId: req.jobId,
+      });
+      return {
+        snapshot: snapshotToPb(r.snapshot),
+        pauseUs: BigInt(r.pauseUs),
+        durationUs: usSince(t0),
+        bytes: BigInt(r.bytes),
+        vm: r.vm === null ? undefined : vmToPb(r.vm),
+      };
+    }),
+    restoreVm: unary(logger, async (req: pb.RestoreVmRequest) => {
+      const t0 = performance.now();
+      const started = await saves.restore({
+        snapshot: req.snapshot,
+        name: req.name,
+        paused: req.paused,
+        jobId: req.jobId,
+      });
+      return { vm: vmToPb(started.vm), durationUs: usSince(t0, started.runningAtMs) };
+    }),
+    cloneVms: unary(logger, async (req: pb.CloneVmsRequest) => {
+      const t0 = performance.now();
+      const started: StartedVm[] = await saves.clone({
+        snapshot: req.snapshot,
+        count: req.count,
+        namePrefix: req.namePrefix,
+        firstIndex: req.firstIndex,
+        paused: req.paused,
+        jobId: req.jobId,
+      });
+      return {
+        vms: started.map((s) => vmToPb(s.vm)),
+        runningAfterUs: started.map((s) => usSince(t0, s.runningAtMs)),
+        durationUs: usSince(t0),
+      };
+    }),
   };
   const migration: vmmStream.MigrationServiceServer = {
     incoming: bidiStream(logger, (call) =>
@@ -229,6 +282,26 @@ function fromWireOrUndefined<T>(read: () => T): T | undefined {
     return read();
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * A VM that is migrating is not saved (both would pause it and take its state).
+ *
+ * @throws VmmError `VMM_INVALID_STATE`
+ */
+function refuseWhileMigrating(migrations: MigrationManager, name: string): void {
+  let status;
+  try {
+    status = migrations.info(name).status;
+  } catch {
+    return; // no migration of it is known
+  }
+  if (isActive(status)) {
+    throw new VmmError(
+      'VMM_INVALID_STATE',
+      `VM ${name} is migrating (${status}); save it once the migration has ended`,
+    );
   }
 }
 

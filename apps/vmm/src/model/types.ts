@@ -99,6 +99,23 @@ export interface VmInfo {
   readonly ready: boolean;
   /** How long the last pause took from request to the vCPU's stop, in ms (null: never paused). */
   readonly lastPauseLatencyMs: number | null;
+  /**
+   * The snapshot the VM runs from: the one it was restored or cloned from, or the one a bypass
+   * save sealed its memory into (it runs on copy-on-write over it); '' for a booted VM.
+   */
+  readonly snapshot: string;
+  /** What its RAM mappings cost, when asked for (GetVm); absent otherwise. */
+  readonly memory?: VmMemoryUsage;
+}
+
+/** What a VM's RAM mappings cost, measured by the kernel (`/proc/self/smaps`), in bytes. */
+export interface VmMemoryUsage {
+  /** Proportional set size: each resident page divided by the number of mappings sharing it. */
+  readonly pss: number;
+  /** Pages only this VM holds that it wrote (copy-on-write copies, written private pages). */
+  readonly privateDirty: number;
+  /** Resident pages, counted whole even when shared. */
+  readonly rss: number;
 }
 
 /** Lifecycle events, as WatchVm streams them. */

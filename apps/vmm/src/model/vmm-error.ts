@@ -15,6 +15,8 @@ export const VMM_ERROR_CODES = [
   'VMM_VCPU_FAILED', // the vCPU thread did not answer or died
   'VMM_UNIMPLEMENTED',
   'VMM_LEASE_LOST', // the VM's shared-RAM lease moved (migrated away); it must never run here again
+  'VMM_INVALID_ARGUMENT', // a request the VM cannot serve as asked (a bypass save of private RAM)
+  'VMM_SNAPSHOT_INVALID', // a snapshot fails the vmm's checks (spec, blocks, regions, device state)
 ] as const;
 
 /** One of {@link VMM_ERROR_CODES}. */

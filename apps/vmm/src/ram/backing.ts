@@ -1,6 +1,13 @@
 import type { memstore } from '@handoff/proto';
 import type { LeaseContext } from '../leases/calls.js';
-import type { RamBlockSpec, RegionRef } from '../model/types.js';
+import type { RamBlockSpec, RegionRef, VmMemoryUsage } from '../model/types.js';
+
+/** A region a bypass save sealed in place: from now on a snapshot's immutable memory. */
+export interface SealedRegion {
+  readonly regionId: string;
+  readonly regionName: string;
+  readonly identity: string;
+}
 
 /**
  * A RAM block's memory, mapped in this process: a SharedArrayBuffer the vCPU worker adopts
@@ -33,6 +40,12 @@ export interface RamBacking {
    */
   dataRanges?(): readonly (readonly [start: number, end: number])[] | null;
   /**
+   * Clone blocks: the byte ranges of the template file that may hold data, ascending; outside
+   * them the template is zero. The block holds the template's bytes wherever the clone did not
+   * write (the touched pages say where it did). Null when unknown.
+   */
+  templateDataRanges?(): readonly (readonly [start: number, end: number])[] | null;
+  /**
    * Maps [offset, offset + length) into this process now (`MADV_POPULATE_WRITE`, or
    * `MADV_POPULATE_READ` for `'read'`): one system call instead of a page fault per page, when
    * the range is about to be filled (incoming migration) or read whole (outgoing). Only for
@@ -54,6 +67,34 @@ export interface RamBacking {
    * page is touched). Byte offsets, whole pages.
    */
   zero?(offset: number, length: number): void;
+  /**
+   * Shared blocks, for a bypass save (only while the vCPU is paused): `'private'` maps the
+   * region copy-on-write — the same file at the same address, nothing copied, the buffer and
+   * the vCPU's views stay valid — so the file can be sealed while the guest runs on; `'shared'`
+   * undoes it when the save failed (copies made meanwhile are dropped). The lease stays held.
+   *
+   * @throws ShmError from `@handoff/shm` (the mapping is unchanged)
+   */
+  remap?(sharing: 'shared' | 'private'): void;
+  /**
+   * Shared blocks, once a bypass save sealed the region as a snapshot's memory (which released
+   * the lease) while it was mapped private: the block carries on as `clone` RAM of that sealed
+   * region over the same mapping (`backing`, at once), and the VM is attached to it as a clone,
+   * which pins the snapshot (`attached`: the AttachClone call, which need not hold the guest
+   * up; it never rejects — a failure is logged, as the mapping needs nothing from memstore to
+   * stay valid). This backing is spent: its `close()` and `abandon()` do nothing (the lease is
+   * gone, the region is the snapshot's).
+   */
+  becomeClone?(sealed: SealedRegion): {
+    readonly backing: RamBacking;
+    readonly attached: Promise<void>;
+  };
+  /**
+   * What the block's mapping costs now (`/proc/self/smaps` over its address range); null once
+   * closed. `privateDirty` counts the pages only this VM wrote: for clone RAM its copy-on-write
+   * copies (the template's pages are the template's, however many map them).
+   */
+  memoryUsage?(): VmMemoryUsage | null;
 }
 
 /** What opening a block needs from the instance: memstore's lease calls, and its gRPC client. */

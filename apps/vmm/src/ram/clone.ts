@@ -1,36 +1,32 @@
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
-import { mapFile, type Mapping } from '@handoff/shm';
+import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
 import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
 import type { RamBacking, RamContext } from './backing.js';
 
+/** What a restore demands of a snapshot's region beyond what CreateVm checks. */
+export interface CloneExpectation {
+  /** The identity the snapshot recorded: a region recreated since is another file. */
+  readonly identity: string;
+  /** For messages: whose region it is (`snapshot s1`). */
+  readonly owner: string;
+}
+
 /**
  * `clone` RAM: a sealed memstore template mapped MAP_PRIVATE (copy-on-write): the clone shares
  * every page it has not written. The VM is recorded as a clone of the template (AttachClone),
- * which pins the template against deletion until DetachClone.
+ * which pins the template against deletion until DetachClone. With `expect` (a restore from a
+ * snapshot), the template must also still be the region the snapshot recorded.
  */
-export async function openClone(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {
-  const client = ctx.memstore();
-  const holder = holderOf(ctx);
-  const opts = { deadlineMs: ctx.deadlineMs };
+export async function openClone(
+  spec: RamBlockSpec,
+  ctx: RamContext,
+  expect?: CloneExpectation,
+): Promise<RamBacking> {
   const block = `RAM block ${spec.id}`;
-  const template = (
-    await memstoreCall(ctx, `${block}: template ${spec.region}`, () =>
-      unaryCall(client, 'attachClone', { template: byName(spec.region), holder }, opts),
-    )
-  ).template!;
-  const detach = async (): Promise<void> => {
-    try {
-      await unaryCall(client, 'detachClone', { template: byId(template.id), holder }, opts);
-    } catch (err) {
-      ctx.logger.warn(
-        { block: spec.id, template: spec.region, error: (err as Error).message },
-        'could not detach the clone from its template',
-      );
-    }
-  };
+  const template = await attachClone(ctx, byName(spec.region), `${block}: template ${spec.region}`);
   let mapping: Mapping<SharedArrayBuffer>;
   try {
     if (template.state !== pb.RegionState.REGION_STATE_SEALED) {
@@ -41,16 +37,75 @@ export async function openClone(spec: RamBlockSpec, ctx: RamContext): Promise<Ra
     }
     if (template.size !== BigInt(spec.size)) {
       throw new VmmError(
-        'VMM_INVALID_SPEC',
+        expect === undefined ? 'VMM_INVALID_SPEC' : 'VMM_SNAPSHOT_INVALID',
         `${block}: template ${spec.region} holds ${template.size} bytes but the block is ` +
           `${spec.size}; give the block the template's size`,
       );
     }
+    if (expect !== undefined && template.identity !== expect.identity) {
+      throw new VmmError(
+        'VMM_SNAPSHOT_INVALID',
+        `${block}: region ${spec.region} is not the one ${expect.owner} was saved into (identity ` +
+          `${template.identity}, recorded ${expect.identity}); the region was replaced, so the ` +
+          'snapshot cannot be restored',
+      );
+    }
     mapping = mapFile(template.path, { sharing: 'private', length: spec.size });
   } catch (err) {
-    await detach();
+    await detachClone(ctx, template.id, spec);
     throw err;
   }
+  return cloneBacking(spec, mapping, template, ctx);
+}
+
+/**
+ * AttachClone as this VM: records that it maps the sealed region (pins it).
+ *
+ * @throws VmmError `VMM_REGION_NOT_FOUND`, `VMM_MEMSTORE_UNAVAILABLE`; memstore's codes
+ */
+export async function attachClone(
+  ctx: RamContext,
+  template: pb.RegionSelector,
+  what: string,
+): Promise<pb.Region> {
+  const res = await memstoreCall(ctx, what, () =>
+    unaryCall(
+      ctx.memstore(),
+      'attachClone',
+      { template, holder: holderOf(ctx) },
+      { deadlineMs: ctx.deadlineMs },
+    ),
+  );
+  return res.template!;
+}
+
+/** DetachClone as this VM; a failure is logged (the attachment stays until removed by hand). */
+async function detachClone(ctx: RamContext, templateId: string, spec: RamBlockSpec): Promise<void> {
+  try {
+    await unaryCall(
+      ctx.memstore(),
+      'detachClone',
+      { template: byId(templateId), holder: holderOf(ctx) },
+      { deadlineMs: ctx.deadlineMs },
+    );
+  } catch (err) {
+    ctx.logger.warn(
+      { block: spec.id, template: spec.region, error: (err as Error).message },
+      'could not detach the clone from its template',
+    );
+  }
+}
+
+/**
+ * The backing of a clone block over `mapping`, a private mapping of the sealed `template` this
+ * VM is attached to: `close()` revokes the mapping, then detaches the clone.
+ */
+export function cloneBacking(
+  spec: RamBlockSpec,
+  mapping: Mapping<SharedArrayBuffer>,
+  template: Pick<pb.Region, 'id' | 'identity' | 'path'>,
+  ctx: RamContext,
+): RamBacking {
   let closed = false;
   return {
     spec,
@@ -64,6 +119,19 @@ export async function openClone(spec: RamBlockSpec, ctx: RamContext): Promise<Ra
       memstore: ctx.memstoreAddress,
     },
     zeroed: false,
+    templateDataRanges: () => {
+      try {
+        return fileDataRanges(template.path, 0, spec.size);
+      } catch {
+        return null;
+      }
+    },
+    memoryUsage: () => {
+      if (closed) return null;
+      const u = mapping.usage();
+      // Copy-on-write copies are anonymous; the template's pages are shmem or page cache.
+      return { pss: u.pss, privateDirty: u.anonymous, rss: u.rss };
+    },
     abandon: () => {
       if (closed) return;
       closed = true;
@@ -73,7 +141,7 @@ export async function openClone(spec: RamBlockSpec, ctx: RamContext): Promise<Ra
       if (closed) return;
       closed = true;
       mapping.close();
-      await detach();
+      await detachClone(ctx, template.id, spec);
     },
   };
 }

@@ -5,7 +5,10 @@ import { openClone } from './clone.js';
 import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
-export type { RamBacking, RamContext } from './backing.js';
+export type { RamBacking, RamContext, SealedRegion } from './backing.js';
+export { openClone, type CloneExpectation } from './clone.js';
+export { createSaveRegion, saveRegionName, type SaveRegion } from './save-region.js';
+export { createSnapshot, getSnapshot, type FetchedSnapshot } from './snapshots.js';
 
 /** Maps one block with its backend. */
 export function openRamBlock(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {

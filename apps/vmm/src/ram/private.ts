@@ -59,6 +59,11 @@ export function openPrivate(spec: RamBlockSpec, ctx: RamContext): RamBacking {
         );
       }
     },
+    memoryUsage: () => {
+      if (closed) return null;
+      const u = mapping.usage();
+      return { pss: u.pss, privateDirty: u.privateDirty, rss: u.rss };
+    },
     abandon: () => void backing.close(),
     close: () => {
       if (!closed) {

@@ -4,7 +4,8 @@ import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
 import { byId, byName, holderOf, memstoreCall, unreachable } from '../leases/calls.js';
-import type { RamBacking, RamContext } from './backing.js';
+import type { RamBacking, RamContext, SealedRegion } from './backing.js';
+import { attachClone, cloneBacking } from './clone.js';
 
 /**
  * The name of the region a `shared` block gets when its spec names none: `<vm>-<block id>`.
@@ -237,6 +238,23 @@ export function mapShared(
         return null;
       }
     },
+    memoryUsage: () => {
+      if (closed) return null;
+      const u = mapping.usage();
+      return { pss: u.pss, privateDirty: u.privateDirty, rss: u.rss };
+    },
+    remap: (sharing) => {
+      if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+      mapping.remap(sharing);
+    },
+    becomeClone: (sealed) => {
+      if (closed) throw new Error(`RAM block ${spec.id} is closed`);
+      if (mapping.sharing !== 'private') {
+        throw new Error(`RAM block ${spec.id} is still mapped shared; remap it private first`);
+      }
+      closed = true; // the lease went with the seal; the region is the snapshot's now
+      return becomeCloneOf(spec, mapping, region.path, sealed, ctx);
+    },
     abandon: () => {
       if (closed) return;
       closed = true;
@@ -275,6 +293,42 @@ export function mapShared(
       await afterRelease();
     },
   };
+}
+
+/**
+ * The clone block a shared block becomes once a bypass save sealed its region: the same private
+ * mapping, attached to the sealed region as a clone. A failed attach is logged: the mapping
+ * stays valid without it (a deleted file lives on while mapped), only the pin is missing.
+ */
+function becomeCloneOf(
+  spec: RamBlockSpec,
+  mapping: Mapping<SharedArrayBuffer>,
+  path: string,
+  sealed: SealedRegion,
+  ctx: RamContext,
+): { backing: RamBacking; attached: Promise<void> } {
+  const here: RamBlockSpec = {
+    id: spec.id,
+    guestBase: spec.guestBase,
+    size: spec.size,
+    backend: 'clone',
+    region: sealed.regionName,
+  };
+  const attached = attachClone(
+    ctx,
+    byId(sealed.regionId),
+    `RAM block ${spec.id}: snapshot region`,
+  ).then(
+    () => undefined,
+    (err: unknown) =>
+      ctx.logger.warn(
+        { block: spec.id, region: sealed.regionName, error: (err as Error).message },
+        'could not attach the VM as a clone of the region its save sealed; it runs on, but ' +
+          'the snapshot is not pinned by it',
+      ),
+  );
+  const template = { id: sealed.regionId, identity: sealed.identity, path };
+  return { backing: cloneBacking(here, mapping, template, ctx), attached };
 }
 
 /** Backoff of {@link releaseLater}: from 0.2 s, doubling, at most 5 s between tries. */

@@ -13,6 +13,7 @@ import { VcpuThreadPool } from '../vcpu/pool.js';
 import { vcpuWorkerUrl } from '../vcpu/worker-url.js';
 import type { MachineState } from '../machine/state.js';
 import { createMachine } from '../machine/machine.js';
+import type { ControlIdentity } from '../devices/control.js';
 import { warmUpDeviceStateCodec } from '../snapshot/device-state.js';
 
 /** How long after a change of the VM set its listeners hear of it (see VmHost.changed). */
@@ -185,6 +186,36 @@ export class VmHost {
     };
   }
 
+  /**
+   * Reserves names for VMs made here other than by CreateVm (RestoreVm, CloneVms): all of them
+   * or none. Returns the release function (idempotent), to call once each VM is registered or
+   * given up.
+   *
+   * @throws VmmError `VMM_VM_EXISTS` naming the first that is taken, `VMM_INVALID_STATE` while
+   *   the instance shuts down
+   */
+  reserveNames(names: readonly string[]): () => void {
+    if (this.closed) throw new VmmError('VMM_INVALID_STATE', 'this vmm instance is shutting down');
+    const unique = new Set(names);
+    for (const name of unique) this.assertNameFree(name);
+    for (const name of unique) this.creating.add(name);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const name of unique) this.creating.delete(name);
+    };
+  }
+
+  /**
+   * Block `k` of `vm` is backed another way now (see {@link Vm.replaceBlock}); the VM's new
+   * spec goes out with the next report of the VM set.
+   */
+  rebacked(vm: Vm, k: number, backing: RamBacking): void {
+    vm.replaceBlock(k, backing);
+    this.changed();
+  }
+
   /** @throws VmmError `VMM_VM_EXISTS`, saying what holds the name and what to do */
   private assertNameFree(name: string): void {
     const at = this.opts.vmmId;
@@ -206,24 +237,34 @@ export class VmHost {
     }
   }
 
-  /** Starts the (waiting) vCPU thread of an incoming VM; see {@link Vm.spawnIncoming}. */
-  spawnIncoming(spec: VmSpec, ram: readonly RamBacking[], zeroKnown: boolean): Vm {
+  /**
+   * Starts the (waiting) vCPU thread of an incoming VM; see {@link Vm.spawnIncoming}. A VM
+   * restored from a snapshot passes its new `identity` (what its generation id reports).
+   */
+  spawnIncoming(
+    spec: VmSpec,
+    ram: readonly RamBacking[],
+    zeroKnown: boolean,
+    identity?: ControlIdentity,
+  ): Vm {
     return Vm.spawnIncoming(spec, ram, zeroKnown, {
       vmmId: this.opts.vmmId,
       logger: this.opts.logger.child({ vm: spec.name }),
       threads: this.threads,
+      ...(identity !== undefined ? { identity } : {}),
     });
   }
 
   /**
-   * Registers an incoming VM (its name reserved), loads its device state and runs it.
-   * Resolves with the epoch milliseconds at which its vCPU started.
+   * Registers an incoming VM (its name reserved), loads its device state and runs it (or, with
+   * `run` false, leaves it paused at that point: a restore). Resolves with the epoch
+   * milliseconds at which its vCPU started (or the state was loaded).
    */
-  async adoptAndRun(vm: Vm, state: MachineState): Promise<number> {
+  async adoptAndRun(vm: Vm, state: MachineState, run = true): Promise<number> {
     this.vms.set(vm.name, vm);
     try {
-      const at = await vm.runIncoming(state);
-      vm.log.info('VM arrived by migration and runs');
+      const at = await vm.runIncoming(state, run);
+      if (run) vm.log.info('VM arrived by migration and runs');
       return at;
     } catch (err) {
       this.vms.delete(vm.name);

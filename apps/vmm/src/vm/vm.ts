@@ -6,7 +6,14 @@ import type { GuestImage } from '../guests/catalog.js';
 import type { LeasePlan } from '../leases/thread-step.js';
 import type { MachineState } from '../machine/state.js';
 import { PAGE_SHIFT } from '../memory/pages.js';
-import type { VmEvent, VmEventKind, VmInfo, VmSpec, VmState } from '../model/types.js';
+import type {
+  VmEvent,
+  VmEventKind,
+  VmInfo,
+  VmMemoryUsage,
+  VmSpec,
+  VmState,
+} from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
 import type { SwitchoverOutcome } from '../switchover/outcome.js';
@@ -73,12 +80,15 @@ export interface VmDeps {
  */
 export class Vm {
   readonly name: string;
-  readonly spec: VmSpec;
   readonly createdAt = new Date();
   readonly generationId: bigint;
   readonly log: Logger;
   private readonly vmmId: string;
-  private readonly ram: readonly RamBacking[];
+  /** Main RAM first; a block's backing changes only by {@link Vm.replaceBlock}. */
+  private ram: readonly RamBacking[];
+  private currentSpec: VmSpec;
+  /** The snapshot the VM runs from ({@link Vm.runsFrom}), or ''. */
+  private snapshotName = '';
   private readonly worker: Worker;
   private readonly commands: MessagePort;
   private readonly ctl: Int32Array;
@@ -127,7 +137,7 @@ export class Vm {
     incoming?: { touched: PageBitmap | null },
   ) {
     this.name = spec.name;
-    this.spec = { ...spec, ram: ram.map((b) => b.spec) };
+    this.currentSpec = { ...spec, ram: ram.map((b) => b.spec) };
     this.vmmId = deps.vmmId;
     this.ram = ram;
     this.log = deps.logger;
@@ -241,13 +251,24 @@ export class Vm {
    * round trip to the vCPU thread (the run request is set before the state is posted).
    * Resolves with the epoch milliseconds at which the vCPU started.
    *
+   * With `run` false (a restore asked to stay paused) the state is loaded and the VM stays
+   * `paused` at that point, its clock held; ResumeVm runs it. Resolves with the epoch
+   * milliseconds at which it was loaded.
+   *
    * @throws VmmError `VMM_VCPU_FAILED` when the state does not load or the thread is gone
    */
-  runIncoming(state: MachineState): Promise<number> {
+  runIncoming(state: MachineState, run = true): Promise<number> {
     return this.serial(async () => {
       this.assertAlive();
       const cmd: VcpuCommand = { t: 'restore', state };
       this.commands.postMessage(cmd);
+      if (!run) {
+        this.ring(); // REQUEST stays HOLD: loaded, not run
+        await this.waitBoot();
+        this.state = 'paused'; // the thread's `created`, shown as a pause at the snapshot point
+        this.lastPauseAt = performance.timeOrigin + performance.now();
+        return this.lastPauseAt;
+      }
       // Rings at once; the replies are read on later turns of the event loop, after the boot
       // listeners are in place. The worker reports the start first, then the boot.
       const running = this.requestState(Request.RUN, (s) => s !== 'created');
@@ -442,6 +463,58 @@ export class Vm {
     return this.ram;
   }
 
+  /** The VM's spec, its blocks as they are backed now. */
+  get spec(): VmSpec {
+    return this.currentSpec;
+  }
+
+  /** Epoch milliseconds at which the vCPU last started running (0: never). */
+  get lastRunAtMs(): number {
+    return this.lastRunAt;
+  }
+
+  /**
+   * Puts `backing` in place of block `k`'s: the same memory (the vCPU's buffer) backed another
+   * way — a bypass save's shared block become clone RAM of the sealed region. The spec follows.
+   * The old backing is the caller's (spent, or closed by it).
+   *
+   * @throws VmmError `VMM_INVALID_STATE` when `backing` is not the block's memory
+   */
+  replaceBlock(k: number, backing: RamBacking): void {
+    const old = this.ram[k];
+    if (old === undefined || old.buffer !== backing.buffer || old.spec.id !== backing.spec.id) {
+      throw new VmmError(
+        'VMM_INVALID_STATE',
+        `VM ${this.name}: block ${k} can only be re-backed by its own memory`,
+      );
+    }
+    this.ram = this.ram.map((b, i) => (i === k ? backing : b));
+    this.currentSpec = { ...this.currentSpec, ram: this.ram.map((b) => b.spec) };
+  }
+
+  /** Records the snapshot the VM runs from (restored, cloned, or saved in place). */
+  runsFrom(snapshot: string): void {
+    this.snapshotName = snapshot;
+  }
+
+  /**
+   * What the VM's RAM mappings cost now, summed over its blocks (reads `/proc/self/smaps`
+   * once per block: for GetVm, not for lists).
+   */
+  memoryUsage(): VmMemoryUsage {
+    let pss = 0;
+    let privateDirty = 0;
+    let rss = 0;
+    for (const b of this.ram) {
+      const u = b.memoryUsage?.() ?? null;
+      if (u === null) continue;
+      pss += u.pss;
+      privateDirty += u.privateDirty;
+      rss += u.rss;
+    }
+    return { pss, privateDirty, rss };
+  }
+
   /** Main-RAM pages written since boot (or since the incoming migration). Live view. */
   get touchedPages(): PageBitmap {
     return this.touched;
@@ -562,6 +635,7 @@ export class Vm {
       generationId: this.generationId,
       ready: this.ready,
       lastPauseLatencyMs: this.lastPauseLatencyMs,
+      snapshot: this.snapshotName,
     };
   }
 

@@ -112,3 +112,35 @@ export function specToPb(spec: VmSpec): pb.VmSpec {
     args: { ...spec.args },
   };
 }
+
+/** A VM spec as the bytes a snapshot keeps (`handoff.vmm.v1.VmSpec`, encoded). */
+export function encodeSpecBytes(spec: VmSpec): Uint8Array {
+  return pb.VmSpec.encode(specToPb(spec)).finish();
+}
+
+/**
+ * A spec from a snapshot's bytes. They come from memstore, which stores them unread: anything
+ * that does not decode, or decodes to no spec a block could have, is refused.
+ *
+ * @throws VmmError `VMM_SNAPSHOT_INVALID`
+ */
+export function decodeSpecBytes(bytes: Uint8Array, what: string): VmSpec {
+  let decoded: pb.VmSpec;
+  try {
+    decoded = pb.VmSpec.decode(bytes);
+  } catch (err) {
+    throw new VmmError(
+      'VMM_SNAPSHOT_INVALID',
+      `${what}: its VM spec does not decode (${(err as Error).message}); the snapshot is ` +
+        'damaged: delete it and save the VM again',
+      { cause: err },
+    );
+  }
+  try {
+    return specFromPb(decoded);
+  } catch (err) {
+    throw new VmmError('VMM_SNAPSHOT_INVALID', `${what}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}

@@ -13,6 +13,8 @@
 //     (mmap MAP_FIXED), so the file is released now and stale views can neither crash the process
 //     nor reach the file. The address range itself is unmapped by the last backing-store deleter.
 //   - dropping the owner without close() releases only the owner's reference.
+//   - remap() swaps what backs a live range (MAP_SHARED <-> MAP_PRIVATE of the same file) with
+//     mmap(MAP_FIXED) at the same address, so buffers already handed out stay valid.
 //
 // V8 bridge. Buffers are created with the V8 API rather than napi_create_external_arraybuffer:
 //   - SharedArrayBuffer (v8::SharedArrayBuffer::NewBackingStore with our deleter): shareable with
@@ -228,6 +230,43 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   Unref(region);
   if (revoke_error != 0) ThrowErrno(env, "mmap", revoke_error);
   return Napi::String::New(env, revoked ? "revoked" : "unmapped");
+}
+
+// remap(owner, fd, offset, shared) -> 'remapped' | 'lost'
+// Replaces the file pages of a live range in one mmap(MAP_FIXED) call with a mapping of `fd` at
+// `offset` — MAP_SHARED or MAP_PRIVATE — at the same address and span, so every buffer over the
+// range (in any thread) keeps its pointer and sees the new mapping. The caller checked that `fd`
+// is the mapped file and long enough. A private range's copy-on-write copies are dropped. The
+// kernel checks the fd's access mode before it touches the old mapping, so the usual failures
+// (EACCES, EPERM) leave the range as it was and throw. Should a failure leave the range unmapped
+// (the kernel ran out of memory halfway), the range is filled with anonymous zero pages, as by a
+// revoke, so no view can fault, and 'lost' is answered: the owner must close the mapping.
+Napi::Value Remap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Region* region = OpenRegion(info);
+  const int fd = info[1].As<Napi::Number>().Int32Value();
+  const int64_t offset = ArgInt(info, 2);
+  const bool shared = info[3].ToBoolean();
+  int err = 0;
+  bool lost = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    void* again = mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+                       (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd,
+                       static_cast<off_t>(offset));
+    if (again == MAP_FAILED) {
+      err = errno;
+      // msync answers ENOMEM when part of the range is no longer mapped.
+      if (msync(region->addr, region->span, MS_ASYNC) != 0 && errno == ENOMEM) {
+        lost = true;
+        mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+      }
+    }
+  }
+  if (lost) return Napi::String::New(env, "lost");
+  if (err != 0) ThrowErrno(env, "mmap", err);
+  return Napi::String::New(env, "remapped");
 }
 
 // madvise(owner, offset, length, advice)
@@ -615,6 +654,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("constants", Constants(env));
   exports.Set("map", Napi::Function::New(env, Map, "map"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("remap", Napi::Function::New(env, Remap, "remap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("msync", Napi::Function::New(env, Msync, "msync"));
   exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));

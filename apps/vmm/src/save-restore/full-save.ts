@@ -1,0 +1,129 @@
+/**
+ * A full save: the snapshot gets regions of its own. One persistent region per block is created
+ * and leased first (while the guest runs); then, with the guest paused, the device state is
+ * taken and each block's written pages are copied into its region (never-written pages stay
+ * holes); memstore seals the regions into the snapshot; the guest resumes on its own RAM,
+ * unchanged. The only save of private RAM.
+ *
+ * @packageDocumentation
+ */
+import type { Snapshot } from '../model/snapshot.js';
+import { VmmError } from '../model/vmm-error.js';
+import {
+  createSaveRegion,
+  createSnapshot,
+  getSnapshot,
+  saveRegionName,
+  type RamContext,
+  type SaveRegion,
+} from '../ram/index.js';
+import { encodeDeviceState } from '../snapshot/index.js';
+import type { VmHost } from '../vm/host.js';
+import type { Vm } from '../vm/vm.js';
+import { encodeSpecBytes } from '../wire/spec.js';
+import { copyPages, pagesToCopy } from './page-copy.js';
+import { pauseForSave } from './pause.js';
+import type { SaveRequest, SaveResult } from './types.js';
+
+/**
+ * Saves `vm` by copying. Nothing is left behind when it fails: the regions are deleted and the
+ * guest resumes (if it ran) before the error is answered.
+ */
+export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
+  const ctx = host.ramContext(vm.name);
+  const blocks = [...vm.ramBlocks];
+  const regions: SaveRegion[] = [];
+  try {
+    for (const b of blocks) {
+      regions.push(
+        await createSaveRegion(ctx, saveRegionName(req.snapshot, b.spec.id), b.spec.size),
+      );
+    }
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    throw err;
+  }
+  const wasRunning = vm.currentState === 'running';
+  let pausedAtMs = 0;
+  let snapshot: Snapshot;
+  let bytes = 0;
+  try {
+    const stopped = await pauseForSave(vm);
+    pausedAtMs = stopped.pausedAtMs;
+    const deviceState = encodeDeviceState(stopped.state);
+    bytes = deviceState.length + (await copyBlocks(vm, regions));
+    for (const r of regions) await r.finish();
+    snapshot = await createFullSnapshot(ctx, vm, req, regions, deviceState);
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
+    throw err;
+  }
+  if (req.stop) {
+    vm.log.info(
+      { snapshot: snapshot.name, job: req.jobId, bytes },
+      'VM saved: its written pages copied into the snapshot (full); destroying it (stop)',
+    );
+    await host.destroy(vm.name); // its own RAM goes as at any destroy; the copies are the snapshot's
+    return { snapshot, pauseUs: 0, bytes, vm: null };
+  }
+  const info = wasRunning ? await vm.resume() : vm.info();
+  const pauseUs = wasRunning ? Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000)) : 0;
+  vm.log.info(
+    { snapshot: snapshot.name, job: req.jobId, bytes, pauseUs },
+    'VM saved: its written pages copied into the snapshot (full)',
+  );
+  return { snapshot, pauseUs, bytes, vm: info };
+}
+
+/** Copies every block's pages that may hold data into its region; returns the bytes copied. */
+async function copyBlocks(vm: Vm, regions: readonly SaveRegion[]): Promise<number> {
+  // A harvest orders every store the vCPU made before its stop before the reads below.
+  await vm.harvestDirty();
+  let bytes = 0;
+  for (const [k, b] of vm.ramBlocks.entries()) {
+    const touched = k === 0 ? vm.touchedPages : null;
+    const pages = pagesToCopy(b, touched, k === 0 && vm.untouchedAreZero);
+    bytes += await copyPages(b, pages, regions[k]!);
+  }
+  return bytes;
+}
+
+/**
+ * CreateSnapshot of the filled regions (owned by the snapshot). When memstore's answer was
+ * lost, it is asked whether the snapshot exists with these regions.
+ */
+async function createFullSnapshot(
+  ctx: RamContext,
+  vm: Vm,
+  req: SaveRequest,
+  regions: readonly SaveRegion[],
+  deviceState: Uint8Array,
+): Promise<Snapshot> {
+  try {
+    return await createSnapshot(ctx, {
+      name: req.snapshot,
+      template: req.template,
+      kind: 'full',
+      vmName: vm.name,
+      vmSpec: encodeSpecBytes(vm.spec),
+      deviceState,
+      blocks: vm.ramBlocks.map((b, k) => ({
+        id: b.spec.id,
+        guestBase: b.spec.guestBase,
+        size: b.spec.size,
+        regionId: regions[k]!.regionId,
+        epoch: regions[k]!.epoch,
+        owned: true,
+      })),
+    });
+  } catch (err) {
+    if (!VmmError.is(err, 'VMM_MEMSTORE_UNAVAILABLE')) throw err;
+    const found = await getSnapshot(ctx, req.snapshot, false).catch(() => null);
+    const ours = regions.every((r) =>
+      found?.snapshot.blocks.some((s) => s.regionId === r.regionId),
+    );
+    if (found !== null && ours) return found.snapshot;
+    throw err;
+  }
+}

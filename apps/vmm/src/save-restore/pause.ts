@@ -1,0 +1,17 @@
+import type { MachineState } from '../machine/state.js';
+import type { Vm } from '../vm/vm.js';
+
+/**
+ * Pauses `vm` (a paused VM stays paused) and takes its device state at that instruction
+ * boundary, in one round trip to its vCPU. Returns the state and the epoch milliseconds at which
+ * the vCPU stopped.
+ *
+ * @throws VmmError `VMM_INVALID_STATE`, `VMM_VCPU_FAILED`
+ */
+export async function pauseForSave(
+  vm: Vm,
+): Promise<{ readonly state: MachineState; readonly pausedAtMs: number }> {
+  const stopped = await vm.pauseAndSave();
+  if (stopped.published) throw new Error('internal: a save published into a switchover slot');
+  return stopped;
+}
