@@ -30,6 +30,7 @@ import {
 } from './protocol.js';
 import { futexSleep, type Sleep } from './sleep.js';
 import { SpareWarmUp, WARM_UP_STEP } from './spare.js';
+import { Timers } from './timers.js';
 import { Vcpu } from './vcpu.js';
 
 /** How often a thread whose warm-up is hushed looks whether it may go on. */
@@ -63,9 +64,8 @@ export class Scheduler {
   /** Runnable VMs, in turn order. */
   private readonly queue: Vcpu[] = [];
   private next = 0;
-  /** Running VMs waiting in WFI with a timer, and the earliest of their deadlines. */
-  private readonly sleepers = new Set<Vcpu>();
-  private nextWakeAt = Infinity;
+  /** Deadlines of running VMs waiting in WFI with a timer. */
+  private readonly timers = new Timers<Vcpu>();
   /** VMs with a switchover slot to look at. */
   private readonly watching = new Set<Vcpu>();
   private wakeSeen = 0;
@@ -96,7 +96,7 @@ export class Scheduler {
     }
     for (const v of this.watching) this.step(v, () => v.poll());
     const now = performance.now();
-    if (now >= this.nextWakeAt) this.wakeSleepers(now);
+    if (now >= this.timers.next) this.wakeSleepers(now);
     const v = this.pick();
     if (v !== null) {
       this.step(v, () => v.slice());
@@ -172,11 +172,9 @@ export class Scheduler {
       Atomics.store(this.ctl, ThreadCtl.RUNNABLE, this.queue.length);
     }
     const until = v.sleepingUntil;
-    if (until !== Infinity) {
-      this.sleepers.add(v);
-      if (until < this.nextWakeAt) this.nextWakeAt = until;
-    } else {
-      this.sleepers.delete(v);
+    if (until !== v.timer) {
+      v.timer = until;
+      if (until !== Infinity) this.timers.push(until, v);
     }
     if (v.slotWord !== null) this.watching.add(v);
     else this.watching.delete(v);
@@ -188,9 +186,9 @@ export class Scheduler {
       v.queued = false;
       Atomics.store(this.ctl, ThreadCtl.RUNNABLE, this.queue.length);
     }
-    this.sleepers.delete(v);
     this.watching.delete(v);
     if (!this.vcpus.delete(v.id)) return;
+    if (v.timer !== Infinity) this.timers.drop(v);
     Atomics.store(this.ctl, ThreadCtl.VMS, this.vcpus.size);
     v.end();
   }
@@ -209,11 +207,14 @@ export class Scheduler {
     return this.queue[this.next++]!;
   }
 
+  /** Wakes the VMs whose timer is due (entries of VMs woken since, or gone, are skipped). */
   private wakeSleepers(now: number): void {
-    this.nextWakeAt = Infinity;
-    for (const v of this.sleepers) {
+    while (this.timers.next <= now) {
+      const { at, owner: v } = this.timers.pop()!;
+      if (v.timer !== at) continue;
+      v.timer = Infinity;
       v.wakeIfDue(now);
-      this.update(v); // due: into the queue (and out of the sleepers); else its deadline counts
+      this.update(v);
     }
   }
 
@@ -229,7 +230,7 @@ export class Scheduler {
 
   /** Sleeps until the wake word, a slot word, the earliest deadline, or the hush's next look. */
   private idle(now: number): void {
-    let until = this.nextWakeAt;
+    let until = this.timers.next;
     const words: SlotWord[] = [
       { buffer: this.deps.control, byteOffset: ThreadCtl.WAKE * 4, expected: this.wakeSeen },
     ];

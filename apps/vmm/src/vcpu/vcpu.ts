@@ -77,6 +77,8 @@ export class Vcpu {
   phase: VcpuPhase = 'stopped';
   /** Scheduler bookkeeping: whether the VM is in the run queue. */
   queued = false;
+  /** Scheduler bookkeeping: the WFI deadline filed for it (Infinity: none). */
+  timer = Infinity;
   private readonly ctl: Int32Array;
   private readonly ctl64: BigInt64Array;
   private readonly ctlF64: Float64Array;

@@ -144,6 +144,8 @@ export class VmHost {
           guest: guest.path,
           ram: spec.ram.map((b) => `${b.id}:${b.backend}:${b.size}`),
           generationId: vm.generationId.toString(16),
+          vcpuThread: vm.vcpuThread,
+          vcpuThreads: this.threads.report().vms,
         },
         'VM created',
       );

@@ -430,6 +430,11 @@ export class Vm {
     });
   }
 
+  /** The index of the pool thread that runs the VM's vCPU. */
+  get vcpuThread(): number {
+    return this.worker.threadIndex;
+  }
+
   /** The VM's RAM blocks, in table order (block 0 is main RAM, the only dirty-tracked one). */
   get ramBlocks(): readonly RamBacking[] {
     return this.ram;
