@@ -455,9 +455,10 @@ export function publishState(buf: SharedArrayBuffer, state: Uint8Array | null): 
 }
 
 /**
- * Target vCPU thread, armed: sleeps until the source's thread stopped (`'stopped'`), the slot
- * was aborted before that (`'aborted'`), or `stop()` says to give up (`'cancelled'`, the slot
- * aborted by this call unless the source stopped meanwhile). `stop` is asked every `pollMs`.
+ * A target waiter with nothing else to do, armed (the vCPU pool's threads run other VMs and
+ * step the same protocol without blocking, thread.ts): sleeps until the source's thread stopped
+ * (`'stopped'`), the slot was aborted before that (`'aborted'`), or `stop()` says to give up
+ * (`'cancelled'`, the slot aborted by this call unless the source stopped meanwhile). `stop` is asked every `pollMs`.
  * With `untilPublished` it sleeps on through STOPPED, until the state is there (or given up):
  * for a thread that has nothing to do at the stop itself, one wake-up instead of two.
  */
@@ -521,7 +522,7 @@ export function tryTakeState(buf: SharedArrayBuffer): SlotTake | null {
 }
 
 /**
- * Target vCPU thread, after {@link awaitStop}: sleeps until the state is published
+ * A waiter with nothing else to do, after {@link awaitStop}: sleeps until the state is published
  * (`READY → TAKEN`, the bytes copied out), the source gave up (ABORTED), or `timeoutMs` passed
  * (the source's thread is gone or stuck). {@link tryTakeState} without the sleep.
  */
@@ -570,7 +571,8 @@ function failSlot(buf: SharedArrayBuffer): void {
 }
 
 /**
- * Source vCPU thread, after publishing: sleeps while the target's thread has the state in hand
+ * A source with nothing else to do, after publishing (the vCPU pool's threads use thread.ts
+ * HandOver instead): sleeps while the target's thread has the state in hand
  * (READY or TAKEN), at most `timeoutMs`. Returns the state word it ended on.
  */
 export function awaitTakeover(buf: SharedArrayBuffer, timeoutMs: number): number {
