@@ -16,6 +16,7 @@ const SUITES = [
   { name: 'bitmap', module: 'libs/bitmap/dist/bitmap.bench.js' },
   { name: 'shm', module: 'libs/shm/dist/shm.bench.js' },
   { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
+  { name: 'vcpu', module: 'apps/vmm/dist/vcpu/many-vms.bench.js' },
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
   { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
   { name: 'kill-loop', module: 'tools/cluster/dist/bench/kill-loop.bench.js', onlyByName: true },

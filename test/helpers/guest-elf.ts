@@ -8,7 +8,8 @@ import { asm } from '@handoff/vmm';
  * still being written. `echoGuestElf()` is an idle-friendly echo server: it prints
  * "echo ready\n", then echoes every UART byte; between bytes it sleeps in WFI with the CLINT
  * timer armed 100 ms ahead (so an idle VM costs no host CPU); the byte `q` powers it off
- * through the test finisher with exit code 5.
+ * through the test finisher with exit code 5. The idle, spin and crash guests below serve the
+ * tests of VMs that share a vCPU thread.
  */
 
 const RAM_BASE = 0x8000_0000;
@@ -157,6 +158,48 @@ export function echoGuestElf(): Uint8Array {
   );
 }
 
+/** Writes `text` to the UART (whose address is in s0), byte by byte. */
+function print(text: string): Ins[] {
+  return [...text].flatMap((c) => [addi(t0, zero, c.charCodeAt(0)), sb(t0, s0, 0)]);
+}
+
+/**
+ * The idle guest: prints "idle\n", then waits in WFI with every interrupt off — only console
+ * input ends a wait, and it goes back to WFI at once. A VM of it costs its host nothing.
+ */
+export function idleGuestElf(): Uint8Array {
+  return elfOf(assemble([lui(s0, 0x10000), ...print('idle\n'), 'loop:', wfi, j('loop')]));
+}
+
+/** The spin guest: prints "spin\n", then counts in a register forever (always busy). */
+export function spinGuestElf(): Uint8Array {
+  return elfOf(
+    assemble([lui(s0, 0x10000), ...print('spin\n'), 'loop:', addi(t1, t1, 1), j('loop')]),
+  );
+}
+
+/**
+ * The crash guest: prints "armed\n" and waits in WFI (interrupts off) until a byte arrives on
+ * its console; then it runs an illegal instruction with no trap vector in RAM (mtvec 0), which
+ * stops the hart for good: the VM crashes.
+ */
+export function crashGuestElf(): Uint8Array {
+  return elfOf(
+    assemble([
+      lui(s0, 0x10000),
+      ...print('armed\n'),
+      'loop:',
+      lbu(t1, s0, 5), // LSR
+      andi(t1, t1, 1), // data ready?
+      beq(t1, zero, 'sleep'),
+      word(0), // illegal
+      'sleep:',
+      wfi,
+      j('loop'),
+    ]),
+  );
+}
+
 /**
  * The guest folder of the cross-process tests: vmm instances started with `--guest-dir` set to
  * it load the guests written here (a vmm reads no other guest files).
@@ -169,10 +212,15 @@ export const TEST_GUEST_DIR = join(tmpdir(), 'handoff-test-guests');
  * its path.
  */
 export function writeEchoGuest(dir = TEST_GUEST_DIR): string {
+  return writeGuest('echo.elf', echoGuestElf(), dir);
+}
+
+/** Writes `elf` as `name` into `dir` like {@link writeEchoGuest}; returns its path. */
+export function writeGuest(name: string, elf: Uint8Array, dir = TEST_GUEST_DIR): string {
   mkdirSync(dir, { recursive: true });
-  const path = join(dir, 'echo.elf');
+  const path = join(dir, name);
   const partial = `${path}.${process.pid}.tmp`;
-  writeFileSync(partial, echoGuestElf());
+  writeFileSync(partial, elf);
   renameSync(partial, path);
   return path;
 }

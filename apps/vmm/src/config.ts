@@ -42,14 +42,33 @@ export const vmmOptions = {
       'folder of the built-in guests (<name>/<name>.elf, conformance/prebuilt/<test>.elf); ' +
       'default: guests/ of this installation',
   },
+  'vcpu-threads': {
+    type: 'number',
+    default: 0,
+    min: 0,
+    max: 256,
+    description:
+      'vCPU threads kept standing; each runs many VMs, round-robin in slices of ≈0.25–1 ms ' +
+      '(0: one per core)',
+  },
+  'max-vcpu-threads': {
+    type: 'number',
+    default: 0,
+    min: 0,
+    max: 1024,
+    description:
+      'most vCPU threads: the pool grows beyond --vcpu-threads only while every thread has a ' +
+      'busy VM (not waiting in WFI), and shrinks back when they idle (0: twice the cores)',
+  },
   'spare-vcpu-threads': {
     type: 'number',
     default: 1,
     min: 0,
     max: 16,
     description:
-      'vCPU threads started ahead of need, so a VM that is created or arrives by migration ' +
-      'does not wait ≈50–100 ms for a thread (0: start one per VM)',
+      'vCPU threads the pool starts at once when every thread has had a busy VM for a while ' +
+      '(later VMs go there, and none waits ≈50–100 ms for a thread to start); 0: the pool ' +
+      'never grows beyond --vcpu-threads',
   },
   'data-channel': {
     type: 'string',

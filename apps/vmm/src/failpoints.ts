@@ -34,14 +34,24 @@ const armed = ((): { name: string; kill: boolean } | undefined => {
   return { name: name!, kill: action === 'kill' };
 })();
 
+/** Scopes a failpoint already fired in (see {@link failpoint}). */
+const firedIn = new WeakSet<object>();
+
 /**
- * Fails (throws) or dies (SIGKILL) here if this failpoint is armed; it fires once.
+ * Fails (throws) or dies (SIGKILL) here if this failpoint is armed; it fires once — once per
+ * `scope` object when one is given: a vCPU thread runs many VMs and passes the VM's machine, so
+ * that the point fires at each VM's first pass, as it did when every VM had a thread of its own.
  *
  * @throws Error naming the failpoint
  */
-export function failpoint(name: FailpointName): void {
+export function failpoint(name: FailpointName, scope?: object): void {
   if (armed === undefined || armed.name !== name) return;
-  armed.name = '';
+  if (scope !== undefined) {
+    if (firedIn.has(scope)) return;
+    firedIn.add(scope);
+  } else {
+    armed.name = '';
+  }
   if (armed.kill) process.kill(process.pid, 'SIGKILL');
   throw new Error(`failpoint ${name} (${FAILPOINT_VARIABLE}) fired`);
 }

@@ -142,6 +142,8 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       ? { builtInGuestDir: config['built-in-guest-dir'] }
       : {}),
     guestDir: guestDirOf(config),
+    ...(config['vcpu-threads'] > 0 ? { vcpuThreads: config['vcpu-threads'] } : {}),
+    ...(config['max-vcpu-threads'] > 0 ? { maxVcpuThreads: config['max-vcpu-threads'] } : {}),
     spareThreads: config['spare-vcpu-threads'],
   });
   // What a killed predecessor of this instance left: before this process adds its own.

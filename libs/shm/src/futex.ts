@@ -64,6 +64,22 @@ function checkInt32(op: string, name: string, value: unknown): number {
   return checkInteger(op, name, value, INT32_MIN, UINT32_MAX) | 0;
 }
 
+/** @internal A wait's timeout: finite, in [0, FUTEX_MAX_TIMEOUT_MS]. */
+function checkTimeout(op: string, timeoutMs: unknown): void {
+  if (
+    typeof timeoutMs !== 'number' ||
+    !Number.isFinite(timeoutMs) ||
+    timeoutMs < 0 ||
+    timeoutMs > FUTEX_MAX_TIMEOUT_MS
+  ) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${op}: timeoutMs ${describe(timeoutMs)} is not a finite number of milliseconds in ` +
+        `[0, ${FUTEX_MAX_TIMEOUT_MS}]; pass one (loop for longer waits).`,
+    );
+  }
+}
+
 const classifyFutex: Classifier = (errno) =>
   errno === 'ENOSYS' ? ['SHM_UNSUPPORTED', 'this kernel has no futex(2).'] : undefined;
 
@@ -100,18 +116,7 @@ export function futexWait(
   const op = 'futexWait';
   const offset = checkWord(op, buffer, byteOffset);
   const value = checkInt32(op, 'expected', expected);
-  if (
-    typeof timeoutMs !== 'number' ||
-    !Number.isFinite(timeoutMs) ||
-    timeoutMs < 0 ||
-    timeoutMs > FUTEX_MAX_TIMEOUT_MS
-  ) {
-    throw new ShmError(
-      'SHM_INVALID_ARGUMENT',
-      `${op}: timeoutMs ${describe(timeoutMs)} is not a finite number of milliseconds in ` +
-        `[0, ${FUTEX_MAX_TIMEOUT_MS}]; pass one (loop for longer waits).`,
-    );
-  }
+  checkTimeout(op, timeoutMs);
   try {
     return native.futexWait(buffer, offset, value, timeoutMs);
   } catch (err) {
@@ -146,6 +151,72 @@ export function futexWake(buffer: MappingBuffer, byteOffset: number, count = 1):
     ]);
   }
 }
+
+/** Most words one {@link futexWaitAny} call waits on (the kernel's `FUTEX_WAITV_MAX`). */
+export const FUTEX_WAIT_ANY_MAX = 128;
+
+/** One word of a {@link futexWaitAny}: where it is and the value to sleep on. */
+export interface FutexWord {
+  readonly buffer: MappingBuffer;
+  readonly byteOffset: number;
+  readonly expected: number;
+}
+
+/**
+ * Wait until another thread or process wakes any of `words`, if each still holds its `expected`
+ * value (`futex_waitv(2)`, Linux 5.16+; not private: wakes from every process that maps the same
+ * file page reach it, and {@link futexWake} on a word of a plain SharedArrayBuffer wakes a waiter
+ * of this process). A vCPU thread that runs many VMs sleeps this way on its own wake word and on
+ * the switchover slots of the VMs it hands over or takes over, so that its host and a migration
+ * peer in another process can each wake it.
+ *
+ * **Blocks the calling thread**, like {@link futexWait}; call it from a worker thread. Use it in a
+ * loop that re-checks the words: a wake also ends the wait when it was meant for another value.
+ *
+ * @param words - 1 to {@link FUTEX_WAIT_ANY_MAX} words (offsets multiples of 4 inside their
+ *   buffers; values int32, taken modulo 2^32)
+ * @param timeoutMs - longest wait (monotonic clock): finite, in [0, {@link FUTEX_MAX_TIMEOUT_MS}]
+ * @returns the index of the word whose wake ended the wait (or a spurious wake-up), `'not-equal'`
+ *   if a word did not hold its `expected` value, `'timed-out'` when `timeoutMs` passed
+ * @throws ShmError `SHM_UNSUPPORTED` (a kernel before 5.16: wait on one word with
+ *   {@link futexWait} instead), `SHM_INVALID_ARGUMENT`, `SHM_OUT_OF_RANGE`, `SHM_SYSCALL_FAILED`
+ */
+export function futexWaitAny(
+  words: readonly FutexWord[],
+  timeoutMs: number,
+): number | 'not-equal' | 'timed-out' {
+  const op = 'futexWaitAny';
+  if (!Array.isArray(words) || words.length === 0 || words.length > FUTEX_WAIT_ANY_MAX) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${op}: words is ${describe(words)}; pass 1 to ${FUTEX_WAIT_ANY_MAX} words.`,
+    );
+  }
+  const buffers: MappingBuffer[] = [];
+  const offsets: number[] = [];
+  const expected: number[] = [];
+  for (const w of words) {
+    offsets.push(checkWord(op, w.buffer, w.byteOffset));
+    buffers.push(w.buffer);
+    expected.push(checkInt32(op, 'expected', w.expected));
+  }
+  checkTimeout(op, timeoutMs);
+  let rc: number;
+  try {
+    rc = native.futexWaitAny(buffers, offsets, expected, timeoutMs);
+  } catch (err) {
+    throw toShmError(`${op}(${words.length} words)`, err, classifyWaitAny, [
+      'SHM_SYSCALL_FAILED',
+      'the wait did not happen.',
+    ]);
+  }
+  return rc >= 0 ? rc : rc === -1 ? 'not-equal' : 'timed-out';
+}
+
+const classifyWaitAny: Classifier = (errno) =>
+  errno === 'ENOSYS'
+    ? ['SHM_UNSUPPORTED', 'this kernel has no futex_waitv(2) (Linux 5.16+); wait on one word.']
+    : undefined;
 
 /**
  * Read the int32 at `byteOffset` with a sequentially consistent atomic load, which also orders

@@ -53,12 +53,15 @@ export {
 } from './smaps.js';
 export {
   FUTEX_MAX_TIMEOUT_MS,
+  FUTEX_WAIT_ANY_MAX,
   atomicCompareExchange32,
   atomicLoad32,
   atomicStore32,
   futexWait,
+  futexWaitAny,
   futexWake,
   type FutexWaitResult,
+  type FutexWord,
 } from './futex.js';
 export {
   SOCKET_MAX_TIMEOUT_MS,

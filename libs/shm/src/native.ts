@@ -66,6 +66,12 @@ export interface NativeBinding {
     timeoutMs: number,
   ): 'woken' | 'not-equal' | 'timed-out';
   futexWake(buffer: ArrayBuffer | SharedArrayBuffer, offset: number, count: number): number;
+  futexWaitAny(
+    buffers: readonly (ArrayBuffer | SharedArrayBuffer)[],
+    offsets: readonly number[],
+    expected: readonly number[],
+    timeoutMs: number,
+  ): number;
   atomicLoad32(buffer: ArrayBuffer | SharedArrayBuffer, offset: number): number;
   atomicStore32(buffer: ArrayBuffer | SharedArrayBuffer, offset: number, value: number): void;
   atomicCompareExchange32(

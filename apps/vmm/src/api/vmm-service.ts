@@ -109,6 +109,7 @@ export function vmmServices(deps: {
         vmCount: counts.total,
         runningVmCount: counts.running,
         streamVersions: STREAM_VERSIONS,
+        vcpuThreads: counts.vcpuThreads,
       };
     }),
     createVm: unary(logger, async (req: pb.CreateVmRequest) => ({

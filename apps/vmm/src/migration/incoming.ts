@@ -480,13 +480,13 @@ export class IncomingMigration {
         p.settle('arrived');
       }, AFTER_RUN_MS);
     }
-    // Flipped or not, memstore settles the armed transfers (off the pause; after the source
-    // finished when the guest runs here).
+    // Flipped or not, memstore settles the armed transfers (off the pause), at once: a resolve
+    // names only the region, so one sent late would settle (cancel) the arm of the VM's next
+    // migration, which may follow within milliseconds.
     const d = this.switchover;
     if (d !== undefined && !this.armsSettled) {
       this.armsSettled = true;
-      const ctx = this.deps.host.ramContext(this.prepared!.name);
-      setTimeout(() => settleArms(ctx, d.armed, this.log), o.ok ? AFTER_RUN_MS : 0);
+      settleArms(this.deps.host.ramContext(this.prepared!.name), d.armed, this.log);
     }
     return o.ok;
   }

@@ -26,10 +26,10 @@ import { discardPrebuilt, prebuild, type Block, type Prebuilt } from './incoming
 /** How long a PrepareIncoming token stays valid. */
 export const TOKEN_TTL_MS = 60_000;
 /**
- * How long after a switchover ran the guest here its bookkeeping waits (settling the armed
- * transfers with memstore, the log lines, freeing the name, the spare thread that replaces the
- * one taken): the source finishes in these milliseconds, and on a small machine this process and
- * memstore would take the CPUs its threads need to learn that the guest runs here.
+ * How long after a switchover ran the guest here its bookkeeping waits (the log lines, freeing
+ * the name): the source finishes in these milliseconds, and on a small machine this process
+ * would take the CPUs its threads need to learn that the guest runs here. The armed transfers
+ * are settled at once (see settleWithoutStream).
  */
 export const AFTER_RUN_MS = 20;
 
@@ -381,8 +381,10 @@ export class IncomingPreparations {
     const moved = recordMoved(built.blocks, o, []).map((b) => b.region!.id);
     if (o.ok) {
       this.host.adoptRunning(built.vm);
+      // At once, not with the rest: a resolve names only the region, so one sent late would
+      // settle (cancel) the arm of the VM's next migration, which may follow within milliseconds.
+      settleArms(ctx, d.armed, log);
       setTimeout(() => {
-        settleArms(ctx, d.armed, log);
         d.slot.close();
         p.release();
         p.settle('arrived');

@@ -96,6 +96,11 @@ const EXPECT_AT = 64;
 const EXPECT_MAX = 4096 - EXPECT_AT;
 /** Int32 index of the state word. */
 const STATE = OFF.state >>> 2;
+/**
+ * Byte offset of the state word: the futex both sides wake at every transition. A vCPU thread
+ * that runs other VMs sleeps on it together with its own wake word (`futexWaitAny`).
+ */
+export const SLOT_STATE_OFFSET = OFF.state;
 /** Where the device state starts. */
 export const SLOT_HEADER_BYTES = 4096;
 /** Size of every slot file: 1 MiB (tmpfs allocates only the pages written). */
@@ -406,7 +411,7 @@ export function abortSlot(buf: SharedArrayBuffer): boolean {
 }
 
 /** Whether the source's thread flipped the slot out of ARMED (its stop stamp is set). */
-function announcedStop(buf: SharedArrayBuffer): boolean {
+export function announcedStop(buf: SharedArrayBuffer): boolean {
   const s = Atomics.load(words(buf), STATE);
   if (s === SlotState.ARMED) return false;
   return s !== SlotState.ABORTED || new DataView(buf).getFloat64(OFF.stopAt, true) !== 0;
@@ -450,9 +455,10 @@ export function publishState(buf: SharedArrayBuffer, state: Uint8Array | null): 
 }
 
 /**
- * Target vCPU thread, armed: sleeps until the source's thread stopped (`'stopped'`), the slot
- * was aborted before that (`'aborted'`), or `stop()` says to give up (`'cancelled'`, the slot
- * aborted by this call unless the source stopped meanwhile). `stop` is asked every `pollMs`.
+ * A target waiter with nothing else to do, armed (the vCPU pool's threads run other VMs and
+ * step the same protocol without blocking, thread.ts): sleeps until the source's thread stopped
+ * (`'stopped'`), the slot was aborted before that (`'aborted'`), or `stop()` says to give up
+ * (`'cancelled'`, the slot aborted by this call unless the source stopped meanwhile). `stop` is asked every `pollMs`.
  * With `untilPublished` it sleeps on through STOPPED, until the state is there (or given up):
  * for a thread that has nothing to do at the stop itself, one wake-up instead of two.
  */
@@ -487,32 +493,44 @@ export type SlotTake =
   | { readonly kind: 'invalid'; readonly reason: string };
 
 /**
- * Target vCPU thread, after {@link awaitStop}: sleeps until the state is published
- * (`READY → TAKEN`, the bytes copied out), the source gave up (ABORTED), or `timeoutMs` passed
- * (the source's thread is gone or stuck).
+ * Target vCPU thread, after the stop, without waiting: the state once published
+ * (`READY → TAKEN`, the bytes copied out), `aborted` when the source gave up, or null while it is
+ * still STOPPED (the source's thread is writing it: sleep on {@link SLOT_STATE_OFFSET} and look
+ * again).
  */
-export function takeState(buf: SharedArrayBuffer, timeoutMs: number): SlotTake {
+export function tryTakeState(buf: SharedArrayBuffer): SlotTake | null {
   const w = words(buf);
-  const deadline = performance.now() + timeoutMs;
   for (;;) {
     const s = Atomics.load(w, STATE);
-    if (s === SlotState.READY) {
-      if (Atomics.compareExchange(w, STATE, SlotState.READY, SlotState.TAKEN) !== SlotState.READY) {
-        continue;
-      }
-      const view = new DataView(buf);
-      const length = view.getUint32(OFF.length, true);
-      if (length === 0 || length > CAPACITY) {
-        return { kind: 'invalid', reason: `the slot claims ${length} bytes of device state` };
-      }
-      return {
-        kind: 'state',
-        bytes: new Uint8Array(buf, SLOT_HEADER_BYTES, length).slice(),
-        stopAtMs: view.getFloat64(OFF.stopAt, true),
-        publishedAtMs: view.getFloat64(OFF.publishedAt, true),
-      };
+    if (s === SlotState.STOPPED) return null;
+    if (s !== SlotState.READY) return { kind: 'aborted' };
+    if (Atomics.compareExchange(w, STATE, SlotState.READY, SlotState.TAKEN) !== SlotState.READY) {
+      continue;
     }
-    if (s !== SlotState.STOPPED) return { kind: 'aborted' };
+    const view = new DataView(buf);
+    const length = view.getUint32(OFF.length, true);
+    if (length === 0 || length > CAPACITY) {
+      return { kind: 'invalid', reason: `the slot claims ${length} bytes of device state` };
+    }
+    return {
+      kind: 'state',
+      bytes: new Uint8Array(buf, SLOT_HEADER_BYTES, length).slice(),
+      stopAtMs: view.getFloat64(OFF.stopAt, true),
+      publishedAtMs: view.getFloat64(OFF.publishedAt, true),
+    };
+  }
+}
+
+/**
+ * A waiter with nothing else to do, after {@link awaitStop}: sleeps until the state is published
+ * (`READY → TAKEN`, the bytes copied out), the source gave up (ABORTED), or `timeoutMs` passed
+ * (the source's thread is gone or stuck). {@link tryTakeState} without the sleep.
+ */
+export function takeState(buf: SharedArrayBuffer, timeoutMs: number): SlotTake {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const took = tryTakeState(buf);
+    if (took !== null) return took;
     const left = deadline - performance.now();
     if (left <= 0) return { kind: 'timed-out' };
     futexWait(buf, OFF.state, SlotState.STOPPED, left);
@@ -553,7 +571,8 @@ function failSlot(buf: SharedArrayBuffer): void {
 }
 
 /**
- * Source vCPU thread, after publishing: sleeps while the target's thread has the state in hand
+ * A source with nothing else to do, after publishing (the vCPU pool's threads use thread.ts
+ * HandOver instead): sleeps while the target's thread has the state in hand
  * (READY or TAKEN), at most `timeoutMs`. Returns the state word it ended on.
  */
 export function awaitTakeover(buf: SharedArrayBuffer, timeoutMs: number): number {

@@ -2,7 +2,9 @@
  * The switchover as the two vCPU threads run it (README.md beside this file): the source's
  * thread publishes its device state into the slot at its stop; the target's thread takes it,
  * restores it, moves the leases and runs the guest — neither process's main thread is woken
- * inside the guest's pause. Called by the vCPU thread (vcpu/thread.ts) only.
+ * inside the guest's pause. Both threads run other VMs as well, so nothing here sleeps: each
+ * step says which slot word the thread sleeps on (beside its own wake word) and what it waits
+ * for. Called by the vCPU threads (vcpu/) only.
  *
  * @packageDocumentation
  */
@@ -19,19 +21,19 @@ import { decodeDeviceState, encodeDeviceState } from '../snapshot/device-state.j
 import type { SwitchoverOutcome } from './outcome.js';
 import {
   abortSlot,
+  announcedStop,
   announceStop,
-  awaitStop,
-  awaitTakeover,
   finishSlot,
   publishState,
+  SLOT_STATE_OFFSET,
+  slotState,
   SlotState,
-  takeState,
+  tryTakeState,
+  type SlotTake,
 } from './slot.js';
 
-/** While an armed target waits for the source's stop, how often it looks for a stop request. */
-const STOP_POLL_MS = 20;
 /** How long the source's thread waits for the target's to take over before reporting the stop. */
-const TAKEOVER_WAIT_MS = 100;
+export const TAKEOVER_WAIT_MS = 100;
 
 /** What the target's thread is armed with: the slot, and how it moves the leases. */
 export interface SwitchoverArm {
@@ -62,61 +64,122 @@ export interface TakenOver {
 /** A failed attempt, as reported: nothing of it runs here; the thread waits again. */
 export type FailedTakeOver = SwitchoverOutcome & { readonly ok: false };
 
+/** A word a vCPU thread sleeps on beside its own wake word: a slot's state and its last value. */
+export interface SlotWord {
+  readonly buffer: SharedArrayBuffer;
+  readonly byteOffset: number;
+  readonly expected: number;
+}
+
 /**
- * Target's vCPU thread: one switchover. Prepares the lease step, sleeps until the source's stop,
- * takes the state and restores it into `m`, then moves the leases. `stopRequested` is asked
- * while it waits for the stop. Returns the take-over (the caller runs or holds the guest, then
- * calls {@link finishTakeOver}), or the failure to report.
+ * Target's vCPU thread: one switchover, stepped without blocking, since the thread runs other
+ * VMs meanwhile. The constructor prepares the lease step; {@link IncomingSwitchover.poll}, called
+ * whenever the thread looks (it sleeps on {@link IncomingSwitchover.word} with its wake word),
+ * notices the source's stop, takes the state and restores it into the machine, then moves the
+ * leases — that last part runs straight through once the state is there (the guest's pause).
  */
-export function takeOver(
-  m: Machine,
-  arm: SwitchoverArm,
-  stopRequested: () => boolean,
-): TakenOver | FailedTakeOver {
-  const { slot, lease } = arm;
-  const none = lease.transfers.map(() => null);
-  const fail = (
-    o: Pick<SwitchoverOutcome, 'stage' | 'code' | 'message' | 'uncertain'> & {
-      epochs?: readonly (number | null)[];
-      stopAtMs?: number;
-    },
-  ): FailedTakeOver => ({ ok: false, runAtMs: 0, stopAtMs: 0, epochs: none, ...o });
-  let link: LeaseStep;
-  try {
-    link = openLeaseStep(lease); // connected or mapped now, off the pause
-  } catch (err) {
-    abortSlot(slot);
-    return fail({
-      stage: 'connect',
-      code: 'VMM_MEMSTORE_UNAVAILABLE',
-      message: `memstore's lease step cannot be prepared: ${(err as Error).message}`,
-    });
-  }
-  try {
-    // An armed lease has nothing to do at the stop: sleep on until the state is there.
-    const stopped = awaitStop(slot, STOP_POLL_MS, stopRequested, !link.early);
-    if (stopped !== 'stopped') {
-      link.close();
-      return fail({ stage: 'aborted' });
+export class IncomingSwitchover {
+  private link: LeaseStep | null = null;
+  private opened: FailedTakeOver | null = null;
+  /** `armed`: before the source's stop; `stopped`: the state is on its way. */
+  private phase: 'armed' | 'stopped' = 'armed';
+  private seen: number = SlotState.ARMED;
+  private stopSeenAtMs = 0;
+  /** performance.now() by which the state must be there, once stopped. */
+  private takeBy = Infinity;
+
+  constructor(
+    private readonly m: Machine,
+    readonly arm: SwitchoverArm,
+  ) {
+    try {
+      this.link = openLeaseStep(arm.lease); // connected or mapped now, off the pause
+    } catch (err) {
+      abortSlot(arm.slot);
+      this.opened = failure(arm, {
+        stage: 'connect',
+        code: 'VMM_MEMSTORE_UNAVAILABLE',
+        message: `memstore's lease step cannot be prepared: ${(err as Error).message}`,
+      });
     }
-    const stopSeenAtMs = performance.timeOrigin + performance.now();
-    // Over the lease channel the requests go out now, while the source saves, encodes and
-    // publishes its state, and this thread decodes and restores it.
-    if (link.early) link.send();
-    const took = takeState(slot, lease.timeoutMs);
-    let failure: Parameters<typeof fail>[0] | null = null;
+  }
+
+  /** The slot's state word as last seen: a change (the source's stop, publish, abort) wakes. */
+  get word(): SlotWord {
+    return { buffer: this.arm.slot, byteOffset: SLOT_STATE_OFFSET, expected: this.seen };
+  }
+
+  /** performance.now() by which the thread must look again (the state's deadline), or Infinity. */
+  get deadline(): number {
+    return this.takeBy;
+  }
+
+  /**
+   * One look: `waiting`, or how it ended — taken over (the caller runs or holds the guest, then
+   * calls {@link finishTakeOver}) or failed (to report; nothing of it runs here). With
+   * `stopRequested` a switchover still before the source's stop is given up.
+   */
+  poll(stopRequested: boolean): 'waiting' | TakenOver | FailedTakeOver {
+    if (this.opened !== null) return this.opened;
+    const link = this.link!;
+    const { slot } = this.arm;
+    try {
+      if (this.phase === 'armed') {
+        const s = (this.seen = slotState(slot));
+        if (s === SlotState.ARMED) {
+          if (stopRequested && abortSlot(slot)) return this.failed({ stage: 'aborted' });
+          return 'waiting';
+        }
+        // An armed lease has nothing to do at the stop: sleep on until the state is there.
+        if (s === SlotState.STOPPED && !link.early) return 'waiting';
+        if (s === SlotState.ABORTED && !announcedStop(slot)) {
+          return this.failed({ stage: 'aborted' });
+        }
+        this.stopSeenAtMs = performance.timeOrigin + performance.now();
+        // Over the lease channel the requests go out now, while the source saves, encodes and
+        // publishes its state, and this thread decodes and restores it.
+        if (link.early) link.send();
+        this.phase = 'stopped';
+        this.takeBy = performance.now() + this.arm.lease.timeoutMs;
+      }
+      let took = tryTakeState(slot);
+      if (took === null) {
+        if (performance.now() < this.takeBy) {
+          this.seen = SlotState.STOPPED;
+          return 'waiting';
+        }
+        took = { kind: 'timed-out' };
+      }
+      const done = this.complete(link, took);
+      if (done.ok) this.link = null; // the caller closes it once the guest runs
+      return done;
+    } catch (err) {
+      this.closeLink();
+      throw err;
+    }
+  }
+
+  /** Gives the lease step back (the VM goes away while armed). Idempotent. */
+  close(): void {
+    this.closeLink();
+  }
+
+  /** The state is taken (or is not coming): restore it, move the leases. */
+  private complete(link: LeaseStep, took: SlotTake): TakenOver | FailedTakeOver {
+    const { slot, lease } = this.arm;
+    let fail: FailureFields | null = null;
     if (took.kind === 'state') {
       try {
-        m.restore(decodeSwitchoverState(took.bytes));
+        this.m.restore(decodeSwitchoverState(took.bytes));
       } catch (err) {
-        failure = {
+        fail = {
           stage: 'state',
           code: 'MIGRATION_BAD_STREAM',
           message: `the device state in the switchover slot does not load: ${(err as Error).message}`,
         };
       }
     } else {
-      failure = {
+      fail = {
         stage: 'state',
         code: took.kind === 'invalid' ? 'MIGRATION_BAD_STREAM' : 'MIGRATION_FAILED',
         message:
@@ -129,53 +192,68 @@ export function takeOver(
     }
     const restoredAtMs = performance.timeOrigin + performance.now();
     // Armed transfers flip only once the state is in: nothing moves for a state that fails.
-    if (!link.early && failure === null) {
+    if (!link.early && fail === null) {
       try {
-        failpoint('switchover-before-lease');
+        failpoint('switchover-before-lease', this.m);
         link.send();
       } catch (err) {
-        failure = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
+        fail = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
       }
     }
     // Always read the answers: which leases moved here decides what must be given back.
     const leased = link.receive();
     const leasedAtMs = performance.timeOrigin + performance.now();
     const stopAtMs = took.kind === 'state' ? took.stopAtMs : 0;
-    if (failure === null && !leased.ok) {
-      failure = {
+    if (fail === null && !leased.ok) {
+      fail = {
         stage: 'lease',
         code: leased.code!,
         message: leased.message!,
         uncertain: leased.uncertain === true,
       };
     }
-    if (failure === null) {
+    if (fail === null) {
       try {
-        failpoint('incoming-after-lease');
+        failpoint('incoming-after-lease', this.m);
       } catch (err) {
-        failure = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
+        fail = { stage: 'state', code: 'VMM_VCPU_FAILED', message: (err as Error).message };
       }
     }
-    if (failure !== null) {
+    if (fail !== null) {
       finishSlot(slot, SlotState.FAILED);
-      link.close();
-      return fail({ ...failure, epochs: leased.epochs, stopAtMs });
+      return this.failed({ ...fail, epochs: leased.epochs, stopAtMs });
     }
     return {
       ok: true,
-      arm,
+      arm: this.arm,
       epochs: leased.epochs,
       stopAtMs,
-      stopSeenAtMs,
+      stopSeenAtMs: this.stopSeenAtMs,
       publishedAtMs: took.kind === 'state' ? took.publishedAtMs : 0,
       restoredAtMs,
       leasedAtMs,
       link,
     };
-  } catch (err) {
-    link.close();
-    throw err;
   }
+
+  private failed(f: FailureFields): FailedTakeOver {
+    this.closeLink();
+    return failure(this.arm, f);
+  }
+
+  private closeLink(): void {
+    this.link?.close();
+    this.link = null;
+  }
+}
+
+/** What a failed take-over reports beside its defaults. */
+type FailureFields = Pick<SwitchoverOutcome, 'stage'> &
+  Partial<Pick<SwitchoverOutcome, 'code' | 'message' | 'uncertain' | 'epochs' | 'stopAtMs'>>;
+
+function failure(arm: SwitchoverArm, f: FailureFields): FailedTakeOver {
+  const none = arm.lease.transfers.map(() => null);
+  return { ok: false, runAtMs: 0, stopAtMs: 0, epochs: none, ...f };
 }
 
 /**
@@ -203,29 +281,54 @@ export function finishTakeOver(
 }
 
 /**
- * Source's vCPU thread, at its stop (`stopAtMs`, epoch ms) and before anything is posted: saves,
- * publishes the state into the slot (waking the target's thread) and sleeps until that thread
- * runs the guest or fails (at most {@link TAKEOVER_WAIT_MS}), so that this process's main
- * thread does not compete for the CPU with the target and memstore inside the pause. Returns
- * null when published; otherwise the saved state, which then travels on the stream.
+ * Source's vCPU thread, at its stop (`stopAtMs`, epoch ms) and before anything is posted: saves
+ * and publishes the state into the slot (waking the target's thread). Returns the hand-over to
+ * follow when published: the thread reports the stop only once it ended, so that this process's
+ * main thread does not compete for the CPU with the target and memstore inside the pause, and
+ * runs its other VMs meanwhile. Otherwise returns the saved state, which then travels on the
+ * stream.
  */
 export function publishAtStop(
   m: Machine,
   out: SwitchoverPublish,
   stopAtMs: number,
-): MachineState | null {
+): { readonly published: false; readonly state: MachineState } | HandOver {
   const announced = announceStop(out.slot, stopAtMs); // the target may ask for the lease now
   const state = m.save();
-  if (!announced) return state;
+  if (!announced) return { published: false, state };
   let bytes: Uint8Array | null;
   try {
     bytes = out.compact ? encodeCompactState(state) : encodeDeviceState(state);
   } catch {
     bytes = null; // aborts the slot: the state goes on the stream, the lease comes back
   }
-  if (!publishState(out.slot, bytes)) return state;
-  awaitTakeover(out.slot, TAKEOVER_WAIT_MS);
-  return null;
+  if (!publishState(out.slot, bytes)) return { published: false, state };
+  return new HandOver(out.slot);
+}
+
+/**
+ * Source's vCPU thread, after publishing: the target's thread has the state in hand (READY or
+ * TAKEN) until it runs the guest or fails, at most {@link TAKEOVER_WAIT_MS}. The thread sleeps
+ * on {@link HandOver.word} with its wake word and asks {@link HandOver.ended} when it looks.
+ */
+export class HandOver {
+  readonly published = true;
+  /** performance.now() after which the thread reports the stop anyway. */
+  readonly deadline = performance.now() + TAKEOVER_WAIT_MS;
+  private seen: number = SlotState.READY;
+
+  constructor(private readonly slot: SharedArrayBuffer) {}
+
+  /** The slot's state word as last seen. */
+  get word(): SlotWord {
+    return { buffer: this.slot, byteOffset: SLOT_STATE_OFFSET, expected: this.seen };
+  }
+
+  /** Whether the target's thread ran the guest, failed or gave up, or the wait is over. */
+  ended(now = performance.now()): boolean {
+    const s = (this.seen = slotState(this.slot));
+    return (s !== SlotState.READY && s !== SlotState.TAKEN) || now >= this.deadline;
+  }
 }
 
 /** The state a source published: compact (the layout of this build) or a container. */

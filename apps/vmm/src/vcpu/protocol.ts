@@ -1,55 +1,59 @@
 /**
- * The protocol between the VM host (main thread) and a vCPU worker thread.
+ * The protocol between the VM host (main thread) and the vCPU pool's worker threads. A pool
+ * thread runs many VMs (scheduler.ts); each VM has its own control words, as below, and the
+ * thread has one wake word for all of them.
  *
  * ```
- *  main thread (gRPC, VmHost, Vm)                 vCPU worker (thread.ts)  
- *  ─────────────────────────────                  ────────────────────────────
- *  control SAB (Int32Array, see Ctl):
- *    REQUEST ← run / pause / stop       ───────▶  read when DOORBELL moved (one Atomics.load
- *    DOORBELL += 1; Atomics.notify                 per slice; Atomics.wait on it when idle)
+ *  main thread (gRPC, VmHost, Vm)                 pool thread (thread.ts, scheduler.ts)
+ *  ─────────────────────────────                  ────────────────────────────────────────
+ *  per VM, control SAB (Int32Array, see Ctl):
+ *    REQUEST ← run / pause / stop       ───────▶  read when its DOORBELL moved; the thread
+ *    DOORBELL += 1, then the thread's WAKE         looks at the doorbells when WAKE moved (one
+ *                                                  Atomics.load of WAKE per slice)
  *    HARVEST_REQ += 1                   ───────▶  swap the dirty buffers, HARVEST_ACK = req
  *    SAVE_REQ ← save id (after REQUEST) ───────▶  read before REQUEST, answered (`saved`) after the
  *                                                  run state applied: a save rung with a pause sees
  *                                                  the paused machine (one round trip for both)
  *    INSTRET (BigInt64)                 ◀───────  stored after every slice
  *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
- *  command port (MessagePort, drained by the worker with receiveMessageOnPort at the same
- *  DOORBELL check): input bytes, the device state of an incoming migration (restored, then
- *  REQUEST applies at once: RUN starts the guest before the boot is reported), and the
- *  switchover slots (../switchover: the source's thread publishes its saved state there; the
- *  target's thread sleeps on the slot's futex, takes the leases itself and runs).
- *  parentPort messages (worker → host, ordered): booted, state changes, output batches, ready,
- *  exit, fatal, replies.
+ *  per thread, control SAB (ThreadCtl):
+ *    WAKE += 1; futexWake when SLEEPING ───────▶  the one word the thread sleeps on (futexWaitAny,
+ *                                                  with the switchover slots of its VMs)
+ *    VMS, RUNNABLE, STARTED, WARM, TURNS ◀──────  what the pool places VMs by
+ *  worker port, host → thread (ThreadCommand, drained with receiveMessageOnPort when WAKE moved):
+ *    add (a VM's VcpuInit), cmd (a VM's VcpuCommand: input bytes, the device state of an
+ *    incoming migration, the switchover slots), exit
+ *  worker port, thread → host (ThreadMessage: a VM's id and its VcpuMessage, in order per VM):
+ *    booted, state changes, output batches, ready, exit, fatal, replies, stopped
  * ```
  *
- * The worker never returns to its event loop while it lives: it runs the guest in short slices
- * and sleeps in `Atomics.wait` (WFI with the timer's delay as timeout, or indefinitely while
- * paused / powered off), so host requests reach it through shared memory and the synchronous
- * port read, never through 'message' events.
+ * The thread never returns to its event loop while it lives: it runs its VMs' guests in short
+ * slices and sleeps in one futex wait (the earliest WFI deadline as timeout, indefinitely when
+ * every VM is paused or idle without a timer), so host requests reach it through shared memory
+ * and the synchronous port read, never through 'message' events.
  */
-import type { MessagePort } from 'node:worker_threads';
 import type { ControlIdentity } from '../devices/control.js';
 import type { LeasePlan } from '../leases/thread-step.js';
 import type { MachineState } from '../machine/state.js';
 import type { SwitchoverOutcome } from '../switchover/outcome.js';
 
-/** Int32 indices of the control SharedArrayBuffer. */
+/** Int32 indices of a VM's control SharedArrayBuffer. */
 export const Ctl = {
-  /** Bumped by the host after every request; the worker waits on it when idle. */
+  /** Bumped by the host after every request (then it bumps its thread's wake word). */
   DOORBELL: 0,
   /** The run state the host wants: {@link Request}. */
   REQUEST: 1,
   /** Harvest sequence asked by the host. */
   HARVEST_REQ: 2,
-  /** Last harvest sequence the worker completed (swapped buffers for). */
+  /** Last harvest sequence the thread completed (swapped buffers for). */
   HARVEST_ACK: 3,
   /** Which dirty buffer (0 or 1) the CPU marks now; the other is the last harvest's result. */
   DIRTY_ACTIVE: 4,
-  /** Console bytes the worker has taken from the command port (host flow control). */
+  /** Console bytes the thread has handed to the guest's UART (host flow control). */
   INPUT_TAKEN: 5,
-  /** Worker's {@link RunCode} (diagnostics; the host follows the ordered messages). */
+  /** The VM's {@link RunCode} (diagnostics; the host follows the ordered messages). */
   RUN_CODE: 6,
-  /** Id of the last save the host asked for; the worker answers each new id once. */
+  /** Id of the last save the host asked for; the thread answers each new id once. */
   SAVE_REQ: 7,
   /** BigInt64 index: instructions retired (stored after every slice). */
   INSTRET64: 4,
@@ -57,7 +61,7 @@ export const Ctl = {
   PAUSE_REQUESTED_AT: 5,
 } as const;
 
-/** Bytes of the control buffer. */
+/** Bytes of a VM's control buffer. */
 export const CONTROL_BYTES = 64;
 
 /** Values of {@link Ctl.REQUEST}. */
@@ -66,7 +70,7 @@ export const Request = {
   HOLD: 0,
   RUN: 1,
   PAUSE: 2,
-  /** Leave the loop and end the thread. */
+  /** Stop the VM: its thread frees it and reports `stopped`. */
   STOP: 3,
 } as const;
 
@@ -81,7 +85,58 @@ export const RunCode = {
   STOPPED: 6,
 } as const;
 
-/** What the worker starts with (`workerData`). */
+/** Int32 indices of a pool thread's control SharedArrayBuffer. */
+export const ThreadCtl = {
+  /** Bumped by the host after every message and every request to one of the thread's VMs. */
+  WAKE: 0,
+  /** 1 while the thread sleeps: the host calls futexWake only then. */
+  SLEEPING: 1,
+  /** VMs the thread holds. */
+  VMS: 2,
+  /** VMs that want the CPU now (running and not waiting in WFI). */
+  RUNNABLE: 3,
+  /** 1 once the thread runs its loop. */
+  STARTED: 4,
+  /** 1 once the thread's warm-up is complete (spare.ts). */
+  WARM: 5,
+  /** Bumped on every turn of the thread's loop (it is alive and not stuck in one VM). */
+  TURNS: 6,
+} as const;
+
+/** Bytes of a pool thread's control buffer. */
+export const THREAD_CONTROL_BYTES = 64;
+
+/** What a pool thread starts with (`workerData`). */
+export interface PoolThreadData {
+  readonly t: 'pool';
+  /** Its index in the pool (logs). */
+  readonly index: number;
+  /** {@link ThreadCtl} words. */
+  readonly control: SharedArrayBuffer;
+  /**
+   * Int32 word 0: not 0 while latency-critical work runs in this process (a migration in or
+   * out). The thread's warm-up pauses then (it looks again every few milliseconds) so that it
+   * does not take a CPU from that work; the VMs it runs are not affected.
+   */
+  readonly hush: SharedArrayBuffer;
+}
+
+/** Host → pool thread messages (read synchronously when {@link ThreadCtl.WAKE} moved). */
+export type ThreadCommand =
+  /** A VM placed on the thread: it boots it (or builds it to wait for an incoming state). */
+  | { readonly t: 'add'; readonly id: number; readonly init: VcpuInit }
+  /** A command for one of its VMs; the host rings the VM's doorbell after it. */
+  | { readonly t: 'cmd'; readonly id: number; readonly cmd: VcpuCommand }
+  /** End the thread (it holds no VM). */
+  | { readonly t: 'exit' };
+
+/** Pool thread → host: a message of one of its VMs. */
+export interface ThreadMessage {
+  readonly id: number;
+  readonly m: VcpuMessage;
+}
+
+/** What a VM starts with (the `add` message). */
 export interface VcpuInit {
   readonly name: string;
   readonly control: SharedArrayBuffer;
@@ -99,16 +154,14 @@ export interface VcpuInit {
   /**
    * Incoming migration: the machine is built without loading `elf` (RAM already holds the
    * guest) and waits for its device state — a `restore` command, or a switchover — then reports
-   * `booted` with entry -1. The thread is started early, off the migration's pause.
+   * `booted` with entry -1. The VM is placed early, off the migration's pause.
    */
   readonly incoming: boolean;
   readonly identity: ControlIdentity;
   readonly hostArgs: Uint8Array;
-  /** Host → worker commands (read synchronously by the worker). */
-  readonly commands: MessagePort;
 }
 
-/** Host → worker commands on the command port. */
+/** Host → VM commands (`cmd` messages to its pool thread). */
 export type VcpuCommand =
   | { readonly t: 'input'; readonly bytes: Uint8Array }
   | { readonly t: 'restore'; readonly state: MachineState }
@@ -128,10 +181,10 @@ export type VcpuCommand =
       readonly compact: boolean;
     };
 
-/** Worker run states reported in order. */
+/** A VM's run states, reported in order. */
 export type VcpuRunState = 'created' | 'running' | 'paused' | 'powered-off' | 'crashed';
 
-/** Worker → host messages. */
+/** Pool thread → host messages of one VM ({@link ThreadMessage}). */
 export type VcpuMessage =
   | { readonly t: 'booted'; readonly entry: number }
   /** Incoming migration: the machine is built and waits for its device state. */
@@ -162,4 +215,5 @@ export type VcpuMessage =
       readonly published?: boolean;
     }
   | ({ readonly t: 'switchover' } & SwitchoverOutcome)
+  /** The VM is gone from its thread (stopped, or it never booted): its last message. */
   | { readonly t: 'stopped' };

@@ -9,7 +9,7 @@ import { VmmError } from '../model/vmm-error.js';
 import { normalizeSpec, validateSpec } from './spec.js';
 import type { HostedVm, RamBlockSpec, VmInfo, VmSpec } from '../model/types.js';
 import { Vm } from './vm.js';
-import { VcpuThreadPool } from '../vcpu/pool.js';
+import { VcpuThreadPool, type VcpuPoolReport } from '../vcpu/pool.js';
 import { vcpuWorkerUrl } from '../vcpu/worker-url.js';
 import type { MachineState } from '../machine/state.js';
 import { createMachine } from '../machine/machine.js';
@@ -41,7 +41,11 @@ export interface VmHostOptions {
   readonly memstoreDeadlineMs?: number;
   /** The compiled vCPU worker (default: {@link vcpuWorkerUrl}). */
   readonly workerUrl?: URL;
-  /** vCPU threads kept started ahead of need (default 1; 0: each VM starts its own). */
+  /** vCPU threads kept standing (default: one per core); each runs many VMs. */
+  readonly vcpuThreads?: number;
+  /** Most vCPU threads the pool grows to while every thread has a busy VM (default 2× cores). */
+  readonly maxVcpuThreads?: number;
+  /** vCPU threads started at once when every thread has had a busy VM a while (default 1). */
   readonly spareThreads?: number;
 }
 
@@ -79,11 +83,12 @@ export class VmHost {
       ...(opts.builtInGuestDir !== undefined ? { builtInDir: opts.builtInGuestDir } : {}),
       guestDir: opts.guestDir ?? null,
     });
-    this.threads = new VcpuThreadPool(
-      opts.workerUrl ?? vcpuWorkerUrl(),
-      opts.spareThreads ?? 1,
-      opts.logger,
-    );
+    this.threads = new VcpuThreadPool(opts.workerUrl ?? vcpuWorkerUrl(), {
+      ...(opts.vcpuThreads !== undefined ? { threads: opts.vcpuThreads } : {}),
+      ...(opts.maxVcpuThreads !== undefined ? { maxThreads: opts.maxVcpuThreads } : {}),
+      spare: opts.spareThreads ?? 1,
+      logger: opts.logger,
+    });
     this.sampler = setInterval(() => {
       const now = performance.now();
       for (const vm of this.vms.values()) vm.sample(now);
@@ -140,6 +145,8 @@ export class VmHost {
           guest: guest.path,
           ram: spec.ram.map((b) => `${b.id}:${b.backend}:${b.size}`),
           generationId: vm.generationId.toString(16),
+          vcpuThread: vm.vcpuThread,
+          vcpuThreads: this.threads.report().vms,
         },
         'VM created',
       );
@@ -275,8 +282,8 @@ export class VmHost {
   }
 
   /**
-   * Keeps spare vCPU threads from starting until the returned release is called: for an
-   * incoming migration, from PrepareIncoming to its end (see VcpuThreadPool.hold).
+   * Keeps vCPU threads from starting and warming up until the returned release is called: for a
+   * migration, in or out, until its end (see VcpuThreadPool.hold).
    */
   holdSpares(): () => void {
     return this.threads.hold();
@@ -412,11 +419,16 @@ export class VmHost {
     }
   }
 
-  /** VM counts for GetInfo and the migrator heartbeat. */
-  counts(): { total: number; running: number } {
+  /** VM counts for GetInfo and the migrator heartbeat, and the vCPU threads running them. */
+  counts(): { total: number; running: number; vcpuThreads: number } {
     let running = 0;
     for (const vm of this.vms.values()) if (vm.currentState === 'running') running++;
-    return { total: this.vms.size, running };
+    return { total: this.vms.size, running, vcpuThreads: this.threads.size };
+  }
+
+  /** The vCPU threads and how many VMs each runs (all, and busy ones). */
+  vcpuReport(): VcpuPoolReport {
+    return this.threads.report();
   }
 
   /**
@@ -427,11 +439,11 @@ export class VmHost {
     this.closed = true;
     clearInterval(this.sampler);
     clearTimeout(this.changeNotice);
-    await this.threads.close();
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );
     await Promise.all(this.retiring.values());
+    await this.threads.close(); // after the VMs: a thread that ends crashes the VMs it runs
     this.memstore.close();
   }
 }

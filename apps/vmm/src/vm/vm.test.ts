@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { GuestImage } from '../guests/catalog.js';
 import type { MachineState } from '../machine/state.js';
 import type { RamBacking } from '../ram/index.js';
-import { Ctl, Request } from '../vcpu/protocol.js';
+import { Ctl, Request, ThreadCtl } from '../vcpu/protocol.js';
 import { MAIN_BLOCK_ID, RAM_WINDOW } from './spec.js';
 import { VcpuThreadPool } from '../vcpu/pool.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
@@ -21,61 +21,84 @@ const PAUSED_AT = 2000.5;
 const RUN_AT = 4000.25;
 
 /**
- * A stand-in vCPU worker speaking the control protocol: it runs on RUN and pauses on PAUSE
- * (as `power-off`, it powers off instead), stamping each change with a fixed time, and answers
- * every new save id (Ctl.SAVE_REQ, read before REQUEST like the real worker) with FAKE_STATE, or
- * an error while running. Incoming, it reports the start before the boot, like the real worker.
+ * A stand-in vCPU pool thread speaking the control protocol for each VM placed on it: a VM runs
+ * on RUN and pauses on PAUSE (as `power-off`, it powers off instead), stamping each change with
+ * a fixed time, and answers every new save id (Ctl.SAVE_REQ, read before REQUEST like the real
+ * thread) with FAKE_STATE, or an error while running. Incoming, it reports the start before the
+ * boot, like the real thread. It polls its wake word every 2 ms (it never says it sleeps, so the
+ * host never needs to wake it).
  */
 function standInWorker(): URL {
   const file = join(dir, 'stand-in.mjs');
   writeFileSync(
     file,
     `import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-     const init = workerData;
-     const ctl = new Int32Array(init.control);
-     const post = (m) => parentPort.postMessage(m);
-     let seen = Atomics.load(ctl, ${Ctl.DOORBELL});
-     let run = 'created';
-     if (init.incoming) {
-       post({ t: 'spawned' });
-       while (receiveMessageOnPort(init.commands) === undefined) {
-         Atomics.wait(ctl, ${Ctl.DOORBELL}, seen);
-         seen = Atomics.load(ctl, ${Ctl.DOORBELL});
-       }
-       if (Atomics.load(ctl, ${Ctl.REQUEST}) === ${Request.RUN}) {
-         run = 'running';
-         post({ t: 'state', state: 'running', instret: 0, at: ${RUN_AT} });
-       }
-     }
-     post({ t: 'booted', entry: 0 });
-     let saveSeen = 0;
-     for (;;) {
-       Atomics.wait(ctl, ${Ctl.DOORBELL}, seen);
-       seen = Atomics.load(ctl, ${Ctl.DOORBELL});
-       const id = Atomics.load(ctl, ${Ctl.SAVE_REQ});
+     const thread = new Int32Array(workerData.control);
+     Atomics.store(thread, ${ThreadCtl.STARTED}, 1);
+     const vms = new Map();
+     let wakeSeen = 0;
+     const step = (vm) => {
+       const { id, init, ctl } = vm;
+       const post = (m) => parentPort.postMessage({ id, m });
+       const bell = Atomics.load(ctl, ${Ctl.DOORBELL});
+       if (bell === vm.seen) return;
+       vm.seen = bell;
+       const saveId = Atomics.load(ctl, ${Ctl.SAVE_REQ});
        const req = Atomics.load(ctl, ${Ctl.REQUEST});
-       if (req === ${Request.STOP}) break;
-       if (req === ${Request.RUN} && run !== 'running') {
-         run = 'running';
+       if (req === ${Request.STOP}) {
+         post({ t: 'stopped' });
+         vms.delete(id);
+         return;
+       }
+       if (vm.incoming) {
+         if (vm.commands.length === 0) return;
+         vm.incoming = false;
+         if (req === ${Request.RUN}) {
+           vm.run = 'running';
+           post({ t: 'state', state: 'running', instret: 0, at: ${RUN_AT} });
+         }
+         post({ t: 'booted', entry: 0 });
+         return;
+       }
+       if (req === ${Request.RUN} && vm.run !== 'running') {
+         vm.run = 'running';
          post({ t: 'state', state: 'running', instret: 0, at: 1000 });
-       } else if (req === ${Request.PAUSE} && run === 'running') {
-         run = init.name === 'power-off' ? 'powered-off' : 'paused';
-         post({ t: 'state', state: run, instret: 0, at: ${PAUSED_AT}, exitCode: 0, latencyMs: 0.1 });
+       } else if (req === ${Request.PAUSE} && vm.run === 'running') {
+         vm.run = init.name === 'power-off' ? 'powered-off' : 'paused';
+         post({ t: 'state', state: vm.run, instret: 0, at: ${PAUSED_AT}, exitCode: 0, latencyMs: 0.1 });
        }
-       if (id !== saveSeen) {
-         saveSeen = id;
-         post(run === 'running'
-           ? { t: 'saved', id, state: null, error: 'the VM is running; pause it first' }
-           : { t: 'saved', id, state: ${JSON.stringify(FAKE_STATE)} });
+       if (saveId !== vm.saveSeen) {
+         vm.saveSeen = saveId;
+         post(vm.run === 'running'
+           ? { t: 'saved', id: saveId, state: null, error: 'the VM is running; pause it first' }
+           : { t: 'saved', id: saveId, state: ${JSON.stringify(FAKE_STATE)} });
        }
-     }
-     post({ t: 'stopped' });
-     init.commands.close();`,
+     };
+     for (;;) {
+       Atomics.wait(thread, ${ThreadCtl.WAKE}, wakeSeen, 2);
+       const wake = Atomics.load(thread, ${ThreadCtl.WAKE});
+       if (wake === wakeSeen) continue;
+       wakeSeen = wake;
+       for (let msg = receiveMessageOnPort(parentPort); msg; msg = receiveMessageOnPort(parentPort)) {
+         const c = msg.message;
+         if (c.t === 'exit') process.exit(0);
+         if (c.t === 'add') {
+           const vm = { id: c.id, init: c.init, ctl: new Int32Array(c.init.control), seen: -1,
+             saveSeen: 0, run: 'created', incoming: c.init.incoming, commands: [] };
+           vms.set(c.id, vm);
+           parentPort.postMessage({ id: c.id, m: c.init.incoming ? { t: 'spawned' } : { t: 'booted', entry: 0 } });
+         } else if (c.t === 'cmd') {
+           vms.get(c.id)?.commands.push(c.cmd);
+         }
+       }
+       for (const vm of [...vms.values()]) step(vm);
+     }`,
   );
   return pathToFileURL(file);
 }
 
-const threads = new VcpuThreadPool(standInWorker(), 0);
+const threads = new VcpuThreadPool(standInWorker(), { threads: 1, spare: 0 });
+afterAll(() => threads.close());
 const logger = createLogger({ name: 'vm-test', level: 'silent', format: 'json' });
 
 function standInRam(name: string): { spec: VmSpec; ram: RamBacking } {

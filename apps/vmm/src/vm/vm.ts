@@ -1,4 +1,3 @@
-import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import { PageBitmap } from '@handoff/bitmap';
 import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
@@ -18,7 +17,7 @@ import { VmmError } from '../model/vmm-error.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
 import type { SwitchoverOutcome } from '../switchover/outcome.js';
 import type { SwitchoverPublish } from '../switchover/thread.js';
-import type { VcpuThreadPool } from '../vcpu/pool.js';
+import type { VcpuHandle, VcpuThreadPool } from '../vcpu/pool.js';
 import {
   CONTROL_BYTES,
   Ctl,
@@ -60,17 +59,17 @@ export interface ConsoleSink {
 export interface VmDeps {
   readonly vmmId: string;
   readonly logger: Logger;
-  /** Where the vCPU thread comes from (a spare when one waits). */
+  /** The vCPU thread pool the VM is placed on. */
   readonly threads: VcpuThreadPool;
   /** Generation id and entropy; fresh random when omitted. */
   readonly identity?: ControlIdentity;
 }
 
 /**
- * One VM: a vCPU worker thread running the machine over RAM mapped by this process, and the
+ * One VM: its vCPU, run by one of the pool's threads over RAM mapped by this process, and the
  * host-side state the API reports. Control requests go through the control SharedArrayBuffer
- * (see `protocol.ts`); the worker reports state changes, output and READY in order on its
- * message port, and this object turns them into {@link VmEvent}s.
+ * (see `protocol.ts`); the thread reports state changes, output and READY in order through the
+ * VM's handle, and this object turns them into {@link VmEvent}s.
  *
  * Dirty tracking: main RAM's dirty bitmap is double-buffered in a SharedArrayBuffer. The CPU
  * marks the active buffer with plain stores; {@link Vm.harvestDirty} clears the other one, asks
@@ -89,8 +88,7 @@ export class Vm {
   private currentSpec: VmSpec;
   /** The snapshot the VM runs from ({@link Vm.runsFrom}), or ''. */
   private snapshotName = '';
-  private readonly worker: Worker;
-  private readonly commands: MessagePort;
+  private readonly worker: VcpuHandle;
   private readonly ctl: Int32Array;
   private readonly ctl64: BigInt64Array;
   private readonly ctlF64: Float64Array;
@@ -162,8 +160,6 @@ export class Vm {
       else this.touched.setAll();
     }
     this.untouchedAreZero = (incoming === undefined || incoming.touched !== null) && main.zeroed;
-    const channel = new MessageChannel();
-    this.commands = channel.port1;
     const init: VcpuInit = {
       name: spec.name,
       control,
@@ -178,7 +174,6 @@ export class Vm {
       incoming: incoming !== undefined,
       identity,
       hostArgs: hostArgsOf(spec.args),
-      commands: channel.port2,
     };
     this.worker = deps.threads.take(init);
     this.workerExited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
@@ -210,7 +205,6 @@ export class Vm {
       vm.destroying = Promise.resolve(); // not a crash: the caller reports the boot failure
       vm.ring(Request.STOP);
       await vm.stopThread();
-      vm.commands.close();
       throw err;
     }
   }
@@ -261,7 +255,7 @@ export class Vm {
     return this.serial(async () => {
       this.assertAlive();
       const cmd: VcpuCommand = { t: 'restore', state };
-      this.commands.postMessage(cmd);
+      this.worker.command(cmd);
       if (!run) {
         this.ring(); // REQUEST stays HOLD: loaded, not run
         await this.waitBoot();
@@ -291,7 +285,7 @@ export class Vm {
       this.switchoverWaiter = resolve;
     });
     const cmd: VcpuCommand = { t: 'switchover-in', slot, lease };
-    this.commands.postMessage(cmd);
+    this.worker.command(cmd);
     this.ring(Request.RUN); // the thread runs the guest the moment the leases are here
     return outcome;
   }
@@ -390,7 +384,6 @@ export class Vm {
       await this.leaving?.catch(() => undefined); // its blocks are unmapped their own way
       this.ring(Request.STOP);
       await this.stopThread();
-      this.commands.close();
       await closeRamBlocks(this.ram);
       this.gone = true;
       for (const w of [...this.stateWaiters]) w('gone');
@@ -408,7 +401,7 @@ export class Vm {
     this.assertAlive();
     if (bytes.length === 0) return;
     const cmd: VcpuCommand = { t: 'input', bytes };
-    this.commands.postMessage(cmd);
+    this.worker.command(cmd);
     this.inputSent = (this.inputSent + bytes.length) | 0;
     this.ring();
   }
@@ -456,6 +449,11 @@ export class Vm {
         if (r.async) await r.value;
       }
     });
+  }
+
+  /** The index of the pool thread that runs the VM's vCPU. */
+  get vcpuThread(): number {
+    return this.worker.threadIndex;
   }
 
   /** The VM's RAM blocks, in table order (block 0 is main RAM, the only dirty-tracked one). */
@@ -584,7 +582,7 @@ export class Vm {
       if (publish !== undefined) {
         // Read at the same doorbell as the pause: the thread publishes the state it saves.
         const cmd: VcpuCommand = { t: 'switchover-out', ...publish, saveId: id };
-        this.commands.postMessage(cmd);
+        this.worker.command(cmd);
       }
       // Rung with the pause (one round trip, no command message), stored after the request it
       // goes with: the worker reads SAVE_REQ before REQUEST at a doorbell.
@@ -697,7 +695,7 @@ export class Vm {
   private ring(request?: number): void {
     if (request !== undefined) Atomics.store(this.ctl, Ctl.REQUEST, request);
     Atomics.add(this.ctl, Ctl.DOORBELL, 1);
-    Atomics.notify(this.ctl, Ctl.DOORBELL);
+    this.worker.wake();
   }
 
   private async requestState(request: number, done: (s: VcpuRunState) => boolean): Promise<void> {

@@ -26,7 +26,7 @@
 // napi_value by value (Node's own JsValueFromV8LocalValue does the same). The addon is built from
 // source against the headers of the Node that runs it, which keeps this sound.
 //
-// Cross-process words. futexWait/futexWake and the atomic32 functions work on one int32 of any
+// Cross-process words. futexWait/futexWake, futexWaitAny and the atomic32 functions work on int32s of any
 // ArrayBuffer or SharedArrayBuffer (in practice a MAP_SHARED mapping made here). They use the
 // shared (not _PRIVATE) futex operations and __atomic builtins, because JS Atomics on a non-shared
 // ArrayBuffer promise nothing across processes, and Atomics.wait only wakes threads of one process.
@@ -50,6 +50,21 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+// futex_waitv (Linux 5.16) as the kernel defines it, for headers older than the call.
+#ifndef FUTEX_WAITV_MAX
+#define FUTEX_32 2
+#define FUTEX_WAITV_MAX 128
+struct futex_waitv {
+  __u64 val;
+  __u64 uaddr;
+  __u32 flags;
+  __u32 __reserved;
+};
+#endif
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
 
 #include <atomic>
 #include <cerrno>
@@ -395,23 +410,27 @@ v8::Local<v8::Value> ToV8(napi_value value) {
 // the backing store, which keeps the memory alive for as long as the caller holds it (a blocking
 // wait holds it across the syscall). The caller (futex.ts) has checked the type, alignment and
 // bounds; they are checked again here because a bad pointer would not be an exception but a crash.
-int32_t* WordAt(const Napi::CallbackInfo& info, std::shared_ptr<v8::BackingStore>* keep) {
-  v8::Local<v8::Value> value = ToV8(info[0]);
+int32_t* WordOf(Napi::Env env, napi_value buffer, int64_t offset,
+               std::shared_ptr<v8::BackingStore>* keep) {
+  v8::Local<v8::Value> value = ToV8(buffer);
   if (value->IsSharedArrayBuffer()) {
     *keep = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
   } else if (value->IsArrayBuffer()) {
     *keep = value.As<v8::ArrayBuffer>()->GetBackingStore();
   } else {
-    throw Napi::TypeError::New(info.Env(), "expected an ArrayBuffer or SharedArrayBuffer");
+    throw Napi::TypeError::New(env, "expected an ArrayBuffer or SharedArrayBuffer");
   }
-  const int64_t offset = ArgInt(info, 1);
   const size_t length = (*keep)->ByteLength();
   uint8_t* data = static_cast<uint8_t*>((*keep)->Data());
   if (offset < 0 || offset % 4 != 0 || static_cast<uint64_t>(offset) + 4 > length ||
       data == nullptr || reinterpret_cast<uintptr_t>(data) % 4 != 0) {
-    throw Napi::RangeError::New(info.Env(), "word offset outside the buffer or unaligned");
+    throw Napi::RangeError::New(env, "word offset outside the buffer or unaligned");
   }
   return reinterpret_cast<int32_t*>(data + offset);
+}
+
+int32_t* WordAt(const Napi::CallbackInfo& info, std::shared_ptr<v8::BackingStore>* keep) {
+  return WordOf(info.Env(), info[0], ArgInt(info, 1), keep);
 }
 
 timespec Now() {
@@ -476,6 +495,52 @@ Napi::Value FutexWake(const Napi::CallbackInfo& info) {
   const long rc = syscall(SYS_futex, word, FUTEX_WAKE, count, nullptr, nullptr, 0);
   if (rc < 0) ThrowErrno(info.Env(), "futex(FUTEX_WAKE)", errno);
   return Napi::Number::New(info.Env(), static_cast<double>(rc));
+}
+
+// futexWaitAny(buffers, offsets, expected, timeoutMs) -> index woken (>= 0), -1 (a word did not
+// hold its expected value: EAGAIN) or -2 (timed out). futex_waitv(2) (Linux 5.16+) over up to
+// FUTEX_WAITV_MAX shared (not _PRIVATE) 32-bit words: a FUTEX_WAKE on any of them, from any
+// process that maps the same page, ends the wait. The arrays have the same length in
+// [1, FUTEX_WAITV_MAX] and the timeout is finite and >= 0 (checked by the caller); the deadline is
+// absolute on CLOCK_MONOTONIC, so EINTR simply retries. ENOSYS (an older kernel) is thrown.
+Napi::Value FutexWaitAny(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array buffers = info[0].As<Napi::Array>();
+  Napi::Array offsets = info[1].As<Napi::Array>();
+  Napi::Array expected = info[2].As<Napi::Array>();
+  const uint32_t n = buffers.Length();
+  if (n == 0 || n > FUTEX_WAITV_MAX || offsets.Length() != n || expected.Length() != n) {
+    throw Napi::RangeError::New(env, "futexWaitAny: 1 to FUTEX_WAITV_MAX words, arrays alike");
+  }
+  std::vector<std::shared_ptr<v8::BackingStore>> keep(n);
+  std::vector<futex_waitv> waiters(n);
+  for (uint32_t k = 0; k < n; k++) {
+    Napi::Value buffer = buffers[k];
+    const int64_t offset = offsets.Get(k).As<Napi::Number>().Int64Value();
+    int32_t* word = WordOf(env, buffer, offset, &keep[k]);
+    waiters[k] = futex_waitv{};
+    waiters[k].val = static_cast<uint32_t>(expected.Get(k).As<Napi::Number>().Int32Value());
+    waiters[k].uaddr = reinterpret_cast<uintptr_t>(word);
+    waiters[k].flags = FUTEX_32;
+  }
+  const double timeout_ms = info[3].As<Napi::Number>().DoubleValue();
+  const double whole_s = std::floor(timeout_ms / 1000);
+  timespec deadline = Now();
+  deadline.tv_sec += static_cast<time_t>(whole_s);
+  deadline.tv_nsec += static_cast<long>(std::llround((timeout_ms - whole_s * 1000) * 1e6));
+  while (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec += 1;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  for (;;) {
+    const long rc =
+        syscall(SYS_futex_waitv, waiters.data(), n, 0, &deadline, CLOCK_MONOTONIC);
+    if (rc >= 0) return Napi::Number::New(env, static_cast<double>(rc));
+    const int err = errno;
+    if (err == EAGAIN) return Napi::Number::New(env, -1);
+    if (err == ETIMEDOUT) return Napi::Number::New(env, -2);
+    if (err != EINTR) ThrowErrno(env, "futex_waitv", err);
+  }
 }
 
 // atomicLoad32(buffer, offset) -> int32, sequentially consistent.
@@ -666,6 +731,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
   exports.Set("futexWait", Napi::Function::New(env, FutexWait, "futexWait"));
   exports.Set("futexWake", Napi::Function::New(env, FutexWake, "futexWake"));
+  exports.Set("futexWaitAny", Napi::Function::New(env, FutexWaitAny, "futexWaitAny"));
   exports.Set("atomicLoad32", Napi::Function::New(env, AtomicLoad32, "atomicLoad32"));
   exports.Set("atomicStore32", Napi::Function::New(env, AtomicStore32, "atomicStore32"));
   exports.Set("atomicCompareExchange32",

@@ -405,6 +405,8 @@ export interface GetInfoResponse {
   runningVmCount: number;
   /** Supported migration stream format versions, "major.minor". */
   streamVersions: string[];
+  /** vCPU threads running this instance's VMs (each thread runs many VMs). */
+  vcpuThreads: number;
 }
 
 export interface CreateVmRequest {
@@ -1823,7 +1825,7 @@ export const GetInfoRequest: MessageFns<GetInfoRequest> = {
 };
 
 function createBaseGetInfoResponse(): GetInfoResponse {
-  return { vmmId: "", version: "", address: "", vmCount: 0, runningVmCount: 0, streamVersions: [] };
+  return { vmmId: "", version: "", address: "", vmCount: 0, runningVmCount: 0, streamVersions: [], vcpuThreads: 0 };
 }
 
 export const GetInfoResponse: MessageFns<GetInfoResponse> = {
@@ -1845,6 +1847,9 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
     }
     for (const v of message.streamVersions) {
       writer.uint32(50).string(v!);
+    }
+    if (message.vcpuThreads !== 0) {
+      writer.uint32(56).uint32(message.vcpuThreads);
     }
     return writer;
   },
@@ -1910,6 +1915,14 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
             message.streamVersions.push(reader.string());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.vcpuThreads = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1946,6 +1959,11 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
         : globalThis.Array.isArray(object?.stream_versions)
         ? object.stream_versions.map((e: any) => globalThis.String(e))
         : [],
+      vcpuThreads: isSet(object.vcpuThreads)
+        ? globalThis.Number(object.vcpuThreads)
+        : isSet(object.vcpu_threads)
+        ? globalThis.Number(object.vcpu_threads)
+        : 0,
     };
   },
 
@@ -1969,6 +1987,9 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
     if (message.streamVersions?.length) {
       obj.streamVersions = message.streamVersions;
     }
+    if (message.vcpuThreads !== 0) {
+      obj.vcpuThreads = Math.round(message.vcpuThreads);
+    }
     return obj;
   },
 
@@ -1983,6 +2004,7 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
     message.vmCount = object.vmCount ?? 0;
     message.runningVmCount = object.runningVmCount ?? 0;
     message.streamVersions = object.streamVersions?.map((e) => e) || [];
+    message.vcpuThreads = object.vcpuThreads ?? 0;
     return message;
   },
 };
