@@ -219,6 +219,24 @@ describe('Scheduler', () => {
     expect(b.instret).toBeGreaterThan(b1);
   });
 
+  it('handles a command that arrives on a later turn than the ring after it', () => {
+    const t = new TestThread();
+    const a = t.add('a', IDLE);
+    t.turns(1);
+    a.request(Request.RUN);
+    t.turns(3);
+    expect(a.states()).toEqual(['running']);
+    // The host posts a command and rings; the thread read its messages just before the post
+    // and sees the doorbell first (a ring with nothing to do), the message on the next turn.
+    Atomics.add(a.ctl, Ctl.DOORBELL, 1);
+    t.wake();
+    t.turns(1);
+    t.inbox.push({ t: 'cmd', id: a.id, cmd: { t: 'input', bytes: new Uint8Array([1, 2, 3]) } });
+    t.wake();
+    t.turns(3);
+    expect(Atomics.load(a.ctl, Ctl.INPUT_TAKEN)).toBe(3);
+  });
+
   it('crashes a VM whose vCPU throws, alone', () => {
     const t = new TestThread((name, opts) => {
       const m = createMachine(opts);

@@ -219,10 +219,15 @@ export class Vcpu {
     this.commands.push(cmd);
   }
 
-  /** Handles the host's requests if the doorbell moved; true when it did. */
+  /**
+   * Handles the host's requests if the doorbell moved or commands wait; true when either. A
+   * command can arrive on a later turn than the ring that follows it (the thread read its
+   * messages just before the host posted it, then saw the doorbell): it is handled when it
+   * arrives, else it would wait for a ring that never comes.
+   */
   bell(): boolean {
     const bell = Atomics.load(this.ctl, Ctl.DOORBELL);
-    if (bell === this.seen) return false;
+    if (bell === this.seen && this.commands.length === 0) return false;
     this.seen = bell;
     this.onBell();
     return true;
