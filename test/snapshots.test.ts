@@ -428,6 +428,8 @@ describe('snapshots: save, restore and clone', () => {
         expect(us).toBeLessThanOrEqual(cloned.durationUs);
       }
       expect(cloned.vms.every((v) => v.state === VmState.VM_STATE_RUNNING)).toBe(true);
+      // The template rang READY before its save: its clones start past their ready point.
+      expect(cloned.vms.every((v) => v.ready)).toBe(true);
       expect((await snapshotNamed('kvt-tpl')).clones.sort()).toEqual([
         'vmm-s/kvt-tpl-1',
         'vmm-s/kvt-tpl-2',

@@ -1,5 +1,5 @@
 import { RemoteError, type Logger } from '@handoff/service';
-import type { ReadyWait, VmmCalls } from '../clients/vmm-client.js';
+import type { ReadyWait, Saved, VmmCalls } from '../clients/vmm-client.js';
 import type { VmSpec, VmStatus } from '../registry/hosted-vm.js';
 import { cloneNames, type Job, type SnapshotRequest, type SnapshotResult } from './job.js';
 import { DRAM_BASE } from './snapshot-plans.js';
@@ -71,6 +71,22 @@ function ended(err: unknown, what: string): SnapshotEnd {
   return isDecided(err) ? { status: 'failed', error } : { status: 'uncertain', error };
 }
 
+/** A save's (or a template's) completed end, from the vmm's answer. */
+function completedSave(saved: Saved): SnapshotEnd {
+  return {
+    status: 'completed',
+    result: {
+      snapshot: saved.snapshot,
+      vms: [],
+      pauseUs: saved.pauseUs,
+      durationUs: saved.durationUs,
+      bytes: saved.bytes,
+      runningAfterUs: [],
+    },
+    started: [],
+  };
+}
+
 /** Runs the job's vmm call(s); never rejects. */
 export async function runSnapshotJob(deps: SnapshotRunDeps, job: Job): Promise<SnapshotEnd> {
   const r = job.snapshot!;
@@ -112,18 +128,7 @@ async function save(
       },
       deps.deadlineMs,
     );
-    return {
-      status: 'completed',
-      result: {
-        snapshot: saved.snapshot,
-        vms: [],
-        pauseUs: saved.pauseUs,
-        durationUs: saved.durationUs,
-        bytes: saved.bytes,
-        runningAfterUs: [],
-      },
-      started: [],
-    };
+    return completedSave(saved);
   } catch (err) {
     return ended(err, `save of VM ${job.vm} on ${at.id} as ${r.snapshot} failed`);
   }
@@ -282,18 +287,7 @@ async function templateFromGuest(
       { vm: name, jobId: job.id, snapshot: r.snapshot, full: false, stop: true, template: true },
       deps.deadlineMs,
     );
-    return {
-      status: 'completed',
-      result: {
-        snapshot: saved.snapshot,
-        vms: [],
-        pauseUs: saved.pauseUs,
-        durationUs: saved.durationUs,
-        bytes: saved.bytes,
-        runningAfterUs: [],
-      },
-      started: [],
-    };
+    return completedSave(saved);
   } catch (err) {
     if (!isDecided(err))
       return ended(err, `saving VM ${name} on ${at.id} as template ${r.snapshot}`);

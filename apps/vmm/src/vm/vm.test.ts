@@ -16,7 +16,7 @@ import { Vm } from './vm.js';
 const dir = mkdtempSync(join(tmpdir(), 'handoff-vm-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const FAKE_STATE = { version: 1, fake: true };
+const FAKE_STATE = { version: 1, fake: true, control: { readyCount: 1 } };
 const PAUSED_AT = 2000.5;
 const RUN_AT = 4000.25;
 
@@ -168,6 +168,7 @@ describe('Vm.runIncoming', () => {
     const at = await vm.runIncoming(FAKE_STATE as unknown as MachineState);
     expect(at).toBe(RUN_AT);
     expect(vm.currentState).toBe('running');
+    expect(vm.info().ready).toBe(true); // its state had rung READY before it was saved
     await vm.destroy();
   });
 });

@@ -256,6 +256,8 @@ export class Vm {
       this.assertAlive();
       const cmd: VcpuCommand = { t: 'restore', state };
       this.worker.command(cmd);
+      // A guest that rang READY before it was saved (a template's clone) is past its ready point.
+      if (state.control.readyCount > 0) this.ready = true;
       if (!run) {
         this.ring(); // REQUEST stays HOLD: loaded, not run
         await this.waitBoot();
