@@ -264,6 +264,38 @@ export function memstoreService(deps: {
       guarded(m, 'ReadPages', () => readPages(m, c)),
     ),
 
+    ...snapshotHandlers(m, logger, call, leaseCaller),
+  };
+  return {
+    name: serviceNames.memstore,
+    definition: pb.MemstoreServiceService,
+    implementation: implementation as unknown as ServiceRegistration['implementation'],
+    access: MEMSTORE_ACCESS,
+  };
+}
+
+/** A unary handler run against the open memstore (see {@link guarded}). */
+type GuardedCall = <Req, Res>(
+  what: string,
+  fn: (req: Req, c: HasAuthContext) => Res | Promise<Res>,
+) => ReturnType<typeof unary<Req, Res>>;
+
+/** The snapshot calls of the gRPC edge (the README's Snapshots section). */
+function snapshotHandlers(
+  m: Memstore,
+  logger: Logger,
+  call: GuardedCall,
+  leaseCaller: (c: HasAuthContext) => LeaseCaller,
+): Pick<
+  pb.MemstoreServiceServer,
+  | 'createSnapshot'
+  | 'getSnapshot'
+  | 'listSnapshots'
+  | 'deleteSnapshot'
+  | 'exportSnapshot'
+  | 'importSnapshot'
+> {
+  return {
     createSnapshot: call('CreateSnapshot', async (req: pb.CreateSnapshotRequest, c) => {
       // Like the lease calls: a vmm seals only its own VMs' regions.
       assertOwnHolder(leaseCaller(c), req.holder, 'CreateSnapshot');
@@ -294,11 +326,5 @@ export function memstoreService(deps: {
     importSnapshot: clientStream(logger, (c: Parameters<typeof importSnapshot>[1]) =>
       guarded(m, 'ImportSnapshot', () => importSnapshot(m, c)),
     ),
-  };
-  return {
-    name: serviceNames.memstore,
-    definition: pb.MemstoreServiceService,
-    implementation: implementation as unknown as ServiceRegistration['implementation'],
-    access: MEMSTORE_ACCESS,
   };
 }

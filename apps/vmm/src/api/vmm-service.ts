@@ -96,9 +96,6 @@ export function vmmServices(deps: {
   const vm = (name: string): Vm => host.get(requireName(name));
   const { migrations } = deps;
   const saves = new SaveRestore(host);
-  /** Microseconds from `t0` (a performance.now() reading) to epoch milliseconds `atMs`. */
-  const usSince = (t0: number, atMs = performance.timeOrigin + performance.now()): bigint =>
-    BigInt(Math.max(0, Math.round((atMs - (performance.timeOrigin + t0)) * 1000)));
   const vmm: pb.VmmServiceServer = {
     getInfo: unary(logger, () => {
       const counts = host.counts();
@@ -194,52 +191,7 @@ export function vmmServices(deps: {
       migrations.cancel(requireName(req.name));
       return {};
     }),
-    saveVm: unary(logger, async (req: pb.SaveVmRequest) => {
-      const t0 = performance.now();
-      const name = requireName(req.name);
-      refuseWhileMigrating(migrations, name);
-      const r = await saves.save({
-        name,
-        snapshot: req.snapshot,
-        full: req.full,
-        stop: req.stop,
-        template: req.template,
-        jobId: req.jobId,
-      });
-      return {
-        snapshot: snapshotToPb(r.snapshot),
-        pauseUs: BigInt(r.pauseUs),
-        durationUs: usSince(t0),
-        bytes: BigInt(r.bytes),
-        vm: r.vm === null ? undefined : vmToPb(r.vm),
-      };
-    }),
-    restoreVm: unary(logger, async (req: pb.RestoreVmRequest) => {
-      const t0 = performance.now();
-      const started = await saves.restore({
-        snapshot: req.snapshot,
-        name: req.name,
-        paused: req.paused,
-        jobId: req.jobId,
-      });
-      return { vm: vmToPb(started.vm), durationUs: usSince(t0, started.runningAtMs) };
-    }),
-    cloneVms: unary(logger, async (req: pb.CloneVmsRequest) => {
-      const t0 = performance.now();
-      const started: StartedVm[] = await saves.clone({
-        snapshot: req.snapshot,
-        count: req.count,
-        namePrefix: req.namePrefix,
-        firstIndex: req.firstIndex,
-        paused: req.paused,
-        jobId: req.jobId,
-      });
-      return {
-        vms: started.map((s) => vmToPb(s.vm)),
-        runningAfterUs: started.map((s) => usSince(t0, s.runningAtMs)),
-        durationUs: usSince(t0),
-      };
-    }),
+    ...saveRestoreHandlers(logger, saves, migrations),
   };
   const migration: vmmStream.MigrationServiceServer = {
     incoming: bidiStream(logger, (call) =>
@@ -455,4 +407,65 @@ function consoleSession(
     call.on('cancelled', onCancel);
     call.on('error', onCancel);
   });
+}
+
+/** Microseconds from `t0` (a performance.now() reading) to epoch milliseconds `atMs`. */
+function usSince(t0: number, atMs = performance.timeOrigin + performance.now()): bigint {
+  return BigInt(Math.max(0, Math.round((atMs - (performance.timeOrigin + t0)) * 1000)));
+}
+
+/** SaveVm, RestoreVm and CloneVms (save-restore/). */
+function saveRestoreHandlers(
+  logger: Logger,
+  saves: SaveRestore,
+  migrations: MigrationManager,
+): Pick<pb.VmmServiceServer, 'saveVm' | 'restoreVm' | 'cloneVms'> {
+  return {
+    saveVm: unary(logger, async (req: pb.SaveVmRequest) => {
+      const t0 = performance.now();
+      const name = requireName(req.name);
+      refuseWhileMigrating(migrations, name);
+      const r = await saves.save({
+        name,
+        snapshot: req.snapshot,
+        full: req.full,
+        stop: req.stop,
+        template: req.template,
+        jobId: req.jobId,
+      });
+      return {
+        snapshot: snapshotToPb(r.snapshot),
+        pauseUs: BigInt(r.pauseUs),
+        durationUs: usSince(t0),
+        bytes: BigInt(r.bytes),
+        vm: r.vm === null ? undefined : vmToPb(r.vm),
+      };
+    }),
+    restoreVm: unary(logger, async (req: pb.RestoreVmRequest) => {
+      const t0 = performance.now();
+      const started = await saves.restore({
+        snapshot: req.snapshot,
+        name: req.name,
+        paused: req.paused,
+        jobId: req.jobId,
+      });
+      return { vm: vmToPb(started.vm), durationUs: usSince(t0, started.runningAtMs) };
+    }),
+    cloneVms: unary(logger, async (req: pb.CloneVmsRequest) => {
+      const t0 = performance.now();
+      const started: StartedVm[] = await saves.clone({
+        snapshot: req.snapshot,
+        count: req.count,
+        namePrefix: req.namePrefix,
+        firstIndex: req.firstIndex,
+        paused: req.paused,
+        jobId: req.jobId,
+      });
+      return {
+        vms: started.map((s) => vmToPb(s.vm)),
+        runningAfterUs: started.map((s) => usSince(t0, s.runningAtMs)),
+        durationUs: usSince(t0),
+      };
+    }),
+  };
 }
