@@ -367,6 +367,11 @@ export class Catalog {
     return this.s.detachClone.run(templateId, holder).changes === 1;
   }
 
+  /** Forgets every clone attachment of vmm `vmmId`'s holders (`<vmmId>/...`); how many. */
+  detachClonesOfVmm(vmmId: string): number {
+    return this.s.detachClonesOfVmm.run({ prefix: `${vmmId}/` }).changes;
+  }
+
   /** Clones of one template, oldest first. */
   clonesOf(templateId: string): CloneRow[] {
     return (this.s.clonesOf.all(templateId) as RawCloneRow[]).map(toCloneRow);
@@ -493,6 +498,9 @@ function prepareStatements(db: Database.Database) {
       'INSERT OR IGNORE INTO clones (template_id, holder, attached_at) VALUES (?, ?, ?)',
     ),
     detachClone: db.prepare('DELETE FROM clones WHERE template_id = ? AND holder = ?'),
+    detachClonesOfVmm: db.prepare(
+      'DELETE FROM clones WHERE substr(holder, 1, length(@prefix)) = @prefix',
+    ),
     clonesOf: db.prepare('SELECT * FROM clones WHERE template_id = ? ORDER BY attached_at, holder'),
     allClones: db.prepare('SELECT * FROM clones ORDER BY attached_at, holder'),
     getMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),

@@ -246,6 +246,14 @@ export class LeaseManager implements LeaseArmResolver {
   }
 
   /**
+   * Forgets the clone attachments of vmm `vmmId`'s holders, whose process is gone (its private
+   * mappings of the templates went with it); returns how many.
+   */
+  detachClonesOfVmm(vmmId: string): number {
+    return this.catalog.detachClonesOfVmm(vmmId);
+  }
+
+  /**
    * ForceReleaseLease: fences the region's lease (holder cleared, epoch + 1, region kept) unless
    * `statusOf` finds its holder alive (LEASE_HOLDER_ALIVE). The region's arm is settled first,
    * so the lease judged is the one in force. An unleased region is left as it is. Returns the

@@ -210,6 +210,21 @@ describe('a holder process that is gone', () => {
     ]);
   });
 
+  it('has its clone attachments forgotten once its process is gone, so its snapshots unpin', () => {
+    table.run(100, 5555);
+    hello('vmm-a', 100);
+    const t = m.regions.create({ name: 'tpl', size: 8192n, kind: 'volatile' });
+    m.templates.seal({ name: 'tpl' }, undefined);
+    m.templates.attachClone({ name: 'tpl' }, 'vmm-a/c1');
+    m.templates.attachClone({ name: 'tpl' }, 'vmm-a/c2');
+    m.templates.attachClone({ name: 'tpl' }, 'vmm-a_b/c1'); // another vmm: "_" is no wildcard
+    table.procs.delete(100);
+    clock += 10;
+    m.sessions.sweep();
+    expect(m.catalog.clonesOf(t.id).map((c) => c.holder)).toEqual(['vmm-a_b/c1']);
+    expect(log.some((e) => e.msg.includes('2 clone(s) detached'))).toBe(true);
+  });
+
   it('is found at once when its connection closes after it became a zombie', async () => {
     table.run(100, 5555);
     const b = hello('vmm-a', 100);

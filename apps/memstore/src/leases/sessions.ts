@@ -59,6 +59,8 @@ export interface SessionToken {
 export interface SessionFencer {
   /** @throws when a lease could not be fenced (retried at the next sweep) */
   fenceVmm(vmmId: string, reason: 'holder-gone'): FencedRegionLease[];
+  /** Forgets the clone attachments of the vmm's holders (their mappings died with it). */
+  detachClonesOfVmm(vmmId: string): number;
 }
 
 /** Timing and environment of the sessions. */
@@ -406,9 +408,17 @@ export class HolderSessions implements HolderJudge {
     const vmmId = session.record.vmmId;
     try {
       const fenced = this.fencer.fenceVmm(vmmId, 'holder-gone');
+      // Its clones' private mappings are gone too: they no longer pin their snapshots.
+      const clones = this.fencer.detachClonesOfVmm(vmmId);
       this.logger.warn(
-        { vmm: vmmId, pid: session.record.pid, reason, fenced: fenced.map((f) => f.regionName) },
-        `lease holder process gone: ${fenced.length} lease(s) fenced`,
+        {
+          vmm: vmmId,
+          pid: session.record.pid,
+          reason,
+          fenced: fenced.map((f) => f.regionName),
+          clonesDetached: clones,
+        },
+        `lease holder process gone: ${fenced.length} lease(s) fenced, ${clones} clone(s) detached`,
       );
       return true;
     } catch (err) {
