@@ -1,5 +1,6 @@
 import type * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -163,7 +164,7 @@ describe('npm start (the cluster launcher)', () => {
   it('starts four services, prints their addresses, and Ctrl-C stops every one', async () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'handoff-start-'));
     const volatileDir = mkdtempSync('/dev/shm/handoff-start-test-');
-    const base = 20000 + Math.floor(Math.random() * 20000);
+    const base = await freeBasePort();
     const child = spawn(
       process.execPath,
       [
@@ -201,3 +202,25 @@ describe('npm start (the cluster launcher)', () => {
     }
   });
 });
+
+/** Whether `port` on 127.0.0.1 can be listened on right now. */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A `--base-port` whose four ports (base, +100, +201, +202) are free now, below Linux's
+ * ephemeral range (32768 and up), where the other tests' servers and connections get theirs.
+ */
+async function freeBasePort(): Promise<number> {
+  for (let tries = 0; tries < 50; tries++) {
+    const base = 10000 + Math.floor(Math.random() * 22000);
+    const all = await Promise.all([0, 100, 201, 202].map((d) => portFree(base + d)));
+    if (all.every(Boolean)) return base;
+  }
+  throw new Error('found no free base port below 32768 in 50 tries');
+}

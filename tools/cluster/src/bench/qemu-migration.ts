@@ -49,7 +49,8 @@ export async function qemuMigrate(
     } finally {
       closeSync(fd);
     }
-    const port = 20000 + Math.floor(Math.random() * 20000);
+    // Below the ephemeral range (32768 and up), where connections take their ports.
+    const port = 10000 + Math.floor(Math.random() * 22000);
     // With x-ignore-shared both map the one file; a copy lands in the target's own, fresh
     // memory (as Handoff's copy lands in a fresh memfd).
     const start = (name: string, extra: string[], path: string): string => {
