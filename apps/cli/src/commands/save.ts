@@ -64,12 +64,12 @@ export function registerSave(program: Command, run: CommandRunner): void {
     .option(
       '--full',
       "copy the VM's written pages into new regions instead of sealing its own regions in place " +
-        '(the only way for private RAM)',
+        '(the only way for private RAM, and for now for clones and VMs restored from a snapshot)',
     )
     .option('--stop', 'destroy the VM after the save instead of resuming it')
     .option('-d, --detach', 'print the job and return at once instead of following it')
     .description(
-      'save a VM as a snapshot in memstore. By default (every RAM block shared or clone RAM) the ' +
+      'save a VM as a snapshot in memstore. By default (every RAM block shared) the ' +
         'guest pauses only while its device state is written and its regions are sealed in place, ' +
         'then runs on copy-on-write over them: nothing is copied, whatever the RAM size',
     )
