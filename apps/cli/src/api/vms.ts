@@ -281,15 +281,8 @@ export const vms = {
     const found = await Promise.all(
       candidates.map(async (vmm) => {
         try {
-          const res = await unaryCall(
-            c.vmm(vmm.address),
-            'getVm',
-            { name },
-            { deadlineMs: c.endpoints.timeoutMs },
-          );
-          return toView(res.vm!, vmm);
+          return await vms.on(c, vmm, name);
         } catch (err) {
-          if (err instanceof RemoteError && err.status === grpc.status.NOT_FOUND) return null;
           if (vmmId !== undefined) throw err;
           return null; // an unreachable instance cannot hold it for us; the others may
         }

@@ -6696,7 +6696,7 @@ export const MemstoreServiceService = {
     responseDeserialize: (value: Buffer): ForceReleaseLeaseResponse => ForceReleaseLeaseResponse.decode(value),
   },
   /**
-   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * Snapshots (apps/memstore/README.md, "Snapshots"). A snapshot is a VM's saved device state
    * plus, for each RAM block, a sealed region holding the block's memory at the save point:
    * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
    * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
@@ -6758,7 +6758,7 @@ export const MemstoreServiceService = {
     responseDeserialize: (value: Buffer): DeleteSnapshotResponse => DeleteSnapshotResponse.decode(value),
   },
   /**
-   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
    * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
    */
   exportSnapshot: {
@@ -6846,7 +6846,7 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
    */
   forceReleaseLease: handleUnaryCall<ForceReleaseLeaseRequest, ForceReleaseLeaseResponse>;
   /**
-   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * Snapshots (apps/memstore/README.md, "Snapshots"). A snapshot is a VM's saved device state
    * plus, for each RAM block, a sealed region holding the block's memory at the save point:
    * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
    * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
@@ -6871,7 +6871,7 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
    */
   deleteSnapshot: handleUnaryCall<DeleteSnapshotRequest, DeleteSnapshotResponse>;
   /**
-   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
    * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
    */
   exportSnapshot: handleServerStreamingCall<ExportSnapshotRequest, ExportSnapshotResponse>;
@@ -7168,7 +7168,7 @@ export interface MemstoreServiceClient extends Client {
     callback: (error: ServiceError | null, response: ForceReleaseLeaseResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Snapshots (SNAPSHOTS.md beside the memstore code). A snapshot is a VM's saved device state
+   * Snapshots (apps/memstore/README.md, "Snapshots"). A snapshot is a VM's saved device state
    * plus, for each RAM block, a sealed region holding the block's memory at the save point:
    * the VM's own region sealed in place (a bypass save: nothing copied), or a region the saving
    * vmm filled with a copy of the block (a full save). Templates are snapshots made to be
@@ -7249,7 +7249,7 @@ export interface MemstoreServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Streams a snapshot as one self-describing file (the export format in SNAPSHOTS.md): header,
+   * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
    * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
    */
   exportSnapshot(

@@ -370,7 +370,7 @@ export interface CreateTemplateResponse {
 
 export interface CloneRequest {
   template: string;
-  /** 1 to 1000 (default 1). */
+  /** 1 to 1000 (0 is refused; vmctl clone sends 1 when --count is not given). */
   count: number;
   vmm: string;
   /**
