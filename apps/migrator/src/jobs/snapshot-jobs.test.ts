@@ -522,9 +522,17 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
         message: expect.stringMatching(/a VM named vm1 already exists on vmm-a/),
       });
       expect(await attempt({ name: '' })).toMatchObject({ code: 'MIGRATOR_INVALID_ARGUMENT' });
-      expect(await attempt({ source: { fromVm: 'vm1' }, vmm: 'vmm-b' })).toMatchObject({
+      expect(await attempt({ source: { fromVm: 'vm1' }, memory: 0, vmm: 'vmm-b' })).toMatchObject({
         message: expect.stringMatching(/VM vm1 runs on vmm-a, not vmm-b/),
       });
+      // memory and args would be ignored for a running VM: refused, not dropped
+      expect(await attempt({ source: { fromVm: 'vm1' } })).toMatchObject({
+        code: 'MIGRATOR_INVALID_ARGUMENT',
+        message: expect.stringMatching(/memory and args are for a booted guest/),
+      });
+      expect(
+        await attempt({ source: { fromVm: 'vm1' }, memory: 0, args: { k: 'v' } }),
+      ).toMatchObject({ code: 'MIGRATOR_INVALID_ARGUMENT' });
       expect(jobs.list(true)).toEqual([]);
     });
   });

@@ -186,6 +186,12 @@ export async function planTemplate(
   }
   if ('fromVm' in req.source) {
     if (req.source.fromVm === '') throw invalid('--from-vm needs the name of a running VM');
+    if (req.memory !== 0 || Object.keys(req.args).length > 0) {
+      throw invalid(
+        'memory and args are for a booted guest: a template of a running VM keeps its own RAM ' +
+          'and arguments; leave them out with from_vm',
+      );
+    }
     const at = await ctx.locate(req.source.fromVm);
     if (req.vmm !== '' && req.vmm !== at.vmm.id) {
       throw invalid(
