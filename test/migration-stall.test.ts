@@ -1,4 +1,4 @@
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { vmm as pb } from '@handoff/proto';
 import { resolveCapabilities } from '@handoff/qapi';
 import { capabilitiesToWire } from '@handoff/qapi/wire';
@@ -14,15 +14,23 @@ import { abArgs, migrateVmCall } from './helpers/migration.js';
 import { startVmmProcess, vmmCall, vmSpec, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
- * A source that stalls in the middle of a data-channel frame (here: SIGSTOPped while it copies
- * RAM) no longer holds the target forever: the target fails that migration once the frame is
+ * A source that stalls in the middle of a data-channel frame (here: the vmm's
+ * `data-channel-mid-frame` failpoint sends half of its first page frame and SIGSTOPs itself once
+ * those bytes are on the wire — a signal sent from outside could land between two frames) no
+ * longer holds the target forever: the target fails that migration once the frame is
  * `--data-channel-frame-timeout-ms` late, logs it and closes the connection; the source, woken
  * up, finds the stream gone and keeps running the VM; and the target is clean for the next try.
  */
 
 const MiB = 1024 * 1024;
-const RAM = 512 * MiB;
+const RAM = 64 * MiB;
 const FRAME_TIMEOUT_MS = 1000;
+
+/** True when the process is stopped by a signal (state `T` in /proc/PID/stat). */
+function isStopped(pid: number): boolean {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+}
 
 describe('a migration source that stalls mid-frame', () => {
   let dirs: MemstoreDirs;
@@ -33,20 +41,16 @@ describe('a migration source that stalls mid-frame', () => {
   beforeAll(async () => {
     dirs = memstoreDirs();
     memstore = await startMemstoreProcess(dirs);
-    const vmm = (id: string, ...more: string[]) =>
-      startVmmProcess([
-        '--id',
-        id,
-        '--memstore',
-        memstore.process.address,
-        '--max-vm-memory',
-        '1G',
-        ...more,
-      ]);
+    const vmm = (id: string, env: NodeJS.ProcessEnv, ...more: string[]) =>
+      startVmmProcess(
+        ['--id', id, '--memstore', memstore.process.address, '--max-vm-memory', '1G', ...more],
+        { env },
+      );
     [a, b] = await Promise.all([
-      vmm('vmm-a'),
+      vmm('vmm-a', { HANDOFF_VMM_FAILPOINT: 'data-channel-mid-frame:stop' }),
       vmm(
         'vmm-b',
+        {},
         '--switchover-dir',
         'off',
         '--data-channel-frame-timeout-ms',
@@ -67,7 +71,7 @@ describe('a migration source that stalls mid-frame', () => {
   });
 
   it('fails on the target after the bound, closes it, and the source keeps running the VM', async () => {
-    // RAM full of non-zero bytes, so a copy sends real pages for a few seconds.
+    // RAM full of non-zero bytes, so the copy sends page frames.
     const region = (
       await unaryCall(memstore.client, 'createRegion', {
         name: 'stall-ram',
@@ -96,30 +100,23 @@ describe('a migration source that stalls mid-frame', () => {
     });
     expect(prep.dataAddress).not.toBe('');
 
-    let stoppedAt = 0;
-    const migration = migrateVmCall(
-      a.client,
-      {
-        name: 'stall',
-        jobId: 'stall',
-        targetAddress: prep.address,
-        token: prep.token,
-        capabilities: copy,
-        parameters: undefined,
-        targetDataAddress: prep.dataAddress,
-        targetHandoffSlot: '',
-      },
-      (info) => {
-        // Pages are flowing: stop the source mid-stream (its socket holds part of a frame).
-        if (stoppedAt === 0 && (info.ram?.transferred ?? 0) > 16 * MiB) {
-          stoppedAt = performance.now();
-          process.kill(a.process.pid, 'SIGSTOP');
-        }
-      },
-    ).catch((err: unknown) => err);
+    const migration = migrateVmCall(a.client, {
+      name: 'stall',
+      jobId: 'stall',
+      targetAddress: prep.address,
+      token: prep.token,
+      capabilities: copy,
+      parameters: undefined,
+      targetDataAddress: prep.dataAddress,
+      targetHandoffSlot: '',
+    }).catch((err: unknown) => err);
 
-    for (let i = 0; i < 200 && stoppedAt === 0; i++) await new Promise((r) => setTimeout(r, 25));
-    expect(stoppedAt, 'the copy ended before the source could be stopped').toBeGreaterThan(0);
+    // The source stops itself half-way through its first page frame.
+    for (let i = 0; i < 400 && !isStopped(a.process.pid); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const stoppedAt = performance.now();
+    expect(isStopped(a.process.pid), 'the source never reached its first page frame').toBe(true);
     const stalled = 'data channel: a source stalled mid-frame';
     for (let i = 0; i < 200 && !b.process.output().includes(stalled); i++) {
       await new Promise((r) => setTimeout(r, 25));
@@ -128,7 +125,7 @@ describe('a migration source that stalls mid-frame', () => {
     process.kill(a.process.pid, 'SIGCONT');
     expect(b.process.output()).toContain(stalled);
     expect(b.process.output()).toMatch(/was still incomplete 1000 ms after it began/);
-    expect(noticedAfter).toBeGreaterThanOrEqual(FRAME_TIMEOUT_MS - 300); // the sample came late
+    expect(noticedAfter).toBeGreaterThanOrEqual(FRAME_TIMEOUT_MS / 2); // not at once
     expect(noticedAfter).toBeLessThan(FRAME_TIMEOUT_MS * 1.5 + 2000);
 
     // The source finds the stream gone: the migration fails and the VM runs on where it was.

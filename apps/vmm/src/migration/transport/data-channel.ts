@@ -38,6 +38,7 @@ import type { IncomingChannel, OutgoingChannel, OutgoingEvents } from './channel
 import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
 import { encodeIncomingRequestParts } from './encode.js';
+import { failpointAction } from '../../failpoints.js';
 
 /**
  * Largest request frame a target accepts: a page frame is at most 1 MiB of data plus 4096 runs
@@ -291,6 +292,19 @@ export async function dataChannelAlive(address: string): Promise<boolean> {
 }
 
 /**
+ * The `data-channel-mid-frame` failpoint: writes a frame's header and the first half of its
+ * bytes, then, once they are on the wire, SIGSTOPs this process when armed with `:stop`
+ * (a frozen source); the rest of the frame is never sent.
+ */
+function stallMidFrame(socket: Socket, parts: Uint8Array[], stopOnStall: boolean): void {
+  const whole = Buffer.concat(parts);
+  socket.write(frameHeader(whole.length));
+  socket.write(whole.subarray(0, whole.length >> 1), () => {
+    if (stopOnStall) process.kill(process.pid, 'SIGSTOP');
+  });
+}
+
+/**
  * Connects to a target's data channel (over TCP with `material`, as mutual TLS). `first` (the
  * header) is queued on the socket at once, so it leaves with the connection instead of a turn
  * of the event loop later.
@@ -356,10 +370,25 @@ export async function connectDataChannel(
     broken = true;
     events.broken(e);
   }
+  // Set by the `data-channel-mid-frame` failpoint: nothing more is sent, and the sender waits
+  // (as on a full socket) until the stream breaks.
+  let stalled: Promise<void> | undefined;
   return {
     kind: 'data-channel',
-    write: (req) => (broken ? true : framed.send(...encodeIncomingRequestParts(req))),
-    drained: () => framed.drained(),
+    write: (req) => {
+      if (broken) return true;
+      if (stalled !== undefined) return false;
+      if (req.frame?.$case === 'pages') {
+        const fault = failpointAction('data-channel-mid-frame');
+        if (fault !== undefined) {
+          stalled = new Promise((resolve) => socket.once('close', () => resolve()));
+          stallMidFrame(socket, encodeIncomingRequestParts(req), fault === 'stop');
+          return false;
+        }
+      }
+      return framed.send(...encodeIncomingRequestParts(req));
+    },
+    drained: () => stalled ?? framed.drained(),
     close: () => framed.destroy(),
   };
 }
