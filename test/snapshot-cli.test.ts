@@ -95,6 +95,7 @@ describe('vmctl snapshot against a real memstore', () => {
           region: byName('src-ram0'),
           epoch: 0n,
           owned: true,
+          layerPages: new Uint8Array(0),
         },
       ],
       holder: 'test-vmm/src',

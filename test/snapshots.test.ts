@@ -523,6 +523,7 @@ describe('snapshots: save, restore and clone', () => {
           region: regionNamed(sealed.name),
           epoch: 0n,
           owned: false,
+          layerPages: new Uint8Array(0),
         },
       ],
       holder: 'test-vmm/bad',

@@ -143,6 +143,7 @@ export const MEMSTORE_ACCESS: AccessTable = {
   GetSnapshot: ['operator', 'vmm', 'migrator'],
   ListSnapshots: ['operator', 'vmm', 'migrator'],
   DeleteSnapshot: ['operator', 'migrator'],
+  FlattenSnapshot: ['operator', 'migrator'],
   ExportSnapshot: ['operator'],
   ImportSnapshot: ['operator'],
 };
@@ -223,6 +224,7 @@ export function memstoreService(deps: {
       template: regionToPb(
         m.templates.attachClone(refFromPb(req.template, 'template'), req.holder),
       ),
+      layers: [],
     })),
 
     detachClone: call('DetachClone', (req: pb.DetachCloneRequest) => {
@@ -292,6 +294,7 @@ function snapshotHandlers(
   | 'getSnapshot'
   | 'listSnapshots'
   | 'deleteSnapshot'
+  | 'flattenSnapshot'
   | 'exportSnapshot'
   | 'importSnapshot'
 > {
@@ -317,6 +320,13 @@ function snapshotHandlers(
     deleteSnapshot: call('DeleteSnapshot', (req: pb.DeleteSnapshotRequest) => {
       m.snapshots.delete(snapshotRefFromPb(req.snapshot));
       return {};
+    }),
+
+    flattenSnapshot: call('FlattenSnapshot', (): pb.FlattenSnapshotResponse => {
+      throw new ServiceError(
+        'SERVICE_UNIMPLEMENTED',
+        'FlattenSnapshot is not built yet: chained snapshots are being added',
+      );
     }),
 
     exportSnapshot: serverStream(logger, (_req, c: Parameters<typeof exportSnapshot>[1]) =>

@@ -101,11 +101,14 @@ export function snapshotToPb(s: Snapshot): pb.Snapshot {
       identity: b.identity,
       owned: b.owned,
       storedBytes: BigInt(b.storedBytes),
+      layerPages: new Uint8Array(0),
+      layerPageCount: 0n,
     })),
     deviceStateBytes: BigInt(s.deviceStateBytes),
     deviceStateCrc32c: s.deviceStateCrc32c,
     clones: [...s.clones],
     parent: s.parent ?? '',
     storedBytes: BigInt(s.storedBytes),
+    depth: 0,
   };
 }

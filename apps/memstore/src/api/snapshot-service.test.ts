@@ -81,6 +81,7 @@ function createRequest(over: Partial<pb.CreateSnapshotRequest> = {}): pb.CreateS
         region: byName('ram'),
         epoch: 1n,
         owned: true,
+        layerPages: new Uint8Array(0),
       },
     ],
     holder: 'vmm-a/vm1',
@@ -112,6 +113,7 @@ describe('snapshots over gRPC', () => {
           regionName: 'ram',
           identity: region.identity,
           owned: true,
+          layerPages: new Uint8Array(0),
         },
       ],
     });

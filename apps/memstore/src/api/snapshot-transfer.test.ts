@@ -245,6 +245,7 @@ describe('ExportSnapshot', () => {
           region: byName(`${name}-ram`),
           epoch: 0n,
           owned: true,
+          layerPages: new Uint8Array(0),
         },
       ],
       holder: 'vmm-a/vm1',

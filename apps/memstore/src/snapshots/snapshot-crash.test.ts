@@ -75,6 +75,7 @@ function request(): pb.CreateSnapshotRequest {
         region: byName('ram'),
         epoch: 1n,
         owned: true,
+        layerPages: new Uint8Array(0),
       },
       {
         id: 'ram1',
@@ -83,6 +84,7 @@ function request(): pb.CreateSnapshotRequest {
         region: byName('copy'),
         epoch: 0n,
         owned: true,
+        layerPages: new Uint8Array(0),
       },
     ],
     holder: 'vmm-a/vm1',

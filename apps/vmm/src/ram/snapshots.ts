@@ -105,6 +105,7 @@ export async function createSnapshot(ctx: RamContext, s: NewSnapshot): Promise<S
       region: { selector: { $case: 'id', value: b.regionId } },
       epoch: BigInt(b.epoch),
       owned: b.owned,
+      layerPages: new Uint8Array(0),
     })),
     holder: holderOf(ctx),
     parent: '',

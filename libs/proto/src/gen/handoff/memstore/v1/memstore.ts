@@ -489,7 +489,29 @@ export interface AttachCloneRequest {
 }
 
 export interface AttachCloneResponse {
-  template: Region | undefined;
+  template:
+    | Region
+    | undefined;
+  /**
+   * What the clone maps, bottom to top: the root region of the chain first (the whole block),
+   * then each layer's region with the pages it holds; the last element is `template` itself.
+   * A standalone region answers one element.
+   */
+  layers: CloneLayer[];
+}
+
+/** One region of a clone's chain (AttachCloneResponse.layers). */
+export interface CloneLayer {
+  regionId: string;
+  /** The sealed file to map copy-on-write (read-only). */
+  path: string;
+  /** The region's identity: the file a clone maps must still be this one. */
+  identity: string;
+  /**
+   * The pages of this region mapped over those below it (bitmap as in
+   * SnapshotBlock.layer_pages); empty for the root, which covers the whole block.
+   */
+  pages: Uint8Array;
 }
 
 export interface DetachCloneRequest {
@@ -564,6 +586,15 @@ export interface SnapshotBlock {
   owned: boolean;
   /** Bytes of the region backed by memory or disk (pages never written are holes). */
   storedBytes: bigint;
+  /**
+   * For a block of a layer (a snapshot with a `parent`): the pages its region holds, one bit
+   * per page of the block, least significant bit first (ceil(pages / 8) bytes); every other
+   * page is the parent's block's. Empty for a standalone snapshot, whose region holds the
+   * whole block.
+   */
+  layerPages: Uint8Array;
+  /** Pages set in layer_pages (0 for a standalone snapshot). */
+  layerPageCount: bigint;
 }
 
 export interface Snapshot {
@@ -595,6 +626,8 @@ export interface Snapshot {
   parent: string;
   /** Bytes it holds: its device state plus the stored bytes of the regions it owns. */
   storedBytes: bigint;
+  /** Layers below it: 0 for a standalone snapshot, 1 for a layer on a standalone one, ... */
+  depth: number;
 }
 
 /** Where one block of a new snapshot comes from. */
@@ -614,6 +647,12 @@ export interface SnapshotBlockSource {
   epoch: bigint;
   /** The snapshot takes ownership of the region (deletes it with itself). */
   owned: boolean;
+  /**
+   * Required for every block of a layer (CreateSnapshotRequest.parent set), refused otherwise:
+   * the pages `region` holds (bitmap as in SnapshotBlock.layer_pages). The block's id, base and
+   * size must be the parent's, and the region the block's size.
+   */
+  layerPages: Uint8Array;
 }
 
 export interface CreateSnapshotRequest {
@@ -663,6 +702,18 @@ export interface ListSnapshotsRequest {
 
 export interface ListSnapshotsResponse {
   snapshots: Snapshot[];
+}
+
+export interface FlattenSnapshotRequest {
+  snapshot:
+    | SnapshotSelector
+    | undefined;
+  /** The standalone copy's name (the rules of Snapshot.name). */
+  name: string;
+}
+
+export interface FlattenSnapshotResponse {
+  snapshot: Snapshot | undefined;
 }
 
 export interface DeleteSnapshotRequest {
@@ -3769,13 +3820,16 @@ export const AttachCloneRequest: MessageFns<AttachCloneRequest> = {
 };
 
 function createBaseAttachCloneResponse(): AttachCloneResponse {
-  return { template: undefined };
+  return { template: undefined, layers: [] };
 }
 
 export const AttachCloneResponse: MessageFns<AttachCloneResponse> = {
   encode(message: AttachCloneResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.template !== undefined) {
       Region.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.layers) {
+      CloneLayer.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -3801,6 +3855,14 @@ export const AttachCloneResponse: MessageFns<AttachCloneResponse> = {
             message.template = Region.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.layers.push(CloneLayer.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3814,13 +3876,19 @@ export const AttachCloneResponse: MessageFns<AttachCloneResponse> = {
   },
 
   fromJSON(object: any): AttachCloneResponse {
-    return { template: isSet(object.template) ? Region.fromJSON(object.template) : undefined };
+    return {
+      template: isSet(object.template) ? Region.fromJSON(object.template) : undefined,
+      layers: globalThis.Array.isArray(object?.layers) ? object.layers.map((e: any) => CloneLayer.fromJSON(e)) : [],
+    };
   },
 
   toJSON(message: AttachCloneResponse): unknown {
     const obj: any = {};
     if (message.template !== undefined) {
       obj.template = Region.toJSON(message.template);
+    }
+    if (message.layers?.length) {
+      obj.layers = message.layers.map((e) => CloneLayer.toJSON(e));
     }
     return obj;
   },
@@ -3833,6 +3901,128 @@ export const AttachCloneResponse: MessageFns<AttachCloneResponse> = {
     message.template = (object.template !== undefined && object.template !== null)
       ? Region.fromPartial(object.template)
       : undefined;
+    message.layers = object.layers?.map((e) => CloneLayer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCloneLayer(): CloneLayer {
+  return { regionId: "", path: "", identity: "", pages: new Uint8Array(0) };
+}
+
+export const CloneLayer: MessageFns<CloneLayer> = {
+  encode(message: CloneLayer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.regionId !== "") {
+      writer.uint32(10).string(message.regionId);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.identity !== "") {
+      writer.uint32(26).string(message.identity);
+    }
+    if (message.pages.length !== 0) {
+      writer.uint32(34).bytes(message.pages);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloneLayer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloneLayer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.regionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pages = reader.bytes();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloneLayer {
+    return {
+      regionId: isSet(object.regionId)
+        ? globalThis.String(object.regionId)
+        : isSet(object.region_id)
+        ? globalThis.String(object.region_id)
+        : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      pages: isSet(object.pages) ? bytesFromBase64(object.pages) : new Uint8Array(0),
+    };
+  },
+
+  toJSON(message: CloneLayer): unknown {
+    const obj: any = {};
+    if (message.regionId !== "") {
+      obj.regionId = message.regionId;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.identity !== "") {
+      obj.identity = message.identity;
+    }
+    if (message.pages.length !== 0) {
+      obj.pages = base64FromBytes(message.pages);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloneLayer>, I>>(base?: I): CloneLayer {
+    return CloneLayer.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloneLayer>, I>>(object: I): CloneLayer {
+    const message = createBaseCloneLayer();
+    message.regionId = object.regionId ?? "";
+    message.path = object.path ?? "";
+    message.identity = object.identity ?? "";
+    message.pages = object.pages ?? new Uint8Array(0);
     return message;
   },
 };
@@ -4528,7 +4718,18 @@ export const ForceReleaseLeaseResponse: MessageFns<ForceReleaseLeaseResponse> = 
 };
 
 function createBaseSnapshotBlock(): SnapshotBlock {
-  return { id: "", guestBase: 0n, size: 0n, regionId: "", regionName: "", identity: "", owned: false, storedBytes: 0n };
+  return {
+    id: "",
+    guestBase: 0n,
+    size: 0n,
+    regionId: "",
+    regionName: "",
+    identity: "",
+    owned: false,
+    storedBytes: 0n,
+    layerPages: new Uint8Array(0),
+    layerPageCount: 0n,
+  };
 }
 
 export const SnapshotBlock: MessageFns<SnapshotBlock> = {
@@ -4565,6 +4766,15 @@ export const SnapshotBlock: MessageFns<SnapshotBlock> = {
         throw new globalThis.Error("value provided for field message.storedBytes of type uint64 too large");
       }
       writer.uint32(64).uint64(message.storedBytes);
+    }
+    if (message.layerPages.length !== 0) {
+      writer.uint32(74).bytes(message.layerPages);
+    }
+    if (message.layerPageCount !== 0n) {
+      if (BigInt.asUintN(64, message.layerPageCount) !== message.layerPageCount) {
+        throw new globalThis.Error("value provided for field message.layerPageCount of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.layerPageCount);
     }
     return writer;
   },
@@ -4646,6 +4856,22 @@ export const SnapshotBlock: MessageFns<SnapshotBlock> = {
             message.storedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.layerPages = reader.bytes();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.layerPageCount = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4684,6 +4910,16 @@ export const SnapshotBlock: MessageFns<SnapshotBlock> = {
         : isSet(object.stored_bytes)
         ? BigInt(object.stored_bytes)
         : 0n,
+      layerPages: isSet(object.layerPages)
+        ? bytesFromBase64(object.layerPages)
+        : isSet(object.layer_pages)
+        ? bytesFromBase64(object.layer_pages)
+        : new Uint8Array(0),
+      layerPageCount: isSet(object.layerPageCount)
+        ? BigInt(object.layerPageCount)
+        : isSet(object.layer_page_count)
+        ? BigInt(object.layer_page_count)
+        : 0n,
     };
   },
 
@@ -4713,6 +4949,12 @@ export const SnapshotBlock: MessageFns<SnapshotBlock> = {
     if (message.storedBytes !== 0n) {
       obj.storedBytes = message.storedBytes.toString();
     }
+    if (message.layerPages.length !== 0) {
+      obj.layerPages = base64FromBytes(message.layerPages);
+    }
+    if (message.layerPageCount !== 0n) {
+      obj.layerPageCount = message.layerPageCount.toString();
+    }
     return obj;
   },
 
@@ -4730,6 +4972,10 @@ export const SnapshotBlock: MessageFns<SnapshotBlock> = {
     message.owned = object.owned ?? false;
     message.storedBytes = (object.storedBytes !== undefined && object.storedBytes !== null)
       ? BigInt(object.storedBytes)
+      : 0n;
+    message.layerPages = object.layerPages ?? new Uint8Array(0);
+    message.layerPageCount = (object.layerPageCount !== undefined && object.layerPageCount !== null)
+      ? BigInt(object.layerPageCount)
       : 0n;
     return message;
   },
@@ -4751,6 +4997,7 @@ function createBaseSnapshot(): Snapshot {
     clones: [],
     parent: "",
     storedBytes: 0n,
+    depth: 0,
   };
 }
 
@@ -4803,6 +5050,9 @@ export const Snapshot: MessageFns<Snapshot> = {
         throw new globalThis.Error("value provided for field message.storedBytes of type uint64 too large");
       }
       writer.uint32(112).uint64(message.storedBytes);
+    }
+    if (message.depth !== 0) {
+      writer.uint32(120).uint32(message.depth);
     }
     return writer;
   },
@@ -4932,6 +5182,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.storedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.depth = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4992,6 +5250,7 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.stored_bytes)
         ? BigInt(object.stored_bytes)
         : 0n,
+      depth: isSet(object.depth) ? globalThis.Number(object.depth) : 0,
     };
   },
 
@@ -5039,6 +5298,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.storedBytes !== 0n) {
       obj.storedBytes = message.storedBytes.toString();
     }
+    if (message.depth !== 0) {
+      obj.depth = Math.round(message.depth);
+    }
     return obj;
   },
 
@@ -5067,12 +5329,13 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.storedBytes = (object.storedBytes !== undefined && object.storedBytes !== null)
       ? BigInt(object.storedBytes)
       : 0n;
+    message.depth = object.depth ?? 0;
     return message;
   },
 };
 
 function createBaseSnapshotBlockSource(): SnapshotBlockSource {
-  return { id: "", guestBase: 0n, size: 0n, region: undefined, epoch: 0n, owned: false };
+  return { id: "", guestBase: 0n, size: 0n, region: undefined, epoch: 0n, owned: false, layerPages: new Uint8Array(0) };
 }
 
 export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
@@ -5103,6 +5366,9 @@ export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
     }
     if (message.owned !== false) {
       writer.uint32(48).bool(message.owned);
+    }
+    if (message.layerPages.length !== 0) {
+      writer.uint32(58).bytes(message.layerPages);
     }
     return writer;
   },
@@ -5168,6 +5434,14 @@ export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
             message.owned = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.layerPages = reader.bytes();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5192,6 +5466,11 @@ export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
       region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined,
       epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
       owned: isSet(object.owned) ? globalThis.Boolean(object.owned) : false,
+      layerPages: isSet(object.layerPages)
+        ? bytesFromBase64(object.layerPages)
+        : isSet(object.layer_pages)
+        ? bytesFromBase64(object.layer_pages)
+        : new Uint8Array(0),
     };
   },
 
@@ -5215,6 +5494,9 @@ export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
     if (message.owned !== false) {
       obj.owned = message.owned;
     }
+    if (message.layerPages.length !== 0) {
+      obj.layerPages = base64FromBytes(message.layerPages);
+    }
     return obj;
   },
 
@@ -5231,6 +5513,7 @@ export const SnapshotBlockSource: MessageFns<SnapshotBlockSource> = {
       : undefined;
     message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
     message.owned = object.owned ?? false;
+    message.layerPages = object.layerPages ?? new Uint8Array(0);
     return message;
   },
 };
@@ -5948,6 +6231,162 @@ export const ListSnapshotsResponse: MessageFns<ListSnapshotsResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListSnapshotsResponse>, I>>(object: I): ListSnapshotsResponse {
     const message = createBaseListSnapshotsResponse();
     message.snapshots = object.snapshots?.map((e) => Snapshot.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFlattenSnapshotRequest(): FlattenSnapshotRequest {
+  return { snapshot: undefined, name: "" };
+}
+
+export const FlattenSnapshotRequest: MessageFns<FlattenSnapshotRequest> = {
+  encode(message: FlattenSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      SnapshotSelector.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FlattenSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFlattenSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = SnapshotSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FlattenSnapshotRequest {
+    return {
+      snapshot: isSet(object.snapshot) ? SnapshotSelector.fromJSON(object.snapshot) : undefined,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: FlattenSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = SnapshotSelector.toJSON(message.snapshot);
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FlattenSnapshotRequest>, I>>(base?: I): FlattenSnapshotRequest {
+    return FlattenSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FlattenSnapshotRequest>, I>>(object: I): FlattenSnapshotRequest {
+    const message = createBaseFlattenSnapshotRequest();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? SnapshotSelector.fromPartial(object.snapshot)
+      : undefined;
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseFlattenSnapshotResponse(): FlattenSnapshotResponse {
+  return { snapshot: undefined };
+}
+
+export const FlattenSnapshotResponse: MessageFns<FlattenSnapshotResponse> = {
+  encode(message: FlattenSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FlattenSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFlattenSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FlattenSnapshotResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: FlattenSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FlattenSnapshotResponse>, I>>(base?: I): FlattenSnapshotResponse {
+    return FlattenSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FlattenSnapshotResponse>, I>>(object: I): FlattenSnapshotResponse {
+    const message = createBaseFlattenSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
     return message;
   },
 };
@@ -6758,6 +7197,22 @@ export const MemstoreServiceService = {
     responseDeserialize: (value: Buffer): DeleteSnapshotResponse => DeleteSnapshotResponse.decode(value),
   },
   /**
+   * Writes a layer and the layers below it into one standalone snapshot (regions of its own,
+   * same spec, device state and template flag, no parent); the original stays. A standalone
+   * snapshot is refused with SNAPSHOT_INVALID (nothing to flatten).
+   */
+  flattenSnapshot: {
+    path: "/handoff.memstore.v1.MemstoreService/FlattenSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FlattenSnapshotRequest): Buffer =>
+      Buffer.from(FlattenSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FlattenSnapshotRequest => FlattenSnapshotRequest.decode(value),
+    responseSerialize: (value: FlattenSnapshotResponse): Buffer =>
+      Buffer.from(FlattenSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FlattenSnapshotResponse => FlattenSnapshotResponse.decode(value),
+  },
+  /**
    * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
    * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
    */
@@ -6870,6 +7325,12 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
    * from it (a clone or a restored VM) or a snapshot layers on it.
    */
   deleteSnapshot: handleUnaryCall<DeleteSnapshotRequest, DeleteSnapshotResponse>;
+  /**
+   * Writes a layer and the layers below it into one standalone snapshot (regions of its own,
+   * same spec, device state and template flag, no parent); the original stays. A standalone
+   * snapshot is refused with SNAPSHOT_INVALID (nothing to flatten).
+   */
+  flattenSnapshot: handleUnaryCall<FlattenSnapshotRequest, FlattenSnapshotResponse>;
   /**
    * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
    * VM spec, device state and every block's stored pages (holes skipped), CRC-checked.
@@ -7247,6 +7708,26 @@ export interface MemstoreServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Writes a layer and the layers below it into one standalone snapshot (regions of its own,
+   * same spec, device state and template flag, no parent); the original stays. A standalone
+   * snapshot is refused with SNAPSHOT_INVALID (nothing to flatten).
+   */
+  flattenSnapshot(
+    request: FlattenSnapshotRequest,
+    callback: (error: ServiceError | null, response: FlattenSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  flattenSnapshot(
+    request: FlattenSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FlattenSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  flattenSnapshot(
+    request: FlattenSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FlattenSnapshotResponse) => void,
   ): ClientUnaryCall;
   /**
    * Streams a snapshot as one self-describing file (apps/memstore/src/snapshots/FORMAT.md): header,
