@@ -784,7 +784,16 @@ describe('vmm-to-vmm migration, real processes on loopback', () => {
         () => null,
         (e: unknown) => e as RemoteError,
       );
-      await new Promise((r) => setTimeout(r, 300));
+      // Kill the target once pages flow (a fixed delay could kill it before PrepareIncoming
+      // answered on a loaded machine: then no migration began, and the error is another).
+      for (let t = 0; t < 400; t++) {
+        const info = await vmmCall(a.client, 'getMigration', { name }).then(
+          (r) => r.info,
+          () => undefined,
+        );
+        if ((info?.ram?.transferred ?? 0n) > 0n) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
       await c.process.kill9();
       const err = await migration;
       expect(err).toBeInstanceOf(RemoteError);
