@@ -1063,6 +1063,14 @@ export class Hart {
             break;
           }
           x[(m >>> 7) & 63] = v;
+          // A write into the running page (through the slow path) may have made its slots
+          // private or dropped its translation: go on with what the page holds now.
+          const e = this.codeEntry;
+          if (e !== undefined && (e.code !== code || (tp !== undefined && e.translated !== tp))) {
+            code = e.code;
+            tp = this.trans =
+              typeof e.translated === 'function' ? (e.translated as PageFunction) : undefined;
+          }
           i += 2;
           n++;
           continue;

@@ -104,6 +104,25 @@ describe('decoded code shared between machines', () => {
     expect(runFrom(b, RAM + 20, 2)).toBe(2);
   });
 
+  it('an AMO over a decoded shared slot of the running page: the writer runs the new instruction', () => {
+    // 0: li t0, &slot; 8: li t1, <new - old>; 16: amoadd.w zero, t1, (t0); 20: slot: addi a0, zero, 2
+    const slot = RAM + 20;
+    const before = asm.addi(R.a0, 0, 2);
+    const after = asm.addi(R.a0, 0, 9);
+    const words = [
+      ...li(R.t0, slot),
+      ...li(R.t1, (after - before) | 0),
+      asm.amoadd(0, R.t1, R.t0),
+      before,
+      asm.jal(0, 0),
+    ];
+    const a = machineWith(words);
+    const b = machineWith(words);
+    expect(runFrom(b, slot, 1)).toBe(2);
+    expect(runFrom(a, RAM, 6)).toBe(9);
+    expect(runFrom(b, slot, 1)).toBe(2);
+  });
+
   it('fence.i lets the shared page go: a store after it still reaches the writer only', () => {
     // 0: li t0, &slot; 8: li t1, <addi a0, zero, 5>; 16: fence.i; 20: sw; 24: slot: addi a0, zero, 2
     const slot = RAM + 24;
