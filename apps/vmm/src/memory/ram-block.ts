@@ -64,8 +64,11 @@ export class RamBlock {
   codePageCount = 0;
   /** Whether new code entries attach to shared decoded pages. */
   readonly shareCode: boolean;
-  /** Code entries by chunk (`page >>> CODE_CHUNK_SHIFT`), then by page within the chunk. */
-  private readonly codeChunks: ((CodeEntry | undefined)[] | undefined)[];
+  /**
+   * Code entries by chunk (`page >>> CODE_CHUNK_SHIFT`), then by page within the chunk; the
+   * directory itself is made when the first page runs code (an idle clone never runs any).
+   */
+  private codeChunks: ((CodeEntry | undefined)[] | undefined)[] | undefined;
 
   constructor(opts: RamBlockOptions) {
     const { id, guestBase, size } = opts;
@@ -112,14 +115,11 @@ export class RamBlock {
     this.touched = int32View(this.touchedWords);
     this.codeBits = new Int32Array(words);
     this.shareCode = opts.shareCode ?? true;
-    this.codeChunks = new Array<undefined>(
-      (this.pages + CODE_CHUNK_PAGES - 1) >>> CODE_CHUNK_SHIFT,
-    );
   }
 
   /** The code entry of page `p` (block page index), or undefined when the page has run no code. */
   code(p: number): CodeEntry | undefined {
-    const chunk = this.codeChunks[p >>> CODE_CHUNK_SHIFT];
+    const chunk = this.codeChunks?.[p >>> CODE_CHUNK_SHIFT];
     return chunk === undefined ? undefined : chunk[p & (CODE_CHUNK_PAGES - 1)];
   }
 
@@ -130,10 +130,13 @@ export class RamBlock {
    */
   openCode(p: number, blank: () => Int32Array): CodeEntry {
     const c = p >>> CODE_CHUNK_SHIFT;
-    let chunk = this.codeChunks[c];
+    const dir = (this.codeChunks ??= new Array<undefined>(
+      (this.pages + CODE_CHUNK_PAGES - 1) >>> CODE_CHUNK_SHIFT,
+    ));
+    let chunk = dir[c];
     if (chunk === undefined) {
       chunk = new Array<undefined>(CODE_CHUNK_PAGES);
-      this.codeChunks[c] = chunk;
+      dir[c] = chunk;
     }
     const k = p & (CODE_CHUNK_PAGES - 1);
     let entry = chunk[k];
@@ -228,7 +231,7 @@ export class RamBlock {
         const low = word & -word;
         const p = (w << 5) | (31 - Math.clz32(low));
         word ^= low;
-        const chunk = this.codeChunks[p >>> CODE_CHUNK_SHIFT]!;
+        const chunk = this.codeChunks![p >>> CODE_CHUNK_SHIFT]!;
         const entry = chunk[p & (CODE_CHUNK_PAGES - 1)]!;
         if (entry.shared !== undefined) {
           chunk[p & (CODE_CHUNK_PAGES - 1)] = undefined;
