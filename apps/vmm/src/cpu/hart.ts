@@ -1,5 +1,10 @@
 import type { AddressSpace } from '../memory/address-space.js';
-import { CODE_PAGE_INTS, CODE_SLOTS, CODE_SLOT_INTS } from '../memory/code-pages.js';
+import {
+  CODE_PAGE_INTS,
+  CODE_SLOTS,
+  CODE_SLOT_INTS,
+  type CodeEntry,
+} from '../memory/code-pages.js';
 import { PAGE_SHIFT, PAGE_SIZE } from '../memory/pages.js';
 import type { RamBlock } from '../memory/ram-block.js';
 import {
@@ -26,7 +31,7 @@ import { Op } from './ops.js';
 import { HART_STATE_VERSION, type HartState } from './state.js';
 import {
   isTranslatableOp,
-  translatePage,
+  translateEntry,
   type PageFunction,
   type TranslatorExit,
 } from './translate.js';
@@ -140,6 +145,7 @@ export class Hart {
   private slot = 0;
   private codeBlock: RamBlock | undefined;
   private codePageIndex = 0;
+  private codeEntry: CodeEntry | undefined;
   private trans: PageFunction | undefined;
   private readonly tExit: TranslatorExit = { slot: 0, pc: 0 };
   private staleMisses = 0;
@@ -290,13 +296,15 @@ export class Hart {
       if (block !== undefined) {
         const off = (pc >>> 0) - block.guestBase;
         const page = off >>> PAGE_SHIFT;
-        this.code = codePage(block, page);
+        const entry = block.openCode(page, blankCodePage);
+        this.code = entry.code;
         this.codeBase = (pc & ~(PAGE_SIZE - 1)) | 0;
         this.slot = (off & (PAGE_SIZE - 1)) >>> 1;
         this.pc = pc;
         this.codeBlock = block;
         this.codePageIndex = page;
-        this.trans = this.translation(block, page, false);
+        this.codeEntry = entry;
+        this.trans = this.translation(block, page, entry, false, false);
         return;
       }
       if (attempt === 1) break;
@@ -308,51 +316,79 @@ export class Hart {
     this.code = Hart.NO_CODE;
     this.codeBase = pc;
     this.slot = 0;
+    this.codeEntry = undefined;
     this.trans = undefined;
   }
 
   /**
    * The translated function of a page of main RAM: translates it once it is hot (entered
-   * {@link HOT_ENTRIES} times, or `now`). Undefined when translation is off or not possible.
+   * {@link HOT_ENTRIES} times, or `now`); `fresh` makes a new plan even when the page's shared
+   * decoded page has one (that plan went stale). Undefined when translation is off or not possible.
    */
-  private translation(block: RamBlock, page: number, now: boolean): PageFunction | undefined {
+  private translation(
+    block: RamBlock,
+    page: number,
+    entry: CodeEntry,
+    now: boolean,
+    fresh: boolean,
+  ): PageFunction | undefined {
     if (!this.translate || block !== this.memory.main) return undefined;
-    let t = block.translated[page];
+    let t = entry.translated;
     if (t === undefined) {
-      if (!now && block.heat[page]! < HOT_ENTRIES) {
-        block.heat[page]!++;
+      if (!now && entry.heat < HOT_ENTRIES) {
+        entry.heat++;
         return undefined;
       }
       try {
-        t = translatePage(block, page, this.x, this.tExit);
+        t = translateEntry(block, page, entry, this.x, this.tExit, fresh);
       } catch {
         t = null; // a translator bug must not stop the guest: interpret this page
       }
-      block.translated[page] = t;
+      entry.translated = t;
     }
     return typeof t === 'function' ? (t as PageFunction) : undefined;
   }
 
+  /** The current page's translation, made now (see {@link Hart.translation}). */
+  private translateCurrent(fresh: boolean): PageFunction | undefined {
+    const entry = this.codeEntry;
+    if (entry === undefined) return undefined;
+    return this.translation(this.codeBlock!, this.codePageIndex, entry, true, fresh);
+  }
+
   /** Forgets the current page's translation (its decoded code changed); it cools down first. */
   private forgetTranslation(): void {
-    const block = this.codeBlock;
-    if (block !== undefined) {
-      block.translated[this.codePageIndex] = undefined;
-      block.heat[this.codePageIndex] = 0;
+    const entry = this.codeEntry;
+    if (entry !== undefined) {
+      entry.translated = undefined;
+      entry.heat = 0;
     }
     this.trans = undefined;
   }
 
-  /** A store hit main-RAM page `p`, which holds decoded code: forget the overwritten slot. */
-  private codeWritten(p: number, off: number): void {
+  /**
+   * A store hit main-RAM page `p`, which holds decoded code: the page's slots become private if
+   * they were shared, and the overwritten slot is forgotten. Returns the slots to go on with:
+   * `current`, or the private copy when `current` was the shared slots just copied.
+   */
+  private codeWritten(p: number, off: number, current: Int32Array): Int32Array {
     const main = this.memory.main;
-    const page = main.codePages[p]!;
+    const entry = main.code(p)!;
+    const isCurrent = this.codeEntry === entry;
+    if (entry.shared !== undefined) {
+      const shared = entry.code;
+      main.privatizeCode(entry);
+      if (current === shared) current = entry.code;
+      if (isCurrent) this.trans = undefined;
+    }
+    const page = entry.code;
     const k = (off & 4092) >> 1;
-    if (page[k] === 0) return;
+    if (page[k] === 0) return current;
     page[k] = 0;
-    main.translated[p] = undefined;
-    main.heat[p] = 0;
-    if (this.codeBlock === main && this.codePageIndex === p) this.trans = undefined;
+    entry.translated = undefined;
+    entry.heat = 0;
+    if (isCurrent) this.trans = undefined;
+    return current;
   }
 
   /** The interpreter: runs until `limit` instructions retired, a slice-ending event, or a stop. */
@@ -395,7 +431,7 @@ export class Hart {
           if (isTranslatableOp(code[i]! & 127) && ++this.staleMisses >= STALE_MISSES) {
             this.staleMisses = 0;
             this.forgetTranslation();
-            tp = this.trans = this.translation(this.codeBlock!, this.codePageIndex, true);
+            tp = this.trans = this.translateCurrent(true);
           }
         }
         n += done;
@@ -413,7 +449,7 @@ export class Hart {
         if (n >= limit) break;
       } else if (n >= hotAt) {
         hotAt = n + HOT_RUN;
-        tp = this.trans = this.translation(this.codeBlock!, this.codePageIndex, true);
+        tp = this.trans = this.translateCurrent(false);
         if (tp !== undefined) continue;
       }
       const m = code[i]!;
@@ -714,7 +750,7 @@ export class Hart {
               touched[w]! |= b;
             }
             if ((codeBits[w]! & b) !== 0) {
-              this.codeWritten(p, off);
+              code = this.codeWritten(p, off, code);
               tp = this.trans;
             }
             i += 2;
@@ -749,7 +785,7 @@ export class Hart {
               touched[w]! |= b;
             }
             if ((codeBits[w]! & b) !== 0) {
-              this.codeWritten(p, off);
+              code = this.codeWritten(p, off, code);
               tp = this.trans;
             }
             i += 2;
@@ -784,7 +820,7 @@ export class Hart {
               touched[w]! |= b;
             }
             if ((codeBits[w]! & b) !== 0) {
-              this.codeWritten(p, off);
+              code = this.codeWritten(p, off, code);
               tp = this.trans;
             }
             i += 2;
@@ -906,11 +942,13 @@ export class Hart {
           n++;
           continue;
         case 40: // FENCE_I
+          // Shared pages are let go: look the page up again (the jump re-attaches or decodes).
           for (const block of mem.blocks) block.flushCode();
           tp = this.trans = undefined;
-          i += 2;
+          tgt = (base + (i << 1) + 4) | 0;
           n++;
-          continue;
+          cause = -1;
+          break;
         case 41: // ECALL
           cause = this.priv === PRIV_M ? Cause.ECALL_FROM_M : Cause.ECALL_FROM_U;
           tval = 0;
@@ -1025,6 +1063,14 @@ export class Hart {
             break;
           }
           x[(m >>> 7) & 63] = v;
+          // A write into the running page (through the slow path) may have made its slots
+          // private or dropped its translation: go on with what the page holds now.
+          const e = this.codeEntry;
+          if (e !== undefined && (e.code !== code || (tp !== undefined && e.translated !== tp))) {
+            code = e.code;
+            tp = this.trans =
+              typeof e.translated === 'function' ? (e.translated as PageFunction) : undefined;
+          }
           i += 2;
           n++;
           continue;
@@ -1358,16 +1404,10 @@ export class Hart {
   }
 }
 
-/** The decoded page `page` of `block`, created (all slots undecoded) on first use. */
-function codePage(block: RamBlock, page: number): Int32Array {
-  let code = block.codePages[page];
-  if (code === undefined) {
-    code = new Int32Array(CODE_PAGE_INTS);
-    code[CODE_SLOTS * CODE_SLOT_INTS] = Op.PAGE_END;
-    block.codePages[page] = code;
-    block.codeBits[page >>> 5]! |= 1 << (page & 31);
-    block.codePageCount++;
-  }
+/** A fresh code page: every slot undecoded, the end-of-page sentinel in place. */
+function blankCodePage(): Int32Array {
+  const code = new Int32Array(CODE_PAGE_INTS);
+  code[CODE_SLOTS * CODE_SLOT_INTS] = Op.PAGE_END;
   return code;
 }
 

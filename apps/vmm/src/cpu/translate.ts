@@ -1,4 +1,4 @@
-import { CODE_SLOTS, CODE_SLOT_INTS } from '../memory/code-pages.js';
+import { CODE_SLOTS, CODE_SLOT_INTS, type CodeEntry } from '../memory/code-pages.js';
 import type { RamBlock } from '../memory/ram-block.js';
 import { div, divu, mulh, mulhsu, mulhu, rem, remu } from './muldiv.js';
 import { Op, RD_SHIFT, RS1_SHIFT, RS2_SHIFT, X0_SINK } from './ops.js';
@@ -36,11 +36,55 @@ export function translatePage(
   x: Int32Array,
   exit: TranslatorExit,
 ): PageFunction | null {
-  const code = block.codePages[page];
-  if (code === undefined) return null;
-  const base = (block.guestBase + page * 4096) | 0;
-  const ramBase = block.guestBase | 0;
-  const ramLimit = (block.size ^ -0x80000000) | 0;
+  const entry = block.code(page);
+  if (entry === undefined) return null;
+  return translateEntry(block, page, entry, x, exit, true);
+}
+
+/**
+ * The translation of `entry` (page `page` of `block`) for the hart with registers `x`: the plan
+ * of its shared decoded page when it has one and `fresh` is false (clones then only bind it),
+ * else a new plan (published to the shared page). A plan is bound to one machine's registers and
+ * RAM views by {@link bindPlan}.
+ */
+export function translateEntry(
+  block: RamBlock,
+  page: number,
+  entry: CodeEntry,
+  x: Int32Array,
+  exit: TranslatorExit,
+  fresh: boolean,
+): PageFunction | null {
+  const shared = entry.shared;
+  let plan = fresh || shared === undefined ? undefined : (shared.plan as PagePlan | undefined);
+  if (plan === undefined) {
+    const made = planPage(entry.code, block.guestBase, block.size, page);
+    if (made === null) return null; // not shared: later sharers may have more slots decoded
+    plan = made;
+    if (shared !== undefined) shared.plan = plan;
+  }
+  return bindPlan(plan, block, x, exit);
+}
+
+/**
+ * The machine-independent part of a page's translation: the compiled factory (shared by source
+ * text) and the run-length table. It depends only on the decoded slots and the block's geometry.
+ */
+export interface PagePlan {
+  readonly factory: Factory;
+  readonly run: Int32Array;
+}
+
+/** Builds the plan of the decoded slots `code` of page `page` of a block; null when nothing translates. */
+export function planPage(
+  code: Int32Array,
+  guestBase: number,
+  size: number,
+  page: number,
+): PagePlan | null {
+  const base = (guestBase + page * 4096) | 0;
+  const ramBase = guestBase | 0;
+  const ramLimit = (size ^ -0x80000000) | 0;
   // run[s]: instructions from slot s to the end of its straight-line run (0: not translated).
   const run = new Int32Array(CODE_SLOTS + 1);
   const ok = new Uint8Array(CODE_SLOTS);
@@ -101,11 +145,20 @@ ${out.join('\n')}
     }
   }
 };`;
-  const factory = compile(body);
-  return factory(
+  return { factory: compile(body), run };
+}
+
+/** Binds `plan` to one machine: its registers, block (RAM views, bitmaps) and exit record. */
+export function bindPlan(
+  plan: PagePlan,
+  block: RamBlock,
+  x: Int32Array,
+  exit: TranslatorExit,
+): PageFunction {
+  return plan.factory(
     x,
     block,
-    run,
+    plan.run,
     exit,
     block.i32,
     block.u8,
@@ -124,7 +177,8 @@ ${out.join('\n')}
   );
 }
 
-type Factory = (...args: unknown[]) => PageFunction;
+/** A compiled page factory: binds a machine's registers and RAM views to a {@link PageFunction}. */
+export type Factory = (...args: unknown[]) => PageFunction;
 
 /**
  * Compiled factories by source text. Identical pages (the same guest in many VMs, a template's

@@ -8,7 +8,6 @@ import { TestFinisher, type ExitStatus } from '../devices/test-finisher.js';
 import { Uart16550 } from '../devices/uart16550.js';
 import { loadElf, type ElfImage } from '../loader/elf.js';
 import { AddressSpace } from '../memory/address-space.js';
-import type { PageTables } from '../memory/ram-block.js';
 import { MACHINE_STATE_VERSION, type MachineState } from './state.js';
 import { DEFAULT_RAM_SIZE, VirtMap } from './virt-map.js';
 
@@ -21,8 +20,6 @@ export interface MachineOptions {
     readonly bytes?: ArrayBuffer | SharedArrayBuffer;
     readonly dirty?: Uint32Array;
     readonly touched?: Uint32Array;
-    /** Per-page tables made ahead of time (see RamBlockOptions.tables). */
-    readonly tables?: PageTables;
   };
   /** ELF image to load; the hart resets to its entry. Without it, call {@link Machine.boot}. */
   readonly elf?: Uint8Array;
@@ -44,6 +41,11 @@ export interface MachineOptions {
   readonly dtbAddress?: number;
   /** Translate hot code to JavaScript (default true); false runs the interpreter only. */
   readonly translate?: boolean;
+  /**
+   * Share decoded code pages and translation plans with this thread's other machines whose
+   * main RAM holds the same bytes there (default true; see memory/shared-code.ts).
+   */
+  readonly shareCode?: boolean;
 }
 
 /**
@@ -95,7 +97,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
     ...(opts.ram?.bytes !== undefined ? { bytes: opts.ram.bytes } : {}),
     ...(opts.ram?.dirty !== undefined ? { dirty: opts.ram.dirty } : {}),
     ...(opts.ram?.touched !== undefined ? { touched: opts.ram.touched } : {}),
-    ...(opts.ram?.tables !== undefined ? { tables: opts.ram.tables } : {}),
+    ...(opts.shareCode !== undefined ? { shareCode: opts.shareCode } : {}),
   });
   const cpu = new Hart(memory, opts.translate !== undefined ? { translate: opts.translate } : {});
   const clock = createClock(opts.timeMode ?? 'realtime', cpu, opts.instructionsPerTick);

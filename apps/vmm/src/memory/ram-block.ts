@@ -1,6 +1,12 @@
-import { CODE_SLOT_INTS } from './code-pages.js';
+import {
+  CODE_CHUNK_PAGES,
+  CODE_CHUNK_SHIFT,
+  CODE_SLOT_INTS,
+  type CodeEntry,
+} from './code-pages.js';
 import { MemoryError } from './errors.js';
 import { PAGE_SHIFT, PAGE_SIZE, bitmapWords, setPageBits } from './pages.js';
+import { sharedCodePage } from './shared-code.js';
 
 /** Describes one RAM block of a VM's physical address space. */
 export interface RamBlockOptions {
@@ -17,30 +23,17 @@ export interface RamBlockOptions {
   /** "Written since boot" bitmap words; pages never written are known to be zero. Allocated when omitted. */
   readonly touched?: Uint32Array;
   /**
-   * Per-page tables made ahead of time ({@link makePageTables}, at least one entry per page,
-   * never used before): building them costs ≈13 ms per table at 2 GiB, which a spare vCPU
-   * thread pays while it waits rather than when a VM arrives.
+   * Share decoded code pages with the other blocks of this thread that hold the same bytes at
+   * the same guest address (`shared-code.ts`); default true. False keeps every page private.
    */
-  readonly tables?: PageTables;
-}
-
-/** The decode-cache and translation tables of a block, one entry per page. */
-export interface PageTables {
-  readonly codePages: (Int32Array | undefined)[];
-  readonly translated: unknown[];
-}
-
-/** Fresh per-page tables for up to `pages` pages (all entries undefined). */
-export function makePageTables(pages: number): PageTables {
-  return {
-    codePages: new Array<Int32Array | undefined>(pages).fill(undefined),
-    translated: new Array<unknown>(pages).fill(undefined),
-  };
+  readonly shareCode?: boolean;
 }
 
 /**
  * One contiguous RAM block with typed-array views, its dirty and touched page bitmaps, and
- * the decode-cache page table of the code it holds (see `code-pages.ts`).
+ * the decode-cache table of the code it holds (see `code-pages.ts`). The code table is sparse:
+ * a small directory of chunks of {@link CODE_CHUNK_PAGES} pages, a chunk allocated when a page
+ * in it first runs code, so an idle block costs a few hundred bytes whatever its size.
  *
  * Every write that does not go through the CPU's inlined fast path must call
  * {@link RamBlock.noteWrite} (the address space's host-side writers do).
@@ -65,19 +58,17 @@ export class RamBlock {
   readonly touchedWords: Uint32Array;
   /** Int32 view of {@link RamBlock.touchedWords}. */
   readonly touched: Int32Array;
-  /** Decode-cache pages by page index (owned by the CPU, invalidated here). */
-  readonly codePages: (Int32Array | undefined)[];
-  /** One bit per page that has a decode-cache page. */
+  /** One bit per page that has a code entry ({@link RamBlock.code}). */
   readonly codeBits: Int32Array;
-  /** Pages with a decode-cache page (bits set in {@link RamBlock.codeBits}). */
+  /** Pages with a code entry (bits set in {@link RamBlock.codeBits}). */
   codePageCount = 0;
+  /** Whether new code entries attach to shared decoded pages. */
+  readonly shareCode: boolean;
   /**
-   * Translated code per page (owned by the CPU's translator: a function, or null when the
-   * page had nothing to translate). Dropped whenever a decoded instruction of the page changes.
+   * Code entries by chunk (`page >>> CODE_CHUNK_SHIFT`), then by page within the chunk; the
+   * directory itself is made when the first page runs code (an idle clone never runs any).
    */
-  readonly translated: unknown[];
-  /** Per-page entry counter the translator uses to find hot pages. */
-  readonly heat: Uint8Array;
+  private codeChunks: ((CodeEntry | undefined)[] | undefined)[] | undefined;
 
   constructor(opts: RamBlockOptions) {
     const { id, guestBase, size } = opts;
@@ -122,14 +113,61 @@ export class RamBlock {
     this.dirty = int32View(this.dirtyWords);
     this.touchedWords = checkWords(id, 'touched', opts.touched ?? new Uint32Array(words), words);
     this.touched = int32View(this.touchedWords);
-    const tables =
-      opts.tables !== undefined && opts.tables.codePages.length >= this.pages
-        ? opts.tables
-        : makePageTables(this.pages);
-    this.codePages = tables.codePages;
     this.codeBits = new Int32Array(words);
-    this.translated = tables.translated;
-    this.heat = new Uint8Array(this.pages);
+    this.shareCode = opts.shareCode ?? true;
+  }
+
+  /** The code entry of page `p` (block page index), or undefined when the page has run no code. */
+  code(p: number): CodeEntry | undefined {
+    const chunk = this.codeChunks?.[p >>> CODE_CHUNK_SHIFT];
+    return chunk === undefined ? undefined : chunk[p & (CODE_CHUNK_PAGES - 1)];
+  }
+
+  /**
+   * The code entry of page `p`, made on first use: attached to the thread's shared decoded page
+   * for these bytes when sharing is on and one exists (or published as one), else private with
+   * slots from `blank()` (a fresh, undecoded code page).
+   */
+  openCode(p: number, blank: () => Int32Array): CodeEntry {
+    const c = p >>> CODE_CHUNK_SHIFT;
+    const dir = (this.codeChunks ??= new Array<undefined>(
+      (this.pages + CODE_CHUNK_PAGES - 1) >>> CODE_CHUNK_SHIFT,
+    ));
+    let chunk = dir[c];
+    if (chunk === undefined) {
+      chunk = new Array<undefined>(CODE_CHUNK_PAGES);
+      dir[c] = chunk;
+    }
+    const k = p & (CODE_CHUNK_PAGES - 1);
+    let entry = chunk[k];
+    if (entry === undefined) {
+      const shared = this.shareCode
+        ? sharedCodePage(this.guestBase, this.size, p, this.i32, blank)
+        : undefined;
+      entry = {
+        code: shared?.code ?? blank(),
+        shared,
+        translated: undefined,
+        heat: 0,
+      };
+      chunk[k] = entry;
+      this.codeBits[p >>> 5]! |= 1 << (p & 31);
+      this.codePageCount++;
+    }
+    return entry;
+  }
+
+  /**
+   * Gives `entry` private slots (a copy of the shared ones, which stay valid for its bytes until
+   * it writes them) before anything of its page is written; drops its translation. No-op when
+   * already private.
+   */
+  privatizeCode(entry: CodeEntry): void {
+    if (entry.shared === undefined) return;
+    entry.code = entry.code.slice();
+    entry.shared = undefined;
+    entry.translated = undefined;
+    entry.heat = 0;
   }
 
   /** True when the guest-physical range `[addr, addr+len)` lies inside this block. */
@@ -157,7 +195,9 @@ export class RamBlock {
     const lastPage = (off + len - 1) >>> PAGE_SHIFT;
     for (let p = firstPage; p <= lastPage; p++) {
       if ((this.codeBits[p >>> 5]! & (1 << (p & 31))) === 0) continue;
-      const page = this.codePages[p]!;
+      const entry = this.code(p)!;
+      this.privatizeCode(entry);
+      const page = entry.code;
       const pageStart = p << PAGE_SHIFT;
       const from = Math.max(off, pageStart) - pageStart;
       const to = Math.min(off + len, pageStart + PAGE_SIZE) - pageStart;
@@ -168,14 +208,19 @@ export class RamBlock {
           changed = true;
         }
       }
-      if (changed) this.translated[p] = undefined;
+      if (changed) {
+        entry.translated = undefined;
+        entry.heat = 0;
+      }
     }
   }
 
   /**
-   * Drops every decoded instruction of this block (fence.i, restore). Walks only the pages that
-   * have a decode page (a translation exists only for those), so its cost follows the code the
-   * guest ran, not the RAM size: a restore into a fresh machine costs nothing here.
+   * Drops every decoded instruction of this block (fence.i, restore): private pages are zeroed
+   * (kept for reuse), shared ones are let go (the next run attaches again, to these bytes). Walks
+   * only the pages that have an entry, so its cost follows the code the guest ran, not the RAM
+   * size: a restore into a fresh machine costs nothing here. A CPU holding a page's slots must
+   * look its page up again afterwards.
    */
   flushCode(): void {
     if (this.codePageCount === 0) return;
@@ -186,9 +231,17 @@ export class RamBlock {
         const low = word & -word;
         const p = (w << 5) | (31 - Math.clz32(low));
         word ^= low;
-        const page = this.codePages[p]!;
-        page.fill(0, 0, page.length - CODE_SLOT_INTS);
-        this.translated[p] = undefined;
+        const chunk = this.codeChunks![p >>> CODE_CHUNK_SHIFT]!;
+        const entry = chunk[p & (CODE_CHUNK_PAGES - 1)]!;
+        if (entry.shared !== undefined) {
+          chunk[p & (CODE_CHUNK_PAGES - 1)] = undefined;
+          bits[w]! &= ~low;
+          this.codePageCount--;
+          continue;
+        }
+        entry.code.fill(0, 0, entry.code.length - CODE_SLOT_INTS);
+        entry.translated = undefined;
+        entry.heat = 0;
       }
     }
   }

@@ -19,6 +19,7 @@ import { vmm as pb } from '@handoff/proto';
 import { channelCredentials, createClient, startServiceProcess, unaryCall } from '@handoff/service';
 import { readSmapsRollup } from '@handoff/shm';
 import { asm, bytesOf } from '../cpu/test-asm.js';
+import { cloneTables, type Table } from './clone-density.bench.js';
 
 const MiB = 1024 * 1024;
 const RAM_BASE = 0x8000_0000;
@@ -168,12 +169,16 @@ function cases(): Case[] {
   return out;
 }
 
-export async function run(): Promise<{
-  title: string;
-  columns: string[];
-  rows: (string | number)[][];
-  notes: string;
-}> {
+/** Every table of the `vcpu` suite: many small VMs, then idle clones of a kvserver template. */
+export async function run(): Promise<Table[]> {
+  const only = process.env.HANDOFF_BENCH_VCPU; // `clones` or `vms`: one part only
+  const tables: Table[] = [];
+  if (only !== 'clones') tables.push(await manyVms());
+  if (only !== 'vms') tables.push(...(await cloneTables()));
+  return tables;
+}
+
+async function manyVms(): Promise<Table> {
   const guestDir = mkdtempSync(join(tmpdir(), 'handoff-bench-guests-'));
   writeFileSync(join(guestDir, 'idle.elf'), idleGuestElf());
   const rows: (string | number)[][] = [];

@@ -136,7 +136,6 @@ export class Scheduler {
       this.deps.post({ id, m }, transfer);
     const v = new Vcpu(id, init, {
       post,
-      ...(this.warm !== undefined ? { warm: this.warm } : {}),
       ...(this.deps.createMachine !== undefined ? { createMachine: this.deps.createMachine } : {}),
     });
     if (!v.boot()) {

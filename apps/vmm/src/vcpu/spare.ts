@@ -4,15 +4,12 @@
  * paths (save, clone, restore, both state encodings) many times on a throw-away machine, so that
  * a VM on the thread does not pay for compiling them (V8 compiles lazily, on the first call, and
  * optimizes hot code later) inside a migration's pause: the source saves at the stop, the target
- * restores before it runs. It also builds the per-page tables of the largest block ahead, for
- * the next big VM placed on the thread (built again, in idle time, after one took them).
+ * restores before it runs. (A RAM block's code table is sparse, so nothing per page needs
+ * building ahead for a big VM.)
  *
  * @packageDocumentation
  */
 import { createMachine, type Machine } from '../machine/machine.js';
-import { PAGE_SHIFT } from '../memory/pages.js';
-import { makePageTables, type PageTables } from '../memory/ram-block.js';
-import { MAX_BLOCK_SIZE } from '../model/limits.js';
 import { decodeCompactState, encodeCompactState } from '../snapshot/compact-state.js';
 import { decodeDeviceState, encodeDeviceState } from '../snapshot/device-state.js';
 
@@ -25,29 +22,21 @@ export const WARM_UP_STEP = 25;
 export class SpareWarmUp {
   private machine: Machine | undefined;
   private rounds = 0;
-  private tables: PageTables | undefined;
 
-  /** Whether the state paths are warm (the tables may still be missing). */
+  /** Whether the state paths are warm. */
   get warm(): boolean {
     return this.rounds >= WARM_UP_ROUNDS;
   }
 
-  /** Whether nothing is left to do: warm, and the tables built. */
+  /** Whether nothing is left to do (the same as {@link SpareWarmUp.warm}). */
   get done(): boolean {
-    return this.warm && this.tables !== undefined;
+    return this.warm;
   }
 
-  /**
-   * One step of what is left: up to `rounds` save/restore rounds, or, once warm, the tables
-   * (≈26 ms at 2 GiB, 8 MiB, in one go). True once {@link SpareWarmUp.done}.
-   */
+  /** One step of what is left: up to `rounds` save/restore rounds. True once {@link SpareWarmUp.done}. */
   step(rounds: number): boolean {
-    if (this.rounds < WARM_UP_ROUNDS) {
-      this.stepRounds(rounds);
-      return false;
-    }
-    this.tables ??= makePageTables(MAX_BLOCK_SIZE >>> PAGE_SHIFT);
-    return true;
+    if (this.rounds < WARM_UP_ROUNDS) this.stepRounds(rounds);
+    return this.done;
   }
 
   private stepRounds(rounds: number): void {
@@ -70,16 +59,5 @@ export class SpareWarmUp {
       this.rounds++;
     }
     if (this.rounds >= WARM_UP_ROUNDS) this.machine = undefined;
-  }
-
-  /**
-   * The per-page tables built ahead, once: for a VM at least a quarter of the largest block; a
-   * smaller one builds its own, cheaply, so the big tables do not stay alive for a small VM.
-   */
-  takeTables(ramSize: number): PageTables | undefined {
-    const t = this.tables;
-    if (t === undefined || ramSize >>> PAGE_SHIFT < t.codePages.length >>> 2) return undefined;
-    this.tables = undefined;
-    return t;
   }
 }

@@ -46,7 +46,6 @@ import {
   type VcpuMessage,
   type VcpuRunState,
 } from './protocol.js';
-import type { SpareWarmUp } from './spare.js';
 
 /** Slice bounds in instructions; the budget adapts to last ~0.25–1 ms per slice. */
 const MIN_SLICE = 10_000;
@@ -65,8 +64,6 @@ export type VcpuPost = (m: VcpuMessage, transfer?: ArrayBuffer[]) => void;
 /** What a VM needs from its thread. */
 export interface VcpuDeps {
   readonly post: VcpuPost;
-  /** The thread's warm-up: per-page tables built ahead. */
-  readonly warm?: SpareWarmUp;
   /** Builds the machine (tests pass a stand-in). */
   readonly createMachine?: typeof createMachine;
 }
@@ -167,7 +164,6 @@ export class Vcpu {
           bytes: init.ram,
           dirty: dirty[active],
           touched,
-          tables: this.deps.warm?.takeTables(init.ramSize),
         },
         uartSink: this.output.put,
         timeMode: 'realtime',
