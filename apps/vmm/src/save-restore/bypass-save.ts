@@ -83,14 +83,18 @@ async function saveInPlace(
   const t0 = performance.now();
   const stopped = await pauseForSave(vm);
   const tPaused = performance.now();
-  let deviceState: Uint8Array;
+  let remapped = false;
   try {
-    deviceState = encodeDeviceState(stopped.state);
     // A new dirty epoch: what the guest writes from the remap on is what a refused save puts
-    // back into the regions. (A save and a migration of one VM never run together.)
-    await vm.harvestDirty();
+    // back into the regions (a save and a migration of one VM never run together). The paused
+    // vCPU answers while the blocks are remapped.
+    const epochBegun = vm.harvestDirty();
+    epochBegun.catch(() => undefined);
     remapAll(blocks, 'private');
+    remapped = true;
+    await epochBegun;
   } catch (err) {
+    if (remapped) remapAll(blocks, 'shared'); // the guest wrote nothing meanwhile
     if (wasRunning) await run.resume();
     throw err;
   }
@@ -100,7 +104,9 @@ async function saveInPlace(
   let pauseUs = runsOn ? pauseUsOf(stopped.pausedAtMs, vm.lastRunAtMs) : 0;
   let paused = !runsOn; // whether this save holds the guest paused now
   let snapshot: Snapshot;
+  let deviceState: Uint8Array = new Uint8Array(0);
   try {
+    deviceState = encodeDeviceState(stopped.state); // a copy the vCPU sent: encoded while it runs
     snapshot = await createSnapshot(ctx, {
       name: req.snapshot,
       template: req.template,
@@ -152,7 +158,8 @@ async function saveInPlace(
       regions: snapshot.blocks.map((b) => b.regionName),
       pauseUs,
       // where the time went, in ms: the vCPU's stop and state, the dirty epoch and remap, the
-      // resume (the pause ends there), then CreateSnapshot while the guest ran
+      // resume (the pause ends there), then encoding the state and CreateSnapshot while the
+      // guest ran
       parts: {
         stop: ms(tPaused - t0),
         remap: ms(tRemapped - tPaused),
