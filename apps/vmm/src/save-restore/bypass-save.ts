@@ -124,8 +124,8 @@ async function saveInPlace(
       })),
     });
   } catch (err) {
-    if (!paused) {
-      await pauseAgain(vm, run, err);
+    if (!paused && vm.currentState === 'running') {
+      await pauseAgain(vm, run, err); // (a guest that powered off meanwhile runs no more anyway)
       paused = true;
     }
     const made = await settleFailedCreate(ctx, vm, blocks, req.snapshot, err);
@@ -135,7 +135,7 @@ async function saveInPlace(
         { snapshot: req.snapshot, job: req.jobId, pagesWrittenBack: pages },
         'bypass save failed: the pages the guest wrote meanwhile are in its regions again',
       );
-      if (wasRunning) await run.resume();
+      if (wasRunning && paused) await run.resume();
       throw err;
     }
     snapshot = made;

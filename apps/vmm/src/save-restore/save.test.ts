@@ -173,6 +173,19 @@ describe('a bypass save', () => {
     expect(vm.saving).toBe(false);
   });
 
+  it("answers a refusal that comes after the guest powered off with memstore's error, its pages put back", async () => {
+    let refuse!: () => void;
+    const s = setup({});
+    slowCreate(s, (_reply, fail) => (refuse = fail));
+    const saving = bypassSave(s.host, s.asVm, request);
+    await eventually(() => refuse !== undefined);
+    s.vm.currentState = 'powered-off';
+    refuse();
+    await expect(saving).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+    expect(s.log).toEqual([...SAVED_AND_RUNNING, 'harvest', 'remap:shared']);
+    expect(s.vm.fencedReason).toBeNull();
+  });
+
   it('leaves a paused VM paused (no pause measured)', async () => {
     const s = setup({ createSnapshot: [made] }, 'paused');
     const result = await bypassSave(s.host, s.asVm, request);
