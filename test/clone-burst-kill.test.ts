@@ -16,8 +16,9 @@ import { openConsole, startVmmProcess, vmSpec, vmmCall, type VmmUnderTest } from
 
 /**
  * kill -9 of a vmm in the middle of a CloneVms burst of 100 clones of a template: the template
- * and its snapshot are intact, memstore forgets the dead vmm's clone attachments (its template
- * pins drop to the clones that run elsewhere; a snapshot it ran a VM from can be deleted), no
+ * and its snapshot are intact, memstore fences the dead vmm's lease and forgets its clone
+ * attachments (the template's pins drop to the clones that run elsewhere; a snapshot it ran a VM
+ * from can be deleted), no
  * region file of its is left in the volatile directory, and a vmm restarted with its id starts
  * empty and clones the template again, whose clones answer with the template's keys.
  */
@@ -163,6 +164,16 @@ describe.skipIf(!existsSync(kvserverElf))('kill -9 of a vmm during a clone burst
       jobId: '',
     });
     expect((await snapshot('other')).clones).toEqual(['vmm-a/o1']);
+    // ... and one on shared RAM, whose lease it holds.
+    await vmmCall(victim!.client, 'createVm', {
+      spec: vmSpec('sh1', 'ab', {
+        backend: RamBackend.RAM_BACKEND_SHARED,
+        args: { 'ab.start': '0x80100000', 'ab.pages': '32' },
+      }),
+      start: true,
+    });
+    const leased = (await regions()).find((r) => r.name === 'sh1-ram0')!;
+    expect(leased.lease?.holder).toBe('vmm-a/sh1');
     const filesBefore = readdirSync(dirs.volatileDir).sort();
 
     // The burst, killed once some of its clones are attached and before it answered.
@@ -210,11 +221,16 @@ describe.skipIf(!existsSync(kvserverElf))('kill -9 of a vmm during a clone burst
     expect(tpl.blocks[0]!.identity).toBe(template.blocks[0]!.identity);
     const left = await regions();
     expect(left.filter((r) => r.lease?.holder.startsWith('vmm-a/') === true)).toEqual([]);
+    // Its shared region is fenced and kept for a restore, as any dead vmm's.
+    expect(left.find((r) => r.id === leased.id)!.fenced).toMatchObject({
+      holder: 'vmm-a/sh1',
+      reason: msPb.FenceReason.FENCE_REASON_HOLDER_GONE,
+    });
     expect(left.filter((r) => r.mappedBy.some((h) => h.startsWith('vmm-a/')))).toEqual([]);
     // memstore's own files (its lease socket, its lease-arm slots) are there before and after.
     const filesAfter = readdirSync(dirs.volatileDir).sort();
     expect(filesAfter.filter((f) => !filesBefore.includes(f))).toEqual([]); // the burst made none
-    expect(filesAfter.filter((f) => /burst|vmm-a|^o1/.test(f))).toEqual([]);
+    expect(filesAfter.filter((f) => /burst|^o1/.test(f))).toEqual([]);
     expect(filesAfter).not.toContain(basename(otherFile.path)); // deleted with its snapshot
     expect(filesAfter).toContain(basename(templateFile.path));
 
