@@ -1,13 +1,23 @@
 /**
  * A bypass save: the VM's shared regions become the snapshot's memory in place. The guest is
  * paused, its device state encoded, every block remapped MAP_PRIVATE over its own file (nothing
- * copied), then memstore seals the regions and records the snapshot in one transaction; the VM
- * carries on copy-on-write over the sealed files as clone RAM of the snapshot. O(1) in RAM size.
+ * copied), and the guest resumes at once: from here on its writes are copy-on-write, so the
+ * files keep the save point while memstore seals them and records the snapshot in one
+ * transaction (CreateSnapshot, which syncs to disk). The VM then carries on over the sealed
+ * files as clone RAM of the snapshot. The pause is O(1) in RAM size and does not include
+ * CreateSnapshot.
+ *
+ * If CreateSnapshot makes nothing, the guest is paused again, the pages it wrote since the
+ * remap are put into its regions (the dirty log says which), the blocks are mapped shared and
+ * the guest resumes: nothing is lost.
  *
  * @packageDocumentation
  */
+import type { PageBitmap } from '@handoff/bitmap';
 import { checkLease } from '../leases/protocol.js';
+import { PAGE_SIZE } from '../memory/pages.js';
 import type { Snapshot } from '../model/snapshot.js';
+import type { VmInfo } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
 import { createSnapshot, getSnapshot, type RamBacking, type RamContext } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
@@ -21,35 +31,82 @@ import type { SaveRequest, SaveResult } from './types.js';
 const SETTLE_WINDOW_MS = 10_000;
 const SETTLE_RETRY_MS = 250;
 
+/** The run state a save holds ({@link Vm.beginSave}). */
+type SaveRun = ReturnType<Vm['beginSave']>;
+
 /**
  * Saves `vm`, whose blocks are all shared (the caller checked), by sealing its regions in place.
  *
- * On failure the blocks are mapped shared again and the guest resumes (if it ran) before the
- * error is answered — unless memstore cannot say whether the snapshot was made: then the VM
- * stays paused on its private mappings and is fenced (it cannot know whether its memory is a
- * snapshot's now), and the error says so.
+ * While memstore records the snapshot the VM runs on its private mappings, still holding its
+ * leases and not yet a clone; pause and resume requests are refused meanwhile and a destroy
+ * waits (see {@link Vm.beginSave}); the caller refuses a second save and a migration.
+ *
+ * On failure the guest's writes since the remap are put into its regions, the blocks are
+ * mapped shared again and the guest resumes (if it ran) before the error is answered — unless
+ * memstore cannot say whether the snapshot was made: then the VM stays paused on its private
+ * mappings and is fenced (it cannot know whether its memory is a snapshot's now), and the
+ * error says so.
  */
 export async function bypassSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
+  const run = vm.beginSave();
+  let saved: SaveResult;
+  try {
+    saved = await saveInPlace(host, vm, req, run);
+  } finally {
+    run.end();
+  }
+  if (!req.stop) return saved;
+  vm.log.info(
+    {
+      snapshot: saved.snapshot.name,
+      job: req.jobId,
+      regions: saved.snapshot.blocks.map((b) => b.regionName),
+    },
+    'VM saved: its regions are the snapshot now (bypass); destroying it (stop)',
+  );
+  for (const b of vm.ramBlocks) b.abandon(); // the lease went with the seal; the regions are the snapshot's
+  await host.destroy(vm.name);
+  return saved;
+}
+
+/** {@link bypassSave} while it holds the VM's run state; with `stop`, the VM stays paused. */
+async function saveInPlace(
+  host: VmHost,
+  vm: Vm,
+  req: SaveRequest,
+  run: SaveRun,
+): Promise<SaveResult> {
   const ctx = host.ramContext(vm.name);
   const blocks = [...vm.ramBlocks];
   const wasRunning = vm.currentState === 'running';
+  const runsOn = wasRunning && !req.stop; // the guest runs while memstore records the snapshot
   const t0 = performance.now();
   const stopped = await pauseForSave(vm);
   const tPaused = performance.now();
-  const resumeIfRan = async (): Promise<void> => {
-    if (wasRunning) await vm.resume();
-  };
-  let deviceState: Uint8Array;
+  let remapped = false;
   try {
-    deviceState = encodeDeviceState(stopped.state);
+    // A new dirty epoch: what the guest writes from the remap on is what a refused save puts
+    // back into the regions (a save and a migration of one VM never run together). The paused
+    // vCPU answers while the blocks are remapped.
+    const epochBegun = vm.harvestDirty();
+    epochBegun.catch(() => undefined);
     remapAll(blocks, 'private');
+    remapped = true;
+    await epochBegun;
   } catch (err) {
-    await resumeIfRan();
+    if (remapped) remapAll(blocks, 'shared'); // the guest wrote nothing meanwhile
+    if (wasRunning) await run.resume();
     throw err;
   }
   const tRemapped = performance.now();
+  if (runsOn) await run.resume();
+  const tResumed = performance.now();
+  let pauseUs = runsOn ? pauseUsOf(stopped.pausedAtMs, vm.lastRunAtMs) : 0;
+  let paused = !runsOn; // whether this save holds the guest paused now
   let snapshot: Snapshot;
+  let deviceState: Uint8Array = new Uint8Array(0);
   try {
+    deviceState = encodeDeviceState(stopped.state); // a copy the vCPU sent: encoded while it runs
     snapshot = await createSnapshot(ctx, {
       name: req.snapshot,
       template: req.template,
@@ -67,58 +124,81 @@ export async function bypassSave(host: VmHost, vm: Vm, req: SaveRequest): Promis
       })),
     });
   } catch (err) {
+    if (!paused && vm.currentState === 'running') {
+      await pauseAgain(vm, run, err); // (a guest that powered off meanwhile runs no more anyway)
+      paused = true;
+    }
     const made = await settleFailedCreate(ctx, vm, blocks, req.snapshot, err);
     if (made === null) {
-      backToShared(vm, blocks, err);
-      await resumeIfRan();
+      const pages = await writeBackAndShare(vm, blocks, err);
+      vm.log.info(
+        { snapshot: req.snapshot, job: req.jobId, pagesWrittenBack: pages },
+        'bypass save failed: the pages the guest wrote meanwhile are in its regions again',
+      );
+      if (wasRunning && paused) await run.resume();
       throw err;
     }
     snapshot = made;
   }
   const tCreated = performance.now();
   const bytes = deviceState.length;
-  if (req.stop) {
-    vm.log.info(
-      {
-        snapshot: snapshot.name,
-        job: req.jobId,
-        regions: snapshot.blocks.map((b) => b.regionName),
-      },
-      'VM saved: its regions are the snapshot now (bypass); destroying it (stop)',
-    );
-    for (const b of blocks) b.abandon(); // the lease went with the seal; the regions are the snapshot's
-    await host.destroy(vm.name);
-    return { snapshot, pauseUs: 0, bytes, vm: null };
-  }
+  if (req.stop) return { snapshot, pauseUs: 0, bytes, vm: null };
   const attached = runOverSnapshot(host, vm, blocks, snapshot);
-  const info = wasRunning ? await vm.resume() : vm.info();
-  const tResumed = performance.now();
+  let info: VmInfo = vm.info();
+  if (wasRunning && paused) {
+    const pausedAgainAt = vm.lastPauseAtMs;
+    info = await run.resume();
+    pauseUs += pauseUsOf(pausedAgainAt, vm.lastRunAtMs);
+  }
   await attached; // pins the snapshot; the guest need not wait for it
-  const pauseUs = wasRunning
-    ? Math.max(0, Math.round((vm.lastRunAtMs - stopped.pausedAtMs) * 1000))
-    : 0;
   vm.log.info(
     {
       snapshot: snapshot.name,
       job: req.jobId,
       regions: snapshot.blocks.map((b) => b.regionName),
       pauseUs,
-      // where the pause went, in ms: the vCPU's stop and state, the remap, CreateSnapshot, resume
-      pauseParts: {
+      // where the time went, in ms: the vCPU's stop and state, the dirty epoch and remap, the
+      // resume (the pause ends there), then encoding the state and CreateSnapshot while the
+      // guest ran
+      parts: {
         stop: ms(tPaused - t0),
         remap: ms(tRemapped - tPaused),
-        createSnapshot: ms(tCreated - tRemapped),
-        resume: ms(tResumed - tCreated),
+        resume: ms(tResumed - tRemapped),
+        createSnapshot: ms(tCreated - tResumed),
       },
     },
     'VM saved: its regions are the snapshot now (bypass)',
   );
-  return { snapshot, pauseUs, bytes, vm: wasRunning ? info : vm.info() };
+  return { snapshot, pauseUs, bytes, vm: info };
+}
+
+/** µs from a vCPU stop to its next start, both epoch ms stamped by the vCPU thread. */
+function pauseUsOf(pausedAtMs: number, ranAtMs: number): number {
+  return Math.max(0, Math.round((ranAtMs - pausedAtMs) * 1000));
 }
 
 /** Milliseconds, rounded to µs, for logs. */
 function ms(x: number): number {
   return Math.round(x * 1000) / 1000;
+}
+
+/**
+ * CreateSnapshot failed while the guest ran: it is paused again before anything else, so that
+ * its pages can be written back or its memory handed to the snapshot. A vCPU that does not
+ * stop leaves the VM fenced (it ran on private mappings that may be a snapshot's now).
+ *
+ * @throws VmmError `VMM_VCPU_FAILED` with the save's error as its cause
+ */
+async function pauseAgain(vm: Vm, run: SaveRun, saveError: unknown): Promise<void> {
+  try {
+    await run.pause();
+  } catch (err) {
+    const why = `its vCPU did not stop after a failed save (${(err as Error).message})`;
+    vm.fence(why);
+    throw new VmmError('VMM_VCPU_FAILED', `VM ${vm.name}: ${why}; destroy it`, {
+      cause: saveError,
+    });
+  }
 }
 
 /** Remaps every block; if one fails, those done are mapped back and the error thrown. */
@@ -137,20 +217,71 @@ function remapAll(blocks: readonly RamBacking[], sharing: 'shared' | 'private'):
 }
 
 /**
- * A save that made nothing: the blocks are mapped shared again, so the guest's writes reach its
- * regions once more. Should that fail, the VM must not run (its writes would miss the region
- * others see): it is fenced and the remap's error thrown, with the save's as its cause.
+ * A save that made nothing, the guest paused: the pages of main RAM it wrote since the remap
+ * (the dirty log's epoch begun then) are copied out of the private mapping, every block is
+ * mapped shared again (which drops the private copies) and the pages are copied back through
+ * the shared mapping, into the region. Only main RAM is dirty-tracked, and it is the only
+ * block the machine maps: the guest cannot have written another. Returns the pages put back.
+ *
+ * Should that fail, the VM must not run (its writes would miss the region others see): it is
+ * fenced — its own view of its memory kept — and a `VMM_INVALID_STATE` thrown, with the save's
+ * error as its cause.
  */
-function backToShared(vm: Vm, blocks: readonly RamBacking[], saveError: unknown): void {
+async function writeBackAndShare(
+  vm: Vm,
+  blocks: readonly RamBacking[],
+  saveError: unknown,
+): Promise<number> {
+  let kept: KeptPages | null = null;
   try {
+    kept = keepPages(blocks[0]!, await vm.harvestDirty());
     remapAll(blocks, 'shared');
+    return kept.pages;
   } catch (err) {
     const why = `its RAM could not be mapped shared again after a failed save (${(err as Error).message})`;
     vm.fence(why);
     throw new VmmError('VMM_INVALID_STATE', `VM ${vm.name}: ${why}; destroy it`, {
       cause: saveError,
     });
+  } finally {
+    kept?.putBack();
   }
+}
+
+/** Pages copied out of a block, and how to copy them back into whatever it maps then. */
+interface KeptPages {
+  readonly pages: number;
+  putBack(): void;
+}
+
+/** Copies the pages set in `dirty` out of `block`'s memory. */
+function keepPages(block: RamBacking, dirty: PageBitmap): KeptPages {
+  const runs: number[] = [];
+  let pages = 0;
+  dirty.forEachRun((start, length) => {
+    runs.push(start, length);
+    pages += length;
+  });
+  const memory = new Uint8Array(block.buffer);
+  const copy = new Uint8Array(pages * PAGE_SIZE);
+  let at = 0;
+  for (let k = 0; k < runs.length; k += 2) {
+    const from = runs[k]! * PAGE_SIZE;
+    const bytes = runs[k + 1]! * PAGE_SIZE;
+    copy.set(memory.subarray(from, from + bytes), at);
+    at += bytes;
+  }
+  return {
+    pages,
+    putBack: () => {
+      let back = 0;
+      for (let k = 0; k < runs.length; k += 2) {
+        const bytes = runs[k + 1]! * PAGE_SIZE;
+        memory.set(copy.subarray(back, back + bytes), runs[k]! * PAGE_SIZE);
+        back += bytes;
+      }
+    },
+  };
 }
 
 /**

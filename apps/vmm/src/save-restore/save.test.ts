@@ -1,7 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import type { memstore as msPb } from '@handoff/proto';
 import { describe, expect, it } from 'vitest';
+import { ERROR_CODE_METADATA_KEY } from '@handoff/service';
 import type { RamBackendKind, VmState } from '../model/types.js';
+import type { RamContext } from '../ram/index.js';
+import type { VmHost } from '../vm/host.js';
 import { decodeDeviceState } from '../snapshot/index.js';
 import { bypassSave } from './bypass-save.js';
 import { SaveRestore } from './save-restore.js';
@@ -10,6 +13,7 @@ import {
   fakeMemstore,
   fakeVm,
   machineState,
+  SIZE,
   snapshotPb,
   type Answer,
 } from './test-support.js';
@@ -24,7 +28,45 @@ const request: SaveRequest = {
   jobId: 'job-1',
 };
 const made: Answer = { ok: { snapshot: snapshotPb('snap') } };
+/** The steps up to CreateSnapshot of a running VM: it runs again while memstore is asked. */
+const SAVED_AND_RUNNING = ['pause', 'harvest', 'remap:private', 'resume'] as const;
+/** ...and those of a refused save: paused, its writes since the remap put back, resumed. */
+const REFUSED = [...SAVED_AND_RUNNING, 'pause', 'harvest', 'remap:shared', 'resume'] as const;
 const unreachable: Answer = { status: grpc.status.UNAVAILABLE, details: 'connection refused' };
+
+/** Polls `check` until it holds (a few ms at most here). */
+async function eventually(check: () => boolean): Promise<void> {
+  for (let k = 0; !check(); k++) {
+    if (k > 1000) throw new Error('never happened');
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+/**
+ * Gives the host a memstore whose CreateSnapshot waits: `held` gets its reply and a refusal
+ * (SNAPSHOT_EXISTS) to send when the test says.
+ */
+function slowCreate(
+  s: { memstore: { ctx: RamContext }; host: VmHost },
+  held: (reply: (res: unknown) => void, refuse: () => void) => void,
+): void {
+  const ctx = {
+    ...(s.memstore.ctx as object),
+    memstore: () => ({
+      createSnapshot: (_r: unknown, _m: unknown, _o: unknown, cb: Callback) =>
+        held(
+          (res) => cb(null, res),
+          () => {
+            const metadata = new grpc.Metadata();
+            metadata.set(ERROR_CODE_METADATA_KEY, 'SNAPSHOT_EXISTS');
+            cb({ code: grpc.status.ALREADY_EXISTS, details: 'exists', metadata });
+          },
+        ),
+    }),
+  } as unknown as RamContext;
+  (s.host as unknown as { ramContext: () => RamContext }).ramContext = () => ctx;
+}
+type Callback = (err: Partial<grpc.ServiceError> | null, res?: unknown) => void;
 
 /** A VM of one block of `backend` in `state`, over a memstore answering `answers`. */
 function setup(
@@ -40,15 +82,16 @@ function setup(
 }
 
 describe('a bypass save', () => {
-  it('pauses, remaps private, has memstore seal the region, runs on as its clone and resumes', async () => {
+  it('pauses, remaps private, resumes, has memstore seal the region and runs on as its clone', async () => {
     const s = setup({ createSnapshot: [made] });
     const result = await bypassSave(s.host, s.asVm, request);
     expect(s.log).toEqual([
       'pause',
+      'harvest',
       'remap:private',
+      'resume',
       'clone:kv-ram0',
       'rebacked',
-      'resume',
       'attached',
     ]);
     const req = s.memstore.asked[0]!.request as msPb.CreateSnapshotRequest;
@@ -75,6 +118,74 @@ describe('a bypass save', () => {
     expect(result.snapshot.name).toBe('snap');
   });
 
+  it('runs the guest while CreateSnapshot is in flight: the pause ends before memstore answers', async () => {
+    let answer!: () => void;
+    const s = setup({ createSnapshot: [made] });
+    slowCreate(s, (reply) => (answer = () => reply({ snapshot: snapshotPb('snap') })));
+    const saving = bypassSave(s.host, s.asVm, request);
+    await eventually(() => answer !== undefined);
+    // Running on its private mappings, still holding its lease, not yet a clone.
+    expect(s.log).toEqual([...SAVED_AND_RUNNING]);
+    expect(s.vm.currentState).toBe('running');
+    expect(s.vm.ramBlocks[0]!.spec).toMatchObject({ backend: 'shared', regionOwned: true });
+    expect(s.vm.snapshot).toBe('');
+    expect(s.vm.saving).toBe(true);
+    answer();
+    const result = await saving;
+    expect(result.pauseUs).toBe(250);
+    expect(s.log.slice(SAVED_AND_RUNNING.length)).toEqual([
+      'clone:kv-ram0',
+      'rebacked',
+      'attached',
+    ]);
+    expect(s.vm.saving).toBe(false);
+  });
+
+  it('puts every page the guest wrote during a refused save into its region', async () => {
+    const log: string[] = [];
+    const file = new Uint8Array(SIZE).fill(0x11);
+    const block = fakeBlock('shared', log, file);
+    new Uint8Array(block.buffer).set(file);
+    let refuse!: () => void;
+    const memstore = fakeMemstore({});
+    const { vm, asVm, host } = fakeVm([block], 'running', memstore.ctx, log);
+    slowCreate({ memstore, host }, (_reply, fail) => (refuse = fail));
+    vm.dirty.setAll(); // written before the save: the save's own epoch starts at its remap
+    const saving = bypassSave(host, asVm, request);
+    await eventually(() => refuse !== undefined);
+    // The guest writes three pages (two of them adjacent) while memstore is asked.
+    const memory = new Uint8Array(block.buffer);
+    const written = [3, 4, 200];
+    for (const page of written) {
+      memory.fill(page, page * 4096, (page + 1) * 4096);
+      vm.dirty.set(page);
+    }
+    refuse();
+    await expect(saving).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+    expect(log).toEqual([...REFUSED]);
+    // Mapped shared again: the memory is the region's, and holds every write.
+    for (let page = 0; page < SIZE / 4096; page++) {
+      const want = written.includes(page) ? page : 0x11;
+      expect(memory[page * 4096], `page ${page}`).toBe(want);
+      expect(memory[page * 4096 + 4095], `page ${page}`).toBe(want);
+    }
+    expect(vm.currentState).toBe('running');
+    expect(vm.saving).toBe(false);
+  });
+
+  it("answers a refusal that comes after the guest powered off with memstore's error, its pages put back", async () => {
+    let refuse!: () => void;
+    const s = setup({});
+    slowCreate(s, (_reply, fail) => (refuse = fail));
+    const saving = bypassSave(s.host, s.asVm, request);
+    await eventually(() => refuse !== undefined);
+    s.vm.currentState = 'powered-off';
+    refuse();
+    await expect(saving).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+    expect(s.log).toEqual([...SAVED_AND_RUNNING, 'harvest', 'remap:shared']);
+    expect(s.vm.fencedReason).toBeNull();
+  });
+
   it('leaves a paused VM paused (no pause measured)', async () => {
     const s = setup({ createSnapshot: [made] }, 'paused');
     const result = await bypassSave(s.host, s.asVm, request);
@@ -86,12 +197,12 @@ describe('a bypass save', () => {
   it('with stop, unmaps the blocks without giving anything back and destroys the VM', async () => {
     const s = setup({ createSnapshot: [made] });
     const result = await bypassSave(s.host, s.asVm, { ...request, stop: true });
-    expect(s.log).toEqual(['pause', 'remap:private', 'abandon', 'destroy']);
+    expect(s.log).toEqual(['pause', 'harvest', 'remap:private', 'abandon', 'destroy']);
     expect(result.vm).toBeNull();
     expect(result.pauseUs).toBe(0);
   });
 
-  it('maps shared again and resumes when memstore refuses, and answers its error', async () => {
+  it('pauses again, maps shared again and resumes when memstore refuses, and answers its error', async () => {
     const exists: Answer = {
       status: grpc.status.ALREADY_EXISTS,
       code: 'SNAPSHOT_EXISTS',
@@ -102,7 +213,7 @@ describe('a bypass save', () => {
       code: 'SNAPSHOT_EXISTS',
       message: expect.stringContaining('already exists'),
     });
-    expect(s.log).toEqual(['pause', 'remap:private', 'remap:shared', 'resume']);
+    expect(s.log).toEqual([...REFUSED]);
     expect(s.memstore.methods()).toEqual(['createSnapshot']); // an answer: nothing was made
   });
 
@@ -112,7 +223,7 @@ describe('a bypass save', () => {
       code: 'VMM_MEMSTORE_UNAVAILABLE',
     });
     expect(s.memstore.methods()).toEqual(['createSnapshot', 'validateLease']);
-    expect(s.log).toEqual(['pause', 'remap:private', 'remap:shared', 'resume']);
+    expect(s.log).toEqual([...REFUSED]);
     expect(s.vm.fencedReason).toBeNull();
   });
 
@@ -125,13 +236,14 @@ describe('a bypass save', () => {
     const result = await bypassSave(s.host, s.asVm, request);
     expect(result.snapshot.name).toBe('snap');
     expect(s.log).toEqual([
-      'pause',
-      'remap:private',
+      ...SAVED_AND_RUNNING,
+      'pause', // it failed: paused while memstore is asked
       'clone:kv-ram0',
       'rebacked',
       'resume',
       'attached',
     ]);
+    expect(result.pauseUs).toBe(500); // both pauses
   });
 
   it('with no answer, the lease gone and no snapshot of its region, fences the VM', async () => {
@@ -144,7 +256,7 @@ describe('a bypass save', () => {
     await expect(bypassSave(s.host, s.asVm, request)).rejects.toMatchObject({
       code: 'VMM_LEASE_LOST',
     });
-    expect(s.log).toEqual(['pause', 'remap:private', 'fence']);
+    expect(s.log).toEqual([...SAVED_AND_RUNNING, 'pause', 'fence']);
     expect(s.vm.fencedReason).toContain('lease moved');
   });
 });

@@ -3,6 +3,7 @@
  * was asked of them in order.
  */
 import * as grpc from '@grpc/grpc-js';
+import { PageBitmap } from '@handoff/bitmap';
 import { memstore as msPb } from '@handoff/proto';
 import { createLogger, ERROR_CODE_METADATA_KEY } from '@handoff/service';
 import { createMachine } from '../machine/machine.js';
@@ -99,8 +100,13 @@ export function fakeMemstore(answers: {
   return { ctx, asked, methods: () => asked.map((a) => a.method) };
 }
 
-/** One RAM block of `backend`, recording remaps, clone switches and closes in `log`. */
-export function fakeBlock(backend: RamBackendKind, log: string[]): RamBacking {
+/**
+ * One RAM block of `backend`, recording remaps, clone switches and closes in `log`. With
+ * `file`, its remaps act on it as on the region's file: while the block is mapped shared its
+ * memory is the file's (a private remap starts from it, `file` then keeps what the memory held),
+ * and a shared remap drops what was written since (the memory shows `file` again).
+ */
+export function fakeBlock(backend: RamBackendKind, log: string[], file?: Uint8Array): RamBacking {
   const spec = {
     id: 'ram0',
     guestBase: 0x8000_0000,
@@ -129,7 +135,12 @@ export function fakeBlock(backend: RamBackendKind, log: string[]): RamBacking {
       return Promise.resolve();
     },
     abandon: () => log.push('abandon'),
-    remap: (sharing) => log.push(`remap:${sharing}`),
+    remap: (sharing) => {
+      log.push(`remap:${sharing}`);
+      const memory = new Uint8Array(block.buffer);
+      if (sharing === 'private') file?.set(memory);
+      else if (file !== undefined) memory.set(file);
+    },
     becomeClone: (sealed) => {
       log.push(`clone:${sealed.regionName}`);
       const backing: RamBacking = {
@@ -156,6 +167,10 @@ export function fakeVm(blocks: RamBacking[], state: VmState, ctx: RamContext, lo
     currentState: state,
     ramBlocks: blocks,
     lastRunAtMs: 0,
+    lastPauseAtMs: 0,
+    /** Main RAM's dirty pages since the last harvest: the test marks what the guest wrote. */
+    dirty: new PageBitmap(SIZE >>> 12),
+    saving: false,
     fencedReason: null as string | null,
     snapshot: '',
     get spec() {
@@ -164,13 +179,32 @@ export function fakeVm(blocks: RamBacking[], state: VmState, ctx: RamContext, lo
     pauseAndSave: () => {
       log.push('pause');
       vm.currentState = 'paused';
+      vm.lastPauseAtMs = 1000;
       return Promise.resolve({ published: false as const, state: machineState, pausedAtMs: 1000 });
     },
+    /** Each pause lasts 0.25 ms; a later one begins 1 s after the last start. */
     resume: () => {
       log.push('resume');
       vm.currentState = 'running';
-      vm.lastRunAtMs = 1000.25;
+      vm.lastRunAtMs = vm.lastPauseAtMs + 0.25;
       return Promise.resolve(vm.info());
+    },
+    pause: () => {
+      log.push('pause');
+      vm.currentState = 'paused';
+      vm.lastPauseAtMs = vm.lastRunAtMs + 1000;
+      return Promise.resolve(vm.info());
+    },
+    harvestDirty: () => {
+      log.push('harvest');
+      const harvested = vm.dirty.clone();
+      vm.dirty.clearAll();
+      return Promise.resolve(harvested);
+    },
+    beginSave: () => {
+      if (vm.saving) throw new Error('a second beginSave');
+      vm.saving = true;
+      return { pause: vm.pause, resume: vm.resume, end: () => (vm.saving = false) };
     },
     fence: (reason: string) => {
       vm.fencedReason ??= reason;

@@ -172,3 +172,40 @@ describe('Vm.runIncoming', () => {
     await vm.destroy();
   });
 });
+
+describe('Vm.beginSave', () => {
+  it('refuses pause and resume from outside while a save holds the run state, and a destroy waits for it', async () => {
+    const vm = await bootStandIn('saving');
+    const run = vm.beginSave();
+    expect(() => vm.beginSave()).toThrow(/being saved already/);
+    expect(() => vm.pause()).toThrow(expect.objectContaining({ code: 'VMM_INVALID_STATE' }));
+    // The save itself pauses and resumes through what beginSave gave it.
+    await run.pause();
+    expect(vm.currentState).toBe('paused');
+    expect(() => vm.resume()).toThrow(/being saved/);
+    await run.resume();
+    expect(vm.currentState).toBe('running');
+    let destroyed = false;
+    const destroying = vm.destroy().then(() => (destroyed = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(destroyed).toBe(false);
+    expect(vm.destroyed).toBe(false);
+    await run.pause(); // the save still has the VM
+    run.end();
+    await destroying;
+    expect(vm.destroyed).toBe(true);
+  });
+
+  it('lets pause and resume through again once the save has ended', async () => {
+    const vm = await bootStandIn('saved');
+    const run = vm.beginSave();
+    run.end();
+    run.end(); // idempotent
+    await vm.pause();
+    expect(vm.currentState).toBe('paused');
+    await vm.resume();
+    expect(vm.currentState).toBe('running');
+    vm.beginSave().end(); // a later save may begin
+    await vm.destroy();
+  });
+});

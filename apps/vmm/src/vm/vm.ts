@@ -120,6 +120,8 @@ export class Vm {
   private saveId = 0;
   private readonly saves = new Map<number, (m: VcpuMessage & { t: 'saved' }) => void>();
   private workerExited: Promise<void>;
+  /** The save that holds the run state ({@link Vm.beginSave}), or null. */
+  private saveWindow: { readonly ended: Promise<void> } | null = null;
   /** Set once the VM migrated away (postmigrate): it never runs here again. */
   private migratedAway = false;
   /** Why the VM must not resume here (its lease moved), or null. */
@@ -345,8 +347,50 @@ export class Vm {
     });
   }
 
+  /**
+   * A save takes the VM's run state until `end()`: meanwhile {@link Vm.pause} and
+   * {@link Vm.resume} are refused (`VMM_INVALID_STATE`) — the save pauses and resumes the vCPU
+   * through the returned `pause` and `resume` — and {@link Vm.destroy} waits for `end()`. For a
+   * bypass save, whose guest runs on private mappings while memstore seals its regions: a pause
+   * or resume from outside would leave it not knowing what to restore. `end()` is idempotent.
+   *
+   * @throws VmmError `VMM_INVALID_STATE` when a save has it already
+   */
+  beginSave(): { pause(): Promise<VmInfo>; resume(): Promise<VmInfo>; end(): void } {
+    if (this.saveWindow !== null) {
+      throw new VmmError('VMM_INVALID_STATE', `VM ${this.name} is being saved already`);
+    }
+    let end!: () => void;
+    const ended = new Promise<void>((resolve) => (end = resolve));
+    const window = { ended };
+    this.saveWindow = window;
+    return {
+      pause: () => this.pauseNow(),
+      resume: () => this.resumeNow(),
+      end: () => {
+        if (this.saveWindow === window) this.saveWindow = null;
+        end();
+      },
+    };
+  }
+
+  /** @throws VmmError `VMM_INVALID_STATE` while a save holds the run state */
+  private refuseWhileSaving(action: string): void {
+    if (this.saveWindow === null) return;
+    throw new VmmError(
+      'VMM_INVALID_STATE',
+      `cannot ${action} VM ${this.name}: it is being saved (its guest runs on while memstore ` +
+        'records the snapshot); try again once the save has answered',
+    );
+  }
+
   /** Stops the vCPU at an instruction boundary. Pausing a paused VM is a no-op. */
   pause(): Promise<VmInfo> {
+    this.refuseWhileSaving('pause');
+    return this.pauseNow();
+  }
+
+  private pauseNow(): Promise<VmInfo> {
     return this.serial(async () => {
       this.assertAlive();
       if (this.state === 'paused') return this.info();
@@ -359,6 +403,11 @@ export class Vm {
 
   /** Lets a paused VM run again. Resuming a running VM is a no-op. */
   resume(): Promise<VmInfo> {
+    this.refuseWhileSaving('resume');
+    return this.resumeNow();
+  }
+
+  private resumeNow(): Promise<VmInfo> {
     return this.serial(async () => {
       this.assertAlive();
       if (this.fencedReason !== null || this.migratedAway) {
@@ -379,9 +428,14 @@ export class Vm {
 
   /**
    * Stops the vCPU thread, unmaps RAM and gives back leases / clone attachments, then emits
-   * `destroyed` and ends every console and watcher. Idempotent.
+   * `destroyed` and ends every console and watcher. Idempotent. While a save holds the run
+   * state ({@link Vm.beginSave}), it begins once that save has ended.
    */
   destroy(detail = 'the VM was destroyed'): Promise<void> {
+    const saving = this.saveWindow;
+    if (saving !== null && this.destroying === undefined) {
+      return saving.ended.then(() => this.destroy(detail)); // the save settles first
+    }
     this.destroying ??= (async () => {
       await this.leaving?.catch(() => undefined); // its blocks are unmapped their own way
       this.ring(Request.STOP);
@@ -471,6 +525,11 @@ export class Vm {
   /** Epoch milliseconds at which the vCPU last started running (0: never). */
   get lastRunAtMs(): number {
     return this.lastRunAt;
+  }
+
+  /** Epoch milliseconds at which the vCPU last stopped (0: never). */
+  get lastPauseAtMs(): number {
+    return this.lastPauseAt;
   }
 
   /**
