@@ -55,12 +55,15 @@ export function snapshotFromPb(s: pb.Snapshot): Snapshot {
       identity: b.identity,
       owned: b.owned,
       storedBytes: safeNumber(b.storedBytes, `${what}: block ${b.id}'s stored bytes`),
+      layerPages: b.layerPages,
+      layerPageCount: safeNumber(b.layerPageCount, `${what}: block ${b.id}'s layer pages`),
     })),
     deviceStateBytes: safeNumber(s.deviceStateBytes, `${what}: device state length`),
     deviceStateCrc32c: s.deviceStateCrc32c,
     clones: [...s.clones],
     parent: s.parent,
     storedBytes: safeNumber(s.storedBytes, `${what}: stored bytes`),
+    depth: s.depth,
   };
 }
 
@@ -105,10 +108,10 @@ export async function createSnapshot(ctx: RamContext, s: NewSnapshot): Promise<S
       region: { selector: { $case: 'id', value: b.regionId } },
       epoch: BigInt(b.epoch),
       owned: b.owned,
-      layerPages: new Uint8Array(0),
+      layerPages: b.layerPages ?? new Uint8Array(0),
     })),
     holder: holderOf(ctx),
-    parent: '',
+    parent: s.parent ?? '',
   };
   const res = await snapshotCall(ctx, `creating snapshot ${s.name}`, () =>
     unaryCall(ctx.memstore(), 'createSnapshot', req, { deadlineMs: ctx.deadlineMs }),
