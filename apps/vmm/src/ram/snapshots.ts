@@ -163,3 +163,28 @@ export async function getSnapshot(
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * The snapshot whose blocks are the regions `regionIds` (in order), or null: what a clone that
+ * does not know its snapshot's name (a VM migrated here) runs from. One ListSnapshots call.
+ *
+ * @throws VmmError `VMM_MEMSTORE_UNAVAILABLE`
+ */
+export async function findSnapshotOfRegions(
+  ctx: RamContext,
+  regionIds: readonly string[],
+): Promise<Snapshot | null> {
+  const res = await snapshotCall(ctx, 'listing snapshots', () =>
+    unaryCall(
+      ctx.memstore(),
+      'listSnapshots',
+      { templatesOnly: false },
+      { deadlineMs: ctx.deadlineMs },
+    ),
+  );
+  const found = res.snapshots.find(
+    (s) =>
+      s.blocks.length === regionIds.length && s.blocks.every((b, k) => b.regionId === regionIds[k]),
+  );
+  return found === undefined ? null : snapshotFromPb(found);
+}
