@@ -26,7 +26,12 @@ import {
   safeNumber,
 } from './convert.js';
 import { readPages } from './read-pages.js';
-import { newSnapshotFromPb, snapshotRefFromPb, snapshotToPb } from './snapshot-convert.js';
+import {
+  chainToPb,
+  newSnapshotFromPb,
+  snapshotRefFromPb,
+  snapshotToPb,
+} from './snapshot-convert.js';
 import { clientStream, exportSnapshot, importSnapshot } from './snapshot-transfer.js';
 
 /**
@@ -220,12 +225,13 @@ export function memstoreService(deps: {
       return { region: regionToPb(await m.templates.seal(refFromPb(req.region), lease)) };
     }),
 
-    attachClone: call('AttachClone', (req: pb.AttachCloneRequest) => ({
-      template: regionToPb(
-        m.templates.attachClone(refFromPb(req.template, 'template'), req.holder),
-      ),
-      layers: [],
-    })),
+    attachClone: call('AttachClone', (req: pb.AttachCloneRequest) => {
+      const attached = m.templates.attachCloneChain(
+        refFromPb(req.template, 'template'),
+        req.holder,
+      );
+      return { template: regionToPb(attached.template), layers: attached.chain.map(chainToPb) };
+    }),
 
     detachClone: call('DetachClone', (req: pb.DetachCloneRequest) => {
       m.templates.detachClone(refFromPb(req.template, 'template'), req.holder);
