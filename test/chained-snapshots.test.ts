@@ -216,8 +216,14 @@ describe('chained snapshots: layers of clones', () => {
       expect(l1.pauseUs).toBeGreaterThan(0n);
       expect(l1.vm!.state).toBe(VmState.VM_STATE_RUNNING);
       expect(l1.vm!.snapshot).toBe('t0'); // it runs on as a clone of T0
+      const logged = a.process
+        .output()
+        .split('\n')
+        .find((l) => l.includes('VM saved as a layer'));
+      const parts = logged === undefined ? {} : (JSON.parse(logged) as { pauseParts?: unknown });
       console.log(
-        `layer L1: ${l1Pages} of ${pages} pages, ${l1.bytes} B written, pause ${l1.pauseUs} µs`,
+        `layer L1: ${l1Pages} of ${pages} pages, ${l1.bytes} B written, pause ${l1.pauseUs} µs ` +
+          `(ms: ${JSON.stringify(parts.pauseParts)})`,
       );
 
       // A clone of L1 sees c1's keys; it adds one and becomes L2.
