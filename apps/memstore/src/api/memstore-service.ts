@@ -328,12 +328,9 @@ function snapshotHandlers(
       return {};
     }),
 
-    flattenSnapshot: call('FlattenSnapshot', (): pb.FlattenSnapshotResponse => {
-      throw new ServiceError(
-        'SERVICE_UNIMPLEMENTED',
-        'FlattenSnapshot is not built yet: chained snapshots are being added',
-      );
-    }),
+    flattenSnapshot: call('FlattenSnapshot', async (req: pb.FlattenSnapshotRequest) => ({
+      snapshot: snapshotToPb(await m.flattenSnapshot(snapshotRefFromPb(req.snapshot), req.name)),
+    })),
 
     exportSnapshot: serverStream(logger, (_req, c: Parameters<typeof exportSnapshot>[1]) =>
       guarded(m, 'ExportSnapshot', () => exportSnapshot(m, c, logger)),

@@ -1,9 +1,19 @@
-import { readdirSync, statSync } from 'node:fs';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { readdirSync, statSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { CATALOG_FILE_NAME } from '../catalog/catalog.js';
 import type { Memstore } from '../memstore.js';
-import { makeTempDirs, openTestMemstore, type TempDirs } from '../testing/fixtures.js';
+import {
+  makeTempDirs,
+  openTestMemstore,
+  type LogEntry,
+  type TempDirs,
+} from '../testing/fixtures.js';
 import {
   bitmapOf,
+  composedImage,
+  fileBytes,
   LAYER_BLOCK,
   layerRequest,
   makeBase,
@@ -12,6 +22,7 @@ import {
   writePages,
   type PageFills,
 } from '../testing/layers.js';
+import { exportSections } from './export-writer.js';
 import { layerBitmapOf } from './layer-pages.js';
 import type { NewSnapshot } from './snapshot.js';
 
@@ -112,7 +123,6 @@ describe('CreateSnapshot of a layer', () => {
     await threeLevels();
     const base = m.regions.get({ name: 'base-ram' });
     m.close();
-    const { unlinkSync } = await import('node:fs');
     unlinkSync(base.path);
     ({ memstore: m } = openTestMemstore(dirs));
     expect(() => m.templates.attachCloneChain({ name: 'l2-ram' }, 'vmm-b/c1')).toThrow(
@@ -282,5 +292,163 @@ describe('CreateSnapshot refuses hostile layer requests and leaves nothing behin
     // The same region makes a good layer afterwards.
     await m.snapshots.create(layerRequest('fine', 'new-ram', { parent: 'base', layerPages: good }));
     expect(m.snapshots.get({ name: 'fine' }).snapshot.depth).toBe(1);
+  });
+});
+
+describe('FlattenSnapshot', () => {
+  it('writes the composition of a three-level chain into a standalone snapshot; the original stays', async () => {
+    await threeLevels();
+    const l2 = m.snapshots.get({ name: 'l2' }, true);
+    const flat = await m.flattenSnapshot({ name: 'l2' }, 'flat');
+    expect(flat).toMatchObject({
+      name: 'flat',
+      kind: 'full',
+      template: true,
+      parent: undefined,
+      depth: 0,
+      vmName: l2.snapshot.vmName,
+      vmSpec: l2.snapshot.vmSpec,
+      deviceStateCrc32c: l2.snapshot.deviceStateCrc32c,
+    });
+    expect(m.snapshots.get({ name: 'flat' }, true).deviceState).toEqual(l2.deviceState);
+    const [b] = flat.blocks;
+    expect(b).toMatchObject({
+      ...LAYER_BLOCK,
+      owned: true,
+      layerPages: undefined,
+      layerPageCount: 0,
+    });
+    const region = m.regions.get({ id: b!.regionId });
+    expect(region).toMatchObject({ kind: 'persistent', state: 'sealed', size: LAYER_BLOCK.size });
+    expect(modeOf(region.path)).toBe(0o444);
+    expect(fileBytes(region.path)).toEqual(composedImage([BASE, L1, L2]));
+    // Pages that are holes in every file of the chain stay holes: 7 of the 12 pages hold data.
+    expect(b!.storedBytes).toBeGreaterThan(0);
+    expect(b!.storedBytes).toBeLessThanOrEqual(7 * PAGE);
+    // A clone of the flat copy maps one region; the chain can go without it touching the copy.
+    expect(m.templates.attachCloneChain({ id: region.id }, 'vmm-b/c').chain).toHaveLength(1);
+    for (const name of ['l2', 'l1', 'base']) m.snapshots.delete({ name });
+    expect(fileBytes(region.path)).toEqual(composedImage([BASE, L1, L2]));
+    expect(m.snapshots.list().map((s) => s.name)).toEqual(['flat']);
+  });
+
+  it('flattens a middle layer to its own composition', async () => {
+    await threeLevels();
+    const flat = await m.flattenSnapshot({ name: 'l1' }, 'flat1');
+    const region = m.regions.get({ id: flat.blocks[0]!.regionId });
+    expect(fileBytes(region.path)).toEqual(composedImage([BASE, L1]));
+  });
+
+  const refusals: Array<[string, string, string, string, RegExp]> = [
+    ['a standalone snapshot', 'base', 'flat', 'SNAPSHOT_INVALID', /standalone.*nothing to flatten/],
+    ['a name in use', 'l2', 'l1', 'SNAPSHOT_EXISTS', /"l1" already exists/],
+    ['a bad name', 'l2', '../x', 'SNAPSHOT_INVALID', /name/],
+    ['an unknown snapshot', 'ghost', 'flat', 'SNAPSHOT_NOT_FOUND', /ghost/],
+  ];
+  it.each(refusals)('refuses %s, leaving nothing behind', async (_w, from, to, code, message) => {
+    await threeLevels();
+    const before = { regions: m.regions.list(), files: stateFiles() };
+    await expect(m.flattenSnapshot({ name: from }, to)).rejects.toMatchObject({
+      code,
+      message: expect.stringMatching(message),
+    });
+    expect(m.regions.list()).toEqual(before.regions);
+    expect(stateFiles()).toEqual(before.files);
+    expect(m.snapshots.list()).toHaveLength(3);
+  });
+
+  it('a failure at the commit removes the new regions and state file', async () => {
+    await threeLevels();
+    const before = { regions: m.regions.list(), files: stateFiles() };
+    const insert = vi.spyOn(m.snapshots, 'insertRecord').mockImplementation(() => {
+      throw new Error('disk gone');
+    });
+    await expect(m.flattenSnapshot({ name: 'l2' }, 'flat')).rejects.toThrow('disk gone');
+    insert.mockRestore();
+    expect(m.regions.list()).toEqual(before.regions);
+    expect(m.catalog.listAllRows()).toHaveLength(before.regions.length);
+    expect(stateFiles()).toEqual(before.files);
+    expect(readdirSync(dirs.persistentDir).filter((f) => f.startsWith('region-'))).toHaveLength(3);
+    await m.flattenSnapshot({ name: 'l2' }, 'flat');
+  });
+});
+
+describe('ExportSnapshot of a layer', () => {
+  async function exportBytes(name: string): Promise<Uint8Array> {
+    const plan = m.planExport({ name });
+    const parts: Uint8Array[] = [];
+    for await (const part of exportSections(plan)) parts.push(part);
+    const out = Buffer.concat(parts);
+    expect(out.length).toBe(plan.totalBytes);
+    return new Uint8Array(out);
+  }
+
+  it('writes the composed blocks: the file re-imports as a standalone snapshot equal to the composition', async () => {
+    await threeLevels();
+    const bytes = await exportBytes('l2');
+    const imp = m.beginImport({ name: 'again', template: false });
+    await imp.push(bytes);
+    const again = await imp.finish();
+    expect(again).toMatchObject({ parent: undefined, depth: 0, kind: 'imported', template: true });
+    const region = m.regions.get({ id: again.blocks[0]!.regionId });
+    expect(fileBytes(region.path)).toEqual(composedImage([BASE, L1, L2]));
+    expect(m.snapshots.get({ name: 'again' }, true).deviceState).toEqual(
+      m.snapshots.get({ name: 'l2' }, true).deviceState,
+    );
+    // The export of the flat copy carries the same pages.
+    await m.flattenSnapshot({ name: 'l2' }, 'flat');
+    const flatImport = m.beginImport({ name: 'flat-again', template: false });
+    await flatImport.push(await exportBytes('flat'));
+    const flatAgain = await flatImport.finish();
+    expect(fileBytes(m.regions.get({ id: flatAgain.blocks[0]!.regionId }).path)).toEqual(
+      composedImage([BASE, L1, L2]),
+    );
+  });
+
+  it('a standalone snapshot exports as before: only its data pages', async () => {
+    await makeBase(m, 'base', BASE);
+    const plan = m.planExport({ name: 'base' });
+    expect(plan.header.blocks[0]!.storedPages).toBe(4);
+    expect(plan.sources[0]!.layers).toHaveLength(1);
+  });
+});
+
+describe('start-up reconciliation of layers', () => {
+  it('keeps and reports a layer whose region below is lost; the layer can still be deleted', async () => {
+    await threeLevels();
+    const l1 = m.regions.get({ name: 'l1-ram' });
+    m.close();
+    unlinkSync(l1.path);
+    let log: LogEntry[];
+    ({ memstore: m, log } = openTestMemstore(dirs));
+    // l1 lost its own region; l2 lost one below it.
+    expect(m.snapshotReport).toMatchObject({ regionsLost: 1, layersBroken: 2, snapshots: 3 });
+    const warned = log.filter((e) => e.msg.startsWith('a layer cannot be used'));
+    expect(warned.map((e) => e.fields['name'])).toEqual(['l1', 'l2']);
+    expect(() => m.templates.attachClone({ name: 'l2-ram' }, 'vmm-b/c')).toThrow(
+      expect.objectContaining({ code: 'REGION_LOST' }),
+    );
+    await expect(m.flattenSnapshot({ name: 'l2' }, 'flat')).rejects.toMatchObject({
+      code: 'REGION_LOST',
+    });
+    expect(() => m.planExport({ name: 'l2' })).toThrow(
+      expect.objectContaining({ code: 'REGION_LOST' }),
+    );
+    m.snapshots.delete({ name: 'l2' });
+    m.snapshots.delete({ name: 'l1' });
+    m.close();
+    ({ memstore: m } = openTestMemstore(dirs));
+    expect(m.snapshotReport).toMatchObject({ regionsLost: 0, layersBroken: 0, snapshots: 1 });
+  });
+
+  it('reports a layer whose bitmap in the catalog is damaged', async () => {
+    await threeLevels();
+    const l2 = m.regions.get({ name: 'l2-ram' }).id;
+    m.close();
+    const db = new Database(join(dirs.stateDir, CATALOG_FILE_NAME));
+    db.prepare("UPDATE snapshot_blocks SET layer_pages = x'ff' WHERE region_id = ?").run(l2);
+    db.close();
+    ({ memstore: m } = openTestMemstore(dirs));
+    expect(m.snapshotReport).toMatchObject({ layersBroken: 1 });
   });
 });

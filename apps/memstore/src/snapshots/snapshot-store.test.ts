@@ -411,6 +411,7 @@ describe('start-up reconciliation', () => {
       orphansRemoved: 1,
       stateMissing: 1,
       regionsLost: 1,
+      layersBroken: 0,
       snapshots: 2,
     });
     expect(existsSync(orphan)).toBe(false);
