@@ -534,51 +534,11 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
     const op = 'overlay';
     const handle = this.#live(op);
     const o = checkOptions(op, options);
-    checkInteger(op, 'offset', offset, 0);
-    checkPageAligned(op, 'offset', offset);
-    checkInteger(op, 'length', length, 1);
+    this.#checkOverlayRange(op, offset, length);
     const fileOffset =
       o.fileOffset === undefined ? offset : checkInteger(op, 'fileOffset', o.fileOffset, 0);
     checkPageAligned(op, 'fileOffset', fileOffset);
-    if (offset + length > this.length) {
-      throw new ShmError(
-        'SHM_OUT_OF_RANGE',
-        `${op}: range [${offset}, ${offset + length}) is outside the ${this.length}-byte mapping ` +
-          `of ${this.source}; pass 0 <= offset < offset + length <= ${this.length}.`,
-      );
-    }
-    if (length % PAGE_SIZE !== 0 && offset + length !== this.length) {
-      checkPageAligned(op, 'length', length);
-    }
-    if (this.#sharing !== 'private') {
-      throw new ShmError(
-        'SHM_INVALID_ARGUMENT',
-        `${op} of ${this.source}: the mapping is shared; only a private (copy-on-write) mapping ` +
-          "takes overlays. Map the file with sharing: 'private'.",
-      );
-    }
-    const source = typeof file === 'number' ? `fd ${checkFd(op, file)}` : file;
-    const what = `${op} of ${source} at [${offset}, ${offset + length}) of ${this.source}`;
-    let fd: number;
-    if (typeof file === 'number') {
-      fd = file;
-    } else {
-      if (typeof file !== 'string' || file.length === 0 || file.includes('\0')) {
-        throw new ShmError(
-          'SHM_INVALID_ARGUMENT',
-          `${op}: file ${describe(file)} is neither a path nor an fd; pass one.`,
-        );
-      }
-      try {
-        fd = openSync(file, fsConstants.O_RDONLY);
-      } catch (err) {
-        throw toShmError(what, err, classifyOpen(false), [
-          'SHM_OPEN_FAILED',
-          'check the path and its permissions; the mapping is unchanged.',
-        ]);
-      }
-    }
-    try {
+    this.#withOverlayFile(op, file, `[${offset}, ${offset + length})`, (fd, what) => {
       checkCovers(what, fd, fileOffset, length);
       let result: 'overlaid' | 'lost';
       try {
@@ -589,18 +549,134 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
           'the mapping is unchanged; check the file and the process limits (vm.max_map_count).',
         ]);
       }
-      if (result === 'lost') {
-        this.close();
+      if (result === 'lost') this.#lostInOverlay(what);
+      this.#overlays++;
+    });
+  }
+
+  /**
+   * {@link Mapping.overlay} of many ranges of one file, each at the same offset in the file as
+   * in the mapping, in one call into the addon (one open and one `fstat` of the file, one mmap
+   * per range): a clone maps each layer's runs of pages this way. `ranges` are `[offset,
+   * length]` pairs with the rules of {@link Mapping.overlay}; all are checked before any is
+   * mapped.
+   *
+   * @throws ShmError as {@link Mapping.overlay}; should the kernel refuse a range midway
+   *   (`SHM_MAP_FAILED`, `SHM_PERMISSION_DENIED`, ...), the ranges before it stay overlaid and
+   *   the message says how many: close the mapping.
+   */
+  overlayRanges(
+    file: string | number,
+    ranges: readonly (readonly [offset: number, length: number])[],
+  ): void {
+    const op = 'overlayRanges';
+    const handle = this.#live(op);
+    if (!Array.isArray(ranges)) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: ranges ${describe(ranges)} is not an array of [offset, length] pairs; pass one.`,
+      );
+    }
+    if (ranges.length === 0) return;
+    const flat = new Float64Array(ranges.length * 2);
+    let end = 0;
+    ranges.forEach((r, k) => {
+      if (!Array.isArray(r) || r.length !== 2) {
         throw new ShmError(
-          'SHM_MAP_FAILED',
-          `${what}: the kernel failed after it had unmapped the range; the mapping is closed ` +
-            '(its views read zeros). Map the files again.',
+          'SHM_INVALID_ARGUMENT',
+          `${op}: range ${k} is ${describe(r)}, not an [offset, length] pair; pass one.`,
         );
       }
-      this.#overlays++;
-    } finally {
-      if (typeof file !== 'number') closeSync(fd);
+      this.#checkOverlayRange(`${op}: range ${k}`, r[0], r[1]);
+      flat[2 * k] = r[0];
+      flat[2 * k + 1] = r[1];
+      end = Math.max(end, r[0] + r[1]);
+    });
+    this.#withOverlayFile(op, file, `${ranges.length} ranges`, (fd, what) => {
+      checkCovers(what, fd, 0, end);
+      const [done, errno, lost] = native.overlayMany(handle, fd, flat);
+      this.#overlays += done;
+      if (lost) this.#lostInOverlay(what);
+      if (errno !== 0) {
+        const [offset, length] = ranges[done]!;
+        throw toShmError(
+          `${what}: range ${done} [${offset}, ${offset + length})`,
+          { errno, syscall: 'mmap' },
+          classifyMmap,
+          [
+            'SHM_MAP_FAILED',
+            `the ${done} ranges before it are overlaid; close the mapping (check the process limits, vm.max_map_count).`,
+          ],
+        );
+      }
+    });
+  }
+
+  /** The checks of one overlay range: page-aligned, in the mapping, whole pages. */
+  #checkOverlayRange(op: string, offset: unknown, length: unknown): void {
+    const off = checkInteger(op, 'offset', offset, 0);
+    checkPageAligned(op, 'offset', off);
+    const len = checkInteger(op, 'length', length, 1);
+    if (off + len > this.length) {
+      throw new ShmError(
+        'SHM_OUT_OF_RANGE',
+        `${op}: range [${off}, ${off + len}) is outside the ${this.length}-byte mapping ` +
+          `of ${this.source}; pass 0 <= offset < offset + length <= ${this.length}.`,
+      );
     }
+    if (len % PAGE_SIZE !== 0 && off + len !== this.length) checkPageAligned(op, 'length', len);
+  }
+
+  /** Checks the mapping takes overlays, opens `file` (a path) for `fn`, and closes it again. */
+  #withOverlayFile(
+    op: string,
+    file: string | number,
+    where: string,
+    fn: (fd: number, what: string) => void,
+  ): void {
+    if (this.#sharing !== 'private') {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op} of ${this.source}: the mapping is shared; only a private (copy-on-write) mapping ` +
+          "takes overlays. Map the file with sharing: 'private'.",
+      );
+    }
+    if (typeof file === 'number') {
+      checkFd(op, file);
+      fn(file, `${op} of fd ${file} at ${where} of ${this.source}`);
+      return;
+    }
+    if (typeof file !== 'string' || file.length === 0 || file.includes('\0')) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: file ${describe(file)} is neither a path nor an fd; pass one.`,
+      );
+    }
+    const what = `${op} of ${file} at ${where} of ${this.source}`;
+    let fd: number;
+    try {
+      fd = openSync(file, fsConstants.O_RDONLY);
+    } catch (err) {
+      throw toShmError(what, err, classifyOpen(false), [
+        'SHM_OPEN_FAILED',
+        'check the path and its permissions; the mapping is unchanged.',
+      ]);
+    }
+    try {
+      fn(fd, what);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** The kernel unmapped part of the range and failed: the range reads zeros now. */
+  #lostInOverlay(what: string): never {
+    this.close();
+    throw new ShmError(
+      'SHM_MAP_FAILED',
+      `${what}: the kernel failed after it had unmapped the range; the mapping is closed ` +
+        '(its views read zeros). Map the files again.',
+    );
   }
 
   /** Throws unless `fd` is the file this maps and still covers the mapped range. */

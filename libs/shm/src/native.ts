@@ -57,6 +57,11 @@ export interface NativeBinding {
     length: number,
     fileOffset: number,
   ): 'overlaid' | 'lost';
+  overlayMany(
+    handle: NativeHandle,
+    fd: number,
+    ranges: Float64Array,
+  ): [done: number, errno: number, lost: boolean];
   madvise(handle: NativeHandle, offset: number, length: number, advice: number): void;
   msync(handle: NativeHandle, offset: number, length: number, flags: number): void;
   mincore(handle: NativeHandle, offset: number, length: number, out?: Uint8Array): number;

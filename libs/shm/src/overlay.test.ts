@@ -155,4 +155,41 @@ describe('overlay', () => {
     expectShmError(() => shared.overlay(layer, 0, PAGE_SIZE), 'SHM_INVALID_ARGUMENT');
     shared.close();
   });
+
+  it('overlays many ranges of one file in one call, all checked before any is mapped', () => {
+    const { base, layer } = baseAndLayer('ov-ranges');
+    const m = mapFile(base, { sharing: 'private' });
+    const ram = new Uint8Array(m.buffer);
+    const before = m.bytes().slice();
+    expectShmError(
+      () =>
+        m.overlayRanges(layer, [
+          [0, PAGE_SIZE],
+          [3 * PAGE_SIZE, PAGE_SIZE + 1],
+        ]),
+      'SHM_INVALID_ARGUMENT',
+    );
+    expectShmError(
+      () =>
+        m.overlayRanges(layer, [
+          [0, PAGE_SIZE],
+          [7 * PAGE_SIZE, 2 * PAGE_SIZE],
+        ]),
+      'SHM_OUT_OF_RANGE',
+    );
+    expectShmError(
+      () => m.overlayRanges(layer, [[0, PAGE_SIZE], 5 as unknown as [number, number]]),
+      'SHM_INVALID_ARGUMENT',
+    );
+    expectSameBytes(m.bytes(), before); // nothing was mapped
+    m.overlayRanges(layer, []);
+    m.overlayRanges(layer, [
+      [PAGE_SIZE, 2 * PAGE_SIZE],
+      [5 * PAGE_SIZE, PAGE_SIZE],
+      [7 * PAGE_SIZE, PAGE_SIZE],
+    ]);
+    expect(pageMarks(ram)).toEqual([0x10, 0xa1, 0xa2, 0x13, 0x14, 0xa5, 0x16, 0xa7]);
+    expectShmError(() => m.remap('shared'), 'SHM_INVALID_ARGUMENT');
+    m.close();
+  });
 });

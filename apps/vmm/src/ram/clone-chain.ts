@@ -139,13 +139,17 @@ export function mapCloneChain(
   return m;
 }
 
-/** Overlays one layer's runs of pages (one open of its file). */
+/** Overlays one layer's runs of pages (one open of its file, one call into the addon). */
 function overlayLevel(
   m: Mapping<SharedArrayBuffer>,
   level: ChainLevel,
   size: number,
   fail: (level: ChainLevel, err: unknown) => never,
 ): void {
+  const runs: [number, number][] = [];
+  level.pages!.forEachRun((start, length) => {
+    runs.push([start * PAGE_SIZE, Math.min(length * PAGE_SIZE, size - start * PAGE_SIZE)]);
+  });
   let fd: number;
   try {
     fd = openSync(level.path, 'r');
@@ -157,13 +161,11 @@ function overlayLevel(
     if (fileSize < size) {
       fail(level, new Error(`the file holds ${fileSize} bytes, the block is ${size}`));
     }
-    level.pages!.forEachRun((start, length) => {
-      try {
-        m.overlay(fd, start * PAGE_SIZE, Math.min(length * PAGE_SIZE, size - start * PAGE_SIZE));
-      } catch (err) {
-        fail(level, err);
-      }
-    });
+    try {
+      m.overlayRanges(fd!, runs);
+    } catch (err) {
+      fail(level, err);
+    }
   } finally {
     closeSync(fd!);
   }

@@ -325,6 +325,49 @@ Napi::Value Overlay(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, "overlaid");
 }
 
+// overlayMany(owner, fd, ranges) -> [done, errno, lost]
+// Overlay() for many ranges of one file, each at the same offset in the file as in the range:
+// `ranges` is a Float64Array of [offset, length] pairs (checked by the caller). Stops at the
+// first failure: `done` ranges were overlaid, `errno` says why the next one failed (0: all
+// done), `lost` as for Overlay (the whole range then reads zero pages).
+Napi::Value OverlayMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Region* region = OpenRegion(info);
+  const int fd = info[1].As<Napi::Number>().Int32Value();
+  Napi::Float64Array ranges = info[2].As<Napi::Float64Array>();
+  const size_t pairs = ranges.ElementLength() / 2;
+  size_t done = 0;
+  int err = 0;
+  bool lost = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    for (; done < pairs; done++) {
+      const size_t offset = static_cast<size_t>(ranges[2 * done]);
+      const size_t length = RoundUpToPage(static_cast<size_t>(ranges[2 * done + 1]));
+      if (offset + length > region->span) {
+        err = EINVAL;
+        break;
+      }
+      void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(offset));
+      if (again == MAP_FAILED) {
+        err = errno;
+        if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
+          lost = true;
+          mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        }
+        break;
+      }
+    }
+  }
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::Number::New(env, static_cast<double>(done)));
+  result.Set(1u, Napi::Number::New(env, err));
+  result.Set(2u, Napi::Boolean::New(env, lost));
+  return result;
+}
+
 // madvise(owner, offset, length, advice)
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
   Region* region = OpenRegion(info);
@@ -762,6 +805,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("remap", Napi::Function::New(env, Remap, "remap"));
   exports.Set("overlay", Napi::Function::New(env, Overlay, "overlay"));
+  exports.Set("overlayMany", Napi::Function::New(env, OverlayMany, "overlayMany"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("msync", Napi::Function::New(env, Msync, "msync"));
   exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));
