@@ -172,10 +172,12 @@ describe('vmctl snapshot, template and clone output', () => {
 
   it('list shows each snapshot’s parent and depth', () => {
     const text = renderSnapshotList([template, middle, layer]);
-    expect(text).toMatch(/^NAME +KIND +TEMPLATE +PARENT +DEPTH +VM/m);
-    expect(text).toMatch(/^kv +bypass +yes +- +0 +kv@vmm-a/m);
-    expect(text).toMatch(/^kv-v2 +bypass +yes +kv +1 /m);
-    expect(text).toMatch(/^kv-v3 +bypass +yes +kv-v2 +2 /m);
+    expect(text).toMatch(
+      /^NAME +KIND +TEMPLATE +VM +MEMORY +STORED +CLONES +PARENT +DEPTH +CREATED$/m,
+    );
+    expect(text).toMatch(/^kv +bypass +yes +kv@vmm-a +256 MiB +40\.0 MiB +2 +- +0 +2026/m);
+    expect(text).toMatch(/^kv-v2 +bypass +yes +kv@vmm-a +256 MiB +18 KiB +0 +kv +1 +2026/m);
+    expect(text).toMatch(/^kv-v3 +bypass +yes +kv@vmm-a +256 MiB +18 KiB +0 +kv-v2 +2 +2026/m);
   });
 
   it('show of a layer prints its parent chain and the pages each block holds', () => {

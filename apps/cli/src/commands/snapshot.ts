@@ -16,17 +16,17 @@ import type { CommandRunner } from './runner.js';
 /** The table of `snapshot list` and `template list`. */
 export function renderSnapshotList(list: SnapshotView[]): string {
   return renderTable(
-    ['NAME', 'KIND', 'TEMPLATE', 'PARENT', 'DEPTH', 'VM', 'MEMORY', 'STORED', 'CLONES', 'CREATED'],
+    ['NAME', 'KIND', 'TEMPLATE', 'VM', 'MEMORY', 'STORED', 'CLONES', 'PARENT', 'DEPTH', 'CREATED'],
     list.map((s) => [
       s.name,
       s.kind,
       s.template ? 'yes' : 'no',
-      s.parent === '' ? '-' : s.parent,
-      String(s.depth),
       s.vm === '' ? '-' : s.vmm === '' ? s.vm : `${s.vm}@${s.vmm}`,
       formatBytes(snapshotMemory(s)),
       formatBytes(s.storedBytes),
       String(s.clones.length),
+      s.parent === '' ? '-' : s.parent,
+      String(s.depth),
       s.createdAt ?? '-',
     ]),
   );
