@@ -1,6 +1,7 @@
 import type { Catalog } from '../catalog/catalog.js';
 import type { RegionRow, SnapshotBlockRow, SnapshotRow } from '../catalog/rows.js';
 import { MemstoreError } from '../errors.js';
+import { layerBitmapBytes } from './layer-pages.js';
 
 /**
  * Chains of snapshots: a layer names its parent, whose blocks hold every page the layer's
@@ -83,6 +84,12 @@ export function cloneChainOf(catalog: Catalog, region: RegionRow): ChainRegion[]
       pages: block?.layerPages ?? undefined,
     });
     if (block === undefined || block.layerPages === null) break;
+    if (block.layerPages.length !== layerBitmapBytes(block.size)) {
+      throw corrupt(
+        `the layer bitmap of region "${current.name}" is ${block.layerPages.length} bytes, not ` +
+          `${layerBitmapBytes(block.size)}; the catalog is damaged — delete the layer`,
+      );
+    }
     if (seen.has(block.snapshotId)) throw corrupt(`the chain of region "${region.name}" loops`);
     seen.add(block.snapshotId);
     const below = parentBlockOf(catalog, block);

@@ -450,5 +450,13 @@ describe('start-up reconciliation of layers', () => {
     db.close();
     ({ memstore: m } = openTestMemstore(dirs));
     expect(m.snapshotReport).toMatchObject({ layersBroken: 1 });
+    // A clone is never handed a bitmap that does not fit its block.
+    expect(() => m.templates.attachCloneChain({ name: 'l2-ram' }, 'vmm-b/c')).toThrow(
+      expect.objectContaining({
+        code: 'SNAPSHOT_CORRUPT',
+        message: expect.stringMatching(/1 bytes, not 2/),
+      }),
+    );
+    m.snapshots.delete({ name: 'l2' });
   });
 });

@@ -329,7 +329,7 @@ export class SnapshotStore {
       throw new MemstoreError(
         'SNAPSHOT_IN_USE',
         `snapshot(s) ${children.map((c) => `"${c.name}"`).join(', ')} layer on snapshot "${row.name}"; ` +
-          'delete them first',
+          'delete them first (flatten a layer you keep into a standalone copy beforehand: FlattenSnapshot)',
       );
     }
     for (const b of blocks) {
