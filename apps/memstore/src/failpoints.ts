@@ -18,7 +18,11 @@
  *   read-only, the rows not committed;
  * - `snapshot-delete-after-row`: a DeleteSnapshot's rows are deleted, its files not yet;
  * - `import-after-regions`: an ImportSnapshot's regions are created and filled, the snapshot
- *   not recorded.
+ *   not recorded;
+ * - `flatten-after-regions`: a FlattenSnapshot's regions are created, filled and flushed and its
+ *   device-state file written, nothing committed;
+ * - `flatten-before-commit`: inside FlattenSnapshot's transaction, its regions marked active and
+ *   their files made read-only, nothing committed.
  */
 export type FailpointName =
   | 'create-after-row'
@@ -29,7 +33,9 @@ export type FailpointName =
   | 'snapshot-after-state-file'
   | 'snapshot-before-commit'
   | 'snapshot-delete-after-row'
-  | 'import-after-regions';
+  | 'import-after-regions'
+  | 'flatten-after-regions'
+  | 'flatten-before-commit';
 
 /** Name of the variable that arms a failpoint. */
 export const FAILPOINT_VARIABLE = 'HANDOFF_MEMSTORE_FAILPOINT';

@@ -18,7 +18,8 @@ import { SnapshotStore } from './snapshots/snapshot-store.js';
 import type { ExportPlan } from './snapshots/export-writer.js';
 import { planExport } from './snapshots/exporter.js';
 import { SnapshotImport, type ImportStart } from './snapshots/importer.js';
-import type { SnapshotRef } from './snapshots/snapshot.js';
+import type { Snapshot, SnapshotRef } from './snapshots/snapshot.js';
+import { flattenSnapshot } from './snapshots/flatten.js';
 
 /** Identity, totals and limits of a memstore (GetInfo). */
 export interface MemstoreInfo {
@@ -126,6 +127,21 @@ export class Memstore {
   /** What ExportSnapshot of `ref` writes (see snapshots/exporter.ts). */
   planExport(ref: SnapshotRef): ExportPlan {
     return planExport(this.catalog, this.snapshots, ref);
+  }
+
+  /** FlattenSnapshot: the layer `ref` written into a standalone snapshot `name` (snapshots/flatten.ts). */
+  flattenSnapshot(ref: SnapshotRef, name: string): Promise<Snapshot> {
+    return flattenSnapshot(
+      {
+        catalog: this.catalog,
+        regions: this.regions,
+        templates: this.templates,
+        snapshots: this.snapshots,
+        logger: this.logger,
+      },
+      ref,
+      name,
+    );
   }
 
   /** Starts an ImportSnapshot (see snapshots/importer.ts); SNAPSHOT_INVALID for a bad name. */

@@ -29,6 +29,7 @@ export {
   type MapFileOptions,
   type MapOptions,
   type MappingBuffer,
+  type OverlayOptions,
   type RemapOptions,
   type Sharing,
   type SyncOptions,

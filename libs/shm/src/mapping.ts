@@ -178,6 +178,12 @@ export interface RemapOptions {
   fd?: number;
 }
 
+/** Options of {@link Mapping.overlay}. */
+export interface OverlayOptions {
+  /** Where the range starts in the overlaid file, page-aligned; default: `offset` (the same place). */
+  fileOffset?: number;
+}
+
 /** @internal Which file a mapping maps (device and inode), and its path when mapped by path. */
 export interface MappedFile {
   readonly dev: number;
@@ -229,6 +235,8 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
   #buffer: B | undefined;
   #sharing: Sharing;
   readonly #file: MappedFile;
+  /** Ranges of other files mapped over this one ({@link Mapping.overlay}). */
+  #overlays = 0;
 
   /** @internal Use {@link mapFile} or {@link mapFd}. */
   constructor(init: MappingInit) {
@@ -448,6 +456,13 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
     const given = o.fd === undefined ? undefined : checkFd(op, o.fd);
     if (sharing === this.#sharing) return;
     const what = `${op} of ${this.source}`;
+    if (this.#overlays > 0) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${what}: ranges of other files are overlaid on this mapping, which a remap of the ` +
+          'whole range would drop; the mapping is unchanged. Map the files again instead.',
+      );
+    }
     let fd = given;
     if (fd === undefined) {
       const path = this.#file.path;
@@ -489,6 +504,179 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
     } finally {
       if (given === undefined) closeSync(fd);
     }
+  }
+
+  /**
+   * Map a range of another file over part of this mapping, copy-on-write: one
+   * `mmap(MAP_FIXED | MAP_PRIVATE)` replaces [offset, offset + length) of the range with
+   * [fileOffset, fileOffset + length) of `file`, read-write, its writes never reaching that file
+   * (as in a `'private'` mapping). {@link Mapping.buffer} and every view of it, in any thread,
+   * stay valid and show the overlaid file's pages there from then on; the rest of the mapping
+   * is unchanged. Copy-on-write copies made in the range before are dropped. A clone of a
+   * layered snapshot maps its root whole, then each layer's pages over it this way.
+   *
+   * Only a `'private'` mapping takes overlays, and it cannot be {@link Mapping.remap}ped after
+   * one (that would drop them). Each overlay is a mapping of its own in the kernel (adjacent
+   * ones of one file at matching offsets merge), counted against `vm.max_map_count`. Nothing
+   * may access the range during the call (pause the vCPU).
+   *
+   * @param file - a path (opened read-only for the call) or an open fd (stays the caller's)
+   * @param offset - where the range starts in this mapping, page-aligned
+   * @param length - bytes, a multiple of the page size unless the range ends where the mapping
+   *   does
+   * @throws ShmError `SHM_CLOSED`; `SHM_INVALID_ARGUMENT` (a shared mapping, bad arguments, not a
+   *   regular file); `SHM_OUT_OF_RANGE` (outside the mapping, or past the end of the file: an
+   *   access there would be a SIGBUS); `SHM_NOT_FOUND`, `SHM_PERMISSION_DENIED`; on any of these
+   *   the mapping is unchanged. `SHM_MAP_FAILED` when the kernel failed midway: the mapping is
+   *   then closed (its views read zeros, as after {@link Mapping.close}).
+   */
+  overlay(file: string | number, offset: number, length: number, options?: OverlayOptions): void {
+    const op = 'overlay';
+    const handle = this.#live(op);
+    const o = checkOptions(op, options);
+    this.#checkOverlayRange(op, offset, length);
+    const fileOffset =
+      o.fileOffset === undefined ? offset : checkInteger(op, 'fileOffset', o.fileOffset, 0);
+    checkPageAligned(op, 'fileOffset', fileOffset);
+    this.#withOverlayFile(op, file, `[${offset}, ${offset + length})`, (fd, what) => {
+      checkCovers(what, fd, fileOffset, length);
+      let result: 'overlaid' | 'lost';
+      try {
+        result = native.overlay(handle, fd, offset, length, fileOffset);
+      } catch (err) {
+        throw toShmError(what, err, classifyMmap, [
+          'SHM_MAP_FAILED',
+          'the mapping is unchanged; check the file and the process limits (vm.max_map_count).',
+        ]);
+      }
+      if (result === 'lost') this.#lostInOverlay(what);
+      this.#overlays++;
+    });
+  }
+
+  /**
+   * {@link Mapping.overlay} of many ranges of one file, each at the same offset in the file as
+   * in the mapping, in one call into the addon (one open and one `fstat` of the file, one mmap
+   * per range): a clone maps each layer's runs of pages this way. `ranges` are `[offset,
+   * length]` pairs with the rules of {@link Mapping.overlay}; all are checked before any is
+   * mapped.
+   *
+   * @throws ShmError as {@link Mapping.overlay}; should the kernel refuse a range midway
+   *   (`SHM_MAP_FAILED`, `SHM_PERMISSION_DENIED`, ...), the ranges before it stay overlaid and
+   *   the message says how many: close the mapping.
+   */
+  overlayRanges(
+    file: string | number,
+    ranges: readonly (readonly [offset: number, length: number])[],
+  ): void {
+    const op = 'overlayRanges';
+    const handle = this.#live(op);
+    if (!Array.isArray(ranges)) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: ranges ${describe(ranges)} is not an array of [offset, length] pairs; pass one.`,
+      );
+    }
+    if (ranges.length === 0) return;
+    const flat = new Float64Array(ranges.length * 2);
+    let end = 0;
+    ranges.forEach((r, k) => {
+      if (!Array.isArray(r) || r.length !== 2) {
+        throw new ShmError(
+          'SHM_INVALID_ARGUMENT',
+          `${op}: range ${k} is ${describe(r)}, not an [offset, length] pair; pass one.`,
+        );
+      }
+      this.#checkOverlayRange(`${op}: range ${k}`, r[0], r[1]);
+      flat[2 * k] = r[0];
+      flat[2 * k + 1] = r[1];
+      end = Math.max(end, r[0] + r[1]);
+    });
+    this.#withOverlayFile(op, file, `${ranges.length} ranges`, (fd, what) => {
+      checkCovers(what, fd, 0, end);
+      const [done, errno, lost] = native.overlayMany(handle, fd, flat);
+      this.#overlays += done;
+      if (lost) this.#lostInOverlay(what);
+      if (errno !== 0) {
+        const [offset, length] = ranges[done]!;
+        throw toShmError(
+          `${what}: range ${done} [${offset}, ${offset + length})`,
+          { errno, syscall: 'mmap' },
+          classifyMmap,
+          [
+            'SHM_MAP_FAILED',
+            `the ${done} ranges before it are overlaid; close the mapping (check the process limits, vm.max_map_count).`,
+          ],
+        );
+      }
+    });
+  }
+
+  /** The checks of one overlay range: page-aligned, in the mapping, whole pages. */
+  #checkOverlayRange(op: string, offset: unknown, length: unknown): void {
+    const off = checkInteger(op, 'offset', offset, 0);
+    checkPageAligned(op, 'offset', off);
+    const len = checkInteger(op, 'length', length, 1);
+    if (off + len > this.length) {
+      throw new ShmError(
+        'SHM_OUT_OF_RANGE',
+        `${op}: range [${off}, ${off + len}) is outside the ${this.length}-byte mapping ` +
+          `of ${this.source}; pass 0 <= offset < offset + length <= ${this.length}.`,
+      );
+    }
+    if (len % PAGE_SIZE !== 0 && off + len !== this.length) checkPageAligned(op, 'length', len);
+  }
+
+  /** Checks the mapping takes overlays, opens `file` (a path) for `fn`, and closes it again. */
+  #withOverlayFile(
+    op: string,
+    file: string | number,
+    where: string,
+    fn: (fd: number, what: string) => void,
+  ): void {
+    if (this.#sharing !== 'private') {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op} of ${this.source}: the mapping is shared; only a private (copy-on-write) mapping ` +
+          "takes overlays. Map the file with sharing: 'private'.",
+      );
+    }
+    if (typeof file === 'number') {
+      checkFd(op, file);
+      fn(file, `${op} of fd ${file} at ${where} of ${this.source}`);
+      return;
+    }
+    if (typeof file !== 'string' || file.length === 0 || file.includes('\0')) {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: file ${describe(file)} is neither a path nor an fd; pass one.`,
+      );
+    }
+    const what = `${op} of ${file} at ${where} of ${this.source}`;
+    let fd: number;
+    try {
+      fd = openSync(file, fsConstants.O_RDONLY);
+    } catch (err) {
+      throw toShmError(what, err, classifyOpen(false), [
+        'SHM_OPEN_FAILED',
+        'check the path and its permissions; the mapping is unchanged.',
+      ]);
+    }
+    try {
+      fn(fd, what);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** The kernel unmapped part of the range and failed: the range reads zeros now. */
+  #lostInOverlay(what: string): never {
+    this.close();
+    throw new ShmError(
+      'SHM_MAP_FAILED',
+      `${what}: the kernel failed after it had unmapped the range; the mapping is closed ` +
+        '(its views read zeros). Map the files again.',
+    );
   }
 
   /** Throws unless `fd` is the file this maps and still covers the mapped range. */
@@ -582,6 +770,29 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
       );
     }
     return [off, len];
+  }
+}
+
+/** Throws unless `fd` is a regular file holding [offset, offset + length) (no SIGBUS there). */
+function checkCovers(what: string, fd: number, offset: number, length: number): void {
+  let stat;
+  try {
+    stat = fstatSync(fd);
+  } catch (err) {
+    throw toShmError(what, err, () => undefined, ['SHM_INVALID_ARGUMENT', 'pass an open fd.']);
+  }
+  if (!stat.isFile()) {
+    throw new ShmError(
+      'SHM_INVALID_ARGUMENT',
+      `${what}: not a regular file; the mapping is unchanged.`,
+    );
+  }
+  if (stat.size < offset + length) {
+    throw new ShmError(
+      'SHM_OUT_OF_RANGE',
+      `${what}: the ${stat.size}-byte file does not hold [${offset}, ${offset + length}); ` +
+        'accesses there would kill the process with SIGBUS. The mapping is unchanged.',
+    );
   }
 }
 

@@ -50,6 +50,18 @@ export interface NativeBinding {
   ): [NativeHandle, ArrayBuffer | SharedArrayBuffer, bigint];
   close(handle: NativeHandle): NativeCloseResult;
   remap(handle: NativeHandle, fd: number, offset: number, shared: boolean): 'remapped' | 'lost';
+  overlay(
+    handle: NativeHandle,
+    fd: number,
+    offset: number,
+    length: number,
+    fileOffset: number,
+  ): 'overlaid' | 'lost';
+  overlayMany(
+    handle: NativeHandle,
+    fd: number,
+    ranges: Float64Array,
+  ): [done: number, errno: number, lost: boolean];
   madvise(handle: NativeHandle, offset: number, length: number, advice: number): void;
   msync(handle: NativeHandle, offset: number, length: number, flags: number): void;
   mincore(handle: NativeHandle, offset: number, length: number, out?: Uint8Array): number;

@@ -23,6 +23,13 @@ export interface SnapshotBlockView {
   owned: boolean;
   /** Bytes of the region backed by memory or disk. */
   storedBytes: bigint;
+  /**
+   * For a block of a layer: the pages its region holds, as runs [first, count] ascending (the
+   * other pages are the parent's); [] for a standalone snapshot's block.
+   */
+  layerPages: [number, number][];
+  /** Pages the layer's region holds (0 for a standalone snapshot's block). */
+  layerPageCount: bigint;
 }
 
 /** A snapshot as vmctl shows it (converted from the wire at this edge). */
@@ -41,6 +48,8 @@ export interface SnapshotView {
   clones: string[];
   /** The snapshot it layers on, or ''. */
   parent: string;
+  /** Snapshots below it: 0 for a standalone one, 1 for a layer on a standalone one, ... */
+  depth: number;
   /** Its device state plus the stored bytes of the regions it owns. */
   storedBytes: bigint;
 }
@@ -69,12 +78,40 @@ function toView(s: pb.Snapshot | undefined): SnapshotView {
       regionName: b.regionName,
       owned: b.owned,
       storedBytes: b.storedBytes,
+      layerPages: pageRuns(b.layerPages, Number(b.size / 4096n)),
+      layerPageCount: b.layerPageCount,
     })),
     deviceStateBytes: s.deviceStateBytes,
     clones: [...s.clones],
     parent: s.parent,
+    depth: s.depth,
     storedBytes: s.storedBytes,
   };
+}
+
+/** The runs [first, count] of set bits of a layer bitmap (1 bit per page, LSB first). */
+export function pageRuns(bitmap: Uint8Array, pages: number): [number, number][] {
+  const runs: [number, number][] = [];
+  let start = -1;
+  for (let p = 0; p <= pages; p++) {
+    const set = p < pages && p >> 3 < bitmap.length && ((bitmap[p >> 3]! >> (p & 7)) & 1) === 1;
+    if (set && start < 0) start = p;
+    else if (!set && start >= 0) {
+      runs.push([start, p - start]);
+      start = -1;
+    }
+  }
+  return runs;
+}
+
+/** Runs of pages as text: `2-3, 11` (at most `max` runs, then `... and N more runs`). */
+export function pageRunsText(runs: [number, number][], max = 8): string {
+  if (runs.length === 0) return 'none';
+  const shown = runs
+    .slice(0, max)
+    .map(([first, count]) => (count === 1 ? `${first}` : `${first}-${first + count - 1}`));
+  const more = runs.length > max ? `, ... and ${runs.length - max} more runs` : '';
+  return shown.join(', ') + more;
 }
 
 /** RAM of a snapshot: the sum of its blocks' sizes. */
@@ -99,6 +136,7 @@ export function snapshotJson(s: SnapshotView): Record<string, unknown> {
     storedBytes: s.storedBytes,
     deviceStateBytes: s.deviceStateBytes,
     parent: s.parent === '' ? null : s.parent,
+    depth: s.depth,
     clones: s.clones,
     blocks: s.blocks.map((b) => ({
       id: b.id,
@@ -108,6 +146,8 @@ export function snapshotJson(s: SnapshotView): Record<string, unknown> {
       regionId: b.regionId,
       owned: b.owned,
       storedBytes: b.storedBytes,
+      layerPageCount: b.layerPageCount,
+      layerPages: b.layerPages.map(([first, count]) => ({ first, count })),
     })),
   };
 }
@@ -120,6 +160,9 @@ function selector(ref: string): pb.SnapshotSelector {
 
 /** Longest an export or import may take (they take as long as the bytes take). */
 export const TRANSFER_DEADLINE_MS = 24 * 3600_000;
+
+/** Longest a flatten may take: it copies every page the chain holds. */
+export const FLATTEN_DEADLINE_MS = 3600_000;
 
 /** Largest data message of an import (the contract's limit). */
 export const IMPORT_CHUNK = 1 << 20;
@@ -145,6 +188,35 @@ export const snapshots = {
       'getSnapshot',
       { snapshot: selector(ref), withDeviceState: false },
       { deadlineMs: c.endpoints.timeoutMs },
+    );
+    return toView(res.snapshot);
+  },
+
+  /**
+   * The snapshot and the snapshots below it, parent first, root last (one GetSnapshot each;
+   * at most `depth` of them, so a damaged answer cannot loop).
+   */
+  async chain(c: Clients, s: SnapshotView): Promise<SnapshotView[]> {
+    const below: SnapshotView[] = [];
+    let parent = s.parent;
+    while (parent !== '' && below.length < s.depth) {
+      const p = await snapshots.get(c, parent);
+      below.push(p);
+      parent = p.parent;
+    }
+    return below;
+  },
+
+  /**
+   * FlattenSnapshot: the layer `ref` and the layers below it written into a standalone snapshot
+   * `name` (regions of its own; the original stays).
+   */
+  async flatten(c: Clients, ref: string, name: string): Promise<SnapshotView> {
+    const res = await unaryCall(
+      c.memstore,
+      'flattenSnapshot',
+      { snapshot: selector(ref), name },
+      { deadlineMs: Math.max(c.endpoints.timeoutMs, FLATTEN_DEADLINE_MS) },
     );
     return toView(res.snapshot);
   },

@@ -1,6 +1,12 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { snapshotJson, snapshotMemory, snapshots, type SnapshotView } from '../api/snapshots.js';
+import {
+  pageRunsText,
+  snapshotJson,
+  snapshotMemory,
+  snapshots,
+  type SnapshotView,
+} from '../api/snapshots.js';
 import { CliError } from '../errors.js';
 import { renderFields, renderTable } from '../output/render.js';
 import { TransferProgress } from '../output/transfer.js';
@@ -10,7 +16,7 @@ import type { CommandRunner } from './runner.js';
 /** The table of `snapshot list` and `template list`. */
 export function renderSnapshotList(list: SnapshotView[]): string {
   return renderTable(
-    ['NAME', 'KIND', 'TEMPLATE', 'VM', 'MEMORY', 'STORED', 'CLONES', 'CREATED'],
+    ['NAME', 'KIND', 'TEMPLATE', 'VM', 'MEMORY', 'STORED', 'CLONES', 'PARENT', 'DEPTH', 'CREATED'],
     list.map((s) => [
       s.name,
       s.kind,
@@ -19,13 +25,43 @@ export function renderSnapshotList(list: SnapshotView[]): string {
       formatBytes(snapshotMemory(s)),
       formatBytes(s.storedBytes),
       String(s.clones.length),
+      s.parent === '' ? '-' : s.parent,
+      String(s.depth),
       s.createdAt ?? '-',
     ]),
   );
 }
 
-/** The fields of one snapshot: what it holds, where, what it costs, who runs from it. */
-export function snapshotFields(s: SnapshotView): [string, string][] {
+/** The `parent` field: the chain below a layer, parent first, or `-` for a standalone one. */
+function parentText(s: SnapshotView, below: SnapshotView[] | undefined): string {
+  if (s.parent === '') return '-';
+  const names = below !== undefined && below.length > 0 ? below.map((b) => b.name) : [s.parent];
+  const chain = [s.name, ...names].join(' -> ');
+  return (
+    `${s.parent} (a layer, depth ${s.depth}: ${chain}; its blocks hold only the pages that ` +
+    'differ from its parent)'
+  );
+}
+
+/** A block's line: where it is, its region, what it stores, and for a layer its pages. */
+function blockText(s: SnapshotView, b: SnapshotView['blocks'][number]): string {
+  let text =
+    `0x${b.guestBase.toString(16)} ${formatBytes(b.size)}, region ${b.regionName} ` +
+    `(${b.owned ? 'owned by the snapshot' : 'pinned: a region a user made'}), ` +
+    `${formatBytes(b.storedBytes)} stored`;
+  if (s.parent !== '') {
+    text +=
+      `; layer pages: ${b.layerPageCount} of ${b.size / 4096n} (${pageRunsText(b.layerPages)}), ` +
+      `the rest from ${s.parent}`;
+  }
+  return text;
+}
+
+/**
+ * The fields of one snapshot: what it holds, where, what it costs, who runs from it. `below`
+ * (the snapshots under a layer, parent first) shows its whole chain.
+ */
+export function snapshotFields(s: SnapshotView, below?: SnapshotView[]): [string, string][] {
   const fields: [string, string][] = [
     ['name', s.name],
     ['id', s.id],
@@ -39,33 +75,53 @@ export function snapshotFields(s: SnapshotView): [string, string][] {
       `${formatBytes(s.storedBytes)} (device state ${formatBytes(s.deviceStateBytes)} plus the ` +
         'regions it owns)',
     ],
-    ['parent', s.parent === '' ? '-' : s.parent],
+    ['parent', parentText(s, below)],
     ['clones', s.clones.length === 0 ? 'none' : `${s.clones.length}: ${s.clones.join(', ')}`],
   ];
-  for (const b of s.blocks) {
-    fields.push([
-      `block ${b.id}`,
-      `0x${b.guestBase.toString(16)} ${formatBytes(b.size)}, region ${b.regionName} ` +
-        `(${b.owned ? 'owned by the snapshot' : 'pinned: a region a user made'}), ` +
-        `${formatBytes(b.storedBytes)} stored`,
-    ]);
-  }
+  for (const b of s.blocks) fields.push([`block ${b.id}`, blockText(s, b)]);
   return fields;
 }
 
-/** `vmctl snapshot list|show|delete|export|import`: memstore's snapshots. */
+/** The JSON of `show`: the snapshot and, for a layer, the names below it (parent first). */
+export function snapshotShowJson(s: SnapshotView, below: SnapshotView[]): Record<string, unknown> {
+  return { ...snapshotJson(s), parentChain: below.map((b) => b.name) };
+}
+
+/** What `snapshot flatten` and `template flatten` print. */
+export function renderFlattened(from: SnapshotView, flat: SnapshotView): string {
+  return (
+    `flattened ${from.template ? 'template' : 'snapshot'} ${from.name} (depth ${from.depth}) ` +
+    `into ${flat.template ? 'template' : 'snapshot'} ${flat.name}: standalone, ` +
+    `${formatBytes(snapshotMemory(flat))} of memory, ${formatBytes(flat.storedBytes)} stored; ` +
+    `${from.name} stays\n` +
+    renderFields(snapshotFields(flat))
+  );
+}
+
+/** Help text shared by `snapshot flatten` and `template flatten`. */
+export const FLATTEN_HELP =
+  '\nA layer is a snapshot saved from a clone: its blocks hold only the pages the clone wrote,\n' +
+  'the rest come from its parent, and so on down to a standalone snapshot. Flattening copies\n' +
+  "the composed pages (the root's, then each layer's over them) into new regions of its own:\n" +
+  'the copy has no parent, the same device state and template flag, and the original and its\n' +
+  'parents stay (delete them when no longer needed). A standalone snapshot is refused.\n';
+
+/** `vmctl snapshot list|show|flatten|delete|export|import`: memstore's snapshots. */
 export function registerSnapshot(program: Command, run: CommandRunner): void {
   const cmd = program
     .command('snapshot')
     .description(
       "memstore's snapshots: saved VMs (device state plus a sealed region per RAM block); " +
-        'list, show, delete, export to a file, import from one',
+        'list, show, flatten a layer, delete, export to a file, import from one',
     );
 
   cmd
     .command('list')
     .alias('ls')
-    .description('list snapshots and templates with their kind, memory, stored bytes and clones')
+    .description(
+      'list snapshots and templates with their kind, parent and depth (layers), memory, stored ' +
+        'bytes and clones',
+    )
     .action(
       run(async (ctx) => {
         const list = await snapshots.list(ctx.clients);
@@ -77,13 +133,39 @@ export function registerSnapshot(program: Command, run: CommandRunner): void {
     .command('show')
     .argument('<snapshot>', 'snapshot name or id')
     .description(
-      'show one snapshot: its blocks and their regions, sizes, the VMs that run from it, its parent',
+      'show one snapshot: its blocks and their regions, sizes, the VMs that run from it, and for ' +
+        'a layer its parent chain and the pages each block holds',
     )
     .addHelpText('after', '\nExample:\n  vmctl snapshot show kv-20261125-221000 --output json')
     .action(
       run(async (ctx, ref: string) => {
         const s = await snapshots.get(ctx.clients, ref);
-        ctx.print({ snapshot: snapshotJson(s) }, () => renderFields(snapshotFields(s)));
+        const below = await snapshots.chain(ctx.clients, s);
+        ctx.print({ snapshot: snapshotShowJson(s, below) }, () =>
+          renderFields(snapshotFields(s, below)),
+        );
+      }),
+    );
+
+  cmd
+    .command('flatten')
+    .argument('<snapshot>', 'a layer (a snapshot with a parent): name or id')
+    .requiredOption('--as <snapshot>', 'the name of the standalone copy')
+    .description(
+      'write a layer and the layers below it into one standalone snapshot with regions of its ' +
+        'own (the original stays)',
+    )
+    .addHelpText(
+      'after',
+      FLATTEN_HELP + '\nExample:\n  vmctl snapshot flatten kv-layer3 --as kv-flat',
+    )
+    .action(
+      run(async (ctx, ref: string, opts: { as: string }) => {
+        const from = await snapshots.get(ctx.clients, ref);
+        const flat = await snapshots.flatten(ctx.clients, ref, opts.as);
+        ctx.print({ snapshot: snapshotJson(flat), flattenedFrom: from.name }, () =>
+          renderFlattened(from, flat),
+        );
       }),
     );
 

@@ -10,7 +10,13 @@ import { formatBytes, parseDuration, parseSize } from '../output/units.js';
 import { followJob, latencyText, printJob } from './jobs.js';
 import type { CommandRunner } from './runner.js';
 import { renderSaved, savedSnapshot } from './save.js';
-import { renderSnapshotList, snapshotFields } from './snapshot.js';
+import {
+  FLATTEN_HELP,
+  renderFlattened,
+  renderSnapshotList,
+  snapshotFields,
+  snapshotShowJson,
+} from './snapshot.js';
 import { parseArgs } from './vm.js';
 
 /** One clone of a template as `template show` reports it: what it costs its vmm's host. */
@@ -76,9 +82,16 @@ async function cloneUsage(ctx: CommandContext, t: SnapshotView): Promise<CloneUs
 
 const bytesOrDash = (n: bigint | null) => (n === null ? '-' : formatBytes(n));
 
-/** `template show`: the template, then what is shared (its stored bytes) and what each clone owns. */
-export function renderTemplate(t: SnapshotView, clones: CloneUsage[]): string {
-  let text = renderFields(snapshotFields(t));
+/**
+ * `template show`: the template (for a layer, its parent chain `below`, parent first), then what
+ * is shared (its stored bytes) and what each clone owns.
+ */
+export function renderTemplate(
+  t: SnapshotView,
+  clones: CloneUsage[],
+  below: SnapshotView[] = [],
+): string {
+  let text = renderFields(snapshotFields(t, below));
   text +=
     `\nshared: ${formatBytes(t.storedBytes)} stored once for every clone (the template's pages); ` +
     "each clone's private dirty bytes are its own, its PSS counts its share of the rest\n\n";
@@ -120,13 +133,13 @@ async function template(ctx: CommandContext, ref: string): Promise<SnapshotView>
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-/** `vmctl template create|list|show|delete`. */
+/** `vmctl template create|list|show|flatten|delete`. */
 export function registerTemplate(program: Command, run: CommandRunner): void {
   const cmd = program
     .command('template')
     .description(
       'templates: snapshots made to be cloned (a guest booted to its ready point and saved); ' +
-        'create, list, show (with what each clone costs), delete',
+        'create, list, show (with what each clone costs), flatten a layered one, delete',
     );
 
   registerTemplateCreate(cmd, run);
@@ -134,7 +147,10 @@ export function registerTemplate(program: Command, run: CommandRunner): void {
   cmd
     .command('list')
     .alias('ls')
-    .description('list templates with their memory, stored bytes and clones')
+    .description(
+      'list templates with their parent and depth (layered templates), memory, stored bytes and ' +
+        'clones',
+    )
     .action(
       run(async (ctx) => {
         const list = await snapshots.list(ctx.clients, true);
@@ -153,8 +169,30 @@ export function registerTemplate(program: Command, run: CommandRunner): void {
     .action(
       run(async (ctx, ref: string) => {
         const t = await template(ctx, ref);
+        const below = await snapshots.chain(ctx.clients, t);
         const clones = await cloneUsage(ctx, t);
-        ctx.print({ template: snapshotJson(t), clones }, () => renderTemplate(t, clones));
+        ctx.print({ template: snapshotShowJson(t, below), clones }, () =>
+          renderTemplate(t, clones, below),
+        );
+      }),
+    );
+
+  cmd
+    .command('flatten')
+    .argument('<template>', 'a layered template (one with a parent): name or id')
+    .requiredOption('--as <template>', 'the name of the standalone copy')
+    .description(
+      'write a layered template and the layers below it into one standalone template with ' +
+        'regions of its own; new clones of the copy map one region per block (the original stays)',
+    )
+    .addHelpText('after', FLATTEN_HELP + '\nExample:\n  vmctl template flatten kv-v3 --as kv-flat')
+    .action(
+      run(async (ctx, ref: string, opts: { as: string }) => {
+        const from = await template(ctx, ref);
+        const flat = await snapshots.flatten(ctx.clients, ref, opts.as);
+        ctx.print({ template: snapshotJson(flat), flattenedFrom: from.name }, () =>
+          renderFlattened(from, flat),
+        );
       }),
     );
 

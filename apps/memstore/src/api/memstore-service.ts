@@ -26,7 +26,12 @@ import {
   safeNumber,
 } from './convert.js';
 import { readPages } from './read-pages.js';
-import { newSnapshotFromPb, snapshotRefFromPb, snapshotToPb } from './snapshot-convert.js';
+import {
+  chainToPb,
+  newSnapshotFromPb,
+  snapshotRefFromPb,
+  snapshotToPb,
+} from './snapshot-convert.js';
 import { clientStream, exportSnapshot, importSnapshot } from './snapshot-transfer.js';
 
 /**
@@ -220,12 +225,13 @@ export function memstoreService(deps: {
       return { region: regionToPb(await m.templates.seal(refFromPb(req.region), lease)) };
     }),
 
-    attachClone: call('AttachClone', (req: pb.AttachCloneRequest) => ({
-      template: regionToPb(
-        m.templates.attachClone(refFromPb(req.template, 'template'), req.holder),
-      ),
-      layers: [],
-    })),
+    attachClone: call('AttachClone', (req: pb.AttachCloneRequest) => {
+      const attached = m.templates.attachCloneChain(
+        refFromPb(req.template, 'template'),
+        req.holder,
+      );
+      return { template: regionToPb(attached.template), layers: attached.chain.map(chainToPb) };
+    }),
 
     detachClone: call('DetachClone', (req: pb.DetachCloneRequest) => {
       m.templates.detachClone(refFromPb(req.template, 'template'), req.holder);
@@ -322,12 +328,9 @@ function snapshotHandlers(
       return {};
     }),
 
-    flattenSnapshot: call('FlattenSnapshot', (): pb.FlattenSnapshotResponse => {
-      throw new ServiceError(
-        'SERVICE_UNIMPLEMENTED',
-        'FlattenSnapshot is not built yet: chained snapshots are being added',
-      );
-    }),
+    flattenSnapshot: call('FlattenSnapshot', async (req: pb.FlattenSnapshotRequest) => ({
+      snapshot: snapshotToPb(await m.flattenSnapshot(snapshotRefFromPb(req.snapshot), req.name)),
+    })),
 
     exportSnapshot: serverStream(logger, (_req, c: Parameters<typeof exportSnapshot>[1]) =>
       guarded(m, 'ExportSnapshot', () => exportSnapshot(m, c, logger)),

@@ -7,6 +7,7 @@ import type {
   SnapshotKind,
   SnapshotRef,
 } from '../snapshots/snapshot.js';
+import type { ChainRegion } from '../snapshots/chain.js';
 import { refFromPb } from './convert.js';
 
 /** Conversions between the snapshot wire types and the snapshot domain types. */
@@ -63,6 +64,7 @@ function blockSourceFromPb(b: pb.SnapshotBlockSource, i: number): SnapshotBlockS
     region: refFromPb(b.region, `${field}.region`),
     epoch: safe(b.epoch, `${field}.epoch`),
     owned: b.owned,
+    layerPages: b.layerPages,
   };
 }
 
@@ -101,14 +103,24 @@ export function snapshotToPb(s: Snapshot): pb.Snapshot {
       identity: b.identity,
       owned: b.owned,
       storedBytes: BigInt(b.storedBytes),
-      layerPages: new Uint8Array(0),
-      layerPageCount: 0n,
+      layerPages: b.layerPages ?? new Uint8Array(0),
+      layerPageCount: BigInt(b.layerPageCount),
     })),
     deviceStateBytes: BigInt(s.deviceStateBytes),
     deviceStateCrc32c: s.deviceStateCrc32c,
     clones: [...s.clones],
     parent: s.parent ?? '',
     storedBytes: BigInt(s.storedBytes),
-    depth: 0,
+    depth: s.depth,
+  };
+}
+
+/** One region of a clone's chain -> CloneLayer (the root's `pages` empty). */
+export function chainToPb(c: ChainRegion): pb.CloneLayer {
+  return {
+    regionId: c.regionId,
+    path: c.path,
+    identity: c.identity,
+    pages: c.pages ?? new Uint8Array(0),
   };
 }

@@ -3,6 +3,7 @@ import { memstore as pb } from '@handoff/proto';
 import type { RemoteError } from '@handoff/service';
 import { createClient, unaryCall } from '@handoff/service';
 import { testCredentials, testTlsDir } from '@handoff/service/testing';
+import { writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { memstoreConfig } from '../config.js';
 import { startMemstore, type MemstoreHandle } from '../start.js';
@@ -230,5 +231,68 @@ describe('snapshots over gRPC', () => {
       state: pb.RegionState.REGION_STATE_ACTIVE,
       lease: { epoch: 1n },
     });
+  });
+
+  it('a layer: CreateSnapshot with parent and layer_pages, its depth and bitmap in answers, AttachClone answers the chain', async () => {
+    const base = await vmRegion('ram');
+    await unaryCall(vmm, 'createSnapshot', createRequest());
+    const top = await vmRegion('top');
+    writeFileSync(top.path, Buffer.alloc(4096, 0x5a), { flag: 'r+' });
+    const pages = new Uint8Array(Number(MiB / 4096n / 8n));
+    pages[0] = 0b1;
+    const layerBlock = { ...createRequest().blocks[0]!, region: byName('top'), layerPages: pages };
+    const { snapshot } = await unaryCall(
+      vmm,
+      'createSnapshot',
+      createRequest({ name: 'layer', parent: 'golden', blocks: [layerBlock] }),
+    );
+    expect(snapshot).toMatchObject({
+      parent: 'golden',
+      depth: 1,
+      blocks: [{ regionName: 'top', layerPageCount: 1n }],
+    });
+    expect(new Uint8Array(snapshot!.blocks[0]!.layerPages)).toEqual(pages);
+    const listed = await unaryCall(operator, 'listSnapshots', { templatesOnly: false });
+    expect(listed.snapshots.map((s) => [s.name, s.depth, s.blocks[0]!.layerPageCount])).toEqual([
+      ['golden', 0, 0n],
+      ['layer', 1, 1n],
+    ]);
+
+    const attached = await unaryCall(vmm, 'attachClone', {
+      template: byName('top'),
+      holder: 'vmm-a/c1',
+    });
+    expect(attached.template!.name).toBe('top');
+    expect(attached.layers.map((l) => ({ ...l, pages: new Uint8Array(l.pages) }))).toEqual([
+      { regionId: base.id, path: base.path, identity: base.identity, pages: new Uint8Array(0) },
+      { regionId: top.id, path: top.path, identity: top.identity, pages },
+    ]);
+    const root = await unaryCall(vmm, 'attachClone', {
+      template: byName('ram'),
+      holder: 'vmm-a/c2',
+    });
+    expect(root.layers.map((l) => l.regionId)).toEqual([base.id]);
+
+    await unaryCall(vmm, 'detachClone', { template: byName('ram'), holder: 'vmm-a/c2' });
+    const refused = await failure<RemoteError>(
+      unaryCall(operator, 'deleteSnapshot', { snapshot: bySnapshot('golden') }),
+    );
+    expect(refused).toMatchObject({
+      code: 'SNAPSHOT_IN_USE',
+      status: grpc.status.FAILED_PRECONDITION,
+    });
+    expect(refused.message).toContain('"layer" layer on snapshot "golden"');
+    const bad = await failure<RemoteError>(
+      unaryCall(
+        vmm,
+        'createSnapshot',
+        createRequest({
+          name: 'bad',
+          parent: 'golden',
+          blocks: [{ ...layerBlock, layerPages: new Uint8Array(1) }],
+        }),
+      ),
+    );
+    expect(bad).toMatchObject({ code: 'SNAPSHOT_INVALID', status: grpc.status.INVALID_ARGUMENT });
   });
 });

@@ -126,7 +126,7 @@ describe('Catalog.open', () => {
     ).run();
     db.close();
     catalog = Catalog.open(path);
-    expect(catalog.openInfo).toMatchObject({ fromVersion: 2, schemaVersion: 3 });
+    expect(catalog.openInfo).toMatchObject({ fromVersion: 2, schemaVersion: SCHEMA_VERSION });
     expect(catalog.getById('r1')).toMatchObject({ state: 'sealed', sealedAt: 2 });
     expect(catalog.clonesOf('r1').map((c) => c.holder)).toEqual(['vmm-a/c']);
     expect(catalog.snapshots.list()).toEqual([]);
@@ -157,6 +157,7 @@ describe('Catalog.open', () => {
             regionId: 'r1',
             identity: 'i',
             owned: true,
+            layerPages: null,
           },
         ],
       ),
@@ -174,6 +175,71 @@ describe('Catalog.open', () => {
     expect(catalog.snapshots.delete('s1')).toBe(true);
     expect(catalog.snapshots.allBlocks()).toEqual([]);
     expect(catalog.deleteRegion('r1')).toBe(true);
+  });
+
+  it('migrates a version-3 catalog: its snapshots load as standalone, and layers can be recorded', () => {
+    const db = new Database(path);
+    for (const step of MIGRATIONS.slice(0, 3)) db.exec(step.sql);
+    db.pragma('user_version = 3');
+    db.prepare(
+      `INSERT INTO regions (id, name, kind, state, size, path, identity, created_at, sealed_at)
+       VALUES ('r1', 'base', 'persistent', 'sealed', 16384, '/x/r1', 'i1', 1, 2),
+              ('r2', 'top', 'persistent', 'sealed', 16384, '/x/r2', 'i2', 1, 2)`,
+    ).run();
+    db.prepare(
+      `INSERT INTO snapshots (id, name, kind, template, created_at, vm_name, vmm_id, vm_spec,
+                              state_path, state_bytes, state_crc32c, parent_id)
+       VALUES ('s1', 'base', 'bypass', 1, 5, 'vm1', 'vmm-a', x'0102', '/x/s1.state', 10, 7, NULL)`,
+    ).run();
+    db.prepare(
+      `INSERT INTO snapshot_blocks (snapshot_id, position, block_id, guest_base, size, region_id,
+                                    identity, owned)
+       VALUES ('s1', 0, 'ram0', 0, 16384, 'r1', 'i1', 1)`,
+    ).run();
+    db.close();
+
+    catalog = Catalog.open(path);
+    expect(catalog.openInfo).toMatchObject({ fromVersion: 3, schemaVersion: SCHEMA_VERSION });
+    expect(catalog.snapshots.blocksOf('s1')).toEqual([
+      {
+        snapshotId: 's1',
+        position: 0,
+        blockId: 'ram0',
+        guestBase: 0,
+        size: 16384,
+        regionId: 'r1',
+        identity: 'i1',
+        owned: true,
+        layerPages: null,
+      },
+    ]);
+    // A layer on the migrated snapshot keeps its bitmap byte for byte.
+    catalog.transaction(() =>
+      catalog!.snapshots.insert(
+        {
+          ...catalog!.snapshots.getById('s1')!,
+          id: 's2',
+          name: 'top',
+          statePath: '/x/s2.state',
+          parentId: 's1',
+        },
+        [
+          {
+            snapshotId: 's2',
+            position: 0,
+            blockId: 'ram0',
+            guestBase: 0,
+            size: 16384,
+            regionId: 'r2',
+            identity: 'i2',
+            owned: true,
+            layerPages: new Uint8Array([0b1010]),
+          },
+        ],
+      ),
+    );
+    expect(catalog.snapshots.blocksOfRegion('r2')[0]!.layerPages).toEqual(new Uint8Array([0b1010]));
+    expect(catalog.snapshots.childrenOf('s1').map((r) => r.name)).toEqual(['top']);
   });
 
   it('reports a file that is not a database as CATALOG_CORRUPT', async () => {

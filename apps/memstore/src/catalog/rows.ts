@@ -114,4 +114,9 @@ export interface SnapshotBlockRow {
   readonly identity: string;
   /** The snapshot deletes the region with itself. */
   readonly owned: boolean;
+  /**
+   * For a block of a layer: the pages its region holds (1 bit per page, LSB first); null for a
+   * standalone snapshot's block (its region holds the whole block).
+   */
+  readonly layerPages: Uint8Array | null;
 }

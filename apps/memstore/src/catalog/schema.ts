@@ -110,6 +110,16 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX snapshot_blocks_by_region ON snapshot_blocks (region_id);
     `,
   },
+  {
+    description: 'layer bitmaps of snapshot blocks (chained snapshots)',
+    sql: `
+      -- For a block of a layer (a snapshot with a parent_id): the pages its region holds, one
+      -- bit per page of the block, least significant bit first (ceil(pages / 8) bytes); every
+      -- other page is the parent's block's. NULL for a standalone snapshot's block, whose region
+      -- holds the whole block. Rows written before this step are standalone (NULL).
+      ALTER TABLE snapshot_blocks ADD COLUMN layer_pages BLOB;
+    `,
+  },
 ];
 
 /** The schema version this build writes. */

@@ -25,6 +25,12 @@ interface RawBlockRow {
   region_id: string;
   identity: string;
   owned: number;
+  layer_pages: Buffer | null;
+}
+
+/** A view of bytes as a Buffer (no copy), as better-sqlite3 binds BLOBs. */
+function bufferOf(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function toSnapshotRow(r: RawSnapshotRow): SnapshotRow {
@@ -54,11 +60,12 @@ function toBlockRow(r: RawBlockRow): SnapshotBlockRow {
     regionId: r.region_id,
     identity: r.identity,
     owned: r.owned === 1,
+    layerPages: r.layer_pages === null ? null : new Uint8Array(r.layer_pages),
   };
 }
 
 /**
- * The `snapshots` and `snapshot_blocks` tables (schema version 3). Plain statements: callers
+ * The `snapshots` and `snapshot_blocks` tables (schema version 3; layer bitmaps since 4). Plain statements: callers
  * run them inside `Catalog.transaction` when several must commit together.
  */
 export class SnapshotTable {
@@ -78,7 +85,7 @@ export class SnapshotTable {
       created_at: row.createdAt,
       vm_name: row.vmName,
       vmm_id: row.vmmId,
-      vm_spec: Buffer.from(row.vmSpec.buffer, row.vmSpec.byteOffset, row.vmSpec.byteLength),
+      vm_spec: bufferOf(row.vmSpec),
       state_path: row.statePath,
       state_bytes: row.stateBytes,
       state_crc32c: row.stateCrc32c,
@@ -94,6 +101,7 @@ export class SnapshotTable {
         region_id: b.regionId,
         identity: b.identity,
         owned: b.owned ? 1 : 0,
+        layer_pages: b.layerPages === null ? null : bufferOf(b.layerPages),
       });
     }
   }
@@ -152,9 +160,9 @@ function prepare(db: Database.Database) {
     ),
     insertBlock: db.prepare(
       `INSERT INTO snapshot_blocks (snapshot_id, position, block_id, guest_base, size, region_id,
-                                    identity, owned)
+                                    identity, owned, layer_pages)
        VALUES (@snapshot_id, @position, @block_id, @guest_base, @size, @region_id, @identity,
-               @owned)`,
+               @owned, @layer_pages)`,
     ),
     getById: db.prepare('SELECT * FROM snapshots WHERE id = ?'),
     getByName: db.prepare('SELECT * FROM snapshots WHERE name = ?'),

@@ -1,14 +1,10 @@
-import { fileDataRanges } from '@handoff/shm';
-import { open, type FileHandle } from 'node:fs/promises';
-import { MemstoreError } from '../errors.js';
+import { ComposedReader, type ComposeLayer } from './compose.js';
 import {
   encodeHeader,
   encodePreamble,
   encodeRunPrefix,
   encodeSection,
   encodeTrailer,
-  MAX_RUN_PAGES,
-  PAGE_BYTES,
   PREAMBLE_BYTES,
   RUN_PREFIX_BYTES,
   runSectionBytes,
@@ -25,9 +21,12 @@ export interface PageRun {
   readonly pageCount: number;
 }
 
-/** One block to export: its region file and the runs of it that hold data. */
+/**
+ * One block to export: the files of its chain (one for a standalone snapshot; a layer's block
+ * is composed, its parent's pages under its own) and the runs of it that hold data.
+ */
 export interface ExportSource {
-  readonly path: string;
+  readonly layers: readonly ComposeLayer[];
   readonly runs: readonly PageRun[];
 }
 
@@ -38,36 +37,6 @@ export interface ExportPlan {
   readonly sources: readonly ExportSource[];
   /** The file's exact length. */
   readonly totalBytes: number;
-}
-
-/**
- * The runs of a region file that may hold data (SEEK_DATA / SEEK_HOLE), widened to whole
- * pages, clipped to `size`, and cut into runs of at most 256 pages. Pages in holes read as zero
- * and are not exported; a file system that does not report holes gives one run per 256 pages.
- */
-export function pageRunsOf(path: string, size: number): PageRun[] {
-  const runs: PageRun[] = [];
-  let end = 0; // first page after the last run
-  for (const [start, stop] of fileDataRanges(path, 0, size)) {
-    let first = Math.max(Math.floor(start / PAGE_BYTES), end);
-    const last = Math.min(Math.ceil(stop / PAGE_BYTES), size / PAGE_BYTES);
-    while (first < last) {
-      const count = Math.min(MAX_RUN_PAGES, last - first);
-      const prev = runs[runs.length - 1];
-      if (
-        prev !== undefined &&
-        prev.firstPage + prev.pageCount === first &&
-        prev.pageCount + count <= MAX_RUN_PAGES
-      ) {
-        runs[runs.length - 1] = { firstPage: prev.firstPage, pageCount: prev.pageCount + count };
-      } else {
-        runs.push({ firstPage: first, pageCount: count });
-      }
-      first += count;
-    }
-    end = Math.max(end, last);
-  }
-  return runs;
 }
 
 /** The exact length of the file a plan writes. */
@@ -90,7 +59,8 @@ export function exportLength(
 
 /**
  * The file's bytes, section by section (each at most 1 MiB + 28 bytes): the preamble, header,
- * device state, every run (read from the region files, which are sealed and never change) and
+ * device state, every run (read from the region files of each block's chain, which are sealed
+ * and never change; a layer's pages over its parent's) and
  * the trailer. Stops early when `stopped()` turns true. Closes the files it opened.
  */
 export async function* exportSections(
@@ -104,32 +74,23 @@ export async function* exportSections(
   for (let block = 0; block < plan.sources.length; block++) {
     const source = plan.sources[block]!;
     if (source.runs.length === 0) continue;
-    const file = await openRegion(source.path);
+    const reader = await ComposedReader.open(source.layers);
     try {
       for (const run of source.runs) {
         if (stopped()) return;
-        yield await readRunSection(file, source.path, block, run);
+        yield await readRunSection(reader, block, run);
         runs++;
       }
     } finally {
-      await file.close();
+      await reader.close();
     }
   }
   yield encodeSection(SECTION.trailer, encodeTrailer(plan.totalBytes, runs));
 }
 
-async function openRegion(path: string): Promise<FileHandle> {
-  try {
-    return await open(path, 'r');
-  } catch (err) {
-    throw MemstoreError.from(err, `opening region file ${path} for the export`);
-  }
-}
-
-/** One run section, its pages read straight into the section's buffer. */
+/** One run section, its composed pages read straight into the section's buffer. */
 async function readRunSection(
-  file: FileHandle,
-  path: string,
+  reader: ComposedReader,
   block: number,
   run: PageRun,
 ): Promise<Uint8Array> {
@@ -138,24 +99,7 @@ async function readRunSection(
   view.setUint32(0, SECTION.run, true);
   view.setUint32(4, out.length - SECTION_HEADER_BYTES, true);
   out.set(encodeRunPrefix(block, run.firstPage, run.pageCount), SECTION_HEADER_BYTES);
-  const dataAt = SECTION_HEADER_BYTES + RUN_PREFIX_BYTES;
-  const length = run.pageCount * PAGE_BYTES;
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await file.read(
-      out,
-      dataAt + done,
-      length - done,
-      run.firstPage * PAGE_BYTES + done,
-    );
-    if (bytesRead === 0) {
-      throw new MemstoreError(
-        'REGION_IO_FAILED',
-        `region file ${path} ended early at byte ${run.firstPage * PAGE_BYTES + done}; it was truncated outside the memstore`,
-      );
-    }
-    done += bytesRead;
-  }
+  await reader.read(out.subarray(SECTION_HEADER_BYTES + RUN_PREFIX_BYTES), run);
   view.setUint32(8, sectionCrc(out.subarray(0, 8), out.subarray(SECTION_HEADER_BYTES)), true);
   return out;
 }

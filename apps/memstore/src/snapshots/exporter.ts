@@ -1,15 +1,19 @@
 import type { Catalog } from '../catalog/catalog.js';
 import { MemstoreError } from '../errors.js';
+import { cloneChainOf } from './chain.js';
+import { composedDataSpans, cutSpans } from './compose.js';
 import type { ExportHeader } from './export-format.js';
-import { PAGE_BYTES } from './export-format.js';
-import { exportLength, pageRunsOf, type ExportPlan, type ExportSource } from './export-writer.js';
+import { MAX_RUN_PAGES, PAGE_BYTES } from './export-format.js';
+import { exportLength, type ExportPlan, type ExportSource } from './export-writer.js';
 import type { SnapshotRef } from './snapshot.js';
 import type { SnapshotStore } from './snapshot-store.js';
 
 /**
  * Decides what an export of the snapshot `ref` writes: its header, its checked device state,
- * and for each block the runs of its region that hold data. SNAPSHOT_NOT_FOUND,
- * SNAPSHOT_CORRUPT (device state), REGION_LOST, REGION_IO_FAILED.
+ * and for each block the runs that hold data. A layer is exported composed — each block read
+ * through its chain, the parent's pages under the layer's — so the file is standalone and its
+ * format is the one of every snapshot; it imports as a standalone snapshot. SNAPSHOT_NOT_FOUND,
+ * SNAPSHOT_CORRUPT (device state or chain), REGION_LOST, REGION_IO_FAILED.
  */
 export function planExport(
   catalog: Catalog,
@@ -25,12 +29,13 @@ export function planExport(
         `snapshot "${snapshot.name}": the region of block "${b.id}" has lost its file; the snapshot cannot be exported — delete it`,
       );
     }
+    const layers = cloneChainOf(catalog, region).map((c) => ({ path: c.path, pages: c.pages }));
     try {
-      return { path: region.path, runs: pageRunsOf(region.path, b.size) };
+      return { layers, runs: cutSpans(composedDataSpans(layers, b.size), MAX_RUN_PAGES) };
     } catch (err) {
       throw new MemstoreError(
         'REGION_IO_FAILED',
-        `snapshot "${snapshot.name}": cannot find the data of region "${region.name}" (${(err as Error).message}); check its file ${region.path}`,
+        `snapshot "${snapshot.name}": cannot find the data of block "${b.id}" (${(err as Error).message}); check the files of its regions`,
         { cause: err },
       );
     }

@@ -115,6 +115,7 @@ export class SnapshotImport {
             regionId: rows[position]!.id,
             identity: rows[position]!.identity,
             owned: true,
+            layerPages: null,
           })),
         });
       });

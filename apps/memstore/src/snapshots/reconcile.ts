@@ -3,6 +3,9 @@ import { join, resolve } from 'node:path';
 import type { Catalog } from '../catalog/catalog.js';
 import { listDirectory } from '../regions/directories.js';
 import { removeRegionFile, setFileMode, statRegionFile } from '../regions/files.js';
+import type { SnapshotRow } from '../catalog/rows.js';
+import { cloneChainOf } from './chain.js';
+import { checkLayerBitmap } from './layer-pages.js';
 import { parseStateFileName } from './naming.js';
 import { STATE_FILE_MODE, STATE_HEADER_BYTES } from './state-file.js';
 
@@ -14,6 +17,12 @@ export interface SnapshotReconcileReport {
   readonly stateMissing: number;
   /** Snapshots with a region whose file is lost (kept, reported). */
   readonly regionsLost: number;
+  /**
+   * Layers that cannot be cloned, restored or flattened: a region below them is lost, or their
+   * chain in the catalog is damaged (a bitmap of the wrong length, a parent block missing).
+   * Kept and reported; they can be deleted.
+   */
+  readonly layersBroken: number;
   /** Snapshots in the catalog. */
   readonly snapshots: number;
 }
@@ -25,7 +34,9 @@ export interface SnapshotReconcileReport {
  * 2. rows whose state file is missing or has the wrong size: kept and warned — GetSnapshot
  *    still answers them, reading their device state fails with SNAPSHOT_CORRUPT;
  * 3. rows with a LOST region: kept and warned — restoring them fails with REGION_LOST;
- * 4. state files forced to mode 0600.
+ * 4. layers whose chain is broken (a LOST region below them, or a damaged chain): kept and
+ *    warned — attaching a clone to them fails (REGION_LOST, SNAPSHOT_CORRUPT);
+ * 5. state files forced to mode 0600.
  */
 export function reconcileSnapshots(
   catalog: Catalog,
@@ -35,6 +46,7 @@ export function reconcileSnapshots(
   let orphansRemoved = 0;
   let stateMissing = 0;
   let regionsLost = 0;
+  let layersBroken = 0;
   const rows = catalog.snapshots.list();
   const claimed = new Set(rows.map((r) => resolve(r.statePath)));
   for (const entry of listDirectory(stateDir)) {
@@ -73,7 +85,48 @@ export function reconcileSnapshots(
       );
     }
   }
-  const report = { orphansRemoved, stateMissing, regionsLost, snapshots: rows.length };
+  for (const row of rows) {
+    const broken = brokenChainOf(catalog, row);
+    if (broken === undefined) continue;
+    layersBroken++;
+    logger.warn(
+      { snapshot: row.id, name: row.name, problem: broken },
+      'a layer cannot be used: its chain is broken (it is kept; delete it, or bring back what is missing)',
+    );
+  }
+  const report = {
+    orphansRemoved,
+    stateMissing,
+    regionsLost,
+    layersBroken,
+    snapshots: rows.length,
+  };
   logger.info(report, 'snapshot reconciliation done');
   return report;
+}
+
+/**
+ * What is wrong with the chain of a layer (undefined when it is sound, or `row` is standalone
+ * and carries no bitmap): each block's bitmap fits its block and the regions of every level
+ * below are there.
+ */
+function brokenChainOf(catalog: Catalog, row: SnapshotRow): string | undefined {
+  const blocks = catalog.snapshots.blocksOf(row.id);
+  if (row.parentId === null) {
+    return blocks.some((b) => b.layerPages !== null)
+      ? 'a standalone snapshot has layer bitmaps'
+      : undefined;
+  }
+  try {
+    for (const b of blocks) {
+      if (b.layerPages === null) return `block "${b.blockId}" of a layer has no layer bitmap`;
+      checkLayerBitmap(b.layerPages, b.size, `block "${b.blockId}"`);
+      const region = catalog.getById(b.regionId);
+      if (region === undefined) return `the region of block "${b.blockId}" is missing`;
+      cloneChainOf(catalog, region);
+    }
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
 }

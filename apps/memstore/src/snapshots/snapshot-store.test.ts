@@ -47,6 +47,7 @@ function block(region: string, over: Partial<SnapshotBlockSource> = {}): Snapsho
     region: { name: region },
     epoch: 0,
     owned: false,
+    layerPages: new Uint8Array(0),
     ...over,
   };
 }
@@ -349,7 +350,18 @@ describe('DeleteSnapshot', () => {
     m.templates.detachClone({ name: 'ram' }, 'vmm-b/clone1');
 
     m.regions.create({ name: 'other', size: MiB, kind: 'volatile' });
-    await m.snapshots.create(request({ name: 'child', parent: 'snap1', blocks: [block('other')] }));
+    m.regions.create({ name: 'other-rom', size: MiB, kind: 'volatile' });
+    const pages = new Uint8Array(MiB / 4096 / 8);
+    await m.snapshots.create(
+      request({
+        name: 'child',
+        parent: 'snap1',
+        blocks: [
+          block('other', { owned: true, layerPages: pages }),
+          block('other-rom', { id: 'rom', guestBase: 0, owned: true, layerPages: pages }),
+        ],
+      }),
+    );
     expect(m.snapshots.get({ name: 'child' }).snapshot.parent).toBe('snap1');
     expect(() => m.snapshots.delete({ name: 'snap1' })).toThrow(
       expect.objectContaining({
@@ -399,6 +411,7 @@ describe('start-up reconciliation', () => {
       orphansRemoved: 1,
       stateMissing: 1,
       regionsLost: 1,
+      layersBroken: 0,
       snapshots: 2,
     });
     expect(existsSync(orphan)).toBe(false);

@@ -13,6 +13,7 @@ import { findRegion } from '../regions/resolve.js';
 import { formatBytes } from '../regions/size.js';
 import { unsealFileMode, type SealLease, type Templates } from '../templates/templates.js';
 import { crc32c } from './crc32c.js';
+import { checkLayerRegion, checkLayerShape, type LayerParent } from './layer-checks.js';
 import { checkBlockLayout, checkPayloadSizes, checkVmName } from './limits.js';
 import { stateFileName, validateSnapshotName } from './naming.js';
 import type { NewSnapshot, Snapshot, SnapshotBlockSource, SnapshotRef } from './snapshot.js';
@@ -62,15 +63,17 @@ export class SnapshotStore {
   ) {}
 
   /**
-   * CreateSnapshot. SNAPSHOT_INVALID, SNAPSHOT_EXISTS, REGION_NOT_FOUND, REGION_LOST, and the
+   * CreateSnapshot; with `parent`, a layer (layer-checks.ts). SNAPSHOT_INVALID, SNAPSHOT_EXISTS, REGION_NOT_FOUND, REGION_LOST, and the
    * lease errors of sealing (LEASE_STALE_EPOCH, LEASE_NOT_HELD, LEASE_WRONG_HOLDER, LEASE_HELD).
    * Nothing is left behind when it fails.
    */
   async create(req: NewSnapshot): Promise<Snapshot> {
     this.checkRequest(req);
-    const parentId = this.parentIdOf(req.parent);
+    const parent = this.parentOf(req.parent);
+    checkLayerShape(req, parent);
+    const parentId = parent?.row.id ?? null;
     for (const b of req.blocks) this.arms.resolveArmOf(b.region);
-    const regions = this.checkBlocks(req);
+    const regions = this.checkBlocks(req, parent !== undefined);
     for (const r of regions) {
       if (r.kind !== 'persistent' || r.state === 'sealed') continue;
       try {
@@ -94,7 +97,10 @@ export class SnapshotStore {
       for (const b of req.blocks) this.arms.resolveArmOf(b.region);
       this.catalog.transaction(() => {
         this.assertNameFree(req.name);
-        const rows = this.checkBlocks(req);
+        if (parentId !== null && this.catalog.snapshots.getById(parentId) === undefined) {
+          throw invalid(`parent snapshot "${parent!.row.name}" was deleted meanwhile`);
+        }
+        const rows = this.checkBlocks(req, parentId !== null);
         rows.forEach((r, i) => {
           if (r.state === 'sealed') return;
           this.templates.sealWithin(r.id, leaseOf(req, req.blocks[i]!));
@@ -213,13 +219,16 @@ export class SnapshotStore {
     this.assertNameFree(req.name);
   }
 
-  private parentIdOf(parent: string): string | null {
-    if (parent === '') return null;
+  /** The parent a layer names (by name or id) with its blocks; undefined for none. */
+  private parentOf(parent: string): LayerParent | undefined {
+    if (parent === '') return undefined;
     const row = this.catalog.snapshots.getByName(parent) ?? this.catalog.snapshots.getById(parent);
     if (row === undefined) {
-      throw invalid(`parent snapshot ${JSON.stringify(parent.slice(0, 80))} does not exist`);
+      throw invalid(
+        `parent snapshot ${JSON.stringify(parent.slice(0, 80))} does not exist; name an existing snapshot (vmctl snapshot list)`,
+      );
     }
-    return row.id;
+    return { row, blocks: this.catalog.snapshots.blocksOf(row.id) };
   }
 
   /**
@@ -227,7 +236,7 @@ export class SnapshotStore {
    * named by one block only, may be sealed with the block's lease (or is sealed already), and
    * is not owned by this snapshot while another one names it.
    */
-  private checkBlocks(req: NewSnapshot): RegionRow[] {
+  private checkBlocks(req: NewSnapshot, layered: boolean): RegionRow[] {
     const seen = new Map<string, string>();
     return req.blocks.map((b) => {
       const row = findRegion(this.catalog, b.region);
@@ -255,6 +264,7 @@ export class SnapshotStore {
       } else {
         this.templates.assertSealable(row, leaseOf(req, b));
       }
+      checkLayerRegion(this.catalog, b, row, layered, (blocks) => this.namesOf(blocks));
       if (b.owned) {
         const users = this.catalog.snapshots.blocksOfRegion(row.id);
         if (users.length > 0) {
@@ -298,6 +308,7 @@ export class SnapshotStore {
         regionId: '',
         identity: '',
         owned: b.owned,
+        layerPages: parentId === null ? null : b.layerPages.slice(),
       })),
     };
   }
@@ -318,7 +329,7 @@ export class SnapshotStore {
       throw new MemstoreError(
         'SNAPSHOT_IN_USE',
         `snapshot(s) ${children.map((c) => `"${c.name}"`).join(', ')} layer on snapshot "${row.name}"; ` +
-          'delete them first',
+          'delete them first (flatten a layer you keep into a standalone copy beforehand: FlattenSnapshot)',
       );
     }
     for (const b of blocks) {

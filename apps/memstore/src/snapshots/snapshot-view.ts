@@ -2,11 +2,13 @@ import type { Catalog } from '../catalog/catalog.js';
 import type { SnapshotBlockRow, SnapshotRow } from '../catalog/rows.js';
 import { MemstoreError } from '../errors.js';
 import { statRegionFile } from '../regions/files.js';
+import { depthOf } from './chain.js';
+import { countLayerPages } from './layer-pages.js';
 import { describeSnapshotRef, type Snapshot, type SnapshotRef } from './snapshot.js';
 
 /**
  * Reading snapshots out of the catalog: finding a row, and the reported view of it (region
- * names, stored bytes, the clones that run from it).
+ * names, stored bytes, layer bitmaps, depth, the clones that run from it).
  */
 
 /** The snapshot row a reference names. SNAPSHOT_NOT_FOUND. */
@@ -53,6 +55,8 @@ export function snapshotView(
       identity: b.identity,
       owned: b.owned,
       storedBytes: stored,
+      layerPages: b.layerPages ?? undefined,
+      layerPageCount: b.layerPages === null ? 0 : countLayerPages(b.layerPages),
     };
   });
   return {
@@ -70,5 +74,6 @@ export function snapshotView(
     clones: clonesOfBlocks(catalog, blocks),
     parent: row.parentId === null ? undefined : catalog.snapshots.getById(row.parentId)?.name,
     storedBytes,
+    depth: depthOf(catalog, row),
   };
 }

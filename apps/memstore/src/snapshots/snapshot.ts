@@ -23,6 +23,13 @@ export interface SnapshotBlock {
   readonly owned: boolean;
   /** Bytes of the region backed by memory or disk (0 when its file is lost). */
   readonly storedBytes: number;
+  /**
+   * For a block of a layer: the pages its region holds (1 bit per page, LSB first; every other
+   * page is the parent's block's). Undefined for a standalone snapshot's block.
+   */
+  readonly layerPages: Uint8Array | undefined;
+  /** Pages set in `layerPages` (0 for a standalone snapshot's block). */
+  readonly layerPageCount: number;
 }
 
 /** A snapshot as memstore reports it. */
@@ -44,6 +51,8 @@ export interface Snapshot {
   readonly parent: string | undefined;
   /** Device-state bytes plus the stored bytes of the regions it owns. */
   readonly storedBytes: number;
+  /** Snapshots below it: 0 for a standalone one, 1 for a layer on a standalone one, ... */
+  readonly depth: number;
 }
 
 /** Where one block of a new snapshot comes from. */
@@ -56,6 +65,11 @@ export interface SnapshotBlockSource {
   readonly epoch: number;
   /** The snapshot takes ownership of the region (deletes it with itself). */
   readonly owned: boolean;
+  /**
+   * Required for every block of a layer (`NewSnapshot.parent` set), empty otherwise: the pages
+   * `region` holds (1 bit per page, LSB first).
+   */
+  readonly layerPages: Uint8Array;
 }
 
 /** What CreateSnapshot asks for. */

@@ -10,6 +10,7 @@ import type { Region, RegionRef } from '../regions/region.js';
 import type { RegionStore } from '../regions/region-store.js';
 import { NO_ARMS, type LeaseArmResolver } from '../leases/lease-manager.js';
 import { findRegion } from '../regions/resolve.js';
+import { cloneChainOf, type ChainRegion } from '../snapshots/chain.js';
 
 /** The lease a sealing caller presents; undefined for an unleased region. */
 export interface SealLease {
@@ -94,8 +95,19 @@ export class Templates {
 
   /** Records that `holder` maps the sealed template (idempotent). REGION_NOT_SEALED, REGION_LOST. */
   attachClone(ref: RegionRef, holder: string): Region {
+    return this.attachCloneChain(ref, holder).template;
+  }
+
+  /**
+   * {@link attachClone}, answering also what the clone maps: the template's chain bottom to top
+   * (snapshots/chain.ts; one element for a template that is no layer's). The chain is checked
+   * before the clone is recorded: a lost region anywhere in it refuses the attach (REGION_LOST).
+   * Attaching pins the template; the layers below stay because a parent cannot be deleted while
+   * a layer names it.
+   */
+  attachCloneChain(ref: RegionRef, holder: string): { template: Region; chain: ChainRegion[] } {
     validateHolder(holder);
-    const row = this.catalog.transaction(() => {
+    const { row, chain } = this.catalog.transaction(() => {
       const r = findRegion(this.catalog, ref);
       if (r.state !== 'sealed') {
         throw new MemstoreError(
@@ -109,12 +121,16 @@ export class Templates {
           `template "${r.name}" has lost its file ${r.path}; delete it and create the template again`,
         );
       }
+      const layers = cloneChainOf(this.catalog, r);
       if (this.catalog.attachClone(r.id, holder, this.now())) {
-        this.logger.info({ region: r.id, name: r.name, holder }, 'clone attached');
+        this.logger.info(
+          { region: r.id, name: r.name, holder, layers: layers.length },
+          'clone attached',
+        );
       }
-      return r;
+      return { row: r, chain: layers };
     });
-    return this.regions.get({ id: row.id });
+    return { template: this.regions.get({ id: row.id }), chain };
   }
 
   /** Forgets that `holder` maps the template. Idempotent: false if it was not attached. */

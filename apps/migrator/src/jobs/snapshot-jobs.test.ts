@@ -8,6 +8,7 @@ import { jobToWire } from '../api/migrator-service.js';
 import { hostedVmsFromWire } from '../clients/vm-wire.js';
 import { VmmRegistry } from '../registry/vmm-registry.js';
 import { FakeLeases, FakeSnapshotCatalog, FakeVmm, FakeWorld } from '../testing/fake-vmm.js';
+import { copyNeeded } from './snapshot-plans.js';
 import { JobManager, type JobSink } from './job-manager.js';
 import type { Job } from './job.js';
 import { JobJournal } from './journal.js';
@@ -439,11 +440,11 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
       expect(done.snapshotResult?.pauseUs).toBe(900);
     });
 
-    it('copies the RAM of a VM that is no longer all shared: the vmm says what it is now', async () => {
+    it('makes a layer of a VM that runs as a clone now: the vmm says what its RAM is', async () => {
       a.setReporting(false); // the registry still holds vm2's first report: shared RAM
       const first = await jobs.save({ vm: 'vm2', snapshot: 'first', full: false, stop: false });
       expect((await jobs.waitFor(first.id)).info.status).toBe('completed');
-      // vm2 runs on as a clone of `first` now: a template of it must be a copy
+      // vm2 runs on as a clone of `first` now: a template of it is a layer (a bypass save)
       const t = await jobs.createTemplate({
         name: 'golden',
         source: { fromVm: 'vm2' },
@@ -452,10 +453,17 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
         args: {},
         readyTimeoutMs: 0,
       });
-      expect(t.snapshot?.full).toBe(false); // what the report said
       expect((await jobs.waitFor(t.id)).info.status).toBe('completed');
-      expect(world.snapshots.get('golden')).toMatchObject({ kind: 'full', template: true });
+      expect(world.snapshots.get('golden')).toMatchObject({ kind: 'bypass', template: true });
       expect(a.calls.slice(-2)).toEqual(['getVm:vm2', 'saveVm:vm2']);
+    });
+
+    it('copies the RAM of a VM with private memory or shared and clone RAM mixed', () => {
+      expect(copyNeeded([{ backend: 'shared' }, { backend: 'shared' }])).toBe(false);
+      expect(copyNeeded([{ backend: 'clone' }, { backend: 'clone' }])).toBe(false);
+      expect(copyNeeded([{ backend: 'shared' }, { backend: 'clone' }])).toBe(true);
+      expect(copyNeeded([{ backend: 'clone' }, { backend: 'private' }])).toBe(true);
+      expect(copyNeeded([{ backend: 'private' }])).toBe(true);
     });
 
     it('can be cancelled while the guest boots: its VM is destroyed', async () => {

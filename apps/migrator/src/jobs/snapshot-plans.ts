@@ -204,8 +204,9 @@ export async function planTemplate(
       vm: req.source.fromVm,
       vmm: at.vmm,
       side: 'source',
-      // RAM that is not shared cannot be sealed in place: it is copied (the run asks the vmm
-      // again, as the VM's blocks may have changed since its report)
+      // shared RAM is sealed in place, clone RAM becomes a layer over its snapshot, anything
+      // else is copied (the run asks the vmm again, as the VM's blocks may have changed since
+      // its report)
       request: snapshotRequest({ snapshot: req.name, full: needsCopy(at.vm.spec) }),
     };
   }
@@ -243,7 +244,18 @@ function checkMemory(memory: number): void {
 }
 
 function needsCopy(spec: VmSpec | undefined): boolean {
-  return spec?.ram.some((b) => b.backend !== 'shared') ?? false;
+  return spec === undefined ? false : copyNeeded(spec.ram);
+}
+
+/**
+ * Whether a VM with these blocks must be saved by copying (SaveVm `full`): a bypass save seals
+ * shared blocks in place or makes a layer of clone blocks, but not private blocks nor both
+ * kinds at once.
+ */
+export function copyNeeded(ram: readonly { readonly backend: string }[]): boolean {
+  if (ram.some((b) => b.backend === 'private')) return true;
+  const clones = ram.filter((b) => b.backend === 'clone').length;
+  return clones !== 0 && clones !== ram.length;
 }
 
 /** Clone(template, count, vmm, name_prefix, paused). */

@@ -2,7 +2,7 @@ import { RemoteError, type Logger } from '@handoff/service';
 import type { ReadyWait, Saved, VmmCalls } from '../clients/vmm-client.js';
 import type { VmSpec, VmStatus } from '../registry/hosted-vm.js';
 import { cloneNames, type Job, type SnapshotRequest, type SnapshotResult } from './job.js';
-import { DRAM_BASE } from './snapshot-plans.js';
+import { copyNeeded, DRAM_BASE } from './snapshot-plans.js';
 
 /**
  * The vmm calls of save, restore, template and clone jobs. Each job makes one call (a template
@@ -112,9 +112,9 @@ async function save(
 ): Promise<SnapshotEnd> {
   const at = workerOf(job);
   try {
-    // A template of a running VM is whatever that VM holds now: its RAM is sealed in place only
-    // when every block is shared (private RAM cannot be, clone RAM would need a layer over its
-    // snapshot), else copied. The VM's vmm says what its blocks are now.
+    // A template of a running VM is whatever that VM holds now: its RAM is sealed in place when
+    // every block is shared, becomes a layer over its snapshot when every block is clone RAM,
+    // else is copied (private RAM, or both kinds). The VM's vmm says what its blocks are now.
     const full = template ? await needsCopy(deps, at.address, job.vm, r.full) : r.full;
     const saved = await deps.vmms.saveVm(
       at.address,
@@ -134,7 +134,10 @@ async function save(
   }
 }
 
-/** Whether VM `name` has a block that is not shared RAM (asked of its vmm; else `guess`). */
+/**
+ * Whether VM `name` must be saved by copying: a private block, or shared and clone blocks
+ * mixed (asked of its vmm; else `guess`).
+ */
 async function needsCopy(
   deps: SnapshotRunDeps,
   address: string,
@@ -143,7 +146,7 @@ async function needsCopy(
 ): Promise<boolean> {
   const vm = await deps.vmms.vm(address, name).catch(() => null);
   if (vm?.spec === undefined) return guess;
-  return vm.spec.ram.some((b) => b.backend !== 'shared');
+  return copyNeeded(vm.spec.ram);
 }
 
 async function restore(deps: SnapshotRunDeps, job: Job, r: SnapshotRequest): Promise<SnapshotEnd> {

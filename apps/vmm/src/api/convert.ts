@@ -87,15 +87,15 @@ export function snapshotToPb(s: Snapshot): msPb.Snapshot {
       identity: b.identity,
       owned: b.owned,
       storedBytes: BigInt(b.storedBytes),
-      layerPages: new Uint8Array(0),
-      layerPageCount: 0n,
+      layerPages: b.layerPages,
+      layerPageCount: BigInt(b.layerPageCount),
     })),
     deviceStateBytes: BigInt(s.deviceStateBytes),
     deviceStateCrc32c: s.deviceStateCrc32c,
     clones: [...s.clones],
     parent: s.parent,
     storedBytes: BigInt(s.storedBytes),
-    depth: 0,
+    depth: s.depth,
   };
 }
 

@@ -21,6 +21,13 @@ export interface SnapshotBlock {
   readonly owned: boolean;
   /** Bytes of the region backed by memory or disk. */
   readonly storedBytes: number;
+  /**
+   * A layer's block: the pages its region holds over the parent's (memstore's bitmap, one bit
+   * per page, least significant bit first); empty for a standalone snapshot.
+   */
+  readonly layerPages: Uint8Array;
+  /** Pages set in {@link SnapshotBlock.layerPages} (0 for a standalone snapshot). */
+  readonly layerPageCount: number;
 }
 
 /** A snapshot as memstore reports it. */
@@ -40,9 +47,11 @@ export interface Snapshot {
   readonly deviceStateCrc32c: number;
   /** Holders of the VMs that run from it. */
   readonly clones: readonly string[];
-  /** The snapshot it layers on (chained templates), or ''. */
+  /** The snapshot it layers on (chained templates), by name, or ''. */
   readonly parent: string;
   readonly storedBytes: number;
+  /** Layers below it: 0 for a standalone snapshot. */
+  readonly depth: number;
 }
 
 /** Where one block of a new snapshot comes from (CreateSnapshot). */
@@ -56,6 +65,8 @@ export interface SnapshotBlockSource {
   readonly epoch: number;
   /** The snapshot takes the region over (deletes it with itself). */
   readonly owned: boolean;
+  /** A layer's block: the pages the region holds (memstore's bitmap); absent otherwise. */
+  readonly layerPages?: Uint8Array;
 }
 
 /** What CreateSnapshot is asked to record. */
@@ -67,4 +78,6 @@ export interface NewSnapshot {
   readonly vmSpec: Uint8Array;
   readonly deviceState: Uint8Array;
   readonly blocks: readonly SnapshotBlockSource[];
+  /** A layer: the snapshot it layers on (name or id); absent for a standalone snapshot. */
+  readonly parent?: string;
 }

@@ -1,10 +1,11 @@
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
-import { fileDataRanges, mapFile, type Mapping } from '@handoff/shm';
+import { fileDataRanges, type Mapping } from '@handoff/shm';
 import { VmmError } from '../model/vmm-error.js';
 import type { RamBlockSpec } from '../model/types.js';
 import { byId, byName, holderOf, memstoreCall } from '../leases/calls.js';
 import type { RamBacking, RamContext } from './backing.js';
+import { chainDataRanges, cloneChainOf, mapCloneChain, type ChainLevel } from './clone-chain.js';
 
 /** What a restore demands of a snapshot's region beyond what CreateVm checks. */
 export interface CloneExpectation {
@@ -12,13 +13,21 @@ export interface CloneExpectation {
   readonly identity: string;
   /** For messages: whose region it is (`snapshot s1`). */
   readonly owner: string;
+  /**
+   * A layered snapshot: the identity each snapshot of its chain recorded for this block, root
+   * first, the snapshot's own last; every level AttachClone answers must be that region.
+   */
+  readonly chain?: readonly string[];
 }
 
 /**
  * `clone` RAM: a sealed memstore template mapped MAP_PRIVATE (copy-on-write): the clone shares
  * every page it has not written. The VM is recorded as a clone of the template (AttachClone),
- * which pins the template against deletion until DetachClone. With `expect` (a restore from a
- * snapshot), the template must also still be the region the snapshot recorded.
+ * which pins the template (and the chain below a layer's region) against deletion until
+ * DetachClone. A layer's region is mapped as the chain AttachClone answers: the root whole, each
+ * layer's pages over it (`clone-chain.ts`). With `expect` (a restore from a snapshot), the
+ * template must also still be the region the snapshot recorded, and each level of the chain the
+ * one its snapshot recorded. A refused chain leaves nothing mapped or attached.
  */
 export async function openClone(
   spec: RamBlockSpec,
@@ -26,8 +35,13 @@ export async function openClone(
   expect?: CloneExpectation,
 ): Promise<RamBacking> {
   const block = `RAM block ${spec.id}`;
-  const template = await attachClone(ctx, byName(spec.region), `${block}: template ${spec.region}`);
+  const { template, layers } = await attachCloneChain(
+    ctx,
+    byName(spec.region),
+    `${block}: template ${spec.region}`,
+  );
   let mapping: Mapping<SharedArrayBuffer>;
+  let chain: ChainLevel[];
   try {
     if (template.state !== pb.RegionState.REGION_STATE_SEALED) {
       throw new VmmError(
@@ -50,12 +64,14 @@ export async function openClone(
           'snapshot cannot be restored',
       );
     }
-    mapping = mapFile(template.path, { sharing: 'private', length: spec.size });
+    const code = expect === undefined ? 'VMM_INVALID_SPEC' : 'VMM_SNAPSHOT_INVALID';
+    chain = cloneChainOf(template, layers, spec.size, block, code, expect?.chain);
+    mapping = mapCloneChain(chain, spec.size, block, code);
   } catch (err) {
     await detachClone(ctx, template.id, spec);
     throw err;
   }
-  return cloneBacking(spec, mapping, template, ctx);
+  return cloneBacking(spec, mapping, template, ctx, chain);
 }
 
 /**
@@ -68,6 +84,20 @@ export async function attachClone(
   template: pb.RegionSelector,
   what: string,
 ): Promise<pb.Region> {
+  return (await attachCloneChain(ctx, template, what)).template;
+}
+
+/**
+ * AttachClone as this VM, with the chain memstore answers (empty from a memstore without
+ * chains: the region alone).
+ *
+ * @throws see {@link attachClone}
+ */
+async function attachCloneChain(
+  ctx: RamContext,
+  template: pb.RegionSelector,
+  what: string,
+): Promise<{ readonly template: pb.Region; readonly layers: readonly pb.CloneLayer[] }> {
   const res = await memstoreCall(ctx, what, () =>
     unaryCall(
       ctx.memstore(),
@@ -76,7 +106,7 @@ export async function attachClone(
       { deadlineMs: ctx.deadlineMs },
     ),
   );
-  return res.template!;
+  return { template: res.template!, layers: res.layers ?? [] };
 }
 
 /** DetachClone as this VM; a failure is logged (the attachment stays until removed by hand). */
@@ -98,13 +128,15 @@ async function detachClone(ctx: RamContext, templateId: string, spec: RamBlockSp
 
 /**
  * The backing of a clone block over `mapping`, a private mapping of the sealed `template` this
- * VM is attached to: `close()` revokes the mapping, then detaches the clone.
+ * VM is attached to (of the chain below it, when it is a layer's region): `close()` revokes the
+ * mapping, then detaches the clone.
  */
 export function cloneBacking(
   spec: RamBlockSpec,
   mapping: Mapping<SharedArrayBuffer>,
   template: Pick<pb.Region, 'id' | 'identity' | 'path'>,
   ctx: RamContext,
+  chain?: readonly ChainLevel[],
 ): RamBacking {
   let closed = false;
   return {
@@ -120,6 +152,7 @@ export function cloneBacking(
     },
     zeroed: false,
     templateDataRanges: () => {
+      if (chain !== undefined && chain.length > 1) return chainDataRanges(chain, spec.size);
       try {
         return fileDataRanges(template.path, 0, spec.size);
       } catch {

@@ -8,7 +8,13 @@ import { openShared } from './shared.js';
 export type { RamBacking, RamContext, SealedRegion } from './backing.js';
 export { openClone, type CloneExpectation } from './clone.js';
 export { createSaveRegion, saveRegionName, type SaveRegion } from './save-region.js';
-export { createSnapshot, getSnapshot, type FetchedSnapshot } from './snapshots.js';
+export {
+  createSnapshot,
+  findSnapshotOfRegions,
+  getSnapshot,
+  type FetchedSnapshot,
+} from './snapshots.js';
+export { bitmapToLayerPages } from './layer-pages.js';
 
 /** Maps one block with its backend. */
 export function openRamBlock(spec: RamBlockSpec, ctx: RamContext): Promise<RamBacking> {

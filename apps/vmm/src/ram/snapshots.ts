@@ -55,12 +55,15 @@ export function snapshotFromPb(s: pb.Snapshot): Snapshot {
       identity: b.identity,
       owned: b.owned,
       storedBytes: safeNumber(b.storedBytes, `${what}: block ${b.id}'s stored bytes`),
+      layerPages: b.layerPages,
+      layerPageCount: safeNumber(b.layerPageCount, `${what}: block ${b.id}'s layer pages`),
     })),
     deviceStateBytes: safeNumber(s.deviceStateBytes, `${what}: device state length`),
     deviceStateCrc32c: s.deviceStateCrc32c,
     clones: [...s.clones],
     parent: s.parent,
     storedBytes: safeNumber(s.storedBytes, `${what}: stored bytes`),
+    depth: s.depth,
   };
 }
 
@@ -105,10 +108,10 @@ export async function createSnapshot(ctx: RamContext, s: NewSnapshot): Promise<S
       region: { selector: { $case: 'id', value: b.regionId } },
       epoch: BigInt(b.epoch),
       owned: b.owned,
-      layerPages: new Uint8Array(0),
+      layerPages: b.layerPages ?? new Uint8Array(0),
     })),
     holder: holderOf(ctx),
-    parent: '',
+    parent: s.parent ?? '',
   };
   const res = await snapshotCall(ctx, `creating snapshot ${s.name}`, () =>
     unaryCall(ctx.memstore(), 'createSnapshot', req, { deadlineMs: ctx.deadlineMs }),
@@ -160,3 +163,28 @@ export async function getSnapshot(
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * The snapshot whose blocks are the regions `regionIds` (in order), or null: what a clone that
+ * does not know its snapshot's name (a VM migrated here) runs from. One ListSnapshots call.
+ *
+ * @throws VmmError `VMM_MEMSTORE_UNAVAILABLE`
+ */
+export async function findSnapshotOfRegions(
+  ctx: RamContext,
+  regionIds: readonly string[],
+): Promise<Snapshot | null> {
+  const res = await snapshotCall(ctx, 'listing snapshots', () =>
+    unaryCall(
+      ctx.memstore(),
+      'listSnapshots',
+      { templatesOnly: false },
+      { deadlineMs: ctx.deadlineMs },
+    ),
+  );
+  const found = res.snapshots.find(
+    (s) =>
+      s.blocks.length === regionIds.length && s.blocks.every((b, k) => b.regionId === regionIds[k]),
+  );
+  return found === undefined ? null : snapshotFromPb(found);
+}

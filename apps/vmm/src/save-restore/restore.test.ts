@@ -91,11 +91,40 @@ describe('a snapshot read for a restore', () => {
     });
   });
 
-  it('passes memstore’s refusals on, and refuses layered snapshots as not built yet', async () => {
+  it('passes memstore’s refusals on', async () => {
     const corrupt: Answer = { status: grpc.status.DATA_LOSS, code: 'SNAPSHOT_CORRUPT' };
     await expect(prepare(corrupt).result).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
-    await expect(prepare(answer({ parent: 'base' })).result).rejects.toMatchObject({
-      code: 'VMM_UNIMPLEMENTED',
+  });
+
+  it('of a layer reads its chain of parents once and gives each block the identities it recorded', async () => {
+    const block0 = snapshotPb('x').blocks[0]!;
+    const parentOf = (name: string, parent: string, identity: string, size = SIZE): Answer => ({
+      ok: {
+        snapshot: snapshotPb(name, {
+          parent,
+          blocks: [{ ...block0, identity, size: BigInt(size) }],
+        }),
+        deviceState: new Uint8Array(0),
+      },
+    });
+    const layer = answer({ parent: 'l1', depth: 2, blocks: [{ ...block0, identity: 'i2' }] });
+    const memstore = fakeMemstore({
+      getSnapshot: [layer, parentOf('l1', 't0', 'i1'), parentOf('t0', '', 'i0')],
+    });
+    const host = { ramContext: () => memstore.ctx } as unknown as VmHost;
+    const p = await prepareSnapshot(host, 'snap');
+    expect(p.chains).toEqual([['i0', 'i1', 'i2']]);
+    expect(memstore.asked.map((a) => a.request)).toEqual([
+      { snapshot: { selector: { $case: 'name', value: 'snap' } }, withDeviceState: true },
+      { snapshot: { selector: { $case: 'name', value: 'l1' } }, withDeviceState: false },
+      { snapshot: { selector: { $case: 'name', value: 't0' } }, withDeviceState: false },
+    ]);
+
+    const other = fakeMemstore({ getSnapshot: [layer, parentOf('l1', '', 'i1', 2 * SIZE)] });
+    const otherHost = { ramContext: () => other.ctx } as unknown as VmHost;
+    await expect(prepareSnapshot(otherHost, 'snap')).rejects.toMatchObject({
+      code: 'VMM_SNAPSHOT_INVALID',
+      message: expect.stringMatching(/blocks are not those of snapshot l1, which it layers on/),
     });
   });
 });

@@ -27,7 +27,15 @@ export interface PreparedSnapshot {
   /** The blocks as the started VMs map them: clone RAM of the snapshot's regions. */
   readonly ram: readonly RamBlockSpec[];
   readonly state: MachineState;
+  /**
+   * Per block, the identity each snapshot of the chain recorded for it, root first, this
+   * snapshot's last (one element for a standalone snapshot): the regions a clone maps.
+   */
+  readonly chains: readonly (readonly string[])[];
 }
+
+/** Most snapshots in one chain a restore follows (a loop in memstore's answers ends here). */
+const MAX_CHAIN = 64;
 
 /**
  * Reads snapshot `ref` (a name or an id) with its device state and checks that it holds
@@ -35,7 +43,8 @@ export interface PreparedSnapshot {
  * be the spec's blocks, and its device state must decode and validate. Nothing is mapped.
  *
  * @throws `SNAPSHOT_NOT_FOUND`, `SNAPSHOT_CORRUPT` (memstore's), VmmError
- *   `VMM_SNAPSHOT_INVALID`, `VMM_UNIMPLEMENTED` (a layered snapshot), `VMM_MEMSTORE_UNAVAILABLE`
+ *   `VMM_SNAPSHOT_INVALID` (also: a chain whose snapshots' blocks differ),
+ *   `VMM_MEMSTORE_UNAVAILABLE`
  */
 export async function prepareSnapshot(host: VmHost, ref: string): Promise<PreparedSnapshot> {
   if (ref === '') {
@@ -49,12 +58,6 @@ export async function prepareSnapshot(host: VmHost, ref: string): Promise<Prepar
       `${what}: ${why}; it cannot be restored (delete it and save the VM again)`,
       cause === undefined ? undefined : { cause },
     );
-  if (snapshot.parent !== '') {
-    throw new VmmError(
-      'VMM_UNIMPLEMENTED',
-      `${what} layers on snapshot ${snapshot.parent}; restoring layered snapshots is not built yet`,
-    );
-  }
   if (deviceState.length === 0 || deviceState.length !== snapshot.deviceStateBytes) {
     throw invalid(
       `its device state is ${deviceState.length} bytes, the snapshot records ` +
@@ -87,7 +90,35 @@ export async function prepareSnapshot(host: VmHost, ref: string): Promise<Prepar
   } catch (err) {
     throw invalid(`its device state does not load (${(err as Error).message})`, err);
   }
-  return { snapshot, spec, ram, state };
+  const chains = await chainIdentities(host, snapshot, invalid);
+  return { snapshot, spec, ram, state, chains };
+}
+
+/**
+ * A layered snapshot's ancestors, read once: every one must have the snapshot's blocks (ids,
+ * bases, sizes). Returns, per block, the identities its chain recorded, root first.
+ */
+async function chainIdentities(
+  host: VmHost,
+  snapshot: Snapshot,
+  invalid: (why: string) => VmmError,
+): Promise<string[][]> {
+  const chain: Snapshot[] = [snapshot];
+  for (let s = snapshot; s.parent !== '';) {
+    if (chain.length > MAX_CHAIN) {
+      throw invalid(`its chain of parents is longer than ${MAX_CHAIN} snapshots`);
+    }
+    s = (await getSnapshot(host.ramContext('restore'), s.parent, false)).snapshot;
+    const same =
+      s.blocks.length === snapshot.blocks.length &&
+      s.blocks.every((b, k) => {
+        const own = snapshot.blocks[k]!;
+        return b.id === own.id && b.guestBase === own.guestBase && b.size === own.size;
+      });
+    if (!same) throw invalid(`its blocks are not those of snapshot ${s.name}, which it layers on`);
+    chain.unshift(s);
+  }
+  return snapshot.blocks.map((_, k) => chain.map((s) => s.blocks[k]!.identity));
 }
 
 /**
@@ -116,6 +147,7 @@ export async function startFromSnapshot(
         await openClone(b, ctx, {
           identity: recorded.identity,
           owner: `snapshot ${snapshot.name}`,
+          chain: prepared.chains[k],
         }),
       );
     }

@@ -10,6 +10,7 @@ import { VM_NAME_PATTERN } from '../vm/spec.js';
 import type { Vm } from '../vm/vm.js';
 import { bypassSave } from './bypass-save.js';
 import { fullSave } from './full-save.js';
+import { layerSave } from './layer-save.js';
 import { prepareSnapshot, startFromSnapshot } from './restore.js';
 import {
   MAX_CLONES,
@@ -35,10 +36,11 @@ export class SaveRestore {
   }
 
   /**
-   * SaveVm: bypass unless `full` (every block must then be shared), or full.
+   * SaveVm: bypass unless `full` — every block shared (sealed in place), or every block clone
+   * RAM (a layer of the clone's pages over its snapshot) — or full.
    *
-   * @throws VmmError `VMM_INVALID_ARGUMENT` (no snapshot name; a bypass save of private or
-   *   clone RAM), `VMM_INVALID_STATE` (not running or paused, or being saved already),
+   * @throws VmmError `VMM_INVALID_ARGUMENT` (no snapshot name; a bypass save of private RAM or
+   *   of shared and clone RAM mixed), `VMM_INVALID_STATE` (not running or paused, or being saved already),
    *   `VMM_VM_NOT_FOUND`; memstore's codes (SNAPSHOT_EXISTS, ...)
    */
   async save(req: SaveRequest): Promise<SaveResult> {
@@ -49,7 +51,7 @@ export class SaveRestore {
         'SaveVm names no snapshot; set "snapshot" to the name the snapshot gets',
       );
     }
-    if (!req.full) refuseBypass(vm);
+    const route = req.full ? 'full' : bypassRoute(vm);
     if (vm.currentState !== 'running' && vm.currentState !== 'paused') {
       throw new VmmError(
         'VMM_INVALID_STATE',
@@ -64,7 +66,10 @@ export class SaveRestore {
     }
     this.saving.add(vm.name);
     try {
-      return req.full ? await fullSave(this.host, vm, req) : await bypassSave(this.host, vm, req);
+      if (route === 'layer') return await layerSave(this.host, vm, req);
+      return route === 'full'
+        ? await fullSave(this.host, vm, req)
+        : await bypassSave(this.host, vm, req);
     } finally {
       this.saving.delete(vm.name);
     }
@@ -150,11 +155,12 @@ export class SaveRestore {
 }
 
 /**
- * A bypass save seals the VM's own regions: every block must be shared RAM.
+ * How a bypass save goes: every block shared → its regions are sealed in place (`'bypass'`);
+ * every block clone RAM → a layer of the clone's pages over its snapshot (`'layer'`).
  *
  * @throws VmmError `VMM_INVALID_ARGUMENT` naming the block and what to do
  */
-function refuseBypass(vm: Vm): void {
+function bypassRoute(vm: Vm): 'bypass' | 'layer' {
   for (const b of vm.ramBlocks) {
     if (b.spec.backend === 'private') {
       throw new VmmError(
@@ -163,13 +169,13 @@ function refuseBypass(vm: Vm): void {
           'save cannot seal in place; save it with --full (copies the written pages)',
       );
     }
-    if (b.spec.backend === 'clone') {
-      throw new VmmError(
-        'VMM_INVALID_ARGUMENT',
-        `VM ${vm.name}: RAM block ${b.spec.id} is clone RAM of ${b.spec.region}; a bypass save ` +
-          'of a clone would need a layer of its own pages over that snapshot, which is not ' +
-          'built yet: save it with --full for now',
-      );
-    }
   }
+  const clones = vm.ramBlocks.filter((b) => b.spec.backend === 'clone').length;
+  if (clones === 0) return 'bypass';
+  if (clones === vm.ramBlocks.length) return 'layer';
+  throw new VmmError(
+    'VMM_INVALID_ARGUMENT',
+    `VM ${vm.name} has both shared and clone RAM blocks; a bypass save seals shared blocks or ` +
+      'layers clone blocks, not both at once: save it with --full',
+  );
 }

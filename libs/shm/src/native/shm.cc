@@ -15,6 +15,8 @@
 //   - dropping the owner without close() releases only the owner's reference.
 //   - remap() swaps what backs a live range (MAP_SHARED <-> MAP_PRIVATE of the same file) with
 //     mmap(MAP_FIXED) at the same address, so buffers already handed out stay valid.
+//   - overlay() maps a range of another file MAP_PRIVATE over part of a live range the same way
+//     (a clone's chain of snapshot layers).
 //
 // V8 bridge. Buffers are created with the V8 API rather than napi_create_external_arraybuffer:
 //   - SharedArrayBuffer (v8::SharedArrayBuffer::NewBackingStore with our deleter): shareable with
@@ -282,6 +284,88 @@ Napi::Value Remap(const Napi::CallbackInfo& info) {
   if (lost) return Napi::String::New(env, "lost");
   if (err != 0) ThrowErrno(env, "mmap", err);
   return Napi::String::New(env, "remapped");
+}
+
+// overlay(owner, fd, offset, length, fileOffset) -> 'overlaid' | 'lost'
+// Maps [fileOffset, fileOffset + length) of `fd` MAP_PRIVATE (copy-on-write, read-write) over
+// [offset, offset + length) of a live range with one mmap(MAP_FIXED), so every buffer over the
+// range keeps its pointer and sees the file's pages there from now on; the rest of the range is
+// untouched. The caller checked the bounds, page alignment and that the file covers the range.
+// Copy-on-write copies made in that part of the range before are dropped. A failure that left
+// the part unmapped fills the whole range with anonymous zero pages (as a revoke) and answers
+// 'lost': the owner must close the mapping.
+Napi::Value Overlay(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Region* region = OpenRegion(info);
+  const int fd = info[1].As<Napi::Number>().Int32Value();
+  const size_t offset = static_cast<size_t>(ArgInt(info, 2));
+  const size_t length = RoundUpToPage(static_cast<size_t>(ArgInt(info, 3)));
+  const int64_t file_offset = ArgInt(info, 4);
+  int err = 0;
+  bool lost = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    if (offset + length > region->span) {
+      err = EINVAL;
+    } else {
+      void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(file_offset));
+      if (again == MAP_FAILED) {
+        err = errno;
+        if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
+          lost = true;
+          mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        }
+      }
+    }
+  }
+  if (lost) return Napi::String::New(env, "lost");
+  if (err != 0) ThrowErrno(env, "mmap", err);
+  return Napi::String::New(env, "overlaid");
+}
+
+// overlayMany(owner, fd, ranges) -> [done, errno, lost]
+// Overlay() for many ranges of one file, each at the same offset in the file as in the range:
+// `ranges` is a Float64Array of [offset, length] pairs (checked by the caller). Stops at the
+// first failure: `done` ranges were overlaid, `errno` says why the next one failed (0: all
+// done), `lost` as for Overlay (the whole range then reads zero pages).
+Napi::Value OverlayMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Region* region = OpenRegion(info);
+  const int fd = info[1].As<Napi::Number>().Int32Value();
+  Napi::Float64Array ranges = info[2].As<Napi::Float64Array>();
+  const size_t pairs = ranges.ElementLength() / 2;
+  size_t done = 0;
+  int err = 0;
+  bool lost = false;
+  {
+    std::lock_guard<std::mutex> lock(region->mu);
+    for (; done < pairs; done++) {
+      const size_t offset = static_cast<size_t>(ranges[2 * done]);
+      const size_t length = RoundUpToPage(static_cast<size_t>(ranges[2 * done + 1]));
+      if (offset + length > region->span) {
+        err = EINVAL;
+        break;
+      }
+      void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(offset));
+      if (again == MAP_FAILED) {
+        err = errno;
+        if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
+          lost = true;
+          mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        }
+        break;
+      }
+    }
+  }
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::Number::New(env, static_cast<double>(done)));
+  result.Set(1u, Napi::Number::New(env, err));
+  result.Set(2u, Napi::Boolean::New(env, lost));
+  return result;
 }
 
 // madvise(owner, offset, length, advice)
@@ -720,6 +804,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("map", Napi::Function::New(env, Map, "map"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("remap", Napi::Function::New(env, Remap, "remap"));
+  exports.Set("overlay", Napi::Function::New(env, Overlay, "overlay"));
+  exports.Set("overlayMany", Napi::Function::New(env, OverlayMany, "overlayMany"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("msync", Napi::Function::New(env, Msync, "msync"));
   exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));

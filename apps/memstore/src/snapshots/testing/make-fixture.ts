@@ -106,7 +106,7 @@ export async function makeFixture(): Promise<Uint8Array> {
       closeSync(fd);
     }
     const header = fixtureHeader();
-    const sources: ExportSource[] = [{ path, runs: FIXTURE_RUNS }];
+    const sources: ExportSource[] = [{ layers: [{ path, pages: undefined }], runs: FIXTURE_RUNS }];
     const plan = {
       header,
       deviceState: FIXTURE_DEVICE_STATE,

@@ -1,0 +1,207 @@
+/**
+ * A bypass save of a clone: a **layer** over the snapshot it runs from. The clone's own pages
+ * are all that differ from that snapshot, so the layer holds only those: one new persistent
+ * region per block, of the block's size, sparse (pages not in the layer stay holes), created
+ * while the guest still runs; then, paused, the device state is taken, the pages the clone
+ * wrote since it started are written into the regions through the files (`pwrite`), synced,
+ * and CreateSnapshot records the layer with `parent` = the clone's snapshot and each block's
+ * `layer_pages` = those pages. The guest resumes as it was (still a clone of its snapshot). The
+ * pause is O(pages written), not O(RAM). Any failure deletes the regions and resumes the guest.
+ *
+ * @packageDocumentation
+ */
+import { PageBitmap } from '@handoff/bitmap';
+import { PAGE_SIZE } from '../memory/pages.js';
+import type { Snapshot } from '../model/snapshot.js';
+import { VmmError } from '../model/vmm-error.js';
+import {
+  bitmapToLayerPages,
+  createSaveRegion,
+  createSnapshot,
+  findSnapshotOfRegions,
+  getSnapshot,
+  saveRegionName,
+  type RamContext,
+  type SaveRegion,
+} from '../ram/index.js';
+import { encodeDeviceState } from '../snapshot/index.js';
+import type { VmHost } from '../vm/host.js';
+import type { Vm } from '../vm/vm.js';
+import { encodeSpecBytes } from '../wire/spec.js';
+import { copyPages } from './page-copy.js';
+import { pauseForSave } from './pause.js';
+import type { SaveRequest, SaveResult } from './types.js';
+
+/**
+ * Saves `vm`, whose blocks are all clone RAM (the caller checked), as a layer over the
+ * snapshot it runs from.
+ *
+ * @throws VmmError `VMM_INVALID_ARGUMENT` (the VM's regions are no snapshot's: save it with
+ *   --full), `VMM_MEMSTORE_UNAVAILABLE`; memstore's codes (SNAPSHOT_EXISTS, SNAPSHOT_INVALID, ...)
+ */
+export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
+  const ctx = host.ramContext(vm.name);
+  const parent = await parentOf(ctx, vm);
+  const regions: SaveRegion[] = [];
+  try {
+    for (const b of vm.ramBlocks) {
+      regions.push(
+        await createSaveRegion(ctx, saveRegionName(req.snapshot, b.spec.id), b.spec.size),
+      );
+    }
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    throw err;
+  }
+  const wasRunning = vm.currentState === 'running';
+  let pausedAtMs = 0;
+  let snapshot: Snapshot;
+  let bytes = 0;
+  let pages = 0;
+  const t0 = performance.now();
+  const marks = { paused: t0, copied: t0, synced: t0, created: t0 };
+  try {
+    const stopped = await pauseForSave(vm);
+    pausedAtMs = stopped.pausedAtMs;
+    marks.paused = performance.now();
+    const deviceState = encodeDeviceState(stopped.state);
+    const layerPages = await layerPagesOf(vm);
+    for (const [k, b] of vm.ramBlocks.entries()) {
+      bytes += await copyPages(b, layerPages[k]!, regions[k]!);
+      pages += layerPages[k]!.popcount();
+    }
+    marks.copied = performance.now();
+    for (const r of regions) await r.finish();
+    marks.synced = performance.now();
+    snapshot = await createLayer(ctx, vm, req, parent, regions, layerPages, deviceState);
+    marks.created = performance.now();
+    bytes += deviceState.length;
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
+    throw err;
+  }
+  if (req.stop) {
+    vm.log.info(
+      { snapshot: snapshot.name, parent: parent.name, job: req.jobId, pages, bytes },
+      'VM saved as a layer of its own pages over its snapshot; destroying it (stop)',
+    );
+    await host.destroy(vm.name);
+    return { snapshot, pauseUs: 0, bytes, vm: null };
+  }
+  const info = wasRunning ? await vm.resume() : vm.info();
+  const tResumed = performance.now();
+  const pauseUs = wasRunning ? Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000)) : 0;
+  vm.log.info(
+    {
+      snapshot: snapshot.name,
+      parent: parent.name,
+      job: req.jobId,
+      pages,
+      bytes,
+      pauseUs,
+      // where the pause went, in ms: the vCPU's stop, the page writes, fsync, CreateSnapshot, resume
+      pauseParts: {
+        stop: ms(marks.paused - t0),
+        copy: ms(marks.copied - marks.paused),
+        sync: ms(marks.synced - marks.copied),
+        createSnapshot: ms(marks.created - marks.synced),
+        resume: ms(tResumed - marks.created),
+      },
+    },
+    'VM saved as a layer of its own pages over its snapshot',
+  );
+  return { snapshot, pauseUs, bytes, vm: info };
+}
+
+/** Milliseconds, rounded to µs, for logs. */
+function ms(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+/**
+ * The snapshot the clone runs from: the one it was restored or cloned from (by name), else the
+ * one whose blocks are its regions (a clone migrated here does not know the name). Its blocks
+ * must be the VM's regions.
+ *
+ * @throws VmmError `VMM_INVALID_ARGUMENT` when no snapshot holds the VM's regions
+ */
+async function parentOf(ctx: RamContext, vm: Vm): Promise<Snapshot> {
+  const regionIds = vm.ramBlocks.map((b) => b.regionRef!.regionId);
+  const ours = (s: Snapshot): boolean =>
+    s.blocks.length === regionIds.length && s.blocks.every((b, k) => b.regionId === regionIds[k]);
+  const runsFrom = vm.info().snapshot;
+  if (runsFrom !== '') {
+    const named = await getSnapshot(ctx, runsFrom, false).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === 'SNAPSHOT_NOT_FOUND') return null;
+      throw err;
+    });
+    if (named !== null && ours(named.snapshot)) return named.snapshot;
+  }
+  const found = await findSnapshotOfRegions(ctx, regionIds);
+  if (found !== null) return found;
+  throw new VmmError(
+    'VMM_INVALID_ARGUMENT',
+    `VM ${vm.name} is clone RAM of regions (${vm.ramBlocks.map((b) => b.spec.region).join(', ')}) ` +
+      'that are no snapshot’s, so a layer has no parent to name; save it with --full',
+  );
+}
+
+/**
+ * Per block, the pages the layer holds: main RAM's pages the clone wrote since it started (its
+ * touched bitmap; a restored or cloned VM starts with none), and every page of any other block
+ * (which pages of those the clone wrote is not tracked).
+ */
+async function layerPagesOf(vm: Vm): Promise<PageBitmap[]> {
+  // A harvest orders every store the vCPU made before its stop before the reads that follow.
+  await vm.harvestDirty();
+  return vm.ramBlocks.map((b, k) => {
+    if (k === 0) return vm.touchedPages.clone();
+    const all = new PageBitmap(b.spec.size / PAGE_SIZE);
+    all.setAll();
+    return all;
+  });
+}
+
+/**
+ * CreateSnapshot of the layer (the regions owned by it). When memstore's answer was lost, it
+ * is asked whether the snapshot exists with these regions.
+ */
+async function createLayer(
+  ctx: RamContext,
+  vm: Vm,
+  req: SaveRequest,
+  parent: Snapshot,
+  regions: readonly SaveRegion[],
+  layerPages: readonly PageBitmap[],
+  deviceState: Uint8Array,
+): Promise<Snapshot> {
+  try {
+    return await createSnapshot(ctx, {
+      name: req.snapshot,
+      template: req.template,
+      kind: 'bypass',
+      vmName: vm.name,
+      vmSpec: encodeSpecBytes(vm.spec),
+      deviceState,
+      parent: parent.id,
+      blocks: vm.ramBlocks.map((b, k) => ({
+        id: b.spec.id,
+        guestBase: b.spec.guestBase,
+        size: b.spec.size,
+        regionId: regions[k]!.regionId,
+        epoch: regions[k]!.epoch,
+        owned: true,
+        layerPages: bitmapToLayerPages(layerPages[k]!),
+      })),
+    });
+  } catch (err) {
+    if (!VmmError.is(err, 'VMM_MEMSTORE_UNAVAILABLE')) throw err;
+    const found = await getSnapshot(ctx, req.snapshot, false).catch(() => null);
+    const ours = regions.every((r) =>
+      found?.snapshot.blocks.some((s) => s.regionId === r.regionId),
+    );
+    if (found !== null && ours) return found.snapshot;
+    throw err;
+  }
+}
