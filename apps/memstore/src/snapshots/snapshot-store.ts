@@ -63,9 +63,10 @@ export class SnapshotStore {
   ) {}
 
   /**
-   * CreateSnapshot; with `parent`, a layer (layer-checks.ts). SNAPSHOT_INVALID, SNAPSHOT_EXISTS, REGION_NOT_FOUND, REGION_LOST, and the
-   * lease errors of sealing (LEASE_STALE_EPOCH, LEASE_NOT_HELD, LEASE_WRONG_HOLDER, LEASE_HELD).
-   * Nothing is left behind when it fails.
+   * CreateSnapshot; with `parent`, a layer (its rules: layer-checks.ts). SNAPSHOT_INVALID,
+   * SNAPSHOT_EXISTS, REGION_NOT_FOUND, REGION_LOST, and the lease errors of sealing
+   * (LEASE_STALE_EPOCH, LEASE_NOT_HELD, LEASE_WRONG_HOLDER, LEASE_HELD). Nothing is left behind
+   * when it fails.
    */
   async create(req: NewSnapshot): Promise<Snapshot> {
     this.checkRequest(req);
