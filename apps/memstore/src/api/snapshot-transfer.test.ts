@@ -307,18 +307,22 @@ describe('ExportSnapshot', () => {
         received++;
         if (received === 1) {
           stream.pause();
-          setTimeout(() => {
-            stream.cancel();
-            resolve();
-          }, 300);
+          resolve();
         }
       });
       stream.on('error', () => undefined);
     });
+    // The reader is paused: the export fills the transport's windows, then waits. Wait until it
+    // has read nothing for 250 ms (it is then blocked on the paused reader, not between reads).
+    let whilePaused = -1;
+    for (let t = 0; t < 40 && reads.mock.calls.length !== whilePaused; t++) {
+      whilePaused = reads.mock.calls.length;
+      await new Promise((r) => setTimeout(r, 250));
+    }
     expect(received).toBeLessThan(64);
-    const whilePaused = reads.mock.calls.length;
     expect(whilePaused).toBeLessThan(64);
-    await new Promise((r) => setTimeout(r, 100));
+    stream.cancel();
+    await new Promise((r) => setTimeout(r, 200));
     expect(reads.mock.calls.length).toBe(whilePaused);
     reads.mockRestore();
     expect((await unaryCall(client, 'getInfo', {})).regionCount).toBe(1);
