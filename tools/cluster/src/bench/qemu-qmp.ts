@@ -41,8 +41,9 @@ export class Qmp {
   }
 
   static async open(path: string): Promise<Qmp> {
+    // Generous: a burst of a hundred QEMU processes starting at once on two cores takes seconds.
     for (let t = 0; !existsSync(path); t++) {
-      if (t > 500) throw new Error(`QEMU did not open its QMP socket ${path}`);
+      if (t > 3000) throw new Error(`QEMU did not open its QMP socket ${path} in 30 s`);
       await new Promise((r) => setTimeout(r, 10));
     }
     const socket = connect(path);

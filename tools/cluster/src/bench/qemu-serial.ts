@@ -1,0 +1,61 @@
+import { existsSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+
+/** A QEMU guest's serial console on a unix socket (`-serial unix:PATH,server=on`): text in, bytes out. */
+export class Serial {
+  private text = '';
+  private readonly waiters: { pattern: string; resolve: () => void }[] = [];
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.text += d;
+      for (let k = this.waiters.length - 1; k >= 0; k--) {
+        const w = this.waiters[k]!;
+        if (this.text.includes(w.pattern)) {
+          this.waiters.splice(k, 1);
+          w.resolve();
+        }
+      }
+    });
+  }
+
+  static async open(path: string): Promise<Serial> {
+    for (let t = 0; !existsSync(path); t++) {
+      if (t > 2000) throw new Error(`QEMU did not open its serial socket ${path}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const socket = connect(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    return new Serial(socket);
+  }
+
+  /** Resolves once `pattern` appeared in the output (since the socket opened). */
+  until(pattern: string, timeoutMs: number): Promise<void> {
+    if (this.text.includes(pattern)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`QEMU's guest did not print "${pattern}" in ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.waiters.push({
+        pattern,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      });
+    });
+  }
+
+  send(line: string): void {
+    this.socket.write(line);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
