@@ -20,19 +20,29 @@ interface Point {
   value: number;
 }
 
-/** Grouped bars on a log scale: one group per clone count, one bar per series. */
+/**
+ * Grouped bars on a log scale: one group per clone count, one bar per series. A value that is
+ * not positive (a PSS delta lost in the noise of a small burst) has no place on it and is left
+ * out; the table still shows it.
+ */
 function groupedBars(title: string, yTitle: string, values: Point[]): Record<string, unknown> {
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title,
     width: 360,
     height: 220,
-    data: { values },
+    data: { values: values.filter((v) => v.value > 0) },
     mark: { type: 'bar', tooltip: true },
     encoding: {
       x: { field: 'clones', type: 'ordinal', title: 'clones in the burst' },
       xOffset: { field: 'series' },
-      y: { field: 'value', type: 'quantitative', title: yTitle, scale: { type: 'log' } },
+      y: {
+        field: 'value',
+        type: 'quantitative',
+        title: yTitle,
+        scale: { type: 'log' },
+        stack: null,
+      },
       color: { field: 'series', type: 'nominal', title: null },
     },
   };
