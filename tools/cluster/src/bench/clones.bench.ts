@@ -10,6 +10,7 @@ import {
   type SaveRestoreResult,
 } from './clones-handoff.js';
 import { qemuBurst } from './qemu-burst.js';
+import { qemuLiveUpdate } from './qemu-live-update.js';
 import { dropTemplate, qemuTemplate } from './qemu-clones.js';
 import { MiB, qemuAvailable } from './qemu-qmp.js';
 import { qemuSaveRestore, type QemuSaveRestore } from './qemu-save.js';
@@ -50,7 +51,11 @@ const mib = (bytes: number): string => fixed(bytes / MiB, 2);
 async function qemuClones(): Promise<QemuClonesRun> {
   const missing = qemuAvailable();
   if (missing !== null) {
-    return { template: missing, bursts: BURSTS.map((count) => ({ count, skipped: missing })) };
+    return {
+      template: missing,
+      bursts: BURSTS.map((count) => ({ count, skipped: missing })),
+      liveUpdate: missing,
+    };
   }
   const t0 = performance.now();
   const t = await qemuTemplate(TEMPLATE_MIB);
@@ -85,10 +90,13 @@ async function qemuClones(): Promise<QemuClonesRun> {
       perClone = burst.pssPerCloneBytes;
       msPerClone = burst.wallMs / count;
     }
+    const liveUpdate = await qemuLiveUpdate(t, LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY).catch(
+      (err: unknown) => `failed: ${(err as Error).message}`,
+    );
+    return { template, bursts, liveUpdate };
   } finally {
     dropTemplate(t);
   }
-  return { template, bursts };
 }
 
 async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
@@ -139,6 +147,6 @@ export async function run(): Promise<Table[]> {
     burstTable(ours.bursts, qemu.bursts),
     memoryTable(ours.bursts, ours.big, qemu.bursts),
     saveTable(ours.saves, qemuSaves),
-    liveUpdateTable(ours.liveUpdate),
+    liveUpdateTable(ours.liveUpdate, qemu.liveUpdate),
   ];
 }

@@ -34,6 +34,8 @@ export interface QemuClone {
   readonly pssBytes: number;
   /** The QEMU process (to measure its PSS again later). */
   readonly pid: number;
+  /** Its QMP session (to migrate it); closed by `stop`. */
+  readonly qmp: Qmp;
   readonly stop: () => void;
 }
 
@@ -196,6 +198,7 @@ export async function qemuClone(t: QemuTemplate, k: number, share = false): Prom
       firstAnswerMs: t3 - t0,
       pssBytes: pssOf(proc.pid!),
       pid: proc.pid!,
+      qmp,
       stop,
     };
   } catch (err) {
