@@ -126,7 +126,7 @@ export function memoryTable(
     r.count,
     mib(r.pssPerCloneBytes),
     mib(r.pssPerCloneBytes * r.count),
-    mib(r.ramPssPerCloneBytes),
+    fixed(r.ramPssPerCloneBytes / 1024, 1),
   ];
   rows.push(...ours.filter((x) => x.count > 1).map(handoffRow));
   rows.push(typeof big === 'string' ? ['Handoff', 1000, big, '-', '-'] : handoffRow(big));
@@ -144,7 +144,7 @@ export function memoryTable(
       'clones',
       'PSS per clone (MiB)',
       'PSS of all clones (MiB)',
-      'RAM mappings, PSS per clone (MiB)',
+      'RAM mappings, PSS per clone (KiB)',
     ],
     rows,
     notes:

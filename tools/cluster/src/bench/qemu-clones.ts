@@ -190,7 +190,7 @@ export async function qemuClone(t: QemuTemplate, k: number, share = false): Prom
     // sometimes never served by QEMU (its input is lost), as seen here with 256 MiB.
     serial = await Serial.open(serialPath);
     serial.send('GET k1\n');
-    await serial.until('VALUE', 10_000);
+    await serial.until('VALUE', 60_000); // generous: a burst of 200 shares two cores
     const t3 = performance.now();
     return {
       startToRunningMs: t2 - t0,
