@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { jobs, snapshots, vms } from '@handoff/cli/client';
+import { jobs, snapshots, vms, type VmView } from '@handoff/cli/client';
+import { ask } from '../chaos/kv-probe.js';
 import type { BenchCluster } from './bench-cluster.js';
 import { pssOf } from './qemu-clones.js';
 import { MiB } from './qemu-qmp.js';
@@ -60,7 +61,11 @@ export interface BurstResult {
   readonly vms: readonly string[];
 }
 
-/** Clones `count` VMs of `template` on vmm-a at once and measures them idle; they stay up. */
+/**
+ * Clones `count` VMs of `template` on vmm-a at once, has each answer one request on its console
+ * (as QEMU's clones do: an idle clone that never ran a request has touched no page), and
+ * measures them idle; they stay up.
+ */
 export async function handoffBurst(
   b: BenchCluster,
   template: string,
@@ -80,9 +85,10 @@ export async function handoffBurst(
     }),
   );
   const wallMs = performance.now() - t0;
-  await sleep(SETTLE_MS);
   const r = job.snapshotResult;
   const names = r?.vms ?? [];
+  await eachClone(b, names, (vm) => ask(b.c, vm, ['GET k1'], 60_000));
+  await sleep(SETTLE_MS);
   const after = await steadyPss(pid);
   return {
     count,
@@ -104,22 +110,34 @@ async function steadyPss(pid: number): Promise<number> {
   return xs.sort((x, y) => x - y)[2]!;
 }
 
-/** The summed PSS of the RAM mappings of VMs on vmm-a, as GetVm reports it. */
-async function ramPss(b: BenchCluster, names: readonly string[]): Promise<number> {
+/** Runs `fn` on each of `names` (VMs on vmm-a, as GetVm shows them now), 16 at a time. */
+async function eachClone(
+  b: BenchCluster,
+  names: readonly string[],
+  fn: (vm: VmView) => Promise<unknown>,
+): Promise<void> {
   const vmm = await vms.instance(b.c, 'vmm-a');
   const queue = [...names];
-  let sum = 0;
   const worker = async (): Promise<void> => {
     for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
       const vm = await vms.on(b.c, vmm, name);
-      sum += Number(vm?.memory?.pssBytes ?? 0n);
+      if (vm === null) throw new Error(`clone ${name} is not on vmm-a`);
+      await fn(vm);
     }
   };
-  await Promise.all(Array.from({ length: 8 }, worker));
+  await Promise.all(Array.from({ length: 16 }, worker));
+}
+
+/** The summed PSS of the RAM mappings of VMs on vmm-a, as GetVm reports it. */
+async function ramPss(b: BenchCluster, names: readonly string[]): Promise<number> {
+  let sum = 0;
+  await eachClone(b, names, async (vm) => {
+    sum += Number(vm.memory?.pssBytes ?? 0n);
+  });
   return sum;
 }
 
-/** Destroys VMs on one vmm, a few at a time. */
+/** Destroys VMs on one vmm, 16 at a time. */
 export async function destroyAll(
   b: BenchCluster,
   names: readonly string[],
@@ -131,7 +149,7 @@ export async function destroyAll(
       await vms.destroy(b.c, name, vmm).catch(() => undefined);
     }
   };
-  await Promise.all(Array.from({ length: 8 }, worker));
+  await Promise.all(Array.from({ length: 16 }, worker));
 }
 
 /** MemAvailable of this machine, in bytes. */

@@ -48,6 +48,12 @@ const SETTLE_MS = 2000;
 
 const mib = (bytes: number): string => fixed(bytes / MiB, 2);
 
+const started = performance.now();
+/** A progress line: what is measured next, and the seconds since the suite started. */
+function step(what: string): void {
+  console.log(`clones: ${((performance.now() - started) / 1000).toFixed(0)} s, ${what}`);
+}
+
 async function qemuClones(): Promise<QemuClonesRun> {
   const missing = qemuAvailable();
   if (missing !== null) {
@@ -58,6 +64,7 @@ async function qemuClones(): Promise<QemuClonesRun> {
     };
   }
   const t0 = performance.now();
+  step('QEMU template');
   const t = await qemuTemplate(TEMPLATE_MIB);
   const template = { wallMs: performance.now() - t0, saveMs: t.saveMs };
   const bursts: QemuClonesRun['bursts'] = [];
@@ -80,9 +87,13 @@ async function qemuClones(): Promise<QemuClonesRun> {
       if (wanted === BIG) {
         // The 1000 row is reported only when QEMU can run all of them.
         if (count < wanted) bursts.push({ count: wanted, skipped: why.join('; ') });
-        else bursts.push(await qemuBurst(t, count, SETTLE_MS));
+        else {
+          step(`QEMU burst of ${count}`);
+          bursts.push(await qemuBurst(t, count, SETTLE_MS));
+        }
         continue;
       }
+      step(`QEMU burst of ${count}`);
       const burst = await qemuBurst(t, count, SETTLE_MS);
       bursts.push(
         count < wanted ? { ...burst, cut: `${count} of ${wanted}: ${why.join('; ')}` } : burst,
@@ -90,6 +101,7 @@ async function qemuClones(): Promise<QemuClonesRun> {
       perClone = burst.pssPerCloneBytes;
       msPerClone = burst.wallMs / count;
     }
+    step(`QEMU live update of ${LIVE_UPDATE_VMS} clones`);
     const liveUpdate = await qemuLiveUpdate(t, LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY).catch(
       (err: unknown) => `failed: ${(err as Error).message}`,
     );
@@ -100,9 +112,11 @@ async function qemuClones(): Promise<QemuClonesRun> {
 }
 
 async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
+  step('Handoff template');
   const template = await handoffTemplate(b, 'kv', TEMPLATE_MIB);
   const bursts: BurstResult[] = [];
   for (const n of BURSTS) {
+    step(`Handoff burst of ${n}`);
     const burst = await handoffBurst(b, 'kv', n);
     bursts.push(burst);
     await destroyAll(b, burst.vms, 'vmm-a');
@@ -116,14 +130,19 @@ async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
       big = `skipped: ${BIG} clones need ≈${mib(need)} MiB, over half of MemAvailable (${mib(avail)} MiB)`;
       console.log(`clones: ${big}`);
     } else {
+      step(`Handoff burst of ${BIG}`);
       const burst = await handoffBurst(b, 'kv', BIG);
       await destroyAll(b, burst.vms, 'vmm-a');
       big = burst;
     }
   }
+  step(`Handoff live update of ${LIVE_UPDATE_VMS} clones`);
   const liveUpdate = await handoffLiveUpdate(b, 'kv', LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY);
   const saves: SaveRestoreResult[] = [];
-  for (const size of SAVE_SIZES_MIB) saves.push(await handoffSaveRestore(b, size));
+  for (const size of SAVE_SIZES_MIB) {
+    step(`Handoff save and restore at ${size} MiB`);
+    saves.push(await handoffSaveRestore(b, size));
+  }
   return { template, bursts, big, liveUpdate, saves };
 }
 
@@ -140,8 +159,10 @@ export async function run(): Promise<Table[]> {
   const qemuSaves: (QemuSaveRestore | string)[] = [];
   for (const size of SAVE_SIZES_MIB) {
     const missing = qemuAvailable();
+    step(`QEMU save and restore at ${size} MiB`);
     qemuSaves.push(missing ?? (await qemuSaveRestore(size)));
   }
+  step('done');
   return [
     templateTable(ours.template, qemu.template),
     burstTable(ours.bursts, qemu.bursts),

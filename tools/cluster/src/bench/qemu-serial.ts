@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectWhenListening } from './qemu-qmp.js';
 
 /** A QEMU guest's serial console on a unix socket (`-serial unix:PATH,server=on`): text in, bytes out. */
 export class Serial {
@@ -21,16 +21,7 @@ export class Serial {
   }
 
   static async open(path: string): Promise<Serial> {
-    for (let t = 0; !existsSync(path); t++) {
-      if (t > 2000) throw new Error(`QEMU did not open its serial socket ${path}`);
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    return new Serial(socket);
+    return new Serial(await connectWhenListening(path, 'serial'));
   }
 
   /** Resolves once `pattern` appeared in the output (since the socket opened). */
