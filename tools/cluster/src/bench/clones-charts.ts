@@ -70,7 +70,7 @@ export function burstChart(ours: BurstResult[], qemu: QemuBurstRow[]): ChartFile
   };
 }
 
-/** PSS per idle clone, per burst size. */
+/** PSS per idle clone, per burst size: Handoff's as started and after one request, QEMU's. */
 export function pssChart(
   ours: BurstResult[],
   big: BurstResult | string,
@@ -78,13 +78,27 @@ export function pssChart(
 ): ChartFile {
   const values: Point[] = [];
   for (const r of [...ours, ...(typeof big === 'string' ? [] : [big])]) {
-    if (r.count > 1) {
-      values.push({ clones: r.count, series: 'Handoff', value: r.pssPerCloneBytes / MiB });
+    if (r.count <= 1) continue;
+    values.push({
+      clones: r.count,
+      series: 'Handoff, as started',
+      value: r.pssPerCloneBytes / MiB,
+    });
+    if (r.answeredPssPerCloneBytes !== null) {
+      values.push({
+        clones: r.count,
+        series: 'Handoff, after one request',
+        value: r.answeredPssPerCloneBytes / MiB,
+      });
     }
   }
   for (const q of qemu) {
     if ('skipped' in q || q.count <= 1) continue;
-    values.push({ clones: q.count, series: 'QEMU', value: q.pssPerCloneBytes / MiB });
+    values.push({
+      clones: q.count,
+      series: 'QEMU, after one request',
+      value: q.pssPerCloneBytes / MiB,
+    });
   }
   return {
     file: 'clones-pss.svg',

@@ -54,22 +54,27 @@ export interface BurstResult {
   readonly wallMs: number;
   /** The vmm's request-to-running time of each clone, in µs. */
   readonly runningAfterUs: readonly number[];
-  /** Growth of vmm-a's PSS from before the burst to the clones idling, per clone. */
+  /** Growth of vmm-a's PSS from before the burst to the clones idling as started, per clone. */
   readonly pssPerCloneBytes: number;
-  /** The PSS of the clones' RAM mappings (GetVm's memory usage), per clone. */
+  /** The same once each clone answered one request and idles again; null when not asked. */
+  readonly answeredPssPerCloneBytes: number | null;
+  /** The PSS of the clones' RAM mappings (GetVm's memory usage) at the end, per clone. */
   readonly ramPssPerCloneBytes: number;
+  /** Time for every clone to answer its request on the console (16 at a time), or null. */
+  readonly answerAllMs: number | null;
   readonly vms: readonly string[];
 }
 
 /**
- * Clones `count` VMs of `template` on vmm-a at once, has each answer one request on its console
- * (as QEMU's clones do: an idle clone that never ran a request has touched no page), and
- * measures them idle; they stay up.
+ * Clones `count` VMs of `template` on vmm-a at once and measures them idle; with `answer`, has
+ * each answer one request on its console (as QEMU's clones do: a clone that never ran a request
+ * has touched no page of its RAM) and measures them idle again. They stay up.
  */
 export async function handoffBurst(
   b: BenchCluster,
   template: string,
   count: number,
+  answer: boolean,
 ): Promise<BurstResult> {
   const pid = b.pid('vmm-a');
   await sleep(SETTLE_MS);
@@ -87,15 +92,25 @@ export async function handoffBurst(
   const wallMs = performance.now() - t0;
   const r = job.snapshotResult;
   const names = r?.vms ?? [];
-  await eachClone(b, names, (vm) => ask(b.c, vm, ['GET k1'], 60_000));
   await sleep(SETTLE_MS);
-  const after = await steadyPss(pid);
+  const started = await steadyPss(pid);
+  let answered: number | null = null;
+  let answerAllMs: number | null = null;
+  if (answer) {
+    const t1 = performance.now();
+    await eachClone(b, names, (vm) => ask(b.c, vm, ['GET k1'], 60_000));
+    answerAllMs = performance.now() - t1;
+    await sleep(SETTLE_MS);
+    answered = await steadyPss(pid);
+  }
   return {
     count,
     wallMs,
     runningAfterUs: r?.runningAfterUs ?? [],
-    pssPerCloneBytes: (after - before) / count,
+    pssPerCloneBytes: (started - before) / count,
+    answeredPssPerCloneBytes: answered === null ? null : (answered - before) / count,
     ramPssPerCloneBytes: (await ramPss(b, names)) / count,
+    answerAllMs,
     vms: names,
   };
 }

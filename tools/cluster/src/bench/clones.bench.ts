@@ -38,7 +38,7 @@ const TEMPLATE_MIB = 256;
 const BURSTS = QUICK ? [1, 5, 10] : [1, 50, 200];
 const BIG = QUICK ? 0 : 1000;
 const SAVE_SIZES_MIB = QUICK ? [64] : [64, 512, 2048];
-const LIVE_UPDATE_VMS = QUICK ? 5 : 50;
+const LIVE_UPDATE_VMS = QUICK ? 5 : 30;
 const LIVE_UPDATE_CONCURRENCY = 2;
 /** A QEMU burst may take at most this share of MemAvailable (estimated from the last one). */
 const MEMORY_SHARE = 0.5;
@@ -117,7 +117,7 @@ async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
   const bursts: BurstResult[] = [];
   for (const n of BURSTS) {
     step(`Handoff burst of ${n}`);
-    const burst = await handoffBurst(b, 'kv', n);
+    const burst = await handoffBurst(b, 'kv', n, n > 1);
     bursts.push(burst);
     await destroyAll(b, burst.vms, 'vmm-a');
   }
@@ -131,7 +131,7 @@ async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
       console.log(`clones: ${big}`);
     } else {
       step(`Handoff burst of ${BIG}`);
-      const burst = await handoffBurst(b, 'kv', BIG);
+      const burst = await handoffBurst(b, 'kv', BIG, false);
       await destroyAll(b, burst.vms, 'vmm-a');
       big = burst;
     }
