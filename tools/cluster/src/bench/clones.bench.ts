@@ -165,7 +165,7 @@ export async function run(): Promise<Table[]> {
   step('done');
   return [
     templateTable(ours.template, qemu.template),
-    burstTable(ours.bursts, qemu.bursts),
+    burstTable(ours.bursts, ours.big, qemu.bursts),
     memoryTable(ours.bursts, ours.big, qemu.bursts),
     saveTable(ours.saves, qemuSaves),
     liveUpdateTable(ours.liveUpdate, qemu.liveUpdate),
