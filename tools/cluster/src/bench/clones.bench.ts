@@ -29,7 +29,8 @@ import {
 /**
  * `npm run bench -- clones`: templates, clone bursts, the memory of idle clones, save/restore
  * and a live update of clones on one local cluster, each beside QEMU doing the same job in the
- * same run (qemu-clones.ts, qemu-burst.ts, qemu-save.ts). `HANDOFF_CLONES_QUICK=1` runs small
+ * same run (qemu-clones.ts, qemu-burst.ts, qemu-save.ts, qemu-live-update.ts). Every process
+ * and file it makes is gone when it ends, also when it fails. `HANDOFF_CLONES_QUICK=1` runs small
  * counts and sizes only (for developing the suite; its tables are not for committing).
  */
 
