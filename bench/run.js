@@ -3,11 +3,13 @@
 // Each suite is a compiled module exporting `run()` that resolves to a table
 // (or several): { title, columns, rows, notes? }. Results print to stdout and
 // are written as Markdown to bench/<suite>.md with the machine and date, so a
-// run's numbers can be committed and compared as ratios within one run.
+// run's numbers can be committed and compared as ratios within one run. A table
+// may carry `charts` (vega-lite specs); they are drawn to bench/<file> (charts.js).
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { renderCharts } from './charts.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -19,6 +21,7 @@ const SUITES = [
   { name: 'vcpu', module: 'apps/vmm/dist/vcpu/many-vms.bench.js' },
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
   { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
+  { name: 'clones', module: 'tools/cluster/dist/bench/clones.bench.js' },
   { name: 'kill-loop', module: 'tools/cluster/dist/bench/kill-loop.bench.js', onlyByName: true },
 ];
 
@@ -54,7 +57,8 @@ for (const suite of SUITES.filter((s) =>
     const mod = await import(pathToFileURL(join(root, suite.module)).href);
     const result = await mod.run();
     const tables = Array.isArray(result) ? result : [result];
-    const text = tables.map(markdown).join('\n');
+    const charts = await renderCharts(tables, join(root, 'bench'));
+    const text = tables.map(markdown).join('\n') + charts.map((f) => `\n![${f}](${f})\n`).join('');
     process.stdout.write(text);
     const header = `# Benchmark: ${suite.name}\n\nMeasured ${new Date().toISOString().slice(0, 10)} on ${machine} by \`npm run bench -- ${suite.name}\`.\nTimings on a shared machine are noisy: compare ratios within one run.\n\n`;
     writeFileSync(join(root, 'bench', `${suite.name}.md`), header + text);

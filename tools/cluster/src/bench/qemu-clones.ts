@@ -1,16 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import {
-  closeSync,
-  existsSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-} from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { KVSERVER, MiB, QEMU, Qmp } from './qemu-qmp.js';
+import { Serial } from './qemu-serial.js';
 
 /**
  * QEMU's templating on this machine, for the side-by-side rows of `npm run bench -- clones`:
@@ -40,79 +32,29 @@ export interface QemuClone {
   readonly firstAnswerMs: number;
   /** The process's proportional set size once it answered, in bytes. */
   readonly pssBytes: number;
+  /** The QEMU process (to measure its PSS again later). */
+  readonly pid: number;
+  /** Its QMP session (to migrate it); closed by `stop`. */
+  readonly qmp: Qmp;
   readonly stop: () => void;
 }
 
 const READY_LINE = 'kvserver: ready';
 
-/** A guest's serial console on a unix socket: lines in, bytes out. */
-class Serial {
-  private text = '';
-  private readonly waiters: { pattern: string; resolve: () => void }[] = [];
-
-  private constructor(private readonly socket: Socket) {
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      this.text += d;
-      for (let k = this.waiters.length - 1; k >= 0; k--) {
-        const w = this.waiters[k]!;
-        if (this.text.includes(w.pattern)) {
-          this.waiters.splice(k, 1);
-          w.resolve();
-        }
-      }
-    });
-  }
-
-  static async open(path: string): Promise<Serial> {
-    for (let t = 0; !existsSync(path); t++) {
-      if (t > 2000) throw new Error(`QEMU did not open its serial socket ${path}`);
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    return new Serial(socket);
-  }
-
-  /** Resolves once `pattern` appeared in the output (since the socket opened). */
-  until(pattern: string, timeoutMs: number): Promise<void> {
-    if (this.text.includes(pattern)) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`QEMU's guest did not print "${pattern}" in ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-      this.waiters.push({
-        pattern,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-      });
-    });
-  }
-
-  send(line: string): void {
-    this.socket.write(line);
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-function qemuArgs(
+/**
+ * A `-M virt` machine running `kernel` (default kvserver) with `sizeMiB` of RAM in the file
+ * `mem` (shared or mapped privately), its console and QMP on unix sockets.
+ */
+export function qemuArgs(
   sizeMiB: number,
   mem: string,
   share: boolean,
   qmp: string,
   serial: string,
+  kernel: string = KVSERVER,
 ): string[] {
   return [
-    ...['-M', 'virt', '-bios', 'none', '-kernel', KVSERVER],
+    ...['-M', 'virt', '-bios', 'none', '-kernel', kernel],
     ...['-cpu', 'rv32,f=off,d=off,c=off,h=off', '-m', `${sizeMiB}M`],
     ...[
       '-object',
@@ -124,7 +66,8 @@ function qemuArgs(
   ];
 }
 
-async function untilStatus(q: Qmp, wanted: string, timeoutMs: number): Promise<void> {
+/** Polls `query-status` until QEMU's run state is `wanted`. */
+export async function untilStatus(q: Qmp, wanted: string, timeoutMs: number): Promise<void> {
   const end = performance.now() + timeoutMs;
   for (;;) {
     const s = String((await q.cmd('query-status')).status);
@@ -134,7 +77,8 @@ async function untilStatus(q: Qmp, wanted: string, timeoutMs: number): Promise<v
   }
 }
 
-async function untilMigrated(q: Qmp, timeoutMs: number): Promise<void> {
+/** Polls `query-migrate` until the migration completed; throws when it failed or timed out. */
+export async function untilMigrated(q: Qmp, timeoutMs: number): Promise<void> {
   const end = performance.now() + timeoutMs;
   for (;;) {
     const info = await q.cmd('query-migrate');
@@ -246,13 +190,15 @@ export async function qemuClone(t: QemuTemplate, k: number, share = false): Prom
     // sometimes never served by QEMU (its input is lost), as seen here with 256 MiB.
     serial = await Serial.open(serialPath);
     serial.send('GET k1\n');
-    await serial.until('VALUE', 10_000);
+    await serial.until('VALUE', 60_000); // generous: a burst of 200 shares two cores
     const t3 = performance.now();
     return {
       startToRunningMs: t2 - t0,
       incomingToRunningMs: t2 - t1,
       firstAnswerMs: t3 - t0,
       pssBytes: pssOf(proc.pid!),
+      pid: proc.pid!,
+      qmp,
       stop,
     };
   } catch (err) {

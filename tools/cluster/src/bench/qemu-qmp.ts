@@ -23,6 +23,32 @@ export function qemuAvailable(): string | null {
   return null;
 }
 
+/**
+ * Connects to a unix socket QEMU serves (`server=on`). The file appears at bind(), a moment
+ * before QEMU listens, so a refused connection is tried again. Generous: a burst of a hundred
+ * QEMU processes starting at once on two cores takes seconds to listen.
+ */
+export async function connectWhenListening(path: string, what: string): Promise<Socket> {
+  const deadline = performance.now() + 30_000;
+  for (;;) {
+    if (existsSync(path)) {
+      const socket = connect(path);
+      const err = await new Promise<Error | null>((resolve) => {
+        socket.once('connect', () => resolve(null));
+        socket.once('error', resolve);
+      });
+      if (err === null) return socket;
+      socket.destroy();
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ECONNREFUSED' && code !== 'ENOENT') throw err;
+    }
+    if (performance.now() > deadline) {
+      throw new Error(`QEMU did not listen on its ${what} socket ${path} in 30 s`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 /** A QMP session: one command at a time, events ignored. */
 export class Qmp {
   private buf = '';
@@ -41,11 +67,7 @@ export class Qmp {
   }
 
   static async open(path: string): Promise<Qmp> {
-    for (let t = 0; !existsSync(path); t++) {
-      if (t > 500) throw new Error(`QEMU did not open its QMP socket ${path}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const socket = connect(path);
+    const socket = await connectWhenListening(path, 'QMP');
     await new Promise<void>((resolve, reject) => {
       socket.once('data', () => resolve()); // the greeting
       socket.once('error', reject);
