@@ -64,14 +64,16 @@ export function registerSave(program: Command, run: CommandRunner): void {
     .option(
       '--full',
       "copy the VM's written pages into new regions instead of sealing its own regions in place " +
-        '(the only way for private RAM, and for now for clones and VMs restored from a snapshot)',
+        '(the only way for private RAM; for a clone it makes a standalone snapshot, not a layer)',
     )
     .option('--stop', 'destroy the VM after the save instead of resuming it')
     .option('-d, --detach', 'print the job and return at once instead of following it')
     .description(
-      'save a VM as a snapshot in memstore. By default (every RAM block shared) the ' +
-        'guest pauses only while its device state is written and its regions are sealed in place, ' +
-        'then runs on copy-on-write over them: nothing is copied, whatever the RAM size',
+      'save a VM as a snapshot in memstore. By default, when every RAM block is shared, the ' +
+        'guest pauses only while its regions are remapped copy-on-write (about a millisecond), ' +
+        'and memstore seals them in place as it runs on: nothing is copied, whatever the RAM ' +
+        'size. A clone (a VM restored or cloned from a snapshot) saves as a layer: only the ' +
+        'pages it wrote, over the snapshot it runs from',
     )
     .addHelpText(
       'after',
@@ -79,6 +81,7 @@ export function registerSave(program: Command, run: CommandRunner): void {
         '  vmctl save kv                      # snapshot kv-20261125-221000, kv keeps running\n' +
         '  vmctl save kv --as before-upgrade --stop\n' +
         '  vmctl save scratch --full          # a VM with private RAM\n' +
+        '  vmctl save kv-3 --as kv-v2         # a clone: a layer of its pages over its template\n' +
         '\nPrints the snapshot, its kind (bypass or full), how long the guest was paused and the\n' +
         'bytes written. Restore it with `vmctl restore SNAPSHOT`.',
     )

@@ -2,11 +2,12 @@
  * A bypass save of a clone: a **layer** over the snapshot it runs from. The clone's own pages
  * are all that differ from that snapshot, so the layer holds only those: one new persistent
  * region per block, of the block's size, sparse (pages not in the layer stay holes), created
- * while the guest still runs; then, paused, the device state is taken, the pages the clone
- * wrote since it started are written into the regions through the files (`pwrite`), synced,
- * and CreateSnapshot records the layer with `parent` = the clone's snapshot and each block's
- * `layer_pages` = those pages. The guest resumes as it was (still a clone of its snapshot). The
- * pause is O(pages written), not O(RAM). Any failure deletes the regions and resumes the guest.
+ * while the guest still runs; then, paused, the device state is taken and the pages the clone
+ * wrote since it started are written into the regions through the files (`pwrite`); the guest
+ * resumes as it was (still a clone of its snapshot), and the regions are synced and
+ * CreateSnapshot records the layer with `parent` = the clone's snapshot and each block's
+ * `layer_pages` = those pages. The pause is the page writes, O(pages written), not O(RAM). Any
+ * failure deletes the regions (and resumes the guest if it is still paused).
  *
  * @packageDocumentation
  */
@@ -55,22 +56,35 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
   }
   const wasRunning = vm.currentState === 'running';
   let pausedAtMs = 0;
-  let snapshot: Snapshot;
+  let deviceState: Uint8Array;
+  let layerPages: PageBitmap[];
   let bytes = 0;
   let pages = 0;
   const t0 = performance.now();
-  const marks = { paused: t0, copied: t0, synced: t0, created: t0 };
+  const marks = { paused: t0, copied: t0, resumed: t0, synced: t0, created: t0 };
   try {
     const stopped = await pauseForSave(vm);
     pausedAtMs = stopped.pausedAtMs;
     marks.paused = performance.now();
-    const deviceState = encodeDeviceState(stopped.state);
-    const layerPages = await layerPagesOf(vm);
+    deviceState = encodeDeviceState(stopped.state);
+    layerPages = await layerPagesOf(vm);
     for (const [k, b] of vm.ramBlocks.entries()) {
       bytes += await copyPages(b, layerPages[k]!, regions[k]!);
       pages += layerPages[k]!.popcount();
     }
     marks.copied = performance.now();
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
+    throw err;
+  }
+  // The layer's pages are in its files now, and the guest's later writes go to its own private
+  // pages: it need not wait for the sync and CreateSnapshot (unless it is to stop).
+  const resumeEarly = wasRunning && !req.stop;
+  let info = resumeEarly ? await resumeAfterCopy(vm, regions) : null;
+  marks.resumed = performance.now();
+  let snapshot: Snapshot;
+  try {
     for (const r of regions) await r.finish();
     marks.synced = performance.now();
     snapshot = await createLayer(ctx, vm, req, parent, regions, layerPages, deviceState);
@@ -78,7 +92,7 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
     bytes += deviceState.length;
   } catch (err) {
     await Promise.all(regions.map((r) => r.discard()));
-    if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
+    if (wasRunning && !resumeEarly) await vm.resume().catch(() => undefined);
     throw err;
   }
   if (req.stop) {
@@ -89,8 +103,7 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
     await host.destroy(vm.name);
     return { snapshot, pauseUs: 0, bytes, vm: null };
   }
-  const info = wasRunning ? await vm.resume() : vm.info();
-  const tResumed = performance.now();
+  info ??= vm.info();
   const pauseUs = wasRunning ? Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000)) : 0;
   vm.log.info(
     {
@@ -100,18 +113,29 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
       pages,
       bytes,
       pauseUs,
-      // where the pause went, in ms: the vCPU's stop, the page writes, fsync, CreateSnapshot, resume
-      pauseParts: {
+      // in ms: the pause (the vCPU's stop, the page writes, the resume), then — while the guest
+      // runs — the regions' fsync and CreateSnapshot
+      parts: {
         stop: ms(marks.paused - t0),
         copy: ms(marks.copied - marks.paused),
-        sync: ms(marks.synced - marks.copied),
+        resume: ms(marks.resumed - marks.copied),
+        sync: ms(marks.synced - marks.resumed),
         createSnapshot: ms(marks.created - marks.synced),
-        resume: ms(tResumed - marks.created),
       },
     },
     'VM saved as a layer of its own pages over its snapshot',
   );
   return { snapshot, pauseUs, bytes, vm: info };
+}
+
+/** Resumes the guest once the layer's pages are copied; a failed resume discards the regions. */
+async function resumeAfterCopy(vm: Vm, regions: readonly SaveRegion[]): ReturnType<Vm['resume']> {
+  try {
+    return await vm.resume();
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    throw err;
+  }
 }
 
 /** Milliseconds, rounded to µs, for logs. */
