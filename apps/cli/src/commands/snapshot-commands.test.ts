@@ -188,6 +188,10 @@ describe('vmctl snapshot, template and clone output', () => {
     expect(text).toMatch(
       /^block ram0: +0x80000000 256 MiB, region kv-v3-ram0 \(owned by the snapshot\), 12 KiB stored; layer pages: 3 of 65536 \(2-3, 11\), the rest from kv-v2$/m,
     );
+    // What clones share is the whole chain's stored pages, not the layer's alone.
+    expect(text).toMatch(
+      /^shared: 40\.0 MiB stored once for every clone \(this layer's 18 KiB and its parents' pages\)/m,
+    );
     const standalone = renderTemplate(template, []);
     expect(standalone).toMatch(/^parent: +-$/m);
     expect(standalone).not.toMatch(/layer pages/);

@@ -92,8 +92,13 @@ export function renderTemplate(
   below: SnapshotView[] = [],
 ): string {
   let text = renderFields(snapshotFields(t, below));
+  const chain = below.reduce((n, s) => n + s.storedBytes, t.storedBytes);
+  const what =
+    below.length === 0
+      ? "(the template's pages)"
+      : `(this layer's ${formatBytes(t.storedBytes)} and its parents' pages)`;
   text +=
-    `\nshared: ${formatBytes(t.storedBytes)} stored once for every clone (the template's pages); ` +
+    `\nshared: ${formatBytes(chain)} stored once for every clone ${what}; ` +
     "each clone's private dirty bytes are its own, its PSS counts its share of the rest\n\n";
   text += renderTable(
     ['CLONE', 'VMM', 'STATE', 'PSS', 'PRIVATE DIRTY', 'RSS', 'NOTE'],
