@@ -9,6 +9,7 @@ import { failpoint } from '../failpoints.js';
 import type { RegionStore } from '../regions/region-store.js';
 import { PAGE_SIZE } from '../regions/size.js';
 import { unsealFileMode, type Templates } from '../templates/templates.js';
+import { ownedBlockRows } from './block-rows.js';
 import { cloneChainOf } from './chain.js';
 import { ComposedReader, composedDataSpans, cutSpans, type ComposeLayer } from './compose.js';
 import { stateFileName, validateSnapshotName } from './naming.js';
@@ -108,17 +109,7 @@ export async function flattenSnapshot(
           statePath,
           parentId: null,
         },
-        blocks: snapshot.blocks.map((b, position) => ({
-          snapshotId: id,
-          position,
-          blockId: b.id,
-          guestBase: b.guestBase,
-          size: b.size,
-          regionId: rows[position]!.id,
-          identity: rows[position]!.identity,
-          owned: true,
-          layerPages: null,
-        })),
+        blocks: ownedBlockRows(id, snapshot.blocks, rows),
       });
     });
   } catch (err) {

@@ -8,6 +8,7 @@ import { MemstoreError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import type { RegionStore } from '../regions/region-store.js';
 import { unsealFileMode, type Templates } from '../templates/templates.js';
+import { ownedBlockRows } from './block-rows.js';
 import { PAGE_BYTES, type ExportHeader } from './export-format.js';
 import { SnapshotFileParser, type ParsedSection } from './export-parser.js';
 import { stateFileName, validateSnapshotName } from './naming.js';
@@ -106,17 +107,7 @@ export class SnapshotImport {
             stateCrc32c: header.deviceStateCrc32c,
             parentId: null,
           },
-          blocks: header.blocks.map((b, position) => ({
-            snapshotId: this.id,
-            position,
-            blockId: b.id,
-            guestBase: b.guestBase,
-            size: b.size,
-            regionId: rows[position]!.id,
-            identity: rows[position]!.identity,
-            owned: true,
-            layerPages: null,
-          })),
+          blocks: ownedBlockRows(this.id, header.blocks, rows),
         });
       });
     } catch (err) {

@@ -7,7 +7,12 @@ import { openShared } from './shared.js';
 
 export type { RamBacking, RamContext, SealedRegion } from './backing.js';
 export { openClone, type CloneExpectation } from './clone.js';
-export { createSaveRegion, saveRegionName, type SaveRegion } from './save-region.js';
+export {
+  createSaveRegion,
+  createSaveRegions,
+  saveRegionName,
+  type SaveRegion,
+} from './save-region.js';
 export {
   createSnapshot,
   findSnapshotOfRegions,

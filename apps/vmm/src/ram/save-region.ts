@@ -134,3 +134,24 @@ export async function createSaveRegion(
     discard: release,
   };
 }
+
+/**
+ * One new save region per block of `blocks`, named after `snapshot` and of the block's size —
+ * all of them or none: a failure discards the ones made, then throws.
+ */
+export async function createSaveRegions(
+  ctx: RamContext,
+  snapshot: string,
+  blocks: readonly { readonly spec: { readonly id: string; readonly size: number } }[],
+): Promise<SaveRegion[]> {
+  const regions: SaveRegion[] = [];
+  try {
+    for (const b of blocks) {
+      regions.push(await createSaveRegion(ctx, saveRegionName(snapshot, b.spec.id), b.spec.size));
+    }
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    throw err;
+  }
+  return regions;
+}

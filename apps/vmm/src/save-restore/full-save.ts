@@ -10,10 +10,9 @@
 import type { Snapshot } from '../model/snapshot.js';
 import { VmmError } from '../model/vmm-error.js';
 import {
-  createSaveRegion,
+  createSaveRegions,
   createSnapshot,
   getSnapshot,
-  saveRegionName,
   type RamContext,
   type SaveRegion,
 } from '../ram/index.js';
@@ -32,17 +31,7 @@ import type { SaveRequest, SaveResult } from './types.js';
 export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
   const ctx = host.ramContext(vm.name);
   const blocks = [...vm.ramBlocks];
-  const regions: SaveRegion[] = [];
-  try {
-    for (const b of blocks) {
-      regions.push(
-        await createSaveRegion(ctx, saveRegionName(req.snapshot, b.spec.id), b.spec.size),
-      );
-    }
-  } catch (err) {
-    await Promise.all(regions.map((r) => r.discard()));
-    throw err;
-  }
+  const regions = await createSaveRegions(ctx, req.snapshot, blocks);
   const wasRunning = vm.currentState === 'running';
   let pausedAtMs = 0;
   let snapshot: Snapshot;

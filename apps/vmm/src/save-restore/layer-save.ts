@@ -17,11 +17,10 @@ import type { Snapshot } from '../model/snapshot.js';
 import { VmmError } from '../model/vmm-error.js';
 import {
   bitmapToLayerPages,
-  createSaveRegion,
+  createSaveRegions,
   createSnapshot,
   findSnapshotOfRegions,
   getSnapshot,
-  saveRegionName,
   type RamContext,
   type SaveRegion,
 } from '../ram/index.js';
@@ -43,17 +42,7 @@ import type { SaveRequest, SaveResult } from './types.js';
 export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
   const ctx = host.ramContext(vm.name);
   const parent = await parentOf(ctx, vm);
-  const regions: SaveRegion[] = [];
-  try {
-    for (const b of vm.ramBlocks) {
-      regions.push(
-        await createSaveRegion(ctx, saveRegionName(req.snapshot, b.spec.id), b.spec.size),
-      );
-    }
-  } catch (err) {
-    await Promise.all(regions.map((r) => r.discard()));
-    throw err;
-  }
+  const regions = await createSaveRegions(ctx, req.snapshot, vm.ramBlocks);
   const wasRunning = vm.currentState === 'running';
   let pausedAtMs = 0;
   let deviceState: Uint8Array;

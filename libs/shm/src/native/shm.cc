@@ -249,6 +249,25 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, revoked ? "revoked" : "unmapped");
 }
 
+// Maps `length` bytes of `fd` at `file_offset` over [offset, offset + length) of a live range
+// with one mmap(MAP_FIXED) (`flags`: MAP_SHARED or MAP_PRIVATE), region->mu held. Answers 0 or
+// the errno of a failure; a failure that left part of the range unmapped (msync then answers
+// ENOMEM) fills the whole range with anonymous zero pages, as a revoke does, so no view can
+// fault, and sets `lost`.
+static int MapFixedOrRevoke(Region* region, size_t offset, size_t length, int flags, int fd,
+                            int64_t file_offset, bool* lost) {
+  void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd,
+                     static_cast<off_t>(file_offset));
+  if (again != MAP_FAILED) return 0;
+  const int err = errno;
+  if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
+    *lost = true;
+    mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  }
+  return err;
+}
+
 // remap(owner, fd, offset, shared) -> 'remapped' | 'lost'
 // Replaces the file pages of a live range in one mmap(MAP_FIXED) call with a mapping of `fd` at
 // `offset` — MAP_SHARED or MAP_PRIVATE — at the same address and span, so every buffer over the
@@ -268,18 +287,8 @@ Napi::Value Remap(const Napi::CallbackInfo& info) {
   bool lost = false;
   {
     std::lock_guard<std::mutex> lock(region->mu);
-    void* again = mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
-                       (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd,
-                       static_cast<off_t>(offset));
-    if (again == MAP_FAILED) {
-      err = errno;
-      // msync answers ENOMEM when part of the range is no longer mapped.
-      if (msync(region->addr, region->span, MS_ASYNC) != 0 && errno == ENOMEM) {
-        lost = true;
-        mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-      }
-    }
+    err = MapFixedOrRevoke(region, 0, region->span, shared ? MAP_SHARED : MAP_PRIVATE, fd, offset,
+                           &lost);
   }
   if (lost) return Napi::String::New(env, "lost");
   if (err != 0) ThrowErrno(env, "mmap", err);
@@ -305,20 +314,9 @@ Napi::Value Overlay(const Napi::CallbackInfo& info) {
   bool lost = false;
   {
     std::lock_guard<std::mutex> lock(region->mu);
-    if (offset + length > region->span) {
-      err = EINVAL;
-    } else {
-      void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(file_offset));
-      if (again == MAP_FAILED) {
-        err = errno;
-        if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
-          lost = true;
-          mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-        }
-      }
-    }
+    err = offset + length > region->span
+              ? EINVAL
+              : MapFixedOrRevoke(region, offset, length, MAP_PRIVATE, fd, file_offset, &lost);
   }
   if (lost) return Napi::String::New(env, "lost");
   if (err != 0) ThrowErrno(env, "mmap", err);
@@ -348,17 +346,9 @@ Napi::Value OverlayMany(const Napi::CallbackInfo& info) {
         err = EINVAL;
         break;
       }
-      void* again = mmap(region->addr + offset, length, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(offset));
-      if (again == MAP_FAILED) {
-        err = errno;
-        if (msync(region->addr + offset, length, MS_ASYNC) != 0 && errno == ENOMEM) {
-          lost = true;
-          mmap(region->addr, region->span, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-        }
-        break;
-      }
+      err = MapFixedOrRevoke(region, offset, length, MAP_PRIVATE, fd,
+                             static_cast<int64_t>(offset), &lost);
+      if (err != 0) break;
     }
   }
   Napi::Array result = Napi::Array::New(env, 3);
