@@ -70,7 +70,8 @@ export function registerSave(program: Command, run: CommandRunner): void {
     .option('-d, --detach', 'print the job and return at once instead of following it')
     .description(
       'save a VM as a snapshot in memstore. By default, when every RAM block is shared, the ' +
-        'guest pauses only while its regions are remapped copy-on-write (about a millisecond), ' +
+        'guest pauses only while its regions are remapped copy-on-write (a millisecond for a ' +
+        'guest that touched little of its RAM, more as it touched more), ' +
         'and memstore seals them in place as it runs on: nothing is copied, whatever the RAM ' +
         'size. A clone (a VM restored or cloned from a snapshot) saves as a layer: only the ' +
         'pages it wrote, over the snapshot it runs from',

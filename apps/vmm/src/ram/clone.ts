@@ -138,12 +138,15 @@ export function cloneBacking(
   ctx: RamContext,
   chain?: readonly ChainLevel[],
 ): RamBacking {
+  // Only the strings: the closures below must not keep AttachClone's Region, whose clone list
+  // grows with every clone (kept by each, memory would grow with the square of the count).
+  const { id: templateId, path: templatePath } = template;
   let closed = false;
   return {
     spec,
     buffer: mapping.buffer,
     regionRef: {
-      regionId: template.id,
+      regionId: templateId,
       regionName: spec.region,
       epoch: 0,
       size: spec.size,
@@ -154,7 +157,7 @@ export function cloneBacking(
     templateDataRanges: () => {
       if (chain !== undefined && chain.length > 1) return chainDataRanges(chain, spec.size);
       try {
-        return fileDataRanges(template.path, 0, spec.size);
+        return fileDataRanges(templatePath, 0, spec.size);
       } catch {
         return null;
       }
@@ -174,7 +177,7 @@ export function cloneBacking(
       if (closed) return;
       closed = true;
       mapping.close();
-      await detachClone(ctx, template.id, spec);
+      await detachClone(ctx, templateId, spec);
     },
   };
 }

@@ -4,8 +4,8 @@
  * copied), and the guest resumes at once: from here on its writes are copy-on-write, so the
  * files keep the save point while memstore seals them and records the snapshot in one
  * transaction (CreateSnapshot, which syncs to disk). The VM then carries on over the sealed
- * files as clone RAM of the snapshot. The pause is O(1) in RAM size and does not include
- * CreateSnapshot.
+ * files as clone RAM of the snapshot. The pause does not include CreateSnapshot; it grows only
+ * with the pages the guest has touched (the remap drops their page-table entries).
  *
  * If CreateSnapshot makes nothing, the guest is paused again, the pages it wrote since the
  * remap are put into its regions (the dirty log says which), the blocks are mapped shared and
