@@ -255,13 +255,16 @@ export const vms = {
     return { vms: list, unreachable };
   },
 
-  /** GetVm of `name` on one instance; null when it holds no VM of that name. */
-  async on(c: Clients, vmm: VmmRef, name: string): Promise<VmView | null> {
+  /**
+   * GetVm of `name` on one instance; null when it holds no VM of that name. `withMemory` also
+   * has the vmm measure what its RAM costs (a walk of its page tables: only to show it).
+   */
+  async on(c: Clients, vmm: VmmRef, name: string, withMemory = false): Promise<VmView | null> {
     try {
       const res = await unaryCall(
         c.vmm(vmm.address),
         'getVm',
-        { name },
+        { name, withMemory },
         { deadlineMs: c.endpoints.timeoutMs },
       );
       return toView(res.vm!, vmm);
@@ -275,13 +278,13 @@ export const vms = {
    * Finds a VM by name: on `vmmId` when given, else by asking every vmm instance (names are
    * unique in the cluster). @throws RemoteError VMM_VM_NOT_FOUND
    */
-  async find(c: Clients, name: string, vmmId?: string): Promise<VmView> {
+  async find(c: Clients, name: string, vmmId?: string, withMemory = false): Promise<VmView> {
     const candidates =
       vmmId !== undefined ? [await vms.instance(c, vmmId)] : await vms.instances(c);
     const found = await Promise.all(
       candidates.map(async (vmm) => {
         try {
-          return await vms.on(c, vmm, name);
+          return await vms.on(c, vmm, name, withMemory);
         } catch (err) {
           if (vmmId !== undefined) throw err;
           return null; // an unreachable instance cannot hold it for us; the others may

@@ -63,7 +63,7 @@ async function cloneUsage(ctx: CommandContext, t: SnapshotView): Promise<CloneUs
         return { ...none, error: unlisted || `vmm ${vmm || '?'} is not registered` };
       }
       try {
-        const v = await vms.on(ctx.clients, ref, vm);
+        const v = await vms.on(ctx.clients, ref, vm, true);
         if (v === null) return { ...none, error: `${vmm} has no VM ${vm}` };
         return {
           ...none,

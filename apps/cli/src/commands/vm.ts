@@ -211,7 +211,7 @@ export function registerVm(program: Command, run: CommandRunner): void {
     )
     .action(
       run(async (ctx, name: string, opts: { vmm?: string }) => {
-        const v = await vms.find(ctx.clients, name, opts.vmm);
+        const v = await vms.find(ctx.clients, name, opts.vmm, true);
         ctx.print({ vm: vmJson(v) }, () => renderOne(v));
       }),
     );

@@ -127,7 +127,9 @@ export function vmmServices(deps: {
     }),
     getVm: unary(logger, (req: pb.GetVmRequest) => {
       const v = vm(req.name);
-      return { vm: vmToPb({ ...v.info(), memory: v.memoryUsage() }) };
+      return {
+        vm: vmToPb(req.withMemory === true ? { ...v.info(), memory: v.memoryUsage() } : v.info()),
+      };
     }),
     listVms: unary(logger, () => ({ vms: host.list().map(vmToPb) })),
     watchVm: serverStream(logger, (req: pb.WatchVmRequest, call) => watch(vm(req.name), call)),

@@ -126,17 +126,21 @@ async function steadyPss(pid: number): Promise<number> {
   return xs.sort((x, y) => x - y)[2]!;
 }
 
-/** Runs `fn` on each of `names` (VMs on vmm-a, as GetVm shows them now), 16 at a time. */
+/**
+ * Runs `fn` on each of `names` (VMs on vmm-a, as GetVm shows them now, with their memory use
+ * when `withMemory`), 16 at a time.
+ */
 async function eachClone(
   b: BenchCluster,
   names: readonly string[],
   fn: (vm: VmView) => Promise<unknown>,
+  withMemory = false,
 ): Promise<void> {
   const vmm = await vms.instance(b.c, 'vmm-a');
   const queue = [...names];
   const worker = async (): Promise<void> => {
     for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-      const vm = await vms.on(b.c, vmm, name);
+      const vm = await vms.on(b.c, vmm, name, withMemory);
       if (vm === null) throw new Error(`clone ${name} is not on vmm-a`);
       await fn(vm);
     }
@@ -144,7 +148,7 @@ async function eachClone(
   await Promise.all(Array.from({ length: 16 }, worker));
 }
 
-/** Clones whose RAM mapping's PSS is read: GetVm reads smaps, slow with a thousand VMs. */
+/** Clones whose RAM mapping's PSS is read: GetVm with memory reads smaps, slow with a thousand VMs. */
 const RAM_PSS_SAMPLE = 20;
 
 /** The mean PSS of the RAM mapping of up to {@link RAM_PSS_SAMPLE} of `names`, evenly spread. */
@@ -152,9 +156,14 @@ async function ramPssPerClone(b: BenchCluster, names: readonly string[]): Promis
   const step = Math.max(1, Math.floor(names.length / RAM_PSS_SAMPLE));
   const sample = names.filter((_, i) => i % step === 0).slice(0, RAM_PSS_SAMPLE);
   let sum = 0;
-  await eachClone(b, sample, async (vm) => {
-    sum += Number(vm.memory?.pssBytes ?? 0n);
-  });
+  await eachClone(
+    b,
+    sample,
+    async (vm) => {
+      sum += Number(vm.memory?.pssBytes ?? 0n);
+    },
+    true,
+  );
   return sample.length === 0 ? 0 : sum / sample.length;
 }
 

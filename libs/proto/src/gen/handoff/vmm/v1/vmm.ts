@@ -373,7 +373,10 @@ export interface Vm {
   /** Changes on every clone or restore; the guest reads it from the control device. */
   generationId: bigint;
   ready: boolean;
-  /** What the VM's RAM costs, measured by the kernel; set by GetVm (ListVms leaves it unset). */
+  /**
+   * What the VM's RAM costs, measured by the kernel; set by GetVm with `with_memory` (ListVms
+   * and other answers leave it unset).
+   */
   memory:
     | MemoryUsage
     | undefined;
@@ -454,6 +457,12 @@ export interface DestroyVmResponse {
 
 export interface GetVmRequest {
   name: string;
+  /**
+   * Also measure what the VM's RAM costs (Vm.memory). The kernel walks the page tables of every
+   * mapping of the vmm process to answer it, which takes long with many VMs: ask only when
+   * showing it. Unset: Vm.memory is left empty.
+   */
+  withMemory?: boolean | undefined;
 }
 
 export interface GetVmResponse {
@@ -2683,13 +2692,16 @@ export const DestroyVmResponse: MessageFns<DestroyVmResponse> = {
 };
 
 function createBaseGetVmRequest(): GetVmRequest {
-  return { name: "" };
+  return { name: "", withMemory: undefined };
 }
 
 export const GetVmRequest: MessageFns<GetVmRequest> = {
   encode(message: GetVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.withMemory !== undefined) {
+      writer.uint32(16).bool(message.withMemory);
     }
     return writer;
   },
@@ -2715,6 +2727,14 @@ export const GetVmRequest: MessageFns<GetVmRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.withMemory = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2728,13 +2748,23 @@ export const GetVmRequest: MessageFns<GetVmRequest> = {
   },
 
   fromJSON(object: any): GetVmRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      withMemory: isSet(object.withMemory)
+        ? globalThis.Boolean(object.withMemory)
+        : isSet(object.with_memory)
+        ? globalThis.Boolean(object.with_memory)
+        : undefined,
+    };
   },
 
   toJSON(message: GetVmRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.withMemory !== undefined) {
+      obj.withMemory = message.withMemory;
     }
     return obj;
   },
@@ -2745,6 +2775,7 @@ export const GetVmRequest: MessageFns<GetVmRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetVmRequest>, I>>(object: I): GetVmRequest {
     const message = createBaseGetVmRequest();
     message.name = object.name ?? "";
+    message.withMemory = object.withMemory ?? undefined;
     return message;
   },
 };
