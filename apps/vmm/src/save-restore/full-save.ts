@@ -7,9 +7,11 @@
  *
  * @packageDocumentation
  */
+import type { PageBitmap } from '@handoff/bitmap';
 import type { Snapshot } from '../model/snapshot.js';
 import { VmmError } from '../model/vmm-error.js';
 import {
+  bitmapToLayerPages,
   createSaveRegions,
   createSnapshot,
   getSnapshot,
@@ -42,7 +44,7 @@ export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<
     const deviceState = encodeDeviceState(stopped.state);
     bytes = deviceState.length + (await copyBlocks(vm, regions));
     for (const r of regions) await r.finish();
-    snapshot = await createFullSnapshot(ctx, vm, req, regions, deviceState);
+    snapshot = await createFilledSnapshot(ctx, vm, req, regions, deviceState);
   } catch (err) {
     await Promise.all(regions.map((r) => r.discard()));
     if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
@@ -78,25 +80,34 @@ async function copyBlocks(vm: Vm, regions: readonly SaveRegion[]): Promise<numbe
   return bytes;
 }
 
+/** What makes a snapshot of filled regions a layer: its parent and each block's pages. */
+export interface LayerOf {
+  readonly parent: Snapshot;
+  readonly pages: readonly PageBitmap[];
+}
+
 /**
- * CreateSnapshot of the filled regions (owned by the snapshot). When memstore's answer was
- * lost, it is asked whether the snapshot exists with these regions.
+ * CreateSnapshot of the filled regions (owned by the snapshot): standalone (`full`), or a layer
+ * over `layer.parent` holding `layer.pages`. When memstore's answer was lost, it is asked
+ * whether the snapshot exists with these regions.
  */
-async function createFullSnapshot(
+export async function createFilledSnapshot(
   ctx: RamContext,
   vm: Vm,
   req: SaveRequest,
   regions: readonly SaveRegion[],
   deviceState: Uint8Array,
+  layer?: LayerOf,
 ): Promise<Snapshot> {
   try {
     return await createSnapshot(ctx, {
       name: req.snapshot,
       template: req.template,
-      kind: 'full',
+      kind: layer === undefined ? 'full' : 'bypass',
       vmName: vm.name,
       vmSpec: encodeSpecBytes(vm.spec),
       deviceState,
+      ...(layer === undefined ? {} : { parent: layer.parent.id }),
       blocks: vm.ramBlocks.map((b, k) => ({
         id: b.spec.id,
         guestBase: b.spec.guestBase,
@@ -104,6 +115,7 @@ async function createFullSnapshot(
         regionId: regions[k]!.regionId,
         epoch: regions[k]!.epoch,
         owned: true,
+        ...(layer === undefined ? {} : { layerPages: bitmapToLayerPages(layer.pages[k]!) }),
       })),
     });
   } catch (err) {

@@ -16,9 +16,7 @@ import { PAGE_SIZE } from '../memory/pages.js';
 import type { Snapshot } from '../model/snapshot.js';
 import { VmmError } from '../model/vmm-error.js';
 import {
-  bitmapToLayerPages,
   createSaveRegions,
-  createSnapshot,
   findSnapshotOfRegions,
   getSnapshot,
   type RamContext,
@@ -27,7 +25,7 @@ import {
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
-import { encodeSpecBytes } from '../wire/spec.js';
+import { createFilledSnapshot } from './full-save.js';
 import { copyPages } from './page-copy.js';
 import { pauseForSave } from './pause.js';
 import type { SaveRequest, SaveResult } from './types.js';
@@ -76,7 +74,10 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
   try {
     for (const r of regions) await r.finish();
     marks.synced = performance.now();
-    snapshot = await createLayer(ctx, vm, req, parent, regions, layerPages, deviceState);
+    snapshot = await createFilledSnapshot(ctx, vm, req, regions, deviceState, {
+      parent,
+      pages: layerPages,
+    });
     marks.created = performance.now();
     bytes += deviceState.length;
   } catch (err) {
@@ -174,47 +175,4 @@ async function layerPagesOf(vm: Vm): Promise<PageBitmap[]> {
     all.setAll();
     return all;
   });
-}
-
-/**
- * CreateSnapshot of the layer (the regions owned by it). When memstore's answer was lost, it
- * is asked whether the snapshot exists with these regions.
- */
-async function createLayer(
-  ctx: RamContext,
-  vm: Vm,
-  req: SaveRequest,
-  parent: Snapshot,
-  regions: readonly SaveRegion[],
-  layerPages: readonly PageBitmap[],
-  deviceState: Uint8Array,
-): Promise<Snapshot> {
-  try {
-    return await createSnapshot(ctx, {
-      name: req.snapshot,
-      template: req.template,
-      kind: 'bypass',
-      vmName: vm.name,
-      vmSpec: encodeSpecBytes(vm.spec),
-      deviceState,
-      parent: parent.id,
-      blocks: vm.ramBlocks.map((b, k) => ({
-        id: b.spec.id,
-        guestBase: b.spec.guestBase,
-        size: b.spec.size,
-        regionId: regions[k]!.regionId,
-        epoch: regions[k]!.epoch,
-        owned: true,
-        layerPages: bitmapToLayerPages(layerPages[k]!),
-      })),
-    });
-  } catch (err) {
-    if (!VmmError.is(err, 'VMM_MEMSTORE_UNAVAILABLE')) throw err;
-    const found = await getSnapshot(ctx, req.snapshot, false).catch(() => null);
-    const ours = regions.every((r) =>
-      found?.snapshot.blocks.some((s) => s.regionId === r.regionId),
-    );
-    if (found !== null && ours) return found.snapshot;
-    throw err;
-  }
 }
