@@ -14,8 +14,8 @@ import {
   type MemstoreUnderTest,
 } from './helpers/memstore.js';
 import { AB_BASE, AB_PAGES, abArgs, expectRetired, migrateVm } from './helpers/migration.js';
-import { mappingsOf } from './helpers/proc-mem.js';
-import { repoRoot } from './helpers/services.js';
+import { fileBytes, mappingsOf } from './helpers/proc-mem.js';
+import { refusal, repoRoot } from './helpers/services.js';
 import { openConsole, startVmmProcess, vmSpec, vmmCall, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
@@ -32,19 +32,6 @@ const MiB = 1024 * 1024;
 const PAGE = 4096;
 const kvserverElf = join(repoRoot, 'guests/kvserver/kvserver.elf');
 
-/** The gRPC status and Handoff code a call failed with, and its message. */
-async function refusal(
-  p: Promise<unknown>,
-): Promise<{ status: string; code: string; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as RemoteError;
-    return { status: grpc.status[e.status] ?? String(e.status), code: e.code, message: e.message };
-  }
-  throw new Error('the call succeeded but should have been refused');
-}
-
 /**
  * `length` bytes at block offset `offset` of the RAM of a VM in process `pid`, read through its
  * mapping (`/proc/<pid>/mem`). `path` is a file of that VM's chain no other VM of the process
@@ -60,22 +47,6 @@ function readVmRam(pid: number, path: string, offset: number, length: number): U
     for (let got = 0; got < length;) {
       const n = readSync(fd, out, got, length - got, base + offset + got);
       if (n <= 0) throw new Error(`short read of process ${pid} memory`);
-      got += n;
-    }
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** `length` bytes of a file at `offset` (holes read as zero). */
-function fileBytes(path: string, offset: number, length: number): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const out = new Uint8Array(length);
-    for (let got = 0; got < length;) {
-      const n = readSync(fd, out, got, length - got, offset + got);
-      if (n <= 0) break;
       got += n;
     }
     return out;

@@ -1,8 +1,7 @@
-import * as grpc from '@grpc/grpc-js';
 import { vmm as pb } from '@handoff/proto';
-import { unaryCall, type RemoteError } from '@handoff/service';
+import { unaryCall } from '@handoff/service';
 import { checkAbConsistency } from '@handoff/vmm';
-import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -12,8 +11,8 @@ import {
   type MemstoreDirs,
   type MemstoreUnderTest,
 } from './helpers/memstore.js';
-import { readThroughMapping } from './helpers/proc-mem.js';
-import { repoRoot } from './helpers/services.js';
+import { fileBytes, readThroughMapping } from './helpers/proc-mem.js';
+import { refusal, repoRoot } from './helpers/services.js';
 import { openConsole, startVmmProcess, vmSpec, vmmCall, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
@@ -38,37 +37,11 @@ function mappingModes(pid: number, path: string): string[] {
     .map((line) => line.split(/\s+/)[1]!);
 }
 
-/** `length` bytes of a file from offset 0, read through the file. */
-function fileBytes(path: string, length: number, offset = 0): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const out = new Uint8Array(length);
-    for (let got = 0; got < length;) {
-      const n = readSync(fd, out, got, length - got, offset + got);
-      if (n <= 0) break;
-      got += n;
-    }
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** The first offset at which `a` and `b` differ, or -1. */
 function firstDifference(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.length, b.length);
   for (let k = 0; k < n; k++) if (a[k] !== b[k]) return k;
   return a.length === b.length ? -1 : n;
-}
-
-async function refusal(p: Promise<unknown>): Promise<{ code: string; status: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as RemoteError;
-    return { code: e.code, status: grpc.status[e.status] ?? String(e.status) };
-  }
-  throw new Error('the call succeeded but should have been refused');
 }
 
 async function eventually(check: () => Promise<boolean> | boolean, what: string): Promise<void> {
@@ -153,7 +126,7 @@ describe('a bypass save pauses the guest only for the remap', () => {
     });
     expect(await refusal(save('ab1', 'ab1-other'))).toMatchObject({ code: 'VMM_INVALID_STATE' });
     // Its writes are copy-on-write: the file keeps the save point.
-    const atSave = fileBytes(path, AB_BYTES, AB_BASE);
+    const atSave = fileBytes(path, AB_BASE, AB_BYTES);
     expect(checkAbConsistency(atSave).consistent).toBe(true);
     await eventually(
       () => readThroughMapping(vmm.process.pid, path, AB_BASE, AB_BYTES)[0] !== atSave[0],
@@ -167,7 +140,7 @@ describe('a bypass save pauses the guest only for the remap', () => {
     // The pause is the remap's, not CreateSnapshot's (which lasted as long as memstore was held).
     expect(saved.pauseUs).toBeGreaterThan(0n);
     expect(saved.pauseUs).toBeLessThan(saved.durationUs);
-    expect(fileBytes(path, AB_BYTES, AB_BASE)).toEqual(atSave);
+    expect(fileBytes(path, AB_BASE, AB_BYTES)).toEqual(atSave);
     // The second save made nothing.
     expect(
       await refusal(
@@ -236,13 +209,13 @@ describe('a bypass save pauses the guest only for the remap', () => {
       // What the guest sees now (its copy-on-write pages over the file); an idle kvserver
       // executes nothing, so this is its memory until the next command.
       const seen = readThroughMapping(vmm.process.pid, path, 0, size);
-      expect(firstDifference(seen, fileBytes(path, size))).not.toBe(-1); // the file lags
+      expect(firstDifference(seen, fileBytes(path, 0, size))).not.toBe(-1); // the file lags
       release();
 
       expect(await refusal(saving)).toMatchObject({ code: 'SNAPSHOT_EXISTS' });
       expect(mappingModes(vmm.process.pid, path)).toEqual(['rw-s']);
       // Mapped shared again, and the file holds exactly what the guest saw.
-      expect(firstDifference(fileBytes(path, size), seen)).toBe(-1);
+      expect(firstDifference(fileBytes(path, 0, size), seen)).toBe(-1);
       const after = await getVm('kv1');
       expect(after.state).toBe(VmState.VM_STATE_RUNNING);
       expect(after.spec!.ram[0]!.backend).toBe(RamBackend.RAM_BACKEND_SHARED);

@@ -1,6 +1,5 @@
-import * as grpc from '@grpc/grpc-js';
 import { memstore as msPb, vmm as pb } from '@handoff/proto';
-import { createClient, unaryCall, type RemoteError } from '@handoff/service';
+import { createClient, unaryCall } from '@handoff/service';
 import { testCredentials } from '@handoff/service/testing';
 import { checkAbConsistency } from '@handoff/vmm';
 import {
@@ -21,8 +20,8 @@ import {
   type MemstoreDirs,
   type MemstoreUnderTest,
 } from './helpers/memstore.js';
-import { mappingsOf, readThroughMapping } from './helpers/proc-mem.js';
-import { repoRoot } from './helpers/services.js';
+import { fileBytes, mappingsOf, readThroughMapping } from './helpers/proc-mem.js';
+import { refusal, repoRoot } from './helpers/services.js';
 import { openConsole, startVmmProcess, vmSpec, vmmCall, type VmmUnderTest } from './helpers/vmm.js';
 
 /**
@@ -39,36 +38,6 @@ const kvserverElf = join(repoRoot, 'guests/kvserver/kvserver.elf');
 const AB_ARGS = { 'ab.start': '0x80100000', 'ab.pages': '32' };
 const AB_BASE = 0x100000;
 const AB_BYTES = 32 * 4096;
-
-/** The gRPC status and Handoff code a call failed with, and its message. */
-async function refusal(
-  p: Promise<unknown>,
-): Promise<{ status: string; code: string; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as RemoteError;
-    return { status: grpc.status[e.status] ?? String(e.status), code: e.code, message: e.message };
-  }
-  throw new Error('the call succeeded but should have been refused');
-}
-
-/** `length` bytes of a file at `offset`, read through the file (holes read as zero). */
-function fileBytes(path: string, offset: number, length: number): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const out = new Uint8Array(length);
-    let got = 0;
-    while (got < length) {
-      const n = readSync(fd, out, got, length - got, offset + got);
-      if (n <= 0) break;
-      got += n;
-    }
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** The first offset at which `a` and `b` differ, or -1 (without a diff of megabytes). */
 function firstDifference(a: Uint8Array, b: Uint8Array): number {

@@ -49,3 +49,19 @@ export function readThroughMapping(
     closeSync(fd);
   }
 }
+
+/** `length` bytes of `path` at `offset`, read through the file itself (holes read as zero). */
+export function fileBytes(path: string, offset: number, length: number): Uint8Array {
+  const fd = openSync(path, 'r');
+  try {
+    const out = new Uint8Array(length);
+    for (let got = 0; got < length;) {
+      const n = readSync(fd, out, got, length - got, offset + got);
+      if (n <= 0) break;
+      got += n;
+    }
+    return out;
+  } finally {
+    closeSync(fd);
+  }
+}

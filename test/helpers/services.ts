@@ -1,4 +1,4 @@
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -6,6 +6,7 @@ import {
   channelCredentials,
   startServiceProcess,
   type PeerIdentity,
+  type RemoteError,
   type ServiceProcess,
 } from '@handoff/service';
 import { testCredentials, testTlsArgs } from '@handoff/service/testing';
@@ -106,4 +107,20 @@ export async function freePort(): Promise<number> {
   const port = (srv.address() as { port: number }).port;
   await new Promise<void>((resolve) => srv.close(() => resolve()));
   return port;
+}
+
+/**
+ * The gRPC status name, Handoff code and message a call was refused with.
+ * @throws when the call succeeded
+ */
+export async function refusal(
+  p: Promise<unknown>,
+): Promise<{ status: string; code: string; message: string }> {
+  try {
+    await p;
+  } catch (err) {
+    const e = err as RemoteError;
+    return { status: grpc.status[e.status] ?? String(e.status), code: e.code, message: e.message };
+  }
+  throw new Error('the call succeeded but should have been refused');
 }
