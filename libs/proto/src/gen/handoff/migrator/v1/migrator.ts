@@ -357,6 +357,11 @@ export interface CreateTemplateRequest {
   args: { [key: string]: string };
   /** How long to wait for the guest's ready doorbell (default 30 s). */
   readyTimeoutMs: number;
+  /**
+   * The ELF of `guest`, sent by a client whose file the vmm cannot read; `guest` then only
+   * names it.
+   */
+  guestImage?: Uint8Array | undefined;
 }
 
 export interface CreateTemplateRequest_ArgsEntry {
@@ -2822,7 +2827,7 @@ export const RestoreResponse: MessageFns<RestoreResponse> = {
 };
 
 function createBaseCreateTemplateRequest(): CreateTemplateRequest {
-  return { name: "", source: undefined, memory: 0n, vmm: "", args: {}, readyTimeoutMs: 0 };
+  return { name: "", source: undefined, memory: 0n, vmm: "", args: {}, readyTimeoutMs: 0, guestImage: undefined };
 }
 
 export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
@@ -2852,6 +2857,9 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
     });
     if (message.readyTimeoutMs !== 0) {
       writer.uint32(56).uint32(message.readyTimeoutMs);
+    }
+    if (message.guestImage !== undefined) {
+      writer.uint32(66).bytes(message.guestImage);
     }
     return writer;
   },
@@ -2928,6 +2936,14 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
             message.readyTimeoutMs = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.guestImage = reader.bytes();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2971,6 +2987,11 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
         : isSet(object.ready_timeout_ms)
         ? globalThis.Number(object.ready_timeout_ms)
         : 0,
+      guestImage: isSet(object.guestImage)
+        ? bytesFromBase64(object.guestImage)
+        : isSet(object.guest_image)
+        ? bytesFromBase64(object.guest_image)
+        : undefined,
     };
   },
 
@@ -3001,6 +3022,9 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
     }
     if (message.readyTimeoutMs !== 0) {
       obj.readyTimeoutMs = Math.round(message.readyTimeoutMs);
+    }
+    if (message.guestImage !== undefined) {
+      obj.guestImage = base64FromBytes(message.guestImage);
     }
     return obj;
   },
@@ -3037,6 +3061,7 @@ export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
       {},
     );
     message.readyTimeoutMs = object.readyTimeoutMs ?? 0;
+    message.guestImage = object.guestImage ?? undefined;
     return message;
   },
 };
@@ -4353,6 +4378,31 @@ export const MigratorServiceClient = makeGenericClientConstructor(
   service: typeof MigratorServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  if ((globalThis as any).Buffer) {
+    return Uint8Array.from((globalThis as any).Buffer.from(b64, "base64"));
+  } else {
+    const bin = globalThis.atob(b64);
+    const arr = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; ++i) {
+      arr[i] = bin.charCodeAt(i);
+    }
+    return arr;
+  }
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  if ((globalThis as any).Buffer) {
+    return (globalThis as any).Buffer.from(arr).toString("base64");
+  } else {
+    const bin: string[] = [];
+    arr.forEach((byte) => {
+      bin.push(globalThis.String.fromCharCode(byte));
+    });
+    return globalThis.btoa(bin.join(""));
+  }
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

@@ -418,6 +418,11 @@ export interface CreateVmRequest {
     | undefined;
   /** Start running at once. */
   start: boolean;
+  /**
+   * The guest ELF itself, sent by a client whose file the vmm cannot read (another host, a
+   * container). When set, spec.guest only names it (for lists and logs) and is not looked up.
+   */
+  guestImage?: Uint8Array | undefined;
 }
 
 export interface CreateVmResponse {
@@ -2019,7 +2024,7 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
 };
 
 function createBaseCreateVmRequest(): CreateVmRequest {
-  return { spec: undefined, start: false };
+  return { spec: undefined, start: false, guestImage: undefined };
 }
 
 export const CreateVmRequest: MessageFns<CreateVmRequest> = {
@@ -2029,6 +2034,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     }
     if (message.start !== false) {
       writer.uint32(16).bool(message.start);
+    }
+    if (message.guestImage !== undefined) {
+      writer.uint32(26).bytes(message.guestImage);
     }
     return writer;
   },
@@ -2062,6 +2070,14 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
             message.start = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.guestImage = reader.bytes();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2078,6 +2094,11 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     return {
       spec: isSet(object.spec) ? VmSpec.fromJSON(object.spec) : undefined,
       start: isSet(object.start) ? globalThis.Boolean(object.start) : false,
+      guestImage: isSet(object.guestImage)
+        ? bytesFromBase64(object.guestImage)
+        : isSet(object.guest_image)
+        ? bytesFromBase64(object.guest_image)
+        : undefined,
     };
   },
 
@@ -2089,6 +2110,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     if (message.start !== false) {
       obj.start = message.start;
     }
+    if (message.guestImage !== undefined) {
+      obj.guestImage = base64FromBytes(message.guestImage);
+    }
     return obj;
   },
 
@@ -2099,6 +2123,7 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     const message = createBaseCreateVmRequest();
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.start = object.start ?? false;
+    message.guestImage = object.guestImage ?? undefined;
     return message;
   },
 };
