@@ -47,6 +47,7 @@ export {
   GuestCatalog,
   builtInGuestPath,
   guestFromBytes,
+  MAX_SENT_GUEST_IMAGE,
   type GuestCatalogOptions,
   type GuestImage,
 } from './guests/catalog.js';

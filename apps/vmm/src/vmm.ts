@@ -19,6 +19,7 @@ import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './model/limits.js';
+import { MAX_CREATE_VM_MESSAGE } from './guests/catalog.js';
 
 /** A running vmm instance. */
 export interface Vmm {
@@ -181,6 +182,8 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       }),
       // Migration targets take page frames of up to 1 MiB on one stream.
       receiveWindowBytes: 8 * 1024 * 1024,
+      // CreateVm may carry a guest ELF of up to 16 MiB: the vmm, not gRPC's limit, refuses more.
+      maxReceiveMessageBytes: MAX_CREATE_VM_MESSAGE,
     });
   } catch (err) {
     await migrations.close();

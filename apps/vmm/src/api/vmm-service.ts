@@ -110,7 +110,12 @@ export function vmmServices(deps: {
       };
     }),
     createVm: unary(logger, async (req: pb.CreateVmRequest) => ({
-      vm: vmToPb(await host.create(specFromPb(req.spec), { start: req.start })),
+      vm: vmToPb(
+        await host.create(specFromPb(req.spec), {
+          start: req.start,
+          guestImage: req.guestImage,
+        }),
+      ),
     })),
     startVm: unary(logger, async (req: pb.StartVmRequest) => ({
       vm: vmToPb(await vm(req.name).start()),

@@ -25,8 +25,10 @@ import { VmmError } from '../model/vmm-error.js';
  * escapes, unreadable — gets one answer, the same whether or not some file exists at that path:
  * the vmm reveals nothing of its host's files beyond the guest folder.
  *
- * Guest bytes sent by a client (not built yet) go through {@link guestFromBytes}, the same check
- * a file's bytes pass: that is the place to plug them in.
+ * Guest bytes **sent by a client** (CreateVm's `guest_image`, for a client whose file this vmm
+ * cannot read: another host, a container) go through {@link GuestCatalog.fromClient}: at most
+ * {@link MAX_SENT_GUEST_IMAGE} bytes, then the same checks a file's bytes pass. The spec's name
+ * then only labels the image (lists, logs); it is not looked up.
  */
 
 /** The guests built by `guests/Makefile` into `guests/<name>/<name>.elf`. */
@@ -37,6 +39,16 @@ export const CONFORMANCE_PREFIX = 'conformance/';
 
 /** Largest guest image read (an ELF is loaded whole into the vmm's memory first). */
 export const MAX_GUEST_FILE = 64 * 1024 * 1024;
+
+/**
+ * Largest guest image a client may send in CreateVm (16 MiB). vmctl refuses bigger files before
+ * sending; the vmm's and the migrator's gRPC servers accept messages just above it
+ * ({@link MAX_CREATE_VM_MESSAGE}). Bigger guests go into the vmm's guest folder.
+ */
+export const MAX_SENT_GUEST_IMAGE = 16 * 1024 * 1024;
+
+/** Largest CreateVm message the vmm accepts: a sent image plus room for the spec. */
+export const MAX_CREATE_VM_MESSAGE = MAX_SENT_GUEST_IMAGE + 1024 * 1024;
 
 /** `guests/` of this repository: apps/vmm/{src,dist}/guests/catalog.{ts,js} → ../../../../guests. */
 export const BUILT_IN_GUESTS_DIR = resolve(
@@ -155,6 +167,31 @@ export class GuestCatalog {
     }
     const { fd, path } = this.openInGuestDir(name);
     return guestFromBytes(name, readWhole(fd, name, path), path);
+  }
+
+  /**
+   * Checks an image a client sent (CreateVm's `guest_image`) under the label `name`: at most
+   * {@link MAX_SENT_GUEST_IMAGE} bytes, an ELF32 RISC-V executable. Every byte is hostile: the
+   * ELF parser checks each offset and size against the image before use.
+   *
+   * @throws VmmError `VMM_INVALID_GUEST`
+   */
+  fromClient(name: string, bytes: Uint8Array): GuestImage {
+    if (bytes.length > MAX_SENT_GUEST_IMAGE) {
+      throw new VmmError(
+        'VMM_INVALID_GUEST',
+        `guest ${name} (sent by the client) is ${bytes.length} bytes, over the ` +
+          `${MAX_SENT_GUEST_IMAGE}-byte (16 MiB) limit of a sent guest image; put the ELF in ` +
+          `the guest folder of ${this.opts.vmmId} (--guest-dir) and name it instead`,
+      );
+    }
+    if (bytes.length === 0) {
+      throw new VmmError(
+        'VMM_INVALID_GUEST',
+        `guest ${name} (sent by the client) is empty; send an RV32 ELF executable`,
+      );
+    }
+    return guestFromBytes(name, bytes, 'sent by the client');
   }
 
   /**

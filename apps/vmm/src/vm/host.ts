@@ -102,13 +102,17 @@ export class VmHost {
 
   /**
    * Creates a VM from a spec as it came from the wire (defaults filled here), optionally
-   * starting it.
+   * starting it. With `guestImage` (an ELF a client sent) the spec's guest only labels it;
+   * otherwise the guest is looked up by name (built-ins, the guest folder).
    *
    * @throws VmmError `VMM_INVALID_SPEC`, `VMM_LIMIT_EXCEEDED`, `VMM_GUEST_NOT_FOUND`,
    *   `VMM_INVALID_GUEST`, `VMM_REGION_NOT_FOUND`, `VMM_MEMSTORE_UNAVAILABLE`, `VMM_VM_EXISTS`;
    *   memstore's lease errors pass through with their codes.
    */
-  async create(raw: VmSpec, opts: { start: boolean }): Promise<VmInfo> {
+  async create(
+    raw: VmSpec,
+    opts: { start: boolean; guestImage?: Uint8Array | undefined },
+  ): Promise<VmInfo> {
     if (this.closed) throw new VmmError('VMM_INVALID_STATE', 'this vmm instance is shutting down');
     const claimed = raw.ram.find((b) => b.regionOwned === true);
     if (claimed !== undefined) {
@@ -124,7 +128,10 @@ export class VmHost {
     this.creating.add(spec.name);
     const log = this.opts.logger.child({ vm: spec.name });
     try {
-      const guest = this.guests.load(spec.guest);
+      const guest =
+        opts.guestImage !== undefined
+          ? this.guests.fromClient(spec.guest, opts.guestImage)
+          : this.guests.load(spec.guest);
       checkImageFits(spec.guest, guest.image, spec.ram);
       const ram = await openRamBlocks(spec.ram, this.memstore.context(spec.name, log));
       let vm: Vm;
@@ -148,7 +155,9 @@ export class VmHost {
           vcpuThread: vm.vcpuThread,
           vcpuThreads: this.threads.report().vms,
         },
-        'VM created',
+        opts.guestImage !== undefined
+          ? 'VM created from a guest image sent by the client'
+          : 'VM created',
       );
       if (opts.start) return await vm.start();
       return vm.info();
@@ -454,6 +463,16 @@ export class VmHost {
  * @throws VmmError `VMM_INVALID_GUEST`
  */
 export function checkImageFits(guest: string, image: ElfImage, ram: readonly RamBlockSpec[]): void {
+  const entryInside = ram.some(
+    (b) => image.entry >= b.guestBase && image.entry < b.guestBase + b.size,
+  );
+  if (!entryInside) {
+    throw new VmmError(
+      'VMM_INVALID_GUEST',
+      `guest ${guest}: its entry point 0x${image.entry.toString(16)} is not inside the VM's RAM; ` +
+        'link it at 0x80000000 (QEMU virt) or give the VM more memory',
+    );
+  }
   for (const seg of image.segments) {
     const inside = ram.some(
       (b) => seg.paddr >= b.guestBase && seg.paddr + seg.memsz <= b.guestBase + b.size,
