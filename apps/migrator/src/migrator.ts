@@ -9,6 +9,7 @@ import { migratorService } from './api/migrator-service.js';
 import type { MigratorConfig } from './config.js';
 import { JobManager } from './jobs/job-manager.js';
 import { JobJournal } from './jobs/journal.js';
+import { MAX_CREATE_TEMPLATE_MESSAGE } from './jobs/snapshot-plans.js';
 import type { Job } from './jobs/job.js';
 import { VmmRegistry } from './registry/vmm-registry.js';
 
@@ -59,6 +60,8 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     logger,
     tls,
     shutdownTimeoutMs: config['shutdown-timeout-ms'],
+    // CreateTemplate may carry a guest ELF of up to 16 MiB (the template job refuses more).
+    maxReceiveMessageBytes: MAX_CREATE_TEMPLATE_MESSAGE,
     services: [
       migratorService({
         logger,

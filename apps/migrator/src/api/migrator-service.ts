@@ -284,7 +284,7 @@ export function migratorService(deps: {
             req.source === undefined
               ? undefined
               : req.source.$case === 'guest'
-                ? { guest: req.source.value }
+                ? { guest: req.source.value, image: req.guestImage }
                 : { fromVm: req.source.value },
           memory: wireCount('memory', req.memory),
           vmm: req.vmm,

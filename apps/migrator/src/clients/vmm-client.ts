@@ -140,8 +140,8 @@ export interface VmmCalls {
   vm(address: string, vm: string): Promise<VmStatus | null>;
   /** ListVms: every VM the instance holds. */
   vms(address: string): Promise<VmStatus[]>;
-  /** CreateVm, started at once. */
-  createVm(address: string, spec: VmSpec): Promise<VmStatus>;
+  /** CreateVm, started at once; `guestImage` is the guest's ELF when a client sent it. */
+  createVm(address: string, spec: VmSpec, guestImage?: Uint8Array): Promise<VmStatus>;
   /** DestroyVm; a VM the instance does not hold (any more) counts as destroyed. */
   destroyVm(address: string, vm: string): Promise<void>;
   /**
@@ -370,11 +370,15 @@ export class VmmClients implements VmmCalls {
     return res.vms.map(vmStatusFromWire);
   }
 
-  async createVm(address: string, spec: VmSpec): Promise<VmStatus> {
+  async createVm(address: string, spec: VmSpec, guestImage?: Uint8Array): Promise<VmStatus> {
     const res = await unaryCall(
       await this.connected(address),
       'createVm',
-      { spec: vmSpecToWire(spec), start: true },
+      {
+        spec: vmSpecToWire(spec),
+        start: true,
+        ...(guestImage !== undefined ? { guestImage } : {}),
+      },
       // building the machine (a guest's translation table) can take seconds
       { deadlineMs: Math.max(this.callTimeoutMs, 30_000) },
     );

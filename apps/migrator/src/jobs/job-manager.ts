@@ -127,6 +127,8 @@ interface Live {
   migrating: boolean;
   /** Stops a snapshot job's wait for its guest (a template's); undefined when nothing waits. */
   abort?: () => void;
+  /** A template's guest ELF sent by the client (not journaled; dropped once the job ran). */
+  guestImage?: Uint8Array | undefined;
 }
 
 /**
@@ -743,6 +745,7 @@ export class JobManager {
       parent: '',
       snapshot: plan.request,
     });
+    live.guestImage = plan.guestImage;
     this.track(this.runSnapshot(live));
     return live.job;
   }
@@ -764,11 +767,18 @@ export class JobManager {
     let end: SnapshotEnd;
     try {
       end = await runSnapshotJob(
-        { vmms: this.vmms, deadlineMs: this.migrationTimeoutMs, signal: abort.signal, log },
+        {
+          vmms: this.vmms,
+          deadlineMs: this.migrationTimeoutMs,
+          signal: abort.signal,
+          log,
+          guestImage: live.guestImage,
+        },
         live.job,
       );
     } finally {
       live.abort = undefined;
+      live.guestImage = undefined;
     }
     if (end.status === 'uncertain') {
       log.warn({ error: end.error }, 'the vmm did not say how the job ended; looking');

@@ -378,6 +378,39 @@ describe('save, restore, template and clone jobs against fake vmm instances', ()
       expect(done.snapshotResult).toMatchObject({ snapshot: 'kv', pauseUs: 0 });
     });
 
+    it('passes a guest image the client sent to CreateVm, and journals only its name', async () => {
+      b.guests.set('mine.elf', { readyMs: 20 });
+      const job = await jobs.createTemplate({
+        name: 'sent',
+        source: { guest: 'mine.elf', image: new Uint8Array(4321) },
+        memory: 16 << 20,
+        vmm: 'vmm-b',
+        args: {},
+        readyTimeoutMs: 0,
+      });
+      const done = await jobs.waitFor(job.id);
+      expect(done.info.status, done.info.errorDesc).toBe('completed');
+      expect(b.calls).toEqual(['createVm:sent:image(4321)', 'watchVm:sent', 'saveVm:sent']);
+      expect(done.snapshot).toMatchObject({ guest: 'mine.elf' });
+      expect(JSON.stringify(done)).not.toContain('4321');
+      expect(Object.keys(done.snapshot!)).not.toContain('guestImage');
+
+      const refused = await jobs
+        .createTemplate({
+          name: 'huge',
+          source: { guest: 'huge.elf', image: new Uint8Array(16 * 1024 * 1024 + 1) },
+          memory: 16 << 20,
+          vmm: '',
+          args: {},
+          readyTimeoutMs: 0,
+        })
+        .catch((err: unknown) => err);
+      expect(refused).toMatchObject({
+        code: 'MIGRATOR_INVALID_ARGUMENT',
+        message: expect.stringContaining('over the 16 MiB a client may send'),
+      });
+    });
+
     it('a guest that never rings ready: its VM is destroyed and the job says why', async () => {
       const job = await jobs.createTemplate({
         name: 'silent',

@@ -28,6 +28,16 @@ export const DRAM_BASE = 0x8000_0000;
 /** Largest RAM block a vmm maps. */
 const MAX_BLOCK = 2 ** 31;
 
+/**
+ * Largest template guest image a client may send (16 MiB, the vmm's limit of CreateVm's
+ * `guest_image`); the migrator's server accepts CreateTemplate messages up to
+ * {@link MAX_CREATE_TEMPLATE_MESSAGE} so that this check, not gRPC's cap, refuses a bigger one.
+ */
+export const MAX_SENT_GUEST_IMAGE = 16 * 1024 * 1024;
+
+/** Largest message the migrator's server accepts: a sent guest image plus room for the rest. */
+export const MAX_CREATE_TEMPLATE_MESSAGE = MAX_SENT_GUEST_IMAGE + 1024 * 1024;
+
 /** A validated snapshot job, ready to be created. */
 export interface SnapshotPlan {
   readonly kind: SnapshotJobKind;
@@ -41,6 +51,11 @@ export interface SnapshotPlan {
    */
   readonly side: 'source' | 'target';
   readonly request: SnapshotRequest;
+  /**
+   * A template's guest ELF sent by the client: not journaled (a restarted migrator resolves a
+   * template job by what exists, and never boots its guest again).
+   */
+  readonly guestImage?: Uint8Array | undefined;
 }
 
 /** What planning asks of the migrator. */
@@ -166,7 +181,7 @@ export async function planRestore(
 export async function planTemplate(
   req: {
     name: string;
-    source: { guest: string } | { fromVm: string } | undefined;
+    source: { guest: string; image?: Uint8Array | undefined } | { fromVm: string } | undefined;
     memory: number;
     vmm: string;
     args: Record<string, string>;
@@ -212,6 +227,13 @@ export async function planTemplate(
   }
   const guest = req.source.guest;
   if (guest === '') throw invalid('--guest needs a guest name (e.g. kvserver)');
+  const image = req.source.image;
+  if (image !== undefined && image.length > MAX_SENT_GUEST_IMAGE) {
+    throw invalid(
+      `the guest image is ${image.length} bytes, over the 16 MiB a client may send; put the ELF ` +
+        "in the vmm's guest folder (--guest-dir) and name it instead",
+    );
+  }
   checkMemory(req.memory);
   // the guest boots as a VM of the template's name (its region becomes the template's memory)
   checkVmName(req.name, 'the template name, which its guest boots as,');
@@ -229,6 +251,7 @@ export async function planTemplate(
       args: { ...req.args },
       readyTimeoutMs: req.readyTimeoutMs > 0 ? req.readyTimeoutMs : DEFAULT_READY_TIMEOUT_MS,
     }),
+    ...(image !== undefined ? { guestImage: image } : {}),
   };
 }
 

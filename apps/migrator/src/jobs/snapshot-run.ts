@@ -31,6 +31,11 @@ export interface SnapshotRunDeps {
   /** Aborted when the job is cancelled (only a template's wait for its guest stops for it). */
   readonly signal: AbortSignal;
   readonly log: Logger;
+  /**
+   * A template's guest ELF as the client sent it (CreateTemplate's `guest_image`), passed to the
+   * vmm's CreateVm; undefined when the vmm finds the guest by name. Kept in memory only.
+   */
+  readonly guestImage?: Uint8Array | undefined;
 }
 
 /** The instance a snapshot job works on: its source (save, template of a VM) or target. */
@@ -245,7 +250,7 @@ async function templateFromGuest(
     return { status, error: `${why}; ${left}` } as const;
   };
   try {
-    await deps.vmms.createVm(at.address, bootSpec(name, r));
+    await deps.vmms.createVm(at.address, bootSpec(name, r), deps.guestImage);
   } catch (err) {
     if (isDecided(err)) {
       return {

@@ -160,7 +160,12 @@ export function snapshotHandlers(host: FakeHost, logger: Logger): Partial<pb.Vmm
   return {
     createVm: droppable(async (req: pb.CreateVmRequest) => {
       const name = req.spec?.name ?? '';
-      host.calls.push(`createVm:${name}`);
+      // a sent guest image shows as its size: `createVm:NAME:image(BYTES)`
+      host.calls.push(
+        req.guestImage !== undefined
+          ? `createVm:${name}:image(${req.guestImage.length})`
+          : `createVm:${name}`,
+      );
       requireFree(name);
       startVm(host, name, { ...defaultFacts(), guest: req.spec?.guest ?? '' });
       return { res: { vm: host.vmOf(name) }, drop: false };
