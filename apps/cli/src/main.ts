@@ -62,6 +62,7 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
     async (...args) => {
       const command = args[args.length - 1] as Command;
       const g = command.optsWithGlobals<GlobalOptions>();
+      claimOwnTimeout(program, command, args[args.length - 2] as Record<string, unknown>, g, d);
       const rest = args.slice(0, -1) as Parameters<typeof body> extends [unknown, ...infer R]
         ? R
         : never;
@@ -90,6 +91,26 @@ export function buildProgram(io: Io, env: NodeJS.ProcessEnv, exitCode: { value: 
     c.commands.forEach(inheritOutput);
   });
   return program;
+}
+
+/**
+ * `--timeout` is global (each call's deadline in ms) and also `vm run`'s own (how long the guest
+ * may run). Commander hands a flag both know to the program, so for a command that declares its
+ * own `--timeout`, one given on the command line is the command's (moved into its options), and
+ * calls keep HANDOFF_TIMEOUT_MS or the default deadline.
+ */
+function claimOwnTimeout(
+  program: Command,
+  command: Command,
+  opts: Record<string, unknown>,
+  g: GlobalOptions,
+  defaults: { timeout: string },
+): void {
+  if (!command.options.some((o) => o.long === '--timeout')) return;
+  if (program.getOptionValueSource('timeout') === 'cli') {
+    opts.timeout = program.getOptionValue('timeout') as string;
+  }
+  g.timeout = defaults.timeout;
 }
 
 /** Runs vmctl with argv (without node and script); resolves to the exit code. */

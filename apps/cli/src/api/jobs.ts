@@ -225,10 +225,13 @@ export function jobs(c: Clients) {
     }): Promise<JobView> {
       return toView((await unaryCall(c.migrator, 'restore', req, opts())).job);
     },
-    /** CreateTemplate: from a guest booted to its ready doorbell, or from a running VM. */
+    /**
+     * CreateTemplate: from a guest booted to its ready doorbell, or from a running VM. A guest
+     * with `image` sends the ELF itself (the migrator passes it to the vmm's CreateVm).
+     */
     async createTemplate(req: {
       name: string;
-      source: { guest: string } | { fromVm: string };
+      source: { guest: string; image?: Uint8Array | undefined } | { fromVm: string };
       memory: bigint;
       vmm: string;
       args: Record<string, string>;
@@ -240,6 +243,7 @@ export function jobs(c: Clients) {
         'createTemplate',
         {
           ...rest,
+          ...('guest' in source && source.image !== undefined ? { guestImage: source.image } : {}),
           source:
             'guest' in source
               ? { $case: 'guest', value: source.guest }

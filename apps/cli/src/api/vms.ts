@@ -79,6 +79,8 @@ export interface VmCreateSpec {
   /** shared: an existing region ('' = create one); clone: the template. */
   region: string;
   args: Record<string, string>;
+  /** The guest ELF itself, sent when the file is vmctl's (`guest` then only names it). */
+  guestImage?: Uint8Array | undefined;
 }
 
 const STATE: Record<number, VmStateName> = {
@@ -298,7 +300,9 @@ export const vms = {
 
   /**
    * Creates a VM with one RAM block (ram0) on `vmmId`, or on the instance with the fewest VMs.
-   * Refuses a name already used anywhere in the cluster.
+   * Refuses a name already used anywhere in the cluster. Answers the VM as GetVm sees it once
+   * CreateVm returned (a guest such as hello may have powered off by then), or CreateVm's own
+   * answer when that GetVm fails.
    */
   async create(
     c: Clients,
@@ -362,10 +366,12 @@ export const vms = {
           args: spec.args,
         },
         start: opts.start,
+        ...(spec.guestImage !== undefined ? { guestImage: spec.guestImage } : {}),
       },
       { deadlineMs: Math.max(c.endpoints.timeoutMs, 30_000) },
     );
-    return toView(res.vm!, target);
+    const now = await vms.on(c, target, spec.name).catch(() => null);
+    return now ?? toView(res.vm!, target);
   },
 
   /** start / pause / resume on the VM's instance. */

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { resolveGuest } from '../api/guest-image.js';
 import { jobs, type JobView } from '../api/jobs.js';
 import { snapshotJson, snapshots, type SnapshotView } from '../api/snapshots.js';
 import { vms, type VmmRef } from '../api/vms.js';
@@ -17,7 +18,7 @@ import {
   snapshotFields,
   snapshotShowJson,
 } from './snapshot.js';
-import { parseArgs } from './vm.js';
+import { parseArgs } from './guest-args.js';
 
 /** One clone of a template as `template show` reports it: what it costs its vmm's host. */
 export interface CloneUsage {
@@ -232,7 +233,11 @@ function registerTemplateCreate(cmd: Command, run: CommandRunner): void {
   cmd
     .command('create')
     .argument('<name>', 'the template name (a guest boots as a VM of this name, then is saved)')
-    .option('-g, --guest <guest>', 'boot this guest and save it once it rings its ready doorbell')
+    .option(
+      '-g, --guest <guest>',
+      'boot this guest and save it once it rings its ready doorbell: a built-in name, a local ' +
+        "ELF file (sent), or a name in the vmm's --guest-dir (see `vmctl vm create --help`)",
+    )
     .option('-m, --memory <size>', 'RAM of the booted guest (with --guest), e.g. 256M')
     .option(
       '--arg <key=value>',
@@ -293,9 +298,13 @@ function registerTemplateCreate(cmd: Command, run: CommandRunner): void {
           if (opts.fromVm !== undefined && (opts.memory !== undefined || opts.arg.length > 0)) {
             throw new CliError('CLI_USAGE', '--memory and --arg go with --guest, not --from-vm');
           }
+          const guest = opts.guest !== undefined ? resolveGuest(opts.guest) : undefined;
           const job = await jobs(ctx.clients).createTemplate({
             name,
-            source: opts.guest !== undefined ? { guest: opts.guest } : { fromVm: opts.fromVm! },
+            source:
+              guest !== undefined
+                ? { guest: guest.name, image: guest.image }
+                : { fromVm: opts.fromVm! },
             memory: opts.memory !== undefined ? parseSize(opts.memory, '--memory') : 0n,
             vmm: opts.vmm ?? '',
             args: parseArgs(opts.arg),

@@ -1,10 +1,15 @@
 import { Option, type Command } from 'commander';
+import { resolveGuest } from '../api/guest-image.js';
 import { vms, vmJson, type ConsoleSession, type VmView } from '../api/vms.js';
 import type { CommandContext } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
 import { renderFields, renderTable } from '../output/render.js';
 import { formatBytes, parseSize } from '../output/units.js';
+import { GUEST_HELP, parseArgs } from './guest-args.js';
 import type { CommandRunner } from './runner.js';
+import { registerVmRun } from './vm-run.js';
+
+export { parseArgs };
 
 /** The byte that detaches an interactive console: Ctrl-] (telnet, virsh). */
 const DETACH = 0x1d;
@@ -85,19 +90,6 @@ function renderOne(v: VmView): string {
   return renderFields(fields);
 }
 
-/** `--arg key=value` flags as a map; a usage error for one without `=`. */
-export function parseArgs(list: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const item of list) {
-    const eq = item.indexOf('=');
-    if (eq <= 0) {
-      throw new CliError('CLI_USAGE', `--arg ${item} is not key=value (e.g. --arg ab.pages=256)`);
-    }
-    out[item.slice(0, eq)] = item.slice(eq + 1);
-  }
-  return out;
-}
-
 function milliseconds(text: string, flag: string): number {
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n) || n < 0) {
@@ -109,7 +101,7 @@ function milliseconds(text: string, flag: string): number {
 const vmmOption = () =>
   new Option('--vmm <id>', 'the vmm instance (default: whichever holds the VM)');
 
-/** `vmctl vm ...`: create, list, show, start, pause, resume, destroy, console. */
+/** `vmctl vm ...`: create, run, list, show, start, pause, resume, destroy, console. */
 export function registerVm(program: Command, run: CommandRunner): void {
   const vm = program
     .command('vm')
@@ -121,8 +113,8 @@ export function registerVm(program: Command, run: CommandRunner): void {
     .argument('<name>', 'VM name: lower-case letters, digits, ".", "_", "-"')
     .requiredOption(
       '-g, --guest <guest>',
-      'a built-in guest (hello, ab, kvserver, bench, conformance/<test>), or an RV32 ELF in the ' +
-        "vmm's --guest-dir: its name there (x.elf, sub/x.elf) or its absolute path on the vmm host",
+      'a built-in guest (hello, ab, kvserver, bench, conformance/<test>), a local RV32 ELF file ' +
+        "(sent to the vmm), or the name of an ELF in the vmm's --guest-dir",
     )
     .option('-m, --memory <size>', 'RAM size with a binary unit (ram0 at 0x80000000)', '128M')
     .option('--shared', 'keep RAM in a memstore region (created for the VM, deleted with it)')
@@ -137,13 +129,7 @@ export function registerVm(program: Command, run: CommandRunner): void {
       [] as string[],
     )
     .description('create a VM on a vmm instance (the least loaded one unless --vmm) and start it')
-    .addHelpText(
-      'after',
-      '\nGuests: a built-in name, or an ELF the vmm finds in its guest folder (the vmm flag\n' +
-        '--guest-dir; for the local cluster, `npm start -- --guest-dir DIR`). The vmm reads no\n' +
-        'other file, and answers "not available" alike whether or not a file exists elsewhere.\n' +
-        'Sending an ELF from this machine is not supported yet: copy it into the guest folder.',
-    )
+    .addHelpText('after', GUEST_HELP)
     .action(
       run(
         async (
@@ -169,11 +155,13 @@ export function registerVm(program: Command, run: CommandRunner): void {
               : opts.shared === true || opts.region !== undefined
                 ? 'shared'
                 : 'private';
+          const guest = resolveGuest(opts.guest);
           const v = await vms.create(
             ctx.clients,
             {
               name,
-              guest: opts.guest,
+              guest: guest.name,
+              guestImage: guest.image,
               memory: parseSize(opts.memory, '--memory'),
               backend,
               region: opts.template ?? opts.region ?? '',
@@ -189,6 +177,8 @@ export function registerVm(program: Command, run: CommandRunner): void {
         },
       ),
     );
+
+  registerVmRun(vm, run);
 
   vm.command('list')
     .alias('ls')
@@ -318,11 +308,17 @@ async function attachTerminal(
     stdin.pause();
   }
   if (detached) {
-    ctx.io.err(`\r\nDetached from VM ${v.name} (it keeps running).\r\n`);
+    ctx.io.err(`\r\nDetached from VM ${v.name} (the VM is left as it is).\r\n`);
     return EXIT.ok;
   }
   await session.closed; // a refusal (e.g. the VM was destroyed) surfaces as the command's error
-  ctx.io.err(`\r\nThe console of VM ${v.name} closed (the VM stopped).\r\n`);
+  // Say what the vmm reports now rather than assume why the console ended.
+  const now = await vms
+    .on(ctx.clients, { id: v.vmm, address: v.vmmAddress, alive: true }, v.name)
+    .catch(() => null);
+  const state =
+    now === null ? 'gone' : now.error !== '' ? `${stateText(now)}: ${now.error}` : stateText(now);
+  ctx.io.err(`\r\nThe console of VM ${v.name} closed; the VM is ${state}.\r\n`);
   return EXIT.ok;
 }
 
