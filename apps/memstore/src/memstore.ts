@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Catalog, CATALOG_FILE_NAME } from './catalog/catalog.js';
 import type { MemstoreSettings } from './config.js';
 import { LeaseArmsFile, type LeftoverArm } from './leases/arms.js';
+import { sweepStaleArmsFiles } from './leases/arms-sweep.js';
 import { LeaseManager, type ForcedRelease } from './leases/lease-manager.js';
 import { procTable, type ProcessTable } from './leases/processes.js';
 import { HolderSessions } from './leases/sessions.js';
@@ -177,12 +178,14 @@ export class Memstore {
   }
 
   /**
-   * Closes the catalog (releasing its lock) and unmaps the arms file; outstanding arms stay in
-   * the file and are reconciled at the next start. Idempotent.
+   * Settles the outstanding lease arms and removes the arms file (one whose arms cannot all be
+   * settled is kept for the next start), then closes the catalog (releasing its lock).
+   * `leave-arms` (tests of recovery) leaves the arms file as a killed process would.
+   * Idempotent.
    */
-  close(): void {
+  close(how: 'clean' | 'leave-arms' = 'clean'): void {
     this.sessions.close();
-    this.leases.close();
+    this.leases.close(how === 'clean');
     this.catalog.close();
   }
 }
@@ -227,10 +230,9 @@ export function openMemstore(
       },
       'catalog open',
     );
-    const { arms, leftovers } = openArms(
-      join(settings.volatileDir, leaseArmsFileName(catalog.catalogId)),
-      logger,
-    );
+    const armsName = leaseArmsFileName(catalog.catalogId);
+    sweepStaleArmsFiles(settings.volatileDir, armsName, logger);
+    const { arms, leftovers } = openArms(join(settings.volatileDir, armsName), logger);
     const memstore = new Memstore(
       settings,
       catalog,

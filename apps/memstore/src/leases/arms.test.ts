@@ -280,7 +280,7 @@ describe('restart', () => {
   it('commits a flip that memstore never saw (crash between flip and commit)', () => {
     const a = m.leases.arm(region, A, 1, B);
     expect(flip(a)).toBe(true);
-    m.close(); // no resolve: what a crash leaves (the catalog has the old lease)
+    m.close('leave-arms'); // no resolve: what a crash leaves (the catalog has the old lease)
     m = open();
     expect(m.catalog.getByName(region.name)).toMatchObject({ leaseHolder: B, leaseEpoch: 2 });
     expect(m.regions.get(region).lease).toMatchObject({ holder: B, epoch: 2 });
@@ -293,7 +293,7 @@ describe('restart', () => {
 
   it('cancels an arm left ARMED: the lease is unchanged and a late flip fails', () => {
     const a = m.leases.arm(region, A, 1, B);
-    m.close();
+    m.close('leave-arms');
     m = open();
     expect(m.regions.get(region).lease).toMatchObject({ holder: A, epoch: 1 });
     expect(flip(a)).toBe(false);
@@ -304,7 +304,7 @@ describe('restart', () => {
     const a = m.leases.arm(region, A, 1, B);
     expect(flip(a)).toBe(true);
     const regionId = m.catalog.getByName(region.name)!.id;
-    m.close();
+    m.close('leave-arms');
     const map = mapFile(a.armsPath);
     const view = new DataView(map.buffer);
     const w = new Int32Array(map.buffer);
@@ -348,7 +348,7 @@ describe('restart', () => {
     m = open();
     expect(log.some((e) => e.level === 'warn' && e.msg.includes('lease arms file'))).toBe(true);
     expect(lstatSync(path).size).toBe(ARMS_FILE_BYTES);
-    m.close();
+    m.close('leave-arms');
     const map = mapFile(path);
     new DataView(map.buffer).setUint32(4, 99, true); // a future layout version
     map.close();
@@ -358,7 +358,7 @@ describe('restart', () => {
   });
 
   it('without an arms file, arm is LEASE_ARM_UNSUPPORTED (the rest works)', () => {
-    m.close();
+    m.close('leave-arms');
     const path = join(dirs.volatileDir, leaseArmsFileName(m.catalog.catalogId));
     // A directory in the way: the file cannot be created.
     rmSync(path);

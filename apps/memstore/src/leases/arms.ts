@@ -1,5 +1,6 @@
 import type { Logger } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
+import { randomInt } from 'node:crypto';
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { MemstoreError } from '../errors.js';
 
@@ -28,6 +29,12 @@ import { MemstoreError } from '../errors.js';
  * ARMED → CANCELLED; whoever is first wins. The record is written before the word becomes ARMED
  * (Atomics.store after the plain writes), and is only for recovery at start-up: `epoch` is the
  * expected epoch (a decimal string), the flip moves the lease to (toHolder, epoch + 1).
+ *
+ * Lifecycle: memstore settles every arm and removes the file when it stops cleanly; a file left
+ * by a killed memstore is reconciled by the next start on the same catalog, and removed by any
+ * memstore's start once no process maps it and it holds no flip still to commit
+ * (arms-sweep.ts). A new file starts every slot at a random generation, so a target still
+ * holding an arm of a removed file (same path, same offset) cannot match a word of the new one.
  */
 
 /** "HLAR" read as a little-endian u32. */
@@ -96,6 +103,7 @@ export class LeaseArmsFile {
   private readonly words: Int32Array;
   private readonly view: DataView;
   private readonly free: number[] = [];
+  private isClosed = false;
 
   private constructor(
     readonly path: string,
@@ -151,7 +159,14 @@ export class LeaseArmsFile {
     file.view.setUint32(4, ARMS_LAYOUT_VERSION, true);
     file.view.setUint32(8, ARMS_SLOT_COUNT, true);
     file.view.setUint32(12, ARMS_SLOT_BYTES, true);
-    for (let i = ARMS_SLOT_COUNT - 1; i >= 0; i--) file.free.push(i);
+    for (let i = ARMS_SLOT_COUNT - 1; i >= 0; i--) {
+      Atomics.store(
+        file.words,
+        slotOffset(i) / 4,
+        armWord(randomInt(GENERATION_MASK + 1), ARM_FREE),
+      );
+      file.free.push(i);
+    }
     return { file, leftovers: [] };
   }
 
@@ -263,6 +278,16 @@ export class LeaseArmsFile {
     return this.free.length;
   }
 
+  /** Slots armed, or decided and not yet freed. */
+  get slotsInUse(): number {
+    return ARMS_SLOT_COUNT - this.free.length;
+  }
+
+  /** True once {@link close} or {@link remove} ran. */
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
   /**
    * Takes a free slot, writes the record, then publishes the word ARMED at the next generation.
    * Throws LEASE_ARMS_FULL when no slot is free; the caller checked that the record fits.
@@ -326,6 +351,22 @@ export class LeaseArmsFile {
 
   /** Unmaps the file (it stays, for the next start). Idempotent. */
   close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
     this.mapping.close();
+  }
+
+  /** Unmaps and deletes the file (a clean stop with every arm settled). Idempotent. */
+  remove(logger: Logger): void {
+    if (this.isClosed) return;
+    this.close();
+    try {
+      unlinkSync(this.path);
+      logger.info({ path: this.path }, 'lease arms file removed');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        logger.warn({ path: this.path, err }, 'lease arms file could not be removed');
+      }
+    }
   }
 }

@@ -476,10 +476,38 @@ export class LeaseManager implements LeaseArmResolver {
     return { ...fenced, regionId: row.id, regionName: row.name };
   }
 
-  /** Stops the TTL timer and unmaps the arms file (outstanding arms stay in it). Idempotent. */
-  close(): void {
+  /**
+   * Stops the TTL timer and settles every outstanding arm (a flip is committed, an arm still
+   * armed is cancelled: a target's later flip fails), then removes the arms file — a stopped
+   * memstore leaves no `lease-arms-*` file behind. An arm that cannot be settled (its commit
+   * failed) keeps the file, unmapped, for the next start to reconcile. Call before the catalog
+   * closes. With `settle` false the arms and the file are left as a killed process leaves them
+   * (tests of recovery). Idempotent.
+   */
+  close(settle = true): void {
     if (this.timer) clearInterval(this.timer);
-    this.opts.arms?.close();
+    const arms = this.opts.arms;
+    if (!arms || arms.closed) return;
+    if (!settle) {
+      arms.close();
+      return;
+    }
+    for (const id of [...this.armed.keys()]) {
+      try {
+        this.settle(id);
+      } catch (err) {
+        this.logger.warn({ region: id, err }, 'lease arm could not be settled at stop; kept');
+      }
+    }
+    if (arms.slotsInUse === 0) {
+      arms.remove(this.logger);
+    } else {
+      this.logger.warn(
+        { path: arms.path, inUse: arms.slotsInUse },
+        'lease arms file kept at stop: it holds arms not settled; the next start settles them',
+      );
+      arms.close();
+    }
   }
 
   /** The region's row after resolving its arm, if it has one. */
