@@ -17,6 +17,7 @@ import {
   GuestCatalog,
   builtInGuestPath,
   guestFromBytes,
+  MAX_SENT_GUEST_IMAGE,
   type GuestCatalogOptions,
 } from './catalog.js';
 
@@ -165,6 +166,23 @@ describe('the guest catalog', () => {
     ).toMatchObject({
       code: 'VMM_INVALID_GUEST',
       message: expect.stringContaining('guest sent (sent by vmctl)'),
+    });
+  });
+
+  it('takes a sent image under its label, up to 16 MiB, without looking the label up', () => {
+    const bytes = new Uint8Array(readFileSync(helloElf));
+    const sent = catalog({ guestDir: null }).fromClient('kvserver', bytes);
+    expect(sent).toMatchObject({ name: 'kvserver', path: 'sent by the client', builtIn: false });
+    expect(sent.bytes).toBe(bytes);
+    expect(refusal(() => catalog().fromClient('e.elf', new Uint8Array(0)))).toMatchObject({
+      code: 'VMM_INVALID_GUEST',
+      message: expect.stringContaining('is empty'),
+    });
+    const over = new Uint8Array(MAX_SENT_GUEST_IMAGE + 1);
+    over.set(bytes);
+    expect(refusal(() => catalog().fromClient('o.elf', over))).toMatchObject({
+      code: 'VMM_INVALID_GUEST',
+      message: expect.stringMatching(/over the 16777216-byte \(16 MiB\) limit .*--guest-dir/),
     });
   });
 });
