@@ -54,6 +54,11 @@ export class MigrationManager {
   /** One channel per target address, kept connected between migrations. */
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
   private data: DataChannelServer | undefined;
+  /**
+   * Told how each migration ended, outgoing (`completed`, `failed`, `cancelled`) and incoming
+   * (`completed` when the VM runs here, else `failed`); metrics set it. Must not throw.
+   */
+  onMigrationEnded: ((direction: 'incoming' | 'outgoing', outcome: string) => void) | undefined;
 
   /**
    * @param switchoverDir - where incoming migrations create their switchover slots (null:
@@ -89,6 +94,8 @@ export class MigrationManager {
       host: this.host,
       preparations: this.preparations,
       logger: this.logger,
+      onEnded: (state) =>
+        this.onMigrationEnded?.('incoming', state === 'resumed' ? 'completed' : 'failed'),
     });
   }
 
@@ -173,8 +180,13 @@ export class MigrationManager {
     const unhold = this.host.holdSpares();
     try {
       const final = await m.run();
+      this.onMigrationEnded?.('outgoing', final.status);
       failpoint('migrate-vm-before-final');
       return final;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      this.onMigrationEnded?.('outgoing', code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed');
+      throw err;
     } finally {
       unhold();
     }

@@ -744,6 +744,16 @@ export class Vm {
     return Number(Atomics.load(this.ctl64, Ctl.INSTRET64));
   }
 
+  /** Instructions the guest retired so far (metrics; one atomic load, no allocation). */
+  retiredInstructions(): number {
+    return this.instret();
+  }
+
+  /** The guest's recent MIPS, as {@link Vm.info} reports it (metrics; no allocation). */
+  currentMips(now = performance.now()): number {
+    return this.mips(now, this.instret());
+  }
+
   private mips(now: number, instret: number): number {
     if (this.state !== 'running') return 0;
     const first = this.samples[0];
