@@ -32,7 +32,12 @@ function fakeVmm(vms: FakeVm[]) {
     },
     counts: () => ({ total: vms.length, running: 0, vcpuThreads: 2 }),
   };
-  const migrations = {} as { onMigrationEnded?: (d: 'incoming' | 'outgoing', o: string) => void };
+  const migrations = {
+    preparations: {} as { onArrivalEnded?: (how: 'arrived' | 'failed' | 'dropped') => void },
+  } as {
+    onMigrationEnded?: (outcome: string) => void;
+    preparations: { onArrivalEnded?: (how: 'arrived' | 'failed' | 'dropped') => void };
+  };
   const metrics = new ServiceMetrics('vmm', { processMetrics: false });
   registerVmmMetrics(
     metrics.registry,
@@ -88,9 +93,10 @@ describe('vmm metrics', () => {
 
   it('sums the MIPS of all VMs and counts migrations by direction and outcome', async () => {
     const vmm = fakeVmm([new FakeVm('running', 0, 120.5), new FakeVm('running', 0, 30)]);
-    vmm.migrations.onMigrationEnded!('outgoing', 'completed');
-    vmm.migrations.onMigrationEnded!('incoming', 'failed');
-    vmm.migrations.onMigrationEnded!('incoming', 'failed');
+    vmm.migrations.onMigrationEnded!('completed');
+    vmm.migrations.preparations.onArrivalEnded!('failed');
+    vmm.migrations.preparations.onArrivalEnded!('failed');
+    vmm.migrations.preparations.onArrivalEnded!('arrived');
     const s = await vmm.scrape();
     expect(sampleValue(s, 'handoff_guest_mips')).toBe(150.5);
     expect(sampleValue(s, 'handoff_vcpu_threads')).toBe(2);
@@ -98,6 +104,7 @@ describe('vmm metrics', () => {
       sampleValue(s, 'handoff_vmm_migrations_total', { direction, outcome });
     expect(migrations('outgoing', 'completed')).toBe(1);
     expect(migrations('incoming', 'failed')).toBe(2);
+    expect(migrations('incoming', 'completed')).toBe(1);
   });
 
   it('scrapes 1000 VMs with one line per state, not per VM', async () => {

@@ -99,9 +99,14 @@ export function registerVmmMetrics(
   });
   const ended = new Counter({
     name: 'handoff_vmm_migrations_total',
-    help: 'migrations of this vmm that ended, by direction (incoming, outgoing) and outcome',
+    help:
+      'migrations of this vmm that ended, by direction (incoming, outgoing) and outcome ' +
+      '(completed, failed, cancelled; incoming also dropped)',
     labelNames: ['direction', 'outcome'],
     registers: [registry],
   });
-  migrations.onMigrationEnded = (direction, outcome) => ended.inc({ direction, outcome });
+  migrations.onMigrationEnded = (outcome) => ended.inc({ direction: 'outgoing', outcome });
+  // An arrival that was given up before anything moved (cancelled, token expired) is `dropped`.
+  migrations.preparations.onArrivalEnded = (how) =>
+    ended.inc({ direction: 'incoming', outcome: how === 'arrived' ? 'completed' : how });
 }

@@ -66,8 +66,6 @@ export interface IncomingDeps {
   readonly host: VmHost;
   readonly preparations: IncomingPreparations;
   readonly logger: Logger;
-  /** Told how each stream ended (`resumed`: the VM runs here; else where it stopped). */
-  readonly onEnded?: (state: IncomingState) => void;
 }
 
 /** One incoming migration stream. */
@@ -125,10 +123,8 @@ export class IncomingMigration {
   }
 
   /** Serves one stream to its end. Never rejects: failures go back as StreamError. */
-  static async serve(call: IncomingChannel, deps: IncomingDeps): Promise<void> {
-    const m = new IncomingMigration(call, deps);
-    await m.run();
-    deps.onEnded?.(m.current);
+  static serve(call: IncomingChannel, deps: IncomingDeps): Promise<void> {
+    return new IncomingMigration(call, deps).run();
   }
 
   /** The receiver's state. */

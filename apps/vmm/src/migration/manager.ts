@@ -55,10 +55,10 @@ export class MigrationManager {
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
   private data: DataChannelServer | undefined;
   /**
-   * Told how each migration ended, outgoing (`completed`, `failed`, `cancelled`) and incoming
-   * (`completed` when the VM runs here, else `failed`); metrics set it. Must not throw.
+   * Told how each outgoing migration ended (`completed`, `failed`, `cancelled`); metrics set it
+   * (incoming ones: {@link IncomingPreparations.onArrivalEnded}). Must not throw.
    */
-  onMigrationEnded: ((direction: 'incoming' | 'outgoing', outcome: string) => void) | undefined;
+  onMigrationEnded: ((outcome: string) => void) | undefined;
 
   /**
    * @param switchoverDir - where incoming migrations create their switchover slots (null:
@@ -94,8 +94,6 @@ export class MigrationManager {
       host: this.host,
       preparations: this.preparations,
       logger: this.logger,
-      onEnded: (state) =>
-        this.onMigrationEnded?.('incoming', state === 'resumed' ? 'completed' : 'failed'),
     });
   }
 
@@ -180,12 +178,12 @@ export class MigrationManager {
     const unhold = this.host.holdSpares();
     try {
       const final = await m.run();
-      this.onMigrationEnded?.('outgoing', final.status);
+      this.onMigrationEnded?.(final.status);
       failpoint('migrate-vm-before-final');
       return final;
     } catch (err) {
       const code = (err as { code?: unknown }).code;
-      this.onMigrationEnded?.('outgoing', code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed');
+      this.onMigrationEnded?.(code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed');
       throw err;
     } finally {
       unhold();
