@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cluster';
-import { migrator as gpb } from '@handoff/proto';
+import { migrator as gpb, vmm as vpb } from '@handoff/proto';
 import {
   createClient,
   parseExposition,
@@ -165,6 +165,14 @@ describe('Prometheus metrics of every service, in the local cluster', () => {
     }
     const after = calls(await scrape(cluster.metrics.migrator!), 'ListVmms', 'UNAUTHENTICATED');
     expect(after - before).toBe(1);
+
+    const v = createClient(vpb.VmmServiceClient, cluster.vmms['vmm-a']!, anonymous);
+    try {
+      expect((await refusal(unaryCall(v, 'listVms', {}))).status).toBe('UNAUTHENTICATED');
+    } finally {
+      v.close();
+    }
+    expect(calls(await scrape(cluster.metrics['vmm-a']!), 'ListVms', 'UNAUTHENTICATED')).toBe(1);
 
     const bad = await vmctl('region', 'create', 'Not A Name!', '--size', '1M');
     expect(bad.code).toBe(1);

@@ -26,6 +26,16 @@ export function migrationMode(job: Job): MigrationMode {
   return job.capabilities['bypass-shared-memory'] ? 'bypass' : 'copy';
 }
 
+/** Every job kind, so `handoff_jobs_running` reports 0 for kinds with no job running. */
+const JOB_KINDS: readonly JobKind[] = [
+  'migrate',
+  'live-update',
+  'save',
+  'restore',
+  'template',
+  'clone',
+];
+
 /** What the migrator's metrics read at scrape time. */
 export interface MigratorMetricSources {
   /** Jobs not finished yet. */
@@ -70,11 +80,10 @@ export class MigratorMetrics {
       labelNames: ['kind'],
       registers: [registry],
       collect() {
-        const counts = new Map<JobKind, number>();
+        const counts = new Map<JobKind, number>(JOB_KINDS.map((k) => [k, 0]));
         for (const job of sources.unfinishedJobs()) {
           counts.set(job.kind, (counts.get(job.kind) ?? 0) + 1);
         }
-        this.reset();
         for (const [kind, n] of counts) this.set({ kind }, n);
       },
     });

@@ -79,15 +79,19 @@ describe('vmm metrics', () => {
     expect(await total()).toBe(0);
     arrived.instret += 500;
     expect(await total()).toBe(500);
+    // A clone reads 0 until its vCPU thread loaded its state: its first non-zero read is its
+    // baseline.
     const created = new FakeVm('running', 0);
     vms.push(created);
     vmm.changed(); // the host tells of a new VM: it is read now
-    created.instret = 300;
+    created.instret = 7_000_000;
+    vmm.changed();
+    created.instret += 300;
     arrived.instret += 200;
     expect(await total()).toBe(1000);
     vms.shift(); // migrated away
     expect(await total()).toBe(1000);
-    created.instret = 400;
+    created.instret += 100;
     expect(await total()).toBe(1100);
   });
 
@@ -108,7 +112,7 @@ describe('vmm metrics', () => {
   });
 
   it('scrapes 1000 VMs with one line per state, not per VM', async () => {
-    const vms = Array.from({ length: 1000 }, (_, i) => new FakeVm('running', i, 1));
+    const vms = Array.from({ length: 1000 }, (_, i) => new FakeVm('running', i + 1, 1));
     const vmm = fakeVmm(vms);
     await vmm.scrape();
     for (const vm of vms) vm.instret += 10;

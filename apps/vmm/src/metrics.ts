@@ -16,10 +16,12 @@ const VM_STATES: readonly VmState[] = [
 
 /**
  * Instructions retired by guests while they ran on this vmm, as a monotonic total. Each VM is
- * read (one atomic load) at every scrape and every change of the VM set; the first read of a VM
- * is its baseline, so what it retired before it arrived (on a migration source, or in the
- * template a clone came from) is not counted here, and what a VM retired between the last read
- * and its leaving is lost (at most one scrape interval of one VM).
+ * read (one atomic load) at every scrape and every change of the VM set; its first read that is
+ * not 0 is its baseline (a restored or cloned VM reads 0 until its vCPU thread loaded its
+ * state), so what it retired before it arrived (on a migration source, or in the template a
+ * clone came from) is not counted here, nor what a new VM ran before that first read (about
+ * 20 ms); what a VM retired between the last read and its leaving is lost (at most one scrape
+ * interval of one VM).
  */
 export class GuestInstructionCounter {
   private readonly seen = new WeakMap<Vm, number>();
@@ -31,6 +33,7 @@ export class GuestInstructionCounter {
   refresh(): number {
     this.host.forEachVm((vm) => {
       const now = vm.retiredInstructions();
+      if (now === 0) return;
       const last = this.seen.get(vm);
       if (last !== undefined && now > last) this.total += now - last;
       this.seen.set(vm, now);
