@@ -12,6 +12,7 @@ class FakeVm {
     public currentState: VmState,
     public instret: number,
     public mips = 0,
+    readonly bootedHere = false,
   ) {}
   retiredInstructions(): number {
     return this.instret;
@@ -24,11 +25,16 @@ class FakeVm {
 /** The parts of a VmHost and a MigrationManager the metrics use, over fake VMs. */
 function fakeVmm(vms: FakeVm[]) {
   const listeners = new Set<() => void>();
+  const leaveListeners = new Set<(vm: Vm) => void>();
   const host = {
     forEachVm: (fn: (vm: Vm) => void) => vms.forEach((vm) => fn(vm as unknown as Vm)),
     onVmsChanged: (l: () => void) => {
       listeners.add(l);
       return () => listeners.delete(l);
+    },
+    onVmLeft: (l: (vm: Vm) => void) => {
+      leaveListeners.add(l);
+      return () => leaveListeners.delete(l);
     },
     counts: () => ({ total: vms.length, running: 0, vcpuThreads: 2 }),
   };
@@ -48,6 +54,7 @@ function fakeVmm(vms: FakeVm[]) {
     metrics,
     migrations,
     changed: () => listeners.forEach((l) => l()),
+    left: (vm: FakeVm) => leaveListeners.forEach((l) => l(vm as unknown as Vm)),
     scrape: async () => parseExposition(await metrics.scrape()),
   };
 }
@@ -89,10 +96,16 @@ describe('vmm metrics', () => {
     created.instret += 300;
     arrived.instret += 200;
     expect(await total()).toBe(1000);
-    vms.shift(); // migrated away
-    expect(await total()).toBe(1000);
+    // Migrated away: what it retired since the last read is taken as it leaves.
+    arrived.instret += 50;
+    vms.shift();
+    vmm.left(arrived);
+    expect(await total()).toBe(1050);
     created.instret += 100;
-    expect(await total()).toBe(1100);
+    expect(await total()).toBe(1150);
+    // A VM booted here counts from 0, even when it was first read long after it started.
+    vms.push(new FakeVm('running', 5000, 0, true));
+    expect(await total()).toBe(6150);
   });
 
   it('sums the MIPS of all VMs and counts migrations by direction and outcome', async () => {

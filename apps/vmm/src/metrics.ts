@@ -16,12 +16,12 @@ const VM_STATES: readonly VmState[] = [
 
 /**
  * Instructions retired by guests while they ran on this vmm, as a monotonic total. Each VM is
- * read (one atomic load) at every scrape and every change of the VM set; its first read that is
- * not 0 is its baseline (a restored or cloned VM reads 0 until its vCPU thread loaded its
- * state), so what it retired before it arrived (on a migration source, or in the template a
- * clone came from) is not counted here, nor what a new VM ran before that first read (about
- * 20 ms); what a VM retired between the last read and its leaving is lost (at most one scrape
- * interval of one VM).
+ * read (one atomic load) at every scrape, every change of the VM set and when it leaves. A VM
+ * booted here counts from 0; for one that arrived with a state (migration, restore, clone) the
+ * first read that is not 0 is its baseline (it reads 0 until its vCPU thread loaded its state),
+ * so what it retired elsewhere (on the source, or in the template a clone came from) is not
+ * counted here, nor what it ran between its arrival and that first read (the VM-set notice
+ * comes about 20 ms after it arrived).
  */
 export class GuestInstructionCounter {
   private readonly seen = new WeakMap<Vm, number>();
@@ -31,14 +31,22 @@ export class GuestInstructionCounter {
 
   /** Adds what every VM retired since its last read; returns the total. */
   refresh(): number {
-    this.host.forEachVm((vm) => {
-      const now = vm.retiredInstructions();
-      if (now === 0) return;
-      const last = this.seen.get(vm);
-      if (last !== undefined && now > last) this.total += now - last;
-      this.seen.set(vm, now);
-    });
+    this.host.forEachVm((vm) => this.read(vm));
     return this.total;
+  }
+
+  /** Takes a VM's last count as it leaves. */
+  left(vm: Vm): void {
+    this.read(vm);
+    this.seen.delete(vm);
+  }
+
+  private read(vm: Vm): void {
+    const now = vm.retiredInstructions();
+    if (now === 0) return;
+    const last = this.seen.get(vm) ?? (vm.bootedHere ? 0 : undefined);
+    if (last !== undefined && now > last) this.total += now - last;
+    this.seen.set(vm, now);
   }
 }
 
@@ -69,6 +77,7 @@ export function registerVmmMetrics(
   });
   const instructions = new GuestInstructionCounter(host);
   host.onVmsChanged(() => instructions.refresh());
+  host.onVmLeft((vm) => instructions.left(vm));
   new Counter({
     name: 'handoff_guest_instructions_total',
     help: 'instructions guests retired while running on this vmm (all VMs together)',
