@@ -7,9 +7,12 @@ import {
   ensurePrivateDirectory,
   loadTls,
   parseByteSize,
+  ServiceMetrics,
+  startMetricsServer,
   startServer,
   ServiceError,
   type Logger,
+  type MetricsServer,
   type RunningServer,
 } from '@handoff/service';
 import { vmmServices } from './api/vmm-service.js';
@@ -20,6 +23,7 @@ import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './model/limits.js';
 import { MAX_CREATE_VM_MESSAGE } from './guests/catalog.js';
+import { registerVmmMetrics } from './metrics.js';
 
 /** A running vmm instance. */
 export interface Vmm {
@@ -27,6 +31,8 @@ export interface Vmm {
   readonly address: string;
   readonly server: RunningServer;
   readonly host: VmHost;
+  /** host:port of the metrics endpoint, or null without `--metrics-port`. */
+  readonly metricsAddress: string | null;
   stop(reason?: string): Promise<void>;
 }
 
@@ -122,7 +128,8 @@ function isDirectory(path: string): boolean {
 }
 
 /**
- * Starts a vmm instance: the VM host, its gRPC services, then registration with the migrator.
+ * Starts a vmm instance: the VM host, its metrics (with `--metrics-port`), its gRPC services,
+ * then registration with the migrator.
  * Stopping it destroys its VMs (releasing leases and clone attachments) after the server is down.
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
@@ -159,7 +166,19 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   const migrations = new MigrationManager(host, logger, switchoverDir, tls);
   let advertised = '';
   let server: RunningServer;
+  let metricsServer: MetricsServer | null = null;
+  const metrics = config['metrics-port'] > 0 ? new ServiceMetrics('vmm') : null;
   try {
+    if (metrics !== null) {
+      registerVmmMetrics(metrics.registry, host, migrations);
+      metricsServer = await startMetricsServer({
+        name: `vmm ${config.id}`,
+        host: config.host,
+        port: config['metrics-port'],
+        metrics,
+        logger,
+      });
+    }
     const data = dataChannelOf(config);
     if (data !== '') {
       await migrations.listenData(data, {
@@ -172,6 +191,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       port: config.port,
       logger,
       tls,
+      metrics,
       shutdownTimeoutMs: config['shutdown-timeout-ms'],
       services: vmmServices({
         logger,
@@ -186,6 +206,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       maxReceiveMessageBytes: MAX_CREATE_VM_MESSAGE,
     });
   } catch (err) {
+    await metricsServer?.close();
     await migrations.close();
     await host.close();
     throw err;
@@ -210,6 +231,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     address: server.address,
     server,
     host,
+    metricsAddress: metricsServer?.address ?? null,
     stop: async (reason) => {
       stopHeartbeat();
       // Open consoles and watches end when their VMs are destroyed, so the server can drain.
@@ -217,6 +239,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       await migrations.close();
       await host.close();
       await down;
+      await metricsServer?.close();
     },
   };
 }
