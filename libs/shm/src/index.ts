@@ -31,6 +31,7 @@ export {
   type MappingBuffer,
   type OverlayOptions,
   type RemapOptions,
+  type RetiredMapping,
   type Sharing,
   type SyncOptions,
 } from './mapping.js';

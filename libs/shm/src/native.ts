@@ -20,6 +20,13 @@ export interface NativeHandle {
   readonly [nativeHandleBrand]: true;
 }
 
+declare const nativeRetiredBrand: unique symbol;
+
+/** @internal Opaque handle of an old mapping a remap moved aside (a napi External). */
+export interface NativeRetired {
+  readonly [nativeRetiredBrand]: true;
+}
+
 /** @internal What `native.close` did. */
 export type NativeCloseResult = 'unmapped' | 'revoked' | 'already-closed';
 
@@ -49,7 +56,15 @@ export interface NativeBinding {
     sharedBuffer: boolean,
   ): [NativeHandle, ArrayBuffer | SharedArrayBuffer, bigint];
   close(handle: NativeHandle): NativeCloseResult;
-  remap(handle: NativeHandle, fd: number, offset: number, shared: boolean): 'remapped' | 'lost';
+  remap(
+    handle: NativeHandle,
+    fd: number,
+    offset: number,
+    shared: boolean,
+    deferUnmap: boolean,
+  ): [result: 'remapped' | 'lost', retired: NativeRetired | null];
+  unmapRetired(retired: NativeRetired): Promise<void>;
+  retiredAddress(retired: NativeRetired): bigint | null;
   overlay(
     handle: NativeHandle,
     fd: number,

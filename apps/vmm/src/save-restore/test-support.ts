@@ -101,7 +101,8 @@ export function fakeMemstore(answers: {
 }
 
 /**
- * One RAM block of `backend`, recording remaps, clone switches and closes in `log`. With
+ * One RAM block of `backend`, recording remaps (and the unmap of the mapping each moved aside),
+ * clone switches and closes in `log`. With
  * `file`, its remaps act on it as on the region's file: while the block is mapped shared its
  * memory is the file's (a private remap starts from it, `file` then keeps what the memory held),
  * and a shared remap drops what was written since (the memory shows `file` again).
@@ -140,6 +141,12 @@ export function fakeBlock(backend: RamBackendKind, log: string[], file?: Uint8Ar
       const memory = new Uint8Array(block.buffer);
       if (sharing === 'private') file?.set(memory);
       else if (file !== undefined) memory.set(file);
+      return {
+        unmap: () => {
+          log.push(`unmap-old:${sharing === 'private' ? 'shared' : 'private'}`);
+          return Promise.resolve();
+        },
+      };
     },
     becomeClone: (sealed) => {
       log.push(`clone:${sealed.regionName}`);
