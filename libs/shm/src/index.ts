@@ -65,6 +65,7 @@ export {
   type FutexWaitResult,
   type FutexWord,
 } from './futex.js';
+export { startWriteback } from './writeback.js';
 export {
   SOCKET_MAX_TIMEOUT_MS,
   UNIX_PATH_MAX,

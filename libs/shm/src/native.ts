@@ -82,6 +82,7 @@ export interface NativeBinding {
   mincore(handle: NativeHandle, offset: number, length: number, out?: Uint8Array): number;
   memfdCreate(name: string, flags: number): number;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  startWriteback(fd: number, offset: number, length: number): Promise<number>;
   addSeals(fd: number, seals: number): void;
   getSeals(fd: number): number;
   dataRanges(fd: number, offset: number, length: number): Float64Array;

@@ -10,6 +10,7 @@ import { close, fdatasync, open, write } from 'node:fs';
 import { promisify } from 'node:util';
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
+import { startWriteback } from '@handoff/shm';
 import { byId, holderOf, memstoreCall } from '../leases/calls.js';
 import type { RamContext } from './backing.js';
 
@@ -27,9 +28,14 @@ export interface SaveRegion {
   /**
    * Writes `data` at byte `offset` through the region's file (`pwrite` on a libuv thread): the
    * pages go into the file without being mapped into this process. Writes must not overlap.
+   * Once written, the range's write-back to disk is started (`sync_file_range`), not waited
+   * for: the disk writes it while the next run is copied.
    */
   write(offset: number, data: Uint8Array): Promise<void>;
-  /** Makes what was written durable (`fdatasync`) and closes the file. */
+  /**
+   * Makes what was written durable (`fdatasync`, after the write-backs started) and closes
+   * the file.
+   */
   finish(): Promise<void>;
   /**
    * After a failed save, before CreateSnapshot took the region: closes the file, releases the
@@ -82,7 +88,10 @@ export async function createSaveRegion(
   ).region!;
   let epoch = 0n;
   let fd: number | undefined;
+  /** Write-backs started and not yet done: the fd stays open until they are. */
+  const writebacks: Promise<unknown>[] = [];
   const release = async (): Promise<void> => {
+    await Promise.all(writebacks.splice(0));
     if (fd !== undefined) await closeFile(fd).catch(() => undefined);
     fd = undefined;
     try {
@@ -125,8 +134,13 @@ export async function createSaveRegion(
         );
         done += bytesWritten;
       }
+      // A hint: the fdatasync of finish() is what makes the pages durable.
+      if (data.length > 0) {
+        writebacks.push(startWriteback(file, offset, data.length).catch(() => false));
+      }
     },
     finish: async () => {
+      await Promise.all(writebacks.splice(0));
       await syncFile(file);
       await closeFile(file);
       fd = undefined;

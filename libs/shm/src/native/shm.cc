@@ -553,6 +553,46 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Starts the write-back of a file range on a libuv worker thread.
+class WritebackWorker : public Napi::AsyncWorker {
+ public:
+  WritebackWorker(Napi::Env env, int fd, off_t offset, off_t length)
+      : Napi::AsyncWorker(env, "handoff_shm.startWriteback"),
+        fd_(fd),
+        offset_(offset),
+        length_(length),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    int rc;
+    do {
+      rc = sync_file_range(fd_, offset_, length_, SYNC_FILE_RANGE_WRITE);
+    } while (rc != 0 && errno == EINTR);
+    errno_ = rc == 0 ? 0 : errno;
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), errno_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  int fd_;
+  off_t offset_;
+  off_t length_;
+  int errno_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+// startWriteback(fd, offset, length) -> Promise<errno>: sync_file_range(SYNC_FILE_RANGE_WRITE)
+// of [offset, offset + length) off the JS thread: the range's dirty pages are queued for
+// writing, nothing is waited for (0, or the errno of a refusal).
+Napi::Value StartWriteback(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  auto* worker = new WritebackWorker(info.Env(), fd, static_cast<off_t>(ArgInt(info, 1)),
+                                     static_cast<off_t>(ArgInt(info, 2)));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 // addSeals(fd, seals)
 Napi::Value AddSeals(const Napi::CallbackInfo& info) {
   const int fd = info[0].As<Napi::Number>().Int32Value();
@@ -930,6 +970,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("startWriteback", Napi::Function::New(env, StartWriteback, "startWriteback"));
   exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
   exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
