@@ -7,7 +7,7 @@
  * files as clone RAM of the snapshot. The pause does not include CreateSnapshot, nor the
  * unmap of the old shared mappings (which drops the page-table entry of every page the guest
  * touched): the remap moves their page tables aside, and they are unmapped once the guest
- * runs again, on a libuv thread, before the save answers.
+ * runs again, on a libuv thread, beside the rest of the save.
  *
  * If CreateSnapshot makes nothing, the guest is paused again, the pages it wrote since the
  * remap are put into its regions (the dirty log says which), the blocks are mapped shared and
@@ -110,20 +110,21 @@ async function saveInPlace(
   const tRemapped = performance.now();
   if (runsOn) await run.resume();
   const tResumed = performance.now();
-  // The old shared mappings, now reachable by no view, go while the guest runs (or waits).
-  const oldUnmapped = unmapAll(retired).then(() => performance.now() - tResumed);
-  try {
-    return await sealAndRunOn(host, vm, req, run, {
-      blocks,
-      stopped,
-      wasRunning,
-      runsOn,
-      parts: { stop: tPaused - t0, remap: tRemapped - tPaused, resume: tResumed - tRemapped },
-      oldUnmapped,
-    });
-  } finally {
-    await oldUnmapped;
-  }
+  // The old shared mappings, reachable by no view, go on a libuv thread while the guest runs
+  // (or waits); the save does not wait for them (they cost no memory: the file's pages).
+  void unmapAll(retired).then(() =>
+    vm.log.debug(
+      { snapshot: req.snapshot, ms: ms(performance.now() - tResumed) },
+      'bypass save: the old shared mappings are unmapped',
+    ),
+  );
+  return sealAndRunOn(host, vm, req, run, {
+    blocks,
+    stopped,
+    wasRunning,
+    runsOn,
+    parts: { stop: tPaused - t0, remap: tRemapped - tPaused, resume: tResumed - tRemapped },
+  });
 }
 
 /** Where {@link saveInPlace} stands once the guest runs on its private mappings. */
@@ -135,8 +136,6 @@ interface Remapped {
   readonly runsOn: boolean;
   /** ms of the pause's parts. */
   readonly parts: { readonly stop: number; readonly remap: number; readonly resume: number };
-  /** The old mappings' unmap: resolves with the ms from the resume to its end. */
-  readonly oldUnmapped: Promise<number>;
 }
 
 /**
@@ -208,7 +207,6 @@ async function sealAndRunOn(
     pauseUs += pauseUsOf(pausedAgainAt, vm.lastRunAtMs);
   }
   await attached; // pins the snapshot; the guest need not wait for it
-  const unmapOld = await at.oldUnmapped;
   vm.log.info(
     {
       snapshot: snapshot.name,
@@ -217,13 +215,13 @@ async function sealAndRunOn(
       pauseUs,
       // where the time went, in ms: the vCPU's stop and state, the dirty epoch and remap, the
       // resume (the pause ends there), then encoding the state and CreateSnapshot while the
-      // guest ran, and (beside it) the unmap of the old shared mappings
+      // guest ran (the unmap of the old shared mappings runs beside it: a debug line says when
+      // it is done)
       parts: {
         stop: ms(at.parts.stop),
         remap: ms(at.parts.remap),
         resume: ms(at.parts.resume),
         createSnapshot: ms(tCreated - tResumed),
-        unmapOld: ms(unmapOld),
       },
     },
     'VM saved: its regions are the snapshot now (bypass)',

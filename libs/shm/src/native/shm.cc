@@ -285,9 +285,18 @@ struct Retired {
   ~Retired() {
     if (addr != nullptr) munmap(addr, span);
   }
+  // In pieces: each munmap holds the process's mmap lock (for reading while it drops the
+  // pages), and every other thread's mmap, munmap and mprotect waits for it; a piece keeps
+  // that wait to a few milliseconds.
   void Unmap() {
+    constexpr size_t kPiece = size_t{64} << 20;
     std::lock_guard<std::mutex> lock(mu);
-    if (addr != nullptr) munmap(addr, span);
+    if (addr == nullptr) return;
+    for (size_t end = span; end > 0;) {
+      const size_t start = end > kPiece ? end - kPiece : 0;
+      munmap(addr + start, end - start);
+      end = start;
+    }
     addr = nullptr;
   }
 };
