@@ -174,6 +174,56 @@ describe('a bypass save pauses the guest only for the remap', () => {
   };
 
   it.skipIf(!existsSync(kvserverElf))(
+    'after the save no mapping of the old shared RAM is left: the guest reads its own writes, the file keeps the save point',
+    async () => {
+      const size = 32 * MiB;
+      await vmmCall(client, 'createVm', {
+        spec: vmSpec('kv2', 'kvserver', {
+          memory: size,
+          backend: RamBackend.RAM_BACKEND_SHARED,
+          args: { 'kv.slots_log2': '10', 'kv.work': '2' },
+        }),
+        start: true,
+      });
+      const ready = openConsole(client, 'kv2');
+      await ready.waitFor('kvserver: ready\n', 30_000);
+      ready.close();
+      expect(await kv('kv2', ['PUT before 1'])).toEqual(['OK']);
+      const path = (await region('kv2-ram0')).path;
+
+      const saved = await save('kv2', 'kv2-snap');
+      expect(saved.vm!.spec!.ram[0]!.backend).toBe(RamBackend.RAM_BACKEND_CLONE);
+      // The shared mapping the remap moved aside is unmapped while the guest runs on.
+      await eventually(
+        () => mappingModes(vmm.process.pid, path).join() === 'rw-p',
+        'the unmap of the old shared mapping',
+      );
+      const sealed = fileBytes(path, 0, size);
+
+      // The guest's writes from now on land in its own pages, where it reads them back...
+      expect(await kv('kv2', ['PUT after 2', 'GET after', 'GET before'])).toEqual([
+        'OK',
+        'VALUE 2',
+        'VALUE 1',
+      ]);
+      expect(firstDifference(readThroughMapping(vmm.process.pid, path, 0, size), sealed)).not.toBe(
+        -1,
+      );
+      // ...and never in the file, which holds the save point.
+      expect(firstDifference(fileBytes(path, 0, size), sealed)).toBe(-1);
+      await vmmCall(client, 'restoreVm', {
+        snapshot: 'kv2-snap',
+        name: 'kv2r',
+        paused: false,
+        jobId: '',
+      });
+      expect(await kv('kv2r', ['GET before', 'GET after'])).toEqual(['VALUE 1', 'NOT_FOUND']);
+      await vmmCall(client, 'destroyVm', { name: 'kv2r' });
+      await vmmCall(client, 'destroyVm', { name: 'kv2' });
+    },
+  );
+
+  it.skipIf(!existsSync(kvserverElf))(
     'a refused CreateSnapshot leaves every write the guest made meanwhile in its region',
     async () => {
       const size = 32 * MiB;

@@ -31,6 +31,7 @@ export {
   type MappingBuffer,
   type OverlayOptions,
   type RemapOptions,
+  type RetiredMapping,
   type Sharing,
   type SyncOptions,
 } from './mapping.js';
@@ -64,6 +65,7 @@ export {
   type FutexWaitResult,
   type FutexWord,
 } from './futex.js';
+export { startWriteback } from './writeback.js';
 export {
   SOCKET_MAX_TIMEOUT_MS,
   UNIX_PATH_MAX,

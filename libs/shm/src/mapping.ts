@@ -25,7 +25,13 @@ import {
 } from 'node:fs';
 
 import { ShmError, describe } from './errors.js';
-import { native, toShmError, type Classifier, type NativeHandle } from './native.js';
+import {
+  native,
+  toShmError,
+  type Classifier,
+  type NativeHandle,
+  type NativeRetired,
+} from './native.js';
 import { readSmapsRange, type MemoryUsage } from './smaps.js';
 import {
   PAGE_SIZE,
@@ -176,6 +182,34 @@ export interface RemapOptions {
    * read-write to remap `'shared'`. It stays the caller's.
    */
   fd?: number;
+  /**
+   * Take the cost of dropping the old mapping's pages off the remap: its page tables are first
+   * moved to a fresh address range (one `mremap(MREMAP_DONTUNMAP)`; whole page-table pages
+   * move, so it takes microseconds however many pages were touched), the range is then
+   * replaced with nothing mapped in it, and the old mapping lives on, unreachable through any
+   * buffer, until {@link RetiredMapping.unmap} (or the garbage collector) unmaps it. The remap
+   * then answers that {@link RetiredMapping}, or null where the kernel cannot move page tables
+   * (before Linux 5.13): the remap was then done the plain way.
+   */
+  deferUnmap?: boolean;
+}
+
+/**
+ * The old mapping a {@link Mapping.remap} with `deferUnmap` moved aside: the same pages of the
+ * same file at another address, which no buffer points at. Unmapping it drops the page-table
+ * entry of every page the old mapping had mapped, which takes time in proportion to them; that
+ * is why it is left for later.
+ */
+export interface RetiredMapping {
+  /** Where the old mapping is now, or null once unmapped. */
+  readonly address: bigint | null;
+  /** Its length in bytes (the mapping's span, whole pages). */
+  readonly length: number;
+  /**
+   * Unmaps it on a libuv worker thread; resolves once it is gone (it no longer appears in
+   * `/proc/self/maps`). Calling it again does nothing more. Never rejects.
+   */
+  unmap(): Promise<void>;
 }
 
 /** Options of {@link Mapping.overlay}. */
@@ -438,6 +472,10 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
    *
    * Remapping to the current sharing does nothing. Nothing may access the range while it is
    * remapped (a vCPU is paused meanwhile): an access at that instant may see either mapping.
+   * The kernel drops the page-table entries of every page the old mapping had mapped, so a
+   * remap takes time in proportion to the pages touched (about 50–75 µs per MiB); with
+   * `options.deferUnmap` that cost moves to {@link RetiredMapping.unmap}, which the answer
+   * returns (null without the option, or where the kernel cannot move page tables).
    * The file is found again by the path it was mapped by (or `options.fd`), and must be the
    * same file (device and inode) and still cover the range.
    *
@@ -447,14 +485,20 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
    *   any of these the mapping is unchanged. `SHM_MAP_FAILED` when the kernel failed midway:
    *   the mapping is then closed (its views read zeros, as after {@link Mapping.close}).
    */
-  remap(sharing: Sharing, options?: RemapOptions): void {
+  remap(sharing: Sharing, options?: RemapOptions): RetiredMapping | null {
     const op = `remap(${describe(sharing)})`;
     const handle = this.#live(op);
     if (sharing === undefined) checkChoice(op, 'sharing', null, SHARINGS, 'shared');
     checkChoice(op, 'sharing', sharing, SHARINGS, 'shared');
     const o = checkOptions(op, options);
     const given = o.fd === undefined ? undefined : checkFd(op, o.fd);
-    if (sharing === this.#sharing) return;
+    if (o.deferUnmap !== undefined && typeof o.deferUnmap !== 'boolean') {
+      throw new ShmError(
+        'SHM_INVALID_ARGUMENT',
+        `${op}: options.deferUnmap must be a boolean, got ${describe(o.deferUnmap)}.`,
+      );
+    }
+    if (sharing === this.#sharing) return null;
     const what = `${op} of ${this.source}`;
     if (this.#overlays > 0) {
       throw new ShmError(
@@ -484,8 +528,15 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
     try {
       this.#checkSameFile(what, fd);
       let result: 'remapped' | 'lost';
+      let retired: NativeRetired | null;
       try {
-        result = native.remap(handle, fd, this.fileOffset, sharing === 'shared');
+        [result, retired] = native.remap(
+          handle,
+          fd,
+          this.fileOffset,
+          sharing === 'shared',
+          o.deferUnmap === true,
+        );
       } catch (err) {
         throw toShmError(what, err, classifyMmap, [
           'SHM_MAP_FAILED',
@@ -501,6 +552,7 @@ export class Mapping<B extends MappingBuffer = SharedArrayBuffer> {
         );
       }
       this.#sharing = sharing;
+      return retired === null ? null : retiredMapping(retired, roundUpToPage(this.length));
     } finally {
       if (given === undefined) closeSync(fd);
     }
@@ -1171,4 +1223,16 @@ export function mapFd(fd: number, options?: MapOptions): Mapping<MappingBuffer> 
  */
 export function mappingStats(): { regions: number; bytes: number } {
   return native.stats();
+}
+
+/** The {@link RetiredMapping} over a native handle of a range a remap moved aside. */
+function retiredMapping(handle: NativeRetired, length: number): RetiredMapping {
+  let unmapped: Promise<void> | null = null;
+  return {
+    get address() {
+      return native.retiredAddress(handle);
+    },
+    length,
+    unmap: () => (unmapped ??= native.unmapRetired(handle).catch(() => undefined)),
+  };
 }

@@ -20,6 +20,13 @@ export interface NativeHandle {
   readonly [nativeHandleBrand]: true;
 }
 
+declare const nativeRetiredBrand: unique symbol;
+
+/** @internal Opaque handle of an old mapping a remap moved aside (a napi External). */
+export interface NativeRetired {
+  readonly [nativeRetiredBrand]: true;
+}
+
 /** @internal What `native.close` did. */
 export type NativeCloseResult = 'unmapped' | 'revoked' | 'already-closed';
 
@@ -49,7 +56,15 @@ export interface NativeBinding {
     sharedBuffer: boolean,
   ): [NativeHandle, ArrayBuffer | SharedArrayBuffer, bigint];
   close(handle: NativeHandle): NativeCloseResult;
-  remap(handle: NativeHandle, fd: number, offset: number, shared: boolean): 'remapped' | 'lost';
+  remap(
+    handle: NativeHandle,
+    fd: number,
+    offset: number,
+    shared: boolean,
+    deferUnmap: boolean,
+  ): [result: 'remapped' | 'lost', retired: NativeRetired | null];
+  unmapRetired(retired: NativeRetired): Promise<void>;
+  retiredAddress(retired: NativeRetired): bigint | null;
   overlay(
     handle: NativeHandle,
     fd: number,
@@ -67,6 +82,7 @@ export interface NativeBinding {
   mincore(handle: NativeHandle, offset: number, length: number, out?: Uint8Array): number;
   memfdCreate(name: string, flags: number): number;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  startWriteback(fd: number, offset: number, length: number): Promise<number>;
   addSeals(fd: number, seals: number): void;
   getSeals(fd: number): number;
   dataRanges(fd: number, offset: number, length: number): Float64Array;

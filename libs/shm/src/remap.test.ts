@@ -27,6 +27,17 @@ function mappedAs(path: string): string | undefined {
   return line?.split(/\s+/)[1];
 }
 
+/** The /proc/self/maps lines that map `path`: [start address, permissions]. */
+function mappingsOf(path: string): [bigint, string][] {
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.endsWith(` ${path}`))
+    .map((l) => {
+      const [range, perms] = l.split(/\s+/) as [string, string];
+      return [BigInt(`0x${range.split('-')[0]!}`), perms];
+    });
+}
+
 /** A shared mapping of a new scratch file whose pages hold a recognisable pattern. */
 function patterned(tag: string) {
   const path = scratchPath(tag);
@@ -152,10 +163,68 @@ describe('remap', () => {
     }
   });
 
+  it("defers the old mapping's unmap: moved aside, the buffer on the new mapping, unmapped later", async () => {
+    const { path, m, ram } = patterned('remap-defer');
+    const buffer = m.buffer;
+    const before = ram.slice();
+
+    const retired = m.remap('private', { deferUnmap: true });
+
+    expect(retired).not.toBeNull();
+    expect(m.sharing).toBe('private');
+    expect(m.buffer).toBe(buffer);
+    const aside = retired!.address!;
+    expect(aside).not.toBe(m.address);
+    expect(retired!.length).toBe(SIZE);
+    // the buffer's address now maps the file private; the old shared mapping sits elsewhere
+    expect(mappingsOf(path).sort((a, b) => (a[0] < b[0] ? -1 : 1))).toEqual(
+      [
+        [m.address, 'rw-p'],
+        [aside, 'rw-s'],
+      ].sort((a, b) => ((a[0] as bigint) < (b[0] as bigint) ? -1 : 1)),
+    );
+    expectSameBytes(ram, before);
+    ram[7] = 0xab; // copy-on-write: the file keeps the remap point
+    expect(ram[7]).toBe(0xab);
+    expectSameBytes(readFileBytes(path, 0, SIZE), before);
+
+    await retired!.unmap();
+    expect(retired!.address).toBeNull();
+    expect(mappingsOf(path)).toEqual([[m.address, 'rw-p']]);
+    await retired!.unmap(); // again: nothing more
+    expect(ram[7]).toBe(0xab);
+    expectSameBytes(readFileBytes(path, 0, SIZE), before);
+    m.close();
+  });
+
+  it('remaps a mapping the kernel split in two, whether it can move both parts aside or not', async () => {
+    const { path, m, ram } = patterned('remap-defer-split');
+    const before = ram.slice();
+    m.advise('dontfork', 0, PAGE_SIZE); // two kernel mappings now (Linux 6.17 moves both at once)
+    expect(mappingsOf(path)).toHaveLength(2);
+
+    const retired = m.remap('private', { deferUnmap: true }); // null: done the plain way
+
+    expect(m.sharing).toBe('private');
+    ram[3] = 0x5a;
+    ram[SIZE - 2] = 0x5b;
+    expectSameBytes(readFileBytes(path, 0, SIZE), before);
+    await retired?.unmap();
+    const at = mappingsOf(path);
+    expect(at.every(([, perms]) => perms === 'rw-p')).toBe(true);
+    expect(at[0]![0]).toBe(m.address);
+    expect(ram[3]).toBe(0x5a);
+    m.close();
+  });
+
   it('checks its arguments', () => {
     const { m } = patterned('remap-args');
     expectShmError(() => m.remap('copy' as 'shared'), 'SHM_INVALID_ARGUMENT');
     expectShmError(() => m.remap('private', { fd: -1 }), 'SHM_INVALID_ARGUMENT');
+    expectShmError(
+      () => m.remap('private', { deferUnmap: 'yes' as unknown as boolean }),
+      'SHM_INVALID_ARGUMENT',
+    );
     m.close();
   });
 });

@@ -72,10 +72,14 @@ export interface RamBacking {
    * region copy-on-write — the same file at the same address, nothing copied, the buffer and
    * the vCPU's views stay valid — so the file can be sealed while the guest runs on; `'shared'`
    * undoes it when the save failed (copies made meanwhile are dropped). The lease stays held.
+   * The old mapping is not unmapped here (that drops the page-table entry of every page the
+   * guest touched, ~50–75 µs per MiB): it is moved aside, where nothing can reach it, and
+   * answered, for the caller to unmap once the guest runs again (null: the kernel could not
+   * move it, and the remap dropped it itself).
    *
    * @throws ShmError from `@handoff/shm` (the mapping is unchanged)
    */
-  remap?(sharing: 'shared' | 'private'): void;
+  remap?(sharing: 'shared' | 'private'): RetiredRam | null;
   /**
    * Shared blocks, once a bypass save sealed the region as a snapshot's memory (which released
    * the lease) while it was mapped private: the block carries on as `clone` RAM of that sealed
@@ -95,6 +99,12 @@ export interface RamBacking {
    * copies (the template's pages are the template's, however many map them).
    */
   memoryUsage?(): VmMemoryUsage | null;
+}
+
+/** A block's old mapping a {@link RamBacking.remap} moved aside, waiting to be unmapped. */
+export interface RetiredRam {
+  /** Unmaps it off the JS thread; resolves once it is gone. Never rejects. */
+  unmap(): Promise<void>;
 }
 
 /** What opening a block needs from the instance: memstore's lease calls, and its gRPC client. */

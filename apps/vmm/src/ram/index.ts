@@ -5,7 +5,7 @@ import { openClone } from './clone.js';
 import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
-export type { RamBacking, RamContext, SealedRegion } from './backing.js';
+export type { RamBacking, RamContext, RetiredRam, SealedRegion } from './backing.js';
 export { openClone, type CloneExpectation } from './clone.js';
 export {
   createSaveRegion,

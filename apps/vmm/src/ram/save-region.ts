@@ -6,17 +6,11 @@
  * @packageDocumentation
  */
 import { randomBytes } from 'node:crypto';
-import { close, fdatasync, open, write } from 'node:fs';
-import { promisify } from 'node:util';
 import { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { byId, holderOf, memstoreCall } from '../leases/calls.js';
 import type { RamContext } from './backing.js';
-
-const openFile = promisify(open);
-const closeFile = promisify(close);
-const syncFile = promisify(fdatasync);
-const writeFile = promisify(write);
+import { openRegionFile, type RegionFile } from './region-file.js';
 
 /** A region being filled for a full save, leased by the saving VM. */
 export interface SaveRegion {
@@ -25,8 +19,9 @@ export interface SaveRegion {
   /** The lease epoch the saving VM holds (CreateSnapshot presents it). */
   readonly epoch: number;
   /**
-   * Writes `data` at byte `offset` through the region's file (`pwrite` on a libuv thread): the
-   * pages go into the file without being mapped into this process. Writes must not overlap.
+   * Writes `data` at byte `offset` through the region's file (`pwrite` on a libuv thread,
+   * `O_DIRECT` where it can: see region-file.ts): the pages go into the file without being
+   * mapped into this process. Writes may run concurrently but must not overlap.
    */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Makes what was written durable (`fdatasync`) and closes the file. */
@@ -81,10 +76,10 @@ export async function createSaveRegion(
     )
   ).region!;
   let epoch = 0n;
-  let fd: number | undefined;
+  let file: RegionFile | undefined;
   const release = async (): Promise<void> => {
-    if (fd !== undefined) await closeFile(fd).catch(() => undefined);
-    fd = undefined;
+    await file?.close();
+    file = undefined;
     try {
       if (epoch > 0n) {
         await unaryCall(client, 'releaseLease', { region: byId(region.id), holder, epoch }, opts);
@@ -103,33 +98,21 @@ export async function createSaveRegion(
         unaryCall(client, 'acquireLease', { region: byId(region.id), holder }, opts),
       )
     ).lease!.epoch;
-    fd = await openFile(region.path, 'r+');
+    file = await openRegionFile(region.path);
   } catch (err) {
     await release();
     throw err;
   }
-  const file = fd;
+  const opened = file;
   return {
     regionId: region.id,
     regionName: region.name,
     epoch: Number(epoch),
-    write: async (offset, data) => {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await writeFile(
-          file,
-          data,
-          done,
-          data.length - done,
-          offset + done,
-        );
-        done += bytesWritten;
-      }
-    },
+    write: (offset, data) => opened.write(offset, data),
     finish: async () => {
-      await syncFile(file);
-      await closeFile(file);
-      fd = undefined;
+      await opened.sync();
+      await opened.close();
+      file = undefined;
     },
     discard: release,
   };

@@ -245,7 +245,7 @@ export function mapShared(
     },
     remap: (sharing) => {
       if (closed) throw new Error(`RAM block ${spec.id} is closed`);
-      mapping.remap(sharing);
+      return mapping.remap(sharing, { deferUnmap: true });
     },
     becomeClone: (sealed) => {
       if (closed) throw new Error(`RAM block ${spec.id} is closed`);

@@ -4,8 +4,10 @@
  * copied), and the guest resumes at once: from here on its writes are copy-on-write, so the
  * files keep the save point while memstore seals them and records the snapshot in one
  * transaction (CreateSnapshot, which syncs to disk). The VM then carries on over the sealed
- * files as clone RAM of the snapshot. The pause does not include CreateSnapshot; it grows only
- * with the pages the guest has touched (the remap drops their page-table entries).
+ * files as clone RAM of the snapshot. The pause does not include CreateSnapshot, nor the
+ * unmap of the old shared mappings (which drops the page-table entry of every page the guest
+ * touched): the remap moves their page tables aside, and they are unmapped once the guest
+ * runs again, on a libuv thread, beside the rest of the save.
  *
  * If CreateSnapshot makes nothing, the guest is paused again, the pages it wrote since the
  * remap are put into its regions (the dirty log says which), the blocks are mapped shared and
@@ -19,7 +21,13 @@ import { PAGE_SIZE } from '../memory/pages.js';
 import type { Snapshot } from '../model/snapshot.js';
 import type { VmInfo } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
-import { createSnapshot, getSnapshot, type RamBacking, type RamContext } from '../ram/index.js';
+import {
+  createSnapshot,
+  getSnapshot,
+  type RamBacking,
+  type RamContext,
+  type RetiredRam,
+} from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
@@ -76,7 +84,6 @@ async function saveInPlace(
   req: SaveRequest,
   run: SaveRun,
 ): Promise<SaveResult> {
-  const ctx = host.ramContext(vm.name);
   const blocks = [...vm.ramBlocks];
   const wasRunning = vm.currentState === 'running';
   const runsOn = wasRunning && !req.stop; // the guest runs while memstore records the snapshot
@@ -84,22 +91,66 @@ async function saveInPlace(
   const stopped = await pauseForSave(vm);
   const tPaused = performance.now();
   let remapped = false;
+  const retired: RetiredRam[] = [];
   try {
     // A new dirty epoch: what the guest writes from the remap on is what a refused save puts
     // back into the regions (a save and a migration of one VM never run together). The paused
     // vCPU answers while the blocks are remapped.
     const epochBegun = vm.harvestDirty();
     epochBegun.catch(() => undefined);
-    remapAll(blocks, 'private');
+    remapAll(blocks, 'private', retired);
     remapped = true;
     await epochBegun;
   } catch (err) {
-    if (remapped) remapAll(blocks, 'shared'); // the guest wrote nothing meanwhile
+    if (remapped) remapAll(blocks, 'shared', retired); // the guest wrote nothing meanwhile
     if (wasRunning) await run.resume();
+    await unmapAll(retired);
     throw err;
   }
   const tRemapped = performance.now();
   if (runsOn) await run.resume();
+  const tResumed = performance.now();
+  // The old shared mappings, reachable by no view, go on a libuv thread while the guest runs
+  // (or waits); the save does not wait for them (they cost no memory: the file's pages).
+  void unmapAll(retired).then(() =>
+    vm.log.debug(
+      { snapshot: req.snapshot, ms: ms(performance.now() - tResumed) },
+      'bypass save: the old shared mappings are unmapped',
+    ),
+  );
+  return sealAndRunOn(host, vm, req, run, {
+    blocks,
+    stopped,
+    wasRunning,
+    runsOn,
+    parts: { stop: tPaused - t0, remap: tRemapped - tPaused, resume: tResumed - tRemapped },
+  });
+}
+
+/** Where {@link saveInPlace} stands once the guest runs on its private mappings. */
+interface Remapped {
+  readonly blocks: readonly RamBacking[];
+  readonly stopped: Awaited<ReturnType<typeof pauseForSave>>;
+  readonly wasRunning: boolean;
+  /** Whether the guest runs while memstore records the snapshot. */
+  readonly runsOn: boolean;
+  /** ms of the pause's parts. */
+  readonly parts: { readonly stop: number; readonly remap: number; readonly resume: number };
+}
+
+/**
+ * The rest of a bypass save after the remap: CreateSnapshot (or the write-back when it made
+ * nothing), then the blocks become clone RAM of the snapshot.
+ */
+async function sealAndRunOn(
+  host: VmHost,
+  vm: Vm,
+  req: SaveRequest,
+  run: SaveRun,
+  at: Remapped,
+): Promise<SaveResult> {
+  const ctx = host.ramContext(vm.name);
+  const { blocks, stopped, wasRunning, runsOn } = at;
   const tResumed = performance.now();
   let pauseUs = runsOn ? pauseUsOf(stopped.pausedAtMs, vm.lastRunAtMs) : 0;
   let paused = !runsOn; // whether this save holds the guest paused now
@@ -130,12 +181,17 @@ async function saveInPlace(
     }
     const made = await settleFailedCreate(ctx, vm, blocks, req.snapshot, err);
     if (made === null) {
-      const pages = await writeBackAndShare(vm, blocks, err);
-      vm.log.info(
-        { snapshot: req.snapshot, job: req.jobId, pagesWrittenBack: pages },
-        'bypass save failed: the pages the guest wrote meanwhile are in its regions again',
-      );
-      if (wasRunning && paused) await run.resume();
+      const retired: RetiredRam[] = [];
+      try {
+        const pages = await writeBackAndShare(vm, blocks, err, retired);
+        vm.log.info(
+          { snapshot: req.snapshot, job: req.jobId, pagesWrittenBack: pages },
+          'bypass save failed: the pages the guest wrote meanwhile are in its regions again',
+        );
+        if (wasRunning && paused) await run.resume();
+      } finally {
+        await unmapAll(retired); // the private mappings the remap back moved aside
+      }
       throw err;
     }
     snapshot = made;
@@ -159,11 +215,12 @@ async function saveInPlace(
       pauseUs,
       // where the time went, in ms: the vCPU's stop and state, the dirty epoch and remap, the
       // resume (the pause ends there), then encoding the state and CreateSnapshot while the
-      // guest ran
+      // guest ran (the unmap of the old shared mappings runs beside it: a debug line says when
+      // it is done)
       parts: {
-        stop: ms(tPaused - t0),
-        remap: ms(tRemapped - tPaused),
-        resume: ms(tResumed - tRemapped),
+        stop: ms(at.parts.stop),
+        remap: ms(at.parts.remap),
+        resume: ms(at.parts.resume),
         createSnapshot: ms(tCreated - tResumed),
       },
     },
@@ -201,19 +258,35 @@ async function pauseAgain(vm: Vm, run: SaveRun, saveError: unknown): Promise<voi
   }
 }
 
-/** Remaps every block; if one fails, those done are mapped back and the error thrown. */
-function remapAll(blocks: readonly RamBacking[], sharing: 'shared' | 'private'): void {
+/**
+ * Remaps every block, adding the old mappings it moved aside to `retired` (to unmap once the
+ * guest runs: {@link unmapAll}); if one fails, those done are mapped back and the error thrown.
+ */
+function remapAll(
+  blocks: readonly RamBacking[],
+  sharing: 'shared' | 'private',
+  retired: RetiredRam[],
+): void {
   const done: RamBacking[] = [];
+  const keep = (r: RetiredRam | null) => {
+    if (r !== null) retired.push(r);
+  };
   try {
     for (const b of blocks) {
-      b.remap!(sharing);
+      keep(b.remap!(sharing));
       done.push(b);
     }
   } catch (err) {
     const back = sharing === 'private' ? 'shared' : 'private';
-    for (const b of done) b.remap!(back);
+    for (const b of done) keep(b.remap!(back));
     throw err;
   }
+}
+
+/** Unmaps the old mappings `retired` holds (and forgets them); never rejects. */
+async function unmapAll(retired: RetiredRam[]): Promise<void> {
+  const now = retired.splice(0);
+  await Promise.all(now.map((r) => r.unmap()));
 }
 
 /**
@@ -221,7 +294,8 @@ function remapAll(blocks: readonly RamBacking[], sharing: 'shared' | 'private'):
  * (the dirty log's epoch begun then) are copied out of the private mapping, every block is
  * mapped shared again (which drops the private copies) and the pages are copied back through
  * the shared mapping, into the region. Only main RAM is dirty-tracked, and it is the only
- * block the machine maps: the guest cannot have written another. Returns the pages put back.
+ * block the machine maps: the guest cannot have written another. Returns the pages put back;
+ * the private mappings the remap moved aside are added to `retired`, for the caller to unmap.
  *
  * Should that fail, the VM must not run (its writes would miss the region others see): it is
  * fenced — its own view of its memory kept — and a `VMM_INVALID_STATE` thrown, with the save's
@@ -231,11 +305,12 @@ async function writeBackAndShare(
   vm: Vm,
   blocks: readonly RamBacking[],
   saveError: unknown,
+  retired: RetiredRam[],
 ): Promise<number> {
   let kept: KeptPages | null = null;
   try {
     kept = keepPages(blocks[0]!, await vm.harvestDirty());
-    remapAll(blocks, 'shared');
+    remapAll(blocks, 'shared', retired);
     return kept.pages;
   } catch (err) {
     const why = `its RAM could not be mapped shared again after a failed save (${(err as Error).message})`;

@@ -2,8 +2,9 @@
  * A full save: the snapshot gets regions of its own. One persistent region per block is created
  * and leased first (while the guest runs); then, with the guest paused, the device state is
  * taken and each block's written pages are copied into its region (never-written pages stay
- * holes); memstore seals the regions into the snapshot; the guest resumes on its own RAM,
- * unchanged. The only save of private RAM.
+ * holes; each run's write-back to disk starts as soon as it is copied); the guest resumes on
+ * its own RAM, unchanged, while the regions are synced and memstore seals them into the
+ * snapshot. The only save of private RAM.
  *
  * @packageDocumentation
  */
@@ -23,12 +24,14 @@ import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { encodeSpecBytes } from '../wire/spec.js';
 import { copyPages, pagesToCopy } from './page-copy.js';
-import { pauseForSave } from './pause.js';
+import { pauseForSave, resumeAfterCopy } from './pause.js';
 import type { SaveRequest, SaveResult } from './types.js';
 
 /**
- * Saves `vm` by copying. Nothing is left behind when it fails: the regions are deleted and the
- * guest resumes (if it ran) before the error is answered.
+ * Saves `vm` by copying. The guest is paused only while its pages are copied into the
+ * regions' files: it resumes before they are synced and recorded (unless it is to stop), and
+ * the save answers once they are. Nothing is left behind when it fails: the regions are
+ * deleted and the guest resumes (if it ran) before the error is answered.
  */
 export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<SaveResult> {
   const ctx = host.ramContext(vm.name);
@@ -36,35 +39,68 @@ export async function fullSave(host: VmHost, vm: Vm, req: SaveRequest): Promise<
   const regions = await createSaveRegions(ctx, req.snapshot, blocks);
   const wasRunning = vm.currentState === 'running';
   let pausedAtMs = 0;
-  let snapshot: Snapshot;
+  let deviceState: Uint8Array;
   let bytes = 0;
+  const t0 = performance.now();
+  const marks = { paused: t0, copied: t0, resumed: t0, synced: t0, created: t0 };
   try {
     const stopped = await pauseForSave(vm);
     pausedAtMs = stopped.pausedAtMs;
-    const deviceState = encodeDeviceState(stopped.state);
-    bytes = deviceState.length + (await copyBlocks(vm, regions));
-    for (const r of regions) await r.finish();
-    snapshot = await createFilledSnapshot(ctx, vm, req, regions, deviceState);
+    marks.paused = performance.now();
+    deviceState = encodeDeviceState(stopped.state);
+    bytes = await copyBlocks(vm, regions);
+    marks.copied = performance.now();
   } catch (err) {
     await Promise.all(regions.map((r) => r.discard()));
     if (wasRunning) await vm.resume().catch(() => undefined); // as it was; the error is the save's
     throw err;
   }
+  // The copies are in the regions' files now and the guest's later writes go to its own RAM,
+  // never to them: it need not wait for the sync and CreateSnapshot (unless it is to stop).
+  const resumeEarly = wasRunning && !req.stop;
+  let info = resumeEarly ? await resumeAfterCopy(vm, regions) : null;
+  marks.resumed = performance.now();
+  let snapshot: Snapshot;
+  try {
+    await Promise.all(regions.map((r) => r.finish()));
+    marks.synced = performance.now();
+    snapshot = await createFilledSnapshot(ctx, vm, req, regions, deviceState);
+    marks.created = performance.now();
+    bytes += deviceState.length;
+  } catch (err) {
+    await Promise.all(regions.map((r) => r.discard()));
+    if (wasRunning && !resumeEarly) await vm.resume().catch(() => undefined);
+    throw err;
+  }
+  // in ms: the pause (the vCPU's stop, the page copies, the resume), then — while the guest
+  // runs — the regions' fsync and CreateSnapshot
+  const parts = {
+    stop: ms(marks.paused - t0),
+    copy: ms(marks.copied - marks.paused),
+    resume: ms(marks.resumed - marks.copied),
+    sync: ms(marks.synced - marks.resumed),
+    createSnapshot: ms(marks.created - marks.synced),
+  };
   if (req.stop) {
     vm.log.info(
-      { snapshot: snapshot.name, job: req.jobId, bytes },
+      { snapshot: snapshot.name, job: req.jobId, bytes, parts },
       'VM saved: its written pages copied into the snapshot (full); destroying it (stop)',
     );
     await host.destroy(vm.name); // its own RAM goes as at any destroy; the copies are the snapshot's
     return { snapshot, pauseUs: 0, bytes, vm: null };
   }
-  const info = wasRunning ? await vm.resume() : vm.info();
+  info ??= vm.info();
   const pauseUs = wasRunning ? Math.max(0, Math.round((vm.lastRunAtMs - pausedAtMs) * 1000)) : 0;
   vm.log.info(
-    { snapshot: snapshot.name, job: req.jobId, bytes, pauseUs },
+    { snapshot: snapshot.name, job: req.jobId, bytes, pauseUs, parts },
     'VM saved: its written pages copied into the snapshot (full)',
   );
   return { snapshot, pauseUs, bytes, vm: info };
+}
+
+/** Milliseconds, rounded to µs, for logs. */
+function ms(x: number): number {
+  return Math.round(x * 1000) / 1000;
 }
 
 /** Copies every block's pages that may hold data into its region; returns the bytes copied. */

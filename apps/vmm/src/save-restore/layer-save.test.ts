@@ -1,23 +1,15 @@
-import * as grpc from '@grpc/grpc-js';
-import { PageBitmap } from '@handoff/bitmap';
 import type { memstore as msPb } from '@handoff/proto';
-import { ERROR_CODE_METADATA_KEY } from '@handoff/service';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { RamBacking, RamContext } from '../ram/index.js';
-import type { VmHost } from '../vm/host.js';
-import type { Vm } from '../vm/vm.js';
 import { layerSave } from './layer-save.js';
-import { logger, machineState, SIZE, snapshotPb } from './test-support.js';
+import { copyingSave, SIZE, snapshotPb } from './test-support.js';
 import type { SaveRequest } from './types.js';
 
 const PAGE = 4096;
 const dir = mkdtempSync(join(tmpdir(), 'handoff-layer-save-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-type Callback = (err: Partial<grpc.ServiceError> | null, res?: unknown) => void;
 
 const request: SaveRequest = {
   name: 'kv',
@@ -28,110 +20,17 @@ const request: SaveRequest = {
   jobId: 'j1',
 };
 
-/**
- * A clone VM of snapshot `tpl` (region r1) whose main RAM wrote `touched`, over a memstore that
- * creates each save region as a file in `dir` and answers CreateSnapshot with `create`.
- */
+/** A clone of snapshot `tpl` whose main RAM wrote `touched`, over a file-backed memstore. */
 function setup(touched: number[], create: 'ok' | 'refuse') {
-  const log: string[] = [];
-  const asked: { method: string; request: unknown }[] = [];
-  let regions = 0;
-  const ok =
-    (method: string, res: (req: unknown) => unknown) =>
-    (req: unknown, _md: unknown, _o: unknown, cb: Callback) => {
-      asked.push({ method, request: req });
-      log.push(method);
-      cb(null, res(req));
-    };
-  const client = {
-    getSnapshot: ok('getSnapshot', () => ({
-      snapshot: snapshotPb('tpl'),
-      deviceState: new Uint8Array(0),
-    })),
-    createRegion: ok('createRegion', (req) => {
-      const path = join(dir, `region-${++regions}`);
-      writeFileSync(path, new Uint8Array(0));
-      return { region: { id: `new${regions}`, name: (req as { name: string }).name, path } };
+  return copyingSave(dir, 'clone', touched, create, (req) =>
+    snapshotPb('layer1', {
+      parent: 'tpl',
+      depth: 1,
+      blocks: [
+        { ...snapshotPb('x').blocks[0]!, regionId: 'new1', layerPages: req.blocks[0]!.layerPages },
+      ],
     }),
-    acquireLease: ok('acquireLease', () => ({ lease: { epoch: 3n } })),
-    releaseLease: ok('releaseLease', () => ({})),
-    deleteRegion: ok('deleteRegion', () => ({})),
-    createSnapshot(req: msPb.CreateSnapshotRequest, _md: unknown, _o: unknown, cb: Callback) {
-      asked.push({ method: 'createSnapshot', request: req });
-      log.push('createSnapshot');
-      if (create === 'ok') {
-        cb(null, {
-          snapshot: snapshotPb('layer1', {
-            parent: 'tpl',
-            depth: 1,
-            blocks: [
-              {
-                ...snapshotPb('x').blocks[0]!,
-                regionId: 'new1',
-                layerPages: req.blocks[0]!.layerPages,
-              },
-            ],
-          }),
-        });
-        return;
-      }
-      const metadata = new grpc.Metadata();
-      metadata.set(ERROR_CODE_METADATA_KEY, 'SNAPSHOT_INVALID');
-      cb({ code: grpc.status.INVALID_ARGUMENT, details: 'no', metadata });
-    },
-  };
-  const ctx = {
-    vmmId: 'vmm-a',
-    vmName: 'kv',
-    memstore: () => client,
-    memstoreAddress: '127.0.0.1:1',
-    deadlineMs: 1000,
-    logger,
-  } as unknown as RamContext;
-  const buffer = new SharedArrayBuffer(SIZE);
-  const ram = new Uint8Array(buffer);
-  for (const p of touched) ram.fill(0x40 + p, p * PAGE, (p + 1) * PAGE);
-  ram.fill(0xee, 100 * PAGE, 101 * PAGE); // the template's page (not written by the clone)
-  const block = {
-    spec: { id: 'ram0', guestBase: 0x8000_0000, size: SIZE, backend: 'clone', region: 'kv-ram0' },
-    buffer,
-    regionRef: {
-      regionId: 'r1',
-      regionName: 'kv-ram0',
-      epoch: 0,
-      size: SIZE,
-      identity: 'i1',
-      memstore: '',
-    },
-    zeroed: false,
-  } as unknown as RamBacking;
-  const vm = {
-    name: 'kv',
-    log: logger,
-    currentState: 'running',
-    ramBlocks: [block],
-    lastRunAtMs: 0,
-    spec: { name: 'kv', guest: 'kvserver', ram: [block.spec], args: {} },
-    touchedPages: PageBitmap.fromIndices(SIZE / PAGE, touched),
-    harvestDirty: () => {
-      log.push('harvest');
-      return Promise.resolve(new PageBitmap(SIZE / PAGE));
-    },
-    pauseAndSave: () => {
-      log.push('pause');
-      vm.currentState = 'paused';
-      return Promise.resolve({ published: false, state: machineState, pausedAtMs: 1000 });
-    },
-    resume: () => {
-      log.push('resume');
-      vm.currentState = 'running';
-      vm.lastRunAtMs = 1000.5;
-      return Promise.resolve({ name: 'kv', state: 2 });
-    },
-    info: () => ({ name: 'kv', snapshot: 'tpl' }),
-  };
-  const host = { ramContext: () => ctx, destroy: () => Promise.resolve() } as unknown as VmHost;
-  return { log, asked, host, vm: vm as unknown as Vm, ram };
+  );
 }
 
 describe('a layer save of a clone', () => {

@@ -20,14 +20,13 @@ import {
   findSnapshotOfRegions,
   getSnapshot,
   type RamContext,
-  type SaveRegion,
 } from '../ram/index.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { createFilledSnapshot } from './full-save.js';
 import { copyPages } from './page-copy.js';
-import { pauseForSave } from './pause.js';
+import { pauseForSave, resumeAfterCopy } from './pause.js';
 import type { SaveRequest, SaveResult } from './types.js';
 
 /**
@@ -116,16 +115,6 @@ export async function layerSave(host: VmHost, vm: Vm, req: SaveRequest): Promise
     'VM saved as a layer of its own pages over its snapshot',
   );
   return { snapshot, pauseUs, bytes, vm: info };
-}
-
-/** Resumes the guest once the layer's pages are copied; a failed resume discards the regions. */
-async function resumeAfterCopy(vm: Vm, regions: readonly SaveRegion[]): ReturnType<Vm['resume']> {
-  try {
-    return await vm.resume();
-  } catch (err) {
-    await Promise.all(regions.map((r) => r.discard()));
-    throw err;
-  }
 }
 
 /** Milliseconds, rounded to µs, for logs. */

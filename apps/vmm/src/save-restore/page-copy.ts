@@ -10,7 +10,9 @@ import { PAGE_SIZE } from '../memory/pages.js';
 import type { RamBacking, SaveRegion } from '../ram/index.js';
 
 /** Largest single write into a save region: runs of pages are cut to this. */
-const MAX_WRITE_BYTES = 4 << 20;
+const MAX_WRITE_BYTES = 8 << 20;
+/** Writes into one region at once: the disk gets the next while one completes. */
+const WRITES_IN_FLIGHT = 2;
 
 /** What a block holds outside the pages the VM wrote, as byte ranges; null: unknown (all). */
 type Ranges = readonly (readonly [start: number, end: number])[] | null;
@@ -50,26 +52,46 @@ export function pagesToCopy(
 
 /**
  * Copies the pages set in `pages` from the block's memory into `region` at the same offsets,
- * in runs of at most {@link MAX_WRITE_BYTES}. Only while the vCPU is paused. Returns the bytes
- * written.
+ * in writes of at most {@link MAX_WRITE_BYTES}, {@link WRITES_IN_FLIGHT} at a time. Only while
+ * the vCPU is paused. Returns the bytes written; on a failure, once no write is in flight.
  */
 export async function copyPages(
   b: RamBacking,
   pages: PageBitmap,
   region: SaveRegion,
 ): Promise<number> {
-  const runs: [number, number][] = [];
+  const writes: number[] = []; // [offset, length] pairs
   pages.forEachRun((start, length) => {
-    runs.push([start * PAGE_SIZE, (start + length) * PAGE_SIZE]);
+    const from = start * PAGE_SIZE;
+    const end = (start + length) * PAGE_SIZE;
+    b.prefault?.(from, end - from, 'read');
+    for (let at = from; at < end; at += MAX_WRITE_BYTES) {
+      writes.push(at, Math.min(MAX_WRITE_BYTES, end - at));
+    }
   });
-  let bytes = 0;
-  for (const [start, end] of runs) {
-    b.prefault?.(start, end - start, 'read');
-    for (let at = start; at < end; at += MAX_WRITE_BYTES) {
-      const len = Math.min(MAX_WRITE_BYTES, end - at);
-      await region.write(at, new Uint8Array(b.buffer, at, len));
+  let next = 0;
+  let failed = false;
+  const lane = async (): Promise<number> => {
+    let bytes = 0;
+    while (!failed && next < writes.length) {
+      const at = writes[next]!;
+      const len = writes[next + 1]!;
+      next += 2;
+      try {
+        await region.write(at, new Uint8Array(b.buffer, at, len));
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
       bytes += len;
     }
+    return bytes;
+  };
+  const lanes = await Promise.allSettled(Array.from({ length: WRITES_IN_FLIGHT }, lane));
+  let bytes = 0;
+  for (const l of lanes) {
+    if (l.status === 'rejected') throw l.reason;
+    bytes += l.value;
   }
   return bytes;
 }

@@ -28,10 +28,26 @@ const request: SaveRequest = {
   jobId: 'job-1',
 };
 const made: Answer = { ok: { snapshot: snapshotPb('snap') } };
-/** The steps up to CreateSnapshot of a running VM: it runs again while memstore is asked. */
-const SAVED_AND_RUNNING = ['pause', 'harvest', 'remap:private', 'resume'] as const;
+/**
+ * The steps up to CreateSnapshot of a running VM: it runs again while memstore is asked, and
+ * the old shared mapping the remap moved aside is unmapped only once it runs.
+ */
+const SAVED_AND_RUNNING = [
+  'pause',
+  'harvest',
+  'remap:private',
+  'resume',
+  'unmap-old:shared',
+] as const;
 /** ...and those of a refused save: paused, its writes since the remap put back, resumed. */
-const REFUSED = [...SAVED_AND_RUNNING, 'pause', 'harvest', 'remap:shared', 'resume'] as const;
+const REFUSED = [
+  ...SAVED_AND_RUNNING,
+  'pause',
+  'harvest',
+  'remap:shared',
+  'resume',
+  'unmap-old:private',
+] as const;
 const unreachable: Answer = { status: grpc.status.UNAVAILABLE, details: 'connection refused' };
 
 /** Polls `check` until it holds (a few ms at most here). */
@@ -90,6 +106,7 @@ describe('a bypass save', () => {
       'harvest',
       'remap:private',
       'resume',
+      'unmap-old:shared',
       'clone:kv-ram0',
       'rebacked',
       'attached',
@@ -182,7 +199,7 @@ describe('a bypass save', () => {
     s.vm.currentState = 'powered-off';
     refuse();
     await expect(saving).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
-    expect(s.log).toEqual([...SAVED_AND_RUNNING, 'harvest', 'remap:shared']);
+    expect(s.log).toEqual([...SAVED_AND_RUNNING, 'harvest', 'remap:shared', 'unmap-old:private']);
     expect(s.vm.fencedReason).toBeNull();
   });
 
@@ -197,7 +214,14 @@ describe('a bypass save', () => {
   it('with stop, unmaps the blocks without giving anything back and destroys the VM', async () => {
     const s = setup({ createSnapshot: [made] });
     const result = await bypassSave(s.host, s.asVm, { ...request, stop: true });
-    expect(s.log).toEqual(['pause', 'harvest', 'remap:private', 'abandon', 'destroy']);
+    expect(s.log).toEqual([
+      'pause',
+      'harvest',
+      'remap:private',
+      'unmap-old:shared',
+      'abandon',
+      'destroy',
+    ]);
     expect(result.vm).toBeNull();
     expect(result.pauseUs).toBe(0);
   });

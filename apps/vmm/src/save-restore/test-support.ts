@@ -6,6 +6,8 @@ import * as grpc from '@grpc/grpc-js';
 import { PageBitmap } from '@handoff/bitmap';
 import { memstore as msPb } from '@handoff/proto';
 import { createLogger, ERROR_CODE_METADATA_KEY } from '@handoff/service';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createMachine } from '../machine/machine.js';
 import type { MachineState } from '../machine/state.js';
 import type { RamBackendKind, VmInfo, VmState } from '../model/types.js';
@@ -101,7 +103,8 @@ export function fakeMemstore(answers: {
 }
 
 /**
- * One RAM block of `backend`, recording remaps, clone switches and closes in `log`. With
+ * One RAM block of `backend`, recording remaps (and the unmap of the mapping each moved aside),
+ * clone switches and closes in `log`. With
  * `file`, its remaps act on it as on the region's file: while the block is mapped shared its
  * memory is the file's (a private remap starts from it, `file` then keeps what the memory held),
  * and a shared remap drops what was written since (the memory shows `file` again).
@@ -140,6 +143,12 @@ export function fakeBlock(backend: RamBackendKind, log: string[], file?: Uint8Ar
       const memory = new Uint8Array(block.buffer);
       if (sharing === 'private') file?.set(memory);
       else if (file !== undefined) memory.set(file);
+      return {
+        unmap: () => {
+          log.push(`unmap-old:${sharing === 'private' ? 'shared' : 'private'}`);
+          return Promise.resolve();
+        },
+      };
     },
     becomeClone: (sealed) => {
       log.push(`clone:${sealed.regionName}`);
@@ -229,4 +238,108 @@ export function fakeVm(blocks: RamBacking[], state: VmState, ctx: RamContext, lo
     },
   };
   return { vm, asVm: vm as unknown as Vm, host: host as unknown as VmHost };
+}
+
+const PAGE = 4096;
+
+/**
+ * A VM of one block of `backend` RAM (clone: of snapshot `tpl`, region r1; shared: region r1,
+ * owned) whose main RAM wrote `touched`, over a memstore that creates each save region as a
+ * file in `dir` and answers CreateSnapshot with `answer(request)` (`create` 'ok') or refuses
+ * it (SNAPSHOT_INVALID). `log` has the memstore calls and the VM's steps in order.
+ */
+export function copyingSave(
+  dir: string,
+  backend: 'clone' | 'shared',
+  touched: number[],
+  create: 'ok' | 'refuse',
+  answer: (req: msPb.CreateSnapshotRequest) => msPb.Snapshot,
+) {
+  const log: string[] = [];
+  const asked: { method: string; request: unknown }[] = [];
+  let regions = 0;
+  const ok =
+    (method: string, res: (req: unknown) => unknown) =>
+    (req: unknown, _md: unknown, _o: unknown, cb: Callback) => {
+      asked.push({ method, request: req });
+      log.push(method);
+      cb(null, res(req));
+    };
+  const client = {
+    getSnapshot: ok('getSnapshot', () => ({
+      snapshot: snapshotPb('tpl'),
+      deviceState: new Uint8Array(0),
+    })),
+    createRegion: ok('createRegion', (req) => {
+      const path = join(dir, `region-${++regions}`);
+      writeFileSync(path, new Uint8Array(0));
+      return { region: { id: `new${regions}`, name: (req as { name: string }).name, path } };
+    }),
+    acquireLease: ok('acquireLease', () => ({ lease: { epoch: 3n } })),
+    releaseLease: ok('releaseLease', () => ({})),
+    deleteRegion: ok('deleteRegion', () => ({})),
+    createSnapshot(req: msPb.CreateSnapshotRequest, _md: unknown, _o: unknown, cb: Callback) {
+      asked.push({ method: 'createSnapshot', request: req });
+      log.push('createSnapshot');
+      if (create === 'ok') {
+        cb(null, { snapshot: answer(req) });
+        return;
+      }
+      const metadata = new grpc.Metadata();
+      metadata.set(ERROR_CODE_METADATA_KEY, 'SNAPSHOT_INVALID');
+      cb({ code: grpc.status.INVALID_ARGUMENT, details: 'no', metadata });
+    },
+  };
+  const ctx = {
+    vmmId: 'vmm-a',
+    vmName: 'kv',
+    memstore: () => client,
+    memstoreAddress: '127.0.0.1:1',
+    deadlineMs: 1000,
+    logger,
+  } as unknown as RamContext;
+  const buffer = new SharedArrayBuffer(SIZE);
+  const ram = new Uint8Array(buffer);
+  for (const p of touched) ram.fill(0x40 + p, p * PAGE, (p + 1) * PAGE);
+  ram.fill(0xee, 100 * PAGE, 101 * PAGE); // the template's page (not written by the clone)
+  const block = {
+    spec: { id: 'ram0', guestBase: 0x8000_0000, size: SIZE, backend, region: 'kv-ram0' },
+    buffer,
+    regionRef: {
+      regionId: 'r1',
+      regionName: 'kv-ram0',
+      epoch: 0,
+      size: SIZE,
+      identity: 'i1',
+      memstore: '',
+    },
+    zeroed: false,
+  } as unknown as RamBacking;
+  const vm = {
+    name: 'kv',
+    log: logger,
+    currentState: 'running',
+    ramBlocks: [block],
+    lastRunAtMs: 0,
+    spec: { name: 'kv', guest: 'kvserver', ram: [block.spec], args: {} },
+    touchedPages: PageBitmap.fromIndices(SIZE / PAGE, touched),
+    harvestDirty: () => {
+      log.push('harvest');
+      return Promise.resolve(new PageBitmap(SIZE / PAGE));
+    },
+    pauseAndSave: () => {
+      log.push('pause');
+      vm.currentState = 'paused';
+      return Promise.resolve({ published: false, state: machineState, pausedAtMs: 1000 });
+    },
+    resume: () => {
+      log.push('resume');
+      vm.currentState = 'running';
+      vm.lastRunAtMs = 1000.5;
+      return Promise.resolve({ name: 'kv', state: 2 });
+    },
+    info: () => ({ name: 'kv', snapshot: 'tpl' }),
+  };
+  const host = { ramContext: () => ctx, destroy: () => Promise.resolve() } as unknown as VmHost;
+  return { log, asked, host, vm: vm as unknown as Vm, ram };
 }

@@ -14,7 +14,8 @@
 //     nor reach the file. The address range itself is unmapped by the last backing-store deleter.
 //   - dropping the owner without close() releases only the owner's reference.
 //   - remap() swaps what backs a live range (MAP_SHARED <-> MAP_PRIVATE of the same file) with
-//     mmap(MAP_FIXED) at the same address, so buffers already handed out stay valid.
+//     mmap(MAP_FIXED) at the same address, so buffers already handed out stay valid; it can move
+//     the old mapping's page tables aside first (mremap) and leave their unmap for later.
 //   - overlay() maps a range of another file MAP_PRIVATE over part of a live range the same way
 //     (a clone's chain of snapshot layers).
 //
@@ -64,6 +65,10 @@ struct futex_waitv {
   __u32 __reserved;
 };
 #endif
+// mremap flag of Linux 5.7 (for all mappings since 5.13), for headers older than it.
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
 #ifndef SYS_futex_waitv
 #define SYS_futex_waitv 449
 #endif
@@ -74,6 +79,7 @@ struct futex_waitv {
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -268,7 +274,71 @@ static int MapFixedOrRevoke(Region* region, size_t offset, size_t length, int fl
   return err;
 }
 
-// remap(owner, fd, offset, shared) -> 'remapped' | 'lost'
+// A range a remap moved the old mapping to: its page tables, at an address no buffer knows,
+// waiting to be unmapped off the caller's path (unmapping drops the page-table entry of every
+// page the old mapping had touched, which takes time in proportion to them). Shared by the JS
+// handle and an unmap in flight; the last of them to go unmaps it if nobody did.
+struct Retired {
+  std::mutex mu;
+  uint8_t* addr = nullptr;  // null once unmapped
+  size_t span = 0;
+  ~Retired() {
+    if (addr != nullptr) munmap(addr, span);
+  }
+  // In pieces: each munmap holds the process's mmap lock (for reading while it drops the
+  // pages), and every other thread's mmap, munmap and mprotect waits for it; a piece keeps
+  // that wait to a few milliseconds.
+  void Unmap() {
+    constexpr size_t kPiece = size_t{64} << 20;
+    std::lock_guard<std::mutex> lock(mu);
+    if (addr == nullptr) return;
+    for (size_t end = span; end > 0;) {
+      const size_t start = end > kPiece ? end - kPiece : 0;
+      munmap(addr + start, end - start);
+      end = start;
+    }
+    addr = nullptr;
+  }
+};
+
+using RetiredRef = std::shared_ptr<Retired>;
+
+void FinalizeRetired(Napi::Env /*env*/, RetiredRef* retired) { delete retired; }
+
+// Moves the page tables of the whole range to a fresh address with one
+// mremap(MREMAP_DONTUNMAP | MREMAP_FIXED), region->mu held: the range keeps its mapping (the
+// same file, the same sharing) with no page mapped, and the moved tables map the same pages at
+// the answered address. The new address is congruent to the old modulo 2 MiB, so the kernel
+// moves whole page-table pages: microseconds, whatever was touched. Answers null (errno set)
+// when the kernel cannot (before Linux 5.13, or a range split into several kernel mappings);
+// the range is then as it was.
+static uint8_t* MovePageTablesAside(Region* region) {
+  constexpr size_t kAlign = size_t{2} << 20;
+  const size_t reserve = region->span + kAlign;
+  void* placeholder = mmap(nullptr, reserve, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (placeholder == MAP_FAILED) return nullptr;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(placeholder);
+  uintptr_t want = (base + kAlign - 1) / kAlign * kAlign +
+                   reinterpret_cast<uintptr_t>(region->addr) % kAlign;
+  if (want >= base + kAlign) want -= kAlign;
+  void* moved = mremap(region->addr, region->span, region->span,
+                       MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                       reinterpret_cast<void*>(want));
+  if (moved == MAP_FAILED) {
+    const int err = errno;
+    munmap(placeholder, reserve);
+    errno = err;
+    return nullptr;
+  }
+  // The placeholder's ends around the moved range (never touched: nothing to drop).
+  if (want > base) munmap(placeholder, want - base);
+  const uintptr_t end = want + region->span;
+  if (base + reserve > end) munmap(reinterpret_cast<void*>(end), base + reserve - end);
+  return static_cast<uint8_t*>(moved);
+}
+
+// remap(owner, fd, offset, shared, deferUnmap) -> ['remapped' | 'lost', retired | null]
 // Replaces the file pages of a live range in one mmap(MAP_FIXED) call with a mapping of `fd` at
 // `offset` — MAP_SHARED or MAP_PRIVATE — at the same address and span, so every buffer over the
 // range (in any thread) keeps its pointer and sees the new mapping. The caller checked that `fd`
@@ -277,22 +347,88 @@ static int MapFixedOrRevoke(Region* region, size_t offset, size_t length, int fl
 // (EACCES, EPERM) leave the range as it was and throw. Should a failure leave the range unmapped
 // (the kernel ran out of memory halfway), the range is filled with anonymous zero pages, as by a
 // revoke, so no view can fault, and 'lost' is answered: the owner must close the mapping.
+//
+// With `deferUnmap`, the old mapping's page tables are first moved aside (MovePageTablesAside),
+// so the mmap replaces a mapping with nothing mapped and costs the same whatever was touched;
+// `retired` is then a handle to the moved tables, for unmapRetired (or the GC) to unmap later.
+// Where the kernel cannot move them, the remap is done as without `deferUnmap` and `retired`
+// is null.
 Napi::Value Remap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Region* region = OpenRegion(info);
   const int fd = info[1].As<Napi::Number>().Int32Value();
   const int64_t offset = ArgInt(info, 2);
   const bool shared = info[3].ToBoolean();
+  const bool defer_unmap = info.Length() > 4 && info[4].ToBoolean();
   int err = 0;
   bool lost = false;
+  RetiredRef retired;
   {
     std::lock_guard<std::mutex> lock(region->mu);
+    uint8_t* aside = defer_unmap ? MovePageTablesAside(region) : nullptr;
+    if (aside != nullptr) {
+      retired = std::make_shared<Retired>();
+      retired->addr = aside;
+      retired->span = region->span;
+    }
     err = MapFixedOrRevoke(region, 0, region->span, shared ? MAP_SHARED : MAP_PRIVATE, fd, offset,
                            &lost);
   }
-  if (lost) return Napi::String::New(env, "lost");
+  if (err != 0 && retired) {
+    retired->Unmap();  // a rare failure: its cost is not worth deferring
+    retired.reset();
+  }
+  if (lost) {
+    Napi::Array result = Napi::Array::New(env, 2);
+    result.Set(0u, Napi::String::New(env, "lost"));
+    result.Set(1u, env.Null());
+    return result;
+  }
   if (err != 0) ThrowErrno(env, "mmap", err);
-  return Napi::String::New(env, "remapped");
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::String::New(env, "remapped"));
+  if (retired) {
+    result.Set(1u, Napi::External<RetiredRef>::New(env, new RetiredRef(retired), FinalizeRetired));
+  } else {
+    result.Set(1u, env.Null());
+  }
+  return result;
+}
+
+// Unmaps a retired range on a libuv worker thread.
+class UnmapRetiredWorker : public Napi::AsyncWorker {
+ public:
+  UnmapRetiredWorker(Napi::Env env, RetiredRef retired)
+      : Napi::AsyncWorker(env, "handoff_shm.unmapRetired"),
+        retired_(std::move(retired)),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { retired_->Unmap(); }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  RetiredRef retired_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// unmapRetired(retired) -> Promise<void>: unmaps what a remap moved aside, off the JS thread.
+// Unmapping twice does nothing.
+Napi::Value UnmapRetired(const Napi::CallbackInfo& info) {
+  RetiredRef retired = *info[0].As<Napi::External<RetiredRef>>().Data();
+  auto* worker = new UnmapRetiredWorker(info.Env(), std::move(retired));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// retiredAddress(retired) -> bigint address of the moved range, or null once unmapped.
+Napi::Value RetiredAddress(const Napi::CallbackInfo& info) {
+  RetiredRef retired = *info[0].As<Napi::External<RetiredRef>>().Data();
+  std::lock_guard<std::mutex> lock(retired->mu);
+  if (retired->addr == nullptr) return info.Env().Null();
+  return Napi::BigInt::New(info.Env(),
+                           static_cast<uint64_t>(reinterpret_cast<uintptr_t>(retired->addr)));
 }
 
 // overlay(owner, fd, offset, length, fileOffset) -> 'overlaid' | 'lost'
@@ -424,6 +560,46 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) ThrowErrno(info.Env(), "fallocate", errno);
   return info.Env().Undefined();
+}
+
+// Starts the write-back of a file range on a libuv worker thread.
+class WritebackWorker : public Napi::AsyncWorker {
+ public:
+  WritebackWorker(Napi::Env env, int fd, off_t offset, off_t length)
+      : Napi::AsyncWorker(env, "handoff_shm.startWriteback"),
+        fd_(fd),
+        offset_(offset),
+        length_(length),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    int rc;
+    do {
+      rc = sync_file_range(fd_, offset_, length_, SYNC_FILE_RANGE_WRITE);
+    } while (rc != 0 && errno == EINTR);
+    errno_ = rc == 0 ? 0 : errno;
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), errno_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  int fd_;
+  off_t offset_;
+  off_t length_;
+  int errno_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+// startWriteback(fd, offset, length) -> Promise<errno>: sync_file_range(SYNC_FILE_RANGE_WRITE)
+// of [offset, offset + length) off the JS thread: the range's dirty pages are queued for
+// writing, nothing is waited for (0, or the errno of a refusal).
+Napi::Value StartWriteback(const Napi::CallbackInfo& info) {
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  auto* worker = new WritebackWorker(info.Env(), fd, static_cast<off_t>(ArgInt(info, 1)),
+                                     static_cast<off_t>(ArgInt(info, 2)));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
 }
 
 // addSeals(fd, seals)
@@ -794,6 +970,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("map", Napi::Function::New(env, Map, "map"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("remap", Napi::Function::New(env, Remap, "remap"));
+  exports.Set("unmapRetired", Napi::Function::New(env, UnmapRetired, "unmapRetired"));
+  exports.Set("retiredAddress", Napi::Function::New(env, RetiredAddress, "retiredAddress"));
   exports.Set("overlay", Napi::Function::New(env, Overlay, "overlay"));
   exports.Set("overlayMany", Napi::Function::New(env, OverlayMany, "overlayMany"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
@@ -801,6 +979,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("startWriteback", Napi::Function::New(env, StartWriteback, "startWriteback"));
   exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
   exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));

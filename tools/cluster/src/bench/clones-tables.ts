@@ -222,7 +222,7 @@ export function saveTable(ours: SaveRestoreResult[], qemu: (QemuSaveRestore | st
         'QEMU',
         mode,
         fixed(s.pauseMs, 1),
-        fixed(s.pauseMs, 1),
+        `${fixed(s.pauseMs + s.syncMs, 1)} (${fixed(s.pauseMs, 1)} without fsync)`,
         mib(s.bytes),
         `${fixed(s.restoreStartToRunningMs, 1)} (${fixed(s.restoreIncomingToRunningMs, 1)} from incoming)`,
       ]);
@@ -245,15 +245,18 @@ export function saveTable(ours: SaveRestoreResult[], qemu: (QemuSaveRestore | st
       'Guest: ab, writing the first byte of every free page pass after pass, saved once it ' +
       `wrote them all (pages written at the save: ${written}). Handoff: a shared-RAM VM on ` +
       "vmm-a, the migrator's save job in full (its written pages copied into a snapshot " +
-      'region on disk) and then bypass (its region sealed in place; the VM goes on ' +
-      "copy-on-write); pause and total are the vmm's; the VM is then destroyed and each " +
+      'region on disk: the guest is paused for the copy, then runs while the region is ' +
+      'fsynced and recorded) and then bypass (its region sealed in place; the VM goes on ' +
+      "copy-on-write); pause and total are the vmm's, total includes the fsync; the VM is " +
+      'then destroyed and each ' +
       "snapshot restored on vmm-b (restore: the vmm's request to running). QEMU: the same ab " +
       'ELF on a share=on /dev/shm file whose pages were made non-zero first (QEMU places its ' +
       'device tree below 3 GiB of address space, so a 2 GiB rv32 guest can write only 1 GiB ' +
       'of it, and zero pages are saved as flags), stopped and migrated to a file on disk ' +
       '(full: every page, max-bandwidth 10 GB/s; x-ignore-shared: device state only, the guest ' +
       'staying stopped since QEMU does not seal the file); pause = stop to the state written, ' +
-      'which is the whole save. Restore: a fresh QEMU with -incoming defer, spawn (and ' +
+      'which is the whole save; its total adds an fdatasync of the state file afterwards (QEMU ' +
+      'does not sync; in brackets: without it). Restore: a fresh QEMU with -incoming defer, spawn (and ' +
       'migrate-incoming) to running; a full restore into a fresh RAM file, an x-ignore-shared ' +
       'one over the saved RAM file.',
   };

@@ -31,10 +31,13 @@ import {
  * and a live update of clones on one local cluster, each beside QEMU doing the same job in the
  * same run (qemu-clones.ts, qemu-burst.ts, qemu-save.ts, qemu-live-update.ts). Every process
  * and file it makes is gone when it ends, also when it fails. `HANDOFF_CLONES_QUICK=1` runs small
- * counts and sizes only (for developing the suite; its tables are not for committing).
+ * counts and sizes only (for developing the suite; its tables are not for committing);
+ * `HANDOFF_CLONES_ONLY=save` runs the save and restore rows alone (Handoff's and QEMU's), and
+ * answers that table only.
  */
 
 const QUICK = process.env.HANDOFF_CLONES_QUICK === '1';
+const SAVES_ONLY = process.env.HANDOFF_CLONES_ONLY === 'save';
 const TEMPLATE_MIB = 256;
 const BURSTS = QUICK ? [1, 5, 10] : [1, 50, 200];
 const BIG = QUICK ? 0 : 1000;
@@ -147,8 +150,40 @@ async function handoffClones(b: BenchCluster): Promise<HandoffRun> {
   return { template, bursts, big, liveUpdate, saves };
 }
 
+/** Handoff's save and restore rows, on a cluster of their own. */
+async function handoffSaves(): Promise<SaveRestoreResult[]> {
+  const b = await startBenchCluster();
+  try {
+    const saves: SaveRestoreResult[] = [];
+    for (const size of SAVE_SIZES_MIB) {
+      step(`Handoff save and restore at ${size} MiB`);
+      saves.push(await handoffSaveRestore(b, size));
+    }
+    return saves;
+  } finally {
+    await b.stop();
+  }
+}
+
+/** QEMU's save and restore rows. */
+async function qemuSaves(): Promise<(QemuSaveRestore | string)[]> {
+  const out: (QemuSaveRestore | string)[] = [];
+  for (const size of SAVE_SIZES_MIB) {
+    const missing = qemuAvailable();
+    step(`QEMU save and restore at ${size} MiB`);
+    out.push(missing ?? (await qemuSaveRestore(size)));
+  }
+  return out;
+}
+
 /** Runs the suite: QEMU's clones, then Handoff's cluster, then QEMU's saves. */
 export async function run(): Promise<Table[]> {
+  if (SAVES_ONLY) {
+    const ours = await handoffSaves();
+    const theirs = await qemuSaves();
+    step('done');
+    return [saveTable(ours, theirs)];
+  }
   const qemu = await qemuClones();
   const b = await startBenchCluster();
   let ours: HandoffRun;
@@ -157,18 +192,13 @@ export async function run(): Promise<Table[]> {
   } finally {
     await b.stop();
   }
-  const qemuSaves: (QemuSaveRestore | string)[] = [];
-  for (const size of SAVE_SIZES_MIB) {
-    const missing = qemuAvailable();
-    step(`QEMU save and restore at ${size} MiB`);
-    qemuSaves.push(missing ?? (await qemuSaveRestore(size)));
-  }
+  const theirs = await qemuSaves();
   step('done');
   return [
     templateTable(ours.template, qemu.template),
     burstTable(ours.bursts, ours.big, qemu.bursts),
     memoryTable(ours.bursts, ours.big, qemu.bursts),
-    saveTable(ours.saves, qemuSaves),
+    saveTable(ours.saves, theirs),
     liveUpdateTable(ours.liveUpdate, qemu.liveUpdate),
   ];
 }

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import {
   closeSync,
   existsSync,
+  fdatasyncSync,
   ftruncateSync,
   mkdtempSync,
   openSync,
@@ -39,6 +40,11 @@ export interface QemuSave {
   readonly pauseMs: number;
   /** Bytes of the state file. */
   readonly bytes: number;
+  /**
+   * `fdatasync` of the state file once QEMU said the save completed: what it takes to have the
+   * save on disk, which QEMU's save does not wait for (Handoff's does).
+   */
+  readonly syncMs: number;
   /** Spawn of the restoring process until its guest runs. */
   readonly restoreStartToRunningMs: number;
   /** `migrate-incoming` until the guest runs. */
@@ -62,6 +68,27 @@ function ramFile(path: string, bytes: number, fill: boolean): void {
       for (let page = 0; page < MiB; page += 4096) chunk[page] = 0xa5;
       for (let at = 0; at < bytes; at += MiB) writeSync(fd, chunk, 0, MiB, at);
     }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Waits until `file` stops growing (the `cat` behind QEMU's exec: URI has written its last
+ * bytes; not timed), then resolves with the ms an `fdatasync` of it takes.
+ */
+async function syncTime(file: string): Promise<number> {
+  for (let last = -1; ;) {
+    const size = statSync(file).size;
+    if (size === last) break;
+    last = size;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const fd = openSync(file, 'r');
+  try {
+    const t0 = performance.now();
+    fdatasyncSync(fd);
+    return performance.now() - t0;
   } finally {
     closeSync(fd);
   }
@@ -151,11 +178,13 @@ export async function qemuSaveRestore(sizeMiB: number): Promise<QemuSaveRestore>
     serial.close();
     const fullFile = join(disk, 'full');
     const fullPause = await saveTo(q, fullFile, false);
+    const fullSync = await syncTime(fullFile);
     // The guest goes on after a full save (QEMU migrates a stopped guest only once).
     await q.cmd('cont');
     await untilStatus(q, 'running', 60_000);
     const sharedFile = join(disk, 'ignore-shared');
     const sharedPause = await saveTo(q, sharedFile, true);
+    const sharedSync = await syncTime(sharedFile);
     q.close();
     q = undefined;
     for (const p of procs.splice(0)) p.kill('SIGKILL');
@@ -169,12 +198,14 @@ export async function qemuSaveRestore(sizeMiB: number): Promise<QemuSaveRestore>
       full: {
         pauseMs: fullPause,
         bytes: statSync(fullFile).size,
+        syncMs: fullSync,
         restoreStartToRunningMs: fullRestore.startToRunningMs,
         restoreIncomingToRunningMs: fullRestore.incomingToRunningMs,
       },
       ignoreShared: {
         pauseMs: sharedPause,
         bytes: statSync(sharedFile).size,
+        syncMs: sharedSync,
         restoreStartToRunningMs: sharedRestore.startToRunningMs,
         restoreIncomingToRunningMs: sharedRestore.incomingToRunningMs,
       },
