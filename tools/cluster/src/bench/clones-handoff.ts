@@ -127,7 +127,7 @@ async function steadyPss(pid: number): Promise<number> {
 }
 
 /**
- * Runs `fn` on each of `names` (VMs on vmm-a, as GetVm shows them now, with their memory use
+ * Runs `fn` on each of `names` (VMs on `on`, as GetVm shows them now, with their memory use
  * when `withMemory`), 16 at a time.
  */
 async function eachClone(
@@ -135,13 +135,14 @@ async function eachClone(
   names: readonly string[],
   fn: (vm: VmView) => Promise<unknown>,
   withMemory = false,
+  on = 'vmm-a',
 ): Promise<void> {
-  const vmm = await vms.instance(b.c, 'vmm-a');
+  const vmm = await vms.instance(b.c, on);
   const queue = [...names];
   const worker = async (): Promise<void> => {
     for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
       const vm = await vms.on(b.c, vmm, name, withMemory);
-      if (vm === null) throw new Error(`clone ${name} is not on vmm-a`);
+      if (vm === null) throw new Error(`clone ${name} is not on ${on}`);
       await fn(vm);
     }
   };
@@ -151,8 +152,15 @@ async function eachClone(
 /** Clones whose RAM mapping's PSS is read: GetVm with memory reads smaps, slow with a thousand VMs. */
 const RAM_PSS_SAMPLE = 20;
 
-/** The mean PSS of the RAM mapping of up to {@link RAM_PSS_SAMPLE} of `names`, evenly spread. */
-async function ramPssPerClone(b: BenchCluster, names: readonly string[]): Promise<number> {
+/**
+ * The mean PSS of the RAM mapping of up to {@link RAM_PSS_SAMPLE} of `names` (on vmm `on`),
+ * evenly spread.
+ */
+async function ramPssPerClone(
+  b: BenchCluster,
+  names: readonly string[],
+  on = 'vmm-a',
+): Promise<number> {
   const step = Math.max(1, Math.floor(names.length / RAM_PSS_SAMPLE));
   const sample = names.filter((_, i) => i % step === 0).slice(0, RAM_PSS_SAMPLE);
   let sum = 0;
@@ -163,6 +171,7 @@ async function ramPssPerClone(b: BenchCluster, names: readonly string[]): Promis
       sum += Number(vm.memory?.pssBytes ?? 0n);
     },
     true,
+    on,
   );
   return sample.length === 0 ? 0 : sum / sample.length;
 }
@@ -294,6 +303,9 @@ export interface LiveUpdateResult {
   /** Each VM's migration total, in ms. */
   readonly migrationMs: readonly number[];
   readonly failed: number;
+  /** Mean PSS of a sample of the clones' RAM mappings before the move (on vmm-a) and after it (vmm-b). */
+  readonly ramPssBeforeBytes: number;
+  readonly ramPssAfterBytes: number;
 }
 
 /**
@@ -313,6 +325,7 @@ export async function handoffLiveUpdate(
   const names = cloned.snapshotResult?.vms ?? [];
   try {
     await sleep(SETTLE_MS);
+    const ramPssBeforeBytes = await ramPssPerClone(b, names, 'vmm-a');
     const t0 = performance.now();
     const job = await jobs(b.c).watch(
       (
@@ -335,6 +348,8 @@ export async function handoffLiveUpdate(
       pausesUs: done.map((ch) => ch.info.downtimeUs ?? 0),
       migrationMs: done.map((ch) => ch.info.totalTimeMs ?? 0),
       failed: children.length - done.length,
+      ramPssBeforeBytes,
+      ramPssAfterBytes: await ramPssPerClone(b, names, 'vmm-b'),
     };
   } finally {
     await destroyAll(b, names, 'vmm-b');

@@ -7,11 +7,12 @@ import {
   handoffTemplate,
   memAvailable,
   type BurstResult,
+  type LiveUpdateResult,
   type SaveRestoreResult,
 } from './clones-handoff.js';
 import { qemuBurst } from './qemu-burst.js';
-import { qemuLiveUpdate } from './qemu-live-update.js';
-import { dropTemplate, qemuTemplate } from './qemu-clones.js';
+import { qemuLiveUpdate, type QemuLiveUpdate } from './qemu-live-update.js';
+import { dropTemplate, qemuTemplate, type QemuTemplate } from './qemu-clones.js';
 import { MiB, qemuAvailable } from './qemu-qmp.js';
 import { qemuSaveRestore, type QemuSaveRestore } from './qemu-save.js';
 import { fixed } from './stats.js';
@@ -33,16 +34,20 @@ import {
  * and file it makes is gone when it ends, also when it fails. `HANDOFF_CLONES_QUICK=1` runs small
  * counts and sizes only (for developing the suite; its tables are not for committing);
  * `HANDOFF_CLONES_ONLY=save` runs the save and restore rows alone (Handoff's and QEMU's), and
- * answers that table only.
+ * answers that table only; `HANDOFF_CLONES_ONLY=live-update` does the same for the live update.
  */
 
 const QUICK = process.env.HANDOFF_CLONES_QUICK === '1';
-const SAVES_ONLY = process.env.HANDOFF_CLONES_ONLY === 'save';
+const ONLY = process.env.HANDOFF_CLONES_ONLY;
+const SAVES_ONLY = ONLY === 'save';
+const LIVE_UPDATE_ONLY = ONLY === 'live-update';
 const TEMPLATE_MIB = 256;
 const BURSTS = QUICK ? [1, 5, 10] : [1, 50, 200];
 const BIG = QUICK ? 0 : 1000;
 const SAVE_SIZES_MIB = QUICK ? [64] : [64, 512, 2048];
-const LIVE_UPDATE_VMS = QUICK ? 5 : 30;
+const LIVE_UPDATE_VMS = QUICK ? 5 : 200;
+/** QEMU's live update moves fewer clones: one extra process per clone, linear in the count. */
+const QEMU_LIVE_UPDATE_VMS = QUICK ? 5 : 30;
 const LIVE_UPDATE_CONCURRENCY = 2;
 /** A QEMU burst may take at most this share of MemAvailable (estimated from the last one). */
 const MEMORY_SHARE = 0.5;
@@ -105,11 +110,38 @@ async function qemuClones(): Promise<QemuClonesRun> {
       perClone = burst.pssPerCloneBytes;
       msPerClone = burst.wallMs / count;
     }
-    step(`QEMU live update of ${LIVE_UPDATE_VMS} clones`);
-    const liveUpdate = await qemuLiveUpdate(t, LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY).catch(
-      (err: unknown) => `failed: ${(err as Error).message}`,
-    );
+    const liveUpdate = await qemuLiveUpdateOf(t);
     return { template, bursts, liveUpdate };
+  } finally {
+    dropTemplate(t);
+  }
+}
+
+async function qemuLiveUpdateOf(t: QemuTemplate): Promise<QemuLiveUpdate | string> {
+  step(`QEMU live update of ${QEMU_LIVE_UPDATE_VMS} clones`);
+  return qemuLiveUpdate(t, QEMU_LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY).catch(
+    (err: unknown) => `failed: ${(err as Error).message}`,
+  );
+}
+
+/** The live-update rows alone: Handoff's on a cluster of its own, then QEMU's. */
+async function liveUpdateOnly(): Promise<Table> {
+  const b = await startBenchCluster();
+  let ours: LiveUpdateResult;
+  try {
+    step('Handoff template');
+    await handoffTemplate(b, 'kv', TEMPLATE_MIB);
+    step(`Handoff live update of ${LIVE_UPDATE_VMS} clones`);
+    ours = await handoffLiveUpdate(b, 'kv', LIVE_UPDATE_VMS, LIVE_UPDATE_CONCURRENCY);
+  } finally {
+    await b.stop();
+  }
+  const missing = qemuAvailable();
+  if (missing !== null) return liveUpdateTable(ours, missing);
+  step('QEMU template');
+  const t = await qemuTemplate(TEMPLATE_MIB);
+  try {
+    return liveUpdateTable(ours, await qemuLiveUpdateOf(t));
   } finally {
     dropTemplate(t);
   }
@@ -178,6 +210,11 @@ async function qemuSaves(): Promise<(QemuSaveRestore | string)[]> {
 
 /** Runs the suite: QEMU's clones, then Handoff's cluster, then QEMU's saves. */
 export async function run(): Promise<Table[]> {
+  if (LIVE_UPDATE_ONLY) {
+    const table = await liveUpdateOnly();
+    step('done');
+    return [table];
+  }
   if (SAVES_ONLY) {
     const ours = await handoffSaves();
     const theirs = await qemuSaves();
