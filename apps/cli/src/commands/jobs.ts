@@ -102,6 +102,11 @@ export function renderJob(j: JobView): string {
     ['bypassed', formatBytes(i.ram.bypassedBytes)],
     ['pages', `${i.ram.normal} sent, ${i.ram.zeroPages} zero, ${i.ram.duplicate} duplicate`],
     ['device state', formatBytes(i.deviceBytes)],
+    ['passes', String(i.iteration)],
+    [
+      'cpu throttle',
+      i.cpuThrottlePercentage > 0 ? `${i.cpuThrottlePercentage}% (auto-converge)` : 'none',
+    ],
   );
   if (i.route !== undefined) {
     const r = i.route;
