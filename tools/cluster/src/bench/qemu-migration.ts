@@ -102,9 +102,13 @@ export async function qemuMigrate(
     const giveUpAt = performance.now() + (opts.giveUpMs ?? Infinity);
     let maxThrottle = 0;
     let cancelled = false;
+    /** The last answer while it ran: a cancelled migration's answer has no statistics. */
+    let running: Record<string, unknown> = {};
     for (;;) {
-      const info = await a.cmd('query-migrate');
-      const status = String(info.status);
+      const answer = await a.cmd('query-migrate');
+      const status = String(answer.status);
+      if (status === 'active') running = answer;
+      const info = status === 'cancelled' ? running : answer;
       maxThrottle = Math.max(maxThrottle, Number(info['cpu-throttle-percentage'] ?? 0));
       if (!cancelled && performance.now() > giveUpAt) {
         cancelled = true;
