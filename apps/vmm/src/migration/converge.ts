@@ -9,8 +9,8 @@
  *   (QEMU's steps);
  * - but never less than what the measured rates ask for: the guest's dirtying is brought to half
  *   the link's send rate (dirty rate ÷ the share it ran = its unthrottled rate);
- * - a pass whose dirty set covered (nearly) all of the guest's RAM measured a saturated rate —
- *   the guest could have dirtied more — so its run share is cut by another half;
+ * - a pass whose dirty set covered (nearly) all of the RAM the guest uses measured a saturated
+ *   rate — the guest could have dirtied more — so its run share is cut by another half;
  * - past 99 % the run share keeps halving, down to 1/10000 (QEMU stops at 99 %: we own the
  *   vCPU, and a guest that rewrites all its RAM in a few milliseconds needs more).
  *
@@ -33,7 +33,7 @@ export interface PassMeasure {
   readonly dirtiedBytes: number;
   /** How long the pass took, ms. */
   readonly ms: number;
-  /** Bytes of RAM the dirty tracking covers (dirtied ≥ ~90 % of it: saturated). */
+  /** Bytes of RAM the guest uses (has written; dirtied ≥ ~90 % of it: saturated). */
   readonly trackedBytes: number;
 }
 

@@ -331,7 +331,7 @@ export class OutgoingMigration {
         sentBytes: this.pages.bytes - pass.bytes,
         dirtiedBytes: count * PAGE_SIZE,
         ms: t0 - pass.start,
-        trackedBytes: main.spec.size,
+        trackedBytes: vm.touchedPages.popcount() * PAGE_SIZE, // the RAM the guest uses
       });
       if (s.iteration >= this.o.parameters['max-iterations']) throw this.notConverged(count);
       s.iteration++;
