@@ -20,6 +20,7 @@ const SUITES = [
   { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
   { name: 'vcpu', module: 'apps/vmm/dist/vcpu/many-vms.bench.js' },
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
+  { name: 'converge', module: 'tools/cluster/dist/bench/converge.bench.js' },
   { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
   { name: 'clones', module: 'tools/cluster/dist/bench/clones.bench.js' },
   { name: 'kill-loop', module: 'tools/cluster/dist/bench/kill-loop.bench.js', onlyByName: true },

@@ -56,11 +56,12 @@ describe('capability registry', () => {
     },
   );
 
-  it('turns on by default exactly bypass-shared-memory, zero-blocks and return-path', () => {
+  it('turns on by default exactly bypass-shared-memory, zero-blocks, return-path and auto-converge', () => {
     expect(enabledCapabilities(defaultCapabilities())).toEqual([
       'bypass-shared-memory',
       'zero-blocks',
       'return-path',
+      'auto-converge',
     ]);
   });
 

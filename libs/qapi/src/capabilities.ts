@@ -96,9 +96,9 @@ export const CAPABILITY_REGISTRY: { readonly [K in MigrationCapability]: Capabil
     ),
     'auto-converge': info(
       'auto-converge',
-      false,
+      true,
       'auto-converge',
-      'Throttle the guest vCPU (cpu-throttle-initial, then cpu-throttle-increment per pass) when pre-copy does not converge.',
+      "Throttle the guest vCPU when pre-copy does not converge (cpu-throttle-initial, then cpu-throttle-increment per pass, or more when the measured dirty rate outruns the link), so a busy guest's copy finishes; on by default (QEMU: off). Off: such a migration fails after max-iterations.",
     ),
   });
 

@@ -30,6 +30,7 @@ const sample: MigrationInfo = {
   downtimeUs: 3412,
   iteration: 2,
   deviceBytes: 48_000,
+  cpuThrottlePercentage: 0,
 };
 
 describe('migrationInfoToQapi', () => {
@@ -66,6 +67,20 @@ describe('migrationInfoToQapi', () => {
       'ram',
     ]);
     expect(JSON.parse(JSON.stringify(json))).toEqual(json);
+  });
+
+  it('shows cpu-throttle-percentage once auto-converge throttled, after device-bytes', () => {
+    const json = migrationInfoToQapi({ ...sample, cpuThrottlePercentage: 99.5 });
+    expect(json['cpu-throttle-percentage']).toBe(99.5);
+    expect(Object.keys(json).slice(4, 8)).toEqual([
+      'iteration',
+      'device-bytes',
+      'cpu-throttle-percentage',
+      'ram',
+    ]);
+    expect(migrationInfoToQapi({ ...sample, status: 'failed' })).not.toHaveProperty(
+      'cpu-throttle-percentage',
+    );
   });
 
   const expectedMembers: Record<MigrationStatus, string[]> = {

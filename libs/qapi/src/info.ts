@@ -91,6 +91,11 @@ export interface MigrationInfo {
   readonly iteration: number;
   /** Bytes of device state sent (vmstate sections). */
   readonly deviceBytes: number;
+  /**
+   * Share of the guest's vCPU time auto-converge takes away, percent (0: not throttled; up to
+   * 99.99). Once terminal: the highest it reached (the guest then runs at full speed again).
+   */
+  readonly cpuThrottlePercentage: number;
   /** What went wrong and what to do; set for `failed` (absent otherwise). */
   readonly errorDesc?: string;
   /** How it travelled; absent until setup decided it. */
@@ -127,6 +132,7 @@ export function emptyMigrationInfo(status: MigrationStatus = 'none'): MigrationI
     downtimeUs: 0,
     iteration: 0,
     deviceBytes: 0,
+    cpuThrottlePercentage: 0,
   };
 }
 
@@ -176,6 +182,8 @@ export interface QapiMigrationInfo {
   readonly iteration?: number;
   /** Bytes of device state sent. */
   readonly 'device-bytes'?: number;
+  /** Percent of the vCPU's time auto-converge takes away (only when it throttled). */
+  readonly 'cpu-throttle-percentage'?: number;
   /** RAM statistics. */
   readonly ram?: QapiRamStats;
   /** What went wrong and what to do. */
@@ -231,6 +239,7 @@ const IN_PROGRESS: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
  * | active, postcopy-active, pre-switchover, device, cancelling | `total-time`, `setup-time`, `expected-downtime`, `iteration`, `device-bytes`, `ram` |
  * | completed | `total-time`, `setup-time`, `downtime`, `iteration`, `device-bytes`, `ram` |
  *
+ * `cpu-throttle-percentage` appears with those members once auto-converge throttled the guest.
  * `error-desc` appears whenever the info has a non-empty `errorDesc`
  * (normally with `failed`), `route` and `timeline` whenever they are known
  * (Handoff's own members: how the migration travelled and when it reached its
@@ -251,6 +260,7 @@ export function migrationInfoToQapi(info: MigrationInfo): QapiMigrationInfo {
     if (completed) out.downtime = info.downtimeUs / 1000;
     out.iteration = info.iteration;
     out['device-bytes'] = info.deviceBytes;
+    if (info.cpuThrottlePercentage > 0) out['cpu-throttle-percentage'] = info.cpuThrottlePercentage;
     out.ram = ramStatsToQapi(info.ram);
   }
   if (info.errorDesc !== undefined && info.errorDesc !== '') out['error-desc'] = info.errorDesc;

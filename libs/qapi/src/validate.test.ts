@@ -83,8 +83,11 @@ const CASES: readonly Case[] = [
     warnings: [],
   },
   {
-    name: 'cpu throttle parameters without auto-converge warn',
-    input: { parameters: { 'cpu-throttle-initial': 30, 'cpu-throttle-increment': 5 } },
+    name: 'cpu throttle parameters with auto-converge turned off warn',
+    input: {
+      capabilities: { 'auto-converge': false },
+      parameters: { 'cpu-throttle-initial': 30, 'cpu-throttle-increment': 5 },
+    },
     errors: [],
     warnings: ['throttle-unused'],
   },
@@ -148,6 +151,7 @@ const CASES: readonly Case[] = [
         'postcopy-ram': false,
         'return-path': false,
         'pause-before-switchover': true,
+        'auto-converge': false,
       },
       parameters: {
         'max-postcopy-bandwidth': M,
@@ -202,6 +206,7 @@ describe('validateMigrationConfig', () => {
       'postcopy-ram needs return-path: the target requests missing pages over it. Turn return-path on (the default) or turn postcopy-ram off.',
     );
     const [warn] = validateMigrationConfig({
+      capabilities: { 'auto-converge': false },
       parameters: { 'cpu-throttle-initial': 30, 'cpu-throttle-increment': 5 },
     }).warnings;
     expect(warn?.message).toBe(
@@ -236,7 +241,7 @@ describe('validateMigrationConfig', () => {
 describe('assertValidMigrationConfig', () => {
   it('returns the resolved configuration and its warnings', () => {
     const out = assertValidMigrationConfig({
-      capabilities: { 'postcopy-ram': true, 'bypass-shared-memory': true },
+      capabilities: { 'postcopy-ram': true, 'bypass-shared-memory': true, 'auto-converge': false },
       parameters: { 'downtime-limit': 50, 'cpu-throttle-initial': 40 },
     });
     expect(out.capabilities['postcopy-ram']).toBe(true);

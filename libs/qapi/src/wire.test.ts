@@ -243,6 +243,7 @@ const infoArb: fc.Arbitrary<MigrationInfo> = fc
     downtimeUs: counter,
     iteration: fc.integer({ min: 0, max: 0xffff_ffff }),
     deviceBytes: counter,
+    cpuThrottlePercentage: fc.integer({ min: 0, max: 9999 }).map((x) => x / 100),
     errorDesc: fc.option(fc.string({ minLength: 1 }), { nil: undefined }),
   })
   .map(({ errorDesc, ...rest }) => (errorDesc === undefined ? rest : { ...rest, errorDesc }));

@@ -127,6 +127,13 @@ function routeFromWire(r: migration.MigrationRoute): MigrationRoute {
   };
 }
 
+function throttleFromWire(v: number): number {
+  if (!Number.isFinite(v) || v < 0 || v >= 100) {
+    throw wireError(`MigrationInfo.cpuThrottlePercentage is ${v}; it must be in [0, 100)`);
+  }
+  return v;
+}
+
 function timelineFromWire(t: migration.MigrationTimeline): MigrationTimeline {
   const ms = (v: number, field: string): number => {
     if (!Number.isFinite(v) || v < 0) throw wireError(`MigrationInfo.timeline.${field} is ${v}`);
@@ -442,6 +449,7 @@ export function migrationInfoToWire(info: MigrationInfo): WireMigrationInfo {
     iteration: toUint32(info.iteration, 'MigrationInfo.iteration'),
     errorDesc: info.errorDesc ?? '',
     deviceBytes: toUint64(info.deviceBytes, 'MigrationInfo.deviceBytes'),
+    cpuThrottlePercentage: info.cpuThrottlePercentage,
     route: info.route === undefined ? undefined : routeToWire(info.route),
     timeline: info.timeline === undefined ? undefined : { ...info.timeline },
   };
@@ -463,6 +471,7 @@ export function migrationInfoFromWire(msg: WireMigrationInfo): MigrationInfo {
     downtimeUs: fromUint64(msg.downtimeUs, 'MigrationInfo.downtimeUs'),
     iteration: fromUint32(msg.iteration, 'MigrationInfo.iteration'),
     deviceBytes: fromUint64(msg.deviceBytes, 'MigrationInfo.deviceBytes'),
+    cpuThrottlePercentage: throttleFromWire(msg.cpuThrottlePercentage),
   };
   return {
     ...info,

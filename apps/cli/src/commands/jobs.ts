@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { MIGRATION_CAPABILITIES } from '@handoff/qapi';
 import { isSnapshotJob, jobEnded, jobJson, jobs, type JobView } from '../api/jobs.js';
 import type { CommandContext } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
@@ -102,6 +103,12 @@ export function renderJob(j: JobView): string {
     ['bypassed', formatBytes(i.ram.bypassedBytes)],
     ['pages', `${i.ram.normal} sent, ${i.ram.zeroPages} zero, ${i.ram.duplicate} duplicate`],
     ['device state', formatBytes(i.deviceBytes)],
+    ['capabilities', MIGRATION_CAPABILITIES.filter((c) => j.capabilities[c]).join(', ')],
+    ['passes', String(i.iteration)],
+    [
+      'cpu throttle',
+      i.cpuThrottlePercentage > 0 ? `${i.cpuThrottlePercentage}% (auto-converge)` : 'none',
+    ],
   );
   if (i.route !== undefined) {
     const r = i.route;

@@ -54,7 +54,10 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
     .option('--max-bandwidth <rate>', 'RAM bandwidth cap in bytes/s (e.g. 100M, 1G; 0 = unlimited)')
     .option(
       '--capability <name=on|off>',
-      'set a migration capability, e.g. auto-converge=on (repeatable, or comma-separated)',
+      'set a migration capability, e.g. auto-converge=off (repeatable, or comma-separated); ' +
+        'auto-converge is on by default (unlike QEMU): a guest that dirties its RAM faster ' +
+        'than it copies is throttled until the copy converges; off, such a copy fails after ' +
+        'max-iterations passes',
       collect,
       [] as string[],
     )

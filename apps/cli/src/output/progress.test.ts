@@ -48,6 +48,21 @@ describe('ProgressRenderer', () => {
     expect(out.at(-1)).toMatch(/\[#{24}\] 100% .* ETA 0s completed/);
   });
 
+  it('says the pass and the vCPU throttle while auto-converge throttles, not once completed', () => {
+    const p = new ProgressRenderer(
+      () => undefined,
+      false,
+      () => 0,
+    );
+    const throttled = { ...info('active', 1, 9), iteration: 4, cpuThrottlePercentage: 93.75 };
+    expect(p.line({ id: 'j', label: 'x', info: throttled })).toMatch(
+      /active pass 4, vCPU throttled 93\.75%$/,
+    );
+    expect(p.line({ id: 'j', label: 'x', info: info('active', 1, 9) })).toMatch(/active$/);
+    const done = { ...info('completed', 10, 0), cpuThrottlePercentage: 99 };
+    expect(p.line({ id: 'j', label: 'x', info: done })).toMatch(/completed$/);
+  });
+
   it('formats durations', () => {
     expect(formatDuration(0.25)).toBe('0.3s');
     expect(formatDuration(42)).toBe('42s');

@@ -90,7 +90,11 @@ export class ProgressRenderer {
         : this.rate > 0 && ram.remaining > 0
           ? formatDuration(ram.remaining / this.rate)
           : '-';
-    const note = s.note !== undefined ? ` ${s.note}` : '';
+    const throttled = s.info.cpuThrottlePercentage;
+    const note =
+      (throttled > 0 && status !== 'completed'
+        ? ` pass ${s.info.iteration}, vCPU throttled ${throttled}%`
+        : '') + (s.note !== undefined ? ` ${s.note}` : '');
     return (
       `${s.label} ${bar} ${pct} ${formatBytes(ram.transferred)}/${formatBytes(toSend)} ` +
       `${rate} ETA ${eta} ${status}${note}`

@@ -36,6 +36,7 @@ import { SlotState, type SwitchoverSlot } from '../switchover/slot.js';
 import { awaitTakeOver, openOfferedSlot, openPreparedSlot } from '../switchover/source.js';
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
+import { nextThrottle, throttlePercent, type PassMeasure } from './converge.js';
 import { STREAM_FORMAT } from './format.js';
 import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
@@ -180,8 +181,11 @@ export class OutgoingMigration {
       const r = route;
       await this.phase('pre-copy', () => this.precopy(r));
       const stopped = await this.phase('stop-and-copy', () => this.stopAndCopy(r, progress));
-      return await this.phase('await-resumed', () => this.awaitResumed(r, stopped));
+      const done = await this.phase('await-resumed', () => this.awaitResumed(r, stopped));
+      this.releaseThrottle();
+      return done;
     } catch (err) {
+      this.releaseThrottle(); // before recover() resumes the VM
       this.stream?.close();
       const slot = route?.slot;
       if (slot != null) {
@@ -302,6 +306,7 @@ export class OutgoingMigration {
     const main = vm.ramBlocks[0]!;
     if (r.modes[0] === 'ref') return;
     await vm.harvestDirty(); // from here on every write shows in the next harvest
+    let pass = { start: now(), bytes: this.pages.bytes }; // the bulk pass, then each dirty pass
     await this.pages.bulk(
       0,
       main,
@@ -322,15 +327,15 @@ export class OutgoingMigration {
         this.lastPass = dirty.clone();
         return;
       }
-      if (s.iteration >= this.o.parameters['max-iterations']) {
-        throw new MigrationError(
-          'MIGRATION_NOT_CONVERGED',
-          `VM ${vm.name}: ${count} pages still dirty after ${s.iteration} passes ` +
-            `(expected pause ${s.expectedDowntimeMs.toFixed(1)} ms > downtime-limit ` +
-            `${this.o.parameters['downtime-limit']} ms); raise downtime-limit or max-iterations`,
-        );
-      }
+      this.converge({
+        sentBytes: this.pages.bytes - pass.bytes,
+        dirtiedBytes: count * PAGE_SIZE,
+        ms: t0 - pass.start,
+        trackedBytes: vm.touchedPages.popcount() * PAGE_SIZE, // the RAM the guest uses
+      });
+      if (s.iteration >= this.o.parameters['max-iterations']) throw this.notConverged(count);
       s.iteration++;
+      pass = { start: t0, bytes: this.pages.bytes };
       const before = this.pages.bytes;
       await this.pages.bitmap(0, main, dirty);
       await this.pages.flush();
@@ -348,6 +353,45 @@ export class OutgoingMigration {
         },
       });
     }
+  }
+
+  /** With auto-converge on: the throttle for the next pass, after `pass` did not converge. */
+  private converge(pass: PassMeasure): void {
+    if (!this.o.capabilities['auto-converge']) return;
+    const p = this.o.parameters;
+    const s = this.stats;
+    const units = nextThrottle(s.throttleUnits, pass, {
+      initialPercent: p['cpu-throttle-initial'],
+      incrementPercent: p['cpu-throttle-increment'],
+    });
+    if (units === s.throttleUnits) return;
+    s.throttleUnits = units;
+    this.o.vm.setCpuThrottle(units);
+    this.o.logger.info(
+      { job: this.o.jobId, pass: s.iteration, throttlePercent: throttlePercent(units) },
+      'migration: auto-converge throttles the vCPU',
+    );
+  }
+
+  /** The guest back to full speed: when the migration ends, on every path. */
+  private releaseThrottle(): void {
+    if (this.stats.throttleUnits > 0) this.o.vm.setCpuThrottle(0);
+  }
+
+  private notConverged(count: number): MigrationError {
+    const s = this.stats;
+    const limit = this.o.parameters['downtime-limit'];
+    const what =
+      `VM ${this.o.vm.name}: ${count} pages still dirty after ${s.iteration} passes ` +
+      `(expected pause ${s.expectedDowntimeMs.toFixed(1)} ms > downtime-limit ${limit} ms)`;
+    const todo = this.o.capabilities['auto-converge']
+      ? `, even with the vCPU throttled to ${throttlePercent(s.throttleUnits)} %; raise ` +
+        'downtime-limit or max-iterations, or hand the RAM off by reference (a shared region ' +
+        'with bypass-shared-memory)'
+      : '; auto-converge is off: turn it on (--capability auto-converge=on) to throttle the ' +
+        'guest until it converges, hand the RAM off by reference (a shared region with ' +
+        'bypass-shared-memory), or raise downtime-limit or max-iterations';
+    return new MigrationError('MIGRATION_NOT_CONVERGED', what + todo);
   }
 
   // ---- stop-and-copy ------------------------------------------------------------------------

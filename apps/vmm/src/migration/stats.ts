@@ -15,6 +15,7 @@ import {
 } from '@handoff/qapi';
 import type { PageCounts } from './pages/page-sender.js';
 import { PAGE_SIZE } from './pages/frames.js';
+import { throttlePercent } from './converge.js';
 
 /** The window the rate (`ram.mbps`) is measured over. */
 const RATE_WINDOW_MS = 1000;
@@ -36,6 +37,8 @@ export class MigrationStats {
   syncs = 0;
   dirtyRate = 0;
   expectedDowntimeMs = 0;
+  /** The vCPU throttle auto-converge applies (1/10000; the highest reached, once terminal). */
+  throttleUnits = 0;
   deviceBytes = 0;
   setupMs = 0;
   /** Set once terminal. */
@@ -107,6 +110,7 @@ export class MigrationStats {
       downtimeUs: this.downtimeUs,
       iteration: this.iteration,
       deviceBytes: this.deviceBytes,
+      cpuThrottlePercentage: throttlePercent(this.throttleUnits),
       ...(errorDesc !== undefined ? { errorDesc } : {}),
       ...(this.transport !== null
         ? {

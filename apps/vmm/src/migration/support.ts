@@ -10,9 +10,6 @@ import { MigrationError } from '../model/migration-error.js';
 /** Capabilities this vmm cannot honour when on, and what to do instead. */
 const UNSUPPORTED_ON: Readonly<Partial<Record<keyof MigrationCapabilities, string>>> = {
   'postcopy-ram': 'this vmm does not implement post-copy yet; migrate without it',
-  'auto-converge':
-    'this vmm does not throttle vCPUs yet; migrate without it, or raise downtime-limit / ' +
-    'max-iterations for a guest that dirties memory fast',
   events:
     'this vmm emits no migration events; follow the job with `vmctl jobs watch` (the ' +
     'migrator streams its progress) instead',
@@ -22,8 +19,6 @@ const UNSUPPORTED_ON: Readonly<Partial<Record<keyof MigrationCapabilities, strin
 /** Parameters that only matter with a capability this vmm does not implement. */
 const NEEDS: Readonly<Partial<Record<MigrationParameterName, keyof MigrationCapabilities>>> = {
   'max-postcopy-bandwidth': 'postcopy-ram',
-  'cpu-throttle-initial': 'auto-converge',
-  'cpu-throttle-increment': 'auto-converge',
 };
 
 /**

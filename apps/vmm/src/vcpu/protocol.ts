@@ -16,6 +16,8 @@
  *                                                  the paused machine (one round trip for both)
  *    INSTRET (BigInt64)                 ◀───────  stored after every slice
  *    INPUT_TAKEN += n; notify           ◀───────  console bytes handed to the UART
+ *    THROTTLE ← held share (1/10000)    ───────▶  read after every slice: the VM then waits
+ *                                                  so that it ran only the rest of the time
  *  per thread, control SAB (ThreadCtl):
  *    WAKE += 1; futexWake when SLEEPING ───────▶  the one word the thread sleeps on (futexWaitAny,
  *                                                  with the switchover slots of its VMs)
@@ -55,6 +57,11 @@ export const Ctl = {
   RUN_CODE: 6,
   /** Id of the last save the host asked for; the thread answers each new id once. */
   SAVE_REQ: 7,
+  /**
+   * The share of each period the host holds the VM back (auto-converge), in 1/10000
+   * (0: full speed, at most 9999); the thread reads it after every slice (throttle.ts).
+   */
+  THROTTLE: 12,
   /** BigInt64 index: instructions retired (stored after every slice). */
   INSTRET64: 4,
   /** Float64 index: epoch milliseconds (timeOrigin + now) of the host's last pause request. */

@@ -323,4 +323,42 @@ describe('Scheduler', () => {
       { t: 'state', state: 'paused' },
     ]);
   });
+
+  it('holds a throttled VM back for its share of each period; its thread-mate and the sleep fill the rest', () => {
+    const t = new TestThread();
+    const a = t.add('a', SPIN);
+    const b = t.add('b', SPIN);
+    t.turns(1);
+    a.request(Request.RUN);
+    b.request(Request.RUN);
+    t.turns(20); // both warm: budgets grown
+    Atomics.store(a.ctl, Ctl.THROTTLE, 9000); // 90 % held back
+    const [a0, b0] = [a.instret, b.instret];
+    const ranA = () => a.instret - a0;
+    const ranB = () => b.instret - b0;
+    t.turns(400);
+    expect(ranA()).toBeGreaterThan(0); // held, never starved
+    expect(ranB()).toBeGreaterThan(3 * ranA());
+    // Alone (its mate paused), every turn after a slice finds it held: the thread sleeps until
+    // the hold ends, 9 slices long — bounded (the stub sleep returns at once).
+    b.request(Request.PAUSE);
+    t.turns(2);
+    const slept = t.sleeps.length;
+    t.turns(50);
+    const holds = t.sleeps.slice(slept);
+    expect(holds.length).toBeGreaterThan(0);
+    for (const h of holds) {
+      expect(h.words).toBe(1);
+      expect(h.timeoutMs).toBeGreaterThan(0);
+      expect(h.timeoutMs).toBeLessThan(1000);
+    }
+    // Released: it runs on the next turn, whatever hold it had.
+    Atomics.store(a.ctl, Ctl.THROTTLE, 0);
+    const a1 = a.instret;
+    t.turns(1);
+    expect(a.instret).toBeGreaterThan(a1);
+    const before = t.sleeps.length;
+    t.turns(20);
+    expect(t.sleeps.length).toBe(before); // never held again
+  });
 });

@@ -9,9 +9,10 @@
  *    save, input);
  * 2. look at the switchover slots of VMs in a migration (taken over here, or handed over);
  * 3. wake VMs whose WFI timer is due;
- * 4. run one slice of the next runnable VM — or, with none, a step of the thread's warm-up, or
- *    sleep: on the wake word and the slot words at once (sleep.ts), until the earliest WFI
- *    deadline or switchover timeout.
+ * 4. run one slice of the next runnable VM that its CPU throttle does not hold back
+ *    (throttle.ts) — or, with none, a step of the thread's warm-up, or sleep: on the wake word
+ *    and the slot words at once (sleep.ts), until the earliest WFI deadline, switchover timeout
+ *    or end of a throttle's hold.
  *
  * So a request reaches a VM within one slice of another VM (one `Atomics.load` of the wake word
  * per slice), a VM waiting in WFI, paused, created or powered off costs nothing until its timer
@@ -30,6 +31,7 @@ import {
 } from './protocol.js';
 import { futexSleep, type Sleep } from './sleep.js';
 import { SpareWarmUp, WARM_UP_STEP } from './spare.js';
+import { SliceThrottle } from './throttle.js';
 import { Timers } from './timers.js';
 import { Vcpu } from './vcpu.js';
 
@@ -68,6 +70,10 @@ export class Scheduler {
   private readonly timers = new Timers<Vcpu>();
   /** VMs with a switchover slot to look at. */
   private readonly watching = new Set<Vcpu>();
+  /** Each VM's CPU throttle (auto-converge). */
+  private readonly throttles = new Map<Vcpu, SliceThrottle>();
+  /** The earliest end of a hold that kept every runnable VM from the last pick (or Infinity). */
+  private heldUntil = Infinity;
   private wakeSeen = 0;
   private exited = false;
 
@@ -97,9 +103,11 @@ export class Scheduler {
     for (const v of this.watching) this.step(v, () => v.poll());
     const now = performance.now();
     if (now >= this.timers.next) this.wakeSleepers(now);
-    const v = this.pick();
+    const v = this.pick(now);
     if (v !== null) {
+      const t0 = performance.now();
       this.step(v, () => v.slice());
+      this.throttles.get(v)?.charge(t0, performance.now());
       return true;
     }
     if (this.warmUp()) return true;
@@ -143,6 +151,7 @@ export class Scheduler {
       return;
     }
     this.vcpus.set(id, v);
+    this.throttles.set(v, new SliceThrottle(init.control));
     Atomics.store(this.ctl, ThreadCtl.VMS, this.vcpus.size);
     this.update(v);
   }
@@ -186,6 +195,7 @@ export class Scheduler {
       Atomics.store(this.ctl, ThreadCtl.RUNNABLE, this.queue.length);
     }
     this.watching.delete(v);
+    this.throttles.delete(v);
     if (!this.vcpus.delete(v.id)) return;
     if (v.timer !== Infinity) this.timers.drop(v);
     Atomics.store(this.ctl, ThreadCtl.VMS, this.vcpus.size);
@@ -199,11 +209,21 @@ export class Scheduler {
     if (k < this.next) this.next--;
   }
 
-  /** The next runnable VM, round-robin, or null. */
-  private pick(): Vcpu | null {
-    if (this.queue.length === 0) return null;
-    if (this.next >= this.queue.length) this.next = 0;
-    return this.queue[this.next++]!;
+  /**
+   * The next runnable VM, round-robin, that no throttle holds at `now`; or null (then
+   * {@link heldUntil} says when a held one may run).
+   */
+  private pick(now: number): Vcpu | null {
+    this.heldUntil = Infinity;
+    const n = this.queue.length;
+    for (let k = 0; k < n; k++) {
+      if (this.next >= n) this.next = 0;
+      const v = this.queue[this.next++]!;
+      const until = this.throttles.get(v)?.heldUntil(now) ?? now;
+      if (until <= now) return v;
+      this.heldUntil = Math.min(this.heldUntil, until);
+    }
+    return null;
   }
 
   /** Wakes the VMs whose timer is due (entries of VMs woken since, or gone, are skipped). */
@@ -229,7 +249,7 @@ export class Scheduler {
 
   /** Sleeps until the wake word, a slot word, the earliest deadline, or the hush's next look. */
   private idle(now: number): void {
-    let until = this.timers.next;
+    let until = Math.min(this.timers.next, this.heldUntil);
     const words: SlotWord[] = [
       { buffer: this.deps.control, byteOffset: ThreadCtl.WAKE * 4, expected: this.wakeSeen },
     ];

@@ -513,6 +513,21 @@ export class Vm {
     });
   }
 
+  /**
+   * Throttles the vCPU (auto-converge): its thread holds it back for `units`/10000 of each
+   * period from its next slice on (0: full speed again, at once). Works in every state.
+   */
+  setCpuThrottle(units: number): void {
+    const u = units > 0 ? Math.min(9999, Math.round(units)) : 0;
+    if (this.gone || Atomics.exchange(this.ctl, Ctl.THROTTLE, u) === u) return;
+    this.worker.wake(); // a thread asleep until a hold ends looks again
+  }
+
+  /** The vCPU's throttle now, 1/10000 (see {@link Vm.setCpuThrottle}). */
+  get cpuThrottle(): number {
+    return Atomics.load(this.ctl, Ctl.THROTTLE);
+  }
+
   /** The index of the pool thread that runs the VM's vCPU. */
   get vcpuThread(): number {
     return this.worker.threadIndex;

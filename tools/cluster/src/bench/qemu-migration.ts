@@ -18,6 +18,10 @@ export interface QemuMigration {
   setupMs: number;
   downtimeMs: number;
   bytes: number;
+  /** Dirty syncs (`ram.dirty-sync-count`): the passes QEMU made. */
+  syncs: number;
+  /** The highest `cpu-throttle-percentage` seen while it ran (0: never throttled). */
+  maxThrottle: number;
 }
 
 /**
@@ -26,10 +30,20 @@ export interface QemuMigration {
  * @param opts.bypass x-ignore-shared (RAM is not sent)
  * @param opts.fill fill RAM with non-zero bytes first (through its file)
  * @param opts.maxBandwidth bytes/s, or undefined for QEMU's default (128 MiB/s)
+ * @param opts.kernel the guest ELF (default kvserver)
+ * @param opts.autoConverge turn QEMU's auto-converge on
+ * @param opts.giveUpMs cancel a migration still running after this long (status `cancelled`)
  */
 export async function qemuMigrate(
   sizeMiB: number,
-  opts: { bypass: boolean; fill: boolean; maxBandwidth?: number },
+  opts: {
+    bypass: boolean;
+    fill: boolean;
+    maxBandwidth?: number;
+    kernel?: string;
+    autoConverge?: boolean;
+    giveUpMs?: number;
+  },
 ): Promise<QemuMigration> {
   const dir = mkdtempSync('/dev/shm/handoff-qemu-bench-');
   const mem = join(dir, 'ram');
@@ -56,7 +70,7 @@ export async function qemuMigrate(
     const start = (name: string, extra: string[], path: string): string => {
       const qmp = join(dir, `${name}.qmp`);
       const args = [
-        ...['-M', 'virt', '-bios', 'none', '-kernel', KVSERVER],
+        ...['-M', 'virt', '-bios', 'none', '-kernel', opts.kernel ?? KVSERVER],
         ...['-cpu', 'rv32,f=off,d=off,c=off,h=off', '-m', `${sizeMiB}M`],
         ...['-object', `memory-backend-file,id=m0,size=${sizeMiB}M,mem-path=${path},share=on`],
         ...['-machine', 'memory-backend=m0', '-nographic', '-monitor', 'none', '-serial', 'null'],
@@ -71,8 +85,12 @@ export async function qemuMigrate(
       start('b', ['-incoming', `tcp:127.0.0.1:${port}`], opts.bypass ? mem : join(dir, 'ram-b')),
     );
     sessions.push(b);
-    if (opts.bypass) {
-      const caps = { capabilities: [{ capability: 'x-ignore-shared', state: true }] };
+    const on = [
+      ...(opts.bypass ? ['x-ignore-shared'] : []),
+      ...(opts.autoConverge === true ? ['auto-converge'] : []),
+    ];
+    if (on.length > 0) {
+      const caps = { capabilities: on.map((capability) => ({ capability, state: true })) };
       await a.cmd('migrate-set-capabilities', caps);
       await b.cmd('migrate-set-capabilities', caps);
     }
@@ -81,9 +99,21 @@ export async function qemuMigrate(
     }
     await new Promise((r) => setTimeout(r, 1000)); // the guest boots and idles, as in ours
     await a.cmd('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const giveUpAt = performance.now() + (opts.giveUpMs ?? Infinity);
+    let maxThrottle = 0;
+    let cancelled = false;
+    /** The last answer while it ran: a cancelled migration's answer has no statistics. */
+    let running: Record<string, unknown> = {};
     for (;;) {
-      const info = await a.cmd('query-migrate');
-      const status = String(info.status);
+      const answer = await a.cmd('query-migrate');
+      const status = String(answer.status);
+      if (status === 'active') running = answer;
+      const info = status === 'cancelled' ? running : answer;
+      maxThrottle = Math.max(maxThrottle, Number(info['cpu-throttle-percentage'] ?? 0));
+      if (!cancelled && performance.now() > giveUpAt) {
+        cancelled = true;
+        await a.cmd('migrate_cancel');
+      }
       if (status === 'completed' || status === 'failed' || status === 'cancelled') {
         const ram = (info.ram ?? {}) as Record<string, number>;
         return {
@@ -92,6 +122,8 @@ export async function qemuMigrate(
           setupMs: Number(info['setup-time'] ?? 0),
           downtimeMs: Number(info.downtime ?? 0),
           bytes: ram.transferred ?? 0,
+          syncs: ram['dirty-sync-count'] ?? 0,
+          maxThrottle,
         };
       }
       await new Promise((r) => setTimeout(r, 5));

@@ -372,7 +372,15 @@ export interface MigrationInfo {
     | MigrationRoute
     | undefined;
   /** When its milestones were reached; absent until the source's vCPU stopped. */
-  timeline: MigrationTimeline | undefined;
+  timeline:
+    | MigrationTimeline
+    | undefined;
+  /**
+   * The share of the guest's vCPU time auto-converge takes away, percent (0: not throttled).
+   * Up to 99.99 (QEMU stops at 99). A finished migration reports the highest it reached; the
+   * guest runs at full speed again once the migration ended, whichever way.
+   */
+  cpuThrottlePercentage: number;
 }
 
 /** How a migration travelled (Handoff's own; QEMU reports nothing like it). */
@@ -914,6 +922,7 @@ function createBaseMigrationInfo(): MigrationInfo {
     deviceBytes: 0n,
     route: undefined,
     timeline: undefined,
+    cpuThrottlePercentage: 0,
   };
 }
 
@@ -966,6 +975,9 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     }
     if (message.timeline !== undefined) {
       MigrationTimeline.encode(message.timeline, writer.uint32(90).fork()).join();
+    }
+    if (message.cpuThrottlePercentage !== 0) {
+      writer.uint32(97).double(message.cpuThrottlePercentage);
     }
     return writer;
   },
@@ -1071,6 +1083,14 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
             message.timeline = MigrationTimeline.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.cpuThrottlePercentage = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1120,6 +1140,11 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
         : 0n,
       route: isSet(object.route) ? MigrationRoute.fromJSON(object.route) : undefined,
       timeline: isSet(object.timeline) ? MigrationTimeline.fromJSON(object.timeline) : undefined,
+      cpuThrottlePercentage: isSet(object.cpuThrottlePercentage)
+        ? globalThis.Number(object.cpuThrottlePercentage)
+        : isSet(object.cpu_throttle_percentage)
+        ? globalThis.Number(object.cpu_throttle_percentage)
+        : 0,
     };
   },
 
@@ -1158,6 +1183,9 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     if (message.timeline !== undefined) {
       obj.timeline = MigrationTimeline.toJSON(message.timeline);
     }
+    if (message.cpuThrottlePercentage !== 0) {
+      obj.cpuThrottlePercentage = floatToJson(message.cpuThrottlePercentage);
+    }
     return obj;
   },
 
@@ -1191,6 +1219,7 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     message.timeline = (object.timeline !== undefined && object.timeline !== null)
       ? MigrationTimeline.fromPartial(object.timeline)
       : undefined;
+    message.cpuThrottlePercentage = object.cpuThrottlePercentage ?? 0;
     return message;
   },
 };
