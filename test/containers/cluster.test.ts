@@ -1,0 +1,213 @@
+/**
+ * The container images and the compose topology, end to end: the image built from this
+ * checkout, memstore, migrator, vmm-a and vmm-b each in its own container (host networking,
+ * one shared tmpfs at /dev/shm), driven by vmctl from the host. Skipped, saying why, where no
+ * Docker engine answers.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { vmctlBin, vmctlRunner } from '../helpers/vmctl.js';
+import { checkDockerEngine } from './engine.js';
+import { buildServiceImage, killContainer } from './images.js';
+import { startContainerCluster, type ContainerCluster } from './topology.js';
+
+const engine = await checkDockerEngine();
+if (!engine.ok) {
+  process.stdout.write(`\ncontainer suite skipped: ${engine.reason}\n\n`);
+}
+
+/** Keys the kvserver guest is given before the hand-off and must answer after it. */
+const KEYS = { colour: 'blue', shape: 'round', n42: String(42) };
+
+describe.skipIf(!engine.ok)(
+  `the cluster in containers${engine.ok ? '' : ` (skipped: ${engine.reason})`}`,
+  () => {
+    let cluster: ContainerCluster | undefined;
+    const c = (): ContainerCluster => {
+      if (cluster === undefined) throw new Error('the container cluster did not start');
+      return cluster;
+    };
+    const vmctl = vmctlRunner(() => ({
+      HANDOFF_TLS_DIR: c().tlsDir,
+      HANDOFF_MEMSTORE_ADDR: c().memstore.address,
+      HANDOFF_MIGRATOR_ADDR: c().migrator.address,
+    }));
+
+    /** Pipes lines into `vmctl vm console NAME` and returns what the guest answered. */
+    const consoleLines = (name: string, lines: string[]): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [vmctlBin, 'vm', 'console', name], {
+          env: {
+            ...process.env,
+            HANDOFF_TLS_DIR: c().tlsDir,
+            HANDOFF_MEMSTORE_ADDR: c().memstore.address,
+            HANDOFF_MIGRATOR_ADDR: c().migrator.address,
+          },
+          stdio: ['pipe', 'pipe', 'pipe'],
+        });
+        let out = '';
+        let err = '';
+        child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+        child.on('error', reject);
+        child.on('close', (code) =>
+          code === 0 ? resolve(out) : reject(new Error(`vmctl vm console ${name}: ${code} ${err}`)),
+        );
+        child.stdin.end(lines.map((l) => `${l}\n`).join(''));
+      });
+
+    /** Asks kvserver for every key until it answers (it builds its table first, ≈10 s). */
+    const getAll = async (name: string, deadlineMs = 60_000): Promise<Record<string, string>> => {
+      const until = Date.now() + deadlineMs;
+      for (;;) {
+        const out = await consoleLines(
+          name,
+          Object.keys(KEYS).map((k) => `GET ${k}`),
+        );
+        const values = [...out.matchAll(/^VALUE (\S+)$/gm)].map((m) => m[1]!);
+        if (values.length === Object.keys(KEYS).length || Date.now() > until) {
+          return Object.fromEntries(Object.keys(KEYS).map((k, i) => [k, values[i] ?? '']));
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    };
+
+    beforeAll(async () => {
+      await buildServiceImage();
+      cluster = await startContainerCluster(randomBytes(4).toString('hex'));
+    }, 20 * 60_000);
+
+    afterAll(async () => {
+      await cluster?.stop();
+    }, 120_000);
+
+    it('serves from four containers that vmctl on the host reaches with mutual TLS', async () => {
+      const status = await vmctl.run('status');
+      expect(status.code, status.stderr).toBe(0);
+      expect(status.stdout).toMatch(/vmm-a\s+127\.0\.0\.1:\d+\s+SERVING/);
+      expect(status.stdout).toMatch(/vmm-b\s+127\.0\.0\.1:\d+\s+SERVING/);
+      // The services run as the unprivileged user, not root.
+      const id = await c().memstore.container.exec(['id', '-u']);
+      expect(id.output.trim()).toBe(c().user.split(':')[0]);
+      expect(id.output.trim()).not.toBe('0');
+    });
+
+    it(
+      'live-updates a shared-RAM VM from the vmm-a container to vmm-b by reference, and it ' +
+        'keeps answering after the vmm-a container is killed',
+      async () => {
+        const created = await vmctl.run(
+          'vm',
+          'create',
+          'kv',
+          '--guest',
+          'kvserver',
+          '--memory',
+          '64M',
+          '--shared',
+          '--vmm',
+          'vmm-a',
+        );
+        expect(created.code, created.stderr).toBe(0);
+        await getAll('kv'); // the table is built: PUTs are served from now on
+        const put = await consoleLines(
+          'kv',
+          Object.entries(KEYS).map(([k, v]) => `PUT ${k} ${v}`),
+        );
+        expect(put.match(/^OK$/gm)?.length).toBe(Object.keys(KEYS).length);
+
+        const update = await vmctl.json<{ job: LiveUpdateJob }>(
+          'live-update',
+          '--from',
+          'vmm-a',
+          '--to',
+          'vmm-b',
+        );
+        expect(update.job.status).toBe('completed');
+        const ram = update.job.info.ram;
+        expect(ram['bypassed-bytes']).toBe(64 * 1024 * 1024);
+        expect(ram.transferred).toBe(0);
+        const child = await vmctl.json<{
+          job: { info: { route?: { transport: string; 'lease-move': string } } };
+        }>('jobs', 'show', update.job.children[0]!);
+        // The vCPU threads of the two containers met in a slot of the shared tmpfs.
+        expect(child.job.info.route).toMatchObject({
+          transport: 'switchover-slot',
+          'lease-move': 'armed',
+        });
+
+        await killContainer(c().vmms['vmm-a'].container.getId());
+        expect(await getAll('kv')).toEqual(KEYS);
+        const list = await vmctl.json<{ vms: { name: string; vmm: string; state: string }[] }>(
+          'vm',
+          'list',
+          '--vmm',
+          'vmm-b',
+        );
+        expect(list.vms).toContainEqual(
+          expect.objectContaining({ name: 'kv', vmm: 'vmm-b', state: 'running' }),
+        );
+      },
+      240_000,
+    );
+
+    it('keeps every region when the memstore container stops and starts again', async () => {
+      type Listing = { regions: { name: string; id: string; holder?: string; epoch?: string }[] };
+      const before = await vmctl.json<Listing>('region', 'list');
+      expect(before.regions.length).toBeGreaterThan(0);
+      await c().memstore.container.restart({ timeout: 10_000 });
+      const after = await vmctl.json<Listing>('region', 'list');
+      expect(after.regions.map((r) => r.id).sort()).toEqual(before.regions.map((r) => r.id).sort());
+      // The VM's memory is the file memstore hands out: it still answers with its keys.
+      expect(await getAll('kv')).toEqual(KEYS);
+    }, 120_000);
+
+    it('keeps a hostile client in its own container away from the services and their files', async () => {
+      const [uid] = c().user.split(':');
+      const ca = readFileSync(join(c().tlsDir, 'ca.pem'), 'utf8');
+      const probe = await c()
+        .container()
+        .withName(`handoff-hostile-${randomBytes(3).toString('hex')}`)
+        .withUser('20002:20002')
+        .withBindMounts([{ source: c().shmDir, target: '/dev/shm', mode: 'rw' }])
+        .withCopyContentToContainer([{ content: ca, target: '/tmp/real-ca.pem', mode: 0o644 }])
+        .withEntrypoint(['sleep', 'infinity'])
+        .start();
+      try {
+        const sh = (script: string) => probe.exec(['sh', '-c', script]);
+        // The shared memory folder is the services' user's (0700): not even listed.
+        const ls = await sh(`ls /dev/shm/handoff-${uid} 2>&1`);
+        expect(ls.exitCode).not.toBe(0);
+        expect(ls.output).toMatch(/Permission denied/);
+        // Its own pid namespace: no process of another container is there to read.
+        const procs = await sh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '");
+        expect(procs.output).not.toMatch(/memstore|vmm|migrator/);
+        // Its own CA's operator certificate, trusting the real CA: the services refuse it.
+        const call = await sh(
+          'handoff-pki --dir /tmp/own >/dev/null && cp /tmp/real-ca.pem /tmp/own/ca.pem && ' +
+            `HANDOFF_TLS_DIR=/tmp/own vmctl region list --memstore ${c().memstore.address} ` +
+            `--migrator ${c().migrator.address} 2>&1`,
+        );
+        expect(call.exitCode).not.toBe(0);
+        expect(call.output).not.toMatch(/kv-ram0/);
+        // Health is public by design (probes): the same container sees the service serving.
+        const health = await sh(
+          `handoff-health-probe --ca=/tmp/real-ca.pem ${c().memstore.address}`,
+        );
+        expect(health.exitCode, health.output).toBe(0);
+      } finally {
+        await probe.stop({ timeout: 0 });
+      }
+    }, 120_000);
+  },
+);
+
+/** The parts of `vmctl live-update --output json` the suite reads. */
+interface LiveUpdateJob {
+  status: string;
+  children: string[];
+  info: { ram: { 'bypassed-bytes': number; transferred: number } };
+}
