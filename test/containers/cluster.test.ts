@@ -141,15 +141,14 @@ describe.skipIf(!engine.ok)(
 
         await killContainer(c().vmms['vmm-a'].container.getId());
         expect(await getAll('kv')).toEqual(KEYS);
-        const list = await vmctl.json<{ vms: { name: string; vmm: string; state: string }[] }>(
+        const shown = await vmctl.json<{ vm: { name: string; vmm: string; state: string } }>(
           'vm',
-          'list',
+          'show',
+          'kv',
           '--vmm',
           'vmm-b',
         );
-        expect(list.vms).toContainEqual(
-          expect.objectContaining({ name: 'kv', vmm: 'vmm-b', state: 'running' }),
-        );
+        expect(shown.vm).toMatchObject({ name: 'kv', vmm: 'vmm-b', state: 'running' });
       },
       240_000,
     );
