@@ -1,8 +1,11 @@
 import {
   createLogger,
   loadTls,
+  ServiceMetrics,
+  startMetricsServer,
   startServer,
   type Logger,
+  type MetricsServer,
   type RunningServer,
 } from '@handoff/service';
 import {
@@ -19,6 +22,7 @@ import {
   type MemstoreSettings,
 } from './config.js';
 import { openMemstore, type Memstore } from './memstore.js';
+import { registerMemstoreMetrics } from './metrics.js';
 
 /** A running memstore service. */
 export interface MemstoreHandle {
@@ -30,6 +34,8 @@ export interface MemstoreHandle {
   readonly memstore: Memstore;
   /** The lease channel (unix socket), or null when disabled (`--lease-socket off`). */
   readonly leaseChannel: LeaseChannelServer | null;
+  /** host:port of the metrics endpoint, or null without `--metrics-port`. */
+  readonly metricsAddress: string | null;
   /**
    * Graceful stop: NOT_SERVING, close the lease channel (removing its socket), drain calls
    * (forced after the timeout), close the catalog. Idempotent.
@@ -40,8 +46,8 @@ export interface MemstoreHandle {
 /**
  * Starts the memstore: its TLS material (or `--insecure`), directories, catalog,
  * reconciliation, then the lease channel (unless disabled) and the gRPC server
- * (MemstoreService + health + reflection; GetInfo reports the channel's path). Nothing is
- * served before reconciliation finished. Without a logger, logs are discarded.
+ * (MemstoreService + health + reflection; GetInfo reports the channel's path), and its metrics
+ * when `--metrics-port` is set. Nothing is served before reconciliation finished. Without a logger, logs are discarded.
  */
 export async function startMemstore(
   config: MemstoreConfig,
@@ -52,8 +58,20 @@ export async function startMemstore(
   const tls = loadTls(config, 'memstore', { role: 'memstore' });
   const memstore = openMemstore(settings, log);
   let leaseChannel: LeaseChannelServer | null = null;
+  let metricsServer: MetricsServer | null = null;
   let server: RunningServer;
   try {
+    const metrics = config['metrics-port'] > 0 ? new ServiceMetrics('memstore') : null;
+    if (metrics !== null) {
+      registerMemstoreMetrics(metrics.registry, memstore);
+      metricsServer = await startMetricsServer({
+        name: 'memstore',
+        host: settings.host,
+        port: config['metrics-port'],
+        metrics,
+        logger: log,
+      });
+    }
     if (settings.leaseSocket !== null) {
       leaseChannel = await startLeaseChannelOrNot(memstore, settings, log);
     }
@@ -64,12 +82,14 @@ export async function startMemstore(
       logger: log,
       tls,
       shutdownTimeoutMs: settings.shutdownTimeoutMs,
+      metrics,
       services: [
         memstoreService({ memstore, logger: log, leaseChannel: leaseChannel?.path ?? '' }),
       ],
     });
   } catch (err) {
     await leaseChannel?.close();
+    await metricsServer?.close();
     memstore.close();
     throw err;
   }
@@ -80,8 +100,13 @@ export async function startMemstore(
     server,
     memstore,
     leaseChannel,
+    metricsAddress: metricsServer?.address ?? null,
     stop: (reason = 'stop requested') => {
-      stopped ??= Promise.all([server.shutdown(reason), leaseChannel?.close()]).then(() => {
+      stopped ??= Promise.all([
+        server.shutdown(reason),
+        leaseChannel?.close(),
+        metricsServer?.close(),
+      ]).then(() => {
         memstore.close();
         log.info('catalog closed');
       });

@@ -1,8 +1,11 @@
 import {
   channelCredentials,
   loadTls,
+  ServiceMetrics,
+  startMetricsServer,
   startServer,
   type Logger,
+  type MetricsServer,
   type RunningServer,
 } from '@handoff/service';
 import { migratorService } from './api/migrator-service.js';
@@ -10,6 +13,7 @@ import type { MigratorConfig } from './config.js';
 import { JobManager } from './jobs/job-manager.js';
 import { JobJournal } from './jobs/journal.js';
 import type { Job } from './jobs/job.js';
+import { MigratorMetrics } from './metrics.js';
 import { VmmRegistry } from './registry/vmm-registry.js';
 
 /** A running migrator. */
@@ -18,6 +22,10 @@ export interface Migrator {
   readonly server: RunningServer;
   readonly registry: VmmRegistry;
   readonly jobs: JobManager;
+  /** The metrics endpoint, or null without `--metrics-port`. */
+  readonly metricsServer: MetricsServer | null;
+  /** host:port of the metrics endpoint, or null. */
+  readonly metricsAddress: string | null;
   stop(reason?: string): Promise<void>;
 }
 
@@ -25,7 +33,7 @@ export interface Migrator {
  * Starts the migrator: reads its TLS material (or `--insecure`), opens the job journal (when
  * `--state-dir` is set), starts resolving the jobs a previous run left in flight (cancelled at
  * both ends, then ended with where the VM really is), then serves health, reflection and
- * MigratorService.
+ * MigratorService, and its metrics when `--metrics-port` is set.
  */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
   const tls = loadTls(config, 'migrator', { role: 'migrator' });
@@ -39,7 +47,15 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
   } else {
     logger.warn('no --state-dir: jobs are kept in memory only and a restart forgets them');
   }
-  const jobs = new JobManager({
+  const metrics = config['metrics-port'] > 0 ? new ServiceMetrics('migrator') : null;
+  const migratorMetrics =
+    metrics &&
+    new MigratorMetrics(metrics.registry, {
+      unfinishedJobs: () => jobs.list(false),
+      vmms: () => registry.list(),
+    });
+  const jobs: JobManager = new JobManager({
+    ...(migratorMetrics ? { onJobEnded: (job: Job) => migratorMetrics.jobEnded(job) } : {}),
     logger,
     registry,
     journal,
@@ -51,31 +67,53 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     memstoreAddress: config.memstore,
     memstoreCredentials: channelCredentials(tls, { serverRole: 'memstore' }),
   });
+  const metricsServer =
+    metrics &&
+    (await startMetricsServer({
+      name: 'migrator',
+      host: config.host,
+      port: config['metrics-port'],
+      metrics,
+      logger,
+    }).catch(async (err: unknown) => {
+      await jobs.close();
+      throw err;
+    }));
   jobs.recover();
-  const server = await startServer({
-    name: 'migrator',
-    host: config.host,
-    port: config.port,
-    logger,
-    tls,
-    shutdownTimeoutMs: config['shutdown-timeout-ms'],
-    services: [
-      migratorService({
-        logger,
-        registry,
-        jobs,
-        heartbeatIntervalMs: config['heartbeat-interval-ms'],
-      }),
-    ],
-  });
+  let server: RunningServer;
+  try {
+    server = await startServer({
+      name: 'migrator',
+      host: config.host,
+      port: config.port,
+      logger,
+      tls,
+      metrics,
+      shutdownTimeoutMs: config['shutdown-timeout-ms'],
+      services: [
+        migratorService({
+          logger,
+          registry,
+          jobs,
+          heartbeatIntervalMs: config['heartbeat-interval-ms'],
+        }),
+      ],
+    });
+  } catch (err) {
+    await metricsServer?.close();
+    throw err;
+  }
   return {
     address: server.address,
     server,
     registry,
     jobs,
+    metricsServer,
+    metricsAddress: metricsServer?.address ?? null,
     stop: async (reason) => {
       await server.shutdown(reason);
       await jobs.close();
+      await metricsServer?.close();
     },
   };
 }

@@ -7,9 +7,12 @@ import {
   ensurePrivateDirectory,
   loadTls,
   parseByteSize,
+  ServiceMetrics,
+  startMetricsServer,
   startServer,
   ServiceError,
   type Logger,
+  type MetricsServer,
   type RunningServer,
 } from '@handoff/service';
 import { vmmServices } from './api/vmm-service.js';
@@ -19,6 +22,7 @@ import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './model/limits.js';
+import { registerVmmMetrics } from './metrics.js';
 
 /** A running vmm instance. */
 export interface Vmm {
@@ -26,6 +30,8 @@ export interface Vmm {
   readonly address: string;
   readonly server: RunningServer;
   readonly host: VmHost;
+  /** host:port of the metrics endpoint, or null without `--metrics-port`. */
+  readonly metricsAddress: string | null;
   stop(reason?: string): Promise<void>;
 }
 
@@ -121,7 +127,8 @@ function isDirectory(path: string): boolean {
 }
 
 /**
- * Starts a vmm instance: the VM host, its gRPC services, then registration with the migrator.
+ * Starts a vmm instance: the VM host, its metrics (with `--metrics-port`), its gRPC services,
+ * then registration with the migrator.
  * Stopping it destroys its VMs (releasing leases and clone attachments) after the server is down.
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
@@ -158,7 +165,19 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
   const migrations = new MigrationManager(host, logger, switchoverDir, tls);
   let advertised = '';
   let server: RunningServer;
+  let metricsServer: MetricsServer | null = null;
+  const metrics = config['metrics-port'] > 0 ? new ServiceMetrics('vmm') : null;
   try {
+    if (metrics !== null) {
+      registerVmmMetrics(metrics.registry, host, migrations);
+      metricsServer = await startMetricsServer({
+        name: `vmm ${config.id}`,
+        host: config.host,
+        port: config['metrics-port'],
+        metrics,
+        logger,
+      });
+    }
     const data = dataChannelOf(config);
     if (data !== '') {
       await migrations.listenData(data, {
@@ -171,6 +190,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       port: config.port,
       logger,
       tls,
+      metrics,
       shutdownTimeoutMs: config['shutdown-timeout-ms'],
       services: vmmServices({
         logger,
@@ -183,6 +203,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       receiveWindowBytes: 8 * 1024 * 1024,
     });
   } catch (err) {
+    await metricsServer?.close();
     await migrations.close();
     await host.close();
     throw err;
@@ -207,6 +228,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     address: server.address,
     server,
     host,
+    metricsAddress: metricsServer?.address ?? null,
     stop: async (reason) => {
       stopHeartbeat();
       // Open consoles and watches end when their VMs are destroyed, so the server can drain.
@@ -214,6 +236,7 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
       await migrations.close();
       await host.close();
       await down;
+      await metricsServer?.close();
     },
   };
 }

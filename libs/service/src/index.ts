@@ -18,6 +18,7 @@ export * from './units.js';
 export * from './frames.js';
 export * from './events.js';
 export * from './process.js';
+export * from './metrics/index.js';
 export * from './trust/identity.js';
 export * from './trust/access.js';
 export * from './trust/credentials.js';

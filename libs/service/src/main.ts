@@ -21,6 +21,15 @@ export function commonOptions(defaultPort: number) {
       max: 65535,
       description: 'TCP port to listen on; 0 picks a free port (see --ready-file)',
     },
+    'metrics-port': {
+      type: 'number',
+      default: 0,
+      min: 0,
+      max: 65535,
+      description:
+        'serve Prometheus metrics over plain HTTP at http://<host>:<port>/metrics (same host as ' +
+        '--host); 0 = no metrics server',
+    },
     'log-level': {
       type: 'string',
       default: 'info',
@@ -58,6 +67,8 @@ export type CommonConfig = ConfigOf<ReturnType<typeof commonOptions>>;
 /** A started service as main() sees it. */
 export interface StartedService {
   address: string;
+  /** host:port of its metrics endpoint, or null when it serves none (`--metrics-port 0`). */
+  metricsAddress?: string | null;
   stop(reason: string): Promise<void>;
 }
 
@@ -118,6 +129,7 @@ export async function serviceMain<S extends ConfigSpec>(def: {
       address: started.address,
       pid: process.pid,
       version: HANDOFF_VERSION,
+      ...(started.metricsAddress ? { metrics: started.metricsAddress } : {}),
     });
   }
 }

@@ -50,6 +50,8 @@ export interface ServiceProcess {
   readonly name: string;
   /** host:port its gRPC server listens on, from the ready file. */
   readonly address: string;
+  /** host:port of its metrics endpoint (`GET /metrics`), or null when it serves none. */
+  readonly metricsAddress: string | null;
   readonly pid: number;
   readonly child: ChildProcess;
   /** Resolves with the exit code (null when a signal ended it) once the process is gone. */
@@ -133,6 +135,7 @@ export async function startServiceProcess(opts: ServiceProcessOptions): Promise<
     return {
       name: opts.name,
       address: info.address,
+      metricsAddress: info.metrics ?? null,
       pid: info.pid,
       child,
       exited,

@@ -7,6 +7,8 @@ export interface ReadyInfo {
   address: string;
   pid: number;
   version: string;
+  /** host:port of its metrics endpoint (`GET /metrics`); absent when it serves none. */
+  metrics?: string;
 }
 
 /**

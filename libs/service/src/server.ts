@@ -7,6 +7,7 @@ import type * as http2 from 'node:http2';
 import { descriptorSetPath } from '@handoff/proto';
 import { ServiceError, toGrpcError } from './errors.js';
 import type { Logger } from './logger.js';
+import type { ServiceMetrics } from './metrics/registry.js';
 import { ANY_ROLE, guardImplementation, type AccessTable } from './trust/access.js';
 import { serverCredentials } from './trust/credentials.js';
 import type { TlsMaterial } from './trust/material.js';
@@ -53,6 +54,12 @@ export interface ServerOptions {
    * every 64 KiB; grpc-js has no server option for it, so it is set on each new session.
    */
   receiveWindowBytes?: number;
+  /**
+   * Where to count the server's calls (`handoff_grpc_server_calls_total` and the latency
+   * histogram): every call of a registered method, refused ones included. Null or absent
+   * counts nothing.
+   */
+  metrics?: ServiceMetrics | null;
 }
 
 /** A started server. */
@@ -97,6 +104,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.keepalive_permit_without_calls': 1,
+    // Runs for every call before the access check and the handler, so it sees all of them.
+    interceptors: opts.metrics ? [opts.metrics.grpc.interceptor()] : [],
   });
   const names = opts.services.map((s) => s.name);
   const health = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });

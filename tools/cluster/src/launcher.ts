@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServiceProcess, type ServiceProcess } from '@handoff/service';
@@ -23,6 +24,11 @@ export interface ClusterOptions {
   volatileDir?: string;
   /** Fixed ports, or 0 everywhere to pick free ones (tests). */
   ports: { memstore: number; migrator: number; vmms: Record<string, number> };
+  /**
+   * Metrics ports (`--metrics-port`) by service, the same shape as `ports`; 0 picks a free port
+   * once, kept across restarts. Absent: no service serves metrics.
+   */
+  metricsPorts?: { memstore: number; migrator: number; vmms: Record<string, number> };
   host?: string;
   logFormat?: 'json' | 'pretty';
   logLevel?: string;
@@ -52,6 +58,11 @@ export interface Cluster {
   memstore: string;
   migrator: string;
   vmms: Record<string, string>;
+  /**
+   * Where to scrape each service's Prometheus metrics (`http://<address>/metrics`), by name
+   * (memstore, migrator, vmm-a, ...); empty without {@link ClusterOptions.metricsPorts}.
+   */
+  metrics: Record<string, string>;
   /** The PKI folder (`ca.pem`, `operator.pem`, ...), or null for an `insecure` cluster. */
   tlsDir: string | null;
   /** The processes serving now (a service being restarted is missing until it serves again). */
@@ -139,6 +150,10 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       throw new ClusterError(`${(err as Error).message}; see its log above`, { cause: err });
     });
 
+  /** `--metrics-port` for a service, when the cluster serves metrics (a free one for 0). */
+  const metricsArgs = async (port: number | undefined): Promise<string[]> =>
+    port === undefined ? [] : ['--metrics-port', String(port === 0 ? await freePort(host) : port)];
+
   /** Starts a service under supervision: restarts bind the port its first start got. */
   const start = (spec: ServiceSpec, port: number): Promise<ServiceProcess> => {
     const svc = new SupervisedService(
@@ -173,6 +188,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
             '--persistent-dir',
             join(opts.stateDir, 'memstore', 'regions'),
             ...(opts.volatileDir !== undefined ? ['--volatile-dir', opts.volatileDir] : []),
+            ...(await metricsArgs(opts.metricsPorts?.memstore)),
           ],
         },
         opts.ports.memstore,
@@ -183,13 +199,22 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         {
           name: 'migrator',
           app: 'migrator',
-          args: ['--state-dir', join(opts.stateDir, 'migrator'), '--memstore', memstore!.address],
+          args: [
+            '--state-dir',
+            join(opts.stateDir, 'migrator'),
+            '--memstore',
+            memstore!.address,
+            ...(await metricsArgs(opts.metricsPorts?.migrator)),
+          ],
         },
         opts.ports.migrator,
       ),
     ]);
+    const vmmMetrics = await Promise.all(
+      Object.keys(opts.ports.vmms).map((id) => metricsArgs(opts.metricsPorts?.vmms[id])),
+    );
     const vmmList = await allStarted(
-      Object.entries(opts.ports.vmms).map(([id, port]) =>
+      Object.entries(opts.ports.vmms).map(([id, port], i) =>
         start(
           {
             name: id,
@@ -202,6 +227,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
               '--memstore',
               memstore!.address,
               ...(opts.guestDir !== undefined ? ['--guest-dir', opts.guestDir] : []),
+              ...vmmMetrics[i]!,
             ],
           },
           port,
@@ -209,10 +235,16 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       ),
     );
     const vmms = Object.fromEntries(vmmList.map((v) => [v.name, v.address]));
+    const metrics = Object.fromEntries(
+      [memstore!, migrator!, ...vmmList].flatMap((p) =>
+        p.metricsAddress === null ? [] : [[p.name, p.metricsAddress]],
+      ),
+    );
     return {
       memstore: memstore!.address,
       migrator: migrator!.address,
       vmms,
+      metrics,
       tlsDir,
       get services() {
         return supervised.flatMap((s) => (s.current === null ? [] : [s.current]));
@@ -234,4 +266,19 @@ async function allStarted(starts: Promise<ServiceProcess>[]): Promise<ServicePro
   const failed = settled.find((s) => s.status === 'rejected');
   if (failed !== undefined) throw failed.reason;
   return settled.map((s) => (s as PromiseFulfilledResult<ServiceProcess>).value);
+}
+
+/**
+ * A TCP port free on `host` now (the kernel picks it; closed again before it is returned, so
+ * another process could take it first — the service's start then fails and says so).
+ */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, host, () => {
+      const a = server.address();
+      server.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0));
+    });
+  });
 }

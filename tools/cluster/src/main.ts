@@ -22,6 +22,11 @@ Options:
   --volatile-dir <dir>  tmpfs directory for volatile regions (default: memstore's /dev/shm/handoff-<uid>)
   --base-port <port>    migrator port; memstore +100, vmm-a +201, vmm-b +202 (default: 7000);
                         0: free ports, printed once the cluster is up
+                        Each service also serves Prometheus metrics over plain HTTP on its
+                        port + 1000 (migrator 8000, memstore 8100, vmm-a 8201, vmm-b 8202);
+                        with --base-port 0 on free ports. The addresses are printed once the
+                        cluster is up; scrape http://ADDRESS/metrics (docs/metrics.md)
+  --no-metrics          serve no metrics
   --guest-dir <dir>     folder the vmm instances read guest ELFs from besides the built-ins
                         (vmctl vm create --guest NAME-IN-DIR); default: built-in guests only
   --no-restart          leave a service that dies down instead of restarting it
@@ -40,6 +45,7 @@ const { values } = parseArgs({
     'base-port': { type: 'string' },
     'guest-dir': { type: 'string' },
     'no-restart': { type: 'boolean' },
+    'no-metrics': { type: 'boolean' },
     'log-format': { type: 'string' },
     'log-level': { type: 'string' },
     insecure: { type: 'boolean' },
@@ -51,14 +57,19 @@ if (values.help) {
   process.stdout.write(usage);
   process.exit(0);
 }
+/** Metrics ports are the service ports + this. */
+const METRICS_OFFSET = 1000;
 const base = Number(values['base-port'] ?? 7000);
-if (!Number.isInteger(base) || base < 0 || base > 65000) {
+const highestBase = 65535 - METRICS_OFFSET - 202;
+if (!Number.isInteger(base) || base < 0 || base > highestBase) {
   process.stderr.write(
-    `--base-port ${values['base-port']} is not a port number (up to 65000), or 0 for free ports\n`,
+    `--base-port ${values['base-port']} is not a port number up to ${highestBase} (the metrics ` +
+      'ports go up to base + 1202), or 0 for free ports\n',
   );
   process.exit(2);
 }
 const port = (offset: number): number => (base === 0 ? 0 : base + offset);
+const metricsPort = (offset: number): number => (base === 0 ? 0 : base + METRICS_OFFSET + offset);
 const guestDir = values['guest-dir'] === undefined ? undefined : resolve(values['guest-dir']);
 const tty = process.stdout.isTTY === true;
 const logFormat = (values['log-format'] ?? (tty ? 'pretty' : 'json')) as 'pretty' | 'json';
@@ -74,6 +85,15 @@ const cluster = await startCluster({
     memstore: port(100),
     vmms: { 'vmm-a': port(201), 'vmm-b': port(202) },
   },
+  ...(values['no-metrics'] === true
+    ? {}
+    : {
+        metricsPorts: {
+          migrator: metricsPort(0),
+          memstore: metricsPort(100),
+          vmms: { 'vmm-a': metricsPort(201), 'vmm-b': metricsPort(202) },
+        },
+      }),
   ...(guestDir !== undefined ? { guestDir } : {}),
   ...(values['no-restart'] === true ? { restart: null } : {}),
   logFormat,
@@ -100,6 +120,13 @@ process.stdout.write(
     `  ${pad('migrator')}${cluster.migrator}`,
     ...Object.entries(cluster.vmms).map(([id, a]) => `  ${pad(id)}${a}`),
     '',
+    ...(Object.keys(cluster.metrics).length === 0
+      ? []
+      : [
+          'Prometheus metrics (plain HTTP, docs/metrics.md):',
+          ...Object.entries(cluster.metrics).map(([id, a]) => `  ${pad(id)}http://${a}/metrics`),
+          '',
+        ]),
     cluster.tlsDir === null
       ? 'Plaintext (--insecure): run vmctl with --insecure or HANDOFF_INSECURE=1.'
       : `Mutual TLS: the CA and certificates are in ${cluster.tlsDir} (vmctl finds operator.pem there).`,

@@ -32,6 +32,7 @@ function fakeProcess(address: string): FakeProcess {
   return {
     name: 'svc',
     address,
+    metricsAddress: null,
     pid: pids++,
     child,
     exited: Promise.resolve(0),

@@ -106,6 +106,8 @@ export interface JobManagerOptions {
   memstoreAddress?: string;
   /** Credentials of the default {@link JobManagerOptions.leases} (default: plaintext). */
   memstoreCredentials?: ChannelCredentials;
+  /** Called once with each job as it ends (metrics); must not throw. */
+  onJobEnded?: (job: Job) => void;
 }
 
 /** Called with a job snapshot after every change. */
@@ -1014,8 +1016,10 @@ export class JobManager {
       const { errorDesc: _drop, ...rest } = info;
       patch = { ...patch, info: rest };
     }
+    const wasFinished = isFinished(live.job);
     live.job = { ...live.job, ...patch };
     if (persist) this.persist(live.job, isFinished(live.job));
+    if (!wasFinished && isFinished(live.job)) this.opts.onJobEnded?.(live.job);
     for (const fn of [...(this.listeners.get(live.job.id) ?? [])]) {
       try {
         fn(live.job);

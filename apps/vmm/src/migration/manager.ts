@@ -54,6 +54,11 @@ export class MigrationManager {
   /** One channel per target address, kept connected between migrations. */
   private readonly clients = new Map<string, vmmStream.MigrationServiceClient>();
   private data: DataChannelServer | undefined;
+  /**
+   * Told how each outgoing migration ended (`completed`, `failed`, `cancelled`); metrics set it
+   * (incoming ones: {@link IncomingPreparations.onArrivalEnded}). Must not throw.
+   */
+  onMigrationEnded: ((outcome: string) => void) | undefined;
 
   /**
    * @param switchoverDir - where incoming migrations create their switchover slots (null:
@@ -173,8 +178,13 @@ export class MigrationManager {
     const unhold = this.host.holdSpares();
     try {
       const final = await m.run();
+      this.onMigrationEnded?.(final.status);
       failpoint('migrate-vm-before-final');
       return final;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      this.onMigrationEnded?.(code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed');
+      throw err;
     } finally {
       unhold();
     }

@@ -117,6 +117,8 @@ export class IncomingPreparations {
   private readonly preparingJobs = new Set<string>();
   /** Jobs CancelIncoming named while their PrepareIncoming had not registered them yet. */
   private readonly cancelledEarly = new Set<string>();
+  /** Told once how each arrival ended (metrics); must not throw. */
+  onArrivalEnded: ((how: ArrivalEnd) => void) | undefined;
 
   /**
    * @param switchoverDir - where a target creates switchover slots (a folder the source vmm sees
@@ -237,6 +239,7 @@ export class IncomingPreparations {
         p.phase = 'ended';
         clearTimeout(p.timer);
         settle(how);
+        this.onArrivalEnded?.(how);
       },
       ended,
     };

@@ -67,6 +67,7 @@ export class VmHost {
   /** Migrated-away VMs still being torn down, by name: a VM arriving under the name waits. */
   private readonly retiring = new Map<string, Promise<void>>();
   private readonly changeListeners = new Set<() => void>();
+  private readonly leaveListeners = new Set<(vm: Vm) => void>();
   private closed = false;
 
   /** @throws VmmError `VMM_VCPU_FAILED` when the compiled vCPU worker is missing */
@@ -315,6 +316,7 @@ export class VmHost {
       .finally(() => {
         if (this.vms.get(vm.name) === vm) this.vms.delete(vm.name);
         if (this.retiring.get(vm.name) === gone) this.retiring.delete(vm.name);
+        this.left(vm);
         this.changed();
       });
     this.retiring.set(vm.name, gone);
@@ -328,6 +330,25 @@ export class VmHost {
   onVmsChanged(listener: () => void): () => void {
     this.changeListeners.add(listener);
     return () => this.changeListeners.delete(listener);
+  }
+
+  /**
+   * Calls `listener` synchronously with each VM that leaves this instance (destroyed, or gone
+   * after migrating away), once it stopped running; returns the unsubscribe function.
+   */
+  onVmLeft(listener: (vm: Vm) => void): () => void {
+    this.leaveListeners.add(listener);
+    return () => this.leaveListeners.delete(listener);
+  }
+
+  private left(vm: Vm): void {
+    for (const l of this.leaveListeners) {
+      try {
+        l(vm);
+      } catch (err) {
+        this.opts.logger.warn({ error: (err as Error).message }, 'a VM-left listener failed');
+      }
+    }
   }
 
   /**
@@ -399,6 +420,11 @@ export class VmHost {
       .map((vm) => ({ name: vm.name, spec: vm.spec, state: vm.currentState }));
   }
 
+  /** Calls `fn` with every VM not being destroyed, in no order (metrics: no array is built). */
+  forEachVm(fn: (vm: Vm) => void): void {
+    for (const vm of this.vms.values()) if (!vm.destroyed) fn(vm);
+  }
+
   /** Every VM, by name. */
   list(): VmInfo[] {
     const now = performance.now();
@@ -415,6 +441,7 @@ export class VmHost {
       await vm.destroy();
     } finally {
       if (this.vms.get(name) === vm) this.vms.delete(name);
+      this.left(vm);
       this.changed();
     }
   }

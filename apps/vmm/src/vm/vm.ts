@@ -80,6 +80,11 @@ export interface VmDeps {
 export class Vm {
   readonly name: string;
   readonly createdAt = new Date();
+  /**
+   * Booted here from a guest image (its instruction count started at 0 in this process); false
+   * for a VM that arrived with a state (migration, restore, clone).
+   */
+  readonly bootedHere: boolean;
   readonly generationId: bigint;
   readonly log: Logger;
   private readonly vmmId: string;
@@ -137,6 +142,7 @@ export class Vm {
     incoming?: { touched: PageBitmap | null },
   ) {
     this.name = spec.name;
+    this.bootedHere = guest !== null;
     this.currentSpec = { ...spec, ram: ram.map((b) => b.spec) };
     this.vmmId = deps.vmmId;
     this.ram = ram;
@@ -742,6 +748,16 @@ export class Vm {
 
   private instret(): number {
     return Number(Atomics.load(this.ctl64, Ctl.INSTRET64));
+  }
+
+  /** Instructions the guest retired so far (metrics; one atomic load, no allocation). */
+  retiredInstructions(): number {
+    return this.instret();
+  }
+
+  /** The guest's recent MIPS, as {@link Vm.info} reports it (metrics; no allocation). */
+  currentMips(now = performance.now()): number {
+    return this.mips(now, this.instret());
   }
 
   private mips(now: number, instret: number): number {
