@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseExposition, sampleValue, type MetricSample } from '@handoff/service';
 import { vmctlBin, vmctlRunner } from '../helpers/vmctl.js';
 import { checkDockerEngine } from './engine.js';
 import { buildServiceImage, killContainer } from './images.js';
@@ -18,6 +19,17 @@ const engine = await checkDockerEngine();
 if (!engine.ok) {
   process.stdout.write(`\ncontainer suite skipped: ${engine.reason}\n\n`);
 }
+
+/** One scrape of a service's Prometheus endpoint, parsed. */
+async function scrape(address: string): Promise<MetricSample[]> {
+  const res = await fetch(`http://${address}/metrics`);
+  expect(res.status).toBe(200);
+  return parseExposition(await res.text());
+}
+
+/** `handoff_grpc_server_calls_total` of one method and status code. */
+const calls = (s: MetricSample[], method: string, code: string): number =>
+  sampleValue(s, 'handoff_grpc_server_calls_total', { method, code });
 
 /** Keys the kvserver guest is given before the hand-off and must answer after it. */
 const KEYS = { colour: 'blue', shape: 'round', n42: String(42) };
@@ -163,6 +175,17 @@ describe.skipIf(!engine.ok)(
           'lease-move': 'armed',
         });
 
+        // The metrics endpoints of the containers counted it.
+        const migrator = await scrape(c().migrator.metrics);
+        expect(
+          sampleValue(migrator, 'handoff_migrations_total', {
+            mode: 'bypass',
+            outcome: 'completed',
+          }),
+        ).toBe(1);
+        expect(calls(migrator, 'LiveUpdate', 'OK')).toBe(1);
+        expect(calls(await scrape(c().vmms['vmm-a'].metrics), 'MigrateVm', 'OK')).toBe(1);
+
         await killContainer(c().vmms['vmm-a'].container.getId());
         expect(await getAll('kv')).toEqual(KEYS);
         const shown = await vmctl.json<{ vm: { name: string; vmm: string; state: string } }>(
@@ -213,6 +236,11 @@ describe.skipIf(!engine.ok)(
         expect(procs.output).not.toMatch(/memstore|vmm|migrator/);
         // An operator certificate of its own CA, trusting the real CA (ca.pem is public): a raw
         // gRPC call (vmctl itself refuses such a pair before calling) is refused by memstore.
+        const refusedBefore = calls(
+          await scrape(c().memstore.metrics),
+          'ListRegions',
+          'UNAUTHENTICATED',
+        );
         const call = await sh(
           'handoff-pki --dir /tmp/own >/dev/null && ' +
             `node /tmp/call.cjs ${c().memstore.address} /tmp/own/operator 2>/dev/null`,
@@ -220,6 +248,9 @@ describe.skipIf(!engine.ok)(
         expect(call.exitCode).toBe(1);
         expect(call.output).toMatch(
           /^refused: UNAUTHENTICATED .*client certificate signed by the cluster's CA/m,
+        );
+        expect(calls(await scrape(c().memstore.metrics), 'ListRegions', 'UNAUTHENTICATED')).toBe(
+          refusedBefore + 1,
         );
         // Health is public by design (probes): the same container sees the service serving.
         const health = await sh(

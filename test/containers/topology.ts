@@ -13,10 +13,12 @@ const { GenericContainer: Container, Wait } = await import('testcontainers');
 /** The label every container of one suite run carries, for the sweep after it. */
 export const RUN_LABEL = 'dev.handoff.test-run';
 
-/** One service container: its address on loopback (host networking) and the container. */
+/** One service container: its addresses on loopback (host networking) and the container. */
 export interface ServiceContainer {
   readonly name: string;
   readonly address: string;
+  /** host:port of its Prometheus metrics (`--metrics-port`). */
+  readonly metrics: string;
   readonly container: StartedTestContainer;
 }
 
@@ -89,11 +91,17 @@ export async function startContainerCluster(runId: string): Promise<ContainerClu
     mounts: { source: string; target: string; mode?: 'ro' | 'rw' }[],
   ): Promise<ServiceContainer> => {
     const port = await freePort();
+    const metricsPort = await freePort();
     const address = `127.0.0.1:${port}`;
     const c = await container()
       .withName(`handoff-test-${runId}-${name}`)
       .withUser(user)
-      .withCommand([...command, `--port=${port}`, '--tls-dir=/etc/handoff/tls'])
+      .withCommand([
+        ...command,
+        `--port=${port}`,
+        `--metrics-port=${metricsPort}`,
+        '--tls-dir=/etc/handoff/tls',
+      ])
       .withBindMounts([
         ...mounts,
         { source: join(stateDir, 'keys', name), target: '/etc/handoff/tls', mode: 'ro' },
@@ -108,7 +116,7 @@ export async function startContainerCluster(runId: string): Promise<ContainerClu
       .withStartupTimeout(60_000)
       .start();
     started.push(c);
-    return { name, address, container: c };
+    return { name, address, metrics: `127.0.0.1:${metricsPort}`, container: c };
   };
 
   try {
