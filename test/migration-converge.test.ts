@@ -133,7 +133,9 @@ describe('auto-converge: a copy of a guest that dirties all its RAM', () => {
     const err = await refused(
       migrateVm(a, b, name, {
         capabilities: { 'bypass-shared-memory': false, 'auto-converge': false },
-        parameters: { 'max-iterations': 3 },
+        // 1 ms cannot hold what an unthrottled all-dirtying guest writes in a pass, even when a
+        // loaded machine starves it (with the default limit such a guest sometimes converged)
+        parameters: { 'max-iterations': 3, 'downtime-limit': 1 },
       }),
     );
     expect(err.code).toBe('MIGRATION_NOT_CONVERGED');
