@@ -4,13 +4,11 @@ import {
   QapiError,
   assertValidMigrationConfig,
   emptyMigrationInfo,
-  emptyRamStats,
   isActive,
   type MigrationCapabilities,
   type MigrationInfo,
   type MigrationParameterOverrides,
   type MigrationStatus,
-  type RamStats,
 } from '@handoff/qapi';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { RemoteError, channelCredentials, type Logger } from '@handoff/service';
@@ -38,6 +36,7 @@ import {
   type SnapshotRequest,
   type SnapshotResult,
 } from './job.js';
+import { LiveUpdateTotals } from './live-update-totals.js';
 import { gatherEvidence, judge, leftPausedOnSource, type Verdict } from './outcome.js';
 import { resolveAfterRestart, type RecoveryTiming } from './recovery.js';
 import {
@@ -890,8 +889,22 @@ export class JobManager {
       { from: parent.job.sourceVmm, to: parent.job.targetVmm, vms: children.length, concurrency },
       'live update started',
     );
-    const aggregate = () => this.aggregate(parent, children, started);
-    const unsubscribe = children.map((c) => this.watch(c.job.id, aggregate));
+    // Each child change is folded into the totals at once (O(1)); the parent, whose snapshot
+    // carries every child's id, is published at most once per PARENT_PUBLISH_MS, and at the end.
+    const totals = new LiveUpdateTotals();
+    let publishTimer: NodeJS.Timeout | undefined;
+    const publish = () => {
+      if (publishTimer !== undefined) clearTimeout(publishTimer);
+      publishTimer = undefined;
+      this.publishTotals(parent, totals, started);
+    };
+    const onChild = (child: Job) => {
+      totals.observe(child);
+      if (publishTimer !== undefined) return;
+      publishTimer = setTimeout(publish, PARENT_PUBLISH_MS);
+      publishTimer.unref();
+    };
+    const unsubscribe = children.map((c) => this.watch(c.job.id, onChild));
     let next = 0;
     const worker = async () => {
       while (next < children.length) {
@@ -905,7 +918,8 @@ export class JobManager {
     } finally {
       for (const u of unsubscribe) u();
     }
-    aggregate();
+    for (const c of children) totals.observe(c.job);
+    publish();
     const bad = children.filter((c) => c.job.info.status !== 'completed');
     if (parent.cancelRequested) {
       this.finishCancelled(parent, parent.job.info);
@@ -924,29 +938,11 @@ export class JobManager {
     log.info({ status: parent.job.info.status }, 'live update ended');
   }
 
-  /** The parent's info: RAM counters summed, the longest guest pause, wall-clock total. */
-  private aggregate(parent: Live, children: Live[], started: number): void {
-    const ram: Record<keyof RamStats, number> = { ...emptyRamStats() };
-    let downtimeUs = 0;
-    let deviceBytes = 0;
-    let setupTimeMs = 0;
-    for (const c of children) {
-      const i = c.job.info;
-      for (const k of Object.keys(ram) as (keyof RamStats)[]) ram[k] += i.ram[k];
-      downtimeUs = Math.max(downtimeUs, i.downtimeUs);
-      setupTimeMs = Math.max(setupTimeMs, i.setupTimeMs);
-      deviceBytes += i.deviceBytes;
-    }
+  /** The parent's info: its children's totals and the wall-clock time since it started. */
+  private publishTotals(parent: Live, totals: LiveUpdateTotals, started: number): void {
+    if (isFinished(parent.job)) return;
     this.update(parent, {
-      info: {
-        ...parent.job.info,
-        ram,
-        downtimeUs,
-        deviceBytes,
-        setupTimeMs,
-        totalTimeMs: Date.now() - started,
-        iteration: children.filter((c) => isFinished(c.job)).length,
-      },
+      info: { ...parent.job.info, ...totals.sums(), totalTimeMs: Date.now() - started },
     });
   }
 
@@ -1170,6 +1166,12 @@ export class JobManager {
     void t.finally(() => this.running.delete(t));
   }
 }
+
+/**
+ * How often, at most, a live update's parent is published while its children run: each
+ * publication goes to every watcher with all the children's ids.
+ */
+const PARENT_PUBLISH_MS = 100;
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
 

@@ -15,9 +15,12 @@ import type { MachineState } from '../machine/state.js';
 import { createMachine } from '../machine/machine.js';
 import type { ControlIdentity } from '../devices/control.js';
 import { warmUpDeviceStateCodec } from '../snapshot/device-state.js';
+import { ChangeNotice } from './change-notice.js';
 
 /** How long after a change of the VM set its listeners hear of it (see VmHost.changed). */
 const CHANGE_NOTICE_DELAY_MS = 20;
+/** The shortest time between two notices of a burst of changes (see VmHost.changed). */
+const CHANGE_NOTICE_INTERVAL_MS = 250;
 /** How often running VMs' instret is sampled for MIPS. */
 const SAMPLE_INTERVAL_MS = 250;
 /** Encode + decode rounds run at start-up (≈45 ms of CPU, in slices of ≈1–3 ms). */
@@ -361,14 +364,17 @@ export class VmHost {
   }
 
   /**
-   * Tells the listeners once, {@link CHANGE_NOTICE_DELAY_MS} after the first change of a burst:
-   * never inside the turn that made the change (a migration's answer goes out first), and a
-   * burst (a live update) costs one notice.
+   * Tells the listeners of a change of the VM set: never inside the turn that made it (a
+   * migration's answer goes out first), and a burst (a live update) costs one notice per
+   * {@link CHANGE_NOTICE_INTERVAL_MS}, not one per change (see {@link ChangeNotice}).
    */
   private changed(): void {
-    if (this.changeNotice !== undefined || this.changeListeners.size === 0) return;
-    this.changeNotice = setTimeout(() => {
-      this.changeNotice = undefined;
+    if (this.changeListeners.size === 0) return;
+    this.changeNotice.changed();
+  }
+
+  private readonly changeNotice = new ChangeNotice(
+    () => {
       for (const l of [...this.changeListeners]) {
         try {
           l();
@@ -376,11 +382,10 @@ export class VmHost {
           this.opts.logger.warn({ error: (err as Error).message }, 'a VM-set listener failed');
         }
       }
-    }, CHANGE_NOTICE_DELAY_MS);
-    this.changeNotice.unref();
-  }
-
-  private changeNotice: NodeJS.Timeout | undefined;
+    },
+    CHANGE_NOTICE_DELAY_MS,
+    CHANGE_NOTICE_INTERVAL_MS,
+  );
 
   /**
    * ResumeVm: before a VM with shared RAM runs again, memstore must confirm that it still holds
@@ -474,7 +479,7 @@ export class VmHost {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sampler);
-    clearTimeout(this.changeNotice);
+    this.changeNotice.cancel();
     await Promise.all(
       [...this.vms.keys()].map((name) => this.destroy(name).catch(() => undefined)),
     );
