@@ -1,10 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveCapabilities } from '@handoff/qapi';
-import { Clients, jobs, operatorTls, vms, type JobView } from '@handoff/cli/client';
-import { startCluster } from '../launcher.js';
+import { jobs, vms, type Clients, type JobView } from '@handoff/cli/client';
+import { startBenchCluster } from './bench-cluster.js';
 import { qemuMigrate } from './qemu-migration.js';
 import { qemuAvailable } from './qemu-qmp.js';
 
@@ -38,24 +36,9 @@ async function waitJob(c: Clients, id: string): Promise<JobView> {
  */
 export async function run(): Promise<Table[]> {
   const rows: (string | number)[][] = [];
-  const stateDir = mkdtempSync(join(tmpdir(), 'handoff-bench-'));
-  const volatileDir = mkdtempSync('/dev/shm/handoff-bench-');
-  const cluster = await startCluster({
-    stateDir,
-    volatileDir,
-    ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
-    logLevel: 'warn',
-  });
-  const c = new Clients({
-    memstore: cluster.memstore,
-    migrator: cluster.migrator,
-    timeoutMs: 60_000,
-    tls: cluster.tlsDir === null ? null : operatorTls({ HANDOFF_TLS_DIR: cluster.tlsDir }),
-  });
+  const b = await startBenchCluster();
+  const c = b.c;
   try {
-    for (let i = 0; i < 50 && (await vms.instances(c)).filter((v) => v.alive).length < 2; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
     for (const autoConverge of [true, false]) {
       const name = `converge-${autoConverge ? 'on' : 'off'}`;
       await vms.create(
@@ -94,10 +77,7 @@ export async function run(): Promise<Table[]> {
       await vms.destroy(c, name).catch(() => undefined);
     }
   } finally {
-    c.close();
-    await cluster.stop();
-    rmSync(stateDir, { recursive: true, force: true });
-    rmSync(volatileDir, { recursive: true, force: true });
+    await b.stop();
   }
   const missing = qemuAvailable();
   if (missing === null) {
