@@ -14,7 +14,7 @@ import {
 } from '@handoff/service';
 import { spinGuestElf, TEST_GUEST_DIR, writeGuest } from './helpers/guest-elf.js';
 import { refusal, startService } from './helpers/services.js';
-import { vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
+import { vmctlRunner, waitForVmms, type VmctlResult } from './helpers/vmctl.js';
 
 /** One scrape of `http://<address>/metrics`, parsed. */
 async function scrape(address: string): Promise<MetricSample[]> {
@@ -51,11 +51,7 @@ describe('Prometheus metrics of every service, in the local cluster', () => {
       HANDOFF_TLS_DIR: cluster.tlsDir!,
     };
     vmctl = vmctlRunner(() => env).run;
-    for (let i = 0; i < 100; i++) {
-      const r = await vmctl('status', '--output', 'json');
-      if (r.code === 0 && (JSON.parse(r.stdout) as { vmms: unknown[] }).vmms.length === 2) break;
-      await new Promise((res) => setTimeout(res, 100));
-    }
+    await waitForVmms(vmctl, 2);
   });
 
   afterAll(async () => {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cluster';
 import { TEST_GUEST_DIR, writeEchoGuest } from './helpers/guest-elf.js';
 import { repoRoot } from './helpers/services.js';
-import { vmctlBin, vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
+import { vmctlBin, vmctlRunner, waitForVmms, type VmctlResult } from './helpers/vmctl.js';
 
 const hasKvserver = existsSync(join(repoRoot, 'guests/kvserver/kvserver.elf'));
 
@@ -64,12 +64,7 @@ describe('vmctl vm', () => {
       HANDOFF_MIGRATOR_ADDR: cluster.migrator,
       HANDOFF_TLS_DIR: cluster.tlsDir!, // the operator certificate of the cluster's own PKI
     };
-    // Wait until both instances registered with the migrator.
-    for (let i = 0; i < 100; i++) {
-      const r = await vmctl('status', '--output', 'json');
-      if (r.code === 0 && (JSON.parse(r.stdout) as { vmms: unknown[] }).vmms.length === 2) break;
-      await new Promise((res) => setTimeout(res, 100));
-    }
+    await waitForVmms(vmctl, 2);
   });
 
   afterAll(async () => {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster } from '@handoff/cluster';
 import { crashGuestElf, echoGuestElf, idleGuestElf } from './helpers/guest-elf.js';
 import { repoRoot } from './helpers/services.js';
-import { vmctlBin, vmctlRunner, type VmctlResult } from './helpers/vmctl.js';
+import { vmctlBin, vmctlRunner, waitForVmms, type VmctlResult } from './helpers/vmctl.js';
 
 /**
  * `vmctl vm run`, `vm create` and `template create` with guests that are files on vmctl's side.
@@ -73,11 +73,7 @@ describe('vmctl vm run and guests sent from vmctl', () => {
       HANDOFF_MIGRATOR_ADDR: cluster.migrator,
       HANDOFF_TLS_DIR: cluster.tlsDir!,
     };
-    for (let i = 0; i < 100; i++) {
-      const r = await vmctl('status', '--output', 'json');
-      if (r.code === 0 && (JSON.parse(r.stdout) as { vmms: unknown[] }).vmms.length === 1) break;
-      await new Promise((res) => setTimeout(res, 100));
-    }
+    await waitForVmms(vmctl, 1);
   });
 
   afterAll(async () => {

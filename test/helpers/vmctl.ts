@@ -42,3 +42,18 @@ export function vmctlRunner(env: () => NodeJS.ProcessEnv) {
   };
   return { run, json };
 }
+
+/**
+ * Waits (up to 10 s) until `vmctl status` lists `count` vmm instances registered with the
+ * migrator; `run` is any vmctl runner returning a {@link VmctlResult}.
+ */
+export async function waitForVmms(
+  run: (...args: string[]) => Promise<Pick<VmctlResult, 'code' | 'stdout'>>,
+  count: number,
+): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const r = await run('status', '--output', 'json');
+    if (r.code === 0 && (JSON.parse(r.stdout) as { vmms: unknown[] }).vmms.length === count) return;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
