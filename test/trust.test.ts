@@ -221,6 +221,8 @@ describe('mutual TLS and roles between the services', () => {
       vmCount: 0,
       vmsVersion: 0n,
       vms: undefined,
+      hostId: '',
+      memstoreAddress: '',
     };
     const err = await refused(unaryCall(asA, 'registerVmm', evil));
     expect(err.status).toBe(grpc.status.PERMISSION_DENIED);

@@ -36,3 +36,12 @@ export {
   encodedByteLength,
   type DecodeOptions,
 } from './wire.js';
+export {
+  PRESENT_HEADER_WORDS,
+  PRESENT_MAGIC,
+  PRESENT_VERSION_MAJOR,
+  PRESENT_VERSION_MINOR,
+  PresentMap,
+  PresentState,
+  presentMapBytes,
+} from './present-map.js';

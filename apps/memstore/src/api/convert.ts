@@ -123,6 +123,7 @@ export function regionToPb(r: Region): pb.Region {
     allocatedBytes: BigInt(r.allocatedBytes),
     path: r.path,
     lease: leaseToPb(r.lease),
+    lazy: undefined,
     mappedBy: [...r.mappedBy],
     cloneCount: r.cloneCount,
     createdAt: dateToTimestamp(r.createdAt),

@@ -66,8 +66,10 @@ export class LeaseSocketBusyError extends ServiceError {
 type Method = keyof typeof leaseCalls;
 
 /** gRPC method names, for logs and `guarded` (the same wording as the gRPC path). */
-const METHOD_NAME: Record<Method | 'hello', string> = {
+const METHOD_NAME: Record<Method | 'hello' | 'fetchPages' | 'startLazyFill', string> = {
   hello: 'Hello',
+  fetchPages: 'FetchPages',
+  startLazyFill: 'StartLazyFill',
   transferLease: 'TransferLease',
   getRegion: 'GetRegion',
   validateLease: 'ValidateLease',

@@ -151,7 +151,20 @@ export const MEMSTORE_ACCESS: AccessTable = {
   FlattenSnapshot: ['operator', 'migrator'],
   ExportSnapshot: ['operator'],
   ImportSnapshot: ['operator'],
+  CreateLazyRegion: ['operator', 'vmm', 'migrator'],
+  StartLazyFill: ['vmm', 'migrator'],
+  RecoverLazyRegion: ['operator', 'migrator'],
+  OpenPageSource: ['memstore'],
+  ClaimPageSource: ['memstore'],
+  ClosePageSource: ['memstore'],
 };
+
+/** The handler of a method in the contract whose service is not built yet: UNIMPLEMENTED. */
+function notYet<H>(call: (what: string, fn: () => never) => H, name: string): H {
+  return call(name, () => {
+    throw new ServiceError('SERVICE_UNIMPLEMENTED', `${name}: lazy regions are not built yet`);
+  });
+}
 
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
 export function memstoreService(deps: {
@@ -273,6 +286,12 @@ export function memstoreService(deps: {
     ),
 
     ...snapshotHandlers(m, logger, call, leaseCaller),
+    createLazyRegion: notYet(call, 'CreateLazyRegion'),
+    startLazyFill: notYet(call, 'StartLazyFill'),
+    recoverLazyRegion: notYet(call, 'RecoverLazyRegion'),
+    openPageSource: notYet(call, 'OpenPageSource'),
+    claimPageSource: notYet(call, 'ClaimPageSource'),
+    closePageSource: notYet(call, 'ClosePageSource'),
   };
   return {
     name: serviceNames.memstore,

@@ -42,6 +42,8 @@ function toVmmInstance(r: VmmRecord): pb.VmmInstance {
     lastSeen: dateToTimestamp(r.lastSeen),
     alive: r.alive,
     vmCount: r.vmCount,
+    hostId: '',
+    memstoreAddress: '',
   };
 }
 

@@ -312,6 +312,8 @@ export class FakeVmm {
         version: 'fake',
         vmCount: set.vms.length,
         vmsVersion: set.version,
+        hostId: '',
+        memstoreAddress: '',
         vms: withVms ? set : undefined,
       });
       if (res.vmsWanted) this.sink?.(this.hostedVms());

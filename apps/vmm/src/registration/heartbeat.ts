@@ -70,6 +70,8 @@ export function startHeartbeat(
           version: HANDOFF_VERSION,
           vmCount: me.vmCount(),
           vmsVersion: BigInt(version),
+          hostId: '',
+          memstoreAddress: '',
           vms: set,
         },
         { deadlineMs: CALL_DEADLINE_MS },

@@ -9,10 +9,14 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   ArmTransferRequest,
   ArmTransferResponse,
+  FetchPagesRequest,
+  FetchPagesResponse,
   GetRegionRequest,
   GetRegionResponse,
   ResolveTransferRequest,
   ResolveTransferResponse,
+  StartLazyFillRequest,
+  StartLazyFillResponse,
   TransferLeaseRequest,
   TransferLeaseResponse,
   ValidateLeaseRequest,
@@ -36,6 +40,8 @@ export interface LeaseChannelRequest {
     | { $case: "armTransfer"; value: ArmTransferRequest }
     | { $case: "resolveTransfer"; value: ResolveTransferRequest }
     | { $case: "hello"; value: LeaseChannelHello }
+    | { $case: "fetchPages"; value: FetchPagesRequest }
+    | { $case: "startLazyFill"; value: StartLazyFillRequest }
     | undefined;
 }
 
@@ -50,6 +56,8 @@ export interface LeaseChannelResponse {
     | { $case: "armTransfer"; value: ArmTransferResponse }
     | { $case: "resolveTransfer"; value: ResolveTransferResponse }
     | { $case: "hello"; value: LeaseChannelWelcome }
+    | { $case: "fetchPages"; value: FetchPagesResponse }
+    | { $case: "startLazyFill"; value: StartLazyFillResponse }
     | undefined;
 }
 
@@ -112,6 +120,12 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         break;
       case "hello":
         LeaseChannelHello.encode(message.call.value, writer.uint32(58).fork()).join();
+        break;
+      case "fetchPages":
+        FetchPagesRequest.encode(message.call.value, writer.uint32(66).fork()).join();
+        break;
+      case "startLazyFill":
+        StartLazyFillRequest.encode(message.call.value, writer.uint32(74).fork()).join();
         break;
     }
     return writer;
@@ -186,6 +200,22 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
             message.call = { $case: "hello", value: LeaseChannelHello.decode(reader, reader.uint32()) };
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.call = { $case: "fetchPages", value: FetchPagesRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.call = { $case: "startLazyFill", value: StartLazyFillRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -223,6 +253,14 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         ? { $case: "resolveTransfer", value: ResolveTransferRequest.fromJSON(object.resolve_transfer) }
         : isSet(object.hello)
         ? { $case: "hello", value: LeaseChannelHello.fromJSON(object.hello) }
+        : isSet(object.fetchPages)
+        ? { $case: "fetchPages", value: FetchPagesRequest.fromJSON(object.fetchPages) }
+        : isSet(object.fetch_pages)
+        ? { $case: "fetchPages", value: FetchPagesRequest.fromJSON(object.fetch_pages) }
+        : isSet(object.startLazyFill)
+        ? { $case: "startLazyFill", value: StartLazyFillRequest.fromJSON(object.startLazyFill) }
+        : isSet(object.start_lazy_fill)
+        ? { $case: "startLazyFill", value: StartLazyFillRequest.fromJSON(object.start_lazy_fill) }
         : undefined,
     };
   },
@@ -244,6 +282,10 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
       obj.resolveTransfer = ResolveTransferRequest.toJSON(message.call.value);
     } else if (message.call?.$case === "hello") {
       obj.hello = LeaseChannelHello.toJSON(message.call.value);
+    } else if (message.call?.$case === "fetchPages") {
+      obj.fetchPages = FetchPagesRequest.toJSON(message.call.value);
+    } else if (message.call?.$case === "startLazyFill") {
+      obj.startLazyFill = StartLazyFillRequest.toJSON(message.call.value);
     }
     return obj;
   },
@@ -291,6 +333,18 @@ export const LeaseChannelRequest: MessageFns<LeaseChannelRequest> = {
         }
         break;
       }
+      case "fetchPages": {
+        if (object.call?.value !== undefined && object.call?.value !== null) {
+          message.call = { $case: "fetchPages", value: FetchPagesRequest.fromPartial(object.call.value) };
+        }
+        break;
+      }
+      case "startLazyFill": {
+        if (object.call?.value !== undefined && object.call?.value !== null) {
+          message.call = { $case: "startLazyFill", value: StartLazyFillRequest.fromPartial(object.call.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -329,6 +383,12 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         break;
       case "hello":
         LeaseChannelWelcome.encode(message.result.value, writer.uint32(66).fork()).join();
+        break;
+      case "fetchPages":
+        FetchPagesResponse.encode(message.result.value, writer.uint32(74).fork()).join();
+        break;
+      case "startLazyFill":
+        StartLazyFillResponse.encode(message.result.value, writer.uint32(82).fork()).join();
         break;
     }
     return writer;
@@ -414,6 +474,22 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
             message.result = { $case: "hello", value: LeaseChannelWelcome.decode(reader, reader.uint32()) };
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.result = { $case: "fetchPages", value: FetchPagesResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.result = { $case: "startLazyFill", value: StartLazyFillResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -453,6 +529,14 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
         ? { $case: "resolveTransfer", value: ResolveTransferResponse.fromJSON(object.resolve_transfer) }
         : isSet(object.hello)
         ? { $case: "hello", value: LeaseChannelWelcome.fromJSON(object.hello) }
+        : isSet(object.fetchPages)
+        ? { $case: "fetchPages", value: FetchPagesResponse.fromJSON(object.fetchPages) }
+        : isSet(object.fetch_pages)
+        ? { $case: "fetchPages", value: FetchPagesResponse.fromJSON(object.fetch_pages) }
+        : isSet(object.startLazyFill)
+        ? { $case: "startLazyFill", value: StartLazyFillResponse.fromJSON(object.startLazyFill) }
+        : isSet(object.start_lazy_fill)
+        ? { $case: "startLazyFill", value: StartLazyFillResponse.fromJSON(object.start_lazy_fill) }
         : undefined,
     };
   },
@@ -476,6 +560,10 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
       obj.resolveTransfer = ResolveTransferResponse.toJSON(message.result.value);
     } else if (message.result?.$case === "hello") {
       obj.hello = LeaseChannelWelcome.toJSON(message.result.value);
+    } else if (message.result?.$case === "fetchPages") {
+      obj.fetchPages = FetchPagesResponse.toJSON(message.result.value);
+    } else if (message.result?.$case === "startLazyFill") {
+      obj.startLazyFill = StartLazyFillResponse.toJSON(message.result.value);
     }
     return obj;
   },
@@ -529,6 +617,18 @@ export const LeaseChannelResponse: MessageFns<LeaseChannelResponse> = {
       case "hello": {
         if (object.result?.value !== undefined && object.result?.value !== null) {
           message.result = { $case: "hello", value: LeaseChannelWelcome.fromPartial(object.result.value) };
+        }
+        break;
+      }
+      case "fetchPages": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "fetchPages", value: FetchPagesResponse.fromPartial(object.result.value) };
+        }
+        break;
+      }
+      case "startLazyFill": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "startLazyFill", value: StartLazyFillResponse.fromPartial(object.result.value) };
         }
         break;
       }

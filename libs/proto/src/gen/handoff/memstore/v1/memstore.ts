@@ -215,6 +215,69 @@ export function fenceReasonToJSON(object: FenceReason): string {
   }
 }
 
+export enum LazyFillState {
+  LAZY_FILL_STATE_UNSPECIFIED = 0,
+  /** LAZY_FILL_STATE_WAITING - Created; nothing fetched until StartLazyFill. */
+  LAZY_FILL_STATE_WAITING = 1,
+  LAZY_FILL_STATE_FILLING = 2,
+  /**
+   * LAZY_FILL_STATE_SOURCE_PAUSED - The source stopped answering: page requests wait for RecoverLazyRegion (QEMU's
+   * postcopy-paused).
+   */
+  LAZY_FILL_STATE_SOURCE_PAUSED = 3,
+  /** LAZY_FILL_STATE_COMPLETE - Every page arrived; the region is ordinary and the source's copy is deleted. */
+  LAZY_FILL_STATE_COMPLETE = 4,
+  LAZY_FILL_STATE_FAILED = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function lazyFillStateFromJSON(object: any): LazyFillState {
+  switch (object) {
+    case 0:
+    case "LAZY_FILL_STATE_UNSPECIFIED":
+      return LazyFillState.LAZY_FILL_STATE_UNSPECIFIED;
+    case 1:
+    case "LAZY_FILL_STATE_WAITING":
+      return LazyFillState.LAZY_FILL_STATE_WAITING;
+    case 2:
+    case "LAZY_FILL_STATE_FILLING":
+      return LazyFillState.LAZY_FILL_STATE_FILLING;
+    case 3:
+    case "LAZY_FILL_STATE_SOURCE_PAUSED":
+      return LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED;
+    case 4:
+    case "LAZY_FILL_STATE_COMPLETE":
+      return LazyFillState.LAZY_FILL_STATE_COMPLETE;
+    case 5:
+    case "LAZY_FILL_STATE_FAILED":
+      return LazyFillState.LAZY_FILL_STATE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return LazyFillState.UNRECOGNIZED;
+  }
+}
+
+export function lazyFillStateToJSON(object: LazyFillState): string {
+  switch (object) {
+    case LazyFillState.LAZY_FILL_STATE_UNSPECIFIED:
+      return "LAZY_FILL_STATE_UNSPECIFIED";
+    case LazyFillState.LAZY_FILL_STATE_WAITING:
+      return "LAZY_FILL_STATE_WAITING";
+    case LazyFillState.LAZY_FILL_STATE_FILLING:
+      return "LAZY_FILL_STATE_FILLING";
+    case LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED:
+      return "LAZY_FILL_STATE_SOURCE_PAUSED";
+    case LazyFillState.LAZY_FILL_STATE_COMPLETE:
+      return "LAZY_FILL_STATE_COMPLETE";
+    case LazyFillState.LAZY_FILL_STATE_FAILED:
+      return "LAZY_FILL_STATE_FAILED";
+    case LazyFillState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** How a snapshot holds its RAM. */
 export enum SnapshotKind {
   SNAPSHOT_KIND_UNSPECIFIED = 0,
@@ -332,7 +395,141 @@ export interface Region {
     | HolderStatus
     | undefined;
   /** The last lease memstore fenced, until the region is leased again; unset otherwise. */
-  fenced: FencedLease | undefined;
+  fenced:
+    | FencedLease
+    | undefined;
+  /**
+   * Set while the region is filled lazily from another memstore (and after, with state
+   * COMPLETE, until memstore restarts); unset for an ordinary region.
+   */
+  lazy: LazyFill | undefined;
+}
+
+/** A region of another memstore, as the target host names its source. */
+export interface RemoteRegion {
+  /** The owning memstore's gRPC address (host:port). */
+  memstore: string;
+  regionId: string;
+  /** Region.identity when the reference was taken: a recreated file is refused. */
+  identity: string;
+  size: bigint;
+  /** The writer lease's epoch the source VM runs under (ClaimPageSource compares it). */
+  epoch: bigint;
+}
+
+/** How a lazy region's fill goes. */
+export interface LazyFill {
+  source: RemoteRegion | undefined;
+  state: LazyFillState;
+  presentPages: bigint;
+  totalPages: bigint;
+  /**
+   * The present map's file (same host only): map it shared, read-only (libs/bitmap
+   * present-map.ts).
+   */
+  presentPath: string;
+  /** Pages fetched because a vmm asked for them, and in the background. */
+  demandPages: bigint;
+  backgroundPages: bigint;
+  /** Page requests (FetchPages) served, and their latency (request to present), microseconds. */
+  faultRequests: bigint;
+  faultP50Us: bigint;
+  faultP99Us: bigint;
+  /** Bytes per second over the last second of the fill (0 when idle). */
+  bytesPerSecond: bigint;
+  startedAt: Timestamp | undefined;
+  completedAt:
+    | Timestamp
+    | undefined;
+  /** Why the fill paused or failed (for people). */
+  error: string;
+}
+
+export interface CreateLazyRegionRequest {
+  /** The new region's name on this memstore (usually the source region's name). */
+  name: string;
+  source:
+    | RemoteRegion
+    | undefined;
+  /** REGION_KIND_VOLATILE (default) or PERSISTENT. */
+  kind: RegionKind;
+}
+
+export interface CreateLazyRegionResponse {
+  region: Region | undefined;
+}
+
+export interface StartLazyFillRequest {
+  region: RegionSelector | undefined;
+}
+
+export interface StartLazyFillResponse {
+  region: Region | undefined;
+}
+
+export interface RecoverLazyRegionRequest {
+  region:
+    | RegionSelector
+    | undefined;
+  /** The source memstore's address now, when it moved (empty: as before). */
+  sourceMemstore: string;
+}
+
+export interface RecoverLazyRegionResponse {
+  region: Region | undefined;
+}
+
+export interface OpenPageSourceRequest {
+  regionId: string;
+  identity: string;
+  size: bigint;
+}
+
+export interface OpenPageSourceResponse {
+  /** Opaque id of this page source (stable across a restart of either memstore). */
+  sourceId: string;
+  /** One-time capability the reader presents in the page channel's hello. */
+  token: string;
+  /**
+   * The page channel's address: host:port (mutual TLS with memstore certificates) or
+   * unix:/path (plaintext clusters).
+   */
+  pageAddress: string;
+}
+
+export interface ClaimPageSourceRequest {
+  sourceId: string;
+  /** The epoch of the source VM's lease (RemoteRegion.epoch). */
+  epoch: bigint;
+}
+
+export interface ClaimPageSourceResponse {
+  /** The page source's lease epoch on the source region. */
+  epoch: bigint;
+}
+
+export interface ClosePageSourceRequest {
+  sourceId: string;
+  complete: boolean;
+}
+
+export interface ClosePageSourceResponse {
+}
+
+/**
+ * FetchPages (lease channel only): answered once every page of the range is present. While
+ * the fill is SOURCE_PAUSED the request waits; it fails only when the fill FAILED or the region
+ * is not lazy (an ordinary region: every page is present, answered at once).
+ */
+export interface FetchPagesRequest {
+  region: RegionSelector | undefined;
+  firstPage: bigint;
+  pageCount: number;
+}
+
+export interface FetchPagesResponse {
+  /** Microseconds from the request to the pages being present (0 when they already were). */
+  waitedUs: bigint;
 }
 
 export interface GetInfoRequest {
@@ -1147,6 +1344,7 @@ function createBaseRegion(): Region {
     identity: "",
     holder: undefined,
     fenced: undefined,
+    lazy: undefined,
   };
 }
 
@@ -1202,6 +1400,9 @@ export const Region: MessageFns<Region> = {
     }
     if (message.fenced !== undefined) {
       FencedLease.encode(message.fenced, writer.uint32(122).fork()).join();
+    }
+    if (message.lazy !== undefined) {
+      LazyFill.encode(message.lazy, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -1339,6 +1540,14 @@ export const Region: MessageFns<Region> = {
             message.fenced = FencedLease.decode(reader, reader.uint32());
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.lazy = LazyFill.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1388,6 +1597,7 @@ export const Region: MessageFns<Region> = {
       identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
       holder: isSet(object.holder) ? HolderStatus.fromJSON(object.holder) : undefined,
       fenced: isSet(object.fenced) ? FencedLease.fromJSON(object.fenced) : undefined,
+      lazy: isSet(object.lazy) ? LazyFill.fromJSON(object.lazy) : undefined,
     };
   },
 
@@ -1438,6 +1648,9 @@ export const Region: MessageFns<Region> = {
     if (message.fenced !== undefined) {
       obj.fenced = FencedLease.toJSON(message.fenced);
     }
+    if (message.lazy !== undefined) {
+      obj.lazy = LazyFill.toJSON(message.lazy);
+    }
     return obj;
   },
 
@@ -1469,6 +1682,1712 @@ export const Region: MessageFns<Region> = {
     message.fenced = (object.fenced !== undefined && object.fenced !== null)
       ? FencedLease.fromPartial(object.fenced)
       : undefined;
+    message.lazy = (object.lazy !== undefined && object.lazy !== null) ? LazyFill.fromPartial(object.lazy) : undefined;
+    return message;
+  },
+};
+
+function createBaseRemoteRegion(): RemoteRegion {
+  return { memstore: "", regionId: "", identity: "", size: 0n, epoch: 0n };
+}
+
+export const RemoteRegion: MessageFns<RemoteRegion> = {
+  encode(message: RemoteRegion, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.memstore !== "") {
+      writer.uint32(10).string(message.memstore);
+    }
+    if (message.regionId !== "") {
+      writer.uint32(18).string(message.regionId);
+    }
+    if (message.identity !== "") {
+      writer.uint32(26).string(message.identity);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.size);
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoteRegion {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoteRegion();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.memstore = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.regionId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoteRegion {
+    return {
+      memstore: isSet(object.memstore) ? globalThis.String(object.memstore) : "",
+      regionId: isSet(object.regionId)
+        ? globalThis.String(object.regionId)
+        : isSet(object.region_id)
+        ? globalThis.String(object.region_id)
+        : "",
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+    };
+  },
+
+  toJSON(message: RemoteRegion): unknown {
+    const obj: any = {};
+    if (message.memstore !== "") {
+      obj.memstore = message.memstore;
+    }
+    if (message.regionId !== "") {
+      obj.regionId = message.regionId;
+    }
+    if (message.identity !== "") {
+      obj.identity = message.identity;
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoteRegion>, I>>(base?: I): RemoteRegion {
+    return RemoteRegion.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoteRegion>, I>>(object: I): RemoteRegion {
+    const message = createBaseRemoteRegion();
+    message.memstore = object.memstore ?? "";
+    message.regionId = object.regionId ?? "";
+    message.identity = object.identity ?? "";
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    return message;
+  },
+};
+
+function createBaseLazyFill(): LazyFill {
+  return {
+    source: undefined,
+    state: 0,
+    presentPages: 0n,
+    totalPages: 0n,
+    presentPath: "",
+    demandPages: 0n,
+    backgroundPages: 0n,
+    faultRequests: 0n,
+    faultP50Us: 0n,
+    faultP99Us: 0n,
+    bytesPerSecond: 0n,
+    startedAt: undefined,
+    completedAt: undefined,
+    error: "",
+  };
+}
+
+export const LazyFill: MessageFns<LazyFill> = {
+  encode(message: LazyFill, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.source !== undefined) {
+      RemoteRegion.encode(message.source, writer.uint32(10).fork()).join();
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.presentPages !== 0n) {
+      if (BigInt.asUintN(64, message.presentPages) !== message.presentPages) {
+        throw new globalThis.Error("value provided for field message.presentPages of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.presentPages);
+    }
+    if (message.totalPages !== 0n) {
+      if (BigInt.asUintN(64, message.totalPages) !== message.totalPages) {
+        throw new globalThis.Error("value provided for field message.totalPages of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.totalPages);
+    }
+    if (message.presentPath !== "") {
+      writer.uint32(42).string(message.presentPath);
+    }
+    if (message.demandPages !== 0n) {
+      if (BigInt.asUintN(64, message.demandPages) !== message.demandPages) {
+        throw new globalThis.Error("value provided for field message.demandPages of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.demandPages);
+    }
+    if (message.backgroundPages !== 0n) {
+      if (BigInt.asUintN(64, message.backgroundPages) !== message.backgroundPages) {
+        throw new globalThis.Error("value provided for field message.backgroundPages of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.backgroundPages);
+    }
+    if (message.faultRequests !== 0n) {
+      if (BigInt.asUintN(64, message.faultRequests) !== message.faultRequests) {
+        throw new globalThis.Error("value provided for field message.faultRequests of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.faultRequests);
+    }
+    if (message.faultP50Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP50Us) !== message.faultP50Us) {
+        throw new globalThis.Error("value provided for field message.faultP50Us of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.faultP50Us);
+    }
+    if (message.faultP99Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP99Us) !== message.faultP99Us) {
+        throw new globalThis.Error("value provided for field message.faultP99Us of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.faultP99Us);
+    }
+    if (message.bytesPerSecond !== 0n) {
+      if (BigInt.asUintN(64, message.bytesPerSecond) !== message.bytesPerSecond) {
+        throw new globalThis.Error("value provided for field message.bytesPerSecond of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.bytesPerSecond);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(message.startedAt, writer.uint32(98).fork()).join();
+    }
+    if (message.completedAt !== undefined) {
+      Timestamp.encode(message.completedAt, writer.uint32(106).fork()).join();
+    }
+    if (message.error !== "") {
+      writer.uint32(114).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LazyFill {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLazyFill();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = RemoteRegion.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.presentPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.totalPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.presentPath = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.demandPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.backgroundPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.faultRequests = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.faultP50Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.faultP99Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.bytesPerSecond = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.startedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.completedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LazyFill {
+    return {
+      source: isSet(object.source) ? RemoteRegion.fromJSON(object.source) : undefined,
+      state: isSet(object.state) ? lazyFillStateFromJSON(object.state) : 0,
+      presentPages: isSet(object.presentPages)
+        ? BigInt(object.presentPages)
+        : isSet(object.present_pages)
+        ? BigInt(object.present_pages)
+        : 0n,
+      totalPages: isSet(object.totalPages)
+        ? BigInt(object.totalPages)
+        : isSet(object.total_pages)
+        ? BigInt(object.total_pages)
+        : 0n,
+      presentPath: isSet(object.presentPath)
+        ? globalThis.String(object.presentPath)
+        : isSet(object.present_path)
+        ? globalThis.String(object.present_path)
+        : "",
+      demandPages: isSet(object.demandPages)
+        ? BigInt(object.demandPages)
+        : isSet(object.demand_pages)
+        ? BigInt(object.demand_pages)
+        : 0n,
+      backgroundPages: isSet(object.backgroundPages)
+        ? BigInt(object.backgroundPages)
+        : isSet(object.background_pages)
+        ? BigInt(object.background_pages)
+        : 0n,
+      faultRequests: isSet(object.faultRequests)
+        ? BigInt(object.faultRequests)
+        : isSet(object.fault_requests)
+        ? BigInt(object.fault_requests)
+        : 0n,
+      faultP50Us: isSet(object.faultP50Us)
+        ? BigInt(object.faultP50Us)
+        : isSet(object.fault_p50_us)
+        ? BigInt(object.fault_p50_us)
+        : 0n,
+      faultP99Us: isSet(object.faultP99Us)
+        ? BigInt(object.faultP99Us)
+        : isSet(object.fault_p99_us)
+        ? BigInt(object.fault_p99_us)
+        : 0n,
+      bytesPerSecond: isSet(object.bytesPerSecond)
+        ? BigInt(object.bytesPerSecond)
+        : isSet(object.bytes_per_second)
+        ? BigInt(object.bytes_per_second)
+        : 0n,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      completedAt: isSet(object.completedAt)
+        ? fromJsonTimestamp(object.completedAt)
+        : isSet(object.completed_at)
+        ? fromJsonTimestamp(object.completed_at)
+        : undefined,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: LazyFill): unknown {
+    const obj: any = {};
+    if (message.source !== undefined) {
+      obj.source = RemoteRegion.toJSON(message.source);
+    }
+    if (message.state !== 0) {
+      obj.state = lazyFillStateToJSON(message.state);
+    }
+    if (message.presentPages !== 0n) {
+      obj.presentPages = message.presentPages.toString();
+    }
+    if (message.totalPages !== 0n) {
+      obj.totalPages = message.totalPages.toString();
+    }
+    if (message.presentPath !== "") {
+      obj.presentPath = message.presentPath;
+    }
+    if (message.demandPages !== 0n) {
+      obj.demandPages = message.demandPages.toString();
+    }
+    if (message.backgroundPages !== 0n) {
+      obj.backgroundPages = message.backgroundPages.toString();
+    }
+    if (message.faultRequests !== 0n) {
+      obj.faultRequests = message.faultRequests.toString();
+    }
+    if (message.faultP50Us !== 0n) {
+      obj.faultP50Us = message.faultP50Us.toString();
+    }
+    if (message.faultP99Us !== 0n) {
+      obj.faultP99Us = message.faultP99Us.toString();
+    }
+    if (message.bytesPerSecond !== 0n) {
+      obj.bytesPerSecond = message.bytesPerSecond.toString();
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = fromTimestamp(message.startedAt).toISOString();
+    }
+    if (message.completedAt !== undefined) {
+      obj.completedAt = fromTimestamp(message.completedAt).toISOString();
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LazyFill>, I>>(base?: I): LazyFill {
+    return LazyFill.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LazyFill>, I>>(object: I): LazyFill {
+    const message = createBaseLazyFill();
+    message.source = (object.source !== undefined && object.source !== null)
+      ? RemoteRegion.fromPartial(object.source)
+      : undefined;
+    message.state = object.state ?? 0;
+    message.presentPages = (object.presentPages !== undefined && object.presentPages !== null)
+      ? BigInt(object.presentPages)
+      : 0n;
+    message.totalPages = (object.totalPages !== undefined && object.totalPages !== null)
+      ? BigInt(object.totalPages)
+      : 0n;
+    message.presentPath = object.presentPath ?? "";
+    message.demandPages = (object.demandPages !== undefined && object.demandPages !== null)
+      ? BigInt(object.demandPages)
+      : 0n;
+    message.backgroundPages = (object.backgroundPages !== undefined && object.backgroundPages !== null)
+      ? BigInt(object.backgroundPages)
+      : 0n;
+    message.faultRequests = (object.faultRequests !== undefined && object.faultRequests !== null)
+      ? BigInt(object.faultRequests)
+      : 0n;
+    message.faultP50Us = (object.faultP50Us !== undefined && object.faultP50Us !== null)
+      ? BigInt(object.faultP50Us)
+      : 0n;
+    message.faultP99Us = (object.faultP99Us !== undefined && object.faultP99Us !== null)
+      ? BigInt(object.faultP99Us)
+      : 0n;
+    message.bytesPerSecond = (object.bytesPerSecond !== undefined && object.bytesPerSecond !== null)
+      ? BigInt(object.bytesPerSecond)
+      : 0n;
+    message.startedAt = (object.startedAt !== undefined && object.startedAt !== null)
+      ? Timestamp.fromPartial(object.startedAt)
+      : undefined;
+    message.completedAt = (object.completedAt !== undefined && object.completedAt !== null)
+      ? Timestamp.fromPartial(object.completedAt)
+      : undefined;
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateLazyRegionRequest(): CreateLazyRegionRequest {
+  return { name: "", source: undefined, kind: 0 };
+}
+
+export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
+  encode(message: CreateLazyRegionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.source !== undefined) {
+      RemoteRegion.encode(message.source, writer.uint32(18).fork()).join();
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateLazyRegionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateLazyRegionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.source = RemoteRegion.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateLazyRegionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      source: isSet(object.source) ? RemoteRegion.fromJSON(object.source) : undefined,
+      kind: isSet(object.kind) ? regionKindFromJSON(object.kind) : 0,
+    };
+  },
+
+  toJSON(message: CreateLazyRegionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.source !== undefined) {
+      obj.source = RemoteRegion.toJSON(message.source);
+    }
+    if (message.kind !== 0) {
+      obj.kind = regionKindToJSON(message.kind);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateLazyRegionRequest>, I>>(base?: I): CreateLazyRegionRequest {
+    return CreateLazyRegionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateLazyRegionRequest>, I>>(object: I): CreateLazyRegionRequest {
+    const message = createBaseCreateLazyRegionRequest();
+    message.name = object.name ?? "";
+    message.source = (object.source !== undefined && object.source !== null)
+      ? RemoteRegion.fromPartial(object.source)
+      : undefined;
+    message.kind = object.kind ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateLazyRegionResponse(): CreateLazyRegionResponse {
+  return { region: undefined };
+}
+
+export const CreateLazyRegionResponse: MessageFns<CreateLazyRegionResponse> = {
+  encode(message: CreateLazyRegionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      Region.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateLazyRegionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateLazyRegionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = Region.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateLazyRegionResponse {
+    return { region: isSet(object.region) ? Region.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: CreateLazyRegionResponse): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = Region.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateLazyRegionResponse>, I>>(base?: I): CreateLazyRegionResponse {
+    return CreateLazyRegionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateLazyRegionResponse>, I>>(object: I): CreateLazyRegionResponse {
+    const message = createBaseCreateLazyRegionResponse();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? Region.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStartLazyFillRequest(): StartLazyFillRequest {
+  return { region: undefined };
+}
+
+export const StartLazyFillRequest: MessageFns<StartLazyFillRequest> = {
+  encode(message: StartLazyFillRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartLazyFillRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartLazyFillRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartLazyFillRequest {
+    return { region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: StartLazyFillRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartLazyFillRequest>, I>>(base?: I): StartLazyFillRequest {
+    return StartLazyFillRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartLazyFillRequest>, I>>(object: I): StartLazyFillRequest {
+    const message = createBaseStartLazyFillRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStartLazyFillResponse(): StartLazyFillResponse {
+  return { region: undefined };
+}
+
+export const StartLazyFillResponse: MessageFns<StartLazyFillResponse> = {
+  encode(message: StartLazyFillResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      Region.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartLazyFillResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartLazyFillResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = Region.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartLazyFillResponse {
+    return { region: isSet(object.region) ? Region.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: StartLazyFillResponse): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = Region.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartLazyFillResponse>, I>>(base?: I): StartLazyFillResponse {
+    return StartLazyFillResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartLazyFillResponse>, I>>(object: I): StartLazyFillResponse {
+    const message = createBaseStartLazyFillResponse();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? Region.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRecoverLazyRegionRequest(): RecoverLazyRegionRequest {
+  return { region: undefined, sourceMemstore: "" };
+}
+
+export const RecoverLazyRegionRequest: MessageFns<RecoverLazyRegionRequest> = {
+  encode(message: RecoverLazyRegionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    if (message.sourceMemstore !== "") {
+      writer.uint32(18).string(message.sourceMemstore);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverLazyRegionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverLazyRegionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceMemstore = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverLazyRegionRequest {
+    return {
+      region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined,
+      sourceMemstore: isSet(object.sourceMemstore)
+        ? globalThis.String(object.sourceMemstore)
+        : isSet(object.source_memstore)
+        ? globalThis.String(object.source_memstore)
+        : "",
+    };
+  },
+
+  toJSON(message: RecoverLazyRegionRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    if (message.sourceMemstore !== "") {
+      obj.sourceMemstore = message.sourceMemstore;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RecoverLazyRegionRequest>, I>>(base?: I): RecoverLazyRegionRequest {
+    return RecoverLazyRegionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RecoverLazyRegionRequest>, I>>(object: I): RecoverLazyRegionRequest {
+    const message = createBaseRecoverLazyRegionRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    message.sourceMemstore = object.sourceMemstore ?? "";
+    return message;
+  },
+};
+
+function createBaseRecoverLazyRegionResponse(): RecoverLazyRegionResponse {
+  return { region: undefined };
+}
+
+export const RecoverLazyRegionResponse: MessageFns<RecoverLazyRegionResponse> = {
+  encode(message: RecoverLazyRegionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      Region.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverLazyRegionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverLazyRegionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = Region.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverLazyRegionResponse {
+    return { region: isSet(object.region) ? Region.fromJSON(object.region) : undefined };
+  },
+
+  toJSON(message: RecoverLazyRegionResponse): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = Region.toJSON(message.region);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RecoverLazyRegionResponse>, I>>(base?: I): RecoverLazyRegionResponse {
+    return RecoverLazyRegionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RecoverLazyRegionResponse>, I>>(object: I): RecoverLazyRegionResponse {
+    const message = createBaseRecoverLazyRegionResponse();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? Region.fromPartial(object.region)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseOpenPageSourceRequest(): OpenPageSourceRequest {
+  return { regionId: "", identity: "", size: 0n };
+}
+
+export const OpenPageSourceRequest: MessageFns<OpenPageSourceRequest> = {
+  encode(message: OpenPageSourceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.regionId !== "") {
+      writer.uint32(10).string(message.regionId);
+    }
+    if (message.identity !== "") {
+      writer.uint32(18).string(message.identity);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenPageSourceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenPageSourceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.regionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenPageSourceRequest {
+    return {
+      regionId: isSet(object.regionId)
+        ? globalThis.String(object.regionId)
+        : isSet(object.region_id)
+        ? globalThis.String(object.region_id)
+        : "",
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+    };
+  },
+
+  toJSON(message: OpenPageSourceRequest): unknown {
+    const obj: any = {};
+    if (message.regionId !== "") {
+      obj.regionId = message.regionId;
+    }
+    if (message.identity !== "") {
+      obj.identity = message.identity;
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenPageSourceRequest>, I>>(base?: I): OpenPageSourceRequest {
+    return OpenPageSourceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenPageSourceRequest>, I>>(object: I): OpenPageSourceRequest {
+    const message = createBaseOpenPageSourceRequest();
+    message.regionId = object.regionId ?? "";
+    message.identity = object.identity ?? "";
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    return message;
+  },
+};
+
+function createBaseOpenPageSourceResponse(): OpenPageSourceResponse {
+  return { sourceId: "", token: "", pageAddress: "" };
+}
+
+export const OpenPageSourceResponse: MessageFns<OpenPageSourceResponse> = {
+  encode(message: OpenPageSourceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sourceId !== "") {
+      writer.uint32(10).string(message.sourceId);
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    if (message.pageAddress !== "") {
+      writer.uint32(26).string(message.pageAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenPageSourceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenPageSourceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sourceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenPageSourceResponse {
+    return {
+      sourceId: isSet(object.sourceId)
+        ? globalThis.String(object.sourceId)
+        : isSet(object.source_id)
+        ? globalThis.String(object.source_id)
+        : "",
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      pageAddress: isSet(object.pageAddress)
+        ? globalThis.String(object.pageAddress)
+        : isSet(object.page_address)
+        ? globalThis.String(object.page_address)
+        : "",
+    };
+  },
+
+  toJSON(message: OpenPageSourceResponse): unknown {
+    const obj: any = {};
+    if (message.sourceId !== "") {
+      obj.sourceId = message.sourceId;
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.pageAddress !== "") {
+      obj.pageAddress = message.pageAddress;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenPageSourceResponse>, I>>(base?: I): OpenPageSourceResponse {
+    return OpenPageSourceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenPageSourceResponse>, I>>(object: I): OpenPageSourceResponse {
+    const message = createBaseOpenPageSourceResponse();
+    message.sourceId = object.sourceId ?? "";
+    message.token = object.token ?? "";
+    message.pageAddress = object.pageAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseClaimPageSourceRequest(): ClaimPageSourceRequest {
+  return { sourceId: "", epoch: 0n };
+}
+
+export const ClaimPageSourceRequest: MessageFns<ClaimPageSourceRequest> = {
+  encode(message: ClaimPageSourceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sourceId !== "") {
+      writer.uint32(10).string(message.sourceId);
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClaimPageSourceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClaimPageSourceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sourceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClaimPageSourceRequest {
+    return {
+      sourceId: isSet(object.sourceId)
+        ? globalThis.String(object.sourceId)
+        : isSet(object.source_id)
+        ? globalThis.String(object.source_id)
+        : "",
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+    };
+  },
+
+  toJSON(message: ClaimPageSourceRequest): unknown {
+    const obj: any = {};
+    if (message.sourceId !== "") {
+      obj.sourceId = message.sourceId;
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClaimPageSourceRequest>, I>>(base?: I): ClaimPageSourceRequest {
+    return ClaimPageSourceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClaimPageSourceRequest>, I>>(object: I): ClaimPageSourceRequest {
+    const message = createBaseClaimPageSourceRequest();
+    message.sourceId = object.sourceId ?? "";
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    return message;
+  },
+};
+
+function createBaseClaimPageSourceResponse(): ClaimPageSourceResponse {
+  return { epoch: 0n };
+}
+
+export const ClaimPageSourceResponse: MessageFns<ClaimPageSourceResponse> = {
+  encode(message: ClaimPageSourceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClaimPageSourceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClaimPageSourceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClaimPageSourceResponse {
+    return { epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n };
+  },
+
+  toJSON(message: ClaimPageSourceResponse): unknown {
+    const obj: any = {};
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClaimPageSourceResponse>, I>>(base?: I): ClaimPageSourceResponse {
+    return ClaimPageSourceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClaimPageSourceResponse>, I>>(object: I): ClaimPageSourceResponse {
+    const message = createBaseClaimPageSourceResponse();
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    return message;
+  },
+};
+
+function createBaseClosePageSourceRequest(): ClosePageSourceRequest {
+  return { sourceId: "", complete: false };
+}
+
+export const ClosePageSourceRequest: MessageFns<ClosePageSourceRequest> = {
+  encode(message: ClosePageSourceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sourceId !== "") {
+      writer.uint32(10).string(message.sourceId);
+    }
+    if (message.complete !== false) {
+      writer.uint32(16).bool(message.complete);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClosePageSourceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClosePageSourceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sourceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.complete = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClosePageSourceRequest {
+    return {
+      sourceId: isSet(object.sourceId)
+        ? globalThis.String(object.sourceId)
+        : isSet(object.source_id)
+        ? globalThis.String(object.source_id)
+        : "",
+      complete: isSet(object.complete) ? globalThis.Boolean(object.complete) : false,
+    };
+  },
+
+  toJSON(message: ClosePageSourceRequest): unknown {
+    const obj: any = {};
+    if (message.sourceId !== "") {
+      obj.sourceId = message.sourceId;
+    }
+    if (message.complete !== false) {
+      obj.complete = message.complete;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClosePageSourceRequest>, I>>(base?: I): ClosePageSourceRequest {
+    return ClosePageSourceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClosePageSourceRequest>, I>>(object: I): ClosePageSourceRequest {
+    const message = createBaseClosePageSourceRequest();
+    message.sourceId = object.sourceId ?? "";
+    message.complete = object.complete ?? false;
+    return message;
+  },
+};
+
+function createBaseClosePageSourceResponse(): ClosePageSourceResponse {
+  return {};
+}
+
+export const ClosePageSourceResponse: MessageFns<ClosePageSourceResponse> = {
+  encode(_: ClosePageSourceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClosePageSourceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClosePageSourceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ClosePageSourceResponse {
+    return {};
+  },
+
+  toJSON(_: ClosePageSourceResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClosePageSourceResponse>, I>>(base?: I): ClosePageSourceResponse {
+    return ClosePageSourceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClosePageSourceResponse>, I>>(_: I): ClosePageSourceResponse {
+    const message = createBaseClosePageSourceResponse();
+    return message;
+  },
+};
+
+function createBaseFetchPagesRequest(): FetchPagesRequest {
+  return { region: undefined, firstPage: 0n, pageCount: 0 };
+}
+
+export const FetchPagesRequest: MessageFns<FetchPagesRequest> = {
+  encode(message: FetchPagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== undefined) {
+      RegionSelector.encode(message.region, writer.uint32(10).fork()).join();
+    }
+    if (message.firstPage !== 0n) {
+      if (BigInt.asUintN(64, message.firstPage) !== message.firstPage) {
+        throw new globalThis.Error("value provided for field message.firstPage of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.firstPage);
+    }
+    if (message.pageCount !== 0) {
+      writer.uint32(24).uint32(message.pageCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchPagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchPagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = RegionSelector.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.firstPage = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchPagesRequest {
+    return {
+      region: isSet(object.region) ? RegionSelector.fromJSON(object.region) : undefined,
+      firstPage: isSet(object.firstPage)
+        ? BigInt(object.firstPage)
+        : isSet(object.first_page)
+        ? BigInt(object.first_page)
+        : 0n,
+      pageCount: isSet(object.pageCount)
+        ? globalThis.Number(object.pageCount)
+        : isSet(object.page_count)
+        ? globalThis.Number(object.page_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: FetchPagesRequest): unknown {
+    const obj: any = {};
+    if (message.region !== undefined) {
+      obj.region = RegionSelector.toJSON(message.region);
+    }
+    if (message.firstPage !== 0n) {
+      obj.firstPage = message.firstPage.toString();
+    }
+    if (message.pageCount !== 0) {
+      obj.pageCount = Math.round(message.pageCount);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchPagesRequest>, I>>(base?: I): FetchPagesRequest {
+    return FetchPagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchPagesRequest>, I>>(object: I): FetchPagesRequest {
+    const message = createBaseFetchPagesRequest();
+    message.region = (object.region !== undefined && object.region !== null)
+      ? RegionSelector.fromPartial(object.region)
+      : undefined;
+    message.firstPage = (object.firstPage !== undefined && object.firstPage !== null) ? BigInt(object.firstPage) : 0n;
+    message.pageCount = object.pageCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseFetchPagesResponse(): FetchPagesResponse {
+  return { waitedUs: 0n };
+}
+
+export const FetchPagesResponse: MessageFns<FetchPagesResponse> = {
+  encode(message: FetchPagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.waitedUs !== 0n) {
+      if (BigInt.asUintN(64, message.waitedUs) !== message.waitedUs) {
+        throw new globalThis.Error("value provided for field message.waitedUs of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.waitedUs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchPagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchPagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.waitedUs = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchPagesResponse {
+    return {
+      waitedUs: isSet(object.waitedUs)
+        ? BigInt(object.waitedUs)
+        : isSet(object.waited_us)
+        ? BigInt(object.waited_us)
+        : 0n,
+    };
+  },
+
+  toJSON(message: FetchPagesResponse): unknown {
+    const obj: any = {};
+    if (message.waitedUs !== 0n) {
+      obj.waitedUs = message.waitedUs.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchPagesResponse>, I>>(base?: I): FetchPagesResponse {
+    return FetchPagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchPagesResponse>, I>>(object: I): FetchPagesResponse {
+    const message = createBaseFetchPagesResponse();
+    message.waitedUs = (object.waitedUs !== undefined && object.waitedUs !== null) ? BigInt(object.waitedUs) : 0n;
     return message;
   },
 };
@@ -7244,6 +9163,111 @@ export const MemstoreServiceService = {
       Buffer.from(ImportSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ImportSnapshotResponse => ImportSnapshotResponse.decode(value),
   },
+  /**
+   * Post-copy across hosts (apps/memstore/LAZY.md). A lazy region lives on the target host's
+   * memstore and is filled from a region of another memstore (the source host's): pages a vmm
+   * asks for first (FetchPages on the lease channel), the rest in the background in address
+   * order. Its present map (a file beside the region's, libs/bitmap present-map.ts) says which
+   * pages have arrived; a missing page is never read as zero. When every page is here the
+   * region becomes an ordinary region and the source memstore deletes its copy.
+   *
+   * Target host (roles vmm, migrator, operator): creates the lazy region. It opens a page source
+   * on the source memstore at once (checks the region's identity and size) but fetches nothing
+   * until StartLazyFill: the source VM still runs and writes it. LAZY_SOURCE_UNAVAILABLE,
+   * REGION_EXISTS, and the errors of CreateRegion.
+   */
+  createLazyRegion: {
+    path: "/handoff.memstore.v1.MemstoreService/CreateLazyRegion" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateLazyRegionRequest): Buffer =>
+      Buffer.from(CreateLazyRegionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateLazyRegionRequest => CreateLazyRegionRequest.decode(value),
+    responseSerialize: (value: CreateLazyRegionResponse): Buffer =>
+      Buffer.from(CreateLazyRegionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateLazyRegionResponse => CreateLazyRegionResponse.decode(value),
+  },
+  /**
+   * Target host (roles vmm, migrator; also on the lease channel): the source VM has stopped.
+   * memstore claims the source region's writer lease on the source memstore (compare-and-set at
+   * the epoch the request names) and starts the fill. LEASE_STALE_EPOCH when the source moved
+   * on, LAZY_SOURCE_UNAVAILABLE when it cannot be reached.
+   */
+  startLazyFill: {
+    path: "/handoff.memstore.v1.MemstoreService/StartLazyFill" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartLazyFillRequest): Buffer => Buffer.from(StartLazyFillRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartLazyFillRequest => StartLazyFillRequest.decode(value),
+    responseSerialize: (value: StartLazyFillResponse): Buffer =>
+      Buffer.from(StartLazyFillResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartLazyFillResponse => StartLazyFillResponse.decode(value),
+  },
+  /**
+   * Target host (roles operator, migrator): reconnects a fill whose source stopped answering
+   * (present state SOURCE_PAUSED) and goes on where it stopped, optionally at a new address of
+   * the source memstore. Pending page requests are then served. LAZY_SOURCE_UNAVAILABLE while
+   * the source is still away; REGION_NOT_LAZY for an ordinary region.
+   */
+  recoverLazyRegion: {
+    path: "/handoff.memstore.v1.MemstoreService/RecoverLazyRegion" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RecoverLazyRegionRequest): Buffer =>
+      Buffer.from(RecoverLazyRegionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RecoverLazyRegionRequest => RecoverLazyRegionRequest.decode(value),
+    responseSerialize: (value: RecoverLazyRegionResponse): Buffer =>
+      Buffer.from(RecoverLazyRegionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RecoverLazyRegionResponse => RecoverLazyRegionResponse.decode(value),
+  },
+  /**
+   * Source host, called by another memstore (role memstore): a page source over one region.
+   * Checks identity and size, answers the page channel's address and a token bound to the
+   * calling memstore's certificate. REGION_NOT_FOUND, REGION_IDENTITY_MISMATCH.
+   */
+  openPageSource: {
+    path: "/handoff.memstore.v1.MemstoreService/OpenPageSource" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenPageSourceRequest): Buffer =>
+      Buffer.from(OpenPageSourceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenPageSourceRequest => OpenPageSourceRequest.decode(value),
+    responseSerialize: (value: OpenPageSourceResponse): Buffer =>
+      Buffer.from(OpenPageSourceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenPageSourceResponse => OpenPageSourceResponse.decode(value),
+  },
+  /**
+   * Source host (role memstore): moves the region's writer lease from the holder at `epoch` to
+   * the page source (holder `<calling memstore id>/lazy/<source id>`, epoch + 1), after which
+   * the page channel serves its pages. Idempotent for the source that already holds it (a
+   * recover after a restart). LEASE_STALE_EPOCH.
+   */
+  claimPageSource: {
+    path: "/handoff.memstore.v1.MemstoreService/ClaimPageSource" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClaimPageSourceRequest): Buffer =>
+      Buffer.from(ClaimPageSourceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClaimPageSourceRequest => ClaimPageSourceRequest.decode(value),
+    responseSerialize: (value: ClaimPageSourceResponse): Buffer =>
+      Buffer.from(ClaimPageSourceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClaimPageSourceResponse => ClaimPageSourceResponse.decode(value),
+  },
+  /**
+   * Source host (role memstore): the reader is done. `complete`: every page arrived, the region
+   * is deleted on this host; else (the target gave up before claiming) nothing changes here.
+   */
+  closePageSource: {
+    path: "/handoff.memstore.v1.MemstoreService/ClosePageSource" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClosePageSourceRequest): Buffer =>
+      Buffer.from(ClosePageSourceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClosePageSourceRequest => ClosePageSourceRequest.decode(value),
+    responseSerialize: (value: ClosePageSourceResponse): Buffer =>
+      Buffer.from(ClosePageSourceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClosePageSourceResponse => ClosePageSourceResponse.decode(value),
+  },
 } as const;
 
 export interface MemstoreServiceServer extends UntypedServiceImplementation {
@@ -7343,6 +9367,52 @@ export interface MemstoreServiceServer extends UntypedServiceImplementation {
    * SNAPSHOT_FORMAT (bad magic, truncated, corrupted, or a newer major version), SNAPSHOT_EXISTS.
    */
   importSnapshot: handleClientStreamingCall<ImportSnapshotRequest, ImportSnapshotResponse>;
+  /**
+   * Post-copy across hosts (apps/memstore/LAZY.md). A lazy region lives on the target host's
+   * memstore and is filled from a region of another memstore (the source host's): pages a vmm
+   * asks for first (FetchPages on the lease channel), the rest in the background in address
+   * order. Its present map (a file beside the region's, libs/bitmap present-map.ts) says which
+   * pages have arrived; a missing page is never read as zero. When every page is here the
+   * region becomes an ordinary region and the source memstore deletes its copy.
+   *
+   * Target host (roles vmm, migrator, operator): creates the lazy region. It opens a page source
+   * on the source memstore at once (checks the region's identity and size) but fetches nothing
+   * until StartLazyFill: the source VM still runs and writes it. LAZY_SOURCE_UNAVAILABLE,
+   * REGION_EXISTS, and the errors of CreateRegion.
+   */
+  createLazyRegion: handleUnaryCall<CreateLazyRegionRequest, CreateLazyRegionResponse>;
+  /**
+   * Target host (roles vmm, migrator; also on the lease channel): the source VM has stopped.
+   * memstore claims the source region's writer lease on the source memstore (compare-and-set at
+   * the epoch the request names) and starts the fill. LEASE_STALE_EPOCH when the source moved
+   * on, LAZY_SOURCE_UNAVAILABLE when it cannot be reached.
+   */
+  startLazyFill: handleUnaryCall<StartLazyFillRequest, StartLazyFillResponse>;
+  /**
+   * Target host (roles operator, migrator): reconnects a fill whose source stopped answering
+   * (present state SOURCE_PAUSED) and goes on where it stopped, optionally at a new address of
+   * the source memstore. Pending page requests are then served. LAZY_SOURCE_UNAVAILABLE while
+   * the source is still away; REGION_NOT_LAZY for an ordinary region.
+   */
+  recoverLazyRegion: handleUnaryCall<RecoverLazyRegionRequest, RecoverLazyRegionResponse>;
+  /**
+   * Source host, called by another memstore (role memstore): a page source over one region.
+   * Checks identity and size, answers the page channel's address and a token bound to the
+   * calling memstore's certificate. REGION_NOT_FOUND, REGION_IDENTITY_MISMATCH.
+   */
+  openPageSource: handleUnaryCall<OpenPageSourceRequest, OpenPageSourceResponse>;
+  /**
+   * Source host (role memstore): moves the region's writer lease from the holder at `epoch` to
+   * the page source (holder `<calling memstore id>/lazy/<source id>`, epoch + 1), after which
+   * the page channel serves its pages. Idempotent for the source that already holds it (a
+   * recover after a restart). LEASE_STALE_EPOCH.
+   */
+  claimPageSource: handleUnaryCall<ClaimPageSourceRequest, ClaimPageSourceResponse>;
+  /**
+   * Source host (role memstore): the reader is done. `complete`: every page arrived, the region
+   * is deleted on this host; else (the target gave up before claiming) nothing changes here.
+   */
+  closePageSource: handleUnaryCall<ClosePageSourceRequest, ClosePageSourceResponse>;
 }
 
 export interface MemstoreServiceClient extends Client {
@@ -7764,6 +9834,136 @@ export interface MemstoreServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ImportSnapshotResponse) => void,
   ): ClientWritableStream<ImportSnapshotRequest>;
+  /**
+   * Post-copy across hosts (apps/memstore/LAZY.md). A lazy region lives on the target host's
+   * memstore and is filled from a region of another memstore (the source host's): pages a vmm
+   * asks for first (FetchPages on the lease channel), the rest in the background in address
+   * order. Its present map (a file beside the region's, libs/bitmap present-map.ts) says which
+   * pages have arrived; a missing page is never read as zero. When every page is here the
+   * region becomes an ordinary region and the source memstore deletes its copy.
+   *
+   * Target host (roles vmm, migrator, operator): creates the lazy region. It opens a page source
+   * on the source memstore at once (checks the region's identity and size) but fetches nothing
+   * until StartLazyFill: the source VM still runs and writes it. LAZY_SOURCE_UNAVAILABLE,
+   * REGION_EXISTS, and the errors of CreateRegion.
+   */
+  createLazyRegion(
+    request: CreateLazyRegionRequest,
+    callback: (error: ServiceError | null, response: CreateLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  createLazyRegion(
+    request: CreateLazyRegionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  createLazyRegion(
+    request: CreateLazyRegionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Target host (roles vmm, migrator; also on the lease channel): the source VM has stopped.
+   * memstore claims the source region's writer lease on the source memstore (compare-and-set at
+   * the epoch the request names) and starts the fill. LEASE_STALE_EPOCH when the source moved
+   * on, LAZY_SOURCE_UNAVAILABLE when it cannot be reached.
+   */
+  startLazyFill(
+    request: StartLazyFillRequest,
+    callback: (error: ServiceError | null, response: StartLazyFillResponse) => void,
+  ): ClientUnaryCall;
+  startLazyFill(
+    request: StartLazyFillRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartLazyFillResponse) => void,
+  ): ClientUnaryCall;
+  startLazyFill(
+    request: StartLazyFillRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartLazyFillResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Target host (roles operator, migrator): reconnects a fill whose source stopped answering
+   * (present state SOURCE_PAUSED) and goes on where it stopped, optionally at a new address of
+   * the source memstore. Pending page requests are then served. LAZY_SOURCE_UNAVAILABLE while
+   * the source is still away; REGION_NOT_LAZY for an ordinary region.
+   */
+  recoverLazyRegion(
+    request: RecoverLazyRegionRequest,
+    callback: (error: ServiceError | null, response: RecoverLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  recoverLazyRegion(
+    request: RecoverLazyRegionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RecoverLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  recoverLazyRegion(
+    request: RecoverLazyRegionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RecoverLazyRegionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Source host, called by another memstore (role memstore): a page source over one region.
+   * Checks identity and size, answers the page channel's address and a token bound to the
+   * calling memstore's certificate. REGION_NOT_FOUND, REGION_IDENTITY_MISMATCH.
+   */
+  openPageSource(
+    request: OpenPageSourceRequest,
+    callback: (error: ServiceError | null, response: OpenPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  openPageSource(
+    request: OpenPageSourceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  openPageSource(
+    request: OpenPageSourceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Source host (role memstore): moves the region's writer lease from the holder at `epoch` to
+   * the page source (holder `<calling memstore id>/lazy/<source id>`, epoch + 1), after which
+   * the page channel serves its pages. Idempotent for the source that already holds it (a
+   * recover after a restart). LEASE_STALE_EPOCH.
+   */
+  claimPageSource(
+    request: ClaimPageSourceRequest,
+    callback: (error: ServiceError | null, response: ClaimPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  claimPageSource(
+    request: ClaimPageSourceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClaimPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  claimPageSource(
+    request: ClaimPageSourceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClaimPageSourceResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Source host (role memstore): the reader is done. `complete`: every page arrived, the region
+   * is deleted on this host; else (the target gave up before claiming) nothing changes here.
+   */
+  closePageSource(
+    request: ClosePageSourceRequest,
+    callback: (error: ServiceError | null, response: ClosePageSourceResponse) => void,
+  ): ClientUnaryCall;
+  closePageSource(
+    request: ClosePageSourceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClosePageSourceResponse) => void,
+  ): ClientUnaryCall;
+  closePageSource(
+    request: ClosePageSourceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClosePageSourceResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const MemstoreServiceClient = makeGenericClientConstructor(

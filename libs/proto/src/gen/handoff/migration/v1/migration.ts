@@ -101,6 +101,13 @@ export enum MigrationStatus {
   MIGRATION_STATUS_FAILED = 8,
   MIGRATION_STATUS_CANCELLING = 9,
   MIGRATION_STATUS_CANCELLED = 10,
+  /**
+   * MIGRATION_STATUS_POSTCOPY_PAUSED - Post-copy lost its source (its memstore or the link): the guest waits on missing pages
+   * until a recover.
+   */
+  MIGRATION_STATUS_POSTCOPY_PAUSED = 11,
+  /** MIGRATION_STATUS_POSTCOPY_RECOVER - A recover reconnects a paused post-copy. */
+  MIGRATION_STATUS_POSTCOPY_RECOVER = 12,
   UNRECOGNIZED = -1,
 }
 
@@ -139,6 +146,12 @@ export function migrationStatusFromJSON(object: any): MigrationStatus {
     case 10:
     case "MIGRATION_STATUS_CANCELLED":
       return MigrationStatus.MIGRATION_STATUS_CANCELLED;
+    case 11:
+    case "MIGRATION_STATUS_POSTCOPY_PAUSED":
+      return MigrationStatus.MIGRATION_STATUS_POSTCOPY_PAUSED;
+    case 12:
+    case "MIGRATION_STATUS_POSTCOPY_RECOVER":
+      return MigrationStatus.MIGRATION_STATUS_POSTCOPY_RECOVER;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -170,6 +183,10 @@ export function migrationStatusToJSON(object: MigrationStatus): string {
       return "MIGRATION_STATUS_CANCELLING";
     case MigrationStatus.MIGRATION_STATUS_CANCELLED:
       return "MIGRATION_STATUS_CANCELLED";
+    case MigrationStatus.MIGRATION_STATUS_POSTCOPY_PAUSED:
+      return "MIGRATION_STATUS_POSTCOPY_PAUSED";
+    case MigrationStatus.MIGRATION_STATUS_POSTCOPY_RECOVER:
+      return "MIGRATION_STATUS_POSTCOPY_RECOVER";
     case MigrationStatus.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

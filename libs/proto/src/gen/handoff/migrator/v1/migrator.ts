@@ -162,6 +162,10 @@ export interface VmmInstance {
   /** False when no heartbeat arrived within the expiry window (its VMs are then not placed). */
   alive: boolean;
   vmCount: number;
+  /** The host it runs on: vmm instances of one host share one memstore and its files. */
+  hostId: string;
+  /** That host's memstore (gRPC address). */
+  memstoreAddress: string;
 }
 
 export interface Job {
@@ -262,7 +266,12 @@ export interface RegisterVmmRequest {
    * heartbeat. An instance sends one registration or report at a time, so they arrive in
    * order and the migrator keeps the last set it received.
    */
-  vms: HostedVms | undefined;
+  vms:
+    | HostedVms
+    | undefined;
+  /** The host the instance runs on (--host-id; "host-1" by default) and its memstore's address. */
+  hostId: string;
+  memstoreAddress: string;
 }
 
 export interface RegisterVmmResponse {
@@ -424,7 +433,16 @@ export interface CancelJobResponse {
 }
 
 function createBaseVmmInstance(): VmmInstance {
-  return { id: "", address: "", version: "", lastSeen: undefined, alive: false, vmCount: 0 };
+  return {
+    id: "",
+    address: "",
+    version: "",
+    lastSeen: undefined,
+    alive: false,
+    vmCount: 0,
+    hostId: "",
+    memstoreAddress: "",
+  };
 }
 
 export const VmmInstance: MessageFns<VmmInstance> = {
@@ -446,6 +464,12 @@ export const VmmInstance: MessageFns<VmmInstance> = {
     }
     if (message.vmCount !== 0) {
       writer.uint32(48).uint32(message.vmCount);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(58).string(message.hostId);
+    }
+    if (message.memstoreAddress !== "") {
+      writer.uint32(66).string(message.memstoreAddress);
     }
     return writer;
   },
@@ -511,6 +535,22 @@ export const VmmInstance: MessageFns<VmmInstance> = {
             message.vmCount = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.memstoreAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -539,6 +579,16 @@ export const VmmInstance: MessageFns<VmmInstance> = {
         : isSet(object.vm_count)
         ? globalThis.Number(object.vm_count)
         : 0,
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      memstoreAddress: isSet(object.memstoreAddress)
+        ? globalThis.String(object.memstoreAddress)
+        : isSet(object.memstore_address)
+        ? globalThis.String(object.memstore_address)
+        : "",
     };
   },
 
@@ -562,6 +612,12 @@ export const VmmInstance: MessageFns<VmmInstance> = {
     if (message.vmCount !== 0) {
       obj.vmCount = Math.round(message.vmCount);
     }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.memstoreAddress !== "") {
+      obj.memstoreAddress = message.memstoreAddress;
+    }
     return obj;
   },
 
@@ -578,6 +634,8 @@ export const VmmInstance: MessageFns<VmmInstance> = {
       : undefined;
     message.alive = object.alive ?? false;
     message.vmCount = object.vmCount ?? 0;
+    message.hostId = object.hostId ?? "";
+    message.memstoreAddress = object.memstoreAddress ?? "";
     return message;
   },
 };
@@ -1544,7 +1602,16 @@ export const HostedVms: MessageFns<HostedVms> = {
 };
 
 function createBaseRegisterVmmRequest(): RegisterVmmRequest {
-  return { id: "", address: "", version: "", vmCount: 0, vmsVersion: 0n, vms: undefined };
+  return {
+    id: "",
+    address: "",
+    version: "",
+    vmCount: 0,
+    vmsVersion: 0n,
+    vms: undefined,
+    hostId: "",
+    memstoreAddress: "",
+  };
 }
 
 export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
@@ -1569,6 +1636,12 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
     }
     if (message.vms !== undefined) {
       HostedVms.encode(message.vms, writer.uint32(50).fork()).join();
+    }
+    if (message.hostId !== "") {
+      writer.uint32(58).string(message.hostId);
+    }
+    if (message.memstoreAddress !== "") {
+      writer.uint32(66).string(message.memstoreAddress);
     }
     return writer;
   },
@@ -1634,6 +1707,22 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
             message.vms = HostedVms.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.memstoreAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1662,6 +1751,16 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
         ? BigInt(object.vms_version)
         : 0n,
       vms: isSet(object.vms) ? HostedVms.fromJSON(object.vms) : undefined,
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      memstoreAddress: isSet(object.memstoreAddress)
+        ? globalThis.String(object.memstoreAddress)
+        : isSet(object.memstore_address)
+        ? globalThis.String(object.memstore_address)
+        : "",
     };
   },
 
@@ -1685,6 +1784,12 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
     if (message.vms !== undefined) {
       obj.vms = HostedVms.toJSON(message.vms);
     }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.memstoreAddress !== "") {
+      obj.memstoreAddress = message.memstoreAddress;
+    }
     return obj;
   },
 
@@ -1701,6 +1806,8 @@ export const RegisterVmmRequest: MessageFns<RegisterVmmRequest> = {
       ? BigInt(object.vmsVersion)
       : 0n;
     message.vms = (object.vms !== undefined && object.vms !== null) ? HostedVms.fromPartial(object.vms) : undefined;
+    message.hostId = object.hostId ?? "";
+    message.memstoreAddress = object.memstoreAddress ?? "";
     return message;
   },
 };
