@@ -80,6 +80,7 @@ export {
   type MigrationRoute,
   type MigrationTimeline,
   type MigrationTransport,
+  type PostcopyStats,
   type QapiMigrationInfo,
   type StateEncoding,
   type QapiRamStats,

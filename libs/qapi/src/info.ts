@@ -45,7 +45,7 @@ export type MigrationTransport = 'switchover-slot' | 'data-channel' | 'grpc';
  * memstore's lease channel), `stream` (the target's main thread sent TransferLease at the
  * stream's final marker), or `none` (no block travelled by reference).
  */
-export type LeaseMove = 'armed' | 'lease-channel' | 'stream' | 'none';
+export type LeaseMove = 'armed' | 'lease-channel' | 'stream' | 'page-source' | 'none';
 
 /** How the device state was encoded: the compact layout (switchover only) or the container. */
 export type StateEncoding = 'compact' | 'container';
@@ -71,6 +71,24 @@ export interface MigrationTimeline {
   readonly statePublishedMs: number;
   /** The target's vCPU ran the guest. */
   readonly targetRunningMs: number;
+}
+
+/**
+ * How a post-copy goes (Handoff's own members; QEMU reports only `postcopy-requests`): the
+ * target runs the guest while its memory arrives through the target host's memory service.
+ */
+export interface PostcopyStats {
+  /** Pages the target's guest asked for (QEMU's `postcopy-requests`). */
+  readonly requests: number;
+  /** Pages that arrived in the background. */
+  readonly backgroundPages: number;
+  /** Pages present on the target now. */
+  readonly presentPages: number;
+  /** Page requests' latency on the target (request to present), p50 and p99, microseconds. */
+  readonly faultP50Us: number;
+  readonly faultP99Us: number;
+  /** Source vCPU stop until every page was on the target, ms (0 until then). */
+  readonly fillMs: number;
 }
 
 /** Progress and result of one migration (QAPI `MigrationInfo`). */
@@ -102,6 +120,8 @@ export interface MigrationInfo {
   readonly route?: MigrationRoute;
   /** Its milestones; absent until the source's vCPU stopped. */
   readonly timeline?: MigrationTimeline;
+  /** Post-copy progress; absent unless the migration went post-copy. */
+  readonly postcopy?: PostcopyStats;
 }
 
 /** RAM statistics with every counter at zero. */
@@ -195,6 +215,15 @@ export interface QapiMigrationInfo {
     readonly 'state-encoding'?: StateEncoding;
     readonly 'target-prebuilt': boolean;
   };
+  /** Post-copy progress (see {@link PostcopyStats}). */
+  readonly postcopy?: {
+    readonly 'postcopy-requests': number;
+    readonly 'background-pages': number;
+    readonly 'present-pages': number;
+    readonly 'fault-p50-us': number;
+    readonly 'fault-p99-us': number;
+    readonly 'fill-time': number;
+  };
   /** Milestones in milliseconds after the start (see {@link MigrationTimeline}). */
   readonly timeline?: {
     readonly stopped: number;
@@ -224,6 +253,8 @@ export function ramStatsToQapi(ram: RamStats): QapiRamStats {
 const IN_PROGRESS: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
   'active',
   'postcopy-active',
+  'postcopy-paused',
+  'postcopy-recover',
   'pre-switchover',
   'device',
   'cancelling',
@@ -236,12 +267,12 @@ const IN_PROGRESS: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
  * | status | members besides `status` |
  * |---|---|
  * | none, setup, failed, cancelled | none |
- * | active, postcopy-active, pre-switchover, device, cancelling | `total-time`, `setup-time`, `expected-downtime`, `iteration`, `device-bytes`, `ram` |
+ * | active, postcopy-active, postcopy-paused, postcopy-recover, pre-switchover, device, cancelling | `total-time`, `setup-time`, `expected-downtime`, `iteration`, `device-bytes`, `ram` |
  * | completed | `total-time`, `setup-time`, `downtime`, `iteration`, `device-bytes`, `ram` |
  *
  * `cpu-throttle-percentage` appears with those members once auto-converge throttled the guest.
  * `error-desc` appears whenever the info has a non-empty `errorDesc`
- * (normally with `failed`), `route` and `timeline` whenever they are known
+ * (normally with `failed`), `route`, `timeline` and `postcopy` whenever they are known
  * (Handoff's own members: how the migration travelled and when it reached its
  * milestones). `downtime` is in milliseconds with microsecond resolution: it is
  * the guest's real pause, from the source vCPU's stop to the target vCPU's
@@ -271,6 +302,17 @@ export function migrationInfoToQapi(info: MigrationInfo): QapiMigrationInfo {
       'lease-move': r.leaseMove,
       ...(r.stateEncoding !== undefined ? { 'state-encoding': r.stateEncoding } : {}),
       'target-prebuilt': r.targetPrebuilt,
+    };
+  }
+  if (info.postcopy !== undefined) {
+    const p = info.postcopy;
+    out.postcopy = {
+      'postcopy-requests': p.requests,
+      'background-pages': p.backgroundPages,
+      'present-pages': p.presentPages,
+      'fault-p50-us': p.faultP50Us,
+      'fault-p99-us': p.faultP99Us,
+      'fill-time': p.fillMs,
     };
   }
   if (info.timeline !== undefined) {

@@ -11,6 +11,9 @@
  *                        │  └───► pre-switchover ──────────┘
  *                        │             │
  *                        └─────────────┴───► postcopy-active ──► completed
+ *                                                   │   ▲
+ *                                                   ▼   │
+ *                                   postcopy-paused ──► postcopy-recover
  *
  *   none, setup, active, pre-switchover, device ──► cancelling ──► cancelled
  *                                                       │
@@ -37,6 +40,8 @@ export const MIGRATION_STATUSES = [
   'failed',
   'cancelling',
   'cancelled',
+  'postcopy-paused',
+  'postcopy-recover',
 ] as const;
 
 /** A migration status name (QAPI `MigrationStatus`), e.g. `postcopy-active`. */
@@ -56,6 +61,9 @@ export const STATUS_DESCRIPTIONS: { readonly [S in MigrationStatus]: string } = 
   failed: 'The migration stopped on an error (see error-desc). Final.',
   cancelling: 'A cancel was requested; the source is winding the migration down.',
   cancelled: 'The migration was cancelled; the guest runs on the source. Final.',
+  'postcopy-paused':
+    'Post-copy lost its source (its memory service or the link): the target guest waits on missing pages until a recover.',
+  'postcopy-recover': 'A recover is reconnecting a paused post-copy to its source.',
 });
 
 /** Statuses no migration ever leaves: `completed`, `failed`, `cancelled`. */
@@ -80,7 +88,14 @@ export const LEGAL_TRANSITIONS: { readonly [S in MigrationStatus]: readonly Migr
       'failed',
       'cancelling',
     ] as const),
-    'postcopy-active': Object.freeze(['completed', 'failed'] as const),
+    'postcopy-active': Object.freeze(['postcopy-paused', 'completed', 'failed'] as const),
+    'postcopy-paused': Object.freeze(['postcopy-recover', 'postcopy-active', 'failed'] as const),
+    'postcopy-recover': Object.freeze([
+      'postcopy-active',
+      'postcopy-paused',
+      'completed',
+      'failed',
+    ] as const),
     'pre-switchover': Object.freeze(['postcopy-active', 'device', 'failed', 'cancelling'] as const),
     device: Object.freeze(['completed', 'failed', 'cancelling'] as const),
     completed: Object.freeze([] as const),

@@ -32,6 +32,7 @@ import type {
   MigrationRoute,
   MigrationTimeline,
   MigrationTransport,
+  PostcopyStats,
   RamStats,
   StateEncoding,
 } from './info.js';
@@ -71,6 +72,7 @@ const LEASE_MOVE_TO_WIRE: { readonly [K in LeaseMove]: migration.LeaseMove } = {
   armed: Lease.LEASE_MOVE_ARMED,
   'lease-channel': Lease.LEASE_MOVE_LEASE_CHANNEL,
   stream: Lease.LEASE_MOVE_STREAM,
+  'page-source': Lease.LEASE_MOVE_PAGE_SOURCE,
 };
 const ENCODING_TO_WIRE: { readonly [K in StateEncoding]: migration.StateEncoding } = {
   compact: Encoding.STATE_ENCODING_COMPACT,
@@ -171,6 +173,8 @@ export const STATUS_TO_WIRE: { readonly [S in MigrationStatus]: WireMigrationSta
     failed: Status.MIGRATION_STATUS_FAILED,
     cancelling: Status.MIGRATION_STATUS_CANCELLING,
     cancelled: Status.MIGRATION_STATUS_CANCELLED,
+    'postcopy-paused': Status.MIGRATION_STATUS_POSTCOPY_PAUSED,
+    'postcopy-recover': Status.MIGRATION_STATUS_POSTCOPY_RECOVER,
   });
 
 const CAPABILITY_FROM_WIRE: ReadonlyMap<number, MigrationCapability> = new Map(
@@ -415,6 +419,46 @@ export function ramStatsToWire(ram: RamStats): WireRamStats {
     );
   }
   out.mbpsX1000 = toUint64(Math.round(ram.mbps * 1000), 'RamStats.mbps × 1000');
+  for (const field of POSTCOPY_FIELDS) out[field] = 0n;
+  return out;
+}
+
+/** PostcopyStats fields carried in the wire RamStats (`fillMs` is MigrationInfo's). */
+const POSTCOPY_WIRE = {
+  requests: 'postcopyRequests',
+  backgroundPages: 'postcopyBackgroundPages',
+  presentPages: 'postcopyPresentPages',
+  faultP50Us: 'postcopyFaultP50Us',
+  faultP99Us: 'postcopyFaultP99Us',
+} as const satisfies Partial<Record<keyof PostcopyStats, keyof WireRamStats>>;
+const POSTCOPY_FIELDS = Object.values(POSTCOPY_WIRE);
+
+function postcopyToWire(p: PostcopyStats | undefined, ram: WireRamStats): void {
+  if (p === undefined) return;
+  for (const [field, wire] of Object.entries(POSTCOPY_WIRE) as [
+    keyof typeof POSTCOPY_WIRE,
+    (typeof POSTCOPY_FIELDS)[number],
+  ][]) {
+    ram[wire] = toUint64(p[field], `PostcopyStats.${field}`);
+  }
+}
+
+/** The post-copy stats a wire message carries; undefined when every counter is zero. */
+function postcopyFromWire(msg: WireMigrationInfo): PostcopyStats | undefined {
+  const ram = msg.ram;
+  // All zero reads as no post-copy: a post-copy reports its counters from its first report on.
+  const any =
+    msg.postcopyFillMs > 0n || (ram !== undefined && POSTCOPY_FIELDS.some((f) => ram[f] > 0n));
+  if (!any) return undefined;
+  const out = { fillMs: fromUint64(msg.postcopyFillMs, 'MigrationInfo.postcopyFillMs') } as {
+    -readonly [K in keyof PostcopyStats]: number;
+  };
+  for (const [field, wire] of Object.entries(POSTCOPY_WIRE) as [
+    keyof typeof POSTCOPY_WIRE,
+    (typeof POSTCOPY_FIELDS)[number],
+  ][]) {
+    out[field] = ram === undefined ? 0 : fromUint64(ram[wire], `RamStats.${wire}`);
+  }
   return out;
 }
 
@@ -439,9 +483,11 @@ export function ramStatsFromWire(msg: WireRamStats | undefined): RamStats {
  *   `QAPI_INVALID_WIRE_VALUE` for a counter that is negative, fractional or too large
  */
 export function migrationInfoToWire(info: MigrationInfo): WireMigrationInfo {
+  const ram = ramStatsToWire(info.ram);
+  postcopyToWire(info.postcopy, ram);
   return {
     status: statusToWire(info.status),
-    ram: ramStatsToWire(info.ram),
+    ram,
     totalTimeMs: toUint64(info.totalTimeMs, 'MigrationInfo.totalTimeMs'),
     expectedDowntimeMs: toUint64(info.expectedDowntimeMs, 'MigrationInfo.expectedDowntimeMs'),
     downtimeUs: toUint64(info.downtimeUs, 'MigrationInfo.downtimeUs'),
@@ -452,6 +498,7 @@ export function migrationInfoToWire(info: MigrationInfo): WireMigrationInfo {
     cpuThrottlePercentage: info.cpuThrottlePercentage,
     route: info.route === undefined ? undefined : routeToWire(info.route),
     timeline: info.timeline === undefined ? undefined : { ...info.timeline },
+    postcopyFillMs: toUint64(info.postcopy?.fillMs ?? 0, 'PostcopyStats.fillMs'),
   };
 }
 
@@ -473,10 +520,12 @@ export function migrationInfoFromWire(msg: WireMigrationInfo): MigrationInfo {
     deviceBytes: fromUint64(msg.deviceBytes, 'MigrationInfo.deviceBytes'),
     cpuThrottlePercentage: throttleFromWire(msg.cpuThrottlePercentage),
   };
+  const postcopy = postcopyFromWire(msg);
   return {
     ...info,
     ...(msg.errorDesc !== '' ? { errorDesc: msg.errorDesc } : {}),
     ...(msg.route !== undefined ? { route: routeFromWire(msg.route) } : {}),
     ...(msg.timeline !== undefined ? { timeline: timelineFromWire(msg.timeline) } : {}),
+    ...(postcopy !== undefined ? { postcopy } : {}),
   };
 }

@@ -193,6 +193,19 @@ export function jobs(c: Clients) {
       );
       return toView(res.job);
     },
+    /** Reconnects a paused post-copy of `vm` to its source; the regions reconnected and where the VM runs. */
+    async recover(req: {
+      vm: string;
+      sourceMemstore: string;
+    }): Promise<{ regions: string[]; vmm: string }> {
+      const res = await unaryCall(
+        c.migrator,
+        'recoverMigration',
+        { vm: req.vm, sourceMemstore: req.sourceMemstore },
+        opts(),
+      );
+      return { regions: res.regions, vmm: res.vmm };
+    },
     async liveUpdate(req: {
       fromVmm: string;
       toVmm: string;

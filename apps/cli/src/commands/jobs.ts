@@ -34,6 +34,7 @@ const LEASE_MOVE_WORDS = {
   armed: 'lease flipped where memstore armed it',
   'lease-channel': 'lease moved over the lease channel',
   stream: 'lease taken at the final marker',
+  'page-source': "memory filled on demand through the target host's memstore",
   none: 'no lease to move',
 } as const;
 

@@ -11,6 +11,7 @@ import { jobs } from '../api/jobs.js';
 import { CliError, EXIT } from '../errors.js';
 import { followJob, printJob } from './jobs.js';
 import type { CommandRunner } from './runner.js';
+import type { CommandContext } from '../context.js';
 
 /** Flags shared by migrate and live-update that set migration parameters. */
 export interface ParameterFlags {
@@ -48,8 +49,23 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
   program
     .command('migrate')
     .argument('<name>', 'the VM to move')
-    .requiredOption('--to <vmm>', 'the vmm instance to move it to')
+    .option('--to <vmm>', 'the vmm instance to move it to (required, except with --recover)')
     .option('--no-bypass', 'copy shared RAM too (turns bypass-shared-memory off)')
+    .option(
+      '--postcopy',
+      'turn postcopy-ram on: the VM runs on the target at once and its memory follows on ' +
+        'demand. Needed to move a VM whose RAM is a shared region to a vmm on another host ' +
+        "(the target host's memstore fetches the pages from the source host's)",
+    )
+    .option(
+      '--recover',
+      'resume a post-copy that lost its source (status postcopy-paused) once the source ' +
+        'host is back: its memory service is asked again for the missing pages',
+    )
+    .option(
+      '--source-memstore <host:port>',
+      "with --recover: the source host's memstore address, when it moved",
+    )
     .option('--downtime-limit <ms>', 'largest guest pause pre-copy aims for, in milliseconds')
     .option('--max-bandwidth <rate>', 'RAM bandwidth cap in bytes/s (e.g. 100M, 1G; 0 = unlimited)')
     .option(
@@ -64,7 +80,8 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
     .option('-d, --detach', 'print the job and return at once instead of following it')
     .description(
       'migrate a running VM to another vmm instance (with bypass-shared-memory, shared RAM stays ' +
-        'in place and only device state and private RAM move); shows progress until it ends',
+        'in place and only device state and private RAM move; to another host, --postcopy ' +
+        'moves shared RAM on demand); shows progress until it ends',
     )
     .action(
       run(
@@ -72,14 +89,29 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
           ctx,
           name: string,
           opts: ParameterFlags & {
-            to: string;
+            to?: string;
             bypass: boolean;
             capability: string[];
             detach?: boolean;
+            postcopy?: boolean;
+            recover?: boolean;
+            sourceMemstore?: string;
           },
         ) => {
+          if (opts.recover === true) return recover(ctx, name, opts);
+          if (opts.sourceMemstore !== undefined) {
+            throw new CliError('CLI_USAGE', '--source-memstore goes with --recover only');
+          }
+          if (opts.to === undefined) {
+            throw new CliError(
+              'CLI_USAGE',
+              'name the target with --to VMM (`vmctl status` lists them), or resume a paused ' +
+                'post-copy with --recover',
+            );
+          }
           const overrides: MigrationCapabilityOverrides = usage(() => {
             let o: MigrationCapabilityOverrides = { 'bypass-shared-memory': opts.bypass };
+            if (opts.postcopy === true) o = { ...o, 'postcopy-ram': true };
             for (const c of opts.capability) o = { ...o, ...parseCapabilitySettings(c) };
             return o;
           });
@@ -97,4 +129,27 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
         },
       ),
     );
+}
+
+/** `vmctl migrate NAME --recover`: reconnects a paused post-copy. */
+async function recover(
+  ctx: CommandContext,
+  name: string,
+  opts: { to?: string; postcopy?: boolean; capability: string[]; sourceMemstore?: string },
+): Promise<number> {
+  if (opts.to !== undefined || opts.postcopy === true || opts.capability.length > 0) {
+    throw new CliError(
+      'CLI_USAGE',
+      '--recover resumes the post-copy the VM is in; it takes no --to, --postcopy or --capability',
+    );
+  }
+  const r = await jobs(ctx.clients).recover({
+    vm: name,
+    sourceMemstore: opts.sourceMemstore ?? '',
+  });
+  ctx.print(
+    { vm: name, vmm: r.vmm, regions: r.regions },
+    () => `recovered the post-copy of ${name} on ${r.vmm}: ${r.regions.join(', ')} reconnected`,
+  );
+  return EXIT.ok;
 }

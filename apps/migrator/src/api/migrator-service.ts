@@ -178,6 +178,7 @@ export const MIGRATOR_ACCESS: AccessTable = {
   ListJobs: OPERATOR,
   WatchJob: OPERATOR,
   CancelJob: OPERATOR,
+  RecoverMigration: OPERATOR,
 };
 
 /**
@@ -310,6 +311,9 @@ export function migratorService(deps: {
     listJobs: unary(logger, (req) => ({ jobs: jobs.list(req.all).map(jobToWire) })),
     watchJob: serverStream(logger, (req, call) => streamJob(jobs, req.id, call)),
     cancelJob: unary(logger, async (req) => ({ job: jobToWire(await jobs.cancel(req.id)) })),
+    recoverMigration: unary(logger, async (req: pb.RecoverMigrationRequest) =>
+      jobs.recoverPostcopy(req.vm, req.sourceMemstore),
+    ),
   };
   return {
     name: serviceNames.migrator,

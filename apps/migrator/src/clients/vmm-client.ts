@@ -45,6 +45,11 @@ export interface PrepareCall {
   readonly sourceVmm: string;
   readonly spec: VmSpec | undefined;
   readonly capabilities: MigrationCapabilities;
+  /**
+   * The source host's memstore when the source vmm runs on another host than the target
+   * (undefined: the same host): the target then fills shared blocks by post-copy.
+   */
+  readonly sourceMemstore?: string;
 }
 
 /**
@@ -190,11 +195,13 @@ export function unreachableHow(err: unknown): 'refused' | 'silent' | undefined {
 /**
  * Whether a migration's error is the source vmm's own verdict on it (a coded migration or VM
  * error that says where the VM is) rather than an uncertain end: a transport error, a call that
- * ended without its final info, an internal error, or the source's own MIGRATION_UNCERTAIN.
+ * ended without its final info, an internal error, the source's own MIGRATION_UNCERTAIN, or a
+ * MIGRATION_POSTCOPY_FAILED (the VM ran on the target before the fill of its memory failed).
  */
 export function isDefinitive(err: unknown): boolean {
   if (!(err instanceof RemoteError)) return false;
-  if (err.code === 'MIGRATION_UNCERTAIN') return false;
+  // Uncertain, or a post-copy that failed after the target ran the guest: ask both ends.
+  if (err.code === 'MIGRATION_UNCERTAIN' || err.code === 'MIGRATION_POSTCOPY_FAILED') return false;
   return err.code.startsWith('MIGRATION_') || err.code.startsWith('VMM_');
 }
 
@@ -279,6 +286,7 @@ export class VmmClients implements VmmCalls {
         sourceVmm: req.sourceVmm,
         spec: req.spec === undefined ? undefined : vmSpecToWire(req.spec),
         capabilities: capabilitiesToWire(req.capabilities),
+        sourceMemstore: req.sourceMemstore ?? '',
       },
       this.opts(),
     );

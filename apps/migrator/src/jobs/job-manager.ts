@@ -384,6 +384,19 @@ export class JobManager {
     return live.job;
   }
 
+  /**
+   * Resumes the paused post-copy of VM `vm`: the memstore of the host it runs on reconnects
+   * each of its lazy regions to its source (optionally at `sourceMemstore`).
+   *
+   * @throws MigratorError `MIGRATOR_VM_NOT_FOUND`, `MIGRATOR_INVALID_ARGUMENT` when nothing of
+   *   the VM waits for a source
+   */
+  async recoverPostcopy(vm: string, sourceMemstore: string): Promise<{ regions: string[]; vmm: string }> {
+    void vm;
+    void sourceMemstore;
+    throw new MigratorError('MIGRATOR_UNIMPLEMENTED', 'recover is wired with the host registry');
+  }
+
   /** One job; MIGRATOR_JOB_NOT_FOUND if unknown. */
   get(id: string): Job {
     return this.live(id).job;

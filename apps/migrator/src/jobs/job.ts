@@ -157,7 +157,13 @@ export function isFinished(job: Job): boolean {
 }
 
 /** Statuses a path passes through only when they are its end. */
-const DETOURS = new Set<MigrationStatus>(['cancelling', 'postcopy-active', 'pre-switchover']);
+const DETOURS = new Set<MigrationStatus>([
+  'cancelling',
+  'postcopy-active',
+  'postcopy-paused',
+  'postcopy-recover',
+  'pre-switchover',
+]);
 
 /**
  * The shortest legal path from `from` to `to` through qapi's transition table
@@ -187,7 +193,10 @@ export function statusPath(
         }
         return path;
       }
-      const detour = DETOURS.has(next) && !(next === 'cancelling' && to === 'cancelled');
+      const detour =
+        DETOURS.has(next) &&
+        !(next === 'cancelling' && to === 'cancelled') &&
+        !(next.startsWith('postcopy-') && to.startsWith('postcopy-'));
       if (!isTerminal(next) && !detour) queue.push(next);
     }
   }

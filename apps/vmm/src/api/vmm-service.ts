@@ -152,6 +152,7 @@ export function vmmServices(deps: {
         hint: hintOf(req, host),
         capabilities,
         source: req.sourceVmm,
+        sourceMemstore: req.sourceMemstore ?? '',
       });
       return {
         token: prepared.token,

@@ -53,6 +53,7 @@ export async function acceptHeader(
   name: string,
   prebuilt: Prebuilt | null,
   host: VmHost,
+  sourceMemstore = '',
 ): Promise<AcceptedHeader> {
   const bad = (what: string): never => {
     throw new MigrationError('MIGRATION_BAD_STREAM', what);
@@ -99,7 +100,36 @@ export async function acceptHeader(
     if (s.size <= 0 || s.size % PAGE_SIZE !== 0) bad(`${what}: size ${s.size} is not whole pages`);
     const pages = s.size / PAGE_SIZE;
     templates.push(undefined);
-    if (b.regionRef !== undefined) {
+    if (b.regionRef !== undefined && sourceMemstore !== '') {
+      // Another host's region: never mapped here; filled through this host's memstore.
+      if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
+      const caps = capabilitiesFromWire(h.capabilities);
+      if (!caps['postcopy-ram']) {
+        throw new MigrationError(
+          'MIGRATION_UNSUPPORTED',
+          `${what}: its memory is a region of the memstore at ${sourceMemstore}, on another host, ` +
+            "and a vmm maps only its own host's memory: migrate with --postcopy to fill it " +
+            "through this host's memstore, or with --no-bypass to copy it",
+        );
+      }
+      const ref = b.regionRef;
+      if (ref.size !== BigInt(s.size))
+        bad(`${what}: the RegionRef's size differs from the block's`);
+      plans.push({
+        spec: referencedSpec(s, name, s.region),
+        pages,
+        mode: 'ref',
+        region: null,
+        epoch: Number(ref.epoch),
+        remote: {
+          memstore: sourceMemstore,
+          regionId: ref.regionId,
+          identity: ref.identity,
+          size: Number(ref.size),
+          epoch: Number(ref.epoch),
+        },
+      });
+    } else if (b.regionRef !== undefined) {
       if (s.backend !== 'shared') bad(`${what}: a RegionRef on a ${s.backend} block`);
       const ref = b.regionRef;
       const seen = prebuilt?.blocks[k]?.region;

@@ -17,6 +17,7 @@ import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { Vm } from '../vm/vm.js';
 import { MigrationError } from '../model/migration-error.js';
 import { modeFor, PAGE_SIZE, type IncomingBlock } from './pages/frames.js';
+import { dropLazyRegions, openLazyBlock } from './lazy-blocks.js';
 
 /** One block of an incoming table: how it travels and, once opened, its memory here. */
 export interface Block extends IncomingBlock {
@@ -26,7 +27,23 @@ export interface Block extends IncomingBlock {
   readonly region: msPb.Region | null;
   /** The lease epoch the source holds (blocks sent by reference). */
   readonly epoch: number;
+  /**
+   * Set for a block whose region lives on another host (post-copy): it is opened as a lazy
+   * region of this host's memstore filled from that one; `region` is then this host's.
+   */
+  readonly remote?: RemoteSource;
   backing: RamBacking | null;
+}
+
+/** The source host's region a lazy block is filled from. */
+export interface RemoteSource {
+  /** The source host's memstore (gRPC address). */
+  readonly memstore: string;
+  readonly regionId: string;
+  readonly identity: string;
+  readonly size: number;
+  /** The source VM's lease epoch there (the fill's claim compares it). */
+  readonly epoch: number;
 }
 
 /** What a block needs before it is opened. */
@@ -92,7 +109,11 @@ export async function openBlock(
 ): Promise<Block> {
   const block: Block = { ...plan, bytes: null, backing: null };
   if (plan.mode === 'copy') block.backing = openPrivate(plan.spec, ctx);
-  if (plan.mode === 'ref') {
+  if (plan.mode === 'ref' && plan.remote !== undefined) {
+    const lazy = await openLazyBlock(plan.spec, plan.remote, ctx);
+    (block as { region: msPb.Region | null }).region = lazy.region;
+    block.backing = lazy.backing;
+  } else if (plan.mode === 'ref') {
     // A region the VM owns goes with it: destroyed here, the VM deletes it after its lease.
     const region = plan.region!;
     const afterRelease =
@@ -114,12 +135,21 @@ export async function openBlock(
   return block;
 }
 
-/** Closes opened blocks; a block sent by reference is only unmapped (its lease is not ours). */
-export async function closeBlocks(blocks: readonly Block[]): Promise<void> {
+/**
+ * Closes opened blocks; a block sent by reference is only unmapped (its lease is not ours), a
+ * lazy one (another host's memory) is given up with its region.
+ */
+export async function closeBlocks(blocks: readonly Block[], ctx?: RamContext): Promise<void> {
   for (const b of blocks) {
-    if (b.mode === 'ref') b.backing?.abandon();
+    if (b.mode === 'ref' && b.remote === undefined) b.backing?.abandon();
     else await b.backing?.close();
   }
+  const lazy = blocks.filter((b) => b.remote !== undefined && b.region !== null);
+  if (lazy.length > 0 && ctx !== undefined)
+    await dropLazyRegions(
+      ctx,
+      lazy.map((b) => b.region!),
+    );
 }
 
 /** A machine built ahead of its stream by PrepareIncoming. */

@@ -16,7 +16,7 @@
  * serving.
  */
 import type { vmmStream } from '@handoff/proto';
-import { leaseMoveToWire } from '@handoff/qapi/wire';
+import { leaseMoveToWire, statusToWire } from '@handoff/qapi/wire';
 import { isCodedError, type Logger } from '@handoff/service';
 import { handBack, settleArms, takeLease } from '../leases/protocol.js';
 import type { MachineState } from '../machine/state.js';
@@ -30,6 +30,7 @@ import { acceptHeader } from './header.js';
 import { reapCopiedRegion } from './copied-regions.js';
 import { discardPrebuilt, openBlock, prebuiltFits, type Block } from './incoming-blocks.js';
 import { STREAM_FORMAT } from './format.js';
+import { dropLazyRegions, followLazyFills, startLazyFills } from './lazy-blocks.js';
 import { PageReceiver } from './pages/page-receiver.js';
 import {
   AFTER_RUN_MS,
@@ -240,7 +241,7 @@ export class IncomingMigration {
     const t0 = performance.now();
     const ready = await prepared.prebuilt;
     const offered = await prepared.switchover;
-    const accepted = await acceptHeader(h, prepared.name, ready, host);
+    const accepted = await acceptHeader(h, prepared.name, ready, host, prepared.sourceMemstore);
     const t1 = performance.now();
     this.sourceHolder = accepted.sourceHolder;
     this.copiedOwned = accepted.copiedOwned;
@@ -279,7 +280,8 @@ export class IncomingMigration {
       this.blocks[0]!.mode === 'ref' ? null : vm.touchedPages,
     );
     const byReference = this.blocks.every((b) => b.mode === 'ref');
-    if (!prebuiltUsed && h.formatMinor >= 1 && byReference) {
+    const lazy = this.blocks.some((b) => b.remote !== undefined);
+    if (!prebuiltUsed && h.formatMinor >= 1 && byReference && !lazy) {
       this.switchover = await armSwitchover(
         this.deps.preparations.switchoverDir,
         host,
@@ -297,9 +299,11 @@ export class IncomingMigration {
         ? this.switchover.lease === 'armed'
           ? 'armed'
           : 'lease-channel'
-        : this.blocks.some((b) => b.mode === 'ref')
-          ? 'stream'
-          : 'none';
+        : lazy
+          ? 'page-source'
+          : this.blocks.some((b) => b.mode === 'ref')
+            ? 'stream'
+            : 'none';
     this.transition('await-header', 'receiving');
     this.call.write({
       reply: {
@@ -403,7 +407,57 @@ export class IncomingMigration {
       },
       'incoming migration: the VM runs here (parts of the pause, target clock)',
     );
-    this.call.end();
+    const lazy = this.blocks.filter((b) => b.remote !== undefined).map((b) => b.region!);
+    if (lazy.length === 0) this.call.end();
+    else void this.followFill(lazy);
+  }
+
+  /**
+   * Post-copy: the guest runs while its memory arrives; the fill's progress goes to the source
+   * until every page is here, then the stream ends. The source going away changes nothing here
+   * (the fill is this host's memstore's, from the source host's memstore).
+   */
+  private async followFill(regions: Parameters<typeof followLazyFills>[1]): Promise<void> {
+    const ctx = this.deps.host.ramContext(this.prepared!.name);
+    const last = await followLazyFills(ctx, regions, (p) => {
+      if (p.status !== 'postcopy-active') {
+        this.log.info({ status: p.status, error: p.error }, 'post-copy fill');
+      }
+      if (this.call.gone) return;
+      try {
+        this.call.write({
+          reply: {
+            $case: 'postcopy',
+            value: {
+              status: statusToWire(p.status),
+              presentPages: BigInt(p.presentPages),
+              totalPages: BigInt(p.totalPages),
+              demandPages: BigInt(p.demandPages),
+              backgroundPages: BigInt(p.backgroundPages),
+              faultP50Us: BigInt(p.faultP50Us),
+              faultP99Us: BigInt(p.faultP99Us),
+              bytesPerSecond: BigInt(p.bytesPerSecond),
+              error: p.error,
+            },
+          },
+        });
+      } catch {
+        /* the source is gone: the fill goes on */
+      }
+    });
+    this.log.info(
+      {
+        status: last.status,
+        pages: last.totalPages,
+        demandPages: last.demandPages,
+        faultP50Us: last.faultP50Us,
+        faultP99Us: last.faultP99Us,
+      },
+      last.status === 'completed'
+        ? 'post-copy: every page of the VM is here'
+        : "post-copy: the fill of the VM's memory failed",
+    );
+    if (!this.call.gone) this.call.end();
   }
 
   /**
@@ -435,8 +489,13 @@ export class IncomingMigration {
   /** The stream's lease move: takes every shared region's lease from the source (epoch + 1). */
   private async takeLeases(): Promise<void> {
     const ctx = this.deps.host.ramContext(this.prepared!.name);
+    // Another host's memory: this host's memstore claims it and starts filling.
+    await startLazyFills(
+      ctx,
+      this.blocks.filter((b) => b.remote !== undefined).map((b) => b.region!),
+    );
     for (const b of this.blocks) {
-      if (b.mode !== 'ref') continue;
+      if (b.mode !== 'ref' || b.remote !== undefined) continue;
       const r = b.region!;
       const epoch = await takeLease(
         ctx,
@@ -557,7 +616,9 @@ export class IncomingMigration {
     await this.leases?.catch(() => undefined); // a transfer in flight may still move a lease here
     await this.pages?.drain().catch(() => undefined); // no write may outlive the blocks
     // Give back what moved, so the source can re-take its lease and resume.
-    for (const b of this.blocks) if (b.mode === 'ref') b.backing?.abandon(); // never release theirs
+    for (const b of this.blocks) {
+      if (b.mode === 'ref' && b.remote === undefined) b.backing?.abandon(); // never release theirs
+    }
     if (this.moved.length > 0) {
       await handBack(
         host.ramContext(this.prepared!.name),
@@ -568,6 +629,13 @@ export class IncomingMigration {
     }
     if (this.vm !== null) await this.vm.destroy().catch(() => undefined);
     for (const b of this.blocks) await b.backing?.close();
+    const lazy = this.blocks.filter((b) => b.remote !== undefined && b.region !== null);
+    if (lazy.length > 0) {
+      await dropLazyRegions(
+        host.ramContext(this.prepared!.name),
+        lazy.map((b) => b.region!),
+      );
+    }
     if (!this.prebuildSettled && this.prepared !== undefined) {
       await discardPrepared(this.prepared, host);
     }

@@ -112,10 +112,23 @@ export class MigrationManager {
   async prepare(
     name: string,
     jobId: string,
-    opts: { hint?: IncomingHint; capabilities?: MigrationCapabilities; source?: string } = {},
+    opts: {
+      hint?: IncomingHint;
+      capabilities?: MigrationCapabilities;
+      source?: string;
+      /** The source host's memstore when the VM comes from another host. */
+      sourceMemstore?: string;
+    } = {},
   ): Promise<PreparedIncoming> {
     if (opts.capabilities !== undefined) refuseUnsupportedCapabilities(opts.capabilities);
-    return this.preparations.prepare(name, jobId, opts.hint, undefined, opts.source ?? '');
+    return this.preparations.prepare(
+      name,
+      jobId,
+      opts.hint,
+      undefined,
+      opts.source ?? '',
+      opts.sourceMemstore ?? '',
+    );
   }
 
   /**

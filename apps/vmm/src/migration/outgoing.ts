@@ -21,7 +21,7 @@ import {
   type MigrationInfo,
   type MigrationParameters,
 } from '@handoff/qapi';
-import { capabilitiesToWire, leaseMoveFromWire } from '@handoff/qapi/wire';
+import { capabilitiesToWire, leaseMoveFromWire, statusFromWire } from '@handoff/qapi/wire';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import { specToPb } from '../wire/spec.js';
 import { holderOf } from '../leases/calls.js';
@@ -37,6 +37,7 @@ import { awaitTakeOver, openOfferedSlot, openPreparedSlot } from '../switchover/
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { nextThrottle, throttlePercent, type PassMeasure } from './converge.js';
+import { refusePostcopyOfCopiedRam } from './support.js';
 import { STREAM_FORMAT } from './format.js';
 import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
@@ -53,6 +54,8 @@ import {
 /** How long the target may take to answer the header, and to resume after completion. */
 const HEADER_TIMEOUT_MS = 15_000;
 const RESUME_TIMEOUT_MS = 30_000;
+/** The target reports a post-copy's progress at least every second; this long silent is gone. */
+const POSTCOPY_REPORT_TIMEOUT_MS = 30_000;
 /** Bandwidth assumed before the first pass measured one (bytes/ms; 400 MB/s). */
 const INITIAL_BANDWIDTH = 400_000;
 
@@ -80,6 +83,11 @@ interface Route {
   readonly stream: StreamToTarget | null;
   /** The switchover slot in use, if any (set to null when given up at the stop). */
   slot: SwitchoverSlot | null;
+  /**
+   * The target fills blocks sent by reference from this host's memstore (post-copy across
+   * hosts): the guest runs there at once and the stream carries the fill's progress after it.
+   */
+  readonly postcopy: boolean;
 }
 
 /** What stop-and-copy leaves for await-resumed. */
@@ -177,13 +185,17 @@ export class OutgoingMigration {
     const progress: Progress = { wasRunning, paused: false, completeSent: false, modes };
     let route: Route | null = null;
     try {
+      refusePostcopyOfCopiedRam(
+        this.o.capabilities,
+        vm.ramBlocks.map((b, k) => ({ id: b.spec.id, mode: modes[k]! })),
+      );
       route = await this.phase('setup', () => this.setup(modes));
       const r = route;
       await this.phase('pre-copy', () => this.precopy(r));
       const stopped = await this.phase('stop-and-copy', () => this.stopAndCopy(r, progress));
       const done = await this.phase('await-resumed', () => this.awaitResumed(r, stopped));
       this.releaseThrottle();
-      return done;
+      return r.postcopy ? await this.followPostcopy(r.stream!, stopped.pausedAtMs) : done;
     } catch (err) {
       this.releaseThrottle(); // before recover() resumes the VM
       this.stream?.close();
@@ -263,7 +275,7 @@ export class OutgoingMigration {
         s.leaseMove = expectation.lease === 'channel' ? 'lease-channel' : 'armed';
         s.targetPrebuilt = true; // a slot is only prepared with the machine
         this.sm.transition('active');
-        return { modes, byReference, stream: null, slot };
+        return { modes, byReference, stream: null, slot, postcopy: false };
       }
     }
     this.stream = await StreamToTarget.open({
@@ -284,7 +296,20 @@ export class OutgoingMigration {
         ? openOfferedSlot(ack.value.handoffSlot, log)
         : null;
     const offered: LeaseMove | null = leaseMoveFromWire(ack.value.leaseMove);
-    s.leaseMove = !modes.includes('ref') ? 'none' : slot !== null ? (offered ?? 'armed') : 'stream';
+    const postcopy = offered === 'page-source';
+    if (postcopy && !this.o.capabilities['postcopy-ram']) {
+      throw new MigrationError(
+        'MIGRATION_BAD_STREAM',
+        'the target wants to fill the shared RAM by post-copy, which this migration did not allow',
+      );
+    }
+    s.leaseMove = !modes.includes('ref')
+      ? 'none'
+      : postcopy
+        ? 'page-source'
+        : slot !== null
+          ? (offered ?? 'armed')
+          : 'stream';
     s.targetPrebuilt = ack.value.prebuilt;
     s.setupMs = s.mark('headerAcked');
     this.sm.transition('active');
@@ -294,7 +319,7 @@ export class OutgoingMigration {
         'migration: header accepted, pre-copy starts',
       );
     }
-    return { modes, byReference, stream: this.stream, slot };
+    return { modes, byReference, stream: this.stream, slot: postcopy ? null : slot, postcopy };
   }
 
   // ---- pre-copy -----------------------------------------------------------------------------
@@ -404,7 +429,9 @@ export class OutgoingMigration {
   private async stopAndCopy(r: Route, p: Progress): Promise<Stopped> {
     const { vm } = this.o;
     const s = this.stats;
-    if (!this.sm.transitionIf('active', 'device')) this.checkCancelled();
+    if (!this.sm.transitionIf('active', r.postcopy ? 'postcopy-active' : 'device')) {
+      this.checkCancelled();
+    }
     failpoint('outgoing-before-stop');
     const tStop = now();
     s.mark('pauseAsked', tStop);
@@ -560,8 +587,15 @@ export class OutgoingMigration {
     // Never run it here again: postmigrate at once; its thread and mappings go in the background.
     const blocks = vm.ramBlocks;
     void this.o.host.retire(vm, (b) => r.modes[blocks.indexOf(b)] === 'ref');
-    s.totalMs = now() - s.started;
     s.markWall('targetRuns', runAtMs);
+    if (r.postcopy) {
+      log.info(
+        { downtimeUs: s.downtimeUs, timeline: s.marks },
+        'migration: the VM runs on the target; its memory follows (post-copy)',
+      );
+      return this.info();
+    }
+    s.totalMs = now() - s.started;
     this.sm.transition('completed');
     log.info(
       {
@@ -580,6 +614,71 @@ export class OutgoingMigration {
     );
     this.stream?.close();
     return this.info();
+  }
+
+  // ---- post-copy ----------------------------------------------------------------------------
+
+  /**
+   * After the target runs the guest: follows the fill of its memory (the target's progress on
+   * the stream) until every page is there. The VM is already retired here, so nothing that
+   * happens now touches it: a failure only says where things stand.
+   *
+   * @throws MigrationError `MIGRATION_POSTCOPY_FAILED` (phase `postcopy`): the fill failed or the
+   *   target stopped reporting; the VM runs (or ran) on the target
+   */
+  private async followPostcopy(stream: StreamToTarget, pausedAtMs: number): Promise<MigrationInfo> {
+    const s = this.stats;
+    const log = this.o.logger;
+    for (;;) {
+      let reply: Awaited<ReturnType<StreamToTarget['reply']>>;
+      try {
+        reply = await stream.reply(POSTCOPY_REPORT_TIMEOUT_MS, 'post-copy progress');
+      } catch (err) {
+        throw this.postcopyFailed(
+          `the target stopped reporting the fill of VM ${this.o.vm.name}'s memory ` +
+            `(${(err as Error).message}); the VM runs there: see \`vmctl vm show ${this.o.vm.name}\``,
+          err,
+        );
+      }
+      if (reply.$case === 'error') {
+        throw this.postcopyFailed(`the target failed the post-copy: ${reply.value.message}`);
+      }
+      if (reply.$case !== 'postcopy') StreamToTarget.unexpected(reply, 'post-copy progress');
+      const p = reply.value;
+      s.postcopy = {
+        requests: Number(p.demandPages),
+        backgroundPages: Number(p.backgroundPages),
+        presentPages: Number(p.presentPages),
+        faultP50Us: Number(p.faultP50Us),
+        faultP99Us: Number(p.faultP99Us),
+        fillMs: s.postcopy?.fillMs ?? 0,
+      };
+      s.remaining = Math.max(0, Number(p.totalPages - p.presentPages)) * PAGE_SIZE;
+      const status = statusFromWire(p.status);
+      if (status === 'completed') {
+        s.postcopy = { ...s.postcopy, fillMs: Math.max(0, Date.now() - pausedAtMs) };
+        s.remaining = 0;
+        s.totalMs = now() - s.started;
+        this.sm.transition('completed');
+        log.info(
+          { totalMs: s.totalMs, downtimeUs: s.downtimeUs, postcopy: s.postcopy },
+          'migration completed: every page of the VM arrived on the target (post-copy)',
+        );
+        stream.close();
+        return this.info();
+      }
+      if (status === 'failed') {
+        throw this.postcopyFailed(`the fill of VM ${this.o.vm.name}'s memory failed: ${p.error}`);
+      }
+      if (status !== this.sm.status && this.sm.tryTransition(status)) {
+        log.warn({ status, error: p.error }, 'migration: post-copy status changed');
+      }
+    }
+  }
+
+  private postcopyFailed(message: string, cause?: unknown): MigrationError {
+    this.stats.totalMs = now() - this.stats.started;
+    return new MigrationError('MIGRATION_POSTCOPY_FAILED', message, { cause, phase: 'postcopy' });
   }
 
   // ---- failure ------------------------------------------------------------------------------

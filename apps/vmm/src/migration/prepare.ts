@@ -77,6 +77,11 @@ export interface Prepared {
   readonly jobId: string;
   /** The source vmm's id the token is bound to ('' : none named, on a plaintext vmm). */
   readonly source: string;
+  /**
+   * The source host's memstore when the VM comes from another host ('' : this host): its
+   * shared blocks then arrive through lazy regions of this host's memstore (post-copy).
+   */
+  readonly sourceMemstore: string;
   readonly token: string;
   /**
    * `waiting`: no stream took the token yet; `taken`: a stream serves it (and settles it);
@@ -145,6 +150,7 @@ export class IncomingPreparations {
     hint?: IncomingHint,
     ttlMs = TOKEN_TTL_MS,
     source = '',
+    sourceMemstore = '',
   ): Promise<PreparedIncoming> {
     if (jobId !== '') this.preparingJobs.add(jobId);
     let reserved: () => void;
@@ -174,7 +180,7 @@ export class IncomingPreparations {
     }
     let p: Prepared;
     try {
-      p = this.register(name, jobId, source, hint, ttlMs, release);
+      p = this.register(name, jobId, { source, sourceMemstore }, hint, ttlMs, release);
     } catch (err) {
       release(); // a PrepareIncoming that fails keeps nothing
       throw err;
@@ -196,15 +202,17 @@ export class IncomingPreparations {
   private register(
     name: string,
     jobId: string,
-    source: string,
+    from: { source: string; sourceMemstore: string },
     hint: IncomingHint | undefined,
     ttlMs: number,
     release: () => void,
   ): Prepared {
+    const { source, sourceMemstore } = from;
     const log = this.logger.child({ vm: name, job: jobId, side: 'target' });
     const token = randomBytes(24).toString('base64url');
+    // Nothing of another host's memory can be mapped ahead: its lazy regions start with the stream.
     const built =
-      hint !== undefined
+      hint !== undefined && sourceMemstore === ''
         ? prebuild(this.host, name, hint.spec, hint.capabilities, log)
         : Promise.resolve(null);
     // An offer that cannot be made is no failure: the state then travels on the stream.
@@ -226,6 +234,7 @@ export class IncomingPreparations {
       name,
       jobId,
       source,
+      sourceMemstore,
       token,
       phase: 'waiting',
       release,

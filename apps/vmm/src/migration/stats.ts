@@ -11,6 +11,7 @@ import {
   type MigrationInfo,
   type MigrationStatus,
   type MigrationTransport,
+  type PostcopyStats,
   type StateEncoding,
 } from '@handoff/qapi';
 import type { PageCounts } from './pages/page-sender.js';
@@ -49,6 +50,8 @@ export class MigrationStats {
   leaseMove: LeaseMove = 'none';
   stateEncoding: StateEncoding | null = null;
   targetPrebuilt = false;
+  /** Post-copy progress as the target last reported it (undefined without post-copy). */
+  postcopy: PostcopyStats | undefined;
   /** Milestones, ms after {@link started}; the pause's parts (ms), for the log only. */
   readonly marks: Record<string, number> = {};
   pauseParts: Record<string, number> = {};
@@ -122,6 +125,7 @@ export class MigrationStats {
             },
           }
         : {}),
+      ...(this.postcopy !== undefined ? { postcopy: this.postcopy } : {}),
       ...(stopped > 0
         ? {
             timeline: {

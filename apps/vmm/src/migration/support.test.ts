@@ -1,7 +1,7 @@
 import { resolveCapabilities } from '@handoff/qapi';
 import { describe, expect, it } from 'vitest';
 import { MigrationError } from '../model/migration-error.js';
-import { refuseUnsupported } from './support.js';
+import { refusePostcopyOfCopiedRam, refuseUnsupported } from './support.js';
 
 /** The error `refuseUnsupported` throws, or null when it accepts. */
 function refusal(...args: Parameters<typeof refuseUnsupported>): MigrationError | null {
@@ -33,7 +33,7 @@ describe('refuseUnsupported', () => {
     expect(refusal(resolveCapabilities({ 'auto-converge': false }), [])).toBeNull();
   });
 
-  it.each(['events', 'pause-before-switchover', 'postcopy-ram'] as const)(
+  it.each(['events', 'pause-before-switchover'] as const)(
     'refuses %s on with MIGRATION_UNSUPPORTED, naming it',
     (cap) => {
       const e = refusal(resolveCapabilities({ [cap]: true }), []);
@@ -48,19 +48,37 @@ describe('refuseUnsupported', () => {
     expect(e?.message).toMatch(/return-path: .*leave it on/);
   });
 
-  it.each([['max-postcopy-bandwidth', 'postcopy-ram']] as const)(
-    'refuses %s set by the user: only %s reads it',
-    (param, cap) => {
-      const e = refusal(resolveCapabilities({}), [param]);
-      expect(e?.code).toBe('MIGRATION_UNSUPPORTED');
-      expect(e?.message).toContain(`${param}: it only takes effect with ${cap}`);
-    },
-  );
+  it('accepts postcopy-ram, but refuses max-postcopy-bandwidth set by the user (not honoured)', () => {
+    expect(refusal(resolveCapabilities({ 'postcopy-ram': true }), [])).toBeNull();
+    const e = refusal(resolveCapabilities({ 'postcopy-ram': true }), ['max-postcopy-bandwidth']);
+    expect(e?.code).toBe('MIGRATION_UNSUPPORTED');
+    expect(e?.message).toMatch(/max-postcopy-bandwidth: .*leave it unset/);
+  });
 
   it('names every problem in one message', () => {
-    const e = refusal(resolveCapabilities({ 'postcopy-ram': true, events: true }), [
+    const e = refusal(resolveCapabilities({ 'pause-before-switchover': true, events: true }), [
       'max-postcopy-bandwidth',
     ]);
-    expect(e?.message.match(/postcopy-ram:|events:|max-postcopy-bandwidth:/g)).toHaveLength(3);
+    expect(
+      e?.message.match(/pause-before-switchover:|events:|max-postcopy-bandwidth:/g),
+    ).toHaveLength(3);
+  });
+});
+
+describe('refusePostcopyOfCopiedRam', () => {
+  const caps = resolveCapabilities({ 'postcopy-ram': true });
+  it('lets blocks that travel by reference through, and everything without post-copy', () => {
+    expect(() => refusePostcopyOfCopiedRam(caps, [{ id: 'ram0', mode: 'ref' }])).not.toThrow();
+    expect(() =>
+      refusePostcopyOfCopiedRam(resolveCapabilities({}), [{ id: 'ram0', mode: 'copy' }]),
+    ).not.toThrow();
+  });
+  it('refuses post-copy of a block that would be copied, naming it and what to do', () => {
+    expect(() =>
+      refusePostcopyOfCopiedRam(caps, [
+        { id: 'ram0', mode: 'ref' },
+        { id: 'ram1', mode: 'copy' },
+      ]),
+    ).toThrow(/block\(s\) ram1 would be copied.*--shared/);
   });
 });

@@ -9,16 +9,16 @@ import { MigrationError } from '../model/migration-error.js';
 
 /** Capabilities this vmm cannot honour when on, and what to do instead. */
 const UNSUPPORTED_ON: Readonly<Partial<Record<keyof MigrationCapabilities, string>>> = {
-  'postcopy-ram': 'this vmm does not implement post-copy yet; migrate without it',
   events:
     'this vmm emits no migration events; follow the job with `vmctl jobs watch` (the ' +
     'migrator streams its progress) instead',
   'pause-before-switchover': 'this vmm does not implement it yet; migrate without it',
 };
 
-/** Parameters that only matter with a capability this vmm does not implement. */
-const NEEDS: Readonly<Partial<Record<MigrationParameterName, keyof MigrationCapabilities>>> = {
-  'max-postcopy-bandwidth': 'postcopy-ram',
+/** Parameters this vmm does not honour yet, and why. */
+const NOT_HONOURED: Readonly<Partial<Record<MigrationParameterName, string>>> = {
+  'max-postcopy-bandwidth':
+    "the target host's memstore fills post-copy memory as fast as the link goes; leave it unset",
 };
 
 /**
@@ -39,15 +39,32 @@ export function refuseUnsupported(
     );
   }
   for (const name of set) {
-    const cap = NEEDS[name];
-    if (cap !== undefined) {
-      why.push(
-        `${name}: it only takes effect with ${cap}, which this vmm does not implement yet; ` +
-          'leave it unset',
-      );
-    }
+    const what = NOT_HONOURED[name];
+    if (what !== undefined) why.push(`${name}: ${what}`);
   }
   refuse(why);
+}
+
+/**
+ * Post-copy here means a shared block filled on another host through its memstore; RAM that
+ * would be copied (private blocks, or shared ones without bypass) still goes by pre-copy, so
+ * post-copy with such a block is refused rather than silently pre-copied.
+ *
+ * @throws MigrationError `MIGRATION_UNSUPPORTED`
+ */
+export function refusePostcopyOfCopiedRam(
+  caps: MigrationCapabilities,
+  blocks: readonly { readonly id: string; readonly mode: string }[],
+): void {
+  if (!caps['postcopy-ram']) return;
+  const copied = blocks.filter((b) => b.mode !== 'ref').map((b) => b.id);
+  if (copied.length === 0) return;
+  refuse([
+    `postcopy-ram: block(s) ${copied.join(', ')} would be copied (private RAM, or shared RAM ` +
+      'without bypass-shared-memory), and post-copy of copied RAM between vmm instances is not ' +
+      'built yet; migrate without --postcopy (pre-copy with auto-converge), or give the VM ' +
+      'shared RAM (--shared) and keep bypass on',
+  ]);
 }
 
 /**

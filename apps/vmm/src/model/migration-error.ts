@@ -13,6 +13,7 @@ export const MIGRATION_ERROR_CODES = [
   'MIGRATION_NOT_CONVERGED', // pre-copy did not fit downtime-limit within max-iterations
   'MIGRATION_CANCELLED',
   'MIGRATION_UNCERTAIN', // the source cannot tell whether the lease moved; it stays paused
+  'MIGRATION_POSTCOPY_FAILED', // after the target ran the guest, the fill of its memory failed
   'MIGRATION_UNSUPPORTED', // a capability or block kind this vmm does not migrate yet
   'MIGRATION_FAILED', // anything else; the message says what
 ] as const;
@@ -23,9 +24,16 @@ export type MigrationErrorCode = (typeof MIGRATION_ERROR_CODES)[number];
 /**
  * The phases of an outgoing migration, in order: `setup` (the target is reached and the route
  * chosen), `pre-copy` (copied RAM while the guest runs), `stop-and-copy` (the vCPU stops; the
- * last pages and the device state move), `await-resumed` (the target runs the guest).
+ * last pages and the device state move), `await-resumed` (the target runs the guest), and with
+ * post-copy `postcopy` (the target fills the memory while the guest runs there).
  */
-export const OUTGOING_PHASES = ['setup', 'pre-copy', 'stop-and-copy', 'await-resumed'] as const;
+export const OUTGOING_PHASES = [
+  'setup',
+  'pre-copy',
+  'stop-and-copy',
+  'await-resumed',
+  'postcopy',
+] as const;
 
 /** One of {@link OUTGOING_PHASES}. */
 export type OutgoingPhase = (typeof OUTGOING_PHASES)[number];

@@ -253,6 +253,11 @@ export enum LeaseMove {
   LEASE_MOVE_LEASE_CHANNEL = 3,
   /** LEASE_MOVE_STREAM - The target's main thread sent TransferLease at the stream's final marker. */
   LEASE_MOVE_STREAM = 4,
+  /**
+   * LEASE_MOVE_PAGE_SOURCE - The target host's memstore claimed the source region's lease for its page source
+   * (post-copy across hosts): the memory follows on demand.
+   */
+  LEASE_MOVE_PAGE_SOURCE = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -273,6 +278,9 @@ export function leaseMoveFromJSON(object: any): LeaseMove {
     case 4:
     case "LEASE_MOVE_STREAM":
       return LeaseMove.LEASE_MOVE_STREAM;
+    case 5:
+    case "LEASE_MOVE_PAGE_SOURCE":
+      return LeaseMove.LEASE_MOVE_PAGE_SOURCE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -292,6 +300,8 @@ export function leaseMoveToJSON(object: LeaseMove): string {
       return "LEASE_MOVE_LEASE_CHANNEL";
     case LeaseMove.LEASE_MOVE_STREAM:
       return "LEASE_MOVE_STREAM";
+    case LeaseMove.LEASE_MOVE_PAGE_SOURCE:
+      return "LEASE_MOVE_PAGE_SOURCE";
     case LeaseMove.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -369,6 +379,17 @@ export interface RamStats {
   dirtySyncCount: bigint;
   zeroPages: bigint;
   bypassedBytes: bigint;
+  /**
+   * Post-copy: pages the target's guest asked for (QAPI postcopy-requests), and pages that
+   * arrived in the background, through the target host's memstore.
+   */
+  postcopyRequests: bigint;
+  postcopyBackgroundPages: bigint;
+  /** Post-copy: pages present on the target now, of `total` / 4096. */
+  postcopyPresentPages: bigint;
+  /** Post-copy: page requests' latency (request to present) on the target, microseconds. */
+  postcopyFaultP50Us: bigint;
+  postcopyFaultP99Us: bigint;
 }
 
 /** Progress and result of one migration (QAPI MigrationInfo). */
@@ -398,6 +419,11 @@ export interface MigrationInfo {
    * guest runs at full speed again once the migration ended, whichever way.
    */
   cpuThrottlePercentage: number;
+  /**
+   * Post-copy: milliseconds from the source's vCPU stop until every page was on the target
+   * (0 until then, or without post-copy).
+   */
+  postcopyFillMs: bigint;
 }
 
 /** How a migration travelled (Handoff's own; QEMU reports nothing like it). */
@@ -631,6 +657,11 @@ function createBaseRamStats(): RamStats {
     dirtySyncCount: 0n,
     zeroPages: 0n,
     bypassedBytes: 0n,
+    postcopyRequests: 0n,
+    postcopyBackgroundPages: 0n,
+    postcopyPresentPages: 0n,
+    postcopyFaultP50Us: 0n,
+    postcopyFaultP99Us: 0n,
   };
 }
 
@@ -701,6 +732,36 @@ export const RamStats: MessageFns<RamStats> = {
         throw new globalThis.Error("value provided for field message.bypassedBytes of type uint64 too large");
       }
       writer.uint32(88).uint64(message.bypassedBytes);
+    }
+    if (message.postcopyRequests !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyRequests) !== message.postcopyRequests) {
+        throw new globalThis.Error("value provided for field message.postcopyRequests of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.postcopyRequests);
+    }
+    if (message.postcopyBackgroundPages !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyBackgroundPages) !== message.postcopyBackgroundPages) {
+        throw new globalThis.Error("value provided for field message.postcopyBackgroundPages of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.postcopyBackgroundPages);
+    }
+    if (message.postcopyPresentPages !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyPresentPages) !== message.postcopyPresentPages) {
+        throw new globalThis.Error("value provided for field message.postcopyPresentPages of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.postcopyPresentPages);
+    }
+    if (message.postcopyFaultP50Us !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyFaultP50Us) !== message.postcopyFaultP50Us) {
+        throw new globalThis.Error("value provided for field message.postcopyFaultP50Us of type uint64 too large");
+      }
+      writer.uint32(120).uint64(message.postcopyFaultP50Us);
+    }
+    if (message.postcopyFaultP99Us !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyFaultP99Us) !== message.postcopyFaultP99Us) {
+        throw new globalThis.Error("value provided for field message.postcopyFaultP99Us of type uint64 too large");
+      }
+      writer.uint32(128).uint64(message.postcopyFaultP99Us);
     }
     return writer;
   },
@@ -806,6 +867,46 @@ export const RamStats: MessageFns<RamStats> = {
             message.bypassedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.postcopyRequests = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.postcopyBackgroundPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.postcopyPresentPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.postcopyFaultP50Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.postcopyFaultP99Us = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -855,6 +956,31 @@ export const RamStats: MessageFns<RamStats> = {
         : isSet(object.bypassed_bytes)
         ? BigInt(object.bypassed_bytes)
         : 0n,
+      postcopyRequests: isSet(object.postcopyRequests)
+        ? BigInt(object.postcopyRequests)
+        : isSet(object.postcopy_requests)
+        ? BigInt(object.postcopy_requests)
+        : 0n,
+      postcopyBackgroundPages: isSet(object.postcopyBackgroundPages)
+        ? BigInt(object.postcopyBackgroundPages)
+        : isSet(object.postcopy_background_pages)
+        ? BigInt(object.postcopy_background_pages)
+        : 0n,
+      postcopyPresentPages: isSet(object.postcopyPresentPages)
+        ? BigInt(object.postcopyPresentPages)
+        : isSet(object.postcopy_present_pages)
+        ? BigInt(object.postcopy_present_pages)
+        : 0n,
+      postcopyFaultP50Us: isSet(object.postcopyFaultP50Us)
+        ? BigInt(object.postcopyFaultP50Us)
+        : isSet(object.postcopy_fault_p50_us)
+        ? BigInt(object.postcopy_fault_p50_us)
+        : 0n,
+      postcopyFaultP99Us: isSet(object.postcopyFaultP99Us)
+        ? BigInt(object.postcopyFaultP99Us)
+        : isSet(object.postcopy_fault_p99_us)
+        ? BigInt(object.postcopy_fault_p99_us)
+        : 0n,
     };
   },
 
@@ -893,6 +1019,21 @@ export const RamStats: MessageFns<RamStats> = {
     if (message.bypassedBytes !== 0n) {
       obj.bypassedBytes = message.bypassedBytes.toString();
     }
+    if (message.postcopyRequests !== 0n) {
+      obj.postcopyRequests = message.postcopyRequests.toString();
+    }
+    if (message.postcopyBackgroundPages !== 0n) {
+      obj.postcopyBackgroundPages = message.postcopyBackgroundPages.toString();
+    }
+    if (message.postcopyPresentPages !== 0n) {
+      obj.postcopyPresentPages = message.postcopyPresentPages.toString();
+    }
+    if (message.postcopyFaultP50Us !== 0n) {
+      obj.postcopyFaultP50Us = message.postcopyFaultP50Us.toString();
+    }
+    if (message.postcopyFaultP99Us !== 0n) {
+      obj.postcopyFaultP99Us = message.postcopyFaultP99Us.toString();
+    }
     return obj;
   },
 
@@ -922,6 +1063,22 @@ export const RamStats: MessageFns<RamStats> = {
     message.bypassedBytes = (object.bypassedBytes !== undefined && object.bypassedBytes !== null)
       ? BigInt(object.bypassedBytes)
       : 0n;
+    message.postcopyRequests = (object.postcopyRequests !== undefined && object.postcopyRequests !== null)
+      ? BigInt(object.postcopyRequests)
+      : 0n;
+    message.postcopyBackgroundPages =
+      (object.postcopyBackgroundPages !== undefined && object.postcopyBackgroundPages !== null)
+        ? BigInt(object.postcopyBackgroundPages)
+        : 0n;
+    message.postcopyPresentPages = (object.postcopyPresentPages !== undefined && object.postcopyPresentPages !== null)
+      ? BigInt(object.postcopyPresentPages)
+      : 0n;
+    message.postcopyFaultP50Us = (object.postcopyFaultP50Us !== undefined && object.postcopyFaultP50Us !== null)
+      ? BigInt(object.postcopyFaultP50Us)
+      : 0n;
+    message.postcopyFaultP99Us = (object.postcopyFaultP99Us !== undefined && object.postcopyFaultP99Us !== null)
+      ? BigInt(object.postcopyFaultP99Us)
+      : 0n;
     return message;
   },
 };
@@ -940,6 +1097,7 @@ function createBaseMigrationInfo(): MigrationInfo {
     route: undefined,
     timeline: undefined,
     cpuThrottlePercentage: 0,
+    postcopyFillMs: 0n,
   };
 }
 
@@ -995,6 +1153,12 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     }
     if (message.cpuThrottlePercentage !== 0) {
       writer.uint32(97).double(message.cpuThrottlePercentage);
+    }
+    if (message.postcopyFillMs !== 0n) {
+      if (BigInt.asUintN(64, message.postcopyFillMs) !== message.postcopyFillMs) {
+        throw new globalThis.Error("value provided for field message.postcopyFillMs of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.postcopyFillMs);
     }
     return writer;
   },
@@ -1108,6 +1272,14 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
             message.cpuThrottlePercentage = reader.double();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.postcopyFillMs = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1162,6 +1334,11 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
         : isSet(object.cpu_throttle_percentage)
         ? globalThis.Number(object.cpu_throttle_percentage)
         : 0,
+      postcopyFillMs: isSet(object.postcopyFillMs)
+        ? BigInt(object.postcopyFillMs)
+        : isSet(object.postcopy_fill_ms)
+        ? BigInt(object.postcopy_fill_ms)
+        : 0n,
     };
   },
 
@@ -1203,6 +1380,9 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
     if (message.cpuThrottlePercentage !== 0) {
       obj.cpuThrottlePercentage = floatToJson(message.cpuThrottlePercentage);
     }
+    if (message.postcopyFillMs !== 0n) {
+      obj.postcopyFillMs = message.postcopyFillMs.toString();
+    }
     return obj;
   },
 
@@ -1237,6 +1417,9 @@ export const MigrationInfo: MessageFns<MigrationInfo> = {
       ? MigrationTimeline.fromPartial(object.timeline)
       : undefined;
     message.cpuThrottlePercentage = object.cpuThrottlePercentage ?? 0;
+    message.postcopyFillMs = (object.postcopyFillMs !== undefined && object.postcopyFillMs !== null)
+      ? BigInt(object.postcopyFillMs)
+      : 0n;
     return message;
   },
 };

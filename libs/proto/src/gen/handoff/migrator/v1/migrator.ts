@@ -432,6 +432,19 @@ export interface CancelJobResponse {
   job: Job | undefined;
 }
 
+export interface RecoverMigrationRequest {
+  vm: string;
+  /** The source memstore's address now, when it moved (empty: as before). */
+  sourceMemstore: string;
+}
+
+export interface RecoverMigrationResponse {
+  /** The VM's lazy regions that were reconnected. */
+  regions: string[];
+  /** The vmm instance running the VM. */
+  vmm: string;
+}
+
 function createBaseVmmInstance(): VmmInstance {
   return {
     id: "",
@@ -4067,6 +4080,180 @@ export const CancelJobResponse: MessageFns<CancelJobResponse> = {
   },
 };
 
+function createBaseRecoverMigrationRequest(): RecoverMigrationRequest {
+  return { vm: "", sourceMemstore: "" };
+}
+
+export const RecoverMigrationRequest: MessageFns<RecoverMigrationRequest> = {
+  encode(message: RecoverMigrationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== "") {
+      writer.uint32(10).string(message.vm);
+    }
+    if (message.sourceMemstore !== "") {
+      writer.uint32(18).string(message.sourceMemstore);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverMigrationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverMigrationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceMemstore = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverMigrationRequest {
+    return {
+      vm: isSet(object.vm) ? globalThis.String(object.vm) : "",
+      sourceMemstore: isSet(object.sourceMemstore)
+        ? globalThis.String(object.sourceMemstore)
+        : isSet(object.source_memstore)
+        ? globalThis.String(object.source_memstore)
+        : "",
+    };
+  },
+
+  toJSON(message: RecoverMigrationRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== "") {
+      obj.vm = message.vm;
+    }
+    if (message.sourceMemstore !== "") {
+      obj.sourceMemstore = message.sourceMemstore;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RecoverMigrationRequest>, I>>(base?: I): RecoverMigrationRequest {
+    return RecoverMigrationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RecoverMigrationRequest>, I>>(object: I): RecoverMigrationRequest {
+    const message = createBaseRecoverMigrationRequest();
+    message.vm = object.vm ?? "";
+    message.sourceMemstore = object.sourceMemstore ?? "";
+    return message;
+  },
+};
+
+function createBaseRecoverMigrationResponse(): RecoverMigrationResponse {
+  return { regions: [], vmm: "" };
+}
+
+export const RecoverMigrationResponse: MessageFns<RecoverMigrationResponse> = {
+  encode(message: RecoverMigrationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.regions) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.vmm !== "") {
+      writer.uint32(18).string(message.vmm);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverMigrationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverMigrationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.regions.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.vmm = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverMigrationResponse {
+    return {
+      regions: globalThis.Array.isArray(object?.regions) ? object.regions.map((e: any) => globalThis.String(e)) : [],
+      vmm: isSet(object.vmm) ? globalThis.String(object.vmm) : "",
+    };
+  },
+
+  toJSON(message: RecoverMigrationResponse): unknown {
+    const obj: any = {};
+    if (message.regions?.length) {
+      obj.regions = message.regions;
+    }
+    if (message.vmm !== "") {
+      obj.vmm = message.vmm;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RecoverMigrationResponse>, I>>(base?: I): RecoverMigrationResponse {
+    return RecoverMigrationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RecoverMigrationResponse>, I>>(object: I): RecoverMigrationResponse {
+    const message = createBaseRecoverMigrationResponse();
+    message.regions = object.regions?.map((e) => e) || [];
+    message.vmm = object.vmm ?? "";
+    return message;
+  },
+};
+
 export type MigratorServiceService = typeof MigratorServiceService;
 export const MigratorServiceService = {
   getInfo: {
@@ -4217,6 +4404,22 @@ export const MigratorServiceService = {
     responseSerialize: (value: CancelJobResponse): Buffer => Buffer.from(CancelJobResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelJobResponse => CancelJobResponse.decode(value),
   },
+  /**
+   * Resumes a post-copy whose source stopped answering (postcopy-paused): the target host's
+   * memstore reconnects each of the VM's lazy regions to its source and the fill goes on
+   * (QEMU's migrate-recover). FAILED_PRECONDITION when nothing of the VM waits for a source.
+   */
+  recoverMigration: {
+    path: "/handoff.migrator.v1.MigratorService/RecoverMigration" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RecoverMigrationRequest): Buffer =>
+      Buffer.from(RecoverMigrationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RecoverMigrationRequest => RecoverMigrationRequest.decode(value),
+    responseSerialize: (value: RecoverMigrationResponse): Buffer =>
+      Buffer.from(RecoverMigrationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RecoverMigrationResponse => RecoverMigrationResponse.decode(value),
+  },
 } as const;
 
 export interface MigratorServiceServer extends UntypedServiceImplementation {
@@ -4254,6 +4457,12 @@ export interface MigratorServiceServer extends UntypedServiceImplementation {
   /** Job snapshots on every change until the job ends. */
   watchJob: handleServerStreamingCall<WatchJobRequest, WatchJobResponse>;
   cancelJob: handleUnaryCall<CancelJobRequest, CancelJobResponse>;
+  /**
+   * Resumes a post-copy whose source stopped answering (postcopy-paused): the target host's
+   * memstore reconnects each of the VM's lazy regions to its source and the fill goes on
+   * (QEMU's migrate-recover). FAILED_PRECONDITION when nothing of the VM waits for a source.
+   */
+  recoverMigration: handleUnaryCall<RecoverMigrationRequest, RecoverMigrationResponse>;
 }
 
 export interface MigratorServiceClient extends Client {
@@ -4474,6 +4683,26 @@ export interface MigratorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelJobResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Resumes a post-copy whose source stopped answering (postcopy-paused): the target host's
+   * memstore reconnects each of the VM's lazy regions to its source and the fill goes on
+   * (QEMU's migrate-recover). FAILED_PRECONDITION when nothing of the VM waits for a source.
+   */
+  recoverMigration(
+    request: RecoverMigrationRequest,
+    callback: (error: ServiceError | null, response: RecoverMigrationResponse) => void,
+  ): ClientUnaryCall;
+  recoverMigration(
+    request: RecoverMigrationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RecoverMigrationResponse) => void,
+  ): ClientUnaryCall;
+  recoverMigration(
+    request: RecoverMigrationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RecoverMigrationResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -24,6 +24,9 @@ import {
   MigrationCapability,
   migrationCapabilityFromJSON,
   migrationCapabilityToJSON,
+  MigrationStatus,
+  migrationStatusFromJSON,
+  migrationStatusToJSON,
 } from "../../migration/v1/migration.js";
 import { RamBackend, ramBackendFromJSON, ramBackendToJSON, RegionRef, VmSpec } from "./vmm.js";
 
@@ -181,7 +184,28 @@ export interface IncomingResponse {
     | { $case: "resumed"; value: ResumedAck }
     | { $case: "error"; value: StreamError }
     | { $case: "pageRequest"; value: PageRequest }
+    | { $case: "postcopy"; value: PostcopyProgress }
     | undefined;
+}
+
+/**
+ * After ResumedAck, while a block's memory still arrives on the target (post-copy through the
+ * target host's memstore; HeaderAck.lease_move said LEASE_MOVE_PAGE_SOURCE): the target reports
+ * how the fill goes at every change of status and at least every second, and ends the stream
+ * after the report with status COMPLETED (or FAILED). Only a source that turned postcopy-ram on
+ * sees it: a target fills by post-copy only when the header's capabilities allow it.
+ */
+export interface PostcopyProgress {
+  status: MigrationStatus;
+  presentPages: bigint;
+  totalPages: bigint;
+  demandPages: bigint;
+  backgroundPages: bigint;
+  faultP50Us: bigint;
+  faultP99Us: bigint;
+  bytesPerSecond: bigint;
+  /** Why it paused or failed (for people). */
+  error: string;
 }
 
 function createBaseTemplateRef(): TemplateRef {
@@ -1834,6 +1858,9 @@ export const IncomingResponse: MessageFns<IncomingResponse> = {
       case "pageRequest":
         PageRequest.encode(message.reply.value, writer.uint32(34).fork()).join();
         break;
+      case "postcopy":
+        PostcopyProgress.encode(message.reply.value, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1883,6 +1910,14 @@ export const IncomingResponse: MessageFns<IncomingResponse> = {
             message.reply = { $case: "pageRequest", value: PageRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reply = { $case: "postcopy", value: PostcopyProgress.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1909,6 +1944,8 @@ export const IncomingResponse: MessageFns<IncomingResponse> = {
         ? { $case: "pageRequest", value: PageRequest.fromJSON(object.pageRequest) }
         : isSet(object.page_request)
         ? { $case: "pageRequest", value: PageRequest.fromJSON(object.page_request) }
+        : isSet(object.postcopy)
+        ? { $case: "postcopy", value: PostcopyProgress.fromJSON(object.postcopy) }
         : undefined,
     };
   },
@@ -1923,6 +1960,8 @@ export const IncomingResponse: MessageFns<IncomingResponse> = {
       obj.error = StreamError.toJSON(message.reply.value);
     } else if (message.reply?.$case === "pageRequest") {
       obj.pageRequest = PageRequest.toJSON(message.reply.value);
+    } else if (message.reply?.$case === "postcopy") {
+      obj.postcopy = PostcopyProgress.toJSON(message.reply.value);
     }
     return obj;
   },
@@ -1957,7 +1996,283 @@ export const IncomingResponse: MessageFns<IncomingResponse> = {
         }
         break;
       }
+      case "postcopy": {
+        if (object.reply?.value !== undefined && object.reply?.value !== null) {
+          message.reply = { $case: "postcopy", value: PostcopyProgress.fromPartial(object.reply.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBasePostcopyProgress(): PostcopyProgress {
+  return {
+    status: 0,
+    presentPages: 0n,
+    totalPages: 0n,
+    demandPages: 0n,
+    backgroundPages: 0n,
+    faultP50Us: 0n,
+    faultP99Us: 0n,
+    bytesPerSecond: 0n,
+    error: "",
+  };
+}
+
+export const PostcopyProgress: MessageFns<PostcopyProgress> = {
+  encode(message: PostcopyProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== 0) {
+      writer.uint32(8).int32(message.status);
+    }
+    if (message.presentPages !== 0n) {
+      if (BigInt.asUintN(64, message.presentPages) !== message.presentPages) {
+        throw new globalThis.Error("value provided for field message.presentPages of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.presentPages);
+    }
+    if (message.totalPages !== 0n) {
+      if (BigInt.asUintN(64, message.totalPages) !== message.totalPages) {
+        throw new globalThis.Error("value provided for field message.totalPages of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.totalPages);
+    }
+    if (message.demandPages !== 0n) {
+      if (BigInt.asUintN(64, message.demandPages) !== message.demandPages) {
+        throw new globalThis.Error("value provided for field message.demandPages of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.demandPages);
+    }
+    if (message.backgroundPages !== 0n) {
+      if (BigInt.asUintN(64, message.backgroundPages) !== message.backgroundPages) {
+        throw new globalThis.Error("value provided for field message.backgroundPages of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.backgroundPages);
+    }
+    if (message.faultP50Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP50Us) !== message.faultP50Us) {
+        throw new globalThis.Error("value provided for field message.faultP50Us of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.faultP50Us);
+    }
+    if (message.faultP99Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP99Us) !== message.faultP99Us) {
+        throw new globalThis.Error("value provided for field message.faultP99Us of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.faultP99Us);
+    }
+    if (message.bytesPerSecond !== 0n) {
+      if (BigInt.asUintN(64, message.bytesPerSecond) !== message.bytesPerSecond) {
+        throw new globalThis.Error("value provided for field message.bytesPerSecond of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.bytesPerSecond);
+    }
+    if (message.error !== "") {
+      writer.uint32(74).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PostcopyProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePostcopyProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.presentPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.totalPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.demandPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.backgroundPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.faultP50Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.faultP99Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.bytesPerSecond = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PostcopyProgress {
+    return {
+      status: isSet(object.status) ? migrationStatusFromJSON(object.status) : 0,
+      presentPages: isSet(object.presentPages)
+        ? BigInt(object.presentPages)
+        : isSet(object.present_pages)
+        ? BigInt(object.present_pages)
+        : 0n,
+      totalPages: isSet(object.totalPages)
+        ? BigInt(object.totalPages)
+        : isSet(object.total_pages)
+        ? BigInt(object.total_pages)
+        : 0n,
+      demandPages: isSet(object.demandPages)
+        ? BigInt(object.demandPages)
+        : isSet(object.demand_pages)
+        ? BigInt(object.demand_pages)
+        : 0n,
+      backgroundPages: isSet(object.backgroundPages)
+        ? BigInt(object.backgroundPages)
+        : isSet(object.background_pages)
+        ? BigInt(object.background_pages)
+        : 0n,
+      faultP50Us: isSet(object.faultP50Us)
+        ? BigInt(object.faultP50Us)
+        : isSet(object.fault_p50_us)
+        ? BigInt(object.fault_p50_us)
+        : 0n,
+      faultP99Us: isSet(object.faultP99Us)
+        ? BigInt(object.faultP99Us)
+        : isSet(object.fault_p99_us)
+        ? BigInt(object.fault_p99_us)
+        : 0n,
+      bytesPerSecond: isSet(object.bytesPerSecond)
+        ? BigInt(object.bytesPerSecond)
+        : isSet(object.bytes_per_second)
+        ? BigInt(object.bytes_per_second)
+        : 0n,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: PostcopyProgress): unknown {
+    const obj: any = {};
+    if (message.status !== 0) {
+      obj.status = migrationStatusToJSON(message.status);
+    }
+    if (message.presentPages !== 0n) {
+      obj.presentPages = message.presentPages.toString();
+    }
+    if (message.totalPages !== 0n) {
+      obj.totalPages = message.totalPages.toString();
+    }
+    if (message.demandPages !== 0n) {
+      obj.demandPages = message.demandPages.toString();
+    }
+    if (message.backgroundPages !== 0n) {
+      obj.backgroundPages = message.backgroundPages.toString();
+    }
+    if (message.faultP50Us !== 0n) {
+      obj.faultP50Us = message.faultP50Us.toString();
+    }
+    if (message.faultP99Us !== 0n) {
+      obj.faultP99Us = message.faultP99Us.toString();
+    }
+    if (message.bytesPerSecond !== 0n) {
+      obj.bytesPerSecond = message.bytesPerSecond.toString();
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PostcopyProgress>, I>>(base?: I): PostcopyProgress {
+    return PostcopyProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PostcopyProgress>, I>>(object: I): PostcopyProgress {
+    const message = createBasePostcopyProgress();
+    message.status = object.status ?? 0;
+    message.presentPages = (object.presentPages !== undefined && object.presentPages !== null)
+      ? BigInt(object.presentPages)
+      : 0n;
+    message.totalPages = (object.totalPages !== undefined && object.totalPages !== null)
+      ? BigInt(object.totalPages)
+      : 0n;
+    message.demandPages = (object.demandPages !== undefined && object.demandPages !== null)
+      ? BigInt(object.demandPages)
+      : 0n;
+    message.backgroundPages = (object.backgroundPages !== undefined && object.backgroundPages !== null)
+      ? BigInt(object.backgroundPages)
+      : 0n;
+    message.faultP50Us = (object.faultP50Us !== undefined && object.faultP50Us !== null)
+      ? BigInt(object.faultP50Us)
+      : 0n;
+    message.faultP99Us = (object.faultP99Us !== undefined && object.faultP99Us !== null)
+      ? BigInt(object.faultP99Us)
+      : 0n;
+    message.bytesPerSecond = (object.bytesPerSecond !== undefined && object.bytesPerSecond !== null)
+      ? BigInt(object.bytesPerSecond)
+      : 0n;
+    message.error = object.error ?? "";
     return message;
   },
 };

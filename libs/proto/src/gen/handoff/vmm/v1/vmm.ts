@@ -522,6 +522,12 @@ export interface PrepareIncomingRequest {
    * and refuses a PrepareIncoming that names none.
    */
   sourceVmm: string;
+  /**
+   * The source host's memstore (its gRPC address), when the source vmm runs on another host
+   * than this one: a shared block then cannot be handed over by reference; with post-copy it
+   * arrives through a lazy region of this host's memstore. Empty: the same host.
+   */
+  sourceMemstore?: string | undefined;
 }
 
 export interface PrepareIncomingResponse {
@@ -3328,7 +3334,7 @@ export const ConsoleResponse: MessageFns<ConsoleResponse> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { name: "", jobId: "", spec: undefined, capabilities: [], sourceVmm: "" };
+  return { name: "", jobId: "", spec: undefined, capabilities: [], sourceVmm: "", sourceMemstore: undefined };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -3351,6 +3357,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.sourceVmm !== "") {
       writer.uint32(42).string(message.sourceVmm);
+    }
+    if (message.sourceMemstore !== undefined) {
+      writer.uint32(50).string(message.sourceMemstore);
     }
     return writer;
   },
@@ -3418,6 +3427,14 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.sourceVmm = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sourceMemstore = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3447,6 +3464,11 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         : isSet(object.source_vmm)
         ? globalThis.String(object.source_vmm)
         : "",
+      sourceMemstore: isSet(object.sourceMemstore)
+        ? globalThis.String(object.sourceMemstore)
+        : isSet(object.source_memstore)
+        ? globalThis.String(object.source_memstore)
+        : undefined,
     };
   },
 
@@ -3467,6 +3489,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.sourceVmm !== "") {
       obj.sourceVmm = message.sourceVmm;
     }
+    if (message.sourceMemstore !== undefined) {
+      obj.sourceMemstore = message.sourceMemstore;
+    }
     return obj;
   },
 
@@ -3480,6 +3505,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.capabilities = object.capabilities?.map((e) => e) || [];
     message.sourceVmm = object.sourceVmm ?? "";
+    message.sourceMemstore = object.sourceMemstore ?? undefined;
     return message;
   },
 };
