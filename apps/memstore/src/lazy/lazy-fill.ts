@@ -9,6 +9,7 @@ import { PageConnection, type PageSink } from './page-connection.js';
 import type { OpenedPageSource } from './page-sources.js';
 import type { SourceConnector, SourceMemstore } from './remote-source.js';
 import { MAX_REQUEST_PAGES, PAGE_BYTES } from './wire.js';
+import { closeSync, writeSync } from 'node:fs';
 
 /** Pages the background connection keeps asked for and not yet answered (16 MiB). */
 export const BACKGROUND_WINDOW_PAGES = 4096;
@@ -83,7 +84,8 @@ export interface LazyFillDeps {
 export class LazyFill {
   private row: LazyRegionRow;
   readonly pages: number;
-  private regionBytes: Uint8Array | null;
+  /** The region file, open read-write while pages may arrive; -1 once closed. */
+  private regionFd: number;
   private source: SourceMemstore | null = null;
   private opened: OpenedPageSource | null = null;
   private demand: PageConnection | null = null;
@@ -103,14 +105,13 @@ export class LazyFill {
   constructor(
     private readonly deps: LazyFillDeps,
     row: LazyRegionRow,
-    private readonly regionMapping: Mapping | null,
+    regionFd: number | null,
     private readonly presentMapping: Mapping,
     readonly present: PresentMap,
   ) {
     this.row = row;
     this.pages = row.sourceSize / PAGE_BYTES;
-    this.regionBytes =
-      regionMapping === null ? null : new Uint8Array(regionMapping.buffer, 0, row.sourceSize);
+    this.regionFd = regionFd ?? -1;
     this.demandAsked = new Uint8Array(this.pages);
     this.backgroundAsked = new Uint8Array(this.pages);
   }
@@ -229,8 +230,7 @@ export class LazyFill {
     this.dropConnections();
     for (const w of this.waiters) w.reject(reason);
     this.waiters.clear();
-    this.regionMapping?.close();
-    this.regionBytes = null;
+    this.closeRegionFile();
     this.presentMapping.close();
     this.source?.dispose();
     this.source = null;
@@ -330,8 +330,8 @@ export class LazyFill {
    * other connection, and maybe by a vCPU since).
    */
   private copyIn(first: number, offset: number, chunk: Buffer): void {
-    const bytes = this.regionBytes;
-    if (bytes === null) return;
+    const fd = this.regionFd;
+    if (fd < 0) return;
     const start = first * PAGE_BYTES + offset;
     const end = start + chunk.length;
     let at = start;
@@ -342,12 +342,13 @@ export class LazyFill {
         at = pageEnd;
         continue;
       }
-      // Extend over following missing pages: one copy per run.
+      // Extend over following missing pages: one write per run (pwrite into the page cache,
+      // which every mapping of the file shares).
       let runEnd = pageEnd;
       while (runEnd < end && !this.present.isPresent(runEnd / PAGE_BYTES)) {
         runEnd = Math.min(end, runEnd + PAGE_BYTES);
       }
-      bytes.set(chunk.subarray(at - start, runEnd - start), at);
+      writeAll(fd, chunk, at - start, runEnd - at, at);
       at = runEnd;
     }
   }
@@ -496,9 +497,13 @@ export class LazyFill {
       },
       'lazy fill complete',
     );
-    this.regionMapping?.close();
-    this.regionBytes = null;
+    this.closeRegionFile();
     void this.tellSourceComplete();
+  }
+
+  private closeRegionFile(): void {
+    if (this.regionFd >= 0) closeSync(this.regionFd);
+    this.regionFd = -1;
   }
 
   private async tellSourceComplete(): Promise<void> {
@@ -534,5 +539,15 @@ export class LazyFill {
     if (this.disposed) return;
     this.deps.catalog.lazy.updateLazy(this.row.regionId, change);
     this.row = this.deps.catalog.lazy.getLazy(this.row.regionId) ?? this.row;
+  }
+}
+
+/** Writes `length` bytes of `from` at `offset` to `fd` at `position` (short writes retried). */
+function writeAll(fd: number, from: Buffer, offset: number, length: number, position: number): void {
+  while (length > 0) {
+    const n = writeSync(fd, from, offset, length, position);
+    offset += n;
+    length -= n;
+    position += n;
   }
 }

@@ -1,7 +1,7 @@
 import { PresentMap, presentMapBytes, PresentState } from '@handoff/bitmap';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
-import { rmSync } from 'node:fs';
+import { closeSync, openSync, rmSync } from 'node:fs';
 import type { Catalog } from '../catalog/catalog.js';
 import type { LazyRegionRow } from '../catalog/lazy-table.js';
 import type { RegionKind } from '../catalog/rows.js';
@@ -119,7 +119,7 @@ export class LazyRegions {
     }
     const presentPath = presentPathOf(row.path);
     let presentMapping: Mapping | undefined;
-    let regionMapping: Mapping | undefined;
+    let regionFd: number | undefined;
     try {
       presentMapping = mapFile(presentPath, {
         create: true,
@@ -128,7 +128,7 @@ export class LazyRegions {
         mode: 0o600,
       });
       const present = PresentMap.initialize(presentMapping.buffer, pages);
-      regionMapping = mapFile(row.path, { sharing: 'shared' });
+      regionFd = openSync(row.path, 'r+');
       const lazyRow: LazyRegionRow = {
         regionId: row.id,
         sourceMemstore: src.memstore,
@@ -148,11 +148,11 @@ export class LazyRegions {
         this.catalog.markActive(row.id);
         this.catalog.lazy.insertLazy(lazyRow);
       });
-      const fill = new LazyFill(this.fillDeps(), lazyRow, regionMapping, presentMapping, present);
+      const fill = new LazyFill(this.fillDeps(), lazyRow, regionFd, presentMapping, present);
       fill.adopt(source, opened);
       this.fills.set(row.id, fill);
     } catch (err) {
-      regionMapping?.close();
+      if (regionFd !== undefined) closeSync(regionFd);
       presentMapping?.close();
       rmSync(presentPath, { force: true });
       this.regions.discardPending(row);
@@ -261,10 +261,8 @@ export class LazyRegions {
       this.logger.error({ region: row.regionId, err }, 'lazy region failed: its present map is lost');
       return;
     }
-    const regionMapping =
-      row.state === 'complete' || region.lostAt !== null
-        ? null
-        : mapFile(region.path, { sharing: 'shared' });
+    const regionFd =
+      row.state === 'complete' || region.lostAt !== null ? null : openSync(region.path, 'r+');
     let current = row;
     if (row.state === 'filling') {
       this.catalog.lazy.updateLazy(row.regionId, {
@@ -274,7 +272,7 @@ export class LazyRegions {
       current = this.catalog.lazy.getLazy(row.regionId)!;
       present.setState(PresentState.SourcePaused);
     }
-    const fill = new LazyFill(this.fillDeps(), current, regionMapping, presentMapping, present);
+    const fill = new LazyFill(this.fillDeps(), current, regionFd, presentMapping, present);
     this.fills.set(row.regionId, fill);
     if (current.state === 'complete') {
       fill.resumeClose();

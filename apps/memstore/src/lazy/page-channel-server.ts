@@ -32,6 +32,16 @@ import {
  * volatile directory, mode 0600.
  */
 
+/** Bytes queued on a connection before its requests wait for the socket to drain. */
+const WRITE_QUEUE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * TLS 1.3 suites, fastest first: page bytes are bulk data and the crypto bounds the channel's
+ * rate (AES-128-GCM is about 15% faster than AES-256-GCM here).
+ */
+export const PAGE_CHANNEL_CIPHERS =
+  'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256';
+
 /** A listening page channel. */
 export interface PageChannelServer {
   /** `host:port` or `unix:/path`, as OpenPageSource answers it. */
@@ -91,6 +101,8 @@ export async function startPageChannel(deps: {
               requestCert: true,
               rejectUnauthorized: true,
               minVersion: 'TLSv1.3',
+              ciphers: PAGE_CHANNEL_CIPHERS,
+              honorCipherOrder: true,
             },
             (socket) => {
               const peer = memstorePeerOf(socket);
@@ -208,9 +220,10 @@ function serveConnection(
     const bytes = served.bytes;
     socket.cork();
     socket.write(pagesHeader(first, count));
-    const ok = socket.write(Buffer.from(bytes.buffer, bytes.byteOffset + off, count * PAGE_BYTES));
+    socket.write(Buffer.from(bytes.buffer, bytes.byteOffset + off, count * PAGE_BYTES));
     socket.uncork();
-    return ok;
+    // Keep the kernel's buffer full: wait for a drain only past a bounded queue.
+    return socket.writableLength < WRITE_QUEUE_BYTES;
   };
 
   /** Parses what is buffered; stops at a frame whose answer filled the socket's buffer. */
@@ -236,6 +249,13 @@ function serveConnection(
       }
       if (!ok && !dead) {
         socket.pause();
+        if (!socket.writableNeedDrain) {
+          setImmediate(() => {
+            socket.resume();
+            pump();
+          });
+          return;
+        }
         socket.once('drain', () => {
           socket.resume();
           pump();
@@ -256,12 +276,12 @@ function serveConnection(
   socket.on('data', (chunk: Buffer) => {
     if (dead) return;
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    if (pending.length > 64 * MAX_READER_FRAME && socket.writableNeedDrain) {
+    if (pending.length > 64 * MAX_READER_FRAME && socket.writableLength >= WRITE_QUEUE_BYTES) {
       // A reader that keeps asking without reading: its requests pile up here.
       fail('SERVICE_BAD_FRAME', 'too many requests outstanding; read the answers');
       return;
     }
-    if (!socket.writableNeedDrain) pump();
+    if (socket.writableLength < WRITE_QUEUE_BYTES) pump();
   });
   socket.on('error', (err) => logger.debug({ error: err.message }, 'page channel connection error'));
   socket.once('close', () => untrack?.());

@@ -2,7 +2,7 @@ import type { TlsMaterial } from '@handoff/service';
 import { connect, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import { MemstoreError } from '../errors.js';
-import { parsePageAddress } from './page-channel-server.js';
+import { PAGE_CHANNEL_CIPHERS, parsePageAddress } from './page-channel-server.js';
 import {
   FRAME_PREFIX,
   FrameType,
@@ -28,6 +28,9 @@ export interface PageSink {
   /** Every byte of the frame `[first, first + count)` arrived. */
   done(first: number, count: number): void;
 }
+
+/** Bytes a plain socket reads at once into its reused buffer. */
+const READ_BUFFER_BYTES = 1024 * 1024;
 
 /** How long connecting and the hello may take. */
 export const CONNECT_TIMEOUT_MS = 3000;
@@ -67,11 +70,21 @@ export class PageConnection {
   }): Promise<PageConnection> {
     const where = parsePageAddress(opts.address);
     const material = opts.tls;
+    // Plain sockets read straight into one reused buffer (no allocation per chunk); TLS
+    // sockets hand over their decrypted chunks.
+    let feed: ((chunk: Buffer) => void) | null = null;
+    const onread = {
+      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      callback: (n: number, buf: Uint8Array): boolean => {
+        feed?.(Buffer.from(buf.buffer, buf.byteOffset, n));
+        return true;
+      },
+    };
     const socket: Socket =
       'path' in where
-        ? connect(where.path)
+        ? connect({ path: where.path, onread })
         : material === null
-          ? connect(where.port, where.host)
+          ? connect({ port: where.port, host: where.host, onread })
           : tls.connect({
               host: where.host,
               port: where.port,
@@ -79,6 +92,7 @@ export class PageConnection {
               cert: material.cert,
               key: material.key,
               minVersion: 'TLSv1.3',
+              ciphers: PAGE_CHANNEL_CIPHERS,
               checkServerIdentity: (host, cert) => {
                 const err = tls.checkServerIdentity(host, cert);
                 if (err !== undefined) return err;
@@ -110,7 +124,7 @@ export class PageConnection {
           );
         }
       };
-      conn.read(opts.sink, (pages) => {
+      feed = conn.read(opts.sink, (pages) => {
         clearTimeout(timer);
         if (pages !== opts.pages) {
           conn.close(
@@ -156,7 +170,7 @@ export class PageConnection {
   }
 
   /** Parses the source's frames; PAGES bytes go to `sink` chunk by chunk. */
-  private read(sink: PageSink, welcome: (pages: number) => void): void {
+  private read(sink: PageSink, welcome: (pages: number) => void): (chunk: Buffer) => void {
     let header = Buffer.alloc(0);
     /** Inside a PAGES frame: its pages and how many of its bytes are still to come. */
     let first = 0;
@@ -166,13 +180,14 @@ export class PageConnection {
     const fail = (message: string): void =>
       this.close(new MemstoreError('LAZY_SOURCE_UNAVAILABLE', `page channel: ${message}`));
 
-    this.socket.on('data', (chunk: Buffer) => {
+    const feed = (chunk: Buffer): void => {
       try {
         parse(chunk);
       } catch (err) {
         fail((err as Error).message);
       }
-    });
+    };
+    this.socket.on('data', feed);
     const parse = (chunk: Buffer): void => {
       let at = 0;
       while (at < chunk.length && !this.socket.destroyed) {
@@ -260,6 +275,7 @@ export class PageConnection {
       this.onClosed = null;
       fn?.(this.closedBy ?? new Error('the page channel closed'));
     });
+    return feed;
   }
 }
 
