@@ -223,6 +223,29 @@ describe('lazy regions between two memstores', () => {
     await sourceGone(src.region.id);
   });
 
+  it('keeps what arrived across a restart of memstore-2 and carries on by itself', async () => {
+    source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
+    target = await startTargetHost();
+    const size = 32 * MiB;
+    const src = await sourceRegion(source, 'vm5-ram', size);
+    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm5-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('vm5-ram') });
+    const before = await until('some pages present', async () => {
+      const l = await lazyOf('vm5-ram');
+      return l.presentPages > 256n ? l : undefined;
+    });
+    expect(before.presentPages).toBeLessThan(before.totalPages);
+    const dirs = target.dirs;
+    await target.stop();
+    target = await startTargetHost(dirs);
+    const done = await untilState('vm5-ram', pb.LazyFillState.LAZY_FILL_STATE_COMPLETE);
+    // Pages that had arrived were kept, not fetched again.
+    expect(done.demandPages + done.backgroundPages).toBeLessThan(done.totalPages);
+    const { region } = await unaryCall(target.vmm, 'getRegion', { region: named('vm5-ram') });
+    expect(fileBytes(region!.path, size).equals(src.data)).toBe(true);
+    await sourceGone(src.region.id);
+  });
+
   it('refuses hostile page-channel clients while the fill goes on', async () => {
     source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '5' });
     target = await startTargetHost();

@@ -70,8 +70,8 @@ export interface TargetHost {
   stop(): Promise<void>;
 }
 
-export async function startTargetHost(): Promise<TargetHost> {
-  const dirs = memstoreDirs();
+/** Starts memstore-2 (the target host's) in this process, on `dirs` when it restarts. */
+export async function startTargetHost(dirs: MemstoreDirs = memstoreDirs()): Promise<TargetHost> {
   const { config } = await memstoreTls('memstore-2');
   const handle = await startMemstore(
     memstoreConfig({

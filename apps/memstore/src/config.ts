@@ -15,6 +15,11 @@ export const LEASE_SOCKET_FILE_NAME = 'memstore-lease.sock';
 /** Default port of the memstore. */
 export const MEMSTORE_DEFAULT_PORT = 7100;
 
+/** The page channel's default unix socket in the volatile directory (plaintext clusters). */
+export function pageSocketFileName(catalogId: string): string {
+  return `memstore-pages-${catalogId}.sock`;
+}
+
 /** Flags (`--name`) and variables (`HANDOFF_MEMSTORE_NAME`) of the memstore. */
 export const memstoreOptions = {
   ...commonOptions(MEMSTORE_DEFAULT_PORT),

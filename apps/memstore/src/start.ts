@@ -17,6 +17,7 @@ import { memstoreService } from './api/memstore-service.js';
 import { join } from 'node:path';
 import {
   LEASE_SOCKET_FILE_NAME,
+  pageSocketFileName,
   resolveSettings,
   type MemstoreConfig,
   type MemstoreSettings,
@@ -138,7 +139,7 @@ function pageChannelAddress(settings: MemstoreSettings, secure: boolean, catalog
   const given = settings.pageChannel!;
   if (given !== 'auto') return given;
   if (secure) return `${settings.host}:0`;
-  return `unix:${join(settings.volatileDir, `memstore-pages-${catalogId}.sock`)}`;
+  return `unix:${join(settings.volatileDir, pageSocketFileName(catalogId))}`;
 }
 
 /**
