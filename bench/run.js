@@ -22,6 +22,7 @@ const SUITES = [
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
   { name: 'converge', module: 'tools/cluster/dist/bench/converge.bench.js' },
   { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
+  { name: 'lazy', module: 'apps/memstore/dist/lazy/lazy.bench.js' },
   { name: 'clones', module: 'tools/cluster/dist/bench/clones.bench.js' },
   { name: 'kill-loop', module: 'tools/cluster/dist/bench/kill-loop.bench.js', onlyByName: true },
 ];

@@ -15,6 +15,11 @@ export const LEASE_SOCKET_FILE_NAME = 'memstore-lease.sock';
 /** Default port of the memstore. */
 export const MEMSTORE_DEFAULT_PORT = 7100;
 
+/** The page channel's default unix socket in the volatile directory (plaintext clusters). */
+export function pageSocketFileName(catalogId: string): string {
+  return `memstore-pages-${catalogId}.sock`;
+}
+
 /** Flags (`--name`) and variables (`HANDOFF_MEMSTORE_NAME`) of the memstore. */
 export const memstoreOptions = {
   ...commonOptions(MEMSTORE_DEFAULT_PORT),
@@ -47,6 +52,13 @@ export const memstoreOptions = {
       `unix socket of the lease channel (TransferLease/GetRegion/ValidateLease without gRPC, for vmms on this host); ` +
       `off = disabled (default: <volatile-dir>/${LEASE_SOCKET_FILE_NAME})`,
   },
+  'page-channel': {
+    type: 'string',
+    description:
+      'where other memstores read lazy regions\' pages (post-copy across hosts): host:port (mutual ' +
+      'TLS with memstore certificates), unix:/path (plaintext), or off; default auto: ' +
+      '<host>:0 with TLS material, else unix:<volatile-dir>/memstore-pages-<catalog id>.sock',
+  },
   'holder-grace-ms': {
     type: 'number',
     default: 10_000,
@@ -78,6 +90,11 @@ export interface MemstoreSettings {
   readonly maxTotalSize: number;
   /** Unix socket path of the lease channel; null when disabled (`--lease-socket off`). */
   readonly leaseSocket: string | null;
+  /**
+   * The page channel's listen address (`host:port`, `unix:/path`), `auto` (resolved at start:
+   * `<host>:0` with TLS, else a unix socket in the volatile directory), or null: not served.
+   */
+  readonly pageChannel: string | null;
   /** How long a holder judged by its connection may stay disconnected before it is gone. */
   readonly holderGraceMs: number;
   /** How often holder processes are checked. */
@@ -122,6 +139,7 @@ export function resolveSettings(
     maxRegionSize: sizeOption(config, 'max-region-size', false),
     maxTotalSize: sizeOption(config, 'max-total-size', true),
     leaseSocket: leaseSocketOption(config['lease-socket'], volatileDir),
+    pageChannel: pageChannelOption(config['page-channel']),
     holderGraceMs: config['holder-grace-ms'],
     holderSweepMs: config['holder-sweep-ms'],
   };
@@ -142,6 +160,16 @@ function leaseSocketOption(text: string | undefined, volatileDir: string): strin
     );
   }
   return path;
+}
+
+function pageChannelOption(text: string | undefined): string | null {
+  if (text === 'off') return null;
+  if (text === undefined || text === '' || text === 'auto') return 'auto';
+  if (text.startsWith('unix:/') || /^.+:\d{1,5}$/.test(text)) return text;
+  throw new ServiceError(
+    'SERVICE_INVALID_CONFIG',
+    `--page-channel ${text} is neither host:port, unix:/path, auto nor off`,
+  );
 }
 
 function sizeOption(

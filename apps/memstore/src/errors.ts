@@ -36,6 +36,11 @@ export const MEMSTORE_ERROR_CODES = [
   'SNAPSHOT_IN_USE',
   'SNAPSHOT_CORRUPT',
   'SNAPSHOT_FORMAT',
+  'REGION_IDENTITY_MISMATCH',
+  'REGION_NOT_LAZY',
+  'LAZY_SOURCE_UNAVAILABLE',
+  'LAZY_FILL_FAILED',
+  'PAGE_SOURCE_NOT_FOUND',
 ] as const;
 
 /** One of MEMSTORE_ERROR_CODES. */
@@ -59,6 +64,11 @@ export class MemstoreError extends Error {
       err.name === 'MemstoreError' &&
       (code === undefined || (err as MemstoreError).code === code)
     );
+  }
+
+  /** True when `code` is one of {@link MEMSTORE_ERROR_CODES}. */
+  static isCode(code: string): code is MemstoreErrorCode {
+    return (MEMSTORE_ERROR_CODES as readonly string[]).includes(code);
   }
 
   /**

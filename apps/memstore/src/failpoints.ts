@@ -53,3 +53,12 @@ export function failpoint(name: FailpointName): void {
   if (--armed.remaining > 0) return;
   process.kill(process.pid, 'SIGKILL');
 }
+
+/**
+ * Tests only: `HANDOFF_MEMSTORE_PAGE_DELAY_MS=<n>` makes the page channel wait n ms after each
+ * answer it sends on a connection, so a lazy fill lasts long enough to be interrupted. Unset: 0.
+ */
+export const PAGE_DELAY_VARIABLE = 'HANDOFF_MEMSTORE_PAGE_DELAY_MS';
+
+/** The page channel's delay per answer, ms (0 outside tests). */
+export const pageServeDelayMs = Math.max(0, Number(process.env[PAGE_DELAY_VARIABLE] ?? '0') || 0);

@@ -21,6 +21,8 @@ import { planExport } from './snapshots/exporter.js';
 import { SnapshotImport, type ImportStart } from './snapshots/importer.js';
 import type { Snapshot, SnapshotRef } from './snapshots/snapshot.js';
 import { flattenSnapshot } from './snapshots/flatten.js';
+import { LazyRegions } from './lazy/lazy-regions.js';
+import { PageSources } from './lazy/page-sources.js';
 
 /** Identity, totals and limits of a memstore (GetInfo). */
 export interface MemstoreInfo {
@@ -63,6 +65,12 @@ export class Memstore {
   readonly sessions: HolderSessions;
   /** Snapshots: device-state files and sealed regions, recorded in the catalog. */
   readonly snapshots: SnapshotStore;
+  /** Target host: regions filled from another memstore (lazy/). */
+  readonly lazy: LazyRegions;
+  /** Source host: page sources other memstores read regions through (lazy/). */
+  readonly pageSources: PageSources;
+  /** The page channel's address once it listens ('' while not served). */
+  pageAddress = '';
 
   constructor(
     readonly settings: MemstoreSettings,
@@ -112,6 +120,15 @@ export class Memstore {
       logger,
       now,
       this.leases,
+    );
+    this.lazy = new LazyRegions(catalog, this.regions, logger.child({ component: 'lazy' }), now);
+    this.pageSources = new PageSources(
+      catalog,
+      this.regions,
+      this.leases,
+      logger.child({ component: 'page-sources' }),
+      () => this.pageAddress,
+      now,
     );
   }
 
@@ -184,6 +201,8 @@ export class Memstore {
    * Idempotent.
    */
   close(how: 'clean' | 'leave-arms' = 'clean'): void {
+    this.lazy.close();
+    this.pageSources.closeAll();
     this.sessions.close();
     this.leases.close(how === 'clean');
     this.catalog.close();

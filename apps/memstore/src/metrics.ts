@@ -1,4 +1,4 @@
-import { Gauge, type Registry } from '@handoff/service';
+import { Counter, Gauge, Histogram, type Registry } from '@handoff/service';
 import type { RegionRow } from './catalog/rows.js';
 import type { Memstore } from './memstore.js';
 import { statRegionFile } from './regions/files.js';
@@ -70,4 +70,39 @@ export function registerMemstoreMetrics(registry: Registry, memstore: Memstore):
       }
     },
   });
+  registerLazyMetrics(registry, memstore);
+}
+
+/**
+ * Lazy regions (post-copy across hosts): how many by fill state, pages fetched by kind (demand:
+ * a vmm asked; background: the address-order fill) and how long page requests waited.
+ */
+function registerLazyMetrics(registry: Registry, memstore: Memstore): void {
+  new Gauge({
+    name: 'handoff_memstore_lazy_regions',
+    help: 'lazy regions being filled from another memstore, by state (waiting, filling, paused, complete, failed)',
+    labelNames: ['state'],
+    registers: [registry],
+    collect() {
+      if (!memstore.isOpen) return;
+      this.reset();
+      for (const [state, n] of Object.entries(memstore.lazy.counts())) this.set({ state }, n);
+    },
+  });
+  const pages = new Counter({
+    name: 'handoff_memstore_lazy_pages_total',
+    help: 'pages of lazy regions fetched from their source, by kind (demand, background)',
+    labelNames: ['kind'],
+    registers: [registry],
+  });
+  const faults = new Histogram({
+    name: 'handoff_memstore_lazy_fault_seconds',
+    help: 'how long a page request (FetchPages) of a missing page waited for it to arrive',
+    buckets: [50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1, 5],
+    registers: [registry],
+  });
+  memstore.lazy.observer = {
+    pages: (kind, n) => pages.inc({ kind }, n),
+    fault: (seconds) => faults.observe(seconds),
+  };
 }

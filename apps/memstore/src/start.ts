@@ -17,12 +17,15 @@ import { memstoreService } from './api/memstore-service.js';
 import { join } from 'node:path';
 import {
   LEASE_SOCKET_FILE_NAME,
+  pageSocketFileName,
   resolveSettings,
   type MemstoreConfig,
   type MemstoreSettings,
 } from './config.js';
 import { openMemstore, type Memstore } from './memstore.js';
 import { registerMemstoreMetrics } from './metrics.js';
+import { startPageChannel, type PageChannelServer } from './lazy/page-channel-server.js';
+import { grpcSourceConnector } from './lazy/remote-source.js';
 
 /** A running memstore service. */
 export interface MemstoreHandle {
@@ -34,6 +37,8 @@ export interface MemstoreHandle {
   readonly memstore: Memstore;
   /** The lease channel (unix socket), or null when disabled (`--lease-socket off`). */
   readonly leaseChannel: LeaseChannelServer | null;
+  /** The page channel (post-copy page reads by other memstores), or null when off. */
+  readonly pageChannel: PageChannelServer | null;
   /** host:port of the metrics endpoint, or null without `--metrics-port`. */
   readonly metricsAddress: string | null;
   /**
@@ -58,6 +63,7 @@ export async function startMemstore(
   const tls = loadTls(config, 'memstore', { role: 'memstore' });
   const memstore = openMemstore(settings, log);
   let leaseChannel: LeaseChannelServer | null = null;
+  let pageChannel: PageChannelServer | null = null;
   let metricsServer: MetricsServer | null = null;
   let server: RunningServer;
   try {
@@ -75,6 +81,16 @@ export async function startMemstore(
     if (settings.leaseSocket !== null) {
       leaseChannel = await startLeaseChannelOrNot(memstore, settings, log);
     }
+    if (settings.pageChannel !== null) {
+      pageChannel = await startPageChannel({
+        listen: pageChannelAddress(settings, tls !== null, memstore.catalog.catalogId),
+        sources: memstore.pageSources,
+        tls,
+        logger: log,
+      });
+      memstore.pageAddress = pageChannel.address;
+    }
+    memstore.lazy.start(grpcSourceConnector(tls), tls);
     server = await startServer({
       name: 'memstore',
       host: settings.host,
@@ -89,6 +105,7 @@ export async function startMemstore(
     });
   } catch (err) {
     await leaseChannel?.close();
+    await pageChannel?.close();
     await metricsServer?.close();
     memstore.close();
     throw err;
@@ -100,11 +117,13 @@ export async function startMemstore(
     server,
     memstore,
     leaseChannel,
+    pageChannel,
     metricsAddress: metricsServer?.address ?? null,
     stop: (reason = 'stop requested') => {
       stopped ??= Promise.all([
         server.shutdown(reason),
         leaseChannel?.close(),
+        pageChannel?.close(),
         metricsServer?.close(),
       ]).then(() => {
         memstore.close();
@@ -113,6 +132,14 @@ export async function startMemstore(
       return stopped;
     },
   };
+}
+
+/** Where the page channel listens: the flag's address, or for `auto` one chosen here. */
+function pageChannelAddress(settings: MemstoreSettings, secure: boolean, catalogId: string): string {
+  const given = settings.pageChannel!;
+  if (given !== 'auto') return given;
+  if (secure) return `${settings.host}:0`;
+  return `unix:${join(settings.volatileDir, pageSocketFileName(catalogId))}`;
 }
 
 /**

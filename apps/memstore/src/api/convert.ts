@@ -4,6 +4,8 @@ import type { FencedLease, Lease } from '../leases/lease.js';
 import type { HolderStatus, Liveness } from '../leases/liveness.js';
 import type { MemstoreInfo } from '../memstore.js';
 import type { Region, RegionKind, RegionRef, RegionState } from '../regions/region.js';
+import type { LazyFillStatus } from '../lazy/lazy-fill.js';
+import type { RemoteRegionRef } from '../lazy/lazy-regions.js';
 
 /**
  * Conversions between wire types and domain types. Only the api/ folder
@@ -113,7 +115,7 @@ export function fencedToPb(f: FencedLease | undefined): pb.FencedLease | undefin
 }
 
 /** Domain region -> wire region. */
-export function regionToPb(r: Region): pb.Region {
+export function regionToPb(r: Region, lazy?: LazyFillStatus): pb.Region {
   return {
     id: r.id,
     name: r.name,
@@ -123,7 +125,7 @@ export function regionToPb(r: Region): pb.Region {
     allocatedBytes: BigInt(r.allocatedBytes),
     path: r.path,
     lease: leaseToPb(r.lease),
-    lazy: undefined,
+    lazy: lazyFillToPb(lazy),
     mappedBy: [...r.mappedBy],
     cloneCount: r.cloneCount,
     createdAt: dateToTimestamp(r.createdAt),
@@ -145,5 +147,57 @@ export function infoToPb(info: MemstoreInfo, leaseChannel = ''): pb.GetInfoRespo
     persistentDir: info.persistentDir,
     maxRegionSize: BigInt(info.maxRegionSize),
     leaseChannel,
+  };
+}
+
+const LAZY_STATE_TO_PB: Record<LazyFillStatus['state'], pb.LazyFillState> = {
+  waiting: pb.LazyFillState.LAZY_FILL_STATE_WAITING,
+  filling: pb.LazyFillState.LAZY_FILL_STATE_FILLING,
+  paused: pb.LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED,
+  complete: pb.LazyFillState.LAZY_FILL_STATE_COMPLETE,
+  failed: pb.LazyFillState.LAZY_FILL_STATE_FAILED,
+};
+
+/** A lazy region's fill on the wire (Region.lazy); undefined for an ordinary region. */
+export function lazyFillToPb(s: LazyFillStatus | undefined): pb.LazyFill | undefined {
+  if (s === undefined) return undefined;
+  return {
+    source: {
+      memstore: s.source.memstore,
+      regionId: s.source.regionId,
+      identity: s.source.identity,
+      size: BigInt(s.source.size),
+      epoch: BigInt(s.source.epoch),
+    },
+    state: LAZY_STATE_TO_PB[s.state],
+    presentPages: BigInt(s.presentPages),
+    totalPages: BigInt(s.totalPages),
+    presentPath: s.presentPath,
+    demandPages: BigInt(s.demandPages),
+    backgroundPages: BigInt(s.backgroundPages),
+    faultRequests: BigInt(s.faultRequests),
+    faultP50Us: BigInt(s.faultP50Us),
+    faultP99Us: BigInt(s.faultP99Us),
+    bytesPerSecond: BigInt(s.bytesPerSecond),
+    startedAt: s.startedAt === undefined ? undefined : dateToTimestamp(s.startedAt),
+    completedAt: s.completedAt === undefined ? undefined : dateToTimestamp(s.completedAt),
+    error: s.error,
+  };
+}
+
+/** CreateLazyRegion's source reference, checked for presence. */
+export function remoteRegionFromPb(r: pb.RemoteRegion | undefined): RemoteRegionRef {
+  if (r === undefined) {
+    throw new MemstoreError(
+      'REGION_INVALID_ARGUMENT',
+      'source is required: the source memstore, region id, identity, size and lease epoch',
+    );
+  }
+  return {
+    memstore: r.memstore,
+    regionId: r.regionId,
+    identity: r.identity,
+    size: safeNumber(r.size, 'source.size'),
+    epoch: safeNumber(r.epoch, 'source.epoch'),
   };
 }

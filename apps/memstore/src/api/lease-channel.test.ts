@@ -26,7 +26,12 @@ import * as grpc from '@grpc/grpc-js';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LEASE_SOCKET_FILE_NAME, memstoreConfig, type MemstoreConfig } from '../config.js';
+import {
+  LEASE_SOCKET_FILE_NAME,
+  memstoreConfig,
+  pageSocketFileName,
+  type MemstoreConfig,
+} from '../config.js';
 import { leaseArmsFileName } from '../memstore.js';
 import { startMemstore, type MemstoreHandle } from '../start.js';
 import {
@@ -170,8 +175,9 @@ describe('memstore lease channel', () => {
     const st = lstatSync(path);
     expect(st.isSocket()).toBe(true);
     expect(st.mode & 0o777).toBe(0o600);
+    const catalogId = handle.memstore.catalog.catalogId;
     expect(readdirSync(dirs.volatileDir).sort()).toEqual(
-      [leaseArmsFileName(handle.memstore.catalog.catalogId), LEASE_SOCKET_FILE_NAME].sort(),
+      [leaseArmsFileName(catalogId), LEASE_SOCKET_FILE_NAME, pageSocketFileName(catalogId)].sort(),
     );
   });
 
@@ -440,9 +446,10 @@ describe('memstore lease channel', () => {
       opened.push({ handle: off, client: c });
       expect(off.leaseChannel).toBeNull();
       expect((await unaryCall(c, 'getInfo', {})).leaseChannel).toBe('');
-      expect(readdirSync(other.volatileDir)).toEqual([
-        leaseArmsFileName(off.memstore.catalog.catalogId),
-      ]);
+      const catalogId = off.memstore.catalog.catalogId;
+      expect(readdirSync(other.volatileDir).sort()).toEqual(
+        [leaseArmsFileName(catalogId), pageSocketFileName(catalogId)].sort(),
+      );
     } finally {
       for (const o of opened.splice(1)) {
         o.client.close();

@@ -20,7 +20,7 @@ import { guarded, leaseCalls } from './memstore-service.js';
 
 /**
  * The lease channel: a unix-socket side channel serving TransferLease, GetRegion,
- * ValidateLease, ArmTransfer and ResolveTransfer without gRPC, for the vmms on this host (a migration's hand-off runs during the
+ * ValidateLease, ArmTransfer, ResolveTransfer, FetchPages and StartLazyFill without gRPC, for the vmms on this host (a migration's hand-off runs during the
  * guest's downtime, where a gRPC round trip costs more than the whole budget). Frames are
  * {@link FramedSocket}'s (4-byte big-endian length + payload, at most
  * {@link LEASE_CHANNEL_MAX_FRAME_BYTES}); each request frame is one `LeaseChannelRequest`,
@@ -66,7 +66,7 @@ export class LeaseSocketBusyError extends ServiceError {
 type Method = keyof typeof leaseCalls;
 
 /** gRPC method names, for logs and `guarded` (the same wording as the gRPC path). */
-const METHOD_NAME: Record<Method | 'hello' | 'fetchPages' | 'startLazyFill', string> = {
+const METHOD_NAME: Record<Method | 'hello', string> = {
   hello: 'Hello',
   fetchPages: 'FetchPages',
   startLazyFill: 'StartLazyFill',
@@ -317,12 +317,22 @@ async function dispatch(
         );
         return { id: req.id, result: { $case: 'resolveTransfer', value } };
       }
+      case 'fetchPages': {
+        // Waits until the pages are present; other requests on the connection go on meanwhile.
+        const value = await run(m, 'fetchPages', () => leaseCalls.fetchPages(m, call.value));
+        return { id: req.id, result: { $case: 'fetchPages', value } };
+      }
+      case 'startLazyFill': {
+        const value = await run(m, 'startLazyFill', () => leaseCalls.startLazyFill(m, call.value));
+        return { id: req.id, result: { $case: 'startLazyFill', value } };
+      }
       default:
         // A call this memstore does not know (a newer client) decodes as no call at all.
         throw new ServiceError(
           'SERVICE_UNIMPLEMENTED',
-          'this memstore serves only TransferLease, GetRegion, ValidateLease, ArmTransfer and ' +
-            'ResolveTransfer on its lease channel; make other calls over gRPC',
+          'this memstore serves only TransferLease, GetRegion, ValidateLease, ArmTransfer, ' +
+            'ResolveTransfer, FetchPages and StartLazyFill on its lease channel; make other ' +
+            'calls over gRPC',
         );
     }
   } catch (err) {
@@ -352,7 +362,7 @@ function errorResponse(
   return { id, result: { $case: 'error', value: { code: coded.code, message: coded.message } } };
 }
 
-function run<T>(m: Memstore, method: Method, fn: () => T): Promise<T> {
+function run<T>(m: Memstore, method: Method, fn: () => T | Promise<T>): Promise<T> {
   return guarded(m, METHOD_NAME[method], fn);
 }
 

@@ -23,8 +23,11 @@ import {
   leaseToPb,
   refFromPb,
   regionToPb,
+  remoteRegionFromPb,
   safeNumber,
 } from './convert.js';
+import { INSECURE_READER } from '../lazy/page-sources.js';
+import type { RegionRef } from '../regions/region.js';
 import { readPages } from './read-pages.js';
 import {
   chainToPb,
@@ -65,7 +68,7 @@ export async function guarded<T>(
  */
 export const leaseCalls = {
   getRegion: (m: Memstore, req: pb.GetRegionRequest): pb.GetRegionResponse => ({
-    region: regionToPb(m.regions.get(refFromPb(req.region))),
+    region: regionOf(m, refFromPb(req.region)),
   }),
 
   transferLease: (
@@ -115,7 +118,82 @@ export const leaseCalls = {
   resolveTransfer: (m: Memstore, req: pb.ResolveTransferRequest): pb.ResolveTransferResponse => ({
     lease: leaseToPb(m.leases.resolve(refFromPb(req.region))),
   }),
+
+  startLazyFill: async (
+    m: Memstore,
+    req: pb.StartLazyFillRequest,
+  ): Promise<pb.StartLazyFillResponse> => {
+    const id = await m.lazy.startFill(refFromPb(req.region));
+    return { region: regionOf(m, { id }) };
+  },
+
+  fetchPages: async (m: Memstore, req: pb.FetchPagesRequest): Promise<pb.FetchPagesResponse> => {
+    const waited = await m.lazy.fetch(
+      refFromPb(req.region),
+      safeNumber(req.firstPage, 'first_page'),
+      req.pageCount,
+    );
+    return { waitedUs: BigInt(waited) };
+  },
 } as const;
+
+/** A region as GetRegion reports it, with its fill when it is lazy. */
+function regionOf(m: Memstore, ref: RegionRef): pb.Region {
+  const r = m.regions.get(ref);
+  return regionToPb(r, m.lazy.status(r.id));
+}
+
+/** The reading memstore a page-source call comes from: its certificate's id (role memstore). */
+function readerOf(c: HasAuthContext): string {
+  const caller = callerOf(c);
+  return caller?.secure === true ? caller.identity.id : INSECURE_READER;
+}
+
+/** Lazy regions (target host) and page sources (source host): LAZY.md. */
+function lazyHandlers(
+  m: Memstore,
+  call: GuardedCall,
+): Pick<
+  pb.MemstoreServiceServer,
+  | 'createLazyRegion'
+  | 'startLazyFill'
+  | 'recoverLazyRegion'
+  | 'openPageSource'
+  | 'claimPageSource'
+  | 'closePageSource'
+> {
+  return {
+    createLazyRegion: call('CreateLazyRegion', async (req: pb.CreateLazyRegionRequest) => {
+      const id = await m.lazy.create({
+        name: req.name,
+        kind: kindFromPb(req.kind, 'volatile'),
+        source: remoteRegionFromPb(req.source),
+      });
+      return { region: regionOf(m, { id }) };
+    }),
+    startLazyFill: call('StartLazyFill', (req: pb.StartLazyFillRequest) =>
+      leaseCalls.startLazyFill(m, req),
+    ),
+    recoverLazyRegion: call('RecoverLazyRegion', async (req: pb.RecoverLazyRegionRequest) => {
+      const id = await m.lazy.recover(refFromPb(req.region), req.sourceMemstore);
+      return { region: regionOf(m, { id }) };
+    }),
+    openPageSource: call('OpenPageSource', (req: pb.OpenPageSourceRequest, c) =>
+      m.pageSources.open(readerOf(c), {
+        regionId: req.regionId,
+        identity: req.identity,
+        size: safeNumber(req.size, 'size'),
+      }),
+    ),
+    claimPageSource: call('ClaimPageSource', (req: pb.ClaimPageSourceRequest, c) => ({
+      epoch: BigInt(m.pageSources.claim(readerOf(c), req.sourceId, safeNumber(req.epoch, 'epoch'))),
+    })),
+    closePageSource: call('ClosePageSource', (req: pb.ClosePageSourceRequest, c) => {
+      m.pageSources.close(readerOf(c), req.sourceId, req.complete);
+      return {};
+    }),
+  };
+}
 
 /**
  * Who may call what (roles of the caller's certificate; startServer enforces it). Regions are
@@ -159,13 +237,6 @@ export const MEMSTORE_ACCESS: AccessTable = {
   ClosePageSource: ['memstore'],
 };
 
-/** The handler of a method in the contract whose service is not built yet: UNIMPLEMENTED. */
-function notYet<H>(call: (what: string, fn: () => never) => H, name: string): H {
-  return call(name, () => {
-    throw new ServiceError('SERVICE_UNIMPLEMENTED', `${name}: lazy regions are not built yet`);
-  });
-}
-
 /** The gRPC edge of the memstore: converts wire types and delegates to the domain. */
 export function memstoreService(deps: {
   memstore: Memstore;
@@ -195,11 +266,14 @@ export function memstoreService(deps: {
     getRegion: call('GetRegion', (req: pb.GetRegionRequest) => leaseCalls.getRegion(m, req)),
 
     listRegions: call('ListRegions', (req: pb.ListRegionsRequest) => ({
-      regions: m.regions.list(kindFromPb(req.kind, undefined)).map(regionToPb),
+      regions: m.regions
+        .list(kindFromPb(req.kind, undefined))
+        .map((r) => regionToPb(r, m.lazy.status(r.id))),
     })),
 
     deleteRegion: call('DeleteRegion', (req: pb.DeleteRegionRequest) => {
-      m.regions.delete(refFromPb(req.region));
+      // A lazy region's fill stops and its source is closed too (lazy-regions.ts).
+      m.lazy.delete(refFromPb(req.region));
       return {};
     }),
 
@@ -286,12 +360,7 @@ export function memstoreService(deps: {
     ),
 
     ...snapshotHandlers(m, logger, call, leaseCaller),
-    createLazyRegion: notYet(call, 'CreateLazyRegion'),
-    startLazyFill: notYet(call, 'StartLazyFill'),
-    recoverLazyRegion: notYet(call, 'RecoverLazyRegion'),
-    openPageSource: notYet(call, 'OpenPageSource'),
-    claimPageSource: notYet(call, 'ClaimPageSource'),
-    closePageSource: notYet(call, 'ClosePageSource'),
+    ...lazyHandlers(m, call),
   };
   return {
     name: serviceNames.memstore,

@@ -13,6 +13,7 @@ import type {
   RowState,
 } from './rows.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './schema.js';
+import { LazyTable } from './lazy-table.js';
 import { SnapshotTable } from './snapshot-table.js';
 
 /** File name of the catalog inside the state directory. */
@@ -142,6 +143,8 @@ export class Catalog {
   readonly openInfo: CatalogOpenInfo;
   /** The snapshots and their blocks (schema version 3). */
   readonly snapshots: SnapshotTable;
+  /** Lazy regions (target host) and page sources (source host) (schema version 5). */
+  readonly lazy: LazyTable;
   private readonly db: Database.Database;
   private readonly s: ReturnType<typeof prepareStatements>;
 
@@ -154,6 +157,7 @@ export class Catalog {
     this.openInfo = openInfo;
     this.s = prepareStatements(db);
     this.snapshots = new SnapshotTable(db);
+    this.lazy = new LazyTable(db);
     this.catalogId = this.ensureCatalogId();
   }
 

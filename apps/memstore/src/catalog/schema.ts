@@ -120,6 +120,41 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE snapshot_blocks ADD COLUMN layer_pages BLOB;
     `,
   },
+  {
+    description: 'lazy regions and page sources (post-copy across hosts)',
+    sql: `
+      -- Target host: a region filled from a region of another memstore (apps/memstore/LAZY.md).
+      -- Kept while the fill runs and, once complete, until the next start (which drops it after
+      -- the source has been told). The present map file lives beside the region's file.
+      CREATE TABLE lazy_regions (
+        region_id        TEXT PRIMARY KEY REFERENCES regions (id) ON DELETE CASCADE,
+        source_memstore  TEXT NOT NULL,               -- host:port of the source memstore
+        source_region_id TEXT NOT NULL,
+        source_identity  TEXT NOT NULL,
+        source_size      INTEGER NOT NULL CHECK (source_size > 0),
+        source_epoch     INTEGER NOT NULL CHECK (source_epoch >= 0),
+        source_id        TEXT NOT NULL,               -- the page source on the source memstore
+        state            TEXT NOT NULL
+          CHECK (state IN ('waiting', 'filling', 'paused', 'complete', 'failed')),
+        present_path     TEXT NOT NULL,
+        started_at       INTEGER,
+        completed_at     INTEGER,
+        source_closed    INTEGER NOT NULL DEFAULT 0 CHECK (source_closed IN (0, 1)),
+        error            TEXT NOT NULL DEFAULT ''
+      ) STRICT;
+
+      -- Source host: a reader (another memstore) of one region. Claimed: the page source holds
+      -- the region's writer lease (holder '<reader>/lazy/<id>') at claimed_epoch.
+      CREATE TABLE page_sources (
+        id            TEXT PRIMARY KEY,
+        region_id     TEXT NOT NULL REFERENCES regions (id) ON DELETE CASCADE,
+        reader        TEXT NOT NULL,
+        opened_at     INTEGER NOT NULL,
+        claimed_epoch INTEGER,
+        UNIQUE (region_id, reader)
+      ) STRICT;
+    `,
+  },
 ];
 
 /** The schema version this build writes. */

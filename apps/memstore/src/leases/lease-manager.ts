@@ -2,6 +2,7 @@ import type { Logger } from '@handoff/service';
 import type { Catalog, CommitDurability } from '../catalog/catalog.js';
 import type { FenceReason, RegionRow } from '../catalog/rows.js';
 import { MemstoreError } from '../errors.js';
+import { isPageSourceHolder } from '../lazy/holder.js';
 import { failpoint } from '../failpoints.js';
 import { validateHolder } from '../regions/naming.js';
 import type { RegionRef } from '../regions/region.js';
@@ -234,6 +235,8 @@ export class LeaseManager implements LeaseArmResolver {
     const fenced: FencedRegionLease[] = [];
     for (const row of this.catalog.leasesOfVmm(vmmId)) {
       if (this.armed.has(row.id)) continue; // its arm could not be settled: next time
+      // A page source's lease (`<memstore>/lazy/<id>`) belongs to no vmm process: never fenced.
+      if (isPageSourceHolder(row.leaseHolder!)) continue;
       try {
         const f = this.fenceRow(row, row.leaseHolder!, row.leaseEpoch, reason);
         if (f !== undefined) fenced.push(f);
