@@ -434,8 +434,6 @@ export class Hart {
     // Unsigned `off < size` as one signed compare: flip the sign bit of both sides. A lazy
     // block's fast-path size is 0: every access takes the slow path, which checks presence.
     const ramLimit = (main.fastSize ^ -0x80000000) | 0;
-    const lazy = main.present !== undefined;
-    const ramSize = (main.size ^ -0x80000000) | 0;
     const i32 = main.i32;
     const u8 = main.u8;
     const i8 = main.i8;
@@ -806,7 +804,7 @@ export class Hart {
           }
           i += 2;
           n++;
-          if (lazy && (off ^ -0x80000000) < ramSize) {
+          if (main.present !== undefined && off >= 0 && off < main.size) {
             // A store into a lazy main block (its fast path is off): RAM, no device to look
             // at, so the slice goes on — with the page's slots as they are now (the store may
             // have made them private or zeroed one).
@@ -848,7 +846,7 @@ export class Hart {
           }
           i += 2;
           n++;
-          if (lazy && (off ^ -0x80000000) < ramSize) {
+          if (main.present !== undefined && off >= 0 && off < main.size) {
             // A store into a lazy main block (its fast path is off): RAM, no device to look
             // at, so the slice goes on — with the page's slots as they are now (the store may
             // have made them private or zeroed one).
@@ -890,7 +888,7 @@ export class Hart {
           }
           i += 2;
           n++;
-          if (lazy && (off ^ -0x80000000) < ramSize) {
+          if (main.present !== undefined && off >= 0 && off < main.size) {
             // A store into a lazy main block (its fast path is off): RAM, no device to look
             // at, so the slice goes on — with the page's slots as they are now (the store may
             // have made them private or zeroed one).
