@@ -47,7 +47,13 @@ export type StopReason =
   /** A device asked the host loop to look (the control device's READY doorbell); run again to continue. */
   | 'yield'
   /** The hart cannot continue (e.g. its trap vector is not executable); see {@link Hart.fatalMessage}. */
-  | 'fatal';
+  | 'fatal'
+  /**
+   * The next instruction touches a page of a lazy RAM block that has not arrived (post-copy):
+   * it did not retire, wrote nothing and trapped not; {@link Hart.missingBlock} and
+   * {@link Hart.missingPage} say which page. Run again once the page is present.
+   */
+  | 'page';
 
 /** What the hart needs from the platform timer (the CLINT's mtime / mtimecmp). */
 export interface TimerPort {
@@ -79,6 +85,7 @@ export interface HartOptions {
 const STOP_HALT = 1;
 const STOP_FATAL = 2;
 const STOP_YIELD = 3;
+const STOP_PAGE = 4;
 const INT_MIN = -0x80000000;
 /** Page entries before a page is translated, and instructions interpreted in one visit that force it. */
 const HOT_ENTRIES = 16;
@@ -115,6 +122,10 @@ export class Hart {
   timer: TimerPort = NO_TIMER;
   /** Why the hart is fatally stopped. */
   fatalMessage = '';
+  /** After {@link Hart.run} returned `page`: the lazy block whose page is missing. */
+  missingBlock: RamBlock | undefined = undefined;
+  /** After {@link Hart.run} returned `page`: the missing page (block page index). */
+  missingPage = 0;
 
   // Machine CSRs, as int32.
   mstatus = 0;
@@ -225,11 +236,14 @@ export class Hart {
    */
   run(budget: number): StopReason {
     let left = budget;
+    // A lazy block whose pages all arrived becomes an ordinary one (fast path, translation).
+    if (this.memory.lazyBlocks !== 0) this.memory.settleLazy();
     for (;;) {
       if (this.stop !== 0) {
-        if (this.stop === STOP_YIELD) {
+        if (this.stop === STOP_YIELD || this.stop === STOP_PAGE) {
+          const page = this.stop === STOP_PAGE;
           this.stop = 0;
-          return 'yield';
+          return page ? 'page' : 'yield';
         }
         return this.stop === STOP_HALT ? 'halted' : 'fatal';
       }
@@ -296,6 +310,17 @@ export class Hart {
       if (block !== undefined) {
         const off = (pc >>> 0) - block.guestBase;
         const page = off >>> PAGE_SHIFT;
+        if (block.present !== undefined && !block.present.isPresent(page)) {
+          // Fetch from a page that has not arrived: wait at `pc`, nothing decoded from it.
+          this.waitForPage(block, page);
+          this.code = Hart.NO_CODE;
+          this.codeBase = (pc & ~(PAGE_SIZE - 1)) | 0;
+          this.slot = (off & (PAGE_SIZE - 1)) >>> 1;
+          this.pc = pc;
+          this.codeEntry = undefined;
+          this.trans = undefined;
+          return;
+        }
         const entry = block.openCode(page, blankCodePage);
         this.code = entry.code;
         this.codeBase = (pc & ~(PAGE_SIZE - 1)) | 0;
@@ -332,7 +357,9 @@ export class Hart {
     now: boolean,
     fresh: boolean,
   ): PageFunction | undefined {
-    if (!this.translate || block !== this.memory.main) return undefined;
+    if (!this.translate || block !== this.memory.main || block.present !== undefined) {
+      return undefined; // a lazy block's code is interpreted: every access checks presence
+    }
     let t = entry.translated;
     if (t === undefined) {
       if (!now && entry.heat < HOT_ENTRIES) {
@@ -354,6 +381,13 @@ export class Hart {
     const entry = this.codeEntry;
     if (entry === undefined) return undefined;
     return this.translation(this.codeBlock!, this.codePageIndex, entry, true, fresh);
+  }
+
+  /** Ends the slice before the current instruction: it waits for a page of a lazy block. */
+  private waitForPage(block: RamBlock, page: number): void {
+    this.missingBlock = block;
+    this.missingPage = page;
+    this.stop = STOP_PAGE;
   }
 
   /** Forgets the current page's translation (its decoded code changed); it cools down first. */
@@ -397,8 +431,9 @@ export class Hart {
     const mem = this.memory;
     const main = mem.main;
     const ramBase = main.guestBase | 0;
-    // Unsigned `off < size` as one signed compare: flip the sign bit of both sides.
-    const ramLimit = (main.size ^ -0x80000000) | 0;
+    // Unsigned `off < size` as one signed compare: flip the sign bit of both sides. A lazy
+    // block's fast-path size is 0: every access takes the slow path, which checks presence.
+    const ramLimit = (main.fastSize ^ -0x80000000) | 0;
     const i32 = main.i32;
     const u8 = main.u8;
     const i8 = main.i8;
@@ -408,7 +443,9 @@ export class Hart {
     const touched = main.touched;
     const codeBits = main.codeBits;
     const r0 = this.retired;
+    mem.missingBlock = undefined;
     this.jump(this.pc);
+    if (this.stop !== 0) return; // the code page has not arrived (or the vector is gone)
     let code = this.code;
     let base = this.codeBase;
     let i = this.slot;
@@ -767,6 +804,13 @@ export class Hart {
           }
           i += 2;
           n++;
+          if (main.present !== undefined && off >= 0 && off < main.size) {
+            // A store into a lazy main block (its fast path is off): RAM, no device to look
+            // at, so the slice goes on — with the page's slots as they are now (the store may
+            // have made them private or zeroed one).
+            code = this.codeEntry?.code ?? code;
+            continue;
+          }
           cause = -2;
           break;
         }
@@ -802,6 +846,13 @@ export class Hart {
           }
           i += 2;
           n++;
+          if (main.present !== undefined && off >= 0 && off < main.size) {
+            // A store into a lazy main block (its fast path is off): RAM, no device to look
+            // at, so the slice goes on — with the page's slots as they are now (the store may
+            // have made them private or zeroed one).
+            code = this.codeEntry?.code ?? code;
+            continue;
+          }
           cause = -2;
           break;
         }
@@ -837,6 +888,13 @@ export class Hart {
           }
           i += 2;
           n++;
+          if (main.present !== undefined && off >= 0 && off < main.size) {
+            // A store into a lazy main block (its fast path is off): RAM, no device to look
+            // at, so the slice goes on — with the page's slots as they are now (the store may
+            // have made them private or zeroed one).
+            code = this.codeEntry?.code ?? code;
+            continue;
+          }
           cause = -2;
           break;
         }
@@ -1091,6 +1149,14 @@ export class Hart {
         this.jump(tgt);
       } else {
         this.retired = r0 + n;
+        if (mem.missingBlock !== undefined) {
+          // Not a trap: the access touched a page of a lazy block that has not arrived. The
+          // instruction did nothing and did not retire; the slice ends before it.
+          this.waitForPage(mem.missingBlock, mem.missingPage);
+          mem.missingBlock = undefined;
+          mem.faulted = false;
+          break;
+        }
         this.trapAt((base + (i << 1)) | 0, cause, tval);
         limit--;
       }
@@ -1135,6 +1201,11 @@ export class Hart {
     const a = addr >>> 0;
     if (op === Op.SC_W) {
       const ok = this.reserved && this.reservation === addr;
+      if (ok && !mem.ready(a)) {
+        // Waits for the page with its reservation kept: the retry succeeds.
+        this.atomicFault = Cause.STORE_ACCESS_FAULT;
+        return 0;
+      }
       this.reserved = false;
       if (!ok) {
         if (mem.findRam(a) === undefined && mem.findDevice(a) === undefined) {

@@ -47,15 +47,36 @@ export interface LeaseCalls {
   ): Promise<pb.ResolveTransferResponse>;
 }
 
-type Method = keyof LeaseCalls;
-/** What travels on the channel: the lease calls, and the hello that opens a connection. */
+/**
+ * The post-copy calls of a lazy region (proto FetchPages, StartLazyFill). FetchPages exists on
+ * the lease channel only (no gRPC method): without a channel it fails UNAVAILABLE.
+ */
+export interface PageCalls {
+  /**
+   * Answered once every page of the range is present (it waits while the fill is
+   * SOURCE_PAUSED); fails when the fill FAILED. Give it a long deadline.
+   */
+  fetchPages(req: pb.FetchPagesRequest, opts?: LeaseCallOptions): Promise<pb.FetchPagesResponse>;
+  /** Starts the lazy fill of a region (the guest runs on the target from now on). */
+  startLazyFill(
+    req: pb.StartLazyFillRequest,
+    opts?: LeaseCallOptions,
+  ): Promise<pb.StartLazyFillResponse>;
+}
+
+type Method = keyof LeaseCalls | keyof PageCalls;
+/** What travels on the channel: the lease and page calls, and the hello that opens a connection. */
 type Call = Method | 'hello';
-type RequestOf<M extends Call> = M extends Method
+type RequestOf<M extends Call> = M extends keyof LeaseCalls
   ? Parameters<LeaseCalls[M]>[0]
-  : pb.LeaseChannelHello;
-type ResponseOf<M extends Call> = M extends Method
+  : M extends keyof PageCalls
+    ? Parameters<PageCalls[M]>[0]
+    : pb.LeaseChannelHello;
+type ResponseOf<M extends Call> = M extends keyof LeaseCalls
   ? Awaited<ReturnType<LeaseCalls[M]>>
-  : pb.LeaseChannelWelcome;
+  : M extends keyof PageCalls
+    ? Awaited<ReturnType<PageCalls[M]>>
+    : pb.LeaseChannelWelcome;
 
 /** Largest frame sent or accepted (memstore's limit). */
 export const LEASE_CHANNEL_MAX_FRAME_BYTES = 1024 * 1024;
@@ -124,7 +145,7 @@ export interface LeaseChannelClientOptions {
  * Call {@link LeaseChannelClient.prepare} ahead of a latency-critical call (a migration's
  * switchover) so that the first call does not pay for opening the session.
  */
-export class LeaseChannelClient implements LeaseCalls {
+export class LeaseChannelClient implements LeaseCalls, PageCalls {
   /** The socket path: undefined = not asked yet, '' = memstore serves no channel. */
   private path: string | undefined;
   private disabledAt = 0;
@@ -201,6 +222,17 @@ export class LeaseChannelClient implements LeaseCalls {
     opts?: LeaseCallOptions,
   ): Promise<pb.ResolveTransferResponse> {
     return this.call('resolveTransfer', req, opts);
+  }
+
+  fetchPages(req: pb.FetchPagesRequest, opts?: LeaseCallOptions): Promise<pb.FetchPagesResponse> {
+    return this.call('fetchPages', req, opts);
+  }
+
+  startLazyFill(
+    req: pb.StartLazyFillRequest,
+    opts?: LeaseCallOptions,
+  ): Promise<pb.StartLazyFillResponse> {
+    return this.call('startLazyFill', req, opts);
   }
 
   /**
@@ -281,6 +313,16 @@ export class LeaseChannelClient implements LeaseCalls {
     req: RequestOf<M>,
     deadlineMs: number,
   ): Promise<ResponseOf<M>> {
+    if (method === 'fetchPages') {
+      return Promise.reject(
+        new RemoteError(
+          'GRPC_UNAVAILABLE',
+          grpc.status.UNAVAILABLE,
+          'fetchPages: memstore serves no lease channel (or it cannot be reached); post-copy ' +
+            'page requests travel on it only',
+        ),
+      );
+    }
     return unaryCall(this.opts.memstore(), method, req as never, { deadlineMs }) as Promise<
       ResponseOf<M>
     >;

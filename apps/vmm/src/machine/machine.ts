@@ -1,3 +1,4 @@
+import type { PresentMap } from '@handoff/bitmap';
 import { MIP_MEIP, MIP_MTIP } from '../cpu/arch.js';
 import { Hart, type StopReason } from '../cpu/hart.js';
 import { Clint } from '../devices/clint.js';
@@ -20,6 +21,8 @@ export interface MachineOptions {
     readonly bytes?: ArrayBuffer | SharedArrayBuffer;
     readonly dirty?: Uint32Array;
     readonly touched?: Uint32Array;
+    /** Makes main RAM a lazy block (post-copy): which of its pages are here (memory/ram-block.ts). */
+    readonly present?: PresentMap;
   };
   /** ELF image to load; the hart resets to its entry. Without it, call {@link Machine.boot}. */
   readonly elf?: Uint8Array;
@@ -97,6 +100,7 @@ export function createMachine(opts: MachineOptions = {}): Machine {
     ...(opts.ram?.bytes !== undefined ? { bytes: opts.ram.bytes } : {}),
     ...(opts.ram?.dirty !== undefined ? { dirty: opts.ram.dirty } : {}),
     ...(opts.ram?.touched !== undefined ? { touched: opts.ram.touched } : {}),
+    ...(opts.ram?.present !== undefined ? { present: opts.ram.present } : {}),
     ...(opts.shareCode !== undefined ? { shareCode: opts.shareCode } : {}),
   });
   const cpu = new Hart(memory, opts.translate !== undefined ? { translate: opts.translate } : {});

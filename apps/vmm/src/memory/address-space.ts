@@ -1,6 +1,7 @@
 import { assertLittleEndianHost } from './endian.js';
 import { MemoryError } from './errors.js';
 import type { AccessWidth, MmioDevice } from './mmio.js';
+import { PAGE_SHIFT } from './pages.js';
 import { RamBlock, type RamBlockOptions } from './ram-block.js';
 
 /**
@@ -12,12 +13,27 @@ import { RamBlock, type RamBlockOptions } from './ram-block.js';
  * calls in here for everything else. Misaligned accesses are performed byte by byte (as QEMU
  * does for ordinary loads and stores). Host-side helpers (`readBytes`, `writeBytes`, `fill`)
  * throw {@link MemoryError} when out of range and mark dirty/touched pages like the CPU.
+ *
+ * A lazy block's pages (post-copy) are tested before every guest access: a missing page is
+ * never read as zero and never written; the access sets {@link AddressSpace.missingBlock}. The
+ * host-side helpers do not test presence (the caller knows what it writes).
  */
 export class AddressSpace {
   readonly blocks: RamBlock[] = [];
   readonly devices: MmioDevice[] = [];
   /** Set by a guest access that hit nothing; the caller clears it. */
   faulted = false;
+  /**
+   * Set (with {@link AddressSpace.faulted}) by a guest access that touched a page of a lazy
+   * block that has not arrived: the block, and {@link AddressSpace.missingPage} the page. The
+   * access did nothing (a load read nothing, a store wrote nothing). The CPU does not trap: it
+   * ends its slice before the instruction and reports the wait (`Hart.missingPage`).
+   */
+  missingBlock: RamBlock | undefined = undefined;
+  /** The block page of {@link AddressSpace.missingBlock}. */
+  missingPage = 0;
+  /** Lazy blocks not settled yet (see {@link AddressSpace.settleLazy}). */
+  lazyBlocks = 0;
   private mainBlock: RamBlock | undefined;
   private lastDevice: MmioDevice | undefined;
 
@@ -40,8 +56,40 @@ export class AddressSpace {
     this.checkFree(opts.id, opts.guestBase, opts.size);
     const block = new RamBlock(opts);
     this.blocks.push(block);
+    if (block.present !== undefined) this.lazyBlocks++;
     this.mainBlock ??= block;
     return block;
+  }
+
+  /**
+   * Lazy blocks whose present map says Complete become ordinary blocks
+   * ({@link RamBlock.settleLazy}). Call between CPU slices; cheap while none is lazy.
+   */
+  settleLazy(): void {
+    if (this.lazyBlocks === 0) return;
+    let left = 0;
+    for (const b of this.blocks) if (!b.settleLazy()) left++;
+    this.lazyBlocks = left;
+  }
+
+  /** Records a guest access that touched missing page `page` of `block` (sets `faulted`). */
+  noteMissing(block: RamBlock, page: number): void {
+    this.faulted = true;
+    this.missingBlock = block;
+    this.missingPage = page;
+  }
+
+  /**
+   * Whether the RAM page holding `addr` may be accessed now: true unless it is a missing page of
+   * a lazy block, which is then noted ({@link AddressSpace.noteMissing}).
+   */
+  ready(addr: number): boolean {
+    const b = this.findRam(addr >>> 0);
+    if (b === undefined || b.present === undefined) return true;
+    const page = ((addr >>> 0) - b.guestBase) >>> PAGE_SHIFT;
+    if (b.present.isPresent(page)) return true;
+    this.noteMissing(b, page);
+    return false;
   }
 
   /** Maps a device window. */
@@ -84,6 +132,10 @@ export class AddressSpace {
     const b = this.findRam(addr);
     if (b !== undefined && addr - b.guestBase + width <= b.size) {
       const off = addr - b.guestBase;
+      if (b.present !== undefined && !b.present.isPresent(off >>> PAGE_SHIFT)) {
+        this.noteMissing(b, off >>> PAGE_SHIFT);
+        return 0;
+      }
       if (width === 4) return b.i32[off >>> 2]!;
       if (width === 2) return b.u16[off >>> 1]!;
       return b.u8[off]!;
@@ -111,6 +163,10 @@ export class AddressSpace {
     const b = this.findRam(addr);
     if (b !== undefined && addr - b.guestBase + width <= b.size) {
       const off = addr - b.guestBase;
+      if (b.present !== undefined && !b.present.isPresent(off >>> PAGE_SHIFT)) {
+        this.noteMissing(b, off >>> PAGE_SHIFT);
+        return;
+      }
       if (width === 4) b.i32[off >>> 2] = value;
       else if (width === 2) b.u16[off >>> 1] = value;
       else b.u8[off] = value;
@@ -146,16 +202,20 @@ export class AddressSpace {
         return 0;
       }
       v |= this.load(a, 1) << (8 * i);
+      if (this.faulted) return 0; // a missing page of a lazy block
     }
     return width === 4 ? v | 0 : v;
   }
 
   private storeBytes(addr: number, width: AccessWidth, value: number): void {
+    // Every byte's page is checked before the first is written: all or nothing.
     for (let i = 0; i < width; i++) {
-      if (!this.mapped((addr + i) >>> 0)) {
+      const a = (addr + i) >>> 0;
+      if (!this.mapped(a)) {
         this.faulted = true;
         return;
       }
+      if (!this.ready(a)) return;
     }
     for (let i = 0; i < width; i++) this.store((addr + i) >>> 0, 1, (value >>> (8 * i)) & 0xff);
   }

@@ -1,3 +1,4 @@
+import { PresentState, type PresentMap } from '@handoff/bitmap';
 import {
   CODE_CHUNK_PAGES,
   CODE_CHUNK_SHIFT,
@@ -27,6 +28,12 @@ export interface RamBlockOptions {
    * the same guest address (`shared-code.ts`); default true. False keeps every page private.
    */
   readonly shareCode?: boolean;
+  /**
+   * Makes the block **lazy**: its pages arrive over time (post-copy) and this map, over pages
+   * of the block, says which are here. Until the map says Complete, no guest access touches a
+   * page whose bit is clear (see {@link RamBlock.present}).
+   */
+  readonly present?: PresentMap;
 }
 
 /**
@@ -64,6 +71,18 @@ export class RamBlock {
   codePageCount = 0;
   /** Whether new code entries attach to shared decoded pages. */
   readonly shareCode: boolean;
+  /**
+   * The present map while the block is lazy, else undefined. While set, every guest access to
+   * the block goes through the address space's slow path, which tests the page's bit first,
+   * and nothing of the block is translated; {@link RamBlock.settleLazy} clears it once the map
+   * says Complete.
+   */
+  present: PresentMap | undefined;
+  /**
+   * Bytes of the block the CPU's inlined fast path may access: {@link RamBlock.size}, or 0
+   * while the block is lazy (every access then takes the slow path, which checks presence).
+   */
+  fastSize: number;
   /**
    * Code entries by chunk (`page >>> CODE_CHUNK_SHIFT`), then by page within the chunk; the
    * directory itself is made when the first page runs code (an idle clone never runs any).
@@ -115,6 +134,54 @@ export class RamBlock {
     this.touched = int32View(this.touchedWords);
     this.codeBits = new Int32Array(words);
     this.shareCode = opts.shareCode ?? true;
+    const present = opts.present;
+    if (present !== undefined && present.pages !== this.pages) {
+      throw new MemoryError(
+        'bad-block',
+        `RAM block ${id}: the present map covers ${present.pages} pages; the block has ${this.pages}`,
+      );
+    }
+    this.present = present;
+    this.fastSize = present === undefined ? size : 0;
+    this.settleLazy();
+  }
+
+  /**
+   * Whether every page of block bytes `[off, off+len)` is here (always true for a block that
+   * is not lazy). `len` > 0.
+   */
+  isPresent(off: number, len: number): boolean {
+    const map = this.present;
+    if (map === undefined) return true;
+    const last = (off + len - 1) >>> PAGE_SHIFT;
+    for (let p = off >>> PAGE_SHIFT; p <= last; p++) if (!map.isPresent(p)) return false;
+    return true;
+  }
+
+  /**
+   * The first page of block bytes `[off, off+len)` that is not here, or -1. `len` > 0.
+   */
+  missingPage(off: number, len: number): number {
+    const map = this.present;
+    if (map === undefined) return -1;
+    const last = (off + len - 1) >>> PAGE_SHIFT;
+    for (let p = off >>> PAGE_SHIFT; p <= last; p++) if (!map.isPresent(p)) return p;
+    return -1;
+  }
+
+  /**
+   * A lazy block whose map says Complete becomes an ordinary block: the fast path and the
+   * translator take it again. Nothing decoded needs dropping: no page of a lazy block is
+   * translated, and decoded slots hold what the (present) bytes said. Call between CPU `run()`
+   * slices. True when the block is (now) not lazy.
+   */
+  settleLazy(): boolean {
+    const map = this.present;
+    if (map === undefined) return true;
+    if (map.state !== PresentState.Complete) return false;
+    this.present = undefined;
+    this.fastSize = this.size;
+    return true;
   }
 
   /** The code entry of page `p` (block page index), or undefined when the page has run no code. */

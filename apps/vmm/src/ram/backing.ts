@@ -1,3 +1,4 @@
+import type { PresentMap } from '@handoff/bitmap';
 import type { memstore } from '@handoff/proto';
 import type { LeaseContext } from '../leases/calls.js';
 import type { RamBlockSpec, RegionRef, VmMemoryUsage } from '../model/types.js';
@@ -30,6 +31,11 @@ export interface RamBacking {
    * the block); later `close()` calls do nothing.
    */
   abandon(): void;
+  /**
+   * Lazy blocks (post-copy, `lazy.ts`): the region's present map and how to ask for its pages.
+   * The VM hands `presentBuffer` to its vCPU thread, which makes the block lazy.
+   */
+  readonly lazy?: LazyRam;
   /** Shared blocks: records the lease epoch after this VM re-took its own lease (fencing). */
   setLeaseEpoch?(epoch: number): void;
   /**
@@ -99,6 +105,16 @@ export interface RamBacking {
    * copies (the template's pages are the template's, however many map them).
    */
   memoryUsage?(): VmMemoryUsage | null;
+}
+
+/** What a lazy block's backing adds (see `lazy.ts`). */
+export interface LazyRam {
+  /** The host's view of the present map (read only). */
+  readonly map: PresentMap;
+  /** The present map's buffer, for the vCPU thread. */
+  readonly presentBuffer: SharedArrayBuffer;
+  /** FetchPages for the region: resolves once the pages are present. */
+  readonly fetchPages: (first: number, count: number) => Promise<void>;
 }
 
 /** A block's old mapping a {@link RamBacking.remap} moved aside, waiting to be unmapped. */

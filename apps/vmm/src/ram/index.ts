@@ -5,7 +5,8 @@ import { openClone } from './clone.js';
 import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
-export type { RamBacking, RamContext, RetiredRam, SealedRegion } from './backing.js';
+export type { LazyRam, RamBacking, RamContext, RetiredRam, SealedRegion } from './backing.js';
+export { mapLazy, openLazy, type LazyOptions } from './lazy.js';
 export { openClone, type CloneExpectation } from './clone.js';
 export {
   createSaveRegion,

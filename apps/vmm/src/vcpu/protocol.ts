@@ -62,6 +62,10 @@ export const Ctl = {
    * (0: full speed, at most 9999); the thread reads it after every slice (throttle.ts).
    */
   THROTTLE: 12,
+  /** Pages of lazy RAM the guest waited for since the VM was placed (bumped at each wait). */
+  PAGE_WAITS: 13,
+  /** While the guest waits for a page of lazy RAM: that page + 1; 0 otherwise. */
+  PAGE_WAITING: 14,
   /** BigInt64 index: instructions retired (stored after every slice). */
   INSTRET64: 4,
   /** Float64 index: epoch milliseconds (timeOrigin + now) of the host's last pause request. */
@@ -157,6 +161,12 @@ export interface VcpuInit {
   readonly bitmapWords: number;
   /** RAM may hold old data (a reused region, a template): zero the image's pages before loading. */
   readonly ramNotZero: boolean;
+  /**
+   * Main RAM is lazy (post-copy): the present map of its pages (libs/bitmap present-map.ts,
+   * a mapping of memstore's map file). A guest access to a page that has not arrived parks the
+   * VM (`page-wait`) until the host rings its doorbell after the page arrived.
+   */
+  readonly present?: SharedArrayBuffer;
   readonly elf: Uint8Array;
   /**
    * Incoming migration: the machine is built without loading `elf` (RAM already holds the
@@ -222,5 +232,18 @@ export type VcpuMessage =
       readonly published?: boolean;
     }
   | ({ readonly t: 'switchover' } & SwitchoverOutcome)
+  /**
+   * The guest touched a page of lazy RAM that has not arrived: the VM is parked (it costs no
+   * CPU; the thread's other VMs run on). The host asks memstore for the page and rings the
+   * doorbell once it is present. `sourcePaused`: the map said SourcePaused at the fault.
+   */
+  | {
+      readonly t: 'page-wait';
+      readonly block: string;
+      readonly page: number;
+      readonly sourcePaused: boolean;
+    }
+  /** The page of the last `page-wait` arrived: the VM runs again, `waitedUs` after it parked. */
+  | { readonly t: 'page-arrived'; readonly page: number; readonly waitedUs: number }
   /** The VM is gone from its thread (stopped, or it never booted): its last message. */
   | { readonly t: 'stopped' };

@@ -22,11 +22,13 @@
  *
  * @packageDocumentation
  */
+import { PresentMap, PresentState } from '@handoff/bitmap';
 import type { ExitStatus } from '../devices/test-finisher.js';
 import { parseElf } from '../loader/elf.js';
 import { createMachine, type Machine } from '../machine/machine.js';
 import type { MachineState } from '../machine/state.js';
 import { PAGE_SHIFT, setPageBits } from '../memory/pages.js';
+import type { RamBlock } from '../memory/ram-block.js';
 import {
   finishTakeOver,
   IncomingSwitchover,
@@ -105,6 +107,10 @@ export class Vcpu {
   /** A published state the target's thread has in hand (source), and what follows its end. */
   private handOver: { readonly h: HandOver; readonly then: () => void } | null = null;
   private rangWhileHandingOver = false;
+  /** The page of lazy RAM the guest waits for (-1: none), its block, and since when. */
+  private waitPage = -1;
+  private waitBlock: RamBlock | undefined = undefined;
+  private waitSince = 0;
 
   constructor(
     readonly id: number,
@@ -122,7 +128,9 @@ export class Vcpu {
 
   /** Whether the VM wants the CPU now. */
   get runnable(): boolean {
-    return this.phase === 'running' && !this.asleep && this.handOver === null;
+    return (
+      this.phase === 'running' && !this.asleep && this.handOver === null && this.waitPage < 0
+    );
   }
 
   /** performance.now() at which a VM waiting in WFI wakes by its timer; Infinity otherwise. */
@@ -158,12 +166,18 @@ export class Vcpu {
       ] as const;
       const active = Atomics.load(this.ctl, Ctl.DIRTY_ACTIVE) & 1;
       const touched = new Uint32Array(init.bitmaps, init.touched, words);
+      // A hostile file's view: PresentMap.open checks magic, version, page count and length.
+      const present =
+        init.present !== undefined
+          ? PresentMap.open(init.present, init.ramSize >>> PAGE_SHIFT)
+          : undefined;
       const machine = (this.deps.createMachine ?? createMachine)({
         ramSize: init.ramSize,
         ram: {
           bytes: init.ram,
           dirty: dirty[active],
           touched,
+          ...(present !== undefined ? { present } : {}),
         },
         uartSink: this.output.put,
         timeMode: 'realtime',
@@ -222,8 +236,9 @@ export class Vcpu {
    * arrives, else it would wait for a ring that never comes.
    */
   bell(): boolean {
+    const arrived = this.waitPage >= 0 && this.pageArrived();
     const bell = Atomics.load(this.ctl, Ctl.DOORBELL);
-    if (bell === this.seen && this.commands.length === 0) return false;
+    if (bell === this.seen && this.commands.length === 0) return arrived;
     this.seen = bell;
     this.onBell();
     return true;
@@ -496,6 +511,9 @@ export class Vcpu {
         this.phase = 'stopped';
         return;
       }
+      case 'page':
+        this.park(m);
+        return;
       case 'fatal':
         m.clock.hold();
         this.setState(m, 'crashed', { error: m.cpu.fatalMessage || 'the vCPU stopped' });
@@ -511,6 +529,67 @@ export class Vcpu {
         return;
       }
     }
+  }
+
+  // ---- lazy RAM (post-copy) --------------------------------------------------------------
+
+  /**
+   * The guest stopped before an access to a page of lazy RAM that has not arrived: the VM parks
+   * (not runnable, no CPU) and the host is asked for the page. A page that arrived meanwhile
+   * needs no wait: the next slice retries.
+   */
+  private park(m: Machine): void {
+    const block = m.cpu.missingBlock!;
+    const page = m.cpu.missingPage;
+    m.cpu.missingBlock = undefined;
+    const map = block.present;
+    if (map === undefined || map.isPresent(page)) return;
+    this.waitPage = page;
+    this.waitBlock = block;
+    this.waitSince = performance.now();
+    Atomics.add(this.ctl, Ctl.PAGE_WAITS, 1);
+    Atomics.store(this.ctl, Ctl.PAGE_WAITING, page + 1);
+    this.output.flush();
+    this.deps.post({
+      t: 'page-wait',
+      block: block.id,
+      page,
+      sourcePaused: map.state === PresentState.SourcePaused,
+    });
+  }
+
+  /**
+   * A parked VM looks at its page (whenever the host rang): true when the wait is over — the
+   * page arrived (the VM is runnable again), or the fill failed for good (the VM crashes: the
+   * page never comes, and reading it as zero would corrupt the guest).
+   */
+  private pageArrived(): boolean {
+    const block = this.waitBlock!;
+    const page = this.waitPage;
+    const map = block.present;
+    if (map !== undefined && !map.isPresent(page)) {
+      if (map.state !== PresentState.Failed) return false;
+      this.endWait();
+      const m = this.machine!;
+      m.clock.hold();
+      this.setState(m, 'crashed', {
+        error:
+          `post-copy failed: page ${page} of RAM block ${block.id} will never arrive (the ` +
+          "region's lazy fill failed); the guest cannot go on",
+      });
+      this.phase = 'stopped';
+      return true;
+    }
+    const waitedUs = Math.round((performance.now() - this.waitSince) * 1000);
+    this.endWait();
+    this.deps.post({ t: 'page-arrived', page, waitedUs });
+    return true;
+  }
+
+  private endWait(): void {
+    this.waitPage = -1;
+    this.waitBlock = undefined;
+    Atomics.store(this.ctl, Ctl.PAGE_WAITING, 0);
   }
 
   /** Hands queued console bytes to the UART as far as its FIFO takes them. */

@@ -17,6 +17,7 @@ import { VmmError } from '../model/vmm-error.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
 import type { SwitchoverOutcome } from '../switchover/outcome.js';
 import type { SwitchoverPublish } from '../switchover/thread.js';
+import { PageRequests, type PostcopyWaits } from '../vcpu/page-requests.js';
 import type { VcpuHandle, VcpuThreadPool } from '../vcpu/pool.js';
 import {
   CONTROL_BYTES,
@@ -133,6 +134,8 @@ export class Vm {
   private fencedReason: string | null = null;
   /** Whether pages of main RAM outside {@link Vm.touchedPages} are known to be zero. */
   readonly untouchedAreZero: boolean;
+  /** Main RAM is lazy (post-copy): the page requests of its vCPU's waits, else null. */
+  private readonly pageRequests: PageRequests | null = null;
 
   private constructor(
     spec: VmSpec,
@@ -178,12 +181,21 @@ export class Vm {
       touched: 2 * bytes,
       bitmapWords: words,
       ramNotZero: !main.zeroed,
+      ...(main.lazy !== undefined ? { present: main.lazy.presentBuffer } : {}),
       elf: guest?.bytes ?? new Uint8Array(0),
       incoming: incoming !== undefined,
       identity,
       hostArgs: hostArgsOf(spec.args),
     };
     this.worker = deps.threads.take(init);
+    if (main.lazy !== undefined) {
+      this.pageRequests = new PageRequests({
+        map: main.lazy.map,
+        fetch: main.lazy.fetchPages,
+        wake: () => this.ring(),
+        logger: this.log,
+      });
+    }
     this.workerExited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('message', (m: VcpuMessage) => this.onMessage(m));
     this.worker.on('error', (err) => this.onWorkerGone(`vCPU thread failed: ${err.message}`));
@@ -445,6 +457,7 @@ export class Vm {
     this.destroying ??= (async () => {
       await this.leaving?.catch(() => undefined); // its blocks are unmapped their own way
       this.ring(Request.STOP);
+      this.pageRequests?.close();
       await this.stopThread();
       await closeRamBlocks(this.ram);
       this.gone = true;
@@ -782,6 +795,15 @@ export class Vm {
     return (instret - first.instret) / (now - first.t) / 1000;
   }
 
+  /**
+   * Post-copy: the guest's waits for pages of its lazy main RAM (pages waited for, a wait in
+   * progress, whether it waits on a paused source — `postcopy-paused` — and the fault latency
+   * the guest saw, p50/p99). Null when main RAM is not lazy.
+   */
+  postcopyWaits(): PostcopyWaits | null {
+    return this.pageRequests?.waits() ?? null;
+  }
+
   // ---- worker plumbing --------------------------------------------------------------------
 
   private ring(request?: number): void {
@@ -829,6 +851,10 @@ export class Vm {
       case 'saved':
         this.saves.get(m.id)?.(m);
         this.saves.delete(m.id);
+        return;
+      case 'page-wait':
+      case 'page-arrived':
+        this.pageRequests?.onMessage(m);
         return;
       case 'switchover': {
         const waiter = this.switchoverWaiter;
