@@ -391,7 +391,10 @@ export class JobManager {
    * @throws MigratorError `MIGRATOR_VM_NOT_FOUND`, `MIGRATOR_INVALID_ARGUMENT` when nothing of
    *   the VM waits for a source
    */
-  async recoverPostcopy(vm: string, sourceMemstore: string): Promise<{ regions: string[]; vmm: string }> {
+  async recoverPostcopy(
+    vm: string,
+    sourceMemstore: string,
+  ): Promise<{ regions: string[]; vmm: string }> {
     void vm;
     void sourceMemstore;
     throw new MigratorError('MIGRATOR_UNIMPLEMENTED', 'recover is wired with the host registry');

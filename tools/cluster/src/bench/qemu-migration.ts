@@ -22,6 +22,10 @@ export interface QemuMigration {
   syncs: number;
   /** The highest `cpu-throttle-percentage` seen while it ran (0: never throttled). */
   maxThrottle: number;
+  /** Pages the target asked for during post-copy (`ram.postcopy-requests`). */
+  postcopyRequests: number;
+  /** When `migrate-start-postcopy` went out, ms after `migrate` (0: never). */
+  postcopyAtMs: number;
 }
 
 /**
@@ -33,6 +37,8 @@ export interface QemuMigration {
  * @param opts.kernel the guest ELF (default kvserver)
  * @param opts.autoConverge turn QEMU's auto-converge on
  * @param opts.giveUpMs cancel a migration still running after this long (status `cancelled`)
+ * @param opts.postcopyAfterMs turn postcopy-ram on (both ends) and send
+ *   `migrate-start-postcopy` this long after `migrate`
  */
 export async function qemuMigrate(
   sizeMiB: number,
@@ -43,6 +49,7 @@ export async function qemuMigrate(
     kernel?: string;
     autoConverge?: boolean;
     giveUpMs?: number;
+    postcopyAfterMs?: number;
   },
 ): Promise<QemuMigration> {
   const dir = mkdtempSync('/dev/shm/handoff-qemu-bench-');
@@ -88,6 +95,7 @@ export async function qemuMigrate(
     const on = [
       ...(opts.bypass ? ['x-ignore-shared'] : []),
       ...(opts.autoConverge === true ? ['auto-converge'] : []),
+      ...(opts.postcopyAfterMs !== undefined ? ['postcopy-ram'] : []),
     ];
     if (on.length > 0) {
       const caps = { capabilities: on.map((capability) => ({ capability, state: true })) };
@@ -99,6 +107,8 @@ export async function qemuMigrate(
     }
     await new Promise((r) => setTimeout(r, 1000)); // the guest boots and idles, as in ours
     await a.cmd('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const migrateAt = performance.now();
+    let postcopyAtMs = 0;
     const giveUpAt = performance.now() + (opts.giveUpMs ?? Infinity);
     let maxThrottle = 0;
     let cancelled = false;
@@ -110,6 +120,16 @@ export async function qemuMigrate(
       if (status === 'active') running = answer;
       const info = status === 'cancelled' ? running : answer;
       maxThrottle = Math.max(maxThrottle, Number(info['cpu-throttle-percentage'] ?? 0));
+      const since = performance.now() - migrateAt;
+      if (
+        opts.postcopyAfterMs !== undefined &&
+        postcopyAtMs === 0 &&
+        status === 'active' &&
+        since >= opts.postcopyAfterMs
+      ) {
+        postcopyAtMs = since;
+        await a.cmd('migrate-start-postcopy');
+      }
       if (!cancelled && performance.now() > giveUpAt) {
         cancelled = true;
         await a.cmd('migrate_cancel');
@@ -124,6 +144,8 @@ export async function qemuMigrate(
           bytes: ram.transferred ?? 0,
           syncs: ram['dirty-sync-count'] ?? 0,
           maxThrottle,
+          postcopyRequests: ram['postcopy-requests'] ?? 0,
+          postcopyAtMs,
         };
       }
       await new Promise((r) => setTimeout(r, 5));
