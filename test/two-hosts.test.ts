@@ -156,6 +156,41 @@ describe('two hosts on one machine (npm start -- --hosts 2)', () => {
     expect(s.vm.vmm).toBe('vmm-c');
   });
 
+  it("puts a VM on an existing region of vmctl's memstore on host-1 even when vmm-c is least loaded", async () => {
+    for (const [name, vmm] of [
+      ['twohosts-a', 'vmm-a'],
+      ['twohosts-b', 'vmm-b'],
+    ]) {
+      await json('vm', 'create', name!, '--guest', 'kvserver', '--memory', '4M', '--vmm', vmm!);
+    }
+    expect((await vmctl('vm', 'destroy', 'twohosts1')).code).toBe(0);
+    await json('region', 'create', 'twohosts-r', '--size', '8M');
+    const onRegion = await json<{ vm: { vmm: string } }>(
+      'vm',
+      'create',
+      'twohosts-r',
+      '--guest',
+      'kvserver',
+      '--memory',
+      '8M',
+      '--region',
+      'twohosts-r',
+    );
+    expect(['vmm-a', 'vmm-b']).toContain(onRegion.vm.vmm);
+    // a new region can be made on any host: the least loaded instance gets it
+    const fresh = await json<{ vm: { vmm: string } }>(
+      'vm',
+      'create',
+      'twohosts-s',
+      '--guest',
+      'kvserver',
+      '--memory',
+      '4M',
+      '--shared',
+    );
+    expect(fresh.vm.vmm).toBe('vmm-c');
+  });
+
   it('shows an unreachable memstore-2 as such on host-2 and says the cluster is not healthy', async () => {
     process.kill(pidOf('memstore-2'), 'SIGKILL');
     let r: VmctlResult | undefined;

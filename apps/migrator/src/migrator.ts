@@ -45,7 +45,7 @@ export interface Migrator {
  */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
   const tls = loadTls(config, 'migrator', { role: 'migrator' });
-  const registry = new VmmRegistry(config['vmm-expiry-ms']);
+  const registry = new VmmRegistry(config['vmm-expiry-ms'], Date.now, config.memstore);
   let journal: JobJournal | undefined;
   let restored: Job[] = [];
   let hostOwnership: HostOwnership = LocalHostOwnership.inMemory();

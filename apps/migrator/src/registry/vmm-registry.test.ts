@@ -34,6 +34,25 @@ describe('VmmRegistry', () => {
     expect(r.get('vmm-c')).toMatchObject({ hostId: 'host-3', memstoreAddress: 'm3:7400' });
   });
 
+  it("places a new VM on the migrator's memstore's host, else on any alive instance", () => {
+    let now = 1000;
+    const r = new VmmRegistry(500, () => now, 'm1:7100');
+    r.register({ ...beat('vmm-a', 1, set(1, vm('x'), vm('y'))), memstoreAddress: 'm1:7100' });
+    r.register({ ...beat('vmm-c', 1, set(1)), hostId: 'host-2', memstoreAddress: 'm2:7300' });
+    // vmm-c holds fewer VMs, but its memstore has none of the migrator's snapshots
+    expect(r.place().id).toBe('vmm-a');
+    expect(r.place('vmm-c').id).toBe('vmm-c');
+    now += 400;
+    r.register({ ...beat('vmm-c', 1), hostId: 'host-2', memstoreAddress: 'm2:7300' });
+    now += 200; // vmm-a expired
+    expect(r.place().id).toBe('vmm-c');
+    // without a memstore of its own, the fewest VMs anywhere
+    const plain = new VmmRegistry(500);
+    plain.register({ ...beat('vmm-a', 1, set(1, vm('x'))), memstoreAddress: 'm1:7100' });
+    plain.register({ ...beat('vmm-c', 1, set(1)), memstoreAddress: 'm2:7300' });
+    expect(plain.place().id).toBe('vmm-c');
+  });
+
   it('refuses a host id that is not lower-case letters, digits and dashes', () => {
     const r = new VmmRegistry(500);
     for (const hostId of ['Host-2', '../h', 'h_2']) {

@@ -59,9 +59,14 @@ export class VmmRegistry {
   private readonly records = new Map<string, Omit<VmmRecord, 'alive'>>();
   private readonly placement = new Placement();
 
+  /**
+   * @param homeMemstore the migrator's memstore (`--memstore`), which holds the snapshots and
+   *   templates its jobs use: {@link place} prefers instances of its host. '' for none.
+   */
   constructor(
     private readonly expiryMs: number,
     private readonly now: () => number = Date.now,
+    private readonly homeMemstore = '',
   ) {}
 
   /**
@@ -165,7 +170,9 @@ export class VmmRegistry {
 
   /**
    * The instance a new VM (a restore, a clone, a template's guest) goes to: `id` when given,
-   * else the alive instance with the fewest VMs (by its report, else its heartbeat's count).
+   * else the alive instance with the fewest VMs (by its report, else its heartbeat's count)
+   * among those whose memstore is the migrator's (the one with the snapshots and templates:
+   * another host's memstore does not have them), or among all alive ones when none is.
    *
    * @throws MigratorError `MIGRATOR_VMM_NOT_FOUND` for an unknown `id`;
    *   `MIGRATOR_VMM_UNAVAILABLE` when that instance, or every instance, is not alive
@@ -183,8 +190,12 @@ export class VmmRegistry {
       return r;
     }
     const alive = this.list().filter((r) => r.alive);
+    const home = alive.filter((r) => r.memstoreAddress === this.homeMemstore);
     const pick = fewestVms(
-      alive.map((r) => ({ id: r.id, vms: this.placement.countOf(r.id) ?? r.vmCount })),
+      (this.homeMemstore !== '' && home.length > 0 ? home : alive).map((r) => ({
+        id: r.id,
+        vms: this.placement.countOf(r.id) ?? r.vmCount,
+      })),
     );
     if (pick === undefined) {
       throw new MigratorError(
