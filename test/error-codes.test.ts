@@ -21,6 +21,8 @@ const MIGRATOR_CODES: Record<MigratorErrorCode, true> = {
   MIGRATOR_JOB_FINISHED: true,
   MIGRATOR_JOURNAL_FAILED: true,
   MIGRATOR_UNIMPLEMENTED: true,
+  MIGRATOR_CROSS_HOST: true,
+  MIGRATOR_OWNERSHIP_CONFLICT: true,
 };
 
 /**

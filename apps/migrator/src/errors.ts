@@ -8,7 +8,9 @@ export type MigratorErrorCode =
   | 'MIGRATOR_VM_BUSY'
   | 'MIGRATOR_JOB_FINISHED'
   | 'MIGRATOR_JOURNAL_FAILED'
-  | 'MIGRATOR_UNIMPLEMENTED';
+  | 'MIGRATOR_UNIMPLEMENTED'
+  | 'MIGRATOR_CROSS_HOST'
+  | 'MIGRATOR_OWNERSHIP_CONFLICT';
 
 /** The migrator's error class: a stable code and a message saying what to do. */
 export class MigratorError extends Error {

@@ -8,11 +8,21 @@ export { startMigrator, type Migrator } from './migrator.js';
 export { migratorOptions, MIGRATOR_DEFAULT_PORT, type MigratorConfig } from './config.js';
 export {
   VmmRegistry,
+  DEFAULT_HOST_ID,
+  HOST_ID_PATTERN,
   type Registration,
   type VmLocation,
   type VmmRecord,
 } from './registry/vmm-registry.js';
 export type { HostedVm, HostedVms, VmSpec, VmState, VmStatus } from './registry/hosted-vm.js';
+export {
+  refuseCrossHostBypass,
+  sameHost,
+  type CrossHostMove,
+  type OnHost,
+} from './registry/placement.js';
+export type { HostOwnership, VmOwnership } from './hosts/host-ownership.js';
+export { LocalHostOwnership, OWNERSHIP_FILE, OWNERSHIP_VERSION } from './hosts/local-ownership.js';
 export {
   VmmClients,
   isDefinitive,

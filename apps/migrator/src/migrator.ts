@@ -16,6 +16,8 @@ import { MAX_CREATE_TEMPLATE_MESSAGE } from './jobs/snapshot-plans.js';
 import type { Job } from './jobs/job.js';
 import { MigratorMetrics } from './metrics.js';
 import { VmmRegistry } from './registry/vmm-registry.js';
+import type { HostOwnership } from './hosts/host-ownership.js';
+import { LocalHostOwnership } from './hosts/local-ownership.js';
 
 /** A running migrator. */
 export interface Migrator {
@@ -23,6 +25,11 @@ export interface Migrator {
   readonly server: RunningServer;
   readonly registry: VmmRegistry;
   readonly jobs: JobManager;
+  /**
+   * Which host owns each VM and its fencing epoch: the local backend, in `--state-dir` beside
+   * the job journal (in memory without one).
+   */
+  readonly hostOwnership: HostOwnership;
   /** The metrics endpoint, or null without `--metrics-port`. */
   readonly metricsServer: MetricsServer | null;
   /** host:port of the metrics endpoint, or null. */
@@ -38,12 +45,14 @@ export interface Migrator {
  */
 export async function startMigrator(config: MigratorConfig, logger: Logger): Promise<Migrator> {
   const tls = loadTls(config, 'migrator', { role: 'migrator' });
-  const registry = new VmmRegistry(config['vmm-expiry-ms']);
+  const registry = new VmmRegistry(config['vmm-expiry-ms'], Date.now, config.memstore);
   let journal: JobJournal | undefined;
   let restored: Job[] = [];
+  let hostOwnership: HostOwnership = LocalHostOwnership.inMemory();
   const stateDir = config['state-dir'];
   if (stateDir !== undefined && stateDir !== '') {
     ({ journal, jobs: restored } = JobJournal.open(stateDir));
+    hostOwnership = LocalHostOwnership.open(stateDir);
     logger.info({ stateDir, jobs: restored.length }, 'job journal opened');
   } else {
     logger.warn('no --state-dir: jobs are kept in memory only and a restart forgets them');
@@ -111,6 +120,7 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     server,
     registry,
     jobs,
+    hostOwnership,
     metricsServer,
     metricsAddress: metricsServer?.address ?? null,
     stop: async (reason) => {

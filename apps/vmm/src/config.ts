@@ -21,7 +21,15 @@ export const vmmOptions = {
     type: 'string',
     default: '127.0.0.1:7100',
     env: 'HANDOFF_MEMSTORE_ADDR',
-    description: 'memstore address (host:port)',
+    description: "memstore address (host:port): this host's memstore, whose files the vmm maps",
+  },
+  'host-id': {
+    type: 'string',
+    default: 'host-1',
+    env: 'HANDOFF_VMM_HOST_ID',
+    description:
+      'the host this instance runs on: the vmm instances of one host share its memstore (--memstore) ' +
+      'and its files; sent with every registration (lower-case letters, digits, dashes)',
   },
   'max-vm-memory': {
     type: 'string',

@@ -20,6 +20,7 @@ import type { VmmConfig } from './config.js';
 import { MigrationManager } from './migration/index.js';
 import { sweepLeftovers } from './migration/leftovers.js';
 import { startHeartbeat } from './registration/heartbeat.js';
+import { hostIdOf } from './registration/host-id.js';
 import { VmHost } from './vm/host.js';
 import { MAX_BLOCK_SIZE } from './model/limits.js';
 import { MAX_CREATE_VM_MESSAGE } from './guests/catalog.js';
@@ -134,6 +135,7 @@ function isDirectory(path: string): boolean {
  */
 export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise<Vmm> {
   const logger = parentLogger.child({ vmm: config.id });
+  const hostId = hostIdOf(config);
   // Its certificate must name this instance: --id is the CN.
   const tls = loadTls(config, config.id, { role: 'vmm', id: config.id });
   const switchoverDir = switchoverDirOf(config);
@@ -220,6 +222,8 @@ export async function startVmm(config: VmmConfig, parentLogger: Logger): Promise
     {
       id: config.id,
       address: advertised,
+      hostId,
+      memstoreAddress: config.memstore,
       vmCount: () => host.counts().total,
       vms: () => host.hosted(),
       onVmsChanged: (listener) => host.onVmsChanged(listener),

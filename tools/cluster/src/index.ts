@@ -9,11 +9,15 @@ export {
   startCluster,
   serviceEntry,
   ClusterError,
+  FIRST_HOST_ID,
   type Cluster,
+  type ClusterHost,
   type ClusterOptions,
+  type ExtraHostOptions,
   type ServiceSpec,
 } from './launcher.js';
 export { colourFor, formatLogLine } from './log-lines.js';
+export { MAX_HOSTS, SECOND_HOST, parseHostCount } from './hosts.js';
 export {
   DEFAULT_RESTART_POLICY,
   RestartBackoff,

@@ -3,7 +3,8 @@ import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServiceProcess, type ServiceProcess } from '@handoff/service';
-import { ensurePki } from '@handoff/service/pki';
+import { CLUSTER_IDENTITIES, ensurePki } from '@handoff/service/pki';
+import type { PeerIdentity } from '@handoff/service';
 import { DEFAULT_RESTART_POLICY, type RestartPolicy } from './restart-policy.js';
 import { SupervisedService, type SupervisionEvent } from './supervisor.js';
 
@@ -16,14 +17,59 @@ export interface ServiceSpec {
   args: string[];
 }
 
+/** The host id of the cluster's first host (memstore, vmm-a, vmm-b). */
+export const FIRST_HOST_ID = 'host-1';
+
+/**
+ * A host beyond the first (host-2, host-3, ...): its own memstore (`memstore-<n>`, with its own
+ * state, persistent and volatile folders and port) and vmm instances that register with its
+ * host id and use only that memstore.
+ */
+export interface ExtraHostOptions {
+  /** Its memstore's port (0: a free one). */
+  memstorePort: number;
+  /** Its vmm instances by id, with their ports (0: free ones). */
+  vmms: Record<string, number>;
+  /** Metrics ports of its memstore and vmm instances (0: free); absent: none serve metrics. */
+  metricsPorts?: { memstore: number; vmms: Record<string, number> };
+  /**
+   * tmpfs folder of its memstore's volatile regions (and lease socket). Default: the first
+   * host's volatile folder (or memstore's default, /dev/shm/handoff-<uid>) with `-host-<n>`.
+   */
+  volatileDir?: string;
+}
+
+/** One host of a started cluster: its memstore and the vmm instances that use it. */
+export interface ClusterHost {
+  /** host-1, host-2, ... (the vmm instances' --host-id). */
+  id: string;
+  /** Its memstore's service name (memstore, memstore-2, ...). */
+  memstoreName: string;
+  /** Its memstore's address. */
+  memstore: string;
+  /** The ids of its vmm instances. */
+  vmms: string[];
+  /** Its memstore's --state-dir (catalog). */
+  stateDir: string;
+  /** Its memstore's --persistent-dir. */
+  persistentDir: string;
+  /** Its memstore's --volatile-dir; null: memstore's default. */
+  volatileDir: string | null;
+}
+
 /** What {@link startCluster} starts and how. */
 export interface ClusterOptions {
   /** Directory for the memstore catalog, persistent regions and ready files. */
   stateDir: string;
   /** tmpfs directory for volatile regions (default: memstore's own default). */
   volatileDir?: string;
-  /** Fixed ports, or 0 everywhere to pick free ones (tests). */
+  /** Fixed ports of the first host's services and the migrator, or 0 to pick free ones (tests). */
   ports: { memstore: number; migrator: number; vmms: Record<string, number> };
+  /**
+   * Hosts beyond the first ({@link FIRST_HOST_ID}): host-2 is the first of them, and so on.
+   * Their certificates are issued with the cluster's PKI. Default: none.
+   */
+  extraHosts?: ExtraHostOptions[];
   /**
    * Metrics ports (`--metrics-port`) by service, the same shape as `ports`; 0 picks a free port
    * once, kept across restarts. Absent: no service serves metrics.
@@ -55,9 +101,13 @@ export interface ClusterOptions {
 
 /** A started local cluster: the services' addresses and a way to stop them all. */
 export interface Cluster {
+  /** The first host's memstore. */
   memstore: string;
   migrator: string;
+  /** Every vmm instance of every host, by id. */
   vmms: Record<string, string>;
+  /** Every host in order (host-1 first), with its memstore and vmm instances. */
+  hosts: ClusterHost[];
   /**
    * Where to scrape each service's Prometheus metrics (`http://<address>/metrics`), by name
    * (memstore, migrator, vmm-a, ...); empty without {@link ClusterOptions.metricsPorts}.
@@ -111,7 +161,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const runDir = join(opts.stateDir, 'run');
   mkdirSync(runDir, { recursive: true });
   const tlsDir = opts.insecure === true ? null : join(opts.stateDir, 'tls');
-  if (tlsDir !== null) await ensurePki(tlsDir);
+  const extra = opts.extraHosts ?? [];
+  if (tlsDir !== null) await ensurePki(tlsDir, clusterIdentities(extra));
   const tlsArgs = tlsDir === null ? ['--insecure'] : ['--tls-dir', tlsDir];
   const supervised: SupervisedService[] = [];
   const policy = opts.restart === undefined ? DEFAULT_RESTART_POLICY : opts.restart;
@@ -175,25 +226,26 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   };
 
   try {
-    // memstore first: the migrator asks it about leases, so it needs memstore's bound address
-    // (a free port is known only once memstore serves; restarts keep the port).
-    const [memstore] = await allStarted([
-      start(
-        {
-          name: 'memstore',
-          app: 'memstore',
-          args: [
-            '--state-dir',
-            join(opts.stateDir, 'memstore'),
-            '--persistent-dir',
-            join(opts.stateDir, 'memstore', 'regions'),
-            ...(opts.volatileDir !== undefined ? ['--volatile-dir', opts.volatileDir] : []),
-            ...(await metricsArgs(opts.metricsPorts?.memstore)),
-          ],
-        },
-        opts.ports.memstore,
+    const hosts = hostLayouts(opts, extra);
+    // memstores first: the migrator asks the first one about leases, so it needs its bound
+    // address (a free port is known only once memstore serves; restarts keep the port).
+    const memstoreArgs = await Promise.all(
+      hosts.map(async (h) => [
+        '--state-dir',
+        h.stateDir,
+        '--persistent-dir',
+        h.persistentDir,
+        ...(h.volatileDir !== null ? ['--volatile-dir', h.volatileDir] : []),
+        ...identityArgs(tlsDir, h.memstoreName, h.memstoreName !== 'memstore'),
+        ...(await metricsArgs(h.metricsPorts?.memstore)),
+      ]),
+    );
+    const memstores = await allStarted(
+      hosts.map((h, i) =>
+        start({ name: h.memstoreName, app: 'memstore', args: memstoreArgs[i]! }, h.memstorePort),
       ),
-    ]);
+    );
+    const memstore = memstores[0];
     const [migrator] = await allStarted([
       start(
         {
@@ -210,33 +262,34 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         opts.ports.migrator,
       ),
     ]);
-    const vmmMetrics = await Promise.all(
-      Object.keys(opts.ports.vmms).map((id) => metricsArgs(opts.metricsPorts?.vmms[id])),
-    );
-    const vmmList = await allStarted(
-      Object.entries(opts.ports.vmms).map(([id, port], i) =>
-        start(
-          {
+    const vmmSpecs = await Promise.all(
+      hosts.flatMap((h, hi) =>
+        Object.entries(h.vmmPorts).map(async ([id, port]) => ({
+          port,
+          spec: {
             name: id,
-            app: 'vmm',
+            app: 'vmm' as const,
             args: [
               '--id',
               id,
+              '--host-id',
+              h.id,
               '--migrator',
               migrator!.address,
               '--memstore',
-              memstore!.address,
+              memstores[hi]!.address,
+              ...(h.switchoverDir !== null ? ['--switchover-dir', h.switchoverDir] : []),
               ...(opts.guestDir !== undefined ? ['--guest-dir', opts.guestDir] : []),
-              ...vmmMetrics[i]!,
+              ...(await metricsArgs(h.metricsPorts?.vmms[id])),
             ],
           },
-          port,
-        ),
+        })),
       ),
     );
+    const vmmList = await allStarted(vmmSpecs.map(({ spec, port }) => start(spec, port)));
     const vmms = Object.fromEntries(vmmList.map((v) => [v.name, v.address]));
     const metrics = Object.fromEntries(
-      [memstore!, migrator!, ...vmmList].flatMap((p) =>
+      [...memstores, migrator!, ...vmmList].flatMap((p) =>
         p.metricsAddress === null ? [] : [[p.name, p.metricsAddress]],
       ),
     );
@@ -244,6 +297,15 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       memstore: memstore!.address,
       migrator: migrator!.address,
       vmms,
+      hosts: hosts.map((h, i) => ({
+        id: h.id,
+        memstoreName: h.memstoreName,
+        memstore: memstores[i]!.address,
+        vmms: Object.keys(h.vmmPorts),
+        stateDir: h.stateDir,
+        persistentDir: h.persistentDir,
+        volatileDir: h.volatileDir,
+      })),
       metrics,
       tlsDir,
       get services() {
@@ -255,6 +317,85 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     await stop(3000);
     throw err;
   }
+}
+
+/** One host as the launcher starts it. */
+interface HostLayout {
+  id: string;
+  memstoreName: string;
+  memstorePort: number;
+  stateDir: string;
+  persistentDir: string;
+  volatileDir: string | null;
+  /** The vmm instances' --switchover-dir; null: their default (auto). */
+  switchoverDir: string | null;
+  vmmPorts: Record<string, number>;
+  metricsPorts: { memstore: number; vmms: Record<string, number> } | undefined;
+}
+
+/**
+ * Where each host's services keep their files. The first host keeps the folders a one-host
+ * cluster always had (`<state>/memstore`); host n has `<state>/host-<n>/memstore`, its own
+ * volatile folder and its vmm instances' own switchover folder, so no file is shared across
+ * hosts.
+ */
+function hostLayouts(opts: ClusterOptions, extra: readonly ExtraHostOptions[]): HostLayout[] {
+  const first: HostLayout = {
+    id: FIRST_HOST_ID,
+    memstoreName: 'memstore',
+    memstorePort: opts.ports.memstore,
+    stateDir: join(opts.stateDir, 'memstore'),
+    persistentDir: join(opts.stateDir, 'memstore', 'regions'),
+    volatileDir: opts.volatileDir ?? null,
+    switchoverDir: null,
+    vmmPorts: opts.ports.vmms,
+    metricsPorts:
+      opts.metricsPorts === undefined
+        ? undefined
+        : { memstore: opts.metricsPorts.memstore, vmms: opts.metricsPorts.vmms },
+  };
+  const volatileBase = opts.volatileDir ?? `/dev/shm/handoff-${process.getuid?.() ?? 0}`;
+  return [
+    first,
+    ...extra.map((h, i): HostLayout => {
+      const n = i + 2;
+      const dir = join(opts.stateDir, `host-${n}`);
+      const switchoverDir = join(dir, 'switchover');
+      // vmm refuses a switchover folder others can enter
+      mkdirSync(switchoverDir, { recursive: true, mode: 0o700 });
+      return {
+        id: `host-${n}`,
+        memstoreName: `memstore-${n}`,
+        memstorePort: h.memstorePort,
+        stateDir: join(dir, 'memstore'),
+        persistentDir: join(dir, 'memstore', 'regions'),
+        volatileDir: h.volatileDir ?? `${volatileBase}-host-${n}`,
+        switchoverDir,
+        vmmPorts: h.vmms,
+        metricsPorts: h.metricsPorts,
+      };
+    }),
+  ];
+}
+
+/** The PKI of a cluster: the one-host identities plus each extra host's memstore and vmms. */
+function clusterIdentities(extra: readonly ExtraHostOptions[]): PeerIdentity[] {
+  return [
+    ...CLUSTER_IDENTITIES,
+    ...extra.flatMap((h, i): PeerIdentity[] => [
+      { id: `memstore-${i + 2}`, role: 'memstore' },
+      ...Object.keys(h.vmms).map((id): PeerIdentity => ({ id, role: 'vmm' })),
+    ]),
+  ];
+}
+
+/**
+ * The certificate of a memstore that is not the first (`memstore-2.pem`): memstore reads
+ * `memstore.pem` from --tls-dir unless --tls-cert and --tls-key name others.
+ */
+function identityArgs(tlsDir: string | null, name: string, own: boolean): string[] {
+  if (tlsDir === null || !own) return [];
+  return ['--tls-cert', join(tlsDir, `${name}.pem`), '--tls-key', join(tlsDir, `${name}.key`)];
 }
 
 /**

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 /**
- * `npm start`: runs the local cluster (memstore, migrator, vmm-a, vmm-b) on
- * loopback with readable logs, until Ctrl-C.
+ * `npm start`: runs the local cluster (memstore, migrator, vmm-a, vmm-b; with `--hosts 2` also
+ * memstore-2 and vmm-c on host-2) on loopback with readable logs, until Ctrl-C.
  */
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startCluster } from './launcher.js';
+import { HOSTS_USAGE, parseHostCount, SECOND_HOST } from './hosts.js';
 import { formatLogLine, colourFor } from './log-lines.js';
 import { describeEvent } from './supervision-lines.js';
 
@@ -18,6 +19,12 @@ vmm-a and vmm-b. A service that dies is started again on its port after 0.5 s, t
 them; none outlives this command.
 
 Options:
+  --hosts <n>           1 (default) or 2 hosts on this machine. A host is one memstore with its
+                        own folders plus the vmm instances that use it: host-1 is memstore, vmm-a
+                        and vmm-b; host-2 is memstore-2 (state in <state-dir>/host-2, volatile
+                        regions in <volatile-dir>-host-2, port base +300) and vmm-c (--host-id
+                        host-2, port base +401), which maps only memstore-2's files. One
+                        migrator serves both; \`vmctl status\` groups the vmm instances by host
   --state-dir <dir>     catalog, persistent regions, ready files (default: ./.handoff, HANDOFF_STATE_DIR)
   --volatile-dir <dir>  tmpfs directory for volatile regions (default: memstore's /dev/shm/handoff-<uid>)
   --base-port <port>    migrator port; memstore +100, vmm-a +201, vmm-b +202 (default: 7000);
@@ -40,6 +47,7 @@ Options:
 
 const { values } = parseArgs({
   options: {
+    hosts: { type: 'string' },
     'state-dir': { type: 'string' },
     'volatile-dir': { type: 'string' },
     'base-port': { type: 'string' },
@@ -57,14 +65,20 @@ if (values.help) {
   process.stdout.write(usage);
   process.exit(0);
 }
+const hosts = parseHostCount(values.hosts);
+if (hosts instanceof Error) {
+  process.stderr.write(`${hosts.message}\n\n${HOSTS_USAGE}\n`);
+  process.exit(2);
+}
 /** Metrics ports are the service ports + this. */
 const METRICS_OFFSET = 1000;
 const base = Number(values['base-port'] ?? 7000);
-const highestBase = 65535 - METRICS_OFFSET - 202;
+const highestOffset = hosts === 2 ? SECOND_HOST.vmmOffset : 202;
+const highestBase = 65535 - METRICS_OFFSET - highestOffset;
 if (!Number.isInteger(base) || base < 0 || base > highestBase) {
   process.stderr.write(
     `--base-port ${values['base-port']} is not a port number up to ${highestBase} (the metrics ` +
-      'ports go up to base + 1202), or 0 for free ports\n',
+      `ports go up to base + ${METRICS_OFFSET + highestOffset}), or 0 for free ports\n`,
   );
   process.exit(2);
 }
@@ -94,6 +108,24 @@ const cluster = await startCluster({
           vmms: { 'vmm-a': metricsPort(201), 'vmm-b': metricsPort(202) },
         },
       }),
+  ...(hosts === 2
+    ? {
+        extraHosts: [
+          {
+            memstorePort: port(SECOND_HOST.memstoreOffset),
+            vmms: { [SECOND_HOST.vmm]: port(SECOND_HOST.vmmOffset) },
+            ...(values['no-metrics'] === true
+              ? {}
+              : {
+                  metricsPorts: {
+                    memstore: metricsPort(SECOND_HOST.memstoreOffset),
+                    vmms: { [SECOND_HOST.vmm]: metricsPort(SECOND_HOST.vmmOffset) },
+                  },
+                }),
+          },
+        ],
+      }
+    : {}),
   ...(guestDir !== undefined ? { guestDir } : {}),
   ...(values['no-restart'] === true ? { restart: null } : {}),
   logFormat,
@@ -111,7 +143,7 @@ const cluster = await startCluster({
   process.exit(1);
 });
 
-const pad = (s: string) => s.padEnd(10);
+const pad = (s: string) => s.padEnd(Math.max(10, s.length + 2));
 process.stdout.write(
   [
     '',
@@ -119,6 +151,15 @@ process.stdout.write(
     `  ${pad('memstore')}${cluster.memstore}`,
     `  ${pad('migrator')}${cluster.migrator}`,
     ...Object.entries(cluster.vmms).map(([id, a]) => `  ${pad(id)}${a}`),
+    ...cluster.hosts.slice(1).map((h) => `  ${pad(h.memstoreName)}${h.memstore}`),
+    '',
+    `Hosts (${cluster.hosts.length}; a vmm instance maps only its own host's memstore files):`,
+    ...cluster.hosts.map(
+      (h) =>
+        `  ${pad(h.id)}${h.memstoreName} ${h.memstore} (volatile regions in ` +
+        `${h.volatileDir ?? "memstore's default folder"}, state in ${h.stateDir}); ` +
+        `vmm ${h.vmms.join(', ')}`,
+    ),
     '',
     ...(Object.keys(cluster.metrics).length === 0
       ? []

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CLUSTER_IDENTITIES } from '@handoff/service/pki';
-import { parsePkiArgs } from './pki-args.js';
+import { CLUSTER_IDENTITIES, SECOND_HOST_IDENTITIES } from '@handoff/service/pki';
+import { parsePkiArgs, type PkiRequest } from './pki-args.js';
 
 describe('npm run pki', () => {
   it('makes the local cluster identities by default, or the ones named', () => {
@@ -20,6 +20,22 @@ describe('npm run pki', () => {
       names: ['h1'],
     });
     expect(parsePkiArgs(['--help'])).toBe('help');
+  });
+
+  it('adds memstore-2 (memstore) and vmm-c (vmm) for the second host with --hosts 2', () => {
+    expect((parsePkiArgs(['--dir', '/x', '--hosts', '2']) as PkiRequest).identities).toEqual([
+      ...CLUSTER_IDENTITIES,
+      { id: 'memstore-2', role: 'memstore' },
+      { id: 'vmm-c', role: 'vmm' },
+    ]);
+    expect(SECOND_HOST_IDENTITIES.map((i) => i.id)).toEqual(['memstore-2', 'vmm-c']);
+    expect((parsePkiArgs(['--dir', '/x', '--hosts', '1']) as PkiRequest).identities).toEqual(
+      CLUSTER_IDENTITIES,
+    );
+    expect(() => parsePkiArgs(['--dir', '/x', '--hosts', '3'])).toThrow(/1 or 2 hosts/);
+    expect(() => parsePkiArgs(['--dir', '/x', '--hosts', '2', '--id', 'a:vmm'])).toThrow(
+      /leave out --id/,
+    );
   });
 
   it('says what is wrong with a command line it cannot use', () => {

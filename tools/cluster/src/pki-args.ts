@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ROLES, type PeerIdentity, type Role } from '@handoff/service';
-import { CLUSTER_IDENTITIES } from '@handoff/service/pki';
+import { CLUSTER_IDENTITIES, SECOND_HOST_IDENTITIES } from '@handoff/service/pki';
 
 /** What `npm run pki` is asked to make. */
 export interface PkiRequest {
@@ -16,13 +16,14 @@ export interface PkiRequest {
 }
 
 /** The help text of `npm run pki`. */
-export const PKI_USAGE = `Usage: npm run pki -- --dir <dir> [--id <id>:<role> ...] [--name <host> ...]
+export const PKI_USAGE = `Usage: npm run pki -- --dir <dir> [--id <id>:<role> ...] [--hosts 1|2] [--name <host> ...]
 
 Creates (or completes) a Handoff PKI in <dir>: a CA (ca.pem, ca.key) and a certificate and key
 per identity (<id>.pem, <id>.key; CN = id, OU = role), ECDSA P-256, SANs 127.0.0.1, ::1,
 localhost and every --name. Without --id: the local cluster's memstore, migrator, vmm-a, vmm-b
-and operator. Certificates already there and valid are kept (delete one to issue it again, e.g.
-with other names). Roles: ${ROLES.join(', ')}.
+and operator, and with --hosts 2 also the second host's memstore-2 and vmm-c. Certificates
+already there and valid are kept (delete one to issue it again, e.g. with other names).
+Roles: ${ROLES.join(', ')}.
 `;
 
 /** Thrown for a command line it cannot use; the message says what is wrong. */
@@ -40,6 +41,7 @@ export function parsePkiArgs(argv: readonly string[]): PkiRequest | 'help' {
         dir: { type: 'string' },
         id: { type: 'string', multiple: true },
         name: { type: 'string', multiple: true },
+        hosts: { type: 'string' },
         help: { type: 'boolean' },
       },
       strict: true,
@@ -58,9 +60,18 @@ export function parsePkiArgs(argv: readonly string[]): PkiRequest | 'help' {
     }
     return { id, role: role as Role };
   });
+  const hosts = values.hosts ?? '1';
+  if (hosts !== '1' && hosts !== '2') {
+    throw new PkiUsageError(`--hosts ${hosts}: the local cluster has 1 or 2 hosts`);
+  }
+  if (values.hosts !== undefined && identities.length > 0) {
+    throw new PkiUsageError('--hosts names the identities of the local cluster: leave out --id');
+  }
+  const cluster =
+    hosts === '2' ? [...CLUSTER_IDENTITIES, ...SECOND_HOST_IDENTITIES] : CLUSTER_IDENTITIES;
   return {
     dir: values.dir,
-    identities: identities.length > 0 ? identities : CLUSTER_IDENTITIES,
+    identities: identities.length > 0 ? identities : cluster,
     names: values.name ?? [],
   };
 }

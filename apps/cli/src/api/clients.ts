@@ -27,6 +27,7 @@ export class Clients {
   private ms?: memstore.MemstoreServiceClient;
   private mg?: migrator.MigratorServiceClient;
   private readonly vmms = new Map<string, vmm.VmmServiceClient>();
+  private readonly memstores = new Map<string, memstore.MemstoreServiceClient>();
 
   constructor(readonly endpoints: Endpoints) {}
 
@@ -51,6 +52,20 @@ export class Clients {
     ));
   }
 
+  /**
+   * The memstore at `address` (another host's, as a vmm registration names it); the configured
+   * one's client for its address.
+   */
+  memstoreAt(address: string): memstore.MemstoreServiceClient {
+    if (address === this.endpoints.memstore) return this.memstore;
+    let c = this.memstores.get(address);
+    if (c === undefined) {
+      c = createClient(memstore.MemstoreServiceClient, address, this.credentials('memstore'));
+      this.memstores.set(address, c);
+    }
+    return c;
+  }
+
   vmm(address: string): vmm.VmmServiceClient {
     let c = this.vmms.get(address);
     if (c === undefined) {
@@ -64,5 +79,6 @@ export class Clients {
     this.ms?.close();
     this.mg?.close();
     for (const c of this.vmms.values()) c.close();
+    for (const c of this.memstores.values()) c.close();
   }
 }

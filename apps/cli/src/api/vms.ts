@@ -9,6 +9,10 @@ export interface VmmRef {
   id: string;
   address: string;
   alive: boolean;
+  /** The host it registered on ('' when it named none; absent when not asked). */
+  hostId?: string;
+  /** Its host's memstore ('' when it did not say; absent when not asked). */
+  memstoreAddress?: string;
 }
 
 /** States a VM can be in, as vmctl prints them. */
@@ -210,7 +214,13 @@ export const vms = {
   async instances(c: Clients): Promise<VmmRef[]> {
     const res = await unaryCall(c.migrator, 'listVmms', {}, { deadlineMs: c.endpoints.timeoutMs });
     return res.vmms
-      .map((v) => ({ id: v.id, address: v.address, alive: v.alive }))
+      .map((v) => ({
+        id: v.id,
+        address: v.address,
+        alive: v.alive,
+        hostId: v.hostId,
+        memstoreAddress: v.memstoreAddress,
+      }))
       .sort((a, b) => Number(b.alive) - Number(a.alive) || a.id.localeCompare(b.id));
   },
 
@@ -299,7 +309,9 @@ export const vms = {
   },
 
   /**
-   * Creates a VM with one RAM block (ram0) on `vmmId`, or on the instance with the fewest VMs.
+   * Creates a VM with one RAM block (ram0) on `vmmId`, or on the instance with the fewest VMs
+   * (for RAM in an existing region or template: among the instances whose memstore is vmctl's,
+   * which holds it, when any is — another host's vmm cannot map it).
    * Refuses a name already used anywhere in the cluster. Answers the VM as GetVm sees it once
    * CreateVm returned (a guest such as hello may have powered off by then), or CreateVm's own
    * answer when that GetVm fails.
@@ -329,8 +341,10 @@ export const vms = {
     if (opts.vmm !== undefined) {
       target = await vms.instance(c, opts.vmm);
     } else {
+      const here = instances.filter((v) => v.memstoreAddress === c.endpoints.memstore);
+      const candidates = spec.region !== '' && here.length > 0 ? here : instances;
       const loads = await Promise.all(
-        instances.map(async (vmm) => {
+        candidates.map(async (vmm) => {
           try {
             const info = await unaryCall(
               c.vmm(vmm.address),

@@ -42,8 +42,8 @@ function toVmmInstance(r: VmmRecord): pb.VmmInstance {
     lastSeen: dateToTimestamp(r.lastSeen),
     alive: r.alive,
     vmCount: r.vmCount,
-    hostId: '',
-    memstoreAddress: '',
+    hostId: r.hostId,
+    memstoreAddress: r.memstoreAddress,
   };
 }
 
@@ -221,8 +221,15 @@ export function migratorService(deps: {
         vmCount: req.vmCount,
         vmsVersion: Number(req.vmsVersion),
         vms: req.vms === undefined ? undefined : hostedVmsFromWire(req.vms),
+        hostId: req.hostId,
+        memstoreAddress: req.memstoreAddress,
       });
-      if (isNew) logger.info({ vmm: req.id, address: req.address }, 'vmm instance registered');
+      if (isNew) {
+        logger.info(
+          { vmm: req.id, address: req.address, host: req.hostId, memstore: req.memstoreAddress },
+          'vmm instance registered',
+        );
+      }
       return { heartbeatIntervalMs: deps.heartbeatIntervalMs, vmsWanted };
     }),
     reportVms: unary(logger, (req, call) => {

@@ -25,6 +25,7 @@ import {
 } from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
+import { refuseCrossHostBypass } from '../registry/placement.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import {
   isFinished,
@@ -236,6 +237,7 @@ export class JobManager {
         `VM ${req.vm} already runs on ${target.id}: source and target are the same vmm; pick another --to`,
       );
     }
+    refuseCrossHostBypass({ vm: req.vm, spec: at.vm.spec, source, target, capabilities: config });
     this.assertNotBusy(req.vm);
     const live = this.create('migrate', {
       vm: req.vm,

@@ -1,4 +1,11 @@
-import { ownsVm, type HostedVm, type HostedVms } from './hosted-vm.js';
+import { MigratorError } from '../errors.js';
+import {
+  ownsVm,
+  type HostedVm,
+  type HostedVms,
+  type RamBackend,
+  type VmSpec,
+} from './hosted-vm.js';
 
 /** Where a VM runs, by the reports. */
 export interface Located {
@@ -137,4 +144,66 @@ export function fewestVms(candidates: readonly Candidate[]): string | undefined 
     if (best === undefined || c.vms < best.vms || (c.vms === best.vms && c.id < best.id)) best = c;
   }
   return best?.id;
+}
+
+/** What the host checks need of a vmm instance (a `VmmRecord` fits). */
+export interface OnHost {
+  readonly id: string;
+  /** The host it runs on: instances of one host share its memstore and map its files. */
+  readonly hostId: string;
+}
+
+/**
+ * Whether two vmm instances run on one host: then RAM in their memstore can change hands by
+ * reference (bypass), since both map the same files. Instances on different hosts never share
+ * a file.
+ */
+export function sameHost(a: OnHost, b: OnHost): boolean {
+  return a.hostId === b.hostId;
+}
+
+/** RAM kinds whose pages live in a memstore region (the source host's), not in the vmm. */
+const IN_MEMSTORE: ReadonlySet<RamBackend> = new Set<RamBackend>(['shared', 'clone', 'lazy']);
+
+/** The RAM blocks of `spec` whose pages are in the source host's memstore. */
+function memstoreBlocks(spec: VmSpec | undefined): string[] {
+  return (spec?.ram ?? []).filter((b) => IN_MEMSTORE.has(b.backend)).map((b) => b.id);
+}
+
+/** A migration as {@link refuseCrossHostBypass} judges it. */
+export interface CrossHostMove {
+  readonly vm: string;
+  /** The spec the source reported; undefined: unknown, judged as RAM in memstore. */
+  readonly spec: VmSpec | undefined;
+  readonly source: OnHost;
+  readonly target: OnHost;
+  /** The migration's capabilities (only these two matter here). */
+  readonly capabilities: {
+    readonly 'bypass-shared-memory': boolean;
+    readonly 'postcopy-ram': boolean;
+  };
+}
+
+/**
+ * Refuses what cannot work across hosts: a bypass migration (RAM handed over by reference) of
+ * a VM whose RAM is in the source host's memstore (shared, clone or lazy blocks) to a vmm on
+ * another host, which cannot map that memstore's files. Post-copy moves such RAM (the target
+ * host's memstore fills a lazy region from the source's), and `--no-bypass` copies it; a VM
+ * with private RAM only, or a move within one host, passes.
+ *
+ * @throws MigratorError `MIGRATOR_CROSS_HOST` (FAILED_PRECONDITION), saying which flag to add
+ */
+export function refuseCrossHostBypass(move: CrossHostMove): void {
+  const { vm, source, target, capabilities } = move;
+  if (sameHost(source, target)) return;
+  if (!capabilities['bypass-shared-memory'] || capabilities['postcopy-ram']) return;
+  const blocks = memstoreBlocks(move.spec);
+  if (move.spec !== undefined && blocks.length === 0) return;
+  const which = blocks.length === 0 ? 'memory' : `memory (${blocks.join(', ')})`;
+  throw new MigratorError(
+    'MIGRATOR_CROSS_HOST',
+    `${target.id} is on ${target.hostId} but ${vm}'s ${which} is in ${source.hostId}'s ` +
+      `memstore (it runs on ${source.id}): add --postcopy to move it by post-copy, or ` +
+      '--no-bypass to copy it',
+  );
 }

@@ -19,6 +19,48 @@ const beat = (id: string, vmsVersion: number, vms?: HostedVms) => ({
 });
 
 describe('VmmRegistry', () => {
+  it("keeps each instance's host and memstore; one that names no host is on host-1", () => {
+    const r = new VmmRegistry(500);
+    r.register({ ...beat('vmm-a', 0), hostId: 'host-1', memstoreAddress: 'm1:7100' });
+    r.register({ ...beat('vmm-c', 0), hostId: 'host-2', memstoreAddress: 'm2:7300' });
+    r.register(beat('vmm-old', 0));
+    expect(r.list().map((v) => [v.id, v.hostId, v.memstoreAddress])).toEqual([
+      ['vmm-a', 'host-1', 'm1:7100'],
+      ['vmm-c', 'host-2', 'm2:7300'],
+      ['vmm-old', 'host-1', ''],
+    ]);
+    // a heartbeat carries them again: a restarted instance may have moved to another host
+    r.register({ ...beat('vmm-c', 0), hostId: 'host-3', memstoreAddress: 'm3:7400' });
+    expect(r.get('vmm-c')).toMatchObject({ hostId: 'host-3', memstoreAddress: 'm3:7400' });
+  });
+
+  it("places a new VM on the migrator's memstore's host, else on any alive instance", () => {
+    let now = 1000;
+    const r = new VmmRegistry(500, () => now, 'm1:7100');
+    r.register({ ...beat('vmm-a', 1, set(1, vm('x'), vm('y'))), memstoreAddress: 'm1:7100' });
+    r.register({ ...beat('vmm-c', 1, set(1)), hostId: 'host-2', memstoreAddress: 'm2:7300' });
+    // vmm-c holds fewer VMs, but its memstore has none of the migrator's snapshots
+    expect(r.place().id).toBe('vmm-a');
+    expect(r.place('vmm-c').id).toBe('vmm-c');
+    now += 400;
+    r.register({ ...beat('vmm-c', 1), hostId: 'host-2', memstoreAddress: 'm2:7300' });
+    now += 200; // vmm-a expired
+    expect(r.place().id).toBe('vmm-c');
+    // without a memstore of its own, the fewest VMs anywhere
+    const plain = new VmmRegistry(500);
+    plain.register({ ...beat('vmm-a', 1, set(1, vm('x'))), memstoreAddress: 'm1:7100' });
+    plain.register({ ...beat('vmm-c', 1, set(1)), memstoreAddress: 'm2:7300' });
+    expect(plain.place().id).toBe('vmm-c');
+  });
+
+  it('refuses a host id that is not lower-case letters, digits and dashes', () => {
+    const r = new VmmRegistry(500);
+    for (const hostId of ['Host-2', '../h', 'h_2']) {
+      expect(() => r.register({ ...beat('vmm-a', 0), hostId })).toThrow(/is not a host id/);
+    }
+    expect(r.list()).toEqual([]);
+  });
+
   it('lists registered instances sorted, alive until the expiry passes', () => {
     let now = 1000;
     const r = new VmmRegistry(500, () => now);

@@ -8,6 +8,10 @@ export interface VmmRecord {
   address: string;
   version: string;
   vmCount: number;
+  /** The host it runs on: instances of one host share its memstore and its files. */
+  hostId: string;
+  /** Its host's memstore (gRPC address); '' when the instance did not say. */
+  memstoreAddress: string;
   lastSeen: Date;
   alive: boolean;
 }
@@ -22,6 +26,10 @@ export interface Registration {
   vmsVersion: number;
   /** The set itself, when the instance sends it along (else a plain heartbeat). */
   vms?: HostedVms;
+  /** The host it runs on; absent or '': {@link DEFAULT_HOST_ID} (an instance from before hosts). */
+  hostId?: string;
+  /** Its host's memstore address; absent: ''. */
+  memstoreAddress?: string;
 }
 
 /** Where a VM runs: its instance and the VM as that instance reported it. */
@@ -31,6 +39,12 @@ export interface VmLocation {
 }
 
 const ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+/** The host of an instance that names none: a cluster of one host. */
+export const DEFAULT_HOST_ID = 'host-1';
+
+/** What a host id may be: the form of a vmm id. */
+export const HOST_ID_PATTERN = ID_PATTERN;
 
 /**
  * The registry of vmm instances and of the VMs they host. Instances register on start and
@@ -45,18 +59,32 @@ export class VmmRegistry {
   private readonly records = new Map<string, Omit<VmmRecord, 'alive'>>();
   private readonly placement = new Placement();
 
+  /**
+   * @param homeMemstore the migrator's memstore (`--memstore`), which holds the snapshots and
+   *   templates its jobs use: {@link place} prefers instances of its host. '' for none.
+   */
   constructor(
     private readonly expiryMs: number,
     private readonly now: () => number = Date.now,
+    private readonly homeMemstore = '',
   ) {}
 
   /**
    * Records a registration or heartbeat (and the VM set it carries). `isNew`: the instance was
    * unknown; `vmsWanted`: the registry does not hold its VM set at `vmsVersion`.
    *
-   * @throws MigratorError `MIGRATOR_INVALID_ARGUMENT` for a bad id or no address
+   * @throws MigratorError `MIGRATOR_INVALID_ARGUMENT` for a bad id or host id, or no address
    */
   register(entry: Registration): { isNew: boolean; vmsWanted: boolean } {
+    const hostId =
+      entry.hostId === undefined || entry.hostId === '' ? DEFAULT_HOST_ID : entry.hostId;
+    if (!HOST_ID_PATTERN.test(hostId)) {
+      throw new MigratorError(
+        'MIGRATOR_INVALID_ARGUMENT',
+        `vmm ${entry.id} names host "${hostId}", which is not a host id: use lower-case letters, ` +
+          `digits and dashes (--host-id, e.g. ${DEFAULT_HOST_ID})`,
+      );
+    }
     if (!ID_PATTERN.test(entry.id)) {
       throw new MigratorError(
         'MIGRATOR_INVALID_ARGUMENT',
@@ -72,8 +100,13 @@ export class VmmRegistry {
     const before = this.records.get(entry.id);
     // An instance back from expiry reports its VMs anew: what it said before may be stale.
     if (before !== undefined && !this.isAlive(before)) this.placement.forget(entry.id);
-    const { vms, vmsVersion: _version, ...record } = entry;
-    this.records.set(entry.id, { ...record, lastSeen: new Date(this.now()) });
+    const { vms, vmsVersion: _version, hostId: _host, memstoreAddress = '', ...record } = entry;
+    this.records.set(entry.id, {
+      ...record,
+      hostId,
+      memstoreAddress,
+      lastSeen: new Date(this.now()),
+    });
     if (vms !== undefined) this.placement.replace(entry.id, vms);
     return {
       isNew: before === undefined,
@@ -137,7 +170,9 @@ export class VmmRegistry {
 
   /**
    * The instance a new VM (a restore, a clone, a template's guest) goes to: `id` when given,
-   * else the alive instance with the fewest VMs (by its report, else its heartbeat's count).
+   * else the alive instance with the fewest VMs (by its report, else its heartbeat's count)
+   * among those whose memstore is the migrator's (the one with the snapshots and templates:
+   * another host's memstore does not have them), or among all alive ones when none is.
    *
    * @throws MigratorError `MIGRATOR_VMM_NOT_FOUND` for an unknown `id`;
    *   `MIGRATOR_VMM_UNAVAILABLE` when that instance, or every instance, is not alive
@@ -155,8 +190,12 @@ export class VmmRegistry {
       return r;
     }
     const alive = this.list().filter((r) => r.alive);
+    const home = alive.filter((r) => r.memstoreAddress === this.homeMemstore);
     const pick = fewestVms(
-      alive.map((r) => ({ id: r.id, vms: this.placement.countOf(r.id) ?? r.vmCount })),
+      (this.homeMemstore !== '' && home.length > 0 ? home : alive).map((r) => ({
+        id: r.id,
+        vms: this.placement.countOf(r.id) ?? r.vmCount,
+      })),
     );
     if (pick === undefined) {
       throw new MigratorError(

@@ -22,6 +22,8 @@ type Received =
 /** A migrator that records registrations and reports; `wanted`/`refuseReports` script it. */
 async function fakeMigrator() {
   const received: Received[] = [];
+  /** The host fields of every registration, in order. */
+  const hosts: { hostId: string; memstoreAddress: string }[] = [];
   const state = { wanted: false, refuseReports: false };
   const names = (set: pb.HostedVms) => set.vms.map((v) => `${v.name}:${v.spec?.guest}`);
   const server: RunningServer = await startServer({
@@ -37,6 +39,7 @@ async function fakeMigrator() {
         definition: pb.MigratorServiceService,
         implementation: {
           registerVmm: unary(logger, (req: pb.RegisterVmmRequest) => {
+            hosts.push({ hostId: req.hostId, memstoreAddress: req.memstoreAddress });
             received.push({
               kind: 'register',
               vmsVersion: Number(req.vmsVersion),
@@ -60,7 +63,7 @@ async function fakeMigrator() {
       },
     ],
   });
-  return { server, received, state };
+  return { server, received, hosts, state };
 }
 
 /** A VM host stand-in: a list of VMs and the change listeners. */
@@ -76,9 +79,11 @@ function fakeHost() {
       } as unknown as VmInfo);
       for (const l of listeners) l();
     },
-    announcement: (address: string) => ({
+    announcement: (address: string, hostId = 'host-1', memstoreAddress = '127.0.0.1:7100') => ({
       id: 'vmm-a',
       address,
+      hostId,
+      memstoreAddress,
       vmCount: () => vms.length,
       vms: () => vms,
       onVmsChanged: (l: () => void) => {
@@ -136,6 +141,21 @@ describe('heartbeat and VM reports', () => {
       vms: undefined,
     });
     expect(m.received.filter((r) => r.kind === 'report')).toHaveLength(1);
+  });
+
+  it("sends its host id and its host's memstore address with every registration", async () => {
+    const m = await fakeMigrator();
+    server = m.server;
+    stop = startHeartbeat(
+      { address: m.server.address, credentials: channelCredentials(null) },
+      fakeHost().announcement('vmm-c:1', 'host-2', '127.0.0.1:7300'),
+      logger,
+    );
+    await until(() => m.hosts.length >= 2);
+    expect(m.hosts.slice(0, 2)).toEqual([
+      { hostId: 'host-2', memstoreAddress: '127.0.0.1:7300' },
+      { hostId: 'host-2', memstoreAddress: '127.0.0.1:7300' },
+    ]);
   });
 
   it('reports at once when a heartbeat answer asks for the set', async () => {

@@ -8,6 +8,10 @@ import type { HostedVm } from '../model/types.js';
 export interface Announcement {
   id: string;
   address: string;
+  /** The host it runs on (`--host-id`, checked by `hostIdOf`). */
+  hostId: string;
+  /** Its host's memstore (`--memstore`): the one whose files this instance maps. */
+  memstoreAddress: string;
   vmCount: () => number;
   /** The VMs this instance hosts now (VmHost.hosted). */
   vms: () => readonly HostedVm[];
@@ -70,8 +74,8 @@ export function startHeartbeat(
           version: HANDOFF_VERSION,
           vmCount: me.vmCount(),
           vmsVersion: BigInt(version),
-          hostId: '',
-          memstoreAddress: '',
+          hostId: me.hostId,
+          memstoreAddress: me.memstoreAddress,
           vms: set,
         },
         { deadlineMs: CALL_DEADLINE_MS },

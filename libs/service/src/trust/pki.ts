@@ -54,6 +54,15 @@ export const CLUSTER_IDENTITIES: readonly PeerIdentity[] = [
   { id: 'operator', role: 'operator' },
 ];
 
+/**
+ * The identities the second host of the local cluster (`npm start -- --hosts 2`) adds: its
+ * memstore and its vmm instance.
+ */
+export const SECOND_HOST_IDENTITIES: readonly PeerIdentity[] = [
+  { id: 'memstore-2', role: 'memstore' },
+  { id: 'vmm-c', role: 'vmm' },
+];
+
 /** The SANs every certificate carries: loopback over IPv4 and IPv6, and `localhost`. */
 export const DEFAULT_NAMES: readonly string[] = ['127.0.0.1', '::1', 'localhost'];
 
