@@ -76,6 +76,7 @@ export async function startMigrator(config: MigratorConfig, logger: Logger): Pro
     vmmCredentials: channelCredentials(tls, { serverRole: 'vmm' }),
     memstoreAddress: config.memstore,
     memstoreCredentials: channelCredentials(tls, { serverRole: 'memstore' }),
+    hostOwnership,
   });
   const metricsServer =
     metrics &&

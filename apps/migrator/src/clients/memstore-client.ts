@@ -114,6 +114,25 @@ export class MemstoreClient implements RegionLeases, SnapshotCatalog {
     private readonly credentials: ChannelCredentials,
   ) {}
 
+  /**
+   * RecoverLazyRegion on region `name`: true when it was a lazy region whose fill was
+   * reconnected (or was filling anyway), false when it is no lazy region (nothing to recover).
+   */
+  async recoverLazyRegion(name: string, sourceMemstore: string): Promise<boolean> {
+    try {
+      const { region } = await unaryCall(
+        this.connection(),
+        'recoverLazyRegion',
+        { region: { selector: { $case: 'name', value: name } }, sourceMemstore },
+        { deadlineMs: this.callTimeoutMs },
+      );
+      return region?.lazy !== undefined;
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'REGION_NOT_LAZY') return false;
+      throw err;
+    }
+  }
+
   async leaseOf(name: string): Promise<RegionLease | null> {
     try {
       const { region } = await unaryCall(

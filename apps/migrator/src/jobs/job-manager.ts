@@ -24,6 +24,7 @@ import {
   type VmmCalls,
 } from '../clients/vmm-client.js';
 import { MigratorError } from '../errors.js';
+import type { HostOwnership } from '../hosts/host-ownership.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
 import { refuseCrossHostBypass } from '../registry/placement.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
@@ -106,6 +107,8 @@ export interface JobManagerOptions {
   memstoreAddress?: string;
   /** Credentials of the default {@link JobManagerOptions.leases} (default: plaintext). */
   memstoreCredentials?: ChannelCredentials;
+  /** Which host owns each VM (a cross-host move claims it for the target's host). */
+  hostOwnership?: HostOwnership;
   /** Called once with each job as it ends (metrics); must not throw. */
   onJobEnded?: (job: Job) => void;
 }
@@ -150,6 +153,10 @@ export class JobManager {
   private readonly defaultConcurrency: number;
   private readonly leases: RegionLeases | undefined;
   private readonly snapshots: SnapshotCatalog | undefined;
+  /** Clients of other hosts' memstores (post-copy recover), by address. */
+  private readonly memstores = new Map<string, MemstoreClient>();
+  private readonly callTimeoutMs: number;
+  private readonly memstoreCredentials: ChannelCredentials;
   private closed = false;
 
   constructor(private readonly opts: JobManagerOptions) {
@@ -169,6 +176,8 @@ export class JobManager {
         : undefined;
     this.leases = opts.leases ?? memstore;
     this.snapshots = opts.snapshots ?? memstore;
+    this.callTimeoutMs = opts.callTimeoutMs ?? 5000;
+    this.memstoreCredentials = opts.memstoreCredentials ?? channelCredentials(null);
     this.defaultConcurrency = opts.defaultConcurrency ?? 2;
     for (const job of opts.restored ?? []) {
       this.jobs.set(job.id, {
@@ -397,9 +406,42 @@ export class JobManager {
     vm: string,
     sourceMemstore: string,
   ): Promise<{ regions: string[]; vmm: string }> {
-    void vm;
-    void sourceMemstore;
-    throw new MigratorError('MIGRATOR_UNIMPLEMENTED', 'recover is wired with the host registry');
+    if (vm === '') throw invalid('a VM name is required (vmctl migrate NAME --recover)');
+    const at = await this.locate(vm);
+    const memstore = at.vmm.memstoreAddress;
+    const names = (at.vm.spec?.ram ?? [])
+      .filter((b) => b.backend === 'shared' || b.backend === 'lazy')
+      .map((b) => b.region)
+      .filter((r) => r !== '');
+    if (memstore === '' || names.length === 0) {
+      throw invalid(
+        `VM ${vm} on ${at.vmm.id} has no memory in a memstore region, so no post-copy of it ` +
+          'can wait for a source; nothing to recover',
+      );
+    }
+    const client = this.memstoreAt(memstore);
+    const recovered: string[] = [];
+    for (const name of names) {
+      if (await client.recoverLazyRegion(name, sourceMemstore)) recovered.push(name);
+    }
+    if (recovered.length === 0) {
+      throw invalid(
+        `nothing of VM ${vm} waits for a source: its regions (${names.join(', ')}) on ` +
+          `${at.vmm.id}'s memstore are not being filled by post-copy`,
+      );
+    }
+    this.log.info({ vm, vmm: at.vmm.id, regions: recovered }, 'post-copy recovered');
+    return { regions: recovered, vmm: at.vmm.id };
+  }
+
+  /** A client of the memstore at `address` (one per address, kept). */
+  private memstoreAt(address: string): MemstoreClient {
+    let c = this.memstores.get(address);
+    if (c === undefined) {
+      c = new MemstoreClient(address, this.callTimeoutMs, this.memstoreCredentials);
+      this.memstores.set(address, c);
+    }
+    return c;
   }
 
   /** One job; MIGRATOR_JOB_NOT_FOUND if unknown. */
@@ -455,6 +497,7 @@ export class JobManager {
     this.vmms.close();
     this.leases?.close();
     if (this.snapshots !== this.leases) this.snapshots?.close();
+    for (const c of this.memstores.values()) c.close();
     this.opts.journal?.close?.();
   }
 
@@ -524,6 +567,7 @@ export class JobManager {
         // on its own; a PrepareIncoming of that name there waits for it)
         this.opts.registry.moved(job.vm, job.sourceVmm, job.targetVmm);
         this.finishCompleted(live, { ...final, status: 'completed' }, arrived(job));
+        await this.claimHost(job);
       }
       const end = performance.now();
       log.info(
@@ -663,13 +707,53 @@ export class JobManager {
     // With the VM's spec the target maps its RAM and builds the machine before the stream
     // starts (outside the migration's setup and total time, as a QEMU started with -incoming
     // is ready before `migrate`). Without it, it builds them when the stream's header comes.
+    const sourceMemstore = this.crossHostSource(job.sourceVmm, job.targetVmm);
     return this.vmms.prepareIncoming(job.targetAddress, {
       vm: job.vm,
       jobId: job.id,
       sourceVmm: job.sourceVmm,
       spec: live.spec,
       capabilities: job.capabilities,
+      ...(sourceMemstore !== undefined ? { sourceMemstore } : {}),
     });
+  }
+
+  /**
+   * The source host's memstore when `source` and `target` run on different hosts (the target
+   * then fills the VM's shared RAM from it by post-copy); undefined on one host, or when either
+   * instance is no longer registered (PrepareIncoming then says what is wrong).
+   */
+  private crossHostSource(source: string, target: string): string | undefined {
+    const from = this.registered(source);
+    const to = this.registered(target);
+    if (from === undefined || to === undefined || from.hostId === to.hostId) return undefined;
+    return from.memstoreAddress !== '' ? from.memstoreAddress : undefined;
+  }
+
+  /** The instance `id` as registered, or undefined when it is not (any more). */
+  private registered(id: string): VmmRecord | undefined {
+    try {
+      return this.opts.registry.get(id);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** A cross-host move completed: the target's host owns the VM now (its fencing epoch + 1). */
+  private async claimHost(job: Job): Promise<void> {
+    const ownership = this.opts.hostOwnership;
+    const to = this.registered(job.targetVmm);
+    if (ownership === undefined || to === undefined) return;
+    if (this.crossHostSource(job.sourceVmm, job.targetVmm) === undefined) return;
+    try {
+      const now = await ownership.owner(job.vm);
+      await ownership.claim(job.vm, to.hostId, now.epoch);
+    } catch (err) {
+      this.log.warn(
+        { job: job.id, vm: job.vm, host: to.hostId, error: (err as Error).message },
+        'could not record which host owns the VM now',
+      );
+    }
   }
 
   /** A progress report of MigrateVm's stream into the job. */

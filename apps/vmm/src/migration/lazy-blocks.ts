@@ -14,10 +14,10 @@
 import { memstore as pb } from '@handoff/proto';
 import type { MigrationStatus } from '@handoff/qapi';
 import { unaryCall } from '@handoff/service';
-import { byId, holderOf, memstoreCall } from '../leases/calls.js';
+import { byId, memstoreCall } from '../leases/calls.js';
 import type { RamBlockSpec } from '../model/types.js';
 import type { RamBacking, RamContext } from '../ram/index.js';
-import { mapLazy } from '../ram/lazy.js';
+import { openLazy, pageCallsOf } from '../ram/lazy.js';
 import { ownedRegionDeleter } from '../ram/shared.js';
 import type { RemoteSource } from './incoming-blocks.js';
 
@@ -56,19 +56,10 @@ export async function openLazyBlock(
   const region = created.region!;
   const remove = ownedRegionDeleter(ctx, region, spec.id);
   try {
-    const lease = (
-      await memstoreCall(ctx, `${what}: lease on region ${region.name}`, () =>
-        unaryCall(client, 'acquireLease', { region: byId(region.id), holder: holderOf(ctx) }, opts),
-      )
-    ).lease!;
     // A region the VM owned on the source is its own here too; another stays when it is destroyed.
-    const backing = mapLazy(
-      spec,
-      region,
-      Number(lease.epoch),
-      ctx,
-      spec.regionOwned === true ? remove : undefined,
-    );
+    const backing = await openLazy(spec, region, ctx, {
+      ...(spec.regionOwned === true ? { afterRelease: remove } : {}),
+    });
     return { backing, region };
   } catch (err) {
     await remove();
@@ -86,12 +77,7 @@ export async function startLazyFills(
 ): Promise<void> {
   for (const r of regions) {
     await memstoreCall(ctx, `starting the fill of region ${r.name}`, () =>
-      unaryCall(
-        ctx.memstore(),
-        'startLazyFill',
-        { region: byId(r.id) },
-        { deadlineMs: ctx.deadlineMs },
-      ),
+      pageCallsOf(ctx).startLazyFill({ region: byId(r.id) }, { deadlineMs: ctx.deadlineMs }),
     );
   }
 }

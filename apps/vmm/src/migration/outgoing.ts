@@ -303,6 +303,7 @@ export class OutgoingMigration {
         'the target wants to fill the shared RAM by post-copy, which this migration did not allow',
       );
     }
+    if (postcopy) s.bypassed = 0; // filled by the target host's memstore, not handed over
     s.leaseMove = !modes.includes('ref')
       ? 'none'
       : postcopy
@@ -654,9 +655,11 @@ export class OutgoingMigration {
         fillMs: s.postcopy?.fillMs ?? 0,
       };
       s.remaining = Math.max(0, Number(p.totalPages - p.presentPages)) * PAGE_SIZE;
+      // The pages moved memstore to memstore, not on this stream: they count as the migration's.
+      s.transferred = Number(p.presentPages) * PAGE_SIZE;
       const status = statusFromWire(p.status);
       if (status === 'completed') {
-        s.postcopy = { ...s.postcopy, fillMs: Math.max(0, Date.now() - pausedAtMs) };
+        s.postcopy = { ...s.postcopy, fillMs: Math.max(0, Math.round(Date.now() - pausedAtMs)) };
         s.remaining = 0;
         s.totalMs = now() - s.started;
         this.sm.transition('completed');

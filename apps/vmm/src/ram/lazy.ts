@@ -28,6 +28,14 @@ import { mapShared } from './shared.js';
 /** A FetchPages waits this long before it is asked again (it waits while the source is paused). */
 const FETCH_DEADLINE_MS = 30_000;
 
+/**
+ * The instance's page calls (FetchPages, StartLazyFill): its lease-channel client, which
+ * serves them beside the lease calls.
+ */
+export function pageCallsOf(ctx: RamContext): PageCalls {
+  return ctx.leases() as unknown as PageCalls;
+}
+
 /** Options of {@link openLazy} and {@link mapLazy}. */
 export interface LazyOptions {
   /**
@@ -116,7 +124,7 @@ export function mapLazy(
     presentMapping.close();
     throw err;
   }
-  const calls = opts.pages ?? (ctx.leases() as unknown as PageCalls);
+  const calls = opts.pages ?? pageCallsOf(ctx);
   const deadlineMs = opts.fetchDeadlineMs ?? FETCH_DEADLINE_MS;
   const selector = byId(region.id);
   const fetchPages: FetchPages = async (first, count) => {
