@@ -17,6 +17,7 @@ import type { CommandContext } from '../context.js';
 export interface ParameterFlags {
   downtimeLimit?: string;
   maxBandwidth?: string;
+  maxPostcopyBandwidth?: string;
 }
 
 function usage<T>(fn: () => T): T {
@@ -37,6 +38,12 @@ export function parametersOf(flags: ParameterFlags): MigrationParameterOverrides
     }
     if (flags.maxBandwidth !== undefined) {
       out['max-bandwidth'] = parseParameterValue('max-bandwidth', flags.maxBandwidth);
+    }
+    if (flags.maxPostcopyBandwidth !== undefined) {
+      out['max-postcopy-bandwidth'] = parseParameterValue(
+        'max-postcopy-bandwidth',
+        flags.maxPostcopyBandwidth,
+      );
     }
     return out;
   });
@@ -68,6 +75,11 @@ export function registerMigrate(program: Command, run: CommandRunner): void {
     )
     .option('--downtime-limit <ms>', 'largest guest pause pre-copy aims for, in milliseconds')
     .option('--max-bandwidth <rate>', 'RAM bandwidth cap in bytes/s (e.g. 100M, 1G; 0 = unlimited)')
+    .option(
+      '--max-postcopy-bandwidth <rate>',
+      'with --postcopy: cap on the background fill in bytes/s (pages the guest asks for are ' +
+        'never held back; 0 = unlimited)',
+    )
     .option(
       '--capability <name=on|off>',
       'set a migration capability, e.g. auto-converge=off (repeatable, or comma-separated); ' +

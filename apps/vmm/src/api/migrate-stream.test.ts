@@ -17,7 +17,6 @@ const request: MigrateRequest = {
   token: 't',
   capabilities: {} as MigrateRequest['capabilities'],
   parameters: {} as MigrateRequest['parameters'],
-  parametersSet: [],
 };
 
 /** A MigrateVm call as the handler sees it: records writes; `full` makes write() say false. */

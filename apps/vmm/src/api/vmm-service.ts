@@ -14,7 +14,7 @@ import {
   type Logger,
   type ServiceRegistration,
 } from '@handoff/service';
-import { assertValidMigrationConfig, isActive, type MigrationParameterName } from '@handoff/qapi';
+import { assertValidMigrationConfig, isActive } from '@handoff/qapi';
 import { capabilitiesFromWire, migrationInfoToWire, parametersFromWire } from '@handoff/qapi/wire';
 import {
   grpcIncoming,
@@ -187,7 +187,6 @@ export function vmmServices(deps: {
         token: req.token,
         capabilities,
         parameters,
-        parametersSet: Object.keys(set) as MigrationParameterName[],
       };
       await streamMigration(migrations, request, call);
     }),

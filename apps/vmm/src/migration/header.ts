@@ -127,6 +127,7 @@ export async function acceptHeader(
           identity: ref.identity,
           size: Number(ref.size),
           epoch: Number(ref.epoch),
+          maxBytesPerSecond: Number(h.maxPostcopyBandwidth ?? 0n),
         },
       });
     } else if (b.regionRef !== undefined) {

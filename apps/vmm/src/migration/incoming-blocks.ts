@@ -44,6 +44,8 @@ export interface RemoteSource {
   readonly size: number;
   /** The source VM's lease epoch there (the fill's claim compares it). */
   readonly epoch: number;
+  /** The background fill's limit, bytes/s (0: none): the migration's max-postcopy-bandwidth. */
+  readonly maxBytesPerSecond: number;
 }
 
 /** What a block needs before it is opened. */

@@ -49,6 +49,7 @@ export async function openLazyBlock(
           epoch: BigInt(remote.epoch),
         },
         kind: pb.RegionKind.REGION_KIND_VOLATILE,
+        maxBytesPerSecond: BigInt(remote.maxBytesPerSecond),
       },
       opts,
     ),

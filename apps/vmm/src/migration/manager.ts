@@ -5,12 +5,7 @@
  */
 import { connectivityState } from '@grpc/grpc-js';
 import type { vmmStream } from '@handoff/proto';
-import type {
-  MigrationCapabilities,
-  MigrationInfo,
-  MigrationParameterName,
-  MigrationParameters,
-} from '@handoff/qapi';
+import type { MigrationCapabilities, MigrationInfo, MigrationParameters } from '@handoff/qapi';
 import { channelCredentials, createClient, type Logger, type TlsMaterial } from '@handoff/service';
 import { failpoint } from '../failpoints.js';
 import { MigrationError } from '../model/migration-error.js';
@@ -44,8 +39,6 @@ export interface MigrateRequest {
   readonly token: string;
   readonly capabilities: MigrationCapabilities;
   readonly parameters: MigrationParameters;
-  /** The parameters the client set (the others are defaults). */
-  readonly parametersSet: readonly MigrationParameterName[];
 }
 
 export class MigrationManager {
@@ -160,7 +153,7 @@ export class MigrationManager {
         `VM ${req.name} is already migrating; wait for it or cancel it with CancelMigration`,
       );
     }
-    refuseUnsupported(req.capabilities, req.parametersSet);
+    refuseUnsupported(req.capabilities);
     if (req.target.address === '' || req.token === '') {
       throw new MigrationError(
         'MIGRATION_FAILED',

@@ -851,6 +851,7 @@ export class OutgoingMigration {
       capabilities: capabilitiesToWire(this.o.capabilities),
       spec,
       sourceVmmId: this.o.host.vmmId,
+      maxPostcopyBandwidth: BigInt(this.o.parameters['max-postcopy-bandwidth']),
       blocks: vm.ramBlocks.map((b, k) => {
         const ref = b.regionRef;
         return {

@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-import type { MigrationCapabilities, MigrationParameterName } from '@handoff/qapi';
+import type { MigrationCapabilities } from '@handoff/qapi';
 import { MigrationError } from '../model/migration-error.js';
 
 /** Capabilities this vmm cannot honour when on, and what to do instead. */
@@ -15,32 +15,18 @@ const UNSUPPORTED_ON: Readonly<Partial<Record<keyof MigrationCapabilities, strin
   'pause-before-switchover': 'this vmm does not implement it yet; migrate without it',
 };
 
-/** Parameters this vmm does not honour yet, and why. */
-const NOT_HONOURED: Readonly<Partial<Record<MigrationParameterName, string>>> = {
-  'max-postcopy-bandwidth':
-    "the target host's memstore fills post-copy memory as fast as the link goes; leave it unset",
-};
-
 /**
  * Refuses what this vmm would otherwise silently ignore: an unimplemented capability turned on,
- * return-path turned off (every stream here carries the target's answers), or a parameter `set`
- * by the user that only an unimplemented capability reads.
+ * or return-path turned off (every stream here carries the target's answers).
  *
  * @throws MigrationError `MIGRATION_UNSUPPORTED`, naming each
  */
-export function refuseUnsupported(
-  caps: MigrationCapabilities,
-  set: readonly MigrationParameterName[],
-): void {
+export function refuseUnsupported(caps: MigrationCapabilities): void {
   const why = unsupportedOn(caps);
   if (!caps['return-path']) {
     why.push(
       "return-path: every migration stream of this vmm carries the target's answers; leave it on",
     );
-  }
-  for (const name of set) {
-    const what = NOT_HONOURED[name];
-    if (what !== undefined) why.push(`${name}: ${what}`);
   }
   refuse(why);
 }

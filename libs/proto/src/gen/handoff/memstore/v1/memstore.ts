@@ -453,6 +453,11 @@ export interface CreateLazyRegionRequest {
     | undefined;
   /** REGION_KIND_VOLATILE (default) or PERSISTENT. */
   kind: RegionKind;
+  /**
+   * The background fill's rate limit in bytes per second (0 = as fast as the link goes); pages
+   * asked for with FetchPages are never held back by it (QEMU's max-postcopy-bandwidth).
+   */
+  maxBytesPerSecond?: bigint | undefined;
 }
 
 export interface CreateLazyRegionResponse {
@@ -2213,7 +2218,7 @@ export const LazyFill: MessageFns<LazyFill> = {
 };
 
 function createBaseCreateLazyRegionRequest(): CreateLazyRegionRequest {
-  return { name: "", source: undefined, kind: 0 };
+  return { name: "", source: undefined, kind: 0, maxBytesPerSecond: undefined };
 }
 
 export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
@@ -2226,6 +2231,12 @@ export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
     }
     if (message.kind !== 0) {
       writer.uint32(24).int32(message.kind);
+    }
+    if (message.maxBytesPerSecond !== undefined) {
+      if (BigInt.asUintN(64, message.maxBytesPerSecond) !== message.maxBytesPerSecond) {
+        throw new globalThis.Error("value provided for field message.maxBytesPerSecond of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.maxBytesPerSecond);
     }
     return writer;
   },
@@ -2267,6 +2278,14 @@ export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
             message.kind = reader.int32() as any;
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxBytesPerSecond = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2284,6 +2303,11 @@ export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       source: isSet(object.source) ? RemoteRegion.fromJSON(object.source) : undefined,
       kind: isSet(object.kind) ? regionKindFromJSON(object.kind) : 0,
+      maxBytesPerSecond: isSet(object.maxBytesPerSecond)
+        ? BigInt(object.maxBytesPerSecond)
+        : isSet(object.max_bytes_per_second)
+        ? BigInt(object.max_bytes_per_second)
+        : undefined,
     };
   },
 
@@ -2298,6 +2322,9 @@ export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
     if (message.kind !== 0) {
       obj.kind = regionKindToJSON(message.kind);
     }
+    if (message.maxBytesPerSecond !== undefined) {
+      obj.maxBytesPerSecond = message.maxBytesPerSecond.toString();
+    }
     return obj;
   },
 
@@ -2311,6 +2338,9 @@ export const CreateLazyRegionRequest: MessageFns<CreateLazyRegionRequest> = {
       ? RemoteRegion.fromPartial(object.source)
       : undefined;
     message.kind = object.kind ?? 0;
+    message.maxBytesPerSecond = (object.maxBytesPerSecond !== undefined && object.maxBytesPerSecond !== null)
+      ? BigInt(object.maxBytesPerSecond)
+      : undefined;
     return message;
   },
 };

@@ -102,6 +102,11 @@ export interface StreamHeader {
   spec: VmSpec | undefined;
   blocks: StreamBlock[];
   sourceVmmId: string;
+  /**
+   * The migration's max-postcopy-bandwidth (bytes/s, 0 = unlimited): the background fill of a
+   * block filled by post-copy goes no faster (pages the guest asks for are never held back).
+   */
+  maxPostcopyBandwidth?: bigint | undefined;
 }
 
 export interface PageRun {
@@ -529,6 +534,7 @@ function createBaseStreamHeader(): StreamHeader {
     spec: undefined,
     blocks: [],
     sourceVmmId: "",
+    maxPostcopyBandwidth: undefined,
   };
 }
 
@@ -561,6 +567,12 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     }
     if (message.sourceVmmId !== "") {
       writer.uint32(66).string(message.sourceVmmId);
+    }
+    if (message.maxPostcopyBandwidth !== undefined) {
+      if (BigInt.asUintN(64, message.maxPostcopyBandwidth) !== message.maxPostcopyBandwidth) {
+        throw new globalThis.Error("value provided for field message.maxPostcopyBandwidth of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.maxPostcopyBandwidth);
     }
     return writer;
   },
@@ -652,6 +664,14 @@ export const StreamHeader: MessageFns<StreamHeader> = {
             message.sourceVmmId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxPostcopyBandwidth = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -692,6 +712,11 @@ export const StreamHeader: MessageFns<StreamHeader> = {
         : isSet(object.source_vmm_id)
         ? globalThis.String(object.source_vmm_id)
         : "",
+      maxPostcopyBandwidth: isSet(object.maxPostcopyBandwidth)
+        ? BigInt(object.maxPostcopyBandwidth)
+        : isSet(object.max_postcopy_bandwidth)
+        ? BigInt(object.max_postcopy_bandwidth)
+        : undefined,
     };
   },
 
@@ -721,6 +746,9 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     if (message.sourceVmmId !== "") {
       obj.sourceVmmId = message.sourceVmmId;
     }
+    if (message.maxPostcopyBandwidth !== undefined) {
+      obj.maxPostcopyBandwidth = message.maxPostcopyBandwidth.toString();
+    }
     return obj;
   },
 
@@ -737,6 +765,9 @@ export const StreamHeader: MessageFns<StreamHeader> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.blocks = object.blocks?.map((e) => StreamBlock.fromPartial(e)) || [];
     message.sourceVmmId = object.sourceVmmId ?? "";
+    message.maxPostcopyBandwidth = (object.maxPostcopyBandwidth !== undefined && object.maxPostcopyBandwidth !== null)
+      ? BigInt(object.maxPostcopyBandwidth)
+      : undefined;
     return message;
   },
 };
