@@ -33,3 +33,4 @@ export {
   type RoundReport,
   type KillLoopOptions,
 } from './chaos/kill-loop.js';
+export { ask, putKeys, wrongKeys } from './chaos/kv-probe.js';
