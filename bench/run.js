@@ -21,6 +21,7 @@ const SUITES = [
   { name: 'vcpu', module: 'apps/vmm/dist/vcpu/many-vms.bench.js' },
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
   { name: 'converge', module: 'tools/cluster/dist/bench/converge.bench.js' },
+  { name: 'postcopy', module: 'tools/cluster/dist/bench/postcopy.bench.js' },
   { name: 'memstore', module: 'apps/memstore/dist/memstore.bench.js' },
   { name: 'lazy', module: 'apps/memstore/dist/lazy/lazy.bench.js' },
   { name: 'clones', module: 'tools/cluster/dist/bench/clones.bench.js' },

@@ -16,13 +16,18 @@ export interface BenchCluster {
   stop(): Promise<void>;
 }
 
-/** Starts the cluster and waits until both vmm instances registered with the migrator. */
-export async function startBenchCluster(): Promise<BenchCluster> {
+/**
+ * Starts the cluster and waits until its vmm instances registered with the migrator: host-1's
+ * vmm-a and vmm-b, and with `hosts: 2` host-2's vmm-c on memstore-2.
+ */
+export async function startBenchCluster(opts: { hosts?: 1 | 2 } = {}): Promise<BenchCluster> {
+  const hosts = opts.hosts ?? 1;
   const stateDir = mkdtempSync(join(tmpdir(), 'handoff-bench-'));
   const volatileDir = mkdtempSync('/dev/shm/handoff-bench-');
   const removeDirs = (): void => {
     rmSync(stateDir, { recursive: true, force: true });
     rmSync(volatileDir, { recursive: true, force: true });
+    rmSync(`${volatileDir}-host-2`, { recursive: true, force: true });
   };
   let cluster: Cluster;
   try {
@@ -30,6 +35,7 @@ export async function startBenchCluster(): Promise<BenchCluster> {
       stateDir,
       volatileDir,
       ports: { memstore: 0, migrator: 0, vmms: { 'vmm-a': 0, 'vmm-b': 0 } },
+      ...(hosts === 2 ? { extraHosts: [{ memstorePort: 0, vmms: { 'vmm-c': 0 } }] } : {}),
       logLevel: 'warn',
     });
   } catch (err) {
@@ -48,8 +54,10 @@ export async function startBenchCluster(): Promise<BenchCluster> {
     removeDirs();
   };
   try {
-    for (let i = 0; (await vms.instances(c)).filter((v) => v.alive).length < 2; i++) {
-      if (i > 100) throw new Error('vmm-a and vmm-b did not register with the migrator in 10 s');
+    const want = hosts === 2 ? 3 : 2;
+    for (let i = 0; (await vms.instances(c)).filter((v) => v.alive).length < want; i++) {
+      if (i > 100)
+        throw new Error(`${want} vmm instances did not register with the migrator in 10 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
   } catch (err) {
