@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -68,6 +68,42 @@ describe('LocalHostOwnership', () => {
     expect(await again.owner('vm2')).toEqual({ vm: 'vm2', host: null, epoch: 2 });
     expect(await code(again.claim('vm1', 'host-1', 1))).toBe('MIGRATOR_OWNERSHIP_CONFLICT');
     expect(existsSync(join(dir, `${OWNERSHIP_FILE}.tmp`))).toBe(false);
+  });
+
+  it('lands a burst of 200 claims made together on disk, each resolving with its epoch', async () => {
+    const o = LocalHostOwnership.open(dir);
+    const names = Array.from({ length: 200 }, (_, i) => `clone-${i}`);
+    const claimed = await Promise.all(names.map((vm) => o.claim(vm, 'host-2', 0)));
+    expect(claimed.every((c) => c.host === 'host-2' && c.epoch === 1)).toBe(true);
+    const onDisk = JSON.parse(readFileSync(join(dir, OWNERSHIP_FILE), 'utf8')) as {
+      vms: Record<string, { host: string; epoch: number }>;
+    };
+    expect(Object.keys(onDisk.vms).sort()).toEqual([...names].sort());
+  });
+
+  it('refuses every change of a write that failed and goes back to what is on disk', async () => {
+    const o = LocalHostOwnership.open(dir);
+    await o.claim('vm1', 'host-1', 0);
+    // the temporary file cannot be created: the next write fails
+    mkdirSync(join(dir, `${OWNERSHIP_FILE}.tmp`));
+    const failed = await Promise.all([
+      code(o.claim('vm1', 'host-2', 1)),
+      code(o.claim('vm2', 'host-1', 0)),
+    ]);
+    expect(failed).toEqual(['MIGRATOR_JOURNAL_FAILED', 'MIGRATOR_JOURNAL_FAILED']);
+    expect(await o.owner('vm1')).toEqual({ vm: 'vm1', host: 'host-1', epoch: 1 });
+    expect(await o.owner('vm2')).toEqual({ vm: 'vm2', host: null, epoch: 0 });
+    rmSync(join(dir, `${OWNERSHIP_FILE}.tmp`), { recursive: true });
+    expect(await o.claim('vm1', 'host-2', 1)).toMatchObject({ host: 'host-2', epoch: 2 });
+    expect(await LocalHostOwnership.open(dir).owner('vm1')).toMatchObject({ epoch: 2 });
+  });
+
+  it('answers owner after the changes in flight are on disk', async () => {
+    const o = LocalHostOwnership.open(dir);
+    const claim = o.claim('vm1', 'host-1', 0);
+    expect(await o.owner('vm1')).toEqual({ vm: 'vm1', host: 'host-1', epoch: 1 });
+    expect(readFileSync(join(dir, OWNERSHIP_FILE), 'utf8')).toContain('"vm1"');
+    await claim;
   });
 
   it('forgets everything in memory only', async () => {

@@ -36,16 +36,28 @@ interface Entry {
 }
 
 /**
- * Host ownership kept by this migrator. Operations run one at a time in call order; each
- * change is on disk (when a file backs the table) before its promise resolves.
+ * Host ownership kept by this migrator. Each call is checked against the table, in call order,
+ * when it is made; its change resolves once a write of the table that holds it is on disk.
+ * Changes made in one turn of the event loop share one write (a burst of claims costs a few
+ * writes, not one each); when a write fails, every change it carried is refused and the table
+ * goes back to what is on disk. `owner` answers once no change is in flight, so it never sees
+ * one that might still be refused.
  */
 export class LocalHostOwnership implements HostOwnership {
-  private chain: Promise<unknown> = Promise.resolve();
+  /** The table as it is on disk (as the last write left it). */
+  private durable: Map<string, Entry>;
+  /** Changes not on disk yet, waiting for the next write, with their callers. */
+  private waiting: { resolve: () => void; reject: (err: unknown) => void }[] = [];
+  /** The write in flight (scheduled or running), or null. */
+  private flushing: Promise<void> | null = null;
 
   private constructor(
-    private readonly table: Map<string, Entry>,
+    /** The table with every change made so far (on disk, or waiting for the next write). */
+    private table: Map<string, Entry>,
     private readonly path: string | null,
-  ) {}
+  ) {
+    this.durable = new Map(table);
+  }
 
   /**
    * Opens the table in `dir` (created when missing): what a previous run left survives.
@@ -65,7 +77,8 @@ export class LocalHostOwnership implements HostOwnership {
       throw new MigratorError(
         'MIGRATOR_JOURNAL_FAILED',
         `cannot read the host ownership table ${path}: ${(err as Error).message}; restore it ` +
-          'from a backup, or move it aside to start with no VM owned by any host',
+          'from a backup (moving it aside starts every epoch at 0 again, which un-fences hosts ' +
+          'that hold old epochs: do that only with every vmm stopped)',
         { cause: err },
       );
     }
@@ -76,15 +89,14 @@ export class LocalHostOwnership implements HostOwnership {
     return new LocalHostOwnership(new Map(), null);
   }
 
-  owner(vm: string): Promise<VmOwnership> {
-    return this.serial(() => {
-      checkVm(vm);
-      return this.ownershipOf(vm);
-    });
+  async owner(vm: string): Promise<VmOwnership> {
+    checkVm(vm);
+    while (this.flushing !== null) await this.flushing;
+    return this.ownershipOf(vm);
   }
 
   claim(vm: string, host: string, expectedEpoch: number): Promise<VmOwnership> {
-    return this.serial(() => {
+    try {
       checkVm(vm);
       checkHost(host);
       checkEpoch(expectedEpoch);
@@ -96,12 +108,14 @@ export class LocalHostOwnership implements HostOwnership {
             `owned by ${now.host ?? 'no host'}; read its owner again and decide anew`,
         );
       }
-      return this.write(vm, { host, epoch: expectedEpoch + 1 });
-    });
+      return this.change(vm, { host, epoch: expectedEpoch + 1 });
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   release(vm: string, host: string, epoch: number): Promise<VmOwnership> {
-    return this.serial(() => {
+    try {
       checkVm(vm);
       checkHost(host);
       checkEpoch(epoch);
@@ -113,8 +127,10 @@ export class LocalHostOwnership implements HostOwnership {
             `by ${now.host ?? 'no host'}`,
         );
       }
-      return this.write(vm, { host: null, epoch: epoch + 1 });
-    });
+      return this.change(vm, { host: null, epoch: epoch + 1 });
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   private ownershipOf(vm: string): VmOwnership {
@@ -122,29 +138,40 @@ export class LocalHostOwnership implements HostOwnership {
     return { vm, host: e?.host ?? null, epoch: e?.epoch ?? 0 };
   }
 
-  /** Sets one entry, on disk first: a failed write leaves the table as it was. */
-  private write(vm: string, entry: Entry): VmOwnership {
-    const next = new Map(this.table).set(vm, entry);
-    if (this.path !== null) {
-      try {
-        writeAtomically(this.path, serialize(next));
-      } catch (err) {
-        throw new MigratorError(
-          'MIGRATOR_JOURNAL_FAILED',
-          `cannot write the host ownership table ${this.path}: ${(err as Error).message}; ` +
-            'check the free space and permissions of --state-dir',
-          { cause: err },
-        );
-      }
-    }
+  /** Sets one entry now; resolves once a write holding it is on disk. */
+  private change(vm: string, entry: Entry): Promise<VmOwnership> {
     this.table.set(vm, entry);
-    return { vm, ...entry };
+    const result: VmOwnership = { vm, ...entry };
+    if (this.path === null) {
+      this.durable.set(vm, entry);
+      return Promise.resolve(result);
+    }
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ resolve: () => resolve(result), reject });
+      // the calls of this turn join the write, made once they are all in
+      this.flushing ??= new Promise<void>((done) => setImmediate(done)).then(() => this.flush());
+    });
   }
 
-  private serial<T>(op: () => T): Promise<T> {
-    const run = this.chain.then(op);
-    this.chain = run.catch(() => undefined);
-    return run;
+  /** Writes the table with every waiting change, and settles their callers. */
+  private flush(): void {
+    const batch = this.waiting.splice(0);
+    try {
+      writeAtomically(this.path!, serialize(this.table));
+      this.durable = new Map(this.table);
+      for (const w of batch) w.resolve();
+    } catch (err) {
+      this.table = new Map(this.durable);
+      const refused = new MigratorError(
+        'MIGRATOR_JOURNAL_FAILED',
+        `cannot write the host ownership table ${this.path}: ${(err as Error).message}; ` +
+          'check the free space and permissions of --state-dir, then read the owner again',
+        { cause: err },
+      );
+      for (const w of batch) w.reject(refused);
+    } finally {
+      this.flushing = null;
+    }
   }
 }
 
