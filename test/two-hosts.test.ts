@@ -156,6 +156,14 @@ describe('two hosts on one machine (npm start -- --hosts 2)', () => {
     expect(s.vm.vmm).toBe('vmm-c');
   });
 
+  it('refuses a live update across hosts, naming the way that works', async () => {
+    const r = await vmctl('live-update', '--from', 'vmm-c', '--to', 'vmm-a');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/vmm-a is on host-1 and vmm-c on host-2: .*--postcopy/);
+    const s = await json<{ vm: { vmm: string } }>('vm', 'show', 'twohosts1');
+    expect(s.vm.vmm).toBe('vmm-c');
+  });
+
   it("puts a VM on an existing region of vmctl's memstore on host-1 even when vmm-c is least loaded", async () => {
     for (const [name, vmm] of [
       ['twohosts-a', 'vmm-a'],

@@ -26,7 +26,7 @@ import {
 import { MigratorError } from '../errors.js';
 import type { HostOwnership } from '../hosts/host-ownership.js';
 import { isMovable, ownsVm, type VmSpec } from '../registry/hosted-vm.js';
-import { refuseCrossHostBypass } from '../registry/placement.js';
+import { refuseCrossHostBypass, sameHost } from '../registry/placement.js';
 import type { VmLocation, VmmRecord, VmmRegistry } from '../registry/vmm-registry.js';
 import {
   isFinished,
@@ -284,6 +284,15 @@ export class JobManager {
     const to = this.opts.registry.get(req.toVmm);
     if (from.id === to.id) {
       throw invalid(`--from and --to are both ${from.id}: a live update moves VMs to another vmm`);
+    }
+    if (!sameHost(from, to)) {
+      throw new MigratorError(
+        'MIGRATOR_CROSS_HOST',
+        `${to.id} is on ${to.hostId} and ${from.id} on ${from.hostId}: a live update hands ` +
+          'memory over by reference between two vmm instances of one host; pick a target on ' +
+          `${from.hostId}, or move VMs to another host one by one with \`vmctl migrate NAME ` +
+          `--to ${to.id} --postcopy\``,
+      );
     }
     const capabilities = validated({ 'bypass-shared-memory': true }, req.parameters);
     const reported = this.opts.registry.vmsOn(from.id);
