@@ -41,9 +41,9 @@ function lazyRegion() {
   expect(mapBytes).toBeGreaterThan(4096);
   // The header only, through the file: the bits' pages stay holes until memstore sets a bit.
   const header = new Int32Array(PRESENT_HEADER_WORDS);
-  PresentMap.initialize(new SharedArrayBuffer(mapBytes), PAGES).words.subarray(0, 16).forEach(
-    (w, k) => (header[k] = w),
-  );
+  PresentMap.initialize(new SharedArrayBuffer(mapBytes), PAGES)
+    .words.subarray(0, 16)
+    .forEach((w, k) => (header[k] = w));
   const fd = openSync(presentPath, 'w');
   writeSync(fd, new Uint8Array(header.buffer), 0, header.byteLength, 0);
   closeSync(fd);
@@ -166,7 +166,12 @@ describe('lazy RAM blocks (ram/lazy.ts)', () => {
       wake: () => rung++,
     });
     expect(m.run(100)).toBe('page');
-    requests.onMessage({ t: 'page-wait', block: 'ram0', page: m.cpu.missingPage, sourcePaused: false });
+    requests.onMessage({
+      t: 'page-wait',
+      block: 'ram0',
+      page: m.cpu.missingPage,
+      sourcePaused: false,
+    });
     await new Promise((r) => setImmediate(r));
     expect(rung).toBe(1);
     expect(s.asked.at(-1)).toEqual([300, 16]);

@@ -13,18 +13,18 @@
  * @packageDocumentation
  */
 import { PresentMap } from '@handoff/bitmap';
-import { memstore as pb } from '@handoff/proto';
+import type { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
 import { byId, holderOf, memstoreCall } from '../leases/calls.js';
 import type { PageCalls } from '../leases/lease-channel.js';
-import { PAGE_SHIFT } from '../memory/pages.js';
 import type { RamBlockSpec } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
-import type { FetchPages } from '../vcpu/page-requests.js';
 import type { LazyRam, RamBacking, RamContext } from './backing.js';
 import { mapShared } from './shared.js';
 
+/** Guest page size (memory/pages.ts; the present map has a bit per page). */
+const PAGE_SIZE = 4096;
 /** A FetchPages waits this long before it is asked again (it waits while the source is paused). */
 const FETCH_DEADLINE_MS = 30_000;
 
@@ -95,7 +95,7 @@ export function mapLazy(
   opts: LazyOptions = {},
 ): RamBacking {
   const presentPath = checkLazy(spec, region);
-  const pages = spec.size >>> PAGE_SHIFT;
+  const pages = spec.size / PAGE_SIZE;
   const presentMapping: Mapping<SharedArrayBuffer> = mapFile(presentPath, { sharing: 'private' });
   let map: PresentMap;
   try {
@@ -119,7 +119,7 @@ export function mapLazy(
   const calls = opts.pages ?? (ctx.leases() as unknown as PageCalls);
   const deadlineMs = opts.fetchDeadlineMs ?? FETCH_DEADLINE_MS;
   const selector = byId(region.id);
-  const fetchPages: FetchPages = async (first, count) => {
+  const fetchPages: LazyRam['fetchPages'] = async (first, count) => {
     await calls.fetchPages(
       { region: selector, firstPage: BigInt(first), pageCount: count },
       { deadlineMs },

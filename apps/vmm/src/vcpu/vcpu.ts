@@ -128,9 +128,7 @@ export class Vcpu {
 
   /** Whether the VM wants the CPU now. */
   get runnable(): boolean {
-    return (
-      this.phase === 'running' && !this.asleep && this.handOver === null && this.waitPage < 0
-    );
+    return this.phase === 'running' && !this.asleep && this.handOver === null && this.waitPage < 0;
   }
 
   /** performance.now() at which a VM waiting in WFI wakes by its timer; Infinity otherwise. */
