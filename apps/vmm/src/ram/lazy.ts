@@ -31,7 +31,7 @@ const FETCH_DEADLINE_MS = 30_000;
 /** Options of {@link openLazy} and {@link mapLazy}. */
 export interface LazyOptions {
   /**
-   * The page calls (FetchPages): the instance's lease-channel client. Default: `ctx.leases()`,
+   * The page calls (FetchPages): the instance's lease-channel client. Default: `ctx.pages()`,
    * which is that client in a vmm.
    */
   readonly pages?: PageCalls;
@@ -95,6 +95,13 @@ export function mapLazy(
   opts: LazyOptions = {},
 ): RamBacking {
   const presentPath = checkLazy(spec, region);
+  const calls = opts.pages ?? ctx.pages?.();
+  if (calls === undefined) {
+    throw new VmmError(
+      'VMM_MEMSTORE_UNAVAILABLE',
+      `RAM block ${spec.id}: no way to ask memstore for pages (no lease-channel client)`,
+    );
+  }
   const pages = spec.size / PAGE_SIZE;
   const presentMapping: Mapping<SharedArrayBuffer> = mapFile(presentPath, { sharing: 'private' });
   let map: PresentMap;
@@ -116,7 +123,6 @@ export function mapLazy(
     presentMapping.close();
     throw err;
   }
-  const calls = opts.pages ?? (ctx.leases() as unknown as PageCalls);
   const deadlineMs = opts.fetchDeadlineMs ?? FETCH_DEADLINE_MS;
   const selector = byId(region.id);
   const fetchPages: LazyRam['fetchPages'] = async (first, count) => {
@@ -147,6 +153,25 @@ export function mapLazy(
       await base.close();
     },
   };
+}
+
+/**
+ * StartLazyFill for region `regionId` (over the lease channel when there is one, else gRPC):
+ * memstore starts fetching its pages in the background — call it once the guest runs here.
+ * Answers the region as memstore then reports it.
+ *
+ * @throws VmmError / ServiceError as {@link memstoreCall} turns memstore's failure
+ */
+export async function startLazyFill(ctx: RamContext, regionId: string): Promise<pb.Region> {
+  const calls = ctx.pages?.();
+  const req = { region: byId(regionId) };
+  const callOpts = { deadlineMs: ctx.deadlineMs };
+  const res = await memstoreCall(ctx, `starting the lazy fill of region ${regionId}`, () =>
+    calls !== undefined
+      ? calls.startLazyFill(req, callOpts)
+      : unaryCall(ctx.memstore(), 'startLazyFill', req, callOpts),
+  );
+  return res.region!;
 }
 
 /** The present map's path of a lazy region that fits `spec`. @throws VmmError otherwise */
