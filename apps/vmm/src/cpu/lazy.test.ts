@@ -1,6 +1,8 @@
 import { PresentMap, PresentState, presentMapBytes } from '@handoff/bitmap';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createMachine, type Machine } from '../machine/machine.js';
+import { runUntilStopped } from '../machine/run-sync.js';
 import { PAGE_SHIFT, testPageBit } from '../memory/pages.js';
 import { R, asm, bytesOf, li } from './test-asm.js';
 
@@ -229,5 +231,32 @@ describe('lazy RAM blocks: the CPU waits for missing pages', () => {
     expect(main.fastSize).toBe(RAM_SIZE);
     expect(m.memory.lazyBlocks).toBe(0);
     expect(typeof main.code(0)?.translated).toBe('function');
+  });
+
+  it('the CPU bench guest runs the same on lazy RAM (all present) as on ordinary RAM', () => {
+    const elf = readFileSync(new URL('../../../../guests/bench/bench.elf', import.meta.url));
+    const size = 16 * 1024 * 1024;
+    const pages = size >>> PAGE_SHIFT;
+    const map = PresentMap.initialize(new SharedArrayBuffer(presentMapBytes(pages)), pages);
+    map.setState(PresentState.Filling);
+    map.markPresent(0, pages);
+    const out: number[][] = [[], []];
+    const make = (k: number, present?: PresentMap): Machine =>
+      createMachine({
+        ramSize: size,
+        timeMode: 'deterministic',
+        elf,
+        uartSink: (b) => out[k]!.push(b),
+        ...(present !== undefined ? { ram: { present } } : {}),
+      });
+    const plain = make(0);
+    const lazy = make(1, map);
+    expect(lazy.memory.main.fastSize).toBe(0);
+    for (let k = 0; k < 4; k++) {
+      expect(runUntilStopped(lazy, 1_500_000)).toBe(runUntilStopped(plain, 1_500_000));
+      expect(lazy.cpu.save()).toEqual(plain.cpu.save());
+    }
+    expect(Buffer.compare(lazy.memory.main.u8, plain.memory.main.u8)).toBe(0);
+    expect(out[1]).toEqual(out[0]);
   });
 });
