@@ -35,8 +35,9 @@ async function standIn(
     const framed: FramedSocket = new FramedSocket(socket, LEASE_CHANNEL_MAX_FRAME_BYTES, {
       frame: (payload) => {
         const req = pb.LeaseChannelRequest.decode(payload);
-        const answer = (res: pb.LeaseChannelResponse): void =>
+        const answer = (res: pb.LeaseChannelResponse): void => {
           framed.send(pb.LeaseChannelResponse.encode(res).finish());
+        };
         if (req.call?.$case === 'hello') {
           answer({ id: req.id, result: { $case: 'hello', value: { vmmId: 'vmm-b', pid: 1 } } });
         } else {
