@@ -84,6 +84,10 @@ export async function openLazy(
  * a hostile file ({@link PresentMap.open}). The backing's {@link RamBacking.lazy} is what the VM
  * needs: the map's buffer for its vCPU thread, the host's view, and FetchPages for the region.
  *
+ * The present map stays mapped until `close()` / `abandon()`, also after it says Complete: the
+ * vCPU thread reads it until its block settles (at its next slice), and a revoked mapping reads
+ * as "nothing present", which would park the guest for good.
+ *
  * @throws VmmError `VMM_INVALID_SPEC` when the region is not lazy or not the block's size,
  *   `VMM_INVALID_SPEC` when its present map is malformed; ShmError when a file cannot be mapped
  */
