@@ -19,6 +19,7 @@ const SUITES = [
   { name: 'shm', module: 'libs/shm/dist/shm.bench.js' },
   { name: 'cpu', module: 'apps/vmm/dist/machine/cpu.bench.js' },
   { name: 'vcpu', module: 'apps/vmm/dist/vcpu/many-vms.bench.js' },
+  { name: 'page-fault', module: 'apps/vmm/dist/vcpu/page-fault.bench.js' },
   { name: 'migration', module: 'tools/cluster/dist/bench/migration.bench.js' },
   { name: 'converge', module: 'tools/cluster/dist/bench/converge.bench.js' },
   { name: 'postcopy', module: 'tools/cluster/dist/bench/postcopy.bench.js' },

@@ -1,7 +1,10 @@
 import { PresentMap, PresentState, presentMapBytes } from '@handoff/bitmap';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createMachine, type Machine } from '../machine/machine.js';
+import { runUntilStopped } from '../machine/run-sync.js';
 import { PAGE_SHIFT, testPageBit } from '../memory/pages.js';
+import type { StopReason } from './hart.js';
 import { R, asm, bytesOf, li } from './test-asm.js';
 
 const RAM = 0x80000000;
@@ -229,5 +232,71 @@ describe('lazy RAM blocks: the CPU waits for missing pages', () => {
     expect(main.fastSize).toBe(RAM_SIZE);
     expect(m.memory.lazyBlocks).toBe(0);
     expect(typeof main.code(0)?.translated).toBe('function');
+  });
+
+  it('the CPU bench guest runs the same on lazy RAM (all present) as on ordinary RAM', () => {
+    const elf = readFileSync(new URL('../../../../guests/bench/bench.elf', import.meta.url));
+    const size = 16 * 1024 * 1024;
+    const pages = size >>> PAGE_SHIFT;
+    const map = PresentMap.initialize(new SharedArrayBuffer(presentMapBytes(pages)), pages);
+    map.setState(PresentState.Filling);
+    map.markPresent(0, pages);
+    const out: number[][] = [[], []];
+    const make = (k: number, present?: PresentMap): Machine =>
+      createMachine({
+        ramSize: size,
+        timeMode: 'deterministic',
+        elf,
+        uartSink: (b) => out[k]!.push(b),
+        ...(present !== undefined ? { ram: { present } } : {}),
+      });
+    const plain = make(0);
+    const lazy = make(1, map);
+    expect(lazy.memory.main.fastSize).toBe(0);
+    for (let k = 0; k < 4; k++) {
+      expect(runUntilStopped(lazy, 1_500_000)).toBe(runUntilStopped(plain, 1_500_000));
+      expect(lazy.cpu.save()).toEqual(plain.cpu.save());
+    }
+    expect(Buffer.compare(lazy.memory.main.u8, plain.memory.main.u8)).toBe(0);
+    expect(out[1]).toEqual(out[0]);
+  });
+
+  it('the CPU bench guest with every page arriving only when touched ends exactly where ordinary RAM does', () => {
+    const elf = readFileSync(new URL('../../../../guests/bench/bench.elf', import.meta.url));
+    const size = 16 * 1024 * 1024;
+    const pages = size >>> PAGE_SHIFT;
+    // Nothing present: the loader's bytes are in RAM (as memstore's would be once fetched), and
+    // each page "arrives" (its bit is set) when the guest stops for it.
+    const map = PresentMap.initialize(new SharedArrayBuffer(presentMapBytes(pages)), pages);
+    map.setState(PresentState.Filling);
+    const out: number[][] = [[], []];
+    const make = (k: number, present?: PresentMap): Machine =>
+      createMachine({
+        ramSize: size,
+        timeMode: 'deterministic',
+        elf,
+        uartSink: (b) => out[k]!.push(b),
+        ...(present !== undefined ? { ram: { present } } : {}),
+      });
+    const plain = make(0);
+    const lazy = make(1, map);
+    const N = 3_000_000;
+    const arrived = new Set<number>();
+    let reason: StopReason = 'budget';
+    while (lazy.cpu.retired < N) {
+      reason = lazy.run(N - lazy.cpu.retired); // as runUntilStopped counts
+      if (reason === 'page') {
+        expect(arrived.has(lazy.cpu.missingPage)).toBe(false); // never the same page twice
+        arrived.add(lazy.cpu.missingPage);
+        map.markPresent(lazy.cpu.missingPage, 1);
+        continue;
+      }
+      if (reason !== 'budget') break;
+    }
+    expect(arrived.size).toBeGreaterThan(3);
+    expect(reason).toBe(runUntilStopped(plain, N));
+    expect(lazy.cpu.save()).toEqual(plain.cpu.save());
+    expect(Buffer.compare(lazy.memory.main.u8, plain.memory.main.u8)).toBe(0);
+    expect(out[1]).toEqual(out[0]);
   });
 });

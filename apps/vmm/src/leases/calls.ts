@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { memstore } from '@handoff/proto';
 import { RemoteError, ServiceError, type Logger } from '@handoff/service';
 import { VmmError } from '../model/vmm-error.js';
-import type { LeaseCalls } from './lease-channel.js';
+import type { LeaseCalls, PageCalls } from './lease-channel.js';
 
 /** One VM's access to memstore's lease calls. */
 export interface LeaseContext {
@@ -19,6 +19,11 @@ export interface LeaseContext {
    * per vmm instance).
    */
   readonly leases: () => LeaseCalls;
+  /**
+   * Post-copy calls (FetchPages on the lease channel only, StartLazyFill): the same client as
+   * {@link LeaseContext.leases}. Absent where nothing serves them (tests).
+   */
+  readonly pages?: () => PageCalls;
   /** The lease channel's socket path, or null when memstore serves none. */
   readonly leaseChannel: () => Promise<string | null>;
   /**

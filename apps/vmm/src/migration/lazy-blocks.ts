@@ -17,7 +17,7 @@ import { unaryCall } from '@handoff/service';
 import { byId, memstoreCall } from '../leases/calls.js';
 import type { RamBlockSpec } from '../model/types.js';
 import type { RamBacking, RamContext } from '../ram/index.js';
-import { openLazy, pageCallsOf } from '../ram/lazy.js';
+import { openLazy, startLazyFill } from '../ram/lazy.js';
 import { ownedRegionDeleter } from '../ram/shared.js';
 import type { RemoteSource } from './incoming-blocks.js';
 
@@ -76,11 +76,7 @@ export async function startLazyFills(
   ctx: RamContext,
   regions: readonly pb.Region[],
 ): Promise<void> {
-  for (const r of regions) {
-    await memstoreCall(ctx, `starting the fill of region ${r.name}`, () =>
-      pageCallsOf(ctx).startLazyFill({ region: byId(r.id) }, { deadlineMs: ctx.deadlineMs }),
-    );
-  }
+  for (const r of regions) await startLazyFill(ctx, r.id);
 }
 
 /** Gives up lazy regions of an arrival that failed before its guest ran (the source keeps its). */

@@ -6,7 +6,7 @@ import { openPrivate } from './private.js';
 import { openShared } from './shared.js';
 
 export type { LazyRam, RamBacking, RamContext, RetiredRam, SealedRegion } from './backing.js';
-export { mapLazy, openLazy, type LazyOptions } from './lazy.js';
+export { mapLazy, openLazy, startLazyFill, type LazyOptions } from './lazy.js';
 export { openClone, type CloneExpectation } from './clone.js';
 export {
   createSaveRegion,

@@ -11,7 +11,7 @@ import type { PageCalls } from '../leases/lease-channel.js';
 import { createMachine } from '../machine/machine.js';
 import { PageRequests } from '../vcpu/page-requests.js';
 import type { RamContext } from './backing.js';
-import { mapLazy, openLazy } from './lazy.js';
+import { mapLazy, openLazy, startLazyFill } from './lazy.js';
 
 type Callback = (err: unknown, res?: unknown) => void;
 /** 128 MiB: the present map is two pages long, so a bit in its second page is tested too. */
@@ -178,6 +178,32 @@ describe('lazy RAM blocks (ram/lazy.ts)', () => {
     m.run(10);
     expect(m.cpu.x[11]).toBe(300);
     await ram.close();
+    s.writer.close();
+  });
+
+  it('starts the fill through the page calls, or over gRPC without them', async () => {
+    const s = lazyRegion();
+    const asked: string[] = [];
+    const pages = {
+      ...s.pages,
+      startLazyFill: (req: { region?: unknown }) => {
+        asked.push(`channel:${JSON.stringify(req.region)}`);
+        return Promise.resolve({ region: msPb.Region.fromPartial({ id: 'r9', name: 'kv-ram0' }) });
+      },
+    };
+    const withPages = { ...s.ctx, pages: () => pages } as RamContext;
+    expect((await startLazyFill(withPages, 'r9')).name).toBe('kv-ram0');
+    expect(asked).toEqual([
+      `channel:${JSON.stringify({ selector: { $case: 'id', value: 'r9' } })}`,
+    ]);
+    const grpcCtx = {
+      ...s.ctx,
+      memstore: () => ({
+        startLazyFill: (_req: unknown, _md: unknown, _opts: unknown, cb: Callback) =>
+          cb(null, { region: { id: 'r9', name: 'over-grpc' } }),
+      }),
+    } as unknown as RamContext;
+    expect((await startLazyFill(grpcCtx, 'r9')).name).toBe('over-grpc');
     s.writer.close();
   });
 });

@@ -13,33 +13,25 @@
  * @packageDocumentation
  */
 import { PresentMap } from '@handoff/bitmap';
-import { memstore as pb } from '@handoff/proto';
+import type { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
 import { byId, holderOf, memstoreCall } from '../leases/calls.js';
 import type { PageCalls } from '../leases/lease-channel.js';
-import { PAGE_SHIFT } from '../memory/pages.js';
 import type { RamBlockSpec } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
-import type { FetchPages } from '../vcpu/page-requests.js';
 import type { LazyRam, RamBacking, RamContext } from './backing.js';
 import { mapShared } from './shared.js';
 
+/** Guest page size (memory/pages.ts; the present map has a bit per page). */
+const PAGE_SIZE = 4096;
 /** A FetchPages waits this long before it is asked again (it waits while the source is paused). */
 const FETCH_DEADLINE_MS = 30_000;
-
-/**
- * The instance's page calls (FetchPages, StartLazyFill): its lease-channel client, which
- * serves them beside the lease calls.
- */
-export function pageCallsOf(ctx: RamContext): PageCalls {
-  return ctx.leases() as unknown as PageCalls;
-}
 
 /** Options of {@link openLazy} and {@link mapLazy}. */
 export interface LazyOptions {
   /**
-   * The page calls (FetchPages): the instance's lease-channel client. Default: `ctx.leases()`,
+   * The page calls (FetchPages): the instance's lease-channel client. Default: `ctx.pages()`,
    * which is that client in a vmm.
    */
   readonly pages?: PageCalls;
@@ -92,6 +84,10 @@ export async function openLazy(
  * a hostile file ({@link PresentMap.open}). The backing's {@link RamBacking.lazy} is what the VM
  * needs: the map's buffer for its vCPU thread, the host's view, and FetchPages for the region.
  *
+ * The present map stays mapped until `close()` / `abandon()`, also after it says Complete: the
+ * vCPU thread reads it until its block settles (at its next slice), and a revoked mapping reads
+ * as "nothing present", which would park the guest for good.
+ *
  * @throws VmmError `VMM_INVALID_SPEC` when the region is not lazy or not the block's size,
  *   `VMM_INVALID_SPEC` when its present map is malformed; ShmError when a file cannot be mapped
  */
@@ -103,7 +99,14 @@ export function mapLazy(
   opts: LazyOptions = {},
 ): RamBacking {
   const presentPath = checkLazy(spec, region);
-  const pages = spec.size >>> PAGE_SHIFT;
+  const calls = opts.pages ?? ctx.pages?.();
+  if (calls === undefined) {
+    throw new VmmError(
+      'VMM_MEMSTORE_UNAVAILABLE',
+      `RAM block ${spec.id}: no way to ask memstore for pages (no lease-channel client)`,
+    );
+  }
+  const pages = spec.size / PAGE_SIZE;
   const presentMapping: Mapping<SharedArrayBuffer> = mapFile(presentPath, { sharing: 'private' });
   let map: PresentMap;
   try {
@@ -124,10 +127,9 @@ export function mapLazy(
     presentMapping.close();
     throw err;
   }
-  const calls = opts.pages ?? pageCallsOf(ctx);
   const deadlineMs = opts.fetchDeadlineMs ?? FETCH_DEADLINE_MS;
   const selector = byId(region.id);
-  const fetchPages: FetchPages = async (first, count) => {
+  const fetchPages: LazyRam['fetchPages'] = async (first, count) => {
     await calls.fetchPages(
       { region: selector, firstPage: BigInt(first), pageCount: count },
       { deadlineMs },
@@ -155,6 +157,25 @@ export function mapLazy(
       await base.close();
     },
   };
+}
+
+/**
+ * StartLazyFill for region `regionId` (over the lease channel when there is one, else gRPC):
+ * memstore starts fetching its pages in the background — call it once the guest runs here.
+ * Answers the region as memstore then reports it.
+ *
+ * @throws VmmError / ServiceError as {@link memstoreCall} turns memstore's failure
+ */
+export async function startLazyFill(ctx: RamContext, regionId: string): Promise<pb.Region> {
+  const calls = ctx.pages?.();
+  const req = { region: byId(regionId) };
+  const callOpts = { deadlineMs: ctx.deadlineMs };
+  const res = await memstoreCall(ctx, `starting the lazy fill of region ${regionId}`, () =>
+    calls !== undefined
+      ? calls.startLazyFill(req, callOpts)
+      : unaryCall(ctx.memstore(), 'startLazyFill', req, callOpts),
+  );
+  return res.region!;
 }
 
 /** The present map's path of a lazy region that fits `spec`. @throws VmmError otherwise */

@@ -43,6 +43,7 @@ export class MemstoreAccess {
       vmName,
       memstore: () => this.memstore(),
       leases: () => this.leases(),
+      pages: () => this.leases(),
       leaseChannel: () => this.leases().channelPath(),
       channelHello: () => this.leases().helloRequest({ deadlineMs: this.opts.deadlineMs }),
       memstoreAddress: this.opts.address,

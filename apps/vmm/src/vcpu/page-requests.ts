@@ -152,14 +152,17 @@ export class PageRequests {
   private async fetch(first: number, count: number): Promise<void> {
     const { map } = this.opts;
     let delay = this.retryMs;
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
       this.requests++;
       try {
         await this.opts.fetch(first, count);
         return;
       } catch (err) {
         if (this.closed || map.isPresent(first) || map.state === PresentState.Failed) return;
-        this.opts.logger?.warn(
+        // Once per request at warn: a paused source makes every attempt time out until it is
+        // recovered, which the migration reports (postcopy-paused).
+        const level = attempt === 0 && map.state !== PresentState.SourcePaused ? 'warn' : 'debug';
+        this.opts.logger?.[level](
           { page: first, count, error: (err as Error).message, retryInMs: delay },
           'post-copy page request failed; asking again (the guest waits for the page)',
         );

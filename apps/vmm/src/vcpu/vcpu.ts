@@ -620,6 +620,7 @@ export class Vcpu {
    * waits for its stop; the thread's other VMs go on.
    */
   fail(err: unknown): void {
+    if (this.waitPage >= 0) this.endWait();
     this.handOver = null;
     this.incoming?.close();
     this.incoming = null;
