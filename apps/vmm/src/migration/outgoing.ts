@@ -29,6 +29,7 @@ import { retakeLease, type RetakeOutcome } from '../leases/protocol.js';
 import { failpoint, failpointHit } from '../failpoints.js';
 import type { LeaseContext } from '../leases/calls.js';
 import type { RamBacking } from '../ram/index.js';
+import { stillArriving } from '../ram/lazy.js';
 import { MigrationError, type OutgoingPhase } from '../model/migration-error.js';
 import { encodeDeviceState } from '../snapshot/index.js';
 import type { SwitchoverBlock } from '../switchover/offer.js';
@@ -177,6 +178,14 @@ export class OutgoingMigration {
       throw new MigrationError(
         'MIGRATION_FAILED',
         `cannot migrate VM ${vm.name}: it is ${vm.currentState}; only running or paused VMs migrate`,
+      );
+    }
+    const arriving = stillArriving(vm.ramBlocks);
+    if (arriving !== null) {
+      throw new MigrationError(
+        'MIGRATION_FAILED',
+        `cannot migrate VM ${vm.name}: its memory is still arriving by post-copy (${arriving}); ` +
+          'migrate it once that migration completed (`vmctl jobs list`)',
       );
     }
     this.sm.transition('setup');

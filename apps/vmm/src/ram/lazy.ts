@@ -12,7 +12,7 @@
  *
  * @packageDocumentation
  */
-import { PresentMap } from '@handoff/bitmap';
+import { PresentMap, PresentState } from '@handoff/bitmap';
 import type { memstore as pb } from '@handoff/proto';
 import { unaryCall } from '@handoff/service';
 import { mapFile, type Mapping } from '@handoff/shm';
@@ -197,4 +197,19 @@ function checkLazy(spec: RamBlockSpec, region: pb.Region): string {
     );
   }
   return presentPath;
+}
+
+/**
+ * Lazy blocks whose pages are not all here yet, described for an error message ("ram0: 1200 of
+ * 65536 pages"), or null when every block is whole. A VM in that state must not be saved or
+ * migrated again: its missing pages would be read as zeros.
+ */
+export function stillArriving(blocks: readonly RamBacking[]): string | null {
+  const parts: string[] = [];
+  for (const b of blocks) {
+    const map = b.lazy?.map;
+    if (map === undefined || map.state === PresentState.Complete) continue;
+    parts.push(`${b.spec.id}: ${map.presentPages} of ${map.pages} pages`);
+  }
+  return parts.length === 0 ? null : parts.join(', ');
 }

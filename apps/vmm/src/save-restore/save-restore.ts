@@ -4,6 +4,7 @@
  *
  * @packageDocumentation
  */
+import { stillArriving } from '../ram/lazy.js';
 import { VmmError } from '../model/vmm-error.js';
 import type { VmHost } from '../vm/host.js';
 import { VM_NAME_PATTERN } from '../vm/spec.js';
@@ -62,6 +63,14 @@ export class SaveRestore {
       throw new VmmError(
         'VMM_INVALID_STATE',
         `VM ${vm.name} is being saved already; wait for that save to end`,
+      );
+    }
+    const arriving = stillArriving(vm.ramBlocks);
+    if (arriving !== null) {
+      throw new VmmError(
+        'VMM_INVALID_STATE',
+        `VM ${vm.name}'s memory is still arriving by post-copy (${arriving}); save it once its ` +
+          'migration completed (`vmctl jobs list`)',
       );
     }
     this.saving.add(vm.name);
