@@ -1,6 +1,6 @@
 import { PresentMap, PresentState } from '@handoff/bitmap';
 import { memstore as pb } from '@handoff/proto';
-import { createClient, RemoteError, unaryCall } from '@handoff/service';
+import { createClient, unaryCall, type RemoteError } from '@handoff/service';
 import { createCertificateAuthority, issueCertificate } from '@handoff/service/pki';
 import { testCredentials, testMaterial } from '@handoff/service/testing';
 import { mapFile } from '@handoff/shm';
@@ -180,7 +180,11 @@ describe('lazy regions between two memstores', () => {
     target = await startTargetHost();
     const size = 64 * MiB;
     const src = await sourceRegion(source, 'vm3-ram', size);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm3-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm3-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm3-ram') });
     await until('some pages present', async () => {
       const l = await lazyOf('vm3-ram');
@@ -205,7 +209,10 @@ describe('lazy regions between two memstores', () => {
     // Still away: the recover says so and the fill stays paused.
     expect(
       await refusedCode(
-        unaryCall(target.migrator, 'recoverLazyRegion', { region: named('vm3-ram'), sourceMemstore: '' }),
+        unaryCall(target.migrator, 'recoverLazyRegion', {
+          region: named('vm3-ram'),
+          sourceMemstore: '',
+        }),
       ),
     ).toBe('LAZY_SOURCE_UNAVAILABLE');
 
@@ -228,7 +235,11 @@ describe('lazy regions between two memstores', () => {
     target = await startTargetHost();
     const size = 32 * MiB;
     const src = await sourceRegion(source, 'vm5-ram', size);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm5-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm5-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm5-ram') });
     const before = await until('some pages present', async () => {
       const l = await lazyOf('vm5-ram');
@@ -252,7 +263,11 @@ describe('lazy regions between two memstores', () => {
     const size = 16 * MiB;
     const src = await sourceRegion(source, 'vm4-ram', size);
     const other = await sourceRegion(source, 'other-ram', MiB);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm4-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm4-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm4-ram') });
 
     // A memstore of its own (test-memstore) opens a page source over another region.
@@ -348,7 +363,10 @@ describe('lazy regions between two memstores', () => {
     expect(errorCode(await exchange(memstoreTls, [hello(opened.sourceId, opened.token)]))).toBe(
       'LEASE_NOT_HELD',
     );
-    await unaryCall(asMemstore, 'claimPageSource', { sourceId: opened.sourceId, epoch: other.epoch });
+    await unaryCall(asMemstore, 'claimPageSource', {
+      sourceId: opened.sourceId,
+      epoch: other.epoch,
+    });
     // Claimed: pages inside are served, a request outside closes the connection with an error.
     const answer = await exchange(memstoreTls, [
       hello(opened.sourceId, opened.token),
@@ -358,14 +376,17 @@ describe('lazy regions between two memstores', () => {
     expect(answer[4]).toBe(2); // WELCOME
     const pagesAt = 4 + answer.readUInt32BE(0);
     expect(answer[pagesAt + 4]).toBe(4); // PAGES
-    expect(answer.subarray(pagesAt + 17, pagesAt + 17 + PAGE).equals(other.data.subarray(0, PAGE))).toBe(
-      true,
-    );
+    expect(
+      answer.subarray(pagesAt + 17, pagesAt + 17 + PAGE).equals(other.data.subarray(0, PAGE)),
+    ).toBe(true);
     expect(errorCode(answer.subarray(pagesAt + 17 + PAGE))).toBe('REGION_OUT_OF_RANGE');
     // Broken framing: an absurd length.
     const broken = Buffer.alloc(5);
     broken.writeUInt32BE(0xffffffff, 0);
-    const afterWelcome = await exchange(memstoreTls, [hello(opened.sourceId, opened.token), broken]);
+    const afterWelcome = await exchange(memstoreTls, [
+      hello(opened.sourceId, opened.token),
+      broken,
+    ]);
     expect(errorCode(afterWelcome.subarray(4 + afterWelcome.readUInt32BE(0)))).toBe(
       'SERVICE_BAD_FRAME',
     );

@@ -1,4 +1,4 @@
-import { PresentMap, PresentState } from '@handoff/bitmap';
+import { PresentState, type PresentMap } from '@handoff/bitmap';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import type { Mapping } from '@handoff/shm';
 import type { Catalog } from '../catalog/catalog.js';
@@ -7,7 +7,7 @@ import { MemstoreError } from '../errors.js';
 import { FillStats } from './fill-stats.js';
 import { PageConnection, type PageSink } from './page-connection.js';
 import type { OpenedPageSource } from './page-sources.js';
-import type { SourceConnector, SourceMemstore } from './remote-source.js';
+import type { SourceConnector, SourceMemstore } from './source.js';
 import { MAX_REQUEST_PAGES, PAGE_BYTES } from './wire.js';
 import { closeSync, writeSync } from 'node:fs';
 
@@ -543,7 +543,13 @@ export class LazyFill {
 }
 
 /** Writes `length` bytes of `from` at `offset` to `fd` at `position` (short writes retried). */
-function writeAll(fd: number, from: Buffer, offset: number, length: number, position: number): void {
+function writeAll(
+  fd: number,
+  from: Buffer,
+  offset: number,
+  length: number,
+  position: number,
+): void {
   while (length > 0) {
     const n = writeSync(fd, from, offset, length, position);
     offset += n;

@@ -58,7 +58,10 @@ async function startHost(id: string, transport: Transport): Promise<Host> {
       '--tls-key',
       join(dir, `${id}.key`),
     ];
-    credentials = await testCredentials({ id: 'test-vmm', role: 'vmm' }, { serverRole: 'memstore' });
+    credentials = await testCredentials(
+      { id: 'test-vmm', role: 'vmm' },
+      { serverRole: 'memstore' },
+    );
   } else {
     security = ['--insecure', '--page-channel', transport === 'tcp' ? '127.0.0.1:0' : 'auto'];
     credentials = channelCredentials(null);
@@ -162,7 +165,9 @@ class Channel {
 }
 
 function quantile(sorted: number[], q: number): number {
-  return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))]!;
+  return sorted.length === 0
+    ? 0
+    : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))]!;
 }
 
 interface Run {

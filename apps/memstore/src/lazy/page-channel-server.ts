@@ -52,7 +52,9 @@ export interface PageChannelServer {
 }
 
 /** `unix:/path` → the path; `host:port` → host and port. */
-export function parsePageAddress(address: string): { path: string } | { host: string; port: number } {
+export function parsePageAddress(
+  address: string,
+): { path: string } | { host: string; port: number } {
   if (address.startsWith('unix:')) return { path: address.slice('unix:'.length) };
   const at = address.lastIndexOf(':');
   const port = Number(address.slice(at + 1));
@@ -283,6 +285,8 @@ function serveConnection(
     }
     if (socket.writableLength < WRITE_QUEUE_BYTES) pump();
   });
-  socket.on('error', (err) => logger.debug({ error: err.message }, 'page channel connection error'));
+  socket.on('error', (err) =>
+    logger.debug({ error: err.message }, 'page channel connection error'),
+  );
   socket.once('close', () => untrack?.());
 }

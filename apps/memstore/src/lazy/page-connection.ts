@@ -244,7 +244,10 @@ export class PageConnection {
         const body = header.subarray(FRAME_PREFIX);
         header = Buffer.alloc(0);
         if (type === FrameType.Welcome && body.length === 14) {
-          if (body.readUInt16BE(0) !== PAGE_CHANNEL_VERSION || body.readUInt32BE(2) !== PAGE_BYTES) {
+          if (
+            body.readUInt16BE(0) !== PAGE_CHANNEL_VERSION ||
+            body.readUInt32BE(2) !== PAGE_BYTES
+          ) {
             fail('the source speaks another version of the page channel');
             return;
           }
