@@ -19,6 +19,7 @@ import {
   type SourceHost,
   type TargetHost,
 } from './helpers/lazy.js';
+import { freePort } from './helpers/services.js';
 
 /**
  * Lazy regions across two memstores (post-copy across hosts, apps/memstore/LAZY.md): memstore-1
@@ -84,7 +85,7 @@ async function sourceGone(regionId: string): Promise<void> {
 describe('lazy regions between two memstores', () => {
   it('fills a 64 MiB region on demand and in the background; the source copy is deleted at the end', async () => {
     source = await startSourceHost();
-    target = await startTargetHost();
+    target = await startTargetHost(undefined, { metricsPort: await freePort() });
     const src = await sourceRegion(source, 'vm1-ram', 64 * MiB);
     const { region } = await unaryCall(target.vmm, 'createLazyRegion', {
       name: 'vm1-ram',
@@ -130,6 +131,17 @@ describe('lazy regions between two memstores', () => {
     const again = await ch.fetch('vm1-ram', 1000, 8);
     expect(again.result).toEqual({ $case: 'fetchPages', value: { waitedUs: 0n } });
     await sourceGone(src.region.id);
+
+    const metrics = await (await fetch(`http://${target.handle.metricsAddress}/metrics`)).text();
+    expect(metrics).toMatch(/handoff_memstore_lazy_regions\{state="complete"[^}]*\} 1\n/);
+    const pagesOf = (kind: string): number =>
+      Number(
+        new RegExp(`handoff_memstore_lazy_pages_total\\{kind="${kind}"[^}]*\\} (\\d+)`).exec(
+          metrics,
+        )?.[1],
+      );
+    expect(pagesOf('demand') + pagesOf('background')).toBe((64 * MiB) / PAGE);
+    expect(metrics).toMatch(/handoff_memstore_lazy_fault_seconds_count(\{[^}]*\})? [1-9]/);
   });
 
   it('refuses a wrong identity, a stale epoch and out-of-range page requests', async () => {

@@ -78,7 +78,10 @@ export interface TargetHost {
 }
 
 /** Starts memstore-2 (the target host's) in this process, on `dirs` when it restarts. */
-export async function startTargetHost(dirs: MemstoreDirs = memstoreDirs()): Promise<TargetHost> {
+export async function startTargetHost(
+  dirs: MemstoreDirs = memstoreDirs(),
+  opts: { metricsPort?: number } = {},
+): Promise<TargetHost> {
   const { config } = await memstoreTls('memstore-2');
   const handle = await startMemstore(
     memstoreConfig({
@@ -88,6 +91,7 @@ export async function startTargetHost(dirs: MemstoreDirs = memstoreDirs()): Prom
       'persistent-dir': dirs.persistentDir,
       'max-region-size': '2G',
       'shutdown-timeout-ms': 1000,
+      ...(opts.metricsPort !== undefined ? { 'metrics-port': opts.metricsPort } : {}),
       ...config,
     }),
   );

@@ -17,6 +17,13 @@ export const BACKGROUND_WINDOW_PAGES = 4096;
 const BACKGROUND_REQUEST_PAGES = MAX_REQUEST_PAGES;
 /** Pages the background fill takes from the neighbourhood of a fault before going back (2 MiB). */
 export const FAULT_NEIGHBOURHOOD_PAGES = 512;
+/**
+ * How long asked-for pages may go without a byte arriving before the source counts as lost (a
+ * host that vanished without closing the connection).
+ */
+export const STALL_TIMEOUT_MS = 5000;
+/** How often a filling fill checks for a stall. */
+const STALL_CHECK_MS = 1000;
 /** How often a completed fill retries telling an unreachable source (ClosePageSource). */
 const CLOSE_RETRY_MS = 2000;
 
@@ -99,6 +106,9 @@ export class LazyFill {
   private backgroundInFlight = 0;
   private busy: Promise<void> | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  private stallTimer: NodeJS.Timeout | null = null;
+  /** When a byte last arrived (performance.now()). */
+  private lastArrival = 0;
   private disposed = false;
   readonly stats = new FillStats();
 
@@ -309,6 +319,7 @@ export class LazyFill {
     demand.closed = lost(demand);
     background.closed = lost(background);
     if (this.demand === null) return; // lost already: paused
+    this.watchForStalls();
     log.info(
       { region: r.regionId, source: opened.sourceId, address: opened.pageAddress },
       first ? 'lazy fill started' : 'lazy fill resumed',
@@ -330,6 +341,7 @@ export class LazyFill {
    * other connection, and maybe by a vCPU since).
    */
   private copyIn(first: number, offset: number, chunk: Buffer): void {
+    this.lastArrival = performance.now();
     const fd = this.regionFd;
     if (fd < 0) return;
     const start = first * PAGE_BYTES + offset;
@@ -457,6 +469,23 @@ export class LazyFill {
     return [first, p - first];
   }
 
+  /** Pauses the fill when asked-for pages stop arriving (the source host went silent). */
+  private watchForStalls(): void {
+    this.lastArrival = performance.now();
+    this.stallTimer = setInterval(() => {
+      const waiting = (this.demand?.inFlight ?? 0) > 0 || (this.background?.inFlight ?? 0) > 0;
+      if (!waiting) {
+        this.lastArrival = performance.now();
+        return;
+      }
+      const silent = performance.now() - this.lastArrival;
+      if (silent > STALL_TIMEOUT_MS) {
+        this.pause(`no page arrived for ${Math.round(silent)} ms while pages were asked for`);
+      }
+    }, STALL_CHECK_MS);
+    this.stallTimer.unref();
+  }
+
   /** The source stopped answering: requests wait for a recover. */
   private pause(why: string): void {
     if (this.row.state !== 'filling' || this.disposed) return;
@@ -470,6 +499,8 @@ export class LazyFill {
   }
 
   private dropConnections(): void {
+    if (this.stallTimer !== null) clearInterval(this.stallTimer);
+    this.stallTimer = null;
     const { demand, background } = this;
     this.demand = null;
     this.background = null;
