@@ -242,6 +242,34 @@ describe('lazy regions between two memstores', () => {
     await sourceGone(src.region.id);
   });
 
+  it('pauses when memstore-1 goes silent without closing (stopped), and recovers', async () => {
+    source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
+    target = await startTargetHost();
+    const size = 16 * MiB;
+    const src = await sourceRegion(source, 'vm6-ram', size);
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm6-ram',
+      source: src.remote,
+      kind: 0,
+    });
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('vm6-ram') });
+    const pid = source.ms.process.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const paused = await untilState('vm6-ram', pb.LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED);
+      expect(paused.error).toContain('no page arrived');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await unaryCall(target.migrator, 'recoverLazyRegion', {
+      region: named('vm6-ram'),
+      sourceMemstore: '',
+    });
+    await untilState('vm6-ram', pb.LazyFillState.LAZY_FILL_STATE_COMPLETE);
+    const { region } = await unaryCall(target.vmm, 'getRegion', { region: named('vm6-ram') });
+    expect(fileBytes(region!.path, size).equals(src.data)).toBe(true);
+  });
+
   it('keeps what arrived across a restart of memstore-2 and carries on by itself', async () => {
     source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
     target = await startTargetHost();
