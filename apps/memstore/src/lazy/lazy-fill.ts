@@ -27,6 +27,16 @@ const STALL_CHECK_MS = 1000;
 /** How often a completed fill retries telling an unreachable source (ClosePageSource). */
 const CLOSE_RETRY_MS = 2000;
 
+/** Bytes gathered from small socket chunks before one write into the region file. */
+const STAGING_BYTES = 1024 * 1024;
+
+/** A connection's gathered bytes: `length` bytes for the region at byte `start`. */
+interface Staging {
+  buf: Buffer | null;
+  start: number;
+  length: number;
+}
+
 /** Where a fill stands, as reported (Region.lazy). */
 export interface LazyFillStatus {
   readonly source: {
@@ -330,22 +340,53 @@ export class LazyFill {
   }
 
   private sink(kind: 'demand' | 'background'): PageSink {
+    const stage: Staging = { buf: null, start: 0, length: 0 };
     return {
-      data: (first, offset, chunk) => this.copyIn(first, offset, chunk),
-      done: (first, count) => this.arrived(kind, first, count),
+      data: (first, offset, chunk) => this.copyIn(stage, first * PAGE_BYTES + offset, chunk),
+      done: (first, count) => {
+        this.flush(stage);
+        this.arrived(kind, first, count);
+      },
     };
   }
 
   /**
-   * Copies arriving bytes into the region, skipping every page already present (written by the
-   * other connection, and maybe by a vCPU since).
+   * Takes arriving bytes at byte `at` of the region. Small chunks (a TLS socket hands over 16 KiB
+   * at a time) are gathered into one write; large ones are written at once.
    */
-  private copyIn(first: number, offset: number, chunk: Buffer): void {
+  private copyIn(stage: Staging, at: number, chunk: Buffer): void {
     this.lastArrival = performance.now();
+    if (
+      stage.length > 0 &&
+      (at !== stage.start + stage.length || stage.length + chunk.length > STAGING_BYTES)
+    ) {
+      this.flush(stage);
+    }
+    if (chunk.length >= STAGING_BYTES / 4 && stage.length === 0) {
+      this.writeRuns(at, chunk);
+      return;
+    }
+    stage.buf ??= Buffer.allocUnsafe(STAGING_BYTES);
+    if (stage.length === 0) stage.start = at;
+    chunk.copy(stage.buf, stage.length);
+    stage.length += chunk.length;
+  }
+
+  private flush(stage: Staging): void {
+    if (stage.length === 0) return;
+    this.writeRuns(stage.start, stage.buf!.subarray(0, stage.length));
+    stage.length = 0;
+  }
+
+  /**
+   * Writes bytes at byte `start` of the region, skipping every page already present (written by
+   * the other connection, and maybe by a vCPU since): the present bits are checked now, just
+   * before the write, on the one thread that sets them.
+   */
+  private writeRuns(start: number, bytes: Buffer): void {
     const fd = this.regionFd;
     if (fd < 0) return;
-    const start = first * PAGE_BYTES + offset;
-    const end = start + chunk.length;
+    const end = start + bytes.length;
     let at = start;
     while (at < end) {
       const page = Math.floor(at / PAGE_BYTES);
@@ -360,7 +401,7 @@ export class LazyFill {
       while (runEnd < end && !this.present.isPresent(runEnd / PAGE_BYTES)) {
         runEnd = Math.min(end, runEnd + PAGE_BYTES);
       }
-      writeAll(fd, chunk, at - start, runEnd - at, at);
+      writeAll(fd, bytes, at - start, runEnd - at, at);
       at = runEnd;
     }
   }
