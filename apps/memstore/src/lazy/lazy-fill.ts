@@ -413,6 +413,7 @@ export class LazyFill {
     if (kind === 'demand') {
       this.stats.demandPages += added;
       this.demandAsked.fill(0, first, first + count);
+      if (this.demand?.inFlight === 0) this.background?.resume();
     } else {
       this.stats.backgroundPages += added;
       this.backgroundInFlight -= count;
@@ -460,6 +461,9 @@ export class LazyFill {
         p++;
       }
       conn.request(runStart, p - runStart);
+      // A page request goes first: the background stops being read (so this thread and the
+      // source's serve the request) until the demand connection has answered everything.
+      this.background?.pause();
     }
   }
 

@@ -14,6 +14,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { MEMSTORE_MAIN } from '../testing/process.js';
@@ -258,6 +259,7 @@ function transports(all: readonly Transport[]): Transport[] {
 }
 
 export async function run() {
+  const load = loadavg()[0]!.toFixed(1);
   const fills: Run[] = [];
   for (const t of transports(['tls', 'tcp', 'unix'])) fills.push(await fill(t, false));
   const faulted: Run[] = [];
@@ -270,7 +272,8 @@ export async function run() {
       notes:
         'StartLazyFill to the present map saying Complete; no page requests. tls: mutual TLS 1.3 ' +
         'over TCP (the default with certificates); tcp: plaintext TCP; unix: a unix socket ' +
-        '(the default under --insecure). Target: >= 1 GB/s.',
+        `(the default under --insecure). Target: >= 1 GB/s. Load average at the start: ${load} ` +
+        `on ${cpus().length} cores.`,
     },
     {
       title: 'FetchPages of a missing page while the background fill runs',
