@@ -164,16 +164,20 @@ describe('lazy regions between two memstores', () => {
       source: { ...src.remote, epoch: src.epoch + 3n },
       kind: 0,
     });
+    const ch = await LeaseChannel.open(target);
+    channels.push(ch);
+    const pending = ch.fetch('vm2-ram', 3, 1);
     expect(
       await refusedCode(unaryCall(target.vmm, 'startLazyFill', { region: named('vm2-ram') })),
     ).toBe('LEASE_STALE_EPOCH');
+    // Those pages will never come: the fill failed and the waiting request with it.
+    expect((await lazyOf('vm2-ram')).state).toBe(pb.LazyFillState.LAZY_FILL_STATE_FAILED);
+    expect(errorOf(await pending)?.code).toBe('LAZY_FILL_FAILED');
     const lease = await unaryCall(source.ms.client, 'getRegion', {
       region: { selector: { $case: 'id', value: src.region.id } },
     });
     expect(lease.region!.lease!.holder).toBe('test-vmm/vm2-ram');
 
-    const ch = await LeaseChannel.open(target);
-    channels.push(ch);
     const pages = (4 * MiB) / PAGE;
     expect(errorOf(await ch.fetch('vm2-ram', pages, 1))?.code).toBe('REGION_OUT_OF_RANGE');
     expect(errorOf(await ch.fetch('vm2-ram', pages - 1, 2))?.code).toBe('REGION_OUT_OF_RANGE');

@@ -27,6 +27,17 @@ const STALL_CHECK_MS = 1000;
 /** How often a completed fill retries telling an unreachable source (ClosePageSource). */
 const CLOSE_RETRY_MS = 2000;
 
+/**
+ * What StartLazyFill may hear from the source that means its pages are gone for this reference
+ * (the VM moved on, the region was recreated or deleted): the fill fails instead of waiting.
+ */
+const FATAL_AT_START: ReadonlySet<string> = new Set([
+  'LEASE_STALE_EPOCH',
+  'REGION_IDENTITY_MISMATCH',
+  'REGION_NOT_FOUND',
+  'REGION_LOST',
+]);
+
 /** Bytes gathered from small socket chunks before one write into the region file. */
 const STAGING_BYTES = 1024 * 1024;
 
@@ -184,7 +195,13 @@ export class LazyFill {
   async start(): Promise<void> {
     if (this.busy !== null) return this.busy;
     if (this.row.state !== 'waiting') return;
-    this.busy = this.connect(this.row.sourceMemstore).finally(() => (this.busy = null));
+    this.busy = this.connect(this.row.sourceMemstore)
+      .catch((err: unknown) => {
+        // The reference names pages the source no longer has: they will never come.
+        if (MemstoreError.is(err) && FATAL_AT_START.has(err.code)) this.fail(err.message);
+        throw err;
+      })
+      .finally(() => (this.busy = null));
     return this.busy;
   }
 
@@ -529,6 +546,17 @@ export class LazyFill {
       }
     }, STALL_CHECK_MS);
     this.stallTimer.unref();
+  }
+
+  /** Gives up for good: requests fail with LAZY_FILL_FAILED. */
+  private fail(why: string): void {
+    this.dropConnections();
+    this.present.setState(PresentState.Failed);
+    this.update({ state: 'failed', error: why });
+    const err = new MemstoreError('LAZY_FILL_FAILED', `the fill failed: ${why}`);
+    for (const w of this.waiters) w.reject(err);
+    this.waiters.clear();
+    this.deps.logger.warn({ region: this.row.regionId, error: why }, 'lazy fill failed');
   }
 
   /** The source stopped answering: requests wait for a recover. */
