@@ -191,6 +191,45 @@ describe('lazy regions between two memstores', () => {
     expect(kept.region!.id).toBe(src.region.id);
   });
 
+  it('deleting a filling lazy region fails its requests and hands the source region back', async () => {
+    source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
+    target = await startTargetHost();
+    const src = await sourceRegion(source, 'vm7-ram', 16 * MiB);
+    const { region } = await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm7-ram',
+      source: src.remote,
+      kind: 0,
+    });
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('vm7-ram') });
+    const ch = await LeaseChannel.open(target);
+    channels.push(ch);
+    const claimed = await unaryCall(source.ms.client, 'getRegion', {
+      region: { selector: { $case: 'id', value: src.region.id } },
+    });
+    expect(claimed.region!.lease!.holder).toMatch(/^memstore-2\/lazy\//);
+    expect(claimed.region!.lease!.epoch).toBe(src.epoch + 1n);
+    // memstore-1 stopped (SIGSTOP): the request cannot be answered before the delete.
+    const pid = source.ms.process.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const pending = ch.fetch('vm7-ram', (16 * MiB) / PAGE - 1, 1);
+      expect(await stillPending(pending, 100)).toBe(true);
+      await unaryCall(target.vmm, 'deleteRegion', { region: named('vm7-ram') });
+      expect(errorOf(await pending)?.code).toBe('REGION_NOT_FOUND');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    expect(() => statSync(region!.lazy!.presentPath)).toThrow();
+    // Not complete: memstore-1 keeps its region and releases the page source's lease.
+    const back = await until('the page source lease released', async () => {
+      const got = await unaryCall(source!.ms.client, 'getRegion', {
+        region: { selector: { $case: 'id', value: src.region.id } },
+      });
+      return got.region!.lease === undefined ? got.region : undefined;
+    });
+    expect(back!.id).toBe(src.region.id);
+  });
+
   it('pauses when memstore-1 dies mid-fill, keeps requests waiting, and completes after a recover', async () => {
     source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
     target = await startTargetHost();
