@@ -1,6 +1,6 @@
 import { PresentMap, PresentState } from '@handoff/bitmap';
 import { memstore as pb } from '@handoff/proto';
-import { createClient, RemoteError, unaryCall } from '@handoff/service';
+import { createClient, unaryCall, type RemoteError } from '@handoff/service';
 import { createCertificateAuthority, issueCertificate } from '@handoff/service/pki';
 import { testCredentials, testMaterial } from '@handoff/service/testing';
 import { mapFile } from '@handoff/shm';
@@ -19,6 +19,7 @@ import {
   type SourceHost,
   type TargetHost,
 } from './helpers/lazy.js';
+import { freePort } from './helpers/services.js';
 
 /**
  * Lazy regions across two memstores (post-copy across hosts, apps/memstore/LAZY.md): memstore-1
@@ -84,7 +85,7 @@ async function sourceGone(regionId: string): Promise<void> {
 describe('lazy regions between two memstores', () => {
   it('fills a 64 MiB region on demand and in the background; the source copy is deleted at the end', async () => {
     source = await startSourceHost();
-    target = await startTargetHost();
+    target = await startTargetHost(undefined, { metricsPort: await freePort() });
     const src = await sourceRegion(source, 'vm1-ram', 64 * MiB);
     const { region } = await unaryCall(target.vmm, 'createLazyRegion', {
       name: 'vm1-ram',
@@ -130,6 +131,17 @@ describe('lazy regions between two memstores', () => {
     const again = await ch.fetch('vm1-ram', 1000, 8);
     expect(again.result).toEqual({ $case: 'fetchPages', value: { waitedUs: 0n } });
     await sourceGone(src.region.id);
+
+    const metrics = await (await fetch(`http://${target.handle.metricsAddress}/metrics`)).text();
+    expect(metrics).toMatch(/handoff_memstore_lazy_regions\{state="complete"[^}]*\} 1\n/);
+    const pagesOf = (kind: string): number =>
+      Number(
+        new RegExp(`handoff_memstore_lazy_pages_total\\{kind="${kind}"[^}]*\\} (\\d+)`).exec(
+          metrics,
+        )?.[1],
+      );
+    expect(pagesOf('demand') + pagesOf('background')).toBe((64 * MiB) / PAGE);
+    expect(metrics).toMatch(/handoff_memstore_lazy_fault_seconds_count(\{[^}]*\})? [1-9]/);
   });
 
   it('refuses a wrong identity, a stale epoch and out-of-range page requests', async () => {
@@ -152,16 +164,20 @@ describe('lazy regions between two memstores', () => {
       source: { ...src.remote, epoch: src.epoch + 3n },
       kind: 0,
     });
+    const ch = await LeaseChannel.open(target);
+    channels.push(ch);
+    const pending = ch.fetch('vm2-ram', 3, 1);
     expect(
       await refusedCode(unaryCall(target.vmm, 'startLazyFill', { region: named('vm2-ram') })),
     ).toBe('LEASE_STALE_EPOCH');
+    // Those pages will never come: the fill failed and the waiting request with it.
+    expect((await lazyOf('vm2-ram')).state).toBe(pb.LazyFillState.LAZY_FILL_STATE_FAILED);
+    expect(errorOf(await pending)?.code).toBe('LAZY_FILL_FAILED');
     const lease = await unaryCall(source.ms.client, 'getRegion', {
       region: { selector: { $case: 'id', value: src.region.id } },
     });
     expect(lease.region!.lease!.holder).toBe('test-vmm/vm2-ram');
 
-    const ch = await LeaseChannel.open(target);
-    channels.push(ch);
     const pages = (4 * MiB) / PAGE;
     expect(errorOf(await ch.fetch('vm2-ram', pages, 1))?.code).toBe('REGION_OUT_OF_RANGE');
     expect(errorOf(await ch.fetch('vm2-ram', pages - 1, 2))?.code).toBe('REGION_OUT_OF_RANGE');
@@ -175,12 +191,55 @@ describe('lazy regions between two memstores', () => {
     expect(kept.region!.id).toBe(src.region.id);
   });
 
+  it('deleting a filling lazy region fails its requests and hands the source region back', async () => {
+    source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
+    target = await startTargetHost();
+    const src = await sourceRegion(source, 'vm7-ram', 16 * MiB);
+    const { region } = await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm7-ram',
+      source: src.remote,
+      kind: 0,
+    });
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('vm7-ram') });
+    const ch = await LeaseChannel.open(target);
+    channels.push(ch);
+    const claimed = await unaryCall(source.ms.client, 'getRegion', {
+      region: { selector: { $case: 'id', value: src.region.id } },
+    });
+    expect(claimed.region!.lease!.holder).toMatch(/^memstore-2\/lazy\//);
+    expect(claimed.region!.lease!.epoch).toBe(src.epoch + 1n);
+    // memstore-1 stopped (SIGSTOP): the request cannot be answered before the delete.
+    const pid = source.ms.process.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const pending = ch.fetch('vm7-ram', (16 * MiB) / PAGE - 1, 1);
+      expect(await stillPending(pending, 100)).toBe(true);
+      await unaryCall(target.vmm, 'deleteRegion', { region: named('vm7-ram') });
+      expect(errorOf(await pending)?.code).toBe('REGION_NOT_FOUND');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    expect(() => statSync(region!.lazy!.presentPath)).toThrow();
+    // Not complete: memstore-1 keeps its region and releases the page source's lease.
+    const back = await until('the page source lease released', async () => {
+      const got = await unaryCall(source!.ms.client, 'getRegion', {
+        region: { selector: { $case: 'id', value: src.region.id } },
+      });
+      return got.region!.lease === undefined ? got.region : undefined;
+    });
+    expect(back!.id).toBe(src.region.id);
+  });
+
   it('pauses when memstore-1 dies mid-fill, keeps requests waiting, and completes after a recover', async () => {
     source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
     target = await startTargetHost();
     const size = 64 * MiB;
     const src = await sourceRegion(source, 'vm3-ram', size);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm3-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm3-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm3-ram') });
     await until('some pages present', async () => {
       const l = await lazyOf('vm3-ram');
@@ -205,7 +264,10 @@ describe('lazy regions between two memstores', () => {
     // Still away: the recover says so and the fill stays paused.
     expect(
       await refusedCode(
-        unaryCall(target.migrator, 'recoverLazyRegion', { region: named('vm3-ram'), sourceMemstore: '' }),
+        unaryCall(target.migrator, 'recoverLazyRegion', {
+          region: named('vm3-ram'),
+          sourceMemstore: '',
+        }),
       ),
     ).toBe('LAZY_SOURCE_UNAVAILABLE');
 
@@ -223,12 +285,44 @@ describe('lazy regions between two memstores', () => {
     await sourceGone(src.region.id);
   });
 
+  it('pauses when memstore-1 goes silent without closing (stopped), and recovers', async () => {
+    source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
+    target = await startTargetHost();
+    const size = 16 * MiB;
+    const src = await sourceRegion(source, 'vm6-ram', size);
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm6-ram',
+      source: src.remote,
+      kind: 0,
+    });
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('vm6-ram') });
+    const pid = source.ms.process.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const paused = await untilState('vm6-ram', pb.LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED);
+      expect(paused.error).toContain('no page arrived');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await unaryCall(target.migrator, 'recoverLazyRegion', {
+      region: named('vm6-ram'),
+      sourceMemstore: '',
+    });
+    await untilState('vm6-ram', pb.LazyFillState.LAZY_FILL_STATE_COMPLETE);
+    const { region } = await unaryCall(target.vmm, 'getRegion', { region: named('vm6-ram') });
+    expect(fileBytes(region!.path, size).equals(src.data)).toBe(true);
+  });
+
   it('keeps what arrived across a restart of memstore-2 and carries on by itself', async () => {
     source = await startSourceHost({ HANDOFF_MEMSTORE_PAGE_DELAY_MS: '15' });
     target = await startTargetHost();
     const size = 32 * MiB;
     const src = await sourceRegion(source, 'vm5-ram', size);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm5-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm5-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm5-ram') });
     const before = await until('some pages present', async () => {
       const l = await lazyOf('vm5-ram');
@@ -252,7 +346,11 @@ describe('lazy regions between two memstores', () => {
     const size = 16 * MiB;
     const src = await sourceRegion(source, 'vm4-ram', size);
     const other = await sourceRegion(source, 'other-ram', MiB);
-    await unaryCall(target.vmm, 'createLazyRegion', { name: 'vm4-ram', source: src.remote, kind: 0 });
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'vm4-ram',
+      source: src.remote,
+      kind: 0,
+    });
     await unaryCall(target.vmm, 'startLazyFill', { region: named('vm4-ram') });
 
     // A memstore of its own (test-memstore) opens a page source over another region.
@@ -348,7 +446,10 @@ describe('lazy regions between two memstores', () => {
     expect(errorCode(await exchange(memstoreTls, [hello(opened.sourceId, opened.token)]))).toBe(
       'LEASE_NOT_HELD',
     );
-    await unaryCall(asMemstore, 'claimPageSource', { sourceId: opened.sourceId, epoch: other.epoch });
+    await unaryCall(asMemstore, 'claimPageSource', {
+      sourceId: opened.sourceId,
+      epoch: other.epoch,
+    });
     // Claimed: pages inside are served, a request outside closes the connection with an error.
     const answer = await exchange(memstoreTls, [
       hello(opened.sourceId, opened.token),
@@ -358,14 +459,17 @@ describe('lazy regions between two memstores', () => {
     expect(answer[4]).toBe(2); // WELCOME
     const pagesAt = 4 + answer.readUInt32BE(0);
     expect(answer[pagesAt + 4]).toBe(4); // PAGES
-    expect(answer.subarray(pagesAt + 17, pagesAt + 17 + PAGE).equals(other.data.subarray(0, PAGE))).toBe(
-      true,
-    );
+    expect(
+      answer.subarray(pagesAt + 17, pagesAt + 17 + PAGE).equals(other.data.subarray(0, PAGE)),
+    ).toBe(true);
     expect(errorCode(answer.subarray(pagesAt + 17 + PAGE))).toBe('REGION_OUT_OF_RANGE');
     // Broken framing: an absurd length.
     const broken = Buffer.alloc(5);
     broken.writeUInt32BE(0xffffffff, 0);
-    const afterWelcome = await exchange(memstoreTls, [hello(opened.sourceId, opened.token), broken]);
+    const afterWelcome = await exchange(memstoreTls, [
+      hello(opened.sourceId, opened.token),
+      broken,
+    ]);
     expect(errorCode(afterWelcome.subarray(4 + afterWelcome.readUInt32BE(0)))).toBe(
       'SERVICE_BAD_FRAME',
     );

@@ -1,17 +1,17 @@
 import { memstore as pb } from '@handoff/proto';
-import {
-  createClient,
-  FramedSocket,
-  unaryCall,
-  type PeerIdentity,
-} from '@handoff/service';
+import { createClient, FramedSocket, unaryCall, type PeerIdentity } from '@handoff/service';
 import { testCredentials, testTlsDir } from '@handoff/service/testing';
 import { memstoreConfig, startMemstore, type MemstoreHandle } from '@handoff/memstore';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { memstoreDirs, startMemstoreProcess, type MemstoreDirs, type MemstoreUnderTest } from './memstore.js';
+import {
+  memstoreDirs,
+  startMemstoreProcess,
+  type MemstoreDirs,
+  type MemstoreUnderTest,
+} from './memstore.js';
 
 /**
  * Helpers of the lazy-region tests: two memstores (the source host's as a process it can kill,
@@ -32,7 +32,14 @@ export async function memstoreTls(id: string): Promise<{
     'tls-key': join(dir, `${id}.key`),
   };
   return {
-    args: ['--tls-ca', config['tls-ca'], '--tls-cert', config['tls-cert'], '--tls-key', config['tls-key']],
+    args: [
+      '--tls-ca',
+      config['tls-ca'],
+      '--tls-cert',
+      config['tls-cert'],
+      '--tls-key',
+      config['tls-key'],
+    ],
     config,
   };
 }
@@ -71,7 +78,10 @@ export interface TargetHost {
 }
 
 /** Starts memstore-2 (the target host's) in this process, on `dirs` when it restarts. */
-export async function startTargetHost(dirs: MemstoreDirs = memstoreDirs()): Promise<TargetHost> {
+export async function startTargetHost(
+  dirs: MemstoreDirs = memstoreDirs(),
+  opts: { metricsPort?: number } = {},
+): Promise<TargetHost> {
   const { config } = await memstoreTls('memstore-2');
   const handle = await startMemstore(
     memstoreConfig({
@@ -81,6 +91,7 @@ export async function startTargetHost(dirs: MemstoreDirs = memstoreDirs()): Prom
       'persistent-dir': dirs.persistentDir,
       'max-region-size': '2G',
       'shutdown-timeout-ms': 1000,
+      ...(opts.metricsPort !== undefined ? { 'metrics-port': opts.metricsPort } : {}),
       ...config,
     }),
   );
@@ -193,7 +204,7 @@ export class LeaseChannel {
   private readonly waiters = new Map<bigint, (r: pb.LeaseChannelResponse) => void>();
   private nextId = 1n;
 
-  private constructor(socket: import('node:net').Socket) {
+  private constructor(socket: Socket) {
     this.framed = new FramedSocket(socket, 1 << 20, {
       frame: (payload) => {
         const res = pb.LeaseChannelResponse.decode(payload);

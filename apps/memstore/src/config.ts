@@ -55,7 +55,7 @@ export const memstoreOptions = {
   'page-channel': {
     type: 'string',
     description:
-      'where other memstores read lazy regions\' pages (post-copy across hosts): host:port (mutual ' +
+      "where other memstores read lazy regions' pages (post-copy across hosts): host:port (mutual " +
       'TLS with memstore certificates), unix:/path (plaintext), or off; default auto: ' +
       '<host>:0 with TLS material, else unix:<volatile-dir>/memstore-pages-<catalog id>.sock',
   },

@@ -25,7 +25,7 @@ import {
 import { openMemstore, type Memstore } from './memstore.js';
 import { registerMemstoreMetrics } from './metrics.js';
 import { startPageChannel, type PageChannelServer } from './lazy/page-channel-server.js';
-import { grpcSourceConnector } from './lazy/remote-source.js';
+import { grpcSourceConnector } from './api/source-client.js';
 
 /** A running memstore service. */
 export interface MemstoreHandle {
@@ -135,7 +135,11 @@ export async function startMemstore(
 }
 
 /** Where the page channel listens: the flag's address, or for `auto` one chosen here. */
-function pageChannelAddress(settings: MemstoreSettings, secure: boolean, catalogId: string): string {
+function pageChannelAddress(
+  settings: MemstoreSettings,
+  secure: boolean,
+  catalogId: string,
+): string {
   const given = settings.pageChannel!;
   if (given !== 'auto') return given;
   if (secure) return `${settings.host}:0`;

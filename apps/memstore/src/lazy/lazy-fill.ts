@@ -1,4 +1,4 @@
-import { PresentMap, PresentState } from '@handoff/bitmap';
+import { PresentState, type PresentMap } from '@handoff/bitmap';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import type { Mapping } from '@handoff/shm';
 import type { Catalog } from '../catalog/catalog.js';
@@ -7,7 +7,7 @@ import { MemstoreError } from '../errors.js';
 import { FillStats } from './fill-stats.js';
 import { PageConnection, type PageSink } from './page-connection.js';
 import type { OpenedPageSource } from './page-sources.js';
-import type { SourceConnector, SourceMemstore } from './remote-source.js';
+import type { SourceConnector, SourceMemstore } from './source.js';
 import { MAX_REQUEST_PAGES, PAGE_BYTES } from './wire.js';
 import { closeSync, writeSync } from 'node:fs';
 
@@ -17,8 +17,36 @@ export const BACKGROUND_WINDOW_PAGES = 4096;
 const BACKGROUND_REQUEST_PAGES = MAX_REQUEST_PAGES;
 /** Pages the background fill takes from the neighbourhood of a fault before going back (2 MiB). */
 export const FAULT_NEIGHBOURHOOD_PAGES = 512;
+/**
+ * How long asked-for pages may go without a byte arriving before the source counts as lost (a
+ * host that vanished without closing the connection).
+ */
+export const STALL_TIMEOUT_MS = 5000;
+/** How often a filling fill checks for a stall. */
+const STALL_CHECK_MS = 1000;
 /** How often a completed fill retries telling an unreachable source (ClosePageSource). */
 const CLOSE_RETRY_MS = 2000;
+
+/**
+ * What StartLazyFill may hear from the source that means its pages are gone for this reference
+ * (the VM moved on, the region was recreated or deleted): the fill fails instead of waiting.
+ */
+const FATAL_AT_START: ReadonlySet<string> = new Set([
+  'LEASE_STALE_EPOCH',
+  'REGION_IDENTITY_MISMATCH',
+  'REGION_NOT_FOUND',
+  'REGION_LOST',
+]);
+
+/** Bytes gathered from small socket chunks before one write into the region file. */
+const STAGING_BYTES = 1024 * 1024;
+
+/** A connection's gathered bytes: `length` bytes for the region at byte `start`. */
+interface Staging {
+  buf: Buffer | null;
+  start: number;
+  length: number;
+}
 
 /** Where a fill stands, as reported (Region.lazy). */
 export interface LazyFillStatus {
@@ -99,6 +127,9 @@ export class LazyFill {
   private backgroundInFlight = 0;
   private busy: Promise<void> | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  private stallTimer: NodeJS.Timeout | null = null;
+  /** When a byte last arrived (performance.now()). */
+  private lastArrival = 0;
   private disposed = false;
   readonly stats = new FillStats();
 
@@ -164,7 +195,13 @@ export class LazyFill {
   async start(): Promise<void> {
     if (this.busy !== null) return this.busy;
     if (this.row.state !== 'waiting') return;
-    this.busy = this.connect(this.row.sourceMemstore).finally(() => (this.busy = null));
+    this.busy = this.connect(this.row.sourceMemstore)
+      .catch((err: unknown) => {
+        // The reference names pages the source no longer has: they will never come.
+        if (MemstoreError.is(err) && FATAL_AT_START.has(err.code)) this.fail(err.message);
+        throw err;
+      })
+      .finally(() => (this.busy = null));
     return this.busy;
   }
 
@@ -309,6 +346,7 @@ export class LazyFill {
     demand.closed = lost(demand);
     background.closed = lost(background);
     if (this.demand === null) return; // lost already: paused
+    this.watchForStalls();
     log.info(
       { region: r.regionId, source: opened.sourceId, address: opened.pageAddress },
       first ? 'lazy fill started' : 'lazy fill resumed',
@@ -319,21 +357,53 @@ export class LazyFill {
   }
 
   private sink(kind: 'demand' | 'background'): PageSink {
+    const stage: Staging = { buf: null, start: 0, length: 0 };
     return {
-      data: (first, offset, chunk) => this.copyIn(first, offset, chunk),
-      done: (first, count) => this.arrived(kind, first, count),
+      data: (first, offset, chunk) => this.copyIn(stage, first * PAGE_BYTES + offset, chunk),
+      done: (first, count) => {
+        this.flush(stage);
+        this.arrived(kind, first, count);
+      },
     };
   }
 
   /**
-   * Copies arriving bytes into the region, skipping every page already present (written by the
-   * other connection, and maybe by a vCPU since).
+   * Takes arriving bytes at byte `at` of the region. Small chunks (a TLS socket hands over 16 KiB
+   * at a time) are gathered into one write; large ones are written at once.
    */
-  private copyIn(first: number, offset: number, chunk: Buffer): void {
+  private copyIn(stage: Staging, at: number, chunk: Buffer): void {
+    this.lastArrival = performance.now();
+    if (
+      stage.length > 0 &&
+      (at !== stage.start + stage.length || stage.length + chunk.length > STAGING_BYTES)
+    ) {
+      this.flush(stage);
+    }
+    if (chunk.length >= STAGING_BYTES / 4 && stage.length === 0) {
+      this.writeRuns(at, chunk);
+      return;
+    }
+    stage.buf ??= Buffer.allocUnsafe(STAGING_BYTES);
+    if (stage.length === 0) stage.start = at;
+    chunk.copy(stage.buf, stage.length);
+    stage.length += chunk.length;
+  }
+
+  private flush(stage: Staging): void {
+    if (stage.length === 0) return;
+    this.writeRuns(stage.start, stage.buf!.subarray(0, stage.length));
+    stage.length = 0;
+  }
+
+  /**
+   * Writes bytes at byte `start` of the region, skipping every page already present (written by
+   * the other connection, and maybe by a vCPU since): the present bits are checked now, just
+   * before the write, on the one thread that sets them.
+   */
+  private writeRuns(start: number, bytes: Buffer): void {
     const fd = this.regionFd;
     if (fd < 0) return;
-    const start = first * PAGE_BYTES + offset;
-    const end = start + chunk.length;
+    const end = start + bytes.length;
     let at = start;
     while (at < end) {
       const page = Math.floor(at / PAGE_BYTES);
@@ -348,7 +418,7 @@ export class LazyFill {
       while (runEnd < end && !this.present.isPresent(runEnd / PAGE_BYTES)) {
         runEnd = Math.min(end, runEnd + PAGE_BYTES);
       }
-      writeAll(fd, chunk, at - start, runEnd - at, at);
+      writeAll(fd, bytes, at - start, runEnd - at, at);
       at = runEnd;
     }
   }
@@ -360,6 +430,7 @@ export class LazyFill {
     if (kind === 'demand') {
       this.stats.demandPages += added;
       this.demandAsked.fill(0, first, first + count);
+      if (this.demand?.inFlight === 0) this.background?.resume();
     } else {
       this.stats.backgroundPages += added;
       this.backgroundInFlight -= count;
@@ -407,6 +478,9 @@ export class LazyFill {
         p++;
       }
       conn.request(runStart, p - runStart);
+      // A page request goes first: the background stops being read (so this thread and the
+      // source's serve the request) until the demand connection has answered everything.
+      this.background?.pause();
     }
   }
 
@@ -457,6 +531,34 @@ export class LazyFill {
     return [first, p - first];
   }
 
+  /** Pauses the fill when asked-for pages stop arriving (the source host went silent). */
+  private watchForStalls(): void {
+    this.lastArrival = performance.now();
+    this.stallTimer = setInterval(() => {
+      const waiting = (this.demand?.inFlight ?? 0) > 0 || (this.background?.inFlight ?? 0) > 0;
+      if (!waiting) {
+        this.lastArrival = performance.now();
+        return;
+      }
+      const silent = performance.now() - this.lastArrival;
+      if (silent > STALL_TIMEOUT_MS) {
+        this.pause(`no page arrived for ${Math.round(silent)} ms while pages were asked for`);
+      }
+    }, STALL_CHECK_MS);
+    this.stallTimer.unref();
+  }
+
+  /** Gives up for good: requests fail with LAZY_FILL_FAILED. */
+  private fail(why: string): void {
+    this.dropConnections();
+    this.present.setState(PresentState.Failed);
+    this.update({ state: 'failed', error: why });
+    const err = new MemstoreError('LAZY_FILL_FAILED', `the fill failed: ${why}`);
+    for (const w of this.waiters) w.reject(err);
+    this.waiters.clear();
+    this.deps.logger.warn({ region: this.row.regionId, error: why }, 'lazy fill failed');
+  }
+
   /** The source stopped answering: requests wait for a recover. */
   private pause(why: string): void {
     if (this.row.state !== 'filling' || this.disposed) return;
@@ -470,6 +572,8 @@ export class LazyFill {
   }
 
   private dropConnections(): void {
+    if (this.stallTimer !== null) clearInterval(this.stallTimer);
+    this.stallTimer = null;
     const { demand, background } = this;
     this.demand = null;
     this.background = null;
@@ -543,7 +647,13 @@ export class LazyFill {
 }
 
 /** Writes `length` bytes of `from` at `offset` to `fd` at `position` (short writes retried). */
-function writeAll(fd: number, from: Buffer, offset: number, length: number, position: number): void {
+function writeAll(
+  fd: number,
+  from: Buffer,
+  offset: number,
+  length: number,
+  position: number,
+): void {
   while (length > 0) {
     const n = writeSync(fd, from, offset, length, position);
     offset += n;

@@ -11,7 +11,7 @@ import type { RegionRef } from '../regions/region.js';
 import type { RegionStore } from '../regions/region-store.js';
 import { findRegion } from '../regions/resolve.js';
 import { LazyFill, NO_OBSERVER, type LazyFillStatus, type LazyObserver } from './lazy-fill.js';
-import type { SourceConnector } from './remote-source.js';
+import type { SourceConnector } from './source.js';
 import { PAGE_BYTES } from './wire.js';
 
 /** A region of another memstore, as CreateLazyRegion names it (RemoteRegion). */
@@ -104,7 +104,11 @@ export class LazyRegions {
     const source = connector(src.memstore);
     let opened;
     try {
-      opened = await source.open({ regionId: src.regionId, identity: src.identity, size: src.size });
+      opened = await source.open({
+        regionId: src.regionId,
+        identity: src.identity,
+        size: src.size,
+      });
     } catch (err) {
       source.dispose();
       throw err;
@@ -218,19 +222,24 @@ export class LazyRegions {
       new MemstoreError('REGION_NOT_FOUND', `region "${row.name}" was deleted while it filled`),
     );
     rmSync(presentPathOf(row.path), { force: true });
-    void fill.closeSource().catch((err: unknown) =>
-      this.logger.warn(
-        { region: row.id, error: (err as Error).message },
-        'lazy region deleted; its source memstore was not told (its page source stays open)',
-      ),
-    );
+    void fill
+      .closeSource()
+      .catch((err: unknown) =>
+        this.logger.warn(
+          { region: row.id, error: (err as Error).message },
+          'lazy region deleted; its source memstore was not told (its page source stays open)',
+        ),
+      );
   }
 
   /** Stops every fill (memstore stopping); the catalog keeps where each stood. */
   close(): void {
     for (const fill of this.fills.values()) {
       fill.dispose(
-        new MemstoreError('LAZY_SOURCE_UNAVAILABLE', 'memstore is stopping; ask again after its restart'),
+        new MemstoreError(
+          'LAZY_SOURCE_UNAVAILABLE',
+          'memstore is stopping; ask again after its restart',
+        ),
       );
     }
     this.fills.clear();
@@ -258,7 +267,10 @@ export class LazyRegions {
         state: 'failed',
         error: `present map unreadable at start (${(err as Error).message})`,
       });
-      this.logger.error({ region: row.regionId, err }, 'lazy region failed: its present map is lost');
+      this.logger.error(
+        { region: row.regionId, err },
+        'lazy region failed: its present map is lost',
+      );
       return;
     }
     const regionFd =
@@ -281,12 +293,14 @@ export class LazyRegions {
     if (current.state === 'paused') {
       // Carry on by itself; stays paused (for RecoverLazyRegion) if the source is away.
       setImmediate(() => {
-        fill.recover().catch((err: unknown) =>
-          this.logger.warn(
-            { region: row.regionId, error: (err as Error).message },
-            'lazy fill not resumed at start: the source is away; RecoverLazyRegion resumes it',
-          ),
-        );
+        fill
+          .recover()
+          .catch((err: unknown) =>
+            this.logger.warn(
+              { region: row.regionId, error: (err as Error).message },
+              'lazy fill not resumed at start: the source is away; RecoverLazyRegion resumes it',
+            ),
+          );
       });
     }
   }

@@ -14,6 +14,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { MEMSTORE_MAIN } from '../testing/process.js';
@@ -58,7 +59,10 @@ async function startHost(id: string, transport: Transport): Promise<Host> {
       '--tls-key',
       join(dir, `${id}.key`),
     ];
-    credentials = await testCredentials({ id: 'test-vmm', role: 'vmm' }, { serverRole: 'memstore' });
+    credentials = await testCredentials(
+      { id: 'test-vmm', role: 'vmm' },
+      { serverRole: 'memstore' },
+    );
   } else {
     security = ['--insecure', '--page-channel', transport === 'tcp' ? '127.0.0.1:0' : 'auto'];
     credentials = channelCredentials(null);
@@ -162,7 +166,9 @@ class Channel {
 }
 
 function quantile(sorted: number[], q: number): number {
-  return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))]!;
+  return sorted.length === 0
+    ? 0
+    : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))]!;
 }
 
 interface Run {
@@ -253,6 +259,7 @@ function transports(all: readonly Transport[]): Transport[] {
 }
 
 export async function run() {
+  const load = loadavg()[0]!.toFixed(1);
   const fills: Run[] = [];
   for (const t of transports(['tls', 'tcp', 'unix'])) fills.push(await fill(t, false));
   const faulted: Run[] = [];
@@ -265,7 +272,8 @@ export async function run() {
       notes:
         'StartLazyFill to the present map saying Complete; no page requests. tls: mutual TLS 1.3 ' +
         'over TCP (the default with certificates); tcp: plaintext TCP; unix: a unix socket ' +
-        '(the default under --insecure). Target: >= 1 GB/s.',
+        `(the default under --insecure). Target: >= 1 GB/s. Load average at the start: ${load} ` +
+        `on ${cpus().length} cores.`,
     },
     {
       title: 'FetchPages of a missing page while the background fill runs',

@@ -34,6 +34,11 @@ import {
 
 /** Bytes queued on a connection before its requests wait for the socket to drain. */
 const WRITE_QUEUE_BYTES = 8 * 1024 * 1024;
+/**
+ * The same over TLS, where a write is encrypted at once on this thread: a short queue lets the
+ * other connections (a page request's) in between.
+ */
+const TLS_WRITE_QUEUE_BYTES = 1024 * 1024;
 
 /**
  * TLS 1.3 suites, fastest first: page bytes are bulk data and the crypto bounds the channel's
@@ -52,7 +57,9 @@ export interface PageChannelServer {
 }
 
 /** `unix:/path` → the path; `host:port` → host and port. */
-export function parsePageAddress(address: string): { path: string } | { host: string; port: number } {
+export function parsePageAddress(
+  address: string,
+): { path: string } | { host: string; port: number } {
   if (address.startsWith('unix:')) return { path: address.slice('unix:'.length) };
   const at = address.lastIndexOf(':');
   const port = Number(address.slice(at + 1));
@@ -164,6 +171,7 @@ function serveConnection(
   logger: Logger,
 ): void {
   socket.setNoDelay(true);
+  const queueBytes = socket instanceof tls.TLSSocket ? TLS_WRITE_QUEUE_BYTES : WRITE_QUEUE_BYTES;
   let served: (ServedSource & LiveSourceHandle) | null = null;
   let untrack: (() => void) | null = null;
   let pending: Buffer = Buffer.alloc(0);
@@ -223,7 +231,7 @@ function serveConnection(
     socket.write(Buffer.from(bytes.buffer, bytes.byteOffset + off, count * PAGE_BYTES));
     socket.uncork();
     // Keep the kernel's buffer full: wait for a drain only past a bounded queue.
-    return socket.writableLength < WRITE_QUEUE_BYTES;
+    return socket.writableLength < queueBytes;
   };
 
   /** Parses what is buffered; stops at a frame whose answer filled the socket's buffer. */
@@ -276,13 +284,15 @@ function serveConnection(
   socket.on('data', (chunk: Buffer) => {
     if (dead) return;
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    if (pending.length > 64 * MAX_READER_FRAME && socket.writableLength >= WRITE_QUEUE_BYTES) {
+    if (pending.length > 64 * MAX_READER_FRAME && socket.writableLength >= queueBytes) {
       // A reader that keeps asking without reading: its requests pile up here.
       fail('SERVICE_BAD_FRAME', 'too many requests outstanding; read the answers');
       return;
     }
-    if (socket.writableLength < WRITE_QUEUE_BYTES) pump();
+    if (socket.writableLength < queueBytes) pump();
   });
-  socket.on('error', (err) => logger.debug({ error: err.message }, 'page channel connection error'));
+  socket.on('error', (err) =>
+    logger.debug({ error: err.message }, 'page channel connection error'),
+  );
   socket.once('close', () => untrack?.());
 }

@@ -32,6 +32,9 @@ export interface PageSink {
 /** Bytes a plain socket reads at once into its reused buffer. */
 const READ_BUFFER_BYTES = 1024 * 1024;
 
+/** Bytes a connection handles per turn of the event loop before it lets other work in. */
+const TURN_BYTES = 256 * 1024;
+
 /** How long connecting and the hello may take. */
 export const CONNECT_TIMEOUT_MS = 3000;
 
@@ -45,6 +48,10 @@ export class PageConnection {
   private readonly outstanding: { first: number; count: number }[] = [];
   private head = 0;
   private closedBy: Error | null = null;
+  /** Paused by its owner ({@link pause}). */
+  private paused = false;
+  /** Paused until the next turn of the event loop (its read budget is spent). */
+  private yielding = false;
   private onClosed: ((err: Error | null) => void) | null = null;
 
   private constructor(
@@ -163,6 +170,18 @@ export class PageConnection {
     this.socket.write(requestFrameOf(first, count));
   }
 
+  /** Stops reading (what the source sends waits in the kernel, then at the source). */
+  pause(): void {
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  /** Reads again after {@link pause}. */
+  resume(): void {
+    this.paused = false;
+    if (!this.yielding) this.socket.resume();
+  }
+
   /** Ends the connection (its outstanding requests are dropped). */
   close(err: Error | null = null): void {
     this.closedBy ??= err;
@@ -180,11 +199,26 @@ export class PageConnection {
     const fail = (message: string): void =>
       this.close(new MemstoreError('LAZY_SOURCE_UNAVAILABLE', `page channel: ${message}`));
 
+    let turnBytes = 0;
     const feed = (chunk: Buffer): void => {
       try {
         parse(chunk);
       } catch (err) {
         fail((err as Error).message);
+        return;
+      }
+      // Bounded work per turn of the event loop: past the budget, reading stops until the next
+      // turn, so a page request (the lease channel, the demand connection) is not kept waiting
+      // behind a burst of background pages.
+      turnBytes += chunk.length;
+      if (turnBytes >= TURN_BYTES && !this.yielding) {
+        this.yielding = true;
+        this.socket.pause();
+        setImmediate(() => {
+          this.yielding = false;
+          turnBytes = 0;
+          if (!this.paused && !this.socket.destroyed) this.socket.resume();
+        });
       }
     };
     this.socket.on('data', feed);
@@ -244,7 +278,10 @@ export class PageConnection {
         const body = header.subarray(FRAME_PREFIX);
         header = Buffer.alloc(0);
         if (type === FrameType.Welcome && body.length === 14) {
-          if (body.readUInt16BE(0) !== PAGE_CHANNEL_VERSION || body.readUInt32BE(2) !== PAGE_BYTES) {
+          if (
+            body.readUInt16BE(0) !== PAGE_CHANNEL_VERSION ||
+            body.readUInt32BE(2) !== PAGE_BYTES
+          ) {
             fail('the source speaks another version of the page channel');
             return;
           }

@@ -26,24 +26,28 @@ afterEach(() => {
 
 describe('page sources (source host)', () => {
   it('checks identity and size, and answers the same source to the same reader with a new token', () => {
-    expect(codeOf(() => m.pageSources.open('ms-2', { regionId, identity: 'other', size: 8192 }))).toBe(
-      'REGION_IDENTITY_MISMATCH',
-    );
+    expect(
+      codeOf(() => m.pageSources.open('ms-2', { regionId, identity: 'other', size: 8192 })),
+    ).toBe('REGION_IDENTITY_MISMATCH');
     expect(codeOf(() => m.pageSources.open('ms-2', { regionId, identity, size: 4096 }))).toBe(
       'REGION_IDENTITY_MISMATCH',
     );
-    expect(codeOf(() => m.pageSources.open('ms-2', { regionId: 'nope', identity, size: 8192 }))).toBe(
-      'REGION_NOT_FOUND',
-    );
+    expect(
+      codeOf(() => m.pageSources.open('ms-2', { regionId: 'nope', identity, size: 8192 })),
+    ).toBe('REGION_NOT_FOUND');
     const a = m.pageSources.open('ms-2', { regionId, identity, size: 8192 });
     const b = m.pageSources.open('ms-2', { regionId, identity, size: 8192 });
     expect(b.sourceId).toBe(a.sourceId);
     expect(b.token).not.toBe(a.token);
     expect(b.pageAddress).toBe('unix:/nowhere.sock');
     // The old token stopped working; the new one is refused only because nothing is claimed.
-    expect(codeOf(() => m.pageSources.admit(a.sourceId, a.token, null))).toBe('PAGE_SOURCE_NOT_FOUND');
+    expect(codeOf(() => m.pageSources.admit(a.sourceId, a.token, null))).toBe(
+      'PAGE_SOURCE_NOT_FOUND',
+    );
     expect(codeOf(() => m.pageSources.admit(b.sourceId, b.token, null))).toBe('LEASE_NOT_HELD');
-    expect(codeOf(() => m.pageSources.admit(b.sourceId, b.token, 'ms-3'))).toBe('LEASE_WRONG_HOLDER');
+    expect(codeOf(() => m.pageSources.admit(b.sourceId, b.token, 'ms-3'))).toBe(
+      'LEASE_WRONG_HOLDER',
+    );
   });
 
   it('claims the lease at the VM epoch only, idempotently, and only for its reader', () => {

@@ -64,7 +64,10 @@ export class PageSources {
    * page source for `reader` — the same id when this reader already has one over the region
    * (a re-open after a restart), with a fresh token (the previous one stops working).
    */
-  open(reader: string, req: { regionId: string; identity: string; size: number }): OpenedPageSource {
+  open(
+    reader: string,
+    req: { regionId: string; identity: string; size: number },
+  ): OpenedPageSource {
     const address = this.pageAddress();
     if (address === '') {
       throw new MemstoreError(
@@ -157,7 +160,10 @@ export class PageSources {
     this.catalog.lazy.deleteSource(sourceId);
     if (complete && row !== undefined) {
       this.regions.delete({ id: row.id });
-      this.logger.info({ source: sourceId, region: row.id }, 'page source complete: region deleted');
+      this.logger.info(
+        { source: sourceId, region: row.id },
+        'page source complete: region deleted',
+      );
     } else {
       this.logger.info({ source: sourceId, region: src.regionId }, 'page source closed');
     }

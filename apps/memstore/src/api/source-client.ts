@@ -8,22 +8,10 @@ import {
 } from '@handoff/service';
 import * as grpc from '@grpc/grpc-js';
 import { MemstoreError } from '../errors.js';
-import type { OpenedPageSource } from './page-sources.js';
+import type { SourceConnector } from '../lazy/source.js';
 
 /** Deadline of a call to the source memstore. */
 const CALL_DEADLINE_MS = 5000;
-
-/** The source memstore as the target sees it: the three page-source calls. */
-export interface SourceMemstore {
-  open(req: { regionId: string; identity: string; size: number }): Promise<OpenedPageSource>;
-  claim(sourceId: string, epoch: number): Promise<number>;
-  close(sourceId: string, complete: boolean): Promise<void>;
-  /** Drops the gRPC channel. */
-  dispose(): void;
-}
-
-/** Makes the client of the source memstore at an address. */
-export type SourceConnector = (address: string) => SourceMemstore;
 
 /**
  * A gRPC client of another memstore, presenting this memstore's own certificate (role memstore)
