@@ -144,6 +144,39 @@ describe('lazy regions between two memstores', () => {
     expect(metrics).toMatch(/handoff_memstore_lazy_fault_seconds_count(\{[^}]*\})? [1-9]/);
   });
 
+  it('holds the background to max_bytes_per_second, but never a page a vmm asks for', async () => {
+    source = await startSourceHost();
+    target = await startTargetHost();
+    const src = await sourceRegion(source, 'slow-ram', 16 * MiB);
+    const limit = 4 * MiB; // bytes per second: 4 s for the region
+    await unaryCall(target.vmm, 'createLazyRegion', {
+      name: 'slow-ram',
+      source: src.remote,
+      kind: pb.RegionKind.REGION_KIND_VOLATILE,
+      maxBytesPerSecond: BigInt(limit),
+    });
+    const ch = await LeaseChannel.open(target);
+    channels.push(ch);
+    const t0 = performance.now();
+    await unaryCall(target.vmm, 'startLazyFill', { region: named('slow-ram') });
+    // A page near the end, far beyond what the background may have asked for yet, comes at once.
+    const asked = await ch.fetch('slow-ram', (16 * MiB) / PAGE - 8, 8);
+    expect(asked.result?.$case).toBe('fetchPages');
+    await new Promise((r) => setTimeout(r, 700));
+    const lazy = await lazyOf('slow-ram');
+    const elapsed = (performance.now() - t0) / 1000;
+    // The limit's pace plus one request's burst (256 pages) and the pages asked for.
+    const most = Math.ceil((limit * elapsed) / PAGE) + 256 + Number(lazy.demandPages);
+    expect(Number(lazy.presentPages)).toBeLessThanOrEqual(most);
+    expect(lazy.state).toBe(pb.LazyFillState.LAZY_FILL_STATE_FILLING);
+    // It still completes, at its pace, with the source's content.
+    const done = await untilState('slow-ram', pb.LazyFillState.LAZY_FILL_STATE_COMPLETE);
+    expect(done.presentPages).toBe(done.totalPages);
+    expect(fileBytes(done.presentPath.replace(/\.present$/, ''), 16 * MiB).equals(src.data)).toBe(
+      true,
+    );
+  });
+
   it('refuses a wrong identity, a stale epoch and out-of-range page requests', async () => {
     source = await startSourceHost();
     target = await startTargetHost();

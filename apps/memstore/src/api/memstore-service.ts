@@ -164,10 +164,18 @@ function lazyHandlers(
 > {
   return {
     createLazyRegion: call('CreateLazyRegion', async (req: pb.CreateLazyRegionRequest) => {
+      const maxBytesPerSecond = Number(req.maxBytesPerSecond ?? 0n);
+      if (!Number.isSafeInteger(maxBytesPerSecond)) {
+        throw new MemstoreError(
+          'REGION_INVALID_ARGUMENT',
+          `max_bytes_per_second ${String(req.maxBytesPerSecond)} is beyond 2^53; use 0 for no limit`,
+        );
+      }
       const id = await m.lazy.create({
         name: req.name,
         kind: kindFromPb(req.kind, 'volatile'),
         source: remoteRegionFromPb(req.source),
+        maxBytesPerSecond,
       });
       return { region: regionOf(m, { id }) };
     }),

@@ -125,6 +125,11 @@ export class LazyFill {
   private hint = 0;
   private hintBudget = 0;
   private backgroundInFlight = 0;
+  /** The background's limit (bytes/s, 0: none), bytes it asked for since `rateFrom`, and its wake-up. */
+  private rateLimit = 0;
+  private rateFrom = 0;
+  private rateAsked = 0;
+  private rateTimer: NodeJS.Timeout | null = null;
   private busy: Promise<void> | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
@@ -264,6 +269,7 @@ export class LazyFill {
     if (this.disposed) return;
     this.disposed = true;
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    if (this.rateTimer !== null) clearTimeout(this.rateTimer);
     this.dropConnections();
     for (const w of this.waiters) w.reject(reason);
     this.waiters.clear();
@@ -484,14 +490,47 @@ export class LazyFill {
     }
   }
 
+  /**
+   * Limits the background fill to `bytesPerSecond` (0: none; max-postcopy-bandwidth). Pages a
+   * vmm asks for (FetchPages) are never held back by it.
+   */
+  limitBackground(bytesPerSecond: number): void {
+    this.rateLimit = Math.max(0, bytesPerSecond);
+    this.rateFrom = 0;
+    this.rateAsked = 0;
+  }
+
+  /** Pages the background may ask for now under its limit (Infinity without one). */
+  private backgroundBudget(): number {
+    if (this.rateLimit === 0) return Infinity;
+    const now = performance.now();
+    if (this.rateFrom === 0) this.rateFrom = now;
+    // One request's worth of burst, then the limit's pace from the first request on.
+    const allowed =
+      (this.rateLimit * (now - this.rateFrom)) / 1000 + BACKGROUND_REQUEST_PAGES * PAGE_BYTES;
+    const pages = Math.floor((allowed - this.rateAsked) / PAGE_BYTES);
+    if (pages <= 0 && this.rateTimer === null && !this.disposed) {
+      const waitMs = Math.max(1, ((this.rateAsked + PAGE_BYTES - allowed) * 1000) / this.rateLimit);
+      this.rateTimer = setTimeout(() => {
+        this.rateTimer = null;
+        this.pumpBackground();
+      }, waitMs);
+      this.rateTimer.unref();
+    }
+    return Math.max(0, pages);
+  }
+
   /** Keeps the background window full: the fault neighbourhood first, then address order. */
   private pumpBackground(): void {
     const conn = this.background;
     if (conn === null) return;
     while (this.backgroundInFlight < BACKGROUND_WINDOW_PAGES) {
+      const budget = this.backgroundBudget();
+      if (budget <= 0) return;
+      const most = Math.min(BACKGROUND_REQUEST_PAGES, budget);
       let run: [number, number] | null = null;
       if (this.hintBudget > 0) {
-        run = this.nextRun(this.hint, Math.min(BACKGROUND_REQUEST_PAGES, this.hintBudget));
+        run = this.nextRun(this.hint, Math.min(most, this.hintBudget));
         if (run === null) this.hintBudget = 0;
         else {
           this.hint = run[0] + run[1];
@@ -499,13 +538,14 @@ export class LazyFill {
         }
       }
       if (run === null) {
-        run = this.nextRun(this.cursor, BACKGROUND_REQUEST_PAGES);
+        run = this.nextRun(this.cursor, most);
         if (run === null) return;
         this.cursor = run[0] + run[1];
       }
       const [first, count] = run;
       this.backgroundAsked.fill(1, first, first + count);
       this.backgroundInFlight += count;
+      this.rateAsked += count * PAGE_BYTES;
       conn.request(first, count);
     }
   }

@@ -79,7 +79,13 @@ export class LazyRegions {
    * size), then creates the region (a sparse file of the source's size) and its present map
    * (`<region file>.present`, 0600), and records both in one commit. Nothing is fetched yet.
    */
-  async create(req: { name: string; kind: RegionKind; source: RemoteRegionRef }): Promise<string> {
+  async create(req: {
+    name: string;
+    kind: RegionKind;
+    source: RemoteRegionRef;
+    /** The background fill's limit in bytes per second (0 or absent: none; not kept across a restart). */
+    maxBytesPerSecond?: number;
+  }): Promise<string> {
     const connector = this.requireConnector();
     const src = req.source;
     validateRegionName(req.name);
@@ -154,6 +160,7 @@ export class LazyRegions {
       });
       const fill = new LazyFill(this.fillDeps(), lazyRow, regionFd, presentMapping, present);
       fill.adopt(source, opened);
+      fill.limitBackground(req.maxBytesPerSecond ?? 0);
       this.fills.set(row.id, fill);
     } catch (err) {
       if (regionFd !== undefined) closeSync(regionFd);
