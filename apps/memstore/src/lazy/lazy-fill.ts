@@ -131,6 +131,9 @@ export class LazyFill {
   private rateAsked = 0;
   private rateTimer: NodeJS.Timeout | null = null;
   private busy: Promise<void> | null = null;
+  /** The page connections made at creation, for the start (null once used or without). */
+  private preconnected: Promise<{ demand: PageConnection; background: PageConnection }> | null =
+    null;
   private closeTimer: NodeJS.Timeout | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
   /** When a byte last arrived (performance.now()). */
@@ -187,10 +190,41 @@ export class LazyFill {
     };
   }
 
-  /** The page source opened at creation (CreateLazyRegion). */
+  /**
+   * The page source opened at creation (CreateLazyRegion). Its two page-channel connections are
+   * made now, while the source VM still runs (the source serves nothing before the claim), so
+   * that StartLazyFill, inside the guest's pause, only claims the region.
+   */
   adopt(source: SourceMemstore, opened: OpenedPageSource): void {
     this.source = source;
     this.opened = opened;
+    const ready = this.connectPair(opened);
+    ready.catch(() => undefined); // connected again at the start if this failed
+    this.preconnected = ready;
+  }
+
+  /** Both page-channel connections to `opened`, made at once; neither is left open on failure. */
+  private async connectPair(
+    opened: OpenedPageSource,
+  ): Promise<{ demand: PageConnection; background: PageConnection }> {
+    const one = (kind: 'demand' | 'background') =>
+      PageConnection.connect({
+        address: opened.pageAddress,
+        tls: this.deps.tls,
+        sourceId: opened.sourceId,
+        token: opened.token,
+        pages: this.pages,
+        sink: this.sink(kind),
+      });
+    const [demand, background] = await Promise.allSettled([one('demand'), one('background')]);
+    if (demand.status === 'fulfilled' && background.status === 'fulfilled') {
+      return { demand: demand.value, background: background.value };
+    }
+    if (demand.status === 'fulfilled') demand.value.close();
+    if (background.status === 'fulfilled') background.value.close();
+    throw (
+      demand.status === 'rejected' ? demand.reason : (background as PromiseRejectedResult).reason
+    ) as Error;
   }
 
   /**
@@ -270,6 +304,14 @@ export class LazyFill {
     this.disposed = true;
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
     if (this.rateTimer !== null) clearTimeout(this.rateTimer);
+    void this.preconnected?.then(
+      (p) => {
+        p.demand.close();
+        p.background.close();
+      },
+      () => undefined,
+    );
+    this.preconnected = null;
     this.dropConnections();
     for (const w of this.waiters) w.reject(reason);
     this.waiters.clear();
@@ -308,29 +350,27 @@ export class LazyFill {
             size: r.sourceSize,
           });
     this.opened = opened;
-    await source.claim(opened.sourceId, r.sourceEpoch);
-    const demand = await PageConnection.connect({
-      address: opened.pageAddress,
-      tls: this.deps.tls,
-      sourceId: opened.sourceId,
-      token: opened.token,
-      pages: this.pages,
-      sink: this.sink('demand'),
-    });
-    let background: PageConnection;
+    const early = this.preconnected;
+    this.preconnected = null;
     try {
-      background = await PageConnection.connect({
-        address: opened.pageAddress,
-        tls: this.deps.tls,
-        sourceId: opened.sourceId,
-        token: opened.token,
-        pages: this.pages,
-        sink: this.sink('background'),
-      });
+      await source.claim(opened.sourceId, r.sourceEpoch);
     } catch (err) {
-      demand.close();
+      void early?.then(
+        (p) => {
+          p.demand.close();
+          p.background.close();
+        },
+        () => undefined,
+      );
       throw err;
     }
+    let pair = early !== null ? await early.catch(() => null) : null;
+    if (pair !== null && (!pair.demand.open || !pair.background.open)) {
+      pair.demand.close();
+      pair.background.close();
+      pair = null;
+    }
+    const { demand, background } = pair ?? (await this.connectPair(opened));
     if (this.disposed) {
       demand.close();
       background.close();

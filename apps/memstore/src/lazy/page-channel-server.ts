@@ -224,8 +224,16 @@ function serveConnection(
       );
       return false;
     }
+    const bytes = served.served();
+    if (bytes === null) {
+      fail(
+        'LEASE_NOT_HELD',
+        'the page source has not claimed its region (ClaimPageSource): the source VM may still ' +
+          'write it, so nothing is served',
+      );
+      return false;
+    }
     const off = first * PAGE_BYTES;
-    const bytes = served.bytes;
     socket.cork();
     socket.write(pagesHeader(first, count));
     socket.write(Buffer.from(bytes.buffer, bytes.byteOffset + off, count * PAGE_BYTES));

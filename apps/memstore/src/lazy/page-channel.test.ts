@@ -26,7 +26,7 @@ const sources = {
     if (id !== 's1' || token !== 'good') {
       throw new MemstoreError('PAGE_SOURCE_NOT_FOUND', 'no such page source');
     }
-    return { id, pages: PAGES, bytes: region, track: () => () => {} };
+    return { id, pages: PAGES, served: () => region, track: () => () => {} };
   },
 } as unknown as PageSources;
 

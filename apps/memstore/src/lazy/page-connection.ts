@@ -156,6 +156,11 @@ export class PageConnection {
     else this.onClosed = fn;
   }
 
+  /** False once the connection ended (closed, refused, or the source went away). */
+  get open(): boolean {
+    return !this.socket.destroyed;
+  }
+
   /** Requests outstanding (asked, not fully answered). */
   get inFlight(): number {
     return this.outstanding.length - this.head;

@@ -40,11 +40,11 @@ describe('page sources (source host)', () => {
     expect(b.sourceId).toBe(a.sourceId);
     expect(b.token).not.toBe(a.token);
     expect(b.pageAddress).toBe('unix:/nowhere.sock');
-    // The old token stopped working; the new one is refused only because nothing is claimed.
+    // The old token stopped working; the new one is admitted, but serves nothing before the claim.
     expect(codeOf(() => m.pageSources.admit(a.sourceId, a.token, null))).toBe(
       'PAGE_SOURCE_NOT_FOUND',
     );
-    expect(codeOf(() => m.pageSources.admit(b.sourceId, b.token, null))).toBe('LEASE_NOT_HELD');
+    expect(m.pageSources.admit(b.sourceId, b.token, null).served()).toBeNull();
     expect(codeOf(() => m.pageSources.admit(b.sourceId, b.token, 'ms-3'))).toBe(
       'LEASE_WRONG_HOLDER',
     );
@@ -67,6 +67,7 @@ describe('page sources (source host)', () => {
     expect(m.leases.validate(ref, 'vmm-a/vm1', lease.epoch).valid).toBe(false);
     const served = m.pageSources.admit(src.sourceId, src.token, 'ms-2');
     expect(served.pages).toBe(2);
+    expect(served.served()?.length).toBe(8192);
     // Refused to delete while the page source holds it.
     expect(codeOf(() => m.regions.delete(ref))).toBe('LEASE_HELD');
   });

@@ -30,12 +30,18 @@ export interface OpenedPageSource {
   readonly pageAddress: string;
 }
 
-/** A page source the page channel may serve: its region's pages, mapped read-only in use. */
+/**
+ * A page source a page-channel connection was admitted to: its region's pages, served only
+ * once the source holds the region's lease (before, the source VM may still write them).
+ */
 export interface ServedSource {
   readonly id: string;
   readonly pages: number;
-  /** The region file's bytes (a shared mapping: no copy on the way to the socket). */
-  readonly bytes: Uint8Array<SharedArrayBuffer>;
+  /**
+   * The region file's bytes (a shared mapping: no copy on the way to the socket) once the page
+   * source claimed the region; null before (nothing may be served yet).
+   */
+  served(): Uint8Array<SharedArrayBuffer> | null;
 }
 
 interface LiveSource {
@@ -170,9 +176,10 @@ export class PageSources {
   }
 
   /**
-   * The page channel's check of a hello: the token is the source's current one, the peer (its
-   * certificate's id; null over a unix socket) is its reader, and the source holds the region's
-   * lease. Returns what to serve; throws a MemstoreError saying why not.
+   * The page channel's check of a hello: the token is the source's current one and the peer (its
+   * certificate's id; null over a unix socket) is its reader. A reader may connect before its
+   * claim (to have the connection ready at the switchover); pages are served only after it
+   * ({@link ServedSource.served}). Throws a MemstoreError saying why not.
    */
   admit(sourceId: string, token: string, peer: string | null): ServedSource & LiveSourceHandle {
     const live = this.live.get(sourceId);
@@ -195,19 +202,22 @@ export class PageSources {
     }
     const src = this.catalog.lazy.getSource(sourceId);
     const row = src === undefined ? undefined : this.catalog.getById(src.regionId);
-    if (row === undefined || row.leaseHolder !== pageSourceHolder(live.reader, sourceId)) {
-      throw new MemstoreError(
-        'LEASE_NOT_HELD',
-        'the page source has not claimed its region (ClaimPageSource): the source VM may still ' +
-          'write it, so nothing is served',
-      );
+    if (row === undefined) {
+      throw new MemstoreError('PAGE_SOURCE_NOT_FOUND', "the page source's region is gone");
     }
-    live.mapping ??= mapFile(row.path, { sharing: 'shared' });
-    const mapping = live.mapping;
+    const holder = pageSourceHolder(live.reader, sourceId);
+    let bytes: Uint8Array<SharedArrayBuffer> | null = null;
     return {
       id: sourceId,
       pages: row.size / PAGE_BYTES,
-      bytes: new Uint8Array(mapping.buffer, 0, row.size),
+      served: () => {
+        if (bytes !== null) return bytes;
+        // Looked up until the claim is seen once; from then on the lease is the source's.
+        if (this.catalog.getById(row.id)?.leaseHolder !== holder) return null;
+        live.mapping ??= mapFile(row.path, { sharing: 'shared' });
+        bytes = new Uint8Array(live.mapping.buffer, 0, row.size);
+        return bytes;
+      },
       track: (c) => {
         live.connections.add(c);
         return () => live.connections.delete(c);
