@@ -37,7 +37,7 @@ import { awaitTakeOver, openOfferedSlot, openPreparedSlot } from '../switchover/
 import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { nextThrottle, throttlePercent, type PassMeasure } from './converge.js';
-import { STREAM_FORMAT } from './format.js';
+import { HEADER_FORMAT_MINOR, STREAM_FORMAT } from './format.js';
 import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
 import { MigrationStats } from './stats.js';
@@ -743,7 +743,7 @@ export class OutgoingMigration {
     const spec = specToPb(vm.spec);
     return {
       formatMajor: STREAM_FORMAT.major,
-      formatMinor: STREAM_FORMAT.minor,
+      formatMinor: HEADER_FORMAT_MINOR,
       token: this.o.token,
       jobId: this.o.jobId,
       capabilities: capabilitiesToWire(this.o.capabilities),
