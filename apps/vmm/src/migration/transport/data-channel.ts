@@ -57,7 +57,7 @@ export const MAX_REQUEST_FRAME = 4 * 1024 * 1024;
 const POOLED_FRAME_BYTES = 1280 * 1024;
 /**
  * Pooled buffers kept per connection: enough for the frames in flight (read ahead, and the
- * receiver's queue of writes, 32 MiB).
+ * receiver's queue of writes, 8 MiB).
  */
 const POOLED_FRAMES = 40;
 /** Largest reply frame a source accepts (replies are acks and errors). */
