@@ -11,7 +11,10 @@
  * and with exactly the rules of the gRPC stream (PROTOCOL.md). The first frame must be the
  * header carrying the one-time token from PrepareIncoming, so the channel is authorised the
  * same way. PrepareIncoming returns the channel's address as `data_address`; a source that
- * cannot connect to it uses the gRPC stream instead.
+ * cannot connect to it uses the gRPC stream instead. Once the target's HeaderAck says format
+ * ≥ 1.3, page frames go in their raw form instead (raw-pages.ts: a run table, then the page
+ * bytes written from guest memory), and a plain socket's target reads every frame in place
+ * (in-place.ts).
  *
  * Who may connect: a unix socket is mode 0600 (in a folder only this user can enter, for
  * `--data-channel auto`), so only processes of this user reach it; they could read the vmm's
@@ -39,6 +42,7 @@ import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
 import { encodeIncomingRequestParts } from './encode.js';
 import { failpointAction } from '../../failpoints.js';
+import { STREAM_FORMAT } from '../format.js';
 import { InPlaceSocket } from './in-place.js';
 import {
   decodeRawPages,
@@ -397,7 +401,7 @@ export async function connectDataChannel(
           return;
         }
         const r = reply.reply;
-        if (r?.$case === 'headerAck' && r.value.formatMajor === 1) {
+        if (r?.$case === 'headerAck' && r.value.formatMajor === STREAM_FORMAT.major) {
           rawPages = r.value.formatMinor >= RAW_PAGES_MINOR; // the target reads them
         }
         events.reply(reply);
