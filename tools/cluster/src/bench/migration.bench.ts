@@ -1,4 +1,4 @@
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { resolveCapabilities } from '@handoff/qapi';
@@ -133,7 +133,7 @@ export async function run(): Promise<Table[]> {
   /** Copy-target results: [what, measured, target met]. */
   const targets: string[] = [];
   /** The 1 GiB non-zero copies: MB/s (sent ÷ total) and total ms of each. */
-  let copy: { rates: number[]; totals: number[] } | null = null;
+  let copy: CopyRuns | null = null;
   try {
     for (let i = 0; i < 50 && (await vms.instances(c)).filter((v) => v.alive).length < 2; i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -162,8 +162,10 @@ export async function run(): Promise<Table[]> {
       );
       await new Promise((r) => setTimeout(r, k.load === 'idle' ? 1500 : 500));
       // Bypass moves no pages, so each case runs BYPASS_ROUNDS migrations back and forth and
-      // reports the median (min–max); copy cases run once.
+      // reports the median (min–max); copy cases run once (the non-zero one COPY_ROUNDS times).
       const views: JobView[] = [];
+      /** CPU seconds both vmm processes spent on each copy of the non-zero case. */
+      const cpu: number[] = [];
       const rounds = k.bypass ? BYPASS_ROUNDS : k.filled === true ? COPY_ROUNDS : 1;
       for (let round = 0; round < rounds; round++) {
         if (round > 0) await new Promise((r) => setTimeout(r, BYPASS_GAP_MS));
@@ -173,7 +175,9 @@ export async function run(): Promise<Table[]> {
           capabilities: resolveCapabilities({ 'bypass-shared-memory': k.bypass }),
           parameters: {},
         });
+        const before = vmmCpuSeconds(cluster.services);
         views.push(await waitJob(c, job.id));
+        cpu.push(vmmCpuSeconds(cluster.services) - before);
       }
       const infos = views.map((v) => v.info);
       const info = infos.find((i) => i.status !== 'completed') ?? infos[0]!;
@@ -209,7 +213,7 @@ export async function run(): Promise<Table[]> {
       ]);
       if (k.filled === true) {
         const rates = infos.map((i) => copyRate(i.ram?.transferred ?? 0, i.totalTimeMs ?? 0));
-        copy = { rates, totals };
+        copy = { rates, totals, cpu };
         const rate = median(rates);
         targets.push(
           `copy of ${k.size / MiB} MiB non-zero RAM: median ${Math.round(rate)} MB/s ` +
@@ -289,18 +293,48 @@ export async function run(): Promise<Table[]> {
   return [ours, sideBySide, qemu];
 }
 
+/** Handoff's copies of the 1 GiB non-zero VM. */
+interface CopyRuns {
+  /** MB/s (sent ÷ total) of each. */
+  readonly rates: number[];
+  /** MigrateVm's total time of each (ms). */
+  readonly totals: number[];
+  /** CPU seconds (user + system) both vmm processes spent during each. */
+  readonly cpu: number[];
+}
+
+/** User + system CPU seconds the vmm processes of `services` used so far (0 without /proc). */
+function vmmCpuSeconds(services: readonly { name: string; pid: number }[]): number {
+  let ticks = 0;
+  for (const s of services) {
+    if (!s.name.startsWith('vmm')) continue;
+    try {
+      const stat = readFileSync(`/proc/${s.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+    } catch {
+      return 0;
+    }
+  }
+  return ticks / 100; // USER_HZ
+}
+
 /** MB/s (10^6 bytes per second) of `bytes` over `ms`, 0 when nothing was timed. */
 function copyRate(bytes: number, ms: number): number {
   return ms > 0 ? bytes / 1e3 / ms : 0;
 }
 
 /** The copy-rate comparison: Handoff's 1 GiB non-zero copies and QEMU's, same run. */
-function copyTable(
-  copy: { rates: number[]; totals: number[] } | null,
-  qemu: QemuCopies | string,
-): Table {
+function copyTable(copy: CopyRuns | null, qemu: QemuCopies | string): Table {
   const title = 'Copy of 1 GiB non-zero RAM: Handoff and QEMU uncapped side by side, same run';
-  const columns = ['who', 'migrations', 'total (ms)', 'MB/s (sent ÷ total)', '× QEMU uncapped'];
+  const columns = [
+    'who',
+    'migrations',
+    'total (ms)',
+    'MB/s (sent ÷ total)',
+    '× QEMU uncapped',
+    'CPU (s, both ends)',
+  ];
   const rows: (string | number)[][] = [];
   const uncapped = typeof qemu === 'string' ? null : median(qemu.uncapped.map((m) => m.rate));
   const ratio = (rate: number): string => (uncapped ? (rate / uncapped).toFixed(2) : '-');
@@ -312,6 +346,7 @@ function copyTable(
       spread(copy.totals, 0),
       `${Math.round(rate)} (${Math.round(Math.min(...copy.rates))}–${Math.round(Math.max(...copy.rates))})`,
       ratio(rate),
+      spread(copy.cpu, 2),
     ]);
   }
   if (typeof qemu !== 'string') {
@@ -331,6 +366,7 @@ function copyTable(
           ? Math.round(rates[0]!)
           : `${Math.round(median(rates))} (${Math.round(Math.min(...rates))}–${Math.round(Math.max(...rates))})`,
         ratio(median(rates)),
+        '-',
       ]);
     }
   }
@@ -343,7 +379,9 @@ function copyTable(
       '(the first from a memstore region filled through its file, the others from the private ' +
       "memory the copy landed in), MigrateVm's total time; QEMU: fresh pairs, the uncapped ones " +
       "run just before Handoff's. MB/s is RAM sent over the whole migration (10^6 bytes/s); " +
-      '× QEMU uncapped divides by the median of the uncapped QEMU copies. Target: ≥ ' +
+      '× QEMU uncapped divides by the median of the uncapped QEMU copies. CPU: user + system ' +
+      'seconds of both vmm processes while the job ran (steadier than the rate when other ' +
+      "work shares the machine's two cores). Target: ≥ " +
       `${COPY_TARGET_MBPS} MB/s.` +
       (typeof qemu === 'string' ? ` QEMU skipped: ${qemu}.` : ''),
   };
