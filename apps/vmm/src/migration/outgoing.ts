@@ -39,7 +39,7 @@ import type { VmHost } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import { nextThrottle, throttlePercent, type PassMeasure } from './converge.js';
 import { refusePostcopyOfCopiedRam } from './support.js';
-import { STREAM_FORMAT } from './format.js';
+import { HEADER_FORMAT_MINOR, STREAM_FORMAT } from './format.js';
 import { modeFor, PAGE_SIZE, type BlockMode } from './pages/frames.js';
 import { PageSender } from './pages/page-sender.js';
 import { MigrationStats } from './stats.js';
@@ -854,7 +854,7 @@ export class OutgoingMigration {
     const spec = specToPb(vm.spec);
     return {
       formatMajor: STREAM_FORMAT.major,
-      formatMinor: STREAM_FORMAT.minor,
+      formatMinor: HEADER_FORMAT_MINOR,
       token: this.o.token,
       jobId: this.o.jobId,
       capabilities: capabilitiesToWire(this.o.capabilities),

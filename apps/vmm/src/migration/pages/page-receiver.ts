@@ -18,8 +18,12 @@ import { PageBitmap } from '@handoff/bitmap';
 import type { vmmStream } from '@handoff/proto';
 import { checkFrame, PAGE_SIZE, type IncomingBlock } from './frames.js';
 
-/** Bytes of page data queued for writing before `apply` waits for the writes to catch up. */
-export const MAX_QUEUED_BYTES = 32 * 1024 * 1024;
+/**
+ * Bytes of page data queued for writing before `apply` waits for the writes to catch up. Small
+ * enough that what is still queued when the source stops (the bulk pass's tail) lands within a
+ * few milliseconds of the pause, large enough that the writes never wait for the socket.
+ */
+export const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
 
 export class PageReceiver {
   /** Per block: pages this stream wrote data into (copied blocks only). */

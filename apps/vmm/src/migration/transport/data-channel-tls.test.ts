@@ -1,4 +1,4 @@
-import type { vmmStream } from '@handoff/proto';
+import { vmmStream } from '@handoff/proto';
 import type { Logger, TlsMaterial } from '@handoff/service';
 import { testMaterial } from '@handoff/service/testing';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -71,6 +71,42 @@ describe('data channel over TCP with mutual TLS', () => {
     const seen = await serve();
     await send(await testMaterial({ id: 'vmm-a', role: 'vmm' }));
     expect(seen).toEqual([{ peer: 'vmm-a', first: 'header' }]);
+  });
+
+  it('carries raw page frames once the target acks format 1.3', async () => {
+    const got: vmmStream.PageFrame[] = [];
+    server = await startDataChannel(
+      '127.0.0.1:0',
+      async (ch: IncomingChannel) => {
+        await ch.next(); // the header
+        ch.write({
+          reply: {
+            $case: 'headerAck',
+            value: vmmStream.HeaderAck.fromPartial({ formatMajor: 1, formatMinor: 3 }),
+          },
+        });
+        const pages = await ch.next();
+        if (pages?.frame?.$case === 'pages') got.push(pages.frame.value);
+        ch.end();
+      },
+      quiet,
+      { tls: await testMaterial({ id: 'vmm-b', role: 'vmm' }) },
+    );
+    let acked = false;
+    const ch = await connectDataChannel(
+      server.address,
+      { reply: () => (acked = true), broken: () => undefined },
+      header,
+      await testMaterial({ id: 'vmm-a', role: 'vmm' }),
+    );
+    await expect.poll(() => acked, { timeout: 5000 }).toBe(true);
+    const data = new Uint8Array(64 * 1024).map((_, i) => (i % 249) | 1);
+    const runs = [{ block: 0, firstPage: 3n, pageCount: 16, flags: 0 }];
+    ch.write({ frame: { $case: 'pages', value: { runs, data } } });
+    await expect.poll(() => got.length, { timeout: 5000 }).toBe(1);
+    expect(got[0]!.runs).toEqual(runs);
+    expect(Buffer.from(got[0]!.data).equals(Buffer.from(data))).toBe(true);
+    ch.close();
   });
 
   it('serves no stream to a certificate of another role, nor to a plaintext client', async () => {

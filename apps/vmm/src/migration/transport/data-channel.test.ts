@@ -3,14 +3,15 @@ import type * as net from 'node:net';
 import { Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { vmmStream } from '@handoff/proto';
-import { frameHeader, type Logger } from '@handoff/service';
+import { vmmStream } from '@handoff/proto';
+import { FrameDecoder, frameHeader, type Logger } from '@handoff/service';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { IncomingChannel } from './channel.js';
+import type { IncomingChannel, OutgoingChannel } from './channel.js';
 import {
   MAX_REQUEST_FRAME,
   connectDataChannel,
   dataChannelAlive,
+  decodeRequest,
   startDataChannel,
   type DataChannelServer,
 } from './data-channel.js';
@@ -41,7 +42,9 @@ describe('data channel', () => {
   });
 
   /** A server whose connections record what they read and ack each header. */
-  async function serve(opts: { frameTimeoutMs?: number; logger?: Logger } = {}): Promise<Served[]> {
+  async function serve(
+    opts: { frameTimeoutMs?: number; logger?: Logger; ackMinor?: number } = {},
+  ): Promise<Served[]> {
     dir = mkdtempSync(join(tmpdir(), 'dc-'));
     const seen: Served[] = [];
     server = await startDataChannel(
@@ -58,7 +61,7 @@ describe('data channel', () => {
                   $case: 'headerAck',
                   value: {
                     formatMajor: 1,
-                    formatMinor: 0,
+                    formatMinor: opts.ackMinor ?? 0,
                     handoffSlot: '',
                     prebuilt: false,
                     leaseMove: 0,
@@ -192,6 +195,103 @@ describe('data channel', () => {
     expect(seen[1]!.requests.length).toBe(1);
     expect(seen[1]!.end).toBeUndefined();
     ok.close();
+  });
+
+  it('fails a stream that ends in the middle of a frame, not as a clean end', async () => {
+    const seen = await serve();
+    const socket = connect(server!.address.slice('unix:'.length));
+    socket.on('error', () => undefined);
+    socket.end(Buffer.concat([frameHeader(100), new Uint8Array(10)]));
+    await expect.poll(() => seen[0]?.end, { timeout: 5000 }).toMatch(/middle of a frame/);
+    socket.destroy();
+  });
+
+  describe('raw page frames (format 1.3)', () => {
+    const header: vmmStream.IncomingRequest = {
+      frame: { $case: 'header', value: vmmStream.StreamHeader.fromPartial({ formatMajor: 1 }) },
+    };
+    const data = new Uint8Array(1 << 20).map((_, i) => (i % 251) | 1);
+    const pages: vmmStream.IncomingRequest = {
+      frame: {
+        $case: 'pages',
+        value: { runs: [{ block: 0, firstPage: 9n, pageCount: 256, flags: 0 }], data },
+      },
+    };
+
+    /** A target that records each request payload as it arrived and acks the header. */
+    async function recordingTarget(ackMinor: number): Promise<{ payloads: Uint8Array[] }> {
+      dir = mkdtempSync(join(tmpdir(), 'dc-'));
+      const payloads: Uint8Array[] = [];
+      const ack = vmmStream.IncomingResponse.encode({
+        reply: {
+          $case: 'headerAck',
+          value: vmmStream.HeaderAck.fromPartial({ formatMajor: 1, formatMinor: ackMinor }),
+        },
+      }).finish();
+      const s = createServer((socket) => {
+        const decoder = new FrameDecoder(MAX_REQUEST_FRAME);
+        socket.on('data', (chunk: Buffer) => {
+          for (const f of decoder.push(chunk)) {
+            payloads.push(Uint8Array.from(f));
+            if (payloads.length === 1) socket.write(Buffer.concat([frameHeader(ack.length), ack]));
+          }
+        });
+      });
+      const path = join(dir, 'data.sock');
+      await new Promise<void>((resolve) => s.listen(path, resolve));
+      server = {
+        address: `unix:${path}`,
+        close: () => new Promise<void>((resolve) => s.close(() => resolve())),
+      };
+      return { payloads };
+    }
+
+    /** Connects, waits for the ack, then sends `pages`; the caller closes the channel. */
+    async function sendAfterAck(): Promise<OutgoingChannel> {
+      let acked = false;
+      const ch = await connectDataChannel(
+        server!.address,
+        { reply: () => (acked = true), broken: () => undefined },
+        header,
+      );
+      await expect.poll(() => acked, { timeout: 5000 }).toBe(true);
+      ch.write(pages);
+      return ch;
+    }
+
+    for (const [minor, form, first] of [
+      [3, 'raw', 0],
+      [2, 'protobuf', 0x12],
+    ] as const) {
+      it(`go ${form} after a HeaderAck of format 1.${minor}, and decode to the same frame`, async () => {
+        const { payloads } = await recordingTarget(minor);
+        const ch = await sendAfterAck();
+        await expect.poll(() => payloads.length, { timeout: 5000 }).toBe(2);
+        ch.close();
+        expect(payloads[0]![0]).toBe(0x0a); // the header: protobuf always
+        expect(payloads[1]![0]).toBe(first);
+        const back = decodeRequest(payloads[1]!).frame;
+        expect(back?.$case === 'pages' && back.value.runs).toEqual(
+          pages.frame?.$case === 'pages' && pages.frame.value.runs,
+        );
+        expect(back?.$case === 'pages' && Buffer.from(back.value.data).equals(data)).toBe(true);
+      });
+    }
+
+    it('reach the receiver whole through a target, and a broken one fails only its stream', async () => {
+      const seen = await serve({ ackMinor: 3 });
+      const ch = await sendAfterAck();
+      await expect.poll(() => seen[0]?.requests.length ?? 0, { timeout: 5000 }).toBe(2);
+      ch.close();
+      const got = seen[0]!.requests[1]!.frame;
+      expect(got?.$case === 'pages' && Buffer.from(got.value.data).equals(data)).toBe(true);
+      // Kind 0, then a reserved byte that is not zero.
+      const hostile = connect(server!.address.slice('unix:'.length));
+      hostile.on('error', () => undefined);
+      hostile.write(Buffer.concat([frameHeader(8), Buffer.from([0, 1, 0, 0, 1, 0, 0, 0])]));
+      await expect.poll(() => seen[1]?.end, { timeout: 5000 }).toMatch(/raw page frame rejected/);
+      hostile.destroy();
+    });
   });
 
   it('refuses to connect where nothing listens, saying so', async () => {

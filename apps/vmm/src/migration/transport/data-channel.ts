@@ -11,7 +11,10 @@
  * and with exactly the rules of the gRPC stream (PROTOCOL.md). The first frame must be the
  * header carrying the one-time token from PrepareIncoming, so the channel is authorised the
  * same way. PrepareIncoming returns the channel's address as `data_address`; a source that
- * cannot connect to it uses the gRPC stream instead.
+ * cannot connect to it uses the gRPC stream instead. Once the target's HeaderAck says format
+ * ≥ 1.3, page frames go in their raw form instead (raw-pages.ts: a run table, then the page
+ * bytes written from guest memory), and a plain socket's target reads every frame in place
+ * (in-place.ts).
  *
  * Who may connect: a unix socket is mode 0600 (in a folder only this user can enter, for
  * `--data-channel auto`), so only processes of this user reach it; they could read the vmm's
@@ -39,6 +42,15 @@ import { RequestQueue } from './channel.js';
 import { MigrationError } from '../../model/migration-error.js';
 import { encodeIncomingRequestParts } from './encode.js';
 import { failpointAction } from '../../failpoints.js';
+import { STREAM_FORMAT } from '../format.js';
+import { InPlaceSocket } from './in-place.js';
+import {
+  decodeRawPages,
+  encodeRawPages,
+  fitsRawPages,
+  isRawPages,
+  RAW_PAGES_MINOR,
+} from './raw-pages.js';
 
 /**
  * Largest request frame a target accepts: a page frame is at most 1 MiB of data plus 4096 runs
@@ -49,7 +61,7 @@ export const MAX_REQUEST_FRAME = 4 * 1024 * 1024;
 const POOLED_FRAME_BYTES = 1280 * 1024;
 /**
  * Pooled buffers kept per connection: enough for the frames in flight (read ahead, and the
- * receiver's queue of writes, 32 MiB).
+ * receiver's queue of writes, 8 MiB).
  */
 const POOLED_FRAMES = 40;
 /** Largest reply frame a source accepts (replies are acks and errors). */
@@ -148,10 +160,10 @@ export async function startDataChannel(
   const where = parseAddress(listen);
   const open = new Set<Socket>();
   const material = opts.tls ?? null;
-  const accept = (socket: Socket, peer: string | null): void => {
+  const accept = (accepted: Socket, peer: string | null): void => {
+    const { channel, socket } = socketIncoming(accepted, peer, frameTimeoutMs, logger);
     open.add(socket);
     socket.on('close', () => open.delete(socket));
-    const channel = socketIncoming(socket, peer, frameTimeoutMs, logger);
     serve(channel).catch((err: unknown) =>
       logger.warn({ error: (err as Error).message }, 'data channel: a migration failed'),
     );
@@ -184,7 +196,10 @@ export async function startDataChannel(
           .on('tlsClientError', (err) =>
             logger.info({ error: err.message }, 'data channel: a TLS handshake failed'),
           )
-      : createServer({ allowHalfOpen: true }, (socket) => accept(socket, null));
+      : // Accepted paused: the target reads the connection in place (in-place.ts) from the start.
+        createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
+          accept(socket, null),
+        );
   if ('path' in where) rmSync(where.path, { force: true }); // a socket left by a killed vmm
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -212,46 +227,69 @@ export async function startDataChannel(
   };
 }
 
-/** The target's end over one accepted socket whose source the transport names `peer`. */
+/**
+ * One request frame's payload as a request: a raw page frame (raw-pages.ts) or a protobuf
+ * `IncomingRequest`.
+ *
+ * @throws MigrationError `MIGRATION_BAD_STREAM` for a broken raw page frame; Error when the
+ *   protobuf does not decode
+ */
+export function decodeRequest(payload: Uint8Array): vmmStream.IncomingRequest {
+  if (isRawPages(payload)) return { frame: { $case: 'pages', value: decodeRawPages(payload) } };
+  return vmmStream.IncomingRequest.decode(payload);
+}
+
+/**
+ * The target's end over one accepted socket whose source the transport names `peer`, and the
+ * socket that carries it from now on: a plain socket is taken over to be read in place
+ * (in-place.ts); a TLS one is read as it is.
+ */
 function socketIncoming(
-  socket: Socket,
+  accepted: Socket,
   peer: string | null,
   frameTimeoutMs: number,
   logger: Logger,
-): IncomingChannel {
+): { channel: IncomingChannel; socket: Socket } {
   let gone = false; // the socket closed: nothing reaches the source any more
-  socket.on('close', () => (gone = true));
   // (flow control reaches `framed` only once frames arrive, after it exists)
   const q = new RequestQueue({ pause: () => framed.pause(), resume: () => framed.resume() });
   // Page frames span socket reads: assemble them in reused buffers, given back once written.
   const pool = new RecycledBuffers(POOLED_FRAME_BYTES, POOLED_FRAMES);
-  const framed: FramedSocket = new FramedSocket(
-    socket,
-    MAX_REQUEST_FRAME,
-    {
-      frame: (payload) => {
-        let req: vmmStream.IncomingRequest;
-        try {
-          req = vmmStream.IncomingRequest.decode(payload);
-        } catch (err) {
-          q.fail(new Error(`an undecodable frame arrived (${(err as Error).message})`));
-          socket.destroy();
-          return;
-        }
-        q.push(req);
-      },
-      closed: (error) => {
-        if (error instanceof FrameError && error.timedOut) {
-          logger.warn({ error: error.message }, 'data channel: a source stalled mid-frame');
-        }
-        if (error === null)
-          q.end(); // the source ended its side; replies still go out
-        else q.fail(error);
-      },
+  const handlers = {
+    frame: (payload: Uint8Array): void => {
+      let req: vmmStream.IncomingRequest;
+      try {
+        req = decodeRequest(payload);
+      } catch (err) {
+        q.fail(
+          err instanceof MigrationError
+            ? err
+            : new Error(`an undecodable frame arrived (${(err as Error).message})`),
+        );
+        framed.destroy();
+        return;
+      }
+      q.push(req);
     },
-    { pool, frameTimeoutMs },
-  );
-  return {
+    closed: (error: Error | null): void => {
+      if (error instanceof FrameError && error.timedOut) {
+        logger.warn({ error: error.message }, 'data channel: a source stalled mid-frame');
+      }
+      if (error === null)
+        q.end(); // the source ended its side; replies still go out
+      else q.fail(error);
+    },
+  };
+  const inPlace =
+    accepted instanceof tls.TLSSocket
+      ? null
+      : InPlaceSocket.open(accepted, MAX_REQUEST_FRAME, handlers, { pool, frameTimeoutMs });
+  const framed: InPlaceSocket | FramedSocket =
+    inPlace ?? new FramedSocket(accepted, MAX_REQUEST_FRAME, handlers, { pool, frameTimeoutMs });
+  const socket = framed.socket;
+  if (inPlace === null) socket.resume(); // a plain socket was accepted paused
+  socket.on('close', () => (gone = true));
+  const channel: IncomingChannel = {
     next: () => q.next(),
     write: (reply) => {
       if (!gone) framed.send(vmmStream.IncomingResponse.encode(reply).finish());
@@ -263,6 +301,7 @@ function socketIncoming(
     peer,
     release: (frame) => pool.give(frame.data),
   };
+  return { channel, socket };
 }
 
 /**
@@ -344,6 +383,8 @@ export async function connectDataChannel(
     );
   });
   let broken = false;
+  /** Page frames go in the raw form (raw-pages.ts): the target's HeaderAck said it reads it. */
+  let rawPages = false;
   // Several frames may wait to go out, so the next frame is read from RAM while earlier ones
   // are still being written.
   const framed = new FramedSocket(
@@ -358,6 +399,10 @@ export async function connectDataChannel(
           fail(new Error(`an undecodable reply arrived (${(err as Error).message})`));
           socket.destroy();
           return;
+        }
+        const r = reply.reply;
+        if (r?.$case === 'headerAck' && r.value.formatMajor === STREAM_FORMAT.major) {
+          rawPages = r.value.formatMinor >= RAW_PAGES_MINOR; // the target reads them
         }
         events.reply(reply);
       },
@@ -385,6 +430,9 @@ export async function connectDataChannel(
           stallMidFrame(socket, encodeIncomingRequestParts(req), fault === 'stop');
           return false;
         }
+      }
+      if (rawPages && req.frame?.$case === 'pages' && fitsRawPages(req.frame.value)) {
+        return framed.send(...encodeRawPages(req.frame.value));
       }
       return framed.send(...encodeIncomingRequestParts(req));
     },
