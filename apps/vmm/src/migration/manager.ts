@@ -18,7 +18,12 @@ import {
   type IncomingHint,
   type PreparedIncoming,
 } from './prepare.js';
-import { refuseUnsupported, refuseUnsupportedCapabilities } from './support.js';
+import {
+  refusePostcopyOfCopiedRam,
+  refuseUnsupported,
+  refuseUnsupportedCapabilities,
+} from './support.js';
+import { modeFor } from './pages/frames.js';
 import {
   startDataChannel,
   type DataChannelOptions,
@@ -114,6 +119,14 @@ export class MigrationManager {
     } = {},
   ): Promise<PreparedIncoming> {
     if (opts.capabilities !== undefined) refuseUnsupportedCapabilities(opts.capabilities);
+    if (opts.hint !== undefined) {
+      // Refused here already, before the name is reserved, as the source would refuse it.
+      const caps = opts.hint.capabilities;
+      refusePostcopyOfCopiedRam(
+        caps,
+        opts.hint.spec.ram.map((b) => ({ id: b.id, mode: modeFor(b, caps) })),
+      );
+    }
     return this.preparations.prepare(
       name,
       jobId,
