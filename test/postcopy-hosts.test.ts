@@ -154,6 +154,10 @@ describe('post-copy across two hosts (npm start -- --hosts 2, vmctl)', () => {
     expect(await region(vmctl, 'kv1-ram0')).toBeNull();
     const here = await region(onHost2, 'kv1-ram0');
     expect(here?.region.lease?.holder).toBe('vmm-c/kv1');
+    // Nothing waits for a source any more: --recover says so instead of pretending.
+    const late = await vmctl('migrate', 'kv1', '--recover');
+    expect(late.code).not.toBe(0);
+    expect(late.stderr).toMatch(/nothing of VM kv1 waits for a source/);
     ok(await vmctl('vm', 'destroy', 'kv1'));
     expect(await region(onHost2, 'kv1-ram0')).toBeNull(); // the VM owned it
   });

@@ -161,7 +161,7 @@ async function recover(
   });
   ctx.print(
     { vm: name, vmm: r.vmm, regions: r.regions },
-    () => `recovered the post-copy of ${name} on ${r.vmm}: ${r.regions.join(', ')} reconnected`,
+    () => `recovered the post-copy of ${name} on ${r.vmm}: ${r.regions.join(', ')} reconnected\n`,
   );
   return EXIT.ok;
 }

@@ -115,8 +115,9 @@ export class MemstoreClient implements RegionLeases, SnapshotCatalog {
   ) {}
 
   /**
-   * RecoverLazyRegion on region `name`: true when it was a lazy region whose fill was
-   * reconnected (or was filling anyway), false when it is no lazy region (nothing to recover).
+   * RecoverLazyRegion on region `name`: true when it is a lazy region whose fill goes on now
+   * (reconnected, or filling anyway), false when nothing of it waits for a source (an ordinary
+   * region, or a fill that completed or never started).
    */
   async recoverLazyRegion(name: string, sourceMemstore: string): Promise<boolean> {
     try {
@@ -126,7 +127,11 @@ export class MemstoreClient implements RegionLeases, SnapshotCatalog {
         { region: { selector: { $case: 'name', value: name } }, sourceMemstore },
         { deadlineMs: this.callTimeoutMs },
       );
-      return region?.lazy !== undefined;
+      const state = region?.lazy?.state;
+      return (
+        state === pb.LazyFillState.LAZY_FILL_STATE_FILLING ||
+        state === pb.LazyFillState.LAZY_FILL_STATE_SOURCE_PAUSED
+      );
     } catch (err) {
       if (err instanceof RemoteError && err.code === 'REGION_NOT_LAZY') return false;
       throw err;
