@@ -229,6 +229,96 @@ export interface FramedSocketOptions {
   readonly frameTimeoutMs?: number;
 }
 
+/** What a {@link StallWatch} reads of a frame decoder. */
+export interface WatchedDecoder {
+  /** No partial frame is buffered. */
+  readonly idle: boolean;
+  /** Frames completed so far. */
+  readonly completed: number;
+  /** The partial frame: its length (-1 while the header is incomplete) and bytes received. */
+  readonly partial: { readonly length: number; readonly received: number } | null;
+}
+
+/**
+ * The per-socket watch of a frame bound: re-armed without allocation and only while a partial
+ * frame is buffered, it looks every half bound and fails the frame the third time it sees the
+ * same one (so a frame gets at least the bound and at most one and a half). A paused reader's
+ * frame is its owner's doing, never the peer's. An idle connection costs nothing.
+ */
+export class StallWatch {
+  private timer: NodeJS.Timeout | undefined;
+  private watching = false;
+  /** Looks at the same partial frame in a row, and the decoder's count of frames then. */
+  private strikes = 0;
+  private seenCompleted = -1;
+  private stopped = false;
+
+  /**
+   * @param halfMs - half the frame bound (0: no bound)
+   * @param paused - whether the owner holds reading back now
+   * @param stalled - called once with the error when a frame stalled (the owner closes)
+   */
+  constructor(
+    private readonly decoder: WatchedDecoder,
+    private readonly halfMs: number,
+    private readonly paused: () => boolean,
+    private readonly stalled: (err: FrameError) => void,
+  ) {}
+
+  /** After bytes landed: starts watching a partial frame, if one is buffered. */
+  landed(): void {
+    if (!this.watching && !this.stopped && this.halfMs > 0 && !this.decoder.idle) this.start();
+  }
+
+  /** The connection ended: no more looks. */
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  private start(): void {
+    this.watching = true;
+    this.strikes = 0;
+    this.seenCompleted = this.decoder.completed;
+    if (this.timer === undefined) {
+      this.timer = setTimeout(() => this.look(), this.halfMs);
+      this.timer.unref();
+    } else {
+      this.timer.refresh();
+    }
+  }
+
+  private look(): void {
+    if (this.stopped) return;
+    if (this.decoder.idle) {
+      this.watching = false;
+      return;
+    }
+    const completed = this.decoder.completed;
+    if (this.paused() || completed !== this.seenCompleted) {
+      // Paused: the owner holds the frame back, not the peer. Moved: another frame since.
+      this.strikes = 0;
+      this.seenCompleted = completed;
+    } else if (++this.strikes >= 2) {
+      const p = this.decoder.partial!;
+      const what =
+        p.length < 0
+          ? `a frame header (${p.received} of ${FRAME_HEADER_BYTES} bytes)`
+          : `a frame of ${p.length} bytes (${p.received} received)`;
+      this.stopped = true;
+      this.stalled(
+        new FrameError(
+          `${what} was still incomplete ${this.halfMs * 2} ms after it began; the peer stalled ` +
+            'mid-frame, so the connection is closed',
+          { timedOut: true },
+        ),
+      );
+      return;
+    }
+    this.timer!.refresh();
+  }
+}
+
 /**
  * A socket speaking frames. Writes go out in order; {@link FramedSocket.send} returns false
  * when `queueBytes` wait to be written (await {@link FramedSocket.drained} before sending more).
@@ -248,14 +338,7 @@ export class FramedSocket {
   private queued = 0;
   private waiters: (() => void)[] = [];
   private done = false;
-  /** Half the frame bound, the watch's period (0: no bound). */
-  private readonly watchMs: number;
-  private watch: NodeJS.Timeout | undefined;
-  /** The watch runs (a partial frame was buffered when it last looked, or since). */
-  private watching = false;
-  /** Looks at the same partial frame in a row, and the decoder's count of frames then. */
-  private strikes = 0;
-  private seenCompleted = -1;
+  private readonly watch: StallWatch;
   private paused = false;
 
   constructor(
@@ -266,7 +349,15 @@ export class FramedSocket {
   ) {
     this.decoder = new FrameDecoder(maxFrameBytes, opts.pool);
     this.queueBytes = opts.queueBytes ?? 1024 * 1024;
-    this.watchMs = Math.max(0, (opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS) / 2);
+    this.watch = new StallWatch(
+      this.decoder,
+      Math.max(0, (opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS) / 2),
+      () => this.paused,
+      (err) => {
+        this.finish(err);
+        socket.destroy();
+      },
+    );
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.done) return;
@@ -278,7 +369,7 @@ export class FramedSocket {
         socket.destroy();
         return;
       }
-      if (!this.watching && this.watchMs > 0 && !this.decoder.idle) this.startWatch();
+      this.watch.landed();
       for (const f of frames) {
         if (this.done) return;
         this.on.frame(f);
@@ -367,51 +458,7 @@ export class FramedSocket {
   private finish(error: Error | null): void {
     if (this.done) return;
     this.done = true;
-    clearTimeout(this.watch);
+    this.watch.stop();
     this.on.closed(error);
-  }
-
-  /** A partial frame is buffered and nothing watches it: look again in half the bound. */
-  private startWatch(): void {
-    this.watching = true;
-    this.strikes = 0;
-    this.seenCompleted = this.decoder.completed;
-    if (this.watch === undefined) {
-      this.watch = setTimeout(() => this.look(), this.watchMs);
-      this.watch.unref();
-    } else {
-      this.watch.refresh();
-    }
-  }
-
-  /** The watch: fails a frame seen incomplete three looks in a row, while reading. */
-  private look(): void {
-    if (this.done) return;
-    if (this.decoder.idle) {
-      this.watching = false;
-      return;
-    }
-    const completed = this.decoder.completed;
-    if (this.paused || completed !== this.seenCompleted) {
-      // Paused: the owner holds the frame back, not the peer. Moved: another frame since.
-      this.strikes = 0;
-      this.seenCompleted = completed;
-    } else if (++this.strikes >= 2) {
-      const p = this.decoder.partial!;
-      const what =
-        p.length < 0
-          ? `a frame header (${p.received} of ${FRAME_HEADER_BYTES} bytes)`
-          : `a frame of ${p.length} bytes (${p.received} received)`;
-      this.finish(
-        new FrameError(
-          `${what} was still incomplete ${this.watchMs * 2} ms after it began; the peer stalled ` +
-            'mid-frame, so the connection is closed',
-          { timedOut: true },
-        ),
-      );
-      this.socket.destroy();
-      return;
-    }
-    this.watch!.refresh();
   }
 }

@@ -18,6 +18,7 @@ import {
   FRAME_HEADER_BYTES,
   FrameError,
   frameHeader,
+  StallWatch,
   type FramedSocketHandlers,
   type RecycledBuffers,
 } from '@handoff/service';
@@ -143,11 +144,7 @@ export class InPlaceSocket {
   private readonly decoder: InPlaceDecoder;
   private done = false;
   private paused = false;
-  private readonly watchMs: number;
-  private watch: NodeJS.Timeout | undefined;
-  private watching = false;
-  private strikes = 0;
-  private seenCompleted = -1;
+  private readonly watch: StallWatch;
   /** The connection (the socket that took over the accepted one). */
   readonly socket: Socket;
 
@@ -159,7 +156,15 @@ export class InPlaceSocket {
     accepted: Socket,
   ) {
     this.decoder = new InPlaceDecoder(maxFrameBytes, opts.pool);
-    this.watchMs = Math.max(0, opts.frameTimeoutMs / 2);
+    this.watch = new StallWatch(
+      this.decoder,
+      Math.max(0, opts.frameTimeoutMs / 2),
+      () => this.paused,
+      (err) => {
+        this.finish(err);
+        this.socket.destroy();
+      },
+    );
     const socket = takeOver(
       accepted,
       () => this.decoder.buffer(),
@@ -233,57 +238,14 @@ export class InPlaceSocket {
       this.socket.destroy();
       return;
     }
-    if (!this.watching && this.watchMs > 0 && !this.decoder.idle) this.startWatch();
+    this.watch.landed();
     if (frame !== null) this.on.frame(frame);
   }
 
   private finish(error: Error | null): void {
     if (this.done) return;
     this.done = true;
-    clearTimeout(this.watch);
+    this.watch.stop();
     this.on.closed(error);
-  }
-
-  /** A partial frame is buffered and nothing watches it: look again in half the bound. */
-  private startWatch(): void {
-    this.watching = true;
-    this.strikes = 0;
-    this.seenCompleted = this.decoder.completed;
-    if (this.watch === undefined) {
-      this.watch = setTimeout(() => this.look(), this.watchMs);
-      this.watch.unref();
-    } else {
-      this.watch.refresh();
-    }
-  }
-
-  /** Fails a frame seen incomplete on three looks in a row while reading (FramedSocket's rule). */
-  private look(): void {
-    if (this.done) return;
-    if (this.decoder.idle) {
-      this.watching = false;
-      return;
-    }
-    const completed = this.decoder.completed;
-    if (this.paused || completed !== this.seenCompleted) {
-      this.strikes = 0;
-      this.seenCompleted = completed;
-    } else if (++this.strikes >= 2) {
-      const p = this.decoder.partial!;
-      const what =
-        p.length < 0
-          ? `a frame header (${p.received} of ${FRAME_HEADER_BYTES} bytes)`
-          : `a frame of ${p.length} bytes (${p.received} received)`;
-      this.finish(
-        new FrameError(
-          `${what} was still incomplete ${this.watchMs * 2} ms after it began; the peer stalled ` +
-            'mid-frame, so the connection is closed',
-          { timedOut: true },
-        ),
-      );
-      this.socket.destroy();
-      return;
-    }
-    this.watch!.refresh();
   }
 }
