@@ -24,3 +24,4 @@ export * from './trust/access.js';
 export * from './trust/credentials.js';
 export * from './trust/material.js';
 export * from './trust/private-dir.js';
+export * from './trust/side-channel.js';

@@ -1,5 +1,10 @@
-import { certificateIdentity, type Logger, type TlsMaterial } from '@handoff/service';
-import { X509Certificate } from 'node:crypto';
+import {
+  parseSideChannelAddress,
+  peerOfRole,
+  sideChannelServerTls,
+  type Logger,
+  type TlsMaterial,
+} from '@handoff/service';
 import { chmodSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
@@ -60,25 +65,14 @@ export interface PageChannelServer {
 export function parsePageAddress(
   address: string,
 ): { path: string } | { host: string; port: number } {
-  if (address.startsWith('unix:')) return { path: address.slice('unix:'.length) };
-  const at = address.lastIndexOf(':');
-  const port = Number(address.slice(at + 1));
-  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+  const where = parseSideChannelAddress(address);
+  if (where === null) {
     throw new MemstoreError(
       'REGION_INVALID_ARGUMENT',
       `page channel address ${JSON.stringify(address.slice(0, 100))} is neither unix:/path nor host:port`,
     );
   }
-  return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
-}
-
-/** The memstore id of a verified TLS peer, or null when it is no memstore's certificate. */
-function memstorePeerOf(socket: tls.TLSSocket): string | null {
-  if (!socket.authorized) return null;
-  const raw = socket.getPeerCertificate().raw as Buffer | undefined;
-  if (raw === undefined) return null;
-  const identity = certificateIdentity(new X509Certificate(raw));
-  return identity?.role === 'memstore' ? identity.id : null;
+  return where;
 }
 
 /** Starts listening on `listen` (`unix:/path` or `host:port`, port 0 for any). */
@@ -102,17 +96,12 @@ export async function startPageChannel(deps: {
       ? tls
           .createServer(
             {
-              ca: material.ca,
-              cert: material.cert,
-              key: material.key,
-              requestCert: true,
-              rejectUnauthorized: true,
-              minVersion: 'TLSv1.3',
+              ...sideChannelServerTls(material),
               ciphers: PAGE_CHANNEL_CIPHERS,
               honorCipherOrder: true,
             },
             (socket) => {
-              const peer = memstorePeerOf(socket);
+              const peer = peerOfRole(socket, 'memstore');
               if (peer === null) {
                 logger.warn('page channel: refused a connection without a memstore certificate');
                 socket.destroy();

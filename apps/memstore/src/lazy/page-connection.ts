@@ -1,4 +1,4 @@
-import type { TlsMaterial } from '@handoff/service';
+import { sideChannelClientTls, type TlsMaterial } from '@handoff/service';
 import { connect, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import { MemstoreError } from '../errors.js';
@@ -95,19 +95,8 @@ export class PageConnection {
           : tls.connect({
               host: where.host,
               port: where.port,
-              ca: material.ca,
-              cert: material.cert,
-              key: material.key,
-              minVersion: 'TLSv1.3',
+              ...sideChannelClientTls(material, 'memstore', 'page channel'),
               ciphers: PAGE_CHANNEL_CIPHERS,
-              checkServerIdentity: (host, cert) => {
-                const err = tls.checkServerIdentity(host, cert);
-                if (err !== undefined) return err;
-                const ou = Array.isArray(cert.subject?.OU) ? cert.subject.OU[0] : cert.subject?.OU;
-                return ou === 'memstore'
-                  ? undefined
-                  : new Error(`the page channel at ${host} is not a memstore's`);
-              },
             });
     socket.setNoDelay(true);
     const conn = new PageConnection(socket, opts.pages);

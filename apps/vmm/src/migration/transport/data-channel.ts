@@ -24,16 +24,18 @@
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
 import * as tls from 'node:tls';
 import { vmmStream } from '@handoff/proto';
 import {
-  certificateIdentity,
   DEFAULT_FRAME_TIMEOUT_MS,
   FrameError,
   FramedSocket,
   RecycledBuffers,
   frameHeader,
+  parseSideChannelAddress,
+  peerOfRole,
+  sideChannelClientTls,
+  sideChannelServerTls,
   type Logger,
   type TlsMaterial,
 } from '@handoff/service';
@@ -71,18 +73,16 @@ const WRITE_QUEUE_BYTES = 8 * 1024 * 1024;
 /** How long a source waits to connect before it falls back to the gRPC stream. */
 export const CONNECT_TIMEOUT_MS = 2000;
 
-/** `unix:/path` → the path; `host:port` → host and port. */
+/** `unix:/path` → the path; `host:port` → host and port. @throws MigrationError otherwise */
 function parseAddress(address: string): { path: string } | { host: string; port: number } {
-  if (address.startsWith('unix:')) return { path: address.slice('unix:'.length) };
-  const at = address.lastIndexOf(':');
-  const port = Number(address.slice(at + 1));
-  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+  const where = parseSideChannelAddress(address);
+  if (where === null) {
     throw new MigrationError(
       'MIGRATION_FAILED',
       `data channel address ${address} is neither unix:/path nor host:port`,
     );
   }
-  return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
+  return where;
 }
 
 /**
@@ -98,16 +98,7 @@ function dial(address: string, material: TlsMaterial | null = null): Socket {
   return tls.connect({
     host: where.host,
     port: where.port,
-    ca: material.ca,
-    cert: material.cert,
-    key: material.key,
-    minVersion: 'TLSv1.3',
-    checkServerIdentity: (host, cert) => {
-      const err = tls.checkServerIdentity(host, cert);
-      if (err !== undefined) return err;
-      const ou = Array.isArray(cert.subject?.OU) ? cert.subject.OU[0] : cert.subject?.OU;
-      return ou === 'vmm' ? undefined : new Error(`the data channel at ${host} is not a vmm's`);
-    },
+    ...sideChannelClientTls(material, 'vmm', 'data channel'),
   });
 }
 
@@ -133,15 +124,6 @@ export interface DataChannelServer {
   readonly address: string;
   /** Stops listening and drops open connections (their migrations fail as broken). */
   close(): Promise<void>;
-}
-
-/** The vmm id a verified TLS socket's peer certificate names, or null when it is no vmm's. */
-function vmmPeerOf(socket: tls.TLSSocket): string | null {
-  if (!socket.authorized) return null;
-  const raw = socket.getPeerCertificate().raw as Buffer | undefined;
-  if (raw === undefined) return null;
-  const identity = certificateIdentity(new X509Certificate(raw));
-  return identity?.role === 'vmm' ? identity.id : null;
 }
 
 /**
@@ -176,15 +158,10 @@ export async function startDataChannel(
           .createServer(
             {
               allowHalfOpen: true,
-              ca: material.ca,
-              cert: material.cert,
-              key: material.key,
-              requestCert: true,
-              rejectUnauthorized: true,
-              minVersion: 'TLSv1.3',
+              ...sideChannelServerTls(material),
             },
             (socket) => {
-              const peer = vmmPeerOf(socket);
+              const peer = peerOfRole(socket, 'vmm');
               if (peer === null) {
                 logger.warn('data channel: refused a connection without a vmm certificate');
                 socket.destroy();
