@@ -118,3 +118,32 @@ export function bytesOf(words: readonly number[]): Uint8Array {
   words.forEach((w, k) => dv.setUint32(k * 4, w >>> 0, true));
   return out;
 }
+
+/** Where `virt` main RAM starts, and where {@link elfOf} loads its code. */
+export const TEST_RAM_BASE = 0x8000_0000;
+
+/**
+ * Wraps code into an ELF32 RISC-V executable with one R+X segment at {@link TEST_RAM_BASE} (file
+ * offset 0x1000), entry at its first instruction: a guest for tests and benches with no
+ * toolchain.
+ */
+export function elfOf(words: readonly number[]): Uint8Array {
+  const code = bytesOf(words);
+  const at = 0x1000;
+  const file = new Uint8Array(at + code.length);
+  const dv = new DataView(file.buffer);
+  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0);
+  dv.setUint16(16, 2, true);
+  dv.setUint16(18, 243, true);
+  dv.setUint32(20, 1, true);
+  dv.setUint32(24, TEST_RAM_BASE, true);
+  dv.setUint32(28, 52, true);
+  dv.setUint16(40, 52, true);
+  dv.setUint16(42, 32, true);
+  dv.setUint16(44, 1, true);
+  [1, at, TEST_RAM_BASE, TEST_RAM_BASE, code.length, code.length, 5, 0x1000].forEach((v, k) =>
+    dv.setUint32(52 + 4 * k, v, true),
+  );
+  file.set(code, at);
+  return file;
+}

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { vmm as pb } from '@handoff/proto';
 import { channelCredentials, createClient, startServiceProcess, unaryCall } from '@handoff/service';
 import { readSmapsRollup } from '@handoff/shm';
-import { asm, bytesOf } from '../cpu/test-asm.js';
+import { asm, elfOf } from '../cpu/test-asm.js';
 import { cloneTables, type Table } from './clone-density.bench.js';
 
 const MiB = 1024 * 1024;
@@ -40,28 +40,7 @@ function idleGuestElf(): Uint8Array {
   const words = [asm.lui(s0, 0x10000)];
   for (const c of 'idle\n') words.push(asm.addi(t0, 0, c.charCodeAt(0)), asm.sb(t0, s0, 0));
   words.push(asm.wfi(), asm.jal(0, -4));
-  return elfOf(bytesOf(words));
-}
-
-/** Wraps code into an ELF32 RISC-V executable with one R+X segment at RAM_BASE. */
-function elfOf(code: Uint8Array): Uint8Array {
-  const at = 0x1000;
-  const file = new Uint8Array(at + code.length);
-  const dv = new DataView(file.buffer);
-  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0);
-  dv.setUint16(16, 2, true); // ET_EXEC
-  dv.setUint16(18, 243, true); // EM_RISCV
-  dv.setUint32(20, 1, true);
-  dv.setUint32(24, RAM_BASE, true);
-  dv.setUint32(28, 52, true);
-  dv.setUint16(40, 52, true);
-  dv.setUint16(42, 32, true);
-  dv.setUint16(44, 1, true);
-  const ph = 52;
-  const fields = [1, at, RAM_BASE, RAM_BASE, code.length, code.length, 5, 0x1000];
-  fields.forEach((v, k) => dv.setUint32(ph + 4 * k, v, true));
-  file.set(code, at);
-  return file;
+  return elfOf(words);
 }
 
 function cpuSeconds(pid: number): number {

@@ -17,7 +17,7 @@ import { PresentMap, PresentState, presentMapBytes } from '@handoff/bitmap';
 import { createLogger } from '@handoff/service';
 import { createMachine } from '../machine/machine.js';
 import { runUntilStopped } from '../machine/run-sync.js';
-import { asm, bytesOf, li } from '../cpu/test-asm.js';
+import { asm, elfOf, li } from '../cpu/test-asm.js';
 import type { GuestImage } from '../guests/catalog.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { RamBacking } from '../ram/backing.js';
@@ -50,28 +50,6 @@ const CASES: readonly Case[] = [
   { answerMs: 1, busyMate: false },
   { answerMs: 0, busyMate: true },
 ];
-
-/** An ELF32 RISC-V executable with one R+X segment at the RAM base holding `words`. */
-function elfOf(words: number[]): Uint8Array {
-  const code = bytesOf(words);
-  const at = 0x1000;
-  const file = new Uint8Array(at + code.length);
-  const dv = new DataView(file.buffer);
-  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0);
-  dv.setUint16(16, 2, true);
-  dv.setUint16(18, 243, true);
-  dv.setUint32(20, 1, true);
-  dv.setUint32(24, RAM_WINDOW.base, true);
-  dv.setUint32(28, 52, true);
-  dv.setUint16(40, 52, true);
-  dv.setUint16(42, 32, true);
-  dv.setUint16(44, 1, true);
-  [1, at, RAM_WINDOW.base, RAM_WINDOW.base, code.length, code.length, 5, 0x1000].forEach((v, k) =>
-    dv.setUint32(52 + 4 * k, v, true),
-  );
-  file.set(code, at);
-  return file;
-}
 
 const [t0, t1, t2, s0, s1] = [5, 6, 7, 8, 9];
 /** Reads a word of every 16th page from page 16 on, then powers off. */

@@ -1,7 +1,7 @@
 import { PresentMap, PresentState, presentMapBytes } from '@handoff/bitmap';
 import { createLogger } from '@handoff/service';
 import { afterAll, describe, expect, it } from 'vitest';
-import { asm, bytesOf, li } from '../cpu/test-asm.js';
+import { asm, elfOf, li } from '../cpu/test-asm.js';
 import type { GuestImage } from '../guests/catalog.js';
 import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { RamBacking } from '../ram/index.js';
@@ -14,28 +14,6 @@ const RAM_SIZE = 1 << 20;
 const PAGES = RAM_SIZE >>> 12;
 const DATA_PAGE = 40;
 const [t0, t1, s0] = [5, 6, 8];
-
-/** An ELF32 RISC-V executable with one R+X segment at the RAM base holding `words`. */
-function elfOf(words: number[]): Uint8Array {
-  const code = bytesOf(words);
-  const at = 0x1000;
-  const file = new Uint8Array(at + code.length);
-  const dv = new DataView(file.buffer);
-  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0);
-  dv.setUint16(16, 2, true);
-  dv.setUint16(18, 243, true);
-  dv.setUint32(20, 1, true);
-  dv.setUint32(24, RAM_WINDOW.base, true);
-  dv.setUint32(28, 52, true);
-  dv.setUint16(40, 52, true);
-  dv.setUint16(42, 32, true);
-  dv.setUint16(44, 1, true);
-  [1, at, RAM_WINDOW.base, RAM_WINDOW.base, code.length, code.length, 5, 0x1000].forEach((v, k) =>
-    dv.setUint32(52 + 4 * k, v, true),
-  );
-  file.set(code, at);
-  return file;
-}
 
 const SPIN = elfOf([asm.addi(t0, t0, 1), asm.jal(0, -4)]);
 /** Reads a word of DATA_PAGE, stores it + 1 after it, then spins. */

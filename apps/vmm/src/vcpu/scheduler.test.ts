@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { asm, bytesOf, li } from '../cpu/test-asm.js';
+import { asm, elfOf, li } from '../cpu/test-asm.js';
 import { ControlDevice } from '../devices/control.js';
 import { createMachine, type Machine, type MachineOptions } from '../machine/machine.js';
 import { finishSlot, SLOT_BYTES, SlotState, tryTakeState } from '../switchover/slot.js';
@@ -15,31 +15,8 @@ import {
 } from './protocol.js';
 import { Scheduler } from './scheduler.js';
 
-const RAM_BASE = 0x8000_0000;
 const RAM_SIZE = 1 << 20;
 const [t0, t1, t2, s0, s1] = [5, 6, 7, 8, 9];
-
-/** Wraps code into an ELF32 RISC-V executable with one R+X segment at RAM_BASE. */
-function elfOf(words: number[]): Uint8Array {
-  const code = bytesOf(words);
-  const at = 0x1000;
-  const file = new Uint8Array(at + code.length);
-  const dv = new DataView(file.buffer);
-  file.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1], 0);
-  dv.setUint16(16, 2, true);
-  dv.setUint16(18, 243, true);
-  dv.setUint32(20, 1, true);
-  dv.setUint32(24, RAM_BASE, true);
-  dv.setUint32(28, 52, true);
-  dv.setUint16(40, 52, true);
-  dv.setUint16(42, 32, true);
-  dv.setUint16(44, 1, true);
-  [1, at, RAM_BASE, RAM_BASE, code.length, code.length, 5, 0x1000].forEach((v, k) =>
-    dv.setUint32(52 + 4 * k, v, true),
-  );
-  file.set(code, at);
-  return file;
-}
 
 /** Busy forever. */
 const SPIN = elfOf([asm.addi(t0, t0, 1), asm.jal(0, -4)]);
