@@ -138,7 +138,12 @@ export class PageSources {
       row.leaseHolder === null
         ? this.leases.acquire({ id: row.id }, holder)
         : this.leases.transfer({ id: row.id }, row.leaseHolder, epoch, holder);
-    this.catalog.lazy.setClaimedEpoch(src.id, lease.epoch);
+    // A record for people: the lease (committed durably above) is what says who holds the
+    // region, so this commit need not wait for the disk inside the guest's pause.
+    this.catalog.transaction(
+      () => this.catalog.lazy.setClaimedEpoch(src.id, lease.epoch),
+      'process-crash',
+    );
     this.logger.info(
       { source: src.id, region: row.id, reader, epoch: lease.epoch },
       'page source claimed the region',
