@@ -215,6 +215,11 @@ describe('post-copy across two hosts (npm start -- --hosts 2, vmctl)', () => {
     const memstore1 = cluster.services.find((s) => s.name === 'memstore')!;
     process.kill(memstore1.pid, 'SIGKILL');
     await waitFor('postcopy-paused', 20_000);
+    // The VM says so too, and how to get out.
+    const shown = ok(await vmctl('vm', 'show', 'ab2'));
+    expect(shown.stdout).toMatch(/post-copy: .*postcopy-paused.*vmctl migrate ab2 --recover/);
+    const listed = ok(await vmctl('vm', 'list'));
+    expect(listed.stdout).toMatch(/ab2 .*running \(postcopy-paused\)/);
     // memstore-1 is started again by the cluster (same files, same port): recover.
     const until = Date.now() + 20_000;
     let recovered: VmctlResult;
@@ -227,6 +232,8 @@ describe('post-copy across two hosts (npm start -- --hosts 2, vmctl)', () => {
     expect(recovered.stdout).toMatch(/ab2-ram0/);
     const done = await waitFor('completed', 60_000);
     expect(done.info.postcopy?.['present-pages']).toBe((64 * MiB) / 4096);
+    // Every page here: the VM shows no post-copy any more.
+    expect(ok(await vmctl('vm', 'show', 'ab2')).stdout).not.toMatch(/post-copy/);
     await expectAbConsistent('ab2', pages);
     expect(await region(vmctl, 'ab2-ram0')).toBeNull();
     ok(await vmctl('vm', 'destroy', 'ab2'));

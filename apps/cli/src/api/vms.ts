@@ -62,6 +62,22 @@ export interface VmView {
   memory: MemoryUsageView | null;
   /** The snapshot or template it was restored or cloned from; '' for a booted VM. */
   snapshot: string;
+  /** While its RAM still arrives by post-copy: what is here and what it waits for; else null. */
+  postcopy: VmPostcopyView | null;
+}
+
+/** A VM whose memory is still arriving by post-copy. */
+export interface VmPostcopyView {
+  presentPages: bigint;
+  totalPages: bigint;
+  /** Parked on a missing page now (`pageWaited`). */
+  waiting: boolean;
+  pageWaited: bigint;
+  /** The fill lost its source: waits until `vmctl migrate NAME --recover`. */
+  sourcePaused: boolean;
+  pagesWaited: bigint;
+  faultP50Us: bigint;
+  faultP99Us: bigint;
 }
 
 /** What a VM's RAM mappings cost on its vmm's host. */
@@ -138,6 +154,7 @@ function toView(v: pb.Vm, vmm: VmmRef): VmView {
           }
         : null,
     snapshot: v.snapshot,
+    postcopy: v.postcopy !== undefined ? { ...v.postcopy } : null,
     ram: v.ram.map((b) => ({
       id: b.spec?.id ?? '',
       guestBase: Number(b.spec?.guestBase ?? 0n),
@@ -175,6 +192,20 @@ export function vmJson(v: VmView): Record<string, unknown> {
     created: v.createdAt ?? null,
     memory: v.ram.reduce((sum, b) => sum + b.size, 0n),
     ...(v.snapshot !== '' ? { snapshot: v.snapshot } : {}),
+    ...(v.postcopy !== null
+      ? {
+          postcopy: {
+            'present-pages': v.postcopy.presentPages,
+            'total-pages': v.postcopy.totalPages,
+            waiting: v.postcopy.waiting,
+            ...(v.postcopy.waiting ? { 'page-waited': v.postcopy.pageWaited } : {}),
+            'source-paused': v.postcopy.sourcePaused,
+            'pages-waited': v.postcopy.pagesWaited,
+            'fault-p50-us': v.postcopy.faultP50Us,
+            'fault-p99-us': v.postcopy.faultP99Us,
+          },
+        }
+      : {}),
     ...(v.memory !== null
       ? {
           usage: {

@@ -20,6 +20,9 @@ function memoryOf(v: VmView): bigint {
 
 function stateText(v: VmView): string {
   if (v.state === 'powered-off') return `powered-off (${v.exitCode ?? 0})`;
+  if (v.postcopy !== null) {
+    return `${v.state} (${v.postcopy.sourcePaused ? 'postcopy-paused' : 'post-copy'})`;
+  }
   return v.state;
 }
 
@@ -75,6 +78,7 @@ function renderOne(v: VmView): string {
     ]);
   }
   if (v.snapshot !== '') fields.push(['snapshot', `${v.snapshot} (restored or cloned from it)`]);
+  if (v.postcopy !== null) fields.push(['post-copy', postcopyLine(v.name, v.postcopy)]);
   const args = Object.entries(v.args);
   if (args.length > 0) fields.push(['args', args.map(([k, x]) => `${k}=${x}`).join(' ')]);
   for (const b of v.ram) {
@@ -88,6 +92,17 @@ function renderOne(v: VmView): string {
     ]);
   }
   return renderFields(fields);
+}
+
+/** Where a post-copy stands, for people: what is here, and what the guest waits for. */
+function postcopyLine(name: string, p: NonNullable<VmView['postcopy']>): string {
+  const pct = p.totalPages > 0n ? Number((p.presentPages * 1000n) / p.totalPages) / 10 : 0;
+  const here = `${p.presentPages}/${p.totalPages} pages here (${pct}%)`;
+  const wait = p.waiting ? `; the guest waits for page ${p.pageWaited}` : '';
+  const paused = p.sourcePaused
+    ? `; postcopy-paused: the source stopped answering, resume with \`vmctl migrate ${name} --recover\``
+    : '';
+  return `${here}${wait}${paused}; ${p.pagesWaited} page(s) waited for (p50 ${p.faultP50Us} µs, p99 ${p.faultP99Us} µs)`;
 }
 
 function milliseconds(text: string, flag: string): number {

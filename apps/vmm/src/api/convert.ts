@@ -58,6 +58,19 @@ export function vmToPb(vm: VmInfo): pb.Vm {
             rssBytes: BigInt(vm.memory.rss),
           },
     snapshot: vm.snapshot,
+    postcopy:
+      vm.postcopy === undefined
+        ? undefined
+        : {
+            presentPages: BigInt(vm.postcopy.presentPages),
+            totalPages: BigInt(vm.postcopy.totalPages),
+            waiting: vm.postcopy.waiting,
+            pageWaited: BigInt(vm.postcopy.pageWaited),
+            sourcePaused: vm.postcopy.sourcePaused,
+            pagesWaited: BigInt(vm.postcopy.pagesWaited),
+            faultP50Us: BigInt(vm.postcopy.faultP50Us),
+            faultP99Us: BigInt(vm.postcopy.faultP99Us),
+          },
   };
 }
 

@@ -106,6 +106,22 @@ export interface VmInfo {
   readonly snapshot: string;
   /** What its RAM mappings cost, when asked for (GetVm); absent otherwise. */
   readonly memory?: VmMemoryUsage;
+  /** While its main RAM still arrives by post-copy: what is here and what the guest waits for. */
+  readonly postcopy?: VmPostcopyInfo;
+}
+
+/** A VM whose main RAM is a lazy region not complete yet. */
+export interface VmPostcopyInfo {
+  readonly presentPages: number;
+  readonly totalPages: number;
+  /** The vCPU is parked on a missing page now (`pageWaited`). */
+  readonly waiting: boolean;
+  readonly pageWaited: number;
+  /** The fill lost its source: the wait lasts until a recover (postcopy-paused). */
+  readonly sourcePaused: boolean;
+  readonly pagesWaited: number;
+  readonly faultP50Us: number;
+  readonly faultP99Us: number;
 }
 
 /** What a VM's RAM mappings cost, measured by the kernel (`/proc/self/smaps`), in bytes. */

@@ -1,4 +1,4 @@
-import { PageBitmap } from '@handoff/bitmap';
+import { PageBitmap, PresentState } from '@handoff/bitmap';
 import type { Logger } from '@handoff/service';
 import { ControlDevice, type ControlIdentity } from '../devices/control.js';
 import type { GuestImage } from '../guests/catalog.js';
@@ -12,6 +12,7 @@ import type {
   VmMemoryUsage,
   VmSpec,
   VmState,
+  VmPostcopyInfo,
 } from '../model/types.js';
 import { VmmError } from '../model/vmm-error.js';
 import { closeRamBlocks, type RamBacking } from '../ram/index.js';
@@ -729,6 +730,27 @@ export class Vm {
       ready: this.ready,
       lastPauseLatencyMs: this.lastPauseLatencyMs,
       snapshot: this.snapshotName,
+      ...this.postcopyInfo(),
+    };
+  }
+
+  /** `{ postcopy }` while main RAM is a lazy region whose fill is not complete; else `{}`. */
+  private postcopyInfo(): { postcopy?: VmPostcopyInfo } {
+    const map = this.ram[0]?.lazy?.map;
+    if (map === undefined || map.state === PresentState.Complete) return {};
+    const w = this.postcopyWaits();
+    const paused = map.state === PresentState.SourcePaused;
+    return {
+      postcopy: {
+        presentPages: map.presentPages,
+        totalPages: map.pages,
+        waiting: (w?.waiting ?? 0) > 0,
+        pageWaited: Math.max(0, w?.page ?? -1),
+        sourcePaused: paused,
+        pagesWaited: w?.pagesWaited ?? 0,
+        faultP50Us: Math.round(w?.p50Us ?? 0),
+        faultP99Us: Math.round(w?.p99Us ?? 0),
+      },
     };
   }
 

@@ -382,6 +382,26 @@ export interface Vm {
     | undefined;
   /** The snapshot (or template) the VM was restored or cloned from; empty for a booted VM. */
   snapshot: string;
+  /** Set while the VM's main RAM still arrives by post-copy (a lazy region), unset otherwise. */
+  postcopy: VmPostcopy | undefined;
+}
+
+/** A VM whose memory is still arriving (post-copy): what is here and what the guest waits for. */
+export interface VmPostcopy {
+  presentPages: bigint;
+  totalPages: bigint;
+  /** The guest's vCPU is parked on a missing page now (page_waited is that page). */
+  waiting: boolean;
+  pageWaited: bigint;
+  /**
+   * The fill lost its source (postcopy-paused): the wait lasts until a recover
+   * (`vmctl migrate NAME --recover`).
+   */
+  sourcePaused: boolean;
+  /** Pages the guest waited for since it ran here, and its fault latency, microseconds. */
+  pagesWaited: bigint;
+  faultP50Us: bigint;
+  faultP99Us: bigint;
 }
 
 /** The memory a VM's RAM mappings cost (from /proc/self/smaps of the vmm). */
@@ -1364,6 +1384,7 @@ function createBaseVm(): Vm {
     ready: false,
     memory: undefined,
     snapshot: "",
+    postcopy: undefined,
   };
 }
 
@@ -1416,6 +1437,9 @@ export const Vm: MessageFns<Vm> = {
     }
     if (message.snapshot !== "") {
       writer.uint32(114).string(message.snapshot);
+    }
+    if (message.postcopy !== undefined) {
+      VmPostcopy.encode(message.postcopy, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -1545,6 +1569,14 @@ export const Vm: MessageFns<Vm> = {
             message.snapshot = reader.string();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.postcopy = VmPostcopy.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1589,6 +1621,7 @@ export const Vm: MessageFns<Vm> = {
       ready: isSet(object.ready) ? globalThis.Boolean(object.ready) : false,
       memory: isSet(object.memory) ? MemoryUsage.fromJSON(object.memory) : undefined,
       snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      postcopy: isSet(object.postcopy) ? VmPostcopy.fromJSON(object.postcopy) : undefined,
     };
   },
 
@@ -1636,6 +1669,9 @@ export const Vm: MessageFns<Vm> = {
     if (message.snapshot !== "") {
       obj.snapshot = message.snapshot;
     }
+    if (message.postcopy !== undefined) {
+      obj.postcopy = VmPostcopy.toJSON(message.postcopy);
+    }
     return obj;
   },
 
@@ -1664,6 +1700,257 @@ export const Vm: MessageFns<Vm> = {
       ? MemoryUsage.fromPartial(object.memory)
       : undefined;
     message.snapshot = object.snapshot ?? "";
+    message.postcopy = (object.postcopy !== undefined && object.postcopy !== null)
+      ? VmPostcopy.fromPartial(object.postcopy)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseVmPostcopy(): VmPostcopy {
+  return {
+    presentPages: 0n,
+    totalPages: 0n,
+    waiting: false,
+    pageWaited: 0n,
+    sourcePaused: false,
+    pagesWaited: 0n,
+    faultP50Us: 0n,
+    faultP99Us: 0n,
+  };
+}
+
+export const VmPostcopy: MessageFns<VmPostcopy> = {
+  encode(message: VmPostcopy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.presentPages !== 0n) {
+      if (BigInt.asUintN(64, message.presentPages) !== message.presentPages) {
+        throw new globalThis.Error("value provided for field message.presentPages of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.presentPages);
+    }
+    if (message.totalPages !== 0n) {
+      if (BigInt.asUintN(64, message.totalPages) !== message.totalPages) {
+        throw new globalThis.Error("value provided for field message.totalPages of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.totalPages);
+    }
+    if (message.waiting !== false) {
+      writer.uint32(24).bool(message.waiting);
+    }
+    if (message.pageWaited !== 0n) {
+      if (BigInt.asUintN(64, message.pageWaited) !== message.pageWaited) {
+        throw new globalThis.Error("value provided for field message.pageWaited of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.pageWaited);
+    }
+    if (message.sourcePaused !== false) {
+      writer.uint32(40).bool(message.sourcePaused);
+    }
+    if (message.pagesWaited !== 0n) {
+      if (BigInt.asUintN(64, message.pagesWaited) !== message.pagesWaited) {
+        throw new globalThis.Error("value provided for field message.pagesWaited of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.pagesWaited);
+    }
+    if (message.faultP50Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP50Us) !== message.faultP50Us) {
+        throw new globalThis.Error("value provided for field message.faultP50Us of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.faultP50Us);
+    }
+    if (message.faultP99Us !== 0n) {
+      if (BigInt.asUintN(64, message.faultP99Us) !== message.faultP99Us) {
+        throw new globalThis.Error("value provided for field message.faultP99Us of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.faultP99Us);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VmPostcopy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVmPostcopy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.presentPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.totalPages = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.waiting = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pageWaited = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sourcePaused = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.pagesWaited = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.faultP50Us = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.faultP99Us = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VmPostcopy {
+    return {
+      presentPages: isSet(object.presentPages)
+        ? BigInt(object.presentPages)
+        : isSet(object.present_pages)
+        ? BigInt(object.present_pages)
+        : 0n,
+      totalPages: isSet(object.totalPages)
+        ? BigInt(object.totalPages)
+        : isSet(object.total_pages)
+        ? BigInt(object.total_pages)
+        : 0n,
+      waiting: isSet(object.waiting) ? globalThis.Boolean(object.waiting) : false,
+      pageWaited: isSet(object.pageWaited)
+        ? BigInt(object.pageWaited)
+        : isSet(object.page_waited)
+        ? BigInt(object.page_waited)
+        : 0n,
+      sourcePaused: isSet(object.sourcePaused)
+        ? globalThis.Boolean(object.sourcePaused)
+        : isSet(object.source_paused)
+        ? globalThis.Boolean(object.source_paused)
+        : false,
+      pagesWaited: isSet(object.pagesWaited)
+        ? BigInt(object.pagesWaited)
+        : isSet(object.pages_waited)
+        ? BigInt(object.pages_waited)
+        : 0n,
+      faultP50Us: isSet(object.faultP50Us)
+        ? BigInt(object.faultP50Us)
+        : isSet(object.fault_p50_us)
+        ? BigInt(object.fault_p50_us)
+        : 0n,
+      faultP99Us: isSet(object.faultP99Us)
+        ? BigInt(object.faultP99Us)
+        : isSet(object.fault_p99_us)
+        ? BigInt(object.fault_p99_us)
+        : 0n,
+    };
+  },
+
+  toJSON(message: VmPostcopy): unknown {
+    const obj: any = {};
+    if (message.presentPages !== 0n) {
+      obj.presentPages = message.presentPages.toString();
+    }
+    if (message.totalPages !== 0n) {
+      obj.totalPages = message.totalPages.toString();
+    }
+    if (message.waiting !== false) {
+      obj.waiting = message.waiting;
+    }
+    if (message.pageWaited !== 0n) {
+      obj.pageWaited = message.pageWaited.toString();
+    }
+    if (message.sourcePaused !== false) {
+      obj.sourcePaused = message.sourcePaused;
+    }
+    if (message.pagesWaited !== 0n) {
+      obj.pagesWaited = message.pagesWaited.toString();
+    }
+    if (message.faultP50Us !== 0n) {
+      obj.faultP50Us = message.faultP50Us.toString();
+    }
+    if (message.faultP99Us !== 0n) {
+      obj.faultP99Us = message.faultP99Us.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VmPostcopy>, I>>(base?: I): VmPostcopy {
+    return VmPostcopy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VmPostcopy>, I>>(object: I): VmPostcopy {
+    const message = createBaseVmPostcopy();
+    message.presentPages = (object.presentPages !== undefined && object.presentPages !== null)
+      ? BigInt(object.presentPages)
+      : 0n;
+    message.totalPages = (object.totalPages !== undefined && object.totalPages !== null)
+      ? BigInt(object.totalPages)
+      : 0n;
+    message.waiting = object.waiting ?? false;
+    message.pageWaited = (object.pageWaited !== undefined && object.pageWaited !== null)
+      ? BigInt(object.pageWaited)
+      : 0n;
+    message.sourcePaused = object.sourcePaused ?? false;
+    message.pagesWaited = (object.pagesWaited !== undefined && object.pagesWaited !== null)
+      ? BigInt(object.pagesWaited)
+      : 0n;
+    message.faultP50Us = (object.faultP50Us !== undefined && object.faultP50Us !== null)
+      ? BigInt(object.faultP50Us)
+      : 0n;
+    message.faultP99Us = (object.faultP99Us !== undefined && object.faultP99Us !== null)
+      ? BigInt(object.faultP99Us)
+      : 0n;
     return message;
   },
 };
