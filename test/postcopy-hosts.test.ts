@@ -238,4 +238,50 @@ describe('post-copy across two hosts (npm start -- --hosts 2, vmctl)', () => {
     expect(await region(vmctl, 'ab2-ram0')).toBeNull();
     ok(await vmctl('vm', 'destroy', 'ab2'));
   });
+
+  it('the source vmm killed during the fill changes nothing for the guest: the fill completes, consistent', async () => {
+    const pages = 256;
+    ok(
+      await vmctl(
+        ...['vm', 'create', 'ab3', '--guest', 'ab', '-m', '64M', '--shared', '--vmm', 'vmm-a'],
+        ...['--arg', 'ab.start=0x80100000', '--arg', `ab.pages=${pages}`, '--arg', 'ab.every=1'],
+      ),
+    );
+    const started = JSON.parse(
+      ok(
+        await vmctl(
+          ...['migrate', 'ab3', '--to', 'vmm-c', '--postcopy', '--max-postcopy-bandwidth', '8M'],
+          ...['--detach', '--output', 'json'],
+        ),
+      ).stdout,
+    ) as { job: { id: string } };
+    const id = started.job.id;
+    const job = async (): Promise<JobJson['job']> =>
+      (JSON.parse(ok(await vmctl('jobs', 'show', id, '--output', 'json')).stdout) as JobJson).job;
+    const until = Date.now() + 20_000;
+    while ((await job()).info.status !== 'postcopy-active') {
+      if (Date.now() > until) throw new Error('the migration never went postcopy-active');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // vmm-a handed the memory to memstore-1 at the stop: killing it costs the guest nothing.
+    process.kill(cluster.services.find((s) => s.name === 'vmm-a')!.pid, 'SIGKILL');
+    // The job ends with where the VM is (the source's stream broke, so the migrator asks).
+    let end: JobJson['job'];
+    for (;;) {
+      end = await job();
+      if (['completed', 'failed', 'cancelled'].includes(end.info.status)) break;
+      if (Date.now() > until + 20_000) throw new Error(`job ${id} did not end`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(end.outcome).toMatchObject({ where: 'target', vmm: 'vmm-c' });
+    // The fill goes on without vmm-a and completes; host-1's copy goes.
+    const done = Date.now() + 30_000;
+    while ((await region(vmctl, 'ab3-ram0')) !== null) {
+      if (Date.now() > done) throw new Error("host-1's copy of ab3-ram0 is still there");
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(ok(await vmctl('vm', 'show', 'ab3')).stdout).not.toMatch(/post-copy/);
+    await expectAbConsistent('ab3', pages);
+    ok(await vmctl('vm', 'destroy', 'ab3'));
+  });
 });

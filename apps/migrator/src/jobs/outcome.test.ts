@@ -266,4 +266,23 @@ describe('judge: a copy migration', () => {
     const e = evidence({ source: gone, target: answers('running'), leases: fenced('vmm-a/kv') });
     expect(judge(job(), e, { cancelled: false }).outcome.where).toBe('unknown');
   });
+
+  it("post-copy across hosts: the source region leased to the target host's page source means the target has it", () => {
+    const e = evidence({
+      source: gone,
+      target: answers('running'),
+      leases: held('memstore-2/lazy/4f1c'),
+    });
+    expect(verdictOf(e)).toEqual({
+      status: 'completed',
+      where: 'target',
+      vmm: 'vmm-b',
+      detail:
+        "VM kv runs on vmm-b (post-copy: its host's memstore took region kv-ram0 from vmm-a's " +
+        'at the stop); vmm-a did not answer (its process is gone)',
+    });
+    // Any other stranger still holding the region is a contradiction.
+    const other = evidence({ source: gone, target: answers('running'), leases: held('vmm-z/kv') });
+    expect(verdictOf(other).where).toBe('unknown');
+  });
 });

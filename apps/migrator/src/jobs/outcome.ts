@@ -160,8 +160,16 @@ export async function gatherEvidence(
   };
 }
 
-/** Who the leases name: one end, nobody, several, or none to ask about / not known. */
-type LeaseSays = 'target' | 'source' | 'nobody' | 'mixed' | 'none' | 'unknown' | 'elsewhere';
+/**
+ * Who the leases name: one end, nobody, several, or none to ask about / not known; or another
+ * host's page source (`<memstore-id>/lazy/<source>`): a post-copy across hosts took the memory
+ * there when the source stopped.
+ */
+type LeaseSays =
+  'target' | 'source' | 'nobody' | 'mixed' | 'none' | 'unknown' | 'elsewhere' | 'page-source';
+
+/** A lease holder that is another memstore's page source (post-copy across hosts). */
+const PAGE_SOURCE_HOLDER = /^[^/]+\/lazy\/[^/]+$/;
 
 /**
  * Who a lease names: its holder; for a lease memstore fenced because its holder's process was
@@ -181,7 +189,7 @@ function leaseSays(job: Job, leases: readonly RegionLease[] | undefined): LeaseS
   if (holder === null) return 'nobody';
   if (holder === `${job.targetVmm}/${job.vm}`) return 'target';
   if (holder === `${job.sourceVmm}/${job.vm}`) return 'source';
-  return 'elsewhere';
+  return PAGE_SOURCE_HOLDER.test(holder) ? 'page-source' : 'elsewhere';
 }
 
 /** Whether a vmm reporting the VM in `state` holds it (not a postmigrate husk, not arriving). */
@@ -230,10 +238,16 @@ export function judge(job: Job, e: Evidence, opts: { cancelled: boolean }): Verd
   // their leases) say nothing about the target then.
   const copied = job.capabilities['bypass-shared-memory'] !== true;
   if (onTarget) {
-    if (!copied && lease !== 'target' && lease !== 'none' && lease !== 'unknown') {
+    const fits = lease === 'target' || lease === 'none' || lease === 'unknown';
+    if (!copied && !fits && lease !== 'page-source') {
       return unknown(`${dst} has the VM but the lease is not its own`);
     }
-    const holdsLease = lease === 'target' ? ` with the lease of region ${regions}` : '';
+    const holdsLease =
+      lease === 'target'
+        ? ` with the lease of region ${regions}`
+        : lease === 'page-source'
+          ? ` (post-copy: its host's memstore took region ${regions} from ${src}'s at the stop)`
+          : '';
     let aside = '';
     if (onSource) {
       aside =
