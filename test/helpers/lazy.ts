@@ -1,10 +1,10 @@
 import { memstore as pb } from '@handoff/proto';
-import { createClient, FramedSocket, unaryCall, type PeerIdentity } from '@handoff/service';
+import { createClient, unaryCall, type PeerIdentity } from '@handoff/service';
 import { testCredentials, testTlsDir } from '@handoff/service/testing';
 import { memstoreConfig, startMemstore, type MemstoreHandle } from '@handoff/memstore';
+import { LeaseChannelClient } from '@handoff/memstore/testing';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
   memstoreDirs,
@@ -198,62 +198,18 @@ export async function until<T>(
   }
 }
 
-/** A lease-channel connection of vmm `test-vmm` (hello said), for FetchPages. */
-export class LeaseChannel {
-  private readonly framed: FramedSocket;
-  private readonly waiters = new Map<bigint, (r: pb.LeaseChannelResponse) => void>();
-  private nextId = 1n;
-
-  private constructor(socket: Socket) {
-    this.framed = new FramedSocket(socket, 1 << 20, {
-      frame: (payload) => {
-        const res = pb.LeaseChannelResponse.decode(payload);
-        this.waiters.get(res.id)?.(res);
-        this.waiters.delete(res.id);
-      },
-      closed: () => {},
-    });
-  }
-
-  static async open(target: TargetHost): Promise<LeaseChannel> {
+/** A lease-channel connection of a vmm to memstore-2 (hello said), for FetchPages. */
+export const LeaseChannel = {
+  async open(target: TargetHost): Promise<LeaseChannelClient> {
     const { token } = await unaryCall(target.vmm, 'openLeaseSession', { vmmId: '' });
-    const socket = createConnection(target.handle.leaseChannel!.path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    const ch = new LeaseChannel(socket);
-    const hello = await ch.call({
-      $case: 'hello',
-      value: { token, instance: `lazy-test-${randomBytes(4).toString('hex')}` },
-    });
-    if (hello.result?.$case !== 'hello') throw new Error(`hello refused: ${JSON.stringify(hello)}`);
-    return ch;
-  }
-
-  call(body: pb.LeaseChannelRequest['call']): Promise<pb.LeaseChannelResponse> {
-    const id = this.nextId++;
-    const p = new Promise<pb.LeaseChannelResponse>((r) => this.waiters.set(id, r));
-    this.framed.send(pb.LeaseChannelRequest.encode({ id, call: body }).finish());
-    return p;
-  }
-
-  /** FetchPages of region `name`: the response (fetch_pages or an error). */
-  fetch(name: string, firstPage: number, pageCount: number): Promise<pb.LeaseChannelResponse> {
-    return this.call({
-      $case: 'fetchPages',
-      value: {
-        region: { selector: { $case: 'name', value: name } },
-        firstPage: BigInt(firstPage),
-        pageCount,
-      },
-    });
-  }
-
-  close(): void {
-    this.framed.destroy();
-  }
-}
+    return LeaseChannelClient.open(
+      target.handle.leaseChannel!.path,
+      token,
+      `lazy-test-${randomBytes(4).toString('hex')}`,
+    );
+  },
+};
+export type LeaseChannel = LeaseChannelClient;
 
 /** Whether `p` is still pending after `ms`. */
 export async function stillPending(p: Promise<unknown>, ms: number): Promise<boolean> {

@@ -3,7 +3,6 @@ import { memstore as pb } from '@handoff/proto';
 import {
   channelCredentials,
   createClient,
-  FramedSocket,
   startServiceProcess,
   unaryCall,
   type ServiceProcess,
@@ -13,10 +12,9 @@ import { mapFile } from '@handoff/shm';
 import type * as grpc from '@grpc/grpc-js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { createConnection, type Socket } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { makeTempDirs, type TempDirs } from '../testing/fixtures.js';
+import { LeaseChannelClient, makeTempDirs, type TempDirs } from '../testing/fixtures.js';
 import { MEMSTORE_MAIN } from '../testing/process.js';
 
 /**
@@ -124,45 +122,10 @@ async function sourceRegion(h: Host, name: string): Promise<pb.RemoteRegion> {
   };
 }
 
-/** A lease-channel connection of a vmm (hello said). */
-class Channel {
-  private readonly framed: FramedSocket;
-  private readonly waiters = new Map<bigint, (r: pb.LeaseChannelResponse) => void>();
-  private next = 1n;
-
-  constructor(socket: Socket) {
-    this.framed = new FramedSocket(socket, 1 << 20, {
-      frame: (payload) => {
-        const res = pb.LeaseChannelResponse.decode(payload);
-        this.waiters.get(res.id)?.(res);
-        this.waiters.delete(res.id);
-      },
-      closed: () => {},
-    });
-  }
-
-  static async open(h: Host): Promise<Channel> {
-    const session = await unaryCall(h.client, 'openLeaseSession', { vmmId: 'test-vmm' });
-    const socket = createConnection(session.leaseChannel);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    const ch = new Channel(socket);
-    await ch.call({ $case: 'hello', value: { token: session.token, instance: 'lazy-bench' } });
-    return ch;
-  }
-
-  call(body: pb.LeaseChannelRequest['call']): Promise<pb.LeaseChannelResponse> {
-    const id = this.next++;
-    const p = new Promise<pb.LeaseChannelResponse>((r) => this.waiters.set(id, r));
-    this.framed.send(pb.LeaseChannelRequest.encode({ id, call: body }).finish());
-    return p;
-  }
-
-  close(): void {
-    this.framed.destroy();
-  }
+/** A lease-channel connection of a vmm to `h` (hello said). */
+async function openChannel(h: Host): Promise<LeaseChannelClient> {
+  const session = await unaryCall(h.client, 'openLeaseSession', { vmmId: 'test-vmm' });
+  return LeaseChannelClient.open(session.leaseChannel, session.token, 'lazy-bench');
 }
 
 function quantile(sorted: number[], q: number): number {
@@ -193,7 +156,7 @@ async function fill(transport: Transport, faults: boolean): Promise<Run> {
     });
     const mapping = mapFile(region!.lazy!.presentPath, { sharing: 'private' });
     const present = PresentMap.open(mapping.buffer, PAGES);
-    const ch = faults ? await Channel.open(two) : null;
+    const ch = faults ? await openChannel(two) : null;
     const waitedUs: number[] = [];
     const roundTripUs: number[] = [];
     const t0 = performance.now();

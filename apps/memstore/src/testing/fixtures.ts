@@ -135,3 +135,4 @@ export function catalogAfterKill9(stateDir: string, into: string): Catalog {
   }
   return Catalog.open(join(into, CATALOG_FILE_NAME));
 }
+export { LeaseChannelClient } from './lease-channel-client.js';
