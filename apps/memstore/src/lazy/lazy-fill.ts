@@ -132,8 +132,7 @@ export class LazyFill {
   private rateTimer: NodeJS.Timeout | null = null;
   private busy: Promise<void> | null = null;
   /** The page connections made at creation, for the start (null once used or without). */
-  private preconnected: Promise<{ demand: PageConnection; background: PageConnection }> | null =
-    null;
+  private preconnected: Promise<PagePair> | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
   /** When a byte last arrived (performance.now()). */
@@ -204,9 +203,7 @@ export class LazyFill {
   }
 
   /** Both page-channel connections to `opened`, made at once; neither is left open on failure. */
-  private async connectPair(
-    opened: OpenedPageSource,
-  ): Promise<{ demand: PageConnection; background: PageConnection }> {
+  private async connectPair(opened: OpenedPageSource): Promise<PagePair> {
     const one = (kind: 'demand' | 'background') =>
       PageConnection.connect({
         address: opened.pageAddress,
@@ -220,8 +217,7 @@ export class LazyFill {
     if (demand.status === 'fulfilled' && background.status === 'fulfilled') {
       return { demand: demand.value, background: background.value };
     }
-    if (demand.status === 'fulfilled') demand.value.close();
-    if (background.status === 'fulfilled') background.value.close();
+    for (const c of [demand, background]) if (c.status === 'fulfilled') c.value.close();
     throw (
       demand.status === 'rejected' ? demand.reason : (background as PromiseRejectedResult).reason
     ) as Error;
@@ -304,13 +300,7 @@ export class LazyFill {
     this.disposed = true;
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
     if (this.rateTimer !== null) clearTimeout(this.rateTimer);
-    void this.preconnected?.then(
-      (p) => {
-        p.demand.close();
-        p.background.close();
-      },
-      () => undefined,
-    );
+    closeLater(this.preconnected);
     this.preconnected = null;
     this.dropConnections();
     for (const w of this.waiters) w.reject(reason);
@@ -355,27 +345,20 @@ export class LazyFill {
     try {
       await source.claim(opened.sourceId, r.sourceEpoch);
     } catch (err) {
-      void early?.then(
-        (p) => {
-          p.demand.close();
-          p.background.close();
-        },
-        () => undefined,
-      );
+      closeLater(early);
       throw err;
     }
     let pair = early !== null ? await early.catch(() => null) : null;
     if (pair !== null && (!pair.demand.open || !pair.background.open)) {
-      pair.demand.close();
-      pair.background.close();
+      closePair(pair);
       pair = null;
     }
-    const { demand, background } = pair ?? (await this.connectPair(opened));
+    pair ??= await this.connectPair(opened);
     if (this.disposed) {
-      demand.close();
-      background.close();
+      closePair(pair);
       return;
     }
+    const { demand, background } = pair;
     this.demand = demand;
     this.background = background;
     const first = this.row.startedAt === null;
@@ -740,4 +723,20 @@ function writeAll(
     length -= n;
     position += n;
   }
+}
+
+/** The two page-channel connections of a fill. */
+interface PagePair {
+  readonly demand: PageConnection;
+  readonly background: PageConnection;
+}
+
+function closePair(p: PagePair): void {
+  p.demand.close();
+  p.background.close();
+}
+
+/** Closes a pair still being connected once it is (nothing when it fails or there is none). */
+function closeLater(p: Promise<PagePair> | null): void {
+  void p?.then(closePair, () => undefined);
 }

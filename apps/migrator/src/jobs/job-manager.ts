@@ -733,25 +733,16 @@ export class JobManager {
    * instance is no longer registered (PrepareIncoming then says what is wrong).
    */
   private crossHostSource(source: string, target: string): string | undefined {
-    const from = this.registered(source);
-    const to = this.registered(target);
-    if (from === undefined || to === undefined || from.hostId === to.hostId) return undefined;
+    const from = this.opts.registry.find(source);
+    const to = this.opts.registry.find(target);
+    if (from === undefined || to === undefined || sameHost(from, to)) return undefined;
     return from.memstoreAddress !== '' ? from.memstoreAddress : undefined;
-  }
-
-  /** The instance `id` as registered, or undefined when it is not (any more). */
-  private registered(id: string): VmmRecord | undefined {
-    try {
-      return this.opts.registry.get(id);
-    } catch {
-      return undefined;
-    }
   }
 
   /** A cross-host move completed: the target's host owns the VM now (its fencing epoch + 1). */
   private async claimHost(job: Job): Promise<void> {
     const ownership = this.opts.hostOwnership;
-    const to = this.registered(job.targetVmm);
+    const to = this.opts.registry.find(job.targetVmm);
     if (ownership === undefined || to === undefined) return;
     if (this.crossHostSource(job.sourceVmm, job.targetVmm) === undefined) return;
     try {

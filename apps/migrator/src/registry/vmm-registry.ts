@@ -140,6 +140,12 @@ export class VmmRegistry {
       .sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  /** One instance, or undefined when it is not registered. */
+  find(id: string): VmmRecord | undefined {
+    const r = this.records.get(id);
+    return r === undefined ? undefined : this.withLiveness(r);
+  }
+
   /** One instance; MIGRATOR_VMM_NOT_FOUND if unknown. */
   get(id: string): VmmRecord {
     const r = this.records.get(id);

@@ -17,7 +17,7 @@ import type { RamBlockSpec, VmSpec } from '../model/types.js';
 import type { Vm } from '../vm/vm.js';
 import { MigrationError } from '../model/migration-error.js';
 import { modeFor, PAGE_SIZE, type IncomingBlock } from './pages/frames.js';
-import { dropLazyRegions, openLazyBlock } from './lazy-blocks.js';
+import { openLazyBlock } from './lazy-blocks.js';
 
 /** One block of an incoming table: how it travels and, once opened, its memory here. */
 export interface Block extends IncomingBlock {
@@ -138,20 +138,14 @@ export async function openBlock(
 }
 
 /**
- * Closes opened blocks; a block sent by reference is only unmapped (its lease is not ours), a
- * lazy one (another host's memory) is given up with its region.
+ * Closes opened blocks; a block sent by reference is only unmapped (its lease is not ours),
+ * a lazy one (its lease is ours, on this host's memstore) is closed like a block of its own.
  */
-export async function closeBlocks(blocks: readonly Block[], ctx?: RamContext): Promise<void> {
+export async function closeBlocks(blocks: readonly Block[]): Promise<void> {
   for (const b of blocks) {
     if (b.mode === 'ref' && b.remote === undefined) b.backing?.abandon();
     else await b.backing?.close();
   }
-  const lazy = blocks.filter((b) => b.remote !== undefined && b.region !== null);
-  if (lazy.length > 0 && ctx !== undefined)
-    await dropLazyRegions(
-      ctx,
-      lazy.map((b) => b.region!),
-    );
 }
 
 /** A machine built ahead of its stream by PrepareIncoming. */

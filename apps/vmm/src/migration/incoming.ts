@@ -15,7 +15,7 @@
  * was opened is closed, any lease taken goes back, a StreamError goes back, the instance keeps
  * serving.
  */
-import type { vmmStream } from '@handoff/proto';
+import type { memstore as msPb, vmmStream } from '@handoff/proto';
 import { leaseMoveToWire, statusToWire } from '@handoff/qapi/wire';
 import { isCodedError, type Logger } from '@handoff/service';
 import { handBack, settleArms, takeLease } from '../leases/protocol.js';
@@ -407,7 +407,7 @@ export class IncomingMigration {
       },
       'incoming migration: the VM runs here (parts of the pause, target clock)',
     );
-    const lazy = this.blocks.filter((b) => b.remote !== undefined).map((b) => b.region!);
+    const lazy = this.lazyRegions();
     if (lazy.length === 0) this.call.end();
     else void this.followFill(lazy);
   }
@@ -417,7 +417,7 @@ export class IncomingMigration {
    * until every page is here, then the stream ends. The source going away changes nothing here
    * (the fill is this host's memstore's, from the source host's memstore).
    */
-  private async followFill(regions: Parameters<typeof followLazyFills>[1]): Promise<void> {
+  private async followFill(regions: readonly msPb.Region[]): Promise<void> {
     const ctx = this.deps.host.ramContext(this.prepared!.name);
     const last = await followLazyFills(ctx, regions, (p) => {
       if (p.status !== 'postcopy-active') {
@@ -486,14 +486,18 @@ export class IncomingMigration {
 
   // ---- leases and the switchover's bookkeeping ----------------------------------------------
 
+  /** This host's lazy regions of the blocks that come from another host (opened so far). */
+  private lazyRegions(): msPb.Region[] {
+    return this.blocks.flatMap((b) =>
+      b.remote !== undefined && b.region !== null ? [b.region] : [],
+    );
+  }
+
   /** The stream's lease move: takes every shared region's lease from the source (epoch + 1). */
   private async takeLeases(): Promise<void> {
     const ctx = this.deps.host.ramContext(this.prepared!.name);
     // Another host's memory: this host's memstore claims it and starts filling.
-    await startLazyFills(
-      ctx,
-      this.blocks.filter((b) => b.remote !== undefined).map((b) => b.region!),
-    );
+    await startLazyFills(ctx, this.lazyRegions());
     for (const b of this.blocks) {
       if (b.mode !== 'ref' || b.remote !== undefined) continue;
       const r = b.region!;
@@ -629,13 +633,8 @@ export class IncomingMigration {
     }
     if (this.vm !== null) await this.vm.destroy().catch(() => undefined);
     for (const b of this.blocks) await b.backing?.close();
-    const lazy = this.blocks.filter((b) => b.remote !== undefined && b.region !== null);
-    if (lazy.length > 0) {
-      await dropLazyRegions(
-        host.ramContext(this.prepared!.name),
-        lazy.map((b) => b.region!),
-      );
-    }
+    const lazy = this.lazyRegions();
+    if (lazy.length > 0) await dropLazyRegions(host.ramContext(this.prepared!.name), lazy);
     if (!this.prebuildSettled && this.prepared !== undefined) {
       await discardPrepared(this.prepared, host);
     }

@@ -114,13 +114,12 @@ const REPORT_EVERY_MS = 1000;
 /**
  * Follows the fill of `regions` until it completed or failed, calling `report` at every change
  * of status and at least every second. Resolves with the last progress. A memstore that does not
- * answer is retried (the fill is memstore's; this only watches it); `stopped()` ends the watch.
+ * answer is retried (the fill is memstore's; this only watches it).
  */
 export async function followLazyFills(
   ctx: RamContext,
   regions: readonly pb.Region[],
   report: (p: FillProgress) => void,
-  stopped: () => boolean = () => false,
 ): Promise<FillProgress> {
   let last: FillProgress | undefined;
   let lastAt = 0;
@@ -145,7 +144,7 @@ export async function followLazyFills(
       last = p;
       lastAt = now;
     }
-    if (p.status === 'completed' || p.status === 'failed' || stopped()) return p;
+    if (p.status === 'completed' || p.status === 'failed') return p;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
 }
